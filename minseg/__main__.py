@@ -1,0 +1,3 @@
+from minseg.cli import main
+
+raise SystemExit(main())

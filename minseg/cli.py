@@ -1,0 +1,173 @@
+"""The ``minseg`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minseg import __version__
+
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+
+def _load(args) -> "MinsegConfig":  # noqa: F821
+    from minseg.config import MinsegConfig, load_config, parse_set_options, validate_config
+
+    overrides = parse_set_options(getattr(args, "set", None))
+    if getattr(args, "config", None):
+        return load_config(args.config, MinsegConfig, overrides=overrides)
+    return validate_config({}, MinsegConfig, source="defaults", overrides=overrides)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--config", "-c", required=required, help="YAML config (path or s3:// URI)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set run.seed=3"
+    )
+
+
+def cmd_demo(args) -> int:
+    from minseg.demo import run_demo
+
+    if not args.config and DEFAULT_DEMO_CONFIG.exists():
+        args.config = str(DEFAULT_DEMO_CONFIG)
+    config = _load(args)
+    if args.out:
+        config.run.output_uri = args.out
+    run_demo(config)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from minseg.config import SectionsSynth, SlideSynth, SurveySynth
+    from minseg.demo import run_synth
+
+    config = _load(args)
+    wanted = set(args.what)
+    if "all" not in wanted:
+        synth = config.synth
+        synth.sections = (synth.sections or SectionsSynth()) if "sections" in wanted else None
+        synth.slide = (synth.slide or SlideSynth()) if "slide" in wanted else None
+        synth.survey = (synth.survey or SurveySynth()) if "survey" in wanted else None
+    elif config.synth.slide is None:
+        config.synth.slide = SlideSynth()
+    if args.seed is not None:
+        config.synth.seed = args.seed
+    manifest = run_synth(config, args.out)
+    print(json.dumps(manifest["outputs"], indent=2))
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    config = _load(args)
+    if args.action == "show":
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    else:
+        print(f"{args.config}: valid")
+    return 0
+
+
+def cmd_storage(args) -> int:
+    from minseg.config import MinsegConfig, load_config
+    from minseg.io.storage import Storage
+
+    settings = load_config(args.config, MinsegConfig).storage if args.config else None
+    storage = Storage(settings)
+    if args.action == "ls":
+        for info in storage.list(args.uri):
+            print(f"{info.size:>12}  {info.uri}")
+    elif args.action == "cat":
+        sys.stdout.buffer.write(storage.read_bytes(args.uri))
+    elif args.action == "cp":
+        storage.copy(args.uri, args.destination)
+    elif args.action == "rm":
+        storage.delete(args.uri)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    import numpy
+    import ray
+    import torch
+
+    info = {
+        "minseg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "ray": ray.__version__,
+        "numpy": numpy.__version__,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minseg",
+        description="Mineral image segmentation with deep ensembles and prospectivity mapping, as Ray batch jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"minseg {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on local Ray and local files")
+    _add_config_options(demo)
+    demo.add_argument("--out", help="output folder or s3:// prefix (default: run.output_uri)")
+    demo.set_defaults(func=cmd_demo)
+
+    synth = sub.add_parser("synth", help="write deterministic synthetic sections, slides and surveys")
+    synth.add_argument(
+        "what", nargs="*", default=["all"], choices=["all", "sections", "slide", "survey"], help="what to make"
+    )
+    synth.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    synth.add_argument("--seed", type=int, help="seed (default: synth.seed)")
+    _add_config_options(synth)
+    synth.set_defaults(func=cmd_synth)
+
+    config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
+    config.add_argument("action", choices=["validate", "show"])
+    config.add_argument("config", help="YAML config (path or s3:// URI)")
+    config.add_argument("--set", action="append", metavar="KEY=VALUE")
+    config.set_defaults(func=cmd_config)
+
+    storage = sub.add_parser("storage", help="list, read, copy or delete paths and s3:// URIs")
+    storage.add_argument("action", choices=["ls", "cat", "cp", "rm"])
+    storage.add_argument("uri")
+    storage.add_argument("destination", nargs="?", help="for cp")
+    storage.add_argument("--config", "-c", help="config whose storage section to use")
+    storage.set_defaults(func=cmd_storage)
+
+    info = sub.add_parser("info", help="versions and accelerator availability")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minseg.config import ConfigError
+    from minseg.io.storage import StorageError
+    from minseg.logs import configure_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    if getattr(args, "action", None) == "cp" and not args.destination:
+        parser.error("storage cp needs a destination")
+    try:
+        return args.func(args)
+    except (ConfigError, StorageError) as exc:
+        print(f"minseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Loading YAML configs into typed, validated objects.
+
+Every section is a :class:`StrictModel`: unknown keys, wrong types and missing required
+values fail with ``<file>: <key.path>: <reason>``. Values can be overridden from the
+environment (``MINSEG__SECTION__KEY=value``, parsed as YAML) and from the command line
+(``--set section.key=value``); credentials are refused in files outright.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+ENV_PREFIX = "MINSEG__"
+# Keys that can only hold a secret; they must come from the environment, never a file.
+_CREDENTIAL_KEY = re.compile(
+    r"(secret|password|passwd|session_token|access_key|private_key|api_key)", re.IGNORECASE
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: no unknown keys, no silent coercion of garbage."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class ConfigError(ValueError):
+    """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {key}: {reason}" if key else f"{source}: {reason}" for key, reason in problems]
+        super().__init__("invalid configuration\n  " + "\n  ".join(lines))
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """('training', 'members', 2, 'loss') -> 'training.members[2].loss'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check spelling; see docs/configuration.md)"
+    if kind == "missing":
+        return "required value is missing"
+    got = error.get("input")
+    reason = error["msg"]
+    if got is not None and not isinstance(got, (dict, list)):
+        reason += f" (got {got!r})"
+    return reason
+
+
+def _find_credential_keys(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    found = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if isinstance(key, str) and _CREDENTIAL_KEY.search(key):
+                found.append(
+                    (
+                        key_path(loc + (key,)),
+                        "credentials must not be stored in config files; set them in the "
+                        "environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN "
+                        "or AWS_PROFILE)",
+                    )
+                )
+            found.extend(_find_credential_keys(value, loc + (key,)))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found.extend(_find_credential_keys(value, loc + (index,)))
+    return found
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise ConfigError(source, [("", f"empty key in override {dotted!r}")])
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, [(dotted, f"cannot set a key inside {part!r}, which is not a section")])
+        node = child
+    node[parts[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``MINSEG__STORAGE__ENDPOINT_URL=...`` -> ``{'storage.endpoint_url': '...'}``."""
+    environ = os.environ if environ is None else environ
+    return {
+        name[len(ENV_PREFIX):].lower().replace("__", "."): value
+        for name, value in environ.items()
+        if name.startswith(ENV_PREFIX)
+    }
+
+
+def validate_config(
+    data: Mapping[str, Any] | None,
+    model: type[M],
+    source: str = "<config>",
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> M:
+    """Validate a mapping into ``model``; overrides are ``dotted.key -> YAML text``.
+
+    Precedence, lowest first: the file, environment variables, explicit overrides.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, [("", f"top level must be a mapping of sections, got {type(data).__name__}")])
+    problems = _find_credential_keys(data)
+    if problems:
+        raise ConfigError(source, problems)
+    merged: dict[str, Any] = _deep_copy(data)
+    for origin, values in (("environment", env_overrides(environ)), ("override", overrides or {})):
+        for dotted, text in values.items():
+            if _CREDENTIAL_KEY.search(dotted):
+                raise ConfigError(origin, [(dotted, "credentials are read from AWS_* variables, not overrides")])
+            try:
+                value = yaml.safe_load(text) if isinstance(text, str) else text
+            except yaml.YAMLError as exc:
+                raise ConfigError(origin, [(dotted, f"value is not valid YAML: {exc}")]) from None
+            _set_path(merged, dotted, value, origin)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(source, [(key_path(e["loc"]), _describe(e)) for e in exc.errors()]) from None
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [("", f"{where}not valid YAML ({problem})")]) from None
+
+
+def load_config(
+    source: str | Path,
+    model: type[M],
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> M:
+    """Read a YAML config from a path or URI (``s3://`` too) and validate it."""
+    from minseg.io.storage import ObjectNotFoundError, Storage
+
+    source = str(source)
+    try:
+        text = Storage().read_bytes(source).decode("utf-8")
+    except ObjectNotFoundError:
+        raise ConfigError(source, [("", "config file not found")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [("", "config file is not UTF-8 text")]) from None
+    return validate_config(parse_yaml(text, source), model, source, overrides, environ)
+
+
+def parse_set_options(pairs: list[str] | None) -> dict[str, str]:
+    """CLI ``--set a.b=value`` pairs into an overrides mapping."""
+    result: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", [("", f"expected KEY=VALUE, got {pair!r}")])
+        result[key.strip()] = value
+    return result

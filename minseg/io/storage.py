@@ -1,0 +1,613 @@
+"""One storage layer for every URI minseg reads or writes.
+
+URIs are plain paths, ``file://`` URLs or ``s3://bucket/key``. Writes are atomic: a local
+file appears under its name only after a temp file is complete and renamed; an S3 object
+is a single PUT, or a multipart upload completed only when the writer closes cleanly
+(any failure aborts the upload), so a partial object is never visible.
+
+Errors name the URI and what went wrong, never a credential.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+from urllib.parse import unquote, urlparse
+
+from minseg.config.schema import StorageSettings
+from minseg.logs import get_logger, log_event, redact
+
+log = get_logger("io.storage")
+
+_TMP_MARK = ".minseg-tmp"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StorageError(OSError):
+    """A storage operation failed; the message names the URI and the reason."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    pass
+
+
+class BucketNotFoundError(StorageError):
+    pass
+
+
+class AccessDeniedError(StorageError, PermissionError):
+    pass
+
+
+# ---------------------------------------------------------------------------- URIs
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: ``scheme`` is 'file' (``path`` absolute) or 's3' (``bucket`` + ``path`` key)."""
+
+    scheme: str
+    path: str
+    bucket: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.path}" if self.scheme == "s3" else self.path
+
+    @property
+    def is_s3(self) -> bool:
+        return self.scheme == "s3"
+
+
+def parse_uri(uri: str | os.PathLike[str]) -> Location:
+    text = os.fspath(uri)
+    if not text:
+        raise StorageError("empty path or URI")
+    if text.startswith("s3://"):
+        parsed = urlparse(text)
+        if parsed.username or parsed.password:
+            raise StorageError("s3 URIs must not carry credentials; use AWS_* environment variables")
+        if not parsed.netloc:
+            raise StorageError(f"{text!r} has no bucket (expected s3://bucket/key)")
+        return Location("s3", text[len("s3://") + len(parsed.netloc) :].lstrip("/"), parsed.netloc)
+    if text.startswith("file://"):
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"{text!r}: file:// URIs must be local (file:///abs/path)")
+        return Location("file", os.path.abspath(unquote(parsed.path)))
+    if scheme := _SCHEME.match(text):
+        scheme = scheme.group(1)
+        raise StorageError(f"{text!r}: unsupported scheme {scheme!r} (use a path, file:// or s3://)")
+    return Location("file", os.path.abspath(os.path.expanduser(text)))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a path or URI with '/' (the separator S3 keys use)."""
+    text = os.fspath(base).rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            text = f"{text}/{part}"
+    return text
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return os.fspath(uri).startswith("s3://")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size: int
+
+
+# ------------------------------------------------------------------ atomic writers
+
+
+class _AtomicWriter(io.RawIOBase):
+    """Common commit/abort protocol: ``close()`` commits; leaving a ``with`` block through
+    an exception, or being garbage-collected unclosed, aborts."""
+
+    def __init__(self, uri: str):
+        super().__init__()
+        self.uri = uri
+        self._finished = False
+
+    def writable(self) -> bool:
+        return True
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+        return False
+
+    def close(self) -> None:
+        if not self._finished and not self.closed:
+            try:
+                self._commit()
+            except BaseException:
+                self.abort()
+                raise
+            self._finished = True
+        super().close()
+
+    def abort(self) -> None:
+        if not self._finished:
+            self._finished = True
+            with contextlib.suppress(Exception):
+                self._abort()
+        if not self.closed:
+            super().close()
+
+    def __del__(self):
+        # A writer dropped without close() must not publish a partial object.
+        if not self._finished:
+            self.abort()
+
+    @abc.abstractmethod
+    def _commit(self) -> None:
+        """Publish what was written."""
+
+    @abc.abstractmethod
+    def _abort(self) -> None:
+        """Discard what was written."""
+
+
+class _LocalAtomicWriter(_AtomicWriter):
+    def __init__(self, path: str):
+        super().__init__(path)
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=_TMP_MARK
+        )
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def _commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.uri)
+
+    def _abort(self) -> None:
+        self._file.close()
+        os.unlink(self._tmp)
+
+
+class _S3AtomicWriter(_AtomicWriter):
+    """Buffers up to the multipart threshold; beyond it streams fixed-size parts.
+
+    Memory stays bounded by threshold + one part whatever the object size.
+    """
+
+    def __init__(self, storage: "Storage", location: Location):
+        super().__init__(location.uri)
+        self._storage = storage
+        self._loc = location
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict] = []
+        self._threshold = storage.settings.multipart_threshold
+        self._part_size = storage.settings.part_size
+
+    def write(self, data) -> int:
+        self._buffer += data
+        if self._upload_id is None and len(self._buffer) > self._threshold:
+            self._start_multipart()
+        while self._upload_id is not None and len(self._buffer) >= self._part_size:
+            self._upload_part(bytes(self._buffer[: self._part_size]))
+            del self._buffer[: self._part_size]
+        return len(data)
+
+    def _start_multipart(self) -> None:
+        response = self._storage._call(
+            "create_multipart_upload", self._loc, Bucket=self._loc.bucket, Key=self._loc.path
+        )
+        self._upload_id = response["UploadId"]
+
+    def _upload_part(self, body: bytes) -> None:
+        number = len(self._parts) + 1
+        response = self._storage._call(
+            "upload_part",
+            self._loc,
+            Bucket=self._loc.bucket,
+            Key=self._loc.path,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"ETag": response["ETag"], "PartNumber": number})
+
+    def _commit(self) -> None:
+        if self._upload_id is None:
+            self._storage._call(
+                "put_object", self._loc, Bucket=self._loc.bucket, Key=self._loc.path, Body=bytes(self._buffer)
+            )
+        else:
+            if self._buffer or not self._parts:
+                self._upload_part(bytes(self._buffer))
+            self._storage._call(
+                "complete_multipart_upload",
+                self._loc,
+                Bucket=self._loc.bucket,
+                Key=self._loc.path,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+            log_event(log, "storage.multipart.done", uri=self.uri, parts=len(self._parts))
+        self._buffer = bytearray()
+
+    def _abort(self) -> None:
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            self._storage._call(
+                "abort_multipart_upload",
+                self._loc,
+                Bucket=self._loc.bucket,
+                Key=self._loc.path,
+                UploadId=self._upload_id,
+            )
+            log_event(log, "storage.multipart.aborted", uri=self.uri, parts=len(self._parts))
+
+
+class _S3RangeReader(io.RawIOBase):
+    """Seekable reads of an S3 object by HTTP range requests (tifffile reads tiles this way)."""
+
+    def __init__(self, storage: "Storage", location: Location, size: int):
+        super().__init__()
+        self._storage = storage
+        self._loc = location
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        if self._pos >= self._size or len(buffer) == 0:
+            return 0
+        end = min(self._size, self._pos + len(buffer)) - 1
+        response = self._storage._call(
+            "get_object", self._loc, Bucket=self._loc.bucket, Key=self._loc.path, Range=f"bytes={self._pos}-{end}"
+        )
+        data = response["Body"].read()
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+# ----------------------------------------------------------------------- storage
+
+
+class Storage:
+    """Reads and writes paths and ``s3://`` URIs with one set of settings.
+
+    Cheap to create; the S3 client is made on first use and shared by threads.
+    Instances pickle (without their client) so Ray tasks can carry them.
+    """
+
+    def __init__(self, settings: StorageSettings | None = None):
+        self.settings = settings or default_storage_settings()
+        self._client = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {"settings": self.settings}
+
+    def __setstate__(self, state):
+        self.__init__(state["settings"])
+
+    # -- S3 plumbing ---------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return (
+            self.settings.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+
+    def _session(self):
+        import boto3
+
+        return boto3.Session(profile_name=self.settings.profile, region_name=self.settings.region)
+
+    @property
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                from botocore.config import Config
+
+                config = Config(
+                    retries={"total_max_attempts": self.settings.max_attempts, "mode": "standard"},
+                    connect_timeout=self.settings.connect_timeout_s,
+                    read_timeout=self.settings.read_timeout_s,
+                    s3={"addressing_style": self.settings.addressing_style.value},
+                    signature_version="s3v4",
+                )
+                self._client = self._session().client(
+                    "s3", endpoint_url=self.endpoint_url, config=config, verify=self.settings.verify_tls
+                )
+            return self._client
+
+    def _call(self, operation: str, location: Location, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except ClientError as exc:
+            raise self._translate(exc, operation, location) from None
+        except NoCredentialsError:
+            raise AccessDeniedError(
+                f"{location.uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
+        except BotoCoreError as exc:
+            raise StorageError(
+                f"{location.uri}: {operation} failed against endpoint {self.endpoint_url or 'AWS'}: {exc}"
+            ) from None
+
+    def _translate(self, exc, operation: str, location: Location) -> StorageError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        where = f"{location.uri} ({operation}"
+        where += f", endpoint {self.endpoint_url})" if self.endpoint_url else ")"
+        if code in ("NoSuchBucket",):
+            return BucketNotFoundError(f"{where}: bucket {location.bucket!r} does not exist")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return ObjectNotFoundError(f"{where}: no such object")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden") or status == 403:
+            hint = {
+                "InvalidAccessKeyId": "the access key id is not known to this endpoint",
+                "SignatureDoesNotMatch": "the secret key does not match the access key id",
+            }.get(code, "the credentials are not allowed to do this")
+            return AccessDeniedError(
+                f"{where}: access denied ({code or status}): {hint}; check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            )
+        return StorageError(f"{where}: {code or status}: {error.get('Message', 'request failed')}")
+
+    # -- public API ----------------------------------------------------------
+
+    def read_bytes(self, uri: str) -> bytes:
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            return self._call("get_object", loc, Bucket=loc.bucket, Key=loc.path)["Body"].read()
+        try:
+            return Path(loc.path).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
+        except IsADirectoryError:
+            raise StorageError(f"{loc.uri}: is a directory, not a file") from None
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        with self.open_write(uri) as stream:
+            stream.write(data)
+
+    def read_text(self, uri: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(uri).decode(encoding)
+
+    def write_text(self, uri: str, text: str, encoding: str = "utf-8") -> None:
+        self.write_bytes(uri, text.encode(encoding))
+
+    def open_read(self, uri: str) -> IO[bytes]:
+        """A seekable binary stream (S3: range requests, buffered)."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            size = self.size(uri)
+            return io.BufferedReader(_S3RangeReader(self, loc, size), buffer_size=1024 * 1024)
+        try:
+            return open(loc.path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
+
+    def open_write(self, uri: str) -> _AtomicWriter:
+        """An atomic binary writer; use it as a context manager so errors abort it."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            return _S3AtomicWriter(self, loc)
+        return _LocalAtomicWriter(loc.path)
+
+    @contextlib.contextmanager
+    def staged_output(self, uri: str, suffix: str = "") -> Iterator[str]:
+        """A local path to write with libraries that need a real, seekable file.
+
+        The file is published to ``uri`` (renamed locally, uploaded to S3) only if the
+        block succeeds; otherwise it is removed.
+        """
+        loc = parse_uri(uri)
+        directory = os.path.dirname(loc.path) if not loc.is_s3 else None
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + _TMP_MARK
+        )
+        os.close(fd)
+        try:
+            yield tmp
+            if loc.is_s3:
+                self.upload_file(tmp, uri)
+            else:
+                os.replace(tmp, loc.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    @contextlib.contextmanager
+    def local_copy(self, uri: str, suffix: str = "") -> Iterator[str]:
+        """A local path holding the object's bytes (the file itself when already local)."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            if not os.path.exists(loc.path):
+                raise ObjectNotFoundError(f"{loc.uri}: no such file")
+            yield loc.path
+            return
+        with tempfile.TemporaryDirectory(prefix="minseg-") as tmp:
+            target = os.path.join(tmp, os.path.basename(loc.path) or "object") + suffix
+            with self.open_read(uri) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=self.settings.part_size)
+            yield target
+
+    def upload_file(self, path: str, uri: str) -> None:
+        with open(path, "rb") as source, self.open_write(uri) as sink:
+            shutil.copyfileobj(source, sink, length=self.settings.part_size)
+
+    def exists(self, uri: str) -> bool:
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return os.path.exists(loc.path)
+        try:
+            self._call("head_object", loc, Bucket=loc.bucket, Key=loc.path)
+            return True
+        except ObjectNotFoundError:
+            return False
+
+    def size(self, uri: str) -> int:
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            return int(self._call("head_object", loc, Bucket=loc.bucket, Key=loc.path)["ContentLength"])
+        try:
+            return os.path.getsize(loc.path)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under a prefix, in key order. A local prefix is a folder (walked
+        recursively) or a file-name prefix inside a folder. Temp files are skipped."""
+        loc = parse_uri(prefix)
+        if loc.is_s3:
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=loc.bucket, Prefix=loc.path)
+            from botocore.exceptions import ClientError
+
+            try:
+                for page in pages:
+                    for item in page.get("Contents", []):
+                        if item["Key"].endswith("/"):
+                            continue  # directory marker written by pyarrow / consoles
+                        yield ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]))
+            except ClientError as exc:
+                raise self._translate(exc, "list_objects_v2", loc) from None
+            return
+        yield from _list_local(loc.path)
+
+    def delete(self, uri: str) -> None:
+        """Delete one object/file; deleting what does not exist is not an error."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            self._call("delete_object", loc, Bucket=loc.bucket, Key=loc.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(loc.path)
+
+    def delete_prefix(self, prefix: str) -> int:
+        count = 0
+        for info in list(self.list(prefix)):
+            self.delete(info.uri)
+            count += 1
+        return count
+
+    def copy(self, source: str, destination: str) -> None:
+        """Copy between any two locations; S3 to S3 is server-side (multipart when large)."""
+        src, dst = parse_uri(source), parse_uri(destination)
+        if src.is_s3 and dst.is_s3:
+            from boto3.s3.transfer import TransferConfig
+            from botocore.exceptions import ClientError
+
+            config = TransferConfig(
+                multipart_threshold=self.settings.multipart_threshold,
+                multipart_chunksize=self.settings.part_size,
+            )
+            try:
+                self.client.copy({"Bucket": src.bucket, "Key": src.path}, dst.bucket, dst.path, Config=config)
+            except ClientError as exc:
+                raise self._translate(exc, "copy", src) from None
+            return
+        with self.open_read(source) as reader, self.open_write(destination) as writer:
+            shutil.copyfileobj(reader, writer, length=self.settings.part_size)
+
+    def pyarrow_filesystem(self, uri: str):
+        """``(filesystem, path)`` for pyarrow / Ray Data, built from these same settings.
+
+        pyarrow's own S3FileSystem ignores AWS_ENDPOINT_URL, so the endpoint and the
+        resolved credentials are passed explicitly.
+        """
+        import pyarrow.fs as pafs
+
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return pafs.LocalFileSystem(), loc.path
+        credentials = self._session().get_credentials()
+        kwargs = {"region": self.settings.region}
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
+            if frozen.token:
+                kwargs["session_token"] = frozen.token
+        endpoint = self.endpoint_url
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs.update(endpoint_override=parsed.netloc + parsed.path.rstrip("/"), scheme=parsed.scheme)
+        if self.settings.addressing_style.value == "virtual":
+            kwargs["force_virtual_addressing"] = True
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=self.settings.max_attempts)
+        kwargs["connect_timeout"] = self.settings.connect_timeout_s
+        kwargs["request_timeout"] = self.settings.read_timeout_s
+        return pafs.S3FileSystem(**kwargs), f"{loc.bucket}/{loc.path}".rstrip("/")
+
+
+def _list_local(path: str) -> Iterator[ObjectInfo]:
+    if os.path.isdir(path):
+        roots = [path]
+    else:
+        directory, stem = os.path.split(path)
+        if not os.path.isdir(directory):
+            return
+        roots = [os.path.join(directory, name) for name in os.listdir(directory) if name.startswith(stem)]
+    found = []
+    for root in roots:
+        if os.path.isfile(root):
+            found.append(root)
+        for folder, dirs, files in os.walk(root):
+            found.extend(os.path.join(folder, name) for name in files)
+    for full in sorted(found):
+        if not full.endswith(_TMP_MARK):
+            yield ObjectInfo(full, os.path.getsize(full))
+
+
+def default_storage_settings() -> StorageSettings:
+    """Default settings with ``MINSEG__STORAGE__*`` environment overrides applied."""
+    from minseg.config.base import validate_config
+    from minseg.config.schema import MinsegConfig
+
+    return validate_config({}, MinsegConfig, source="environment").storage

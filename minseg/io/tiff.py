@@ -1,0 +1,262 @@
+"""Streaming writer for tiled, pyramidal (Big)TIFF.
+
+Level 0 is written from tiles as they are produced, in row-major order. Each finished
+band of tile rows is reduced 2x and appended to a raw scratch file, which then feeds
+the next level the same way. Memory is bounded by one band of tiles per level (never
+the slide), whatever the slide's size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import tifffile
+
+from minseg.enums import TiffCompression
+
+_COMPRESSION = {
+    TiffCompression.NONE: None,
+    TiffCompression.DEFLATE: "zlib",
+    TiffCompression.ZSTD: "zstd",
+    TiffCompression.JPEG: "jpeg",
+}
+
+
+@dataclass
+class PyramidSpec:
+    """What to write: size, tile, pixel type, compression and how levels are reduced."""
+
+    height: int
+    width: int
+    channels: int = 1  # 1 = greyscale / labels, 3 = RGB
+    dtype: Any = np.uint8
+    tile: int = 512
+    levels: int | None = None  # default: halve until the top level fits in one tile
+    compression: TiffCompression = TiffCompression.ZSTD
+    reduce: str = "mean"  # "mean" for images, "nearest" for label maps
+    metadata: dict[str, Any] = field(default_factory=dict)  # JSON in level 0's ImageDescription
+    extratags: list[tuple] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.reduce not in ("mean", "nearest"):
+            raise ValueError(f"reduce must be 'mean' or 'nearest', got {self.reduce!r}")
+        if self.compression is TiffCompression.JPEG and self.reduce == "nearest":
+            raise ValueError("JPEG is lossy: never use it for label maps")
+        if self.tile % 16:
+            raise ValueError(f"TIFF tiles must be a multiple of 16 pixels, got {self.tile}")
+        if self.levels is None:
+            self.levels = 1 + max(0, math.ceil(math.log2(max(self.height, self.width) / self.tile)))
+
+    @property
+    def tile_rows(self) -> int:
+        return math.ceil(self.height / self.tile)
+
+    @property
+    def tile_cols(self) -> int:
+        return math.ceil(self.width / self.tile)
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        height, width = self.height, self.width
+        for _ in range(level):
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+        return height, width
+
+    def pixel_shape(self, height: int, width: int) -> tuple[int, ...]:
+        return (height, width) if self.channels == 1 else (height, width, self.channels)
+
+
+def _reduce_band(band: np.ndarray, mode: str) -> np.ndarray:
+    """Halve a band (rows, cols[, channels]); odd edges repeat their last row/column."""
+    if band.shape[0] % 2:
+        band = np.concatenate([band, band[-1:]], axis=0)
+    if band.shape[1] % 2:
+        band = np.concatenate([band, band[:, -1:]], axis=1)
+    if mode == "nearest":
+        return band[::2, ::2]
+    total = band[0::2, 0::2].astype(np.uint32) + band[1::2, 0::2] + band[0::2, 1::2] + band[1::2, 1::2]
+    return ((total + 2) // 4).astype(band.dtype)
+
+
+class PyramidWriter:
+    """Writes one pyramidal TIFF at ``path`` from level-0 tiles (row-major)."""
+
+    def __init__(self, path: str, spec: PyramidSpec):
+        self.path = path
+        self.spec = spec
+
+    def write(self, tiles: Iterable[np.ndarray]) -> None:
+        spec = self.spec
+        photometric = "rgb" if spec.channels == 3 else "minisblack"
+        options = dict(
+            tile=(spec.tile, spec.tile),
+            compression=_COMPRESSION[TiffCompression(spec.compression)],
+            photometric=photometric,
+            dtype=spec.dtype,
+        )
+        if spec.compression is TiffCompression.JPEG:
+            options["compressionargs"] = {"level": 90}
+        scratch_dir = tempfile.mkdtemp(prefix="minseg-pyramid-", dir=os.path.dirname(os.path.abspath(self.path)))
+        try:
+            scratch = [os.path.join(scratch_dir, f"level{n}.raw") for n in range(spec.levels)]
+            with tifffile.TiffWriter(self.path, bigtiff=True) as tiff:
+                tiff.write(
+                    self._level0_tiles(tiles, scratch[1] if spec.levels > 1 else None),
+                    shape=spec.pixel_shape(spec.height, spec.width),
+                    subifds=spec.levels - 1,
+                    description=json.dumps(spec.metadata) if spec.metadata else None,
+                    metadata=None,
+                    extratags=spec.extratags,
+                    **options,
+                )
+                for level in range(1, spec.levels):
+                    height, width = spec.level_shape(level)
+                    feed = scratch[level + 1] if level + 1 < spec.levels else None
+                    tiff.write(
+                        self._scratch_tiles(scratch[level], height, width, feed),
+                        shape=spec.pixel_shape(height, width),
+                        subfiletype=1,
+                        metadata=None,
+                        **options,
+                    )
+                    os.unlink(scratch[level])
+        finally:
+            for name in os.listdir(scratch_dir):
+                os.unlink(os.path.join(scratch_dir, name))
+            os.rmdir(scratch_dir)
+
+    def _level0_tiles(self, tiles: Iterable[np.ndarray], feed: str | None) -> Iterator[np.ndarray]:
+        spec = self.spec
+        iterator = iter(tiles)
+        with open(feed, "wb") if feed else _NullFile() as sink:
+            for row in range(spec.tile_rows):
+                rows = min(spec.tile, spec.height - row * spec.tile)
+                band = np.zeros(spec.pixel_shape(rows, spec.width), dtype=spec.dtype) if feed else None
+                for col in range(spec.tile_cols):
+                    tile = next(iterator, None)
+                    if tile is None:
+                        raise ValueError(f"tile source ended early at tile row {row}, column {col}")
+                    cols = min(spec.tile, spec.width - col * spec.tile)
+                    expected = spec.pixel_shape(rows, cols)
+                    if tile.shape[:2] != expected[:2] and tile.shape[:2] != (spec.tile, spec.tile):
+                        raise ValueError(f"tile ({row}, {col}) has shape {tile.shape}, expected {expected}")
+                    if band is not None:
+                        band[:, col * spec.tile : col * spec.tile + cols] = tile[:rows, :cols]
+                        if col == spec.tile_cols - 1:
+                            # before the band's last tile: tifffile stops pulling after the final one
+                            sink.write(np.ascontiguousarray(_reduce_band(band, spec.reduce)).tobytes())
+                    yield _full_tile(tile, spec)
+
+    def _scratch_tiles(self, source: str, height: int, width: int, feed: str | None) -> Iterator[np.ndarray]:
+        spec = self.spec
+        row_bytes = int(np.prod(spec.pixel_shape(1, width))) * np.dtype(spec.dtype).itemsize
+        with open(source, "rb") as reader, open(feed, "wb") if feed else _NullFile() as sink:
+            for top in range(0, height, spec.tile):
+                rows = min(spec.tile, height - top)
+                band = np.frombuffer(reader.read(rows * row_bytes), dtype=spec.dtype).reshape(
+                    spec.pixel_shape(rows, width)
+                )
+                if feed:
+                    sink.write(np.ascontiguousarray(_reduce_band(band, spec.reduce)).tobytes())
+                for left in range(0, width, spec.tile):
+                    yield _full_tile(band[:, left : left + spec.tile], spec)
+
+
+def _full_tile(tile: np.ndarray, spec: PyramidSpec) -> np.ndarray:
+    """tifffile wants whole tiles; pad edge tiles by repeating their last row/column."""
+    if tile.shape[0] == spec.tile and tile.shape[1] == spec.tile:
+        return np.ascontiguousarray(tile, dtype=spec.dtype)
+    pad = [(0, spec.tile - tile.shape[0]), (0, spec.tile - tile.shape[1])] + [(0, 0)] * (tile.ndim - 2)
+    return np.pad(tile, pad, mode="edge").astype(spec.dtype, copy=False)
+
+
+class _NullFile:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+_END = object()
+
+
+def write_pyramids(
+    outputs: list[tuple[str, PyramidSpec]],
+    tile_source: Callable[[int, int], tuple[np.ndarray, ...]],
+    on_tile: Callable[[], None] | None = None,
+    prefetch: int = 8,
+) -> None:
+    """Write several pyramids whose level-0 tiles come from one source call per tile.
+
+    ``tile_source(row, col)`` returns one array per output (e.g. image and mask), so
+    each tile is produced once. Each output is written by its own thread fed through
+    a bounded queue, which keeps memory bounded and lets compression overlap rendering.
+    """
+    specs = [spec for _, spec in outputs]
+    grid = (specs[0].tile_rows, specs[0].tile_cols)
+    if any((s.tile_rows, s.tile_cols) != grid for s in specs):
+        raise ValueError("all outputs must share one tile grid")
+    queues: list[queue.Queue] = [queue.Queue(maxsize=prefetch) for _ in outputs]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def drain(q: queue.Queue, ended: list[bool]) -> Iterator[np.ndarray]:
+        while True:
+            item = q.get()
+            if item is _END:
+                ended.append(True)
+                return
+            yield item
+
+    def run(path: str, spec: PyramidSpec, q: queue.Queue) -> None:
+        ended: list[bool] = []
+        try:
+            PyramidWriter(path, spec).write(drain(q, ended))
+        except BaseException as exc:  # reported to the caller below
+            errors.append(exc)
+            stop.set()
+            while not ended and q.get() is not _END:  # unblock the producer
+                pass
+
+    threads = [threading.Thread(target=run, args=(path, spec, q), daemon=True) for (path, spec), q in zip(outputs, queues)]
+    for thread in threads:
+        thread.start()
+    try:
+        for row in range(grid[0]):
+            for col in range(grid[1]):
+                if stop.is_set():
+                    break
+                arrays = tile_source(row, col)
+                for q, array in zip(queues, arrays):
+                    q.put(array)
+                if on_tile:
+                    on_tile()
+    finally:
+        for q in queues:
+            q.put(_END)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+
+
+def read_metadata(path_or_stream) -> dict[str, Any]:
+    """The JSON metadata minseg stored in a TIFF's first ImageDescription ({} if none)."""
+    with tifffile.TiffFile(path_or_stream) as tiff:
+        text = tiff.pages[0].description
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,180 @@
+"""Structured logging and TTY-aware progress.
+
+Every log line names an event and its fields (``event=synth.done images=8 output=...``),
+or is a JSON object when ``MINSEG_LOG_FORMAT=json`` (for log shippers on clusters).
+Known secret values from the environment are masked in every record, so a stray
+exception text can never leak a credential into a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, TypeVar
+
+_SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+_REDACTED = "***"
+
+T = TypeVar("T")
+
+
+def secret_values() -> list[str]:
+    """Values of credential variables currently set (only long ones, to avoid masking noise)."""
+    return [v for name in _SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 8]
+
+
+def redact(text: str) -> str:
+    for value in secret_values():
+        text = text.replace(value, _REDACTED)
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            payload["event"] = record.getMessage()
+            payload.update(fields)
+        else:
+            payload["message"] = record.getMessage()
+        if record.exc_text:
+            payload["exception"] = record.exc_text
+        return json.dumps(payload, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += f"event={record.getMessage()} " + " ".join(
+                f"{key}={_format_value(value)}" for key, value in fields.items()
+            )
+        else:
+            line += record.getMessage()
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def configure_logging(level: str | int | None = None, fmt: str | None = None) -> None:
+    """Set up the ``minseg`` logger once per process (idempotent; Ray workers call it too)."""
+    level = level or os.environ.get("MINSEG_LOG_LEVEL", "INFO")
+    fmt = (fmt or os.environ.get("MINSEG_LOG_FORMAT", "text")).lower()
+    if fmt not in ("text", "json"):
+        raise ValueError(f"MINSEG_LOG_FORMAT must be 'text' or 'json', got {fmt!r}")
+    logger = logging.getLogger("minseg")
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_minseg", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._minseg = True  # type: ignore[attr-defined]
+    handler.addFilter(_RedactingFilter())
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name if name.startswith("minseg") else f"minseg.{name}")
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a structured event: what ran, on what, where the outputs went."""
+    logger.log(level, event, extra={"fields": fields})
+
+
+def _is_interactive(stream) -> bool:
+    if os.environ.get("CI") or os.environ.get("MINSEG_NO_PROGRESS"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+    """A progress bar on a terminal; on a pipe or in CI, one summary line at the end.
+
+    Use ``advance()`` from the loop doing the work, or wrap an iterable with ``track``.
+    """
+
+    def __init__(self, total: int | None, description: str, unit: str = "items", stream=None):
+        self.total = total
+        self.description = description
+        self.unit = unit
+        self.done = 0
+        self._stream = stream or sys.stderr
+        self._interactive = _is_interactive(self._stream)
+        self._started = time.monotonic()
+        self._last_draw = 0.0
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self._interactive and (now - self._last_draw > 0.1 or self.done == self.total):
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = now - self._started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(frac * 30)
+            text = f"\r{self.description} [{bar:<30}] {self.done}/{self.total} {self.unit} ({rate:.1f}/s)"
+        else:
+            text = f"\r{self.description} {self.done} {self.unit} ({rate:.1f}/s)"
+        self._stream.write(text)
+        self._stream.flush()
+
+    def close(self, failed: bool = False) -> None:
+        elapsed = time.monotonic() - self._started
+        if self._interactive:
+            self._stream.write("\n")
+            self._stream.flush()
+        log_event(
+            get_logger("progress"),
+            "progress.failed" if failed else "progress.done",
+            task=self.description,
+            done=self.done,
+            total=self.total,
+            unit=self.unit,
+            seconds=round(elapsed, 2),
+        )
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with Progress(total, description, unit) as progress:
+        for item in items:
+            yield item
+            progress.advance()

@@ -1,0 +1,42 @@
+"""Connecting to Ray the same way from the CLI, jobs and tests."""
+
+from __future__ import annotations
+
+import os
+
+from minseg.config.schema import RaySettings
+from minseg.logs import _is_interactive, configure_logging, get_logger, log_event
+
+log = get_logger("runtime")
+
+
+def _worker_setup() -> None:
+    configure_logging()
+
+
+def init_ray(settings: RaySettings | None = None):
+    """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local one.
+
+    Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused.
+    """
+    import ray
+
+    settings = settings or RaySettings()
+    if not ray.is_initialized():
+        address = settings.address or os.environ.get("RAY_ADDRESS")
+        kwargs = dict(
+            include_dashboard=False,
+            configure_logging=False,
+            runtime_env={"worker_process_setup_hook": "minseg.runtime._worker_setup"},
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=settings.num_cpus, **kwargs)
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = _is_interactive(__import__("sys").stderr)
+    resources = ray.cluster_resources()
+    log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0), nodes=len(ray.nodes()))
+    return ray

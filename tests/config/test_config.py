@@ -1,0 +1,101 @@
+import pytest
+
+from minseg.config import ConfigError, MinsegConfig, load_config, validate_config
+from minseg.enums import TiffCompression
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_becomes_typed_objects(tmp_path):
+    config = load_config(
+        write(tmp_path, "run: {name: demo, seed: 7}\nsynth:\n  slide: {height: 1000, width: 900, compression: zstd}\n"),
+        MinsegConfig,
+    )
+    assert config.run.seed == 7
+    assert config.synth.slide.compression is TiffCompression.ZSTD
+    assert config.storage.max_attempts == 8  # defaults filled in
+
+
+@pytest.mark.parametrize(
+    "text, key, reason",
+    [
+        ("run: {nmae: x}", "run.nmae", "unknown key"),
+        ("synth: {sections: {count: many}}", "synth.sections.count", "valid integer"),
+        ("synth: {sections: {count: 2.5}}", "synth.sections.count", "valid integer"),
+        ("synth: {slide: {tile: 500}}", "synth.slide.tile", "multiple of 16"),
+        ("synth: {slide: {compression: lzw}}", "synth.slide.compression", "'none', 'deflate', 'zstd' or 'jpeg'"),
+        ("storage: {endpoint_url: 127.0.0.1:9000}", "storage.endpoint_url", "http:// or https://"),
+        ("storage: {multipart_part_size_mib: 1}", "storage.multipart_part_size_mib", "greater than or equal to 5"),
+        ("bogus_section: {}", "bogus_section", "unknown key"),
+        ("synth: {sections: null, slide: null, survey: null}", "synth", "nothing to synthesise"),
+    ],
+)
+def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, MinsegConfig)
+    message = str(info.value)
+    assert f"{path}: {key}: " in message
+    assert reason in message
+
+
+def test_list_positions_in_key_path():
+    from pydantic import BaseModel
+
+    from minseg.config import StrictModel
+
+    class Member(StrictModel):
+        loss: str
+
+    class Root(StrictModel):
+        members: list[Member]
+
+    with pytest.raises(ConfigError, match=r"x.yaml: members\[1\].loss: required value is missing"):
+        validate_config({"members": [{"loss": "ce"}, {}]}, Root, source="x.yaml")
+    assert issubclass(Root, BaseModel)
+
+
+def test_credentials_are_refused_in_files(tmp_path):
+    path = write(tmp_path, "storage:\n  aws_secret_access_key: abc123\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, MinsegConfig)
+    assert "storage.aws_secret_access_key: credentials must not be stored in config files" in str(info.value)
+    assert "abc123" not in str(info.value)
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    path = write(tmp_path, "run:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: line \d+, column \d+: not valid YAML"):
+        load_config(path, MinsegConfig)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml", MinsegConfig)
+
+
+def test_environment_and_cli_overrides(tmp_path):
+    path = write(tmp_path, "storage: {endpoint_url: 'http://file:9000'}\nrun: {seed: 1}\n")
+    environ = {"MINSEG__STORAGE__ENDPOINT_URL": "http://env:9000", "MINSEG__RUN__SEED": "2"}
+    config = load_config(path, MinsegConfig, environ=environ)
+    assert config.storage.endpoint_url == "http://env:9000"
+    assert config.run.seed == 2
+    config = load_config(path, MinsegConfig, overrides={"run.seed": "3"}, environ=environ)
+    assert config.run.seed == 3
+    with pytest.raises(ConfigError, match="environment: run.seed: .*valid integer"):
+        validate_config({}, MinsegConfig, source="environment", environ={"MINSEG__RUN__SEED": "abc"})
+    with pytest.raises(ConfigError, match="credentials are read from AWS_"):
+        validate_config({}, MinsegConfig, overrides={"storage.secret_key": "x"})
+
+
+def test_bundled_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert configs, "configs/ should hold example configs"
+    for path in configs:
+        load_config(path, MinsegConfig)

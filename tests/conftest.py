@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.s3server import S3Server, start_s3_server
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("MINSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# Progress bars off, so test output stays readable even from a terminal.
+os.environ.setdefault("MINSEG_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (CI and developer machines have ../shared/data)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = start_s3_server()
+    yield server
+    server.stop()
+
+
+@dataclass
+class S3Context:
+    server: S3Server
+    bucket: str
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def settings(self, **overrides):
+        from minseg.config.schema import StorageSettings
+
+        values = dict(endpoint_url=self.server.endpoint, multipart_threshold_mib=5, multipart_part_size_mib=5)
+        values.update(overrides)
+        return StorageSettings(**values)
+
+    def storage(self, **overrides):
+        from minseg.io.storage import Storage
+
+        return Storage(self.settings(**overrides))
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> S3Context:
+    """Credentials in the environment (as users provide them) and a fresh bucket."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"minseg-{uuid.uuid4().hex[:12]}"
+    context = S3Context(s3_server, bucket)
+    context.storage().client.create_bucket(Bucket=bucket)
+    return context
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start-up is slow here)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,90 @@
+import os
+
+import pytest
+
+from minseg.io.storage import ObjectNotFoundError, Storage, StorageError, join_uri, parse_uri
+
+
+def test_parse_uri_forms(tmp_path):
+    assert parse_uri("s3://bucket/a/b.png").bucket == "bucket"
+    assert parse_uri("s3://bucket/a/b.png").path == "a/b.png"
+    assert parse_uri(f"file://{tmp_path}/x").path == f"{tmp_path}/x"
+    assert parse_uri("rel/x").path == os.path.abspath("rel/x")
+    assert join_uri("s3://b/run/", "/tiles/", "a.png") == "s3://b/run/tiles/a.png"
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("gs://bucket/key", "unsupported scheme 'gs'"),
+        ("s3://", "has no bucket"),
+        ("s3://AKIA:secret@bucket/key", "must not carry credentials"),
+        ("file://otherhost/x", "must be local"),
+        ("", "empty"),
+    ],
+)
+def test_parse_uri_rejects(uri, message):
+    with pytest.raises(StorageError, match=message):
+        parse_uri(uri)
+
+
+def test_roundtrip_and_listing(tmp_path):
+    storage = Storage()
+    storage.write_bytes(str(tmp_path / "a" / "one.bin"), b"1")
+    storage.write_text(str(tmp_path / "a" / "sub" / "two.txt"), "two")
+    storage.write_bytes(str(tmp_path / "b.bin"), b"22")
+    assert storage.read_text(str(tmp_path / "a" / "sub" / "two.txt")) == "two"
+    listed = [info.uri for info in storage.list(str(tmp_path / "a"))]
+    assert listed == [str(tmp_path / "a" / "one.bin"), str(tmp_path / "a" / "sub" / "two.txt")]
+    # a name prefix, not a folder
+    assert [i.uri for i in storage.list(str(tmp_path / "b"))] == [str(tmp_path / "b.bin")]
+    assert storage.size(str(tmp_path / "b.bin")) == 2
+    storage.copy(str(tmp_path / "b.bin"), str(tmp_path / "c" / "copy.bin"))
+    assert storage.read_bytes(str(tmp_path / "c" / "copy.bin")) == b"22"
+    storage.delete(str(tmp_path / "b.bin"))
+    storage.delete(str(tmp_path / "b.bin"))  # idempotent
+    assert not storage.exists(str(tmp_path / "b.bin"))
+    assert storage.delete_prefix(str(tmp_path / "a")) == 2
+
+
+def test_missing_file_error_names_path(tmp_path):
+    missing = str(tmp_path / "nope.png")
+    with pytest.raises(ObjectNotFoundError, match="nope.png: no such file"):
+        Storage().read_bytes(missing)
+    with pytest.raises(FileNotFoundError):  # usable with plain except FileNotFoundError too
+        Storage().open_read(missing)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out" / "result.bin"
+    storage = Storage()
+    storage.write_bytes(str(target), b"old")
+    with pytest.raises(RuntimeError):
+        with storage.open_write(str(target)) as stream:
+            stream.write(b"half of the new")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"  # old content intact, never a partial file
+    assert os.listdir(target.parent) == ["result.bin"]  # temp file removed
+
+
+def test_unclosed_writer_is_not_published(tmp_path):
+    target = tmp_path / "dropped.bin"
+    stream = Storage().open_write(str(target))
+    stream.write(b"partial")
+    del stream
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_staged_output_publishes_only_on_success(tmp_path):
+    storage = Storage()
+    with storage.staged_output(str(tmp_path / "ok.tif")) as path:
+        with open(path, "wb") as f:
+            f.write(b"tiff")
+    assert (tmp_path / "ok.tif").read_bytes() == b"tiff"
+    with pytest.raises(ValueError):
+        with storage.staged_output(str(tmp_path / "bad.tif")) as path:
+            with open(path, "wb") as f:
+                f.write(b"half")
+            raise ValueError("writer failed")
+    assert sorted(os.listdir(tmp_path)) == ["ok.tif"]

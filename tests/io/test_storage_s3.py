@@ -1,0 +1,171 @@
+"""Storage against a real S3-compatible server on 127.0.0.1 (see tests/support/s3server.py)."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from minseg.io.storage import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ObjectNotFoundError,
+    Storage,
+    StorageError,
+)
+from tests.support.s3server import FlakyProxy
+
+MIB = 1024 * 1024
+
+
+def test_small_object_roundtrip(s3):
+    storage = s3.storage()
+    storage.write_bytes(s3.uri("dir/a.bin"), b"hello")
+    assert storage.read_bytes(s3.uri("dir/a.bin")) == b"hello"
+    assert storage.exists(s3.uri("dir/a.bin"))
+    assert not storage.exists(s3.uri("dir/missing.bin"))
+    assert storage.size(s3.uri("dir/a.bin")) == 5
+    with storage.open_read(s3.uri("dir/a.bin")) as stream:
+        stream.seek(1)
+        assert stream.read(3) == b"ell"
+    storage.copy(s3.uri("dir/a.bin"), s3.uri("dir/b.bin"))
+    assert storage.read_bytes(s3.uri("dir/b.bin")) == b"hello"
+    storage.delete(s3.uri("dir/a.bin"))
+    assert [i.uri for i in storage.list(s3.uri("dir/"))] == [s3.uri("dir/b.bin")]
+    with pytest.raises(ObjectNotFoundError, match=r"dir/a.bin .*no such object"):
+        storage.read_bytes(s3.uri("dir/a.bin"))
+
+
+def test_multipart_roundtrip_over_5_mib(s3, tmp_path):
+    storage = s3.storage()
+    payload = os.urandom(12 * MIB + 123)
+    with storage.open_write(s3.uri("big/object.bin")) as stream:
+        for start in range(0, len(payload), MIB):  # written in pieces, like a streaming encoder
+            stream.write(payload[start : start + MIB])
+    head = storage.client.head_object(Bucket=s3.bucket, Key="big/object.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # 5 + 5 + 2 MiB parts: really multipart
+    assert storage.read_bytes(s3.uri("big/object.bin")) == payload
+    # local <-> s3 copies of a large object
+    local = tmp_path / "copy.bin"
+    storage.copy(s3.uri("big/object.bin"), str(local))
+    assert local.read_bytes() == payload
+    storage.copy(str(local), s3.uri("big/again.bin"))
+    storage.copy(s3.uri("big/again.bin"), s3.uri("big/server-side.bin"))
+    assert storage.read_bytes(s3.uri("big/server-side.bin")) == payload
+
+
+def test_listing_beyond_1000_keys(s3):
+    storage = s3.storage()
+    keys = [f"many/{i:05d}.txt" for i in range(1105)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: storage.client.put_object(Bucket=s3.bucket, Key=k, Body=b"x"), keys))
+    storage.client.put_object(Bucket=s3.bucket, Key="other/z.txt", Body=b"x")
+    listed = [info.uri for info in storage.list(s3.uri("many/"))]
+    assert listed == [s3.uri(k) for k in keys]
+
+
+def test_interrupted_multipart_upload_leaves_no_object(s3):
+    storage = s3.storage()
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        with storage.open_write(s3.uri("partial/slide.tif")) as stream:
+            stream.write(os.urandom(11 * MIB))  # two parts already uploaded
+            raise RuntimeError("encoder crashed")
+    assert not storage.exists(s3.uri("partial/slide.tif"))
+    uploads = storage.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", [])
+    assert uploads == []  # aborted, not left dangling
+
+
+def test_killed_writer_process_leaves_no_object(s3):
+    """A process killed mid-upload never completes the multipart upload: no object."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from minseg.config.schema import StorageSettings
+        from minseg.io.storage import Storage
+        storage = Storage(StorageSettings(endpoint_url={s3.server.endpoint!r},
+                          multipart_threshold_mib=5, multipart_part_size_mib=5))
+        stream = storage.open_write({s3.uri('killed/out.bin')!r})
+        stream.write(os.urandom(11 * 1024 * 1024))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), timeout=120)
+    assert result.returncode == -9
+    storage = s3.storage()
+    assert not storage.exists(s3.uri("killed/out.bin"))
+    assert list(storage.list(s3.uri("killed/"))) == []
+
+
+def test_wrong_secret_is_a_clear_error_without_the_secret(s3, monkeypatch, caplog):
+    wrong_secret = "wrong-secret-value-1234567890"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
+    storage = s3.storage()
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(AccessDeniedError) as info:
+            storage.read_bytes(s3.uri("a.bin"))
+    message = str(info.value)
+    assert "access denied" in message and "secret key does not match" in message
+    assert s3.uri("a.bin") in message
+    assert wrong_secret not in message and wrong_secret not in caplog.text
+    assert s3.server.access_key not in message
+
+
+def test_unknown_access_key(s3, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+    with pytest.raises(AccessDeniedError, match="access denied"):
+        s3.storage().write_bytes(s3.uri("x.bin"), b"1")
+
+
+def test_missing_bucket(s3):
+    with pytest.raises(BucketNotFoundError, match="bucket 'no-such-bucket-here' does not exist"):
+        s3.storage().read_bytes("s3://no-such-bucket-here/key.bin")
+    with pytest.raises(BucketNotFoundError):
+        list(s3.storage().list("s3://no-such-bucket-here/prefix/"))
+
+
+def test_retries_throttling_with_backoff(s3):
+    with FlakyProxy(s3.server.endpoint, failures=3) as proxy:
+        storage = s3.storage(endpoint_url=proxy.endpoint, max_attempts=5)
+        storage.write_bytes(s3.uri("retry.bin"), b"eventually")
+        assert storage.read_bytes(s3.uri("retry.bin")) == b"eventually"
+        assert proxy.requests_seen >= 5  # 3 refused + the PUT + the GET
+
+
+def test_gives_up_after_max_attempts(s3):
+    with FlakyProxy(s3.server.endpoint, failures=100) as proxy:
+        storage = s3.storage(endpoint_url=proxy.endpoint, max_attempts=2)
+        with pytest.raises(StorageError, match="SlowDown"):
+            storage.write_bytes(s3.uri("never.bin"), b"x")
+        assert proxy.requests_seen == 2
+
+
+def test_endpoint_from_aws_endpoint_url(s3, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    storage = s3.storage(endpoint_url=None)
+    storage.write_bytes(s3.uri("env.bin"), b"env")
+    assert storage.read_bytes(s3.uri("env.bin")) == b"env"
+
+
+def test_endpoint_from_minseg_env_override(s3, monkeypatch):
+    from minseg.io.storage import default_storage_settings
+
+    monkeypatch.setenv("MINSEG__STORAGE__ENDPOINT_URL", s3.server.endpoint)
+    assert default_storage_settings().endpoint_url == s3.server.endpoint
+    Storage().write_bytes(s3.uri("minseg-env.bin"), b"ok")
+
+
+def test_ray_data_reads_and_writes_through_same_settings(s3, ray_session):
+    import ray
+
+    storage = s3.storage()
+    filesystem, path = storage.pyarrow_filesystem(s3.uri("tables/"))
+    ray.data.range(100).map(lambda row: {"id": row["id"], "sq": row["id"] ** 2}).write_parquet(
+        path, filesystem=filesystem
+    )
+    written = [info.uri for info in storage.list(s3.uri("tables/"))]
+    assert written and all(uri.endswith(".parquet") for uri in written)
+    rows = ray.data.read_parquet(path, filesystem=filesystem).take_all()
+    assert sorted(r["sq"] for r in rows) == [i * i for i in range(100)]

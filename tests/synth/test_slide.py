@@ -1,0 +1,95 @@
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+
+from minseg.config.schema import SlideSynth
+from minseg.enums import TiffCompression
+from minseg.io.tiff import PyramidSpec, _reduce_band, read_metadata, write_pyramids
+from minseg.synth.sections import SectionRenderer
+from minseg.synth.slide import write_synthetic_slide
+
+
+def test_slide_is_tiled_pyramidal_bigtiff_matching_the_renderer(tmp_path):
+    settings = SlideSynth(height=1000, width=1300, tile=256, compression="zstd")
+    write_synthetic_slide(str(tmp_path / "s.tif"), str(tmp_path / "m.tif"), settings, seed=11)
+    expected_img, expected_mask = SectionRenderer(seed=11).render(0, 0, 1000, 1300)
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        assert tif.is_bigtiff
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)
+        levels = tif.series[0].levels
+        assert [lvl.shape for lvl in levels] == [(1000, 1300, 3), (500, 650, 3), (250, 325, 3), (125, 163, 3)]
+        assert np.array_equal(levels[0].asarray(), expected_img)
+        assert np.array_equal(levels[1].asarray(), _reduce_band(expected_img, "mean"))
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert np.array_equal(tif.series[0].levels[0].asarray(), expected_mask)
+        # labels are subsampled, never averaged into codes that do not exist
+        assert np.array_equal(tif.series[0].levels[1].asarray(), expected_mask[::2, ::2])
+    meta = read_metadata(str(tmp_path / "m.tif"))
+    assert [c["name"] for c in meta["classes"]][:3] == ["background", "pyrite", "galena"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif", "s.tif"]  # no scratch left
+
+
+def test_jpeg_slide_keeps_lossless_mask(tmp_path):
+    settings = SlideSynth(height=300, width=400, tile=128, compression="jpeg")
+    write_synthetic_slide(str(tmp_path / "s.tif"), str(tmp_path / "m.tif"), settings, seed=1)
+    _, expected_mask = SectionRenderer(seed=1).render(0, 0, 300, 400)
+    with tifffile.TiffFile(tmp_path / "m.tif") as tif:
+        assert tif.pages[0].compression != 7  # not JPEG
+        assert np.array_equal(tif.asarray(), expected_mask)
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        assert tif.pages[0].compression == 7
+
+
+def test_streaming_memory_is_bounded_by_a_band_not_the_slide(tmp_path):
+    """16384 x 4096 RGB is 192 MiB; the writer holds a band (3 MiB) per level, not the slide."""
+    height, width = 16384, 4096
+    tile = 256
+    band = np.full((tile, tile, 3), 100, np.uint8)
+    spec = PyramidSpec(height, width, channels=3, tile=tile, compression=TiffCompression.DEFLATE)
+    tracemalloc.start()
+    try:
+        write_pyramids([(str(tmp_path / "big.tif"), spec)], lambda r, c: (band,))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full = height * width * 3
+    assert peak < full / 8, f"peak traced memory {peak / 2**20:.1f} MiB for a {full / 2**20:.0f} MiB slide"
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert tif.series[0].levels[0].shape == (16384, 4096, 3)
+
+
+def test_failing_tile_source_raises_and_publishes_nothing(tmp_path):
+    from minseg.io.storage import Storage
+
+    def broken(row, col):
+        if row == 1:
+            raise RuntimeError("renderer crashed")
+        return (np.zeros((64, 64), np.uint8),)
+
+    spec = PyramidSpec(200, 200, channels=1, tile=64)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        with Storage().staged_output(str(tmp_path / "out.tif")) as path:
+            write_pyramids([(path, spec)], broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pyramid_spec_rejects_bad_options():
+    with pytest.raises(ValueError, match="lossy"):
+        PyramidSpec(10, 10, compression=TiffCompression.JPEG, reduce="nearest")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PyramidSpec(10, 10, tile=100)
+
+
+def test_slide_to_s3(s3):
+    storage = s3.storage()
+    settings = SlideSynth(height=200, width=300, tile=128, compression="zstd")
+    write_synthetic_slide(s3.uri("slides/s.tif"), s3.uri("slides/m.tif"), settings, seed=2, storage=storage)
+    with storage.open_read(s3.uri("slides/s.tif")) as stream:
+        with tifffile.TiffFile(stream) as tif:
+            page = tif.pages[0]
+            assert page.shape == (200, 300, 3)
+            # tifffile reads a single tile through ranged GETs
+            assert page.is_tiled

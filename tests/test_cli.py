@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+from minseg.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "minseg", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_subcommands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("demo", "synth", "config", "storage", "info"):
+        assert command in result.stdout
+
+
+def test_config_errors_exit_2_with_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth:\n  slide: {tile: 100}\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: synth.slide.tile: " in err and "multiple of 16" in err
+
+
+def test_config_show_fills_defaults(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("run: {name: x}\n")
+    assert main(["config", "show", str(good), "--set", "run.seed=4"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 4" in out and "max_attempts: 8" in out
+
+
+def test_synth_survey_and_storage_commands(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["synth", "survey", "--out", str(out), "--set", "synth.survey.n_samples=50"]) == 0
+    assert (out / "survey" / "samples.csv").exists()
+    assert not (out / "sections").exists()
+    manifest = json.loads((out / "synth_manifest.json").read_text())
+    assert manifest["config"]["synth"]["survey"]["n_samples"] == 50
+    capsys.readouterr()
+    assert main(["storage", "ls", str(out / "survey")]) == 0
+    assert "lithology.tif" in capsys.readouterr().out
+    assert main(["storage", "cat", str(out / "missing.txt")]) == 2
+    assert "missing.txt: no such file" in capsys.readouterr().err
