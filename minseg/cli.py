@@ -89,6 +89,38 @@ def cmd_storage(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    import torch
+
+    from minseg.models import build_model, list_models
+
+    rows = []
+    for entry in list_models(args.task):
+        in_channels = 10 if entry.name == "mfaf" else 3
+        num_classes = 2 if entry.name == "mfaf" else args.num_classes
+        with torch.device("meta"):  # counts parameters without allocating them
+            model = build_model(entry.name, num_classes=num_classes, in_channels=in_channels)
+        options = {k: str(v) for k, v in entry.options().items() if k != "pad_mode"}
+        rows.append({
+            "name": entry.name,
+            "task": str(entry.task),
+            "params_m": round(model.parameter_count() / 1e6, 2),
+            "defaults": options,
+            "paper": entry.paper,
+            "description": entry.description,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22}{'task':<16}{'params':>9}  description")
+    for row in rows:
+        print(f"{row['name']:<22}{row['task']:<16}{row['params_m']:>8.2f}M  {row['description']}")
+        print(f"{'':<22}paper: {row['paper']}")
+        print(f"{'':<22}defaults: " + ", ".join(f"{k}={v}" for k, v in row["defaults"].items()))
+    print(f"\nparameter counts at full size, {args.num_classes} classes (mfaf: 10 evidence channels, 2 classes)")
+    return 0
+
+
 def cmd_info(args) -> int:
     import platform
 
@@ -143,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("destination", nargs="?", help="for cp")
     storage.add_argument("--config", "-c", help="config whose storage section to use")
     storage.set_defaults(func=cmd_storage)
+
+    models = sub.add_parser("models", help="list the registered learners with parameter counts and defaults")
+    models.add_argument("--task", choices=["segmentation", "classification"])
+    models.add_argument("--num-classes", type=int, default=9)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
 
     info = sub.add_parser("info", help="versions and accelerator availability")
     info.set_defaults(func=cmd_info)

@@ -31,3 +31,36 @@ class TiffCompression(StrEnum):
     DEFLATE = "deflate"
     ZSTD = "zstd"
     JPEG = "jpeg"  # lossy: images only, never label masks
+
+
+class Activation(StrEnum):
+    RELU = "relu"
+    LEAKY_RELU = "leaky_relu"  # slope 0.1, as in the Res-UNet ensemble paper
+
+
+class Task(StrEnum):
+    SEGMENTATION = "segmentation"
+    CLASSIFICATION = "classification"
+
+
+class PadMode(StrEnum):
+    """What a model does with inputs whose size is not a multiple it needs."""
+
+    REPLICATE = "replicate"  # pad by repeating edge pixels, crop the output back
+    ZEROS = "zeros"
+    STRICT = "strict"  # refuse, naming the multiple
+
+
+class DepthPreset(StrEnum):
+    PAPER = "paper"  # the block counts of the source paper
+    TINY = "tiny"  # one block per stage: tests and the CPU demo
+
+
+class LossName(StrEnum):
+    CE = "ce"
+    DICE = "dice"
+    FOCAL = "focal"
+    CE_DICE = "ce_dice"
+    CE_FOCAL = "ce_focal"
+    WEIGHTED_BCE = "weighted_bce"
+    SELF_DISTILLATION = "self_distillation"

@@ -44,3 +44,14 @@ def test_synth_survey_and_storage_commands(tmp_path, capsys):
     assert "lithology.tif" in capsys.readouterr().out
     assert main(["storage", "cat", str(out / "missing.txt")]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
+
+
+def test_models_lists_every_learner_with_counts(capsys):
+    from minseg.models import list_models
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == [e.name for e in list_models()]
+    res_unet = next(r for r in rows if r["name"] == "res_unet")
+    assert abs(res_unet["params_m"] - 43.93) < 0.01
+    assert res_unet["defaults"]["activation"] == "leaky_relu"

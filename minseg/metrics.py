@@ -1,0 +1,194 @@
+"""Metrics from one streaming confusion matrix (on the model's device, mergeable across
+workers), plus ranking metrics for prospectivity.
+
+Conventions:
+
+- IoU is TP / (TP + FP + FN). (The Res-UNet paper's Eq. 11 prints ``+ num_ii`` in the
+  denominator, which double-counts TP; the paper's own numbers only make sense with
+  the standard definition, which is what is implemented.)
+- The paper's **mPA** (Eq. 8) is per-class precision averaged over classes; its **F1**
+  (Eq. 10) is the harmonic mean of macro precision and macro recall. Both are reported,
+  next to the mean of per-class F1.
+- **Recall-weighted** F1 and IoU (microplastic paper, Eq. 34-35) weight each class by
+  its share of true pixels (TP + FN, the denominator of its recall).
+- A class with no true and no predicted pixels has undefined IoU/precision/recall/F1
+  (NaN) and is left out of the means.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class ConfusionMatrix:
+    """Counts ``matrix[true, predicted]``; ``update`` accepts labels or logits/probabilities."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device: torch.device | str | None = None):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> "ConfusionMatrix":
+        """``prediction``: (N, C, ...) scores or (N, ...) labels; ``target``: (N, ...) labels."""
+        if prediction.ndim == target.ndim + 1:
+            prediction = prediction.argmax(dim=1)
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
+        prediction = prediction.reshape(-1).to(self.matrix.device, torch.int64)
+        target = target.reshape(-1).to(self.matrix.device, torch.int64)
+        keep = target != self.ignore_index if self.ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        prediction, target = prediction[keep], target[keep]
+        bad = (target < 0) | (target >= self.num_classes)
+        if bad.any():
+            raise ValueError(
+                f"target has label {int(target[bad][0])} outside 0..{self.num_classes - 1} "
+                f"(ignore_index is {self.ignore_index})"
+            )
+        if ((prediction < 0) | (prediction >= self.num_classes)).any():
+            raise ValueError(f"prediction has labels outside 0..{self.num_classes - 1}")
+        counts = torch.bincount(target * self.num_classes + prediction, minlength=self.num_classes**2)
+        self.matrix += counts.view(self.num_classes, self.num_classes)
+        return self
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge {other.num_classes}-class counts into {self.num_classes}-class counts")
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    def __add__(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        result = ConfusionMatrix(self.num_classes, self.ignore_index, self.matrix.device)
+        result.matrix = self.matrix.clone()
+        return result.merge(other)
+
+    def all_reduce(self) -> "ConfusionMatrix":
+        """Sum the counts over a torch.distributed group (DDP workers), in place."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        return self
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    def state_dict(self) -> dict:
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "matrix": self.matrix.cpu().tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ConfusionMatrix":
+        cm = cls(state["num_classes"], state["ignore_index"])
+        cm.matrix = torch.tensor(state["matrix"], dtype=torch.int64)
+        return cm
+
+    def compute(self, class_names: Sequence[str] | None = None) -> dict:
+        return metrics_from_confusion(self.matrix.cpu().numpy(), class_names)
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
+    """Every segmentation/classification metric minseg reports, from a confusion matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n = matrix.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} class names for a {n}-class confusion matrix")
+    tp = np.diag(matrix)
+    true = matrix.sum(axis=1)  # TP + FN
+    predicted = matrix.sum(axis=0)  # TP + FP
+    present = (true + predicted) > 0
+    iou = np.where(present, _divide(tp, true + predicted - tp), np.nan)
+    precision = np.where(present, _divide(tp, predicted), np.nan)
+    precision = np.where(present & (predicted == 0), 0.0, precision)  # never predicted but present: 0
+    recall = np.where(present, _divide(tp, true), np.nan)
+    f1 = np.where(present, _divide(2 * tp, true + predicted), np.nan)
+    macro_precision, macro_recall = _nanmean(precision), _nanmean(recall)
+    support = true / true.sum() if true.sum() > 0 else np.zeros(n)
+    total = matrix.sum()
+    with np.errstate(invalid="ignore"):
+        paper_f1 = 2 * macro_precision * macro_recall / (macro_precision + macro_recall)
+    return {
+        "classes": names,
+        "iou": iou.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": true.astype(np.int64).tolist(),
+        "miou": _nanmean(iou),
+        "mean_precision": macro_precision,
+        "mean_recall": macro_recall,
+        "mean_f1": _nanmean(f1),
+        "accuracy": float(tp.sum() / total) if total else float("nan"),
+        # the Res-UNet paper's names (Eq. 8-10)
+        "mPA": macro_precision,
+        "mRecall": macro_recall,
+        "F1_paper": float(paper_f1) if not math.isnan(paper_f1) else float("nan"),
+        # the microplastic paper's recall-weighted summaries (Eq. 34-35)
+        "recall_weighted_f1": float(np.nansum(support * np.nan_to_num(f1))),
+        "recall_weighted_iou": float(np.nansum(support * np.nan_to_num(iou))),
+    }
+
+
+def metric_value(metrics: dict, key: str) -> float:
+    """Look up a ranking key: ``miou``, ``mean_f1``, ``iou:gangue``, ``f1:<class>``, ..."""
+    name, _, cls = key.partition(":")
+    if not cls:
+        if name not in metrics or isinstance(metrics[name], list):
+            raise ValueError(f"unknown metric {key!r}")
+        return float(metrics[name])
+    if name not in ("iou", "precision", "recall", "f1"):
+        raise ValueError(f"unknown per-class metric {name!r} in {key!r} (use iou, precision, recall or f1)")
+    if cls not in metrics["classes"]:
+        raise ValueError(f"unknown class {cls!r} in {key!r}; classes: {', '.join(metrics['classes'])}")
+    return float(metrics[name][metrics["classes"].index(cls)])
+
+
+# ------------------------------------------------------------------ prospectivity
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUC needs both classes: {positives} positive and {negatives} negative samples")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def auc_z_score(auc: float, positives: int, negatives: int) -> float:
+    """Z_AUC of the prospectivity paper (Eq. 1-3), Hanley-McNeil standard error:
+
+    Q1 = AUC / (2 - AUC), Q2 = 2 AUC^2 / (1 + AUC),
+    S = sqrt((AUC (1 - AUC) + (Cp - 1)(Q1 - AUC^2) + (Cn - 1)(Q2 - AUC^2)) / (Cp Cn)),
+    Z = (AUC - 0.5) / S.
+    """
+    if positives < 1 or negatives < 1:
+        raise ValueError("Z_AUC needs at least one positive and one negative sample")
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives
+    )
+    if variance <= 0:
+        return math.inf if auc > 0.5 else (-math.inf if auc < 0.5 else 0.0)
+    return (auc - 0.5) / math.sqrt(variance)

@@ -1,0 +1,19 @@
+"""Learners: every architecture of the seed papers, built by name.
+
+>>> from minseg.models import build_model
+>>> model = build_model("res_unet", num_classes=9, stn=True, width=0.25, depth="tiny")
+"""
+
+from minseg.models.base import MinsegModel, WeightLoadReport, read_state_dict
+from minseg.models.registry import ModelEntry, build_model, get_entry, list_models, register_model
+
+__all__ = [
+    "MinsegModel",
+    "ModelEntry",
+    "WeightLoadReport",
+    "build_model",
+    "get_entry",
+    "list_models",
+    "read_state_dict",
+    "register_model",
+]

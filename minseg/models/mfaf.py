@@ -1,0 +1,130 @@
+"""MFAF: the multiscale feature attention framework of the prospectivity paper
+(Gao et al., Sustainability 2023).
+
+Input: C-channel evidence windows (e.g. 10 x 128 x 128); output: ore / no-ore.
+
+1. Multi-scale stem: parallel 3x3 convolutions with dilation rates (default 1, 6, 12,
+   18, 24) over the evidence stack, concatenated.
+2. Squeeze-and-excitation channel attention (its weights say how much each evidence
+   feature contributes), then spatial attention (channel max + mean -> 7x7 conv ->
+   sigmoid).
+3. A ResNet18 or ShuffleNetV2 backbone.
+4. Every backbone stage feeds a small sub-network (pool -> projection to a shared
+   width); one fully connected classifier, shared by all of them, scores each; the
+   prediction is the vote (mean of softmax) of the stage classifiers.
+5. Self-distillation: in training, ``forward`` also returns every stage's logits so
+   the loss can pull each stage towards the vote (weight beta, default 0.4; see
+   ``minseg.losses.SelfDistillationLoss``).
+
+The paper's text gives these parts but not every wiring detail; docs/learners.md
+records the reading implemented here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minseg.enums import DepthPreset, PadMode, Task
+from minseg.models.base import MinsegModel
+from minseg.models.blocks import SpatialAttention, SqueezeExcitation, scaled
+from minseg.models.registry import register_model
+from minseg.models.resnet import ResNetEncoder
+from minseg.models.shufflenet import ShuffleNetV2Encoder
+
+BACKBONES = ("resnet18", "shufflenetv2")
+
+
+class MultiScaleStem(nn.Module):
+    def __init__(self, in_channels: int, branch_channels: int, rates: tuple[int, ...]):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(in_channels, branch_channels, 3, padding=r, dilation=r, bias=False),
+                nn.BatchNorm2d(branch_channels),
+                nn.ReLU(inplace=True),
+            )
+            for r in rates
+        )
+        self.out_channels = branch_channels * len(rates)
+
+    def forward(self, x):
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
+class _ResNet18Stages(nn.Module):
+    """ResNet18 layers 1-4 applied after the MFAF stem (the stem replaces its conv1)."""
+
+    def __init__(self, in_channels: int, width: float, depth: DepthPreset):
+        super().__init__()
+        resnet = ResNetEncoder("resnet18", in_channels, width, depth)
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act, resnet.maxpool)
+        self.layers = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
+        self.out_channels = resnet.out_channels[1:]
+
+    def forward(self, x):
+        x = self.stem(x)
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+@register_model(
+    "mfaf",
+    task=Task.CLASSIFICATION,
+    paper="MFAF prospectivity network (Gao et al., Sustainability 2023)",
+    description="dilated multi-scale stem + SE + spatial attention, ResNet18/ShuffleNetV2, voted stage classifiers",
+)
+class MFAF(MinsegModel):
+    task = Task.CLASSIFICATION
+    min_size = 16
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 10,
+        backbone: str = "resnet18",
+        dilation_rates: tuple[int, ...] = (1, 6, 12, 18, 24),
+        branch_channels: int = 16,
+        head_channels: int = 128,
+        width: float = 1.0,
+        depth: DepthPreset | str = DepthPreset.PAPER,
+        pad_mode: PadMode | str = PadMode.REPLICATE,
+    ):
+        super().__init__(num_classes, in_channels, pad_mode)
+        if backbone not in BACKBONES:
+            raise ValueError(f"MFAF backbone must be one of {BACKBONES}, got {backbone!r}")
+        if not dilation_rates or any(int(r) < 1 for r in dilation_rates):
+            raise ValueError(f"dilation_rates must be positive integers, got {dilation_rates!r}")
+        self.dilation_rates = tuple(int(r) for r in dilation_rates)
+        self.stem = MultiScaleStem(in_channels, scaled(branch_channels, width), self.dilation_rates)
+        self.channel_attention = SqueezeExcitation(self.stem.out_channels, reduction=4)
+        self.spatial_attention = SpatialAttention(7)
+        depth = DepthPreset(depth)
+        if backbone == "resnet18":
+            self.encoder = _ResNet18Stages(self.stem.out_channels, width, depth)
+        else:
+            self.encoder = ShuffleNetV2Encoder(self.stem.out_channels, width, depth)
+        shared = scaled(head_channels, width)
+        self.stage_heads = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, shared), nn.ReLU(inplace=True))
+            for c in self.encoder.out_channels
+        )
+        self.classifier = nn.Linear(shared, num_classes)  # shared by every stage
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """SE weights per stem channel (N, branches x rates): how much each feature counts."""
+        features = self.stem(x)
+        se = self.channel_attention
+        return torch.sigmoid(se.fc2(torch.relu(se.fc1(features.mean(dim=(-2, -1), keepdim=True))))).flatten(1)
+
+    def _forward(self, x):
+        y = self.spatial_attention(self.channel_attention(self.stem(x)))
+        stage_logits = [self.classifier(head(f)) for head, f in zip(self.stage_heads, self.encoder(y))]
+        vote = torch.stack([torch.softmax(l.float(), dim=1) for l in stage_logits]).mean(0)
+        logits = torch.log(vote.clamp_min(1e-8)).to(stage_logits[0].dtype)
+        if self.training:
+            return logits, stage_logits
+        return logits

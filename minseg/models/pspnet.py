@@ -1,0 +1,49 @@
+"""PSPNet (pyramid pooling) on the ResNet50 encoder: a Table 7 comparison model."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from minseg.enums import Activation, DepthPreset, PadMode, Task
+from minseg.models.base import MinsegModel
+from minseg.models.blocks import ConvNormAct, PyramidPooling, scaled
+from minseg.models.registry import register_model
+from minseg.models.resnet import ResNetEncoder
+
+
+@register_model(
+    "pspnet",
+    task=Task.SEGMENTATION,
+    paper="Res-UNet ensemble paper, Table 7 comparison (PSPNet)",
+    description="ResNet50 encoder at output stride 8, pyramid pooling bins (1,2,3,6)",
+)
+class PSPNet(MinsegModel):
+    size_multiple = 8
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        output_stride: int = 8,
+        bins: tuple[int, ...] = (1, 2, 3, 6),
+        activation: Activation | str = Activation.RELU,
+        width: float = 1.0,
+        depth: DepthPreset | str = DepthPreset.PAPER,
+        pad_mode: PadMode | str = PadMode.REPLICATE,
+    ):
+        super().__init__(num_classes, in_channels, pad_mode)
+        activation = Activation(activation)
+        self.encoder = ResNetEncoder("resnet50", in_channels, width, depth, activation, output_stride)
+        cin = self.encoder.out_channels[-1]
+        self.ppm = PyramidPooling(cin, cin // len(bins), bins, activation)
+        channels = scaled(512, width)
+        self.head = nn.Sequential(
+            ConvNormAct(self.ppm.out_channels, channels, 3, activation=activation),
+            nn.Dropout(0.1),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+    def _forward(self, x):
+        logits = self.head(self.ppm(self.encoder(x)[-1]))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minseg.losses import build_loss
+
+# 1 image, 2 classes, 2x2 pixels; logits chosen so softmax is easy to write down
+LOGITS = torch.tensor([[[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 0.0]]]])  # (1, 2, 2, 2)
+TARGET = torch.tensor([[[0, 1], [1, 255]]])
+P1 = torch.softmax(LOGITS, 1)[0, 1]  # class-1 probability per pixel
+
+
+def test_cross_entropy_ignores_and_weights():
+    loss = build_loss("ce")(LOGITS, TARGET)
+    expected = -(math.log(P1[0, 0].item() * 0 + (1 - P1[0, 0].item())) + math.log(P1[0, 1]) + math.log(P1[1, 0])) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    weighted = build_loss("ce", num_classes=2, class_weights=[1.0, 3.0])(LOGITS, TARGET)
+    manual = -(1 * math.log(1 - P1[0, 0]) + 3 * math.log(P1[0, 1]) + 3 * math.log(P1[1, 0])) / 7
+    assert weighted.item() == pytest.approx(manual, rel=1e-6)
+
+
+def test_dice_squared_denominator_by_hand():
+    probs = torch.softmax(LOGITS, 1)[0]
+    valid = [(0, 0), (0, 1), (1, 0)]
+    per_class = []
+    for c in (0, 1):
+        p = torch.tensor([probs[c][i] for i in valid])
+        g = torch.tensor([float(TARGET[0][i] == c) for i in valid])
+        per_class.append(1 - (2 * (p * g).sum()) / ((p * p).sum() + (g * g).sum()))
+    expected = sum(per_class) / 2
+    assert build_loss("dice")(LOGITS, TARGET).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_focal_reduces_to_ce_at_gamma_0_and_by_hand():
+    ce = build_loss("ce")(LOGITS, TARGET)
+    assert build_loss("focal", focal_gamma=0.0)(LOGITS, TARGET).item() == pytest.approx(ce.item(), rel=1e-6)
+    pt = torch.tensor([1 - P1[0, 0], P1[0, 1], P1[1, 0]])
+    alpha = torch.tensor([0.25, 0.75, 0.75])  # per-class alpha [0.25, 0.75] looked up by target
+    expected = (-alpha * (1 - pt) ** 2 * pt.log()).mean()
+    loss = build_loss("focal", num_classes=2, focal_gamma=2.0, focal_alpha=[0.25, 0.75])(LOGITS, TARGET)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_combined_losses():
+    ce, dice, focal = (build_loss(n)(LOGITS, TARGET) for n in ("ce", "dice", "focal"))
+    assert build_loss("ce_dice", dice_weight=0.5)(LOGITS, TARGET).item() == pytest.approx((ce + 0.5 * dice).item())
+    assert build_loss("ce_focal")(LOGITS, TARGET).item() == pytest.approx((ce + focal).item())
+
+
+def test_weighted_bce_per_image_weights():
+    logits = torch.tensor([[[1.0, -1.0], [0.5, 2.0]]])  # (1, 2, 2) foreground logits
+    target = torch.tensor([[[1, 0], [0, 0]]])
+    hw, positives = 4, 1
+    w_t, w_f = hw / positives, hw / (hw - positives)
+    p = torch.sigmoid(logits)[0]
+    expected = -(w_t * math.log(p[0, 0]) + w_f * (math.log(1 - p[0, 1]) + math.log(1 - p[1, 0]) + math.log(1 - p[1, 1]))) / 4
+    assert build_loss("weighted_bce")(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    # two-channel logits give the same loss
+    two = torch.stack([torch.zeros_like(logits), logits], dim=1)
+    assert build_loss("weighted_bce")(two, target).item() == pytest.approx(expected, rel=1e-6)
+    # an image with no foreground: only background terms, weight 1
+    empty = build_loss("weighted_bce")(logits, torch.zeros_like(target))
+    assert empty.item() == pytest.approx(-F.logsigmoid(-logits).mean().item(), rel=1e-6)
+
+
+def test_self_distillation():
+    torch.manual_seed(0)
+    vote, stages = torch.randn(4, 2), [torch.randn(4, 2) for _ in range(3)]
+    target = torch.tensor([0, 1, 1, 0])
+    loss = build_loss("self_distillation", beta=0.4)((vote, stages), target)
+    teacher = torch.softmax(vote / 3, 1)
+    expected = F.cross_entropy(vote, target)
+    for s in stages:
+        kl = F.kl_div(F.log_softmax(s / 3, 1), teacher, reduction="batchmean") * 9
+        expected = expected + 0.6 * F.cross_entropy(s, target) + 0.4 * kl
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss("self_distillation")(vote, target).item() == pytest.approx(F.cross_entropy(vote, target).item())
+
+
+def test_bad_loss_options():
+    with pytest.raises(ValueError, match="unknown loss 'dicey'; choose from ce, dice"):
+        build_loss("dicey")
+    with pytest.raises(ValueError, match="one value per class \\(3\\)"):
+        build_loss("ce", num_classes=3, class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="beta must be in"):
+        build_loss("self_distillation", beta=1.5)

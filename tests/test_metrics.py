@@ -1,0 +1,78 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minseg.metrics import ConfusionMatrix, auc_z_score, metric_value, metrics_from_confusion, roc_auc
+
+
+def test_worked_example():
+    # rows = truth, columns = prediction
+    matrix = np.array([[5, 1, 0], [2, 3, 1], [0, 0, 4]])
+    m = metrics_from_confusion(matrix, ["a", "b", "c"])
+    assert m["iou"] == pytest.approx([5 / 8, 3 / 7, 4 / 5])  # TP / (TP + FP + FN)
+    assert m["precision"] == pytest.approx([5 / 7, 3 / 4, 4 / 5])
+    assert m["recall"] == pytest.approx([5 / 6, 3 / 6, 4 / 4])
+    assert m["f1"] == pytest.approx([10 / 13, 6 / 10, 8 / 9])
+    assert m["miou"] == pytest.approx((5 / 8 + 3 / 7 + 4 / 5) / 3)
+    macro_p, macro_r = (5 / 7 + 3 / 4 + 4 / 5) / 3, (5 / 6 + 1 / 2 + 1) / 3
+    assert m["mPA"] == pytest.approx(macro_p) and m["mRecall"] == pytest.approx(macro_r)
+    assert m["F1_paper"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r))
+    assert m["mean_f1"] == pytest.approx((10 / 13 + 0.6 + 8 / 9) / 3)
+    assert m["accuracy"] == pytest.approx(12 / 16)
+    assert m["recall_weighted_f1"] == pytest.approx((6 * 10 / 13 + 6 * 0.6 + 4 * 8 / 9) / 16)
+    assert m["recall_weighted_iou"] == pytest.approx((6 * 5 / 8 + 6 * 3 / 7 + 4 * 4 / 5) / 16)
+    assert metric_value(m, "iou:b") == pytest.approx(3 / 7)
+    assert metric_value(m, "miou") == m["miou"]
+    with pytest.raises(ValueError, match="unknown class 'gangue'"):
+        metric_value(m, "iou:gangue")
+
+
+def test_absent_class_is_left_out_of_means():
+    m = metrics_from_confusion(np.array([[3, 0, 0], [1, 2, 0], [0, 0, 0]]))
+    assert math.isnan(m["iou"][2])
+    assert m["miou"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+
+
+def test_streaming_update_matches_and_halves_merge():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 16, 16)
+    target = torch.randint(0, 5, (4, 16, 16))
+    target[0, :2] = 255
+    whole = ConfusionMatrix(5).update(logits, target)
+    first = ConfusionMatrix(5).update(logits[:2], target[:2])
+    second = ConfusionMatrix(5).update(logits[2:].argmax(1), target[2:])
+    merged = first + second
+    assert torch.equal(merged.matrix, whole.matrix)
+    assert merged.compute() == whole.compute()
+    assert whole.matrix.sum() == 4 * 256 - 32  # ignored pixels not counted
+    reference = np.zeros((5, 5), dtype=np.int64)
+    for t, p in zip(target.flatten().tolist(), logits.argmax(1).flatten().tolist()):
+        if t != 255:
+            reference[t, p] += 1
+    assert np.array_equal(whole.matrix.numpy(), reference)
+    restored = ConfusionMatrix.from_state_dict(whole.state_dict())
+    assert torch.equal(restored.matrix, whole.matrix)
+
+
+def test_bad_labels_are_reported():
+    with pytest.raises(ValueError, match="target has label 7 outside 0..2"):
+        ConfusionMatrix(3).update(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[0, 1, 7, 2]]))
+    with pytest.raises(ValueError, match="differ in shape"):
+        ConfusionMatrix(3).update(torch.zeros(1, 4), torch.zeros(1, 5))
+
+
+def test_auc_and_z_auc_by_hand():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.4, 0.3]
+    labels = [1, 1, 0, 1, 0, 0, 1, 0]
+    # pairs (pos, neg) ranked correctly: 0.9>all 4 neg, 0.8>4, 0.6>3 (0.55, 0.5, 0.3), 0.4>1 (0.3) -> 12 / 16
+    auc = roc_auc(scores, labels)
+    assert auc == pytest.approx(12 / 16)
+    assert roc_auc([1, 1, 0], [1, 0, 0]) == pytest.approx(0.75)  # a tie counts one half
+    q1, q2 = 0.75 / 1.25, 2 * 0.75**2 / 1.75
+    s = math.sqrt((0.75 * 0.25 + 3 * (q1 - 0.5625) + 3 * (q2 - 0.5625)) / 16)
+    assert auc_z_score(0.75, 4, 4) == pytest.approx((0.75 - 0.5) / s)
+    assert auc_z_score(0.5, 10, 10) == 0.0
+    with pytest.raises(ValueError, match="needs both classes"):
+        roc_auc([0.1, 0.2], [1, 1])
