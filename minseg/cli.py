@@ -60,6 +60,18 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from minseg.train.ensemble import train_ensemble
+
+    config = _load(args)
+    members = [m.strip() for m in args.members.split(",") if m.strip()] if args.members else None
+    results = train_ensemble(config, members, resume=args.resume)
+    failed = [r.member for r in results if r.status != "done"]
+    if failed:
+        print(f"minseg: {len(failed)} of {len(results)} members failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed and len(failed) == len(results) else 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -163,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(synth)
     synth.set_defaults(func=cmd_synth)
 
+    train = sub.add_parser("train", help="train every ensemble member of a config concurrently (Ray Train + Tune)")
+    _add_config_options(train, required=True)
+    train.add_argument("--members", help="comma-separated member names (default: all)")
+    train.add_argument("--resume", action="store_true", help="continue a run: finished members are kept, others resume")
+    train.set_defaults(func=cmd_train)
+
     config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
     config.add_argument("action", choices=["validate", "show"])
     config.add_argument("config", help="YAML config (path or s3:// URI)")
@@ -189,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from minseg.config import ConfigError
+    from minseg.data.pipeline import DataError
     from minseg.io.storage import StorageError
+    from minseg.train.ensemble import ResourceError
     from minseg.logs import configure_logging
 
     parser = build_parser()
@@ -199,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("storage cp needs a destination")
     try:
         return args.func(args)
-    except (ConfigError, StorageError) as exc:
+    except (ConfigError, StorageError, DataError, ResourceError) as exc:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

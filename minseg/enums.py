@@ -64,3 +64,43 @@ class LossName(StrEnum):
     CE_FOCAL = "ce_focal"
     WEIGHTED_BCE = "weighted_bce"
     SELF_DISTILLATION = "self_distillation"
+
+
+class DatasetLayout(StrEnum):
+    AUTO = "auto"
+    VOC = "voc"  # JPEGImages/, SegmentationClass/, ImageSets/Segmentation/*.txt
+    PAIRED = "paired"  # images/ + masks/ matched by file stem (LumenStone)
+    LABELME = "labelme"  # image + <stem>.json with polygon "shapes"
+    COCO = "coco"  # COCO polygon JSON (+ images beside it)
+    CLASS_FOLDERS = "class_folders"  # one folder of images per class (classification)
+
+
+class MaskEncoding(StrEnum):
+    CODES = "codes"  # pixel values (grey or palette index) are class codes
+    COLORS = "colors"  # RGB masks: each class has a colour
+
+
+class Augmentation(StrEnum):
+    NONE = "none"
+    DIHEDRAL = "dihedral"  # the Res-UNet paper's flips and rotations (x6)
+    SHIFT_ROTATE = "shift_rotate"  # the microplastic paper's 20 % shift / 45 deg rotation, mean fill
+    BOTH = "both"
+
+
+class OptimizerName(StrEnum):
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class ScheduleName(StrEnum):
+    COSINE = "cosine"  # per step, from lr to min_lr, after optional linear warm-up
+    STEP = "step"  # multiply by gamma every step_epochs (MFAF: 0.6 every 30 epochs)
+    CONSTANT = "constant"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 autocast on GPUs that support it, else fp16 with loss scaling; fp32 on CPU
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"

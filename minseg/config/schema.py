@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
+from minseg.data.config import DataSettings
+from minseg.train.config import TrainingSettings
 from minseg.enums import AddressingStyle, ImageFormat, TiffCompression
 
 MIB = 1024 * 1024
@@ -118,3 +120,5 @@ class MinsegConfig(StrictModel):
     ray: RaySettings = RaySettings()
     storage: StorageSettings = StorageSettings()
     synth: SynthSettings = SynthSettings()
+    data: DataSettings | None = None
+    training: TrainingSettings | None = None

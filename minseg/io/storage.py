@@ -531,10 +531,16 @@ class Storage:
                 os.unlink(loc.path)
 
     def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under a prefix (locally, also the folders left empty)."""
         count = 0
         for info in list(self.list(prefix)):
             self.delete(info.uri)
             count += 1
+        loc = parse_uri(prefix)
+        if not loc.is_s3 and os.path.isdir(loc.path):
+            for folder, _, _ in sorted(os.walk(loc.path), key=lambda entry: -len(entry[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
         return count
 
     def copy(self, source: str, destination: str) -> None:

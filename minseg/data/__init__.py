@@ -1,0 +1,1 @@
+"""Ingest: sources and layouts -> validated items -> streaming Ray Datasets of tiles."""

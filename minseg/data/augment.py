@@ -1,0 +1,69 @@
+"""On-the-fly augmentation of training batches, on the training device, seeded.
+
+- dihedral: each sample becomes one of six views (identity, horizontal flip,
+  vertical flip, rotations by 90, 180, 270 degrees): the Res-UNet paper's x6.
+- shift_rotate: random shift up to ``shift`` x tile and rotation up to
+  ``rotate_degrees``; uncovered image pixels take the mean (0 after normalisation),
+  uncovered mask pixels become ignore (the microplastic paper's scheme).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from minseg.data.config import AugmentSettings
+from minseg.enums import Augmentation
+
+
+def _dihedral(images, masks, choice):
+    out_images, out_masks = images.clone(), None if masks is None else masks.clone()
+    ops = {
+        1: lambda t, d: torch.flip(t, dims=(d,)),  # horizontal flip (width axis)
+        2: lambda t, d: torch.flip(t, dims=(d - 1,)),  # vertical flip
+        3: lambda t, d: torch.rot90(t, 1, dims=(d - 1, d)),
+        4: lambda t, d: torch.rot90(t, 2, dims=(d - 1, d)),
+        5: lambda t, d: torch.rot90(t, 3, dims=(d - 1, d)),
+    }
+    for code, op in ops.items():
+        index = (choice == code).nonzero().flatten()
+        if index.numel():
+            out_images[index] = op(images[index], 3)
+            if masks is not None:
+                out_masks[index] = op(masks[index], 2)
+    return out_images, out_masks
+
+
+def _shift_rotate(images, masks, settings: AugmentSettings, generator, ignore_index: int):
+    n = images.shape[0]
+    device = images.device
+    angle = (torch.rand(n, generator=generator, device="cpu") * 2 - 1) * math.radians(settings.rotate_degrees)
+    shift = (torch.rand(n, 2, generator=generator, device="cpu") * 2 - 1) * settings.shift * 2  # grid units span 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = theta.to(device=device, dtype=torch.float32)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if masks is None:
+        return warped.to(images.dtype), None
+    shifted = (masks.float() + 1).unsqueeze(1)  # 0 marks "outside" after zero padding
+    sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    sampled = sampled.squeeze(1).round().long() - 1
+    sampled[sampled < 0] = ignore_index
+    return warped.to(images.dtype), sampled.to(masks.dtype)
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, settings: AugmentSettings,
+                  generator: torch.Generator, ignore_index: int = 255):
+    """Augment normalised images (N, C, H, W) and their masks (N, H, W) together."""
+    mode = Augmentation(settings.mode)
+    if mode is Augmentation.NONE:
+        return images, masks
+    if mode in (Augmentation.DIHEDRAL, Augmentation.BOTH) and images.shape[-1] == images.shape[-2]:
+        choice = torch.randint(0, 6, (images.shape[0],), generator=generator).to(images.device)
+        images, masks = _dihedral(images, masks, choice)
+    if mode in (Augmentation.SHIFT_ROTATE, Augmentation.BOTH):
+        images, masks = _shift_rotate(images, masks, settings, generator, ignore_index)
+    return images, masks

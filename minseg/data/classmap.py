@@ -1,0 +1,106 @@
+"""Mask codes -> contiguous class ids, in one lookup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minseg.data.config import ClassMapSettings, ClassSpec
+from minseg.enums import MaskEncoding
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    codes: tuple[tuple[int, ...], ...]
+    ignore_index: int = 255
+    ignore_codes: tuple[int, ...] = ()
+    mask_encoding: MaskEncoding = MaskEncoding.CODES
+
+    @classmethod
+    def from_settings(cls, settings: ClassMapSettings) -> "ClassMap":
+        specs = settings.classes
+        codes = tuple(tuple(s.codes) if s.codes else (i,) for i, s in enumerate(specs))
+        return cls(
+            names=tuple(s.name for s in specs),
+            colors=tuple(tuple(s.color) if s.color else _default_color(i) for i, s in enumerate(specs)),
+            codes=codes,
+            ignore_index=settings.ignore_index,
+            ignore_codes=tuple(settings.ignore_codes),
+            mask_encoding=settings.mask_encoding,
+        )
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> "ClassMap":
+        return cls.from_settings(ClassMapSettings(classes=[ClassSpec(name=n) for n in names]))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def code_to_id(self) -> dict[int, int]:
+        table = {code: index for index, codes in enumerate(self.codes) for code in codes}
+        table.update({code: self.ignore_index for code in self.ignore_codes})
+        return table
+
+    def map_codes(self, codes: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """Class-id mask (uint8) and the sorted list of codes the map does not know."""
+        table = self.code_to_id()
+        if self.mask_encoding is MaskEncoding.COLORS:
+            return self._map_colors(codes)
+        values = np.unique(codes)
+        unknown = sorted(int(v) for v in values if int(v) not in table)
+        if codes.dtype == np.uint8:
+            lut = np.full(256, self.ignore_index, dtype=np.uint8)
+            for code, index in table.items():
+                if 0 <= code < 256:
+                    lut[code] = index
+            return lut[codes], unknown
+        out = np.full(codes.shape, self.ignore_index, dtype=np.uint8)
+        for code, index in table.items():
+            out[codes == code] = index
+        return out, unknown
+
+    def _map_colors(self, rgb: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        if rgb.ndim != 3:
+            raise ValueError("mask_encoding 'colors' needs RGB masks")
+        packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        out = np.full(packed.shape, self.ignore_index, dtype=np.uint8)
+        known = set()
+        for index, (r, g, b) in enumerate(self.colors):
+            key = (r << 16) | (g << 8) | b
+            out[packed == key] = index
+            known.add(key)
+        unknown = sorted(int(v) for v in np.unique(packed) if int(v) not in known)
+        return out, unknown
+
+    def to_document(self) -> dict:
+        return {
+            "classes": [
+                {"id": i, "name": n, "codes": list(c), "color": list(col)}
+                for i, (n, c, col) in enumerate(zip(self.names, self.codes, self.colors))
+            ],
+            "ignore_index": self.ignore_index,
+            "ignore_codes": list(self.ignore_codes),
+            "mask_encoding": str(self.mask_encoding),
+        }
+
+    @classmethod
+    def from_document(cls, document: dict) -> "ClassMap":
+        classes = document["classes"]
+        return cls(
+            names=tuple(c["name"] for c in classes),
+            colors=tuple(tuple(c["color"]) for c in classes),
+            codes=tuple(tuple(c["codes"]) for c in classes),
+            ignore_index=document["ignore_index"],
+            ignore_codes=tuple(document.get("ignore_codes", ())),
+            mask_encoding=MaskEncoding(document.get("mask_encoding", "codes")),
+        )
+
+
+def _default_color(index: int) -> tuple[int, int, int]:
+    palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+    return palette[index % len(palette)]

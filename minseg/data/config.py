@@ -1,0 +1,139 @@
+"""The ``data`` config section: sources, class map, splits, tiling, augmentation, limits."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from minseg.config.base import StrictModel
+from minseg.enums import Augmentation, DatasetLayout, MaskEncoding
+
+
+class ClassSpec(StrictModel):
+    name: str = Field(min_length=1)
+    codes: list[int] = Field(default_factory=list, description="mask values (or COCO category ids) of this class")
+    color: tuple[int, int, int] | None = Field(None, description="display colour; the mask colour when masks are RGB")
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, value):
+        if value is not None and any(not 0 <= c <= 255 for c in value):
+            raise ValueError("colour components must be 0..255")
+        return value
+
+
+class ClassMapSettings(StrictModel):
+    """Names, colours and mask codes -> contiguous ids 0..n-1 in the listed order."""
+
+    classes: list[ClassSpec] = Field(min_length=1)
+    ignore_index: int = Field(255, ge=0, le=255)
+    ignore_codes: list[int] = Field(default_factory=list, description="mask codes mapped to the ignore index")
+    mask_encoding: MaskEncoding = MaskEncoding.CODES
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClassMapSettings":
+        names = [c.name for c in self.classes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"class names must be unique, repeated: {', '.join(duplicates)}")
+        if self.ignore_index < len(self.classes):
+            raise ValueError(f"ignore_index {self.ignore_index} collides with class id (there are {len(self.classes)} classes)")
+        seen: dict[int, str] = {}
+        for spec in self.classes:
+            for code in spec.codes:
+                if code in seen:
+                    raise ValueError(f"mask code {code} is given to both {seen[code]!r} and {spec.name!r}")
+                seen[code] = spec.name
+        clash = sorted(set(seen) & set(self.ignore_codes))
+        if clash:
+            raise ValueError(f"codes {clash} are both class codes and ignore_codes")
+        if self.mask_encoding is MaskEncoding.COLORS and any(c.color is None for c in self.classes):
+            raise ValueError("mask_encoding 'colors' needs a color for every class")
+        return self
+
+
+class SourceSettings(StrictModel):
+    uri: str = Field(description="folder, .tar / .tar.gz / .tgz / .zip archive; local or s3://")
+    layout: DatasetLayout = DatasetLayout.AUTO
+    name: str | None = Field(None, description="prefix for item ids (default: the source's base name)")
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+
+
+class SplitSettings(StrictModel):
+    """By source image, deterministic by seed; or explicit lists; or k folds."""
+
+    train: float = Field(0.7, ge=0, le=1)
+    val: float = Field(0.15, ge=0, le=1)
+    test: float = Field(0.15, ge=0, le=1)
+    seed: int | None = Field(None, description="default: run.seed")
+    lists: dict[str, str] | None = Field(
+        None, description="split name -> file (path/URI) listing item stems, one per line (VOC ImageSets style)"
+    )
+    use_layout_lists: bool = Field(True, description="use VOC ImageSets/Segmentation lists when present")
+    folds: int | None = Field(None, ge=2, description="k-fold cross-validation over train+val (test held out)")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "SplitSettings":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        if self.train == 0:
+            raise ValueError("train ratio must be > 0")
+        if self.lists is not None:
+            unknown = sorted(set(self.lists) - {"train", "val", "test"})
+            if unknown:
+                raise ValueError(f"split lists may name train, val and test only, got {unknown}")
+        return self
+
+
+class TilingSettings(StrictModel):
+    size: int = Field(512, ge=16, description="tile (crop) size; classification: images are resized to it")
+    stride: int | None = Field(None, ge=1, description="default: size - overlap")
+    overlap: int = Field(0, ge=0)
+    scale: float = Field(1.0, gt=0, le=4, description="rescale images before tiling (0.25 = quarter size)")
+    drop_all_ignore: bool = True
+
+    @model_validator(mode="after")
+    def _stride(self) -> "TilingSettings":
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap {self.overlap} must be smaller than the tile size {self.size}")
+        if self.stride is not None and self.overlap:
+            raise ValueError("give stride or overlap, not both")
+        return self
+
+    @property
+    def step(self) -> int:
+        return self.stride if self.stride is not None else self.size - self.overlap
+
+
+class AugmentSettings(StrictModel):
+    mode: Augmentation = Augmentation.DIHEDRAL
+    shift: float = Field(0.2, ge=0, le=0.5, description="max shift as a fraction of the tile")
+    rotate_degrees: float = Field(45.0, ge=0, le=180)
+
+
+class LimitSettings(StrictModel):
+    """Guards against decompression bombs and oversized inputs."""
+
+    max_image_pixels: int = Field(400_000_000, gt=0)
+    max_member_mib: float = Field(1024.0, gt=0)
+    max_archive_gib: float = Field(256.0, gt=0, description="total uncompressed bytes of one archive")
+    max_compression_ratio: float = Field(250.0, gt=1)
+
+
+class DataSettings(StrictModel):
+    sources: list[SourceSettings] = Field(min_length=1)
+    classes: ClassMapSettings | None = Field(None, description="required for segmentation; class folders name themselves")
+    split: SplitSettings = SplitSettings()
+    tiling: TilingSettings = TilingSettings()
+    augmentation: AugmentSettings = AugmentSettings()
+    limits: LimitSettings = LimitSettings()
+    normalization: dict[str, list[float]] | None = Field(
+        None, description="{'mean': [...], 'std': [...]} in 0..255 units; default: measured on the training split"
+    )
+    shuffle_buffer: int = Field(64, ge=0, description="tiles held for local shuffling in the training stream")
+    cache: bool = Field(
+        False,
+        description="decode and tile once, keep the tiles in Ray's object store (spilled to disk when full) "
+        "instead of decoding every epoch; for datasets that fit",
+    )

@@ -1,0 +1,241 @@
+"""Where dataset files live: a folder / prefix, or a .tar, .tar.gz or .zip archive,
+local or on S3. Listing happens once on the driver and yields small *refs*; tasks read
+a member's bytes from its ref (range reads for tar, ZIP directory for zip).
+
+Archive members are vetted while listing: absolute paths, ``..`` components,
+symlinks, hard links and devices are rejected, and so are decompression bombs (a
+member over the size limit, a suspicious compression ratio, or an archive that
+inflates past the total limit). Rejected members are reported, never extracted.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from minseg.data.config import LimitSettings
+from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
+from minseg.logs import get_logger, log_event
+
+log = get_logger("data.containers")
+
+MIB = 1024 * 1024
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that was not used, and why (goes to the quarantine report)."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class Container:
+    """Listed contents: relative member path -> ref (a small dict a task can read)."""
+
+    uri: str
+    members: dict[str, dict] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def describe(self, member: str) -> str:
+        """Human-readable location of a member, for reports."""
+        return f"{self.uri}!{member}" if is_archive(self.uri) else join_uri(self.uri, member)
+
+
+def is_archive(uri: str) -> bool:
+    return uri.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why an archive member name is unsafe to use, or None."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path in archive (path traversal)"
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "'..' in archive member path (path traversal)"
+    return None
+
+
+def open_container(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str | None = None) -> Container:
+    """List a folder/prefix or archive. ``staging_uri`` receives the uncompressed copy of
+    a .tar.gz (gzip allows no random access; a plain tar does)."""
+    lower = uri.lower()
+    if lower.endswith(".zip"):
+        return _list_zip(uri, limits, storage)
+    if lower.endswith((".tar.gz", ".tgz")):
+        if staging_uri is None:
+            raise ValueError(f"{uri}: a .tar.gz source needs a staging location")
+        plain, rejected = _stage_gzip_tar(uri, limits, storage, staging_uri)
+        container = _list_tar(plain, limits, storage)
+        container.uri = uri
+        container.rejected[:0] = rejected
+        return container
+    if lower.endswith(".tar"):
+        return _list_tar(uri, limits, storage)
+    return _list_folder(uri, limits, storage)
+
+
+def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container:
+    container = Container(uri)
+    base = uri.rstrip("/")
+    loc = parse_uri(base)
+    if not loc.is_s3 and not os.path.isdir(loc.path):
+        raise StorageError(f"{uri}: no such folder")
+    prefix = (loc.uri if loc.is_s3 else loc.path).rstrip("/") + "/"
+    limit = limits.max_member_mib * MIB
+    for info in storage.list(prefix):
+        relative = info.uri[len(prefix) :]
+        if not loc.is_s3 and os.path.islink(info.uri):
+            container.rejected.append(Rejected(info.uri, "symlink"))
+        elif info.size > limit:
+            container.rejected.append(Rejected(info.uri, f"file of {info.size / MIB:.0f} MiB exceeds max_member_mib"))
+        else:
+            container.members[relative] = {"kind": "file", "uri": info.uri}
+    if not container.members and not container.rejected:
+        raise StorageError(f"{uri}: folder is empty")
+    return container
+
+
+def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
+    container = Container(uri)
+    limit = limits.max_member_mib * MIB
+    total = 0
+    with storage.open_read(uri) as stream:
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r:")
+        except tarfile.TarError as exc:
+            raise StorageError(f"{uri}: not a readable tar archive ({exc})") from None
+        with archive:
+            for member in archive:
+                where = f"{uri}!{member.name}"
+                reason = unsafe_member_reason(member.name)
+                if reason is None and (member.issym() or member.islnk()):
+                    reason = f"{'symlink' if member.issym() else 'hard link'} in archive (-> {member.linkname})"
+                if reason is None and not (member.isfile() or member.isdir()):
+                    reason = "device, FIFO or other special file in archive"
+                if reason is None and member.isfile() and member.size > limit:
+                    reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+                if reason:
+                    container.rejected.append(Rejected(where, reason))
+                    continue
+                if member.isfile():
+                    total += member.size
+                    if total > limits.max_archive_gib * 1024 * MIB:
+                        raise StorageError(f"{uri}: archive contents exceed max_archive_gib ({limits.max_archive_gib} GiB)")
+                    container.members[posixpath.normpath(member.name)] = {
+                        "kind": "range", "uri": uri, "offset": member.offset_data, "size": member.size,
+                    }
+    return container
+
+
+def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str) -> tuple[str, list[Rejected]]:
+    """Stream-decompress once into an uncompressed tar of the safe members."""
+    staged = join_uri(staging_uri, os.path.basename(parse_uri(uri).path).rsplit(".t", 1)[0] + ".tar")
+    compressed = storage.size(uri)
+    ceiling = min(limits.max_archive_gib * 1024 * MIB, compressed * limits.max_compression_ratio)
+    rejected: list[Rejected] = []
+    written = 0
+    with storage.open_read(uri) as source, storage.open_write(staged) as sink:
+        try:
+            reader = tarfile.open(fileobj=source, mode="r|gz")
+        except tarfile.TarError as exc:
+            raise StorageError(f"{uri}: not a readable tar.gz archive ({exc})") from None
+        with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
+            try:
+                for member in reader:
+                    where = f"{uri}!{member.name}"
+                    reason = unsafe_member_reason(member.name)
+                    if reason is None and (member.issym() or member.islnk()):
+                        reason = f"{'symlink' if member.issym() else 'hard link'} in archive (-> {member.linkname})"
+                    if reason is None and not (member.isfile() or member.isdir()):
+                        reason = "device, FIFO or other special file in archive"
+                    if reason is None and member.size > limits.max_member_mib * MIB:
+                        reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+                    if reason:
+                        rejected.append(Rejected(where, reason))
+                        continue
+                    written += member.size
+                    if written > ceiling:
+                        raise StorageError(
+                            f"{uri}: decompression bomb: inflates past {ceiling / MIB:.0f} MiB "
+                            f"({compressed / MIB:.1f} MiB compressed, max ratio {limits.max_compression_ratio:g})"
+                        )
+                    writer.addfile(member, reader.extractfile(member) if member.isfile() else None)
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                if isinstance(exc, StorageError):
+                    raise
+                raise StorageError(f"{uri}: corrupt tar.gz archive ({exc})") from None
+    log_event(log, "data.archive.staged", source=uri, staged=staged, megabytes=round(written / MIB, 1))
+    return staged, rejected
+
+
+def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
+    container = Container(uri)
+    limit = limits.max_member_mib * MIB
+    total = 0
+    with storage.open_read(uri) as stream:
+        try:
+            archive = zipfile.ZipFile(stream)
+        except zipfile.BadZipFile as exc:
+            raise StorageError(f"{uri}: not a readable zip archive ({exc})") from None
+        with archive:
+            for info in archive.infolist():
+                where = f"{uri}!{info.filename}"
+                mode = info.external_attr >> 16
+                reason = unsafe_member_reason(info.filename)
+                if reason is None and stat.S_ISLNK(mode):
+                    reason = "symlink in archive"
+                if reason is None and info.file_size > limit:
+                    reason = f"member of {info.file_size / MIB:.0f} MiB exceeds max_member_mib"
+                if reason is None and info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
+                    reason = (
+                        f"decompression bomb: compression ratio {info.file_size / info.compress_size:.0f} "
+                        f"exceeds {limits.max_compression_ratio:g}"
+                    )
+                if reason:
+                    container.rejected.append(Rejected(where, reason))
+                    continue
+                if info.is_dir():
+                    continue
+                total += info.file_size
+                if total > limits.max_archive_gib * 1024 * MIB:
+                    raise StorageError(f"{uri}: archive contents exceed max_archive_gib ({limits.max_archive_gib} GiB)")
+                container.members[posixpath.normpath(info.filename)] = {
+                    "kind": "zip", "uri": uri, "member": info.filename, "size": info.file_size,
+                }
+    return container
+
+
+def read_ref(ref: dict, storage: Storage) -> bytes:
+    """The bytes of one listed member."""
+    kind = ref["kind"]
+    if kind == "file":
+        return storage.read_bytes(ref["uri"])
+    if kind == "range":
+        with storage.open_read(ref["uri"]) as stream:
+            stream.seek(ref["offset"])
+            data = stream.read(ref["size"])
+        if len(data) != ref["size"]:
+            raise StorageError(f"{ref['uri']}: archive member truncated ({len(data)} of {ref['size']} bytes)")
+        return data
+    if kind == "zip":
+        with storage.open_read(ref["uri"]) as stream, zipfile.ZipFile(stream) as archive:
+            with archive.open(ref["member"]) as member:
+                data = member.read(ref["size"] + 1)  # never inflate more than declared
+        if len(data) != ref["size"]:
+            raise StorageError(f"{ref['uri']}!{ref['member']}: inflates to more than its declared size")
+        return data
+    raise ValueError(f"unknown ref kind {kind!r}")
+
+
+def iter_members(container: Container, prefix: str = "") -> Iterator[str]:
+    for name in sorted(container.members):
+        if name.startswith(prefix):
+            yield name

@@ -1,0 +1,113 @@
+"""Bytes -> arrays: images (JPEG / PNG / TIFF), code masks, rasterised polygons."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class DecodeError(ValueError):
+    """A file that cannot be used; the message says why."""
+
+
+def _open_pil(data: bytes, name: str, max_pixels: int):
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+    return image
+
+
+def _read_tiff(data: bytes, max_pixels: int) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages[0]
+            if int(np.prod(page.shape[:2])) > max_pixels:
+                raise DecodeError(f"image of {page.shape[0]}x{page.shape[1]} exceeds max_image_pixels")
+            return page.asarray()
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3); greyscale is repeated, alpha dropped, 16-bit scaled down."""
+    if name.lower().endswith(TIFF_SUFFIXES):
+        array = _read_tiff(data, max_pixels)
+    else:
+        image = _open_pil(data, name, max_pixels)
+        if image.mode not in ("RGB", "L", "I;16", "I"):
+            image = image.convert("RGB")
+        array = np.asarray(image)
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "ui":
+            raise DecodeError(f"unsupported pixel type {array.dtype}")
+        array = (array.astype(np.float64) * 255.0 / max(1, np.iinfo(array.dtype).max)).astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]
+    elif array.ndim != 3 or array.shape[2] != 3:
+        raise DecodeError(f"unsupported image shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
+    """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB."""
+    if name.lower().endswith(TIFF_SUFFIXES):
+        array = _read_tiff(data, max_pixels)
+    else:
+        image = _open_pil(data, name, max_pixels)
+        if rgb:
+            image = image.convert("RGB")
+        elif image.mode in ("RGB", "RGBA"):
+            raise DecodeError(f"mask is {image.mode} but class codes were expected (set mask_encoding: colors)")
+        array = np.asarray(image)
+    if not rgb and array.ndim != 2:
+        raise DecodeError(f"mask must be single-channel, got shape {array.shape}")
+    return array
+
+
+def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[list[float]]]], background: int = 0,
+                       scale: float = 1.0) -> np.ndarray:
+    """Fill polygons (code, [ring, ...] with flat [x0, y0, x1, y1, ...] rings) into an int32 mask, in order."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("I", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    for code, rings in shapes:
+        for ring in rings:
+            points = [(float(ring[i]) * scale, float(ring[i + 1]) * scale) for i in range(0, len(ring) - 1, 2)]
+            if len(points) >= 3:
+                draw.polygon(points, fill=int(code))
+    return np.asarray(canvas, dtype=np.int32)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
+    """Rescale an image (area/bilinear) and its mask (nearest)."""
+    if scale == 1.0:
+        return image, mask
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    image = np.asarray(Image.fromarray(image).resize(size, resample))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    return image, mask

@@ -1,0 +1,376 @@
+"""From sources to Ray Datasets, streaming.
+
+1. List every source once on the driver (folders, prefixes, archives) and turn its
+   layout into items (metadata and refs only).
+2. Assign splits by source image.
+3. Scan pass (Ray Data tasks, fractional CPUs): decode and validate every item,
+   count class pixels and particles, channel sums for normalisation, tiles kept.
+   Bad items go to the quarantine report; if nothing is usable, the job fails with it.
+4. Per split, a lazy Ray Dataset that decodes, rescales and tiles images as the
+   training workers pull batches: nothing is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minseg.data.classmap import ClassMap
+from minseg.data.config import DataSettings, LimitSettings, TilingSettings
+from minseg.data.containers import Rejected, open_container, read_ref
+from minseg.data.decode import DecodeError, decode_image, decode_mask, rasterize_polygons, resize_pair
+from minseg.data.layouts import (
+    class_folder_items,
+    coco_items,
+    decode_coco_rle,
+    detect_layout,
+    labelme_items,
+    paired_items,
+    voc_items,
+)
+from minseg.data.splits import SPLITS, assign_splits
+from minseg.data.tiling import extract_tile, tile_grid
+from minseg.enums import DatasetLayout, MaskEncoding, Task
+from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
+from minseg.logs import get_logger, log_event
+
+log = get_logger("data")
+
+
+class DataError(ValueError):
+    """No usable data; ``quarantine`` lists every rejected file and why."""
+
+    def __init__(self, message: str, quarantine: list[Rejected]):
+        self.quarantine = quarantine
+        lines = "\n".join(f"  {r.file}: {r.reason}" for r in quarantine[:20])
+        more = f"\n  ... and {len(quarantine) - 20} more" if len(quarantine) > 20 else ""
+        super().__init__(f"{message}\n{lines}{more}" if quarantine else message)
+
+
+@dataclass
+class PreparedData:
+    task: Task
+    classmap: ClassMap
+    splits: dict[str, list[dict]]
+    quarantine: list[Rejected]
+    stats: dict
+    normalization: dict[str, list[float]]
+    tiling: TilingSettings
+    limits: LimitSettings
+    folds: list[set[str]] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def tile_count(self, split: str) -> int:
+        return int(sum(item["tiles"] for item in self.splits.get(split, [])))
+
+
+# --------------------------------------------------------------------- loading
+
+
+def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
+    vector = [(code, rings) for code, rings in item["polygons"] if not isinstance(rings, dict)]
+    codes = rasterize_polygons(height, width, vector, background=0)
+    for code, rle in ((c, r) for c, r in item["polygons"] if isinstance(r, dict)):
+        size = rle.get("size") or [height, width]
+        if list(size) != [height, width]:
+            raise DecodeError(f"RLE size {size} does not match the image {height}x{width}")
+        codes[decode_coco_rle(rle["rle"], height, width).astype(bool)] = code
+    return codes
+
+
+def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage: Storage,
+                 scale: float = 1.0, with_codes: bool = False):
+    """Decode, validate and rescale one item: (image uint8 HWC, class-id mask uint8 HW or None).
+
+    Raises DecodeError with the reason when the item cannot be used.
+    """
+    image = decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels)
+    height, width = image.shape[:2]
+    ids = None
+    if item.get("mask") is not None:
+        rgb = classmap.mask_encoding is MaskEncoding.COLORS
+        codes = decode_mask(read_ref(item["mask"], storage), item["mask_name"], limits.max_image_pixels, rgb=rgb)
+        if codes.shape[:2] != (height, width):
+            raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
+    elif item.get("polygons") is not None:
+        if item.get("size") and tuple(item["size"]) != (height, width):
+            h, w = item["size"]
+            raise DecodeError(f"annotation says {w}x{h} but the image is {width}x{height}")
+        codes = _polygon_codes(item, height, width)
+    else:
+        codes = None
+    if codes is not None:
+        ids, unknown = classmap.map_codes(codes)
+        if unknown:
+            shown = ", ".join(str(u) for u in unknown[:10])
+            raise DecodeError(f"mask codes {shown} are not in the class map (known: {sorted(classmap.code_to_id())})")
+    full_ids = ids
+    image, ids = resize_pair(image, ids, scale)
+    return (image, ids, full_ids) if with_codes else (image, ids)
+
+
+def _particles(ids: np.ndarray, num_classes: int) -> list[int]:
+    from scipy import ndimage
+
+    present = np.bincount(ids.ravel(), minlength=256)
+    return [int(ndimage.label(ids == c)[1]) if present[c] else 0 for c in range(num_classes)]
+
+
+def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, storage: Storage) -> dict:
+    """Validate one item and measure it; never raises (errors become the row's 'error')."""
+    row = {"item_id": item["item_id"], "error": None, "tiles": 0, "height": 0, "width": 0,
+           "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
+           "channel_sum": [0.0] * 3, "channel_sq": [0.0] * 3, "channel_n": 0}
+    try:
+        if task is Task.CLASSIFICATION:
+            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
+            small, _ = resize_pair(image, None, data.tiling.size / max(image.shape[:2]))
+            row["tiles"] = 1
+            row["pixels"][item["label"]] = 1
+            pixels = small.reshape(-1, 3).astype(np.float64)
+        else:
+            image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True)
+            row["pixels"] = np.bincount(full_ids.ravel(), minlength=256)[: classmap.num_classes].tolist()
+            row["particles"] = _particles(full_ids, classmap.num_classes)
+            tile = data.tiling.size
+            kept = 0
+            for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
+                block = ids[y : y + tile, x : x + tile]
+                if not data.tiling.drop_all_ignore or (block != classmap.ignore_index).any():
+                    kept += 1
+            row["tiles"] = kept
+            pixels = image.reshape(-1, 3).astype(np.float64)
+        row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+        row["channel_sum"] = pixels.sum(0).tolist()
+        row["channel_sq"] = (pixels**2).sum(0).tolist()
+        row["channel_n"] = int(pixels.shape[0])
+        if row["tiles"] == 0:
+            row["error"] = "every tile is all-ignore"
+    except (DecodeError, StorageError, OSError, ValueError, KeyError) as exc:
+        row["error"] = str(exc)
+    return row
+
+
+def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Storage) -> list[dict]:
+    """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification)."""
+    try:
+        if item.get("label") is not None:
+            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
+            from PIL import Image
+
+            size = data.tiling.size
+            resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+            return [{"image": resized, "label": np.int64(item["label"])}]
+        image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale)
+    except (DecodeError, StorageError, OSError) as exc:
+        # scanned fine a moment ago: the file changed underneath us; keep going, say so
+        log_event(log, "data.item.skipped", item=item["item_id"], reason=str(exc))
+        return []
+    tile = data.tiling.size
+    rows = []
+    for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
+        mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
+        if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
+            continue
+        rows.append({"image": extract_tile(image, y, x, tile, 0), "mask": mask})
+    return rows
+
+
+# ----------------------------------------------------------------- preparing
+
+
+def _resolve_classmap(data: DataSettings, task: Task, folder_names: tuple[str, ...] | None) -> ClassMap:
+    if data.classes is not None:
+        return ClassMap.from_settings(data.classes)
+    if task is Task.CLASSIFICATION and folder_names:
+        return ClassMap.from_names(list(folder_names))
+    raise ValueError("data.classes is required for segmentation sources (names, mask codes, ignore index)")
+
+
+def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Task):
+    items, rejected, folder_names = [], [], None
+    classmap = ClassMap.from_settings(data.classes) if data.classes is not None else None
+    for source in data.sources:
+        prefix = source.name or os.path.basename(parse_uri(source.uri).path.rstrip("/")) or "source"
+        prefix = prefix.split(".")[0]
+        try:
+            container = open_container(source.uri, data.limits, storage, join_uri(staging_uri, prefix))
+        except (StorageError, ValueError) as exc:
+            rejected.append(Rejected(source.uri, f"source unreadable: {exc}"))
+            continue
+        rejected.extend(container.rejected)
+        layout = source.layout
+        if layout is DatasetLayout.AUTO:
+            try:
+                layout = detect_layout(container, source.images_dir, source.masks_dir, storage)
+            except ValueError as exc:
+                rejected.append(Rejected(source.uri, str(exc)))
+                continue
+        if layout is DatasetLayout.PAIRED:
+            found, bad = paired_items(container, prefix, source.images_dir, source.masks_dir)
+        elif layout is DatasetLayout.VOC:
+            found, bad = voc_items(container, prefix, storage)
+        elif layout is DatasetLayout.COCO:
+            found, bad = coco_items(container, prefix, storage)
+        elif layout is DatasetLayout.LABELME:
+            if classmap is None:
+                raise ValueError("Labelme sources need data.classes (labels are matched by class name)")
+            found, bad = labelme_items(container, prefix, storage, classmap)
+        else:
+            names = classmap.names if classmap is not None else None
+            found, bad, folder_names = class_folder_items(container, prefix, names)
+        if (layout is DatasetLayout.CLASS_FOLDERS) != (task is Task.CLASSIFICATION):
+            raise ValueError(
+                f"{source.uri}: layout {layout} does not fit a {task} model "
+                "(class folders train classifiers; mask and polygon layouts train segmentation)"
+            )
+        log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(found), rejected=len(bad))
+        items.extend(found)
+        rejected.extend(bad)
+    seen: dict[str, str] = {}
+    for item in items:
+        if item["item_id"] in seen:
+            raise ValueError(f"item id {item['item_id']!r} comes from two places ({seen[item['item_id']]} and "
+                             f"{item['where']}); give the sources distinct 'name's")
+        seen[item["item_id"]] = item["where"]
+    return items, rejected, folder_names
+
+
+def _read_lists(lists: dict[str, str], storage: Storage) -> dict[str, set[str]]:
+    result = {}
+    for split, uri in lists.items():
+        try:
+            text = storage.read_text(uri)
+        except StorageError as exc:
+            raise ValueError(f"data.split.lists.{split}: {exc}") from None
+        result[split] = {line.strip() for line in text.splitlines() if line.strip()}
+    return result
+
+
+def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, work_uri: str,
+                 task_cpus: float = 0.5) -> PreparedData:
+    """List, split and scan the sources (see module doc)."""
+    import ray
+
+    items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), task)
+    classmap = _resolve_classmap(data, task, folder_names)
+    split_seed = data.split.seed if data.split.seed is not None else seed
+    lists = _read_lists(data.split.lists, storage) if data.split.lists else None
+    assignment = assign_splits(items, data.split, split_seed, lists)
+    for item in items:
+        item["split"] = assignment.get(item["source_id"])
+    items = [item for item in items if item["split"] is not None]
+    if not items:
+        raise DataError("no usable items in any source", quarantine)
+
+    scanned = (
+        ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        .map(lambda item: scan_item(item, classmap, data, task, storage), num_cpus=task_cpus)
+        .take_all()
+    )
+    by_id = {row["item_id"]: row for row in scanned}
+    good: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for item in items:
+        row = by_id[item["item_id"]]
+        if row["error"]:
+            quarantine.append(Rejected(item["where"], row["error"]))
+            continue
+        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"]})
+    if not good["train"]:
+        raise DataError("no usable training items; every candidate was rejected", quarantine)
+
+    stats = _split_stats(items, by_id, classmap, good)
+    normalization = data.normalization or _measure_normalization(good["train"], by_id)
+    folds = None
+    if data.split.folds:
+        from minseg.data.splits import kfold_assignments
+
+        pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
+        folds = kfold_assignments(pool, data.split.folds, split_seed)
+    prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds)
+    log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
+              train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
+    return prepared
+
+
+def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
+    stats = {}
+    for split in SPLITS:
+        rows = [by_id[i["item_id"]] for i in good[split]]
+        pixels = np.sum([r["pixels"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
+        particles = np.sum([r["particles"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
+        total = pixels.sum()
+        stats[split] = {
+            "images": len(rows),
+            "tiles": int(sum(r["tiles"] for r in rows)),
+            "classes": {
+                name: {
+                    "pixel_share": round(float(pixels[c] / total), 6) if total else 0.0,
+                    "pixels": int(pixels[c]),
+                    "particles": int(particles[c]),
+                }
+                for c, name in enumerate(classmap.names)
+            },
+        }
+    return stats
+
+
+def _measure_normalization(train_items, by_id) -> dict[str, list[float]]:
+    rows = [by_id[i["item_id"]] for i in train_items]
+    n = sum(r["channel_n"] for r in rows)
+    total = np.sum([r["channel_sum"] for r in rows], axis=0)
+    squares = np.sum([r["channel_sq"] for r in rows], axis=0)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 1e-6))
+    return {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std]}
+
+
+def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storage: Storage,
+                  task_cpus: float = 0.5, source_ids: set[str] | None = None, exclude: set[str] | None = None):
+    """A lazy Ray Dataset of training rows for one split (optionally restricted to some sources)."""
+    import ray
+
+    items = [i for i in prepared.splits[split] if (source_ids is None or i["source_id"] in source_ids)
+             and (exclude is None or i["source_id"] not in exclude)]
+    if not items:
+        return None
+    classmap = prepared.classmap
+    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200)).flat_map(
+        lambda item: tile_rows(item, classmap, data, storage), num_cpus=task_cpus
+    )
+    return dataset.materialize() if data.cache else dataset
+
+
+# ------------------------------------------------------------------- reports
+
+
+def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage) -> dict[str, str]:
+    """quarantine.csv / .json, dataset_stats.json / .csv, splits.json, classes.json under output_uri."""
+    uris = {name: join_uri(output_uri, name) for name in
+            ("quarantine.csv", "quarantine.json", "dataset_stats.json", "dataset_stats.csv", "splits.json", "classes.json")}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "reason"])
+    writer.writerows([[r.file, r.reason] for r in prepared.quarantine])
+    storage.write_text(uris["quarantine.csv"], buffer.getvalue())
+    storage.write_text(uris["quarantine.json"], json.dumps([r.__dict__ for r in prepared.quarantine], indent=2))
+    document = {"stats": prepared.stats, "normalization": prepared.normalization}
+    storage.write_text(uris["dataset_stats.json"], json.dumps(document, indent=2))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["split", "class", "pixel_share", "pixels", "particles"])
+    for split, values in prepared.stats.items():
+        for name, cls in values["classes"].items():
+            writer.writerow([split, name, cls["pixel_share"], cls["pixels"], cls["particles"]])
+    storage.write_text(uris["dataset_stats.csv"], buffer.getvalue())
+    splits = {split: [i["item_id"] for i in items] for split, items in prepared.splits.items()}
+    if prepared.folds:
+        splits["folds"] = [sorted(f) for f in prepared.folds]
+    storage.write_text(uris["splits.json"], json.dumps(splits, indent=2))
+    storage.write_text(uris["classes.json"], json.dumps(prepared.classmap.to_document(), indent=2))
+    return uris

@@ -1,0 +1,79 @@
+"""Train / val / test assignment by source image (tiles of one image never straddle
+splits), deterministic by seed; explicit lists; or k folds for cross-validation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from minseg.data.config import SplitSettings
+
+SPLITS = ("train", "val", "test")
+
+
+def _shuffled(ids: list[str], seed: int) -> list[str]:
+    # order by a seeded hash: stable whatever order the sources were listed in
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Whole-image counts per split; every split with a ratio > 0 gets at least one image when n allows."""
+    raw = np.array(ratios) * n
+    counts = np.floor(raw).astype(int)
+    for index in np.argsort(-(raw - counts))[: n - counts.sum()]:
+        counts[index] += 1
+    for index in range(3):
+        if ratios[index] > 0 and counts[index] == 0 and n >= sum(r > 0 for r in ratios):
+            donor = int(np.argmax(counts))
+            counts[donor] -= 1
+            counts[index] += 1
+    return tuple(int(c) for c in counts)
+
+
+def assign_splits(items: list[dict], settings: SplitSettings, seed: int, lists: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """source_id -> split name.
+
+    Precedence: explicit ``lists`` (item stems or ids) > splits named by the layout
+    (VOC ImageSets, COCO folders) when ``use_layout_lists`` > seeded ratios. Sources
+    not covered by lists/layout are spread by the ratios.
+    """
+    sources = sorted({item["source_id"] for item in items})
+    assigned: dict[str, str] = {}
+    if lists:
+        for item in items:
+            stem = item["source_id"].split("/", 1)[-1]
+            for split, names in lists.items():
+                if item["source_id"] in names or stem in names or item["item_id"] in names:
+                    assigned[item["source_id"]] = split
+    elif settings.use_layout_lists:
+        for item in items:
+            if item.get("layout_split"):
+                assigned.setdefault(item["source_id"], item["layout_split"])
+    remaining = [s for s in sources if s not in assigned]
+    if lists:
+        return assigned  # explicit lists are the whole truth: unlisted items are left out
+    if assigned and remaining == [] and "val" not in assigned.values() and settings.val > 0:
+        # the layout named train/test only: carve val out of train by the configured share
+        train = _shuffled([s for s, split in assigned.items() if split == "train"], seed)
+        take = max(1, round(len(train) * settings.val / (settings.train + settings.val))) if len(train) > 1 else 0
+        for source in train[:take]:
+            assigned[source] = "val"
+        return assigned
+    ratios = (settings.train, settings.val, settings.test)
+    counts = split_counts(len(remaining), ratios)
+    order = _shuffled(remaining, seed)
+    start = 0
+    for split, count in zip(SPLITS, counts):
+        for source in order[start : start + count]:
+            assigned[source] = split
+        start += count
+    return assigned
+
+
+def kfold_assignments(source_ids: list[str], folds: int, seed: int) -> list[set[str]]:
+    """Disjoint validation folds over the given sources (each fold's training set is the rest)."""
+    if len(source_ids) < folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} source images, got {len(source_ids)}")
+    order = _shuffled(sorted(source_ids), seed)
+    return [set(order[k::folds]) for k in range(folds)]

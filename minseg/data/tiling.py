@@ -1,0 +1,31 @@
+"""Tile grids over images: last row/column snapped to the edge; padding only when an
+image is smaller than a tile. Shared by training crops and whole-slide inference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets along one axis; the last tile ends exactly at ``length``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, step))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: int, step: int) -> list[tuple[int, int]]:
+    return [(y, x) for y in tile_starts(height, tile, step) for x in tile_starts(width, tile, step)]
+
+
+def extract_tile(array: np.ndarray, y: int, x: int, tile: int, fill) -> np.ndarray:
+    """The tile at (y, x), padded with ``fill`` where the image is smaller than a tile."""
+    crop = array[y : y + tile, x : x + tile]
+    if crop.shape[0] == tile and crop.shape[1] == tile:
+        return np.ascontiguousarray(crop)
+    out = np.empty((tile, tile) + array.shape[2:], dtype=array.dtype)
+    out[...] = fill
+    out[: crop.shape[0], : crop.shape[1]] = crop
+    return out

@@ -1,0 +1,109 @@
+"""Member checkpoints in the run's storage (local or s3://).
+
+Layout under ``<run>/members/<member>/checkpoints/``::
+
+    epoch-0003/model.pt        weights (state dict, fp32)
+    epoch-0003/optimizer.pt    optimizer state (to resume mid-stage)
+    epoch-0003/state.json      stage, epoch, step, history, best so far
+    epoch-0003/member.json     the member's resolved config
+    epoch-0003/classes.json    the class map
+    epoch-0003/metrics.json    metrics at this epoch (+ normalisation)
+    last.json                  {"dir": "epoch-0003", ...}  written last: the switch
+    best.json                  {"dir": "epoch-0002", "metric": ..., "value": ...}
+
+A checkpoint directory is complete before a pointer names it, and each pointer is
+one atomic write, so a crash never leaves a half-written checkpoint in use.
+Directories no pointer names are removed after each switch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import torch
+
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+
+
+def member_uri(run_uri: str, member: str) -> str:
+    return join_uri(run_uri, "members", member)
+
+
+def checkpoints_uri(run_uri: str, member: str) -> str:
+    return join_uri(member_uri(run_uri, member), "checkpoints")
+
+
+def _save_tensor_dict(storage: Storage, uri: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def load_tensor_dict(storage: Storage, uri: str) -> dict:
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def write_checkpoint(
+    storage: Storage,
+    run_uri: str,
+    member: str,
+    epoch_tag: str,
+    model_state: dict,
+    optimizer_state: dict | None,
+    state: dict,
+    member_config: dict,
+    classes: dict,
+    metrics: dict,
+    is_best: bool,
+) -> str:
+    """Write a complete checkpoint directory, then switch ``last`` (and ``best``) to it."""
+    root = checkpoints_uri(run_uri, member)
+    directory = join_uri(root, epoch_tag)
+    _save_tensor_dict(storage, join_uri(directory, "model.pt"), model_state)
+    if optimizer_state is not None:
+        _save_tensor_dict(storage, join_uri(directory, "optimizer.pt"), optimizer_state)
+    for name, document in (("state.json", state), ("member.json", member_config), ("classes.json", classes),
+                           ("metrics.json", metrics)):
+        storage.write_text(join_uri(directory, name), json.dumps(document, indent=2, default=float))
+    pointer = {"dir": epoch_tag, "uri": directory, "epoch": state.get("epochs_done"), "metrics": metrics}
+    if is_best:
+        storage.write_text(join_uri(root, "best.json"), json.dumps(pointer, indent=2, default=float))
+    storage.write_text(join_uri(root, "last.json"), json.dumps(pointer, indent=2, default=float))
+    _remove_unreferenced(storage, root)
+    return directory
+
+
+def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
+    try:
+        return json.loads(storage.read_text(join_uri(checkpoints_uri(run_uri, member), f"{which}.json")))
+    except ObjectNotFoundError:
+        return None
+
+
+def load_checkpoint(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
+    """{'model', 'optimizer' (or None), 'state', 'uri'} of the latest (or best) checkpoint, or None."""
+    pointer = read_pointer(storage, run_uri, member, which)
+    if pointer is None:
+        return None
+    directory = pointer["uri"]
+    optimizer_uri = join_uri(directory, "optimizer.pt")
+    return {
+        "model": load_tensor_dict(storage, join_uri(directory, "model.pt")),
+        "optimizer": load_tensor_dict(storage, optimizer_uri) if storage.exists(optimizer_uri) else None,
+        "state": json.loads(storage.read_text(join_uri(directory, "state.json"))),
+        "uri": directory,
+    }
+
+
+def _remove_unreferenced(storage: Storage, root: str) -> None:
+    keep = set()
+    for which in ("last", "best"):
+        try:
+            keep.add(json.loads(storage.read_text(join_uri(root, f"{which}.json")))["dir"])
+        except ObjectNotFoundError:
+            pass
+    prefix = root.rstrip("/") + "/"
+    stale = {info.uri[len(prefix):].split("/", 1)[0] for info in storage.list(prefix) if "/" in info.uri[len(prefix):]}
+    for directory in sorted(stale - keep):
+        storage.delete_prefix(join_uri(root, directory) + "/")

@@ -1,0 +1,135 @@
+"""The ``training`` config section: ensemble members and how each one trains.
+
+``training.defaults`` is merged (deeply) into every member before validation, so a
+member lists only what makes it different; errors name ``training.members[i].key``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from minseg.config.base import StrictModel
+from minseg.enums import LossName, OptimizerName, Precision, ScheduleName
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class StageSettings(StrictModel):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch (split across the member's workers)")
+    freeze_encoder: bool = False
+    lr: float | None = Field(None, gt=0, description="default: optimizer.lr")
+
+
+class OptimizerSettings(StrictModel):
+    name: OptimizerName = OptimizerName.ADAM
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+
+
+class ScheduleSettings(StrictModel):
+    name: ScheduleName = ScheduleName.COSINE
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    step_epochs: int = Field(30, ge=1)
+    gamma: float = Field(0.6, gt=0, le=1)
+
+
+class LossSettings(StrictModel):
+    name: LossName = LossName.CE
+    class_weights: list[float] | None = None
+    dice_weight: float = Field(1.0, ge=0)
+    focal_weight: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_alpha: float | list[float] | None = None
+    beta: float = Field(0.4, ge=0, le=1, description="self-distillation weight (MFAF)")
+
+
+class ScalingSettings(StrictModel):
+    workers: int = Field(1, ge=1, description="data-parallel (DDP) workers for this member")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="fractional allowed (several members per GPU)")
+
+
+class MemberSettings(StrictModel):
+    name: str = Field(pattern=_NAME)
+    model: str
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    loss: LossSettings = LossSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    stages: list[StageSettings] = Field(min_length=1)
+    scaling: ScalingSettings = ScalingSettings()
+    validate_every: int = Field(1, ge=1, description="epochs between validation passes")
+    grad_clip_norm: float | None = Field(None, gt=0)
+    precision: Precision = Precision.AUTO
+    checkpoint_metric: str = Field("miou", description="e.g. miou, mean_f1, iou:gangue, accuracy, val_loss")
+    checkpoint_mode: str = Field("max", pattern="^(max|min)$")
+    max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _batches_split_evenly(self) -> "MemberSettings":
+        for index, stage in enumerate(self.stages):
+            if stage.batch_size % self.scaling.workers:
+                raise ValueError(
+                    f"stages[{index}].batch_size {stage.batch_size} must be divisible by scaling.workers "
+                    f"{self.scaling.workers}"
+                )
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(stage.epochs for stage in self.stages)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model_options":
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+class TrainingSettings(StrictModel):
+    defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every member")
+    members: list[MemberSettings] = Field(min_length=1)
+    max_concurrent: int | None = Field(None, ge=1, description="default: as many members as resources allow")
+    check_resources: bool = Field(True, description="refuse members the cluster could never hold (off for autoscaling)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("members"), list):
+            defaults = values.get("defaults") or {}
+            if not isinstance(defaults, dict):
+                return values
+            values = dict(values)
+            values["members"] = [
+                _deep_merge(defaults, member) if isinstance(member, dict) else member for member in values["members"]
+            ]
+        return values
+
+    @field_validator("members")
+    @classmethod
+    def _unique_names(cls, members: list[MemberSettings]) -> list[MemberSettings]:
+        names = [m.name for m in members]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"member names must be unique, repeated: {', '.join(repeated)}")
+        return members
+
+    def select(self, names: list[str] | None) -> list[MemberSettings]:
+        if not names:
+            return list(self.members)
+        known = {m.name: m for m in self.members}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"--members names unknown member(s) {', '.join(missing)}; known: {', '.join(known)}")
+        return [known[n] for n in names]

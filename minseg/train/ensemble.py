@@ -1,0 +1,426 @@
+"""Train every member of an ensemble concurrently: one Ray Train run (DDP) per member,
+scheduled as Ray Tune trials (the documented Train + Tune pattern), throttled to what
+the cluster can hold. One member failing never stops the others; the job ends with a
+members table (CSV + JSON + printed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from minseg.config.schema import MinsegConfig
+from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
+from minseg.enums import Task
+from minseg.io.storage import Storage, join_uri, parse_uri
+from minseg.logs import _is_interactive, get_logger, log_event
+from minseg.models import build_model, get_entry
+from minseg.runtime import init_ray
+from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
+from minseg.train.config import MemberSettings
+
+log = get_logger("train.ensemble")
+
+
+class ResourceError(RuntimeError):
+    """A member asks for more than the cluster has: it could never be scheduled."""
+
+
+@dataclass
+class MemberResult:
+    member: str
+    model: str
+    status: str  # done | failed
+    fold: int | None = None
+    metric: str = ""
+    best_value: float | None = None
+    best_epoch: int | None = None
+    epochs: int = 0
+    restarts: int = 0
+    wall_seconds: float = 0.0
+    started_at: float | None = None  # unix time, for overlap / throughput analysis
+    finished_at: float | None = None
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+    error: str | None = None
+
+
+# ------------------------------------------------------------ up-front checks
+
+
+def member_task(member: MemberSettings) -> Task:
+    return get_entry(member.model).task
+
+
+def preflight(member: MemberSettings, num_classes: int, in_channels: int) -> str | None:
+    """Build the member's model and loss without data (meta device); the error text, or None."""
+    import torch
+
+    from minseg.losses import build_loss
+
+    try:
+        with torch.device("meta"):
+            build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
+        build_loss(member.loss.name, num_classes=num_classes, class_weights=member.loss.class_weights,
+                   focal_alpha=member.loss.focal_alpha, beta=member.loss.beta)
+    except (ValueError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, data_cpus: float,
+                     requested: int | None) -> int:
+    """How many members can run at once; refuses members that could never start."""
+    budget_cpu = cpus - data_cpus
+    for m in members:
+        need_cpu = m.scaling.workers * m.scaling.cpus_per_worker
+        need_gpu = m.scaling.workers * m.scaling.gpus_per_worker
+        if need_cpu > budget_cpu + 1e-9 or need_gpu > gpus + 1e-9:
+            raise ResourceError(
+                f"member {m.name!r} needs {need_cpu:g} CPUs ({m.scaling.workers} workers x {m.scaling.cpus_per_worker:g}) "
+                f"and {need_gpu:g} GPUs, plus {data_cpus:g} CPUs for its data tasks; the cluster has {cpus:g} CPUs and "
+                f"{gpus:g} GPUs, so it could never start. Lower training.members[].scaling or add nodes "
+                "(set training.check_resources: false on autoscaling clusters that start empty)."
+            )
+    cpu_needs = sorted((m.scaling.workers * m.scaling.cpus_per_worker for m in members), reverse=True)
+    gpu_needs = sorted((m.scaling.workers * m.scaling.gpus_per_worker for m in members), reverse=True)
+    fit = 0
+    while fit < len(members) and sum(cpu_needs[: fit + 1]) <= budget_cpu + 1e-9 and sum(gpu_needs[: fit + 1]) <= gpus + 1e-9:
+        fit += 1
+    fit = max(1, fit)
+    return min(fit, requested) if requested else fit
+
+
+# ------------------------------------------------------------- the trial
+
+
+def _ray_storage(storage: Storage, run_uri: str) -> tuple[str, object | None]:
+    """Where Ray keeps its own run state: beside our outputs, on the same store."""
+    if parse_uri(run_uri).is_s3:
+        filesystem, path = storage.pyarrow_filesystem(join_uri(run_uri, "ray"))
+        return path, filesystem
+    return parse_uri(join_uri(run_uri, "ray")).path, None
+
+
+def run_member(trial_config: dict, prepared: PreparedData, config: MinsegConfig) -> None:
+    """A Tune trial: build and fit one member's TorchTrainer; record its outcome."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_config = trial_config["trial"]
+    member = MemberSettings.model_validate(trial_config["member"])
+    fold = trial_config.get("fold")
+    storage = Storage(config.storage)
+    run_uri = trial_config["run_uri"]
+    data = config.data
+    cpus = config.ray.task_cpus
+    if fold is None:
+        train = split_dataset(prepared, data, "train", storage, cpus)
+        val = split_dataset(prepared, data, "val", storage, cpus)
+        train_tiles, val_tiles = prepared.tile_count("train"), prepared.tile_count("val")
+    else:
+        held_out = prepared.folds[fold]
+        pool = prepared.splits["train"] + prepared.splits["val"]
+        prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool}})
+        train = split_dataset(prepared, data, "train", storage, cpus, exclude=held_out)
+        val = split_dataset(prepared, data, "val", storage, cpus, source_ids=held_out)
+        train_tiles = sum(i["tiles"] for i in pool if i["source_id"] not in held_out)
+        val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in held_out)
+    datasets = {"train": train} if val is None else {"train": train, "val": val}
+    worker_config = {
+        "member": member.model_dump(mode="json"),
+        "storage": config.storage.model_dump(mode="json"),
+        "run_uri": run_uri,
+        "task": str(prepared.task),
+        "num_classes": prepared.classmap.num_classes,
+        "in_channels": 3,
+        "ignore_index": prepared.classmap.ignore_index,
+        "classes": prepared.classmap.to_document(),
+        "classes_names": list(prepared.classmap.names),
+        "normalization": prepared.normalization,
+        "augmentation": data.augmentation.model_dump(mode="json"),
+        "train_tiles": train_tiles,
+        "has_val": val is not None and val_tiles > 0,
+        "eval_batch_size": max(s.batch_size for s in member.stages) // member.scaling.workers,
+        "shuffle_buffer": data.shuffle_buffer,
+        "seed": config.run.seed,
+    }
+    resources = {"CPU": member.scaling.cpus_per_worker}
+    if member.scaling.gpus_per_worker:
+        resources["GPU"] = member.scaling.gpus_per_worker
+    storage_path, filesystem = _ray_storage(storage, run_uri)
+    trainer = TorchTrainer(
+        _train_worker_entry,
+        train_loop_config=worker_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=member.scaling.workers,
+                                               use_gpu=member.scaling.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"{config.run.name}-{member.name}",
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=member.max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets=datasets,
+    )
+    started = time.time()
+    error = None
+    try:
+        trainer.fit()
+    except Exception as exc:  # reported in the members table; the other members go on
+        error = _root_cause(exc)
+    result = summarize_member(storage, run_uri, member, error, time.time() - started, fold)
+    result.started_at, result.finished_at = started, time.time()
+    storage.write_text(join_uri(member_uri(run_uri, member.name), "result.json"), json.dumps(asdict(result), indent=2))
+    if error:
+        raise RuntimeError(f"member {member.name} failed: {error}")
+
+
+def _train_worker_entry(config: dict) -> None:
+    from minseg.train.loop import train_worker
+
+    train_worker(config)
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+    text = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {text[-1] if text else ''}"[:2000]
+
+
+def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, error: str | None,
+                     wall_seconds: float, fold: int | None = None) -> MemberResult:
+    last = read_pointer(storage, run_uri, member.name, "last")
+    best = read_pointer(storage, run_uri, member.name, "best")
+    checkpoint = load_checkpoint(storage, run_uri, member.name) if last else None
+    state = checkpoint["state"] if checkpoint else {}
+    return MemberResult(
+        member=member.name, model=member.model, status="failed" if error else "done", fold=fold,
+        metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
+        epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
+        best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, error=error,
+    )
+
+
+# ------------------------------------------------------------ orchestration
+
+
+class _MemberProgress:
+    """Logs members running / queued / done as Tune moves them along."""
+
+    def __new__(cls, total: int):
+        from ray import tune
+
+        class Callback(tune.Callback):
+            def __init__(self):
+                self.total, self.running, self.finished = total, 0, 0
+
+            def _log(self, event, trial):
+                member = trial.config["trial"]["member"]["name"]
+                queued = self.total - self.running - self.finished
+                log_event(log, event, member=member, running=self.running, queued=queued, done=self.finished)
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                self.running += 1
+                self._log("train.member.started", trial)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.running, self.finished = self.running - 1, self.finished + 1
+                self._log("train.member.done", trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.running, self.finished = self.running - 1, self.finished + 1
+                self._log("train.member.failed", trial)
+
+        return Callback()
+
+
+def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, resume: bool = False) -> list[MemberResult]:
+    """The training job: data -> members concurrently -> members table. Returns the rows."""
+    from ray import tune
+
+    if config.data is None or config.training is None:
+        raise ValueError("training needs the 'data' and 'training' config sections")
+    storage = Storage(config.storage)
+    run_uri = join_uri(config.run.output_uri, config.run.name)
+    members = config.training.select(member_names)
+    tasks = {member_task(m) for m in members}
+    if len(tasks) > 1:
+        raise ValueError("all members of one training run must share a task (segmentation or classification)")
+    task = tasks.pop()
+
+    existing = [m.name for m in members if read_pointer(storage, run_uri, m.name) is not None]
+    if existing and not resume:
+        raise ValueError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
+                         "them, or choose another run.name")
+    init_ray(config.ray)
+    import ray
+
+    resources = ray.cluster_resources()
+    if config.training.check_resources:
+        concurrency = plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0),
+                                       config.ray.task_cpus, config.training.max_concurrent)
+    else:
+        concurrency = config.training.max_concurrent or len(members)
+
+    prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
+    reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
+    log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
+
+    results: list[MemberResult] = []
+    runnable = []
+    for member in members:
+        done = _previous_result(storage, run_uri, member.name) if resume else None
+        if done is not None and done.status == "done":
+            results.append(done)
+            continue
+        problem = preflight(member, prepared.classmap.num_classes, 3)
+        if problem:
+            results.append(MemberResult(member.name, member.model, "failed", metric=member.checkpoint_metric,
+                                        error=f"not started: {problem}"))
+            log_event(log, "train.member.rejected", member=member.name, reason=problem)
+            continue
+        runnable.append(member)
+
+    if runnable:
+        folds = range(len(prepared.folds)) if prepared.folds else [None]
+        trials = [{"member": m.model_dump(mode="json"), "fold": f, "run_uri": run_uri if f is None else
+                   join_uri(run_uri, f"fold{f + 1}")} for m in runnable for f in folds]
+        log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
+        storage_path, filesystem = _ray_storage(storage, run_uri)
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(run_member, prepared=prepared, config=config), {"CPU": 0.001}),
+            param_space={"trial": tune.grid_search(trials)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=f"{config.run.name}-tune", storage_path=storage_path,
+                                      storage_filesystem=filesystem, verbose=1 if _is_interactive(sys.stderr) else 0,
+                                      callbacks=[_MemberProgress(len(trials))]),
+        )
+        grid = tuner.fit()
+        for trial_result in grid:
+            results.append(_collect(storage, trial_result.config["trial"], trial_result))
+    results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
+    write_members_table(results, run_uri, storage, fold_summary=bool(prepared.folds))
+    for result in results:
+        write_curves(storage, run_uri if result.fold is None else join_uri(run_uri, f"fold{result.fold + 1}"), result.member)
+    return results
+
+
+def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResult | None:
+    uri = join_uri(member_uri(run_uri, member), "result.json")
+    return MemberResult(**json.loads(storage.read_text(uri))) if storage.exists(uri) else None
+
+
+def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
+    member = MemberSettings.model_validate(trial["member"])
+    recorded = _previous_result(storage, trial["run_uri"], member.name)
+    if recorded is not None:
+        return recorded
+    # the trial died before it could record anything (e.g. its driver was killed)
+    error = _root_cause(trial_result.error) if trial_result.error else "no result recorded"
+    return summarize_member(storage, trial["run_uri"], member, error, 0.0, trial.get("fold"))
+
+
+# -------------------------------------------------------------------- reports
+
+
+TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "best_epoch", "epochs", "restarts",
+                 "wall_seconds", "best_checkpoint", "error"]
+
+
+def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
+    rows = [asdict(r) for r in results]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(join_uri(run_uri, "members.csv"), buffer.getvalue())
+    document = {"members": rows}
+    if fold_summary:
+        document["cross_validation"] = cross_validation_summary(results)
+    storage.write_text(join_uri(run_uri, "members.json"), json.dumps(document, indent=2))
+    text = format_members_table(results)
+    if fold_summary:
+        text += "\n" + "\n".join(
+            f"{name}: {s['metric']} = {s['mean']:.4f} ± {s['sd']:.4f} over {s['folds']} folds"
+            for name, s in document["cross_validation"].items()
+        )
+    print(text)
+    return text
+
+
+def cross_validation_summary(results: list[MemberResult]) -> dict:
+    summary = {}
+    for name in dict.fromkeys(r.member for r in results):
+        values = [r.best_value for r in results if r.member == name and r.best_value is not None and r.status == "done"]
+        if values:
+            summary[name] = {"metric": next(r.metric for r in results if r.member == name), "mean": float(np.mean(values)),
+                             "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "folds": len(values)}
+    return summary
+
+
+def format_members_table(results: list[MemberResult]) -> str:
+    header = f"{'member':<16}{'fold':>5} {'model':<20}{'status':<8}{'metric':<12}{'best':>9}{'epoch':>7}{'epochs':>7}{'min':>7}  checkpoint / error"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
+        tail = r.best_checkpoint or "" if r.status == "done" else (r.error or "")
+        lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status:<8}{r.metric:<12}"
+                     f"{best:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
+    return "\n".join(lines)
+
+
+def write_curves(storage: Storage, run_uri: str, member: str) -> None:
+    """history.csv and curves.png (loss and validation metric per epoch) for one member."""
+    checkpoint = load_checkpoint(storage, run_uri, member)
+    if checkpoint is None:
+        return
+    history = checkpoint["state"].get("history", [])
+    if not history:
+        return
+    columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    base = member_uri(run_uri, member)
+    storage.write_text(join_uri(base, "history.csv"), buffer.getvalue())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    validated = [row for row in history if "val_loss" in row]
+    if validated:
+        left.plot([r["epoch"] for r in validated], [r["val_loss"] for r in validated], marker="o", label="validation")
+        for key in ("miou", "mean_f1", "accuracy"):
+            if key in validated[0]:
+                right.plot([r["epoch"] for r in validated], [r[key] for r in validated], marker="o", label=key)
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.set_title(f"{member}: loss")
+    left.legend()
+    right.set_xlabel("epoch")
+    right.set_title("validation metrics")
+    if validated:
+        right.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    storage.write_bytes(join_uri(base, "curves.png"), buffer.getvalue())

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+
+from minseg.config import ConfigError, MinsegConfig, validate_config
+from minseg.train.config import MemberSettings, ScheduleSettings
+from minseg.train.ensemble import ResourceError, format_members_table, plan_concurrency, MemberResult, preflight
+from minseg.train.loop import learning_rate
+
+
+def member(name, workers=1, cpus=0.25, gpus=0.0):
+    return MemberSettings(name=name, model="unet", stages=[{"epochs": 1, "batch_size": 2 * workers}],
+                          scaling={"workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus})
+
+
+def test_plan_concurrency_fits_largest_members_first():
+    members = [member("a", 2), member("b"), member("c")]  # needs 0.5, 0.25, 0.25
+    assert plan_concurrency(members, cpus=2, gpus=0, data_cpus=0.5, requested=None) == 3
+    assert plan_concurrency(members, cpus=1.25, gpus=0, data_cpus=0.5, requested=None) == 2
+    assert plan_concurrency(members, cpus=2, gpus=0, data_cpus=0.5, requested=1) == 1
+    with pytest.raises(ResourceError, match=r"member 'g' needs 0.0002 CPUs \(2 workers x 0.0001\) and 2 GPUs"):
+        plan_concurrency([member("g", 2, 0.0001, 1.0)], cpus=8, gpus=1, data_cpus=0.5, requested=None)
+
+
+def test_cosine_schedule_with_warmup_and_step_schedule():
+    cosine = ScheduleSettings(name="cosine", min_lr=1e-6, warmup_steps=10)
+    assert learning_rate(cosine, 1e-4, 0, 110, 0) == pytest.approx(1e-5)
+    assert learning_rate(cosine, 1e-4, 10, 110, 0) == pytest.approx(1e-4)
+    assert learning_rate(cosine, 1e-4, 60, 110, 0) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5)
+    assert learning_rate(cosine, 1e-4, 110, 110, 0) == pytest.approx(1e-6)
+    step = ScheduleSettings(name="step", step_epochs=30, gamma=0.6)
+    assert learning_rate(step, 0.02, 0, 1, 29) == pytest.approx(0.02)
+    assert learning_rate(step, 0.02, 0, 1, 65) == pytest.approx(0.02 * 0.36)
+
+
+def test_defaults_merge_and_member_errors():
+    config = validate_config({"training": {
+        "defaults": {"stages": [{"epochs": 2}], "loss": {"name": "ce", "focal_gamma": 3.0}},
+        "members": [{"name": "a", "model": "unet", "loss": {"name": "focal"}}]}}, MinsegConfig)
+    m = config.training.members[0]
+    assert m.loss.name.value == "focal" and m.loss.focal_gamma == 3.0 and m.stages[0].epochs == 2
+    with pytest.raises(ConfigError, match=r"training.members\[0\].loss.name: .*'ce', 'dice'"):
+        validate_config({"training": {"members": [{"name": "a", "model": "unet", "stages": [{"epochs": 1}],
+                                                   "loss": {"name": "dicey"}}]}}, MinsegConfig)
+    with pytest.raises(ConfigError, match="member names must be unique, repeated: a"):
+        validate_config({"training": {"defaults": {"model": "unet", "stages": [{"epochs": 1}]},
+                                      "members": [{"name": "a"}, {"name": "a"}]}}, MinsegConfig)
+    with pytest.raises(ValueError, match="unknown member\\(s\\) zz"):
+        config.training.select(["zz"])
+
+
+def test_preflight_reports_bad_options_and_table_formats():
+    assert preflight(member("ok"), 3, 3) is None
+    bad = MemberSettings(name="x", model="res_unet", model_options={"activation": "tanh"}, stages=[{"epochs": 1}])
+    assert "tanh" in preflight(bad, 3, 3)
+    text = format_members_table([MemberResult("x", "unet", "failed", error="boom"),
+                                 MemberResult("y", "unet", "done", best_value=0.5, best_epoch=2, epochs=2,
+                                              best_checkpoint="/c")])
+    assert "boom" in text and "0.5000" in text and not math.isnan(0.0)

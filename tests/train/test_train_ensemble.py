@@ -1,0 +1,162 @@
+"""Real Ray Train + Tune runs on 2 CPU cores with tiny members."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from minseg.train.checkpoint import load_checkpoint, read_pointer
+from minseg.train.ensemble import ResourceError, train_ensemble
+from tests.train.conftest import TINY, training_config
+
+MEMBERS = [
+    {"name": "resunet-stn", "model": "res_unet", "model_options": {**TINY, "stn": True}, "loss": {"name": "ce_dice"}},
+    {"name": "vgg-ddp", "model": "vgg16_unet", "model_options": TINY, "scaling": {"workers": 2, "cpus_per_worker": 0.25}},
+    {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25}, "loss": {"name": "ce_focal"}},
+    # fails at run time: 48-px tiles are not a multiple of 32 and padding is refused
+    {"name": "strict-pad", "model": "res_unet", "model_options": {**TINY, "pad_mode": "strict"},
+     "stages": [{"epochs": 1, "batch_size": 4}]},
+    # fails before starting: an option the model does not have
+    {"name": "typo", "model": "unet", "model_options": {"widht": 0.1}},
+]
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(synthetic_sections, tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs")
+    config = training_config(synthetic_sections, output, "ens", MEMBERS)
+    results = train_ensemble(config)
+    return config, {r.member: r for r in results}, output / "ens"
+
+
+def test_members_table(ensemble_run):
+    _, results, run = ensemble_run
+    assert [results[m["name"]].status for m in MEMBERS] == ["done", "done", "done", "failed", "failed"]
+    assert "multiples of 32, got 48x48" in results["strict-pad"].error
+    assert results["typo"].error.startswith("not started:") and "widht" in results["typo"].error
+    table = json.loads((run / "members.json").read_text())["members"]
+    assert [row["member"] for row in table] == [m["name"] for m in MEMBERS]
+    csv_lines = (run / "members.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("member,fold,model,status") and len(csv_lines) == 6
+    for name in ("resunet-stn", "vgg-ddp", "halfunet"):
+        assert results[name].epochs == 3 and results[name].best_epoch in (1, 2, 3)
+
+
+def test_members_ran_concurrently(ensemble_run):
+    _, results, _ = ensemble_run
+    done = [results[n] for n in ("resunet-stn", "vgg-ddp", "halfunet")]
+    assert max(r.started_at for r in done) < min(r.finished_at for r in done)
+
+
+def test_loss_decreases_and_curves_saved(ensemble_run):
+    _, results, run = ensemble_run
+    for name in ("resunet-stn", "vgg-ddp", "halfunet"):
+        history = load_checkpoint_state(run, name)["history"]
+        losses = [row["train_loss"] for row in history]
+        assert min(losses[1:]) < losses[0], f"{name}: {losses}"
+        assert all("val_loss" in row and "miou" in row for row in history)
+        assert (run / "members" / name / "history.csv").exists()
+        assert (run / "members" / name / "curves.png").stat().st_size > 1000
+
+
+def kill_processes_titled(prefix: str) -> list[int]:
+    """SIGKILL every process whose title (Ray sets ``ray::<ActorClass>``) starts with prefix."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                title = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if title.startswith(prefix):
+            os.kill(int(entry), signal.SIGKILL)
+            killed.append(int(entry))
+    return killed
+
+
+def load_checkpoint_state(run, member):
+    from minseg.io.storage import Storage
+
+    return load_checkpoint(Storage(), str(run), member)["state"]
+
+
+def test_best_and_last_checkpoints(ensemble_run):
+    config, results, run = ensemble_run
+    from minseg.io.storage import Storage
+    from minseg.models import build_model
+
+    storage = Storage()
+    for name in ("resunet-stn", "vgg-ddp", "halfunet"):
+        last = read_pointer(storage, str(run), name, "last")
+        best = read_pointer(storage, str(run), name, "best")
+        assert last["epoch"] == 3 and best["uri"] == results[name].best_checkpoint
+        for pointer in (last, best):
+            folder = pointer["uri"]
+            for part in ("model.pt", "state.json", "member.json", "classes.json", "metrics.json"):
+                assert os.path.exists(os.path.join(folder, part)), f"{folder}/{part}"
+        member = json.loads(open(os.path.join(best["uri"], "member.json")).read())
+        model = build_model(member["model"], num_classes=9, **member["model_options"])
+        state = torch.load(os.path.join(best["uri"], "model.pt"), weights_only=True)
+        model.load_state_dict(state)
+        metrics = json.loads(open(os.path.join(best["uri"], "metrics.json")).read())
+        assert len(metrics["normalization"]["mean"]) == 3 and len(metrics["iou"]) == 9
+        # only the checkpoints the pointers name are kept
+        kept = sorted(p.name for p in (run / "members" / name / "checkpoints").iterdir() if p.is_dir())
+        assert kept == sorted({last["dir"], best["dir"]})
+    classes = json.loads((run / "data" / "classes.json").read_text())
+    assert [c["name"] for c in classes["classes"]][:2] == ["background", "pyrite"]
+    assert (run / "data" / "dataset_stats.json").exists() and (run / "data" / "quarantine.csv").exists()
+
+
+def test_rerun_needs_resume_and_skips_finished(ensemble_run):
+    config, results, _ = ensemble_run
+    with pytest.raises(ValueError, match="already has checkpoints for .*pass --resume"):
+        train_ensemble(config, ["halfunet"])
+    again = train_ensemble(config, ["halfunet"], resume=True)
+    assert again[0].status == "done" and again[0].finished_at == results["halfunet"].finished_at
+
+
+def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path):
+    config = training_config(synthetic_sections, tmp_path, "big", [
+        {"name": "greedy", "model": "unet", "model_options": {"width": 0.125}, "scaling": {"workers": 3, "cpus_per_worker": 1},
+         "stages": [{"epochs": 1, "batch_size": 3}]}])
+    started = time.monotonic()
+    with pytest.raises(ResourceError, match="member 'greedy' needs 3 CPUs .* could never start"):
+        train_ensemble(config)
+    assert not (tmp_path / "big" / "data").exists()  # refused before touching the data
+    assert time.monotonic() - started < 60
+
+
+def test_killed_worker_resumes_from_checkpoint(synthetic_sections, tmp_path):
+    """SIGKILL the training worker after its first checkpoint: Ray restarts it, it resumes."""
+    import ray
+
+    member = {"name": "survivor", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 2,
+              "stages": [{"epochs": 4, "batch_size": 4}]}
+    config = training_config(synthetic_sections, tmp_path, "kill", [member])
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
+    thread.start()
+    pointer = tmp_path / "kill" / "members" / "survivor" / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 400
+    while not pointer.exists() and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.5)
+    assert pointer.exists(), "no checkpoint was written"
+    killed = []
+    while not killed and time.monotonic() < deadline:
+        killed = kill_processes_titled("ray::RayTrainWorker")
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    assert killed and not thread.is_alive()
+    (row,) = outcome["rows"]
+    assert row.status == "done", row.error
+    state = load_checkpoint_state(tmp_path / "kill", "survivor")
+    assert state["restarts"] >= 1
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]  # resumed, not restarted from scratch
+    assert ray.is_initialized()
