@@ -9,10 +9,11 @@ storage layer to ``run.output_uri`` (a local folder by default, or ``s3://``).
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from minseg.config.schema import MinsegConfig
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import Storage, absolute_uri, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.runtime import init_ray
 from minseg.synth.dataset import write_section_dataset
@@ -25,7 +26,7 @@ log = get_logger("demo")
 def run_synth(config: MinsegConfig, output_uri: str | None = None) -> dict:
     """Write every synthetic product the config asks for under ``output_uri``."""
     storage = Storage(config.storage)
-    output_uri = output_uri or config.run.output_uri
+    output_uri = absolute_uri(output_uri or config.run.output_uri)
     synth = config.synth
     started = time.monotonic()
     outputs: dict[str, object] = {}
@@ -56,16 +57,43 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> dict:
     return manifest
 
 
+def train_on_synthetic_sections(config: MinsegConfig, output_uri: str):
+    """Train the config's members on the sections just synthesised under ``output_uri``."""
+    from minseg.data.config import ClassMapSettings, DataSettings, SourceSettings
+    from minseg.synth.minerals import class_map_document
+    from minseg.train.ensemble import train_ensemble
+
+    classes = ClassMapSettings(classes=[{"name": c["name"], "codes": [c["code"]], "color": c["color"]}
+                                        for c in class_map_document()["classes"]])
+    data = config.data or DataSettings(sources=[SourceSettings(uri=join_uri(output_uri, "sections"))])
+    config.data = data.model_copy(update={"sources": [SourceSettings(uri=join_uri(output_uri, "sections"))],
+                                          "classes": data.classes or classes})
+    config.run.output_uri = output_uri
+    return train_ensemble(config)
+
+
 def run_demo(config: MinsegConfig) -> dict:
+    started = time.monotonic()
     manifest = run_synth(config)
     out = manifest["output"]
+    shown = os.path.relpath(out) if not out.startswith("s3://") else out
+    if config.training is not None and config.synth.sections is not None:
+        results = train_on_synthetic_sections(config, out)
+        manifest["members"] = [r.member for r in results if r.status == "done"]
     lines = [
         "",
-        f"minseg demo finished in {manifest['seconds']} s. Outputs under {out}:",
-        f"  {join_uri(out, 'sections')}/images, /masks   synthetic training photos + label masks",
-        f"  {join_uri(out, 'slides')}/                    whole-slide pyramidal BigTIFF + mask",
-        f"  {join_uri(out, 'survey')}/                    geochemical survey (CSV/Parquet, GeoTIFF, GeoJSON)",
-        f"  {join_uri(out, 'synth_manifest.json')}       what was made, with the resolved config",
+        f"minseg demo finished in {time.monotonic() - started:.0f} s. Outputs under {shown}/:",
+        "  sections/images, sections/masks   synthetic training photos + label masks",
+        "  slides/                           whole-slide pyramidal BigTIFF + mask",
+        "  survey/                           geochemical survey (CSV/Parquet, GeoTIFF, GeoJSON)",
+        "  synth_manifest.json               what was made, with the resolved config",
     ]
+    if "members" in manifest:
+        run = config.run.name
+        lines += [
+            f"  {run}/members.csv         the trained ensemble members (status, best mIoU, checkpoints)",
+            f"  {run}/members/*/curves.png  loss and validation curves per member",
+            f"  {run}/data/               dataset statistics, splits, quarantine report",
+        ]
     print("\n".join(lines))
     return manifest

@@ -121,8 +121,11 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
     macro_precision, macro_recall = _nanmean(precision), _nanmean(recall)
     support = true / true.sum() if true.sum() > 0 else np.zeros(n)
     total = matrix.sum()
-    with np.errstate(invalid="ignore"):
-        paper_f1 = 2 * macro_precision * macro_recall / (macro_precision + macro_recall)
+    denominator = macro_precision + macro_recall
+    if math.isnan(denominator):
+        paper_f1 = float("nan")
+    else:
+        paper_f1 = 2 * macro_precision * macro_recall / denominator if denominator > 0 else 0.0
     return {
         "classes": names,
         "iou": iou.tolist(),
@@ -138,7 +141,7 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
         # the Res-UNet paper's names (Eq. 8-10)
         "mPA": macro_precision,
         "mRecall": macro_recall,
-        "F1_paper": float(paper_f1) if not math.isnan(paper_f1) else float("nan"),
+        "F1_paper": float(paper_f1),
         # the microplastic paper's recall-weighted summaries (Eq. 34-35)
         "recall_weighted_f1": float(np.nansum(support * np.nan_to_num(f1))),
         "recall_weighted_iou": float(np.nansum(support * np.nan_to_num(iou))),

@@ -35,6 +35,11 @@ def test_absent_class_is_left_out_of_means():
     assert m["miou"] == pytest.approx((3 / 4 + 2 / 3) / 2)
 
 
+def test_all_wrong_predictions_give_zero_not_a_crash():
+    m = metrics_from_confusion(np.array([[0, 5], [7, 0]]))
+    assert m["mPA"] == 0.0 and m["mRecall"] == 0.0 and m["F1_paper"] == 0.0 and m["miou"] == 0.0
+
+
 def test_streaming_update_matches_and_halves_merge():
     torch.manual_seed(0)
     logits = torch.randn(4, 5, 16, 16)

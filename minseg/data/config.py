@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
@@ -132,8 +134,8 @@ class DataSettings(StrictModel):
         None, description="{'mean': [...], 'std': [...]} in 0..255 units; default: measured on the training split"
     )
     shuffle_buffer: int = Field(64, ge=0, description="tiles held for local shuffling in the training stream")
-    cache: bool = Field(
-        False,
-        description="decode and tile once, keep the tiles in Ray's object store (spilled to disk when full) "
-        "instead of decoding every epoch; for datasets that fit",
+    cache: bool | Literal["auto"] = Field(
+        "auto",
+        description="keep decoded tiles in Ray's object store instead of decoding every epoch; "
+        "'auto' caches a split when its tiles take under a quarter of the object store",
     )

@@ -95,7 +95,7 @@ def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[lis
             points = [(float(ring[i]) * scale, float(ring[i + 1]) * scale) for i in range(0, len(ring) - 1, 2)]
             if len(points) >= 3:
                 draw.polygon(points, fill=int(code))
-    return np.asarray(canvas, dtype=np.int32)
+    return np.array(canvas, dtype=np.int32)  # a writable copy: RLE masks are painted on top
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):

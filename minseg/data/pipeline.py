@@ -79,7 +79,11 @@ def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
         size = rle.get("size") or [height, width]
         if list(size) != [height, width]:
             raise DecodeError(f"RLE size {size} does not match the image {height}x{width}")
-        codes[decode_coco_rle(rle["rle"], height, width).astype(bool)] = code
+        try:
+            painted = decode_coco_rle(rle["rle"], height, width).astype(bool)
+        except (ValueError, IndexError) as exc:
+            raise DecodeError(f"invalid COCO RLE segmentation ({exc})") from None
+        codes[painted] = code
     return codes
 
 
@@ -151,7 +155,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         row["channel_n"] = int(pixels.shape[0])
         if row["tiles"] == 0:
             row["error"] = "every tile is all-ignore"
-    except (DecodeError, StorageError, OSError, ValueError, KeyError) as exc:
+    except (DecodeError, StorageError, OSError) as exc:  # bad input; anything else is a bug and surfaces
         row["error"] = str(exc)
     return row
 
@@ -261,6 +265,11 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     classmap = _resolve_classmap(data, task, folder_names)
     split_seed = data.split.seed if data.split.seed is not None else seed
     lists = _read_lists(data.split.lists, storage) if data.split.lists else None
+    if lists:
+        known = {key for item in items for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
+        for split, names in lists.items():
+            for name in sorted(names - known):
+                quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"))
     assignment = assign_splits(items, data.split, split_seed, lists)
     for item in items:
         item["split"] = assignment.get(item["source_id"])
@@ -343,7 +352,18 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200)).flat_map(
         lambda item: tile_rows(item, classmap, data, storage), num_cpus=task_cpus
     )
-    return dataset.materialize() if data.cache else dataset
+    return dataset.materialize() if _should_cache(data, prepared, items) else dataset
+
+
+def _should_cache(data: DataSettings, prepared: PreparedData, items: list[dict]) -> bool:
+    if data.cache != "auto":
+        return bool(data.cache)
+    import ray
+
+    tile_bytes = data.tiling.size**2 * (3 if prepared.task is Task.CLASSIFICATION else 4)
+    needed = sum(i["tiles"] for i in items) * tile_bytes
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return needed < store / 4
 
 
 # ------------------------------------------------------------------- reports

@@ -103,6 +103,11 @@ def join_uri(base: str, *parts: str) -> str:
     return text
 
 
+def absolute_uri(uri: str | os.PathLike[str]) -> str:
+    """Local paths made absolute (remote Ray processes run in other working directories)."""
+    return parse_uri(uri).uri
+
+
 def is_s3(uri: str | os.PathLike[str]) -> bool:
     return os.fspath(uri).startswith("s3://")
 

@@ -19,7 +19,7 @@ import numpy as np
 from minseg.config.schema import MinsegConfig
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.enums import Task
-from minseg.io.storage import Storage, join_uri, parse_uri
+from minseg.io.storage import Storage, absolute_uri, join_uri, parse_uri
 from minseg.logs import _is_interactive, get_logger, log_event
 from minseg.models import build_model, get_entry
 from minseg.runtime import init_ray
@@ -253,7 +253,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if config.data is None or config.training is None:
         raise ValueError("training needs the 'data' and 'training' config sections")
     storage = Storage(config.storage)
-    run_uri = join_uri(config.run.output_uri, config.run.name)
+    run_uri = join_uri(absolute_uri(config.run.output_uri), config.run.name)
     members = config.training.select(member_names)
     tasks = {member_task(m) for m in members}
     if len(tasks) > 1:
@@ -401,6 +401,7 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -411,6 +412,8 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
         for key in ("miou", "mean_f1", "accuracy"):
             if key in validated[0]:
                 right.plot([r["epoch"] for r in validated], [r[key] for r in validated], marker="o", label=key)
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.set_title(f"{member}: loss")

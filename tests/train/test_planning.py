@@ -57,3 +57,21 @@ def test_preflight_reports_bad_options_and_table_formats():
                                  MemberResult("y", "unet", "done", best_value=0.5, best_epoch=2, epochs=2,
                                               best_checkpoint="/c")])
     assert "boom" in text and "0.5000" in text and not math.isnan(0.0)
+
+
+def test_ruel_paper_config_is_table_2():
+    from pathlib import Path
+
+    from minseg.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "ruel_paper.yaml", MinsegConfig)
+    members = {m.name: m for m in config.training.members}
+    assert list(members)[:2] == ["b0", "b1"] and all(members[b].model == "vgg16_unet" for b in ("b0", "b1"))
+    learners = [m for m in members.values() if m.name.startswith("learner")]
+    grid = {(m.loss.name.value, m.model_options["stn"], tuple(s.epochs for s in m.stages)) for m in learners}
+    assert len(learners) == 12 and grid == {(loss, stn, epochs) for loss in ("ce", "ce_dice", "ce_focal")
+                                            for stn in (False, True) for epochs in ((40, 80), (50, 100))}
+    assert all(m.stages[0].freeze_encoder and m.stages[0].batch_size == 32 and m.stages[1].batch_size == 16
+               for m in learners)
+    assert all(m.model_options["activation"] == "leaky_relu" for m in learners)
+    assert config.training.defaults["optimizer"]["lr"] == 1e-4 and learners[0].schedule.min_lr == 1e-6

@@ -1,0 +1,120 @@
+import io
+import os
+import tarfile
+import zipfile
+
+import pytest
+
+from minseg.data.config import LimitSettings
+from minseg.data.containers import open_container, read_ref, unsafe_member_reason
+from minseg.io.storage import Storage, StorageError
+from tests.data.helpers import write_paired
+
+
+def make_tar(path, files: dict, mode="w", extra=None):
+    with tarfile.open(path, mode) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            archive.addfile(info)
+    return path
+
+
+def test_folder_tar_targz_zip_list_the_same_members(tmp_path):
+    root = write_paired(tmp_path / "ds", count=2)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    make_tar(tmp_path / "ds.tar", files)
+    make_tar(tmp_path / "ds.tar.gz", files, "w:gz")
+    with zipfile.ZipFile(tmp_path / "ds.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    storage, limits = Storage(), LimitSettings()
+    for uri in (root, tmp_path / "ds.tar", tmp_path / "ds.tar.gz", tmp_path / "ds.zip"):
+        container = open_container(str(uri), limits, storage, staging_uri=str(tmp_path / "staging"))
+        assert sorted(container.members) == sorted(files), uri
+        assert not container.rejected
+        for name, data in files.items():
+            assert read_ref(container.members[name], storage) == data
+
+
+@pytest.mark.parametrize("name, reason", [("../evil.png", "'..'"), ("/etc/passwd", "absolute path"),
+                                          ("a/../../b.png", "'..'"), ("C:/x.png", "absolute path")])
+def test_unsafe_names(name, reason):
+    assert reason in unsafe_member_reason(name)
+
+
+def test_tar_rejects_traversal_symlinks_and_devices(tmp_path):
+    link = tarfile.TarInfo("images/link.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hard = tarfile.TarInfo("images/hard.png")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "images/ok.png"
+    device = tarfile.TarInfo("images/dev")
+    device.type = tarfile.CHRTYPE
+    path = make_tar(tmp_path / "bad.tar", {"images/ok.png": b"x", "../escape.png": b"y", "/abs.png": b"z"},
+                    extra=[link, hard, device])
+    for suffix, mode in ((".tar", "w"), (".tar.gz", "w:gz")):
+        target = tmp_path / f"bad{suffix}"
+        if suffix != ".tar":
+            make_tar(target, {"images/ok.png": b"x", "../escape.png": b"y", "/abs.png": b"z"}, mode, [link, hard, device])
+        container = open_container(str(target if suffix != ".tar" else path), LimitSettings(), Storage(),
+                                   staging_uri=str(tmp_path / "staging"))
+        assert list(container.members) == ["images/ok.png"]
+        reasons = {r.file.split("!")[1]: r.reason for r in container.rejected}
+        assert "path traversal" in reasons["../escape.png"] and "path traversal" in reasons["/abs.png"]
+        assert reasons["images/link.png"].startswith("symlink") and reasons["images/hard.png"].startswith("hard link")
+        assert "special file" in reasons["images/dev"]
+    assert not any("escape" in p.name for p in tmp_path.rglob("*"))  # nothing was extracted anywhere
+
+
+def test_zip_bomb_and_oversized_members(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images/zeros.png", b"\0" * (20 * 1024 * 1024))
+        archive.writestr("images/fine.png", os.urandom(1000))
+        archive.writestr("../up.png", b"x")
+        info = zipfile.ZipInfo("images/link.png")
+        info.external_attr = (0o120777 << 16)
+        archive.writestr(info, "/etc/passwd")
+    container = open_container(str(tmp_path / "bomb.zip"), LimitSettings(), Storage())
+    assert list(container.members) == ["images/fine.png"]
+    reasons = {r.file.split("!")[1]: r.reason for r in container.rejected}
+    assert reasons["images/zeros.png"].startswith("decompression bomb: compression ratio")
+    assert "path traversal" in reasons["../up.png"] and reasons["images/link.png"] == "symlink in archive"
+    small = open_container(str(tmp_path / "bomb.zip"), LimitSettings(max_member_mib=0.5, max_compression_ratio=10**6),
+                           Storage())
+    assert "exceeds max_member_mib" in {r.file.split("!")[1]: r.reason for r in small.rejected}["images/zeros.png"]
+
+
+def test_gzip_tar_bomb_is_stopped_while_inflating(tmp_path):
+    make_tar(tmp_path / "bomb.tar.gz", {"images/a.png": b"\0" * (8 * 1024 * 1024)}, "w:gz")
+    with pytest.raises(StorageError, match="decompression bomb: inflates past"):
+        open_container(str(tmp_path / "bomb.tar.gz"), LimitSettings(max_compression_ratio=50), Storage(),
+                       staging_uri=str(tmp_path / "staging"))
+
+
+def test_corrupt_archives_and_missing_folder(tmp_path):
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    (tmp_path / "junk.tar").write_bytes(os.urandom(1000))
+    with pytest.raises(StorageError, match="junk.zip: not a readable zip archive"):
+        open_container(str(tmp_path / "junk.zip"), LimitSettings(), Storage())
+    with pytest.raises(StorageError, match="junk.tar: not a readable tar archive"):
+        open_container(str(tmp_path / "junk.tar"), LimitSettings(), Storage())
+    with pytest.raises(StorageError, match="nowhere: no such folder"):
+        open_container(str(tmp_path / "nowhere"), LimitSettings(), Storage())
+
+
+def test_s3_prefix_and_archive(s3, tmp_path):
+    storage = s3.storage()
+    root = write_paired(tmp_path / "ds", count=2)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    for name, data in files.items():
+        storage.write_bytes(s3.uri(f"ds/{name}"), data)
+    make_tar(tmp_path / "ds.tar", files)
+    storage.upload_file(str(tmp_path / "ds.tar"), s3.uri("ds.tar"))
+    make_tar(tmp_path / "ds.tgz", files, "w:gz")
+    storage.upload_file(str(tmp_path / "ds.tgz"), s3.uri("ds.tgz"))
+    for uri in (s3.uri("ds"), s3.uri("ds.tar"), s3.uri("ds.tgz")):
+        container = open_container(uri, LimitSettings(), storage, staging_uri=s3.uri("staging"))
+        assert sorted(container.members) == sorted(files)
+        assert read_ref(container.members["masks/s1.png"], storage) == files["masks/s1.png"]

@@ -1,0 +1,201 @@
+import json
+
+import numpy as np
+import pytest
+
+from minseg.config.base import validate_config
+from minseg.data.classmap import ClassMap
+from minseg.data.config import DataSettings, LimitSettings
+from minseg.data.containers import open_container
+from minseg.data.layouts import detect_layout
+from minseg.data.pipeline import DataError, load_example, prepare_data, split_dataset, write_data_reports
+from minseg.enums import DatasetLayout, Task
+from minseg.io.storage import Storage
+from minseg.synth.minerals import CLASS_NAMES
+from minseg.synth.sections import render_section
+from tests.data.helpers import jpg_bytes, png_bytes, write_coco, write_labelme, write_paired, write_voc
+
+NINE = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
+
+
+def settings(uri, **extra):
+    values = {"sources": [{"uri": str(uri)}], "classes": NINE, "tiling": {"size": 32}}
+    values.update(extra)
+    return validate_config(values, DataSettings)
+
+
+def prepare(data, task=Task.SEGMENTATION, tmp=None):
+    return prepare_data(data, task, seed=0, storage=Storage(), work_uri=str(tmp), task_cpus=0.25)
+
+
+def test_layout_detection(tmp_path):
+    storage, limits = Storage(), LimitSettings()
+    cases = {
+        DatasetLayout.PAIRED: write_paired(tmp_path / "paired", 1),
+        DatasetLayout.VOC: write_voc(tmp_path / "voc", 2),
+        DatasetLayout.COCO: write_coco(tmp_path / "coco")[0],
+        DatasetLayout.LABELME: write_labelme(tmp_path / "labelme"),
+    }
+    (tmp_path / "cls" / "a").mkdir(parents=True)
+    (tmp_path / "cls" / "b").mkdir(parents=True)
+    (tmp_path / "cls" / "a" / "1.jpg").write_bytes(jpg_bytes(render_section(0, 16, 16)[0]))
+    (tmp_path / "cls" / "b" / "2.jpg").write_bytes(jpg_bytes(render_section(1, 16, 16)[0]))
+    cases[DatasetLayout.CLASS_FOLDERS] = tmp_path / "cls"
+    for layout, root in cases.items():
+        assert detect_layout(open_container(str(root), limits, storage), storage=storage) is layout
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.txt").write_text("?")
+    with pytest.raises(ValueError, match="cannot recognise the dataset layout .* set 'layout' explicitly"):
+        detect_layout(open_container(str(tmp_path / "flat"), limits, storage), storage=storage)
+
+
+def test_paired_split_by_source_and_stats(ray_session, tmp_path):
+    root = write_paired(tmp_path / "ds", count=6, size=80)
+    data = settings(root, split={"train": 0.5, "val": 0.25, "test": 0.25, "seed": 3})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    counts = {s: len(v) for s, v in prepared.splits.items()}
+    assert sum(counts.values()) == 6 and all(counts.values())
+    again = prepare(data, tmp=tmp_path / "work2")
+    assert {s: [i["item_id"] for i in v] for s, v in again.splits.items()} == \
+           {s: [i["item_id"] for i in v] for s, v in prepared.splits.items()}  # deterministic by seed
+    # 80 px images, 32 px tiles, step 32 -> starts 0, 32, 48 -> 9 tiles each
+    assert prepared.tile_count("train") == 9 * counts["train"]
+    train_rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
+    assert len(train_rows) == prepared.tile_count("train")
+    assert train_rows[0]["image"].shape == (32, 32, 3) and train_rows[0]["mask"].shape == (32, 32)
+    stats = prepared.stats["train"]
+    expected = np.zeros(9, np.int64)
+    for item in prepared.splits["train"]:
+        _, mask = render_section(int(item["source_id"].split("/s")[1]), 80, 80)
+        expected += np.bincount(mask.ravel(), minlength=9)
+    assert [stats["classes"][n]["pixels"] for n in CLASS_NAMES] == expected.tolist()
+    assert stats["classes"]["magnetite"]["particles"] > 0
+    reports = write_data_reports(prepared, str(tmp_path / "reports"), Storage())
+    assert json.loads(open(reports["splits.json"]).read())["train"] == [i["item_id"] for i in prepared.splits["train"]]
+    assert len(prepared.normalization["mean"]) == 3 and all(s > 0 for s in prepared.normalization["std"])
+
+
+def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path):
+    root = write_paired(tmp_path / "ds", count=4, size=48)
+    image, mask = render_section(9, 48, 48)
+    (root / "images" / "small.jpg").write_bytes(jpg_bytes(image[:40]))          # size mismatch
+    (root / "masks" / "small.png").write_bytes(png_bytes(mask))
+    (root / "images" / "codes.jpg").write_bytes(jpg_bytes(image))              # unknown mask code
+    bad_codes = mask.copy()
+    bad_codes[0, 0] = 42
+    (root / "masks" / "codes.png").write_bytes(png_bytes(bad_codes))
+    (root / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")  # unreadable
+    (root / "masks" / "corrupt.png").write_bytes(png_bytes(mask))
+    (root / "images" / "lonely.jpg").write_bytes(jpg_bytes(image))             # no mask
+    (root / "masks" / "orphan.png").write_bytes(png_bytes(mask))               # no image
+    (root / "images" / "rgbmask.jpg").write_bytes(jpg_bytes(image))            # RGB where codes expected
+    (root / "masks" / "rgbmask.png").write_bytes(png_bytes(np.stack([mask] * 3, -1)))
+    data = settings(root, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    assert len(prepared.splits["train"]) == 4
+    reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
+    assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
+    assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
+    assert reasons["corrupt.jpg"].startswith("unreadable image")
+    assert reasons["lonely.jpg"].startswith("no mask masks/lonely.*")
+    assert reasons["orphan.png"].startswith("mask without an image")
+    assert "set mask_encoding: colors" in reasons["rgbmask.jpg"]
+    reports = write_data_reports(prepared, str(tmp_path / "reports"), Storage())
+    assert "small.jpg" in open(reports["quarantine.csv"]).read()
+
+
+def test_everything_bad_fails_with_the_report(ray_session, tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a", "b"):
+        (root / "images" / f"{name}.jpg").write_bytes(b"garbage")
+        (root / "masks" / f"{name}.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"no usable training items(.|\n)*a.jpg: unreadable image"):
+        prepare(settings(root), tmp=tmp_path / "work")
+
+
+def test_voc_palette_masks_void_border_and_lists(ray_session, tmp_path):
+    root = write_voc(tmp_path / "voc", count=4)
+    data = settings(root, classes={**NINE, "ignore_codes": [255]})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    assert [len(prepared.splits[s]) for s in ("train", "val", "test")] == [3, 1, 0]  # from ImageSets lists
+    image, ids = load_example(prepared.splits["train"][0], prepared.classmap, data.limits, Storage())
+    _, expected = render_section(100, 64, 64)
+    assert (ids[0] == 255).all() and np.array_equal(ids[1:], expected[1:])  # palette indices are the codes
+
+
+def test_explicit_split_lists(ray_session, tmp_path):
+    root = write_paired(tmp_path / "ds", count=5, size=32)
+    (tmp_path / "train.txt").write_text("s0\ns1\ns2\n")
+    (tmp_path / "val.txt").write_text("s3\ns33\n")
+    data = settings(root, split={"lists": {"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt")}})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    assert sorted(i["item_id"] for i in prepared.splits["train"]) == ["ds/s0", "ds/s1", "ds/s2"]
+    assert [i["item_id"] for i in prepared.splits["val"]] == ["ds/s3"]
+    assert prepared.splits["test"] == []  # s4 is listed nowhere: left out
+    assert [(r.file, r.reason) for r in prepared.quarantine] == [
+        (str(tmp_path / "val.txt"), "val list names 's33', which no source has")]
+
+
+def test_coco_polygons_and_both_rle_forms(ray_session, tmp_path):
+    root, truth = write_coco(tmp_path / "coco")
+    classes = {"classes": [{"name": "background", "codes": [0]}, {"name": "plastic", "codes": [1]},
+                           {"name": "fibre", "codes": [2]}]}
+    data = settings(root, classes=classes, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    items = {i["item_id"]: i for i in prepared.splits["train"]}
+    _, first = load_example(items["coco/train/img0"], prepared.classmap, data.limits, Storage())
+    x0, y0, x1, y1 = truth["polygon"]
+    assert (first[y0 + 1 : y1, x0 + 1 : x1] == 1).all() and first[5, 5] == 0
+    assert (first[truth["rle"] == 1] == 2).all()
+    _, second = load_example(items["coco/train/img1"], prepared.classmap, data.limits, Storage())
+    assert np.array_equal(second, truth["rle"].astype(np.uint8))
+
+
+def test_labelme_polygons_by_class_name(ray_session, tmp_path):
+    root = write_labelme(tmp_path / "lm")
+    data = settings(root, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    prepared = prepare(data, tmp=tmp_path / "work")
+    _, ids = load_example(prepared.splits["train"][0], prepared.classmap, data.limits, Storage())
+    assert ids[10, 10] == CLASS_NAMES.index("pyrite") and ids[30, 30] == CLASS_NAMES.index("galena")
+    assert ids[2, 38] == 0
+
+
+def test_class_folders_for_classification(ray_session, tmp_path):
+    for cls in ("calcite", "quartz"):
+        for i in range(4):
+            folder = tmp_path / "cls" / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}.jpg").write_bytes(jpg_bytes(render_section(i + (10 if cls == "quartz" else 0), 40, 30)[0]))
+    (tmp_path / "cls" / "quartz" / "notes.txt").write_text("not an image")
+    data = validate_config({"sources": [{"uri": str(tmp_path / "cls")}], "tiling": {"size": 24}}, DataSettings)
+    prepared = prepare(data, Task.CLASSIFICATION, tmp=tmp_path / "work")
+    assert prepared.classmap.names == ("calcite", "quartz")
+    assert [r.reason for r in prepared.quarantine] == ["not an image"]
+    rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
+    assert rows[0]["image"].shape == (24, 24, 3) and {int(r["label"]) for r in rows} <= {0, 1}
+    with pytest.raises(ValueError, match="does not fit a segmentation model"):
+        prepare(data, Task.SEGMENTATION, tmp=tmp_path / "work2")
+
+
+def test_rgb_colour_masks(tmp_path):
+    classmap = ClassMap.from_settings(validate_config(
+        {"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "ore", "color": [255, 0, 0]}],
+         "mask_encoding": "colors"}, DataSettings.model_fields["classes"].annotation.__args__[0]))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1, 1] = (255, 0, 0)
+    rgb[2, 2] = (0, 255, 0)
+    ids, unknown = classmap.map_codes(rgb)
+    assert ids[1, 1] == 1 and ids[0, 0] == 0 and ids[2, 2] == 255 and unknown == [0x00FF00]
+
+
+def test_auto_cache_only_when_tiles_fit_the_object_store(ray_session):
+    from minseg.data.pipeline import PreparedData, _should_cache
+
+    data = settings("/unused")
+    prepared = PreparedData(Task.SEGMENTATION, None, {}, [], {}, {}, data.tiling, data.limits)
+    assert data.cache == "auto"
+    assert _should_cache(data, prepared, [{"tiles": 100}])
+    assert not _should_cache(data, prepared, [{"tiles": 10**9}])
+    assert not _should_cache(data.model_copy(update={"cache": False}), prepared, [{"tiles": 1}])

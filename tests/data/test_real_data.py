@@ -1,0 +1,62 @@
+"""Readers on the real datasets beside the project (../shared/data); skipped when absent."""
+
+import numpy as np
+import pytest
+
+from minseg.config.base import validate_config
+from minseg.data.config import DataSettings
+from minseg.data.pipeline import load_example, prepare_data, split_dataset
+from minseg.enums import Task
+from minseg.io.storage import Storage
+
+LUMENSTONE_CLASSES = {"classes": [
+    {"name": "background", "codes": [0]}, {"name": "chalcopyrite", "codes": [1]}, {"name": "galena", "codes": [2]},
+    {"name": "magnetite", "codes": [3]}, {"name": "bornite", "codes": [4]}, {"name": "pyrrhotite", "codes": [5]},
+    {"name": "pyrite", "codes": [6]}, {"name": "pentlandite", "codes": [7]}, {"name": "sphalerite", "codes": [8]},
+    {"name": "tennantite", "codes": [11]}]}
+
+
+def test_lumenstone_paired_folders(ray_session, shared_data, tmp_path):
+    (tmp_path / "train.txt").write_text("01\na01\n")
+    (tmp_path / "val.txt").write_text("02\n")
+    data = validate_config({
+        "sources": [{"uri": str(shared_data / "lumenstone")}], "classes": LUMENSTONE_CLASSES,
+        "tiling": {"size": 256, "scale": 0.125},
+        "split": {"lists": {"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt")}},
+    }, DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    assert sorted(i["item_id"] for i in prepared.splits["train"]) == ["lumenstone/01", "lumenstone/a01"]
+    assert not prepared.quarantine
+    image, ids = load_example(prepared.splits["train"][0], prepared.classmap, data.limits, Storage(), 0.125)
+    assert image.shape == (318, 424, 3) and ids.shape == (318, 424)  # 2547 x 3396 at 1/8
+    assert set(np.unique(ids)) <= set(range(10))
+    stats = prepared.stats["train"]["classes"]
+    assert sum(c["pixels"] for c in stats.values()) == 2 * 2547 * 3396  # counted at full resolution
+    rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
+    assert len(rows) == prepared.tile_count("train") > 0
+
+
+def test_microplastic_coco(ray_session, shared_data, tmp_path):
+    data = validate_config({
+        "sources": [{"uri": str(shared_data / "microplastic-coco")}],
+        "classes": {"classes": [{"name": "background", "codes": [0]}, {"name": "microplastic", "codes": [1]}]},
+        "tiling": {"size": 256, "overlap": 100, "scale": 0.5},
+    }, DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    assert len(prepared.splits["test"]) == 7  # the export's own test folder
+    assert len(prepared.splits["train"]) + len(prepared.splits["val"]) == 31
+    assert not prepared.quarantine
+    share = prepared.stats["train"]["classes"]["microplastic"]["pixel_share"]
+    assert 0.01 < share < 0.3 and prepared.stats["train"]["classes"]["microplastic"]["particles"] > 50
+
+
+def test_alteration_class_folders(ray_session, shared_data, tmp_path):
+    data = validate_config({"sources": [{"uri": str(shared_data / "alteration-xpl")}], "tiling": {"size": 64}},
+                           DataSettings)
+    prepared = prepare_data(data, Task.CLASSIFICATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    assert prepared.classmap.names == ("Carbonatization", "Chloritization", "Epidotization", "Sericitization",
+                                       "Silicification")
+    total = sum(len(v) for v in prepared.splits.values())
+    assert total + len(prepared.quarantine) == sum(1 for p in (shared_data / "alteration-xpl").rglob("*") if p.is_file())
+    row = split_dataset(prepared, data, "val", Storage(), 0.25).take(1)[0]
+    assert row["image"].shape == (64, 64, 3)

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from minseg.data.augment import augment_batch
+from minseg.data.config import AugmentSettings, SplitSettings
+from minseg.data.splits import assign_splits, kfold_assignments, split_counts
+from minseg.data.tiling import extract_tile, tile_grid, tile_starts
+
+
+def test_tile_starts_snap_to_the_edge():
+    assert tile_starts(100, 32, 32) == [0, 32, 64, 68]
+    assert tile_starts(96, 32, 32) == [0, 32, 64]
+    assert tile_starts(100, 32, 22) == [0, 22, 44, 66, 68]  # the microplastic paper's overlap style
+    assert tile_starts(20, 32, 32) == [0]
+    assert len(tile_grid(100, 64, 32, 32)) == 4 * 2
+
+
+def test_small_image_is_padded_with_fill():
+    image = np.ones((10, 12, 3), np.uint8)
+    tile = extract_tile(image, 0, 0, 16, 0)
+    assert tile.shape == (16, 16, 3) and tile[:10, :12].all() and not tile[10:].any()
+    mask = extract_tile(np.zeros((10, 12), np.uint8), 0, 0, 16, 255)
+    assert (mask[10:] == 255).all() and (mask[:10, :12] == 0).all()
+
+
+def test_split_counts_and_kfold():
+    assert split_counts(10, (0.7, 0.15, 0.15)) == (7, 2, 1) or split_counts(10, (0.7, 0.15, 0.15)) == (7, 1, 2)
+    assert split_counts(3, (0.7, 0.15, 0.15)) == (1, 1, 1)
+    folds = kfold_assignments([f"s{i}" for i in range(11)], 5, seed=1)
+    assert len(folds) == 5 and sum(len(f) for f in folds) == 11
+    assert all(not (a & b) for i, a in enumerate(folds) for b in folds[i + 1 :])
+    with pytest.raises(ValueError, match="needs at least 5 source images"):
+        kfold_assignments(["a", "b"], 5, 0)
+
+
+def test_tiles_of_one_source_never_straddle_splits():
+    items = [{"item_id": f"d/{s}-{t}", "source_id": f"d/{s}"} for s in range(20) for t in range(3)]
+    assignment = assign_splits(items, SplitSettings(), seed=5)
+    assert len(assignment) == 20
+    assert assign_splits(list(reversed(items)), SplitSettings(), seed=5) == assignment  # listing order irrelevant
+    assert assign_splits(items, SplitSettings(), seed=6) != assignment
+
+
+def paired_batch(n=6, size=8):
+    torch.manual_seed(0)
+    masks = torch.randint(0, 5, (n, size, size))
+    images = torch.stack([masks.float(), masks.float() * 2, -masks.float()], 1)  # image encodes its mask
+    return images, masks
+
+
+def test_dihedral_keeps_images_and_masks_aligned_and_is_seeded():
+    images, masks = paired_batch()
+    settings = AugmentSettings(mode="dihedral")
+    out_images, out_masks = augment_batch(images, masks, settings, torch.Generator().manual_seed(1))
+    assert torch.equal(out_images[:, 0], out_masks.float())
+    assert not torch.equal(out_masks, masks)
+    again = augment_batch(images, masks, settings, torch.Generator().manual_seed(1))
+    assert torch.equal(again[1], out_masks)
+    views = {tuple(out_masks[i].flatten().tolist()) for i in range(6)}
+    candidates = [masks[0], masks[0].flip(-1), masks[0].flip(-2)] + [torch.rot90(masks[0], k, (0, 1)) for k in (1, 2, 3)]
+    assert all(any(torch.equal(out_masks[i], c) for c in
+                   [masks[i], masks[i].flip(-1), masks[i].flip(-2)] + [torch.rot90(masks[i], k, (0, 1)) for k in (1, 2, 3)])
+               for i in range(6))
+    assert len(views) > 1 and len(candidates) == 6
+
+
+def test_shift_rotate_fills_mean_and_ignore():
+    images, masks = paired_batch(4, 32)
+    images = images + 5  # non-zero everywhere, so zero-fill is visible
+    settings = AugmentSettings(mode="shift_rotate", shift=0.2, rotate_degrees=45)
+    out_images, out_masks = augment_batch(images, masks, settings, torch.Generator().manual_seed(3), ignore_index=255)
+    outside = out_masks == 255
+    assert outside.any()
+    filled = out_images[:, 0][outside]
+    # uncovered pixels take the mean (0 after normalisation); only the boundary band blends bilinearly
+    assert (filled.abs() < 1e-5).float().mean() > 0.8
+    assert filled.abs().mean() < 0.2 * out_images[:, 0][~outside].abs().mean()
+    inside = ~outside
+    assert set(out_masks[inside].unique().tolist()) <= set(range(5))

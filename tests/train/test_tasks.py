@@ -1,0 +1,67 @@
+"""The same machinery trains a classifier and a k-fold binary segmentation task."""
+
+import json
+
+import numpy as np
+
+from minseg.config import MinsegConfig, validate_config
+from minseg.synth.sections import render_section
+from minseg.train.ensemble import train_ensemble
+from tests.data.helpers import jpg_bytes, png_bytes
+
+
+def test_classifier_on_class_folders(ray_session, tmp_path):
+    for label, seed in (("bright", 0), ("dark", 50)):
+        folder = tmp_path / "cls" / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            image, _ = render_section(seed + i, 32, 32)
+            image = image if label == "bright" else image // 3
+            (folder / f"{i}.jpg").write_bytes(jpg_bytes(image))
+    config = validate_config({
+        "run": {"name": "cls", "output_uri": str(tmp_path / "runs")},
+        "ray": {"task_cpus": 0.25},
+        "data": {"sources": [{"uri": str(tmp_path / "cls")}], "tiling": {"size": 32}, "cache": "auto",
+                 "augmentation": {"mode": "dihedral"}, "split": {"train": 0.66, "val": 0.34, "test": 0.0}},
+        "training": {"members": [{
+            "name": "convnext", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"},
+            "stages": [{"epochs": 2, "batch_size": 4}], "optimizer": {"lr": 0.002},
+            "scaling": {"cpus_per_worker": 0.25}, "checkpoint_metric": "accuracy", "max_failures": 0}]},
+    }, MinsegConfig)
+    (row,) = train_ensemble(config)
+    assert row.status == "done", row.error
+    assert row.metric == "accuracy" and 0.0 <= row.best_value <= 1.0
+    metrics = json.loads(open(f"{row.best_checkpoint}/metrics.json").read())
+    assert metrics["classes"] == ["bright", "dark"] and "mean_precision" in metrics and "f1" in metrics
+
+
+def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
+    root = tmp_path / "plastic"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        image, mask = render_section(i, 48, 48)
+        binary = (mask == 1).astype(np.uint8)  # pyrite grains as the single foreground class
+        (root / "images" / f"p{i}.jpg").write_bytes(jpg_bytes(image))
+        (root / "masks" / f"p{i}.png").write_bytes(png_bytes(binary))
+    config = validate_config({
+        "run": {"name": "cv", "output_uri": str(tmp_path / "runs")},
+        "ray": {"task_cpus": 0.25},
+        "data": {"sources": [{"uri": str(root)}], "tiling": {"size": 48}, "cache": True,
+                 "classes": {"classes": [{"name": "background", "codes": [0]}, {"name": "microplastic", "codes": [1]}]},
+                 "augmentation": {"mode": "shift_rotate"},
+                 "split": {"train": 0.84, "val": 0.0, "test": 0.16, "folds": 2}},
+        "training": {"members": [{
+            "name": "halfunet", "model": "half_unet", "model_options": {"width": 0.125}, "loss": {"name": "weighted_bce"},
+            "stages": [{"epochs": 2, "batch_size": 2}], "optimizer": {"lr": 0.003}, "scaling": {"cpus_per_worker": 0.25},
+            "checkpoint_metric": "recall_weighted_f1", "max_failures": 0}]},
+    }, MinsegConfig)
+    rows = train_ensemble(config)
+    assert [(r.member, r.fold, r.status) for r in rows] == [("halfunet", 0, "done"), ("halfunet", 1, "done")]
+    document = json.loads((tmp_path / "runs" / "cv" / "members.json").read_text())
+    summary = document["cross_validation"]["halfunet"]
+    assert summary["folds"] == 2 and summary["metric"] == "recall_weighted_f1"
+    assert summary["mean"] == np.mean([r.best_value for r in rows])
+    splits = json.loads((tmp_path / "runs" / "cv" / "data" / "splits.json").read_text())
+    folds = [set(f) for f in splits["folds"]]
+    assert not folds[0] & folds[1] and not (folds[0] | folds[1]) & set(splits["test"])
