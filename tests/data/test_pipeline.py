@@ -199,3 +199,28 @@ def test_auto_cache_only_when_tiles_fit_the_object_store(ray_session):
     assert _should_cache(data, prepared, [{"tiles": 100}])
     assert not _should_cache(data, prepared, [{"tiles": 10**9}])
     assert not _should_cache(data.model_copy(update={"cache": False}), prepared, [{"tiles": 1}])
+
+
+def test_image_decompression_bomb_is_quarantined(ray_session, tmp_path):
+    root = write_paired(tmp_path / "ds", count=2, size=64)
+    data = settings(root, limits={"max_image_pixels": 2000}, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    with pytest.raises(DataError) as info:
+        prepare(data, tmp=tmp_path / "work")
+    assert all("decompression bomb" in r.reason or "exceeds max_image_pixels" in r.reason for r in info.value.quarantine)
+
+
+def test_tiff_images_and_masks(tmp_path):
+    import tifffile
+
+    from minseg.data.layouts import paired_items
+
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "masks").mkdir()
+    image, mask = render_section(5, 40, 56)
+    tifffile.imwrite(tmp_path / "ds" / "images" / "t.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "ds" / "masks" / "t.tiff", mask)
+    container = open_container(str(tmp_path / "ds"), LimitSettings(), Storage())
+    items, rejected = paired_items(container, "ds", "images", "masks")
+    classmap = ClassMap.from_settings(settings(tmp_path).classes)
+    decoded, ids = load_example(items[0], classmap, LimitSettings(), Storage())
+    assert not rejected and np.array_equal(decoded, image) and np.array_equal(ids, mask)

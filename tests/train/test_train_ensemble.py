@@ -160,3 +160,26 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_sections, tmp_path):
     assert state["restarts"] >= 1
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]  # resumed, not restarted from scratch
     assert ray.is_initialized()
+
+
+def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections, tmp_path):
+    """No restarts allowed: the killed member fails after its first checkpoint; --resume finishes it."""
+    member = {"name": "patient", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 0,
+              "stages": [{"epochs": 3, "batch_size": 4}]}
+    config = training_config(synthetic_sections, tmp_path, "resub", [member])
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
+    thread.start()
+    pointer = tmp_path / "resub" / "members" / "patient" / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 400
+    while not pointer.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    while not kill_processes_titled("ray::RayTrainWorker") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    (first,) = outcome["rows"]
+    assert first.status == "failed" and 1 <= first.epochs < 3 and first.last_checkpoint
+    (second,) = train_ensemble(config, resume=True)
+    assert second.status == "done" and second.epochs == 3 and second.restarts == 1
+    history = load_checkpoint_state(tmp_path / "resub", "patient")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
