@@ -72,6 +72,37 @@ def cmd_train(args) -> int:
     return 1 if failed and len(failed) == len(results) else 0
 
 
+def cmd_evaluate(args) -> int:
+    from minseg.ensemble.evaluate import evaluate_ensemble
+
+    document = evaluate_ensemble(_load(args))
+    print(f"ensemble manifest: {document['manifest_uri']}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    """Choose another candidate from a finished evaluation, without predicting again."""
+    from minseg.ensemble.evaluate import Combination, build_manifest, select
+    from minseg.ensemble.manifest import write_manifest
+    from minseg.enums import FusionMode
+    from minseg.io.storage import Storage, join_uri
+
+    storage = Storage()
+    document = json.loads(storage.read_text(join_uri(args.evaluation, "evaluation.json")))
+    if args.candidate:
+        key = args.candidate
+    else:
+        candidates = [Combination(c["key"], c["members"], FusionMode(c["mode"]) if c["mode"] else None, c["weights"],
+                                  c["metrics"], c["tpi"]) for c in document["candidates"]]
+        rule = "tpi_budget" if args.tpi_budget else "best"
+        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
+    manifest = build_manifest(document, key, storage, args.name)
+    target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
+    write_manifest(manifest, target, storage)
+    print(f"selected {key} -> {target}")
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -181,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue a run: finished members are kept, others resume")
     train.set_defaults(func=cmd_train)
 
+    evaluate = sub.add_parser("evaluate", help="evaluate members, rank, fuse (RUEL-k), select, write the manifest")
+    _add_config_options(evaluate, required=True)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    select = sub.add_parser("select", help="pick another ensemble from a finished evaluation (no recomputation)")
+    select.add_argument("evaluation", help="evaluation folder (holds evaluation.json)")
+    select.add_argument("--key", help="metric to maximise (default: the evaluation's rank key)")
+    select.add_argument("--tpi-budget", type=float, help="seconds per image the ensemble may take")
+    select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03")
+    select.add_argument("--name", default="selected", help="name recorded in the manifest")
+    select.add_argument("--out", help="manifest path or URI (default: beside evaluation.json)")
+    select.set_defaults(func=cmd_select)
+
     config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
     config.add_argument("action", choices=["validate", "show"])
     config.add_argument("config", help="YAML config (path or s3:// URI)")
@@ -209,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     from minseg.config import ConfigError
     from minseg.data.pipeline import DataError
     from minseg.io.storage import StorageError
+    from minseg.ensemble.manifest import ManifestError
     from minseg.train.ensemble import ResourceError
     from minseg.logs import configure_logging
 
@@ -219,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("storage cp needs a destination")
     try:
         return args.func(args)
-    except (ConfigError, StorageError, DataError, ResourceError) as exc:
+    except (ConfigError, StorageError, DataError, ResourceError, ManifestError) as exc:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

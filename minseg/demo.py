@@ -80,6 +80,10 @@ def run_demo(config: MinsegConfig) -> dict:
     if config.training is not None and config.synth.sections is not None:
         results = train_on_synthetic_sections(config, out)
         manifest["members"] = [r.member for r in results if r.status == "done"]
+        if config.evaluation is not None and manifest["members"]:
+            from minseg.ensemble.evaluate import evaluate_ensemble
+
+            manifest["ensemble"] = evaluate_ensemble(config)
     lines = [
         "",
         f"minseg demo finished in {time.monotonic() - started:.0f} s. Outputs under {shown}/:",
@@ -94,6 +98,12 @@ def run_demo(config: MinsegConfig) -> dict:
             f"  {run}/members.csv         the trained ensemble members (status, best mIoU, checkpoints)",
             f"  {run}/members/*/curves.png  loss and validation curves per member",
             f"  {run}/data/               dataset statistics, splits, quarantine report",
+        ]
+    if "ensemble" in manifest:
+        lines += [
+            f"  {run}/evaluation/{config.evaluation.name}/manifest.json   the selected ensemble "
+            f"({manifest['ensemble']['selected']})",
+            f"  {run}/evaluation/{config.evaluation.name}/table*.md       member, RUEL-k and per-class tables; *.png figures",
         ]
     print("\n".join(lines))
     return manifest

@@ -104,3 +104,23 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+
+
+class FusionMode(StrEnum):
+    PV = "pv"  # plurality voting: one vote per member
+    WV = "wv"  # weighted voting: member ranked i (0 = best) of n votes with weight n - i
+    SOFT = "soft"  # mean of softmax probabilities
+    WEIGHTED_SOFT = "weighted_soft"  # probabilities weighted like WV
+    LEARNED = "learned"  # probabilities weighted by weights fitted on the validation split
+
+
+class TTA(StrEnum):
+    NONE = "none"
+    FLIPS = "flips"  # identity, horizontal, vertical flip
+    DIHEDRAL = "dihedral"  # the eight flips / 90-degree rotations (square tiles)
+
+
+class Blend(StrEnum):
+    GAUSSIAN = "gaussian"
+    PYRAMID = "pyramid"
+    UNIFORM = "uniform"

@@ -74,3 +74,14 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_sections(ray_session, tmp_path_factory):
+    """Eight 96x96 synthetic polished sections with masks (paired layout), shared by the session."""
+    from minseg.config.schema import SectionsSynth
+    from minseg.synth.dataset import write_section_dataset
+
+    root = tmp_path_factory.mktemp("sections")
+    write_section_dataset(str(root), SectionsSynth(count=8, height=96, width=96), seed=1, task_cpus=0.25)
+    return root

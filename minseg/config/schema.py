@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.data.config import DataSettings
+from minseg.ensemble.config import EvaluationSettings
 from minseg.train.config import TrainingSettings
 from minseg.enums import AddressingStyle, ImageFormat, TiffCompression
 
@@ -122,3 +123,4 @@ class MinsegConfig(StrictModel):
     synth: SynthSettings = SynthSettings()
     data: DataSettings | None = None
     training: TrainingSettings | None = None
+    evaluation: EvaluationSettings | None = None

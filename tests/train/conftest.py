@@ -6,16 +6,6 @@ TINY = {"width": 0.125, "depth": "tiny"}
 CLASSES = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
 
 
-@pytest.fixture(scope="session")
-def synthetic_sections(ray_session, tmp_path_factory):
-    from minseg.config.schema import SectionsSynth
-    from minseg.synth.dataset import write_section_dataset
-
-    root = tmp_path_factory.mktemp("sections")
-    write_section_dataset(str(root), SectionsSynth(count=8, height=96, width=96), seed=1, task_cpus=0.25)
-    return root
-
-
 def training_config(data_uri, output, name, members, **training):
     from minseg.config import MinsegConfig, validate_config
 

@@ -1,0 +1,151 @@
+"""The ensemble manifest: everything an inference job needs to apply a selected ensemble.
+
+A versioned JSON (schema in docs/ensembles.md): members in rank order with checkpoint
+URIs and SHA-256 hashes of their weights, fusion mode and weights, TTA, the class
+map, tiling, normalisation, and the metrics that justified the choice. Loading
+validates it: a missing checkpoint, a hash mismatch or members whose class maps
+differ are clear errors, never a silently different ensemble.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from minseg.config.base import StrictModel, key_path
+from minseg.enums import TTA, Blend, FusionMode
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+
+MANIFEST_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message says which member or key and why."""
+
+
+class ManifestMember(StrictModel):
+    name: str
+    model: str
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str = Field(description="checkpoint directory (holds model.pt, member.json, classes.json)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of model.pt")
+    rank: int = Field(ge=0)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ManifestFusion(StrictModel):
+    mode: FusionMode
+    weights: list[float] | list[list[float]] = Field(description="per member (rank order), or per member and class")
+    tta: TTA = TTA.NONE
+
+
+class ManifestTiling(StrictModel):
+    tile: int = Field(ge=16)
+    overlap: int = Field(ge=0)
+    blend: Blend = Blend.GAUSSIAN
+    scale: float = Field(1.0, gt=0)
+
+
+class EnsembleManifest(StrictModel):
+    version: int = MANIFEST_VERSION
+    name: str
+    created: str
+    source_run: str
+    members: list[ManifestMember] = Field(min_length=1)
+    fusion: ManifestFusion
+    classes: dict[str, Any]
+    tiling: ManifestTiling
+    normalization: dict[str, list[float]]
+    selection: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def digest(self) -> str:
+        """Identifies this ensemble (members' weights, fusion, tiling): outputs record it."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"created", "metrics", "selection"}), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def file_sha256(storage: Storage, uri: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_read(uri) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> None:
+    storage.write_text(uri, json.dumps(manifest.model_dump(mode="json"), indent=2))
+
+
+def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True) -> EnsembleManifest:
+    storage = storage or Storage()
+    try:
+        document = json.loads(storage.read_text(uri))
+    except ObjectNotFoundError:
+        raise ManifestError(f"{uri}: no such ensemble manifest") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{uri}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
+        found = document.get("version") if isinstance(document, dict) else None
+        raise ManifestError(f"{uri}: manifest version {found!r} is not supported (expected {MANIFEST_VERSION})")
+    try:
+        manifest = EnsembleManifest.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ManifestError(f"{uri}: invalid manifest: {problems}") from None
+    weights = manifest.fusion.weights
+    if len(weights) != len(manifest.members):
+        raise ManifestError(f"{uri}: fusion.weights has {len(weights)} entries for {len(manifest.members)} members")
+    if verify:
+        verify_members(manifest, storage, uri)
+    return manifest
+
+
+def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "manifest") -> None:
+    for member in manifest.members:
+        weights_uri = join_uri(member.checkpoint, "model.pt")
+        try:
+            actual = file_sha256(storage, weights_uri)
+        except ObjectNotFoundError:
+            raise ManifestError(f"{where}: member {member.name!r}: checkpoint missing ({weights_uri})") from None
+        if actual != member.sha256:
+            raise ManifestError(
+                f"{where}: member {member.name!r}: weights changed since selection "
+                f"(sha256 {actual[:12]}... != {member.sha256[:12]}... in the manifest) at {weights_uri}"
+            )
+        try:
+            classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+        except ObjectNotFoundError:
+            raise ManifestError(f"{where}: member {member.name!r}: classes.json missing in {member.checkpoint}") from None
+        if _class_names(classes) != _class_names(manifest.classes) or \
+                classes.get("ignore_index") != manifest.classes.get("ignore_index"):
+            raise ManifestError(
+                f"{where}: member {member.name!r} was trained on classes {_class_names(classes)}, the manifest "
+                f"declares {_class_names(manifest.classes)}"
+            )
+
+
+def _class_names(document: dict) -> list[str]:
+    return [c["name"] for c in document.get("classes", [])]
+
+
+def load_member_models(manifest: EnsembleManifest, storage: Storage, device="cpu") -> list:
+    """The members' models in rank order, in eval mode on ``device``."""
+    import io
+
+    import torch
+
+    from minseg.models import build_model
+
+    models = []
+    num_classes = len(manifest.classes["classes"])
+    for member in manifest.members:
+        model = build_model(member.model, num_classes=num_classes, **member.model_options)
+        state = torch.load(io.BytesIO(storage.read_bytes(join_uri(member.checkpoint, "model.pt"))),
+                           map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        models.append(model.to(device).eval())
+    return models

@@ -1,0 +1,181 @@
+"""Evaluation reports (CSV + Markdown + JSON) and figures (PNG), analogues of the
+Res-UNet paper's Tables 4-7, written beside the manifest and printed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+
+from minseg.io.storage import Storage, join_uri
+from minseg.metrics import metric_value
+
+BASELINE_MODELS = ("vgg16_unet",)
+COMPARISON_MODELS = ("deeplabv3", "pspnet")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _table(rows: list[dict]) -> tuple[str, str]:
+    """(CSV text, Markdown text) of a list of dicts with the same keys."""
+    if not rows:
+        return "", ""
+    columns = list(rows[0])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    markdown += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    return buffer.getvalue(), "\n".join(markdown) + "\n"
+
+
+def _key_class(key: str) -> str | None:
+    return key.partition(":")[2] or None
+
+
+def build_tables(document: dict, train_stats: dict, baselines: list[str] | None) -> dict[str, list[dict]]:
+    key = document["rank_key"]
+    cls = _key_class(key)
+    names = [c["name"] for c in document["classes"]["classes"]]
+    candidates = {c["key"]: c for c in document["candidates"]}
+    members = [c for c in document["candidates"] if c["key"].startswith("member:")]
+    members.sort(key=lambda c: (-_value(c["metrics"], key), c["key"]))
+
+    def class_columns(metrics):
+        if cls is None:
+            return {}
+        return {f"{cls} IoU": metric_value(metrics, f"iou:{cls}"), f"{cls} F1": metric_value(metrics, f"f1:{cls}"),
+                f"{cls} precision": metric_value(metrics, f"precision:{cls}"),
+                f"{cls} recall": metric_value(metrics, f"recall:{cls}")}
+
+    table4 = [{"member": c["key"].split(":", 1)[1], "model": document["members"][c["members"][0]]["model"],
+               **({} if key == "miou" else {key: _value(c["metrics"], key)}), "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"],
+               "mRecall": c["metrics"]["mRecall"], "F1 (paper)": c["metrics"]["F1_paper"],
+               "mean F1": c["metrics"]["mean_f1"], **class_columns(c["metrics"]), "TPI (s)": c["tpi"]}
+              for c in members]
+    table5 = [{"ensemble": c["key"], "k": len(c["members"]), "mode": c["mode"],
+               **({f"{cls} F1": metric_value(c["metrics"], f"f1:{cls}"), f"{cls} IoU": metric_value(c["metrics"], f"iou:{cls}")}
+                  if cls else ({} if key == "miou" else {key: _value(c["metrics"], key)})),
+               "mIoU": c["metrics"]["miou"], "TPI (s)": c["tpi"], "selected": c["key"] == document["selected"]}
+              for c in document["candidates"] if not c["key"].startswith("member:")]
+    model_of = {n: document["members"][n]["model"] for n in document["members"]}
+    baseline_names = baselines or [n for n, m in model_of.items() if m in BASELINE_MODELS]
+    baseline = next((c for c in members if c["members"][0] in baseline_names), None)
+    best_member = next((c for c in members if c["members"][0] not in baseline_names), members[0])
+    selected = candidates[document["selected"]]
+    columns = [("best baseline", baseline), ("best member", best_member), ("selected", selected)]
+    table6 = []
+    for index, name in enumerate(names):
+        row = {"class": name}
+        for label, candidate in columns:
+            if candidate is not None:
+                row[f"{label} ({candidate['key'].split(':')[-1]}) IoU"] = candidate["metrics"]["iou"][index]
+        row["train particles"] = train_stats.get("classes", {}).get(name, {}).get("particles", 0)
+        row["train pixel share"] = train_stats.get("classes", {}).get(name, {}).get("pixel_share", 0.0)
+        table6.append(row)
+    comparison = [c for c in members if model_of[c["members"][0]] in COMPARISON_MODELS]
+    table7 = [{"model": label, "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"], "F1 (paper)": c["metrics"]["F1_paper"],
+               **class_columns(c["metrics"]), "TPI (s)": c["tpi"]}
+              for label, c in [(model_of[c["members"][0]] + f" ({c['members'][0]})", c) for c in comparison]
+              + [("best member", best_member), ("selected " + selected["key"], selected)]] if comparison else []
+    return {"table4_members": table4, "table5_ensembles": table5, "table6_per_class": table6, "table7_comparison": table7}
+
+
+def _value(metrics: dict, key: str) -> float:
+    value = metric_value(metrics, key)
+    return float("-inf") if math.isnan(value) else value
+
+
+def write_reports(document: dict, prepared, previews: list[dict], out: str, storage: Storage, settings) -> dict:
+    tables = build_tables(document, prepared.stats.get("train", {}), settings.baselines)
+    printed = []
+    for name, rows in tables.items():
+        if not rows:
+            continue
+        text_csv, text_md = _table(rows)
+        storage.write_text(join_uri(out, f"{name}.csv"), text_csv)
+        storage.write_text(join_uri(out, f"{name}.md"), text_md)
+        printed.append(f"\n{name.replace('_', ' ')}\n{text_md}")
+    storage.write_text(join_uri(out, "reports.json"), json.dumps(tables, indent=2, default=float))
+    _figures(document, tables, previews, out, storage)
+    print("".join(printed))
+    print(f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
+    return tables
+
+
+def _png(figure, storage: Storage, uri: str) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _figures(document: dict, tables: dict, previews: list[dict], out: str, storage: Storage) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    classes = document["classes"]["classes"]
+    names = [c["name"] for c in classes]
+    candidates = {c["key"]: c for c in document["candidates"]}
+
+    # per-class IoU bars: best baseline / best member / selected
+    table6 = tables["table6_per_class"]
+    series = [k for k in table6[0] if k.endswith("IoU")]
+    figure, axis = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.8))
+    width = 0.8 / max(1, len(series))
+    for i, label in enumerate(series):
+        values = [0 if (v := row[label]) is None or (isinstance(v, float) and math.isnan(v)) else v for row in table6]
+        axis.bar(np.arange(len(names)) + i * width, values, width, label=label)
+    axis.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=30, ha="right")
+    axis.set_ylabel("IoU (test)")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8)
+    axis.set_title("Per-class IoU")
+    _png(figure, storage, join_uri(out, "iou_per_class.png"))
+
+    # normalised confusion matrices: best member and the selected ensemble
+    best_member = "member:" + tables["table4_members"][0]["member"]
+    for label, key in (("best_member", best_member), ("selected", document["selected"])):
+        matrix = np.asarray(candidates[key]["metrics"]["confusion"], dtype=np.float64)
+        normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        figure, axis = plt.subplots(figsize=(len(names) * 0.6 + 2, len(names) * 0.6 + 1.5))
+        image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_yticks(range(len(names)), names)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        for (i, j), v in np.ndenumerate(normalised):
+            if v >= 0.01:
+                axis.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+        figure.colorbar(image, ax=axis, fraction=0.046)
+        axis.set_title(f"{key} (rows normalised)")
+        _png(figure, storage, join_uri(out, f"confusion_{label}.png"))
+
+    # overlays: image / truth / best member / selected ensemble
+    palette = np.array([c["color"] for c in classes] + [[255, 255, 255]] * (256 - len(classes)), dtype=np.uint8)
+    legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
+    for preview in previews:
+        panels = [("image", preview["image"]), ("truth", palette[preview["truth"]]),
+                  (best_member, palette[preview["labels"][best_member]]),
+                  (document["selected"], palette[preview["labels"][document["selected"]]])]
+        figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+        for axis, (title, picture) in zip(axes, panels):
+            axis.imshow(picture)
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+        figure.legend(handles=legend, loc="lower center", ncol=min(len(legend), 10), fontsize=8)
+        safe = preview["item_id"].replace("/", "_")
+        _png(figure, storage, join_uri(out, f"overlay_{safe}.png"))

@@ -1,0 +1,1 @@
+"""Applying trained members to images: tiling, blending of probabilities, test-time augmentation."""

@@ -1,0 +1,153 @@
+"""Evaluation through the Ray Data actor pool, selection, reports and the manifest."""
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minseg.cli import main
+from minseg.ensemble.config import EvaluationSettings
+from minseg.ensemble.evaluate import evaluate_ensemble
+from minseg.ensemble.manifest import ManifestError, load_manifest, load_member_models, write_manifest
+from minseg.io.storage import Storage
+from minseg.metrics import metric_value
+
+
+def evaluation_config(config, name, **extra):
+    config = copy.deepcopy(config)
+    config.evaluation = EvaluationSettings(name=name, k_min=2, actors=2, cpus_per_actor=0.25, overlays=2,
+                                           weight_fit_pixels=4000, **extra)
+    return config
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained_run):
+    return evaluate_ensemble(evaluation_config(trained_run, "main"))
+
+
+def test_every_fusion_mode_for_every_k(evaluation):
+    keys = [c["key"] for c in evaluation["candidates"]]
+    assert keys[:3] == ["member:resunet", "member:vgg", "member:halfunet"]
+    assert {k for k in keys if k.startswith("RUEL")} == {f"RUEL-{k}-{m}" for k in (2, 3)
+                                                         for m in ("PV", "WV", "SOFT", "WEIGHTED_SOFT", "LEARNED")}
+    ranking = evaluation["ranking"]
+    for candidate in evaluation["candidates"]:
+        if candidate["key"].startswith("RUEL"):
+            k = int(candidate["key"].split("-")[1])
+            assert candidate["members"] == ranking[:k]  # RUEL-k = the top-k of the ranking
+            if candidate["mode"] == "wv":
+                assert candidate["weights"] == list(range(k, 0, -1))
+    assert evaluation["rank_split"] == "val"
+
+
+def test_selection_is_the_best_candidate_and_tpi_adds_up(evaluation):
+    key = evaluation["rank_key"]
+    best = max(metric_value(c["metrics"], key) for c in evaluation["candidates"])
+    selected = next(c for c in evaluation["candidates"] if c["key"] == evaluation["selected"])
+    assert metric_value(selected["metrics"], key) == best
+    member_tpi = {c["members"][0]: c["tpi"] for c in evaluation["candidates"] if c["key"].startswith("member:")}
+    assert all(t > 0 for t in member_tpi.values())
+    for candidate in evaluation["candidates"]:
+        if candidate["key"].startswith("RUEL"):
+            assert candidate["tpi"] >= sum(member_tpi[m] for m in candidate["members"])
+
+
+def test_reports_and_figures(evaluation):
+    out = evaluation["manifest_uri"].rsplit("/", 1)[0]
+    from pathlib import Path
+
+    folder = Path(out)
+    for name in ("table4_members", "table5_ensembles", "table6_per_class"):
+        assert (folder / f"{name}.csv").exists() and (folder / f"{name}.md").read_text().startswith("|")
+    table6 = json.loads((folder / "reports.json").read_text())["table6_per_class"]
+    assert [row["class"] for row in table6][:2] == ["background", "pyrite"] and "train particles" in table6[0]
+    assert any("best baseline (vgg)" in k for k in table6[0])
+    for png in ("iou_per_class.png", "confusion_best_member.png", "confusion_selected.png"):
+        assert (folder / png).stat().st_size > 5000
+    assert len(list(folder.glob("overlay_*.png"))) == 2
+
+
+def test_manifest_roundtrip_and_loading_models(evaluation):
+    storage = Storage()
+    manifest = load_manifest(evaluation["manifest_uri"], storage)
+    selected = next(c for c in evaluation["candidates"] if c["key"] == evaluation["selected"])
+    assert [m.name for m in manifest.members] == selected["members"]
+    assert manifest.tiling.tile == 48 and manifest.tiling.overlap == 12
+    assert len(manifest.normalization["mean"]) == 3 and manifest.classes["classes"][8]["name"] == "gangue"
+    models = load_member_models(manifest, storage)
+    assert len(models) == len(manifest.members) and not models[0].training
+    assert len(manifest.digest()) == 16
+
+
+def test_manifest_validation_errors(evaluation, tmp_path):
+    storage = Storage()
+    manifest = load_manifest(evaluation["manifest_uri"], storage)
+    member = manifest.members[0]
+    copy_dir = tmp_path / "checkpoint"
+    shutil.copytree(member.checkpoint, copy_dir)
+    broken = manifest.model_copy(deep=True)
+    broken.members[0].checkpoint = str(copy_dir)
+    write_manifest(broken, str(tmp_path / "m.json"), storage)
+    assert load_manifest(str(tmp_path / "m.json"), storage).members[0].checkpoint == str(copy_dir)
+
+    classes = json.loads((copy_dir / "classes.json").read_text())
+    classes["classes"][1]["name"] = "not-pyrite"
+    (copy_dir / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(ManifestError, match=f"member {member.name!r} was trained on classes"):
+        load_manifest(str(tmp_path / "m.json"), storage)
+
+    (copy_dir / "model.pt").write_bytes((copy_dir / "model.pt").read_bytes() + b"x")
+    with pytest.raises(ManifestError, match="weights changed since selection"):
+        load_manifest(str(tmp_path / "m.json"), storage)
+
+    (copy_dir / "model.pt").unlink()
+    with pytest.raises(ManifestError, match=r"checkpoint missing \(.*model.pt\)"):
+        load_manifest(str(tmp_path / "m.json"), storage)
+
+    document = json.loads((tmp_path / "m.json").read_text())
+    document["version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match="version 99 is not supported"):
+        load_manifest(str(tmp_path / "v.json"), storage)
+    document["version"] = 1
+    document["fusion"]["weights"] = [1.0] * (len(document["members"]) + 1)
+    (tmp_path / "w.json").write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match="fusion.weights has"):
+        load_manifest(str(tmp_path / "w.json"), storage, verify=False)
+
+
+def test_select_under_a_tpi_budget(evaluation, capsys):
+    folder = evaluation["manifest_uri"].rsplit("/", 1)[0]
+    fastest = min(evaluation["candidates"], key=lambda c: c["tpi"])
+    assert main(["select", folder, "--tpi-budget", str(fastest["tpi"] * 1.0001), "--name", "fast"]) == 0
+    manifest = load_manifest(f"{folder}/manifest-fast.json")
+    assert manifest.selection["candidate"] == fastest["key"]
+    assert main(["select", folder, "--candidate", "RUEL-3-WV", "--name", "wv"]) == 0
+    assert load_manifest(f"{folder}/manifest-wv.json").fusion.weights == [3, 2, 1]
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="no candidate fits the TPI budget"):
+        main(["select", folder, "--tpi-budget", "1e-9"])
+
+
+def test_learned_weights_never_see_the_test_split(trained_run, evaluation, tmp_path):
+    """Replace every test mask: test metrics change, learned weights must not."""
+    config = copy.deepcopy(trained_run)
+    data_root = tmp_path / "data"
+    shutil.copytree(config.data.sources[0].uri, data_root)
+    for item in evaluation["test_items"]:
+        stem = item.split("/", 1)[1]
+        mask_path = data_root / "masks" / f"{stem}.png"
+        Image.fromarray(np.zeros_like(np.array(Image.open(mask_path)))).save(mask_path)
+    original = config.data.sources[0]
+    # same item ids as in training: keep the original folder's name as the source name
+    config.data.sources[0] = original.model_copy(update={"uri": str(data_root), "name": original.uri.rstrip("/").split("/")[-1]})
+    altered = evaluate_ensemble(evaluation_config(config, "altered", run_uri=evaluation["run"]))
+    before = {c["key"]: c for c in evaluation["candidates"]}
+    after = {c["key"]: c for c in altered["candidates"]}
+    for key in before:
+        if key.endswith("LEARNED"):
+            assert after[key]["weights"] == before[key]["weights"]
+    assert any(after[k]["metrics"]["miou"] != before[k]["metrics"]["miou"] for k in before)
