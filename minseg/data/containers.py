@@ -63,6 +63,18 @@ def unsafe_member_reason(name: str) -> str | None:
     return None
 
 
+def tar_member_problem(member: tarfile.TarInfo, limits: LimitSettings) -> str | None:
+    """Why a tar member must not be used (traversal, links, devices, size), or None."""
+    reason = unsafe_member_reason(member.name)
+    if reason is None and (member.issym() or member.islnk()):
+        reason = f"{'symlink' if member.issym() else 'hard link'} in archive (-> {member.linkname})"
+    if reason is None and not (member.isfile() or member.isdir()):
+        reason = "device, FIFO or other special file in archive"
+    if reason is None and member.isfile() and member.size > limits.max_member_mib * MIB:
+        reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+    return reason
+
+
 def open_container(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str | None = None) -> Container:
     """List a folder/prefix or archive. ``staging_uri`` receives the uncompressed copy of
     a .tar.gz (gzip allows no random access; a plain tar does)."""
@@ -105,7 +117,6 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
 
 def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
     container = Container(uri)
-    limit = limits.max_member_mib * MIB
     total = 0
     with storage.open_read(uri) as stream:
         try:
@@ -114,16 +125,9 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
             raise StorageError(f"{uri}: not a readable tar archive ({exc})") from None
         with archive:
             for member in archive:
-                where = f"{uri}!{member.name}"
-                reason = unsafe_member_reason(member.name)
-                if reason is None and (member.issym() or member.islnk()):
-                    reason = f"{'symlink' if member.issym() else 'hard link'} in archive (-> {member.linkname})"
-                if reason is None and not (member.isfile() or member.isdir()):
-                    reason = "device, FIFO or other special file in archive"
-                if reason is None and member.isfile() and member.size > limit:
-                    reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+                reason = tar_member_problem(member, limits)
                 if reason:
-                    container.rejected.append(Rejected(where, reason))
+                    container.rejected.append(Rejected(f"{uri}!{member.name}", reason))
                     continue
                 if member.isfile():
                     total += member.size
@@ -150,16 +154,9 @@ def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_u
         with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
             try:
                 for member in reader:
-                    where = f"{uri}!{member.name}"
-                    reason = unsafe_member_reason(member.name)
-                    if reason is None and (member.issym() or member.islnk()):
-                        reason = f"{'symlink' if member.issym() else 'hard link'} in archive (-> {member.linkname})"
-                    if reason is None and not (member.isfile() or member.isdir()):
-                        reason = "device, FIFO or other special file in archive"
-                    if reason is None and member.size > limits.max_member_mib * MIB:
-                        reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+                    reason = tar_member_problem(member, limits)
                     if reason:
-                        rejected.append(Rejected(where, reason))
+                        rejected.append(Rejected(f"{uri}!{member.name}", reason))
                         continue
                     written += member.size
                     if written > ceiling:

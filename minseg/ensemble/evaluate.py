@@ -40,6 +40,7 @@ from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, join_u
 from minseg.logs import get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.runtime import init_ray
+from minseg.train.checkpoint import load_tensor_dict
 
 log = get_logger("ensemble")
 
@@ -112,9 +113,7 @@ class EnsembleEvaluator:
         self.models = []
         for member in members:
             model = build_model(member["model"], num_classes=self.classmap.num_classes, **member["model_options"])
-            state = torch.load(_bytes_io(self.storage.read_bytes(join_uri(member["checkpoint"], "model.pt"))),
-                               map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+            model.load_state_dict(load_tensor_dict(self.storage, join_uri(member["checkpoint"], "model.pt")))
             self.models.append(model.to(self.device).eval())
         self.index = {m["name"]: i for i, m in enumerate(members)}
 
@@ -173,12 +172,6 @@ def _object_array(values):
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
-
-
-def _bytes_io(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def run_pass(items: list[dict], members: list[MemberSpec], prepared: PreparedData, config: MinsegConfig,

@@ -134,18 +134,13 @@ def _class_names(document: dict) -> list[str]:
 
 def load_member_models(manifest: EnsembleManifest, storage: Storage, device="cpu") -> list:
     """The members' models in rank order, in eval mode on ``device``."""
-    import io
-
-    import torch
-
     from minseg.models import build_model
+    from minseg.train.checkpoint import load_tensor_dict
 
     models = []
     num_classes = len(manifest.classes["classes"])
     for member in manifest.members:
         model = build_model(member.model, num_classes=num_classes, **member.model_options)
-        state = torch.load(io.BytesIO(storage.read_bytes(join_uri(member.checkpoint, "model.pt"))),
-                           map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(load_tensor_dict(storage, join_uri(member.checkpoint, "model.pt")))
         models.append(model.to(device).eval())
     return models
