@@ -103,6 +103,27 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from minseg.inference.config import SegmentSettings
+    from minseg.inference.segment import segment_slides
+
+    config = _load(args)
+    updates = {"slides": args.slides or None, "manifest_uri": args.manifest, "output_uri": args.out,
+               "level": args.level, "force": True if args.force else None, "actors": args.actors}
+    config.segment = (config.segment or SegmentSettings()).model_copy(
+        update={k: v for k, v in updates.items() if v is not None})
+    config.segment = SegmentSettings.model_validate(config.segment.model_dump())  # validate the CLI values too
+    summary = segment_slides(config)
+    print(f"segmented {len(summary['done'])}, skipped {len(summary['skipped'])}, failed {len(summary['failed'])} "
+          f"slides -> {summary['output']}")
+    for failure in summary["failed"]:
+        print(f"  failed: {failure['slide']}: {failure['reason']}", file=sys.stderr)
+    if summary["failed"]:
+        print(f"minseg: {len(summary['failed'])} slides failed (see failures.json); the other outputs are complete",
+              file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -225,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--out", help="manifest path or URI (default: beside evaluation.json)")
     select.set_defaults(func=cmd_select)
 
+    segment = sub.add_parser("segment", help="segment whole slides with a selected ensemble (Ray actor pool)")
+    segment.add_argument("slides", nargs="*", help="slide paths, s3:// URIs or globs (adds to segment.slides)")
+    _add_config_options(segment)
+    segment.add_argument("--manifest", help="ensemble manifest (default: segment.manifest_uri)")
+    segment.add_argument("--out", help="output folder or s3:// prefix (default: segment.output_uri)")
+    segment.add_argument("--level", type=int, help="pyramid level to segment (default 0: full resolution)")
+    segment.add_argument("--actors", type=int, help="inference actors")
+    segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
+    segment.set_defaults(func=cmd_segment)
+
     config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
     config.add_argument("action", choices=["validate", "show"])
     config.add_argument("config", help="YAML config (path or s3:// URI)")
@@ -256,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     from minseg.ensemble.manifest import ManifestError
     from minseg.train.ensemble import ResourceError
     from minseg.logs import configure_logging
+    from pydantic import ValidationError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("storage cp needs a destination")
     try:
         return args.func(args)
-    except (ConfigError, StorageError, DataError, ResourceError, ManifestError) as exc:
+    except (ConfigError, StorageError, DataError, ResourceError, ManifestError, ValidationError) as exc:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -124,3 +124,14 @@ class Blend(StrEnum):
     GAUSSIAN = "gaussian"
     PYRAMID = "pyramid"
     UNIFORM = "uniform"
+
+
+class Uncertainty(StrEnum):
+    AUTO = "auto"  # entropy for soft fusion modes, disagreement for voting
+    ENTROPY = "entropy"  # entropy of the fused probabilities / log(classes)
+    DISAGREEMENT = "disagreement"  # 1 - the winning class's (vote) share
+
+
+class PreviewFormat(StrEnum):
+    PNG = "png"
+    JPEG = "jpg"

@@ -40,3 +40,15 @@ def init_ray(settings: RaySettings | None = None):
     resources = ray.cluster_resources()
     log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0), nodes=len(ray.nodes()))
     return ray
+
+
+FORWARDED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                         "AWS_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def task_options(storage_settings) -> dict:
+    """Extra Ray remote options for tasks and actors that touch storage."""
+    if not storage_settings.forward_credentials:
+        return {}
+    env = {name: os.environ[name] for name in FORWARDED_ENVIRONMENT if os.environ.get(name)}
+    return {"runtime_env": {"env_vars": env}} if env else {}

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from minseg.config.base import StrictModel
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings
+from minseg.inference.config import SegmentSettings
 from minseg.train.config import TrainingSettings
 from minseg.enums import AddressingStyle, ImageFormat, TiffCompression
 
@@ -33,6 +34,9 @@ class StorageSettings(StrictModel):
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
     verify_tls: bool = True
+    forward_credentials: bool = Field(
+        False, description="hand the driver's AWS_* credentials to the job's Ray tasks (for nodes without their "
+        "own IAM role or environment; Ray's runtime env shows them to cluster admins)")
 
     @field_validator("endpoint_url")
     @classmethod
@@ -124,3 +128,4 @@ class MinsegConfig(StrictModel):
     data: DataSettings | None = None
     training: TrainingSettings | None = None
     evaluation: EvaluationSettings | None = None
+    segment: SegmentSettings | None = None

@@ -30,6 +30,8 @@ class EvaluationSettings(StrictModel):
     modes: list[FusionMode] = Field(default_factory=lambda: list(FusionMode))
     learned_per_class: bool = False
     tta: TTA = TTA.NONE
+    tile: int | None = Field(None, ge=16, description="inference tile in px (default: the training tile); fully "
+                             "convolutional members can predict bigger tiles than they trained on, much faster")
     overlap: int | None = Field(None, ge=0, description="tile overlap in px (default: a quarter tile)")
     blend: Blend = Blend.GAUSSIAN
     selection: SelectionSettings = SelectionSettings()
@@ -40,3 +42,14 @@ class EvaluationSettings(StrictModel):
     overlays: int = Field(3, ge=0, description="test images drawn as image / truth / best member / ensemble")
     weight_fit_pixels: int = Field(200_000, ge=1000, description="validation pixels sampled to fit learned weights")
     name: str = Field("ensemble", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "EvaluationSettings":
+        if self.tile is not None and self.overlap is not None and self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than the tile ({self.tile})")
+        return self
+
+    def tiling(self, training_tile: int) -> tuple[int, int]:
+        """(tile, overlap) used for inference."""
+        tile = self.tile or training_tile
+        return tile, self.overlap if self.overlap is not None else tile // 4

@@ -180,11 +180,11 @@ def run_pass(items: list[dict], members: list[MemberSpec], prepared: PreparedDat
     """One pass of the actor pool over ``items``; returns one row per image."""
     import ray
 
-    tile = config.data.tiling.size
+    tile, overlap = settings.tiling(config.data.tiling.size)
     spec = {
         "storage": config.storage.model_dump(mode="json"),
         "tile": tile,
-        "overlap": settings.overlap if settings.overlap is not None else tile // 4,
+        "overlap": overlap,
         "mean": prepared.normalization["mean"],
         "std": prepared.normalization["std"],
         "batch_size": settings.batch_size,
@@ -359,8 +359,8 @@ def evaluate_ensemble(config: MinsegConfig) -> dict:
                         "weights": c.weights, "tpi": c.tpi, "metrics": c.metrics} for c in candidates],
         "selected": chosen.key,
         "selection": settings.selection.model_dump(mode="json"),
-        "tiling": {"tile": config.data.tiling.size, "overlap": settings.overlap if settings.overlap is not None
-                   else config.data.tiling.size // 4, "blend": str(settings.blend), "scale": config.data.tiling.scale},
+        "tiling": dict(zip(("tile", "overlap"), settings.tiling(config.data.tiling.size)), blend=str(settings.blend),
+                       scale=config.data.tiling.scale),
         "tta": str(settings.tta),
         "classes": prepared.classmap.to_document(),
         "normalization": prepared.normalization,

@@ -47,6 +47,13 @@ def hard_vote(labels: torch.Tensor, weights: torch.Tensor, num_classes: int) -> 
 
     labels: (M, ...) class ids per member (rank order); weights: (M,) integers.
     Returns (winner labels (...), vote scores (C, ...)).
+    """
+    scores, keys = vote_keys(labels, weights, num_classes)
+    return argmax_classes(keys), scores
+
+
+def vote_keys(labels: torch.Tensor, weights: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, keys), both (C, ...) int32.
 
     The tie-break is folded into one integer key per class: score * (M + 1) plus the
     priority M - m of the best-ranked member m voting for that class. Its argmax is
@@ -64,8 +71,7 @@ def hard_vote(labels: torch.Tensor, weights: torch.Tensor, num_classes: int) -> 
         scores.scatter_add_(0, labels[m : m + 1], weights[m].expand_as(labels[m : m + 1]))
     for m in reversed(range(members)):  # better-ranked members write last
         priority.scatter_(0, labels[m : m + 1], torch.full_like(labels[m : m + 1], members - m, dtype=torch.int32))
-    winner = argmax_classes(scores * (members + 1) + priority)
-    return winner, scores
+    return scores, scores * (members + 1) + priority
 
 
 def soft_vote(probabilities: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,7 +94,7 @@ def fuse(probabilities: torch.Tensor, mode: FusionMode | str, learned_weights: t
     members, num_classes = probabilities.shape[:2]
     if mode in (FusionMode.PV, FusionMode.WV):
         labels = probabilities.argmax(dim=1)
-        weights = torch.ones(members, dtype=torch.int64) if mode is FusionMode.PV else rank_weights(members)
+        weights = _vote_weights(mode, members)
         winner, scores = hard_vote(labels, weights, num_classes)
         return winner, scores.to(probabilities.dtype) / weights.sum()
     if mode is FusionMode.SOFT:
@@ -100,3 +106,24 @@ def fuse(probabilities: torch.Tensor, mode: FusionMode | str, learned_weights: t
             raise ValueError("fusion mode 'learned' needs weights fitted on the validation split")
         fused = soft_vote(probabilities, learned_weights)
     return argmax_classes(fused), fused
+
+
+def _vote_weights(mode: FusionMode, members: int) -> torch.Tensor:
+    return torch.ones(members, dtype=torch.int64) if mode is FusionMode.PV else rank_weights(members)
+
+
+def fusion_scores(probabilities: torch.Tensor, mode: FusionMode | str,
+                  learned_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, ...) scores that can be blended across overlapping tiles; their argmax is the fused label.
+
+    Soft modes: the fused probabilities. Voting: vote shares with the rank tie-break
+    folded in below one vote's worth, so blending them keeps exact ties going to the
+    best-ranked member, as :func:`fuse` does.
+    """
+    mode = FusionMode(mode)
+    if mode not in (FusionMode.PV, FusionMode.WV):
+        return fuse(probabilities, mode, learned_weights)[1]
+    members, num_classes = probabilities.shape[:2]
+    weights = _vote_weights(mode, members)
+    _, keys = vote_keys(probabilities.argmax(dim=1), weights, num_classes)
+    return keys.to(torch.float32) / float(weights.sum() * (members + 1))

@@ -1,37 +1,108 @@
 """Sliding-window prediction of whole images with blended softmax probabilities.
 
-Tiles overlap; each tile's probabilities are weighted (gaussian or pyramid: high in
-the middle, low at the edges, where context is missing) and accumulated, then divided
-by the accumulated weights, so there are no seams. The last row/column of tiles is
-snapped to the image edge; padding happens only when the image is smaller than a tile.
-Labels are never blended: probabilities are.
+Tiles overlap; the last row/column of tiles is snapped to the image edge; padding
+happens only when the image is smaller than a tile. Each tile's probabilities are
+weighted and accumulated, then divided by the accumulated weights, so there are no
+seams. Labels are never blended: probabilities are.
+
+Weights (``TileGrid.weights``): a tile contributes nothing within ``overlap // 2`` of
+an edge it shares with a neighbour (there the model saw padding, not the slide; the
+neighbour's interior covers those pixels: the overlap-tile strategy), and a gaussian
+or pyramid ramp elsewhere. For a fully convolutional model whose receptive field
+fits in that margin the stitched result equals one pass over the whole image.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
-from minseg.data.tiling import tile_grid
+from minseg.data.tiling import tile_starts
 from minseg.enums import TTA, Blend
 
 
-def blend_weights(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
-    """(tile, tile) float32 weights, strictly positive so every pixel is covered."""
+def blend_ramp(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
+    """(tile,) float64 ramp, 1 in the middle; its outer product weights a tile."""
     mode = Blend(mode)
     if mode is Blend.UNIFORM:
-        return np.ones((tile, tile), np.float32)
+        return np.ones(tile)
     centre = (tile - 1) / 2
     axis = np.arange(tile, dtype=np.float64)
     if mode is Blend.PYRAMID:
         ramp = 1.0 - np.abs(axis - centre) / (centre + 1)
-        weights = np.minimum.outer(ramp, ramp)
     else:
         sigma = tile / 8
         ramp = np.exp(-((axis - centre) ** 2) / (2 * sigma**2))
-        weights = np.outer(ramp, ramp)
-    weights = weights / weights.max()
-    return np.maximum(weights, 1e-3).astype(np.float32)
+    return ramp / ramp.max()
+
+
+def blend_weights(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
+    """(tile, tile) float32 weights of a tile with neighbours all round, before margins."""
+    ramp = blend_ramp(tile, mode)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+@dataclass
+class TileGrid:
+    """Tiles over a (height, width) image, padded up to one tile when the image is smaller,
+    with each tile's blending weights."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    blend: Blend = Blend.GAUSSIAN
+    ys: list[int] = field(init=False)
+    xs: list[int] = field(init=False)
+
+    def __post_init__(self):
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError(f"overlap {self.overlap} must be in [0, tile={self.tile})")
+        step = self.tile - self.overlap
+        self.ys = tile_starts(self.padded_height, self.tile, step)
+        self.xs = tile_starts(self.padded_width, self.tile, step)
+        self._ramp = blend_ramp(self.tile, self.blend)
+        self._ramps: dict[tuple[bool, bool], np.ndarray] = {}
+
+    @property
+    def padded_height(self) -> int:
+        return max(self.height, self.tile)
+
+    @property
+    def padded_width(self) -> int:
+        return max(self.width, self.tile)
+
+    @property
+    def rows(self) -> int:
+        return len(self.ys)
+
+    @property
+    def cols(self) -> int:
+        return len(self.xs)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def _axis_ramp(self, first: bool, last: bool) -> np.ndarray:
+        """Zero within overlap // 2 of an edge shared with a neighbour; an image edge keeps its weight."""
+        key = (first, last)
+        if key not in self._ramps:
+            ramp = self._ramp.copy()
+            margin = self.overlap // 2
+            if margin and not first:
+                ramp[:margin] = 0.0
+            if margin and not last:
+                ramp[-margin:] = 0.0
+            self._ramps[key] = ramp
+        return self._ramps[key]
+
+    def weights(self, row: int, col: int) -> np.ndarray:
+        """(tile, tile) float32 weights of tile (row, col)."""
+        ramp_y = self._axis_ramp(row == 0, row == self.rows - 1)
+        ramp_x = self._axis_ramp(col == 0, col == self.cols - 1)
+        return np.outer(ramp_y, ramp_x).astype(np.float32)
 
 
 def _tta_views(mode: TTA, square: bool):
@@ -84,22 +155,23 @@ def predict_image(models, image: np.ndarray, num_classes: int, tile: int, overla
         padded[...] = fill
         padded[:height, :width] = image
         image = padded
+    grid = TileGrid(height, width, tile, overlap, blend)
     full_h, full_w = image.shape[:2]
-    positions = tile_grid(full_h, full_w, tile, tile - overlap)
-    weights = torch.from_numpy(blend_weights(tile, blend)).to(device)
+    positions = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
+    weights = {p: torch.from_numpy(grid.weights(*p)).to(device) for p in positions}
     out = np.zeros((len(models), num_classes, full_h, full_w), np.float32)
     norm = np.zeros((full_h, full_w), np.float32)
-    for y, x in positions:
-        norm[y : y + tile, x : x + tile] += weights.cpu().numpy()
+    for r, c in positions:
+        norm[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += weights[(r, c)].cpu().numpy()
     for m, model in enumerate(models):
         started = time.perf_counter()
         accumulated = torch.zeros((num_classes, full_h, full_w), device=device)
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
-            tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in chunk])
+            tiles = np.stack([image[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] for r, c in chunk])
             probs = tile_probabilities(model, normalise(tiles, mean, std, device), tta)
-            for (y, x), p in zip(chunk, probs):
-                accumulated[:, y : y + tile, x : x + tile] += p * weights
+            for (r, c), p in zip(chunk, probs):
+                accumulated[:, grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += p * weights[(r, c)]
         out[m] = accumulated.cpu().numpy()
         if timings is not None:
             timings.append(time.perf_counter() - started)

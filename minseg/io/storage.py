@@ -180,6 +180,7 @@ class _LocalAtomicWriter(_AtomicWriter):
         fd, self._tmp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(path)}.", suffix=_TMP_MARK
         )
+        os.chmod(self._tmp, default_file_mode())  # mkstemp makes 0600; published files follow the umask
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data) -> int:
@@ -458,6 +459,7 @@ class Storage:
             dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + _TMP_MARK
         )
         os.close(fd)
+        os.chmod(tmp, default_file_mode())
         try:
             yield tmp
             if loc.is_s3:
@@ -614,6 +616,17 @@ def _list_local(path: str) -> Iterator[ObjectInfo]:
     for full in sorted(found):
         if not full.endswith(_TMP_MARK):
             yield ObjectInfo(full, os.path.getsize(full))
+
+
+def process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """0o666 less the process umask, what ``open()`` would have given."""
+    return 0o666 & ~process_umask()
 
 
 def default_storage_settings() -> StorageSettings:

@@ -44,6 +44,7 @@ class PyramidSpec:
     reduce: str = "mean"  # "mean" for images, "nearest" for label maps
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON in level 0's ImageDescription
     extratags: list[tuple] = field(default_factory=list)
+    colormap: np.ndarray | None = None  # (3, 256) uint16: a palette image (class colours in any viewer)
 
     def __post_init__(self):
         if self.reduce not in ("mean", "nearest"):
@@ -94,7 +95,7 @@ class PyramidWriter:
 
     def write(self, tiles: Iterable[np.ndarray]) -> None:
         spec = self.spec
-        photometric = "rgb" if spec.channels == 3 else "minisblack"
+        photometric = "rgb" if spec.channels == 3 else "palette" if spec.colormap is not None else "minisblack"
         options = dict(
             tile=(spec.tile, spec.tile),
             compression=_COMPRESSION[TiffCompression(spec.compression)],
@@ -103,6 +104,8 @@ class PyramidWriter:
         )
         if spec.compression is TiffCompression.JPEG:
             options["compressionargs"] = {"level": 90}
+        if spec.colormap is not None:
+            options["colormap"] = spec.colormap
         scratch_dir = tempfile.mkdtemp(prefix="minseg-pyramid-", dir=os.path.dirname(os.path.abspath(self.path)))
         try:
             scratch = [os.path.join(scratch_dir, f"level{n}.raw") for n in range(spec.levels)]
@@ -191,6 +194,83 @@ class _NullFile:
 _END = object()
 
 
+class PyramidSink:
+    """Writers for several pyramids fed band by band (a band = one row of output tiles).
+
+    Each output is written by its own thread fed through a bounded queue, which keeps
+    memory bounded and lets compression overlap whatever produces the bands.
+    """
+
+    def __init__(self, outputs: list[tuple[str, PyramidSpec]], prefetch: int = 8):
+        self.specs = [spec for _, spec in outputs]
+        grid = (self.specs[0].tile_rows, self.specs[0].tile_cols, self.specs[0].tile)
+        if any((s.tile_rows, s.tile_cols, s.tile) != grid for s in self.specs):
+            raise ValueError("all outputs must share one tile grid")
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=prefetch) for _ in outputs]
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._closed = False
+        self.threads = [threading.Thread(target=self._run, args=(path, spec, q), daemon=True)
+                        for (path, spec), q in zip(outputs, self.queues)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, path: str, spec: PyramidSpec, q: queue.Queue) -> None:
+        ended: list[bool] = []
+
+        def drain() -> Iterator[np.ndarray]:
+            while True:
+                item = q.get()
+                if item is _END:
+                    ended.append(True)
+                    return
+                yield item
+
+        try:
+            PyramidWriter(path, spec).write(drain())
+        except BaseException as exc:  # reported to the caller by close()
+            self.errors.append(exc)
+            self._stop.set()
+            while not ended and q.get() is not _END:  # unblock the producer
+                pass
+
+    @property
+    def failed(self) -> bool:
+        return self._stop.is_set()
+
+    def put_tile(self, arrays) -> None:
+        """One level-0 tile per output, in row-major order."""
+        for q, array in zip(self.queues, arrays):
+            q.put(array)
+
+    def put_band(self, arrays) -> None:
+        """One band per output: (rows, width[, channels]) with rows = the tile size (less at the bottom)."""
+        tile = self.specs[0].tile
+        for left in range(0, self.specs[0].width, tile):
+            if self.failed:
+                return
+            self.put_tile([array[:, left : left + tile] for array in arrays])
+
+    def abort(self) -> None:
+        """Stop the writers after a producer error (their files are incomplete: discard them)."""
+        self._stop.set()
+        try:
+            self.close()
+        except BaseException:  # the producer's error is the one worth reporting
+            pass
+
+    def close(self) -> None:
+        """Finish every output; raises the first writer error."""
+        if not self._closed:
+            self._closed = True
+            for q in self.queues:
+                q.put(_END)
+            for thread in self.threads:
+                thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
 def write_pyramids(
     outputs: list[tuple[str, PyramidSpec]],
     tile_source: Callable[[int, int], tuple[np.ndarray, ...]],
@@ -200,55 +280,21 @@ def write_pyramids(
     """Write several pyramids whose level-0 tiles come from one source call per tile.
 
     ``tile_source(row, col)`` returns one array per output (e.g. image and mask), so
-    each tile is produced once. Each output is written by its own thread fed through
-    a bounded queue, which keeps memory bounded and lets compression overlap rendering.
+    each tile is produced once.
     """
-    specs = [spec for _, spec in outputs]
-    grid = (specs[0].tile_rows, specs[0].tile_cols)
-    if any((s.tile_rows, s.tile_cols) != grid for s in specs):
-        raise ValueError("all outputs must share one tile grid")
-    queues: list[queue.Queue] = [queue.Queue(maxsize=prefetch) for _ in outputs]
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def drain(q: queue.Queue, ended: list[bool]) -> Iterator[np.ndarray]:
-        while True:
-            item = q.get()
-            if item is _END:
-                ended.append(True)
-                return
-            yield item
-
-    def run(path: str, spec: PyramidSpec, q: queue.Queue) -> None:
-        ended: list[bool] = []
-        try:
-            PyramidWriter(path, spec).write(drain(q, ended))
-        except BaseException as exc:  # reported to the caller below
-            errors.append(exc)
-            stop.set()
-            while not ended and q.get() is not _END:  # unblock the producer
-                pass
-
-    threads = [threading.Thread(target=run, args=(path, spec, q), daemon=True) for (path, spec), q in zip(outputs, queues)]
-    for thread in threads:
-        thread.start()
+    sink = PyramidSink(outputs, prefetch)
     try:
-        for row in range(grid[0]):
-            for col in range(grid[1]):
-                if stop.is_set():
+        for row in range(sink.specs[0].tile_rows):
+            for col in range(sink.specs[0].tile_cols):
+                if sink.failed:
                     break
-                arrays = tile_source(row, col)
-                for q, array in zip(queues, arrays):
-                    q.put(array)
+                sink.put_tile(tile_source(row, col))
                 if on_tile:
                     on_tile()
-    finally:
-        for q in queues:
-            q.put(_END)
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
+    except BaseException:
+        sink.abort()
+        raise
+    sink.close()
 
 
 def read_metadata(path_or_stream) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import threading
 import time
 
@@ -11,6 +10,7 @@ import torch
 
 from minseg.train.checkpoint import load_checkpoint, read_pointer
 from minseg.train.ensemble import ResourceError, train_ensemble
+from tests.support.processes import kill_processes_titled
 from tests.train.conftest import TINY, training_config
 
 MEMBERS = [
@@ -61,23 +61,6 @@ def test_loss_decreases_and_curves_saved(ensemble_run):
         assert all("val_loss" in row and "miou" in row for row in history)
         assert (run / "members" / name / "history.csv").exists()
         assert (run / "members" / name / "curves.png").stat().st_size > 1000
-
-
-def kill_processes_titled(prefix: str) -> list[int]:
-    """SIGKILL every process whose title (Ray sets ``ray::<ActorClass>``) starts with prefix."""
-    killed = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                title = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if title.startswith(prefix):
-            os.kill(int(entry), signal.SIGKILL)
-            killed.append(int(entry))
-    return killed
 
 
 def load_checkpoint_state(run, member):

@@ -1,0 +1,62 @@
+"""The ``segment`` config section: which slides, which ensemble, the actor pool, the outputs.
+
+Tiling (tile, overlap, blend, scale), normalisation and fusion come from the ensemble
+manifest, never from here: the ensemble is applied exactly as it was evaluated.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from minseg.config.base import StrictModel
+from minseg.enums import Precision, PreviewFormat, TiffCompression, Uncertainty
+
+
+class SegmentSettings(StrictModel):
+    manifest_uri: str | None = Field(
+        None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
+    slides: list[str] = Field(default_factory=list, description="slide URIs or globs (local or s3://)")
+    slide_list: str | None = Field(None, description="text file (one URI per line) or CSV with a 'uri' column")
+    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")
+    name: str = Field("slides", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    level: int = Field(0, ge=0, description="pyramid level to segment (0 = full resolution)")
+    force: bool = Field(False, description="redo slides whose outputs exist for the same ensemble")
+
+    actors: int = Field(1, ge=1, description="inference actors; each holds the whole ensemble")
+    cpus_per_actor: float = Field(0.5, gt=0, description="fractional on small nodes: reads need CPUs too")
+    gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1, description="tiles per forward pass (the last batch is padded to it)")
+    precision: Precision = Field(Precision.AUTO, description="auto: bf16 autocast on GPUs that support it")
+    read_cpus: float = Field(0.25, gt=0, description="CPUs per tile-read task")
+    tiles_per_read: int = Field(16, ge=1, description="neighbouring tiles read by one task (they share segments)")
+
+    output_tile: int = Field(512, ge=16, description="tile size of the output TIFFs")
+    compression: TiffCompression = TiffCompression.ZSTD
+    uncertainty: Uncertainty = Uncertainty.AUTO
+    preview_max_side: int = Field(2048, ge=64)
+    preview_format: PreviewFormat = PreviewFormat.PNG
+    preview_alpha: float = Field(0.55, ge=0, le=1, description="opacity of the class colours over the image")
+    connectivity: int = Field(8, description="grain connectivity: 4 or 8 neighbours")
+    min_grain_px: int = Field(4, ge=1, description="smaller components are counted as noise, not grains")
+    pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel of the segmented level; "
+                                        "default: the slide's resolution tags, if any")
+
+    @field_validator("connectivity")
+    @classmethod
+    def _connectivity(cls, value: int) -> int:
+        if value not in (4, 8):
+            raise ValueError("must be 4 or 8")
+        return value
+
+    @field_validator("output_tile")
+    @classmethod
+    def _tile_multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("TIFF tiles must be a multiple of 16 pixels")
+        return value
+
+    @model_validator(mode="after")
+    def _lossless_labels(self) -> "SegmentSettings":
+        if self.compression is TiffCompression.JPEG:
+            raise ValueError("compression: jpeg is lossy and would corrupt class ids; use zstd, deflate or none")
+        return self

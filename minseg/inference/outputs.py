@@ -1,0 +1,188 @@
+"""One slide's outputs: label and uncertainty pyramids, preview, statistics, published atomically.
+
+Everything is written into a local staging folder while bands stream in. Publishing
+is all-or-nothing: locally the folder is renamed into place; on S3 every file is
+uploaded (multipart when large) and ``summary.json`` goes last, so a slide counts as
+done exactly when its summary exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+
+import numpy as np
+
+from minseg.enums import PreviewFormat
+from minseg.inference.grains import GrainCounter, grain_statistics
+from minseg.io.storage import Storage, join_uri, parse_uri, process_umask
+from minseg.io.tiff import PyramidSink, PyramidSpec
+
+LABELS, UNCERTAINTY, SUMMARY = "labels.tif", "uncertainty.tif", "summary.json"
+_FALLBACK_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+def class_colours(classes: list[dict]) -> np.ndarray:
+    """(C, 3) uint8: the class map's colours, a fixed palette where it has none."""
+    colours = []
+    for index, entry in enumerate(classes):
+        colour = entry.get("color")
+        colours.append(tuple(colour) if colour else _FALLBACK_COLOURS[index % len(_FALLBACK_COLOURS)])
+    return np.asarray(colours, np.uint8).reshape(-1, 3)
+
+
+def palette_colormap(colours: np.ndarray) -> np.ndarray:
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, : len(colours)] = colours.T.astype(np.uint16) * 257
+    return colormap
+
+
+class PreviewCanvas:
+    """The slide and its labels every ``stride`` pixels, for an overlay of at most ``max_side``."""
+
+    def __init__(self, height: int, width: int, max_side: int):
+        self.stride = max(1, math.ceil(max(height, width) / max_side))
+        self.height, self.width = height, width
+        shape = (math.ceil(height / self.stride), math.ceil(width / self.stride))
+        self.image = np.zeros(shape + (3,), np.uint8)
+        self.labels = np.zeros(shape, np.uint8)
+
+    def offsets(self, y: int, x: int) -> tuple[int, int]:
+        """Where a tile at (y, x) has its first preview pixel: tiles sample ``tile[oy::s, ox::s]``."""
+        return (-y) % self.stride, (-x) % self.stride
+
+    def add_thumbnail(self, y: int, x: int, thumbnail: np.ndarray) -> None:
+        oy, ox = self.offsets(y, x)
+        row, col = (y + oy) // self.stride, (x + ox) // self.stride
+        rows = min(thumbnail.shape[0], self.image.shape[0] - row)
+        cols = min(thumbnail.shape[1], self.image.shape[1] - col)
+        if rows > 0 and cols > 0:
+            self.image[row : row + rows, col : col + cols] = thumbnail[:rows, :cols]
+
+    def add_labels(self, top: int, labels: np.ndarray) -> None:
+        first = (-top) % self.stride
+        picked = labels[first :: self.stride, :: self.stride]
+        row = (top + first) // self.stride
+        self.labels[row : row + picked.shape[0]] = picked
+
+    def render(self, colours: np.ndarray, names: list[str], area_percent: list[float], alpha: float):
+        """An RGB PIL image: the overlay with a legend (class colour, name, area %) on the right."""
+        from PIL import Image, ImageDraw, ImageFont
+
+        overlay = (self.image * (1 - alpha) + colours[self.labels] * alpha).round().astype(np.uint8)
+        size = max(12, min(40, overlay.shape[0] // 45))
+        font = ImageFont.load_default(size=size)
+        line = int(size * 1.5)
+        legend_width = 3 * size + max(int(font.getlength(f"{n}  {p:5.1f} %")) for n, p in zip(names, area_percent)) + 10
+        height = max(overlay.shape[0], line * (len(names) + 2))
+        canvas = Image.new("RGB", (overlay.shape[1] + legend_width, height), (255, 255, 255))
+        canvas.paste(Image.fromarray(overlay), (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        left = overlay.shape[1] + 10
+        draw.text((left, 6), "class  area", fill=(0, 0, 0), font=font)
+        for index, (name, percent) in enumerate(zip(names, area_percent)):
+            top = 6 + line * (index + 1)
+            draw.rectangle([left, top + 2, left + size, top + size + 2], fill=tuple(int(v) for v in colours[index]),
+                           outline=(0, 0, 0))
+            draw.text((left + 2 * size, top), f"{name}  {percent:5.1f} %", fill=(0, 0, 0), font=font)
+        return canvas
+
+
+class SlideOutputs:
+    """Consumes finished bands of one slide; ``finish`` publishes, ``discard`` leaves nothing."""
+
+    def __init__(self, plan, classes: dict, settings, staging_root: str, metadata: dict):
+        self.plan, self.settings = plan, settings
+        self.class_docs = classes["classes"]
+        self.names = [c["name"] for c in self.class_docs]
+        self.colours = class_colours(self.class_docs)
+        os.makedirs(staging_root, exist_ok=True)
+        self.staging = tempfile.mkdtemp(prefix=f".{plan.slide_id}.", suffix=".partial", dir=staging_root)
+        os.chmod(self.staging, 0o777 & ~process_umask())  # mkdtemp makes 0700; the published folder follows the umask
+        height, width = plan.height, plan.width
+        tile = settings.output_tile
+        label_meta = {**metadata, "classes": [{"id": i, "name": n, "color": [int(v) for v in self.colours[i]]}
+                                              for i, n in enumerate(self.names)]}
+        self.sink = PyramidSink([
+            (os.path.join(self.staging, LABELS), PyramidSpec(
+                height, width, 1, tile=tile, compression=settings.compression, reduce="nearest",
+                metadata=label_meta, colormap=palette_colormap(self.colours))),
+            (os.path.join(self.staging, UNCERTAINTY), PyramidSpec(
+                height, width, 1, tile=tile, compression=settings.compression, reduce="mean",
+                metadata={**metadata, "uncertainty": plan.uncertainty, "scale": "0..255 = none..maximal"})),
+        ])
+        self.counts = np.zeros(len(self.names), np.int64)
+        self.grains = GrainCounter(len(self.names), settings.connectivity)
+        self.preview = PreviewCanvas(height, width, settings.preview_max_side)
+        self.uncertainty_sum = 0
+
+    def add_band(self, top: int, labels: np.ndarray, uncertainty: np.ndarray) -> None:
+        self.sink.put_band([labels, uncertainty])
+        self.counts += np.bincount(labels.ravel(), minlength=len(self.names))[: len(self.names)]
+        self.uncertainty_sum += int(uncertainty.sum(dtype=np.int64))
+        self.grains.add_band(labels)
+        self.preview.add_labels(top, labels)
+
+    def finish(self, summary: dict, storage: Storage, target_uri: str) -> dict:
+        """Close the pyramids, write preview + summary, publish all of it; returns the summary."""
+        self.sink.close()
+        total = max(1, int(self.counts.sum()))
+        area = [100.0 * c / total for c in self.counts]
+        preview_name = f"preview.{PreviewFormat(self.settings.preview_format).value}"
+        image = self.preview.render(self.colours, self.names, area, self.settings.preview_alpha)
+        image.save(os.path.join(self.staging, preview_name), quality=90)
+        areas = self.grains.grain_areas()
+        pixel_size = self.plan.pixel_size_um
+        summary.update(
+            modal_mineralogy={n: {"pixels": int(c), "area_percent": round(a, 4)}
+                              for n, c, a in zip(self.names, self.counts, area)},
+            grains={n: grain_statistics(areas[i], self.settings.min_grain_px, pixel_size)
+                    for i, n in enumerate(self.names)},
+            mean_uncertainty=round(self.uncertainty_sum / total / 255.0, 5),
+            files={"labels": LABELS, "uncertainty": UNCERTAINTY, "preview": preview_name, "summary": SUMMARY},
+        )
+        with open(os.path.join(self.staging, SUMMARY), "w") as handle:
+            json.dump(summary, handle, indent=2)
+        publish_folder(self.staging, storage, target_uri, order=[LABELS, UNCERTAINTY, preview_name, SUMMARY])
+        return summary
+
+    def discard(self) -> None:
+        self.sink.abort()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def publish_folder(folder: str, storage: Storage, target_uri: str, order: list[str]) -> None:
+    """Move a finished staging folder to ``target_uri``: a rename locally, uploads (last file last) on S3."""
+    location = parse_uri(target_uri)
+    try:
+        if location.is_s3:
+            storage.delete_prefix(target_uri.rstrip("/") + "/")  # stale outputs of an older ensemble
+            for name in order:
+                storage.upload_file(os.path.join(folder, name), join_uri(target_uri, name))
+            return
+        target = location.path
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        old = None
+        if os.path.exists(target):
+            old = f"{target}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(folder, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(folder)
+
+
+def read_summary(storage: Storage, slide_uri: str) -> dict | None:
+    try:
+        return json.loads(storage.read_text(join_uri(slide_uri, SUMMARY)))
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return None
+

@@ -1,0 +1,131 @@
+"""Stitching blended tile scores into label and uncertainty bands, in any arrival order.
+
+The plane is cut into cells at every tile start and end, so each cell is covered by
+a fixed set of tiles. A cell keeps its tiles' weighted scores only between its first
+and last contribution; when all its tiles have arrived they are summed, finalised
+into uint8 labels and uncertainty, and freed (cells inside a single tile finish at
+once). Finished rows leave as bands of ``band_rows`` (the output TIFF tile height).
+With tiles arriving roughly row by row, live memory is about one overlap of float
+scores and one band of uint8 wide, never the slide.
+
+A cell's contributions are summed in tile order, not arrival order: the result is
+bit-identical whatever order tiles finish in and however many actors produced them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from minseg.enums import Uncertainty
+from minseg.inference.sliding import TileGrid
+
+
+def _cells(starts: list[int], tile: int, length: int):
+    """Cell edges along one axis, the tiles covering each cell, the cells each tile covers."""
+    edges = sorted({0, length, *starts, *(min(length, s + tile) for s in starts)})
+    cover = [[j for j, s in enumerate(starts) if s <= lo and s + tile >= hi] for lo, hi in zip(edges, edges[1:])]
+    touched = [[i for i, tiles in enumerate(cover) if j in tiles] for j in range(len(starts))]
+    return edges, cover, touched
+
+
+BandCallback = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+class Stitcher:
+    """Accumulates (C, tile, tile) score tiles; calls ``on_band(top, labels, uncertainty)`` in row order
+    (and ``on_scores(top, left, scores)`` per finished cell, if given)."""
+
+    def __init__(self, grid: TileGrid, num_classes: int, uncertainty: Uncertainty,
+                 band_rows: int, on_band: BandCallback,
+                 on_scores: Callable[[int, int, np.ndarray], None] | None = None):
+        if uncertainty is Uncertainty.AUTO:
+            raise ValueError("resolve Uncertainty.AUTO from the fusion mode first")
+        self.grid, self.num_classes, self.uncertainty = grid, num_classes, uncertainty
+        self.band_rows, self.on_band, self.on_scores = band_rows, on_band, on_scores
+        self.y_edges, self.y_cover, self.y_touched = _cells(grid.ys, grid.tile, grid.padded_height)
+        self.x_edges, self.x_cover, self.x_touched = _cells(grid.xs, grid.tile, grid.padded_width)
+        self.needed = np.outer([len(c) for c in self.y_cover], [len(c) for c in self.x_cover])
+        self.seen = np.zeros((grid.rows, grid.cols), bool)
+        self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, weighted scores)]
+        self.bands: dict[int, list] = {}  # band -> [labels, uncertainty, pixels still missing]
+        self.next_band = 0
+        self.tiles_done = 0
+        self.peak_bytes = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.tiles_done == len(self.grid)
+
+    def add(self, row: int, col: int, scores: np.ndarray) -> None:
+        if self.seen[row, col]:  # a retried task may deliver a tile twice: count it once
+            return
+        self.seen[row, col] = True
+        ty, tx = self.grid.ys[row], self.grid.xs[col]
+        contribution = scores.astype(np.float32) * self.grid.weights(row, col)
+        for i in self.y_touched[row]:
+            y0, y1 = self.y_edges[i] - ty, self.y_edges[i + 1] - ty
+            for k in self.x_touched[col]:
+                x0, x1 = self.x_edges[k] - tx, self.x_edges[k + 1] - tx
+                part = contribution[:, y0:y1, x0:x1]
+                if self.needed[i, k] == 1:
+                    self._finalise(i, k, [(row, col, part)])
+                    continue
+                parts = self.cells.setdefault((i, k), [])
+                parts.append((row, col, part.copy()))  # a copy, so the whole tile can be freed
+                if len(parts) == self.needed[i, k]:
+                    self._finalise(i, k, self.cells.pop((i, k)))
+        self.tiles_done += 1
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes())
+        self._emit_ready_bands()
+
+    def _finalise(self, i: int, k: int, parts: list) -> None:
+        top, bottom = self.y_edges[i], min(self.y_edges[i + 1], self.grid.height)
+        left, right = self.x_edges[k], min(self.x_edges[k + 1], self.grid.width)
+        if bottom <= top or right <= left:  # padding below/right of a slide smaller than a tile
+            return
+        parts.sort(key=lambda part: part[:2])  # tile order: the same float sum whatever the arrival order
+        accumulated = parts[0][2][:, : bottom - top, : right - left].copy()
+        for _, _, part in parts[1:]:
+            accumulated += part[:, : bottom - top, : right - left]
+        norm = np.zeros(accumulated.shape[1:], np.float32)
+        for j in self.y_cover[i]:
+            for m in self.x_cover[k]:
+                ty, tx = self.grid.ys[j], self.grid.xs[m]
+                norm += self.grid.weights(j, m)[top - ty : bottom - ty, left - tx : right - tx]
+        scores = accumulated / norm
+        labels = np.argmax(scores, axis=0).astype(np.uint8)  # first class on ties
+        uncertainty = self._uncertainty(scores)
+        if self.on_scores is not None:  # blended (C, h, w) scores of a finished cell, e.g. to keep probabilities
+            self.on_scores(top, left, scores)
+        for band in range(top // self.band_rows, (bottom - 1) // self.band_rows + 1):
+            band_top = band * self.band_rows
+            entry = self.bands.get(band)
+            if entry is None:
+                rows = min(self.band_rows, self.grid.height - band_top)
+                entry = self.bands[band] = [np.zeros((rows, self.grid.width), np.uint8),
+                                            np.zeros((rows, self.grid.width), np.uint8), rows * self.grid.width]
+            lo, hi = max(top, band_top), min(bottom, band_top + self.band_rows)
+            entry[0][lo - band_top : hi - band_top, left:right] = labels[lo - top : hi - top]
+            entry[1][lo - band_top : hi - band_top, left:right] = uncertainty[lo - top : hi - top]
+            entry[2] -= (hi - lo) * (right - left)
+
+    def _uncertainty(self, scores: np.ndarray) -> np.ndarray:
+        if self.uncertainty is Uncertainty.ENTROPY:
+            p = np.clip(scores, 1e-12, 1.0)
+            p = p / p.sum(axis=0, keepdims=True)
+            value = -(p * np.log(p)).sum(axis=0) / np.log(max(2, self.num_classes))
+        else:
+            value = 1.0 - scores.max(axis=0)
+        return np.clip(np.rint(value * 255.0), 0, 255).astype(np.uint8)
+
+    def _emit_ready_bands(self) -> None:
+        while self.next_band in self.bands and self.bands[self.next_band][2] == 0:
+            labels, uncertainty, _ = self.bands.pop(self.next_band)
+            self.on_band(self.next_band * self.band_rows, labels, uncertainty)
+            self.next_band += 1
+
+    def live_bytes(self) -> int:
+        cells = sum(part[2].nbytes for parts in self.cells.values() for part in parts)
+        return cells + sum(b[0].nbytes + b[1].nbytes for b in self.bands.values())

@@ -1,0 +1,161 @@
+"""The stitcher on its own: seam proof, any arrival order, edge tiles, small and thin images."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from minseg.enums import Uncertainty
+from minseg.inference.sliding import TileGrid, normalise, tile_probabilities
+from minseg.inference.stitch import Stitcher
+
+MEAN, STD = [120.0, 110.0, 100.0], [60.0, 55.0, 50.0]
+
+
+class ConvNet(nn.Module):
+    """Fully convolutional, receptive field 5x5: away from a tile's edge a tile sees what the whole image sees."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x) * 4  # sharper softmax: more decisive labels
+
+
+def stitch(image, model, tile, overlap, order=None, classes=4, band_rows=32, uncertainty=Uncertainty.ENTROPY):
+    """Run tiles of ``image`` through ``model`` and the stitcher, in ``order``; returns (labels, uncertainty, probs)."""
+    height, width = image.shape[:2]
+    grid = TileGrid(height, width, tile, overlap)
+    padded = np.zeros((grid.padded_height, grid.padded_width, 3), np.uint8)
+    padded[...] = np.round(MEAN).astype(np.uint8)
+    padded[:height, :width] = image
+    labels = np.full((height, width), 255, np.uint8)
+    uncert = np.zeros((height, width), np.uint8)
+    probs = np.full((classes, height, width), np.nan, np.float32)
+    bands = []
+
+    def on_band(top, band_labels, band_uncertainty):
+        bands.append(top)
+        labels[top : top + band_labels.shape[0]] = band_labels
+        uncert[top : top + band_labels.shape[0]] = band_uncertainty
+
+    def on_scores(top, left, scores):
+        probs[:, top : top + scores.shape[1], left : left + scores.shape[2]] = scores
+
+    stitcher = Stitcher(grid, classes, uncertainty, band_rows, on_band, on_scores)
+    tiles = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
+    for index in order if order is not None else range(len(tiles)):
+        r, c = tiles[index]
+        y, x = grid.ys[r], grid.xs[c]
+        batch = normalise(padded[None, y : y + tile, x : x + tile], MEAN, STD, "cpu")
+        scores = tile_probabilities(model, batch)[0].numpy().astype(np.float16)  # what actors send
+        stitcher.add(r, c, scores)
+    assert stitcher.complete and not stitcher.cells and not stitcher.bands
+    assert bands == list(range(0, height, band_rows)), "bands leave in row order, each once"
+    return labels, uncert, probs
+
+
+def whole_image(image, model):
+    with torch.no_grad():
+        return tile_probabilities(model, normalise(image[None], MEAN, STD, "cpu"))[0].numpy()
+
+
+def test_stitched_equals_a_whole_image_pass_away_from_the_borders():
+    rng = np.random.default_rng(1)
+    image = (rng.random((150, 170, 3)) * 255).astype(np.uint8)
+    model = ConvNet().eval()
+    labels, _, probs = stitch(image, model, tile=64, overlap=16)
+    whole = whole_image(image, model)
+    # everywhere, borders included: tiles snapped to the image edge pad it as the whole pass does
+    difference = np.abs(probs - whole)
+    assert difference.max() < 1e-3, difference.max()  # the fp16 that actors send
+    expected = whole.argmax(0)
+    margin = np.sort(whole, axis=0)[-1] - np.sort(whole, axis=0)[-2]
+    disagree = labels != expected
+    assert np.all(margin[disagree] < 2e-3), "labels differ only at fp16 near-ties"
+    assert disagree.mean() < 1e-3
+
+
+def test_without_margins_a_tile_edge_would_leak_into_the_result():
+    """The proof above is not vacuous: predicting tiles alone differs from the whole pass at their edges."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    model = ConvNet().eval()
+    whole = whole_image(image, model)
+    corner = whole_image(np.ascontiguousarray(image[:32, :32]), model)
+    assert np.abs(corner[:, 31, :] - whole[:, 31, :32]).max() > 0.05
+
+
+def test_result_is_bit_identical_whatever_order_tiles_arrive_in():
+    rng = np.random.default_rng(2)
+    image = (rng.random((130, 100, 3)) * 255).astype(np.uint8)
+    model = ConvNet().eval()
+    grid = TileGrid(130, 100, 48, 12)
+    reference = stitch(image, model, 48, 12)
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(grid))
+        labels, uncertainty, probs = stitch(image, model, 48, 12, order=order)
+        assert np.array_equal(labels, reference[0]) and np.array_equal(uncertainty, reference[1])
+        assert np.array_equal(probs, reference[2])
+    reverse = stitch(image, model, 48, 12, order=list(range(len(grid)))[::-1])
+    assert np.array_equal(reverse[0], reference[0])
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (1, 200), (200, 1), (64, 64), (65, 129), (7, 7)])
+def test_edge_tiles_small_images_and_one_pixel_wide_slides(shape):
+    rng = np.random.default_rng(3)
+    image = (rng.random(shape + (3,)) * 255).astype(np.uint8)
+    model = ConvNet().eval()
+    labels, uncertainty, probs = stitch(image, model, tile=32, overlap=8, band_rows=16)
+    assert labels.shape == shape and not np.isnan(probs).any()
+    assert labels.max() < 4
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=3e-3)
+    grid = TileGrid(*shape, 32, 8)
+    assert grid.ys[-1] + 32 == grid.padded_height and grid.xs[-1] + 32 == grid.padded_width  # snapped to the edge
+    if shape == (1, 200):
+        whole = whole_image(np.pad(image, ((0, 31), (0, 0), (0, 0)), constant_values=0), model)
+        assert whole.shape[1] == 32  # sanity: padded like the stitcher pads (with the mean, not zero)
+
+
+def test_a_tile_delivered_twice_counts_once():
+    rng = np.random.default_rng(4)
+    image = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+    grid = TileGrid(40, 40, 32, 8)
+    bands = []
+    stitcher = Stitcher(grid, 2, Uncertainty.DISAGREEMENT, 16, lambda top, l, u: bands.append(l.copy()))
+    scores = np.zeros((2, 32, 32), np.float16)
+    scores[0] = 1
+    stitcher.add(0, 0, scores)
+    stitcher.add(0, 0, scores)  # Ray Data retried the task that produced it
+    assert stitcher.tiles_done == 1
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            stitcher.add(r, c, scores)
+    assert stitcher.complete and all((b == 0).all() for b in bands)
+
+
+def test_voting_tie_break_survives_blending():
+    """Two members disagree everywhere with equal weight: the better-ranked one (index 0) must win."""
+    from minseg.ensemble.voting import fuse, fusion_scores
+
+    probs = torch.zeros(2, 3, 32, 32)
+    probs[0, 2] = 1.0  # rank 0 says class 2
+    probs[1, 1] = 1.0  # rank 1 says class 1
+    scores = fusion_scores(probs, "pv")
+    expected, _ = fuse(probs, "pv")
+    assert (expected == 2).all()
+    grid = TileGrid(48, 48, 32, 16)
+    out = np.zeros((48, 48), np.uint8)
+    stitcher = Stitcher(grid, 3, Uncertainty.DISAGREEMENT, 48,
+                        lambda top, labels, u: out.__setitem__(slice(top, top + labels.shape[0]), labels))
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            stitcher.add(r, c, scores.numpy().astype(np.float16))
+    assert (out == 2).all()
+
+
+def test_overlap_must_be_smaller_than_the_tile():
+    with pytest.raises(ValueError, match="overlap"):
+        TileGrid(100, 100, 32, 32)
