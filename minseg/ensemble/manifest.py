@@ -144,3 +144,43 @@ def load_member_models(manifest: EnsembleManifest, storage: Storage, device="cpu
         model.load_state_dict(load_tensor_dict(storage, join_uri(member.checkpoint, "model.pt")))
         models.append(model.to(device).eval())
     return models
+
+
+def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes: dict, *, mode: str = "wv",
+                   tile: int = 256, overlap: int = 64, scale: float = 1.0, mean=(128.0, 128.0, 128.0),
+                   std=(64.0, 64.0, 64.0), name: str = "imported", storage: Storage | None = None) -> str:
+    """Checkpoints + a manifest for models trained elsewhere (or untrained, for benchmarks); returns its URI.
+
+    ``members``: (name, registered model name, model options, torch module) in rank order.
+    """
+    import io
+    from datetime import datetime, timezone
+
+    import torch
+
+    from minseg.ensemble.voting import normalised_rank_weights
+
+    storage = storage or Storage()
+    entries = []
+    for rank, (member, model_name, options, module) in enumerate(members):
+        checkpoint = join_uri(root, "members", member)
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        storage.write_bytes(join_uri(checkpoint, "model.pt"), buffer.getvalue())
+        storage.write_text(join_uri(checkpoint, "classes.json"), json.dumps(classes))
+        storage.write_text(join_uri(checkpoint, "member.json"), json.dumps({"model": model_name,
+                                                                           "model_options": options}))
+        entries.append(ManifestMember(name=member, model=model_name, model_options=options, checkpoint=checkpoint,
+                                      sha256=hashlib.sha256(buffer.getvalue()).hexdigest(), rank=rank))
+    mode = FusionMode(mode)
+    weights = normalised_rank_weights(len(entries)) if mode in (FusionMode.WV, FusionMode.WEIGHTED_SOFT) \
+        else [1.0] * len(entries)
+    manifest = EnsembleManifest(
+        name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=root,
+        members=entries, fusion=ManifestFusion(mode=mode, weights=weights), classes=classes,
+        tiling=ManifestTiling(tile=tile, overlap=overlap, scale=scale),
+        normalization={"mean": list(mean), "std": list(std)},
+    )
+    uri = join_uri(root, f"manifest-{mode.value}.json")
+    write_manifest(manifest, uri, storage)
+    return uri

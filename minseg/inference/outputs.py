@@ -75,7 +75,9 @@ class PreviewCanvas:
         """An RGB PIL image: the overlay with a legend (class colour, name, area %) on the right."""
         from PIL import Image, ImageDraw, ImageFont
 
-        overlay = (self.image * (1 - alpha) + colours[self.labels] * alpha).round().astype(np.uint8)
+        opacity = np.uint16(round(alpha * 255))  # integer blending: a 2048^2 preview in float64 would take 100 MB
+        overlay = (self.image * (255 - opacity) + colours[self.labels] * opacity + 127) // 255
+        overlay = overlay.astype(np.uint8)
         size = max(12, min(40, overlay.shape[0] // 45))
         font = ImageFont.load_default(size=size)
         line = int(size * 1.5)

@@ -458,6 +458,7 @@ def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
         "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um, "tiles": len(plan.grid()),
         "tile": plan.tile, "overlap": plan.overlap, "uncertainty": plan.uncertainty,
         "seconds": round(time.monotonic() - state.started, 2),
+        "stitch_peak_mib": round(state.stitcher.peak_bytes / 2**20, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info,
     }
     summary = state.outputs.finish(summary, storage, plan.output_uri)

@@ -5,11 +5,12 @@ happens only when the image is smaller than a tile. Each tile's probabilities ar
 weighted and accumulated, then divided by the accumulated weights, so there are no
 seams. Labels are never blended: probabilities are.
 
-Weights (``TileGrid.weights``): a tile contributes nothing within ``overlap // 2`` of
+Weights (``TileGrid.weights``): a tile contributes nothing within ``overlap // 4`` of
 an edge it shares with a neighbour (there the model saw padding, not the slide; the
 neighbour's interior covers those pixels: the overlap-tile strategy), and a gaussian
-or pyramid ramp elsewhere. For a fully convolutional model whose receptive field
-fits in that margin the stitched result equals one pass over the whole image.
+or pyramid ramp elsewhere, so neighbours blend over the middle half of their overlap.
+For a fully convolutional model whose receptive field fits in that margin the
+stitched result equals one pass over the whole image.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TileGrid:
         self.xs = tile_starts(self.padded_width, self.tile, step)
         self._ramp = blend_ramp(self.tile, self.blend)
         self._ramps: dict[tuple[bool, bool], np.ndarray] = {}
+        self._weights: dict[tuple[bool, ...], np.ndarray] = {}
 
     @property
     def padded_height(self) -> int:
@@ -85,24 +87,32 @@ class TileGrid:
     def __len__(self) -> int:
         return self.rows * self.cols
 
-    def _axis_ramp(self, first: bool, last: bool) -> np.ndarray:
-        """Zero within overlap // 2 of an edge shared with a neighbour; an image edge keeps its weight."""
-        key = (first, last)
+    @property
+    def margin(self) -> int:
+        return self.overlap // 4
+
+    def weighted_span(self, index: int, count: int) -> tuple[int, int]:
+        """Offsets [lo, hi) inside tile ``index`` of ``count`` along one axis where its weight is not zero."""
+        return (0 if index == 0 else self.margin), self.tile - (0 if index == count - 1 else self.margin)
+
+    def _axis_ramp(self, index: int, count: int) -> np.ndarray:
+        """Zero within the margin of an edge shared with a neighbour; an image edge keeps its weight."""
+        key = (index == 0, index == count - 1)
         if key not in self._ramps:
-            ramp = self._ramp.copy()
-            margin = self.overlap // 2
-            if margin and not first:
-                ramp[:margin] = 0.0
-            if margin and not last:
-                ramp[-margin:] = 0.0
+            lo, hi = self.weighted_span(index, count)
+            ramp = np.zeros(self.tile)
+            ramp[lo:hi] = self._ramp[lo:hi]
             self._ramps[key] = ramp
         return self._ramps[key]
 
     def weights(self, row: int, col: int) -> np.ndarray:
-        """(tile, tile) float32 weights of tile (row, col)."""
-        ramp_y = self._axis_ramp(row == 0, row == self.rows - 1)
-        ramp_x = self._axis_ramp(col == 0, col == self.cols - 1)
-        return np.outer(ramp_y, ramp_x).astype(np.float32)
+        """(tile, tile) float32 weights of tile (row, col); read-only, shared between tiles alike."""
+        key = (row == 0, row == self.rows - 1, col == 0, col == self.cols - 1)
+        if key not in self._weights:
+            weights = np.outer(self._axis_ramp(row, self.rows), self._axis_ramp(col, self.cols)).astype(np.float32)
+            weights.flags.writeable = False
+            self._weights[key] = weights
+        return self._weights[key]
 
 
 def _tta_views(mode: TTA, square: bool):
@@ -158,7 +168,7 @@ def predict_image(models, image: np.ndarray, num_classes: int, tile: int, overla
     grid = TileGrid(height, width, tile, overlap, blend)
     full_h, full_w = image.shape[:2]
     positions = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
-    weights = {p: torch.from_numpy(grid.weights(*p)).to(device) for p in positions}
+    weights = {p: torch.tensor(grid.weights(*p), device=device) for p in positions}
     out = np.zeros((len(models), num_classes, full_h, full_w), np.float32)
     norm = np.zeros((full_h, full_w), np.float32)
     for r, c in positions:

@@ -1,12 +1,12 @@
 """Stitching blended tile scores into label and uncertainty bands, in any arrival order.
 
 The plane is cut into cells at every tile start and end, so each cell is covered by
-a fixed set of tiles. A cell keeps its tiles' weighted scores only between its first
+a fixed set of tiles. A cell keeps its tiles' scores (fp16, as sent) only between its first
 and last contribution; when all its tiles have arrived they are summed, finalised
 into uint8 labels and uncertainty, and freed (cells inside a single tile finish at
 once). Finished rows leave as bands of ``band_rows`` (the output TIFF tile height).
-With tiles arriving roughly row by row, live memory is about one overlap of float
-scores and one band of uint8 wide, never the slide.
+With tiles arriving roughly row by row, live memory is about half an overlap of
+fp16 scores and one band of uint8 wide, never the slide.
 
 A cell's contributions are summed in tile order, not arrival order: the result is
 bit-identical whatever order tiles finish in and however many actors produced them.
@@ -22,10 +22,15 @@ from minseg.enums import Uncertainty
 from minseg.inference.sliding import TileGrid
 
 
-def _cells(starts: list[int], tile: int, length: int):
-    """Cell edges along one axis, the tiles covering each cell, the cells each tile covers."""
-    edges = sorted({0, length, *starts, *(min(length, s + tile) for s in starts)})
-    cover = [[j for j, s in enumerate(starts) if s <= lo and s + tile >= hi] for lo, hi in zip(edges, edges[1:])]
+def _cells(starts: list[int], spans: list[tuple[int, int]], length: int):
+    """Cell edges along one axis, the tiles weighing on each cell, the cells each tile weighs on.
+
+    ``spans``: per tile, the offsets where its weight is not zero. Cells are cut at every
+    span edge, so a tile weighs on a cell entirely or not at all.
+    """
+    intervals = [(s + lo, min(length, s + hi)) for s, (lo, hi) in zip(starts, spans)]
+    edges = sorted({0, length, *(e for interval in intervals for e in interval)})
+    cover = [[j for j, (a, b) in enumerate(intervals) if a <= lo and b >= hi] for lo, hi in zip(edges, edges[1:])]
     touched = [[i for i, tiles in enumerate(cover) if j in tiles] for j in range(len(starts))]
     return edges, cover, touched
 
@@ -44,8 +49,10 @@ class Stitcher:
             raise ValueError("resolve Uncertainty.AUTO from the fusion mode first")
         self.grid, self.num_classes, self.uncertainty = grid, num_classes, uncertainty
         self.band_rows, self.on_band, self.on_scores = band_rows, on_band, on_scores
-        self.y_edges, self.y_cover, self.y_touched = _cells(grid.ys, grid.tile, grid.padded_height)
-        self.x_edges, self.x_cover, self.x_touched = _cells(grid.xs, grid.tile, grid.padded_width)
+        self.y_edges, self.y_cover, self.y_touched = _cells(
+            grid.ys, [grid.weighted_span(j, grid.rows) for j in range(grid.rows)], grid.padded_height)
+        self.x_edges, self.x_cover, self.x_touched = _cells(
+            grid.xs, [grid.weighted_span(j, grid.cols) for j in range(grid.cols)], grid.padded_width)
         self.needed = np.outer([len(c) for c in self.y_cover], [len(c) for c in self.x_cover])
         self.seen = np.zeros((grid.rows, grid.cols), bool)
         self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, weighted scores)]
@@ -63,17 +70,16 @@ class Stitcher:
             return
         self.seen[row, col] = True
         ty, tx = self.grid.ys[row], self.grid.xs[col]
-        contribution = scores.astype(np.float32) * self.grid.weights(row, col)
         for i in self.y_touched[row]:
             y0, y1 = self.y_edges[i] - ty, self.y_edges[i + 1] - ty
             for k in self.x_touched[col]:
                 x0, x1 = self.x_edges[k] - tx, self.x_edges[k + 1] - tx
-                part = contribution[:, y0:y1, x0:x1]
+                part = scores[:, y0:y1, x0:x1]
                 if self.needed[i, k] == 1:
                     self._finalise(i, k, [(row, col, part)])
                     continue
                 parts = self.cells.setdefault((i, k), [])
-                parts.append((row, col, part.copy()))  # a copy, so the whole tile can be freed
+                parts.append((row, col, part.copy()))  # a copy (as sent: fp16), so the whole tile can be freed
                 if len(parts) == self.needed[i, k]:
                     self._finalise(i, k, self.cells.pop((i, k)))
         self.tiles_done += 1
@@ -85,16 +91,19 @@ class Stitcher:
         left, right = self.x_edges[k], min(self.x_edges[k + 1], self.grid.width)
         if bottom <= top or right <= left:  # padding below/right of a slide smaller than a tile
             return
-        parts.sort(key=lambda part: part[:2])  # tile order: the same float sum whatever the arrival order
-        accumulated = parts[0][2][:, : bottom - top, : right - left].copy()
-        for _, _, part in parts[1:]:
-            accumulated += part[:, : bottom - top, : right - left]
-        norm = np.zeros(accumulated.shape[1:], np.float32)
-        for j in self.y_cover[i]:
-            for m in self.x_cover[k]:
-                ty, tx = self.grid.ys[j], self.grid.xs[m]
-                norm += self.grid.weights(j, m)[top - ty : bottom - ty, left - tx : right - tx]
-        scores = accumulated / norm
+        height, width = bottom - top, right - left
+        if len(parts) == 1:  # one tile weighs here: its own scores, whatever its weight
+            scores = parts[0][2][:, :height, :width].astype(np.float32)
+        else:
+            parts.sort(key=lambda part: part[:2])  # tile order: the same float sum whatever the arrival order
+            accumulated = np.zeros((self.num_classes, height, width), np.float32)
+            norm = np.zeros((height, width), np.float32)
+            for row, col, part in parts:
+                ty, tx = self.grid.ys[row], self.grid.xs[col]
+                weights = self.grid.weights(row, col)[top - ty : bottom - ty, left - tx : right - tx]
+                accumulated += part[:, :height, :width].astype(np.float32) * weights
+                norm += weights
+            scores = accumulated / norm
         labels = np.argmax(scores, axis=0).astype(np.uint8)  # first class on ties
         uncertainty = self._uncertainty(scores)
         if self.on_scores is not None:  # blended (C, h, w) scores of a finished cell, e.g. to keep probabilities

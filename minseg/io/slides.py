@@ -100,8 +100,9 @@ class Slide:
             raise SlideError(f"{self.uri}: no pyramid level {level} (it has {len(self.info.levels)})")
         return self.info.levels[level]
 
-    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0) -> np.ndarray:
-        """RGB uint8 (height, width, 3) at ``level``; the region must lie inside the level."""
+    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0, rgb: bool = True) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at ``level`` (``rgb=False``: the stored samples, e.g. class ids of a
+        label map); the region must lie inside the level."""
         level_h, level_w = self.level_shape(level)
         if y < 0 or x < 0 or height <= 0 or width <= 0 or y + height > level_h or x + width > level_w:
             raise SlideError(f"{self.uri}: region y={y} x={x} {height}x{width} is outside level {level} "
@@ -109,7 +110,8 @@ class Slide:
         if self._raster is not None:
             return np.ascontiguousarray(self._raster[y : y + height, x : x + width])
         try:
-            return to_rgb8(self._read_tiff_region(level, y, x, height, width))
+            region = self._read_tiff_region(level, y, x, height, width)
+            return to_rgb8(region) if rgb else region
         except DecodeError as exc:
             raise SlideError(f"{self.uri}: {exc}") from None
         except SlideError:

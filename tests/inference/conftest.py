@@ -1,6 +1,3 @@
-import json
-from datetime import datetime, timezone
-
 import numpy as np
 import pytest
 import torch
@@ -18,36 +15,17 @@ MEMBERS = [("halfunet", "half_unet", {"width": 0.125}), ("unet", "unet", {"width
 
 def write_manifest(root, mode="wv", tile=64, overlap=16, scale=1.0, members=MEMBERS) -> str:
     """A manifest over untrained tiny members (seeded weights): inference needs no training."""
-    from minseg.ensemble.manifest import (EnsembleManifest, ManifestFusion, ManifestMember, ManifestTiling,
-                                          write_manifest as save)
-    from minseg.ensemble.voting import normalised_rank_weights
-    from minseg.io.storage import Storage
+    from minseg.ensemble.manifest import write_ensemble
     from minseg.models import build_model
 
-    storage = Storage()
-    entries = []
+    modules = []
     for rank, (name, model_name, options) in enumerate(members):
         torch.manual_seed(rank)
-        model = build_model(model_name, num_classes=len(CLASSES["classes"]), **options)
-        checkpoint = root / "members" / name
-        checkpoint.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), checkpoint / "model.pt")
-        (checkpoint / "classes.json").write_text(json.dumps(CLASSES))
-        (checkpoint / "member.json").write_text(json.dumps({"model": model_name, "model_options": options}))
-        from minseg.ensemble.manifest import file_sha256
-
-        entries.append(ManifestMember(name=name, model=model_name, model_options=options, checkpoint=str(checkpoint),
-                                      sha256=file_sha256(storage, str(checkpoint / "model.pt")), rank=rank))
-    weights = normalised_rank_weights(len(entries)) if mode in ("wv", "weighted_soft") else [1.0] * len(entries)
-    manifest = EnsembleManifest(
-        name=f"test-{mode}", created=datetime.now(timezone.utc).isoformat(), source_run=str(root),
-        members=entries, fusion=ManifestFusion(mode=mode, weights=weights), classes=CLASSES,
-        tiling=ManifestTiling(tile=tile, overlap=overlap, scale=scale),
-        normalization={"mean": [120.0, 110.0, 100.0], "std": [60.0, 55.0, 50.0]},
-    )
-    uri = str(root / f"manifest-{mode}-{tile}-{scale}.json")
-    save(manifest, uri, storage)
-    return uri
+        modules.append((name, model_name, options, build_model(model_name, num_classes=len(CLASSES["classes"]),
+                                                                 **options)))
+    return write_ensemble(str(root / f"{mode}-{tile}-{scale}"), modules, CLASSES, mode=mode, tile=tile,
+                          overlap=overlap, scale=scale, mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0),
+                          name=f"test-{mode}")
 
 
 @pytest.fixture(scope="session")

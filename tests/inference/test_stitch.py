@@ -120,8 +120,6 @@ def test_edge_tiles_small_images_and_one_pixel_wide_slides(shape):
 
 
 def test_a_tile_delivered_twice_counts_once():
-    rng = np.random.default_rng(4)
-    image = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
     grid = TileGrid(40, 40, 32, 8)
     bands = []
     stitcher = Stitcher(grid, 2, Uncertainty.DISAGREEMENT, 16, lambda top, l, u: bands.append(l.copy()))

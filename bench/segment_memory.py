@@ -1,0 +1,101 @@
+"""Peak memory of the segmentation job: a 40000 x 40000 slide vs a 10000 x 10000 one (target ratio <= 1.25).
+
+Each slide is segmented by a fresh ``minseg segment`` process (the driver: it stitches, writes the
+pyramids, counts grains and draws the preview); its peak resident set (VmHWM) and that of the
+largest inference actor are sampled from /proc. A cheap untrained member keeps the run short:
+memory, not accuracy, is measured. Slides are fast repeated-tile synthetic BigTIFFs.
+
+    python bench/segment_memory.py [--sizes 10000 40000] [--csv bench/results/segment_memory.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, peak_rss_mib, repeated_tile_slide, untrained_ensemble  # noqa: E402
+
+MEMBERS = [("tiny", "half_unet", {"width": 0.0625})]
+
+
+def actor_peaks() -> list[float]:
+    peaks = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if handle.read().startswith(b"ray::MapWorker(MapBatches(EnsemblePredictor"):
+                        peaks.append(peak_rss_mib(int(entry)))
+            except OSError:
+                continue
+    return peaks
+
+
+def segment(slide: str, manifest: str, out: str, args) -> dict:
+    command = [sys.executable, "-m", "minseg", "segment", slide, "--manifest", manifest, "--out", out,
+               "--actors", str(args.actors), "--set", f"segment.batch_size={args.batch_size}",
+               "--set", f"segment.cpus_per_actor={args.cpus_per_actor}"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver, actor = [0.0], [0.0]
+
+    def sample():
+        while process.poll() is None:
+            try:
+                driver[0] = max(driver[0], peak_rss_mib(process.pid))
+                actor[0] = max([actor[0], *actor_peaks()])
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    process.wait()
+    thread.join()
+    if process.returncode:
+        raise SystemExit(f"segmentation of {slide} failed (exit {process.returncode}): {' '.join(command)}")
+    return {"driver": driver[0], "actor": actor[0], "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs=2, default=[10000, 40000])
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--cpus-per-actor", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--csv")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="minseg-bench-memory-")
+    manifest = untrained_ensemble(os.path.join(work, "ensemble"), MEMBERS, args.tile, args.overlap)
+    results = {}
+    for size in args.sizes:
+        slide = os.path.join(work, f"slide{size}.tif")
+        started = time.perf_counter()
+        repeated_tile_slide(slide, size)
+        print(f"# wrote a {size}^2 slide in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        results[size] = segment(slide, manifest, os.path.join(work, f"out{size}"), args)
+        print(f"# {size}^2: driver peak {results[size]['driver']:.0f} MiB, largest actor "
+              f"{results[size]['actor']:.0f} MiB, {results[size]['seconds']:.0f} s", file=sys.stderr)
+        os.unlink(slide)
+    small, large = args.sizes
+    row = {"date": time.strftime("%Y-%m-%d"), "small": small, "large": large, "tile": args.tile,
+           "driver_small_mib": round(results[small]["driver"]), "driver_large_mib": round(results[large]["driver"]),
+           "driver_ratio": round(results[large]["driver"] / results[small]["driver"], 3),
+           "actor_small_mib": round(results[small]["actor"]), "actor_large_mib": round(results[large]["actor"]),
+           "seconds_small": round(results[small]["seconds"]), "seconds_large": round(results[large]["seconds"]),
+           "area_ratio": round((large / small) ** 2, 1)}
+    emit(row, args.csv)
+    print(f"# peak driver RSS {large}^2 / {small}^2 = {row['driver_ratio']} (target <= 1.25) for "
+          f"{row['area_ratio']}x the pixels")
+
+
+if __name__ == "__main__":
+    main()

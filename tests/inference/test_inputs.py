@@ -1,0 +1,74 @@
+"""Which slides a job segments: URIs, globs, list files, folder names, scale planning."""
+
+import numpy as np
+import pytest
+
+from minseg.inference.config import SegmentSettings
+from minseg.inference.segment import read_tile, resolve_slides, slide_ids
+from minseg.io.storage import Storage
+
+
+def test_globs_lists_and_literal_entries(tmp_path):
+    for name in ("a/one.tif", "a/two.svs", "b/three.ndpi", "b/notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("# slides\nb/three.ndpi\n\n/elsewhere/four.tif\n")
+    (tmp_path / "list.csv").write_text("uri,note\na/one.tif,first\ns3://bucket/five.svs,remote\n")
+    settings = SegmentSettings(slides=[str(tmp_path / "**" / "*")], slide_list=str(tmp_path / "list.txt"))
+    uris = resolve_slides(settings, Storage())
+    assert uris == [str(tmp_path / "a/one.tif"), str(tmp_path / "a/two.svs"), str(tmp_path / "b/three.ndpi"),
+                    "/elsewhere/four.tif"], "globs keep slide formats only; duplicates once; list paths relative"
+    csv_settings = SegmentSettings(slide_list=str(tmp_path / "list.csv"))
+    assert resolve_slides(csv_settings, Storage()) == [str(tmp_path / "a/one.tif"), "s3://bucket/five.svs"]
+
+
+def test_no_slides_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no slides given"):
+        resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), Storage())
+    with pytest.raises(ValueError, match="slide_list: .*nope.txt: no such file"):
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "nope.txt")), Storage())
+    (tmp_path / "bad.csv").write_text("path,x\na.tif,1\n")
+    with pytest.raises(ValueError, match="'uri' column"):
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bad.csv")), Storage())
+
+
+def test_folder_names_are_unique():
+    ids = slide_ids(["/a/x.tif", "/b/x.tif", "s3://b/y z.svs", "/c/w.zstd.tiff"])
+    assert ids["s3://b/y z.svs"] == "y_z" and ids["/c/w.zstd.tiff"] == "w.zstd"
+    assert ids["/a/x.tif"] != ids["/b/x.tif"] and all(ids[u].startswith("x-") for u in ("/a/x.tif", "/b/x.tif"))
+
+
+def test_config_refuses_lossy_labels_and_odd_connectivity():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="jpeg is lossy"):
+        SegmentSettings(compression="jpeg")
+    with pytest.raises(ValidationError, match="4 or 8"):
+        SegmentSettings(connectivity=6)
+
+
+class _Image:
+    """A slide stand-in over an array (read_tile only calls read_region and level_shape)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def level_shape(self, level):
+        return self.array.shape[:2]
+
+    def read_region(self, y, x, h, w, level=0):
+        return self.array[y : y + h, x : x + w]
+
+
+def test_scaled_tiles_agree_with_resizing_the_whole_image():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((400, 320, 3)) * 255).astype(np.uint8)
+    whole = np.asarray(Image.fromarray(image).resize((80, 100), Image.Resampling.BOX))  # scale 1/4
+    plan = {"tile": 32, "height": 100, "width": 80, "factor_y": 4.0, "factor_x": 4.0, "read_level": 0}
+    fill = np.zeros(3, np.uint8)
+    for y, x in [(0, 0), (32, 48), (68, 48)]:
+        tile = read_tile(_Image(image), plan, y, x, fill)
+        h, w = min(32, 100 - y), min(32, 80 - x)
+        assert np.abs(tile[:h, :w].astype(int) - whole[y : y + h, x : x + w]).max() <= 1

@@ -1,0 +1,68 @@
+"""Region reads of whole slides: only what a region touches, every format, clear errors."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from minseg.data.decode import to_rgb8
+from minseg.io.slides import Slide, SlideError
+
+
+@pytest.mark.parametrize("name", ["yb10kx5k.zstd.tiff", "grey10kx5k.tif", "test3-DAPI-2-387.ndpi",
+                                  "CMU-1-Small-Region.svs"])
+def test_real_slide_regions_equal_the_decoded_level(shared_data, name):
+    path = shared_data / "slides" / name
+    with Slide(str(path)) as slide, tifffile.TiffFile(path) as tiff:
+        levels = slide.info.levels
+        assert len(levels) == len(tiff.series[0].levels)
+        rng = np.random.default_rng(0)
+        for level in sorted({0, len(levels) - 1}):
+            full = to_rgb8(tiff.series[0].levels[level].asarray())
+            height, width = levels[level]
+            for _ in range(4):
+                h, w = int(rng.integers(1, min(height, 600))), int(rng.integers(1, min(width, 600)))
+                y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                assert np.array_equal(slide.read_region(y, x, h, w, level), full[y : y + h, x : x + w])
+
+
+def test_a_region_reads_only_the_segments_it_touches(shared_data):
+    with Slide(str(shared_data / "slides" / "yb10kx5k.zstd.tiff")) as slide:
+        slide.read_region(100, 2100, 50, 50)  # inside one 1024-px tile
+        assert list(slide._cache) == [(0, 2)]
+        slide.read_region(1000, 1000, 100, 100)  # straddles four tiles
+        assert sorted(slide._cache) == [(0, 0), (0, 1), (0, 2), (0, 10), (0, 11)]
+
+
+def test_pixel_sizes_come_from_svs_and_ndpi_not_from_dpi_defaults(shared_data):
+    slides = shared_data / "slides"
+    assert Slide(str(slides / "CMU-1-Small-Region.svs")).info.pixel_size_um == pytest.approx(0.499)
+    assert 0.1 < Slide(str(slides / "test3-DAPI-2-387.ndpi")).info.pixel_size_um < 1
+    assert Slide(str(slides / "grey10kx5k.tif")).info.pixel_size_um is None  # 72 dpi is not a calibration
+
+
+def test_bad_slides_fail_with_the_file_and_the_reason(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SlideError, match="notes.txt: not a slide format"):
+        Slide(str(tmp_path / "notes.txt"))
+    with pytest.raises(SlideError, match="missing.tif"):
+        Slide(str(tmp_path / "missing.tif"))
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + b"\xff" * 100)
+    with pytest.raises(SlideError, match="garbage.tif: unreadable slide"):
+        Slide(str(tmp_path / "garbage.tif"))
+    image = np.zeros((300, 300, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "cut.tif", image, tile=(128, 128), compression="zlib")
+    data = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with Slide(str(tmp_path / "cut.tif")) as slide:
+        with pytest.raises(SlideError, match="cut.tif"):
+            slide.read_region(0, 0, 300, 300)
+        with pytest.raises(SlideError, match="outside level 0"):
+            slide.read_region(250, 0, 100, 10)
+
+
+def test_label_maps_can_be_read_raw(tmp_path):
+    labels = (np.arange(64 * 64) % 7).reshape(64, 64).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "labels.tif", labels, tile=(32, 32))
+    with Slide(str(tmp_path / "labels.tif")) as slide:
+        assert np.array_equal(slide.read_region(0, 0, 64, 64, rgb=False), labels)
+        assert slide.read_region(0, 0, 64, 64).shape == (64, 64, 3)
