@@ -51,12 +51,15 @@ def untrained_ensemble(root: str, members: list[tuple[str, str, dict]], tile: in
                           mean=(128.0, 128.0, 128.0), std=(64.0, 64.0, 64.0), name="bench")
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM (peak resident set) of a live process, in MiB."""
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a live process in MiB: ``rss`` (all), ``private`` (anonymous: the process's own
+    heap), ``shared`` (shared memory mapped in: for Ray processes, object-store pages they touched) and
+    ``hwm`` (the kernel's peak of rss)."""
+    fields = {"VmRSS": "rss", "RssAnon": "private", "RssShmem": "shared", "VmHWM": "hwm"}
+    values = {}
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
+            name = line.split(":", 1)[0]
+            if name in fields:
+                values[fields[name]] = int(line.split()[1]) / 1024
+    return values

@@ -12,7 +12,7 @@ def run_cli(*args):
 def test_help_lists_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("demo", "synth", "config", "storage", "info"):
+    for command in ("demo", "synth", "config", "storage", "info", "train", "evaluate", "select", "segment"):
         assert command in result.stdout
 
 

@@ -185,3 +185,17 @@ def test_real_slides_every_format_read_tile_by_tile(ray_session, shared_data, tm
     for slide, document in done.items():
         labels = decoded(Path(tmp_path / "out" / slide / "labels.tif"))[0]
         assert list(labels.shape) == document["shape"]
+
+
+def test_cli_exit_codes(ray_session, manifests, test_slides, tmp_path, capsys):
+    from minseg.cli import main
+
+    common = ["--manifest", manifests["wv"], "--set", "segment.output_tile=64", "--set", "segment.cpus_per_actor=0.5"]
+    assert main(["segment", test_slides["small"], "--out", str(tmp_path / "a"), *common]) == 0
+    assert "segmented 1, skipped 0, failed 0" in capsys.readouterr().out
+    assert main(["segment", test_slides["small"], test_slides["missing"], "--out", str(tmp_path / "b"), *common]) == 1
+    captured = capsys.readouterr()
+    assert "failed: missing" in captured.err and "failures.json" in captured.err
+    assert main(["segment", test_slides["small"], "--out", str(tmp_path / "c"), "--manifest",
+                 str(tmp_path / "nope.json")]) == 2
+    assert "no such ensemble manifest" in capsys.readouterr().err
