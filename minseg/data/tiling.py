@@ -16,6 +16,18 @@ def tile_starts(length: int, tile: int, step: int) -> list[int]:
     return starts
 
 
+def spread_starts(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets with the slack spread evenly: as many tiles as ``tile_starts`` gives, the first at 0
+    and the last ending exactly at ``length``, every overlap at least ``tile - step`` and all about equal
+    (no sliver of a last tile overlapping its neighbour almost entirely)."""
+    if length <= tile:
+        return [0]
+    count = -(-(length - tile) // step) + 1
+    if count == 1:
+        return [0]
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
 def tile_grid(height: int, width: int, tile: int, step: int) -> list[tuple[int, int]]:
     return [(y, x) for y in tile_starts(height, tile, step) for x in tile_starts(width, tile, step)]
 

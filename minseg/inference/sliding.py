@@ -1,7 +1,8 @@
 """Sliding-window prediction of whole images with blended softmax probabilities.
 
-Tiles overlap; the last row/column of tiles is snapped to the image edge; padding
-happens only when the image is smaller than a tile. Each tile's probabilities are
+Tiles overlap; the last row/column of tiles ends at the image edge, with the slack
+spread evenly over all overlaps; padding happens only when the image is smaller than
+a tile. Each tile's probabilities are
 weighted and accumulated, then divided by the accumulated weights, so there are no
 seams. Labels are never blended: probabilities are.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from minseg.data.tiling import tile_starts
+from minseg.data.tiling import spread_starts
 from minseg.enums import TTA, Blend
 
 
@@ -62,8 +63,8 @@ class TileGrid:
         if not 0 <= self.overlap < self.tile:
             raise ValueError(f"overlap {self.overlap} must be in [0, tile={self.tile})")
         step = self.tile - self.overlap
-        self.ys = tile_starts(self.padded_height, self.tile, step)
-        self.xs = tile_starts(self.padded_width, self.tile, step)
+        self.ys = spread_starts(self.padded_height, self.tile, step)
+        self.xs = spread_starts(self.padded_width, self.tile, step)
         self._ramp = blend_ramp(self.tile, self.blend)
         self._ramps: dict[tuple[bool, bool], np.ndarray] = {}
         self._weights: dict[tuple[bool, ...], np.ndarray] = {}
