@@ -378,10 +378,17 @@ def segment_slides(config: MinsegConfig) -> dict:
             num_gpus=settings.gpus_per_actor or None,
             **task_options(config.storage),
         )
+        # correctness never depends on order (see stitch.py), but memory does: in order, bands finish
+        # one after another instead of piling up behind a straggler
+        scored.context.execution_options.preserve_order = True
         run_info = {"manifest": manifest_uri, "ensemble_digest": digest, "ensemble": manifest.name,
                     "fusion": str(manifest.fusion.mode), "members": [m.name for m in manifest.members]}
         try:
             _consume(scored, plans, manifest, settings, storage, staging_root, run_info, done, failed)
+        except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
+            _write_run_summary(output_uri, storage, done, skipped, failed, manifest_uri, digest,
+                               time.monotonic() - started)
+            raise
         finally:
             with contextlib.suppress(OSError):  # only when empty: a concurrent run may be staging there
                 os.rmdir(staging_root)

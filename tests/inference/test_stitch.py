@@ -157,3 +157,16 @@ def test_voting_tie_break_survives_blending():
 def test_overlap_must_be_smaller_than_the_tile():
     with pytest.raises(ValueError, match="overlap"):
         TileGrid(100, 100, 32, 32)
+
+
+def test_tile_starts_spread_the_slack_evenly():
+    from minseg.data.tiling import spread_starts, tile_starts
+
+    for length, tile, step in [(10000, 512, 448), (150, 64, 48), (65, 64, 48), (200, 32, 24), (1, 32, 24),
+                               (40000, 512, 448), (1000, 256, 256)]:
+        starts = spread_starts(length, tile, step)
+        assert starts[0] == 0 and starts[-1] + tile == max(length, tile)
+        assert len(starts) == len(tile_starts(length, tile, step))
+        overlaps = [a + tile - b for a, b in zip(starts, starts[1:])]
+        assert all(o >= tile - step for o in overlaps)
+        assert not overlaps or max(overlaps) - min(overlaps) <= 1, "no sliver of a last tile"
