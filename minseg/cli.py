@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from minseg.data.pipeline import DataError
     from minseg.io.storage import StorageError
     from minseg.ensemble.manifest import ManifestError
+    from minseg.inference.segment import SegmentInputError
     from minseg.train.ensemble import ResourceError
     from minseg.logs import configure_logging
     from pydantic import ValidationError
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("storage cp needs a destination")
     try:
         return args.func(args)
-    except (ConfigError, StorageError, DataError, ResourceError, ManifestError, ValidationError) as exc:
+    except (ConfigError, StorageError, DataError, ResourceError, ManifestError, ValidationError,
+            SegmentInputError) as exc:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

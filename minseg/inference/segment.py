@@ -48,6 +48,10 @@ log = get_logger("segment")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+class SegmentInputError(ValueError):
+    """No slides, or a slide list that cannot be used; the message names the key or file."""
+
+
 # -- which slides -------------------------------------------------------------
 
 
@@ -67,7 +71,7 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
         uris += matches
     unique = list(dict.fromkeys(uris))
     if not unique:
-        raise ValueError("segment: no slides given (set segment.slides or segment.slide_list; globs matched nothing)")
+        raise SegmentInputError("segment: no slides given (set segment.slides or segment.slide_list; globs matched nothing)")
     return unique
 
 
@@ -86,13 +90,13 @@ def read_slide_list(uri: str, storage: Storage) -> list[str]:
     try:
         text = storage.read_text(uri)
     except ObjectNotFoundError:
-        raise ValueError(f"segment.slide_list: {uri}: no such file") from None
+        raise SegmentInputError(f"segment.slide_list: {uri}: no such file") from None
     lines = [line.strip() for line in text.splitlines()]
     header = next((line for line in lines if line and not line.startswith("#")), "")
     if "," in header or header.lower() == "uri":
         rows = list(csv.DictReader(io.StringIO(text)))
         if not rows or "uri" not in rows[0]:
-            raise ValueError(f"segment.slide_list: {uri}: a CSV slide list needs a 'uri' column")
+            raise SegmentInputError(f"segment.slide_list: {uri}: a CSV slide list needs a 'uri' column")
         entries = [row["uri"].strip() for row in rows if (row.get("uri") or "").strip()]
     else:
         entries = [line for line in lines if line and not line.startswith("#")]

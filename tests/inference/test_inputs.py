@@ -72,3 +72,14 @@ def test_scaled_tiles_agree_with_resizing_the_whole_image():
         tile = read_tile(_Image(image), plan, y, x, fill)
         h, w = min(32, 100 - y), min(32, 80 - x)
         assert np.abs(tile[:h, :w].astype(int) - whole[y : y + h, x : x + w]).max() <= 1
+
+
+def test_cli_reports_input_errors_with_exit_2(tmp_path, capsys):
+    from minseg.cli import main
+    from tests.inference.conftest import write_manifest
+
+    assert main(["segment", str(tmp_path / "*.tif"), "--manifest", str(tmp_path / "m.json")]) == 2
+    assert "no such ensemble manifest" in capsys.readouterr().err
+    manifest = write_manifest(tmp_path)
+    assert main(["segment", str(tmp_path / "*.tif"), "--manifest", manifest]) == 2
+    assert "no slides given" in capsys.readouterr().err
