@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +49,7 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     from minseg.inference.config import SegmentSettings
     from minseg.inference.outputs import SlideOutputs
     from minseg.inference.segment import EnsemblePredictor, plan_slide, read_tiles, tile_chunks
+    from minseg.inference.sliding import mean_fill
     from minseg.inference.stitch import Stitcher
     from minseg.io.storage import Storage
     from dataclasses import asdict
@@ -62,9 +62,9 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     predictor = EnsemblePredictor(manifest.model_dump(mode="json"), StorageSettings().model_dump(mode="json"),
                                   args.batch_size, "fp32", 0)
     outputs = SlideOutputs(plan, manifest.classes, settings, os.path.join(out, ".staging"), {})
-    stitcher = Stitcher(plan.grid(), len(manifest.classes["classes"]), Uncertainty(plan.uncertainty),
+    stitcher = Stitcher(plan.grid, len(manifest.classes["classes"]), Uncertainty(plan.uncertainty),
                         settings.output_tile, outputs.add_band)
-    fill = np.round(manifest.normalization["mean"]).astype(np.uint8).tolist()
+    fill = mean_fill(manifest.normalization["mean"]).tolist()
     chunks = tile_chunks(plan, args.batch_size)
     for chunk in chunks:
         tiles = read_tiles({"slide": [chunk["slide"]], "tiles": [chunk["tiles"]]}, {"slide": asdict(plan)},

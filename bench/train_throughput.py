@@ -11,13 +11,15 @@ ratios, and the share of step time spent waiting for data, measured in this one 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit  # noqa: E402
 
 
 def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: int, cache) -> list[dict]:
@@ -92,19 +94,10 @@ def main() -> None:
         "data_wait_single": round(alone[0]["data_wait_fraction"], 3),
         "data_wait_concurrent": round(float(np.mean([r["data_wait_fraction"] for r in together])), 3),
     }
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(summary))
-    writer.writeheader()
-    writer.writerow(summary)
+    emit(summary, args.csv)
     print(f"# {args.members} members together train {summary['aggregate_over_single']}x the tiles/s of one alone "
           f"({summary['per_member_over_single']}x each); data wait {summary['data_wait_single']:.0%} alone, "
           f"{summary['data_wait_concurrent']:.0%} together")
-    if args.csv:
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=list(summary))
-            if new:
-                out.writeheader()
-            out.writerow(summary)
 
 
 if __name__ == "__main__":

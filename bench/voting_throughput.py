@@ -9,7 +9,6 @@ Mpix/s for each and their ratio, measured in this one run:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -18,6 +17,9 @@ import numpy as np
 import torch
 
 from minseg.ensemble.voting import hard_vote, rank_weights
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit  # noqa: E402
 
 
 def per_pixel_vote(labels: np.ndarray, weights: list[int], num_classes: int) -> np.ndarray:
@@ -65,18 +67,9 @@ def main() -> None:
     row = {"date": time.strftime("%Y-%m-%d"), "members": args.members, "classes": args.classes,
            "threads": torch.get_num_threads(), "vectorised_mpix_s": round(vector_mpix, 2),
            "per_pixel_loop_mpix_s": round(loop_mpix, 5), "speedup": round(vector_mpix / loop_mpix, 1), "agree": agree}
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
+    emit(row, args.csv)
     print(f"# RUEL-{args.members} WV: vectorised {row['vectorised_mpix_s']} Mpix/s vs per-pixel loop "
           f"{row['per_pixel_loop_mpix_s']} Mpix/s: {row['speedup']}x, identical labels: {agree}")
-    if args.csv:
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                out.writeheader()
-            out.writerow(row)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,8 @@ def cmd_segment(args) -> int:
     config = _load(args)
     updates = {"slides": args.slides or None, "manifest_uri": args.manifest, "output_uri": args.out,
                "level": args.level, "force": True if args.force else None, "actors": args.actors}
-    config.segment = (config.segment or SegmentSettings()).model_copy(
-        update={k: v for k, v in updates.items() if v is not None})
-    config.segment = SegmentSettings.model_validate(config.segment.model_dump())  # validate the CLI values too
+    current = (config.segment or SegmentSettings()).model_dump()
+    config.segment = SegmentSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
     summary = segment_slides(config)
     print(f"segmented {len(summary['done'])}, skipped {len(summary['skipped'])}, failed {len(summary['failed'])} "
           f"slides -> {summary['output']}")

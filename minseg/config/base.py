@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "MINSEG__"
 # Keys that can only hold a secret; they must come from the environment, never a file.
@@ -29,6 +29,16 @@ class StrictModel(BaseModel):
     """Base of every config section: no unknown keys, no silent coercion of garbage."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+def _multiple_of_16(value: int) -> int:
+    if value % 16:
+        raise ValueError("TIFF tiles must be a multiple of 16 pixels")
+    return value
+
+
+TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
+"""A TIFF tile side: the format wants multiples of 16."""
 
 
 class ConfigError(ValueError):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import StrictModel, TiffTileSize
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings
 from minseg.inference.config import SegmentSettings
@@ -59,6 +59,13 @@ class RunSettings(StrictModel):
     output_uri: str = Field("outputs", description="local folder or s3://bucket/prefix for this run's outputs")
     seed: int = 0
 
+    @property
+    def uri(self) -> str:
+        """Where this run's outputs go: ``output_uri/name``, absolute."""
+        from minseg.io.storage import absolute_uri, join_uri
+
+        return join_uri(absolute_uri(self.output_uri), self.name)
+
 
 class RaySettings(StrictModel):
     address: str | None = Field(None, description="cluster address; default RAY_ADDRESS or a local instance")
@@ -77,17 +84,10 @@ class SectionsSynth(StrictModel):
 class SlideSynth(StrictModel):
     height: PositiveInt = 8000
     width: PositiveInt = 8000
-    tile: PositiveInt = 512
+    tile: TiffTileSize = 512
     compression: TiffCompression = TiffCompression.JPEG
     levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile")
     grain_scale: float = Field(1.0, gt=0)
-
-    @field_validator("tile")
-    @classmethod
-    def _tile_multiple_of_16(cls, value: int) -> int:
-        if value % 16:
-            raise ValueError("TIFF tiles must be a multiple of 16 pixels")
-        return value
 
 
 class SurveySynth(StrictModel):

@@ -25,7 +25,7 @@ class ClassMap:
         codes = tuple(tuple(s.codes) if s.codes else (i,) for i, s in enumerate(specs))
         return cls(
             names=tuple(s.name for s in specs),
-            colors=tuple(tuple(s.color) if s.color else _default_color(i) for i, s in enumerate(specs)),
+            colors=tuple(tuple(s.color) if s.color else default_color(i) for i, s in enumerate(specs)),
             codes=codes,
             ignore_index=settings.ignore_index,
             ignore_codes=tuple(settings.ignore_codes),
@@ -100,7 +100,7 @@ class ClassMap:
         )
 
 
-def _default_color(index: int) -> tuple[int, int, int]:
+def default_color(index: int) -> tuple[int, int, int]:
     palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
     return palette[index % len(palette)]

@@ -34,10 +34,14 @@ def tile_grid(height: int, width: int, tile: int, step: int) -> list[tuple[int, 
 
 def extract_tile(array: np.ndarray, y: int, x: int, tile: int, fill) -> np.ndarray:
     """The tile at (y, x), padded with ``fill`` where the image is smaller than a tile."""
-    crop = array[y : y + tile, x : x + tile]
-    if crop.shape[0] == tile and crop.shape[1] == tile:
-        return np.ascontiguousarray(crop)
-    out = np.empty((tile, tile) + array.shape[2:], dtype=array.dtype)
+    return pad_to(array[y : y + tile, x : x + tile], tile, tile, fill)
+
+
+def pad_to(array: np.ndarray, height: int, width: int, fill) -> np.ndarray:
+    """``array`` at the top left of a (height, width) canvas of ``fill`` (itself, contiguous, when it fits)."""
+    if array.shape[:2] == (height, width):
+        return np.ascontiguousarray(array)
+    out = np.empty((height, width) + array.shape[2:], dtype=array.dtype)
     out[...] = fill
-    out[: crop.shape[0], : crop.shape[1]] = crop
+    out[: array.shape[0], : array.shape[1]] = array
     return out

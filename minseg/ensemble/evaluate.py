@@ -32,6 +32,7 @@ from minseg.ensemble.manifest import (
     ManifestMember,
     ManifestTiling,
     file_sha256,
+    load_models,
     write_manifest,
 )
 from minseg.ensemble.voting import fuse, rank_weights
@@ -40,7 +41,6 @@ from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, join_u
 from minseg.logs import get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.runtime import init_ray
-from minseg.train.checkpoint import load_tensor_dict
 
 log = get_logger("ensemble")
 
@@ -103,18 +103,14 @@ class EnsembleEvaluator:
     def __init__(self, members: list[dict], classes: dict, data: dict, spec: dict):
         from minseg.config.schema import StorageSettings
         from minseg.data.config import DataSettings
-        from minseg.models import build_model
 
         self.storage = Storage(StorageSettings.model_validate(spec["storage"]))
         self.classmap = ClassMap.from_document(classes)
         self.data = DataSettings.model_validate(data)
         self.spec = spec
         self.device = torch.device("cuda" if torch.cuda.is_available() and spec["gpus"] > 0 else "cpu")
-        self.models = []
-        for member in members:
-            model = build_model(member["model"], num_classes=self.classmap.num_classes, **member["model_options"])
-            model.load_state_dict(load_tensor_dict(self.storage, join_uri(member["checkpoint"], "model.pt")))
-            self.models.append(model.to(self.device).eval())
+        self.models = load_models([MemberSpec(**m) for m in members], self.classmap.num_classes, self.storage,
+                                  self.device)
         self.index = {m["name"]: i for i, m in enumerate(members)}
 
     def __call__(self, batch: dict) -> dict:
@@ -290,6 +286,16 @@ def select(candidates: list[Combination], key: str, rule: str, budget: float | N
     return sorted(pool, key=lambda c: (-value(c), c.tpi, c.key))[0]
 
 
+def evaluated_run_uri(config: MinsegConfig) -> str:
+    settings = config.evaluation or EvaluationSettings()
+    return absolute_uri(settings.run_uri) if settings.run_uri else config.run.uri
+
+
+def evaluation_uri(config: MinsegConfig) -> str:
+    """Where an evaluation writes its reports and ``manifest.json``."""
+    return join_uri(evaluated_run_uri(config), "evaluation", (config.evaluation or EvaluationSettings()).name)
+
+
 def evaluate_ensemble(config: MinsegConfig) -> dict:
     """The evaluation job: see the module doc. Returns the evaluation document."""
     from minseg.ensemble.reports import write_reports
@@ -298,7 +304,7 @@ def evaluate_ensemble(config: MinsegConfig) -> dict:
         raise ValueError("evaluation needs the 'data' section the members were trained with")
     settings = config.evaluation or EvaluationSettings()
     storage = Storage(config.storage)
-    run_uri = absolute_uri(settings.run_uri) if settings.run_uri else join_uri(absolute_uri(config.run.output_uri), config.run.name)
+    run_uri = evaluated_run_uri(config)
     members = discover_members(storage, run_uri, settings.members)
     tasks = {m.task for m in members}
     if tasks != {str(Task.SEGMENTATION)}:
@@ -366,7 +372,7 @@ def evaluate_ensemble(config: MinsegConfig) -> dict:
         "normalization": prepared.normalization,
         "test_items": [i["item_id"] for i in prepared.splits["test"]],
     }
-    out = join_uri(run_uri, "evaluation", settings.name)
+    out = evaluation_uri(config)
     storage.write_text(join_uri(out, "evaluation.json"), json.dumps(document, indent=2, default=float))
     manifest = build_manifest(document, chosen.key, storage, settings.name)
     write_manifest(manifest, join_uri(out, "manifest.json"), storage)

@@ -134,12 +134,16 @@ def _class_names(document: dict) -> list[str]:
 
 def load_member_models(manifest: EnsembleManifest, storage: Storage, device="cpu") -> list:
     """The members' models in rank order, in eval mode on ``device``."""
+    return load_models(manifest.members, len(manifest.classes["classes"]), storage, device)
+
+
+def load_models(members, num_classes: int, storage: Storage, device="cpu") -> list:
+    """Models of checkpoints: each member has ``model``, ``model_options`` and ``checkpoint`` (its directory)."""
     from minseg.models import build_model
     from minseg.train.checkpoint import load_tensor_dict
 
     models = []
-    num_classes = len(manifest.classes["classes"])
-    for member in manifest.members:
+    for member in members:
         model = build_model(member.model, num_classes=num_classes, **member.model_options)
         model.load_state_dict(load_tensor_dict(storage, join_uri(member.checkpoint, "model.pt")))
         models.append(model.to(device).eval())

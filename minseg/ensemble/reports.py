@@ -3,7 +3,6 @@ Res-UNet paper's Tables 4-7, written beside the manifest and printed."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -11,6 +10,7 @@ import math
 import numpy as np
 
 from minseg.io.storage import Storage, join_uri
+from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
 BASELINE_MODELS = ("vgg16_unet",)
@@ -28,13 +28,9 @@ def _table(rows: list[dict]) -> tuple[str, str]:
     if not rows:
         return "", ""
     columns = list(rows[0])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
     markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     markdown += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
-    return buffer.getvalue(), "\n".join(markdown) + "\n"
+    return csv_text(rows, columns), "\n".join(markdown) + "\n"
 
 
 def _key_class(key: str) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import StrictModel, TiffTileSize
 from minseg.enums import Precision, PreviewFormat, TiffCompression, Uncertainty
 
 
@@ -30,7 +30,7 @@ class SegmentSettings(StrictModel):
     read_cpus: float = Field(0.25, gt=0, description="CPUs per tile-read task")
     tiles_per_read: int = Field(16, ge=1, description="neighbouring tiles read by one task (they share segments)")
 
-    output_tile: int = Field(512, ge=16, description="tile size of the output TIFFs")
+    output_tile: TiffTileSize = Field(512, description="tile size of the output TIFFs")
     compression: TiffCompression = TiffCompression.ZSTD
     uncertainty: Uncertainty = Uncertainty.AUTO
     preview_max_side: int = Field(2048, ge=64)
@@ -46,13 +46,6 @@ class SegmentSettings(StrictModel):
     def _connectivity(cls, value: int) -> int:
         if value not in (4, 8):
             raise ValueError("must be 4 or 8")
-        return value
-
-    @field_validator("output_tile")
-    @classmethod
-    def _tile_multiple_of_16(cls, value: int) -> int:
-        if value % 16:
-            raise ValueError("TIFF tiles must be a multiple of 16 pixels")
         return value
 
     @model_validator(mode="after")

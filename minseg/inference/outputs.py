@@ -18,22 +18,18 @@ import uuid
 
 import numpy as np
 
+from minseg.data.classmap import default_color
 from minseg.enums import PreviewFormat
 from minseg.inference.grains import GrainCounter, grain_statistics
 from minseg.io.storage import Storage, join_uri, parse_uri, process_umask
 from minseg.io.tiff import PyramidSink, PyramidSpec
 
 LABELS, UNCERTAINTY, SUMMARY = "labels.tif", "uncertainty.tif", "summary.json"
-_FALLBACK_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-                     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
 def class_colours(classes: list[dict]) -> np.ndarray:
-    """(C, 3) uint8: the class map's colours, a fixed palette where it has none."""
-    colours = []
-    for index, entry in enumerate(classes):
-        colour = entry.get("color")
-        colours.append(tuple(colour) if colour else _FALLBACK_COLOURS[index % len(_FALLBACK_COLOURS)])
+    """(C, 3) uint8: the class map's colours, the class maps' default palette where it has none."""
+    colours = [entry.get("color") or default_color(index) for index, entry in enumerate(classes)]
     return np.asarray(colours, np.uint8).reshape(-1, 3)
 
 
@@ -43,23 +39,29 @@ def palette_colormap(colours: np.ndarray) -> np.ndarray:
     return colormap
 
 
+def preview_stride(height: int, width: int, max_side: int) -> int:
+    """Every how many pixels the preview samples the slide, so that it fits ``max_side``."""
+    return max(1, math.ceil(max(height, width) / max_side))
+
+
+def preview_sample(tile: np.ndarray, y: int, x: int, stride: int) -> np.ndarray:
+    """The pixels of a tile at (y, x) that fall on the preview's grid (global multiples of ``stride``)."""
+    return np.ascontiguousarray(tile[(-y) % stride :: stride, (-x) % stride :: stride])
+
+
 class PreviewCanvas:
     """The slide and its labels every ``stride`` pixels, for an overlay of at most ``max_side``."""
 
     def __init__(self, height: int, width: int, max_side: int):
-        self.stride = max(1, math.ceil(max(height, width) / max_side))
+        self.stride = preview_stride(height, width, max_side)
         self.height, self.width = height, width
         shape = (math.ceil(height / self.stride), math.ceil(width / self.stride))
         self.image = np.zeros(shape + (3,), np.uint8)
         self.labels = np.zeros(shape, np.uint8)
 
-    def offsets(self, y: int, x: int) -> tuple[int, int]:
-        """Where a tile at (y, x) has its first preview pixel: tiles sample ``tile[oy::s, ox::s]``."""
-        return (-y) % self.stride, (-x) % self.stride
-
     def add_thumbnail(self, y: int, x: int, thumbnail: np.ndarray) -> None:
-        oy, ox = self.offsets(y, x)
-        row, col = (y + oy) // self.stride, (x + ox) // self.stride
+        """Place ``preview_sample(tile, y, x, stride)`` of a tile at (y, x)."""
+        row, col = -(-y // self.stride), -(-x // self.stride)  # the first grid point at or after (y, x)
         rows = min(thumbnail.shape[0], self.image.shape[0] - row)
         cols = min(thumbnail.shape[1], self.image.shape[1] - col)
         if rows > 0 and cols > 0:
@@ -185,6 +187,6 @@ def publish_folder(folder: str, storage: Storage, target_uri: str, order: list[s
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:
     try:
         return json.loads(storage.read_text(join_uri(slide_uri, SUMMARY)))
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
+    except (OSError, ValueError):  # missing, unreadable or not JSON: not a finished slide
         return None
 

@@ -29,18 +29,22 @@ import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
+from minseg.data.tiling import extract_tile
 from minseg.enums import Blend, FusionMode, Uncertainty
+from minseg.ensemble.evaluate import evaluation_uri
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.inference.config import SegmentSettings
-from minseg.inference.outputs import SlideOutputs, read_summary
-from minseg.inference.sliding import TileGrid
+from minseg.inference.outputs import SlideOutputs, preview_sample, preview_stride, read_summary
+from minseg.inference.sliding import TileGrid, mean_fill
 from minseg.inference.stitch import Stitcher
 from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, is_s3, join_uri, parse_uri
+from minseg.io.tables import csv_text
 from minseg.logs import Progress, get_logger, log_event
 from minseg.runtime import init_ray, task_options
 
@@ -141,18 +145,13 @@ class SlidePlan:
     pixel_size_um: float | None
     uncertainty: str
 
-    @property
-    def identity(self) -> bool:
-        return self.factor_y == 1.0 and self.factor_x == 1.0
-
+    @cached_property
     def grid(self) -> TileGrid:
         return TileGrid(self.height, self.width, self.tile, self.overlap, Blend(self.blend))
 
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
                output_uri: str) -> SlidePlan:
-    from minseg.inference.outputs import PreviewCanvas
-
     with Slide(uri, storage) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
@@ -176,7 +175,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
         height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
         tile=manifest.tiling.tile, overlap=manifest.tiling.overlap, blend=str(manifest.tiling.blend),
-        preview_stride=PreviewCanvas(height, width, settings.preview_max_side).stride,
+        preview_stride=preview_stride(height, width, settings.preview_max_side),
         pixel_size_um=pixel_size, uncertainty=str(resolve_uncertainty(settings.uncertainty, manifest.fusion.mode)),
     )
 
@@ -189,7 +188,7 @@ def resolve_uncertainty(kind: Uncertainty, mode: FusionMode) -> Uncertainty:
 
 def tile_chunks(plan: SlidePlan, per_read: int) -> list[dict]:
     """Runs of neighbouring tiles (row-major), one read task each."""
-    grid = plan.grid()
+    grid = plan.grid
     tiles = [[row, col, y, x] for row, y in enumerate(grid.ys) for col, x in enumerate(grid.xs)]
     return [{"slide": plan.slide_id, "tiles": json.dumps(tiles[i : i + per_read])}
             for i in range(0, len(tiles), per_read)]
@@ -218,12 +217,7 @@ def read_tile(slide: Slide, plan: dict, y: int, x: int, fill: np.ndarray) -> np.
         resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
         region = np.asarray(Image.fromarray(crop).resize(
             (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0)))
-    if region.shape[:2] == (tile, tile):
-        return region
-    out = np.empty((tile, tile, 3), np.uint8)
-    out[...] = fill
-    out[:height, :width] = region
-    return out
+    return extract_tile(region, 0, 0, tile, fill)
 
 
 def read_tiles(batch: dict, plans: dict, storage: dict, fill: list[int]) -> dict:
@@ -242,13 +236,12 @@ def read_tiles(batch: dict, plans: dict, storage: dict, fill: list[int]) -> dict
                 image = read_tile(_SLIDES.get(plan["uri"], store), plan, y, x, fill_value)
             except (SlideError, OSError) as exc:
                 error = str(exc)
-            stride = plan["preview_stride"]
-            thumb = image[(-y) % stride :: stride, (-x) % stride :: stride]
+            thumb = preview_sample(image, y, x, plan["preview_stride"])
             rows["slide"].append(slide_id)
             rows["row"].append(row)
             rows["col"].append(col)
             rows["image"].append(image)
-            rows["thumb"].append(np.ascontiguousarray(thumb).tobytes())
+            rows["thumb"].append(thumb.tobytes())
             rows["thumb_shape"].append(np.asarray(thumb.shape, np.int32))
             rows["error"].append(error)
     return {k: np.stack(v) if k in ("image", "thumb_shape") else np.asarray(v, dtype=object if k == "thumb" else None)
@@ -319,22 +312,18 @@ class SlideState:
     started: float = 0.0
 
 
-def default_manifest_uri(config: MinsegConfig) -> str:
-    evaluation = config.evaluation.name if config.evaluation else "ensemble"
-    return join_uri(absolute_uri(config.run.output_uri), config.run.name, "evaluation", evaluation, "manifest.json")
-
-
 def segment_slides(config: MinsegConfig) -> dict:
     """The segmentation job (module doc). Returns the run summary (also written to the output)."""
     import ray
 
     settings = config.segment or SegmentSettings()
     storage = Storage(config.storage)
-    manifest_uri = absolute_uri(settings.manifest_uri) if settings.manifest_uri else default_manifest_uri(config)
+    manifest_uri = absolute_uri(settings.manifest_uri) if settings.manifest_uri else \
+        join_uri(evaluation_uri(config), "manifest.json")
     manifest = load_manifest(manifest_uri, storage)
     digest = manifest.digest()
     output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
-        join_uri(absolute_uri(config.run.output_uri), config.run.name, "segment", settings.name)
+        join_uri(config.run.uri, "segment", settings.name)
     started = time.monotonic()
     uris = resolve_slides(settings, storage)
     ids = slide_ids(uris)
@@ -356,14 +345,14 @@ def segment_slides(config: MinsegConfig) -> dict:
             continue
         plans[slide_id] = plan
     log_event(log, "segment.planned", slides=len(uris), to_do=len(plans), skipped=len(skipped), failed=len(failed),
-              tiles=sum(len(p.grid()) for p in plans.values()), manifest=manifest_uri, output=output_uri)
+              tiles=sum(len(p.grid) for p in plans.values()), manifest=manifest_uri, output=output_uri)
 
     if plans:
         init_ray(config.ray)
         staging_root = os.path.join(parse_uri(output_uri).path, ".staging") if not is_s3(output_uri) \
             else tempfile.mkdtemp(prefix="minseg-segment-")
         chunks = [chunk for plan in plans.values() for chunk in tile_chunks(plan, settings.tiles_per_read)]
-        fill = np.asarray(manifest.normalization["mean"], np.float32).round().astype(np.uint8).tolist()
+        fill = mean_fill(manifest.normalization["mean"]).tolist()
         dataset = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 2000)))
         tiles = dataset.map_batches(
             read_tiles, batch_size=1, num_cpus=settings.read_cpus, **task_options(config.storage),
@@ -407,7 +396,7 @@ def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, se
     """Stitch tiles as they arrive (any order), publish slides as they complete."""
     states = {slide_id: SlideState(plan) for slide_id, plan in plans.items()}
     num_classes = len(manifest.classes["classes"])
-    total = sum(len(p.grid()) for p in plans.values())
+    total = sum(len(p.grid) for p in plans.values())
 
     def fail(state: SlideState, reason: str) -> None:
         if state.outputs is not None:
@@ -440,7 +429,7 @@ def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, se
             fail(state, f"the segmentation pipeline stopped: {type(exc).__name__}: {exc}")
         raise
     for state in list(states.values()):  # tiles that never came back
-        fail(state, f"only {state.stitcher.tiles_done if state.stitcher else 0} of {len(state.plan.grid())} "
+        fail(state, f"only {state.stitcher.tiles_done if state.stitcher else 0} of {len(state.plan.grid)} "
                     "tiles came back")
 
 
@@ -452,7 +441,7 @@ def _add_tile(state: SlideState, batch: dict, i: int, num_classes: int, manifest
         metadata = {"generator": "minseg segment", "source": plan.uri, "level": plan.level,
                     "scale": manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **run_info}
         state.outputs = SlideOutputs(plan, manifest.classes, settings, staging_root, metadata)
-        state.stitcher = Stitcher(plan.grid(), num_classes, Uncertainty(plan.uncertainty), settings.output_tile,
+        state.stitcher = Stitcher(plan.grid, num_classes, Uncertainty(plan.uncertainty), settings.output_tile,
                                   state.outputs.add_band)
     row, col = int(batch["row"][i]), int(batch["col"][i])
     grid = state.stitcher.grid
@@ -466,7 +455,7 @@ def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
     summary = {
         "slide": plan.slide_id, "uri": plan.uri, "status": "done", "format": plan.format, "level": plan.level,
         "source_shape": [plan.source_height, plan.source_width], "shape": [plan.height, plan.width],
-        "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um, "tiles": len(plan.grid()),
+        "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um, "tiles": len(plan.grid),
         "tile": plan.tile, "overlap": plan.overlap, "uncertainty": plan.uncertainty,
         "seconds": round(time.monotonic() - state.started, 2),
         "stitch_peak_mib": round(state.stitcher.peak_bytes / 2**20, 1),
@@ -497,12 +486,7 @@ def _write_run_summary(output_uri: str, storage: Storage, done: list, skipped: l
 
     rows = [_table_row(s, "done") for s in done] + [_table_row(s["summary"], "skipped") for s in skipped]
     if rows:
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        storage.write_text(join_uri(output_uri, "slides.csv"), text.getvalue())
+        storage.write_text(join_uri(output_uri, "slides.csv"), csv_text(rows))
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows), buffer)
         storage.write_bytes(join_uri(output_uri, "slides.parquet"), buffer.getvalue())

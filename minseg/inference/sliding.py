@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from minseg.data.tiling import spread_starts
+from minseg.data.tiling import pad_to, spread_starts
 from minseg.enums import TTA, Blend
 
 
@@ -40,10 +40,9 @@ def blend_ramp(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
     return ramp / ramp.max()
 
 
-def blend_weights(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
-    """(tile, tile) float32 weights of a tile with neighbours all round, before margins."""
-    ramp = blend_ramp(tile, mode)
-    return np.outer(ramp, ramp).astype(np.float32)
+def mean_fill(mean) -> np.ndarray:
+    """uint8 RGB of the normalisation mean: padding that becomes zero after normalising."""
+    return np.asarray(mean, dtype=np.float32).round().astype(np.uint8)
 
 
 @dataclass
@@ -159,30 +158,26 @@ def predict_image(models, image: np.ndarray, num_classes: int, tile: int, overla
     import time
 
     height, width = image.shape[:2]
-    pad_h, pad_w = max(0, tile - height), max(0, tile - width)
-    if pad_h or pad_w:
-        fill = np.asarray(mean, dtype=np.float32).round().astype(np.uint8)  # the mean: zero after normalising
-        padded = np.empty((height + pad_h, width + pad_w, 3), np.uint8)
-        padded[...] = fill
-        padded[:height, :width] = image
-        image = padded
     grid = TileGrid(height, width, tile, overlap, blend)
-    full_h, full_w = image.shape[:2]
+    image = pad_to(image, grid.padded_height, grid.padded_width, mean_fill(mean))
     positions = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
-    weights = {p: torch.tensor(grid.weights(*p), device=device) for p in positions}
-    out = np.zeros((len(models), num_classes, full_h, full_w), np.float32)
-    norm = np.zeros((full_h, full_w), np.float32)
+    out = np.zeros((len(models), num_classes, grid.padded_height, grid.padded_width), np.float32)
+    norm = np.zeros((grid.padded_height, grid.padded_width), np.float32)
+    weights = {}  # tiles alike share one weight array (grid.weights caches them); one tensor each
     for r, c in positions:
-        norm[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += weights[(r, c)].cpu().numpy()
+        array = grid.weights(r, c)
+        weights.setdefault(id(array), torch.tensor(array, device=device))
+        norm[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += array
     for m, model in enumerate(models):
         started = time.perf_counter()
-        accumulated = torch.zeros((num_classes, full_h, full_w), device=device)
+        accumulated = torch.zeros((num_classes, grid.padded_height, grid.padded_width), device=device)
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             tiles = np.stack([image[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] for r, c in chunk])
             probs = tile_probabilities(model, normalise(tiles, mean, std, device), tta)
             for (r, c), p in zip(chunk, probs):
-                accumulated[:, grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += p * weights[(r, c)]
+                weight = weights[id(grid.weights(r, c))]
+                accumulated[:, grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += p * weight
         out[m] = accumulated.cpu().numpy()
         if timings is not None:
             timings.append(time.perf_counter() - started)

@@ -55,10 +55,11 @@ class Stitcher:
             grid.xs, [grid.weighted_span(j, grid.cols) for j in range(grid.cols)], grid.padded_width)
         self.needed = np.outer([len(c) for c in self.y_cover], [len(c) for c in self.x_cover])
         self.seen = np.zeros((grid.rows, grid.cols), bool)
-        self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, weighted scores)]
+        self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, scores as sent)]
         self.bands: dict[int, list] = {}  # band -> [labels, uncertainty, pixels still missing]
         self.next_band = 0
         self.tiles_done = 0
+        self.live_bytes = 0  # pending cell scores + unfinished bands, kept as they change (not re-summed per tile)
         self.peak_bytes = 0
 
     @property
@@ -80,10 +81,13 @@ class Stitcher:
                     continue
                 parts = self.cells.setdefault((i, k), [])
                 parts.append((row, col, part.copy()))  # a copy (as sent: fp16), so the whole tile can be freed
+                self.live_bytes += part.nbytes
                 if len(parts) == self.needed[i, k]:
-                    self._finalise(i, k, self.cells.pop((i, k)))
+                    self.cells.pop((i, k))
+                    self.live_bytes -= sum(p[2].nbytes for p in parts)
+                    self._finalise(i, k, parts)
         self.tiles_done += 1
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes())
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         self._emit_ready_bands()
 
     def _finalise(self, i: int, k: int, parts: list) -> None:
@@ -115,6 +119,7 @@ class Stitcher:
                 rows = min(self.band_rows, self.grid.height - band_top)
                 entry = self.bands[band] = [np.zeros((rows, self.grid.width), np.uint8),
                                             np.zeros((rows, self.grid.width), np.uint8), rows * self.grid.width]
+                self.live_bytes += 2 * rows * self.grid.width
             lo, hi = max(top, band_top), min(bottom, band_top + self.band_rows)
             entry[0][lo - band_top : hi - band_top, left:right] = labels[lo - top : hi - top]
             entry[1][lo - band_top : hi - band_top, left:right] = uncertainty[lo - top : hi - top]
@@ -132,9 +137,6 @@ class Stitcher:
     def _emit_ready_bands(self) -> None:
         while self.next_band in self.bands and self.bands[self.next_band][2] == 0:
             labels, uncertainty, _ = self.bands.pop(self.next_band)
+            self.live_bytes -= labels.nbytes + uncertainty.nbytes
             self.on_band(self.next_band * self.band_rows, labels, uncertainty)
             self.next_band += 1
-
-    def live_bytes(self) -> int:
-        cells = sum(part[2].nbytes for parts in self.cells.values() for part in parts)
-        return cells + sum(b[0].nbytes + b[1].nbytes for b in self.bands.values())

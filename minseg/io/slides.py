@@ -36,11 +36,17 @@ class SlideError(ValueError):
 class SlideInfo:
     uri: str
     format: str
-    height: int
-    width: int
     levels: tuple[tuple[int, int], ...]  # (height, width) of every pyramid level, level 0 first
     tile: tuple[int, int] | None  # stored tile or strip shape at level 0
     pixel_size_um: float | None = None  # of level 0, from SVS MPP or the resolution tags
+
+    @property
+    def height(self) -> int:
+        return self.levels[0][0]
+
+    @property
+    def width(self) -> int:
+        return self.levels[0][1]
 
 
 class Slide:
@@ -59,7 +65,7 @@ class Slide:
             if name.endswith(RASTER_SUFFIXES):
                 self._raster = decode_image(self.storage.read_bytes(uri), name, max_raster_pixels)
                 height, width = self._raster.shape[:2]
-                self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], height, width, ((height, width),), None)
+                self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
             elif name.endswith(TIFF_SUFFIXES):
                 self._open_tiff(name)
             else:
@@ -89,8 +95,8 @@ class Slide:
                 raise SlideError(f"{self.uri}: volumetric TIFF (depth {page.imagedepth}) is not a slide")
         base = self._levels[0]
         kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
-        self.info = SlideInfo(self.uri, kind, base.imagelength, base.imagewidth,
-                              tuple((p.imagelength, p.imagewidth) for p in self._levels), base.chunks[:2],
+        self.info = SlideInfo(self.uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
+                              base.chunks[:2],
                               _pixel_size_um(self._tiff, self._pages[0]))
 
     # -- reading ---------------------------------------------------------------
@@ -203,10 +209,6 @@ def _pixel_size_um(tiff, page) -> float | None:
     size = (25400.0 if unit == 2 else 10000.0) / (numerator / denominator)
     # 72/96/300 dpi are writers' defaults, not calibrations: no microscope has 85-350 µm pixels
     return size if size <= MAX_CALIBRATED_PIXEL_UM else None
-
-
-def open_slide(uri: str, storage: Storage | None = None) -> Slide:
-    return Slide(uri, storage)
 
 
 class SlideCache:

@@ -6,7 +6,6 @@ members table (CSV + JSON + printed).
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -19,7 +18,8 @@ import numpy as np
 from minseg.config.schema import MinsegConfig
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.enums import Task
-from minseg.io.storage import Storage, absolute_uri, join_uri, parse_uri
+from minseg.io.storage import Storage, join_uri, parse_uri
+from minseg.io.tables import csv_text
 from minseg.logs import _is_interactive, get_logger, log_event
 from minseg.models import build_model, get_entry
 from minseg.runtime import init_ray
@@ -253,7 +253,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if config.data is None or config.training is None:
         raise ValueError("training needs the 'data' and 'training' config sections")
     storage = Storage(config.storage)
-    run_uri = join_uri(absolute_uri(config.run.output_uri), config.run.name)
+    run_uri = config.run.uri
     members = config.training.select(member_names)
     tasks = {member_task(m) for m in members}
     if len(tasks) > 1:
@@ -341,11 +341,7 @@ TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "b
 
 def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
     rows = [asdict(r) for r in results]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    storage.write_text(join_uri(run_uri, "members.csv"), buffer.getvalue())
+    storage.write_text(join_uri(run_uri, "members.csv"), csv_text(rows, TABLE_COLUMNS, ignore_extra=True))
     document = {"members": rows}
     if fold_summary:
         document["cross_validation"] = cross_validation_summary(results)
@@ -390,12 +386,8 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
     if not history:
         return
     columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(history)
     base = member_uri(run_uri, member)
-    storage.write_text(join_uri(base, "history.csv"), buffer.getvalue())
+    storage.write_text(join_uri(base, "history.csv"), csv_text(history, columns))
 
     import matplotlib
 

@@ -52,7 +52,7 @@ def stitch(image, model, tile, overlap, order=None, classes=4, band_rows=32, unc
         batch = normalise(padded[None, y : y + tile, x : x + tile], MEAN, STD, "cpu")
         scores = tile_probabilities(model, batch)[0].numpy().astype(np.float16)  # what actors send
         stitcher.add(r, c, scores)
-    assert stitcher.complete and not stitcher.cells and not stitcher.bands
+    assert stitcher.complete and not stitcher.cells and not stitcher.bands and stitcher.live_bytes == 0
     assert bands == list(range(0, height, band_rows)), "bands leave in row order, each once"
     return labels, uncert, probs
 
