@@ -63,7 +63,7 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
                                   args.batch_size, "fp32", 0)
     outputs = SlideOutputs(plan, manifest.classes, settings, os.path.join(out, ".staging"), {})
     stitcher = Stitcher(plan.grid, len(manifest.classes["classes"]), Uncertainty(plan.uncertainty),
-                        settings.output_tile, outputs.add_band)
+                        settings.output_tile, outputs.add_tile)
     fill = mean_fill(manifest.normalization["mean"]).tolist()
     chunks = tile_chunks(plan, args.batch_size)
     for chunk in chunks:

@@ -1,6 +1,6 @@
 """One slide's outputs: label and uncertainty pyramids, preview, statistics, published atomically.
 
-Everything is written into a local staging folder while bands stream in. Publishing
+Everything is written into a local staging folder while tiles stream in. Publishing
 is all-or-nothing: locally the folder is renamed into place; on S3 every file is
 uploaded (multipart when large) and ``summary.json`` goes last, so a slide counts as
 done exactly when its summary exists.
@@ -67,11 +67,10 @@ class PreviewCanvas:
         if rows > 0 and cols > 0:
             self.image[row : row + rows, col : col + cols] = thumbnail[:rows, :cols]
 
-    def add_labels(self, top: int, labels: np.ndarray) -> None:
-        first = (-top) % self.stride
-        picked = labels[first :: self.stride, :: self.stride]
-        row = (top + first) // self.stride
-        self.labels[row : row + picked.shape[0]] = picked
+    def add_labels(self, top: int, left: int, labels: np.ndarray) -> None:
+        picked = preview_sample(labels, top, left, self.stride)
+        row, col = -(-top // self.stride), -(-left // self.stride)
+        self.labels[row : row + picked.shape[0], col : col + picked.shape[1]] = picked
 
     def render(self, colours: np.ndarray, names: list[str], area_percent: list[float], alpha: float):
         """An RGB PIL image: the overlay with a legend (class colour, name, area %) on the right."""
@@ -99,7 +98,7 @@ class PreviewCanvas:
 
 
 class SlideOutputs:
-    """Consumes finished bands of one slide; ``finish`` publishes, ``discard`` leaves nothing."""
+    """Consumes finished output tiles of one slide; ``finish`` publishes, ``discard`` leaves nothing."""
 
     def __init__(self, plan, classes: dict, settings, staging_root: str, metadata: dict):
         self.plan, self.settings = plan, settings
@@ -121,23 +120,23 @@ class SlideOutputs:
                 height, width, 1, tile=tile, compression=settings.compression, reduce="mean",
                 metadata={**metadata, "uncertainty": plan.uncertainty, "scale": "0..255 = none..maximal"})),
         ])
-        self.counts = np.zeros(len(self.names), np.int64)
-        self.grains = GrainCounter(len(self.names), settings.connectivity)
+        self.grains = GrainCounter(len(self.names), width, settings.connectivity)
         self.preview = PreviewCanvas(height, width, settings.preview_max_side)
         self.uncertainty_sum = 0
 
-    def add_band(self, top: int, labels: np.ndarray, uncertainty: np.ndarray) -> None:
-        self.sink.put_band([labels, uncertainty])
-        self.counts += np.bincount(labels.ravel(), minlength=len(self.names))[: len(self.names)]
+    def add_tile(self, top: int, left: int, labels: np.ndarray, uncertainty: np.ndarray) -> None:
+        """One finished output tile; tiles come in row-major order."""
+        self.sink.put_tile([labels, uncertainty])
         self.uncertainty_sum += int(uncertainty.sum(dtype=np.int64))
-        self.grains.add_band(labels)
-        self.preview.add_labels(top, labels)
+        self.grains.add_tile(top, left, labels)
+        self.preview.add_labels(top, left, labels)
 
     def finish(self, summary: dict, storage: Storage, target_uri: str) -> dict:
         """Close the pyramids, write preview + summary, publish all of it; returns the summary."""
         self.sink.close()
-        total = max(1, int(self.counts.sum()))
-        area = [100.0 * c / total for c in self.counts]
+        counts = self.grains.class_pixels
+        total = max(1, int(counts.sum()))
+        area = [100.0 * c / total for c in counts]
         preview_name = f"preview.{PreviewFormat(self.settings.preview_format).value}"
         image = self.preview.render(self.colours, self.names, area, self.settings.preview_alpha)
         image.save(os.path.join(self.staging, preview_name), quality=90)
@@ -145,7 +144,7 @@ class SlideOutputs:
         pixel_size = self.plan.pixel_size_um
         summary.update(
             modal_mineralogy={n: {"pixels": int(c), "area_percent": round(a, 4)}
-                              for n, c, a in zip(self.names, self.counts, area)},
+                              for n, c, a in zip(self.names, counts, area)},
             grains={n: grain_statistics(areas[i], self.settings.min_grain_px, pixel_size)
                     for i, n in enumerate(self.names)},
             mean_uncertainty=round(self.uncertainty_sum / total / 255.0, 5),

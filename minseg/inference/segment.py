@@ -8,8 +8,8 @@
    the manifest says, and returns blendable (C, tile, tile) scores keyed by
    (slide, row, col). Ray Data does not keep order; nothing here relies on it.
 3. The driver stitches each slide as its tiles arrive (``stitch.Stitcher``: bounded
-   by a band, not the slide) and streams finished bands into the label and
-   uncertainty pyramids, the grain counter and the preview, then publishes the
+   by a row of tiles, not the slide) and streams finished output tiles into the label
+   and uncertainty pyramids, the grain counter and the preview, then publishes the
    slide atomically. A slide that fails (unreadable, corrupt tile) goes to the
    failure manifest and leaves no outputs; the others carry on.
 """
@@ -371,8 +371,8 @@ def segment_slides(config: MinsegConfig) -> dict:
             num_gpus=settings.gpus_per_actor or None,
             **task_options(config.storage),
         )
-        # correctness never depends on order (see stitch.py), but memory does: in order, bands finish
-        # one after another instead of piling up behind a straggler
+        # correctness never depends on order (see stitch.py), but memory does: in order, output tiles
+        # finish one after another instead of piling up behind a straggler
         scored.context.execution_options.preserve_order = True
         run_info = {"manifest": manifest_uri, "ensemble_digest": digest, "ensemble": manifest.name,
                     "fusion": str(manifest.fusion.mode), "members": [m.name for m in manifest.members]}
@@ -442,7 +442,7 @@ def _add_tile(state: SlideState, batch: dict, i: int, num_classes: int, manifest
                     "scale": manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **run_info}
         state.outputs = SlideOutputs(plan, manifest.classes, settings, staging_root, metadata)
         state.stitcher = Stitcher(plan.grid, num_classes, Uncertainty(plan.uncertainty), settings.output_tile,
-                                  state.outputs.add_band)
+                                  state.outputs.add_tile)
     row, col = int(batch["row"][i]), int(batch["col"][i])
     grid = state.stitcher.grid
     thumb = np.frombuffer(batch["thumb"][i], np.uint8).reshape(tuple(batch["thumb_shape"][i]))

@@ -1,12 +1,13 @@
-"""Stitching blended tile scores into label and uncertainty bands, in any arrival order.
+"""Stitching blended tile scores into label and uncertainty output tiles, in any arrival order.
 
 The plane is cut into cells at every tile start and end, so each cell is covered by
 a fixed set of tiles. A cell keeps its tiles' scores (fp16, as sent) only between its first
 and last contribution; when all its tiles have arrived they are summed, finalised
 into uint8 labels and uncertainty, and freed (cells inside a single tile finish at
-once). Finished rows leave as bands of ``band_rows`` (the output TIFF tile height).
-With tiles arriving roughly row by row, live memory is about half an overlap of
-fp16 scores and one band of uint8 wide, never the slide.
+once). Finished pixels go into output tiles (the output TIFF's tiles), which leave in
+row-major order as soon as they are complete. With input tiles arriving roughly row
+by row, live memory is about half an overlap of fp16 scores and one row of output
+tiles (uint8) wide, never the slide.
 
 A cell's contributions are summed in tile order, not arrival order: the result is
 bit-identical whatever order tiles finish in and however many actors produced them.
@@ -35,20 +36,23 @@ def _cells(starts: list[int], spans: list[tuple[int, int]], length: int):
     return edges, cover, touched
 
 
-BandCallback = Callable[[int, np.ndarray, np.ndarray], None]
+TileCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
 class Stitcher:
-    """Accumulates (C, tile, tile) score tiles; calls ``on_band(top, labels, uncertainty)`` in row order
-    (and ``on_scores(top, left, scores)`` per finished cell, if given)."""
+    """Accumulates (C, tile, tile) score tiles; calls ``on_tile(top, left, labels, uncertainty)`` per
+    ``output_tile`` square of the image in row-major order (edge tiles cut to the image), and
+    ``on_scores(top, left, scores)`` per finished cell, if given."""
 
     def __init__(self, grid: TileGrid, num_classes: int, uncertainty: Uncertainty,
-                 band_rows: int, on_band: BandCallback,
+                 output_tile: int, on_tile: TileCallback,
                  on_scores: Callable[[int, int, np.ndarray], None] | None = None):
         if uncertainty is Uncertainty.AUTO:
             raise ValueError("resolve Uncertainty.AUTO from the fusion mode first")
         self.grid, self.num_classes, self.uncertainty = grid, num_classes, uncertainty
-        self.band_rows, self.on_band, self.on_scores = band_rows, on_band, on_scores
+        self.output_tile, self.on_tile, self.on_scores = output_tile, on_tile, on_scores
+        self.output_cols = -(-grid.width // output_tile)
+        self.output_count = -(-grid.height // output_tile) * self.output_cols
         self.y_edges, self.y_cover, self.y_touched = _cells(
             grid.ys, [grid.weighted_span(j, grid.rows) for j in range(grid.rows)], grid.padded_height)
         self.x_edges, self.x_cover, self.x_touched = _cells(
@@ -56,10 +60,10 @@ class Stitcher:
         self.needed = np.outer([len(c) for c in self.y_cover], [len(c) for c in self.x_cover])
         self.seen = np.zeros((grid.rows, grid.cols), bool)
         self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, scores as sent)]
-        self.bands: dict[int, list] = {}  # band -> [labels, uncertainty, pixels still missing]
-        self.next_band = 0
+        self.outputs: dict[int, list] = {}  # output tile index -> [labels, uncertainty, pixels still missing]
+        self.next_output = 0
         self.tiles_done = 0
-        self.live_bytes = 0  # pending cell scores + unfinished bands, kept as they change (not re-summed per tile)
+        self.live_bytes = 0  # pending cell scores + unfinished output tiles, kept as they change (not re-summed)
         self.peak_bytes = 0
 
     @property
@@ -88,7 +92,7 @@ class Stitcher:
                     self._finalise(i, k, parts)
         self.tiles_done += 1
         self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        self._emit_ready_bands()
+        self._emit_ready_outputs()
 
     def _finalise(self, i: int, k: int, parts: list) -> None:
         top, bottom = self.y_edges[i], min(self.y_edges[i + 1], self.grid.height)
@@ -112,18 +116,30 @@ class Stitcher:
         uncertainty = self._uncertainty(scores)
         if self.on_scores is not None:  # blended (C, h, w) scores of a finished cell, e.g. to keep probabilities
             self.on_scores(top, left, scores)
-        for band in range(top // self.band_rows, (bottom - 1) // self.band_rows + 1):
-            band_top = band * self.band_rows
-            entry = self.bands.get(band)
-            if entry is None:
-                rows = min(self.band_rows, self.grid.height - band_top)
-                entry = self.bands[band] = [np.zeros((rows, self.grid.width), np.uint8),
-                                            np.zeros((rows, self.grid.width), np.uint8), rows * self.grid.width]
-                self.live_bytes += 2 * rows * self.grid.width
-            lo, hi = max(top, band_top), min(bottom, band_top + self.band_rows)
-            entry[0][lo - band_top : hi - band_top, left:right] = labels[lo - top : hi - top]
-            entry[1][lo - band_top : hi - band_top, left:right] = uncertainty[lo - top : hi - top]
-            entry[2] -= (hi - lo) * (right - left)
+        size = self.output_tile
+        for out_row in range(top // size, (bottom - 1) // size + 1):
+            out_top = out_row * size
+            lo, hi = max(top, out_top), min(bottom, out_top + size)
+            for out_col in range(left // size, (right - 1) // size + 1):
+                out_left = out_col * size
+                a, b = max(left, out_left), min(right, out_left + size)
+                entry = self._output(out_row, out_col)
+                target = np.s_[lo - out_top : hi - out_top, a - out_left : b - out_left]
+                source = np.s_[lo - top : hi - top, a - left : b - left]
+                entry[0][target], entry[1][target] = labels[source], uncertainty[source]
+                entry[2] -= (hi - lo) * (b - a)
+
+    def _output(self, out_row: int, out_col: int) -> list:
+        index = out_row * self.output_cols + out_col
+        entry = self.outputs.get(index)
+        if entry is None:
+            size = self.output_tile
+            rows = min(size, self.grid.height - out_row * size)
+            cols = min(size, self.grid.width - out_col * size)
+            entry = self.outputs[index] = [np.zeros((rows, cols), np.uint8), np.zeros((rows, cols), np.uint8),
+                                           rows * cols]
+            self.live_bytes += 2 * rows * cols
+        return entry
 
     def _uncertainty(self, scores: np.ndarray) -> np.ndarray:
         if self.uncertainty is Uncertainty.ENTROPY:
@@ -134,9 +150,10 @@ class Stitcher:
             value = 1.0 - scores.max(axis=0)
         return np.clip(np.rint(value * 255.0), 0, 255).astype(np.uint8)
 
-    def _emit_ready_bands(self) -> None:
-        while self.next_band in self.bands and self.bands[self.next_band][2] == 0:
-            labels, uncertainty, _ = self.bands.pop(self.next_band)
+    def _emit_ready_outputs(self) -> None:
+        while self.next_output in self.outputs and self.outputs[self.next_output][2] == 0:
+            labels, uncertainty, _ = self.outputs.pop(self.next_output)
             self.live_bytes -= labels.nbytes + uncertainty.nbytes
-            self.on_band(self.next_band * self.band_rows, labels, uncertainty)
-            self.next_band += 1
+            out_row, out_col = divmod(self.next_output, self.output_cols)
+            self.on_tile(out_row * self.output_tile, out_col * self.output_tile, labels, uncertainty)
+            self.next_output += 1

@@ -74,16 +74,40 @@ class PyramidSpec:
         return (height, width) if self.channels == 1 else (height, width, self.channels)
 
 
-def _reduce_band(band: np.ndarray, mode: str) -> np.ndarray:
-    """Halve a band (rows, cols[, channels]); odd edges repeat their last row/column."""
-    if band.shape[0] % 2:
-        band = np.concatenate([band, band[-1:]], axis=0)
-    if band.shape[1] % 2:
-        band = np.concatenate([band, band[:, -1:]], axis=1)
+def _halve(block: np.ndarray, mode: str) -> np.ndarray:
+    """Halve a block (rows, cols[, channels]); odd edges repeat their last row/column.
+
+    Blocks of even size tile the same result as halving the whole band at once, so a band
+    is reduced tile by tile: no band-sized temporaries, integer sums in the smallest type
+    that cannot overflow.
+    """
+    if block.shape[0] % 2:
+        block = np.concatenate([block, block[-1:]], axis=0)
+    if block.shape[1] % 2:
+        block = np.concatenate([block, block[:, -1:]], axis=1)
     if mode == "nearest":
-        return band[::2, ::2]
-    total = band[0::2, 0::2].astype(np.uint32) + band[1::2, 0::2] + band[0::2, 1::2] + band[1::2, 1::2]
-    return ((total + 2) // 4).astype(band.dtype)
+        return block[::2, ::2]
+    if block.dtype.kind in "ui" and block.dtype.itemsize <= 2:
+        accumulator = np.uint16 if block.dtype.itemsize == 1 else np.uint32  # 4 x max fits
+        total = block[0::2, 0::2].astype(accumulator) + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
+        return ((total + 2) // 4).astype(block.dtype)
+    total = block[0::2, 0::2].astype(np.float64) + block[1::2, 0::2] + block[0::2, 1::2] + block[1::2, 1::2]
+    return (total / 4).astype(block.dtype)
+
+
+class _HalfBand:
+    """The next level's rows of one band, filled tile by tile (a quarter of the band's size)."""
+
+    def __init__(self, spec: PyramidSpec, rows: int, width: int):
+        self.spec = spec
+        self.array = np.empty(spec.pixel_shape(-(-rows // 2), -(-width // 2)), dtype=spec.dtype)
+
+    def add(self, left: int, block: np.ndarray) -> None:
+        half = _halve(block, self.spec.reduce)
+        self.array[:, left // 2 : left // 2 + half.shape[1]] = half
+
+    def write_to(self, sink) -> None:
+        sink.write(self.array.tobytes())
 
 
 class PyramidWriter:
@@ -141,7 +165,7 @@ class PyramidWriter:
         with open(feed, "wb") if feed else _NullFile() as sink:
             for row in range(spec.tile_rows):
                 rows = min(spec.tile, spec.height - row * spec.tile)
-                band = np.zeros(spec.pixel_shape(rows, spec.width), dtype=spec.dtype) if feed else None
+                half = _HalfBand(spec, rows, spec.width) if feed else None
                 for col in range(spec.tile_cols):
                     tile = next(iterator, None)
                     if tile is None:
@@ -150,11 +174,10 @@ class PyramidWriter:
                     expected = spec.pixel_shape(rows, cols)
                     if tile.shape[:2] != expected[:2] and tile.shape[:2] != (spec.tile, spec.tile):
                         raise ValueError(f"tile ({row}, {col}) has shape {tile.shape}, expected {expected}")
-                    if band is not None:
-                        band[:, col * spec.tile : col * spec.tile + cols] = tile[:rows, :cols]
+                    if half is not None:
+                        half.add(col * spec.tile, tile[:rows, :cols])
                         if col == spec.tile_cols - 1:
-                            # before the band's last tile: tifffile stops pulling after the final one
-                            sink.write(np.ascontiguousarray(_reduce_band(band, spec.reduce)).tobytes())
+                            half.write_to(sink)  # before the band's last tile: tifffile stops pulling after the final one
                     yield _full_tile(tile, spec)
 
     def _scratch_tiles(self, source: str, height: int, width: int, feed: str | None) -> Iterator[np.ndarray]:
@@ -166,10 +189,14 @@ class PyramidWriter:
                 band = np.frombuffer(reader.read(rows * row_bytes), dtype=spec.dtype).reshape(
                     spec.pixel_shape(rows, width)
                 )
-                if feed:
-                    sink.write(np.ascontiguousarray(_reduce_band(band, spec.reduce)).tobytes())
+                half = _HalfBand(spec, rows, width) if feed else None
                 for left in range(0, width, spec.tile):
-                    yield _full_tile(band[:, left : left + spec.tile], spec)
+                    block = band[:, left : left + spec.tile]
+                    if half is not None:
+                        half.add(left, block)
+                        if left + spec.tile >= width:
+                            half.write_to(sink)  # before the last tile, as for level 0
+                    yield _full_tile(block, spec)
 
 
 def _full_tile(tile: np.ndarray, spec: PyramidSpec) -> np.ndarray:
@@ -195,7 +222,7 @@ _END = object()
 
 
 class PyramidSink:
-    """Writers for several pyramids fed band by band (a band = one row of output tiles).
+    """Writers for several pyramids fed tile by tile (row-major).
 
     Each output is written by its own thread fed through a bounded queue, which keeps
     memory bounded and lets compression overlap whatever produces the bands.
@@ -242,14 +269,6 @@ class PyramidSink:
         """One level-0 tile per output, in row-major order."""
         for q, array in zip(self.queues, arrays):
             q.put(array)
-
-    def put_band(self, arrays) -> None:
-        """One band per output: (rows, width[, channels]) with rows = the tile size (less at the bottom)."""
-        tile = self.specs[0].tile
-        for left in range(0, self.specs[0].width, tile):
-            if self.failed:
-                return
-            self.put_tile([array[:, left : left + tile] for array in arrays])
 
     def abort(self) -> None:
         """Stop the writers after a producer error (their files are incomplete: discard them)."""

@@ -24,7 +24,7 @@ class ConvNet(nn.Module):
         return self.body(x) * 4  # sharper softmax: more decisive labels
 
 
-def stitch(image, model, tile, overlap, order=None, classes=4, band_rows=32, uncertainty=Uncertainty.ENTROPY):
+def stitch(image, model, tile, overlap, order=None, classes=4, output_tile=32, uncertainty=Uncertainty.ENTROPY):
     """Run tiles of ``image`` through ``model`` and the stitcher, in ``order``; returns (labels, uncertainty, probs)."""
     height, width = image.shape[:2]
     grid = TileGrid(height, width, tile, overlap)
@@ -34,17 +34,18 @@ def stitch(image, model, tile, overlap, order=None, classes=4, band_rows=32, unc
     labels = np.full((height, width), 255, np.uint8)
     uncert = np.zeros((height, width), np.uint8)
     probs = np.full((classes, height, width), np.nan, np.float32)
-    bands = []
+    emitted = []
 
-    def on_band(top, band_labels, band_uncertainty):
-        bands.append(top)
-        labels[top : top + band_labels.shape[0]] = band_labels
-        uncert[top : top + band_labels.shape[0]] = band_uncertainty
+    def on_tile(top, left, tile_labels, tile_uncertainty):
+        emitted.append((top, left))
+        assert tile_labels.shape == (min(output_tile, height - top), min(output_tile, width - left))
+        labels[top : top + tile_labels.shape[0], left : left + tile_labels.shape[1]] = tile_labels
+        uncert[top : top + tile_labels.shape[0], left : left + tile_labels.shape[1]] = tile_uncertainty
 
     def on_scores(top, left, scores):
         probs[:, top : top + scores.shape[1], left : left + scores.shape[2]] = scores
 
-    stitcher = Stitcher(grid, classes, uncertainty, band_rows, on_band, on_scores)
+    stitcher = Stitcher(grid, classes, uncertainty, output_tile, on_tile, on_scores)
     tiles = [(r, c) for r in range(grid.rows) for c in range(grid.cols)]
     for index in order if order is not None else range(len(tiles)):
         r, c = tiles[index]
@@ -52,8 +53,9 @@ def stitch(image, model, tile, overlap, order=None, classes=4, band_rows=32, unc
         batch = normalise(padded[None, y : y + tile, x : x + tile], MEAN, STD, "cpu")
         scores = tile_probabilities(model, batch)[0].numpy().astype(np.float16)  # what actors send
         stitcher.add(r, c, scores)
-    assert stitcher.complete and not stitcher.cells and not stitcher.bands and stitcher.live_bytes == 0
-    assert bands == list(range(0, height, band_rows)), "bands leave in row order, each once"
+    assert stitcher.complete and not stitcher.cells and not stitcher.outputs and stitcher.live_bytes == 0
+    expected = [(top, left) for top in range(0, height, output_tile) for left in range(0, width, output_tile)]
+    assert emitted == expected, "output tiles leave in row-major order, each once"
     return labels, uncert, probs
 
 
@@ -108,7 +110,7 @@ def test_edge_tiles_small_images_and_one_pixel_wide_slides(shape):
     rng = np.random.default_rng(3)
     image = (rng.random(shape + (3,)) * 255).astype(np.uint8)
     model = ConvNet().eval()
-    labels, uncertainty, probs = stitch(image, model, tile=32, overlap=8, band_rows=16)
+    labels, uncertainty, probs = stitch(image, model, tile=32, overlap=8, output_tile=16)
     assert labels.shape == shape and not np.isnan(probs).any()
     assert labels.max() < 4
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=3e-3)
@@ -121,8 +123,8 @@ def test_edge_tiles_small_images_and_one_pixel_wide_slides(shape):
 
 def test_a_tile_delivered_twice_counts_once():
     grid = TileGrid(40, 40, 32, 8)
-    bands = []
-    stitcher = Stitcher(grid, 2, Uncertainty.DISAGREEMENT, 16, lambda top, l, u: bands.append(l.copy()))
+    tiles = []
+    stitcher = Stitcher(grid, 2, Uncertainty.DISAGREEMENT, 16, lambda top, left, l, u: tiles.append(l.copy()))
     scores = np.zeros((2, 32, 32), np.float16)
     scores[0] = 1
     stitcher.add(0, 0, scores)
@@ -131,7 +133,7 @@ def test_a_tile_delivered_twice_counts_once():
     for r in range(grid.rows):
         for c in range(grid.cols):
             stitcher.add(r, c, scores)
-    assert stitcher.complete and all((b == 0).all() for b in bands)
+    assert stitcher.complete and len(tiles) == 9 and all((t == 0).all() for t in tiles)
 
 
 def test_voting_tie_break_survives_blending():
@@ -147,7 +149,7 @@ def test_voting_tie_break_survives_blending():
     grid = TileGrid(48, 48, 32, 16)
     out = np.zeros((48, 48), np.uint8)
     stitcher = Stitcher(grid, 3, Uncertainty.DISAGREEMENT, 48,
-                        lambda top, labels, u: out.__setitem__(slice(top, top + labels.shape[0]), labels))
+                        lambda top, left, labels, u: out.__setitem__(np.s_[top : top + 48, left : left + 48], labels))
     for r in range(grid.rows):
         for c in range(grid.cols):
             stitcher.add(r, c, scores.numpy().astype(np.float16))
