@@ -135,3 +135,50 @@ class Uncertainty(StrEnum):
 class PreviewFormat(StrEnum):
     PNG = "png"
     JPEG = "jpg"
+
+
+# -- prospectivity -------------------------------------------------------------
+
+
+class CensoredValue(StrEnum):
+    """What a value reported below its detection limit (``<DL``) becomes."""
+
+    HALF_LIMIT = "half_limit"  # DL / 2: the usual substitution for geochemical surveys
+    LIMIT = "limit"
+    MISSING = "missing"  # NaN: the sample does not count for that element
+
+
+class UnknownLimit(StrEnum):
+    """A censored value whose detection limit is neither in the value nor in the config."""
+
+    MIN_REPORTED = "min_reported"  # the element's smallest uncensored positive value (reported as assumed)
+    ERROR = "error"
+
+
+class DuplicateSites(StrEnum):
+    AVERAGE = "average"  # samples at one site are averaged element by element
+    FIRST = "first"
+    REJECT = "reject"  # a site sampled twice is an input error
+
+
+class BadValue(StrEnum):
+    """A cell that is not a number, a censored value or a missing marker."""
+
+    MISSING = "missing"  # that element of that sample becomes NaN; reported
+    DROP_ROW = "drop_row"  # the whole sample is dropped; reported
+
+
+class EvidenceKind(StrEnum):
+    CONTINUOUS = "continuous"
+    CATEGORICAL = "categorical"
+
+
+class CategoricalEncoding(StrEnum):
+    ONEHOT = "onehot"  # one channel per class (the most frequent ``max_classes`` in the study area)
+    INDEX = "index"  # one channel: the class id scaled to [0, 1]
+
+
+class Resampling(StrEnum):
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    AVERAGE = "average"

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fnmatch
-import glob
 import io
 import json
 import math
@@ -43,13 +41,13 @@ from minseg.inference.outputs import SlideOutputs, preview_sample, preview_strid
 from minseg.inference.sliding import TileGrid, mean_fill
 from minseg.inference.stitch import Stitcher
 from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError
-from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, is_s3, join_uri, parse_uri
+from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
+                                 parse_uri)
 from minseg.io.tables import csv_text
 from minseg.logs import Progress, get_logger, log_event
 from minseg.runtime import init_ray, task_options
 
 log = get_logger("segment")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class SegmentInputError(ValueError):
@@ -66,10 +64,10 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
         entries += read_slide_list(settings.slide_list, storage)
     uris: list[str] = []
     for entry in entries:
-        if not _GLOB_CHARS.search(entry):
+        if not has_glob(entry):
             uris.append(entry if is_s3(entry) else absolute_uri(entry))
             continue
-        matches = _expand_glob(entry, storage)
+        matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
         if not matches:
             log_event(log, "segment.glob_empty", pattern=entry)
         uris += matches
@@ -77,15 +75,6 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
     if not unique:
         raise SegmentInputError("segment: no slides given (set segment.slides or segment.slide_list; globs matched nothing)")
     return unique
-
-
-def _expand_glob(pattern: str, storage: Storage) -> list[str]:
-    if is_s3(pattern):
-        prefix = _GLOB_CHARS.split(pattern, 1)[0]
-        found = [info.uri for info in storage.list(prefix) if fnmatch.fnmatchcase(info.uri, pattern)]
-    else:
-        found = [absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
-    return sorted(uri for uri in found if uri.lower().endswith(SLIDE_SUFFIXES))
 
 
 def read_slide_list(uri: str, storage: Storage) -> list[str]:

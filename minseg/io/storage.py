@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import fnmatch
+import glob
 import io
 import os
 import re
@@ -110,6 +112,24 @@ def absolute_uri(uri: str | os.PathLike[str]) -> str:
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
     return os.fspath(uri).startswith("s3://")
+
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def has_glob(uri: str) -> bool:
+    return bool(GLOB_CHARS.search(uri))
+
+
+def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Files matching a glob (``**`` included) locally or under an s3:// prefix, sorted; only names
+    ending in ``suffixes`` (lower-case) when given."""
+    if is_s3(pattern):
+        prefix = GLOB_CHARS.split(pattern, 1)[0]
+        found = [info.uri for info in storage.list(prefix) if fnmatch.fnmatchcase(info.uri, pattern)]
+    else:
+        found = [absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+    return sorted(uri for uri in found if suffixes is None or uri.lower().endswith(suffixes))
 
 
 @dataclass(frozen=True)

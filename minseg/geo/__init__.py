@@ -1,0 +1,1 @@
+"""Mineral prospectivity mapping: sample tables, evidence layers, IDW, screening, the MFAF ensemble."""

@@ -1,0 +1,175 @@
+"""The ``prospect`` config section: inputs (samples, deposits, evidence), the target grid, IDW, screening.
+
+Every input names its columns and its CRS explicitly where the file cannot; everything is
+brought onto one target grid (``grid``) in one working CRS.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from minseg.config.base import StrictModel
+from minseg.enums import (
+    BadValue,
+    CategoricalEncoding,
+    CensoredValue,
+    DuplicateSites,
+    EvidenceKind,
+    Resampling,
+    UnknownLimit,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class ProspectInputError(ValueError):
+    """An input that cannot be used at all (missing file or column, unusable CRS): the job stops before work."""
+
+
+class SampleTable(StrictModel):
+    """Geochemical samples: CSV / Parquet (x, y columns) or GeoPackage / shapefile / GeoJSON points."""
+
+    uri: str = Field(description="file, glob or s3:// URI; several files are read as one table")
+    layer: str | None = Field(None, description="layer of a GeoPackage (default: the first)")
+    x: str | None = Field(None, description="x column; default: the point geometry")
+    y: str | None = Field(None, description="y column; default: the point geometry")
+    crs: str | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
+    id: str | None = Field(None, description="sample id column, named in reports (default: the row number)")
+    elements: dict[str, str] = Field(description="element name -> its value column")
+    flags: dict[str, str] = Field(default_factory=dict, description="element -> its qualifier column, e.g. "
+                                  "Cu: Cu_511P_T ('<' marks a value below the detection limit)")
+    censored_flags: list[str] = Field(["<"], description="qualifier values meaning 'below detection limit'; "
+                                      "other qualifiers keep the value and are counted in the report")
+    censored: CensoredValue = Field(CensoredValue.HALF_LIMIT, description="what a <DL value becomes")
+    detection_limits: dict[str, float] = Field(
+        default_factory=dict, description="element -> limit, for censored values that carry none (0 or empty)")
+    unknown_limit: UnknownLimit = UnknownLimit.MIN_REPORTED
+    nonpositive_censored: bool = Field(
+        True, description="a value <= 0 is a lab's 'not detected' code: censored with an unknown limit "
+                          "(false: reported as a bad value)")
+    missing_markers: list[str] = Field(["", "na", "n/a", "nan", "null", "none", "-", "--"],
+                                       description="cell texts meaning 'not analysed' (case-insensitive)")
+    bad_values: BadValue = BadValue.MISSING
+    duplicates: DuplicateSites = DuplicateSites.AVERAGE
+    duplicate_tolerance_m: float = Field(0.0, ge=0, description="samples closer than this are one site")
+    batch_rows: int = Field(65_536, ge=1, description="rows per Ray Data batch when cleaning")
+
+    @model_validator(mode="after")
+    def _columns(self):
+        if (self.x is None) != (self.y is None):
+            raise ValueError("give both x and y columns, or neither (point geometry)")
+        if not self.elements:
+            raise ValueError("elements: name at least one element column")
+        unknown = sorted(set(self.flags) - set(self.elements))
+        if unknown:
+            raise ValueError(f"flags for elements not in 'elements': {', '.join(unknown)}")
+        unknown = sorted(set(self.detection_limits) - set(self.elements))
+        if unknown:
+            raise ValueError(f"detection_limits for elements not in 'elements': {', '.join(unknown)}")
+        if any(limit <= 0 for limit in self.detection_limits.values()):
+            raise ValueError("detection_limits must be positive")
+        return self
+
+
+class PointLayer(StrictModel):
+    """Known deposits / occurrences: points in a vector file, or a CSV with x/y columns."""
+
+    uri: str
+    layer: str | None = None
+    x: str | None = None
+    y: str | None = None
+    crs: str | None = Field(None, description="required when the file records none")
+    id: str | None = Field(None, description="id column named in reports and target tables")
+    where: dict[str, str] = Field(default_factory=dict, description="column -> regular expression (case-"
+                                  "insensitive) a deposit must match, e.g. Commodity: 'Cu|Au'")
+
+    @model_validator(mode="after")
+    def _columns(self):
+        if (self.x is None) != (self.y is None):
+            raise ValueError("give both x and y columns, or neither (point geometry)")
+        return self
+
+
+class EvidenceRaster(StrictModel):
+    """A gridded evidence layer (GeoTIFF, ESRI grid folder, anything GDAL reads)."""
+
+    uri: str
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: EvidenceKind = EvidenceKind.CONTINUOUS
+    crs: str | None = Field(None, description="the raster's CRS when the file records none or one that "
+                                              "cannot be identified (e.g. an ArcInfo grid without a datum)")
+    band: int = Field(1, ge=1)
+    nodata: float | None = Field(None, description="overrides the file's nodata value")
+    encoding: CategoricalEncoding = CategoricalEncoding.ONEHOT
+    max_classes: int = Field(8, ge=1, description="one-hot: the most frequent classes in the study area; "
+                                                 "the rest share an 'other' channel")
+    resampling: Resampling | None = Field(None, description="default: nearest for categorical, bilinear else")
+
+
+class LineLayer(StrictModel):
+    """Lines (faults, contacts) turned into a distance raster."""
+
+    uri: str
+    name: str = Field("fault_distance", pattern=NAME_PATTERN)
+    layer: str | None = None
+    crs: str | None = None
+    where: dict[str, str] = Field(default_factory=dict)
+    max_distance_m: float | None = Field(None, gt=0, description="distances are clipped here (default: none)")
+
+
+class GridSettings(StrictModel):
+    """The target grid: everything is aligned to it. Nodes are pixel centres."""
+
+    crs: str = Field(description="working CRS, e.g. EPSG:3067; inputs in other CRSs are reprojected")
+    cell_m: float | None = Field(None, gt=0, description="pixel size; default: the reference raster's")
+    extent: tuple[float, float, float, float] | None = Field(
+        None, description="xmin, ymin, xmax, ymax; default: the reference raster's, else the samples' bounds")
+    reference: str | None = Field(None, description="a raster whose grid (or extent) to use")
+    buffer_m: float = Field(0.0, ge=0, description="added around the samples' bounds when no extent is given")
+
+    @model_validator(mode="after")
+    def _needs_cell(self):
+        if self.cell_m is None and self.reference is None:
+            raise ValueError("give cell_m, or a reference raster to take the pixel size from")
+        if self.extent is not None:
+            xmin, ymin, xmax, ymax = self.extent
+            if not (xmax > xmin and ymax > ymin):
+                raise ValueError(f"extent must be xmin, ymin, xmax, ymax with max > min, got {self.extent}")
+        return self
+
+
+class IdwSettings(StrictModel):
+    power: float = Field(2.0, gt=0)
+    neighbours: int = Field(12, ge=1, description="k nearest samples (KD-tree)")
+    radius_m: float | None = Field(None, gt=0, description="ignore samples farther than this; nodes with none "
+                                                           "left are nodata")
+    log_transform: bool = Field(True, description="interpolate log10 values (concentrations are lognormal)")
+    block: int = Field(256, ge=16, description="grid block side per Ray task")
+
+
+class ScreeningSettings(StrictModel):
+    critical_z: float = Field(2.58, gt=0, description="Z_AUC a kept element must reach (2.58: 99 %)")
+    two_sided: bool = Field(False, description="also keep elements depleted around deposits (Z <= -critical)")
+    max_elements: int | None = Field(8, ge=1, description="keep at most this many, by |Z_AUC| (paper: 8)")
+    always: list[str] = Field(default_factory=list, description="elements kept whatever their Z_AUC")
+
+
+class ProspectSettings(StrictModel):
+    name: str = Field("prospectivity", pattern=NAME_PATTERN)
+    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
+    samples: SampleTable
+    deposits: PointLayer
+    rasters: list[EvidenceRaster] = Field(default_factory=list)
+    lines: list[LineLayer] = Field(default_factory=list)
+    grid: GridSettings
+    idw: IdwSettings = IdwSettings()
+    screening: ScreeningSettings = ScreeningSettings()
+
+    @field_validator("rasters")
+    @classmethod
+    def _unique_names(cls, rasters):
+        names = [r.name for r in rasters]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"evidence names must be unique: {', '.join(duplicated)}")
+        return rasters

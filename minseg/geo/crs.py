@@ -1,0 +1,72 @@
+"""Coordinate reference systems, compared by meaning rather than by spelling.
+
+An ESRI WKT of TM35FIN and ``EPSG:3067`` are the same CRS; a grid whose projection file
+names no datum is not identifiable and needs its CRS from the config.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+
+from minseg.geo.config import ProspectInputError
+
+_UNSPECIFIED_DATUM = ("not specified", "unknown", "not_specified")
+
+
+def parse_crs(value, where: str) -> CRS:
+    try:
+        return CRS.from_user_input(value)
+    except CRSError as exc:
+        raise ProspectInputError(f"{where}: CRS {str(value)[:80]!r} is not understood ({exc})") from None
+
+
+def identifiable(crs: CRS | None) -> bool:
+    """A CRS with a known datum (an ArcInfo grid's old projection file often has none)."""
+    if crs is None:
+        return False
+    datum = (crs.datum.name if crs.datum else "").lower()
+    return not any(word in datum for word in _UNSPECIFIED_DATUM)
+
+
+def same_crs(a: CRS, b: CRS) -> bool:
+    if a.equals(b, ignore_axis_order=True):
+        return True
+    code_a, code_b = a.to_epsg(min_confidence=70), b.to_epsg(min_confidence=70)
+    return code_a is not None and code_a == code_b
+
+
+def describe(crs: CRS | None) -> str:
+    if crs is None:
+        return "none"
+    code = crs.to_epsg(min_confidence=70)
+    return f"EPSG:{code}" if code else crs.name
+
+
+def input_crs(recorded: CRS | None, configured: str | None, source: str, key: str) -> CRS:
+    """The CRS to use for an input: the file's, or the config's where the file has none usable.
+
+    ``key`` is the config key to name in the error (e.g. ``prospect.rasters[0].crs``).
+    """
+    if configured is not None:
+        given = parse_crs(configured, key)
+        if identifiable(recorded) and not same_crs(recorded, given):
+            raise ProspectInputError(f"{source}: the file says its CRS is {describe(recorded)}, but {key} says "
+                             f"{describe(given)}; remove {key} or fix the file")
+        return given
+    if recorded is None:
+        raise ProspectInputError(f"{source}: the file records no CRS; give it in the config as {key}")
+    if not identifiable(recorded):
+        raise ProspectInputError(f"{source}: its CRS ({recorded.name!r}, datum {recorded.datum.name!r}) cannot be "
+                         f"identified; give it in the config as {key}")
+    return recorded
+
+
+def to_working(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Reproject coordinates into the working CRS (no-op when they are the same)."""
+    if same_crs(source, working):
+        return np.asarray(x, np.float64), np.asarray(y, np.float64)
+    transformer = Transformer.from_crs(source, working, always_xy=True)
+    tx, ty = transformer.transform(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return np.asarray(tx), np.asarray(ty)

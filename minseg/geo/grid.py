@@ -1,0 +1,49 @@
+"""The target grid every input is aligned to (pixel-centre nodes, north-up)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minseg.geo.config import GridSettings, ProspectInputError
+from minseg.geo.crs import parse_crs
+from minseg.io.geotiff import GridGeometry
+
+
+def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float, float] | None,
+                reference: GridGeometry | None = None) -> GridGeometry:
+    """From an explicit extent, else the reference raster's, else the samples' bounds plus ``buffer_m``.
+
+    The extent is snapped outwards to whole cells; a reference raster's own grid is used
+    as is when neither extent nor cell size is given.
+    """
+    crs = parse_crs(settings.crs, "prospect.grid.crs")
+    epsg = crs.to_epsg(min_confidence=70)
+    if epsg is None:
+        raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r} has no EPSG code; GeoTIFF outputs need one")
+    if reference is not None and settings.extent is None and settings.cell_m is None:
+        return GridGeometry(reference.x0, reference.y0, reference.pixel_width, reference.pixel_height,
+                            reference.rows, reference.cols, epsg)
+    cell = settings.cell_m or reference.pixel_width
+    if settings.extent is not None:
+        xmin, ymin, xmax, ymax = settings.extent
+    elif reference is not None:
+        xmin, ymin, xmax, ymax = reference.bounds
+    elif sample_bounds is not None:
+        xmin, ymin, xmax, ymax = sample_bounds
+        xmin, ymin, xmax, ymax = (xmin - settings.buffer_m, ymin - settings.buffer_m,
+                                  xmax + settings.buffer_m, ymax + settings.buffer_m)
+    else:
+        raise ProspectInputError("prospect.grid: no extent, reference raster or samples to take the extent from")
+    cols = max(1, math.ceil((xmax - xmin) / cell - 1e-9))
+    rows = max(1, math.ceil((ymax - ymin) / cell - 1e-9))
+    return GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg)
+
+
+def world_to_cell(geometry: GridGeometry, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, inside) of points; a point on a cell's left/top edge belongs to that cell."""
+    cols = np.floor((np.asarray(x) - geometry.x0) / geometry.pixel_width).astype(np.int64)
+    rows = np.floor((geometry.y0 - np.asarray(y)) / geometry.pixel_height).astype(np.int64)
+    inside = (rows >= 0) & (rows < geometry.rows) & (cols >= 0) & (cols < geometry.cols)
+    return rows, cols, inside

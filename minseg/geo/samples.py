@@ -1,0 +1,461 @@
+"""Geochemical sample tables → clean numeric samples in the working CRS, with a report.
+
+Tables stream through Ray Data in read units (a CSV file, a Parquet row group, a slice
+of a vector file's features), each parsed batch by batch, so millions of rows never sit
+in one task's memory as text. Each cell becomes a raw number and a code:
+
+- ``OK``: a number; ``FLAGGED``: a number with a qualifier that is not a censoring flag
+  (kept, counted); ``OVER``: ``>X`` (kept as X, counted);
+- ``CENSORED``: ``<X``, a censoring flag in the qualifier column, or (by default) a
+  value <= 0; the raw number is the detection limit, NaN when the cell carries none;
+- ``MISSING``: empty or a missing marker; ``BAD``: anything else (reported with file,
+  row, sample id, column and the text; never a silent zero).
+
+The driver then substitutes censored values (half the limit by default), fills unknown
+limits (config, else the element's smallest uncensored value, reported as assumed),
+merges duplicate sites and writes the problem rows to the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from minseg.config.schema import StorageSettings
+from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
+from minseg.geo.config import ProspectInputError, SampleTable
+from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.io.storage import Storage, glob_uris, has_glob, is_s3
+
+OK, FLAGGED, OVER, CENSORED, MISSING, BAD = 0, 1, 2, 3, 4, 5
+CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad"}
+
+TABLE_FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
+                 ".pq": "parquet", ".gpkg": "vector", ".shp": "vector", ".geojson": "vector", ".json": "vector",
+                 ".fgb": "vector", ".zip": "vector"}
+SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
+
+
+def table_format(uri: str) -> str:
+    lower = uri.lower()
+    for suffix in sorted(TABLE_FORMATS, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return TABLE_FORMATS[suffix]
+    raise ProspectInputError(f"{uri}: unknown table format (expected one of {', '.join(sorted(TABLE_FORMATS))})")
+
+
+def resolve_tables(uri: str, storage: Storage) -> list[str]:
+    if has_glob(uri):
+        found = glob_uris(uri, storage, tuple(TABLE_FORMATS))
+        if not found:
+            raise ProspectInputError(f"prospect.samples.uri: {uri!r} matched no table files")
+        return found
+    if not storage.exists(uri):
+        raise ProspectInputError(f"prospect.samples.uri: {uri}: no such file")
+    return [uri]
+
+
+@contextlib.contextmanager
+def local_vector(uri: str, storage: Storage):
+    """A local path GDAL can open: the file itself, or a download (with a shapefile's sidecars)."""
+    if not is_s3(uri):
+        yield uri
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="minseg-vector-") as folder:
+        stem, name = uri.rsplit(".", 1)[0], os.path.basename(uri)
+        parts = [uri] if not uri.lower().endswith(".shp") else [stem + ext for ext in SHAPEFILE_PARTS]
+        for part in parts:
+            if part != uri and not storage.exists(part):
+                continue
+            with open(os.path.join(folder, os.path.basename(part)), "wb") as handle:
+                handle.write(storage.read_bytes(part))
+        yield os.path.join(folder, name)
+
+
+def _vector_info(path: str, layer: str | None) -> dict:
+    import pyogrio
+
+    try:
+        return pyogrio.read_info(path, layer=layer)
+    except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError and friends
+        raise ProspectInputError(f"{path}: cannot be read as a vector file ({exc})") from None
+
+
+def _recorded_crs(text: str | None):
+    if not text:
+        return None
+    try:
+        return parse_crs(text, "")
+    except ValueError:
+        return None
+
+
+# -- planning on the driver -----------------------------------------------------
+
+
+@dataclass
+class ReadUnit:
+    uri: str
+    format: str
+    start: int  # first data row of the unit within its file (0-based)
+    count: int | None  # rows, None = to the end
+    crs_wkt: str
+    row_group: int | None = None
+
+
+def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[ReadUnit]:
+    """Check every file's columns and CRS up front and cut the files into read units."""
+    import pyarrow.parquet as pq
+
+    units: list[ReadUnit] = []
+    for uri in resolve_tables(settings.uri, storage):
+        kind = table_format(uri)
+        needed = set(settings.elements.values()) | set(settings.flags.values())
+        needed |= {c for c in (settings.x, settings.y, settings.id) if c}
+        if kind == "vector":
+            with local_vector(uri, storage) as path:
+                info = _vector_info(path, settings.layer)
+            columns, recorded = set(info["fields"]), _recorded_crs(info.get("crs"))
+            if settings.x is None and not (info.get("geometry_type") or "").lower().endswith("point"):
+                raise ProspectInputError(f"{uri}: geometry is {info.get('geometry_type')!r}, not points; "
+                                       "give prospect.samples.x / y columns or a point layer")
+            total = int(info["features"])
+        elif kind == "parquet":
+            with storage.open_read(uri) as handle:
+                meta = pq.ParquetFile(io.BytesIO(handle.read()) if is_s3(uri) else handle).metadata
+            columns, recorded, total = set(meta.schema.names), None, meta.num_rows
+        else:
+            columns, recorded, total = set(_csv_header(uri, storage)), None, None
+        missing = sorted(needed - columns)
+        if missing:
+            raise ProspectInputError(f"{uri}: no column(s) {', '.join(missing)} (prospect.samples); it has: "
+                                   f"{', '.join(sorted(columns)[:40])}")
+        if kind != "vector" and settings.x is None:
+            raise ProspectInputError(f"{uri}: a {kind} table has no geometry: give prospect.samples.x and y")
+        crs = input_crs(recorded, settings.crs, uri, "prospect.samples.crs")
+        wkt = crs.to_wkt()
+        if kind == "vector":
+            step = settings.batch_rows
+            units += [ReadUnit(uri, kind, start, min(step, total - start), wkt) for start in range(0, total, step)]
+        elif kind == "parquet":
+            start = 0
+            for group in range(meta.num_row_groups):
+                rows = meta.row_group(group).num_rows
+                units.append(ReadUnit(uri, kind, start, rows, wkt, row_group=group))
+                start += rows
+        else:
+            units.append(ReadUnit(uri, kind, 0, None, wkt))
+    return units
+
+
+def _csv_header(uri: str, storage: Storage) -> list[str]:
+    import pyarrow.csv as pacsv
+
+    with storage.open_read(uri) as handle:
+        reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16))
+        return reader.schema.names
+
+
+def _maybe_gzip(uri: str, handle):
+    import gzip
+
+    return gzip.GzipFile(fileobj=handle) if uri.lower().endswith(".gz") else handle
+
+
+# -- reading and parsing in Ray tasks ------------------------------------------------
+
+
+def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
+    """Yield (first row index, pyarrow table with the needed columns, x, y) per batch of a unit."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    text_columns = list(settings.elements.values()) + list(settings.flags.values()) + ([settings.id] if settings.id else [])
+    if unit.format == "csv":
+        # every value column as text: a '<0.5' in row 900 000 must not break a type guessed from row 1
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False)
+        delimiter = "\t" if unit.uri.lower().endswith(".tsv") else ","
+        with storage.open_read(unit.uri) as handle:
+            reader = pacsv.open_csv(_maybe_gzip(unit.uri, handle), convert_options=convert,
+                                    parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                    read_options=pacsv.ReadOptions(block_size=1 << 22))
+            start = 0
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                yield start, table, table.column(settings.x), table.column(settings.y)
+                start += table.num_rows
+    elif unit.format == "parquet":
+        with storage.open_read(unit.uri) as handle:
+            source = io.BytesIO(handle.read()) if is_s3(unit.uri) else handle
+            parquet = pq.ParquetFile(source)
+            start = unit.start
+            for batch in parquet.iter_batches(batch_size=settings.batch_rows, row_groups=[unit.row_group]):
+                table = pa.Table.from_batches([batch])
+                yield start, table, table.column(settings.x), table.column(settings.y)
+                start += table.num_rows
+    else:
+        import pyogrio
+        import shapely
+
+        with local_vector(unit.uri, storage) as path:
+            meta, table = pyogrio.read_arrow(path, layer=settings.layer, skip_features=unit.start,
+                                             max_features=unit.count)
+        if settings.x is not None:
+            x, y = table.column(settings.x), table.column(settings.y)
+        else:
+            geometry = shapely.from_wkb(table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False))
+            is_point = shapely.get_type_id(geometry) == 0
+            x = np.where(is_point, shapely.get_x(geometry), np.nan)
+            y = np.where(is_point, shapely.get_y(geometry), np.nan)
+        yield unit.start, table, x, y
+
+
+def _as_float(column) -> tuple[np.ndarray, np.ndarray]:
+    """(numbers, bad) for a coordinate column: NaN + bad where not a finite number."""
+    if isinstance(column, np.ndarray):
+        values = column.astype(np.float64)
+        return values, ~np.isfinite(values)
+    import pandas as pd
+
+    values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(np.float64)
+    return values, ~np.isfinite(values)
+
+
+def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.ndarray]:
+    """Raw numbers and codes of one element column (see the module docstring)."""
+    import pandas as pd
+
+    series = pd.Series(column.to_pandas() if hasattr(column, "to_pandas") else column)
+    n = len(series)
+    codes = np.full(n, OK, np.uint8)
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        raw = series.to_numpy(np.float64, na_value=np.nan).copy()  # arrow-backed: read-only
+        codes[np.isnan(raw)] = MISSING
+    else:
+        text = series.astype("string").str.strip()
+        missing = text.isna() | text.str.lower().isin([m.lower() for m in settings.missing_markers])
+        prefix_series = text.str[:1]
+        less, more = (prefix_series == "<").fillna(False), (prefix_series == ">").fillna(False)
+        body = text.where(~(less | more), text.str[1:].str.strip())
+        raw = pd.to_numeric(body.where(~missing.fillna(True), None), errors="coerce").to_numpy(np.float64, na_value=np.nan).copy()
+        missing = missing.fillna(True).to_numpy(bool)
+        codes[missing] = MISSING
+        bad = ~missing & ~np.isfinite(raw)
+        codes[bad] = BAD
+        codes[less.to_numpy(bool) & ~bad & ~missing] = CENSORED
+        codes[more.to_numpy(bool) & ~bad & ~missing] = OVER
+    if flags is not None:
+        flag_text = pd.Series(flags.to_pandas() if hasattr(flags, "to_pandas") else flags).astype("string").str.strip()
+        flag_text = flag_text.fillna("").to_numpy(object)
+        flagged = (flag_text != "") & (codes == OK)
+        censored_flag = np.isin(flag_text, settings.censored_flags) & np.isin(codes, (OK, MISSING))
+        codes[censored_flag] = CENSORED  # the value (if any) is the detection limit
+        codes[flagged & ~censored_flag] = FLAGGED
+    measured = np.isin(codes, (OK, FLAGGED, OVER))
+    nonpositive = measured & (raw <= 0)
+    if settings.nonpositive_censored:
+        codes[nonpositive] = CENSORED
+        raw[nonpositive] = np.nan  # a zero is not a limit
+    else:
+        codes[nonpositive] = BAD
+    censored = codes == CENSORED
+    raw[censored & ~(raw > 0)] = np.nan  # '<0' or a flagged zero: limit unknown
+    return raw, codes
+
+
+def clean_unit(batch: dict, settings: dict, working_wkt: str, storage: dict):
+    """Ray Data UDF: one read unit in, parsed batches out (a generator: bounded memory)."""
+    sample_settings = SampleTable.model_validate(settings)
+    store = Storage(StorageSettings.model_validate(storage))
+    working = parse_crs(working_wkt, "grid")
+    for index in range(len(batch["uri"])):
+        unit = ReadUnit(**{k: _scalar(batch[k][index]) for k in ReadUnit.__dataclass_fields__})
+        source = parse_crs(unit.crs_wkt, unit.uri)
+        for start, table, xs, ys in _read_batches(unit, sample_settings, store):
+            n = table.num_rows
+            x, bad_x = _as_float(xs)
+            y, bad_y = _as_float(ys)
+            x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working)
+            problems = [[] for _ in range(n)]
+            for row in np.flatnonzero(bad_x | bad_y):
+                problems[row].append({"column": settings["x"] or "geometry", "value": "",
+                                      "reason": "no usable coordinates (empty, non-point or not a number)"})
+            out = {"uri": np.full(n, unit.uri, object), "row": np.arange(start, start + n, dtype=np.int64) + 1,
+                   "x": x, "y": y, "coordinates_ok": ~(bad_x | bad_y)}
+            out["id"] = (np.asarray(table.column(sample_settings.id).to_pandas().astype("string").fillna(""), object)
+                         if sample_settings.id else out["row"].astype(str).astype(object))
+            for element, column_name in sample_settings.elements.items():
+                column = table.column(column_name)
+                flag_name = sample_settings.flags.get(element)
+                raw, codes = parse_cells(column, table.column(flag_name) if flag_name else None, sample_settings)
+                out[f"raw:{element}"], out[f"code:{element}"] = raw, codes
+                if (codes == BAD).any():
+                    texts = column.to_pandas()
+                    for row in np.flatnonzero(codes == BAD):
+                        problems[row].append({"column": column_name, "value": str(texts.iloc[row])[:60],
+                                              "reason": "not a number, a <DL value or a missing marker"
+                                              if not (raw[row] <= 0) else "not a positive concentration"})
+            out["problems"] = np.array([json.dumps(p) if p else "" for p in problems], object)
+            yield out
+
+
+def _scalar(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+# -- the driver: substitution, duplicates, report ---------------------------------------
+
+
+@dataclass
+class Samples:
+    """Clean samples in the working CRS: ``values[element]`` is NaN where not usable."""
+
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    values: dict[str, np.ndarray]
+    report: dict = field(default_factory=dict)
+    problems: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def read_samples(settings: SampleTable, working_crs, storage: Storage, storage_settings: StorageSettings,
+                 task_cpus: float = 0.5) -> Samples:
+    """Read, parse and clean every sample table with Ray Data (see the module docstring)."""
+    import ray
+
+    units = plan_units(settings, storage, working_crs)
+    items = [{k: getattr(u, k) for k in ReadUnit.__dataclass_fields__} for u in units]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200))).map_batches(
+        clean_unit, batch_size=1, num_cpus=task_cpus,
+        fn_kwargs={"settings": settings.model_dump(mode="json"), "working_wkt": working_crs.to_wkt(),
+                   "storage": storage_settings.model_dump(mode="json")},
+    )
+    dataset.context.execution_options.preserve_order = True  # rows keep file order: stable reports and ids
+    parts: dict[str, list] = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+    if not parts:
+        raise ProspectInputError(f"prospect.samples.uri: {settings.uri}: no rows")
+    columns = {key: np.concatenate(value) for key, value in parts.items()}
+    return finish_samples(columns, settings)
+
+
+def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Samples:
+    """Substitute censored values, drop unusable rows, merge duplicate sites; everything reported."""
+    n = len(columns["x"])
+    problems: list[dict] = []
+    keep = columns["coordinates_ok"].astype(bool).copy()
+    for index in np.flatnonzero(columns["problems"] != ""):
+        for problem in json.loads(columns["problems"][index]):
+            problems.append({"file": columns["uri"][index], "row": int(columns["row"][index]),
+                             "sample": columns["id"][index], **problem})
+    values: dict[str, np.ndarray] = {}
+    element_report: dict[str, dict] = {}
+    for element in settings.elements:
+        raw, codes = columns[f"raw:{element}"].copy(), columns[f"code:{element}"]
+        if settings.bad_values is BadValue.DROP_ROW:
+            keep &= codes != BAD
+        censored = codes == CENSORED
+        measured = np.isin(codes, (OK, FLAGGED, OVER)) & (raw > 0)
+        unknown = censored & ~(raw > 0)
+        limit_source, assumed = "value", None
+        # qualified values (e.g. GTK's '!': below the quantification limit) are not a lab's limit
+        unqualified = measured & (codes == OK)
+        if unknown.any():
+            if element in settings.detection_limits:
+                raw[unknown], limit_source = settings.detection_limits[element], "config"
+            elif settings.unknown_limit is UnknownLimit.MIN_REPORTED and measured.any():
+                assumed = float(raw[unqualified if unqualified.any() else measured].min())
+                raw[unknown], limit_source = assumed, "assumed: smallest unqualified reported value"
+            else:
+                rows = np.flatnonzero(unknown)[:5]
+                where = ", ".join(f"{columns['uri'][r]} row {int(columns['row'][r])}" for r in rows)
+                raise ProspectInputError(
+                    f"{element}: {int(unknown.sum())} censored value(s) carry no detection limit (e.g. {where}); "
+                    f"give prospect.samples.detection_limits.{element}")
+        value = np.where(measured, raw, np.nan)
+        if settings.censored is CensoredValue.HALF_LIMIT:
+            value[censored] = raw[censored] / 2
+        elif settings.censored is CensoredValue.LIMIT:
+            value[censored] = raw[censored]
+        values[element] = value
+        element_report[element] = {
+            "column": settings.elements[element],
+            **{CODE_NAMES[c]: int((codes == c).sum()) for c in CODE_NAMES},
+            "censored_limit_from": limit_source if censored.any() else None,
+            "assumed_detection_limit": assumed,
+            "censored_as": str(settings.censored),
+        }
+    ids, x, y = columns["id"][keep], columns["x"][keep], columns["y"][keep]
+    values = {e: v[keep] for e, v in values.items()}
+    dropped = int(n - keep.sum())
+    ids, x, y, values, duplicates = merge_sites(ids, x, y, values, settings, problems)
+    for element, value in values.items():
+        finite = value[np.isfinite(value)]
+        element_report[element]["usable"] = int(finite.size)
+        if finite.size:
+            element_report[element].update(min=float(finite.min()), median=float(np.median(finite)),
+                                            max=float(finite.max()))
+        else:
+            element_report[element]["note"] = "no usable value: the element cannot be interpolated"
+    report = {"rows_read": n, "rows_dropped": dropped, "samples": int(len(x)), "duplicates": duplicates,
+              "problems": len(problems), "elements": element_report,
+              "files": sorted(set(columns["uri"].tolist()))}
+    return Samples(ids=ids, x=x, y=y, values=values, report=report, problems=problems)
+
+
+def merge_sites(ids, x, y, values, settings: SampleTable, problems: list[dict]):
+    """Samples at one site (within ``duplicate_tolerance_m``): averaged, first kept, or all rejected."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    if n == 0:
+        return ids, x, y, values, {"sites": 0, "samples": 0, "policy": str(settings.duplicates)}
+    tree = cKDTree(np.column_stack([x, y]))
+    pairs = tree.query_pairs(settings.duplicate_tolerance_m, output_type="ndarray")
+    if len(pairs) == 0:
+        return ids, x, y, values, {"sites": 0, "samples": 0, "policy": str(settings.duplicates)}
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, site = connected_components(graph, directed=False)
+    sizes = np.bincount(site)
+    shared = sizes[site] > 1
+    summary = {"sites": int((sizes > 1).sum()), "samples": int(shared.sum()), "policy": str(settings.duplicates)}
+    if settings.duplicates is DuplicateSites.REJECT:
+        for index in np.flatnonzero(shared):
+            problems.append({"file": "", "row": -1, "sample": str(ids[index]), "column": "x/y", "value": "",
+                             "reason": f"duplicate site ({sizes[site[index]]} samples within "
+                                       f"{settings.duplicate_tolerance_m} m): rejected"})
+        keep = ~shared
+        return ids[keep], x[keep], y[keep], {e: v[keep] for e, v in values.items()}, summary
+    # one row per site, at the first sample's position
+    order = np.argsort(site, kind="stable")
+    first = order[np.r_[0, np.flatnonzero(np.diff(site[order])) + 1]]
+    first.sort()
+    if settings.duplicates is DuplicateSites.FIRST:
+        return ids[first], x[first], y[first], {e: v[first] for e, v in values.items()}, summary
+    merged = {}
+    for element, value in values.items():
+        finite = np.isfinite(value)
+        sums = np.bincount(site, weights=np.where(finite, value, 0.0), minlength=len(sizes))
+        counts = np.bincount(site, weights=finite.astype(np.float64), minlength=len(sizes))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / counts
+        merged[element] = mean[site[first]]
+    return ids[first], x[first], y[first], merged, summary

@@ -1,0 +1,120 @@
+"""Point and line layers (deposits, faults): shapefile, GeoPackage, GeoJSON or CSV, in the working CRS."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minseg.geo.config import LineLayer, PointLayer, ProspectInputError
+from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.geo.samples import local_vector
+from minseg.io.storage import Storage
+
+
+@dataclass
+class Points:
+    ids: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, mask: np.ndarray) -> "Points":
+        return Points(self.ids[mask], self.x[mask], self.y[mask], {k: v[mask] for k, v in self.attributes.items()},
+                      dict(self.report))
+
+
+def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
+    """(pyarrow table, geometry WKB array or None, recorded CRS or None)."""
+    if uri.lower().endswith((".csv", ".txt")):
+        import io
+
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(io.BytesIO(storage.read_bytes(uri)))
+        return table, None, None
+    import pyogrio
+
+    try:
+        with local_vector(uri, storage) as path:
+            meta, table = pyogrio.read_arrow(path, layer=layer)
+    except FileNotFoundError:
+        raise ProspectInputError(f"{key}: {uri}: no such file") from None
+    except Exception as exc:
+        raise ProspectInputError(f"{key}: {uri}: cannot be read as a vector file ({exc})") from None
+    geometry_name = meta.get("geometry_name") or "wkb_geometry"
+    wkb = table.column(geometry_name).to_numpy(zero_copy_only=False) if geometry_name in table.column_names else None
+    recorded = parse_crs(meta["crs"], uri) if meta.get("crs") else None
+    return table, wkb, recorded
+
+
+def _filter(table, where: dict[str, str], uri: str, key: str) -> np.ndarray:
+    keep = np.ones(table.num_rows, bool)
+    for column, pattern in where.items():
+        if column not in table.column_names:
+            raise ProspectInputError(f"{key}.where: {uri} has no column {column!r}; it has: "
+                                   f"{', '.join(table.column_names)}")
+        regex = re.compile(pattern, re.IGNORECASE)
+        text = table.column(column).to_pandas().astype("string").fillna("")
+        keep &= np.array([bool(regex.search(value)) for value in text], bool)
+    return keep
+
+
+def read_points(settings: PointLayer, working, storage: Storage, key: str = "prospect.deposits") -> Points:
+    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key)
+    crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
+    if settings.x is not None:
+        for column in (settings.x, settings.y):
+            if column not in table.column_names:
+                raise ProspectInputError(f"{key}: {settings.uri} has no column {column!r}")
+        x = table.column(settings.x).to_numpy().astype(np.float64)
+        y = table.column(settings.y).to_numpy().astype(np.float64)
+    else:
+        import shapely
+
+        if wkb is None:
+            raise ProspectInputError(f"{key}: {settings.uri} has no geometry; give {key}.x and {key}.y")
+        geometry = shapely.from_wkb(wkb)
+        if not (shapely.get_type_id(geometry) == 0).all():
+            raise ProspectInputError(f"{key}: {settings.uri}: expected points, found "
+                                   f"{sorted(set(shapely.get_type_id(geometry).tolist()) - {0})} geometry types")
+        x, y = shapely.get_x(geometry), shapely.get_y(geometry)
+    keep = _filter(table, settings.where, settings.uri, key)
+    if settings.id and settings.id not in table.column_names:
+        raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")
+    ids = (table.column(settings.id).to_pandas().astype(str).to_numpy(object) if settings.id
+           else np.array([str(i + 1) for i in range(table.num_rows)], object))
+    x, y = to_working(x, y, crs, working)
+    attributes = {name: table.column(name).to_pandas().to_numpy(object) for name in table.column_names
+                  if name not in ("geom", "geometry", "wkb_geometry")}
+    points = Points(ids, x, y, attributes).subset(keep & np.isfinite(x) & np.isfinite(y))
+    points.report = {"file": settings.uri, "features": int(table.num_rows), "kept": len(points),
+                     "filtered_out": int((~keep).sum()), "where": dict(settings.where)}
+    return points
+
+
+def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list[np.ndarray]:
+    """Each line as an (n, 2) array of vertices in the working CRS (multi-lines split into parts)."""
+    import shapely
+
+    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key)
+    if wkb is None:
+        raise ProspectInputError(f"{key}: {settings.uri} has no geometry")
+    crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
+    geometry = shapely.from_wkb(wkb)[_filter(table, settings.where, settings.uri, key)]
+    parts = shapely.get_parts(geometry)
+    lines = []
+    for part in parts:
+        if part is None or part.is_empty or shapely.get_type_id(part) not in (1, 2):
+            continue
+        coords = np.asarray(part.coords)[:, :2]
+        x, y = to_working(coords[:, 0], coords[:, 1], crs, working)
+        lines.append(np.column_stack([x, y]))
+    if not lines:
+        raise ProspectInputError(f"{key}: {settings.uri}: no line geometries (after filtering)")
+    return lines

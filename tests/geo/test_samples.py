@@ -1,0 +1,150 @@
+"""Sample tables: censoring, missing and bad cells, duplicates, CRS, formats; the real GTK till table."""
+
+import json
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from minseg.config.schema import StorageSettings
+from minseg.geo.config import SampleTable
+from minseg.geo.crs import parse_crs
+from minseg.geo.config import ProspectInputError
+from minseg.geo.samples import parse_cells, read_samples
+from minseg.io.storage import Storage
+
+WORKING = parse_crs("EPSG:3067", "test")
+
+
+def read(settings, **_):
+    return read_samples(settings, WORKING, Storage(), StorageSettings(), task_cpus=0.25)
+
+
+def table(tmp_path, text, name="samples.csv"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return str(path)
+
+
+def test_censored_missing_and_bad_cells(tmp_path, ray_session):
+    uri = table(tmp_path, """
+        id,x,y,Cu,Au,Au_flag
+        a,1000,2000,12.5,<0.5,
+        b,1100,2000,<2,0.8,<
+        c,1200,2000,n/a,0.0,
+        d,1300,2000,abc,>50,
+        e,1400,2000,0,3,!
+        """)
+    settings = SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu", "Au": "Au"},
+                           flags={"Au": "Au_flag"}, detection_limits={"Cu": 1.0})
+    samples = read(settings)
+    cu, au = samples.values["Cu"], samples.values["Au"]
+    assert cu[0] == 12.5 and cu[1] == 1.0  # <2 -> half the limit
+    assert np.isnan(cu[2]) and np.isnan(cu[3])  # missing marker; garbage is never a silent zero
+    assert cu[4] == 0.5  # a zero is 'not detected' with an unknown limit: the configured one, halved
+    assert au[0] == 0.25 and au[1] == 0.4  # flag '<' makes the value the limit
+    # a zero: unknown limit -> the smallest unqualified value; there is none ('!' 3, '>50'), so the smallest value
+    assert au[2] == pytest.approx(3 / 2)
+    assert au[3] == 50 and au[4] == 3
+    assert [p["sample"] for p in samples.problems] == ["d"]
+    problem = samples.problems[0]
+    assert problem["column"] == "Cu" and problem["value"] == "abc" and problem["row"] == 4
+    assert problem["file"].endswith("samples.csv")
+    report = samples.report["elements"]
+    assert report["Cu"]["bad"] == 1 and report["Cu"]["missing"] == 1 and report["Cu"]["censored"] == 2
+    assert report["Au"]["over_range"] == 1 and report["Au"]["flagged"] == 1
+    assert report["Au"]["censored_limit_from"].startswith("assumed")
+
+
+def test_censoring_policies_and_unknown_limits(tmp_path, ray_session):
+    uri = table(tmp_path, """
+        x,y,Zr
+        0,0,<10
+        10,0,40
+        20,0,0
+        """)
+    base = dict(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Zr": "Zr"})
+    assert read(SampleTable(**base, censored="limit")).values["Zr"].tolist() == [10, 40, 40]
+    assert np.isnan(read(SampleTable(**base, censored="missing")).values["Zr"][[0, 2]]).all()
+    with pytest.raises(ProspectInputError, match="detection_limits.Zr"):
+        read(SampleTable(**base, unknown_limit="error"))
+    strict = read(SampleTable(**base, nonpositive_censored=False))
+    assert np.isnan(strict.values["Zr"][2]) and strict.problems[0]["reason"] == "not a positive concentration"
+    dropped = read(SampleTable(**base, nonpositive_censored=False, bad_values="drop_row"))
+    assert len(dropped) == 2 and dropped.report["rows_dropped"] == 1
+
+
+def test_all_nan_element_is_reported_not_fatal(tmp_path, ray_session):
+    uri = table(tmp_path, """
+        x,y,Cu,Hg
+        0,0,5,
+        10,0,6,n/a
+        """)
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu", "Hg": "Hg"}))
+    assert np.isnan(samples.values["Hg"]).all()
+    assert samples.report["elements"]["Hg"]["usable"] == 0 and "cannot be interpolated" in samples.report["elements"]["Hg"]["note"]
+
+
+@pytest.mark.parametrize("policy, expected", [("average", [3.0, 10.0]), ("first", [2.0, 10.0]), ("reject", [10.0])])
+def test_duplicate_sites(tmp_path, ray_session, policy, expected):
+    uri = table(tmp_path, """
+        x,y,Cu
+        0,0,2
+        0.5,0,4
+        100,0,10
+        """)
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"}, duplicates=policy,
+                               duplicate_tolerance_m=1.0))
+    assert samples.values["Cu"].tolist() == expected
+    assert samples.report["duplicates"]["sites"] == 1 and samples.report["duplicates"]["samples"] == 2
+
+
+def test_missing_crs_wrong_columns_and_crs_mismatch(tmp_path, ray_session):
+    uri = table(tmp_path, "x,y,Cu\n0,0,1\n")
+    with pytest.raises(ProspectInputError, match=r"records no CRS; give it in the config as prospect.samples.crs"):
+        read(SampleTable(uri=uri, x="x", y="y", elements={"Cu": "Cu"}))
+    with pytest.raises(ProspectInputError, match=r"no column\(s\) Zn"):
+        read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Zn": "Zn"}))
+    geojson = tmp_path / "points.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection",
+                                   "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3067"}},
+                                   "features": [{"type": "Feature", "properties": {"Cu": 1.0},
+                                                 "geometry": {"type": "Point", "coordinates": [1, 2]}}]}))
+    with pytest.raises(ValueError, match="the file says its CRS is EPSG:3067, but prospect.samples.crs says EPSG:4326"):
+        read(SampleTable(uri=str(geojson), crs="EPSG:4326", elements={"Cu": "Cu"}))
+
+
+def test_parquet_row_groups_and_reprojection(tmp_path, ray_session):
+    """Samples in lon/lat are reprojected into the working CRS; row numbers run across row groups."""
+    lon = np.linspace(24.0, 25.0, 10)
+    lat = np.full(10, 65.0)
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"lon": lon, "lat": lat, "Cu": np.arange(10.0) + 1}), path, row_group_size=4)
+    samples = read(SampleTable(uri=str(path), x="lon", y="lat", crs="EPSG:4326", elements={"Cu": "Cu"}))
+    from pyproj import Transformer
+
+    ex, ey = Transformer.from_crs(4326, 3067, always_xy=True).transform(lon, lat)
+    np.testing.assert_allclose(samples.x, ex)
+    np.testing.assert_allclose(samples.y, ey)
+    assert samples.values["Cu"].tolist() == list(np.arange(10.0) + 1)
+
+
+def test_parse_cells_keeps_numeric_columns_numeric():
+    settings = SampleTable(uri="x", x="x", y="y", elements={"Cu": "Cu"})
+    raw, codes = parse_cells(pa.array([1.5, None, -2.0]), None, settings)
+    assert raw[0] == 1.5 and np.isnan(raw[1]) and np.isnan(raw[2])
+    assert codes.tolist() == [0, 4, 3]  # ok, missing, censored (a negative is a 'not detected' code)
+
+
+def test_real_gtk_till_table(shared_data, ray_session):
+    path = shared_data / "geochem-gtk" / "till_geochem_IOCG_CLB.gpkg"
+    elements = {"Cu": "Cu_ppm_511", "Zr": "Zr_ppm_511", "Th": "Th_ppm_511", "K": "K_ppm_511P"}
+    flags = {e: f"{e}_511P_T" for e in elements}
+    samples = read(SampleTable(uri=str(path), id="OBJECTID", elements=elements, flags=flags))
+    assert len(samples) == 1112 and samples.report["problems"] == 0
+    zr = samples.report["elements"]["Zr"]
+    assert zr["censored"] == 182 and zr["usable"] == 1112  # 166 '<' flags + 16 zeros qualified '!'
+    assert all(np.isfinite(v).all() and (v > 0).all() for v in samples.values.values())
+    assert 346000 < samples.x.min() and samples.x.max() < 414000  # point geometry in EPSG:3067

@@ -1,0 +1,73 @@
+"""Element screening by AUC / Z_AUC, deposits on the grid, semantic CRS comparison."""
+
+import numpy as np
+import pytest
+
+from minseg.geo.config import GridSettings, ProspectInputError, ScreeningSettings
+from minseg.geo.crs import input_crs, parse_crs, same_crs
+from minseg.geo.grid import target_grid, world_to_cell
+from minseg.geo.screening import format_table, screen_elements
+from minseg.metrics import auc_z_score
+
+
+def test_screening_table_by_hand():
+    grid = np.arange(16, dtype=np.float32).reshape(4, 4)  # deposits on high values -> strong association
+    deposits = np.array([[3, 3], [3, 2], [3, 3]])  # a duplicate cell counts once
+    noise = np.array([[5, 1, 9, 3], [2, 8, 0, 7], [4, 6, 11, 10], [12, 15, 13, 14]], np.float32)[::-1]
+    empty = np.full((4, 4), np.nan, np.float32)
+    rows = screen_elements({"Cu": grid, "Zn": -grid, "Pb": noise, "Hg": empty}, deposits,
+                           ScreeningSettings(critical_z=1.0, max_elements=None))
+    by = {r["element"]: r for r in rows}
+    assert by["Cu"]["positives"] == 2 and by["Cu"]["negatives"] == 14
+    assert by["Cu"]["auc"] == 1.0 and by["Cu"]["kept"]
+    # by hand: the two deposit cells hold 15 and 14; Zn = -Cu ranks them lowest -> AUC 0
+    assert by["Zn"]["auc"] == 0.0 and not by["Zn"]["kept"]
+    # deposit cells hold 3 and 9: 3 of the 14 other cells are below 3, 8 below 9 -> U = 11 of 2 x 14 pairs
+    assert by["Pb"]["auc"] == pytest.approx(round(11 / 28, 4))
+    assert by["Pb"]["z_auc"] == pytest.approx(auc_z_score(by["Pb"]["auc"], 2, 14), abs=1e-3)
+    assert not by["Hg"]["kept"] and by["Hg"]["reason"] == "no values at all"
+    two_sided = {r["element"]: r for r in screen_elements({"Zn": -grid}, deposits,
+                                                           ScreeningSettings(critical_z=1.0, two_sided=True))}
+    assert two_sided["Zn"]["kept"]
+    assert "Cu" in format_table(rows)
+
+
+def test_max_elements_keeps_the_strongest():
+    rng = np.random.default_rng(0)
+    base = rng.random((50, 50)).astype(np.float32)
+    deposits = np.argwhere(base > 0.97)
+    grids = {"strong": base, "weaker": base + rng.normal(0, 0.3, base.shape).astype(np.float32),
+             "none": rng.random((50, 50)).astype(np.float32)}
+    rows = {r["element"]: r for r in screen_elements(grids, deposits, ScreeningSettings(max_elements=1,
+                                                                                         always=["none"]))}
+    assert rows["strong"]["kept"] and not rows["weaker"]["kept"] and "max_elements" in rows["weaker"]["reason"]
+    assert rows["none"]["kept"] and rows["none"]["reason"] == "always kept (config)"
+
+
+def test_crs_compared_by_meaning(shared_data):
+    esri = parse_crs((shared_data / "geochem-gtk" / "IOCG.prj").read_text(), "IOCG.prj")
+    assert same_crs(esri, parse_crs("EPSG:3067", "x")) and not same_crs(esri, parse_crs("EPSG:3857", "x"))
+    assert input_crs(esri, "EPSG:3067", "IOCG.shp", "prospect.deposits.crs") is not None
+
+
+def test_unidentifiable_crs_needs_the_config(shared_data):
+    import rasterio
+
+    with rasterio.open(shared_data / "geochem-gtk" / "lithoname200k") as source:
+        recorded = parse_crs(source.crs.to_wkt(), "grid")
+    with pytest.raises(ProspectInputError, match=r"cannot be identified; give it in the config as prospect.rasters\[0\].crs"):
+        input_crs(recorded, None, "lithoname200k", "prospect.rasters[0].crs")
+    assert same_crs(input_crs(recorded, "EPSG:3067", "lithoname200k", "prospect.rasters[0].crs"),
+                    parse_crs("EPSG:3067", "x"))
+
+
+def test_grid_from_sample_bounds_and_cells_of_points():
+    geometry = target_grid(GridSettings(crs="EPSG:3067", cell_m=100, buffer_m=50), (1000, 2000, 1950, 2420))
+    # 950..2000 x 1950..2470 snapped outwards to whole 100 m cells, anchored at the lower left
+    assert (geometry.x0, geometry.y0, geometry.rows, geometry.cols) == (950, 2550, 6, 11)
+    rows, cols, inside = world_to_cell(geometry, np.array([950.0, 1049.9, 1999.9, 5000.0]),
+                                       np.array([2550.0, 2450.1, 1950.1, 2000.0]))
+    assert rows.tolist()[:3] == [0, 0, 5] and cols.tolist()[:3] == [0, 0, 10]
+    assert inside.tolist() == [True, True, True, False]
+    with pytest.raises(ProspectInputError, match="EPSG code"):
+        target_grid(GridSettings(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10), (0, 0, 1, 1))
