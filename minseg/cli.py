@@ -103,6 +103,34 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_prospect(args) -> int:
+    from minseg.geo.config import ProspectInputError
+    from minseg.geo.prospect import map_prospectivity
+
+    config = _load(args)
+    if config.prospect is None:
+        raise ProspectInputError("the prospect job needs a 'prospect' section in --config (see configs/prospect_*.yaml)")
+    if args.out:
+        config.prospect.output_uri = args.out
+    summary = map_prospectivity(config, resume=args.resume)
+    metrics = summary["metrics"]
+    prediction, success = metrics["prediction_rate"], metrics["success_rate"]
+    captures = ", ".join(f"{k.replace('top_', 'top ').replace('_percent', ' %')}: {v:.1f} %"
+                         for k, v in prediction.items() if k.startswith("top_") and v is not None)
+    print(f"prospectivity -> {summary['output']}")
+    print(f"  kept elements: {', '.join(summary['kept_elements']) or 'none'}; channels: {len(summary['channels'])}")
+    if prediction["auc"] is not None:
+        print(f"  spatial CV prediction rate: AUC {prediction['auc']:.3f} over {prediction['deposits']} held-out "
+              f"deposits; {captures}")
+    if success["auc"] is not None:
+        print(f"  success rate (final map, all deposits): AUC {success['auc']:.3f}")
+    print(f"  targets: {summary['targets']} (targets.csv, targets.geojson)")
+    failed = [m for m in summary["members"] if m["status"] != "done"]
+    if failed:
+        print(f"minseg: {len(failed)} member trial(s) failed; see models/members.csv", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_segment(args) -> int:
     from minseg.inference.config import SegmentSettings
     from minseg.inference.segment import segment_slides
@@ -255,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
     segment.set_defaults(func=cmd_segment)
 
+    prospect = sub.add_parser("prospect", help="map mineral prospectivity: samples + evidence -> MFAF ensemble -> "
+                              "maps, curves and ranked targets")
+    _add_config_options(prospect, required=True)
+    prospect.add_argument("--out", help="output folder or s3:// prefix (default: prospect.output_uri)")
+    prospect.add_argument("--resume", action="store_true", help="keep member trials that already finished")
+    prospect.set_defaults(func=cmd_prospect)
+
     config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
     config.add_argument("action", choices=["validate", "show"])
     config.add_argument("config", help="YAML config (path or s3:// URI)")
@@ -284,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     from minseg.data.pipeline import DataError
     from minseg.io.storage import StorageError
     from minseg.ensemble.manifest import ManifestError
+    from minseg.geo.config import ProspectInputError, ProspectRunError
     from minseg.inference.segment import SegmentInputError
     from minseg.train.ensemble import ResourceError
     from minseg.logs import configure_logging
@@ -297,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, StorageError, DataError, ResourceError, ManifestError, ValidationError,
-            SegmentInputError) as exc:
+            SegmentInputError, ProspectInputError) as exc:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
+    except ProspectRunError as exc:
+        print(f"minseg: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("minseg: interrupted", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from minseg.config.base import StrictModel, TiffTileSize
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings
+from minseg.geo.config import ProspectSettings
 from minseg.inference.config import SegmentSettings
 from minseg.train.config import TrainingSettings
 from minseg.enums import AddressingStyle, ImageFormat, TiffCompression
@@ -129,3 +130,4 @@ class MinsegConfig(StrictModel):
     training: TrainingSettings | None = None
     evaluation: EvaluationSettings | None = None
     segment: SegmentSettings | None = None
+    prospect: ProspectSettings | None = None

@@ -10,20 +10,27 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.enums import (
+    Augmentation,
     BadValue,
     CategoricalEncoding,
     CensoredValue,
     DuplicateSites,
     EvidenceKind,
+    Precision,
     Resampling,
     UnknownLimit,
 )
+from minseg.train.config import TrainingSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class ProspectInputError(ValueError):
     """An input that cannot be used at all (missing file or column, unusable CRS): the job stops before work."""
+
+
+class ProspectRunError(RuntimeError):
+    """The job ran but could not produce its maps (e.g. every member of an ensemble failed to train)."""
 
 
 class SampleTable(StrictModel):
@@ -154,6 +161,53 @@ class ScreeningSettings(StrictModel):
     always: list[str] = Field(default_factory=list, description="elements kept whatever their Z_AUC")
 
 
+class WindowSettings(StrictModel):
+    size: int = Field(128, ge=8, description="window side in cells (paper: 128)")
+    stride: int = Field(32, ge=1, description="lattice spacing of the negative windows")
+    negative_buffer: int | None = Field(None, ge=0, description="no negative window centred within this many cells "
+                                        "of a deposit (default: size // 2; at most size)")
+    max_negatives: int | None = Field(2000, ge=1, description="a random subset of the lattice, to bound memory")
+
+    @model_validator(mode="after")
+    def _buffer(self):
+        if self.negative_buffer is not None and self.negative_buffer > self.size:
+            raise ValueError("negative_buffer must not exceed size (a larger buffer would use test deposits' "
+                             "positions to pick training negatives)")
+        return self
+
+    @property
+    def buffer(self) -> int:
+        return self.size // 2 if self.negative_buffer is None else self.negative_buffer
+
+
+class CrossValidationSettings(StrictModel):
+    folds: int = Field(4, ge=2)
+    block_cells: int | None = Field(None, ge=1, description="spatial block side (default: 2 x window size)")
+
+
+class BalanceSettings(StrictModel):
+    smote: bool = True
+    positive_ratio: float = Field(1.0, gt=0, le=1, description="positives per negative after SMOTE")
+    noise_variance: float = Field(0.01, ge=0, description="Gaussian noise of the extra copies (paper: 0.01)")
+    noise_copies: int = Field(1, ge=0, description="noisy copies of every positive window")
+
+
+class PredictionSettings(StrictModel):
+    stride: int = Field(4, ge=1, description="one window per stride x stride cells of the map")
+    tile: int = Field(64, ge=1, description="map cells per side of one actor task")
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(0.5, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    precision: Precision = Precision.AUTO
+
+
+class TargetSettings(StrictModel):
+    top_percent: float = Field(10.0, gt=0, le=100, description="share of the study area flagged as targets")
+    min_cells: int = Field(4, ge=1, description="smaller connected regions are dropped")
+    capture_percents: list[float] = Field([10.0, 20.0], description="report % of deposits in the top X % of area")
+
+
 class ProspectSettings(StrictModel):
     name: str = Field("prospectivity", pattern=NAME_PATTERN)
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
@@ -164,6 +218,13 @@ class ProspectSettings(StrictModel):
     grid: GridSettings
     idw: IdwSettings = IdwSettings()
     screening: ScreeningSettings = ScreeningSettings()
+    windows: WindowSettings = WindowSettings()
+    cv: CrossValidationSettings = CrossValidationSettings()
+    balance: BalanceSettings = BalanceSettings()
+    augmentation: Augmentation = Field(Augmentation.NONE, description="on-the-fly augmentation of training windows")
+    training: TrainingSettings
+    prediction: PredictionSettings = PredictionSettings()
+    targets: TargetSettings = TargetSettings()
 
     @field_validator("rasters")
     @classmethod

@@ -109,7 +109,49 @@ def _ray_storage(storage: Storage, run_uri: str) -> tuple[str, object | None]:
     return parse_uri(join_uri(run_uri, "ray")).path, None
 
 
-def run_member(trial_config: dict, prepared: PreparedData, config: MinsegConfig) -> None:
+class ImageSource:
+    """Training data from image datasets (``prepare_data``): the split, or k folds by source image."""
+
+    def __init__(self, prepared: PreparedData, data):
+        self.prepared, self.data = prepared, data
+        self.task, self.num_classes, self.in_channels = prepared.task, prepared.classmap.num_classes, 3
+
+    def trial_folds(self) -> list[int | None]:
+        return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
+
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, dict]:
+        """(datasets, worker fields) of one trial."""
+        prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
+        if fold is None:
+            train = split_dataset(prepared, data, "train", storage, cpus)
+            val = split_dataset(prepared, data, "val", storage, cpus)
+            train_tiles, val_tiles = prepared.tile_count("train"), prepared.tile_count("val")
+        else:
+            held_out = prepared.folds[fold]
+            pool = prepared.splits["train"] + prepared.splits["val"]
+            prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool}})
+            train = split_dataset(prepared, data, "train", storage, cpus, exclude=held_out)
+            val = split_dataset(prepared, data, "val", storage, cpus, source_ids=held_out)
+            train_tiles = sum(i["tiles"] for i in pool if i["source_id"] not in held_out)
+            val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in held_out)
+        datasets = {"train": train} if val is None else {"train": train, "val": val}
+        fields = {
+            "task": str(prepared.task),
+            "num_classes": prepared.classmap.num_classes,
+            "in_channels": 3,
+            "ignore_index": prepared.classmap.ignore_index,
+            "classes": prepared.classmap.to_document(),
+            "classes_names": list(prepared.classmap.names),
+            "normalization": prepared.normalization,
+            "augmentation": data.augmentation.model_dump(mode="json"),
+            "train_tiles": train_tiles,
+            "has_val": val is not None and val_tiles > 0,
+            "shuffle_buffer": data.shuffle_buffer,
+        }
+        return datasets, fields
+
+
+def run_member(trial_config: dict, source, config: MinsegConfig) -> None:
     """A Tune trial: build and fit one member's TorchTrainer; record its outcome."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -120,37 +162,13 @@ def run_member(trial_config: dict, prepared: PreparedData, config: MinsegConfig)
     fold = trial_config.get("fold")
     storage = Storage(config.storage)
     run_uri = trial_config["run_uri"]
-    data = config.data
-    cpus = config.ray.task_cpus
-    if fold is None:
-        train = split_dataset(prepared, data, "train", storage, cpus)
-        val = split_dataset(prepared, data, "val", storage, cpus)
-        train_tiles, val_tiles = prepared.tile_count("train"), prepared.tile_count("val")
-    else:
-        held_out = prepared.folds[fold]
-        pool = prepared.splits["train"] + prepared.splits["val"]
-        prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool}})
-        train = split_dataset(prepared, data, "train", storage, cpus, exclude=held_out)
-        val = split_dataset(prepared, data, "val", storage, cpus, source_ids=held_out)
-        train_tiles = sum(i["tiles"] for i in pool if i["source_id"] not in held_out)
-        val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in held_out)
-    datasets = {"train": train} if val is None else {"train": train, "val": val}
+    datasets, fields = source.member_data(fold, config, storage)
     worker_config = {
         "member": member.model_dump(mode="json"),
         "storage": config.storage.model_dump(mode="json"),
         "run_uri": run_uri,
-        "task": str(prepared.task),
-        "num_classes": prepared.classmap.num_classes,
-        "in_channels": 3,
-        "ignore_index": prepared.classmap.ignore_index,
-        "classes": prepared.classmap.to_document(),
-        "classes_names": list(prepared.classmap.names),
-        "normalization": prepared.normalization,
-        "augmentation": data.augmentation.model_dump(mode="json"),
-        "train_tiles": train_tiles,
-        "has_val": val is not None and val_tiles > 0,
+        **fields,
         "eval_batch_size": max(s.batch_size for s in member.stages) // member.scaling.workers,
-        "shuffle_buffer": data.shuffle_buffer,
         "seed": config.run.seed,
     }
     resources = {"CPU": member.scaling.cpus_per_worker}
@@ -248,8 +266,6 @@ class _MemberProgress:
 
 def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, resume: bool = False) -> list[MemberResult]:
     """The training job: data -> members concurrently -> members table. Returns the rows."""
-    from ray import tune
-
     if config.data is None or config.training is None:
         raise ValueError("training needs the 'data' and 'training' config sections")
     storage = Storage(config.storage)
@@ -277,30 +293,43 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
+    return fit_members(config, members, ImageSource(prepared, config.data), run_uri, concurrency, resume)
 
+
+def fit_members(config: MinsegConfig, members: list[MemberSettings], source, run_uri: str, concurrency: int,
+                resume: bool = False) -> list[MemberResult]:
+    """Every member x every trial fold of ``source`` as concurrent Tune trials; the members table.
+
+    ``source`` gives the task, classes and channels, ``trial_folds()`` (fold indices, None for a run
+    on all the data, whose outputs go to ``run_uri`` itself) and ``member_data(fold, config, storage)``.
+    """
+    from ray import tune
+
+    storage = Storage(config.storage)
     results: list[MemberResult] = []
-    runnable = []
+    folds = source.trial_folds()
+    trials = []
     for member in members:
-        done = _previous_result(storage, run_uri, member.name) if resume else None
-        if done is not None and done.status == "done":
-            results.append(done)
-            continue
-        problem = preflight(member, prepared.classmap.num_classes, 3)
+        problem = preflight(member, source.num_classes, source.in_channels)
         if problem:
             results.append(MemberResult(member.name, member.model, "failed", metric=member.checkpoint_metric,
                                         error=f"not started: {problem}"))
             log_event(log, "train.member.rejected", member=member.name, reason=problem)
             continue
-        runnable.append(member)
+        for fold in folds:
+            trial_uri = run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
+            done = _previous_result(storage, trial_uri, member.name) if resume else None
+            if done is not None and done.status == "done":  # resubmitted: finished trials are kept
+                results.append(done)
+                continue
+            trials.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
 
-    if runnable:
-        folds = range(len(prepared.folds)) if prepared.folds else [None]
-        trials = [{"member": m.model_dump(mode="json"), "fold": f, "run_uri": run_uri if f is None else
-                   join_uri(run_uri, f"fold{f + 1}")} for m in runnable for f in folds]
+    if trials:
+        runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_member, prepared=prepared, config=config), {"CPU": 0.001}),
+            tune.with_resources(tune.with_parameters(run_member, source=source, config=config), {"CPU": 0.001}),
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=f"{config.run.name}-tune", storage_path=storage_path,
@@ -311,7 +340,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         for trial_result in grid:
             results.append(_collect(storage, trial_result.config["trial"], trial_result))
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
-    write_members_table(results, run_uri, storage, fold_summary=bool(prepared.folds))
+    write_members_table(results, run_uri, storage, fold_summary=any(f is not None for f in folds))
     for result in results:
         write_curves(storage, run_uri if result.fold is None else join_uri(run_uri, f"fold{result.fold + 1}"), result.member)
     return results

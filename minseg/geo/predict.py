@@ -1,0 +1,137 @@
+"""Regional prediction: an actor pool scores windows centred on a lattice over the whole grid.
+
+The evidence stack (normalised, padded by half a window) goes into the object store once;
+every actor holds all members of the ensemble (loaded once) and scores chunks of window
+centres (one chunk per map tile), returning per window the members' mean P(ore) and their
+standard deviation (the uncertainty). Each map cell takes the value of the lattice window
+it belongs to, so tiles never overlap and there is nothing to blend: the map does not
+depend on how it was cut into tasks, nor on the order results come back.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+
+from minseg.config.schema import StorageSettings
+from minseg.enums import Precision
+from minseg.geo.config import PredictionSettings
+from minseg.geo.windows import window_at
+
+
+class WindowEnsemble:
+    """Ray Data callable: window centres in, (mean, std) of the members' P(ore) out."""
+
+    def __init__(self, members: list[dict], stack: list, size: int, batch_size: int, precision: str,
+                 gpus: float, storage: dict):
+        import ray
+        import torch
+
+        from minseg.ensemble.manifest import load_models
+        from minseg.io.storage import Storage
+        from minseg.train.loop import autocast_dtype
+
+        self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+        specs = [SimpleNamespace(**member) for member in members]
+        self.models = load_models(specs, 2, Storage(StorageSettings.model_validate(storage)), self.device)
+        self.padded = ray.get(stack[0])  # zero-copy from the object store
+        self.size, self.batch_size = size, batch_size
+        self.amp = autocast_dtype(Precision(precision), self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        means, stds = [], []
+        for centres in batch["centres"]:
+            centres = np.asarray(json.loads(centres), np.int64).reshape(-1, 2)
+            mean = np.empty(len(centres), np.float32)
+            std = np.empty(len(centres), np.float32)
+            for start in range(0, len(centres), self.batch_size):
+                chunk = centres[start : start + self.batch_size]
+                windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
+                inputs = torch.from_numpy(windows).to(self.device).permute(0, 3, 1, 2).contiguous()
+                scores = []
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    for model in self.models:
+                        logits = model(inputs)
+                        logits = logits[0] if isinstance(logits, tuple) else logits
+                        scores.append(torch.softmax(logits.float(), dim=1)[:, 1])
+                stacked = torch.stack(scores)
+                mean[start : start + len(chunk)] = stacked.mean(0).cpu().numpy()
+                std[start : start + len(chunk)] = stacked.std(0, unbiased=False).cpu().numpy()
+            means.append(mean)
+            stds.append(std)
+        return {"key": batch["key"], "mean": np.array(means + [None], object)[:-1],
+                "std": np.array(stds + [None], object)[:-1]}
+
+
+def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window centres of the map: one per stride x stride block, at its centre (clipped to the grid)."""
+    rows, cols = study.shape
+    centre_rows = np.minimum(np.arange(0, rows, stride) + stride // 2, rows - 1)
+    centre_cols = np.minimum(np.arange(0, cols, stride) + stride // 2, cols - 1)
+    return centre_rows, centre_cols
+
+
+def score_windows(members: list[dict], padded: np.ndarray, size: int, chunks: dict, settings: PredictionSettings,
+                  storage_settings: StorageSettings, task_options: dict | None = None) -> dict:
+    """{key: (mean, std)} for each chunk of (n, 2) window centres, through an actor pool."""
+    import ray
+
+    stack_ref = ray.put(padded)
+    items = [{"key": key, "centres": json.dumps(np.asarray(centres, np.int64).reshape(-1, 2).tolist())}
+             for key, centres in chunks.items() if len(centres)]
+    if not items:
+        return {}
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 400))).map_batches(
+        WindowEnsemble,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=settings.actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+        fn_constructor_kwargs={"members": members, "stack": [stack_ref], "size": size,
+                               "batch_size": settings.batch_size, "precision": str(settings.precision),
+                               "gpus": settings.gpus_per_actor,
+                               "storage": storage_settings.model_dump(mode="json")},
+        **(task_options or {}),
+    )
+    results = {}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, mean, std in zip(batch["key"], batch["mean"], batch["std"]):
+            results[key.item() if hasattr(key, "item") else key] = (np.asarray(mean), np.asarray(std))
+    return results
+
+
+def predict_map(members: list[dict], padded: np.ndarray, size: int, study: np.ndarray, settings: PredictionSettings,
+                storage_settings: StorageSettings, extra: dict | None = None, task_options: dict | None = None):
+    """(probability, uncertainty) rasters (float32, NaN outside the study area) and the scores of the
+    ``extra`` window chunks ({key: centres}), in one pass of the actor pool."""
+    rows, cols = study.shape
+    centre_rows, centre_cols = lattice(study, settings.stride)
+    per_tile = max(1, settings.tile // settings.stride)
+    chunks, places = {}, {}
+    for i0 in range(0, len(centre_rows), per_tile):
+        for j0 in range(0, len(centre_cols), per_tile):
+            grid_r, grid_c = np.meshgrid(np.arange(i0, min(i0 + per_tile, len(centre_rows))),
+                                         np.arange(j0, min(j0 + per_tile, len(centre_cols))), indexing="ij")
+            grid_r, grid_c = grid_r.ravel(), grid_c.ravel()
+            inside = study[centre_rows[grid_r], centre_cols[grid_c]]
+            key = f"tile:{i0}:{j0}"
+            chunks[key] = np.column_stack([centre_rows[grid_r[inside]], centre_cols[grid_c[inside]]])
+            places[key] = (grid_r[inside], grid_c[inside])
+    for key, centres in (extra or {}).items():
+        chunks[f"extra:{key}"] = centres
+    results = score_windows(members, padded, size, chunks, settings, storage_settings, task_options)
+    mean_lattice = np.full((len(centre_rows), len(centre_cols)), np.nan, np.float32)
+    std_lattice = np.full_like(mean_lattice, np.nan)
+    for key, (grid_r, grid_c) in places.items():
+        if len(grid_r):
+            mean_lattice[grid_r, grid_c], std_lattice[grid_r, grid_c] = results[key]
+    expand = np.ones((settings.stride, settings.stride), np.float32)
+    probability = np.kron(mean_lattice, expand)[:rows, :cols]
+    uncertainty = np.kron(std_lattice, expand)[:rows, :cols]
+    probability[~study], uncertainty[~study] = np.nan, np.nan
+    extras = {key.split(":", 1)[1]: value for key, value in results.items() if key.startswith("extra:")}
+    return probability, uncertainty, extras

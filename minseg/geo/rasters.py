@@ -1,0 +1,168 @@
+"""Evidence layers on the target grid: gridded rasters (any GDAL format) and distance-to-line rasters.
+
+Rasters are reprojected / resampled onto the target grid with GDAL (rasterio): nearest
+for categorical layers (a lithology code is never averaged), bilinear by default for
+continuous ones. Categorical layers become one-hot channels (the most frequent classes in
+the study area, the rest in one 'other' channel) or one index channel.
+
+Distance to lines is exact (metres from each pixel centre to the nearest line, shapely's
+STRtree), computed in grid blocks as Ray tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+
+from minseg.enums import CategoricalEncoding, EvidenceKind, Resampling
+from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError
+from minseg.geo.crs import input_crs, parse_crs
+from minseg.io.geotiff import GridGeometry
+from minseg.io.storage import Storage, is_s3
+
+
+@contextlib.contextmanager
+def local_raster(uri: str, storage: Storage):
+    """A local path GDAL can open; an s3:// raster (or an ESRI grid folder prefix) is downloaded first."""
+    if not is_s3(uri):
+        if not os.path.exists(uri):
+            raise ProspectInputError(f"{uri}: no such file or folder")
+        yield uri
+        return
+    with tempfile.TemporaryDirectory(prefix="minseg-raster-") as folder:
+        if storage.exists(uri):
+            target = os.path.join(folder, os.path.basename(uri))
+            with open(target, "wb") as handle:
+                handle.write(storage.read_bytes(uri))
+        else:  # a folder such as an ArcInfo grid: every object under the prefix
+            prefix = uri.rstrip("/") + "/"
+            target = os.path.join(folder, os.path.basename(uri.rstrip("/")))
+            os.makedirs(target)
+            found = False
+            for info in storage.list(prefix):
+                found = True
+                with open(os.path.join(target, info.uri[len(prefix):].replace("/", "_")), "wb") as handle:
+                    handle.write(storage.read_bytes(info.uri))
+            if not found:
+                raise ProspectInputError(f"{uri}: no such object or prefix")
+        yield target
+
+
+def _affine(geometry: GridGeometry):
+    from affine import Affine
+
+    return Affine(geometry.pixel_width, 0.0, geometry.x0, 0.0, -geometry.pixel_height, geometry.y0)
+
+
+def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeometry, working, storage: Storage):
+    """The raster's band on the target grid: (float64 array with NaN for nodata, report)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.warp import Resampling as GdalResampling
+    from rasterio.warp import reproject
+
+    key = f"prospect.rasters[{index}]"
+    categorical = settings.kind is EvidenceKind.CATEGORICAL
+    resampling = settings.resampling or (Resampling.NEAREST if categorical else Resampling.BILINEAR)
+    if categorical and resampling is not Resampling.NEAREST:
+        raise ProspectInputError(f"{key}.resampling: a categorical layer must be resampled with 'nearest'")
+    with local_raster(settings.uri, storage) as path:
+        try:
+            source = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise ProspectInputError(f"{key}: {settings.uri}: not a readable raster ({exc})") from None
+        with source:
+            if settings.band > source.count:
+                raise ProspectInputError(f"{key}.band: {settings.uri} has {source.count} band(s)")
+            recorded = parse_crs(source.crs.to_wkt(), settings.uri) if source.crs else None
+            crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
+            nodata = settings.nodata if settings.nodata is not None else source.nodata
+            band = source.read(settings.band).astype(np.float64)
+            if nodata is not None:
+                band[band == nodata] = np.nan
+            destination = np.full((geometry.rows, geometry.cols), np.nan)
+            reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,
+                      dst_transform=_affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
+                      resampling=getattr(GdalResampling, resampling.value))
+            report = {"file": settings.uri, "driver": source.driver, "source_shape": list(source.shape),
+                      "source_cell": list(source.res), "crs_from": "config" if settings.crs else "file",
+                      "resampling": resampling.value,
+                      "covered_fraction": round(float(np.isfinite(destination).mean()), 4)}
+    if not np.isfinite(destination).any():
+        raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
+                                 f"(bounds {geometry.bounds}); check its CRS")
+    return destination, report
+
+
+def encode_categorical(values: np.ndarray, settings: EvidenceRaster, study: np.ndarray | None = None):
+    """Channels (name, float32 array) of a categorical layer; NaN stays NaN in every channel."""
+    valid = np.isfinite(values)
+    codes = np.where(valid, values, -1).astype(np.int64)
+    if settings.encoding is CategoricalEncoding.INDEX:
+        top = max(1, int(codes.max()))
+        return [(settings.name, np.where(valid, codes / top, np.nan).astype(np.float32))], {}
+    area = valid if study is None else valid & study
+    classes, counts = np.unique(codes[area], return_counts=True)
+    order = classes[np.argsort(-counts, kind="stable")]
+    kept = [int(c) for c in order[: settings.max_classes]]
+    channels = []
+    for code in kept:
+        channels.append((f"{settings.name}={code}", np.where(valid, codes == code, np.nan).astype(np.float32)))
+    if len(order) > len(kept):
+        other = valid & ~np.isin(codes, kept)
+        channels.append((f"{settings.name}=other", np.where(valid, other, np.nan).astype(np.float32)))
+    return channels, {"classes": len(order), "one_hot": kept, "other": len(order) > len(kept)}
+
+
+# -- distance to lines ---------------------------------------------------------------
+
+
+def _distance_block(lines_wkb: list[bytes], geometry: GridGeometry, bounds, max_distance):
+    import shapely
+
+    row0, row1, col0, col1 = bounds
+    tree = shapely.STRtree(shapely.from_wkb(lines_wkb))
+    xs, ys = geometry.pixel_centres()
+    grid_x, grid_y = np.meshgrid(xs[col0:col1], ys[row0:row1])
+    points = shapely.points(grid_x.ravel(), grid_y.ravel())
+    distance = np.full(len(points), np.inf if max_distance is None else float(max_distance))
+    found, nearest = tree.query_nearest(points, return_distance=True, all_matches=False,
+                                        max_distance=max_distance)
+    distance[found[0]] = nearest
+    return bounds, distance.reshape(row1 - row0, col1 - col0).astype(np.float32)
+
+
+def distance_to_lines(lines: list[np.ndarray], geometry: GridGeometry, settings: LineLayer,
+                      block: int = 256, task_cpus: float = 0.5) -> np.ndarray:
+    """(rows, cols) float32 metres from each pixel centre to the nearest line (clipped at max_distance_m)."""
+    import ray
+    import shapely
+
+    wkb = ray.put([shapely.to_wkb(shapely.linestrings(line)) for line in lines if len(line) >= 2])
+    remote = ray.remote(num_cpus=task_cpus)(_distance_block)
+    pending = [remote.remote(wkb, geometry, (r, min(r + block, geometry.rows), c, min(c + block, geometry.cols)),
+                             settings.max_distance_m)
+               for r in range(0, geometry.rows, block) for c in range(0, geometry.cols, block)]
+    result = np.empty((geometry.rows, geometry.cols), np.float32)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        (row0, row1, col0, col1), values = ray.get(done[0])
+        result[row0:row1, col0:col1] = values
+    return result
+
+
+def raster_geometry(uri: str, storage: Storage, crs_override: str | None = None) -> GridGeometry:
+    """The grid of a reference raster (north-up only)."""
+    import rasterio
+
+    with local_raster(uri, storage) as path, rasterio.open(path) as source:
+        transform = source.transform
+        if transform.b != 0 or transform.d != 0:
+            raise ProspectInputError(f"prospect.grid.reference: {uri} is rotated; only north-up grids are supported")
+        recorded = parse_crs(source.crs.to_wkt(), uri) if source.crs else None
+        crs = input_crs(recorded, crs_override, uri, "prospect.grid.crs")
+        return GridGeometry(transform.c, transform.f, transform.a, -transform.e, source.height, source.width,
+                            crs.to_epsg(min_confidence=70))

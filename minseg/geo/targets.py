@@ -1,0 +1,178 @@
+"""Ranked target areas, success- and prediction-rate curves, window metrics and the plots.
+
+A deposit's *area rank* on a map is the share of the study area scoring at least as high
+as the deposit's cell (ties count against the map). The rate curve gives, for each share
+of the area (highest scores first), the share of deposits inside it; its AUC is
+``1 - mean(area rank)``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from minseg.geo.config import TargetSettings
+from minseg.io.geotiff import GridGeometry
+from minseg.metrics import roc_auc
+
+
+def area_ranks(score: np.ndarray, study: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Area rank in [0, 1] of each (row, col) cell on ``score`` over the ``study`` cells."""
+    values = np.sort(score[study & np.isfinite(score)])
+    if values.size == 0 or len(cells) == 0:
+        return np.zeros(0)
+    at_cells = score[cells[:, 0], cells[:, 1]]
+    at_least = values.size - np.searchsorted(values, at_cells, side="left")
+    return at_least / values.size
+
+
+def rate_curve(ranks: np.ndarray, points: int = 101) -> dict:
+    """Cumulative % of deposits vs % of area, its AUC and the raw ranks."""
+    area = np.linspace(0.0, 100.0, points)
+    captured = [float((ranks * 100.0 <= a + 1e-9).mean() * 100.0) if ranks.size else 0.0 for a in area]
+    return {"area_percent": area.tolist(), "deposits_percent": captured,
+            "auc": float(1.0 - ranks.mean()) if ranks.size else None, "deposits": int(ranks.size)}
+
+
+def capture(ranks: np.ndarray, percents: list[float]) -> dict[str, float | None]:
+    return {f"top_{p:g}_percent": (float((ranks * 100.0 <= p + 1e-9).mean() * 100.0) if ranks.size else None)
+            for p in percents}
+
+
+def window_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+    """The paper's Table 3 on windows: accuracy, AUC, recall, precision, F1."""
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(scores) >= threshold
+    tp, fp = int((predicted & labels).sum()), int((predicted & ~labels).sum())
+    fn, tn = int((~predicted & labels).sum()), int((~predicted & ~labels).sum())
+    recall = tp / (tp + fn) if tp + fn else None
+    precision = tp / (tp + fp) if tp + fp else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
+    auc = roc_auc(scores, labels) if labels.any() and (~labels).any() else None
+    return {"windows": int(labels.size), "positives": int(labels.sum()), "accuracy": (tp + tn) / max(1, labels.size),
+            "auc": auc, "recall": recall, "precision": precision, "f1": f1, "threshold": threshold,
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
+
+
+def find_targets(score: np.ndarray, study: np.ndarray, geometry: GridGeometry, deposits: dict,
+                 settings: TargetSettings) -> tuple[list[dict], np.ndarray]:
+    """Connected regions (8-neighbour) in the top ``top_percent`` of the study area, ranked by max then mean
+    score. ``deposits``: {"ids", "rows", "cols"} of known deposits on the grid. Returns (rows, region ids)."""
+    from scipy import ndimage
+
+    valid = study & np.isfinite(score)
+    values = np.sort(score[valid])[::-1]
+    budget = int(np.ceil(values.size * settings.top_percent / 100.0))
+    selected = np.zeros_like(valid)
+    if budget:
+        threshold = values[budget - 1]
+        # cells tied at the threshold join only if they all fit: never more than top_percent of the area
+        at_least = valid & (score >= threshold)
+        selected = at_least if at_least.sum() <= budget else valid & (score > threshold)
+    labelled, count = ndimage.label(selected, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)
+    regions = []
+    xs, ys = geometry.pixel_centres()
+    deposit_region = labelled[deposits["rows"], deposits["cols"]] if len(deposits["ids"]) else np.zeros(0, np.int64)
+    for region in range(1, count + 1):
+        if sizes[region] < settings.min_cells:
+            continue
+        rows, cols = np.nonzero(labelled == region)
+        values = score[rows, cols]
+        inside = [str(i) for i, r in zip(deposits["ids"], deposit_region) if r == region]
+        regions.append({"region": region, "cells": int(sizes[region]),
+                        "area_km2": round(sizes[region] * geometry.pixel_width * geometry.pixel_height / 1e6, 4),
+                        "max_score": round(float(values.max()), 5), "mean_score": round(float(values.mean()), 5),
+                        "centroid_x": round(float(xs[cols].mean()), 2), "centroid_y": round(float(ys[rows].mean()), 2),
+                        "known_deposits": len(inside), "deposit_ids": ";".join(inside)})
+    regions.sort(key=lambda r: (-r["max_score"], -r["mean_score"]))
+    renumbered = np.zeros_like(labelled)
+    for rank, row in enumerate(regions, start=1):
+        renumbered[labelled == row.pop("region")] = rank
+        row["target_id"] = rank
+    ordered = [{"target_id": r["target_id"], **{k: v for k, v in r.items() if k != "target_id"}} for r in regions]
+    return ordered, renumbered
+
+
+def targets_geojson(rows: list[dict], regions: np.ndarray, geometry: GridGeometry) -> str:
+    """Target polygons (cell outlines merged per region) with their table row as properties."""
+    from affine import Affine
+    from rasterio.features import shapes
+
+    transform = Affine(geometry.pixel_width, 0.0, geometry.x0, 0.0, -geometry.pixel_height, geometry.y0)
+    by_id = {r["target_id"]: r for r in rows}
+    polygons: dict[int, list] = {}
+    for shape, value in shapes(regions.astype(np.int32), mask=regions > 0, transform=transform):
+        polygons.setdefault(int(value), []).append(shape["coordinates"])
+    features = []
+    for target_id in sorted(polygons):
+        parts = polygons[target_id]
+        geometry_json = ({"type": "Polygon", "coordinates": parts[0]} if len(parts) == 1
+                         else {"type": "MultiPolygon", "coordinates": parts})
+        features.append({"type": "Feature", "properties": by_id[target_id], "geometry": geometry_json})
+    crs = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{geometry.epsg}"}}
+    return json.dumps({"type": "FeatureCollection", "crs": crs, "features": features})
+
+
+def plot_map(score: np.ndarray, uncertainty: np.ndarray, study: np.ndarray, geometry: GridGeometry,
+             deposits: dict, title: str) -> bytes:
+    """PNG: prospectivity and uncertainty side by side, known deposits overlaid."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xmin, ymin, xmax, ymax = geometry.bounds
+    extent = (xmin / 1000, xmax / 1000, ymin / 1000, ymax / 1000)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.6))
+    for axis, values, name, cmap in ((axes[0], score, "prospectivity (P ore)", "viridis"),
+                                     (axes[1], uncertainty, "uncertainty (member std)", "magma")):
+        shown = np.where(study, values, np.nan)
+        image = axis.imshow(shown, extent=extent, cmap=cmap, interpolation="nearest")
+        figure.colorbar(image, ax=axis, shrink=0.8)
+        if len(deposits["ids"]):
+            xs, ys = geometry.pixel_centres()
+            axis.scatter(xs[deposits["cols"]] / 1000, ys[deposits["rows"]] / 1000, s=28, facecolors="none",
+                         edgecolors="red", linewidths=1.2, label="known deposits")
+            axis.legend(loc="lower right", fontsize=8)
+        axis.set_title(name)
+        axis.set_xlabel("easting (km)")
+        axis.set_ylabel("northing (km)")
+    figure.suptitle(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def plot_curves(curves: dict[str, dict]) -> bytes:
+    """PNG: rate curves (% deposits vs % area) with the random-map diagonal."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.6, 5.2))
+    axis.plot([0, 100], [0, 100], color="grey", linestyle="--", label="random map")
+    for name, curve in curves.items():
+        if curve["deposits"]:
+            auc = f", AUC {curve['auc']:.3f}" if curve["auc"] is not None else ""
+            axis.step(curve["area_percent"], curve["deposits_percent"], where="post",
+                      label=f"{name} ({curve['deposits']} deposits{auc})")
+    axis.set_xlabel("% of study area (highest prospectivity first)")
+    axis.set_ylabel("% of deposits captured")
+    axis.set_xlim(0, 100)
+    axis.set_ylim(0, 101)
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,108 @@
+"""The prospectivity job end to end on the synthetic survey (tiny MFAF members, one epoch)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minseg.config.schema import MinsegConfig, SurveySynth
+from minseg.io.geotiff import read_geotiff
+from minseg.synth.survey import write_survey
+
+ELEMENTS = ["Au", "As", "Sb", "Cu", "Pb", "Zn", "Ag", "Ba", "Mn", "Hg"]
+TINY = {"dilation_rates": [1, 2, 4], "branch_channels": 8}
+
+
+def prospect_config(root, **changes) -> MinsegConfig:
+    member = {"model": "mfaf", "stages": [{"epochs": 1, "batch_size": 16}], "scaling": {"cpus_per_worker": 0.5},
+              "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.2, "weight_decay": 1e-4},
+              "schedule": {"name": "step", "step_epochs": 30, "gamma": 0.6}, "loss": {"name": "self_distillation"}}
+    prospect = {
+        "samples": {"uri": f"{root}/survey/samples.csv", "x": "x", "y": "y", "crs": "EPSG:3067", "id": "sample_id",
+                    "elements": {e: e for e in ELEMENTS}},
+        "deposits": {"uri": f"{root}/survey/deposits.geojson", "id": "deposit_id"},
+        "rasters": [{"uri": f"{root}/survey/lithology.tif", "name": "lithology", "kind": "categorical",
+                     "max_classes": 3}],
+        "lines": [{"uri": f"{root}/survey/faults.geojson", "name": "fault_distance"}],
+        # the survey spans 350-380 km E; the grid stops 3 km short, so a deposit near the east edge falls outside
+        "grid": {"crs": "EPSG:3067", "cell_m": 250, "extent": [350000, 7450000, 377000, 7480000]},
+        "screening": {"max_elements": 3, "critical_z": 1.0},
+        "windows": {"size": 16, "stride": 6, "max_negatives": 150},
+        "cv": {"folds": 2},
+        "prediction": {"stride": 4, "tile": 40},
+        "training": {"defaults": member, "members": [
+            {"name": "mfaf-r18", "model_options": {"backbone": "resnet18", "width": 0.125, **TINY}},
+            {"name": "mfaf-shuffle", "model_options": {"backbone": "shufflenetv2", "width": 0.25, **TINY}}]},
+    }
+    prospect.update(changes)
+    return MinsegConfig.model_validate({"run": {"name": "t", "output_uri": f"{root}/out"},
+                                        "ray": {"task_cpus": 0.25}, "prospect": prospect})
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prospect")
+    write_survey(f"{root}/survey", SurveySynth(n_samples=500, width_m=30000, height_m=30000, cell_m=250,
+                                               n_deposits=16, n_faults=10), seed=3)
+    return root
+
+
+def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
+    from minseg.geo.prospect import map_prospectivity, output_uri
+
+    config = prospect_config(survey)
+    summary = map_prospectivity(config)
+    out = output_uri(config)
+    assert json.loads(open(f"{out}/summary.json").read())["targets"] == summary["targets"]
+
+    probability, geometry, nodata = read_geotiff(f"{out}/prospectivity.tif")
+    uncertainty, geometry_u, _ = read_geotiff(f"{out}/uncertainty.tif")
+    assert geometry.epsg == 3067 and geometry == geometry_u
+    assert (geometry.x0, geometry.y0, geometry.pixel_width, geometry.rows, geometry.cols) == (350000, 7480000, 250, 120, 108)
+    inside = np.isfinite(probability)
+    assert inside.mean() > 0.9 and ((probability[inside] >= 0) & (probability[inside] <= 1)).all()
+    assert (uncertainty[inside] >= 0).all() and np.isnan(nodata)
+    assert summary["members"] and all(m["status"] == "done" for m in summary["members"])
+    assert len(summary["members"]) == 2 * (2 + 1)  # 2 members x (2 folds + the final run)
+
+    # screening: the survey's halo elements are found (Au/As/Sb/Ag carry the orogenic-Au halos)
+    screening = open(f"{out}/screening/screening.csv").read()
+    assert screening.splitlines()[0].startswith("element,auc,z_auc")
+    assert set(summary["kept_elements"]) <= {"Au", "As", "Sb", "Ag", "Cu", "Bi", "W", "Hg"}
+    assert summary["channels"][: len(summary["kept_elements"])] == summary["kept_elements"]
+
+    metrics = summary["metrics"]
+    assert len(metrics["folds"]) == 2 and metrics["prediction_rate"]["deposits"] >= 2
+    assert 0 <= metrics["prediction_rate"]["top_10_percent"] <= 100
+    assert metrics["windows"]["windows"] > metrics["windows"]["positives"] > 0
+    for fold in summary["folds"]:  # spatial CV: overlapping training windows were dropped, balancing ran
+        assert fold["train_windows"] > 0 and fold["balance"]["smote"] + fold["balance"]["noise"] > 0
+
+    assert summary["deposits"]["outside_grid"], "a deposit east of the grid is reported"
+    assert open(f"{out}/inputs/deposits_outside_grid.csv").read().startswith("deposit,x,y")
+    header = open(f"{out}/targets.csv").read().splitlines()[0]
+    assert header.startswith("target_id,cells,area_km2,max_score,mean_score,centroid_x,centroid_y")
+    targets = json.loads(open(f"{out}/targets.geojson").read())
+    assert len(targets["features"]) == summary["targets"] > 0
+    curves = open(f"{out}/rate_curves.csv").read()
+    assert "prediction rate" in curves and "success rate" in curves
+    for name in ("prospectivity.png", "rate_curves.png", "cv/fold1/prospectivity.tif", "evidence/Au.tif",
+                 "inputs/samples.json", "models/members.csv"):
+        assert (survey / "out" / "t" / "prospect" / "prospectivity" / name).exists(), name
+
+
+def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
+    import yaml
+
+    from minseg.cli import main
+
+    config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
+    config["prospect"]["samples"].pop("crs")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    assert "give it in the config as prospect.samples.crs" in capsys.readouterr().err
+    config = prospect_config(survey, windows={"size": 12}).model_dump(mode="json", exclude_none=True)
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    assert "prospect.windows.size 12 is below the 16x16 that member 'mfaf-r18' (mfaf) needs" in capsys.readouterr().err

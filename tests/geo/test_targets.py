@@ -1,0 +1,59 @@
+"""Rate curves, captures, targets and window metrics, checked by hand."""
+
+import json
+
+import numpy as np
+import pytest
+
+from minseg.geo.config import TargetSettings
+from minseg.geo.targets import area_ranks, capture, find_targets, rate_curve, targets_geojson, window_metrics
+from minseg.io.geotiff import GridGeometry
+
+
+def test_area_ranks_and_rate_curve_by_hand():
+    score = np.arange(100, dtype=np.float32).reshape(10, 10)  # 99 at the bottom right
+    study = np.ones((10, 10), bool)
+    cells = np.array([[9, 9], [9, 0], [0, 0]])  # scores 99, 90, 0
+    ranks = area_ranks(score, study, cells)
+    np.testing.assert_allclose(ranks, [0.01, 0.10, 1.0])  # 1, 10 and 100 cells score at least as high
+    curve = rate_curve(ranks)
+    assert curve["auc"] == pytest.approx(1 - (0.01 + 0.10 + 1.0) / 3)
+    assert curve["deposits_percent"][10] == pytest.approx(200 / 3)  # two of three in the top 10 %
+    assert capture(ranks, [10, 20]) == {"top_10_percent": pytest.approx(200 / 3), "top_20_percent": pytest.approx(200 / 3)}
+    study[9, 9] = False  # outside the study area cells do not count
+    assert area_ranks(score, study, np.array([[9, 8]]))[0] == pytest.approx(1 / 99)
+
+
+def test_ties_count_against_the_map():
+    flat = np.ones((5, 5), np.float32)
+    assert area_ranks(flat, np.ones((5, 5), bool), np.array([[2, 2]]))[0] == 1.0
+
+
+def test_targets_are_ranked_regions_with_their_deposits():
+    geometry = GridGeometry(1000.0, 2000.0, 100.0, 100.0, 20, 20, 3067)
+    score = np.zeros((20, 20), np.float32)
+    score[2:5, 2:5] = 0.9  # 9 cells
+    score[10:14, 10:14] = 0.95  # 16 cells, higher
+    score[18, 18] = 0.99  # a single cell: below min_cells
+    study = np.ones((20, 20), bool)
+    deposits = {"ids": np.array(["A", "B"], object), "rows": np.array([3, 0]), "cols": np.array([3, 0])}
+    rows, regions = find_targets(score, study, geometry, deposits, TargetSettings(top_percent=10, min_cells=4))
+    assert [r["target_id"] for r in rows] == [1, 2]
+    assert rows[0]["cells"] == 16 and rows[0]["max_score"] == pytest.approx(0.95)
+    assert rows[1]["deposit_ids"] == "A" and rows[1]["known_deposits"] == 1
+    assert rows[1]["area_km2"] == pytest.approx(0.09)
+    assert rows[0]["centroid_x"] == pytest.approx(1000 + 12 * 100) and rows[0]["centroid_y"] == pytest.approx(2000 - 12 * 100)
+    assert (regions == 1).sum() == 16 and regions[18, 18] == 0
+    document = json.loads(targets_geojson(rows, regions, geometry))
+    assert document["crs"]["properties"]["name"].endswith("EPSG::3067")
+    ring = document["features"][0]["geometry"]["coordinates"][0]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    assert (min(xs), max(xs), min(ys), max(ys)) == (2000.0, 2400.0, 600.0, 1000.0)  # cell edges in map units
+
+
+def test_window_metrics_by_hand():
+    metrics = window_metrics(np.array([0.9, 0.8, 0.3, 0.6, 0.1]), np.array([1, 1, 1, 0, 0]))
+    assert metrics["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 1}
+    assert metrics["accuracy"] == pytest.approx(3 / 5) and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["f1"] == pytest.approx(2 / 3)
+    assert metrics["auc"] == pytest.approx(5 / 6)
