@@ -8,17 +8,23 @@ import sys
 
 
 def emit(row: dict, csv_path: str | None) -> None:
-    """Print the row as CSV and append it to ``csv_path`` (header written once)."""
+    """Print the row as CSV and append it to ``csv_path``; a row with new columns rewrites the file with
+    the union of the columns (older rows leave the new ones empty)."""
     writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
     writer.writeheader()
     writer.writerow(row)
-    if csv_path:
-        new = not os.path.exists(csv_path)
-        with open(csv_path, "a", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                out.writeheader()
-            out.writerow(row)
+    if not csv_path:
+        return
+    rows, columns = [], list(row)
+    if os.path.exists(csv_path):
+        with open(csv_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = list(reader.fieldnames or []) + [c for c in row if c not in (reader.fieldnames or [])]
+    with open(csv_path, "w", newline="") as handle:
+        out = csv.DictWriter(handle, fieldnames=columns, restval="")
+        out.writeheader()
+        out.writerows(rows + [row])
 
 
 def repeated_tile_slide(path: str, size: int, tile: int = 512, distinct: int = 24, seed: int = 0) -> None:

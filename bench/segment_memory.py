@@ -43,6 +43,8 @@ def segment(slide: str, manifest: str, out: str, args) -> dict:
     command = [sys.executable, "-m", "minseg", "segment", slide, "--manifest", manifest, "--out", out,
                "--actors", str(args.actors), "--set", f"segment.batch_size={args.batch_size}",
                "--set", f"segment.cpus_per_actor={args.cpus_per_actor}"]
+    if args.object_store_mib:
+        command += ["--set", f"ray.object_store_mib={args.object_store_mib}"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peaks = {"private": 0.0, "hwm": 0.0, "actor_private": 0.0}
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--object-store-mib", type=int, help="cap the local object store (RSS counts its pages)")
     parser.add_argument("--csv")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="minseg-bench-memory-")
@@ -93,6 +96,7 @@ def main() -> None:
         os.unlink(slide)
     small, large = args.sizes
     row = {"date": time.strftime("%Y-%m-%d"), "small": small, "large": large, "tile": args.tile,
+           "object_store_mib": args.object_store_mib or "default",
            "driver_private_small_mib": round(results[small]["private"]),
            "driver_private_large_mib": round(results[large]["private"]),
            "driver_private_ratio": round(results[large]["private"] / results[small]["private"], 3),

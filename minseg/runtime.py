@@ -32,7 +32,8 @@ def init_ray(settings: RaySettings | None = None):
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=settings.num_cpus, **kwargs)
+            store = settings.object_store_mib * 2**20 if settings.object_store_mib else None
+            ray.init(num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
     import ray.data
 
     context = ray.data.DataContext.get_current()

@@ -72,6 +72,8 @@ class RaySettings(StrictModel):
     address: str | None = Field(None, description="cluster address; default RAY_ADDRESS or a local instance")
     num_cpus: PositiveInt | None = Field(None, description="CPUs for a local instance (default: all)")
     task_cpus: float = Field(0.5, gt=0, description="CPUs per data task; fractional leaves headroom on small nodes")
+    object_store_mib: int | None = Field(None, ge=80, description="object store size of a local instance (default: "
+                                         "Ray's, 30 % of RAM); every process that reads results maps its pages")
 
 
 class SectionsSynth(StrictModel):

@@ -12,8 +12,6 @@ samples matrix that brute-force IDW needs.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from minseg.geo.config import IdwSettings
@@ -117,6 +115,3 @@ def interpolate(x: np.ndarray, y: np.ndarray, values: dict[str, np.ndarray], geo
             on_block()
     return grids
 
-
-def block_count(geometry: GridGeometry, block: int) -> int:
-    return math.ceil(geometry.rows / block) * math.ceil(geometry.cols / block)

@@ -177,7 +177,8 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)
-    storage.delete(join_uri(out, "summary.json")) if storage.exists(join_uri(out, "summary.json")) else None
+    if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
+        storage.delete(join_uri(out, "summary.json"))
     init_ray(config.ray)
     import ray
 
@@ -239,7 +240,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
         train = windows if fold is None else fold.train
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
-        train_cells = np.flatnonzero(np.isin(np.arange(len(unique_cells)), train.deposit[train.labels == 1]))
+        train_cells = np.unique(train.deposit[train.labels == 1])
         screening = screen_elements(grids, unique_cells[train_cells], settings.screening)
         kept = [r["element"] for r in screening if r["kept"]]
         if not kept:
@@ -273,7 +274,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "kept", "reason"]))
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
-                  positives=int(train_y.sum()), test_windows=len(test_centres))
+                  positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
 

@@ -32,6 +32,7 @@ from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
 from minseg.geo.config import ProspectInputError, SampleTable
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.io.storage import Storage, glob_uris, has_glob, is_s3
+from minseg.runtime import task_options
 
 OK, FLAGGED, OVER, CENSORED, MISSING, BAD = 0, 1, 2, 3, 4, 5
 CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad"}
@@ -342,6 +343,7 @@ def read_samples(settings: SampleTable, working_crs, storage: Storage, storage_s
         clean_unit, batch_size=1, num_cpus=task_cpus,
         fn_kwargs={"settings": settings.model_dump(mode="json"), "working_wkt": working_crs.to_wkt(),
                    "storage": storage_settings.model_dump(mode="json")},
+        **task_options(storage_settings),
     )
     dataset.context.execution_options.preserve_order = True  # rows keep file order: stable reports and ids
     parts: dict[str, list] = {}

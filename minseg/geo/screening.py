@@ -47,7 +47,8 @@ def screen_elements(grids: dict[str, np.ndarray], deposit_cells: np.ndarray,
         if row["element"] in settings.always:
             row.update(kept=True, reason="always kept (config)")
         elif row["element"] in chosen:
-            row.update(kept=True, reason=f"|Z_AUC| >= {settings.critical_z}")
+            row.update(kept=True, reason=f"|Z_AUC| >= {settings.critical_z}" if settings.two_sided
+                       else f"Z_AUC >= {settings.critical_z}")
         elif row in significant:
             row.update(kept=False, reason=f"significant, but beyond max_elements={settings.max_elements}")
         else:

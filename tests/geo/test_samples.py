@@ -148,3 +148,15 @@ def test_real_gtk_till_table(shared_data, ray_session):
     assert zr["censored"] == 182 and zr["usable"] == 1112  # 166 '<' flags + 16 zeros qualified '!'
     assert all(np.isfinite(v).all() and (v > 0).all() for v in samples.values.values())
     assert 346000 < samples.x.min() and samples.x.max() < 414000  # point geometry in EPSG:3067
+
+
+def test_tables_on_s3_through_ray_workers(s3, ray_session):
+    """A glob of CSV files under an s3:// prefix, read by Ray workers (credentials forwarded to them)."""
+    storage = s3.storage()
+    storage.write_text(s3.uri("survey/a.csv"), "x,y,Cu\n0,0,1.5\n10,0,<1\n")
+    storage.write_text(s3.uri("survey/b.csv"), "x,y,Cu\n20,0,oops\n")
+    settings = SampleTable(uri=s3.uri("survey/*.csv"), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"})
+    samples = read_samples(settings, WORKING, storage, s3.settings(forward_credentials=True), task_cpus=0.25)
+    assert samples.values["Cu"][:2].tolist() == [1.5, 0.5] and np.isnan(samples.values["Cu"][2])
+    assert samples.problems == [{"file": s3.uri("survey/b.csv"), "row": 1, "sample": "1", "column": "Cu",
+                                 "value": "oops", "reason": "not a number, a <DL value or a missing marker"}]

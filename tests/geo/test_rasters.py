@@ -1,0 +1,63 @@
+"""Evidence rasters on the target grid, categorical encoding, exact distance to lines; the real GTK grid."""
+
+import numpy as np
+import pytest
+
+from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError
+from minseg.geo.crs import parse_crs
+from minseg.geo.rasters import distance_to_lines, encode_categorical, read_raster_on_grid
+from minseg.io.geotiff import GridGeometry, write_geotiff
+from minseg.io.storage import Storage
+
+WORKING = parse_crs("EPSG:3067", "test")
+
+
+def test_same_grid_is_exact_and_a_shifted_grid_moves_by_whole_cells(tmp_path):
+    source = GridGeometry(1000.0, 5000.0, 100.0, 100.0, 20, 30, 3067)
+    values = np.arange(600, dtype=np.float32).reshape(20, 30)
+    write_geotiff(str(tmp_path / "v.tif"), values, source)
+    settings = EvidenceRaster(uri=str(tmp_path / "v.tif"), name="v", resampling="nearest")
+    same, report = read_raster_on_grid(settings, 0, source, WORKING, Storage())
+    np.testing.assert_array_equal(same, values)
+    shifted = GridGeometry(1100.0, 4900.0, 100.0, 100.0, 20, 30, 3067)  # one cell right, one down
+    moved, report = read_raster_on_grid(settings, 0, shifted, WORKING, Storage())
+    np.testing.assert_array_equal(moved[:-1, :-1], values[1:, 1:])
+    assert np.isnan(moved[-1]).all() and report["covered_fraction"] < 1
+
+
+def test_categorical_layers_refuse_interpolation_and_encode_one_hot():
+    with pytest.raises(ProspectInputError, match="categorical layer must be resampled with 'nearest'"):
+        read_raster_on_grid(EvidenceRaster(uri="x.tif", name="l", kind="categorical", resampling="bilinear"), 0,
+                            GridGeometry(0, 1, 1, 1, 1, 1, 3067), WORKING, Storage())
+    values = np.array([[1, 1, 2], [3, 1, np.nan]])
+    channels, report = encode_categorical(values, EvidenceRaster(uri="x", name="rock", kind="categorical",
+                                                                 max_classes=1))
+    names = [n for n, _ in channels]
+    assert names == ["rock=1", "rock=other"] and report["classes"] == 3
+    np.testing.assert_array_equal(channels[0][1][0], [1, 1, 0])
+    np.testing.assert_array_equal(channels[1][1][1, :2], [1, 0])
+    assert np.isnan(channels[0][1][1, 2])
+
+
+def test_distance_to_a_line_is_exact_from_pixel_centres(ray_session):
+    geometry = GridGeometry(0.0, 1000.0, 100.0, 100.0, 10, 10, 3067)
+    line = np.array([[-500.0, 420.0], [1500.0, 420.0]])  # horizontal at y = 420
+    distance = distance_to_lines([line], geometry, LineLayer(uri="x"), block=4, task_cpus=0.25)
+    _, ys = geometry.pixel_centres()
+    np.testing.assert_allclose(distance, np.repeat(np.abs(ys - 420.0)[:, None], 10, axis=1), rtol=1e-6)
+    clipped = distance_to_lines([line], geometry, LineLayer(uri="x", max_distance_m=200), block=4, task_cpus=0.25)
+    assert clipped.max() == 200.0
+
+
+def test_real_arcinfo_lithology_grid(shared_data):
+    grid = shared_data / "geochem-gtk" / "lithoname200k"
+    geometry = GridGeometry(346000.0, 7540000.0, 500.0, 500.0, 160, 134, 3067)
+    with pytest.raises(ProspectInputError, match=r"prospect.rasters\[0\].crs"):
+        read_raster_on_grid(EvidenceRaster(uri=str(grid), name="lithology", kind="categorical"), 0, geometry,
+                            WORKING, Storage())
+    values, report = read_raster_on_grid(
+        EvidenceRaster(uri=str(grid), name="lithology", kind="categorical", crs="EPSG:3067"), 0, geometry,
+        WORKING, Storage())
+    assert report["driver"] == "AIG" and report["source_cell"] == [500.0, 500.0]
+    codes = np.unique(values[np.isfinite(values)])
+    assert len(codes) > 5 and (codes == np.round(codes)).all() and codes.max() < 255  # class ids, never averaged
