@@ -62,6 +62,10 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     inside = np.isfinite(probability)
     assert inside.mean() > 0.9 and ((probability[inside] >= 0) & (probability[inside] <= 1)).all()
     assert (uncertainty[inside] >= 0).all() and np.isnan(nodata)
+    import rasterio
+
+    with rasterio.open(f"{out}/prospectivity.tif") as source:  # GDAL agrees on the georeferencing
+        assert source.crs.to_epsg() == 3067 and tuple(source.transform)[:6] == (250, 0, 350000, 0, -250, 7480000)
     assert summary["members"] and all(m["status"] == "done" for m in summary["members"])
     assert len(summary["members"]) == 2 * (2 + 1)  # 2 members x (2 folds + the final run)
 

@@ -61,3 +61,21 @@ def test_real_arcinfo_lithology_grid(shared_data):
     assert report["driver"] == "AIG" and report["source_cell"] == [500.0, 500.0]
     codes = np.unique(values[np.isfinite(values)])
     assert len(codes) > 5 and (codes == np.round(codes)).all() and codes.max() < 255  # class ids, never averaged
+
+
+def test_geotiffs_on_s3_read_back_by_gdal_with_crs_and_transform(s3, tmp_path):
+    """Outputs go through Storage to s3://; GDAL (not only our reader) sees the CRS, transform and nodata."""
+    import rasterio
+
+    storage = s3.storage()
+    geometry = GridGeometry(350000.0, 7480000.0, 250.0, 250.0, 12, 9, 3067)
+    values = np.linspace(0, 1, 108, dtype=np.float32).reshape(12, 9)
+    values[0, 0] = np.nan
+    write_geotiff(s3.uri("maps/prospectivity.tif"), values, geometry, nodata=float("nan"), storage=storage)
+    local = tmp_path / "p.tif"
+    local.write_bytes(storage.read_bytes(s3.uri("maps/prospectivity.tif")))
+    with rasterio.open(local) as source:
+        assert source.crs.to_epsg() == 3067
+        assert tuple(source.transform)[:6] == (250.0, 0.0, 350000.0, 0.0, -250.0, 7480000.0)
+        assert np.isnan(source.nodata)
+        np.testing.assert_array_equal(source.read(1)[1:], values[1:])
