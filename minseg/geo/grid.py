@@ -47,3 +47,23 @@ def world_to_cell(geometry: GridGeometry, x: np.ndarray, y: np.ndarray) -> tuple
     rows = np.floor((geometry.y0 - np.asarray(y)) / geometry.pixel_height).astype(np.int64)
     inside = (rows >= 0) & (rows < geometry.rows) & (cols >= 0) & (cols < geometry.cols)
     return rows, cols, inside
+
+
+def affine(geometry: GridGeometry):
+    """The grid's transform as GDAL / rasterio take it."""
+    from affine import Affine
+
+    return Affine(geometry.pixel_width, 0.0, geometry.x0, 0.0, -geometry.pixel_height, geometry.y0)
+
+
+def map_blocks(task, geometry: GridGeometry, block: int, task_cpus: float, *args):
+    """Run ``task(geometry, (row0, row1, col0, col1), *args)`` on every ``block``-square of the grid as a Ray
+    task; yields ``(bounds, result)`` as tasks finish (any order). Large ``args`` should be object refs."""
+    import ray
+
+    remote = ray.remote(num_cpus=task_cpus)(task)
+    pending = [remote.remote(geometry, (r, min(r + block, geometry.rows), c, min(c + block, geometry.cols)), *args)
+               for r in range(0, geometry.rows, block) for c in range(0, geometry.cols, block)]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from minseg.geo.config import IdwSettings
+from minseg.geo.grid import map_blocks
 from minseg.io.geotiff import GridGeometry
 
 
@@ -69,7 +70,7 @@ def _groups(values: dict[str, np.ndarray]) -> list[tuple[list[str], np.ndarray]]
     return list(groups.values())
 
 
-def _interpolate_block(groups, geometry: GridGeometry, bounds, settings: dict):
+def _interpolate_block(geometry: GridGeometry, bounds, groups, settings: dict):
     row0, row1, col0, col1 = bounds
     nodes = _block_nodes(geometry, row0, row1, col0, col1)
     out = {}
@@ -84,7 +85,7 @@ def _interpolate_block(groups, geometry: GridGeometry, bounds, settings: dict):
 
 
 def interpolate(x: np.ndarray, y: np.ndarray, values: dict[str, np.ndarray], geometry: GridGeometry,
-                settings: IdwSettings, task_cpus: float = 0.5, on_block=None) -> dict[str, np.ndarray]:
+                settings: IdwSettings, task_cpus: float = 0.5) -> dict[str, np.ndarray]:
     """IDW grids (rows, cols) float32 per element; log10 values when ``settings.log_transform``."""
     import ray
 
@@ -98,20 +99,10 @@ def interpolate(x: np.ndarray, y: np.ndarray, values: dict[str, np.ndarray], geo
     points = np.column_stack([x, y]).astype(np.float64)
     groups = [(names, points[mask], np.column_stack([prepared[n][mask] for n in names]))
               for names, mask in _groups(prepared)]
-    groups_ref = ray.put(groups)
-    remote = ray.remote(num_cpus=task_cpus)(_interpolate_block)
     options = {"power": settings.power, "neighbours": settings.neighbours, "radius_m": settings.radius_m}
-    step = settings.block
-    pending = [remote.remote(groups_ref, geometry, (r, min(r + step, geometry.rows), c, min(c + step, geometry.cols)),
-                             options)
-               for r in range(0, geometry.rows, step) for c in range(0, geometry.cols, step)]
     grids = {name: np.full((geometry.rows, geometry.cols), np.nan, np.float32) for name in values}
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        (row0, row1, col0, col1), blocks = ray.get(done[0])
+    for (row0, row1, col0, col1), blocks in map_blocks(_interpolate_block, geometry, settings.block, task_cpus,
+                                                       ray.put(groups), options):
         for name, block in blocks.items():
             grids[name][row0:row1, col0:col1] = block
-        if on_block:
-            on_block()
     return grids
-

@@ -63,8 +63,15 @@ class WindowEnsemble:
                 std[start : start + len(chunk)] = stacked.std(0, unbiased=False).cpu().numpy()
             means.append(mean)
             stds.append(std)
-        return {"key": batch["key"], "mean": np.array(means + [None], object)[:-1],
-                "std": np.array(stds + [None], object)[:-1]}
+        return {"key": batch["key"], "mean": _object_array(means), "std": _object_array(stds)}
+
+
+def _object_array(arrays: list[np.ndarray]) -> np.ndarray:
+    """A 1-D column of variable-length arrays (np.array would stack equal lengths into 2-D)."""
+    column = np.empty(len(arrays), object)
+    for index, array in enumerate(arrays):
+        column[index] = array
+    return column
 
 
 def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:

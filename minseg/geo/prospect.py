@@ -41,7 +41,7 @@ from minseg.geo.screening import format_table, screen_elements
 from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
                                 window_metrics)
 from minseg.geo.vectors import read_lines, read_points
-from minseg.geo.windows import EvidenceStack, balance, extract, footprint, make_windows, spatial_folds
+from minseg.geo.windows import EvidenceStack, balance, extract, footprint_mask, make_windows, spatial_folds
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
@@ -64,16 +64,13 @@ def output_uri(config: MinsegConfig) -> str:
 class TrialData:
     """What one trial (a CV fold, or the final run) trains on and predicts with."""
 
-    fold: int | None
     channels: list[str]
-    stats: dict
     padded: np.ndarray  # (rows + size, cols + size, C) normalised stack
     train_x: np.ndarray
     train_y: np.ndarray
     test_centres: np.ndarray
     test_labels: np.ndarray
     test_deposits: list[int]  # indices into the in-study deposit cells
-    train_deposits: list[int]
     screening: list[dict]
     balance: dict = field(default_factory=dict)
 
@@ -85,6 +82,7 @@ class WindowSource:
     num_classes = 2
 
     def __init__(self, trials: dict, augmentation: str):
+        # only what training needs travels to the trials (not the padded stacks kept for prediction)
         self.trials = {fold: (data.train_x, data.train_y, len(data.channels)) for fold, data in trials.items()}
         self.augmentation = augmentation
         self.in_channels = max(channels for _, _, channels in self.trials.values())
@@ -139,14 +137,6 @@ def _layer_channels(settings: ProspectSettings, geometry: GridGeometry, working,
         channels.append((layer.name, distance))
         reports[layer.name] = {"file": layer.uri, "lines": len(lines), "max_distance_m": float(np.nanmax(distance))}
     return channels, categorical, reports
-
-
-def _test_footprint(shape, centres: np.ndarray, size: int) -> np.ndarray:
-    covered = np.zeros(shape, bool)
-    for r, c in centres:
-        r0, r1, c0, c1 = footprint(int(r), int(c), size)
-        covered[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
-    return covered
 
 
 def _check_members(settings: ProspectSettings) -> None:
@@ -222,8 +212,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
-    unique_cells, cell_of_deposit = np.unique(deposit_cells, axis=0, return_inverse=True)
-    cell_of_deposit = cell_of_deposit.reshape(-1)
+    unique_cells = np.unique(deposit_cells, axis=0)  # two deposits in one cell make one positive window
     not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, in_study, inside) if ok and not ins]
 
     # 3. windows and folds -----------------------------------------------------------------------
@@ -250,7 +239,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
             raise ProspectInputError("no evidence channel left: no element passed screening and no raster or line "
                                      "layer is configured (lower prospect.screening.critical_z or add layers)")
         subset = stack.subset(channels)
-        training_cells = study & ~_test_footprint(study.shape, test_centres, size)
+        training_cells = study & ~footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
         stats = subset.statistics(training_cells)
         padded = subset.normalised(stats, size // 2)
         train_x = extract(padded, train, size)
@@ -259,17 +248,14 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
             raise ProspectInputError(
                 f"prospect.cv: fold {fold.index + 1} has no training deposit left once windows overlapping its test "
                 "windows are dropped; use fewer folds (prospect.cv.folds) or smaller windows")
-        if settings.balance.smote or settings.balance.noise_copies:
-            train_x, train_y, report = balance(
-                train_x, train_y, settings.balance.positive_ratio if settings.balance.smote else 0.0,
-                settings.balance.noise_variance, settings.balance.noise_copies, rng)
-        else:
-            report = {"positives": int(train_y.sum()), "negatives": int((train_y == 0).sum())}
+        train_x, train_y, report = balance(  # a no-op when both are off
+            train_x, train_y, settings.balance.positive_ratio if settings.balance.smote else 0.0,
+            settings.balance.noise_variance, settings.balance.noise_copies, rng)
         test_deposits = [] if fold is None else sorted(set(fold.test.deposit[fold.test.labels == 1].tolist()))
         trials[None if fold is None else fold.index] = TrialData(
-            None if fold is None else fold.index, channels, stats, padded, train_x, train_y, test_centres,
-            np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits, train_cells.tolist(),
-            screening, report)
+            channels=channels, padded=padded, train_x=train_x, train_y=train_y, test_centres=test_centres,
+            test_labels=np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits=test_deposits,
+            screening=screening, balance=report)
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "kept", "reason"]))
@@ -330,7 +316,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
                       storage=storage)
 
     probability, uncertainty, member_count = final_maps
-    all_ranks = area_ranks(probability, study, unique_cells[cell_of_deposit]) if len(deposit_cells) else np.zeros(0)
+    all_ranks = area_ranks(probability, study, deposit_cells) if len(deposit_cells) else np.zeros(0)
     held_out = np.concatenate(fold_ranks) if fold_ranks else np.zeros(0)
     curves = {"success rate (training: all deposits, final map)": rate_curve(all_ranks),
               "prediction rate (held-out folds)": rate_curve(held_out)}

@@ -12,49 +12,25 @@ STRtree), computed in grid blocks as Ray tasks.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 
 import numpy as np
 
 from minseg.enums import CategoricalEncoding, EvidenceKind, Resampling
 from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError
 from minseg.geo.crs import input_crs, parse_crs
+from minseg.geo.grid import affine, map_blocks
 from minseg.io.geotiff import GridGeometry
-from minseg.io.storage import Storage, is_s3
+from minseg.io.storage import ObjectNotFoundError, Storage
 
 
 @contextlib.contextmanager
 def local_raster(uri: str, storage: Storage):
     """A local path GDAL can open; an s3:// raster (or an ESRI grid folder prefix) is downloaded first."""
-    if not is_s3(uri):
-        if not os.path.exists(uri):
-            raise ProspectInputError(f"{uri}: no such file or folder")
-        yield uri
-        return
-    with tempfile.TemporaryDirectory(prefix="minseg-raster-") as folder:
-        if storage.exists(uri):
-            target = os.path.join(folder, os.path.basename(uri))
-            with open(target, "wb") as handle:
-                handle.write(storage.read_bytes(uri))
-        else:  # a folder such as an ArcInfo grid: every object under the prefix
-            prefix = uri.rstrip("/") + "/"
-            target = os.path.join(folder, os.path.basename(uri.rstrip("/")))
-            os.makedirs(target)
-            found = False
-            for info in storage.list(prefix):
-                found = True
-                with open(os.path.join(target, info.uri[len(prefix):].replace("/", "_")), "wb") as handle:
-                    handle.write(storage.read_bytes(info.uri))
-            if not found:
-                raise ProspectInputError(f"{uri}: no such object or prefix")
-        yield target
-
-
-def _affine(geometry: GridGeometry):
-    from affine import Affine
-
-    return Affine(geometry.pixel_width, 0.0, geometry.x0, 0.0, -geometry.pixel_height, geometry.y0)
+    try:
+        with storage.local_copy(uri) as path:
+            yield path
+    except ObjectNotFoundError:
+        raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None
 
 
 def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeometry, working, storage: Storage):
@@ -85,7 +61,7 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
                 band[band == nodata] = np.nan
             destination = np.full((geometry.rows, geometry.cols), np.nan)
             reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,
-                      dst_transform=_affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
+                      dst_transform=affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
                       resampling=getattr(GdalResampling, resampling.value))
             report = {"file": settings.uri, "driver": source.driver, "source_shape": list(source.shape),
                       "source_cell": list(source.res), "crs_from": "config" if settings.crs else "file",
@@ -120,7 +96,7 @@ def encode_categorical(values: np.ndarray, settings: EvidenceRaster, study: np.n
 # -- distance to lines ---------------------------------------------------------------
 
 
-def _distance_block(lines_wkb: list[bytes], geometry: GridGeometry, bounds, max_distance):
+def _distance_block(geometry: GridGeometry, bounds, lines_wkb: list[bytes], max_distance):
     import shapely
 
     row0, row1, col0, col1 = bounds
@@ -142,14 +118,9 @@ def distance_to_lines(lines: list[np.ndarray], geometry: GridGeometry, settings:
     import shapely
 
     wkb = ray.put([shapely.to_wkb(shapely.linestrings(line)) for line in lines if len(line) >= 2])
-    remote = ray.remote(num_cpus=task_cpus)(_distance_block)
-    pending = [remote.remote(wkb, geometry, (r, min(r + block, geometry.rows), c, min(c + block, geometry.cols)),
-                             settings.max_distance_m)
-               for r in range(0, geometry.rows, block) for c in range(0, geometry.cols, block)]
     result = np.empty((geometry.rows, geometry.cols), np.float32)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        (row0, row1, col0, col1), values = ray.get(done[0])
+    for (row0, row1, col0, col1), values in map_blocks(_distance_block, geometry, block, task_cpus, wkb,
+                                                       settings.max_distance_m):
         result[row0:row1, col0:col1] = values
     return result
 

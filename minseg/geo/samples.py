@@ -18,10 +18,7 @@ merges duplicate sites and writes the problem rows to the report.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,32 +59,18 @@ def resolve_tables(uri: str, storage: Storage) -> list[str]:
     return [uri]
 
 
-@contextlib.contextmanager
 def local_vector(uri: str, storage: Storage):
-    """A local path GDAL can open: the file itself, or a download (with a shapefile's sidecars)."""
-    if not is_s3(uri):
-        yield uri
-        return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="minseg-vector-") as folder:
-        stem, name = uri.rsplit(".", 1)[0], os.path.basename(uri)
-        parts = [uri] if not uri.lower().endswith(".shp") else [stem + ext for ext in SHAPEFILE_PARTS]
-        for part in parts:
-            if part != uri and not storage.exists(part):
-                continue
-            with open(os.path.join(folder, os.path.basename(part)), "wb") as handle:
-                handle.write(storage.read_bytes(part))
-        yield os.path.join(folder, name)
+    """A local path GDAL can open: the file itself, or a download with a shapefile's sidecars."""
+    return storage.local_copy(uri, sidecars=SHAPEFILE_PARTS)
 
 
-def _vector_info(path: str, layer: str | None) -> dict:
+def _vector_info(path: str, layer: str | None, uri: str) -> dict:
     import pyogrio
 
     try:
         return pyogrio.read_info(path, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError and friends
-        raise ProspectInputError(f"{path}: cannot be read as a vector file ({exc})") from None
+        raise ProspectInputError(f"{uri}: cannot be read as a vector file ({exc})") from None
 
 
 def _recorded_crs(text: str | None):
@@ -123,15 +106,15 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
         needed |= {c for c in (settings.x, settings.y, settings.id) if c}
         if kind == "vector":
             with local_vector(uri, storage) as path:
-                info = _vector_info(path, settings.layer)
+                info = _vector_info(path, settings.layer, uri)
             columns, recorded = set(info["fields"]), _recorded_crs(info.get("crs"))
             if settings.x is None and not (info.get("geometry_type") or "").lower().endswith("point"):
                 raise ProspectInputError(f"{uri}: geometry is {info.get('geometry_type')!r}, not points; "
                                        "give prospect.samples.x / y columns or a point layer")
             total = int(info["features"])
         elif kind == "parquet":
-            with storage.open_read(uri) as handle:
-                meta = pq.ParquetFile(io.BytesIO(handle.read()) if is_s3(uri) else handle).metadata
+            with storage.open_read(uri) as handle:  # seekable (ranged reads on S3): only the footer is fetched
+                meta = pq.ParquetFile(handle).metadata
             columns, recorded, total = set(meta.schema.names), None, meta.num_rows
         else:
             columns, recorded, total = set(_csv_header(uri, storage)), None, None
@@ -144,7 +127,8 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
         crs = input_crs(recorded, settings.crs, uri, "prospect.samples.crs")
         wkt = crs.to_wkt()
         if kind == "vector":
-            step = settings.batch_rows
+            # local: slices read in parallel; s3: one unit, so the file is downloaded once, not once per slice
+            step = total if is_s3(uri) else settings.batch_rows
             units += [ReadUnit(uri, kind, start, min(step, total - start), wkt) for start in range(0, total, step)]
         elif kind == "parquet":
             start = 0
@@ -195,8 +179,7 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
                 start += table.num_rows
     elif unit.format == "parquet":
         with storage.open_read(unit.uri) as handle:
-            source = io.BytesIO(handle.read()) if is_s3(unit.uri) else handle
-            parquet = pq.ParquetFile(source)
+            parquet = pq.ParquetFile(handle)
             start = unit.start
             for batch in parquet.iter_batches(batch_size=settings.batch_rows, row_groups=[unit.row_group]):
                 table = pa.Table.from_batches([batch])
@@ -207,16 +190,19 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
         import shapely
 
         with local_vector(unit.uri, storage) as path:
-            meta, table = pyogrio.read_arrow(path, layer=settings.layer, skip_features=unit.start,
-                                             max_features=unit.count)
-        if settings.x is not None:
-            x, y = table.column(settings.x), table.column(settings.y)
-        else:
-            geometry = shapely.from_wkb(table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False))
-            is_point = shapely.get_type_id(geometry) == 0
-            x = np.where(is_point, shapely.get_x(geometry), np.nan)
-            y = np.where(is_point, shapely.get_y(geometry), np.nan)
-        yield unit.start, table, x, y
+            end = unit.start + unit.count
+            for start in range(unit.start, end, settings.batch_rows):
+                meta, table = pyogrio.read_arrow(path, layer=settings.layer, skip_features=start,
+                                                 max_features=min(settings.batch_rows, end - start))
+                if settings.x is not None:
+                    x, y = table.column(settings.x), table.column(settings.y)
+                else:
+                    wkb = table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False)
+                    geometry = shapely.from_wkb(wkb)
+                    is_point = shapely.get_type_id(geometry) == 0
+                    x = np.where(is_point, shapely.get_x(geometry), np.nan)
+                    y = np.where(is_point, shapely.get_y(geometry), np.nan)
+                yield start, table, x, y
 
 
 def _as_float(column) -> tuple[np.ndarray, np.ndarray]:

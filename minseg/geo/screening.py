@@ -19,44 +19,37 @@ def screen_elements(grids: dict[str, np.ndarray], deposit_cells: np.ndarray,
                     settings: ScreeningSettings) -> list[dict]:
     """One row per element: auc, z_auc, positives, negatives, kept, reason. ``deposit_cells``: (n, 2) row, col."""
     cells = np.unique(np.asarray(deposit_cells, np.int64).reshape(-1, 2), axis=0)
+    at_deposit = np.zeros(next(iter(grids.values())).shape, bool) if grids else None
+    if grids and len(cells):
+        at_deposit[cells[:, 0], cells[:, 1]] = True
     rows = []
     for element, grid in grids.items():
         valid = np.isfinite(grid)
-        positive = np.zeros(grid.shape, bool)
-        if len(cells):
-            positive[cells[:, 0], cells[:, 1]] = True
-        positive &= valid
+        positive = at_deposit & valid
         positives, negatives = int(positive.sum()), int((valid & ~positive).sum())
         row = {"element": element, "auc": None, "z_auc": None, "positives": positives, "negatives": negatives}
-        if positives == 0 or negatives == 0:
-            row.update(kept=False, reason="no values at deposits" if valid.any() else "no values at all")
-            rows.append(row)
-            continue
-        auc = roc_auc(grid[valid], positive[valid])
-        z = auc_z_score(auc, positives, negatives)
-        row.update(auc=round(auc, 4), z_auc=round(z, 3) if math.isfinite(z) else z)
+        if positives and negatives:
+            auc = roc_auc(grid[valid], positive[valid])
+            z = auc_z_score(auc, positives, negatives)
+            row.update(auc=round(auc, 4), z_auc=round(z, 3) if math.isfinite(z) else z)
         rows.append(row)
     significant = [r for r in rows if r["z_auc"] is not None and
                    (r["z_auc"] >= settings.critical_z or (settings.two_sided and r["z_auc"] <= -settings.critical_z))]
     significant.sort(key=lambda r: -abs(r["z_auc"]))
-    limit = settings.max_elements or len(significant)
-    chosen = {r["element"] for r in significant[:limit]}
+    chosen = {r["element"] for r in significant[: settings.max_elements or len(significant)]}
+    score = "|Z_AUC|" if settings.two_sided else "Z_AUC"
     for row in rows:
-        if "kept" in row:
-            continue
-        if row["element"] in settings.always:
+        if row["element"] in settings.always and row["negatives"] > 0:
             row.update(kept=True, reason="always kept (config)")
+        elif row["z_auc"] is None:
+            row.update(kept=False, reason="no values at all" if row["positives"] + row["negatives"] == 0
+                       else "no values at deposits")
         elif row["element"] in chosen:
-            row.update(kept=True, reason=f"|Z_AUC| >= {settings.critical_z}" if settings.two_sided
-                       else f"Z_AUC >= {settings.critical_z}")
+            row.update(kept=True, reason=f"{score} >= {settings.critical_z}")
         elif row in significant:
             row.update(kept=False, reason=f"significant, but beyond max_elements={settings.max_elements}")
         else:
-            row.update(kept=False, reason=f"|Z_AUC| < {settings.critical_z}" if settings.two_sided
-                       else f"Z_AUC < {settings.critical_z}")
-    for row in rows:  # 'always' applies even without values at deposits, if the element has any
-        if row["element"] in settings.always and not row["kept"] and row["negatives"] > 0:
-            row.update(kept=True, reason="always kept (config)")
+            row.update(kept=False, reason=f"{score} < {settings.critical_z}")
     return rows
 
 

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from minseg.geo.config import TargetSettings
+from minseg.geo.grid import affine
 from minseg.io.geotiff import GridGeometry
 from minseg.metrics import roc_auc
 
@@ -97,10 +98,9 @@ def find_targets(score: np.ndarray, study: np.ndarray, geometry: GridGeometry, d
 
 def targets_geojson(rows: list[dict], regions: np.ndarray, geometry: GridGeometry) -> str:
     """Target polygons (cell outlines merged per region) with their table row as properties."""
-    from affine import Affine
     from rasterio.features import shapes
 
-    transform = Affine(geometry.pixel_width, 0.0, geometry.x0, 0.0, -geometry.pixel_height, geometry.y0)
+    transform = affine(geometry)
     by_id = {r["target_id"]: r for r in rows}
     polygons: dict[int, list] = {}
     for shape, value in shapes(regions.astype(np.int32), mask=regions > 0, transform=transform):

@@ -18,15 +18,13 @@ class Points:
     ids: np.ndarray
     x: np.ndarray
     y: np.ndarray
-    attributes: dict[str, np.ndarray] = field(default_factory=dict)
     report: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def subset(self, mask: np.ndarray) -> "Points":
-        return Points(self.ids[mask], self.x[mask], self.y[mask], {k: v[mask] for k, v in self.attributes.items()},
-                      dict(self.report))
+        return Points(self.ids[mask], self.x[mask], self.y[mask], dict(self.report))
 
 
 def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
@@ -90,9 +88,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
     ids = (table.column(settings.id).to_pandas().astype(str).to_numpy(object) if settings.id
            else np.array([str(i + 1) for i in range(table.num_rows)], object))
     x, y = to_working(x, y, crs, working)
-    attributes = {name: table.column(name).to_pandas().to_numpy(object) for name in table.column_names
-                  if name not in ("geom", "geometry", "wkb_geometry")}
-    points = Points(ids, x, y, attributes).subset(keep & np.isfinite(x) & np.isfinite(y))
+    points = Points(ids, x, y).subset(keep & np.isfinite(x) & np.isfinite(y))
     points.report = {"file": settings.uri, "features": int(table.num_rows), "kept": len(points),
                      "filtered_out": int((~keep).sum()), "where": dict(settings.where)}
     return points

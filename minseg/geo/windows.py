@@ -61,6 +61,15 @@ def footprint(row: int, col: int, size: int) -> tuple[int, int, int, int]:
     return top, top + size, left, left + size
 
 
+def footprint_mask(shape: tuple[int, int], rows, cols, size: int, margin: int = 0) -> np.ndarray:
+    """Cells covered by windows centred on (rows, cols), on the grid grown by ``margin`` on every side."""
+    covered = np.zeros((shape[0] + 2 * margin, shape[1] + 2 * margin), bool)
+    for r, c in zip(rows, cols):
+        r0, r1, c0, c1 = (v + margin for v in footprint(int(r), int(c), size))
+        covered[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = True
+    return covered
+
+
 @dataclass
 class Windows:
     rows: np.ndarray
@@ -114,7 +123,6 @@ class Fold:
     index: int
     train: Windows
     test: Windows
-    test_blocks: set[int]
     dropped_for_overlap: int
 
 
@@ -148,15 +156,11 @@ def spatial_folds(windows: Windows, folds: int, size: int, grid_shape: tuple[int
     for b in snake:  # blocks without deposits join the band they lie in
         current = fold_of_block.get(b, current)
         assignment[b] = current
-    blocks = np.unique(windows.blocks)
     fold_of = np.array([assignment[b] for b in windows.blocks])
     result = []
     for k in range(folds):
         test = windows.take(np.flatnonzero(fold_of == k))
-        covered = np.zeros((grid_shape[0] + 2 * size, grid_shape[1] + 2 * size), bool)  # margins: footprints leave the grid
-        for r, c in zip(test.rows, test.cols):
-            r0, r1, c0, c1 = footprint(r, c, size)
-            covered[r0 + size : r1 + size, c0 + size : c1 + size] = True
+        covered = footprint_mask(grid_shape, test.rows, test.cols, size, margin=size)  # footprints leave the grid
         integral = np.pad(covered.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         candidates = np.flatnonzero(fold_of != k)
         clear = []
@@ -166,7 +170,7 @@ def spatial_folds(windows: Windows, folds: int, size: int, grid_shape: tuple[int
             if integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0] == 0:
                 clear.append(i)
         train = windows.take(np.asarray(clear, np.int64))
-        result.append(Fold(k, train, test, {b for b in blocks if assignment[b] == k}, len(candidates) - len(clear)))
+        result.append(Fold(k, train, test, len(candidates) - len(clear)))
     return result
 
 

@@ -491,8 +491,13 @@ class Storage:
                 os.unlink(tmp)
 
     @contextlib.contextmanager
-    def local_copy(self, uri: str, suffix: str = "") -> Iterator[str]:
-        """A local path holding the object's bytes (the file itself when already local)."""
+    def local_copy(self, uri: str, suffix: str = "", sidecars: tuple[str, ...] = ()) -> Iterator[str]:
+        """A local path holding the object's bytes (the file itself when already local).
+
+        ``sidecars``: extensions of companion objects fetched beside it when they exist (a
+        shapefile's .shx, .dbf, .prj). An s3:// URI naming a prefix rather than an object (an
+        ESRI grid folder) is downloaded as a folder.
+        """
         loc = parse_uri(uri)
         if not loc.is_s3:
             if not os.path.exists(loc.path):
@@ -500,10 +505,28 @@ class Storage:
             yield loc.path
             return
         with tempfile.TemporaryDirectory(prefix="minseg-") as tmp:
-            target = os.path.join(tmp, os.path.basename(loc.path) or "object") + suffix
-            with self.open_read(uri) as source, open(target, "wb") as sink:
-                shutil.copyfileobj(source, sink, length=self.settings.part_size)
+            name = os.path.basename(loc.path.rstrip("/")) or "object"
+            if self.exists(uri):
+                target = os.path.join(tmp, name) + suffix
+                self._download(uri, target)
+                stem = uri.rsplit(".", 1)[0]
+                for extension in sidecars:
+                    if f"{stem}{extension}" != uri and self.exists(f"{stem}{extension}"):
+                        self._download(f"{stem}{extension}", os.path.join(tmp, os.path.basename(stem) + extension))
+            else:
+                prefix = uri.rstrip("/") + "/"
+                target = os.path.join(tmp, name)
+                objects = list(self.list(prefix))
+                if not objects:
+                    raise ObjectNotFoundError(f"{uri}: no such object or prefix")
+                for info in objects:
+                    self._download(info.uri, os.path.join(target, info.uri[len(prefix):]))
             yield target
+
+    def _download(self, uri: str, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with self.open_read(uri) as source, open(path, "wb") as sink:
+            shutil.copyfileobj(source, sink, length=self.settings.part_size)
 
     def upload_file(self, path: str, uri: str) -> None:
         with open(path, "rb") as source, self.open_write(uri) as sink:

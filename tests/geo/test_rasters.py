@@ -79,3 +79,16 @@ def test_geotiffs_on_s3_read_back_by_gdal_with_crs_and_transform(s3, tmp_path):
         assert tuple(source.transform)[:6] == (250.0, 0.0, 350000.0, 0.0, -250.0, 7480000.0)
         assert np.isnan(source.nodata)
         np.testing.assert_array_equal(source.read(1)[1:], values[1:])
+
+
+def test_arcinfo_grid_folder_on_s3(s3, shared_data):
+    """An ESRI grid is a folder: on S3 it is a prefix, fetched whole before GDAL opens it."""
+    storage = s3.storage()
+    for path in (shared_data / "geochem-gtk" / "rockclass200k").iterdir():
+        storage.upload_file(str(path), s3.uri(f"grids/rockclass200k/{path.name}"))
+    geometry = GridGeometry(346000.0, 7540000.0, 500.0, 500.0, 20, 20, 3067)
+    settings = EvidenceRaster(uri=s3.uri("grids/rockclass200k"), name="rock", kind="categorical", crs="EPSG:3067")
+    values, report = read_raster_on_grid(settings, 0, geometry, WORKING, storage)
+    assert report["driver"] == "AIG" and np.isfinite(values).any()
+    with pytest.raises(ProspectInputError, match="no such file, folder or prefix"):
+        read_raster_on_grid(settings.model_copy(update={"uri": s3.uri("grids/none")}), 0, geometry, WORKING, storage)

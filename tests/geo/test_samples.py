@@ -160,3 +160,23 @@ def test_tables_on_s3_through_ray_workers(s3, ray_session):
     assert samples.values["Cu"][:2].tolist() == [1.5, 0.5] and np.isnan(samples.values["Cu"][2])
     assert samples.problems == [{"file": s3.uri("survey/b.csv"), "row": 1, "sample": "1", "column": "Cu",
                                  "value": "oops", "reason": "not a number, a <DL value or a missing marker"}]
+
+
+def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
+    """Parquet through ranged reads; a shapefile downloaded once with its sidecars (.dbf, .shx, .prj)."""
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    storage = s3.storage()
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"x": [0.0, 10.0, 20.0], "y": [0.0, 0.0, 0.0], "Cu": ["1", "<2", "3"]}), path,
+                   row_group_size=2)
+    storage.upload_file(str(path), s3.uri("t/s.parquet"))
+    samples = read_samples(SampleTable(uri=s3.uri("t/s.parquet"), x="x", y="y", crs="EPSG:3067",
+                                       elements={"Cu": "Cu"}), WORKING, storage,
+                           s3.settings(forward_credentials=True), task_cpus=0.25)
+    assert samples.values["Cu"].tolist() == [1.0, 1.0, 3.0]
+    for extension in (".shp", ".shx", ".dbf", ".prj", ".cpg"):
+        storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"), s3.uri(f"v/IOCG{extension}"))
+    deposits = read_points(PointLayer(uri=s3.uri("v/IOCG.shp"), id="Name"), WORKING, storage)
+    assert len(deposits) == 24 and "Hannukainen" in deposits.ids.tolist()
