@@ -36,39 +36,35 @@ def ray_pipeline(manifest: str, slide: str, out: str, args) -> float:
                                      cpus_per_actor=max(0.25, (args.cpus - 0.5) / args.actors),
                                      batch_size=args.batch_size, force=True)
     started = time.perf_counter()
-    summary = segment_slides(config)
-    assert summary["done"], summary["failed"]
+    result = segment_slides(config)
+    assert result.done, result.failed
     return time.perf_counter() - started
 
 
 def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     """The pipeline's own pieces, called in a loop in this process."""
-    from minseg.config.schema import StorageSettings
     from minseg.ensemble.manifest import load_manifest
-    from minseg.enums import Uncertainty
+    from minseg.enums import Precision
     from minseg.inference.config import SegmentSettings
     from minseg.inference.outputs import SlideOutputs
     from minseg.inference.segment import EnsemblePredictor, plan_slide, read_tiles, tile_chunks
-    from minseg.inference.sliding import mean_fill
+    from minseg.ensemble.sliding import mean_fill
     from minseg.inference.stitch import Stitcher
     from minseg.io.storage import Storage
-    from dataclasses import asdict
 
     storage = Storage()
     manifest = load_manifest(manifest_uri, storage)
     settings = SegmentSettings(batch_size=args.batch_size)
     started = time.perf_counter()
     plan = plan_slide(slide, "slide", manifest, settings, storage, out)
-    predictor = EnsemblePredictor(manifest.model_dump(mode="json"), StorageSettings().model_dump(mode="json"),
-                                  args.batch_size, "fp32", 0)
+    predictor = EnsemblePredictor(manifest, storage, args.batch_size, Precision.FP32, 0)
     outputs = SlideOutputs(plan, manifest.classes, settings, os.path.join(out, ".staging"), {})
-    stitcher = Stitcher(plan.grid, len(manifest.classes["classes"]), Uncertainty(plan.uncertainty),
+    stitcher = Stitcher(plan.grid, manifest.num_classes, plan.uncertainty,
                         settings.output_tile, outputs.add_tile)
     fill = mean_fill(manifest.normalization["mean"]).tolist()
     chunks = tile_chunks(plan, args.batch_size)
     for chunk in chunks:
-        tiles = read_tiles({"slide": [chunk["slide"]], "tiles": [chunk["tiles"]]}, {"slide": asdict(plan)},
-                           StorageSettings().model_dump(mode="json"), fill)
+        tiles = read_tiles({"slide": [chunk["slide"]], "tiles": [chunk["tiles"]]}, {"slide": plan}, storage, fill)
         scored = predictor(tiles)
         for i in range(len(scored["row"])):
             stitcher.add(int(scored["row"][i]), int(scored["col"][i]), scored["scores"][i])
@@ -83,10 +79,11 @@ def monai_window(manifest_uri: str, slide: str, args) -> float | None:
     except ImportError:
         print("# MONAI is not installed (pip install -e '.[bench]'): skipping the MONAI comparison", file=sys.stderr)
         return None
-    from minseg.ensemble.manifest import load_manifest, load_member_models
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.ensemble.runtime import load_member_models
     from minseg.io.slides import Slide
     from minseg.io.storage import Storage
-    from minseg.inference.sliding import normalise
+    from minseg.ensemble.sliding import normalise
 
     manifest = load_manifest(manifest_uri)
     model = load_member_models(manifest, Storage())[0]
@@ -113,8 +110,8 @@ def main() -> None:
     parser.add_argument("--csv")
     args = parser.parse_args()
 
-    from minseg.config.schema import SlideSynth
-    from minseg.inference.sliding import TileGrid
+    from minseg.synth.config import SlideSynth
+    from minseg.ensemble.sliding import TileGrid
     from minseg.runtime import init_ray
     from minseg.synth.slide import write_synthetic_slide
 

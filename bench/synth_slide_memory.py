@@ -20,7 +20,7 @@ import time
 
 CHILD = """
 import json, resource, sys, time
-from minseg.config.schema import SlideSynth
+from minseg.synth.config import SlideSynth
 from minseg.synth.slide import write_synthetic_slide
 size, out = int(sys.argv[1]), sys.argv[2]
 started = time.monotonic()

@@ -68,7 +68,7 @@ def main() -> None:
 
     import ray
 
-    from minseg.config.schema import SectionsSynth
+    from minseg.synth.config import SectionsSynth
     from minseg.synth.dataset import write_section_dataset
 
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)

@@ -55,8 +55,8 @@ def cmd_synth(args) -> int:
         config.synth.slide = SlideSynth()
     if args.seed is not None:
         config.synth.seed = args.seed
-    manifest = run_synth(config, args.out)
-    print(json.dumps(manifest["outputs"], indent=2))
+    result = run_synth(config, args.out)
+    print(json.dumps(result.outputs, indent=2))
     return 0
 
 
@@ -65,8 +65,10 @@ def cmd_train(args) -> int:
 
     config = _load(args)
     members = [m.strip() for m in args.members.split(",") if m.strip()] if args.members else None
+    from minseg.enums import MemberStatus
+
     results = train_ensemble(config, members, resume=args.resume)
-    failed = [r.member for r in results if r.status != "done"]
+    failed = [r.member for r in results if r.status is not MemberStatus.DONE]
     if failed:
         print(f"minseg: {len(failed)} of {len(results)} members failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed and len(failed) == len(results) else 0
@@ -75,16 +77,16 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from minseg.ensemble.evaluate import evaluate_ensemble
 
-    document = evaluate_ensemble(_load(args))
-    print(f"ensemble manifest: {document['manifest_uri']}")
+    result = evaluate_ensemble(_load(args))
+    print(f"ensemble manifest: {result.manifest_uri}")
     return 0
 
 
 def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
-    from minseg.ensemble.evaluate import Combination, build_manifest, select
     from minseg.ensemble.manifest import write_manifest
-    from minseg.enums import FusionMode
+    from minseg.ensemble.selection import Candidate, build_manifest, select
+    from minseg.enums import SelectionRule
     from minseg.io.storage import Storage, join_uri
 
     storage = Storage()
@@ -92,9 +94,8 @@ def cmd_select(args) -> int:
     if args.candidate:
         key = args.candidate
     else:
-        candidates = [Combination(c["key"], c["members"], FusionMode(c["mode"]) if c["mode"] else None, c["weights"],
-                                  c["metrics"], c["tpi"]) for c in document["candidates"]]
-        rule = "tpi_budget" if args.tpi_budget else "best"
+        candidates = [Candidate.from_document(c) for c in document["candidates"]]
+        rule = SelectionRule.TPI_BUDGET if args.tpi_budget else SelectionRule.BEST
         key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
     manifest = build_manifest(document, key, storage, args.name)
     target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
@@ -104,6 +105,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_prospect(args) -> int:
+    from minseg.enums import MemberStatus
     from minseg.geo.config import ProspectInputError
     from minseg.geo.prospect import map_prospectivity
 
@@ -112,20 +114,20 @@ def cmd_prospect(args) -> int:
         raise ProspectInputError("the prospect job needs a 'prospect' section in --config (see configs/prospect_*.yaml)")
     if args.out:
         config.prospect.output_uri = args.out
-    summary = map_prospectivity(config, resume=args.resume)
-    metrics = summary["metrics"]
+    result = map_prospectivity(config, resume=args.resume)
+    metrics = result.metrics
     prediction, success = metrics["prediction_rate"], metrics["success_rate"]
     captures = ", ".join(f"{k.replace('top_', 'top ').replace('_percent', ' %')}: {v:.1f} %"
                          for k, v in prediction.items() if k.startswith("top_") and v is not None)
-    print(f"prospectivity -> {summary['output']}")
-    print(f"  kept elements: {', '.join(summary['kept_elements']) or 'none'}; channels: {len(summary['channels'])}")
+    print(f"prospectivity -> {result.output}")
+    print(f"  kept elements: {', '.join(result.kept_elements) or 'none'}; channels: {len(result.channels)}")
     if prediction["auc"] is not None:
         print(f"  spatial CV prediction rate: AUC {prediction['auc']:.3f} over {prediction['deposits']} held-out "
               f"deposits; {captures}")
     if success["auc"] is not None:
         print(f"  success rate (final map, all deposits): AUC {success['auc']:.3f}")
-    print(f"  targets: {summary['targets']} (targets.csv, targets.geojson)")
-    failed = [m for m in summary["members"] if m["status"] != "done"]
+    print(f"  targets: {result.targets} (targets.csv, targets.geojson)")
+    failed = [m for m in result.members if m.status is not MemberStatus.DONE]
     if failed:
         print(f"minseg: {len(failed)} member trial(s) failed; see models/members.csv", file=sys.stderr)
     return 1 if failed else 0
@@ -140,15 +142,15 @@ def cmd_segment(args) -> int:
                "level": args.level, "force": True if args.force else None, "actors": args.actors}
     current = (config.segment or SegmentSettings()).model_dump()
     config.segment = SegmentSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
-    summary = segment_slides(config)
-    print(f"segmented {len(summary['done'])}, skipped {len(summary['skipped'])}, failed {len(summary['failed'])} "
-          f"slides -> {summary['output']}")
-    for failure in summary["failed"]:
-        print(f"  failed: {failure['slide']}: {failure['reason']}", file=sys.stderr)
-    if summary["failed"]:
-        print(f"minseg: {len(summary['failed'])} slides failed (see failures.json); the other outputs are complete",
+    result = segment_slides(config)
+    print(f"segmented {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)} "
+          f"slides -> {result.output}")
+    for failure in result.failed:
+        print(f"  failed: {failure.slide}: {failure.reason}", file=sys.stderr)
+    if result.failed:
+        print(f"minseg: {len(result.failed)} slides failed (see failures.json); the other outputs are complete",
               file=sys.stderr)
-    return 1 if summary["failed"] else 0
+    return 1 if result.failed else 0
 
 
 def cmd_config(args) -> int:
@@ -187,15 +189,17 @@ def cmd_models(args) -> int:
 
     rows = []
     for entry in list_models(args.task):
-        in_channels = 10 if entry.name == "mfaf" else 3
-        num_classes = 2 if entry.name == "mfaf" else args.num_classes
+        spec = entry.input_spec  # what the learner is built with when nothing else is known
+        num_classes = spec.num_classes or args.num_classes
         with torch.device("meta"):  # counts parameters without allocating them
-            model = build_model(entry.name, num_classes=num_classes, in_channels=in_channels)
+            model = build_model(entry.name, num_classes=num_classes, in_channels=spec.channels)
         options = {k: str(v) for k, v in entry.options().items() if k != "pad_mode"}
         rows.append({
             "name": entry.name,
             "task": str(entry.task),
             "params_m": round(model.parameter_count() / 1e6, 2),
+            "in_channels": spec.channels,
+            "num_classes": num_classes,
             "defaults": options,
             "paper": entry.paper,
             "description": entry.description,
@@ -208,7 +212,8 @@ def cmd_models(args) -> int:
         print(f"{row['name']:<22}{row['task']:<16}{row['params_m']:>8.2f}M  {row['description']}")
         print(f"{'':<22}paper: {row['paper']}")
         print(f"{'':<22}defaults: " + ", ".join(f"{k}={v}" for k, v in row["defaults"].items()))
-    print(f"\nparameter counts at full size, {args.num_classes} classes (mfaf: 10 evidence channels, 2 classes)")
+    print(f"\nparameter counts at full size, {args.num_classes} classes unless a learner fixes its own, "
+          "with each learner's default input channels (see --json)")
     return 0
 
 
@@ -315,15 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minseg.config import ConfigError
-    from minseg.data.pipeline import DataError
-    from minseg.io.storage import StorageError
-    from minseg.ensemble.manifest import ManifestError
-    from minseg.geo.config import ProspectInputError, ProspectRunError
-    from minseg.inference.segment import SegmentInputError
-    from minseg.train.ensemble import ResourceError
-    from minseg.logs import configure_logging
     from pydantic import ValidationError
+
+    from minseg.errors import MinsegError
+    from minseg.logs import configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -332,13 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("storage cp needs a destination")
     try:
         return args.func(args)
-    except (ConfigError, StorageError, DataError, ResourceError, ManifestError, ValidationError,
-            SegmentInputError, ProspectInputError) as exc:
+    except MinsegError as exc:  # input errors exit 2, run errors 1: minseg/errors.py
+        print(f"minseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValidationError as exc:  # a value set from the command line that does not validate
         print(f"minseg: error: {exc}", file=sys.stderr)
         return 2
-    except ProspectRunError as exc:
-        print(f"minseg: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("minseg: interrupted", file=sys.stderr)
         return 130

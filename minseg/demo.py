@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
 from minseg.io.storage import Storage, absolute_uri, join_uri
@@ -24,7 +25,40 @@ from minseg.synth.survey import write_survey
 log = get_logger("demo")
 
 
-def run_synth(config: MinsegConfig, output_uri: str | None = None) -> dict:
+@dataclass
+class SynthResult:
+    """What ``run_synth`` wrote: per product (sections, slide, survey) its description, under ``output``.
+    ``document`` is ``synth_manifest.json`` (with the resolved config)."""
+
+    output: str
+    seconds: float
+    outputs: dict
+    document: dict
+
+
+@dataclass
+class SlideScore:
+    """The demo slide segmented by the selected ensemble, scored against the slide's true mask."""
+
+    output: str
+    seconds: float
+    shape: tuple[int, int]
+    pixel_accuracy: float
+    miou: float
+
+
+@dataclass
+class DemoResult:
+    """Everything the demo made: synthetic data, the trained members, the evaluation, the scored slide."""
+
+    synth: SynthResult
+    trained: bool = False  # training ran (the config has members and sections)
+    members: list = field(default_factory=list)  # train.ensemble.MemberResult, finished ones
+    evaluation: object | None = None  # ensemble.evaluate.EvaluationResult
+    slide: SlideScore | None = None
+
+
+def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResult:
     """Write every synthetic product the config asks for under ``output_uri``."""
     storage = Storage(config.storage)
     output_uri = absolute_uri(output_uri or config.run.output_uri)
@@ -46,16 +80,12 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> dict:
         )
     if synth.survey is not None:
         outputs["survey"] = write_survey(join_uri(output_uri, "survey"), synth.survey, synth.seed, storage)
-    manifest = {
-        "run": config.run.name,
-        "output": output_uri,
-        "seconds": round(time.monotonic() - started, 1),
-        "outputs": outputs,
-        "config": config.model_dump(mode="json"),
-    }
-    storage.write_text(join_uri(output_uri, "synth_manifest.json"), json.dumps(manifest, indent=2))
-    log_event(log, "synth.done", output=output_uri, seconds=manifest["seconds"])
-    return manifest
+    seconds = round(time.monotonic() - started, 1)
+    document = {"run": config.run.name, "output": output_uri, "seconds": seconds, "outputs": outputs,
+                "config": config.model_dump(mode="json")}
+    storage.write_text(join_uri(output_uri, "synth_manifest.json"), json.dumps(document, indent=2))
+    log_event(log, "synth.done", output=output_uri, seconds=seconds)
+    return SynthResult(output_uri, seconds, outputs, document)
 
 
 def train_on_synthetic_sections(config: MinsegConfig, output_uri: str):
@@ -73,70 +103,80 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str):
     return train_ensemble(config)
 
 
-def run_demo(config: MinsegConfig) -> dict:
+def run_demo(config: MinsegConfig) -> DemoResult:
+    """Synthesise → train → evaluate and select → segment the slide and score it; prints where to look."""
+    from minseg.enums import MemberStatus
+
     started = time.monotonic()
-    manifest = run_synth(config)
-    out = manifest["output"]
-    shown = os.path.relpath(out) if not out.startswith("s3://") else out
+    result = DemoResult(run_synth(config))
+    out = result.synth.output
     if config.training is not None and config.synth.sections is not None:
-        results = train_on_synthetic_sections(config, out)
-        manifest["members"] = [r.member for r in results if r.status == "done"]
-        if config.evaluation is not None and manifest["members"]:
+        trained = train_on_synthetic_sections(config, out)
+        result.trained = True
+        result.members = [r for r in trained if r.status is MemberStatus.DONE]
+        if config.evaluation is not None and result.members:
             from minseg.ensemble.evaluate import evaluate_ensemble
 
-            manifest["ensemble"] = evaluate_ensemble(config)
-            if config.segment is not None and "slide" in manifest["outputs"]:
-                manifest["segment"] = segment_synthetic_slide(config, manifest)
+            result.evaluation = evaluate_ensemble(config)
+            if config.segment is not None and "slide" in result.synth.outputs:
+                result.slide = segment_synthetic_slide(config, result.synth)
+    print(demo_report(config, result, time.monotonic() - started))
+    return result
+
+
+def demo_report(config: MinsegConfig, result: DemoResult, seconds: float) -> str:
+    """What the demo made and where, for the console."""
+    out = result.synth.output
+    shown = os.path.relpath(out) if not out.startswith("s3://") else out
     lines = [
         "",
-        f"minseg demo finished in {time.monotonic() - started:.0f} s. Outputs under {shown}/:",
+        f"minseg demo finished in {seconds:.0f} s. Outputs under {shown}/:",
         "  sections/images, sections/masks   synthetic training photos + label masks",
         "  slides/                           whole-slide pyramidal BigTIFF + mask",
         "  survey/                           geochemical survey (CSV/Parquet, GeoTIFF, GeoJSON)",
         "  synth_manifest.json               what was made, with the resolved config",
     ]
-    if "members" in manifest:
-        run = config.run.name
+    run = config.run.name
+    if result.trained:
         lines += [
             f"  {run}/members.csv         the trained ensemble members (status, best mIoU, checkpoints)",
             f"  {run}/members/*/curves.png  loss and validation curves per member",
             f"  {run}/data/               dataset statistics, splits, quarantine report",
         ]
-    if "ensemble" in manifest:
+    if result.evaluation is not None:
         lines += [
             f"  {run}/evaluation/{config.evaluation.name}/manifest.json   the selected ensemble "
-            f"({manifest['ensemble']['selected']})",
+            f"({result.evaluation.selected.key})",
             f"  {run}/evaluation/{config.evaluation.name}/table*.md       member, RUEL-k and per-class tables; *.png figures",
         ]
-    if "segment" in manifest:
-        segment = manifest["segment"]
-        where = segment["output"][len(out):].lstrip("/") if segment["output"].startswith(out) else segment["output"]
+    if result.slide is not None:
+        slide = result.slide
+        where = slide.output[len(out):].lstrip("/") if slide.output.startswith(out) else slide.output
         lines += [
             f"  {where}/synthetic_slide/  labels.tif (pyramidal, class palette), uncertainty.tif, "
             "preview.png, summary.json (modal mineralogy, grain statistics)",
             f"  {where}/slides.csv        one row per slide; run_summary.json, failures.json",
-            f"Segmented {segment['shape'][0]}x{segment['shape'][1]} px in {segment['seconds']:.0f} s; against the "
-            f"slide's true mask: pixel accuracy {segment['truth']['pixel_accuracy']:.3f}, "
-            f"mIoU {segment['truth']['miou']:.3f}",
+            f"Segmented {slide.shape[0]}x{slide.shape[1]} px in {slide.seconds:.0f} s; against the "
+            f"slide's true mask: pixel accuracy {slide.pixel_accuracy:.3f}, mIoU {slide.miou:.3f}",
         ]
-    print("\n".join(lines))
-    return manifest
+    return "\n".join(lines)
 
 
-def segment_synthetic_slide(config: MinsegConfig, manifest: dict) -> dict:
+def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideScore:
     """Segment the demo slide with the ensemble just selected, then score it against the slide's mask."""
+    from minseg.errors import RunError
     from minseg.inference.compare import compare_label_maps
     from minseg.inference.segment import segment_slides
     from minseg.synth.minerals import class_map_document
 
-    slide = manifest["outputs"]["slide"]
+    slide = synth.outputs["slide"]
     config.segment = config.segment.model_copy(update={"slides": [slide["image"]], "force": True})
-    summary = segment_slides(config)
-    if not summary["done"]:
-        raise RuntimeError(f"the demo slide failed to segment: {summary['failed']}")
-    done = summary["done"][0]
-    labels_uri = join_uri(summary["output"], done["slide"], "labels.tif")
+    segmented = segment_slides(config)
+    if not segmented.done:
+        raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
+    done = segmented.done[0]
+    labels_uri = join_uri(segmented.output, done["slide"], "labels.tif")
     names = [c["name"] for c in class_map_document()["classes"]]
     truth = compare_label_maps(labels_uri, slide["mask"], names, storage=Storage(config.storage))
-    return {"output": summary["output"], "seconds": done["seconds"], "shape": [slide["height"], slide["width"]],
-            "truth": {"pixel_accuracy": truth["accuracy"], "miou": truth["miou"]}}
+    return SlideScore(segmented.output, done["seconds"], (slide["height"], slide["width"]), truth["accuracy"],
+                      truth["miou"])

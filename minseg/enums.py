@@ -114,6 +114,28 @@ class FusionMode(StrEnum):
     LEARNED = "learned"  # probabilities weighted by weights fitted on the validation split
 
 
+class SelectionRule(StrEnum):
+    """How ``evaluate`` / ``select`` choose among the candidate ensembles."""
+
+    BEST = "best"  # the best value of the ranking key
+    TPI_BUDGET = "tpi_budget"  # the best among candidates within a time-per-image budget
+
+
+class MemberStatus(StrEnum):
+    """Outcome of one member's training (one trial: a member, or a member on one CV fold)."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SlideStatus(StrEnum):
+    """Outcome of one slide in a segmentation batch."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # complete outputs for the same ensemble already exist
+    FAILED = "failed"
+
+
 class TTA(StrEnum):
     NONE = "none"
     FLIPS = "flips"  # identity, horizontal, vertical flip

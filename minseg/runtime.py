@@ -1,13 +1,24 @@
-"""Connecting to Ray the same way from the CLI, jobs and tests."""
+"""Connecting to Ray the same way from the CLI, jobs and tests; the ``ray`` config section."""
 
 from __future__ import annotations
 
 import os
 
-from minseg.config.schema import RaySettings
+from pydantic import Field
+
+from minseg.config.base import StrictModel
+from minseg.io.config import PositiveInt, StorageSettings
 from minseg.logs import _is_interactive, configure_logging, get_logger, log_event
 
 log = get_logger("runtime")
+
+
+class RaySettings(StrictModel):
+    address: str | None = Field(None, description="cluster address; default RAY_ADDRESS or a local instance")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs for a local instance (default: all)")
+    task_cpus: float = Field(0.5, gt=0, description="CPUs per data task; fractional leaves headroom on small nodes")
+    object_store_mib: int | None = Field(None, ge=80, description="object store size of a local instance (default: "
+                                         "Ray's, 30 % of RAM); every process that reads results maps its pages")
 
 
 def _worker_setup() -> None:
@@ -47,7 +58,7 @@ FORWARDED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESS
                          "AWS_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
-def task_options(storage_settings) -> dict:
+def task_options(storage_settings: StorageSettings) -> dict:
     """Extra Ray remote options for tasks and actors that touch storage."""
     if not storage_settings.forward_credentials:
         return {}

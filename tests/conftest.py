@@ -39,7 +39,7 @@ class S3Context:
         return f"s3://{self.bucket}/{key}"
 
     def settings(self, **overrides):
-        from minseg.config.schema import StorageSettings
+        from minseg.io.config import StorageSettings
 
         values = dict(endpoint_url=self.server.endpoint, multipart_threshold_mib=5, multipart_part_size_mib=5)
         values.update(overrides)
@@ -79,7 +79,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def synthetic_sections(ray_session, tmp_path_factory):
     """Eight 96x96 synthetic polished sections with masks (paired layout), shared by the session."""
-    from minseg.config.schema import SectionsSynth
+    from minseg.synth.config import SectionsSynth
     from minseg.synth.dataset import write_section_dataset
 
     root = tmp_path_factory.mktemp("sections")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from minseg.errors import InputError
+
 
 ENV_PREFIX = "MINSEG__"
 # Keys that can only hold a secret; they must come from the environment, never a file.
@@ -41,7 +43,7 @@ TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 """A TIFF tile side: the format wants multiples of 16."""
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
@@ -164,25 +166,6 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [("", f"{where}not valid YAML ({problem})")]) from None
-
-
-def load_config(
-    source: str | Path,
-    model: type[M],
-    overrides: Mapping[str, str] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> M:
-    """Read a YAML config from a path or URI (``s3://`` too) and validate it."""
-    from minseg.io.storage import ObjectNotFoundError, Storage
-
-    source = str(source)
-    try:
-        text = Storage().read_bytes(source).decode("utf-8")
-    except ObjectNotFoundError:
-        raise ConfigError(source, [("", "config file not found")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, [("", "config file is not UTF-8 text")]) from None
-    return validate_config(parse_yaml(text, source), model, source, overrides, environ)
 
 
 def parse_set_options(pairs: list[str] | None) -> dict[str, str]:

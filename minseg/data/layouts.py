@@ -1,10 +1,17 @@
-"""Dataset layouts -> items. An item is a plain dict (it travels through Ray Data):
+"""Dataset layouts -> items, through a registry: one ``@register_layout`` per layout.
 
-``item_id``, ``source_id`` (what splits group by), ``where`` (for reports), ``image`` /
-``image_name`` (ref + file name), and one of ``mask`` / ``mask_name``, ``polygons`` +
-``size`` (COCO / Labelme, codes per polygon; unannotated pixels are code 0), or
-``label`` (class folders). ``layout_split`` carries a split the layout itself names
-(VOC ImageSets lists, COCO train/valid/test folders).
+An item is a plain dict (it travels through Ray Data): ``item_id``, ``source_id`` (what
+splits group by), ``where`` (for reports), ``image`` / ``image_name`` (ref + file name),
+and one of ``mask`` / ``mask_name``, ``polygons`` + ``size`` (COCO / Labelme, codes per
+polygon; unannotated pixels are code 0), or ``label`` (class folders). ``layout_split``
+carries a split the layout itself names (VOC ImageSets lists, COCO train/valid/test
+folders). :func:`make_item` builds one with every key present.
+
+A layout is registered with its reader (one signature for all, see :data:`LayoutReader`),
+the predicate ``detect_layout`` tries for ``layout: auto`` (in ``priority`` order, lowest
+first), the task it trains and a hint for the "cannot recognise" error. The
+:class:`~minseg.enums.DatasetLayout` enum stays the validated config value; every
+member but ``AUTO`` has exactly one reader (checked at import).
 """
 
 from __future__ import annotations
@@ -12,10 +19,17 @@ from __future__ import annotations
 import json
 import posixpath
 from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
 
 from minseg.data.containers import Container, Rejected, read_ref
-from minseg.enums import DatasetLayout
+from minseg.enums import DatasetLayout, Task
 from minseg.io.storage import Storage
+
+if TYPE_CHECKING:
+    from minseg.data.classmap import ClassMap
+    from minseg.data.config import SourceSettings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -42,33 +56,143 @@ def _find_root(members: list[str], *folders: str) -> str | None:
     return candidates[0] if candidates else None
 
 
+# ------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class LayoutItems:
+    """What a layout reader found in one source.
+
+    ``items``: item dicts (see the module doc); ``rejected``: files not used and why;
+    ``class_names``: the class names the layout itself names (class folders), else None.
+    """
+
+    items: list[dict] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class LayoutProbe:
+    """One listed source as detection predicates see it; JSON is read lazily, at most once.
+
+    ``storage`` is None when the caller cannot read members: predicates that need file
+    contents (``first_json``) then see None.
+    """
+
+    container: Container
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    storage: Storage | None = None
+
+    @cached_property
+    def members(self) -> list[str]:
+        return list(self.container.members)
+
+    @cached_property
+    def jsons(self) -> list[str]:
+        return [m for m in self.members if m.lower().endswith(".json")]
+
+    @cached_property
+    def images(self) -> list[str]:
+        return [m for m in self.members if _is_image(m)]
+
+    @cached_property
+    def first_json(self) -> Any:
+        """The first JSON member, parsed (None without JSON members or storage).
+
+        Raises ValueError (``json.JSONDecodeError``) when it is not valid JSON.
+        """
+        if not self.jsons or self.storage is None:
+            return None
+        return json.loads(read_ref(self.container.members[self.jsons[0]], self.storage))
+
+
+LayoutReader = Callable[[Container, str, "SourceSettings", Storage, "ClassMap | None"], LayoutItems]
+"""``reader(container, prefix, source, storage, classmap) -> LayoutItems``: ``prefix`` starts
+item ids, ``source`` is the source's settings (``images_dir``, ``masks_dir``), ``classmap``
+is None when ``data.classes`` is not set. Raises ValueError when the source cannot be read
+as this layout at all; single bad files go to ``rejected``."""
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    layout: DatasetLayout | str
+    read: LayoutReader
+    detect: Callable[[LayoutProbe], bool]
+    task: Task
+    hint: str  # what detection looks for; may use {images_dir} and {masks_dir}
+    priority: int
+
+
+_REGISTRY: dict[str, LayoutEntry] = {}
+
+
+def register_layout(layout: DatasetLayout | str, *, detect: Callable[[LayoutProbe], bool], task: Task, hint: str,
+                    priority: int = 100):
+    """Decorator registering ``reader`` (a :data:`LayoutReader`) for ``layout``.
+
+    ``detect(probe) -> bool`` says whether a source looks like this layout; predicates
+    are tried from the lowest ``priority`` up (ties: registration order) and the first
+    that says yes wins. Raises ValueError for ``auto`` and when ``layout`` is registered already.
+    """
+    key = str(layout)
+    if key == DatasetLayout.AUTO.value:
+        raise ValueError("'auto' means detection; it cannot have a reader")
+
+    def decorate(reader: LayoutReader) -> LayoutReader:
+        if key in _REGISTRY:
+            raise ValueError(f"layout {key!r} is registered twice")
+        _REGISTRY[key] = LayoutEntry(layout, reader, detect, Task(task), hint, priority)
+        return reader
+
+    return decorate
+
+
+def unregister_layout(layout: DatasetLayout | str) -> None:
+    """Remove a registered layout (tests and plug-ins that register one temporarily)."""
+    _REGISTRY.pop(str(layout), None)
+
+
+def list_layouts() -> list[LayoutEntry]:
+    """Registered layouts in detection order."""
+    order = {key: index for index, key in enumerate(_REGISTRY)}
+    return sorted(_REGISTRY.values(), key=lambda e: (e.priority, order[str(e.layout)]))
+
+
+def get_layout(layout: DatasetLayout | str) -> LayoutEntry:
+    """The entry of a registered layout; ValueError naming the registered ones otherwise."""
+    try:
+        return _REGISTRY[str(layout)]
+    except KeyError:
+        raise ValueError(f"unknown layout {str(layout)!r}; registered layouts: {', '.join(_REGISTRY)}") from None
+
+
 def detect_layout(container: Container, images_dir: str = "images", masks_dir: str = "masks",
-                  storage: Storage | None = None) -> DatasetLayout:
-    members = list(container.members)
-    if _find_root(members, "JPEGImages", "SegmentationClass") is not None:
-        return DatasetLayout.VOC
-    if _find_root(members, images_dir, masks_dir) is not None:
-        return DatasetLayout.PAIRED
-    jsons = [m for m in members if m.lower().endswith(".json")]
-    if any("coco" in m.lower() or posixpath.basename(m).startswith("instances") for m in jsons):
-        return DatasetLayout.COCO
-    images = [m for m in members if _is_image(m)]
-    if jsons and storage is not None:
-        sample = json.loads(read_ref(container.members[jsons[0]], storage))
-        if isinstance(sample, dict) and "images" in sample and "annotations" in sample:
-            return DatasetLayout.COCO
-        if isinstance(sample, dict) and "shapes" in sample:
-            return DatasetLayout.LABELME
-    parents = {posixpath.dirname(m) for m in images}
-    if images and len(parents) >= 2 and all(posixpath.dirname(m) for m in images):
-        return DatasetLayout.CLASS_FOLDERS
-    raise ValueError(
-        f"{container.uri}: cannot recognise the dataset layout (looked for VOC JPEGImages/ + SegmentationClass/, "
-        f"{images_dir}/ + {masks_dir}/, COCO or Labelme JSON, and one folder per class); set 'layout' explicitly"
-    )
+                  storage: Storage | None = None) -> DatasetLayout | str:
+    """The first registered layout whose predicate accepts ``container``.
+
+    Without ``storage`` no member is read (JSON contents are not looked at). Raises
+    ValueError naming what was looked for when no layout fits, or when the JSON a
+    predicate reads is invalid.
+    """
+    probe = LayoutProbe(container, images_dir, masks_dir, storage)
+    entries = list_layouts()
+    for entry in entries:
+        if entry.detect(probe):
+            return entry.layout
+    hints = [entry.hint.format(images_dir=images_dir, masks_dir=masks_dir) for entry in entries if entry.hint]
+    looked_for = ", ".join(hints[:-1]) + f", and {hints[-1]}" if len(hints) > 1 else "".join(hints)
+    raise ValueError(f"{container.uri}: cannot recognise the dataset layout (looked for {looked_for}); "
+                     "set 'layout' explicitly")
 
 
-def _item(container: Container, name_prefix: str, image: str, **extra) -> dict:
+def make_item(container: Container, name_prefix: str, image: str, **extra) -> dict:
+    """An item dict for member ``image`` with every key present (see the module doc).
+
+    ``item_key`` / ``source_key`` (default: the image's stem) follow ``name_prefix/`` in
+    ``item_id`` / ``source_id``; other keyword arguments set item keys (``mask``, ``label``, ...).
+    """
     stem = _stem(image)
     return {
         "item_id": f"{name_prefix}/{extra.pop('item_key', stem)}",
@@ -86,25 +210,17 @@ def _item(container: Container, name_prefix: str, image: str, **extra) -> dict:
     }
 
 
-def paired_items(container: Container, prefix: str, images_dir: str, masks_dir: str) -> tuple[list[dict], list[Rejected]]:
-    root = _find_root(list(container.members), images_dir, masks_dir)
-    if root is None:
-        raise ValueError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
-    images = {_stem(m): m for m in container.members if m.startswith(f"{root}{images_dir}/") and _is_image(m)}
-    masks = {_stem(m): m for m in container.members
-             if m.startswith(f"{root}{masks_dir}/") and m.lower().endswith(MASK_SUFFIXES)}
-    items, rejected = [], []
-    for stem in sorted(images):
-        if stem in masks:
-            items.append(_item(container, prefix, images[stem], mask=container.members[masks[stem]], mask_name=masks[stem]))
-        else:
-            rejected.append(Rejected(container.describe(images[stem]), f"no mask {masks_dir}/{stem}.* for this image"))
-    for stem in sorted(set(masks) - set(images)):
-        rejected.append(Rejected(container.describe(masks[stem]), f"mask without an image {images_dir}/{stem}.*"))
-    return items, rejected
+# ------------------------------------------------------------------- readers
 
 
-def voc_items(container: Container, prefix: str, storage: Storage) -> tuple[list[dict], list[Rejected]]:
+def _looks_voc(probe: LayoutProbe) -> bool:
+    return _find_root(probe.members, "JPEGImages", "SegmentationClass") is not None
+
+
+@register_layout(DatasetLayout.VOC, detect=_looks_voc, task=Task.SEGMENTATION,
+                 hint="VOC JPEGImages/ + SegmentationClass/", priority=10)
+def read_voc(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+             classmap: ClassMap | None) -> LayoutItems:
     root = _find_root(list(container.members), "JPEGImages", "SegmentationClass")
     images = {_stem(m): m for m in container.members if m.startswith(f"{root}JPEGImages/") and _is_image(m)}
     masks = {_stem(m): m for m in container.members if m.startswith(f"{root}SegmentationClass/")
@@ -121,11 +237,38 @@ def voc_items(container: Container, prefix: str, storage: Storage) -> tuple[list
         if stem not in images:
             rejected.append(Rejected(container.describe(masks[stem]), f"mask without an image JPEGImages/{stem}.jpg"))
             continue
-        items.append(_item(container, prefix, images[stem], mask=container.members[masks[stem]],
-                           mask_name=masks[stem], layout_split=listed.get(stem)))
+        items.append(make_item(container, prefix, images[stem], mask=container.members[masks[stem]],
+                               mask_name=masks[stem], layout_split=listed.get(stem)))
     for stem in sorted(set(listed) - set(masks)):
         rejected.append(Rejected(f"{container.uri}!{root}ImageSets/Segmentation", f"lists {stem!r}, which has no mask"))
-    return items, rejected
+    return LayoutItems(items, rejected)
+
+
+def _looks_paired(probe: LayoutProbe) -> bool:
+    return _find_root(probe.members, probe.images_dir, probe.masks_dir) is not None
+
+
+@register_layout(DatasetLayout.PAIRED, detect=_looks_paired, task=Task.SEGMENTATION,
+                 hint="{images_dir}/ + {masks_dir}/", priority=20)
+def read_paired(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+                classmap: ClassMap | None) -> LayoutItems:
+    images_dir, masks_dir = source.images_dir, source.masks_dir
+    root = _find_root(list(container.members), images_dir, masks_dir)
+    if root is None:
+        raise ValueError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
+    images = {_stem(m): m for m in container.members if m.startswith(f"{root}{images_dir}/") and _is_image(m)}
+    masks = {_stem(m): m for m in container.members
+             if m.startswith(f"{root}{masks_dir}/") and m.lower().endswith(MASK_SUFFIXES)}
+    items, rejected = [], []
+    for stem in sorted(images):
+        if stem in masks:
+            items.append(make_item(container, prefix, images[stem], mask=container.members[masks[stem]],
+                                   mask_name=masks[stem]))
+        else:
+            rejected.append(Rejected(container.describe(images[stem]), f"no mask {masks_dir}/{stem}.* for this image"))
+    for stem in sorted(set(masks) - set(images)):
+        rejected.append(Rejected(container.describe(masks[stem]), f"mask without an image {images_dir}/{stem}.*"))
+    return LayoutItems(items, rejected)
 
 
 def _folder_split(path: str) -> str | None:
@@ -164,7 +307,17 @@ def decode_coco_rle(counts, height: int, width: int):
     return flat.reshape((width, height)).T  # column-major
 
 
-def coco_items(container: Container, prefix: str, storage: Storage) -> tuple[list[dict], list[Rejected]]:
+def _looks_coco(probe: LayoutProbe) -> bool:
+    # by name first: no member is read for the usual Roboflow / COCO file names
+    if any("coco" in m.lower() or posixpath.basename(m).startswith("instances") for m in probe.jsons):
+        return True
+    sample = probe.first_json
+    return isinstance(sample, dict) and "images" in sample and "annotations" in sample
+
+
+@register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
+def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+              classmap: ClassMap | None) -> LayoutItems:
     items, rejected = [], []
     annotation_files = [m for m in container.members if m.lower().endswith(".json")]
     for json_name in sorted(annotation_files):
@@ -198,7 +351,7 @@ def coco_items(container: Container, prefix: str, storage: Storage) -> tuple[lis
             if problem:
                 rejected.append(Rejected(where, problem))
                 continue
-            items.append(_item(
+            items.append(make_item(
                 container, prefix, image,
                 item_key=posixpath.join(posixpath.basename(folder), _stem(image)) if folder else _stem(image),
                 source_key=_stem(image),
@@ -207,10 +360,21 @@ def coco_items(container: Container, prefix: str, storage: Storage) -> tuple[lis
             ))
     if not items and not rejected:
         raise ValueError(f"{container.uri}: no COCO annotation file with images and annotations")
-    return items, rejected
+    return LayoutItems(items, rejected)
 
 
-def labelme_items(container: Container, prefix: str, storage: Storage, classmap) -> tuple[list[dict], list[Rejected]]:
+def _looks_labelme(probe: LayoutProbe) -> bool:
+    sample = probe.first_json
+    return isinstance(sample, dict) and "shapes" in sample
+
+
+@register_layout(DatasetLayout.LABELME, detect=_looks_labelme, task=Task.SEGMENTATION, hint="",  # said with COCO's
+                 priority=40)
+def read_labelme(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+                 classmap: ClassMap | None) -> LayoutItems:
+    """Raises ValueError without a class map: Labelme labels are class names."""
+    if classmap is None:
+        raise ValueError("Labelme sources need data.classes (labels are matched by class name)")
     names = classmap.names
     items, rejected = [], []
     images = {posixpath.splitext(m)[0]: m for m in container.members if _is_image(m)}
@@ -244,23 +408,44 @@ def labelme_items(container: Container, prefix: str, storage: Storage, classmap)
             rejected.append(Rejected(where, problem))
             continue
         size = [int(document["imageHeight"]), int(document["imageWidth"])] if "imageHeight" in document else None
-        items.append(_item(container, prefix, image, polygons=shapes, size=size))
-    return items, rejected
+        items.append(make_item(container, prefix, image, polygons=shapes, size=size))
+    return LayoutItems(items, rejected)
 
 
-def class_folder_items(container: Container, prefix: str, names: tuple[str, ...] | None) -> tuple[list[dict], list[Rejected], tuple[str, ...]]:
+def _looks_class_folders(probe: LayoutProbe) -> bool:
+    images = probe.images
+    parents = {posixpath.dirname(m) for m in images}
+    return bool(images) and len(parents) >= 2 and all(posixpath.dirname(m) for m in images)
+
+
+@register_layout(DatasetLayout.CLASS_FOLDERS, detect=_looks_class_folders, task=Task.CLASSIFICATION,
+                 hint="one folder per class", priority=50)
+def read_class_folders(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+                       classmap: ClassMap | None) -> LayoutItems:
+    """Classes are the configured names when a class map is given, else the folder names (sorted)."""
     images = [m for m in container.members if _is_image(m)]
     folders = sorted({posixpath.basename(posixpath.dirname(m)) for m in images})
-    names = names or tuple(folders)
+    names = (classmap.names if classmap is not None else None) or tuple(folders)
     items, rejected = [], []
     for image in sorted(images):
         folder = posixpath.basename(posixpath.dirname(image))
         if folder not in names:
             rejected.append(Rejected(container.describe(image), f"folder {folder!r} is not a configured class"))
             continue
-        items.append(_item(container, prefix, image, item_key=f"{folder}/{_stem(image)}",
-                           source_key=f"{folder}/{_stem(image)}", label=names.index(folder)))
+        items.append(make_item(container, prefix, image, item_key=f"{folder}/{_stem(image)}",
+                               source_key=f"{folder}/{_stem(image)}", label=names.index(folder)))
     for m in container.members:
         if not _is_image(m):
             rejected.append(Rejected(container.describe(m), "not an image"))
-    return items, rejected, names
+    return LayoutItems(items, rejected, names)
+
+
+def _check_registry() -> None:
+    # the enum is what configs validate against: a member without a reader would pass
+    # validation and fail only when a job lists its sources
+    missing = [m.value for m in DatasetLayout if m is not DatasetLayout.AUTO and m.value not in _REGISTRY]
+    if missing:
+        raise RuntimeError(f"DatasetLayout members without a registered reader: {', '.join(missing)}")
+
+
+_check_registry()

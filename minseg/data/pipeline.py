@@ -23,16 +23,10 @@ import numpy as np
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
-from minseg.data.decode import DecodeError, decode_image, decode_mask, rasterize_polygons, resize_pair
-from minseg.data.layouts import (
-    class_folder_items,
-    coco_items,
-    decode_coco_rle,
-    detect_layout,
-    labelme_items,
-    paired_items,
-    voc_items,
-)
+from minseg.data.geometry import rasterize_polygons, resize_pair
+from minseg.errors import InputError
+from minseg.io.images import DecodeError, decode_image, decode_mask
+from minseg.data.layouts import decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits
 from minseg.data.tiling import extract_tile, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, Task
@@ -42,7 +36,7 @@ from minseg.logs import get_logger, log_event
 log = get_logger("data")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """No usable data; ``quarantine`` lists every rejected file and why."""
 
     def __init__(self, message: str, quarantine: list[Rejected]):
@@ -215,27 +209,19 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             except ValueError as exc:
                 rejected.append(Rejected(source.uri, str(exc)))
                 continue
-        if layout is DatasetLayout.PAIRED:
-            found, bad = paired_items(container, prefix, source.images_dir, source.masks_dir)
-        elif layout is DatasetLayout.VOC:
-            found, bad = voc_items(container, prefix, storage)
-        elif layout is DatasetLayout.COCO:
-            found, bad = coco_items(container, prefix, storage)
-        elif layout is DatasetLayout.LABELME:
-            if classmap is None:
-                raise ValueError("Labelme sources need data.classes (labels are matched by class name)")
-            found, bad = labelme_items(container, prefix, storage, classmap)
-        else:
-            names = classmap.names if classmap is not None else None
-            found, bad, folder_names = class_folder_items(container, prefix, names)
-        if (layout is DatasetLayout.CLASS_FOLDERS) != (task is Task.CLASSIFICATION):
+        entry = get_layout(layout)
+        listed = entry.read(container, prefix, source, storage, classmap)
+        if listed.class_names is not None:
+            folder_names = listed.class_names
+        if entry.task is not task:
             raise ValueError(
                 f"{source.uri}: layout {layout} does not fit a {task} model "
                 "(class folders train classifiers; mask and polygon layouts train segmentation)"
             )
-        log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(found), rejected=len(bad))
-        items.extend(found)
-        rejected.extend(bad)
+        log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed.items),
+                  rejected=len(listed.rejected))
+        items.extend(listed.items)
+        rejected.extend(listed.rejected)
     seen: dict[str, str] = {}
     for item in items:
         if item["item_id"] in seen:

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from minseg.config.base import StrictModel
-from minseg.enums import TTA, Blend, FusionMode
+from minseg.data.config import TilingSettings
+from minseg.enums import TTA, Blend, FusionMode, SelectionRule
+
+
+class Tiling(StrictModel):
+    """How an ensemble sees images: tile side and overlap (px), how overlapping tiles blend,
+    and the scale images are resampled by first. Chosen at evaluation, recorded in the
+    manifest, applied unchanged by segmentation: one value from config to stitcher."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tile: int = Field(ge=16)
+    overlap: int = Field(ge=0)
+    blend: Blend = Blend.GAUSSIAN
+    scale: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> "Tiling":
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than the tile ({self.tile})")
+        return self
+
+    def grid(self, height: int, width: int):
+        """The ``sliding.TileGrid`` over a (height, width) image at this tiling."""
+        from minseg.ensemble.sliding import TileGrid
+
+        return TileGrid(height, width, self.tile, self.overlap, self.blend)
 
 
 class SelectionSettings(StrictModel):
-    rule: str = Field("best", pattern="^(best|tpi_budget)$", description="best by key, or best under a TPI budget")
+    rule: SelectionRule = Field(SelectionRule.BEST, description="best by key, or best under a TPI budget")
     tpi_budget_s: float | None = Field(None, gt=0, description="seconds per image (rule: tpi_budget)")
 
     @model_validator(mode="after")
     def _budget(self) -> "SelectionSettings":
-        if self.rule == "tpi_budget" and self.tpi_budget_s is None:
+        if self.rule is SelectionRule.TPI_BUDGET and self.tpi_budget_s is None:
             raise ValueError("rule 'tpi_budget' needs tpi_budget_s")
         return self
 
@@ -49,7 +75,21 @@ class EvaluationSettings(StrictModel):
             raise ValueError(f"overlap ({self.overlap}) must be smaller than the tile ({self.tile})")
         return self
 
-    def tiling(self, training_tile: int) -> tuple[int, int]:
-        """(tile, overlap) used for inference."""
-        tile = self.tile or training_tile
-        return tile, self.overlap if self.overlap is not None else tile // 4
+    def tiling(self, training: TilingSettings) -> Tiling:
+        """The inference tiling: this section's tile / overlap / blend, defaulting to the training tile and a
+        quarter-tile overlap; images rescaled as in training."""
+        tile = self.tile or training.size
+        return Tiling(tile=tile, overlap=self.overlap if self.overlap is not None else tile // 4, blend=self.blend,
+                      scale=training.scale)
+
+    def evaluated_run(self, run_uri: str) -> str:
+        """The training run evaluated: ``run_uri`` (this config's run) unless ``evaluation.run_uri`` names another."""
+        from minseg.io.storage import absolute_uri
+
+        return absolute_uri(self.run_uri) if self.run_uri else run_uri
+
+    def output_uri(self, run_uri: str) -> str:
+        """Where an evaluation writes its reports and ``manifest.json``: ``<evaluated run>/evaluation/<name>``."""
+        from minseg.io.storage import join_uri
+
+        return join_uri(self.evaluated_run(run_uri), "evaluation", self.name)

@@ -16,13 +16,15 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from minseg.config.base import StrictModel, key_path
-from minseg.enums import TTA, Blend, FusionMode
+from minseg.enums import TTA, FusionMode
+from minseg.ensemble.config import Tiling
+from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest that cannot be used; the message says which member or key and why."""
 
 
@@ -42,13 +44,6 @@ class ManifestFusion(StrictModel):
     tta: TTA = TTA.NONE
 
 
-class ManifestTiling(StrictModel):
-    tile: int = Field(ge=16)
-    overlap: int = Field(ge=0)
-    blend: Blend = Blend.GAUSSIAN
-    scale: float = Field(1.0, gt=0)
-
-
 class EnsembleManifest(StrictModel):
     version: int = MANIFEST_VERSION
     name: str
@@ -57,10 +52,14 @@ class EnsembleManifest(StrictModel):
     members: list[ManifestMember] = Field(min_length=1)
     fusion: ManifestFusion
     classes: dict[str, Any]
-    tiling: ManifestTiling
+    tiling: Tiling
     normalization: dict[str, list[float]]
     selection: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes["classes"])
 
     def digest(self) -> str:
         """Identifies this ensemble (members' weights, fusion, tiling): outputs record it."""
@@ -132,24 +131,6 @@ def _class_names(document: dict) -> list[str]:
     return [c["name"] for c in document.get("classes", [])]
 
 
-def load_member_models(manifest: EnsembleManifest, storage: Storage, device="cpu") -> list:
-    """The members' models in rank order, in eval mode on ``device``."""
-    return load_models(manifest.members, len(manifest.classes["classes"]), storage, device)
-
-
-def load_models(members, num_classes: int, storage: Storage, device="cpu") -> list:
-    """Models of checkpoints: each member has ``model``, ``model_options`` and ``checkpoint`` (its directory)."""
-    from minseg.models import build_model
-    from minseg.train.checkpoint import load_tensor_dict
-
-    models = []
-    for member in members:
-        model = build_model(member.model, num_classes=num_classes, **member.model_options)
-        model.load_state_dict(load_tensor_dict(storage, join_uri(member.checkpoint, "model.pt")))
-        models.append(model.to(device).eval())
-    return models
-
-
 def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes: dict, *, mode: str = "wv",
                    tile: int = 256, overlap: int = 64, scale: float = 1.0, mean=(128.0, 128.0, 128.0),
                    std=(64.0, 64.0, 64.0), name: str = "imported", storage: Storage | None = None) -> str:
@@ -182,7 +163,7 @@ def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes
     manifest = EnsembleManifest(
         name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=root,
         members=entries, fusion=ManifestFusion(mode=mode, weights=weights), classes=classes,
-        tiling=ManifestTiling(tile=tile, overlap=overlap, scale=scale),
+        tiling=Tiling(tile=tile, overlap=overlap, scale=scale),
         normalization={"mean": list(mean), "std": list(std)},
     )
     uri = join_uri(root, f"manifest-{mode.value}.json")

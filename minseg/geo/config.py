@@ -20,16 +20,17 @@ from minseg.enums import (
     Resampling,
     UnknownLimit,
 )
+from minseg.errors import InputError, RunError
 from minseg.train.config import TrainingSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
-class ProspectInputError(ValueError):
+class ProspectInputError(InputError):
     """An input that cannot be used at all (missing file or column, unusable CRS): the job stops before work."""
 
 
-class ProspectRunError(RuntimeError):
+class ProspectRunError(RunError):
     """The job ran but could not produce its maps (e.g. every member of an ensemble failed to train)."""
 
 

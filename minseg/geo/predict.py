@@ -11,39 +11,46 @@ depend on how it was cut into tasks, nor on the order results come back.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 
-from minseg.config.schema import StorageSettings
-from minseg.enums import Precision
+from minseg.ensemble.runtime import Columns, EnsembleRuntime, MemberRef
 from minseg.geo.config import PredictionSettings
 from minseg.geo.windows import window_at
+from minseg.io.storage import Storage
+
+ORE = 1  # class index of "ore" in the binary prospectivity classifiers
+
+
+@dataclass
+class WindowScores(Columns):
+    """Per chunk of window centres: its key, and per window the members' mean P(ore) and its
+    standard deviation over members (the uncertainty), each a float32 (n,) array."""
+
+    OBJECT_COLUMNS = ("mean", "std")
+
+    key: list
+    mean: list
+    std: list
 
 
 class WindowEnsemble:
-    """Ray Data callable: window centres in, (mean, std) of the members' P(ore) out."""
+    """Ray Data actor: an ``EnsembleRuntime`` of binary classifiers; window centres in, ``WindowScores`` out."""
 
-    def __init__(self, members: list[dict], stack: list, size: int, batch_size: int, precision: str,
-                 gpus: float, storage: dict):
+    def __init__(self, members: list[MemberRef], stack: list, size: int, settings: PredictionSettings,
+                 storage: Storage):
         import ray
         import torch
 
-        from minseg.ensemble.manifest import load_models
-        from minseg.io.storage import Storage
-        from minseg.train.loop import autocast_dtype
-
-        self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-        specs = [SimpleNamespace(**member) for member in members]
-        self.models = load_models(specs, 2, Storage(StorageSettings.model_validate(storage)), self.device)
+        self.runtime = EnsembleRuntime(members, 2, storage, gpus=settings.gpus_per_actor,
+                                       precision=settings.precision)
         self.padded = ray.get(stack[0])  # zero-copy from the object store
-        self.size, self.batch_size = size, batch_size
-        self.amp = autocast_dtype(Precision(precision), self.device)
+        self.size, self.batch_size = size, settings.batch_size
+        self._torch = torch
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
-        means, stds = [], []
+        out = WindowScores(list(batch["key"]), [], [])
         for centres in batch["centres"]:
             centres = np.asarray(json.loads(centres), np.int64).reshape(-1, 2)
             mean = np.empty(len(centres), np.float32)
@@ -51,27 +58,13 @@ class WindowEnsemble:
             for start in range(0, len(centres), self.batch_size):
                 chunk = centres[start : start + self.batch_size]
                 windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
-                inputs = torch.from_numpy(windows).to(self.device).permute(0, 3, 1, 2).contiguous()
-                scores = []
-                with torch.no_grad(), torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    for model in self.models:
-                        logits = model(inputs)
-                        logits = logits[0] if isinstance(logits, tuple) else logits
-                        scores.append(torch.softmax(logits.float(), dim=1)[:, 1])
-                stacked = torch.stack(scores)
-                mean[start : start + len(chunk)] = stacked.mean(0).cpu().numpy()
-                std[start : start + len(chunk)] = stacked.std(0, unbiased=False).cpu().numpy()
-            means.append(mean)
-            stds.append(std)
-        return {"key": batch["key"], "mean": _object_array(means), "std": _object_array(stds)}
-
-
-def _object_array(arrays: list[np.ndarray]) -> np.ndarray:
-    """A 1-D column of variable-length arrays (np.array would stack equal lengths into 2-D)."""
-    column = np.empty(len(arrays), object)
-    for index, array in enumerate(arrays):
-        column[index] = array
-    return column
+                inputs = self._torch.from_numpy(windows).to(self.runtime.device).permute(0, 3, 1, 2).contiguous()
+                chunk_mean, chunk_std = self.runtime.predict(inputs).class_mean_std(ORE)
+                mean[start : start + len(chunk)] = chunk_mean.cpu().numpy()
+                std[start : start + len(chunk)] = chunk_std.cpu().numpy()
+            out.mean.append(mean)
+            out.std.append(std)
+        return out.to_batch()
 
 
 def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +75,8 @@ def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
     return centre_rows, centre_cols
 
 
-def score_windows(members: list[dict], padded: np.ndarray, size: int, chunks: dict, settings: PredictionSettings,
-                  storage_settings: StorageSettings, task_options: dict | None = None) -> dict:
+def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunks: dict,
+                  settings: PredictionSettings, storage: Storage, task_options: dict | None = None) -> dict:
     """{key: (mean, std)} for each chunk of (n, 2) window centres, through an actor pool."""
     import ray
 
@@ -98,21 +91,21 @@ def score_windows(members: list[dict], padded: np.ndarray, size: int, chunks: di
         compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.cpus_per_actor,
         num_gpus=settings.gpus_per_actor or None,
-        fn_constructor_kwargs={"members": members, "stack": [stack_ref], "size": size,
-                               "batch_size": settings.batch_size, "precision": str(settings.precision),
-                               "gpus": settings.gpus_per_actor,
-                               "storage": storage_settings.model_dump(mode="json")},
+        fn_constructor_kwargs={"members": members, "stack": [stack_ref], "size": size, "settings": settings,
+                               "storage": storage},
         **(task_options or {}),
     )
     results = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, mean, std in zip(batch["key"], batch["mean"], batch["std"]):
+        scores = WindowScores.from_batch(batch)
+        for key, mean, std in zip(scores.key, scores.mean, scores.std):
             results[key.item() if hasattr(key, "item") else key] = (np.asarray(mean), np.asarray(std))
     return results
 
 
-def predict_map(members: list[dict], padded: np.ndarray, size: int, study: np.ndarray, settings: PredictionSettings,
-                storage_settings: StorageSettings, extra: dict | None = None, task_options: dict | None = None):
+def predict_map(members: list[MemberRef], padded: np.ndarray, size: int, study: np.ndarray,
+                settings: PredictionSettings, storage: Storage, extra: dict | None = None,
+                task_options: dict | None = None):
     """(probability, uncertainty) rasters (float32, NaN outside the study area) and the scores of the
     ``extra`` window chunks ({key: centres}), in one pass of the actor pool."""
     rows, cols = study.shape
@@ -130,7 +123,7 @@ def predict_map(members: list[dict], padded: np.ndarray, size: int, study: np.nd
             places[key] = (grid_r[inside], grid_c[inside])
     for key, centres in (extra or {}).items():
         chunks[f"extra:{key}"] = centres
-    results = score_windows(members, padded, size, chunks, settings, storage_settings, task_options)
+    results = score_windows(members, padded, size, chunks, settings, storage, task_options)
     mean_lattice = np.full((len(centre_rows), len(centre_cols)), np.nan, np.float32)
     std_lattice = np.full_like(mean_lattice, np.nan)
     for key, (grid_r, grid_c) in places.items():

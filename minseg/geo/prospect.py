@@ -23,17 +23,19 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
-from minseg.enums import EvidenceKind, Task
+from minseg.enums import EvidenceKind, MemberStatus, Task
 from minseg.geo.config import ProspectInputError, ProspectRunError, ProspectSettings
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
+from minseg.ensemble.runtime import MemberRef
 from minseg.geo.predict import predict_map
 from minseg.geo.rasters import distance_to_lines, encode_categorical, raster_geometry, read_raster_on_grid
 from minseg.geo.samples import read_samples
@@ -48,6 +50,7 @@ from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.runtime import init_ray, task_options
 from minseg.train.checkpoint import read_pointer
+from minseg.train.ensemble import MemberResult, TrialInputs
 
 log = get_logger("geo.prospect")
 
@@ -90,21 +93,21 @@ class WindowSource:
     def trial_folds(self) -> list[int | None]:
         return [fold for fold in self.trials if fold is not None] + [FINAL]
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, dict]:
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
         import ray
 
         train_x, train_y, channels = self.trials[fold]
         rows = [{"image": x, "label": int(y)} for x, y in zip(train_x, train_y)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64)))
-        fields = {
-            "task": str(Task.CLASSIFICATION), "num_classes": 2, "in_channels": channels, "ignore_index": 255,
-            "classes": ClassMap.from_names(CLASS_NAMES).to_document(), "classes_names": CLASS_NAMES,
-            "normalization": {"mean": [0.0] * channels, "std": [1.0] * channels},  # windows come standardised
-            "augmentation": AugmentSettings(mode=self.augmentation).model_dump(mode="json"),
-            "train_tiles": len(rows), "has_val": False,  # no model selection on test windows: the last epoch is used
-            "shuffle_buffer": min(len(rows), 1024),
-        }
-        return {"train": dataset}, fields
+        inputs = TrialInputs(
+            task=Task.CLASSIFICATION, num_classes=2, in_channels=channels, ignore_index=255,
+            classes=ClassMap.from_names(CLASS_NAMES).to_document(), classes_names=CLASS_NAMES,
+            normalization={"mean": [0.0] * channels, "std": [1.0] * channels},  # windows come standardised
+            augmentation=AugmentSettings(mode=self.augmentation),
+            train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
+            shuffle_buffer=min(len(rows), 1024),
+        )
+        return {"train": dataset}, inputs
 
 
 # ------------------------------------------------------------------ building the evidence
@@ -151,33 +154,73 @@ def _check_members(settings: ProspectSettings) -> None:
         if entry.task is not Task.CLASSIFICATION:
             raise ProspectInputError(f"prospect.training.members[{index}].model: {member.model!r} is a "
                                      f"{entry.task} learner; prospectivity needs a classification learner (e.g. mfaf)")
-        minimum = getattr(entry.builder, "min_size", 1)
+        minimum = entry.input_spec.min_size
         if settings.windows.size < minimum:
             raise ProspectInputError(f"prospect.windows.size {settings.windows.size} is below the "
                                      f"{minimum}x{minimum} that member {member.name!r} ({member.model}) needs")
 
 
-# ------------------------------------------------------------------ the job
+# ------------------------------------------------------------------ the phases
 
 
-def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
-    settings = config.prospect
-    if settings is None:
-        raise ProspectInputError("the prospect job needs a 'prospect' config section")
-    started = time.monotonic()
-    storage = Storage(config.storage)
-    out = output_uri(config)
-    if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
-        storage.delete(join_uri(out, "summary.json"))
-    init_ray(config.ray)
-    import ray
+@dataclass
+class Inputs:
+    """Phase 1: clean samples, the target grid, deposits placed on it."""
 
-    cpus = config.ray.task_cpus
-    working = parse_crs(settings.grid.crs, "prospect.grid.crs")
-    rng = np.random.default_rng(config.run.seed)
+    samples: Any
+    geometry: GridGeometry
+    deposits: Any
+    d_rows: np.ndarray
+    d_cols: np.ndarray
+    inside: np.ndarray  # deposit on the grid
+    outside: list[dict]
 
-    # 1. inputs ----------------------------------------------------------------------------
-    samples = read_samples(settings.samples, working, storage, config.storage, cpus)
+
+@dataclass
+class Evidence:
+    """Phase 2: interpolated elements and layers on the grid, the study area, deposit cells in it."""
+
+    grids: dict[str, np.ndarray]
+    layers: list[tuple[str, np.ndarray]]
+    layer_reports: dict
+    stack: EvidenceStack
+    study: np.ndarray
+    in_study: np.ndarray  # per deposit
+    deposit_cells: np.ndarray  # (n, 2) rows/cols of in-study deposits
+    unique_cells: np.ndarray  # two deposits in one cell make one positive window
+
+
+@dataclass
+class TrialMaps:
+    """Phase 6: what the fold ensembles scored (held-out ranks, window scores) and the final maps."""
+
+    fold_ranks: list[np.ndarray]
+    test_scores: list[np.ndarray]
+    test_labels: list[np.ndarray]
+    fold_rows: list[dict]
+    probability: np.ndarray
+    uncertainty: np.ndarray
+    final_members: int
+
+
+@dataclass
+class ProspectResult:
+    """What ``map_prospectivity`` produced; ``document`` is ``summary.json`` as written (last: a run is
+    complete exactly when it exists)."""
+
+    name: str
+    output: str
+    metrics: dict
+    kept_elements: list[str]
+    channels: list[str]
+    targets: int
+    members: list[MemberResult]
+    document: dict
+
+
+def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str, cpus: float) -> Inputs:
+    """Sample tables (Ray Data), the target grid around them (or a reference raster's), the deposits."""
+    samples = read_samples(settings.samples, working, storage, cpus)
     storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
     if samples.problems:
         storage.write_text(join_uri(out, "inputs", "sample_problems.csv"),
@@ -195,9 +238,14 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
         log_event(log, "prospect.deposits_outside_grid", count=len(outside),
                   ids=",".join(o["deposit"] for o in outside[:20]))
         storage.write_text(join_uri(out, "inputs", "deposits_outside_grid.csv"), csv_text(outside, ["deposit", "x", "y"]))
+    return Inputs(samples, geometry, deposits, d_rows, d_cols, inside, outside)
 
-    # 2. evidence on the grid ------------------------------------------------------------------
-    grids = _element_grids(samples, geometry, settings, cpus)
+
+def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage: Storage, out: str,
+                   cpus: float) -> Evidence:
+    """IDW of every usable element, rasters and distance-to-line layers on the grid; the study area."""
+    geometry = inputs.geometry
+    grids = _element_grids(inputs.samples, geometry, settings, cpus)
     study = np.logical_and.reduce([np.isfinite(g) for g in grids.values()])
     for element, grid in grids.items():
         write_geotiff(join_uri(out, "evidence", f"{element}.tif"), grid, geometry, nodata=float("nan"),
@@ -208,37 +256,38 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
     names = list(grids) + [n for n, _ in layers]
     data = np.stack([grids[e] for e in grids] + [c for _, c in layers]).astype(np.float32)
     stack = EvidenceStack(names, data, study, categorical)
-
+    inside, d_rows, d_cols = inputs.inside, inputs.d_rows, inputs.d_cols
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
-    unique_cells = np.unique(deposit_cells, axis=0)  # two deposits in one cell make one positive window
-    not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, in_study, inside) if ok and not ins]
+    return Evidence(grids, layers, layer_reports, stack, study, in_study, deposit_cells,
+                    np.unique(deposit_cells, axis=0))
 
-    # 3. windows and folds -----------------------------------------------------------------------
-    size = settings.windows.size
+
+def prepare_trials(settings: ProspectSettings, evidence: Evidence, storage: Storage, out: str, rng):
+    """Windows and spatial folds; per fold (and the final run on every deposit), from its training side
+    only: element screening, normalisation statistics, windows, SMOTE + noise. Returns (windows, folds, trials)."""
+    size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
     _check_members(settings)
     block = settings.cv.block_cells or 2 * size
     windows = make_windows(study, unique_cells, size, settings.windows.stride, block, settings.windows.buffer,
                            settings.windows.max_negatives, rng)
     folds = spatial_folds(windows, settings.cv.folds, size, study.shape, block)
-
-    # 4. per-trial screening, statistics, windows, balancing -------------------------------------
     trials: dict[int | None, TrialData] = {}
     for fold in folds + [FINAL]:
         train = windows if fold is None else fold.train
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
         train_cells = np.unique(train.deposit[train.labels == 1])
-        screening = screen_elements(grids, unique_cells[train_cells], settings.screening)
+        screening = screen_elements(evidence.grids, unique_cells[train_cells], settings.screening)
         kept = [r["element"] for r in screening if r["kept"]]
         if not kept:
             log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)
-        channels = kept + [n for n, _ in layers]
+        channels = kept + [n for n, _ in evidence.layers]
         if not channels:
             raise ProspectInputError("no evidence channel left: no element passed screening and no raster or line "
                                      "layer is configured (lower prospect.screening.critical_z or add layers)")
-        subset = stack.subset(channels)
+        subset = evidence.stack.subset(channels)
         training_cells = study & ~footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
         stats = subset.statistics(training_cells)
         padded = subset.normalised(stats, size // 2)
@@ -261,83 +310,111 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
                            csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "kept", "reason"]))
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
                   positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
-    print("Element screening (all deposits in the study area):")
-    print(format_table(trials[FINAL].screening))
+    return windows, folds, trials
 
-    # 5. training --------------------------------------------------------------------------------
+
+def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str,
+                 resume: bool) -> list[MemberResult]:
+    """Every member x every fold (and the final set) as concurrent trials of the training machinery."""
+    import ray
+
     from minseg.train.ensemble import fit_members, plan_concurrency
 
+    settings = config.prospect
     members = settings.training.members
-    models_uri = join_uri(out, "models")
     resources = ray.cluster_resources()
-    concurrency = (plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), cpus,
+    concurrency = (plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), config.ray.task_cpus,
                                     settings.training.max_concurrent)
                    if settings.training.check_resources else settings.training.max_concurrent or len(members))
     if not resume:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     source = WindowSource(trials, str(settings.augmentation))
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
-    results = fit_members(training_config, members, source, models_uri, concurrency, resume)
+    return fit_members(training_config, members, source, models_uri, concurrency, resume)
 
-    # 6. maps, curves, metrics -------------------------------------------------------------------------
-    storage_settings = config.storage
+
+def trial_members(settings: ProspectSettings, results: list[MemberResult], storage: Storage, run_uri: str,
+                  key: int | None, channels: int) -> list[MemberRef]:
+    """The members of one trial's ensemble that trained (their last checkpoints)."""
+    members = []
+    for member in settings.training.members:
+        pointer = read_pointer(storage, run_uri, member.name, "last")
+        ok = any(r.member == member.name and r.status is MemberStatus.DONE and r.fold == key for r in results)
+        if pointer is not None and ok:
+            members.append(MemberRef(member.name, member.model, pointer["uri"],
+                                     {**member.model_options, "in_channels": channels}))
+    return members
+
+
+def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], evidence: Evidence,
+               geometry: GridGeometry, storage: Storage, models_uri: str, out: str) -> TrialMaps:
+    """Each fold's ensemble maps the region and scores its held-out windows; the final ensemble makes the maps."""
+    settings = config.prospect
+    size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
     options = task_options(config.storage)
     fold_ranks, test_scores, test_labels, fold_rows = [], [], [], []
-    final_maps = None
+    final = None
     for key, trial in trials.items():
         run_uri = models_uri if key is None else join_uri(models_uri, f"fold{key + 1}")
-        members_spec = []
-        for member in members:
-            pointer = read_pointer(storage, run_uri, member.name, "last")
-            ok = any(r.member == member.name and r.status == "done" and r.fold == key for r in results)
-            if pointer is not None and ok:
-                members_spec.append({"model": member.model, "checkpoint": pointer["uri"],
-                                     "model_options": {**member.model_options, "in_channels": len(trial.channels)}})
+        members = trial_members(settings, results, storage, run_uri, key, len(trial.channels))
         label = "final" if key is None else f"fold{key + 1}"
-        if not members_spec:
+        if not members:
             raise ProspectRunError(f"no member of the {label} ensemble trained; see {models_uri}/members.csv")
         extra = {"test": trial.test_centres} if len(trial.test_centres) else None
-        probability, uncertainty, extras = predict_map(members_spec, trial.padded, size, study, settings.prediction,
-                                                       storage_settings, extra, options)
+        probability, uncertainty, extras = predict_map(members, trial.padded, size, study, settings.prediction,
+                                                       storage, extra, options)
         if key is None:
-            final_maps = (probability, uncertainty, len(members_spec))
+            final = (probability, uncertainty, len(members))
             continue
         ranks = area_ranks(probability, study, unique_cells[trial.test_deposits])
         fold_ranks.append(ranks)
         scores = extras["test"][0] if extras else np.zeros(0)
         test_scores.append(scores)
         test_labels.append(trial.test_labels)
-        fold_rows.append({"fold": key + 1, "test_deposits": len(trial.test_deposits), "members": len(members_spec),
+        fold_rows.append({"fold": key + 1, "test_deposits": len(trial.test_deposits), "members": len(members),
                           "channels": len(trial.channels), **capture(ranks, settings.targets.capture_percents),
                           "prediction_rate_auc": rate_curve(ranks)["auc"],
                           **{f"window_{k}": v for k, v in window_metrics(scores, trial.test_labels).items()
                              if k in ("accuracy", "auc", "recall", "f1")}})
         write_geotiff(join_uri(out, "cv", label, "prospectivity.tif"), probability, geometry, nodata=float("nan"),
                       storage=storage)
+    return TrialMaps(fold_ranks, test_scores, test_labels, fold_rows, *final)
 
-    probability, uncertainty, member_count = final_maps
-    all_ranks = area_ranks(probability, study, deposit_cells) if len(deposit_cells) else np.zeros(0)
-    held_out = np.concatenate(fold_ranks) if fold_ranks else np.zeros(0)
-    curves = {"success rate (training: all deposits, final map)": rate_curve(all_ranks),
-              "prediction rate (held-out folds)": rate_curve(held_out)}
+
+def rate_metrics(settings: ProspectSettings, maps: TrialMaps, evidence: Evidence) -> tuple[dict, dict]:
+    """(curves, metrics): success rate of the final map on every deposit, prediction rate of the held-out folds."""
+    all_ranks = (area_ranks(maps.probability, evidence.study, evidence.deposit_cells) if len(evidence.deposit_cells)
+                 else np.zeros(0))
+    held_out = np.concatenate(maps.fold_ranks) if maps.fold_ranks else np.zeros(0)
+    success, prediction = "success rate (training: all deposits, final map)", "prediction rate (held-out folds)"
+    curves = {success: rate_curve(all_ranks), prediction: rate_curve(held_out)}
+    capture_percents = settings.targets.capture_percents
     metrics = {
-        "prediction_rate": {"auc": curves["prediction rate (held-out folds)"]["auc"], "deposits": int(held_out.size),
-                            **capture(held_out, settings.targets.capture_percents)},
-        "success_rate": {"auc": curves["success rate (training: all deposits, final map)"]["auc"],
-                         "deposits": int(all_ranks.size), **capture(all_ranks, settings.targets.capture_percents)},
-        "windows": window_metrics(np.concatenate(test_scores), np.concatenate(test_labels)) if test_scores else None,
-        "folds": fold_rows,
+        "prediction_rate": {"auc": curves[prediction]["auc"], "deposits": int(held_out.size),
+                            **capture(held_out, capture_percents)},
+        "success_rate": {"auc": curves[success]["auc"], "deposits": int(all_ranks.size),
+                         **capture(all_ranks, capture_percents)},
+        "windows": (window_metrics(np.concatenate(maps.test_scores), np.concatenate(maps.test_labels))
+                    if maps.test_scores else None),
+        "folds": maps.fold_rows,
     }
+    return curves, metrics
 
-    # 7. outputs ----------------------------------------------------------------------------------
+
+def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inputs: Inputs, evidence: Evidence,
+                 curves: dict, metrics: dict, storage: Storage, out: str) -> list[dict]:
+    """Prospectivity and uncertainty GeoTIFFs, ranked targets (CSV + GeoJSON), rate curves, map figure;
+    returns the target rows."""
+    geometry, study = inputs.geometry, evidence.study
     description = json.dumps({"generator": "minseg prospect", "value": "P(ore) of the final ensemble (mean of "
-                              f"{member_count} members)", "channels": trials[FINAL].channels})
-    write_geotiff(join_uri(out, "prospectivity.tif"), probability, geometry, nodata=float("nan"),
+                              f"{maps.final_members} members)", "channels": trials[FINAL].channels})
+    write_geotiff(join_uri(out, "prospectivity.tif"), maps.probability, geometry, nodata=float("nan"),
                   description=description, storage=storage)
-    write_geotiff(join_uri(out, "uncertainty.tif"), uncertainty, geometry, nodata=float("nan"),
+    write_geotiff(join_uri(out, "uncertainty.tif"), maps.uncertainty, geometry, nodata=float("nan"),
                   description=json.dumps({"value": "standard deviation of the members' P(ore)"}), storage=storage)
-    on_grid = {"ids": deposits.ids[inside], "rows": d_rows[inside], "cols": d_cols[inside]}
-    target_rows, regions = find_targets(probability, study, geometry, on_grid, settings.targets)
+    inside = inputs.inside
+    on_grid = {"ids": inputs.deposits.ids[inside], "rows": inputs.d_rows[inside], "cols": inputs.d_cols[inside]}
+    target_rows, regions = find_targets(maps.probability, study, geometry, on_grid, settings.targets)
     columns = ["target_id", "cells", "area_km2", "max_score", "mean_score", "centroid_x", "centroid_y",
                "known_deposits", "deposit_ids"]
     storage.write_text(join_uri(out, "targets.csv"), csv_text(target_rows, columns))
@@ -346,25 +423,67 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> dict:
                   for name, c in curves.items() for a, d in zip(c["area_percent"], c["deposits_percent"])]
     storage.write_text(join_uri(out, "rate_curves.csv"), csv_text(curve_rows, ["curve", "area_percent", "deposits_percent"]))
     storage.write_bytes(join_uri(out, "rate_curves.png"), plot_curves(curves))
-    storage.write_bytes(join_uri(out, "prospectivity.png"),
-                        plot_map(probability, uncertainty, study, geometry, on_grid, f"{settings.name}: prospectivity"))
+    storage.write_bytes(join_uri(out, "prospectivity.png"), plot_map(maps.probability, maps.uncertainty, study, geometry,
+                                                                     on_grid, f"{settings.name}: prospectivity"))
     storage.write_text(join_uri(out, "metrics.json"), json.dumps(metrics, indent=2, default=float))
-    summary = {
+    return target_rows
+
+
+# ------------------------------------------------------------------ the job
+
+
+def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:
+    """The prospectivity job (module doc), phase by phase; ``summary.json`` is written last.
+
+    Raises:
+        ProspectInputError: an input that cannot be used (exit 2).
+        ProspectRunError: no member of an ensemble trained (exit 1).
+    """
+    settings = config.prospect
+    if settings is None:
+        raise ProspectInputError("the prospect job needs a 'prospect' config section")
+    started = time.monotonic()
+    storage = Storage(config.storage)
+    out = output_uri(config)
+    if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
+        storage.delete(join_uri(out, "summary.json"))
+    init_ray(config.ray)
+    cpus = config.ray.task_cpus
+    working = parse_crs(settings.grid.crs, "prospect.grid.crs")
+    rng = np.random.default_rng(config.run.seed)
+
+    inputs = read_inputs(settings, working, storage, out, cpus)
+    evidence = build_evidence(settings, inputs, working, storage, out, cpus)
+    windows, folds, trials = prepare_trials(settings, evidence, storage, out, rng)
+    print("Element screening (all deposits in the study area):")
+    print(format_table(trials[FINAL].screening))
+    models_uri = join_uri(out, "models")
+    results = train_trials(config, trials, storage, models_uri, resume)
+    maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, out)
+    curves, metrics = rate_metrics(settings, maps, evidence)
+    target_rows = publish_maps(settings, maps, trials, inputs, evidence, curves, metrics, storage, out)
+
+    geometry, deposits = inputs.geometry, inputs.deposits
+    not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, evidence.in_study, inputs.inside) if ok and not ins]
+    kept = [r["element"] for r in trials[FINAL].screening if r["kept"]]
+    document = {
         "name": settings.name, "output": out, "grid": {"rows": geometry.rows, "cols": geometry.cols,
                                                         "cell_m": geometry.pixel_width, "epsg": geometry.epsg,
                                                         "transform": list(geometry.transform)},
-        "samples": len(samples), "sample_problems": len(samples.problems),
-        "deposits": {"read": len(deposits), "on_grid": int(inside.sum()), "in_study_area": int(in_study.sum()),
-                     "outside_grid": [o["deposit"] for o in outside], "outside_study_area": not_in_study},
-        "study_cells": int(study.sum()), "windows": {"total": len(windows), "positives": int(windows.labels.sum())},
+        "samples": len(inputs.samples), "sample_problems": len(inputs.samples.problems),
+        "deposits": {"read": len(deposits), "on_grid": int(inputs.inside.sum()),
+                     "in_study_area": int(evidence.in_study.sum()),
+                     "outside_grid": [o["deposit"] for o in inputs.outside], "outside_study_area": not_in_study},
+        "study_cells": int(evidence.study.sum()),
+        "windows": {"total": len(windows), "positives": int(windows.labels.sum())},
         "folds": [{"fold": f.index + 1, "train_windows": len(f.train), "test_windows": len(f.test),
                    "dropped_for_overlap": f.dropped_for_overlap, "balance": trials[f.index].balance} for f in folds],
-        "kept_elements": [r["element"] for r in trials[FINAL].screening if r["kept"]],
-        "channels": trials[FINAL].channels, "layers": layer_reports, "metrics": metrics,
-        "targets": len(target_rows), "members": [{"member": r.member, "fold": r.fold, "status": r.status,
-                                                   "error": r.error} for r in results],
+        "kept_elements": kept, "channels": trials[FINAL].channels, "layers": evidence.layer_reports,
+        "metrics": metrics, "targets": len(target_rows),
+        "members": [{"member": r.member, "fold": r.fold, "status": str(r.status), "error": r.error} for r in results],
         "seconds": round(time.monotonic() - started, 1),
     }
-    storage.write_text(join_uri(out, "summary.json"), json.dumps(summary, indent=2, default=float))
-    log_event(log, "prospect.done", output=out, seconds=summary["seconds"], targets=len(target_rows))
-    return summary
+    storage.write_text(join_uri(out, "summary.json"), json.dumps(document, indent=2, default=float))
+    log_event(log, "prospect.done", output=out, seconds=document["seconds"], targets=len(target_rows))
+    return ProspectResult(settings.name, out, metrics, kept, trials[FINAL].channels, len(target_rows), results,
+                          document)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from minseg.config.schema import StorageSettings
 from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
 from minseg.geo.config import ProspectInputError, SampleTable
 from minseg.geo.crs import input_crs, parse_crs, to_working
@@ -258,10 +257,9 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
     return raw, codes
 
 
-def clean_unit(batch: dict, settings: dict, working_wkt: str, storage: dict):
+def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: Storage):
     """Ray Data UDF: one read unit in, parsed batches out (a generator: bounded memory)."""
-    sample_settings = SampleTable.model_validate(settings)
-    store = Storage(StorageSettings.model_validate(storage))
+    sample_settings, store = settings, storage
     working = parse_crs(working_wkt, "grid")
     for index in range(len(batch["uri"])):
         unit = ReadUnit(**{k: _scalar(batch[k][index]) for k in ReadUnit.__dataclass_fields__})
@@ -318,8 +316,7 @@ class Samples:
         return len(self.x)
 
 
-def read_samples(settings: SampleTable, working_crs, storage: Storage, storage_settings: StorageSettings,
-                 task_cpus: float = 0.5) -> Samples:
+def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus: float = 0.5) -> Samples:
     """Read, parse and clean every sample table with Ray Data (see the module docstring)."""
     import ray
 
@@ -327,9 +324,8 @@ def read_samples(settings: SampleTable, working_crs, storage: Storage, storage_s
     items = [{k: getattr(u, k) for k in ReadUnit.__dataclass_fields__} for u in units]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200))).map_batches(
         clean_unit, batch_size=1, num_cpus=task_cpus,
-        fn_kwargs={"settings": settings.model_dump(mode="json"), "working_wkt": working_crs.to_wkt(),
-                   "storage": storage_settings.model_dump(mode="json")},
-        **task_options(storage_settings),
+        fn_kwargs={"settings": settings, "working_wkt": working_crs.to_wkt(), "storage": storage},
+        **task_options(storage.settings),
     )
     dataset.context.execution_options.preserve_order = True  # rows keep file order: stable reports and ids
     parts: dict[str, list] = {}

@@ -26,19 +26,21 @@ import re
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
 from minseg.data.tiling import extract_tile
-from minseg.enums import Blend, FusionMode, Uncertainty
-from minseg.ensemble.evaluate import evaluation_uri
+from minseg.enums import FusionMode, Precision, SlideStatus, Uncertainty
+from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
+from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion
+from minseg.ensemble.sliding import TileGrid, mean_fill
+from minseg.errors import InputError
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import SlideOutputs, preview_sample, preview_stride, read_summary
-from minseg.inference.sliding import TileGrid, mean_fill
 from minseg.inference.stitch import Stitcher
 from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
@@ -50,7 +52,7 @@ from minseg.runtime import init_ray, task_options
 log = get_logger("segment")
 
 
-class SegmentInputError(ValueError):
+class SegmentInputError(InputError):
     """No slides, or a slide list that cannot be used; the message names the key or file."""
 
 
@@ -127,16 +129,22 @@ class SlidePlan:
     width: int
     factor_y: float  # read-level pixels per processed pixel
     factor_x: float
-    tile: int
-    overlap: int
-    blend: str
+    tiling: Tiling  # the manifest's, unchanged
     preview_stride: int
     pixel_size_um: float | None
-    uncertainty: str
+    uncertainty: Uncertainty
+
+    @property
+    def tile(self) -> int:
+        return self.tiling.tile
+
+    @property
+    def overlap(self) -> int:
+        return self.tiling.overlap
 
     @cached_property
     def grid(self) -> TileGrid:
-        return TileGrid(self.height, self.width, self.tile, self.overlap, Blend(self.blend))
+        return self.tiling.grid(self.height, self.width)
 
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
@@ -163,9 +171,8 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         slide_id=slide_id, uri=uri, output_uri=join_uri(output_uri, slide_id), format=slide.info.format,
         level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
         height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
-        tile=manifest.tiling.tile, overlap=manifest.tiling.overlap, blend=str(manifest.tiling.blend),
-        preview_stride=preview_stride(height, width, settings.preview_max_side),
-        pixel_size_um=pixel_size, uncertainty=str(resolve_uncertainty(settings.uncertainty, manifest.fusion.mode)),
+        tiling=manifest.tiling, preview_stride=preview_stride(height, width, settings.preview_max_side),
+        pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
     )
 
 
@@ -188,109 +195,157 @@ def tile_chunks(plan: SlidePlan, per_read: int) -> list[dict]:
 _SLIDES = SlideCache()  # per worker process
 
 
-def read_tile(slide: Slide, plan: dict, y: int, x: int, fill: np.ndarray) -> np.ndarray:
+def read_tile(slide: Slide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -> np.ndarray:
     """The (tile, tile, 3) uint8 tile at processed (y, x); beyond the slide's edge, ``fill``."""
-    tile = plan["tile"]
-    height, width = min(tile, plan["height"] - y), min(tile, plan["width"] - x)
-    if plan["factor_y"] == 1.0 and plan["factor_x"] == 1.0:
-        region = slide.read_region(y, x, height, width, plan["read_level"])
+    tile = plan.tile
+    height, width = min(tile, plan.height - y), min(tile, plan.width - x)
+    if plan.factor_y == 1.0 and plan.factor_x == 1.0:
+        region = slide.read_region(y, x, height, width, plan.read_level)
     else:
         from PIL import Image
 
-        read_h, read_w = slide.level_shape(plan["read_level"])
-        fy, fx = plan["factor_y"], plan["factor_x"]
+        read_h, read_w = slide.level_shape(plan.read_level)
+        fy, fx = plan.factor_y, plan.factor_x
         top, bottom, left, right = y * fy, (y + height) * fy, x * fx, (x + width) * fx
         iy0, ix0 = max(0, math.floor(top) - 2), max(0, math.floor(left) - 2)
         iy1, ix1 = min(read_h, math.ceil(bottom) + 2), min(read_w, math.ceil(right) + 2)
-        crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan["read_level"])
+        crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan.read_level)
         resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
         region = np.asarray(Image.fromarray(crop).resize(
             (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0)))
     return extract_tile(region, 0, 0, tile, fill)
 
 
-def read_tiles(batch: dict, plans: dict, storage: dict, fill: list[int]) -> dict:
-    """Ray Data task: the tiles of one or more runs; a failure becomes an error row, not an exception."""
-    from minseg.config.schema import StorageSettings
+@dataclass
+class TileBatch(Columns):
+    """Tiles read from slides, from the read tasks to the actor pool: slide id, tile row and column in
+    the slide's grid, (tile, tile, 3) uint8 pixels, preview samples (raw bytes: their size varies at the
+    slide's edge) with their shapes, and the error that kept a tile from being read ('' when none)."""
 
-    store = Storage(StorageSettings.model_validate(storage))
+    OBJECT_COLUMNS = ("thumb",)
+
+    slide: list
+    row: list
+    col: list
+    image: np.ndarray
+    thumb: list
+    thumb_shape: np.ndarray
+    error: list
+
+
+@dataclass
+class ScoredTiles(Columns):
+    """What the actor pool returns per tile: the read fields, and (C, tile, tile) float16 fused scores
+    that blend across overlaps (``EnsemblePrediction.fused_scores``)."""
+
+    OBJECT_COLUMNS = ("thumb",)
+
+    slide: list
+    row: list
+    col: list
+    scores: np.ndarray
+    thumb: list
+    thumb_shape: np.ndarray
+    error: list
+
+
+def read_tiles(batch: dict, plans: dict[str, SlidePlan], storage: Storage, fill: list[int]) -> dict:
+    """Ray Data task: the tiles of one or more runs (a ``TileBatch``); a failure becomes an error row."""
     fill_value = np.asarray(fill, np.uint8)
-    rows: dict[str, list] = {k: [] for k in ("slide", "row", "col", "image", "thumb", "thumb_shape", "error")}
+    out = TileBatch([], [], [], [], [], [], [])
     for slide_id, tiles in zip(batch["slide"], batch["tiles"]):
         plan = plans[slide_id]
-        tile = plan["tile"]
+        tile = plan.tile
         for row, col, y, x in json.loads(tiles):
             image, error = np.zeros((tile, tile, 3), np.uint8), ""
             try:
-                image = read_tile(_SLIDES.get(plan["uri"], store), plan, y, x, fill_value)
+                image = read_tile(_SLIDES.get(plan.uri, storage), plan, y, x, fill_value)
             except (SlideError, OSError) as exc:
                 error = str(exc)
-            thumb = preview_sample(image, y, x, plan["preview_stride"])
-            rows["slide"].append(slide_id)
-            rows["row"].append(row)
-            rows["col"].append(col)
-            rows["image"].append(image)
-            rows["thumb"].append(thumb.tobytes())
-            rows["thumb_shape"].append(np.asarray(thumb.shape, np.int32))
-            rows["error"].append(error)
-    return {k: np.stack(v) if k in ("image", "thumb_shape") else np.asarray(v, dtype=object if k == "thumb" else None)
-            for k, v in rows.items()}
+            thumb = preview_sample(image, y, x, plan.preview_stride)
+            out.slide.append(slide_id)
+            out.row.append(row)
+            out.col.append(col)
+            out.image.append(image)
+            out.thumb.append(thumb.tobytes())
+            out.thumb_shape.append(np.asarray(thumb.shape, np.int32))
+            out.error.append(error)
+    out.image, out.thumb_shape = np.stack(out.image), np.stack(out.thumb_shape)
+    return out.to_batch()
 
 
 class EnsemblePredictor:
-    """Ray Data actor: the whole ensemble, loaded once; per batch, blendable fused scores per tile."""
+    """Ray Data actor: the whole ensemble (an ``EnsembleRuntime``), loaded once; per batch of tiles
+    (a ``TileBatch``), blendable fused scores (a ``ScoredTiles``)."""
 
-    def __init__(self, manifest: dict, storage: dict, batch_size: int, precision: str, gpus: float):
-        import torch
-
-        from minseg.config.schema import StorageSettings
-        from minseg.enums import Precision
-        from minseg.ensemble.manifest import load_member_models
-        from minseg.train.loop import autocast_dtype
-
-        self.manifest = EnsembleManifest.model_validate(manifest)
-        self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
-        store = Storage(StorageSettings.model_validate(storage))
-        self.models = load_member_models(self.manifest, store, self.device)  # hashes were checked on the driver
-        if self.device.type == "cuda":
-            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
-        self.autocast = autocast_dtype(Precision(precision), self.device)
+    def __init__(self, manifest: EnsembleManifest, storage: Storage, batch_size: int, precision: Precision,
+                 gpus: float):
+        self.manifest = manifest
+        # hashes were checked when the driver loaded the manifest
+        self.runtime = EnsembleRuntime.from_manifest(manifest, storage, gpus=gpus, precision=precision)
+        self.fusion = Fusion.of(manifest.fusion)
         self.batch_size = batch_size
-        fusion = self.manifest.fusion
-        self.learned = torch.tensor(fusion.weights, dtype=torch.float32) if fusion.mode is FusionMode.LEARNED else None
 
     def __call__(self, batch: dict) -> dict:
-        import torch
-
-        from minseg.ensemble.voting import fusion_scores
-        from minseg.inference.sliding import normalise, tile_probabilities
-
-        images, errors = batch["image"], [str(e) for e in batch["error"]]
-        count, tile = len(errors), images.shape[1]
-        num_classes = len(self.manifest.classes["classes"])
-        scores = np.zeros((count, num_classes, tile, tile), np.float16)
+        tiles = TileBatch.from_batch(batch)
+        errors = [str(e) for e in tiles.error]
+        count, tile = len(errors), tiles.image.shape[1]
+        scores = np.zeros((count, self.manifest.num_classes, tile, tile), np.float16)
         good = [i for i, e in enumerate(errors) if not e]
-        mean, std = self.manifest.normalization["mean"], self.manifest.normalization["std"]
         try:
             for start in range(0, len(good), self.batch_size):
                 chunk = good[start : start + self.batch_size]
                 # always the same batch shape: a tile's result must not depend on its batch-mates
                 padded = np.zeros((self.batch_size, tile, tile, 3), np.uint8)
-                padded[: len(chunk)] = images[chunk]
-                inputs = normalise(padded, mean, std, self.device)
-                probs = torch.stack([tile_probabilities(m, inputs, self.manifest.fusion.tta, self.autocast)
-                                     for m in self.models])  # (M, N, C, t, t)
-                fused = fusion_scores(probs.transpose(1, 2), self.manifest.fusion.mode, self.learned)  # (C, N, t, t)
-                scores[chunk] = fused.transpose(0, 1)[: len(chunk)].cpu().numpy().astype(np.float16)
+                padded[: len(chunk)] = tiles.image[chunk]
+                fused = self.runtime.predict_images(padded).fused_scores(self.fusion)  # (N, C, t, t)
+                scores[chunk] = fused[: len(chunk)].cpu().numpy().astype(np.float16)
         except Exception as exc:  # e.g. out of memory: these tiles' slides fail, the job goes on
             for i in good:
                 errors[i] = f"inference failed: {type(exc).__name__}: {exc}"
-        out = {k: batch[k] for k in ("slide", "row", "col", "thumb", "thumb_shape")}
-        out.update(scores=scores, error=np.asarray(errors))
-        return out
+        return ScoredTiles(tiles.slide, tiles.row, tiles.col, scores, tiles.thumb, tiles.thumb_shape,
+                           errors).to_batch()
 
 
 # -- the job ------------------------------------------------------------------
+
+
+@dataclass
+class SlideOutcome:
+    """A slide that was not segmented in this run: skipped (complete outputs for the same ensemble exist;
+    ``summary`` is theirs) or failed (``reason`` says why; it left no outputs)."""
+
+    slide: str
+    uri: str
+    reason: str
+    summary: dict | None = None
+
+    def to_document(self) -> dict:
+        return {"slide": self.slide, "uri": self.uri, "reason": self.reason}
+
+
+@dataclass
+class SegmentResult:
+    """What ``segment_slides`` did: per-slide summaries of the slides done (as in their ``summary.json``),
+    the ones skipped and failed, and where everything went (``run_summary.json`` holds the same)."""
+
+    output: str
+    manifest: str
+    ensemble_digest: str
+    seconds: float
+    done: list[dict] = field(default_factory=list)
+    skipped: list[SlideOutcome] = field(default_factory=list)
+    failed: list[SlideOutcome] = field(default_factory=list)
+
+    def to_document(self) -> dict:
+        return {
+            "output": self.output, "manifest": self.manifest, "ensemble_digest": self.ensemble_digest,
+            "seconds": round(self.seconds, 1),
+            "done": [{"slide": s["slide"], "uri": s["uri"], "seconds": s["seconds"], "tiles": s["tiles"]}
+                     for s in self.done],
+            "skipped": [s.to_document() for s in self.skipped],
+            "failed": [f.to_document() for f in self.failed],
+        }
 
 
 @dataclass
@@ -301,114 +356,137 @@ class SlideState:
     started: float = 0.0
 
 
-def segment_slides(config: MinsegConfig) -> dict:
-    """The segmentation job (module doc). Returns the run summary (also written to the output)."""
-    import ray
-
+def manifest_uri_of(config: MinsegConfig) -> str:
+    """``segment.manifest_uri``, or the manifest of this config's evaluation."""
     settings = config.segment or SegmentSettings()
-    storage = Storage(config.storage)
-    manifest_uri = absolute_uri(settings.manifest_uri) if settings.manifest_uri else \
-        join_uri(evaluation_uri(config), "manifest.json")
-    manifest = load_manifest(manifest_uri, storage)
-    digest = manifest.digest()
-    output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
-        join_uri(config.run.uri, "segment", settings.name)
-    started = time.monotonic()
-    uris = resolve_slides(settings, storage)
+    if settings.manifest_uri:
+        return absolute_uri(settings.manifest_uri)
+    return join_uri((config.evaluation or EvaluationSettings()).output_uri(config.run.uri), "manifest.json")
+
+
+def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
+                output_uri: str, result: SegmentResult) -> dict[str, SlidePlan]:
+    """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
+    (same ensemble, same level, no ``force``) to ``result.skipped``."""
     ids = slide_ids(uris)
-    done, skipped, failed = [], [], []
     plans: dict[str, SlidePlan] = {}
     for uri in uris:
         slide_id = ids[uri]
         try:
             plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri)
         except SlideError as exc:
-            failed.append({"slide": slide_id, "uri": uri, "reason": str(exc)})
+            result.failed.append(SlideOutcome(slide_id, uri, str(exc)))
             log_event(log, "segment.slide_failed", slide=slide_id, reason=str(exc))
             continue
         previous = read_summary(storage, plan.output_uri)
-        if previous and not settings.force and previous.get("ensemble_digest") == digest \
+        if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level:
-            skipped.append({"slide": slide_id, "uri": uri, "reason": "outputs exist for this ensemble (--force redoes)",
-                            "summary": previous})
+            result.skipped.append(SlideOutcome(slide_id, uri, "outputs exist for this ensemble (--force redoes)",
+                                               previous))
             continue
         plans[slide_id] = plan
-    log_event(log, "segment.planned", slides=len(uris), to_do=len(plans), skipped=len(skipped), failed=len(failed),
-              tiles=sum(len(p.grid) for p in plans.values()), manifest=manifest_uri, output=output_uri)
+    return plans
+
+
+def scored_tiles(plans: dict[str, SlidePlan], manifest: EnsembleManifest, settings: SegmentSettings,
+                 storage: Storage, options: dict):
+    """The lazy Ray Dataset of ``ScoredTiles``: read tasks → ensemble actor pool."""
+    import ray
+
+    chunks = [chunk for plan in plans.values() for chunk in tile_chunks(plan, settings.tiles_per_read)]
+    fill = mean_fill(manifest.normalization["mean"]).tolist()
+    dataset = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 2000)))
+    tiles = dataset.map_batches(read_tiles, batch_size=1, num_cpus=settings.read_cpus, **options,
+                                fn_kwargs={"plans": plans, "storage": storage, "fill": fill})
+    scored = tiles.map_batches(
+        EnsemblePredictor,
+        fn_constructor_kwargs={"manifest": manifest, "storage": storage, "batch_size": settings.batch_size,
+                               "precision": settings.precision, "gpus": settings.gpus_per_actor},
+        batch_size=settings.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=settings.actors),
+        num_cpus=settings.cpus_per_actor,
+        num_gpus=settings.gpus_per_actor or None,
+        **options,
+    )
+    # correctness never depends on order (see stitch.py), but memory does: in order, output tiles
+    # finish one after another instead of piling up behind a straggler
+    scored.context.execution_options.preserve_order = True
+    return scored
+
+
+def segment_slides(config: MinsegConfig) -> SegmentResult:
+    """The segmentation job (module doc): resolve slides → plan (skip finished) → read tiles and predict
+    on the actor pool → stitch and publish each slide → run tables. Also written as ``run_summary.json``.
+
+    Raises:
+        SegmentInputError: no slides, or a slide list that cannot be used.
+        ManifestError: the manifest cannot be used (missing checkpoint, changed weights, ...).
+    """
+    settings = config.segment or SegmentSettings()
+    storage = Storage(config.storage)
+    manifest_uri = manifest_uri_of(config)
+    manifest = load_manifest(manifest_uri, storage)
+    output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
+        join_uri(config.run.uri, "segment", settings.name)
+    started = time.monotonic()
+    result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
+    plans = plan_slides(resolve_slides(settings, storage), manifest, settings, storage, output_uri, result)
+    log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
+              skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
+              manifest=manifest_uri, output=output_uri)
 
     if plans:
         init_ray(config.ray)
         staging_root = os.path.join(parse_uri(output_uri).path, ".staging") if not is_s3(output_uri) \
             else tempfile.mkdtemp(prefix="minseg-segment-")
-        chunks = [chunk for plan in plans.values() for chunk in tile_chunks(plan, settings.tiles_per_read)]
-        fill = mean_fill(manifest.normalization["mean"]).tolist()
-        dataset = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 2000)))
-        tiles = dataset.map_batches(
-            read_tiles, batch_size=1, num_cpus=settings.read_cpus, **task_options(config.storage),
-            fn_kwargs={"plans": {k: asdict(p) for k, p in plans.items()},
-                       "storage": config.storage.model_dump(mode="json"), "fill": fill},
-        )
-        scored = tiles.map_batches(
-            EnsemblePredictor,
-            fn_constructor_kwargs={"manifest": manifest.model_dump(mode="json"),
-                                   "storage": config.storage.model_dump(mode="json"),
-                                   "batch_size": settings.batch_size, "precision": str(settings.precision),
-                                   "gpus": settings.gpus_per_actor},
-            batch_size=settings.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=settings.actors),
-            num_cpus=settings.cpus_per_actor,
-            num_gpus=settings.gpus_per_actor or None,
-            **task_options(config.storage),
-        )
-        # correctness never depends on order (see stitch.py), but memory does: in order, output tiles
-        # finish one after another instead of piling up behind a straggler
-        scored.context.execution_options.preserve_order = True
-        run_info = {"manifest": manifest_uri, "ensemble_digest": digest, "ensemble": manifest.name,
+        scored = scored_tiles(plans, manifest, settings, storage, task_options(config.storage))
+        run_info = {"manifest": manifest_uri, "ensemble_digest": result.ensemble_digest, "ensemble": manifest.name,
                     "fusion": str(manifest.fusion.mode), "members": [m.name for m in manifest.members]}
         try:
-            _consume(scored, plans, manifest, settings, storage, staging_root, run_info, done, failed)
+            _consume(scored, plans, manifest, settings, storage, staging_root, run_info, result)
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
-            _write_run_summary(output_uri, storage, done, skipped, failed, manifest_uri, digest,
-                               time.monotonic() - started)
+            result.seconds = time.monotonic() - started
+            _write_run_summary(result, storage)
             raise
         finally:
             with contextlib.suppress(OSError):  # only when empty: a concurrent run may be staging there
                 os.rmdir(staging_root)
-    summary = _write_run_summary(output_uri, storage, done, skipped, failed, manifest_uri, digest,
-                                 time.monotonic() - started)
-    log_event(log, "segment.done", output=output_uri, done=len(done), skipped=len(skipped), failed=len(failed))
-    return summary
+    result.seconds = time.monotonic() - started
+    _write_run_summary(result, storage)
+    log_event(log, "segment.done", output=output_uri, done=len(result.done), skipped=len(result.skipped),
+              failed=len(result.failed))
+    return result
 
 
 def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, settings: SegmentSettings,
-             storage: Storage, staging_root: str, run_info: dict, done: list, failed: list) -> None:
+             storage: Storage, staging_root: str, run_info: dict, result: SegmentResult) -> None:
     """Stitch tiles as they arrive (any order), publish slides as they complete."""
     states = {slide_id: SlideState(plan) for slide_id, plan in plans.items()}
-    num_classes = len(manifest.classes["classes"])
     total = sum(len(p.grid) for p in plans.values())
 
     def fail(state: SlideState, reason: str) -> None:
         if state.outputs is not None:
             state.outputs.discard()
         states.pop(state.plan.slide_id, None)
-        failed.append({"slide": state.plan.slide_id, "uri": state.plan.uri, "reason": reason})
+        result.failed.append(SlideOutcome(state.plan.slide_id, state.plan.uri, reason))
         log_event(log, "segment.slide_failed", slide=state.plan.slide_id, reason=reason)
 
     try:
         with Progress(total, "segment", unit="tiles") as progress:
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                for i, slide_id in enumerate(batch["slide"]):
+                tiles = ScoredTiles.from_batch(batch)
+                for i, slide_id in enumerate(tiles.slide):
                     progress.advance()
                     state = states.get(str(slide_id))
                     if state is None:  # already failed (or a duplicate of a finished slide's tile)
                         continue
-                    if batch["error"][i]:
-                        fail(state, str(batch["error"][i]))
+                    if tiles.error[i]:
+                        fail(state, str(tiles.error[i]))
                         continue
                     try:
-                        _add_tile(state, batch, i, num_classes, manifest, settings, staging_root, run_info)
+                        _add_tile(state, tiles, i, manifest, settings, staging_root, run_info)
                         if state.stitcher.complete:
-                            done.append(_finish(state, storage, run_info))
+                            result.done.append(_finish(state, storage, run_info))
                             del states[state.plan.slide_id]
                     except Exception as exc:  # a writer or a summary failed: this slide only
                         log.debug("slide %s failed", state.plan.slide_id, exc_info=True)
@@ -422,30 +500,30 @@ def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, se
                     "tiles came back")
 
 
-def _add_tile(state: SlideState, batch: dict, i: int, num_classes: int, manifest: EnsembleManifest,
-              settings: SegmentSettings, staging_root: str, run_info: dict) -> None:
+def _add_tile(state: SlideState, tiles: ScoredTiles, i: int, manifest: EnsembleManifest, settings: SegmentSettings,
+              staging_root: str, run_info: dict) -> None:
     plan = state.plan
     if state.stitcher is None:
         state.started = time.monotonic()
         metadata = {"generator": "minseg segment", "source": plan.uri, "level": plan.level,
                     "scale": manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **run_info}
         state.outputs = SlideOutputs(plan, manifest.classes, settings, staging_root, metadata)
-        state.stitcher = Stitcher(plan.grid, num_classes, Uncertainty(plan.uncertainty), settings.output_tile,
+        state.stitcher = Stitcher(plan.grid, manifest.num_classes, plan.uncertainty, settings.output_tile,
                                   state.outputs.add_tile)
-    row, col = int(batch["row"][i]), int(batch["col"][i])
+    row, col = int(tiles.row[i]), int(tiles.col[i])
     grid = state.stitcher.grid
-    thumb = np.frombuffer(batch["thumb"][i], np.uint8).reshape(tuple(batch["thumb_shape"][i]))
+    thumb = np.frombuffer(tiles.thumb[i], np.uint8).reshape(tuple(tiles.thumb_shape[i]))
     state.outputs.preview.add_thumbnail(grid.ys[row], grid.xs[col], thumb)
-    state.stitcher.add(row, col, batch["scores"][i])
+    state.stitcher.add(row, col, tiles.scores[i])
 
 
 def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
     plan = state.plan
     summary = {
-        "slide": plan.slide_id, "uri": plan.uri, "status": "done", "format": plan.format, "level": plan.level,
-        "source_shape": [plan.source_height, plan.source_width], "shape": [plan.height, plan.width],
-        "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um, "tiles": len(plan.grid),
-        "tile": plan.tile, "overlap": plan.overlap, "uncertainty": plan.uncertainty,
+        "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
+        "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
+        "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
+        "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
         "seconds": round(time.monotonic() - state.started, 2),
         "stitch_peak_mib": round(state.stitcher.peak_bytes / 2**20, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info,
@@ -455,8 +533,8 @@ def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
     return summary
 
 
-def _table_row(summary: dict, status: str) -> dict:
-    row = {"slide": summary["slide"], "uri": summary["uri"], "status": status,
+def _table_row(summary: dict, status: SlideStatus) -> dict:
+    row = {"slide": summary["slide"], "uri": summary["uri"], "status": str(status),
            "height": summary["shape"][0], "width": summary["shape"][1], "tiles": summary["tiles"],
            "seconds": summary["seconds"], "ensemble_digest": summary["ensemble_digest"],
            "mean_uncertainty": summary.get("mean_uncertainty")}
@@ -468,23 +546,18 @@ def _table_row(summary: dict, status: str) -> dict:
     return row
 
 
-def _write_run_summary(output_uri: str, storage: Storage, done: list, skipped: list, failed: list,
-                       manifest_uri: str, digest: str, seconds: float) -> dict:
+def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
+    """``slides.csv`` / ``.parquet`` (a row per slide done or skipped), ``failures.json``, ``run_summary.json``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [_table_row(s, "done") for s in done] + [_table_row(s["summary"], "skipped") for s in skipped]
+    rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
+        [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
     if rows:
-        storage.write_text(join_uri(output_uri, "slides.csv"), csv_text(rows))
+        storage.write_text(join_uri(result.output, "slides.csv"), csv_text(rows))
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows), buffer)
-        storage.write_bytes(join_uri(output_uri, "slides.parquet"), buffer.getvalue())
-    storage.write_text(join_uri(output_uri, "failures.json"), json.dumps(failed, indent=2))
-    summary = {
-        "output": output_uri, "manifest": manifest_uri, "ensemble_digest": digest, "seconds": round(seconds, 1),
-        "done": [{"slide": s["slide"], "uri": s["uri"], "seconds": s["seconds"], "tiles": s["tiles"]} for s in done],
-        "skipped": [{k: v for k, v in s.items() if k != "summary"} for s in skipped],
-        "failed": failed,
-    }
-    storage.write_text(join_uri(output_uri, "run_summary.json"), json.dumps(summary, indent=2))
-    return summary
+        storage.write_bytes(join_uri(result.output, "slides.parquet"), buffer.getvalue())
+    storage.write_text(join_uri(result.output, "failures.json"),
+                       json.dumps([f.to_document() for f in result.failed], indent=2))
+    storage.write_text(join_uri(result.output, "run_summary.json"), json.dumps(result.to_document(), indent=2))

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from minseg.enums import Uncertainty
-from minseg.inference.sliding import TileGrid
+from minseg.ensemble.sliding import TileGrid
 
 
 def _cells(starts: list[int], spans: list[tuple[int, int]], length: int):

@@ -7,6 +7,11 @@ because neighbouring regions share them (NDPI strips span the whole width). JPEG
 PNG have no random access: they are decoded once per process, within a pixel limit.
 
 Every region comes back as RGB uint8: grey is repeated, alpha dropped, 16 bit scaled.
+
+Formats are readers in a registry: ``@register_slide_reader(name, suffixes=...)`` on a
+class or function ``opener(uri, storage, options) -> SlideReader`` is all a new format
+needs; :class:`Slide` picks the reader by file suffix (the longest registered suffix
+that matches) and handles region checks, RGB conversion and errors for all of them.
 """
 
 from __future__ import annotations
@@ -15,20 +20,19 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable, Hashable, Iterator, Protocol
 
 import numpy as np
 
-from minseg.data.decode import DecodeError, decode_image, to_rgb8
+from minseg.errors import InputError
+from minseg.io.images import DecodeError, decode_image, to_rgb8
 from minseg.io.storage import Storage, StorageError
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ndpi", ".svs", ".scn", ".qptiff")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
-SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 MAX_CALIBRATED_PIXEL_UM = 50.0
 
 
-class SlideError(ValueError):
+class SlideError(InputError):
     """A slide that cannot be read; the message names the slide and the reason."""
 
 
@@ -49,84 +53,169 @@ class SlideInfo:
         return self.levels[0][1]
 
 
-class Slide:
-    """An open slide; ``read_region`` returns RGB uint8 pixels of one pyramid level."""
+# ------------------------------------------------------------------ registry
 
-    def __init__(self, uri: str, storage: Storage | None = None, max_raster_pixels: int = 400_000_000,
-                 cache_bytes: int = 96 << 20):
-        self.uri = uri
-        self.storage = storage or Storage()
+
+class SegmentCache:
+    """Decoded pieces of one slide (arrays by key), least recently used dropped first once
+    they take more than ``limit_bytes`` (the newest is always kept). Thread-safe; iterating
+    gives the keys, oldest first."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = limit_bytes
         self._lock = threading.Lock()
-        self._cache: OrderedDict = OrderedDict()
-        self._cache_bytes, self._cache_limit = 0, cache_bytes
-        self._stream = self._tiff = self._raster = None
-        name = uri.lower().rsplit("/", 1)[-1]
-        try:
-            if name.endswith(RASTER_SUFFIXES):
-                self._raster = decode_image(self.storage.read_bytes(uri), name, max_raster_pixels)
-                height, width = self._raster.shape[:2]
-                self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
-            elif name.endswith(TIFF_SUFFIXES):
-                self._open_tiff(name)
-            else:
-                raise SlideError(f"{uri}: not a slide format minseg reads ({', '.join(SLIDE_SUFFIXES)})")
-        except SlideError:
-            self.close()
-            raise
-        except (DecodeError, StorageError) as exc:
-            self.close()
-            raise SlideError(f"{uri}: {exc}") from None
-        except Exception as exc:  # tifffile raises many types on corrupt files
-            self.close()
-            raise SlideError(f"{uri}: unreadable slide ({type(exc).__name__}: {exc})") from None
+        self._segments: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
 
-    def _open_tiff(self, name: str) -> None:
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            segment = self._segments.get(key)
+            if segment is not None:
+                self._segments.move_to_end(key)
+            return segment
+
+    def put(self, key: Hashable, segment: np.ndarray) -> None:
+        with self._lock:
+            old = self._segments.pop(key, None)
+            self._bytes -= old.nbytes if old is not None else 0
+            self._segments[key] = segment
+            self._bytes += segment.nbytes
+            while self._bytes > self.limit_bytes and len(self._segments) > 1:
+                _, evicted = self._segments.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._segments.clear()
+            self._bytes = 0
+
+    def __iter__(self) -> Iterator[Hashable]:
+        with self._lock:
+            return iter(list(self._segments))
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """What :class:`Slide` hands every reader: limits and the slide's segment cache."""
+
+    max_raster_pixels: int  # formats decoded whole refuse larger images (DecodeError)
+    cache: SegmentCache  # for formats decoded in pieces; key pieces by (level, index)
+
+
+class SlideReader(Protocol):
+    """One open slide of one format, as :class:`Slide` drives it.
+
+    ``info`` describes the levels; ``read_region`` returns the stored samples of a region
+    that :class:`Slide` has already checked lies inside ``level`` (any integer dtype,
+    (h, w) or (h, w, samples)); ``close`` releases files and may be called twice.
+    Opening and reading raise :class:`SlideError`, ``DecodeError`` or ``StorageError`` for
+    bad input; anything else is reported as an unreadable slide / corrupt region.
+    """
+
+    info: SlideInfo
+
+    def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+SlideOpener = Callable[[str, Storage, ReaderOptions], SlideReader]
+
+
+@dataclass(frozen=True)
+class SlideReaderEntry:
+    name: str
+    suffixes: tuple[str, ...]  # lower case, with the dot
+    opener: SlideOpener
+
+
+_READERS: dict[str, SlideReaderEntry] = {}
+
+
+def register_slide_reader(name: str, *, suffixes: tuple[str, ...]):
+    """Decorator registering ``opener(uri, storage, options) -> SlideReader`` (a reader class
+    or a function) for files ending in one of ``suffixes``. Raises ValueError when ``name``
+    or a suffix is registered already (a suffix belongs to exactly one reader)."""
+    suffixes = tuple(suffix.lower() for suffix in suffixes)
+
+    def decorate(opener: SlideOpener) -> SlideOpener:
+        if name in _READERS:
+            raise ValueError(f"slide reader {name!r} is registered twice")
+        taken = {suffix: entry.name for entry in _READERS.values() for suffix in entry.suffixes}
+        clashes = [f"{suffix} ({taken[suffix]})" for suffix in suffixes if suffix in taken]
+        if clashes or not suffixes:
+            raise ValueError(f"slide reader {name!r}: " + (f"suffixes already registered: {', '.join(clashes)}"
+                                                          if clashes else "no suffixes"))
+        _READERS[name] = SlideReaderEntry(name, suffixes, opener)
+        return opener
+
+    return decorate
+
+
+def unregister_slide_reader(name: str) -> None:
+    """Remove a registered reader (tests and plug-ins that register one temporarily)."""
+    _READERS.pop(name, None)
+
+
+def list_slide_readers() -> list[SlideReaderEntry]:
+    """Registered readers, in registration order."""
+    return list(_READERS.values())
+
+
+def slide_suffixes() -> tuple[str, ...]:
+    """Every suffix a registered reader takes, in registration order."""
+    return tuple(suffix for entry in _READERS.values() for suffix in entry.suffixes)
+
+
+def slide_reader_for(uri: str) -> SlideReaderEntry:
+    """The reader for ``uri`` by its longest matching suffix (case-insensitive).
+
+    Raises SlideError naming the suffixes minseg reads when none matches.
+    """
+    name = uri.lower().rsplit("/", 1)[-1]
+    matches = [(len(suffix), entry) for entry in _READERS.values() for suffix in entry.suffixes
+               if name.endswith(suffix)]
+    if not matches:
+        raise SlideError(f"{uri}: not a slide format minseg reads ({', '.join(slide_suffixes())})")
+    return max(matches, key=lambda match: match[0])[1]
+
+
+# ------------------------------------------------------------------- readers
+
+
+@register_slide_reader("tiff", suffixes=(".tif", ".tiff", ".btf", ".tf8", ".ndpi", ".svs", ".scn", ".qptiff"))
+class TiffReader:
+    """TIFF family through tifffile: only the tiles or strips a region touches are read."""
+
+    def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
         import tifffile
 
-        self._stream = self.storage.open_read(self.uri)
-        self._tiff = tifffile.TiffFile(self._stream)
-        series = self._tiff.series[0]
-        self._levels = [level.keyframe for level in series.levels]
-        self._pages = [level.pages[0] for level in series.levels]
-        for page in self._levels:
-            if page.planarconfig != 1 and page.samplesperpixel > 1:
-                raise SlideError(f"{self.uri}: planar (separate-plane) TIFFs are not supported")
-            if page.imagedepth != 1:
-                raise SlideError(f"{self.uri}: volumetric TIFF (depth {page.imagedepth}) is not a slide")
-        base = self._levels[0]
-        kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
-        self.info = SlideInfo(self.uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
-                              base.chunks[:2],
-                              _pixel_size_um(self._tiff, self._pages[0]))
-
-    # -- reading ---------------------------------------------------------------
-
-    def level_shape(self, level: int) -> tuple[int, int]:
-        if not 0 <= level < len(self.info.levels):
-            raise SlideError(f"{self.uri}: no pyramid level {level} (it has {len(self.info.levels)})")
-        return self.info.levels[level]
-
-    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0, rgb: bool = True) -> np.ndarray:
-        """RGB uint8 (height, width, 3) at ``level`` (``rgb=False``: the stored samples, e.g. class ids of a
-        label map); the region must lie inside the level."""
-        level_h, level_w = self.level_shape(level)
-        if y < 0 or x < 0 or height <= 0 or width <= 0 or y + height > level_h or x + width > level_w:
-            raise SlideError(f"{self.uri}: region y={y} x={x} {height}x{width} is outside level {level} "
-                             f"({level_h}x{level_w})")
-        if self._raster is not None:
-            return np.ascontiguousarray(self._raster[y : y + height, x : x + width])
+        self.uri, self._cache = uri, options.cache
+        self._lock = threading.Lock()  # one stream: seek + read must not interleave
+        self._stream = self._tiff = None
         try:
-            region = self._read_tiff_region(level, y, x, height, width)
-            return to_rgb8(region) if rgb else region
-        except DecodeError as exc:
-            raise SlideError(f"{self.uri}: {exc}") from None
-        except SlideError:
+            self._stream = storage.open_read(uri)
+            self._tiff = tifffile.TiffFile(self._stream)
+            series = self._tiff.series[0]
+            self._levels = [level.keyframe for level in series.levels]
+            self._pages = [level.pages[0] for level in series.levels]
+            for page in self._levels:
+                if page.planarconfig != 1 and page.samplesperpixel > 1:
+                    raise SlideError(f"{uri}: planar (separate-plane) TIFFs are not supported")
+                if page.imagedepth != 1:
+                    raise SlideError(f"{uri}: volumetric TIFF (depth {page.imagedepth}) is not a slide")
+            base = self._levels[0]
+            kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
+            self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
+                                  base.chunks[:2], _pixel_size_um(self._tiff, self._pages[0]))
+        except BaseException:
+            self.close()
             raise
-        except Exception as exc:
-            raise SlideError(f"{self.uri}: corrupt data in region y={y} x={x} {height}x{width} "
-                             f"({type(exc).__name__}: {exc})") from None
 
-    def _read_tiff_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+    def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
         keyframe, page = self._levels[level], self._pages[level]
         chunk_h, chunk_w = keyframe.chunks[:2]
         rows, cols = math.ceil(keyframe.imagelength / chunk_h), math.ceil(keyframe.imagewidth / chunk_w)
@@ -145,19 +234,19 @@ class Slide:
 
     def _segment(self, level: int, page, keyframe, index: int) -> np.ndarray:
         key = (level, index)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            offset, count = page.dataoffsets[index], page.databytecounts[index]
-            if count == 0:  # a sparse TIFF: segments never written are empty
-                data = None
-            else:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count == 0:  # a sparse TIFF: segments never written are empty
+            data = None
+        else:
+            with self._lock:
                 self._stream.seek(offset)
                 data = self._stream.read(count)
-                if len(data) != count:
-                    raise SlideError(f"{self.uri}: truncated file (segment {index} of level {level} "
-                                     f"wants {count} bytes at offset {offset}, got {len(data)})")
+            if len(data) != count:
+                raise SlideError(f"{self.uri}: truncated file (segment {index} of level {level} "
+                                 f"wants {count} bytes at offset {offset}, got {len(data)})")
         arguments = {"_fullsize": keyframe.is_tiled}
         if keyframe.compression in _JPEG_COMPRESSIONS:
             arguments.update(jpegtables=page.jpegtables, jpegheader=keyframe.jpegheader)
@@ -167,12 +256,7 @@ class Slide:
         segment = decoded[0]  # drop the depth axis
         if segment.shape[-1] == 1:
             segment = segment[..., 0]
-        with self._lock:
-            self._cache[key] = segment
-            self._cache_bytes += segment.nbytes
-            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
-                _, evicted = self._cache.popitem(last=False)
-                self._cache_bytes -= evicted.nbytes
+        self._cache.put(key, segment)
         return segment
 
     def close(self) -> None:
@@ -181,6 +265,87 @@ class Slide:
         if self._stream is not None:
             self._stream.close()
         self._tiff = self._stream = None
+
+
+@register_slide_reader("raster", suffixes=(".png", ".jpg", ".jpeg"))
+class RasterReader:
+    """PNG / JPEG: no random access, so decoded whole (RGB uint8) within ``max_raster_pixels``."""
+
+    def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
+        name = uri.lower().rsplit("/", 1)[-1]
+        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels)
+        height, width = self._pixels.shape[:2]
+        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
+
+    def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+        return self._pixels[y : y + height, x : x + width]
+
+    def close(self) -> None:
+        pass  # nothing open; the pixels go with the reader
+
+
+TIFF_SUFFIXES = _READERS["tiff"].suffixes
+RASTER_SUFFIXES = _READERS["raster"].suffixes
+# The built-in formats, fixed at import (globs use it); slide_suffixes() sees later registrations too.
+SLIDE_SUFFIXES = slide_suffixes()
+
+
+# --------------------------------------------------------------------- slide
+
+
+class Slide:
+    """An open slide; ``read_region`` returns RGB uint8 pixels of one pyramid level.
+
+    The reader is chosen by file suffix (see :func:`slide_reader_for`). Raises SlideError
+    naming the slide and the reason when it is not a format minseg reads, is missing or
+    cannot be parsed.
+    """
+
+    def __init__(self, uri: str, storage: Storage | None = None, max_raster_pixels: int = 400_000_000,
+                 cache_bytes: int = 96 << 20):
+        self.uri = uri
+        self.storage = storage or Storage()
+        self._cache = SegmentCache(cache_bytes)
+        try:
+            entry = slide_reader_for(uri)
+            self._reader: SlideReader = entry.opener(uri, self.storage, ReaderOptions(max_raster_pixels, self._cache))
+        except SlideError:
+            raise
+        except (DecodeError, StorageError) as exc:
+            raise SlideError(f"{uri}: {exc}") from None
+        except Exception as exc:  # tifffile raises many types on corrupt files
+            raise SlideError(f"{uri}: unreadable slide ({type(exc).__name__}: {exc})") from None
+        self.info: SlideInfo = self._reader.info
+
+    # -- reading ---------------------------------------------------------------
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        """(height, width) of ``level``; SlideError when the slide has no such level."""
+        if not 0 <= level < len(self.info.levels):
+            raise SlideError(f"{self.uri}: no pyramid level {level} (it has {len(self.info.levels)})")
+        return self.info.levels[level]
+
+    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0, rgb: bool = True) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at ``level`` (``rgb=False``: the stored samples, e.g. class ids of a
+        label map); the region must lie inside the level. Raises SlideError (outside the level, truncated
+        file, corrupt data), naming the slide and the region."""
+        level_h, level_w = self.level_shape(level)
+        if y < 0 or x < 0 or height <= 0 or width <= 0 or y + height > level_h or x + width > level_w:
+            raise SlideError(f"{self.uri}: region y={y} x={x} {height}x{width} is outside level {level} "
+                             f"({level_h}x{level_w})")
+        try:
+            region = self._reader.read_region(level, y, x, height, width)
+            return to_rgb8(region) if rgb else np.ascontiguousarray(region)
+        except DecodeError as exc:
+            raise SlideError(f"{self.uri}: {exc}") from None
+        except SlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(f"{self.uri}: corrupt data in region y={y} x={x} {height}x{width} "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    def close(self) -> None:
+        self._reader.close()
         self._cache.clear()
 
     def __enter__(self) -> "Slide":

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import IO, Iterator
 from urllib.parse import unquote, urlparse
 
-from minseg.config.schema import StorageSettings
+from minseg.errors import MinsegError
+from minseg.io.config import StorageSettings
 from minseg.logs import get_logger, log_event, redact
 
 log = get_logger("io.storage")
@@ -34,8 +35,10 @@ _TMP_MARK = ".minseg-tmp"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-class StorageError(OSError):
-    """A storage operation failed; the message names the URI and the reason."""
+class StorageError(MinsegError, OSError):
+    """A storage operation failed; the message names the URI and the reason (CLI exit 2)."""
+
+    exit_code = 2
 
     def __init__(self, message: str):
         super().__init__(redact(message))
@@ -341,7 +344,7 @@ class Storage:
     """
 
     def __init__(self, settings: StorageSettings | None = None):
-        self.settings = settings or default_storage_settings()
+        self.settings = settings or StorageSettings.from_environment()
         self._client = None
         self._lock = threading.Lock()
 
@@ -670,11 +673,3 @@ def process_umask() -> int:
 def default_file_mode() -> int:
     """0o666 less the process umask, what ``open()`` would have given."""
     return 0o666 & ~process_umask()
-
-
-def default_storage_settings() -> StorageSettings:
-    """Default settings with ``MINSEG__STORAGE__*`` environment overrides applied."""
-    from minseg.config.base import validate_config
-    from minseg.config.schema import MinsegConfig
-
-    return validate_config({}, MinsegConfig, source="environment").storage

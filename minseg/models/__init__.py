@@ -5,9 +5,10 @@
 """
 
 from minseg.models.base import MinsegModel, WeightLoadReport, read_state_dict
-from minseg.models.registry import ModelEntry, build_model, get_entry, list_models, register_model
+from minseg.models.registry import InputSpec, ModelEntry, build_model, get_entry, list_models, register_model
 
 __all__ = [
+    "InputSpec",
     "MinsegModel",
     "ModelEntry",
     "WeightLoadReport",

@@ -114,6 +114,8 @@ class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
 
     Subclasses implement ``_forward`` on inputs whose size is already a multiple of
     ``size_multiple`` and set ``self.encoder`` (the part ``freeze_encoder`` freezes).
+    ``min_size`` (inputs below it are refused) is declared once, in the registry
+    entry's ``InputSpec``; ``register_model`` copies it onto the class.
     """
 
     task: ClassVar[Task] = Task.SEGMENTATION

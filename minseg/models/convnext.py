@@ -8,9 +8,11 @@ from torch import nn
 from minseg.enums import DepthPreset, PadMode, Task
 from minseg.models.base import MinsegModel
 from minseg.models.blocks import ECA, DropPath, LayerNorm2d, scaled
-from minseg.models.registry import register_model
+from minseg.models.registry import InputSpec, register_model
 
 _DEPTHS = {DepthPreset.PAPER: (3, 3, 9, 3), DepthPreset.TINY: (1, 1, 1, 1)}
+STEM_STRIDE = 4  # 4x4 patchify convolution
+STAGE_STRIDE = 2  # 2x2 downsampling convolution before stages 2-4
 
 
 class ConvNeXtBlock(nn.Module):
@@ -36,8 +38,10 @@ class ConvNeXtEncoder(nn.Module):
     def __init__(self, in_channels, dims, depths, drop_path_rate, eca: bool):
         super().__init__()
         self.downsample = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(in_channels, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=1e-6))]
-            + [nn.Sequential(LayerNorm2d(dims[i], eps=1e-6), nn.Conv2d(dims[i], dims[i + 1], 2, stride=2))
+            [nn.Sequential(nn.Conv2d(in_channels, dims[0], STEM_STRIDE, stride=STEM_STRIDE),
+                           LayerNorm2d(dims[0], eps=1e-6))]
+            + [nn.Sequential(LayerNorm2d(dims[i], eps=1e-6),
+                             nn.Conv2d(dims[i], dims[i + 1], STAGE_STRIDE, stride=STAGE_STRIDE))
                for i in range(3)]
         )
         total = sum(depths)
@@ -63,10 +67,11 @@ class ConvNeXtEncoder(nn.Module):
     task=Task.CLASSIFICATION,
     paper="Mineral image recognition with ConvNeXt + ECA",
     description="ConvNeXt-T: stages [3,3,9,3], dims [96,192,384,768], 7x7 depthwise, ECA after each stage",
+    # unpadded strided convolutions: the last stage needs one whole pixel (4 x 2^3 = 32 px)
+    input_spec=InputSpec(min_size=STEM_STRIDE * STAGE_STRIDE**3),
 )
 class ConvNeXtECA(MinsegModel):
     task = Task.CLASSIFICATION
-    min_size = 32
 
     def __init__(
         self,

@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minseg.enums import Activation, DepthPreset, PadMode, Task
-from minseg.models.base import MinsegModel
 from minseg.models.blocks import ConvNormAct, make_activation, scaled
 from minseg.models.registry import register_model
-from minseg.models.resnet import ResNetEncoder
+from minseg.models.resnet import ResNetSegmentationModel
 
 
 class ASPP(nn.Module):
@@ -39,7 +38,7 @@ class ASPP(nn.Module):
     paper="Res-UNet ensemble paper, Table 7 comparison (DeepLabv3)",
     description="ResNet50 encoder at output stride 16, ASPP rates (6,12,18) + image pooling",
 )
-class DeepLabV3(MinsegModel):
+class DeepLabV3(ResNetSegmentationModel):
     size_multiple = 16
 
     def __init__(
@@ -53,15 +52,11 @@ class DeepLabV3(MinsegModel):
         depth: DepthPreset | str = DepthPreset.PAPER,
         pad_mode: PadMode | str = PadMode.REPLICATE,
     ):
-        super().__init__(num_classes, in_channels, pad_mode)
-        activation = Activation(activation)
-        self.encoder = ResNetEncoder("resnet50", in_channels, width, depth, activation, output_stride)
+        super().__init__(num_classes, in_channels, activation, width, depth, pad_mode, output_stride)
         channels = scaled(256, width)
-        self.aspp = ASPP(self.encoder.out_channels[-1], channels, tuple(atrous_rates), activation)
-        self.head = nn.Sequential(ConvNormAct(channels, channels, 3, activation=activation),
+        self.aspp = ASPP(self.encoder.out_channels[-1], channels, tuple(atrous_rates), self.activation)
+        self.head = nn.Sequential(ConvNormAct(channels, channels, 3, activation=self.activation),
                                   nn.Conv2d(channels, num_classes, 1))
 
-    def _forward(self, x):
-        features = self.encoder(x)[-1]
-        logits = self.head(self.aspp(features))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def decode(self, features):
+        return self.head(self.aspp(features[-1]))

@@ -28,7 +28,7 @@ from torch import nn
 from minseg.enums import DepthPreset, PadMode, Task
 from minseg.models.base import MinsegModel
 from minseg.models.blocks import SpatialAttention, SqueezeExcitation, scaled
-from minseg.models.registry import register_model
+from minseg.models.registry import InputSpec, register_model
 from minseg.models.resnet import ResNetEncoder
 from minseg.models.shufflenet import ShuffleNetV2Encoder
 
@@ -76,10 +76,13 @@ class _ResNet18Stages(nn.Module):
     task=Task.CLASSIFICATION,
     paper="MFAF prospectivity network (Gao et al., Sustainability 2023)",
     description="dilated multi-scale stem + SE + spatial attention, ResNet18/ShuffleNetV2, voted stage classifiers",
+    # 10 evidence channels, ore / no-ore (the paper). 16 px is a floor, not a hard limit:
+    # every backbone stride pads, so smaller windows would run, but 16 is the third stage's
+    # stride, the smallest window whose 1/16 pixel sees a whole stride (paper: 128 px).
+    input_spec=InputSpec(channels=10, num_classes=2, min_size=16),
 )
 class MFAF(MinsegModel):
     task = Task.CLASSIFICATION
-    min_size = 16
 
     def __init__(
         self,

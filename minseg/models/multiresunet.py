@@ -8,6 +8,8 @@ Half keeps two encoder stages (receptive field ~200 px), Quarter one (~20 px).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,10 +88,22 @@ class MultiResEncoder(nn.Module):
 
 
 class _MultiResFamily(MinsegModel):
-    """``stages`` encoder stages with ResPaths, a bottleneck MultiRes block, a decoder."""
+    """``stages`` encoder stages with ResPaths, a bottleneck MultiRes block, a decoder.
 
-    def __init__(self, num_classes, in_channels, stages, width, pad_mode):
+    A variant is a subclass naming its stage count, ``class X(_MultiResFamily, stages=2)``;
+    each stage pools by 2, so inputs are padded to a multiple of ``2 ** stages``.
+    """
+
+    stages: ClassVar[int]
+
+    def __init_subclass__(cls, stages: int, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.stages = stages
+        cls.size_multiple = 2**stages
+
+    def __init__(self, num_classes, in_channels=3, width: float = 1.0, pad_mode: PadMode | str = PadMode.REPLICATE):
         super().__init__(num_classes, in_channels, pad_mode)
+        stages = self.stages
         units = [scaled(u, width) for u in (32, 64, 128, 256, 512)]
         self.encoder = MultiResEncoder(in_channels, units[:stages])
         self.bottleneck = MultiResBlock(self.encoder.out_channels[-1], units[stages])
@@ -115,26 +129,17 @@ class _MultiResFamily(MinsegModel):
 
 @register_model("multiresunet", task=Task.SEGMENTATION, paper=PAPER,
                 description="MultiResUNet: 4 encoder stages (U = 32..256), bottleneck U = 512, ResPaths 4,3,2,1")
-class MultiResUNet(_MultiResFamily):
-    size_multiple = 16
-
-    def __init__(self, num_classes, in_channels=3, width: float = 1.0, pad_mode: PadMode | str = PadMode.REPLICATE):
-        super().__init__(num_classes, in_channels, 4, width, pad_mode)
+class MultiResUNet(_MultiResFamily, stages=4):
+    pass
 
 
 @register_model("half_multiresunet", task=Task.SEGMENTATION, paper=PAPER,
                 description="Half MultiResUNet: 2 encoder stages, ResPaths 4,3 (receptive field ~200 px)")
-class HalfMultiResUNet(_MultiResFamily):
-    size_multiple = 4
-
-    def __init__(self, num_classes, in_channels=3, width: float = 1.0, pad_mode: PadMode | str = PadMode.REPLICATE):
-        super().__init__(num_classes, in_channels, 2, width, pad_mode)
+class HalfMultiResUNet(_MultiResFamily, stages=2):
+    pass
 
 
 @register_model("quarter_multiresunet", task=Task.SEGMENTATION, paper=PAPER,
                 description="Quarter MultiResUNet: 1 encoder stage, ResPath 4 (receptive field ~20 px)")
-class QuarterMultiResUNet(_MultiResFamily):
-    size_multiple = 2
-
-    def __init__(self, num_classes, in_channels=3, width: float = 1.0, pad_mode: PadMode | str = PadMode.REPLICATE):
-        super().__init__(num_classes, in_channels, 1, width, pad_mode)
+class QuarterMultiResUNet(_MultiResFamily, stages=1):
+    pass

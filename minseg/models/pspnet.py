@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from minseg.enums import Activation, DepthPreset, PadMode, Task
-from minseg.models.base import MinsegModel
 from minseg.models.blocks import ConvNormAct, PyramidPooling, scaled
 from minseg.models.registry import register_model
-from minseg.models.resnet import ResNetEncoder
+from minseg.models.resnet import ResNetSegmentationModel
 
 
 @register_model(
@@ -18,7 +16,7 @@ from minseg.models.resnet import ResNetEncoder
     paper="Res-UNet ensemble paper, Table 7 comparison (PSPNet)",
     description="ResNet50 encoder at output stride 8, pyramid pooling bins (1,2,3,6)",
 )
-class PSPNet(MinsegModel):
+class PSPNet(ResNetSegmentationModel):
     size_multiple = 8
 
     def __init__(
@@ -32,18 +30,15 @@ class PSPNet(MinsegModel):
         depth: DepthPreset | str = DepthPreset.PAPER,
         pad_mode: PadMode | str = PadMode.REPLICATE,
     ):
-        super().__init__(num_classes, in_channels, pad_mode)
-        activation = Activation(activation)
-        self.encoder = ResNetEncoder("resnet50", in_channels, width, depth, activation, output_stride)
+        super().__init__(num_classes, in_channels, activation, width, depth, pad_mode, output_stride)
         cin = self.encoder.out_channels[-1]
-        self.ppm = PyramidPooling(cin, cin // len(bins), bins, activation)
+        self.ppm = PyramidPooling(cin, cin // len(bins), bins, self.activation)
         channels = scaled(512, width)
         self.head = nn.Sequential(
-            ConvNormAct(self.ppm.out_channels, channels, 3, activation=activation),
+            ConvNormAct(self.ppm.out_channels, channels, 3, activation=self.activation),
             nn.Dropout(0.1),
             nn.Conv2d(channels, num_classes, 1),
         )
 
-    def _forward(self, x):
-        logits = self.head(self.ppm(self.encoder(x)[-1]))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def decode(self, features):
+        return self.head(self.ppm(features[-1]))

@@ -1,7 +1,9 @@
-"""Learners registered by name with their defaults, source paper and task.
+"""Learners registered by name with their defaults, source paper, task and input spec.
 
 ``build_model(name, num_classes, in_channels=3, **options)`` builds one;
-``list_models()`` lists them (``minseg models`` prints the table).
+``list_models()`` lists them (``minseg models`` prints the table). What a learner
+takes (channels, a fixed class count, the smallest input) is its entry's
+``input_spec``, so nothing outside ``minseg.models`` needs to name a model.
 """
 
 from __future__ import annotations
@@ -14,6 +16,31 @@ from minseg.enums import Task
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """What a registered learner takes as input.
+
+    ``channels``: the in_channels to build it with when the caller does not know
+    better (e.g. listing parameter counts); MFAF takes 10 evidence channels.
+    ``num_classes``: a class count its task fixes (2 for the binary MFAF
+    prospectivity classifier), or None for any.
+    ``min_size``: the smallest input height/width in pixels it accepts; the model
+    refuses smaller inputs with a ValueError naming the minimum.
+    """
+
+    channels: int = 3
+    num_classes: int | None = None
+    min_size: int = 1
+
+    def __post_init__(self):
+        if self.channels < 1:
+            raise ValueError(f"InputSpec.channels must be >= 1, got {self.channels}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"InputSpec.num_classes must be >= 1 or None, got {self.num_classes}")
+        if self.min_size < 1:
+            raise ValueError(f"InputSpec.min_size must be >= 1, got {self.min_size}")
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., Any]
@@ -21,6 +48,7 @@ class ModelEntry:
     paper: str
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    input_spec: InputSpec = field(default_factory=InputSpec)
 
     def options(self) -> dict[str, Any]:
         """Every option the builder takes, with its default (registry defaults win)."""
@@ -37,13 +65,22 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, task: Task, paper: str, description: str, **defaults):
-    """Decorator registering a model class or builder function under ``name``."""
+def register_model(
+    name: str, *, task: Task, paper: str, description: str, input_spec: InputSpec | None = None, **defaults
+):
+    """Decorator registering a model class or builder function under ``name``.
+
+    ``input_spec`` (default ``InputSpec()``) says what the learner takes; a model
+    class gets its ``min_size`` from it, so ``MinsegModel.check_input`` enforces it.
+    """
+    input_spec = input_spec or InputSpec()
 
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, task, paper, description, defaults)
+        if isinstance(builder, type) and hasattr(builder, "min_size"):
+            builder.min_size = input_spec.min_size  # the spec is the one place the minimum is written
+        _REGISTRY[name] = ModelEntry(name, builder, task, paper, description, defaults, input_spec)
         return builder
 
     return decorate

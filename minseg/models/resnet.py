@@ -1,11 +1,19 @@
 """ResNet encoders (18 and 50) in plain PyTorch, with torchvision-compatible parameter
-names so a locally stored ImageNet state dict loads into ``encoder``."""
+names so a locally stored ImageNet state dict loads into ``encoder``; and
+``ResNetSegmentationModel``, the base of the learners that put a head on ResNet50
+(DeepLabv3, PSPNet, UPerNet)."""
 
 from __future__ import annotations
 
+import abc
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from minseg.enums import Activation, DepthPreset
+from minseg.enums import Activation, DepthPreset, PadMode
+from minseg.models.base import MinsegModel
 from minseg.models.blocks import make_activation, scaled
 
 RESNET_LAYERS = {
@@ -120,3 +128,40 @@ class ResNetEncoder(nn.Module):
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
         return [stem, f1, f2, f3, f4]
+
+
+class ResNetSegmentationModel(MinsegModel):
+    """A head on the ResNet50 encoder whose logits are resized to the input
+    (segmentation_models_pytorch's ``SegmentationModel`` pattern: encoder -> head).
+
+    Builds ``self.encoder`` (what ``freeze_encoder`` freezes) from the options these
+    learners share (``activation``, ``width``, ``depth``, ``output_stride``) and keeps
+    ``self.activation`` for the head. A subclass builds its head after
+    ``super().__init__`` and implements ``decode``; ``_forward`` resizes its
+    (N, num_classes, h, w) logits bilinearly to the (H, W) of the input.
+    """
+
+    encoder_arch: ClassVar[str] = "resnet50"
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        activation: Activation | str,
+        width: float,
+        depth: DepthPreset | str,
+        pad_mode: PadMode | str,
+        output_stride: int = 32,
+    ):
+        super().__init__(num_classes, in_channels, pad_mode)
+        self.activation = Activation(activation)
+        self.encoder = ResNetEncoder(self.encoder_arch, in_channels, width, depth, self.activation, output_stride)
+
+    @abc.abstractmethod
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (N, num_classes, h, w) from the encoder's five features: the stem (1/2)
+        and layers 1-4 (1/4 ... 1/32, or held at 1/8 or 1/16 by ``output_stride``)."""
+
+    def _forward(self, x):
+        logits = self.decode(self.encoder(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -8,10 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minseg.enums import Activation, DepthPreset, PadMode, Task
-from minseg.models.base import MinsegModel
 from minseg.models.blocks import ConvNormAct, PyramidPooling, scaled
 from minseg.models.registry import register_model
-from minseg.models.resnet import ResNetEncoder
+from minseg.models.resnet import ResNetSegmentationModel
 
 
 @register_model(
@@ -20,7 +19,7 @@ from minseg.models.resnet import ResNetEncoder
     paper="Confidence-weighted heterogeneous ensembles (UPerNet member)",
     description="ResNet50 encoder, PPM on the last stage, FPN over stages 1-4, fused at 1/4",
 )
-class UPerNet(MinsegModel):
+class UPerNet(ResNetSegmentationModel):
     size_multiple = 32
 
     def __init__(
@@ -33,9 +32,8 @@ class UPerNet(MinsegModel):
         depth: DepthPreset | str = DepthPreset.PAPER,
         pad_mode: PadMode | str = PadMode.REPLICATE,
     ):
-        super().__init__(num_classes, in_channels, pad_mode)
-        activation = Activation(activation)
-        self.encoder = ResNetEncoder("resnet50", in_channels, width, depth, activation)
+        super().__init__(num_classes, in_channels, activation, width, depth, pad_mode)
+        activation = self.activation
         stages = self.encoder.out_channels[1:]
         fpn = scaled(fpn_channels, width)
         self.ppm = PyramidPooling(stages[-1], fpn, (1, 2, 3, 6), activation)
@@ -45,8 +43,8 @@ class UPerNet(MinsegModel):
         self.fuse = ConvNormAct(fpn * len(stages), fpn, 3, activation=activation)
         self.classifier = nn.Conv2d(fpn, num_classes, 1)
 
-    def _forward(self, x):
-        features = self.encoder(x)[1:]
+    def decode(self, features):
+        features = features[1:]  # the stem is not part of the pyramid
         top = self.ppm_out(self.ppm(features[-1]))
         pyramid = [top]
         for index in reversed(range(len(features) - 1)):
@@ -58,5 +56,4 @@ class UPerNet(MinsegModel):
             [pyramid[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid[1:]],
             dim=1,
         )
-        logits = self.classifier(self.fuse(fused))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(fused))

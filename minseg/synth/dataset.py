@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from minseg.config.schema import SectionsSynth
+from minseg.synth.config import SectionsSynth
 from minseg.enums import ImageFormat
 from minseg.io.storage import Storage, join_uri
 from minseg.logs import get_logger, log_event

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from minseg.config.schema import SlideSynth
+from minseg.synth.config import SlideSynth
 from minseg.enums import TiffCompression
 from minseg.io.storage import Storage
 from minseg.io.tiff import PyramidSpec, write_pyramids

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from minseg.config.schema import SurveySynth
+from minseg.synth.config import SurveySynth
 from minseg.io.geotiff import GridGeometry, epsg_code, write_geotiff
 from minseg.io.storage import Storage, join_uri
 from minseg.logs import get_logger, log_event

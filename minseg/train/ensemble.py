@@ -12,12 +12,14 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
-from minseg.enums import Task
+from minseg.enums import MemberStatus, Task
+from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import _is_interactive, get_logger, log_event
@@ -29,7 +31,7 @@ from minseg.train.config import MemberSettings
 log = get_logger("train.ensemble")
 
 
-class ResourceError(RuntimeError):
+class ResourceError(InputError):
     """A member asks for more than the cluster has: it could never be scheduled."""
 
 
@@ -37,7 +39,7 @@ class ResourceError(RuntimeError):
 class MemberResult:
     member: str
     model: str
-    status: str  # done | failed
+    status: MemberStatus
     fold: int | None = None
     metric: str = ""
     best_value: float | None = None
@@ -50,6 +52,9 @@ class MemberResult:
     best_checkpoint: str | None = None
     last_checkpoint: str | None = None
     error: str | None = None
+
+    def __post_init__(self):
+        self.status = MemberStatus(self.status)  # a results file read back holds the string
 
 
 # ------------------------------------------------------------ up-front checks
@@ -109,6 +114,38 @@ def _ray_storage(storage: Storage, run_uri: str) -> tuple[str, object | None]:
     return parse_uri(join_uri(run_uri, "ray")).path, None
 
 
+@dataclass
+class TrialInputs:
+    """What the workers of one trial need besides its datasets (``train/loop.py`` reads these fields)."""
+
+    task: Task
+    num_classes: int
+    in_channels: int
+    ignore_index: int
+    classes: dict  # the class map document (checkpoints carry it)
+    classes_names: list[str]
+    normalization: dict[str, list[float]]
+    augmentation: Any  # data.config.AugmentSettings
+    train_tiles: int
+    has_val: bool
+    shuffle_buffer: int | None
+
+
+class TrainingSource(Protocol):
+    """Where a training run's data comes from: image datasets (``ImageSource``) or prospectivity
+    windows (``geo.prospect.WindowSource``). ``fit_members`` trains every member on every trial fold."""
+
+    task: Task
+    num_classes: int
+    in_channels: int
+
+    def trial_folds(self) -> list[int | None]:
+        """Fold indices to train a trial on; None: one trial on all the data, outputs in the run itself."""
+
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
+        """(Ray Datasets by name: 'train' and optionally 'val', the trial's inputs)."""
+
+
 class ImageSource:
     """Training data from image datasets (``prepare_data``): the split, or k folds by source image."""
 
@@ -119,8 +156,8 @@ class ImageSource:
     def trial_folds(self) -> list[int | None]:
         return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, dict]:
-        """(datasets, worker fields) of one trial."""
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
+        """(datasets, inputs) of one trial."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus)
@@ -135,23 +172,29 @@ class ImageSource:
             train_tiles = sum(i["tiles"] for i in pool if i["source_id"] not in held_out)
             val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in held_out)
         datasets = {"train": train} if val is None else {"train": train, "val": val}
-        fields = {
-            "task": str(prepared.task),
-            "num_classes": prepared.classmap.num_classes,
-            "in_channels": 3,
-            "ignore_index": prepared.classmap.ignore_index,
-            "classes": prepared.classmap.to_document(),
-            "classes_names": list(prepared.classmap.names),
-            "normalization": prepared.normalization,
-            "augmentation": data.augmentation.model_dump(mode="json"),
-            "train_tiles": train_tiles,
-            "has_val": val is not None and val_tiles > 0,
-            "shuffle_buffer": data.shuffle_buffer,
-        }
-        return datasets, fields
+        inputs = TrialInputs(
+            task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=3,
+            ignore_index=prepared.classmap.ignore_index, classes=prepared.classmap.to_document(),
+            classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
+            augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,
+            shuffle_buffer=data.shuffle_buffer,
+        )
+        return datasets, inputs
 
 
-def run_member(trial_config: dict, source, config: MinsegConfig) -> None:
+@dataclass
+class WorkerConfig:
+    """Everything a training worker needs, typed (it travels pickled in Ray Train's loop config)."""
+
+    member: MemberSettings
+    storage: Storage
+    run_uri: str
+    inputs: TrialInputs
+    eval_batch_size: int
+    seed: int
+
+
+def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig) -> None:
     """A Tune trial: build and fit one member's TorchTrainer; record its outcome."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -162,15 +205,11 @@ def run_member(trial_config: dict, source, config: MinsegConfig) -> None:
     fold = trial_config.get("fold")
     storage = Storage(config.storage)
     run_uri = trial_config["run_uri"]
-    datasets, fields = source.member_data(fold, config, storage)
-    worker_config = {
-        "member": member.model_dump(mode="json"),
-        "storage": config.storage.model_dump(mode="json"),
-        "run_uri": run_uri,
-        **fields,
-        "eval_batch_size": max(s.batch_size for s in member.stages) // member.scaling.workers,
-        "seed": config.run.seed,
-    }
+    datasets, inputs = source.member_data(fold, config, storage)
+    worker_config = {"worker": WorkerConfig(
+        member=member, storage=storage, run_uri=run_uri, inputs=inputs,
+        eval_batch_size=max(s.batch_size for s in member.stages) // member.scaling.workers, seed=config.run.seed,
+    )}
     resources = {"CPU": member.scaling.cpus_per_worker}
     if member.scaling.gpus_per_worker:
         resources["GPU"] = member.scaling.gpus_per_worker
@@ -224,7 +263,7 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     checkpoint = load_checkpoint(storage, run_uri, member.name) if last else None
     state = checkpoint["state"] if checkpoint else {}
     return MemberResult(
-        member=member.name, model=member.model, status="failed" if error else "done", fold=fold,
+        member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
         epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
         best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, error=error,
@@ -296,7 +335,8 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     return fit_members(config, members, ImageSource(prepared, config.data), run_uri, concurrency, resume)
 
 
-def fit_members(config: MinsegConfig, members: list[MemberSettings], source, run_uri: str, concurrency: int,
+def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,
+                concurrency: int,
                 resume: bool = False) -> list[MemberResult]:
     """Every member x every trial fold of ``source`` as concurrent Tune trials; the members table.
 
@@ -312,14 +352,14 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source, run
     for member in members:
         problem = preflight(member, source.num_classes, source.in_channels)
         if problem:
-            results.append(MemberResult(member.name, member.model, "failed", metric=member.checkpoint_metric,
+            results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
                                         error=f"not started: {problem}"))
             log_event(log, "train.member.rejected", member=member.name, reason=problem)
             continue
         for fold in folds:
             trial_uri = run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
             done = _previous_result(storage, trial_uri, member.name) if resume else None
-            if done is not None and done.status == "done":  # resubmitted: finished trials are kept
+            if done is not None and done.status is MemberStatus.DONE:  # resubmitted: finished trials are kept
                 results.append(done)
                 continue
             trials.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
@@ -348,7 +388,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source, run
 
 def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResult | None:
     uri = join_uri(member_uri(run_uri, member), "result.json")
-    return MemberResult(**json.loads(storage.read_text(uri))) if storage.exists(uri) else None
+    if not storage.exists(uri):
+        return None
+    return MemberResult(**json.loads(storage.read_text(uri)))
 
 
 def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
@@ -388,7 +430,7 @@ def write_members_table(results: list[MemberResult], run_uri: str, storage: Stor
 def cross_validation_summary(results: list[MemberResult]) -> dict:
     summary = {}
     for name in dict.fromkeys(r.member for r in results):
-        values = [r.best_value for r in results if r.member == name and r.best_value is not None and r.status == "done"]
+        values = [r.best_value for r in results if r.member == name and r.best_value is not None and r.status is MemberStatus.DONE]
         if values:
             summary[name] = {"metric": next(r.metric for r in results if r.member == name), "mean": float(np.mean(values)),
                              "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "folds": len(values)}
@@ -400,8 +442,8 @@ def format_members_table(results: list[MemberResult]) -> str:
     lines = [header, "-" * len(header)]
     for r in results:
         best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
-        tail = r.best_checkpoint or "" if r.status == "done" else (r.error or "")
-        lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status:<8}{r.metric:<12}"
+        tail = r.best_checkpoint or "" if r.status is MemberStatus.DONE else (r.error or "")
+        lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status.value:<8}{r.metric:<12}"
                      f"{best:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
     return "\n".join(lines)
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from minseg.config.schema import StorageSettings
+from minseg.errors import RunError
 from minseg.data.augment import augment_batch
+from minseg.device import autocast_dtype
 from minseg.data.config import AugmentSettings
-from minseg.enums import OptimizerName, Precision, ScheduleName, Task
-from minseg.io.storage import Storage
+from minseg.enums import OptimizerName, ScheduleName, Task
 from minseg.logs import configure_logging, get_logger, log_event
 from minseg.losses import build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
@@ -28,7 +29,7 @@ from minseg.train.config import MemberSettings, OptimizerSettings, ScheduleSetti
 log = get_logger("train")
 
 
-class DivergedError(RuntimeError):
+class DivergedError(RunError):
     """The loss became NaN or infinite."""
 
 
@@ -55,16 +56,6 @@ def make_optimizer(settings: OptimizerSettings, parameters, lr: float) -> torch.
     return torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay)
 
 
-def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or precision is Precision.FP32:
-        return None
-    if precision is Precision.FP16:
-        return torch.float16
-    if precision is Precision.BF16 or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 def to_model_input(batch: dict, mean: torch.Tensor, std: torch.Tensor, device, task: Task):
     """uint8 NHWC images -> normalised float NCHW (channels_last) on device; targets as long."""
     images = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2).float()
@@ -89,51 +80,182 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 # ------------------------------------------------------------------- the loop
 
 
-def train_worker(config: dict) -> None:
+@dataclass
+class Session:
+    """One worker's set-up: what every phase below reads."""
+
+    worker: "WorkerConfig"  # noqa: F821  (minseg.train.ensemble.WorkerConfig; imported lazily: train.ensemble imports us)
+    rank: int
+    world: int
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+    augmentation: AugmentSettings
+    train_shard: object
+    val_shard: object | None
+    amp_dtype: torch.dtype | None
+    scaler: object | None
+
+    @property
+    def member(self) -> MemberSettings:
+        return self.worker.member
+
+    @property
+    def inputs(self):
+        return self.worker.inputs
+
+
+def set_up(worker) -> Session:
+    """Phase 1: seeds, model, loss, normalisation, dataset shards, mixed precision."""
     import ray.train
     import ray.train.torch
 
-    configure_logging()
-    member = MemberSettings.model_validate(config["member"])
-    storage = Storage(StorageSettings.model_validate(config["storage"]))
-    run_uri, task = config["run_uri"], Task(config["task"])
+    member, inputs = worker.member, worker.inputs
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    seed = (member.seed if member.seed is not None else config["seed"]) + 1000 * rank
+    seed = (member.seed if member.seed is not None else worker.seed) + 1000 * rank
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-
-    # -- model, loss, data --------------------------------------------------------
-    model = build_model(member.model, num_classes=config["num_classes"], in_channels=config["in_channels"],
+    model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
                         **member.model_options)
-    loss_fn = build_loss(member.loss.name, num_classes=config["num_classes"], class_weights=member.loss.class_weights,
-                         ignore_index=config["ignore_index"], dice_weight=member.loss.dice_weight,
+    loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes, class_weights=member.loss.class_weights,
+                         ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,
                          focal_weight=member.loss.focal_weight, focal_gamma=member.loss.focal_gamma,
                          focal_alpha=member.loss.focal_alpha, beta=member.loss.beta).to(device)
-    mean = torch.tensor(config["normalization"]["mean"], device=device).view(1, -1, 1, 1)
-    std = torch.tensor(config["normalization"]["std"], device=device).view(1, -1, 1, 1)
-    augmentation = AugmentSettings.model_validate(config["augmentation"])
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
     amp_dtype = autocast_dtype(member.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
+    return Session(
+        worker=worker, rank=rank, world=world, device=device, seed=seed,
+        generator=torch.Generator().manual_seed(seed), model=model, loss_fn=loss_fn,
+        mean=torch.tensor(inputs.normalization["mean"], device=device).view(1, -1, 1, 1),
+        std=torch.tensor(inputs.normalization["std"], device=device).view(1, -1, 1, 1),
+        augmentation=inputs.augmentation, train_shard=ray.train.get_dataset_shard("train"),
+        val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None, amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None,
+    )
 
-    # -- resume ---------------------------------------------------------------------
+
+def resume(session: Session) -> tuple[dict, dict | None]:
+    """Phase 2: (state, optimizer state) from the member's last checkpoint, or a fresh state."""
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
              "history": [], "restarts": 0}
     optimizer_state = None
-    resumed = load_checkpoint(storage, run_uri, member.name)
+    worker = session.worker
+    resumed = load_checkpoint(worker.storage, worker.run_uri, worker.member.name)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        session.model.load_state_dict(resumed["model"])
         state = resumed["state"]
         state["restarts"] = state.get("restarts", 0) + 1
         optimizer_state = resumed["optimizer"]
-        if rank == 0:
-            log_event(log, "train.resumed", member=member.name, checkpoint=resumed["uri"], epochs_done=state["epochs_done"])
-    model.to(device)
+        if session.rank == 0:
+            log_event(log, "train.resumed", member=worker.member.name, checkpoint=resumed["uri"],
+                      epochs_done=state["epochs_done"])
+    session.model.to(session.device)
+    return state, optimizer_state
 
-    # -- stages -----------------------------------------------------------------------
+
+def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: float, stage_step: int,
+                total_steps: int, per_worker_batch: int) -> dict:
+    """Phase 3a: one pass over the training shard; returns loss / throughput metrics merged over workers."""
+    member, task = session.member, session.inputs.task
+    started = time.monotonic()
+    ddp_model.train()
+    loss_sum, loss_count, waited, lr = 0.0, 0, 0.0, base_lr
+    fetch_started = time.monotonic()
+    for batch in session.train_shard.iter_torch_batches(
+            batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
+            local_shuffle_seed=session.seed + state["epochs_done"]):
+        waited += time.monotonic() - fetch_started
+        images, target = to_model_input(batch, session.mean, session.std, session.device, task)
+        if task is Task.SEGMENTATION:
+            images, target = augment_batch(images, target, session.augmentation, session.generator,
+                                           session.inputs.ignore_index)
+        else:
+            images, _ = augment_batch(images, None, session.augmentation, session.generator)
+        lr = learning_rate(member.schedule, base_lr, stage_step, total_steps, state["epochs_done"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(session.device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
+            output = ddp_model(images)
+            loss = session.loss_fn(output, target)
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"member {member.name}: loss became {loss.item()} at epoch {state['epochs_done'] + 1}, "
+                f"step {stage_step}; lower the learning rate or enable grad_clip_norm"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler = session.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if member.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(session.model.parameters(), member.grad_clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        loss_sum += float(loss.detach()) * images.shape[0]
+        loss_count += images.shape[0]
+        stage_step += 1
+        state["step"] += 1
+        fetch_started = time.monotonic()
+    train_time = time.monotonic() - started
+    loss_sum, loss_count, waited_sum, time_sum = _all_reduce_sum([loss_sum, loss_count, waited, train_time],
+                                                                 session.device)
+    world = session.world
+    return {"lr": lr, "train_loss": loss_sum / max(1, loss_count), "train_tiles": int(loss_count),
+            "tiles_per_s": loss_count / max(1e-9, time_sum / world),
+            "data_wait_fraction": waited_sum / max(1e-9, time_sum)}
+
+
+def record_epoch(session: Session, model_state_source, optimizer, state: dict, metrics: dict, validated: bool,
+                 finished_stage: bool) -> None:
+    """Phase 3c: best-so-far bookkeeping, history, checkpoint (rank 0), and the report every worker makes."""
+    import ray.train
+
+    member, worker = session.member, session.worker
+    is_best = False
+    if validated:
+        value = metric_value(metrics, member.checkpoint_metric) if member.checkpoint_metric != "val_loss" \
+            else metrics["val_loss"]
+        best = state["best_value"]
+        better = best is None or (value > best if member.checkpoint_mode == "max" else value < best)
+        if better and not (isinstance(value, float) and math.isnan(value)):
+            state["best_value"], state["best_epoch"], is_best = value, state["epochs_done"], True
+    row = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    state["history"].append(row)
+    if session.rank == 0:
+        inputs = session.inputs
+        write_checkpoint(
+            worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
+            {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
+            None if finished_stage else optimizer.state_dict(), state,
+            member.model_dump(mode="json"), inputs.classes, {**metrics, "normalization": inputs.normalization}, is_best,
+        )
+        log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
+                  loss=round(metrics["train_loss"], 4),
+                  **{k: round(metrics[k], 4) for k in ("val_loss", "miou", "accuracy") if k in metrics})
+    ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+
+def train_worker(config: dict) -> None:
+    """The loop of one member on one Ray Train worker: set up → resume → per stage (freeze or not, fresh
+    optimizer) → per epoch: train, validate every N epochs, record (checkpoint + report).
+
+    ``config["worker"]`` is a ``train.ensemble.WorkerConfig``. Every worker reports the same number of times.
+    """
+    import ray.train.torch
+
+    configure_logging()
+    session = set_up(config["worker"])
+    state, optimizer_state = resume(session)
+    member, model = session.member, session.model
     for stage_index in range(state["stage"], len(member.stages)):
         stage = member.stages[stage_index]
         if stage.freeze_encoder:
@@ -146,114 +268,48 @@ def train_worker(config: dict) -> None:
         if optimizer_state is not None and state["stage"] == stage_index:
             optimizer.load_state_dict(optimizer_state)
         optimizer_state = None
-        per_worker_batch = stage.batch_size // world
-        steps_per_epoch = max(1, math.ceil(config["train_tiles"] / world / per_worker_batch))
+        per_worker_batch = stage.batch_size // session.world
+        steps_per_epoch = max(1, math.ceil(session.inputs.train_tiles / session.world / per_worker_batch))
         total_steps = steps_per_epoch * stage.epochs
 
         for epoch_in_stage in range(state["epoch_in_stage"] if state["stage"] == stage_index else 0, stage.epochs):
             started = time.monotonic()
-            ddp_model.train()
-            stage_step = epoch_in_stage * steps_per_epoch
-            loss_sum, loss_count, waited, lr = 0.0, 0, 0.0, base_lr
-            fetch_started = time.monotonic()
-            for batch in train_shard.iter_torch_batches(batch_size=per_worker_batch,
-                                                        local_shuffle_buffer_size=config["shuffle_buffer"] or None,
-                                                        local_shuffle_seed=seed + state["epochs_done"]):
-                waited += time.monotonic() - fetch_started
-                images, target = to_model_input(batch, mean, std, device, task)
-                if task is Task.SEGMENTATION:
-                    images, target = augment_batch(images, target, augmentation, generator, config["ignore_index"])
-                else:
-                    images, _ = augment_batch(images, None, augmentation, generator)
-                lr = learning_rate(member.schedule, base_lr, stage_step, total_steps, state["epochs_done"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    output = ddp_model(images)
-                    loss = loss_fn(output, target)
-                if not torch.isfinite(loss):
-                    raise DivergedError(
-                        f"member {member.name}: loss became {loss.item()} at epoch {state['epochs_done'] + 1}, "
-                        f"step {stage_step}; lower the learning rate or enable grad_clip_norm"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                if member.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), member.grad_clip_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                loss_sum += float(loss.detach()) * images.shape[0]
-                loss_count += images.shape[0]
-                stage_step += 1
-                state["step"] += 1
-                fetch_started = time.monotonic()
-            train_time = time.monotonic() - started
-            loss_sum, loss_count, waited_sum, time_sum = _all_reduce_sum([loss_sum, loss_count, waited, train_time], device)
-
+            trained = train_epoch(session, ddp_model, optimizer, state, base_lr, epoch_in_stage * steps_per_epoch,
+                                  total_steps, per_worker_batch)
             state["epochs_done"] += 1
             state["epoch_in_stage"] = epoch_in_stage + 1
             state["stage"] = stage_index
-            metrics = {"epoch": state["epochs_done"], "stage": stage_index + 1, "lr": lr,
-                       "train_loss": loss_sum / max(1, loss_count), "train_tiles": int(loss_count),
-                       "tiles_per_s": loss_count / max(1e-9, time_sum / world), "data_wait_fraction": waited_sum / max(1e-9, time_sum)}
-            validate = val_shard is not None and (
+            metrics = {"epoch": state["epochs_done"], "stage": stage_index + 1, **trained}
+            validate = session.val_shard is not None and (
                 state["epochs_done"] % member.validate_every == 0 or state["epochs_done"] == member.total_epochs
             )
             if validate:
-                metrics.update(evaluate(ddp_model, val_shard, loss_fn, config, mean, std, device, task, amp_dtype))
+                metrics.update(evaluate(ddp_model, session, session.worker.eval_batch_size))
             metrics["seconds"] = time.monotonic() - started
-
-            is_best = False
-            if validate:
-                value = metric_value(metrics, member.checkpoint_metric) if member.checkpoint_metric != "val_loss" \
-                    else metrics["val_loss"]
-                best = state["best_value"]
-                better = best is None or (value > best if member.checkpoint_mode == "max" else value < best)
-                if better and not (isinstance(value, float) and math.isnan(value)):
-                    state["best_value"], state["best_epoch"], is_best = value, state["epochs_done"], True
             finished_stage = state["epoch_in_stage"] == stage.epochs
             if finished_stage:
                 state["stage"], state["epoch_in_stage"] = stage_index + 1, 0
-            row = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-            state["history"].append(row)
-
-            if rank == 0:
-                write_checkpoint(
-                    storage, run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
-                    {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    None if finished_stage else optimizer.state_dict(), state,
-                    config["member"], config["classes"], {**metrics, "normalization": config["normalization"]}, is_best,
-                )
-                log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
-                          loss=round(metrics["train_loss"], 4),
-                          **{k: round(metrics[k], 4) for k in ("val_loss", "miou", "accuracy") if k in metrics})
-            ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+            record_epoch(session, model, optimizer, state, metrics, validate, finished_stage)
 
 
 @torch.no_grad()
-def evaluate(model, shard, loss_fn, config, mean, std, device, task, amp_dtype) -> dict:
-    """Validation loss and confusion-matrix metrics, merged across workers."""
+def evaluate(model, session: Session, batch_size: int) -> dict:
+    """Phase 3b: validation loss and confusion-matrix metrics, merged across workers."""
     model.eval()
-    matrix = ConfusionMatrix(config["num_classes"], config["ignore_index"] if task is Task.SEGMENTATION else None,
+    inputs, device, task = session.inputs, session.device, session.inputs.task
+    matrix = ConfusionMatrix(inputs.num_classes, inputs.ignore_index if task is Task.SEGMENTATION else None,
                              device=device)
     loss_sum, count = 0.0, 0
-    for batch in shard.iter_torch_batches(batch_size=config["eval_batch_size"]):
-        images, target = to_model_input(batch, mean, std, device, task)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    for batch in session.val_shard.iter_torch_batches(batch_size=batch_size):
+        images, target = to_model_input(batch, session.mean, session.std, device, task)
+        with torch.autocast(device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
             logits = model(images)
         logits = logits[0] if isinstance(logits, tuple) else logits
-        loss_sum += float(loss_fn(logits.float(), target)) * images.shape[0]
+        loss_sum += float(session.loss_fn(logits.float(), target)) * images.shape[0]
         count += images.shape[0]
         matrix.update(logits, target)
     loss_sum, count = _all_reduce_sum([loss_sum, count], device)
     matrix.all_reduce()
-    metrics = matrix.compute(config["classes_names"])
+    metrics = matrix.compute(inputs.classes_names)
     metrics["val_loss"] = loss_sum / max(1, count)
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}

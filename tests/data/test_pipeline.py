@@ -212,7 +212,8 @@ def test_image_decompression_bomb_is_quarantined(ray_session, tmp_path):
 def test_tiff_images_and_masks(tmp_path):
     import tifffile
 
-    from minseg.data.layouts import paired_items
+    from minseg.data.config import SourceSettings
+    from minseg.data.layouts import read_paired
 
     (tmp_path / "ds" / "images").mkdir(parents=True)
     (tmp_path / "ds" / "masks").mkdir()
@@ -220,7 +221,8 @@ def test_tiff_images_and_masks(tmp_path):
     tifffile.imwrite(tmp_path / "ds" / "images" / "t.tif", image, photometric="rgb")
     tifffile.imwrite(tmp_path / "ds" / "masks" / "t.tiff", mask)
     container = open_container(str(tmp_path / "ds"), LimitSettings(), Storage())
-    items, rejected = paired_items(container, "ds", "images", "masks")
+    listed = read_paired(container, "ds", SourceSettings(uri=str(tmp_path / "ds")), Storage(), None)
+    items, rejected = listed.items, listed.rejected
     classmap = ClassMap.from_settings(settings(tmp_path).classes)
     decoded, ids = load_example(items[0], classmap, LimitSettings(), Storage())
     assert not rejected and np.array_equal(decoded, image) and np.array_equal(ids, mask)

@@ -11,7 +11,8 @@ from PIL import Image
 from minseg.cli import main
 from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.evaluate import evaluate_ensemble
-from minseg.ensemble.manifest import ManifestError, load_manifest, load_member_models, write_manifest
+from minseg.ensemble.manifest import ManifestError, load_manifest, write_manifest
+from minseg.ensemble.runtime import load_member_models
 from minseg.io.storage import Storage
 from minseg.metrics import metric_value
 
@@ -29,34 +30,34 @@ def evaluation(trained_run):
 
 
 def test_every_fusion_mode_for_every_k(evaluation):
-    keys = [c["key"] for c in evaluation["candidates"]]
+    keys = [c.key for c in evaluation.candidates]
     assert keys[:3] == ["member:resunet", "member:vgg", "member:halfunet"]
     assert {k for k in keys if k.startswith("RUEL")} == {f"RUEL-{k}-{m}" for k in (2, 3)
                                                          for m in ("PV", "WV", "SOFT", "WEIGHTED_SOFT", "LEARNED")}
-    ranking = evaluation["ranking"]
-    for candidate in evaluation["candidates"]:
-        if candidate["key"].startswith("RUEL"):
-            k = int(candidate["key"].split("-")[1])
-            assert candidate["members"] == ranking[:k]  # RUEL-k = the top-k of the ranking
-            if candidate["mode"] == "wv":
-                assert candidate["weights"] == list(range(k, 0, -1))
-    assert evaluation["rank_split"] == "val"
+    ranking = evaluation.ranking
+    for candidate in evaluation.candidates:
+        if candidate.key.startswith("RUEL"):
+            k = int(candidate.key.split("-")[1])
+            assert candidate.members == ranking[:k]  # RUEL-k = the top-k of the ranking
+            if candidate.mode == "wv":
+                assert candidate.weights == list(range(k, 0, -1))
+    assert evaluation.rank_split == "val"
 
 
 def test_selection_is_the_best_candidate_and_tpi_adds_up(evaluation):
-    key = evaluation["rank_key"]
-    best = max(metric_value(c["metrics"], key) for c in evaluation["candidates"])
-    selected = next(c for c in evaluation["candidates"] if c["key"] == evaluation["selected"])
-    assert metric_value(selected["metrics"], key) == best
-    member_tpi = {c["members"][0]: c["tpi"] for c in evaluation["candidates"] if c["key"].startswith("member:")}
+    key = evaluation.rank_key
+    best = max(metric_value(c.metrics, key) for c in evaluation.candidates)
+    selected = next(c for c in evaluation.candidates if c.key == evaluation.selected.key)
+    assert metric_value(selected.metrics, key) == best
+    member_tpi = {c.members[0]: c.tpi for c in evaluation.candidates if c.key.startswith("member:")}
     assert all(t > 0 for t in member_tpi.values())
-    for candidate in evaluation["candidates"]:
-        if candidate["key"].startswith("RUEL"):
-            assert candidate["tpi"] >= sum(member_tpi[m] for m in candidate["members"])
+    for candidate in evaluation.candidates:
+        if candidate.key.startswith("RUEL"):
+            assert candidate.tpi >= sum(member_tpi[m] for m in candidate.members)
 
 
 def test_reports_and_figures(evaluation):
-    out = evaluation["manifest_uri"].rsplit("/", 1)[0]
+    out = evaluation.manifest_uri.rsplit("/", 1)[0]
     from pathlib import Path
 
     folder = Path(out)
@@ -72,9 +73,9 @@ def test_reports_and_figures(evaluation):
 
 def test_manifest_roundtrip_and_loading_models(evaluation):
     storage = Storage()
-    manifest = load_manifest(evaluation["manifest_uri"], storage)
-    selected = next(c for c in evaluation["candidates"] if c["key"] == evaluation["selected"])
-    assert [m.name for m in manifest.members] == selected["members"]
+    manifest = load_manifest(evaluation.manifest_uri, storage)
+    selected = next(c for c in evaluation.candidates if c.key == evaluation.selected.key)
+    assert [m.name for m in manifest.members] == selected.members
     assert manifest.tiling.tile == 48 and manifest.tiling.overlap == 12
     assert len(manifest.normalization["mean"]) == 3 and manifest.classes["classes"][8]["name"] == "gangue"
     models = load_member_models(manifest, storage)
@@ -84,7 +85,7 @@ def test_manifest_roundtrip_and_loading_models(evaluation):
 
 def test_manifest_validation_errors(evaluation, tmp_path):
     storage = Storage()
-    manifest = load_manifest(evaluation["manifest_uri"], storage)
+    manifest = load_manifest(evaluation.manifest_uri, storage)
     member = manifest.members[0]
     copy_dir = tmp_path / "checkpoint"
     shutil.copytree(member.checkpoint, copy_dir)
@@ -120,16 +121,16 @@ def test_manifest_validation_errors(evaluation, tmp_path):
 
 
 def test_select_under_a_tpi_budget(evaluation, capsys):
-    folder = evaluation["manifest_uri"].rsplit("/", 1)[0]
-    fastest = min(evaluation["candidates"], key=lambda c: c["tpi"])
-    assert main(["select", folder, "--tpi-budget", str(fastest["tpi"] * 1.0001), "--name", "fast"]) == 0
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    fastest = min(evaluation.candidates, key=lambda c: c.tpi)
+    assert main(["select", folder, "--tpi-budget", str(fastest.tpi * 1.0001), "--name", "fast"]) == 0
     manifest = load_manifest(f"{folder}/manifest-fast.json")
-    assert manifest.selection["candidate"] == fastest["key"]
+    assert manifest.selection["candidate"] == fastest.key
     assert main(["select", folder, "--candidate", "RUEL-3-WV", "--name", "wv"]) == 0
     assert load_manifest(f"{folder}/manifest-wv.json").fusion.weights == [3, 2, 1]
     capsys.readouterr()
-    with pytest.raises(ValueError, match="no candidate fits the TPI budget"):
-        main(["select", folder, "--tpi-budget", "1e-9"])
+    assert main(["select", folder, "--tpi-budget", "1e-9"]) == 2  # an input error: a message, no traceback
+    assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
 def test_learned_weights_never_see_the_test_split(trained_run, evaluation, tmp_path):
@@ -137,17 +138,28 @@ def test_learned_weights_never_see_the_test_split(trained_run, evaluation, tmp_p
     config = copy.deepcopy(trained_run)
     data_root = tmp_path / "data"
     shutil.copytree(config.data.sources[0].uri, data_root)
-    for item in evaluation["test_items"]:
+    for item in evaluation.document["test_items"]:
         stem = item.split("/", 1)[1]
         mask_path = data_root / "masks" / f"{stem}.png"
         Image.fromarray(np.zeros_like(np.array(Image.open(mask_path)))).save(mask_path)
     original = config.data.sources[0]
     # same item ids as in training: keep the original folder's name as the source name
     config.data.sources[0] = original.model_copy(update={"uri": str(data_root), "name": original.uri.rstrip("/").split("/")[-1]})
-    altered = evaluate_ensemble(evaluation_config(config, "altered", run_uri=evaluation["run"]))
-    before = {c["key"]: c for c in evaluation["candidates"]}
-    after = {c["key"]: c for c in altered["candidates"]}
+    altered = evaluate_ensemble(evaluation_config(config, "altered", run_uri=evaluation.document["run"]))
+    before = {c.key: c for c in evaluation.candidates}
+    after = {c.key: c for c in altered.candidates}
     for key in before:
         if key.endswith("LEARNED"):
-            assert after[key]["weights"] == before[key]["weights"]
-    assert any(after[k]["metrics"]["miou"] != before[k]["metrics"]["miou"] for k in before)
+            assert after[key].weights == before[key].weights
+    assert any(after[k].metrics["miou"] != before[k].metrics["miou"] for k in before)
+
+
+def test_fewer_overlays_than_test_images(trained_run):
+    """Images without a preview must not be mistaken for previews (Ray turns an all-None block into NaNs)."""
+    from pathlib import Path
+
+    config = evaluation_config(trained_run, "one-overlay", modes=["wv"])
+    config.evaluation.overlays = 1
+    result = evaluate_ensemble(config)
+    assert len(result.document["test_items"]) > 1
+    assert len(list(Path(result.output_uri).glob("overlay_*.png"))) == 1

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from minseg.inference.sliding import blend_ramp, predict_image, tile_probabilities
+from minseg.ensemble.sliding import blend_ramp, predict_image, tile_probabilities
 
 
 class PixelwiseModel(nn.Module):

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from minseg.config.schema import MinsegConfig, SurveySynth
+from minseg.config.schema import MinsegConfig
+from minseg.enums import MemberStatus
+from minseg.synth.config import SurveySynth
 from minseg.io.geotiff import read_geotiff
 from minseg.synth.survey import write_survey
 
@@ -51,9 +53,10 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     from minseg.geo.prospect import map_prospectivity, output_uri
 
     config = prospect_config(survey)
-    summary = map_prospectivity(config)
+    result = map_prospectivity(config)
+    summary = result.document
     out = output_uri(config)
-    assert json.loads(open(f"{out}/summary.json").read())["targets"] == summary["targets"]
+    assert json.loads(open(f"{out}/summary.json").read())["targets"] == result.targets
 
     probability, geometry, nodata = read_geotiff(f"{out}/prospectivity.tif")
     uncertainty, geometry_u, _ = read_geotiff(f"{out}/uncertainty.tif")
@@ -66,16 +69,16 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
 
     with rasterio.open(f"{out}/prospectivity.tif") as source:  # GDAL agrees on the georeferencing
         assert source.crs.to_epsg() == 3067 and tuple(source.transform)[:6] == (250, 0, 350000, 0, -250, 7480000)
-    assert summary["members"] and all(m["status"] == "done" for m in summary["members"])
-    assert len(summary["members"]) == 2 * (2 + 1)  # 2 members x (2 folds + the final run)
+    assert result.members and all(m.status is MemberStatus.DONE for m in result.members)
+    assert len(result.members) == 2 * (2 + 1)  # 2 members x (2 folds + the final run)
 
     # screening: the survey's halo elements are found (Au/As/Sb/Ag carry the orogenic-Au halos)
     screening = open(f"{out}/screening/screening.csv").read()
     assert screening.splitlines()[0].startswith("element,auc,z_auc")
-    assert set(summary["kept_elements"]) <= {"Au", "As", "Sb", "Ag", "Cu", "Bi", "W", "Hg"}
-    assert summary["channels"][: len(summary["kept_elements"])] == summary["kept_elements"]
+    assert set(result.kept_elements) <= {"Au", "As", "Sb", "Ag", "Cu", "Bi", "W", "Hg"}
+    assert result.channels[: len(result.kept_elements)] == result.kept_elements
 
-    metrics = summary["metrics"]
+    metrics = result.metrics
     assert len(metrics["folds"]) == 2 and metrics["prediction_rate"]["deposits"] >= 2
     assert 0 <= metrics["prediction_rate"]["top_10_percent"] <= 100
     assert metrics["windows"]["windows"] > metrics["windows"]["positives"] > 0
@@ -87,7 +90,7 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     header = open(f"{out}/targets.csv").read().splitlines()[0]
     assert header.startswith("target_id,cells,area_km2,max_score,mean_score,centroid_x,centroid_y")
     targets = json.loads(open(f"{out}/targets.geojson").read())
-    assert len(targets["features"]) == summary["targets"] > 0
+    assert len(targets["features"]) == result.targets > 0
     curves = open(f"{out}/rate_curves.csv").read()
     assert "prediction rate" in curves and "success rate" in curves
     for name in ("prospectivity.png", "rate_curves.png", "cv/fold1/prospectivity.tif", "evidence/Au.tif",

@@ -8,7 +8,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from minseg.config.schema import StorageSettings
 from minseg.geo.config import SampleTable
 from minseg.geo.crs import parse_crs
 from minseg.geo.config import ProspectInputError
@@ -19,7 +18,7 @@ WORKING = parse_crs("EPSG:3067", "test")
 
 
 def read(settings, **_):
-    return read_samples(settings, WORKING, Storage(), StorageSettings(), task_cpus=0.25)
+    return read_samples(settings, WORKING, Storage(), task_cpus=0.25)
 
 
 def table(tmp_path, text, name="samples.csv"):
@@ -152,11 +151,11 @@ def test_real_gtk_till_table(shared_data, ray_session):
 
 def test_tables_on_s3_through_ray_workers(s3, ray_session):
     """A glob of CSV files under an s3:// prefix, read by Ray workers (credentials forwarded to them)."""
-    storage = s3.storage()
+    storage = s3.storage(forward_credentials=True)
     storage.write_text(s3.uri("survey/a.csv"), "x,y,Cu\n0,0,1.5\n10,0,<1\n")
     storage.write_text(s3.uri("survey/b.csv"), "x,y,Cu\n20,0,oops\n")
     settings = SampleTable(uri=s3.uri("survey/*.csv"), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"})
-    samples = read_samples(settings, WORKING, storage, s3.settings(forward_credentials=True), task_cpus=0.25)
+    samples = read_samples(settings, WORKING, storage, task_cpus=0.25)
     assert samples.values["Cu"][:2].tolist() == [1.5, 0.5] and np.isnan(samples.values["Cu"][2])
     assert samples.problems == [{"file": s3.uri("survey/b.csv"), "row": 1, "sample": "1", "column": "Cu",
                                  "value": "oops", "reason": "not a number, a <DL value or a missing marker"}]
@@ -167,14 +166,13 @@ def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
     from minseg.geo.config import PointLayer
     from minseg.geo.vectors import read_points
 
-    storage = s3.storage()
+    storage = s3.storage(forward_credentials=True)
     path = tmp_path / "s.parquet"
     pq.write_table(pa.table({"x": [0.0, 10.0, 20.0], "y": [0.0, 0.0, 0.0], "Cu": ["1", "<2", "3"]}), path,
                    row_group_size=2)
     storage.upload_file(str(path), s3.uri("t/s.parquet"))
     samples = read_samples(SampleTable(uri=s3.uri("t/s.parquet"), x="x", y="y", crs="EPSG:3067",
-                                       elements={"Cu": "Cu"}), WORKING, storage,
-                           s3.settings(forward_credentials=True), task_cpus=0.25)
+                                       elements={"Cu": "Cu"}), WORKING, storage, task_cpus=0.25)
     assert samples.values["Cu"].tolist() == [1.0, 1.0, 3.0]
     for extension in (".shp", ".shx", ".dbf", ".prj", ".cpg"):
         storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"), s3.uri(f"v/IOCG{extension}"))

@@ -39,7 +39,7 @@ def test_slides(tmp_path_factory):
     """A pyramidal JPEG BigTIFF (synthetic section), a PNG smaller than a tile, a corrupt TIFF, a missing file."""
     from PIL import Image
 
-    from minseg.config.schema import SlideSynth
+    from minseg.synth.config import SlideSynth
     from minseg.synth.slide import write_synthetic_slide
 
     root = tmp_path_factory.mktemp("slides")

@@ -33,11 +33,11 @@ def decoded(path):
 def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test_slides, tmp_path):
     slides = [test_slides[k] for k in ("section", "corrupt", "small", "missing")]
     summary = run(manifests["soft"], slides, tmp_path)
-    assert sorted(d["slide"] for d in summary["done"]) == ["section", "small"], summary["failed"]
-    failures = {f["slide"]: f["reason"] for f in summary["failed"]}
+    assert sorted(d["slide"] for d in summary.done) == ["section", "small"], summary.failed
+    failures = {f.slide: f.reason for f in summary.failed}
     assert set(failures) == {"corrupt", "missing"}
     assert "corrupt.tif" in failures["corrupt"] and "missing.tif" in failures["missing"]
-    assert json.loads((tmp_path / "failures.json").read_text()) == summary["failed"]
+    assert json.loads((tmp_path / "failures.json").read_text()) == [f.to_document() for f in summary.failed]
     assert not (tmp_path / "corrupt").exists() and not (tmp_path / "missing").exists(), "no partial outputs"
     assert not list(tmp_path.glob(".staging*")) and not list(tmp_path.rglob("*.partial"))
 
@@ -49,7 +49,7 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert len(levels) > 1 and levels[1].shape == (100, 165)  # pyramidal
     meta = read_metadata(str(section / "labels.tif"))
     assert [c["name"] for c in meta["classes"]] == ["background", "pyrite", "chalcopyrite"]
-    assert meta["ensemble_digest"] == summary["ensemble_digest"] and meta["fusion"] == "soft"
+    assert meta["ensemble_digest"] == summary.ensemble_digest and meta["fusion"] == "soft"
     with tifffile.TiffFile(section / "labels.tif") as tiff:
         assert tiff.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE and tiff.pages[0].is_tiled
     uncertainty = decoded(section / "uncertainty.tif")[0]
@@ -82,9 +82,10 @@ def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifest
     """The distributed pipeline computes what predict_image + fuse compute on the whole image."""
     import torch
 
-    from minseg.ensemble.manifest import load_manifest, load_member_models
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.ensemble.runtime import load_member_models
     from minseg.ensemble.voting import fuse
-    from minseg.inference.sliding import predict_image
+    from minseg.ensemble.sliding import predict_image
     from minseg.io.slides import Slide
     from minseg.io.storage import Storage
 
@@ -104,22 +105,22 @@ def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifest
 
 def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifests, test_slides, tmp_path):
     first = run(manifests["wv"], [test_slides["small"]], tmp_path)
-    assert len(first["done"]) == 1
+    assert len(first.done) == 1
     stamp = (tmp_path / "small" / "summary.json").stat().st_mtime_ns
     again = run(manifests["wv"], [test_slides["small"]], tmp_path)
-    assert again["done"] == [] and [s["slide"] for s in again["skipped"]] == ["small"]
+    assert again.done == [] and [s.slide for s in again.skipped] == ["small"]
     assert (tmp_path / "small" / "summary.json").stat().st_mtime_ns == stamp
     assert "skipped" in (tmp_path / "slides.csv").read_text()
     other = run(manifests["soft"], [test_slides["small"]], tmp_path)  # another ensemble: redone
-    assert len(other["done"]) == 1
+    assert len(other.done) == 1
     forced = run(manifests["soft"], [test_slides["small"]], tmp_path, force=True)
-    assert len(forced["done"]) == 1
+    assert len(forced.done) == 1
     assert not list(tmp_path.glob("small.old-*"))
 
 
 def test_outputs_are_identical_with_two_actors_and_one_killed_mid_run(ray_session, manifests, test_slides, tmp_path):
     reference = run(manifests["wv"], [test_slides["section"]], tmp_path / "one")
-    assert len(reference["done"]) == 1
+    assert len(reference.done) == 1
     killed: list[int] = []
 
     def assassin():
@@ -134,7 +135,7 @@ def test_outputs_are_identical_with_two_actors_and_one_killed_mid_run(ray_sessio
                   batch_size=1)
     thread.join()
     assert killed, "no inference actor was found to kill"
-    assert len(summary["done"]) == 1 and not summary["failed"]
+    assert len(summary.done) == 1 and not summary.failed
     for name in ("labels.tif", "uncertainty.tif"):
         one, two = decoded(tmp_path / "one" / "section" / name), decoded(tmp_path / "two" / "section" / name)
         assert all(np.array_equal(a, b) for a, b in zip(one, two)), name
@@ -151,7 +152,7 @@ def test_slides_from_and_outputs_to_s3(ray_session, manifests, test_slides, s3):
                                      output_uri=s3.uri("out/run1"), cpus_per_actor=0.5, tiles_per_read=4,
                                      preview_max_side=128, output_tile=64)
     summary = segment_slides(config)
-    assert sorted(d["slide"] for d in summary["done"]) == ["section", "small"], summary["failed"]
+    assert sorted(d["slide"] for d in summary.done) == ["section", "small"], summary.failed
     keys = sorted(info.uri for info in storage.list(s3.uri("out/run1/")))
     for slide in ("section", "small"):
         for name in ("labels.tif", "uncertainty.tif", "preview.png", "summary.json"):
@@ -162,7 +163,7 @@ def test_slides_from_and_outputs_to_s3(ray_session, manifests, test_slides, s3):
     labels = tifffile.imread(io.BytesIO(storage.read_bytes(s3.uri("out/run1/section/labels.tif"))))
     assert labels.shape == (200, 330)
     again = segment_slides(config)
-    assert [s["slide"] for s in again["skipped"]] == ["section", "small"]
+    assert [s.slide for s in again.skipped] == ["section", "small"]
 
 
 def test_real_slides_every_format_read_tile_by_tile(ray_session, shared_data, tmp_path):
@@ -173,9 +174,9 @@ def test_real_slides_every_format_read_tile_by_tile(ray_session, shared_data, tm
     manifest = write_manifest(tmp_path / "m", "wv", scale=0.125)
     slides = sorted(str(p) for p in (shared_data / "slides").iterdir())
     summary = run(manifest, slides, tmp_path / "out", preview_max_side=256, tiles_per_read=8, batch_size=8)
-    assert not summary["failed"], summary["failed"]
+    assert not summary.failed, summary.failed
     done = {d["slide"]: json.loads((tmp_path / "out" / d["slide"] / "summary.json").read_text())
-            for d in summary["done"]}
+            for d in summary.done}
     assert set(done) == {"yb10kx5k.zstd", "grey10kx5k", "test3-DAPI-2-387", "CMU-1-Small-Region"}
     assert done["yb10kx5k.zstd"]["shape"] == [625, 1250] and done["yb10kx5k.zstd"]["read_level"] == 3
     assert done["grey10kx5k"]["read_level"] == 0 and done["grey10kx5k"]["format"] == "tiff"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from minseg.enums import Uncertainty
-from minseg.inference.sliding import TileGrid, normalise, tile_probabilities
+from minseg.ensemble.sliding import TileGrid, normalise, tile_probabilities
 from minseg.inference.stitch import Stitcher
 
 MEAN, STD = [120.0, 110.0, 100.0], [60.0, 55.0, 50.0]

@@ -1,11 +1,25 @@
 """Region reads of whole slides: only what a region touches, every format, clear errors."""
 
+import io
+
 import numpy as np
 import pytest
 import tifffile
 
-from minseg.data.decode import to_rgb8
-from minseg.io.slides import Slide, SlideError
+from minseg.io.images import to_rgb8
+from minseg.io.slides import (
+    RASTER_SUFFIXES,
+    SLIDE_SUFFIXES,
+    TIFF_SUFFIXES,
+    Slide,
+    SlideError,
+    SlideInfo,
+    list_slide_readers,
+    register_slide_reader,
+    slide_reader_for,
+    slide_suffixes,
+    unregister_slide_reader,
+)
 
 
 @pytest.mark.parametrize("name", ["yb10kx5k.zstd.tiff", "grey10kx5k.tif", "test3-DAPI-2-387.ndpi",
@@ -66,3 +80,64 @@ def test_label_maps_can_be_read_raw(tmp_path):
     with Slide(str(tmp_path / "labels.tif")) as slide:
         assert np.array_equal(slide.read_region(0, 0, 64, 64, rgb=False), labels)
         assert slide.read_region(0, 0, 64, 64).shape == (64, 64, 3)
+
+
+def test_every_slide_suffix_maps_to_exactly_one_reader():
+    owners = {suffix: [e.name for e in list_slide_readers() if suffix in e.suffixes] for suffix in SLIDE_SUFFIXES}
+    assert all(len(names) == 1 for names in owners.values()), owners
+    assert SLIDE_SUFFIXES == slide_suffixes() == TIFF_SUFFIXES + RASTER_SUFFIXES
+    assert {owners[s][0] for s in TIFF_SUFFIXES} == {"tiff"} and {owners[s][0] for s in RASTER_SUFFIXES} == {"raster"}
+    assert slide_reader_for("s3://bucket/scans/A.NDPI").name == "tiff"
+    with pytest.raises(ValueError, match=r"suffixes already registered: \.svs \(tiff\)"):
+        register_slide_reader("other", suffixes=(".SVS",))(object)
+    with pytest.raises(ValueError, match="'raster' is registered twice"):
+        register_slide_reader("raster", suffixes=(".webp",))(object)
+
+
+class _NpyReader:
+    """A made-up format: one level, a .npy array in the file."""
+
+    closed = 0
+
+    def __init__(self, uri, storage, options):
+        self.pixels = np.load(io.BytesIO(storage.read_bytes(uri)))
+        self.info = SlideInfo(uri, "npy", (self.pixels.shape[:2],), None)
+
+    def read_region(self, level, y, x, height, width):
+        return self.pixels[y : y + height, x : x + width]
+
+    def close(self):
+        type(self).closed += 1
+
+
+def test_a_registered_reader_is_used_for_its_suffix(tmp_path):
+    samples = (np.arange(40 * 50, dtype=np.uint16) * 29).reshape(40, 50)
+    path = tmp_path / "scan.npyslide"
+    with open(path, "wb") as file:
+        np.save(file, samples)
+    register_slide_reader("npy", suffixes=(".npyslide",))(_NpyReader)
+    try:
+        assert ".npyslide" in slide_suffixes() and ".npyslide" not in SLIDE_SUFFIXES
+        with Slide(str(path)) as slide:
+            assert slide.info.format == "npy" and slide.level_shape(0) == (40, 50)
+            assert np.array_equal(slide.read_region(2, 3, 10, 20, rgb=False), samples[2:12, 3:23])
+            assert np.array_equal(slide.read_region(2, 3, 10, 20), to_rgb8(samples[2:12, 3:23]))
+            with pytest.raises(SlideError, match="scan.npyslide: region y=35 x=0 10x10 is outside level 0"):
+                slide.read_region(35, 0, 10, 10)
+        assert _NpyReader.closed == 1
+        with pytest.raises(SlideError, match="gone.npyslide"):
+            Slide(str(tmp_path / "gone.npyslide"))
+    finally:
+        unregister_slide_reader("npy")
+    with pytest.raises(SlideError, match=r"scan.npyslide: not a slide format minseg reads \(\.tif, .*\.jpeg\)$"):
+        Slide(str(path))
+
+
+def test_the_longest_matching_suffix_wins(tmp_path):
+    register_slide_reader("ome", suffixes=(".ome.tif",))(_NpyReader)
+    try:
+        assert slide_reader_for("a/b.OME.tif").name == "ome"
+        assert slide_reader_for("a/b.tif").name == "tiff"
+    finally:
+        unregister_slide_reader("ome")
+    assert slide_reader_for("a/b.ome.tif").name == "tiff"

@@ -83,7 +83,7 @@ def test_killed_writer_process_leaves_no_object(s3):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from minseg.config.schema import StorageSettings
+        from minseg.io.config import StorageSettings
         from minseg.io.storage import Storage
         storage = Storage(StorageSettings(endpoint_url={s3.server.endpoint!r},
                           multipart_threshold_mib=5, multipart_part_size_mib=5))
@@ -150,10 +150,10 @@ def test_endpoint_from_aws_endpoint_url(s3, monkeypatch):
 
 
 def test_endpoint_from_minseg_env_override(s3, monkeypatch):
-    from minseg.io.storage import default_storage_settings
+    from minseg.io.config import StorageSettings
 
     monkeypatch.setenv("MINSEG__STORAGE__ENDPOINT_URL", s3.server.endpoint)
-    assert default_storage_settings().endpoint_url == s3.server.endpoint
+    assert StorageSettings.from_environment().endpoint_url == s3.server.endpoint
     Storage().write_bytes(s3.uri("minseg-env.bin"), b"ok")
 
 

@@ -14,7 +14,7 @@ TINY = dict(width=0.125, depth="tiny")
 def tiny(name, num_classes=3, **options):
     entry = next(e for e in list_models() if e.name == name)
     kwargs = {k: v for k, v in TINY.items() if k in entry.options()}
-    in_channels = 10 if name == "mfaf" else 3
+    in_channels = entry.input_spec.channels
     return build_model(name, num_classes=num_classes, in_channels=in_channels, **{**kwargs, **options}), in_channels
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from minseg.config.schema import SectionsSynth
+from minseg.synth.config import SectionsSynth
 from minseg.synth.dataset import item_seed, write_section_dataset
 from minseg.synth.sections import render_section
 

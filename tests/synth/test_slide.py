@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from minseg.config.schema import SlideSynth
+from minseg.synth.config import SlideSynth
 from minseg.enums import TiffCompression
 from minseg.io.tiff import PyramidSpec, _halve, read_metadata, write_pyramids
 from minseg.synth.sections import SectionRenderer

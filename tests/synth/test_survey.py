@@ -5,7 +5,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from minseg.config.schema import SurveySynth
+from minseg.synth.config import SurveySynth
 from minseg.io.geotiff import GridGeometry, read_geotiff, write_geotiff
 from minseg.synth.survey import ELEMENTS, generate_survey, write_survey
 

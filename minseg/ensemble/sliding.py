@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from minseg.data.tiling import pad_to, spread_starts
 from minseg.enums import TTA, Blend
 
@@ -153,8 +152,26 @@ def normalise(images: np.ndarray, mean, std, device) -> torch.Tensor:
 @torch.no_grad()
 def predict_image(models, image: np.ndarray, num_classes: int, tile: int, overlap: int, mean, std,
                   device="cpu", batch_size: int = 8, blend: Blend = Blend.GAUSSIAN, tta: TTA = TTA.NONE,
-                  timings: list[float] | None = None) -> np.ndarray:
-    """Blended probabilities (M, C, H, W) of every model on a whole (H, W, 3) uint8 image."""
+                  timings: list[float] | None = None, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Blended softmax probabilities of every model on a whole image.
+
+    Args:
+        models: predictors in eval mode (any callable mapping (N, 3, t, t) float to logits (N, C, t, t),
+            or a tuple whose first element is the logits).
+        image: (H, W, 3) uint8, not normalised.
+        num_classes: C.
+        tile, overlap: tile side and overlap in pixels (``0 <= overlap < tile``).
+        mean, std: per-channel normalisation in uint8 units.
+        device: where the models are.
+        batch_size: tiles per forward pass.
+        blend: weighting of overlapping tiles (``TileGrid``).
+        tta: test-time augmentation views averaged per tile.
+        timings: when given, each model's wall seconds are appended (for time per image).
+        autocast_dtype: mixed precision for the forward passes (``minseg.device.autocast_dtype``).
+
+    Returns:
+        (M, C, H, W) float32 probabilities, members in the order given.
+    """
     import time
 
     height, width = image.shape[:2]
@@ -174,7 +191,7 @@ def predict_image(models, image: np.ndarray, num_classes: int, tile: int, overla
         for start in range(0, len(positions), batch_size):
             chunk = positions[start : start + batch_size]
             tiles = np.stack([image[grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] for r, c in chunk])
-            probs = tile_probabilities(model, normalise(tiles, mean, std, device), tta)
+            probs = tile_probabilities(model, normalise(tiles, mean, std, device), tta, autocast_dtype)
             for (r, c), p in zip(chunk, probs):
                 weight = weights[id(grid.weights(r, c))]
                 accumulated[:, grid.ys[r] : grid.ys[r] + tile, grid.xs[c] : grid.xs[c] + tile] += p * weight

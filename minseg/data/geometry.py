@@ -1,0 +1,35 @@
+"""Label geometry for training items: rasterised polygons, image + mask rescaling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[list[float]]]], background: int = 0,
+                       scale: float = 1.0) -> np.ndarray:
+    """Fill polygons (code, [ring, ...] with flat [x0, y0, x1, y1, ...] rings) into an int32 mask, in order."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("I", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    for code, rings in shapes:
+        for ring in rings:
+            points = [(float(ring[i]) * scale, float(ring[i + 1]) * scale) for i in range(0, len(ring) - 1, 2)]
+            if len(points) >= 3:
+                draw.polygon(points, fill=int(code))
+    return np.array(canvas, dtype=np.int32)  # a writable copy: RLE masks are painted on top
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
+    """Rescale an image (area/bilinear) and its mask (nearest)."""
+    if scale == 1.0:
+        return image, mask
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    image = np.asarray(Image.fromarray(image).resize(size, resample))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    return image, mask

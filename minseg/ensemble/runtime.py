@@ -1,0 +1,278 @@
+"""The ensemble runtime: one place that turns trained members into predictions.
+
+Evaluation (``ensemble.evaluate``), whole-slide segmentation (``inference.segment``) and
+prospectivity mapping (``geo.predict``) all run an ensemble inside Ray actors. Each of
+them builds an :class:`EnsembleRuntime`, which
+
+1. loads the members from a manifest (hash-checked on the driver) or from checkpoint
+   directories, in rank order, in eval mode;
+2. chooses the device (a GPU when the actor was given a share of one) and the autocast
+   precision (``minseg.device``), and puts convolutional members in channels_last on GPUs;
+3. normalises uint8 images with the ensemble's per-channel statistics;
+4. predicts a batch with every member (softmax probabilities, TTA averaged), returning
+   one typed :class:`EnsemblePrediction`;
+5. fuses it the way the manifest says (``ensemble.voting``).
+
+What crosses a Ray Data boundary is a :class:`Columns` record: a dataclass whose fields
+are the batch's columns, so producers and consumers share one definition instead of
+string keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from minseg.device import autocast_dtype, select_device
+from minseg.enums import TTA, FusionMode, Precision
+from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember
+from minseg.ensemble.config import Tiling
+from minseg.ensemble.sliding import normalise, predict_image, tile_probabilities
+from minseg.ensemble.voting import fuse, fusion_scores
+from minseg.io.storage import Storage, join_uri
+
+C = TypeVar("C", bound="Columns")
+
+
+# ----------------------------------------------------------------------------- members
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """A trained member: which learner, built how, with weights where.
+
+    ``checkpoint`` is a checkpoint directory (local or ``s3://``) holding ``model.pt``
+    (a state dict), ``member.json`` and ``classes.json``.
+    """
+
+    name: str
+    model: str
+    checkpoint: str
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights_uri(self) -> str:
+        return join_uri(self.checkpoint, "model.pt")
+
+    @classmethod
+    def of(cls, member: ManifestMember) -> "MemberRef":
+        return cls(member.name, member.model, member.checkpoint, dict(member.model_options))
+
+
+def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,
+                 device: torch.device | str = "cpu") -> list[torch.nn.Module]:
+    """The members' models (rank order), weights loaded (tensors only), in eval mode on ``device``.
+
+    Raises:
+        ValueError: a member's model name or options are unknown to the registry.
+        StorageError: a checkpoint cannot be read.
+    """
+    from minseg.models import build_model, read_state_dict
+
+    models = []
+    for member in members:
+        model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
+        model.load_state_dict(read_state_dict(member.weights_uri, storage))
+        models.append(model.to(device).eval())
+    return models
+
+
+def load_member_models(manifest: EnsembleManifest, storage: Storage, device: torch.device | str = "cpu") -> list:
+    """The models of a manifest's members in rank order (hashes are checked by ``load_manifest``)."""
+    return load_members([MemberRef.of(m) for m in manifest.members], manifest.num_classes, storage, device)
+
+
+# ------------------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True)
+class EnsemblePrediction:
+    """What the runtime returns for a batch of N inputs.
+
+    ``probabilities``: float32 (M, N, C, H, W) for segmentation members, (M, N, C) for
+    classifiers; members in rank order (index 0 = best ranked). ``seconds``: wall time
+    of each member on this batch.
+    """
+
+    probabilities: torch.Tensor
+    seconds: tuple[float, ...]
+
+    @property
+    def members(self) -> int:
+        return int(self.probabilities.shape[0])
+
+    def fused_scores(self, fusion: "Fusion") -> torch.Tensor:
+        """(N, C, ...) scores that blend across overlapping tiles; their argmax over C is the fused label
+        (``voting.fusion_scores``: fused probabilities, or vote shares with the rank tie-break)."""
+        moved = self.probabilities.transpose(1, 2)  # (M, C, N, ...): fusion works on the class axis 1
+        return fusion_scores(moved, fusion.mode, fusion.learned_weights).transpose(0, 1)
+
+    def fused_labels(self, fusion: "Fusion") -> torch.Tensor:
+        """(N, ...) int64 fused class ids (``voting.fuse``)."""
+        labels, _ = fuse(self.probabilities.transpose(1, 2), fusion.mode, fusion.learned_weights)
+        return labels
+
+    def class_mean_std(self, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (population) standard deviation over members of P(class), each (N, ...)."""
+        values = self.probabilities[:, :, class_index]
+        return values.mean(0), values.std(0, unbiased=False)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How member probabilities become one answer: a fusion mode, its weights for ``learned``
+    (per member, or per member and class) and the TTA views each member averages."""
+
+    mode: FusionMode
+    learned_weights: torch.Tensor | None = None
+    tta: TTA = TTA.NONE
+
+    @classmethod
+    def of(cls, fusion: ManifestFusion) -> "Fusion":
+        weights = torch.tensor(fusion.weights, dtype=torch.float32) if fusion.mode is FusionMode.LEARNED else None
+        return cls(fusion.mode, weights, fusion.tta)
+
+    @classmethod
+    def candidate(cls, mode: FusionMode, weights: Sequence | None) -> "Fusion":
+        """A candidate ensemble's fusion (weights matter only for ``learned``)."""
+        mode = FusionMode(mode)
+        learned = torch.tensor(weights, dtype=torch.float32) if mode is FusionMode.LEARNED else None
+        return cls(mode, learned)
+
+
+class EnsembleRuntime:
+    """The members of an ensemble, loaded once per actor, on the actor's device.
+
+    Args:
+        members: in rank order.
+        num_classes: C of every member.
+        storage: where the checkpoints are.
+        gpus: the GPU share the actor was given (0: CPU).
+        precision: autocast policy (``auto``: bf16 on recent GPUs, fp32 on CPU).
+        mean, std: per-channel normalisation in uint8 units (None: inputs come normalised).
+        tta: test-time augmentation each member averages over.
+        channels_last: on GPUs, convert the members to NHWC (worth it when inputs come channels_last too,
+            as ``normalise`` makes them; tensor cores want NHWC).
+    """
+
+    def __init__(self, members: Sequence[MemberRef], num_classes: int, storage: Storage, *, gpus: float = 0.0,
+                 precision: Precision = Precision.AUTO, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, tta: TTA = TTA.NONE, channels_last: bool = False):
+        self.members = list(members)
+        self.num_classes = num_classes
+        self.device = select_device(gpus)
+        self.autocast = autocast_dtype(precision, self.device)
+        self.mean, self.std, self.tta = mean, std, TTA(tta)
+        self.models = load_members(self.members, num_classes, storage, self.device)
+        if channels_last and self.device.type == "cuda":
+            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        self.index = {m.name: i for i, m in enumerate(self.members)}
+
+    @classmethod
+    def from_manifest(cls, manifest: EnsembleManifest, storage: Storage, *, gpus: float = 0.0,
+                      precision: Precision = Precision.AUTO) -> "EnsembleRuntime":
+        """The manifest's members with its normalisation and TTA (hashes were checked when it was loaded)."""
+        return cls([MemberRef.of(m) for m in manifest.members], manifest.num_classes, storage, gpus=gpus,
+                   precision=precision, mean=manifest.normalization["mean"], std=manifest.normalization["std"],
+                   tta=manifest.fusion.tta, channels_last=True)
+
+    def normalise(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, K) -> normalised float32 (N, K, H, W) on the device, channels_last."""
+        if self.mean is None or self.std is None:
+            raise ValueError("this runtime has no normalisation statistics; pass normalised tensors to predict()")
+        return normalise(images, self.mean, self.std, self.device)
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, members: Sequence[int] | None = None) -> EnsemblePrediction:
+        """Every member's softmax probabilities on a normalised batch (N, K, H, W) (segmentation)
+        or (N, K, h, w) windows (classifiers, which give (N, C)).
+
+        ``members``: indices of the members to run (default all), in the order wanted.
+        """
+        chosen = range(len(self.models)) if members is None else members
+        outputs, seconds = [], []
+        for index in chosen:
+            started = time.perf_counter()
+            model = self.models[index]
+            if inputs.ndim == 4 and self._is_dense(model):
+                probs = tile_probabilities(model, inputs, self.tta, self.autocast)
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    logits = model(inputs)
+                logits = logits[0] if isinstance(logits, tuple) else logits
+                probs = torch.softmax(logits.float(), dim=1)
+            outputs.append(probs)
+            seconds.append(time.perf_counter() - started)
+        return EnsemblePrediction(torch.stack(outputs), tuple(seconds))
+
+    def predict_images(self, images: np.ndarray) -> EnsemblePrediction:
+        """``predict`` on uint8 (N, H, W, K) images."""
+        return self.predict(self.normalise(images))
+
+    def predict_image(self, image: np.ndarray, tiling: Tiling, batch_size: int = 8) -> EnsemblePrediction:
+        """Every member on a whole (H, W, K) uint8 image, tiled and blended (``sliding.predict_image``):
+        probabilities (M, 1, C, H, W) and each member's seconds for the whole image."""
+        timings: list[float] = []
+        probs = predict_image(self.models, image, self.num_classes, tiling.tile, tiling.overlap, self.mean, self.std,
+                              self.device, batch_size, tiling.blend, self.tta, timings, self.autocast)
+        return EnsemblePrediction(torch.from_numpy(probs)[:, None], tuple(timings))
+
+    @staticmethod
+    def _is_dense(model) -> bool:
+        from minseg.enums import Task
+
+        return getattr(model, "task", Task.SEGMENTATION) is Task.SEGMENTATION
+
+
+# ------------------------------------------------------------------ Ray Data records
+
+
+class Columns:
+    """Mixin for dataclasses that travel through Ray Data as numpy batches.
+
+    The dataclass fields are the batch's columns (equal length N); ``OBJECT_COLUMNS``
+    names those held as 1-D object arrays (variable-size arrays, bytes, None).
+    """
+
+    OBJECT_COLUMNS: ClassVar[tuple[str, ...]] = ()
+
+    def to_batch(self) -> dict[str, np.ndarray]:
+        batch = {}
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            batch[item.name] = object_column(value) if item.name in self.OBJECT_COLUMNS else np.asarray(value)
+        return batch
+
+    @classmethod
+    def from_batch(cls: type[C], batch: Mapping[str, Any]) -> C:
+        """From a numpy batch of the producer's own Ray Data stage (``map_batches`` input or ``iter_batches``
+        of a stage whose object columns never hold None: Arrow turns an all-None column into NaNs)."""
+        return cls(**{item.name: batch[item.name] for item in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+    @classmethod
+    def from_rows(cls: type[C], rows: Sequence[Mapping[str, Any]]) -> C:
+        """From ``Dataset.take_all()`` rows, where a None in an object column stays None; array columns
+        are stacked."""
+        columns = {}
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+            values = [row[item.name] for row in rows]
+            columns[item.name] = values if item.name in cls.OBJECT_COLUMNS else np.stack(values) if values else \
+                np.empty(0)
+        return cls(**columns)
+
+    def __len__(self) -> int:
+        first = dataclasses.fields(self)[0].name  # type: ignore[arg-type]
+        return len(getattr(self, first))
+
+
+def object_column(values) -> np.ndarray:
+    """A 1-D object array (``np.array`` would stack equal-length arrays into 2-D)."""
+    column = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):
+        column[index] = value
+    return column

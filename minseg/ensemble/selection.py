@@ -1,0 +1,166 @@
+"""Ranking members, building the RUEL-k candidates, fitting learned weights, choosing one.
+
+The Res-UNet ensemble paper's RUEL-k is the top k members of a ranking fused by
+plurality (PV) or weighted voting (WV, Eq. 5); minseg adds soft, weighted-soft and
+learned-weight fusion. A :class:`Candidate` is one answer: a single member, or the
+top-k fused in one mode. Candidates are selected by the ranking key, or under a
+time-per-image (TPI) budget; the choice becomes a manifest (``build_manifest``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from minseg.enums import FusionMode, SelectionRule
+from minseg.ensemble.config import EvaluationSettings, Tiling
+from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember, file_sha256
+from minseg.ensemble.voting import fuse, rank_weights
+from minseg.errors import InputError
+from minseg.io.storage import Storage, join_uri
+from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
+
+MEMBER_PREFIX = "member:"
+
+
+@dataclass
+class Candidate:
+    """One candidate answer: a member alone (``mode`` None) or the top-k members fused in ``mode``.
+
+    ``weights``: per member in rank order (WV: k..1; learned: fitted, per member or per member
+    and class); ``metrics`` on the test split; ``tpi``: seconds per test image (members + fusion).
+    """
+
+    key: str
+    members: list[str]
+    mode: FusionMode | None
+    weights: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    tpi: float = 0.0
+
+    @property
+    def is_member(self) -> bool:
+        return self.mode is None
+
+    def to_document(self) -> dict[str, Any]:
+        return {"key": self.key, "members": self.members, "mode": self.mode.value if self.mode else None,
+                "weights": self.weights, "tpi": self.tpi, "metrics": self.metrics}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> "Candidate":
+        mode = FusionMode(document["mode"]) if document.get("mode") else None
+        return cls(document["key"], list(document["members"]), mode, document.get("weights") or [],
+                   document.get("metrics") or {}, float(document.get("tpi", 0.0)))
+
+
+def _key_value(metrics: dict, key: str) -> float:
+    value = metric_value(metrics, key)
+    return -np.inf if np.isnan(value) else value
+
+
+def rank_members(metrics: dict[str, dict], key: str) -> list[str]:
+    """Member names best first by the key; ties broken by name, deterministically."""
+    return sorted(metrics, key=lambda name: (-_key_value(metrics[name], key), name))
+
+
+def candidate_ensembles(ranked: list[str], settings: EvaluationSettings, learned: dict[int, list]) -> list[Candidate]:
+    """RUEL-k for every k in [max(2, k_min), k_max] in every configured mode (learned only where fitted)."""
+    n = len(ranked)
+    k_max = min(settings.k_max or n, n)
+    candidates = []
+    for k in range(max(2, settings.k_min), k_max + 1):
+        for mode in settings.modes:
+            if mode is FusionMode.LEARNED:
+                if k not in learned:
+                    continue
+                weights = learned[k]
+            elif mode in (FusionMode.WV, FusionMode.WEIGHTED_SOFT):
+                weights = rank_weights(k).tolist()
+            else:
+                weights = [1] * k
+            candidates.append(Candidate(f"RUEL-{k}-{mode.value.upper()}", ranked[:k], mode, weights))
+    return candidates
+
+
+def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str, class_names, per_class: bool,
+                        ignore_index: int) -> list:
+    """Coordinate ascent on validation pixels: weights per member (or per member and class)
+    maximising the ranking key of the weighted soft vote. Never sees test data.
+
+    ``samples``: per image, ``probs`` (M, C, P) float16 in rank order and ``truth`` (P,) uint8.
+    """
+    probs = torch.from_numpy(np.concatenate([s["probs"][:k] for s in samples], axis=2).astype(np.float32))
+    truth = torch.from_numpy(np.concatenate([s["truth"] for s in samples]).astype(np.int64))
+    shape = (k, num_classes) if per_class else (k,)
+    weights = torch.ones(shape)
+    grid = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+
+    def score(w):
+        labels, _ = fuse(probs, FusionMode.LEARNED, w)
+        matrix = ConfusionMatrix(num_classes, ignore_index).update(labels[None], truth[None]).matrix.numpy()
+        value = metric_value(metrics_from_confusion(matrix, class_names), key)
+        return -1.0 if np.isnan(value) else value
+
+    best = score(weights)
+    for _ in range(3):
+        improved = False
+        for index in np.ndindex(*shape):
+            for value in grid:
+                trial = weights.clone()
+                trial[index] = value
+                if trial.sum() <= 0:
+                    continue
+                result = score(trial)
+                if result > best + 1e-9:
+                    best, weights, improved = result, trial, True
+        if not improved:
+            break
+    return weights.tolist()
+
+
+def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None) -> Candidate:
+    """The best candidate by ``key`` (ties: faster, then by name), within ``budget`` s/image for ``tpi_budget``.
+
+    Raises:
+        InputError: no candidate fits the budget (names the fastest).
+    """
+    rule = SelectionRule(rule)
+    pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
+    if not pool:
+        fastest = min(candidates, key=lambda c: c.tpi)
+        raise InputError(f"no candidate fits the TPI budget of {budget:g} s per image (fastest: {fastest.key}, "
+                         f"{fastest.tpi:.3f} s)")
+    return sorted(pool, key=lambda c: (-_key_value(c.metrics, key), c.tpi, c.key))[0]
+
+
+def build_manifest(document: dict, key: str, storage: Storage, name: str) -> EnsembleManifest:
+    """The manifest for one candidate of an evaluation document (``evaluation.json``).
+
+    Raises:
+        InputError: the document has no candidate ``key`` (names the ones it has).
+    """
+    candidates = {c["key"]: Candidate.from_document(c) for c in document["candidates"]}
+    if key not in candidates:
+        raise InputError(f"no candidate {key!r}; candidates: {', '.join(candidates)}")
+    candidate = candidates[key]
+    members = []
+    for rank, member in enumerate(candidate.members):
+        info = document["members"][member]
+        members.append(ManifestMember(
+            name=member, model=info["model"], model_options=info["model_options"], checkpoint=info["checkpoint"],
+            sha256=file_sha256(storage, join_uri(info["checkpoint"], "model.pt")), rank=rank,
+            metrics={k: v for k, v in document["rank_metrics"][member].items() if not isinstance(v, list)},
+        ))
+    mode = candidate.mode or FusionMode.SOFT  # a single member: its own probabilities
+    return EnsembleManifest(
+        name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=document["run"],
+        members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
+        classes=document["classes"], tiling=Tiling(**document["tiling"]),
+        normalization=document["normalization"],
+        selection={**document["selection"], "key": document["rank_key"], "candidate": key},
+        metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},
+    )

@@ -1,0 +1,57 @@
+"""The ``synth`` config section: what the synthetic-data generators make."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from minseg.config.base import StrictModel, TiffTileSize
+from minseg.enums import ImageFormat, TiffCompression
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class SectionsSynth(StrictModel):
+    count: PositiveInt = 8
+    height: PositiveInt = 512
+    width: PositiveInt = 512
+    image_format: ImageFormat = ImageFormat.PNG
+    grain_scale: float = Field(1.0, gt=0, description="multiplies every grain radius")
+
+
+class SlideSynth(StrictModel):
+    height: PositiveInt = 8000
+    width: PositiveInt = 8000
+    tile: TiffTileSize = 512
+    compression: TiffCompression = TiffCompression.JPEG
+    levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile")
+    grain_scale: float = Field(1.0, gt=0)
+
+
+class SurveySynth(StrictModel):
+    n_samples: PositiveInt = 2000
+    width_m: float = Field(60_000.0, gt=0)
+    height_m: float = Field(60_000.0, gt=0)
+    cell_m: float = Field(250.0, gt=0, description="pixel size of the lithology raster")
+    origin_x: float = 350_000.0
+    origin_y: float = 7_450_000.0
+    crs: str = "EPSG:3067"
+    n_deposits: PositiveInt = 12
+    n_faults: PositiveInt = 25
+    n_rock_units: PositiveInt = 6
+    censored_share: float = Field(0.3, ge=0, le=1, description="share of an element's lowest values reported as <DL")
+    missing_share: float = Field(0.01, ge=0, le=1)
+
+
+class SynthSettings(StrictModel):
+    seed: int = 0
+    sections: SectionsSynth | None = SectionsSynth()
+    slide: SlideSynth | None = None
+    survey: SurveySynth | None = SurveySynth()
+
+    @model_validator(mode="after")
+    def _something_to_make(self) -> "SynthSettings":
+        if self.sections is None and self.slide is None and self.survey is None:
+            raise ValueError("nothing to synthesise: set at least one of sections, slide, survey")
+        return self

@@ -1,0 +1,123 @@
+"""The layout registry: one entry per layout, detection order as before, new layouts plug in."""
+
+import posixpath
+
+import numpy as np
+import pytest
+
+from minseg.config.base import validate_config
+from minseg.data.config import DataSettings, LimitSettings
+from minseg.data.containers import open_container
+from minseg.data.layouts import (
+    LayoutItems,
+    detect_layout,
+    get_layout,
+    list_layouts,
+    make_item,
+    register_layout,
+    unregister_layout,
+)
+from minseg.data.pipeline import _list_items, load_example, prepare_data
+from minseg.enums import DatasetLayout, Task
+from minseg.io.storage import Storage
+from minseg.synth.minerals import CLASS_NAMES
+from minseg.synth.sections import render_section
+from tests.data.helpers import jpg_bytes, png_bytes, write_coco, write_labelme, write_paired, write_voc
+
+NINE = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
+BUILT_IN = [DatasetLayout.VOC, DatasetLayout.PAIRED, DatasetLayout.COCO, DatasetLayout.LABELME,
+            DatasetLayout.CLASS_FOLDERS]
+
+
+def _detect(root):
+    storage = Storage()
+    return detect_layout(open_container(str(root), LimitSettings(), storage), storage=storage)
+
+
+def test_every_layout_but_auto_has_exactly_one_reader():
+    registered = [entry.layout for entry in list_layouts()]
+    assert sorted(map(str, registered)) == sorted(m.value for m in DatasetLayout if m is not DatasetLayout.AUTO)
+    assert len(registered) == len(set(registered))
+    assert all(get_layout(m).layout is m for m in BUILT_IN)
+    assert {m: get_layout(m).task for m in BUILT_IN} == {
+        **{m: Task.SEGMENTATION for m in BUILT_IN}, DatasetLayout.CLASS_FOLDERS: Task.CLASSIFICATION}
+    with pytest.raises(ValueError, match="'voc' is registered twice"):
+        register_layout(DatasetLayout.VOC, detect=lambda probe: False, task=Task.SEGMENTATION, hint="-")(len)
+    with pytest.raises(ValueError, match="'auto' means detection"):
+        register_layout("auto", detect=lambda probe: False, task=Task.SEGMENTATION, hint="-")
+    with pytest.raises(ValueError, match="unknown layout 'nope'; registered layouts: voc, paired"):
+        get_layout("nope")
+
+
+def test_detection_order_is_unchanged(tmp_path):
+    assert [entry.layout for entry in list_layouts()] == BUILT_IN
+    # sources that look like two layouts go to the one the old if-chain tried first
+    both = write_paired(write_voc(tmp_path / "voc_and_paired", 1), 1)
+    assert _detect(both) is DatasetLayout.VOC
+    root, _ = write_coco(tmp_path / "paired_and_coco")
+    assert _detect(write_paired(root, 1)) is DatasetLayout.PAIRED
+    root, _ = write_coco(tmp_path / "coco_and_labelme")
+    write_labelme(root / "a")
+    assert _detect(root) is DatasetLayout.COCO  # by file name, before any JSON is read
+    labelme = write_labelme(tmp_path / "labelme" / "x")
+    write_labelme(tmp_path / "labelme" / "y")  # images in two folders also look like class folders
+    assert _detect(tmp_path / "labelme") is DatasetLayout.LABELME
+    with pytest.raises(ValueError, match=r"looked for VOC JPEGImages/ \+ SegmentationClass/, images/ \+ masks/, "
+                                         r"COCO or Labelme JSON, and one folder per class\); set 'layout'"):
+        # without storage no JSON is read: a lone Labelme folder is not recognised
+        detect_layout(open_container(str(labelme), LimitSettings(), Storage()))
+
+
+# -- a layout added from outside: images and <stem>_mask.png side by side ------------
+
+
+def _looks_side_by_side(probe):
+    return any(m.endswith("_mask.png") for m in probe.members)
+
+
+def _read_side_by_side(container, prefix, source, storage, classmap):
+    masks = {m[: -len("_mask.png")]: m for m in container.members if m.endswith("_mask.png")}
+    items = [make_item(container, prefix, m, mask=container.members[masks[posixpath.splitext(m)[0]]],
+                       mask_name=masks[posixpath.splitext(m)[0]])
+             for m in sorted(container.members) if m.endswith(".jpg") and posixpath.splitext(m)[0] in masks]
+    return LayoutItems(items, [])
+
+
+@pytest.fixture
+def side_by_side(tmp_path):
+    register_layout("side_by_side", detect=_looks_side_by_side, task=Task.SEGMENTATION,
+                    hint="<stem>_mask.png beside images")(_read_side_by_side)
+    root = tmp_path / "sbs"
+    root.mkdir()
+    for i in range(3):
+        image, mask = render_section(40 + i, 48, 48)
+        (root / f"p{i}.jpg").write_bytes(jpg_bytes(image))
+        (root / f"p{i}_mask.png").write_bytes(png_bytes(mask))
+    try:
+        yield root
+    finally:
+        unregister_layout("side_by_side")
+    assert "side_by_side" not in [entry.layout for entry in list_layouts()]
+
+
+def test_a_registered_layout_is_detected_and_listed(side_by_side, tmp_path):
+    assert [entry.layout for entry in list_layouts()][-1] == "side_by_side"  # default priority: tried last
+    assert _detect(side_by_side) == "side_by_side"
+    assert _detect(write_paired(tmp_path / "paired", 1)) is DatasetLayout.PAIRED
+    data = validate_config({"sources": [{"uri": str(side_by_side)}], "classes": NINE}, DataSettings)
+    items, rejected, folder_names = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    assert [i["item_id"] for i in items] == ["sbs/p0", "sbs/p1", "sbs/p2"]
+    assert rejected == [] and folder_names is None
+    with pytest.raises(ValueError, match="layout side_by_side does not fit a classification model"):
+        _list_items(data, Storage(), str(tmp_path / "staging"), Task.CLASSIFICATION)
+
+
+def test_a_registered_layout_prepares_for_training(ray_session, side_by_side, tmp_path):
+    data = validate_config({"sources": [{"uri": str(side_by_side)}], "classes": NINE, "tiling": {"size": 32},
+                            "split": {"train": 1.0, "val": 0.0, "test": 0.0}}, DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, seed=0, storage=Storage(), work_uri=str(tmp_path / "work"),
+                            task_cpus=0.25)
+    assert sorted(i["item_id"] for i in prepared.splits["train"]) == ["sbs/p0", "sbs/p1", "sbs/p2"]
+    first = min(prepared.splits["train"], key=lambda i: i["item_id"])
+    _, ids = load_example(first, prepared.classmap, data.limits, Storage())
+    assert np.array_equal(ids, render_section(40, 48, 48)[1])
