@@ -43,7 +43,7 @@ def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: 
     results = train_ensemble(config)
     rows = []
     for result in results:
-        history = load_checkpoint(Storage(), f"{output}/{name}", result.member)["state"]["history"]
+        history = load_checkpoint(Storage(), f"{output}/{name}", result.member).state["history"]
         steady = history[1:] or history  # the first epoch pays worker and pipeline start-up
         rows.append({
             "member": result.member,

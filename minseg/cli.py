@@ -148,8 +148,9 @@ def cmd_segment(args) -> int:
     for failure in result.failed:
         print(f"  failed: {failure.slide}: {failure.reason}", file=sys.stderr)
     if result.failed:
-        print(f"minseg: {len(result.failed)} slides failed (see failures.json); the other outputs are complete",
-              file=sys.stderr)
+        count = len(result.failed)
+        others = "; the other slides' outputs are complete" if result.done or result.skipped else ""
+        print(f"minseg: {count} slide{'s' if count != 1 else ''} failed (see failures.json){others}", file=sys.stderr)
     return 1 if result.failed else 0
 
 

@@ -312,7 +312,7 @@ class Slide:
         except SlideError:
             raise
         except (DecodeError, StorageError) as exc:
-            raise SlideError(f"{uri}: {exc}") from None
+            raise SlideError(_naming(uri, exc)) from None
         except Exception as exc:  # tifffile raises many types on corrupt files
             raise SlideError(f"{uri}: unreadable slide ({type(exc).__name__}: {exc})") from None
         self.info: SlideInfo = self._reader.info
@@ -337,7 +337,7 @@ class Slide:
             region = self._reader.read_region(level, y, x, height, width)
             return to_rgb8(region) if rgb else np.ascontiguousarray(region)
         except DecodeError as exc:
-            raise SlideError(f"{self.uri}: {exc}") from None
+            raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:
             raise
         except Exception as exc:
@@ -390,3 +390,9 @@ class SlideCache:
             _, old = self._slides.popitem(last=False)
             old.close()
         return slide
+
+
+def _naming(uri: str, exc: Exception) -> str:
+    """The error's text led by the slide's URI, once (storage errors already start with it)."""
+    text = str(exc)
+    return text if text.startswith(uri) else f"{uri}: {text}"

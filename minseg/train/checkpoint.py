@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 
 import torch
 
@@ -81,19 +82,30 @@ def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last
         return None
 
 
-def load_checkpoint(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
-    """{'model', 'optimizer' (or None), 'state', 'uri'} of the latest (or best) checkpoint, or None."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read back: weights, optimizer state (None at a stage's end), the loop's state
+    (stage, epoch, step, history, best so far) and the directory it came from."""
+
+    model: dict
+    optimizer: dict | None
+    state: dict
+    uri: str
+
+
+def load_checkpoint(storage: Storage, run_uri: str, member: str, which: str = "last") -> Checkpoint | None:
+    """The latest (or best) checkpoint of a member, or None when it has none."""
     pointer = read_pointer(storage, run_uri, member, which)
     if pointer is None:
         return None
     directory = pointer["uri"]
     optimizer_uri = join_uri(directory, "optimizer.pt")
-    return {
-        "model": load_tensor_dict(storage, join_uri(directory, "model.pt")),
-        "optimizer": load_tensor_dict(storage, optimizer_uri) if storage.exists(optimizer_uri) else None,
-        "state": json.loads(storage.read_text(join_uri(directory, "state.json"))),
-        "uri": directory,
-    }
+    return Checkpoint(
+        model=load_tensor_dict(storage, join_uri(directory, "model.pt")),
+        optimizer=load_tensor_dict(storage, optimizer_uri) if storage.exists(optimizer_uri) else None,
+        state=json.loads(storage.read_text(join_uri(directory, "state.json"))),
+        uri=directory,
+    )
 
 
 def _remove_unreferenced(storage: Storage, root: str) -> None:

@@ -261,7 +261,7 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     last = read_pointer(storage, run_uri, member.name, "last")
     best = read_pointer(storage, run_uri, member.name, "best")
     checkpoint = load_checkpoint(storage, run_uri, member.name) if last else None
-    state = checkpoint["state"] if checkpoint else {}
+    state = checkpoint.state if checkpoint else {}
     return MemberResult(
         member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
@@ -453,7 +453,7 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
     checkpoint = load_checkpoint(storage, run_uri, member)
     if checkpoint is None:
         return
-    history = checkpoint["state"].get("history", [])
+    history = checkpoint.state.get("history", [])
     if not history:
         return
     columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))

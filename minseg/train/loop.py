@@ -146,12 +146,12 @@ def resume(session: Session) -> tuple[dict, dict | None]:
     worker = session.worker
     resumed = load_checkpoint(worker.storage, worker.run_uri, worker.member.name)
     if resumed is not None:
-        session.model.load_state_dict(resumed["model"])
-        state = resumed["state"]
+        session.model.load_state_dict(resumed.model)
+        state = resumed.state
         state["restarts"] = state.get("restarts", 0) + 1
-        optimizer_state = resumed["optimizer"]
+        optimizer_state = resumed.optimizer
         if session.rank == 0:
-            log_event(log, "train.resumed", member=worker.member.name, checkpoint=resumed["uri"],
+            log_event(log, "train.resumed", member=worker.member.name, checkpoint=resumed.uri,
                       epochs_done=state["epochs_done"])
     session.model.to(session.device)
     return state, optimizer_state

@@ -141,3 +141,11 @@ def test_the_longest_matching_suffix_wins(tmp_path):
     finally:
         unregister_slide_reader("ome")
     assert slide_reader_for("a/b.ome.tif").name == "tiff"
+
+
+@pytest.mark.parametrize("name", ["missing.tif", "missing.png"])
+def test_a_missing_slide_is_named_once(tmp_path, name):
+    uri = str(tmp_path / name)
+    with pytest.raises(SlideError) as caught:
+        Slide(uri)
+    assert str(caught.value).count(uri) == 1 and "no such file" in str(caught.value)

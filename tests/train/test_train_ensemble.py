@@ -66,7 +66,7 @@ def test_loss_decreases_and_curves_saved(ensemble_run):
 def load_checkpoint_state(run, member):
     from minseg.io.storage import Storage
 
-    return load_checkpoint(Storage(), str(run), member)["state"]
+    return load_checkpoint(Storage(), str(run), member).state
 
 
 def test_best_and_last_checkpoints(ensemble_run):
