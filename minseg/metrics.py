@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from minseg.errors import InputError
+
 
 class ConfusionMatrix:
     """Counts ``matrix[true, predicted]``; ``update`` accepts labels or logits/probabilities."""
@@ -153,12 +155,12 @@ def metric_value(metrics: dict, key: str) -> float:
     name, _, cls = key.partition(":")
     if not cls:
         if name not in metrics or isinstance(metrics[name], list):
-            raise ValueError(f"unknown metric {key!r}")
+            raise InputError(f"unknown metric {key!r}")
         return float(metrics[name])
     if name not in ("iou", "precision", "recall", "f1"):
-        raise ValueError(f"unknown per-class metric {name!r} in {key!r} (use iou, precision, recall or f1)")
+        raise InputError(f"unknown per-class metric {name!r} in {key!r} (use iou, precision, recall or f1)")
     if cls not in metrics["classes"]:
-        raise ValueError(f"unknown class {cls!r} in {key!r}; classes: {', '.join(metrics['classes'])}")
+        raise InputError(f"unknown class {cls!r} in {key!r}; classes: {', '.join(metrics['classes'])}")
     return float(metrics[name][metrics["classes"].index(cls)])
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
+from minseg.errors import InputError
 from minseg.data.containers import Container, Rejected, read_ref
 from minseg.enums import DatasetLayout, Task
 from minseg.io.storage import Storage
@@ -183,7 +184,7 @@ def detect_layout(container: Container, images_dir: str = "images", masks_dir: s
             return entry.layout
     hints = [entry.hint.format(images_dir=images_dir, masks_dir=masks_dir) for entry in entries if entry.hint]
     looked_for = ", ".join(hints[:-1]) + f", and {hints[-1]}" if len(hints) > 1 else "".join(hints)
-    raise ValueError(f"{container.uri}: cannot recognise the dataset layout (looked for {looked_for}); "
+    raise InputError(f"{container.uri}: cannot recognise the dataset layout (looked for {looked_for}); "
                      "set 'layout' explicitly")
 
 
@@ -255,7 +256,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     images_dir, masks_dir = source.images_dir, source.masks_dir
     root = _find_root(list(container.members), images_dir, masks_dir)
     if root is None:
-        raise ValueError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
+        raise InputError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
     images = {_stem(m): m for m in container.members if m.startswith(f"{root}{images_dir}/") and _is_image(m)}
     masks = {_stem(m): m for m in container.members
              if m.startswith(f"{root}{masks_dir}/") and m.lower().endswith(MASK_SUFFIXES)}
@@ -359,7 +360,7 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                 layout_split=_folder_split(image),
             ))
     if not items and not rejected:
-        raise ValueError(f"{container.uri}: no COCO annotation file with images and annotations")
+        raise InputError(f"{container.uri}: no COCO annotation file with images and annotations")
     return LayoutItems(items, rejected)
 
 
@@ -374,7 +375,7 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
                  classmap: ClassMap | None) -> LayoutItems:
     """Raises ValueError without a class map: Labelme labels are class names."""
     if classmap is None:
-        raise ValueError("Labelme sources need data.classes (labels are matched by class name)")
+        raise InputError("Labelme sources need data.classes (labels are matched by class name)")
     names = classmap.names
     items, rejected = [], []
     images = {posixpath.splitext(m)[0]: m for m in container.members if _is_image(m)}

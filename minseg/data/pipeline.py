@@ -187,7 +187,7 @@ def _resolve_classmap(data: DataSettings, task: Task, folder_names: tuple[str, .
         return ClassMap.from_settings(data.classes)
     if task is Task.CLASSIFICATION and folder_names:
         return ClassMap.from_names(list(folder_names))
-    raise ValueError("data.classes is required for segmentation sources (names, mask codes, ignore index)")
+    raise InputError("data.classes is required for segmentation sources (names, mask codes, ignore index)")
 
 
 def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Task):
@@ -214,7 +214,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         if listed.class_names is not None:
             folder_names = listed.class_names
         if entry.task is not task:
-            raise ValueError(
+            raise InputError(
                 f"{source.uri}: layout {layout} does not fit a {task} model "
                 "(class folders train classifiers; mask and polygon layouts train segmentation)"
             )
@@ -225,7 +225,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
     seen: dict[str, str] = {}
     for item in items:
         if item["item_id"] in seen:
-            raise ValueError(f"item id {item['item_id']!r} comes from two places ({seen[item['item_id']]} and "
+            raise InputError(f"item id {item['item_id']!r} comes from two places ({seen[item['item_id']]} and "
                              f"{item['where']}); give the sources distinct 'name's")
         seen[item["item_id"]] = item["where"]
     return items, rejected, folder_names
@@ -237,7 +237,7 @@ def _read_lists(lists: dict[str, str], storage: Storage) -> dict[str, set[str]]:
         try:
             text = storage.read_text(uri)
         except StorageError as exc:
-            raise ValueError(f"data.split.lists.{split}: {exc}") from None
+            raise InputError(f"data.split.lists.{split}: {exc}") from None
         result[split] = {line.strip() for line in text.splitlines() if line.strip()}
     return result
 

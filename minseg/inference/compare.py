@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from minseg.errors import InputError
 from minseg.io.slides import Slide
 from minseg.io.storage import Storage
 from minseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -19,7 +20,7 @@ def compare_label_maps(labels_uri: str, reference_uri: str, class_names: list[st
     matrix = ConfusionMatrix(len(class_names), ignore_index)
     with Slide(labels_uri, storage) as labels, Slide(reference_uri, storage) as reference:
         if labels.info.levels[0] != reference.info.levels[0]:
-            raise ValueError(f"{labels_uri} is {labels.info.levels[0]}, {reference_uri} is {reference.info.levels[0]}")
+            raise InputError(f"{labels_uri} is {labels.info.levels[0]}, {reference_uri} is {reference.info.levels[0]}")
         height, width = labels.info.levels[0]
         for top in range(0, height, BAND_ROWS):
             rows = min(BAND_ROWS, height - top)

@@ -12,6 +12,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from minseg.errors import InputError
 from minseg.enums import Task
 
 
@@ -112,7 +113,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}") from None
+        raise InputError(f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, **options):
@@ -121,7 +122,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **options):
     accepted = entry.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"model {name!r} does not take option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(accepted))}"
         )
     return entry.builder(num_classes=num_classes, in_channels=in_channels, **{**entry.defaults, **options})

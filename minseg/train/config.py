@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from minseg.errors import InputError
 from minseg.config.base import StrictModel
 from minseg.enums import LossName, OptimizerName, Precision, ScheduleName
 
@@ -131,5 +132,5 @@ class TrainingSettings(StrictModel):
         known = {m.name: m for m in self.members}
         missing = [n for n in names if n not in known]
         if missing:
-            raise ValueError(f"--members names unknown member(s) {', '.join(missing)}; known: {', '.join(known)}")
+            raise InputError(f"--members names unknown member(s) {', '.join(missing)}; known: {', '.join(known)}")
         return [known[n] for n in names]

@@ -306,18 +306,18 @@ class _MemberProgress:
 def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, resume: bool = False) -> list[MemberResult]:
     """The training job: data -> members concurrently -> members table. Returns the rows."""
     if config.data is None or config.training is None:
-        raise ValueError("training needs the 'data' and 'training' config sections")
+        raise InputError("training needs the 'data' and 'training' config sections")
     storage = Storage(config.storage)
     run_uri = config.run.uri
     members = config.training.select(member_names)
     tasks = {member_task(m) for m in members}
     if len(tasks) > 1:
-        raise ValueError("all members of one training run must share a task (segmentation or classification)")
+        raise InputError("all members of one training run must share a task (segmentation or classification)")
     task = tasks.pop()
 
     existing = [m.name for m in members if read_pointer(storage, run_uri, m.name) is not None]
     if existing and not resume:
-        raise ValueError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
+        raise InputError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
                          "them, or choose another run.name")
     init_ray(config.ray)
     import ray
