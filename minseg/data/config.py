@@ -40,11 +40,13 @@ class ClassMapSettings(StrictModel):
         if self.ignore_index < len(self.classes):
             raise ValueError(f"ignore_index {self.ignore_index} collides with class id (there are {len(self.classes)} classes)")
         seen: dict[int, str] = {}
-        for spec in self.classes:
-            for code in spec.codes:
+        for index, spec in enumerate(self.classes):
+            # a class without codes has code = its position; it must not be another class's explicit code
+            name = spec.name if spec.codes else f"{spec.name} (by default: its position, as it lists no codes)"
+            for code in spec.codes or [index]:
                 if code in seen:
-                    raise ValueError(f"mask code {code} is given to both {seen[code]!r} and {spec.name!r}")
-                seen[code] = spec.name
+                    raise ValueError(f"mask code {code} is given to both {seen[code]!r} and {name!r}")
+                seen[code] = name
         clash = sorted(set(seen) & set(self.ignore_codes))
         if clash:
             raise ValueError(f"codes {clash} are both class codes and ignore_codes")

@@ -41,6 +41,25 @@ def _stem(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
+def _keyed(container: Container, names, base: str, what: str) -> tuple[dict[str, str], list[Rejected]]:
+    """Members under ``base`` keyed by their path below it without the extension (``siteA/001``), so
+    files of one name in different subfolders stay apart; two files with one key (``001.jpg`` and
+    ``001.png``) cannot be told apart and are both quarantined, never one silently dropped."""
+    keyed: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        keyed[posixpath.splitext(name[len(base):])[0]].append(name)
+    unique, rejected = {}, []
+    for key, found in keyed.items():
+        if len(found) == 1:
+            unique[key] = found[0]
+            continue
+        for name in sorted(found):
+            others = ", ".join(posixpath.basename(o) for o in sorted(found) if o != name)
+            rejected.append(Rejected(container.describe(name), f"{what} {key!r} is ambiguous: {others} has the "
+                                                              "same name; keep one"))
+    return unique, rejected
+
+
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES) and not posixpath.basename(path).startswith(".")
 
@@ -188,6 +207,14 @@ def detect_layout(container: Container, images_dir: str = "images", masks_dir: s
                      "set 'layout' explicitly")
 
 
+def member_path(folder: str, relative: str) -> str:
+    """A path written in an annotation file, relative to that file's folder, as a container member name.
+
+    Annotation tools on Windows write ``..\\images\\a.jpg``: backslashes are separators here too.
+    """
+    return posixpath.normpath(posixpath.join(folder, str(relative).replace("\\", "/"))).lstrip("/")
+
+
 def make_item(container: Container, name_prefix: str, image: str, **extra) -> dict:
     """An item dict for member ``image`` with every key present (see the module doc).
 
@@ -223,9 +250,12 @@ def _looks_voc(probe: LayoutProbe) -> bool:
 def read_voc(container: Container, prefix: str, source: SourceSettings, storage: Storage,
              classmap: ClassMap | None) -> LayoutItems:
     root = _find_root(list(container.members), "JPEGImages", "SegmentationClass")
-    images = {_stem(m): m for m in container.members if m.startswith(f"{root}JPEGImages/") and _is_image(m)}
-    masks = {_stem(m): m for m in container.members if m.startswith(f"{root}SegmentationClass/")
-             and m.lower().endswith(MASK_SUFFIXES)}
+    images, rejected = _keyed(container, [m for m in container.members
+                                          if m.startswith(f"{root}JPEGImages/") and _is_image(m)],
+                              f"{root}JPEGImages/", "image")
+    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}SegmentationClass/")
+                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}SegmentationClass/", "mask")
+    rejected += bad_masks
     listed: dict[str, str] = {}
     for name in container.members:
         if name.startswith(f"{root}ImageSets/Segmentation/") and name.endswith(".txt"):
@@ -233,13 +263,13 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
             if split:
                 for line in read_ref(container.members[name], storage).decode().split():
                     listed[line.strip()] = split
-    items, rejected = [], []
-    for stem in sorted(masks):
-        if stem not in images:
-            rejected.append(Rejected(container.describe(masks[stem]), f"mask without an image JPEGImages/{stem}.jpg"))
+    items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images
+    for key in sorted(masks):
+        if key not in images:
+            rejected.append(Rejected(container.describe(masks[key]), f"mask without an image JPEGImages/{key}.jpg"))
             continue
-        items.append(make_item(container, prefix, images[stem], mask=container.members[masks[stem]],
-                               mask_name=masks[stem], layout_split=listed.get(stem)))
+        items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
+                               mask=container.members[masks[key]], mask_name=masks[key], layout_split=listed.get(key)))
     for stem in sorted(set(listed) - set(masks)):
         rejected.append(Rejected(f"{container.uri}!{root}ImageSets/Segmentation", f"lists {stem!r}, which has no mask"))
     return LayoutItems(items, rejected)
@@ -257,18 +287,22 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     root = _find_root(list(container.members), images_dir, masks_dir)
     if root is None:
         raise InputError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
-    images = {_stem(m): m for m in container.members if m.startswith(f"{root}{images_dir}/") and _is_image(m)}
-    masks = {_stem(m): m for m in container.members
-             if m.startswith(f"{root}{masks_dir}/") and m.lower().endswith(MASK_SUFFIXES)}
-    items, rejected = [], []
-    for stem in sorted(images):
-        if stem in masks:
-            items.append(make_item(container, prefix, images[stem], mask=container.members[masks[stem]],
-                                   mask_name=masks[stem]))
+    # paired by the path below images/ and masks/, subfolders included (siteA/001 never meets siteB/001)
+    images, rejected = _keyed(container, [m for m in container.members
+                                          if m.startswith(f"{root}{images_dir}/") and _is_image(m)],
+                              f"{root}{images_dir}/", "image")
+    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")
+                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask")
+    rejected += bad_masks
+    items = []
+    for key in sorted(images):
+        if key in masks:
+            items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
+                                   mask=container.members[masks[key]], mask_name=masks[key]))
         else:
-            rejected.append(Rejected(container.describe(images[stem]), f"no mask {masks_dir}/{stem}.* for this image"))
-    for stem in sorted(set(masks) - set(images)):
-        rejected.append(Rejected(container.describe(masks[stem]), f"mask without an image {images_dir}/{stem}.*"))
+            rejected.append(Rejected(container.describe(images[key]), f"no mask {masks_dir}/{key}.* for this image"))
+    for key in sorted(set(masks) - set(images)):
+        rejected.append(Rejected(container.describe(masks[key]), f"mask without an image {images_dir}/{key}.*"))
     return LayoutItems(items, rejected)
 
 
@@ -316,6 +350,19 @@ def _looks_coco(probe: LayoutProbe) -> bool:
     return isinstance(sample, dict) and "images" in sample and "annotations" in sample
 
 
+def _category_zero(document: dict) -> str | None:
+    """Why a COCO file cannot be used when an annotation has category id 0, else None.
+
+    A category 0 no annotation uses is fine: Roboflow exports list their supercategory as id 0.
+    """
+    names = {c.get("id"): c.get("name") for c in document.get("categories", []) if isinstance(c, dict)}
+    if not any(a.get("category_id") == 0 for a in document["annotations"] if isinstance(a, dict)):
+        return None
+    name = f" ({names[0]!r})" if names.get(0) else ""
+    return (f"annotations of category id 0{name} collide with code 0, which minseg gives every pixel no "
+            "annotation covers; renumber the categories from 1 (COCO's own convention)")
+
+
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
 def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
               classmap: ClassMap | None) -> LayoutItems:
@@ -330,14 +377,18 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
             continue
         folder = posixpath.dirname(json_name)
+        clash = _category_zero(document)
+        if clash is not None:  # 0 fills every pixel no annotation covers: the category would swallow them
+            rejected.append(Rejected(container.describe(json_name), clash))
+            continue
         by_image = defaultdict(list)
         for annotation in document["annotations"]:
             by_image[annotation.get("image_id")].append(annotation)
         for entry in document["images"]:
-            image = posixpath.normpath(posixpath.join(folder, entry["file_name"]))
+            image = member_path(folder, entry["file_name"])
             where = container.describe(image)
             if image not in container.members:
-                rejected.append(Rejected(where, f"listed in {json_name} but missing"))
+                rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but missing"))
                 continue
             shapes, problem = [], None
             for annotation in by_image.get(entry["id"], []):
@@ -352,10 +403,11 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
             if problem:
                 rejected.append(Rejected(where, problem))
                 continue
+            key = posixpath.splitext(posixpath.relpath(image, folder or "."))[0]  # subfolders kept
             items.append(make_item(
                 container, prefix, image,
-                item_key=posixpath.join(posixpath.basename(folder), _stem(image)) if folder else _stem(image),
-                source_key=_stem(image),
+                item_key=posixpath.join(posixpath.basename(folder), key) if folder else key,
+                source_key=key,
                 polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
                 layout_split=_folder_split(image),
             ))
@@ -387,10 +439,13 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
             rejected.append(Rejected(where, f"not valid JSON ({exc})"))
             continue
         folder = posixpath.dirname(json_name)
-        image = posixpath.normpath(posixpath.join(folder, document.get("imagePath") or "")) if document.get("imagePath") else None
-        image = image if image in container.members else images.get(posixpath.splitext(json_name)[0])
+        listed = document.get("imagePath")
+        resolved = member_path(folder, listed) if listed else None
+        image = resolved if resolved in container.members else images.get(posixpath.splitext(json_name)[0])
         if image is None:
-            rejected.append(Rejected(where, "its image (imagePath) is missing"))
+            shown = f"{listed!r}, resolved to {container.describe(resolved)}" if listed else "none given"
+            rejected.append(Rejected(where, f"its image is missing (imagePath {shown}; no image named like the "
+                                            "JSON beside it either)"))
             continue
         shapes, problem = [], None
         for shape in document.get("shapes", []):
@@ -409,7 +464,8 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
             rejected.append(Rejected(where, problem))
             continue
         size = [int(document["imageHeight"]), int(document["imageWidth"])] if "imageHeight" in document else None
-        items.append(make_item(container, prefix, image, polygons=shapes, size=size))
+        key = posixpath.splitext(image)[0]  # the image's path in the source: subfolders kept
+        items.append(make_item(container, prefix, image, item_key=key, source_key=key, polygons=shapes, size=size))
     return LayoutItems(items, rejected)
 
 

@@ -1,12 +1,21 @@
 """Decoding picture files (JPEG / PNG / TIFF / BMP) into arrays: images and code masks.
 
 Below ``data`` and ``io.slides``, which both decode pictures; errors are
-:class:`DecodeError`, an input error naming what is wrong with the file."""
+:class:`DecodeError`, an input error naming what is wrong with the file.
+
+Pixels come out **as a viewer shows them**: the EXIF / TIFF Orientation is applied (a
+mask drawn on the picture as displayed lies on the same pixels), and TIFF samples are
+converted by their PhotometricInterpretation (MinIsWhite inverted, palettes looked up)
+and scaled by their BitsPerSample (12-bit data in 16-bit words is not 16× too dark).
+What cannot be shown faithfully (CMYK, CIE L*a*b*, float or signed samples, …) is refused
+naming the TIFF tag, never returned as if it were valid. docs/inputs.md lists the cases.
+"""
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,10 +42,119 @@ def _open_pil(data: bytes, name: str, max_pixels: int):
         raise DecodeError(f"decompression bomb: {exc}") from None
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
-    return image
+    from PIL import ImageOps
+
+    # as displayed: cameras store portrait shots landscape with an EXIF Orientation, and
+    # annotation tools (labelme, CVAT, any viewer) draw masks on the picture as shown
+    return ImageOps.exif_transpose(image)
 
 
-def _read_tiff(data: bytes, max_pixels: int) -> np.ndarray:
+# TIFF PhotometricInterpretation values (TIFF 6.0, section 3 and 21-23)
+MINISWHITE, MINISBLACK, RGB, PALETTE, YCBCR = 0, 1, 2, 3, 6
+_PHOTOMETRIC_NAMES = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 4: "TransparencyMask",
+                      5: "Separated (CMYK)", 6: "YCbCr", 8: "CIELab", 9: "ICCLab", 10: "ITULab", 32803: "CFA",
+                      32844: "LogL", 32845: "LogLuv", 34892: "LinearRaw"}
+_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined",
+                   5: "complex integer", 6: "complex floating point"}
+_DECODED_TO_RGB = {6, 7, 33003, 33005, 33007, 34712, 34892}  # JPEG and JPEG 2000: their decoders give RGB
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """How stored TIFF samples become displayed pixels: the photometric interpretation, the bits
+    per sample actually used, and a palette page's colour map ((3, 2**bits) uint16)."""
+
+    photometric: int
+    bits: int
+    colormap: np.ndarray | None = None
+
+    def displayed(self, array: np.ndarray) -> np.ndarray:
+        """Stored samples (h, w) or (h, w, s), unsigned integers -> RGB uint8 (h, w, 3) as a viewer shows them."""
+        if self.photometric == PALETTE:
+            rgb = np.moveaxis(self.colormap[:, np.asarray(array, np.intp)], 0, -1)  # (h, w, 3) uint16
+            return np.ascontiguousarray((rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8))
+        array = scale_to_uint8(array, self.bits)
+        if self.photometric == MINISWHITE:
+            array = 255 - array  # 0 is white: what every viewer shows
+        return to_rgb8(array)
+
+
+def scale_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned samples of ``bits`` significant bits -> uint8 over the full 0..255 range
+    (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place."""
+    if array.dtype == np.uint8 and bits == 8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind != "u":
+        raise DecodeError(f"unsupported pixel type {array.dtype}")
+    top = (1 << bits) - 1
+    return (np.minimum(array, top).astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
+
+
+def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
+    """Check a TIFF page's pixel encoding and say how to display it; DecodeError naming the tag otherwise.
+
+    ``mask``: the page holds class codes, which must be read as stored (MinIsBlack or Palette
+    indices, or RGB colours), never converted.
+    """
+    photometric = int(page.photometric)
+    name = _PHOTOMETRIC_NAMES.get(photometric, str(photometric))
+    sample_format = int(getattr(page, "sampleformat", 1))
+    if sample_format != 1:
+        raise DecodeError(f"SampleFormat {sample_format} ({_SAMPLE_FORMATS.get(sample_format, 'unknown')}) samples "
+                          "are not pixels minseg can show; save unsigned integer samples")
+    bits = int(page.bitspersample)
+    if photometric == YCBCR and int(page.compression) not in _DECODED_TO_RGB:
+        raise DecodeError("PhotometricInterpretation YCbCr without JPEG compression is not supported; save as RGB")
+    if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE, YCBCR):
+        raise DecodeError(f"PhotometricInterpretation {name} cannot be shown as RGB faithfully; save as RGB or "
+                          "greyscale (MinIsBlack)")
+    if mask and photometric not in (MINISBLACK, PALETTE, RGB):
+        raise DecodeError(f"a mask stored with PhotometricInterpretation {name}: class codes must be stored as "
+                          "MinIsBlack or Palette indices (or RGB colours)")
+    colormap = None
+    if photometric == PALETTE and not mask:
+        colormap = page.colormap
+        if colormap is None:
+            raise DecodeError("PhotometricInterpretation Palette without a ColorMap tag")
+        colormap = np.asarray(colormap, np.uint16)
+        if colormap.ndim == 1:  # tifffile gives one row for a grey palette
+            colormap = np.repeat(colormap[None], 3, axis=0)
+    return PixelFormat(photometric, bits, colormap)
+
+
+def tiff_orientation(page) -> int:
+    """A TIFF page's Orientation tag (274); 1 (top-left) when absent."""
+    tag = page.tags.get(274)
+    return int(tag.value) if tag is not None else 1
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF / TIFF Orientation (1-8) to (h, w, ...) samples: the picture as displayed.
+
+    2 mirror, 3 rotate 180°, 4 flip, 5 transpose, 6 rotate 90° clockwise, 7 transverse,
+    8 rotate 90° anticlockwise (the same transforms as Pillow's ``ImageOps.exif_transpose``).
+    """
+    if orientation == 2:
+        array = array[:, ::-1]
+    elif orientation == 3:
+        array = array[::-1, ::-1]
+    elif orientation == 4:
+        array = array[::-1]
+    elif orientation == 5:
+        array = array.swapaxes(0, 1)
+    elif orientation == 6:
+        array = np.rot90(array, -1)
+    elif orientation == 7:
+        array = np.rot90(array, 2).swapaxes(0, 1)
+    elif orientation == 8:
+        array = np.rot90(array, 1)
+    return np.ascontiguousarray(array)
+
+
+def _read_tiff(data: bytes, max_pixels: int, mask: bool = False) -> np.ndarray:
+    """The first page, as displayed (images: RGB uint8) or as stored and oriented (masks)."""
     import tifffile
 
     try:
@@ -44,23 +162,31 @@ def _read_tiff(data: bytes, max_pixels: int) -> np.ndarray:
             page = tiff.pages[0]
             if int(np.prod(page.shape[:2])) > max_pixels:
                 raise DecodeError(f"image of {page.shape[0]}x{page.shape[1]} exceeds max_image_pixels")
-            return page.asarray()
+            pixel_format = tiff_pixel_format(page, mask)
+            array = page.asarray()
+            if int(page.planarconfig) == 2 and array.ndim == 3 and page.samplesperpixel > 1:
+                array = np.moveaxis(array, 0, -1)  # separate planes -> (h, w, samples)
+            array = orient(array, tiff_orientation(page))
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
+    return array if mask else pixel_format.displayed(array)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """RGB uint8 (H, W, 3); greyscale is repeated, alpha dropped, 16-bit scaled down."""
     if name.lower().endswith(TIFF_SUFFIXES):
-        array = _read_tiff(data, max_pixels)
-    else:
-        image = _open_pil(data, name, max_pixels)
-        if image.mode not in ("RGB", "L", "I;16", "I"):
-            image = image.convert("RGB")
+        return _read_tiff(data, max_pixels)
+    image = _open_pil(data, name, max_pixels)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image)
-    return to_rgb8(array)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise DecodeError(f"32-bit integer pixels ({array.min()}..{array.max()}) are not an image minseg can show")
+        return to_rgb8(scale_to_uint8(array.astype(np.uint16), 16))  # older Pillow opens 16-bit PNGs as "I"
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")  # palette, bilevel, CMYK, LAB, RGBA ... as Pillow displays them
+    return to_rgb8(np.asarray(image))
 
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:
@@ -83,7 +209,7 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
 def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
     """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB."""
     if name.lower().endswith(TIFF_SUFFIXES):
-        array = _read_tiff(data, max_pixels)
+        array = _read_tiff(data, max_pixels, mask=True)
     else:
         image = _open_pil(data, name, max_pixels)
         if rgb:

@@ -25,7 +25,7 @@ from typing import Callable, Hashable, Iterator, Protocol
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_image, to_rgb8
+from minseg.io.images import DecodeError, decode_image, tiff_orientation, tiff_pixel_format, to_rgb8
 from minseg.io.storage import Storage, StorageError
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -110,7 +110,9 @@ class SlideReader(Protocol):
 
     ``info`` describes the levels; ``read_region`` returns the stored samples of a region
     that :class:`Slide` has already checked lies inside ``level`` (any integer dtype,
-    (h, w) or (h, w, samples)); ``close`` releases files and may be called twice.
+    (h, w) or (h, w, samples)); ``close`` releases files and may be called twice. A reader
+    whose samples are not plain grey / RGB also has ``displayed(level, samples) -> RGB uint8``
+    (what a viewer shows: photometric interpretation, bit depth); without it ``to_rgb8`` is used.
     Opening and reading raise :class:`SlideError`, ``DecodeError`` or ``StorageError`` for
     bad input; anything else is reported as an unreadable slide / corrupt region.
     """
@@ -207,6 +209,14 @@ class TiffReader:
                     raise SlideError(f"{uri}: planar (separate-plane) TIFFs are not supported")
                 if page.imagedepth != 1:
                     raise SlideError(f"{uri}: volumetric TIFF (depth {page.imagedepth}) is not a slide")
+                orientation = tiff_orientation(page)
+                if orientation != 1:  # regions are addressed in displayed coordinates; refuse rather than misplace
+                    raise SlideError(f"{uri}: TIFF Orientation {orientation} (stored rotated or mirrored) is not "
+                                     "supported for slides; re-save it top-left (Orientation 1)")
+            try:  # how each level's samples are displayed, checked before any pixel is read
+                self._formats = [tiff_pixel_format(page) for page in self._levels]
+            except DecodeError as exc:
+                raise SlideError(f"{uri}: {exc}") from None
             base = self._levels[0]
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
@@ -231,6 +241,10 @@ class TiffReader:
                 if y1 > y0 and x1 > x0:
                     out[y0 - y : y1 - y, x0 - x : x1 - x] = segment[y0 - top : y1 - top, x0 - left : x1 - left]
         return out
+
+    def displayed(self, level: int, region: np.ndarray) -> np.ndarray:
+        """Stored samples of ``level`` -> RGB uint8 as a viewer shows them (photometric, bit depth)."""
+        return self._formats[level].displayed(region)
 
     def _segment(self, level: int, page, keyframe, index: int) -> np.ndarray:
         key = (level, index)
@@ -335,7 +349,10 @@ class Slide:
                              f"({level_h}x{level_w})")
         try:
             region = self._reader.read_region(level, y, x, height, width)
-            return to_rgb8(region) if rgb else np.ascontiguousarray(region)
+            if not rgb:
+                return np.ascontiguousarray(region)
+            displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
+            return displayed(level, region) if displayed else to_rgb8(region)
         except DecodeError as exc:
             raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:

@@ -121,3 +121,84 @@ def test_a_registered_layout_prepares_for_training(ray_session, side_by_side, tm
     first = min(prepared.splits["train"], key=lambda i: i["item_id"])
     _, ids = load_example(first, prepared.classmap, data.limits, Storage())
     assert np.array_equal(ids, render_section(40, 48, 48)[1])
+
+
+# -- the same file name in different subfolders, in every layout (items in = used + quarantined) ---------
+
+
+def _read(root, layout, classes=NINE):
+    from minseg.data.classmap import ClassMap
+
+    storage = Storage()
+    data = validate_config({"sources": [{"uri": str(root), "layout": str(layout)}], "classes": classes},
+                           DataSettings)
+    container = open_container(str(root), LimitSettings(), storage)
+    return get_layout(layout).read(container, "src", data.sources[0], storage, ClassMap.from_settings(data.classes))
+
+
+def _two_sites(root, images_dir, masks_dir, mask_ext=".png"):
+    for site in ("siteA", "siteB"):
+        for name in ("001", "002"):
+            image, mask = render_section(hash((site, name)) % 1000, 16, 16)
+            (root / images_dir / site).mkdir(parents=True, exist_ok=True)
+            (root / masks_dir / site).mkdir(parents=True, exist_ok=True)
+            (root / images_dir / site / f"{name}.jpg").write_bytes(jpg_bytes(image))
+            (root / masks_dir / site / f"{name}{mask_ext}").write_bytes(png_bytes(mask))
+
+
+@pytest.mark.parametrize("layout", [DatasetLayout.PAIRED, DatasetLayout.VOC])
+def test_mask_folders_pair_by_path_below_their_roots(tmp_path, layout):
+    images_dir, masks_dir = ("images", "masks") if layout is DatasetLayout.PAIRED else ("JPEGImages",
+                                                                                        "SegmentationClass")
+    _two_sites(tmp_path, images_dir, masks_dir)
+    # a true collision: two images of one name in one folder (a .jpg and a .png)
+    (tmp_path / images_dir / "siteA" / "002.png").write_bytes(png_bytes(render_section(7, 16, 16)[0]))
+    listed = _read(tmp_path, layout)
+    ids = sorted(item["item_id"] for item in listed.items)
+    assert ids == ["src/siteA/001", "src/siteB/001", "src/siteB/002"]
+    for item in listed.items:  # each image with its own folder's mask
+        assert item["image_name"].split("/")[-2] == item["mask_name"].split("/")[-2]
+    ambiguous = [r for r in listed.rejected if "is ambiguous" in r.reason]
+    assert len(ambiguous) == 2 and all("siteA/002" in r.reason for r in ambiguous)
+    images_in = 5  # 4 jpg + 1 png
+    assert len(listed.items) + len([r for r in listed.rejected if images_dir in r.file]) == images_in
+
+
+def test_coco_and_labelme_keep_subfolders_in_item_ids(tmp_path):
+    import json
+
+    coco = tmp_path / "coco"
+    for site in ("siteA", "siteB"):
+        (coco / site).mkdir(parents=True)
+        (coco / site / "001.jpg").write_bytes(jpg_bytes(render_section(1, 16, 16)[0]))
+    document = {"images": [{"id": i, "file_name": f"{site}/001.jpg", "height": 16, "width": 16}
+                           for i, site in enumerate(("siteA", "siteB"))],
+                "annotations": [], "categories": [{"id": 1, "name": "pyrite"}]}
+    (coco / "_annotations.coco.json").write_text(json.dumps(document))
+    listed = _read(coco, DatasetLayout.COCO)
+    assert sorted(i["item_id"] for i in listed.items) == ["src/siteA/001", "src/siteB/001"] and not listed.rejected
+
+    labelme = tmp_path / "labelme"
+    for site in ("siteA", "siteB"):
+        (labelme / site).mkdir(parents=True)
+        (labelme / site / "001.png").write_bytes(png_bytes(render_section(2, 16, 16)[0]))
+        (labelme / site / "001.json").write_text(json.dumps({"imagePath": "001.png", "shapes": []}))
+    listed = _read(labelme, DatasetLayout.LABELME)
+    assert sorted(i["item_id"] for i in listed.items) == ["src/siteA/001", "src/siteB/001"] and not listed.rejected
+
+
+def test_labelme_saved_on_windows(tmp_path):
+    """``..\\images\\a.png`` is a relative path with backslashes, not a missing file; a truly missing
+    image is reported with the path it resolved to."""
+    import json
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(render_section(3, 16, 16)[0]))
+    (tmp_path / "ann" / "a.json").write_text(json.dumps({"imagePath": "..\\images\\a.png", "shapes": []}))
+    (tmp_path / "ann" / "b.json").write_text(json.dumps({"imagePath": "..\\images\\b.png", "shapes": []}))
+    listed = _read(tmp_path, DatasetLayout.LABELME)
+    assert [i["image_name"] for i in listed.items] == ["images/a.png"]
+    (rejected,) = listed.rejected
+    assert rejected.file.endswith("ann/b.json") and "'..\\\\images\\\\b.png', resolved to" in rejected.reason
+    assert rejected.reason.split("resolved to ")[1].split(";")[0].endswith("images/b.png")

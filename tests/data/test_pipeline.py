@@ -226,3 +226,32 @@ def test_tiff_images_and_masks(tmp_path):
     classmap = ClassMap.from_settings(settings(tmp_path).classes)
     decoded, ids = load_example(items[0], classmap, LimitSettings(), Storage())
     assert not rejected and np.array_equal(decoded, image) and np.array_equal(ids, mask)
+
+
+def test_coco_category_zero_would_swallow_unannotated_pixels(tmp_path, ray_session):
+    """Annotations of category 0 are refused (0 fills every pixel no annotation covers), naming the category;
+    an unused category 0 (Roboflow's supercategory, as in the real microplastic export) is fine."""
+    import json
+
+    root, _ = write_coco(tmp_path / "coco")
+    path = root / "train" / "_annotations.coco.json"
+    document = json.loads(path.read_text())
+    document["annotations"][0]["category_id"] = 0
+    path.write_text(json.dumps(document))
+    classes = {"classes": [{"name": "background", "codes": [0]}, {"name": "plastic", "codes": [1]},
+                           {"name": "fibre", "codes": [2]}]}
+    data = settings(root, classes=classes, split={"train": 1.0, "val": 0.0, "test": 0.0})
+    with pytest.raises(DataError) as caught:
+        prepare(data, tmp=tmp_path / "work")
+    assert "_annotations.coco.json: annotations of category id 0 ('objects') collide with code 0" in str(caught.value)
+
+
+def test_a_class_default_code_may_not_be_another_class_code():
+    """Codes silently overwrote each other (the later class won every pixel of the code)."""
+    from minseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"mask code 1 is given to both 'pyrite \(by default.*' and 'quartz'"):
+        settings("x", classes={"classes": [{"name": "resin", "codes": [0]}, {"name": "pyrite"},
+                                           {"name": "quartz", "codes": [1]}]})
+    with pytest.raises(ConfigError, match=r"mask code 0 is given to both 'resin \(by default.*' and 'quartz'"):
+        settings("x", classes={"classes": [{"name": "resin"}, {"name": "quartz", "codes": [0]}]})
