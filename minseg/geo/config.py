@@ -57,6 +57,10 @@ class SampleTable(StrictModel):
                           "(false: reported as a bad value)")
     missing_markers: list[str] = Field(["", "na", "n/a", "nan", "null", "none", "-", "--"],
                                        description="cell texts meaning 'not analysed' (case-insensitive)")
+    missing_values: list[float] = Field(default_factory=list, description="numbers a lab writes for 'not "
+                                        "analysed' (e.g. -9999, -99): missing, each counted in the problems report")
+    negative_is_limit: bool = Field(False, description="a negative value -X is the lab's way of writing '<X' "
+                                    "(below the detection limit X); checked before nonpositive_censored")
     bad_values: BadValue = BadValue.MISSING
     duplicates: DuplicateSites = DuplicateSites.AVERAGE
     duplicate_tolerance_m: float = Field(0.0, ge=0, description="samples closer than this are one site")

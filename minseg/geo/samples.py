@@ -8,8 +8,13 @@ in one task's memory as text. Each cell becomes a raw number and a code:
   (kept, counted); ``OVER``: ``>X`` (kept as X, counted);
 - ``CENSORED``: ``<X``, a censoring flag in the qualifier column, or (by default) a
   value <= 0; the raw number is the detection limit, NaN when the cell carries none;
-- ``MISSING``: empty or a missing marker; ``BAD``: anything else (reported with file,
-  row, sample id, column and the text; never a silent zero).
+- ``MISSING``: empty or a missing marker; ``SENTINEL``: a number the lab writes for
+  "not analysed" (``missing_values``, e.g. -9999): missing too, and each one reported;
+  ``BAD``: anything else (reported with file, row, sample id, column and the text; never
+  a silent zero).
+- With ``negative_is_limit``, ``-X`` is a lab's way of writing ``<X``: censored at limit X.
+
+Whatever the policy, a substituted censored value never exceeds its own detection limit.
 
 The driver then substitutes censored values (half the limit by default), fills unknown
 limits (config, else the element's smallest uncensored value, reported as assumed),
@@ -30,8 +35,9 @@ from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.io.storage import Storage, glob_uris, has_glob, is_s3
 from minseg.runtime import task_options
 
-OK, FLAGGED, OVER, CENSORED, MISSING, BAD = 0, 1, 2, 3, 4, 5
-CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad"}
+OK, FLAGGED, OVER, CENSORED, MISSING, BAD, SENTINEL = 0, 1, 2, 3, 4, 5, 6
+CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad",
+              SENTINEL: "missing_sentinel"}
 
 TABLE_FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
                  ".pq": "parquet", ".gpkg": "vector", ".shp": "vector", ".geojson": "vector", ".json": "vector",
@@ -246,6 +252,14 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
         codes[censored_flag] = CENSORED  # the value (if any) is the detection limit
         codes[flagged & ~censored_flag] = FLAGGED
     measured = np.isin(codes, (OK, FLAGGED, OVER))
+    if settings.missing_values:  # before any sign rule: -9999 is 'not analysed', not '<9999'
+        sentinel = measured & np.isin(raw, settings.missing_values)
+        codes[sentinel], raw[sentinel] = SENTINEL, np.nan
+        measured &= ~sentinel
+    if settings.negative_is_limit:
+        negative = measured & (raw < 0)
+        codes[negative], raw[negative] = CENSORED, -raw[negative]  # '-5' is '<5': the limit is 5
+        measured &= ~negative
     nonpositive = measured & (raw <= 0)
     if settings.nonpositive_censored:
         codes[nonpositive] = CENSORED
@@ -282,12 +296,16 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
                 flag_name = sample_settings.flags.get(element)
                 raw, codes = parse_cells(column, table.column(flag_name) if flag_name else None, sample_settings)
                 out[f"raw:{element}"], out[f"code:{element}"] = raw, codes
-                if (codes == BAD).any():
+                if (codes == BAD).any() or (codes == SENTINEL).any():
                     texts = column.to_pandas()
                     for row in np.flatnonzero(codes == BAD):
                         problems[row].append({"column": column_name, "value": str(texts.iloc[row])[:60],
                                               "reason": "not a number, a <DL value or a missing marker"
                                               if not (raw[row] <= 0) else "not a positive concentration"})
+                    for row in np.flatnonzero(codes == SENTINEL):
+                        problems[row].append({"column": column_name, "value": str(texts.iloc[row])[:60],
+                                              "reason": "missing-value sentinel (prospect.samples.missing_values): "
+                                                        "not analysed"})
             out["problems"] = np.array([json.dumps(p) if p else "" for p in problems], object)
             yield out
 
@@ -338,6 +356,20 @@ def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus
     return finish_samples(columns, settings)
 
 
+def substitute_censored(limits: np.ndarray, measured: np.ndarray, censored: np.ndarray,
+                        policy: CensoredValue) -> np.ndarray:
+    """Values of one element: measured values as reported, censored ones by ``policy`` from their own
+    detection limit (``limits``), NaN elsewhere. Never above a censored value's own limit."""
+    value = np.where(measured, limits, np.nan)
+    if policy is CensoredValue.HALF_LIMIT:
+        value[censored] = limits[censored] / 2
+    elif policy is CensoredValue.LIMIT:
+        value[censored] = limits[censored]
+    else:
+        value[censored] = np.nan
+    return value
+
+
 def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Samples:
     """Substitute censored values, drop unusable rows, merge duplicate sites; everything reported."""
     n = len(columns["x"])
@@ -371,11 +403,7 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
                 raise ProspectInputError(
                     f"{element}: {int(unknown.sum())} censored value(s) carry no detection limit (e.g. {where}); "
                     f"give prospect.samples.detection_limits.{element}")
-        value = np.where(measured, raw, np.nan)
-        if settings.censored is CensoredValue.HALF_LIMIT:
-            value[censored] = raw[censored] / 2
-        elif settings.censored is CensoredValue.LIMIT:
-            value[censored] = raw[censored]
+        value = substitute_censored(raw, measured, censored, settings.censored)
         values[element] = value
         element_report[element] = {
             "column": settings.elements[element],

@@ -178,3 +178,44 @@ def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
         storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"), s3.uri(f"v/IOCG{extension}"))
     deposits = read_points(PointLayer(uri=s3.uri("v/IOCG.shp"), id="Name"), WORKING, storage)
     assert len(deposits) == 24 and "Hannukainen" in deposits.ids.tolist()
+
+
+def test_negative_means_below_limit_and_missing_sentinels(tmp_path, ray_session):
+    """The issue's lab table: '-5' is '<5' (not 6.25, above its own limit); -9999 is 'not analysed'
+    and is counted in the problems report; a second lab writes the same in text ('-0.2', '-99')."""
+    uri = table(tmp_path, """
+        id,x,y,Cu,Au
+        a,1000,2000,12.5,0.8
+        b,1100,2000,-5,-0.2
+        c,1200,2000,-9999,-99
+        d,1300,2000,25,n/a
+        """)
+    settings = SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu", "Au": "Au"},
+                           negative_is_limit=True, missing_values=[-9999, -99])
+    samples = read(settings)
+    cu, au = samples.values["Cu"], samples.values["Au"]
+    assert cu[1] == 2.5 and au[1] == pytest.approx(0.1)  # half of their own limits
+    assert np.isnan(cu[2]) and np.isnan(au[2])  # sentinels: missing, not '<9999'
+    sentinels = [(p["sample"], p["column"], p["value"]) for p in samples.problems]
+    assert sentinels == [("c", "Cu", "-9999"), ("c", "Au", "-99")]
+    assert all("missing-value sentinel" in p["reason"] for p in samples.problems)
+    assert samples.report["elements"]["Cu"]["missing_sentinel"] == 1
+    # without the option a negative stays a 'not detected' code with an unknown limit (documented default)
+    plain = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
+    assert plain.values["Cu"][1] == pytest.approx(12.5 / 2)
+
+
+@pytest.mark.parametrize("policy", ["half_limit", "limit", "missing"])
+def test_a_substituted_censored_value_never_exceeds_its_own_limit(policy):
+    from minseg.enums import CensoredValue
+    from minseg.geo.samples import substitute_censored
+
+    rng = np.random.default_rng(3)
+    limits = rng.uniform(0.01, 100, 500)
+    censored = rng.random(500) < 0.4
+    measured = ~censored
+    value = substitute_censored(limits, measured, censored, CensoredValue(policy))
+    substituted = value[censored]
+    assert (np.isnan(substituted) | (substituted <= limits[censored])).all()
+    assert np.array_equal(value[measured], limits[measured])
+    assert np.isnan(substituted).all() == (policy == "missing")
