@@ -70,7 +70,7 @@ def _groups(values: dict[str, np.ndarray]) -> list[tuple[list[str], np.ndarray]]
     return list(groups.values())
 
 
-def _interpolate_block(geometry: GridGeometry, bounds, groups, settings: dict):
+def _interpolate_block(geometry: GridGeometry, bounds, groups, settings: IdwSettings):
     row0, row1, col0, col1 = bounds
     nodes = _block_nodes(geometry, row0, row1, col0, col1)
     out = {}
@@ -78,7 +78,7 @@ def _interpolate_block(geometry: GridGeometry, bounds, groups, settings: dict):
         if len(points) == 0:
             block = np.full((len(nodes), len(names)), np.nan)
         else:
-            block = idw_nodes(points, values, nodes, settings["power"], settings["neighbours"], settings["radius_m"])
+            block = idw_nodes(points, values, nodes, settings.power, settings.neighbours, settings.radius_m)
         for index, name in enumerate(names):
             out[name] = block[:, index].reshape(row1 - row0, col1 - col0).astype(np.float32)
     return bounds, out
@@ -99,10 +99,9 @@ def interpolate(x: np.ndarray, y: np.ndarray, values: dict[str, np.ndarray], geo
     points = np.column_stack([x, y]).astype(np.float64)
     groups = [(names, points[mask], np.column_stack([prepared[n][mask] for n in names]))
               for names, mask in _groups(prepared)]
-    options = {"power": settings.power, "neighbours": settings.neighbours, "radius_m": settings.radius_m}
     grids = {name: np.full((geometry.rows, geometry.cols), np.nan, np.float32) for name in values}
     for (row0, row1, col0, col1), blocks in map_blocks(_interpolate_block, geometry, settings.block, task_cpus,
-                                                       ray.put(groups), options):
+                                                       ray.put(groups), settings):
         for name, block in blocks.items():
             grids[name][row0:row1, col0:col1] = block
     return grids

@@ -150,7 +150,11 @@ def _csv_header(uri: str, storage: Storage) -> list[str]:
     import pyarrow.csv as pacsv
 
     with storage.open_read(uri) as handle:
-        reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16))
+        try:
+            reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ProspectInputError(f"{uri}: cannot be read as a csv table ({text})") from None
         return reader.schema.names
 
 
@@ -168,9 +172,11 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    text_columns = list(settings.elements.values()) + list(settings.flags.values()) + ([settings.id] if settings.id else [])
+    text_columns = list(settings.elements.values()) + list(settings.flags.values()) + \
+        [c for c in (settings.id, settings.x, settings.y) if c]
     if unit.format == "csv":
-        # every value column as text: a '<0.5' in row 900 000 must not break a type guessed from row 1
+        # every column we use as text, parsed by us: a '<0.5' or an '380000.5' in row 900 000 must not break
+        # a type pyarrow guessed from the first block (coordinates included; bad ones become problem rows)
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False)
         delimiter = "\t" if unit.uri.lower().endswith(".tsv") else ","
         with storage.open_read(unit.uri) as handle:
@@ -271,6 +277,19 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
     return raw, codes
 
 
+def _readable(unit: ReadUnit, settings: SampleTable, storage: Storage):
+    """``_read_batches`` with a file that cannot be parsed turned into one input error naming it."""
+    rows = unit.start
+    try:
+        for start, table, xs, ys in _read_batches(unit, settings, storage):
+            rows = start + table.num_rows
+            yield start, table, xs, ys
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProspectInputError(f"{unit.uri}: cannot be read as a {unit.format} table after row {rows} "
+                                 f"({text})") from None
+
+
 def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: Storage):
     """Ray Data UDF: one read unit in, parsed batches out (a generator: bounded memory)."""
     sample_settings, store = settings, storage
@@ -278,14 +297,14 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
     for index in range(len(batch["uri"])):
         unit = ReadUnit(**{k: _scalar(batch[k][index]) for k in ReadUnit.__dataclass_fields__})
         source = parse_crs(unit.crs_wkt, unit.uri)
-        for start, table, xs, ys in _read_batches(unit, sample_settings, store):
+        for start, table, xs, ys in _readable(unit, sample_settings, store):
             n = table.num_rows
             x, bad_x = _as_float(xs)
             y, bad_y = _as_float(ys)
             x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working)
             problems = [[] for _ in range(n)]
             for row in np.flatnonzero(bad_x | bad_y):
-                problems[row].append({"column": settings["x"] or "geometry", "value": "",
+                problems[row].append({"column": sample_settings.x or "geometry", "value": "",
                                       "reason": "no usable coordinates (empty, non-point or not a number)"})
             out = {"uri": np.full(n, unit.uri, object), "row": np.arange(start, start + n, dtype=np.int64) + 1,
                    "x": x, "y": y, "coordinates_ok": ~(bad_x | bad_y)}
@@ -347,9 +366,15 @@ def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus
     )
     dataset.context.execution_options.preserve_order = True  # rows keep file order: stable reports and ids
     parts: dict[str, list] = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value)
+    try:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value)
+    except Exception as exc:  # a read task's input error arrives wrapped in Ray's task error: say it plainly
+        cause = _input_error_in(exc)
+        if cause is None:
+            raise
+        raise ProspectInputError(str(cause)) from None
     if not parts:
         raise ProspectInputError(f"prospect.samples.uri: {settings.uri}: no rows")
     columns = {key: np.concatenate(value) for key, value in parts.items()}
@@ -368,6 +393,20 @@ def substitute_censored(limits: np.ndarray, measured: np.ndarray, censored: np.n
     else:
         value[censored] = np.nan
     return value
+
+
+def _input_error_in(exc: BaseException) -> ProspectInputError | None:
+    """The ProspectInputError a Ray task raised, wherever Ray's wrapping put it (cause chain, ``.cause``)."""
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ProspectInputError):
+            return current
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
 
 
 def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Samples:

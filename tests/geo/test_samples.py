@@ -219,3 +219,26 @@ def test_a_substituted_censored_value_never_exceeds_its_own_limit(policy):
     assert (np.isnan(substituted) | (substituted <= limits[censored])).all()
     assert np.array_equal(value[measured], limits[measured])
     assert np.isnan(substituted).all() == (policy == "missing")
+
+
+def test_column_types_are_declared_not_guessed_from_the_start(tmp_path, ray_session):
+    """The issue's file: integer x for ~5 MB (pyarrow guesses int64 from its first block), then 380000.5;
+    a second kind of late surprise in the same file: a y that is text, reported as a problem row."""
+    rows = 180_000
+    lines = ["id,x,y,Cu"] + [f"s{i},{380000 + i % 1000},{7500000 + i % 997},{1 + i % 50}" for i in range(rows)]
+    lines += [f"late,380000.5,7500000,3", f"text,380001,seven,4"]
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    samples = read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"},
+                               duplicate_tolerance_m=0, duplicates="first"))
+    assert samples.report["rows_read"] == rows + 2
+    assert 380000.5 in samples.x  # the late float is read, not an ArrowInvalid
+    (problem,) = samples.problems
+    assert problem["sample"] == "text" and problem["row"] == rows + 2 and "no usable coordinates" in problem["reason"]
+
+
+def test_a_table_that_cannot_be_parsed_is_one_input_error_naming_the_file(tmp_path, ray_session):
+    path = tmp_path / "ragged.csv"
+    path.write_text("id,x,y,Cu\na,1,2,3\nb,1,2,3,4,5\n")
+    with pytest.raises(ProspectInputError, match=r"ragged.csv: cannot be read as a csv table"):
+        read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
