@@ -32,6 +32,7 @@ import pyarrow as pa
 from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
 from minseg.geo.config import ProspectInputError, SampleTable
 from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.geo.points import point_coordinates
 from minseg.io.storage import Storage, glob_uris, has_glob, is_s3
 from minseg.runtime import task_options
 
@@ -116,6 +117,8 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
             if settings.x is None and not (info.get("geometry_type") or "").lower().endswith("point"):
                 raise ProspectInputError(f"{uri}: geometry is {info.get('geometry_type')!r}, not points; "
                                        "give prospect.samples.x / y columns or a point layer")
+            if settings.x is None and "multipoint" in (info.get("geometry_type") or "").lower():
+                _check_single_part(uri, settings, storage)  # up front: a multi-part sample has no one place
             total = int(info["features"])
         elif kind == "parquet":
             with storage.open_read(uri) as handle:  # seekable (ranged reads on S3): only the footer is fetched
@@ -156,6 +159,17 @@ def _csv_header(uri: str, storage: Storage) -> list[str]:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProspectInputError(f"{uri}: cannot be read as a csv table ({text})") from None
         return reader.schema.names
+
+
+def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> None:
+    """Refuse a MultiPoint layer with any multi-part feature before any work (geometries only are read)."""
+    import pyogrio
+    import shapely
+
+    with local_vector(uri, storage) as path:
+        meta, table = pyogrio.read_arrow(path, layer=settings.layer, columns=[])
+    wkb = table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False)
+    point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
 
 
 def _maybe_gzip(uri: str, handle):
@@ -209,10 +223,7 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
                     x, y = table.column(settings.x), table.column(settings.y)
                 else:
                     wkb = table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False)
-                    geometry = shapely.from_wkb(wkb)
-                    is_point = shapely.get_type_id(geometry) == 0
-                    x = np.where(is_point, shapely.get_x(geometry), np.nan)
-                    y = np.where(is_point, shapely.get_y(geometry), np.nan)
+                    x, y = point_coordinates(shapely.from_wkb(wkb), unit.uri, "prospect.samples")
                 yield start, table, x, y
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from minseg.geo.config import LineLayer, PointLayer, ProspectInputError
 from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.geo.points import point_coordinates
 from minseg.geo.samples import local_vector
 from minseg.io.storage import Storage
 
@@ -77,11 +78,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
 
         if wkb is None:
             raise ProspectInputError(f"{key}: {settings.uri} has no geometry; give {key}.x and {key}.y")
-        geometry = shapely.from_wkb(wkb)
-        if not (shapely.get_type_id(geometry) == 0).all():
-            raise ProspectInputError(f"{key}: {settings.uri}: expected points, found "
-                                   f"{sorted(set(shapely.get_type_id(geometry).tolist()) - {0})} geometry types")
-        x, y = shapely.get_x(geometry), shapely.get_y(geometry)
+        x, y = point_coordinates(shapely.from_wkb(wkb), settings.uri, key)
     keep = _filter(table, settings.where, settings.uri, key)
     if settings.id and settings.id not in table.column_names:
         raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")

@@ -242,3 +242,59 @@ def test_a_table_that_cannot_be_parsed_is_one_input_error_naming_the_file(tmp_pa
     path.write_text("id,x,y,Cu\na,1,2,3\nb,1,2,3,4,5\n")
     with pytest.raises(ProspectInputError, match=r"ragged.csv: cannot be read as a csv table"):
         read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
+
+
+def _as_multipoints(source, target, extra_part=False):
+    """The same features with each point saved as a single-part MultiPoint (or, for one feature, two parts)."""
+    import pyarrow as pa
+    import pyogrio
+    import shapely
+
+    meta, table = pyogrio.read_arrow(source)
+    name = meta["geometry_name"] or "wkb_geometry"
+    points = shapely.from_wkb(table.column(name).to_numpy(zero_copy_only=False))
+    geometries = [shapely.multipoints([g]) for g in points]
+    if extra_part:
+        geometries[3] = shapely.multipoints([points[3], points[4]])
+    table = table.set_column(table.column_names.index(name), "geometry", pa.array(shapely.to_wkb(geometries)))
+    pyogrio.write_arrow(table, target, geometry_name="geometry", geometry_type="MultiPoint", crs=meta["crs"],
+                        encoding="UTF-8")
+    return str(target)
+
+
+def test_single_part_multipoints_are_points(shared_data, ray_session, tmp_path):
+    """The issue's case: the real GTK till table saved with single-part MultiPoints (0 of 1,112 usable before);
+    the second example: the IOCG deposits as single-part MultiPoints."""
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    multi = _as_multipoints(shared_data / "geochem-gtk" / "till_geochem_IOCG_CLB.gpkg", tmp_path / "till.gpkg")
+    samples = read(SampleTable(uri=multi, id="OBJECTID", elements={"Cu": "Cu_ppm_511"}))
+    assert len(samples) == 1112 and np.isfinite(samples.x).all() and samples.report["problems"] == 0
+    deposits = _as_multipoints(shared_data / "geochem-gtk" / "IOCG.shp", tmp_path / "iocg.gpkg")
+    points = read_points(PointLayer(uri=deposits, id="Name"), WORKING, Storage())
+    assert len(points) == 24 and "Hannukainen" in points.ids.tolist()
+
+
+def test_multipart_points_and_polygons_are_refused_up_front(shared_data, tmp_path):
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    multi = _as_multipoints(shared_data / "geochem-gtk" / "till_geochem_IOCG_CLB.gpkg", tmp_path / "till.gpkg",
+                            extra_part=True)
+    with pytest.raises(ProspectInputError, match=r"till.gpkg: 1 feature\(s\) are multi-part MultiPoints \(the first "
+                                                 r"is feature 4, with 2 points\); make each point its own feature"):
+        read(SampleTable(uri=multi, id="OBJECTID", elements={"Cu": "Cu_ppm_511"}))  # before any Ray work
+    import pyogrio
+    import shapely
+
+    import pyarrow as pa
+
+    meta, table = pyogrio.read_arrow(shared_data / "geochem-gtk" / "IOCG.shp")
+    name = meta["geometry_name"] or "wkb_geometry"
+    areas = shapely.buffer(shapely.from_wkb(table.column(name).to_numpy(zero_copy_only=False)), 100.0)
+    table = table.set_column(table.column_names.index(name), "geometry", pa.array(shapely.to_wkb(areas)))
+    pyogrio.write_arrow(table, tmp_path / "areas.gpkg", geometry_name="geometry", geometry_type="Polygon",
+                        crs=meta["crs"], encoding="UTF-8")
+    with pytest.raises(ProspectInputError, match=r"expected points, found 24 Polygon feature\(s\)"):
+        read_points(PointLayer(uri=str(tmp_path / "areas.gpkg")), WORKING, Storage())
