@@ -55,22 +55,53 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
                 raise ProspectInputError(f"{key}.band: {settings.uri} has {source.count} band(s)")
             recorded = parse_crs(source.crs.to_wkt(), settings.uri) if source.crs else None
             crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
-            nodata = settings.nodata if settings.nodata is not None else source.nodata
-            band = source.read(settings.band).astype(np.float64)
-            if nodata is not None:
-                band[band == nodata] = np.nan
+            # GDAL's mask says which cells are valid however the file encodes it: a nodata value, an
+            # internal or external mask band, an alpha band; NaN cells of float data are invalid too
+            masked = source.read(settings.band, masked=True)
+            band = np.ma.getdata(masked).astype(np.float64)
+            band[np.ma.getmaskarray(masked)] = np.nan
+            if settings.nodata is not None:
+                band[band == settings.nodata] = np.nan
+            alpha = _alpha_band(source, settings.band)
+            if alpha is not None:  # GDAL derives masks from alpha only for byte data: a float layer's alpha too
+                band[source.read(alpha) == 0] = np.nan
+            validity = _validity(source, settings)
+            missing = int((~np.isfinite(band)).sum())
             destination = np.full((geometry.rows, geometry.cols), np.nan)
             reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,
                       dst_transform=affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
                       resampling=getattr(GdalResampling, resampling.value))
             report = {"file": settings.uri, "driver": source.driver, "source_shape": list(source.shape),
                       "source_cell": list(source.res), "crs_from": "config" if settings.crs else "file",
-                      "resampling": resampling.value,
+                      "resampling": resampling.value, "validity_from": validity,
+                      "missing_source_cells": missing, "missing_grid_cells": int((~np.isfinite(destination)).sum()),
                       "covered_fraction": round(float(np.isfinite(destination).mean()), 4)}
     if not np.isfinite(destination).any():
         raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
                                  f"(bounds {geometry.bounds}); check its CRS")
     return destination, report
+
+
+def _alpha_band(source, band: int) -> int | None:
+    """The 1-based index of the raster's alpha band (if it has one other than ``band``)."""
+    from rasterio.enums import ColorInterp
+
+    return next((i + 1 for i, c in enumerate(source.colorinterp) if c == ColorInterp.alpha and i + 1 != band), None)
+
+
+def _validity(source, settings: EvidenceRaster) -> str:
+    """How the raster says which cells are valid (for the run report)."""
+    from rasterio.enums import MaskFlags
+
+    flags = set(source.mask_flag_enums[settings.band - 1])
+    found = [name for flag, name in ((MaskFlags.nodata, "nodata value"), (MaskFlags.per_dataset, "mask band"),
+                                     (MaskFlags.alpha, "alpha band")) if flag in flags]
+    if _alpha_band(source, settings.band) is not None:
+        found = [name for name in found if name != "mask band"]  # GDAL reports a byte alpha as a per-dataset mask
+        found += [] if "alpha band" in found else ["alpha band"]
+    if settings.nodata is not None:
+        found.insert(0, "nodata value from the config")
+    return ", ".join(found) or "every cell valid"
 
 
 def encode_categorical(values: np.ndarray, settings: EvidenceRaster, study: np.ndarray | None = None):

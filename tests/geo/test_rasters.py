@@ -92,3 +92,42 @@ def test_arcinfo_grid_folder_on_s3(s3, shared_data):
     assert report["driver"] == "AIG" and np.isfinite(values).any()
     with pytest.raises(ProspectInputError, match="no such file, folder or prefix"):
         read_raster_on_grid(settings.model_copy(update={"uri": s3.uri("grids/none")}), 0, geometry, WORKING, storage)
+
+
+def _write(path, values, geometry, **profile_extra):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "height": values.shape[-2], "width": values.shape[-1], "crs": "EPSG:3067",
+               "count": 1 if values.ndim == 2 else values.shape[0], "dtype": values.dtype.name,
+               "transform": from_origin(geometry.x0, geometry.y0, geometry.pixel_width, geometry.pixel_height),
+               **profile_extra}
+    return rasterio.open(path, "w", **profile)
+
+
+def test_masked_cells_are_missing_however_validity_is_encoded(tmp_path):
+    """The issue's case: a float32 layer with an internal mask band and no nodata (masked cells used to be 0);
+    a second encoding: an alpha band; the report counts each layer's missing cells."""
+    import rasterio
+
+    geometry = GridGeometry(1000.0, 5000.0, 100.0, 100.0, 20, 30, 3067)
+    values = np.arange(1, 601, dtype=np.float32).reshape(20, 30)
+    invalid = np.zeros((20, 30), bool)
+    invalid[5:9, 10:20] = True  # 40 cells
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with _write(tmp_path / "masked.tif", np.where(invalid, 0, values), geometry) as dst:
+            dst.write(np.where(invalid, 0, values).astype(np.float32), 1)
+            dst.write_mask(np.where(invalid, 0, 255).astype(np.uint8))
+    read, report = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "masked.tif"), name="m", resampling="nearest"),
+                                       0, geometry, WORKING, Storage())
+    assert np.isnan(read[invalid]).all() and np.array_equal(read[~invalid], values[~invalid])
+    assert report["validity_from"] == "mask band" and report["missing_source_cells"] == 40
+
+    stacked = np.stack([values, np.where(invalid, 0, 255).astype(np.float32)])
+    with _write(tmp_path / "alpha.tif", stacked, geometry, photometric="minisblack", alpha="YES") as dst:
+        dst.write(stacked)
+        dst.colorinterp = [rasterio.enums.ColorInterp.gray, rasterio.enums.ColorInterp.alpha]
+    read, report = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "alpha.tif"), name="a", resampling="nearest"),
+                                       0, geometry, WORKING, Storage())
+    assert np.isnan(read[invalid]).all() and report["validity_from"] == "alpha band"
+    assert report["missing_grid_cells"] == 40
