@@ -12,6 +12,19 @@ from minseg.config.base import StrictModel, TiffTileSize
 from minseg.enums import Precision, PreviewFormat, TiffCompression, Uncertainty
 
 
+class SlideLimitSettings(StrictModel):
+    """What one slide may make a reader allocate, checked from its header before any pixel is decoded."""
+
+    max_pixels: int = Field(25_000_000_000, ge=1, description="level-0 height x width (~158 000²); PNG/JPEG "
+                            "slides, decoded whole, are also held to it")
+    max_segment_mib: float = Field(256.0, gt=0, description="one stored tile or strip, decoded")
+
+    def limits(self):
+        from minseg.io.slides import SlideLimits
+
+        return SlideLimits(self.max_pixels, int(self.max_segment_mib * 2**20), "segment.limits")
+
+
 class SegmentSettings(StrictModel):
     manifest_uri: str | None = Field(
         None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
@@ -40,6 +53,7 @@ class SegmentSettings(StrictModel):
     min_grain_px: int = Field(4, ge=1, description="smaller components are counted as noise, not grains")
     pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel of the segmented level; "
                                         "default: the slide's resolution tags, if any")
+    limits: SlideLimitSettings = SlideLimitSettings()
 
     @field_validator("connectivity")
     @classmethod

@@ -42,7 +42,7 @@ from minseg.errors import InputError
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import SlideOutputs, preview_sample, preview_stride, read_summary
 from minseg.inference.stitch import Stitcher
-from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError
+from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError, SlideLimits
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
                                  parse_uri)
 from minseg.io.tables import csv_text
@@ -133,6 +133,7 @@ class SlidePlan:
     preview_stride: int
     pixel_size_um: float | None
     uncertainty: Uncertainty
+    limits: SlideLimits = SlideLimits()
 
     @property
     def tile(self) -> int:
@@ -149,7 +150,7 @@ class SlidePlan:
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
                output_uri: str) -> SlidePlan:
-    with Slide(uri, storage) as slide:
+    with Slide(uri, storage, limits=settings.limits.limits()) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -173,6 +174,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
         tiling=manifest.tiling, preview_stride=preview_stride(height, width, settings.preview_max_side),
         pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
+        limits=settings.limits.limits(),
     )
 
 
@@ -259,7 +261,7 @@ def read_tiles(batch: dict, plans: dict[str, SlidePlan], storage: Storage, fill:
         for row, col, y, x in json.loads(tiles):
             image, error = np.zeros((tile, tile, 3), np.uint8), ""
             try:
-                image = read_tile(_SLIDES.get(plan.uri, storage), plan, y, x, fill_value)
+                image = read_tile(_SLIDES.get(plan.uri, storage, plan.limits), plan, y, x, fill_value)
             except (SlideError, OSError) as exc:
                 error = str(exc)
             thumb = preview_sample(image, y, x, plan.preview_stride)

@@ -14,7 +14,6 @@ naming the TIFF tag, never returned as if it were valid. docs/inputs.md lists th
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,17 +28,22 @@ class DecodeError(InputError):
     """A file that cannot be used; the message says why."""
 
 
-def _open_pil(data: bytes, name: str, max_pixels: int):
+LIMIT_KEY = "data.limits.max_image_pixels"
+
+
+def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY):
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = None  # we check the header ourselves, against the configured limit
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"decompression bomb: {exc}") from None
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:  # before decoding: the header is all that was read
+            raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                              f"{max_pixels:,} ({limit_key})")
+        image.load()
+    except DecodeError:
+        raise
     except Exception as exc:  # PIL raises many types for corrupt files
         raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
     from PIL import ImageOps
@@ -153,15 +157,17 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _read_tiff(data: bytes, max_pixels: int, mask: bool = False) -> np.ndarray:
+def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY) -> np.ndarray:
     """The first page, as displayed (images: RGB uint8) or as stored and oriented (masks)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages[0]
-            if int(np.prod(page.shape[:2])) > max_pixels:
-                raise DecodeError(f"image of {page.shape[0]}x{page.shape[1]} exceeds max_image_pixels")
+            height, width = page.imagelength, page.imagewidth
+            if height * width > max_pixels:
+                raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                                  f"{max_pixels:,} ({limit_key})")
             pixel_format = tiff_pixel_format(page, mask)
             array = page.asarray()
             if int(page.planarconfig) == 2 and array.ndim == 3 and page.samplesperpixel > 1:
@@ -174,11 +180,15 @@ def _read_tiff(data: bytes, max_pixels: int, mask: bool = False) -> np.ndarray:
     return array if mask else pixel_format.displayed(array)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3); greyscale is repeated, alpha dropped, 16-bit scaled down."""
+def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray:
+    """RGB uint8 (H, W, 3) as displayed; greyscale is repeated, alpha dropped, 16-bit scaled down.
+
+    Raises DecodeError for unreadable files, what cannot be shown (naming the TIFF tag), and images
+    over ``max_pixels`` (checked from the header, before decoding; the message names ``limit_key``).
+    """
     if name.lower().endswith(TIFF_SUFFIXES):
-        return _read_tiff(data, max_pixels)
-    image = _open_pil(data, name, max_pixels)
+        return _read_tiff(data, max_pixels, limit_key=limit_key)
+    image = _open_pil(data, name, max_pixels, limit_key)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image)
         if array.size and (array.min() < 0 or array.max() > 65535):

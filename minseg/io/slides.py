@@ -98,11 +98,34 @@ class SegmentCache:
 
 
 @dataclass(frozen=True)
+class SlideLimits:
+    """What any reader may allocate for one slide, checked before it allocates (a 19 KB file can claim
+    200000² pixels). ``key`` names where users set them, for the refusal's message."""
+
+    max_pixels: int = 25_000_000_000  # level 0 height x width: ~158 000² (the largest scanners write ~150 000²)
+    max_segment_bytes: int = 256 << 20  # one decoded tile or strip (a single-strip 20000² RGB TIFF is 1.2 GB)
+    key: str = "segment.limits"
+
+    def check_pixels(self, uri: str, height: int, width: int) -> None:
+        if height * width > self.max_pixels:
+            raise SlideError(f"{uri}: {height}x{width} = {height * width:,} pixels exceeds {self.key}.max_pixels "
+                             f"({self.max_pixels:,})")
+
+    def check_segment(self, uri: str, shape: tuple[int, ...], itemsize: int, level: int) -> None:
+        size = int(np.prod(shape)) * itemsize
+        if size > self.max_segment_bytes:
+            raise SlideError(f"{uri}: a stored tile/strip of level {level} decodes to {size / 2**20:,.0f} MiB "
+                             f"({'x'.join(map(str, shape))}), over {self.key}.max_segment_mib "
+                             f"({self.max_segment_bytes / 2**20:,.0f}); re-save it tiled (e.g. 512² tiles)")
+
+
+@dataclass(frozen=True)
 class ReaderOptions:
     """What :class:`Slide` hands every reader: limits and the slide's segment cache."""
 
     max_raster_pixels: int  # formats decoded whole refuse larger images (DecodeError)
     cache: SegmentCache  # for formats decoded in pieces; key pieces by (level, index)
+    limits: SlideLimits = SlideLimits()
 
 
 class SlideReader(Protocol):
@@ -218,6 +241,10 @@ class TiffReader:
             except DecodeError as exc:
                 raise SlideError(f"{uri}: {exc}") from None
             base = self._levels[0]
+            options.limits.check_pixels(uri, base.imagelength, base.imagewidth)
+            for level, page in enumerate(self._levels):  # before any segment is decoded
+                options.limits.check_segment(uri, (*page.chunks[:2], page.samplesperpixel), page.dtype.itemsize,
+                                             level)
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
                                   base.chunks[:2], _pixel_size_um(self._tiff, self._pages[0]))
@@ -287,7 +314,8 @@ class RasterReader:
 
     def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
         name = uri.lower().rsplit("/", 1)[-1]
-        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels)
+        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels,
+                                    f"{options.limits.key}.max_pixels")
         height, width = self._pixels.shape[:2]
         self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
 
@@ -316,13 +344,15 @@ class Slide:
     """
 
     def __init__(self, uri: str, storage: Storage | None = None, max_raster_pixels: int = 400_000_000,
-                 cache_bytes: int = 96 << 20):
+                 cache_bytes: int = 96 << 20, limits: SlideLimits | None = None):
         self.uri = uri
         self.storage = storage or Storage()
         self._cache = SegmentCache(cache_bytes)
+        limits = limits or SlideLimits()
         try:
             entry = slide_reader_for(uri)
-            self._reader: SlideReader = entry.opener(uri, self.storage, ReaderOptions(max_raster_pixels, self._cache))
+            options = ReaderOptions(min(max_raster_pixels, limits.max_pixels), self._cache, limits)
+            self._reader: SlideReader = entry.opener(uri, self.storage, options)
         except SlideError:
             raise
         except (DecodeError, StorageError) as exc:
@@ -400,8 +430,8 @@ class SlideCache:
         self.capacity = capacity
         self._slides: OrderedDict[str, Slide] = OrderedDict()
 
-    def get(self, uri: str, storage: Storage) -> Slide:
-        slide = self._slides.pop(uri, None) or Slide(uri, storage)
+    def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None) -> Slide:
+        slide = self._slides.pop(uri, None) or Slide(uri, storage, limits=limits)
         self._slides[uri] = slide
         while len(self._slides) > self.capacity:
             _, old = self._slides.popitem(last=False)

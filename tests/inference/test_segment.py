@@ -200,3 +200,11 @@ def test_cli_exit_codes(ray_session, manifests, test_slides, tmp_path, capsys):
     assert main(["segment", test_slides["small"], "--out", str(tmp_path / "c"), "--manifest",
                  str(tmp_path / "nope.json")]) == 2
     assert "no such ensemble manifest" in capsys.readouterr().err
+
+
+def test_a_slide_over_the_configured_limits_is_a_failure_entry(manifests, test_slides, tmp_path):
+    """Refused from its header while planning (before any Ray work), named in failures.json with the limit."""
+    summary = run(manifests["soft"], [test_slides["section"]], tmp_path, limits={"max_pixels": 1000})
+    (failure,) = summary.failed
+    assert "exceeds segment.limits.max_pixels (1,000)" in failure.reason and not summary.done
+    assert json.loads((tmp_path / "failures.json").read_text()) == [failure.to_document()]

@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from minseg.io.images import to_rgb8
 from minseg.io.slides import (
@@ -149,3 +150,46 @@ def test_a_missing_slide_is_named_once(tmp_path, name):
     with pytest.raises(SlideError) as caught:
         Slide(uri)
     assert str(caught.value).count(uri) == 1 and "no such file" in str(caught.value)
+
+
+# -- size limits, checked from the header before anything is allocated ------------------------------
+
+
+def test_a_tiny_file_claiming_a_huge_slide_is_refused(tmp_path):
+    """The issue's case: a sparse tiled TIFF of a few hundred KB whose header claims 200000² pixels."""
+    from minseg.io.slides import SlideLimits
+
+    path = tmp_path / "claims.tif"
+    count = (200000 // 1024 + 1) ** 2
+
+    def tiles():
+        yield np.zeros((1024, 1024), np.uint8)
+        yield from (None for _ in range(count - 1))  # never written: a sparse file
+
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        writer.write(tiles(), shape=(200000, 200000), dtype=np.uint8, tile=(1024, 1024), compression="zlib")
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(SlideError, match=r"claims.tif: 200000x200000 = 40,000,000,000 pixels exceeds "
+                                         r"segment.limits.max_pixels \(25,000,000,000\)"):
+        Slide(str(path))
+    with Slide(str(path), limits=SlideLimits(max_pixels=10**11)) as slide:  # a configured limit lets it through
+        assert slide.info.levels[0] == (200000, 200000)
+
+
+def test_one_huge_strip_and_a_raster_slide_over_the_limit_are_refused(tmp_path):
+    """A second kind of header-only bomb: one strip that decodes to far more than a tile's worth; and PNG
+    slides (decoded whole) are held to the same configured pixel limit, named in the message."""
+    from minseg.io.slides import SlideLimits
+
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, np.zeros((2000, 2000), np.uint8), rowsperstrip=2000, compression="zlib")
+    small = SlideLimits(max_pixels=10**9, max_segment_bytes=1 << 20)
+    with pytest.raises(SlideError, match=r"strip.tif: a stored tile/strip of level 0 decodes to 4 MiB "
+                                         r"\(2000x2000x1\), over segment.limits.max_segment_mib \(1\)"):
+        Slide(str(path), limits=small)
+    Slide(str(path)).close()  # the default (256 MiB) allows it
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png)
+    with pytest.raises(SlideError, match=r"photo.png: image of 64x64 = 4,096 pixels exceeds the limit of 1,000 "
+                                         r"\(segment.limits.max_pixels\)"):
+        Slide(str(png), limits=SlideLimits(max_pixels=1000))
