@@ -65,7 +65,9 @@ class ClassMap:
 
     def _map_colors(self, rgb: np.ndarray) -> tuple[np.ndarray, list[int]]:
         if rgb.ndim != 3:
-            raise ValueError("mask_encoding 'colors' needs RGB masks")
+            from minseg.io.images import DecodeError
+
+            raise DecodeError("mask_encoding 'colors' needs RGB masks")
         packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
         out = np.full(packed.shape, self.ignore_index, dtype=np.uint8)
         known = set()

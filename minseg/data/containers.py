@@ -71,7 +71,7 @@ def tar_member_problem(member: tarfile.TarInfo, limits: LimitSettings) -> str | 
     if reason is None and not (member.isfile() or member.isdir()):
         reason = "device, FIFO or other special file in archive"
     if reason is None and member.isfile() and member.size > limits.max_member_mib * MIB:
-        reason = f"member of {member.size / MIB:.0f} MiB exceeds max_member_mib"
+        reason = f"member of {member.size / MIB:.0f} MiB exceeds data.limits.max_member_mib ({limits.max_member_mib:g})"
     return reason
 
 
@@ -107,7 +107,8 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
         if not loc.is_s3 and os.path.islink(info.uri):
             container.rejected.append(Rejected(info.uri, "symlink"))
         elif info.size > limit:
-            container.rejected.append(Rejected(info.uri, f"file of {info.size / MIB:.0f} MiB exceeds max_member_mib"))
+            container.rejected.append(Rejected(info.uri, f"file of {info.size / MIB:.0f} MiB exceeds "
+                                                                f"data.limits.max_member_mib ({limits.max_member_mib:g})"))
         else:
             container.members[relative] = {"kind": "file", "uri": info.uri}
     if not container.members and not container.rejected:
@@ -132,7 +133,8 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                 if member.isfile():
                     total += member.size
                     if total > limits.max_archive_gib * 1024 * MIB:
-                        raise StorageError(f"{uri}: archive contents exceed max_archive_gib ({limits.max_archive_gib} GiB)")
+                        raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
+                                           f"({limits.max_archive_gib:g} GiB)")
                     container.members[posixpath.normpath(member.name)] = {
                         "kind": "range", "uri": uri, "offset": member.offset_data, "size": member.size,
                     }
@@ -190,11 +192,11 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                 if reason is None and stat.S_ISLNK(mode):
                     reason = "symlink in archive"
                 if reason is None and info.file_size > limit:
-                    reason = f"member of {info.file_size / MIB:.0f} MiB exceeds max_member_mib"
+                    reason = f"member of {info.file_size / MIB:.0f} MiB exceeds data.limits.max_member_mib ({limits.max_member_mib:g})"
                 if reason is None and info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
                     reason = (
                         f"decompression bomb: compression ratio {info.file_size / info.compress_size:.0f} "
-                        f"exceeds {limits.max_compression_ratio:g}"
+                        f"exceeds data.limits.max_compression_ratio ({limits.max_compression_ratio:g})"
                     )
                 if reason:
                     container.rejected.append(Rejected(where, reason))
@@ -203,8 +205,10 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                     continue
                 total += info.file_size
                 if total > limits.max_archive_gib * 1024 * MIB:
-                    raise StorageError(f"{uri}: archive contents exceed max_archive_gib ({limits.max_archive_gib} GiB)")
-                container.members[posixpath.normpath(info.filename)] = {
+                    raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
+                                           f"({limits.max_archive_gib:g} GiB)")
+                # PowerShell's Compress-Archive writes '\\' separators (checked safe above)
+                container.members[posixpath.normpath(info.filename.replace("\\", "/"))] = {
                     "kind": "zip", "uri": uri, "member": info.filename, "size": info.file_size,
                 }
     return container

@@ -41,6 +41,21 @@ def _stem(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
+def _outside_root(container: Container, root: str, folders: tuple[str, ...]) -> list[Rejected]:
+    """Files under another copy of the layout's folders (``siteB/images/`` beside ``siteA/images/``):
+    reported, never silently left out."""
+    rejected = []
+    for name in sorted(container.members):
+        parts = name.split("/")
+        if name.startswith(root) and parts[len(root.split("/")) - 1 if root else 0] in folders:
+            continue
+        if any(part in folders for part in parts[:-1]):
+            rejected.append(Rejected(container.describe(name), f"outside the layout's root "
+                                     f"'{root or './'}' (one {'/ + '.join(folders)}/ pair per source: give each "
+                                     "root as its own data.sources entry)"))
+    return rejected
+
+
 def _keyed(container: Container, names, base: str, what: str) -> tuple[dict[str, str], list[Rejected]]:
     """Members under ``base`` keyed by their path below it without the extension (``siteA/001``), so
     files of one name in different subfolders stay apart; two files with one key (``001.jpg`` and
@@ -255,7 +270,7 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                               f"{root}JPEGImages/", "image")
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}SegmentationClass/")
                                           and m.lower().endswith(MASK_SUFFIXES)], f"{root}SegmentationClass/", "mask")
-    rejected += bad_masks
+    rejected += bad_masks + _outside_root(container, root, ("JPEGImages", "SegmentationClass"))
     listed: dict[str, str] = {}
     for name in container.members:
         if name.startswith(f"{root}ImageSets/Segmentation/") and name.endswith(".txt"):
@@ -293,7 +308,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                               f"{root}{images_dir}/", "image")
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")
                                           and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask")
-    rejected += bad_masks
+    rejected += bad_masks + _outside_root(container, root, (images_dir, masks_dir))
     items = []
     for key in sorted(images):
         if key in masks:
@@ -453,6 +468,10 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
             if label not in names:
                 problem = f"unknown label {label!r} (classes: {', '.join(names)})"
                 break
+            if classmap.codes[names.index(label)][0] == 0:  # 0 fills every pixel no shape covers
+                problem = (f"label {label!r} has code 0, which minseg gives every pixel no shape covers; list the "
+                           "background class first in data.classes (or give this class another code)")
+                break
             if kind == "rectangle" and len(points) == 2:
                 (x0, y0), (x1, y1) = points
                 points = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
@@ -489,8 +508,8 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
         if folder not in names:
             rejected.append(Rejected(container.describe(image), f"folder {folder!r} is not a configured class"))
             continue
-        items.append(make_item(container, prefix, image, item_key=f"{folder}/{_stem(image)}",
-                               source_key=f"{folder}/{_stem(image)}", label=names.index(folder)))
+        key = posixpath.splitext(image)[0]  # the whole path: siteA/quartz/001 and siteB/quartz/001 stay apart
+        items.append(make_item(container, prefix, image, item_key=key, source_key=key, label=names.index(folder)))
     for m in container.members:
         if not _is_image(m):
             rejected.append(Rejected(container.describe(m), "not an image"))

@@ -220,15 +220,34 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             )
         log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed.items),
                   rejected=len(listed.rejected))
-        items.extend(listed.items)
-        rejected.extend(listed.rejected)
+        found, ambiguous = _unique_items(listed.items)  # within one source: quarantined, never one dropped
+        items.extend(found)
+        rejected.extend(listed.rejected + ambiguous)
     seen: dict[str, str] = {}
     for item in items:
         if item["item_id"] in seen:
-            raise InputError(f"item id {item['item_id']!r} comes from two places ({seen[item['item_id']]} and "
+            raise InputError(f"item id {item['item_id']!r} comes from two sources ({seen[item['item_id']]} and "
                              f"{item['where']}); give the sources distinct 'name's")
         seen[item["item_id"]] = item["where"]
     return items, rejected, folder_names
+
+
+def _unique_items(items: list[dict]) -> tuple[list[dict], list[Rejected]]:
+    """Items of one source whose ids are unique; the others (e.g. ``a.jpg`` and ``a.png``, or two
+    annotation files naming one image) are all quarantined, each naming the others."""
+    by_id: dict[str, list[dict]] = {}
+    for item in items:
+        by_id.setdefault(item["item_id"], []).append(item)
+    unique, rejected = [], []
+    for item_id, group in by_id.items():
+        if len(group) == 1:
+            unique.append(group[0])
+            continue
+        for item in group:
+            others = ", ".join(o["where"] for o in group if o is not item)
+            rejected.append(Rejected(item["where"], f"item {item_id!r} is ambiguous: {others} gives the same "
+                                                    "item; keep one"))
+    return unique, rejected
 
 
 def _read_lists(lists: dict[str, str], storage: Storage) -> dict[str, set[str]]:

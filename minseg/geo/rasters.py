@@ -57,11 +57,17 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
             crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
             # GDAL's mask says which cells are valid however the file encodes it: a nodata value, an
             # internal or external mask band, an alpha band; NaN cells of float data are invalid too
-            masked = source.read(settings.band, masked=True)
-            band = np.ma.getdata(masked).astype(np.float64)
-            band[np.ma.getmaskarray(masked)] = np.nan
+            # a configured nodata replaces the file's (which can be a valid code, e.g. lithology class 0)
+            from rasterio.enums import MaskFlags
+
+            flags = set(source.mask_flag_enums[settings.band - 1])
+            band = source.read(settings.band).astype(np.float64)
             if settings.nodata is not None:
                 band[band == settings.nodata] = np.nan
+            elif source.nodata is not None:
+                band[band == source.nodata] = np.nan
+            if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:  # a mask band (or byte alpha)
+                band[source.read_masks(settings.band) == 0] = np.nan
             alpha = _alpha_band(source, settings.band)
             if alpha is not None:  # GDAL derives masks from alpha only for byte data: a float layer's alpha too
                 band[source.read(alpha) == 0] = np.nan
@@ -96,6 +102,8 @@ def _validity(source, settings: EvidenceRaster) -> str:
     flags = set(source.mask_flag_enums[settings.band - 1])
     found = [name for flag, name in ((MaskFlags.nodata, "nodata value"), (MaskFlags.per_dataset, "mask band"),
                                      (MaskFlags.alpha, "alpha band")) if flag in flags]
+    if settings.nodata is not None:
+        found = [name for name in found if name != "nodata value"]  # the file's is replaced by the config's
     if _alpha_band(source, settings.band) is not None:
         found = [name for name in found if name != "mask band"]  # GDAL reports a byte alpha as a per-dataset mask
         found += [] if "alpha band" in found else ["alpha band"]

@@ -24,6 +24,7 @@ merges duplicate sites and writes the problem rows to the report.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,11 @@ from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
 from minseg.geo.config import ProspectInputError, SampleTable
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
-from minseg.io.storage import Storage, glob_uris, has_glob, is_s3
+from minseg.io.storage import Storage, StorageError, glob_uris, has_glob, is_s3
 from minseg.runtime import task_options
+
+# what a corrupt or foreign file raises while parsing (csv / parquet / gzip)
+_UNREADABLE = (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, zlib.error, EOFError, OSError)
 
 OK, FLAGGED, OVER, CENSORED, MISSING, BAD, SENTINEL = 0, 1, 2, 3, 4, 5, 6
 CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad",
@@ -114,15 +118,21 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
             with local_vector(uri, storage) as path:
                 info = _vector_info(path, settings.layer, uri)
             columns, recorded = set(info["fields"]), _recorded_crs(info.get("crs"))
-            if settings.x is None and not (info.get("geometry_type") or "").lower().endswith("point"):
+            kind_name = (info.get("geometry_type") or "").lower().replace(" z", "").replace(" m", "")
+            if settings.x is None and not (kind_name.endswith("point") or kind_name == "unknown"):
                 raise ProspectInputError(f"{uri}: geometry is {info.get('geometry_type')!r}, not points; "
                                        "give prospect.samples.x / y columns or a point layer")
-            if settings.x is None and "multipoint" in (info.get("geometry_type") or "").lower():
+            if settings.x is None and ("multipoint" in kind_name or kind_name == "unknown"):
                 _check_single_part(uri, settings, storage)  # up front: a multi-part sample has no one place
             total = int(info["features"])
         elif kind == "parquet":
             with storage.open_read(uri) as handle:  # seekable (ranged reads on S3): only the footer is fetched
-                meta = pq.ParquetFile(handle).metadata
+                try:
+                    meta = pq.ParquetFile(handle).metadata
+                except StorageError:
+                    raise
+                except _UNREADABLE as exc:
+                    raise ProspectInputError(f"{uri}: not a readable Parquet file ({exc})") from None
             columns, recorded, total = set(meta.schema.names), None, meta.num_rows
         else:
             columns, recorded, total = set(_csv_header(uri, storage)), None, None
@@ -154,8 +164,11 @@ def _csv_header(uri: str, storage: Storage) -> list[str]:
 
     with storage.open_read(uri) as handle:
         try:
-            reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16))
-        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16),
+                                    parse_options=pacsv.ParseOptions(delimiter=_delimiter(uri)))
+        except StorageError:
+            raise
+        except _UNREADABLE as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ProspectInputError(f"{uri}: cannot be read as a csv table ({text})") from None
         return reader.schema.names
@@ -170,6 +183,10 @@ def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> Non
         meta, table = pyogrio.read_arrow(path, layer=settings.layer, columns=[])
     wkb = table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False)
     point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
+
+
+def _delimiter(uri: str) -> str:
+    return "\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ","
 
 
 def _maybe_gzip(uri: str, handle):
@@ -191,8 +208,10 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
     if unit.format == "csv":
         # every column we use as text, parsed by us: a '<0.5' or an '380000.5' in row 900 000 must not break
         # a type pyarrow guessed from the first block (coordinates included; bad ones become problem rows)
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False)
-        delimiter = "\t" if unit.uri.lower().endswith(".tsv") else ","
+        # only the columns we use: a late surprise in an unused 'comment' column must not stop the file
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False,
+                                       include_columns=list(dict.fromkeys(text_columns)))
+        delimiter = _delimiter(unit.uri)
         with storage.open_read(unit.uri) as handle:
             reader = pacsv.open_csv(_maybe_gzip(unit.uri, handle), convert_options=convert,
                                     parse_options=pacsv.ParseOptions(delimiter=delimiter),
@@ -270,7 +289,9 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
         codes[flagged & ~censored_flag] = FLAGGED
     measured = np.isin(codes, (OK, FLAGGED, OVER))
     if settings.missing_values:  # before any sign rule: -9999 is 'not analysed', not '<9999'
-        sentinel = measured & np.isin(raw, settings.missing_values)
+        # within float32 rounding: a Parquet float32 -99.9 is -99.90000153
+        sentinel = measured & np.isclose(raw[:, None], np.asarray(settings.missing_values, np.float64)[None],
+                                         rtol=1e-6, atol=0).any(axis=1)
         codes[sentinel], raw[sentinel] = SENTINEL, np.nan
         measured &= ~sentinel
     if settings.negative_is_limit:
@@ -295,7 +316,9 @@ def _readable(unit: ReadUnit, settings: SampleTable, storage: Storage):
         for start, table, xs, ys in _read_batches(unit, settings, storage):
             rows = start + table.num_rows
             yield start, table, xs, ys
-    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+    except StorageError:
+        raise
+    except _UNREADABLE as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProspectInputError(f"{unit.uri}: cannot be read as a {unit.format} table after row {rows} "
                                  f"({text})") from None

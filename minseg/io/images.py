@@ -60,7 +60,7 @@ _PHOTOMETRIC_NAMES = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 
                       32844: "LogL", 32845: "LogLuv", 34892: "LinearRaw"}
 _SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating point", 4: "undefined",
                    5: "complex integer", 6: "complex floating point"}
-_DECODED_TO_RGB = {6, 7, 33003, 33005, 33007, 34712, 34892}  # JPEG and JPEG 2000: their decoders give RGB
+_DECODED_TO_RGB = {6, 7, 34892}  # JPEG: libjpeg converts YCbCr (JPEG 2000, e.g. Aperio's 33003, does not)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,10 @@ def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
     ``mask``: the page holds class codes, which must be read as stored (MinIsBlack or Palette
     indices, or RGB colours), never converted.
     """
-    photometric = int(page.photometric)
+    if 262 in page.tags:
+        photometric = int(page.photometric)
+    else:  # no tag: libtiff's reading (tifffile would say MinIsWhite, inverting every pixel)
+        photometric = RGB if page.samplesperpixel >= 3 else MINISBLACK
     name = _PHOTOMETRIC_NAMES.get(photometric, str(photometric))
     sample_format = int(getattr(page, "sampleformat", 1))
     if sample_format != 1:
@@ -110,7 +113,11 @@ def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
                           "are not pixels minseg can show; save unsigned integer samples")
     bits = int(page.bitspersample)
     if photometric == YCBCR and int(page.compression) not in _DECODED_TO_RGB:
-        raise DecodeError("PhotometricInterpretation YCbCr without JPEG compression is not supported; save as RGB")
+        raise DecodeError(f"PhotometricInterpretation YCbCr with Compression {int(page.compression)} is not "
+                          "converted to RGB by its decoder; save as RGB (or YCbCr JPEG)")
+    if photometric in (MINISWHITE, MINISBLACK) and page.samplesperpixel - len(page.extrasamples or ()) > 1:
+        raise DecodeError(f"PhotometricInterpretation {name} with {page.samplesperpixel} samples per pixel; "
+                          "greyscale has one")
     if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE, YCBCR):
         raise DecodeError(f"PhotometricInterpretation {name} cannot be shown as RGB faithfully; save as RGB or "
                           "greyscale (MinIsBlack)")
@@ -118,13 +125,16 @@ def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
         raise DecodeError(f"a mask stored with PhotometricInterpretation {name}: class codes must be stored as "
                           "MinIsBlack or Palette indices (or RGB colours)")
     colormap = None
-    if photometric == PALETTE and not mask:
+    if photometric == PALETTE:
         colormap = page.colormap
         if colormap is None:
             raise DecodeError("PhotometricInterpretation Palette without a ColorMap tag")
         colormap = np.asarray(colormap, np.uint16)
         if colormap.ndim == 1:  # tifffile gives one row for a grey palette
             colormap = np.repeat(colormap[None], 3, axis=0)
+        if colormap.shape[-1] < 1 << bits:
+            raise DecodeError(f"ColorMap has {colormap.shape[-1]} entries for {bits}-bit indices "
+                              f"({1 << bits} needed)")
     return PixelFormat(photometric, bits, colormap)
 
 
@@ -157,8 +167,10 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY) -> np.ndarray:
-    """The first page, as displayed (images: RGB uint8) or as stored and oriented (masks)."""
+def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY,
+               colours: bool = False) -> np.ndarray:
+    """The first page, as displayed (images: RGB uint8) or as stored and oriented (masks; ``colours``: a
+    palette mask looked up to RGB, for class maps keyed by colour)."""
     import tifffile
 
     try:
@@ -173,11 +185,13 @@ def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str 
             if int(page.planarconfig) == 2 and array.ndim == 3 and page.samplesperpixel > 1:
                 array = np.moveaxis(array, 0, -1)  # separate planes -> (h, w, samples)
             array = orient(array, tiff_orientation(page))
+            if mask and not (colours and pixel_format.photometric == PALETTE):
+                return array
+            return pixel_format.displayed(array)
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
-    return array if mask else pixel_format.displayed(array)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray:
@@ -219,7 +233,9 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
 def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
     """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB."""
     if name.lower().endswith(TIFF_SUFFIXES):
-        array = _read_tiff(data, max_pixels, mask=True)
+        array = _read_tiff(data, max_pixels, mask=True, colours=rgb)
+        if rgb and array.ndim != 3:
+            raise DecodeError(f"mask has no colours (shape {array.shape}) but mask_encoding is colors")
     else:
         image = _open_pil(data, name, max_pixels)
         if rgb:

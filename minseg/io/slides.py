@@ -116,7 +116,7 @@ class SlideLimits:
         if size > self.max_segment_bytes:
             raise SlideError(f"{uri}: a stored tile/strip of level {level} decodes to {size / 2**20:,.0f} MiB "
                              f"({'x'.join(map(str, shape))}), over {self.key}.max_segment_mib "
-                             f"({self.max_segment_bytes / 2**20:,.0f}); re-save it tiled (e.g. 512² tiles)")
+                             f"({self.max_segment_bytes / 2**20:g}); re-save it tiled (e.g. 512² tiles)")
 
 
 @dataclass(frozen=True)
@@ -314,8 +314,9 @@ class RasterReader:
 
     def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
         name = uri.lower().rsplit("/", 1)[-1]
-        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels,
-                                    f"{options.limits.key}.max_pixels")
+        key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels else \
+            "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
+        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels, key)
         height, width = self._pixels.shape[:2]
         self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
 

@@ -83,7 +83,7 @@ def test_zip_bomb_and_oversized_members(tmp_path):
     assert "path traversal" in reasons["../up.png"] and reasons["images/link.png"] == "symlink in archive"
     small = open_container(str(tmp_path / "bomb.zip"), LimitSettings(max_member_mib=0.5, max_compression_ratio=10**6),
                            Storage())
-    assert "exceeds max_member_mib" in {r.file.split("!")[1]: r.reason for r in small.rejected}["images/zeros.png"]
+    assert "exceeds data.limits.max_member_mib" in {r.file.split("!")[1]: r.reason for r in small.rejected}["images/zeros.png"]
 
 
 def test_gzip_tar_bomb_is_stopped_while_inflating(tmp_path):
@@ -118,3 +118,17 @@ def test_s3_prefix_and_archive(s3, tmp_path):
         container = open_container(uri, LimitSettings(), storage, staging_uri=s3.uri("staging"))
         assert sorted(container.members) == sorted(files)
         assert read_ref(container.members["masks/s1.png"], storage) == files["masks/s1.png"]
+
+
+def test_zip_written_with_backslash_separators(tmp_path):
+    """PowerShell 5's Compress-Archive writes 'images\\a.png': the same layout as 'images/a.png'."""
+    import zipfile
+
+    from minseg.data.containers import open_container
+
+    path = tmp_path / "windows.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images\\a.png", b"x")
+        archive.writestr("masks\\a.png", b"y")
+    container = open_container(str(path), LimitSettings(), Storage(), str(tmp_path / "staging"))
+    assert sorted(container.members) == ["images/a.png", "masks/a.png"]

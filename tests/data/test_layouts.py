@@ -202,3 +202,41 @@ def test_labelme_saved_on_windows(tmp_path):
     (rejected,) = listed.rejected
     assert rejected.file.endswith("ann/b.json") and "'..\\\\images\\\\b.png', resolved to" in rejected.reason
     assert rejected.reason.split("resolved to ")[1].split(";")[0].endswith("images/b.png")
+
+
+def test_a_second_layout_root_is_reported_not_dropped(tmp_path):
+    """siteA/images+masks beside siteB/images+masks: one root is read, the other's files are quarantined."""
+    for site in ("siteA", "siteB"):
+        _two_sites(tmp_path / site, "images", "masks")
+    listed = _read(tmp_path, DatasetLayout.PAIRED)
+    outside = [r for r in listed.rejected if "outside the layout's root" in r.reason]
+    assert len(listed.items) == 4 and len(outside) == 8  # the other root's 4 images and 4 masks
+
+
+def test_ambiguous_items_are_quarantined_in_every_layout(tmp_path, ray_session):
+    """Class folders across sites, COCO a.jpg + a.png: every item in is used or quarantined, none dropped."""
+    from minseg.data.pipeline import _list_items
+
+    root = tmp_path / "cls"
+    for site in ("siteA", "siteB"):
+        for cls in ("quartz", "calcite"):
+            (root / site / cls).mkdir(parents=True)
+            (root / site / cls / "001.jpg").write_bytes(jpg_bytes(render_section(4, 16, 16)[0]))
+    (root / "siteA" / "calcite" / "001.png").write_bytes(png_bytes(render_section(5, 16, 16)[0]))
+    data = validate_config({"sources": [{"uri": str(root), "layout": "class_folders"}],
+                            "classes": {"classes": [{"name": "quartz"}, {"name": "calcite"}]}}, DataSettings)
+    items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.CLASSIFICATION)
+    assert sorted(i["item_id"] for i in items) == ["cls/siteA/quartz/001", "cls/siteB/calcite/001",
+                                                   "cls/siteB/quartz/001"]
+    ambiguous = [r for r in rejected if "is ambiguous" in r.reason]
+    assert len(items) + len(ambiguous) == 5 and all("siteA/calcite/001" in r.file for r in ambiguous)
+
+
+def test_labelme_class_with_code_0_would_swallow_unlabelled_pixels(tmp_path):
+    """Labelme's unlabelled pixels are code 0: a shape of the class holding code 0 is refused (second example
+    of the COCO category-0 kind)."""
+    write_labelme(tmp_path / "lm")
+    classes = {"classes": [{"name": "pyrite"}, {"name": "galena"}, {"name": "background"}]}  # pyrite has code 0
+    listed = _read(tmp_path / "lm", DatasetLayout.LABELME, classes)
+    (rejected,) = listed.rejected
+    assert "label 'pyrite' has code 0" in rejected.reason and not listed.items

@@ -131,3 +131,18 @@ def test_masked_cells_are_missing_however_validity_is_encoded(tmp_path):
                                        0, geometry, WORKING, Storage())
     assert np.isnan(read[invalid]).all() and report["validity_from"] == "alpha band"
     assert report["missing_grid_cells"] == 40
+
+
+def test_a_configured_nodata_replaces_the_files(tmp_path):
+    """A lithology grid whose file says nodata = 0 while 0 is a real class: `nodata: -9999` in the config wins."""
+    geometry = GridGeometry(1000.0, 5000.0, 100.0, 100.0, 4, 5, 3067)
+    codes = np.array([[0, 1, 2, 0, -9999]] * 4, np.float32)
+    with _write(tmp_path / "litho.tif", codes, geometry, nodata=0) as dst:
+        dst.write(codes, 1)
+    read, report = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "litho.tif"), name="l", kind="categorical",
+                                                      nodata=-9999), 0, geometry, WORKING, Storage())
+    assert (read[:, 0] == 0).all() and np.isnan(read[:, 4]).all()
+    assert report["validity_from"] == "nodata value from the config" and report["missing_source_cells"] == 4
+    read, _ = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "litho.tif"), name="l", kind="categorical"), 0,
+                                  geometry, WORKING, Storage())
+    assert np.isnan(read[:, 0]).all()  # without it, the file's nodata applies

@@ -219,6 +219,14 @@ def test_a_substituted_censored_value_never_exceeds_its_own_limit(policy):
     assert (np.isnan(substituted) | (substituted <= limits[censored])).all()
     assert np.array_equal(value[measured], limits[measured])
     assert np.isnan(substituted).all() == (policy == "missing")
+    # and through the cell parser, for every way a lab writes a limit: '<X', '-X' (negative_is_limit)
+    texts = [f"<{v:.3f}" if i % 2 else f"-{v:.3f}" for i, v in enumerate(limits[:100])]
+    settings = SampleTable(uri="x", x="x", y="y", elements={"Cu": "Cu"}, negative_is_limit=True,
+                           censored=policy)
+    raw, codes = parse_cells(pa.array(texts), None, settings)
+    assert (codes == 3).all() and np.allclose(raw, np.round(limits[:100], 3))
+    parsed = substitute_censored(raw, codes == 0, codes == 3, CensoredValue(policy))
+    assert (np.isnan(parsed) | (parsed <= raw)).all()
 
 
 def test_column_types_are_declared_not_guessed_from_the_start(tmp_path, ray_session):
@@ -298,3 +306,29 @@ def test_multipart_points_and_polygons_are_refused_up_front(shared_data, tmp_pat
                         crs=meta["crs"], encoding="UTF-8")
     with pytest.raises(ProspectInputError, match=r"expected points, found 24 Polygon feature\(s\)"):
         read_points(PointLayer(uri=str(tmp_path / "areas.gpkg")), WORKING, Storage())
+
+
+def test_tables_that_used_to_escape_as_tracebacks_or_be_misread(tmp_path, ray_session):
+    """TSV headers, a corrupt Parquet or gzip file, float32 sentinels, a late surprise in an unused column."""
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("x\ty\tCu\n1\t2\t3\n")
+    assert read(SampleTable(uri=str(tsv), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"})).values["Cu"][0] == 3
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(ProspectInputError, match="broken.parquet: not a readable Parquet file"):
+        read(SampleTable(uri=str(broken), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"}))
+    gz = tmp_path / "s.csv.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(ProspectInputError, match=r"s.csv.gz: cannot be read as a csv table"):
+        read(SampleTable(uri=str(gz), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"}))
+    path = tmp_path / "f32.parquet"
+    pq.write_table(pa.table({"x": [1.0, 2.0], "y": [1.0, 1.0], "Cu": pa.array([-99.9, 5.0], pa.float32())}), path)
+    samples = read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"},
+                               missing_values=[-99.9], negative_is_limit=True))
+    assert np.isnan(samples.values["Cu"][0]) and samples.report["elements"]["Cu"]["missing_sentinel"] == 1
+    rows = ["x,y,Cu,comment"] + [f"{i},{i},1,{i}" for i in range(150_000)] + ["5,5,2,abc"]
+    late = tmp_path / "late.csv"
+    late.write_text("\n".join(rows) + "\n")
+    samples = read(SampleTable(uri=str(late), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"},
+                               duplicates="first"))
+    assert samples.report["rows_read"] == 150_001

@@ -152,3 +152,28 @@ def test_a_cmyk_slide_is_refused_naming_the_file_and_tag(tmp_path):
     path = write_slide(tmp_path / "cmyk.tif", np.zeros((64, 64, 4), np.uint8), photometric="separated")
     with pytest.raises(SlideError, match=r"cmyk.tif: PhotometricInterpretation Separated \(CMYK\)"):
         Slide(path)
+
+
+def test_a_tiff_without_photometric_tag_is_read_as_libtiff_reads_it():
+    """tifffile says MinIsWhite when the tag is absent; libtiff (and every viewer) says RGB / MinIsBlack."""
+    rgb = picture()
+    raw = bytearray(tiff_bytes(rgb, photometric="rgb"))
+    with tifffile.TiffFile(io.BytesIO(bytes(raw))) as tiff:
+        tag = tiff.pages[0].tags[262]
+        position = tag.offset
+    raw[position : position + 2] = (65000).to_bytes(2, "little")  # rename the tag: it is now absent
+    decoded = decode_image(bytes(raw), "no-tag.tif", 10**8)
+    assert np.array_equal(decoded, rgb)
+
+
+def test_a_short_colormap_is_refused_naming_it():
+    """Indices beyond the ColorMap used to crash the read task (IndexError) instead of quarantining the file."""
+    from minseg.io.images import tiff_pixel_format
+
+    class Page:  # what tifffile reports for an 8-bit palette page whose ColorMap has 16 entries
+        photometric, sampleformat, bitspersample, compression, samplesperpixel, extrasamples = 3, 1, 8, 1, 1, ()
+        tags = {262: None}
+        colormap = np.zeros((3, 16), np.uint16)
+
+    with pytest.raises(DecodeError, match=r"ColorMap has 16 entries for 8-bit indices \(256 needed\)"):
+        tiff_pixel_format(Page())
