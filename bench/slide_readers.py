@@ -60,32 +60,11 @@ class Minseg:
         self.slide.close()
 
 
-class TiffSlideReader:
-    name = "tiffslide"
+class OpenSlideAPI:
+    """tiffslide and OpenSlide share one API: level dimensions (w, h), level-0 locations, RGBA regions."""
 
-    def __init__(self, path):
-        import tiffslide
-
-        self.slide = tiffslide.TiffSlide(path)
-        self.levels = [(h, w) for w, h in self.slide.level_dimensions]
-        self.down = self.slide.level_downsamples
-
-    def read(self, level, y, x, h, w):
-        location = (int(round(x * self.down[level])), int(round(y * self.down[level])))
-        array = self.slide.read_region(location, level, (w, h), as_array=True)
-        return np.asarray(array)[..., :3] if array.ndim == 3 else np.repeat(np.asarray(array)[..., None], 3, 2)
-
-    def close(self):
-        self.slide.close()
-
-
-class OpenSlideReader:
-    name = "openslide"
-
-    def __init__(self, path):
-        import openslide
-
-        self.slide = openslide.OpenSlide(path)
+    def __init__(self, name, opener, path):
+        self.name, self.slide = name, opener(path)
         self.levels = [(h, w) for w, h in self.slide.level_dimensions]
         self.down = self.slide.level_downsamples
 
@@ -95,6 +74,18 @@ class OpenSlideReader:
 
     def close(self):
         self.slide.close()
+
+
+def tiffslide_reader(path):
+    import tiffslide
+
+    return OpenSlideAPI("tiffslide", tiffslide.TiffSlide, path)
+
+
+def openslide_reader(path):
+    import openslide
+
+    return OpenSlideAPI("openslide", openslide.OpenSlide, path)
 
 
 def main() -> None:
@@ -107,8 +98,8 @@ def main() -> None:
     slides = sorted(os.path.join(SHARED, n) for n in os.listdir(SHARED)) + made_up_slides(work)
     for path in slides:
         reference = Minseg(path)
-        for kind in (Minseg, TiffSlideReader, OpenSlideReader):
-            row = {"slide": os.path.basename(path), "reader": kind.name}
+        for name, kind in (("minseg", Minseg), ("tiffslide", tiffslide_reader), ("openslide", openslide_reader)):
+            row = {"slide": os.path.basename(path), "reader": name}
             try:
                 reader = kind(path)
             except Exception as exc:  # a reader that cannot open the file is a result, not a crash
