@@ -472,6 +472,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                                                         "transform": list(geometry.transform)},
         "samples": len(inputs.samples), "sample_problems": len(inputs.samples.problems),
         "deposits": {"read": len(deposits), "on_grid": int(inputs.inside.sum()),
+                     "without_coordinates": deposits.report.get("without_coordinates", []),
                      "in_study_area": int(evidence.in_study.sum()),
                      "outside_grid": [o["deposit"] for o in inputs.outside], "outside_study_area": not_in_study},
         "study_cells": int(evidence.study.sum()),

@@ -26,8 +26,8 @@ from minseg.io.storage import ObjectNotFoundError, Storage
 @contextlib.contextmanager
 def local_raster(uri: str, storage: Storage):
     """A local path GDAL can open; an s3:// raster (or an ESRI grid folder prefix) is downloaded first."""
-    try:
-        with storage.local_copy(uri) as path:
+    try:  # GDAL keeps an external mask, statistics and nodata in files named after the raster
+        with storage.local_copy(uri, companions=(".msk", ".aux.xml", ".ovr")) as path:
             yield path
     except ObjectNotFoundError:
         raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None

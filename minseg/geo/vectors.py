@@ -12,6 +12,9 @@ from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
 from minseg.geo.samples import local_vector
 from minseg.io.storage import Storage
+from minseg.logs import get_logger, log_event
+
+log = get_logger("geo.vectors")
 
 
 @dataclass
@@ -33,9 +36,17 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
     if uri.lower().endswith((".csv", ".txt")):
         import io
 
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        table = pacsv.read_csv(io.BytesIO(storage.read_bytes(uri)))
+        data = storage.read_bytes(uri)
+        try:  # every column as text, parsed by us: no type guessed from the first rows
+            names = pacsv.open_csv(io.BytesIO(data)).schema.names
+            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names}))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({text})") from None
         return table, None, None
     import pyogrio
 
@@ -71,8 +82,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
         for column in (settings.x, settings.y):
             if column not in table.column_names:
                 raise ProspectInputError(f"{key}: {settings.uri} has no column {column!r}")
-        x = table.column(settings.x).to_numpy().astype(np.float64)
-        y = table.column(settings.y).to_numpy().astype(np.float64)
+        x, y = _numbers(table.column(settings.x)), _numbers(table.column(settings.y))
     else:
         import shapely
 
@@ -84,11 +94,26 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
         raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")
     ids = (table.column(settings.id).to_pandas().astype(str).to_numpy(object) if settings.id
            else np.array([str(i + 1) for i in range(table.num_rows)], object))
-    x, y = to_working(x, y, crs, working)
-    points = Points(ids, x, y).subset(keep & np.isfinite(x) & np.isfinite(y))
+    located = np.isfinite(x) & np.isfinite(y)
+    x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), crs, working)
+    points = Points(ids, x, y).subset(keep & located)
+    unlocated = [str(i) for i in ids[keep & ~located]]
     points.report = {"file": settings.uri, "features": int(table.num_rows), "kept": len(points),
-                     "filtered_out": int((~keep).sum()), "where": dict(settings.where)}
+                     "filtered_out": int((~keep).sum()), "where": dict(settings.where),
+                     "without_coordinates": unlocated}
+    if unlocated:  # reported, never silently left out
+        log_event(log, "prospect.points_without_coordinates", file=settings.uri, count=len(unlocated),
+                  ids=",".join(unlocated[:20]))
     return points
+
+
+def _numbers(column) -> np.ndarray:
+    """A coordinate column as float64: text parsed, anything not a finite number NaN."""
+    import pandas as pd
+
+    values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(np.float64, copy=True)
+    values[~np.isfinite(values)] = np.nan
+    return values
 
 
 def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list[np.ndarray]:

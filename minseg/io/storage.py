@@ -494,12 +494,14 @@ class Storage:
                 os.unlink(tmp)
 
     @contextlib.contextmanager
-    def local_copy(self, uri: str, suffix: str = "", sidecars: tuple[str, ...] = ()) -> Iterator[str]:
+    def local_copy(self, uri: str, suffix: str = "", sidecars: tuple[str, ...] = (),
+                   companions: tuple[str, ...] = ()) -> Iterator[str]:
         """A local path holding the object's bytes (the file itself when already local).
 
         ``sidecars``: extensions of companion objects fetched beside it when they exist (a
-        shapefile's .shx, .dbf, .prj). An s3:// URI naming a prefix rather than an object (an
-        ESRI grid folder) is downloaded as a folder.
+        shapefile's .shx, .dbf, .prj: ``a.shp`` -> ``a.dbf``); ``companions``: suffixes appended
+        to the whole name (GDAL's ``a.tif.msk``, ``a.tif.aux.xml``). An s3:// URI naming a prefix
+        rather than an object (an ESRI grid folder) is downloaded as a folder.
         """
         loc = parse_uri(uri)
         if not loc.is_s3:
@@ -516,6 +518,9 @@ class Storage:
                 for extension in sidecars:
                     if f"{stem}{extension}" != uri and self.exists(f"{stem}{extension}"):
                         self._download(f"{stem}{extension}", os.path.join(tmp, os.path.basename(stem) + extension))
+                for companion in companions:
+                    if self.exists(uri + companion):
+                        self._download(uri + companion, target + companion)
             else:
                 prefix = uri.rstrip("/") + "/"
                 target = os.path.join(tmp, name)

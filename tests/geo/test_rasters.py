@@ -146,3 +146,25 @@ def test_a_configured_nodata_replaces_the_files(tmp_path):
     read, _ = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "litho.tif"), name="l", kind="categorical"), 0,
                                   geometry, WORKING, Storage())
     assert np.isnan(read[:, 0]).all()  # without it, the file's nodata applies
+
+
+def test_an_external_mask_travels_with_a_raster_on_s3(s3, tmp_path):
+    """GDAL keeps an external mask in `x.tif.msk`: fetched with the raster from S3, so its masked cells are
+    missing there too (they were 'every cell valid' before)."""
+    import rasterio
+
+    geometry = GridGeometry(1000.0, 5000.0, 100.0, 100.0, 10, 12, 3067)
+    values = np.arange(1, 121, dtype=np.float32).reshape(10, 12)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False):
+        with _write(tmp_path / "ext.tif", values, geometry) as dst:
+            dst.write(values, 1)
+            mask = np.full((10, 12), 255, np.uint8)
+            mask[:3] = 0
+            dst.write_mask(mask)
+    assert (tmp_path / "ext.tif.msk").exists()
+    storage = s3.storage()
+    for name in ("ext.tif", "ext.tif.msk"):
+        storage.upload_file(str(tmp_path / name), s3.uri(f"rasters/{name}"))
+    read, report = read_raster_on_grid(EvidenceRaster(uri=s3.uri("rasters/ext.tif"), name="e", resampling="nearest"),
+                                       0, geometry, WORKING, storage)
+    assert np.isnan(read[:3]).all() and np.isfinite(read[3:]).all() and report["validity_from"] == "mask band"

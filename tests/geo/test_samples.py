@@ -332,3 +332,22 @@ def test_tables_that_used_to_escape_as_tracebacks_or_be_misread(tmp_path, ray_se
     samples = read(SampleTable(uri=str(late), x="x", y="y", crs="EPSG:3067", elements={"Cu": "Cu"},
                                duplicates="first"))
     assert samples.report["rows_read"] == 150_001
+
+
+def test_deposit_tables_parse_coordinates_and_report_the_unlocated(tmp_path):
+    """The deposits CSV is the same kind of table: text coordinates are parsed, not guessed; a deposit
+    without usable coordinates is named in the report; a ragged file is one input error naming it."""
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    rows = ["name,x,y"] + [f"d{i},{380000 + i},{7500000 + i}" for i in range(3000)] + ["late,380000.5,7500000",
+                                                                                       "lost,n/a,7500000"]
+    path = tmp_path / "deposits.csv"
+    path.write_text("\n".join(rows) + "\n")
+    points = read_points(PointLayer(uri=str(path), x="x", y="y", crs="EPSG:3067", id="name"), WORKING, Storage())
+    assert len(points) == 3001 and "late" in points.ids.tolist()
+    assert points.report["without_coordinates"] == ["lost"]
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("name,x,y\na,1,2\nb,1,2,3\n")
+    with pytest.raises(ProspectInputError, match=r"prospect.deposits: .*ragged.csv: cannot be read as a csv table"):
+        read_points(PointLayer(uri=str(ragged), x="x", y="y", crs="EPSG:3067"), WORKING, Storage())
