@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -172,7 +173,12 @@ def cmd_storage(args) -> int:
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
     storage = Storage(settings)
     if args.action == "ls":
-        for info in storage.list(args.uri):
+        from minseg.io.storage import ObjectNotFoundError, is_s3, parse_uri
+
+        listed = list(storage.list(args.uri))
+        if not listed and not is_s3(args.uri) and not os.path.exists(parse_uri(args.uri).path):
+            raise ObjectNotFoundError(f"{args.uri}: no such file or folder")  # an empty S3 prefix is just empty
+        for info in listed:
             print(f"{info.size:>12}  {info.uri}")
     elif args.action == "cat":
         sys.stdout.buffer.write(storage.read_bytes(args.uri))

@@ -86,3 +86,10 @@ def test_validating_a_config_loads_neither_torch_nor_ray(tmp_path):
             "print(code, 'torch' in sys.modules, 'ray' in sys.modules)" % config)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
+
+
+def test_listing_a_path_that_does_not_exist_is_an_error(tmp_path, capsys):
+    assert main(["storage", "ls", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["storage", "ls", str(tmp_path / "empty")]) == 0  # an empty folder is just empty
