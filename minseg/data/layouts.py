@@ -46,10 +46,9 @@ def _outside_root(container: Container, root: str, folders: tuple[str, ...]) -> 
     reported, never silently left out."""
     rejected = []
     for name in sorted(container.members):
-        parts = name.split("/")
-        if name.startswith(root) and parts[len(root.split("/")) - 1 if root else 0] in folders:
+        if name.startswith(root) and name[len(root):].split("/", 1)[0] in folders:
             continue
-        if any(part in folders for part in parts[:-1]):
+        if any(part in folders for part in name.split("/")[:-1]):
             rejected.append(Rejected(container.describe(name), f"outside the layout's root "
                                      f"'{root or './'}' (one {'/ + '.join(folders)}/ pair per source: give each "
                                      "root as its own data.sources entry)"))

@@ -7,6 +7,7 @@ from pydantic import ConfigDict, Field, model_validator
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
 from minseg.enums import TTA, Blend, FusionMode, SelectionRule
+from minseg.io.storage import absolute_uri, join_uri
 
 
 class Tiling(StrictModel):
@@ -84,12 +85,8 @@ class EvaluationSettings(StrictModel):
 
     def evaluated_run(self, run_uri: str) -> str:
         """The training run evaluated: ``run_uri`` (this config's run) unless ``evaluation.run_uri`` names another."""
-        from minseg.io.storage import absolute_uri
-
         return absolute_uri(self.run_uri) if self.run_uri else run_uri
 
     def output_uri(self, run_uri: str) -> str:
         """Where an evaluation writes its reports and ``manifest.json``: ``<evaluated run>/evaluation/<name>``."""
-        from minseg.io.storage import join_uri
-
         return join_uri(self.evaluated_run(run_uri), "evaluation", self.name)

@@ -38,6 +38,7 @@ from minseg.ensemble.selection import (
     rank_members,
     select,
 )
+from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
@@ -108,7 +109,7 @@ class EnsembleEvaluator:
             for candidate, fusion in zip(spec.candidates, self.fusions):
                 started = time.perf_counter()
                 members = probs_t[[self.runtime.index[n] for n in candidate.members]]
-                labels = _fused_labels(members, fusion)
+                labels, _ = fuse(members, fusion.mode, fusion.learned_weights)
                 fusion_seconds.append(time.perf_counter() - started)
                 matrices.append(ConfusionMatrix(num_classes, ignore).update(labels[None], target[None]).matrix)
                 fused_labels[candidate.key] = labels
@@ -141,13 +142,6 @@ class EnsembleEvaluator:
                   for name, i in self.runtime.index.items()}
         labels.update({key: value.numpy().astype(np.uint8) for key, value in fused.items()})
         return {"item_id": item_id, "image": image, "truth": truth, "labels": labels}
-
-
-def _fused_labels(members: torch.Tensor, fusion: Fusion) -> torch.Tensor:
-    from minseg.ensemble.voting import fuse
-
-    labels, _ = fuse(members, fusion.mode, fusion.learned_weights)
-    return labels
 
 
 def run_pass(items: list[dict], spec: PassSpec) -> ImageScores:

@@ -26,6 +26,12 @@ from minseg.train.config import TrainingSettings
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (parsers put a row dump after it), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ProspectInputError(InputError):
     """An input that cannot be used at all (missing file or column, unusable CRS): the job stops before work."""
 

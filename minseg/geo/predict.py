@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, MemberRef
 from minseg.geo.config import PredictionSettings
@@ -41,13 +42,11 @@ class WindowEnsemble:
     def __init__(self, members: list[MemberRef], stack: list, size: int, settings: PredictionSettings,
                  storage: Storage):
         import ray
-        import torch
 
         self.runtime = EnsembleRuntime(members, 2, storage, gpus=settings.gpus_per_actor,
                                        precision=settings.precision)
         self.padded = ray.get(stack[0])  # zero-copy from the object store
         self.size, self.batch_size = size, settings.batch_size
-        self._torch = torch
 
     def __call__(self, batch: dict) -> dict:
         out = WindowScores(list(batch["key"]), [], [])
@@ -58,7 +57,7 @@ class WindowEnsemble:
             for start in range(0, len(centres), self.batch_size):
                 chunk = centres[start : start + self.batch_size]
                 windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
-                inputs = self._torch.from_numpy(windows).to(self.runtime.device).permute(0, 3, 1, 2).contiguous()
+                inputs = torch.from_numpy(windows).to(self.runtime.device).permute(0, 3, 1, 2).contiguous()
                 chunk_mean, chunk_std = self.runtime.predict(inputs).class_mean_std(ORE)
                 mean[start : start + len(chunk)] = chunk_mean.cpu().numpy()
                 std[start : start + len(chunk)] = chunk_std.cpu().numpy()

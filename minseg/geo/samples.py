@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
-from minseg.geo.config import ProspectInputError, SampleTable
+from minseg.geo.config import ProspectInputError, SampleTable, first_line
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
 from minseg.io.storage import Storage, StorageError, glob_uris, has_glob, is_s3
@@ -169,8 +169,7 @@ def _csv_header(uri: str, storage: Storage) -> list[str]:
         except StorageError:
             raise
         except _UNREADABLE as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ProspectInputError(f"{uri}: cannot be read as a csv table ({text})") from None
+            raise ProspectInputError(f"{uri}: cannot be read as a csv table ({first_line(exc)})") from None
         return reader.schema.names
 
 
@@ -246,7 +245,7 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
                 yield start, table, x, y
 
 
-def _as_float(column) -> tuple[np.ndarray, np.ndarray]:
+def as_float(column) -> tuple[np.ndarray, np.ndarray]:
     """(numbers, bad) for a coordinate column: NaN + bad where not a finite number."""
     if isinstance(column, np.ndarray):
         values = column.astype(np.float64)
@@ -319,9 +318,8 @@ def _readable(unit: ReadUnit, settings: SampleTable, storage: Storage):
     except StorageError:
         raise
     except _UNREADABLE as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProspectInputError(f"{unit.uri}: cannot be read as a {unit.format} table after row {rows} "
-                                 f"({text})") from None
+                                 f"({first_line(exc)})") from None
 
 
 def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: Storage):
@@ -333,8 +331,8 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
         source = parse_crs(unit.crs_wkt, unit.uri)
         for start, table, xs, ys in _readable(unit, sample_settings, store):
             n = table.num_rows
-            x, bad_x = _as_float(xs)
-            y, bad_y = _as_float(ys)
+            x, bad_x = as_float(xs)
+            y, bad_y = as_float(ys)
             x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working)
             problems = [[] for _ in range(n)]
             for row in np.flatnonzero(bad_x | bad_y):

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minseg.geo.config import LineLayer, PointLayer, ProspectInputError
+from minseg.geo.config import LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import local_vector
+from minseg.geo.samples import as_float, local_vector
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -45,8 +45,7 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
             table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names}))
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({text})") from None
+            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})") from None
         return table, None, None
     import pyogrio
 
@@ -82,7 +81,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
         for column in (settings.x, settings.y):
             if column not in table.column_names:
                 raise ProspectInputError(f"{key}: {settings.uri} has no column {column!r}")
-        x, y = _numbers(table.column(settings.x)), _numbers(table.column(settings.y))
+        x, y = as_float(table.column(settings.x))[0], as_float(table.column(settings.y))[0]
     else:
         import shapely
 
@@ -106,14 +105,6 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
                   ids=",".join(unlocated[:20]))
     return points
 
-
-def _numbers(column) -> np.ndarray:
-    """A coordinate column as float64: text parsed, anything not a finite number NaN."""
-    import pandas as pd
-
-    values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(np.float64, copy=True)
-    values[~np.isfinite(values)] = np.nan
-    return values
 
 
 def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list[np.ndarray]:

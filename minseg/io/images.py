@@ -215,10 +215,8 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels."""
-    if array.dtype != np.uint8:
-        if array.dtype.kind not in "ui":
-            raise DecodeError(f"unsupported pixel type {array.dtype}")
-        array = (array.astype(np.float64) * 255.0 / max(1, np.iinfo(array.dtype).max)).astype(np.uint8)
+    if array.dtype != np.uint8:  # unsigned samples over their full range (signed / float: refused there)
+        array = scale_to_uint8(array, 1 if array.dtype == np.bool_ else array.dtype.itemsize * 8)
     if array.ndim == 3 and array.shape[2] in (1, 2):  # grey, grey + alpha
         array = array[..., 0]
     if array.ndim == 2:
