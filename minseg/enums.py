@@ -204,3 +204,54 @@ class Resampling(StrEnum):
     NEAREST = "nearest"
     BILINEAR = "bilinear"
     AVERAGE = "average"
+
+
+class ScheduleSpan(StrEnum):
+    """What one learning-rate schedule covers: each stage (restarting) or the whole run."""
+
+    STAGE = "stage"
+    RUN = "run"
+
+
+class InitPart(StrEnum):
+    """Which part of a member pretrained weights initialise."""
+
+    ENCODER = "encoder"
+    MODEL = "model"
+
+
+class WeightLayout(StrEnum):
+    """How the tensors of a pretrained checkpoint are named (``minseg.models.pretrained``)."""
+
+    AUTO = "auto"
+    TORCHVISION = "torchvision"
+    TIMM = "timm"
+    CONVNEXT_ORIGINAL = "convnext_original"
+    MINSEG = "minseg"
+
+
+class InitNormalization(StrEnum):
+    """Which per-channel statistics a member initialised from weights normalises with."""
+
+    AUTO = "auto"  # the weights' family (ImageNet) when the member reads RGB, else the data's
+    WEIGHTS = "weights"
+    DATA = "data"
+
+
+class WeightFormat(StrEnum):
+    """How a weights file is read, told by its suffix."""
+
+    TORCH = "torch"  # torch.load(weights_only=True): tensors only, no code runs
+    SAFETENSORS = "safetensors"
+
+    @classmethod
+    def of(cls, uri: str) -> "WeightFormat | None":
+        name = uri.lower()
+        if name.endswith(".safetensors"):
+            return cls.SAFETENSORS
+        if name.endswith((".pt", ".pth", ".bin", ".ckpt")):
+            return cls.TORCH
+        return None
+
+
+WEIGHT_SUFFIXES = ".pt, .pth, .bin, .ckpt (torch.load, tensors only) or .safetensors"

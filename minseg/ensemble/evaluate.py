@@ -198,12 +198,21 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None) ->
         if classes is not None and document != classes[1]:
             raise InputError(f"member {name!r} was trained on a different class map than {classes[0]!r}")
         classes = classes or (name, document)
-        members.append(MemberRef(name, member["model"], checkpoint, member["model_options"]))
+        members.append(MemberRef(name, member["model"], checkpoint, member["model_options"],
+                                 _member_normalization(storage, checkpoint)))
     if not members:
         raise InputError(f"{run_uri}: no finished members to evaluate")
     if any(get_entry(m.model).task is not Task.SEGMENTATION for m in members):
         raise InputError("ensemble evaluation covers segmentation members; classifiers are evaluated by training")
     return members
+
+
+def _member_normalization(storage: Storage, checkpoint: str) -> dict | None:
+    """The statistics a member was trained with (``metrics.json``; pretrained members may differ from the data's)."""
+    try:
+        return json.loads(storage.read_text(join_uri(checkpoint, "metrics.json"))).get("normalization")
+    except ObjectNotFoundError:
+        return None
 
 
 def prepare_evaluation_data(config: MinsegConfig, storage: Storage, run_uri: str) -> PreparedData:
@@ -333,8 +342,8 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "rank_split": ranking.split,
         "ranking": ranking.order,
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},
-        "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options)}
-                    for m in members},
+        "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
+                             "normalization": m.normalization} for m in members},
         "candidates": [c.to_document() for c in candidates],
         "selected": chosen.key,
         "selection": settings.selection.model_dump(mode="json"),

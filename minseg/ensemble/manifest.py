@@ -36,6 +36,9 @@ class ManifestMember(StrictModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of model.pt")
     rank: int = Field(ge=0)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    normalization: dict[str, list[float]] | None = Field(
+        None, description="the member's own per-channel statistics when they differ from the ensemble's "
+                          "(pretrained members: their weights' family)")
 
 
 class ManifestFusion(StrictModel):

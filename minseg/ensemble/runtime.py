@@ -8,7 +8,8 @@ them builds an :class:`EnsembleRuntime`, which
    directories, in rank order, in eval mode;
 2. chooses the device (a GPU when the actor was given a share of one) and the autocast
    precision (``minseg.device``), and puts convolutional members in channels_last on GPUs;
-3. normalises uint8 images with the ensemble's per-channel statistics;
+3. normalises uint8 images with the ensemble's per-channel statistics (a member trained
+   with its own, e.g. ImageNet's for pretrained encoders, gets them by an affine change);
 4. predicts a batch with every member (softmax probabilities, TTA averaged), returning
    one typed :class:`EnsemblePrediction`;
 5. fuses it the way the manifest says (``ensemble.voting``).
@@ -47,13 +48,16 @@ class MemberRef:
     """A trained member: which learner, built how, with weights where.
 
     ``checkpoint`` is a checkpoint directory (local or ``s3://``) holding ``model.pt``
-    (a state dict), ``member.json`` and ``classes.json``.
+    (a state dict), ``member.json`` and ``classes.json``. ``normalization``: the member's own
+    per-channel statistics ({"mean", "std"} in uint8 units) when they differ from the
+    ensemble's (None: the ensemble's).
     """
 
     name: str
     model: str
     checkpoint: str
     model_options: Mapping[str, Any] = field(default_factory=dict)
+    normalization: Mapping[str, Sequence[float]] | None = None
 
     @property
     def weights_uri(self) -> str:
@@ -61,7 +65,7 @@ class MemberRef:
 
     @classmethod
     def of(cls, member: ManifestMember) -> "MemberRef":
-        return cls(member.name, member.model, member.checkpoint, dict(member.model_options))
+        return cls(member.name, member.model, member.checkpoint, dict(member.model_options), member.normalization)
 
 
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,
@@ -80,6 +84,43 @@ def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storag
         model.load_state_dict(read_state_dict(member.weights_uri, storage))
         models.append(model.to(device).eval())
     return models
+
+
+class Renormalise(torch.nn.Module):
+    """A member trained on other statistics than the ensemble's: x_member = x * a + b per channel,
+    with a = std_e / std_m and b = (mean_e - mean_m) / std_m, so (u - mean_e) / std_e becomes
+    (u - mean_m) / std_m for every uint8 value u."""
+
+    def __init__(self, model: torch.nn.Module, ensemble: Mapping[str, Sequence[float]],
+                 member: Mapping[str, Sequence[float]]):
+        super().__init__()
+        if len(member["mean"]) != len(ensemble["mean"]):
+            raise ValueError(f"the member normalises {len(member['mean'])} channels, the ensemble "
+                             f"{len(ensemble['mean'])}")
+        mean_e, std_e = torch.tensor(ensemble["mean"]), torch.tensor(ensemble["std"])
+        mean_m, std_m = torch.tensor(member["mean"]), torch.tensor(member["std"])
+        self.model = model
+        self.task = getattr(model, "task", None)
+        self.register_buffer("scale", (std_e / std_m).view(1, -1, 1, 1))
+        self.register_buffer("shift", ((mean_e - mean_m) / std_m).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model(x * self.scale + self.shift)
+
+
+def with_member_normalization(models: Sequence[torch.nn.Module], members: Sequence[MemberRef],
+                              mean: Sequence[float] | None, std: Sequence[float] | None) -> list[torch.nn.Module]:
+    """Each model, wrapped in ``Renormalise`` where its member's statistics differ from the ensemble's."""
+    if mean is None or std is None:
+        return list(models)
+    ensemble = {"mean": list(mean), "std": list(std)}
+    wrapped = []
+    for model, member in zip(models, members):
+        own = member.normalization
+        same = own is None or ([float(v) for v in own["mean"]] == [float(v) for v in mean]
+                               and [float(v) for v in own["std"]] == [float(v) for v in std])
+        wrapped.append(model if same else Renormalise(model, ensemble, own).to(next(model.parameters()).device))
+    return wrapped
 
 
 def load_member_models(manifest: EnsembleManifest, storage: Storage, device: torch.device | str = "cpu") -> list:
@@ -168,7 +209,8 @@ class EnsembleRuntime:
         self.device = select_device(gpus)
         self.autocast = autocast_dtype(precision, self.device)
         self.mean, self.std, self.tta = mean, std, TTA(tta)
-        self.models = load_members(self.members, num_classes, storage, self.device)
+        self.models = with_member_normalization(load_members(self.members, num_classes, storage, self.device),
+                                                self.members, mean, std)
         if channels_last and self.device.type == "cuda":
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
         self.index = {m.name: i for i, m in enumerate(self.members)}

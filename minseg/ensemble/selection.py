@@ -137,6 +137,15 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
     return sorted(pool, key=lambda c: (-_key_value(c.metrics, key), c.tpi, c.key))[0]
 
 
+def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
+    """A member's statistics when they differ from the ensemble's, else None (the manifest stays lean)."""
+    if not member:
+        return None
+    same = [float(v) for v in member["mean"]] == [float(v) for v in ensemble["mean"]] and \
+        [float(v) for v in member["std"]] == [float(v) for v in ensemble["std"]]
+    return None if same else {"mean": list(member["mean"]), "std": list(member["std"])}
+
+
 def build_manifest(document: dict, key: str, storage: Storage, name: str) -> EnsembleManifest:
     """The manifest for one candidate of an evaluation document (``evaluation.json``).
 
@@ -154,6 +163,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str) -> Ens
             name=member, model=info["model"], model_options=info["model_options"], checkpoint=info["checkpoint"],
             sha256=file_sha256(storage, join_uri(info["checkpoint"], "model.pt")), rank=rank,
             metrics={k: v for k, v in document["rank_metrics"][member].items() if not isinstance(v, list)},
+            normalization=_own_normalization(info.get("normalization"), document["normalization"]),
         ))
     mode = candidate.mode or FusionMode.SOFT  # a single member: its own probabilities
     return EnsembleManifest(

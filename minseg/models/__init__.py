@@ -4,10 +4,12 @@
 >>> model = build_model("res_unet", num_classes=9, stn=True, width=0.25, depth="tiny")
 """
 
-from minseg.models.base import MinsegModel, WeightLoadReport, read_state_dict
+from minseg.models.base import MinsegModel
+from minseg.models.pretrained import InitWeightsError, WeightLoadReport, load_pretrained, read_state_dict
 from minseg.models.registry import InputSpec, ModelEntry, build_model, get_entry, list_models, register_model
 
 __all__ = [
+    "InitWeightsError",
     "InputSpec",
     "MinsegModel",
     "ModelEntry",
@@ -15,6 +17,7 @@ __all__ = [
     "build_model",
     "get_entry",
     "list_models",
+    "load_pretrained",
     "read_state_dict",
     "register_model",
 ]

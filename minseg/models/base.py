@@ -1,112 +1,18 @@
 """The base every learner shares: input checks, padding to the size a model needs,
 ``predict``, encoder freezing that also keeps BatchNorm statistics fixed, and
-pretrained-encoder loading that reports every mismatched key."""
+pretrained weights (``minseg.models.pretrained``) with a report of what loaded."""
 
 from __future__ import annotations
 
 import abc
-import io
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minseg.enums import PadMode, Task
-from minseg.logs import get_logger, log_event
-
-log = get_logger("models")
-
-
-@dataclass
-class WeightLoadReport:
-    """What happened when loading pretrained weights into a module."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.shape_mismatch
-
-    def summary(self, limit: int = 8) -> str:
-        def head(items):
-            items = [str(i) for i in items]
-            return ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-        parts = [f"{self.source}: loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            parts.append(f"missing from the file: {head(self.missing)}")
-        if self.shape_mismatch:
-            parts.append(
-                "shape mismatch: " + head(f"{k} model {tuple(m)} vs file {tuple(f)}" for k, m, f in self.shape_mismatch)
-            )
-        if self.unexpected:
-            parts.append(f"not used from the file: {head(self.unexpected)}")
-        return "; ".join(parts)
-
-
-def read_state_dict(uri: str, storage=None) -> dict[str, torch.Tensor]:
-    """A state dict from a local path or s3:// URI, loaded safely (tensors only)."""
-    from minseg.io.storage import Storage
-
-    storage = storage or Storage()
-    payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
-            payload = payload[key]
-            break
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ValueError(f"{uri}: not a state dict of tensors")
-    return payload
-
-
-def _strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        cleaned[key] = value
-    return cleaned
-
-
-def load_weights_into(
-    module: nn.Module, state: dict[str, torch.Tensor], source: str, strict: bool = True
-) -> WeightLoadReport:
-    """Copy matching tensors; report (and with ``strict`` refuse) anything that does not fit."""
-    state = _strip_prefixes(state, ("module.", "_orig_mod."))
-    own = module.state_dict()
-    report = WeightLoadReport(source)
-    usable = {}
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif own[key].shape != value.shape:
-            report.shape_mismatch.append((key, tuple(own[key].shape), tuple(value.shape)))
-        else:
-            usable[key] = value
-    report.missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    report.loaded = sorted(usable)
-    if strict and not report.ok:
-        raise ValueError("pretrained weights do not fit: " + report.summary())
-    module.load_state_dict(usable, strict=False)
-    log_event(
-        log,
-        "weights.loaded",
-        source=source,
-        loaded=len(report.loaded),
-        missing=len(report.missing),
-        unexpected=len(report.unexpected),
-        shape_mismatch=len(report.shape_mismatch),
-    )
-    if report.unexpected or report.missing or report.shape_mismatch:
-        log.warning(report.summary())
-    return report
+from minseg.enums import InitPart, PadMode, Task, WeightLayout
+from minseg.models.pretrained import WeightLoadReport, load_pretrained
 
 
 class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
@@ -223,21 +129,12 @@ class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
 
     # -- pretrained weights ------------------------------------------------------
 
-    def load_encoder_weights(self, uri: str, strict: bool = True, prefix: str = "", storage=None) -> WeightLoadReport:
-        """Load encoder weights from a path or s3:// URI (``torch.load(weights_only=True)``).
-
-        ``prefix`` is stripped from the file's keys (e.g. ``"backbone."``). With ``strict``,
-        missing or mis-shaped tensors raise; keys the encoder has no use for (a
-        classifier head, say) are reported in the returned report and the log.
-        """
-        if self.encoder is None:
-            raise ValueError(f"{type(self).__name__} has no encoder")
-        state = read_state_dict(uri, storage)
-        if prefix:
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise ValueError(f"{uri}: no keys start with prefix {prefix!r}")
-        return load_weights_into(self.encoder, state, uri, strict=strict)
+    def load_pretrained(self, uri: str, *, part: InitPart | str = InitPart.ENCODER,
+                        layout: WeightLayout | str = WeightLayout.AUTO, prefix: str = "",
+                        min_encoder_share: float = 0.9, storage=None) -> WeightLoadReport:
+        """Initialise from a checkpoint in a public layout or minseg's (``pretrained.load_pretrained``)."""
+        return load_pretrained(self, uri, part=InitPart(part), layout=WeightLayout(layout), prefix=prefix,
+                               min_encoder_share=min_encoder_share, storage=storage)
 
     def parameter_count(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

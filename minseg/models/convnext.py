@@ -35,6 +35,11 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtEncoder(nn.Module):
+    """``downsample.i`` (stem, then LayerNorm + 2x2 conv) and ``stages.i`` (blocks, then ECA): the
+    original release's names but ``downsample_layers``; ``pretrained`` maps torchvision's and timm's."""
+
+    backbone = "convnext"
+
     def __init__(self, in_channels, dims, depths, drop_path_rate, eca: bool):
         super().__init__()
         self.downsample = nn.ModuleList(

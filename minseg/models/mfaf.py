@@ -52,23 +52,16 @@ class MultiScaleStem(nn.Module):
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
-class _ResNet18Stages(nn.Module):
-    """ResNet18 layers 1-4 applied after the MFAF stem (the stem replaces its conv1)."""
+class _ResNet18Stages(ResNetEncoder):
+    """ResNet18 applied after the MFAF stem, whole (its own conv1 takes the stem's channels);
+    returns the outputs of layers 1-4. torchvision's names, so ImageNet weights load (conv1 adapted)."""
 
     def __init__(self, in_channels: int, width: float, depth: DepthPreset):
-        super().__init__()
-        resnet = ResNetEncoder("resnet18", in_channels, width, depth)
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.act, resnet.maxpool)
-        self.layers = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
-        self.out_channels = resnet.out_channels[1:]
+        super().__init__("resnet18", in_channels, width, depth)
+        self.out_channels = self.out_channels[1:]
 
     def forward(self, x):
-        x = self.stem(x)
-        features = []
-        for layer in self.layers:
-            x = layer(x)
-            features.append(x)
-        return features
+        return super().forward(x)[1:]
 
 
 @register_model(

@@ -69,7 +69,10 @@ class ResNetEncoder(nn.Module):
     """Returns the stem (1/2) and layers 1-4 (1/4 ... 1/32) as a list of five features.
 
     ``output_stride`` 16 or 8 replaces the last strides by dilation (DeepLab / PSPNet).
+    Parameter names are torchvision's (and timm's), so their ImageNet checkpoints load as they are.
     """
+
+    backbone = "resnet"  # minseg.models.pretrained: which checkpoint layouts apply
 
     def __init__(
         self,

@@ -45,7 +45,10 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV2Encoder(nn.Module):
-    """Stem (1/4) and three stages (1/8, 1/16, 1/32) of ShuffleNetV2 1.0x; returns stage outputs."""
+    """Stem (1/4) and three stages (1/8, 1/16, 1/32) of ShuffleNetV2 1.0x; returns stage outputs.
+    ``stem`` / ``stages.i`` are torchvision's ``conv1`` / ``stage{i+2}`` (``pretrained`` maps the names)."""
+
+    backbone = "shufflenetv2"
 
     def __init__(self, in_channels: int, width: float = 1.0, depth: DepthPreset | str = DepthPreset.PAPER):
         super().__init__()

@@ -17,10 +17,12 @@ _VGG16 = {
 
 
 class VGGEncoder(nn.Module):
-    """VGG16 ``features`` (torchvision parameter names); returns the five stage outputs."""
+    """VGG16 ``features`` (torchvision's and timm's parameter names, with or without batch norm);
+    returns the five stage outputs."""
 
-    def __init__(self, in_channels: int, width: float, depth: DepthPreset):
+    def __init__(self, in_channels: int, width: float, depth: DepthPreset, batch_norm: bool = False):
         super().__init__()
+        self.backbone = "vgg16_bn" if batch_norm else "vgg16"
         layers, taps, cin = [], [], in_channels
         for item in _VGG16[depth]:
             if item == "M":
@@ -28,7 +30,8 @@ class VGGEncoder(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
             else:
                 cout = scaled(item, width)
-                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+                norm = [nn.BatchNorm2d(cout)] if batch_norm else []
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(inplace=True)]
                 cin = cout
         taps.append(len(layers) - 1)
         self.features = nn.Sequential(*layers)
@@ -48,7 +51,7 @@ class VGGEncoder(nn.Module):
     "vgg16_unet",
     task=Task.SEGMENTATION,
     paper="Res-UNet ensemble (RUEL) for ore microscopy segmentation: baselines b0/b1",
-    description="VGG16 encoder, UNet decoder [64,128,256,512] from [192,384,768,1024], ReLU",
+    description="VGG16 encoder (batch_norm: VGG16-BN), UNet decoder [64,128,256,512] from [192,384,768,1024], ReLU",
 )
 class VGG16UNet(MinsegModel):
     size_multiple = 16
@@ -59,10 +62,11 @@ class VGG16UNet(MinsegModel):
         in_channels: int = 3,
         width: float = 1.0,
         depth: DepthPreset | str = DepthPreset.PAPER,
+        batch_norm: bool = False,
         pad_mode: PadMode | str = PadMode.REPLICATE,
     ):
         super().__init__(num_classes, in_channels, pad_mode)
-        self.encoder = VGGEncoder(in_channels, width, DepthPreset(depth))
+        self.encoder = VGGEncoder(in_channels, width, DepthPreset(depth), batch_norm)
         skips = self.encoder.out_channels
         decoder = [scaled(c, width) for c in (64, 128, 256, 512)]
         relu = Activation.RELU

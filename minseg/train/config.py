@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
 from minseg.config.base import StrictModel
-from minseg.enums import LossName, OptimizerName, Precision, ScheduleName
+from minseg.enums import InitNormalization, InitPart, LossName, OptimizerName, Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -38,6 +38,11 @@ class ScheduleSettings(StrictModel):
     warmup_steps: int = Field(0, ge=0)
     step_epochs: int = Field(30, ge=1)
     gamma: float = Field(0.6, gt=0, le=1)
+    span: ScheduleSpan = Field(
+        ScheduleSpan.STAGE,
+        description="stage: each stage restarts the schedule with a fresh optimizer; run: one schedule over all "
+                    "epochs of all stages, one optimizer whose newly trainable parameters join at unfreezing",
+    )
 
 
 class LossSettings(StrictModel):
@@ -56,6 +61,25 @@ class ScalingSettings(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0, description="fractional allowed (several members per GPU)")
 
 
+class InitSettings(StrictModel):
+    """Pretrained weights a member starts from (``minseg.models.pretrained``)."""
+
+    uri: str = Field(min_length=1, description="path or s3:// URI of a .pt/.pth/.bin/.ckpt or .safetensors file")
+    part: InitPart = Field(InitPart.ENCODER, description="encoder, or the whole model where names and shapes fit")
+    layout: WeightLayout = Field(WeightLayout.AUTO, description="the file's tensor names (auto: the best fit)")
+    prefix: str = Field("", description="stripped from the file's names first, e.g. 'backbone.'")
+    min_encoder_share: float = Field(0.9, ge=0, le=1, description="refuse the file below this share of encoder tensors")
+    normalization: InitNormalization = Field(
+        InitNormalization.AUTO, description="auto: the weights' statistics (ImageNet) for image channels, else the data's")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_format(cls, uri: str) -> str:
+        if WeightFormat.of(uri) is None:
+            raise ValueError(f"{uri!r}: weights must be {WEIGHT_SUFFIXES}")
+        return uri
+
+
 class MemberSettings(StrictModel):
     name: str = Field(pattern=_NAME)
     model: str
@@ -64,6 +88,7 @@ class MemberSettings(StrictModel):
     optimizer: OptimizerSettings = OptimizerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     stages: list[StageSettings] = Field(min_length=1)
+    init: InitSettings | None = Field(None, description="pretrained weights to start from (default: random)")
     scaling: ScalingSettings = ScalingSettings()
     validate_every: int = Field(1, ge=1, description="epochs between validation passes")
     grad_clip_norm: float | None = Field(None, gt=0)
@@ -81,6 +106,11 @@ class MemberSettings(StrictModel):
                     f"stages[{index}].batch_size {stage.batch_size} must be divisible by scaling.workers "
                     f"{self.scaling.workers}"
                 )
+        if self.schedule.span is ScheduleSpan.RUN:
+            staged = [i for i, stage in enumerate(self.stages) if stage.lr is not None]
+            if staged:
+                raise ValueError(f"stages[{staged[0]}].lr cannot be set with schedule.span 'run' (one schedule "
+                                 "from optimizer.lr over all stages)")
         return self
 
     @property

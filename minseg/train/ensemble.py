@@ -23,7 +23,7 @@ from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import _is_interactive, get_logger, log_event
-from minseg.models import build_model, get_entry
+from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.runtime import init_ray
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
 from minseg.train.config import MemberSettings
@@ -51,6 +51,7 @@ class MemberResult:
     finished_at: float | None = None
     best_checkpoint: str | None = None
     last_checkpoint: str | None = None
+    init: str | None = None  # pretrained weights: what loaded (WeightLoadReport.short)
     error: str | None = None
 
     def __post_init__(self):
@@ -64,18 +65,31 @@ def member_task(member: MemberSettings) -> Task:
     return get_entry(member.model).task
 
 
-def preflight(member: MemberSettings, num_classes: int, in_channels: int) -> str | None:
-    """Build the member's model and loss without data (meta device); the error text, or None."""
+def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,
+              weights_cache: dict | None = None) -> str | None:
+    """Build the member's model and loss without data (meta device) and match its pretrained weights
+    to it (names and shapes only: a wrong file is refused before any worker starts); the error text, or None.
+
+    ``weights_cache``: state dicts already read, by URI (members often share one file).
+    """
     import torch
 
+    from minseg.errors import MinsegError
     from minseg.losses import build_loss
+    from minseg.models.pretrained import plan_weights, read_state_dict
 
     try:
         with torch.device("meta"):
-            build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
+            model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
         build_loss(member.loss.name, num_classes=num_classes, class_weights=member.loss.class_weights,
                    focal_alpha=member.loss.focal_alpha, beta=member.loss.beta)
-    except (ValueError, TypeError) as exc:
+        if member.init is not None:
+            init, cache = member.init, weights_cache if weights_cache is not None else {}
+            if init.uri not in cache:
+                cache[init.uri] = read_state_dict(init.uri, storage)
+            plan_weights(model, cache[init.uri], init.uri, part=init.part, layout=init.layout, prefix=init.prefix,
+                         min_encoder_share=init.min_encoder_share)
+    except (ValueError, TypeError, MinsegError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -262,11 +276,13 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     best = read_pointer(storage, run_uri, member.name, "best")
     checkpoint = load_checkpoint(storage, run_uri, member.name) if last else None
     state = checkpoint.state if checkpoint else {}
+    init = WeightLoadReport.from_document(state["init"]).short() if state.get("init") else None
     return MemberResult(
         member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
         epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
-        best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, error=error,
+        best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, init=init,
+        error=error,
     )
 
 
@@ -348,9 +364,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     storage = Storage(config.storage)
     results: list[MemberResult] = []
     folds = source.trial_folds()
-    trials = []
+    trials, weights_cache = [], {}
     for member in members:
-        problem = preflight(member, source.num_classes, source.in_channels)
+        problem = preflight(member, source.num_classes, source.in_channels, storage, weights_cache)
         if problem:
             results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
                                         error=f"not started: {problem}"))
@@ -407,7 +423,7 @@ def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
 
 
 TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "best_epoch", "epochs", "restarts",
-                 "wall_seconds", "best_checkpoint", "error"]
+                 "wall_seconds", "init", "best_checkpoint", "error"]
 
 
 def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
@@ -445,6 +461,8 @@ def format_members_table(results: list[MemberResult]) -> str:
         tail = r.best_checkpoint or "" if r.status is MemberStatus.DONE else (r.error or "")
         lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status.value:<8}{r.metric:<12}"
                      f"{best:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
+        if r.init:
+            lines.append(f"{'':<21} initialised from {r.init}")
     return "\n".join(lines)
 
 
@@ -453,11 +471,13 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
     checkpoint = load_checkpoint(storage, run_uri, member)
     if checkpoint is None:
         return
+    base = member_uri(run_uri, member)
+    if checkpoint.state.get("init"):
+        storage.write_text(join_uri(base, "init_report.json"), json.dumps(checkpoint.state["init"], indent=2))
     history = checkpoint.state.get("history", [])
     if not history:
         return
     columns = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
-    base = member_uri(run_uri, member)
     storage.write_text(join_uri(base, "history.csv"), csv_text(history, columns))
 
     import matplotlib

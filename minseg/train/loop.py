@@ -1,8 +1,9 @@
 """The per-worker training loop of one ensemble member (runs inside Ray Train).
 
-Read it top to bottom: set up -> resume -> for each stage (freeze or not, fresh
-optimizer) -> for each epoch: train, validate every N epochs, checkpoint, report.
-Every worker calls ``ray.train.report`` the same number of times.
+Read it top to bottom: set up -> start (pretrained weights) or resume -> for each stage
+(freeze or not; a fresh optimizer per stage, or one for the whole run) -> for each epoch:
+train, validate every N epochs, checkpoint, report. Every worker calls
+``ray.train.report`` the same number of times.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from minseg.errors import RunError
 from minseg.data.augment import augment_batch
 from minseg.device import autocast_dtype
 from minseg.data.config import AugmentSettings
-from minseg.enums import OptimizerName, ScheduleName, Task
+from minseg.enums import OptimizerName, ScheduleName, ScheduleSpan, Task
 from minseg.logs import configure_logging, get_logger, log_event
 from minseg.losses import build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
-from minseg.models import build_model
+from minseg.models import build_model, load_pretrained
+from minseg.models.pretrained import choose_normalization
 from minseg.train.checkpoint import load_checkpoint, write_checkpoint
 from minseg.train.config import MemberSettings, OptimizerSettings, ScheduleSettings
 
@@ -37,6 +39,13 @@ class DivergedError(RunError):
 
 
 def learning_rate(schedule: ScheduleSettings, base_lr: float, step: int, total_steps: int, epoch: int) -> float:
+    """The learning rate at ``step`` of ``total_steps`` (``epoch``: epochs done, for ``step``).
+
+    cosine: lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 per step after a linear warm-up
+    (SGDR without restarts; the Res-UNet paper's 1e-4 -> 1e-6); step: lr x gamma^floor(epoch /
+    step_epochs) (MFAF: 0.6 every 30 epochs). Steps and epochs count within a stage, or over the
+    whole run with ``schedule.span: run``.
+    """
     if schedule.name is ScheduleName.CONSTANT:
         return base_lr
     if schedule.name is ScheduleName.STEP:
@@ -47,8 +56,10 @@ def learning_rate(schedule: ScheduleSettings, base_lr: float, step: int, total_s
     return schedule.min_lr + (base_lr - schedule.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(settings: OptimizerSettings, parameters, lr: float) -> torch.optim.Optimizer:
-    parameters = [p for p in parameters if p.requires_grad]
+def make_optimizer(settings: OptimizerSettings, parameters, lr: float, trainable_only: bool = True) -> torch.optim.Optimizer:
+    """The member's optimizer over its trainable parameters (or all: frozen ones get no gradient, so the
+    optimizer skips them until they are unfrozen, their state starting then)."""
+    parameters = [p for p in parameters if p.requires_grad or not trainable_only]
     if settings.name is OptimizerName.SGD:
         return torch.optim.SGD(parameters, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.name is OptimizerName.ADAMW:
@@ -130,30 +141,44 @@ def set_up(worker) -> Session:
     return Session(
         worker=worker, rank=rank, world=world, device=device, seed=seed,
         generator=torch.Generator().manual_seed(seed), model=model, loss_fn=loss_fn,
-        mean=torch.tensor(inputs.normalization["mean"], device=device).view(1, -1, 1, 1),
-        std=torch.tensor(inputs.normalization["std"], device=device).view(1, -1, 1, 1),
+        mean=torch.empty(0), std=torch.empty(0),  # set by start_or_resume: they may follow pretrained weights
         augmentation=inputs.augmentation, train_shard=ray.train.get_dataset_shard("train"),
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None,
     )
 
 
-def resume(session: Session) -> tuple[dict, dict | None]:
-    """Phase 2: (state, optimizer state) from the member's last checkpoint, or a fresh state."""
+def start_or_resume(session: Session) -> tuple[dict, dict | None]:
+    """Phase 2: (state, optimizer state) from the member's last checkpoint; or a fresh state, the
+    model initialised from ``member.init`` (its load report kept in the state) and normalised the
+    way those weights expect. Sets the session's normalisation either way."""
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
-             "history": [], "restarts": 0}
+             "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization}
     optimizer_state = None
-    worker = session.worker
-    resumed = load_checkpoint(worker.storage, worker.run_uri, worker.member.name)
+    worker, member = session.worker, session.member
+    resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)
     if resumed is not None:
         session.model.load_state_dict(resumed.model)
-        state = resumed.state
+        state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1
         optimizer_state = resumed.optimizer
         if session.rank == 0:
-            log_event(log, "train.resumed", member=worker.member.name, checkpoint=resumed.uri,
+            log_event(log, "train.resumed", member=member.name, checkpoint=resumed.uri,
                       epochs_done=state["epochs_done"])
-    session.model.to(session.device)
+    elif member.init is not None:
+        init = member.init
+        report = load_pretrained(session.model, init.uri, part=init.part, layout=init.layout, prefix=init.prefix,
+                                 min_encoder_share=init.min_encoder_share, storage=worker.storage)
+        stats, how = choose_normalization(init.normalization, report.layout, init.uri, session.inputs.in_channels,
+                                          session.inputs.normalization, worker.storage)
+        report.normalization = how
+        state["init"], state["normalization"] = report.to_document(), stats
+        if session.rank == 0:
+            log_event(log, "train.initialised", member=member.name, report=report.summary(), normalization=how)
+    device = session.device
+    session.mean = torch.tensor(state["normalization"]["mean"], device=device).view(1, -1, 1, 1)
+    session.std = torch.tensor(state["normalization"]["std"], device=device).view(1, -1, 1, 1)
+    session.model.to(device)
     return state, optimizer_state
 
 
@@ -215,7 +240,7 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
 
 
 def record_epoch(session: Session, model_state_source, optimizer, state: dict, metrics: dict, validated: bool,
-                 finished_stage: bool) -> None:
+                 drop_optimizer: bool) -> None:
     """Phase 3c: best-so-far bookkeeping, history, checkpoint (rank 0), and the report every worker makes."""
     import ray.train
 
@@ -235,8 +260,8 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
         write_checkpoint(
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
-            None if finished_stage else optimizer.state_dict(), state,
-            member.model_dump(mode="json"), inputs.classes, {**metrics, "normalization": inputs.normalization}, is_best,
+            None if drop_optimizer else optimizer.state_dict(), state,
+            member.model_dump(mode="json"), inputs.classes, {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
                   loss=round(metrics["train_loss"], 4),
@@ -244,9 +269,13 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
     ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
 
+def steps_per_epoch(session: Session, batch_size: int) -> int:
+    return max(1, math.ceil(session.inputs.train_tiles / session.world / (batch_size // session.world)))
+
+
 def train_worker(config: dict) -> None:
-    """The loop of one member on one Ray Train worker: set up → resume → per stage (freeze or not, fresh
-    optimizer) → per epoch: train, validate every N epochs, record (checkpoint + report).
+    """The loop of one member on one Ray Train worker: set up → start or resume → per stage (freeze or
+    not; optimizer per stage, or one for the run) → per epoch: train, validate every N epochs, record.
 
     ``config["worker"]`` is a ``train.ensemble.WorkerConfig``. Every worker reports the same number of times.
     """
@@ -254,8 +283,15 @@ def train_worker(config: dict) -> None:
 
     configure_logging()
     session = set_up(config["worker"])
-    state, optimizer_state = resume(session)
+    state, optimizer_state = start_or_resume(session)
     member, model = session.member, session.model
+    whole_run = member.schedule.span is ScheduleSpan.RUN
+    stage_steps = [steps_per_epoch(session, stage.batch_size) * stage.epochs for stage in member.stages]
+    optimizer = None
+    if whole_run:  # one optimizer: parameters frozen now get no gradient until their stage unfreezes them
+        optimizer = make_optimizer(member.optimizer, model.parameters(), member.optimizer.lr, trainable_only=False)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
     for stage_index in range(state["stage"], len(member.stages)):
         stage = member.stages[stage_index]
         if stage.freeze_encoder:
@@ -263,18 +299,20 @@ def train_worker(config: dict) -> None:
         elif model.encoder is not None:
             model.unfreeze_encoder()
         ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)  # after freezing: DDP sees the trainable set
-        base_lr = stage.lr or member.optimizer.lr
-        optimizer = make_optimizer(member.optimizer, model.parameters(), base_lr)
-        if optimizer_state is not None and state["stage"] == stage_index:
-            optimizer.load_state_dict(optimizer_state)
-        optimizer_state = None
+        per_epoch = steps_per_epoch(session, stage.batch_size)
+        if whole_run:
+            base_lr, first_step, total_steps = member.optimizer.lr, sum(stage_steps[:stage_index]), sum(stage_steps)
+        else:
+            base_lr, first_step, total_steps = stage.lr or member.optimizer.lr, 0, stage_steps[stage_index]
+            optimizer = make_optimizer(member.optimizer, model.parameters(), base_lr)
+            if optimizer_state is not None and state["stage"] == stage_index:
+                optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
         per_worker_batch = stage.batch_size // session.world
-        steps_per_epoch = max(1, math.ceil(session.inputs.train_tiles / session.world / per_worker_batch))
-        total_steps = steps_per_epoch * stage.epochs
 
         for epoch_in_stage in range(state["epoch_in_stage"] if state["stage"] == stage_index else 0, stage.epochs):
             started = time.monotonic()
-            trained = train_epoch(session, ddp_model, optimizer, state, base_lr, epoch_in_stage * steps_per_epoch,
+            trained = train_epoch(session, ddp_model, optimizer, state, base_lr, first_step + epoch_in_stage * per_epoch,
                                   total_steps, per_worker_batch)
             state["epochs_done"] += 1
             state["epoch_in_stage"] = epoch_in_stage + 1
@@ -289,7 +327,8 @@ def train_worker(config: dict) -> None:
             finished_stage = state["epoch_in_stage"] == stage.epochs
             if finished_stage:
                 state["stage"], state["epoch_in_stage"] = stage_index + 1, 0
-            record_epoch(session, model, optimizer, state, metrics, validate, finished_stage)
+            # a per-stage optimizer starts afresh with the next stage: its state is not worth keeping then
+            record_epoch(session, model, optimizer, state, metrics, validate, finished_stage and not whole_run)
 
 
 @torch.no_grad()

@@ -1,0 +1,129 @@
+"""Members that start from pretrained weights, on real Ray Train: the frozen stage keeps the
+encoder (weights and BatchNorm statistics) exactly as loaded, under DDP and across a worker
+kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from minseg.models import build_model
+from minseg.models.pretrained import family_normalization
+from minseg.train.checkpoint import load_checkpoint
+from minseg.train.config import ScheduleSettings
+from minseg.train.ensemble import train_ensemble
+from minseg.train.loop import learning_rate
+from tests.support.processes import kill_processes_titled
+from tests.train.conftest import TINY, training_config
+
+TWO_STAGES = [{"epochs": 3, "batch_size": 4, "freeze_encoder": True}, {"epochs": 1, "batch_size": 4}]
+
+
+def imagenet_stand_in(path) -> dict:
+    """An encoder checkpoint in torchvision's names with BatchNorm statistics no training would give."""
+    torch.manual_seed(7)
+    encoder = build_model("res_unet", num_classes=2, **TINY).encoder
+    state = encoder.state_dict()
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            value.copy_(torch.randn_like(value) * 0.3)
+        elif key.endswith("running_var"):
+            value.copy_(torch.rand_like(value) + 0.5)
+    state = {k: v.clone() for k, v in state.items()}
+    torch.save({**state, "fc.weight": torch.zeros(1000, 8), "fc.bias": torch.zeros(1000)}, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(synthetic_sections, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    weights = root / "resnet50-imagenet.pth"
+    init_state = imagenet_stand_in(weights)
+    wrong = root / "convnext-tiny.pth"
+    torch.save(build_model("convnext_eca", num_classes=3, width=0.25, depth="tiny").state_dict(), wrong)
+    members = [
+        {"name": "frozen-ddp", "model": "res_unet", "model_options": TINY, "init": {"uri": str(weights)},
+         "stages": TWO_STAGES, "scaling": {"workers": 2, "cpus_per_worker": 0.25}, "max_failures": 3,
+         # validated after the frozen stage (epoch 3) and at the end; "best" = the frozen stage's end
+         "validate_every": 3, "checkpoint_metric": "stage", "checkpoint_mode": "min"},
+        {"name": "one-schedule", "model": "res_unet", "model_options": TINY,
+         "init": {"uri": str(weights), "normalization": "data"}, "stages": TWO_STAGES, "max_failures": 3,
+         "schedule": {"name": "cosine", "min_lr": 1e-5, "span": "run"}},
+        {"name": "wrong-file", "model": "res_unet", "model_options": TINY, "init": {"uri": str(wrong)},
+         "stages": TWO_STAGES},
+    ]
+    config = training_config(synthetic_sections, root, "pre", members)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
+    thread.start()
+    pointer = root / "pre" / "members" / "frozen-ddp" / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 500
+    while not pointer.exists() and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.3)
+    assert pointer.exists(), "no checkpoint was written"
+    killed = []
+    if json.loads(pointer.read_text())["epoch"] < 3:  # still inside the frozen stage: kill every worker there
+        while not killed and time.monotonic() < deadline:
+            killed = kill_processes_titled("ray::RayTrainWorker")
+            time.sleep(0.1)
+    thread.join(timeout=900)
+    assert not thread.is_alive()
+    return {r.member: r for r in outcome["rows"]}, root / "pre", init_state, bool(killed)
+
+
+def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run):
+    rows, run, init_state, killed = pretrained_run
+    row = rows["frozen-ddp"]
+    assert row.status == "done", row.error
+    assert row.init == "resnet50-imagenet.pth [torchvision]: encoder " + "/".join(
+        [str(sum(1 for k in init_state if not k.endswith("num_batches_tracked")))] * 2)
+    best = load_checkpoint(_storage(), str(run), "frozen-ddp", "best")
+    last = load_checkpoint(_storage(), str(run), "frozen-ddp", "last")
+    assert best.state["epochs_done"] == 3 and last.state["epochs_done"] == 4
+    if killed:
+        assert last.state["restarts"] >= 1 and [h["epoch"] for h in last.state["history"]] == [1, 2, 3, 4]
+    encoder_keys = [k for k in init_state if not k.endswith("num_batches_tracked")]
+    for key in encoder_keys:  # after the frozen stage: exactly the file's tensors, buffers included
+        assert torch.equal(best.model[f"encoder.{key}"], init_state[key]), key
+    assert not torch.equal(best.model["classifier.weight"], last.model["classifier.weight"])  # decoder kept training
+    changed = [k for k in encoder_keys if not torch.equal(last.model[f"encoder.{k}"], init_state[k])]
+    assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("conv1.weight") for k in changed)
+    metrics = json.loads((run / "members" / "frozen-ddp" / "checkpoints" / best.uri.rsplit("/", 1)[-1]
+                          / "metrics.json").read_text())
+    imagenet = family_normalization(3)  # the weights' statistics
+    assert metrics["normalization"]["mean"] == pytest.approx(imagenet["mean"])
+    assert metrics["normalization"]["std"] == pytest.approx(imagenet["std"])
+    report = json.loads((run / "members" / "frozen-ddp" / "init_report.json").read_text())
+    assert report["encoder_share"] == 1.0 and report["unexpected"] == ["fc.weight", "fc.bias"]
+    assert report["normalization"] == "weights (ImageNet)"
+    assert "resnet50-imagenet.pth [torchvision]: encoder" in (run / "members.csv").read_text()
+
+
+def test_one_schedule_spans_both_stages(pretrained_run):
+    rows, run, _, _ = pretrained_run
+    assert rows["one-schedule"].status == "done", rows["one-schedule"].error
+    state = load_checkpoint(_storage(), str(run), "one-schedule").state
+    history = state["history"]
+    steps = -(-history[0]["train_tiles"] // 4)  # batches per epoch, one worker
+    schedule = ScheduleSettings(name="cosine", min_lr=1e-5, span="run")
+    for row in history:  # the last step of each epoch, counted over the whole run
+        expected = learning_rate(schedule, 0.003, row["epoch"] * steps - 1, 4 * steps, row["epoch"])
+        assert row["lr"] == pytest.approx(expected, rel=1e-9), row
+    assert history[2]["lr"] > history[3]["lr"] > 1e-5  # no restart at unfreezing
+    assert state["normalization"] != family_normalization(3)  # normalization: data
+
+
+def test_wrong_file_is_refused_before_training(pretrained_run):
+    rows, run, _, _ = pretrained_run
+    row = rows["wrong-file"]
+    assert row.status == "failed" and row.epochs == 0
+    assert row.error.startswith("not started: InitWeightsError: ") and "convnext-tiny.pth: only 0 of" in row.error
+    assert not (run / "members" / "wrong-file" / "checkpoints").exists()
+
+
+def _storage():
+    from minseg.io.storage import Storage
+
+    return Storage()
