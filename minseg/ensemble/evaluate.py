@@ -233,6 +233,7 @@ class Ranking:
     order: list[str]
     metrics: dict[str, dict]
     learned: dict[int, list]
+    pool: list[str]  # the voters, in rank order: what RUEL-k ensembles are built from
 
 
 def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: PassSpec) -> Ranking:
@@ -248,14 +249,15 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     metrics = {m.name: _metrics_for(rows, i, names) for i, m in enumerate(members)}
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
+    pool = [name for name in order if settings.voters is None or name in settings.voters]
     learned = {}
     if wants_learned:
-        positions = [next(i for i, m in enumerate(members) if m.name == name) for name in order]
+        positions = [next(i for i, m in enumerate(members) if m.name == name) for name in pool]
         samples = [{"probs": s["probs"][positions], "truth": s["truth"]} for s in rows.sample if s is not None]
-        for k in range(max(2, settings.k_min), min(settings.k_max or len(order), len(order)) + 1):
+        for k in range(max(2, settings.k_min), min(settings.k_max or len(pool), len(pool)) + 1):
             learned[k] = fit_learned_weights(samples, k, len(names), settings.rank_key, names,
                                              settings.learned_per_class, prepared.classmap.ignore_index)
-    return Ranking(split, order, metrics, learned)
+    return Ranking(split, order, metrics, learned, pool)
 
 
 def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSpec,
@@ -309,13 +311,17 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
     members = discover_members(storage, run_uri, settings.members)
+    unknown = sorted(set(settings.voters or []) - {m.name for m in members})
+    if unknown:
+        raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
+                         f"evaluated: {', '.join(m.name for m in members)}")
     init_ray(config.ray)
     prepared = prepare_evaluation_data(config, storage, run_uri)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
                     prepared.normalization, settings)
 
     ranking = rank_on_validation(members, prepared, spec)
-    ensembles = candidate_ensembles(ranking.order, settings, ranking.learned)
+    ensembles = candidate_ensembles(ranking.pool, settings, ranking.learned)
     candidates, previews = score_on_test(members, prepared, spec, ensembles)
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
     log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key,
@@ -341,6 +347,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "rank_key": settings.rank_key,
         "rank_split": ranking.split,
         "ranking": ranking.order,
+        "voters": ranking.pool,
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},
         "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
                              "normalization": m.normalization} for m in members},

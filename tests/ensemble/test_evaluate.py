@@ -163,3 +163,20 @@ def test_fewer_overlays_than_test_images(trained_run):
     result = evaluate_ensemble(config)
     assert len(result.document["test_items"]) > 1
     assert len(list(Path(result.output_uri).glob("overlay_*.png"))) == 1
+
+
+def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_run):
+    """The paper's b0/b1: trained, scored and reported as members, never voters in RUEL-k."""
+    from minseg.errors import InputError
+
+    config = evaluation_config(trained_run, "voters", modes=["wv"], voters=["resunet", "halfunet"])
+    config.evaluation.overlays = 0
+    result = evaluate_ensemble(config)
+    keys = [c.key for c in result.candidates]
+    assert {"member:resunet", "member:vgg", "member:halfunet"} <= set(keys)
+    (ensemble,) = [c for c in result.candidates if c.key.startswith("RUEL")]
+    assert ensemble.key == "RUEL-2-WV" and set(ensemble.members) == {"resunet", "halfunet"}
+    assert result.document["voters"] == [n for n in result.ranking if n != "vgg"]
+    config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
+    with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
+        evaluate_ensemble(config)

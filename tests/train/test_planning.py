@@ -63,6 +63,7 @@ def test_ruel_paper_config_is_table_2():
     from pathlib import Path
 
     from minseg.config import load_config
+    from minseg.enums import ScheduleSpan
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "ruel_paper.yaml", MinsegConfig)
     members = {m.name: m for m in config.training.members}
@@ -71,7 +72,34 @@ def test_ruel_paper_config_is_table_2():
     grid = {(m.loss.name.value, m.model_options["stn"], tuple(s.epochs for s in m.stages)) for m in learners}
     assert len(learners) == 12 and grid == {(loss, stn, epochs) for loss in ("ce", "ce_dice", "ce_focal")
                                             for stn in (False, True) for epochs in ((40, 80), (50, 100))}
+
+    def row(name):
+        m = members[name]
+        return m.model_options["stn"], m.loss.name.value, tuple(s.epochs for s in m.stages)
+
+    # the rows of the paper's Table 2 a reader checked: 05, 08 (its best learner) and 11
+    assert row("learner05") == (False, "ce_focal", (40, 80))
+    assert row("learner08") == (True, "ce_focal", (50, 100))
+    assert row("learner11") == (False, "ce_focal", (50, 100))
     assert all(m.stages[0].freeze_encoder and m.stages[0].batch_size == 32 and m.stages[1].batch_size == 16
                for m in learners)
     assert all(m.model_options["activation"] == "leaky_relu" for m in learners)
     assert config.training.defaults["optimizer"]["lr"] == 1e-4 and learners[0].schedule.min_lr == 1e-6
+    # pretrained encoders on every member, one cosine over both stages
+    assert all(m.init is not None and m.init.uri.endswith(".pth") for m in members.values())
+    assert all(m.schedule.span is ScheduleSpan.RUN for m in members.values())
+    assert config.evaluation.voters == [m.name for m in learners] and "b0" not in config.evaluation.voters
+    assert (config.evaluation.k_min, config.evaluation.k_max) == (3, 12)
+
+
+def test_whole_run_schedule_refuses_a_stage_learning_rate():
+    from minseg.config import validate_config
+    from minseg.errors import InputError
+
+    member = {"name": "m", "model": "unet", "schedule": {"span": "run"},
+              "stages": [{"epochs": 1, "freeze_encoder": True}, {"epochs": 1, "lr": 0.1}]}
+    with pytest.raises(InputError, match=r"stages\[1\].lr cannot be set with schedule.span 'run'"):
+        validate_config({"training": {"members": [member]}}, MinsegConfig)
+    member["init"] = {"uri": "weights/resnet50.onnx"}
+    with pytest.raises(InputError, match="weights must be .pt, .pth"):
+        validate_config({"training": {"members": [member]}}, MinsegConfig)

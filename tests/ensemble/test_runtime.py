@@ -1,0 +1,28 @@
+"""The ensemble runtime's per-member normalisation: a member trained on other statistics
+(pretrained encoders: ImageNet's) sees exactly what it saw in training."""
+
+import numpy as np
+import torch
+
+from minseg.ensemble.runtime import MemberRef, Renormalise, with_member_normalization
+from minseg.ensemble.sliding import normalise
+from minseg.models import build_model
+from minseg.models.pretrained import family_normalization
+
+DATA = {"mean": [120.0, 100.0, 90.0], "std": [40.0, 35.0, 30.0]}
+
+
+def test_member_statistics_are_applied_on_top_of_the_ensemble_normalisation():
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=3, width=0.125).eval()
+    image = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    imagenet = family_normalization(3)
+    members = [MemberRef("pre", "unet", "x", {}, imagenet), MemberRef("plain", "unet", "y", {}, DATA),
+               MemberRef("old", "unet", "z", {}, None)]
+    wrapped = with_member_normalization([model, model, model], members, DATA["mean"], DATA["std"])
+    assert isinstance(wrapped[0], Renormalise) and wrapped[1] is model and wrapped[2] is model
+    with torch.no_grad():
+        ours = wrapped[0](normalise(image, DATA["mean"], DATA["std"], torch.device("cpu")))
+        direct = model(normalise(image, imagenet["mean"], imagenet["std"], torch.device("cpu")))
+    assert torch.allclose(ours, direct, atol=1e-5)
+    assert wrapped[0].task == model.task
