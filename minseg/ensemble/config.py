@@ -51,7 +51,7 @@ class EvaluationSettings(StrictModel):
     members: list[str] | None = Field(None, description="default: every member that finished")
     baselines: list[str] | None = Field(None, description="members reported as baselines (default: vgg16_unet ones)")
     voters: list[str] | None = Field(
-        None, description="members RUEL-k ensembles are built from (default: every evaluated member); the others "
+        None, min_length=1, description="members RUEL-k ensembles are built from (default: every evaluated member); the others "
                           "are scored and reported as single members, e.g. the paper's baselines b0/b1")
     rank_key: str = Field("miou", description="e.g. miou, iou:gangue (the paper), f1:pyrite, mean_f1")
     rank_on: str = Field("val", pattern="^(val|test)$", description="split the ranking (and learned weights) come from")

@@ -211,7 +211,7 @@ def _member_normalization(storage: Storage, checkpoint: str) -> dict | None:
     """The statistics a member was trained with (``metrics.json``; pretrained members may differ from the data's)."""
     try:
         return json.loads(storage.read_text(join_uri(checkpoint, "metrics.json"))).get("normalization")
-    except ObjectNotFoundError:
+    except (ObjectNotFoundError, ValueError):  # older checkpoints, or an unreadable record: the data's
         return None
 
 

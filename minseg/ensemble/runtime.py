@@ -92,10 +92,10 @@ class Renormalise(torch.nn.Module):
     (u - mean_m) / std_m for every uint8 value u."""
 
     def __init__(self, model: torch.nn.Module, ensemble: Mapping[str, Sequence[float]],
-                 member: Mapping[str, Sequence[float]]):
+                 member: Mapping[str, Sequence[float]], name: str = "member"):
         super().__init__()
         if len(member["mean"]) != len(ensemble["mean"]):
-            raise ValueError(f"the member normalises {len(member['mean'])} channels, the ensemble "
+            raise ValueError(f"{name} normalises {len(member['mean'])} channels, the ensemble "
                              f"{len(ensemble['mean'])}")
         mean_e, std_e = torch.tensor(ensemble["mean"]), torch.tensor(ensemble["std"])
         mean_m, std_m = torch.tensor(member["mean"]), torch.tensor(member["std"])
@@ -110,16 +110,27 @@ class Renormalise(torch.nn.Module):
 
 def with_member_normalization(models: Sequence[torch.nn.Module], members: Sequence[MemberRef],
                               mean: Sequence[float] | None, std: Sequence[float] | None) -> list[torch.nn.Module]:
-    """Each model, wrapped in ``Renormalise`` where its member's statistics differ from the ensemble's."""
+    """Each model, wrapped in ``Renormalise`` where its member's statistics differ from the ensemble's.
+
+    Raises:
+        ValueError: a member has its own statistics but the runtime has none to map from
+            (inputs come normalised: they cannot be renormalised per member).
+    """
+    from minseg.models.pretrained import same_normalization
+
+    own_stats = [m for m in members if m.normalization is not None]
     if mean is None or std is None:
+        if own_stats:
+            raise ValueError(f"member {own_stats[0].name!r} was trained with its own normalisation, but this "
+                             "runtime gets normalised inputs and cannot apply it")
         return list(models)
     ensemble = {"mean": list(mean), "std": list(std)}
     wrapped = []
     for model, member in zip(models, members):
         own = member.normalization
-        same = own is None or ([float(v) for v in own["mean"]] == [float(v) for v in mean]
-                               and [float(v) for v in own["std"]] == [float(v) for v in std])
-        wrapped.append(model if same else Renormalise(model, ensemble, own).to(next(model.parameters()).device))
+        keep = own is None or same_normalization(own, ensemble)
+        wrapped.append(model if keep else
+                       Renormalise(model, ensemble, own, f"member {member.name!r}").to(next(model.parameters()).device))
     return wrapped
 
 

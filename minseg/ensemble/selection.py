@@ -139,11 +139,11 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
 
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
     """A member's statistics when they differ from the ensemble's, else None (the manifest stays lean)."""
-    if not member:
+    from minseg.models.pretrained import same_normalization
+
+    if not member or same_normalization(member, ensemble):
         return None
-    same = [float(v) for v in member["mean"]] == [float(v) for v in ensemble["mean"]] and \
-        [float(v) for v in member["std"]] == [float(v) for v in ensemble["std"]]
-    return None if same else {"mean": list(member["mean"]), "std": list(member["std"])}
+    return {"mean": list(member["mean"]), "std": list(member["std"])}
 
 
 def build_manifest(document: dict, key: str, storage: Storage, name: str) -> EnsembleManifest:

@@ -27,6 +27,8 @@ class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
     task: ClassVar[Task] = Task.SEGMENTATION
     size_multiple: ClassVar[int] = 1
     min_size: ClassVar[int] = 1
+    #: the encoder's first layer sees the (normalised) input image, so pretrained weights' statistics apply
+    encoder_reads_input: ClassVar[bool] = True
 
     def __init__(self, num_classes: int, in_channels: int = 3, pad_mode: PadMode | str = PadMode.REPLICATE):
         super().__init__()
@@ -95,11 +97,15 @@ class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
     # -- encoder freezing --------------------------------------------------------
 
     def freeze_encoder(self) -> None:
-        """Stop encoder gradients and keep its BatchNorm running statistics fixed."""
+        """Stop encoder gradients and keep its BatchNorm running statistics fixed.
+
+        Modules inside the encoder that no pretrained backbone has (``trains_when_frozen``,
+        e.g. ConvNeXt's ECA) keep training: they start from random weights."""
         if self.encoder is None:
             raise ValueError(f"{type(self).__name__} has no encoder to freeze")
+        new = {id(p) for m in self.encoder.modules() if getattr(m, "trains_when_frozen", False) for p in m.parameters()}
         for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
+            parameter.requires_grad_(id(parameter) in new)
         self._encoder_frozen = True
         self._set_encoder_norm_mode()
 

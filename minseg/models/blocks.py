@@ -49,7 +49,11 @@ class SqueezeExcitation(nn.Module):
 
 
 class ECA(nn.Module):
-    """Efficient channel attention: 1-D conv across pooled channels, adaptive kernel size."""
+    """Efficient channel attention: 1-D conv across pooled channels, adaptive kernel size.
+
+    Not part of any pretrained backbone: it keeps training while the encoder is frozen."""
+
+    trains_when_frozen = True
 
     def __init__(self, channels: int, gamma: int = 2, beta: int = 1):
         super().__init__()

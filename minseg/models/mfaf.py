@@ -22,6 +22,8 @@ records the reading implemented here.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -63,6 +65,16 @@ class _ResNet18Stages(ResNetEncoder):
     def forward(self, x):
         return super().forward(x)[1:]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before torchvision names: stem.0/1 = conv1/bn1, layers.i = layer{i+1}
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            renamed = re.sub(r"^layers\.(\d)\.", lambda m: f"layer{int(m.group(1)) + 1}.",
+                             re.sub(r"^stem\.1\.", "bn1.", re.sub(r"^stem\.0\.", "conv1.", rest)))
+            if renamed != rest:
+                state_dict[prefix + renamed] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 @register_model(
     "mfaf",
@@ -76,6 +88,7 @@ class _ResNet18Stages(ResNetEncoder):
 )
 class MFAF(MinsegModel):
     task = Task.CLASSIFICATION
+    encoder_reads_input = False  # the backbone reads the multi-scale stem's features, not the evidence stack
 
     def __init__(
         self,

@@ -79,12 +79,11 @@ ENCODER_RULES: dict[str, dict[WeightLayout, Rules]] = {
     "convnext": {WeightLayout.TORCHVISION: _CONVNEXT_TORCHVISION, WeightLayout.TIMM: _CONVNEXT_TIMM,
                  WeightLayout.CONVNEXT_ORIGINAL: _CONVNEXT_ORIGINAL},
 }
-#: layout -> rules for the parts outside the encoder (``part: model``), to the model's names
-HEAD_RULES: dict[WeightLayout, Rules] = {
-    WeightLayout.TORCHVISION: ((r"^classifier\.0\.", "norm."), (r"^classifier\.2\.", "head.")),  # ConvNeXt
-    WeightLayout.TIMM: ((r"^head\.norm\.", "norm."), (r"^head\.fc\.", "head.")),
+#: backbone -> layout -> rules for the parts outside the encoder (``part: model``), to the model's names
+HEAD_RULES: dict[str, dict[WeightLayout, Rules]] = {
+    "convnext": {WeightLayout.TORCHVISION: ((r"^classifier\.0\.", "norm."), (r"^classifier\.2\.", "head.")),
+                 WeightLayout.TIMM: ((r"^head\.norm\.", "norm."), (r"^head\.fc\.", "head."))},
 }
-_MINSEG_ENCODER: Rules = ((r"^encoder\.", ""),)
 
 
 class InitWeightsError(InputError):
@@ -141,10 +140,10 @@ class WeightLoadReport:
         return "; ".join(parts)
 
     def short(self) -> str:
-        """For the members table: ``file: encoder 320/320 (1 adapted)``."""
+        """For the members table: ``file [torchvision names]: encoder 320/320, 1 adapted``."""
         name = self.source.rstrip("/").rsplit("/", 1)[-1]
         extra = f", {len(self.adapted)} adapted" if self.adapted else ""
-        return f"{name} [{self.layout}]: encoder {self.encoder_loaded}/{self.encoder_tensors}{extra}"
+        return f"{name} [{self.layout} names]: encoder {self.encoder_loaded}/{self.encoder_tensors}{extra}"
 
     def to_document(self) -> dict:
         document = asdict(self)
@@ -160,6 +159,14 @@ class WeightLoadReport:
 
 
 # ---------------------------------------------------------------------------- reading
+
+
+def same_normalization(a: dict | None, b: dict | None) -> bool:
+    """Whether two {"mean", "std"} documents hold the same statistics (None = unknown: never the same)."""
+    if not a or not b:
+        return False
+    return [float(v) for v in a["mean"]] == [float(v) for v in b["mean"]] and \
+        [float(v) for v in a["std"]] == [float(v) for v in b["std"]]
 
 
 def read_state_dict(uri: str, storage=None) -> dict[str, torch.Tensor]:
@@ -255,16 +262,14 @@ def _plan(model: nn.Module, state: dict[str, torch.Tensor], source: str, part: I
     own = model.state_dict()
     encoder_state = encoder.state_dict()
     backbone = getattr(encoder, "backbone", "")
-    if layout is WeightLayout.MINSEG:
-        encoder_rules, head_rules = (_MINSEG_ENCODER if part is InitPart.ENCODER else (), ())
-    else:
-        encoder_rules, head_rules = ENCODER_RULES.get(backbone, {}).get(layout, ()), HEAD_RULES.get(layout, ())
+    encoder_rules = ENCODER_RULES.get(backbone, {}).get(layout, ())
+    head_rules = HEAD_RULES.get(backbone, {}).get(layout, ())
     first_conv = _first_conv(encoder_state)
     report = WeightLoadReport(source, layout.value, part.value)
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if layout is WeightLayout.MINSEG and part is InitPart.MODEL:
-            target = key if key in own else None
+        if layout is WeightLayout.MINSEG:  # a minseg model.pt: our own names, encoder under "encoder."
+            target = key if key in own and (part is InitPart.MODEL or key.startswith("encoder.")) else None
         else:
             mapped = _rename(key, encoder_rules)
             target = f"encoder.{mapped}" if mapped in encoder_state else None
@@ -391,22 +396,27 @@ def weights_normalization(uri: str, layout: str, in_channels: int, storage=None)
 
 
 def choose_normalization(mode: InitNormalization, report_layout: str, uri: str, in_channels: int,
-                         data_normalization: dict[str, list[float]], storage=None) -> tuple[dict, str]:
+                         data_normalization: dict[str, list[float]], storage=None,
+                         reads_image: bool = True) -> tuple[dict, str]:
     """(statistics, how they were chosen) for a member initialised from weights.
 
-    ``auto`` follows the weights when their statistics are known and the member reads
-    image channels (3, 1 or a multiple of 3); otherwise the data's. ``weights`` insists.
+    ``auto`` follows the weights when their statistics are known and the pretrained encoder
+    reads the member's input (``reads_image``; not MFAF, whose backbone reads its stem) as
+    image channels (1, 3 or a multiple of 3); otherwise the data's. ``weights`` insists.
+
+    Raises:
+        InitWeightsError: ``weights`` where the weights' statistics do not apply or are unknown.
     """
     mode = InitNormalization(mode)
     if mode is InitNormalization.DATA:
         return data_normalization, "data (measured on the training split)"
-    image_like = in_channels in (1, 3) or in_channels % 3 == 0
-    stats = weights_normalization(uri, report_layout, in_channels, storage) if image_like or \
-        mode is InitNormalization.WEIGHTS else None
+    image_like = reads_image and (in_channels in (1, 3) or in_channels % 3 == 0)
+    stats = weights_normalization(uri, report_layout, in_channels, storage) if image_like else None
     if stats is None:
         if mode is InitNormalization.WEIGHTS:
-            raise InitWeightsError(f"{uri}: normalization 'weights' asked for, but the statistics of these weights "
-                                   f"are unknown for {in_channels} channels")
+            why = "its encoder does not read the input image" if not image_like else \
+                f"the weights' statistics are unknown for {in_channels} channels"
+            raise InitWeightsError(f"{uri}: normalization 'weights' asked for, but {why}")
         return data_normalization, "data (the weights' statistics do not apply)"
     family = "recorded with the checkpoint" if WeightLayout(report_layout) is WeightLayout.MINSEG else "ImageNet"
     return stats, f"weights ({family})"

@@ -76,7 +76,7 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 
     from minseg.errors import MinsegError
     from minseg.losses import build_loss
-    from minseg.models.pretrained import plan_weights, read_state_dict
+    from minseg.models.pretrained import choose_normalization, plan_weights, read_state_dict
 
     try:
         with torch.device("meta"):
@@ -87,8 +87,11 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
             init, cache = member.init, weights_cache if weights_cache is not None else {}
             if init.uri not in cache:
                 cache[init.uri] = read_state_dict(init.uri, storage)
-            plan_weights(model, cache[init.uri], init.uri, part=init.part, layout=init.layout, prefix=init.prefix,
-                         min_encoder_share=init.min_encoder_share)
+            plan = plan_weights(model, cache[init.uri], init.uri, part=init.part, layout=init.layout,
+                                prefix=init.prefix, min_encoder_share=init.min_encoder_share)
+            unknown = {"mean": [0.0] * in_channels, "std": [1.0] * in_channels}  # the data's: measured later
+            choose_normalization(init.normalization, plan.report.layout, init.uri, in_channels, unknown, storage,
+                                 reads_image=model.encoder_reads_input)
     except (ValueError, TypeError, MinsegError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -364,21 +367,24 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     storage = Storage(config.storage)
     results: list[MemberResult] = []
     folds = source.trial_folds()
-    trials, weights_cache = [], {}
+    trials, weights_cache = [], {}  # state dicts read once per distinct init file, dropped before training
     for member in members:
-        problem = preflight(member, source.num_classes, source.in_channels, storage, weights_cache)
-        if problem:
-            results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
-                                        error=f"not started: {problem}"))
-            log_event(log, "train.member.rejected", member=member.name, reason=problem)
-            continue
+        pending = []
         for fold in folds:
             trial_uri = run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
             done = _previous_result(storage, trial_uri, member.name) if resume else None
             if done is not None and done.status is MemberStatus.DONE:  # resubmitted: finished trials are kept
                 results.append(done)
                 continue
-            trials.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
+            pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
+        problem = preflight(member, source.num_classes, source.in_channels, storage, weights_cache) if pending else None
+        if problem:
+            results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
+                                        error=f"not started: {problem}"))
+            log_event(log, "train.member.rejected", member=member.name, reason=problem)
+            continue
+        trials += pending
+    weights_cache.clear()
 
     if trials:
         runnable = {t["member"]["name"] for t in trials}

@@ -24,7 +24,7 @@ from minseg.logs import configure_logging, get_logger, log_event
 from minseg.losses import build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
 from minseg.models import build_model, load_pretrained
-from minseg.models.pretrained import choose_normalization
+from minseg.models.pretrained import WeightLoadReport, choose_normalization
 from minseg.train.checkpoint import load_checkpoint, write_checkpoint
 from minseg.train.config import MemberSettings, OptimizerSettings, ScheduleSettings
 
@@ -43,8 +43,8 @@ def learning_rate(schedule: ScheduleSettings, base_lr: float, step: int, total_s
 
     cosine: lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 per step after a linear warm-up
     (SGDR without restarts; the Res-UNet paper's 1e-4 -> 1e-6); step: lr x gamma^floor(epoch /
-    step_epochs) (MFAF: 0.6 every 30 epochs). Steps and epochs count within a stage, or over the
-    whole run with ``schedule.span: run``.
+    step_epochs) (MFAF: 0.6 every 30 epochs). Cosine steps count within a stage, or over the whole
+    run with ``schedule.span: run``; ``epoch`` always counts over the whole run.
     """
     if schedule.name is ScheduleName.CONSTANT:
         return base_lr
@@ -170,7 +170,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
         report = load_pretrained(session.model, init.uri, part=init.part, layout=init.layout, prefix=init.prefix,
                                  min_encoder_share=init.min_encoder_share, storage=worker.storage)
         stats, how = choose_normalization(init.normalization, report.layout, init.uri, session.inputs.in_channels,
-                                          session.inputs.normalization, worker.storage)
+                                          session.inputs.normalization, worker.storage,
+                                          reads_image=session.model.encoder_reads_input)
         report.normalization = how
         state["init"], state["normalization"] = report.to_document(), stats
         if session.rank == 0:
@@ -254,6 +255,8 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
         if better and not (isinstance(value, float) and math.isnan(value)):
             state["best_value"], state["best_epoch"], is_best = value, state["epochs_done"], True
     row = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    if state.get("init") and not state["history"]:  # where the member started, in its history
+        row["init"] = WeightLoadReport.from_document(state["init"]).short()
     state["history"].append(row)
     if session.rank == 0:
         inputs = session.inputs
@@ -327,8 +330,11 @@ def train_worker(config: dict) -> None:
             finished_stage = state["epoch_in_stage"] == stage.epochs
             if finished_stage:
                 state["stage"], state["epoch_in_stage"] = stage_index + 1, 0
-            # a per-stage optimizer starts afresh with the next stage: its state is not worth keeping then
-            record_epoch(session, model, optimizer, state, metrics, validate, finished_stage and not whole_run)
+            # a per-stage optimizer starts afresh with the next stage, and nothing follows the last one:
+            # the optimizer state is not worth keeping then
+            last_stage = stage_index == len(member.stages) - 1
+            record_epoch(session, model, optimizer, state, metrics, validate,
+                         finished_stage and (not whole_run or last_stage))
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 (pretrained encoders: ImageNet's) sees exactly what it saw in training."""
 
 import numpy as np
+import pytest
 import torch
 
 from minseg.ensemble.runtime import MemberRef, Renormalise, with_member_normalization
@@ -26,3 +27,12 @@ def test_member_statistics_are_applied_on_top_of_the_ensemble_normalisation():
         direct = model(normalise(image, imagenet["mean"], imagenet["std"], torch.device("cpu")))
     assert torch.allclose(ours, direct, atol=1e-5)
     assert wrapped[0].task == model.task
+
+
+def test_member_statistics_need_a_runtime_that_normalises():
+    model = build_model("unet", num_classes=2, width=0.125)
+    member = MemberRef("pre", "unet", "x", {}, family_normalization(3))
+    with pytest.raises(ValueError, match="member 'pre' was trained with its own normalisation"):
+        with_member_normalization([model], [member], None, None)
+    with pytest.raises(ValueError, match="member 'pre' normalises 3 channels, the ensemble 1"):
+        with_member_normalization([model], [member], [100.0], [50.0])

@@ -340,3 +340,41 @@ def test_wrapped_training_checkpoint_is_unwrapped(tmp_path):
     model = build_model("convnext_eca", num_classes=7)
     report = load_pretrained(model, str(tmp_path / "convnext_tiny_1k_224.pth"))
     assert report.layout == "convnext_original" and report.encoder_tensors - report.encoder_loaded == 4
+
+
+def test_eca_trains_while_the_pretrained_backbone_is_frozen():
+    model = build_model("convnext_eca", num_classes=3, width=0.25, depth="tiny")
+    model.freeze_encoder()
+    trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    eca = {n for n, m in model.encoder.named_modules() if type(m).__name__ == "ECA"}
+    assert trainable == {f"{name}.conv.weight" for name in eca} and len(eca) == 4
+    model.unfreeze_encoder()
+    assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_mfaf_normalises_with_the_data_whatever_its_channel_count():
+    """Its backbone reads the stem's features: ImageNet statistics never apply to evidence windows."""
+    from minseg.models.pretrained import choose_normalization
+
+    data = {"mean": [0.0] * 12, "std": [1.0] * 12}
+    model = build_model("mfaf", num_classes=2, in_channels=12, width=0.25, depth="tiny")
+    stats, how = choose_normalization("auto", "torchvision", "r18.pth", 12, data, reads_image=model.encoder_reads_input)
+    assert stats == data and how.startswith("data")
+    with pytest.raises(InitWeightsError, match="its encoder does not read the input image"):
+        choose_normalization("weights", "torchvision", "r18.pth", 12, data, reads_image=False)
+    stats, how = choose_normalization("auto", "torchvision", "r50.pth", 6, data, reads_image=True)
+    assert stats == family_normalization(6) and how == "weights (ImageNet)"
+
+
+def test_mfaf_checkpoints_from_before_torchvision_names_still_load():
+    model = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny")
+    old = {}
+    for key, value in model.state_dict().items():
+        old_key = key.replace("encoder.conv1.", "encoder.stem.0.").replace("encoder.bn1.", "encoder.stem.1.")
+        for i in range(4):
+            old_key = old_key.replace(f"encoder.layer{i + 1}.", f"encoder.layers.{i}.")
+        old[old_key] = value.clone() + 1
+    assert "encoder.layers.0.0.conv1.weight" in old
+    fresh = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny")
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.encoder.layer1[0].conv1.weight, old["encoder.layers.0.0.conv1.weight"])

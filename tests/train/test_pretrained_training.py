@@ -3,6 +3,7 @@ encoder (weights and BatchNorm statistics) exactly as loaded, under DDP and acro
 kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages."""
 
 import json
+import math
 import threading
 import time
 
@@ -12,13 +13,13 @@ import torch
 from minseg.models import build_model
 from minseg.models.pretrained import family_normalization
 from minseg.train.checkpoint import load_checkpoint
-from minseg.train.config import ScheduleSettings
 from minseg.train.ensemble import train_ensemble
-from minseg.train.loop import learning_rate
 from tests.support.processes import kill_processes_titled
 from tests.train.conftest import TINY, training_config
 
 TWO_STAGES = [{"epochs": 3, "batch_size": 4, "freeze_encoder": True}, {"epochs": 1, "batch_size": 4}]
+# the paper's shape: a larger batch while frozen, so the stages have different step counts
+UNEQUAL_STAGES = [{"epochs": 3, "batch_size": 8, "freeze_encoder": True}, {"epochs": 1, "batch_size": 4}]
 
 
 def imagenet_stand_in(path) -> dict:
@@ -49,7 +50,7 @@ def pretrained_run(synthetic_sections, tmp_path_factory):
          # validated after the frozen stage (epoch 3) and at the end; "best" = the frozen stage's end
          "validate_every": 3, "checkpoint_metric": "stage", "checkpoint_mode": "min"},
         {"name": "one-schedule", "model": "res_unet", "model_options": TINY,
-         "init": {"uri": str(weights), "normalization": "data"}, "stages": TWO_STAGES, "max_failures": 3,
+         "init": {"uri": str(weights), "normalization": "data"}, "stages": UNEQUAL_STAGES, "max_failures": 3,
          "schedule": {"name": "cosine", "min_lr": 1e-5, "span": "run"}},
         {"name": "wrong-file", "model": "res_unet", "model_options": TINY, "init": {"uri": str(wrong)},
          "stages": TWO_STAGES},
@@ -77,7 +78,7 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
     rows, run, init_state, killed = pretrained_run
     row = rows["frozen-ddp"]
     assert row.status == "done", row.error
-    assert row.init == "resnet50-imagenet.pth [torchvision]: encoder " + "/".join(
+    assert row.init == "resnet50-imagenet.pth [torchvision names]: encoder " + "/".join(
         [str(sum(1 for k in init_state if not k.endswith("num_batches_tracked")))] * 2)
     best = load_checkpoint(_storage(), str(run), "frozen-ddp", "best")
     last = load_checkpoint(_storage(), str(run), "frozen-ddp", "last")
@@ -98,18 +99,25 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
     report = json.loads((run / "members" / "frozen-ddp" / "init_report.json").read_text())
     assert report["encoder_share"] == 1.0 and report["unexpected"] == ["fc.weight", "fc.bias"]
     assert report["normalization"] == "weights (ImageNet)"
-    assert "resnet50-imagenet.pth [torchvision]: encoder" in (run / "members.csv").read_text()
+    assert "resnet50-imagenet.pth [torchvision names]: encoder" in (run / "members.csv").read_text()
+    assert last.state["history"][0]["init"] == row.init and "init" not in last.state["history"][1]
+    assert last.optimizer is None  # the run is over: no optimizer state kept
 
 
 def test_one_schedule_spans_both_stages(pretrained_run):
-    rows, run, _, _ = pretrained_run
+    rows, run, _, killed = pretrained_run
     assert rows["one-schedule"].status == "done", rows["one-schedule"].error
     state = load_checkpoint(_storage(), str(run), "one-schedule").state
     history = state["history"]
-    steps = -(-history[0]["train_tiles"] // 4)  # batches per epoch, one worker
-    schedule = ScheduleSettings(name="cosine", min_lr=1e-5, span="run")
-    for row in history:  # the last step of each epoch, counted over the whole run
-        expected = learning_rate(schedule, 0.003, row["epoch"] * steps - 1, 4 * steps, row["epoch"])
+    if killed:  # every worker was killed once: this member resumed too, optimizer state and step count kept
+        assert state["restarts"] >= 1
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    tiles = history[0]["train_tiles"]
+    frozen_steps, open_steps = -(-tiles // 8), -(-tiles // 4)  # batches per epoch in each stage, one worker
+    total = 3 * frozen_steps + open_steps
+    last_step = [frozen_steps - 1, 2 * frozen_steps - 1, 3 * frozen_steps - 1, total - 1]
+    for row, step in zip(history, last_step):  # lr_min + (lr - lr_min)(1 + cos(pi t / T)) / 2 over the whole run
+        expected = 1e-5 + (0.003 - 1e-5) * 0.5 * (1 + math.cos(math.pi * step / total))
         assert row["lr"] == pytest.approx(expected, rel=1e-9), row
     assert history[2]["lr"] > history[3]["lr"] > 1e-5  # no restart at unfreezing
     assert state["normalization"] != family_normalization(3)  # normalization: data
