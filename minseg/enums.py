@@ -255,3 +255,10 @@ class WeightFormat(StrEnum):
 
 
 WEIGHT_SUFFIXES = ".pt, .pth, .bin, .ckpt (torch.load, tensors only) or .safetensors"
+
+
+class AttentionPlacement(StrEnum):
+    """Where MFAF applies spatial attention (channel attention always follows the stem)."""
+
+    PAPER = "paper"  # on the backbone's last convolutional features (the prospectivity paper, §3.2)
+    STEM = "stem"  # right after channel attention, before the backbone (minseg's earlier reading)

@@ -167,3 +167,32 @@ def test_registry_errors():
         build_model("resunet", num_classes=2)
     with pytest.raises(ValueError, match="does not take option\\(s\\) stn_enabled; its options are"):
         build_model("res_unet", num_classes=2, stn_enabled=True)
+
+
+def test_mfaf_wiring_follows_the_paper_and_ablations_switch_parts_off():
+    """§3.2: SE after the dilated convolutions, spatial attention at the last convolution."""
+    seen = {}
+
+    def build(**options):
+        model = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny", **options).eval()
+        for name in ("channel_attention", "spatial_attention"):
+            module = getattr(model, name)
+            if module is not None:
+                module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].shape[1]))
+        return model
+
+    x = torch.randn(2, 10, 32, 32)
+    model = build()
+    seen.clear()
+    model(x)
+    assert seen == {"channel_attention": model.stem.out_channels, "spatial_attention": model.encoder.out_channels[-1]}
+    stem = build(attention_placement="stem")
+    seen.clear()
+    stem(x)
+    assert seen["spatial_attention"] == stem.stem.out_channels
+    assert build(channel_attention=False).channel_attention is None
+    assert build(spatial_attention=False).spatial_attention is None
+    plain = build(dilated=False)
+    assert [b[0].dilation for b in plain.stem.branches] == [(1, 1)] and plain.stem.out_channels == model.stem.out_channels
+    with pytest.raises(ValueError, match="no channel attention"):
+        build(channel_attention=False).attention_weights(x)
