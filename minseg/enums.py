@@ -262,3 +262,10 @@ class AttentionPlacement(StrEnum):
 
     PAPER = "paper"  # on the backbone's last convolutional features (the prospectivity paper, §3.2)
     STEM = "stem"  # right after channel attention, before the backbone (minseg's earlier reading)
+
+
+class ScreeningLevel(StrEnum):
+    """What element screening compares: the samples themselves, or the interpolated grid cells."""
+
+    SAMPLES = "samples"  # before interpolation (the MFAF paper, §3.1)
+    GRID = "grid"
