@@ -269,3 +269,10 @@ class ScreeningLevel(StrEnum):
 
     SAMPLES = "samples"  # before interpolation (the MFAF paper, §3.1)
     GRID = "grid"
+
+
+class EcaPlacement(StrEnum):
+    """Where the ConvNeXt classifier applies ECA channel attention (the paper's text allows both)."""
+
+    STAGE = "stage"  # once per stage, after its blocks
+    BLOCK = "block"  # after every ConvNeXt block
