@@ -43,12 +43,15 @@ def learning_rate(schedule: ScheduleSettings, base_lr: float, step: int, total_s
 
     cosine: lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 per step after a linear warm-up
     (SGDR without restarts; the Res-UNet paper's 1e-4 -> 1e-6); step: lr x gamma^floor(epoch /
-    step_epochs) (MFAF: 0.6 every 30 epochs). Cosine steps count within a stage, or over the whole
+    step_epochs) (MFAF: 0.6 every 30 epochs), or every ``step_steps`` optimizer steps (the
+    microplastic paper: 0.96 every 800). Cosine steps count within a stage, or over the whole
     run with ``schedule.span: run``; ``epoch`` always counts over the whole run.
     """
     if schedule.name is ScheduleName.CONSTANT:
         return base_lr
     if schedule.name is ScheduleName.STEP:
+        if schedule.step_steps:
+            return base_lr * schedule.gamma ** (step // schedule.step_steps)
         return base_lr * schedule.gamma ** (epoch // schedule.step_epochs)
     if step < schedule.warmup_steps:
         return base_lr * (step + 1) / schedule.warmup_steps
@@ -63,8 +66,8 @@ def make_optimizer(settings: OptimizerSettings, parameters, lr: float, trainable
     if settings.name is OptimizerName.SGD:
         return torch.optim.SGD(parameters, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.name is OptimizerName.ADAMW:
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=settings.weight_decay)
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=settings.weight_decay, eps=settings.eps)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay, eps=settings.eps)
 
 
 def to_model_input(batch: dict, mean: torch.Tensor, std: torch.Tensor, device, task: Task):
