@@ -224,6 +224,20 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from minseg.analysis.kernels import analyze_kernels
+    from minseg.io.storage import Storage
+
+    report = analyze_kernels(args.sources, args.out, Storage(), bins=args.bins, near_zero=args.near_zero,
+                             relative=args.relative)
+    members = list(dict.fromkeys(row["member"] for row in report.rows))
+    print(f"{len(report.rows)} convolution layers of {len(members)} member(s): {', '.join(members)}")
+    print(f"statistics: {report.csv_uri}")
+    for figure in report.figures:
+        print(f"figure:     {figure}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import platform
 
@@ -320,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--num-classes", type=int, default=9)
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    analyze = sub.add_parser("analyze", help="analyses of trained members")
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    kernels = analyses.add_parser(
+        "kernels", help="per-layer histograms and statistics of trained convolution kernels (the microplastic "
+                        "paper's network comparison)")
+    kernels.add_argument("sources", nargs="+", metavar="RUN_MANIFEST_OR_CHECKPOINT",
+                         help="a training run, an ensemble manifest.json, or checkpoint directories (local or s3://)")
+    kernels.add_argument("--out", required=True, help="folder or s3:// prefix for kernels.csv and the figures")
+    kernels.add_argument("--bins", type=int, default=60, help="histogram bins per layer (default 60)")
+    kernels.add_argument("--near-zero", type=float, default=0.01, help="|w| below this counts as near zero (0.01)")
+    kernels.add_argument("--relative", type=float, default=0.05,
+                         help="|w| below this share of the layer's max |w| counts as relatively small (0.05)")
+    kernels.set_defaults(func=cmd_analyze)
 
     info = sub.add_parser("info", help="versions and accelerator availability")
     info.set_defaults(func=cmd_info)

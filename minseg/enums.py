@@ -255,3 +255,24 @@ class WeightFormat(StrEnum):
 
 
 WEIGHT_SUFFIXES = ".pt, .pth, .bin, .ckpt (torch.load, tensors only) or .safetensors"
+
+
+class AttentionPlacement(StrEnum):
+    """Where MFAF applies spatial attention (channel attention always follows the stem)."""
+
+    PAPER = "paper"  # on the backbone's last convolutional features (the prospectivity paper, §3.2)
+    STEM = "stem"  # right after channel attention, before the backbone (minseg's earlier reading)
+
+
+class ScreeningLevel(StrEnum):
+    """What element screening compares: the samples themselves, or the interpolated grid cells."""
+
+    SAMPLES = "samples"  # before interpolation (the MFAF paper, §3.1)
+    GRID = "grid"
+
+
+class EcaPlacement(StrEnum):
+    """Where the ConvNeXt classifier applies ECA channel attention (the paper's text allows both)."""
+
+    STAGE = "stage"  # once per stage, after its blocks
+    BLOCK = "block"  # after every ConvNeXt block

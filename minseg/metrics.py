@@ -121,7 +121,14 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
     recall = np.where(present, _divide(tp, true), np.nan)
     f1 = np.where(present, _divide(2 * tp, true + predicted), np.nan)
     macro_precision, macro_recall = _nanmean(precision), _nanmean(recall)
-    support = true / true.sum() if true.sum() > 0 else np.zeros(n)
+    # the microplastic paper's recall-weighted scores (Eq. 34-35): a foreground class's F1 and IoU
+    # times its recall, so missing the objects costs however well the background is labelled.
+    # Class 0 is the background (as in every seed paper's class map); a class predicted but absent
+    # from the truth has no recall and scores 0 (its F1 and IoU are 0).
+    recall_weight = np.nan_to_num(recall)
+    rw_f1 = np.where(present, np.nan_to_num(f1) * recall_weight, np.nan)
+    rw_iou = np.where(present, np.nan_to_num(iou) * recall_weight, np.nan)
+    rw_f1[:1] = rw_iou[:1] = np.nan
     total = matrix.sum()
     denominator = macro_precision + macro_recall
     if math.isnan(denominator):
@@ -144,9 +151,12 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
         "mPA": macro_precision,
         "mRecall": macro_recall,
         "F1_paper": float(paper_f1),
-        # the microplastic paper's recall-weighted summaries (Eq. 34-35)
-        "recall_weighted_f1": float(np.nansum(support * np.nan_to_num(f1))),
-        "recall_weighted_iou": float(np.nansum(support * np.nan_to_num(iou))),
+        # the microplastic paper's recall-weighted scores (Eq. 34-35): per class (background: None) and
+        # their mean over the foreground classes present; binary: the foreground class's value
+        "recall_weighted_f1_per_class": [None] + rw_f1[1:].tolist(),
+        "recall_weighted_iou_per_class": [None] + rw_iou[1:].tolist(),
+        "recall_weighted_f1": _nanmean(rw_f1),
+        "recall_weighted_iou": _nanmean(rw_iou),
     }
 
 

@@ -23,7 +23,7 @@ LAYERS = [
                   "minseg.ensemble.sliding", "minseg.ensemble.runtime", "minseg.ensemble.selection"]),
     # every job's settings and the root that assembles them: jobs receive the typed root
     ("settings", ["minseg.config", "minseg.train.config", "minseg.inference.config", "minseg.geo.config"]),
-    ("jobs", ["minseg.train", "minseg.ensemble", "minseg.inference", "minseg.geo"]),
+    ("jobs", ["minseg.train", "minseg.ensemble", "minseg.inference", "minseg.geo", "minseg.analysis"]),
     ("entrypoints", ["minseg.__main__", "minseg.demo", "minseg.cli"]),
 ]
 # Within the jobs layer: which job packages may use which (prospectivity trains with the training job's
@@ -33,6 +33,7 @@ JOB_IMPORTS = {
     "minseg.ensemble": set(),
     "minseg.inference": set(),
     "minseg.geo": {"minseg.train"},
+    "minseg.analysis": set(),
 }
 
 

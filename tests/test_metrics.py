@@ -21,8 +21,10 @@ def test_worked_example():
     assert m["F1_paper"] == pytest.approx(2 * macro_p * macro_r / (macro_p + macro_r))
     assert m["mean_f1"] == pytest.approx((10 / 13 + 0.6 + 8 / 9) / 3)
     assert m["accuracy"] == pytest.approx(12 / 16)
-    assert m["recall_weighted_f1"] == pytest.approx((6 * 10 / 13 + 6 * 0.6 + 4 * 8 / 9) / 16)
-    assert m["recall_weighted_iou"] == pytest.approx((6 * 5 / 8 + 6 * 3 / 7 + 4 * 4 / 5) / 16)
+    # foreground classes b and c: F1 (IoU) times recall, then their mean; background a left out
+    assert m["recall_weighted_f1"] == pytest.approx((0.6 * 0.5 + 8 / 9 * 1.0) / 2)
+    assert m["recall_weighted_iou"] == pytest.approx((3 / 7 * 0.5 + 4 / 5 * 1.0) / 2)
+    assert m["recall_weighted_f1_per_class"][0] is None
     assert metric_value(m, "iou:b") == pytest.approx(3 / 7)
     assert metric_value(m, "miou") == m["miou"]
     with pytest.raises(ValueError, match="unknown class 'gangue'"):
@@ -81,3 +83,17 @@ def test_auc_and_z_auc_by_hand():
     assert auc_z_score(0.5, 10, 10) == 0.0
     with pytest.raises(ValueError, match="needs both classes"):
         roc_auc([0.1, 0.2], [1, 1])
+
+
+def test_recall_weighted_scores_are_the_microplastic_papers():
+    """Its own case: precision 0.29, recall 0.92 on the particles -> F1 0.441 x 0.92 = 0.406."""
+    tp, fn, fp, tn = 92, 8, 225, 100_000  # precision 92 / 317 = 0.290, recall 0.92
+    m = metrics_from_confusion(np.array([[tn, fp], [fn, tp]]), ["background", "particle"])
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert m["precision"][1] == pytest.approx(0.29, abs=0.001)
+    assert m["recall_weighted_f1"] == pytest.approx(f1 * 0.92) and m["recall_weighted_f1"] == pytest.approx(0.406, abs=0.001)
+    assert m["recall_weighted_iou"] == pytest.approx(tp / (tp + fp + fn) * 0.92)
+    # predicting background everywhere: ~99.7 % accuracy, and a recall-weighted score of 0
+    everything_background = metrics_from_confusion(np.array([[tn + fp, 0], [fn + tp, 0]]))
+    assert everything_background["accuracy"] > 0.99
+    assert everything_background["recall_weighted_f1"] == 0.0 and everything_background["recall_weighted_iou"] == 0.0

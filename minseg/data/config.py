@@ -75,6 +75,8 @@ class SplitSettings(StrictModel):
     )
     use_layout_lists: bool = Field(True, description="use VOC ImageSets/Segmentation lists when present")
     folds: int | None = Field(None, ge=2, description="k-fold cross-validation over train+val (test held out)")
+    fold_val: float = Field(0.1, gt=0, lt=1, description="k folds: share of each fold's training part held out by "
+                                                         "source image to choose checkpoints (the paper: 8 of 80)")
 
     @model_validator(mode="after")
     def _ratios(self) -> "SplitSettings":

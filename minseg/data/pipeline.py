@@ -56,7 +56,7 @@ class PreparedData:
     normalization: dict[str, list[float]]
     tiling: TilingSettings
     limits: LimitSettings
-    folds: list[set[str]] | None = None
+    folds: list["Fold"] | None = None  # noqa: F821 (data.splits.Fold)
     extra: dict = field(default_factory=dict)
 
     def tile_count(self, split: str) -> int:
@@ -305,7 +305,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         from minseg.data.splits import kfold_assignments
 
         pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
-        folds = kfold_assignments(pool, data.split.folds, split_seed)
+        folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds)
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
@@ -395,7 +395,8 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     storage.write_text(uris["dataset_stats.csv"], buffer.getvalue())
     splits = {split: [i["item_id"] for i in items] for split, items in prepared.splits.items()}
     if prepared.folds:
-        splits["folds"] = [sorted(f) for f in prepared.folds]
+        splits["folds"] = [{"test": sorted(f.test), "val": sorted(f.val), "train": sorted(f.train)}
+                           for f in prepared.folds]
     storage.write_text(uris["splits.json"], json.dumps(splits, indent=2))
     storage.write_text(uris["classes.json"], json.dumps(prepared.classmap.to_document(), indent=2))
     return uris

@@ -3,6 +3,8 @@ splits), deterministic by seed; explicit lists; or k folds for cross-validation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import hashlib
 
 import numpy as np
@@ -71,9 +73,34 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int, lists: 
     return assigned
 
 
-def kfold_assignments(source_ids: list[str], folds: int, seed: int) -> list[set[str]]:
-    """Disjoint validation folds over the given sources (each fold's training set is the rest)."""
+@dataclass(frozen=True)
+class Fold:
+    """One fold of k-fold cross-validation, by source image: ``test`` is never seen in training
+    (it is what the fold reports), ``val`` chooses the checkpoint, ``train`` is the rest."""
+
+    index: int
+    train: frozenset[str]
+    val: frozenset[str]
+    test: frozenset[str]
+
+
+def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1) -> list[Fold]:
+    """k disjoint test folds over the given sources; in each fold, ``val_share`` of the remaining
+    sources (at least one) is held out to choose checkpoints (the microplastic paper: 72/8/20).
+
+    Raises:
+        ValueError: fewer than k sources, or too few to leave a training and a validation part.
+    """
     if len(source_ids) < folds:
         raise ValueError(f"{folds}-fold cross-validation needs at least {folds} source images, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
-    return [set(order[k::folds]) for k in range(folds)]
+    result = []
+    for k in range(folds):
+        test = order[k::folds]
+        rest = _shuffled([s for s in order if s not in set(test)], seed + 1 + k)
+        if len(rest) < 2:
+            raise ValueError(f"{folds}-fold cross-validation over {len(source_ids)} source images leaves fold {k + 1} "
+                             "no training and validation part; use fewer folds")
+        take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
+        result.append(Fold(k, frozenset(rest[take:]), frozenset(rest[:take]), frozenset(test)))
+    return result

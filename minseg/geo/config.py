@@ -18,6 +18,7 @@ from minseg.enums import (
     EvidenceKind,
     Precision,
     Resampling,
+    ScreeningLevel,
     UnknownLimit,
 )
 from minseg.errors import InputError, RunError
@@ -166,7 +167,13 @@ class IdwSettings(StrictModel):
 
 
 class ScreeningSettings(StrictModel):
-    critical_z: float = Field(2.58, gt=0, description="Z_AUC a kept element must reach (2.58: 99 %)")
+    level: ScreeningLevel = Field(
+        ScreeningLevel.GRID, description="samples: on the samples before interpolation (the MFAF paper), positives "
+                                         "within sample_radius_m of a training deposit; grid: on the interpolated cells")
+    sample_radius_m: float = Field(1000.0, gt=0, description="level samples: a sample this close to a training "
+                                                             "deposit is a positive (metres of the working CRS)")
+    critical_z: float = Field(2.58, gt=0, description="Z_AUC a kept element must reach (2.58: two-sided 99 %, "
+                                                      "one-sided 99.5 %; one-sided 99 % is 2.33)")
     two_sided: bool = Field(False, description="also keep elements depleted around deposits (Z <= -critical)")
     max_elements: int | None = Field(8, ge=1, description="keep at most this many, by |Z_AUC| (paper: 8)")
     always: list[str] = Field(default_factory=list, description="elements kept whatever their Z_AUC")

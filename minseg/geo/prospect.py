@@ -30,8 +30,8 @@ import numpy as np
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
-from minseg.enums import EvidenceKind, MemberStatus, Task
-from minseg.geo.config import ProspectInputError, ProspectRunError, ProspectSettings
+from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
+from minseg.geo.config import ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
@@ -39,7 +39,7 @@ from minseg.ensemble.runtime import MemberRef
 from minseg.geo.predict import predict_map
 from minseg.geo.rasters import distance_to_lines, encode_categorical, raster_geometry, read_raster_on_grid
 from minseg.geo.samples import read_samples
-from minseg.geo.screening import format_table, screen_elements
+from minseg.geo.screening import format_table, screen_elements, screen_samples
 from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
                                 window_metrics)
 from minseg.geo.vectors import read_lines, read_points
@@ -188,6 +188,7 @@ class Evidence:
     in_study: np.ndarray  # per deposit
     deposit_cells: np.ndarray  # (n, 2) rows/cols of in-study deposits
     unique_cells: np.ndarray  # two deposits in one cell make one positive window
+    deposit_xy: np.ndarray  # (n, 2) coordinates of the in-study deposits (rows of deposit_cells)
 
 
 @dataclass
@@ -260,11 +261,23 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
+    deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     return Evidence(grids, layers, layer_reports, stack, study, in_study, deposit_cells,
-                    np.unique(deposit_cells, axis=0))
+                    np.unique(deposit_cells, axis=0), deposit_xy)
 
 
-def prepare_trials(settings: ProspectSettings, evidence: Evidence, storage: Storage, out: str, rng):
+def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray) -> list[dict]:
+    """Element screening of one trial, on its training deposits only (``screening.level``)."""
+    if settings.level is ScreeningLevel.GRID:
+        return screen_elements(evidence.grids, training_cells, settings)
+    training = {tuple(c) for c in np.asarray(training_cells).tolist()}
+    is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
+    values = {element: samples.values[element] for element in evidence.grids}
+    return screen_samples(values, np.column_stack([samples.x, samples.y]), evidence.deposit_xy[is_training],
+                          evidence.deposit_xy[~is_training], settings)
+
+
+def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, storage: Storage, out: str, rng):
     """Windows and spatial folds; per fold (and the final run on every deposit), from its training side
     only: element screening, normalisation statistics, windows, SMOTE + noise. Returns (windows, folds, trials)."""
     size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
@@ -279,7 +292,7 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, storage: Stor
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
         train_cells = np.unique(train.deposit[train.labels == 1])
-        screening = screen_elements(evidence.grids, unique_cells[train_cells], settings.screening)
+        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells])
         kept = [r["element"] for r in screening if r["kept"]]
         if not kept:
             log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)
@@ -454,7 +467,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
 
     inputs = read_inputs(settings, working, storage, out, cpus)
     evidence = build_evidence(settings, inputs, working, storage, out, cpus)
-    windows, folds, trials = prepare_trials(settings, evidence, storage, out, rng)
+    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out, rng)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
     models_uri = join_uri(out, "models")

@@ -5,19 +5,23 @@ Input: C-channel evidence windows (e.g. 10 x 128 x 128); output: ore / no-ore.
 
 1. Multi-scale stem: parallel 3x3 convolutions with dilation rates (default 1, 6, 12,
    18, 24) over the evidence stack, concatenated.
-2. Squeeze-and-excitation channel attention (its weights say how much each evidence
-   feature contributes), then spatial attention (channel max + mean -> 7x7 conv ->
-   sigmoid).
-3. A ResNet18 or ShuffleNetV2 backbone.
-4. Every backbone stage feeds a small sub-network (pool -> projection to a shared
+2. Squeeze-and-excitation channel attention after the dilated convolutions (its weights
+   say how much each evidence feature contributes).
+3. A ResNet18 or ShuffleNetV2 backbone, whole (its own first convolution reads the stem's
+   channels).
+4. Spatial attention (channel max + mean -> 7x7 conv -> sigmoid) at the last convolution:
+   on the backbone's last feature map (§3.2; ``attention_placement="stem"`` puts it after
+   the channel attention instead, minseg's reading before 2026-11-30).
+5. Every backbone stage feeds a small sub-network (pool -> projection to a shared
    width); one fully connected classifier, shared by all of them, scores each; the
    prediction is the vote (mean of softmax) of the stage classifiers.
-5. Self-distillation: in training, ``forward`` also returns every stage's logits so
+6. Self-distillation: in training, ``forward`` also returns every stage's logits so
    the loss can pull each stage towards the vote (weight beta, default 0.4; see
    ``minseg.losses.SelfDistillationLoss``).
 
-The paper's text gives these parts but not every wiring detail; docs/learners.md
-records the reading implemented here.
+The paper's ablation (its Table 4) switches parts off: ``channel_attention=False``,
+``spatial_attention=False``, ``dilated=False`` (one undilated 3x3 convolution of the same
+width instead of the multi-scale stem). docs/learners.md records the reading implemented.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import re
 import torch
 from torch import nn
 
-from minseg.enums import DepthPreset, PadMode, Task
+from minseg.enums import AttentionPlacement, DepthPreset, PadMode, Task
 from minseg.models.base import MinsegModel
 from minseg.models.blocks import SpatialAttention, SqueezeExcitation, scaled
 from minseg.models.registry import InputSpec, register_model
@@ -98,6 +102,10 @@ class MFAF(MinsegModel):
         dilation_rates: tuple[int, ...] = (1, 6, 12, 18, 24),
         branch_channels: int = 16,
         head_channels: int = 128,
+        channel_attention: bool = True,
+        spatial_attention: bool = True,
+        dilated: bool = True,
+        attention_placement: AttentionPlacement | str = AttentionPlacement.PAPER,
         width: float = 1.0,
         depth: DepthPreset | str = DepthPreset.PAPER,
         pad_mode: PadMode | str = PadMode.REPLICATE,
@@ -108,9 +116,14 @@ class MFAF(MinsegModel):
         if not dilation_rates or any(int(r) < 1 for r in dilation_rates):
             raise ValueError(f"dilation_rates must be positive integers, got {dilation_rates!r}")
         self.dilation_rates = tuple(int(r) for r in dilation_rates)
-        self.stem = MultiScaleStem(in_channels, scaled(branch_channels, width), self.dilation_rates)
-        self.channel_attention = SqueezeExcitation(self.stem.out_channels, reduction=4)
-        self.spatial_attention = SpatialAttention(7)
+        self.attention_placement = AttentionPlacement(attention_placement)
+        branch = scaled(branch_channels, width)
+        if dilated:
+            self.stem = MultiScaleStem(in_channels, branch, self.dilation_rates)
+        else:  # ablation: one plain 3x3 convolution, as wide as the multi-scale stem
+            self.stem = MultiScaleStem(in_channels, branch * len(self.dilation_rates), (1,))
+        self.channel_attention = SqueezeExcitation(self.stem.out_channels, reduction=4) if channel_attention else None
+        self.spatial_attention = SpatialAttention(7) if spatial_attention else None
         depth = DepthPreset(depth)
         if backbone == "resnet18":
             self.encoder = _ResNet18Stages(self.stem.out_channels, width, depth)
@@ -124,14 +137,28 @@ class MFAF(MinsegModel):
         self.classifier = nn.Linear(shared, num_classes)  # shared by every stage
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """SE weights per stem channel (N, branches x rates): how much each feature counts."""
+        """SE weights per stem channel (N, branches x rates): how much each feature counts.
+
+        Raises:
+            ValueError: the model was built without channel attention.
+        """
+        if self.channel_attention is None:
+            raise ValueError("this MFAF has no channel attention (channel_attention=False)")
         features = self.stem(x)
         se = self.channel_attention
         return torch.sigmoid(se.fc2(torch.relu(se.fc1(features.mean(dim=(-2, -1), keepdim=True))))).flatten(1)
 
     def _forward(self, x):
-        y = self.spatial_attention(self.channel_attention(self.stem(x)))
-        stage_logits = [self.classifier(head(f)) for head, f in zip(self.stage_heads, self.encoder(y))]
+        y = self.stem(x)
+        if self.channel_attention is not None:
+            y = self.channel_attention(y)
+        at_stem = self.attention_placement is AttentionPlacement.STEM
+        if self.spatial_attention is not None and at_stem:
+            y = self.spatial_attention(y)
+        features = list(self.encoder(y))
+        if self.spatial_attention is not None and not at_stem:
+            features[-1] = self.spatial_attention(features[-1])  # at the last convolution
+        stage_logits = [self.classifier(head(f)) for head, f in zip(self.stage_heads, features)]
         vote = torch.stack([torch.softmax(l.float(), dim=1) for l in stage_logits]).mean(0)
         logits = torch.log(vote.clamp_min(1e-8)).to(stage_logits[0].dtype)
         if self.training:

@@ -75,6 +75,14 @@ def write_checkpoint(
     return directory
 
 
+def write_state(storage: Storage, run_uri: str, member: str, state: dict) -> None:
+    """Rewrite ``state.json`` of the member's last checkpoint (results added after training, e.g. test metrics)."""
+    pointer = read_pointer(storage, run_uri, member, "last")
+    if pointer is None:
+        raise ObjectNotFoundError(f"member {member!r} has no checkpoint in {run_uri}")
+    storage.write_text(join_uri(pointer["uri"], "state.json"), json.dumps(state, indent=2, default=float))
+
+
 def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
     try:
         return json.loads(storage.read_text(join_uri(checkpoints_uri(run_uri, member), f"{which}.json")))

@@ -30,6 +30,7 @@ class OptimizerSettings(StrictModel):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    eps: float = Field(1e-8, gt=0, description="Adam/AdamW only (the microplastic paper, Keras: 1e-7)")
 
 
 class ScheduleSettings(StrictModel):
@@ -37,6 +38,8 @@ class ScheduleSettings(StrictModel):
     min_lr: float = Field(1e-6, ge=0)
     warmup_steps: int = Field(0, ge=0)
     step_epochs: int = Field(30, ge=1)
+    step_steps: int | None = Field(None, ge=1, description="step schedule: decay every this many optimizer steps "
+                                                           "instead of every step_epochs (the microplastic paper: 800)")
     gamma: float = Field(0.6, gt=0, le=1)
     span: ScheduleSpan = Field(
         ScheduleSpan.STAGE,

@@ -23,6 +23,7 @@ from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import _is_interactive, get_logger, log_event
+from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.runtime import init_ray
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
@@ -42,7 +43,8 @@ class MemberResult:
     status: MemberStatus
     fold: int | None = None
     metric: str = ""
-    best_value: float | None = None
+    best_value: float | None = None  # of ``metric`` on validation (what chose the checkpoint)
+    test_value: float | None = None  # k-fold trials: ``metric`` of that checkpoint on the fold's test part
     best_epoch: int | None = None
     epochs: int = 0
     restarts: int = 0
@@ -146,6 +148,7 @@ class TrialInputs:
     train_tiles: int
     has_val: bool
     shuffle_buffer: int | None
+    has_test: bool = False  # k-fold trials: the fold's test part, scored once with the best checkpoint
 
 
 class TrainingSource(Protocol):
@@ -179,22 +182,27 @@ class ImageSource:
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus)
             val = split_dataset(prepared, data, "val", storage, cpus)
+            test = None  # the run's test split belongs to ensemble evaluation
             train_tiles, val_tiles = prepared.tile_count("train"), prepared.tile_count("val")
-        else:
-            held_out = prepared.folds[fold]
+        else:  # the fold's test part is never trained on nor used to choose a checkpoint: it is what is reported
+            part = prepared.folds[fold]
             pool = prepared.splits["train"] + prepared.splits["val"]
-            prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool}})
-            train = split_dataset(prepared, data, "train", storage, cpus, exclude=held_out)
-            val = split_dataset(prepared, data, "val", storage, cpus, source_ids=held_out)
-            train_tiles = sum(i["tiles"] for i in pool if i["source_id"] not in held_out)
-            val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in held_out)
+            prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool,
+                                                                         "test": pool}})
+            train = split_dataset(prepared, data, "train", storage, cpus, source_ids=set(part.train))
+            val = split_dataset(prepared, data, "val", storage, cpus, source_ids=set(part.val))
+            test = split_dataset(prepared, data, "test", storage, cpus, source_ids=set(part.test))
+            train_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.train)
+            val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.val)
         datasets = {"train": train} if val is None else {"train": train, "val": val}
+        if fold is not None and test is not None:
+            datasets["test"] = test
         inputs = TrialInputs(
             task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=3,
             ignore_index=prepared.classmap.ignore_index, classes=prepared.classmap.to_document(),
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
             augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,
-            shuffle_buffer=data.shuffle_buffer,
+            shuffle_buffer=data.shuffle_buffer, has_test="test" in datasets,
         )
         return datasets, inputs
 
@@ -280,9 +288,11 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     checkpoint = load_checkpoint(storage, run_uri, member.name) if last else None
     state = checkpoint.state if checkpoint else {}
     init = WeightLoadReport.from_document(state["init"]).short() if state.get("init") else None
+    test = state.get("test_metrics")
     return MemberResult(
         member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
+        test_value=_fold_test_value(test, member.checkpoint_metric),
         epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
         best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, init=init,
         error=error,
@@ -428,7 +438,8 @@ def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
 # -------------------------------------------------------------------- reports
 
 
-TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "best_epoch", "epochs", "restarts",
+TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "test_value", "best_epoch", "epochs",
+                 "restarts",
                  "wall_seconds", "init", "best_checkpoint", "error"]
 
 
@@ -442,7 +453,8 @@ def write_members_table(results: list[MemberResult], run_uri: str, storage: Stor
     text = format_members_table(results)
     if fold_summary:
         text += "\n" + "\n".join(
-            f"{name}: {s['metric']} = {s['mean']:.4f} ± {s['sd']:.4f} over {s['folds']} folds"
+            f"{name}: {s['metric']} = {s['mean']:.4f} ± {s['sd']:.4f} on {s['folds']} test folds "
+            "(checkpoints chosen on each fold's validation part)"
             for name, s in document["cross_validation"].items()
         )
     print(text)
@@ -450,23 +462,33 @@ def write_members_table(results: list[MemberResult], run_uri: str, storage: Stor
 
 
 def cross_validation_summary(results: list[MemberResult]) -> dict:
+    """Per member: mean ± sd (ddof 1) over folds of the checkpoint metric on each fold's test part."""
     summary = {}
     for name in dict.fromkeys(r.member for r in results):
-        values = [r.best_value for r in results if r.member == name and r.best_value is not None and r.status is MemberStatus.DONE]
+        values = [r.test_value for r in results if r.member == name and r.test_value is not None
+                  and r.status is MemberStatus.DONE]
         if values:
             summary[name] = {"metric": next(r.metric for r in results if r.member == name), "mean": float(np.mean(values)),
                              "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "folds": len(values)}
     return summary
 
 
+def _fold_test_value(metrics: dict | None, key: str) -> float | None:
+    if not metrics:
+        return None
+    return float(metrics[key]) if key == "val_loss" and key in metrics else metric_value(metrics, key)
+
+
 def format_members_table(results: list[MemberResult]) -> str:
-    header = f"{'member':<16}{'fold':>5} {'model':<20}{'status':<8}{'metric':<12}{'best':>9}{'epoch':>7}{'epochs':>7}{'min':>7}  checkpoint / error"
+    header = (f"{'member':<16}{'fold':>5} {'model':<20}{'status':<8}{'metric':<12}{'best':>9}{'test':>9}{'epoch':>7}"
+              f"{'epochs':>7}{'min':>7}  checkpoint / error")
     lines = [header, "-" * len(header)]
     for r in results:
         best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
         tail = r.best_checkpoint or "" if r.status is MemberStatus.DONE else (r.error or "")
+        test = f"{r.test_value:.4f}" if isinstance(r.test_value, (int, float)) and not math.isnan(r.test_value) else "-"
         lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status.value:<8}{r.metric:<12}"
-                     f"{best:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
+                     f"{best:>9}{test:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
         if r.init:
             lines.append(f"{'':<21} initialised from {r.init}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from minseg.losses import build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
 from minseg.models import build_model, load_pretrained
 from minseg.models.pretrained import WeightLoadReport, choose_normalization
-from minseg.train.checkpoint import load_checkpoint, write_checkpoint
+from minseg.train.checkpoint import load_checkpoint, write_checkpoint, write_state
 from minseg.train.config import MemberSettings, OptimizerSettings, ScheduleSettings
 
 log = get_logger("train")
@@ -43,12 +43,15 @@ def learning_rate(schedule: ScheduleSettings, base_lr: float, step: int, total_s
 
     cosine: lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 per step after a linear warm-up
     (SGDR without restarts; the Res-UNet paper's 1e-4 -> 1e-6); step: lr x gamma^floor(epoch /
-    step_epochs) (MFAF: 0.6 every 30 epochs). Cosine steps count within a stage, or over the whole
+    step_epochs) (MFAF: 0.6 every 30 epochs), or every ``step_steps`` optimizer steps (the
+    microplastic paper: 0.96 every 800). Cosine steps count within a stage, or over the whole
     run with ``schedule.span: run``; ``epoch`` always counts over the whole run.
     """
     if schedule.name is ScheduleName.CONSTANT:
         return base_lr
     if schedule.name is ScheduleName.STEP:
+        if schedule.step_steps:
+            return base_lr * schedule.gamma ** (step // schedule.step_steps)
         return base_lr * schedule.gamma ** (epoch // schedule.step_epochs)
     if step < schedule.warmup_steps:
         return base_lr * (step + 1) / schedule.warmup_steps
@@ -63,8 +66,8 @@ def make_optimizer(settings: OptimizerSettings, parameters, lr: float, trainable
     if settings.name is OptimizerName.SGD:
         return torch.optim.SGD(parameters, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.name is OptimizerName.ADAMW:
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=settings.weight_decay)
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=settings.weight_decay, eps=settings.eps)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=settings.weight_decay, eps=settings.eps)
 
 
 def to_model_input(batch: dict, mean: torch.Tensor, std: torch.Tensor, device, task: Task):
@@ -108,6 +111,7 @@ class Session:
     augmentation: AugmentSettings
     train_shard: object
     val_shard: object | None
+    test_shard: object | None
     amp_dtype: torch.dtype | None
     scaler: object | None
 
@@ -143,7 +147,8 @@ def set_up(worker) -> Session:
         generator=torch.Generator().manual_seed(seed), model=model, loss_fn=loss_fn,
         mean=torch.empty(0), std=torch.empty(0),  # set by start_or_resume: they may follow pretrained weights
         augmentation=inputs.augmentation, train_shard=ray.train.get_dataset_shard("train"),
-        val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None, amp_dtype=amp_dtype,
+        val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
+        test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None,
     )
 
@@ -335,17 +340,35 @@ def train_worker(config: dict) -> None:
             last_stage = stage_index == len(member.stages) - 1
             record_epoch(session, model, optimizer, state, metrics, validate,
                          finished_stage and (not whole_run or last_stage))
+    if session.test_shard is not None and state.get("test_metrics") is None:
+        score_best_on_test(session, state)
+
+
+def score_best_on_test(session: Session, state: dict) -> None:
+    """Phase 4 (k-fold trials): the checkpoint chosen on validation, scored once on the fold's test part;
+    the metrics go into the member's state (``test_metrics``), rewritten in its last checkpoint."""
+    worker, member = session.worker, session.member
+    best = load_checkpoint(worker.storage, worker.run_uri, member.name, "best") or \
+        load_checkpoint(worker.storage, worker.run_uri, member.name, "last")
+    session.model.load_state_dict(best.model)
+    metrics = evaluate(session.model, session, worker.eval_batch_size, session.test_shard)
+    state["test_metrics"] = {k: v for k, v in metrics.items()}
+    if session.rank == 0:
+        write_state(worker.storage, worker.run_uri, member.name, state)
+        log_event(log, "train.tested", member=member.name, checkpoint=best.uri,
+                  **{k: round(metrics[k], 4) for k in ("miou", "accuracy", "val_loss") if k in metrics})
 
 
 @torch.no_grad()
-def evaluate(model, session: Session, batch_size: int) -> dict:
-    """Phase 3b: validation loss and confusion-matrix metrics, merged across workers."""
+def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
+    """Phase 3b: validation loss and confusion-matrix metrics, merged across workers (``shard``:
+    another split than validation, e.g. a fold's test part; the loss keeps the name ``val_loss``)."""
     model.eval()
     inputs, device, task = session.inputs, session.device, session.inputs.task
     matrix = ConfusionMatrix(inputs.num_classes, inputs.ignore_index if task is Task.SEGMENTATION else None,
                              device=device)
     loss_sum, count = 0.0, 0
-    for batch in session.val_shard.iter_torch_batches(batch_size=batch_size):
+    for batch in (shard or session.val_shard).iter_torch_batches(batch_size=batch_size):
         images, target = to_model_input(batch, session.mean, session.std, device, task)
         with torch.autocast(device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
             logits = model(images)

@@ -27,9 +27,15 @@ def test_small_image_is_padded_with_fill():
 def test_split_counts_and_kfold():
     assert split_counts(10, (0.7, 0.15, 0.15)) == (7, 2, 1) or split_counts(10, (0.7, 0.15, 0.15)) == (7, 1, 2)
     assert split_counts(3, (0.7, 0.15, 0.15)) == (1, 1, 1)
-    folds = kfold_assignments([f"s{i}" for i in range(11)], 5, seed=1)
-    assert len(folds) == 5 and sum(len(f) for f in folds) == 11
-    assert all(not (a & b) for i, a in enumerate(folds) for b in folds[i + 1 :])
+    sources = {f"s{i}" for i in range(11)}
+    folds = kfold_assignments(sorted(sources), 5, seed=1, val_share=0.1)
+    assert len(folds) == 5 and sum(len(f.test) for f in folds) == 11
+    assert all(not (a.test & b.test) for i, a in enumerate(folds) for b in folds[i + 1 :])
+    for fold in folds:  # the paper's protocol: a test fold, and a validation part of the rest
+        assert fold.train | fold.val | fold.test == sources and len(fold.val) == 1
+        assert not fold.val & fold.train and not fold.test & (fold.train | fold.val)
+    with pytest.raises(ValueError, match="leaves fold 1 no training and validation part"):
+        kfold_assignments(["a", "b"], 2, 0)
     with pytest.raises(ValueError, match="needs at least 5 source images"):
         kfold_assignments(["a", "b"], 5, 0)
 

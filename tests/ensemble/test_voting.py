@@ -73,3 +73,18 @@ def test_hard_modes_return_vote_shares():
     assert labels.item() == 0 and shares.flatten().tolist() == [0.5, 0.5]
     labels, shares = fuse(probs, "pv")
     assert labels.item() == 1 and shares.flatten().tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_ruel_3_wv_is_always_its_top_member():
+    """Weights 3, 2, 1: the other two together only tie the best member, and ties go to the best
+    ranked voter. So the paper's RUEL-3-WV equals its learner 08 (Tables 4 and 5 agree to the digit)."""
+    import torch
+
+    from minseg.ensemble.voting import fuse
+
+    probabilities = torch.rand(3, 5, 64, 64, generator=torch.Generator().manual_seed(0))  # (M, C, H, W)
+    labels, _ = fuse(probabilities, "wv")
+    assert torch.equal(labels, probabilities[0].argmax(0))
+    four = torch.rand(4, 5, 64, 64, generator=torch.Generator().manual_seed(1))
+    fused, _ = fuse(four, "wv")
+    assert not torch.equal(fused, four[0].argmax(0))  # with 4 members (4, 3, 2, 1) the others can outvote the best

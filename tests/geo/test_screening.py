@@ -6,7 +6,7 @@ import pytest
 from minseg.geo.config import GridSettings, ProspectInputError, ScreeningSettings
 from minseg.geo.crs import input_crs, parse_crs, same_crs
 from minseg.geo.grid import target_grid, world_to_cell
-from minseg.geo.screening import format_table, screen_elements
+from minseg.geo.screening import format_table, screen_elements, screen_samples
 from minseg.metrics import auc_z_score
 
 
@@ -71,3 +71,43 @@ def test_grid_from_sample_bounds_and_cells_of_points():
     assert inside.tolist() == [True, True, True, False]
     with pytest.raises(ProspectInputError, match="EPSG code"):
         target_grid(GridSettings(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10), (0, 0, 1, 1))
+
+
+def test_sample_level_screening_by_hand():
+    """The paper's level: samples near a training deposit against the other samples, before interpolation."""
+    xy = np.array([[0, 0], [100, 0], [5000, 0], [6000, 0], [9000, 0], [20000, 0], [20100, 0]], float)
+    cu = np.array([9.0, 8.0, 1.0, 2.0, 3.0, 7.0, np.nan])
+    rows = screen_samples({"Cu": cu}, xy, training_xy=np.array([[50.0, 0.0]]), held_out_xy=np.array([[20050.0, 0]]),
+                          settings=ScreeningSettings(level="samples", sample_radius_m=500, critical_z=0.5))
+    (row,) = rows
+    # positives: the two samples within 500 m of the training deposit; the two near the held-out one are
+    # neither (one of them has no value anyway); negatives: the three others
+    assert row["positives"] == 2 and row["negatives"] == 3
+    assert row["auc"] == 1.0 and row["z_auc"] == pytest.approx(auc_z_score(1.0, 2, 3), abs=1e-3)
+    assert row["kept"]
+    far = screen_samples({"Cu": cu}, xy, np.array([[50000.0, 0]]), np.zeros((0, 2)),
+                         ScreeningSettings(level="samples", sample_radius_m=500))
+    assert far[0]["positives"] == 0 and not far[0]["kept"] and far[0]["reason"] == "no values at deposits"
+
+
+def test_sample_level_screening_on_the_gtk_till_survey(shared_data, ray_session):
+    from minseg.config import MinsegConfig, load_config
+    from minseg.geo.crs import parse_crs
+    from minseg.geo.points import read_points
+    from minseg.geo.samples import read_samples
+    from minseg.io.storage import Storage
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "mfaf_paper.yaml", MinsegConfig)
+    settings = config.prospect
+    working = parse_crs("EPSG:3067", "grid")
+    samples = read_samples(settings.samples, working, Storage(), 0.25)
+    deposits = read_points(settings.deposits, working, Storage())
+    xy = np.column_stack([samples.x, samples.y])
+    rows = {r["element"]: r for r in screen_samples(samples.values, xy, np.column_stack([deposits.x, deposits.y]),
+                                                     np.zeros((0, 2)), settings.screening)}
+    assert settings.screening.level == "samples" and len(rows) == 22
+    for row in rows.values():  # tens of positive samples, about a thousand negatives, Z from those counts
+        assert 0 < row["positives"] < 200 and row["negatives"] > 800
+        if row["auc"] is not None:
+            assert row["z_auc"] == pytest.approx(auc_z_score(row["auc"], row["positives"], row["negatives"]), abs=2e-3)

@@ -378,3 +378,17 @@ def test_mfaf_checkpoints_from_before_torchvision_names_still_load():
     fresh = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny")
     fresh.load_state_dict(old)
     assert torch.equal(fresh.encoder.layer1[0].conv1.weight, old["encoder.layers.0.0.conv1.weight"])
+
+
+def test_eca_after_every_block_keeps_the_pretrained_names(tmp_path):
+    """The ConvNeXt paper's text allows ECA after each stage (default) or after each block."""
+    uri = _save(tmp_path, layout_state("torchvision/convnext_tiny"))
+    per_block = build_model("convnext_eca", num_classes=3, eca_placement="block")
+    eca = [n for n, m in per_block.named_modules() if type(m).__name__ == "ECA"]
+    assert len(eca) == 3 + 3 + 9 + 3 and all(n.endswith(".eca") for n in eca)
+    report = load_pretrained(per_block, uri)
+    assert report.encoder_tensors - report.encoder_loaded == 18  # the ECA kernels only: block names unchanged
+    per_block.freeze_encoder()
+    assert {n for n, p in per_block.encoder.named_parameters() if p.requires_grad} == {f"{n[8:]}.conv.weight" for n in eca}
+    with torch.no_grad():
+        assert per_block.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)

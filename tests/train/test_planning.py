@@ -31,6 +31,9 @@ def test_cosine_schedule_with_warmup_and_step_schedule():
     step = ScheduleSettings(name="step", step_epochs=30, gamma=0.6)
     assert learning_rate(step, 0.02, 0, 1, 29) == pytest.approx(0.02)
     assert learning_rate(step, 0.02, 0, 1, 65) == pytest.approx(0.02 * 0.36)
+    by_steps = ScheduleSettings(name="step", step_steps=800, gamma=0.96)  # the microplastic paper
+    assert learning_rate(by_steps, 1e-3, 799, 10_000, 0) == pytest.approx(1e-3)
+    assert learning_rate(by_steps, 1e-3, 1600, 10_000, 0) == pytest.approx(1e-3 * 0.96**2)
 
 
 def test_defaults_merge_and_member_errors():

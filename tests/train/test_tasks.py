@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from minseg.config import MinsegConfig, validate_config
 from minseg.synth.sections import render_section
@@ -61,7 +62,18 @@ def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
     document = json.loads((tmp_path / "runs" / "cv" / "members.json").read_text())
     summary = document["cross_validation"]["halfunet"]
     assert summary["folds"] == 2 and summary["metric"] == "recall_weighted_f1"
-    assert summary["mean"] == np.mean([r.best_value for r in rows])
+    # reported: each fold's test part, scored with the checkpoint its validation part chose
+    assert all(r.test_value is not None and 0.0 <= r.test_value <= 1.0 for r in rows)
+    assert summary["mean"] == pytest.approx(np.mean([r.test_value for r in rows]))
+    assert summary["sd"] == pytest.approx(np.std([r.test_value for r in rows], ddof=1))
     splits = json.loads((tmp_path / "runs" / "cv" / "data" / "splits.json").read_text())
-    folds = [set(f) for f in splits["folds"]]
-    assert not folds[0] & folds[1] and not (folds[0] | folds[1]) & set(splits["test"])
+    folds = [{part: set(ids) for part, ids in f.items()} for f in splits["folds"]]
+    pool = {s.split("/")[-1] for s in splits["train"] + splits["val"]}
+    for fold in folds:  # per fold: never test on what trained or chose the checkpoint
+        assert fold["val"] and fold["train"] and not fold["test"] & (fold["val"] | fold["train"])
+        assert not fold["val"] & fold["train"]
+        assert {s.split("/")[-1] for s in fold["test"] | fold["val"] | fold["train"]} == pool
+    assert not folds[0]["test"] & folds[1]["test"]
+    assert not (folds[0]["test"] | folds[1]["test"]) & {s for s in splits["test"]}
+    state = json.loads(open(f"{rows[0].last_checkpoint}/state.json").read())
+    assert state["test_metrics"]["recall_weighted_f1"] == pytest.approx(rows[0].test_value)

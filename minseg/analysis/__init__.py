@@ -1,0 +1,1 @@
+"""Analyses of trained members (kernel-weight histograms)."""

@@ -1,0 +1,247 @@
+"""Kernel-weight histograms of trained members: the microplastic paper's way of choosing a
+network (§4.5-4.6).
+
+The paper trains U-Net, Half U-Net and the MultiResUNet family, then compares per-layer
+histograms of the trained convolution kernels: layers whose weights pile up around zero
+contribute little and can be thinned or dropped. ``analyze_kernels`` does that for any
+trained members:
+
+- per convolution layer (``Conv1d/2d/3d`` and transposed ones, in forward-definition
+  order): parameter count, mean, standard deviation, mean |w|, max |w|, the share of
+  weights with |w| below ``near_zero`` (absolute) and below ``relative`` x the layer's
+  max |w|, excess kurtosis (a spike at zero with long tails is strongly positive);
+- ``kernels.csv`` with one row per member and layer;
+- ``<member>_kernels.png``: one histogram per layer (shared bin edges per layer);
+- ``kernels_overview.png``: mean |w| and near-zero share per layer depth, members overlaid.
+
+Sources: a training run (its finished members' best checkpoints, from ``members.json``), an
+ensemble manifest (its members), or checkpoint directories (``model.pt`` + ``member.json``
++ ``classes.json``, as training writes them). Local paths or ``s3://``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from minseg.errors import InputError
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.tables import csv_text
+from minseg.logs import get_logger, log_event
+
+log = get_logger("analysis")
+
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+COLUMNS = ["member", "model", "depth", "layer", "kind", "shape", "parameters", "mean", "std", "mean_abs", "max_abs",
+           "share_near_zero", "share_relative_small", "excess_kurtosis"]
+
+
+class KernelSourceError(InputError):
+    """A source that holds no trained member; the message names it."""
+
+
+@dataclass(frozen=True)
+class TrainedMember:
+    """A member to analyse: its name, learner, options and checkpoint directory."""
+
+    name: str
+    model: str
+    model_options: dict
+    checkpoint: str
+
+
+def discover(sources: list[str], storage: Storage) -> list[TrainedMember]:
+    """The members behind each source (a run, a manifest, or a checkpoint directory), in order.
+
+    Raises:
+        KernelSourceError: a source is none of these, or a run has no finished member.
+    """
+    members: list[TrainedMember] = []
+    for source in sources:
+        if source.endswith(".json"):
+            members += _from_manifest(source, storage)
+        elif storage.exists(join_uri(source, "members.json")):
+            members += _from_run(source, storage)
+        elif storage.exists(join_uri(source, "model.pt")):
+            members.append(_from_checkpoint(source, storage))
+        else:
+            raise KernelSourceError(f"{source}: not a training run (members.json), an ensemble manifest (.json) or a "
+                                    "checkpoint directory (model.pt + member.json)")
+    names = [m.name for m in members]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # two runs may share member names: qualify them by their checkpoint
+        members = [TrainedMember(f"{m.name}@{m.checkpoint.rstrip('/').split('/')[-1]}" if m.name in repeated else m.name,
+                                 m.model, m.model_options, m.checkpoint) for m in members]
+    return members
+
+
+def _from_checkpoint(directory: str, storage: Storage, name: str | None = None) -> TrainedMember:
+    try:
+        member = json.loads(storage.read_text(join_uri(directory, "member.json")))
+    except ObjectNotFoundError:
+        raise KernelSourceError(f"{directory}: a checkpoint needs member.json beside model.pt") from None
+    return TrainedMember(name or member.get("name") or directory.rstrip("/").split("/")[-1], member["model"],
+                         dict(member.get("model_options") or {}), directory)
+
+
+def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
+    rows = json.loads(storage.read_text(join_uri(run, "members.json")))["members"]
+    done = [r for r in rows if r["status"] == "done" and r.get("best_checkpoint") and r.get("fold") is None]
+    if not done:
+        raise KernelSourceError(f"{run}: no finished member to analyse (members.json)")
+    return [_from_checkpoint(r["best_checkpoint"], storage, r["member"]) for r in done]
+
+
+def _from_manifest(uri: str, storage: Storage) -> list[TrainedMember]:
+    try:
+        document = json.loads(storage.read_text(uri))
+    except ObjectNotFoundError:
+        raise KernelSourceError(f"{uri}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise KernelSourceError(f"{uri}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("members"), list):
+        raise KernelSourceError(f"{uri}: not an ensemble manifest (no members list)")
+    return [TrainedMember(m["name"], m["model"], dict(m.get("model_options") or {}), m["checkpoint"])
+            for m in document["members"]]
+
+
+def load_member(member: TrainedMember, storage: Storage) -> nn.Module:
+    """The member's model with its trained weights (CPU, eval mode)."""
+    from minseg.models import build_model, read_state_dict
+
+    classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+    num_classes = len(classes["classes"])
+    state = read_state_dict(join_uri(member.checkpoint, "model.pt"), storage)
+    in_channels = _input_channels(state)
+    model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _input_channels(state: dict[str, torch.Tensor]) -> int:
+    """The input channel count the weights were trained for: the first 4-D kernel's second dimension."""
+    first = next((v for v in state.values() if v.ndim == 4), None)
+    return int(first.shape[1]) if first is not None else 3
+
+
+def kernel_statistics(model: nn.Module, near_zero: float = 0.01, relative: float = 0.05) -> list[dict]:
+    """One row per convolution layer of ``model`` (see the module docstring for the columns).
+
+    Args:
+        near_zero: |w| below this (absolute) counts as near zero.
+        relative: |w| below ``relative`` x the layer's max |w| counts as relatively small.
+    """
+    from scipy.stats import kurtosis
+
+    rows = []
+    depth = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, CONVOLUTIONS):
+            continue
+        weights = module.weight.detach().double().flatten().cpu().numpy()
+        magnitude = np.abs(weights)
+        peak = float(magnitude.max()) if weights.size else 0.0
+        depth += 1
+        rows.append({
+            "depth": depth, "layer": name, "kind": type(module).__name__, "shape": "x".join(map(str, module.weight.shape)),
+            "parameters": int(weights.size), "mean": float(weights.mean()), "std": float(weights.std()),
+            "mean_abs": float(magnitude.mean()), "max_abs": peak,
+            "share_near_zero": float((magnitude < near_zero).mean()),
+            "share_relative_small": float((magnitude < relative * peak).mean()) if peak > 0 else 1.0,
+            "excess_kurtosis": float(kurtosis(weights)) if weights.size > 3 and weights.std() > 0 else float("nan"),
+        })
+    return rows
+
+
+@dataclass
+class KernelReport:
+    """What ``analyze_kernels`` wrote: the rows of ``kernels.csv`` and the figures' URIs."""
+
+    rows: list[dict]
+    csv_uri: str
+    figures: list[str]
+
+
+def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None = None, *, bins: int = 60,
+                    near_zero: float = 0.01, relative: float = 0.05) -> KernelReport:
+    """Histograms and statistics of every member's convolution kernels (module docstring).
+
+    Raises:
+        KernelSourceError: a source holds no trained member.
+        StorageError: a checkpoint cannot be read.
+    """
+    storage = storage or Storage()
+    members = discover(sources, storage)
+    rows, figures, per_member = [], [], {}
+    for member in members:
+        model = load_member(member, storage)
+        stats = kernel_statistics(model, near_zero, relative)
+        if not stats:
+            log_event(log, "kernels.no_convolutions", member=member.name)
+        per_member[member.name] = stats
+        rows += [{"member": member.name, "model": member.model, **row} for row in stats]
+        figure = join_uri(output_uri, f"{member.name}_kernels.png")
+        storage.write_bytes(figure, _histograms_png(model, member.name, bins))
+        figures.append(figure)
+    csv_uri = join_uri(output_uri, "kernels.csv")
+    storage.write_text(csv_uri, csv_text(rows, COLUMNS))
+    overview = join_uri(output_uri, "kernels_overview.png")
+    storage.write_bytes(overview, _overview_png(per_member, near_zero))
+    figures.append(overview)
+    log_event(log, "kernels.done", members=len(members), layers=len(rows), output=output_uri)
+    return KernelReport(rows, csv_uri, figures)
+
+
+def _figure_bytes(figure) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _histograms_png(model: nn.Module, title: str, bins: int) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CONVOLUTIONS)]
+    columns = 6
+    rows = max(1, -(-len(layers) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 1.9 * rows), squeeze=False)
+    for axis in axes.flat[len(layers):]:
+        axis.axis("off")
+    for axis, (name, module) in zip(axes.flat, layers):
+        weights = module.weight.detach().float().flatten().cpu().numpy()
+        axis.hist(weights, bins=bins, color="#35618f")
+        axis.set_title(name or "(model)", fontsize=6)
+        axis.tick_params(labelsize=5)
+    figure.suptitle(f"{title}: convolution kernel weights per layer", fontsize=9)
+    figure.tight_layout()
+    return _figure_bytes(figure)
+
+
+def _overview_png(per_member: dict[str, list[dict]], near_zero: float) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, stats in per_member.items():
+        depth = [s["depth"] for s in stats]
+        left.plot(depth, [s["mean_abs"] for s in stats], marker=".", label=name)
+        right.plot(depth, [s["share_near_zero"] for s in stats], marker=".", label=name)
+    left.set(xlabel="convolution layer (forward order)", ylabel="mean |w|", yscale="log")
+    right.set(xlabel="convolution layer (forward order)", ylabel=f"share of |w| < {near_zero:g}", ylim=(0, 1))
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    return _figure_bytes(figure)

@@ -1,0 +1,66 @@
+"""``minseg analyze kernels`` on members whose weights are set by hand."""
+
+import csv
+
+import pytest
+import torch
+
+from minseg.analysis.kernels import analyze_kernels, kernel_statistics
+from minseg.cli import main
+from minseg.ensemble.manifest import write_ensemble
+from minseg.models import build_model
+
+CLASSES = {"classes": [{"id": 0, "name": "background", "codes": [0], "color": [0, 0, 0]},
+                       {"id": 1, "name": "particle", "codes": [1], "color": [255, 0, 0]}], "ignore_index": 255}
+
+
+def hand_set(model):
+    """Layer 1: every weight 0.005 (all near zero); layer 2: +-0.5 alternating; the rest 0.2."""
+    convolutions = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        convolutions[0].weight.fill_(0.005)
+        flat = convolutions[1].weight.view(-1)
+        flat.copy_(torch.tensor([0.5, -0.5]).repeat(flat.numel() // 2 + 1)[: flat.numel()])
+        for module in convolutions[2:]:
+            module.weight.fill_(0.2)
+    return model
+
+
+def test_statistics_of_hand_set_kernels():
+    model = hand_set(build_model("half_unet", num_classes=2, width=0.25))
+    rows = kernel_statistics(model, near_zero=0.01, relative=0.05)
+    first, second = rows[0], rows[1]
+    assert [r["depth"] for r in rows] == list(range(1, len(rows) + 1))
+    assert first["share_near_zero"] == 1.0 and first["mean_abs"] == pytest.approx(0.005)
+    assert first["parameters"] == model.state_dict()[f"{first['layer']}.weight"].numel()
+    assert second["mean_abs"] == pytest.approx(0.5) and second["share_near_zero"] == 0.0
+    assert second["max_abs"] == pytest.approx(0.5) and second["std"] == pytest.approx(0.5, abs=0.01)
+    assert all(r["mean"] == pytest.approx(0.2) and r["std"] == pytest.approx(0.0, abs=1e-9) for r in rows[2:])
+
+
+def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
+    half = hand_set(build_model("half_unet", num_classes=2, width=0.25))
+    unet = build_model("unet", num_classes=2, width=0.125)
+    manifest = write_ensemble(str(tmp_path / "ens"), [("half", "half_unet", {"width": 0.25}, half),
+                                                      ("unet", "unet", {"width": 0.125}, unet)], CLASSES)
+    out = tmp_path / "kernels"
+    assert main(["analyze", "kernels", manifest, "--out", str(out)]) == 0
+    assert "convolution layers of 2 member(s): half, unet" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "kernels.csv")))
+    half_rows = [r for r in rows if r["member"] == "half"]
+    assert float(half_rows[0]["share_near_zero"]) == 1.0 and float(half_rows[1]["mean_abs"]) == pytest.approx(0.5)
+    assert {r["member"] for r in rows} == {"half", "unet"}
+    for name in ("half_kernels.png", "unet_kernels.png", "kernels_overview.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one checkpoint directory alone gives the same rows for that member
+    report = analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(tmp_path / "one"))
+    assert [r["mean_abs"] for r in report.rows] == pytest.approx([float(r["mean_abs"]) for r in half_rows])
+
+
+def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["analyze", "kernels", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a training run (members.json), an ensemble manifest" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{not json")
+    assert main(["analyze", "kernels", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
