@@ -93,7 +93,7 @@ def test_sample_level_screening_by_hand():
 def test_sample_level_screening_on_the_gtk_till_survey(shared_data, ray_session):
     from minseg.config import MinsegConfig, load_config
     from minseg.geo.crs import parse_crs
-    from minseg.geo.points import read_points
+    from minseg.geo.vectors import read_points
     from minseg.geo.samples import read_samples
     from minseg.io.storage import Storage
     from pathlib import Path
