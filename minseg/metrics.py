@@ -90,8 +90,8 @@ class ConfusionMatrix:
         cm.matrix = torch.tensor(state["matrix"], dtype=torch.int64)
         return cm
 
-    def compute(self, class_names: Sequence[str] | None = None) -> dict:
-        return metrics_from_confusion(self.matrix.cpu().numpy(), class_names)
+    def compute(self, class_names: Sequence[str] | None = None, background: int | None = 0) -> dict:
+        return metrics_from_confusion(self.matrix.cpu().numpy(), class_names, background)
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -104,8 +104,13 @@ def _nanmean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
-    """Every segmentation/classification metric minseg reports, from a confusion matrix."""
+def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None = None,
+                           background: int | None = 0) -> dict:
+    """Every segmentation/classification metric minseg reports, from a confusion matrix (rows: truth).
+
+    ``background``: the class left out of the recall-weighted scores (segmentation: 0, the resin /
+    background of every seed paper's class map); None for classifiers, where every class counts.
+    """
     matrix = np.asarray(matrix, dtype=np.float64)
     n = matrix.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
@@ -123,12 +128,13 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
     macro_precision, macro_recall = _nanmean(precision), _nanmean(recall)
     # the microplastic paper's recall-weighted scores (Eq. 34-35): a foreground class's F1 and IoU
     # times its recall, so missing the objects costs however well the background is labelled.
-    # Class 0 is the background (as in every seed paper's class map); a class predicted but absent
-    # from the truth has no recall and scores 0 (its F1 and IoU are 0).
+    # The background class is left out; a class predicted but absent from the truth has no recall
+    # and scores 0 (its F1 and IoU are 0).
     recall_weight = np.nan_to_num(recall)
     rw_f1 = np.where(present, np.nan_to_num(f1) * recall_weight, np.nan)
     rw_iou = np.where(present, np.nan_to_num(iou) * recall_weight, np.nan)
-    rw_f1[:1] = rw_iou[:1] = np.nan
+    if background is not None:
+        rw_f1[background] = rw_iou[background] = np.nan
     total = matrix.sum()
     denominator = macro_precision + macro_recall
     if math.isnan(denominator):
@@ -153,8 +159,8 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
         "F1_paper": float(paper_f1),
         # the microplastic paper's recall-weighted scores (Eq. 34-35): per class (background: None) and
         # their mean over the foreground classes present; binary: the foreground class's value
-        "recall_weighted_f1_per_class": [None] + rw_f1[1:].tolist(),
-        "recall_weighted_iou_per_class": [None] + rw_iou[1:].tolist(),
+        "recall_weighted_f1_per_class": [None if c == background else v for c, v in enumerate(rw_f1.tolist())],
+        "recall_weighted_iou_per_class": [None if c == background else v for c, v in enumerate(rw_iou.tolist())],
         "recall_weighted_f1": _nanmean(rw_f1),
         "recall_weighted_iou": _nanmean(rw_iou),
     }

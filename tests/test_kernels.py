@@ -64,3 +64,24 @@ def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{not json")
     assert main(["analyze", "kernels", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_k_fold_and_prospect_runs(tmp_path):
+    """Fold trials are named member@foldK; members trained without validation use their last checkpoint."""
+    import json
+
+    from minseg.analysis.kernels import discover
+    from minseg.io.storage import Storage
+
+    half = build_model("half_unet", num_classes=2, width=0.25)
+    write_ensemble(str(tmp_path / "ens"), [("half", "half_unet", {"width": 0.25, "in_channels": 3}, half)], CLASSES)
+    checkpoint = str(tmp_path / "ens" / "members" / "half")
+    rows = [{"member": "half", "fold": 0, "status": "done", "best_checkpoint": checkpoint},
+            {"member": "half", "fold": 1, "status": "done", "best_checkpoint": None, "last_checkpoint": checkpoint},
+            {"member": "half", "fold": None, "status": "failed", "best_checkpoint": None}]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "members.json").write_text(json.dumps({"members": rows}))
+    members = discover([str(tmp_path / "run"), checkpoint, checkpoint], Storage())
+    assert [m.name for m in members] == ["half@fold1", "half@fold2", "half-1", "half-2"]
+    report = analyze_kernels([str(tmp_path / "run")], str(tmp_path / "out"))  # in_channels in the options: fine
+    assert {r["member"] for r in report.rows} == {"half@fold1", "half@fold2"}

@@ -97,3 +97,11 @@ def test_recall_weighted_scores_are_the_microplastic_papers():
     everything_background = metrics_from_confusion(np.array([[tn + fp, 0], [fn + tp, 0]]))
     assert everything_background["accuracy"] > 0.99
     assert everything_background["recall_weighted_f1"] == 0.0 and everything_background["recall_weighted_iou"] == 0.0
+
+
+def test_recall_weighting_of_a_classifier_counts_every_class():
+    """No background among classifier classes: a model that always answers class 1 scores low."""
+    always_one = np.array([[0, 50], [0, 50]])  # 50 of class 0 and 50 of class 1, all called class 1
+    classifier = metrics_from_confusion(always_one, background=None)
+    assert classifier["recall_weighted_f1"] == pytest.approx((0.0 + (100 / 150) * 1.0) / 2)
+    assert metrics_from_confusion(always_one)["recall_weighted_f1"] == pytest.approx(100 / 150)  # segmentation

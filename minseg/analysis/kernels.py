@@ -72,28 +72,47 @@ def discover(sources: list[str], storage: Storage) -> list[TrainedMember]:
             raise KernelSourceError(f"{source}: not a training run (members.json), an ensemble manifest (.json) or a "
                                     "checkpoint directory (model.pt + member.json)")
     names = [m.name for m in members]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:  # two runs may share member names: qualify them by their checkpoint
-        members = [TrainedMember(f"{m.name}@{m.checkpoint.rstrip('/').split('/')[-1]}" if m.name in repeated else m.name,
-                                 m.model, m.model_options, m.checkpoint) for m in members]
-    return members
+    repeated = {n for n in names if names.count(n) > 1}
+    seen: dict[str, int] = {}
+    unique = []
+    for m in members:  # two sources may share member names: number them in order
+        if m.name in repeated:
+            seen[m.name] = seen.get(m.name, 0) + 1
+            m = TrainedMember(f"{m.name}-{seen[m.name]}", m.model, m.model_options, m.checkpoint)
+        unique.append(m)
+    return unique
 
 
 def _from_checkpoint(directory: str, storage: Storage, name: str | None = None) -> TrainedMember:
+    uri = join_uri(directory, "member.json")
     try:
-        member = json.loads(storage.read_text(join_uri(directory, "member.json")))
+        member = json.loads(storage.read_text(uri))
+        return TrainedMember(name or member.get("name") or directory.rstrip("/").split("/")[-1], member["model"],
+                             dict(member.get("model_options") or {}), directory)
     except ObjectNotFoundError:
         raise KernelSourceError(f"{directory}: a checkpoint needs member.json beside model.pt") from None
-    return TrainedMember(name or member.get("name") or directory.rstrip("/").split("/")[-1], member["model"],
-                         dict(member.get("model_options") or {}), directory)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KernelSourceError(f"{uri}: not a member description ({type(exc).__name__}: {exc})") from None
 
 
 def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
-    rows = json.loads(storage.read_text(join_uri(run, "members.json")))["members"]
-    done = [r for r in rows if r["status"] == "done" and r.get("best_checkpoint") and r.get("fold") is None]
-    if not done:
+    """Finished members of a run, k-fold trials (``member@foldK``) and prospect trials included; a member
+    trained without validation has no best checkpoint: its last one is analysed."""
+    uri = join_uri(run, "members.json")
+    try:
+        rows = json.loads(storage.read_text(uri))["members"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KernelSourceError(f"{uri}: not a members table ({type(exc).__name__}: {exc})") from None
+    members = []
+    for row in rows:
+        checkpoint = row.get("best_checkpoint") or row.get("last_checkpoint")
+        if row.get("status") != "done" or not checkpoint:
+            continue
+        name = row["member"] if row.get("fold") is None else f"{row['member']}@fold{row['fold'] + 1}"
+        members.append(_from_checkpoint(checkpoint, storage, name))
+    if not members:
         raise KernelSourceError(f"{run}: no finished member to analyse (members.json)")
-    return [_from_checkpoint(r["best_checkpoint"], storage, r["member"]) for r in done]
+    return members
 
 
 def _from_manifest(uri: str, storage: Storage) -> list[TrainedMember]:
@@ -105,20 +124,32 @@ def _from_manifest(uri: str, storage: Storage) -> list[TrainedMember]:
         raise KernelSourceError(f"{uri}: not valid JSON ({exc})") from None
     if not isinstance(document, dict) or not isinstance(document.get("members"), list):
         raise KernelSourceError(f"{uri}: not an ensemble manifest (no members list)")
-    return [TrainedMember(m["name"], m["model"], dict(m.get("model_options") or {}), m["checkpoint"])
-            for m in document["members"]]
+    try:
+        return [TrainedMember(m["name"], m["model"], dict(m.get("model_options") or {}), m["checkpoint"])
+                for m in document["members"]]
+    except (KeyError, TypeError) as exc:
+        raise KernelSourceError(f"{uri}: a member lacks {exc} (name, model, checkpoint)") from None
 
 
 def load_member(member: TrainedMember, storage: Storage) -> nn.Module:
     """The member's model with its trained weights (CPU, eval mode)."""
     from minseg.models import build_model, read_state_dict
 
-    classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+    try:
+        classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+    except ObjectNotFoundError:
+        raise KernelSourceError(f"{member.checkpoint}: no classes.json beside model.pt") from None
     num_classes = len(classes["classes"])
-    state = read_state_dict(join_uri(member.checkpoint, "model.pt"), storage)
-    in_channels = _input_channels(state)
-    model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
-    model.load_state_dict(state)
+    weights = join_uri(member.checkpoint, "model.pt")
+    state = read_state_dict(weights, storage)
+    options = dict(member.model_options)
+    in_channels = options.pop("in_channels", None) or _input_channels(state)
+    try:
+        model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **options)
+        model.load_state_dict(state)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KernelSourceError(f"{weights}: does not fit member {member.name!r} ({member.model}): {first}") from None
     return model.eval()
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import hashlib
+import json
 
 import numpy as np
 
 from minseg.data.config import SplitSettings
+from minseg.errors import InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -83,6 +85,11 @@ class Fold:
     val: frozenset[str]
     test: frozenset[str]
 
+    def signature(self) -> str:
+        """Identifies the fold's assignment: a resumed trial must see the same one."""
+        text = json.dumps([sorted(self.train), sorted(self.val), sorted(self.test)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1) -> list[Fold]:
     """k disjoint test folds over the given sources; in each fold, ``val_share`` of the remaining
@@ -92,15 +99,16 @@ def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: f
         ValueError: fewer than k sources, or too few to leave a training and a validation part.
     """
     if len(source_ids) < folds:
-        raise ValueError(f"{folds}-fold cross-validation needs at least {folds} source images, got {len(source_ids)}")
+        raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images "
+                         f"in train + val, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
     result = []
     for k in range(folds):
         test = order[k::folds]
         rest = _shuffled([s for s in order if s not in set(test)], seed + 1 + k)
         if len(rest) < 2:
-            raise ValueError(f"{folds}-fold cross-validation over {len(source_ids)} source images leaves fold {k + 1} "
-                             "no training and validation part; use fewer folds")
+            raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images "
+                             f"leaves fold {k + 1} no training and validation part (data.split.fold_val); use fewer folds")
         take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
         result.append(Fold(k, frozenset(rest[take:]), frozenset(rest[:take]), frozenset(test)))
     return result

@@ -218,6 +218,8 @@ class PredictionSettings(StrictModel):
     gpus_per_actor: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     precision: Precision = Precision.AUTO
+    member_scores: bool = Field(False, description="also score each member alone on every fold's held-out windows "
+                                                   "(cv/member_scores.csv): to compare members, e.g. an ablation")
 
 
 class TargetSettings(StrictModel):

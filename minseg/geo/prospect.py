@@ -36,7 +36,7 @@ from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
 from minseg.ensemble.runtime import MemberRef
-from minseg.geo.predict import predict_map
+from minseg.geo.predict import predict_map, score_windows
 from minseg.geo.rasters import distance_to_lines, encode_categorical, raster_geometry, read_raster_on_grid
 from minseg.geo.samples import read_samples
 from minseg.geo.screening import format_table, screen_elements, screen_samples
@@ -189,6 +189,7 @@ class Evidence:
     deposit_cells: np.ndarray  # (n, 2) rows/cols of in-study deposits
     unique_cells: np.ndarray  # two deposits in one cell make one positive window
     deposit_xy: np.ndarray  # (n, 2) coordinates of the in-study deposits (rows of deposit_cells)
+    all_deposit_xy: np.ndarray  # (m, 2) every deposit read, in the study area or not
 
 
 @dataclass
@@ -199,6 +200,7 @@ class TrialMaps:
     test_scores: list[np.ndarray]
     test_labels: list[np.ndarray]
     fold_rows: list[dict]
+    member_rows: list[dict]  # prediction.member_scores: each member alone on each fold's held-out windows
     probability: np.ndarray
     uncertainty: np.ndarray
     final_members: int
@@ -262,8 +264,9 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
+    every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
     return Evidence(grids, layers, layer_reports, stack, study, in_study, deposit_cells,
-                    np.unique(deposit_cells, axis=0), deposit_xy)
+                    np.unique(deposit_cells, axis=0), deposit_xy, every)
 
 
 def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray) -> list[dict]:
@@ -273,8 +276,11 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
     training = {tuple(c) for c in np.asarray(training_cells).tolist()}
     is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
     values = {element: samples.values[element] for element in evidence.grids}
-    return screen_samples(values, np.column_stack([samples.x, samples.y]), evidence.deposit_xy[is_training],
-                          evidence.deposit_xy[~is_training], settings)
+    training_xy = evidence.deposit_xy[is_training]
+    used = {tuple(p) for p in training_xy.tolist()}
+    # every other deposit, held out or outside the study area: samples near it are no negatives
+    others = np.array([p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in used], np.float64).reshape(-1, 2)
+    return screen_samples(values, np.column_stack([samples.x, samples.y]), training_xy, others, settings)
 
 
 def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, storage: Storage, out: str, rng):
@@ -365,7 +371,7 @@ def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], 
     settings = config.prospect
     size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
     options = task_options(config.storage)
-    fold_ranks, test_scores, test_labels, fold_rows = [], [], [], []
+    fold_ranks, test_scores, test_labels, fold_rows, member_rows = [], [], [], [], []
     final = None
     for key, trial in trials.items():
         run_uri = models_uri if key is None else join_uri(models_uri, f"fold{key + 1}")
@@ -391,7 +397,17 @@ def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], 
                              if k in ("accuracy", "auc", "recall", "f1")}})
         write_geotiff(join_uri(out, "cv", label, "prospectivity.tif"), probability, geometry, nodata=float("nan"),
                       storage=storage)
-    return TrialMaps(fold_ranks, test_scores, test_labels, fold_rows, *final)
+        if settings.prediction.member_scores and len(trial.test_centres):
+            for member in members:  # the held-out windows only: cheap beside the map
+                alone = score_windows([member], trial.padded, size, {"test": trial.test_centres},
+                                      settings.prediction, storage, options)["test"][0]
+                member_rows.append({"fold": key + 1, "member": member.name,
+                                    **{k: v for k, v in window_metrics(alone, trial.test_labels).items()
+                                       if k in ("accuracy", "auc", "recall", "f1")}})
+    if member_rows:
+        storage.write_text(join_uri(out, "cv", "member_scores.csv"),
+                           csv_text(member_rows, ["fold", "member", "accuracy", "auc", "recall", "f1"]))
+    return TrialMaps(fold_ranks, test_scores, test_labels, fold_rows, member_rows, *final)
 
 
 def rate_metrics(settings: ProspectSettings, maps: TrialMaps, evidence: Evidence) -> tuple[dict, dict]:
@@ -411,6 +427,12 @@ def rate_metrics(settings: ProspectSettings, maps: TrialMaps, evidence: Evidence
                     if maps.test_scores else None),
         "folds": maps.fold_rows,
     }
+    if maps.member_rows:  # mean over folds per member, the ablation table
+        by_member = {}
+        for row in maps.member_rows:
+            by_member.setdefault(row["member"], []).append(row)
+        metrics["members"] = {name: {k: float(np.nanmean([r[k] for r in rows])) for k in ("accuracy", "auc", "recall", "f1")}
+                              | {"folds": len(rows)} for name, rows in by_member.items()}
     return curves, metrics
 
 

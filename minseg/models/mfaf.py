@@ -32,11 +32,14 @@ import torch
 from torch import nn
 
 from minseg.enums import AttentionPlacement, DepthPreset, PadMode, Task
+from minseg.logs import get_logger
 from minseg.models.base import MinsegModel
 from minseg.models.blocks import SpatialAttention, SqueezeExcitation, scaled
 from minseg.models.registry import InputSpec, register_model
 from minseg.models.resnet import ResNetEncoder
 from minseg.models.shufflenet import ShuffleNetV2Encoder
+
+log = get_logger("models")
 
 BACKBONES = ("resnet18", "shufflenetv2")
 
@@ -135,6 +138,15 @@ class MFAF(MinsegModel):
             for c in self.encoder.out_channels
         )
         self.classifier = nn.Linear(shared, num_classes)  # shared by every stage
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a ResNet18 MFAF saved before 2026-11-30 (old backbone names) was trained with spatial attention at
+        # the stem: keep that wiring rather than silently predicting with another network
+        if any(k.startswith(prefix + "encoder.layers.") for k in state_dict) and \
+                self.attention_placement is not AttentionPlacement.STEM:
+            log.warning("MFAF weights from before 2026-11-30: using attention_placement='stem', as they were trained")
+            self.attention_placement = AttentionPlacement.STEM
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """SE weights per stem channel (N, branches x rates): how much each feature counts.

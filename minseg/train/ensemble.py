@@ -149,6 +149,7 @@ class TrialInputs:
     has_val: bool
     shuffle_buffer: int | None
     has_test: bool = False  # k-fold trials: the fold's test part, scored once with the best checkpoint
+    fold_signature: str | None = None  # k-fold trials: which sources train / choose / test (resume must match)
 
 
 class TrainingSource(Protocol):
@@ -203,6 +204,7 @@ class ImageSource:
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
             augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,
             shuffle_buffer=data.shuffle_buffer, has_test="test" in datasets,
+            fold_signature=None if fold is None else prepared.folds[fold].signature(),
         )
         return datasets, inputs
 
@@ -466,7 +468,7 @@ def cross_validation_summary(results: list[MemberResult]) -> dict:
     summary = {}
     for name in dict.fromkeys(r.member for r in results):
         values = [r.test_value for r in results if r.member == name and r.test_value is not None
-                  and r.status is MemberStatus.DONE]
+                  and not math.isnan(r.test_value) and r.status is MemberStatus.DONE]  # NaN: nothing to score
         if values:
             summary[name] = {"metric": next(r.metric for r in results if r.member == name), "mean": float(np.mean(values)),
                              "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "folds": len(values)}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minseg.errors import RunError
+from minseg.errors import InputError, RunError
 from minseg.data.augment import augment_batch
 from minseg.device import autocast_dtype
 from minseg.data.config import AugmentSettings
@@ -158,11 +158,17 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     model initialised from ``member.init`` (its load report kept in the state) and normalised the
     way those weights expect. Sets the session's normalisation either way."""
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
-             "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization}
+             "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization,
+             "fold_signature": session.inputs.fold_signature}
     optimizer_state = None
     worker, member = session.worker, session.member
     resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)
     if resumed is not None:
+        if resumed.state.get("fold_signature") != session.inputs.fold_signature:
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another split of the "
+                "folds (the data, data.split.seed, folds or fold_val changed, or the run predates test folds); "
+                "resuming would report scores on images it trained on. Start a new run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1
@@ -347,7 +353,11 @@ def train_worker(config: dict) -> None:
 def score_best_on_test(session: Session, state: dict) -> None:
     """Phase 4 (k-fold trials): the checkpoint chosen on validation, scored once on the fold's test part;
     the metrics go into the member's state (``test_metrics``), rewritten in its last checkpoint."""
+    import torch.distributed as dist
+
     worker, member = session.worker, session.member
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing the last checkpoint (and pruning old ones)
     best = load_checkpoint(worker.storage, worker.run_uri, member.name, "best") or \
         load_checkpoint(worker.storage, worker.run_uri, member.name, "last")
     session.model.load_state_dict(best.model)
@@ -378,6 +388,6 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
         matrix.update(logits, target)
     loss_sum, count = _all_reduce_sum([loss_sum, count], device)
     matrix.all_reduce()
-    metrics = matrix.compute(inputs.classes_names)
+    metrics = matrix.compute(inputs.classes_names, background=0 if task is Task.SEGMENTATION else None)
     metrics["val_loss"] = loss_sum / max(1, count)
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}

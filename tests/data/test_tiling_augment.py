@@ -4,6 +4,7 @@ import torch
 
 from minseg.data.augment import augment_batch
 from minseg.data.config import AugmentSettings, SplitSettings
+from minseg.errors import InputError
 from minseg.data.splits import assign_splits, kfold_assignments, split_counts
 from minseg.data.tiling import extract_tile, tile_grid, tile_starts
 
@@ -34,9 +35,9 @@ def test_split_counts_and_kfold():
     for fold in folds:  # the paper's protocol: a test fold, and a validation part of the rest
         assert fold.train | fold.val | fold.test == sources and len(fold.val) == 1
         assert not fold.val & fold.train and not fold.test & (fold.train | fold.val)
-    with pytest.raises(ValueError, match="leaves fold 1 no training and validation part"):
+    with pytest.raises(InputError, match="leaves fold 1 no training and validation part"):
         kfold_assignments(["a", "b"], 2, 0)
-    with pytest.raises(ValueError, match="needs at least 5 source images"):
+    with pytest.raises(InputError, match="needs at least 5 source images"):
         kfold_assignments(["a", "b"], 5, 0)
 
 

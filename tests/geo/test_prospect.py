@@ -31,7 +31,7 @@ def prospect_config(root, **changes) -> MinsegConfig:
         "screening": {"max_elements": 3, "critical_z": 1.0},
         "windows": {"size": 16, "stride": 6, "max_negatives": 150},
         "cv": {"folds": 2},
-        "prediction": {"stride": 4, "tile": 40},
+        "prediction": {"stride": 4, "tile": 40, "member_scores": True},
         "training": {"defaults": member, "members": [
             {"name": "mfaf-r18", "model_options": {"backbone": "resnet18", "width": 0.125, **TINY}},
             {"name": "mfaf-shuffle", "model_options": {"backbone": "shufflenetv2", "width": 0.25, **TINY}}]},
@@ -82,6 +82,10 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert len(metrics["folds"]) == 2 and metrics["prediction_rate"]["deposits"] >= 2
     assert 0 <= metrics["prediction_rate"]["top_10_percent"] <= 100
     assert metrics["windows"]["windows"] > metrics["windows"]["positives"] > 0
+    # each member alone on each fold's held-out windows (an ablation's table)
+    member_rows = open(f"{out}/cv/member_scores.csv").read().splitlines()
+    assert member_rows[0] == "fold,member,accuracy,auc,recall,f1" and len(member_rows) == 1 + 2 * 2
+    assert set(metrics["members"]) == {"mfaf-r18", "mfaf-shuffle"} and metrics["members"]["mfaf-r18"]["folds"] == 2
     for fold in summary["folds"]:  # spatial CV: overlapping training windows were dropped, balancing ran
         assert fold["train_windows"] > 0 and fold["balance"]["smote"] + fold["balance"]["noise"] > 0
 

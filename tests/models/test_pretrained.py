@@ -378,6 +378,7 @@ def test_mfaf_checkpoints_from_before_torchvision_names_still_load():
     fresh = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny")
     fresh.load_state_dict(old)
     assert torch.equal(fresh.encoder.layer1[0].conv1.weight, old["encoder.layers.0.0.conv1.weight"])
+    assert fresh.attention_placement == "stem"  # the wiring those weights were trained with
 
 
 def test_eca_after_every_block_keeps_the_pretrained_names(tmp_path):
