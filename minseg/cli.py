@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"minseg {__version__}")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show Ray's, Ray Data's and Tune's own output (by default it goes to Ray's log "
+                             "folder, named in the ray.ready line); MINSEG_LOG_LEVEL=debug does the same")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on local Ray and local files")
@@ -362,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["MINSEG_VERBOSE"] = "1"  # read by init_ray, also in job processes this one starts
     configure_logging(args.log_level)
     if getattr(args, "action", None) == "cp" and not args.destination:
         parser.error("storage cp needs a destination")

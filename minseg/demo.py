@@ -178,5 +178,8 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideSc
     labels_uri = join_uri(segmented.output, done["slide"], "labels.tif")
     names = [c["name"] for c in class_map_document()["classes"]]
     truth = compare_label_maps(labels_uri, slide["mask"], names, storage=Storage(config.storage))
-    return SlideScore(segmented.output, done["seconds"], (slide["height"], slide["width"]), truth["accuracy"],
+    # the score against the true mask is an output of the slide, beside its summary
+    Storage(config.storage).write_text(join_uri(segmented.output, done["slide"], "truth_comparison.json"),
+                                       json.dumps(truth, indent=2, default=float))
+    return SlideScore(segmented.output, done["wall_seconds"], (slide["height"], slide["width"]), truth["accuracy"],
                       truth["miou"])

@@ -115,7 +115,7 @@ def _is_interactive(stream) -> bool:
 
 
 class Progress:
-    """A progress bar on a terminal; on a pipe or in CI, one summary line at the end.
+    """A progress bar (tqdm) on a terminal; on a pipe or in CI, one summary line at the end.
 
     Use ``advance()`` from the loop doing the work, or wrap an iterable with ``track``.
     """
@@ -126,9 +126,13 @@ class Progress:
         self.unit = unit
         self.done = 0
         self._stream = stream or sys.stderr
-        self._interactive = _is_interactive(self._stream)
         self._started = time.monotonic()
-        self._last_draw = 0.0
+        self._bar = None
+        if _is_interactive(self._stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=description, unit=f" {unit}", file=self._stream, leave=True,
+                             dynamic_ncols=True, mininterval=0.2)
 
     def __enter__(self) -> "Progress":
         return self
@@ -138,28 +142,21 @@ class Progress:
 
     def advance(self, n: int = 1) -> None:
         self.done += n
-        now = time.monotonic()
-        if self._interactive and (now - self._last_draw > 0.1 or self.done == self.total):
-            self._last_draw = now
-            self._draw(now)
+        if self._bar is not None:
+            self._bar.update(n)
 
-    def _draw(self, now: float) -> None:
-        elapsed = now - self._started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 30)
-            text = f"\r{self.description} [{bar:<30}] {self.done}/{self.total} {self.unit} ({rate:.1f}/s)"
+    def note(self, text: str) -> None:
+        """A line above the bar (or a plain line without one)."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
         else:
-            text = f"\r{self.description} {self.done} {self.unit} ({rate:.1f}/s)"
-        self._stream.write(text)
-        self._stream.flush()
+            print(text, file=self._stream, flush=True)
 
     def close(self, failed: bool = False) -> None:
         elapsed = time.monotonic() - self._started
-        if self._interactive:
-            self._stream.write("\n")
-            self._stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         log_event(
             get_logger("progress"),
             "progress.failed" if failed else "progress.done",
@@ -169,6 +166,13 @@ class Progress:
             unit=self.unit,
             seconds=round(elapsed, 2),
         )
+
+
+def verbose() -> bool:
+    """Whether Ray's, Ray Data's and Tune's own output should reach the console (``--verbose`` /
+    MINSEG_LOG_LEVEL=debug); by default it stays in Ray's log folder."""
+    return os.environ.get("MINSEG_VERBOSE", "") not in ("", "0") or \
+        os.environ.get("MINSEG_LOG_LEVEL", "").upper() == "DEBUG"
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, unit: str = "items") -> Iterator[T]:

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from minseg.config.base import StrictModel
 from minseg.io.config import PositiveInt, StorageSettings
-from minseg.logs import _is_interactive, configure_logging, get_logger, log_event
+from minseg.logs import _is_interactive, configure_logging, get_logger, log_event, verbose
 
 log = get_logger("runtime")
 
@@ -25,32 +25,58 @@ def _worker_setup() -> None:
     configure_logging()
 
 
+def quiet_ray_loggers(loud: bool) -> None:
+    """Ray's, Ray Data's and Tune's Python loggers at WARNING on the console unless ``loud``
+    (their INFO lines: execution plans, dataset starts, trial tables)."""
+    import logging
+
+    for name in ("ray", "ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
+
+
+def ray_log_dir() -> str | None:
+    """Where this Ray session keeps every process's log (workers, actors, raylet), if known."""
+    try:
+        from ray._private.worker import _global_node
+
+        return os.path.join(_global_node.get_session_dir_path(), "logs") if _global_node is not None else None
+    except Exception:  # a client connection or a Ray without the attribute: not worth failing for
+        return None
+
+
 def init_ray(settings: RaySettings | None = None):
-    """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local one.
+    """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local, isolated one.
 
     Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused.
+    By default Ray's own output (worker and actor stdout/stderr, Ray Data plans, Tune tables)
+    stays in Ray's log folder (logged as ``ray.ready logs=...``) and the console shows minseg's
+    lines; ``--verbose`` / MINSEG_LOG_LEVEL=debug forwards it to the console as Ray does.
     """
     import ray
 
     settings = settings or RaySettings()
+    loud = verbose()
     if not ray.is_initialized():
         address = settings.address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(
             include_dashboard=False,
             configure_logging=False,
+            log_to_driver=loud,
             runtime_env={"worker_process_setup_hook": "minseg.runtime._worker_setup"},
         )
         if address:
             ray.init(address=address, **kwargs)
-        else:
+        else:  # "local": never join another Ray instance that happens to run on this machine
             store = settings.object_store_mib * 2**20 if settings.object_store_mib else None
-            ray.init(num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
+            ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
     import ray.data
 
+    quiet_ray_loggers(loud)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = _is_interactive(__import__("sys").stderr)
+    context.enable_progress_bars = loud and _is_interactive(__import__("sys").stderr)
     resources = ray.cluster_resources()
-    log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0), nodes=len(ray.nodes()))
+    log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0), nodes=len(ray.nodes()),
+              logs=ray_log_dir() or "(on the cluster)")
     return ray
 
 

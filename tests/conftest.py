@@ -65,13 +65,41 @@ def s3(s3_server, monkeypatch) -> S3Context:
     return context
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (start-up is slow here)."""
+_RAY_START_ERROR: list[str] = []
+
+
+def start_test_ray(attempts: int = 2):
+    """A local, isolated Ray for the session. A loaded machine can take longer than the 30 s Ray 2.60
+    waits for the node to register (fixed in ray/_private/node.py, no setting): try once more before
+    giving up."""
     import ray
 
+    last = None
+    for attempt in range(attempts):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
+                     configure_logging=False)
+            return ray
+        except Exception as exc:  # noqa: BLE001 (Ray raises several kinds here; we retry once whatever it is)
+            last = exc
+            ray.shutdown()
+    raise RuntimeError(f"Ray did not start after {attempts} attempts: {type(last).__name__}: {last}")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (start-up is slow here). If Ray cannot start,
+    the first test that needs it fails with the reason and every later one is skipped with one line."""
+    import ray
+
+    if _RAY_START_ERROR:
+        pytest.skip(f"Ray could not start (see the first failing test): {_RAY_START_ERROR[0]}")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        try:
+            start_test_ray()
+        except RuntimeError as exc:
+            _RAY_START_ERROR.append(str(exc))
+            pytest.fail(str(exc), pytrace=False)
     yield ray
     ray.shutdown()
 

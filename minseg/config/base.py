@@ -46,10 +46,12 @@ TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
+    def __init__(self, source: str, problems: list[tuple[str, str]], sources: list[str] | None = None):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {key}: {reason}" if key else f"{source}: {reason}" for key, reason in problems]
+        wheres = sources or [source] * len(problems)  # per problem, where the value came from
+        lines = [f"{where}: {key}: {reason}" if key else f"{where}: {reason}"
+                 for where, (key, reason) in zip(wheres, problems)]
         super().__init__("invalid configuration\n  " + "\n  ".join(lines))
 
 
@@ -139,8 +141,11 @@ def validate_config(
     if problems:
         raise ConfigError(source, problems)
     merged: dict[str, Any] = _deep_copy(data)
+    origins: dict[str, str] = {}  # dotted key -> where its value came from, when not from the file
     for origin, values in (("environment", env_overrides(environ)), ("override", overrides or {})):
         for dotted, text in values.items():
+            origins[dotted] = (f"--set {dotted}" if origin == "override" else
+                               f"environment {ENV_PREFIX}{dotted.upper().replace('.', '__')}")
             if _CREDENTIAL_KEY.search(dotted):
                 raise ConfigError(origin, [(dotted, "credentials are read from AWS_* variables, not overrides")])
             try:
@@ -151,7 +156,17 @@ def validate_config(
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(source, [(key_path(e["loc"]), _describe(e)) for e in exc.errors()]) from None
+        problems = [(key_path(e["loc"]), _describe(e)) for e in exc.errors()]
+        # blame the --set or variable that set a key, not the file
+        raise ConfigError(source, problems, [_origin(key, origins) or source for key, _ in problems]) from None
+
+
+def _origin(key: str, origins: Mapping[str, str]) -> str | None:
+    """The --set or environment variable that set ``key`` (or a section above it), if any."""
+    for dotted, origin in origins.items():
+        if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
+            return origin
+    return None
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:

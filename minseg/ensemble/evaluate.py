@@ -41,7 +41,7 @@ from minseg.ensemble.selection import (
 from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
-from minseg.logs import get_logger, log_event
+from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.runtime import init_ray
 
@@ -144,8 +144,9 @@ class EnsembleEvaluator:
         return {"item_id": item_id, "image": image, "truth": truth, "labels": labels}
 
 
-def run_pass(items: list[dict], spec: PassSpec) -> ImageScores:
-    """One pass of the actor pool over ``items``: one row per image, in any order."""
+def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> ImageScores:
+    """One pass of the actor pool over ``items``: one row per image, in any order (a progress bar named
+    ``label`` on a terminal)."""
     import ray
 
     settings = spec.settings
@@ -159,7 +160,12 @@ def run_pass(items: list[dict], spec: PassSpec) -> ImageScores:
         num_gpus=settings.gpus_per_actor or None,
     )
     # rows, not numpy batches: a block whose previews (or samples) are all None would come back as NaNs
-    return ImageScores.from_rows(results.take_all())
+    rows = []
+    with Progress(len(items), label, unit="images") as progress:
+        for row in results.iter_rows():
+            rows.append(row)
+            progress.advance()
+    return ImageScores.from_rows(rows)
 
 
 def _metrics_for(rows: ImageScores, index: int, class_names) -> dict:
@@ -245,7 +251,7 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     wants_learned = FusionMode.LEARNED in settings.modes and split != "test"
     sample = max(1, settings.weight_fit_pixels // max(1, len(prepared.splits[split])))
     spec.sample_per_image = sample if wants_learned else 0
-    rows = run_pass(prepared.splits[split], spec)
+    rows = run_pass(prepared.splits[split], spec, f"rank members ({split})")
     metrics = {m.name: _metrics_for(rows, i, names) for i, m in enumerate(members)}
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
@@ -267,7 +273,7 @@ def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSp
     names = list(prepared.classmap.names)
     spec.candidates, spec.sample_per_image = ensembles, 0
     spec.preview_ids = tuple(i["item_id"] for i in prepared.splits["test"][: spec.settings.overlays])
-    rows = run_pass(prepared.splits["test"], spec)
+    rows = run_pass(prepared.splits["test"], spec, "score ensembles (test)")
     member_tpi = np.mean(np.stack(rows.member_seconds), axis=0)
     fusion_tpi = np.mean(np.stack(rows.fusion_seconds), axis=0)
     position = {m.name: i for i, m in enumerate(members)}

@@ -67,7 +67,9 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None)
     baseline = next((c for c in members if c["members"][0] in baseline_names), None)
     best_member = next((c for c in members if c["members"][0] not in baseline_names), members[0])
     selected = candidates[document["selected"]]
-    columns = [("best baseline", baseline), ("best member", best_member), ("selected", selected)]
+    columns = [("best baseline", baseline), ("best member", best_member)]
+    if selected["key"] != best_member["key"]:  # a single selected member is the best member: one column
+        columns.append(("selected", selected))
     table6 = []
     for index, name in enumerate(names):
         row = {"class": name}
@@ -144,7 +146,8 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
 
     # normalised confusion matrices: best member and the selected ensemble
     best_member = "member:" + tables["table4_members"][0]["member"]
-    for label, key in (("best_member", best_member), ("selected", document["selected"])):
+    pairs = [("best_member", best_member), ("selected", document["selected"])]
+    for label, key in pairs if document["selected"] != best_member else pairs[1:]:
         matrix = np.asarray(candidates[key]["metrics"]["confusion"], dtype=np.float64)
         normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         figure, axis = plt.subplots(figsize=(len(names) * 0.6 + 2, len(names) * 0.6 + 1.5))
@@ -157,17 +160,22 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
             if v >= 0.01:
                 axis.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
         figure.colorbar(image, ax=axis, fraction=0.046)
-        axis.set_title(f"{key} (rows normalised)")
+        role = "best member, selected" if document["selected"] == best_member else label.replace("_", " ")
+        axis.set_title(f"{key} ({role}; rows normalised)")
         _png(figure, storage, join_uri(out, f"confusion_{label}.png"))
 
-    # overlays: image / truth / best member / selected ensemble
+    # overlays: image / truth / best member / selected ensemble (one panel when the selection is that member)
     palette = np.array([c["color"] for c in classes] + [[255, 255, 255]] * (256 - len(classes)), dtype=np.uint8)
     legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
+    selected = document["selected"]
     for preview in previews:
-        panels = [("image", preview["image"]), ("truth", palette[preview["truth"]]),
-                  (best_member, palette[preview["labels"][best_member]]),
-                  (document["selected"], palette[preview["labels"][document["selected"]]])]
-        figure, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+        panels = [("image", preview["image"]), ("truth", palette[preview["truth"]])]
+        if selected == best_member:
+            panels.append((f"{selected} (best member, selected)", palette[preview["labels"][selected]]))
+        else:
+            panels += [(f"{best_member} (best member)", palette[preview["labels"][best_member]]),
+                       (f"{selected} (selected)", palette[preview["labels"][selected]])]
+        figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
         for axis, (title, picture) in zip(axes, panels):
             axis.imshow(picture)
             axis.set_title(title, fontsize=9)

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -342,9 +343,9 @@ class SegmentResult:
     def to_document(self) -> dict:
         return {
             "output": self.output, "manifest": self.manifest, "ensemble_digest": self.ensemble_digest,
-            "seconds": round(self.seconds, 1),
-            "done": [{"slide": s["slide"], "uri": s["uri"], "seconds": s["seconds"], "tiles": s["tiles"]}
-                     for s in self.done],
+            "wall_seconds": round(self.seconds, 1),  # the whole run: planning, reading, predicting, publishing
+            "done": [{"slide": s["slide"], "uri": s["uri"], "active_seconds": s["active_seconds"],
+                      "wall_seconds": s["wall_seconds"], "tiles": s["tiles"]} for s in self.done],
             "skipped": [s.to_document() for s in self.skipped],
             "failed": [f.to_document() for f in self.failed],
         }
@@ -355,7 +356,8 @@ class SlideState:
     plan: SlidePlan
     stitcher: Stitcher | None = None
     outputs: SlideOutputs | None = None
-    started: float = 0.0
+    started: float = 0.0  # its first predicted tile reached the driver
+    run_started: float = 0.0  # the pipeline started (the slide's tiles queue behind other slides' from then)
 
 
 def manifest_uri_of(config: MinsegConfig) -> str:
@@ -378,7 +380,7 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
             plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri)
         except SlideError as exc:
             result.failed.append(SlideOutcome(slide_id, uri, str(exc)))
-            log_event(log, "segment.slide_failed", slide=slide_id, reason=str(exc))
+            log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=str(exc))
             continue
         previous = read_summary(storage, plan.output_uri)
         if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
@@ -463,7 +465,8 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
 def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, settings: SegmentSettings,
              storage: Storage, staging_root: str, run_info: dict, result: SegmentResult) -> None:
     """Stitch tiles as they arrive (any order), publish slides as they complete."""
-    states = {slide_id: SlideState(plan) for slide_id, plan in plans.items()}
+    pipeline_started = time.monotonic()
+    states = {slide_id: SlideState(plan, run_started=pipeline_started) for slide_id, plan in plans.items()}
     total = sum(len(p.grid) for p in plans.values())
 
     def fail(state: SlideState, reason: str) -> None:
@@ -471,7 +474,7 @@ def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, se
             state.outputs.discard()
         states.pop(state.plan.slide_id, None)
         result.failed.append(SlideOutcome(state.plan.slide_id, state.plan.uri, reason))
-        log_event(log, "segment.slide_failed", slide=state.plan.slide_id, reason=reason)
+        log_event(log, "segment.slide_failed", logging.WARNING, slide=state.plan.slide_id, reason=reason)
 
     try:
         with Progress(total, "segment", unit="tiles") as progress:
@@ -526,19 +529,23 @@ def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
         "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
         "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
         "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
-        "seconds": round(time.monotonic() - state.started, 2),
+        # two clocks, named for what they measure (docs/segmentation.md)
+        "active_seconds": round(time.monotonic() - state.started, 2),  # first tile back -> published
+        "wall_seconds": round(time.monotonic() - state.run_started, 2),  # pipeline start -> published
         "stitch_peak_mib": round(state.stitcher.peak_bytes / 2**20, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info,
     }
     summary = state.outputs.finish(summary, storage, plan.output_uri)
-    log_event(log, "segment.slide_done", slide=plan.slide_id, seconds=summary["seconds"], output=plan.output_uri)
+    log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
+              wall_seconds=summary["wall_seconds"], output=plan.output_uri)
     return summary
 
 
 def _table_row(summary: dict, status: SlideStatus) -> dict:
     row = {"slide": summary["slide"], "uri": summary["uri"], "status": str(status),
            "height": summary["shape"][0], "width": summary["shape"][1], "tiles": summary["tiles"],
-           "seconds": summary["seconds"], "ensemble_digest": summary["ensemble_digest"],
+           "active_seconds": summary.get("active_seconds", summary.get("seconds")),
+           "wall_seconds": summary.get("wall_seconds"), "ensemble_digest": summary["ensemble_digest"],
            "mean_uncertainty": summary.get("mean_uncertainty")}
     for name, entry in summary["modal_mineralogy"].items():
         row[f"area_pct:{name}"] = entry["area_percent"]
@@ -549,17 +556,40 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
 
 
 def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
-    """``slides.csv`` / ``.parquet`` (a row per slide done or skipped), ``failures.json``, ``run_summary.json``."""
+    """The batch tables of everything under the output, merged with what earlier runs wrote there:
+    ``slides.csv`` / ``.parquet`` (a row per slide done or skipped: this run's rows replace that slide's
+    older row, other slides' rows stay), ``failures.json`` (slides with no complete outputs),
+    ``run_summary.json`` (this run, and the merged slide list). Each file is one whole write."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    out = result.output
     rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
         [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
-    if rows:
-        storage.write_text(join_uri(result.output, "slides.csv"), csv_text(rows))
+    this_run = {row["slide"] for row in rows}
+    earlier = _read_json(storage, join_uri(out, "run_summary.json"))
+    # a slide that failed now keeps its earlier row: a failure never replaces complete outputs
+    kept = [row for row in (earlier or {}).get("slides", []) if isinstance(row, dict) and row.get("slide")
+            and row["slide"] not in this_run and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
+    merged = sorted(kept + rows, key=lambda row: row["slide"])
+    if merged:
+        storage.write_text(join_uri(out, "slides.csv"), csv_text(merged))
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buffer)
-        storage.write_bytes(join_uri(result.output, "slides.parquet"), buffer.getvalue())
-    storage.write_text(join_uri(result.output, "failures.json"),
-                       json.dumps([f.to_document() for f in result.failed], indent=2))
-    storage.write_text(join_uri(result.output, "run_summary.json"), json.dumps(result.to_document(), indent=2))
+        pq.write_table(pa.Table.from_pylist(merged), buffer)
+        storage.write_bytes(join_uri(out, "slides.parquet"), buffer.getvalue())
+    complete = {row["slide"] for row in merged}
+    failed_now = {f.slide for f in result.failed}
+    old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])
+                    if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
+    failures = old_failures + [f.to_document() for f in result.failed if f.slide not in complete]
+    storage.write_text(join_uri(out, "failures.json"), json.dumps(failures, indent=2))
+    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
+    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float))
+
+
+def _read_json(storage: Storage, uri: str):
+    """A JSON document written by an earlier run, or None (absent or unreadable: rebuilt from this run)."""
+    try:
+        return json.loads(storage.read_text(uri))
+    except (ObjectNotFoundError, ValueError):
+        return None

@@ -15,7 +15,7 @@ import numpy as np
 from minseg.synth.config import SectionsSynth
 from minseg.enums import ImageFormat
 from minseg.io.storage import Storage, join_uri
-from minseg.logs import get_logger, log_event
+from minseg.logs import Progress, get_logger, log_event
 from minseg.synth.minerals import CLASS_NAMES, class_map_document
 from minseg.synth.sections import render_section
 
@@ -65,14 +65,15 @@ def write_section_dataset(
     import ray
 
     storage = storage or Storage()
-    rows = (
-        ray.data.range(settings.count, override_num_blocks=min(settings.count, 64))
-        .map(
-            lambda row: render_item(int(row["id"]), output_uri, settings, seed, storage),
-            num_cpus=task_cpus,
-        )
-        .take_all()
+    rendered = ray.data.range(settings.count, override_num_blocks=min(settings.count, 64)).map(
+        lambda row: render_item(int(row["id"]), output_uri, settings, seed, storage),
+        num_cpus=task_cpus,
     )
+    rows = []
+    with Progress(settings.count, "synth sections", unit="images") as progress:
+        for row in rendered.iter_rows():
+            rows.append(row)
+            progress.advance()
     rows.sort(key=lambda row: row["stem"])
     pixels = np.sum([row["pixels"] for row in rows], axis=0)
     particles = np.sum([row["particles"] for row in rows], axis=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -22,7 +21,7 @@ from minseg.enums import MemberStatus, Task
 from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri, parse_uri
 from minseg.io.tables import csv_text
-from minseg.logs import _is_interactive, get_logger, log_event
+from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.runtime import init_ray
@@ -305,23 +304,42 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
 
 
 class _MemberProgress:
-    """Logs members running / queued / done as Tune moves them along."""
+    """On the driver: members running / queued / done as Tune moves them along, one line per epoch
+    of every member (from the metrics each reports), and a progress bar over all their epochs."""
 
-    def __new__(cls, total: int):
+    def __new__(cls, total: int, epochs: int):
         from ray import tune
+
+        from minseg.logs import Progress
 
         class Callback(tune.Callback):
             def __init__(self):
                 self.total, self.running, self.finished = total, 0, 0
+                self.progress = Progress(epochs, "train", unit="epochs")
+
+            @staticmethod
+            def _name(trial) -> str:
+                config = trial.config["trial"]
+                fold = config.get("fold")
+                return config["member"]["name"] + ("" if fold is None else f" (fold {fold + 1})")
 
             def _log(self, event, trial):
-                member = trial.config["trial"]["member"]["name"]
                 queued = self.total - self.running - self.finished
-                log_event(log, event, member=member, running=self.running, queued=queued, done=self.finished)
+                log_event(log, event, member=self._name(trial), running=self.running, queued=queued,
+                          done=self.finished)
 
             def on_trial_start(self, iteration, trials, trial, **info):
                 self.running += 1
                 self._log("train.member.started", trial)
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if "epoch" not in result:
+                    return
+                member = trial.config["trial"]["member"]
+                total_epochs = sum(stage["epochs"] for stage in member["stages"])
+                shown = {k: round(result[k], 4) for k in ("train_loss", "val_loss", "miou", "accuracy") if k in result}
+                log_event(log, "train.epoch", member=self._name(trial), epoch=result["epoch"], of=total_epochs, **shown)
+                self.progress.advance()
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self.running, self.finished = self.running - 1, self.finished + 1
@@ -330,6 +348,9 @@ class _MemberProgress:
             def on_trial_error(self, iteration, trials, trial, **info):
                 self.running, self.finished = self.running - 1, self.finished + 1
                 self._log("train.member.failed", trial)
+
+            def on_experiment_end(self, trials, **info):
+                self.progress.close()
 
         return Callback()
 
@@ -407,8 +428,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=f"{config.run.name}-tune", storage_path=storage_path,
-                                      storage_filesystem=filesystem, verbose=1 if _is_interactive(sys.stderr) else 0,
-                                      callbacks=[_MemberProgress(len(trials))]),
+                                      storage_filesystem=filesystem, verbose=1 if verbose() else 0,
+                                      callbacks=[_MemberProgress(len(trials), sum(
+                                          sum(s["epochs"] for s in t["member"]["stages"]) for t in trials))]),
         )
         grid = tuner.fit()
         for trial_result in grid:

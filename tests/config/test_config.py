@@ -86,7 +86,7 @@ def test_environment_and_cli_overrides(tmp_path):
     assert config.run.seed == 2
     config = load_config(path, MinsegConfig, overrides={"run.seed": "3"}, environ=environ)
     assert config.run.seed == 3
-    with pytest.raises(ConfigError, match="environment: run.seed: .*valid integer"):
+    with pytest.raises(ConfigError, match="environment MINSEG__RUN__SEED: run.seed: .*valid integer"):
         validate_config({}, MinsegConfig, source="environment", environ={"MINSEG__RUN__SEED": "abc"})
     with pytest.raises(ConfigError, match="credentials are read from AWS_"):
         validate_config({}, MinsegConfig, overrides={"storage.secret_key": "x"})
@@ -99,3 +99,20 @@ def test_bundled_configs_validate():
     assert configs, "configs/ should hold example configs"
     for path in configs:
         load_config(path, MinsegConfig)
+
+
+def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, capsys):
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {name: x}\nsegment: {actors: 1}\n")
+    assert main(["config", "validate", str(path), "--set", "segment.actorz=3", "--set", "segment.batch_size=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set segment.actorz: segment.actorz: unknown key" in err
+    assert "--set segment.batch_size: segment.batch_size: Input should be greater than or equal to 1" in err
+    assert f"{path}:" not in err
+    with pytest.raises(ConfigError, match="environment MINSEG__SEGMENT__ACTORS: segment.actors"):
+        load_config(path, MinsegConfig, environ={"MINSEG__SEGMENT__ACTORS": "0"})
+    path.write_text("run: {name: x}\nsegment: {actorz: 1}\n")  # the file's own mistakes still name the file
+    with pytest.raises(ConfigError, match=f"{path}: segment.actorz: unknown key"):
+        load_config(path, MinsegConfig, overrides={"segment.actors": "2"})

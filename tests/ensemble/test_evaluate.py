@@ -66,7 +66,15 @@ def test_reports_and_figures(evaluation):
     table6 = json.loads((folder / "reports.json").read_text())["table6_per_class"]
     assert [row["class"] for row in table6][:2] == ["background", "pyrite"] and "train particles" in table6[0]
     assert any("best baseline (vgg)" in k for k in table6[0])
-    for png in ("iou_per_class.png", "confusion_best_member.png", "confusion_selected.png"):
+    best = "member:" + json.loads((folder / "reports.json").read_text())["table4_members"][0]["member"]
+    figures = ["iou_per_class.png", "confusion_selected.png"]
+    if evaluation.selected.key != best:  # a selected single member is the best member: no duplicate figure
+        figures.append("confusion_best_member.png")
+        assert any(k.startswith("selected (") for k in table6[0])
+    else:
+        assert not (folder / "confusion_best_member.png").exists()
+        assert not any(k.startswith("selected (") for k in table6[0])  # no second, identical column
+    for png in figures:
         assert (folder / png).stat().st_size > 5000
     assert len(list(folder.glob("overlay_*.png"))) == 2
 

@@ -116,6 +116,18 @@ def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifest
     forced = run(manifests["soft"], [test_slides["small"]], tmp_path, force=True)
     assert len(forced.done) == 1
     assert not list(tmp_path.glob("small.old-*"))
+    # another run into the same output: the batch tables describe every slide there, not just its own
+    missing = str(tmp_path / "nowhere.tif")
+    later = run(manifests["soft"], [test_slides["section"], missing], tmp_path)
+    assert [s["slide"] for s in later.done] == ["section"] and [f.slide for f in later.failed] == ["nowhere"]
+    rows = {line.split(",")[0]: line for line in (tmp_path / "slides.csv").read_text().splitlines()[1:]}
+    assert set(rows) == {"small", "section"} and ",done," in rows["small"] and ",done," in rows["section"]
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert [s["slide"] for s in summary["slides"]] == ["section", "small"] and summary["wall_seconds"] > 0
+    assert [f["slide"] for f in json.loads((tmp_path / "failures.json").read_text())] == ["nowhere"]
+    again = run(manifests["soft"], [test_slides["small"]], tmp_path, force=True)  # rows replaced, others kept
+    assert len(again.done) == 1 and len((tmp_path / "slides.csv").read_text().splitlines()) == 3
+    assert [f["slide"] for f in json.loads((tmp_path / "failures.json").read_text())] == ["nowhere"]
 
 
 def test_outputs_are_identical_with_two_actors_and_one_killed_mid_run(ray_session, manifests, test_slides, tmp_path):
