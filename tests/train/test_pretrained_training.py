@@ -105,12 +105,12 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
 
 
 def test_one_schedule_spans_both_stages(pretrained_run):
-    rows, run, _, killed = pretrained_run
+    rows, run, _, _ = pretrained_run
     assert rows["one-schedule"].status == "done", rows["one-schedule"].error
     state = load_checkpoint(_storage(), str(run), "one-schedule").state
     history = state["history"]
-    if killed:  # every worker was killed once: this member resumed too, optimizer state and step count kept
-        assert state["restarts"] >= 1
+    # (if the kill caught this member running, it resumed: the closed form below then also checks that the
+    # optimizer state and the step count carried over)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     tiles = history[0]["train_tiles"]
     frozen_steps, open_steps = -(-tiles // 8), -(-tiles // 4)  # batches per epoch in each stage, one worker

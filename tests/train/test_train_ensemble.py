@@ -145,6 +145,7 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_sections, tmp_path):
     assert ray.is_initialized()
 
 
+@pytest.mark.slow  # ~70 s; worker kill + resume is also covered by the two tests around it
 def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections, tmp_path):
     """No restarts allowed: the killed member fails after its first checkpoint; --resume finishes it."""
     member = {"name": "patient", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 0,
