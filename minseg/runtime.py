@@ -32,6 +32,9 @@ def quiet_ray_loggers(loud: bool) -> None:
 
     for name in ("ray", "ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
+    # notices, not problems: the local instance's default token auth, Ray Data's "progress bars disabled"
+    for name in ("ray._private.authentication", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
 
 
 def ray_log_dir() -> str | None:
@@ -56,7 +59,9 @@ def init_ray(settings: RaySettings | None = None):
 
     settings = settings or RaySettings()
     loud = verbose()
-    if not ray.is_initialized():
+    quiet_ray_loggers(loud)
+    started = not ray.is_initialized()
+    if started:
         address = settings.address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(
             include_dashboard=False,
@@ -71,12 +76,13 @@ def init_ray(settings: RaySettings | None = None):
             ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
     import ray.data
 
-    quiet_ray_loggers(loud)
+    quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = loud and _is_interactive(__import__("sys").stderr)
-    resources = ray.cluster_resources()
-    log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0), nodes=len(ray.nodes()),
-              logs=ray_log_dir() or "(on the cluster)")
+    if started:  # once per process: later phases reuse the instance
+        resources = ray.cluster_resources()
+        log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
+                  nodes=len(ray.nodes()), logs=ray_log_dir() or "(on the cluster)")
     return ray
 
 

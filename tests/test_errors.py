@@ -93,3 +93,16 @@ def test_listing_a_path_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert "nowhere: no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["storage", "ls", str(tmp_path / "empty")]) == 0  # an empty folder is just empty
+
+
+@pytest.mark.parametrize("argv,torch_expected", [(["--help"], False), (["storage", "ls", "."], False),
+                                                 (["models"], True)])
+def test_light_commands_do_not_start_heavy_imports(argv, torch_expected):
+    """`minseg --help`, `storage` and `models` answer without loading Ray (and, but for models, torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom minseg.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'ray' in sys.modules)" % (argv,))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split()[-2:] == [str(torch_expected), "False"], result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -420,6 +421,8 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     weights_cache.clear()
 
     if trials:
+        if not verbose():  # Tune's newer console output prints an experiment box even when silent
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
