@@ -134,6 +134,14 @@ class Progress:
             self._bar = tqdm(total=total, desc=description, unit=f" {unit}", file=self._stream, leave=True,
                              dynamic_ncols=True, mininterval=0.2)
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks (which hold one of these); a stream or a bar does not pickle
+        return {**self.__dict__, "_stream": None, "_bar": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._stream = self._stream or sys.stderr
+
     def __enter__(self) -> "Progress":
         return self
 
