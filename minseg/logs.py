@@ -80,6 +80,18 @@ def _format_value(value: Any) -> str:
     return json.dumps(text) if (" " in text or not text) else text
 
 
+class _BarAwareHandler(logging.StreamHandler):
+    """Writes log lines above any progress bar on the terminal instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")  # only when a bar can exist: never import it for this
+        if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
+            with tqdm_module.tqdm.external_write_mode(file=self.stream):
+                super().emit(record)
+        else:
+            super().emit(record)
+
+
 def configure_logging(level: str | int | None = None, fmt: str | None = None) -> None:
     """Set up the ``minseg`` logger once per process (idempotent; Ray workers call it too)."""
     level = level or os.environ.get("MINSEG_LOG_LEVEL", "INFO")
@@ -91,7 +103,7 @@ def configure_logging(level: str | int | None = None, fmt: str | None = None) ->
     for handler in list(logger.handlers):
         if getattr(handler, "_minseg", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarAwareHandler(sys.stderr)
     handler._minseg = True  # type: ignore[attr-defined]
     handler.addFilter(_RedactingFilter())
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
@@ -152,13 +164,6 @@ class Progress:
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
-
-    def note(self, text: str) -> None:
-        """A line above the bar (or a plain line without one)."""
-        if self._bar is not None:
-            self._bar.write(text, file=self._stream)
-        else:
-            print(text, file=self._stream, flush=True)
 
     def close(self, failed: bool = False) -> None:
         elapsed = time.monotonic() - self._started
