@@ -116,19 +116,10 @@ def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
 
 
 def _from_manifest(uri: str, storage: Storage) -> list[TrainedMember]:
-    try:
-        document = json.loads(storage.read_text(uri))
-    except ObjectNotFoundError:
-        raise KernelSourceError(f"{uri}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise KernelSourceError(f"{uri}: not valid JSON ({exc})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("members"), list):
-        raise KernelSourceError(f"{uri}: not an ensemble manifest (no members list)")
-    try:
-        return [TrainedMember(m["name"], m["model"], dict(m.get("model_options") or {}), m["checkpoint"])
-                for m in document["members"]]
-    except (KeyError, TypeError) as exc:
-        raise KernelSourceError(f"{uri}: a member lacks {exc} (name, model, checkpoint)") from None
+    from minseg.ensemble.manifest import load_manifest
+
+    manifest = load_manifest(uri, storage, verify=False)  # ManifestError names the file and what is wrong
+    return [TrainedMember(m.name, m.model, dict(m.model_options), m.checkpoint) for m in manifest.members]
 
 
 def load_member(member: TrainedMember, storage: Storage) -> nn.Module:

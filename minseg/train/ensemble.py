@@ -294,7 +294,7 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     return MemberResult(
         member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
-        test_value=_fold_test_value(test, member.checkpoint_metric),
+        test_value=metric_value(test, member.checkpoint_metric) if test else None,
         epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
         best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, init=init,
         error=error,
@@ -498,12 +498,6 @@ def cross_validation_summary(results: list[MemberResult]) -> dict:
             summary[name] = {"metric": next(r.metric for r in results if r.member == name), "mean": float(np.mean(values)),
                              "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "folds": len(values)}
     return summary
-
-
-def _fold_test_value(metrics: dict | None, key: str) -> float | None:
-    if not metrics:
-        return None
-    return float(metrics[key]) if key == "val_loss" and key in metrics else metric_value(metrics, key)
 
 
 def format_members_table(results: list[MemberResult]) -> str:

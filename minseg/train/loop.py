@@ -259,8 +259,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
     member, worker = session.member, session.worker
     is_best = False
     if validated:
-        value = metric_value(metrics, member.checkpoint_metric) if member.checkpoint_metric != "val_loss" \
-            else metrics["val_loss"]
+        value = metric_value(metrics, member.checkpoint_metric)  # val_loss is a key of the metrics too
         best = state["best_value"]
         better = best is None or (value > best if member.checkpoint_mode == "max" else value < best)
         if better and not (isinstance(value, float) and math.isnan(value)):

@@ -4,8 +4,6 @@ kill + resume; the unfrozen stage changes it; one cosine schedule spans both sta
 
 import json
 import math
-import threading
-import time
 
 import pytest
 import torch
@@ -13,9 +11,7 @@ import torch
 from minseg.models import build_model
 from minseg.models.pretrained import family_normalization
 from minseg.train.checkpoint import load_checkpoint
-from minseg.train.ensemble import train_ensemble
-from tests.support.processes import kill_processes_titled
-from tests.train.conftest import TINY, training_config
+from tests.train.conftest import TINY, BackgroundTraining, training_config
 
 TWO_STAGES = [{"epochs": 3, "batch_size": 4, "freeze_encoder": True}, {"epochs": 1, "batch_size": 4}]
 # the paper's shape: a larger batch while frozen, so the stages have different step counts
@@ -55,23 +51,11 @@ def pretrained_run(synthetic_sections, tmp_path_factory):
         {"name": "wrong-file", "model": "res_unet", "model_options": TINY, "init": {"uri": str(wrong)},
          "stages": TWO_STAGES},
     ]
-    config = training_config(synthetic_sections, root, "pre", members)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
-    thread.start()
-    pointer = root / "pre" / "members" / "frozen-ddp" / "checkpoints" / "last.json"
-    deadline = time.monotonic() + 500
-    while not pointer.exists() and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.3)
-    assert pointer.exists(), "no checkpoint was written"
+    training = BackgroundTraining(training_config(synthetic_sections, root, "pre", members), "frozen-ddp", 500)
     killed = []
-    if json.loads(pointer.read_text())["epoch"] < 3:  # still inside the frozen stage: kill every worker there
-        while not killed and time.monotonic() < deadline:
-            killed = kill_processes_titled("ray::RayTrainWorker")
-            time.sleep(0.1)
-    thread.join(timeout=900)
-    assert not thread.is_alive()
-    return {r.member: r for r in outcome["rows"]}, root / "pre", init_state, bool(killed)
+    if training.wait_for_checkpoint()["epoch"] < 3:  # still inside the frozen stage: kill every worker there
+        killed = training.kill_workers()
+    return {r.member: r for r in training.join()}, root / "pre", init_state, bool(killed)
 
 
 def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import threading
 import time
 
 import pytest
@@ -10,8 +9,7 @@ import torch
 
 from minseg.train.checkpoint import load_checkpoint, read_pointer
 from minseg.train.ensemble import ResourceError, train_ensemble
-from tests.support.processes import kill_processes_titled
-from tests.train.conftest import TINY, training_config
+from tests.train.conftest import TINY, BackgroundTraining, training_config
 
 MEMBERS = [
     {"name": "resunet-stn", "model": "res_unet", "model_options": {**TINY, "stn": True}, "loss": {"name": "ce_dice"}},
@@ -122,22 +120,11 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_sections, tmp_path):
 
     member = {"name": "survivor", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 2,
               "stages": [{"epochs": 4, "batch_size": 4}]}
-    config = training_config(synthetic_sections, tmp_path, "kill", [member])
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
-    thread.start()
-    pointer = tmp_path / "kill" / "members" / "survivor" / "checkpoints" / "last.json"
-    deadline = time.monotonic() + 400
-    while not pointer.exists() and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.5)
-    assert pointer.exists(), "no checkpoint was written"
-    killed = []
-    while not killed and time.monotonic() < deadline:
-        killed = kill_processes_titled("ray::RayTrainWorker")
-        time.sleep(0.2)
-    thread.join(timeout=600)
-    assert killed and not thread.is_alive()
-    (row,) = outcome["rows"]
+    training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "kill", [member]), "survivor")
+    training.wait_for_checkpoint()
+    killed = training.kill_workers()
+    (row,) = training.join(600)
+    assert killed
     assert row.status == "done", row.error
     state = load_checkpoint_state(tmp_path / "kill", "survivor")
     assert state["restarts"] >= 1
@@ -151,17 +138,10 @@ def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections
     member = {"name": "patient", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 0,
               "stages": [{"epochs": 3, "batch_size": 4}]}
     config = training_config(synthetic_sections, tmp_path, "resub", [member])
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("rows", train_ensemble(config)))
-    thread.start()
-    pointer = tmp_path / "resub" / "members" / "patient" / "checkpoints" / "last.json"
-    deadline = time.monotonic() + 400
-    while not pointer.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    while not kill_processes_titled("ray::RayTrainWorker") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    thread.join(timeout=600)
-    (first,) = outcome["rows"]
+    training = BackgroundTraining(config, "patient")
+    training.wait_for_checkpoint()
+    training.kill_workers()
+    (first,) = training.join(600)
     assert first.status == "failed" and 1 <= first.epochs < 3 and first.last_checkpoint
     (second,) = train_ensemble(config, resume=True)
     assert second.status == "done" and second.epochs == 3 and second.restarts == 1
