@@ -80,18 +80,6 @@ def _format_value(value: Any) -> str:
     return json.dumps(text) if (" " in text or not text) else text
 
 
-class _BarAwareHandler(logging.StreamHandler):
-    """Writes log lines above any progress bar on the terminal instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tqdm_module = sys.modules.get("tqdm")  # only when a bar can exist: never import it for this
-        if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
-            with tqdm_module.tqdm.external_write_mode(file=self.stream):
-                super().emit(record)
-        else:
-            super().emit(record)
-
-
 def configure_logging(level: str | int | None = None, fmt: str | None = None) -> None:
     """Set up the ``minseg`` logger once per process (idempotent; Ray workers call it too)."""
     level = level or os.environ.get("MINSEG_LOG_LEVEL", "INFO")
@@ -103,7 +91,7 @@ def configure_logging(level: str | int | None = None, fmt: str | None = None) ->
     for handler in list(logger.handlers):
         if getattr(handler, "_minseg", False):
             logger.removeHandler(handler)
-    handler = _BarAwareHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
     handler._minseg = True  # type: ignore[attr-defined]
     handler.addFilter(_RedactingFilter())
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
