@@ -128,6 +128,11 @@ class MemberStatus(StrEnum):
     FAILED = "failed"
 
 
+class OutputFormat(StrEnum):
+    ZARR = "zarr"  # OME-Zarr (NGFF 0.5): always written, blocks go straight into it
+    TIFF = "tiff"  # pyramidal BigTIFF labels/uncertainty, exported from the zarr when the slide is done
+
+
 class SlideStatus(StrEnum):
     """Outcome of one slide in a segmentation batch."""
 

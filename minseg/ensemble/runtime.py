@@ -210,11 +210,14 @@ class EnsembleRuntime:
         tta: test-time augmentation each member averages over.
         channels_last: on GPUs, convert the members to NHWC (worth it when inputs come channels_last too,
             as ``normalise`` makes them; tensor cores want NHWC).
+        compile: ``torch.compile`` each member (first batches are slow while it compiles; pays off on long
+            GPU runs with one batch shape, which the segmentation actors keep).
     """
 
     def __init__(self, members: Sequence[MemberRef], num_classes: int, storage: Storage, *, gpus: float = 0.0,
                  precision: Precision = Precision.AUTO, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, tta: TTA = TTA.NONE, channels_last: bool = False):
+                 std: Sequence[float] | None = None, tta: TTA = TTA.NONE, channels_last: bool = False,
+                 compile: bool = False):
         self.members = list(members)
         self.num_classes = num_classes
         self.device = select_device(gpus)
@@ -224,15 +227,37 @@ class EnsembleRuntime:
                                                 self.members, mean, std)
         if channels_last and self.device.type == "cuda":
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        if compile:
+            self.models = [torch.compile(m) for m in self.models]
         self.index = {m.name: i for i, m in enumerate(self.members)}
 
     @classmethod
     def from_manifest(cls, manifest: EnsembleManifest, storage: Storage, *, gpus: float = 0.0,
-                      precision: Precision = Precision.AUTO) -> "EnsembleRuntime":
+                      precision: Precision = Precision.AUTO, compile: bool = False) -> "EnsembleRuntime":
         """The manifest's members with its normalisation and TTA (hashes were checked when it was loaded)."""
         return cls([MemberRef.of(m) for m in manifest.members], manifest.num_classes, storage, gpus=gpus,
                    precision=precision, mean=manifest.normalization["mean"], std=manifest.normalization["std"],
-                   tta=manifest.fusion.tta, channels_last=True)
+                   tta=manifest.fusion.tta, channels_last=True, compile=compile)
+
+    def batch_size_for(self, budget_bytes: int, tile: int, fusion: "Fusion", cap: int) -> int:
+        """The largest batch of (tile, tile) windows, at most ``cap``, whose fused prediction fits
+        ``budget_bytes`` of GPU memory: peak memory is measured at batch 1 and 2 and extrapolated linearly
+        (activations grow with the batch, weights do not). On CPU: ``cap``.
+        """
+        if self.device.type != "cuda":
+            return cap
+        channels = len(self.mean) if self.mean is not None else 3
+        peaks = []
+        for batch in (1, 2):
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            images = np.zeros((batch, tile, tile, channels), np.uint8)
+            self.predict_images(images).fused_scores(fusion)
+            torch.cuda.synchronize(self.device)
+            peaks.append(torch.cuda.max_memory_allocated(self.device))
+        per_window = max(1, peaks[1] - peaks[0])
+        fixed = peaks[0] - per_window
+        return int(max(1, min(cap, (budget_bytes - fixed) // per_window)))
 
     def normalise(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, K) -> normalised float32 (N, K, H, W) on the device, channels_last."""

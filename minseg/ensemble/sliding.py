@@ -142,8 +142,14 @@ def tile_probabilities(model, batch: torch.Tensor, tta: TTA = TTA.NONE, autocast
 
 
 def normalise(images: np.ndarray, mean, std, device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), channels_last."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W), channels_last. To a GPU, the uint8 batch goes
+    through pinned memory without blocking (a quarter of the bytes a float copy would move)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:
+        tensor = tensor.to(device)
+    tensor = tensor.permute(0, 3, 1, 2).float()
     mean = torch.as_tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     return ((tensor - mean) / std).contiguous(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
-from minseg.enums import Precision, PreviewFormat, TiffCompression, Uncertainty
+from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
 
 
 class SlideLimitSettings(StrictModel):
@@ -37,13 +37,24 @@ class SegmentSettings(StrictModel):
 
     actors: int = Field(1, ge=1, description="inference actors; each holds the whole ensemble")
     cpus_per_actor: float = Field(0.5, gt=0, description="fractional on small nodes: reads need CPUs too")
-    gpus_per_actor: float = Field(0.0, ge=0)
+    gpus_per_actor: float = Field(0.0, ge=0, description="fractions share a GPU between actors (e.g. 0.25: four)")
+    threads_per_actor: int | None = Field(None, ge=1, description="torch CPU threads per actor (default: its CPU "
+                                          "share rounded up, so actors on one node do not oversubscribe it)")
     batch_size: int = Field(8, ge=1, description="tiles per forward pass (the last batch is padded to it)")
+    gpu_memory_gib: float | None = Field(None, gt=0, description="on CUDA, pick the largest batch size whose "
+                                         "measured peak memory fits this budget (batch_size is then the cap)")
+    compile: bool = Field(False, description="torch.compile the members (CUDA: worth it for long batches)")
     precision: Precision = Field(Precision.AUTO, description="auto: bf16 autocast on GPUs that support it")
-    read_cpus: float = Field(0.25, gt=0, description="CPUs per tile-read task")
-    tiles_per_read: int = Field(16, ge=1, description="neighbouring tiles read by one task (they share segments)")
+    read_cpus: float = Field(0.25, gt=0, description="CPUs per block-read task and per slide-finishing task")
 
-    output_tile: TiffTileSize = Field(512, description="tile size of the output TIFFs")
+    block: int = Field(2048, ge=16, description="output block side in processed pixels: one worker reads, "
+                       "predicts, blends and writes a block (a multiple of output_tile; larger blocks recompute "
+                       "less halo, smaller ones spread a slide over more workers)")
+    formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.ZARR],
+                                        description="zarr is always written; tiff adds labels.tif / uncertainty.tif")
+    include_image: bool = Field(True, description="write the segmented RGB image into the OME-Zarr too, so "
+                                "viewers show labels over it (triples the zarr's size)")
+    output_tile: TiffTileSize = Field(512, description="chunk size of the OME-Zarr and tile size of the TIFFs")
     compression: TiffCompression = TiffCompression.ZSTD
     uncertainty: Uncertainty = Uncertainty.AUTO
     preview_max_side: int = Field(2048, ge=64)
@@ -62,8 +73,15 @@ class SegmentSettings(StrictModel):
             raise ValueError("must be 4 or 8")
         return value
 
+    @field_validator("formats")
+    @classmethod
+    def _zarr_always(cls, value: list[OutputFormat]) -> list[OutputFormat]:
+        return [OutputFormat.ZARR] + [f for f in dict.fromkeys(value) if f is not OutputFormat.ZARR]
+
     @model_validator(mode="after")
     def _lossless_labels(self) -> "SegmentSettings":
         if self.compression is TiffCompression.JPEG:
             raise ValueError("compression: jpeg is lossy and would corrupt class ids; use zstd, deflate or none")
+        if self.block % self.output_tile:
+            raise ValueError(f"block: {self.block} is not a multiple of output_tile ({self.output_tile})")
         return self

@@ -1,30 +1,21 @@
-"""One slide's outputs: label and uncertainty pyramids, preview, statistics, published atomically.
+"""What one segmented slide leaves behind: file names, class palette, the preview, the summary.
 
-Everything is written into a local staging folder while tiles stream in. Publishing
-is all-or-nothing: locally the folder is renamed into place; on S3 every file is
-uploaded (multipart when large) and ``summary.json`` goes last, so a slide counts as
-done exactly when its summary exists.
+A slide's folder holds ``segmentation.ome.zarr`` (``io.ngff``), ``preview.png``, optionally
+``labels.tif`` / ``uncertainty.tif`` (pyramidal BigTIFF exports), and ``summary.json``, written
+last: a slide counts as done exactly when its summary exists (``finish.finish_slide``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
-import uuid
 
 import numpy as np
 
 from minseg.data.classmap import default_color
-from minseg.enums import PreviewFormat
-from minseg.inference.grains import GrainCounter, grain_statistics
-from minseg.io.storage import Storage, join_uri, parse_uri, process_umask
-from minseg.io.tiff import PyramidSink, PyramidSpec
+from minseg.io.storage import Storage, join_uri
 
-LABELS, UNCERTAINTY, SUMMARY = "labels.tif", "uncertainty.tif", "summary.json"
+ZARR, LABELS, UNCERTAINTY, SUMMARY = "segmentation.ome.zarr", "labels.tif", "uncertainty.tif", "summary.json"
 
 
 def class_colours(classes: list[dict]) -> np.ndarray:
@@ -95,92 +86,6 @@ class PreviewCanvas:
                            outline=(0, 0, 0))
             draw.text((left + 2 * size, top), f"{name}  {percent:5.1f} %", fill=(0, 0, 0), font=font)
         return canvas
-
-
-class SlideOutputs:
-    """Consumes finished output tiles of one slide; ``finish`` publishes, ``discard`` leaves nothing."""
-
-    def __init__(self, plan, classes: dict, settings, staging_root: str, metadata: dict):
-        self.plan, self.settings = plan, settings
-        self.class_docs = classes["classes"]
-        self.names = [c["name"] for c in self.class_docs]
-        self.colours = class_colours(self.class_docs)
-        os.makedirs(staging_root, exist_ok=True)
-        self.staging = tempfile.mkdtemp(prefix=f".{plan.slide_id}.", suffix=".partial", dir=staging_root)
-        os.chmod(self.staging, 0o777 & ~process_umask())  # mkdtemp makes 0700; the published folder follows the umask
-        height, width = plan.height, plan.width
-        tile = settings.output_tile
-        label_meta = {**metadata, "classes": [{"id": i, "name": n, "color": [int(v) for v in self.colours[i]]}
-                                              for i, n in enumerate(self.names)]}
-        self.sink = PyramidSink([
-            (os.path.join(self.staging, LABELS), PyramidSpec(
-                height, width, 1, tile=tile, compression=settings.compression, reduce="nearest",
-                metadata=label_meta, colormap=palette_colormap(self.colours))),
-            (os.path.join(self.staging, UNCERTAINTY), PyramidSpec(
-                height, width, 1, tile=tile, compression=settings.compression, reduce="mean",
-                metadata={**metadata, "uncertainty": plan.uncertainty, "scale": "0..255 = none..maximal"})),
-        ])
-        self.grains = GrainCounter(len(self.names), width, settings.connectivity)
-        self.preview = PreviewCanvas(height, width, settings.preview_max_side)
-        self.uncertainty_sum = 0
-
-    def add_tile(self, top: int, left: int, labels: np.ndarray, uncertainty: np.ndarray) -> None:
-        """One finished output tile; tiles come in row-major order."""
-        self.sink.put_tile([labels, uncertainty])
-        self.uncertainty_sum += int(uncertainty.sum(dtype=np.int64))
-        self.grains.add_tile(top, left, labels)
-        self.preview.add_labels(top, left, labels)
-
-    def finish(self, summary: dict, storage: Storage, target_uri: str) -> dict:
-        """Close the pyramids, write preview + summary, publish all of it; returns the summary."""
-        self.sink.close()
-        counts = self.grains.class_pixels
-        total = max(1, int(counts.sum()))
-        area = [100.0 * c / total for c in counts]
-        preview_name = f"preview.{PreviewFormat(self.settings.preview_format).value}"
-        image = self.preview.render(self.colours, self.names, area, self.settings.preview_alpha)
-        image.save(os.path.join(self.staging, preview_name), quality=90)
-        areas = self.grains.grain_areas()
-        pixel_size = self.plan.pixel_size_um
-        summary.update(
-            modal_mineralogy={n: {"pixels": int(c), "area_percent": round(a, 4)}
-                              for n, c, a in zip(self.names, counts, area)},
-            grains={n: grain_statistics(areas[i], self.settings.min_grain_px, pixel_size)
-                    for i, n in enumerate(self.names)},
-            mean_uncertainty=round(self.uncertainty_sum / total / 255.0, 5),
-            files={"labels": LABELS, "uncertainty": UNCERTAINTY, "preview": preview_name, "summary": SUMMARY},
-        )
-        with open(os.path.join(self.staging, SUMMARY), "w") as handle:
-            json.dump(summary, handle, indent=2)
-        publish_folder(self.staging, storage, target_uri, order=[LABELS, UNCERTAINTY, preview_name, SUMMARY])
-        return summary
-
-    def discard(self) -> None:
-        self.sink.abort()
-        shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def publish_folder(folder: str, storage: Storage, target_uri: str, order: list[str]) -> None:
-    """Move a finished staging folder to ``target_uri``: a rename locally, uploads (last file last) on S3."""
-    location = parse_uri(target_uri)
-    try:
-        if location.is_s3:
-            storage.delete_prefix(target_uri.rstrip("/") + "/")  # stale outputs of an older ensemble
-            for name in order:
-                storage.upload_file(os.path.join(folder, name), join_uri(target_uri, name))
-            return
-        target = location.path
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        old = None
-        if os.path.exists(target):
-            old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(folder, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(folder)
 
 
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:

@@ -1,22 +1,24 @@
-"""Bulk whole-slide segmentation: slides → Ray Data tile reads → ensemble actor pool → stitching → storage.
+"""Bulk whole-slide segmentation: slides → blocks read, predicted, blended and written on the cluster → storage.
 
 1. Slides are resolved (URIs, globs, a list file), opened once on the driver to plan
-   their tile grid, and skipped when complete outputs for the same ensemble exist.
-2. Ray Data reads runs of neighbouring tiles (CPU tasks with fractional CPUs; only
-   the TIFF tiles or strips a tile touches are read), then a pool of actors, each
-   holding the whole ensemble (loaded once), predicts every member, fuses them as
-   the manifest says, and returns blendable (C, tile, tile) scores keyed by
-   (slide, row, col). Ray Data does not keep order; nothing here relies on it.
-3. The driver stitches each slide as its tiles arrive (``stitch.Stitcher``: bounded
-   by a row of tiles, not the slide) and streams finished output tiles into the label
-   and uncertainty pyramids, the grain counter and the preview, then publishes the
-   slide atomically. A slide that fails (unreadable, corrupt tile) goes to the
-   failure manifest and leaves no outputs; the others carry on.
+   their tile grid (``plan``), and skipped when complete outputs for the same ensemble
+   exist. Each slide's OME-Zarr is created empty, or an interrupted run's is resumed
+   block by block (``finish.prepare_slide``).
+2. The blocks of all slides share one Ray Data pipeline: CPU tasks read each block's
+   windows (only the TIFF tiles or strips they touch), a pool of actors, each holding
+   the whole ensemble, predicts, fuses and blends them into the finished block and
+   writes its chunks and a small record straight to storage (``blocks``). Per-tile
+   scores never leave the worker; the driver receives a few numbers per block.
+3. When a slide's last block is in, a task merges its records (grains across block
+   edges, modal mineralogy), builds the coarse pyramid levels, preview and optional
+   TIFF export, and writes ``summary.json`` last (``finish.finish_slide``). A slide
+   that fails (unreadable, corrupt tile) goes to the failure manifest and leaves no
+   outputs; the others carry on. Output is bit-identical for any block size, actor
+   count and completion order (tests/inference/test_segment.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -24,28 +26,28 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
-from minseg.data.tiling import extract_tile
-from minseg.enums import FusionMode, Precision, SlideStatus, Uncertainty
-from minseg.ensemble.config import EvaluationSettings, Tiling
+from minseg.enums import SlideStatus
+from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
-from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion
-from minseg.ensemble.sliding import TileGrid, mean_fill
+from minseg.ensemble.runtime import EnsembleRuntime, Fusion
+from minseg.ensemble.sliding import mean_fill
 from minseg.errors import InputError
+from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_json, block_levels, block_to_json,
+                                     read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
-from minseg.inference.outputs import SlideOutputs, preview_sample, preview_stride, read_summary
-from minseg.inference.stitch import Stitcher
-from minseg.io.slides import SLIDE_SUFFIXES, Slide, SlideCache, SlideError, SlideLimits
-from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
-                                 parse_uri)
+from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
+from minseg.inference.outputs import ZARR, read_summary
+from minseg.inference.plan import SlidePlan, plan_slide
+from minseg.io.ngff import PyramidLayout, SegmentationArrays
+from minseg.io.slides import SLIDE_SUFFIXES, SlideError
+from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import Progress, get_logger, log_event
 from minseg.runtime import init_ray, task_options
@@ -113,201 +115,81 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     return {uri: stem if counts[stem] == 1 else f"{stem}-{zlib.crc32(uri.encode()):08x}" for uri, stem in stems.items()}
 
 
-# -- planning -----------------------------------------------------------------
+# -- the ensemble actors -------------------------------------------------------
 
 
-@dataclass
-class SlidePlan:
-    slide_id: str
-    uri: str
-    output_uri: str
-    format: str
-    level: int  # the level the user asked for
-    read_level: int  # the level pixels are read from (coarser when the manifest's scale allows)
-    source_height: int
-    source_width: int
-    height: int  # processed (= output) size
-    width: int
-    factor_y: float  # read-level pixels per processed pixel
-    factor_x: float
-    tiling: Tiling  # the manifest's, unchanged
-    preview_stride: int
-    pixel_size_um: float | None
-    uncertainty: Uncertainty
-    limits: SlideLimits = SlideLimits()
+class BlockSegmenter:
+    """Ray Data actor: the whole ensemble (an ``EnsembleRuntime``), loaded once; per ``BlockInput`` row,
+    the block predicted, blended, written and recorded (``blocks.segment_block``); returns ``BlockDone``.
 
-    @property
-    def tile(self) -> int:
-        return self.tiling.tile
+    On CPU, torch uses ``threads_per_actor`` threads (default: the actor's CPU share rounded up). On CUDA,
+    windows go through pinned host memory, scores come back as fp16, and with ``gpu_memory_gib`` the batch
+    size is the largest whose measured peak memory fits (``EnsembleRuntime.batch_size_for``).
+    """
 
-    @property
-    def overlap(self) -> int:
-        return self.tiling.overlap
+    def __init__(self, manifest: EnsembleManifest, storage: Storage, settings: SegmentSettings,
+                 plans: dict[str, SlidePlan]):
+        import torch
 
-    @cached_property
-    def grid(self) -> TileGrid:
-        return self.tiling.grid(self.height, self.width)
-
-
-def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
-               output_uri: str) -> SlidePlan:
-    with Slide(uri, storage, limits=settings.limits.limits()) as slide:
-        source_h, source_w = slide.level_shape(settings.level)
-        scale = manifest.tiling.scale
-        height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
-        read_level = settings.level
-        for level in range(settings.level, len(slide.info.levels)):  # the coarsest level still fine enough
-            level_h, level_w = slide.info.levels[level]
-            if level_h >= height and level_w >= width:
-                read_level = level
-        read_h, read_w = slide.info.levels[read_level]
-        base_size = slide.info.pixel_size_um
-        level0_h = slide.info.levels[0][0]
-    if settings.pixel_size_um:
-        pixel_size = settings.pixel_size_um
-    elif base_size:
-        pixel_size = base_size * level0_h / source_h / scale
-    else:
-        pixel_size = None
-    return SlidePlan(
-        slide_id=slide_id, uri=uri, output_uri=join_uri(output_uri, slide_id), format=slide.info.format,
-        level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
-        height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
-        tiling=manifest.tiling, preview_stride=preview_stride(height, width, settings.preview_max_side),
-        pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
-        limits=settings.limits.limits(),
-    )
-
-
-def resolve_uncertainty(kind: Uncertainty, mode: FusionMode) -> Uncertainty:
-    if kind is not Uncertainty.AUTO:
-        return kind
-    return Uncertainty.DISAGREEMENT if FusionMode(mode) in (FusionMode.PV, FusionMode.WV) else Uncertainty.ENTROPY
-
-
-def tile_chunks(plan: SlidePlan, per_read: int) -> list[dict]:
-    """Runs of neighbouring tiles (row-major), one read task each."""
-    grid = plan.grid
-    tiles = [[row, col, y, x] for row, y in enumerate(grid.ys) for col, x in enumerate(grid.xs)]
-    return [{"slide": plan.slide_id, "tiles": json.dumps(tiles[i : i + per_read])}
-            for i in range(0, len(tiles), per_read)]
-
-
-# -- Ray Data stages ----------------------------------------------------------
-
-_SLIDES = SlideCache()  # per worker process
-
-
-def read_tile(slide: Slide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -> np.ndarray:
-    """The (tile, tile, 3) uint8 tile at processed (y, x); beyond the slide's edge, ``fill``."""
-    tile = plan.tile
-    height, width = min(tile, plan.height - y), min(tile, plan.width - x)
-    if plan.factor_y == 1.0 and plan.factor_x == 1.0:
-        region = slide.read_region(y, x, height, width, plan.read_level)
-    else:
-        from PIL import Image
-
-        read_h, read_w = slide.level_shape(plan.read_level)
-        fy, fx = plan.factor_y, plan.factor_x
-        top, bottom, left, right = y * fy, (y + height) * fy, x * fx, (x + width) * fx
-        iy0, ix0 = max(0, math.floor(top) - 2), max(0, math.floor(left) - 2)
-        iy1, ix1 = min(read_h, math.ceil(bottom) + 2), min(read_w, math.ceil(right) + 2)
-        crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan.read_level)
-        resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
-        region = np.asarray(Image.fromarray(crop).resize(
-            (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0)))
-    return extract_tile(region, 0, 0, tile, fill)
-
-
-@dataclass
-class TileBatch(Columns):
-    """Tiles read from slides, from the read tasks to the actor pool: slide id, tile row and column in
-    the slide's grid, (tile, tile, 3) uint8 pixels, preview samples (raw bytes: their size varies at the
-    slide's edge) with their shapes, and the error that kept a tile from being read ('' when none)."""
-
-    OBJECT_COLUMNS = ("thumb",)
-
-    slide: list
-    row: list
-    col: list
-    image: np.ndarray
-    thumb: list
-    thumb_shape: np.ndarray
-    error: list
-
-
-@dataclass
-class ScoredTiles(Columns):
-    """What the actor pool returns per tile: the read fields, and (C, tile, tile) float16 fused scores
-    that blend across overlaps (``EnsemblePrediction.fused_scores``)."""
-
-    OBJECT_COLUMNS = ("thumb",)
-
-    slide: list
-    row: list
-    col: list
-    scores: np.ndarray
-    thumb: list
-    thumb_shape: np.ndarray
-    error: list
-
-
-def read_tiles(batch: dict, plans: dict[str, SlidePlan], storage: Storage, fill: list[int]) -> dict:
-    """Ray Data task: the tiles of one or more runs (a ``TileBatch``); a failure becomes an error row."""
-    fill_value = np.asarray(fill, np.uint8)
-    out = TileBatch([], [], [], [], [], [], [])
-    for slide_id, tiles in zip(batch["slide"], batch["tiles"]):
-        plan = plans[slide_id]
-        tile = plan.tile
-        for row, col, y, x in json.loads(tiles):
-            image, error = np.zeros((tile, tile, 3), np.uint8), ""
-            try:
-                image = read_tile(_SLIDES.get(plan.uri, storage, plan.limits), plan, y, x, fill_value)
-            except (SlideError, OSError) as exc:
-                error = str(exc)
-            thumb = preview_sample(image, y, x, plan.preview_stride)
-            out.slide.append(slide_id)
-            out.row.append(row)
-            out.col.append(col)
-            out.image.append(image)
-            out.thumb.append(thumb.tobytes())
-            out.thumb_shape.append(np.asarray(thumb.shape, np.int32))
-            out.error.append(error)
-    out.image, out.thumb_shape = np.stack(out.image), np.stack(out.thumb_shape)
-    return out.to_batch()
-
-
-class EnsemblePredictor:
-    """Ray Data actor: the whole ensemble (an ``EnsembleRuntime``), loaded once; per batch of tiles
-    (a ``TileBatch``), blendable fused scores (a ``ScoredTiles``)."""
-
-    def __init__(self, manifest: EnsembleManifest, storage: Storage, batch_size: int, precision: Precision,
-                 gpus: float):
-        self.manifest = manifest
+        if not settings.gpus_per_actor:
+            torch.set_num_threads(settings.threads_per_actor or max(1, math.ceil(settings.cpus_per_actor)))
+        self.manifest, self.storage, self.settings, self.plans = manifest, storage, settings, plans
         # hashes were checked when the driver loaded the manifest
-        self.runtime = EnsembleRuntime.from_manifest(manifest, storage, gpus=gpus, precision=precision)
+        self.runtime = EnsembleRuntime.from_manifest(manifest, storage, gpus=settings.gpus_per_actor,
+                                                     precision=settings.precision, compile=settings.compile)
         self.fusion = Fusion.of(manifest.fusion)
-        self.batch_size = batch_size
+        self.batch_size = settings.batch_size
+        if settings.gpu_memory_gib:
+            self.batch_size = self.runtime.batch_size_for(int(settings.gpu_memory_gib * 2**30), manifest.tiling.tile,
+                                                          self.fusion, cap=settings.batch_size)
+        self.arrays: dict[str, SegmentationArrays] = {}
+        self.layouts: dict[str, int] = {}
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """(n, tile, tile, 3) uint8 -> (n, C, tile, tile) float16 fused scores."""
+        count, tile = len(windows), windows.shape[1]
+        scores = np.empty((count, self.manifest.num_classes, tile, tile), np.float16)
+        for start in range(0, count, self.batch_size):
+            chunk = windows[start : start + self.batch_size]
+            # always the same batch shape: a window's result must not depend on its batch-mates
+            padded = np.zeros((self.batch_size,) + windows.shape[1:], np.uint8)
+            padded[: len(chunk)] = chunk
+            fused = self.runtime.predict_images(padded).fused_scores(self.fusion)  # (B, C, t, t)
+            scores[start : start + len(chunk)] = fused[: len(chunk)].half().cpu().numpy()
+        return scores
+
+    def _arrays(self, plan: SlidePlan) -> SegmentationArrays:
+        if plan.slide_id not in self.arrays:
+            if len(self.arrays) >= 8:  # a few slides in flight per actor; opening again is cheap
+                self.arrays.pop(next(iter(self.arrays)))
+            self.arrays[plan.slide_id] = SegmentationArrays(join_uri(plan.output_uri, ZARR), self.storage)
+        return self.arrays[plan.slide_id]
 
     def __call__(self, batch: dict) -> dict:
-        tiles = TileBatch.from_batch(batch)
-        errors = [str(e) for e in tiles.error]
-        count, tile = len(errors), tiles.image.shape[1]
-        scores = np.zeros((count, self.manifest.num_classes, tile, tile), np.float16)
-        good = [i for i, e in enumerate(errors) if not e]
-        try:
-            for start in range(0, len(good), self.batch_size):
-                chunk = good[start : start + self.batch_size]
-                # always the same batch shape: a tile's result must not depend on its batch-mates
-                padded = np.zeros((self.batch_size, tile, tile, 3), np.uint8)
-                padded[: len(chunk)] = tiles.image[chunk]
-                fused = self.runtime.predict_images(padded).fused_scores(self.fusion)  # (N, C, t, t)
-                scores[chunk] = fused[: len(chunk)].cpu().numpy().astype(np.float16)
-        except Exception as exc:  # e.g. out of memory: these tiles' slides fail, the job goes on
-            for i in good:
-                errors[i] = f"inference failed: {type(exc).__name__}: {exc}"
-        return ScoredTiles(tiles.slide, tiles.row, tiles.col, scores, tiles.thumb, tiles.thumb_shape,
-                           errors).to_batch()
+        inputs = BlockInput.from_batch(batch)
+        out = BlockDone([], [], [], [], [], [])
+        for slide_id, text, payload, error in zip(inputs.slide, inputs.block, inputs.payload, inputs.error):
+            plan, block = self.plans[str(slide_id)], block_from_json(str(text))
+            windows, seconds, error = 0, 0.0, str(error)
+            if not error:
+                try:
+                    data = unpack(payload)
+                    windows = len(data["windows"])
+                    layout = PyramidLayout(plan.height, plan.width, self.settings.output_tile)
+                    levels = block_levels(self.settings.block, self.settings.output_tile, layout.levels)
+                    record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
+                                           data["image"], self._arrays(plan), self.storage, self.settings, levels)
+                    seconds = record.seconds
+                except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
+                    log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
+                    error = f"block {block.name}: {type(exc).__name__}: {exc}"
+            out.slide.append(str(slide_id))
+            out.block.append(str(text))
+            out.windows.append(windows)
+            out.score_bytes.append(windows * self.manifest.num_classes * plan.tile * plan.tile * 4)  # as float32
+            out.seconds.append(seconds)
+            out.error.append(error)
+        return out.to_batch()
 
 
 # -- the job ------------------------------------------------------------------
@@ -339,25 +221,28 @@ class SegmentResult:
     done: list[dict] = field(default_factory=list)
     skipped: list[SlideOutcome] = field(default_factory=list)
     failed: list[SlideOutcome] = field(default_factory=list)
+    blocks: int = 0  # blocks sent to the workers in this run
+    windows: int = 0  # tile windows they predicted (halos counted each time)
+    score_bytes: int = 0  # float32 fused scores those windows made; they never left the workers
+    driver_bytes: int = 0  # what the driver received from the block pipeline
+
+    @property
+    def recompute(self) -> float | None:
+        """Windows predicted per window of the slides' grids (1.0 = no halo recomputed)."""
+        tiles = sum(s["tiles"] for s in self.done)
+        return round(self.windows / tiles, 4) if tiles and self.windows else None
 
     def to_document(self) -> dict:
         return {
             "output": self.output, "manifest": self.manifest, "ensemble_digest": self.ensemble_digest,
             "wall_seconds": round(self.seconds, 1),  # the whole run: planning, reading, predicting, publishing
+            "blocks": self.blocks, "windows": self.windows, "recompute": self.recompute,
+            "score_bytes": self.score_bytes, "driver_bytes": self.driver_bytes,
             "done": [{"slide": s["slide"], "uri": s["uri"], "active_seconds": s["active_seconds"],
                       "wall_seconds": s["wall_seconds"], "tiles": s["tiles"]} for s in self.done],
             "skipped": [s.to_document() for s in self.skipped],
             "failed": [f.to_document() for f in self.failed],
         }
-
-
-@dataclass
-class SlideState:
-    plan: SlidePlan
-    stitcher: Stitcher | None = None
-    outputs: SlideOutputs | None = None
-    started: float = 0.0  # its first predicted tile reached the driver
-    run_started: float = 0.0  # the pipeline started (the slide's tiles queue behind other slides' from then)
 
 
 def manifest_uri_of(config: MinsegConfig) -> str:
@@ -384,7 +269,8 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
             continue
         previous = read_summary(storage, plan.output_uri)
         if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
-                and previous.get("level") == plan.level:
+                and previous.get("level") == plan.level \
+                and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
             result.skipped.append(SlideOutcome(slide_id, uri, "outputs exist for this ensemble (--force redoes)",
                                                previous))
             continue
@@ -392,35 +278,33 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
     return plans
 
 
-def scored_tiles(plans: dict[str, SlidePlan], manifest: EnsembleManifest, settings: SegmentSettings,
-                 storage: Storage, options: dict):
-    """The lazy Ray Dataset of ``ScoredTiles``: read tasks → ensemble actor pool."""
+def block_dataset(items: list[dict], plans: dict[str, SlidePlan], manifest: EnsembleManifest,
+                  settings: SegmentSettings, storage: Storage, options: dict):
+    """The lazy Ray Dataset of ``BlockDone`` rows: block reads (CPU tasks) → ensemble actor pool."""
     import ray
 
-    chunks = [chunk for plan in plans.values() for chunk in tile_chunks(plan, settings.tiles_per_read)]
     fill = mean_fill(manifest.normalization["mean"]).tolist()
-    dataset = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 2000)))
-    tiles = dataset.map_batches(read_tiles, batch_size=1, num_cpus=settings.read_cpus, **options,
-                                fn_kwargs={"plans": plans, "storage": storage, "fill": fill})
-    scored = tiles.map_batches(
-        EnsemblePredictor,
-        fn_constructor_kwargs={"manifest": manifest, "storage": storage, "batch_size": settings.batch_size,
-                               "precision": settings.precision, "gpus": settings.gpus_per_actor},
-        batch_size=settings.batch_size,
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 2000)))
+    inputs = dataset.map_batches(read_blocks, batch_size=1, num_cpus=settings.read_cpus, **options,
+                                 fn_kwargs={"plans": plans, "storage": storage, "fill": fill,
+                                            "output_tile": settings.output_tile})
+    done = inputs.map_batches(
+        BlockSegmenter,
+        fn_constructor_kwargs={"manifest": manifest, "storage": storage, "settings": settings, "plans": plans},
+        batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=settings.actors),
         num_cpus=settings.cpus_per_actor,
         num_gpus=settings.gpus_per_actor or None,
         **options,
     )
-    # correctness never depends on order (see stitch.py), but memory does: in order, output tiles
-    # finish one after another instead of piling up behind a straggler
-    scored.context.execution_options.preserve_order = True
-    return scored
+    done.context.execution_options.preserve_order = False  # blocks are independent: first done, first counted
+    return done
 
 
 def segment_slides(config: MinsegConfig) -> SegmentResult:
-    """The segmentation job (module doc): resolve slides → plan (skip finished) → read tiles and predict
-    on the actor pool → stitch and publish each slide → run tables. Also written as ``run_summary.json``.
+    """The segmentation job (module doc): resolve slides → plan (skip finished) → prepare or resume each
+    slide's outputs → blocks read, predicted, blended and written on the cluster → each slide finished by
+    a task once its blocks are in → run tables. Also written as ``run_summary.json``.
 
     Raises:
         SegmentInputError: no slides, or a slide list that cannot be used.
@@ -438,107 +322,137 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
               manifest=manifest_uri, output=output_uri)
-
     if plans:
         init_ray(config.ray)
-        staging_root = os.path.join(parse_uri(output_uri).path, ".staging") if not is_s3(output_uri) \
-            else tempfile.mkdtemp(prefix="minseg-segment-")
-        scored = scored_tiles(plans, manifest, settings, storage, task_options(config.storage))
-        run_info = {"manifest": manifest_uri, "ensemble_digest": result.ensemble_digest, "ensemble": manifest.name,
-                    "fusion": str(manifest.fusion.mode), "members": [m.name for m in manifest.members]}
         try:
-            _consume(scored, plans, manifest, settings, storage, staging_root, run_info, result)
+            BlockRun(plans, manifest, manifest_uri, settings, storage, task_options(config.storage), result).run()
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
             result.seconds = time.monotonic() - started
             _write_run_summary(result, storage)
             raise
-        finally:
-            with contextlib.suppress(OSError):  # only when empty: a concurrent run may be staging there
-                os.rmdir(staging_root)
     result.seconds = time.monotonic() - started
     _write_run_summary(result, storage)
     log_event(log, "segment.done", output=output_uri, done=len(result.done), skipped=len(result.skipped),
-              failed=len(result.failed))
+              failed=len(result.failed), recompute=result.recompute)
     return result
 
 
-def _consume(scored, plans: dict[str, SlidePlan], manifest: EnsembleManifest, settings: SegmentSettings,
-             storage: Storage, staging_root: str, run_info: dict, result: SegmentResult) -> None:
-    """Stitch tiles as they arrive (any order), publish slides as they complete."""
-    pipeline_started = time.monotonic()
-    states = {slide_id: SlideState(plan, run_started=pipeline_started) for slide_id, plan in plans.items()}
-    total = sum(len(p.grid) for p in plans.values())
+class BlockRun:
+    """The driver's side of one run: it only plans, counts small ``BlockDone`` rows and starts finishing
+    tasks; its memory is a set of block names per unfinished slide, whatever the slides' sizes."""
 
-    def fail(state: SlideState, reason: str) -> None:
-        if state.outputs is not None:
-            state.outputs.discard()
-        states.pop(state.plan.slide_id, None)
-        result.failed.append(SlideOutcome(state.plan.slide_id, state.plan.uri, reason))
-        log_event(log, "segment.slide_failed", logging.WARNING, slide=state.plan.slide_id, reason=reason)
+    def __init__(self, plans: dict[str, SlidePlan], manifest: EnsembleManifest, manifest_uri: str,
+                 settings: SegmentSettings, storage: Storage, options: dict, result: SegmentResult):
+        self.plans, self.manifest, self.settings, self.storage = plans, manifest, settings, storage
+        self.options, self.result = options, result
+        self.classes = manifest.classes["classes"]
+        self.run_info = {"manifest": manifest_uri, "ensemble_digest": result.ensemble_digest,
+                         "ensemble": manifest.name, "fusion": str(manifest.fusion.mode),
+                         "members": [m.name for m in manifest.members]}
+        self.remaining: dict[str, set[str]] = {}
+        self.first_done: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self.finishing: dict = {}  # ObjectRef -> slide id
+        self.started = time.monotonic()
 
-    try:
-        with Progress(total, "segment", unit="tiles") as progress:
-            for batch in scored.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                tiles = ScoredTiles.from_batch(batch)
-                for i, slide_id in enumerate(tiles.slide):
-                    progress.advance()
-                    state = states.get(str(slide_id))
-                    if state is None:  # already failed (or a duplicate of a finished slide's tile)
-                        continue
-                    if tiles.error[i]:
-                        fail(state, str(tiles.error[i]))
-                        continue
-                    try:
-                        _add_tile(state, tiles, i, manifest, settings, staging_root, run_info)
-                        if state.stitcher.complete:
-                            result.done.append(_finish(state, storage, run_info))
-                            del states[state.plan.slide_id]
-                    except Exception as exc:  # a writer or a summary failed: this slide only
-                        log.debug("slide %s failed", state.plan.slide_id, exc_info=True)
-                        fail(state, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:
-        for state in list(states.values()):
-            fail(state, f"the segmentation pipeline stopped: {type(exc).__name__}: {exc}")
-        raise
-    for state in list(states.values()):  # tiles that never came back
-        fail(state, f"only {state.stitcher.tiles_done if state.stitcher else 0} of {len(state.plan.grid)} "
-                    "tiles came back")
+    def metadata(self, plan: SlidePlan) -> dict:
+        return {"generator": "minseg segment", "source": plan.uri, "level": plan.level,
+                "scale": self.manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **self.run_info}
 
+    def run(self) -> None:
+        items = []
+        for slide_id, plan in self.plans.items():
+            try:
+                todo, resumed = prepare_slide(plan, self.settings, self.storage, self.classes,
+                                              self.result.ensemble_digest, self.metadata(plan))
+            except OSError as exc:
+                self.fail(slide_id, f"cannot prepare its outputs: {exc}")
+                continue
+            if resumed:
+                log_event(log, "segment.resumed", slide=slide_id, blocks_done=resumed, blocks_to_do=len(todo))
+            self.remaining[slide_id] = {b.name for b in todo}
+            items += [{"slide": slide_id, "block": block_to_json(b)} for b in todo]
+        for slide_id in [s for s, names in self.remaining.items() if not names]:
+            self.finish(slide_id)
+        self.result.blocks = len(items)
+        if items:
+            done = block_dataset(items, self.plans, self.manifest, self.settings, self.storage, self.options)
+            with Progress(len(items), "segment", unit="blocks") as progress:
+                for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                    self.result.driver_bytes += sum(column.nbytes for column in batch.values())
+                    rows = BlockDone.from_batch(batch)
+                    for slide_id, text, windows, score_bytes, error in zip(rows.slide, rows.block, rows.windows,
+                                                                           rows.score_bytes, rows.error):
+                        progress.advance()
+                        self.block_done(str(slide_id), block_from_json(str(text)), int(windows), int(score_bytes),
+                                        str(error))
+                    self.collect(timeout=0)
+        for slide_id, names in list(self.remaining.items()):  # blocks that never came back
+            if names and slide_id not in self.failed:
+                self.fail(slide_id, f"{len(names)} blocks never came back")
+        self.collect(timeout=None)
+        for slide_id in self.failed:  # only now: blocks of a failed slide may have been in flight until the end
+            discard_slide(self.plans[slide_id], self.storage)
 
-def _add_tile(state: SlideState, tiles: ScoredTiles, i: int, manifest: EnsembleManifest, settings: SegmentSettings,
-              staging_root: str, run_info: dict) -> None:
-    plan = state.plan
-    if state.stitcher is None:
-        state.started = time.monotonic()
-        metadata = {"generator": "minseg segment", "source": plan.uri, "level": plan.level,
-                    "scale": manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **run_info}
-        state.outputs = SlideOutputs(plan, manifest.classes, settings, staging_root, metadata)
-        state.stitcher = Stitcher(plan.grid, manifest.num_classes, plan.uncertainty, settings.output_tile,
-                                  state.outputs.add_tile)
-    row, col = int(tiles.row[i]), int(tiles.col[i])
-    grid = state.stitcher.grid
-    thumb = np.frombuffer(tiles.thumb[i], np.uint8).reshape(tuple(tiles.thumb_shape[i]))
-    state.outputs.preview.add_thumbnail(grid.ys[row], grid.xs[col], thumb)
-    state.stitcher.add(row, col, tiles.scores[i])
+    def block_done(self, slide_id: str, block: Block, windows: int, score_bytes: int, error: str) -> None:
+        if slide_id in self.failed:
+            return
+        if error:
+            self.fail(slide_id, error)
+            return
+        names = self.remaining.get(slide_id)
+        if names is None or block.name not in names:  # a retried task delivered a block twice
+            return
+        names.discard(block.name)
+        self.first_done.setdefault(slide_id, time.monotonic())
+        self.result.windows += windows
+        self.result.score_bytes += score_bytes
+        if not names:
+            self.finish(slide_id)
 
+    def finish(self, slide_id: str) -> None:
+        import ray
 
-def _finish(state: SlideState, storage: Storage, run_info: dict) -> dict:
-    plan = state.plan
-    summary = {
-        "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
-        "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
-        "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
-        "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
-        # two clocks, named for what they measure (docs/segmentation.md)
-        "active_seconds": round(time.monotonic() - state.started, 2),  # first tile back -> published
-        "wall_seconds": round(time.monotonic() - state.run_started, 2),  # pipeline start -> published
-        "stitch_peak_mib": round(state.stitcher.peak_bytes / 2**20, 1),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **run_info,
-    }
-    summary = state.outputs.finish(summary, storage, plan.output_uri)
-    log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
-              wall_seconds=summary["wall_seconds"], output=plan.output_uri)
-    return summary
+        plan = self.plans[slide_id]
+        now = time.monotonic()
+        summary = {
+            "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
+            "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
+            "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
+            "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
+            "formats": [str(f) for f in self.settings.formats],
+            # two clocks, named for what they measure (docs/segmentation.md); finishing adds its own time
+            "active_seconds": round(now - self.first_done.get(slide_id, now), 2),  # first block done -> published
+            "wall_seconds": round(now - self.started, 2),  # pipeline start -> published
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.run_info,
+        }
+        task = ray.remote(finish_slide).options(num_cpus=self.settings.read_cpus, max_retries=2, **self.options)
+        self.finishing[task.remote(plan, self.settings, self.storage, self.classes, summary,
+                                   self.metadata(plan))] = slide_id
+
+    def collect(self, timeout: float | None) -> None:
+        """Record finished slides (all of them when ``timeout`` is None)."""
+        import ray
+
+        while self.finishing:
+            ready, _ = ray.wait(list(self.finishing), num_returns=1, timeout=timeout)
+            if not ready:
+                return
+            slide_id = self.finishing.pop(ready[0])
+            try:
+                self.result.done.append(ray.get(ready[0]))
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                self.fail(slide_id, f"finishing failed: {type(cause).__name__}: {cause}")
+            self.remaining.pop(slide_id, None)
+
+    def fail(self, slide_id: str, reason: str) -> None:
+        if slide_id in self.failed:
+            return
+        plan = self.plans[slide_id]
+        self.failed[slide_id] = reason
+        self.result.failed.append(SlideOutcome(slide_id, plan.uri, reason))
+        log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=reason)
 
 
 def _table_row(summary: dict, status: SlideStatus) -> dict:

@@ -11,6 +11,11 @@ tiles (uint8) wide, never the slide.
 
 A cell's contributions are summed in tile order, not arrival order: the result is
 bit-identical whatever order tiles finish in and however many actors produced them.
+
+A stitcher can also cover only a ``region`` of the image (a block of the block pipeline,
+``inference.blocks``): it is fed the tiles weighing on the region and emits the region's
+output tiles; a pixel gets exactly the arithmetic it gets when the whole image is stitched,
+so blocks of any size tile the whole-image result bit for bit.
 """
 
 from __future__ import annotations
@@ -39,24 +44,56 @@ def _cells(starts: list[int], spans: list[tuple[int, int]], length: int):
 TileCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
+def _overlapping(edges: list[int], touched: list[list[int]], lo: int, hi: int) -> tuple[list[int], list[list[int]]]:
+    """Of the cells along one axis, those overlapping [lo, hi): the tiles that weigh on them, and per tile the
+    cells it touches there."""
+    inside = [i for i in range(len(edges) - 1) if edges[i] < hi and edges[i + 1] > lo]
+    tiles = sorted({j for j, cells in enumerate(touched) if any(i in inside for i in cells)})
+    return tiles, [[i for i in cells if i in inside] for cells in touched]
+
+
 class Stitcher:
     """Accumulates (C, tile, tile) score tiles; calls ``on_tile(top, left, labels, uncertainty)`` per
-    ``output_tile`` square of the image in row-major order (edge tiles cut to the image), and
-    ``on_scores(top, left, scores)`` per finished cell, if given."""
+    ``output_tile`` square of the image (or of ``region``) in row-major order (edge tiles cut to the
+    image), and ``on_scores(top, left, scores)`` per finished cell, if given.
+
+    Args:
+        grid: the whole image's tile grid (tiles are addressed by its rows and columns).
+        num_classes: C.
+        uncertainty: how finished pixels' uncertainty is computed (resolved, not ``auto``).
+        output_tile: side of the emitted squares, aligned to the image origin.
+        on_tile, on_scores: the callbacks above.
+        region: (top, bottom, left, right) in image pixels, multiples of ``output_tile`` except at the image's
+            edge; only its pixels are finished and only the tiles in ``region_tiles`` are expected.
+    """
 
     def __init__(self, grid: TileGrid, num_classes: int, uncertainty: Uncertainty,
                  output_tile: int, on_tile: TileCallback,
-                 on_scores: Callable[[int, int, np.ndarray], None] | None = None):
+                 on_scores: Callable[[int, int, np.ndarray], None] | None = None,
+                 region: tuple[int, int, int, int] | None = None):
         if uncertainty is Uncertainty.AUTO:
             raise ValueError("resolve Uncertainty.AUTO from the fusion mode first")
         self.grid, self.num_classes, self.uncertainty = grid, num_classes, uncertainty
         self.output_tile, self.on_tile, self.on_scores = output_tile, on_tile, on_scores
-        self.output_cols = -(-grid.width // output_tile)
-        self.output_count = -(-grid.height // output_tile) * self.output_cols
-        self.y_edges, self.y_cover, self.y_touched = _cells(
+        top, bottom, left, right = region if region is not None else (0, grid.height, 0, grid.width)
+        if top % output_tile or left % output_tile or not (0 <= top < bottom <= grid.height) \
+                or not (0 <= left < right <= grid.width):
+            raise ValueError(f"region {region} must lie in the {grid.height}x{grid.width} image and start on "
+                             f"the {output_tile}-pixel output grid")
+        self.region = (top, bottom, left, right)
+        self.first_output_row, self.first_output_col = top // output_tile, left // output_tile
+        self.output_cols = -(-right // output_tile) - self.first_output_col
+        self.output_count = (-(-bottom // output_tile) - self.first_output_row) * self.output_cols
+        self.y_edges, self.y_cover, y_touched = _cells(
             grid.ys, [grid.weighted_span(j, grid.rows) for j in range(grid.rows)], grid.padded_height)
-        self.x_edges, self.x_cover, self.x_touched = _cells(
+        self.x_edges, self.x_cover, x_touched = _cells(
             grid.xs, [grid.weighted_span(j, grid.cols) for j in range(grid.cols)], grid.padded_width)
+        # below/right of the image, padding cells belong to the last region along that axis
+        rows, self.y_touched = _overlapping(self.y_edges, y_touched, top,
+                                            grid.padded_height if bottom == grid.height else bottom)
+        cols, self.x_touched = _overlapping(self.x_edges, x_touched, left,
+                                            grid.padded_width if right == grid.width else right)
+        self.region_rows, self.region_cols = rows, cols
         self.needed = np.outer([len(c) for c in self.y_cover], [len(c) for c in self.x_cover])
         self.seen = np.zeros((grid.rows, grid.cols), bool)
         self.cells: dict[tuple[int, int], list] = {}  # cell -> [(tile row, tile col, scores as sent)]
@@ -67,18 +104,26 @@ class Stitcher:
         self.peak_bytes = 0
 
     @property
+    def region_tiles(self) -> list[tuple[int, int]]:
+        """(row, col) of every tile weighing on the region, in tile order."""
+        return [(row, col) for row in self.region_rows for col in self.region_cols]
+
+    @property
     def complete(self) -> bool:
-        return self.tiles_done == len(self.grid)
+        return self.tiles_done == len(self.region_rows) * len(self.region_cols)
 
     def add(self, row: int, col: int, scores: np.ndarray) -> None:
+        if row not in self.region_rows or col not in self.region_cols:
+            raise ValueError(f"tile ({row}, {col}) does not weigh on the region {self.region}")
         if self.seen[row, col]:  # a retried task may deliver a tile twice: count it once
             return
         self.seen[row, col] = True
         ty, tx = self.grid.ys[row], self.grid.xs[col]
-        for i in self.y_touched[row]:
-            y0, y1 = self.y_edges[i] - ty, self.y_edges[i + 1] - ty
+        top, bottom, left, right = self.region
+        for i in self.y_touched[row]:  # cells cut to the region (``_finalise`` cuts them the same way)
+            y0, y1 = max(self.y_edges[i], top) - ty, max(min(self.y_edges[i + 1], bottom) - ty, 0)
             for k in self.x_touched[col]:
-                x0, x1 = self.x_edges[k] - tx, self.x_edges[k + 1] - tx
+                x0, x1 = max(self.x_edges[k], left) - tx, max(min(self.x_edges[k + 1], right) - tx, 0)
                 part = scores[:, y0:y1, x0:x1]
                 if self.needed[i, k] == 1:
                     self._finalise(i, k, [(row, col, part)])
@@ -95,9 +140,10 @@ class Stitcher:
         self._emit_ready_outputs()
 
     def _finalise(self, i: int, k: int, parts: list) -> None:
-        top, bottom = self.y_edges[i], min(self.y_edges[i + 1], self.grid.height)
-        left, right = self.x_edges[k], min(self.x_edges[k + 1], self.grid.width)
-        if bottom <= top or right <= left:  # padding below/right of a slide smaller than a tile
+        region_top, region_bottom, region_left, region_right = self.region
+        top, bottom = max(self.y_edges[i], region_top), min(self.y_edges[i + 1], region_bottom)
+        left, right = max(self.x_edges[k], region_left), min(self.x_edges[k + 1], region_right)
+        if bottom <= top or right <= left:  # padding below/right of the image, or outside the region
             return
         height, width = bottom - top, right - left
         if len(parts) == 1:  # one tile weighs here: its own scores, whatever its weight
@@ -130,12 +176,12 @@ class Stitcher:
                 entry[2] -= (hi - lo) * (b - a)
 
     def _output(self, out_row: int, out_col: int) -> list:
-        index = out_row * self.output_cols + out_col
+        index = (out_row - self.first_output_row) * self.output_cols + out_col - self.first_output_col
         entry = self.outputs.get(index)
         if entry is None:
             size = self.output_tile
-            rows = min(size, self.grid.height - out_row * size)
-            cols = min(size, self.grid.width - out_col * size)
+            rows = min(size, self.region[1] - out_row * size)
+            cols = min(size, self.region[3] - out_col * size)
             entry = self.outputs[index] = [np.zeros((rows, cols), np.uint8), np.zeros((rows, cols), np.uint8),
                                            rows * cols]
             self.live_bytes += 2 * rows * cols
@@ -155,5 +201,6 @@ class Stitcher:
             labels, uncertainty, _ = self.outputs.pop(self.next_output)
             self.live_bytes -= labels.nbytes + uncertainty.nbytes
             out_row, out_col = divmod(self.next_output, self.output_cols)
-            self.on_tile(out_row * self.output_tile, out_col * self.output_tile, labels, uncertainty)
+            self.on_tile((out_row + self.first_output_row) * self.output_tile,
+                         (out_col + self.first_output_col) * self.output_tile, labels, uncertainty)
             self.next_output += 1

@@ -74,7 +74,7 @@ class PyramidSpec:
         return (height, width) if self.channels == 1 else (height, width, self.channels)
 
 
-def _halve(block: np.ndarray, mode: str) -> np.ndarray:
+def halve(block: np.ndarray, mode: str) -> np.ndarray:
     """Halve a block (rows, cols[, channels]); odd edges repeat their last row/column.
 
     Blocks of even size tile the same result as halving the whole band at once, so a band
@@ -103,7 +103,7 @@ class _HalfBand:
         self.array = np.empty(spec.pixel_shape(-(-rows // 2), -(-width // 2)), dtype=spec.dtype)
 
     def add(self, left: int, block: np.ndarray) -> None:
-        half = _halve(block, self.spec.reduce)
+        half = halve(block, self.spec.reduce)
         self.array[:, left // 2 : left // 2 + half.shape[1]] = half
 
     def write_to(self, sink) -> None:

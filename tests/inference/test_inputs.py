@@ -6,7 +6,8 @@ import pytest
 from minseg.inference.config import SegmentSettings
 from minseg.enums import Uncertainty
 from minseg.ensemble.config import Tiling
-from minseg.inference.segment import SlidePlan, read_tile, resolve_slides, slide_ids
+from minseg.inference.plan import SlidePlan, read_tile
+from minseg.inference.segment import resolve_slides, slide_ids
 from minseg.io.storage import Storage
 
 
@@ -71,7 +72,7 @@ def test_scaled_tiles_agree_with_resizing_the_whole_image():
     plan = SlidePlan(slide_id="s", uri="s.png", output_uri="out/s", format="png", level=0, read_level=0,
                      source_height=400, source_width=320, height=100, width=80, factor_y=4.0, factor_x=4.0,
                      tiling=Tiling(tile=32, overlap=8, scale=0.25), preview_stride=1, pixel_size_um=None,
-                     uncertainty=Uncertainty.ENTROPY)
+                     uncertainty=Uncertainty.ENTROPY, num_classes=3)
     fill = np.zeros(3, np.uint8)
     for y, x in [(0, 0), (32, 48), (68, 48)]:
         tile = read_tile(_Image(image), plan, y, x, fill)

@@ -172,3 +172,46 @@ def test_tile_starts_spread_the_slack_evenly():
         overlaps = [a + tile - b for a, b in zip(starts, starts[1:])]
         assert all(o >= tile - step for o in overlaps)
         assert not overlaps or max(overlaps) - min(overlaps) <= 1, "no sliver of a last tile"
+
+
+@pytest.mark.parametrize("shape, tile, overlap, block", [((150, 170), 48, 12, 32), ((150, 170), 48, 12, 64),
+                                                          ((20, 30), 32, 8, 16), ((97, 64), 32, 8, 48)])
+def test_regions_of_any_size_tile_the_whole_image_result_bit_for_bit(shape, tile, overlap, block):
+    """The block pipeline's promise: stitching each block from the tiles that weigh on it (any order)
+    gives exactly the whole-image stitch, labels, uncertainty and blended scores."""
+    rng = np.random.default_rng(sum(shape))
+    image = (rng.random(shape + (3,)) * 255).astype(np.uint8)
+    model = ConvNet().eval()
+    reference = stitch(image, model, tile, overlap, output_tile=16)
+    height, width = shape
+    grid = TileGrid(height, width, tile, overlap)
+    padded = np.full((grid.padded_height, grid.padded_width, 3), np.round(MEAN).astype(np.uint8), np.uint8)
+    padded[:height, :width] = image
+    labels = np.full(shape, 255, np.uint8)
+    probs = np.full((4, height, width), np.nan, np.float32)
+    for top in range(0, height, block):
+        for left in range(0, width, block):
+            region = (top, min(height, top + block), left, min(width, left + block))
+
+            def on_tile(y, x, tile_labels, _):
+                assert region[0] <= y < region[1] and region[2] <= x < region[3]
+                labels[y : y + tile_labels.shape[0], x : x + tile_labels.shape[1]] = tile_labels
+
+            def on_scores(y, x, scores):
+                probs[:, y : y + scores.shape[1], x : x + scores.shape[2]] = scores
+
+            stitcher = Stitcher(grid, 4, Uncertainty.ENTROPY, 16, on_tile, on_scores, region=region)
+            needed = stitcher.region_tiles
+            assert len(needed) < len(grid) or len(grid) == 1
+            for r, c in reversed(needed):
+                y, x = grid.ys[r], grid.xs[c]
+                batch = normalise(padded[None, y : y + tile, x : x + tile], MEAN, STD, "cpu")
+                stitcher.add(r, c, tile_probabilities(model, batch)[0].numpy().astype(np.float16))
+            assert stitcher.complete and not stitcher.cells and not stitcher.outputs
+    assert np.array_equal(labels, reference[0])
+    assert np.array_equal(probs, reference[2], equal_nan=False)
+
+
+def test_a_region_must_start_on_the_output_grid():
+    with pytest.raises(ValueError, match="output grid"):
+        Stitcher(TileGrid(100, 100, 32, 8), 2, Uncertainty.ENTROPY, 16, lambda *a: None, region=(8, 40, 0, 32))

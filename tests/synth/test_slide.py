@@ -6,7 +6,7 @@ import tifffile
 
 from minseg.synth.config import SlideSynth
 from minseg.enums import TiffCompression
-from minseg.io.tiff import PyramidSpec, _halve, read_metadata, write_pyramids
+from minseg.io.tiff import PyramidSpec, halve, read_metadata, write_pyramids
 from minseg.synth.sections import SectionRenderer
 from minseg.synth.slide import write_synthetic_slide
 
@@ -25,7 +25,7 @@ def test_slide_is_tiled_pyramidal_bigtiff_matching_the_renderer(tmp_path):
         # written tile by tile (odd last blocks at levels 2 and 3) = halving whole images
         expected = expected_img
         for level in levels[1:]:
-            expected = _halve(expected, "mean")
+            expected = halve(expected, "mean")
             assert np.array_equal(level.asarray(), expected)
     with tifffile.TiffFile(tmp_path / "m.tif") as tif:
         assert np.array_equal(tif.series[0].levels[0].asarray(), expected_mask)

@@ -1,10 +1,11 @@
-"""Grain counting tile by tile equals connected components of the whole label map."""
+"""Grains from blocks (any size, any order) equal connected components of the whole label map."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from minseg.inference.grains import GrainCounter, grain_statistics
+from minseg.inference.components import label_block, merge_components
+from minseg.inference.grains import grain_statistics
 
 
 def blob_labels(shape, classes, seed):
@@ -23,27 +24,28 @@ def whole_image_areas(labels, classes, connectivity):
     return areas
 
 
-def count_by_tiles(labels, classes, tile, connectivity):
+def count_by_blocks(labels, classes, block, connectivity, seed=0):
+    """Label each block alone, then merge them in a shuffled order."""
     height, width = labels.shape
-    counter = GrainCounter(classes, width, connectivity)
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            counter.add_tile(top, left, labels[top : top + tile, left : left + tile])
-    return counter
+    blocks = [label_block(labels[top : top + block, left : left + block], top, left, classes, connectivity)
+              for top in range(0, height, block) for left in range(0, width, block)]
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    grains = merge_components([blocks[i] for i in order], height, width, connectivity)
+    return grains, sum(b.class_pixels for b in blocks)
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("shape, tile", [((97, 131), 16), ((64, 64), 64), ((40, 200), 32), ((1, 50), 16),
                                          ((50, 1), 16)])
-def test_tiles_give_the_whole_image_components(shape, tile, connectivity):
+def test_blocks_give_the_whole_image_components(shape, tile, connectivity):
     classes = 4
     labels = blob_labels(shape, classes, seed=sum(shape))
-    counter = count_by_tiles(labels, classes, tile, connectivity)
+    grains, class_pixels = count_by_blocks(labels, classes, tile, connectivity, seed=tile)
     expected = whole_image_areas(labels, classes, connectivity)
-    got = counter.grain_areas()
+    got = grains.areas(classes)
     for klass in range(classes):
         assert np.array_equal(got[klass], expected[klass]), klass
-    assert np.array_equal(counter.class_pixels, np.bincount(labels.ravel(), minlength=classes))
+    assert np.array_equal(class_pixels, np.bincount(labels.ravel(), minlength=classes))
 
 
 def test_diagonal_contacts_across_tile_corners():
@@ -52,19 +54,35 @@ def test_diagonal_contacts_across_tile_corners():
     labels[np.arange(32), np.arange(32)] = 1  # the diagonal passes every 8x8 tile corner
     labels[np.arange(32), 31 - np.arange(32)] = 1  # and the anti-diagonal
     for connectivity in (4, 8):
-        got = count_by_tiles(labels, 2, 8, connectivity).grain_areas()[1]
+        got = count_by_blocks(labels, 2, 8, connectivity)[0].areas(2)[1]
         expected = whole_image_areas(labels, 2, connectivity)[1]
         assert np.array_equal(got, expected)
-    assert len(count_by_tiles(labels, 2, 8, 8).grain_areas()[1]) == 1
+    assert len(count_by_blocks(labels, 2, 8, 8)[0].areas(2)[1]) == 1
 
 
-def test_tiles_out_of_order_and_unknown_ids_are_refused():
-    counter = GrainCounter(3, 32)
-    counter.add_tile(0, 0, np.zeros((16, 16), np.uint8))
-    with pytest.raises(ValueError, match="out of order"):
-        counter.add_tile(16, 0, np.zeros((16, 16), np.uint8))
+def test_missing_blocks_and_unknown_ids_are_refused():
+    block = label_block(np.zeros((16, 16), np.uint8), 0, 0, 3)
+    with pytest.raises(ValueError, match="cover 256 pixels of a 32x16 slide"):
+        merge_components([block], 32, 16)
     with pytest.raises(ValueError, match="label 7 is not a class id"):
-        GrainCounter(3, 16).add_tile(0, 0, np.full((16, 16), 7, np.uint8))
+        label_block(np.full((16, 16), 7, np.uint8), 0, 0, 3)
+
+
+def test_a_block_record_round_trips():
+    labels = blob_labels((24, 40), 3, seed=5)
+    block = label_block(labels, 48, 96, 3)
+    again = type(block).from_arrays(dict(np.load(__import__("io").BytesIO(_npz(block.to_arrays())))))
+    assert again.top == 48 and again.left == 96
+    for name in ("klass", "area", "edge_top", "edge_bottom", "edge_left", "edge_right", "class_pixels"):
+        assert np.array_equal(getattr(again, name), getattr(block, name)), name
+
+
+def _npz(arrays):
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def test_statistics_ignore_noise_and_convert_units():

@@ -1,0 +1,179 @@
+"""A slide's outputs around its blocks: prepared before the first block, finished after the last.
+
+``prepare_slide`` (driver) creates the empty OME-Zarr and ``.minseg/plan.json``, or, when an
+interrupted run of the same ensemble and block plan left them, resumes: blocks whose record
+exists are not redone. ``finish_slide`` (a Ray task) merges the block records (grains across
+block edges, modal mineralogy, uncertainty), builds the pyramid levels no single block could
+write, renders the preview, exports TIFFs when asked, marks the zarr complete and writes
+``summary.json`` last; then the records are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+from minseg.enums import OutputFormat, PreviewFormat
+from minseg.inference.blocks import RECORDS, Block, BlockRecord, block_levels, record_uri, slide_blocks
+from minseg.inference.components import merge_components
+from minseg.inference.config import SegmentSettings
+from minseg.inference.grains import grain_statistics
+from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
+    palette_colormap
+from minseg.inference.plan import SlidePlan
+from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.logs import get_logger, log_event
+
+log = get_logger("segment")
+
+def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
+    return PyramidLayout(plan.height, plan.width, settings.output_tile)
+
+def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -> dict:
+    """What must match for an interrupted slide's blocks to be reused."""
+    return {"ensemble_digest": ensemble_digest, "source": plan.uri, "level": plan.level,
+            "shape": [plan.height, plan.width], "block": settings.block, "chunk": settings.output_tile,
+            "include_image": settings.include_image, "compression": str(settings.compression),
+            "uncertainty": str(plan.uncertainty)}
+
+def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
+                  ensemble_digest: str, attributes: dict) -> tuple[list[Block], int]:
+    """The blocks still to do, and how many were found done by an interrupted run (then resumed).
+
+    A slide folder from another ensemble, level or block plan is removed first (no mixed outputs).
+    """
+    key = plan_key(plan, settings, ensemble_digest)
+    blocks = slide_blocks(plan.height, plan.width, settings.block)
+    plan_uri = join_uri(plan.output_uri, RECORDS, "plan.json")
+    try:
+        previous = json.loads(storage.read_text(plan_uri))
+    except (ObjectNotFoundError, ValueError):
+        previous = None
+    if previous == key:
+        recorded = {info.uri for info in storage.list(join_uri(plan.output_uri, RECORDS, "blocks") + "/")}
+        todo = [b for b in blocks if record_uri(plan.output_uri, b) not in recorded]
+        return todo, len(blocks) - len(todo)
+    storage.delete_prefix(plan.output_uri.rstrip("/") + "/")
+    colours = class_colours(classes)
+    create_segmentation(join_uri(plan.output_uri, ZARR), storage, layout_of(plan, settings),
+                        [c["name"] for c in classes], colours, plan.pixel_size_um, settings.include_image,
+                        settings.compression, attributes)
+    storage.write_text(plan_uri, json.dumps(key, indent=2))  # after the zarr exists: resumable from here on
+    return blocks, 0
+
+def build_coarse_levels(arrays: SegmentationArrays, layout: PyramidLayout, first: int) -> None:
+    """Levels ``first``.. from the level above, in bands of one chunk row (never a whole level in memory)."""
+    from minseg.io.tiff import halve
+
+    groups = [(arrays.LABELS, "nearest"), (arrays.UNCERTAINTY, "mean")] + ([("", "mean")] if arrays.has_image else [])
+    for level in range(first, layout.levels):
+        source_h, source_w = layout.level_shape(level - 1)
+        height, _ = layout.level_shape(level)
+        for top in range(0, height, layout.chunk):
+            bottom = min(height, top + layout.chunk)
+            for group, mode in groups:
+                band = arrays.read(group, level - 1, 2 * top, min(source_h, 2 * bottom), 0, source_w)
+                arrays.write(group, level, top, 0, halve(band, mode))
+
+def export_tiffs(arrays: SegmentationArrays, plan: SlidePlan, settings: SegmentSettings, classes: list[dict],
+                 storage: Storage, metadata: dict) -> None:
+    """labels.tif and uncertainty.tif (pyramidal BigTIFF, palette + class names) from the zarr's level 0,
+    one band of tiles at a time."""
+    from minseg.io.tiff import PyramidSink, PyramidSpec
+
+    tile = settings.output_tile
+    colours = class_colours(classes)
+    label_meta = {**metadata, "classes": [{"id": i, "name": c["name"], "color": [int(v) for v in colours[i]]}
+                                          for i, c in enumerate(classes)]}
+    with storage.staged_output(join_uri(plan.output_uri, LABELS), ".tif") as labels_path, \
+            storage.staged_output(join_uri(plan.output_uri, UNCERTAINTY), ".tif") as uncertainty_path:
+        sink = PyramidSink([
+            (labels_path, PyramidSpec(plan.height, plan.width, 1, tile=tile, compression=settings.compression,
+                                      reduce="nearest", metadata=label_meta, colormap=palette_colormap(colours))),
+            (uncertainty_path, PyramidSpec(plan.height, plan.width, 1, tile=tile, compression=settings.compression,
+                                           reduce="mean", metadata={**metadata, "uncertainty": str(plan.uncertainty),
+                                                                    "scale": "0..255 = none..maximal"})),
+        ])
+        try:
+            for top in range(0, plan.height, tile):
+                bottom = min(plan.height, top + tile)
+                labels = arrays.read(arrays.LABELS, 0, top, bottom, 0, plan.width)
+                uncertainty = arrays.read(arrays.UNCERTAINTY, 0, top, bottom, 0, plan.width)
+                for left in range(0, plan.width, tile):
+                    sink.put_tile([labels[:, left : left + tile], uncertainty[:, left : left + tile]])
+        except BaseException:
+            sink.abort()
+            raise
+        sink.close()
+
+def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
+                 summary: dict, metadata: dict) -> dict:
+    """Merge the block records and publish the slide (module doc); returns its summary.
+
+    ``summary`` holds the run's facts (ensemble, timings so far); statistics and files are added.
+
+    Raises:
+        ObjectNotFoundError: a block record is missing (the slide is not finished).
+    """
+    started = time.monotonic()
+    names = [c["name"] for c in classes]
+    layout = layout_of(plan, settings)
+    blocks = slide_blocks(plan.height, plan.width, settings.block)
+    records = [BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, b))) for b in blocks]
+    arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
+    build_coarse_levels(arrays, layout, block_levels(settings.block, settings.output_tile, layout.levels))
+    if OutputFormat.TIFF in settings.formats:
+        export_tiffs(arrays, plan, settings, classes, storage, metadata)
+
+    grains = merge_components([r.components for r in records], plan.height, plan.width, settings.connectivity)
+    counts = sum(r.components.class_pixels for r in records)
+    total = max(1, int(counts.sum()))
+    area = [100.0 * c / total for c in counts]
+    preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
+    for record in records:
+        preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
+        preview.add_labels(record.block.top, record.block.left, record.preview_labels)
+    preview_name = f"preview.{PreviewFormat(settings.preview_format).value}"
+    image = preview.render(class_colours(classes), names, area, settings.preview_alpha)
+    with storage.staged_output(join_uri(plan.output_uri, preview_name), f".{preview_name}") as path:
+        image.save(path, format="PNG" if settings.preview_format is PreviewFormat.PNG else "JPEG", quality=90)
+
+    windows = sum(r.windows for r in records)
+    areas = grains.areas(len(names))
+    files = {"zarr": ZARR, "preview": preview_name, "summary": SUMMARY}
+    if OutputFormat.TIFF in settings.formats:
+        files.update(labels=LABELS, uncertainty=UNCERTAINTY)
+    summary = {
+        **summary,
+        "blocks": len(blocks), "block": settings.block,
+        # windows predicted over windows in the slide's grid: the price of blending where we predict
+        "recompute": round(windows / max(1, len(plan.grid)), 4),
+        "block_seconds": round(sum(r.seconds for r in records), 2),
+        "modal_mineralogy": {n: {"pixels": int(c), "area_percent": round(a, 4)} for n, c, a in zip(names, counts, area)},
+        "grains": {n: grain_statistics(areas[i], settings.min_grain_px, plan.pixel_size_um) for i, n in enumerate(names)},
+        "mean_uncertainty": round(sum(r.uncertainty_sum for r in records) / total / 255.0, 5),
+        "files": files,
+    }
+    summary["finish_seconds"] = round(time.monotonic() - started, 2)
+    summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
+    summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)
+    arrays.mark("complete", summary=SUMMARY)
+    storage.write_text(join_uri(plan.output_uri, SUMMARY), json.dumps(summary, indent=2, default=float))
+    storage.delete_prefix(join_uri(plan.output_uri, RECORDS) + "/")  # the summary is the proof now
+    log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
+              wall_seconds=summary["wall_seconds"], output=plan.output_uri)
+    return summary
+
+def discard_slide(plan: SlidePlan, storage: Storage) -> None:
+    """A failed slide leaves nothing behind (no partial output looks complete, none looks resumable)."""
+    try:
+        storage.delete_prefix(plan.output_uri.rstrip("/") + "/")
+    except OSError:
+        log_event(log, "segment.discard_failed", logging.WARNING, slide=plan.slide_id, output=plan.output_uri)
+    if not plan.output_uri.startswith("s3://"):
+        path = plan.output_uri[len("file://"):] if plan.output_uri.startswith("file://") else plan.output_uri
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)

@@ -1,0 +1,123 @@
+"""Planning a slide for segmentation, and reading its pixels at the processed scale.
+
+A ``SlidePlan`` is what every stage needs to know about one slide: where it is, which pyramid
+level is read, the processed size (the manifest's scale applied), its tile grid (the manifest's
+tiling, unchanged), where its outputs go, and the limits its reader is held to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from minseg.data.tiling import extract_tile
+from minseg.enums import FusionMode, Uncertainty
+from minseg.ensemble.config import Tiling
+from minseg.ensemble.manifest import EnsembleManifest
+from minseg.ensemble.sliding import TileGrid
+from minseg.inference.config import SegmentSettings
+from minseg.inference.outputs import preview_stride
+from minseg.io.slides import Slide, SlideCache, SlideLimits
+from minseg.io.storage import Storage, join_uri
+
+@dataclass
+class SlidePlan:
+    """One slide as every stage sees it (module doc); sizes in pixels, ``pixel_size_um`` in µm per
+    processed pixel (None when neither the slide nor the config says)."""
+
+    slide_id: str
+    uri: str
+    output_uri: str
+    format: str
+    level: int  # the level the user asked for
+    read_level: int  # the level pixels are read from (coarser when the manifest's scale allows)
+    source_height: int
+    source_width: int
+    height: int  # processed (= output) size
+    width: int
+    factor_y: float  # read-level pixels per processed pixel
+    factor_x: float
+    tiling: Tiling  # the manifest's, unchanged
+    preview_stride: int
+    pixel_size_um: float | None
+    uncertainty: Uncertainty
+    num_classes: int
+    limits: SlideLimits = SlideLimits()
+
+    @property
+    def tile(self) -> int:
+        return self.tiling.tile
+
+    @property
+    def overlap(self) -> int:
+        return self.tiling.overlap
+
+    @cached_property
+    def grid(self) -> TileGrid:
+        return self.tiling.grid(self.height, self.width)
+
+
+def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
+               output_uri: str) -> SlidePlan:
+    with Slide(uri, storage, limits=settings.limits.limits()) as slide:
+        source_h, source_w = slide.level_shape(settings.level)
+        scale = manifest.tiling.scale
+        height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
+        read_level = settings.level
+        for level in range(settings.level, len(slide.info.levels)):  # the coarsest level still fine enough
+            level_h, level_w = slide.info.levels[level]
+            if level_h >= height and level_w >= width:
+                read_level = level
+        read_h, read_w = slide.info.levels[read_level]
+        base_size = slide.info.pixel_size_um
+        level0_h = slide.info.levels[0][0]
+    if settings.pixel_size_um:
+        pixel_size = settings.pixel_size_um
+    elif base_size:
+        pixel_size = base_size * level0_h / source_h / scale
+    else:
+        pixel_size = None
+    return SlidePlan(
+        slide_id=slide_id, uri=uri, output_uri=join_uri(output_uri, slide_id), format=slide.info.format,
+        level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
+        height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
+        tiling=manifest.tiling, preview_stride=preview_stride(height, width, settings.preview_max_side),
+        pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
+        num_classes=manifest.num_classes,
+        limits=settings.limits.limits(),
+    )
+
+
+def resolve_uncertainty(kind: Uncertainty, mode: FusionMode) -> Uncertainty:
+    if kind is not Uncertainty.AUTO:
+        return kind
+    return Uncertainty.DISAGREEMENT if FusionMode(mode) in (FusionMode.PV, FusionMode.WV) else Uncertainty.ENTROPY
+
+
+SLIDES = SlideCache()  # open slides, per worker process
+
+
+def read_tile(slide: Slide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -> np.ndarray:
+    """The (tile, tile, 3) uint8 tile at processed (y, x); beyond the slide's edge, ``fill``."""
+    tile = plan.tile
+    height, width = min(tile, plan.height - y), min(tile, plan.width - x)
+    if plan.factor_y == 1.0 and plan.factor_x == 1.0:
+        region = slide.read_region(y, x, height, width, plan.read_level)
+    else:
+        from PIL import Image
+
+        read_h, read_w = slide.level_shape(plan.read_level)
+        fy, fx = plan.factor_y, plan.factor_x
+        top, bottom, left, right = y * fy, (y + height) * fy, x * fx, (x + width) * fx
+        iy0, ix0 = max(0, math.floor(top) - 2), max(0, math.floor(left) - 2)
+        iy1, ix1 = min(read_h, math.ceil(bottom) + 2), min(read_w, math.ceil(right) + 2)
+        crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan.read_level)
+        resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
+        region = np.asarray(Image.fromarray(crop).resize(
+            (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0)))
+    return extract_tile(region, 0, 0, tile, fill)
+
+
