@@ -1,7 +1,7 @@
 """Peak memory of the segmentation job: a 40000 x 40000 slide vs a 10000 x 10000 one (target ratio <= 1.25).
 
-Each slide is segmented by a fresh ``minseg segment`` process (the driver: it stitches, writes the
-pyramids, counts grains and draws the preview). Sampled from /proc every 0.25 s: the driver's peak
+Each slide is segmented by a fresh ``minseg segment`` process (the driver: with the block pipeline it
+only plans and counts block-done rows; the actors blend and write, a task finishes each slide). Sampled from /proc every 0.25 s: the driver's peak
 private memory (RssAnon: what the job itself holds) and its peak RSS (VmHWM, which also counts the
 Ray object-store pages it mapped while reading results), and the largest inference actor's private
 peak. A cheap untrained member keeps the run short: memory, not accuracy, is measured. Slides are
@@ -32,7 +32,7 @@ def actor_pids() -> list[int]:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if handle.read().startswith(b"ray::MapWorker(MapBatches(EnsemblePredictor"):
+                    if handle.read().startswith(b"ray::MapWorker(MapBatches(BlockSegmenter"):
                         pids.append(int(entry))
             except OSError:
                 continue

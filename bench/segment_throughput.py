@@ -1,7 +1,9 @@
 """Segmentation throughput on one synthetic slide, three ways, measured in this one run:
 
-1. the Ray pipeline (``segment_slides``: tile-read tasks -> ensemble actor pool -> stitching -> outputs);
-2. the same work in one plain process (same reader, predictor, stitcher and writers, no Ray): Ray's overhead;
+1. the Ray block pipeline (``segment_slides``: block-read tasks -> ensemble actors that blend and write
+   OME-Zarr chunks -> a finishing task per slide); the driver's received bytes per tile are reported;
+2. the same work in one plain process: the slide as one block (no halo recomputed), the same reader,
+   predictor, region stitcher, zarr writes and finishing step, torch using every core; no Ray;
 3. MONAI's ``sliding_window_inference`` with the same model, tile, overlap and gaussian blending on the
    slide loaded whole into memory (prediction and argmax only: no reading, no outputs), if MONAI is installed
    (``pip install -e '.[bench]'``; it needs no torchvision).
@@ -26,7 +28,7 @@ from _common import emit, untrained_ensemble  # noqa: E402
 MEMBERS = [("halfunet", "half_unet", {"width": 0.25})]
 
 
-def ray_pipeline(manifest: str, slide: str, out: str, args) -> float:
+def ray_pipeline(manifest: str, slide: str, out: str, args) -> tuple[float, object]:
     from minseg.config.schema import MinsegConfig
     from minseg.inference.config import SegmentSettings
     from minseg.inference.segment import segment_slides
@@ -34,42 +36,42 @@ def ray_pipeline(manifest: str, slide: str, out: str, args) -> float:
     config = MinsegConfig()
     config.segment = SegmentSettings(manifest_uri=manifest, slides=[slide], output_uri=out, actors=args.actors,
                                      cpus_per_actor=max(0.25, (args.cpus - 0.5) / args.actors),
-                                     batch_size=args.batch_size, force=True)
+                                     batch_size=args.batch_size, block=args.block, force=True)
     started = time.perf_counter()
     result = segment_slides(config)
     assert result.done, result.failed
-    return time.perf_counter() - started
+    return time.perf_counter() - started, result
 
 
 def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
-    """The pipeline's own pieces, called in a loop in this process."""
+    """The pipeline's own pieces, in this process, the whole slide as one block (nothing recomputed)."""
     from minseg.ensemble.manifest import load_manifest
-    from minseg.enums import Precision
-    from minseg.inference.config import SegmentSettings
-    from minseg.inference.outputs import SlideOutputs
-    from minseg.inference.segment import EnsemblePredictor, plan_slide, read_tiles, tile_chunks
     from minseg.ensemble.sliding import mean_fill
-    from minseg.inference.stitch import Stitcher
-    from minseg.io.storage import Storage
+    from minseg.inference.blocks import block_levels, read_block, segment_block, slide_blocks, unpack
+    from minseg.inference.config import SegmentSettings
+    from minseg.inference.finish import finish_slide, layout_of, prepare_slide
+    from minseg.inference.outputs import ZARR
+    from minseg.inference.plan import plan_slide
+    from minseg.inference.segment import BlockSegmenter
+    from minseg.io.ngff import SegmentationArrays
+    from minseg.io.storage import Storage, join_uri
 
     storage = Storage()
     manifest = load_manifest(manifest_uri, storage)
-    settings = SegmentSettings(batch_size=args.batch_size)
+    whole = -(-args.size // 512) * 512
+    settings = SegmentSettings(batch_size=args.batch_size, block=whole, threads_per_actor=args.cpus)
     started = time.perf_counter()
     plan = plan_slide(slide, "slide", manifest, settings, storage, out)
-    predictor = EnsemblePredictor(manifest, storage, args.batch_size, Precision.FP32, 0)
-    outputs = SlideOutputs(plan, manifest.classes, settings, os.path.join(out, ".staging"), {})
-    stitcher = Stitcher(plan.grid, manifest.num_classes, plan.uncertainty,
-                        settings.output_tile, outputs.add_tile)
-    fill = mean_fill(manifest.normalization["mean"]).tolist()
-    chunks = tile_chunks(plan, args.batch_size)
-    for chunk in chunks:
-        tiles = read_tiles({"slide": [chunk["slide"]], "tiles": [chunk["tiles"]]}, {"slide": plan}, storage, fill)
-        scored = predictor(tiles)
-        for i in range(len(scored["row"])):
-            stitcher.add(int(scored["row"][i]), int(scored["col"][i]), scored["scores"][i])
-    assert stitcher.complete
-    outputs.finish({}, storage, os.path.join(out, "slide"))
+    classes = manifest.classes["classes"]
+    (block,), _ = prepare_slide(plan, settings, storage, classes, manifest.digest(), {})
+    segmenter = BlockSegmenter(manifest, storage, settings, {"slide": plan})
+    data = unpack(read_block(plan, block, storage, mean_fill(manifest.normalization["mean"]), settings.output_tile))
+    arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
+    levels = block_levels(settings.block, settings.output_tile, layout_of(plan, settings).levels)
+    segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"], arrays,
+                  storage, settings, levels)
+    finish_slide(plan, settings, storage, classes, {}, {})
+    assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
     return time.perf_counter() - started
 
 
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--csv")
     args = parser.parse_args()
 
@@ -122,18 +125,24 @@ def main() -> None:
     tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
     init_ray()
 
-    ray_s = ray_pipeline(manifest, slide, os.path.join(work, "ray"), args)
+    ray_s, result = ray_pipeline(manifest, slide, os.path.join(work, "ray"), args)
     loop_s = single_process(manifest, slide, os.path.join(work, "loop"), args)
     monai_s = monai_window(manifest, slide, args)
     mpix = args.size**2 / 1e6
     row = {"date": time.strftime("%Y-%m-%d"), "size": args.size, "tile": args.tile, "overlap": args.overlap,
            "tiles": tiles, "model": MEMBERS[0][1], "actors": args.actors, "cpus": args.cpus,
+           "pipeline": "blocks", "block": args.block, "recompute": result.recompute,
+           "driver_bytes_per_tile": round(result.driver_bytes / tiles, 1),
+           "score_bytes_per_tile": round(result.score_bytes / max(1, result.windows), 1),
+           "driver_share_of_scores": round(result.driver_bytes / max(1, result.score_bytes), 6),
            "ray_tiles_s": round(tiles / ray_s, 2), "loop_tiles_s": round(tiles / loop_s, 2),
            "monai_tiles_s": round(tiles / monai_s, 2) if monai_s else "",
            "ray_mpix_s": round(mpix / ray_s, 3), "loop_mpix_s": round(mpix / loop_s, 3),
            "monai_mpix_s": round(mpix / monai_s, 3) if monai_s else "",
            "ray_vs_loop": round(loop_s / ray_s, 2), "ray_vs_monai": round(monai_s / ray_s, 2) if monai_s else ""}
     emit(row, args.csv)
+    print(f"# driver received {row['driver_bytes_per_tile']} B per tile "
+          f"({100 * row['driver_share_of_scores']:.4f} % of the score bytes); halo recompute {row['recompute']}x")
     print(f"# {tiles} tiles of {args.tile} px: Ray pipeline {row['ray_tiles_s']} tiles/s, one process "
           f"{row['loop_tiles_s']} tiles/s (Ray/loop {row['ray_vs_loop']}x)"
           + (f", MONAI sliding_window_inference {row['monai_tiles_s']} tiles/s (Ray/MONAI {row['ray_vs_monai']}x)"

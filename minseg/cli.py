@@ -140,7 +140,8 @@ def cmd_segment(args) -> int:
 
     config = _load(args)
     updates = {"slides": args.slides or None, "manifest_uri": args.manifest, "output_uri": args.out,
-               "level": args.level, "force": True if args.force else None, "actors": args.actors}
+               "level": args.level, "force": True if args.force else None, "actors": args.actors,
+               "block": args.block, "formats": args.format}
     current = (config.segment or SegmentSettings()).model_dump()
     config.segment = SegmentSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
     result = segment_slides(config)
@@ -310,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--level", type=int, help="pyramid level to segment (default 0: full resolution)")
     segment.add_argument("--actors", type=int, help="inference actors")
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
+    segment.add_argument("--block", type=int, help="output block side in pixels (default 2048): one worker's unit")
+    segment.add_argument("--format", action="append", choices=["zarr", "tiff"],
+                         help="outputs: the OME-Zarr is always written; --format tiff adds labels.tif / "
+                              "uncertainty.tif (repeatable)")
     segment.set_defaults(func=cmd_segment)
 
     prospect = sub.add_parser("prospect", help="map mineral prospectivity: samples + evidence -> MFAF ensemble -> "

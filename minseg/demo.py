@@ -153,8 +153,9 @@ def demo_report(config: MinsegConfig, result: DemoResult, seconds: float) -> str
         slide = result.slide
         where = slide.output[len(out):].lstrip("/") if slide.output.startswith(out) else slide.output
         lines += [
-            f"  {where}/synthetic_slide/  labels.tif (pyramidal, class palette), uncertainty.tif, "
-            "preview.png, summary.json (modal mineralogy, grain statistics)",
+            f"  {where}/synthetic_slide/  segmentation.ome.zarr (NGFF 0.5: image, class labels with palette, "
+            "uncertainty), labels.tif + uncertainty.tif (pyramidal BigTIFF export), preview.png, "
+            "summary.json (modal mineralogy, grain statistics)",
             f"  {where}/slides.csv        one row per slide; run_summary.json, failures.json",
             f"Segmented {slide.shape[0]}x{slide.shape[1]} px in {slide.seconds:.0f} s; against the "
             f"slide's true mask: pixel accuracy {slide.pixel_accuracy:.3f}, mIoU {slide.miou:.3f}",
@@ -166,6 +167,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideSc
     """Segment the demo slide with the ensemble just selected, then score it against the slide's mask."""
     from minseg.errors import RunError
     from minseg.inference.compare import compare_label_maps
+    from minseg.inference.outputs import ZARR
     from minseg.inference.segment import segment_slides
     from minseg.synth.minerals import class_map_document
 
@@ -175,7 +177,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideSc
     if not segmented.done:
         raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
     done = segmented.done[0]
-    labels_uri = join_uri(segmented.output, done["slide"], "labels.tif")
+    labels_uri = join_uri(segmented.output, done["slide"], ZARR)
     names = [c["name"] for c in class_map_document()["classes"]]
     truth = compare_label_maps(labels_uri, slide["mask"], names, storage=Storage(config.storage))
     # the score against the true mask is an output of the slide, beside its summary
