@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import time
 import zlib
@@ -379,7 +380,7 @@ class BlockRun:
             done = block_dataset(items, self.plans, self.manifest, self.settings, self.storage, self.options)
             with Progress(len(items), "segment", unit="blocks") as progress:
                 for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                    self.result.driver_bytes += sum(column.nbytes for column in batch.values())
+                    self.result.driver_bytes += len(pickle.dumps(batch))  # what crossed over, object columns too
                     rows = BlockDone.from_batch(batch)
                     for slide_id, text, windows, score_bytes, error in zip(rows.slide, rows.block, rows.windows,
                                                                            rows.score_bytes, rows.error):
