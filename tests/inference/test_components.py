@@ -1,5 +1,7 @@
 """Grains from blocks (any size, any order) equal connected components of the whole label map."""
 
+import io
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -71,15 +73,13 @@ def test_missing_blocks_and_unknown_ids_are_refused():
 def test_a_block_record_round_trips():
     labels = blob_labels((24, 40), 3, seed=5)
     block = label_block(labels, 48, 96, 3)
-    again = type(block).from_arrays(dict(np.load(__import__("io").BytesIO(_npz(block.to_arrays())))))
+    again = type(block).from_arrays(dict(np.load(io.BytesIO(_npz(block.to_arrays())))))
     assert again.top == 48 and again.left == 96
     for name in ("klass", "area", "edge_top", "edge_bottom", "edge_left", "edge_right", "class_pixels"):
         assert np.array_equal(getattr(again, name), getattr(block, name)), name
 
 
 def _npz(arrays):
-    import io
-
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
