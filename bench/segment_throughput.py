@@ -47,9 +47,9 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     """The pipeline's own pieces, in this process, the whole slide as one block (nothing recomputed)."""
     from minseg.ensemble.manifest import load_manifest
     from minseg.ensemble.sliding import mean_fill
-    from minseg.inference.blocks import block_levels, read_block, segment_block, slide_blocks, unpack
+    from minseg.inference.blocks import read_block, segment_block, slide_blocks, unpack
     from minseg.inference.config import SegmentSettings
-    from minseg.inference.finish import finish_slide, layout_of, prepare_slide
+    from minseg.inference.finish import finish_slide, prepare_slide
     from minseg.inference.outputs import ZARR
     from minseg.inference.plan import plan_slide
     from minseg.inference.segment import BlockSegmenter
@@ -67,9 +67,8 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     segmenter = BlockSegmenter(manifest, storage, settings, {"slide": plan})
     data = unpack(read_block(plan, block, storage, mean_fill(manifest.normalization["mean"]), settings.output_tile))
     arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
-    levels = block_levels(settings.block, settings.output_tile, layout_of(plan, settings).levels)
     segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"], arrays,
-                  storage, settings, levels)
+                  storage, settings)
     finish_slide(plan, settings, storage, classes, {}, {})
     assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
     return time.perf_counter() - started

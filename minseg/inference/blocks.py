@@ -33,6 +33,7 @@ from minseg.inference.components import BlockComponents, label_block
 from minseg.inference.outputs import preview_sample
 from minseg.inference.plan import SLIDES, read_tile
 from minseg.inference.stitch import Stitcher
+from minseg.io.ngff import PyramidLayout
 from minseg.io.storage import Storage, join_uri
 
 RECORDS = ".minseg"  # per-slide working folder: plan.json and block records (removed once the slide is done)
@@ -201,17 +202,18 @@ class BlockDone(Columns):
 
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  image: np.ndarray, arrays, storage: Storage, settings, levels: int) -> BlockRecord:
+                  image: np.ndarray, arrays, storage: Storage, settings) -> BlockRecord:
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
         predict: (n, tile, tile, 3) uint8 windows -> (n, C, tile, tile) float16 fused scores.
         arrays: the slide's ``ngff.SegmentationArrays``.
-        levels: pyramid levels this block writes (``block_levels``).
     """
     from minseg.io.tiff import halve
 
     started = time.perf_counter()
+    levels = block_levels(settings.block, settings.output_tile,
+                          PyramidLayout(plan.height, plan.width, settings.output_tile).levels)
     labels = np.empty(block.shape, np.uint8)
     uncertainty = np.empty(block.shape, np.uint8)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 from minseg.enums import OutputFormat, PreviewFormat
@@ -170,10 +169,6 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
 def discard_slide(plan: SlidePlan, storage: Storage) -> None:
     """A failed slide leaves nothing behind (no partial output looks complete, none looks resumable)."""
     try:
-        storage.delete_prefix(plan.output_uri.rstrip("/") + "/")
+        storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
     except OSError:
         log_event(log, "segment.discard_failed", logging.WARNING, slide=plan.slide_id, output=plan.output_uri)
-    if not plan.output_uri.startswith("s3://"):
-        path = plan.output_uri[len("file://"):] if plan.output_uri.startswith("file://") else plan.output_uri
-        if os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)

@@ -40,13 +40,13 @@ from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
 from minseg.ensemble.sliding import mean_fill
 from minseg.errors import InputError
-from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_json, block_levels, block_to_json,
+from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary
 from minseg.inference.plan import SlidePlan, plan_slide
-from minseg.io.ngff import PyramidLayout, SegmentationArrays
+from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.io.tables import csv_text
@@ -176,10 +176,8 @@ class BlockSegmenter:
                 try:
                     data = unpack(payload)
                     windows = len(data["windows"])
-                    layout = PyramidLayout(plan.height, plan.width, self.settings.output_tile)
-                    levels = block_levels(self.settings.block, self.settings.output_tile, layout.levels)
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
-                                           data["image"], self._arrays(plan), self.storage, self.settings, levels)
+                                           data["image"], self._arrays(plan), self.storage, self.settings)
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
@@ -354,6 +352,7 @@ class BlockRun:
         self.first_done: dict[str, float] = {}
         self.failed: dict[str, str] = {}
         self.finishing: dict = {}  # ObjectRef -> slide id
+        self.finish_task = None  # the remote finishing function, made once per run
         self.started = time.monotonic()
 
     def metadata(self, plan: SlidePlan) -> dict:
@@ -427,8 +426,10 @@ class BlockRun:
             "wall_seconds": round(now - self.started, 2),  # pipeline start -> published
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.run_info,
         }
-        task = ray.remote(finish_slide).options(num_cpus=self.settings.read_cpus, max_retries=2, **self.options)
-        self.finishing[task.remote(plan, self.settings, self.storage, self.classes, summary,
+        if self.finish_task is None:
+            self.finish_task = ray.remote(finish_slide).options(num_cpus=self.settings.read_cpus, max_retries=2,
+                                                                **self.options)
+        self.finishing[self.finish_task.remote(plan, self.settings, self.storage, self.classes, summary,
                                    self.metadata(plan))] = slide_id
 
     def collect(self, timeout: float | None) -> None:

@@ -47,7 +47,7 @@ TileCallback = Callable[[int, int, np.ndarray, np.ndarray], None]
 def _overlapping(edges: list[int], touched: list[list[int]], lo: int, hi: int) -> tuple[list[int], list[list[int]]]:
     """Of the cells along one axis, those overlapping [lo, hi): the tiles that weigh on them, and per tile the
     cells it touches there."""
-    inside = [i for i in range(len(edges) - 1) if edges[i] < hi and edges[i + 1] > lo]
+    inside = {i for i in range(len(edges) - 1) if edges[i] < hi and edges[i + 1] > lo}
     tiles = sorted({j for j, cells in enumerate(touched) if any(i in inside for i in cells)})
     return tiles, [[i for i in cells if i in inside] for cells in touched]
 
