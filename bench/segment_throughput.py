@@ -1,14 +1,18 @@
-"""Segmentation throughput on one synthetic slide, three ways, measured in this one run:
+"""Segmentation throughput on a batch of synthetic slides, three ways, measured in this one run:
 
 1. the Ray block pipeline (``segment_slides``: block-read tasks -> ensemble actors that blend and write
    OME-Zarr chunks -> a finishing task per slide); the driver's received bytes per tile are reported;
-2. the same work in one plain process: the slide as one block (no halo recomputed), the same reader,
+2. the same work in one plain process: each slide as one block (no halo recomputed), the same reader,
    predictor, region stitcher, zarr writes and finishing step, torch using every core; no Ray;
-3. MONAI's ``sliding_window_inference`` with the same model, tile, overlap and gaussian blending on the
+3. MONAI's ``sliding_window_inference`` with the same model, tile, overlap and gaussian blending on each
    slide loaded whole into memory (prediction and argmax only: no reading, no outputs), if MONAI is installed
    (``pip install -e '.[bench]'``; it needs no torchvision).
 
-    python bench/segment_throughput.py [--size 4096] [--tile 256] [--overlap 64] [--actors 2] \
+All three include their start-up (loading the model; for Ray, starting the actors, ~5-9 s on 2 busy
+cores). ``--slides 1`` shows a single slide's latency, where that start-up weighs most; a batch shows the
+throughput a survey run gets (slides finish while the next ones' blocks are predicted).
+
+    python bench/segment_throughput.py [--slides 4] [--size 4096] [--tile 256] [--overlap 64] [--actors 2] \
         [--csv bench/results/segment_throughput.csv]
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,13 +33,13 @@ from _common import emit, untrained_ensemble  # noqa: E402
 MEMBERS = [("halfunet", "half_unet", {"width": 0.25})]
 
 
-def ray_pipeline(manifest: str, slide: str, out: str, args) -> tuple[float, object]:
+def ray_pipeline(manifest: str, slides: list[str], out: str, args) -> tuple[float, object]:
     from minseg.config.schema import MinsegConfig
     from minseg.inference.config import SegmentSettings
     from minseg.inference.segment import segment_slides
 
     config = MinsegConfig()
-    config.segment = SegmentSettings(manifest_uri=manifest, slides=[slide], output_uri=out, actors=args.actors,
+    config.segment = SegmentSettings(manifest_uri=manifest, slides=slides, output_uri=out, actors=args.actors,
                                      cpus_per_actor=max(0.25, (args.cpus - 0.5) / args.actors),
                                      batch_size=args.batch_size, block=args.block, force=True)
     started = time.perf_counter()
@@ -43,8 +48,8 @@ def ray_pipeline(manifest: str, slide: str, out: str, args) -> tuple[float, obje
     return time.perf_counter() - started, result
 
 
-def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
-    """The pipeline's own pieces, in this process, the whole slide as one block (nothing recomputed)."""
+def single_process(manifest_uri: str, slides: list[str], out: str, args) -> float:
+    """The pipeline's own pieces, in this process, each whole slide as one block (nothing recomputed)."""
     from minseg.ensemble.manifest import load_manifest
     from minseg.ensemble.sliding import mean_fill
     from minseg.inference.blocks import read_block, segment_block, slide_blocks, unpack
@@ -61,20 +66,23 @@ def single_process(manifest_uri: str, slide: str, out: str, args) -> float:
     whole = -(-args.size // 512) * 512
     settings = SegmentSettings(batch_size=args.batch_size, block=whole, threads_per_actor=args.cpus)
     started = time.perf_counter()
-    plan = plan_slide(slide, "slide", manifest, settings, storage, out)
     classes = manifest.classes["classes"]
-    (block,), _ = prepare_slide(plan, settings, storage, classes, manifest.digest(), {})
-    segmenter = BlockSegmenter(manifest, storage, settings, {"slide": plan})
-    data = unpack(read_block(plan, block, storage, mean_fill(manifest.normalization["mean"]), settings.output_tile))
-    arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
-    segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"], arrays,
-                  storage, settings)
-    finish_slide(plan, settings, storage, classes, {}, {})
-    assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
+    plans = {f"slide{i}": plan_slide(slide, f"slide{i}", manifest, settings, storage, out)
+             for i, slide in enumerate(slides)}
+    segmenter = BlockSegmenter(manifest, storage, settings, plans)
+    for plan in plans.values():
+        (block,), _ = prepare_slide(plan, settings, storage, classes, manifest.digest(), {})
+        data = unpack(read_block(plan, block, storage, mean_fill(manifest.normalization["mean"]),
+                                 settings.output_tile))
+        arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
+        segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"],
+                      arrays, storage, settings)
+        finish_slide(plan, settings, storage, classes, {}, {})
+        assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
     return time.perf_counter() - started
 
 
-def monai_window(manifest_uri: str, slide: str, args) -> float | None:
+def monai_window(manifest_uri: str, slides: list[str], args) -> float | None:
     try:
         from monai.inferers import sliding_window_inference
     except ImportError:
@@ -86,22 +94,25 @@ def monai_window(manifest_uri: str, slide: str, args) -> float | None:
     from minseg.io.storage import Storage
     from minseg.ensemble.sliding import normalise
 
-    manifest = load_manifest(manifest_uri)
-    model = load_member_models(manifest, Storage())[0]
-    with Slide(slide) as source:
-        image = source.read_region(0, 0, *source.info.levels[0])
     started = time.perf_counter()
-    inputs = normalise(image[None], manifest.normalization["mean"], manifest.normalization["std"], "cpu")
-    with torch.no_grad():
-        probabilities = sliding_window_inference(
-            inputs, roi_size=(args.tile, args.tile), sw_batch_size=args.batch_size,
-            predictor=lambda x: torch.softmax(model(x), dim=1), overlap=args.overlap / args.tile, mode="gaussian")
-        probabilities.argmax(dim=1)
+    manifest = load_manifest(manifest_uri)
+    model = load_member_models(manifest, Storage())[0]  # the same model, BatchNorm folded as in the pipeline
+    for slide in slides:
+        with Slide(slide) as source:
+            image = source.read_region(0, 0, *source.info.levels[0])
+        inputs = normalise(image[None], manifest.normalization["mean"], manifest.normalization["std"], "cpu")
+        with torch.no_grad():
+            probabilities = sliding_window_inference(
+                inputs, roi_size=(args.tile, args.tile), sw_batch_size=args.batch_size,
+                predictor=lambda x: torch.softmax(model(x), dim=1), overlap=args.overlap / args.tile,
+                mode="gaussian")
+            probabilities.argmax(dim=1)
     return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slides", type=int, default=4, help="slides in the batch (the same slide, copied)")
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--overlap", type=int, default=64)
@@ -120,15 +131,20 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="minseg-bench-")
     slide = os.path.join(work, "slide.tif")
     write_synthetic_slide(slide, os.path.join(work, "mask.tif"), SlideSynth(height=args.size, width=args.size))
+    slides = [slide]
+    for index in range(1, args.slides):
+        slides.append(os.path.join(work, f"slide{index}.tif"))
+        shutil.copyfile(slide, slides[-1])
     manifest = untrained_ensemble(os.path.join(work, "ensemble"), MEMBERS, args.tile, args.overlap)
-    tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
+    tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap)) * args.slides
     init_ray()
 
-    ray_s, result = ray_pipeline(manifest, slide, os.path.join(work, "ray"), args)
-    loop_s = single_process(manifest, slide, os.path.join(work, "loop"), args)
-    monai_s = monai_window(manifest, slide, args)
-    mpix = args.size**2 / 1e6
-    row = {"date": time.strftime("%Y-%m-%d"), "size": args.size, "tile": args.tile, "overlap": args.overlap,
+    ray_s, result = ray_pipeline(manifest, slides, os.path.join(work, "ray"), args)
+    loop_s = single_process(manifest, slides, os.path.join(work, "loop"), args)
+    monai_s = monai_window(manifest, slides, args)
+    mpix = args.slides * args.size**2 / 1e6
+    row = {"date": time.strftime("%Y-%m-%d"), "slides": args.slides, "size": args.size, "tile": args.tile,
+           "overlap": args.overlap,
            "tiles": tiles, "model": MEMBERS[0][1], "actors": args.actors, "cpus": args.cpus,
            "pipeline": "blocks", "block": args.block, "recompute": result.recompute,
            "driver_bytes_per_tile": round(result.driver_bytes / tiles, 1),
@@ -142,7 +158,7 @@ def main() -> None:
     emit(row, args.csv)
     print(f"# driver received {row['driver_bytes_per_tile']} B per tile "
           f"({100 * row['driver_share_of_scores']:.4f} % of the score bytes); halo recompute {row['recompute']}x")
-    print(f"# {tiles} tiles of {args.tile} px: Ray pipeline {row['ray_tiles_s']} tiles/s, one process "
+    print(f"# {args.slides} slides, {tiles} tiles of {args.tile} px: Ray pipeline {row['ray_tiles_s']} tiles/s, one process "
           f"{row['loop_tiles_s']} tiles/s (Ray/loop {row['ray_vs_loop']}x)"
           + (f", MONAI sliding_window_inference {row['monai_tiles_s']} tiles/s (Ray/MONAI {row['ray_vs_monai']}x)"
              if monai_s else ""))

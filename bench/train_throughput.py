@@ -22,7 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit  # noqa: E402
 
 
-def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: int, cache) -> list[dict]:
+def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: int, cache, *,
+        model: str = "res_unet", model_options: dict | None = None, batch_size: int = 8,
+        cpus_per_worker: float = 0.25, gpus_per_worker: float = 0.0, task_cpus: float = 0.25) -> list[dict]:
+    """Train ``members`` copies of one member concurrently (seeds differ); per member, its steady-epoch
+    tiles/s and data-wait share (``gpus_per_worker`` < 1 packs several members onto one GPU)."""
     from minseg.config import MinsegConfig, validate_config
     from minseg.io.storage import Storage
     from minseg.synth.minerals import CLASS_NAMES
@@ -31,13 +35,16 @@ def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: 
 
     config = validate_config({
         "run": {"name": name, "output_uri": output},
-        "ray": {"task_cpus": 0.25},
+        "ray": {"task_cpus": task_cpus},
         "data": {"sources": [{"uri": data_uri}], "tiling": {"size": tile}, "cache": cache,
                  "classes": {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]},
                  "split": {"train": 0.9, "val": 0.1, "test": 0.0}},
-        "training": {"defaults": {"model": "res_unet", "model_options": {"width": 0.125, "depth": "tiny"},
-                                  "stages": [{"epochs": epochs, "batch_size": 8}], "validate_every": epochs,
-                                  "scaling": {"cpus_per_worker": 0.25}, "max_failures": 0},
+        "training": {"defaults": {"model": model,
+                                  "model_options": {"width": 0.125, "depth": "tiny"} if model_options is None
+                                  else model_options,
+                                  "stages": [{"epochs": epochs, "batch_size": batch_size}], "validate_every": epochs,
+                                  "scaling": {"cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker},
+                                  "max_failures": 0},
                      "members": [{"name": f"m{i}"} for i in range(members)]},
     }, MinsegConfig)
     results = train_ensemble(config)

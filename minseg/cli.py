@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--level", type=int, help="pyramid level to segment (default 0: full resolution)")
     segment.add_argument("--actors", type=int, help="inference actors")
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
-    segment.add_argument("--block", type=int, help="output block side in pixels (default 2048): one worker's unit")
+    segment.add_argument("--block", type=int, help="output block side in pixels (default 4096): one worker's unit")
     segment.add_argument("--format", action="append", choices=["zarr", "tiff"],
                          help="outputs: the OME-Zarr is always written; --format tiff adds labels.tif / "
                               "uncertainty.tif (repeatable)")

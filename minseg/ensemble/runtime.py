@@ -70,19 +70,23 @@ class MemberRef:
 
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,
                  device: torch.device | str = "cpu") -> list[torch.nn.Module]:
-    """The members' models (rank order), weights loaded (tensors only), in eval mode on ``device``.
+    """The members' models (rank order), weights loaded (tensors only), in eval mode on ``device``,
+    BatchNorm folded into the convolutions before it (``models.base.fold_batch_norm``: inference only).
 
     Raises:
         ValueError: a member's model name or options are unknown to the registry.
         StorageError: a checkpoint cannot be read.
     """
     from minseg.models import build_model, read_state_dict
+    from minseg.models.base import fold_batch_norm
 
     models = []
     for member in members:
         model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
         model.load_state_dict(read_state_dict(member.weights_uri, storage))
-        models.append(model.to(device).eval())
+        model = model.to(device).eval()
+        fold_batch_norm(model)
+        models.append(model)
     return models
 
 

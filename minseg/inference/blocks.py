@@ -223,9 +223,11 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         labels[target], uncertainty[target] = tile_labels, tile_uncertainty
 
     stitcher = block_stitcher(plan, block, settings.output_tile, on_tile)
-    scores = predict(windows)
-    for index in range(len(windows)):
-        stitcher.add(int(rows[index]), int(cols[index]), scores[index])
+    # a batch at a time: the block's scores are never all in memory (the stitcher frees finished tiles)
+    for start in range(0, len(windows), settings.batch_size):
+        scores = predict(windows[start : start + settings.batch_size])
+        for offset, window_scores in enumerate(scores):
+            stitcher.add(int(rows[start + offset]), int(cols[start + offset]), window_scores)
     if not stitcher.complete:
         raise RuntimeError(f"block {block.name}: {stitcher.tiles_done} of {len(stitcher.region_tiles)} windows")
     level_labels, level_uncertainty, level_image = labels, uncertainty, image

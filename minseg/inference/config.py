@@ -46,10 +46,13 @@ class SegmentSettings(StrictModel):
     compile: bool = Field(False, description="torch.compile the members (CUDA: worth it for long batches)")
     precision: Precision = Field(Precision.AUTO, description="auto: bf16 autocast on GPUs that support it")
     read_cpus: float = Field(0.25, gt=0, description="CPUs per block-read task and per slide-finishing task")
+    plan_threads: int = Field(16, ge=1, description="slides the driver opens (header) and prepares (metadata "
+                              "writes) at once before the pipeline starts: I/O-bound, thousands of slides on S3")
 
-    block: int = Field(2048, ge=16, description="output block side in processed pixels: one worker reads, "
+    block: int = Field(4096, ge=16, description="output block side in processed pixels: one worker reads, "
                        "predicts, blends and writes a block (a multiple of output_tile; larger blocks recompute "
-                       "less halo, smaller ones spread a slide over more workers)")
+                       "less halo and send the driver fewer rows, smaller ones spread a slide over more workers; "
+                       "bench/results/segment_throughput.csv)")
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.ZARR],
                                         description="zarr is always written; tiff adds labels.tif / uncertainty.tif")
     include_image: bool = Field(True, description="write the segmented RGB image into the OME-Zarr too, so "

@@ -138,7 +138,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     preview_name = f"preview.{PreviewFormat(settings.preview_format).value}"
     image = preview.render(class_colours(classes), names, area, settings.preview_alpha)
     with storage.staged_output(join_uri(plan.output_uri, preview_name), f".{preview_name}") as path:
-        image.save(path, format="PNG" if settings.preview_format is PreviewFormat.PNG else "JPEG", quality=90)
+        # zlib level 2: a 2048² preview encodes ~4x faster than at the default 6 (0.33 s vs 1.4 s), ~13 % more bytes
+        image.save(path, format="PNG" if settings.preview_format is PreviewFormat.PNG else "JPEG", quality=90,
+                   compress_level=2)
 
     windows = sum(r.windows for r in records)
     areas = grains.areas(len(names))

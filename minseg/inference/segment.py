@@ -29,6 +29,7 @@ import pickle
 import re
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -255,26 +256,41 @@ def manifest_uri_of(config: MinsegConfig) -> str:
 def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
                 output_uri: str, result: SegmentResult) -> dict[str, SlidePlan]:
     """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
-    (same ensemble, same level, no ``force``) to ``result.skipped``."""
+    (same ensemble, same level, no ``force``) to ``result.skipped``. ``settings.plan_threads`` slides at
+    a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
     ids = slide_ids(uris)
-    plans: dict[str, SlidePlan] = {}
-    for uri in uris:
+
+    def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
         try:
             plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri)
         except SlideError as exc:
-            result.failed.append(SlideOutcome(slide_id, uri, str(exc)))
-            log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=str(exc))
-            continue
+            return SlideOutcome(slide_id, uri, str(exc))
         previous = read_summary(storage, plan.output_uri)
         if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
-            result.skipped.append(SlideOutcome(slide_id, uri, "outputs exist for this ensemble (--force redoes)",
-                                               previous))
-            continue
-        plans[slide_id] = plan
+            return SlideOutcome(slide_id, uri, "outputs exist for this ensemble (--force redoes)", previous)
+        return plan
+
+    plans: dict[str, SlidePlan] = {}
+    for outcome in thread_map(plan_one, uris, settings.plan_threads):  # in the order given
+        if isinstance(outcome, SlidePlan):
+            plans[outcome.slide_id] = outcome
+        elif outcome.summary is not None:
+            result.skipped.append(outcome)
+        else:
+            result.failed.append(outcome)
+            log_event(log, "segment.slide_failed", logging.WARNING, slide=outcome.slide, reason=outcome.reason)
     return plans
+
+
+def thread_map(function, items: list, threads: int) -> list:
+    """``function`` over ``items`` on a thread pool, results in the items' order (I/O-bound driver work)."""
+    if threads <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="minseg-plan") as pool:
+        return list(pool.map(function, items))
 
 
 def block_dataset(items: list[dict], plans: dict[str, SlidePlan], manifest: EnsembleManifest,
@@ -360,14 +376,20 @@ class BlockRun:
                 "scale": self.manifest.tiling.scale, "pixel_size_um": plan.pixel_size_um, **self.run_info}
 
     def run(self) -> None:
-        items = []
-        for slide_id, plan in self.plans.items():
+        def prepare(plan: SlidePlan):  # a few small metadata writes (or a listing, to resume) per slide
             try:
-                todo, resumed = prepare_slide(plan, self.settings, self.storage, self.classes,
-                                              self.result.ensemble_digest, self.metadata(plan))
+                return prepare_slide(plan, self.settings, self.storage, self.classes, self.result.ensemble_digest,
+                                     self.metadata(plan))
             except OSError as exc:
-                self.fail(slide_id, f"cannot prepare its outputs: {exc}")
+                return exc
+
+        items = []
+        for (slide_id, plan), prepared in zip(self.plans.items(),
+                                              thread_map(prepare, list(self.plans.values()), self.settings.plan_threads)):
+            if isinstance(prepared, OSError):
+                self.fail(slide_id, f"cannot prepare its outputs: {prepared}")
                 continue
+            todo, resumed = prepared
             if resumed:
                 log_event(log, "segment.resumed", slide=slide_id, blocks_done=resumed, blocks_to_do=len(todo))
             self.remaining[slide_id] = {b.name for b in todo}

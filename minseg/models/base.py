@@ -15,6 +15,36 @@ from minseg.enums import InitPart, PadMode, Task, WeightLayout
 from minseg.models.pretrained import WeightLoadReport, load_pretrained
 
 
+def fold_batch_norm(module: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into that conv
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``), in place; the BatchNorm becomes ``nn.Identity``.
+
+    For inference only: the module must be in eval mode (running statistics, no updates). The folded
+    model computes the same function up to float rounding (~1e-7 relative) and skips one pass over
+    every activation map: ~10-15 % of a U-Net's CPU time. Returns the number of pairs folded.
+
+    Raises:
+        ValueError: the module is in training mode.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if module.training:
+        raise ValueError("fold_batch_norm: the model is in training mode; call .eval() first")
+    folded = 0
+    for child in module.modules():
+        if not isinstance(child, nn.Sequential):
+            continue
+        layers = list(child)
+        for index in range(len(layers) - 1):
+            conv, norm = layers[index], layers[index + 1]
+            if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d and norm.track_running_stats:
+                child[index] = fuse_conv_bn_eval(conv, norm)
+                child[index + 1] = nn.Identity()
+                layers[index + 1] = child[index + 1]
+                folded += 1
+    return folded
+
+
 class MinsegModel(nn.Module, metaclass=abc.ABCMeta):
     """Base of every registered learner.
 

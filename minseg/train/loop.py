@@ -191,6 +191,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     session.mean = torch.tensor(state["normalization"]["mean"], device=device).view(1, -1, 1, 1)
     session.std = torch.tensor(state["normalization"]["std"], device=device).view(1, -1, 1, 1)
     session.model.to(device)
+    if device.type == "cuda":  # NHWC convolutions (tensor cores); the inputs come channels_last too
+        session.model.to(memory_format=torch.channels_last)
     return state, optimizer_state
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from minseg.config.schema import MinsegConfig
@@ -352,3 +353,19 @@ def test_a_slide_over_the_configured_limits_is_a_failure_entry(manifests, test_s
     (failure,) = summary.failed
     assert "exceeds segment.limits.max_pixels (1,000)" in failure.reason and not summary.done
     assert json.loads((tmp_path / "failures.json").read_text()) == [failure.to_document()]
+
+
+def test_thread_map_keeps_the_order_and_raises():
+    """Planning and preparing thousands of slides runs on a thread pool; results come back in input order."""
+    from minseg.inference.segment import thread_map
+
+    def slow_square(value):
+        time.sleep(0.01 * max(0, 5 - value))  # later items finish first
+        if value == 99:
+            raise RuntimeError("boom")
+        return value * value
+
+    assert thread_map(slow_square, [0, 1, 2, 3, 4], 4) == [0, 1, 4, 9, 16]
+    assert thread_map(slow_square, [3], 8) == [9]
+    with pytest.raises(RuntimeError, match="boom"):
+        thread_map(slow_square, [1, 99, 2], 3)

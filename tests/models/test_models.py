@@ -52,6 +52,29 @@ def test_eval_output_channels_last_and_predict(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_fold_batch_norm_keeps_the_function(name):
+    from minseg.models.base import fold_batch_norm
+
+    torch.manual_seed(1)
+    model, cin = tiny(name)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_batch_norm(model)
+    norms = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    for norm in norms:  # statistics as after training, so a wrong fold shows
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(2, cin, 40, 48)
+    with torch.no_grad():
+        reference = logits_of(model(x))
+        folded = fold_batch_norm(model)
+        torch.testing.assert_close(logits_of(model(x)), reference, rtol=1e-4, atol=1e-4)
+    left = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    assert len(left) == len(norms) - folded
+    assert folded > 0 or not norms, f"{name}: no BatchNorm folded"
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_autocast_bf16(name):
     model, cin = tiny(name)
     with torch.autocast("cpu", dtype=torch.bfloat16):
