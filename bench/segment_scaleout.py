@@ -7,6 +7,9 @@ Measured in this one run:
 - the driver's peak RSS and CPU seconds for a batch of ``--few`` slides and of ``--many`` slides
   (ratio many : few; the driver keeps a set of block names per unfinished slide, so it should stay
   flat: target <= 1.2 for peak RSS);
+- the driver's CPU per block: one ``--block-slide``² slide cut into 512² blocks and into 1024² blocks
+  (the difference in driver CPU over the difference in blocks: what a 16-node run's driver pays per
+  block-done row), and the same 512² blocks eight per task (``segment.blocks_per_task``);
 - throughput (tiles/s) of the ``--many`` batch for each actor count in ``--actors``.
 
 On a 2-core machine the nodes share the same two cores, so tiles/s stops growing past two actors:
@@ -61,14 +64,15 @@ class PeakRSS:
         self._thread.join()
 
 
-def segment_batch(manifest: str, slides: list[str], out: str, actors: int, cpus_per_actor: float) -> dict:
+def segment_batch(manifest: str, slides: list[str], out: str, actors: int, cpus_per_actor: float,
+                  **settings) -> dict:
     from minseg.config.schema import MinsegConfig
     from minseg.inference.config import SegmentSettings
     from minseg.inference.segment import segment_slides
 
     config = MinsegConfig()
     config.segment = SegmentSettings(manifest_uri=manifest, slides=slides, output_uri=out, actors=actors,
-                                     cpus_per_actor=cpus_per_actor, force=True)
+                                     cpus_per_actor=cpus_per_actor, force=True, **settings)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     with PeakRSS() as rss:
         started = time.perf_counter()
@@ -79,7 +83,7 @@ def segment_batch(manifest: str, slides: list[str], out: str, actors: int, cpus_
     tiles = sum(s["tiles"] for s in result.done)
     return {"seconds": seconds, "tiles_s": tiles / seconds, "driver_peak_rss_mib": rss.peak / 2**20,
             "driver_cpu_s": (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
-            "driver_bytes": result.driver_bytes}
+            "driver_bytes": result.driver_bytes, "blocks": result.blocks}
 
 
 def main() -> None:
@@ -90,6 +94,7 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=50)
     parser.add_argument("--size", type=int, default=512, help="side of each synthetic slide")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--block-slide", type=int, default=4096, help="side of the slide cut into many blocks")
     parser.add_argument("--csv")
     args = parser.parse_args()
     os.environ.setdefault("MINSEG_LOG_LEVEL", "WARNING")
@@ -104,6 +109,9 @@ def main() -> None:
     first = os.path.join(work, "slides", "s000.tif")
     write_synthetic_slide(first, os.path.join(work, "mask.tif"), SlideSynth(height=args.size, width=args.size))
     slides = [first]
+    big = os.path.join(work, "big.tif")
+    write_synthetic_slide(big, os.path.join(work, "big_mask.tif"),
+                          SlideSynth(height=args.block_slide, width=args.block_slide))
     for index in range(1, args.many):
         slides.append(os.path.join(work, "slides", f"s{index:03d}.tif"))
         shutil.copyfile(first, slides[-1])
@@ -130,6 +138,14 @@ def main() -> None:
               f"(x{many['driver_peak_rss_mib'] / few['driver_peak_rss_mib']:.3f}); CPU "
               f"{few['driver_cpu_s']:.1f} s / {many['driver_cpu_s']:.1f} s "
               f"({many['driver_cpu_s'] / args.many * 1000:.0f} ms per slide)", file=sys.stderr)
+        coarse = segment_batch(manifest, [big], os.path.join(work, "b1024"), base, share(base), block=1024)
+        fine = segment_batch(manifest, [big], os.path.join(work, "b512"), base, share(base), block=512)
+        per_block = (fine["driver_cpu_s"] - coarse["driver_cpu_s"]) / (fine["blocks"] - coarse["blocks"])
+        grouped = segment_batch(manifest, [big], os.path.join(work, "b512x8"), base, share(base), block=512,
+                                blocks_per_task=8)
+        print(f"# driver CPU per block: {1000 * per_block:.1f} ms ({coarse['blocks']} blocks: "
+              f"{coarse['driver_cpu_s']:.2f} s, {fine['blocks']} blocks: {fine['driver_cpu_s']:.2f} s; "
+              f"8 blocks per task: {grouped['driver_cpu_s']:.2f} s)", file=sys.stderr)
         by_actors = {base: many}
         for actors in args.actors:
             if actors not in by_actors:
@@ -144,7 +160,11 @@ def main() -> None:
                "driver_rss_ratio": round(many["driver_peak_rss_mib"] / few["driver_peak_rss_mib"], 3),
                "driver_cpu_few_s": round(few["driver_cpu_s"], 2), "driver_cpu_many_s": round(many["driver_cpu_s"], 2),
                "driver_cpu_ms_per_slide_many": round(1000 * many["driver_cpu_s"] / args.many, 1),
-               "driver_bytes_per_slide": round(many["driver_bytes"] / args.many, 1)}
+               "driver_bytes_per_slide": round(many["driver_bytes"] / args.many, 1),
+               "driver_cpu_ms_per_block": round(1000 * per_block, 1),
+               "driver_bytes_per_block": round(fine["driver_bytes"] / fine["blocks"], 1),
+               "blocks_fine": fine["blocks"], "driver_cpu_fine_s": round(fine["driver_cpu_s"], 2),
+               "driver_cpu_fine_8_per_task_s": round(grouped["driver_cpu_s"], 2)}
         for actors in args.actors:
             row[f"tiles_s_{actors}_actors"] = round(by_actors[actors]["tiles_s"], 2)
         rows.append(row)

@@ -119,9 +119,13 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--block", type=int, help="segment.block (default: its default)")
     parser.add_argument("--csv")
     args = parser.parse_args()
+    if args.block is None:
+        from minseg.inference.config import SegmentSettings
+
+        args.block = SegmentSettings().block
 
     from minseg.synth.config import SlideSynth
     from minseg.ensemble.sliding import TileGrid

@@ -25,8 +25,8 @@ from _common import emit  # noqa: E402
 def run(data_uri: str, output: str, name: str, members: int, epochs: int, tile: int, cache, *,
         model: str = "res_unet", model_options: dict | None = None, batch_size: int = 8,
         cpus_per_worker: float = 0.25, gpus_per_worker: float = 0.0, task_cpus: float = 0.25) -> list[dict]:
-    """Train ``members`` copies of one member concurrently (seeds differ); per member, its steady-epoch
-    tiles/s and data-wait share (``gpus_per_worker`` < 1 packs several members onto one GPU)."""
+    """Train ``members`` copies of one member concurrently; per member, its steady-epoch tiles/s and
+    data-wait share (``gpus_per_worker`` < 1 packs several members onto one GPU)."""
     from minseg.config import MinsegConfig, validate_config
     from minseg.io.storage import Storage
     from minseg.synth.minerals import CLASS_NAMES

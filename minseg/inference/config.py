@@ -53,6 +53,10 @@ class SegmentSettings(StrictModel):
                        "predicts, blends and writes a block (a multiple of output_tile; larger blocks recompute "
                        "less halo and send the driver fewer rows, smaller ones spread a slide over more workers; "
                        "bench/results/segment_throughput.csv)")
+    blocks_per_task: int = Field(1, ge=1, description="blocks per read task and per actor call: Ray Data's "
+                                 "per-task driver overhead (~1-15 ms) caps a run at ~25-150 tasks/s, so clusters "
+                                 "finishing more blocks per second group them (docs/scaling.md); each task then "
+                                 "holds that many blocks' windows")
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.ZARR],
                                         description="zarr is always written; tiff adds labels.tif / uncertainty.tif")
     include_image: bool = Field(True, description="write the segmented RGB image into the OME-Zarr too, so "

@@ -217,7 +217,7 @@ def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifest
 def test_outputs_are_bit_identical_for_any_block_size_actor_count_and_a_killed_actor(
         ray_session, manifests, test_slides, tmp_path):
     """The block pipeline equals one whole-slide pass bit for bit: any block size, two actors, an actor
-    SIGKILLed mid-run (Ray Data redoes its blocks), and a batch size of one."""
+    SIGKILLed mid-run (Ray Data redoes its blocks), a batch size of one, three blocks per task."""
     labels, uncertainty = single_pass(manifests["wv"], test_slides["section"])
     for block in (64, 2048):
         assert len(run(manifests["wv"], [test_slides["section"]], tmp_path / str(block), block=block).done) == 1
@@ -231,7 +231,8 @@ def test_outputs_are_bit_identical_for_any_block_size_actor_count_and_a_killed_a
 
     thread = threading.Thread(target=assassin, daemon=True)
     thread.start()
-    summary = run(manifests["wv"], [test_slides["section"]], tmp_path / "killed", actors=2, batch_size=1, block=64)
+    summary = run(manifests["wv"], [test_slides["section"]], tmp_path / "killed", actors=2, batch_size=1, block=64,
+                  blocks_per_task=3)
     thread.join()
     assert killed, "no inference actor was found to kill"
     assert len(summary.done) == 1 and not summary.failed

@@ -106,3 +106,24 @@ def test_whole_run_schedule_refuses_a_stage_learning_rate():
     member["init"] = {"uri": "weights/resnet50.onnx"}
     with pytest.raises(InputError, match="weights must be .pt, .pth"):
         validate_config({"training": {"members": [member]}}, MinsegConfig)
+
+
+def test_ruel_paper_members_pack_onto_fewer_gpus():
+    """The fourteen members of the paper's recipe on four GPUs (docs/training.md, "Packing members onto
+    GPUs"): a quarter of a GPU each runs all of them at once; whole GPUs run four at a time."""
+    from pathlib import Path
+
+    from minseg.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "ruel_paper.yaml"
+    packed = load_config(path, MinsegConfig, overrides={"training.defaults.scaling.gpus_per_worker": "0.25",
+                                                        "training.defaults.scaling.cpus_per_worker": "2"})
+    members = packed.training.members
+    assert len(members) == 14 and {m.scaling.gpus_per_worker for m in members} == {0.25}
+    assert plan_concurrency(members, cpus=32, gpus=4, data_cpus=2, requested=None) == 14
+    whole = load_config(path, MinsegConfig)
+    assert plan_concurrency(whole.training.members, cpus=64, gpus=4, data_cpus=2, requested=None) == 4
+    # a share that can never start is refused up front, not left pending
+    with pytest.raises(ResourceError, match="GPUs"):
+        plan_concurrency(load_config(path, MinsegConfig, overrides={
+            "training.defaults.scaling.workers": "2"}).training.members, cpus=64, gpus=1, data_cpus=2, requested=None)
