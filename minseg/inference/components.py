@@ -1,12 +1,15 @@
 """Grains (connected regions of one class) of a label map computed block by block, in any order.
 
 Each block is labelled on its own (scipy ``ndimage.label`` per class present) and keeps only
-what the union step needs: per component its class and area, and the component ids along the
-block's four edges. ``merge_components`` joins components that touch across block edges,
-straight and (8-connectivity) diagonally, corners included, as a graph whose connected
-components (``scipy.sparse.csgraph``) are the whole slide's grains. The result equals labelling
-the whole label map at once, whatever the block size and the order blocks finish in
-(tests/inference/test_components.py).
+what the union step needs: the class and area of each component touching one of the block's
+four edges, the ids along those edges, and for the components inside the block (complete
+grains already) only how many there are of each (class, area). ``merge_components`` joins
+edge components that touch across block edges, straight and (8-connectivity) diagonally,
+corners included, as a graph whose connected components (``scipy.sparse.csgraph``) are the
+grains crossing blocks. The result equals labelling the whole label map at once, whatever the
+block size and the order blocks finish in (tests/inference/test_components.py); its size grows
+with the blocks' perimeters and the number of distinct grain areas, not with the slide's area
+(a noisy 40000² map has ~10⁸ grains).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ class BlockComponents:
 
     Attributes:
         top, left: the block's origin in slide pixels.
-        klass: (K,) uint8, class id of each component (local id = index).
-        area: (K,) int64, pixels.
+        klass: (K,) uint8, class id of each component touching the block's edge (local id = index).
+        area: (K,) int64, their pixels.
         edge_top, edge_bottom: (width,) int32 local ids of the block's first and last rows.
         edge_left, edge_right: (height,) int32 local ids of its first and last columns.
         class_pixels: (C,) int64 pixels per class (modal mineralogy).
+        inner_class, inner_area, inner_count: (I,) uint8 / int64 / int64: the components touching no
+            edge, as counts per distinct (class, area).
     """
 
     top: int
@@ -41,6 +46,9 @@ class BlockComponents:
     edge_left: np.ndarray
     edge_right: np.ndarray
     class_pixels: np.ndarray
+    inner_class: np.ndarray
+    inner_area: np.ndarray
+    inner_count: np.ndarray
 
     @property
     def height(self) -> int:
@@ -85,13 +93,35 @@ def label_block(labels: np.ndarray, top: int, left: int, num_classes: int, conne
         areas.append(np.bincount(components[mask], minlength=count + 1)[1:])
         kinds.append(np.full(count, klass, np.uint8))
         base += count
+    klass = np.concatenate(kinds) if kinds else np.zeros(0, np.uint8)
+    area = np.concatenate(areas).astype(np.int64) if areas else np.zeros(0, np.int64)
+    edges = [ids[0], ids[-1], ids[:, 0], ids[:, -1]]
+    on_edge = np.zeros(len(klass), bool)
+    for edge in edges:
+        on_edge[edge] = True
+    local = np.cumsum(on_edge, dtype=np.int64) - 1  # edge components renumbered 0..K-1
+    inner_class, inner_area, inner_count = histogram(klass[~on_edge], area[~on_edge])
     return BlockComponents(
-        top=top, left=left,
-        klass=np.concatenate(kinds) if kinds else np.zeros(0, np.uint8),
-        area=np.concatenate(areas).astype(np.int64) if areas else np.zeros(0, np.int64),
-        edge_top=ids[0].copy(), edge_bottom=ids[-1].copy(), edge_left=ids[:, 0].copy(), edge_right=ids[:, -1].copy(),
-        class_pixels=pixels.astype(np.int64),
+        top=top, left=left, klass=klass[on_edge], area=area[on_edge],
+        edge_top=local[edges[0]].astype(np.int32), edge_bottom=local[edges[1]].astype(np.int32),
+        edge_left=local[edges[2]].astype(np.int32), edge_right=local[edges[3]].astype(np.int32),
+        class_pixels=pixels.astype(np.int64), inner_class=inner_class, inner_area=inner_area,
+        inner_count=inner_count,
     )
+
+
+def histogram(klass: np.ndarray, area: np.ndarray,
+              count: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class, area) pairs, each with a multiplicity (default 1), as the distinct pairs sorted by
+    class then area, and their summed counts."""
+    if count is None:
+        count = np.ones(len(klass), np.int64)
+    if not len(klass):
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pairs, inverse = np.unique(np.stack([klass.astype(np.int64), area.astype(np.int64)], axis=1), axis=0,
+                               return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=count, minlength=len(pairs)).astype(np.int64)
+    return pairs[:, 0].astype(np.uint8), pairs[:, 1], counts
 
 
 def _edge_pairs(first: np.ndarray, second: np.ndarray, diagonal: bool) -> np.ndarray:
@@ -106,19 +136,21 @@ def _edge_pairs(first: np.ndarray, second: np.ndarray, diagonal: bool) -> np.nda
 
 @dataclass
 class Grains:
-    """The slide's grains: (G,) class ids and (G,) areas in pixels, in no particular order."""
+    """The slide's grains as a histogram: (G,) class ids, areas in pixels and how many grains have that
+    class and area (distinct pairs, sorted by class then area)."""
 
     klass: np.ndarray
     area: np.ndarray
+    count: np.ndarray
 
-    def areas(self, num_classes: int) -> dict[int, np.ndarray]:
-        """Sorted grain areas per class id."""
-        return {klass: np.sort(self.area[self.klass == klass]) for klass in range(num_classes)}
+    def areas(self, num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per class id: (distinct grain areas ascending, how many grains have each)."""
+        return {k: (self.area[self.klass == k], self.count[self.klass == k]) for k in range(num_classes)}
 
 
 def merge_components(blocks: list[BlockComponents], height: int, width: int, connectivity: int = 8) -> Grains:
     """The grains of a (height, width) slide from its blocks' components (any order, any block grid whose
-    blocks tile the slide).
+    blocks tile the slide), as a ``Grains`` histogram.
 
     Raises:
         ValueError: the blocks do not tile the slide exactly.
@@ -156,4 +188,7 @@ def merge_components(blocks: list[BlockComponents], height: int, width: int, con
     merged_area = np.bincount(labels, weights=area, minlength=groups).astype(np.int64)
     merged_class = np.zeros(groups, np.uint8)
     merged_class[labels] = klass
-    return Grains(merged_class, merged_area)
+    inner = [(b.inner_class, b.inner_area, b.inner_count) for b in blocks]
+    return Grains(*histogram(np.concatenate([merged_class] + [i[0] for i in inner]),
+                             np.concatenate([merged_area] + [i[1] for i in inner]),
+                             np.concatenate([np.ones(groups, np.int64)] + [i[2] for i in inner])))

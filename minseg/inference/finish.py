@@ -32,11 +32,19 @@ def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
     return PyramidLayout(plan.height, plan.width, settings.output_tile)
 
 def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -> dict:
-    """What must match for an interrupted slide's blocks to be reused."""
+    """What must match for an interrupted slide's blocks (chunks and records) to be reused."""
     return {"ensemble_digest": ensemble_digest, "source": plan.uri, "level": plan.level,
             "shape": [plan.height, plan.width], "block": settings.block, "chunk": settings.output_tile,
             "include_image": settings.include_image, "compression": str(settings.compression),
-            "uncertainty": str(plan.uncertainty)}
+            "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
+            # what the block records were computed with
+            "connectivity": settings.connectivity, "preview_stride": plan.preview_stride}
+
+
+#: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as
+#: a (class, area) histogram)
+RECORD_VERSION = 2
+
 
 def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
                   ensemble_digest: str, attributes: dict) -> tuple[list[Block], int]:
@@ -154,7 +162,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         "recompute": round(windows / max(1, len(plan.grid)), 4),
         "block_seconds": round(sum(r.seconds for r in records), 2),
         "modal_mineralogy": {n: {"pixels": int(c), "area_percent": round(a, 4)} for n, c, a in zip(names, counts, area)},
-        "grains": {n: grain_statistics(areas[i], settings.min_grain_px, plan.pixel_size_um) for i, n in enumerate(names)},
+        "grains": {n: grain_statistics(*areas[i], settings.min_grain_px, plan.pixel_size_um) for i, n in enumerate(names)},
         "mean_uncertainty": round(sum(r.uncertainty_sum for r in records) / total / 255.0, 5),
         "files": files,
     }

@@ -17,6 +17,11 @@ def blob_labels(shape, classes, seed):
     return fields.argmax(0).astype(np.uint8)
 
 
+def listed(grains, classes):
+    """The histogram back as every grain's area, per class, ascending."""
+    return {k: np.repeat(area, count) for k, (area, count) in grains.areas(classes).items()}
+
+
 def whole_image_areas(labels, classes, connectivity):
     structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
     areas = {}
@@ -44,7 +49,7 @@ def test_blocks_give_the_whole_image_components(shape, tile, connectivity):
     labels = blob_labels(shape, classes, seed=sum(shape))
     grains, class_pixels = count_by_blocks(labels, classes, tile, connectivity, seed=tile)
     expected = whole_image_areas(labels, classes, connectivity)
-    got = grains.areas(classes)
+    got = listed(grains, classes)
     for klass in range(classes):
         assert np.array_equal(got[klass], expected[klass]), klass
     assert np.array_equal(class_pixels, np.bincount(labels.ravel(), minlength=classes))
@@ -56,10 +61,10 @@ def test_diagonal_contacts_across_tile_corners():
     labels[np.arange(32), np.arange(32)] = 1  # the diagonal passes every 8x8 tile corner
     labels[np.arange(32), 31 - np.arange(32)] = 1  # and the anti-diagonal
     for connectivity in (4, 8):
-        got = count_by_blocks(labels, 2, 8, connectivity)[0].areas(2)[1]
+        got = listed(count_by_blocks(labels, 2, 8, connectivity)[0], 2)[1]
         expected = whole_image_areas(labels, 2, connectivity)[1]
         assert np.array_equal(got, expected)
-    assert len(count_by_blocks(labels, 2, 8, 8)[0].areas(2)[1]) == 1
+    assert len(listed(count_by_blocks(labels, 2, 8, 8)[0], 2)[1]) == 1
 
 
 def test_missing_blocks_and_unknown_ids_are_refused():
@@ -75,7 +80,8 @@ def test_a_block_record_round_trips():
     block = label_block(labels, 48, 96, 3)
     again = type(block).from_arrays(dict(np.load(io.BytesIO(_npz(block.to_arrays())))))
     assert again.top == 48 and again.left == 96
-    for name in ("klass", "area", "edge_top", "edge_bottom", "edge_left", "edge_right", "class_pixels"):
+    for name in ("klass", "area", "edge_top", "edge_bottom", "edge_left", "edge_right", "class_pixels",
+                 "inner_class", "inner_area", "inner_count"):
         assert np.array_equal(getattr(again, name), getattr(block, name)), name
 
 
@@ -86,11 +92,41 @@ def _npz(arrays):
 
 
 def test_statistics_ignore_noise_and_convert_units():
-    areas = np.array([1, 2, 50, 100, 400])
-    stats = grain_statistics(areas, min_grain_px=10, pixel_size_um=2.0)
+    areas, counts = np.unique(np.array([1, 2, 50, 100, 400]), return_counts=True)
+    stats = grain_statistics(areas, counts, min_grain_px=10, pixel_size_um=2.0)
     assert stats["count"] == 3 and stats["noise_components"] == 2
     assert stats["mean_area_px"] == pytest.approx(550 / 3)
     assert stats["max_area_px"] == 400
     assert stats["mean_area_um2"] == pytest.approx(550 / 3 * 4)
     assert stats["histogram_log2_px"] == [0, 0, 0, 0, 0, 1, 1, 0, 1]  # 50 -> 2^5, 100 -> 2^6, 400 -> 2^8
-    assert grain_statistics(np.array([3]), 10, None) == {"count": 0, "noise_components": 1}
+    assert grain_statistics(np.array([3]), np.array([1]), 10, None) == {"count": 0, "noise_components": 1}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_statistics_from_the_histogram_equal_those_of_every_grain_listed(seed):
+    rng = np.random.default_rng(seed)
+    grains = np.concatenate([rng.integers(1, 30, 500), rng.integers(100, 5000, 40 + seed)])  # many repeats
+    areas, counts = np.unique(grains, return_counts=True)
+    stats = grain_statistics(areas, counts, min_grain_px=4, pixel_size_um=0.5)
+    kept = np.sort(grains[grains >= 4])
+    diameters = 2.0 * np.sqrt(kept * 0.25 / np.pi)
+    assert stats["count"] == kept.size and stats["noise_components"] == int((grains < 4).sum())
+    assert stats["median_area_px"] == pytest.approx(np.median(kept))
+    assert stats["p10_area_px"] == pytest.approx(np.percentile(kept, 10))
+    assert stats["p90_area_px"] == pytest.approx(np.percentile(kept, 90))
+    assert stats["mean_area_px"] == pytest.approx(kept.mean())
+    assert stats["mean_ecd_um"] == pytest.approx(diameters.mean())
+    assert stats["median_ecd_um"] == pytest.approx(np.median(diameters))
+    assert stats["histogram_log2_px"] == np.bincount(np.log2(kept).astype(int)).tolist()
+
+
+def test_a_block_keeps_only_its_edge_components_one_by_one():
+    """Inner grains are complete: a block record holds them as counts per (class, area), so its size
+    follows the block's perimeter and the distinct areas, not the number of grains."""
+    labels = np.zeros((64, 64), np.uint8)
+    labels[4:60:4, 4:60:4] = 1  # 196 one-pixel grains inside the block
+    labels[0, :] = 2  # one grain along the top edge
+    block = label_block(labels, 0, 0, 3, connectivity=8)
+    assert sorted(block.klass.tolist()) == [0, 2]  # background touches the edges, as does the top row
+    assert block.inner_class.tolist() == [1] and block.inner_area.tolist() == [1]
+    assert block.inner_count.tolist() == [196]

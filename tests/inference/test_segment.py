@@ -257,7 +257,8 @@ def test_a_killed_driver_is_resumed_block_by_block(ray_session, manifests, test_
     environment = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "minseg", "segment", test_slides["section"], "--manifest", manifests["wv"],
                "--out", str(out), "--set", "segment.block=64", "--set", "segment.output_tile=64",
-               "--set", "segment.batch_size=1", "--set", "segment.cpus_per_actor=0.5"]
+               "--set", "segment.batch_size=1", "--set", "segment.cpus_per_actor=0.5",
+               "--set", "segment.preview_max_side=128"]  # as run() has it: records hold preview samples
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     records = out / "section" / ".minseg" / "blocks"
     deadline = time.monotonic() + 240
