@@ -1,11 +1,13 @@
 """Peak memory of the segmentation job: a 40000 x 40000 slide vs a 10000 x 10000 one (target ratio <= 1.25).
 
-Each slide is segmented by a fresh ``minseg segment`` process (the driver: with the block pipeline it
-only plans and counts block-done rows; the actors blend and write, a task finishes each slide). Sampled from /proc every 0.25 s: the driver's peak
-private memory (RssAnon: what the job itself holds) and its peak RSS (VmHWM, which also counts the
-Ray object-store pages it mapped while reading results), and the largest inference actor's private
-peak. A cheap untrained member keeps the run short: memory, not accuracy, is measured. Slides are
-fast repeated-tile synthetic BigTIFFs.
+Each slide is segmented by a fresh ``minseg segment`` process (the driver: with the block pipeline
+it only plans and counts block-done rows; the actors blend and write, a task finishes each slide).
+Sampled from /proc every 0.25 s: the driver's peak private memory (RssAnon: what the job itself
+holds) and its peak RSS (VmHWM, which also counts the Ray object-store pages it mapped while reading
+results), the largest inference actor's private peak, and the slide-finishing task's private peak.
+A cheap untrained member keeps the run short: memory, not accuracy, is measured (its noisy labels
+make a great many tiny grains: a worst case for the grain merge). Slides are fast
+repeated-tile synthetic BigTIFFs.
 
     python bench/segment_memory.py [--sizes 10000 40000] [--csv bench/results/segment_memory.csv]
 """
@@ -26,13 +28,14 @@ from _common import emit, memory_mib, repeated_tile_slide, untrained_ensemble  #
 MEMBERS = [("tiny", "half_unet", {"width": 0.0625})]
 
 
-def actor_pids() -> list[int]:
+def pids_titled(prefix: bytes) -> list[int]:
+    """Processes whose title (Ray sets it to the running actor or task) starts with ``prefix``."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if handle.read().startswith(b"ray::MapWorker(MapBatches(BlockSegmenter"):
+                    if handle.read().startswith(prefix):
                         pids.append(int(entry))
             except OSError:
                 continue
@@ -47,7 +50,7 @@ def segment(slide: str, manifest: str, out: str, args) -> dict:
         command += ["--set", f"ray.object_store_mib={args.object_store_mib}"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peaks = {"private": 0.0, "hwm": 0.0, "actor_private": 0.0}
+    peaks = {"private": 0.0, "hwm": 0.0, "actor_private": 0.0, "finish_private": 0.0}
 
     def sample():
         while process.poll() is None:
@@ -55,8 +58,10 @@ def segment(slide: str, manifest: str, out: str, args) -> dict:
                 driver = memory_mib(process.pid)
                 peaks["private"] = max(peaks["private"], driver.get("private", 0.0))
                 peaks["hwm"] = max(peaks["hwm"], driver.get("hwm", 0.0))
-                for pid in actor_pids():
-                    peaks["actor_private"] = max(peaks["actor_private"], memory_mib(pid).get("private", 0.0))
+                for key, title in (("actor_private", b"ray::MapWorker(MapBatches(BlockSegmenter"),
+                                   ("finish_private", b"ray::finish_slide")):
+                    for pid in pids_titled(title):
+                        peaks[key] = max(peaks[key], memory_mib(pid).get("private", 0.0))
             except OSError:
                 pass
             time.sleep(0.25)
@@ -92,6 +97,7 @@ def main() -> None:
         results[size] = segment(slide, manifest, os.path.join(work, f"out{size}"), args)
         print(f"# {size}^2: driver private peak {results[size]['private']:.0f} MiB (RSS peak "
               f"{results[size]['hwm']:.0f} MiB), largest actor private {results[size]['actor_private']:.0f} MiB, "
+              f"finishing task private {results[size]['finish_private']:.0f} MiB, "
               f"{results[size]['seconds']:.0f} s", file=sys.stderr)
         os.unlink(slide)
     small, large = args.sizes
@@ -104,6 +110,8 @@ def main() -> None:
            "driver_rss_ratio": round(results[large]["hwm"] / results[small]["hwm"], 3),
            "actor_private_small_mib": round(results[small]["actor_private"]),
            "actor_private_large_mib": round(results[large]["actor_private"]),
+           "finish_private_small_mib": round(results[small]["finish_private"]),
+           "finish_private_large_mib": round(results[large]["finish_private"]),
            "seconds_small": round(results[small]["seconds"]), "seconds_large": round(results[large]["seconds"]),
            "area_ratio": round((large / small) ** 2, 1)}
     emit(row, args.csv)

@@ -9,7 +9,7 @@ corners included, as a graph whose connected components (``scipy.sparse.csgraph`
 grains crossing blocks. The result equals labelling the whole label map at once, whatever the
 block size and the order blocks finish in (tests/inference/test_components.py); its size grows
 with the blocks' perimeters and the number of distinct grain areas, not with the slide's area
-(a noisy 40000² map has ~10⁸ grains).
+(the number of grains of a noisy label map grows with its area).
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ class BlockSegmenter:
                     data = unpack(payload)
                     windows = len(data["windows"])
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
-                                           data["image"], self._arrays(plan), self.storage, self.settings)
+                                           data["image"], self._arrays(plan), self.storage, self.settings,
+                                           self.batch_size)
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
@@ -289,8 +290,11 @@ def thread_map(function, items: list, threads: int) -> list:
     """``function`` over ``items`` on a thread pool, results in the items' order (I/O-bound driver work)."""
     if threads <= 1 or len(items) <= 1:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="minseg-plan") as pool:
+    pool = ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="minseg-plan")
+    try:
         return list(pool.map(function, items))
+    finally:  # on an error or Ctrl-C, the slides not yet started are not planned or prepared
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def block_dataset(items: list[dict], plans: dict[str, SlidePlan], manifest: EnsembleManifest,
@@ -381,14 +385,14 @@ class BlockRun:
             try:
                 return prepare_slide(plan, self.settings, self.storage, self.classes, self.result.ensemble_digest,
                                      self.metadata(plan))
-            except OSError as exc:
+            except Exception as exc:  # a storage or zarr error fails this slide (failures.json), not the run
                 return exc
 
         items = []
         for (slide_id, plan), prepared in zip(self.plans.items(),
                                               thread_map(prepare, list(self.plans.values()), self.settings.plan_threads)):
-            if isinstance(prepared, OSError):
-                self.fail(slide_id, f"cannot prepare its outputs: {prepared}")
+            if isinstance(prepared, Exception):
+                self.fail(slide_id, f"cannot prepare its outputs: {type(prepared).__name__}: {prepared}")
                 continue
             todo, resumed = prepared
             if resumed:
