@@ -3,9 +3,10 @@
 Measured in this one run, all on the first GPU:
 
 1. ``infer_*``: RUEL-5 (five full-size Res-UNet members, the paper's learners) fused on 512² tiles
-   through ``EnsembleRuntime`` exactly as the segmentation actors run it (bf16 autocast, channels_last,
-   uint8 windows through pinned memory, fp16 fused scores back to the host), without and with
-   ``torch.compile``; tiles/s after warm-up, and the warm-up time (compilation).
+   through ``EnsembleRuntime`` as the segmentation actors run it (bf16 autocast, channels_last, uint8
+   windows copied to the GPU each batch; fused scores left on the GPU, as in
+   ``bench/ensemble_runtime.py``), without and with ``torch.compile``; tiles/s after warm-up, and
+   the warm-up time (compilation: slow for five ResNet50 U-Nets; ``--skip train`` first if time is short).
 2. ``segment_*``: the whole block pipeline (``segment_slides``) on a synthetic slide with that ensemble:
    one actor holding the GPU, then two actors sharing it (``gpus_per_actor: 0.5``); end-to-end tiles/s.
 3. ``train_*``: the real training job (Ray Train) on synthetic sections: one full-size Res-UNet member
@@ -140,7 +141,7 @@ def main() -> None:
                               seed=3, task_cpus=0.25)
         packed = args.train_members if not args.smoke else 2
         common = dict(model="res_unet", model_options=options, batch_size=4 if args.smoke else args.train_batch,
-                      cpus_per_worker=0.25 if args.smoke else 1.0, task_cpus=0.25 if args.smoke else 1.0)
+                      cpus_per_worker=0.25 if args.smoke else 0.5, task_cpus=0.25)  # CPUs left for data
         alone = run(f"{work}/sections", f"{work}/runs", "alone", 1, 2, tile, True, gpus_per_worker=gpus, **common)
         together = run(f"{work}/sections", f"{work}/runs", "packed", packed, 2, tile, True,
                        gpus_per_worker=gpus / packed, **common)
