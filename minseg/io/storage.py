@@ -382,6 +382,8 @@ class Storage:
                     read_timeout=self.settings.read_timeout_s,
                     s3={"addressing_style": self.settings.addressing_style.value},
                     signature_version="s3v4",
+                    # botocore keeps 10 by default; the driver plans slides on up to segment.plan_threads threads
+                    max_pool_connections=64,
                 )
                 self._client = self._session().client(
                     "s3", endpoint_url=self.endpoint_url, config=config, verify=self.settings.verify_tls
