@@ -39,6 +39,22 @@ def repeated_tile_slide(path: str, size: int, tile: int = 512, distinct: int = 2
     write_pyramids([(path, spec)], lambda row, col: (tiles[(row * 7 + col * 13) % distinct],))
 
 
+def synthetic_slides(folder: str, count: int, size: int) -> list[str]:
+    """``count`` copies of one size x size synthetic slide (``SlideSynth``) in ``folder``; copies, because
+    rendering each costs more than the benchmark measures. Returns the paths, ``s000.tif`` first."""
+    import shutil
+
+    from minseg.synth.config import SlideSynth
+    from minseg.synth.slide import write_synthetic_slide
+
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"s{index:03d}.tif") for index in range(count)]
+    write_synthetic_slide(paths[0], os.path.join(folder, "mask.tif"), SlideSynth(height=size, width=size))
+    for path in paths[1:]:
+        shutil.copyfile(paths[0], path)
+    return paths
+
+
 def untrained_ensemble(root: str, members: list[tuple[str, str, dict]], tile: int, overlap: int,
                        mode: str = "soft") -> str:
     """Seeded, untrained members over the synthetic class map; returns the manifest URI."""

@@ -32,7 +32,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, untrained_ensemble  # noqa: E402
+from _common import emit, synthetic_slides, untrained_ensemble  # noqa: E402
 
 MEMBERS = [("halfunet", "half_unet", {"width": 0.25})]
 
@@ -102,19 +102,9 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from minseg.synth.config import SlideSynth
-    from minseg.synth.slide import write_synthetic_slide
-
     work = tempfile.mkdtemp(prefix="minseg-scaleout-")
-    first = os.path.join(work, "slides", "s000.tif")
-    write_synthetic_slide(first, os.path.join(work, "mask.tif"), SlideSynth(height=args.size, width=args.size))
-    slides = [first]
-    big = os.path.join(work, "big.tif")
-    write_synthetic_slide(big, os.path.join(work, "big_mask.tif"),
-                          SlideSynth(height=args.block_slide, width=args.block_slide))
-    for index in range(1, args.many):
-        slides.append(os.path.join(work, "slides", f"s{index:03d}.tif"))
-        shutil.copyfile(first, slides[-1])
+    slides = synthetic_slides(os.path.join(work, "slides"), args.many, args.size)
+    [big] = synthetic_slides(os.path.join(work, "big"), 1, args.block_slide)
     manifest = untrained_ensemble(os.path.join(work, "ensemble"), MEMBERS, 256, 64)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head only coordinates

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, untrained_ensemble  # noqa: E402
+from _common import emit, synthetic_slides, untrained_ensemble  # noqa: E402
 
 MEMBERS = [("halfunet", "half_unet", {"width": 0.25})]
 
@@ -76,7 +75,7 @@ def single_process(manifest_uri: str, slides: list[str], out: str, args) -> floa
                                  settings.output_tile))
         arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
         segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"],
-                      arrays, storage, settings)
+                      arrays, storage, settings, segmenter.batch_size)
         finish_slide(plan, settings, storage, classes, {}, {})
         assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
     return time.perf_counter() - started
@@ -111,6 +110,8 @@ def monai_window(manifest_uri: str, slides: list[str], args) -> float | None:
 
 
 def main() -> None:
+    from minseg.inference.config import SegmentSettings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slides", type=int, default=4, help="slides in the batch (the same slide, copied)")
     parser.add_argument("--size", type=int, default=4096)
@@ -119,26 +120,14 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--block", type=int, help="segment.block (default: its default)")
+    parser.add_argument("--block", type=int, default=SegmentSettings().block, help="segment.block")
     parser.add_argument("--csv")
     args = parser.parse_args()
-    if args.block is None:
-        from minseg.inference.config import SegmentSettings
-
-        args.block = SegmentSettings().block
-
-    from minseg.synth.config import SlideSynth
     from minseg.ensemble.sliding import TileGrid
     from minseg.runtime import init_ray
-    from minseg.synth.slide import write_synthetic_slide
 
     work = tempfile.mkdtemp(prefix="minseg-bench-")
-    slide = os.path.join(work, "slide.tif")
-    write_synthetic_slide(slide, os.path.join(work, "mask.tif"), SlideSynth(height=args.size, width=args.size))
-    slides = [slide]
-    for index in range(1, args.slides):
-        slides.append(os.path.join(work, f"slide{index}.tif"))
-        shutil.copyfile(slide, slides[-1])
+    slides = synthetic_slides(os.path.join(work, "slides"), args.slides, args.size)
     manifest = untrained_ensemble(os.path.join(work, "ensemble"), MEMBERS, args.tile, args.overlap)
     tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap)) * args.slides
     init_ray()

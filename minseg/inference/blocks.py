@@ -202,14 +202,14 @@ class BlockDone(Columns):
 
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  image: np.ndarray, arrays, storage: Storage, settings, batch_size: int | None = None) -> BlockRecord:
+                  image: np.ndarray, arrays, storage: Storage, settings, batch_size: int) -> BlockRecord:
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
         predict: (n, tile, tile, 3) uint8 windows -> (n, C, tile, tile) float16 fused scores.
         arrays: the slide's ``ngff.SegmentationArrays``.
-        batch_size: windows per ``predict`` call (default ``settings.batch_size``; an actor whose batch was
-            sized from GPU memory passes its own, so no call pads a second batch).
+        batch_size: windows per ``predict`` call: the predictor's own batch size (``BlockSegmenter.batch_size``,
+            which GPU memory may set below ``settings.batch_size``), so no call pads a second batch.
     """
     from minseg.io.tiff import halve
 
@@ -226,9 +226,8 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
 
     stitcher = block_stitcher(plan, block, settings.output_tile, on_tile)
     # a batch at a time: the block's scores are never all in memory (the stitcher frees finished tiles)
-    step = batch_size or settings.batch_size  # the predictor pads to its own batch size: cut the same way
-    for start in range(0, len(windows), step):
-        scores = predict(windows[start : start + step])
+    for start in range(0, len(windows), batch_size):
+        scores = predict(windows[start : start + batch_size])
         for offset, window_scores in enumerate(scores):
             stitcher.add(int(rows[start + offset]), int(cols[start + offset]), window_scores)
     if not stitcher.complete:

@@ -287,7 +287,12 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
 
 
 def thread_map(function, items: list, threads: int) -> list:
-    """``function`` over ``items`` on a thread pool, results in the items' order (I/O-bound driver work)."""
+    """``function`` over ``items`` on a thread pool, results in the items' order (I/O-bound driver work).
+
+    Our own rather than ``tqdm.contrib.concurrent.thread_map`` or a bare ``Executor.map``: on the first
+    error (or Ctrl-C) those still run every item already submitted, i.e. thousands of slide header reads
+    and metadata writes before the error reaches the user; this cancels the ones not started.
+    """
     if threads <= 1 or len(items) <= 1:
         return [function(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="minseg-plan")
