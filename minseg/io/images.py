@@ -31,16 +31,23 @@ class DecodeError(InputError):
 LIMIT_KEY = "data.limits.max_image_pixels"
 
 
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF Orientation values that swap width and height when displayed
+
+
+def _check_size(image, max_pixels: int, limit_key: str) -> None:
+    width, height = image.size
+    if width * height > max_pixels:  # before decoding: the header is all that was read
+        raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                          f"{max_pixels:,} ({limit_key})")
+
+
 def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY):
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # we check the header ourselves, against the configured limit
     try:
         image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:  # before decoding: the header is all that was read
-            raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                              f"{max_pixels:,} ({limit_key})")
+        _check_size(image, max_pixels, limit_key)
         image.load()
     except DecodeError:
         raise
@@ -51,6 +58,33 @@ def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KE
     # as displayed: cameras store portrait shots landscape with an EXIF Orientation, and
     # annotation tools (labelme, CVAT, any viewer) draw masks on the picture as shown
     return ImageOps.exif_transpose(image)
+
+
+def picture_shape(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[int, int]:
+    """(height, width) of a JPEG / PNG / BMP as displayed (EXIF Orientation applied), from its header only:
+    nothing is decoded, and only the first bytes of ``stream`` (a seekable binary file) are read.
+
+    Raises DecodeError for an unreadable header or an image over ``max_pixels`` (naming ``limit_key``).
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(stream) as image:
+            _check_size(image, max_pixels, limit_key)
+            width, height = image.size
+            # EXIF found while reading the header (JPEG APP1, PNG eXIf before the pixels): image.getexif()
+            # would decode a whole PNG to look for an eXIf chunk after them
+            exif = Image.Exif()
+            if image.info.get("exif"):
+                exif.load(image.info["exif"])
+            if exif.get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+                width, height = height, width
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+    return height, width
 
 
 # TIFF PhotometricInterpretation values (TIFF 6.0, section 3 and 21-23)

@@ -4,7 +4,8 @@ TIFF family (tiled or striped (Big)TIFF, pyramidal, NDPI, SVS): only the tiles o
 strips a region touches are read (seek + read through the storage layer, so ranged
 GETs on S3) and decoded by tifffile; decoded segments are kept in a small LRU cache
 because neighbouring regions share them (NDPI strips span the whole width). JPEG and
-PNG have no random access: they are decoded once per process, within a pixel limit.
+PNG have no random access: opening reads the header; the first region read decodes the
+whole picture (once per open slide), within a pixel limit.
 
 Every region comes back as RGB uint8: grey is repeated, alpha dropped, 16 bit scaled.
 
@@ -25,7 +26,7 @@ from typing import Callable, Hashable, Iterator, Protocol
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_image, tiff_orientation, tiff_pixel_format, to_rgb8
+from minseg.io.images import DecodeError, decode_image, picture_shape, tiff_orientation, tiff_pixel_format, to_rgb8
 from minseg.io.storage import Storage, StorageError
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -310,21 +311,35 @@ class TiffReader:
 
 @register_slide_reader("raster", suffixes=(".png", ".jpg", ".jpeg"))
 class RasterReader:
-    """PNG / JPEG: no random access, so decoded whole (RGB uint8) within ``max_raster_pixels``."""
+    """PNG / JPEG: no random access, so decoded whole (RGB uint8) within ``max_raster_pixels``, on the first
+    region read. Opening reads the header only: planning thousands of slides on the driver's thread pool
+    (``segment.plan_threads``) must not hold thousands of decoded images."""
 
     def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
         name = uri.lower().rsplit("/", 1)[-1]
-        key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels else \
-            "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
-        self._pixels = decode_image(storage.read_bytes(uri), name, options.max_raster_pixels, key)
-        height, width = self._pixels.shape[:2]
-        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None)
+        self._uri, self._storage, self._name = uri, storage, name
+        self._max_pixels = options.max_raster_pixels
+        self._limit_key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels \
+            else "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
+        with storage.open_read(uri) as stream:
+            shape = picture_shape(stream, self._max_pixels, self._limit_key)
+        self._pixels: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None)
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+        with self._lock:  # one decode, even when threads read regions at once
+            if self._pixels is None:
+                pixels = decode_image(self._storage.read_bytes(self._uri), self._name, self._max_pixels,
+                                      self._limit_key)
+                if pixels.shape[:2] != self.info.levels[0]:  # e.g. an EXIF Orientation after a PNG's pixels
+                    raise DecodeError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels as displayed, not the "
+                                      f"{self.info.width}x{self.info.height} its header gives; re-save it")
+                self._pixels = pixels
         return self._pixels[y : y + height, x : x + width]
 
     def close(self) -> None:
-        pass  # nothing open; the pixels go with the reader
+        self._pixels = None
 
 
 TIFF_SUFFIXES = _READERS["tiff"].suffixes
@@ -384,7 +399,7 @@ class Slide:
                 return np.ascontiguousarray(region)
             displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
             return displayed(level, region) if displayed else to_rgb8(region)
-        except DecodeError as exc:
+        except (DecodeError, StorageError) as exc:  # a PNG/JPEG is fetched and decoded on its first read
             raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:
             raise

@@ -49,5 +49,7 @@ def test_slides(tmp_path_factory):
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "small.png")
     data = (root / "section.tif").read_bytes()
     (root / "corrupt.tif").write_bytes(data[: len(data) // 3])  # header fine, tiles cut off
+    data = (root / "small.png").read_bytes()
+    (root / "cut.png").write_bytes(data[: len(data) // 2])  # planned from its header; decoding fails
     return {"section": str(root / "section.tif"), "small": str(root / "small.png"),
-            "corrupt": str(root / "corrupt.tif"), "missing": str(root / "missing.tif")}
+            "corrupt": str(root / "corrupt.tif"), "missing": str(root / "missing.tif"), "cut": str(root / "cut.png")}

@@ -80,14 +80,16 @@ def single_pass(manifest_uri, slide_path, batch_size=4):
 
 
 def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test_slides, tmp_path):
-    slides = [test_slides[k] for k in ("section", "corrupt", "small", "missing")]
+    slides = [test_slides[k] for k in ("section", "corrupt", "small", "missing", "cut")]
     summary = run(manifests["soft"], slides, tmp_path, formats=["zarr", "tiff"])
     assert sorted(d["slide"] for d in summary.done) == ["section", "small"], summary.failed
     failures = {f.slide: f.reason for f in summary.failed}
-    assert set(failures) == {"corrupt", "missing"}
+    assert set(failures) == {"corrupt", "missing", "cut"}
     assert "corrupt.tif" in failures["corrupt"] and "missing.tif" in failures["missing"]
+    assert "cut.png: unreadable image" in failures["cut"]
     assert json.loads((tmp_path / "failures.json").read_text()) == [f.to_document() for f in summary.failed]
-    assert not (tmp_path / "corrupt").exists() and not (tmp_path / "missing").exists(), "no partial outputs"
+    for name in ("corrupt", "missing", "cut"):
+        assert not (tmp_path / name).exists(), f"no partial outputs of {name}"
     assert not list(tmp_path.rglob(".minseg")), "block records are removed once a slide is done"
 
     section = tmp_path / "section"
@@ -158,7 +160,7 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
 
     assert pq.read_table(tmp_path / "slides.parquet").num_rows == 2
     document = json.loads((tmp_path / "run_summary.json").read_text())
-    assert document["blocks"] == 6 + 6 + 1 and document["windows"] > 4 * 7 + 1  # the corrupt slide's blocks were tried
+    assert document["blocks"] == 6 + 6 + 1 + 1 and document["windows"] > 4 * 7 + 1  # bad slides tried too
     # the driver got a few numbers per block, not the scores the windows made
     assert document["driver_bytes"] < 0.01 * document["score_bytes"]
 

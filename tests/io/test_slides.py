@@ -193,3 +193,36 @@ def test_one_huge_strip_and_a_raster_slide_over_the_limit_are_refused(tmp_path):
     with pytest.raises(SlideError, match=r"photo.png: image of 64x64 = 4,096 pixels exceeds the limit of 1,000 "
                                          r"\(segment.limits.max_pixels\)"):
         Slide(str(png), limits=SlideLimits(max_pixels=1000))
+
+
+def test_a_picture_slide_is_opened_from_its_header_and_decoded_on_first_read(tmp_path):
+    """Planning opens every slide of a batch at once on a thread pool: opening a PNG / JPEG must not decode
+    it (a 3000² PNG is 27 MB decoded): a file whose body is cut opens, with its shape, and fails on the first
+    read, naming the slide. The shape is the displayed one (EXIF Orientation applied, JPEG and PNG), and the
+    pixels equal a whole decode."""
+    from minseg.io.images import decode_image
+
+    rng = np.random.default_rng(3)
+    png = tmp_path / "large.png"
+    Image.fromarray(np.repeat(rng.integers(0, 255, (3000, 1, 3), np.uint8), 3000, axis=1)).save(png)
+    slide = Slide(str(png))
+    assert slide.info.levels == ((3000, 3000),)
+    assert np.array_equal(slide.read_region(100, 2000, 50, 1000),
+                          decode_image(png.read_bytes(), "large.png", 10**9)[100:150, 2000:3000])
+    slide.close()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 wide x 20 high, shown rotated: 20 wide x 60 high
+    for name in ("turned.jpg", "turned.png"):
+        Image.fromarray(rng.integers(0, 255, (20, 60, 3), np.uint8)).save(tmp_path / name, exif=exif)
+        with Slide(str(tmp_path / name)) as slide:
+            assert slide.info.levels == ((60, 20),)
+            assert slide.read_region(0, 0, 60, 20).shape == (60, 20, 3)
+
+    cut = tmp_path / "cut.png"
+    data = png.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    with Slide(str(cut)) as slide:
+        assert slide.info.levels == ((3000, 3000),)
+        with pytest.raises(SlideError, match=r"cut.png: unreadable image"):
+            slide.read_region(0, 0, 10, 10)
