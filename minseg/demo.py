@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from minseg.config.schema import MinsegConfig
 from minseg.io.storage import Storage, absolute_uri, join_uri
 from minseg.logs import get_logger, log_event
+from minseg.preflight import job_paths
 from minseg.runtime import init_ray
 from minseg.synth.dataset import write_section_dataset
 from minseg.synth.slide import write_synthetic_slide
@@ -66,7 +67,7 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     started = time.monotonic()
     outputs: dict[str, object] = {}
     if synth.sections is not None:
-        init_ray(config.ray)
+        init_ray(config.ray, job_paths([], [output_uri]))
         outputs["sections"] = write_section_dataset(
             join_uri(output_uri, "sections"), synth.sections, synth.seed, storage, config.ray.task_cpus
         )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from minseg.config.base import StrictModel
 from minseg.io.config import PositiveInt, StorageSettings
 from minseg.logs import _is_interactive, configure_logging, get_logger, log_event, verbose
+
+if TYPE_CHECKING:
+    from minseg.preflight import ClusterPaths
 
 log = get_logger("runtime")
 
@@ -17,6 +21,9 @@ class RaySettings(StrictModel):
     address: str | None = Field(None, description="cluster address; default RAY_ADDRESS or a local instance")
     num_cpus: PositiveInt | None = Field(None, description="CPUs for a local instance (default: all)")
     task_cpus: float = Field(0.5, gt=0, description="CPUs per data task; fractional leaves headroom on small nodes")
+    preflight_timeout_s: float = Field(120.0, ge=0, description="on a cluster minseg joins (address / RAY_ADDRESS, "
+                                       "ray job submit): seconds every live node has to show it can import minseg "
+                                       "and see the job's local paths before the job starts; 0 skips the check")
     object_store_mib: int | None = Field(None, ge=80, description="object store size of a local instance (default: "
                                          "Ray's, 30 % of RAM); every process that reads results maps its pages")
 
@@ -47,10 +54,12 @@ def ray_log_dir() -> str | None:
         return None
 
 
-def init_ray(settings: RaySettings | None = None):
+def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = None):
     """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local, isolated one.
 
     Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused.
+    On joining a cluster, ``minseg.preflight.preflight`` checks every live node first (packages, the
+    job's local ``paths``), within ``ray.preflight_timeout_s``, once per process and set of paths.
     By default Ray's own output (worker and actor stdout/stderr, Ray Data plans, Tune tables)
     stays in Ray's log folder (logged as ``ray.ready logs=...``) and the console shows minseg's
     lines; ``--verbose`` / MINSEG_LOG_LEVEL=debug forwards it to the console as Ray does.
@@ -71,6 +80,7 @@ def init_ray(settings: RaySettings | None = None):
         )
         if address:
             ray.init(address=address, **kwargs)
+            _JOINED.append(True)
         else:  # "local": never join another Ray instance that happens to run on this machine
             store = settings.object_store_mib * 2**20 if settings.object_store_mib else None
             ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
@@ -82,8 +92,19 @@ def init_ray(settings: RaySettings | None = None):
     if started:  # once per process: later phases reuse the instance
         resources = ray.cluster_resources()
         log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
-                  nodes=len(ray.nodes()), logs=ray_log_dir() or "(on the cluster)")
+                  nodes=sum(1 for node in ray.nodes() if node.get("Alive")), logs=ray_log_dir() or "(on the cluster)")
+    if _JOINED and settings.preflight_timeout_s:
+        from minseg.preflight import ClusterPaths, preflight
+
+        paths = paths or ClusterPaths()
+        if paths not in _CHECKED:
+            preflight(paths, settings.preflight_timeout_s)
+            _CHECKED.add(paths)
     return ray
+
+
+_JOINED: list[bool] = []  # this process joined a cluster it did not start (preflight applies)
+_CHECKED: set = set()  # ClusterPaths already checked in this process
 
 
 FORWARDED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",

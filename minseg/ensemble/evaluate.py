@@ -43,6 +43,7 @@ from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
+from minseg.preflight import job_paths
 from minseg.runtime import init_ray
 
 log = get_logger("ensemble")
@@ -321,7 +322,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
-    init_ray(config.ray)
+    init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     prepared = prepare_evaluation_data(config, storage, run_uri)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
                     prepared.normalization, settings)

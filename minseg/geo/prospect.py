@@ -48,6 +48,7 @@ from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
+from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
 from minseg.train.checkpoint import read_pointer
 from minseg.train.ensemble import MemberResult, TrialInputs
@@ -482,7 +483,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     out = output_uri(config)
     if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
         storage.delete(join_uri(out, "summary.json"))
-    init_ray(config.ray)
+    init_ray(config.ray, job_paths([settings], [out]))
     cpus = config.ray.task_cpus
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
     rng = np.random.default_rng(config.run.seed)

@@ -191,7 +191,8 @@ def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], out
 @dataclass
 class BlockDone(Columns):
     """Actors → driver, a few numbers per block: slide, block (JSON), windows predicted, bytes of fused
-    scores those windows made (they stayed on the worker), seconds, error ('' when none)."""
+    scores those windows made (they stayed on the worker), seconds, error ('' when none), and the Ray node
+    that segmented it."""
 
     slide: list
     block: list
@@ -199,6 +200,7 @@ class BlockDone(Columns):
     score_bytes: list
     seconds: list
     error: list
+    node: list
 
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,

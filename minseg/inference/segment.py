@@ -52,6 +52,7 @@ from minseg.io.slides import SLIDE_SUFFIXES, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import Progress, get_logger, log_event
+from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
 
 log = get_logger("segment")
@@ -146,6 +147,10 @@ class BlockSegmenter:
                                                           self.fusion, cap=settings.batch_size)
         self.arrays: dict[str, SegmentationArrays] = {}
         self.layouts: dict[str, int] = {}
+        import ray
+
+        # the Ray node this actor runs on (run_summary.json: blocks_per_node); none outside Ray (benchmarks)
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(n, tile, tile, 3) uint8 -> (n, C, tile, tile) float16 fused scores."""
@@ -169,7 +174,7 @@ class BlockSegmenter:
 
     def __call__(self, batch: dict) -> dict:
         inputs = BlockInput.from_batch(batch)
-        out = BlockDone([], [], [], [], [], [])
+        out = BlockDone([], [], [], [], [], [], [])
         for slide_id, text, payload, error in zip(inputs.slide, inputs.block, inputs.payload, inputs.error):
             plan, block = self.plans[str(slide_id)], block_from_json(str(text))
             windows, seconds, error = 0, 0.0, str(error)
@@ -190,6 +195,7 @@ class BlockSegmenter:
             out.score_bytes.append(windows * self.manifest.num_classes * plan.tile * plan.tile * 4)  # as float32
             out.seconds.append(seconds)
             out.error.append(error)
+            out.node.append(self.node)
         return out.to_batch()
 
 
@@ -226,6 +232,10 @@ class SegmentResult:
     windows: int = 0  # tile windows they predicted (halos counted each time)
     score_bytes: int = 0  # float32 fused scores those windows made; they never left the workers
     driver_bytes: int = 0  # what the driver received from the block pipeline
+    # pipeline start -> the first block's prediction began (actors starting, the first block read): paid once
+    # per run, whatever the batch's size; ~10 s on 2 busy cores (actors importing torch, Ray Data starting)
+    startup_seconds: float | None = None
+    blocks_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> blocks segmented there
 
     @property
     def recompute(self) -> float | None:
@@ -239,6 +249,8 @@ class SegmentResult:
             "wall_seconds": round(self.seconds, 1),  # the whole run: planning, reading, predicting, publishing
             "blocks": self.blocks, "windows": self.windows, "recompute": self.recompute,
             "score_bytes": self.score_bytes, "driver_bytes": self.driver_bytes,
+            "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 2),
+            "blocks_per_node": self.blocks_per_node,
             "done": [{"slide": s["slide"], "uri": s["uri"], "active_seconds": s["active_seconds"],
                       "wall_seconds": s["wall_seconds"], "tiles": s["tiles"]} for s in self.done],
             "skipped": [s.to_document() for s in self.skipped],
@@ -348,7 +360,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
               manifest=manifest_uri, output=output_uri)
     if plans:
-        init_ray(config.ray)
+        init_ray(config.ray, job_paths([settings, manifest_uri], [output_uri]))
         try:
             BlockRun(plans, manifest, manifest_uri, settings, storage, task_options(config.storage), result).run()
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
@@ -413,9 +425,14 @@ class BlockRun:
                 for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                     self.result.driver_bytes += len(pickle.dumps(batch))  # what crossed over, object columns too
                     rows = BlockDone.from_batch(batch)
-                    for slide_id, text, windows, score_bytes, error in zip(rows.slide, rows.block, rows.windows,
-                                                                           rows.score_bytes, rows.error):
+                    for slide_id, text, windows, score_bytes, seconds, error, node in zip(
+                            rows.slide, rows.block, rows.windows, rows.score_bytes, rows.seconds, rows.error,
+                            rows.node):
                         progress.advance()
+                        node = str(node)
+                        self.result.blocks_per_node[node] = self.result.blocks_per_node.get(node, 0) + 1
+                        if self.result.startup_seconds is None and not error:
+                            self.result.startup_seconds = max(0.0, time.monotonic() - self.started - float(seconds))
                         self.block_done(str(slide_id), block_from_json(str(text)), int(windows), int(score_bytes),
                                         str(error))
                     self.collect(timeout=0)

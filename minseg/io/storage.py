@@ -18,6 +18,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,60 @@ from minseg.logs import get_logger, log_event, redact
 log = get_logger("io.storage")
 
 _TMP_MARK = ".minseg-tmp"
+
+
+def scratch_suffix() -> str:
+    """The end of every scratch name minseg makes (temp files beside outputs, pyramid scratch folders,
+    downloads): ``.<pid>@<host>.minseg-tmp``, so a later run can tell a killed run's leftovers from a
+    live one's (:func:`sweep_scratch`). Hostnames hold dots and dashes, never '@'."""
+    return f".{os.getpid()}@{socket.gethostname()}{_TMP_MARK}"
+
+
+def _owner_gone(name: str) -> bool:
+    """True when ``name`` is scratch of a process of this host that no longer runs."""
+    if not name.endswith(_TMP_MARK) or "@" not in name:
+        return False  # not ours, or from a version that did not name its owner: keep
+    head, host = name[: -len(_TMP_MARK)].rsplit("@", 1)
+    pid = head.rsplit(".", 1)[-1]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's (a shared mount): it may still be writing
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
+
+
+_SWEPT: set[str] = set()
+_SWEPT_LOCK = threading.Lock()
+
+
+def sweep_scratch(directory: str) -> int:
+    """Remove the scratch files and folders a killed run of this host left in ``directory`` (not below it),
+    once per directory per process; returns how many. A live process's scratch is never touched."""
+    directory = os.path.abspath(directory)
+    with _SWEPT_LOCK:
+        if directory in _SWEPT:
+            return 0
+        _SWEPT.add(directory)
+    try:
+        names = [name for name in os.listdir(directory) if _owner_gone(name)]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    if names:
+        log_event(log, "storage.scratch_removed", folder=directory, entries=len(names))
+    return len(names)
+
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -200,8 +255,9 @@ class _LocalAtomicWriter(_AtomicWriter):
         super().__init__(path)
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
+        sweep_scratch(directory)
         fd, self._tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=_TMP_MARK
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=scratch_suffix()
         )
         os.chmod(self._tmp, default_file_mode())  # mkstemp makes 0600; published files follow the umask
         self._file = os.fdopen(fd, "wb")
@@ -480,8 +536,9 @@ class Storage:
         directory = os.path.dirname(loc.path) if not loc.is_s3 else None
         if directory:
             os.makedirs(directory, exist_ok=True)
+        sweep_scratch(directory or tempfile.gettempdir())
         fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + _TMP_MARK
+            dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + scratch_suffix()
         )
         os.close(fd)
         os.chmod(tmp, default_file_mode())
@@ -511,7 +568,8 @@ class Storage:
                 raise ObjectNotFoundError(f"{loc.uri}: no such file")
             yield loc.path
             return
-        with tempfile.TemporaryDirectory(prefix="minseg-") as tmp:
+        sweep_scratch(tempfile.gettempdir())
+        with tempfile.TemporaryDirectory(prefix="minseg-", suffix=scratch_suffix()) as tmp:
             name = os.path.basename(loc.path.rstrip("/")) or "object"
             if self.exists(uri):
                 target = os.path.join(tmp, name) + suffix
@@ -667,7 +725,7 @@ def _list_local(path: str) -> Iterator[ObjectInfo]:
         for folder, dirs, files in os.walk(root):
             found.extend(os.path.join(folder, name) for name in files)
     for full in sorted(found):
-        if not full.endswith(_TMP_MARK):
+        if _TMP_MARK not in full:  # scratch files, and the files of scratch folders
             yield ObjectInfo(full, os.path.getsize(full))
 
 

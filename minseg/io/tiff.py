@@ -21,6 +21,7 @@ import numpy as np
 import tifffile
 
 from minseg.enums import TiffCompression
+from minseg.io.storage import scratch_suffix, sweep_scratch
 
 _COMPRESSION = {
     TiffCompression.NONE: None,
@@ -130,7 +131,9 @@ class PyramidWriter:
             options["compressionargs"] = {"level": 90}
         if spec.colormap is not None:
             options["colormap"] = spec.colormap
-        scratch_dir = tempfile.mkdtemp(prefix="minseg-pyramid-", dir=os.path.dirname(os.path.abspath(self.path)))
+        folder = os.path.dirname(os.path.abspath(self.path))
+        sweep_scratch(folder)  # a killed run's scratch levels can be GBs
+        scratch_dir = tempfile.mkdtemp(prefix="minseg-pyramid-", suffix=scratch_suffix(), dir=folder)
         try:
             scratch = [os.path.join(scratch_dir, f"level{n}.raw") for n in range(spec.levels)]
             with tifffile.TiffWriter(self.path, bigtiff=True) as tiff:

@@ -25,6 +25,7 @@ from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
+from minseg.preflight import job_paths
 from minseg.runtime import init_ray
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
 from minseg.train.config import MemberSettings
@@ -372,7 +373,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if existing and not resume:
         raise InputError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
                          "them, or choose another run.name")
-    init_ray(config.ray)
+    init_ray(config.ray, job_paths([config.data, config.training], [run_uri]))
     import ray
 
     resources = ray.cluster_resources()

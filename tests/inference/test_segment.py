@@ -163,6 +163,8 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert document["blocks"] == 6 + 6 + 1 + 1 and document["windows"] > 4 * 7 + 1  # bad slides tried too
     # the driver got a few numbers per block, not the scores the windows made
     assert document["driver_bytes"] < 0.01 * document["score_bytes"]
+    assert 0 < document["startup_seconds"] < document["wall_seconds"]
+    assert list(document["blocks_per_node"].values()) == [document["blocks"]]  # one local node did them all
 
 
 def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifests, test_slides, tmp_path):

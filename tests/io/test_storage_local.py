@@ -88,3 +88,39 @@ def test_staged_output_publishes_only_on_success(tmp_path):
                 f.write(b"half")
             raise ValueError("writer failed")
     assert sorted(os.listdir(tmp_path)) == ["ok.tif"]
+
+
+def test_a_killed_writers_scratch_is_removed_and_a_live_ones_kept(tmp_path):
+    """A run killed mid-write leaves its temp file (and a pyramid writer its scratch folder, GBs at survey
+    scale) beside the outputs; the next write there removes them, but never a live process's scratch."""
+    import signal
+    import subprocess
+    import sys
+
+    writer = ("import sys, time\nfrom minseg.io.storage import Storage\n"
+              "out = Storage().open_write(sys.argv[1]); out.write(b'x' * 1000)\n"
+              "print('writing', flush=True); time.sleep(120)\n")
+
+    def start(name):
+        process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path / name)], stdout=subprocess.PIPE,
+                                   text=True)
+        assert process.stdout.readline().strip() == "writing"
+        return process
+
+    killed, live = start("killed.bin"), start("live.bin")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        dead_folder = tmp_path / f"minseg-pyramid-abc.{killed.pid}@{__import__('socket').gethostname()}.minseg-tmp"
+        dead_folder.mkdir()
+        (dead_folder / "level1.raw").write_bytes(b"\0" * 100)
+        names = sorted(os.listdir(tmp_path))
+        assert len(names) == 3 and all(".minseg-tmp" in name for name in names), names
+        storage = Storage()
+        assert [o.uri for o in storage.list(str(tmp_path))] == [], "scratch is never listed as output"
+        storage.write_bytes(str(tmp_path / "next.bin"), b"y")
+        left = sorted(os.listdir(tmp_path))
+        assert len(left) == 2 and "next.bin" in left and any(n.startswith(".live.bin.") for n in left), left
+    finally:
+        live.kill()
+        live.wait()
