@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from minseg.errors import InputError
+from minseg.io.storage import is_s3, parse_uri, scratch_suffix
 from minseg.logs import get_logger, log_event
 
 log = get_logger("preflight")
@@ -70,14 +71,9 @@ def job_paths(inputs, outputs) -> ClusterPaths:
 
     for item in inputs:
         visit(item, "")
-    local = [u for u in found if u and not u.startswith("s3://")]
-    written = [u for u in outputs if u and not u.startswith("s3://")]
+    local = [u for u in found if u and not is_s3(u)]
+    written = [u for u in outputs if u and not is_s3(u)]
     return ClusterPaths(tuple(dict.fromkeys(local)), tuple(dict.fromkeys(written)))
-
-
-# Stands in for the job's worker setup hook (``minseg.runtime._worker_setup``, an import of minseg) in the
-# probe's workers: a task's hook must be an importable name, and this one is importable everywhere and harmless.
-_NO_SETUP = "os.getpid"
 
 
 def _probe(modules: tuple[str, ...], paths: tuple[str, ...]) -> dict:
@@ -97,97 +93,173 @@ def _probe(modules: tuple[str, ...], paths: tuple[str, ...]) -> dict:
             "unseen": [path for path in paths if not os.path.exists(path)]}
 
 
+def _one_line(text: object, limit: int = 300) -> str:
+    """Exception texts (pip logs, numpy's import advice) as one short line."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _local_path(uri: str) -> str:
+    """The absolute local path of a URI or path, as storage reads it (``file://`` and relative forms)."""
+    return parse_uri(uri).path
+
+
 def _existing_prefix(path: str) -> str:
     """The part of a local path or glob that must exist: the folder above the first wildcard."""
     parts = path.split(os.sep)
     for index, part in enumerate(parts):
         if _GLOB & set(part):
-            return os.sep.join(parts[:index]) or os.sep
+            return os.sep.join(parts[:index]) or (os.sep if path.startswith(os.sep) else ".")
     return path
 
 
-def preflight(paths: ClusterPaths, timeout_s: float, modules: tuple[str, ...] = REQUIRED_MODULES) -> None:
+def path_problems(paths: ClusterPaths, package: str | None, workers_pending: bool) -> list[str]:
+    """What can be said about the job's local paths before asking the nodes.
+
+    Args:
+        paths: the job's local paths.
+        package: the driver's working folder when it is Ray's copy of ``--working-dir`` (ray job submit).
+        workers_pending: only a head node that runs no work is up (a cluster scaling from zero): nothing
+            can check that the workers to come will see a local path.
+    """
+    problems = []
+    for output in paths.outputs:
+        path = _local_path(output)  # a relative output resolves against the driver's folder
+        if package and os.path.commonpath([package, path]) == package:
+            problems.append(f"output {output!r} lies in Ray's temporary copy of --working-dir, deleted after the "
+                            f"job (a relative output path under ray job submit)")
+    local = list(paths.inputs) + list(paths.outputs)
+    if workers_pending and local:
+        problems.append(f"no worker node is up yet (the cluster scales from zero), so no node can show it sees "
+                        f"the local path(s) {', '.join(local)}")
+    return problems
+
+
+def answer_problems(answers: list[tuple[str, dict]], markers: list[str], driver_version: str | None) -> list[str]:
+    """What the nodes' answers show, one entry per kind of problem with the nodes that have it.
+
+    Args:
+        answers: (node description, the probe's answer) per node that answered.
+        markers: files the driver wrote in its local output folders (every node must see them).
+        driver_version: minseg's version on the driver (a node with another is refused); None: not checked.
+    """
+    grouped: dict[str, list[str]] = {}
+    for where, answer in answers:
+        found = []
+        if answer["missing"]:
+            found.append("cannot import " + ", ".join(f"{name} ({_one_line(reason, 160)})"
+                                                       for name, reason in answer["missing"].items()))
+        elif driver_version is not None and answer["versions"].get("minseg") != driver_version:
+            found.append(f"runs minseg {answer['versions'].get('minseg')}, the driver {driver_version}")
+        unseen = [p for p in answer["unseen"] if p not in markers]
+        if unseen:
+            found.append(f"does not see {', '.join(unseen)}")
+        folders = [os.path.dirname(p) for p in answer["unseen"] if p in markers]
+        if folders:
+            found.append(f"does not see the output folder(s) the driver wrote to: {', '.join(folders)}")
+        for text in found:
+            grouped.setdefault(text, []).append(where)
+    return [f"{', '.join(wheres)}: {text}" for text, wheres in grouped.items()]
+
+
+def _message(problems: list[str]) -> str:
+    text = "the cluster cannot run this job: " + "; ".join(problems)
+    hints = []
+    if any(word in text for word in ("cannot import", "runs minseg", "did not answer", "check failed")):
+        hints.append(SHIP_HINT)
+    if any(word in text for word in ("does not see", "temporary copy", "scales from zero", "cannot be written")):
+        hints.append(SHARED_HINT)
+    return text + "".join(f"; {hint}" for hint in hints)
+
+
+def preflight_timeout(configured: float | None, runtime_env: dict) -> float:
+    """Seconds the nodes have to answer: as configured, else 120, or 1200 when the job installs packages on
+    each node first (a pip / uv / conda runtime environment: a CUDA torch takes minutes)."""
+    if configured is not None:
+        return configured
+    return 1200.0 if {"pip", "uv", "conda"} & set(runtime_env or {}) else 120.0
+
+
+def preflight(paths: ClusterPaths, timeout_s: float | None = None, modules: tuple[str, ...] = REQUIRED_MODULES) -> None:
     """Check the connected cluster before a job starts (module doc).
 
     Args:
         paths: the job's local paths (:func:`job_paths`).
-        timeout_s: how long every live node has to answer (seconds); a node that does not answer in time
-            is an error (its workers may be failing to start).
+        timeout_s: how long every live node has to answer (seconds; None: :func:`preflight_timeout`); a node
+            that does not answer in time is an error (its workers may be failing to start).
         modules: what each node must import.
 
     Raises:
         ClusterSetupError: a node cannot import a module, runs another minseg than the driver, does not
-            answer, or cannot see a local input or output; a relative output under ``ray job submit``.
+            answer, or cannot see a local input or output; a relative output under ``ray job submit``; local
+            paths on a cluster whose workers are not up yet. One line, naming the nodes and the fix.
     """
     import ray
     from ray import cloudpickle
+    from ray._private import ray_constants
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     import minseg
 
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    working_dir = (ray.get_runtime_context().runtime_env or {}).get("working_dir")
+    runtime_env = ray.get_runtime_context().runtime_env or {}
+    timeout_s = preflight_timeout(timeout_s, runtime_env)
+    package = os.getcwd() if runtime_env.get("working_dir") else None  # ray job submit: Ray's copy of it
+    resources = nodes[0].get("Resources", {}) if len(nodes) == 1 else {}
+    pending = len(nodes) == 1 and not resources.get("CPU") and not resources.get("GPU")
+    problems = path_problems(paths, package, pending)
     several = len(nodes) > 1
-    problems: list[str] = []
-    package = os.getcwd() if working_dir else None  # under ray job submit: Ray's copy of --working-dir
-    for output in paths.outputs:
-        path = os.path.abspath(output)  # relative outputs were made absolute against the driver's folder
-        if package and os.path.commonpath([package, path]) == package:
-            problems.append(f"output {output!r} lies in Ray's temporary copy of --working-dir, deleted after the "
-                            f"job (a relative output path under ray job submit); {SHARED_HINT}")
-    checked = [os.path.abspath(_existing_prefix(p)) for p in paths.inputs] if (several or working_dir) else []
-    markers = []
-    if several:  # an output folder every node can see: one node writes a marker, every node must find it
+    checked = [_existing_prefix(_local_path(p)) for p in paths.inputs] if (several or package) else []
+    markers: list[str] = []
+    if several and not problems:  # a shared output folder: the driver writes a marker, every node must see it
         for output in paths.outputs:
-            if not problems:
-                try:
-                    os.makedirs(output, exist_ok=True)
-                    marker = os.path.join(os.path.abspath(output), f".minseg-preflight-{uuid.uuid4().hex}")
-                    open(marker, "w").close()
-                    markers.append(marker)
-                except OSError as exc:
-                    problems.append(f"output {output!r} cannot be written on the driver ({exc})")
+            folder = _local_path(output)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                marker = os.path.join(folder, f".minseg-preflight-{uuid.uuid4().hex[:8]}{scratch_suffix()}")
+                open(marker, "w").close()
+                markers.append(marker)
+            except OSError as exc:
+                problems.append(f"output {output!r} cannot be written on the driver ({_one_line(exc)})")
     if problems:
         _remove(markers)
-        raise ClusterSetupError("; ".join(problems))
+        raise ClusterSetupError(_message(problems))
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers may lack minseg: send the code
+    # the job's worker setup hook imports minseg: the probe's workers must not run it (an empty value skips it)
+    no_hook = {"env_vars": {ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR: ""}}
     probe = ray.remote(_probe)
-    refs = {probe.options(num_cpus=0, max_retries=0, runtime_env={"worker_process_setup_hook": _NO_SETUP},
+    refs = {probe.options(num_cpus=0, max_retries=0, runtime_env=no_hook,
                           scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
             .remote(tuple(modules), tuple(checked + markers)): node for node in nodes}
+    answers: list[tuple[str, dict]] = []
     try:
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        for ref in pending:
-            node = refs[ref]
-            problems.append(f"node {node['NodeManagerAddress']} did not answer within {timeout_s:g} s (its workers "
-                            f"may be failing to start: see its Ray logs); {SHIP_HINT}")
+        ready, pending_refs = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}  # nodes may leave meanwhile
+        for ref in pending_refs:
             ray.cancel(ref, force=True)
+            if refs[ref]["NodeID"] in alive:
+                problems.append(f"{_where(refs[ref])} did not answer within {timeout_s:g} s (its workers may be "
+                                f"failing to start: see its Ray logs)")
         for ref in ready:
-            node = refs[ref]
             try:
                 answer = ray.get(ref)
             except Exception as exc:
-                problems.append(f"node {node['NodeManagerAddress']}: the check failed ({type(exc).__name__}: {exc})")
+                if refs[ref]["NodeID"] in alive:
+                    problems.append(f"{_where(refs[ref])}: the check failed ({_one_line(exc)})")
                 continue
-            where = f"node {node['NodeManagerAddress']} ({answer['host']})"
-            if answer["missing"]:
-                lacks = ", ".join(f"{name} ({reason})" for name, reason in answer["missing"].items())
-                problems.append(f"{where} cannot import {lacks}; {SHIP_HINT}")
-            elif "minseg" in modules and answer["versions"].get("minseg") != minseg.__version__:
-                problems.append(f"{where} runs minseg {answer['versions'].get('minseg')}, the driver "
-                                f"{minseg.__version__}; {SHIP_HINT}")
-            unseen = [p for p in answer["unseen"] if p not in markers]
-            if unseen:
-                problems.append(f"{where} does not see {', '.join(unseen)}; {SHARED_HINT}")
-            if any(p in markers for p in answer["unseen"]):
-                problems.append(f"{where} does not see the output folder the driver wrote "
-                                f"({', '.join(os.path.dirname(p) for p in markers)}); {SHARED_HINT}")
+            answers.append((_where(refs[ref], answer["host"]), answer))
     finally:
         _remove(markers)
+    problems += answer_problems(answers, markers, minseg.__version__ if "minseg" in modules else None)
     if problems:
-        raise ClusterSetupError("the cluster cannot run this job: " + "; ".join(problems))
-    log_event(log, "ray.preflight", nodes=len(nodes), modules=len(modules), paths=len(checked) + len(markers))
+        raise ClusterSetupError(_message(problems))
+    log_event(log, "ray.preflight", nodes=len(nodes), modules=len(modules), paths=len(checked) + len(markers),
+              timeout_s=timeout_s)
+
+
+def _where(node: dict, host: str | None = None) -> str:
+    return f"node {node.get('NodeManagerAddress', '?')} ({(host + ', ') if host else ''}{node['NodeID'][:8]})"
 
 
 def _remove(paths: list[str]) -> None:

@@ -21,9 +21,10 @@ class RaySettings(StrictModel):
     address: str | None = Field(None, description="cluster address; default RAY_ADDRESS or a local instance")
     num_cpus: PositiveInt | None = Field(None, description="CPUs for a local instance (default: all)")
     task_cpus: float = Field(0.5, gt=0, description="CPUs per data task; fractional leaves headroom on small nodes")
-    preflight_timeout_s: float = Field(120.0, ge=0, description="on a cluster minseg joins (address / RAY_ADDRESS, "
-                                       "ray job submit): seconds every live node has to show it can import minseg "
-                                       "and see the job's local paths before the job starts; 0 skips the check")
+    preflight_timeout_s: float | None = Field(
+        None, ge=0, description="on a cluster minseg joins (address / RAY_ADDRESS, ray job submit): seconds every "
+        "live node has to show it can import minseg and see the job's local paths before the job starts (default: "
+        "120, or 1200 when the job installs packages per node); 0 skips the check")
     object_store_mib: int | None = Field(None, ge=80, description="object store size of a local instance (default: "
                                          "Ray's, 30 % of RAM); every process that reads results maps its pages")
 
@@ -80,7 +81,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
         )
         if address:
             ray.init(address=address, **kwargs)
-            _JOINED.append(True)
+            _JOINED.add(ray.get_runtime_context().gcs_address)
         else:  # "local": never join another Ray instance that happens to run on this machine
             store = settings.object_store_mib * 2**20 if settings.object_store_mib else None
             ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
@@ -93,18 +94,19 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
         resources = ray.cluster_resources()
         log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
                   nodes=sum(1 for node in ray.nodes() if node.get("Alive")), logs=ray_log_dir() or "(on the cluster)")
-    if _JOINED and settings.preflight_timeout_s:
+    joined = ray.get_runtime_context().gcs_address if ray.get_runtime_context().gcs_address in _JOINED else None
+    if joined and settings.preflight_timeout_s != 0:
         from minseg.preflight import ClusterPaths, preflight
 
         paths = paths or ClusterPaths()
-        if paths not in _CHECKED:
+        if (joined, paths) not in _CHECKED:
             preflight(paths, settings.preflight_timeout_s)
-            _CHECKED.add(paths)
+            _CHECKED.add((joined, paths))
     return ray
 
 
-_JOINED: list[bool] = []  # this process joined a cluster it did not start (preflight applies)
-_CHECKED: set = set()  # ClusterPaths already checked in this process
+_JOINED: set[str] = set()  # GCS addresses of clusters this process joined and did not start (preflight applies)
+_CHECKED: set = set()  # (cluster, ClusterPaths) already checked in this process
 
 
 FORWARDED_ENVIRONMENT = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",

@@ -35,21 +35,29 @@ log = get_logger("io.storage")
 _TMP_MARK = ".minseg-tmp"
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers on one host share the hostname with --net=host, not PIDs)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def scratch_suffix() -> str:
     """The end of every scratch name minseg makes (temp files beside outputs, pyramid scratch folders,
-    downloads): ``.<pid>@<host>.minseg-tmp``, so a later run can tell a killed run's leftovers from a
-    live one's (:func:`sweep_scratch`). Hostnames hold dots and dashes, never '@'."""
-    return f".{os.getpid()}@{socket.gethostname()}{_TMP_MARK}"
+    downloads, preflight markers): ``.<pid>-<pid namespace>@<host>.minseg-tmp``, so a later run can tell a
+    killed run's leftovers from a live one's (:func:`sweep_scratch`). Hostnames hold dots and dashes, never '@'."""
+    return f".{os.getpid()}-{_pid_namespace()}@{socket.gethostname()}{_TMP_MARK}"
 
 
 def _owner_gone(name: str) -> bool:
-    """True when ``name`` is scratch of a process of this host that no longer runs."""
+    """True when ``name`` is scratch of a process of this host and PID namespace that no longer runs."""
     if not name.endswith(_TMP_MARK) or "@" not in name:
         return False  # not ours, or from a version that did not name its owner: keep
     head, host = name[: -len(_TMP_MARK)].rsplit("@", 1)
-    pid = head.rsplit(".", 1)[-1]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's (a shared mount): it may still be writing
+    pid, _, namespace = head.rsplit(".", 1)[-1].partition("-")
+    if host != socket.gethostname() or namespace != _pid_namespace() or not pid.isdigit():
+        return False  # another machine's or container's (a shared mount): it may still be writing
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -712,7 +720,7 @@ class Storage:
 
 def _list_local(path: str) -> Iterator[ObjectInfo]:
     if os.path.isdir(path):
-        roots = [path]
+        roots, directory = [path], path
     else:
         directory, stem = os.path.split(path)
         if not os.path.isdir(directory):
@@ -725,7 +733,7 @@ def _list_local(path: str) -> Iterator[ObjectInfo]:
         for folder, dirs, files in os.walk(root):
             found.extend(os.path.join(folder, name) for name in files)
     for full in sorted(found):
-        if _TMP_MARK not in full:  # scratch files, and the files of scratch folders
+        if _TMP_MARK not in os.path.relpath(full, directory):  # scratch files, and the files of scratch folders
             yield ObjectInfo(full, os.path.getsize(full))
 
 

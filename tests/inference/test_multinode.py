@@ -79,6 +79,9 @@ def two_node_cluster():
             f"--dashboard-agent-listen-port={agents[0]}", f"--dashboard-agent-grpc-port={agents[1]}", *common]
     worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={folder}/w",
               f"--dashboard-agent-listen-port={agents[2]}", f"--dashboard-agent-grpc-port={agents[3]}", *common]
+    # `ray start --head` records its address for `ray.init("auto")` callers on this machine: put back what was there
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    recorded = current.read_bytes() if current.exists() else None
     try:
         for command in (head, worker):
             started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
@@ -87,6 +90,10 @@ def two_node_cluster():
     finally:
         _stop_processes_under(folder)
         shutil.rmtree(folder, ignore_errors=True)
+        if recorded is None:
+            current.unlink(missing_ok=True)
+        else:
+            current.write_bytes(recorded)
 
 
 def _submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -94,8 +94,11 @@ def test_a_killed_writers_scratch_is_removed_and_a_live_ones_kept(tmp_path):
     """A run killed mid-write leaves its temp file (and a pyramid writer its scratch folder, GBs at survey
     scale) beside the outputs; the next write there removes them, but never a live process's scratch."""
     import signal
+    import socket
     import subprocess
     import sys
+
+    from minseg.io.storage import _pid_namespace
 
     writer = ("import sys, time\nfrom minseg.io.storage import Storage\n"
               "out = Storage().open_write(sys.argv[1]); out.write(b'x' * 1000)\n"
@@ -111,7 +114,8 @@ def test_a_killed_writers_scratch_is_removed_and_a_live_ones_kept(tmp_path):
     try:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-        dead_folder = tmp_path / f"minseg-pyramid-abc.{killed.pid}@{__import__('socket').gethostname()}.minseg-tmp"
+        owner = f"{killed.pid}-{_pid_namespace()}@{socket.gethostname()}"
+        dead_folder = tmp_path / f"minseg-pyramid-abc.{owner}.minseg-tmp"
         dead_folder.mkdir()
         (dead_folder / "level1.raw").write_bytes(b"\0" * 100)
         names = sorted(os.listdir(tmp_path))
