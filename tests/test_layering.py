@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minseg"
 LAYERS = [
     ("foundation", ["minseg", "minseg.errors", "minseg.enums", "minseg.logs", "minseg.config.base", "minseg.device"]),
     ("storage", ["minseg.io"]),
-    ("data", ["minseg.data", "minseg.synth", "minseg.runtime", "minseg.preflight", "minseg.config.loading"]),
+    ("data", ["minseg.data", "minseg.synth", "minseg.runtime", "minseg.preflight", "minseg.config.loading",
+              "minseg.mineralogy"]),
     ("learners", ["minseg.models", "minseg.losses", "minseg.metrics"]),
     ("ensemble", ["minseg.ensemble.config", "minseg.ensemble.voting", "minseg.ensemble.manifest",
                   "minseg.ensemble.sliding", "minseg.ensemble.runtime", "minseg.ensemble.selection"]),

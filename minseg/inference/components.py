@@ -21,6 +21,8 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from minseg.mineralogy import boundary_counts, seam_counts
+
 
 @dataclass
 class BlockComponents:
@@ -35,6 +37,7 @@ class BlockComponents:
         class_pixels: (C,) int64 pixels per class (modal mineralogy).
         inner_class, inner_area, inner_count: (I,) uint8 / int64 / int64: the components touching no
             edge, as counts per distinct (class, area).
+        boundary: (C, C) int64 pixel edges between classes inside the block (``mineralogy.boundary_counts``).
     """
 
     top: int
@@ -49,6 +52,7 @@ class BlockComponents:
     inner_class: np.ndarray
     inner_area: np.ndarray
     inner_count: np.ndarray
+    boundary: np.ndarray
 
     @property
     def height(self) -> int:
@@ -106,7 +110,7 @@ def label_block(labels: np.ndarray, top: int, left: int, num_classes: int, conne
         edge_top=local[edges[0]].astype(np.int32), edge_bottom=local[edges[1]].astype(np.int32),
         edge_left=local[edges[2]].astype(np.int32), edge_right=local[edges[3]].astype(np.int32),
         class_pixels=pixels.astype(np.int64), inner_class=inner_class, inner_area=inner_area,
-        inner_count=inner_count,
+        inner_count=inner_count, boundary=boundary_counts(labels, num_classes),
     )
 
 
@@ -134,6 +138,54 @@ def _edge_pairs(first: np.ndarray, second: np.ndarray, diagonal: bool) -> np.nda
     return pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)]
 
 
+def _seams(blocks: list[BlockComponents], offsets: np.ndarray, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The facing lines of global edge-component ids (block offset added; -1 where nothing) across every
+    seam of sorted blocks: horizontal seams slide-wide (so 8-connectivity diagonals cross block corners
+    too), then the vertical seams within each band of blocks."""
+    lines = []
+    rows: dict[int, list[tuple[BlockComponents, int]]] = {}
+    for block, offset in zip(blocks, offsets):
+        rows.setdefault(block.top, []).append((block, int(offset)))
+    tops = sorted(rows)
+    for upper, lower in zip(tops, tops[1:]):
+        above, below = np.full(width, -1, np.int64), np.full(width, -1, np.int64)
+        for block, offset in rows[upper]:
+            above[block.left : block.left + block.width] = block.edge_bottom + offset
+        for block, offset in rows[lower]:
+            below[block.left : block.left + block.width] = block.edge_top + offset
+        lines.append((above, below))
+    for top in tops:
+        band = sorted(rows[top], key=lambda entry: entry[0].left)
+        for (left_block, left_offset), (right_block, right_offset) in zip(band, band[1:]):
+            lines.append((left_block.edge_right.astype(np.int64) + left_offset,
+                          right_block.edge_left.astype(np.int64) + right_offset))
+    return lines
+
+
+def _tiled(blocks: list[BlockComponents], height: int, width: int) -> tuple[list[BlockComponents], np.ndarray]:
+    """The blocks sorted by position and the offsets of their edge components in the slide's list."""
+    blocks = sorted(blocks, key=lambda b: (b.top, b.left))
+    covered = sum(b.height * b.width for b in blocks)
+    if covered != height * width:
+        raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide")
+    return blocks, np.cumsum([0] + [len(b.klass) for b in blocks])
+
+
+def merge_boundaries(blocks: list[BlockComponents], height: int, width: int) -> np.ndarray:
+    """The slide's (C, C) boundary counts (``mineralogy.boundary_counts`` of the whole label map) from its
+    blocks': their own plus every seam's, each pixel edge counted once.
+
+    Raises:
+        ValueError: the blocks do not tile the slide exactly.
+    """
+    blocks, offsets = _tiled(blocks, height, width)
+    total = sum(b.boundary for b in blocks).astype(np.int64)
+    klass = np.concatenate([b.klass for b in blocks]).astype(np.int64)
+    for first, second in _seams(blocks, offsets, width):
+        total += seam_counts(klass[first], klass[second], len(total))
+    return total
+
+
 @dataclass
 class Grains:
     """The slide's grains as a histogram: (G,) class ids, areas in pixels and how many grains have that
@@ -155,31 +207,11 @@ def merge_components(blocks: list[BlockComponents], height: int, width: int, con
     Raises:
         ValueError: the blocks do not tile the slide exactly.
     """
-    blocks = sorted(blocks, key=lambda b: (b.top, b.left))
-    covered = sum(b.height * b.width for b in blocks)
-    if covered != height * width:
-        raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide")
-    offsets = np.cumsum([0] + [len(b.klass) for b in blocks])
+    blocks, offsets = _tiled(blocks, height, width)
     klass = np.concatenate([b.klass for b in blocks]) if blocks else np.zeros(0, np.uint8)
     area = np.concatenate([b.area for b in blocks]) if blocks else np.zeros(0, np.int64)
     diagonal = connectivity == 8
-    pairs = []
-    rows: dict[int, list[tuple[BlockComponents, int]]] = {}
-    for block, offset in zip(blocks, offsets):
-        rows.setdefault(block.top, []).append((block, int(offset)))
-    tops = sorted(rows)
-    for upper, lower in zip(tops, tops[1:]):  # horizontal seams, slide-wide: diagonals cross block corners too
-        above, below = np.full(width, -1, np.int64), np.full(width, -1, np.int64)
-        for block, offset in rows[upper]:
-            above[block.left : block.left + block.width] = block.edge_bottom + offset
-        for block, offset in rows[lower]:
-            below[block.left : block.left + block.width] = block.edge_top + offset
-        pairs.append(_edge_pairs(above, below, diagonal))
-    for top in tops:  # vertical seams within a band of blocks (its corners are the horizontal seams' work)
-        band = sorted(rows[top], key=lambda entry: entry[0].left)
-        for (left_block, left_offset), (right_block, right_offset) in zip(band, band[1:]):
-            pairs.append(_edge_pairs(left_block.edge_right.astype(np.int64) + left_offset,
-                                     right_block.edge_left.astype(np.int64) + right_offset, diagonal))
+    pairs = [_edge_pairs(first, second, diagonal) for first, second in _seams(blocks, offsets, width)]
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
     pairs = pairs[klass[pairs[:, 0]] == klass[pairs[:, 1]]]
     count = len(klass)

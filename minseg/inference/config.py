@@ -25,6 +25,9 @@ class SlideLimitSettings(StrictModel):
         return SlideLimits(self.max_pixels, int(self.max_segment_mib * 2**20), "segment.limits")
 
 
+DEFAULT_BACKGROUND = ("background", "resin", "epoxy", "pore", "pores")
+
+
 class SegmentSettings(StrictModel):
     manifest_uri: str | None = Field(
         None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
@@ -69,6 +72,12 @@ class SegmentSettings(StrictModel):
     preview_alpha: float = Field(0.55, ge=0, le=1, description="opacity of the class colours over the image")
     connectivity: int = Field(8, description="grain connectivity: 4 or 8 neighbours")
     min_grain_px: int = Field(4, ge=1, description="smaller components are counted as noise, not grains")
+    background_classes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BACKGROUND),
+        description="class names that are not sample (mounting resin, pores): left out of sample area % and "
+                    "weight %, and their contact with minerals is the minerals' free surface")
+    densities: dict[str, float] = Field(default_factory=dict, description="g/cm³ by class name for weight %; "
+                                        "added to the built-in table (minseg.mineralogy.DEFAULT_DENSITIES)")
     pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel of the segmented level; "
                                         "default: the slide's resolution tags, if any")
     limits: SlideLimitSettings = SlideLimitSettings()
@@ -79,6 +88,25 @@ class SegmentSettings(StrictModel):
         if value not in (4, 8):
             raise ValueError("must be 4 or 8")
         return value
+
+    @field_validator("densities")
+    @classmethod
+    def _positive_densities(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: density for name, density in value.items() if not density > 0}
+        if bad:
+            raise ValueError(f"densities must be positive g/cm³: {bad}")
+        return value
+
+    def check_class_names(self, names: list[str]) -> None:
+        """The class names this config sets (densities; background classes when set) must be the
+        ensemble's; raises ValueError naming the key and the known classes."""
+        given = list(self.densities)
+        if self.background_classes != list(DEFAULT_BACKGROUND):  # the default names the usual spellings
+            given += self.background_classes
+        unknown = [name for name in given if name not in names]
+        if unknown:
+            raise ValueError(f"segment.densities / segment.background_classes name {', '.join(map(repr, unknown))}, "
+                             f"not a class of the ensemble ({', '.join(names)})")
 
     @field_validator("formats")
     @classmethod

@@ -16,7 +16,8 @@ import time
 
 from minseg.enums import OutputFormat, PreviewFormat
 from minseg.inference.blocks import RECORDS, Block, BlockRecord, block_levels, record_uri, slide_blocks
-from minseg.inference.components import merge_components
+from minseg.inference.components import merge_boundaries, merge_components
+from minseg.mineralogy import DEFAULT_DENSITIES, association_table, modal_mineralogy
 from minseg.inference.config import SegmentSettings
 from minseg.inference.grains import grain_statistics
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
@@ -43,7 +44,7 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
 
 #: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as
 #: a (class, area) histogram)
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
@@ -136,7 +137,10 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         export_tiffs(arrays, plan, settings, classes, storage, metadata)
 
     grains = merge_components([r.components for r in records], plan.height, plan.width, settings.connectivity)
+    boundaries = merge_boundaries([r.components for r in records], plan.height, plan.width)
     counts = sum(r.components.class_pixels for r in records)
+    background = set(settings.background_classes)
+    modal, no_density = modal_mineralogy(counts, names, background, {**DEFAULT_DENSITIES, **settings.densities})
     total = max(1, int(counts.sum()))
     area = [100.0 * c / total for c in counts]
     preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
@@ -161,7 +165,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         # windows predicted over windows in the slide's grid: the price of blending where we predict
         "recompute": round(windows / max(1, len(plan.grid)), 4),
         "block_seconds": round(sum(r.seconds for r in records), 2),
-        "modal_mineralogy": {n: {"pixels": int(c), "area_percent": round(a, 4)} for n, c, a in zip(names, counts, area)},
+        "modal_mineralogy": modal,  # area % of the image; sample area % and weight % without background
+        "densities_missing": no_density,  # minerals present without a density: no weight % (segment.densities)
+        "association": association_table(boundaries, names, background, plan.pixel_size_um),
         "grains": {n: grain_statistics(*areas[i], settings.min_grain_px, plan.pixel_size_um) for i, n in enumerate(names)},
         "mean_uncertainty": round(sum(r.uncertainty_sum for r in records) / total / 255.0, 5),
         "files": files,

@@ -351,6 +351,10 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     storage = Storage(config.storage)
     manifest_uri = manifest_uri_of(config)
     manifest = load_manifest(manifest_uri, storage)
+    try:
+        settings.check_class_names([c["name"] for c in manifest.classes["classes"]])
+    except ValueError as exc:
+        raise SegmentInputError(str(exc)) from None
     output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
         join_uri(config.run.uri, "segment", settings.name)
     started = time.monotonic()
@@ -514,6 +518,8 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
            "mean_uncertainty": summary.get("mean_uncertainty")}
     for name, entry in summary["modal_mineralogy"].items():
         row[f"area_pct:{name}"] = entry["area_percent"]
+        if entry.get("weight_percent") is not None:
+            row[f"wt_pct:{name}"] = entry["weight_percent"]
     for name, entry in summary["grains"].items():
         row[f"grains:{name}"] = entry["count"]
         row[f"mean_grain_px:{name}"] = entry.get("mean_area_px")

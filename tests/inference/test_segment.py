@@ -133,6 +133,21 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     areas = slide_summary["modal_mineralogy"]
     assert sum(a["pixels"] for a in areas.values()) == 200 * 330
     assert abs(sum(a["area_percent"] for a in areas.values()) - 100) < 1e-6
+    # weight % over the sample (background left out), by the built-in densities of pyrite and chalcopyrite;
+    # none when the (untrained) ensemble finds no sample at all
+    mass = {name: areas[name]["pixels"] * density for name, density in (("pyrite", 5.01), ("chalcopyrite", 4.19))}
+    for name in mass:
+        expected_wt = 100 * mass[name] / sum(mass.values()) if sum(mass.values()) else None
+        assert areas[name]["weight_percent"] == (pytest.approx(expected_wt, abs=1e-3) if expected_wt else None)
+    assert "weight_percent" not in areas["background"] and slide_summary["densities_missing"] == []
+    # association from the blocks (6 of them) as counted over the whole label map (tests/mineralogy: blocks of
+    # any size and order against a pixel-by-pixel count, on label maps with many classes)
+    from minseg.mineralogy import association_table, boundary_counts
+
+    names = ["background", "pyrite", "chalcopyrite"]
+    expected = association_table(boundary_counts(levels[0], 3), names, {"background"}, None)
+    assert slide_summary["association"] == json.loads(json.dumps(expected))
+    assert set(slide_summary["association"]) == {"pyrite", "chalcopyrite"}
     counts = np.bincount(levels[0].ravel(), minlength=3)
     assert [areas[n]["pixels"] for n in ("background", "pyrite", "chalcopyrite")] == counts.tolist()
     assert slide_summary["tiles"] == 4 * 7 and slide_summary["uncertainty"] == "entropy"
@@ -351,6 +366,12 @@ def test_cli_exit_codes(ray_session, manifests, test_slides, tmp_path, capsys):
     assert main(["segment", test_slides["small"], "--out", str(tmp_path / "c"), "--manifest",
                  str(tmp_path / "nope.json")]) == 2
     assert "no such ensemble manifest" in capsys.readouterr().err
+    # a density for a class the ensemble does not have: refused before any work, naming the key and classes
+    assert main(["segment", test_slides["small"], "--out", str(tmp_path / "d"), *common,
+                 "--set", 'segment.densities={"pyrit": 5.0}']) == 2
+    assert ("segment.densities / segment.background_classes name 'pyrit', not a class of the ensemble "
+            "(background, pyrite, chalcopyrite)") in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_a_slide_over_the_configured_limits_is_a_failure_entry(manifests, test_slides, tmp_path):
