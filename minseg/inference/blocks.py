@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minseg.ensemble.runtime import Columns
-from minseg.inference.components import BlockComponents, label_block
+from minseg.inference.components import BlockComponents, BlockParticles, label_block, label_particles
 from minseg.inference.outputs import preview_sample
 from minseg.inference.plan import SLIDES, read_tile
 from minseg.inference.stitch import Stitcher
@@ -100,6 +100,7 @@ class BlockRecord:
 
     block: Block
     components: BlockComponents
+    particles: BlockParticles
     uncertainty_sum: int
     preview_image: np.ndarray
     preview_labels: np.ndarray
@@ -111,13 +112,13 @@ class BlockRecord:
         return pack(block=np.asarray([b.row, b.col, b.top, b.bottom, b.left, b.right], np.int64),
                     uncertainty_sum=np.asarray(self.uncertainty_sum, np.int64), preview_image=self.preview_image,
                     preview_labels=self.preview_labels, windows=np.asarray(self.windows),
-                    seconds=np.asarray(self.seconds), **self.components.to_arrays())
+                    seconds=np.asarray(self.seconds), **self.components.to_arrays(), **self.particles.to_arrays())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "BlockRecord":
         arrays = unpack(data)
         return cls(Block(*(int(v) for v in arrays["block"])), BlockComponents.from_arrays(arrays),
-                   int(arrays["uncertainty_sum"]), arrays["preview_image"], arrays["preview_labels"],
+                   BlockParticles.from_arrays(arrays), int(arrays["uncertainty_sum"]), arrays["preview_image"], arrays["preview_labels"],
                    int(arrays["windows"]), float(arrays["seconds"]))
 
 
@@ -247,6 +248,8 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
     record = BlockRecord(
         block=block,
         components=label_block(labels, block.top, block.left, plan.num_classes, settings.connectivity),
+        particles=label_particles(labels, block.top, block.left, np.asarray(plan.sample_classes, bool),
+                                  settings.connectivity),
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),

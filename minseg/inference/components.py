@@ -22,10 +22,27 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from minseg.mineralogy import boundary_counts, seam_counts
+from minseg.mineralogy.liberation import DEFAULT_EDGES, accumulate
+
+
+class _Arrays:
+    """Dataclasses of arrays (plus ``top``/``left``) to and from named arrays of an ``.npz`` block record."""
+
+    PREFIX = ""
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays; ``from_arrays`` reverses it."""
+        return {f"{self.PREFIX}{name}": np.asarray(getattr(self, name)) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        values = {name: arrays[f"{cls.PREFIX}{name}"] for name in cls.__dataclass_fields__}
+        values["top"], values["left"] = int(values["top"]), int(values["left"])
+        return cls(**values)
 
 
 @dataclass
-class BlockComponents:
+class BlockComponents(_Arrays):
     """One block's components.
 
     Attributes:
@@ -54,6 +71,8 @@ class BlockComponents:
     inner_count: np.ndarray
     boundary: np.ndarray
 
+    PREFIX = "components_"
+
     @property
     def height(self) -> int:
         return len(self.edge_left)
@@ -62,15 +81,6 @@ class BlockComponents:
     def width(self) -> int:
         return len(self.edge_top)
 
-    def to_arrays(self, prefix: str = "components_") -> dict[str, np.ndarray]:
-        """Named arrays (for an ``.npz`` block record); ``from_arrays`` reverses it."""
-        return {f"{prefix}{name}": np.asarray(getattr(self, name)) for name in self.__dataclass_fields__}
-
-    @classmethod
-    def from_arrays(cls, arrays, prefix: str = "components_") -> "BlockComponents":
-        values = {name: arrays[f"{prefix}{name}"] for name in cls.__dataclass_fields__}
-        values["top"], values["left"] = int(values["top"]), int(values["left"])
-        return cls(**values)
 
 
 def structure(connectivity: int) -> np.ndarray:
@@ -150,25 +160,31 @@ def _seams(blocks: list[BlockComponents], offsets: np.ndarray, width: int) -> li
     for upper, lower in zip(tops, tops[1:]):
         above, below = np.full(width, -1, np.int64), np.full(width, -1, np.int64)
         for block, offset in rows[upper]:
-            above[block.left : block.left + block.width] = block.edge_bottom + offset
+            above[block.left : block.left + block.width] = _shifted(block.edge_bottom, offset)
         for block, offset in rows[lower]:
-            below[block.left : block.left + block.width] = block.edge_top + offset
+            below[block.left : block.left + block.width] = _shifted(block.edge_top, offset)
         lines.append((above, below))
     for top in tops:
         band = sorted(rows[top], key=lambda entry: entry[0].left)
         for (left_block, left_offset), (right_block, right_offset) in zip(band, band[1:]):
-            lines.append((left_block.edge_right.astype(np.int64) + left_offset,
-                          right_block.edge_left.astype(np.int64) + right_offset))
+            lines.append((_shifted(left_block.edge_right, left_offset), _shifted(right_block.edge_left, right_offset)))
     return lines
 
 
-def _tiled(blocks: list[BlockComponents], height: int, width: int) -> tuple[list[BlockComponents], np.ndarray]:
-    """The blocks sorted by position and the offsets of their edge components in the slide's list."""
+def _shifted(ids: np.ndarray, offset: int) -> np.ndarray:
+    """Local edge ids as slide-wide ones; -1 (nothing there: background, for particles) stays -1."""
+    ids = ids.astype(np.int64)
+    return np.where(ids >= 0, ids + offset, -1)
+
+
+def _tiled(blocks: list, height: int, width: int, size=lambda b: len(b.klass)) -> tuple[list, np.ndarray]:
+    """The blocks sorted by position and the offsets of their edge components (``size`` of each block) in
+    the slide's list."""
     blocks = sorted(blocks, key=lambda b: (b.top, b.left))
     covered = sum(b.height * b.width for b in blocks)
     if covered != height * width:
         raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide")
-    return blocks, np.cumsum([0] + [len(b.klass) for b in blocks])
+    return blocks, np.cumsum([0] + [size(b) for b in blocks])
 
 
 def merge_boundaries(blocks: list[BlockComponents], height: int, width: int) -> np.ndarray:
@@ -224,3 +240,100 @@ def merge_components(blocks: list[BlockComponents], height: int, width: int, con
     return Grains(*histogram(np.concatenate([merged_class] + [i[0] for i in inner]),
                              np.concatenate([merged_area] + [i[1] for i in inner]),
                              np.concatenate([np.ones(groups, np.int64)] + [i[2] for i in inner])))
+
+
+@dataclass
+class BlockParticles(_Arrays):
+    """One block's particles (connected sample pixels, whatever their classes; ``mineralogy.liberation``).
+
+    Attributes:
+        top, left: the block's origin in slide pixels.
+        composition: (K, C) int64 pixels of each class in each particle touching the block's edge.
+        edge_top, edge_bottom, edge_left, edge_right: local ids of those particles along the edges
+            (-1: background).
+        liberation: (C, B) int64, ``mineralogy.liberation.accumulate`` of the particles inside the block.
+        inner_area, inner_count: (I,) int64 the areas of the particles inside the block, as counts per area.
+    """
+
+    top: int
+    left: int
+    composition: np.ndarray
+    edge_top: np.ndarray
+    edge_bottom: np.ndarray
+    edge_left: np.ndarray
+    edge_right: np.ndarray
+    liberation: np.ndarray
+    inner_area: np.ndarray
+    inner_count: np.ndarray
+
+    PREFIX = "particles_"
+
+    @property
+    def height(self) -> int:
+        return len(self.edge_left)
+
+    @property
+    def width(self) -> int:
+        return len(self.edge_top)
+
+
+def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray, connectivity: int = 8,
+                    edges: tuple[int, ...] = DEFAULT_EDGES) -> BlockParticles:
+    """Particles of a (h, w) block of class ids at (top, left): ``sample`` (C,) bool says which classes are
+    sample (the rest is background: resin, pores)."""
+    num_classes = len(sample)
+    mask = np.asarray(sample, bool)[labels]
+    ids, count = ndimage.label(mask, structure=structure(connectivity))
+    composition = np.bincount((ids[mask].astype(np.int64) - 1) * num_classes + labels[mask],
+                              minlength=count * num_classes).reshape(count, num_classes)
+    lines = [ids[0], ids[-1], ids[:, 0], ids[:, -1]]
+    on_edge = np.zeros(count + 1, bool)
+    for line in lines:
+        on_edge[line] = True
+    on_edge = on_edge[1:]  # id 0 is background
+    local = np.full(count + 1, -1, np.int64)
+    local[1:][on_edge] = np.arange(int(on_edge.sum()))
+    areas = composition.sum(axis=1)
+    inner_area, inner_count = np.unique(areas[~on_edge], return_counts=True)
+    return BlockParticles(
+        top=top, left=left, composition=composition[on_edge],
+        edge_top=local[lines[0]].astype(np.int32), edge_bottom=local[lines[1]].astype(np.int32),
+        edge_left=local[lines[2]].astype(np.int32), edge_right=local[lines[3]].astype(np.int32),
+        liberation=accumulate(composition[~on_edge], np.asarray(sample, bool), edges),
+        inner_area=inner_area.astype(np.int64), inner_count=inner_count.astype(np.int64),
+    )
+
+
+@dataclass
+class Particles:
+    """A slide's particles: liberation (C, B) int64 (``mineralogy.liberation.accumulate`` of every particle)
+    and the particle areas as distinct areas with counts (ascending)."""
+
+    liberation: np.ndarray
+    area: np.ndarray
+    count: np.ndarray
+
+
+def merge_particles(blocks: list[BlockParticles], height: int, width: int, sample: np.ndarray,
+                    connectivity: int = 8, edges: tuple[int, ...] = DEFAULT_EDGES) -> Particles:
+    """The slide's particles from its blocks' (any order, any block grid that tiles the slide): particles
+    touching block edges are joined across seams, their compositions summed, then classed.
+
+    Raises:
+        ValueError: the blocks do not tile the slide exactly.
+    """
+    blocks, offsets = _tiled(blocks, height, width, size=lambda b: len(b.composition))
+    num_classes = len(sample)
+    composition = np.concatenate([b.composition for b in blocks]) if blocks else np.zeros((0, num_classes), np.int64)
+    pairs = [_edge_pairs(first, second, connectivity == 8) for first, second in _seams(blocks, offsets, width)]
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    count = len(composition)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    groups, group_of = connected_components(graph, directed=False)
+    merged = np.zeros((groups, num_classes), np.int64)
+    np.add.at(merged, group_of, composition)
+    liberation = accumulate(merged, np.asarray(sample, bool), edges) + sum(b.liberation for b in blocks)
+    areas = np.concatenate([merged.sum(axis=1)] + [b.inner_area for b in blocks])
+    counts = np.concatenate([np.ones(groups, np.int64)] + [b.inner_count for b in blocks])
+    distinct, inverse = np.unique(areas, return_inverse=True)
+    return Particles(liberation, distinct, np.bincount(inverse, weights=counts).astype(np.int64))

@@ -14,10 +14,11 @@ import json
 import logging
 import time
 
+import numpy as np
+
 from minseg.enums import OutputFormat, PreviewFormat
 from minseg.inference.blocks import RECORDS, Block, BlockRecord, block_levels, record_uri, slide_blocks
-from minseg.inference.components import merge_boundaries, merge_components
-from minseg.mineralogy import DEFAULT_DENSITIES, association_table, modal_mineralogy
+from minseg.inference.components import merge_boundaries, merge_components, merge_particles
 from minseg.inference.config import SegmentSettings
 from minseg.inference.grains import grain_statistics
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
@@ -26,6 +27,8 @@ from minseg.inference.plan import SlidePlan
 from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
+from minseg.mineralogy import DEFAULT_DENSITIES, association_table, modal_mineralogy
+from minseg.mineralogy.liberation import liberation_table
 
 log = get_logger("segment")
 
@@ -39,12 +42,13 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
             "include_image": settings.include_image, "compression": str(settings.compression),
             "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
             # what the block records were computed with
-            "connectivity": settings.connectivity, "preview_stride": plan.preview_stride}
+            "connectivity": settings.connectivity, "preview_stride": plan.preview_stride,
+            "sample_classes": list(plan.sample_classes)}
 
 
 #: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as
-#: a (class, area) histogram)
-RECORD_VERSION = 3
+#: a (class, area) histogram; 3: boundary counts; 4: particles)
+RECORD_VERSION = 4
 
 
 def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
@@ -138,6 +142,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
 
     grains = merge_components([r.components for r in records], plan.height, plan.width, settings.connectivity)
     boundaries = merge_boundaries([r.components for r in records], plan.height, plan.width)
+    sample = np.asarray(plan.sample_classes, bool)
+    particles = merge_particles([r.particles for r in records], plan.height, plan.width, sample,
+                                settings.connectivity)
     counts = sum(r.components.class_pixels for r in records)
     background = set(settings.background_classes)
     modal, no_density = modal_mineralogy(counts, names, background, {**DEFAULT_DENSITIES, **settings.densities})
@@ -168,6 +175,8 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         "modal_mineralogy": modal,  # area % of the image; sample area % and weight % without background
         "densities_missing": no_density,  # minerals present without a density: no weight % (segment.densities)
         "association": association_table(boundaries, names, background, plan.pixel_size_um),
+        "particles": {"count": int(particles.count.sum()), "sample_pixels": int(particles.liberation.sum())},
+        "liberation": liberation_table(particles.liberation, names, sample),
         "grains": {n: grain_statistics(*areas[i], settings.min_grain_px, plan.pixel_size_um) for i, n in enumerate(names)},
         "mean_uncertainty": round(sum(r.uncertainty_sum for r in records) / total / 255.0, 5),
         "files": files,

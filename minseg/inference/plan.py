@@ -46,6 +46,8 @@ class SlidePlan:
     uncertainty: Uncertainty
     num_classes: int
     limits: SlideLimits = SlideLimits()
+    # per class id: is it sample (not segment.background_classes)? particles are connected sample pixels
+    sample_classes: tuple[bool, ...] = ()
 
     @property
     def tile(self) -> int:
@@ -88,6 +90,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
         num_classes=manifest.num_classes,
         limits=settings.limits.limits(),
+        sample_classes=tuple(c["name"] not in settings.background_classes for c in manifest.classes["classes"]),
     )
 
 

@@ -148,6 +148,12 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     expected = association_table(boundary_counts(levels[0], 3), names, {"background"}, None)
     assert slide_summary["association"] == json.loads(json.dumps(expected))
     assert set(slide_summary["association"]) == {"pyrite", "chalcopyrite"}
+    # particles: connected sample pixels (tests/mineralogy: blocks against ndimage.label of the whole map)
+    sample_pixels = int((levels[0] != 0).sum())
+    assert slide_summary["particles"]["sample_pixels"] == sample_pixels
+    assert set(slide_summary["liberation"]) == {"pyrite", "chalcopyrite"}
+    for name, klass in (("pyrite", 1), ("chalcopyrite", 2)):
+        assert slide_summary["liberation"][name]["pixels"] == int((levels[0] == klass).sum())
     counts = np.bincount(levels[0].ravel(), minlength=3)
     assert [areas[n]["pixels"] for n in ("background", "pyrite", "chalcopyrite")] == counts.tolist()
     assert slide_summary["tiles"] == 4 * 7 and slide_summary["uncertainty"] == "entropy"
