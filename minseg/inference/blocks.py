@@ -118,8 +118,8 @@ class BlockRecord:
     def from_bytes(cls, data: bytes) -> "BlockRecord":
         arrays = unpack(data)
         return cls(Block(*(int(v) for v in arrays["block"])), BlockComponents.from_arrays(arrays),
-                   BlockParticles.from_arrays(arrays), int(arrays["uncertainty_sum"]), arrays["preview_image"], arrays["preview_labels"],
-                   int(arrays["windows"]), float(arrays["seconds"]))
+                   BlockParticles.from_arrays(arrays), int(arrays["uncertainty_sum"]), arrays["preview_image"],
+                   arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]))
 
 
 # -- stage 1: reads (CPU tasks) -------------------------------------------------

@@ -26,9 +26,18 @@ from minseg.mineralogy.liberation import DEFAULT_EDGES, accumulate
 
 
 class _Arrays:
-    """Dataclasses of arrays (plus ``top``/``left``) to and from named arrays of an ``.npz`` block record."""
+    """A block's edge components (``top``, ``left``, ``edge_*`` id lines and arrays): its size, and the
+    conversion to and from named arrays of an ``.npz`` block record."""
 
     PREFIX = ""
+
+    @property
+    def height(self) -> int:
+        return len(self.edge_left)
+
+    @property
+    def width(self) -> int:
+        return len(self.edge_top)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Named arrays; ``from_arrays`` reverses it."""
@@ -72,15 +81,6 @@ class BlockComponents(_Arrays):
     boundary: np.ndarray
 
     PREFIX = "components_"
-
-    @property
-    def height(self) -> int:
-        return len(self.edge_left)
-
-    @property
-    def width(self) -> int:
-        return len(self.edge_top)
-
 
 
 def structure(connectivity: int) -> np.ndarray:
@@ -267,14 +267,6 @@ class BlockParticles(_Arrays):
     inner_count: np.ndarray
 
     PREFIX = "particles_"
-
-    @property
-    def height(self) -> int:
-        return len(self.edge_left)
-
-    @property
-    def width(self) -> int:
-        return len(self.edge_top)
 
 
 def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray, connectivity: int = 8,

@@ -154,6 +154,16 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert set(slide_summary["liberation"]) == {"pyrite", "chalcopyrite"}
     for name, klass in (("pyrite", 1), ("chalcopyrite", 2)):
         assert slide_summary["liberation"][name]["pixels"] == int((levels[0] == klass).sum())
+    from scipy import ndimage
+
+    from minseg.mineralogy.sizes import size_distribution
+
+    ids, particle_count = ndimage.label(levels[0] != 0, structure=np.ones((3, 3)))
+    particle_areas, how_many = np.unique(np.bincount(ids.ravel())[1:], return_counts=True)
+    expected_sizes = size_distribution(particle_areas, how_many, None)
+    assert slide_summary["particles"]["size"] == json.loads(json.dumps(expected_sizes))
+    assert slide_summary["particles"]["count"] == particle_count
+    assert set(slide_summary["grains"]["pyrite"]["size"]) == {"count", "unit", "number", "area"}
     counts = np.bincount(levels[0].ravel(), minlength=3)
     assert [areas[n]["pixels"] for n in ("background", "pyrite", "chalcopyrite")] == counts.tolist()
     assert slide_summary["tiles"] == 4 * 7 and slide_summary["uncertainty"] == "entropy"
