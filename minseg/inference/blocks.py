@@ -249,7 +249,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         block=block,
         components=label_block(labels, block.top, block.left, plan.num_classes, settings.connectivity),
         particles=label_particles(labels, block.top, block.left, np.asarray(plan.sample_classes, bool),
-                                  settings.connectivity),
+                                  settings.connectivity, min_area=settings.min_grain_px),
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),

@@ -182,8 +182,9 @@ def _tiled(blocks: list, height: int, width: int, size=lambda b: len(b.klass)) -
     the slide's list."""
     blocks = sorted(blocks, key=lambda b: (b.top, b.left))
     covered = sum(b.height * b.width for b in blocks)
-    if covered != height * width:
-        raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide")
+    if covered != height * width or len({(b.top, b.left) for b in blocks}) != len(blocks):
+        raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide, "
+                         f"{len(blocks)} blocks at {len({(b.top, b.left) for b in blocks})} places")
     return blocks, np.cumsum([0] + [size(b) for b in blocks])
 
 
@@ -198,6 +199,8 @@ def merge_boundaries(blocks: list[BlockComponents], height: int, width: int) -> 
     total = sum(b.boundary for b in blocks).astype(np.int64)
     klass = np.concatenate([b.klass for b in blocks]).astype(np.int64)
     for first, second in _seams(blocks, offsets, width):
+        if (first < 0).any() or (second < 0).any():
+            raise ValueError("the blocks leave a gap along a seam")
         total += seam_counts(klass[first], klass[second], len(total))
     return total
 
@@ -270,9 +273,10 @@ class BlockParticles(_Arrays):
 
 
 def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray, connectivity: int = 8,
-                    edges: tuple[int, ...] = DEFAULT_EDGES) -> BlockParticles:
+                    edges: tuple[int, ...] = DEFAULT_EDGES, min_area: int = 1) -> BlockParticles:
     """Particles of a (h, w) block of class ids at (top, left): ``sample`` (C,) bool says which classes are
-    sample (the rest is background: resin, pores)."""
+    sample (the rest is background: resin, pores). Particles under ``min_area`` pixels are noise: counted in
+    the areas, left out of liberation (a stray pixel in resin is no liberated particle)."""
     num_classes = len(sample)
     mask = np.asarray(sample, bool)[labels]
     ids, count = ndimage.label(mask, structure=structure(connectivity))
@@ -287,27 +291,31 @@ def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray,
     local[1:][on_edge] = np.arange(int(on_edge.sum()))
     areas = composition.sum(axis=1)
     inner_area, inner_count = np.unique(areas[~on_edge], return_counts=True)
+    classed = ~on_edge & (areas >= min_area)
     return BlockParticles(
         top=top, left=left, composition=composition[on_edge],
         edge_top=local[lines[0]].astype(np.int32), edge_bottom=local[lines[1]].astype(np.int32),
         edge_left=local[lines[2]].astype(np.int32), edge_right=local[lines[3]].astype(np.int32),
-        liberation=accumulate(composition[~on_edge], np.asarray(sample, bool), edges),
+        liberation=accumulate(composition[classed], np.asarray(sample, bool), edges),
         inner_area=inner_area.astype(np.int64), inner_count=inner_count.astype(np.int64),
     )
 
 
 @dataclass
 class Particles:
-    """A slide's particles: liberation (C, B) int64 (``mineralogy.liberation.accumulate`` of every particle)
-    and the particle areas as distinct areas with counts (ascending)."""
+    """A slide's particles: liberation (C, B) int64 (``mineralogy.liberation.accumulate`` of every particle
+    of at least the minimum area), the particle areas as distinct areas with counts (ascending, noise
+    included), and how many particles touch the slide's edge (cut by it: smaller and more liberated than
+    they are)."""
 
     liberation: np.ndarray
     area: np.ndarray
     count: np.ndarray
+    touching_edge: int
 
 
 def merge_particles(blocks: list[BlockParticles], height: int, width: int, sample: np.ndarray,
-                    connectivity: int = 8, edges: tuple[int, ...] = DEFAULT_EDGES) -> Particles:
+                    connectivity: int = 8, edges: tuple[int, ...] = DEFAULT_EDGES, min_area: int = 1) -> Particles:
     """The slide's particles from its blocks' (any order, any block grid that tiles the slide): particles
     touching block edges are joined across seams, their compositions summed, then classed.
 
@@ -324,8 +332,18 @@ def merge_particles(blocks: list[BlockParticles], height: int, width: int, sampl
     groups, group_of = connected_components(graph, directed=False)
     merged = np.zeros((groups, num_classes), np.int64)
     np.add.at(merged, group_of, composition)
-    liberation = accumulate(merged, np.asarray(sample, bool), edges) + sum(b.liberation for b in blocks)
-    areas = np.concatenate([merged.sum(axis=1)] + [b.inner_area for b in blocks])
+    merged_area = merged.sum(axis=1)
+    liberation = accumulate(merged[merged_area >= min_area], np.asarray(sample, bool), edges) \
+        + sum(b.liberation for b in blocks)
+    border = []  # ids on the slide's own edges (inner particles never reach them)
+    for block, offset in zip(blocks, offsets):
+        for line, on_border in ((block.edge_top, block.top == 0), (block.edge_left, block.left == 0),
+                                (block.edge_bottom, block.top + block.height == height),
+                                (block.edge_right, block.left + block.width == width)):
+            if on_border:
+                border.append(line[line >= 0].astype(np.int64) + int(offset))
+    touching = len(np.unique(group_of[np.concatenate(border)])) if border and count else 0
+    areas = np.concatenate([merged_area] + [b.inner_area for b in blocks])
     counts = np.concatenate([np.ones(groups, np.int64)] + [b.inner_count for b in blocks])
     distinct, inverse = np.unique(areas, return_inverse=True)
-    return Particles(liberation, distinct, np.bincount(inverse, weights=counts).astype(np.int64))
+    return Particles(liberation, distinct, np.bincount(inverse, weights=counts).astype(np.int64), touching)

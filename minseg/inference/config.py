@@ -92,21 +92,22 @@ class SegmentSettings(StrictModel):
     @field_validator("densities")
     @classmethod
     def _positive_densities(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = {name: density for name, density in value.items() if not density > 0}
+        bad = {name: density for name, density in value.items() if not 0 < density < 100}
         if bad:
-            raise ValueError(f"densities must be positive g/cm³: {bad}")
+            raise ValueError(f"densities are g/cm³, above 0 and below 100 (osmium: 22.6): {bad}")
         return value
 
     def check_class_names(self, names: list[str]) -> None:
         """The class names this config sets (densities; background classes when set) must be the
         ensemble's; raises ValueError naming the key and the known classes."""
-        given = list(self.densities)
+        keys = [("segment.densities", list(self.densities))]
         if self.background_classes != list(DEFAULT_BACKGROUND):  # the default names the usual spellings
-            given += self.background_classes
-        unknown = [name for name in given if name not in names]
-        if unknown:
-            raise ValueError(f"segment.densities / segment.background_classes name {', '.join(map(repr, unknown))}, "
-                             f"not a class of the ensemble ({', '.join(names)})")
+            keys.append(("segment.background_classes", self.background_classes))
+        for key, given in keys:
+            unknown = [name for name in given if name not in names]
+            if unknown:
+                raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a class of the ensemble "
+                                 f"({', '.join(names)})")
 
     @field_validator("formats")
     @classmethod

@@ -145,7 +145,8 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     boundaries = merge_boundaries([r.components for r in records], plan.height, plan.width)
     sample = np.asarray(plan.sample_classes, bool)
     particles = merge_particles([r.particles for r in records], plan.height, plan.width, sample,
-                                settings.connectivity)
+                                settings.connectivity, min_area=settings.min_grain_px)
+    real = particles.area >= settings.min_grain_px  # smaller ones are noise, as for grains
     counts = sum(r.components.class_pixels for r in records)
     background = set(settings.background_classes)
     modal, no_density = modal_mineralogy(counts, names, background, {**DEFAULT_DENSITIES, **settings.densities})
@@ -176,9 +177,12 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         "modal_mineralogy": modal,  # area % of the image; sample area % and weight % without background
         "densities_missing": no_density,  # minerals present without a density: no weight % (segment.densities)
         "association": association_table(boundaries, names, background, plan.pixel_size_um),
-        "particles": {"count": int(particles.count.sum()), "sample_pixels": int(particles.liberation.sum()),
-                      "size": size_distribution(particles.area, particles.count, plan.pixel_size_um)},
-        "liberation": liberation_table(particles.liberation, names, sample),
+        # without a background class the whole section is one "particle": no particle statistics then
+        "particles": None if sample.all() else {
+            "count": int(particles.count[real].sum()), "noise": int(particles.count[~real].sum()),
+            "touching_edge": particles.touching_edge, "sample_pixels": int(particles.liberation.sum()),
+            "size": size_distribution(particles.area[real], particles.count[real], plan.pixel_size_um)},
+        "liberation": None if sample.all() else liberation_table(particles.liberation, names, sample),
         "grains": {n: {**grain_statistics(*areas[i], settings.min_grain_px, plan.pixel_size_um),
                        "size": _grain_sizes(*areas[i], settings.min_grain_px, plan.pixel_size_um)}
                    for i, n in enumerate(names)},

@@ -49,6 +49,10 @@ class SlidePlan:
     # per class id: is it sample (not segment.background_classes)? particles are connected sample pixels
     sample_classes: tuple[bool, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.sample_classes and len(self.sample_classes) != self.num_classes:
+            raise ValueError(f"sample_classes has {len(self.sample_classes)} entries for {self.num_classes} classes")
+
     @property
     def tile(self) -> int:
         return self.tiling.tile

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# g/cm³, measured densities from the Handbook of Mineralogy (Anthony, Bideaux, Bladh & Nichols; the
-# midpoint where a range is given), for the classes of the seed papers. "gangue" is taken as quartz; set
-# the real gangue's density in config when it is not mostly quartz.
+# g/cm³ from the Handbook of Mineralogy (Anthony, Bideaux, Bladh & Nichols): within its measured range,
+# its calculated density where it gives one (e.g. pyrite 5.01), for the classes of the seed papers and
+# common ore minerals. "gangue" is taken as quartz; set the real gangue's density in config otherwise.
 DEFAULT_DENSITIES: dict[str, float] = {
     "pyrite": 5.01, "chalcopyrite": 4.19, "bornite": 5.07, "galena": 7.58, "sphalerite": 4.05,
     "magnetite": 5.18, "pyrrhotite": 4.61, "pentlandite": 4.8, "tennantite": 4.62, "quartz": 2.65,
     "gangue": 2.65, "hematite": 5.26, "ilmenite": 4.72, "arsenopyrite": 6.07, "covellite": 4.68,
-    "chalcocite": 5.65, "molybdenite": 5.5, "cassiterite": 6.99, "gold": 19.3,
+    "chalcocite": 5.65, "molybdenite": 4.7, "cassiterite": 6.99, "gold": 19.3,
 }
 
 

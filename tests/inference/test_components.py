@@ -76,13 +76,20 @@ def test_missing_blocks_and_unknown_ids_are_refused():
 
 
 def test_a_block_record_round_trips():
+    """Grain components and particles share one record: every field survives, none collides."""
+    from dataclasses import fields
+
+    from minseg.inference.components import label_particles
+
     labels = blob_labels((24, 40), 3, seed=5)
     block = label_block(labels, 48, 96, 3)
-    again = type(block).from_arrays(dict(np.load(io.BytesIO(_npz(block.to_arrays())))))
-    assert again.top == 48 and again.left == 96
-    for name in ("klass", "area", "edge_top", "edge_bottom", "edge_left", "edge_right", "class_pixels",
-                 "inner_class", "inner_area", "inner_count"):
-        assert np.array_equal(getattr(again, name), getattr(block, name)), name
+    particles = label_particles(labels, 48, 96, np.array([False, True, True]))
+    stored = dict(np.load(io.BytesIO(_npz({**block.to_arrays(), **particles.to_arrays()}))))
+    for original in (block, particles):
+        again = type(original).from_arrays(stored)
+        assert again.top == 48 and again.left == 96 and (again.height, again.width) == (24, 40)
+        for field in fields(original):
+            assert np.array_equal(getattr(again, field.name), getattr(original, field.name)), field.name
 
 
 def _npz(arrays):

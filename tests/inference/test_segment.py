@@ -138,7 +138,8 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     mass = {name: areas[name]["pixels"] * density for name, density in (("pyrite", 5.01), ("chalcopyrite", 4.19))}
     for name in mass:
         expected_wt = 100 * mass[name] / sum(mass.values()) if sum(mass.values()) else None
-        assert areas[name]["weight_percent"] == (pytest.approx(expected_wt, abs=1e-3) if expected_wt else None)
+        assert areas[name]["weight_percent"] == (pytest.approx(expected_wt, abs=1e-3) if expected_wt is not None
+                                                 else None)
     assert "weight_percent" not in areas["background"] and slide_summary["densities_missing"] == []
     # association from the blocks (6 of them) as counted over the whole label map (tests/mineralogy: blocks of
     # any size and order against a pixel-by-pixel count, on label maps with many classes)
@@ -158,11 +159,13 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
 
     from minseg.mineralogy.sizes import size_distribution
 
-    ids, particle_count = ndimage.label(levels[0] != 0, structure=np.ones((3, 3)))
+    ids, _ = ndimage.label(levels[0] != 0, structure=np.ones((3, 3)))
     particle_areas, how_many = np.unique(np.bincount(ids.ravel())[1:], return_counts=True)
-    expected_sizes = size_distribution(particle_areas, how_many, None)
+    real = particle_areas >= 4  # segment.min_grain_px: smaller particles are noise
+    expected_sizes = size_distribution(particle_areas[real], how_many[real], None)
     assert slide_summary["particles"]["size"] == json.loads(json.dumps(expected_sizes))
-    assert slide_summary["particles"]["count"] == particle_count
+    assert slide_summary["particles"]["count"] == how_many[real].sum()
+    assert slide_summary["particles"]["noise"] == how_many[~real].sum()
     assert set(slide_summary["grains"]["pyrite"]["size"]) == {"count", "unit", "number", "area"}
     counts = np.bincount(levels[0].ravel(), minlength=3)
     assert [areas[n]["pixels"] for n in ("background", "pyrite", "chalcopyrite")] == counts.tolist()
@@ -385,7 +388,7 @@ def test_cli_exit_codes(ray_session, manifests, test_slides, tmp_path, capsys):
     # a density for a class the ensemble does not have: refused before any work, naming the key and classes
     assert main(["segment", test_slides["small"], "--out", str(tmp_path / "d"), *common,
                  "--set", 'segment.densities={"pyrit": 5.0}']) == 2
-    assert ("segment.densities / segment.background_classes name 'pyrit', not a class of the ensemble "
+    assert ("segment.densities names 'pyrit', not a class of the ensemble "
             "(background, pyrite, chalcopyrite)") in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 

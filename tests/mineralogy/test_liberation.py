@@ -19,23 +19,62 @@ def whole_image(labels, sample, connectivity):
     return composition
 
 
+def noise_labels(shape, classes, seed, resin=0.6):
+    """Speckle: mostly resin, small particles touching only diagonally, many cut by block edges."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(1, classes, shape).astype(np.uint8)
+    labels[rng.random(shape) < resin] = 0
+    return labels
+
+
+def staircase(size):
+    """One pixel per row, each diagonal to the last: one particle with 8-connectivity, `size` with 4."""
+    labels = np.zeros((size, size), np.uint8)
+    labels[np.arange(size), np.arange(size)] = 1 + np.arange(size) % 2
+    return labels
+
+
+MAPS = {
+    "blobs": lambda shape, seed: blob_labels(shape, 5, seed),
+    "noise": lambda shape, seed: noise_labels(shape, 5, seed),
+    "staircase": lambda shape, seed: staircase(shape[0]),
+}
+
+
 @pytest.mark.parametrize("connectivity", [4, 8])
-@pytest.mark.parametrize("shape, block", [((61, 83), 16), ((48, 48), 48), ((30, 90), 8), ((1, 40), 16)])
-def test_block_particles_equal_the_whole_image(shape, block, connectivity):
-    classes = 5
+@pytest.mark.parametrize("kind", sorted(MAPS))
+@pytest.mark.parametrize("shape, block", [((61, 83), 16), ((48, 48), 48), ((30, 90), 8), ((1, 40), 16),
+                                          ((23, 23), 1), ((31, 29), 3)])
+def test_block_particles_equal_the_whole_image(kind, shape, block, connectivity):
+    if kind == "staircase":
+        shape = (shape[0], shape[0])
     sample = np.array([False, True, True, True, True])  # class 0 is resin
-    labels = blob_labels(shape, classes, seed=shape[1] + block)
+    labels = MAPS[kind](shape, shape[1] + block)
     composition = whole_image(labels, sample, connectivity)
-    expected_liberation = accumulate(composition, sample)
-    expected_areas = np.sort(composition.sum(axis=1))
+    min_area = 3
+    areas = composition.sum(axis=1)
+    expected_liberation = accumulate(composition[areas >= min_area], sample)
     height, width = shape
-    blocks = [label_particles(labels[top : top + block, left : left + block], top, left, sample, connectivity)
+    structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
+    ids, _ = ndimage.label(sample[labels], structure=structure)
+    border = np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))
+    blocks = [label_particles(labels[top : top + block, left : left + block], top, left, sample, connectivity,
+                              min_area=min_area)
               for top in range(0, height, block) for left in range(0, width, block)]
     order = np.random.default_rng(block).permutation(len(blocks))
-    particles = merge_particles([blocks[i] for i in order], height, width, sample, connectivity)
+    particles = merge_particles([blocks[i] for i in order], height, width, sample, connectivity, min_area=min_area)
     assert np.array_equal(particles.liberation, expected_liberation)
-    assert np.array_equal(np.repeat(particles.area, particles.count), expected_areas)
-    assert particles.liberation.sum() == sample[labels].sum()  # every sample pixel is in one particle
+    assert np.array_equal(np.repeat(particles.area, particles.count), np.sort(areas))
+    assert particles.touching_edge == len(border[border > 0])
+
+
+def test_a_stray_pixel_in_resin_is_noise_not_a_liberated_particle():
+    labels = np.zeros((9, 9), np.uint8)
+    labels[4, 4] = 1
+    sample = np.array([False, True])
+    particles = merge_particles([label_particles(labels, 0, 0, sample, min_area=4)], 9, 9, sample, min_area=4)
+    assert particles.liberation.sum() == 0 and list(zip(particles.area, particles.count)) == [(1, 1)]
+    assert particles.touching_edge == 0
 
 
 def test_liberated_binary_and_locked_particles_by_hand():
