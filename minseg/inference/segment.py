@@ -523,6 +523,12 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
     for name, entry in summary["grains"].items():
         row[f"grains:{name}"] = entry["count"]
         row[f"mean_grain_px:{name}"] = entry.get("mean_area_px")
+    particles = summary.get("particles")  # absent from summaries written before #17, None without background
+    if particles:
+        row["particles"] = particles["count"]
+        row[f"particle_p80_{particles['size']['unit']}"] = particles["size"]["area"]["p80"]
+    for name, entry in (summary.get("liberation") or {}).items():
+        row[f"liberated_pct:{name}"] = entry["liberated_pct"]
     return row
 
 
@@ -546,7 +552,9 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     if merged:
         storage.write_text(join_uri(out, "slides.csv"), csv_text(merged))
         buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(merged), buffer)
+        # every row's columns (from_pylist would keep only the first row's: slides differ in their classes)
+        columns = list(dict.fromkeys(key for row in merged for key in row))
+        pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in merged]), buffer)
         storage.write_bytes(join_uri(out, "slides.parquet"), buffer.getvalue())
     complete = {row["slide"] for row in merged}
     failed_now = {f.slide for f in result.failed}

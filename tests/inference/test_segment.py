@@ -192,7 +192,8 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert len(table) == 3 and table[0].startswith("slide,uri,status")
     import pyarrow.parquet as pq
 
-    assert pq.read_table(tmp_path / "slides.parquet").num_rows == 2
+    table = pq.read_table(tmp_path / "slides.parquet")
+    assert table.num_rows == 2 and {"particles", "particle_p80_px", "liberated_pct:pyrite"} <= set(table.column_names)
     document = json.loads((tmp_path / "run_summary.json").read_text())
     assert document["blocks"] == 6 + 6 + 1 + 1 and document["windows"] > 4 * 7 + 1  # bad slides tried too
     # the driver got a few numbers per block, not the scores the windows made
@@ -415,3 +416,24 @@ def test_thread_map_keeps_the_order_and_raises():
     assert thread_map(slow_square, [3], 8) == [9]
     with pytest.raises(RuntimeError, match="boom"):
         thread_map(slow_square, [1, 99, 2], 3)
+
+
+def test_slide_tables_keep_every_slides_columns(tmp_path):
+    """Slides differ in their columns (weight % only where a sample was found, older summaries without
+    particles): the parquet table keeps the union, as the CSV does, instead of the first row's columns."""
+    import pyarrow.parquet as pq
+
+    from minseg.inference.segment import SegmentResult, _write_run_summary
+    from minseg.io.storage import Storage
+
+    def summary(slide, weight):
+        modal = {"pyrite": {"pixels": 5, "area_percent": 50.0, "weight_percent": weight}}
+        return {"slide": slide, "uri": f"{slide}.tif", "shape": [2, 5], "tiles": 1, "ensemble_digest": "d",
+                "active_seconds": 1.0, "wall_seconds": 1.0,
+                "modal_mineralogy": modal, "grains": {"pyrite": {"count": 1, "mean_area_px": 5.0}}}
+
+    result = SegmentResult(str(tmp_path), "m.json", "d", 1.0, done=[summary("a", None), summary("b", 100.0)])
+    _write_run_summary(result, Storage())
+    table = pq.read_table(tmp_path / "slides.parquet").to_pylist()
+    assert [row["wt_pct:pyrite"] for row in table] == [None, 100.0]
+    assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
