@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from minseg.errors import InputError
-from minseg.io.storage import is_s3, parse_uri, scratch_suffix
+from minseg.io.storage import has_glob, is_s3, parse_uri, scratch_suffix
 from minseg.logs import get_logger, log_event
 
 log = get_logger("preflight")
@@ -32,7 +32,6 @@ REQUIRED_MODULES = ("minseg", "torch", "ray.data", "numpy", "pyarrow", "zarr", "
 SHIP_HINT = ("ship minseg to the workers: run cluster/Dockerfile's image on every node, or submit with "
              "`ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml` (docs/cluster.md)")
 SHARED_HINT = "use an s3:// URI or a folder on a mount every node shares (docs/cluster.md)"
-_GLOB = set("*?[")
 
 
 class ClusterSetupError(InputError):
@@ -108,7 +107,7 @@ def _existing_prefix(path: str) -> str:
     """The part of a local path or glob that must exist: the folder above the first wildcard."""
     parts = path.split(os.sep)
     for index, part in enumerate(parts):
-        if _GLOB & set(part):
+        if has_glob(part):
             return os.sep.join(parts[:index]) or (os.sep if path.startswith(os.sep) else ".")
     return path
 
