@@ -15,6 +15,7 @@ from minseg.geo.config import ProspectSettings
 from minseg.inference.config import SegmentSettings
 from minseg.io.config import StorageSettings
 from minseg.io.storage import absolute_uri, join_uri
+from minseg.mineralogy.config import MineralogySettings
 from minseg.runtime import RaySettings
 from minseg.synth.config import SynthSettings
 from minseg.train.config import TrainingSettings
@@ -42,4 +43,5 @@ class MinsegConfig(StrictModel):
     training: TrainingSettings | None = None
     evaluation: EvaluationSettings | None = None
     segment: SegmentSettings | None = None
+    mineralogy: MineralogySettings = MineralogySettings()  # how segment and measure measure label maps
     prospect: ProspectSettings | None = None

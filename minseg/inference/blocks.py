@@ -9,8 +9,8 @@ of the output chunk). A block is finished by one worker from start to end:
 2. ``BlockSegmenter`` (an actor holding the ensemble) predicts the windows in fixed-shape batches,
    blends them with a region ``Stitcher`` (bit-identical to stitching the whole slide), writes the
    block's labels, uncertainty and image into the slide's OME-Zarr on every level the block can
-   write alone, labels its grains, and writes a small block record
-   (``<slide>/.minseg/blocks/<row>-<col>.npz``: components, class pixels, preview samples);
+   write alone, measures its grains and particles (``mineralogy.slide``), and writes a block record
+   (``<slide>/.minseg/blocks/<row>-<col>.npz``: objects, class pixels, preview samples);
 3. the driver gets back a row of a few numbers. When every block of a slide is recorded, a
    finishing task (``outputs.finish_slide``) merges the records, builds the coarse pyramid
    levels, the preview and the TIFF export, and writes ``summary.json`` last.
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from minseg.ensemble.runtime import Columns
-from minseg.inference.components import BlockComponents, BlockParticles, label_block, label_particles
 from minseg.inference.outputs import preview_sample
 from minseg.inference.plan import SLIDES, read_tile
 from minseg.inference.stitch import Stitcher
 from minseg.io.ngff import PyramidLayout
 from minseg.io.storage import Storage, join_uri
+from minseg.mineralogy.slide import BlockMineralogy, measure_block
 
 RECORDS = ".minseg"  # per-slide working folder: plan.json and block records (removed once the slide is done)
 
@@ -95,12 +95,12 @@ def unpack(data: bytes) -> dict[str, np.ndarray]:
 
 @dataclass
 class BlockRecord:
-    """What a finished block leaves for its slide's finishing step: grain components, uncertainty sum,
-    preview samples (slide and labels, on the preview's global grid), windows predicted, seconds."""
+    """What a finished block leaves for its slide's finishing step: its grains and particles (whole ones as
+    table rows, the ones crossing its edges for the merge), uncertainty sum, preview samples (slide and labels,
+    on the preview's global grid), windows predicted, seconds."""
 
     block: Block
-    components: BlockComponents
-    particles: BlockParticles
+    mineralogy: BlockMineralogy
     uncertainty_sum: int
     preview_image: np.ndarray
     preview_labels: np.ndarray
@@ -112,13 +112,13 @@ class BlockRecord:
         return pack(block=np.asarray([b.row, b.col, b.top, b.bottom, b.left, b.right], np.int64),
                     uncertainty_sum=np.asarray(self.uncertainty_sum, np.int64), preview_image=self.preview_image,
                     preview_labels=self.preview_labels, windows=np.asarray(self.windows),
-                    seconds=np.asarray(self.seconds), **self.components.to_arrays(), **self.particles.to_arrays())
+                    seconds=np.asarray(self.seconds), **self.mineralogy.to_arrays())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "BlockRecord":
         arrays = unpack(data)
-        return cls(Block(*(int(v) for v in arrays["block"])), BlockComponents.from_arrays(arrays),
-                   BlockParticles.from_arrays(arrays), int(arrays["uncertainty_sum"]), arrays["preview_image"],
+        return cls(Block(*(int(v) for v in arrays["block"])), BlockMineralogy.from_arrays(arrays),
+                   int(arrays["uncertainty_sum"]), arrays["preview_image"],
                    arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]))
 
 
@@ -247,9 +247,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
             level_image = halve(level_image, "mean")
     record = BlockRecord(
         block=block,
-        components=label_block(labels, block.top, block.left, plan.num_classes, settings.connectivity),
-        particles=label_particles(labels, block.top, block.left, np.asarray(plan.sample_classes, bool),
-                                  settings.connectivity, min_area=settings.min_grain_px),
+        mineralogy=measure_block(labels, block.top, block.left, plan.measure),
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),

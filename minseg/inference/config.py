@@ -25,9 +25,6 @@ class SlideLimitSettings(StrictModel):
         return SlideLimits(self.max_pixels, int(self.max_segment_mib * 2**20), "segment.limits")
 
 
-DEFAULT_BACKGROUND = ("background", "resin", "epoxy", "pore", "pores")
-
-
 class SegmentSettings(StrictModel):
     manifest_uri: str | None = Field(
         None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
@@ -70,44 +67,9 @@ class SegmentSettings(StrictModel):
     preview_max_side: int = Field(2048, ge=64)
     preview_format: PreviewFormat = PreviewFormat.PNG
     preview_alpha: float = Field(0.55, ge=0, le=1, description="opacity of the class colours over the image")
-    connectivity: int = Field(8, description="grain connectivity: 4 or 8 neighbours")
-    min_grain_px: int = Field(4, ge=1, description="smaller components are counted as noise, not grains")
-    background_classes: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_BACKGROUND),
-        description="class names that are not sample (mounting resin, pores): left out of sample area % and "
-                    "weight %, and their contact with minerals is the minerals' free surface")
-    densities: dict[str, float] = Field(default_factory=dict, description="g/cm³ by class name for weight %; "
-                                        "added to the built-in table (minseg.mineralogy.DEFAULT_DENSITIES)")
     pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel of the segmented level; "
                                         "default: the slide's resolution tags, if any")
     limits: SlideLimitSettings = SlideLimitSettings()
-
-    @field_validator("connectivity")
-    @classmethod
-    def _connectivity(cls, value: int) -> int:
-        if value not in (4, 8):
-            raise ValueError("must be 4 or 8")
-        return value
-
-    @field_validator("densities")
-    @classmethod
-    def _positive_densities(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = {name: density for name, density in value.items() if not 0 < density < 100}
-        if bad:
-            raise ValueError(f"densities are g/cm³, above 0 and below 100 (osmium: 22.6): {bad}")
-        return value
-
-    def check_class_names(self, names: list[str]) -> None:
-        """The class names this config sets (densities; background classes when set) must be the
-        ensemble's; raises ValueError naming the key and the known classes."""
-        keys = [("segment.densities", list(self.densities))]
-        if self.background_classes != list(DEFAULT_BACKGROUND):  # the default names the usual spellings
-            keys.append(("segment.background_classes", self.background_classes))
-        for key, given in keys:
-            unknown = [name for name in given if name not in names]
-            if unknown:
-                raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a class of the ensemble "
-                                 f"({', '.join(names)})")
 
     @field_validator("formats")
     @classmethod

@@ -2,14 +2,15 @@
 
 ``prepare_slide`` (driver) creates the empty OME-Zarr and ``.minseg/plan.json``, or, when an
 interrupted run of the same ensemble and block plan left them, resumes: blocks whose record
-exists are not redone. ``finish_slide`` (a Ray task) merges the block records (grains across
-block edges, modal mineralogy, uncertainty), builds the pyramid levels no single block could
+exists are not redone. ``finish_slide`` (a Ray task) merges the block records (the slide's
+mineralogy: ``mineralogy.json``, the per-object tables and plots; uncertainty), builds the pyramid levels no single block could
 write, renders the preview, exports TIFFs when asked, marks the zarr complete and writes
 ``summary.json`` last; then the records are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,18 +19,15 @@ import numpy as np
 
 from minseg.enums import OutputFormat, PreviewFormat
 from minseg.inference.blocks import RECORDS, Block, BlockRecord, block_levels, record_uri, slide_blocks
-from minseg.inference.components import merge_boundaries, merge_components, merge_particles
 from minseg.inference.config import SegmentSettings
-from minseg.inference.grains import grain_statistics
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
     palette_colormap
 from minseg.inference.plan import SlidePlan
 from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
-from minseg.mineralogy import DEFAULT_DENSITIES, association_table, modal_mineralogy
-from minseg.mineralogy.liberation import liberation_table
-from minseg.mineralogy.sizes import size_distribution
+from minseg.mineralogy.plots import write_plots
+from minseg.mineralogy.slide import DOCUMENT, GRAINS_TABLE, PARTICLES_TABLE, ObjectTables, SlideMineralogy
 
 log = get_logger("segment")
 
@@ -43,13 +41,12 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
             "include_image": settings.include_image, "compression": str(settings.compression),
             "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
             # what the block records were computed with
-            "connectivity": settings.connectivity, "preview_stride": plan.preview_stride,
-            "sample_classes": list(plan.sample_classes)}
+            "preview_stride": plan.preview_stride, "mineralogy": plan.measure.key()}
 
 
 #: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as
-#: a (class, area) histogram; 3: boundary counts; 4: particles)
-RECORD_VERSION = 4
+#: a (class, area) histogram; 3: boundary counts; 4: particles; 5: object geometry and table rows)
+RECORD_VERSION = 5
 
 
 def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
@@ -126,7 +123,8 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
                  summary: dict, metadata: dict) -> dict:
     """Merge the block records and publish the slide (module doc); returns its summary.
 
-    ``summary`` holds the run's facts (ensemble, timings so far); statistics and files are added.
+    ``summary`` holds the run's facts (ensemble, timings so far); statistics and files are added. Records are
+    read one at a time: their whole objects go straight to the per-object tables, only what crosses blocks stays.
 
     Raises:
         ObjectNotFoundError: a block record is missing (the slide is not finished).
@@ -135,37 +133,57 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     names = [c["name"] for c in classes]
     layout = layout_of(plan, settings)
     blocks = slide_blocks(plan.height, plan.width, settings.block)
-    records = [BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, b))) for b in blocks]
     arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
     build_coarse_levels(arrays, layout, block_levels(settings.block, settings.output_tile, layout.levels))
     if OutputFormat.TIFF in settings.formats:
         export_tiffs(arrays, plan, settings, classes, storage, metadata)
 
-    grains = merge_components([r.components for r in records], plan.height, plan.width, settings.connectivity)
-    boundaries = merge_boundaries([r.components for r in records], plan.height, plan.width)
-    sample = np.asarray(plan.sample_classes, bool)
-    particles = merge_particles([r.particles for r in records], plan.height, plan.width, sample,
-                                settings.connectivity, min_area=settings.min_grain_px)
-    real = particles.area >= settings.min_grain_px  # smaller ones are noise, as for grains
-    counts = sum(r.components.class_pixels for r in records)
-    background = set(settings.background_classes)
-    modal, no_density = modal_mineralogy(counts, names, background, {**DEFAULT_DENSITIES, **settings.densities})
+    spec = plan.measure
+    preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
+    windows = uncertainty_sum = 0
+    block_seconds = 0.0
+    with contextlib.ExitStack() as stack:
+        tables = None
+        if spec.settings.tables:
+            grains_path = stack.enter_context(storage.staged_output(join_uri(plan.output_uri, GRAINS_TABLE), ".parquet"))
+            particles_path = stack.enter_context(storage.staged_output(
+                join_uri(plan.output_uri, PARTICLES_TABLE), ".parquet")) if spec.has_particles else None
+            tables = ObjectTables(spec, plan.height, plan.width, grains_path, particles_path)
+        measured = SlideMineralogy(spec, plan.height, plan.width, tables)
+        try:
+            for block in blocks:
+                record = BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, block)))
+                measured.add(record.mineralogy)
+                preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
+                preview.add_labels(record.block.top, record.block.left, record.preview_labels)
+                windows += record.windows
+                uncertainty_sum += record.uncertainty_sum
+                block_seconds += record.seconds
+            mineralogy = measured.finish()
+        except BaseException:
+            if tables is not None:
+                tables.abort()
+            raise
+    mineralogy["colours"] = class_colours(classes).tolist()
+    files = {"zarr": ZARR, "summary": SUMMARY, "mineralogy": DOCUMENT}
+    if mineralogy["tables"]:
+        files.update(grains=GRAINS_TABLE, **({"particles": PARTICLES_TABLE} if spec.has_particles else {}))
+    if spec.settings.plots:
+        title = plan.slide_id
+        for name in write_plots(mineralogy, storage, plan.output_uri, title):
+            files[name.rsplit(".", 1)[0]] = name
+    storage.write_text(join_uri(plan.output_uri, DOCUMENT), json.dumps(mineralogy, indent=1, default=float))
+
+    counts = np.asarray(mineralogy["tally"]["class_pixels"], np.int64)
     total = max(1, int(counts.sum()))
     area = [100.0 * c / total for c in counts]
-    preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
-    for record in records:
-        preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
-        preview.add_labels(record.block.top, record.block.left, record.preview_labels)
     preview_name = f"preview.{PreviewFormat(settings.preview_format).value}"
     image = preview.render(class_colours(classes), names, area, settings.preview_alpha)
     with storage.staged_output(join_uri(plan.output_uri, preview_name), f".{preview_name}") as path:
         # zlib level 2: a 2048² preview encodes ~4x faster than at the default 6 (0.33 s vs 1.4 s), ~13 % more bytes
         image.save(path, format="PNG" if settings.preview_format is PreviewFormat.PNG else "JPEG", quality=90,
                    compress_level=2)
-
-    windows = sum(r.windows for r in records)
-    areas = grains.areas(len(names))
-    files = {"zarr": ZARR, "preview": preview_name, "summary": SUMMARY}
+    files["preview"] = preview_name
     if OutputFormat.TIFF in settings.formats:
         files.update(labels=LABELS, uncertainty=UNCERTAINTY)
     summary = {
@@ -173,20 +191,10 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         "blocks": len(blocks), "block": settings.block,
         # windows predicted over windows in the slide's grid: the price of blending where we predict
         "recompute": round(windows / max(1, len(plan.grid)), 4),
-        "block_seconds": round(sum(r.seconds for r in records), 2),
-        "modal_mineralogy": modal,  # area % of the image; sample area % and weight % without background
-        "densities_missing": no_density,  # minerals present without a density: no weight % (segment.densities)
-        "association": association_table(boundaries, names, background, plan.pixel_size_um),
-        # without a background class the whole section is one "particle": no particle statistics then
-        "particles": None if sample.all() else {
-            "count": int(particles.count[real].sum()), "noise": int(particles.count[~real].sum()),
-            "touching_edge": particles.touching_edge, "sample_pixels": int(particles.liberation.sum()),
-            "size": size_distribution(particles.area[real], particles.count[real], plan.pixel_size_um)},
-        "liberation": None if sample.all() else liberation_table(particles.liberation, names, sample),
-        "grains": {n: {**grain_statistics(*areas[i], settings.min_grain_px, plan.pixel_size_um),
-                       "size": _grain_sizes(*areas[i], settings.min_grain_px, plan.pixel_size_um)}
-                   for i, n in enumerate(names)},
-        "mean_uncertainty": round(sum(r.uncertainty_sum for r in records) / total / 255.0, 5),
+        "block_seconds": round(block_seconds, 2),
+        # the headline of mineralogy.json (which also has liberation by size fraction and the raw tallies)
+        **{key: mineralogy[key] for key in HEADLINE},
+        "mean_uncertainty": round(uncertainty_sum / total / 255.0, 5),
         "files": files,
     }
     summary["finish_seconds"] = round(time.monotonic() - started, 2)
@@ -199,10 +207,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
               wall_seconds=summary["wall_seconds"], output=plan.output_uri)
     return summary
 
-def _grain_sizes(area: np.ndarray, count: np.ndarray, min_grain_px: int, pixel_size_um: float | None) -> dict:
-    """ECD quantiles of one class's grains, the noise below ``min_grain_px`` left out as in its statistics."""
-    keep = area >= min_grain_px
-    return size_distribution(area[keep], count[keep], pixel_size_um)
+
+#: the mineralogy keys a slide's summary.json repeats from its mineralogy.json
+HEADLINE = ("modal_mineralogy", "densities_missing", "association", "particles", "liberation", "grains")
 
 
 def discard_slide(plan: SlidePlan, storage: Storage) -> None:

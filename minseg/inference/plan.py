@@ -22,6 +22,8 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
 from minseg.io.slides import Slide, SlideCache, SlideLimits
 from minseg.io.storage import Storage, join_uri
+from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.slide import MeasureSpec
 
 @dataclass
 class SlidePlan:
@@ -45,13 +47,12 @@ class SlidePlan:
     pixel_size_um: float | None
     uncertainty: Uncertainty
     num_classes: int
+    measure: MeasureSpec  # how its blocks are measured (classes, mineralogy settings, pixel size)
     limits: SlideLimits = SlideLimits()
-    # per class id: is it sample (not segment.background_classes)? particles are connected sample pixels
-    sample_classes: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.sample_classes and len(self.sample_classes) != self.num_classes:
-            raise ValueError(f"sample_classes has {len(self.sample_classes)} entries for {self.num_classes} classes")
+        if len(self.measure.names) != self.num_classes:
+            raise ValueError(f"the mineralogy has {len(self.measure.names)} classes, the slide {self.num_classes}")
 
     @property
     def tile(self) -> int:
@@ -67,7 +68,7 @@ class SlidePlan:
 
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
-               output_uri: str) -> SlidePlan:
+               output_uri: str, mineralogy: MineralogySettings | None = None) -> SlidePlan:
     with Slide(uri, storage, limits=settings.limits.limits()) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
@@ -93,8 +94,9 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         tiling=manifest.tiling, preview_stride=preview_stride(height, width, settings.preview_max_side),
         pixel_size_um=pixel_size, uncertainty=resolve_uncertainty(settings.uncertainty, manifest.fusion.mode),
         num_classes=manifest.num_classes,
+        measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
+                            pixel_size),
         limits=settings.limits.limits(),
-        sample_classes=tuple(c["name"] not in settings.background_classes for c in manifest.classes["classes"]),
     )
 
 

@@ -9,12 +9,15 @@
    the whole ensemble, predicts, fuses and blends them into the finished block and
    writes its chunks and a small record straight to storage (``blocks``). Per-tile
    scores never leave the worker; the driver receives a few numbers per block.
-3. When a slide's last block is in, a task merges its records (grains across block
-   edges, modal mineralogy), builds the coarse pyramid levels, preview and optional
-   TIFF export, and writes ``summary.json`` last (``finish.finish_slide``). A slide
+3. When a slide's last block is in, a task merges its records (the slide's mineralogy:
+   grains and particles joined across block edges, ``mineralogy.slide``), builds the
+   coarse pyramid levels, preview and optional TIFF export, and writes ``summary.json``
+   last (``finish.finish_slide``). A slide
    that fails (unreadable, corrupt tile) goes to the failure manifest and leaves no
    outputs; the others carry on. Output is bit-identical for any block size, actor
    count and completion order (tests/inference/test_segment.py).
+4. The run's tables (``slides.csv`` / ``.parquet``, ``failures.json``) and the batch's
+   mineralogy report (``mineralogy/``: the slides' tallies summed) are written last.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.io.tables import csv_text
+from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.report import FOLDER, headline, write_batch_report
+from minseg.mineralogy.slide import DOCUMENT
 from minseg.logs import Progress, get_logger, log_event
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
@@ -267,7 +273,7 @@ def manifest_uri_of(config: MinsegConfig) -> str:
 
 
 def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
-                output_uri: str, result: SegmentResult) -> dict[str, SlidePlan]:
+                output_uri: str, result: SegmentResult, mineralogy: MineralogySettings) -> dict[str, SlidePlan]:
     """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
     (same ensemble, same level, no ``force``) to ``result.skipped``. ``settings.plan_threads`` slides at
     a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
@@ -276,7 +282,7 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
         try:
-            plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri)
+            plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri, mineralogy)
         except SlideError as exc:
             return SlideOutcome(slide_id, uri, str(exc))
         previous = read_summary(storage, plan.output_uri)
@@ -352,14 +358,15 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     manifest_uri = manifest_uri_of(config)
     manifest = load_manifest(manifest_uri, storage)
     try:
-        settings.check_class_names([c["name"] for c in manifest.classes["classes"]])
+        config.mineralogy.check_class_names([c["name"] for c in manifest.classes["classes"]])
     except ValueError as exc:
         raise SegmentInputError(str(exc)) from None
     output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
         join_uri(config.run.uri, "segment", settings.name)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
-    plans = plan_slides(resolve_slides(settings, storage), manifest, settings, storage, output_uri, result)
+    plans = plan_slides(resolve_slides(settings, storage), manifest, settings, storage, output_uri, result,
+                        config.mineralogy)
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
               manifest=manifest_uri, output=output_uri)
@@ -516,19 +523,7 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
            "active_seconds": summary.get("active_seconds", summary.get("seconds")),
            "wall_seconds": summary.get("wall_seconds"), "ensemble_digest": summary["ensemble_digest"],
            "mean_uncertainty": summary.get("mean_uncertainty")}
-    for name, entry in summary["modal_mineralogy"].items():
-        row[f"area_pct:{name}"] = entry["area_percent"]
-        if entry.get("weight_percent") is not None:
-            row[f"wt_pct:{name}"] = entry["weight_percent"]
-    for name, entry in summary["grains"].items():
-        row[f"grains:{name}"] = entry["count"]
-        row[f"mean_grain_px:{name}"] = entry.get("mean_area_px")
-    particles = summary.get("particles")  # absent from summaries written before #17, None without background
-    if particles:
-        row["particles"] = particles["count"]
-        row[f"particle_p80_{particles['size']['unit']}"] = particles["size"]["area"]["p80"]
-    for name, entry in (summary.get("liberation") or {}).items():
-        row[f"liberated_pct:{name}"] = entry["liberated_pct"]
+    row.update(headline(summary))  # the summary repeats mineralogy.json's headline keys
     return row
 
 
@@ -562,6 +557,10 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed if f.slide not in complete]
     storage.write_text(join_uri(out, "failures.json"), json.dumps(failures, indent=2))
+    if result.done:  # the batch's mineralogy over every complete slide under the output, this run's and earlier
+        documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
+        write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
+                           os.path.basename(out.rstrip("/")))
     document = {**result.to_document(), "slides": merged, "failed_slides": failures}
     storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float))
 

@@ -51,6 +51,16 @@ def accumulate(compositions: np.ndarray, sample: np.ndarray, edges: tuple[int, .
     return table
 
 
+def accumulate_by_size(compositions: np.ndarray, sample: np.ndarray, fraction: np.ndarray, fractions: int,
+                       edges: tuple[int, ...] = DEFAULT_EDGES) -> np.ndarray:
+    """:func:`accumulate` per size fraction: (fractions, C, len(edges) + 1) int64, ``fraction`` (P,) giving each
+    particle's fraction index (``sizes.size_fraction``)."""
+    table = np.zeros((fractions, len(sample), len(edges) + 1), np.int64)
+    for index in np.unique(fraction):
+        table[index] = accumulate(compositions[fraction == index], sample, edges)
+    return table
+
+
 def liberation_table(table: np.ndarray, names: list[str], sample: np.ndarray,
                      edges: tuple[int, ...] = DEFAULT_EDGES) -> dict:
     """Per mineral: its area % in each liberation class and the cumulative yield (% of its area with a share

@@ -46,8 +46,10 @@ def test_config_refuses_lossy_labels_and_odd_connectivity():
 
     with pytest.raises(ValidationError, match="jpeg is lossy"):
         SegmentSettings(compression="jpeg")
+    from minseg.mineralogy.config import MineralogySettings
+
     with pytest.raises(ValidationError, match="4 or 8"):
-        SegmentSettings(connectivity=6)
+        MineralogySettings(connectivity=6)
 
 
 class _Image:

@@ -93,8 +93,10 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert not list(tmp_path.rglob(".minseg")), "block records are removed once a slide is done"
 
     section = tmp_path / "section"
-    assert sorted(p.name for p in section.iterdir()) == ["labels.tif", "preview.png", "segmentation.ome.zarr",
-                                                         "summary.json", "uncertainty.tif"]
+    listed = set(json.loads((section / "summary.json").read_text())["files"].values())
+    assert sorted(p.name for p in section.iterdir()) == sorted(listed)  # every file listed, nothing else
+    assert {"labels.tif", "preview.png", "segmentation.ome.zarr", "summary.json", "uncertainty.tif",
+            "mineralogy.json", "grains.parquet", "particles.parquet"} <= listed
     levels = zarr_levels(section)
     assert levels[0].shape == (200, 330) and levels[0].dtype == np.uint8 and levels[0].max() <= 2
     assert [level.shape for level in levels] == [(200, 330), (100, 165), (50, 83), (25, 42)]
@@ -163,10 +165,24 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     particle_areas, how_many = np.unique(np.bincount(ids.ravel())[1:], return_counts=True)
     real = particle_areas >= 4  # segment.min_grain_px: smaller particles are noise
     expected_sizes = size_distribution(particle_areas[real], how_many[real], None)
-    assert slide_summary["particles"]["size"] == json.loads(json.dumps(expected_sizes))
+    del expected_sizes["mass"]  # by the particles' compositions: tests/mineralogy/test_slide.py
+    assert {k: v for k, v in slide_summary["particles"]["size"].items() if k != "mass"} == \
+        json.loads(json.dumps(expected_sizes))
     assert slide_summary["particles"]["count"] == how_many[real].sum()
     assert slide_summary["particles"]["noise"] == how_many[~real].sum()
-    assert set(slide_summary["grains"]["pyrite"]["size"]) == {"count", "unit", "number", "area"}
+    assert set(slide_summary["grains"]["pyrite"]["size"]) == {"count", "unit", "number", "area", "mass"}
+    # the per-object tables, mineralogy.json and the figures (tests/mineralogy/test_slide.py checks their values)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(section / "particles.parquet").num_rows == how_many[real].sum()
+    document = json.loads((section / "mineralogy.json").read_text())
+    assert document["particles"] == slide_summary["particles"] and set(document["liberation_by_size"]) == \
+        {"-20 px", "+20-38 px", "+38-75 px", "+75-150 px", "+150-300 px", "+300 px"}
+    for name in ("mineralogy.json", "grains.parquet", "particles.parquet"):
+        assert name in slide_summary["files"].values(), name
+    # figures only when there is something to draw (this untrained ensemble may find no mineral at all)
+    assert ("size_distribution.png" in slide_summary["files"].values()) == bool(sample_pixels)
+    assert all((section / name).exists() for name in slide_summary["files"].values())
     counts = np.bincount(levels[0].ravel(), minlength=3)
     assert [areas[n]["pixels"] for n in ("background", "pyrite", "chalcopyrite")] == counts.tolist()
     assert slide_summary["tiles"] == 4 * 7 and slide_summary["uncertainty"] == "entropy"
@@ -180,6 +196,8 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
         grains = slide_summary["grains"][name]
         assert grains["count"] + grains["noise_components"] == count, name
         assert grains["count"] == int((sizes >= 4).sum()), name
+        assert (pq.read_table(section / "grains.parquet").column("class").to_pylist().count(name)
+                == grains["count"]), name
 
     from PIL import Image
 
@@ -388,8 +406,8 @@ def test_cli_exit_codes(ray_session, manifests, test_slides, tmp_path, capsys):
     assert "no such ensemble manifest" in capsys.readouterr().err
     # a density for a class the ensemble does not have: refused before any work, naming the key and classes
     assert main(["segment", test_slides["small"], "--out", str(tmp_path / "d"), *common,
-                 "--set", 'segment.densities={"pyrit": 5.0}']) == 2
-    assert ("segment.densities names 'pyrit', not a class of the ensemble "
+                 "--set", 'mineralogy.densities={"pyrit": 5.0}']) == 2
+    assert ("mineralogy.densities names 'pyrit', not a class of the ensemble "
             "(background, pyrite, chalcopyrite)") in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from minseg.inference.components import label_block, merge_boundaries
+from minseg.mineralogy.components import label_grains, merge_boundaries
 from minseg.mineralogy import association_table, boundary_counts
-from tests.inference.test_components import blob_labels
+from tests.mineralogy.test_components import blob_labels
 
 
 def brute_force(labels, classes):
@@ -31,7 +31,7 @@ def test_block_boundaries_plus_seams_equal_the_whole_image_count(shape, block):
     expected = brute_force(labels, classes)
     assert np.array_equal(boundary_counts(labels, classes), expected)
     height, width = shape
-    blocks = [label_block(labels[top : top + block, left : left + block], top, left, classes)
+    blocks = [label_grains(labels[top : top + block, left : left + block], top, left, classes)
               for top in range(0, height, block) for left in range(0, width, block)]
     for seed in (0, 1):  # any order the blocks finish in
         order = np.random.default_rng(seed).permutation(len(blocks))

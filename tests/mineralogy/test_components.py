@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minseg.inference.components import label_block, merge_components
-from minseg.inference.grains import grain_statistics
+from minseg.mineralogy.components import label_grains, merge_grains
+from minseg.mineralogy.grains import grain_statistics
 
 
 def blob_labels(shape, classes, seed):
@@ -34,10 +34,10 @@ def whole_image_areas(labels, classes, connectivity):
 def count_by_blocks(labels, classes, block, connectivity, seed=0):
     """Label each block alone, then merge them in a shuffled order."""
     height, width = labels.shape
-    blocks = [label_block(labels[top : top + block, left : left + block], top, left, classes, connectivity)
+    blocks = [label_grains(labels[top : top + block, left : left + block], top, left, classes, connectivity)
               for top in range(0, height, block) for left in range(0, width, block)]
     order = np.random.default_rng(seed).permutation(len(blocks))
-    grains = merge_components([blocks[i] for i in order], height, width, connectivity)
+    grains = merge_grains([blocks[i] for i in order], height, width, connectivity)
     return grains, sum(b.class_pixels for b in blocks)
 
 
@@ -68,21 +68,21 @@ def test_diagonal_contacts_across_tile_corners():
 
 
 def test_missing_blocks_and_unknown_ids_are_refused():
-    block = label_block(np.zeros((16, 16), np.uint8), 0, 0, 3)
+    block = label_grains(np.zeros((16, 16), np.uint8), 0, 0, 3)
     with pytest.raises(ValueError, match="cover 256 pixels of a 32x16 slide"):
-        merge_components([block], 32, 16)
+        merge_grains([block], 32, 16)
     with pytest.raises(ValueError, match="label 7 is not a class id"):
-        label_block(np.full((16, 16), 7, np.uint8), 0, 0, 3)
+        label_grains(np.full((16, 16), 7, np.uint8), 0, 0, 3)
 
 
 def test_a_block_record_round_trips():
     """Grain components and particles share one record: every field survives, none collides."""
     from dataclasses import fields
 
-    from minseg.inference.components import label_particles
+    from minseg.mineralogy.components import label_particles
 
     labels = blob_labels((24, 40), 3, seed=5)
-    block = label_block(labels, 48, 96, 3)
+    block = label_grains(labels, 48, 96, 3)
     particles = label_particles(labels, 48, 96, np.array([False, True, True]))
     stored = dict(np.load(io.BytesIO(_npz({**block.to_arrays(), **particles.to_arrays()}))))
     for original in (block, particles):
@@ -133,7 +133,98 @@ def test_a_block_keeps_only_its_edge_components_one_by_one():
     labels = np.zeros((64, 64), np.uint8)
     labels[4:60:4, 4:60:4] = 1  # 196 one-pixel grains inside the block
     labels[0, :] = 2  # one grain along the top edge
-    block = label_block(labels, 0, 0, 3, connectivity=8)
+    block = label_grains(labels, 0, 0, 3, connectivity=8)
     assert sorted(block.klass.tolist()) == [0, 2]  # background touches the edges, as does the top row
     assert block.inner_class.tolist() == [1] and block.inner_area.tolist() == [1]
     assert block.inner_count.tolist() == [196]
+
+
+# -- object geometry: every grain and particle equals the whole map's, measured independently --------------
+
+
+def reference_objects(ids):
+    """Area, perimeter, bounding box and centroid of each object of a whole-map id image (0 = none), by
+    ``ndimage`` and a pixel-by-pixel count of outline edges (4-neighbours with another id, inside the map)."""
+    count = int(ids.max())
+    index = np.arange(1, count + 1)
+    area = ndimage.sum_labels(np.ones_like(ids), ids, index).astype(np.int64)
+    centroids = np.asarray(ndimage.center_of_mass(np.ones_like(ids), ids, index)).reshape(-1, 2)
+    boxes = [(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(ids)]
+    perimeter = np.zeros(count, np.int64)
+    height, width = ids.shape
+    for y in range(height):
+        for x in range(width):
+            for dy, dx in ((0, 1), (1, 0)):
+                ny, nx = y + dy, x + dx
+                if ny < height and nx < width and ids[y, x] != ids[ny, nx]:
+                    for side in (ids[y, x], ids[ny, nx]):
+                        if side:
+                            perimeter[side - 1] += 1
+    return {(b, round(c[0], 6), round(c[1], 6)): (a, p) for a, p, b, c in zip(area, perimeter, boxes, centroids)}
+
+
+def merged_objects(shapes):
+    """The same keyed view of merged ``shapes`` rows."""
+    from minseg.mineralogy.components import AREA, BOTTOM, LEFT, PERIMETER, RIGHT, SUM_X, SUM_Y, TOP
+
+    return {((int(s[TOP]), int(s[LEFT]), int(s[BOTTOM]), int(s[RIGHT])), round(s[SUM_Y] / s[AREA], 6),
+             round(s[SUM_X] / s[AREA], 6)): (int(s[AREA]), int(s[PERIMETER])) for s in shapes}
+
+
+def whole_map_grain_ids(labels, classes, connectivity):
+    ids, base = np.zeros(labels.shape, np.int64), 0
+    for klass in range(classes):
+        components, count = ndimage.label(labels == klass, structure=ndimage.generate_binary_structure(
+            2, 2 if connectivity == 8 else 1))
+        ids[components > 0] = components[components > 0] + base
+        base += count
+    return ids
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("shape, block", [((37, 53), 8), ((40, 40), 13), ((24, 60), 24), ((17, 9), 1)])
+def test_object_geometry_equals_the_whole_map(shape, block, connectivity):
+    """Every grain and particle (inner rows and merged ones together) has the whole map's area, perimeter,
+    bounding box and centroid, for several block sizes, shuffled block order, components over 2-4 blocks."""
+    from minseg.mineralogy.components import label_particles, merge_particles
+
+    classes = 4
+    labels = blob_labels(shape, classes, seed=shape[0] * block + connectivity)
+    labels[labels.shape[0] // 2, :] = 0  # a resin line across blocks: particles span several blocks, and end
+    height, width = shape
+    order = np.random.default_rng(block).permutation(
+        [(top, left) for top in range(0, height, block) for left in range(0, width, block)].__len__())
+    positions = [(top, left) for top in range(0, height, block) for left in range(0, width, block)]
+    sample = np.array([False, True, True, True])
+    grain_blocks, particle_blocks = [], []
+    for i in order:
+        top, left = positions[i]
+        part = labels[top : top + block, left : left + block]
+        grain_blocks.append(label_grains(part, top, left, classes, connectivity))
+        particle_blocks.append(label_particles(part, top, left, sample, connectivity))
+    grains = merge_grains(grain_blocks, height, width, connectivity)
+    rows = np.concatenate([b.rows_shapes for b in grain_blocks] + [grains.merged_shapes])
+    assert merged_objects(rows) == reference_objects(whole_map_grain_ids(labels, classes, connectivity))
+    particles = merge_particles(particle_blocks, height, width, sample, connectivity)
+    rows = np.concatenate([b.rows_shapes for b in particle_blocks] + [particles.merged_shapes])
+    structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
+    assert merged_objects(rows) == reference_objects(ndimage.label(sample[labels], structure=structure)[0])
+
+
+def test_perimeters_by_hand():
+    """A 3x3 square in resin has 12 outline edges; a ring around a core: the ring's outline is its outer 20
+    edges plus the 4 it shares with the core; a square cut by the slide's edge loses the edges outside."""
+    from minseg.mineralogy.components import AREA, PERIMETER
+
+    labels = np.zeros((9, 12), np.uint8)
+    labels[1:4, 1:4] = 1                 # square
+    labels[3:8, 6:11] = 2                # ring (5x5) ...
+    labels[5, 8] = 1                     # ... around a one-pixel core
+    labels[0:2, 11] = 1                  # 2 px in the top right corner: 2 edges left, 1 below, none outside
+    grains = merge_grains([label_grains(labels[:, :6], 0, 0, 3), label_grains(labels[:, 6:], 0, 6, 3)], 9, 12)
+    by_area = {(int(c), int(s[AREA])): int(s[PERIMETER]) for c, s in zip(grains.merged_class, grains.merged_shapes)}
+    rows = {(1, 9): 12, (2, 24): 24, (1, 1): 4, (1, 2): 3}
+    for block in (label_grains(labels[:, :6], 0, 0, 3), label_grains(labels[:, 6:], 0, 6, 3)):
+        by_area.update({(int(c), int(s[AREA])): int(s[PERIMETER]) for c, s in zip(block.rows_class, block.rows_shapes)})
+    for key, perimeter in rows.items():
+        assert by_area[key] == perimeter, key

@@ -1,0 +1,137 @@
+"""A slide's mineralogy from blocks streamed in any order: its document and per-object tables equal the whole
+map's, measured independently; tallies add up over slides; the figures are drawn."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from scipy import ndimage
+
+from minseg.io.storage import Storage
+from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.liberation import accumulate
+from minseg.mineralogy.plots import write_plots
+from minseg.mineralogy.sizes import size_fraction
+from minseg.mineralogy.slide import (MeasureSpec, ObjectTables, SlideMineralogy, Tally, measure_block,
+                                     mineralogy_document)
+from tests.mineralogy.test_components import blob_labels
+
+NAMES = ("resin", "pyrite", "chalcopyrite", "gangue")
+
+
+def measured(labels, block, spec, folder=None, seed=0):
+    height, width = labels.shape
+    tables = None
+    if folder is not None:
+        tables = ObjectTables(spec, height, width, str(folder / "grains.parquet"), str(folder / "particles.parquet"))
+    slide = SlideMineralogy(spec, height, width, tables)
+    positions = [(t, l) for t in range(0, height, block) for l in range(0, width, block)]
+    for index in np.random.default_rng(seed).permutation(len(positions)):
+        top, left = positions[index]
+        slide.add(measure_block(labels[top : top + block, left : left + block], top, left, spec))
+    return slide.finish()
+
+
+def without_tables(document):
+    return {k: v for k, v in document.items() if k != "tables"}
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_blocks_in_any_order_give_the_whole_map_document(connectivity):
+    labels = blob_labels((70, 90), 4, seed=connectivity)
+    spec = MeasureSpec(NAMES, MineralogySettings(connectivity=connectivity, size_fractions=[3.0, 8.0]), 2.0)
+    whole = measured(labels, 1000, spec)
+    for block, seed in ((16, 1), (7, 2), (33, 3)):
+        assert without_tables(measured(labels, block, spec, seed=seed)) == without_tables(whole), block
+
+
+def test_tables_and_liberation_by_size_equal_the_whole_map(tmp_path):
+    """Each particle row's composition, geometry in µm and edge flag against ndimage on the whole map; the
+    liberation per size fraction against the particles classed one by one."""
+    labels = blob_labels((64, 80), 4, seed=11)
+    labels[20, :] = 0
+    size = 1.5
+    settings = MineralogySettings(size_fractions=[6.0, 15.0], min_grain_px=3)
+    spec = MeasureSpec(NAMES, settings, size)
+    document = measured(labels, 16, spec, tmp_path, seed=4)
+    particles = pq.read_table(tmp_path / "particles.parquet").to_pandas()
+    grains = pq.read_table(tmp_path / "grains.parquet").to_pandas()
+    sample = spec.sample
+    ids, count = ndimage.label(sample[labels], structure=np.ones((3, 3)))
+    composition = np.stack([np.bincount(labels[ids == i], minlength=4) for i in range(1, count + 1)])
+    area = composition.sum(axis=1)
+    real = area >= 3
+    expected = {tuple(c[1:]) for c in composition[real]}
+    assert {tuple(r) for r in particles[[f"px:{n}" for n in NAMES[1:]]].to_numpy()} == expected
+    assert len(particles) == real.sum() == document["particles"]["count"]
+    assert document["tables"]["rows"] == {"grains": len(grains), "particles": len(particles)}
+    assert np.allclose(particles["area_um2"], particles["area_px"] * size**2)
+    assert np.allclose(particles["perimeter_um"], particles["perimeter_px"] * size)
+    assert np.allclose(particles["ecd_um"], 2 * np.sqrt(particles["area_um2"] / np.pi))
+    boxes = ndimage.find_objects(ids)
+    cut = {i for i, b in enumerate(boxes) if b[0].start == 0 or b[1].start == 0 or b[0].stop == 64
+           or b[1].stop == 80}
+    assert particles["touching_edge"].sum() == sum(1 for i in cut if real[i]) == document["particles"]["touching_edge"]
+    assert sorted(particles["particle_id"]) == list(range(len(particles)))
+    # liberation by size fraction: every real particle classed by its ECD alone
+    fraction = size_fraction(area[real], (6.0, 15.0), size)
+    labels_of = document["size_fractions"]
+    assert labels_of == ["-6 µm", "+6-15 µm", "+15 µm"]
+    for f, label in enumerate(labels_of):
+        table = accumulate(composition[real][fraction == f], sample)
+        entry = document["liberation_by_size"][label]
+        assert entry["particles"] == int((fraction == f).sum())
+        for m, name in enumerate(NAMES):
+            if sample[m]:
+                assert entry["liberation"][name]["pixels"] == int(table[m].sum())
+    # grains: one row per grain of at least 3 px, classes by name, summed perimeter = the class's boundary
+    for m, name in enumerate(NAMES):
+        grain_ids, grain_count = ndimage.label(labels == m, structure=np.ones((3, 3)))
+        sizes = np.bincount(grain_ids.ravel())[1:]
+        assert (grains["class"] == name).sum() == (sizes >= 3).sum()
+    pyrite = grains[grains["class"] == "pyrite"]
+    small = document["grains"]["pyrite"]["noise_components"]
+    if not small:
+        assert pyrite["perimeter_px"].sum() == document["association"]["pyrite"]["boundary_px"]
+
+
+def test_tallies_add_up_over_slides_and_plots_are_drawn(tmp_path):
+    spec = MeasureSpec(NAMES, MineralogySettings(), None)
+    first, second = blob_labels((40, 40), 4, seed=1), blob_labels((40, 40), 4, seed=2)
+    a, b = measured(first, 16, spec), measured(second, 16, spec)
+    batch = mineralogy_document(Tally.from_json(a["tally"]) + Tally.from_json(b["tally"]), spec)
+    pixels = {n: a["modal_mineralogy"][n]["pixels"] + b["modal_mineralogy"][n]["pixels"] for n in NAMES}
+    assert {n: batch["modal_mineralogy"][n]["pixels"] for n in NAMES} == pixels
+    assert batch["particles"]["count"] == a["particles"]["count"] + b["particles"]["count"]
+    assert batch["particles"]["size"]["binned"] is True and batch["particles"]["size"]["unit"] == "px"
+    json.dumps(batch)  # a plain JSON document
+    batch["colours"] = [[0, 0, 0], [220, 200, 40], [200, 120, 30], [120, 120, 120]]
+    written = write_plots(batch, Storage(), str(tmp_path), "batch")
+    assert written == ["size_distribution.png", "liberation.png", "association.png"]
+    assert all((tmp_path / name).stat().st_size > 5000 for name in written)
+
+
+def test_no_background_class_means_no_particles(tmp_path):
+    spec = MeasureSpec(("pyrite", "gangue"), MineralogySettings(), 1.0)
+    labels = blob_labels((30, 30), 2, seed=3)
+    tables = ObjectTables(spec, 30, 30, str(tmp_path / "g.parquet"), None)
+    slide = SlideMineralogy(spec, 30, 30, tables)
+    slide.add(measure_block(labels, 0, 0, spec))
+    document = slide.finish()
+    assert document["particles"] is None and document["liberation"] is None
+    assert document["tables"]["rows"]["grains"] == pq.read_table(tmp_path / "g.parquet").num_rows > 0
+    assert not (tmp_path / "particles.parquet").exists()
+
+
+def test_a_slide_of_resin_only_has_no_particles_and_empty_tables(tmp_path):
+    """Blocks without a single object touching a seam (and a slide with no sample at all) still finish."""
+    spec = MeasureSpec(NAMES, MineralogySettings(), 1.0)
+    labels = np.zeros((40, 40), np.uint8)
+    document = measured(labels, 16, spec, tmp_path)
+    assert document["particles"]["count"] == 0 and document["particles"]["size"]["mass"]["p80"] is None
+    assert pq.read_table(tmp_path / "particles.parquet").num_rows == 0
+    labels[5:9, 5:9] = 1  # one particle inside one block: nothing crosses a seam
+    document = measured(labels, 16, spec, tmp_path)
+    assert document["particles"]["count"] == 1 and document["liberation"]["pyrite"]["liberated_pct"] == 100.0
+    assert write_plots(document, Storage(), str(tmp_path), "one grain")[0] == "size_distribution.png"
