@@ -156,6 +156,30 @@ def cmd_segment(args) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_measure(args) -> int:
+    from minseg.inference.config import MeasureSettings
+    from minseg.inference.measure import measure_label_maps
+
+    config = _load(args)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    updates = {"labels": args.labels or None, "references": args.reference, "classes": classes,
+               "pixel_size_um": args.pixel_size_um, "output_uri": args.out}
+    current = (config.measure or MeasureSettings()).model_dump()
+    config.measure = MeasureSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
+    result = measure_label_maps(config)
+    print(f"measured {len(result.done)}, failed {len(result.failed)} label maps -> {result.output}")
+    for slide, lines in list(result.headlines.items())[:10]:  # a batch's are in mineralogy/mineralogy.md
+        print(f"  {slide}:")
+        for line in lines:
+            print(f"    {line}")
+    for failure in result.failed:
+        print(f"  failed: {failure['slide']}: {failure['reason']}", file=sys.stderr)
+    if result.failed:
+        count = len(result.failed)
+        print(f"minseg: {count} label map{'s' if count != 1 else ''} failed (see failures.json)", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -316,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="outputs: the OME-Zarr is always written; --format tiff adds labels.tif / "
                               "uncertainty.tif (repeatable)")
     segment.set_defaults(func=cmd_segment)
+
+    measure = sub.add_parser("measure", help="mineralogy of existing label maps: modal, sizes, liberation, "
+                             "association, per-object tables (one Ray task per map)")
+    measure.add_argument("labels", nargs="*", help="labels.tif / segmentation.ome.zarr from segment, or class-id "
+                         "TIFF/PNG masks: paths, s3:// URIs or globs (adds to measure.labels)")
+    _add_config_options(measure)
+    measure.add_argument("--reference", action="append", metavar="MASK",
+                         help="reference mask for the label map in the same position (repeat once per map): "
+                              "the errors of every number against it")
+    measure.add_argument("--classes", help="class names by id, comma-separated, for maps that do not name them")
+    measure.add_argument("--pixel-size-um", type=float, help="µm per pixel (default: the map's own, if any)")
+    measure.add_argument("--out", help="output folder or s3:// prefix (default: measure.output_uri)")
+    measure.set_defaults(func=cmd_measure)
 
     prospect = sub.add_parser("prospect", help="map mineral prospectivity: samples + evidence -> MFAF ensemble -> "
                               "maps, curves and ranked targets")

@@ -12,7 +12,7 @@ from minseg.config.base import StrictModel
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings
 from minseg.geo.config import ProspectSettings
-from minseg.inference.config import SegmentSettings
+from minseg.inference.config import MeasureSettings, SegmentSettings
 from minseg.io.config import StorageSettings
 from minseg.io.storage import absolute_uri, join_uri
 from minseg.mineralogy.config import MineralogySettings
@@ -44,4 +44,5 @@ class MinsegConfig(StrictModel):
     evaluation: EvaluationSettings | None = None
     segment: SegmentSettings | None = None
     mineralogy: MineralogySettings = MineralogySettings()  # how segment and measure measure label maps
+    measure: MeasureSettings | None = None
     prospect: ProspectSettings | None = None

@@ -1,4 +1,5 @@
-"""The ``segment`` config section: which slides, which ensemble, the actor pool, the outputs.
+"""The ``segment`` config section: which slides, which ensemble, the actor pool, the outputs; and the
+``measure`` section: which existing label maps to measure.
 
 Tiling (tile, overlap, blend, scale), normalisation and fusion come from the ensemble
 manifest, never from here: the ensemble is applied exactly as it was evaluated.
@@ -10,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
+from minseg.io.storage import has_glob
 
 
 class SlideLimitSettings(StrictModel):
@@ -82,4 +84,30 @@ class SegmentSettings(StrictModel):
             raise ValueError("compression: jpeg is lossy and would corrupt class ids; use zstd, deflate or none")
         if self.block % self.output_tile:
             raise ValueError(f"block: {self.block} is not a multiple of output_tile ({self.output_tile})")
+        return self
+
+
+class MeasureSettings(StrictModel):
+    """The ``measure`` section: mineralogy of label maps that exist already (``minseg measure``)."""
+
+    labels: list[str] = Field(default_factory=list, description="label maps: labels.tif or segmentation.ome.zarr "
+                              "from segment, or any single-channel class-id TIFF/PNG (paths, s3:// URIs, globs)")
+    references: list[str] = Field(default_factory=list, description="reference masks (class ids, same classes and "
+                                  "size), one per label map in the same order: errors of every number against them")
+    classes: list[str] | None = Field(None, description="class names by id, for label maps that do not carry them "
+                                      "(labels.tif and OME-Zarr from segment do)")
+    pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel (default: the label map's own)")
+    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
+    name: str = Field("labels", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    block: int = Field(4096, ge=16, description="block side in pixels: what one label map holds in memory at "
+                       "once besides its objects crossing blocks")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs per label-map task (one task per map)")
+
+    @model_validator(mode="after")
+    def _paired_references(self) -> "MeasureSettings":
+        if self.references and len(self.references) != len(self.labels):
+            raise ValueError(f"references: {len(self.references)} given for {len(self.labels)} label maps; give "
+                             "one per label map, in the same order (or none)")
+        if self.references and any(has_glob(uri) for uri in self.labels):
+            raise ValueError("references pair with label maps one by one: list the label maps, no globs")
         return self

@@ -10,7 +10,6 @@ write, renders the preview, exports TIFFs when asked, marks the zarr complete an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentatio
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.plots import write_plots
-from minseg.mineralogy.slide import DOCUMENT, GRAINS_TABLE, PARTICLES_TABLE, ObjectTables, SlideMineralogy
+from minseg.mineralogy.slide import DOCUMENT, GRAINS_TABLE, PARTICLES_TABLE, SlideMineralogy, staged_tables
 
 log = get_logger("segment")
 
@@ -142,28 +141,17 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
     windows = uncertainty_sum = 0
     block_seconds = 0.0
-    with contextlib.ExitStack() as stack:
-        tables = None
-        if spec.settings.tables:
-            grains_path = stack.enter_context(storage.staged_output(join_uri(plan.output_uri, GRAINS_TABLE), ".parquet"))
-            particles_path = stack.enter_context(storage.staged_output(
-                join_uri(plan.output_uri, PARTICLES_TABLE), ".parquet")) if spec.has_particles else None
-            tables = ObjectTables(spec, plan.height, plan.width, grains_path, particles_path)
+    with staged_tables(spec, plan.height, plan.width, storage, plan.output_uri) as tables:
         measured = SlideMineralogy(spec, plan.height, plan.width, tables)
-        try:
-            for block in blocks:
-                record = BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, block)))
-                measured.add(record.mineralogy)
-                preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
-                preview.add_labels(record.block.top, record.block.left, record.preview_labels)
-                windows += record.windows
-                uncertainty_sum += record.uncertainty_sum
-                block_seconds += record.seconds
-            mineralogy = measured.finish()
-        except BaseException:
-            if tables is not None:
-                tables.abort()
-            raise
+        for block in blocks:  # one record in memory at a time
+            record = BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, block)))
+            measured.add(record.mineralogy)
+            preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
+            preview.add_labels(record.block.top, record.block.left, record.preview_labels)
+            windows += record.windows
+            uncertainty_sum += record.uncertainty_sum
+            block_seconds += record.seconds
+        mineralogy = measured.finish()
     mineralogy["colours"] = class_colours(classes).tolist()
     files = {"zarr": ZARR, "summary": SUMMARY, "mineralogy": DOCUMENT}
     if mineralogy["tables"]:

@@ -247,6 +247,31 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
     return to_rgb8(np.asarray(image))
 
 
+def decode_samples(data: bytes, name: str, max_pixels: int,
+                   limit_key: str = LIMIT_KEY) -> tuple[np.ndarray, np.ndarray | None]:
+    """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W) and
+    RGB (H, W, 3) as stored, 16-bit grey as uint16, a palette image's indices (H, W) with its (256, 3) uint8
+    palette; other modes (alpha, CMYK, bilevel ...) as displayed, RGB. Returns (samples, palette or None).
+    Class-id masks saved as grey or palette PNGs keep their ids.
+
+    Raises DecodeError as ``decode_image``.
+    """
+    image = _open_pil(data, name, max_pixels, limit_key)
+    if image.mode == "P":
+        palette = np.zeros((256, 3), np.uint8)
+        entries = np.asarray(image.getpalette() or [], np.uint8)[: 256 * 3]
+        palette.reshape(-1)[: len(entries)] = entries
+        return np.asarray(image), palette
+    if image.mode in ("L", "RGB", "I;16", "I;16B", "I;16L"):
+        return np.asarray(image), None
+    return decode_image(data, name, max_pixels, limit_key), None
+
+
+def show_samples(samples: np.ndarray, palette: np.ndarray | None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of ``decode_samples``' output, as ``decode_image`` shows the file."""
+    return np.ascontiguousarray(palette[samples]) if palette is not None else to_rgb8(samples)
+
+
 def to_rgb8(array: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels."""
     if array.dtype != np.uint8:  # unsigned samples over their full range (signed / float: refused there)

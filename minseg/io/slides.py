@@ -26,7 +26,8 @@ from typing import Callable, Hashable, Iterator, Protocol
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_image, picture_shape, tiff_orientation, tiff_pixel_format, to_rgb8
+from minseg.io.images import (DecodeError, decode_samples, picture_shape, show_samples, tiff_orientation,
+                              tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -311,8 +312,8 @@ class TiffReader:
 
 @register_slide_reader("raster", suffixes=(".png", ".jpg", ".jpeg"))
 class RasterReader:
-    """PNG / JPEG: no random access, so decoded whole (RGB uint8) within ``max_raster_pixels``, on the first
-    region read. Opening reads the header only: planning thousands of slides on the driver's thread pool
+    """PNG / JPEG: no random access, so decoded whole (its stored samples, ``images.decode_samples``) within
+    ``max_raster_pixels``, on the first region read. Opening reads the header only: planning thousands of slides on the driver's thread pool
     (``segment.plan_threads``) must not hold thousands of decoded images."""
 
     def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
@@ -324,19 +325,24 @@ class RasterReader:
         with storage.open_read(uri) as stream:
             shape = picture_shape(stream, self._max_pixels, self._limit_key)
         self._pixels: np.ndarray | None = None
+        self._palette: np.ndarray | None = None
         self._lock = threading.Lock()
         self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None)
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+        """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""
         with self._lock:  # one decode, even when threads read regions at once
             if self._pixels is None:
-                pixels = decode_image(self._storage.read_bytes(self._uri), self._name, self._max_pixels,
-                                      self._limit_key)
+                pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
+                                                       self._max_pixels, self._limit_key)
                 if pixels.shape[:2] != self.info.levels[0]:  # e.g. an EXIF Orientation after a PNG's pixels
                     raise DecodeError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels as displayed, not the "
                                       f"{self.info.width}x{self.info.height} its header gives; re-save it")
                 self._pixels = pixels
         return self._pixels[y : y + height, x : x + width]
+
+    def displayed(self, level: int, region: np.ndarray) -> np.ndarray:
+        return show_samples(region, self._palette)
 
     def close(self) -> None:
         self._pixels = None

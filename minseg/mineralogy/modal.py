@@ -20,6 +20,10 @@ DEFAULT_DENSITIES: dict[str, float] = {
     "chalcocite": 5.65, "molybdenite": 4.7, "cassiterite": 6.99, "gold": 19.3,
 }
 
+#: the ore sulphides among those: the "main sulphide" of a headline is the most abundant of them present
+SULPHIDES = frozenset({"pyrite", "chalcopyrite", "bornite", "galena", "sphalerite", "pyrrhotite", "pentlandite",
+                       "tennantite", "arsenopyrite", "covellite", "chalcocite", "molybdenite"})
+
 
 def modal_mineralogy(class_pixels: np.ndarray, names: list[str], background: set[str],
                      densities: dict[str, float]) -> tuple[dict, list[str]]:

@@ -10,6 +10,7 @@ import numpy as np
 from minseg.data.classmap import default_color
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.sizes import CURVE_EDGES
+from minseg.mineralogy.slide import main_minerals
 
 SIZES_PLOT, LIBERATION_PLOT, ASSOCIATION_PLOT = "size_distribution.png", "liberation.png", "association.png"
 
@@ -23,15 +24,6 @@ def _save(figure, storage: Storage, uri: str) -> None:
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def _minerals(document: dict) -> list[int]:
-    """Indices of the sample classes present (pixels > 0), most abundant first."""
-    names = document["classes"]
-    pixels = np.asarray(document["tally"]["class_pixels"])
-    background = set(document["background_classes"])
-    present = [i for i, n in enumerate(names) if n not in background and pixels[i] > 0]
-    return sorted(present, key=lambda i: -pixels[i])
-
-
 def write_plots(document: dict, storage: Storage, out_uri: str, title: str) -> list[str]:
     """Draw the figures under ``out_uri`` in the document's class ``colours`` (RGB per class; the class maps'
     default palette without). Returns the file names written: a figure with nothing to show (no mineral, no
@@ -43,7 +35,7 @@ def write_plots(document: dict, storage: Storage, out_uri: str, title: str) -> l
 
     names, unit = document["classes"], "µm" if document["unit"] == "um" else "px"
     tally = {k: np.asarray(v) for k, v in document["tally"].items()}
-    minerals = _minerals(document)
+    minerals = [names.index(n) for n in main_minerals(document)]
     colours = document.get("colours") or [default_color(i) for i in range(len(names))]
     colour = {i: tuple(np.asarray(colours[i]) / 255.0) for i in range(len(names))}
     written = []

@@ -13,8 +13,9 @@ import json
 
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.modal import SULPHIDES
 from minseg.mineralogy.plots import write_plots
-from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, Tally, mineralogy_document
+from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, Tally, main_minerals, mineralogy_document
 
 REPORT = "mineralogy.md"
 FOLDER = "mineralogy"
@@ -40,6 +41,42 @@ def headline(document: dict) -> dict:
     for name, entry in (document.get("liberation") or {}).items():
         row[f"liberated_pct:{name}"] = entry["liberated_pct"]
     return row
+
+
+def headline_text(document: dict, top: int = 4) -> list[str]:
+    """A few console lines: modal mineralogy, P80 per main mineral, liberation of the main sulphide, and the
+    errors against a reference mask when the document has them."""
+    unit = "µm" if document["unit"] == "um" else "px"
+    minerals = main_minerals(document)
+    if not minerals:
+        return ["mineralogy: no mineral found (only background classes)"]
+    modal = document["modal_mineralogy"]
+    shown = minerals[:top]
+    lines = ["modal mineralogy (wt % / area % of the sample): " + ", ".join(
+        f"{n} {_f(modal[n]['weight_percent'], 1)} / {_f(modal[n]['sample_area_percent'], 1)}" for n in shown)]
+    sizes = [f"{n} grains {_f(document['grains'][n]['size']['mass']['p80'], 1)}" for n in shown]
+    if document.get("particles"):
+        sizes.insert(0, f"particles {_f(document['particles']['size']['mass']['p80'], 1)}")
+    lines.append(f"P80 by mass ({unit}): " + ", ".join(sizes))
+    sulphides = [n for n in minerals if n in SULPHIDES]
+    main = (sulphides or minerals)[0]
+    if document.get("liberation"):
+        lines.append(f"liberation of {main}: {_f(document['liberation'][main]['liberated_pct'], 1)} % of its area "
+                     "in particles of it alone")
+    errors = (document.get("reference") or {}).get("errors")
+    if errors:
+        worst = max(errors["modal"]["minerals"].items(), key=lambda kv: abs(kv[1]["sample_area_pct"]["error"] or 0))
+        text = (f"against the reference mask: modal area % off by {_f(errors['modal']['mae_pp'])} pp on average "
+                f"(most: {worst[0]} {worst[1]['sample_area_pct']['error']:+.2f} pp)")
+        liberation = (errors.get("liberation") or {}).get("minerals", {}).get(main)
+        if liberation and liberation["reference"] is not None:
+            text += f"; {main} liberated {_f(liberation['predicted'], 1)} % vs {_f(liberation['reference'], 1)} %"
+        text += f"; association rows off by {_f(errors['association']['mae_pp'])} pp"
+        particles = errors["sizes"].get("particles")
+        if particles and particles["p80"]["error_pct"] is not None:
+            text += f"; particle P80 {particles['p80']['error_pct']:+.1f} %"
+        lines.append(text)
+    return lines
 
 
 def _signature(document: dict) -> str:
@@ -75,8 +112,7 @@ def _f(value, digits: int = 2) -> str:
 def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]) -> str:
     """The batch report: totals, liberation by size, association, a row per slide, the figures."""
     names, unit = document["classes"], "µm" if document["unit"] == "um" else "px"
-    background = set(document["background_classes"])
-    minerals = [n for n in names if n not in background and document["modal_mineralogy"][n]["pixels"]]
+    minerals = main_minerals(document)
     lines = [f"# Mineralogy: {title}", "",
              f"{len(document['slides'])} slides summed ({', '.join(document['slides'])}); sizes in {unit}, "
              "batch size quantiles read off binned curves (10 bins per decade). Definitions: docs/mineralogy.md.", ""]

@@ -10,10 +10,12 @@ every number.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.association import association_table
 from minseg.mineralogy.components import (AREA, BOTTOM, LEFT, PERIMETER, RIGHT, SUM_X, SUM_Y, TOP, BlockGrains,
                                           BlockParticles, SizeFractions, label_grains, label_particles,
@@ -250,6 +252,25 @@ class _TableFile:
             self._writer.close()
 
 
+@contextlib.contextmanager
+def staged_tables(spec: MeasureSpec, height: int, width: int, storage: Storage, out_uri: str):
+    """The slide's ``ObjectTables`` (None when ``mineralogy.tables`` is off) on local files published to
+    ``out_uri`` when the block exits without error; on error nothing is published."""
+    if not spec.settings.tables:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        grains = stack.enter_context(storage.staged_output(join_uri(out_uri, GRAINS_TABLE), ".parquet"))
+        particles = stack.enter_context(storage.staged_output(join_uri(out_uri, PARTICLES_TABLE), ".parquet")) \
+            if spec.has_particles else None
+        tables = ObjectTables(spec, height, width, grains, particles)
+        try:
+            yield tables
+        except BaseException:
+            tables.abort()
+            raise
+
+
 @dataclass
 class SlideMineralogy:
     """Accumulates one slide's block measurements (``add``, any order) and finishes its document (``finish``).
@@ -321,7 +342,7 @@ class SlideMineralogy:
             particle_bins=particle_bins.astype(np.int64), particle_bin_pixels=particle_bin_pixels,
             grain_bins=grain_bins, grain_bin_area=grain_bin_area,
         )
-        density = _density_vector(spec)
+        density = _density_vector(spec, tally.class_pixels)
         areas = grains.areas(num)
         exact = {
             "particles": size_distribution(particles.area[real], particles.count[real], size,
@@ -341,12 +362,13 @@ def _grain_sizes(area: np.ndarray, count: np.ndarray, minimum: int, size: float 
     return size_distribution(area[keep], count[keep], size, area[keep] * count[keep])
 
 
-def _density_vector(spec: MeasureSpec) -> np.ndarray | None:
-    """(C,) g/cm³ of the sample classes (0 for background); None when a sample class has no density."""
+def _density_vector(spec: MeasureSpec, class_pixels: np.ndarray) -> np.ndarray | None:
+    """(C,) g/cm³ of the sample classes (0 for background and for classes absent: they weigh nothing); None
+    when a sample class present has no density (``densities_missing``)."""
     densities = spec.densities
     vector = np.zeros(len(spec.names))
     for i, name in enumerate(spec.names):
-        if spec.sample[i]:
+        if spec.sample[i] and class_pixels[i]:
             if name not in densities:
                 return None
             vector[i] = densities[name]
@@ -365,6 +387,14 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def main_minerals(document: dict) -> list[str]:
+    """The minerals present (sample classes with pixels), most abundant first."""
+    background = set(document["background_classes"])
+    modal = document["modal_mineralogy"]
+    present = [n for n in document["classes"] if n not in background and modal[n]["pixels"]]
+    return sorted(present, key=lambda n: -modal[n]["pixels"])
+
+
 def mineralogy_document(tally: Tally, spec: MeasureSpec, exact: dict | None = None, unit: str | None = None) -> dict:
     """The ``mineralogy.json`` document from a tally: modal mineralogy, association, particles, liberation
     (overall and by size fraction), grains. ``exact`` (one slide) gives size quantiles read off the exact
@@ -374,7 +404,7 @@ def mineralogy_document(tally: Tally, spec: MeasureSpec, exact: dict | None = No
     unit = unit or spec.unit
     background = set(settings.background_classes)
     modal, missing = modal_mineralogy(tally.class_pixels, names, background, spec.densities)
-    density = _density_vector(spec)
+    density = _density_vector(spec, tally.class_pixels)
     particle_area = tally.particle_bin_pixels.sum(axis=1)
     particle_mass = None if density is None else tally.particle_bin_pixels @ density
     fraction_labels = fraction_names(tuple(settings.size_fractions), "µm" if unit == "um" else "px")

@@ -1,0 +1,122 @@
+"""Class-id label maps as ``measure`` and the scoring read them, a region at a time: a segmentation OME-Zarr
+(level 0 of its ``labels/classes``), or a single-channel TIFF / PNG of class ids (``labels.tif`` from segment,
+a reference mask). What the file says about its classes and pixel size comes along."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minseg.errors import InputError
+from minseg.io.slides import Slide, SlideError
+from minseg.io.storage import ObjectNotFoundError, Storage
+
+
+@dataclass
+class LabelMap:
+    """An open label map.
+
+    Attributes:
+        uri: where it is.
+        height, width: pixels.
+        names: class names by id when the file carries them (segment's outputs do), else None.
+        colours: RGB per class when the file carries them, else None.
+        pixel_size_um: µm per pixel when the file says, else None.
+    """
+
+    uri: str
+    height: int
+    width: int
+    names: list[str] | None = None
+    colours: list[list[int]] | None = None
+    pixel_size_um: float | None = None
+    _read: object = field(default=None, repr=False)
+    _close: object = field(default=None, repr=False)
+
+    def read(self, top: int, left: int, rows: int, cols: int) -> np.ndarray:
+        """(rows, cols) uint8 class ids.
+
+        Raises:
+            InputError: the map is not one channel of class ids.
+        """
+        region = np.asarray(self._read(top, left, rows, cols))
+        if region.ndim != 2:
+            raise InputError(f"{self.uri}: not a label map of class ids (one channel): pixels have shape "
+                             f"{region.shape[2:]} (an RGB colour mask must be converted to class ids first)")
+        if region.dtype != np.uint8:
+            if region.size and (region.min() < 0 or region.max() > 255):
+                raise InputError(f"{self.uri}: class ids must be 0-255, found {region.min()}..{region.max()}")
+            region = region.astype(np.uint8)
+        return region
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self) -> "LabelMap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_label_map(uri: str, storage: Storage) -> LabelMap:
+    """Open a label map (``.zarr`` folder, or anything the slide readers open).
+
+    Raises:
+        SlideError: missing, unreadable or not an image.
+    """
+    if uri.rstrip("/").endswith(".zarr"):
+        return _open_zarr(uri.rstrip("/"), storage)
+    slide = Slide(uri, storage)
+    try:
+        metadata = _tiff_metadata(uri, storage) if uri.lower().endswith((".tif", ".tiff")) else {}
+        classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else None
+        names = [c.get("name") for c in classes] if classes and all(isinstance(c, dict) for c in classes) else None
+        colours = [c.get("color") for c in classes] if names and all(c.get("color") for c in classes) else None
+        size = slide.info.pixel_size_um or metadata.get("pixel_size_um")
+        return LabelMap(uri, slide.info.height, slide.info.width, names, colours,
+                        float(size) if isinstance(size, (int, float)) and size > 0 else None,
+                        lambda top, left, rows, cols: slide.read_region(top, left, rows, cols, rgb=False), slide.close)
+    except BaseException:
+        slide.close()
+        raise
+
+
+def _tiff_metadata(uri: str, storage: Storage) -> dict:
+    from minseg.io.tiff import read_metadata
+
+    try:
+        with storage.open_read(uri) as stream:
+            return read_metadata(stream)
+    except Exception:  # metadata is a bonus: an unreadable description is no metadata (the pixels decide)
+        return {}
+
+
+def _open_zarr(uri: str, storage: Storage) -> LabelMap:
+    from minseg.io.ngff import SegmentationArrays
+
+    try:
+        arrays = SegmentationArrays(uri, storage, read_only=True)
+        level = arrays.array(arrays.LABELS, 0)
+        attributes = dict(arrays.root["labels/classes"].attrs)
+    except (ObjectNotFoundError, FileNotFoundError, KeyError) as exc:
+        raise SlideError(f"{uri}: not a segmentation OME-Zarr with labels/classes ({exc})") from None
+    except Exception as exc:  # zarr raises its own errors for a folder that is no zarr
+        raise SlideError(f"{uri}: cannot open as OME-Zarr: {exc}") from None
+    ome = attributes.get("ome", {})
+    label = ome.get("image-label", {})
+    names = [p.get("class") for p in sorted(label.get("properties", []), key=lambda p: p.get("label-value", 0))] \
+        or None
+    colours = [c["rgba"][:3] for c in sorted(label.get("colors", []), key=lambda c: c.get("label-value", 0))] or None
+    size = None
+    multiscales = ome.get("multiscales") or [{}]
+    axes = multiscales[0].get("axes", [])
+    if any(a.get("unit") == "micrometer" for a in axes):
+        scale = multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+        size = float(scale[-1])
+    height, width = level.shape
+    return LabelMap(uri, int(height), int(width), names, colours, size,
+                    lambda top, left, rows, cols: arrays.read(arrays.LABELS, 0, top, top + rows, left, left + cols))
+

@@ -1,0 +1,221 @@
+"""Mineralogy of label maps that exist already (``minseg measure``), as a Ray job: one task per label map,
+spread over the cluster; each reads its map block by block and measures it exactly as ``segment`` measures
+the blocks it predicts (``mineralogy.slide``), so the numbers match a segmentation run's.
+
+Per map, under ``<output>/<id>/``: ``mineralogy.json`` (written last: the map is done when it exists),
+``grains.parquet``, ``particles.parquet``, the figures; with a reference mask, ``reference_mineralogy.json``
+and the errors of every number against it (``mineralogy.json`` → ``reference``). Per run: ``slides.csv``
+(a headline row per map), ``failures.json`` (maps that could not be measured, with why: the others carry
+on), and the batch report under ``mineralogy/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from minseg.config.schema import MinsegConfig
+from minseg.errors import InputError
+from minseg.inference.config import MeasureSettings
+from minseg.inference.labelmaps import LabelMap, open_label_map
+from minseg.inference.outputs import LABELS, ZARR
+from minseg.inference.segment import slide_ids
+from minseg.io.slides import SLIDE_SUFFIXES, SlideError
+from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
+from minseg.io.tables import csv_text
+from minseg.logs import get_logger, log_event
+from minseg.mineralogy.compare import compare_mineralogy
+from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.plots import write_plots
+from minseg.mineralogy.report import FOLDER, headline, headline_text, write_batch_report
+from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, ObjectTables, SlideMineralogy, measure_block, staged_tables
+from minseg.preflight import job_paths
+from minseg.runtime import init_ray, task_options
+
+log = get_logger("measure")
+
+REFERENCE_DOCUMENT = "reference_mineralogy.json"
+
+
+class MeasureInputError(InputError):
+    """No label maps, or references that do not pair with them; the message names the key."""
+
+
+@dataclass
+class MeasureResult:
+    """What a measure run did: the output, the maps measured (their headline rows) and those that failed."""
+
+    output: str
+    seconds: float = 0.0
+    done: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    headlines: dict[str, list[str]] = field(default_factory=dict)  # console lines per map measured
+
+
+def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tuple[str, str | None]]:
+    """(label map, reference or None) in the order given, globs expanded.
+
+    Raises:
+        MeasureInputError: nothing to measure.
+    """
+    uris: list[str] = []
+    for entry in settings.labels:
+        if has_glob(entry):
+            matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
+            if not matches:
+                log_event(log, "measure.glob_empty", pattern=entry)
+            uris += matches
+        else:
+            uris.append(entry if is_s3(entry) else absolute_uri(entry))
+    if not uris:
+        raise MeasureInputError("measure: no label maps given (measure.labels or the command's arguments; "
+                                "globs matched nothing)")
+    references = [r if is_s3(r) else absolute_uri(r) for r in settings.references] or [None] * len(uris)
+    pairs = list(dict.fromkeys(zip(uris, references)))
+    twice = sorted({uri for uri, _ in pairs if sum(u == uri for u, _ in pairs) > 1})
+    if twice:
+        raise MeasureInputError(f"measure: {', '.join(twice)} listed twice with different references (one output "
+                                "folder per label map)")
+    return pairs
+
+
+def map_ids(uris: list[str]) -> dict[str, str]:
+    """A folder name per label map: segment's ``<slide>/labels.tif`` or ``<slide>/segmentation.ome.zarr`` is
+    named after its slide folder, any other map after its file."""
+    named = {uri: uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").rsplit("/", 1)[-1] in (LABELS, ZARR)
+             else uri for uri in uris}
+    ids = slide_ids(list(dict.fromkeys(named.values())))
+    return {uri: ids[named[uri]].removesuffix(".ome") for uri in uris}
+
+
+def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectTables | None = None) -> dict:
+    """The ``mineralogy.json`` document of an open label map, read and measured a block at a time.
+
+    Raises:
+        InputError: a pixel is not a class id of ``spec``, or the map is not one channel of class ids.
+    """
+    slide = SlideMineralogy(spec, labels.height, labels.width, tables)
+    for top in range(0, labels.height, block):
+        for left in range(0, labels.width, block):
+            region = labels.read(top, left, min(block, labels.height - top), min(block, labels.width - left))
+            if region.size and int(region.max()) >= len(spec.names):
+                raise InputError(f"{labels.uri}: class id {int(region.max())} at rows {top}.. columns {left}.. but "
+                                 f"only {len(spec.names)} classes are named ({', '.join(spec.names)})")
+            slide.add(measure_block(region, top, left, spec))
+    return slide.finish()
+
+
+def _names(labels: LabelMap, settings: MeasureSettings) -> list[str]:
+    if settings.classes:
+        return list(settings.classes)
+    if labels.names:
+        return labels.names
+    raise InputError(f"{labels.uri}: the label map does not name its classes; set measure.classes "
+                     "(--classes background,pyrite,...) in class-id order")
+
+
+def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, settings: MeasureSettings,
+                mineralogy: MineralogySettings, storage: Storage) -> tuple[dict, dict]:
+    """Measure one label map (and its reference) into ``output_uri`` (module doc); returns its headline row
+    (``slides.csv``) and its ``mineralogy.json`` document.
+
+    Raises:
+        InputError, SlideError: the map or its reference cannot be measured (the message says which and why).
+    """
+    started = time.monotonic()
+    storage.delete_prefix(output_uri.rstrip("/") + "/")  # no mix with an earlier run's files
+    with open_label_map(uri, storage) as labels:
+        names = _names(labels, settings)
+        try:
+            mineralogy.check_class_names(names, owner=uri)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        spec = MeasureSpec(tuple(names), mineralogy, settings.pixel_size_um or labels.pixel_size_um)
+        with staged_tables(spec, labels.height, labels.width, storage, output_uri) as tables:
+            document = measure_map(labels, spec, settings.block, tables)
+        shape, colours = (labels.height, labels.width), labels.colours
+    document["colours"] = colours
+    document["source"] = uri
+    if reference is not None:
+        with open_label_map(reference, storage) as mask:
+            if (mask.height, mask.width) != shape:
+                raise InputError(f"reference {reference} is {mask.height}x{mask.width}, the label map {uri} is "
+                                 f"{shape[0]}x{shape[1]}")
+            truth = measure_map(mask, spec, settings.block)
+        truth["colours"], truth["source"] = colours, reference
+        storage.write_text(join_uri(output_uri, REFERENCE_DOCUMENT), json.dumps(truth, indent=1, default=float))
+        document["reference"] = {"uri": reference, "document": REFERENCE_DOCUMENT,
+                                 "errors": compare_mineralogy(document, truth)}
+    files = write_plots(document, storage, output_uri, map_id) if mineralogy.plots else []
+    document["seconds"] = round(time.monotonic() - started, 2)
+    document["files"] = files
+    storage.write_text(join_uri(output_uri, DOCUMENT), json.dumps(document, indent=1, default=float))  # last: done
+    log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=output_uri)
+    row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
+           "seconds": document["seconds"], **headline(document)}
+    if reference is not None:
+        errors = document["reference"]["errors"]
+        row["modal_mae_pp"] = errors["modal"]["mae_pp"]
+        row["liberation_mae_pp"] = (errors.get("liberation") or {}).get("mae_pp")
+        row["association_mae_pp"] = errors["association"]["mae_pp"]
+    return row, document
+
+
+def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, storage) -> dict:
+    """Ray task: a map's row, or its failure (bad input is a failure entry, never a crashed job)."""
+    try:
+        row, document = measure_one(uri, reference, output_uri, map_id, settings, mineralogy, storage)
+        return {"row": row, "headline": headline_text(document)}
+    except (InputError, SlideError, OSError, ValueError) as exc:
+        storage.delete_prefix(output_uri.rstrip("/") + "/")  # nothing partial looks measured
+        return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc)}}
+
+
+def measure_label_maps(config: MinsegConfig) -> MeasureResult:
+    """The measure job (module doc).
+
+    Raises:
+        MeasureInputError: nothing to measure.
+    """
+    import ray
+
+    settings = config.measure or MeasureSettings()
+    storage = Storage(config.storage)
+    pairs = resolve_label_maps(settings, storage)
+    output = absolute_uri(settings.output_uri) if settings.output_uri else \
+        join_uri(config.run.uri, "measure", settings.name)
+    started = time.monotonic()
+    result = MeasureResult(output)
+    ids = map_ids([uri for uri, _ in pairs])
+    for uri, reference in pairs:  # each map's folder is emptied first: it must not hold what is measured
+        folder = join_uri(output, ids[uri]).rstrip("/") + "/"
+        if any(u and u.startswith(folder) for u in (uri, reference)):
+            raise MeasureInputError(f"measure: the output {folder} would hold {uri}; write to another folder "
+                                    "(--out)")
+    init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
+    task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
+                                             **task_options(config.storage))
+    futures = [task.remote(uri, reference, join_uri(output, ids[uri]), ids[uri], settings, config.mineralogy, storage)
+               for uri, reference in pairs]
+    for outcome in ray.get(futures):
+        if "row" in outcome:
+            result.done.append(outcome["row"])
+            result.headlines[outcome["row"]["slide"]] = outcome["headline"]
+        else:
+            result.failed.append(outcome["failure"])
+            log_event(log, "measure.map_failed", logging.WARNING, map=outcome["failure"]["slide"],
+                      reason=outcome["failure"]["reason"])
+    result.seconds = round(time.monotonic() - started, 2)
+    if result.done:
+        columns = list(dict.fromkeys(key for row in result.done for key in row))
+        storage.write_text(join_uri(output, "slides.csv"), csv_text([{k: r.get(k) for k in columns}
+                                                                     for r in result.done]))
+        documents = {row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
+                     for row in result.done}
+        write_batch_report(documents, storage, join_uri(output, FOLDER), settings.name)
+    storage.write_text(join_uri(output, "failures.json"), json.dumps(result.failed, indent=2))
+    log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
+              seconds=result.seconds)
+    return result

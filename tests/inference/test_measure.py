@@ -1,0 +1,140 @@
+"""``minseg measure``: label maps as segment writes them (labels.tif, OME-Zarr) and as users have them (class-id
+PNGs, the real LumenStone masks), measured as a Ray job; bad maps are failure entries, the others carry on."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from minseg.cli import main
+from tests.mineralogy.test_components import blob_labels
+
+LUMENSTONE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lumenstone" / "masks"
+LUMENSTONE_CLASSES = ("background,chalcopyrite,galena,magnetite,bornite,pyrrhotite,pyrite,pentlandite,sphalerite,"
+                      "unused9,unused10,tennantite")
+NAMES = ["resin", "pyrite", "chalcopyrite", "gangue"]
+
+
+def write_labels_tif(path, labels, pixel_size_um=0.8):
+    """A labels.tif as segment exports it: tiled pyramid, palette, class names and pixel size in its metadata."""
+    from minseg.io.tiff import PyramidSpec, write_pyramids
+
+    colours = [[0, 0, 0], [255, 215, 0], [200, 120, 30], [128, 128, 128]]
+    metadata = {"classes": [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(NAMES, colours))],
+                "pixel_size_um": pixel_size_um}
+    spec = PyramidSpec(*labels.shape, tile=64, reduce="nearest", metadata=metadata)
+    write_pyramids([(str(path), spec)], lambda r, c: (labels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64],))
+
+
+def write_zarr(uri, labels, pixel_size_um=0.8):
+    from minseg.enums import TiffCompression
+    from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
+    from minseg.io.storage import Storage
+
+    colours = np.array([[0, 0, 0], [255, 215, 0], [200, 120, 30], [128, 128, 128]], np.uint8)
+    create_segmentation(uri, Storage(), PyramidLayout(*labels.shape, 64), NAMES, colours, pixel_size_um, False,
+                        TiffCompression.ZSTD, {})
+    SegmentationArrays(uri, Storage()).write(SegmentationArrays.LABELS, 0, 0, 0, labels)
+
+
+def measured(folder):
+    return json.loads((folder / "mineralogy.json").read_text())
+
+
+def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
+    """labels.tif and an OME-Zarr of the same labels give the same numbers (names and pixel size from the files);
+    an RGB mask, an id beyond the classes, a missing file and a reference of another size are failure entries
+    naming the file and what is wrong; the good maps are complete."""
+    labels = blob_labels((150, 170), 4, seed=7)
+    (tmp_path / "a").mkdir()
+    write_labels_tif(tmp_path / "a" / "labels.tif", labels)
+    write_zarr(str(tmp_path / "b" / "segmentation.ome.zarr"), labels)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "nine.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    maps = [tmp_path / "a" / "labels.tif", tmp_path / "b" / "segmentation.ome.zarr", tmp_path / "rgb.png",
+            tmp_path / "nine.png", tmp_path / "missing.png"]
+    references = [tmp_path / "a" / "labels.tif", tmp_path / "a" / "labels.tif", tmp_path / "rgb.png",
+                  tmp_path / "nine.png", tmp_path / "missing.png"]
+    out = tmp_path / "out"
+    args = ["measure", *map(str, maps), "--out", str(out), "--set", "measure.block=64",
+            "--classes", ",".join(NAMES)]
+    for reference in references:
+        args += ["--reference", str(reference)]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "measured 2, failed 3" in captured.out and "modal mineralogy" in captured.out
+    failures = {f["slide"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
+    assert "rgb.png: not a label map of class ids (one channel)" in failures["rgb"]
+    assert "nine.png: class id 9" in failures["nine"] and "only 4 classes are named" in failures["nine"]
+    assert "missing.png" in failures["missing"]
+    assert len(failures) == 3 and not (out / "rgb").exists() and not (out / "nine").exists()
+
+    a, b = measured(out / "a"), measured(out / "b")
+    same = ("modal_mineralogy", "association", "particles", "liberation", "liberation_by_size", "grains", "tally")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    assert a["unit"] == "um" and a["pixel_size_um"] == pytest.approx(0.8) and b["pixel_size_um"] == pytest.approx(0.8)
+    assert a["modal_mineralogy"]["pyrite"]["pixels"] == int((labels == 1).sum())
+    assert a["reference"]["errors"]["modal"]["mae_pp"] == 0.0  # measured against itself
+    particles = pq.read_table(out / "a" / "particles.parquet").to_pandas()
+    ids, _ = ndimage.label(labels != 0, structure=np.ones((3, 3)))
+    sizes = np.bincount(ids.ravel())[1:]
+    assert len(particles) == (sizes >= 4).sum() and particles["area_um2"].notna().all()
+    assert (out / "mineralogy" / "mineralogy.md").exists() and "| pyrite |" in (out / "mineralogy" /
+                                                                               "mineralogy.md").read_text()
+    rows = (out / "slides.csv").read_text().splitlines()
+    assert len(rows) == 3 and "modal_mae_pp" in rows[0]
+
+    # a reference of another size fails that map; a map listed twice with two references, or an output that
+    # holds the maps, are refused before any work
+    assert main(["measure", str(maps[0]), "--out", str(tmp_path / "o2"), "--reference", str(tmp_path / "small.png"),
+                 "--classes", ",".join(NAMES)]) == 1
+    assert "reference" in capsys.readouterr().err and "is 10x10" in json.loads(
+        (tmp_path / "o2" / "failures.json").read_text())[0]["reason"]
+    assert main(["measure", str(maps[0]), "--out", str(tmp_path)]) == 2
+    assert "would hold" in capsys.readouterr().err
+    assert main(["measure", str(maps[0]), str(maps[0]), "--out", str(tmp_path / "o3"), "--reference", str(maps[0]),
+                 "--reference", str(tmp_path / "small.png")]) == 2
+    assert "listed twice" in capsys.readouterr().err
+
+
+def test_a_map_without_class_names_needs_them(ray_session, tmp_path, capsys):
+    Image.fromarray(blob_labels((40, 40), 3, seed=1)).save(tmp_path / "mask.png")
+    assert main(["measure", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")]) == 1
+    reason = json.loads((tmp_path / "out" / "failures.json").read_text())[0]["reason"]
+    assert "does not name its classes; set measure.classes (--classes" in reason
+    assert main(["measure", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out"),
+                 "--classes", "resin,pyrite,gangue", "--set", 'mineralogy.densities={"pyrit": 5}']) == 1
+    assert "mineralogy.densities names 'pyrit'" in json.loads((tmp_path / "out" / "failures.json").read_text())[0][
+        "reason"]
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not LUMENSTONE.exists(), reason="the LumenStone masks (../shared/data) are not here")
+def test_real_lumenstone_masks(ray_session, tmp_path, capsys):
+    """Two real polished-section masks (8-bit PNG class codes, 3396x2547): every pixel, particle and boundary
+    against a whole-image computation; a mask against itself as reference has no error."""
+    from minseg.mineralogy import boundary_counts
+
+    first, second = LUMENSTONE / "01.png", LUMENSTONE / "a01.png"
+    out = tmp_path / "out"
+    assert main(["measure", str(first), str(second), "--classes", LUMENSTONE_CLASSES, "--out", str(out),
+                 "--reference", str(first), "--reference", str(second), "--set", "measure.block=1024"]) == 0
+    assert "liberation of pyrrhotite" in capsys.readouterr().out  # 01 is a pyrrhotite-pentlandite-chalcopyrite ore
+    for path in (first, second):
+        labels = np.asarray(Image.open(path))
+        document = measured(out / path.stem)
+        counts = np.bincount(labels.ravel(), minlength=12)
+        names = LUMENSTONE_CLASSES.split(",")
+        assert [document["modal_mineralogy"][n]["pixels"] for n in names] == counts.tolist()
+        ids, _ = ndimage.label(labels != 0, structure=np.ones((3, 3)))
+        sizes = np.bincount(ids.ravel())[1:]
+        assert document["particles"]["count"] == (sizes >= 4).sum() == \
+            pq.read_table(out / path.stem / "particles.parquet").num_rows
+        assert document["tally"]["boundary"] == boundary_counts(labels, 12).tolist()
+        errors = document["reference"]["errors"]
+        assert errors["modal"]["mae_pp"] == 0.0 and errors["association"]["mae_pp"] == 0.0
