@@ -85,3 +85,51 @@ def memory_mib(pid: int) -> dict[str, float]:
             if name in fields:
                 values[fields[name]] = int(line.split()[1]) / 1024
     return values
+
+
+def pids_titled(prefix: bytes) -> list[int]:
+    """Processes whose title (Ray sets it to the running actor or task) starts with ``prefix``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if handle.read().startswith(prefix):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def peak_memory(command: list[str], titles: dict[str, bytes]) -> dict[str, float]:
+    """Run ``command`` and sample every 0.25 s the peak private memory (MiB) of the command itself
+    (``private``, and ``hwm``: its RSS peak) and of the processes whose title starts with each of ``titles``
+    (the largest one per key); also ``seconds``. Raises SystemExit when the command fails."""
+    import subprocess
+    import threading
+    import time
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peaks = {"private": 0.0, "hwm": 0.0, **{key: 0.0 for key in titles}}
+
+    def sample():
+        while process.poll() is None:
+            try:
+                own = memory_mib(process.pid)
+                peaks["private"] = max(peaks["private"], own.get("private", 0.0))
+                peaks["hwm"] = max(peaks["hwm"], own.get("hwm", 0.0))
+                for key, title in titles.items():
+                    for pid in pids_titled(title):
+                        peaks[key] = max(peaks[key], memory_mib(pid).get("private", 0.0))
+            except OSError:
+                pass
+            time.sleep(0.25)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    process.wait()
+    thread.join()
+    if process.returncode:
+        raise SystemExit(f"failed (exit {process.returncode}): {' '.join(command)}")
+    return {**peaks, "seconds": time.perf_counter() - started}

@@ -16,30 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, memory_mib, repeated_tile_slide, untrained_ensemble  # noqa: E402
+from _common import emit, peak_memory, repeated_tile_slide, untrained_ensemble  # noqa: E402
 
 MEMBERS = [("tiny", "half_unet", {"width": 0.0625})]
-
-
-def pids_titled(prefix: bytes) -> list[int]:
-    """Processes whose title (Ray sets it to the running actor or task) starts with ``prefix``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if handle.read().startswith(prefix):
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
 
 
 def segment(slide: str, manifest: str, out: str, args) -> dict:
@@ -48,31 +32,8 @@ def segment(slide: str, manifest: str, out: str, args) -> dict:
                "--set", f"segment.cpus_per_actor={args.cpus_per_actor}"]
     if args.object_store_mib:
         command += ["--set", f"ray.object_store_mib={args.object_store_mib}"]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peaks = {"private": 0.0, "hwm": 0.0, "actor_private": 0.0, "finish_private": 0.0}
-
-    def sample():
-        while process.poll() is None:
-            try:
-                driver = memory_mib(process.pid)
-                peaks["private"] = max(peaks["private"], driver.get("private", 0.0))
-                peaks["hwm"] = max(peaks["hwm"], driver.get("hwm", 0.0))
-                for key, title in (("actor_private", b"ray::MapWorker(MapBatches(BlockSegmenter"),
-                                   ("finish_private", b"ray::finish_slide")):
-                    for pid in pids_titled(title):
-                        peaks[key] = max(peaks[key], memory_mib(pid).get("private", 0.0))
-            except OSError:
-                pass
-            time.sleep(0.25)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    process.wait()
-    thread.join()
-    if process.returncode:
-        raise SystemExit(f"segmentation of {slide} failed (exit {process.returncode}): {' '.join(command)}")
-    return {**peaks, "seconds": time.perf_counter() - started}
+    return peak_memory(command, {"actor_private": b"ray::MapWorker(MapBatches(BlockSegmenter",
+                                 "finish_private": b"ray::finish_slide"})
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ class SlideScore:
     shape: tuple[int, int]
     pixel_accuracy: float
     miou: float
+    mineralogy: list[str] = field(default_factory=list)  # headline lines, errors against the true mask included
 
 
 @dataclass
@@ -158,8 +159,12 @@ def demo_report(config: MinsegConfig, result: DemoResult, seconds: float) -> str
             "uncertainty), labels.tif + uncertainty.tif (pyramidal BigTIFF export), preview.png, "
             "summary.json (modal mineralogy, grain statistics)",
             f"  {where}/slides.csv        one row per slide; run_summary.json, failures.json",
+            f"  {where}/synthetic_slide/mineralogy.json, grains.parquet, particles.parquet, *.png   automated "
+            "mineralogy (docs/mineralogy.md); mineralogy/mineralogy.md: the batch report",
             f"Segmented {slide.shape[0]}x{slide.shape[1]} px in {slide.seconds:.0f} s; against the "
             f"slide's true mask: pixel accuracy {slide.pixel_accuracy:.3f}, mIoU {slide.miou:.3f}",
+            "Mineralogy of the slide:",
+            *[f"  {line}" for line in slide.mineralogy],
         ]
     return "\n".join(lines)
 
@@ -168,8 +173,11 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideSc
     """Segment the demo slide with the ensemble just selected, then score it against the slide's mask."""
     from minseg.errors import RunError
     from minseg.inference.compare import compare_label_maps
+    from minseg.inference.measure import REFERENCE_DOCUMENT, against_reference
     from minseg.inference.outputs import ZARR
     from minseg.inference.segment import segment_slides
+    from minseg.mineralogy.report import headline_text
+    from minseg.mineralogy.slide import DOCUMENT, MeasureSpec
     from minseg.synth.minerals import class_map_document
 
     slide = synth.outputs["slide"]
@@ -178,11 +186,17 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideSc
     if not segmented.done:
         raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
     done = segmented.done[0]
-    labels_uri = join_uri(segmented.output, done["slide"], ZARR)
+    storage = Storage(config.storage)
+    folder = join_uri(segmented.output, done["slide"])
     names = [c["name"] for c in class_map_document()["classes"]]
-    truth = compare_label_maps(labels_uri, slide["mask"], names, storage=Storage(config.storage))
+    truth = compare_label_maps(join_uri(folder, ZARR), slide["mask"], names, storage=storage)
     # the score against the true mask is an output of the slide, beside its summary
-    Storage(config.storage).write_text(join_uri(segmented.output, done["slide"], "truth_comparison.json"),
-                                       json.dumps(truth, indent=2, default=float))
+    storage.write_text(join_uri(folder, "truth_comparison.json"), json.dumps(truth, indent=2, default=float))
+    # and the mineralogy of the true mask, measured the same way: how far off each number is
+    document = json.loads(storage.read_text(join_uri(folder, DOCUMENT)))
+    spec = MeasureSpec(tuple(document["classes"]), config.mineralogy, document["pixel_size_um"])
+    document["reference"] = against_reference(document, (slide["height"], slide["width"]), slide["mask"], spec,
+                                              storage, join_uri(folder, REFERENCE_DOCUMENT))
+    storage.write_text(join_uri(folder, DOCUMENT), json.dumps(document, indent=1, default=float))
     return SlideScore(segmented.output, done["wall_seconds"], (slide["height"], slide["width"]), truth["accuracy"],
-                      truth["miou"])
+                      truth["miou"], headline_text(document))

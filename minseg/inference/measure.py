@@ -107,6 +107,26 @@ def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectT
     return slide.finish()
 
 
+def against_reference(document: dict, shape: tuple[int, int], reference: str, spec: MeasureSpec, storage: Storage,
+                      reference_output: str, block: int = 4096) -> dict:
+    """Measure the reference mask of a measured label map the same way, write its document to
+    ``reference_output``, and return the ``reference`` entry of the map's document: its URI and the errors of
+    every number (``mineralogy.compare``).
+
+    Raises:
+        InputError, SlideError: the reference is not a label map of the same size and classes.
+    """
+    with open_label_map(reference, storage) as mask:
+        if (mask.height, mask.width) != tuple(shape):
+            raise InputError(f"reference {reference} is {mask.height}x{mask.width}, the label map "
+                             f"{document.get('source', '')} is {shape[0]}x{shape[1]}")
+        truth = measure_map(mask, spec, block)
+    truth["colours"], truth["source"] = document.get("colours"), reference
+    storage.write_text(reference_output, json.dumps(truth, indent=1, default=float))
+    return {"uri": reference, "document": reference_output.rsplit("/", 1)[-1],
+            "errors": compare_mineralogy(document, truth)}
+
+
 def _names(labels: LabelMap, settings: MeasureSettings) -> list[str]:
     if settings.classes:
         return list(settings.classes)
@@ -139,15 +159,8 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     document["colours"] = colours
     document["source"] = uri
     if reference is not None:
-        with open_label_map(reference, storage) as mask:
-            if (mask.height, mask.width) != shape:
-                raise InputError(f"reference {reference} is {mask.height}x{mask.width}, the label map {uri} is "
-                                 f"{shape[0]}x{shape[1]}")
-            truth = measure_map(mask, spec, settings.block)
-        truth["colours"], truth["source"] = colours, reference
-        storage.write_text(join_uri(output_uri, REFERENCE_DOCUMENT), json.dumps(truth, indent=1, default=float))
-        document["reference"] = {"uri": reference, "document": REFERENCE_DOCUMENT,
-                                 "errors": compare_mineralogy(document, truth)}
+        document["reference"] = against_reference(document, shape, reference, spec, storage,
+                                                  join_uri(output_uri, REFERENCE_DOCUMENT), settings.block)
     files = write_plots(document, storage, output_uri, map_id) if mineralogy.plots else []
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files

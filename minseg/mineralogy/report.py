@@ -111,7 +111,7 @@ def _f(value, digits: int = 2) -> str:
 
 def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]) -> str:
     """The batch report: totals, liberation by size, association, a row per slide, the figures."""
-    names, unit = document["classes"], "µm" if document["unit"] == "um" else "px"
+    unit = "µm" if document["unit"] == "um" else "px"
     minerals = main_minerals(document)
     lines = [f"# Mineralogy: {title}", "",
              f"{len(document['slides'])} slides summed ({', '.join(document['slides'])}); sizes in {unit}, "

@@ -170,8 +170,9 @@ class ObjectTables:
         self._tables = {"grains": _TableFile(grains_path, pa.schema(
             [("grain_id", pa.int64()), ("class", pa.string())] + geometry))}
         if particles_path is not None:
+            composition = [(f"px:{spec.names[i]}", pa.int64()) for i in self.minerals]
             self._tables["particles"] = _TableFile(particles_path, pa.schema(
-                [("particle_id", pa.int64())] + geometry + [(f"px:{spec.names[i]}", pa.int64()) for i in self.minerals]))
+                [("particle_id", pa.int64())] + geometry + composition))
 
     def _geometry(self, shapes: np.ndarray) -> dict[str, np.ndarray]:
         area = shapes[:, AREA]

@@ -13,7 +13,7 @@ CLASSES = {
 MEMBERS = [("halfunet", "half_unet", {"width": 0.125}), ("unet", "unet", {"width": 0.0625})]
 
 
-def write_manifest(root, mode="wv", tile=64, overlap=16, scale=1.0, members=MEMBERS) -> str:
+def write_manifest(root, mode="wv", tile=64, overlap=16, scale=1.0, members=MEMBERS, classes=CLASSES) -> str:
     """A manifest over untrained tiny members (seeded weights): inference needs no training."""
     from minseg.ensemble.manifest import write_ensemble
     from minseg.models import build_model
@@ -21,9 +21,9 @@ def write_manifest(root, mode="wv", tile=64, overlap=16, scale=1.0, members=MEMB
     modules = []
     for rank, (name, model_name, options) in enumerate(members):
         torch.manual_seed(rank)
-        modules.append((name, model_name, options, build_model(model_name, num_classes=len(CLASSES["classes"]),
+        modules.append((name, model_name, options, build_model(model_name, num_classes=len(classes["classes"]),
                                                                  **options)))
-    return write_ensemble(str(root / f"{mode}-{tile}-{scale}"), modules, CLASSES, mode=mode, tile=tile,
+    return write_ensemble(str(root / f"{mode}-{tile}-{scale}"), modules, classes, mode=mode, tile=tile,
                           overlap=overlap, scale=scale, mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 50.0),
                           name=f"test-{mode}")
 

@@ -138,3 +138,41 @@ def test_real_lumenstone_masks(ray_session, tmp_path, capsys):
         assert document["tally"]["boundary"] == boundary_counts(labels, 12).tolist()
         errors = document["reference"]["errors"]
         assert errors["modal"]["mae_pp"] == 0.0 and errors["association"]["mae_pp"] == 0.0
+
+
+def test_the_demo_slide_reports_its_mineralogy_against_its_true_mask(ray_session, tmp_path):
+    """The demo's last step: the slide segmented, scored, and its mineralogy measured against the true mask's,
+    the headline lines (modal %, P80, liberation of the main sulphide, errors) ready to print."""
+    from minseg.config import MinsegConfig
+    from minseg.demo import SynthResult, segment_synthetic_slide
+    from minseg.inference.config import SegmentSettings
+    from minseg.synth.config import SlideSynth
+    from minseg.synth.minerals import class_map_document
+    from minseg.synth.slide import write_synthetic_slide
+    from tests.inference.conftest import write_manifest
+
+    document = class_map_document()
+    classes = {"classes": [{"id": i, "name": c["name"], "codes": [c["code"]], "color": c["color"]}
+                           for i, c in enumerate(document["classes"])],
+               "ignore_index": 255, "ignore_codes": [], "mask_encoding": "codes"}
+    manifest = write_manifest(tmp_path / "manifest", "soft", members=[("halfunet", "half_unet", {"width": 0.125})],
+                              classes=classes)
+    slide = write_synthetic_slide(str(tmp_path / "slide.tif"), str(tmp_path / "slide_mask.tif"),
+                                  SlideSynth(height=160, width=200, tile=64), seed=5)
+    config = MinsegConfig.model_validate({"run": {"output_uri": str(tmp_path / "out")}})
+    config.segment = SegmentSettings(manifest_uri=manifest, output_tile=64, block=128, actors=1)
+    score = segment_synthetic_slide(config, SynthResult(str(tmp_path), 0.0, {"slide": slide}, {}))
+    folder = Path(score.output) / "slide"
+    predicted = json.loads((folder / "mineralogy.json").read_text())
+    truth = json.loads((folder / "reference_mineralogy.json").read_text())
+    mask = np.asarray(Image.open(tmp_path / "slide_mask.tif"))
+    names = [c["name"] for c in document["classes"]]
+    assert [truth["modal_mineralogy"][n]["pixels"] for n in names] == np.bincount(mask.ravel(), minlength=9).tolist()
+    errors = predicted["reference"]["errors"]
+    minerals = errors["modal"]["minerals"]
+    for name, entry in minerals.items():  # each error is the prediction's number minus the mask's
+        expected = predicted["modal_mineralogy"][name]["sample_area_percent"] - \
+            truth["modal_mineralogy"][name]["sample_area_percent"]
+        assert entry["sample_area_pct"]["error"] == pytest.approx(expected, abs=1e-3)
+    assert any(line.startswith("modal mineralogy") for line in score.mineralogy)
+    assert any(line.startswith("against the reference mask") for line in score.mineralogy)
