@@ -162,8 +162,9 @@ def cmd_measure(args) -> int:
 
     config = _load(args)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    updates = {"labels": args.labels or None, "references": args.reference, "classes": classes,
-               "pixel_size_um": args.pixel_size_um, "output_uri": args.out}
+    # maps given on the command line replace measure.labels, and their references (or none) the config's
+    updates = {"labels": args.labels or None, "references": (args.reference or []) if args.labels else args.reference,
+               "classes": classes, "pixel_size_um": args.pixel_size_um, "output_uri": args.out}
     current = (config.measure or MeasureSettings()).model_dump()
     config.measure = MeasureSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
     result = measure_label_maps(config)
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure = sub.add_parser("measure", help="mineralogy of existing label maps: modal, sizes, liberation, "
                              "association, per-object tables (one Ray task per map)")
     measure.add_argument("labels", nargs="*", help="labels.tif / segmentation.ome.zarr from segment, or class-id "
-                         "TIFF/PNG masks: paths, s3:// URIs or globs (adds to measure.labels)")
+                         "TIFF/PNG masks: paths, s3:// URIs or globs (instead of measure.labels)")
     _add_config_options(measure)
     measure.add_argument("--reference", action="append", metavar="MASK",
                          help="reference mask for the label map in the same position (repeat once per map): "

@@ -73,6 +73,16 @@ class SegmentSettings(StrictModel):
                                         "default: the slide's resolution tags, if any")
     limits: SlideLimitSettings = SlideLimitSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_mineralogy(cls, data):
+        moved = sorted(set(data) & {"connectivity", "min_grain_px", "background_classes", "densities"}) \
+            if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(f"{', '.join('segment.' + k for k in moved)} moved to the mineralogy section "
+                             f"({', '.join('mineralogy.' + k for k in moved)}), shared with minseg measure")
+        return data
+
     @field_validator("formats")
     @classmethod
     def _zarr_always(cls, value: list[OutputFormat]) -> list[OutputFormat]:

@@ -183,6 +183,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         # the headline of mineralogy.json (which also has liberation by size fraction and the raw tallies)
         **{key: mineralogy[key] for key in HEADLINE},
         "mean_uncertainty": round(uncertainty_sum / total / 255.0, 5),
+        "measured_with": spec.key(),  # a re-run with other mineralogy settings says these numbers are not its
         "files": files,
     }
     summary["finish_seconds"] = round(time.monotonic() - started, 2)

@@ -45,6 +45,8 @@ class LabelMap:
             raise InputError(f"{self.uri}: not a label map of class ids (one channel): pixels have shape "
                              f"{region.shape[2:]} (an RGB colour mask must be converted to class ids first)")
         if region.dtype != np.uint8:
+            if not (np.issubdtype(region.dtype, np.integer) or region.dtype == np.bool_):
+                raise InputError(f"{self.uri}: class ids must be integers, the map holds {region.dtype} values")
             if region.size and (region.min() < 0 or region.max() > 255):
                 raise InputError(f"{self.uri}: class ids must be 0-255, found {region.min()}..{region.max()}")
             region = region.astype(np.uint8)
@@ -105,18 +107,35 @@ def _open_zarr(uri: str, storage: Storage) -> LabelMap:
         raise SlideError(f"{uri}: not a segmentation OME-Zarr with labels/classes ({exc})") from None
     except Exception as exc:  # zarr raises its own errors for a folder that is no zarr
         raise SlideError(f"{uri}: cannot open as OME-Zarr: {exc}") from None
+    try:
+        names, colours, size = _zarr_metadata(attributes)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise SlideError(f"{uri}: unreadable OME-Zarr label metadata ({type(exc).__name__}: {exc})") from None
+    if len(level.shape) != 2:
+        raise SlideError(f"{uri}: labels/classes/0 has shape {tuple(level.shape)}, not (height, width)")
+    height, width = level.shape
+
+    def read(top: int, left: int, rows: int, cols: int) -> np.ndarray:
+        try:
+            return arrays.read(arrays.LABELS, 0, top, top + rows, left, left + cols)
+        except Exception as exc:  # a missing or corrupt chunk: zarr and codecs raise many kinds
+            raise SlideError(f"{uri}: rows {top}-{top + rows}, columns {left}-{left + cols} unreadable "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    return LabelMap(uri, int(height), int(width), names, colours, size, read)
+
+
+def _zarr_metadata(attributes: dict) -> tuple[list[str] | None, list | None, float | None]:
+    """Class names, colours and pixel size (µm) from a labels group's attributes (NGFF image-label and
+    multiscales); None for what it does not say."""
     ome = attributes.get("ome", {})
     label = ome.get("image-label", {})
-    names = [p.get("class") for p in sorted(label.get("properties", []), key=lambda p: p.get("label-value", 0))] \
-        or None
+    properties = sorted(label.get("properties", []), key=lambda p: p.get("label-value", 0))
+    names = [p["class"] for p in properties] if properties and all(p.get("class") for p in properties) else None
     colours = [c["rgba"][:3] for c in sorted(label.get("colors", []), key=lambda c: c.get("label-value", 0))] or None
     size = None
     multiscales = ome.get("multiscales") or [{}]
-    axes = multiscales[0].get("axes", [])
-    if any(a.get("unit") == "micrometer" for a in axes):
-        scale = multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"]
-        size = float(scale[-1])
-    height, width = level.shape
-    return LabelMap(uri, int(height), int(width), names, colours, size,
-                    lambda top, left, rows, cols: arrays.read(arrays.LABELS, 0, top, top + rows, left, left + cols))
+    if any(a.get("unit") == "micrometer" for a in multiscales[0].get("axes", [])):
+        size = float(multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
+    return names, colours, size
 

@@ -161,7 +161,13 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     if reference is not None:
         document["reference"] = against_reference(document, shape, reference, spec, storage,
                                                   join_uri(output_uri, REFERENCE_DOCUMENT), settings.block)
-    files = write_plots(document, storage, output_uri, map_id) if mineralogy.plots else []
+    files = {"mineralogy": DOCUMENT}
+    if tables_written := document.get("tables"):
+        files.update({name: f"{name}.parquet" for name in tables_written["rows"]})
+    if reference is not None:
+        files["reference"] = REFERENCE_DOCUMENT
+    if mineralogy.plots:
+        files.update({name.rsplit(".", 1)[0]: name for name in write_plots(document, storage, output_uri, map_id)})
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files
     storage.write_text(join_uri(output_uri, DOCUMENT), json.dumps(document, indent=1, default=float))  # last: done
@@ -210,9 +216,18 @@ def measure_label_maps(config: MinsegConfig) -> MeasureResult:
     init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))
-    futures = [task.remote(uri, reference, join_uri(output, ids[uri]), ids[uri], settings, config.mineralogy, storage)
-               for uri, reference in pairs]
-    for outcome in ray.get(futures):
+    pending = {task.remote(uri, reference, join_uri(output, ids[uri]), ids[uri], settings, config.mineralogy,
+                           storage): (uri, reference) for uri, reference in pairs}
+    while pending:  # one at a time: a map whose task dies (out of memory, a bug) is a failure entry too
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        uri, reference = pending.pop(ready)
+        try:
+            outcome = ray.get(ready)
+        except ray.exceptions.RayError as exc:
+            storage.delete_prefix(join_uri(output, ids[uri]).rstrip("/") + "/")
+            reason = str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1]
+            outcome = {"failure": {"slide": ids[uri], "uri": uri, "reference": reference,
+                                   "reason": f"the task failed: {type(exc).__name__}: {reason}"}}
         if "row" in outcome:
             result.done.append(outcome["row"])
             result.headlines[outcome["row"]["slide"]] = outcome["headline"]
@@ -221,6 +236,10 @@ def measure_label_maps(config: MinsegConfig) -> MeasureResult:
             log_event(log, "measure.map_failed", logging.WARNING, map=outcome["failure"]["slide"],
                       reason=outcome["failure"]["reason"])
     result.seconds = round(time.monotonic() - started, 2)
+    result.done.sort(key=lambda row: row["slide"])
+    # failures first: whatever happens next, what failed is on record; then the tables of this run only
+    storage.write_text(join_uri(output, "failures.json"), json.dumps(result.failed, indent=2))
+    storage.delete_prefix(join_uri(output, FOLDER) + "/")
     if result.done:
         columns = list(dict.fromkeys(key for row in result.done for key in row))
         storage.write_text(join_uri(output, "slides.csv"), csv_text([{k: r.get(k) for k in columns}
@@ -228,7 +247,8 @@ def measure_label_maps(config: MinsegConfig) -> MeasureResult:
         documents = {row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
                      for row in result.done}
         write_batch_report(documents, storage, join_uri(output, FOLDER), settings.name)
-    storage.write_text(join_uri(output, "failures.json"), json.dumps(result.failed, indent=2))
+    elif storage.exists(join_uri(output, "slides.csv")):
+        storage.delete(join_uri(output, "slides.csv"))  # an earlier run's table must not look like this one's
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

@@ -47,11 +47,11 @@ class SlidePlan:
     pixel_size_um: float | None
     uncertainty: Uncertainty
     num_classes: int
-    measure: MeasureSpec  # how its blocks are measured (classes, mineralogy settings, pixel size)
     limits: SlideLimits = SlideLimits()
+    measure: MeasureSpec | None = None  # how its blocks are measured (classes, mineralogy settings, pixel size)
 
     def __post_init__(self) -> None:
-        if len(self.measure.names) != self.num_classes:
+        if self.measure is not None and len(self.measure.names) != self.num_classes:
             raise ValueError(f"the mineralogy has {len(self.measure.names)} classes, the slide {self.num_classes}")
 
     @property

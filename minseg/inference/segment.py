@@ -121,7 +121,9 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem] = counts.get(stem, 0) + 1
-    return {uri: stem if counts[stem] == 1 else f"{stem}-{zlib.crc32(uri.encode()):08x}" for uri, stem in stems.items()}
+    # a name the run's own outputs use (the batch report's folder) is taken like a collision
+    return {uri: stem if counts[stem] == 1 and stem != FOLDER else f"{stem}-{zlib.crc32(uri.encode()):08x}"
+            for uri, stem in stems.items()}
 
 
 # -- the ensemble actors -------------------------------------------------------
@@ -289,7 +291,12 @@ def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSe
         if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
-            return SlideOutcome(slide_id, uri, "outputs exist for this ensemble (--force redoes)", previous)
+            reason = "outputs exist for this ensemble (--force redoes)"
+            if previous.get("measured_with") != plan.measure.key():
+                reason = ("outputs exist for this ensemble, measured with other mineralogy settings (--force redoes "
+                          "the slide; `minseg measure` on its labels re-measures it alone)")
+                log_event(log, "segment.skipped_other_mineralogy", logging.WARNING, slide=slide_id)
+            return SlideOutcome(slide_id, uri, reason, previous)
         return plan
 
     plans: dict[str, SlidePlan] = {}
@@ -557,12 +564,12 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed if f.slide not in complete]
     storage.write_text(join_uri(out, "failures.json"), json.dumps(failures, indent=2))
+    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
+    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float))
     if result.done:  # the batch's mineralogy over every complete slide under the output, this run's and earlier
         documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
         write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
                            os.path.basename(out.rstrip("/")))
-    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
-    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float))
 
 
 def _read_json(storage: Storage, uri: str):

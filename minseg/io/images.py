@@ -249,10 +249,10 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
 
 def decode_samples(data: bytes, name: str, max_pixels: int,
                    limit_key: str = LIMIT_KEY) -> tuple[np.ndarray, np.ndarray | None]:
-    """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W) and
-    RGB (H, W, 3) as stored, 16-bit grey as uint16, a palette image's indices (H, W) with its (256, 3) uint8
-    palette; other modes (alpha, CMYK, bilevel ...) as displayed, RGB. Returns (samples, palette or None).
-    Class-id masks saved as grey or palette PNGs keep their ids.
+    """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W)
+    and RGB (H, W, 3) as stored, bilevel as bool, 16-bit grey as uint16, a palette image's indices (H, W)
+    with its (256, 3) uint8 palette; other modes (alpha, CMYK ...) as displayed, RGB. Returns (samples,
+    palette or None). Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
 
     Raises DecodeError as ``decode_image``.
     """
@@ -262,7 +262,7 @@ def decode_samples(data: bytes, name: str, max_pixels: int,
         entries = np.asarray(image.getpalette() or [], np.uint8)[: 256 * 3]
         palette.reshape(-1)[: len(entries)] = entries
         return np.asarray(image), palette
-    if image.mode in ("L", "RGB", "I;16", "I;16B", "I;16L"):
+    if image.mode in ("1", "L", "RGB", "I;16", "I;16B", "I;16L"):  # "1": bilevel, as bool
         return np.asarray(image), None
     return decode_image(data, name, max_pixels, limit_key), None
 

@@ -9,14 +9,9 @@ A **grain** is a connected region of one class; a **particle** a connected regio
   the noise threshold), and histograms for the slide statistics (grain (class, area) counts; particle
   area counts with their summed compositions; particle liberation by size fraction).
 
-``merge_grains`` / ``merge_particles`` join edge components that touch across block edges, straight and
-(8-connectivity) diagonally, corners included, as a graph whose connected components
-(``scipy.sparse.csgraph``) are the objects crossing blocks; their geometry adds up, bounding boxes widen,
-and the pixel edges across a seam between two different objects are added to both perimeters (a block
-counts only the edges inside it). The result equals labelling and measuring the whole map at once
-(``skimage.measure.regionprops`` areas, bounding boxes and centroids; tests/mineralogy/test_components.py)
-whatever the block size and order; what the merge holds grows with the blocks' perimeters and the number of
-distinct object areas, never with the slide's area.
+``mineralogy.merge`` joins the edge components of the blocks, band by band, into the slide's objects. The
+result equals labelling and measuring the whole map at once (``ndimage`` labels, areas, bounding boxes,
+centroids, outline edges; tests/mineralogy/test_components.py) whatever the block size and order.
 
 Perimeter is counted in pixel edges (4-neighbour pixel pairs split by the object's outline), like the
 association's boundary lengths: a grain's perimeter is its boundary with other classes, a particle's its
@@ -29,10 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from minseg.mineralogy.association import boundary_counts, seam_counts
+from minseg.mineralogy.association import boundary_counts
 from minseg.mineralogy.liberation import DEFAULT_EDGES, accumulate_by_size
 from minseg.mineralogy.sizes import size_fraction
 
@@ -81,7 +74,7 @@ def structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
 
 
-def measure(ids: np.ndarray, count: int, top: int, left: int) -> np.ndarray:
+def object_shapes(ids: np.ndarray, count: int, top: int, left: int) -> np.ndarray:
     """Geometry of the objects of an id map.
 
     Args:
@@ -193,7 +186,7 @@ def label_grains(labels: np.ndarray, top: int, left: int, num_classes: int, conn
         kinds.append(np.full(count, klass, np.uint8))
         base += count
     klass = np.concatenate(kinds) if kinds else np.zeros(0, np.uint8)
-    shapes = measure(ids, base, top, left)
+    shapes = object_shapes(ids, base, top, left)
     on_edge, local = _local_edge_ids(ids, base)
     inner = ~on_edge
     inner_class, inner_area, inner_count = histogram(klass[inner], shapes[inner, AREA])
@@ -219,155 +212,6 @@ def histogram(klass: np.ndarray, area: np.ndarray,
                                return_inverse=True)
     counts = np.bincount(inverse.ravel(), weights=count, minlength=len(pairs)).astype(np.int64)
     return pairs[:, 0].astype(np.uint8), pairs[:, 1], counts
-
-
-def _edge_pairs(first: np.ndarray, second: np.ndarray, diagonal: bool) -> np.ndarray:
-    """(P, 2) pairs of ids facing each other across an edge: ``first[i]`` with ``second[i]``, and with
-    8-connectivity ``second[i - 1]`` and ``second[i + 1]``; -1 is nothing."""
-    pairs = [np.stack([first, second], axis=1)]
-    if diagonal and len(first) > 1:
-        pairs += [np.stack([first[1:], second[:-1]], axis=1), np.stack([first[:-1], second[1:]], axis=1)]
-    pairs = np.concatenate(pairs)
-    return pairs[(pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)]
-
-
-def _seams(blocks: list, offsets: np.ndarray, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The facing lines of global edge-object ids (block offset added; -1 where nothing) across every seam of
-    sorted blocks: horizontal seams slide-wide (so 8-connectivity diagonals cross block corners too), then
-    the vertical seams within each band of blocks."""
-    lines = []
-    rows: dict[int, list[tuple[object, int]]] = {}
-    for block, offset in zip(blocks, offsets):
-        rows.setdefault(block.top, []).append((block, int(offset)))
-    tops = sorted(rows)
-    for upper, lower in zip(tops, tops[1:]):
-        above, below = np.full(width, -1, np.int64), np.full(width, -1, np.int64)
-        for block, offset in rows[upper]:
-            above[block.left : block.left + block.width] = _shifted(block.edge_bottom, offset)
-        for block, offset in rows[lower]:
-            below[block.left : block.left + block.width] = _shifted(block.edge_top, offset)
-        lines.append((above, below))
-    for top in tops:
-        band = sorted(rows[top], key=lambda entry: entry[0].left)
-        for (left_block, left_offset), (right_block, right_offset) in zip(band, band[1:]):
-            lines.append((_shifted(left_block.edge_right, left_offset), _shifted(right_block.edge_left, right_offset)))
-    return lines
-
-
-def _shifted(ids: np.ndarray, offset: int) -> np.ndarray:
-    """Local edge ids as slide-wide ones; -1 (nothing there: background, for particles) stays -1."""
-    ids = ids.astype(np.int64)
-    return np.where(ids >= 0, ids + offset, -1)
-
-
-def _tiled(blocks: list, height: int, width: int) -> tuple[list, np.ndarray]:
-    """The blocks sorted by position and the offsets of their edge objects in the slide's list."""
-    blocks = sorted(blocks, key=lambda b: (b.top, b.left))
-    covered = sum(b.height * b.width for b in blocks)
-    if covered != height * width or len({(b.top, b.left) for b in blocks}) != len(blocks):
-        raise ValueError(f"blocks cover {covered} pixels of a {height}x{width} slide, "
-                         f"{len(blocks)} blocks at {len({(b.top, b.left) for b in blocks})} places")
-    return blocks, np.cumsum([0] + [len(b.shapes) for b in blocks])
-
-
-@dataclass
-class _Joined:
-    """Edge objects of every block joined across seams: ``group_of`` (N,) the merged object of each block's
-    edge object (slide-wide index), ``shapes`` (G, len(SHAPE)) the merged objects' geometry."""
-
-    blocks: list
-    group_of: np.ndarray
-    shapes: np.ndarray
-
-    @property
-    def groups(self) -> int:
-        return len(self.shapes)
-
-
-def _join(blocks: list, height: int, width: int, connectivity: int, same=None) -> _Joined:
-    """Join the blocks' edge objects that touch across seams (``same(first, second)``, arrays of global ids,
-    says which touching pairs are one object: for grains, the same class) and merge their geometry."""
-    blocks, offsets = _tiled(blocks, height, width)
-    lines = _seams(blocks, offsets, width)
-    pairs = [_edge_pairs(first, second, connectivity == 8) for first, second in lines]
-    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    if same is not None:
-        pairs = pairs[same(pairs[:, 0], pairs[:, 1])]
-    count = int(offsets[-1])
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
-    groups, group_of = connected_components(graph, directed=False)
-    shapes = np.concatenate([b.shapes for b in blocks]) if blocks else np.zeros((0, len(SHAPE)), np.int64)
-    merged = np.zeros((groups, len(SHAPE)), np.int64)
-    for column in (AREA, PERIMETER, SUM_Y, SUM_X):
-        np.add.at(merged[:, column], group_of, shapes[:, column])
-    merged[:, TOP] = merged[:, LEFT] = np.iinfo(np.int64).max
-    for column, extreme in ((TOP, np.minimum), (LEFT, np.minimum), (BOTTOM, np.maximum), (RIGHT, np.maximum)):
-        extreme.at(merged[:, column], group_of, shapes[:, column])
-    lookup = np.append(group_of, -1)  # id -1 (nothing) looks up the last entry: -1
-    for first, second in lines:  # pixel edges across a seam between two objects: outline of both
-        a, b = lookup[first], lookup[second]
-        differ = a != b
-        for side in (a[differ], b[differ]):
-            merged[:, PERIMETER] += np.bincount(side[side >= 0], minlength=groups)
-    return _Joined(blocks, group_of, merged)
-
-
-def touching_edge(shapes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N,) bool: the objects whose bounding box reaches the slide's edge (cut by it)."""
-    return (shapes[:, TOP] == 0) | (shapes[:, LEFT] == 0) | (shapes[:, BOTTOM] == height) | (shapes[:, RIGHT] == width)
-
-
-def merge_boundaries(blocks: list[BlockGrains], height: int, width: int) -> np.ndarray:
-    """The slide's (C, C) boundary counts (``association.boundary_counts`` of the whole label map) from its
-    blocks': their own plus every seam's, each pixel edge counted once.
-
-    Raises:
-        ValueError: the blocks do not tile the slide exactly.
-    """
-    blocks, offsets = _tiled(blocks, height, width)
-    total = sum(b.boundary for b in blocks).astype(np.int64)
-    klass = np.concatenate([b.klass for b in blocks]).astype(np.int64)
-    for first, second in _seams(blocks, offsets, width):
-        if (first < 0).any() or (second < 0).any():
-            raise ValueError("the blocks leave a gap along a seam")
-        total += seam_counts(klass[first], klass[second], len(total))
-    return total
-
-
-@dataclass
-class Grains:
-    """A slide's grains: the histogram of every grain (``klass``, ``area``, ``count``: distinct (class, area)
-    pairs sorted by class then area, and how many grains have each), and the grains that crossed blocks
-    (``merged_class`` (G,), ``merged_shapes`` (G, len(SHAPE)): their table rows come from here)."""
-
-    klass: np.ndarray
-    area: np.ndarray
-    count: np.ndarray
-    merged_class: np.ndarray
-    merged_shapes: np.ndarray
-
-    def areas(self, num_classes: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Per class id: (distinct grain areas ascending, how many grains have each)."""
-        return {k: (self.area[self.klass == k], self.count[self.klass == k]) for k in range(num_classes)}
-
-
-def merge_grains(blocks: list[BlockGrains], height: int, width: int, connectivity: int = 8) -> Grains:
-    """The grains of a (height, width) slide from its blocks' (any order, any block grid whose blocks tile the
-    slide).
-
-    Raises:
-        ValueError: the blocks do not tile the slide exactly.
-    """
-    klass = np.concatenate([b.klass for b in sorted(blocks, key=lambda b: (b.top, b.left))]) \
-        if blocks else np.zeros(0, np.uint8)
-    joined = _join(blocks, height, width, connectivity, same=lambda a, b: klass[a] == klass[b])
-    merged_class = np.zeros(joined.groups, np.uint8)
-    merged_class[joined.group_of] = klass
-    inner = [(b.inner_class, b.inner_area, b.inner_count) for b in joined.blocks]
-    hist = histogram(np.concatenate([merged_class] + [i[0] for i in inner]),
-                     np.concatenate([joined.shapes[:, AREA]] + [i[1] for i in inner]),
-                     np.concatenate([np.ones(joined.groups, np.int64)] + [i[2] for i in inner]))
-    return Grains(*hist, merged_class, joined.shapes)
 
 
 @dataclass
@@ -434,7 +278,7 @@ def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray,
     ids = ids.astype(np.int32) - 1  # -1: background
     composition = np.bincount(ids[mask].astype(np.int64) * num_classes + labels[mask],
                               minlength=count * num_classes).reshape(count, num_classes)
-    shapes = measure(ids, count, top, left)
+    shapes = object_shapes(ids, count, top, left)
     on_edge, local = _local_edge_ids(ids, count)
     inner = ~on_edge
     areas = shapes[:, AREA]
@@ -451,57 +295,3 @@ def label_particles(labels: np.ndarray, top: int, left: int, sample: np.ndarray,
         inner_area=inner_area.astype(np.int64), inner_count=np.bincount(inverse.ravel(), minlength=len(inner_area)),
         inner_composition=inner_composition, rows_composition=composition[rows], rows_shapes=shapes[rows],
     )
-
-
-@dataclass
-class Particles:
-    """A slide's particles.
-
-    Attributes:
-        liberation: (F, C, B) int64, ``liberation.accumulate_by_size`` of every particle of at least the noise
-            threshold.
-        area, count: distinct particle areas (ascending, noise included) and how many particles have each;
-        composition: (A, C) int64 the summed composition of the particles of each area (mass-weighted sizes).
-        touching_edge: particles of at least the noise threshold cut by the slide's edge (smaller and more
-            liberated than they are).
-        merged_composition, merged_shapes: the particles that crossed blocks (their table rows).
-    """
-
-    liberation: np.ndarray
-    area: np.ndarray
-    count: np.ndarray
-    composition: np.ndarray
-    touching_edge: int
-    merged_composition: np.ndarray
-    merged_shapes: np.ndarray
-
-
-def merge_particles(blocks: list[BlockParticles], height: int, width: int, sample: np.ndarray,
-                    connectivity: int = 8, edges: tuple[int, ...] = DEFAULT_EDGES, min_area: int = 1,
-                    fractions: SizeFractions = SizeFractions()) -> Particles:
-    """The slide's particles from its blocks' (any order, any block grid that tiles the slide): particles
-    touching block edges are joined across seams, their compositions summed, then classed.
-
-    Raises:
-        ValueError: the blocks do not tile the slide exactly.
-    """
-    num_classes = len(sample)
-    joined = _join(blocks, height, width, connectivity)
-    composition = np.concatenate([b.composition for b in joined.blocks]) if blocks \
-        else np.zeros((0, num_classes), np.int64)
-    merged = np.zeros((joined.groups, num_classes), np.int64)
-    np.add.at(merged, joined.group_of, composition)
-    merged_area = joined.shapes[:, AREA]
-    real = merged_area >= min_area
-    liberation = accumulate_by_size(merged[real], np.asarray(sample, bool), fractions.of(merged_area[real]),
-                                    fractions.count, edges)
-    liberation = liberation + sum((b.liberation for b in joined.blocks), np.zeros_like(liberation))
-    touching = int((touching_edge(joined.shapes, height, width) & real).sum())
-    areas = np.concatenate([merged_area] + [b.inner_area for b in joined.blocks])
-    counts = np.concatenate([np.ones(joined.groups, np.int64)] + [b.inner_count for b in joined.blocks])
-    compositions = np.concatenate([merged] + [b.inner_composition for b in joined.blocks])
-    distinct, inverse = np.unique(areas, return_inverse=True)
-    summed = np.zeros((len(distinct), num_classes), np.int64)
-    np.add.at(summed, inverse.ravel(), compositions)
-    return Particles(liberation, distinct, np.bincount(inverse.ravel(), weights=counts).astype(np.int64), summed,
-                     touching, merged, joined.shapes)

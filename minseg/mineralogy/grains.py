@@ -1,5 +1,5 @@
 """Grain statistics of one class: counts, sizes, equivalent circle diameters, from the grain-area
-histogram ``components.merge_components`` gives (exactly what the list of every grain's area gives)."""
+histogram ``merge.GrainMerger`` gives (exactly what the list of every grain's area gives)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 with the batch tables and a headline row per slide (``segment`` and ``measure`` write it under
 ``<output>/mineralogy/``).
 
-Slides are summed only with slides measured the same way (same classes, settings and size unit); any other
+Slides are summed only with slides measured the same way (same classes, settings and pixel size); any other
 is named in the report, not mixed in. Batch size quantiles are read off the binned curves (10 bins per
 decade), the slides' own from their exact distributions.
 """
@@ -80,7 +80,10 @@ def headline_text(document: dict, top: int = 4) -> list[str]:
 
 
 def _signature(document: dict) -> str:
-    return json.dumps([document["classes"], document["settings"], document["unit"]])
+    """Slides sum only with slides measured the same way: classes, settings (what the numbers depend on) and
+    pixel size (a tally counts pixels: slides of other pixel sizes would weigh by pixel count, not area)."""
+    settings = {k: v for k, v in document["settings"].items() if k not in ("tables", "plots")}
+    return json.dumps([document["classes"], settings, document["unit"], document["pixel_size_um"]])
 
 
 def batch_document(documents: dict[str, dict]) -> tuple[dict | None, list[str], list[str]]:
@@ -94,10 +97,8 @@ def batch_document(documents: dict[str, dict]) -> tuple[dict | None, list[str], 
     summed = max(groups.values(), key=len)
     first = documents[summed[0]]
     tally = sum((Tally.from_json(documents[s]["tally"]) for s in summed[1:]), Tally.from_json(first["tally"]))
-    sizes = {documents[s]["pixel_size_um"] for s in summed}
-    spec = MeasureSpec(tuple(first["classes"]), MineralogySettings(**first["settings"]),
-                       sizes.pop() if len(sizes) == 1 else None)
-    document = mineralogy_document(tally, spec, unit=first["unit"])
+    spec = MeasureSpec(tuple(first["classes"]), MineralogySettings(**first["settings"]), first["pixel_size_um"])
+    document = mineralogy_document(tally, spec)
     document["colours"] = first.get("colours")
     document["slides"] = sorted(summed)
     left_out = sorted(s for s in documents if s not in summed)
@@ -117,7 +118,7 @@ def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]
              f"{len(document['slides'])} slides summed ({', '.join(document['slides'])}); sizes in {unit}, "
              "batch size quantiles read off binned curves (10 bins per decade). Definitions: docs/mineralogy.md.", ""]
     if document["left_out"]:
-        lines += [f"Not summed (measured with other classes, settings or size unit): "
+        lines += [f"Not summed (measured with other classes, settings or pixel size): "
                   f"{', '.join(document['left_out'])}.", ""]
     lines += ["## Modal mineralogy, grains and liberation", "",
               f"| mineral | area % of sample | wt % | grains | grain P80 ({unit}, mass) | liberated % |",

@@ -11,18 +11,18 @@ every number.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.association import association_table
 from minseg.mineralogy.components import (AREA, BOTTOM, LEFT, PERIMETER, RIGHT, SUM_X, SUM_Y, TOP, BlockGrains,
-                                          BlockParticles, SizeFractions, label_grains, label_particles,
-                                          merge_boundaries, merge_grains, merge_particles, touching_edge)
+                                          BlockParticles, SizeFractions, label_grains, label_particles)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.grains import grain_statistics
 from minseg.mineralogy.liberation import liberation_classes, liberation_table
+from minseg.mineralogy.merge import GrainMerger, ParticleMerger, touching_edge
 from minseg.mineralogy.modal import DEFAULT_DENSITIES, modal_mineralogy
 from minseg.mineralogy.sizes import (CURVE_EDGES, QUANTILES, binned_passing_size, ecd, fraction_names,
                                      size_bins, size_distribution)
@@ -96,9 +96,11 @@ def measure_block(labels: np.ndarray, top: int, left: int, spec: MeasureSpec) ->
         ValueError: a label is not a class id.
     """
     settings = spec.settings
+    # without a background class there are no particles to measure (the section would be one): none labelled
+    sample = spec.sample if spec.has_particles else np.zeros(len(spec.names), bool)
     return BlockMineralogy(
         label_grains(labels, top, left, len(spec.names), settings.connectivity, settings.min_grain_px),
-        label_particles(labels, top, left, spec.sample, settings.connectivity, spec.edges, settings.min_grain_px,
+        label_particles(labels, top, left, sample, settings.connectivity, spec.edges, settings.min_grain_px,
                         spec.fractions),
     )
 
@@ -276,46 +278,45 @@ def staged_tables(spec: MeasureSpec, height: int, width: int, storage: Storage, 
 class SlideMineralogy:
     """Accumulates one slide's block measurements (``add``, any order) and finishes its document (``finish``).
 
-    Holds the blocks' edge objects and histograms only: the inner objects' rows go to ``tables`` as blocks
-    arrive. Memory: the blocks' perimeters plus the distinct object areas, not the slide's area
-    (bench/segment_memory.py).
+    The inner objects' rows go to ``tables`` as blocks arrive, the objects crossing blocks as their band is
+    joined (``merge``): what is held is one row of blocks and the open objects along it, plus the histograms
+    of distinct object areas, never the slide's area (bench/mineralogy_memory.py).
     """
 
     spec: MeasureSpec
     height: int
     width: int
     tables: ObjectTables | None = None
-    _grains: list = field(default_factory=list)
-    _particles: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec, settings = self.spec, self.spec.settings
+        write = self.tables is not None
+        self._grains = GrainMerger(self.height, self.width, len(spec.names), settings.connectivity,
+                                   settings.min_grain_px, on_rows=self.tables.add_grains if write else None)
+        self._particles = ParticleMerger(self.height, self.width, spec.sample, settings.connectivity, spec.edges,
+                                         settings.min_grain_px, spec.fractions,
+                                         on_rows=self.tables.add_particles if write else None)
 
     def add(self, block: BlockMineralogy) -> None:
+        """Raises ValueError when the block overlaps blocks added before."""
         if self.tables is not None:
             self.tables.add_grains(block.grains.rows_class, block.grains.rows_shapes)
             self.tables.add_particles(block.particles.rows_composition, block.particles.rows_shapes)
         block.grains.drop_rows()
         block.particles.drop_rows()
-        self._grains.append(block.grains)
-        self._particles.append(block.particles)
+        self._grains.add(block.grains)
+        self._particles.add(block.particles)
 
     def finish(self) -> dict:
-        """Join the objects crossing blocks, write their rows, close the tables; the ``mineralogy.json`` document.
+        """Join what is still open, close the tables; the ``mineralogy.json`` document.
 
         Raises:
             ValueError: the blocks added do not tile the slide exactly.
         """
         spec, settings = self.spec, self.spec.settings
         names, minimum, size = list(spec.names), settings.min_grain_px, spec.pixel_size_um
-        grains = merge_grains(self._grains, self.height, self.width, settings.connectivity)
-        boundary = merge_boundaries(self._grains, self.height, self.width)
-        particles = merge_particles(self._particles, self.height, self.width, spec.sample, settings.connectivity,
-                                    spec.edges, minimum, spec.fractions)
-        rows = {}
-        if self.tables is not None:
-            keep = grains.merged_shapes[:, AREA] >= minimum
-            self.tables.add_grains(grains.merged_class[keep], grains.merged_shapes[keep])
-            keep = particles.merged_shapes[:, AREA] >= minimum
-            self.tables.add_particles(particles.merged_composition[keep], particles.merged_shapes[keep])
-            rows = self.tables.close()
+        grains, particles = self._grains.finish(), self._particles.finish()
+        rows = self.tables.close() if self.tables is not None else {}
 
         num = len(names)
         real = particles.area >= minimum
@@ -332,7 +333,7 @@ class SlideMineralogy:
                   grains.area[kept] * grains.count[kept])
         fractions = spec.fractions
         tally = Tally(
-            class_pixels=sum(b.class_pixels for b in self._grains).astype(np.int64), boundary=boundary,
+            class_pixels=grains.class_pixels, boundary=grains.boundary,
             liberation=particles.liberation,
             fraction_particles=np.bincount(fractions.of(particles.area[real]), weights=particles.count[real],
                                            minlength=fractions.count).astype(np.int64),
@@ -396,13 +397,12 @@ def main_minerals(document: dict) -> list[str]:
     return sorted(present, key=lambda n: -modal[n]["pixels"])
 
 
-def mineralogy_document(tally: Tally, spec: MeasureSpec, exact: dict | None = None, unit: str | None = None) -> dict:
+def mineralogy_document(tally: Tally, spec: MeasureSpec, exact: dict | None = None) -> dict:
     """The ``mineralogy.json`` document from a tally: modal mineralogy, association, particles, liberation
     (overall and by size fraction), grains. ``exact`` (one slide) gives size quantiles read off the exact
-    distributions; without it (a batch) they are read off the binned curves (``binned: true``). ``unit``
-    overrides the spec's ("um" for a batch of slides with different pixel sizes: sizes in µm, lengths unknown)."""
+    distributions; without it (a batch) they are read off the binned curves (``binned: true``)."""
     names, sample, settings = list(spec.names), spec.sample, spec.settings
-    unit = unit or spec.unit
+    unit = spec.unit
     background = set(settings.background_classes)
     modal, missing = modal_mineralogy(tally.class_pixels, names, background, spec.densities)
     density = _density_vector(spec, tally.class_pixels)

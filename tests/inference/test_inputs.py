@@ -50,6 +50,16 @@ def test_config_refuses_lossy_labels_and_odd_connectivity():
 
     with pytest.raises(ValidationError, match="4 or 8"):
         MineralogySettings(connectivity=6)
+    # the keys that moved to the shared mineralogy section say where they went
+    with pytest.raises(ValidationError, match=r"segment.densities moved to the mineralogy section \(mineralogy"):
+        SegmentSettings(densities={"pyrite": 5.0})
+
+
+def test_a_slide_named_like_the_batch_report_folder_gets_another_name():
+    from minseg.inference.segment import slide_ids
+
+    ids = slide_ids(["/a/mineralogy.tif", "/a/other.tif"])
+    assert ids["/a/other.tif"] == "other" and ids["/a/mineralogy.tif"].startswith("mineralogy-")
 
 
 class _Image:

@@ -111,6 +111,16 @@ def test_a_map_without_class_names_needs_them(ray_session, tmp_path, capsys):
                  "--classes", "resin,pyrite,gangue", "--set", 'mineralogy.densities={"pyrit": 5}']) == 1
     assert "mineralogy.densities names 'pyrit'" in json.loads((tmp_path / "out" / "failures.json").read_text())[0][
         "reason"]
+    # a bilevel PNG keeps its ids (0/1); a float TIFF is refused by the reader, naming it
+    Image.fromarray(blob_labels((40, 40), 2, seed=2).astype(bool)).save(tmp_path / "bilevel.png")
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "float.tif", np.zeros((20, 20), np.float32))
+    assert main(["measure", str(tmp_path / "bilevel.png"), str(tmp_path / "float.tif"), "--out",
+                 str(tmp_path / "out2"), "--classes", "resin,pyrite"]) == 1
+    assert (tmp_path / "out2" / "bilevel" / "mineralogy.json").exists()
+    (failure,) = json.loads((tmp_path / "out2" / "failures.json").read_text())
+    assert "float.tif: SampleFormat 3 (floating point)" in failure["reason"]
     capsys.readouterr()
 
 
@@ -124,7 +134,9 @@ def test_real_lumenstone_masks(ray_session, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["measure", str(first), str(second), "--classes", LUMENSTONE_CLASSES, "--out", str(out),
                  "--reference", str(first), "--reference", str(second), "--set", "measure.block=1024"]) == 0
-    assert "liberation of pyrrhotite" in capsys.readouterr().out  # 01 is a pyrrhotite-pentlandite-chalcopyrite ore
+    printed = capsys.readouterr().out
+    assert "liberation of pyrrhotite" in printed  # 01: a pyrrhotite-pentlandite-chalcopyrite ore
+    assert "liberation of pyrite" in printed  # a01: pyrite, sphalerite, galena, tennantite
     for path in (first, second):
         labels = np.asarray(Image.open(path))
         document = measured(out / path.stem)

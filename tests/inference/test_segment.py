@@ -368,6 +368,24 @@ def test_slides_from_and_outputs_to_s3(ray_session, manifests, test_slides, s3):
     assert np.array_equal(arrays.read(arrays.LABELS, 0, 0, 200, 0, 330), labels)
     again = segment_slides(config)
     assert [s.slide for s in again.skipped] == ["section", "small"]
+    assert s3.uri("out/run1/section/particles.parquet") in keys and s3.uri("out/run1/mineralogy/mineralogy.md") in keys
+
+    # measure the exported labels.tif on S3 into S3: the same numbers as segment computed from its blocks
+    from minseg.inference.config import MeasureSettings
+    from minseg.inference.measure import measure_label_maps
+
+    config.measure = MeasureSettings(labels=[s3.uri("out/run1/*/labels.tif")], output_uri=s3.uri("out/measured"),
+                                     block=96)
+    measured = measure_label_maps(config)
+    assert sorted(row["slide"] for row in measured.done) == ["section", "small"] and not measured.failed
+    for slide in ("section", "small"):
+        segmented = json.loads(storage.read_text(s3.uri(f"out/run1/{slide}/mineralogy.json")))
+        again = json.loads(storage.read_text(s3.uri(f"out/measured/{slide}/mineralogy.json")))
+        assert again["tally"] == segmented["tally"] and again["classes"] == segmented["classes"]
+        assert again["particles"] == segmented["particles"]
+    keys = {info.uri for info in storage.list(s3.uri("out/measured/"))}
+    assert {s3.uri("out/measured/section/grains.parquet"), s3.uri("out/measured/slides.csv"),
+            s3.uri("out/measured/mineralogy/mineralogy.json")} <= keys
 
 
 def test_real_slides_every_format_read_tile_by_tile(ray_session, shared_data, tmp_path):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from minseg.mineralogy.components import label_grains, merge_boundaries
+from minseg.mineralogy.components import label_grains
+from minseg.mineralogy.merge import merge_boundaries
 from minseg.mineralogy import association_table, boundary_counts
 from tests.mineralogy.test_components import blob_labels
 

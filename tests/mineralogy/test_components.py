@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minseg.mineralogy.components import label_grains, merge_grains
+from minseg.mineralogy.components import label_grains
+from minseg.mineralogy.merge import merge_grains
 from minseg.mineralogy.grains import grain_statistics
 
 
@@ -186,7 +187,8 @@ def whole_map_grain_ids(labels, classes, connectivity):
 def test_object_geometry_equals_the_whole_map(shape, block, connectivity):
     """Every grain and particle (inner rows and merged ones together) has the whole map's area, perimeter,
     bounding box and centroid, for several block sizes, shuffled block order, components over 2-4 blocks."""
-    from minseg.mineralogy.components import label_particles, merge_particles
+    from minseg.mineralogy.components import label_particles
+    from minseg.mineralogy.merge import merge_particles
 
     classes = 4
     labels = blob_labels(shape, classes, seed=shape[0] * block + connectivity)

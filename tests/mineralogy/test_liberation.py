@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from minseg.mineralogy.components import label_particles, merge_particles
+from minseg.mineralogy.components import label_particles
+from minseg.mineralogy.merge import merge_particles
 from minseg.mineralogy.liberation import accumulate, liberation_classes, liberation_table
 from tests.mineralogy.test_components import blob_labels
 

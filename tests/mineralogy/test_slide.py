@@ -112,6 +112,20 @@ def test_tallies_add_up_over_slides_and_plots_are_drawn(tmp_path):
     assert all((tmp_path / name).stat().st_size > 5000 for name in written)
 
 
+def test_a_batch_sums_only_slides_measured_alike():
+    """Tallies count pixels: a slide at another pixel size (or other settings) is named, not summed."""
+    from minseg.mineralogy.report import batch_document
+
+    labels = blob_labels((40, 40), 4, seed=1)
+    one = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0))
+    two = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0))
+    other = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 0.5))
+    quiet = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(plots=False, tables=False), 1.0))
+    document, summed, left_out = batch_document({"a": one, "b": two, "c": other, "d": quiet})
+    assert summed == ["a", "b", "d"] and left_out == ["c"] and document["left_out"] == ["c"]
+    assert document["modal_mineralogy"]["pyrite"]["pixels"] == 3 * one["modal_mineralogy"]["pyrite"]["pixels"]
+
+
 def test_no_background_class_means_no_particles(tmp_path):
     spec = MeasureSpec(("pyrite", "gangue"), MineralogySettings(), 1.0)
     labels = blob_labels((30, 30), 2, seed=3)
