@@ -353,7 +353,8 @@ def merge_particles(blocks: list[BlockParticles], height: int, width: int, sampl
     for block in blocks:
         merger.add(block)
     particles = merger.finish()
-    particles.merged_composition = np.concatenate([c for c, _ in rows]) if rows else np.zeros((0, len(sample)), np.int64)
+    particles.merged_composition = np.concatenate([c for c, _ in rows]) if rows \
+        else np.zeros((0, len(sample)), np.int64)
     if rows:
         particles.merged_shapes = np.concatenate([s for _, s in rows])
     return particles
