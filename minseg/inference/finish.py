@@ -146,8 +146,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         for block in blocks:  # one record in memory at a time
             record = BlockRecord.from_bytes(storage.read_bytes(record_uri(plan.output_uri, block)))
             measured.add(record.mineralogy)
-            preview.add_thumbnail(record.block.top, record.block.left, record.preview_image)
-            preview.add_labels(record.block.top, record.block.left, record.preview_labels)
+            preview.add(record.block.top, record.block.left, record.preview_image, record.preview_labels)
             windows += record.windows
             uncertainty_sum += record.uncertainty_sum
             block_seconds += record.seconds

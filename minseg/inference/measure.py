@@ -20,11 +20,10 @@ from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, open_label_map
-from minseg.inference.outputs import LABELS, ZARR
+from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
 from minseg.io.slides import SLIDE_SUFFIXES, SlideError
 from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
-from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
 from minseg.mineralogy.config import MineralogySettings
@@ -101,8 +100,9 @@ def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectT
         for left in range(0, labels.width, block):
             region = labels.read(top, left, min(block, labels.height - top), min(block, labels.width - left))
             if region.size and int(region.max()) >= len(spec.names):
-                raise InputError(f"{labels.uri}: class id {int(region.max())} at rows {top}.. columns {left}.. but "
-                                 f"only {len(spec.names)} classes are named ({', '.join(spec.names)})")
+                raise InputError(f"{labels.uri}: class id {int(region.max())} in rows {top}-{top + len(region)}, "
+                                 f"columns {left}-{left + region.shape[1]}, but only {len(spec.names)} classes are "
+                                 f"named ({', '.join(spec.names)})")
             slide.add(measure_block(region, top, left, spec))
     return slide.finish()
 
@@ -241,14 +241,14 @@ def measure_label_maps(config: MinsegConfig) -> MeasureResult:
     storage.write_text(join_uri(output, "failures.json"), json.dumps(result.failed, indent=2))
     storage.delete_prefix(join_uri(output, FOLDER) + "/")
     if result.done:
-        columns = list(dict.fromkeys(key for row in result.done for key in row))
-        storage.write_text(join_uri(output, "slides.csv"), csv_text([{k: r.get(k) for k in columns}
-                                                                     for r in result.done]))
+        write_slide_tables(result.done, storage, output)
         documents = {row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
                      for row in result.done}
         write_batch_report(documents, storage, join_uri(output, FOLDER), settings.name)
-    elif storage.exists(join_uri(output, "slides.csv")):
-        storage.delete(join_uri(output, "slides.csv"))  # an earlier run's table must not look like this one's
+    else:  # an earlier run's tables must not look like this one's
+        for name in ("slides.csv", "slides.parquet"):
+            if storage.exists(join_uri(output, name)):
+                storage.delete(join_uri(output, name))
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

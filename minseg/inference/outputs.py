@@ -7,6 +7,7 @@ last: a slide counts as done exactly when its summary exists (``finish.finish_sl
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -50,18 +51,15 @@ class PreviewCanvas:
         self.image = np.zeros(shape + (3,), np.uint8)
         self.labels = np.zeros(shape, np.uint8)
 
-    def add_thumbnail(self, y: int, x: int, thumbnail: np.ndarray) -> None:
-        """Place ``preview_sample(tile, y, x, stride)`` of a tile at (y, x)."""
+    def add(self, y: int, x: int, thumbnail: np.ndarray, labels: np.ndarray) -> None:
+        """Place a block's ``preview_sample``s (of its image and of its labels, block at (y, x)): both are on the
+        preview's grid already."""
         row, col = -(-y // self.stride), -(-x // self.stride)  # the first grid point at or after (y, x)
-        rows = min(thumbnail.shape[0], self.image.shape[0] - row)
-        cols = min(thumbnail.shape[1], self.image.shape[1] - col)
-        if rows > 0 and cols > 0:
-            self.image[row : row + rows, col : col + cols] = thumbnail[:rows, :cols]
-
-    def add_labels(self, top: int, left: int, labels: np.ndarray) -> None:
-        picked = preview_sample(labels, top, left, self.stride)
-        row, col = -(-top // self.stride), -(-left // self.stride)
-        self.labels[row : row + picked.shape[0], col : col + picked.shape[1]] = picked
+        for canvas, sample in ((self.image, thumbnail), (self.labels, labels)):
+            rows = min(sample.shape[0], canvas.shape[0] - row)
+            cols = min(sample.shape[1], canvas.shape[1] - col)
+            if rows > 0 and cols > 0:
+                canvas[row : row + rows, col : col + cols] = sample[:rows, :cols]
 
     def render(self, colours: np.ndarray, names: list[str], area_percent: list[float], alpha: float):
         """An RGB PIL image: the overlay with a legend (class colour, name, area %) on the right."""
@@ -86,6 +84,22 @@ class PreviewCanvas:
                            outline=(0, 0, 0))
             draw.text((left + 2 * size, top), f"{name}  {percent:5.1f} %", fill=(0, 0, 0), font=font)
         return canvas
+
+
+def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None:
+    """``slides.csv`` and ``slides.parquet`` under ``out_uri``: a row per slide, every row's columns (slides
+    differ in their classes; pyarrow's ``from_pylist`` alone would keep only the first row's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from minseg.io.tables import csv_text
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    complete = [{key: row.get(key) for key in columns} for row in rows]
+    storage.write_text(join_uri(out_uri, "slides.csv"), csv_text(complete))
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(complete), buffer)
+    storage.write_bytes(join_uri(out_uri, "slides.parquet"), buffer.getvalue())
 
 
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:

@@ -48,12 +48,11 @@ from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_js
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import ZARR, read_summary
+from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
-from minseg.io.tables import csv_text
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
@@ -539,9 +538,6 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     ``slides.csv`` / ``.parquet`` (a row per slide done or skipped: this run's rows replace that slide's
     older row, other slides' rows stay), ``failures.json`` (slides with no complete outputs),
     ``run_summary.json`` (this run, and the merged slide list). Each file is one whole write."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = result.output
     rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
         [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
@@ -552,12 +548,7 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
             and row["slide"] not in this_run and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
     merged = sorted(kept + rows, key=lambda row: row["slide"])
     if merged:
-        storage.write_text(join_uri(out, "slides.csv"), csv_text(merged))
-        buffer = io.BytesIO()
-        # every row's columns (from_pylist would keep only the first row's: slides differ in their classes)
-        columns = list(dict.fromkeys(key for row in merged for key in row))
-        pq.write_table(pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in merged]), buffer)
-        storage.write_bytes(join_uri(out, "slides.parquet"), buffer.getvalue())
+        write_slide_tables(merged, storage, out)
     complete = {row["slide"] for row in merged}
     failed_now = {f.slide for f in result.failed}
     old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])

@@ -58,8 +58,9 @@ def headline_text(document: dict, top: int = 4) -> list[str]:
     if document.get("particles"):
         sizes.insert(0, f"particles {_f(document['particles']['size']['mass']['p80'], 1)}")
     lines.append(f"P80 by mass ({unit}): " + ", ".join(sizes))
-    sulphides = [n for n in minerals if n in SULPHIDES]
-    main = (sulphides or minerals)[0]
+    by_weight = sorted(minerals, key=lambda n: -(modal[n]["weight_percent"] or modal[n]["sample_area_percent"]))
+    sulphides = [n for n in by_weight if n in SULPHIDES]
+    main = (sulphides or by_weight)[0]  # the most abundant by weight, as a mill sees it
     if document.get("liberation"):
         lines.append(f"liberation of {main}: {_f(document['liberation'][main]['liberated_pct'], 1)} % of its area "
                      "in particles of it alone")
@@ -142,7 +143,7 @@ def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]
             cells = [_f(document["liberation_by_size"][f]["liberation"][name]["liberated_pct"], 1)
                      if document["liberation_by_size"][f]["liberation"][name]["pixels"] else "–" for f in fractions]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("| particles | " + " | ".join(str(document["liberation_by_size"][f]["particles"])
+        lines.append("| (particles) | " + " | ".join(str(document["liberation_by_size"][f]["particles"])
                                                  for f in fractions) + " |")
     lines += ["", "## Association (% of the row mineral's boundary)", "",
               "| mineral | " + " | ".join(minerals) + " | free surface |", "|---|" + "---:|" * (len(minerals) + 1)]
@@ -153,7 +154,8 @@ def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]
     columns = [f"area_pct:{n}" for n in minerals] + [c for c in (f"particle_p80_{document['unit']}",) if
                                                      any(c in r for r in rows.values())] + \
         [f"liberated_pct:{n}" for n in minerals if any(f"liberated_pct:{n}" in r for r in rows.values())]
-    lines += ["", "## Slides", "", "| slide | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += ["", "## Slides (area % of the whole image, background included; particle P80 by mass)", "",
+              "| slide | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for slide in sorted(rows):
         lines.append(f"| {slide} | " + " | ".join(_f(rows[slide].get(c), 2) for c in columns) + " |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]

@@ -101,3 +101,22 @@ def test_cli_reports_input_errors_with_exit_2(tmp_path, capsys):
     manifest = write_manifest(tmp_path)
     assert main(["segment", str(tmp_path / "*.tif"), "--manifest", manifest]) == 2
     assert "no slides given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("block", [64, 100, 256])
+def test_the_preview_samples_the_whole_slide_on_one_grid(block):
+    """Blocks' preview samples (image and labels) land where sampling the whole slide puts them, any block
+    size (labels were once sampled twice: coloured only in a corner of each block)."""
+    from minseg.inference.outputs import PreviewCanvas, preview_sample
+
+    rng = np.random.default_rng(block)
+    labels = rng.integers(0, 4, (300, 410), dtype=np.uint8)
+    image = rng.integers(0, 255, (300, 410, 3), dtype=np.uint8)
+    canvas = PreviewCanvas(300, 410, max_side=64)
+    for top in range(0, 300, block):
+        for left in range(0, 410, block):
+            part = np.s_[top : top + block, left : left + block]
+            canvas.add(top, left, preview_sample(image[part], top, left, canvas.stride),
+                       preview_sample(labels[part], top, left, canvas.stride))
+    assert canvas.stride == 7
+    assert np.array_equal(canvas.labels, labels[::7, ::7]) and np.array_equal(canvas.image, image[::7, ::7])

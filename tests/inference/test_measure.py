@@ -88,6 +88,7 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
                                                                                "mineralogy.md").read_text()
     rows = (out / "slides.csv").read_text().splitlines()
     assert len(rows) == 3 and "modal_mae_pp" in rows[0]
+    assert pq.read_table(out / "slides.parquet").num_rows == 2
 
     # a reference of another size fails that map; a map listed twice with two references, or an output that
     # holds the maps, are refused before any work
