@@ -190,10 +190,29 @@ def _resolve_classmap(data: DataSettings, task: Task, folder_names: tuple[str, .
     raise InputError("data.classes is required for segmentation sources (names, mask codes, ignore index)")
 
 
+def wrong_layout_message(source, index: int, entry, detected: bool, task: Task) -> str:
+    """One line: the layout a source has (detected or set) trains another task; the layouts that train ``task``
+    (what each looks like) and the keys that choose one."""
+    from minseg.data.layouts import list_layouts
+
+    def shown(candidate) -> str:
+        hint = candidate.hint.format(images_dir=source.images_dir, masks_dir=source.masks_dir)
+        return f"{candidate.layout} ({hint})" if hint else str(candidate.layout)
+
+    fitting = [shown(e) for e in list_layouts() if e.task is task]
+    how = "was detected as" if detected else "is set to"
+    keys = f"set data.sources[{index}].layout to one of them"
+    if task is Task.SEGMENTATION:
+        keys += (f", and data.sources[{index}].images_dir / masks_dir (now {source.images_dir!r} / "
+                 f"{source.masks_dir!r}) to the folders holding the images and the masks")
+    return (f"{source.uri} {how} layout {shown(entry)}, which trains {entry.task} models, not this {task} model; "
+            f"layouts for {task}: {', '.join(fitting)}; {keys}")
+
+
 def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Task):
     items, rejected, folder_names = [], [], None
     classmap = ClassMap.from_settings(data.classes) if data.classes is not None else None
-    for source in data.sources:
+    for index, source in enumerate(data.sources):
         prefix = source.name or os.path.basename(parse_uri(source.uri).path.rstrip("/")) or "source"
         prefix = prefix.split(".")[0]
         try:
@@ -210,14 +229,12 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
                 rejected.append(Rejected(source.uri, str(exc)))
                 continue
         entry = get_layout(layout)
+        if entry.task is not task:  # before reading it: the error says which layouts and keys would fit
+            raise InputError(wrong_layout_message(source, index, entry, detected=source.layout is DatasetLayout.AUTO,
+                                                  task=task))
         listed = entry.read(container, prefix, source, storage, classmap)
         if listed.class_names is not None:
             folder_names = listed.class_names
-        if entry.task is not task:
-            raise InputError(
-                f"{source.uri}: layout {layout} does not fit a {task} model "
-                "(class folders train classifiers; mask and polygon layouts train segmentation)"
-            )
         log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed.items),
                   rejected=len(listed.rejected))
         found, ambiguous = _unique_items(listed.items)  # within one source: quarantined, never one dropped

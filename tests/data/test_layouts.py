@@ -108,7 +108,32 @@ def test_a_registered_layout_is_detected_and_listed(side_by_side, tmp_path):
     items, rejected, folder_names = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
     assert [i["item_id"] for i in items] == ["sbs/p0", "sbs/p1", "sbs/p2"]
     assert rejected == [] and folder_names is None
-    with pytest.raises(ValueError, match="layout side_by_side does not fit a classification model"):
+    with pytest.raises(ValueError, match=r"was detected as layout side_by_side \(<stem>_mask.png beside images\), "
+                                         "which trains segmentation models, not this classification model"):
+        _list_items(data, Storage(), str(tmp_path / "staging"), Task.CLASSIFICATION)
+
+
+def test_a_layout_for_the_other_task_says_which_layouts_and_keys_fit(tmp_path):
+    """Class folders found for a segmentation model (and masks for a classifier): one line naming what was
+    detected, the layouts that train this task with what each looks like, and the keys that choose one."""
+    for name in ("pyrite", "quartz"):
+        (tmp_path / "cls" / name).mkdir(parents=True)
+        (tmp_path / "cls" / name / "0.jpg").write_bytes(jpg_bytes(render_section(1, 24, 24)[0]))
+    data = validate_config({"sources": [{"uri": str(tmp_path / "paired")}, {"uri": str(tmp_path / "cls")}],
+                            "classes": NINE}, DataSettings)
+    write_paired(tmp_path / "paired", 1)
+    with pytest.raises(ValueError) as caught:
+        _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'cls'} was detected as layout class_folders "
+                                                      "(one folder per class), which trains classification models")
+    assert "layouts for segmentation: voc (VOC JPEGImages/ + SegmentationClass/), paired (images/ + masks/)" in message
+    assert ("set data.sources[1].layout to one of them, and data.sources[1].images_dir / masks_dir (now 'images' / "
+            "'masks')") in message
+    data = validate_config({"sources": [{"uri": str(tmp_path / "paired"), "layout": "paired"}]}, DataSettings)
+    with pytest.raises(ValueError, match=r"is set to layout paired \(images/ \+ masks/\), which trains segmentation "
+                                         r"models, not this classification model; layouts for classification: "
+                                         r"class_folders \(one folder per class\); set data.sources\[0\].layout"):
         _list_items(data, Storage(), str(tmp_path / "staging"), Task.CLASSIFICATION)
 
 

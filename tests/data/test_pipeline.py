@@ -175,7 +175,7 @@ def test_class_folders_for_classification(ray_session, tmp_path):
     assert [r.reason for r in prepared.quarantine] == ["not an image"]
     rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
     assert rows[0]["image"].shape == (24, 24, 3) and {int(r["label"]) for r in rows} <= {0, 1}
-    with pytest.raises(ValueError, match="does not fit a segmentation model"):
+    with pytest.raises(ValueError, match="which trains classification models, not this segmentation model"):
         prepare(data, Task.SEGMENTATION, tmp=tmp_path / "work2")
 
 
