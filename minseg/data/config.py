@@ -61,6 +61,27 @@ class SourceSettings(StrictModel):
     name: str | None = Field(None, description="prefix for item ids (default: the source's base name)")
     images_dir: str = "images"
     masks_dir: str = "masks"
+    image_pattern: str = Field("{scene}", description="paired layout: how an image's name (below images_dir, "
+                               "without its extension) holds the scene it pairs by, e.g. '{scene}_paralelos'")
+    mask_pattern: str = Field("{scene}", description="paired layout: the same for masks, e.g. '{scene}_mascara'")
+
+    @field_validator("image_pattern", "mask_pattern")
+    @classmethod
+    def _one_scene_field(cls, value: str) -> str:
+        if value.count("{scene}") != 1 or value.replace("{scene}", "").count("{") or "/" in value:
+            raise ValueError(f"a name pattern holds '{{scene}}' once and no other field or '/' (got {value!r}), "
+                             "e.g. '{scene}_mascara'")
+        return value
+
+    def scene_of(self, name: str, role: str) -> str | None:
+        """The scene of a file name without its extension (role: 'image' or 'mask'), None when it does not match
+        the role's pattern."""
+        import re
+
+        pattern = self.image_pattern if role == "image" else self.mask_pattern
+        before, after = pattern.split("{scene}")
+        found = re.fullmatch(re.escape(before) + "(.+)" + re.escape(after), name)
+        return found.group(1) if found else None
 
 
 class SplitSettings(StrictModel):

@@ -37,8 +37,17 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
+def _without_extension(path: str) -> str:
+    """``a/b.jpg`` -> ``a/b``; the double extensions of OME-TIFF (``b.ome.tiff``) go whole."""
+    lower = path.lower()
+    for double in (".ome.tiff", ".ome.tif"):
+        if lower.endswith(double):
+            return path[: -len(double)]
+    return posixpath.splitext(path)[0]
+
+
 def _stem(path: str) -> str:
-    return posixpath.splitext(posixpath.basename(path))[0]
+    return _without_extension(posixpath.basename(path))
 
 
 def _outside_root(container: Container, root: str, folders: tuple[str, ...]) -> list[Rejected]:
@@ -55,14 +64,23 @@ def _outside_root(container: Container, root: str, folders: tuple[str, ...]) -> 
     return rejected
 
 
-def _keyed(container: Container, names, base: str, what: str) -> tuple[dict[str, str], list[Rejected]]:
+def _keyed(container: Container, names, base: str, what: str, key_of=None,
+           unmatched: str = "") -> tuple[dict[str, str], list[Rejected]]:
     """Members under ``base`` keyed by their path below it without the extension (``siteA/001``), so
     files of one name in different subfolders stay apart; two files with one key (``001.jpg`` and
-    ``001.png``) cannot be told apart and are both quarantined, never one silently dropped."""
+    ``001.png``) cannot be told apart and are both quarantined, never one silently dropped. ``key_of`` maps
+    that path to the key (a name pattern's scene); a path it gives None for is rejected with ``unmatched``."""
     keyed: dict[str, list[str]] = defaultdict(list)
+    rejected = []
     for name in names:
-        keyed[posixpath.splitext(name[len(base):])[0]].append(name)
-    unique, rejected = {}, []
+        key = _without_extension(name[len(base):])
+        if key_of is not None:
+            key = key_of(key)
+            if key is None:
+                rejected.append(Rejected(container.describe(name), unmatched))
+                continue
+        keyed[key].append(name)
+    unique = {}
     for key, found in keyed.items():
         if len(found) == 1:
             unique[key] = found[0]
@@ -301,12 +319,26 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     root = _find_root(list(container.members), images_dir, masks_dir)
     if root is None:
         raise InputError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
-    # paired by the path below images/ and masks/, subfolders included (siteA/001 never meets siteB/001)
+    # paired by the path below images/ and masks/, subfolders included (siteA/001 never meets siteB/001), and by
+    # the scene each name holds (source.image_pattern / mask_pattern: '{scene}_paralelos' meets '{scene}_mascara')
+    def scene_key(role: str):
+        def key_of(path: str) -> str | None:
+            folder, _, name = path.rpartition("/")
+            scene = source.scene_of(name, role)
+            return None if scene is None else f"{folder}/{scene}" if folder else scene
+        return key_of
+
+    def named(key: str, folder: str, pattern: str) -> str:
+        below, _, scene = key.rpartition("/")
+        return f"{folder}/{below + '/' if below else ''}{pattern.replace('{scene}', scene)}.*"
+
     images, rejected = _keyed(container, [m for m in container.members
                                           if m.startswith(f"{root}{images_dir}/") and _is_image(m)],
-                              f"{root}{images_dir}/", "image")
+                              f"{root}{images_dir}/", "image", scene_key("image"),
+                              f"the name does not match image_pattern {source.image_pattern!r}")
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")
-                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask")
+                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask",
+                              scene_key("mask"), f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, (images_dir, masks_dir))
     items = []
     for key in sorted(images):
@@ -314,9 +346,11 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
             items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
                                    mask=container.members[masks[key]], mask_name=masks[key]))
         else:
-            rejected.append(Rejected(container.describe(images[key]), f"no mask {masks_dir}/{key}.* for this image"))
+            rejected.append(Rejected(container.describe(images[key]),
+                                     f"no mask {named(key, masks_dir, source.mask_pattern)} for this image"))
     for key in sorted(set(masks) - set(images)):
-        rejected.append(Rejected(container.describe(masks[key]), f"mask without an image {images_dir}/{key}.*"))
+        rejected.append(Rejected(container.describe(masks[key]),
+                                 f"mask without an image {named(key, images_dir, source.image_pattern)}"))
     return LayoutItems(items, rejected)
 
 

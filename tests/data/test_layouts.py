@@ -265,3 +265,42 @@ def test_labelme_class_with_code_0_would_swallow_unlabelled_pixels(tmp_path):
     listed = _read(tmp_path / "lm", DatasetLayout.LABELME, classes)
     (rejected,) = listed.rejected
     assert "label 'pyrite' has code 0" in rejected.reason and not listed.items
+
+
+def test_paired_names_by_pattern_and_ome_tiff_masks(tmp_path):
+    """``<scene>_paralelos.jpg`` meets ``<scene>_mascara.tiff`` (and an ``.ome.tiff`` mask) by the patterns the
+    source declares; a name the pattern does not fit is quarantined with the pattern named, never dropped."""
+    import tifffile
+
+    from minseg.data.classmap import ClassMap
+
+    root = tmp_path / "thin"
+    (root / "images" / "siteA").mkdir(parents=True)
+    (root / "masks" / "siteA").mkdir(parents=True)
+    for index, scene in enumerate(("001", "002", "003")):
+        image, mask = render_section(index, 16, 16)
+        (root / "images" / "siteA" / f"{scene}_paralelos.jpg").write_bytes(jpg_bytes(image))
+        suffix = ".ome.tiff" if scene == "003" else ".tiff"
+        tifffile.imwrite(root / "masks" / "siteA" / f"{scene}_mascara{suffix}", mask)
+    (root / "images" / "siteA" / "004_cruzados.jpg").write_bytes(jpg_bytes(render_section(9, 16, 16)[0]))
+    storage = Storage()
+    container = open_container(str(root), LimitSettings(), storage)
+    classmap = ClassMap.from_settings(validate_config({"sources": [{"uri": str(root)}], "classes": NINE},
+                                                      DataSettings).classes)
+
+    def read(**patterns):
+        data = validate_config({"sources": [{"uri": str(root), "layout": "paired", **patterns}], "classes": NINE},
+                               DataSettings)
+        return get_layout(DatasetLayout.PAIRED).read(container, "thin", data.sources[0], storage, classmap)
+
+    listed = read(image_pattern="{scene}_paralelos", mask_pattern="{scene}_mascara")
+    assert [i["item_id"] for i in listed.items] == ["thin/siteA/001", "thin/siteA/002", "thin/siteA/003"]
+    assert listed.items[2]["mask_name"].endswith("003_mascara.ome.tiff")
+    assert [(posixpath.basename(r.file), r.reason) for r in listed.rejected] == [
+        ("004_cruzados.jpg", "the name does not match image_pattern '{scene}_paralelos'")]
+    # without the patterns nothing pairs, and each file says what it lacks
+    reasons = sorted(r.reason for r in read().rejected)
+    assert "no mask masks/siteA/001_paralelos.* for this image" in reasons
+    assert "mask without an image images/siteA/001_mascara.*" in reasons and len(reasons) == 7
+    with pytest.raises(ValueError, match="holds '\\{scene\\}' once"):
+        read(image_pattern="{scene}_{scene}")
