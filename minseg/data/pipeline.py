@@ -204,7 +204,8 @@ def wrong_layout_message(source, index: int, entry, detected: bool, task: Task) 
     keys = f"set data.sources[{index}].layout to one of them"
     if task is Task.SEGMENTATION:
         keys += (f", and data.sources[{index}].images_dir / masks_dir (now {source.images_dir!r} / "
-                 f"{source.masks_dir!r}) to the folders holding the images and the masks")
+                 f"{source.masks_dir!r}) to the folders holding the images and the masks, image_pattern / "
+                 "mask_pattern when their names differ by more than the extension")
     return (f"{source.uri} {how} layout {shown(entry)}, which trains {entry.task} models, not this {task} model; "
             f"layouts for {task}: {', '.join(fitting)}; {keys}")
 

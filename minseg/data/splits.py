@@ -35,44 +35,71 @@ def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
     return tuple(int(c) for c in counts)
 
 
-def assign_splits(items: list[dict], settings: SplitSettings, seed: int, lists: dict[str, set[str]] | None = None) -> dict[str, str]:
-    """source_id -> split name.
+def scene_groups(source_ids) -> dict[str, str]:
+    """source_id -> the group its split is chosen by: the image's **scene**, its name below its source
+    (``source_id`` without the source prefix). Images of one scene in several sources (PPL and XPL given as two
+    sources; one stem in two datasets) share a group: they always land in one split, so a scene's twin never
+    validates or tests what the other trained. A scene in one source only keeps its own id (its split is
+    what it always was)."""
+    by_scene: dict[str, set[str]] = {}
+    for source_id in source_ids:
+        by_scene.setdefault(source_id.split("/", 1)[-1], set()).add(source_id)
+    return {source_id: (f"scene:{scene}" if len(ids) > 1 else source_id)
+            for scene, ids in by_scene.items() for source_id in ids}
+
+
+def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
+                  lists: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """source_id -> split name, chosen per scene (``scene_groups``).
 
     Precedence: explicit ``lists`` (item stems or ids) > splits named by the layout
     (VOC ImageSets, COCO folders) when ``use_layout_lists`` > seeded ratios. Sources
     not covered by lists/layout are spread by the ratios.
+
+    Raises:
+        InputError: one scene is listed in two splits (its images, named).
     """
-    sources = sorted({item["source_id"] for item in items})
+    groups = scene_groups(item["source_id"] for item in items)
+    sources = sorted(set(groups.values()))
     assigned: dict[str, str] = {}
     if lists:
+        index: dict[str, set[str]] = {}
+        names_of: dict[str, set[str]] = {}
         for item in items:
-            stem = item["source_id"].split("/", 1)[-1]
-            for split, names in lists.items():
-                if item["source_id"] in names or stem in names or item["item_id"] in names:
-                    assigned[item["source_id"]] = split
+            group = groups[item["source_id"]]
+            for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]):
+                index.setdefault(key, set()).add(group)
+            names_of.setdefault(group, set()).add(item["source_id"])
+        for split, names in sorted(lists.items()):
+            for name in sorted(names):
+                for group in index.get(name, set()):  # a scene's name names all its images, in every source
+                    if assigned.get(group, split) != split:
+                        raise InputError(f"data.split.lists: the scene of {', '.join(sorted(names_of[group]))} is "
+                                         f"listed in both {assigned[group]} and {split}: its images would be "
+                                         "trained on and scored at once; list it in one split")
+                    assigned[group] = split
     elif settings.use_layout_lists:
         for item in items:
             if item.get("layout_split"):
-                assigned.setdefault(item["source_id"], item["layout_split"])
+                assigned.setdefault(groups[item["source_id"]], item["layout_split"])
     remaining = [s for s in sources if s not in assigned]
-    if lists:
-        return assigned  # explicit lists are the whole truth: unlisted items are left out
-    if assigned and remaining == [] and "val" not in assigned.values() and settings.val > 0:
+    if not lists and assigned and remaining == [] and "val" not in assigned.values() and settings.val > 0:
         # the layout named train/test only: carve val out of train by the configured share
         train = _shuffled([s for s, split in assigned.items() if split == "train"], seed)
         take = max(1, round(len(train) * settings.val / (settings.train + settings.val))) if len(train) > 1 else 0
         for source in train[:take]:
             assigned[source] = "val"
-        return assigned
-    ratios = (settings.train, settings.val, settings.test)
-    counts = split_counts(len(remaining), ratios)
-    order = _shuffled(remaining, seed)
-    start = 0
-    for split, count in zip(SPLITS, counts):
-        for source in order[start : start + count]:
-            assigned[source] = split
-        start += count
-    return assigned
+    elif not lists:
+        ratios = (settings.train, settings.val, settings.test)
+        counts = split_counts(len(remaining), ratios)
+        order = _shuffled(remaining, seed)
+        start = 0
+        for split, count in zip(SPLITS, counts):
+            for source in order[start : start + count]:
+                assigned[source] = split
+            start += count
+    # explicit lists are the whole truth: unlisted items are left out
+    return {source_id: assigned[group] for source_id, group in groups.items() if group in assigned}
 
 
 @dataclass(frozen=True)
@@ -92,12 +119,23 @@ class Fold:
 
 
 def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1) -> list[Fold]:
-    """k disjoint test folds over the given sources; in each fold, ``val_share`` of the remaining
-    sources (at least one) is held out to choose checkpoints (the microplastic paper: 72/8/20).
+    """k disjoint test folds over the given sources' scenes (``scene_groups``: twins stay in one part); in each
+    fold, ``val_share`` of the remaining scenes (at least one) is held out to choose checkpoints (the
+    microplastic paper: 72/8/20).
 
     Raises:
-        ValueError: fewer than k sources, or too few to leave a training and a validation part.
+        ValueError: fewer than k scenes, or too few to leave a training and a validation part.
     """
+    groups = scene_groups(source_ids)
+    members: dict[str, set[str]] = {}
+    for source_id, group in groups.items():
+        members.setdefault(group, set()).add(source_id)
+    scene_folds = _kfold(sorted(members), folds, seed, val_share)
+    return [Fold(f.index, *(frozenset(i for g in part for i in members[g]) for part in (f.train, f.val, f.test)))
+            for f in scene_folds]
+
+
+def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float) -> list[Fold]:
     if len(source_ids) < folds:
         raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images "
                          f"in train + val, got {len(source_ids)}")

@@ -49,6 +49,27 @@ def test_tiles_of_one_source_never_straddle_splits():
     assert assign_splits(items, SplitSettings(), seed=6) != assignment
 
 
+def test_a_scene_in_two_sources_is_never_split_apart():
+    """PPL and XPL of one scene as two sources (and one stem in two datasets): one split per scene, in ratios,
+    lists and folds; a scene listed in two splits is refused, naming its images."""
+    items = [{"item_id": f"{src}/scene{s}", "source_id": f"{src}/scene{s}"} for src in ("ppl", "xpl")
+             for s in range(30)] + [{"item_id": "ppl/lonely", "source_id": "ppl/lonely"}]
+    for seed in range(5):
+        assignment = assign_splits(items, SplitSettings(), seed=seed)
+        assert all(assignment[f"ppl/scene{s}"] == assignment[f"xpl/scene{s}"] for s in range(30))
+        assert len(set(assignment.values())) == 3 and "ppl/lonely" in assignment
+    lists = {"train": {"scene1", "scene2"}, "test": {"xpl/scene3"}}
+    assert assign_splits(items, SplitSettings(), 0, lists) == {
+        "ppl/scene1": "train", "xpl/scene1": "train", "ppl/scene2": "train", "xpl/scene2": "train",
+        "ppl/scene3": "test", "xpl/scene3": "test"}
+    with pytest.raises(InputError, match="the scene of ppl/scene4, xpl/scene4 is listed in both test and train"):
+        assign_splits(items, SplitSettings(), 0, {"train": {"ppl/scene4"}, "test": {"xpl/scene4"}})
+    folds = kfold_assignments(sorted({i["source_id"] for i in items}), 5, seed=2)
+    for fold in folds:
+        for part in (fold.train, fold.val, fold.test):
+            assert all((f"ppl/scene{s}" in part) == (f"xpl/scene{s}" in part) for s in range(30))
+
+
 def paired_batch(n=6, size=8):
     torch.manual_seed(0)
     masks = torch.randint(0, 5, (n, size, size))
