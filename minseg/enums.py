@@ -70,6 +70,7 @@ class DatasetLayout(StrEnum):
     AUTO = "auto"
     VOC = "voc"  # JPEGImages/, SegmentationClass/, ImageSets/Segmentation/*.txt
     PAIRED = "paired"  # images/ + masks/ matched by file stem (LumenStone)
+    INSTANCE_FOLDERS = "instance_folders"  # <id>/images/<id>.png + <id>/masks/<instance>.png (one mask per object)
     LABELME = "labelme"  # image + <stem>.json with polygon "shapes"
     COCO = "coco"  # COCO polygon JSON (+ images beside it)
     CLASS_FOLDERS = "class_folders"  # one folder of images per class (classification)

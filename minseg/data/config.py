@@ -64,6 +64,8 @@ class SourceSettings(StrictModel):
     image_pattern: str = Field("{scene}", description="paired layout: how an image's name (below images_dir, "
                                "without its extension) holds the scene it pairs by, e.g. '{scene}_paralelos'")
     mask_pattern: str = Field("{scene}", description="paired layout: the same for masks, e.g. '{scene}_mascara'")
+    instance_class: str | None = Field(None, description="instance_folders layout: the class (a data.classes name) "
+                                       "of every instance mask not in a masks/<class>/ subfolder")
 
     @field_validator("image_pattern", "mask_pattern")
     @classmethod

@@ -354,6 +354,75 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     return LayoutItems(items, rejected)
 
 
+def _instance_roots(members, images_dir: str, masks_dir: str) -> dict[str, dict[str, list[str]]]:
+    """Folders ``<root>`` holding ``<root>/{images_dir}/`` files and/or ``<root>/{masks_dir}/`` files (masks
+    also one class subfolder deeper), with those files."""
+    roots: dict[str, dict[str, list[str]]] = {}
+    for name in members:
+        parts = name.split("/")
+        if len(parts) >= 2 and parts[-2] == images_dir and _is_image(name):
+            roots.setdefault("/".join(parts[:-2]), {"images": [], "masks": []})["images"].append(name)
+        for depth in (2, 3):
+            if len(parts) >= depth and parts[-depth] == masks_dir and name.lower().endswith(MASK_SUFFIXES):
+                roots.setdefault("/".join(parts[:-depth]), {"images": [], "masks": []})["masks"].append(name)
+    return roots
+
+
+def _looks_instances(probe: LayoutProbe) -> bool:
+    """One image per folder with its objects' masks beside it: most folders with an image hold exactly one (a
+    faulty folder or two are quarantined when read, not a reason to read the source as another layout), and
+    there are several such folders or a folder with several objects."""
+    roots = _instance_roots(probe.members, probe.images_dir, probe.masks_dir)
+    with_images = [r for r in roots.values() if r["images"]]
+    single = [r for r in with_images if len(r["images"]) == 1]
+    if not single or 2 * len(single) < len(with_images):
+        return False
+    return len(single) >= 2 or any(len(r["masks"]) >= 2 for r in single)
+
+
+@register_layout(DatasetLayout.INSTANCE_FOLDERS, detect=_looks_instances, task=Task.SEGMENTATION,
+                 hint="<id>/{images_dir}/<id>.png + <id>/{masks_dir}/<object>.png", priority=15)
+def read_instance_folders(container: Container, prefix: str, source: SourceSettings, storage: Storage,
+                          classmap: ClassMap | None) -> LayoutItems:
+    """One item per ``<id>/`` folder: its image, and its objects' binary masks merged into the class mask
+    (``instance_class``, or the class a ``masks/<class>/`` subfolder names), instances kept for their count.
+    Every file not used is quarantined with why (several images in a folder, masks without an image, a class
+    folder that is no class)."""
+    if classmap is None:
+        raise InputError("instance-mask folders need data.classes (which class the objects are)")
+    images_dir, masks_dir = source.images_dir, source.masks_dir
+    roots = _instance_roots(container.members, images_dir, masks_dir)
+    used = {name for root in roots.values() for group in root.values() for name in group}
+    rejected = [Rejected(container.describe(name), f"not in an <id>/{images_dir}/ or <id>/{masks_dir}/ folder")
+                for name in sorted(container.members) if name not in used and _is_image(name)]
+    items = []
+    for root, found in sorted(roots.items()):
+        where = root or "./"
+        if len(found["images"]) != 1:
+            reason = (f"no image in {where}/{images_dir}/ for these masks" if not found["images"] else
+                      f"{where}/{images_dir}/ holds {len(found['images'])} images; one image per instance folder")
+            rejected += [Rejected(container.describe(n), reason) for n in sorted(found["images"] + found["masks"])]
+            continue
+        codes, kept = [], []
+        for name in sorted(found["masks"]):
+            below = name[len(f"{root}/" if root else ""):].split("/")
+            klass = below[1] if len(below) == 3 else source.instance_class
+            if klass is None:
+                raise InputError(f"{container.uri}: {where}/{masks_dir}/ holds object masks but their class is not "
+                                 "said: set the source's instance_class, or put them in masks/<class>/ folders")
+            if klass not in classmap.names:
+                rejected.append(Rejected(container.describe(name), f"class {klass!r} is not in data.classes "
+                                                                   f"({', '.join(classmap.names)})"))
+                continue
+            codes.append(classmap.codes[classmap.names.index(klass)][0])
+            kept.append(name)
+        key = root or _stem(found["images"][0])
+        items.append(make_item(container, prefix, found["images"][0], item_key=key, source_key=key,
+                               instances=[container.members[n] for n in kept], instance_names=kept,
+                               instance_codes=codes, background_code=classmap.codes[0][0]))
+    return LayoutItems(items, rejected)
+
+
 def _folder_split(path: str) -> str | None:
     for part in reversed(posixpath.dirname(path).split("/")):
         if part.lower() in _SPLIT_ALIASES:

@@ -95,6 +95,8 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
         codes = decode_mask(read_ref(item["mask"], storage), item["mask_name"], limits.max_image_pixels, rgb=rgb)
         if codes.shape[:2] != (height, width):
             raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
+    elif item.get("instances") is not None:
+        codes = _merged_instances(item, height, width, limits, storage)
     elif item.get("polygons") is not None:
         if item.get("size") and tuple(item["size"]) != (height, width):
             h, w = item["size"]
@@ -112,6 +114,20 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     return (image, ids, full_ids) if with_codes else (image, ids)
 
 
+def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings, storage: Storage) -> np.ndarray:
+    """An instance folder's class-code mask: each object's binary mask (non-zero = the object) painted with its
+    class code over the background code, in name order (an overlap goes to the later object)."""
+    top = max([item["background_code"], *item["instance_codes"]])
+    codes = np.full((height, width), item["background_code"], np.uint8 if top < 256 else np.int32)
+    for ref, name, code in zip(item["instances"], item["instance_names"], item["instance_codes"]):
+        mask = decode_mask(read_ref(ref, storage), name, limits.max_image_pixels)
+        if mask.shape[:2] != (height, width):
+            raise DecodeError(f"object mask {name} is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                              f"{width}x{height}")
+        codes[mask > 0] = code
+    return codes
+
+
 def _particles(ids: np.ndarray, num_classes: int) -> list[int]:
     from scipy import ndimage
 
@@ -123,6 +139,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     """Validate one item and measure it; never raises (errors become the row's 'error')."""
     row = {"item_id": item["item_id"], "error": None, "tiles": 0, "height": 0, "width": 0,
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
+           "instances": [0] * classmap.num_classes,
            "channel_sum": [0.0] * 3, "channel_sq": [0.0] * 3, "channel_n": 0}
     try:
         if task is Task.CLASSIFICATION:
@@ -135,6 +152,8 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True)
             row["pixels"] = np.bincount(full_ids.ravel(), minlength=256)[: classmap.num_classes].tolist()
             row["particles"] = _particles(full_ids, classmap.num_classes)
+            for code in item.get("instance_codes") or []:  # true objects, to check particle counts against
+                row["instances"][classmap.code_to_id()[code]] += 1
             tile = data.tiling.size
             kept = 0
             for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
@@ -336,6 +355,7 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
         rows = [by_id[i["item_id"]] for i in good[split]]
         pixels = np.sum([r["pixels"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         particles = np.sum([r["particles"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
+        instances = np.sum([r["instances"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         total = pixels.sum()
         stats[split] = {
             "images": len(rows),
@@ -345,6 +365,8 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
                     "pixel_share": round(float(pixels[c] / total), 6) if total else 0.0,
                     "pixels": int(pixels[c]),
                     "particles": int(particles[c]),
+                    # instance-mask layouts: the true objects (touching ones merge into one particle)
+                    **({"instances": int(instances[c])} if instances.any() else {}),
                 }
                 for c, name in enumerate(classmap.names)
             },

@@ -25,8 +25,8 @@ from minseg.synth.sections import render_section
 from tests.data.helpers import jpg_bytes, png_bytes, write_coco, write_labelme, write_paired, write_voc
 
 NINE = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
-BUILT_IN = [DatasetLayout.VOC, DatasetLayout.PAIRED, DatasetLayout.COCO, DatasetLayout.LABELME,
-            DatasetLayout.CLASS_FOLDERS]
+BUILT_IN = [DatasetLayout.VOC, DatasetLayout.INSTANCE_FOLDERS, DatasetLayout.PAIRED, DatasetLayout.COCO,
+            DatasetLayout.LABELME, DatasetLayout.CLASS_FOLDERS]
 
 
 def _detect(root):
@@ -45,7 +45,7 @@ def test_every_layout_but_auto_has_exactly_one_reader():
         register_layout(DatasetLayout.VOC, detect=lambda probe: False, task=Task.SEGMENTATION, hint="-")(len)
     with pytest.raises(ValueError, match="'auto' means detection"):
         register_layout("auto", detect=lambda probe: False, task=Task.SEGMENTATION, hint="-")
-    with pytest.raises(ValueError, match="unknown layout 'nope'; registered layouts: voc, paired"):
+    with pytest.raises(ValueError, match="unknown layout 'nope'; registered layouts: voc, paired, instance_folders"):
         get_layout("nope")
 
 
@@ -62,8 +62,9 @@ def test_detection_order_is_unchanged(tmp_path):
     labelme = write_labelme(tmp_path / "labelme" / "x")
     write_labelme(tmp_path / "labelme" / "y")  # images in two folders also look like class folders
     assert _detect(tmp_path / "labelme") is DatasetLayout.LABELME
-    with pytest.raises(ValueError, match=r"looked for VOC JPEGImages/ \+ SegmentationClass/, images/ \+ masks/, "
-                                         r"COCO or Labelme JSON, and one folder per class\); set 'layout'"):
+    with pytest.raises(ValueError, match=r"looked for VOC JPEGImages/ \+ SegmentationClass/, <id>/images/<id>.png "
+                                         r"\+ <id>/masks/<object>.png, images/ \+ masks/, COCO or Labelme JSON, "
+                                         r"and one folder per class\); set 'layout'"):
         # without storage no JSON is read: a lone Labelme folder is not recognised
         detect_layout(open_container(str(labelme), LimitSettings(), Storage()))
 
@@ -127,7 +128,8 @@ def test_a_layout_for_the_other_task_says_which_layouts_and_keys_fit(tmp_path):
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{tmp_path / 'cls'} was detected as layout class_folders "
                                                       "(one folder per class), which trains classification models")
-    assert "layouts for segmentation: voc (VOC JPEGImages/ + SegmentationClass/), paired (images/ + masks/)" in message
+    assert ("layouts for segmentation: voc (VOC JPEGImages/ + SegmentationClass/), instance_folders "
+            "(<id>/images/<id>.png + <id>/masks/<object>.png), paired (images/ + masks/)") in message
     assert ("set data.sources[1].layout to one of them, and data.sources[1].images_dir / masks_dir (now 'images' / "
             "'masks')") in message
     data = validate_config({"sources": [{"uri": str(tmp_path / "paired"), "layout": "paired"}]}, DataSettings)
@@ -304,3 +306,60 @@ def test_paired_names_by_pattern_and_ome_tiff_masks(tmp_path):
     assert "mask without an image images/siteA/001_mascara.*" in reasons and len(reasons) == 7
     with pytest.raises(ValueError, match="holds '\\{scene\\}' once"):
         read(image_pattern="{scene}_{scene}")
+
+
+def write_instance_folders(root, count=30, size=24):
+    """The microscopy instance layout: <id>/images/<id>.png and one binary mask per object in <id>/masks/."""
+    truth = {}
+    for index in range(count):
+        folder = root / f"cell{index:02d}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        (folder / "images" / f"cell{index:02d}.png").write_bytes(png_bytes(render_section(index, size, size)[0]))
+        merged = np.zeros((size, size), np.uint8)
+        for k in range(1 + index % 3):  # 1-3 separate objects
+            mask = np.zeros((size, size), np.uint8)
+            mask[2 + 7 * k : 6 + 7 * k, 3 : 3 + 4 + index % 5] = 255
+            merged[mask > 0] = 1
+            (folder / "masks" / f"obj{k}.png").write_bytes(png_bytes(mask))
+        truth[f"cell{index:02d}"] = merged
+    return truth
+
+
+def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
+    """30 folders, each an image and its objects' masks: all 30 become items (not the first one only), each
+    mask the union of its objects in the configured class; objects are counted; a folder with two images or
+    with masks only, and a class subfolder that is no class, are quarantined with why."""
+    from minseg.data.classmap import ClassMap
+    from minseg.data.config import LimitSettings as Limits
+    from minseg.data.pipeline import scan_item
+
+    root = tmp_path / "stage1_train"
+    truth = write_instance_folders(root)
+    (root / "cell03" / "images" / "extra.png").write_bytes(png_bytes(render_section(99, 24, 24)[0]))
+    (root / "orphan" / "masks").mkdir(parents=True)
+    (root / "orphan" / "masks" / "obj0.png").write_bytes(png_bytes(np.zeros((24, 24), np.uint8)))
+    (root / "cell05" / "masks" / "quartz").mkdir()
+    (root / "cell05" / "masks" / "quartz" / "q.png").write_bytes(png_bytes(np.full((24, 24), 255, np.uint8)))
+    assert _detect(root) is DatasetLayout.INSTANCE_FOLDERS
+    classes = {"classes": [{"name": "background"}, {"name": "nucleus", "codes": [7]}]}
+    data = validate_config({"sources": [{"uri": str(root), "instance_class": "nucleus"}], "classes": classes},
+                           DataSettings)
+    items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    assert len(items) == 29 and "stage1_train/cell00" in {i["item_id"] for i in items}
+    reasons = {posixpath.relpath(r.file, str(root)) if r.file.startswith(str(root)) else r.file: r.reason
+               for r in rejected}
+    assert reasons["cell03/images/extra.png"] == "cell03/images/ holds 2 images; one image per instance folder"
+    assert reasons["orphan/masks/obj0.png"] == "no image in orphan/images/ for these masks"
+    assert reasons["cell05/masks/quartz/q.png"] == "class 'quartz' is not in data.classes (background, nucleus)"
+    classmap = ClassMap.from_settings(data.classes)
+    for item in items:
+        name = item["item_id"].split("/")[-1]
+        _, ids = load_example(item, classmap, Limits(), Storage())
+        assert np.array_equal(ids, truth[name]), name
+    row = scan_item(next(i for i in items if i["item_id"].endswith("cell02")), classmap, data, Task.SEGMENTATION,
+                    Storage())
+    assert row["instances"] == [0, 3] and row["particles"][1] == 3  # three separate objects
+    without = validate_config({"sources": [{"uri": str(root)}], "classes": classes}, DataSettings)
+    with pytest.raises(ValueError, match="their class is not said: set the source's instance_class"):
+        _list_items(without, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
