@@ -145,6 +145,8 @@ class GridSettings(StrictModel):
         None, description="xmin, ymin, xmax, ymax; default: the reference raster's, else the samples' bounds")
     reference: str | None = Field(None, description="a raster whose grid (or extent) to use")
     buffer_m: float = Field(0.0, ge=0, description="added around the samples' bounds when no extent is given")
+    min_layer_coverage: float = Field(0.5, ge=0, le=1, description="an evidence raster covering less of the study "
+                                      "area than this share (after resampling onto the grid) is refused")
 
     @model_validator(mode="after")
     def _needs_cell(self):

@@ -125,7 +125,8 @@ def _layer_channels(settings: ProspectSettings, geometry: GridGeometry, working,
                     task_cpus: float) -> tuple[list[tuple[str, np.ndarray]], set[str], dict]:
     channels, categorical, reports = [], set(), {}
     for index, raster in enumerate(settings.rasters):
-        values, report = read_raster_on_grid(raster, index, geometry, working, storage)
+        values, report = read_raster_on_grid(raster, index, geometry, working, storage, study_hint,
+                                             settings.grid.min_layer_coverage)
         if raster.kind is EvidenceKind.CATEGORICAL:
             encoded, extra = encode_categorical(values, raster, study_hint)
             report.update(extra)

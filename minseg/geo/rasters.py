@@ -21,6 +21,9 @@ from minseg.geo.crs import input_crs, parse_crs
 from minseg.geo.grid import affine, map_blocks
 from minseg.io.geotiff import GridGeometry
 from minseg.io.storage import ObjectNotFoundError, Storage
+from minseg.logs import get_logger, log_event
+
+log = get_logger("geo.rasters")
 
 
 @contextlib.contextmanager
@@ -33,8 +36,18 @@ def local_raster(uri: str, storage: Storage):
         raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None
 
 
-def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeometry, working, storage: Storage):
-    """The raster's band on the target grid: (float64 array with NaN for nodata, report)."""
+def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeometry, working, storage: Storage,
+                        study: np.ndarray | None = None, min_coverage: float = 0.0):
+    """The raster's band on the target grid: (float64 array with NaN for nodata, report).
+
+    The report (also one log line) says what was done: the source grid and cell size, where its CRS came from,
+    the resampling method, and the share of the grid — and of ``study`` (a (rows, cols) bool mask of the study
+    area), when given — the layer covers.
+
+    Raises:
+        ProspectInputError: unreadable, no such band, no overlap with the grid, or it covers less than
+            ``min_coverage`` of the study area (``prospect.grid.min_layer_coverage``).
+    """
     import rasterio
     from rasterio.errors import RasterioIOError
     from rasterio.warp import Resampling as GdalResampling
@@ -85,6 +98,21 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
     if not np.isfinite(destination).any():
         raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
                                  f"(bounds {geometry.bounds}); check its CRS")
+    if study is not None and study.any():
+        covered = float(np.isfinite(destination)[study].mean())
+        report["study_covered_fraction"] = round(covered, 4)
+        if covered < min_coverage:
+            raise ProspectInputError(
+                f"{key} ({settings.name}): {settings.uri} covers {covered:.1%} of the study area, less than "
+                f"prospect.grid.min_layer_coverage ({min_coverage:.0%}); check its extent and CRS (source cell "
+                f"{report['source_cell']}, {report['source_shape'][0]}x{report['source_shape'][1]} cells), or lower "
+                "the share to use it")
+    log_event(log, "prospect.layer_resampled", layer=settings.name, file=settings.uri,
+              source=f"{report['source_shape'][0]}x{report['source_shape'][1]}",
+              source_cell="x".join(f"{c:g}" for c in report["source_cell"]),
+              target_cell=f"{geometry.pixel_width:g}x{geometry.pixel_height:g}", crs_from=report["crs_from"],
+              method=report["resampling"], grid_covered=report["covered_fraction"],
+              study_covered=report.get("study_covered_fraction"))
     return destination, report
 
 

@@ -168,3 +168,30 @@ def test_an_external_mask_travels_with_a_raster_on_s3(s3, tmp_path):
     read, report = read_raster_on_grid(EvidenceRaster(uri=s3.uri("rasters/ext.tif"), name="e", resampling="nearest"),
                                        0, geometry, WORKING, storage)
     assert np.isnan(read[:3]).all() and np.isfinite(read[3:]).all() and report["validity_from"] == "mask band"
+
+
+def test_what_was_resampled_is_said_and_a_layer_covering_little_of_the_study_area_is_refused(tmp_path, caplog):
+    """A layer on another cell size: one log line (source grid, cells, method, coverage) and the same in the
+    report; one covering a corner of the study area only is refused, naming the layer, its share and the key."""
+    import logging
+
+    target = GridGeometry(0.0, 4000.0, 100.0, 100.0, 40, 40, 3067)
+    coarse = GridGeometry(0.0, 4000.0, 250.0, 250.0, 16, 16, 3067)  # the whole area, 250 m cells
+    write_geotiff(str(tmp_path / "coarse.tif"), np.arange(256, dtype=np.float32).reshape(16, 16), coarse)
+    corner = GridGeometry(0.0, 4000.0, 100.0, 100.0, 10, 10, 3067)  # 1/16 of the area
+    write_geotiff(str(tmp_path / "corner.tif"), np.ones((10, 10), np.float32), corner)
+    study = np.ones((40, 40), bool)
+    with caplog.at_level(logging.INFO, logger="minseg.geo.rasters"):
+        values, report = read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "coarse.tif"), name="cu_idw"), 0,
+                                             target, WORKING, Storage(), study, 0.5)
+    assert report["source_cell"] == [250.0, 250.0] and report["resampling"] == "bilinear"
+    assert report["study_covered_fraction"] == 1.0
+    (fields,) = [r.fields for r in caplog.records if r.getMessage() == "prospect.layer_resampled"]
+    assert fields["layer"] == "cu_idw" and fields["source"] == "16x16" and fields["source_cell"] == "250x250"
+    assert fields["target_cell"] == "100x100" and fields["method"] == "bilinear" and fields["study_covered"] == 1.0
+    with pytest.raises(ProspectInputError, match=r"prospect.rasters\[1\] \(granite\): .*corner.tif covers 6.2% of "
+                                                 r"the study area, less than prospect.grid.min_layer_coverage \(50%\)"):
+        read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target, WORKING,
+                            Storage(), study, 0.5)
+    assert read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target, WORKING,
+                               Storage(), study, 0.05)[1]["study_covered_fraction"] == 0.0625
