@@ -313,8 +313,8 @@ class TiffReader:
 @register_slide_reader("raster", suffixes=(".png", ".jpg", ".jpeg"))
 class RasterReader:
     """PNG / JPEG: no random access, so decoded whole (its stored samples, ``images.decode_samples``) within
-    ``max_raster_pixels``, on the first region read. Opening reads the header only: planning thousands of slides on the driver's thread pool
-    (``segment.plan_threads``) must not hold thousands of decoded images."""
+    ``max_raster_pixels``, on the first region read. Opening reads the header only: planning thousands of
+    slides on the driver's thread pool (``segment.plan_threads``) must not hold thousands of decoded images."""
 
     def __init__(self, uri: str, storage: Storage, options: ReaderOptions):
         name = uri.lower().rsplit("/", 1)[-1]
