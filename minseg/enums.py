@@ -76,6 +76,14 @@ class DatasetLayout(StrEnum):
     CLASS_FOLDERS = "class_folders"  # one folder of images per class (classification)
 
 
+class SplitGroup(StrEnum):
+    """What splits keep together: each source image, or each scene (an image's name below its source, so
+    that the same scene given by several sources, e.g. PPL and XPL photographs, stays in one split)."""
+
+    IMAGE = "image"
+    SCENE = "scene"
+
+
 class MaskEncoding(StrEnum):
     CODES = "codes"  # pixel values (grey or palette index) are class codes
     COLORS = "colors"  # RGB masks: each class has a colour

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
-from minseg.enums import Augmentation, DatasetLayout, MaskEncoding
+from minseg.enums import Augmentation, DatasetLayout, MaskEncoding, SplitGroup
 
 
 class ClassSpec(StrictModel):
@@ -97,6 +97,9 @@ class SplitSettings(StrictModel):
         None, description="split name -> file (path/URI) listing item stems, one per line (VOC ImageSets style)"
     )
     use_layout_lists: bool = Field(True, description="use VOC ImageSets/Segmentation lists when present")
+    group_by: SplitGroup = Field(SplitGroup.IMAGE, description="image: each source image is split alone; scene: "
+                                 "images of one scene (one name below their sources: PPL and XPL given as two "
+                                 "sources) share a split, in lists and folds too")
     folds: int | None = Field(None, ge=2, description="k-fold cross-validation over train+val (test held out)")
     fold_val: float = Field(0.1, gt=0, lt=1, description="k folds: share of each fold's training part held out by "
                                                          "source image to choose checkpoints (the paper: 8 of 80)")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from minseg.errors import InputError
 from minseg.data.containers import Container, Rejected, read_ref
-from minseg.enums import DatasetLayout, Task
+from minseg.enums import DatasetLayout, MaskEncoding, Task
 from minseg.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -363,7 +363,8 @@ def _instance_roots(members, images_dir: str, masks_dir: str) -> dict[str, dict[
         if len(parts) >= 2 and parts[-2] == images_dir and _is_image(name):
             roots.setdefault("/".join(parts[:-2]), {"images": [], "masks": []})["images"].append(name)
         for depth in (2, 3):
-            if len(parts) >= depth and parts[-depth] == masks_dir and name.lower().endswith(MASK_SUFFIXES):
+            if len(parts) >= depth and parts[-depth] == masks_dir and name.lower().endswith(MASK_SUFFIXES) \
+                    and not parts[-1].startswith("."):
                 roots.setdefault("/".join(parts[:-depth]), {"images": [], "masks": []})["masks"].append(name)
     return roots
 
@@ -373,11 +374,13 @@ def _looks_instances(probe: LayoutProbe) -> bool:
     faulty folder or two are quarantined when read, not a reason to read the source as another layout), and
     there are several such folders or a folder with several objects."""
     roots = _instance_roots(probe.members, probe.images_dir, probe.masks_dir)
-    with_images = [r for r in roots.values() if r["images"]]
-    single = [r for r in with_images if len(r["images"]) == 1]
-    if not single or 2 * len(single) < len(with_images):
-        return False
-    return len(single) >= 2 or any(len(r["masks"]) >= 2 for r in single)
+    with_images = {root: r for root, r in roots.items() if r["images"]}
+
+    def object_folder(root: str, found: dict) -> bool:  # a paired folder names its mask like its image
+        stems = {_stem(m) for m in found["masks"]}
+        return root != "" and len(found["images"]) == 1 and _stem(found["images"][0]) not in stems
+    single = [root for root, r in with_images.items() if object_folder(root, r)]
+    return len(single) >= 2 and 2 * len(single) >= len(with_images)
 
 
 @register_layout(DatasetLayout.INSTANCE_FOLDERS, detect=_looks_instances, task=Task.SEGMENTATION,
@@ -390,10 +393,17 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
     folder that is no class)."""
     if classmap is None:
         raise InputError("instance-mask folders need data.classes (which class the objects are)")
+    if classmap.mask_encoding is not MaskEncoding.CODES:
+        raise InputError("instance-mask folders give class codes (each object mask says where one object is): "
+                         "data.classes.mask_encoding must be codes")
+    if 0 not in classmap.code_to_id():
+        raise InputError("instance-mask folders need a class with code 0 in data.classes: the pixels no object "
+                         "covers")
     images_dir, masks_dir = source.images_dir, source.masks_dir
     roots = _instance_roots(container.members, images_dir, masks_dir)
     used = {name for root in roots.values() for group in root.values() for name in group}
-    rejected = [Rejected(container.describe(name), f"not in an <id>/{images_dir}/ or <id>/{masks_dir}/ folder")
+    rejected = [Rejected(container.describe(name), f"not an image in an <id>/{images_dir}/ folder nor a mask "
+                         f"({', '.join(MASK_SUFFIXES)}) in an <id>/{masks_dir}/ folder")
                 for name in sorted(container.members) if name not in used and _is_image(name)]
     items = []
     for root, found in sorted(roots.items()):
@@ -402,6 +412,10 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
             reason = (f"no image in {where}/{images_dir}/ for these masks" if not found["images"] else
                       f"{where}/{images_dir}/ holds {len(found['images'])} images; one image per instance folder")
             rejected += [Rejected(container.describe(n), reason) for n in sorted(found["images"] + found["masks"])]
+            continue
+        if not found["masks"]:  # an unlabelled image (a test folder) is no all-background ground truth
+            rejected.append(Rejected(container.describe(found["images"][0]), f"no object masks in {where}/"
+                                     f"{masks_dir}/ (an image without annotation is not used for training)"))
             continue
         codes, kept = [], []
         for name in sorted(found["masks"]):
@@ -419,7 +433,7 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
         key = root or _stem(found["images"][0])
         items.append(make_item(container, prefix, found["images"][0], item_key=key, source_key=key,
                                instances=[container.members[n] for n in kept], instance_names=kept,
-                               instance_codes=codes, background_code=classmap.codes[0][0]))
+                               instance_codes=codes, background_code=0))
     return LayoutItems(items, rejected)
 
 

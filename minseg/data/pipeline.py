@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -27,9 +28,9 @@ from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_image, decode_mask
 from minseg.data.layouts import decode_coco_rle, detect_layout, get_layout
-from minseg.data.splits import SPLITS, assign_splits
+from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
-from minseg.enums import DatasetLayout, MaskEncoding, Task
+from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
 from minseg.logs import get_logger, log_event
 
@@ -120,10 +121,17 @@ def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings
     top = max([item["background_code"], *item["instance_codes"]])
     codes = np.full((height, width), item["background_code"], np.uint8 if top < 256 else np.int32)
     for ref, name, code in zip(item["instances"], item["instance_names"], item["instance_codes"]):
-        mask = decode_mask(read_ref(ref, storage), name, limits.max_image_pixels)
+        try:
+            mask = decode_mask(read_ref(ref, storage), name, limits.max_image_pixels)
+        except DecodeError as exc:
+            raise DecodeError(f"object mask {name}: one channel expected, non-zero where the object is ({exc})") \
+                from None
         if mask.shape[:2] != (height, width):
             raise DecodeError(f"object mask {name} is {mask.shape[1]}x{mask.shape[0]} but the image is "
                               f"{width}x{height}")
+        if len(np.unique(mask[mask > 0])) > 1:  # a class or label image, not one object: would turn one class
+            raise DecodeError(f"object mask {name} holds several non-zero values ({np.unique(mask[mask > 0])[:5]}"
+                              "...): an object mask marks one object (use the paired layout for class masks)")
         codes[mask > 0] = code
     return codes
 
@@ -312,6 +320,12 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         for split, names in lists.items():
             for name in sorted(names - known):
                 quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"))
+    twins = twin_scenes(item["source_id"] for item in items)
+    if twins and data.split.group_by is SplitGroup.IMAGE:  # a leak unless they are different scenes: say so
+        example = next(iter(twins.values()))
+        log_event(log, "data.split.twin_scenes", logging.WARNING, scenes=len(twins), example=", ".join(example),
+                  hint="images of one name in several sources may land in different splits; set "
+                       "data.split.group_by: scene if they show one scene (e.g. PPL and XPL)")
     assignment = assign_splits(items, data.split, split_seed, lists)
     for item in items:
         item["split"] = assignment.get(item["source_id"])
@@ -342,7 +356,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         from minseg.data.splits import kfold_assignments
 
         pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
-        folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val)
+        folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds)
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
@@ -365,8 +379,8 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
                     "pixel_share": round(float(pixels[c] / total), 6) if total else 0.0,
                     "pixels": int(pixels[c]),
                     "particles": int(particles[c]),
-                    # instance-mask layouts: the true objects (touching ones merge into one particle)
-                    **({"instances": int(instances[c])} if instances.any() else {}),
+                    # instance-mask layouts: the true objects (touching ones merge into one particle); 0 elsewhere
+                    "instances": int(instances[c]),
                 }
                 for c, name in enumerate(classmap.names)
             },

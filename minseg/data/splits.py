@@ -11,6 +11,7 @@ import json
 import numpy as np
 
 from minseg.data.config import SplitSettings
+from minseg.enums import SplitGroup
 from minseg.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -35,53 +36,72 @@ def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
     return tuple(int(c) for c in counts)
 
 
-def scene_groups(source_ids) -> dict[str, str]:
-    """source_id -> the group its split is chosen by: the image's **scene**, its name below its source
-    (``source_id`` without the source prefix). Images of one scene in several sources (PPL and XPL given as two
-    sources; one stem in two datasets) share a group: they always land in one split, so a scene's twin never
-    validates or tests what the other trained. A scene in one source only keeps its own id (its split is
-    what it always was)."""
+def twin_scenes(source_ids) -> dict[str, list[str]]:
+    """Scenes (an image's name below its source: ``source_id`` without the source prefix) that more than one
+    source holds, with their source ids: PPL and XPL photographs given as two sources, one stem in two datasets."""
     by_scene: dict[str, set[str]] = {}
     for source_id in source_ids:
         by_scene.setdefault(source_id.split("/", 1)[-1], set()).add(source_id)
-    return {source_id: (f"scene:{scene}" if len(ids) > 1 else source_id)
-            for scene, ids in by_scene.items() for source_id in ids}
+    return {scene: sorted(ids) for scene, ids in by_scene.items() if len(ids) > 1}
+
+
+def split_groups(source_ids, group_by: SplitGroup) -> dict[str, str]:
+    """source_id -> the group its split is chosen by: itself, or with ``group_by: scene`` its scene, shared by
+    the images of one scene in several sources (a scene in one source only keeps its own id, so its split
+    does not move)."""
+    source_ids = set(source_ids)
+    groups = {source_id: source_id for source_id in source_ids}
+    if SplitGroup(group_by) is SplitGroup.SCENE:
+        for scene, ids in twin_scenes(source_ids).items():
+            groups.update({source_id: f"scene:{scene}" for source_id in ids})
+    return groups
 
 
 def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
                   lists: dict[str, set[str]] | None = None) -> dict[str, str]:
-    """source_id -> split name, chosen per scene (``scene_groups``).
+    """source_id -> split name, chosen per group (``split_groups``: per image, or per scene).
 
     Precedence: explicit ``lists`` (item stems or ids) > splits named by the layout
     (VOC ImageSets, COCO folders) when ``use_layout_lists`` > seeded ratios. Sources
     not covered by lists/layout are spread by the ratios.
 
     Raises:
-        InputError: one scene is listed in two splits (its images, named).
+        InputError: a bare name in a list matches images of several groups (the candidates are named: list one
+            by its full id, or group by scene); one group is listed, or named by its layout, in two splits.
     """
-    groups = scene_groups(item["source_id"] for item in items)
+    groups = split_groups((item["source_id"] for item in items), settings.group_by)
     sources = sorted(set(groups.values()))
+    members: dict[str, set[str]] = {}
+    for source_id, group in groups.items():
+        members.setdefault(group, set()).add(source_id)
     assigned: dict[str, str] = {}
+
+    def assign(group: str, split: str, how: str) -> None:
+        if assigned.get(group, split) != split:
+            raise InputError(f"{how}: {', '.join(sorted(members[group]))} would be in both {assigned[group]} and "
+                             f"{split}: trained on and scored at once; name it in one split")
+        assigned[group] = split
+
     if lists:
         index: dict[str, set[str]] = {}
-        names_of: dict[str, set[str]] = {}
         for item in items:
             group = groups[item["source_id"]]
             for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]):
                 index.setdefault(key, set()).add(group)
-            names_of.setdefault(group, set()).add(item["source_id"])
         for split, names in sorted(lists.items()):
             for name in sorted(names):
-                for group in index.get(name, set()):  # a scene's name names all its images, in every source
-                    if assigned.get(group, split) != split:
-                        raise InputError(f"data.split.lists: the scene of {', '.join(sorted(names_of[group]))} is "
-                                         f"listed in both {assigned[group]} and {split}: its images would be "
-                                         "trained on and scored at once; list it in one split")
-                    assigned[group] = split
+                matched = index.get(name, set())
+                if len(matched) > 1:
+                    candidates = sorted(i for group in matched for i in members[group])
+                    raise InputError(f"data.split.lists.{split}: {name!r} matches images of {len(matched)} sources "
+                                     f"({', '.join(candidates)}); list one by its full id, or set "
+                                     "data.split.group_by: scene when they are one scene")
+                for group in matched:
+                    assign(group, split, "data.split.lists")
     elif settings.use_layout_lists:
         for item in items:
             if item.get("layout_split"):
-                assigned.setdefault(groups[item["source_id"]], item["layout_split"])
+                assign(groups[item["source_id"]], item["layout_split"], "the splits the layouts name")
     remaining = [s for s in sources if s not in assigned]
     if not lists and assigned and remaining == [] and "val" not in assigned.values() and settings.val > 0:
         # the layout named train/test only: carve val out of train by the configured share
@@ -118,15 +138,16 @@ class Fold:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1) -> list[Fold]:
-    """k disjoint test folds over the given sources' scenes (``scene_groups``: twins stay in one part); in each
-    fold, ``val_share`` of the remaining scenes (at least one) is held out to choose checkpoints (the
-    microplastic paper: 72/8/20).
+def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1,
+                      group_by: SplitGroup = SplitGroup.IMAGE) -> list[Fold]:
+    """k disjoint test folds over the given sources' groups (``split_groups``: with ``group_by: scene`` a
+    scene's images stay in one part); in each fold, ``val_share`` of the remaining groups (at least one) is held
+    out to choose checkpoints (the microplastic paper: 72/8/20).
 
     Raises:
-        ValueError: fewer than k scenes, or too few to leave a training and a validation part.
+        ValueError: fewer than k groups, or too few to leave a training and a validation part.
     """
-    groups = scene_groups(source_ids)
+    groups = split_groups(source_ids, group_by)
     members: dict[str, set[str]] = {}
     for source_id, group in groups.items():
         members.setdefault(group, set()).add(source_id)
@@ -137,7 +158,7 @@ def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: f
 
 def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float) -> list[Fold]:
     if len(source_ids) < folds:
-        raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images "
+        raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images (scenes) "
                          f"in train + val, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
     result = []
@@ -145,7 +166,7 @@ def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float) -> li
         test = order[k::folds]
         rest = _shuffled([s for s in order if s not in set(test)], seed + 1 + k)
         if len(rest) < 2:
-            raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images "
+            raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images (scenes) "
                              f"leaves fold {k + 1} no training and validation part (data.split.fold_val); use fewer folds")
         take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
         result.append(Fold(k, frozenset(rest[take:]), frozenset(rest[:take]), frozenset(test)))

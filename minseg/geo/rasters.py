@@ -98,7 +98,9 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
     if not np.isfinite(destination).any():
         raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
                                  f"(bounds {geometry.bounds}); check its CRS")
-    if study is not None and study.any():
+    # a categorical layer's missing cells are "no unit mapped" (every one-hot channel 0), not unknown: a map of
+    # one unit (granite only) is partial on purpose, so only continuous layers must cover the study area
+    if study is not None and study.any() and settings.kind is not EvidenceKind.CATEGORICAL:
         covered = float(np.isfinite(destination)[study].mean())
         report["study_covered_fraction"] = round(covered, 4)
         if covered < min_coverage:

@@ -341,6 +341,8 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     (root / "orphan" / "masks" / "obj0.png").write_bytes(png_bytes(np.zeros((24, 24), np.uint8)))
     (root / "cell05" / "masks" / "quartz").mkdir()
     (root / "cell05" / "masks" / "quartz" / "q.png").write_bytes(png_bytes(np.full((24, 24), 255, np.uint8)))
+    (root / "unlabelled" / "images").mkdir(parents=True)  # a test folder: no masks, so no ground truth
+    (root / "unlabelled" / "images" / "unlabelled.png").write_bytes(png_bytes(render_section(7, 24, 24)[0]))
     assert _detect(root) is DatasetLayout.INSTANCE_FOLDERS
     classes = {"classes": [{"name": "background"}, {"name": "nucleus", "codes": [7]}]}
     data = validate_config({"sources": [{"uri": str(root), "instance_class": "nucleus"}], "classes": classes},
@@ -352,6 +354,7 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     assert reasons["cell03/images/extra.png"] == "cell03/images/ holds 2 images; one image per instance folder"
     assert reasons["orphan/masks/obj0.png"] == "no image in orphan/images/ for these masks"
     assert reasons["cell05/masks/quartz/q.png"] == "class 'quartz' is not in data.classes (background, nucleus)"
+    assert reasons["unlabelled/images/unlabelled.png"].startswith("no object masks in unlabelled/masks/")
     classmap = ClassMap.from_settings(data.classes)
     for item in items:
         name = item["item_id"].split("/")[-1]
@@ -360,6 +363,21 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     row = scan_item(next(i for i in items if i["item_id"].endswith("cell02")), classmap, data, Task.SEGMENTATION,
                     Storage())
     assert row["instances"] == [0, 3] and row["particles"][1] == 3  # three separate objects
+    # a class mask where an object mask belongs would turn every class into one: refused, naming it
+    (root / "cell01" / "masks" / "obj0.png").write_bytes(png_bytes(np.arange(576, dtype=np.uint8).reshape(24, 24) % 3))
+    bad = next(i for i in items if i["item_id"].endswith("cell01"))
+    with pytest.raises(ValueError, match="obj0.png holds several non-zero values"):
+        load_example(bad, classmap, Limits(), Storage())
     without = validate_config({"sources": [{"uri": str(root)}], "classes": classes}, DataSettings)
     with pytest.raises(ValueError, match="their class is not said: set the source's instance_class"):
         _list_items(without, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+
+
+def test_paired_folders_per_split_are_not_taken_for_instance_folders(tmp_path):
+    """train/, val/, test/ each with images/ and masks/ of the same names is paired data, not object masks."""
+    for split, count in (("train", 3), ("val", 1), ("test", 1)):
+        write_paired(tmp_path / "data" / split, count)
+    assert _detect(tmp_path / "data") is not DatasetLayout.INSTANCE_FOLDERS
+    write_paired(tmp_path / "one", 1)
+    (tmp_path / "one" / "masks" / "extra.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    assert _detect(tmp_path / "one") is DatasetLayout.PAIRED

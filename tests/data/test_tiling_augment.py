@@ -49,25 +49,43 @@ def test_tiles_of_one_source_never_straddle_splits():
     assert assign_splits(items, SplitSettings(), seed=6) != assignment
 
 
-def test_a_scene_in_two_sources_is_never_split_apart():
-    """PPL and XPL of one scene as two sources (and one stem in two datasets): one split per scene, in ratios,
-    lists and folds; a scene listed in two splits is refused, naming its images."""
+def test_a_scene_in_two_sources_is_never_split_apart_when_grouped_by_scene():
+    """PPL and XPL of one scene as two sources, ``group_by: scene``: one split per scene, in ratios, lists
+    and folds; a scene listed in two splits is refused, naming its images."""
     items = [{"item_id": f"{src}/scene{s}", "source_id": f"{src}/scene{s}"} for src in ("ppl", "xpl")
              for s in range(30)] + [{"item_id": "ppl/lonely", "source_id": "ppl/lonely"}]
+    by_scene = SplitSettings(group_by="scene")
     for seed in range(5):
-        assignment = assign_splits(items, SplitSettings(), seed=seed)
+        assignment = assign_splits(items, by_scene, seed=seed)
         assert all(assignment[f"ppl/scene{s}"] == assignment[f"xpl/scene{s}"] for s in range(30))
         assert len(set(assignment.values())) == 3 and "ppl/lonely" in assignment
     lists = {"train": {"scene1", "scene2"}, "test": {"xpl/scene3"}}
-    assert assign_splits(items, SplitSettings(), 0, lists) == {
+    assert assign_splits(items, by_scene, 0, lists) == {
         "ppl/scene1": "train", "xpl/scene1": "train", "ppl/scene2": "train", "xpl/scene2": "train",
         "ppl/scene3": "test", "xpl/scene3": "test"}
-    with pytest.raises(InputError, match="the scene of ppl/scene4, xpl/scene4 is listed in both test and train"):
-        assign_splits(items, SplitSettings(), 0, {"train": {"ppl/scene4"}, "test": {"xpl/scene4"}})
-    folds = kfold_assignments(sorted({i["source_id"] for i in items}), 5, seed=2)
+    with pytest.raises(InputError, match="ppl/scene4, xpl/scene4 would be in both test and train"):
+        assign_splits(items, by_scene, 0, {"train": {"ppl/scene4"}, "test": {"xpl/scene4"}})
+    folds = kfold_assignments(sorted({i["source_id"] for i in items}), 5, seed=2, group_by="scene")
     for fold in folds:
         for part in (fold.train, fold.val, fold.test):
             assert all((f"ppl/scene{s}" in part) == (f"xpl/scene{s}" in part) for s in range(30))
+    # twins whose layouts name different splits are refused, whatever the listing order
+    marked = [{**items[0], "layout_split": "train"}, {**items[30], "layout_split": "test"}]
+    with pytest.raises(InputError, match="ppl/scene0, xpl/scene0 would be in both train and test"):
+        assign_splits(marked, by_scene, 0)
+
+
+def test_by_image_a_bare_name_of_several_sources_is_refused_and_full_ids_select_one():
+    """Grouped by image (the default), twins are split alone: a full id lists its own image only, and a bare
+    name matching images of two sources is refused with the candidates named."""
+    items = [{"item_id": f"{src}/{s:03d}", "source_id": f"{src}/{s:03d}"} for src in ("A", "B") for s in range(8)]
+    assigned = assign_splits(items, SplitSettings(), 0, {"train": {"A/000", "A/001"}, "test": {"B/000"}})
+    assert assigned == {"A/000": "train", "A/001": "train", "B/000": "test"}
+    with pytest.raises(InputError, match=r"lists.train: '001' matches images of 2 sources \(A/001, B/001\); list "
+                                         "one by its full id, or set data.split.group_by: scene"):
+        assign_splits(items, SplitSettings(), 0, {"train": {"001"}})
+    ratio = assign_splits(items, SplitSettings(), 3)
+    assert ratio == assign_splits(items, SplitSettings(group_by="image"), 3) and len(ratio) == 16
 
 
 def paired_batch(n=6, size=8):
