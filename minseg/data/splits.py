@@ -158,16 +158,17 @@ def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: f
 
 def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float) -> list[Fold]:
     if len(source_ids) < folds:
-        raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images (scenes) "
-                         f"in train + val, got {len(source_ids)}")
+        raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images "
+                         f"(scenes) in train + val, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
     result = []
     for k in range(folds):
         test = order[k::folds]
         rest = _shuffled([s for s in order if s not in set(test)], seed + 1 + k)
         if len(rest) < 2:
-            raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images (scenes) "
-                             f"leaves fold {k + 1} no training and validation part (data.split.fold_val); use fewer folds")
+            raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images "
+                             f"(scenes) leaves fold {k + 1} no training and validation part (data.split.fold_val); "
+                             "use fewer folds")
         take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
         result.append(Fold(k, frozenset(rest[take:]), frozenset(rest[:take]), frozenset(test)))
     return result
