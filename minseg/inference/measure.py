@@ -99,11 +99,13 @@ def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectT
     for top in range(0, labels.height, block):
         for left in range(0, labels.width, block):
             region = labels.read(top, left, min(block, labels.height - top), min(block, labels.width - left))
-            if region.size and int(region.max()) >= len(spec.names):
+            try:
+                measured = measure_block(region, top, left, spec)  # checks every id against the classes
+            except ValueError:  # only then the block's largest id is looked for, to name it
                 raise InputError(f"{labels.uri}: class id {int(region.max())} in rows {top}-{top + len(region)}, "
                                  f"columns {left}-{left + region.shape[1]}, but only {len(spec.names)} classes are "
-                                 f"named ({', '.join(spec.names)})")
-            slide.add(measure_block(region, top, left, spec))
+                                 f"named ({', '.join(spec.names)})") from None
+            slide.add(measured)
     return slide.finish()
 
 

@@ -11,6 +11,7 @@ every number.
 from __future__ import annotations
 
 import contextlib
+from functools import cached_property
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -40,7 +41,7 @@ class MeasureSpec:
     settings: MineralogySettings
     pixel_size_um: float | None = None
 
-    @property
+    @cached_property
     def sample(self) -> np.ndarray:
         """(C,) bool: the classes that are sample (not background)."""
         return np.asarray([name not in self.settings.background_classes for name in self.names], bool)
@@ -50,7 +51,7 @@ class MeasureSpec:
         """Without a background class the whole section would be one particle: no particle statistics."""
         return not self.sample.all()
 
-    @property
+    @cached_property
     def fractions(self) -> SizeFractions:
         return SizeFractions(tuple(self.settings.size_fractions), self.pixel_size_um)
 
@@ -58,7 +59,7 @@ class MeasureSpec:
     def edges(self) -> tuple[int, ...]:
         return tuple(self.settings.liberation_classes)
 
-    @property
+    @cached_property
     def densities(self) -> dict[str, float]:
         return {**DEFAULT_DENSITIES, **self.settings.densities}
 
@@ -327,10 +328,9 @@ class SlideMineralogy:
         grain_bins = np.zeros((num, len(CURVE_EDGES) - 1), np.int64)
         grain_bin_area = np.zeros_like(grain_bins)
         kept = grains.area >= minimum
-        np.add.at(grain_bins, (grains.klass[kept].astype(np.int64), size_bins(grains.area[kept], size)),
-                  grains.count[kept])
-        np.add.at(grain_bin_area, (grains.klass[kept].astype(np.int64), size_bins(grains.area[kept], size)),
-                  grains.area[kept] * grains.count[kept])
+        cells = (grains.klass[kept].astype(np.int64), size_bins(grains.area[kept], size))
+        np.add.at(grain_bins, cells, grains.count[kept])
+        np.add.at(grain_bin_area, cells, grains.area[kept] * grains.count[kept])
         fractions = spec.fractions
         tally = Tally(
             class_pixels=grains.class_pixels, boundary=grains.boundary,
