@@ -6,7 +6,9 @@ brought onto one target grid (``grid``) in one working CRS.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated, Any
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.enums import (
@@ -22,6 +24,7 @@ from minseg.enums import (
     UnknownLimit,
 )
 from minseg.errors import InputError, RunError
+from minseg.io.storage import has_glob
 from minseg.train.config import TrainingSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -109,12 +112,39 @@ class PointLayer(StrictModel):
         return self
 
 
+class CellLayer(StrictModel):
+    """Known deposit (or barren) cells as a raster, e.g. a 0/1 GeoTIFF: every cell whose value is neither 0 nor
+    nodata marks one. Each marked cell becomes a site at its centre, on any grid and CRS; sites falling in one
+    cell of the target grid count once."""
+
+    raster: str = Field(description="GeoTIFF (anything GDAL reads), local or s3://")
+    band: int = Field(1, ge=1)
+    crs: str | None = Field(None, description="the raster's CRS when the file records none")
+    nodata: float | None = Field(None, description="overrides the file's nodata value")
+
+
+def _site_form(value: Any) -> str:
+    """Points (a vector file or a CSV with x/y) unless the entry names a ``raster``."""
+    if isinstance(value, dict):
+        return "raster" if "raster" in value else "points"
+    return "raster" if isinstance(value, CellLayer) else "points"
+
+
+Sites = Annotated[Annotated[PointLayer, Tag("points")] | Annotated[CellLayer, Tag("raster")],
+                  Discriminator(_site_form)]
+
+
 class EvidenceRaster(StrictModel):
-    """A gridded evidence layer (GeoTIFF, ESRI grid folder, anything GDAL reads)."""
+    """A gridded evidence layer (GeoTIFF, ESRI grid folder, anything GDAL reads); ``uri`` may be a glob of
+    files, one layer each, named after the file (e.g. 40 interpolated element grids)."""
 
     uri: str
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="required unless uri is a glob (the layers "
+                             "are then named after their files)")
     kind: EvidenceKind = EvidenceKind.CONTINUOUS
+    screen: bool = Field(False, description="screen this layer like an element (AUC / Z_AUC against the training "
+                         "deposits on the grid; kept only if it passes, counted in max_elements): for element "
+                         "grids. Off: the layer is always used (geology, distances)")
     crs: str | None = Field(None, description="the raster's CRS when the file records none or one that "
                                               "cannot be identified (e.g. an ArcInfo grid without a datum)")
     band: int = Field(1, ge=1)
@@ -123,6 +153,16 @@ class EvidenceRaster(StrictModel):
     max_classes: int = Field(8, ge=1, description="one-hot: the most frequent classes in the study area; "
                                                  "the rest share an 'other' channel")
     resampling: Resampling | None = Field(None, description="default: nearest for categorical, bilinear else")
+
+    @model_validator(mode="after")
+    def _named(self):
+        if self.name is None and not has_glob(self.uri):
+            raise ValueError("name: required (only a glob uri names its layers after the files)")
+        if self.name is not None and has_glob(self.uri):
+            raise ValueError(f"name: a glob uri ({self.uri}) names its layers after the files; leave name out")
+        if self.screen and self.kind is EvidenceKind.CATEGORICAL:
+            raise ValueError("screen: only continuous layers are screened (a categorical layer is used as given)")
+        return self
 
 
 class LineLayer(StrictModel):
@@ -233,8 +273,11 @@ class TargetSettings(StrictModel):
 class ProspectSettings(StrictModel):
     name: str = Field("prospectivity", pattern=NAME_PATTERN)
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
-    samples: SampleTable
-    deposits: PointLayer
+    samples: SampleTable | None = Field(None, description="geochemical samples, interpolated by IDW; optional "
+                                        "when rasters (e.g. element grids) carry the evidence")
+    deposits: Sites = Field(description="known deposits: points, or a raster of deposit cells")
+    barren: Sites | None = Field(None, description="known barren sites (points or a raster of cells): when given, "
+                                 "they are the negatives (training windows and screening) instead of every other cell")
     rasters: list[EvidenceRaster] = Field(default_factory=list)
     lines: list[LineLayer] = Field(default_factory=list)
     grid: GridSettings
@@ -251,8 +294,21 @@ class ProspectSettings(StrictModel):
     @field_validator("rasters")
     @classmethod
     def _unique_names(cls, rasters):
-        names = [r.name for r in rasters]
+        names = [r.name for r in rasters if r.name is not None]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"evidence names must be unique: {', '.join(duplicated)}")
         return rasters
+
+    @model_validator(mode="after")
+    def _evidence(self):
+        if self.samples is None:
+            if not self.rasters and not self.lines:
+                raise ValueError("no evidence: give samples, rasters or lines")
+            if self.grid.extent is None and self.grid.reference is None:
+                raise ValueError("grid: without samples the study area comes from grid.extent or grid.reference "
+                                 "(e.g. reference: the uri of one of the rasters)")
+            if self.screening.level is ScreeningLevel.SAMPLES:
+                raise ValueError("screening.level 'samples' needs prospect.samples; rasters are screened on the "
+                                 "grid (level: grid)")
+        return self

@@ -2,12 +2,15 @@
 
 Data flows one way:
 
-1. sample tables (Ray Data) → clean samples; deposits and lines read; the target grid;
-2. IDW of every usable element (Ray tasks over grid blocks); rasters and distance-to-line
-   layers on the grid;
-3. windows (positives on deposits, negatives on a lattice) → spatial folds (blocks larger
-   than a window; training windows touching a test window dropped);
-4. per fold, from its training side only: element screening (AUC / Z_AUC), normalisation
+1. sample tables (Ray Data, optional) → clean samples; deposits (points or raster cells),
+   barren sites (optional) and lines read; the target grid;
+2. IDW of every usable element (Ray tasks over grid blocks); rasters (globs expanded) and
+   distance-to-line layers on the grid;
+3. windows (positives on deposits, negatives on a lattice or on the barren cells) →
+   spatial folds (blocks larger than a window; training windows touching a test window
+   dropped);
+4. per fold, from its training side only: screening (AUC / Z_AUC) of the elements and of
+   the raster layers marked ``screen``, normalisation
    statistics, SMOTE + noise; plus one "final" set from all deposits;
 5. every member x every fold (and the final set) trained concurrently (Ray Train inside
    Tune trials, the training job's machinery);
@@ -31,18 +34,19 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
-from minseg.geo.config import ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
+from minseg.geo.config import CellLayer, ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
 from minseg.ensemble.runtime import MemberRef
 from minseg.geo.predict import predict_map, score_windows
-from minseg.geo.rasters import distance_to_lines, encode_categorical, raster_geometry, read_raster_on_grid
+from minseg.geo.rasters import (distance_to_lines, encode_categorical, expand_rasters, raster_geometry,
+                                read_raster_on_grid)
 from minseg.geo.samples import read_samples
-from minseg.geo.screening import format_table, screen_elements, screen_samples
+from minseg.geo.screening import decide, format_table, grid_rows, sample_rows
 from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
                                 window_metrics)
-from minseg.geo.vectors import read_lines, read_points
+from minseg.geo.vectors import Points, read_lines, read_sites
 from minseg.geo.windows import EvidenceStack, balance, extract, footprint_mask, make_windows, spatial_folds
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri
@@ -115,16 +119,18 @@ class WindowSource:
 
 
 def _element_grids(samples, geometry: GridGeometry, settings: ProspectSettings, task_cpus: float) -> dict:
+    if samples is None:  # raster evidence only
+        return {}
     usable = {e: v for e, v in samples.values.items() if np.isfinite(v).any()}
     if not usable:
         raise ProspectInputError("prospect.samples: no element has a usable value")
     return interpolate(samples.x, samples.y, usable, geometry, settings.idw, task_cpus)
 
 
-def _layer_channels(settings: ProspectSettings, geometry: GridGeometry, working, storage: Storage, study_hint,
-                    task_cpus: float) -> tuple[list[tuple[str, np.ndarray]], set[str], dict]:
+def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry, working, storage: Storage,
+                    study_hint, task_cpus: float) -> tuple[list[tuple[str, np.ndarray]], set[str], dict]:
     channels, categorical, reports = [], set(), {}
-    for index, raster in enumerate(settings.rasters):
+    for index, raster in enumerate(rasters):
         values, report = read_raster_on_grid(raster, index, geometry, working, storage, study_hint,
                                              settings.grid.min_layer_coverage)
         if raster.kind is EvidenceKind.CATEGORICAL:
@@ -167,15 +173,17 @@ def _check_members(settings: ProspectSettings) -> None:
 
 @dataclass
 class Inputs:
-    """Phase 1: clean samples, the target grid, deposits placed on it."""
+    """Phase 1: clean samples (None: raster evidence only), the target grid, deposits (and barren sites) on it."""
 
     samples: Any
     geometry: GridGeometry
-    deposits: Any
+    deposits: Points
     d_rows: np.ndarray
     d_cols: np.ndarray
     inside: np.ndarray  # deposit on the grid
     outside: list[dict]
+    rasters: list  # the evidence rasters, globs expanded
+    barren: Points | None = None
 
 
 @dataclass
@@ -192,6 +200,9 @@ class Evidence:
     unique_cells: np.ndarray  # two deposits in one cell make one positive window
     deposit_xy: np.ndarray  # (n, 2) coordinates of the in-study deposits (rows of deposit_cells)
     all_deposit_xy: np.ndarray  # (m, 2) every deposit read, in the study area or not
+    screened: dict[str, np.ndarray] = field(default_factory=dict)  # raster layers screened like elements
+    barren_cells: np.ndarray | None = None  # (k, 2) unique in-study barren cells: the negatives, when given
+    barren_xy: np.ndarray | None = None  # (k', 2) every barren site read (sample-level screening)
 
 
 @dataclass
@@ -223,19 +234,40 @@ class ProspectResult:
     document: dict
 
 
+def _one_per_cell(points: Points, geometry: GridGeometry) -> Points:
+    """Sites from a raster's cells: those falling in one target cell count once (the first)."""
+    rows, cols, inside = world_to_cell(geometry, points.x, points.y)
+    key = np.where(inside, rows * geometry.cols + cols, -1 - np.arange(len(points)))
+    _, first = np.unique(key, return_index=True)
+    keep = np.zeros(len(points), bool)
+    keep[first] = True
+    kept = points.subset(keep)
+    kept.report["grid_cells"] = int((keep & inside).sum())
+    return kept
+
+
 def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str, cpus: float) -> Inputs:
-    """Sample tables (Ray Data), the target grid around them (or a reference raster's), the deposits."""
-    samples = read_samples(settings.samples, working, storage, cpus)
-    storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
-    if samples.problems:
-        storage.write_text(join_uri(out, "inputs", "sample_problems.csv"),
-                           csv_text(samples.problems, ["file", "row", "sample", "column", "value", "reason"]))
-    log_event(log, "prospect.samples", samples=len(samples), problems=len(samples.problems),
-              dropped=samples.report["rows_dropped"])
+    """Sample tables (Ray Data) when given, the target grid (extent, reference raster or the samples' bounds), the
+    deposits and barren sites (points or raster cells), the evidence rasters (globs expanded)."""
+    samples, bounds = None, None
+    if settings.samples is not None:
+        samples = read_samples(settings.samples, working, storage, cpus)
+        storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
+        if samples.problems:
+            storage.write_text(join_uri(out, "inputs", "sample_problems.csv"),
+                               csv_text(samples.problems, ["file", "row", "sample", "column", "value", "reason"]))
+        log_event(log, "prospect.samples", samples=len(samples), problems=len(samples.problems),
+                  dropped=samples.report["rows_dropped"])
+        bounds = (samples.x.min(), samples.y.min(), samples.x.max(), samples.y.max())
+    rasters = expand_rasters(settings.rasters, storage)
     reference = raster_geometry(settings.grid.reference, storage, settings.grid.crs) if settings.grid.reference else None
-    geometry = target_grid(settings.grid, (samples.x.min(), samples.y.min(), samples.x.max(), samples.y.max()),
-                           reference)
-    deposits = read_points(settings.deposits, working, storage)
+    geometry = target_grid(settings.grid, bounds, reference)
+    deposits = read_sites(settings.deposits, working, storage, "prospect.deposits")
+    if isinstance(settings.deposits, CellLayer):
+        deposits = _one_per_cell(deposits, geometry)
+    barren = None
+    if settings.barren is not None:
+        barren = read_sites(settings.barren, working, storage, "prospect.barren")
     d_rows, d_cols, inside = world_to_cell(geometry, deposits.x, deposits.y)
     outside = [{"deposit": str(i), "x": float(x), "y": float(y)}
                for i, x, y, ok in zip(deposits.ids, deposits.x, deposits.y, inside) if not ok]
@@ -243,7 +275,7 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
         log_event(log, "prospect.deposits_outside_grid", count=len(outside),
                   ids=",".join(o["deposit"] for o in outside[:20]))
         storage.write_text(join_uri(out, "inputs", "deposits_outside_grid.csv"), csv_text(outside, ["deposit", "x", "y"]))
-    return Inputs(samples, geometry, deposits, d_rows, d_cols, inside, outside)
+    return Inputs(samples, geometry, deposits, d_rows, d_cols, inside, outside, rasters, barren)
 
 
 def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage: Storage, out: str,
@@ -251,38 +283,76 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     """IDW of every usable element, rasters and distance-to-line layers on the grid; the study area."""
     geometry = inputs.geometry
     grids = _element_grids(inputs.samples, geometry, settings, cpus)
-    study = np.logical_and.reduce([np.isfinite(g) for g in grids.values()])
+    # without samples the study area is the grid (extent or reference), narrowed by where the layers have values
+    study = (np.logical_and.reduce([np.isfinite(g) for g in grids.values()]) if grids
+             else np.ones((geometry.rows, geometry.cols), bool))
     for element, grid in grids.items():
         write_geotiff(join_uri(out, "evidence", f"{element}.tif"), grid, geometry, nodata=float("nan"),
                       description=json.dumps({"element": element, "log10": settings.idw.log_transform}), storage=storage)
-    layers, categorical, layer_reports = _layer_channels(settings, geometry, working, storage, study, cpus)
+    layers, categorical, layer_reports = _layer_channels(settings, inputs.rasters, geometry, working, storage,
+                                                         study.copy(), cpus)
     for name, channel in layers:
         study &= np.isfinite(channel) | (name in categorical)
+    if not study.any():
+        raise ProspectInputError("no cell of the target grid has a value in every evidence layer; check the "
+                                 "layers' extents and CRSs (summary in the prospect.layer_resampled log lines)")
     names = list(grids) + [n for n, _ in layers]
     data = np.stack([grids[e] for e in grids] + [c for _, c in layers]).astype(np.float32)
     stack = EvidenceStack(names, data, study, categorical)
+    screened_names = {r.name for r in inputs.rasters if r.screen}
+    screened = {name: channel for name, channel in layers if name in screened_names}
     inside, d_rows, d_cols = inputs.inside, inputs.d_rows, inputs.d_cols
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
+    barren_cells = barren_xy = None
+    if inputs.barren is not None:
+        barren_cells, barren_xy = _barren_cells(inputs.barren, geometry, study, deposit_cells)
     return Evidence(grids, layers, layer_reports, stack, study, in_study, deposit_cells,
-                    np.unique(deposit_cells, axis=0), deposit_xy, every)
+                    np.unique(deposit_cells, axis=0), deposit_xy, every, screened, barren_cells, barren_xy)
 
 
-def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray) -> list[dict]:
-    """Element screening of one trial, on its training deposits only (``screening.level``)."""
-    if settings.level is ScreeningLevel.GRID:
-        return screen_elements(evidence.grids, training_cells, settings)
-    training = {tuple(c) for c in np.asarray(training_cells).tolist()}
-    is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
-    values = {element: samples.values[element] for element in evidence.grids}
-    training_xy = evidence.deposit_xy[is_training]
-    used = {tuple(p) for p in training_xy.tolist()}
-    # every other deposit, held out or outside the study area: samples near it are no negatives
-    others = np.array([p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in used], np.float64).reshape(-1, 2)
-    return screen_samples(values, np.column_stack([samples.x, samples.y]), training_xy, others, settings)
+def _barren_cells(barren: Points, geometry: GridGeometry, study: np.ndarray,
+                  deposit_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique in-study barren cells that hold no deposit, every barren site's coordinates); what was left out
+    is logged."""
+    rows, cols, inside = world_to_cell(geometry, barren.x, barren.y)
+    cells = np.unique(np.column_stack([rows[inside], cols[inside]]).astype(np.int64).reshape(-1, 2), axis=0)
+    usable = study[cells[:, 0], cells[:, 1]]
+    on_deposit = np.zeros(study.shape, bool)
+    on_deposit[tuple(np.asarray(deposit_cells, np.int64).reshape(-1, 2).T)] = True
+    conflicting = usable & on_deposit[cells[:, 0], cells[:, 1]]
+    kept = cells[usable & ~conflicting]
+    log_event(log, "prospect.barren", sites=len(barren), outside_grid=int((~inside).sum()), cells=len(cells),
+              outside_study=int((~usable).sum()), on_a_deposit_cell=int(conflicting.sum()), negatives=len(kept))
+    if not len(kept):
+        raise ProspectInputError("prospect.barren: no barren site lies in the study area away from the deposits; "
+                                 "check its extent and CRS, or leave barren out (negatives then come from a lattice)")
+    return kept, np.column_stack([barren.x, barren.y]).astype(np.float64)
+
+
+def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray,
+           negative_cells: np.ndarray | None) -> list[dict]:
+    """Element (and screened-layer) screening of one trial, on its training deposits only: elements at
+    ``screening.level``, raster layers marked ``screen`` on the grid; one decision over all of them.
+    ``negative_cells``: the trial's barren cells (training side), the only negatives when given."""
+    if settings.level is ScreeningLevel.GRID or samples is None:
+        rows = grid_rows(evidence.grids, training_cells, negative_cells)
+    else:
+        training = {tuple(c) for c in np.asarray(training_cells).tolist()}
+        is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
+        values = {element: samples.values[element] for element in evidence.grids}
+        training_xy = evidence.deposit_xy[is_training]
+        used = {tuple(p) for p in training_xy.tolist()}
+        # every other deposit, held out or outside the study area: samples near it are no negatives
+        others = np.array([p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in used],
+                          np.float64).reshape(-1, 2)
+        rows = sample_rows(values, np.column_stack([samples.x, samples.y]), training_xy, others,
+                           settings.sample_radius_m, evidence.barren_xy)
+    rows += grid_rows(evidence.screened, training_cells, negative_cells, level="raster")
+    return decide(rows, settings)
 
 
 def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, storage: Storage, out: str, rng):
@@ -292,7 +362,7 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
     _check_members(settings)
     block = settings.cv.block_cells or 2 * size
     windows = make_windows(study, unique_cells, size, settings.windows.stride, block, settings.windows.buffer,
-                           settings.windows.max_negatives, rng)
+                           settings.windows.max_negatives, rng, evidence.barren_cells)
     folds = spatial_folds(windows, settings.cv.folds, size, study.shape, block)
     trials: dict[int | None, TrialData] = {}
     for fold in folds + [FINAL]:
@@ -300,16 +370,19 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
         train_cells = np.unique(train.deposit[train.labels == 1])
-        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells])
-        kept = [r["element"] for r in screening if r["kept"]]
-        if not kept:
-            log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)
-        channels = kept + [n for n, _ in evidence.layers]
-        if not channels:
-            raise ProspectInputError("no evidence channel left: no element passed screening and no raster or line "
-                                     "layer is configured (lower prospect.screening.critical_z or add layers)")
-        subset = evidence.stack.subset(channels)
         training_cells = study & ~footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
+        barren = evidence.barren_cells
+        if barren is not None:  # the held-out side's barren cells are no training negatives for screening
+            barren = barren[training_cells[barren[:, 0], barren[:, 1]]]
+        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells], barren)
+        kept = [r["element"] for r in screening if r["kept"]]
+        if not kept and screening:
+            log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)
+        channels = kept + [n for n, _ in evidence.layers if n not in evidence.screened]
+        if not channels:
+            raise ProspectInputError("no evidence channel left: nothing passed screening and no unscreened raster or "
+                                     "line layer is configured (lower prospect.screening.critical_z or add layers)")
+        subset = evidence.stack.subset(channels)
         stats = subset.statistics(training_cells)
         padded = subset.normalised(stats, size // 2)
         train_x = extract(padded, train, size)
@@ -328,7 +401,8 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
             screening=screening, balance=report)
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
-                           csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "kept", "reason"]))
+                           csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "level", "kept",
+                                                "reason"]))
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
                   positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
     return windows, folds, trials
@@ -507,11 +581,16 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
         "name": settings.name, "output": out, "grid": {"rows": geometry.rows, "cols": geometry.cols,
                                                         "cell_m": geometry.pixel_width, "epsg": geometry.epsg,
                                                         "transform": list(geometry.transform)},
-        "samples": len(inputs.samples), "sample_problems": len(inputs.samples.problems),
-        "deposits": {"read": len(deposits), "on_grid": int(inputs.inside.sum()),
+        "samples": len(inputs.samples) if inputs.samples is not None else 0,
+        "sample_problems": len(inputs.samples.problems) if inputs.samples is not None else 0,
+        "deposits": {"read": len(deposits), "source": deposits.report.get("file"),
+                     "raster_cells": deposits.report.get("marked_cells"), "on_grid": int(inputs.inside.sum()),
                      "without_coordinates": deposits.report.get("without_coordinates", []),
                      "in_study_area": int(evidence.in_study.sum()),
                      "outside_grid": [o["deposit"] for o in inputs.outside], "outside_study_area": not_in_study},
+        "barren": (None if inputs.barren is None else
+                   {"read": len(inputs.barren), "source": inputs.barren.report.get("file"),
+                    "negative_cells": len(evidence.barren_cells)}),
         "study_cells": int(evidence.study.sum()),
         "windows": {"total": len(windows), "positives": int(windows.labels.sum())},
         "folds": [{"fold": f.index + 1, "train_windows": len(f.train), "test_windows": len(f.test),

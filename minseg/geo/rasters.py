@@ -36,6 +36,39 @@ def local_raster(uri: str, storage: Storage):
         raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None
 
 
+def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[EvidenceRaster]:
+    """The configured layers with each glob ``uri`` replaced by one layer per matched file, named after it.
+
+    Raises:
+        ProspectInputError: a glob matching nothing, or two layers with one name.
+    """
+    import os
+    import re
+
+    from minseg.io.storage import glob_uris, has_glob
+
+    layers = []
+    for index, raster in enumerate(rasters):
+        if not has_glob(raster.uri):
+            layers.append(raster)
+            continue
+        found = glob_uris(raster.uri, storage)
+        if not found:
+            raise ProspectInputError(f"prospect.rasters[{index}].uri: {raster.uri!r} matched no files")
+        for uri in found:
+            stem = os.path.basename(uri.rstrip("/"))
+            stem = re.sub(r"\.(tiff?|img|asc|vrt|nc|grd|bil|flt)$", "", stem, flags=re.IGNORECASE)
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or f"layer{len(layers)}"
+            layers.append(raster.model_copy(update={"uri": uri, "name": name}))
+    names = [layer.name for layer in layers]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        files = [f"{layer.name}: {layer.uri}" for layer in layers if layer.name in twins]
+        raise ProspectInputError(f"prospect.rasters: several layers named {', '.join(twins)} ({'; '.join(files)}); "
+                                 "name them apart")
+    return layers
+
+
 def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeometry, working, storage: Storage,
                         study: np.ndarray | None = None, min_coverage: float = 0.0):
     """The raster's band on the target grid: (float64 array with NaN for nodata, report).

@@ -9,6 +9,11 @@ Two levels (``screening.level``):
   cell where the interpolated element has a value (thousands of them: Z grows with the
   cell count, so more elements pass than on the samples).
 
+Raster layers marked ``screen: true`` (e.g. element grids interpolated elsewhere) are
+screened on the grid whatever the level and compete with the elements for
+``max_elements``. When known barren sites are given they are the only negatives (cells
+holding one, or samples within ``sample_radius_m`` of one).
+
 An element is kept when its Z_AUC reaches the critical value (2.58: the two-sided 99 %
 value of the standard normal, i.e. one-sided 99.5 %; one-sided 99 % is 2.33), strongest
 first, at most ``max_elements``.
@@ -24,26 +29,43 @@ from minseg.geo.config import ScreeningSettings
 from minseg.metrics import auc_z_score, roc_auc
 
 
-def screen_elements(grids: dict[str, np.ndarray], deposit_cells: np.ndarray,
-                    settings: ScreeningSettings) -> list[dict]:
-    """Grid level. One row per element: auc, z_auc, positives, negatives, kept, reason.
-    ``deposit_cells``: (n, 2) row, col of the training deposits."""
-    cells = np.unique(np.asarray(deposit_cells, np.int64).reshape(-1, 2), axis=0)
-    at_deposit = np.zeros(next(iter(grids.values())).shape, bool) if grids else None
-    if grids and len(cells):
-        at_deposit[cells[:, 0], cells[:, 1]] = True
-    values = {element: (grid.ravel(), at_deposit.ravel()) for element, grid in grids.items()}
-    return _screen(values, settings)
+def grid_rows(grids: dict[str, np.ndarray], deposit_cells: np.ndarray, negative_cells: np.ndarray | None = None,
+              level: str = "grid") -> list[dict]:
+    """Grid level, undecided rows (see ``decide``). ``deposit_cells``: (n, 2) row, col of the training deposits;
+    ``negative_cells``: (m, 2) known barren cells, the only negatives when given (else every other cell)."""
+    if not grids:
+        return []
+    shape = next(iter(grids.values())).shape
+    at_deposit = _cell_mask(shape, deposit_cells)
+    usable = None if negative_cells is None else (at_deposit | _cell_mask(shape, negative_cells)).ravel()
+    values = {element: (grid.ravel(), at_deposit.ravel()) if usable is None
+              else (grid.ravel()[usable], at_deposit.ravel()[usable]) for element, grid in grids.items()}
+    return score_rows(values, level)
 
 
-def screen_samples(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
-                   held_out_xy: np.ndarray, settings: ScreeningSettings) -> list[dict]:
-    """Sample level (the paper). ``values[element]``: (n,) per sample, NaN where unusable; ``sample_xy``
-    (n, 2), ``training_xy`` / ``held_out_xy`` (m, 2) deposit coordinates in the same CRS (metres)."""
+def _cell_mask(shape: tuple[int, int], cells) -> np.ndarray:
+    cells = np.asarray(cells, np.int64).reshape(-1, 2)
+    mask = np.zeros(shape, bool)
+    mask[cells[:, 0], cells[:, 1]] = True
+    return mask
+
+
+def screen_elements(grids: dict[str, np.ndarray], deposit_cells: np.ndarray, settings: ScreeningSettings,
+                    negative_cells: np.ndarray | None = None) -> list[dict]:
+    """Grid level, decided: one row per element (auc, z_auc, positives, negatives, level, kept, reason)."""
+    return decide(grid_rows(grids, deposit_cells, negative_cells), settings)
+
+
+def sample_rows(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
+                held_out_xy: np.ndarray, radius: float, barren_xy: np.ndarray | None = None) -> list[dict]:
+    """Sample level (the paper), undecided rows. ``values[element]``: (n,) per sample, NaN where unusable;
+    ``sample_xy`` (n, 2), ``training_xy`` / ``held_out_xy`` / ``barren_xy`` (m, 2) site coordinates in the same
+    CRS (metres). Positives: samples within ``radius`` of a training deposit; negatives: the others, except those
+    near a held-out deposit (they would be negatives that are not) — or, with ``barren_xy``, only those near a
+    barren site."""
     from scipy.spatial import cKDTree
 
     sample_xy = np.asarray(sample_xy, np.float64).reshape(-1, 2)
-    radius = settings.sample_radius_m
 
     def near(points) -> np.ndarray:
         points = np.asarray(points, np.float64).reshape(-1, 2)
@@ -53,23 +75,38 @@ def screen_samples(values: dict[str, np.ndarray], sample_xy: np.ndarray, trainin
         return distance <= radius
 
     positive = near(training_xy)
-    usable = ~(near(held_out_xy) & ~positive)
-    return _screen({element: (v[usable], positive[usable]) for element, v in values.items()}, settings)
+    usable = ~(near(held_out_xy) & ~positive) if barren_xy is None else positive | near(barren_xy)
+    return score_rows({element: (v[usable], positive[usable]) for element, v in values.items()}, "samples")
 
 
-def _screen(values: dict[str, tuple[np.ndarray, np.ndarray]], settings: ScreeningSettings) -> list[dict]:
-    """Rows from (values, is-positive) per element: AUC, Z_AUC (Eq. 1-3) and the keep decision."""
+def screen_samples(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
+                   held_out_xy: np.ndarray, settings: ScreeningSettings, barren_xy: np.ndarray | None = None) -> list[dict]:
+    """Sample level, decided (``sample_rows`` then ``decide``)."""
+    return decide(sample_rows(values, sample_xy, training_xy, held_out_xy, settings.sample_radius_m, barren_xy),
+                  settings)
+
+
+def score_rows(values: dict[str, tuple[np.ndarray, np.ndarray]], level: str) -> list[dict]:
+    """Rows from (values, is-positive) per element or layer: AUC and Z_AUC (Eq. 1-3); ``level`` says where they
+    were measured (samples, grid, raster)."""
     rows = []
     for element, (value, at_deposit) in values.items():
         valid = np.isfinite(value)
         positive = at_deposit & valid
         positives, negatives = int(positive.sum()), int((valid & ~positive).sum())
-        row = {"element": element, "auc": None, "z_auc": None, "positives": positives, "negatives": negatives}
+        row = {"element": element, "auc": None, "z_auc": None, "positives": positives, "negatives": negatives,
+               "level": level}
         if positives and negatives:
             auc = roc_auc(value[valid], positive[valid])
             z = auc_z_score(auc, positives, negatives)
             row.update(auc=round(auc, 4), z_auc=round(z, 3) if math.isfinite(z) else z)
         rows.append(row)
+    return rows
+
+
+def decide(rows: list[dict], settings: ScreeningSettings) -> list[dict]:
+    """The keep decision over every candidate together (elements and screened layers compete for
+    ``max_elements``): significant by Z_AUC, strongest first; ``always`` kept."""
     significant = [r for r in rows if r["z_auc"] is not None and
                    (r["z_auc"] >= settings.critical_z or (settings.two_sided and r["z_auc"] <= -settings.critical_z))]
     significant.sort(key=lambda r: -abs(r["z_auc"]))
@@ -92,11 +129,13 @@ def _screen(values: dict[str, tuple[np.ndarray, np.ndarray]], settings: Screenin
 
 def format_table(rows: list[dict]) -> str:
     """The screening table as aligned text, for the log and the terminal."""
-    lines = [f"{'element':<10}{'AUC':>8}{'Z_AUC':>9}{'positives':>10}{'negatives':>10}  kept  reason"]
+    width = max([10] + [len(r["element"]) + 2 for r in rows])
+    lines = [f"{'element':<{width}}{'AUC':>8}{'Z_AUC':>9}{'positives':>10}{'negatives':>10}  {'level':<8}kept  reason"]
     for r in rows:
         auc = f"{r['auc']:.3f}" if r["auc"] is not None else "-"
         z = f"{r['z_auc']:.2f}" if r["z_auc"] is not None else "-"
-        lines.append(f"{r['element']:<10}{auc:>8}{z:>9}{r['positives']:>10}{r['negatives']:>10}  "
+        lines.append(f"{r['element']:<{width}}{auc:>8}{z:>9}{r['positives']:>10}{r['negatives']:>10}  "
+                     f"{r.get('level', ''):<8}"
                      f"{'yes' if r['kept'] else 'no ':<4}  "
                      f"{r['reason']}")
     return "\n".join(lines)

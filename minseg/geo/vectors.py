@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minseg.geo.config import LineLayer, PointLayer, ProspectInputError, first_line
+from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
 from minseg.geo.samples import as_float, local_vector
@@ -105,6 +105,52 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
                   ids=",".join(unlocated[:20]))
     return points
 
+
+
+def read_cells(settings: CellLayer, working, storage: Storage, key: str) -> Points:
+    """Sites at the centres of a raster's marked cells (value neither 0 nor nodata), in the working CRS.
+
+    Ids are ``r<row>c<col>`` of the source raster (0-based). Raises ProspectInputError: unreadable raster, no such
+    band, or no marked cell.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from minseg.geo.rasters import local_raster
+
+    with local_raster(settings.raster, storage) as path:
+        try:
+            source = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise ProspectInputError(f"{key}: {settings.raster}: not a readable raster ({exc})") from None
+        with source:
+            if settings.band > source.count:
+                raise ProspectInputError(f"{key}.band: {settings.raster} has {source.count} band(s)")
+            recorded = parse_crs(source.crs.to_wkt(), settings.raster) if source.crs else None
+            crs = input_crs(recorded, settings.crs, settings.raster, f"{key}.crs")
+            band = source.read(settings.band)
+            valid = source.read_masks(settings.band) > 0 if settings.nodata is None else band != settings.nodata
+            marked = valid & (band != 0) & ~np.isnan(band.astype(np.float64))
+            rows, cols = np.nonzero(marked)
+            x, y = rasterio.transform.xy(source.transform, rows, cols, offset="center")
+            values = np.unique(band[marked])
+    if not len(rows):
+        raise ProspectInputError(f"{key}: {settings.raster} marks no cell (every cell is 0 or nodata)")
+    x, y = to_working(np.asarray(x, np.float64), np.asarray(y, np.float64), crs, working)
+    ids = np.array([f"r{r}c{c}" for r, c in zip(rows, cols)], object)
+    points = Points(ids, x, y)
+    points.report = {"file": settings.raster, "marked_cells": len(points), "values": values[:10].tolist(),
+                     "without_coordinates": []}
+    log_event(log, "prospect.sites_from_raster", key=key, file=settings.raster, cells=len(points),
+              values=",".join(f"{v:g}" for v in values[:10]))
+    return points
+
+
+def read_sites(settings: PointLayer | CellLayer, working, storage: Storage, key: str) -> Points:
+    """Deposits or barren sites: points from a vector file / CSV, or the centres of a raster's marked cells."""
+    if isinstance(settings, CellLayer):
+        return read_cells(settings, working, storage, key)
+    return read_points(settings, working, storage, key)
 
 
 def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list[np.ndarray]:

@@ -90,21 +90,34 @@ def block_ids(rows: np.ndarray, cols: np.ndarray, block: int, grid_cols: int) ->
 
 
 def make_windows(study: np.ndarray, deposit_cells: np.ndarray, size: int, stride: int, block: int,
-                 negative_buffer: int, max_negatives: int | None, rng: np.random.Generator) -> Windows:
-    """Positives centred on each deposit cell; negatives on a lattice, away from every deposit given.
+                 negative_buffer: int, max_negatives: int | None, rng: np.random.Generator,
+                 negative_cells: np.ndarray | None = None) -> Windows:
+    """Positives centred on each deposit cell; negatives on a lattice, away from every deposit given — or, when
+    ``negative_cells`` (known barren cells) are given, centred on those (in the study area, not on a deposit
+    cell; no buffer: the user's barren call is trusted).
 
     ``deposit_cells``: (n, 2) grid row/col of the deposits that may label windows (inside the grid).
     """
     rows, cols = study.shape
-    offset = stride // 2
-    lattice_r, lattice_c = np.meshgrid(np.arange(offset, rows, stride), np.arange(offset, cols, stride), indexing="ij")
-    lattice_r, lattice_c = lattice_r.ravel(), lattice_c.ravel()
-    keep = study[lattice_r, lattice_c]
-    if len(deposit_cells):
-        near = np.zeros(len(lattice_r), bool)
-        for dr, dc in deposit_cells:
-            near |= (np.abs(lattice_r - dr) <= negative_buffer) & (np.abs(lattice_c - dc) <= negative_buffer)
-        keep &= ~near
+    if negative_cells is not None:
+        candidates = np.asarray(negative_cells, np.int64).reshape(-1, 2)
+        lattice_r, lattice_c = candidates[:, 0], candidates[:, 1]
+        keep = study[lattice_r, lattice_c]
+        if len(deposit_cells):
+            on_deposit = np.zeros(study.shape, bool)
+            on_deposit[tuple(np.asarray(deposit_cells, np.int64).reshape(-1, 2).T)] = True
+            keep &= ~on_deposit[lattice_r, lattice_c]
+    else:
+        offset = stride // 2
+        lattice_r, lattice_c = np.meshgrid(np.arange(offset, rows, stride), np.arange(offset, cols, stride),
+                                           indexing="ij")
+        lattice_r, lattice_c = lattice_r.ravel(), lattice_c.ravel()
+        keep = study[lattice_r, lattice_c]
+        if len(deposit_cells):
+            near = np.zeros(len(lattice_r), bool)
+            for dr, dc in deposit_cells:
+                near |= (np.abs(lattice_r - dr) <= negative_buffer) & (np.abs(lattice_c - dc) <= negative_buffer)
+            keep &= ~near
     neg_r, neg_c = lattice_r[keep], lattice_c[keep]
     if max_negatives is not None and len(neg_r) > max_negatives:
         chosen = np.sort(rng.choice(len(neg_r), max_negatives, replace=False))
