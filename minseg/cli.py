@@ -83,6 +83,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    """A selected ensemble on a labelled set it was not trained or selected on."""
+    from minseg.data.config import DataSettings
+    from minseg.ensemble.config import ScoreSettings
+    from minseg.ensemble.score import score_ensemble
+
+    config = _load(args)
+    updates = {"manifest": args.manifest, "split": args.split, "output_uri": args.out}
+    current = (config.score or ScoreSettings()).model_dump()
+    config.score = ScoreSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
+    if args.data:  # folders given on the command line replace data.sources (layouts auto-detected)
+        sources = [{"uri": uri} for uri in args.data]
+        config.data = (DataSettings(sources=sources) if config.data is None
+                       else config.data.model_copy(update={"sources": DataSettings(sources=sources).sources}))
+    result = score_ensemble(config)
+    print(f"score -> {result.output} ({result.images} images scored, {result.quarantined} quarantined)")
+    return 0
+
+
 def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
     from minseg.ensemble.manifest import write_manifest
@@ -354,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--pixel-size-um", type=float, help="µm per pixel (default: the map's own, if any)")
     measure.add_argument("--out", help="output folder or s3:// prefix (default: measure.output_uri)")
     measure.set_defaults(func=cmd_measure)
+
+    score = sub.add_parser("score", help="score a selected ensemble (its manifest) on a new labelled set: same "
+                           "tiling and fusion, the full report")
+    _add_config_options(score)
+    score.add_argument("--manifest", help="ensemble manifest from evaluate / select (instead of score.manifest)")
+    score.add_argument("--data", action="append", metavar="URI",
+                       help="labelled set: folder or archive, local or s3:// (repeatable; instead of data.sources; "
+                            "classes default to the manifest's)")
+    score.add_argument("--split", choices=["all", "train", "val", "test"],
+                       help="all (default): every labelled item; or that split of data.split")
+    score.add_argument("--out", help="output folder or s3:// prefix (default: <run>/score/<score.name>)")
+    score.set_defaults(func=cmd_score)
 
     prospect = sub.add_parser("prospect", help="map mineral prospectivity: samples + evidence -> MFAF ensemble -> "
                               "maps, curves and ranked targets")

@@ -84,6 +84,15 @@ class SplitGroup(StrEnum):
     SCENE = "scene"
 
 
+class ScoreSplit(StrEnum):
+    """What ``minseg score`` scores: every labelled item of the data (a new test set), or one of its splits."""
+
+    ALL = "all"
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
 class MaskEncoding(StrEnum):
     CODES = "codes"  # pixel values (grey or palette index) are class codes
     COLORS = "colors"  # RGB masks: each class has a colour

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from minseg.config.base import StrictModel
 from minseg.data.config import DataSettings
-from minseg.ensemble.config import EvaluationSettings
+from minseg.ensemble.config import EvaluationSettings, ScoreSettings
 from minseg.geo.config import ProspectSettings
 from minseg.inference.config import MeasureSettings, SegmentSettings
 from minseg.io.config import StorageSettings
@@ -42,6 +42,7 @@ class MinsegConfig(StrictModel):
     data: DataSettings | None = None
     training: TrainingSettings | None = None
     evaluation: EvaluationSettings | None = None
+    score: ScoreSettings | None = None
     segment: SegmentSettings | None = None
     mineralogy: MineralogySettings = MineralogySettings()  # how segment and measure measure label maps
     measure: MeasureSettings | None = None

@@ -309,8 +309,6 @@ def _read_lists(lists: dict[str, str], storage: Storage) -> dict[str, set[str]]:
 def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, work_uri: str,
                  task_cpus: float = 0.5) -> PreparedData:
     """List, split and scan the sources (see module doc)."""
-    import ray
-
     items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), task)
     classmap = _resolve_classmap(data, task, folder_names)
     split_seed = data.split.seed if data.split.seed is not None else seed
@@ -333,19 +331,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     if not items:
         raise DataError("no usable items in any source", quarantine)
 
-    scanned = (
-        ray.data.from_items(items, override_num_blocks=min(len(items), 200))
-        .map(lambda item: scan_item(item, classmap, data, task, storage), num_cpus=task_cpus)
-        .take_all()
-    )
-    by_id = {row["item_id"]: row for row in scanned}
-    good: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    for item in items:
-        row = by_id[item["item_id"]]
-        if row["error"]:
-            quarantine.append(Rejected(item["where"], row["error"]))
-            continue
-        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"]})
+    good, by_id = _scan_items(items, classmap, data, task, storage, task_cpus, quarantine)
     if not good["train"]:
         raise DataError("no usable training items; every candidate was rejected", quarantine)
 
@@ -360,6 +346,63 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds)
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
+    return prepared
+
+
+def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task: Task, storage: Storage,
+                task_cpus: float, quarantine: list[Rejected]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Every item opened once (a Ray task each): (usable items per split with size and tile count, scan rows by
+    item id); an item that cannot be used goes to ``quarantine`` with why."""
+    import ray
+
+    scanned = (
+        ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        .map(lambda item: scan_item(item, classmap, data, task, storage), num_cpus=task_cpus)
+        .take_all()
+    )
+    by_id = {row["item_id"]: row for row in scanned}
+    good: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for item in items:
+        row = by_id[item["item_id"]]
+        if row["error"]:
+            quarantine.append(Rejected(item["where"], row["error"]))
+            continue
+        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"]})
+    return good, by_id
+
+
+def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, storage: Storage, work_uri: str,
+                         normalization: dict[str, list[float]], task_cpus: float = 0.5) -> PreparedData:
+    """A labelled set to score a trained ensemble on, every scored item in the ``test`` split.
+
+    ``split`` None: every usable item of the sources (a new, external test set; ``data.split`` is not used);
+    ``train`` / ``val`` / ``test``: that split of ``data.split`` (e.g. the test split of another dataset's
+    recipe). ``normalization`` is the ensemble's (recorded in the result, never measured here).
+
+    Raises:
+        DataError: no usable labelled item (the quarantine says why each was refused).
+        InputError: no class map, a layout for another task.
+    """
+    if split is not None:
+        prepared = prepare_data(data, Task.SEGMENTATION, seed, storage, work_uri, task_cpus)
+        chosen = prepared.splits[split]
+        if not chosen:
+            raise DataError(f"the {split} split of the data is empty: nothing to score", prepared.quarantine)
+        return PreparedData(Task.SEGMENTATION, prepared.classmap, {"train": [], "val": [], "test": chosen},
+                            prepared.quarantine, {"test": prepared.stats[split]}, normalization, data.tiling,
+                            data.limits)
+    items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), Task.SEGMENTATION)
+    classmap = _resolve_classmap(data, Task.SEGMENTATION, folder_names)
+    for item in items:
+        item["split"] = "test"
+    good, by_id = _scan_items(items, classmap, data, Task.SEGMENTATION, storage, task_cpus, quarantine) \
+        if items else ({s: [] for s in SPLITS}, {})
+    if not good["test"]:
+        raise DataError("no usable labelled items in any source", quarantine)
+    stats = _split_stats(items, by_id, classmap, good)
+    prepared = PreparedData(Task.SEGMENTATION, classmap, good, quarantine, {"test": stats["test"]}, normalization,
+                            data.tiling, data.limits)
+    log_event(log, "data.prepared_for_scoring", items=len(good["test"]), quarantined=len(quarantine))
     return prepared
 
 

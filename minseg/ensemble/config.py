@@ -6,7 +6,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
-from minseg.enums import TTA, Blend, FusionMode, SelectionRule
+from minseg.enums import TTA, Blend, FusionMode, ScoreSplit, SelectionRule
 from minseg.io.storage import absolute_uri, join_uri
 
 
@@ -93,3 +93,24 @@ class EvaluationSettings(StrictModel):
     def output_uri(self, run_uri: str) -> str:
         """Where an evaluation writes its reports and ``manifest.json``: ``<evaluated run>/evaluation/<name>``."""
         return join_uri(self.evaluated_run(run_uri), "evaluation", self.name)
+
+
+class ScoreSettings(StrictModel):
+    """``minseg score``: a selected ensemble (its manifest) on a labelled set, with the manifest's members, fusion,
+    TTA, tiling, scale and normalisation unchanged; the data comes from the config's ``data`` section (its
+    ``classes`` default to the manifest's)."""
+
+    manifest: str | None = Field(None, description="ensemble manifest (path or s3://), from evaluate or select")
+    split: ScoreSplit = Field(ScoreSplit.ALL, description="all: every labelled item of the data (an external test "
+                              "set; data.split is not used); train / val / test: that split of data.split")
+    members: bool = Field(True, description="also score each member alone (members table, per-class comparison)")
+    name: str = Field("score", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/score/<name>")
+    actors: int = Field(1, ge=1, description="inference actors (each holds every member)")
+    cpus_per_actor: float = Field(0.5, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1, description="tiles per forward pass")
+    overlays: int = Field(3, ge=0, description="images drawn as image / truth / best member / ensemble")
+
+    def output(self, run_uri: str) -> str:
+        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "score", self.name)

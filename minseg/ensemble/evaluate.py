@@ -169,7 +169,7 @@ def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> Imag
     return ImageScores.from_rows(rows)
 
 
-def _metrics_for(rows: ImageScores, index: int, class_names) -> dict:
+def metrics_for(rows: ImageScores, index: int, class_names) -> dict:
     matrix = rows.confusion[:, index].sum(axis=0)
     metrics = metrics_from_confusion(matrix, class_names)
     metrics["confusion"] = matrix.tolist()
@@ -253,7 +253,7 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     sample = max(1, settings.weight_fit_pixels // max(1, len(prepared.splits[split])))
     spec.sample_per_image = sample if wants_learned else 0
     rows = run_pass(prepared.splits[split], spec, f"rank members ({split})")
-    metrics = {m.name: _metrics_for(rows, i, names) for i, m in enumerate(members)}
+    metrics = {m.name: metrics_for(rows, i, names) for i, m in enumerate(members)}
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
     pool = [name for name in order if settings.voters is None or name in settings.voters]
@@ -275,17 +275,24 @@ def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSp
     spec.candidates, spec.sample_per_image = ensembles, 0
     spec.preview_ids = tuple(i["item_id"] for i in prepared.splits["test"][: spec.settings.overlays])
     rows = run_pass(prepared.splits["test"], spec, "score ensembles (test)")
+    previews = [preview for preview in rows.preview if preview is not None]
+    return scored_candidates(rows, members, ensembles, names), previews
+
+
+def scored_candidates(rows: ImageScores, members: list[MemberRef], ensembles: list[Candidate],
+                      class_names: list[str]) -> list[Candidate]:
+    """Every member alone (first, as ``member:<name>``) then each of ``ensembles`` (in the pass's order), with
+    metrics from the summed confusion matrices and time per image (TPI: its members' + its fusion's)."""
     member_tpi = np.mean(np.stack(rows.member_seconds), axis=0)
     fusion_tpi = np.mean(np.stack(rows.fusion_seconds), axis=0)
     position = {m.name: i for i, m in enumerate(members)}
-    scored = [Candidate(f"{MEMBER_PREFIX}{m.name}", [m.name], None, [1], _metrics_for(rows, i, names),
+    scored = [Candidate(f"{MEMBER_PREFIX}{m.name}", [m.name], None, [1], metrics_for(rows, i, class_names),
                         float(member_tpi[i])) for i, m in enumerate(members)]
     for j, candidate in enumerate(ensembles):
-        candidate.metrics = _metrics_for(rows, len(members) + j, names)
+        candidate.metrics = metrics_for(rows, len(members) + j, class_names)
         candidate.tpi = float(sum(member_tpi[position[n]] for n in candidate.members) + fusion_tpi[j])
         scored.append(candidate)
-    previews = [preview for preview in rows.preview if preview is not None]
-    return scored, previews
+    return scored
 
 
 @dataclass

@@ -37,7 +37,10 @@ def _key_class(key: str) -> str | None:
     return key.partition(":")[2] or None
 
 
-def build_tables(document: dict, train_stats: dict, baselines: list[str] | None) -> dict[str, list[dict]]:
+def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
+                 stats_label: str = "train") -> dict[str, list[dict]]:
+    """The report's tables from an evaluation (or score) document; ``train_stats``: the class statistics shown
+    beside the per-class IoU, headed ``stats_label`` (the training split's, or the scored set's)."""
     key = document["rank_key"]
     cls = _key_class(key)
     names = [c["name"] for c in document["classes"]["classes"]]
@@ -76,8 +79,8 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None)
         for label, candidate in columns:
             if candidate is not None:
                 row[f"{label} ({candidate['key'].split(':')[-1]}) IoU"] = candidate["metrics"]["iou"][index]
-        row["train particles"] = train_stats.get("classes", {}).get(name, {}).get("particles", 0)
-        row["train pixel share"] = train_stats.get("classes", {}).get(name, {}).get("pixel_share", 0.0)
+        row[f"{stats_label} particles"] = train_stats.get("classes", {}).get(name, {}).get("particles", 0)
+        row[f"{stats_label} pixel share"] = train_stats.get("classes", {}).get(name, {}).get("pixel_share", 0.0)
         table6.append(row)
     comparison = [c for c in members if model_of[c["members"][0]] in COMPARISON_MODELS]
     table7 = [{"model": label, "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"], "F1 (paper)": c["metrics"]["F1_paper"],
@@ -92,8 +95,11 @@ def _value(metrics: dict, key: str) -> float:
     return float("-inf") if math.isnan(value) else value
 
 
-def write_reports(document: dict, prepared, previews: list[dict], out: str, storage: Storage, settings) -> dict:
-    tables = build_tables(document, prepared.stats.get("train", {}), settings.baselines)
+def write_reports(document: dict, prepared, previews: list[dict], out: str, storage: Storage, settings,
+                  stats_split: str = "train", stats_label: str = "train", footer: str | None = None) -> dict:
+    """Tables (CSV + Markdown, printed), ``reports.json`` and the figures under ``out``; the last line printed is
+    ``footer`` (default: the selection and its manifest)."""
+    tables = build_tables(document, prepared.stats.get(stats_split, {}), settings.baselines, stats_label)
     printed = []
     for name, rows in tables.items():
         if not rows:
@@ -105,7 +111,7 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
     storage.write_text(join_uri(out, "reports.json"), json.dumps(tables, indent=2, default=float))
     _figures(document, tables, previews, out, storage)
     print("".join(printed))
-    print(f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
+    print(footer or f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
     return tables
 
 

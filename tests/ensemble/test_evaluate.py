@@ -188,3 +188,82 @@ def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_r
     config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
     with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
         evaluate_ensemble(config)
+
+
+# ------------------------------------------------------------------ minseg score: a manifest on another labelled set
+
+
+@pytest.fixture(scope="module")
+def wv_manifest(evaluation):
+    """A three-member weighted-vote ensemble chosen from the evaluation (the tiny run's selection may be one
+    member)."""
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    assert main(["select", folder, "--candidate", "RUEL-3-WV", "--name", "score-wv"]) == 0
+    return f"{folder}/manifest-score-wv.json"
+
+
+def test_score_on_the_runs_own_test_split_repeats_the_evaluation(trained_run, evaluation, wv_manifest):
+    """Same tiling, fusion and normalisation as the manifest: on the test split the evaluation scored, every
+    member's and the ensemble's confusion matrices are exactly the evaluation's."""
+    from minseg.ensemble.config import ScoreSettings
+    from minseg.ensemble.score import score_ensemble
+
+    config = copy.deepcopy(trained_run)
+    config.score = ScoreSettings(manifest=wv_manifest, split="test", name="own-test", overlays=0, cpus_per_actor=0.25)
+    result = score_ensemble(config)
+    before = {c.key: c for c in evaluation.candidates}
+    scored = {c["key"]: c for c in result.document["candidates"]}
+    assert result.selected.key == "RUEL-3-WV" and set(scored) == {"RUEL-3-WV", "member:resunet", "member:vgg",
+                                                                  "member:halfunet"}
+    for key, candidate in scored.items():
+        assert candidate["metrics"]["confusion"] == before[key].metrics["confusion"], key
+    assert result.document["test_items"] == evaluation.document["test_items"]
+    assert result.document["at_selection"]["miou"] == pytest.approx(before["RUEL-3-WV"].metrics["miou"])
+
+
+def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_path, capsys):
+    """An external labelled set (never split, classes from the manifest): every item scored but a broken one,
+    which is quarantined; the full report beside score.json."""
+    from minseg.synth.config import SectionsSynth
+    from minseg.synth.dataset import write_section_dataset
+
+    new = tmp_path / "new-sections"
+    write_section_dataset(str(new), SectionsSynth(count=3, height=80, width=80), seed=11, task_cpus=0.25)
+    (new / "images" / "broken.png").write_bytes(b"not a png")
+    (new / "masks" / "broken.png").write_bytes(b"not a png either")
+    out = tmp_path / "score"
+    capsys.readouterr()
+    assert main(["score", "--manifest", wv_manifest, "--data", str(new), "--out", str(out),
+                 "--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images scored, 1 quarantined" in printed and "RUEL-3-WV on 3 image(s)" in printed
+    document = json.loads((out / "score.json").read_text())
+    assert document["images"] == 3 and document["quarantined"] == 1 and document["split"] == "all"
+    assert document["selected"] == "RUEL-3-WV" and document["data"] == [str(new)]
+    ensemble = next(c for c in document["candidates"] if c["key"] == "RUEL-3-WV")
+    assert np.asarray(ensemble["metrics"]["confusion"]).sum() == 3 * 80 * 80  # every pixel of every image, once
+    assert len(ensemble["metrics"]["iou"]) == 9
+    assert "broken" in (out / "data" / "quarantine.csv").read_text()
+    table6 = json.loads((out / "reports.json").read_text())["table6_per_class"]
+    assert "scored particles" in table6[0] and "train particles" not in table6[0]
+    for name in ("table4_members.csv", "table5_ensembles.md", "iou_per_class.png", "confusion_selected.png"):
+        assert (out / name).exists(), name
+    assert len(list(out.glob("overlay_*.png"))) == 3
+
+
+def test_score_refuses_other_classes_and_a_missing_manifest(wv_manifest, synthetic_sections, tmp_path, capsys):
+    import yaml
+
+    config = {"data": {"sources": [{"uri": str(synthetic_sections)}],
+                       "classes": {"classes": [{"name": "background"}, {"name": "ore"}]}},
+              "score": {"manifest": wv_manifest}}
+    path = tmp_path / "score.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["score", "-c", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "data.classes names ['background', 'ore'] differ from the ensemble's classes" in err
+    assert "Traceback" not in err
+    assert main(["score", "--manifest", str(tmp_path / "none.json"), "--data", str(synthetic_sections)]) == 2
+    assert "no such ensemble manifest" in capsys.readouterr().err
+    assert main(["score", "--data", str(synthetic_sections)]) == 2
+    assert "score needs the ensemble's manifest" in capsys.readouterr().err

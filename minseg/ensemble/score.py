@@ -1,0 +1,158 @@
+"""Score a selected ensemble on a labelled set it was not trained or selected on (``minseg score``).
+
+The ensemble is applied exactly as ``segment`` applies it: the manifest's members, fusion mode
+and weights, TTA, tiling, scale and normalisation. Every member is scored alone on the same
+pass (the fusion needs their probabilities anyway), so the report compares the ensemble with
+its best member on the new set, as the evaluation report does on the training run's test split:
+
+1. the data (the config's ``data`` section; its ``classes`` default to the manifest's): every
+   labelled item (``score.split: all``) or one split of ``data.split``; unusable items are
+   quarantined (``data/quarantine.csv``) and the others scored;
+2. one pass of the evaluation actor pool (``evaluate.run_pass``): a confusion matrix per image
+   for every member and for the ensemble;
+3. ``score.json`` (metrics, per-class IoU, confusion matrices, and the metrics the manifest
+   recorded at selection beside them), the evaluation report's tables and figures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+
+from minseg.config.schema import MinsegConfig
+from minseg.data.config import ClassMapSettings, DataSettings
+from minseg.data.pipeline import prepare_scoring_data, write_data_reports
+from minseg.enums import ScoreSplit
+from minseg.ensemble.config import EvaluationSettings, ScoreSettings
+from minseg.ensemble.evaluate import PassSpec, run_pass, scored_candidates
+from minseg.ensemble.manifest import EnsembleManifest, load_manifest
+from minseg.ensemble.runtime import MemberRef
+from minseg.ensemble.selection import MEMBER_PREFIX, Candidate, rank_members
+from minseg.errors import InputError
+from minseg.io.storage import Storage, join_uri
+from minseg.logs import get_logger, log_event
+from minseg.metrics import metric_value
+from minseg.preflight import job_paths
+from minseg.runtime import init_ray
+
+log = get_logger("ensemble.score")
+
+
+@dataclass
+class ScoreResult:
+    """What ``score_ensemble`` produced; ``document`` is ``score.json`` as written (last)."""
+
+    output: str
+    selected: Candidate
+    best_member: Candidate
+    images: int
+    quarantined: int
+    document: dict
+
+
+def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: str) -> DataSettings:
+    """The data section to score with: its classes the manifest's (given or checked), its scale the manifest's.
+
+    Raises:
+        InputError: no data section; classes named differently from the ensemble's.
+    """
+    if data is None:
+        raise InputError("score needs a labelled set: a 'data' section with sources (or --data FOLDER)")
+    names = [c["name"] for c in manifest.classes["classes"]]
+    if data.classes is None:
+        classes = ClassMapSettings.model_validate({
+            "classes": [{"name": c["name"], "codes": c["codes"], "color": c["color"]}
+                        for c in manifest.classes["classes"]],
+            "ignore_index": manifest.classes["ignore_index"],
+            "ignore_codes": manifest.classes.get("ignore_codes", []),
+            "mask_encoding": manifest.classes.get("mask_encoding", "codes")})
+    else:
+        given = [c.name for c in data.classes.classes]
+        if given != names:
+            raise InputError(f"data.classes names {given} differ from the ensemble's classes {names} ({where}): the "
+                             "ensemble predicts its own classes; list the same names in the same order (their mask "
+                             "codes may differ), or leave data.classes out to use the manifest's")
+        classes = data.classes
+    if data.tiling.scale != manifest.tiling.scale:  # images are seen at the scale the members were selected at
+        log_event(log, "score.scale_from_manifest", data_scale=data.tiling.scale, manifest_scale=manifest.tiling.scale)
+    tiling = data.tiling.model_copy(update={"scale": manifest.tiling.scale})
+    return data.model_copy(update={"classes": classes, "tiling": tiling})
+
+
+def ensemble_candidate(manifest: EnsembleManifest) -> Candidate:
+    """The manifest's selection as a candidate: its recorded key (``ruel3-wv``, ``member:x``), members in rank
+    order, fusion mode and weights."""
+    names = [m.name for m in manifest.members]
+    key = manifest.selection.get("candidate") or (f"{MEMBER_PREFIX}{names[0]}" if len(names) == 1
+                                                   else f"{manifest.fusion.mode.value}-{len(names)}")
+    mode = None if key.startswith(MEMBER_PREFIX) else manifest.fusion.mode
+    return Candidate(key, names, mode, list(manifest.fusion.weights))
+
+
+def score_ensemble(config: MinsegConfig) -> ScoreResult:
+    """The score job (module doc).
+
+    Raises:
+        InputError: no manifest or data, a manifest that does not load (missing or changed checkpoints), classes
+            that differ, no usable labelled item.
+    """
+    from minseg.ensemble.reports import write_reports
+
+    started = time.monotonic()
+    settings = config.score or ScoreSettings()
+    if not settings.manifest:
+        raise InputError("score needs the ensemble's manifest: score.manifest in the config, or --manifest URI")
+    storage = Storage(config.storage)
+    manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
+    data = scoring_data(config.data, manifest, settings.manifest)
+    out = settings.output(config.run.uri)
+    init_ray(config.ray, job_paths([data, settings.manifest], [out]))
+    split = None if settings.split is ScoreSplit.ALL else str(settings.split)
+    prepared = prepare_scoring_data(data, split, config.run.seed, storage, join_uri(out, "data"),
+                                    manifest.normalization, config.ray.task_cpus)
+    write_data_reports(prepared, join_uri(out, "data"), storage)
+
+    members = [MemberRef.of(m) for m in manifest.members]
+    selected = ensemble_candidate(manifest)
+    fused = [] if selected.is_member else [selected]
+    pass_settings = EvaluationSettings(tta=manifest.fusion.tta, actors=settings.actors,
+                                       cpus_per_actor=settings.cpus_per_actor, gpus_per_actor=settings.gpus_per_actor,
+                                       batch_size=settings.batch_size, overlays=settings.overlays)
+    items = prepared.splits["test"]
+    spec = PassSpec(members, prepared.classmap, data, storage, manifest.tiling, manifest.normalization,
+                    pass_settings, candidates=fused, preview_ids=tuple(i["item_id"] for i in items[: settings.overlays]))
+    rows = run_pass(items, spec, "score ensemble")
+
+    scored = scored_candidates(rows, members, fused, list(prepared.classmap.names))
+    selected = scored[-1] if fused else scored[0]
+    order = rank_members({c.members[0]: c.metrics for c in scored if c.is_member}, "miou")
+    best = next(c for c in scored if c.key == f"{MEMBER_PREFIX}{order[0]}")
+    document = {
+        "manifest": settings.manifest, "ensemble": manifest.name, "digest": manifest.digest(),
+        "run": manifest.source_run, "data": [s.uri for s in data.sources], "split": str(settings.split),
+        "images": len(items), "quarantined": len(prepared.quarantine),
+        "rank_key": "miou", "rank_split": "scored", "ranking": order, "voters": order,
+        "rank_metrics": {},
+        "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
+                             "normalization": m.normalization} for m in manifest.members},
+        "candidates": [c.to_document() for c in scored], "selected": selected.key,
+        "at_selection": {k: v for k, v in manifest.metrics.items() if k in ("miou", "mPA", "mean_f1", "iou")},
+        "tiling": manifest.tiling.model_dump(mode="json"), "tta": str(manifest.fusion.tta),
+        "classes": manifest.classes, "normalization": manifest.normalization,
+        "test_items": [i["item_id"] for i in items],
+    }
+    gain = metric_value(selected.metrics, "miou") - metric_value(best.metrics, "miou")
+    footer = (f"{selected.key} on {len(items)} image(s) of {', '.join(document['data'])}: mIoU "
+              f"{metric_value(selected.metrics, 'miou'):.4f} (best member {best.key}: "
+              f"{metric_value(best.metrics, 'miou'):.4f}, {gain * 100:+.1f} points)")
+    if "miou" in document["at_selection"]:
+        footer += f"; at selection, on its run's test split: {document['at_selection']['miou']:.4f}"
+    write_reports(document, prepared, [p for p in rows.preview if p is not None], out, storage, pass_settings,
+                  stats_split="test", stats_label="scored", footer=footer)
+    document["seconds"] = round(time.monotonic() - started, 1)
+    storage.write_text(join_uri(out, "score.json"), json.dumps(document, indent=2, default=float))
+    log_event(log, "score.done", output=out, selected=selected.key, images=len(items),
+              miou=round(metric_value(selected.metrics, "miou"), 4))
+    return ScoreResult(out, selected, best, len(items), len(prepared.quarantine), document)
