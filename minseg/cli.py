@@ -158,7 +158,10 @@ def cmd_segment(args) -> int:
     from minseg.inference.segment import segment_slides
 
     config = _load(args)
-    updates = {"slides": args.slides or None, "manifest_uri": args.manifest, "output_uri": args.out,
+    # slides and scenes given on the command line replace the config's
+    given = bool(args.slides or args.scene)
+    updates = {"slides": args.slides if given else None, "scenes": (args.scene or []) if given else None,
+               "manifest_uri": args.manifest, "output_uri": args.out,
                "level": args.level, "force": True if args.force else None, "actors": args.actors,
                "block": args.block, "formats": args.format}
     current = (config.segment or SegmentSettings()).model_dump()
@@ -173,6 +176,17 @@ def cmd_segment(args) -> int:
         others = "; the other slides' outputs are complete" if result.done or result.skipped else ""
         print(f"minseg: {count} slide{'s' if count != 1 else ''} failed (see failures.json){others}", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _scene(text: str) -> dict[str, str]:
+    """``ppl=a.tif,xpl=b.tif`` -> {"ppl": "a.tif", "xpl": "b.tif"} (--scene)."""
+    scene = {}
+    for part in text.split(","):
+        name, sep, uri = part.partition("=")
+        if not sep or not name.strip() or not uri.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not NAME=URI (e.g. ppl=s01_ppl.tif,xpl=s01_xpl.tif)")
+        scene[name.strip()] = uri.strip()
+    return scene
 
 
 def cmd_measure(args) -> int:
@@ -348,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(func=cmd_select)
 
     segment = sub.add_parser("segment", help="segment whole slides with a selected ensemble (Ray actor pool)")
-    segment.add_argument("slides", nargs="*", help="slide paths, s3:// URIs or globs (adds to segment.slides)")
+    segment.add_argument("slides", nargs="*", help="slide paths, s3:// URIs or globs (instead of segment.slides)")
     _add_config_options(segment)
+    segment.add_argument("--scene", action="append", type=_scene, metavar="NAME=URI,NAME=URI",
+                         help="the images of one scene by channel name, e.g. ppl=a_ppl.tif,xpl=a_xpl.tif, for "
+                              "ensembles trained on several images per scene (repeatable; instead of segment.scenes)")
     segment.add_argument("--manifest", help="ensemble manifest (default: segment.manifest_uri)")
     segment.add_argument("--out", help="output folder or s3:// prefix (default: segment.output_uri)")
     segment.add_argument("--level", type=int, help="pyramid level to segment (default 0: full resolution)")

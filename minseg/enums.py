@@ -84,6 +84,14 @@ class SplitGroup(StrEnum):
     SCENE = "scene"
 
 
+class ChannelMode(StrEnum):
+    """How one image of a scene becomes input channels."""
+
+    RGB = "rgb"  # 3 channels, as displayed (grey repeated, alpha dropped, 16-bit scaled)
+    GREY = "grey"  # 1 channel: the displayed picture's luminance (a grey file's own values)
+    BANDS = "bands"  # every stored sample as a channel (multi-band TIFF), ``bands`` of them
+
+
 class ScoreSplit(StrEnum):
     """What ``minseg score`` scores: every labelled item of the data (a new test set), or one of its splits."""
 

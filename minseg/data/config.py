@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
-from minseg.enums import Augmentation, DatasetLayout, MaskEncoding, SplitGroup
+from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup
 
 
 class ClassSpec(StrictModel):
@@ -55,6 +55,60 @@ class ClassMapSettings(StrictModel):
         return self
 
 
+def scene_in(name: str, pattern: str) -> str | None:
+    """The ``{scene}`` part of a file name (without its extension) under a name pattern, None when it does not
+    match: ``scene_in('s01_ppl', '{scene}_ppl') == 's01'``."""
+    import re
+
+    before, after = pattern.split("{scene}")
+    found = re.fullmatch(re.escape(before) + "(.+)" + re.escape(after), name)
+    return found.group(1) if found else None
+
+
+def _one_scene_field(value: str) -> str:
+    if value.count("{scene}") != 1 or value.replace("{scene}", "").count("{") or "/" in value:
+        raise ValueError(f"a name pattern holds '{{scene}}' once and no other field or '/' (got {value!r}), "
+                         "e.g. '{scene}_mascara'")
+    return value
+
+
+class ImageChannels(StrictModel):
+    """One image of a scene (e.g. the PPL photograph) and the input channels it gives, in order."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="e.g. ppl, xpl, xpl45, bse")
+    images_dir: str | None = Field(None, description="folder of these images (default: the source's images_dir)")
+    image_pattern: str = Field("{scene}", description="how its file names hold the scene, e.g. '{scene}_ppl'")
+    mode: ChannelMode = Field(ChannelMode.RGB, description="rgb: 3 channels; grey: 1 (luminance); bands: every "
+                              "stored sample (a multi-band TIFF), 'bands' of them")
+    bands: int | None = Field(None, ge=1, le=64, description="mode bands: how many samples each file has")
+
+    @field_validator("image_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return _one_scene_field(value)
+
+    @model_validator(mode="after")
+    def _bands(self) -> "ImageChannels":
+        if (self.mode is ChannelMode.BANDS) != (self.bands is not None):
+            raise ValueError("bands: give it exactly when mode is 'bands' (the number of samples per file)")
+        return self
+
+    @property
+    def count(self) -> int:
+        return {ChannelMode.RGB: 3, ChannelMode.GREY: 1}.get(self.mode, self.bands or 0)
+
+    def labels(self) -> list[str]:
+        """One label per channel: ``ppl:R``, ``bse``, ``ms:1`` ..."""
+        if self.mode is ChannelMode.RGB:
+            return [f"{self.name}:{c}" for c in "RGB"]
+        if self.mode is ChannelMode.GREY:
+            return [self.name]
+        return [f"{self.name}:{b + 1}" for b in range(self.count)]
+
+
+DEFAULT_CHANNELS = (ImageChannels(name="image"),)
+
+
 class SourceSettings(StrictModel):
     uri: str = Field(description="folder, .tar / .tar.gz / .tgz / .zip archive; local or s3://")
     layout: DatasetLayout = DatasetLayout.AUTO
@@ -66,24 +120,39 @@ class SourceSettings(StrictModel):
     mask_pattern: str = Field("{scene}", description="paired layout: the same for masks, e.g. '{scene}_mascara'")
     instance_class: str | None = Field(None, description="instance_folders layout: the class (a data.classes name) "
                                        "of every instance mask not in a masks/<class>/ subfolder")
+    channels: list[ImageChannels] | None = Field(
+        None, min_length=1, description="the images that form one scene, in channel order (e.g. ppl then xpl: 6 "
+        "channels), or one entry to read single images another way (mode grey: 1 channel). Default: one RGB image")
 
     @field_validator("image_pattern", "mask_pattern")
     @classmethod
     def _one_scene_field(cls, value: str) -> str:
-        if value.count("{scene}") != 1 or value.replace("{scene}", "").count("{") or "/" in value:
-            raise ValueError(f"a name pattern holds '{{scene}}' once and no other field or '/' (got {value!r}), "
-                             "e.g. '{scene}_mascara'")
-        return value
+        return _one_scene_field(value)
+
+    @model_validator(mode="after")
+    def _channels(self) -> "SourceSettings":
+        if self.channels is None:
+            return self
+        names = [c.name for c in self.channels]
+        twins = sorted({n for n in names if names.count(n) > 1})
+        if twins:
+            raise ValueError(f"channels: names must be unique, repeated: {', '.join(twins)}")
+        if len(self.channels) > 1:
+            if self.layout not in (DatasetLayout.AUTO, DatasetLayout.PAIRED):
+                raise ValueError(f"channels: several images per scene are read from the paired layout (one folder "
+                                 f"or pattern per image), not {self.layout}")
+            if self.image_pattern != "{scene}":
+                raise ValueError("channels: give each image's image_pattern in its channels entry, not the source's")
+        return self
+
+    @property
+    def channel_groups(self) -> tuple[ImageChannels, ...]:
+        return tuple(self.channels) if self.channels else DEFAULT_CHANNELS
 
     def scene_of(self, name: str, role: str) -> str | None:
         """The scene of a file name without its extension (role: 'image' or 'mask'), None when it does not match
         the role's pattern."""
-        import re
-
-        pattern = self.image_pattern if role == "image" else self.mask_pattern
-        before, after = pattern.split("{scene}")
-        found = re.fullmatch(re.escape(before) + "(.+)" + re.escape(after), name)
-        return found.group(1) if found else None
+        return scene_in(name, self.image_pattern if role == "image" else self.mask_pattern)
 
 
 class SplitSettings(StrictModel):
@@ -169,3 +238,43 @@ class DataSettings(StrictModel):
         description="keep decoded tiles in Ray's object store instead of decoding every epoch; "
         "'auto' caches a split when its tiles take under a quarter of the object store",
     )
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> "DataSettings":
+        """Every source gives the same channels (one model reads them all); normalisation has one value each."""
+        first = self.sources[0].channel_groups
+        for index, source in enumerate(self.sources[1:], start=1):
+            if channel_signature(source.channel_groups) != channel_signature(first):
+                raise ValueError(f"sources[{index}].channels give {describe_channels(source.channel_groups)} but "
+                                 f"sources[0] gives {describe_channels(first)}: every source must give the same "
+                                 "channels")
+        if self.normalization is not None:
+            count = sum(group.count for group in first)
+            for key in ("mean", "std"):
+                if len(self.normalization.get(key, [])) != count:
+                    raise ValueError(f"normalization.{key} needs {count} values (one per input channel: "
+                                     f"{', '.join(self.channel_labels)})")
+        return self
+
+    @property
+    def channel_groups(self) -> tuple[ImageChannels, ...]:
+        """The images of a scene, in channel order (one RGB image unless the sources declare ``channels``)."""
+        return self.sources[0].channel_groups
+
+    @property
+    def in_channels(self) -> int:
+        return sum(group.count for group in self.channel_groups)
+
+    @property
+    def channel_labels(self) -> list[str]:
+        return [label for group in self.channel_groups for label in group.labels()]
+
+
+def channel_signature(groups) -> list[tuple]:
+    """What must match for one model to read two sources (or a source and a manifest)."""
+    return [(g.name, g.mode, g.count) for g in groups]
+
+
+def describe_channels(groups) -> str:
+    """``ppl (rgb, 3) + xpl (rgb, 3)``: a scene's images, for messages."""
+    return " + ".join(f"{g.name} ({g.mode}, {g.count})" for g in groups)

@@ -21,7 +21,7 @@ def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[lis
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
-    """Rescale an image (area/bilinear) and its mask (nearest)."""
+    """Rescale an image (area/bilinear; (H, W, C) any C) and its mask (nearest)."""
     if scale == 1.0:
         return image, mask
     from PIL import Image
@@ -29,7 +29,11 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
     height, width = image.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    image = np.asarray(Image.fromarray(image).resize(size, resample))
+    if image.ndim == 3 and image.shape[2] != 3:  # grey or stacked scene channels: plane by plane
+        image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize(size, resample))
+                          for c in range(image.shape[2])], axis=2)
+    else:
+        image = np.asarray(Image.fromarray(image).resize(size, resample))
     if mask is not None:
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return image, mask

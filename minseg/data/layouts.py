@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from minseg.errors import InputError
+from minseg.data.config import scene_in
 from minseg.data.containers import Container, Rejected, read_ref
 from minseg.enums import DatasetLayout, MaskEncoding, Task
 from minseg.io.storage import Storage
@@ -315,16 +316,23 @@ def _looks_paired(probe: LayoutProbe) -> bool:
                  hint="{images_dir}/ + {masks_dir}/", priority=20)
 def read_paired(container: Container, prefix: str, source: SourceSettings, storage: Storage,
                 classmap: ClassMap | None) -> LayoutItems:
-    images_dir, masks_dir = source.images_dir, source.masks_dir
-    root = _find_root(list(container.members), images_dir, masks_dir)
+    """Images and masks paired by scene; with ``source.channels``, one image per channel entry (its own folder
+    and name pattern) and the mask, all of one scene, make an item; a scene missing any of them is quarantined,
+    naming what it lacks."""
+    masks_dir = source.masks_dir
+    declared = source.channels is not None
+    groups = [(group, group.images_dir or source.images_dir, group.image_pattern if declared else source.image_pattern)
+              for group in source.channel_groups]
+    folders = tuple(dict.fromkeys([folder for _, folder, _ in groups] + [masks_dir]))
+    root = _find_root(list(container.members), *folders)
     if root is None:
-        raise InputError(f"{container.uri}: no {images_dir}/ and {masks_dir}/ folders")
+        raise InputError(f"{container.uri}: no {'/, '.join(folders)}/ folders")
     # paired by the path below images/ and masks/, subfolders included (siteA/001 never meets siteB/001), and by
-    # the scene each name holds (source.image_pattern / mask_pattern: '{scene}_paralelos' meets '{scene}_mascara')
-    def scene_key(role: str):
+    # the scene each name holds (image_pattern / mask_pattern: '{scene}_paralelos' meets '{scene}_mascara')
+    def scene_key(pattern: str):
         def key_of(path: str) -> str | None:
             folder, _, name = path.rpartition("/")
-            scene = source.scene_of(name, role)
+            scene = scene_in(name, pattern)
             return None if scene is None else f"{folder}/{scene}" if folder else scene
         return key_of
 
@@ -332,25 +340,43 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
         below, _, scene = key.rpartition("/")
         return f"{folder}/{below + '/' if below else ''}{pattern.replace('{scene}', scene)}.*"
 
-    images, rejected = _keyed(container, [m for m in container.members
-                                          if m.startswith(f"{root}{images_dir}/") and _is_image(m)],
-                              f"{root}{images_dir}/", "image", scene_key("image"),
-                              f"the name does not match image_pattern {source.image_pattern!r}")
+    rejected: list[Rejected] = []
+    images = []  # per channel entry: scene key -> member
+    for group, folder, pattern in groups:
+        what = f"{group.name} image" if declared else "image"
+        keyed, bad = _keyed(container, [m for m in container.members if m.startswith(f"{root}{folder}/")
+                                        and _is_image(m)], f"{root}{folder}/", what, scene_key(pattern),
+                            f"the name does not match {'channels[].' if declared else ''}image_pattern {pattern!r}")
+        images.append(keyed)
+        rejected += bad
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")
                                           and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask",
-                              scene_key("mask"), f"the name does not match mask_pattern {source.mask_pattern!r}")
-    rejected += bad_masks + _outside_root(container, root, (images_dir, masks_dir))
+                              scene_key(source.mask_pattern),
+                              f"the name does not match mask_pattern {source.mask_pattern!r}")
+    rejected += bad_masks + _outside_root(container, root, folders)
     items = []
-    for key in sorted(images):
-        if key in masks:
-            items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
-                                   mask=container.members[masks[key]], mask_name=masks[key]))
-        else:
-            rejected.append(Rejected(container.describe(images[key]),
-                                     f"no mask {named(key, masks_dir, source.mask_pattern)} for this image"))
-    for key in sorted(set(masks) - set(images)):
+    scenes = sorted(set().union(*images))
+    for key in scenes:
+        present = [keyed.get(key) for keyed in images]
+        lacking = [named(key, folder, pattern) for (group, folder, pattern), found in zip(groups, present)
+                   if found is None]
+        if key not in masks:
+            lacking.append(named(key, masks_dir, source.mask_pattern))
+        if lacking:
+            first = next(found for found in present if found is not None)
+            rejected.append(Rejected(container.describe(first), f"scene {key!r} has no {', no '.join(lacking)}"
+                                     if declared else f"no mask {lacking[0]} for this image"))
+            continue
+        extra = {}
+        if declared:
+            extra["channels"] = [{"ref": container.members[found], "name": found, "mode": str(group.mode),
+                                  "bands": group.bands} for (group, _, _), found in zip(groups, present)]
+        items.append(make_item(container, prefix, present[0], item_key=key, source_key=key,
+                               mask=container.members[masks[key]], mask_name=masks[key], **extra))
+    for key in sorted(set(masks) - set(scenes)):
+        _, folder, pattern = groups[0]
         rejected.append(Rejected(container.describe(masks[key]),
-                                 f"mask without an image {named(key, images_dir, source.image_pattern)}"))
+                                 f"mask without an image {named(key, folder, pattern)}"))
     return LayoutItems(items, rejected)
 
 

@@ -26,7 +26,7 @@ from minseg.data.config import DataSettings, LimitSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_image, decode_mask
+from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask
 from minseg.data.layouts import decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
@@ -82,13 +82,34 @@ def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
     return codes
 
 
+def decode_scene(item: dict, limits: LimitSettings, storage: Storage) -> np.ndarray:
+    """An item's input image, (H, W, C) uint8: its one picture as RGB, or its declared ``channels`` (the images of
+    one scene, each decoded by its mode) stacked in order. Raises DecodeError naming the image that does not fit
+    (unreadable, another size than the scene's first image, another number of bands)."""
+    channels = item.get("channels")
+    if not channels:
+        return decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels)
+    stack = []
+    for channel in channels:
+        try:
+            array = decode_channels(read_ref(channel["ref"], storage), channel["name"], limits.max_image_pixels,
+                                    channel["mode"], channel["bands"])
+        except DecodeError as exc:
+            raise DecodeError(f"{channel['name']}: {exc}") from None
+        if stack and array.shape[:2] != stack[0].shape[:2]:
+            raise DecodeError(f"{channel['name']} is {array.shape[1]}x{array.shape[0]} but {channels[0]['name']} is "
+                              f"{stack[0].shape[1]}x{stack[0].shape[0]}: the images of a scene must be aligned")
+        stack.append(array)
+    return stack[0] if len(stack) == 1 else np.concatenate(stack, axis=2)
+
+
 def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage: Storage,
                  scale: float = 1.0, with_codes: bool = False):
-    """Decode, validate and rescale one item: (image uint8 HWC, class-id mask uint8 HW or None).
+    """Decode, validate and rescale one item: (image uint8 (H, W, C), class-id mask uint8 (H, W) or None).
 
     Raises DecodeError with the reason when the item cannot be used.
     """
-    image = decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels)
+    image = decode_scene(item, limits, storage)
     height, width = image.shape[:2]
     ids = None
     if item.get("mask") is not None:
@@ -148,7 +169,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     row = {"item_id": item["item_id"], "error": None, "tiles": 0, "height": 0, "width": 0,
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes,
-           "channel_sum": [0.0] * 3, "channel_sq": [0.0] * 3, "channel_n": 0}
+           "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
@@ -169,7 +190,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
                 if not data.tiling.drop_all_ignore or (block != classmap.ignore_index).any():
                     kept += 1
             row["tiles"] = kept
-            pixels = image.reshape(-1, 3).astype(np.float64)
+            pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
@@ -250,9 +271,13 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             continue
         rejected.extend(container.rejected)
         layout = source.layout
+        groups = source.channel_groups
+        if layout is DatasetLayout.AUTO and len(groups) > 1:  # several images per scene: the paired layout
+            layout = DatasetLayout.PAIRED
         if layout is DatasetLayout.AUTO:
             try:
-                layout = detect_layout(container, source.images_dir, source.masks_dir, storage)
+                layout = detect_layout(container, groups[0].images_dir or source.images_dir, source.masks_dir,
+                                       storage)
             except ValueError as exc:
                 rejected.append(Rejected(source.uri, str(exc)))
                 continue
@@ -260,7 +285,14 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         if entry.task is not task:  # before reading it: the error says which layouts and keys would fit
             raise InputError(wrong_layout_message(source, index, entry, detected=source.layout is DatasetLayout.AUTO,
                                                   task=task))
+        if source.channels is not None and task is not Task.SEGMENTATION:
+            raise InputError(f"data.sources[{index}].channels: declared image channels are read for segmentation; "
+                             f"{task} models read RGB images (leave channels out)")
         listed = entry.read(container, prefix, source, storage, classmap)
+        if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
+            for item in listed.items:
+                item.setdefault("channels", [{"ref": item["image"], "name": item["image_name"],
+                                              "mode": str(groups[0].mode), "bands": groups[0].bands}])
         if listed.class_names is not None:
             folder_names = listed.class_names
         log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed.items),

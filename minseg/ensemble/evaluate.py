@@ -372,6 +372,8 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "tta": str(settings.tta),
         "classes": prepared.classmap.to_document(),
         "normalization": prepared.normalization,
+        "channels": ([group.model_dump(mode="json") for group in spec.data.channel_groups]
+                     if spec.data.sources[0].channels else None),
         "test_items": [i["item_id"] for i in prepared.splits["test"]],
     }
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from minseg.config.base import StrictModel, key_path
+from minseg.data.config import DEFAULT_CHANNELS, ImageChannels
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
@@ -57,12 +58,23 @@ class EnsembleManifest(StrictModel):
     classes: dict[str, Any]
     tiling: Tiling
     normalization: dict[str, list[float]]
+    channels: list[ImageChannels] | None = Field(
+        None, description="the images of a scene in input-channel order (data.sources[].channels the members were "
+                          "trained on); absent: one RGB image")
     selection: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes["classes"])
+
+    @property
+    def channel_groups(self) -> tuple[ImageChannels, ...]:
+        return tuple(self.channels) if self.channels else DEFAULT_CHANNELS
+
+    @property
+    def in_channels(self) -> int:
+        return sum(group.count for group in self.channel_groups)
 
     def digest(self) -> str:
         """Identifies this ensemble (members' weights, fusion, tiling): outputs record it."""

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from minseg.io.images import display_rgb
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
@@ -175,7 +176,7 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
     legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
     selected = document["selected"]
     for preview in previews:
-        panels = [("image", preview["image"]), ("truth", palette[preview["truth"]])]
+        panels = [("image", display_rgb(preview["image"])), ("truth", palette[preview["truth"]])]
         if selected == best_member:
             panels.append((f"{selected} (best member, selected)", palette[preview["labels"][selected]]))
         else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 
 from minseg.config.schema import MinsegConfig
-from minseg.data.config import ClassMapSettings, DataSettings
+from minseg.data.config import ClassMapSettings, DataSettings, channel_signature, describe_channels
 from minseg.data.pipeline import prepare_scoring_data, write_data_reports
 from minseg.enums import ScoreSplit
 from minseg.ensemble.config import EvaluationSettings, ScoreSettings
@@ -75,6 +75,10 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
                              "ensemble predicts its own classes; list the same names in the same order (their mask "
                              "codes may differ), or leave data.classes out to use the manifest's")
         classes = data.classes
+    if channel_signature(data.channel_groups) != channel_signature(manifest.channel_groups):
+        raise InputError(f"the data gives {describe_channels(data.channel_groups)} per scene but the ensemble reads "
+                         f"{describe_channels(manifest.channel_groups)} ({where}): declare the same "
+                         "data.sources[].channels (names, modes, order)")
     if data.tiling.scale != manifest.tiling.scale:  # images are seen at the scale the members were selected at
         log_event(log, "score.scale_from_manifest", data_scale=data.tiling.scale, manifest_scale=manifest.tiling.scale)
     tiling = data.tiling.model_copy(update={"scale": manifest.tiling.scale})
@@ -121,8 +125,9 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
                                        cpus_per_actor=settings.cpus_per_actor, gpus_per_actor=settings.gpus_per_actor,
                                        batch_size=settings.batch_size, overlays=settings.overlays)
     items = prepared.splits["test"]
+    previews = tuple(i["item_id"] for i in items[: settings.overlays])
     spec = PassSpec(members, prepared.classmap, data, storage, manifest.tiling, manifest.normalization,
-                    pass_settings, candidates=fused, preview_ids=tuple(i["item_id"] for i in items[: settings.overlays]))
+                    pass_settings, candidates=fused, preview_ids=previews)
     rows = run_pass(items, spec, "score ensemble")
 
     scored = scored_candidates(rows, members, fused, list(prepared.classmap.names))

@@ -170,7 +170,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str) -> Ens
         name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=document["run"],
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
-        normalization=document["normalization"],
+        normalization=document["normalization"], channels=document.get("channels"),
         selection={**document["selection"], "key": document["rank_key"], "candidate": key},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},
     )

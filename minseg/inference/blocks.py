@@ -30,8 +30,9 @@ import numpy as np
 
 from minseg.ensemble.runtime import Columns
 from minseg.inference.outputs import preview_sample
-from minseg.inference.plan import SLIDES, read_tile
+from minseg.inference.plan import SLIDES, open_scene, read_tile
 from minseg.inference.stitch import Stitcher
+from minseg.io.images import display_rgb
 from minseg.io.ngff import PyramidLayout
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.slide import BlockMineralogy, measure_block
@@ -128,7 +129,7 @@ class BlockRecord:
 @dataclass
 class BlockInput(Columns):
     """Read tasks → actors: per block, its slide, block (JSON), and an ``npz`` payload with the windows
-    ((n, tile, tile, 3) uint8, tile order), their grid rows/cols and the block's pixels (h, w, 3); or the
+    ((n, tile, tile, C) uint8, tile order), their grid rows/cols and the block's pixels (h, w, 3); or the
     read error ('' when none)."""
 
     OBJECT_COLUMNS = ("payload",)
@@ -149,11 +150,11 @@ def block_from_json(text: str) -> Block:
 
 def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_tile: int) -> bytes:
     """The windows weighing on ``block`` and the block's pixels, packed (``BlockInput.payload``)."""
-    slide = SLIDES.get(plan.uri, storage, plan.limits)
+    slide = open_scene(plan.uri, plan.channels, storage, plan.limits, SLIDES)
     tiles = block_stitcher(plan, block, output_tile, lambda *_: None).region_tiles
     grid, tile = plan.grid, plan.tile
-    windows = np.empty((len(tiles), tile, tile, 3), np.uint8)
-    image = np.empty(block.shape + (3,), np.uint8)
+    windows = np.empty((len(tiles), tile, tile, plan.in_channels), np.uint8)
+    image = np.empty(block.shape + (plan.in_channels,), np.uint8)
     for index, (row, col) in enumerate(tiles):  # tile order: a later window's pixels win where they overlap
         y, x = grid.ys[row], grid.xs[col]
         windows[index] = read_tile(slide, plan, y, x, fill)
@@ -162,8 +163,9 @@ def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_ti
         if bottom > top and right > left:
             image[top - block.top : bottom - block.top, left - block.left : right - block.left] = \
                 windows[index, top - y : bottom - y, left - x : right - x]
+    # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image
     return pack(windows=windows, rows=np.asarray([r for r, _ in tiles], np.int32),
-                cols=np.asarray([c for _, c in tiles], np.int32), image=image)
+                cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image))
 
 
 def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], output_tile: int) -> dict:
@@ -209,7 +211,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
-        predict: (n, tile, tile, 3) uint8 windows -> (n, C, tile, tile) float16 fused scores.
+        predict: (n, tile, tile, channels) uint8 windows -> (n, C, tile, tile) float16 fused scores.
         arrays: the slide's ``ngff.SegmentationArrays``.
         batch_size: windows per ``predict`` call: the predictor's own batch size (``BlockSegmenter.batch_size``,
             which GPU memory may set below ``settings.batch_size``), so no call pads a second batch.

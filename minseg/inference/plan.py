@@ -20,7 +20,7 @@ from minseg.ensemble.manifest import EnsembleManifest
 from minseg.ensemble.sliding import TileGrid
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
-from minseg.io.slides import Slide, SlideCache, SlideLimits
+from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideLimits
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.slide import MeasureSpec
@@ -49,6 +49,8 @@ class SlidePlan:
     num_classes: int
     limits: SlideLimits = SlideLimits()
     measure: MeasureSpec | None = None  # how its blocks are measured (classes, mineralogy settings, pixel size)
+    channels: tuple[ChannelSource, ...] = ()  # the scene's images as the ensemble reads them; (): ``uri`` as RGB
+    in_channels: int = 3
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:
@@ -67,9 +69,19 @@ class SlidePlan:
         return self.tiling.grid(self.height, self.width)
 
 
+def open_scene(uri: str, channels: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits,
+               cache: SlideCache | None = None) -> Slide | SceneSlide:
+    """The slide at ``uri`` (RGB), or the scene its ``channels`` read (several aligned images, a grey or a
+    multi-band image). Raises SlideError."""
+    if not channels:
+        return cache.get(uri, storage, limits) if cache else Slide(uri, storage, limits=limits)
+    return SceneSlide(channels, storage, limits, cache)
+
+
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
-               output_uri: str, mineralogy: MineralogySettings | None = None) -> SlidePlan:
-    with Slide(uri, storage, limits=settings.limits.limits()) as slide:
+               output_uri: str, mineralogy: MineralogySettings | None = None,
+               channels: tuple[ChannelSource, ...] = ()) -> SlidePlan:
+    with open_scene(uri, channels, storage, settings.limits.limits()) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -96,7 +108,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         num_classes=manifest.num_classes,
         measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
                             pixel_size),
-        limits=settings.limits.limits(),
+        limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels,
     )
 
 
@@ -109,8 +121,9 @@ def resolve_uncertainty(kind: Uncertainty, mode: FusionMode) -> Uncertainty:
 SLIDES = SlideCache()  # open slides, per worker process
 
 
-def read_tile(slide: Slide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -> np.ndarray:
-    """The (tile, tile, 3) uint8 tile at processed (y, x); beyond the slide's edge, ``fill``."""
+def read_tile(slide: Slide | SceneSlide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -> np.ndarray:
+    """The (tile, tile, C) uint8 tile at processed (y, x) (C: the ensemble's input channels, 3 for RGB); beyond
+    the slide's edge, ``fill``."""
     tile = plan.tile
     height, width = min(tile, plan.height - y), min(tile, plan.width - x)
     if plan.factor_y == 1.0 and plan.factor_x == 1.0:
@@ -125,8 +138,10 @@ def read_tile(slide: Slide, plan: SlidePlan, y: int, x: int, fill: np.ndarray) -
         iy1, ix1 = min(read_h, math.ceil(bottom) + 2), min(read_w, math.ceil(right) + 2)
         crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan.read_level)
         resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
-        region = np.asarray(Image.fromarray(crop).resize(
-            (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0)))
+        box = (left - ix0, top - iy0, right - ix0, bottom - iy0)
+        planes = [crop] if crop.shape[2] == 3 else [np.ascontiguousarray(crop[..., c]) for c in range(crop.shape[2])]
+        resized = [np.asarray(Image.fromarray(p).resize((width, height), resample, box=box)) for p in planes]
+        region = resized[0] if crop.shape[2] == 3 else np.stack(resized, axis=2)
     return extract_tile(region, 0, 0, tile, fill)
 
 

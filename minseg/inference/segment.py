@@ -51,7 +51,7 @@ from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
 from minseg.io.ngff import SegmentationArrays
-from minseg.io.slides import SLIDE_SUFFIXES, SlideError
+from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline, write_batch_report
@@ -68,6 +68,42 @@ class SegmentInputError(InputError):
 
 
 # -- which slides -------------------------------------------------------------
+
+
+def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
+                   storage: Storage) -> dict[str, tuple[ChannelSource, ...]]:
+    """What to segment, in the order given: each slide URI (globs expanded) and each of ``segment.scenes``, with the
+    images the ensemble reads from it (empty: the slide itself, RGB).
+
+    A slide for an ensemble reading several images per scene is one multi-band image holding all their channels in
+    order (a 6-sample TIFF for PPL + XPL); a scene names each image by its channel name.
+
+    Raises:
+        SegmentInputError: nothing to segment; a scene naming other channels than the ensemble's.
+    """
+    groups = manifest.channel_groups
+    names = [group.name for group in groups]
+    sources: dict[str, tuple[ChannelSource, ...]] = {}
+    if settings.slides or settings.slide_list or not settings.scenes:
+        for uri in resolve_slides(settings, storage):
+            if manifest.channels is None:
+                sources[uri] = ()
+            elif len(groups) == 1:
+                sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands),)
+            else:
+                sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels),)
+    for index, scene in enumerate(settings.scenes):
+        if manifest.channels is None:
+            raise SegmentInputError(f"segment.scenes[{index}]: this ensemble reads one RGB image per slide; give "
+                                    "segment.slides")
+        missing, extra = [n for n in names if n not in scene], sorted(set(scene) - set(names))
+        if missing or extra:
+            raise SegmentInputError(f"segment.scenes[{index}]: the ensemble reads {', '.join(names)} per scene"
+                                    + (f"; missing {', '.join(missing)}" if missing else "")
+                                    + (f"; unknown {', '.join(extra)}" if extra else ""))
+        uris = {n: scene[n] if is_s3(scene[n]) else absolute_uri(scene[n]) for n in names}
+        sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands) for g in groups)
+    return sources
 
 
 def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
@@ -160,7 +196,7 @@ class BlockSegmenter:
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        """(n, tile, tile, 3) uint8 -> (n, C, tile, tile) float16 fused scores."""
+        """(n, tile, tile, channels) uint8 -> (n, C, tile, tile) float16 fused scores."""
         count, tile = len(windows), windows.shape[1]
         scores = np.empty((count, self.manifest.num_classes, tile, tile), np.float16)
         for start in range(0, count, self.batch_size):
@@ -273,17 +309,19 @@ def manifest_uri_of(config: MinsegConfig) -> str:
     return join_uri((config.evaluation or EvaluationSettings()).output_uri(config.run.uri), "manifest.json")
 
 
-def plan_slides(uris: list[str], manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
-                output_uri: str, result: SegmentResult, mineralogy: MineralogySettings) -> dict[str, SlidePlan]:
+def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: EnsembleManifest, settings: SegmentSettings,
+                storage: Storage, output_uri: str, result: SegmentResult,
+                mineralogy: MineralogySettings) -> dict[str, SlidePlan]:
     """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
     (same ensemble, same level, no ``force``) to ``result.skipped``. ``settings.plan_threads`` slides at
     a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
+    uris = list(sources)
     ids = slide_ids(uris)
 
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
         try:
-            plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri, mineralogy)
+            plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri, mineralogy, sources[uri])
         except SlideError as exc:
             return SlideOutcome(slide_id, uri, str(exc))
         previous = read_summary(storage, plan.output_uri)
@@ -371,7 +409,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         join_uri(config.run.uri, "segment", settings.name)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
-    plans = plan_slides(resolve_slides(settings, storage), manifest, settings, storage, output_uri, result,
+    plans = plan_slides(resolve_scenes(settings, manifest, storage), manifest, settings, storage, output_uri, result,
                         config.mineralogy)
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),

@@ -247,6 +247,38 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
     return to_rgb8(np.asarray(image))
 
 
+def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: int | None = None,
+                    limit_key: str = LIMIT_KEY) -> np.ndarray:
+    """(H, W, k) uint8 input channels of one image of a scene (``data.sources[].channels[].mode``):
+
+    - ``rgb``: k = 3, as ``decode_image`` shows the file;
+    - ``grey``: k = 1, the displayed picture's luminance (ITU-R 601-2, Pillow's ``L``): a grey file's own values;
+    - ``bands``: k = ``bands``, every stored sample (a multi-band TIFF; PNG grey / RGB / RGBA as stored), 16-bit
+      scaled to 8 bits over the full range.
+
+    Raises DecodeError as ``decode_image``, and when a file has another number of samples than ``bands``.
+    """
+    if mode == "rgb":
+        return decode_image(data, name, max_pixels, limit_key)
+    if mode == "grey":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(decode_image(data, name, max_pixels, limit_key)).convert("L"))[..., None]
+    if name.lower().endswith(TIFF_SUFFIXES):
+        array = _read_tiff(data, max_pixels, mask=True, limit_key=limit_key)  # as stored, oriented
+    else:
+        array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] != bands:
+        raise DecodeError(f"has {array.shape[-1]} sample(s) per pixel, channels[].bands says {bands}")
+    if array.dtype.kind == "f" or array.dtype.kind == "i":
+        raise DecodeError(f"{array.dtype} samples: minseg reads unsigned integer bands (8 or 16 bit)")
+    if array.dtype != np.uint8:
+        array = scale_to_uint8(array, 1 if array.dtype == np.bool_ else array.dtype.itemsize * 8)
+    return np.ascontiguousarray(array)
+
+
 def decode_samples(data: bytes, name: str, max_pixels: int,
                    limit_key: str = LIMIT_KEY) -> tuple[np.ndarray, np.ndarray | None]:
     """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W)
@@ -285,6 +317,16 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
     elif array.ndim != 3 or array.shape[2] != 3:
         raise DecodeError(f"unsupported image shape {array.shape}")
     return np.ascontiguousarray(array)
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An input image (H, W, C) as RGB to look at: RGB as is; of a scene's stacked channels the first three (its
+    first RGB image, e.g. PPL), or the first channel in grey when there are fewer."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] >= 3:
+        return np.ascontiguousarray(image[..., :3])
+    return np.repeat(image[..., :1], 3, axis=2)
 
 
 def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:

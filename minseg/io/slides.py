@@ -26,8 +26,8 @@ from typing import Callable, Hashable, Iterator, Protocol
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.images import (DecodeError, decode_samples, picture_shape, show_samples, tiff_orientation,
-                              tiff_pixel_format, to_rgb8)
+from minseg.io.images import (DecodeError, decode_samples, picture_shape, scale_to_uint8, show_samples,
+                              tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -459,6 +459,85 @@ class SlideCache:
             _, old = self._slides.popitem(last=False)
             old.close()
         return slide
+
+
+@dataclass(frozen=True)
+class ChannelSource:
+    """One image of a scene and how its pixels become input channels (``data.sources[].channels[].mode``)."""
+
+    uri: str
+    mode: str = "rgb"  # rgb: 3 channels as displayed; grey: 1 (luminance); bands: every stored sample
+    bands: int | None = None
+
+    def channels(self, slide: "Slide", y: int, x: int, height: int, width: int, level: int) -> np.ndarray:
+        """(height, width, k) uint8 of this image's region. Raises SlideError: another number of samples."""
+        if self.mode == "rgb":
+            return slide.read_region(y, x, height, width, level)
+        if self.mode == "grey":
+            from PIL import Image
+
+            return np.asarray(Image.fromarray(slide.read_region(y, x, height, width, level)).convert("L"))[..., None]
+        region = slide.read_region(y, x, height, width, level, rgb=False)
+        if region.ndim == 2:
+            region = region[..., None]
+        if region.shape[-1] != self.bands:
+            raise SlideError(f"{self.uri}: has {region.shape[-1]} sample(s) per pixel; the ensemble reads "
+                             f"{self.bands} channels from it")
+        if region.dtype != np.uint8:
+            if region.dtype.kind not in "ub":
+                raise SlideError(f"{self.uri}: {region.dtype} samples; minseg reads unsigned integer bands")
+            region = scale_to_uint8(region, 1 if region.dtype == np.bool_ else region.dtype.itemsize * 8)
+        return np.ascontiguousarray(region)
+
+
+class SceneSlide:
+    """The aligned images of one scene (PPL and XPL photographs, or one multi-band TIFF) read as one slide whose
+    regions are their channels stacked in order; the levels are those every image has at the same size.
+
+    Raises SlideError (on opening): the images differ in size at level 0.
+    """
+
+    def __init__(self, sources: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits | None = None,
+                 cache: "SlideCache | None" = None):
+        self.sources = sources
+        self.slides = [cache.get(s.uri, storage, limits) if cache else Slide(s.uri, storage, limits=limits)
+                       for s in sources]
+        first = self.slides[0]
+        for source, slide in zip(sources[1:], self.slides[1:]):
+            if slide.info.levels[0] != first.info.levels[0]:
+                (h, w), (h0, w0) = slide.info.levels[0], first.info.levels[0]
+                raise SlideError(f"{source.uri} is {w}x{h} but {sources[0].uri} is {w0}x{h0}: the images of a scene "
+                                 "must be aligned")
+        levels = []
+        for index, shape in enumerate(first.info.levels):
+            if all(index < len(s.info.levels) and s.info.levels[index] == shape for s in self.slides):
+                levels.append(shape)
+            else:
+                break
+        self.info = SlideInfo(first.info.uri, first.info.format, tuple(levels), first.info.tile,
+                              first.info.pixel_size_um)
+        self.channels = sum({"rgb": 3, "grey": 1}.get(s.mode, s.bands or 0) for s in sources)
+
+    def level_shape(self, level: int) -> tuple[int, int]:
+        if not 0 <= level < len(self.info.levels):
+            raise SlideError(f"{self.info.uri}: no pyramid level {level} shared by the scene's images "
+                             f"(they share {len(self.info.levels)})")
+        return self.info.levels[level]
+
+    def read_region(self, y: int, x: int, height: int, width: int, level: int = 0) -> np.ndarray:
+        """(height, width, channels) uint8: each image's channels, stacked in the declared order."""
+        parts = [source.channels(slide, y, x, height, width, level) for source, slide in zip(self.sources, self.slides)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    def close(self) -> None:
+        for slide in self.slides:
+            slide.close()
+
+    def __enter__(self) -> "SceneSlide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _naming(uri: str, exc: Exception) -> str:

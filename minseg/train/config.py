@@ -101,6 +101,14 @@ class MemberSettings(StrictModel):
     max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
     seed: int | None = None
 
+    @field_validator("model_options")
+    @classmethod
+    def _no_input_channels(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if "in_channels" in options:  # one value from the data to every member, checkpoint and manifest
+            raise ValueError("in_channels is set by the data, not per member: declare the images of a scene as "
+                             "data.sources[].channels (e.g. ppl + xpl: 6 channels; mode grey: 1)")
+        return options
+
     @model_validator(mode="after")
     def _batches_split_evenly(self) -> "MemberSettings":
         for index, stage in enumerate(self.stages):

@@ -173,7 +173,8 @@ class ImageSource:
 
     def __init__(self, prepared: PreparedData, data):
         self.prepared, self.data = prepared, data
-        self.task, self.num_classes, self.in_channels = prepared.task, prepared.classmap.num_classes, 3
+        self.task, self.num_classes = prepared.task, prepared.classmap.num_classes
+        self.in_channels = data.in_channels if prepared.task is Task.SEGMENTATION else 3
 
     def trial_folds(self) -> list[int | None]:
         return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
@@ -200,7 +201,7 @@ class ImageSource:
         if fold is not None and test is not None:
             datasets["test"] = test
         inputs = TrialInputs(
-            task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=3,
+            task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=self.in_channels,
             ignore_index=prepared.classmap.ignore_index, classes=prepared.classmap.to_document(),
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
             augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,

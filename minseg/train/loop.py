@@ -276,7 +276,8 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
             None if drop_optimizer else optimizer.state_dict(), state,
-            member.model_dump(mode="json"), inputs.classes, {**metrics, "normalization": state["normalization"]}, is_best,
+            _member_document(member, inputs.in_channels), inputs.classes,
+            {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
                   loss=round(metrics["train_loss"], 4),
@@ -392,3 +393,11 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     metrics = matrix.compute(inputs.classes_names, background=0 if task is Task.SEGMENTATION else None)
     metrics["val_loss"] = loss_sum / max(1, count)
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
+
+
+def _member_document(member: MemberSettings, in_channels: int) -> dict:
+    """``member.json``: the member's resolved config, its model options completed with the input channels it was
+    built for (what evaluation and inference build it with)."""
+    document = member.model_dump(mode="json")
+    document["model_options"] = {**document["model_options"], "in_channels": in_channels}
+    return document

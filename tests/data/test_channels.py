@@ -1,0 +1,145 @@
+"""Several images of one scene as input channels (PPL + XPL), grey single-channel images, multi-band TIFFs."""
+
+import numpy as np
+import pytest
+import tifffile
+from minseg.config.base import ConfigError, validate_config
+from minseg.data.config import DataSettings
+from minseg.data.pipeline import decode_scene, load_example, prepare_data
+from minseg.enums import Task
+from minseg.io.storage import Storage
+from minseg.synth.minerals import CLASS_NAMES
+from minseg.synth.sections import render_section
+from tests.data.helpers import png_bytes
+
+NINE = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
+PPL_XPL = [{"name": "ppl", "images_dir": "ppl", "image_pattern": "{scene}_ppl"},
+           {"name": "xpl", "images_dir": "xpl", "image_pattern": "{scene}_xpl"}]
+
+
+def crossed(image: np.ndarray) -> np.ndarray:
+    """A stand-in for the cross-polarised view of a scene: another picture of the same pixels."""
+    return (255 - image[..., ::-1]).astype(np.uint8)
+
+
+def write_thin_sections(root, count=6, size=40, missing_xpl=(), misaligned=()):
+    """``ppl/<scene>_ppl.png``, ``xpl/<scene>_xpl.png``, ``masks/<scene>_mask.tiff`` (the issue's dataset shape)."""
+    for sub in ("ppl", "xpl", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    scenes = {}
+    for index in range(count):
+        scene = f"s{index:02d}"
+        image, mask = render_section(index, size, size)
+        (root / "ppl" / f"{scene}_ppl.png").write_bytes(png_bytes(image))
+        if scene not in missing_xpl:
+            xpl = crossed(image)[:-4] if scene in misaligned else crossed(image)
+            (root / "xpl" / f"{scene}_xpl.png").write_bytes(png_bytes(xpl))
+        tifffile.imwrite(root / "masks" / f"{scene}_mask.tiff", mask)
+        scenes[scene] = (image, mask)
+    return scenes
+
+
+def data_settings(root, channels=PPL_XPL, **extra):
+    source = {"uri": str(root), "masks_dir": "masks", "mask_pattern": "{scene}_mask", "channels": channels}
+    return validate_config({"sources": [source], "classes": NINE, "tiling": {"size": 32},
+                            "split": {"train": 0.5, "val": 0.5, "test": 0.0}, **extra}, DataSettings)
+
+
+def test_ppl_and_xpl_stack_into_six_channels(ray_session, tmp_path):
+    """One item per scene with both images; channels in the declared order; normalisation per channel; a scene
+    without its XPL image, or with one of another size, is quarantined saying so."""
+    root = tmp_path / "thin"
+    scenes = write_thin_sections(root, missing_xpl=("s04",), misaligned=("s05",))
+    data = data_settings(root)
+    assert data.in_channels == 6 and data.channel_labels[:4] == ["ppl:R", "ppl:G", "ppl:B", "xpl:R"]
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    items = {i["item_id"]: i for split in ("train", "val") for i in prepared.splits[split]}
+    assert sorted(items) == [f"thin/s{i:02d}" for i in range(4)]
+    reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in prepared.quarantine}
+    assert reasons["s04_ppl.png"] == "scene 's04' has no xpl/s04_xpl.*"
+    assert "xpl/s05_xpl.png is 40x36 but ppl/s05_ppl.png is 40x40: the images of a scene must be aligned" in \
+        reasons["s05_ppl.png"]
+    image, ids = load_example(items["thin/s01"], prepared.classmap, data.limits, Storage())
+    expected, mask = scenes["s01"]
+    assert image.shape == (40, 40, 6) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., :3], expected)
+    np.testing.assert_array_equal(image[..., 3:], crossed(expected))
+    np.testing.assert_array_equal(ids, mask)
+    assert len(prepared.normalization["mean"]) == 6 == len(prepared.normalization["std"])
+    train = [scenes[i.split("/")[1]][0] for i in (x["item_id"] for x in prepared.splits["train"])]
+    ppl_red = np.mean([t[..., 0].mean() for t in train])
+    assert prepared.normalization["mean"][0] == pytest.approx(ppl_red, abs=0.01)
+    assert prepared.normalization["mean"][3] == pytest.approx(255 - np.mean([t[..., 2].mean() for t in train]),
+                                                              abs=0.01)
+    small, _ = load_example(items["thin/s01"], prepared.classmap, data.limits, Storage(), scale=0.5)
+    assert small.shape == (20, 20, 6)  # rescaled plane by plane
+
+
+def test_grey_images_are_one_channel_and_bands_keep_every_sample(tmp_path):
+    """Grey single-channel data (mode grey: luminance, a grey file's own values) and a 4-band TIFF (mode bands)."""
+    root = tmp_path / "bse"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    image, mask = render_section(3, 24, 24)
+    grey = image[..., 1]
+    (root / "images" / "a.png").write_bytes(png_bytes(grey))
+    (root / "images" / "b.png").write_bytes(png_bytes(image))  # an RGB picture read as grey: its luminance
+    bands = np.dstack([image, grey]).astype(np.uint16) * 257  # 16-bit, four samples
+    tifffile.imwrite(root / "images" / "c.tif", bands, photometric="minisblack", planarconfig="contig")
+    for name in ("a", "b", "c"):
+        (root / "masks" / f"{name}.png").write_bytes(png_bytes(mask))
+    storage = Storage()
+    def ref(name):
+        return {"kind": "file", "uri": str(root / "images" / name)}
+
+    item = {"image": None, "channels": [{"ref": ref("a.png"), "name": "a.png", "mode": "grey", "bands": None}]}
+    from minseg.data.config import LimitSettings
+
+    limits = LimitSettings()
+    np.testing.assert_array_equal(decode_scene(item, limits, storage)[..., 0], grey)
+    item["channels"][0].update(ref=ref("b.png"), name="b.png")
+    luminance = decode_scene(item, limits, storage)[..., 0].astype(int)
+    red, green, blue = (image[..., k].astype(int) for k in range(3))
+    expected = (red * 299 + green * 587 + blue * 114) / 1000
+    assert np.abs(luminance - expected).max() <= 1
+    item["channels"][0].update(ref=ref("c.tif"), name="c.tif", mode="bands", bands=4)
+    four = decode_scene(item, limits, storage)
+    assert four.shape == (24, 24, 4) and four.dtype == np.uint8
+    np.testing.assert_array_equal(four[..., 3], grey)
+    item["channels"][0]["bands"] = 3
+    from minseg.io.images import DecodeError
+
+    with pytest.raises(DecodeError, match="c.tif: has 4 sample\\(s\\) per pixel, channels\\[\\].bands says 3"):
+        decode_scene(item, limits, storage)
+
+
+def test_grey_source_prepares_one_channel(ray_session, tmp_path):
+    from tests.data.helpers import write_paired
+
+    root = write_paired(tmp_path / "paired", count=4, size=32)
+    data = validate_config({"sources": [{"uri": str(root), "channels": [{"name": "bse", "mode": "grey"}]}],
+                            "classes": NINE, "tiling": {"size": 32}, "split": {"train": 0.75, "val": 0.25,
+                                                                                 "test": 0.0}}, DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    item = prepared.splits["train"][0]
+    image, _ = load_example(item, prepared.classmap, data.limits, Storage())
+    assert image.shape == (32, 32, 1) and len(prepared.normalization["mean"]) == 1
+
+
+def test_channel_declarations_are_checked(tmp_path):
+    with pytest.raises((ConfigError, ValueError), match="bands: give it exactly when mode is 'bands'"):
+        data_settings(tmp_path, channels=[{"name": "ms", "mode": "bands"}])
+    with pytest.raises((ConfigError, ValueError), match="names must be unique, repeated: ppl"):
+        data_settings(tmp_path, channels=[PPL_XPL[0], PPL_XPL[0]])
+    with pytest.raises((ConfigError, ValueError), match="normalization.mean needs 6 values"):
+        data_settings(tmp_path, normalization={"mean": [1, 2, 3], "std": [1, 1, 1]})
+    with pytest.raises((ConfigError, ValueError), match=r"sources\[1\].channels give image \(rgb, 3\) but "
+                                                        r"sources\[0\] gives ppl \(rgb, 3\) \+ xpl \(rgb, 3\)"):
+        validate_config({"sources": [{"uri": "a", "channels": PPL_XPL}, {"uri": "b"}], "classes": NINE}, DataSettings)
+    with pytest.raises((ConfigError, ValueError), match="several images per scene are read from the paired layout"):
+        validate_config({"sources": [{"uri": "a", "layout": "coco", "channels": PPL_XPL}]}, DataSettings)
+    from minseg.train.config import MemberSettings
+
+    with pytest.raises((ConfigError, ValueError), match="in_channels is set by the data"):
+        MemberSettings.model_validate({"name": "m", "model": "unet", "model_options": {"in_channels": 6},
+                                       "stages": [{"epochs": 1}]})

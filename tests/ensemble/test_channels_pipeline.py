@@ -1,0 +1,118 @@
+"""PPL + XPL scenes end to end: training reads 6 channels, checkpoints and the manifest record them, evaluation,
+scoring and whole-slide segmentation (a scene as two aligned files, or one 6-band TIFF) read them the same way."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from minseg.cli import main
+from minseg.config import MinsegConfig, validate_config
+from minseg.synth.sections import render_section
+from tests.data.test_channels import NINE, PPL_XPL, crossed, write_thin_sections
+
+TINY = {"width": 0.125, "depth": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def thin_run(ray_session, tmp_path_factory):
+    """Two tiny members trained (one epoch) on PPL + XPL thin sections, evaluated; the manifest they give."""
+    from minseg.ensemble.evaluate import evaluate_ensemble
+    from minseg.train.ensemble import train_ensemble
+
+    root = tmp_path_factory.mktemp("thin-run")
+    write_thin_sections(root / "thin", count=8, size=48)
+    source = {"uri": str(root / "thin"), "masks_dir": "masks", "mask_pattern": "{scene}_mask", "channels": PPL_XPL}
+    config = validate_config({
+        "run": {"name": "thin", "output_uri": str(root / "out"), "seed": 0},
+        "ray": {"task_cpus": 0.25},
+        "data": {"sources": [source], "classes": NINE, "tiling": {"size": 32}, "cache": True,
+                 "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "training": {"defaults": {"stages": [{"epochs": 1, "batch_size": 4}], "scaling": {"cpus_per_worker": 0.25},
+                                  "max_failures": 0},
+                     "members": [{"name": "resunet", "model": "res_unet", "model_options": TINY},
+                                 {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25}}]},
+        "evaluation": {"k_min": 2, "modes": ["soft"], "cpus_per_actor": 0.25, "overlays": 1,
+                       "selection": {"rule": "best"}},
+    }, MinsegConfig)
+    results = train_ensemble(config)
+    assert all(r.status == "done" for r in results), [r.error for r in results]
+    evaluation = evaluate_ensemble(config)
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    assert main(["select", folder, "--candidate", "RUEL-2-SOFT", "--name", "both"]) == 0
+    return root, config, evaluation, f"{folder}/manifest-both.json"
+
+
+def test_members_checkpoints_and_manifest_carry_six_channels(thin_run):
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.ensemble.runtime import load_member_models
+    from minseg.io.storage import Storage
+
+    root, config, evaluation, manifest_uri = thin_run
+    member = json.loads(open(f"{evaluation.document['members']['resunet']['checkpoint']}/member.json").read())
+    assert member["model_options"]["in_channels"] == 6
+    manifest = load_manifest(manifest_uri)
+    assert [g.name for g in manifest.channel_groups] == ["ppl", "xpl"] and manifest.in_channels == 6
+    assert len(manifest.normalization["mean"]) == 6
+    model = load_member_models(manifest, Storage())[0]
+    first = next(m for m in model.modules() if hasattr(m, "in_channels"))
+    assert first.in_channels == 6  # the first convolution reads both images
+    overlays = list((root / "out").glob("thin/evaluation/ensemble/overlay_*.png"))
+    assert overlays and overlays[0].stat().st_size > 5000  # drawn from the PPL image
+
+
+def test_score_reads_the_scenes_and_refuses_rgb_data(thin_run, tmp_path, capsys):
+    import yaml
+
+    root, config, evaluation, manifest_uri = thin_run
+    write_thin_sections(tmp_path / "new", count=3, size=40)
+    source = {"uri": str(tmp_path / "new"), "masks_dir": "masks", "mask_pattern": "{scene}_mask",
+              "channels": PPL_XPL}
+    path = tmp_path / "score.yaml"
+    path.write_text(yaml.safe_dump({"ray": {"task_cpus": 0.25}, "data": {"sources": [source]},
+                                    "score": {"manifest": manifest_uri, "cpus_per_actor": 0.25}}))
+    assert main(["score", "-c", str(path), "--out", str(tmp_path / "score")]) == 0
+    document = json.loads((tmp_path / "score" / "score.json").read_text())
+    assert document["images"] == 3 and document["selected"] == "RUEL-2-SOFT"
+    from tests.data.helpers import write_paired
+
+    rgb = write_paired(tmp_path / "rgb", count=2, size=32)
+    capsys.readouterr()
+    assert main(["score", "--manifest", manifest_uri, "--data", str(rgb), "--out", str(tmp_path / "s2")]) == 2
+    assert "the data gives image (rgb, 3) per scene but the ensemble reads ppl (rgb, 3) + xpl (rgb, 3)" in \
+        capsys.readouterr().err
+
+
+def test_segment_a_scene_of_two_files_and_a_six_band_tiff(thin_run, tmp_path, capsys):
+    """The same scene given as two aligned files (--scene) and as one 6-sample TIFF: identical labels; a scene of
+    images of different sizes fails alone, naming them; RGB slides are refused for this ensemble."""
+    root, config, evaluation, manifest_uri = thin_run
+    image, _ = render_section(5, 200, 200)
+    tifffile.imwrite(tmp_path / "s_ppl.tif", image, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "s_xpl.tif", crossed(image), tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "s_both.tif", np.dstack([image, crossed(image)]), tile=(64, 64),
+                     photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "small_xpl.tif", crossed(image)[:150], photometric="rgb")
+    common = ["--manifest", manifest_uri, "--set", "ray.task_cpus=0.25", "--set", "segment.cpus_per_actor=0.25",
+              "--set", "segment.block=128", "--set", "segment.output_tile=64", "--set", "segment.batch_size=4"]
+    scene = f"ppl={tmp_path / 's_ppl.tif'},xpl={tmp_path / 's_xpl.tif'}"
+    bad = f"ppl={tmp_path / 's_ppl.tif'},xpl={tmp_path / 'small_xpl.tif'}"
+    assert main(["segment", "--scene", scene, "--out", str(tmp_path / "two"), *common]) == 0
+    assert main(["segment", str(tmp_path / "s_both.tif"), "--out", str(tmp_path / "one"), *common]) == 0
+    import zarr
+
+    def labels(folder):
+        group = zarr.open_group(str(folder / "segmentation.ome.zarr"), mode="r")
+        return np.asarray(group["labels/classes"]["0"][...])
+
+    first, second = labels(tmp_path / "two" / "s_ppl"), labels(tmp_path / "one" / "s_both")
+    assert first.shape[-2:] == (200, 200)
+    np.testing.assert_array_equal(first, second)
+    capsys.readouterr()
+    assert main(["segment", "--scene", bad, "--out", str(tmp_path / "bad"), *common]) == 1
+    assert "small_xpl.tif is 200x150 but" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "s_ppl.tif"), "--out", str(tmp_path / "rgb"), *common]) == 1
+    assert "has 3 sample(s) per pixel; the ensemble reads 6 channels from it" in capsys.readouterr().err
+    assert main(["segment", "--scene", f"ppl={tmp_path / 's_ppl.tif'}", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "the ensemble reads ppl, xpl per scene; missing xpl" in capsys.readouterr().err
