@@ -93,10 +93,13 @@ def cmd_score(args) -> int:
     updates = {"manifest": args.manifest, "split": args.split, "output_uri": args.out}
     current = (config.score or ScoreSettings()).model_dump()
     config.score = ScoreSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
-    if args.data:  # folders given on the command line replace data.sources (layouts auto-detected)
-        sources = [{"uri": uri} for uri in args.data]
-        config.data = (DataSettings(sources=sources) if config.data is None
-                       else config.data.model_copy(update={"sources": DataSettings(sources=sources).sources}))
+    if args.data:  # folders given on the command line replace data.sources, read like the config's first source
+        if config.data is None:
+            config.data = DataSettings(sources=[{"uri": uri} for uri in args.data])
+        else:
+            first = config.data.sources[0]
+            sources = [first.model_copy(update={"uri": uri, "name": None}) for uri in args.data]
+            config.data = config.data.model_copy(update={"sources": sources})
     result = score_ensemble(config)
     print(f"score -> {result.output} ({result.images} images scored, {result.quarantined} quarantined)")
     return 0

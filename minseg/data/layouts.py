@@ -321,7 +321,9 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     naming what it lacks."""
     masks_dir = source.masks_dir
     declared = source.channels is not None
-    groups = [(group, group.images_dir or source.images_dir, group.image_pattern if declared else source.image_pattern)
+    # one declared entry without its own folder / pattern reads the source's (e.g. grey images named by a pattern)
+    groups = [(group, group.images_dir or source.images_dir,
+               group.image_pattern if declared and group.image_pattern != "{scene}" else source.image_pattern)
               for group in source.channel_groups]
     folders = tuple(dict.fromkeys([folder for _, folder, _ in groups] + [masks_dir]))
     root = _find_root(list(container.members), *folders)
@@ -341,12 +343,24 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
         return f"{folder}/{below + '/' if below else ''}{pattern.replace('{scene}', scene)}.*"
 
     rejected: list[Rejected] = []
+    # an image goes to the channel entry whose pattern fits its name most specifically (PPL and XPL may share a
+    # folder: '{scene}_xpl' claims s01_xpl before a bare '{scene}' would); a name no pattern fits is refused once
+    claimed: list[list[str]] = [[] for _ in groups]
+    for folder in dict.fromkeys(folder for _, folder, _ in groups):
+        here = [i for i, (_, f, _) in enumerate(groups) if f == folder]
+        for member in (m for m in container.members if m.startswith(f"{root}{folder}/") and _is_image(m)):
+            name = _without_extension(member.rpartition("/")[2])
+            fits = [i for i in here if scene_in(name, groups[i][2]) is not None]
+            if fits:
+                claimed[max(fits, key=lambda i: len(groups[i][2]))].append(member)
+            else:
+                patterns = " or ".join(repr(groups[i][2]) for i in here)
+                rejected.append(Rejected(container.describe(member), f"the name does not match "
+                                         f"{'channels[].' if declared else ''}image_pattern {patterns}"))
     images = []  # per channel entry: scene key -> member
-    for group, folder, pattern in groups:
+    for (group, folder, pattern), members in zip(groups, claimed):
         what = f"{group.name} image" if declared else "image"
-        keyed, bad = _keyed(container, [m for m in container.members if m.startswith(f"{root}{folder}/")
-                                        and _is_image(m)], f"{root}{folder}/", what, scene_key(pattern),
-                            f"the name does not match {'channels[].' if declared else ''}image_pattern {pattern!r}")
+        keyed, bad = _keyed(container, members, f"{root}{folder}/", what, scene_key(pattern))
         images.append(keyed)
         rejected += bad
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")

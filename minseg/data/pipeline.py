@@ -494,7 +494,8 @@ def _should_cache(data: DataSettings, prepared: PreparedData, items: list[dict])
         return bool(data.cache)
     import ray
 
-    tile_bytes = data.tiling.size**2 * (3 if prepared.task is Task.CLASSIFICATION else 4)
+    # a tile's image (its input channels) and, for segmentation, its mask
+    tile_bytes = data.tiling.size**2 * (3 if prepared.task is Task.CLASSIFICATION else data.in_channels + 1)
     needed = sum(i["tiles"] for i in items) * tile_bytes
     store = ray.cluster_resources().get("object_store_memory", 0)
     return needed < store / 4

@@ -103,7 +103,6 @@ class ScoreSettings(StrictModel):
     manifest: str | None = Field(None, description="ensemble manifest (path or s3://), from evaluate or select")
     split: ScoreSplit = Field(ScoreSplit.ALL, description="all: every labelled item of the data (an external test "
                               "set; data.split is not used); train / val / test: that split of data.split")
-    members: bool = Field(True, description="also score each member alone (members table, per-class comparison)")
     name: str = Field("score", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/score/<name>")
     actors: int = Field(1, ge=1, description="inference actors (each holds every member)")

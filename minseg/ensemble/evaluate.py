@@ -214,6 +214,29 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None) ->
     return members
 
 
+def check_channels(storage: Storage, members: list[MemberRef], data: DataSettings) -> None:
+    """The data gives each member the input it was trained on: as many channels, from the same images of a scene
+    in the same order (``member.json``; members without a record read RGB).
+
+    Raises:
+        InputError: naming the member, what it reads and what the data gives.
+    """
+    from minseg.data.config import ImageChannels, channel_signature, describe_channels
+
+    given = channel_signature(data.channel_groups)
+    for member in members:
+        document = json.loads(storage.read_text(join_uri(member.checkpoint, "member.json")))
+        recorded = document.get("channels")
+        groups = [ImageChannels.model_validate(g) for g in recorded] if recorded else \
+            [ImageChannels(name="image")]
+        count = member.model_options.get("in_channels", 3)
+        if (recorded and channel_signature(groups) != given) or count != data.in_channels:
+            trained = describe_channels(groups) if recorded else f"{count} channel(s)"
+            raise InputError(f"member {member.name!r} was trained on {trained} per scene, the data gives "
+                             f"{describe_channels(data.channel_groups)}: declare the same data.sources[].channels "
+                             "(names, modes, order) as in training")
+
+
 def _member_normalization(storage: Storage, checkpoint: str) -> dict | None:
     """The statistics a member was trained with (``metrics.json``; pretrained members may differ from the data's)."""
     try:
@@ -329,6 +352,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
+    check_channels(storage, members, config.data)
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     prepared = prepare_evaluation_data(config, storage, run_uri)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),

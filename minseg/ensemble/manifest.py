@@ -78,7 +78,9 @@ class EnsembleManifest(StrictModel):
 
     def digest(self) -> str:
         """Identifies this ensemble (members' weights, fusion, tiling): outputs record it."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"created", "metrics", "selection"}), sort_keys=True)
+        # a manifest without declared channels (RGB) hashes as before they existed: finished slides stay finished
+        exclude = {"created", "metrics", "selection"} | ({"channels"} if self.channels is None else set())
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

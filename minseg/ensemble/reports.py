@@ -175,8 +175,10 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
     palette = np.array([c["color"] for c in classes] + [[255, 255, 255]] * (256 - len(classes)), dtype=np.uint8)
     legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
     selected = document["selected"]
+    groups = document.get("channels") or [{"mode": "rgb"}]  # a scene's images: overlays show the first
+    first = {"rgb": 3, "grey": 1}.get(groups[0]["mode"], groups[0].get("bands") or 1)
     for preview in previews:
-        panels = [("image", display_rgb(preview["image"])), ("truth", palette[preview["truth"]])]
+        panels = [("image", display_rgb(preview["image"], first)), ("truth", palette[preview["truth"]])]
         if selected == best_member:
             panels.append((f"{selected} (best member, selected)", palette[preview["labels"][selected]]))
         else:

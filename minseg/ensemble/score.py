@@ -75,6 +75,10 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
                              "ensemble predicts its own classes; list the same names in the same order (their mask "
                              "codes may differ), or leave data.classes out to use the manifest's")
         classes = data.classes
+    if manifest.channels and all(source.channels is None for source in data.sources):
+        # the images of a scene as the ensemble was trained on them (folders, name patterns), unless declared
+        sources = [source.model_copy(update={"channels": list(manifest.channels)}) for source in data.sources]
+        data = data.model_copy(update={"sources": sources})
     if channel_signature(data.channel_groups) != channel_signature(manifest.channel_groups):
         raise InputError(f"the data gives {describe_channels(data.channel_groups)} per scene but the ensemble reads "
                          f"{describe_channels(manifest.channel_groups)} ({where}): declare the same "
@@ -146,6 +150,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
         "at_selection": {k: v for k, v in manifest.metrics.items() if k in ("miou", "mPA", "mean_f1", "iou")},
         "tiling": manifest.tiling.model_dump(mode="json"), "tta": str(manifest.fusion.tta),
         "classes": manifest.classes, "normalization": manifest.normalization,
+        "channels": [group.model_dump(mode="json") for group in manifest.channels] if manifest.channels else None,
         "test_items": [i["item_id"] for i in items],
     }
     gain = metric_value(selected.metrics, "miou") - metric_value(best.metrics, "miou")

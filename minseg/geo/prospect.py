@@ -130,7 +130,7 @@ def _element_grids(samples, geometry: GridGeometry, settings: ProspectSettings, 
 def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry, working, storage: Storage,
                     study_hint, task_cpus: float) -> tuple[list[tuple[str, np.ndarray]], set[str], dict]:
     channels, categorical, reports = [], set(), {}
-    for index, raster in enumerate(rasters):
+    for index, raster in rasters:  # (config index, layer): a glob's layers name their entry
         values, report = read_raster_on_grid(raster, index, geometry, working, storage, study_hint,
                                              settings.grid.min_layer_coverage)
         if raster.kind is EvidenceKind.CATEGORICAL:
@@ -148,6 +148,24 @@ def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry,
         channels.append((layer.name, distance))
         reports[layer.name] = {"file": layer.uri, "lines": len(lines), "max_distance_m": float(np.nanmax(distance))}
     return channels, categorical, reports
+
+
+def _check_names(settings: ProspectSettings, rasters: list) -> None:
+    """Every evidence channel has its own name: sample elements, rasters (globs expanded) and line layers.
+
+    Raises ProspectInputError naming each clash and where both come from."""
+    sources: dict[str, list[str]] = {}
+    for element in (settings.samples.elements if settings.samples else {}):
+        sources.setdefault(element, []).append("prospect.samples.elements")
+    for index, raster in rasters:
+        sources.setdefault(raster.name, []).append(f"prospect.rasters[{index}] ({raster.uri})")
+    for index, layer in enumerate(settings.lines):
+        sources.setdefault(layer.name, []).append(f"prospect.lines[{index}]")
+    clashes = {name: where for name, where in sources.items() if len(where) > 1}
+    if clashes:
+        text = "; ".join(f"{name}: {' and '.join(where)}" for name, where in sorted(clashes.items()))
+        raise ProspectInputError(f"evidence names must be unique across samples, rasters and lines: {text}; rename "
+                                 "one (a raster's name, or its file for a glob)")
 
 
 def _check_members(settings: ProspectSettings) -> None:
@@ -182,7 +200,7 @@ class Inputs:
     d_cols: np.ndarray
     inside: np.ndarray  # deposit on the grid
     outside: list[dict]
-    rasters: list  # the evidence rasters, globs expanded
+    rasters: list  # (config index, evidence raster), globs expanded
     barren: Points | None = None
 
 
@@ -203,6 +221,7 @@ class Evidence:
     screened: dict[str, np.ndarray] = field(default_factory=dict)  # raster layers screened like elements
     barren_cells: np.ndarray | None = None  # (k, 2) unique in-study barren cells: the negatives, when given
     barren_xy: np.ndarray | None = None  # (k', 2) every barren site read (sample-level screening)
+    barren_site_cells: np.ndarray | None = None  # (k', 2) their grid cells, -1 outside the grid
 
 
 @dataclass
@@ -260,6 +279,7 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
                   dropped=samples.report["rows_dropped"])
         bounds = (samples.x.min(), samples.y.min(), samples.x.max(), samples.y.max())
     rasters = expand_rasters(settings.rasters, storage)
+    _check_names(settings, rasters)
     reference = raster_geometry(settings.grid.reference, storage, settings.grid.crs) if settings.grid.reference else None
     geometry = target_grid(settings.grid, bounds, reference)
     deposits = read_sites(settings.deposits, working, storage, "prospect.deposits")
@@ -299,7 +319,7 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     names = list(grids) + [n for n, _ in layers]
     data = np.stack([grids[e] for e in grids] + [c for _, c in layers]).astype(np.float32)
     stack = EvidenceStack(names, data, study, categorical)
-    screened_names = {r.name for r in inputs.rasters if r.screen}
+    screened_names = {r.name for _, r in inputs.rasters if r.screen}
     screened = {name: channel for name, channel in layers if name in screened_names}
     inside, d_rows, d_cols = inputs.inside, inputs.d_rows, inputs.d_cols
     in_study = inside.copy()
@@ -307,17 +327,18 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
-    barren_cells = barren_xy = None
+    barren_cells = barren_xy = site_cells = None
     if inputs.barren is not None:
-        barren_cells, barren_xy = _barren_cells(inputs.barren, geometry, study, deposit_cells)
+        barren_cells, barren_xy, site_cells = _barren_cells(inputs.barren, geometry, study, deposit_cells)
     return Evidence(grids, layers, layer_reports, stack, study, in_study, deposit_cells,
-                    np.unique(deposit_cells, axis=0), deposit_xy, every, screened, barren_cells, barren_xy)
+                    np.unique(deposit_cells, axis=0), deposit_xy, every, screened, barren_cells, barren_xy,
+                    site_cells)
 
 
 def _barren_cells(barren: Points, geometry: GridGeometry, study: np.ndarray,
-                  deposit_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unique in-study barren cells that hold no deposit, every barren site's coordinates); what was left out
-    is logged."""
+                  deposit_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique in-study barren cells that hold no deposit, every barren site's coordinates, their cells with -1
+    outside the grid); what was left out is logged."""
     rows, cols, inside = world_to_cell(geometry, barren.x, barren.y)
     cells = np.unique(np.column_stack([rows[inside], cols[inside]]).astype(np.int64).reshape(-1, 2), axis=0)
     usable = study[cells[:, 0], cells[:, 1]]
@@ -330,14 +351,16 @@ def _barren_cells(barren: Points, geometry: GridGeometry, study: np.ndarray,
     if not len(kept):
         raise ProspectInputError("prospect.barren: no barren site lies in the study area away from the deposits; "
                                  "check its extent and CRS, or leave barren out (negatives then come from a lattice)")
-    return kept, np.column_stack([barren.x, barren.y]).astype(np.float64)
+    site_cells = np.where(inside[:, None], np.column_stack([rows, cols]), -1).astype(np.int64)
+    return kept, np.column_stack([barren.x, barren.y]).astype(np.float64), site_cells
 
 
 def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray,
-           negative_cells: np.ndarray | None) -> list[dict]:
+           negative_cells: np.ndarray | None, held_out: np.ndarray | None = None) -> list[dict]:
     """Element (and screened-layer) screening of one trial, on its training deposits only: elements at
     ``screening.level``, raster layers marked ``screen`` on the grid; one decision over all of them.
-    ``negative_cells``: the trial's barren cells (training side), the only negatives when given."""
+    ``negative_cells``: the trial's barren cells (training side), the only negatives when given; ``held_out``:
+    (rows, cols) bool, the cells under the trial's test windows (barren sites there are no negatives)."""
     if settings.level is ScreeningLevel.GRID or samples is None:
         rows = grid_rows(evidence.grids, training_cells, negative_cells)
     else:
@@ -349,8 +372,15 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
         # every other deposit, held out or outside the study area: samples near it are no negatives
         others = np.array([p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in used],
                           np.float64).reshape(-1, 2)
+        barren_xy = evidence.barren_xy
+        if barren_xy is not None and held_out is not None:
+            cells = evidence.barren_site_cells
+            inside = cells[:, 0] >= 0
+            under_test = np.zeros(len(cells), bool)
+            under_test[inside] = held_out[cells[inside, 0], cells[inside, 1]]
+            barren_xy = barren_xy[~under_test]
         rows = sample_rows(values, np.column_stack([samples.x, samples.y]), training_xy, others,
-                           settings.sample_radius_m, evidence.barren_xy)
+                           settings.sample_radius_m, barren_xy)
     rows += grid_rows(evidence.screened, training_cells, negative_cells, level="raster")
     return decide(rows, settings)
 
@@ -370,11 +400,12 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
         train_cells = np.unique(train.deposit[train.labels == 1])
-        training_cells = study & ~footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
+        held_out = footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
+        training_cells = study & ~held_out
         barren = evidence.barren_cells
         if barren is not None:  # the held-out side's barren cells are no training negatives for screening
             barren = barren[training_cells[barren[:, 0], barren[:, 1]]]
-        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells], barren)
+        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells], barren, held_out)
         kept = [r["element"] for r in screening if r["kept"]]
         if not kept and screening:
             log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)

@@ -36,8 +36,9 @@ def local_raster(uri: str, storage: Storage):
         raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None
 
 
-def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[EvidenceRaster]:
-    """The configured layers with each glob ``uri`` replaced by one layer per matched file, named after it.
+def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tuple[int, EvidenceRaster]]:
+    """(config index, layer) of the configured layers, each glob ``uri`` replaced by one layer per matched file,
+    named after it (errors about a layer name its config entry and its file).
 
     Raises:
         ProspectInputError: a glob matching nothing, or two layers with one name.
@@ -50,7 +51,7 @@ def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[Evid
     layers = []
     for index, raster in enumerate(rasters):
         if not has_glob(raster.uri):
-            layers.append(raster)
+            layers.append((index, raster))
             continue
         found = glob_uris(raster.uri, storage)
         if not found:
@@ -59,11 +60,11 @@ def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[Evid
             stem = os.path.basename(uri.rstrip("/"))
             stem = re.sub(r"\.(tiff?|img|asc|vrt|nc|grd|bil|flt)$", "", stem, flags=re.IGNORECASE)
             name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-") or f"layer{len(layers)}"
-            layers.append(raster.model_copy(update={"uri": uri, "name": name}))
-    names = [layer.name for layer in layers]
+            layers.append((index, raster.model_copy(update={"uri": uri, "name": name})))
+    names = [layer.name for _, layer in layers]
     twins = sorted({n for n in names if names.count(n) > 1})
     if twins:
-        files = [f"{layer.name}: {layer.uri}" for layer in layers if layer.name in twins]
+        files = [f"{layer.name}: {layer.uri}" for _, layer in layers if layer.name in twins]
         raise ProspectInputError(f"prospect.rasters: several layers named {', '.join(twins)} ({'; '.join(files)}); "
                                  "name them apart")
     return layers

@@ -165,7 +165,7 @@ def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_ti
                 windows[index, top - y : bottom - y, left - x : right - x]
     # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image
     return pack(windows=windows, rows=np.asarray([r for r, _ in tiles], np.int32),
-                cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image))
+                cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image, plan.first_channels))
 
 
 def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], output_tile: int) -> dict:

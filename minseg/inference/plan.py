@@ -61,6 +61,14 @@ class SlidePlan:
         return self.tiling.tile
 
     @property
+    def first_channels(self) -> int:
+        """Channels of the scene's first image (what previews and the stored image show)."""
+        if not self.channels:
+            return 3
+        first = self.channels[0]
+        return {"rgb": 3, "grey": 1}.get(first.mode, first.bands or 1)
+
+    @property
     def overlap(self) -> int:
         return self.tiling.overlap
 

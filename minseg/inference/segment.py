@@ -102,6 +102,9 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
                                     + (f"; missing {', '.join(missing)}" if missing else "")
                                     + (f"; unknown {', '.join(extra)}" if extra else ""))
         uris = {n: scene[n] if is_s3(scene[n]) else absolute_uri(scene[n]) for n in names}
+        if uris[names[0]] in sources:  # outputs are named after the first image: one scene each
+            raise SegmentInputError(f"segment.scenes[{index}]: {uris[names[0]]} is given twice (as a slide or the "
+                                    f"{names[0]} image of another scene)")
         sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands) for g in groups)
     return sources
 

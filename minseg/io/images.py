@@ -319,12 +319,12 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def display_rgb(image: np.ndarray) -> np.ndarray:
-    """An input image (H, W, C) as RGB to look at: RGB as is; of a scene's stacked channels the first three (its
-    first RGB image, e.g. PPL), or the first channel in grey when there are fewer."""
+def display_rgb(image: np.ndarray, first: int = 3) -> np.ndarray:
+    """An input image (H, W, C) as RGB to look at: its first image, of ``first`` channels (a scene's images are
+    stacked in order): 3 as they are, 1 (grey) repeated, other band counts by their first band in grey."""
     if image.ndim == 2:
         image = image[..., None]
-    if image.shape[2] >= 3:
+    if first == 3 and image.shape[2] >= 3:
         return np.ascontiguousarray(image[..., :3])
     return np.repeat(image[..., :1], 3, axis=2)
 

@@ -231,7 +231,8 @@ class TiffReader:
             self._pages = [level.pages[0] for level in series.levels]
             for page in self._levels:
                 if page.planarconfig != 1 and page.samplesperpixel > 1:
-                    raise SlideError(f"{uri}: planar (separate-plane) TIFFs are not supported")
+                    raise SlideError(f"{uri}: planar (separate-plane) TIFFs are not supported; rewrite it with "
+                                     "interleaved samples (e.g. gdal_translate -co INTERLEAVE=PIXEL)")
                 if page.imagedepth != 1:
                     raise SlideError(f"{uri}: volumetric TIFF (depth {page.imagedepth}) is not a slide")
                 orientation = tiff_orientation(page)
@@ -452,6 +453,11 @@ class SlideCache:
         self.capacity = capacity
         self._slides: OrderedDict[str, Slide] = OrderedDict()
 
+    def reserve(self, count: int) -> None:
+        """Keep at least ``count`` slides open: the images of one scene are read together (none may be closed
+        while another of them opens), and the scene before it stays warm."""
+        self.capacity = max(self.capacity, count)
+
     def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None) -> Slide:
         slide = self._slides.pop(uri, None) or Slide(uri, storage, limits=limits)
         self._slides[uri] = slide
@@ -500,14 +506,24 @@ class SceneSlide:
     def __init__(self, sources: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits | None = None,
                  cache: "SlideCache | None" = None):
         self.sources = sources
-        self.slides = [cache.get(s.uri, storage, limits) if cache else Slide(s.uri, storage, limits=limits)
-                       for s in sources]
-        first = self.slides[0]
-        for source, slide in zip(sources[1:], self.slides[1:]):
-            if slide.info.levels[0] != first.info.levels[0]:
-                (h, w), (h0, w0) = slide.info.levels[0], first.info.levels[0]
-                raise SlideError(f"{source.uri} is {w}x{h} but {sources[0].uri} is {w0}x{h0}: the images of a scene "
-                                 "must be aligned")
+        self.slides: list[Slide] = []
+        if cache is not None:
+            cache.reserve(2 * len(sources))
+        try:
+            for source in sources:
+                self.slides.append(cache.get(source.uri, storage, limits) if cache
+                                   else Slide(source.uri, storage, limits=limits))
+            first = self.slides[0]
+            for source, slide in zip(sources[1:], self.slides[1:]):
+                if slide.info.levels[0] != first.info.levels[0]:
+                    (h, w), (h0, w0) = slide.info.levels[0], first.info.levels[0]
+                    raise SlideError(f"{source.uri} is {w}x{h} but {sources[0].uri} is {w0}x{h0}: the images of a "
+                                     "scene must be aligned")
+        except BaseException:
+            if cache is None:  # opened here, for planning: not left open
+                for slide in self.slides:
+                    slide.close()
+            raise
         levels = []
         for index, shape in enumerate(first.info.levels):
             if all(index < len(s.info.levels) and s.info.levels[index] == shape for s in self.slides):

@@ -105,8 +105,9 @@ class MemberSettings(StrictModel):
     @classmethod
     def _no_input_channels(cls, options: dict[str, Any]) -> dict[str, Any]:
         if "in_channels" in options:  # one value from the data to every member, checkpoint and manifest
-            raise ValueError("in_channels is set by the data, not per member: declare the images of a scene as "
-                             "data.sources[].channels (e.g. ppl + xpl: 6 channels; mode grey: 1)")
+            raise ValueError("in_channels is set by the data, not per member: for images, declare the images of a "
+                             "scene as data.sources[].channels (e.g. ppl + xpl: 6 channels; mode grey: 1); "
+                             "prospectivity members read the evidence channels")
         return options
 
     @model_validator(mode="after")

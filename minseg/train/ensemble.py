@@ -149,6 +149,7 @@ class TrialInputs:
     train_tiles: int
     has_val: bool
     shuffle_buffer: int | None
+    channels: list[dict] | None = None  # the images of a scene (data.sources[].channels) when declared
     has_test: bool = False  # k-fold trials: the fold's test part, scored once with the best checkpoint
     fold_signature: str | None = None  # k-fold trials: which sources train / choose / test (resume must match)
 
@@ -206,6 +207,8 @@ class ImageSource:
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
             augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,
             shuffle_buffer=data.shuffle_buffer, has_test="test" in datasets,
+            channels=([group.model_dump(mode="json") for group in data.channel_groups]
+                      if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
         )
         return datasets, inputs

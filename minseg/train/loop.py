@@ -276,7 +276,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
             None if drop_optimizer else optimizer.state_dict(), state,
-            _member_document(member, inputs.in_channels), inputs.classes,
+            _member_document(member, inputs), inputs.classes,
             {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
@@ -395,9 +395,11 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
 
 
-def _member_document(member: MemberSettings, in_channels: int) -> dict:
-    """``member.json``: the member's resolved config, its model options completed with the input channels it was
-    built for (what evaluation and inference build it with)."""
+def _member_document(member: MemberSettings, inputs) -> dict:
+    """``member.json``: the member's resolved config, its model options completed with the number of input
+    channels it was built for (what evaluation and inference build it with), and the images of a scene they come
+    from when the data declares them (``channels``; evaluation checks its data against them)."""
     document = member.model_dump(mode="json")
-    document["model_options"] = {**document["model_options"], "in_channels": in_channels}
+    document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
+    document["channels"] = inputs.channels
     return document

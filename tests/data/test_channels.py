@@ -143,3 +143,42 @@ def test_channel_declarations_are_checked(tmp_path):
     with pytest.raises((ConfigError, ValueError), match="in_channels is set by the data"):
         MemberSettings.model_validate({"name": "m", "model": "unet", "model_options": {"in_channels": 6},
                                        "stages": [{"epochs": 1}]})
+
+
+def test_images_of_a_scene_in_one_folder_go_to_the_pattern_that_fits_best(tmp_path):
+    """PPL and XPL side by side in images/: each file goes to the entry whose pattern fits it most specifically
+    (no false quarantine, no fake scene '<s>_xpl' for a bare '{scene}' pattern); one entry without its own pattern
+    reads the source's."""
+    from minseg.data.classmap import ClassMap
+    from minseg.data.config import LimitSettings
+    from minseg.data.containers import open_container
+    from minseg.data.layouts import get_layout
+    from minseg.enums import DatasetLayout
+
+    root = tmp_path / "side"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for index in range(3):
+        image, mask = render_section(index, 16, 16)
+        (root / "images" / f"s{index}.png").write_bytes(png_bytes(image))
+        (root / "images" / f"s{index}_xpl.png").write_bytes(png_bytes(crossed(image)))
+        (root / "masks" / f"s{index}.png").write_bytes(png_bytes(mask))
+    (root / "images" / "notes_scan.png").write_bytes(png_bytes(image))
+    storage = Storage()
+    container = open_container(str(root), LimitSettings(), storage)
+
+    def read(**source):
+        data = validate_config({"sources": [{"uri": str(root), **source}], "classes": NINE}, DataSettings)
+        classmap = ClassMap.from_settings(data.classes)
+        return get_layout(DatasetLayout.PAIRED).read(container, "side", data.sources[0], storage, classmap)
+
+    listed = read(channels=[{"name": "ppl"}, {"name": "xpl", "image_pattern": "{scene}_xpl"}])
+    assert [i["item_id"] for i in listed.items] == ["side/s0", "side/s1", "side/s2"]
+    assert [c["name"] for c in listed.items[1]["channels"]] == ["images/s1.png", "images/s1_xpl.png"]
+    # notes_scan.png fits the bare '{scene}' pattern: a ppl image of scene 'notes_scan' without its xpl image
+    assert [r.reason for r in listed.rejected] == [
+        "scene 'notes_scan' has no images/notes_scan_xpl.*, no masks/notes_scan.*"]
+    grey = read(image_pattern="{scene}_xpl", channels=[{"name": "bse", "mode": "grey"}])
+    assert [i["item_id"] for i in grey.items] == ["side/s0", "side/s1", "side/s2"]  # the source's pattern
+    channel = grey.items[0]["channels"][0]
+    assert channel["name"] == "images/s0_xpl.png" and channel["mode"] == "grey"

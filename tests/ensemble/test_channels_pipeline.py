@@ -62,26 +62,42 @@ def test_members_checkpoints_and_manifest_carry_six_channels(thin_run):
     assert overlays and overlays[0].stat().st_size > 5000  # drawn from the PPL image
 
 
-def test_score_reads_the_scenes_and_refuses_rgb_data(thin_run, tmp_path, capsys):
+def test_score_reads_the_scenes_and_refuses_other_channels(thin_run, tmp_path, capsys):
+    """A new set of thin sections from the command line reads its scenes as the manifest records them (folders,
+    name patterns); a data section declaring other channels is refused, naming both."""
     import yaml
 
     root, config, evaluation, manifest_uri = thin_run
     write_thin_sections(tmp_path / "new", count=3, size=40)
-    source = {"uri": str(tmp_path / "new"), "masks_dir": "masks", "mask_pattern": "{scene}_mask",
-              "channels": PPL_XPL}
-    path = tmp_path / "score.yaml"
-    path.write_text(yaml.safe_dump({"ray": {"task_cpus": 0.25}, "data": {"sources": [source]},
-                                    "score": {"manifest": manifest_uri, "cpus_per_actor": 0.25}}))
-    assert main(["score", "-c", str(path), "--out", str(tmp_path / "score")]) == 0
+    common = ["--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25"]
+    assert main(["score", "--manifest", manifest_uri, "--data", str(tmp_path / "new"), "--out",
+                 str(tmp_path / "score"), *common]) == 0
     document = json.loads((tmp_path / "score" / "score.json").read_text())
-    assert document["images"] == 3 and document["selected"] == "RUEL-2-SOFT"
-    from tests.data.helpers import write_paired
-
-    rgb = write_paired(tmp_path / "rgb", count=2, size=32)
+    assert document["images"] == 3 and document["selected"] == "RUEL-2-SOFT" and document["quarantined"] == 0
+    assert [c["name"] for c in document["channels"]] == ["ppl", "xpl"]
+    source = {"uri": str(tmp_path / "new"), "masks_dir": "masks", "mask_pattern": "{scene}_mask",
+              "channels": PPL_XPL[:1]}
+    path = tmp_path / "score.yaml"
+    path.write_text(yaml.safe_dump({"data": {"sources": [source]}, "score": {"manifest": manifest_uri}}))
     capsys.readouterr()
-    assert main(["score", "--manifest", manifest_uri, "--data", str(rgb), "--out", str(tmp_path / "s2")]) == 2
-    assert "the data gives image (rgb, 3) per scene but the ensemble reads ppl (rgb, 3) + xpl (rgb, 3)" in \
+    assert main(["score", "-c", str(path), "--out", str(tmp_path / "s2")]) == 2
+    assert "the data gives ppl (rgb, 3) per scene but the ensemble reads ppl (rgb, 3) + xpl (rgb, 3)" in \
         capsys.readouterr().err
+
+
+def test_evaluate_refuses_data_without_the_members_channels(thin_run):
+    """The run's own data read without its channels (or in another order) is refused before any prediction."""
+    from minseg.ensemble.evaluate import evaluate_ensemble
+    from minseg.errors import InputError
+
+    root, config, evaluation, manifest_uri = thin_run
+    swapped = config.model_copy(deep=True)
+    source = swapped.data.sources[0]
+    swapped.data = swapped.data.model_copy(update={"sources": [source.model_copy(
+        update={"channels": list(reversed(source.channels))})]})
+    with pytest.raises(InputError, match=r"member 'resunet' was trained on ppl \(rgb, 3\) \+ xpl \(rgb, 3\) per "
+                                         r"scene, the data gives xpl \(rgb, 3\) \+ ppl \(rgb, 3\)"):
+        evaluate_ensemble(swapped)
 
 
 def test_segment_a_scene_of_two_files_and_a_six_band_tiff(thin_run, tmp_path, capsys):

@@ -118,7 +118,8 @@ def test_raster_only_evidence_with_deposit_and_barren_rasters(gridded):
     root, deposit_xy, barren_cells = gridded
     inputs, evidence, windows, folds, trials = _phases(raster_config(root))
     assert inputs.samples is None and evidence.grids == {}
-    assert [r.name for r in inputs.rasters] == ["As_idw", "Au_idw", "Pb_idw", "Zn_idw", "lithology"]
+    assert [(i, r.name) for i, r in inputs.rasters] == [(0, "As_idw"), (0, "Au_idw"), (0, "Pb_idw"), (0, "Zn_idw"),
+                                                         (1, "lithology")]
     assert set(evidence.layer_reports) == {"As_idw", "Au_idw", "Pb_idw", "Zn_idw", "lithology"}
     assert evidence.layer_reports["Pb_idw"]["source_cell"] == [300.0, 300.0]
     # one site per deposit: the second marked 50 m cell falls in the same 250 m cell (or, at a cell edge, the next)
@@ -146,6 +147,29 @@ def test_raster_only_evidence_with_deposit_and_barren_rasters(gridded):
         assert trials[fold.index].screening[0]["positives"] < rows["Au_idw"]["positives"]
     text = open(f"{root}/out/phases/screening/screening.csv").read().splitlines()
     assert text[0] == "element,auc,z_auc,positives,negatives,level,kept,reason" and len(text) == 5
+
+
+def test_barren_sites_are_the_sample_level_negatives_of_the_training_side(gridded, ray_session):
+    """Samples with screening at sample level and barren sites: negatives are the samples near a barren site (not
+    every other sample), and a fold's screening leaves out the barren sites under its test windows."""
+    root, _, _ = gridded
+    samples = {"uri": f"{root}/survey/samples.csv", "x": "x", "y": "y", "crs": "EPSG:3067", "id": "sample_id",
+               "elements": {"Au": "Au", "As": "As"}}
+    config = raster_config(root, samples=samples, rasters=[],
+                           screening={"level": "samples", "critical_z": 1.0, "sample_radius_m": 1500})
+    inputs, evidence, windows, folds, trials = _phases(config)
+    final = {r["element"]: r for r in trials[None].screening}
+    assert set(final) == {"Au", "As"} and all(r["level"] == "samples" for r in final.values())
+    from scipy.spatial import cKDTree
+
+    xy = np.column_stack([inputs.samples.x, inputs.samples.y])
+    near_barren = cKDTree(evidence.barren_xy).query(xy, k=1)[0] <= 1500
+    near_deposit = cKDTree(evidence.deposit_xy).query(xy, k=1)[0] <= 1500
+    usable = np.isfinite(inputs.samples.values["Au"])
+    assert final["Au"]["negatives"] == int((near_barren & ~near_deposit & usable).sum())
+    assert final["Au"]["negatives"] < usable.sum() - final["Au"]["positives"]  # not every other sample
+    for fold in folds:  # the held-out band's barren sites are no training negatives
+        assert 0 < trials[fold.index].screening[0]["negatives"] < 0.9 * final["Au"]["negatives"]
 
 
 def test_raster_only_job_from_the_cli(gridded, ray_session, capsys):
@@ -201,6 +225,10 @@ def test_config_and_input_errors_name_the_key(gridded, tmp_path):
     settings = raster_config(root, deposits={"raster": str(tmp_path / "empty.tif")}).prospect
     with pytest.raises(ProspectInputError, match=r"prospect.deposits: .*empty.tif marks no cell"):
         read_inputs(settings, WORKING, Storage(), str(tmp_path), 0.25)
+    clash = raster_config(root, lines=[{"uri": f"{root}/survey/faults.geojson", "name": "Au_idw"}]).prospect
+    with pytest.raises(ProspectInputError, match=r"unique across samples, rasters and lines: Au_idw: "
+                                                 r"prospect.rasters\[0\] \(.*Au_idw.tif\) and prospect.lines\[0\]"):
+        read_inputs(clash, WORKING, Storage(), str(tmp_path), 0.25)
     twins = [{"uri": f"{root}/grids/*_idw.tif"}, {"uri": f"{root}/grids/Au_idw.tif", "name": "Au_idw"}]
     with pytest.raises(ProspectInputError, match="several layers named Au_idw"):
         read_inputs(raster_config(root, rasters=twins).prospect, WORKING, Storage(), str(tmp_path), 0.25)

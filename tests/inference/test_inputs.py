@@ -120,3 +120,48 @@ def test_the_preview_samples_the_whole_slide_on_one_grid(block):
                        preview_sample(labels[part], top, left, canvas.stride))
     assert canvas.stride == 7
     assert np.array_equal(canvas.labels, labels[::7, ::7]) and np.array_equal(canvas.image, image[::7, ::7])
+
+
+def test_a_scene_is_read_at_the_manifests_scale_channel_by_channel(tmp_path):
+    """A PPL + grey scene at scale 0.5: each image's channels resampled exactly as the slide alone would be (the
+    plane-by-plane path gives what the RGB path gives), stacked in the manifest's order."""
+    import json
+
+    import tifffile
+    from PIL import Image
+
+    from minseg.data.config import ImageChannels
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.ensemble.sliding import mean_fill
+    from minseg.inference.plan import open_scene, plan_slide, read_tile
+    from minseg.io.slides import ChannelSource
+    from tests.inference.conftest import write_manifest
+
+    rng = np.random.default_rng(3)
+    ppl, bse = rng.integers(0, 255, (300, 260, 3), np.uint8), rng.integers(0, 255, (300, 260), np.uint8)
+    tifffile.imwrite(tmp_path / "ppl.tif", ppl, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "bse.tif", bse, tile=(64, 64), photometric="minisblack")
+    rgb_uri = write_manifest(tmp_path / "m", mode="soft", tile=64, overlap=16, scale=0.5)
+    document = json.loads(open(rgb_uri).read())
+    document["channels"] = [ImageChannels(name="ppl").model_dump(mode="json"),
+                            ImageChannels(name="bse", mode="grey").model_dump(mode="json")]
+    document["normalization"] = {"mean": [120.0] * 4, "std": [60.0] * 4}
+    scene_uri = str(tmp_path / "scene.json")
+    open(scene_uri, "w").write(json.dumps(document))
+    rgb, scene = load_manifest(rgb_uri, verify=False), load_manifest(scene_uri, verify=False)
+    channels = (ChannelSource(str(tmp_path / "ppl.tif")), ChannelSource(str(tmp_path / "bse.tif"), "grey"))
+    settings = SegmentSettings()
+    plan = plan_slide(str(tmp_path / "ppl.tif"), "s", scene, settings, Storage(), str(tmp_path / "o"),
+                      channels=channels)
+    alone = plan_slide(str(tmp_path / "ppl.tif"), "s", rgb, settings, Storage(), str(tmp_path / "o"))
+    assert (plan.height, plan.width, plan.in_channels, plan.first_channels) == (150, 130, 4, 3)
+    fill = mean_fill(scene.normalization["mean"])
+    with open_scene(plan.uri, plan.channels, Storage(), plan.limits) as slide, \
+            open_scene(alone.uri, (), Storage(), alone.limits) as rgb_slide:
+        for y, x in ((0, 0), (48, 96), (144, 96)):  # an edge tile is filled
+            tile = read_tile(slide, plan, y, x, fill)
+            assert tile.shape == (64, 64, 4)
+            np.testing.assert_array_equal(tile[..., :3], read_tile(rgb_slide, alone, y, x, fill[:3]))
+    grey_box = np.asarray(Image.fromarray(bse).resize((130, 150), Image.Resampling.BOX))
+    with open_scene(plan.uri, plan.channels, Storage(), plan.limits) as slide:
+        np.testing.assert_array_equal(read_tile(slide, plan, 0, 0, fill)[..., 3], grey_box[:64, :64])

@@ -226,3 +226,45 @@ def test_a_picture_slide_is_opened_from_its_header_and_decoded_on_first_read(tmp
         assert slide.info.levels == ((3000, 3000),)
         with pytest.raises(SlideError, match=r"cut.png: unreadable image"):
             slide.read_region(0, 0, 10, 10)
+
+
+def test_a_scene_of_five_images_reads_through_a_four_slide_cache(tmp_path):
+    """Several XPL angles: five aligned images read together through the per-process cache (capacity 4) must not
+    close one another; images of another size are refused naming both; grey and bands modes give 1 and k
+    channels."""
+    from minseg.io.slides import ChannelSource, SceneSlide, SlideCache, SlideError
+    from minseg.io.storage import Storage
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (96, 80, 3), dtype=np.uint8) for _ in range(5)]
+    for index, image in enumerate(images):
+        tifffile.imwrite(tmp_path / f"xpl{index}.tif", image, tile=(32, 32), photometric="rgb")
+    tifffile.imwrite(tmp_path / "four.tif", np.dstack([images[0], images[1][..., :1]]), tile=(32, 32),
+                     photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "small.tif", images[0][:64], photometric="rgb")
+    cache = SlideCache()
+    sources = tuple(ChannelSource(str(tmp_path / f"xpl{i}.tif")) for i in range(5))
+    for _ in range(2):  # a second read through the same cache: every image still open
+        scene = SceneSlide(sources, Storage(), cache=cache)
+        region = scene.read_region(10, 20, 40, 30)
+        assert region.shape == (40, 30, 15)
+        for index, image in enumerate(images):
+            np.testing.assert_array_equal(region[..., 3 * index : 3 * index + 3], image[10:50, 20:50])
+    grey = SceneSlide((ChannelSource(str(tmp_path / "xpl0.tif"), "grey"),
+                       ChannelSource(str(tmp_path / "four.tif"), "bands", 4)), Storage())
+    both = grey.read_region(0, 0, 8, 8)
+    assert both.shape == (8, 8, 5)
+    np.testing.assert_array_equal(both[..., 1:], np.dstack([images[0], images[1][..., :1]])[:8, :8])
+    with pytest.raises(SlideError, match="has 4 sample\\(s\\) per pixel; the ensemble reads 6 channels"):
+        SceneSlide((ChannelSource(str(tmp_path / "four.tif"), "bands", 6),), Storage()).read_region(0, 0, 8, 8)
+    with pytest.raises(SlideError, match="small.tif is 80x64 but .*xpl0.tif is 80x96: the images of a scene"):
+        SceneSlide((sources[0], ChannelSource(str(tmp_path / "small.tif"))), Storage())
+
+
+def test_display_rgb_shows_the_first_image_of_a_scene():
+    from minseg.io.images import display_rgb
+
+    stacked = np.dstack([np.full((2, 2, 1), 7, np.uint8), np.full((2, 2, 3), 200, np.uint8)])  # bse + ppl
+    assert (display_rgb(stacked, first=1) == 7).all()  # grey first: its one channel, not bse + ppl:R + ppl:G
+    rgb_first = np.dstack([np.full((2, 2, 3), 9, np.uint8), np.full((2, 2, 3), 200, np.uint8)])
+    assert (display_rgb(rgb_first) == 9).all() and display_rgb(rgb_first).shape == (2, 2, 3)
