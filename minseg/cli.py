@@ -37,7 +37,7 @@ def cmd_demo(args) -> int:
     config = _load(args)
     if args.out:
         config.run.output_uri = args.out
-    run_demo(config)
+    run_demo(config, fresh=args.fresh)
     return 0
 
 
@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the end-to-end demo on local Ray and local files")
     _add_config_options(demo)
     demo.add_argument("--out", help="output folder or s3:// prefix (default: run.output_uri)")
+    demo.add_argument("--fresh", action="store_true", help="retrain the members even if a previous demo run "
+                      "trained them from the same data and settings (by default they are reused)")
     demo.set_defaults(func=cmd_demo)
 
     synth = sub.add_parser("synth", help="write deterministic synthetic sections, slides and surveys")

@@ -23,6 +23,8 @@ from minseg.synth.dataset import write_section_dataset
 from minseg.synth.slide import write_synthetic_slide
 from minseg.synth.survey import write_survey
 
+DEMO_INPUTS = "demo_inputs.json"  # beside a demo run's members: what they were trained from
+
 log = get_logger("demo")
 
 
@@ -90,8 +92,12 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     return SynthResult(output_uri, seconds, outputs, document)
 
 
-def train_on_synthetic_sections(config: MinsegConfig, output_uri: str):
-    """Train the config's members on the sections just synthesised under ``output_uri``."""
+def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bool = False):
+    """Train the config's members on the sections just synthesised under ``output_uri``.
+
+    A second demo run reuses what a previous one trained (its finished members; unfinished ones continue) when it
+    was made from the same synthetic data and the same data and training settings; otherwise (or with ``fresh``)
+    the previous run is removed and the members are trained afresh. Either way it says so."""
     from minseg.data.config import ClassMapSettings, DataSettings, SourceSettings
     from minseg.synth.minerals import class_map_document
     from minseg.train.ensemble import train_ensemble
@@ -102,18 +108,35 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str):
     config.data = data.model_copy(update={"sources": [SourceSettings(uri=join_uri(output_uri, "sections"))],
                                           "classes": data.classes or classes})
     config.run.output_uri = output_uri
-    return train_ensemble(config)
+    storage = Storage(config.storage)
+    inputs = {"synth": config.synth.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+              "training": config.training.model_dump(mode="json"), "seed": config.run.seed}
+    record = join_uri(config.run.uri, DEMO_INPUTS)
+    previous = json.loads(storage.read_text(record)) if storage.exists(record) else None
+    trained_before = storage.exists(join_uri(config.run.uri, "members.json")) or previous is not None
+    resume = False
+    if trained_before and not fresh and previous == inputs:
+        resume = True
+        print(f"Reusing the members a previous demo trained in {config.run.uri} (same data and settings; "
+              "minseg demo --fresh retrains them)")
+    elif trained_before:
+        why = "--fresh" if fresh else "its data or settings differ from this run's"
+        print(f"Retraining: removing the previous demo run in {config.run.uri} ({why})")
+        storage.delete_prefix(config.run.uri.rstrip("/") + "/")
+    storage.write_text(record, json.dumps(inputs, indent=1))
+    return train_ensemble(config, resume=resume)
 
 
-def run_demo(config: MinsegConfig) -> DemoResult:
-    """Synthesise → train → evaluate and select → segment the slide and score it; prints where to look."""
+def run_demo(config: MinsegConfig, fresh: bool = False) -> DemoResult:
+    """Synthesise → train (or reuse a previous run's members, unless ``fresh``) → evaluate and select → segment
+    the slide and score it; prints where to look."""
     from minseg.enums import MemberStatus
 
     started = time.monotonic()
     result = DemoResult(run_synth(config))
     out = result.synth.output
     if config.training is not None and config.synth.sections is not None:
-        trained = train_on_synthetic_sections(config, out)
+        trained = train_on_synthetic_sections(config, out, fresh)
         result.trained = True
         result.members = [r for r in trained if r.status is MemberStatus.DONE]
         if config.evaluation is not None and result.members:
