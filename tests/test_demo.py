@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from minseg.cli import DEFAULT_DEMO_CONFIG, main
@@ -16,32 +17,43 @@ def tiny_demo_config(tmp_path: Path) -> Path:
     config["training"]["defaults"]["stages"] = [{"epochs": 1, "batch_size": 8}]
     config["training"]["members"] = config["training"]["members"][1:]  # two members
     config["evaluation"].update(tile=64, overlap=16)
-    config["segment"].update(actors=1, block=512)
+    config.pop("segment")  # segmenting the slide is tested on its own (tests/inference); here: training reused
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def test_the_demo_runs_twice_reusing_its_members_and_fresh_retrains(ray_session, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def first_demo(ray_session, tmp_path_factory):
+    """A first tiny demo run: (config path, output folder, its run folder, its members' best.json pointers)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     path, out = tiny_demo_config(tmp_path), tmp_path / "demo"
     assert main(["demo", "-c", str(path), "--out", str(out)]) == 0
-    first = capsys.readouterr().out
-    assert "minseg demo finished" in first and "Reusing" not in first
     run = out / "tiny-ensemble"
     pointers = {p: p.read_text() for p in run.glob("members/*/checkpoints/best.json")}
     assert len(pointers) == 2 and (run / "demo_inputs.json").exists()
-    assert (run / "segment" / "slides" / "synthetic_slide" / "truth_comparison.json").exists()
+    assert (run / "evaluation" / "ensemble" / "manifest.json").exists()
+    return path, out, run, pointers
 
-    assert main(["demo", "-c", str(path), "--out", str(out)]) == 0  # the README's command, again
+
+def test_the_demo_runs_again_reusing_its_members(first_demo, capsys):
+    """The README's demo command a second time: exit 0, the members a previous run trained from the same data and
+    settings reused (and said so), evaluation and the rest redone."""
+    path, out, run, pointers = first_demo
+    capsys.readouterr()
+    assert main(["demo", "-c", str(path), "--out", str(out)]) == 0
     second = capsys.readouterr().out
     assert f"Reusing the members a previous demo trained in {run}" in second and "minseg demo finished" in second
     assert {p: p.read_text() for p in pointers} == pointers  # not retrained
     members = json.loads((run / "members.json").read_text())["members"]
     assert all(m["status"] == "done" for m in members)
 
-    checkpoint = next(iter(pointers))
-    assert main(["demo", "-c", str(path), "--out", str(out), "--fresh", "--set", "segment=null",
-                 "--set", "evaluation=null"]) == 0
+
+@pytest.mark.slow  # a third tiny demo run (~60 s): retraining is training as on a first run
+def test_demo_fresh_retrains(first_demo, capsys):
+    path, out, run, pointers = first_demo
+    capsys.readouterr()
+    assert main(["demo", "-c", str(path), "--out", str(out), "--fresh", "--set", "evaluation=null"]) == 0
     third = capsys.readouterr().out
     assert f"Retraining: removing the previous demo run in {run} (--fresh)" in third
-    assert not (run / "segment").exists() and checkpoint.exists()  # the old outputs went, new members trained
+    assert not (run / "evaluation").exists() and all(p.exists() for p in pointers)  # old outputs gone, retrained

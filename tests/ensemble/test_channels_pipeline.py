@@ -63,15 +63,18 @@ def test_members_checkpoints_and_manifest_carry_six_channels(thin_run):
 
 
 def test_score_reads_the_scenes_and_refuses_other_channels(thin_run, tmp_path, capsys):
-    """A new set of thin sections from the command line reads its scenes as the manifest records them (folders,
-    name patterns); a data section declaring other channels is refused, naming both."""
+    """A new set of thin sections given with --data is read like the config's source (its mask names) and its
+    scenes as the manifest records them (the images' folders and name patterns); a data section declaring other
+    channels is refused, naming both."""
     import yaml
 
     root, config, evaluation, manifest_uri = thin_run
     write_thin_sections(tmp_path / "new", count=3, size=40)
+    masks = {"uri": "replaced-by---data", "masks_dir": "masks", "mask_pattern": "{scene}_mask"}
+    (tmp_path / "masks.yaml").write_text(yaml.safe_dump({"data": {"sources": [masks]}}))
     common = ["--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25"]
-    assert main(["score", "--manifest", manifest_uri, "--data", str(tmp_path / "new"), "--out",
-                 str(tmp_path / "score"), *common]) == 0
+    assert main(["score", "-c", str(tmp_path / "masks.yaml"), "--manifest", manifest_uri, "--data",
+                 str(tmp_path / "new"), "--out", str(tmp_path / "score"), *common]) == 0
     document = json.loads((tmp_path / "score" / "score.json").read_text())
     assert document["images"] == 3 and document["selected"] == "RUEL-2-SOFT" and document["quarantined"] == 0
     assert [c["name"] for c in document["channels"]] == ["ppl", "xpl"]
