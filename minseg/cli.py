@@ -401,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(score)
     score.add_argument("--manifest", help="ensemble manifest from evaluate / select (instead of score.manifest)")
     score.add_argument("--data", action="append", metavar="URI",
-                       help="labelled set: folder or archive, local or s3:// (repeatable; instead of data.sources; "
-                            "classes default to the manifest's)")
+                       help="labelled set: folder or archive, local or s3:// (repeatable; instead of data.sources, "
+                            "read like the config's first source; classes and channels default to the manifest's)")
     score.add_argument("--split", choices=["all", "train", "val", "test"],
                        help="all (default): every labelled item; or that split of data.split")
     score.add_argument("--out", help="output folder or s3:// prefix (default: <run>/score/<score.name>)")
