@@ -104,10 +104,11 @@ def decode_scene(item: dict, limits: LimitSettings, storage: Storage) -> np.ndar
 
 
 def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage: Storage,
-                 scale: float = 1.0, with_codes: bool = False):
+                 scale: float = 1.0, with_codes: bool = False, instance_areas: list | None = None):
     """Decode, validate and rescale one item: (image uint8 (H, W, C), class-id mask uint8 (H, W) or None).
 
-    Raises DecodeError with the reason when the item cannot be used.
+    ``instance_areas``: for instance-mask items, (class code, object area in px at full resolution) of each object
+    is appended to it. Raises DecodeError with the reason when the item cannot be used.
     """
     image = decode_scene(item, limits, storage)
     height, width = image.shape[:2]
@@ -118,7 +119,7 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
         if codes.shape[:2] != (height, width):
             raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
     elif item.get("instances") is not None:
-        codes = _merged_instances(item, height, width, limits, storage)
+        codes = _merged_instances(item, height, width, limits, storage, instance_areas)
     elif item.get("polygons") is not None:
         if item.get("size") and tuple(item["size"]) != (height, width):
             h, w = item["size"]
@@ -136,9 +137,11 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     return (image, ids, full_ids) if with_codes else (image, ids)
 
 
-def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings, storage: Storage) -> np.ndarray:
+def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings, storage: Storage,
+                      areas: list | None = None) -> np.ndarray:
     """An instance folder's class-code mask: each object's binary mask (non-zero = the object) painted with its
-    class code over the background code, in name order (an overlap goes to the later object)."""
+    class code over the background code, in name order (an overlap goes to the later object). Each object's own
+    (code, area) goes to ``areas`` when given: the true objects, before any overlap or merge."""
     top = max([item["background_code"], *item["instance_codes"]])
     codes = np.full((height, width), item["background_code"], np.uint8 if top < 256 else np.int32)
     for ref, name, code in zip(item["instances"], item["instance_names"], item["instance_codes"]):
@@ -154,6 +157,8 @@ def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings
             raise DecodeError(f"object mask {name} holds several non-zero values ({np.unique(mask[mask > 0])[:5]}"
                               "...): an object mask marks one object (use the paired layout for class masks)")
         codes[mask > 0] = code
+        if areas is not None:
+            areas.append((code, int(np.count_nonzero(mask))))
     return codes
 
 
@@ -168,7 +173,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     """Validate one item and measure it; never raises (errors become the row's 'error')."""
     row = {"item_id": item["item_id"], "error": None, "tiles": 0, "height": 0, "width": 0,
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
-           "instances": [0] * classmap.num_classes,
+           "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0}
     try:
         if task is Task.CLASSIFICATION:
@@ -178,11 +183,14 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             row["pixels"][item["label"]] = 1
             pixels = small.reshape(-1, 3).astype(np.float64)
         else:
-            image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True)
+            areas: list[tuple[int, int]] = []
+            image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True,
+                                                instance_areas=areas)
             row["pixels"] = np.bincount(full_ids.ravel(), minlength=256)[: classmap.num_classes].tolist()
             row["particles"] = _particles(full_ids, classmap.num_classes)
-            for code in item.get("instance_codes") or []:  # true objects, to check particle counts against
+            for code, area in areas:  # true objects, to check particle counts and sizes against
                 row["instances"][classmap.code_to_id()[code]] += 1
+                row["instance_areas"][classmap.code_to_id()[code]].append(area)
             tile = data.tiling.size
             kept = 0
             for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
@@ -438,6 +446,18 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
     return prepared
 
 
+def _instance_sizes(areas: list[int]) -> dict:
+    """The true objects' sizes (px at full resolution): area percentiles and the median equivalent circle diameter,
+    to check grain / particle statistics against; nothing when the layout has no instances."""
+    if not areas:
+        return {}
+    values = np.asarray(areas, np.float64)
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return {"instance_area_px": {"p10": round(float(p10), 1), "median": round(float(p50), 1),
+                                 "p90": round(float(p90), 1), "mean": round(float(values.mean()), 1)},
+            "instance_ecd_px_median": round(float(np.median(2 * np.sqrt(values / np.pi))), 2)}
+
+
 def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
     stats = {}
     for split in SPLITS:
@@ -456,6 +476,7 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
                     "particles": int(particles[c]),
                     # instance-mask layouts: the true objects (touching ones merge into one particle); 0 elsewhere
                     "instances": int(instances[c]),
+                    **_instance_sizes([area for r in rows for area in r["instance_areas"][c]]),
                 }
                 for c, name in enumerate(classmap.names)
             },

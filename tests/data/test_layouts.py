@@ -363,6 +363,13 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     row = scan_item(next(i for i in items if i["item_id"].endswith("cell02")), classmap, data, Task.SEGMENTATION,
                     Storage())
     assert row["instances"] == [0, 3] and row["particles"][1] == 3  # three separate objects
+    # each true object's own area, to check grain sizes against: 4 rows x (4 + 2 % 5) columns
+    assert row["instance_areas"] == [[], [4 * 6, 4 * 6, 4 * 6]]
+    from minseg.data.pipeline import _instance_sizes
+
+    assert _instance_sizes([20, 20, 40]) == {"instance_area_px": {"p10": 20.0, "median": 20.0, "p90": 36.0,
+                                                                  "mean": 26.7},
+                                             "instance_ecd_px_median": 5.05}
     # a class mask where an object mask belongs would turn every class into one: refused, naming it
     (root / "cell01" / "masks" / "obj0.png").write_bytes(png_bytes(np.arange(576, dtype=np.uint8).reshape(24, 24) % 3))
     bad = next(i for i in items if i["item_id"].endswith("cell01"))
@@ -371,6 +378,22 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     without = validate_config({"sources": [{"uri": str(root)}], "classes": classes}, DataSettings)
     with pytest.raises(ValueError, match="their class is not said: set the source's instance_class"):
         _list_items(without, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+
+
+def test_instance_sizes_reach_the_dataset_statistics(ray_session, tmp_path):
+    """dataset_stats: per class the true objects' count and sizes beside the connected particles."""
+    root = tmp_path / "cells"
+    truth = write_instance_folders(root, count=6)
+    classes = {"classes": [{"name": "background"}, {"name": "nucleus", "codes": [7]}]}
+    data = validate_config({"sources": [{"uri": str(root), "instance_class": "nucleus"}], "classes": classes,
+                            "tiling": {"size": 16}, "split": {"train": 1.0, "val": 0.0, "test": 0.0}}, DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    nucleus = prepared.stats["train"]["classes"]["nucleus"]
+    expected = [4 * (4 + i % 5) for i in range(6) for _ in range(1 + i % 3)]
+    assert nucleus["instances"] == len(expected) == 12 and len(truth) == 6
+    assert nucleus["instance_area_px"]["mean"] == round(float(np.mean(expected)), 1)
+    assert nucleus["instance_area_px"]["median"] == float(np.median(expected))
+    assert "instance_area_px" not in prepared.stats["train"]["classes"]["background"]
 
 
 def test_paired_folders_per_split_are_not_taken_for_instance_folders(tmp_path):
