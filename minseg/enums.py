@@ -91,6 +91,10 @@ class ChannelMode(StrEnum):
     GREY = "grey"  # 1 channel: the displayed picture's luminance (a grey file's own values)
     BANDS = "bands"  # every stored sample as a channel (multi-band TIFF), ``bands`` of them
 
+    def count(self, bands: int | None = None) -> int:
+        """Input channels an image read this way gives."""
+        return {"rgb": 3, "grey": 1}.get(self.value, bands or 0)
+
 
 class ScoreSplit(StrEnum):
     """What ``minseg score`` scores: every labelled item of the data (a new test set), or one of its splits."""

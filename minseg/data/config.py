@@ -95,7 +95,7 @@ class ImageChannels(StrictModel):
 
     @property
     def count(self) -> int:
-        return {ChannelMode.RGB: 3, ChannelMode.GREY: 1}.get(self.mode, self.bands or 0)
+        return self.mode.count(self.bands)
 
     def labels(self) -> list[str]:
         """One label per channel: ``ppl:R``, ``bse``, ``ms:1`` ..."""

@@ -20,6 +20,17 @@ def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[lis
     return np.array(canvas, dtype=np.int32)  # a writable copy: RLE masks are painted on top
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int], resample, box=None) -> np.ndarray:
+    """An (H, W) or (H, W, C) uint8 image resized by Pillow to ``size`` (width, height), from ``box`` (sub-pixel,
+    in source pixels) when given; C other than 3 (grey, a scene's stacked channels) plane by plane."""
+    from PIL import Image
+
+    if image.ndim == 3 and image.shape[2] != 3:
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize(size, resample, box))
+                         for c in range(image.shape[2])], axis=2)
+    return np.asarray(Image.fromarray(image).resize(size, resample, box))
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
     """Rescale an image (area/bilinear; (H, W, C) any C) and its mask (nearest)."""
     if scale == 1.0:
@@ -29,11 +40,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
     height, width = image.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    if image.ndim == 3 and image.shape[2] != 3:  # grey or stacked scene channels: plane by plane
-        image = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c])).resize(size, resample))
-                          for c in range(image.shape[2])], axis=2)
-    else:
-        image = np.asarray(Image.fromarray(image).resize(size, resample))
+    image = resize_image(image, size, resample)
     if mask is not None:
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
     return image, mask

@@ -179,12 +179,14 @@ def metrics_for(rows: ImageScores, index: int, class_names) -> dict:
 # ------------------------------------------------------------------ the phases
 
 
-def discover_members(storage: Storage, run_uri: str, names: list[str] | None) -> list[MemberRef]:
-    """Finished segmentation members of a training run (their best checkpoints), checked for one class map.
+def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
+                     data: DataSettings | None = None) -> list[MemberRef]:
+    """Finished segmentation members of a training run (their best checkpoints), checked for one class map and,
+    given the ``data`` they will be evaluated on, for the input channels they were trained on (``check_channels``).
 
     Raises:
         InputError: no members table, a member asked for that did not finish, members trained on different
-            class maps, or members that are not segmentation learners.
+            class maps or other channels than the data gives, or members that are not segmentation learners.
     """
     from minseg.models import get_entry
 
@@ -205,6 +207,8 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None) ->
         if classes is not None and document != classes[1]:
             raise InputError(f"member {name!r} was trained on a different class map than {classes[0]!r}")
         classes = classes or (name, document)
+        if data is not None:
+            check_channels(name, member, data)
         members.append(MemberRef(name, member["model"], checkpoint, member["model_options"],
                                  _member_normalization(storage, checkpoint)))
     if not members:
@@ -214,27 +218,24 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None) ->
     return members
 
 
-def check_channels(storage: Storage, members: list[MemberRef], data: DataSettings) -> None:
-    """The data gives each member the input it was trained on: as many channels, from the same images of a scene
-    in the same order (``member.json``; members without a record read RGB).
+def check_channels(name: str, member: dict, data: DataSettings) -> None:
+    """The data gives member ``name`` (its ``member.json``) the input it was trained on: as many channels, from
+    the same images of a scene in the same order (members without a record read RGB).
 
     Raises:
         InputError: naming the member, what it reads and what the data gives.
     """
     from minseg.data.config import ImageChannels, channel_signature, describe_channels
 
-    given = channel_signature(data.channel_groups)
-    for member in members:
-        document = json.loads(storage.read_text(join_uri(member.checkpoint, "member.json")))
-        recorded = document.get("channels")
-        groups = [ImageChannels.model_validate(g) for g in recorded] if recorded else \
-            [ImageChannels(name="image")]
-        count = member.model_options.get("in_channels", 3)
-        if (recorded and channel_signature(groups) != given) or count != data.in_channels:
-            trained = describe_channels(groups) if recorded else f"{count} channel(s)"
-            raise InputError(f"member {member.name!r} was trained on {trained} per scene, the data gives "
-                             f"{describe_channels(data.channel_groups)}: declare the same data.sources[].channels "
-                             "(names, modes, order) as in training")
+    recorded = member.get("channels")
+    groups = [ImageChannels.model_validate(g) for g in recorded] if recorded else [ImageChannels(name="image")]
+    count = member["model_options"].get("in_channels", 3)
+    if (recorded and channel_signature(groups) != channel_signature(data.channel_groups)) \
+            or count != data.in_channels:
+        trained = describe_channels(groups) if recorded else f"{count} channel(s)"
+        raise InputError(f"member {name!r} was trained on {trained} per scene, the data gives "
+                         f"{describe_channels(data.channel_groups)}: declare the same data.sources[].channels "
+                         "(names, modes, order) as in training")
 
 
 def _member_normalization(storage: Storage, checkpoint: str) -> dict | None:
@@ -347,12 +348,11 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     settings = config.evaluation or EvaluationSettings()
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
-    members = discover_members(storage, run_uri, settings.members)
+    members = discover_members(storage, run_uri, settings.members, config.data)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
-    check_channels(storage, members, config.data)
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     prepared = prepare_evaluation_data(config, storage, run_uri)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
@@ -176,7 +177,7 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
     legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
     selected = document["selected"]
     groups = document.get("channels") or [{"mode": "rgb"}]  # a scene's images: overlays show the first
-    first = {"rgb": 3, "grey": 1}.get(groups[0]["mode"], groups[0].get("bands") or 1)
+    first = ChannelMode(groups[0]["mode"]).count(groups[0].get("bands"))
     for preview in previews:
         panels = [("image", display_rgb(preview["image"], first)), ("truth", palette[preview["truth"]])]
         if selected == best_member:

@@ -36,6 +36,29 @@ def local_raster(uri: str, storage: Storage):
         raise ProspectInputError(f"{uri}: no such file, folder or prefix") from None
 
 
+@contextlib.contextmanager
+def open_band(uri: str, band: int, crs: str | None, storage: Storage, key: str):
+    """(open rasterio dataset, its CRS) of a raster whose ``band`` exists; the CRS is the file's or ``crs`` from the
+    config (``<key>.crs``).
+
+    Raises:
+        ProspectInputError: no such file, not a readable raster, no such band, no usable CRS.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    with local_raster(uri, storage) as path:
+        try:
+            source = rasterio.open(path)
+        except RasterioIOError as exc:
+            raise ProspectInputError(f"{key}: {uri}: not a readable raster ({exc})") from None
+        with source:
+            if band > source.count:
+                raise ProspectInputError(f"{key}.band: {uri} has {source.count} band(s)")
+            recorded = parse_crs(source.crs.to_wkt(), uri) if source.crs else None
+            yield source, input_crs(recorded, crs, uri, f"{key}.crs")
+
+
 def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tuple[int, EvidenceRaster]]:
     """(config index, layer) of the configured layers, each glob ``uri`` replaced by one layer per matched file,
     named after it (errors about a layer name its config entry and its file).
@@ -82,8 +105,6 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
         ProspectInputError: unreadable, no such band, no overlap with the grid, or it covers less than
             ``min_coverage`` of the study area (``prospect.grid.min_layer_coverage``).
     """
-    import rasterio
-    from rasterio.errors import RasterioIOError
     from rasterio.warp import Resampling as GdalResampling
     from rasterio.warp import reproject
 
@@ -92,43 +113,34 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
     resampling = settings.resampling or (Resampling.NEAREST if categorical else Resampling.BILINEAR)
     if categorical and resampling is not Resampling.NEAREST:
         raise ProspectInputError(f"{key}.resampling: a categorical layer must be resampled with 'nearest'")
-    with local_raster(settings.uri, storage) as path:
-        try:
-            source = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise ProspectInputError(f"{key}: {settings.uri}: not a readable raster ({exc})") from None
-        with source:
-            if settings.band > source.count:
-                raise ProspectInputError(f"{key}.band: {settings.uri} has {source.count} band(s)")
-            recorded = parse_crs(source.crs.to_wkt(), settings.uri) if source.crs else None
-            crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
-            # GDAL's mask says which cells are valid however the file encodes it: a nodata value, an
-            # internal or external mask band, an alpha band; NaN cells of float data are invalid too
-            # a configured nodata replaces the file's (which can be a valid code, e.g. lithology class 0)
-            from rasterio.enums import MaskFlags
+    with open_band(settings.uri, settings.band, settings.crs, storage, key) as (source, crs):
+        # GDAL's mask says which cells are valid however the file encodes it: a nodata value, an
+        # internal or external mask band, an alpha band; NaN cells of float data are invalid too
+        # a configured nodata replaces the file's (which can be a valid code, e.g. lithology class 0)
+        from rasterio.enums import MaskFlags
 
-            flags = set(source.mask_flag_enums[settings.band - 1])
-            band = source.read(settings.band).astype(np.float64)
-            if settings.nodata is not None:
-                band[band == settings.nodata] = np.nan
-            elif source.nodata is not None:
-                band[band == source.nodata] = np.nan
-            if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:  # a mask band (or byte alpha)
-                band[source.read_masks(settings.band) == 0] = np.nan
-            alpha = _alpha_band(source, settings.band)
-            if alpha is not None:  # GDAL derives masks from alpha only for byte data: a float layer's alpha too
-                band[source.read(alpha) == 0] = np.nan
-            validity = _validity(source, settings)
-            missing = int((~np.isfinite(band)).sum())
-            destination = np.full((geometry.rows, geometry.cols), np.nan)
-            reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,
-                      dst_transform=affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
-                      resampling=getattr(GdalResampling, resampling.value))
-            report = {"file": settings.uri, "driver": source.driver, "source_shape": list(source.shape),
-                      "source_cell": list(source.res), "crs_from": "config" if settings.crs else "file",
-                      "resampling": resampling.value, "validity_from": validity,
-                      "missing_source_cells": missing, "missing_grid_cells": int((~np.isfinite(destination)).sum()),
-                      "covered_fraction": round(float(np.isfinite(destination).mean()), 4)}
+        flags = set(source.mask_flag_enums[settings.band - 1])
+        band = source.read(settings.band).astype(np.float64)
+        if settings.nodata is not None:
+            band[band == settings.nodata] = np.nan
+        elif source.nodata is not None:
+            band[band == source.nodata] = np.nan
+        if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:  # a mask band (or byte alpha)
+            band[source.read_masks(settings.band) == 0] = np.nan
+        alpha = _alpha_band(source, settings.band)
+        if alpha is not None:  # GDAL derives masks from alpha only for byte data: a float layer's alpha too
+            band[source.read(alpha) == 0] = np.nan
+        validity = _validity(source, settings)
+        missing = int((~np.isfinite(band)).sum())
+        destination = np.full((geometry.rows, geometry.cols), np.nan)
+        reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,
+                  dst_transform=affine(geometry), dst_crs=working.to_wkt(), dst_nodata=np.nan,
+                  resampling=getattr(GdalResampling, resampling.value))
+        report = {"file": settings.uri, "driver": source.driver, "source_shape": list(source.shape),
+                  "source_cell": list(source.res), "crs_from": "config" if settings.crs else "file",
+                  "resampling": resampling.value, "validity_from": validity,
+                  "missing_source_cells": missing, "missing_grid_cells": int((~np.isfinite(destination)).sum()),
+                  "covered_fraction": round(float(np.isfinite(destination).mean()), 4)}
     if not np.isfinite(destination).any():
         raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
                                  f"(bounds {geometry.bounds}); check its CRS")

@@ -114,26 +114,16 @@ def read_cells(settings: CellLayer, working, storage: Storage, key: str) -> Poin
     band, or no marked cell.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
 
-    from minseg.geo.rasters import local_raster
+    from minseg.geo.rasters import open_band
 
-    with local_raster(settings.raster, storage) as path:
-        try:
-            source = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise ProspectInputError(f"{key}: {settings.raster}: not a readable raster ({exc})") from None
-        with source:
-            if settings.band > source.count:
-                raise ProspectInputError(f"{key}.band: {settings.raster} has {source.count} band(s)")
-            recorded = parse_crs(source.crs.to_wkt(), settings.raster) if source.crs else None
-            crs = input_crs(recorded, settings.crs, settings.raster, f"{key}.crs")
-            band = source.read(settings.band)
-            valid = source.read_masks(settings.band) > 0 if settings.nodata is None else band != settings.nodata
-            marked = valid & (band != 0) & ~np.isnan(band.astype(np.float64))
-            rows, cols = np.nonzero(marked)
-            x, y = rasterio.transform.xy(source.transform, rows, cols, offset="center")
-            values = np.unique(band[marked])
+    with open_band(settings.raster, settings.band, settings.crs, storage, key) as (source, crs):
+        band = source.read(settings.band)
+        valid = source.read_masks(settings.band) > 0 if settings.nodata is None else band != settings.nodata
+        marked = valid & (band != 0) & ~np.isnan(band.astype(np.float64))
+        rows, cols = np.nonzero(marked)
+        x, y = rasterio.transform.xy(source.transform, rows, cols, offset="center")
+        values = np.unique(band[marked])
     if not len(rows):
         raise ProspectInputError(f"{key}: {settings.raster} marks no cell (every cell is 0 or nodata)")
     x, y = to_working(np.asarray(x, np.float64), np.asarray(y, np.float64), crs, working)

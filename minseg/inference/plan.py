@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from minseg.data.geometry import resize_image
 from minseg.data.tiling import extract_tile
 from minseg.enums import FusionMode, Uncertainty
 from minseg.ensemble.config import Tiling
@@ -63,10 +64,7 @@ class SlidePlan:
     @property
     def first_channels(self) -> int:
         """Channels of the scene's first image (what previews and the stored image show)."""
-        if not self.channels:
-            return 3
-        first = self.channels[0]
-        return {"rgb": 3, "grey": 1}.get(first.mode, first.bands or 1)
+        return self.channels[0].count if self.channels else 3
 
     @property
     def overlap(self) -> int:
@@ -146,10 +144,7 @@ def read_tile(slide: Slide | SceneSlide, plan: SlidePlan, y: int, x: int, fill: 
         iy1, ix1 = min(read_h, math.ceil(bottom) + 2), min(read_w, math.ceil(right) + 2)
         crop = slide.read_region(iy0, ix0, iy1 - iy0, ix1 - ix0, plan.read_level)
         resample = Image.Resampling.BOX if min(fy, fx) > 1 else Image.Resampling.BILINEAR
-        box = (left - ix0, top - iy0, right - ix0, bottom - iy0)
-        planes = [crop] if crop.shape[2] == 3 else [np.ascontiguousarray(crop[..., c]) for c in range(crop.shape[2])]
-        resized = [np.asarray(Image.fromarray(p).resize((width, height), resample, box=box)) for p in planes]
-        region = resized[0] if crop.shape[2] == 3 else np.stack(resized, axis=2)
+        region = resize_image(crop, (width, height), resample, box=(left - ix0, top - iy0, right - ix0, bottom - iy0))
     return extract_tile(region, 0, 0, tile, fill)
 
 

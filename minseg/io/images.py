@@ -261,18 +261,33 @@ def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: i
     if mode == "rgb":
         return decode_image(data, name, max_pixels, limit_key)
     if mode == "grey":
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(decode_image(data, name, max_pixels, limit_key)).convert("L"))[..., None]
+        return luminance(decode_image(data, name, max_pixels, limit_key))
     if name.lower().endswith(TIFF_SUFFIXES):
         array = _read_tiff(data, max_pixels, mask=True, limit_key=limit_key)  # as stored, oriented
     else:
         array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
+    return stored_bands(array, bands)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 1) uint8 luminance (ITU-R 601-2, Pillow's ``L``) of displayed RGB: a grey picture's own values."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
+
+
+def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = None) -> np.ndarray:
+    """(H, W, k) uint8 of stored samples, every one a channel, 16-bit scaled to 8 bits over the full range.
+
+    Raises DecodeError: another number of samples than ``bands`` (the message ends with ``expected``, by default
+    what ``channels[].bands`` says), or signed / float samples.
+    """
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[-1] != bands:
-        raise DecodeError(f"has {array.shape[-1]} sample(s) per pixel, channels[].bands says {bands}")
-    if array.dtype.kind == "f" or array.dtype.kind == "i":
+        raise DecodeError(f"has {array.shape[-1]} sample(s) per pixel"
+                          f"{expected or f', channels[].bands says {bands}'}")
+    if array.dtype.kind not in "ub":
         raise DecodeError(f"{array.dtype} samples: minseg reads unsigned integer bands (8 or 16 bit)")
     if array.dtype != np.uint8:
         array = scale_to_uint8(array, 1 if array.dtype == np.bool_ else array.dtype.itemsize * 8)

@@ -26,7 +26,8 @@ from typing import Callable, Hashable, Iterator, Protocol
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.images import (DecodeError, decode_samples, picture_shape, scale_to_uint8, show_samples,
+from minseg.enums import ChannelMode
+from minseg.io.images import (DecodeError, decode_samples, luminance, picture_shape, show_samples, stored_bands,
                               tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 
@@ -475,25 +476,22 @@ class ChannelSource:
     mode: str = "rgb"  # rgb: 3 channels as displayed; grey: 1 (luminance); bands: every stored sample
     bands: int | None = None
 
+    @property
+    def count(self) -> int:
+        return ChannelMode(self.mode).count(self.bands)
+
     def channels(self, slide: "Slide", y: int, x: int, height: int, width: int, level: int) -> np.ndarray:
-        """(height, width, k) uint8 of this image's region. Raises SlideError: another number of samples."""
+        """(height, width, k) uint8 of this image's region, read as training read it (``decode_channels``).
+        Raises SlideError: another number of samples, or samples that are no unsigned integers."""
         if self.mode == "rgb":
             return slide.read_region(y, x, height, width, level)
         if self.mode == "grey":
-            from PIL import Image
-
-            return np.asarray(Image.fromarray(slide.read_region(y, x, height, width, level)).convert("L"))[..., None]
-        region = slide.read_region(y, x, height, width, level, rgb=False)
-        if region.ndim == 2:
-            region = region[..., None]
-        if region.shape[-1] != self.bands:
-            raise SlideError(f"{self.uri}: has {region.shape[-1]} sample(s) per pixel; the ensemble reads "
-                             f"{self.bands} channels from it")
-        if region.dtype != np.uint8:
-            if region.dtype.kind not in "ub":
-                raise SlideError(f"{self.uri}: {region.dtype} samples; minseg reads unsigned integer bands")
-            region = scale_to_uint8(region, 1 if region.dtype == np.bool_ else region.dtype.itemsize * 8)
-        return np.ascontiguousarray(region)
+            return luminance(slide.read_region(y, x, height, width, level))
+        try:
+            return stored_bands(slide.read_region(y, x, height, width, level, rgb=False), self.bands,
+                                f"; the ensemble reads {self.bands} channels from it")
+        except DecodeError as exc:
+            raise SlideError(f"{self.uri}: {exc}") from None
 
 
 class SceneSlide:
@@ -532,7 +530,7 @@ class SceneSlide:
                 break
         self.info = SlideInfo(first.info.uri, first.info.format, tuple(levels), first.info.tile,
                               first.info.pixel_size_um)
-        self.channels = sum({"rgb": 3, "grey": 1}.get(s.mode, s.bands or 0) for s in sources)
+        self.channels = sum(source.count for source in sources)
 
     def level_shape(self, level: int) -> tuple[int, int]:
         if not 0 <= level < len(self.info.levels):
