@@ -41,7 +41,9 @@ class SynthResult:
 
 @dataclass
 class SlideScore:
-    """The demo slide segmented by the selected ensemble, scored against the slide's true mask."""
+    """The demo slide segmented by the selected ensemble, scored against the slide's true mask; and, when the
+    selection is an ensemble, by its best member alone (the member ranked first on validation), scored the same
+    way: what the ensemble adds."""
 
     output: str
     seconds: float
@@ -49,6 +51,11 @@ class SlideScore:
     pixel_accuracy: float
     miou: float
     mineralogy: list[str] = field(default_factory=list)  # headline lines, errors against the true mask included
+    selected: str = ""  # the selected candidate's key
+    per_class_iou: dict[str, float] = field(default_factory=dict)
+    best_member: str | None = None  # None: the selection is a single member
+    best_member_miou: float | None = None
+    best_member_per_class_iou: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,7 +151,7 @@ def run_demo(config: MinsegConfig, fresh: bool = False) -> DemoResult:
 
             result.evaluation = evaluate_ensemble(config)
             if config.segment is not None and "slide" in result.synth.outputs:
-                result.slide = segment_synthetic_slide(config, result.synth)
+                result.slide = segment_synthetic_slide(config, result.synth, result.evaluation)
     print(demo_report(config, result, time.monotonic() - started))
     return result
 
@@ -186,40 +193,85 @@ def demo_report(config: MinsegConfig, result: DemoResult, seconds: float) -> str
             "mineralogy (docs/mineralogy.md); mineralogy/mineralogy.md: the batch report",
             f"Segmented {slide.shape[0]}x{slide.shape[1]} px in {slide.seconds:.0f} s; against the "
             f"slide's true mask: pixel accuracy {slide.pixel_accuracy:.3f}, mIoU {slide.miou:.3f}",
+            *slide_comparison(slide),
             "Mineralogy of the slide:",
             *[f"  {line}" for line in slide.mineralogy],
         ]
     return "\n".join(lines)
 
 
-def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult) -> SlideScore:
-    """Segment the demo slide with the ensemble just selected, then score it against the slide's mask."""
-    from minseg.errors import RunError
-    from minseg.inference.compare import compare_label_maps
+def slide_comparison(slide: SlideScore) -> list[str]:
+    """The selected ensemble against its best member on the slide, per class: what the ensemble adds."""
+    if not slide.selected:  # not from an evaluation
+        return []
+    if slide.best_member is None:
+        return [f"The selection on validation is a single member ({slide.selected}): no ensemble beat it there."]
+    gain = slide.miou - slide.best_member_miou
+    lines = [f"Selected ensemble {slide.selected}: slide mIoU {slide.miou:.3f}; its best member alone "
+             f"({slide.best_member}, ranked first on validation): {slide.best_member_miou:.3f} ({gain:+.3f})",
+             "  IoU per class (best member -> ensemble): " + ", ".join(
+                 f"{name} {_iou(slide.best_member_per_class_iou.get(name))}->{_iou(iou)}"
+                 for name, iou in slide.per_class_iou.items())]
+    return lines
+
+
+def _iou(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}"  # a class absent from slide and prediction
+
+
+def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation=None) -> SlideScore:
+    """Segment the demo slide with the ensemble just selected (``config.segment``'s manifest), then score it
+    against the slide's mask; when ``evaluation`` (the ``EvaluationResult`` that selected it) says the selection is
+    an ensemble, segment and score the slide with its best member too (labels only)."""
+    from minseg.ensemble.manifest import write_manifest
+    from minseg.ensemble.selection import MEMBER_PREFIX, build_manifest
     from minseg.inference.measure import REFERENCE_DOCUMENT, against_reference
-    from minseg.inference.outputs import ZARR
-    from minseg.inference.segment import segment_slides
     from minseg.mineralogy.report import headline_text
     from minseg.mineralogy.slide import DOCUMENT, MeasureSpec
-    from minseg.synth.minerals import class_map_document
+    from minseg.synth.minerals import CLASS_NAMES
 
     slide = synth.outputs["slide"]
-    config.segment = config.segment.model_copy(update={"slides": [slide["image"]], "force": True})
-    segmented = segment_slides(config)
-    if not segmented.done:
-        raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
-    done = segmented.done[0]
     storage = Storage(config.storage)
-    folder = join_uri(segmented.output, done["slide"])
-    names = [c["name"] for c in class_map_document()["classes"]]
-    truth = compare_label_maps(join_uri(folder, ZARR), slide["mask"], names, storage=storage)
-    # the score against the true mask is an output of the slide, beside its summary
-    storage.write_text(join_uri(folder, "truth_comparison.json"), json.dumps(truth, indent=2, default=float))
-    # and the mineralogy of the true mask, measured the same way: how far off each number is
+    segmented, folder, truth = _segment_and_score(config, slide, storage)
+    # the mineralogy of the true mask, measured the same way: how far off each number is
     document = json.loads(storage.read_text(join_uri(folder, DOCUMENT)))
     spec = MeasureSpec(tuple(document["classes"]), config.mineralogy, document["pixel_size_um"])
     document["reference"] = against_reference(document, (slide["height"], slide["width"]), slide["mask"], spec,
                                               storage, join_uri(folder, REFERENCE_DOCUMENT))
     storage.write_text(join_uri(folder, DOCUMENT), json.dumps(document, indent=1, default=float))
-    return SlideScore(segmented.output, done["wall_seconds"], (slide["height"], slide["width"]), truth["accuracy"],
-                      truth["miou"], headline_text(document))
+    score = SlideScore(segmented.output, segmented.done[0]["wall_seconds"], (slide["height"], slide["width"]),
+                       truth["accuracy"], truth["miou"], headline_text(document),
+                       evaluation.selected.key if evaluation is not None else "", dict(zip(CLASS_NAMES, truth["iou"])))
+    if evaluation is None or evaluation.selected.is_member:
+        return score
+    best = evaluation.ranking[0]
+    manifest_uri = join_uri(evaluation.output_uri, "best-member", "manifest.json")
+    write_manifest(build_manifest(evaluation.document, f"{MEMBER_PREFIX}{best}", storage, "best-member"),
+                   manifest_uri, storage)
+    alone = config.model_copy(deep=True)
+    alone.segment = alone.segment.model_copy(update={"manifest_uri": manifest_uri, "name": "best-member",
+                                                     "formats": []})  # labels for the comparison: no exports
+    alone.mineralogy = alone.mineralogy.model_copy(update={"tables": False, "plots": False})
+    _, _, truth = _segment_and_score(alone, slide, storage)
+    score.best_member, score.best_member_miou = best, truth["miou"]
+    score.best_member_per_class_iou = dict(zip(CLASS_NAMES, truth["iou"]))
+    return score
+
+
+def _segment_and_score(config: MinsegConfig, slide: dict, storage: Storage):
+    """(segment result, the slide's output folder, its comparison with the true mask), the comparison also
+    written beside the slide's outputs as truth_comparison.json."""
+    from minseg.errors import RunError
+    from minseg.inference.compare import compare_label_maps
+    from minseg.inference.outputs import ZARR
+    from minseg.inference.segment import segment_slides
+    from minseg.synth.minerals import CLASS_NAMES
+
+    config.segment = config.segment.model_copy(update={"slides": [slide["image"]], "force": True})
+    segmented = segment_slides(config)
+    if not segmented.done:
+        raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
+    folder = join_uri(segmented.output, segmented.done[0]["slide"])
+    truth = compare_label_maps(join_uri(folder, ZARR), slide["mask"], list(CLASS_NAMES), storage=storage)
+    storage.write_text(join_uri(folder, "truth_comparison.json"), json.dumps(truth, indent=2, default=float))
+    return segmented, folder, truth

@@ -66,6 +66,13 @@ class LossName(StrEnum):
     SELF_DISTILLATION = "self_distillation"
 
 
+class ClassWeighting(StrEnum):
+    """Class weights for the loss, from the training split's pixel counts per class (``f_c``: class c's share)."""
+
+    INVERSE_SQRT_FREQUENCY = "inverse_sqrt_frequency"  # w_c = sqrt(median(f) / f_c): rare classes count more, gently
+    MEDIAN_FREQUENCY = "median_frequency"  # w_c = median(f) / f_c (median frequency balancing, Eigen & Fergus 2015)
+
+
 class DatasetLayout(StrEnum):
     AUTO = "auto"
     VOC = "voc"  # JPEGImages/, SegmentationClass/, ImageSets/Segmentation/*.txt

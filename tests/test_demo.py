@@ -15,7 +15,7 @@ def tiny_demo_config(tmp_path: Path) -> Path:
     config["synth"]["slide"].update(height=600, width=600, tile=256)
     config["synth"]["survey"].update(n_samples=100)
     config["training"]["defaults"]["stages"] = [{"epochs": 1, "batch_size": 8}]
-    config["training"]["members"] = config["training"]["members"][1:]  # two members
+    assert len(config["training"]["members"]) == 2  # the demo's own two members, one epoch each
     config["evaluation"].update(tile=64, overlap=16)
     config.pop("segment")  # segmenting the slide is tested on its own (tests/inference); here: training reused
     path = tmp_path / "demo.yaml"
@@ -57,3 +57,22 @@ def test_demo_fresh_retrains(first_demo, capsys):
     third = capsys.readouterr().out
     assert f"Retraining: removing the previous demo run in {run} (--fresh)" in third
     assert not (run / "evaluation").exists() and all(p.exists() for p in pointers)  # old outputs gone, retrained
+
+
+@pytest.mark.slow  # the README's demo exactly as shipped (~8 min on 2 cores)
+def test_the_demo_segments_its_slide_well_and_its_ensemble_beats_its_best_member(ray_session, tmp_path, capsys):
+    """What a new user sees first: the selected ensemble's slide against the true mask, every class the generator
+    paints predicted, and the ensemble (selected on validation) at least as good as its best member alone."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    segment = out / "tiny-ensemble" / "segment"
+    ensemble = json.loads((segment / "slides" / "synthetic_slide" / "truth_comparison.json").read_text())
+    alone = json.loads((segment / "best-member" / "synthetic_slide" / "truth_comparison.json").read_text())
+    assert ensemble["miou"] >= 0.80
+    assert all(iou > 0.5 for iou in ensemble["iou"]), dict(zip(ensemble["classes"], ensemble["iou"]))
+    assert ensemble["miou"] >= alone["miou"]
+    selected = json.loads((out / "tiny-ensemble" / "evaluation" / "ensemble" / "evaluation.json").read_text())
+    assert selected["selected"].startswith("RUEL-") and selected["selection_split"] == "val"
+    assert f"slide mIoU {ensemble['miou']:.3f}; its best member alone" in printed
+    assert f": {alone['miou']:.3f} (" in printed

@@ -86,3 +86,33 @@ def test_bad_loss_options():
         build_loss("ce", num_classes=3, class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="beta must be in"):
         build_loss("self_distillation", beta=1.5)
+
+
+def test_class_weights_from_class_frequencies_by_hand():
+    from minseg.losses import balanced_class_weights
+
+    counts = [600, 300, 100, 0]  # shares 0.6, 0.3, 0.1; median of the present classes 0.3
+    assert balanced_class_weights("median_frequency", counts) == pytest.approx([0.5, 1.0, 3.0, 3.0])
+    assert balanced_class_weights("inverse_sqrt_frequency", counts) == pytest.approx(
+        [0.7071, 1.0, 1.7321, 1.7321], abs=1e-4)  # the absent class: the largest weight of a present one
+    with pytest.raises(ValueError, match="no labelled examples"):
+        balanced_class_weights("median_frequency", [0, 0])
+    with pytest.raises(ValueError):
+        balanced_class_weights("inverse_frequency", counts)
+
+
+def test_member_class_weights_come_from_the_training_data_or_the_config():
+    from minseg.errors import InputError
+    from minseg.train.config import MemberSettings
+
+    def member(weights):
+        return MemberSettings(name="m", model="unet", stages=[{"epochs": 1}],
+                              loss={"name": "ce", "class_weights": weights})
+
+    assert member([1.0, 2.0]).class_weights(None) == [1.0, 2.0]
+    assert member(None).class_weights([5, 5]) is None
+    assert member("median_frequency").class_weights([75, 25]) == pytest.approx([2 / 3, 2.0], abs=1e-4)
+    with pytest.raises(InputError, match=r"members\[m\]\.loss\.class_weights: median_frequency needs the training"):
+        member("median_frequency").class_weights(None)
+    with pytest.raises(ValueError, match="inverse_sqrt_frequency"):  # a typo lists the choices
+        member("sqrt_frequency")

@@ -391,8 +391,8 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
 def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task: Task, storage: Storage,
                 task_cpus: float, quarantine: list[Rejected]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Every item opened once (a Ray task each): (usable items per split with size and tile count, scan rows by
-    item id); an item that cannot be used goes to ``quarantine`` with why."""
+    """Every item opened once (a Ray task each): (usable items per split with size, tile count and labelled pixels
+    per class, scan rows by item id); an item that cannot be used goes to ``quarantine`` with why."""
     import ray
 
     scanned = (
@@ -407,7 +407,8 @@ def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task:
         if row["error"]:
             quarantine.append(Rejected(item["where"], row["error"]))
             continue
-        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"]})
+        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"],
+                                    "pixels": row["pixels"]})
     return good, by_id
 
 

@@ -14,6 +14,7 @@ Confusion matrices are accumulated per image and merged on the driver.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -291,16 +292,27 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     return Ranking(split, order, metrics, learned, pool)
 
 
-def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSpec,
-                  ensembles: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
-    """Pass 2: every member and every candidate ensemble on the test split, with time per image;
-    returns the scored candidates (members first) and the preview images."""
+def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSpec, ensembles: list[Candidate],
+                  selection_split: str = "test") -> tuple[list[Candidate], list[dict]]:
+    """Pass 2: every member and every candidate ensemble on the test split (what is reported, with time per
+    image) and on ``selection_split`` (what ``select`` chooses by: validation, so that the test split never
+    chooses); returns the scored candidates (members first) and the preview images (test images)."""
     names = list(prepared.classmap.names)
     spec.candidates, spec.sample_per_image = ensembles, 0
-    spec.preview_ids = tuple(i["item_id"] for i in prepared.splits["test"][: spec.settings.overlays])
-    rows = run_pass(prepared.splits["test"], spec, "score ensembles (test)")
+    test = prepared.splits["test"]
+    spec.preview_ids = tuple(i["item_id"] for i in test[: spec.settings.overlays])
+    choosing = prepared.splits[selection_split] if selection_split != "test" else []
+    label = "score ensembles (test)" if not choosing else f"score ensembles ({selection_split} + test)"
+    rows = run_pass(test + choosing, spec, label)
+    test_ids = {i["item_id"] for i in test}
     previews = [preview for preview in rows.preview if preview is not None]
-    return scored_candidates(rows, members, ensembles, names), previews
+    scored = scored_candidates(rows.subset([i in test_ids for i in rows.item_id]), members, ensembles, names)
+    if choosing:
+        chosen_on = scored_candidates(rows.subset([i not in test_ids for i in rows.item_id]), members,
+                                      [Candidate(c.key, c.members, c.mode, c.weights) for c in ensembles], names)
+        for candidate, on_selection in zip(scored, chosen_on):
+            candidate.selection_metrics = on_selection.metrics
+    return scored, previews
 
 
 def scored_candidates(rows: ImageScores, members: list[MemberRef], ensembles: list[Candidate],
@@ -360,10 +372,15 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     ranking = rank_on_validation(members, prepared, spec)
     ensembles = candidate_ensembles(ranking.pool, settings, ranking.learned)
-    candidates, previews = score_on_test(members, prepared, spec, ensembles)
+    candidates, previews = score_on_test(members, prepared, spec, ensembles, ranking.split)
+    if ranking.split == "test":
+        log_event(log, "ensemble.selected_on_test", logging.WARNING,
+                  hint="the data has no validation split: the candidates are chosen on the test split, so its "
+                       "scores are optimistic; give data.split.val > 0")
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
-    log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key,
-              value=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
+    log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
+              value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
+              test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared)
     out = settings.output_uri(config.run.uri)
@@ -384,6 +401,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "run": run_uri,
         "rank_key": settings.rank_key,
         "rank_split": ranking.split,
+        "selection_split": ranking.split,  # candidates' selection_metrics; their metrics are the test split's
         "ranking": ranking.order,
         "voters": ranking.pool,
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},

@@ -57,15 +57,21 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
                 f"{cls} precision": metric_value(metrics, f"precision:{cls}"),
                 f"{cls} recall": metric_value(metrics, f"recall:{cls}")}
 
+    def chosen_on(candidate):  # the value the selection compared (validation), beside the test split's
+        if not candidate.get("selection_metrics"):
+            return {}
+        return {f"{key} ({document.get('selection_split', 'val')}, selects)": _value(candidate["selection_metrics"], key)}
+
     table4 = [{"member": c["key"].split(":", 1)[1], "model": document["members"][c["members"][0]]["model"],
                **({} if key == "miou" else {key: _value(c["metrics"], key)}), "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"],
                "mRecall": c["metrics"]["mRecall"], "F1 (paper)": c["metrics"]["F1_paper"],
-               "mean F1": c["metrics"]["mean_f1"], **class_columns(c["metrics"]), "TPI (s)": c["tpi"]}
+               "mean F1": c["metrics"]["mean_f1"], **class_columns(c["metrics"]), **chosen_on(c), "TPI (s)": c["tpi"]}
               for c in members]
     table5 = [{"ensemble": c["key"], "k": len(c["members"]), "mode": c["mode"],
                **({f"{cls} F1": metric_value(c["metrics"], f"f1:{cls}"), f"{cls} IoU": metric_value(c["metrics"], f"iou:{cls}")}
                   if cls else ({} if key == "miou" else {key: _value(c["metrics"], key)})),
-               "mIoU": c["metrics"]["miou"], "TPI (s)": c["tpi"], "selected": c["key"] == document["selected"]}
+               "mIoU": c["metrics"]["miou"], **chosen_on(c), "TPI (s)": c["tpi"],
+               "selected": c["key"] == document["selected"]}
               for c in document["candidates"] if not c["key"].startswith("member:")]
     model_of = {n: document["members"][n]["model"] for n in document["members"]}
     baseline_names = baselines or [n for n, m in model_of.items() if m in BASELINE_MODELS]

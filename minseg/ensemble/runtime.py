@@ -347,6 +347,16 @@ class Columns:
                 np.empty(0)
         return cls(**columns)
 
+    def subset(self: C, keep: Sequence[bool]) -> C:
+        """The rows where ``keep`` is true, in order."""
+        keep = np.asarray(keep, dtype=bool)
+        columns = {}
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            values = getattr(self, item.name)
+            columns[item.name] = ([v for v, k in zip(values, keep) if k] if item.name in self.OBJECT_COLUMNS
+                                  else np.asarray(values)[keep])
+        return type(self)(**columns)
+
     def __len__(self) -> int:
         first = dataclasses.fields(self)[0].name  # type: ignore[arg-type]
         return len(getattr(self, first))

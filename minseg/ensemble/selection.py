@@ -32,7 +32,9 @@ class Candidate:
     """One candidate answer: a member alone (``mode`` None) or the top-k members fused in ``mode``.
 
     ``weights``: per member in rank order (WV: k..1; learned: fitted, per member or per member
-    and class); ``metrics`` on the test split; ``tpi``: seconds per test image (members + fusion).
+    and class); ``metrics`` on the test split (what is reported); ``selection_metrics`` on the split the
+    candidates are chosen on (validation; empty when the data has none and the choice falls back to test);
+    ``tpi``: seconds per test image (members + fusion).
     """
 
     key: str
@@ -41,20 +43,28 @@ class Candidate:
     weights: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     tpi: float = 0.0
+    selection_metrics: dict = field(default_factory=dict)
 
     @property
     def is_member(self) -> bool:
         return self.mode is None
 
+    @property
+    def choosing_metrics(self) -> dict:
+        """What ``select`` compares: the selection split's metrics, else (no validation data) the test split's."""
+        return self.selection_metrics or self.metrics
+
     def to_document(self) -> dict[str, Any]:
         return {"key": self.key, "members": self.members, "mode": self.mode.value if self.mode else None,
-                "weights": self.weights, "tpi": self.tpi, "metrics": self.metrics}
+                "weights": self.weights, "tpi": self.tpi, "metrics": self.metrics,
+                "selection_metrics": self.selection_metrics}
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "Candidate":
         mode = FusionMode(document["mode"]) if document.get("mode") else None
         return cls(document["key"], list(document["members"]), mode, document.get("weights") or [],
-                   document.get("metrics") or {}, float(document.get("tpi", 0.0)))
+                   document.get("metrics") or {}, float(document.get("tpi", 0.0)),
+                   document.get("selection_metrics") or {})
 
 
 def _key_value(metrics: dict, key: str) -> float:
@@ -123,7 +133,8 @@ def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str,
 
 
 def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None) -> Candidate:
-    """The best candidate by ``key`` (ties: faster, then by name), within ``budget`` s/image for ``tpi_budget``.
+    """The best candidate by ``key`` on the selection split (validation: ``Candidate.choosing_metrics``; the test
+    split only reports), ties: faster, then by name; within ``budget`` s/image for ``tpi_budget``.
 
     Raises:
         InputError: no candidate fits the budget (names the fastest).
@@ -134,7 +145,7 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
         fastest = min(candidates, key=lambda c: c.tpi)
         raise InputError(f"no candidate fits the TPI budget of {budget:g} s per image (fastest: {fastest.key}, "
                          f"{fastest.tpi:.3f} s)")
-    return sorted(pool, key=lambda c: (-_key_value(c.metrics, key), c.tpi, c.key))[0]
+    return sorted(pool, key=lambda c: (-_key_value(c.choosing_metrics, key), c.tpi, c.key))[0]
 
 
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:

@@ -110,9 +110,13 @@ class WindowSource:
             normalization={"mean": [0.0] * channels, "std": [1.0] * channels},  # windows come standardised
             augmentation=AugmentSettings(mode=self.augmentation),
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
-            shuffle_buffer=min(len(rows), 1024),
+            shuffle_buffer=min(len(rows), 1024), class_counts=self.class_counts(fold),
         )
         return {"train": dataset}, inputs
+
+    def class_counts(self, fold: int | None = None) -> list[int]:
+        """Training windows per class (barren, deposit) in the trial."""
+        return np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), minlength=2).tolist()
 
 
 # ------------------------------------------------------------------ building the evidence

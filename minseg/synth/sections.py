@@ -18,7 +18,11 @@ from minseg.synth.minerals import (
     GRAIN_CLASSES,
     GRAIN_PROBABILITIES,
     MINERALS,
+    MOTTLE,
+    PITS,
     REFLECTANCE,
+    REFLECTION_RGB,
+    REFLECTIONS,
     TEXTURE,
 )
 from minseg.synth.noise import cell_rng, hash_uniform, value_noise
@@ -139,14 +143,20 @@ class SectionRenderer:
 
         ys = (y0 + np.arange(height))[:, None]
         xs = (x0 + np.arange(width))[None, :]
-        texture = value_noise(y0, x0, height, width, 5.0 * self.grain_scale, self.seed + 11) - 0.5
-        texture += 0.6 * (value_noise(y0, x0, height, width, 23.0 * self.grain_scale, self.seed + 12) - 0.5)
+        scale = self.grain_scale
+        texture = value_noise(y0, x0, height, width, 5.0 * scale, self.seed + 11) - 0.5
+        texture += 0.6 * (value_noise(y0, x0, height, width, 23.0 * scale, self.seed + 12) - 0.5)
         grey = texture * 2 * TEXTURE[mask]
+        grey += (value_noise(y0, x0, height, width, 15.0 * scale, self.seed + 15) - 0.5) * 2 * MOTTLE[mask]
         grey += (hash_uniform(ys, xs, self.seed + 13) + hash_uniform(ys, xs, self.seed + 14) - 1.0) * self.noise_level
         gain = shade * self._illumination(ys, xs)
         image = REFLECTANCE[mask]
         image *= gain[..., None]
         image += (grey * gain)[..., None]
+        # spots a few pixels wide: bright internal reflections of transparent grains, dark polishing pits
+        spots = _spots(value_noise(y0, x0, height, width, 3.0 * scale, self.seed + 16), REFLECTIONS[mask])
+        image += spots[..., None] * REFLECTION_RGB[mask] * gain[..., None]
+        image *= 1.0 - 0.55 * _spots(value_noise(y0, x0, height, width, 2.5 * scale, self.seed + 17), PITS[mask])[..., None]
         self._scratch(image, y0, x0)
         return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -197,6 +207,18 @@ class SectionRenderer:
             if hit.any():
                 region = image[ya - y0 : yb - y0, xa - x0 : xb - x0]
                 region[hit] *= darkening
+
+
+# value noise is not uniform (blending pulls values to the middle): its quantiles turn an area share into a level
+_LEVELS = np.linspace(0.5, 1.0, 501)
+_NOISE_QUANTILES = np.quantile(value_noise(0, 0, 512, 512, 3.0, 1), _LEVELS)
+
+
+def _spots(noise: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Soft spots in [0, 1] where value noise rises into its top ``share`` (that share of the area is touched,
+    brightest at the noise's peaks; 0 where ``share`` is 0)."""
+    threshold = np.interp(1.0 - np.clip(share, 0.0, 0.5), _LEVELS, _NOISE_QUANTILES).astype(np.float32)
+    return np.clip((noise - threshold) / np.maximum(1.0 - threshold, 1e-6), 0.0, 1.0) * (share > 0)
 
 
 def render_section(seed: int, height: int, width: int, grain_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

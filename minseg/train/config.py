@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
 from minseg.config.base import StrictModel
-from minseg.enums import InitNormalization, InitPart, LossName, OptimizerName, Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout
+from minseg.enums import ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName, Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -50,7 +50,9 @@ class ScheduleSettings(StrictModel):
 
 class LossSettings(StrictModel):
     name: LossName = LossName.CE
-    class_weights: list[float] | None = None
+    class_weights: list[float] | ClassWeighting | None = Field(
+        None, description="one weight per class, or computed from the training split's class pixel counts: "
+                          "inverse_sqrt_frequency | median_frequency (minseg.losses.balanced_class_weights)")
     dice_weight: float = Field(1.0, ge=0)
     focal_weight: float = Field(1.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
@@ -128,6 +130,20 @@ class MemberSettings(StrictModel):
     @property
     def total_epochs(self) -> int:
         return sum(stage.epochs for stage in self.stages)
+
+    def class_weights(self, class_counts: list[int] | None) -> list[float] | None:
+        """The loss weights per class: as configured, or computed from the training data's counts per class
+        (``loss.class_weights: inverse_sqrt_frequency | median_frequency``; ``minseg.losses.balanced_class_weights``).
+        Raises InputError when they are asked for but the training source gives no counts."""
+        weights = self.loss.class_weights
+        if not isinstance(weights, ClassWeighting):
+            return weights
+        if class_counts is None:
+            raise InputError(f"training.members[{self.name}].loss.class_weights: {weights} needs the training data's "
+                             "counts per class, which this source does not give; list one weight per class instead")
+        from minseg.losses import balanced_class_weights  # torch: only where a loss is built
+
+        return balanced_class_weights(weights, class_counts)
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

@@ -69,11 +69,12 @@ def member_task(member: MemberSettings) -> Task:
 
 
 def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,
-              weights_cache: dict | None = None) -> str | None:
+              weights_cache: dict | None = None, class_counts: list[int] | None = None) -> str | None:
     """Build the member's model and loss without data (meta device) and match its pretrained weights
     to it (names and shapes only: a wrong file is refused before any worker starts); the error text, or None.
 
-    ``weights_cache``: state dicts already read, by URI (members often share one file).
+    ``weights_cache``: state dicts already read, by URI (members often share one file). ``class_counts``: the
+    training data's counts per class (``TrainingSource.class_counts``), for class weights computed from them.
     """
     import torch
 
@@ -84,7 +85,7 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     try:
         with torch.device("meta"):
             model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
-        build_loss(member.loss.name, num_classes=num_classes, class_weights=member.loss.class_weights,
+        build_loss(member.loss.name, num_classes=num_classes, class_weights=member.class_weights(class_counts),
                    focal_alpha=member.loss.focal_alpha, beta=member.loss.beta)
         if member.init is not None:
             init, cache = member.init, weights_cache if weights_cache is not None else {}
@@ -152,6 +153,9 @@ class TrialInputs:
     channels: list[dict] | None = None  # the images of a scene (data.sources[].channels) when declared
     has_test: bool = False  # k-fold trials: the fold's test part, scored once with the best checkpoint
     fold_signature: str | None = None  # k-fold trials: which sources train / choose / test (resume must match)
+    class_counts: list[int] | None = None  # per class in the trial's training data: labelled pixels, or images /
+    # windows for classification (what class weights computed from the data use)
+
 
 
 class TrainingSource(Protocol):
@@ -167,6 +171,9 @@ class TrainingSource(Protocol):
 
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
         """(Ray Datasets by name: 'train' and optionally 'val', the trial's inputs)."""
+
+    def class_counts(self, fold: int | None = None) -> list[int] | None:
+        """Per class in a trial fold's training data (pixels, images or windows); None if the source cannot say."""
 
 
 class ImageSource:
@@ -210,8 +217,19 @@ class ImageSource:
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
                       if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
+            class_counts=self.class_counts(fold),
         )
         return datasets, inputs
+
+    def class_counts(self, fold: int | None = None) -> list[int] | None:
+        """Per class in a trial's training data (the train split, or the fold's training part): labelled pixels at
+        full resolution, or images for classification."""
+        if fold is None:
+            items = self.prepared.splits["train"]
+        else:
+            train = set(self.prepared.folds[fold].train)
+            items = [i for s in ("train", "val") for i in self.prepared.splits[s] if i["source_id"] in train]
+        return np.sum([item["pixels"] for item in items], axis=0).astype(int).tolist() if items else None
 
 
 @dataclass
@@ -416,7 +434,8 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
                 results.append(done)
                 continue
             pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
-        problem = preflight(member, source.num_classes, source.in_channels, storage, weights_cache) if pending else None
+        problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
+                             source.class_counts(pending[0]["fold"])) if pending else None)
         if problem:
             results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
                                         error=f"not started: {problem}"))

@@ -19,7 +19,7 @@ from minseg.errors import InputError, RunError
 from minseg.data.augment import augment_batch
 from minseg.device import autocast_dtype
 from minseg.data.config import AugmentSettings
-from minseg.enums import OptimizerName, ScheduleName, ScheduleSpan, Task
+from minseg.enums import ClassWeighting, OptimizerName, ScheduleName, ScheduleSpan, Task
 from minseg.logs import configure_logging, get_logger, log_event
 from minseg.losses import build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
@@ -137,7 +137,8 @@ def set_up(worker) -> Session:
     torch.manual_seed(seed)
     model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
                         **member.model_options)
-    loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes, class_weights=member.loss.class_weights,
+    loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes,
+                         class_weights=member.class_weights(inputs.class_counts),
                          ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,
                          focal_weight=member.loss.focal_weight, focal_gamma=member.loss.focal_gamma,
                          focal_alpha=member.loss.focal_alpha, beta=member.loss.beta).to(device)
@@ -402,4 +403,6 @@ def _member_document(member: MemberSettings, inputs) -> dict:
     document = member.model_dump(mode="json")
     document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
     document["channels"] = inputs.channels
+    if isinstance(member.loss.class_weights, ClassWeighting):  # the weights the training data gave
+        document["loss"]["class_weights_used"] = member.class_weights(inputs.class_counts)
     return document

@@ -44,11 +44,19 @@ def test_every_fusion_mode_for_every_k(evaluation):
     assert evaluation.rank_split == "val"
 
 
-def test_selection_is_the_best_candidate_and_tpi_adds_up(evaluation):
+def test_selection_is_the_best_candidate_on_validation_and_tpi_adds_up(evaluation):
+    """Every candidate is scored on validation (what chooses) and on test (what is reported)."""
     key = evaluation.rank_key
-    best = max(metric_value(c.metrics, key) for c in evaluation.candidates)
+    assert all(c.selection_metrics and c.metrics for c in evaluation.candidates)
+    best = max(metric_value(c.selection_metrics, key) for c in evaluation.candidates)
     selected = next(c for c in evaluation.candidates if c.key == evaluation.selected.key)
-    assert metric_value(selected.metrics, key) == best
+    assert metric_value(selected.selection_metrics, key) == best
+    assert evaluation.document["selection_split"] == "val"
+    # a member's validation metrics are those it was ranked by
+    for candidate in evaluation.candidates:
+        if candidate.is_member:
+            assert candidate.selection_metrics["miou"] == pytest.approx(
+                evaluation.document["rank_metrics"][candidate.members[0]]["miou"])
     member_tpi = {c.members[0]: c.tpi for c in evaluation.candidates if c.key.startswith("member:")}
     assert all(t > 0 for t in member_tpi.values())
     for candidate in evaluation.candidates:
@@ -141,8 +149,8 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
-def test_learned_weights_never_see_the_test_split(trained_run, evaluation, tmp_path):
-    """Replace every test mask: test metrics change, learned weights must not."""
+def test_learned_weights_and_the_selection_never_see_the_test_split(trained_run, evaluation, tmp_path):
+    """Replace every test mask: test metrics change; learned weights, validation scores and the choice must not."""
     config = copy.deepcopy(trained_run)
     data_root = tmp_path / "data"
     shutil.copytree(config.data.sources[0].uri, data_root)
@@ -159,7 +167,10 @@ def test_learned_weights_never_see_the_test_split(trained_run, evaluation, tmp_p
     for key in before:
         if key.endswith("LEARNED"):
             assert after[key].weights == before[key].weights
+        assert after[key].selection_metrics["miou"] == pytest.approx(before[key].selection_metrics["miou"])
     assert any(after[k].metrics["miou"] != before[k].metrics["miou"] for k in before)
+    # the same choice (up to ties on validation, which the faster candidate wins: timing decides those)
+    assert altered.selected.selection_metrics["miou"] == pytest.approx(evaluation.selected.selection_metrics["miou"])
 
 
 def test_fewer_overlays_than_test_images(trained_run):
@@ -267,3 +278,41 @@ def test_score_refuses_other_classes_and_a_missing_manifest(wv_manifest, synthet
     assert "no such ensemble manifest" in capsys.readouterr().err
     assert main(["score", "--data", str(synthetic_sections)]) == 2
     assert "score needs the ensemble's manifest" in capsys.readouterr().err
+
+
+def test_the_demo_compares_its_selected_ensemble_with_its_best_member_on_the_slide(evaluation, tmp_path):
+    """The demo's last step with an ensemble selected: the slide segmented by the ensemble and by the member
+    ranked first on validation, both scored against the slide's true mask, both numbers printed."""
+    import dataclasses
+
+    from minseg.config import MinsegConfig
+    from minseg.demo import SynthResult, segment_synthetic_slide, slide_comparison
+    from minseg.ensemble.selection import build_manifest
+    from minseg.inference.config import SegmentSettings
+    from minseg.synth.config import SlideSynth
+    from minseg.synth.slide import write_synthetic_slide
+
+    storage = Storage()
+    ensemble = next(c for c in evaluation.candidates if c.key == "RUEL-3-SOFT")
+    manifest_uri = str(tmp_path / "evaluation" / "manifest.json")
+    write_manifest(build_manifest(evaluation.document, ensemble.key, storage, "ensemble"), manifest_uri, storage)
+    selected = dataclasses.replace(evaluation, selected=ensemble, output_uri=str(tmp_path / "evaluation"),
+                                   manifest_uri=manifest_uri)
+    slide = write_synthetic_slide(str(tmp_path / "slide.tif"), str(tmp_path / "slide_mask.tif"),
+                                  SlideSynth(height=160, width=200, tile=64), seed=5)
+    config = MinsegConfig.model_validate({"run": {"output_uri": str(tmp_path / "out")}})
+    config.segment = SegmentSettings(manifest_uri=manifest_uri, output_tile=64, block=128, actors=1)
+    score = segment_synthetic_slide(config, SynthResult(str(tmp_path), 0.0, {"slide": slide}, {}), selected)
+
+    segment = tmp_path / "out" / "minseg-run" / "segment"
+    truth = json.loads((segment / "slides" / "slide" / "truth_comparison.json").read_text())
+    alone = json.loads((segment / "best-member" / "slide" / "truth_comparison.json").read_text())
+    assert score.selected == "RUEL-3-SOFT" and score.miou == truth["miou"]
+    assert score.best_member == evaluation.ranking[0] and score.best_member_miou == alone["miou"]
+    best_manifest = load_manifest(str(tmp_path / "evaluation" / "best-member" / "manifest.json"))
+    assert [m.name for m in best_manifest.members] == [evaluation.ranking[0]]
+    assert not (segment / "best-member" / "slide" / "labels.tif").exists()  # labels for the comparison only
+    lines = slide_comparison(score)
+    assert lines[0].startswith(f"Selected ensemble RUEL-3-SOFT: slide mIoU {truth['miou']:.3f}; its best member "
+                               f"alone ({evaluation.ranking[0]}, ranked first on validation): {alone['miou']:.3f}")
+    assert "background" in lines[1] and "gangue" in lines[1]
