@@ -53,7 +53,8 @@ class SlideScore:
     mineralogy: list[str] = field(default_factory=list)  # headline lines, errors against the true mask included
     selected: str = ""  # the selected candidate's key
     per_class_iou: dict[str, float] = field(default_factory=dict)
-    best_member: str | None = None  # None: the selection is a single member
+    best_member: str | None = None  # the selection's top-ranked member; None: the selection is a single member
+    rank_split: str = "val"  # where the members were ranked
     best_member_miou: float | None = None
     best_member_per_class_iou: dict[str, float] = field(default_factory=dict)
 
@@ -208,11 +209,15 @@ def slide_comparison(slide: SlideScore) -> list[str]:
         return [f"The selection on validation is a single member ({slide.selected}): no ensemble beat it there."]
     gain = slide.miou - slide.best_member_miou
     lines = [f"Selected ensemble {slide.selected}: slide mIoU {slide.miou:.3f}; its best member alone "
-             f"({slide.best_member}, ranked first on validation): {slide.best_member_miou:.3f} ({gain:+.3f})",
+             f"({slide.best_member}, ranked first on {_SPLIT_NAMES.get(slide.rank_split, slide.rank_split)}): "
+             f"{slide.best_member_miou:.3f} ({gain:+.3f})",
              "  IoU per class (best member -> ensemble): " + ", ".join(
                  f"{name} {_iou(slide.best_member_per_class_iou.get(name))}->{_iou(iou)}"
                  for name, iou in slide.per_class_iou.items())]
     return lines
+
+
+_SPLIT_NAMES = {"val": "validation"}
 
 
 def _iou(value) -> str:
@@ -244,7 +249,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
                        evaluation.selected.key if evaluation is not None else "", dict(zip(CLASS_NAMES, truth["iou"])))
     if evaluation is None or evaluation.selected.is_member:
         return score
-    best = evaluation.ranking[0]
+    best = evaluation.selected.members[0]  # RUEL-k's members in rank order: its best voter
     manifest_uri = join_uri(evaluation.output_uri, "best-member", "manifest.json")
     write_manifest(build_manifest(evaluation.document, f"{MEMBER_PREFIX}{best}", storage, "best-member"),
                    manifest_uri, storage)
@@ -253,7 +258,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
                                                      "formats": []})  # labels for the comparison: no exports
     alone.mineralogy = alone.mineralogy.model_copy(update={"tables": False, "plots": False})
     _, _, truth = _segment_and_score(alone, slide, storage)
-    score.best_member, score.best_member_miou = best, truth["miou"]
+    score.best_member, score.best_member_miou, score.rank_split = best, truth["miou"], evaluation.rank_split
     score.best_member_per_class_iou = dict(zip(CLASS_NAMES, truth["iou"]))
     return score
 

@@ -112,7 +112,12 @@ def test_member_class_weights_come_from_the_training_data_or_the_config():
     assert member([1.0, 2.0]).class_weights(None) == [1.0, 2.0]
     assert member(None).class_weights([5, 5]) is None
     assert member("median_frequency").class_weights([75, 25]) == pytest.approx([2 / 3, 2.0], abs=1e-4)
-    with pytest.raises(InputError, match=r"members\[m\]\.loss\.class_weights: median_frequency needs the training"):
+    with pytest.raises(InputError, match="member 'm': loss.class_weights median_frequency needs the training"):
         member("median_frequency").class_weights(None)
-    with pytest.raises(ValueError, match="inverse_sqrt_frequency"):  # a typo lists the choices
+    with pytest.raises(ValueError, match="'sqrt_frequency' is not a weighting; give inverse_sqrt_frequency or "
+                                         "median_frequency") as error:  # one message, not one per union branch
         member("sqrt_frequency")
+    assert error.value.error_count() == 1
+    for wrong in ([], [1.0, -0.5], [1, "x"], 3):
+        with pytest.raises(ValueError, match="class weights|one weight per class"):
+            member(wrong)

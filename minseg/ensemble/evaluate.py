@@ -4,8 +4,10 @@ Passes over the data (Ray Data actor pool; each actor holds every member, loaded
 
 1. the ranking split (validation by default): member metrics, and a pixel sample of
    member probabilities for fitting learned weights;
-2. the test split: every member, and every RUEL-k x fusion mode built from the ranking,
-   with time per image (TPI) measured the same way for all of them.
+2. the ranking split and the test split: every member, and every RUEL-k x fusion mode built
+   from the ranking, with time per image (TPI) measured the same way for all of them. The
+   selection compares the ranking split's scores; the test split's are what is reported
+   (it never chooses, unless the data has no validation split or ``rank_on: test``).
 
 Full images are tiled with overlap and their probabilities blended (never resized).
 Confusion matrices are accumulated per image and merged on the driver.
@@ -374,9 +376,17 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     ensembles = candidate_ensembles(ranking.pool, settings, ranking.learned)
     candidates, previews = score_on_test(members, prepared, spec, ensembles, ranking.split)
     if ranking.split == "test":
+        why = ("evaluation.rank_on is test" if settings.rank_on == "test" else "the data has no validation split")
         log_event(log, "ensemble.selected_on_test", logging.WARNING,
-                  hint="the data has no validation split: the candidates are chosen on the test split, so its "
-                       "scores are optimistic; give data.split.val > 0")
+                  hint=f"{why}: the candidates are chosen on the test split, so its scores are optimistic; rank "
+                       "and choose on validation (rank_on: val, data.split.val > 0)")
+    trained = prepared.stats.get("train", {}).get("classes", {})
+    missing = [name for name, stats in prepared.stats.get(ranking.split, {}).get("classes", {}).items()
+               if not stats["pixels"] and trained.get(name, {}).get("pixels")]
+    if missing:  # IoU 0 for a stray prediction of an absent class weighs on the choice
+        log_event(log, "ensemble.classes_missing_from_selection_split", logging.WARNING, split=ranking.split,
+                  classes=",".join(missing), hint="a candidate predicting any pixel of these classes scores IoU 0 "
+                  "for them there: the choice leans on stray pixels; give the split images with every class")
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
     log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
               value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),

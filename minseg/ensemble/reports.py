@@ -48,7 +48,9 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
     names = [c["name"] for c in document["classes"]["classes"]]
     candidates = {c["key"]: c for c in document["candidates"]}
     members = [c for c in document["candidates"] if c["key"].startswith("member:")]
-    members.sort(key=lambda c: (-_value(c["metrics"], key), c["key"]))
+    # in rank order (validation): "best member" is the one the ensembles were built from first, never chosen on test
+    rank = {name: index for index, name in enumerate(document.get("ranking") or [])}
+    members.sort(key=lambda c: (rank.get(c["members"][0], len(rank)), -_value(c["metrics"], key), c["key"]))
 
     def class_columns(metrics):
         if cls is None:

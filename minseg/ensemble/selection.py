@@ -182,6 +182,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str) -> Ens
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
         normalization=document["normalization"], channels=document.get("channels"),
-        selection={**document["selection"], "key": document["rank_key"], "candidate": key},
+        selection={**document["selection"], "key": document["rank_key"], "candidate": key,
+                   "split": document.get("selection_split", "test")},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},
     )

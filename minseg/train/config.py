@@ -59,6 +59,25 @@ class LossSettings(StrictModel):
     focal_alpha: float | list[float] | None = None
     beta: float = Field(0.4, ge=0, le=1, description="self-distillation weight (MFAF)")
 
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _weights_or_weighting(cls, value):
+        """One message for a wrong value (not one per branch of the union)."""
+        if value is None or isinstance(value, ClassWeighting):
+            return value
+        if isinstance(value, str):
+            if value not in ClassWeighting.choices():
+                raise ValueError(f"{value!r} is not a weighting; give {' or '.join(ClassWeighting.choices())}, or "
+                                 "a list of one non-negative weight per class")
+            return ClassWeighting(value)
+        if isinstance(value, (list, tuple)):
+            if not value or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in value):
+                raise ValueError("a list of class weights needs one non-negative number per class, got "
+                                 f"{list(value)!r}")
+            return [float(w) for w in value]
+        raise ValueError(f"expected a list of one weight per class or {' or '.join(ClassWeighting.choices())}, got "
+                         f"{value!r}")
+
 
 class ScalingSettings(StrictModel):
     workers: int = Field(1, ge=1, description="data-parallel (DDP) workers for this member")
@@ -139,8 +158,8 @@ class MemberSettings(StrictModel):
         if not isinstance(weights, ClassWeighting):
             return weights
         if class_counts is None:
-            raise InputError(f"training.members[{self.name}].loss.class_weights: {weights} needs the training data's "
-                             "counts per class, which this source does not give; list one weight per class instead")
+            raise InputError(f"member {self.name!r}: loss.class_weights {weights} needs the training data's counts "
+                             "per class, which this source does not give; list one weight per class instead")
         from minseg.losses import balanced_class_weights  # torch: only where a loss is built
 
         return balanced_class_weights(weights, class_counts)

@@ -316,3 +316,23 @@ def test_the_demo_compares_its_selected_ensemble_with_its_best_member_on_the_sli
     assert lines[0].startswith(f"Selected ensemble RUEL-3-SOFT: slide mIoU {truth['miou']:.3f}; its best member "
                                f"alone ({evaluation.ranking[0]}, ranked first on validation): {alone['miou']:.3f}")
     assert "background" in lines[1] and "gangue" in lines[1]
+
+
+def test_select_says_which_split_chooses_and_warns_on_documents_without_validation_scores(evaluation, tmp_path,
+                                                                                          capsys):
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    capsys.readouterr()
+    assert main(["select", folder, "--name", "again"]) == 0
+    assert "chosen on the val split" in capsys.readouterr().out
+    assert load_manifest(f"{folder}/manifest-again.json").selection["split"] == "val"
+    old = json.loads(Storage().read_text(f"{folder}/evaluation.json"))
+    old.pop("selection_split")
+    for candidate in old["candidates"]:
+        candidate.pop("selection_metrics")
+    shutil.copytree(folder, tmp_path / "old")
+    (tmp_path / "old" / "evaluation.json").write_text(json.dumps(old))
+    assert main(["select", str(tmp_path / "old"), "--name", "old"]) == 0
+    captured = capsys.readouterr()
+    assert "predates choosing on validation" in captured.err and "chosen on the test split" in captured.out
+    best_on_test = sorted(evaluation.candidates, key=lambda c: (-c.metrics["miou"], c.tpi, c.key))[0]
+    assert load_manifest(str(tmp_path / "old" / "manifest-old.json")).selection["candidate"] == best_on_test.key

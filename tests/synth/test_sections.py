@@ -66,7 +66,7 @@ def test_hard_cases_are_hard_but_separable_as_under_the_microscope():
     # gangue textured (mottling, pits, internal reflections), the epoxy smooth, at scales JPEG keeps
     coarse = ndimage.uniform_filter(compressed.astype(np.float32).mean(axis=2), 3)
     local_std = np.sqrt(np.maximum(ndimage.uniform_filter(coarse**2, 9) - ndimage.uniform_filter(coarse, 9) ** 2, 0))
-    assert np.median(local_std[gangue]) > 1.5 * np.median(local_std[resin])
+    assert np.median(local_std[gangue]) > 3 * np.median(local_std[resin])  # 2.3 without mottle, pits, reflections
     sphalerite, magnetite = mask == CLASS_NAMES.index("sphalerite"), mask == CLASS_NAMES.index("magnetite")
     grey = compressed.astype(np.float32).mean(axis=2)
     assert (grey[sphalerite] > np.percentile(grey[magnetite], 99)).mean() > 0.004  # internal reflections
