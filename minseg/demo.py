@@ -233,7 +233,6 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
     from minseg.inference.measure import REFERENCE_DOCUMENT, against_reference
     from minseg.mineralogy.report import headline_text
     from minseg.mineralogy.slide import DOCUMENT, MeasureSpec
-    from minseg.synth.minerals import CLASS_NAMES
 
     slide = synth.outputs["slide"]
     storage = Storage(config.storage)
@@ -246,7 +245,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
     storage.write_text(join_uri(folder, DOCUMENT), json.dumps(document, indent=1, default=float))
     score = SlideScore(segmented.output, segmented.done[0]["wall_seconds"], (slide["height"], slide["width"]),
                        truth["accuracy"], truth["miou"], headline_text(document),
-                       evaluation.selected.key if evaluation is not None else "", dict(zip(CLASS_NAMES, truth["iou"])))
+                       evaluation.selected.key if evaluation is not None else "", dict(zip(truth["classes"], truth["iou"])))
     if evaluation is None or evaluation.selected.is_member:
         return score
     best = evaluation.selected.members[0]  # RUEL-k's members in rank order: its best voter
@@ -259,7 +258,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
     alone.mineralogy = alone.mineralogy.model_copy(update={"tables": False, "plots": False})
     _, _, truth = _segment_and_score(alone, slide, storage)
     score.best_member, score.best_member_miou, score.rank_split = best, truth["miou"], evaluation.rank_split
-    score.best_member_per_class_iou = dict(zip(CLASS_NAMES, truth["iou"]))
+    score.best_member_per_class_iou = dict(zip(truth["classes"], truth["iou"]))
     return score
 
 

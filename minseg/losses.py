@@ -40,18 +40,18 @@ def balanced_class_weights(weighting: ClassWeighting | str, class_counts) -> lis
     """Loss weights (one per class) from the training data's counts per class.
 
     ``class_counts``: labelled pixels per class (length C, ignore pixels excluded; images or windows per class for
-    classification). With ``f_c`` each class's share
-    and ``m`` the median share over the classes present: ``median_frequency`` gives ``w_c = m / f_c`` (Eigen &
-    Fergus 2015, median frequency balancing), ``inverse_sqrt_frequency`` its square root (rare classes count more
-    without the most frequent class nearly vanishing from the loss). A class absent from training gets the largest
-    weight given to a present one (it has no pixels to weigh until the data changes). Weights are rounded to 4
+    classification). With ``f_c`` each class's share and ``m`` the median share over the classes present:
+    ``median_frequency`` gives ``w_c = m / f_c`` (Eigen & Fergus 2015, median frequency balancing),
+    ``inverse_sqrt_frequency`` its square root (rare classes count more without the most frequent class nearly
+    vanishing from the loss). A class absent from training gets the largest weight given to a present one (it has
+    no pixels to weigh until the data changes). Weights are rounded to 4
     decimals (they are recorded in member.json). Raises ValueError when no class has pixels.
     """
-    pixels = np.asarray(class_counts, dtype=np.float64)
-    present = pixels > 0
+    counts = np.asarray(class_counts, dtype=np.float64)
+    present = counts > 0
     if not present.any():
         raise ValueError("class weights from class frequencies: the training data has no labelled examples")
-    share = pixels / pixels.sum()
+    share = counts / counts.sum()
     median = float(np.median(share[present]))
     weights = np.zeros_like(share)
     weights[present] = median / share[present]

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -294,8 +294,8 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     return Ranking(split, order, metrics, learned, pool)
 
 
-def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSpec, ensembles: list[Candidate],
-                  selection_split: str = "test") -> tuple[list[Candidate], list[dict]]:
+def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: PassSpec, ensembles: list[Candidate],
+                     selection_split: str = "test") -> tuple[list[Candidate], list[dict]]:
     """Pass 2: every member and every candidate ensemble on the test split (what is reported, with time per
     image) and on ``selection_split`` (what ``select`` chooses by: validation, so that the test split never
     chooses); returns the scored candidates (members first) and the preview images (test images)."""
@@ -308,10 +308,10 @@ def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSp
     rows = run_pass(test + choosing, spec, label)
     test_ids = {i["item_id"] for i in test}
     previews = [preview for preview in rows.preview if preview is not None]
-    scored = scored_candidates(rows.subset([i in test_ids for i in rows.item_id]), members, ensembles, names)
+    on_test = [item in test_ids for item in rows.item_id]
+    scored = scored_candidates(rows.subset(on_test), members, ensembles, names)
     if choosing:
-        chosen_on = scored_candidates(rows.subset([i not in test_ids for i in rows.item_id]), members,
-                                      [Candidate(c.key, c.members, c.mode, c.weights) for c in ensembles], names)
+        chosen_on = scored_candidates(rows.subset([not t for t in on_test]), members, ensembles, names)
         for candidate, on_selection in zip(scored, chosen_on):
             candidate.selection_metrics = on_selection.metrics
     return scored, previews
@@ -319,17 +319,17 @@ def score_on_test(members: list[MemberRef], prepared: PreparedData, spec: PassSp
 
 def scored_candidates(rows: ImageScores, members: list[MemberRef], ensembles: list[Candidate],
                       class_names: list[str]) -> list[Candidate]:
-    """Every member alone (first, as ``member:<name>``) then each of ``ensembles`` (in the pass's order), with
-    metrics from the summed confusion matrices and time per image (TPI: its members' + its fusion's)."""
+    """Every member alone (first, as ``member:<name>``) then each of ``ensembles`` (in the pass's order, as new
+    candidates: the inputs are left as they are), with metrics from the summed confusion matrices and time per image
+    (TPI: its members' + its fusion's)."""
     member_tpi = np.mean(np.stack(rows.member_seconds), axis=0)
     fusion_tpi = np.mean(np.stack(rows.fusion_seconds), axis=0)
     position = {m.name: i for i, m in enumerate(members)}
     scored = [Candidate(f"{MEMBER_PREFIX}{m.name}", [m.name], None, [1], metrics_for(rows, i, class_names),
                         float(member_tpi[i])) for i, m in enumerate(members)]
     for j, candidate in enumerate(ensembles):
-        candidate.metrics = metrics_for(rows, len(members) + j, class_names)
-        candidate.tpi = float(sum(member_tpi[position[n]] for n in candidate.members) + fusion_tpi[j])
-        scored.append(candidate)
+        tpi = float(sum(member_tpi[position[n]] for n in candidate.members) + fusion_tpi[j])
+        scored.append(replace(candidate, metrics=metrics_for(rows, len(members) + j, class_names), tpi=tpi))
     return scored
 
 
@@ -374,7 +374,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     ranking = rank_on_validation(members, prepared, spec)
     ensembles = candidate_ensembles(ranking.pool, settings, ranking.learned)
-    candidates, previews = score_on_test(members, prepared, spec, ensembles, ranking.split)
+    candidates, previews = score_candidates(members, prepared, spec, ensembles, ranking.split)
     if ranking.split == "test":
         why = ("evaluation.rank_on is test" if settings.rank_on == "test" else "the data has no validation split")
         log_event(log, "ensemble.selected_on_test", logging.WARNING,

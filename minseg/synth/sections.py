@@ -9,6 +9,7 @@ tile matches the same region cropped from a bigger render exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -209,15 +210,20 @@ class SectionRenderer:
                 region[hit] *= darkening
 
 
-# value noise is not uniform (blending pulls values to the middle): its quantiles turn an area share into a level
 _LEVELS = np.linspace(0.5, 1.0, 501)
-_NOISE_QUANTILES = np.quantile(value_noise(0, 0, 512, 512, 3.0, 1), _LEVELS)
+
+
+@functools.cache
+def _noise_quantiles() -> np.ndarray:
+    """Value noise is not uniform (blending pulls values to the middle): its quantiles at ``_LEVELS`` turn an area
+    share into a noise level. Measured once, on first use."""
+    return np.quantile(value_noise(0, 0, 512, 512, 3.0, 1), _LEVELS)
 
 
 def _spots(noise: np.ndarray, share: np.ndarray) -> np.ndarray:
     """Soft spots in [0, 1] where value noise rises into its top ``share`` (that share of the area is touched,
     brightest at the noise's peaks; 0 where ``share`` is 0)."""
-    threshold = np.interp(1.0 - np.clip(share, 0.0, 0.5), _LEVELS, _NOISE_QUANTILES).astype(np.float32)
+    threshold = np.interp(1.0 - np.clip(share, 0.0, 0.5), _LEVELS, _noise_quantiles()).astype(np.float32)
     return np.clip((noise - threshold) / np.maximum(1.0 - threshold, 1e-6), 0.0, 1.0) * (share > 0)
 
 

@@ -157,7 +157,6 @@ class TrialInputs:
     # windows for classification (what class weights computed from the data use)
 
 
-
 class TrainingSource(Protocol):
     """Where a training run's data comes from: image datasets (``ImageSource``) or prospectivity
     windows (``geo.prospect.WindowSource``). ``fit_members`` trains every member on every trial fold."""
@@ -194,7 +193,7 @@ class ImageSource:
             train = split_dataset(prepared, data, "train", storage, cpus)
             val = split_dataset(prepared, data, "val", storage, cpus)
             test = None  # the run's test split belongs to ensemble evaluation
-            train_tiles, val_tiles = prepared.tile_count("train"), prepared.tile_count("val")
+            val_tiles = prepared.tile_count("val")
         else:  # the fold's test part is never trained on nor used to choose a checkpoint: it is what is reported
             part = prepared.folds[fold]
             pool = prepared.splits["train"] + prepared.splits["val"]
@@ -203,8 +202,8 @@ class ImageSource:
             train = split_dataset(prepared, data, "train", storage, cpus, source_ids=set(part.train))
             val = split_dataset(prepared, data, "val", storage, cpus, source_ids=set(part.val))
             test = split_dataset(prepared, data, "test", storage, cpus, source_ids=set(part.test))
-            train_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.train)
             val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.val)
+        training = self._training_items(fold)
         datasets = {"train": train} if val is None else {"train": train, "val": val}
         if fold is not None and test is not None:
             datasets["test"] = test
@@ -212,24 +211,32 @@ class ImageSource:
             task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=self.in_channels,
             ignore_index=prepared.classmap.ignore_index, classes=prepared.classmap.to_document(),
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
-            augmentation=data.augmentation, train_tiles=train_tiles, has_val=val is not None and val_tiles > 0,
+            augmentation=data.augmentation, train_tiles=sum(i["tiles"] for i in training),
+            has_val=val is not None and val_tiles > 0,
             shuffle_buffer=data.shuffle_buffer, has_test="test" in datasets,
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
                       if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
-            class_counts=self.class_counts(fold),
+            class_counts=_class_counts(training),
         )
         return datasets, inputs
 
-    def class_counts(self, fold: int | None = None) -> list[int] | None:
-        """Per class in a trial's training data (the train split, or the fold's training part): labelled pixels at
-        full resolution, or images for classification."""
+    def _training_items(self, fold: int | None) -> list[dict]:
+        """A trial's training items: the train split, or the fold's training part of train + val."""
         if fold is None:
-            items = self.prepared.splits["train"]
-        else:
-            train = set(self.prepared.folds[fold].train)
-            items = [i for s in ("train", "val") for i in self.prepared.splits[s] if i["source_id"] in train]
-        return np.sum([item["pixels"] for item in items], axis=0).astype(int).tolist() if items else None
+            return self.prepared.splits["train"]
+        train = set(self.prepared.folds[fold].train)
+        return [i for s in ("train", "val") for i in self.prepared.splits[s] if i["source_id"] in train]
+
+    def class_counts(self, fold: int | None = None) -> list[int] | None:
+        """Per class in a trial's training data: labelled pixels at full resolution, or images for
+        classification."""
+        return _class_counts(self._training_items(fold))
+
+
+def _class_counts(items: list[dict]) -> list[int] | None:
+    """Labelled pixels (or images) per class over scanned items (``prepare_data``'s ``pixels``)."""
+    return np.sum([item["pixels"] for item in items], axis=0).astype(int).tolist() if items else None
 
 
 @dataclass

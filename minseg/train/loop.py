@@ -114,6 +114,7 @@ class Session:
     test_shard: object | None
     amp_dtype: torch.dtype | None
     scaler: object | None
+    class_weights: list[float] | None = None  # the loss's, as configured or computed from the training data
 
     @property
     def member(self) -> MemberSettings:
@@ -137,8 +138,8 @@ def set_up(worker) -> Session:
     torch.manual_seed(seed)
     model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
                         **member.model_options)
-    loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes,
-                         class_weights=member.class_weights(inputs.class_counts),
+    class_weights = member.class_weights(inputs.class_counts)
+    loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes, class_weights=class_weights,
                          ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,
                          focal_weight=member.loss.focal_weight, focal_gamma=member.loss.focal_gamma,
                          focal_alpha=member.loss.focal_alpha, beta=member.loss.beta).to(device)
@@ -150,7 +151,7 @@ def set_up(worker) -> Session:
         augmentation=inputs.augmentation, train_shard=ray.train.get_dataset_shard("train"),
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
         test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
-        scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None, class_weights=class_weights,
     )
 
 
@@ -277,7 +278,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
             None if drop_optimizer else optimizer.state_dict(), state,
-            _member_document(member, inputs), inputs.classes,
+            _member_document(member, inputs, session.class_weights), inputs.classes,
             {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
@@ -396,7 +397,7 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
 
 
-def _member_document(member: MemberSettings, inputs) -> dict:
+def _member_document(member: MemberSettings, inputs, class_weights: list[float] | None) -> dict:
     """``member.json``: the member's resolved config, its model options completed with the number of input
     channels it was built for (what evaluation and inference build it with), and the images of a scene they come
     from when the data declares them (``channels``; evaluation checks its data against them)."""
@@ -404,5 +405,5 @@ def _member_document(member: MemberSettings, inputs) -> dict:
     document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
     document["channels"] = inputs.channels
     if isinstance(member.loss.class_weights, ClassWeighting):  # the weights the training data gave
-        document["loss"]["class_weights_used"] = member.class_weights(inputs.class_counts)
+        document["loss"]["class_weights_used"] = class_weights
     return document
