@@ -119,12 +119,13 @@ def cmd_select(args) -> int:
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
         split = document.get("selection_split") or "test"
+        rule = SelectionRule.TPI_BUDGET if args.tpi_budget else SelectionRule.BEST
+        # Choose first: a bad --key is an error on its own, not after a warning about the document.
+        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
         if "selection_split" not in document:
             print(f"warning: {args.evaluation} predates choosing on validation: its candidates have test scores "
                   "only, so this choice is made on the test split (run minseg evaluate again to choose on "
                   "validation)", file=sys.stderr)
-        rule = SelectionRule.TPI_BUDGET if args.tpi_budget else SelectionRule.BEST
-        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
         print(f"chosen on the {split} split")
     manifest = build_manifest(document, key, storage, args.name)
     target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
