@@ -2,7 +2,7 @@
 
 - ``ce``: cross-entropy.
 - ``dice``: 1 - mean_c (2 sum p_c g_c) / (sum p_c^2 + sum g_c^2) (Res-UNet paper Eq. 3,
-  squared terms in the denominator, averaged over classes).
+  squared terms in the denominator, averaged over the classes present in the target).
 - ``focal``: -alpha_t (1 - p_t)^gamma log p_t (Eq. 4); alpha a scalar or one per class.
 - ``ce_dice``, ``ce_focal``: sums with configurable weights.
 - ``weighted_bce``: the microplastic paper's per-image weighted BCE (Eq. 25-29):
@@ -79,8 +79,12 @@ class CrossEntropyLoss(nn.Module):
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice with squared denominators, averaged over classes present in the batch
-    (classes absent from both prediction and target would be 0/0 and are skipped)."""
+    """Soft Dice with squared denominators, averaged over the classes present in the batch's target.
+
+    A class absent from the target has Dice 0 whatever is predicted (its numerator is 0), so it adds a
+    constant 1 with no gradient; averaging over it only shrinks the present classes' terms, and with class
+    weights (large for rare classes, which are the ones usually absent from a batch) it all but switched
+    Dice off. False positives of absent classes are the cross-entropy term's to penalise."""
 
     def __init__(self, class_weights=None, ignore_index: int = 255, num_classes: int | None = None,
                  smooth: float = 1e-6):
@@ -101,7 +105,7 @@ class DiceLoss(nn.Module):
         intersection = (probs * onehot).sum(dims)
         denominator = (probs * probs).sum(dims) + (onehot * onehot).sum(dims)
         dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
-        present = denominator > 0
+        present = onehot.sum(dims) > 0
         weight = self.weight if self.weight is not None else torch.ones(num_classes, device=logits.device)
         weight = weight.to(logits.device) * present
         return ((1 - dice) * weight).sum() / weight.sum().clamp_min(1e-12)

@@ -33,6 +33,26 @@ def test_dice_squared_denominator_by_hand():
     assert build_loss("dice")(LOGITS, TARGET).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_dice_averages_over_the_classes_in_the_target_only():
+    """A class absent from the target scores Dice 0 whatever is predicted; counting it (with a rare class's large
+    weight) shrank the present classes' Dice to a fraction of the loss."""
+    logits = torch.cat([LOGITS, torch.zeros(1, 1, 2, 2)], dim=1)  # a third class, predicted but never true
+    two = build_loss("dice")(LOGITS, TARGET)
+    three = build_loss("dice", num_classes=3, class_weights=[1.0, 1.0, 10.0])
+    probs = torch.softmax(logits, 1)[0]
+    valid = [(0, 0), (0, 1), (1, 0)]
+    per_class = []
+    for c in (0, 1):
+        p = torch.tensor([probs[c][i] for i in valid])
+        g = torch.tensor([float(TARGET[0][i] == c) for i in valid])
+        per_class.append(1 - (2 * (p * g).sum()) / ((p * p).sum() + (g * g).sum()))
+    assert three(logits, TARGET).item() == pytest.approx((sum(per_class) / 2).item(), rel=1e-5)
+    assert two.item() < 0.9  # not the constant 1 an absent class adds
+    logits.requires_grad_(True)
+    three(logits, TARGET).backward()
+    assert logits.grad[:, :2].abs().sum() > 0
+
+
 def test_focal_reduces_to_ce_at_gamma_0_and_by_hand():
     ce = build_loss("ce")(LOGITS, TARGET)
     assert build_loss("focal", focal_gamma=0.0)(LOGITS, TARGET).item() == pytest.approx(ce.item(), rel=1e-6)
