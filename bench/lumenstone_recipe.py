@@ -1,0 +1,159 @@
+"""The LumenStone CPU recipe's numbers (issue #20): its members, RUEL-k ensembles, the selected one and its gain.
+
+Runs the recipe's own commands in-process on the real sections (``../shared/data/lumenstone``):
+``minseg train`` then ``minseg evaluate`` with configs/lumenstone_cpu.yaml. Members are ranked and the
+ensemble is chosen on the validation split; everything printed as "test" comes from the test split, which
+chose nothing. Prints the members table, the RUEL-k table and the selected candidate with its gain over the
+best member (the member ranked first on validation), then the same evaluation with flip test-time
+augmentation (evaluation name ``tta-flips``, beside ``ensemble``). One CSV row per candidate and evaluation
+goes to bench/results/lumenstone_recipe.csv.
+
+``--pixel-baseline`` scores a reference the members must beat: a quadratic discriminant (scikit-learn) on each
+pixel's RGB alone, no spatial context, fitted on 3000 pixels per training image of the same split and scored
+on the test split at the recipe's scale (row ``pixel-qda-rgb``).
+
+    python bench/lumenstone_recipe.py            # ~51 min training + ~10 min for both evaluations, 2 cores
+    python bench/lumenstone_recipe.py --reuse    # keep the members a previous run trained; evaluate again
+    python bench/lumenstone_recipe.py --pixel-baseline   # ~1 min; needs the run's data/splits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._common import emit  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "lumenstone"
+
+
+def _miou(metrics: dict) -> float | None:
+    return round(metrics["miou"], 4) if metrics else None
+
+
+def _per_class(metrics: dict) -> str:
+    return json.dumps({c: round(v, 3) for c, v in zip(metrics.get("classes", []), metrics.get("iou", []))})
+
+
+def report(evaluation, label: str) -> list[dict]:
+    """Print the members table, the RUEL-k table and the selection; return one CSV row per candidate."""
+    members = {c.members[0]: c for c in evaluation.candidates if c.is_member}
+    best = members[next(name for name in evaluation.ranking if name in members)]
+    chosen = evaluation.selected
+    print(f"\n== {label}: members (ranked on {evaluation.rank_split}) ==")
+    print(f"{'member':<16} {'val mIoU':>9} {'test mIoU':>10}")
+    for name in evaluation.ranking:
+        if name in members:
+            c = members[name]
+            print(f"{name:<16} {_miou(c.selection_metrics) or float('nan'):>9.3f} {_miou(c.metrics):>10.3f}")
+    print(f"\n== {label}: RUEL-k ensembles ==")
+    print(f"{'candidate':<22} {'val mIoU':>9} {'test mIoU':>10} {'test gain (pt)':>15}")
+    for c in evaluation.candidates:
+        if not c.is_member:
+            gain = 100 * (c.metrics["miou"] - best.metrics["miou"])
+            print(f"{c.key:<22} {_miou(c.selection_metrics) or float('nan'):>9.3f} {_miou(c.metrics):>10.3f} "
+                  f"{gain:>+15.1f}")
+    gain = 100 * (chosen.metrics["miou"] - best.metrics["miou"])
+    print(f"\nselected {chosen.key} on {evaluation.document.get('selection_split')}: test mIoU "
+          f"{chosen.metrics['miou']:.3f} vs best member {best.key} {best.metrics['miou']:.3f} ({gain:+.1f} pt)")
+    print("per class (test IoU): " + ", ".join(f"{k} {v:.2f}" for k, v in zip(chosen.metrics["classes"],
+                                                                              chosen.metrics["iou"])))
+    return [{"evaluation": label, "candidate": c.key, "members": "+".join(c.members),
+             "mode": c.mode.value if c.mode else "", "val_miou": _miou(c.selection_metrics),
+             "test_miou": _miou(c.metrics), "test_gain_over_best_member_pt": round(
+                 100 * (c.metrics["miou"] - best.metrics["miou"]), 2),
+             "selected": c.key == chosen.key, "test_iou_per_class": _per_class(c.metrics)}
+            for c in evaluation.candidates]
+
+
+def recipe(args, config) -> None:
+    from minseg.ensemble.evaluate import evaluate_ensemble
+    from minseg.enums import TTA
+    from minseg.train.ensemble import train_ensemble
+
+    started = time.monotonic()
+    results = train_ensemble(config, resume=args.reuse)
+    train_seconds = round(time.monotonic() - started)
+    epochs = {r.member: r.epochs for r in results}
+    print(f"training: {len(results)} members, {train_seconds} s wall in this call"
+          f"{' (finished members kept)' if args.reuse else ''}")
+    for tta in (TTA.NONE, TTA.FLIPS):
+        config.evaluation = config.evaluation.model_validate(
+            {**config.evaluation.model_dump(mode="json"), "tta": tta.value,
+             "name": "ensemble" if tta is TTA.NONE else f"tta-{tta.value}"})
+        evaluated = time.monotonic()
+        evaluation = evaluate_ensemble(config)
+        for row in report(evaluation, config.evaluation.name):
+            emit({"date": time.strftime("%Y-%m-%d"), "config": args.config, **row,
+                  "member_epochs": json.dumps(epochs), "train_wall_seconds": train_seconds,
+                  "evaluation_wall_seconds": round(time.monotonic() - evaluated)}, args.csv)
+
+
+def pixel_baseline(args, config) -> None:
+    """Per-pixel RGB quadratic discriminant on the run's own split (module doc); one CSV row."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
+
+    from minseg.data.classmap import ClassMap
+    from minseg.metrics import ConfusionMatrix, metrics_from_confusion
+
+    classmap = ClassMap.from_settings(config.data.classes)
+    splits = json.loads((ROOT / config.run.output_uri / config.run.name / "data" / "splits.json").read_text())
+    images = {p.stem: p for p in (DATA / "images").iterdir()}
+    scale = config.data.tiling.scale
+
+    def pixels(item: str):
+        name = item.split("/", 1)[1]
+        image = Image.open(images[name]).convert("RGB")
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.BOX)
+        labels, _ = classmap.map_codes(np.asarray(Image.open(DATA / "masks" / f"{name}.png").resize(
+            size, Image.Resampling.NEAREST)))
+        labels = labels[..., 0] if labels.ndim == 3 else labels
+        return np.asarray(image, dtype=np.float32).reshape(-1, 3), labels.reshape(-1)
+
+    rng = np.random.default_rng(0)
+    samples = [pixels(item) for item in splits["train"]]
+    picks = [rng.choice(len(x), 3000, replace=False) for x, _ in samples]
+    x = np.concatenate([s[0][k] for s, k in zip(samples, picks)])
+    y = np.concatenate([s[1][k] for s, k in zip(samples, picks)])
+    keep = y != classmap.ignore_index
+    qda = QuadraticDiscriminantAnalysis(reg_param=0.01).fit(x[keep], y[keep])
+    confusion = ConfusionMatrix(classmap.num_classes)
+    for item in splits["test"]:
+        x, y = pixels(item)
+        confusion.update(torch.from_numpy(qda.predict(x).astype(np.int64)), torch.from_numpy(y.astype(np.int64)))
+    metrics = metrics_from_confusion(confusion.matrix.numpy(), classmap.names)
+    print(f"pixel-qda-rgb (RGB per pixel, no context), test mIoU {metrics['miou']:.3f}: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in zip(metrics["classes"], metrics["iou"])))
+    emit({"date": time.strftime("%Y-%m-%d"), "config": args.config, "evaluation": "pixel-baseline",
+          "candidate": "pixel-qda-rgb", "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)},
+         args.csv)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/lumenstone_cpu.yaml")
+    parser.add_argument("--reuse", action="store_true", help="keep the members a previous run trained (resume)")
+    parser.add_argument("--pixel-baseline", action="store_true", help="score the per-pixel RGB reference instead")
+    parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"bench/lumenstone_recipe.py needs the LumenStone sections at {DATA}")
+
+    from minseg.config import MinsegConfig, load_config
+
+    config = load_config(ROOT / args.config, MinsegConfig)
+    (pixel_baseline if args.pixel_baseline else recipe)(args, config)
+
+
+if __name__ == "__main__":
+    main()
