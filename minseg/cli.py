@@ -110,24 +110,27 @@ def cmd_select(args) -> int:
     from minseg.ensemble.manifest import write_manifest
     from minseg.ensemble.selection import Candidate, build_manifest, select
     from minseg.enums import SelectionRule
+    from minseg.errors import InputError
     from minseg.io.storage import Storage, join_uri
 
+    if args.candidate and (args.key or args.tpi_budget is not None):
+        raise InputError("--candidate takes that candidate; --key / --tpi-budget choose one: give one or the other")
     storage = Storage()
     document = json.loads(storage.read_text(join_uri(args.evaluation, "evaluation.json")))
     if args.candidate:
         key = args.candidate
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
-        split = document.get("selection_split") or "test"
-        rule = SelectionRule.TPI_BUDGET if args.tpi_budget else SelectionRule.BEST
-        # Choose first: a bad --key is an error on its own, not after a warning about the document.
+        rule = SelectionRule.TPI_BUDGET if args.tpi_budget is not None else SelectionRule.BEST
         key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
+    # Build before any warning: a bad --key or a missing member is an error on its own.
+    manifest = build_manifest(document, key, storage, args.name)
+    if not args.candidate:
         if "selection_split" not in document:
             print(f"warning: {args.evaluation} predates choosing on validation: its candidates have test scores "
                   "only, so this choice is made on the test split (run minseg evaluate again to choose on "
                   "validation)", file=sys.stderr)
-        print(f"chosen on the {split} split")
-    manifest = build_manifest(document, key, storage, args.name)
+        print(f"chosen on the {document.get('selection_split') or 'test'} split")
     target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
     write_manifest(manifest, target, storage)
     print(f"selected {key} -> {target}")
@@ -368,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("evaluation", help="evaluation folder (holds evaluation.json)")
     select.add_argument("--key", help="metric to maximise (default: the evaluation's rank key)")
     select.add_argument("--tpi-budget", type=float, help="seconds per image the ensemble may take")
-    select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03")
+    select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
+                        "choosing by --key / --tpi-budget)")
     select.add_argument("--name", default="selected", help="name recorded in the manifest")
     select.add_argument("--out", help="manifest path or URI (default: beside evaluation.json)")
     select.set_defaults(func=cmd_select)

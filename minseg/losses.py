@@ -84,7 +84,8 @@ class DiceLoss(nn.Module):
     A class absent from the target has Dice 0 whatever is predicted (its numerator is 0), so it adds a
     constant 1 with no gradient; averaging over it only shrinks the present classes' terms, and with class
     weights (large for rare classes, which are the ones usually absent from a batch) it all but switched
-    Dice off. False positives of absent classes are the cross-entropy term's to penalise."""
+    Dice off. False positives of absent classes are the cross-entropy term's to penalise. Presence is per
+    batch: a single pixel of a rare class brings in that class's (large) weight for the batch."""
 
     def __init__(self, class_weights=None, ignore_index: int = 255, num_classes: int | None = None,
                  smooth: float = 1e-6):

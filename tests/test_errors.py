@@ -29,7 +29,7 @@ training:
 
 
 @pytest.mark.parametrize("case", ["no_data", "unknown_member", "mixed_tasks", "existing_run", "no_members_json",
-                                  "unknown_candidate", "unknown_rank_key"])
+                                  "unknown_candidate", "unknown_rank_key", "candidate_and_key"])
 def test_input_errors_exit_2_with_one_message(case, tmp_path, capsys):
     out = tmp_path / "out"
     config = write(tmp_path / "c.yaml", TRAINING.format(out=out))
@@ -52,6 +52,8 @@ def test_input_errors_exit_2_with_one_message(case, tmp_path, capsys):
         (folder / "evaluation.json").write_text(json.dumps({"candidates": [{"key": "RUEL-2-WV", "members": ["a", "b"],
                                                                            "mode": "wv", "weights": [2, 1]}]}))
         args, expected = ["select", str(folder), "--candidate", "RUEL-9-PV"], "no candidate 'RUEL-9-PV'"
+    elif case == "candidate_and_key":
+        args, expected = ["select", str(tmp_path), "--candidate", "RUEL-2-WV", "--key", "miou"], "give one or the other"
     else:  # a rank key naming a class the candidates do not have
         folder = tmp_path / "evaluation"
         folder.mkdir()
