@@ -114,6 +114,7 @@ def pixel_baseline(args, config) -> None:
     from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
 
     from minseg.data.classmap import ClassMap
+    from minseg.data.geometry import resize_pair
     from minseg.metrics import ConfusionMatrix, metrics_from_confusion
 
     classmap = ClassMap.from_settings(config.data.classes)
@@ -123,13 +124,11 @@ def pixel_baseline(args, config) -> None:
 
     def pixels(item: str):
         name = item.split("/", 1)[1]
-        image = Image.open(images[name]).convert("RGB")
-        size = (round(image.width * scale), round(image.height * scale))
-        image = image.resize(size, Image.Resampling.BOX)
-        labels, _ = classmap.map_codes(np.asarray(Image.open(DATA / "masks" / f"{name}.png").resize(
-            size, Image.Resampling.NEAREST)))
-        labels = labels[..., 0] if labels.ndim == 3 else labels
-        return np.asarray(image, dtype=np.float32).reshape(-1, 3), labels.reshape(-1)
+        codes = np.asarray(Image.open(DATA / "masks" / f"{name}.png"))
+        image, codes = resize_pair(np.asarray(Image.open(images[name]).convert("RGB")),  # as the tiles are rescaled
+                                   codes[..., 0] if codes.ndim == 3 else codes, scale)
+        labels, _ = classmap.map_codes(codes)
+        return image.reshape(-1, 3).astype(np.float32), labels.reshape(-1)
 
     rng = np.random.default_rng(0)
     samples = [pixels(item) for item in splits["train"]]

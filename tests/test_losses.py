@@ -21,14 +21,20 @@ def test_cross_entropy_ignores_and_weights():
     assert weighted.item() == pytest.approx(manual, rel=1e-6)
 
 
-def test_dice_squared_denominator_by_hand():
-    probs = torch.softmax(LOGITS, 1)[0]
+def _dice_losses_by_hand(logits):
+    """1 - Dice of classes 0 and 1 (the ones TARGET holds) over TARGET's three labelled pixels."""
+    probs = torch.softmax(logits, 1)[0]
     valid = [(0, 0), (0, 1), (1, 0)]
     per_class = []
     for c in (0, 1):
         p = torch.tensor([probs[c][i] for i in valid])
         g = torch.tensor([float(TARGET[0][i] == c) for i in valid])
         per_class.append(1 - (2 * (p * g).sum()) / ((p * p).sum() + (g * g).sum()))
+    return per_class
+
+
+def test_dice_squared_denominator_by_hand():
+    per_class = _dice_losses_by_hand(LOGITS)
     expected = sum(per_class) / 2
     assert build_loss("dice")(LOGITS, TARGET).item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -38,13 +44,7 @@ def test_dice_averages_over_the_classes_in_the_target_only():
     weight) shrank the present classes' Dice to a fraction of the loss."""
     logits = torch.cat([LOGITS, torch.zeros(1, 1, 2, 2)], dim=1)  # a third class, predicted but never true
     three = build_loss("dice", num_classes=3, class_weights=[1.0, 1.0, 10.0])
-    probs = torch.softmax(logits, 1)[0]
-    valid = [(0, 0), (0, 1), (1, 0)]
-    per_class = []
-    for c in (0, 1):
-        p = torch.tensor([probs[c][i] for i in valid])
-        g = torch.tensor([float(TARGET[0][i] == c) for i in valid])
-        per_class.append(1 - (2 * (p * g).sum()) / ((p * p).sum() + (g * g).sum()))
+    per_class = _dice_losses_by_hand(logits)
     assert three(logits, TARGET).item() == pytest.approx((sum(per_class) / 2).item(), rel=1e-5)
     # the weights still weigh the present classes against each other
     weighted = build_loss("dice", num_classes=3, class_weights=[1.0, 3.0, 10.0])(logits, TARGET)
