@@ -55,11 +55,11 @@ def report(evaluation, label: str) -> list[dict]:
     best = max(members.values(), key=lambda c: c.metrics["miou"])  # on test: the yardstick
     chosen = evaluation.selected
     print(f"\n== {label}: members (ranked on {evaluation.rank_split}) ==")
-    print(f"{'member':<16} {'val mIoU':>9} {'test mIoU':>10}")
+    print(f"{'member':<20} {'val mIoU':>9} {'test mIoU':>10}")
     for name in evaluation.ranking:
         if name in members:
             c = members[name]
-            print(f"{name:<16} {_shown(_miou(c.selection_metrics)):>9} {_shown(_miou(c.metrics)):>10}")
+            print(f"{name:<20} {_shown(_miou(c.selection_metrics)):>9} {_shown(_miou(c.metrics)):>10}")
     print(f"\n== {label}: RUEL-k ensembles ==")
     print(f"{'candidate':<22} {'val mIoU':>9} {'test mIoU':>10} {'gain (pt) over the best member on test':>40}")
     for c in evaluation.candidates:

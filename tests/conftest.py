@@ -113,3 +113,32 @@ def synthetic_sections(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("sections")
     write_section_dataset(str(root), SectionsSynth(count=8, height=96, width=96), seed=1, task_cpus=0.25)
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(synthetic_sections, tmp_path_factory):
+    """One training run shared by the training and the evaluation tests (training is the suite's slowest step):
+    three tiny members that finish (a Res-UNet with an STN and CE + Dice, a VGG16 U-Net trained data-parallel on
+    two workers, a Half U-Net with focal loss) and two that fail (one at run time, one before starting); a frozen
+    stage then an open one (3 epochs); 4 / 2 / 2 images for train / val / test.
+
+    Returns (config, {member: MemberResult}, run folder)."""
+    from minseg.train.ensemble import train_ensemble
+    from tests.train.conftest import TINY, training_config
+
+    members = [
+        {"name": "resunet", "model": "res_unet", "model_options": {**TINY, "stn": True}, "loss": {"name": "ce_dice"}},
+        {"name": "vgg", "model": "vgg16_unet", "model_options": TINY,
+         "scaling": {"workers": 2, "cpus_per_worker": 0.25}},
+        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25}, "loss": {"name": "ce_focal"}},
+        # fails at run time: 48-px tiles are not a multiple of 32 and padding is refused
+        {"name": "strict-pad", "model": "res_unet", "model_options": {**TINY, "pad_mode": "strict"},
+         "stages": [{"epochs": 1, "batch_size": 4}]},
+        # fails before starting: an option the model does not have
+        {"name": "typo", "model": "unet", "model_options": {"widht": 0.1}},
+    ]
+    output = tmp_path_factory.mktemp("runs")
+    config = training_config(synthetic_sections, output, "ens", members,
+                             data={"split": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    results = train_ensemble(config)
+    return config, {r.member: r for r in results}, output / "ens"

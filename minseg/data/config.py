@@ -213,6 +213,17 @@ class AugmentSettings(StrictModel):
     rotate_degrees: float = Field(45.0, ge=0, le=180)
 
 
+class OversamplingSettings(StrictModel):
+    """Rare-class oversampling of training tiles by repeat factors (``data/sampling.py``; LVIS, Gupta et al. 2019).
+
+    A class found in fewer than ``threshold`` of the training tiles has its tiles repeated
+    ``sqrt(threshold / share)`` times an epoch (at most ``max_repeat``); validation and test are never repeated.
+    """
+
+    threshold: float = Field(0.1, gt=0, le=1, description="tile share below which a class's tiles are repeated")
+    max_repeat: int = Field(8, ge=1, le=100, description="cap on the copies of one tile per epoch")
+
+
 class LimitSettings(StrictModel):
     """Guards against decompression bombs and oversized inputs."""
 
@@ -228,6 +239,8 @@ class DataSettings(StrictModel):
     split: SplitSettings = SplitSettings()
     tiling: TilingSettings = TilingSettings()
     augmentation: AugmentSettings = AugmentSettings()
+    oversampling: OversamplingSettings | None = Field(
+        None, description="repeat the training tiles of rare classes (default: every tile once an epoch)")
     limits: LimitSettings = LimitSettings()
     normalization: dict[str, list[float]] | None = Field(
         None, description="{'mean': [...], 'std': [...]} in 0..255 units; default: measured on the training split"

@@ -171,7 +171,7 @@ def _particles(ids: np.ndarray, num_classes: int) -> list[int]:
 
 def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, storage: Storage) -> dict:
     """Validate one item and measure it; never raises (errors become the row's 'error')."""
-    row = {"item_id": item["item_id"], "error": None, "tiles": 0, "height": 0, "width": 0,
+    row = {"item_id": item["item_id"], "error": None, "tiles": 0, "tile_classes": [], "height": 0, "width": 0,
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0}
@@ -180,6 +180,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
             small, _ = resize_pair(image, None, data.tiling.size / max(image.shape[:2]))
             row["tiles"] = 1
+            row["tile_classes"] = [[int(item["label"])]]
             row["pixels"][item["label"]] = 1
             pixels = small.reshape(-1, 3).astype(np.float64)
         else:
@@ -192,12 +193,13 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
                 row["instances"][classmap.code_to_id()[code]] += 1
                 row["instance_areas"][classmap.code_to_id()[code]].append(area)
             tile = data.tiling.size
-            kept = 0
             for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
                 block = ids[y : y + tile, x : x + tile]
                 if not data.tiling.drop_all_ignore or (block != classmap.ignore_index).any():
-                    kept += 1
-            row["tiles"] = kept
+                    # the classes each kept tile shows (at the working scale), for rare-class oversampling
+                    counts = np.bincount(block.ravel(), minlength=256)[: classmap.num_classes]
+                    row["tile_classes"].append(np.flatnonzero(counts).tolist())
+            row["tiles"] = len(row["tile_classes"])
             pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
         row["channel_sum"] = pixels.sum(0).tolist()
@@ -210,8 +212,13 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     return row
 
 
-def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Storage) -> list[dict]:
-    """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification)."""
+def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Storage,
+              repeats: list[int] | None = None) -> list[dict]:
+    """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification).
+
+    ``repeats``: copies of each kept tile, in tile-grid order (rare-class oversampling, ``data/sampling.py``);
+    default one each. A copy is the same row object: augmentation happens later, per copy.
+    """
     try:
         if item.get("label") is not None:
             image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
@@ -219,19 +226,22 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
 
             size = data.tiling.size
             resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-            return [{"image": resized, "label": np.int64(item["label"])}]
+            return [{"image": resized, "label": np.int64(item["label"])}] * (repeats[0] if repeats else 1)
         image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale)
     except (DecodeError, StorageError, OSError) as exc:
         # scanned fine a moment ago: the file changed underneath us; keep going, say so
         log_event(log, "data.item.skipped", item=item["item_id"], reason=str(exc))
         return []
     tile = data.tiling.size
-    rows = []
+    rows: list[dict] = []
+    kept = 0
     for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
         mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
         if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
             continue
-        rows.append({"image": extract_tile(image, y, x, tile, 0), "mask": mask})
+        copies = repeats[kept] if repeats else 1
+        kept += 1
+        rows.extend([{"image": extract_tile(image, y, x, tile, 0), "mask": mask}] * copies)
     return rows
 
 
@@ -408,7 +418,7 @@ def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task:
             quarantine.append(Rejected(item["where"], row["error"]))
             continue
         good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"],
-                                    "pixels": row["pixels"]})
+                                    "pixels": row["pixels"], "tile_classes": row["tile_classes"]})
     return good, by_id
 
 
@@ -466,6 +476,9 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
         pixels = np.sum([r["pixels"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         particles = np.sum([r["particles"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         instances = np.sum([r["instances"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
+        tiles = np.zeros(classmap.num_classes, np.int64)  # kept tiles (images, classification) showing each class
+        for classes in (c for r in rows for c in r["tile_classes"]):
+            tiles[classes] += 1
         total = pixels.sum()
         stats[split] = {
             "images": len(rows),
@@ -475,6 +488,7 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
                     "pixel_share": round(float(pixels[c] / total), 6) if total else 0.0,
                     "pixels": int(pixels[c]),
                     "particles": int(particles[c]),
+                    "tiles": int(tiles[c]),
                     # instance-mask layouts: the true objects (touching ones merge into one particle); 0 elsewhere
                     "instances": int(instances[c]),
                     **_instance_sizes([area for r in rows for area in r["instance_areas"][c]]),
@@ -496,8 +510,13 @@ def _measure_normalization(train_items, by_id) -> dict[str, list[float]]:
 
 
 def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storage: Storage,
-                  task_cpus: float = 0.5, source_ids: set[str] | None = None, exclude: set[str] | None = None):
-    """A lazy Ray Dataset of training rows for one split (optionally restricted to some sources)."""
+                  task_cpus: float = 0.5, source_ids: set[str] | None = None, exclude: set[str] | None = None,
+                  repeats: dict[str, list[int]] | None = None):
+    """A lazy Ray Dataset of training rows for one split (optionally restricted to some sources).
+
+    ``repeats``: item id -> copies of each kept tile (``data.sampling.tile_repeats``), for a training split
+    with rare-class oversampling; None: each tile once.
+    """
     import ray
 
     items = [i for i in prepared.splits[split] if (source_ids is None or i["source_id"] in source_ids)
@@ -505,20 +524,24 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
     if not items:
         return None
     classmap = prepared.classmap
+    # the tile classes were for choosing repeats: the read tasks need only each item's own repeats
+    items = [{**{k: v for k, v in i.items() if k != "tile_classes"},
+              "repeats": repeats.get(i["item_id"]) if repeats else None} for i in items]
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200)).flat_map(
-        lambda item: tile_rows(item, classmap, data, storage), num_cpus=task_cpus
+        lambda item: tile_rows(item, classmap, data, storage, item["repeats"]), num_cpus=task_cpus
     )
-    return dataset.materialize() if _should_cache(data, prepared, items) else dataset
+    tiles = sum(sum(i["repeats"]) if i["repeats"] else i["tiles"] for i in items)
+    return dataset.materialize() if _should_cache(data, prepared, tiles) else dataset
 
 
-def _should_cache(data: DataSettings, prepared: PreparedData, items: list[dict]) -> bool:
+def _should_cache(data: DataSettings, prepared: PreparedData, tiles: int) -> bool:
     if data.cache != "auto":
         return bool(data.cache)
     import ray
 
     # a tile's image (its input channels) and, for segmentation, its mask
     tile_bytes = data.tiling.size**2 * (3 if prepared.task is Task.CLASSIFICATION else data.in_channels + 1)
-    needed = sum(i["tiles"] for i in items) * tile_bytes
+    needed = tiles * tile_bytes
     store = ray.cluster_resources().get("object_store_memory", 0)
     return needed < store / 4
 
@@ -540,10 +563,10 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     storage.write_text(uris["dataset_stats.json"], json.dumps(document, indent=2))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["split", "class", "pixel_share", "pixels", "particles"])
+    writer.writerow(["split", "class", "pixel_share", "pixels", "particles", "tiles"])
     for split, values in prepared.stats.items():
         for name, cls in values["classes"].items():
-            writer.writerow([split, name, cls["pixel_share"], cls["pixels"], cls["particles"]])
+            writer.writerow([split, name, cls["pixel_share"], cls["pixels"], cls["particles"], cls["tiles"]])
     storage.write_text(uris["dataset_stats.csv"], buffer.getvalue())
     splits = {split: [i["item_id"] for i in items] for split, items in prepared.splits.items()}
     if prepared.folds:

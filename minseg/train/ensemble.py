@@ -11,13 +11,14 @@ import json
 import os
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
+from minseg.data.sampling import tile_repeats
 from minseg.enums import MemberStatus, Task
 from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri, parse_uri
@@ -189,8 +190,10 @@ class ImageSource:
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
         """(datasets, inputs) of one trial."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
+        training = self._training_items(fold)
+        repeats = self.tile_repeats(training, config.run.seed)
         if fold is None:
-            train = split_dataset(prepared, data, "train", storage, cpus)
+            train = split_dataset(prepared, data, "train", storage, cpus, repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus)
             test = None  # the run's test split belongs to ensemble evaluation
             val_tiles = prepared.tile_count("val")
@@ -199,11 +202,10 @@ class ImageSource:
             pool = prepared.splits["train"] + prepared.splits["val"]
             prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool,
                                                                          "test": pool}})
-            train = split_dataset(prepared, data, "train", storage, cpus, source_ids=set(part.train))
+            train = split_dataset(prepared, data, "train", storage, cpus, source_ids=set(part.train), repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus, source_ids=set(part.val))
             test = split_dataset(prepared, data, "test", storage, cpus, source_ids=set(part.test))
             val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.val)
-        training = self._training_items(fold)
         datasets = {"train": train} if val is None else {"train": train, "val": val}
         if fold is not None and test is not None:
             datasets["test"] = test
@@ -211,7 +213,8 @@ class ImageSource:
             task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=self.in_channels,
             ignore_index=prepared.classmap.ignore_index, classes=prepared.classmap.to_document(),
             classes_names=list(prepared.classmap.names), normalization=prepared.normalization,
-            augmentation=data.augmentation, train_tiles=sum(i["tiles"] for i in training),
+            augmentation=data.augmentation,
+            train_tiles=sum(sum(repeats[i["item_id"]]) if repeats else i["tiles"] for i in training),
             has_val=val is not None and val_tiles > 0,
             shuffle_buffer=data.shuffle_buffer, has_test="test" in datasets,
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
@@ -220,6 +223,24 @@ class ImageSource:
             class_counts=_class_counts(training),
         )
         return datasets, inputs
+
+    def tile_repeats(self, training: list[dict], seed: int, report: bool = False) -> dict[str, list[int]] | None:
+        """Copies of each training tile per epoch under ``data.oversampling`` (None: each tile once); ``report``
+        logs the class repeat factors and the tiles an epoch holds before and after."""
+        if self.data.oversampling is None:
+            return None
+        repeats, factors = tile_repeats(training, self.num_classes, self.data.oversampling, seed)
+        if report:
+            log_event(log, "data.oversampling", tiles=sum(i["tiles"] for i in training),
+                      tiles_per_epoch=sum(sum(r) for r in repeats.values()),
+                      class_repeat_factors={name: round(float(f), 2)
+                                            for name, f in zip(self.prepared.classmap.names, factors)})
+        return repeats
+
+    def report_oversampling(self, seed: int) -> None:
+        """Log each trial fold's oversampling on the driver, where the user reads the run (trials log elsewhere)."""
+        for fold in self.trial_folds():
+            self.tile_repeats(self._training_items(fold), seed, report=True)
 
     def _training_items(self, fold: int | None) -> list[dict]:
         """A trial's training items: the train split, or the fold's training part of train + val."""
@@ -415,7 +436,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
-    return fit_members(config, members, ImageSource(prepared, config.data), run_uri, concurrency, resume)
+    source = ImageSource(prepared, config.data)
+    source.report_oversampling(config.run.seed)
+    return fit_members(config, members, source, run_uri, concurrency, resume)
 
 
 def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,
@@ -470,10 +493,25 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         for trial_result in grid:
             results.append(_collect(storage, trial_result.config["trial"], trial_result))
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
-    write_members_table(results, run_uri, storage, fold_summary=any(f is not None for f in folds))
+    # a subset of the members (--members) leaves the others' rows in the table: evaluation reads it
+    previous = _recorded_table(storage, run_uri)
+    order = list(dict.fromkeys([r.member for r in previous] + [m.name for m in members]))
+    table = sorted([r for r in previous if r.member not in {m.name for m in members}] + results,
+                   key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))
+    write_members_table(table, run_uri, storage, fold_summary=any(f is not None for f in folds))
     for result in results:
         write_curves(storage, run_uri if result.fold is None else join_uri(run_uri, f"fold{result.fold + 1}"), result.member)
     return results
+
+
+def _recorded_table(storage: Storage, run_uri: str) -> list[MemberResult]:
+    """The rows of the run's members table so far (none for a new run)."""
+    uri = join_uri(run_uri, "members.json")
+    if not storage.exists(uri):
+        return []
+    known = {f.name for f in fields(MemberResult)}
+    return [MemberResult(**{k: v for k, v in row.items() if k in known})
+            for row in json.loads(storage.read_text(uri))["members"]]
 
 
 def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResult | None:
@@ -532,17 +570,21 @@ def cross_validation_summary(results: list[MemberResult]) -> dict:
 
 
 def format_members_table(results: list[MemberResult]) -> str:
-    header = (f"{'member':<16}{'fold':>5} {'model':<20}{'status':<8}{'metric':<12}{'best':>9}{'test':>9}{'epoch':>7}"
-              f"{'epochs':>7}{'min':>7}  checkpoint / error")
+    name_w = max([16] + [len(r.member) + 1 for r in results])  # long names keep the columns aligned
+    model_w = max([20] + [len(r.model) + 1 for r in results])
+    metric_w = max([12] + [len(r.metric) + 1 for r in results])
+    header = (f"{'member':<{name_w}}{'fold':>5} {'model':<{model_w}}{'status':<8}{'metric':<{metric_w}}{'best':>9}"
+              f"{'test':>9}{'epoch':>7}{'epochs':>7}{'min':>7}  checkpoint / error")
     lines = [header, "-" * len(header)]
     for r in results:
         best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
         tail = r.best_checkpoint or "" if r.status is MemberStatus.DONE else (r.error or "")
         test = f"{r.test_value:.4f}" if isinstance(r.test_value, (int, float)) and not math.isnan(r.test_value) else "-"
-        lines.append(f"{r.member:<16}{'' if r.fold is None else r.fold + 1:>5} {r.model:<20}{r.status.value:<8}{r.metric:<12}"
+        lines.append(f"{r.member:<{name_w}}{'' if r.fold is None else r.fold + 1:>5} {r.model:<{model_w}}"
+                     f"{r.status.value:<8}{r.metric:<{metric_w}}"
                      f"{best:>9}{test:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
         if r.init:
-            lines.append(f"{'':<21} initialised from {r.init}")
+            lines.append(f"{'':<{name_w + 5}} initialised from {r.init}")
     return "\n".join(lines)
 
 

@@ -196,9 +196,9 @@ def test_auto_cache_only_when_tiles_fit_the_object_store(ray_session):
     data = settings("/unused")
     prepared = PreparedData(Task.SEGMENTATION, None, {}, [], {}, {}, data.tiling, data.limits)
     assert data.cache == "auto"
-    assert _should_cache(data, prepared, [{"tiles": 100}])
-    assert not _should_cache(data, prepared, [{"tiles": 10**9}])
-    assert not _should_cache(data.model_copy(update={"cache": False}), prepared, [{"tiles": 1}])
+    assert _should_cache(data, prepared, 100)
+    assert not _should_cache(data, prepared, 10**9)
+    assert not _should_cache(data.model_copy(update={"cache": False}), prepared, 1)
 
 
 def test_image_decompression_bomb_is_quarantined(ray_session, tmp_path):

@@ -8,7 +8,7 @@ TINY = {"width": 0.125, "depth": "tiny"}
 CLASSES = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
 
 
-def training_config(data_uri, output, name, members, **training):
+def training_config(data_uri, output, name, members, data: dict | None = None, **training):
     from minseg.config import MinsegConfig, validate_config
 
     return validate_config(
@@ -21,6 +21,7 @@ def training_config(data_uri, output, name, members, **training):
                 "tiling": {"size": 48},
                 "split": {"train": 0.75, "val": 0.25, "test": 0.0},
                 "cache": True,
+                **(data or {}),
             },
             "training": {
                 "defaults": {
