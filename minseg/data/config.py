@@ -221,7 +221,7 @@ class OversamplingSettings(StrictModel):
     """
 
     threshold: float = Field(0.1, gt=0, le=1, description="tile share below which a class's tiles are repeated")
-    max_repeat: int = Field(8, ge=1, le=100, description="cap on the copies of one tile per epoch")
+    max_repeat: int = Field(8, ge=1, le=16, description="cap on the copies of one tile per epoch")
 
 
 class LimitSettings(StrictModel):

@@ -59,6 +59,9 @@ class PreparedData:
     limits: LimitSettings
     folds: list["Fold"] | None = None  # noqa: F821 (data.splits.Fold)
     extra: dict = field(default_factory=dict)
+    # item id -> the class ids each kept tile shows, in tile-grid order (rare-class oversampling); kept beside the
+    # items, which travel to every read task and evaluation actor
+    tile_classes: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
@@ -216,8 +219,9 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
               repeats: list[int] | None = None) -> list[dict]:
     """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification).
 
-    ``repeats``: copies of each kept tile, in tile-grid order (rare-class oversampling, ``data/sampling.py``);
-    default one each. A copy is the same row object: augmentation happens later, per copy.
+    ``repeats``: copies of each kept tile per epoch, in tile-grid order (rare-class oversampling,
+    ``data/sampling.py``): each row then carries its count as ``copies`` (int64) for ``expand_copies``, which runs
+    after caching so the object store holds each tile once.
     """
     try:
         if item.get("label") is not None:
@@ -226,7 +230,8 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
 
             size = data.tiling.size
             resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-            return [{"image": resized, "label": np.int64(item["label"])}] * (repeats[0] if repeats else 1)
+            row = {"image": resized, "label": np.int64(item["label"])}
+            return [row if repeats is None else {**row, "copies": np.int64(repeats[0] if repeats else 1)}]
         image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale)
     except (DecodeError, StorageError, OSError) as exc:
         # scanned fine a moment ago: the file changed underneath us; keep going, say so
@@ -239,10 +244,19 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
         mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
         if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
             continue
-        copies = repeats[kept] if repeats else 1
+        row = {"image": extract_tile(image, y, x, tile, 0), "mask": mask}
+        if repeats is not None:  # a tile the scan did not see (the file changed since): once
+            row["copies"] = np.int64(repeats[kept] if kept < len(repeats) else 1)
         kept += 1
-        rows.extend([{"image": extract_tile(image, y, x, tile, 0), "mask": mask}] * copies)
+        rows.append(row)
     return rows
+
+
+def expand_copies(row: dict) -> list[dict]:
+    """A tile row with its ``copies`` count (``tile_rows`` with repeats) as that many rows, without the count;
+    each copy is augmented on its own later in the training stream."""
+    copies = int(row.pop("copies"))
+    return [row] * copies
 
 
 # ----------------------------------------------------------------- preparing
@@ -393,7 +407,9 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
         pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
         folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by)
-    prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds)
+    prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
+                            tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
+                                          for split in good.values() for i in split})
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
@@ -418,7 +434,7 @@ def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task:
             quarantine.append(Rejected(item["where"], row["error"]))
             continue
         good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"],
-                                    "pixels": row["pixels"], "tile_classes": row["tile_classes"]})
+                                    "pixels": row["pixels"]})
     return good, by_id
 
 
@@ -524,14 +540,13 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
     if not items:
         return None
     classmap = prepared.classmap
-    # the tile classes were for choosing repeats: the read tasks need only each item's own repeats
-    items = [{**{k: v for k, v in i.items() if k != "tile_classes"},
-              "repeats": repeats.get(i["item_id"]) if repeats else None} for i in items]
+    items = [{**i, "repeats": repeats.get(i["item_id"], []) if repeats is not None else None} for i in items]
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200)).flat_map(
         lambda item: tile_rows(item, classmap, data, storage, item["repeats"]), num_cpus=task_cpus
     )
-    tiles = sum(sum(i["repeats"]) if i["repeats"] else i["tiles"] for i in items)
-    return dataset.materialize() if _should_cache(data, prepared, tiles) else dataset
+    if _should_cache(data, prepared, sum(i["tiles"] for i in items)):  # each tile once, copies made after
+        dataset = dataset.materialize()
+    return dataset.flat_map(expand_copies, num_cpus=task_cpus) if repeats is not None else dataset
 
 
 def _should_cache(data: DataSettings, prepared: PreparedData, tiles: int) -> bool:

@@ -41,13 +41,13 @@ def class_repeat_factors(tile_classes: list[list[int]], num_classes: int, thresh
     return factors
 
 
-def tile_repeats(items: list[dict], num_classes: int, settings: OversamplingSettings, seed: int
-                 ) -> tuple[dict[str, list[int]], np.ndarray]:
+def tile_repeats(tile_classes: dict[str, list[list[int]]], num_classes: int, settings: OversamplingSettings,
+                 seed: int) -> tuple[dict[str, list[int]], np.ndarray]:
     """How many times each kept tile of each training item is emitted per epoch.
 
     Args:
-        items: scanned training items (``prepare_data``), each with ``item_id`` and ``tile_classes`` (one list
-            of class ids per kept tile, in tile-grid order).
+        tile_classes: training item id -> the class ids each of its kept tiles shows, in tile-grid order
+            (``PreparedData.tile_classes``).
         num_classes: classes in the class map.
         settings: the threshold and the cap on repeats.
         seed: the run's seed (the rounding of fractional repeats depends on it and on the item id only).
@@ -55,13 +55,13 @@ def tile_repeats(items: list[dict], num_classes: int, settings: OversamplingSett
     Returns:
         (item id -> repeats per tile (ints >= 1), the class repeat factors ``r_c``).
     """
-    factors = class_repeat_factors([c for item in items for c in item["tile_classes"]], num_classes,
+    factors = class_repeat_factors([c for tiles in tile_classes.values() for c in tiles], num_classes,
                                    settings.threshold)
     repeats: dict[str, list[int]] = {}
-    for item in items:
+    for item_id, tiles in tile_classes.items():
         wanted = [min(float(settings.max_repeat), max((factors[c] for c in classes), default=1.0))
-                  for classes in item["tile_classes"]]
-        rng = np.random.default_rng([seed, zlib.crc32(item["item_id"].encode())])
+                  for classes in tiles]
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(item_id.encode())])  # any int seed
         draws = rng.random(len(wanted))
-        repeats[item["item_id"]] = [int(np.floor(r)) + int(u < r - np.floor(r)) for r, u in zip(wanted, draws)]
+        repeats[item_id] = [int(np.floor(r)) + int(u < r - np.floor(r)) for r, u in zip(wanted, draws)]
     return repeats, factors

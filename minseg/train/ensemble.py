@@ -191,7 +191,7 @@ class ImageSource:
         """(datasets, inputs) of one trial."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
         training = self._training_items(fold)
-        repeats = self.tile_repeats(training, config.run.seed)
+        repeats = self.repeats_for(training, config.run.seed)
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus, repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus)
@@ -224,14 +224,17 @@ class ImageSource:
         )
         return datasets, inputs
 
-    def tile_repeats(self, training: list[dict], seed: int, report: bool = False) -> dict[str, list[int]] | None:
+    def repeats_for(self, training: list[dict], seed: int, fold: int | None = None,
+                    report: bool = False) -> dict[str, list[int]] | None:
         """Copies of each training tile per epoch under ``data.oversampling`` (None: each tile once); ``report``
         logs the class repeat factors and the tiles an epoch holds before and after."""
         if self.data.oversampling is None:
             return None
-        repeats, factors = tile_repeats(training, self.num_classes, self.data.oversampling, seed)
+        tile_classes = {i["item_id"]: self.prepared.tile_classes[i["item_id"]] for i in training}
+        repeats, factors = tile_repeats(tile_classes, self.num_classes, self.data.oversampling, seed)
         if report:
-            log_event(log, "data.oversampling", tiles=sum(i["tiles"] for i in training),
+            log_event(log, "data.oversampling", **({} if fold is None else {"fold": fold + 1}),
+                      tiles=sum(i["tiles"] for i in training),
                       tiles_per_epoch=sum(sum(r) for r in repeats.values()),
                       class_repeat_factors={name: round(float(f), 2)
                                             for name, f in zip(self.prepared.classmap.names, factors)})
@@ -240,7 +243,7 @@ class ImageSource:
     def report_oversampling(self, seed: int) -> None:
         """Log each trial fold's oversampling on the driver, where the user reads the run (trials log elsewhere)."""
         for fold in self.trial_folds():
-            self.tile_repeats(self._training_items(fold), seed, report=True)
+            self.repeats_for(self._training_items(fold), seed, fold, report=True)
 
     def _training_items(self, fold: int | None) -> list[dict]:
         """A trial's training items: the train split, or the fold's training part of train + val."""
@@ -453,6 +456,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
 
     storage = Storage(config.storage)
     results: list[MemberResult] = []
+    # the table so far, read before hours of training: a --members subset keeps the other configured members' rows
+    configured = {m.name for m in config.training.members} if config.training is not None else None
+    previous = [r for r in _recorded_table(storage, run_uri) if configured is None or r.member in configured]
     folds = source.trial_folds()
     trials, weights_cache = [], {}  # state dicts read once per distinct init file, dropped before training
     for member in members:
@@ -493,8 +499,6 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         for trial_result in grid:
             results.append(_collect(storage, trial_result.config["trial"], trial_result))
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
-    # a subset of the members (--members) leaves the others' rows in the table: evaluation reads it
-    previous = _recorded_table(storage, run_uri)
     order = list(dict.fromkeys([r.member for r in previous] + [m.name for m in members]))
     table = sorted([r for r in previous if r.member not in {m.name for m in members}] + results,
                    key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))

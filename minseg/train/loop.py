@@ -161,7 +161,7 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     way those weights expect. Sets the session's normalisation either way."""
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
              "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization,
-             "fold_signature": session.inputs.fold_signature}
+             "fold_signature": session.inputs.fold_signature, "train_tiles": session.inputs.train_tiles}
     optimizer_state = None
     worker, member = session.worker, session.member
     resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)
@@ -171,6 +171,12 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another split of the "
                 "folds (the data, data.split.seed, folds or fold_val changed, or the run predates test folds); "
                 "resuming would report scores on images it trained on. Start a new run.name")
+        recorded = resumed.state.get("train_tiles")  # absent from checkpoints written before it was recorded
+        if recorded is not None and recorded != session.inputs.train_tiles:
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
+                f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
+                "learning-rate schedule and the epochs would no longer match. Start a new run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1

@@ -7,7 +7,7 @@ import pytest
 
 from minseg.config.base import validate_config
 from minseg.data.config import DataSettings, OversamplingSettings
-from minseg.data.pipeline import split_dataset, tile_rows
+from minseg.data.pipeline import expand_copies, split_dataset, tile_rows
 from minseg.data.sampling import class_repeat_factors, tile_repeats
 from minseg.io.storage import Storage
 from minseg.synth.minerals import CLASS_NAMES
@@ -26,8 +26,7 @@ def test_class_repeat_factors_by_hand():
 
 
 def test_a_tile_takes_its_rarest_class_factor_capped():
-    items = [{"item_id": "a", "tile_classes": [[0, 1], [0], [0, 2]]},
-             {"item_id": "b", "tile_classes": [[0]] * 13 + [[0, 1, 2]]}]
+    items = {"a": [[0, 1], [0], [0, 2]], "b": [[0]] * 13 + [[0, 1, 2]]}
     # 17 tiles: class 1 in 2 (f = 2/17), class 2 in 2; t = 8/17 gives r = 2 exactly for both
     repeats, factors = tile_repeats(items, 3, OversamplingSettings(threshold=8 / 17), seed=0)
     assert factors.tolist() == pytest.approx([1.0, 2.0, 2.0])
@@ -38,22 +37,25 @@ def test_a_tile_takes_its_rarest_class_factor_capped():
 
 def test_fractional_repeats_round_to_their_mean_and_depend_on_seed_and_item_only():
     # one rare class in 1 of 4 tiles, t = 0.5625: r = sqrt(0.5625 / 0.25) = 1.5 for the rare tiles
-    items = [{"item_id": f"img{i}", "tile_classes": [[0, 1]] + [[0]] * 3} for i in range(2000)]
+    items = {f"img{i}": [[0, 1]] + [[0]] * 3 for i in range(2000)}
     repeats, _ = tile_repeats(items, 2, OversamplingSettings(threshold=0.5625), seed=7)
     rare = np.array([r[0] for r in repeats.values()])
     assert set(rare.tolist()) == {1, 2} and abs(rare.mean() - 1.5) < 0.05
     assert all(r[1:] == [1, 1, 1] for r in repeats.values())
-    again, _ = tile_repeats(items[::-1], 2, OversamplingSettings(threshold=0.5625), seed=7)
+    again, _ = tile_repeats(dict(reversed(items.items())), 2, OversamplingSettings(threshold=0.5625), seed=7)
     assert again == repeats  # per item, not per position in the list: resumed and k-fold runs agree
     other, _ = tile_repeats(items, 2, OversamplingSettings(threshold=0.5625), seed=8)
     assert other != repeats
+    negative, _ = tile_repeats(items, 2, OversamplingSettings(threshold=0.5625), seed=-8)  # run.seed may be < 0
+    assert negative != other and abs(np.mean([r[0] for r in negative.values()]) - 1.5) < 0.05
 
 
 def test_oversampling_config_is_validated():
     with pytest.raises(ValueError, match="threshold"):
         validate_config({"sources": [{"uri": "x"}], "oversampling": {"threshold": 0}}, DataSettings)
-    with pytest.raises(ValueError, match="max_repeat"):
-        validate_config({"sources": [{"uri": "x"}], "oversampling": {"max_repeat": 0}}, DataSettings)
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="max_repeat"):
+            validate_config({"sources": [{"uri": "x"}], "oversampling": {"max_repeat": bad}}, DataSettings)
 
 
 def test_the_training_split_repeats_the_tiles_of_rare_classes(ray_session, tmp_path):
@@ -67,7 +69,10 @@ def test_the_training_split_repeats_the_tiles_of_rare_classes(ray_session, tmp_p
     for c, name in enumerate(CLASS_NAMES):
         assert prepared.stats["train"]["classes"][name]["tiles"] == sum(bool((r["mask"] == c).any()) for r in plain)
     items = prepared.splits["train"]
-    repeats, factors = tile_repeats(items, len(CLASS_NAMES), data.oversampling, seed=0)
+    assert set(prepared.tile_classes) == {i["item_id"] for s in prepared.splits.values() for i in s}
+    assert all("tile_classes" not in i for i in items)  # beside the items, which travel to every task
+    repeats, factors = tile_repeats({i["item_id"]: prepared.tile_classes[i["item_id"]] for i in items},
+                                    len(CLASS_NAMES), data.oversampling, seed=0)
     assert factors.max() > 1.5  # some class is rare here, so some tiles are repeated
     rows = split_dataset(prepared, data, "train", Storage(), 0.25, repeats=repeats).take_all()
     assert len(rows) == sum(sum(r) for r in repeats.values()) > len(plain)
@@ -78,14 +83,13 @@ def test_the_training_split_repeats_the_tiles_of_rare_classes(ray_session, tmp_p
     expected: dict[bytes, int] = {}
     for item in items:  # per item, in tile-grid order: copy k of the stream is tile k, repeats[k] times
         tiles = tile_rows(item, prepared.classmap, data, Storage())
-        copied = tile_rows(item, prepared.classmap, data, Storage(), repeats[item["item_id"]])
-        assert len(copied) == sum(repeats[item["item_id"]])
-        position = 0
-        for tile, n in zip(tiles, repeats[item["item_id"]]):
+        counted = tile_rows(item, prepared.classmap, data, Storage(), repeats[item["item_id"]])
+        assert [int(row["copies"]) for row in counted] == repeats[item["item_id"]]
+        for tile, row, n in zip(tiles, counted, repeats[item["item_id"]]):
             wanted = min(4.0, max(factors[c] for c in np.unique(tile["mask"]) if c < len(CLASS_NAMES)))
             assert n in (math.floor(wanted), math.ceil(wanted))  # its rarest class's factor, rounded
-            assert all(key(c) == key(tile) for c in copied[position : position + n])
-            position += n
+            copies = expand_copies(dict(row))
+            assert len(copies) == n and all(key(c) == key(tile) and "copies" not in c for c in copies)
             expected[key(tile)] = expected.get(key(tile), 0) + n
     copies: dict[bytes, int] = {}
     for row in rows:

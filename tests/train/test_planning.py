@@ -61,8 +61,8 @@ def test_preflight_reports_bad_options_and_table_formats():
                                               best_checkpoint="/c")])
     assert "boom" in text and "0.5000" in text and not math.isnan(0.0)
     # long member names and metrics keep the columns aligned: every row's status starts under the header's
-    text = format_members_table([MemberResult("unet-median-frequency-weights", "unet", "done", metric="recall_weighted_f1",
-                                              best_value=0.5, epochs=2),
+    text = format_members_table([MemberResult("unet-median-frequency-weights", "unet", "done",
+                                              metric="recall_weighted_f1", best_value=0.5, epochs=2),
                                  MemberResult("a", "half_unet", "failed", metric="miou", error="boom")])
     header, _, *rows = text.splitlines()
     column = header.index("status")

@@ -24,11 +24,12 @@ def test_oversampling_sets_the_epoch_of_the_training_split_only(synthetic_sectio
     assert inputs.train_tiles == prepared.tile_count("train") == datasets["train"].count()
 
     datasets, inputs = ImageSource(prepared, config.data).member_data(None, config, storage)
-    repeats, factors = tile_repeats(prepared.splits["train"], prepared.classmap.num_classes,
-                                    config.data.oversampling, config.run.seed)
+    training = {i["item_id"]: prepared.tile_classes[i["item_id"]] for i in prepared.splits["train"]}
+    repeats, factors = tile_repeats(training, prepared.classmap.num_classes, config.data.oversampling, config.run.seed)
     assert factors.max() > 1  # some class of the synthetic sections is in under 60 % of the tiles
     assert inputs.train_tiles == sum(sum(r) for r in repeats.values()) > prepared.tile_count("train")
     assert datasets["train"].count() == inputs.train_tiles  # the steps per epoch match the stream
+    assert set(datasets["train"].columns()) == {"image", "mask"}  # the copy counts are spent
     assert datasets["val"].count() == prepared.tile_count("val")  # validation is never repeated
     assert inputs.class_counts == ImageSource(prepared, plain.data).class_counts()  # weights: true pixel counts
 

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from minseg.enums import Task
 from minseg.train.checkpoint import load_checkpoint, read_pointer
 from minseg.train.ensemble import ResourceError, train_ensemble
 from tests.train.conftest import BackgroundTraining, training_config
@@ -86,14 +87,51 @@ def test_best_and_last_checkpoints(ensemble_run):
 
 def test_rerun_needs_resume_and_skips_finished(ensemble_run):
     config, results, run = ensemble_run
+    before = json.loads((run / "members.json").read_text())["members"]
     with pytest.raises(ValueError, match="already has checkpoints for .*pass --resume"):
         train_ensemble(config, ["halfunet"])
     again = train_ensemble(config, ["halfunet"], resume=True)
     assert again[0].status == "done" and again[0].finished_at == results["halfunet"].finished_at
-    # training a subset keeps the other members' rows: evaluation reads the table
-    table = json.loads((run / "members.json").read_text())["members"]
-    assert [row["member"] for row in table] == MEMBERS and len((run / "members.csv").read_text().splitlines()) == 6
-    assert [row["status"] for row in table] == ["done", "done", "done", "failed", "failed"]
+    # training a subset keeps the other members' rows as they were: evaluation reads the table
+    assert json.loads((run / "members.json").read_text())["members"] == before
+    assert [row["member"] for row in before] == MEMBERS and len((run / "members.csv").read_text().splitlines()) == 6
+    # a member taken out of the config leaves the table (its checkpoints stay); put back, it is listed again
+    fewer = config.model_copy(deep=True)
+    fewer.training.members = [m for m in fewer.training.members if m.name != "typo"]
+    train_ensemble(fewer, ["halfunet"], resume=True)
+    assert [row["member"] for row in json.loads((run / "members.json").read_text())["members"]] == MEMBERS[:-1]
+    train_ensemble(config, ["typo"], resume=True)  # refused before starting, as the first time
+    assert json.loads((run / "members.json").read_text())["members"] == before
+
+
+def test_resuming_on_another_epoch_of_tiles_is_refused(ensemble_run):
+    """A checkpoint records the tiles an epoch held; resuming it on data that gives another count (the data, tiling
+    or data.oversampling changed) would break the learning-rate schedule and is refused."""
+    import dataclasses
+
+    from minseg.data.config import AugmentSettings
+    from minseg.errors import InputError
+    from minseg.io.storage import Storage
+    from minseg.models import build_model
+    from minseg.train.ensemble import TrialInputs, WorkerConfig
+    from minseg.train.loop import Session, start_or_resume
+
+    config, _, run = ensemble_run
+    member = next(m for m in config.training.members if m.name == "halfunet")
+    state = load_checkpoint_state(run, "halfunet")
+    inputs = TrialInputs(task=Task.SEGMENTATION, num_classes=9, in_channels=3, ignore_index=255, classes={},
+                         classes_names=[], normalization=state["normalization"], augmentation=AugmentSettings(),
+                         train_tiles=state["train_tiles"], has_val=True, shuffle_buffer=None)
+    session = Session(WorkerConfig(member, Storage(), str(run), inputs, 4, 0), 0, 1, torch.device("cpu"), 0,
+                      torch.Generator(), build_model("half_unet", num_classes=9, width=0.25), None,
+                      torch.zeros(3), torch.ones(3), AugmentSettings(), None, None, None, None, None)
+    resumed, _ = start_or_resume(session)
+    assert resumed["epochs_done"] == 3 and resumed["restarts"] == 1
+    other = dataclasses.replace(inputs, train_tiles=inputs.train_tiles + 5)
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match=rf"trained on {inputs.train_tiles} tiles an epoch, this run gives "
+                                         rf"{inputs.train_tiles + 5} .*data.oversampling changed"):
+        start_or_resume(session)
 
 
 def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path):
