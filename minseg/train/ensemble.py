@@ -441,23 +441,24 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source = ImageSource(prepared, config.data)
     source.report_oversampling(config.run.seed)
-    return fit_members(config, members, source, run_uri, concurrency, resume)
+    return fit_members(config, members, source, run_uri, concurrency, resume,
+                       configured=[m.name for m in config.training.members])
 
 
 def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,
-                concurrency: int,
-                resume: bool = False) -> list[MemberResult]:
+                concurrency: int, resume: bool = False, configured: list[str] | None = None) -> list[MemberResult]:
     """Every member x every trial fold of ``source`` as concurrent Tune trials; the members table.
 
     ``source`` gives the task, classes and channels, ``trial_folds()`` (fold indices, None for a run
     on all the data, whose outputs go to ``run_uri`` itself) and ``member_data(fold, config, storage)``.
+    ``configured``: every member the run's config names, when ``members`` is a subset of it: the table keeps
+    their earlier rows and drops rows of members no longer named (None: keep every earlier row).
     """
     from ray import tune
 
     storage = Storage(config.storage)
     results: list[MemberResult] = []
     # the table so far, read before hours of training: a --members subset keeps the other configured members' rows
-    configured = {m.name for m in config.training.members} if config.training is not None else None
     previous = [r for r in _recorded_table(storage, run_uri) if configured is None or r.member in configured]
     folds = source.trial_folds()
     trials, weights_cache = [], {}  # state dicts read once per distinct init file, dropped before training
