@@ -453,9 +453,11 @@ def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_ur
     settings = config.prospect
     members = settings.training.members
     resources = ray.cluster_resources()
+    per_member = len(trials)  # the folds and the final run
     concurrency = (plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), config.ray.task_cpus,
-                                    settings.training.max_concurrent)
-                   if settings.training.check_resources else settings.training.max_concurrent or len(members))
+                                    settings.training.max_concurrent, trials_per_member=per_member)
+                   if settings.training.check_resources
+                   else settings.training.max_concurrent or len(members) * per_member)
     if not resume:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     source = WindowSource(trials, str(settings.augmentation))

@@ -178,7 +178,8 @@ def _deep_merge(base: dict, override: dict) -> dict:
 class TrainingSettings(StrictModel):
     defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every member")
     members: list[MemberSettings] = Field(min_length=1)
-    max_concurrent: int | None = Field(None, ge=1, description="default: as many members as resources allow")
+    max_concurrent: int | None = Field(None, ge=1, description="trials at once (a member per fold); default: as "
+                                       "many as resources allow")
     check_resources: bool = Field(True, description="refuse members the cluster could never hold (off for autoscaling)")
 
     @model_validator(mode="before")

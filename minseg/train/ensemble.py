@@ -103,8 +103,12 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 
 
 def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, data_cpus: float,
-                     requested: int | None) -> int:
-    """How many members can run at once; refuses members that could never start."""
+                     requested: int | None, trials_per_member: int = 1) -> int:
+    """How many trials can run at once (largest first); refuses members that could never start.
+
+    ``trials_per_member``: k for k-fold cross-validation (each fold is a trial of every member; prospectivity adds
+    the final run), so one member's folds run side by side when the cluster holds them.
+    """
     budget_cpu = cpus - data_cpus
     for m in members:
         need_cpu = m.scaling.workers * m.scaling.cpus_per_worker
@@ -116,10 +120,12 @@ def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, da
                 f"{gpus:g} GPUs, so it could never start. Lower training.members[].scaling or add nodes "
                 "(set training.check_resources: false on autoscaling clusters that start empty)."
             )
-    cpu_needs = sorted((m.scaling.workers * m.scaling.cpus_per_worker for m in members), reverse=True)
-    gpu_needs = sorted((m.scaling.workers * m.scaling.gpus_per_worker for m in members), reverse=True)
+    trials = [m for m in members for _ in range(trials_per_member)]
+    cpu_needs = sorted((m.scaling.workers * m.scaling.cpus_per_worker for m in trials), reverse=True)
+    gpu_needs = sorted((m.scaling.workers * m.scaling.gpus_per_worker for m in trials), reverse=True)
     fit = 0
-    while fit < len(members) and sum(cpu_needs[: fit + 1]) <= budget_cpu + 1e-9 and sum(gpu_needs[: fit + 1]) <= gpus + 1e-9:
+    while (fit < len(trials) and sum(cpu_needs[: fit + 1]) <= budget_cpu + 1e-9
+           and sum(gpu_needs[: fit + 1]) <= gpus + 1e-9):
         fit += 1
     fit = max(1, fit)
     return min(fit, requested) if requested else fit
@@ -432,9 +438,10 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     resources = ray.cluster_resources()
     if config.training.check_resources:
         concurrency = plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0),
-                                       config.ray.task_cpus, config.training.max_concurrent)
+                                       config.ray.task_cpus, config.training.max_concurrent,
+                                       trials_per_member=config.data.split.folds or 1)
     else:
-        concurrency = config.training.max_concurrent or len(members)
+        concurrency = config.training.max_concurrent or len(members) * (config.data.split.folds or 1)
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)

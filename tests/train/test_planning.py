@@ -18,6 +18,10 @@ def test_plan_concurrency_fits_largest_members_first():
     assert plan_concurrency(members, cpus=2, gpus=0, data_cpus=0.5, requested=None) == 3
     assert plan_concurrency(members, cpus=1.25, gpus=0, data_cpus=0.5, requested=None) == 2
     assert plan_concurrency(members, cpus=2, gpus=0, data_cpus=0.5, requested=1) == 1
+    # k-fold: every fold of a member is a trial; they run side by side when the cluster holds them
+    assert plan_concurrency([member("b")], cpus=2, gpus=0, data_cpus=0.5, requested=None, trials_per_member=5) == 5
+    assert plan_concurrency([member("b")], cpus=1.25, gpus=0, data_cpus=0.5, requested=None, trials_per_member=5) == 3
+    assert plan_concurrency(members, cpus=2, gpus=0, data_cpus=0.5, requested=None, trials_per_member=2) == 4
     with pytest.raises(ResourceError, match=r"member 'g' needs 0.0002 CPUs \(2 workers x 0.0001\) and 2 GPUs"):
         plan_concurrency([member("g", 2, 0.0001, 1.0)], cpus=8, gpus=1, data_cpus=0.5, requested=None)
 
