@@ -495,7 +495,8 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_member, source=source, config=config), {"CPU": 0.001}),
+            tune.with_resources(tune.with_parameters(run_member, source=_shared_data(source, trials, config, storage),
+                                                     config=config), {"CPU": 0.001}),
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=f"{config.run.name}-tune", storage_path=storage_path,
@@ -514,6 +515,32 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     for result in results:
         write_curves(storage, run_uri if result.fold is None else join_uri(run_uri, f"fold{result.fold + 1}"), result.member)
     return results
+
+
+class _SharedTrialData:
+    """A training source whose one split (no folds) is prepared once on the driver and handed to every member's
+    trial: the tiles are decoded (and cached) once for the ensemble instead of once per member."""
+
+    def __init__(self, source: TrainingSource, data: tuple[dict, TrialInputs]):
+        self.task, self.num_classes, self.in_channels = source.task, source.num_classes, source.in_channels
+        self._source, self._data = source, data
+
+    def trial_folds(self) -> list[int | None]:
+        return self._source.trial_folds()
+
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
+        return self._data
+
+    def class_counts(self, fold: int | None = None) -> list[int] | None:
+        return self._source.class_counts(fold)
+
+
+def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfig, storage: Storage):
+    """``source`` with its data prepared once when several trials train on the one split; k-fold trials each
+    prepare their own fold (holding every fold's tiles at once could overflow the object store)."""
+    if len(trials) < 2 or any(t["fold"] is not None for t in trials):
+        return source
+    return _SharedTrialData(source, source.member_data(None, config, storage))
 
 
 def _recorded_table(storage: Storage, run_uri: str) -> list[MemberResult]:
