@@ -25,6 +25,7 @@ from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
+from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask
 from minseg.data.layouts import decode_coco_rle, detect_layout, get_layout
@@ -65,6 +66,10 @@ class PreparedData:
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
+
+    def tile_classes_of(self, items: list[dict]) -> dict[str, list[list[int]]]:
+        """``tile_classes`` of these items only (e.g. a trial's training items), by item id."""
+        return {item["item_id"]: self.tile_classes[item["item_id"]] for item in items}
 
 
 # --------------------------------------------------------------------- loading
@@ -492,9 +497,8 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
         pixels = np.sum([r["pixels"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         particles = np.sum([r["particles"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
         instances = np.sum([r["instances"] for r in rows], axis=0) if rows else np.zeros(classmap.num_classes)
-        tiles = np.zeros(classmap.num_classes, np.int64)  # kept tiles (images, classification) showing each class
-        for classes in (c for r in rows for c in r["tile_classes"]):
-            tiles[classes] += 1
+        # kept tiles (images, classification) showing each class
+        tiles = class_tile_counts([c for r in rows for c in r["tile_classes"]], classmap.num_classes)
         total = pixels.sum()
         stats[split] = {
             "images": len(rows),

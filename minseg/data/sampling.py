@@ -23,6 +23,19 @@ import numpy as np
 from minseg.data.config import OversamplingSettings
 
 
+def class_tile_counts(tile_classes: list[list[int]], num_classes: int) -> np.ndarray:
+    """How many of the tiles show each class (int64, shape (num_classes,)).
+
+    Args:
+        tile_classes: for each tile, the class ids (0..num_classes-1) it contains.
+        num_classes: classes in the class map.
+    """
+    counts = np.zeros(num_classes, np.int64)
+    for classes in tile_classes:
+        counts[list(classes)] += 1
+    return counts
+
+
 def class_repeat_factors(tile_classes: list[list[int]], num_classes: int, threshold: float) -> np.ndarray:
     """``r_c`` for every class (float64, shape (num_classes,)); 1.0 for a class in no tile.
 
@@ -31,10 +44,7 @@ def class_repeat_factors(tile_classes: list[list[int]], num_classes: int, thresh
         num_classes: classes in the class map (the ignore index is never listed).
         threshold: ``t``, the tile share below which a class is oversampled (0 < t <= 1).
     """
-    present = np.zeros(num_classes, np.float64)
-    for classes in tile_classes:
-        present[list(classes)] += 1
-    share = present / max(1, len(tile_classes))
+    share = class_tile_counts(tile_classes, num_classes) / max(1, len(tile_classes))
     factors = np.ones(num_classes, np.float64)
     seen = share > 0
     factors[seen] = np.maximum(1.0, np.sqrt(threshold / share[seen]))

@@ -236,8 +236,8 @@ class ImageSource:
         logs the class repeat factors and the tiles an epoch holds before and after."""
         if self.data.oversampling is None:
             return None
-        tile_classes = {i["item_id"]: self.prepared.tile_classes[i["item_id"]] for i in training}
-        repeats, factors = tile_repeats(tile_classes, self.num_classes, self.data.oversampling, seed)
+        repeats, factors = tile_repeats(self.prepared.tile_classes_of(training), self.num_classes,
+                                        self.data.oversampling, seed)
         if report:
             log_event(log, "data.oversampling", **({} if fold is None else {"fold": fold + 1}),
                       tiles=sum(i["tiles"] for i in training),
@@ -508,8 +508,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         for trial_result in grid:
             results.append(_collect(storage, trial_result.config["trial"], trial_result))
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
-    order = list(dict.fromkeys([r.member for r in previous] + [m.name for m in members]))
-    table = sorted([r for r in previous if r.member not in {m.name for m in members}] + results,
+    trained = [m.name for m in members]
+    order = list(dict.fromkeys([r.member for r in previous] + trained))
+    table = sorted([r for r in previous if r.member not in trained] + results,
                    key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))
     write_members_table(table, run_uri, storage, fold_summary=any(f is not None for f in folds))
     for result in results:

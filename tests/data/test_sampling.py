@@ -71,8 +71,7 @@ def test_the_training_split_repeats_the_tiles_of_rare_classes(ray_session, tmp_p
     items = prepared.splits["train"]
     assert set(prepared.tile_classes) == {i["item_id"] for s in prepared.splits.values() for i in s}
     assert all("tile_classes" not in i for i in items)  # beside the items, which travel to every task
-    repeats, factors = tile_repeats({i["item_id"]: prepared.tile_classes[i["item_id"]] for i in items},
-                                    len(CLASS_NAMES), data.oversampling, seed=0)
+    repeats, factors = tile_repeats(prepared.tile_classes_of(items), len(CLASS_NAMES), data.oversampling, seed=0)
     assert factors.max() > 1.5  # some class is rare here, so some tiles are repeated
     rows = split_dataset(prepared, data, "train", Storage(), 0.25, repeats=repeats).take_all()
     assert len(rows) == sum(sum(r) for r in repeats.values()) > len(plain)

@@ -24,7 +24,7 @@ def test_oversampling_sets_the_epoch_of_the_training_split_only(synthetic_sectio
     assert inputs.train_tiles == prepared.tile_count("train") == datasets["train"].count()
 
     datasets, inputs = ImageSource(prepared, config.data).member_data(None, config, storage)
-    training = {i["item_id"]: prepared.tile_classes[i["item_id"]] for i in prepared.splits["train"]}
+    training = prepared.tile_classes_of(prepared.splits["train"])
     repeats, factors = tile_repeats(training, prepared.classmap.num_classes, config.data.oversampling, config.run.seed)
     assert factors.max() > 1  # some class of the synthetic sections is in under 60 % of the tiles
     assert inputs.train_tiles == sum(sum(r) for r in repeats.values()) > prepared.tile_count("train")
