@@ -2,16 +2,24 @@
 
 Half U-Net keeps encoder stages 0-1 with their decoder stages and a bottleneck of
 reduced width: a small receptive field for tiny objects, far fewer parameters.
+
+Both take ``context_bins``: pyramid pooling (PSPNet, Zhao et al. 2017; bins ``(1,)`` is ParseNet's global
+context, Liu et al. 2015) after the bottleneck, so every pixel's label can use what the whole input window
+shows. A plain U-Net labels by what its receptive field sees (~140 px for the 4-stage U-Net); on LumenStone
+the pale sulphides of one assemblage (pyrrhotite, pentlandite) look like another's pyrite, and only the rest
+of the section tells them apart.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from minseg.enums import Activation, PadMode, Task
 from minseg.models.base import MinsegModel
-from minseg.models.blocks import scaled
+from minseg.models.blocks import ConvNormAct, PyramidPooling, scaled
 from minseg.models.registry import register_model
 from minseg.models.unet_parts import DoubleConv
 
@@ -38,11 +46,21 @@ class UNetEncoder(nn.Module):
 
 
 class _UNetFamily(MinsegModel):
-    def __init__(self, num_classes, in_channels, stage_channels, bottleneck, activation, pad_mode):
+    def __init__(self, num_classes, in_channels, stage_channels, bottleneck, activation, pad_mode, context_bins=()):
         super().__init__(num_classes, in_channels, pad_mode)
         activation = Activation(activation)
         self.encoder = UNetEncoder(in_channels, stage_channels, activation)
         self.bottleneck = DoubleConv(stage_channels[-1], bottleneck, activation)
+        bins = tuple(context_bins or ())
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins) or len(set(bins)) < len(bins):
+            raise ValueError(f"context_bins must be distinct positive integers (pooled grid sizes), got {context_bins!r}")
+        self.context_bins = bins
+        if bins:
+            # pooled branches each get a share of the bottleneck's width; a 1x1 conv folds them back into it
+            pooling = PyramidPooling(bottleneck, max(1, bottleneck // len(bins)), bins, activation)
+            self.context = nn.Sequential(pooling, ConvNormAct(pooling.out_channels, bottleneck, 1, activation=activation))
+        else:
+            self.context = nn.Identity()
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
         cin = bottleneck
         for cout in reversed(stage_channels):
@@ -53,7 +71,7 @@ class _UNetFamily(MinsegModel):
 
     def _forward(self, x):
         skips = self.encoder(x)
-        y = self.bottleneck(self.encoder.pool(skips[-1]))
+        y = self.context(self.bottleneck(self.encoder.pool(skips[-1])))
         for up, decode, skip in zip(self.ups, self.decoders, reversed(skips)):
             y = decode(torch.cat([skip, up(y)], dim=1))
         return self.classifier(y)
@@ -64,9 +82,9 @@ class UNet(_UNetFamily):
     size_multiple = 16
 
     def __init__(self, num_classes, in_channels=3, width: float = 1.0, activation=Activation.RELU,
-                 pad_mode: PadMode | str = PadMode.REPLICATE):
+                 pad_mode: PadMode | str = PadMode.REPLICATE, context_bins: Sequence[int] = ()):
         stages = [scaled(c, width) for c in (64, 128, 256, 512)]
-        super().__init__(num_classes, in_channels, stages, scaled(1024, width), activation, pad_mode)
+        super().__init__(num_classes, in_channels, stages, scaled(1024, width), activation, pad_mode, context_bins)
 
 
 @register_model(
@@ -79,6 +97,8 @@ class HalfUNet(_UNetFamily):
     size_multiple = 4
 
     def __init__(self, num_classes, in_channels=3, width: float = 1.0, bottleneck_channels: int = 128,
-                 activation=Activation.RELU, pad_mode: PadMode | str = PadMode.REPLICATE):
+                 activation=Activation.RELU, pad_mode: PadMode | str = PadMode.REPLICATE,
+                 context_bins: Sequence[int] = ()):
         stages = [scaled(c, width) for c in (64, 128)]
-        super().__init__(num_classes, in_channels, stages, scaled(bottleneck_channels, width), activation, pad_mode)
+        super().__init__(num_classes, in_channels, stages, scaled(bottleneck_channels, width), activation, pad_mode,
+                         context_bins)

@@ -220,3 +220,22 @@ def test_mfaf_wiring_follows_the_paper_and_ablations_switch_parts_off():
     assert [b[0].dilation for b in plain.stem.branches] == [(1, 1)] and plain.stem.out_channels == model.stem.out_channels
     with pytest.raises(ValueError, match="no channel attention"):
         build(channel_attention=False).attention_weights(x)
+
+
+@pytest.mark.parametrize("name", ["unet", "half_unet"])
+def test_context_bins_let_far_pixels_change_a_label(name):
+    """Without pyramid pooling a pixel's logits depend only on its receptive field; with ``context_bins`` they
+    also depend on the far corner of the window (PSPNet / ParseNet global context): the gradient of the
+    bottom-right pixels' logits reaches the top-left corner (280 px away on each axis, beyond the U-Net's
+    ~190-px field) only through the pooled branches."""
+    for bins, reaches in (((), False), ((1,), True), ((1, 2, 3, 6), True)):
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=3, width=0.125, context_bins=bins).double().eval()
+        x = torch.randn(1, 3, 320, 320, dtype=torch.float64, requires_grad=True)
+        model(x)[..., -8:, -8:].sum().backward()
+        corner = x.grad[..., :32, :32].abs().sum().item()
+        assert (corner > 0) == reaches, (bins, corner)
+    assert build_model(name, num_classes=3, context_bins=[1, 2]).context_bins == (1, 2)  # a YAML list
+    for bad in ([0], [2, 2], [1.5], ["1"]):
+        with pytest.raises(ValueError, match="context_bins must be distinct positive integers"):
+            build_model(name, num_classes=3, context_bins=bad)
