@@ -74,8 +74,18 @@ class CrossEntropyLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits, target):
-        return F.cross_entropy(logits.float(), target.long(), weight=self.weight, ignore_index=self.ignore_index,
-                               label_smoothing=self.label_smoothing)
+        # PyTorch's mean reduction divides by the valid pixels' summed class weights, which is 0/0 = NaN on a
+        # batch whose pixels are all ignored (a tile cut from an unlabelled margin); the same normaliser,
+        # clamped, gives 0 with no gradient there and the same value everywhere else
+        per_pixel = F.cross_entropy(logits.float(), target.long(), weight=self.weight, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, reduction="none")
+        valid = _valid_mask(target, self.ignore_index)
+        if self.weight is None:
+            normaliser = valid.sum()
+        else:
+            safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+            normaliser = (self.weight.to(logits.device)[safe_target] * valid).sum()
+        return per_pixel.sum() / normaliser.clamp_min(1e-12)
 
 
 class DiceLoss(nn.Module):
