@@ -85,7 +85,8 @@ class CrossEntropyLoss(nn.Module):
         else:
             safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
             normaliser = (self.weight.to(logits.device)[safe_target] * valid).sum()
-        return per_pixel.sum() / normaliser.clamp_min(1e-12)
+        # a zero normaliser (no valid pixel, or only zero-weight classes): no loss, not sum / 1e-12
+        return torch.where(normaliser > 0, per_pixel.sum() / normaliser.clamp_min(1e-12), per_pixel.sum() * 0)
 
 
 class DiceLoss(nn.Module):

@@ -148,20 +148,28 @@ def test_cross_entropy_matches_torch_mean_reduction():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 4, 5, 6), torch.randint(0, 4, (2, 5, 6))
     target[0, :2] = 255
-    weights = [0.5, 1.0, 2.0, 4.0]
-    for smoothing in (0.0, 0.1):
+    for weights, smoothing in ((None, 0.0), (None, 0.1), ([0.5, 1.0, 2.0, 4.0], 0.0), ([0.5, 1.0, 2.0, 4.0], 0.1)):
         loss = build_loss("ce", num_classes=4, class_weights=weights)
         loss.label_smoothing = smoothing
-        expected = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255,
-                                   label_smoothing=smoothing)
+        expected = F.cross_entropy(logits, target, weight=None if weights is None else torch.tensor(weights),
+                                   ignore_index=255, label_smoothing=smoothing)
         assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    # only zero-weight classes labelled: nothing to learn from, not a sum divided by ~0
+    zero = build_loss("ce", num_classes=4, class_weights=[0.0, 1.0, 1.0, 1.0])
+    zero.label_smoothing = 0.1
+    assert zero(logits, torch.zeros_like(target)).item() == 0.0
 
 
-@pytest.mark.parametrize("name", ["ce", "dice", "focal", "ce_dice", "ce_focal", "weighted_bce"])
-def test_a_batch_with_every_pixel_ignored_gives_no_loss_and_no_gradient(name):
-    """A tile cut from an unlabelled margin: PyTorch's mean cross-entropy is 0/0 = NaN there, and one NaN step
-    ruins the weights of a member for good."""
-    logits = torch.randn(2, 2, 4, 4, requires_grad=True)
-    loss = build_loss(name, num_classes=2, class_weights=[1.0, 2.0])(logits, torch.full((2, 4, 4), 255))
+@pytest.mark.parametrize("weights", [None, [1.0, 2.0]])
+@pytest.mark.parametrize("name", ["ce", "dice", "focal", "ce_dice", "ce_focal", "weighted_bce", "self_distillation"])
+def test_a_batch_with_every_pixel_ignored_gives_no_loss_and_no_gradient(name, weights):
+    """A tile cut from an unlabelled margin: PyTorch's mean cross-entropy is 0/0 = NaN there, which failed the
+    member as a diverged loss."""
+    if name == "self_distillation":  # classification targets (N,), ignored as -100
+        logits, target = torch.randn(4, 2, requires_grad=True), torch.full((4,), -100)
+        loss = build_loss(name, num_classes=2, class_weights=weights)(logits, target)
+    else:
+        logits, target = torch.randn(2, 2, 4, 4, requires_grad=True), torch.full((2, 4, 4), 255)
+        loss = build_loss(name, num_classes=2, class_weights=weights)(logits, target)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0

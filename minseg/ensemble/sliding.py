@@ -11,7 +11,9 @@ an edge it shares with a neighbour (there the model saw padding, not the slide; 
 neighbour's interior covers those pixels: the overlap-tile strategy), and a gaussian
 or pyramid ramp elsewhere, so neighbours blend over the middle half of their overlap.
 For a fully convolutional model whose receptive field fits in that margin the
-stitched result equals one pass over the whole image.
+stitched result equals one pass over the whole image. A model with window context
+(pooling over its whole input, e.g. ``context_bins``) sees one window at a time: use a
+``tile`` close to its training tile so the pooled statistics match what it learned on.
 """
 
 from __future__ import annotations

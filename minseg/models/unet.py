@@ -5,7 +5,7 @@ reduced width: a small receptive field for tiny objects, far fewer parameters.
 
 Both take ``context_bins``: pyramid pooling (PSPNet, Zhao et al. 2017; bins ``(1,)`` is ParseNet's global
 context, Liu et al. 2015) after the bottleneck, so every pixel's label can use what the whole input window
-shows. A plain U-Net labels by what its receptive field sees (~140 px for the 4-stage U-Net); on LumenStone
+shows. A plain U-Net labels by what its receptive field sees (~190 px for the 4-stage U-Net); on LumenStone
 the pale sulphides of one assemblage (pyrrhotite, pentlandite) look like another's pyrite, and only the rest
 of the section tells them apart.
 """
@@ -51,9 +51,13 @@ class _UNetFamily(MinsegModel):
         activation = Activation(activation)
         self.encoder = UNetEncoder(in_channels, stage_channels, activation)
         self.bottleneck = DoubleConv(stage_channels[-1], bottleneck, activation)
-        bins = tuple(context_bins or ())
+        if not isinstance(context_bins, (list, tuple)):
+            raise ValueError(f"context_bins must be a list of distinct positive integers (pooled grid sizes, e.g. "
+                             f"[1, 2, 3, 6]), got {context_bins!r}")
+        bins = tuple(context_bins)
         if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins) or len(set(bins)) < len(bins):
-            raise ValueError(f"context_bins must be distinct positive integers (pooled grid sizes), got {context_bins!r}")
+            raise ValueError(f"context_bins must be a list of distinct positive integers (pooled grid sizes), got "
+                             f"{context_bins!r}")
         self.context_bins = bins
         if bins:
             # pooled branches each get a share of the bottleneck's width; a 1x1 conv folds them back into it

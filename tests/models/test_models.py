@@ -236,6 +236,8 @@ def test_context_bins_let_far_pixels_change_a_label(name):
         corner = x.grad[..., :32, :32].abs().sum().item()
         assert (corner > 0) == reaches, (bins, corner)
     assert build_model(name, num_classes=3, context_bins=[1, 2]).context_bins == (1, 2)  # a YAML list
-    for bad in ([0], [2, 2], [1.5], ["1"]):
-        with pytest.raises(ValueError, match="context_bins must be distinct positive integers"):
+    # off by default, with the state dict of the models trained before the option existed
+    assert not any(key.startswith("context.") for key in build_model(name, num_classes=3).state_dict())
+    for bad in ([0], [2, 2], [1.5], ["1"], 6):
+        with pytest.raises(ValueError, match="context_bins must be a list of distinct positive integers"):
             build_model(name, num_classes=3, context_bins=bad)

@@ -104,9 +104,10 @@ def test_rerun_needs_resume_and_skips_finished(ensemble_run):
     assert json.loads((run / "members.json").read_text())["members"] == before
 
 
-def test_resuming_on_another_epoch_of_tiles_is_refused(ensemble_run):
-    """A checkpoint records the tiles an epoch held; resuming it on data that gives another count (the data, tiling
-    or data.oversampling changed) would break the learning-rate schedule and is refused."""
+def test_resuming_on_other_data_is_refused(ensemble_run):
+    """A checkpoint records the tiles an epoch held and the fold it trained on; resuming it on data that gives
+    another count (the data, tiling or data.oversampling changed) would break the learning-rate schedule, on
+    another fold it would be scored on its own training images: both are refused."""
     import dataclasses
 
     from minseg.data.config import AugmentSettings
@@ -131,6 +132,12 @@ def test_resuming_on_another_epoch_of_tiles_is_refused(ensemble_run):
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match=rf"trained on {inputs.train_tiles} tiles an epoch, this run gives "
                                          rf"{inputs.train_tiles + 5} .*data.oversampling changed"):
+        start_or_resume(session)
+    # a checkpoint of a run on all the data resumed as a k-fold trial (or on another fold): scores would be
+    # reported on images it trained on
+    other = dataclasses.replace(inputs, fold_signature="train=a,b;val=c;test=d")
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match="trained on another split of the folds .* Start a new run.name"):
         start_or_resume(session)
 
 
