@@ -432,6 +432,15 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if existing and not resume:
         raise InputError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
                          "them, or choose another run.name")
+    folds = config.data.split.folds
+    finished = _all_finished(storage, run_uri, members, folds) if resume else None
+    if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
+        log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
+                  hint="every member has finished: nothing to train, the data is not prepared again")
+        configured = [m.name for m in config.training.members]
+        previous = [r for r in _recorded_table(storage, run_uri) if r.member in configured]
+        _update_members_table(storage, run_uri, previous, finished, fold_summary=bool(folds))
+        return finished
     init_ray(config.ray, job_paths([config.data, config.training], [run_uri]))
     import ray
 
@@ -439,9 +448,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if config.training.check_resources:
         concurrency = plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0),
                                        config.ray.task_cpus, config.training.max_concurrent,
-                                       trials_per_member=config.data.split.folds or 1)
+                                       trials_per_member=folds or 1)
     else:
-        concurrency = config.training.max_concurrent or len(members) * (config.data.split.folds or 1)
+        concurrency = config.training.max_concurrent or len(members) * (folds or 1)
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
@@ -472,7 +481,7 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     for member in members:
         pending = []
         for fold in folds:
-            trial_uri = run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
+            trial_uri = _trial_uri(run_uri, fold)
             done = _previous_result(storage, trial_uri, member.name) if resume else None
             if done is not None and done.status is MemberStatus.DONE:  # resubmitted: finished trials are kept
                 results.append(done)
@@ -508,13 +517,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         for trial_result in grid:
             results.append(_collect(storage, trial_result.config["trial"], trial_result))
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
-    trained = [m.name for m in members]
-    order = list(dict.fromkeys([r.member for r in previous] + trained))
-    table = sorted([r for r in previous if r.member not in trained] + results,
-                   key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))
-    write_members_table(table, run_uri, storage, fold_summary=any(f is not None for f in folds))
+    _update_members_table(storage, run_uri, previous, results, fold_summary=any(f is not None for f in folds))
     for result in results:
-        write_curves(storage, run_uri if result.fold is None else join_uri(run_uri, f"fold{result.fold + 1}"), result.member)
+        write_curves(storage, _trial_uri(run_uri, result.fold), result.member)
     return results
 
 
@@ -552,6 +557,35 @@ def _recorded_table(storage: Storage, run_uri: str) -> list[MemberResult]:
     known = {f.name for f in fields(MemberResult)}
     return [MemberResult(**{k: v for k, v in row.items() if k in known})
             for row in json.loads(storage.read_text(uri))["members"]]
+
+
+def _update_members_table(storage: Storage, run_uri: str, previous: list[MemberResult], results: list[MemberResult],
+                          fold_summary: bool) -> None:
+    """The members table: ``previous`` rows (already filtered to the configured members) with the rows of the
+    members in ``results`` replaced by those, in the table's order, new members last."""
+    trained = list(dict.fromkeys(r.member for r in results))
+    order = list(dict.fromkeys([r.member for r in previous] + trained))
+    table = sorted([r for r in previous if r.member not in trained] + results,
+                   key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))
+    write_members_table(table, run_uri, storage, fold_summary=fold_summary)
+
+
+def _trial_uri(run_uri: str, fold: int | None) -> str:
+    """Where a trial writes: the run itself, or its fold's folder (``fold1``, ...)."""
+    return run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
+
+
+def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],
+                  folds: int | None) -> list[MemberResult] | None:
+    """Every trial's recorded result when all of them finished (a resumed run with nothing left to do), else None."""
+    results = []
+    for member in members:
+        for fold in range(folds) if folds else [None]:
+            done = _previous_result(storage, _trial_uri(run_uri, fold), member.name)
+            if done is None or done.status is not MemberStatus.DONE:
+                return None
+            results.append(done)
+    return results
 
 
 def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResult | None:

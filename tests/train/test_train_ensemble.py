@@ -90,8 +90,11 @@ def test_rerun_needs_resume_and_skips_finished(ensemble_run):
     before = json.loads((run / "members.json").read_text())["members"]
     with pytest.raises(ValueError, match="already has checkpoints for .*pass --resume"):
         train_ensemble(config, ["halfunet"])
+    stats = run / "data" / "dataset_stats.json"
+    prepared_at = stats.stat().st_mtime_ns
     again = train_ensemble(config, ["halfunet"], resume=True)
     assert again[0].status == "done" and again[0].finished_at == results["halfunet"].finished_at
+    assert stats.stat().st_mtime_ns == prepared_at  # nothing left to train: the data was not prepared again
     # training a subset keeps the other members' rows as they were: evaluation reads the table
     assert json.loads((run / "members.json").read_text())["members"] == before
     assert [row["member"] for row in before] == MEMBERS and len((run / "members.csv").read_text().splitlines()) == 6
