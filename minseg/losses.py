@@ -65,6 +65,16 @@ def _valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
     return torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
 
 
+def _pixel_weights(target: torch.Tensor, ignore_index: int | None, weight: torch.Tensor | None):
+    """(each pixel's weight: its class's, 0 where ignored, float32; targets with ignored pixels set to class 0)."""
+    valid = _valid_mask(target, ignore_index)
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    weights = valid.float()
+    if weight is not None:
+        weights = weights * weight.to(target.device)[safe_target]
+    return weights, safe_target
+
+
 class CrossEntropyLoss(nn.Module):
     def __init__(self, class_weights=None, ignore_index: int = 255, num_classes: int | None = None,
                  label_smoothing: float = 0.0):
@@ -79,12 +89,7 @@ class CrossEntropyLoss(nn.Module):
         # clamped, gives 0 with no gradient there and the same value everywhere else
         per_pixel = F.cross_entropy(logits.float(), target.long(), weight=self.weight, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, reduction="none")
-        valid = _valid_mask(target, self.ignore_index)
-        if self.weight is None:
-            normaliser = valid.sum()
-        else:
-            safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
-            normaliser = (self.weight.to(logits.device)[safe_target] * valid).sum()
+        normaliser = _pixel_weights(target, self.ignore_index, self.weight)[0].sum()
         # a zero normaliser (no valid pixel, or only zero-weight classes): no loss, not sum / 1e-12
         return torch.where(normaliser > 0, per_pixel.sum() / normaliser.clamp_min(1e-12), per_pixel.sum() * 0)
 
@@ -137,8 +142,7 @@ class FocalLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits, target):
-        valid = _valid_mask(target, self.ignore_index)
-        safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+        weights, safe_target = _pixel_weights(target, self.ignore_index, self.weight)
         log_probs = F.log_softmax(logits.float(), dim=1)
         log_pt = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
         loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
@@ -146,9 +150,6 @@ class FocalLoss(nn.Module):
             loss = loss * self.alpha.to(logits.device)[safe_target]
         elif self.alpha is not None:
             loss = loss * float(self.alpha)
-        weights = valid.float()
-        if self.weight is not None:
-            weights = weights * self.weight.to(logits.device)[safe_target]
         return (loss * weights).sum() / weights.sum().clamp_min(1e-12)
 
 

@@ -446,18 +446,12 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
 def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str,
                  resume: bool) -> list[MemberResult]:
     """Every member x every fold (and the final set) as concurrent trials of the training machinery."""
-    import ray
-
-    from minseg.train.ensemble import fit_members, plan_concurrency
+    from minseg.train.ensemble import fit_members, trial_concurrency
 
     settings = config.prospect
     members = settings.training.members
-    resources = ray.cluster_resources()
-    per_member = len(trials)  # the folds and the final run
-    concurrency = (plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), config.ray.task_cpus,
-                                    settings.training.max_concurrent, trials_per_member=per_member)
-                   if settings.training.check_resources
-                   else settings.training.max_concurrent or len(members) * per_member)
+    # every member trains on each fold and on the final set
+    concurrency = trial_concurrency(settings.training, members, config.ray.task_cpus, trials_per_member=len(trials))
     if not resume:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     source = WindowSource(trials, str(settings.augmentation))

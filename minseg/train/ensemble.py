@@ -29,7 +29,7 @@ from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
-from minseg.train.config import MemberSettings
+from minseg.train.config import MemberSettings, TrainingSettings
 
 log = get_logger("train.ensemble")
 
@@ -129,6 +129,20 @@ def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, da
         fit += 1
     fit = max(1, fit)
     return min(fit, requested) if requested else fit
+
+
+def trial_concurrency(training: TrainingSettings, members: list[MemberSettings], data_cpus: float,
+                      trials_per_member: int) -> int:
+    """Trials at once on the running cluster: ``plan_concurrency`` (which also refuses members that could never
+    start), or, with ``check_resources: false`` (autoscaling clusters that start empty), ``max_concurrent`` or
+    every trial."""
+    import ray
+
+    if not training.check_resources:
+        return training.max_concurrent or len(members) * trials_per_member
+    resources = ray.cluster_resources()
+    return plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), data_cpus,
+                            training.max_concurrent, trials_per_member=trials_per_member)
 
 
 # ------------------------------------------------------------- the trial
@@ -437,20 +451,11 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
                   hint="every member has finished: nothing to train, the data is not prepared again")
-        configured = [m.name for m in config.training.members]
-        previous = [r for r in _recorded_table(storage, run_uri) if r.member in configured]
+        previous = _recorded_table(storage, run_uri, configured=[m.name for m in config.training.members])
         _update_members_table(storage, run_uri, previous, finished, fold_summary=bool(folds))
         return finished
     init_ray(config.ray, job_paths([config.data, config.training], [run_uri]))
-    import ray
-
-    resources = ray.cluster_resources()
-    if config.training.check_resources:
-        concurrency = plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0),
-                                       config.ray.task_cpus, config.training.max_concurrent,
-                                       trials_per_member=folds or 1)
-    else:
-        concurrency = config.training.max_concurrent or len(members) * (folds or 1)
+    concurrency = trial_concurrency(config.training, members, config.ray.task_cpus, trials_per_member=folds or 1)
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
@@ -475,7 +480,7 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     storage = Storage(config.storage)
     results: list[MemberResult] = []
     # the table so far, read before hours of training: a --members subset keeps the other configured members' rows
-    previous = [r for r in _recorded_table(storage, run_uri) if configured is None or r.member in configured]
+    previous = _recorded_table(storage, run_uri, configured)
     folds = source.trial_folds()
     trials, weights_cache = [], {}  # state dicts read once per distinct init file, dropped before training
     for member in members:
@@ -549,14 +554,16 @@ def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfi
     return _SharedTrialData(source, source.member_data(None, config, storage))
 
 
-def _recorded_table(storage: Storage, run_uri: str) -> list[MemberResult]:
-    """The rows of the run's members table so far (none for a new run)."""
+def _recorded_table(storage: Storage, run_uri: str, configured: list[str] | None = None) -> list[MemberResult]:
+    """The rows of the run's members table so far (none for a new run); with ``configured``, only the rows of
+    those members (a member taken out of the config leaves the table)."""
     uri = join_uri(run_uri, "members.json")
     if not storage.exists(uri):
         return []
     known = {f.name for f in fields(MemberResult)}
-    return [MemberResult(**{k: v for k, v in row.items() if k in known})
+    rows = [MemberResult(**{k: v for k, v in row.items() if k in known})
             for row in json.loads(storage.read_text(uri))["members"]]
+    return [r for r in rows if configured is None or r.member in configured]
 
 
 def _update_members_table(storage: Storage, run_uri: str, previous: list[MemberResult], results: list[MemberResult],
