@@ -120,6 +120,11 @@ class SourceSettings(StrictModel):
     mask_pattern: str = Field("{scene}", description="paired layout: the same for masks, e.g. '{scene}_mascara'")
     instance_class: str | None = Field(None, description="instance_folders layout: the class (a data.classes name) "
                                        "of every instance mask not in a masks/<class>/ subfolder")
+    include: list[str] | None = Field(
+        None, min_length=1, description="keep only the images whose file name (or path inside the source) matches "
+        "one of these globs, e.g. ['a*.jpg'] for one subset of a collection; the others are left out, not quarantined")
+    exclude: list[str] = Field(default_factory=list, description="leave out the images whose file name (or path "
+                               "inside the source) matches one of these globs (after include)")
     channels: list[ImageChannels] | None = Field(
         None, min_length=1, description="the images that form one scene, in channel order (e.g. ppl then xpl: 6 "
         "channels), or one entry to read single images another way (mode grey: 1 channel). Default: one RGB image")
@@ -128,6 +133,26 @@ class SourceSettings(StrictModel):
     @classmethod
     def _one_scene_field(cls, value: str) -> str:
         return _one_scene_field(value)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not pattern.strip() for pattern in value):
+            raise ValueError("a glob must not be empty, e.g. 'a*.jpg' or 'site1/*'")
+        return value
+
+    def selects(self, image_name: str) -> bool:
+        """Whether ``include`` / ``exclude`` keep the image at ``image_name`` (its path inside the source).
+        A glob matches the file name or the whole path, case-sensitively (``fnmatch.fnmatchcase``)."""
+        from fnmatch import fnmatchcase
+
+        name = image_name.replace("\\", "/")
+        base = name.rsplit("/", 1)[-1]
+
+        def matches(patterns) -> bool:
+            return any(fnmatchcase(base, p) or fnmatchcase(name, p) for p in patterns)
+
+        return (self.include is None or matches(self.include)) and not matches(self.exclude)
 
     @model_validator(mode="after")
     def _channels(self) -> "SourceSettings":

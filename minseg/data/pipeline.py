@@ -326,15 +326,18 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             raise InputError(f"data.sources[{index}].channels: declared image channels are read for segmentation; "
                              f"{task} models read RGB images (leave channels out)")
         listed = entry.read(container, prefix, source, storage, classmap)
+        listed_items = listed.items
+        if source.include is not None or source.exclude:
+            listed_items = _selected(listed_items, source, index)
         if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
-            for item in listed.items:
+            for item in listed_items:
                 item.setdefault("channels", [{"ref": item["image"], "name": item["image_name"],
                                               "mode": str(groups[0].mode), "bands": groups[0].bands}])
         if listed.class_names is not None:
             folder_names = listed.class_names
-        log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed.items),
+        log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed_items),
                   rejected=len(listed.rejected))
-        found, ambiguous = _unique_items(listed.items)  # within one source: quarantined, never one dropped
+        found, ambiguous = _unique_items(listed_items)  # within one source: quarantined, never one dropped
         items.extend(found)
         rejected.extend(listed.rejected + ambiguous)
     seen: dict[str, str] = {}
@@ -344,6 +347,21 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
                              f"{item['where']}); give the sources distinct 'name's")
         seen[item["item_id"]] = item["where"]
     return items, rejected, folder_names
+
+
+def _selected(items: list[dict], source, index: int) -> list[dict]:
+    """The items a source's ``include`` / ``exclude`` globs keep (the others are left out on purpose: not quarantined).
+
+    Raises:
+        InputError: the globs leave none of the source's images, naming the key and a few of the names.
+    """
+    kept = [item for item in items if source.selects(item["image_name"])]
+    if items and not kept:
+        shown = ", ".join(sorted(item["image_name"] for item in items)[:5])
+        raise InputError(f"data.sources[{index}]: include {source.include} / exclude {source.exclude} leave none of "
+                         f"its {len(items)} images ({shown}{', ...' if len(items) > 5 else ''})")
+    log_event(log, "data.source.selected", source=source.uri, kept=len(kept), left_out=len(items) - len(kept))
+    return kept
 
 
 def _unique_items(items: list[dict]) -> tuple[list[dict], list[Rejected]]:
