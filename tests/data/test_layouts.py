@@ -404,3 +404,53 @@ def test_paired_folders_per_split_are_not_taken_for_instance_folders(tmp_path):
     write_paired(tmp_path / "one", 1)
     (tmp_path / "one" / "masks" / "extra.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
     assert _detect(tmp_path / "one") is DatasetLayout.PAIRED
+
+
+@pytest.mark.parametrize("layout", ["paired", "voc", "coco", "class_folders"])
+def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
+    """Globs on the image's file name or its path inside the source keep a subset; what they leave out is not
+    quarantined; globs that leave nothing are an InputError naming the key."""
+    from minseg.errors import InputError
+
+    root = tmp_path / "src"
+    classes = NINE
+    if layout == "paired":
+        write_paired(root, count=4)  # images/s0.jpg .. s3.jpg
+        include, exclude, expected = ["s[0-2].jpg"], ["images/s1.*"], ["src/s0", "src/s2"]
+    elif layout == "voc":
+        write_voc(root, count=4)  # JPEGImages/2007_000000.jpg ..
+        include, exclude, expected = ["2007_00000[12].jpg"], [], ["src/2007_000001", "src/2007_000002"]
+    elif layout == "coco":
+        write_coco(root)  # train/img0.jpg, train/img1.jpg
+        include, exclude, expected = None, ["*0.jpg"], ["src/train/img1"]
+        classes = None
+    else:
+        for cls in ("quartz", "calcite"):
+            (root / "site" / cls).mkdir(parents=True)
+            for name in ("a1", "b1"):
+                (root / "site" / cls / f"{name}.jpg").write_bytes(jpg_bytes(render_section(4, 16, 16)[0]))
+        include, exclude, expected = ["*/quartz/*"], ["b*"], ["src/site/quartz/a1"]
+        classes = {"classes": [{"name": "quartz"}, {"name": "calcite"}]}
+    task = Task.CLASSIFICATION if layout == "class_folders" else Task.SEGMENTATION
+
+    def listed(**selection):
+        data = validate_config({"sources": [{"uri": str(root), "layout": layout, **selection}],
+                                **({"classes": classes} if classes else {})}, DataSettings)
+        return _list_items(data, Storage(), str(tmp_path / "staging"), task)
+
+    _, everything_rejected, _ = listed()
+    items, rejected, _ = listed(**({"include": include} if include else {}), exclude=exclude)
+    assert sorted(i["item_id"] for i in items) == expected
+    assert len(rejected) == len(everything_rejected)  # left out is not quarantined
+    with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ images"):
+        listed(include=["no-such-*"])
+
+
+def test_include_and_exclude_are_validated():
+    from minseg.config.base import ConfigError
+
+    for bad, key in (({"include": []}, "include"), ({"include": [" "]}, "include"), ({"exclude": [""]}, "exclude"),
+                     ({"include": "a*"}, "include")):
+        with pytest.raises(ConfigError) as raised:
+            validate_config({"sources": [{"uri": "x", **bad}]}, DataSettings)
+        assert f"sources.0.{key}" in str(raised.value) or f"sources[0].{key}" in str(raised.value), str(raised.value)
