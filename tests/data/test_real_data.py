@@ -60,3 +60,26 @@ def test_alteration_class_folders(ray_session, shared_data, tmp_path):
     assert total + len(prepared.quarantine) == sum(1 for p in (shared_data / "alteration-xpl").rglob("*") if p.is_file())
     row = split_dataset(prepared, data, "val", Storage(), 0.25).take(1)[0]
     assert row["image"].shape == (64, 64, 3)
+
+
+def test_lumenstone_assemblage_recipes_split_the_collection(shared_data, tmp_path):
+    """configs/lumenstone_cu_ni.yaml and lumenstone_polymetallic.yaml select the two LumenStone subsets by
+    ``include``: together every photograph once, nothing quarantined."""
+    from pathlib import Path
+
+    from minseg.config.loading import load_config
+    from minseg.config.schema import MinsegConfig
+    from minseg.data.pipeline import _list_items
+
+    root = Path(__file__).resolve().parents[2]
+    found = {}
+    for name in ("cu_ni", "polymetallic"):
+        config = load_config(root / "configs" / f"lumenstone_{name}.yaml", MinsegConfig)
+        source = config.data.sources[0].model_copy(update={"uri": str(shared_data / "lumenstone")})
+        data = config.data.model_copy(update={"sources": [source]})
+        items, rejected, _ = _list_items(data, Storage(), str(tmp_path / name), Task.SEGMENTATION)
+        assert not rejected
+        found[name] = {i["item_id"].split("/")[1] for i in items}
+    assert len(found["cu_ni"]) == 23 and all(n.isdigit() for n in found["cu_ni"])
+    assert len(found["polymetallic"]) == 59 and all(n.startswith("a") for n in found["polymetallic"])
+    assert found["cu_ni"] | found["polymetallic"] == {p.stem for p in (shared_data / "lumenstone" / "images").iterdir()}
