@@ -16,6 +16,11 @@ on the test split at the recipe's scale (row ``pixel-qda-rgb``).
     python bench/lumenstone_recipe.py            # ~51 min training + ~10 min for both evaluations, 2 cores
     python bench/lumenstone_recipe.py --reuse    # keep the members a previous run trained; evaluate again
     python bench/lumenstone_recipe.py --pixel-baseline   # ~1 min; needs the run's data/splits.json
+    python bench/lumenstone_recipe.py --pool configs/lumenstone_cu_ni.yaml configs/lumenstone_polymetallic.yaml
+
+``--pool`` sums the confusion matrices of several finished evaluations (the two ore-assemblage recipes) over the
+union of their classes: one collection-wide table (per-class IoU, mIoU) for the selected ensembles and for the
+members ranked first on validation, each routed to the photographs of its own assemblage.
 """
 
 from __future__ import annotations
@@ -149,16 +154,54 @@ def pixel_baseline(args, config) -> None:
          args.csv)
 
 
+def pooled(args) -> None:
+    """Several recipes' test splits as one collection (``--pool``, e.g. the two ore-assemblage recipes): each
+    evaluation's confusion matrices, of the selected ensemble and of the member ranked first on validation, summed
+    over the union of their classes (matched by name); per-class IoU and mIoU of the pool, one CSV row each."""
+    import numpy as np
+
+    from minseg.config import MinsegConfig, load_config
+    from minseg.metrics import metrics_from_confusion
+
+    evaluations = []
+    for path in args.pool:
+        config = load_config(ROOT / path, MinsegConfig)
+        where = ROOT / config.run.output_uri / config.run.name / "evaluation" / "ensemble" / "evaluation.json"
+        if not where.is_file():
+            sys.exit(f"--pool: {path} has no evaluation at {where}; run its recipe first")
+        evaluations.append(json.loads(where.read_text()))
+    names: list[str] = []
+    for document in evaluations:
+        names += [c["name"] for c in document["classes"]["classes"] if c["name"] not in names]
+    for label, pick in (("selected", lambda d: d["selected"]), ("member ranked first on validation",
+                                                                lambda d: f"member:{d['ranking'][0]}")):
+        total = np.zeros((len(names), len(names)))
+        for document in evaluations:
+            candidate = next(c for c in document["candidates"] if c["key"] == pick(document))
+            index = [names.index(c["name"]) for c in document["classes"]["classes"]]
+            total[np.ix_(index, index)] += np.asarray(candidate["metrics"]["confusion"])
+        metrics = metrics_from_confusion(total, names)
+        print(f"pooled {label} over {' + '.join(args.pool)} ({sum(len(d['test_items']) for d in evaluations)} "
+              f"test images): mIoU {metrics['miou']:.3f}; " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                                         zip(metrics["classes"], metrics["iou"])))
+        emit({"date": time.strftime("%Y-%m-%d"), "config": "+".join(args.pool), "evaluation": "pooled",
+              "candidate": label, "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)}, args.csv)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/lumenstone_cpu.yaml")
     parser.add_argument("--reuse", action="store_true", help="keep the members a previous run trained (resume)")
     parser.add_argument("--pixel-baseline", action="store_true", help="score the per-pixel RGB reference instead")
+    parser.add_argument("--pool", nargs="+", metavar="CONFIG",
+                        help="pool the test splits of these recipes' finished evaluations into one table")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"bench/lumenstone_recipe.py needs the LumenStone sections at {DATA}")
 
+    if args.pool:
+        return pooled(args)
     from minseg.config import MinsegConfig, load_config
 
     config = load_config(ROOT / args.config, MinsegConfig)
