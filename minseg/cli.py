@@ -85,7 +85,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_score(args) -> int:
     """A selected ensemble on a labelled set it was not trained or selected on."""
-    from minseg.data.config import DataSettings
     from minseg.ensemble.config import ScoreSettings
     from minseg.ensemble.score import score_ensemble
 
@@ -93,16 +92,24 @@ def cmd_score(args) -> int:
     updates = {"manifest": args.manifest, "split": args.split, "output_uri": args.out}
     current = (config.score or ScoreSettings()).model_dump()
     config.score = ScoreSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
-    if args.data:  # folders given on the command line replace data.sources, read like the config's first source
-        if config.data is None:
-            config.data = DataSettings(sources=[{"uri": uri} for uri in args.data])
-        else:
-            first = config.data.sources[0]
-            sources = [first.model_copy(update={"uri": uri, "name": None}) for uri in args.data]
-            config.data = config.data.model_copy(update={"sources": sources})
+    if args.data:
+        config.data = data_from_folders(config.data, args.data)
     result = score_ensemble(config)
     print(f"score -> {result.output} ({result.images} images scored, {result.quarantined} quarantined)")
     return 0
+
+
+def data_from_folders(data, uris: list[str]):
+    """``score --data``: the config's ``DataSettings`` (or None) with the folders given as its sources, each read
+    like the config's first source (its layout, folders, name patterns, channels) but whole: that source's
+    include / exclude picked a subset of another collection."""
+    from minseg.data.config import DataSettings
+
+    if data is None:
+        return DataSettings(sources=[{"uri": uri} for uri in uris])
+    first = data.sources[0]
+    sources = [first.model_copy(update={"uri": uri, "name": None, "include": None, "exclude": []}) for uri in uris]
+    return data.model_copy(update={"sources": sources})
 
 
 def cmd_select(args) -> int:

@@ -121,10 +121,11 @@ class SourceSettings(StrictModel):
     instance_class: str | None = Field(None, description="instance_folders layout: the class (a data.classes name) "
                                        "of every instance mask not in a masks/<class>/ subfolder")
     include: list[str] | None = Field(
-        None, min_length=1, description="keep only the images whose file name (or path inside the source) matches "
-        "one of these globs, e.g. ['a*.jpg'] for one subset of a collection; the others are left out, not quarantined")
-    exclude: list[str] = Field(default_factory=list, description="leave out the images whose file name (or path "
-                               "inside the source) matches one of these globs (after include)")
+        None, min_length=1, description="keep only the images one of these globs matches, e.g. ['a*.jpg'] for one "
+        "subset of a collection (see selects: a glob matches the last parts of the image's path); the others are "
+        "left out, not quarantined")
+    exclude: list[str] = Field(default_factory=list, description="leave out the images one of these globs matches "
+                               "(after include)")
     channels: list[ImageChannels] | None = Field(
         None, min_length=1, description="the images that form one scene, in channel order (e.g. ppl then xpl: 6 "
         "channels), or one entry to read single images another way (mode grey: 1 channel). Default: one RGB image")
@@ -137,20 +138,33 @@ class SourceSettings(StrictModel):
     @field_validator("include", "exclude")
     @classmethod
     def _globs(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and any(not pattern.strip() for pattern in value):
+        if value is None:
+            return value
+        value = [pattern.replace("\\", "/").strip("/") for pattern in value]
+        if any(not pattern.strip() for pattern in value):
             raise ValueError("a glob must not be empty, e.g. 'a*.jpg' or 'site1/*'")
         return value
 
     def selects(self, image_name: str) -> bool:
-        """Whether ``include`` / ``exclude`` keep the image at ``image_name`` (its path inside the source).
-        A glob matches the file name or the whole path, case-sensitively (``fnmatch.fnmatchcase``)."""
+        """Whether ``include`` / ``exclude`` keep the image at ``image_name`` (its path inside the source; for a
+        scene of several images, its first image's).
+
+        A glob matches as many trailing parts of the path as it has ('/'-separated), each part on its own
+        (``fnmatch.fnmatchcase``: case-sensitive, and a ``*`` never crosses a '/'): ``a*.jpg`` matches the file
+        name ``images/a01.jpg`` whatever folder (or archive top folder) holds it, ``siteA/*`` the images directly
+        in a folder ``siteA``. Backslashes count as '/'.
+        """
         from fnmatch import fnmatchcase
 
-        name = image_name.replace("\\", "/")
-        base = name.rsplit("/", 1)[-1]
+        parts = image_name.replace("\\", "/").strip("/").split("/")
 
         def matches(patterns) -> bool:
-            return any(fnmatchcase(base, p) or fnmatchcase(name, p) for p in patterns)
+            for pattern in patterns:
+                wanted = pattern.split("/")
+                if len(wanted) <= len(parts) and all(fnmatchcase(part, glob) for part, glob in
+                                                     zip(parts[len(parts) - len(wanted):], wanted)):
+                    return True
+            return False
 
         return (self.include is None or matches(self.include)) and not matches(self.exclude)
 

@@ -28,7 +28,7 @@ from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask
-from minseg.data.layouts import decode_coco_rle, detect_layout, get_layout
+from minseg.data.layouts import IMAGE_SUFFIXES, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, Task
@@ -326,9 +326,13 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             raise InputError(f"data.sources[{index}].channels: declared image channels are read for segmentation; "
                              f"{task} models read RGB images (leave channels out)")
         listed = entry.read(container, prefix, source, storage, classmap)
-        listed_items = listed.items
+        listed_items, listed_rejected = listed.items, listed.rejected
         if source.include is not None or source.exclude:
             listed_items = _selected(listed_items, source, index)
+            # images the globs leave out are not reported either (e.g. a left-out photograph without its mask);
+            # other rejections (an annotation file, the source itself) always are
+            listed_rejected = [r for r in listed_rejected if not r.file.lower().endswith(IMAGE_SUFFIXES)
+                               or source.selects(r.file.rsplit("!", 1)[-1])]
         if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
             for item in listed_items:
                 item.setdefault("channels", [{"ref": item["image"], "name": item["image_name"],
@@ -336,10 +340,10 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         if listed.class_names is not None:
             folder_names = listed.class_names
         log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed_items),
-                  rejected=len(listed.rejected))
+                  rejected=len(listed_rejected))
         found, ambiguous = _unique_items(listed_items)  # within one source: quarantined, never one dropped
         items.extend(found)
-        rejected.extend(listed.rejected + ambiguous)
+        rejected.extend(listed_rejected + ambiguous)
     seen: dict[str, str] = {}
     for item in items:
         if item["item_id"] in seen:
@@ -353,13 +357,16 @@ def _selected(items: list[dict], source, index: int) -> list[dict]:
     """The items a source's ``include`` / ``exclude`` globs keep (the others are left out on purpose: not quarantined).
 
     Raises:
-        InputError: the globs leave none of the source's images, naming the key and a few of the names.
+        InputError: the globs leave none of the source's usable images, naming the keys and a few of the names.
     """
     kept = [item for item in items if source.selects(item["image_name"])]
     if items and not kept:
+        given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
+                                                                 ("exclude", source.exclude)) if value)
         shown = ", ".join(sorted(item["image_name"] for item in items)[:5])
-        raise InputError(f"data.sources[{index}]: include {source.include} / exclude {source.exclude} leave none of "
-                         f"its {len(items)} images ({shown}{', ...' if len(items) > 5 else ''})")
+        raise InputError(f"data.sources[{index}]: {given} leave none of its {len(items)} usable images ({shown}"
+                         f"{', ...' if len(items) > 5 else ''}); a glob matches the last parts of an image's path, "
+                         "case-sensitively, e.g. 'a*.jpg' or 'site1/*'")
     log_event(log, "data.source.selected", source=source.uri, kept=len(kept), left_out=len(items) - len(kept))
     return kept
 
@@ -401,10 +408,12 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     split_seed = data.split.seed if data.split.seed is not None else seed
     lists = _read_lists(data.split.lists, storage) if data.split.lists else None
     if lists:
+        selecting = any(source.include is not None or source.exclude for source in data.sources)
         known = {key for item in items for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
         for split, names in lists.items():
             for name in sorted(names - known):
-                quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"))
+                quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"
+                                           + (" (or data.sources[].include / exclude leave out)" if selecting else "")))
     twins = twin_scenes(item["source_id"] for item in items)
     if twins and data.split.group_by is SplitGroup.IMAGE:  # a leak unless they are different scenes: say so
         example = next(iter(twins.values()))

@@ -442,7 +442,7 @@ def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
     items, rejected, _ = listed(**({"include": include} if include else {}), exclude=exclude)
     assert sorted(i["item_id"] for i in items) == expected
     assert len(rejected) == len(everything_rejected)  # left out is not quarantined
-    with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ images"):
+    with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ usable images"):
         listed(include=["no-such-*"])
 
 
@@ -454,3 +454,42 @@ def test_include_and_exclude_are_validated():
         with pytest.raises(ConfigError) as raised:
             validate_config({"sources": [{"uri": "x", **bad}]}, DataSettings)
         assert f"sources.0.{key}" in str(raised.value) or f"sources[0].{key}" in str(raised.value), str(raised.value)
+
+
+def test_globs_match_trailing_path_parts_and_left_out_files_are_not_reported(tmp_path, ray_session):
+    """``a*.jpg`` is a file-name glob wherever the folder (an archive's top folder too) starts; ``*`` never
+    crosses '/'; an unpaired photograph the globs leave out is not quarantined, one they keep is; a split list
+    naming a left-out image says the globs may be why; ``score --data`` reads new folders whole."""
+    import tarfile
+
+    from minseg.cli import data_from_folders
+    from minseg.data.config import SourceSettings
+
+    source = SourceSettings(uri="x", include=["a*.jpg"], exclude=["old\\*"])
+    assert source.exclude == ["old/*"]
+    kept = [n for n in ("images/a1.jpg", "archive/images/b1.jpg", "all/images/a2.jpg", "old/a3.jpg",
+                        "old/sub/a4.jpg", "a5.jpg", "images/A6.jpg") if source.selects(n)]
+    assert kept == ["images/a1.jpg", "all/images/a2.jpg", "old/sub/a4.jpg", "a5.jpg"]
+
+    folder = tmp_path / "sections"
+    write_paired(folder, count=3)  # s0, s1, s2
+    for name in ("s9", "t9"):  # photographs without masks
+        (folder / "images" / f"{name}.jpg").write_bytes(jpg_bytes(render_section(9, 16, 16)[0]))
+    archive = tmp_path / "sections.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname="sections")  # members: sections/images/..., sections/masks/...
+    (tmp_path / "train.txt").write_text("s0\ns2\n")
+    for uri in (str(folder), str(archive)):
+        data = validate_config({"sources": [{"uri": uri, "layout": "paired", "include": ["s*"], "exclude": ["s2.*"]}],
+                                "classes": NINE, "split": {"lists": {"train": str(tmp_path / "train.txt")}}},
+                               DataSettings)
+        items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+        assert sorted(i["item_id"].split("/")[-1] for i in items) == ["s0", "s1"], uri
+        assert [r.file.rsplit("/", 1)[-1] for r in rejected] == ["s9.jpg"], uri  # t9 left out, s9 kept: no mask
+    quarantine = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25).quarantine
+    (listed,) = [r.reason for r in quarantine if "list names" in r.reason]
+    assert "'s2'" in listed and "(or data.sources[].include / exclude leave out)" in listed
+
+    scored = data_from_folders(data, ["/new/a", "/new/b"])
+    assert [(s.uri, s.include, s.exclude, s.layout) for s in scored.sources] == [
+        ("/new/a", None, [], DatasetLayout.PAIRED), ("/new/b", None, [], DatasetLayout.PAIRED)]
