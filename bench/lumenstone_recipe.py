@@ -176,8 +176,10 @@ def pooled(args) -> None:
     for label, pick in (("selected", lambda d: d["selected"]), ("member ranked first on validation",
                                                                 lambda d: f"member:{d['ranking'][0]}")):
         total = np.zeros((len(names), len(names)))
-        for document in evaluations:
-            candidate = next(c for c in document["candidates"] if c["key"] == pick(document))
+        for path, document in zip(args.pool, evaluations):
+            candidate = next((c for c in document["candidates"] if c["key"] == pick(document)), None)
+            if candidate is None:
+                sys.exit(f"--pool: {path}'s evaluation has no candidate {pick(document)!r}")
             index = [names.index(c["name"]) for c in document["classes"]["classes"]]
             total[np.ix_(index, index)] += np.asarray(candidate["metrics"]["confusion"])
         metrics = metrics_from_confusion(total, names)
@@ -197,11 +199,10 @@ def main() -> None:
                         help="pool the test splits of these recipes' finished evaluations into one table")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
+    if args.pool:  # reads finished evaluations only
+        return pooled(args)
     if not DATA.is_dir():
         sys.exit(f"bench/lumenstone_recipe.py needs the LumenStone sections at {DATA}")
-
-    if args.pool:
-        return pooled(args)
     from minseg.config import MinsegConfig, load_config
 
     config = load_config(ROOT / args.config, MinsegConfig)
