@@ -656,7 +656,10 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
                        classmap: ClassMap | None) -> LayoutItems:
     """Classes are the configured names when a class map is given, else the folder names (sorted)."""
     images = [m for m in container.members if _is_image(m)]
-    folders = sorted({posixpath.basename(posixpath.dirname(m)) for m in images})
+    # a class folder that include / exclude leave out entirely is no class (it would never be trained); globs that
+    # leave nothing are reported once the items are listed
+    folders = sorted({posixpath.basename(posixpath.dirname(m)) for m in images if source.selects(m)}
+                     or {posixpath.basename(posixpath.dirname(m)) for m in images})
     names = (classmap.names if classmap is not None else None) or tuple(folders)
     items, rejected = [], []
     for image in sorted(images):

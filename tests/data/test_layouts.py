@@ -439,8 +439,11 @@ def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
         return _list_items(data, Storage(), str(tmp_path / "staging"), task)
 
     _, everything_rejected, _ = listed()
-    items, rejected, _ = listed(**({"include": include} if include else {}), exclude=exclude)
+    items, rejected, folder_names = listed(**({"include": include} if include else {}), exclude=exclude)
     assert sorted(i["item_id"] for i in items) == expected
+    if layout == "class_folders":  # without a class list, a left-out folder is no class
+        classes = None
+        assert listed(include=include, exclude=exclude)[2] == ("quartz",)
     assert len(rejected) == len(everything_rejected)  # left out is not quarantined
     with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ usable images"):
         listed(include=["no-such-*"])
