@@ -658,12 +658,12 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
     images = [m for m in container.members if _is_image(m)]
     # a class folder that include / exclude leave out entirely is no class (it would never be trained); globs that
     # leave nothing are reported once the items are listed
-    folders = sorted({posixpath.basename(posixpath.dirname(m)) for m in images if source.selects(m)}
-                     or {posixpath.basename(posixpath.dirname(m)) for m in images})
+    folder_of = {m: posixpath.basename(posixpath.dirname(m)) for m in images}
+    folders = sorted({folder_of[m] for m in images if source.selects(m)} or set(folder_of.values()))
     names = (classmap.names if classmap is not None else None) or tuple(folders)
     items, rejected = [], []
     for image in sorted(images):
-        folder = posixpath.basename(posixpath.dirname(image))
+        folder = folder_of[image]
         if folder not in names:
             rejected.append(Rejected(container.describe(image), f"folder {folder!r} is not a configured class"))
             continue
