@@ -93,6 +93,15 @@ def _keyed(container: Container, names, base: str, what: str, key_of=None,
     return unique, rejected
 
 
+def _chosen(source: SourceSettings, images: list[str]) -> tuple[list[str], list[str]]:
+    """``images`` split into those the source's ``include`` / ``exclude`` keep and those they leave out; readers
+    that pair files by name choose first, so a left-out file neither pairs nor makes a kept one ambiguous."""
+    kept, left_out = [], []
+    for m in images:
+        (kept if source.selects(m) else left_out).append(m)
+    return kept, left_out
+
+
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES) and not posixpath.basename(path).startswith(".")
 
@@ -283,9 +292,10 @@ def _looks_voc(probe: LayoutProbe) -> bool:
 def read_voc(container: Container, prefix: str, source: SourceSettings, storage: Storage,
              classmap: ClassMap | None) -> LayoutItems:
     root = _find_root(list(container.members), "JPEGImages", "SegmentationClass")
-    images, rejected = _keyed(container, [m for m in container.members
-                                          if m.startswith(f"{root}JPEGImages/") and _is_image(m)],
-                              f"{root}JPEGImages/", "image")
+    chosen, left_out = _chosen(source, [m for m in container.members
+                                        if m.startswith(f"{root}JPEGImages/") and _is_image(m)])
+    images, rejected = _keyed(container, chosen, f"{root}JPEGImages/", "image")
+    skipped = {_without_extension(m[len(f"{root}JPEGImages/"):]) for m in left_out} - set(images)
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}SegmentationClass/")
                                           and m.lower().endswith(MASK_SUFFIXES)], f"{root}SegmentationClass/", "mask")
     rejected += bad_masks + _outside_root(container, root, ("JPEGImages", "SegmentationClass"))
@@ -297,13 +307,13 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                 for line in read_ref(container.members[name], storage).decode().split():
                     listed[line.strip()] = split
     items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images
-    for key in sorted(masks):
+    for key in sorted(set(masks) - skipped):
         if key not in images:
             rejected.append(Rejected(container.describe(masks[key]), f"mask without an image JPEGImages/{key}.jpg"))
             continue
         items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
                                mask=container.members[masks[key]], mask_name=masks[key], layout_split=listed.get(key)))
-    for stem in sorted(set(listed) - set(masks)):
+    for stem in sorted(set(listed) - set(masks) - skipped):
         rejected.append(Rejected(f"{container.uri}!{root}ImageSets/Segmentation", f"lists {stem!r}, which has no mask"))
     return LayoutItems(items, rejected)
 
@@ -353,10 +363,17 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
             fits = [i for i in here if scene_in(name, groups[i][2]) is not None]
             if fits:
                 claimed[max(fits, key=lambda i: len(groups[i][2]))].append(member)
+            elif not source.selects(member):  # left out on purpose: not reported
+                continue
             else:
                 patterns = " or ".join(repr(groups[i][2]) for i in here)
                 rejected.append(Rejected(container.describe(member), f"the name does not match "
                                          f"{'channels[].' if declared else ''}image_pattern {patterns}"))
+    # include / exclude choose scenes by the first entry's image, before two files of one name count as ambiguous
+    # (s1.jpg + s1.png with include '*.jpg' is s1.jpg); a left-out scene's other images and mask are not reported
+    claimed[0], left_out = _chosen(source, claimed[0])
+    base, pattern = f"{root}{groups[0][1]}/", groups[0][2]
+    skipped = {scene_key(pattern)(_without_extension(m[len(base):])) for m in left_out}
     images = []  # per channel entry: scene key -> member
     for (group, folder, pattern), members in zip(groups, claimed):
         what = f"{group.name} image" if declared else "image"
@@ -368,8 +385,9 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                               scene_key(source.mask_pattern),
                               f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, folders)
+    skipped -= set(images[0])
     items = []
-    scenes = sorted(set().union(*images))
+    scenes = sorted(set().union(*images) - skipped)
     for key in scenes:
         present = [keyed.get(key) for keyed in images]
         lacking = [named(key, folder, pattern) for (group, folder, pattern), found in zip(groups, present)
@@ -387,7 +405,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                                   "bands": group.bands} for (group, _, _), found in zip(groups, present)]
         items.append(make_item(container, prefix, present[0], item_key=key, source_key=key,
                                mask=container.members[masks[key]], mask_name=masks[key], **extra))
-    for key in sorted(set(masks) - set(scenes)):
+    for key in sorted(set(masks) - set(scenes) - skipped):
         _, folder, pattern = groups[0]
         rejected.append(Rejected(container.describe(masks[key]),
                                  f"mask without an image {named(key, folder, pattern)}"))

@@ -328,7 +328,9 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         listed = entry.read(container, prefix, source, storage, classmap)
         listed_items, listed_rejected = listed.items, listed.rejected
         if source.include is not None or source.exclude:
-            listed_items = _selected(listed_items, source, index)
+            unselected = source.model_copy(update={"include": None, "exclude": []})
+            listed_items = _selected(listed_items, source, index,
+                                     lambda: entry.read(container, prefix, unselected, storage, classmap).items)
             # images the globs leave out are not reported either (e.g. a left-out photograph without its mask);
             # other rejections (an annotation file, the source itself) always are
             listed_rejected = [r for r in listed_rejected if not r.file.lower().endswith(IMAGE_SUFFIXES)
@@ -353,14 +355,18 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
     return items, rejected, folder_names
 
 
-def _selected(items: list[dict], source, index: int) -> list[dict]:
+def _selected(items: list[dict], source, index: int, unselected) -> list[dict]:
     """The items a source's ``include`` / ``exclude`` globs keep (the others are left out on purpose: not quarantined).
+
+    ``items`` are what the layout reader listed (readers that pair files by name apply the globs themselves);
+    ``unselected()`` lists the source without the globs, read only when none are kept, to tell globs that match
+    nothing from a source with no usable images.
 
     Raises:
         InputError: the globs leave none of the source's usable images, naming the keys and a few of the names.
     """
     kept = [item for item in items if source.selects(item["image_name"])]
-    if items and not kept:
+    if not kept and (items := items or unselected()):
         given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
                                                                  ("exclude", source.exclude)) if value)
         shown = ", ".join(sorted(item["image_name"] for item in items)[:5])

@@ -178,6 +178,11 @@ def test_images_of_a_scene_in_one_folder_go_to_the_pattern_that_fits_best(tmp_pa
     # notes_scan.png fits the bare '{scene}' pattern: a ppl image of scene 'notes_scan' without its xpl image
     assert [r.reason for r in listed.rejected] == [
         "scene 'notes_scan' has no images/notes_scan_xpl.*, no masks/notes_scan.*"]
+    # include / exclude choose scenes by their first entry's image: a left-out scene's xpl image and mask (and a
+    # left-out stray) are not reported
+    chosen = read(channels=[{"name": "ppl"}, {"name": "xpl", "image_pattern": "{scene}_xpl"}],
+                  exclude=["s1.png", "notes_*"])
+    assert [i["item_id"] for i in chosen.items] == ["side/s0", "side/s2"] and chosen.rejected == []
     grey = read(image_pattern="{scene}_xpl", channels=[{"name": "bse", "mode": "grey"}])
     assert [i["item_id"] for i in grey.items] == ["side/s0", "side/s1", "side/s2"]  # the source's pattern
     channel = grey.items[0]["channels"][0]

@@ -153,11 +153,11 @@ def test_a_registered_layout_prepares_for_training(ray_session, side_by_side, tm
 # -- the same file name in different subfolders, in every layout (items in = used + quarantined) ---------
 
 
-def _read(root, layout, classes=NINE):
+def _read(root, layout, classes=NINE, **selection):
     from minseg.data.classmap import ClassMap
 
     storage = Storage()
-    data = validate_config({"sources": [{"uri": str(root), "layout": str(layout)}], "classes": classes},
+    data = validate_config({"sources": [{"uri": str(root), "layout": str(layout), **selection}], "classes": classes},
                            DataSettings)
     container = open_container(str(root), LimitSettings(), storage)
     return get_layout(layout).read(container, "src", data.sources[0], storage, ClassMap.from_settings(data.classes))
@@ -189,6 +189,25 @@ def test_mask_folders_pair_by_path_below_their_roots(tmp_path, layout):
     assert len(ambiguous) == 2 and all("siteA/002" in r.reason for r in ambiguous)
     images_in = 5  # 4 jpg + 1 png
     assert len(listed.items) + len([r for r in listed.rejected if images_dir in r.file]) == images_in
+
+
+@pytest.mark.parametrize("layout", [DatasetLayout.PAIRED, DatasetLayout.VOC])
+def test_globs_choose_before_same_named_files_are_ambiguous(tmp_path, layout):
+    """Readers that pair by name apply include / exclude first: 002.jpg beside 002.png is no ambiguity when the
+    globs keep only one of them, and the masks of left-out images are not reported as masks without an image."""
+    images_dir, masks_dir = ("images", "masks") if layout is DatasetLayout.PAIRED else ("JPEGImages",
+                                                                                        "SegmentationClass")
+    _two_sites(tmp_path, images_dir, masks_dir)
+    (tmp_path / images_dir / "siteA" / "002.png").write_bytes(png_bytes(render_section(7, 16, 16)[0]))
+    listed = _read(tmp_path, layout, include=["*.jpg"])
+    assert sorted(item["image_name"].split("/", 1)[1] for item in listed.items) == [
+        "siteA/001.jpg", "siteA/002.jpg", "siteB/001.jpg", "siteB/002.jpg"]
+    assert listed.rejected == []
+    listed = _read(tmp_path, layout, exclude=["siteA/*"])  # siteA's masks lose their images on purpose
+    assert sorted(item["item_id"] for item in listed.items) == ["src/siteB/001", "src/siteB/002"]
+    assert listed.rejected == []
+    listed = _read(tmp_path, layout, exclude=["siteA/002.png"])  # the kept .jpg pairs with the mask
+    assert len(listed.items) == 4 and listed.rejected == []
 
 
 def test_coco_and_labelme_keep_subfolders_in_item_ids(tmp_path):
