@@ -11,7 +11,10 @@ A layout is registered with its reader (one signature for all, see :data:`Layout
 the predicate ``detect_layout`` tries for ``layout: auto`` (in ``priority`` order, lowest
 first), the task it trains and a hint for the "cannot recognise" error. The
 :class:`~minseg.enums.DatasetLayout` enum stays the validated config value; every
-member but ``AUTO`` has exactly one reader (checked at import).
+member but ``AUTO`` has exactly one reader (checked at import). A reader applies the
+source's ``include`` / ``exclude`` globs (``source.selects``) to its images before it pairs,
+keys or checks them, and lists what they leave out in ``LayoutItems.left_out``; the pipeline
+keeps only selected items of a reader that does not.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ def _keyed(container: Container, names, base: str, what: str, key_of=None,
 
 
 def _chosen(source: SourceSettings, images: list[str]) -> tuple[list[str], list[str]]:
-    """``images`` split into those the source's ``include`` / ``exclude`` keep and those they leave out; readers
-    that pair files by name choose first, so a left-out file neither pairs nor makes a kept one ambiguous."""
+    """``images`` split into those the source's ``include`` / ``exclude`` keep and those they leave out. Every
+    reader chooses before it pairs, keys or checks anything, so a left-out file is never reported, never pairs and
+    never makes a kept one ambiguous."""
     kept, left_out = [], []
     for m in images:
         (kept if source.selects(m) else left_out).append(m)
@@ -126,12 +130,14 @@ class LayoutItems:
     """What a layout reader found in one source.
 
     ``items``: item dicts (see the module doc); ``rejected``: files not used and why;
-    ``class_names``: the class names the layout itself names (class folders), else None.
+    ``class_names``: the class names the layout itself names (class folders), else None; ``left_out``: the images
+    the source's ``include`` / ``exclude`` globs leave out (member names; neither items nor rejected).
     """
 
     items: list[dict] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     class_names: tuple[str, ...] | None = None
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -295,9 +301,12 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
     chosen, left_out = _chosen(source, [m for m in container.members
                                         if m.startswith(f"{root}JPEGImages/") and _is_image(m)])
     images, rejected = _keyed(container, chosen, f"{root}JPEGImages/", "image")
+    # a left-out image's mask (or its two same-named masks) is not reported
     skipped = {_without_extension(m[len(f"{root}JPEGImages/"):]) for m in left_out} - set(images)
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}SegmentationClass/")
-                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}SegmentationClass/", "mask")
+                                          and m.lower().endswith(MASK_SUFFIXES) and _without_extension(
+                                              m[len(f"{root}SegmentationClass/"):]) not in skipped],
+                              f"{root}SegmentationClass/", "mask")
     rejected += bad_masks + _outside_root(container, root, ("JPEGImages", "SegmentationClass"))
     listed: dict[str, str] = {}
     for name in container.members:
@@ -307,7 +316,7 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                 for line in read_ref(container.members[name], storage).decode().split():
                     listed[line.strip()] = split
     items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images
-    for key in sorted(set(masks) - skipped):
+    for key in sorted(masks):
         if key not in images:
             rejected.append(Rejected(container.describe(masks[key]), f"mask without an image JPEGImages/{key}.jpg"))
             continue
@@ -315,7 +324,7 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                                mask=container.members[masks[key]], mask_name=masks[key], layout_split=listed.get(key)))
     for stem in sorted(set(listed) - set(masks) - skipped):
         rejected.append(Rejected(f"{container.uri}!{root}ImageSets/Segmentation", f"lists {stem!r}, which has no mask"))
-    return LayoutItems(items, rejected)
+    return LayoutItems(items, rejected, left_out=left_out)
 
 
 def _looks_paired(probe: LayoutProbe) -> bool:
@@ -363,7 +372,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
             fits = [i for i in here if scene_in(name, groups[i][2]) is not None]
             if fits:
                 claimed[max(fits, key=lambda i: len(groups[i][2]))].append(member)
-            elif not source.selects(member):  # left out on purpose: not reported
+            elif not source.selects(member):  # left out: not reported
                 continue
             else:
                 patterns = " or ".join(repr(groups[i][2]) for i in here)
@@ -372,22 +381,25 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     # include / exclude choose scenes by the first entry's image, before two files of one name count as ambiguous
     # (s1.jpg + s1.png with include '*.jpg' is s1.jpg); a left-out scene's other images and mask are not reported
     claimed[0], left_out = _chosen(source, claimed[0])
-    base, pattern = f"{root}{groups[0][1]}/", groups[0][2]
-    skipped = {scene_key(pattern)(_without_extension(m[len(base):])) for m in left_out}
     images = []  # per channel entry: scene key -> member
-    for (group, folder, pattern), members in zip(groups, claimed):
+    skipped: set[str] = set()
+    for index, ((group, folder, pattern), members) in enumerate(zip(groups, claimed)):
         what = f"{group.name} image" if declared else "image"
-        keyed, bad = _keyed(container, members, f"{root}{folder}/", what, scene_key(pattern))
+        base, key_of = f"{root}{folder}/", scene_key(pattern)
+        members = [m for m in members if key_of(_without_extension(m[len(base):])) not in skipped]
+        keyed, bad = _keyed(container, members, base, what, key_of)
         images.append(keyed)
         rejected += bad
-    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}{masks_dir}/")
-                                          and m.lower().endswith(MASK_SUFFIXES)], f"{root}{masks_dir}/", "mask",
-                              scene_key(source.mask_pattern),
-                              f"the name does not match mask_pattern {source.mask_pattern!r}")
+        if index == 0:  # a left-out scene's other images and mask are not reported
+            skipped = {key_of(_without_extension(m[len(base):])) for m in left_out} - set(keyed)
+    base, key_of = f"{root}{masks_dir}/", scene_key(source.mask_pattern)
+    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(base)
+                                          and m.lower().endswith(MASK_SUFFIXES)
+                                          and key_of(_without_extension(m[len(base):])) not in skipped],
+                              base, "mask", key_of, f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, folders)
-    skipped -= set(images[0])
     items = []
-    scenes = sorted(set().union(*images) - skipped)
+    scenes = sorted(set().union(*images))
     for key in scenes:
         present = [keyed.get(key) for keyed in images]
         lacking = [named(key, folder, pattern) for (group, folder, pattern), found in zip(groups, present)
@@ -405,11 +417,11 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                                   "bands": group.bands} for (group, _, _), found in zip(groups, present)]
         items.append(make_item(container, prefix, present[0], item_key=key, source_key=key,
                                mask=container.members[masks[key]], mask_name=masks[key], **extra))
-    for key in sorted(set(masks) - set(scenes) - skipped):
+    for key in sorted(set(masks) - set(scenes)):
         _, folder, pattern = groups[0]
         rejected.append(Rejected(container.describe(masks[key]),
                                  f"mask without an image {named(key, folder, pattern)}"))
-    return LayoutItems(items, rejected)
+    return LayoutItems(items, rejected, left_out=left_out)
 
 
 def _instance_roots(members, images_dir: str, masks_dir: str) -> dict[str, dict[str, list[str]]]:
@@ -463,9 +475,14 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
     rejected = [Rejected(container.describe(name), f"not an image in an <id>/{images_dir}/ folder nor a mask "
                          f"({', '.join(MASK_SUFFIXES)}) in an <id>/{masks_dir}/ folder")
                 for name in sorted(container.members) if name not in used and _is_image(name)]
-    items = []
+    items, left_out = [], []
     for root, found in sorted(roots.items()):
         where = root or "./"
+        if found["images"]:  # a folder whose images are all left out is left out whole (its masks unreported)
+            found["images"], dropped = _chosen(source, found["images"])
+            left_out += dropped
+            if dropped and not found["images"]:
+                continue
         if len(found["images"]) != 1:
             reason = (f"no image in {where}/{images_dir}/ for these masks" if not found["images"] else
                       f"{where}/{images_dir}/ holds {len(found['images'])} images; one image per instance folder")
@@ -492,7 +509,7 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
         items.append(make_item(container, prefix, found["images"][0], item_key=key, source_key=key,
                                instances=[container.members[n] for n in kept], instance_names=kept,
                                instance_codes=codes, background_code=0))
-    return LayoutItems(items, rejected)
+    return LayoutItems(items, rejected, left_out=left_out)
 
 
 def _folder_split(path: str) -> str | None:
@@ -555,7 +572,7 @@ def _category_zero(document: dict) -> str | None:
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
 def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
               classmap: ClassMap | None) -> LayoutItems:
-    items, rejected = [], []
+    items, rejected, left_out = [], [], []
     annotation_files = [m for m in container.members if m.lower().endswith(".json")]
     for json_name in sorted(annotation_files):
         try:
@@ -576,6 +593,9 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         for entry in document["images"]:
             image = member_path(folder, entry["file_name"])
             where = container.describe(image)
+            if not source.selects(image):  # left out: listed or not, it is not reported
+                left_out.append(image)
+                continue
             if image not in container.members:
                 rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but missing"))
                 continue
@@ -600,9 +620,9 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                 polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
                 layout_split=_folder_split(image),
             ))
-    if not items and not rejected:
+    if not items and not rejected and not left_out:
         raise InputError(f"{container.uri}: no COCO annotation file with images and annotations")
-    return LayoutItems(items, rejected)
+    return LayoutItems(items, rejected, left_out=left_out)
 
 
 def _looks_labelme(probe: LayoutProbe) -> bool:
@@ -618,7 +638,7 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
     if classmap is None:
         raise InputError("Labelme sources need data.classes (labels are matched by class name)")
     names = classmap.names
-    items, rejected = [], []
+    items, rejected, left_out = [], [], []
     images = {posixpath.splitext(m)[0]: m for m in container.members if _is_image(m)}
     for json_name in sorted(m for m in container.members if m.lower().endswith(".json")):
         where = container.describe(json_name)
@@ -635,6 +655,9 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
             shown = f"{listed!r}, resolved to {container.describe(resolved)}" if listed else "none given"
             rejected.append(Rejected(where, f"its image is missing (imagePath {shown}; no image named like the "
                                             "JSON beside it either)"))
+            continue
+        if not source.selects(image):  # left out: its annotation is not checked nor reported
+            left_out.append(image)
             continue
         shapes, problem = [], None
         for shape in document.get("shapes", []):
@@ -659,7 +682,7 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
         size = [int(document["imageHeight"]), int(document["imageWidth"])] if "imageHeight" in document else None
         key = posixpath.splitext(image)[0]  # the image's path in the source: subfolders kept
         items.append(make_item(container, prefix, image, item_key=key, source_key=key, polygons=shapes, size=size))
-    return LayoutItems(items, rejected)
+    return LayoutItems(items, rejected, left_out=left_out)
 
 
 def _looks_class_folders(probe: LayoutProbe) -> bool:
@@ -673,12 +696,10 @@ def _looks_class_folders(probe: LayoutProbe) -> bool:
 def read_class_folders(container: Container, prefix: str, source: SourceSettings, storage: Storage,
                        classmap: ClassMap | None) -> LayoutItems:
     """Classes are the configured names when a class map is given, else the folder names (sorted)."""
-    images = [m for m in container.members if _is_image(m)]
-    # a class folder that include / exclude leave out entirely is no class (it would never be trained); globs that
-    # leave nothing are reported once the items are listed
+    # a class folder that include / exclude leave out entirely is no class (it would never be trained)
+    images, left_out = _chosen(source, [m for m in container.members if _is_image(m)])
     folder_of = {m: posixpath.basename(posixpath.dirname(m)) for m in images}
-    folders = sorted({folder_of[m] for m in images if source.selects(m)} or set(folder_of.values()))
-    names = (classmap.names if classmap is not None else None) or tuple(folders)
+    names = (classmap.names if classmap is not None else None) or tuple(sorted(set(folder_of.values())))
     items, rejected = [], []
     for image in sorted(images):
         folder = folder_of[image]
@@ -690,7 +711,7 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
     for m in container.members:
         if not _is_image(m):
             rejected.append(Rejected(container.describe(m), "not an image"))
-    return LayoutItems(items, rejected, names)
+    return LayoutItems(items, rejected, names, left_out)
 
 
 def _check_registry() -> None:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minseg.data.classmap import ClassMap
-from minseg.data.config import DataSettings, LimitSettings, TilingSettings
+from minseg.data.config import DataSettings, LimitSettings, SourceSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask
-from minseg.data.layouts import IMAGE_SUFFIXES, decode_coco_rle, detect_layout, get_layout
+from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, Task
@@ -328,13 +328,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         listed = entry.read(container, prefix, source, storage, classmap)
         listed_items, listed_rejected = listed.items, listed.rejected
         if source.include is not None or source.exclude:
-            unselected = source.model_copy(update={"include": None, "exclude": []})
-            listed_items = _selected(listed_items, source, index,
-                                     lambda: entry.read(container, prefix, unselected, storage, classmap).items)
-            # images the globs leave out are not reported either (e.g. a left-out photograph without its mask);
-            # other rejections (an annotation file, the source itself) always are
-            listed_rejected = [r for r in listed_rejected if not r.file.lower().endswith(IMAGE_SUFFIXES)
-                               or source.selects(r.file.rsplit("!", 1)[-1])]
+            listed_items = _selected(listed, source, index)
         if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
             for item in listed_items:
                 item.setdefault("channels", [{"ref": item["image"], "name": item["image_name"],
@@ -355,25 +349,26 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
     return items, rejected, folder_names
 
 
-def _selected(items: list[dict], source, index: int, unselected) -> list[dict]:
-    """The items a source's ``include`` / ``exclude`` globs keep (the others are left out on purpose: not quarantined).
-
-    ``items`` are what the layout reader listed (readers that pair files by name apply the globs themselves);
-    ``unselected()`` lists the source without the globs, read only when none are kept, to tell globs that match
-    nothing from a source with no usable images.
+def _selected(listed: LayoutItems, source: SourceSettings, index: int) -> list[dict]:
+    """The items a source's ``include`` / ``exclude`` globs keep. The layout readers choose before they pair or
+    check anything (left-out images are neither items nor rejected); this checks the outcome, and keeps the
+    selection for a registered reader that does not choose itself.
 
     Raises:
-        InputError: the globs leave none of the source's usable images, naming the keys and a few of the names.
+        InputError: the globs keep no image of the source (none listed, none quarantined), naming the keys and a
+            few of the images they leave out.
     """
-    kept = [item for item in items if source.selects(item["image_name"])]
-    if not kept and (items := items or unselected()):
+    kept = [item for item in listed.items if source.selects(item["image_name"])]
+    left_out = list(listed.left_out) + [item["image_name"] for item in listed.items
+                                        if not source.selects(item["image_name"])]
+    if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES) for r in listed.rejected):
         given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
                                                                  ("exclude", source.exclude)) if value)
-        shown = ", ".join(sorted(item["image_name"] for item in items)[:5])
-        raise InputError(f"data.sources[{index}]: {given} leave none of its {len(items)} usable images ({shown}"
-                         f"{', ...' if len(items) > 5 else ''}); a glob matches the last parts of an image's path, "
+        shown = ", ".join(sorted(left_out)[:5])
+        raise InputError(f"data.sources[{index}]: {given} leave none of its {len(left_out)} images ({shown}"
+                         f"{', ...' if len(left_out) > 5 else ''}); a glob matches the last parts of an image's path, "
                          "case-sensitively, e.g. 'a*.jpg' or 'site1/*'")
-    log_event(log, "data.source.selected", source=source.uri, kept=len(kept), left_out=len(items) - len(kept))
+    log_event(log, "data.source.selected", source=source.uri, kept=len(kept), left_out=len(left_out))
     return kept
 
 

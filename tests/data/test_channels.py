@@ -183,6 +183,14 @@ def test_images_of_a_scene_in_one_folder_go_to_the_pattern_that_fits_best(tmp_pa
     chosen = read(channels=[{"name": "ppl"}, {"name": "xpl", "image_pattern": "{scene}_xpl"}],
                   exclude=["s1.png", "notes_*"])
     assert [i["item_id"] for i in chosen.items] == ["side/s0", "side/s2"] and chosen.rejected == []
+    (root / "images" / "s1_xpl.tif").write_bytes(png_bytes(image))  # two xpl images of the left-out scene
+    container = open_container(str(root), LimitSettings(), storage)
+    chosen = read(channels=[{"name": "ppl"}, {"name": "xpl", "image_pattern": "{scene}_xpl"}],
+                  exclude=["s1.png", "notes_*"])
+    assert len(chosen.items) == 2 and chosen.rejected == [] and sorted(chosen.left_out) == ["images/notes_scan.png",
+                                                                                    "images/s1.png"]
+    (root / "images" / "s1_xpl.tif").unlink()
+    container = open_container(str(root), LimitSettings(), storage)
     grey = read(image_pattern="{scene}_xpl", channels=[{"name": "bse", "mode": "grey"}])
     assert [i["item_id"] for i in grey.items] == ["side/s0", "side/s1", "side/s2"]  # the source's pattern
     channel = grey.items[0]["channels"][0]

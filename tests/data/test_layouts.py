@@ -203,9 +203,13 @@ def test_globs_choose_before_same_named_files_are_ambiguous(tmp_path, layout):
     assert sorted(item["image_name"].split("/", 1)[1] for item in listed.items) == [
         "siteA/001.jpg", "siteA/002.jpg", "siteB/001.jpg", "siteB/002.jpg"]
     assert listed.rejected == []
-    listed = _read(tmp_path, layout, exclude=["siteA/*"])  # siteA's masks lose their images on purpose
+    assert listed.left_out == [f"{images_dir}/siteA/002.png"]
+    # siteA's masks lose their images on purpose: not reported, not even two of one name
+    (tmp_path / masks_dir / "siteA" / "001.tif").write_bytes((tmp_path / masks_dir / "siteA" / "001.png").read_bytes())
+    listed = _read(tmp_path, layout, exclude=["siteA/*"])
     assert sorted(item["item_id"] for item in listed.items) == ["src/siteB/001", "src/siteB/002"]
-    assert listed.rejected == []
+    assert listed.rejected == [] and len(listed.left_out) == 3
+    (tmp_path / masks_dir / "siteA" / "001.tif").unlink()
     listed = _read(tmp_path, layout, exclude=["siteA/002.png"])  # the kept .jpg pairs with the mask
     assert len(listed.items) == 4 and listed.rejected == []
 
@@ -231,6 +235,17 @@ def test_coco_and_labelme_keep_subfolders_in_item_ids(tmp_path):
         (labelme / site / "001.json").write_text(json.dumps({"imagePath": "001.png", "shapes": []}))
     listed = _read(labelme, DatasetLayout.LABELME)
     assert sorted(i["item_id"] for i in listed.items) == ["src/siteA/001", "src/siteB/001"] and not listed.rejected
+
+    # left out before anything is checked: a listed image that is missing, an annotation with an unknown label
+    document["images"].append({"id": 9, "file_name": "siteC/lost.jpg", "height": 16, "width": 16})
+    (coco / "_annotations.coco.json").write_text(json.dumps(document))
+    listed = _read(coco, DatasetLayout.COCO, exclude=["siteC/*"])
+    assert len(listed.items) == 2 and not listed.rejected and listed.left_out == ["siteC/lost.jpg"]
+    (labelme / "siteB" / "001.json").write_text(json.dumps({"imagePath": "001.png", "shapes": [
+        {"label": "unobtainium", "points": [[1, 1], [5, 5]], "shape_type": "rectangle"}]}))
+    listed = _read(labelme, DatasetLayout.LABELME, exclude=["siteB/*"])
+    assert [i["item_id"] for i in listed.items] == ["src/siteA/001"] and not listed.rejected
+    assert "unobtainium" in _read(labelme, DatasetLayout.LABELME).rejected[0].reason
 
 
 def test_labelme_saved_on_windows(tmp_path):
@@ -397,6 +412,13 @@ def test_instance_mask_folders_are_merged_and_every_folder_is_used(tmp_path):
     without = validate_config({"sources": [{"uri": str(root)}], "classes": classes}, DataSettings)
     with pytest.raises(ValueError, match="their class is not said: set the source's instance_class"):
         _list_items(without, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    # include / exclude choose each folder's images first: extra.png left out leaves cell03 one image; a folder
+    # whose image is left out goes whole, its masks unreported
+    chosen = validate_config({"sources": [{"uri": str(root), "instance_class": "nucleus", "exclude": [
+        "extra.png", "cell0[4-9]/*/*"]}], "classes": classes}, DataSettings)
+    items, rejected, _ = _list_items(chosen, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    assert "stage1_train/cell03" in {i["item_id"] for i in items} and len(items) == 24  # 30 - cell04..09
+    assert not any("cell03" in r.file or "cell07" in r.file for r in rejected)
 
 
 def test_instance_sizes_reach_the_dataset_statistics(ray_session, tmp_path):
@@ -464,7 +486,7 @@ def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
         classes = None
         assert listed(include=include, exclude=exclude)[2] == ("quartz",)
     assert len(rejected) == len(everything_rejected)  # left out is not quarantined
-    with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ usable images"):
+    with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ images"):
         listed(include=["no-such-*"])
 
 
