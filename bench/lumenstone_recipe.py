@@ -17,6 +17,11 @@ on the test split at the recipe's scale (row ``pixel-qda-rgb``).
     python bench/lumenstone_recipe.py --reuse    # keep the members a previous run trained; evaluate again
     python bench/lumenstone_recipe.py --pixel-baseline   # ~1 min; needs the run's data/splits.json
     python bench/lumenstone_recipe.py --pool configs/lumenstone_cu_ni.yaml configs/lumenstone_polymetallic.yaml
+    python bench/lumenstone_recipe.py --config configs/lumenstone_cu_ni.yaml \
+        --set data.split.seed=1 --set run.name=lumenstone-cu-ni-split1   # the same recipe on another split
+
+``--set KEY=VALUE`` overrides a config value as ``minseg train --set`` does (give the run another name so its
+members do not mix with the recipe's); the CSV's config column records the overrides.
 
 ``--pool`` sums the confusion matrices of several finished evaluations (the two ore-assemblage recipes) over the
 union of their classes: one collection-wide table (per-class IoU, mIoU) for the selected ensembles and for the
@@ -105,7 +110,7 @@ def recipe(args, config) -> None:
         evaluated = time.monotonic()
         evaluation = evaluate_ensemble(config)
         for row in report(evaluation, config.evaluation.name):
-            emit({"date": time.strftime("%Y-%m-%d"), "config": args.config, **row,
+            emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args), **row,
                   "member_epochs": json.dumps(epochs), "slowest_member_seconds": member_seconds,
                   "train_call_seconds": call_seconds,
                   "evaluation_wall_seconds": round(time.monotonic() - evaluated)}, args.csv)
@@ -149,7 +154,7 @@ def pixel_baseline(args, config) -> None:
     metrics = metrics_from_confusion(confusion.matrix.numpy(), classmap.names)
     print(f"pixel-qda-rgb (RGB per pixel, no context), test mIoU {metrics['miou']:.3f}: "
           + ", ".join(f"{k} {v:.2f}" for k, v in zip(metrics["classes"], metrics["iou"])))
-    emit({"date": time.strftime("%Y-%m-%d"), "config": args.config, "evaluation": "pixel-baseline",
+    emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args), "evaluation": "pixel-baseline",
           "candidate": "pixel-qda-rgb", "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)},
          args.csv)
 
@@ -190,6 +195,11 @@ def pooled(args) -> None:
               "candidate": label, "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)}, args.csv)
 
 
+def _config_label(args) -> str:
+    """The config path and its ``--set`` overrides, as typed: a CSV row names the exact run it measured."""
+    return " ".join([args.config] + [f"--set {pair}" for pair in args.set or []])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/lumenstone_cpu.yaml")
@@ -197,6 +207,8 @@ def main() -> None:
     parser.add_argument("--pixel-baseline", action="store_true", help="score the per-pixel RGB reference instead")
     parser.add_argument("--pool", nargs="+", metavar="CONFIG",
                         help="pool the test splits of these recipes' finished evaluations into one table")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.split.seed=1 (repeatable)")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
     if args.pool:  # reads finished evaluations only
@@ -204,8 +216,9 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"bench/lumenstone_recipe.py needs the LumenStone sections at {DATA}")
     from minseg.config import MinsegConfig, load_config
+    from minseg.config.base import parse_set_options
 
-    config = load_config(ROOT / args.config, MinsegConfig)
+    config = load_config(ROOT / args.config, MinsegConfig, overrides=parse_set_options(args.set))
     (pixel_baseline if args.pixel_baseline else recipe)(args, config)
 
 
