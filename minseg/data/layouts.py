@@ -77,12 +77,10 @@ def _keyed(container: Container, names, base: str, what: str, key_of=None,
     keyed: dict[str, list[str]] = defaultdict(list)
     rejected = []
     for name in names:
-        key = _without_extension(name[len(base):])
-        if key_of is not None:
-            key = key_of(key)
-            if key is None:
-                rejected.append(Rejected(container.describe(name), unmatched))
-                continue
+        key = _key_below(name, base, key_of)
+        if key is None:
+            rejected.append(Rejected(container.describe(name), unmatched))
+            continue
         keyed[key].append(name)
     unique = {}
     for key, found in keyed.items():
@@ -104,6 +102,13 @@ def _chosen(source: SourceSettings, images: list[str]) -> tuple[list[str], list[
     for m in images:
         (kept if source.selects(m) else left_out).append(m)
     return kept, left_out
+
+
+def _key_below(name: str, base: str, key_of=None) -> str | None:
+    """A member's key: its path below ``base`` without the extension, mapped by ``key_of`` (a name pattern's
+    scene; None when the name does not fit) when given."""
+    key = _without_extension(name[len(base):])
+    return key if key_of is None else key_of(key)
 
 
 def _is_image(path: str) -> bool:
@@ -302,11 +307,11 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                                         if m.startswith(f"{root}JPEGImages/") and _is_image(m)])
     images, rejected = _keyed(container, chosen, f"{root}JPEGImages/", "image")
     # a left-out image's mask (or its two same-named masks) is not reported
-    skipped = {_without_extension(m[len(f"{root}JPEGImages/"):]) for m in left_out} - set(images)
-    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(f"{root}SegmentationClass/")
-                                          and m.lower().endswith(MASK_SUFFIXES) and _without_extension(
-                                              m[len(f"{root}SegmentationClass/"):]) not in skipped],
-                              f"{root}SegmentationClass/", "mask")
+    skipped = {_key_below(m, f"{root}JPEGImages/") for m in left_out} - set(images)
+    base = f"{root}SegmentationClass/"
+    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(base)
+                                          and m.lower().endswith(MASK_SUFFIXES) and _key_below(m, base) not in skipped],
+                              base, "mask")
     rejected += bad_masks + _outside_root(container, root, ("JPEGImages", "SegmentationClass"))
     listed: dict[str, str] = {}
     for name in container.members:
@@ -386,16 +391,16 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     for index, ((group, folder, pattern), members) in enumerate(zip(groups, claimed)):
         what = f"{group.name} image" if declared else "image"
         base, key_of = f"{root}{folder}/", scene_key(pattern)
-        members = [m for m in members if key_of(_without_extension(m[len(base):])) not in skipped]
+        members = [m for m in members if _key_below(m, base, key_of) not in skipped]
         keyed, bad = _keyed(container, members, base, what, key_of)
         images.append(keyed)
         rejected += bad
         if index == 0:  # a left-out scene's other images and mask are not reported
-            skipped = {key_of(_without_extension(m[len(base):])) for m in left_out} - set(keyed)
+            skipped = {_key_below(m, base, key_of) for m in left_out} - set(keyed)
     base, key_of = f"{root}{masks_dir}/", scene_key(source.mask_pattern)
     masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(base)
                                           and m.lower().endswith(MASK_SUFFIXES)
-                                          and key_of(_without_extension(m[len(base):])) not in skipped],
+                                          and _key_below(m, base, key_of) not in skipped],
                               base, "mask", key_of, f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, folders)
     items = []

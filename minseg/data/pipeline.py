@@ -358,9 +358,12 @@ def _selected(listed: LayoutItems, source: SourceSettings, index: int) -> list[d
         InputError: the globs keep no image of the source (none listed, none quarantined), naming the keys and a
             few of the images they leave out.
     """
-    kept = [item for item in listed.items if source.selects(item["image_name"])]
-    left_out = list(listed.left_out) + [item["image_name"] for item in listed.items
-                                        if not source.selects(item["image_name"])]
+    kept, left_out = [], list(listed.left_out)
+    for item in listed.items:  # each glob test once
+        if source.selects(item["image_name"]):
+            kept.append(item)
+        else:
+            left_out.append(item["image_name"])
     if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES) for r in listed.rejected):
         given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
                                                                  ("exclude", source.exclude)) if value)
