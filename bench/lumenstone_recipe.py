@@ -6,7 +6,7 @@ ensemble is chosen on the validation split; everything printed as "test" comes f
 chose nothing. Prints the members table, the RUEL-k table and the selected candidate with its gain over the
 best member on test (the issue's yardstick) and over the member ranked first on validation (the one the
 selection knows), then the same evaluation with flip test-time
-augmentation (evaluation name ``tta-flips``, beside ``ensemble``). One CSV row per candidate and evaluation
+augmentation (evaluation name ``tta-flips``, beside ``ensemble``; ``--tta none`` skips it). One CSV row per candidate and evaluation
 goes to bench/results/lumenstone_recipe.csv.
 
 ``--pixel-baseline`` scores a reference the members must beat: a quadratic discriminant (scikit-learn) on each
@@ -103,7 +103,7 @@ def recipe(args, config) -> None:
     member_seconds = round(max(r.wall_seconds for r in results))  # concurrent members: the slowest is the wall
     print(f"training: {len(results)} members, slowest {member_seconds} s; {call_seconds} s in this call"
           f"{' (finished members kept)' if args.reuse else ''}")
-    for tta in (TTA.NONE, TTA.FLIPS):
+    for tta in map(TTA, args.tta):
         config.evaluation = config.evaluation.model_validate(
             {**config.evaluation.model_dump(mode="json"), "tta": tta.value,
              "name": "ensemble" if tta is TTA.NONE else f"tta-{tta.value}"})
@@ -209,6 +209,8 @@ def main() -> None:
                         help="pool the test splits of these recipes' finished evaluations into one table")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.split.seed=1 (repeatable)")
+    parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=["none", "flips", "dihedral"],
+                        help="evaluations to run after training: plain (none) and / or test-time augmentation (flips, dihedral)")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
     if args.pool:  # reads finished evaluations only
