@@ -5,9 +5,9 @@ Runs the recipe's own commands in-process on the real sections (``../shared/data
 ensemble is chosen on the validation split; everything printed as "test" comes from the test split, which
 chose nothing. Prints the members table, the RUEL-k table and the selected candidate with its gain over the
 best member on test (the issue's yardstick) and over the member ranked first on validation (the one the
-selection knows), then the same evaluation with flip test-time
-augmentation (evaluation name ``tta-flips``, beside ``ensemble``; ``--tta none`` skips it). One CSV row per candidate and evaluation
-goes to bench/results/lumenstone_recipe.csv.
+selection knows), then the same evaluation with flip test-time augmentation (evaluation name ``tta-flips``,
+beside ``ensemble``; ``--tta none`` skips it). One CSV row per candidate and evaluation goes to
+bench/results/lumenstone_recipe.csv.
 
 ``--pixel-baseline`` scores a reference the members must beat: a quadratic discriminant (scikit-learn) on each
 pixel's RGB alone, no spatial context, fitted on 3000 pixels per training image of the same split and scored
@@ -19,6 +19,11 @@ on the test split at the recipe's scale (row ``pixel-qda-rgb``).
     python bench/lumenstone_recipe.py --pool configs/lumenstone_cu_ni.yaml configs/lumenstone_polymetallic.yaml
     python bench/lumenstone_recipe.py --config configs/lumenstone_cu_ni.yaml \
         --set data.split.seed=1 --set run.name=lumenstone-cu-ni-split1   # the same recipe on another split
+    python bench/lumenstone_recipe.py --config configs/lumenstone_cu_ni.yaml --split-seeds 0 1 2 --tta none
+
+``--split-seeds 0 1 2`` runs the recipe once per split seed (run ``<run.name>-split<seed>``, so seed 0 is a run of
+its own) and ends with the selected ensemble's test mIoU and gains as mean ± sd over the seeds: with four test
+photographs one split's gain can be luck.
 
 ``--set KEY=VALUE`` overrides a config value as ``minseg train --set`` does (give the run another name so its
 members do not mix with the recipe's); the CSV's config column records the overrides.
@@ -91,7 +96,9 @@ def report(evaluation, label: str) -> list[dict]:
             for c in evaluation.candidates]
 
 
-def recipe(args, config) -> None:
+def recipe(args, config, label: str | None = None) -> dict:
+    """Train (or keep, ``--reuse``) the members, evaluate once per ``--tta`` choice; CSV rows under ``label``
+    (default: the config as typed). Returns the selected candidate's row of the first evaluation."""
     from minseg.ensemble.evaluate import evaluate_ensemble
     from minseg.enums import TTA
     from minseg.train.ensemble import train_ensemble
@@ -103,17 +110,21 @@ def recipe(args, config) -> None:
     member_seconds = round(max(r.wall_seconds for r in results))  # concurrent members: the slowest is the wall
     print(f"training: {len(results)} members, slowest {member_seconds} s; {call_seconds} s in this call"
           f"{' (finished members kept)' if args.reuse else ''}")
+    first = None
     for tta in map(TTA, args.tta):
         config.evaluation = config.evaluation.model_validate(
             {**config.evaluation.model_dump(mode="json"), "tta": tta.value,
              "name": "ensemble" if tta is TTA.NONE else f"tta-{tta.value}"})
         evaluated = time.monotonic()
         evaluation = evaluate_ensemble(config)
-        for row in report(evaluation, config.evaluation.name):
-            emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args), **row,
+        rows = report(evaluation, config.evaluation.name)
+        for row in rows:
+            emit({"date": time.strftime("%Y-%m-%d"), "config": label or _config_label(args), **row,
                   "member_epochs": json.dumps(epochs), "slowest_member_seconds": member_seconds,
                   "train_call_seconds": call_seconds,
                   "evaluation_wall_seconds": round(time.monotonic() - evaluated)}, args.csv)
+        first = first or next(row for row in rows if row["selected"])
+    return first
 
 
 def pixel_baseline(args, config) -> None:
@@ -195,6 +206,42 @@ def pooled(args) -> None:
               "candidate": label, "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)}, args.csv)
 
 
+def split_seeds(args, config_of) -> None:
+    """The recipe once per split seed (``--split-seeds``): each seed's run is ``<run.name>-split<seed>``; prints
+    each seed's selected ensemble and its gains, then mean ± sd over the seeds (one CSV row, evaluation
+    ``split-seeds``). The test split of a small collection holds a few images, so one seed's gain can be the
+    split's luck; the spread says how much."""
+    import statistics
+
+    name = config_of({}).run.name
+    outcomes = []
+    for seed in args.split_seeds:
+        extra = {"data.split.seed": str(seed), "run.name": f"{name}-split{seed}"}
+        label = " ".join([_config_label(args)] + [f"--set {k}={v}" for k, v in extra.items()])
+        outcomes.append((seed, recipe(args, config_of(extra), label)))
+    columns = ("test_miou", "gain_over_best_member_on_test_pt", "gain_over_val_top_member_pt")
+    print(f"\n== the selected ensemble over split seeds {' '.join(map(str, args.split_seeds))} ==")
+    print(f"{'seed':>4} {'selected':<24} {'test mIoU':>9} {'gain over best member (pt)':>27} {'over val-top (pt)':>18}")
+    for seed, row in outcomes:
+        print(f"{seed:>4} {row['candidate']:<24} {row['test_miou']:>9.3f} {row[columns[1]]:>+27.1f} "
+              f"{row[columns[2]]:>+18.1f}")
+
+    def spread(column: str) -> tuple[float, float]:
+        values = [row[column] for _, row in outcomes]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    summary = {column: spread(column) for column in columns}
+    (miou, miou_sd), (best, best_sd), (top, top_sd) = summary.values()
+    print(f"mean ± sd over {len(outcomes)} seeds: test mIoU {miou:.3f} ± {miou_sd:.3f}; gain over the best member on "
+          f"test {best:+.1f} ± {best_sd:.1f} pt; over the member ranked first on validation {top:+.1f} ± "
+          f"{top_sd:.1f} pt")
+    emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args) + " --split-seeds "
+          + " ".join(map(str, args.split_seeds)), "evaluation": "split-seeds",
+          "candidate": f"selected, mean over {len(outcomes)} split seeds",
+          **{column: round(mean, 4) for column, (mean, _) in summary.items()},
+          **{f"{column}_sd": round(sd, 4) for column, (_, sd) in summary.items()}}, args.csv)
+
+
 def _config_label(args) -> str:
     """The config path and its ``--set`` overrides, as typed: a CSV row names the exact run it measured."""
     return " ".join([args.config] + [f"--set {pair}" for pair in args.set or []])
@@ -210,7 +257,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.split.seed=1 (repeatable)")
     parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=["none", "flips", "dihedral"],
-                        help="evaluations to run after training: plain (none) and / or test-time augmentation (flips, dihedral)")
+                        help="evaluations after training: plain (none) and / or test-time augmentation")
+    parser.add_argument("--split-seeds", nargs="+", type=int, metavar="SEED",
+                        help="the recipe once per split seed (run <run.name>-split<seed>); mean ± sd of the gains")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
     if args.pool:  # reads finished evaluations only
@@ -220,8 +269,12 @@ def main() -> None:
     from minseg.config import MinsegConfig, load_config
     from minseg.config.base import parse_set_options
 
-    config = load_config(ROOT / args.config, MinsegConfig, overrides=parse_set_options(args.set))
-    (pixel_baseline if args.pixel_baseline else recipe)(args, config)
+    def config_of(extra: dict[str, str]):
+        return load_config(ROOT / args.config, MinsegConfig, overrides={**parse_set_options(args.set), **extra})
+
+    if args.split_seeds:
+        return split_seeds(args, config_of)
+    (pixel_baseline if args.pixel_baseline else recipe)(args, config_of({}))
 
 
 if __name__ == "__main__":
