@@ -71,6 +71,8 @@ class EvaluationSettings(StrictModel):
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     overlays: int = Field(3, ge=0, description="test images drawn as image / truth / best member / ensemble")
     weight_fit_pixels: int = Field(200_000, ge=1000, description="validation pixels sampled to fit learned weights")
+    weight_fit_folds: int = Field(5, ge=2, description="learned candidates are scored on validation image by image "
+                                  "with weights fitted on the other images' folds (cross-fitting), not on their own")
     name: str = Field("ensemble", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
     @model_validator(mode="after")

@@ -37,6 +37,7 @@ from minseg.ensemble.selection import (
     Candidate,
     build_manifest,
     candidate_ensembles,
+    cross_fit_learned_weights,
     fit_learned_weights,
     rank_members,
     select,
@@ -69,6 +70,8 @@ class PassSpec:
     candidates: list[Candidate] = field(default_factory=list)
     sample_per_image: int = 0
     preview_ids: tuple[str, ...] = ()
+    # candidate key -> item id -> learned weights fitted without that image (validation images only)
+    held_out_weights: dict[str, dict[str, list]] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +99,8 @@ class EnsembleEvaluator:
                                        mean=spec.normalization["mean"], std=spec.normalization["std"],
                                        tta=spec.settings.tta)
         self.fusions = [Fusion.candidate(c.mode, c.weights) for c in spec.candidates]
+        self.held_out = {key: {item: torch.tensor(w, dtype=torch.float32) for item, w in weights.items()}
+                         for key, weights in spec.held_out_weights.items()}
 
     def __call__(self, batch: dict) -> dict:
         spec, classmap = self.spec, self.spec.classmap
@@ -113,7 +118,8 @@ class EnsembleEvaluator:
             for candidate, fusion in zip(spec.candidates, self.fusions):
                 started = time.perf_counter()
                 members = probs_t[[self.runtime.index[n] for n in candidate.members]]
-                labels, _ = fuse(members, fusion.mode, fusion.learned_weights)
+                weights = self.held_out.get(candidate.key, {}).get(item["item_id"], fusion.learned_weights)
+                labels, _ = fuse(members, fusion.mode, weights)
                 fusion_seconds.append(time.perf_counter() - started)
                 matrices.append(ConfusionMatrix(num_classes, ignore).update(labels[None], target[None]).matrix)
                 fused_labels[candidate.key] = labels
@@ -261,13 +267,15 @@ def prepare_evaluation_data(config: MinsegConfig, storage: Storage, run_uri: str
 
 @dataclass
 class Ranking:
-    """Members ranked on the ranking split, with the learned fusion weights fitted there (per k)."""
+    """Members ranked on the ranking split, with the learned fusion weights fitted there (per k) and, per k and
+    ranking-split image, the weights fitted without that image (what scores the learned candidates there)."""
 
     split: str
     order: list[str]
     metrics: dict[str, dict]
     learned: dict[int, list]
     pool: list[str]  # the voters, in rank order: what RUEL-k ensembles are built from
+    held_out: dict[int, dict[str, list]] = field(default_factory=dict)
 
 
 def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: PassSpec) -> Ranking:
@@ -284,14 +292,21 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
     pool = [name for name in order if settings.voters is None or name in settings.voters]
-    learned = {}
+    learned, held_out = {}, {}
     if wants_learned:
         positions = [next(i for i, m in enumerate(members) if m.name == name) for name in pool]
-        samples = [{"probs": s["probs"][positions], "truth": s["truth"]} for s in rows.sample if s is not None]
+        samples = {item: {"probs": s["probs"][positions], "truth": s["truth"]}
+                   for item, s in zip(rows.item_id, rows.sample) if s is not None}
+        fit = dict(num_classes=len(names), key=settings.rank_key, class_names=names,
+                   per_class=settings.learned_per_class, ignore_index=prepared.classmap.ignore_index)
         for k in range(max(2, settings.k_min), min(settings.k_max or len(pool), len(pool)) + 1):
-            learned[k] = fit_learned_weights(samples, k, len(names), settings.rank_key, names,
-                                             settings.learned_per_class, prepared.classmap.ignore_index)
-    return Ranking(split, order, metrics, learned, pool)
+            learned[k] = fit_learned_weights(list(samples.values()), k, **fit)
+            held_out[k] = cross_fit_learned_weights(samples, k, folds=settings.weight_fit_folds, **fit)
+        if len(samples) < 2:
+            log_event(log, "ensemble.learned_not_cross_fitted", logging.WARNING, split=split, images=len(samples),
+                      hint="one image: learned candidates are scored on the pixels their weights were fitted to, "
+                           "which favours them in the selection; give the split more images")
+    return Ranking(split, order, metrics, learned, pool, held_out)
 
 
 def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: PassSpec, ensembles: list[Candidate],
@@ -374,6 +389,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     ranking = rank_on_validation(members, prepared, spec)
     ensembles = candidate_ensembles(ranking.pool, settings, ranking.learned)
+    spec.held_out_weights = {c.key: ranking.held_out[len(c.members)] for c in ensembles
+                             if c.mode is FusionMode.LEARNED and ranking.held_out.get(len(c.members))}
     candidates, previews = score_candidates(members, prepared, spec, ensembles, ranking.split)
     if ranking.split == "test":
         why = ("evaluation.rank_on is test" if settings.rank_on == "test" else "the data has no validation split")
@@ -418,6 +435,9 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
                              "normalization": m.normalization} for m in members},
         "candidates": [c.to_document() for c in candidates],
+        # learned candidates' selection_metrics: each image of the selection split scored with weights fitted
+        # without it (k -> item id -> weights); absent k: scored with their own weights (one image)
+        "learned_held_out_weights": {str(k): weights for k, weights in ranking.held_out.items() if weights},
         "selected": chosen.key,
         "selection": settings.selection.model_dump(mode="json"),
         "tiling": spec.tiling.model_dump(mode="json"),

@@ -132,6 +132,30 @@ def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str,
     return weights.tolist()
 
 
+def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int, key: str, class_names,
+                              per_class: bool, ignore_index: int, folds: int) -> dict[str, list]:
+    """Out-of-fold learned weights, so that a learned candidate is not judged on the pixels its weights were fit
+    to: the images of ``samples`` (item id -> sample as in :func:`fit_learned_weights`) go round robin, in item id
+    order, into ``min(folds, images)`` folds, and every image gets the weights fitted on the other folds' samples.
+    Scoring each image with its own out-of-fold weights estimates how the weights fitted on every image will do on
+    images they never saw (the cross-validated level-one data of stacked generalisation: Wolpert 1992, Breiman
+    1996); the in-sample score is optimistic, and would favour ``learned`` over the modes that fit nothing.
+
+    Returns:
+        item id -> weights, every item of ``samples``; empty for fewer than two images (nothing to hold out).
+    """
+    ids = sorted(samples)
+    folds = min(folds, len(ids))
+    if folds < 2:
+        return {}
+    held_out: dict[str, list] = {}
+    for fold in range(folds):
+        fitted = fit_learned_weights([samples[i] for j, i in enumerate(ids) if j % folds != fold], k, num_classes,
+                                     key, class_names, per_class, ignore_index)
+        held_out.update({i: fitted for j, i in enumerate(ids) if j % folds == fold})
+    return held_out
+
+
 def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None) -> Candidate:
     """The best candidate by ``key`` on the selection split (validation: ``Candidate.choosing_metrics``; the test
     split only reports), ties: faster, then by name; within ``budget`` s/image for ``tpi_budget``.

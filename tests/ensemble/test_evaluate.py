@@ -149,6 +149,20 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
+def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(evaluation):
+    """Each validation image scores the learned candidates with weights fitted on the other images (the
+    document keeps them), not with the weights fitted on every validation image: those would flatter them."""
+    storage = Storage()
+    splits = json.loads(storage.read_text(f"{evaluation.document['run']}/data/splits.json"))
+    held_out = evaluation.document["learned_held_out_weights"]
+    assert len(splits["val"]) >= 2 and set(held_out) == {"2", "3"}
+    for k, weights in held_out.items():
+        assert set(weights) == set(splits["val"])
+        assert all(len(w) == int(k) for w in weights.values())
+        fitted = next(c.weights for c in evaluation.candidates if c.key == f"RUEL-{k}-LEARNED")
+        assert len(fitted) == int(k)
+
+
 def test_learned_weights_and_the_selection_never_see_the_test_split(trained_run, evaluation, tmp_path):
     """Replace every test mask: test metrics change; learned weights, validation scores and the choice must not."""
     config = copy.deepcopy(trained_run)

@@ -1,9 +1,10 @@
 """Choosing among candidates: validation chooses, the test split reports (no Ray)."""
 
+import numpy as np
 import pytest
 
 from minseg.demo import SlideScore, slide_comparison
-from minseg.ensemble.selection import Candidate, select
+from minseg.ensemble.selection import Candidate, cross_fit_learned_weights, fit_learned_weights, select
 from minseg.enums import FusionMode, SelectionRule
 
 
@@ -28,6 +29,35 @@ def test_without_validation_scores_the_test_split_chooses():
     assert select(pool, "miou", SelectionRule.BEST, None).key == "member:a"
     round_trip = Candidate.from_document(pool[1].to_document())
     assert round_trip.selection_metrics == {} and round_trip.choosing_metrics == {"miou": 0.70}
+
+
+def _sample(truth, right):
+    """Two members on one image: member ``right`` predicts ``truth`` (0.9), the other its opposite."""
+    onehot = np.stack([truth == 0, truth == 1]).astype(np.float16) * 0.8 + 0.1  # (C, P)
+    members = [onehot, onehot[::-1]] if right == 0 else [onehot[::-1], onehot]
+    return {"probs": np.stack(members), "truth": truth.astype(np.uint8)}
+
+
+def test_learned_weights_are_scored_on_images_they_were_not_fitted_to():
+    """Folds go round robin over sorted ids ({a, c} and {b, d}); member 1 is right on a and c, member 0 on b and d:
+    the weights each image is scored with were fitted on the other fold, so they favour the member wrong there.
+    Weights fitted in-sample would favour the right one and flatter the learned candidate."""
+    rng = np.random.default_rng(0)
+    samples = {item: _sample(rng.integers(0, 2, 400), right) for item, right in zip("abcd", (1, 0, 1, 0))}
+    fit = dict(num_classes=2, key="miou", class_names=["gangue", "pyrite"], per_class=False, ignore_index=255)
+    held_out = cross_fit_learned_weights(samples, 2, folds=2, **fit)
+    assert sorted(held_out) == list("abcd")
+    for item, right in zip("abcd", (1, 0, 1, 0)):
+        weights = held_out[item]
+        assert weights[1 - right] > weights[right], (item, weights)
+        others = [samples[i] for i in "abcd" if (i in "ac") != (item in "ac")]
+        assert weights == fit_learned_weights(others, 2, **fit)
+    # in-sample, image a alone would pick member 1 (what cross-fitting keeps out of its score)
+    alone = fit_learned_weights([samples["a"]], 2, **fit)
+    assert alone[1] > alone[0]
+    # more folds than images: one image per fold; one image: nothing to hold out
+    assert set(cross_fit_learned_weights(samples, 2, folds=9, **fit)) == set("abcd")
+    assert cross_fit_learned_weights({"a": samples["a"]}, 2, folds=5, **fit) == {}
 
 
 @pytest.mark.parametrize("best_member", [None, "halfunet-b"])
