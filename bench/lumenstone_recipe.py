@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import emit  # noqa: E402
+from minseg.config.base import parse_set_options  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "lumenstone"
 
@@ -220,7 +221,8 @@ def split_seeds(args, config_of) -> None:
         label = " ".join([_config_label(args)] + [f"--set {k}={v}" for k, v in extra.items()])
         outcomes.append((seed, recipe(args, config_of(extra), label)))
     columns = ("test_miou", "gain_over_best_member_on_test_pt", "gain_over_val_top_member_pt")
-    print(f"\n== the selected ensemble over split seeds {' '.join(map(str, args.split_seeds))} ==")
+    print(f"\n== the selected ensemble over split seeds {' '.join(map(str, args.split_seeds))} "
+          f"(evaluation {outcomes[0][1]['evaluation']}) ==")
     print(f"{'seed':>4} {'selected':<24} {'test mIoU':>9} {'gain over best member (pt)':>27} {'over val-top (pt)':>18}")
     for seed, row in outcomes:
         print(f"{seed:>4} {row['candidate']:<24} {row['test_miou']:>9.3f} {row[columns[1]]:>+27.1f} "
@@ -236,7 +238,7 @@ def split_seeds(args, config_of) -> None:
           f"test {best:+.1f} ± {best_sd:.1f} pt; over the member ranked first on validation {top:+.1f} ± "
           f"{top_sd:.1f} pt")
     emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args) + " --split-seeds "
-          + " ".join(map(str, args.split_seeds)), "evaluation": "split-seeds",
+          + " ".join(map(str, args.split_seeds)), "evaluation": f"split-seeds ({outcomes[0][1]['evaluation']})",
           "candidate": f"selected, mean over {len(outcomes)} split seeds",
           **{column: round(mean, 4) for column, (mean, _) in summary.items()},
           **{f"{column}_sd": round(sd, 4) for column, (_, sd) in summary.items()}}, args.csv)
@@ -251,23 +253,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/lumenstone_cpu.yaml")
     parser.add_argument("--reuse", action="store_true", help="keep the members a previous run trained (resume)")
-    parser.add_argument("--pixel-baseline", action="store_true", help="score the per-pixel RGB reference instead")
-    parser.add_argument("--pool", nargs="+", metavar="CONFIG",
-                        help="pool the test splits of these recipes' finished evaluations into one table")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--pixel-baseline", action="store_true", help="score the per-pixel RGB reference instead")
+    what.add_argument("--pool", nargs="+", metavar="CONFIG",
+                      help="pool the test splits of these recipes' finished evaluations into one table")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.split.seed=1 (repeatable)")
     parser.add_argument("--tta", nargs="+", default=["none", "flips"], choices=["none", "flips", "dihedral"],
                         help="evaluations after training: plain (none) and / or test-time augmentation")
-    parser.add_argument("--split-seeds", nargs="+", type=int, metavar="SEED",
-                        help="the recipe once per split seed (run <run.name>-split<seed>); mean ± sd of the gains")
+    what.add_argument("--split-seeds", nargs="+", type=int, metavar="SEED",
+                      help="the recipe once per split seed (run <run.name>-split<seed>); mean ± sd of the gains")
     parser.add_argument("--csv", default=str(ROOT / "bench" / "results" / "lumenstone_recipe.csv"))
     args = parser.parse_args()
+    if args.split_seeds and "data.split.seed" in parse_set_options(args.set):
+        parser.error("--split-seeds sets data.split.seed itself (run.name, from the config or --set, names the "
+                     "runs: <run.name>-split<seed>)")
     if args.pool:  # reads finished evaluations only
         return pooled(args)
     if not DATA.is_dir():
         sys.exit(f"bench/lumenstone_recipe.py needs the LumenStone sections at {DATA}")
     from minseg.config import MinsegConfig, load_config
-    from minseg.config.base import parse_set_options
 
     def config_of(extra: dict[str, str]):
         return load_config(ROOT / args.config, MinsegConfig, overrides={**parse_set_options(args.set), **extra})

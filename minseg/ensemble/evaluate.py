@@ -3,10 +3,12 @@
 Passes over the data (Ray Data actor pool; each actor holds every member, loaded once):
 
 1. the ranking split (validation by default): member metrics, and a pixel sample of
-   member probabilities for fitting learned weights;
+   member probabilities for fitting learned weights (on every image of the split, and per image
+   without it: ``cross_fit_learned_weights``);
 2. the ranking split and the test split: every member, and every RUEL-k x fusion mode built
    from the ranking, with time per image (TPI) measured the same way for all of them. The
-   selection compares the ranking split's scores; the test split's are what is reported
+   selection compares the ranking split's scores (learned candidates scored there with each
+   image's out-of-fold weights); the test split's are what is reported
    (it never chooses, unless the data has no validation split or ``rank_on: test``).
 
 Full images are tiled with overlap and their probabilities blended (never resized).
@@ -28,6 +30,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, load_example, prepare_data
+from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberStatus, Precision, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
@@ -280,7 +283,9 @@ class Ranking:
 
 def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: PassSpec) -> Ranking:
     """Pass 1: member metrics on the ranking split (validation, or test when there is none), and
-    learned fusion weights fitted on a pixel sample of it."""
+    learned fusion weights fitted on a pixel sample of it: on every image (what test and the manifest use) and,
+    per image, on the other folds' images (what scores the learned candidates on this split), folds made of the
+    groups the split was chosen by (``data.split.group_by``)."""
     settings = spec.settings
     split = settings.rank_on if prepared.splits[settings.rank_on] else "test"
     names = list(prepared.classmap.names)
@@ -299,13 +304,15 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
                    for item, s in zip(rows.item_id, rows.sample) if s is not None}
         fit = dict(num_classes=len(names), key=settings.rank_key, class_names=names,
                    per_class=settings.learned_per_class, ignore_index=prepared.classmap.ignore_index)
+        group_of = split_groups({i["source_id"] for i in prepared.splits[split]}, spec.data.split.group_by)
+        groups = {i["item_id"]: group_of[i["source_id"]] for i in prepared.splits[split]}
         for k in range(max(2, settings.k_min), min(settings.k_max or len(pool), len(pool)) + 1):
             learned[k] = fit_learned_weights(list(samples.values()), k, **fit)
-            held_out[k] = cross_fit_learned_weights(samples, k, folds=settings.weight_fit_folds, **fit)
-        if len(samples) < 2:
+            held_out[k] = cross_fit_learned_weights(samples, k, folds=settings.weight_fit_folds, groups=groups, **fit)
+        if learned and not any(held_out.values()):
             log_event(log, "ensemble.learned_not_cross_fitted", logging.WARNING, split=split, images=len(samples),
-                      hint="one image: learned candidates are scored on the pixels their weights were fitted to, "
-                           "which favours them in the selection; give the split more images")
+                      hint="one image (or scene): learned candidates are scored on the pixels their weights were "
+                           "fitted to, which favours them in the selection; give the split more images")
     return Ranking(split, order, metrics, learned, pool, held_out)
 
 
@@ -319,6 +326,7 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
     test = prepared.splits["test"]
     spec.preview_ids = tuple(i["item_id"] for i in test[: spec.settings.overlays])
     choosing = prepared.splits[selection_split] if selection_split != "test" else []
+    _check_held_out(spec.held_out_weights, {i["item_id"] for i in choosing}, {i["item_id"] for i in test})
     label = "score ensembles (test)" if not choosing else f"score ensembles ({selection_split} + test)"
     rows = run_pass(test + choosing, spec, label)
     test_ids = {i["item_id"] for i in test}
@@ -330,6 +338,15 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
         for candidate, on_selection in zip(scored, chosen_on):
             candidate.selection_metrics = on_selection.metrics
     return scored, previews
+
+
+def _check_held_out(held_out: dict[str, dict[str, list]], choosing: set[str], test: set[str]) -> None:
+    """Out-of-fold weights cover every image that chooses and none of the test split (else the learned candidates
+    would silently be scored in-sample, or tested with weights that are not the manifest's)."""
+    for key, weights in held_out.items():
+        if set(weights) != choosing or set(weights) & test:
+            raise RuntimeError(f"{key}: out-of-fold weights for {len(weights)} images, the selection split has "
+                               f"{len(choosing)} ({len(set(weights) & test)} of them test images)")
 
 
 def scored_candidates(rows: ImageScores, members: list[MemberRef], ensembles: list[Candidate],
@@ -397,13 +414,14 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         log_event(log, "ensemble.selected_on_test", logging.WARNING,
                   hint=f"{why}: the candidates are chosen on the test split, so its scores are optimistic; rank "
                        "and choose on validation (rank_on: val, data.split.val > 0)")
-    trained = prepared.stats.get("train", {}).get("classes", {})
-    missing = [name for name, stats in prepared.stats.get(ranking.split, {}).get("classes", {}).items()
-               if not stats["pixels"] and trained.get(name, {}).get("pixels")]
-    if missing:  # IoU 0 for a stray prediction of an absent class weighs on the choice
-        log_event(log, "ensemble.classes_missing_from_selection_split", logging.WARNING, split=ranking.split,
-                  classes=",".join(missing), hint="a candidate predicting any pixel of these classes scores IoU 0 "
-                  "for them there: the choice leans on stray pixels; give the split images with every class")
+    for split, what in {ranking.split: "the choice leans on stray pixels", "test": "the reported test mIoU counts "
+                        "a 0 for each of them whatever else the candidate does"}.items():
+        missing = classes_missing(prepared.stats, split)
+        if missing:  # IoU 0 for a stray prediction of an absent class
+            log_event(log, "ensemble.classes_missing_from_split", logging.WARNING, split=split,
+                      classes=",".join(missing), hint=f"a candidate predicting any pixel of these classes scores IoU "
+                      f"0 for them on {split}: {what}; give the split images with every class (another split seed, "
+                      "or data.split.lists)")
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
     log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
               value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
@@ -418,6 +436,14 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,
                             document)
+
+
+def classes_missing(stats: dict, split: str) -> list[str]:
+    """Classes with training pixels but none in ``split`` (``PreparedData.stats``: split -> classes -> pixels):
+    there, any stray pixel a candidate predicts of them scores IoU 0 and pulls its mIoU down by 1 / classes."""
+    trained = stats.get("train", {}).get("classes", {})
+    return [name for name, counts in stats.get(split, {}).get("classes", {}).items()
+            if not counts["pixels"] and trained.get(name, {}).get("pixels")]
 
 
 def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ranking, members: list[MemberRef],

@@ -33,7 +33,9 @@ class Candidate:
 
     ``weights``: per member in rank order (WV: k..1; learned: fitted, per member or per member
     and class); ``metrics`` on the test split (what is reported); ``selection_metrics`` on the split the
-    candidates are chosen on (validation; empty when the data has none and the choice falls back to test);
+    candidates are chosen on (validation; empty when the data has none and the choice falls back to test; a
+    learned candidate's come from each image's out-of-fold weights, :func:`cross_fit_learned_weights`, not from
+    ``weights``, which are fitted on every validation image and used on test);
     ``tpi``: seconds per test image (members + fusion).
     """
 
@@ -133,26 +135,31 @@ def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str,
 
 
 def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int, key: str, class_names,
-                              per_class: bool, ignore_index: int, folds: int) -> dict[str, list]:
+                              per_class: bool, ignore_index: int, folds: int,
+                              groups: dict[str, str] | None = None) -> dict[str, list]:
     """Out-of-fold learned weights, so that a learned candidate is not judged on the pixels its weights were fit
-    to: the images of ``samples`` (item id -> sample as in :func:`fit_learned_weights`) go round robin, in item id
-    order, into ``min(folds, images)`` folds, and every image gets the weights fitted on the other folds' samples.
-    Scoring each image with its own out-of-fold weights estimates how the weights fitted on every image will do on
-    images they never saw (the cross-validated level-one data of stacked generalisation: Wolpert 1992, Breiman
-    1996); the in-sample score is optimistic, and would favour ``learned`` over the modes that fit nothing.
+    to: the images of ``samples`` (item id -> sample as in :func:`fit_learned_weights`) go, by group (``groups``:
+    item id -> the group its split was chosen by, e.g. the images of one scene; default: each image alone) in
+    sorted order and round robin, into ``min(folds, groups)`` folds, and every image gets the weights fitted on the
+    other folds' samples. Scoring each image with its own out-of-fold weights estimates how the weights fitted on
+    every image will do on images they never saw (the cross-validated level-one data of stacked generalisation:
+    Wolpert 1992, Breiman 1996); the in-sample score is optimistic, and would favour ``learned`` over the modes
+    that fit nothing.
 
     Returns:
-        item id -> weights, every item of ``samples``; empty for fewer than two images (nothing to hold out).
+        item id -> weights, every item of ``samples``; empty for fewer than two groups (nothing to hold out).
     """
-    ids = sorted(samples)
-    folds = min(folds, len(ids))
+    group_of = {item: (groups or {}).get(item, item) for item in samples}
+    ordered = sorted(set(group_of.values()))
+    folds = min(folds, len(ordered))
     if folds < 2:
         return {}
+    fold_of = {item: ordered.index(group) % folds for item, group in group_of.items()}
     held_out: dict[str, list] = {}
     for fold in range(folds):
-        fitted = fit_learned_weights([samples[i] for j, i in enumerate(ids) if j % folds != fold], k, num_classes,
+        fitted = fit_learned_weights([samples[i] for i in sorted(samples) if fold_of[i] != fold], k, num_classes,
                                      key, class_names, per_class, ignore_index)
-        held_out.update({i: fitted for j, i in enumerate(ids) if j % folds == fold})
+        held_out.update({i: fitted for i in samples if fold_of[i] == fold})
     return held_out
 
 

@@ -149,18 +149,32 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
-def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(evaluation):
+def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(trained_run, monkeypatch):
     """Each validation image scores the learned candidates with weights fitted on the other images (the
-    document keeps them), not with the weights fitted on every validation image: those would flatter them."""
-    storage = Storage()
-    splits = json.loads(storage.read_text(f"{evaluation.document['run']}/data/splits.json"))
-    held_out = evaluation.document["learned_held_out_weights"]
+    document keeps them), not with the weights fitted on every validation image: those would flatter them.
+    The candidate pass (real actors) is watched to see which weights it was given for which images."""
+    from minseg.ensemble import evaluate as module
+
+    passes = []
+    real_pass = module.run_pass
+
+    def watched(items, spec, label="evaluate"):
+        passes.append(({i["item_id"] for i in items}, {k: dict(v) for k, v in spec.held_out_weights.items()}))
+        return real_pass(items, spec, label)
+
+    monkeypatch.setattr(module, "run_pass", watched)
+    result = evaluate_ensemble(evaluation_config(trained_run, "held-out", modes=["learned", "soft"]))
+    splits = json.loads(Storage().read_text(f"{result.document['run']}/data/splits.json"))
+    held_out = result.document["learned_held_out_weights"]
     assert len(splits["val"]) >= 2 and set(held_out) == {"2", "3"}
-    for k, weights in held_out.items():
-        assert set(weights) == set(splits["val"])
+    items, given = passes[-1]  # the candidate pass: validation + test images
+    assert items == set(splits["val"]) | set(splits["test"])
+    assert set(given) == {"RUEL-2-LEARNED", "RUEL-3-LEARNED"}
+    for key, weights in given.items():
+        k = key.split("-")[1]
+        assert set(weights) == set(splits["val"]) and weights == held_out[k]  # never a test image
         assert all(len(w) == int(k) for w in weights.values())
-        fitted = next(c.weights for c in evaluation.candidates if c.key == f"RUEL-{k}-LEARNED")
-        assert len(fitted) == int(k)
+    assert passes[0][1] == {}  # the ranking pass fuses nothing
 
 
 def test_learned_weights_and_the_selection_never_see_the_test_split(trained_run, evaluation, tmp_path):
