@@ -93,7 +93,9 @@ def report(evaluation, label: str) -> list[dict]:
              "test_miou": _miou(c.metrics),
              "gain_over_best_member_on_test_pt": round(100 * (c.metrics["miou"] - best.metrics["miou"]), 2),
              "gain_over_val_top_member_pt": round(100 * (c.metrics["miou"] - top.metrics["miou"]), 2),
-             "selected": c.key == chosen.key, "test_iou_per_class": _per_class(c.metrics)}
+             "selected": c.key == chosen.key, "test_iou_per_class": _per_class(c.metrics),
+             # learned candidates' validation scores: weights fitted without the image (since 2026-12-02)
+             "learned_val_scores": "out-of-fold" if evaluation.document.get("learned_held_out_weights") else ""}
             for c in evaluation.candidates]
 
 
