@@ -137,6 +137,11 @@ def cmd_select(args) -> int:
             print(f"warning: {args.evaluation} predates choosing on validation: its candidates have test scores "
                   "only, so this choice is made on the test split (run minseg evaluate again to choose on "
                   "validation)", file=sys.stderr)
+        elif "learned_held_out_weights" not in document and any(c.get("mode") == "learned"
+                                                               for c in document["candidates"]):
+            print(f"warning: {args.evaluation} predates scoring learned candidates out of fold: their validation "
+                  "scores come from the pixels their weights were fitted to and favour them (run minseg evaluate "
+                  "again)", file=sys.stderr)
         print(f"chosen on the {document.get('selection_split') or 'test'} split")
     target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
     write_manifest(manifest, target, storage)

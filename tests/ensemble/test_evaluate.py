@@ -351,9 +351,15 @@ def test_select_says_which_split_chooses_and_warns_on_documents_without_validati
     folder = evaluation.manifest_uri.rsplit("/", 1)[0]
     capsys.readouterr()
     assert main(["select", folder, "--name", "again"]) == 0
-    assert "chosen on the val split" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "chosen on the val split" in captured.out and "warning" not in captured.err
     assert load_manifest(f"{folder}/manifest-again.json").selection["split"] == "val"
     old = json.loads(Storage().read_text(f"{folder}/evaluation.json"))
+    in_sample = {k: v for k, v in old.items() if k != "learned_held_out_weights"}  # written before out-of-fold scores
+    shutil.copytree(folder, tmp_path / "in-sample")
+    (tmp_path / "in-sample" / "evaluation.json").write_text(json.dumps(in_sample))
+    assert main(["select", str(tmp_path / "in-sample"), "--name", "in-sample"]) == 0
+    assert "predates scoring learned candidates out of fold" in capsys.readouterr().err
     old.pop("selection_split")
     for candidate in old["candidates"]:
         candidate.pop("selection_metrics")
