@@ -102,8 +102,8 @@ class EnsembleEvaluator:
                                        mean=spec.normalization["mean"], std=spec.normalization["std"],
                                        tta=spec.settings.tta)
         self.fusions = [Fusion.candidate(c.mode, c.weights) for c in spec.candidates]
-        self.held_out = {key: {item: torch.tensor(w, dtype=torch.float32) for item, w in weights.items()}
-                         for key, weights in spec.held_out_weights.items()}
+        self.held_out = {key: {item: Fusion.candidate(FusionMode.LEARNED, w).learned_weights
+                               for item, w in weights.items()} for key, weights in spec.held_out_weights.items()}
 
     def __call__(self, batch: dict) -> dict:
         spec, classmap = self.spec, self.spec.classmap
@@ -326,10 +326,10 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
     test = prepared.splits["test"]
     spec.preview_ids = tuple(i["item_id"] for i in test[: spec.settings.overlays])
     choosing = prepared.splits[selection_split] if selection_split != "test" else []
-    _check_held_out(spec.held_out_weights, {i["item_id"] for i in choosing}, {i["item_id"] for i in test})
+    test_ids = {i["item_id"] for i in test}
+    _check_held_out(spec.held_out_weights, {i["item_id"] for i in choosing}, test_ids)
     label = "score ensembles (test)" if not choosing else f"score ensembles ({selection_split} + test)"
     rows = run_pass(test + choosing, spec, label)
-    test_ids = {i["item_id"] for i in test}
     previews = [preview for preview in rows.preview if preview is not None]
     on_test = [item in test_ids for item in rows.item_id]
     scored = scored_candidates(rows.subset(on_test), members, ensembles, names)

@@ -154,7 +154,8 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
     folds = min(folds, len(ordered))
     if folds < 2:
         return {}
-    fold_of = {item: ordered.index(group) % folds for item, group in group_of.items()}
+    fold_of_group = {group: index % folds for index, group in enumerate(ordered)}
+    fold_of = {item: fold_of_group[group] for item, group in group_of.items()}
     held_out: dict[str, list] = {}
     for fold in range(folds):
         fitted = fit_learned_weights([samples[i] for i in sorted(samples) if fold_of[i] != fold], k, num_classes,
