@@ -31,6 +31,9 @@ def test_without_validation_scores_the_test_split_chooses():
     assert round_trip.selection_metrics == {} and round_trip.choosing_metrics == {"miou": 0.70}
 
 
+FIT = dict(num_classes=2, key="miou", class_names=["gangue", "pyrite"], per_class=False, ignore_index=255)
+
+
 def _sample(truth, right):
     """Two members on one image: member ``right`` predicts ``truth`` (0.9), the other its opposite."""
     onehot = np.stack([truth == 0, truth == 1]).astype(np.float16) * 0.8 + 0.1  # (C, P)
@@ -44,20 +47,19 @@ def test_learned_weights_are_scored_on_images_they_were_not_fitted_to():
     Weights fitted in-sample would favour the right one and flatter the learned candidate."""
     rng = np.random.default_rng(0)
     samples = {item: _sample(rng.integers(0, 2, 400), right) for item, right in zip("abcd", (1, 0, 1, 0))}
-    fit = dict(num_classes=2, key="miou", class_names=["gangue", "pyrite"], per_class=False, ignore_index=255)
-    held_out = cross_fit_learned_weights(samples, 2, folds=2, **fit)
+    held_out = cross_fit_learned_weights(samples, 2, folds=2, **FIT)
     assert sorted(held_out) == list("abcd")
     for item, right in zip("abcd", (1, 0, 1, 0)):
         weights = held_out[item]
         assert weights[1 - right] > weights[right], (item, weights)
         others = [samples[i] for i in "abcd" if (i in "ac") != (item in "ac")]
-        assert weights == fit_learned_weights(others, 2, **fit)
+        assert weights == fit_learned_weights(others, 2, **FIT)
     # in-sample, image a alone would pick member 1 (what cross-fitting keeps out of its score)
-    alone = fit_learned_weights([samples["a"]], 2, **fit)
+    alone = fit_learned_weights([samples["a"]], 2, **FIT)
     assert alone[1] > alone[0]
     # more folds than images: one image per fold; one image: nothing to hold out
-    assert set(cross_fit_learned_weights(samples, 2, folds=9, **fit)) == set("abcd")
-    assert cross_fit_learned_weights({"a": samples["a"]}, 2, folds=5, **fit) == {}
+    assert set(cross_fit_learned_weights(samples, 2, folds=9, **FIT)) == set("abcd")
+    assert cross_fit_learned_weights({"a": samples["a"]}, 2, folds=5, **FIT) == {}
 
 
 def test_images_of_one_scene_are_held_out_together():
@@ -66,12 +68,11 @@ def test_images_of_one_scene_are_held_out_together():
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 2, 400)
     samples = {"a": _sample(truth, 1), "b": _sample(truth, 1), "c": _sample(rng.integers(0, 2, 400), 0)}
-    fit = dict(num_classes=2, key="miou", class_names=["gangue", "pyrite"], per_class=False, ignore_index=255)
-    held_out = cross_fit_learned_weights(samples, 2, folds=5, groups={"a": "scene:1", "b": "scene:1"}, **fit)
-    assert held_out["a"] == held_out["b"] == fit_learned_weights([samples["c"]], 2, **fit)
+    held_out = cross_fit_learned_weights(samples, 2, folds=5, groups={"a": "scene:1", "b": "scene:1"}, **FIT)
+    assert held_out["a"] == held_out["b"] == fit_learned_weights([samples["c"]], 2, **FIT)
     assert held_out["a"][0] > held_out["a"][1]  # fitted on c alone, where member 0 is right
-    assert held_out["c"] == fit_learned_weights([samples["a"], samples["b"]], 2, **fit)
-    assert cross_fit_learned_weights(samples, 2, folds=5, groups=dict.fromkeys("abc", "one"), **fit) == {}
+    assert held_out["c"] == fit_learned_weights([samples["a"], samples["b"]], 2, **FIT)
+    assert cross_fit_learned_weights(samples, 2, folds=5, groups=dict.fromkeys("abc", "one"), **FIT) == {}
 
 
 @pytest.mark.parametrize("best_member", [None, "halfunet-b"])
