@@ -91,6 +91,13 @@ class SplitGroup(StrEnum):
     SCENE = "scene"
 
 
+class SplitStratify(StrEnum):
+    """How seeded splits and folds spread images: at random, or stratified by the classes each shows."""
+
+    NONE = "none"  # seeded shuffle, exact counts per split
+    CLASSES = "classes"  # iterative stratification on class presence and abundance (``data/splits.py``)
+
+
 class ChannelMode(StrEnum):
     """How one image of a scene becomes input channels."""
 

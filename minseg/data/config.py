@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
-from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup
+from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
 
 
 class ClassSpec(StrictModel):
@@ -208,6 +208,10 @@ class SplitSettings(StrictModel):
     group_by: SplitGroup = Field(SplitGroup.IMAGE, description="image: each source image is split alone; scene: "
                                  "images of one scene (one name below their sources: PPL and XPL given as two "
                                  "sources) share a split, in lists and folds too")
+    stratify: SplitStratify = Field(
+        SplitStratify.NONE, description="none: a seeded shuffle; classes: every split (and fold) gets its share of "
+        "the images showing each class, and of those showing much of it (iterative stratification, Sechidis et al. "
+        "2011), so a rare mineral is not left out of validation or test by chance")
     folds: int | None = Field(None, ge=2, description="k-fold cross-validation over train+val (test held out)")
     fold_val: float = Field(0.1, gt=0, lt=1, description="k folds: share of each fold's training part held out by "
                                                          "source image to choose checkpoints (the paper: 8 of 80)")
@@ -223,6 +227,9 @@ class SplitSettings(StrictModel):
             unknown = sorted(set(self.lists) - {"train", "val", "test"})
             if unknown:
                 raise ValueError(f"split lists may name train, val and test only, got {unknown}")
+            if self.stratify is not SplitStratify.NONE:
+                raise ValueError("stratify spreads images by the ratios; lists already fix each image's split: "
+                                 "give one or the other")
         return self
 
 

@@ -31,7 +31,7 @@ from minseg.io.images import DecodeError, decode_channels, decode_image, decode_
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
-from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, Task
+from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
 from minseg.logs import get_logger, log_event
 
@@ -424,25 +424,42 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         log_event(log, "data.split.twin_scenes", logging.WARNING, scenes=len(twins), example=", ".join(example),
                   hint="images of one name in several sources may land in different splits; set "
                        "data.split.group_by: scene if they show one scene (e.g. PPL and XPL)")
-    assignment = assign_splits(items, data.split, split_seed, lists)
-    for item in items:
-        item["split"] = assignment.get(item["source_id"])
-    items = [item for item in items if item["split"] is not None]
-    if not items:
-        raise DataError("no usable items in any source", quarantine)
-
-    good, by_id = _scan_items(items, classmap, data, task, storage, task_cpus, quarantine)
+    if data.split.stratify is SplitStratify.NONE:
+        assignment = assign_splits(items, data.split, split_seed, lists)
+        items = [{**item, "split": assignment[item["source_id"]]} for item in items if item["source_id"] in assignment]
+        if not items:
+            raise DataError("no usable items in any source", quarantine)
+        by_id = _scan(items, classmap, data, task, storage, task_cpus)
+    else:  # stratified on what the images show: scan first, split the usable ones
+        if not items:
+            raise DataError("no usable items in any source", quarantine)
+        by_id = _scan(items, classmap, data, task, storage, task_cpus)
+        usable = [item for item in items if not by_id[item["item_id"]]["error"]]
+        assignment = assign_splits(usable, data.split, split_seed, lists,
+                                   {i["source_id"]: by_id[i["item_id"]]["pixels"] for i in usable})
+        items = [{**item, "split": assignment.get(item["source_id"])} for item in items]
+    good = _usable_by_split(items, by_id, quarantine)
     if not good["train"]:
         raise DataError("no usable training items; every candidate was rejected", quarantine)
 
     stats = _split_stats(items, by_id, classmap, good)
+    for split in ("val", "test"):
+        missing = classes_missing(stats, split) if good[split] else []
+        if missing:  # scored there, a class it lacks counts IoU 0 for any stray pixel
+            log_event(log, "data.split.classes_missing", logging.WARNING, split=split, classes=",".join(missing),
+                      hint="no image of this split shows them: "
+                      + ("set data.split.stratify: classes" if data.split.stratify is SplitStratify.NONE
+                         else "too few images show them to give every split one") + ", or name the images in "
+                      "data.split.lists")
     normalization = data.normalization or _measure_normalization(good["train"], by_id)
     folds = None
     if data.split.folds:
         from minseg.data.splits import kfold_assignments
 
         pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
-        folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by)
+        pixels = {i["source_id"]: by_id[i["item_id"]]["pixels"] for split in ("train", "val") for i in good[split]}
+        folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by,
+                                  data.split.stratify, pixels)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
                                           for split in good.values() for i in split})
@@ -451,10 +468,9 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     return prepared
 
 
-def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task: Task, storage: Storage,
-                task_cpus: float, quarantine: list[Rejected]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Every item opened once (a Ray task each): (usable items per split with size, tile count and labelled pixels
-    per class, scan rows by item id); an item that cannot be used goes to ``quarantine`` with why."""
+def _scan(items: list[dict], classmap: ClassMap, data: DataSettings, task: Task, storage: Storage,
+          task_cpus: float) -> dict[str, dict]:
+    """Every item opened once (a Ray task each): ``scan_item``'s rows by item id."""
     import ray
 
     scanned = (
@@ -462,16 +478,21 @@ def _scan_items(items: list[dict], classmap: ClassMap, data: DataSettings, task:
         .map(lambda item: scan_item(item, classmap, data, task, storage), num_cpus=task_cpus)
         .take_all()
     )
-    by_id = {row["item_id"]: row for row in scanned}
+    return {row["item_id"]: row for row in scanned}
+
+
+def _usable_by_split(items: list[dict], by_id: dict[str, dict], quarantine: list[Rejected]) -> dict[str, list[dict]]:
+    """Usable items per split with size, tile count and labelled pixels per class; an item that cannot be used goes
+    to ``quarantine`` with why (items without a split are left out)."""
     good: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for item in items:
         row = by_id[item["item_id"]]
         if row["error"]:
             quarantine.append(Rejected(item["where"], row["error"]))
-            continue
-        good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"],
-                                    "pixels": row["pixels"]})
-    return good, by_id
+        elif item["split"] is not None:
+            good[item["split"]].append({**item, "tiles": row["tiles"], "height": row["height"], "width": row["width"],
+                                        "pixels": row["pixels"]})
+    return good
 
 
 def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, storage: Storage, work_uri: str,
@@ -498,8 +519,8 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
     classmap = _resolve_classmap(data, Task.SEGMENTATION, folder_names)
     for item in items:
         item["split"] = "test"
-    good, by_id = _scan_items(items, classmap, data, Task.SEGMENTATION, storage, task_cpus, quarantine) \
-        if items else ({s: [] for s in SPLITS}, {})
+    by_id = _scan(items, classmap, data, Task.SEGMENTATION, storage, task_cpus) if items else {}
+    good = _usable_by_split(items, by_id, quarantine)
     if not good["test"]:
         raise DataError("no usable labelled items in any source", quarantine)
     stats = _split_stats(items, by_id, classmap, good)
@@ -548,6 +569,14 @@ def _split_stats(items, by_id, classmap: ClassMap, good) -> dict:
             },
         }
     return stats
+
+
+def classes_missing(stats: dict, split: str) -> list[str]:
+    """Classes with training pixels but none in ``split`` (``PreparedData.stats``: split -> classes -> pixels):
+    there, any stray pixel a candidate predicts of them scores IoU 0 and pulls its mIoU down by 1 / classes."""
+    trained = stats.get("train", {}).get("classes", {})
+    return [name for name, counts in stats.get(split, {}).get("classes", {}).items()
+            if not counts["pixels"] and trained.get(name, {}).get("pixels")]
 
 
 def _measure_normalization(train_items, by_id) -> dict[str, list[float]]:

@@ -1,5 +1,10 @@
 """Train / val / test assignment by source image (tiles of one image never straddle
-splits), deterministic by seed; explicit lists; or k folds for cross-validation."""
+splits), deterministic by seed; explicit lists; or k folds for cross-validation.
+
+Seeded splits and folds are a shuffle with exact counts, or (``stratify: classes``) iterative stratification
+(Sechidis, Tsoumakas & Vlahavas 2011, "On the stratification of multi-label data", ECML PKDD; the
+``iterative-stratification`` package) on what each image group shows: every class, and how much of it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import json
 import numpy as np
 
 from minseg.data.config import SplitSettings
-from minseg.enums import SplitGroup
+from minseg.enums import SplitGroup, SplitStratify
 from minseg.errors import InputError
 
 SPLITS = ("train", "val", "test")
@@ -36,6 +41,83 @@ def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
     return tuple(int(c) for c in counts)
 
 
+def class_strata(pixels: np.ndarray) -> np.ndarray:
+    """What stratification balances, per image group: shows class c; and c's share of the group's labelled pixels
+    reaches the first / second tertile of its share among the groups showing c (so that the images with much of a
+    mineral are spread too, not only those with a few grains of it).
+
+    Args:
+        pixels: (groups, classes) labelled pixels per class (classification: 1 for the image's class).
+
+    Returns:
+        (groups, 3 · classes) bool.
+    """
+    pixels = np.asarray(pixels, np.float64)
+    present = pixels > 0
+    share = pixels / np.maximum(pixels.sum(axis=1, keepdims=True), 1)
+    labels = [present]
+    for quantile in (1 / 3, 2 / 3):
+        floor = np.array([np.quantile(share[present[:, c], c], quantile) if present[:, c].any() else np.inf
+                          for c in range(pixels.shape[1])])
+        labels.append(present & (share >= floor))
+    return np.hstack(labels)
+
+
+def stratified_parts(pixels: np.ndarray, ratios, seed: int) -> np.ndarray:
+    """Part index (0..len(ratios)-1) per image group, by iterative stratification on ``class_strata``: each part
+    gets about its ratio of the groups showing each class, rarest classes first. Part sizes follow the ratios
+    within a group or two (exact counts would undo the balance); a part with a ratio > 0 gets at least one group
+    when there are enough.
+
+    Args:
+        pixels: (groups, classes) labelled pixels per class, rows in the (seeded) order ties are broken by.
+        ratios: each part's share, summing to 1.
+        seed: breaks ties (deterministic).
+    """
+    from iterstrat.ml_stratifiers import IterativeStratification
+
+    ratios = np.asarray(ratios, np.float64)
+    if len(pixels) == 0:
+        return np.zeros(0, np.int64)
+    parts = IterativeStratification(class_strata(pixels), ratios.copy(), np.random.RandomState(seed % 2**32))
+    if len(parts) >= int((ratios > 0).sum()):
+        for part in np.flatnonzero(ratios > 0):
+            if not (parts == part).any():  # the largest part gives its last group
+                donor = int(np.argmax(np.bincount(parts, minlength=len(ratios))))
+                parts[np.flatnonzero(parts == donor)[-1]] = part
+    _fill_missing_classes(np.asarray(pixels) > 0, parts, ratios)
+    return parts
+
+
+def _fill_missing_classes(present: np.ndarray, parts: np.ndarray, ratios: np.ndarray) -> None:
+    """In place: a part with a share that lacks a class shown by at least one group per such part gets a group
+    showing it from the part with most of them, and gives back a group it can spare (sizes stay). Greedy
+    stratification can leave the gap: 3 groups showing a class, shares .6 / .2 / .2, go 2 / 1 / 0. No part
+    loses a class it shows by a move."""
+    active = np.flatnonzero(ratios > 0)
+    index = np.arange(len(parts))
+
+    def spare(group: int, part: int) -> bool:  # ``part`` keeps every class ``group`` shows without it
+        rest = present[(parts == part) & (index != group)].any(axis=0)
+        return not (present[group] & ~rest).any()
+
+    for c in np.argsort(present.sum(axis=0), kind="stable"):  # rarest first
+        holders = present[:, c]
+        if holders.sum() < len(active):
+            continue
+        for part in active:
+            if (holders & (parts == part)).any():
+                continue
+            donor = int(np.argmax(np.bincount(parts[holders], minlength=len(ratios))))  # >= 2 of them
+            movable = [g for g in np.flatnonzero(holders & (parts == donor)) if spare(g, donor)]
+            if not movable:
+                continue
+            parts[movable[-1]] = part
+            back = [g for g in np.flatnonzero(parts == part) if not present[g, c] and spare(g, part)]
+            if back:
+                parts[back[-1]] = donor
+
+
 def twin_scenes(source_ids) -> dict[str, list[str]]:
     """Scenes (an image's name below its source: ``source_id`` without the source prefix) that more than one
     source holds, with their source ids: PPL and XPL photographs given as two sources, one stem in two datasets."""
@@ -57,13 +139,25 @@ def split_groups(source_ids, group_by: SplitGroup) -> dict[str, str]:
     return groups
 
 
+def _group_pixels(members: dict[str, set[str]], class_pixels: dict[str, list[int]] | None,
+                  settings_stratify: SplitStratify) -> dict[str, np.ndarray] | None:
+    """Labelled pixels per class of each group (its images summed), when splits are stratified."""
+    if SplitStratify(settings_stratify) is SplitStratify.NONE:
+        return None
+    if class_pixels is None:
+        raise ValueError("stratified splits need each source image's labelled pixels per class")
+    return {group: np.sum([class_pixels[i] for i in ids], axis=0) for group, ids in members.items()}
+
+
 def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
-                  lists: dict[str, set[str]] | None = None) -> dict[str, str]:
+                  lists: dict[str, set[str]] | None = None,
+                  class_pixels: dict[str, list[int]] | None = None) -> dict[str, str]:
     """source_id -> split name, chosen per group (``split_groups``: per image, or per scene).
 
     Precedence: explicit ``lists`` (item stems or ids) > splits named by the layout
     (VOC ImageSets, COCO folders) when ``use_layout_lists`` > seeded ratios. Sources
-    not covered by lists/layout are spread by the ratios.
+    not covered by lists/layout are spread by the ratios: shuffled, or with ``stratify: classes`` by
+    ``stratified_parts`` on ``class_pixels`` (source_id -> labelled pixels per class, required then).
 
     Raises:
         InputError: a bare name in a list matches images of several groups (the candidates are named: list one
@@ -74,6 +168,7 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
     members: dict[str, set[str]] = {}
     for source_id, group in groups.items():
         members.setdefault(group, set()).add(source_id)
+    pixels = _group_pixels(members, class_pixels, settings.stratify)
     assigned: dict[str, str] = {}
 
     def assign(group: str, split: str, how: str) -> None:
@@ -106,18 +201,24 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
     if not lists and assigned and remaining == [] and "val" not in assigned.values() and settings.val > 0:
         # the layout named train/test only: carve val out of train by the configured share
         train = _shuffled([s for s, split in assigned.items() if split == "train"], seed)
-        take = max(1, round(len(train) * settings.val / (settings.train + settings.val))) if len(train) > 1 else 0
-        for source in train[:take]:
-            assigned[source] = "val"
-    elif not lists:
+        val_share = settings.val / (settings.train + settings.val)
+        if pixels is not None:
+            carved = stratified_parts([pixels[g] for g in train], (1 - val_share, val_share), seed)
+        else:
+            take = max(1, round(len(train) * val_share)) if len(train) > 1 else 0
+            carved = np.arange(len(train)) < take
+        for source, to_val in zip(train, carved):
+            if to_val:
+                assigned[source] = "val"
+    elif not lists and remaining:
         ratios = (settings.train, settings.val, settings.test)
-        counts = split_counts(len(remaining), ratios)
         order = _shuffled(remaining, seed)
-        start = 0
-        for split, count in zip(SPLITS, counts):
-            for source in order[start : start + count]:
-                assigned[source] = split
-            start += count
+        if pixels is not None:
+            parts = stratified_parts([pixels[g] for g in order], ratios, seed)
+        else:
+            parts = np.repeat(np.arange(3), split_counts(len(remaining), ratios))
+        for source, part in zip(order, parts):
+            assigned[source] = SPLITS[part]
     # explicit lists are the whole truth: unlisted items are left out
     return {source_id: assigned[group] for source_id, group in groups.items() if group in assigned}
 
@@ -139,10 +240,12 @@ class Fold:
 
 
 def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: float = 0.1,
-                      group_by: SplitGroup = SplitGroup.IMAGE) -> list[Fold]:
+                      group_by: SplitGroup = SplitGroup.IMAGE, stratify: SplitStratify = SplitStratify.NONE,
+                      class_pixels: dict[str, list[int]] | None = None) -> list[Fold]:
     """k disjoint test folds over the given sources' groups (``split_groups``: with ``group_by: scene`` a
     scene's images stay in one part); in each fold, ``val_share`` of the remaining groups (at least one) is held
-    out to choose checkpoints (the microplastic paper: 72/8/20).
+    out to choose checkpoints (the microplastic paper: 72/8/20). ``stratify: classes``: the test folds and each
+    fold's validation part by ``stratified_parts`` on ``class_pixels`` (source_id -> labelled pixels per class).
 
     Raises:
         ValueError: fewer than k groups, or too few to leave a training and a validation part.
@@ -151,24 +254,34 @@ def kfold_assignments(source_ids: list[str], folds: int, seed: int, val_share: f
     members: dict[str, set[str]] = {}
     for source_id, group in groups.items():
         members.setdefault(group, set()).add(source_id)
-    scene_folds = _kfold(sorted(members), folds, seed, val_share)
+    scene_folds = _kfold(sorted(members), folds, seed, val_share, _group_pixels(members, class_pixels, stratify))
     return [Fold(f.index, *(frozenset(i for g in part for i in members[g]) for part in (f.train, f.val, f.test)))
             for f in scene_folds]
 
 
-def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float) -> list[Fold]:
+def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float,
+           pixels: dict[str, np.ndarray] | None = None) -> list[Fold]:
     if len(source_ids) < folds:
         raise InputError(f"data.split.folds: {folds}-fold cross-validation needs at least {folds} source images "
                          f"(scenes) in train + val, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
+    if pixels is not None:
+        fold_of = stratified_parts([pixels[s] for s in order], [1 / folds] * folds, seed)
+    else:
+        fold_of = np.arange(len(order)) % folds
     result = []
     for k in range(folds):
-        test = order[k::folds]
+        test = [s for s, fold in zip(order, fold_of) if fold == k]
         rest = _shuffled([s for s in order if s not in set(test)], seed + 1 + k)
         if len(rest) < 2:
             raise InputError(f"data.split.folds: {folds}-fold cross-validation over {len(source_ids)} source images "
                              f"(scenes) leaves fold {k + 1} no training and validation part (data.split.fold_val); "
                              "use fewer folds")
-        take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
-        result.append(Fold(k, frozenset(rest[take:]), frozenset(rest[:take]), frozenset(test)))
+        if pixels is not None:
+            held = stratified_parts([pixels[s] for s in rest], (1 - val_share, val_share), seed + 1 + k)
+            val, train = [s for s, p in zip(rest, held) if p], [s for s, p in zip(rest, held) if not p]
+        else:
+            take = min(len(rest) - 1, max(1, round(val_share * len(rest))))
+            val, train = rest[:take], rest[take:]
+        result.append(Fold(k, frozenset(train), frozenset(val), frozenset(test)))
     return result

@@ -29,7 +29,7 @@ import torch
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings
-from minseg.data.pipeline import PreparedData, load_example, prepare_data
+from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberStatus, Precision, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
@@ -420,8 +420,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         if missing:  # IoU 0 for a stray prediction of an absent class
             log_event(log, "ensemble.classes_missing_from_split", logging.WARNING, split=split,
                       classes=",".join(missing), hint=f"a candidate predicting any pixel of these classes scores IoU "
-                      f"0 for them on {split}: {what}; give the split images with every class (another split seed, "
-                      "or data.split.lists)")
+                      f"0 for them on {split}: {what}; give the split images with every class (data.split.stratify: "
+                      "classes, or data.split.lists)")
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
     log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
               value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
@@ -436,14 +436,6 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,
                             document)
-
-
-def classes_missing(stats: dict, split: str) -> list[str]:
-    """Classes with training pixels but none in ``split`` (``PreparedData.stats``: split -> classes -> pixels):
-    there, any stray pixel a candidate predicts of them scores IoU 0 and pulls its mIoU down by 1 / classes."""
-    trained = stats.get("train", {}).get("classes", {})
-    return [name for name, counts in stats.get(split, {}).get("classes", {}).items()
-            if not counts["pixels"] and trained.get(name, {}).get("pixels")]
 
 
 def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ranking, members: list[MemberRef],

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -123,6 +124,40 @@ def test_voc_palette_masks_void_border_and_lists(ray_session, tmp_path):
     image, ids = load_example(prepared.splits["train"][0], prepared.classmap, data.limits, Storage())
     _, expected = render_section(100, 64, 64)
     assert (ids[0] == 255).all() and np.array_equal(ids[1:], expected[1:])  # palette indices are the codes
+
+
+def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray_session, tmp_path, caplog):
+    """``split.stratify: classes`` on real files: twelve sections show pyrite, three of them magnetite, one is
+    unreadable. The unreadable one is quarantined, not given a split; magnetite reaches train, val and test. With
+    the shuffle some seed leaves it out of a scored split, and the data preparation says so, naming the class."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(12):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
+        if i in (1, 6, 10):
+            mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
+        (root / "images" / f"s{i:02d}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
+        (root / "masks" / f"s{i:02d}.png").write_bytes(png_bytes(mask))
+    (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "masks" / "broken.png").write_bytes(png_bytes(np.zeros((32, 32), np.uint8)))
+
+    def magnetite_by_split(stratify, seed):
+        data = settings(root, split={"train": 0.6, "val": 0.2, "test": 0.2, "seed": seed, "stratify": stratify})
+        prepared = prepare(data, tmp=tmp_path / f"work-{stratify}-{seed}")
+        return prepared, {s: prepared.stats[s]["classes"]["magnetite"]["pixels"] for s in ("train", "val", "test")}
+
+    for seed in (0, 1, 2):
+        prepared, magnetite = magnetite_by_split("classes", seed)
+        assert all(magnetite.values()), (seed, magnetite)
+        assert sum(len(v) for v in prepared.splits.values()) == 12
+        assert [r.file.rsplit("/", 1)[1] for r in prepared.quarantine] == ["broken.jpg"]
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        missing = [seed for seed in range(6) if not all(magnetite_by_split("none", seed)[1].values())]
+    assert missing, "the shuffle kept magnetite in every split: the stratified check above proves nothing"
+    warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_missing"]
+    assert warned and all(w["classes"] == "magnetite" and "stratify: classes" in w["hint"] for w in warned)
 
 
 def test_explicit_split_lists(ray_session, tmp_path):

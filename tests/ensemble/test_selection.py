@@ -104,7 +104,7 @@ def test_out_of_fold_weights_must_cover_the_choosing_images_and_no_test_image():
 def test_classes_trained_on_but_absent_from_a_split_are_named():
     """LumenStone Cu-Ni split seed 3: no magnetite in the four test photographs, so every candidate's test IoU
     for it is 0 (270 stray pixels) and test mIoU loses a fifth; the evaluation warns, naming the class."""
-    from minseg.ensemble.evaluate import classes_missing
+    from minseg.data.pipeline import classes_missing
 
     stats = {"train": {"classes": {"background": {"pixels": 9}, "magnetite": {"pixels": 5}, "bornite": {"pixels": 0}}},
              "test": {"classes": {"background": {"pixels": 7}, "magnetite": {"pixels": 0}, "bornite": {"pixels": 0}}},
