@@ -6,6 +6,8 @@
 3. Scan pass (Ray Data tasks, fractional CPUs): decode and validate every item,
    count class pixels and particles, channel sums for normalisation, tiles kept.
    Bad items go to the quarantine report; if nothing is usable, the job fails with it.
+   With ``split.stratify: classes`` the scan comes first: the split is made from the usable
+   items' class pixels.
 4. Per split, a lazy Ray Dataset that decodes, rescales and tiles images as the
    training workers pull batches: nothing is ever held whole in memory.
 """
@@ -436,7 +438,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         by_id = _scan(items, classmap, data, task, storage, task_cpus)
         usable = [item for item in items if not by_id[item["item_id"]]["error"]]
         assignment = assign_splits(usable, data.split, split_seed, lists,
-                                   {i["source_id"]: by_id[i["item_id"]]["pixels"] for i in usable})
+                                   _pixels_by_source(usable, by_id))
         items = [{**item, "split": assignment.get(item["source_id"])} for item in items]
     good = _usable_by_split(items, by_id, quarantine)
     if not good["train"]:
@@ -457,7 +459,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         from minseg.data.splits import kfold_assignments
 
         pool = sorted({i["source_id"] for split in ("train", "val") for i in good[split]})
-        pixels = {i["source_id"]: by_id[i["item_id"]]["pixels"] for split in ("train", "val") for i in good[split]}
+        pixels = _pixels_by_source(good["train"] + good["val"], by_id)
         folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by,
                                   data.split.stratify, pixels)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
@@ -466,6 +468,15 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
+
+
+def _pixels_by_source(items: list[dict], by_id: dict[str, dict]) -> dict[str, np.ndarray]:
+    """source_id -> labelled pixels per class, summed over its items (what stratified splits balance)."""
+    pixels: dict[str, np.ndarray] = {}
+    for item in items:
+        counts = np.asarray(by_id[item["item_id"]]["pixels"], np.int64)
+        pixels[item["source_id"]] = pixels.get(item["source_id"], 0) + counts
+    return pixels
 
 
 def _scan(items: list[dict], classmap: ClassMap, data: DataSettings, task: Task, storage: Storage,

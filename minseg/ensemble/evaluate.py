@@ -31,7 +31,7 @@ from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
-from minseg.enums import FusionMode, MemberStatus, Precision, Task
+from minseg.enums import FusionMode, MemberStatus, Precision, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef
@@ -420,8 +420,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         if missing:  # IoU 0 for a stray prediction of an absent class
             log_event(log, "ensemble.classes_missing_from_split", logging.WARNING, split=split,
                       classes=",".join(missing), hint=f"a candidate predicting any pixel of these classes scores IoU "
-                      f"0 for them on {split}: {what}; give the split images with every class (data.split.stratify: "
-                      "classes, or data.split.lists)")
+                      f"0 for them on {split}: {what}; give the split images with every class ("
+                      + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
+                         else "") + "data.split.lists)")
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
     log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
               value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),

@@ -6,9 +6,10 @@ import pytest
 
 from minseg.config.base import validate_config
 from minseg.data.classmap import ClassMap
-from minseg.data.config import DataSettings, LimitSettings
+from minseg.data.config import DataSettings, LimitSettings, SplitSettings
 from minseg.data.containers import open_container
 from minseg.data.layouts import detect_layout
+from minseg.data.splits import assign_splits
 from minseg.data.pipeline import DataError, load_example, prepare_data, split_dataset, write_data_reports
 from minseg.enums import DatasetLayout, Task
 from minseg.io.storage import Storage
@@ -127,7 +128,7 @@ def test_voc_palette_masks_void_border_and_lists(ray_session, tmp_path):
 
 
 def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray_session, tmp_path, caplog):
-    """``split.stratify: classes`` on real files: twelve sections show pyrite, three of them magnetite, one is
+    """``split.stratify: classes`` on real files: twelve sections show pyrite, four of them magnetite, one is
     unreadable. The unreadable one is quarantined, not given a split; magnetite reaches train, val and test. With
     the shuffle some seed leaves it out of a scored split, and the data preparation says so, naming the class."""
     root = tmp_path / "ds"
@@ -136,7 +137,7 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
     for i in range(12):
         mask = np.zeros((32, 32), np.uint8)
         mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
-        if i in (1, 6, 10):
+        if i in (1, 4, 6, 10):
             mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
         (root / "images" / f"s{i:02d}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
         (root / "masks" / f"s{i:02d}.png").write_bytes(png_bytes(mask))
@@ -148,11 +149,16 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
         prepared = prepare(data, tmp=tmp_path / f"work-{stratify}-{seed}")
         return prepared, {s: prepared.stats[s]["classes"]["magnetite"]["pixels"] for s in ("train", "val", "test")}
 
+    usable = [{"item_id": f"ds/s{i:02d}", "source_id": f"ds/s{i:02d}"} for i in range(12)]
     for seed in (0, 1, 2):
         prepared, magnetite = magnetite_by_split("classes", seed)
         assert all(magnetite.values()), (seed, magnetite)
-        assert sum(len(v) for v in prepared.splits.values()) == 12
         assert [r.file.rsplit("/", 1)[1] for r in prepared.quarantine] == ["broken.jpg"]
+        # split from the usable images' class pixels: the unreadable one took no part
+        pixels = {i["source_id"]: i["pixels"] for items in prepared.splits.values() for i in items}
+        split = {i["source_id"]: s for s, items in prepared.splits.items() for i in items}
+        assert split == assign_splits(usable, SplitSettings(train=0.6, val=0.2, test=0.2, stratify="classes"), seed,
+                                      class_pixels=pixels)
     with caplog.at_level(logging.WARNING, logger="minseg.data"):
         missing = [seed for seed in range(6) if not all(magnetite_by_split("none", seed)[1].values())]
     assert missing, "the shuffle kept magnetite in every split: the stratified check above proves nothing"
