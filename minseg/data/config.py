@@ -209,9 +209,10 @@ class SplitSettings(StrictModel):
                                  "images of one scene (one name below their sources: PPL and XPL given as two "
                                  "sources) share a split, in lists and folds too")
     stratify: SplitStratify = Field(
-        SplitStratify.NONE, description="none: a seeded shuffle; classes: every split (and fold) gets its share of "
-        "the images showing each class, and of those showing much of it (iterative stratification, Sechidis et al. "
-        "2011), so a rare mineral is not left out of validation or test by chance")
+        SplitStratify.NONE, description="none: a seeded shuffle; classes: every split (and fold) gets about its "
+        "share of the images showing each class, and of those showing much of it (iterative stratification, Sechidis "
+        "et al. 2011), so a rare mineral is not left out of validation or test by chance (training keeps two images "
+        "of a class; see docs/training.md)")
     folds: int | None = Field(None, ge=2, description="k-fold cross-validation over train+val (test held out)")
     fold_val: float = Field(0.1, gt=0, lt=1, description="k folds: share of each fold's training part held out by "
                                                          "source image to choose checkpoints (the paper: 8 of 80)")
