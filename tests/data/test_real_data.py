@@ -83,3 +83,32 @@ def test_lumenstone_assemblage_recipes_split_the_collection(shared_data, tmp_pat
     assert len(found["cu_ni"]) == 23 and all(n.isdigit() for n in found["cu_ni"])
     assert len(found["polymetallic"]) == 59 and all(n.startswith("a") for n in found["polymetallic"])
     assert found["cu_ni"] | found["polymetallic"] == {p.stem for p in (shared_data / "lumenstone" / "images").iterdir()}
+
+
+def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray_session, shared_data, tmp_path):
+    """The Cu-Ni photographs (23; magnetite in 12, pyrrhotite in 21): shuffled, split seed 3 puts the four test
+    photographs among those without magnetite (the recipe's worst split, #20); stratified, seeds 0-3 give train,
+    validation and test every mineral."""
+    from pathlib import Path
+
+    from minseg.config.loading import load_config
+    from minseg.config.schema import MinsegConfig
+    from minseg.data.splits import assign_splits
+
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "lumenstone_cu_ni.yaml", MinsegConfig)
+    source = config.data.sources[0].model_copy(update={"uri": str(shared_data / "lumenstone")})
+    split = config.data.split.model_copy(update={"stratify": "classes", "seed": 3})
+    data = config.data.model_copy(update={"sources": [source], "split": split})
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    assert all(prepared.stats[s]["classes"][c]["pixels"] for s in ("train", "val", "test")
+               for c in prepared.classmap.names)
+    items = [i for part in prepared.splits.values() for i in part]
+    pixels = {i["source_id"]: i["pixels"] for i in items}
+    magnetite = prepared.classmap.names.index("magnetite")
+    for seed in (0, 1, 2, 3):
+        assigned = assign_splits(items, split, seed, class_pixels=pixels)
+        for name in ("train", "val", "test"):
+            shown = np.sum([pixels[s] for s, part in assigned.items() if part == name], axis=0)
+            assert shown.all(), (seed, name, shown)
+    shuffled = assign_splits(items, split.model_copy(update={"stratify": "none"}), 3)
+    assert not any(pixels[s][magnetite] for s, part in shuffled.items() if part == "test")
