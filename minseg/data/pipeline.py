@@ -446,13 +446,8 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
     stats = _split_stats(items, by_id, classmap, good)
     for split in ("val", "test"):
-        missing = classes_missing(stats, split) if good[split] else []
-        if missing:  # scored there, a class it lacks counts IoU 0 for any stray pixel
-            log_event(log, "data.split.classes_missing", logging.WARNING, split=split, classes=",".join(missing),
-                      hint="no image of this split shows them: "
-                      + ("set data.split.stratify: classes" if data.split.stratify is SplitStratify.NONE
-                         else "too few images show them to give every split one") + ", or name the images in "
-                      "data.split.lists")
+        if good[split]:
+            _warn_classes_missing(split, classes_missing(stats, split), data.split.stratify)
     normalization = data.normalization or _measure_normalization(good["train"], by_id)
     folds = None
     if data.split.folds:
@@ -462,12 +457,28 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         pixels = _pixels_by_source(good["train"] + good["val"], by_id)
         folds = kfold_assignments(pool, data.split.folds, split_seed, data.split.fold_val, data.split.group_by,
                                   data.split.stratify, pixels)
+        for fold in folds:
+            trained = np.sum([pixels[s] for s in fold.train], axis=0)
+            for part, sources in (("val", fold.val), ("test", fold.test)):
+                shown = np.sum([pixels[s] for s in sources], axis=0)
+                _warn_classes_missing(f"fold {fold.index + 1} {part}", [classmap.names[c] for c in
+                                      np.flatnonzero((trained > 0) & (shown == 0))], data.split.stratify)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
                                           for split in good.values() for i in split})
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
+
+
+def _warn_classes_missing(split: str, missing: list[str], stratify: SplitStratify) -> None:
+    """Scored there, a trained class the split lacks counts IoU 0 for any stray pixel: say so, with the remedy."""
+    if missing:
+        log_event(log, "data.split.classes_missing", logging.WARNING, split=split, classes=",".join(missing),
+                  hint="no image of this split shows them: "
+                  + ("set data.split.stratify: classes" if stratify is SplitStratify.NONE
+                     else "too few images show them to give every split one") + ", or name the images in "
+                  "data.split.lists")
 
 
 def _pixels_by_source(items: list[dict], by_id: dict[str, dict]) -> dict[str, np.ndarray]:

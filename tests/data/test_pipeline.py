@@ -164,6 +164,13 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
     assert missing, "the shuffle kept magnetite in every split: the stratified check above proves nothing"
     warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_missing"]
     assert warned and all(w["classes"] == "magnetite" and "stratify: classes" in w["hint"] for w in warned)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):  # five folds, at most three holders among them
+        prepare(settings(root, split={"train": 0.6, "val": 0.2, "test": 0.2, "stratify": "classes", "folds": 5}),
+                tmp=tmp_path / "work-folds")
+    warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_missing"]
+    assert sum(w["split"].startswith("fold ") and w["split"].endswith(" test") for w in warned) >= 2, warned
+    assert all(w["classes"] == "magnetite" and "too few images" in w["hint"] for w in warned)
 
 
 def test_explicit_split_lists(ray_session, tmp_path):
