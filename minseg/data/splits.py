@@ -71,8 +71,9 @@ def stratified_parts(pixels: np.ndarray, ratios, seed: int) -> np.ndarray:
     """Part index (0..len(ratios)-1) per image group, by iterative stratification on ``class_strata``: each part
     gets about its ratio of the groups showing each class, rarest classes first; then ``_fill_missing_classes``.
     Part sizes follow the ratios loosely (exact counts would undo the balance): in 3000 random trials of 8-60
-    groups, within 2.4 groups of ratio x groups at the 99th percentile, 3.4 at most; a part with a ratio > 0 gets at least one group when there are enough, preferably one whose classes
-    its part shows elsewhere too.
+    groups, within 2.4 groups of ratio x groups at the 99th percentile, 3.4 at most. A part with a ratio > 0 gets
+    at least one group when there are enough (the first part, training, always), preferably one whose classes its
+    part shows elsewhere too.
 
     Args:
         pixels: (groups, classes) labelled pixels per class, rows in the (seeded) order ties are broken by.
@@ -89,13 +90,19 @@ def stratified_parts(pixels: np.ndarray, ratios, seed: int) -> np.ndarray:
         return np.zeros(0, np.int64)
     present = np.asarray(pixels) > 0
     parts = IterativeStratification(class_strata(pixels), ratios.copy(), np.random.RandomState(seed % 2**32))
-    if len(parts) >= int((ratios > 0).sum()):
-        for part in np.flatnonzero(ratios > 0):
-            if not (parts == part).any():  # the largest part gives a group, one it can spare if it has one
-                donor = int(np.argmax(np.bincount(parts, minlength=len(ratios))))
-                groups = np.flatnonzero(parts == donor)
-                spared = [g for g in groups if _spares(present, parts, g, donor)]
-                parts[(spared or list(groups))[-1]] = part
+    active = np.flatnonzero(ratios > 0)
+    for part in active:
+        if (parts == part).any():
+            continue
+        # the largest part gives a group, one it can spare if it has one; with fewer groups than parts only the
+        # first (training) part may empty another: a model needs a training image more than a scored split
+        counts = np.bincount(parts, minlength=len(ratios))
+        donor = int(np.argmax(counts))
+        if counts[donor] < 2 and part != active[0]:
+            continue
+        groups = np.flatnonzero(parts == donor)
+        spared = [g for g in groups if _spares(present, parts, g, donor)]
+        parts[(spared or list(groups))[-1]] = part
     _fill_missing_classes(present, parts, ratios)
     return parts
 
@@ -108,8 +115,8 @@ def _spares(present: np.ndarray, parts: np.ndarray, group: int, part: int) -> bo
 
 def _fill_missing_classes(present: np.ndarray, parts: np.ndarray, ratios: np.ndarray) -> None:
     """In place: a part with a share that lacks a class shown by at least one group per such part gets a group
-    showing it from the part with most of them, and gives back a group it can spare. Greedy stratification can
-    leave the gap: 4 groups showing a class, shares .7 / .15 / .15, go 3 / 1 / 0, filled 2 / 1 / 1. Limits: a part holding more
+    showing it from the part with most of them (or the next that can give one), and gives back a group it can
+    spare. Greedy stratification can leave the gap: 4 groups showing a class, shares .7 / .15 / .15, go 3 / 1 / 0, filled 2 / 1 / 1. Limits: a part holding more
     than half the groups (training) keeps two groups showing the class (3 groups at .7 / .15 / .15 go 2 / 1 / 0:
     the model needs examples more than a second scored split does, and the preparation warns); no part loses a
     class it shows; a part with nothing to give back takes the group only while it stays within one group of its
@@ -124,18 +131,21 @@ def _fill_missing_classes(present: np.ndarray, parts: np.ndarray, ratios: np.nda
             if (holders & (parts == part)).any():
                 continue
             counts = np.bincount(parts[holders], minlength=len(ratios))
-            donor = int(np.argmax(counts))
-            if counts[donor] <= (2 if ratios[donor] > 0.5 else 1):
-                continue
-            movable = [g for g in np.flatnonzero(holders & (parts == donor)) if _spares(present, parts, g, donor)]
-            if not movable:
-                continue
-            parts[movable[-1]] = part
-            back = [g for g in np.flatnonzero(parts == part) if not present[g, c] and _spares(present, parts, g, part)]
-            if back:
-                parts[back[-1]] = donor
-            elif (parts == part).sum() > ceiling[part]:
-                parts[movable[-1]] = donor
+            for donor in np.argsort(-counts, kind="stable"):  # the part holding most of the class first
+                if counts[donor] <= (2 if ratios[donor] > 0.5 else 1):
+                    continue
+                movable = [g for g in np.flatnonzero(holders & (parts == donor))
+                           if _spares(present, parts, g, donor)]
+                if not movable:
+                    continue
+                parts[movable[-1]] = part
+                back = [g for g in np.flatnonzero(parts == part)
+                        if not present[g, c] and _spares(present, parts, g, part)]
+                if back:
+                    parts[back[-1]] = donor
+                elif (parts == part).sum() > ceiling[part]:
+                    parts[movable[-1]] = donor
+                break
 
 
 def twin_scenes(source_ids) -> dict[str, list[str]]:

@@ -172,3 +172,26 @@ def test_layout_val_carved_from_train_is_stratified():
     alone = [{"item_id": s, "source_id": s, "layout_split": "test" if s != "d/00" else "train"} for s in pixels]
     assert assign_splits(alone, SplitSettings(train=0.4, val=0.5, test=0.1, stratify="classes"), 0,
                          class_pixels=pixels)["d/00"] == "train"
+
+
+def test_training_gets_a_group_even_when_there_are_fewer_groups_than_parts():
+    """One or two images under three shares: the shuffle gives training one (split_counts), and so does the
+    stratified split, whatever share training has."""
+    for seed in range(8):
+        for groups in (1, 2):
+            parts = stratified_parts(np.ones((groups, 2)), (0.4, 0.5, 0.1), seed)
+            assert (parts == 0).sum() == 1, (seed, groups, parts)
+
+
+def test_a_missing_class_is_taken_from_the_next_part_when_the_first_cannot_give():
+    """Mineral 1 in four images, training 2 / validation 2 / test 0: training (most holders, first in a tie)
+    keeps its two, so validation gives one and takes back an image without the mineral."""
+    from minseg.data.splits import _fill_missing_classes
+
+    present = np.zeros((12, 2), bool)
+    present[:, 0] = True
+    present[[0, 1, 2, 3], 1] = True
+    parts = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 2, 2])
+    _fill_missing_classes(present, parts, np.array([0.7, 0.15, 0.15]))
+    assert [int(present[parts == p, 1].sum()) for p in range(3)] == [2, 1, 1]
+    assert np.bincount(parts, minlength=3).tolist() == [8, 2, 2]
