@@ -448,6 +448,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     for split in ("val", "test"):
         if good[split]:
             _warn_classes_missing(split, classes_missing(stats, split), data.split.stratify)
+    _warn_classes_untrained("train", classes_untrained(stats), data.split.stratify)
     normalization = data.normalization or _measure_normalization(good["train"], by_id)
     folds = None
     if data.split.folds:
@@ -463,6 +464,9 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
                 shown = np.sum([pixels[s] for s in sources], axis=0)
                 _warn_classes_missing(f"fold {fold.index + 1} {part}", [classmap.names[c] for c in
                                       np.flatnonzero((trained > 0) & (shown == 0))], data.split.stratify)
+            scored = np.sum([pixels[s] for s in fold.val | fold.test], axis=0)
+            _warn_classes_untrained(f"fold {fold.index + 1} train", [classmap.names[c] for c in
+                                    np.flatnonzero((trained == 0) & (scored > 0))], data.split.stratify)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
                                           for split in good.values() for i in split})
@@ -479,6 +483,15 @@ def _warn_classes_missing(split: str, missing: list[str], stratify: SplitStratif
                   + ("set data.split.stratify: classes" if stratify is SplitStratify.NONE
                      else "too few images show them to give every split one") + ", or name the images in "
                   "data.split.lists")
+
+
+def _warn_classes_untrained(split: str, untrained: list[str], stratify: SplitStratify) -> None:
+    """A class shown only outside the training split is never learnt: its IoU is 0 wherever it is scored."""
+    if untrained:
+        log_event(log, "data.split.classes_untrained", logging.WARNING, split=split, classes=",".join(untrained),
+                  hint="only validation or test images show them, so the model never learns them: "
+                  + ("set data.split.stratify: classes, " if stratify is SplitStratify.NONE else "")
+                  + "add images that show them, or name a training image for each in data.split.lists")
 
 
 def _pixels_by_source(items: list[dict], by_id: dict[str, dict]) -> dict[str, np.ndarray]:
@@ -599,6 +612,13 @@ def classes_missing(stats: dict, split: str) -> list[str]:
     trained = stats.get("train", {}).get("classes", {})
     return [name for name, counts in stats.get(split, {}).get("classes", {}).items()
             if not counts["pixels"] and trained.get(name, {}).get("pixels")]
+
+
+def classes_untrained(stats: dict) -> list[str]:
+    """Classes with pixels in validation or test but none in training (``PreparedData.stats``)."""
+    trained = stats.get("train", {}).get("classes", {})
+    return [name for name in trained if not trained[name]["pixels"]
+            and any(stats.get(split, {}).get("classes", {}).get(name, {}).get("pixels") for split in ("val", "test"))]
 
 
 def _measure_normalization(train_items, by_id) -> dict[str, list[float]]:

@@ -104,6 +104,7 @@ def stratified_parts(pixels: np.ndarray, ratios, seed: int) -> np.ndarray:
         spared = [g for g in groups if _spares(present, parts, g, donor)]
         parts[(spared or list(groups))[-1]] = part
     _fill_missing_classes(present, parts, ratios)
+    _train_on_every_class(present, parts, ratios)
     return parts
 
 
@@ -113,14 +114,47 @@ def _spares(present: np.ndarray, parts: np.ndarray, group: int, part: int) -> bo
     return not (present[group] & ~rest).any()
 
 
+def _cap_part_sizes(present: np.ndarray, parts: np.ndarray, cap: int) -> None:
+    """In place: the largest part gives groups (ones it can spare first) to the smallest until none holds more than
+    ``cap``. Stratified folds of a few groups can be lopsided (4 groups, 2 folds: 3 / 1 leaves one fold no training
+    and validation part); k-fold needs comparable folds more than a perfect class balance."""
+    while True:
+        counts = np.bincount(parts, minlength=int(parts.max(initial=0)) + 1)
+        big = int(np.argmax(counts))
+        if counts[big] <= cap:
+            return
+        groups = np.flatnonzero(parts == big)
+        spared = [g for g in groups if _spares(present, parts, g, big)]
+        parts[(spared or list(groups))[-1]] = int(np.argmin(counts))
+
+
+def _train_on_every_class(present: np.ndarray, parts: np.ndarray, ratios: np.ndarray) -> None:
+    """In place: the part holding more than half the groups (training) gets a group of each class only other parts
+    show (greedy stratification can put a class of one image in validation), and gives back a group it can spare,
+    so a model never misses a class outright: an unlearnt class scores 0 wherever it is scored."""
+    train = int(np.argmax(ratios))
+    if ratios[train] <= 0.5:
+        return
+    for c in np.flatnonzero(present.any(axis=0) & ~present[parts == train].any(axis=0)):
+        group = int(np.flatnonzero(present[:, c])[-1])
+        donor = int(parts[group])
+        parts[group] = train
+        back = [g for g in np.flatnonzero(parts == train)
+                if g != group and _spares(present, parts, g, train)]
+        if back:
+            parts[back[-1]] = donor
+        elif not (parts == donor).any():  # a scored part keeps its one image: the class is warned as untrained
+            parts[group] = donor
+
+
 def _fill_missing_classes(present: np.ndarray, parts: np.ndarray, ratios: np.ndarray) -> None:
     """In place: a part with a share that lacks a class shown by at least one group per such part gets a group
     showing it from the part with most of them (or the next that can give one), and gives back a group it can
-    spare. Greedy stratification can leave the gap: 4 groups showing a class, shares .7 / .15 / .15, go 3 / 1 / 0, filled 2 / 1 / 1. Limits: a part holding more
-    than half the groups (training) keeps two groups showing the class (3 groups at .7 / .15 / .15 go 2 / 1 / 0:
-    the model needs examples more than a second scored split does, and the preparation warns); no part loses a
-    class it shows; a part with nothing to give back takes the group only while it stays within one group of its
-    ratio."""
+    spare. Greedy stratification can leave the gap: 4 groups showing a class, shares .7 / .15 / .15, go 3 / 1 / 0,
+    filled 2 / 1 / 1. Limits: a part holding more than half the groups (training) keeps two groups showing the
+    class (3 groups at .7 / .15 / .15 go 2 / 1 / 0: the model needs examples more than a second scored split does,
+    and the preparation warns); no part loses a class it shows; a part with nothing to give back takes the group
+    only while it stays within one group of its ratio."""
     active = np.flatnonzero(ratios > 0)
     ceiling = np.round(ratios * len(parts)) + 1
     for c in np.argsort(present.sum(axis=0), kind="stable"):  # rarest first
@@ -300,6 +334,8 @@ def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float,
     order = _shuffled(sorted(source_ids), seed)
     if pixels is not None:
         fold_of = stratified_parts([pixels[s] for s in order], [1 / folds] * folds, seed)
+        _cap_part_sizes(np.asarray([pixels[s] for s in order]) > 0, fold_of,
+                        max(-(-len(order) // folds), min(-(-len(order) // folds) + 1, len(order) - 2)))
     else:
         fold_of = np.arange(len(order)) % folds
     result = []

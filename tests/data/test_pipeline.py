@@ -173,6 +173,29 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
     assert all(w["classes"] == "magnetite" and "too few images" in w["hint"] for w in warned)
 
 
+def test_a_class_only_validation_or_test_shows_is_warned_as_never_learnt(ray_session, tmp_path, caplog):
+    """Lists put the one magnetite-bearing section in test: training never sees magnetite, and the preparation says
+    so (data.split.classes_untrained), naming the class; the classes training does see are not named."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(5):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
+        if i == 4:
+            mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
+        (root / "images" / f"s{i}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
+        (root / "masks" / f"s{i}.png").write_bytes(png_bytes(mask))
+    for name, stems in (("train", "s0\ns1\ns2\n"), ("val", "s3\n"), ("test", "s4\n")):
+        (tmp_path / f"{name}.txt").write_text(stems)
+    lists = {name: str(tmp_path / f"{name}.txt") for name in ("train", "val", "test")}
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepared = prepare(settings(root, split={"lists": lists}), tmp=tmp_path / "work")
+    assert prepared.stats["test"]["classes"]["magnetite"]["pixels"]
+    warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_untrained"]
+    assert len(warned) == 1 and warned[0]["classes"] == "magnetite" and warned[0]["split"] == "train", warned
+
+
 def test_explicit_split_lists(ray_session, tmp_path):
     root = write_paired(tmp_path / "ds", count=5, size=32)
     (tmp_path / "train.txt").write_text("s0\ns1\ns2\n")

@@ -195,3 +195,37 @@ def test_a_missing_class_is_taken_from_the_next_part_when_the_first_cannot_give(
     _fill_missing_classes(present, parts, np.array([0.7, 0.15, 0.15]))
     assert [int(present[parts == p, 1].sum()) for p in range(3)] == [2, 1, 1]
     assert np.bincount(parts, minlength=3).tolist() == [8, 2, 2]
+
+
+def test_training_shows_every_class_any_image_shows():
+    """Greedy stratification can put the one image of a class in validation or test (about 1 % of such classes
+    with 5-6 images at 60/20/20): training takes it and gives back an image it can spare, unless the image is the
+    only one of its split (then the preparation warns, data.split.classes_untrained)."""
+    from minseg.data.splits import _spares, _train_on_every_class
+
+    present = np.array([[1, 0], [1, 0], [1, 0], [1, 1], [1, 0]], bool)
+    parts = np.array([0, 0, 0, 1, 2])
+    _train_on_every_class(present, parts, np.array([0.6, 0.2, 0.2]))
+    assert parts.tolist() == [0, 0, 1, 0, 2]
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(3, 9))
+        pixels = rng.integers(1, 100, (n, 4)) * (rng.random((n, 4)) < [1, 0.5, 0.3, 1 / n])
+        parts = stratified_parts(pixels, (0.6, 0.2, 0.2), trial)
+        sizes = np.bincount(parts, minlength=3)
+        assert (sizes > 0).all(), (trial, parts)
+        for c in np.flatnonzero((pixels > 0).any(axis=0) & ~(pixels[parts == 0] > 0).any(axis=0)):
+            # left out only when each image of it is its split's only one and training has none to give back
+            assert all(sizes[parts[g]] == 1 for g in np.flatnonzero(pixels[:, c])), (trial, pixels, parts)
+            assert not any(_spares(pixels > 0, parts, g, 0) for g in np.flatnonzero(parts == 0)), (trial, parts)
+
+
+def test_stratified_folds_stay_comparable_in_size():
+    """Four images sharing few classes, two folds: stratification alone gave one fold three images on 8 of 20 seeds,
+    leaving the other fold no training and validation part (an error); folds are capped at ceil(n / k)."""
+    ids = [f"s/{i}" for i in range(4)]
+    pixels = dict(zip(ids, np.array([[0, 0, 45], [0, 13, 31], [0, 45, 0], [14, 0, 0]])))
+    for seed in range(20):
+        folds = kfold_assignments(ids, 2, seed, 0.25, stratify="classes", class_pixels=pixels)
+        assert [len(f.test) for f in folds] == [2, 2], seed
+        assert all(f.train and f.val for f in folds)
