@@ -100,9 +100,7 @@ def stratified_parts(pixels: np.ndarray, ratios, seed: int) -> np.ndarray:
         donor = int(np.argmax(counts))
         if counts[donor] < 2 and part != active[0]:
             continue
-        groups = np.flatnonzero(parts == donor)
-        spared = [g for g in groups if _spares(present, parts, g, donor)]
-        parts[(spared or list(groups))[-1]] = part
+        _give(present, parts, donor, part)
     _fill_missing_classes(present, parts, ratios)
     _train_on_every_class(present, parts, ratios)
     return parts
@@ -114,18 +112,25 @@ def _spares(present: np.ndarray, parts: np.ndarray, group: int, part: int) -> bo
     return not (present[group] & ~rest).any()
 
 
-def _cap_part_sizes(present: np.ndarray, parts: np.ndarray, cap: int) -> None:
-    """In place: the largest part gives groups (ones it can spare first) to the smallest until none holds more than
-    ``cap``. Stratified folds of a few groups can be lopsided (4 groups, 2 folds: 3 / 1 leaves one fold no training
-    and validation part); k-fold needs comparable folds more than a perfect class balance."""
+def _give(present: np.ndarray, parts: np.ndarray, donor: int, receiver: int) -> None:
+    """In place: ``donor`` gives ``receiver`` one group, the last it can spare (``_spares``), else its last."""
+    groups = np.flatnonzero(parts == donor)
+    spared = [g for g in groups if _spares(present, parts, g, donor)]
+    parts[(spared or list(groups))[-1]] = receiver
+
+
+def _cap_part_sizes(present: np.ndarray, parts: np.ndarray, count: int) -> None:
+    """In place: the largest of ``count`` parts gives groups to the smallest until none holds more than
+    ceil(n / count) + 1, or ceil(n / count) where one more would leave another part under two groups. Stratified
+    folds of a few groups can be lopsided (4 groups, 2 folds: 3 / 1 leaves one fold no training and validation
+    part); k-fold needs comparable folds more than a perfect class balance."""
+    even = -(-len(parts) // count)
+    cap = max(even, min(even + 1, len(parts) - 2))
     while True:
-        counts = np.bincount(parts, minlength=int(parts.max(initial=0)) + 1)
-        big = int(np.argmax(counts))
-        if counts[big] <= cap:
+        counts = np.bincount(parts, minlength=count)
+        if counts.max() <= cap:
             return
-        groups = np.flatnonzero(parts == big)
-        spared = [g for g in groups if _spares(present, parts, g, big)]
-        parts[(spared or list(groups))[-1]] = int(np.argmin(counts))
+        _give(present, parts, int(np.argmax(counts)), int(np.argmin(counts)))
 
 
 def _train_on_every_class(present: np.ndarray, parts: np.ndarray, ratios: np.ndarray) -> None:
@@ -333,9 +338,9 @@ def _kfold(source_ids: list[str], folds: int, seed: int, val_share: float,
                          f"(scenes) in train + val, got {len(source_ids)}")
     order = _shuffled(sorted(source_ids), seed)
     if pixels is not None:
-        fold_of = stratified_parts([pixels[s] for s in order], [1 / folds] * folds, seed)
-        _cap_part_sizes(np.asarray([pixels[s] for s in order]) > 0, fold_of,
-                        max(-(-len(order) // folds), min(-(-len(order) // folds) + 1, len(order) - 2)))
+        ordered = np.asarray([pixels[s] for s in order])
+        fold_of = stratified_parts(ordered, [1 / folds] * folds, seed)
+        _cap_part_sizes(ordered > 0, fold_of, folds)
     else:
         fold_of = np.arange(len(order)) % folds
     result = []

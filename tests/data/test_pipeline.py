@@ -127,20 +127,25 @@ def test_voc_palette_masks_void_border_and_lists(ray_session, tmp_path):
     assert (ids[0] == 255).all() and np.array_equal(ids[1:], expected[1:])  # palette indices are the codes
 
 
+def write_pyrite_sections(root, stems, magnetite=()):
+    """32 x 32 sections with a pyrite grain each and a magnetite grain in those at the ``magnetite`` indices."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, stem in enumerate(stems):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
+        if i in magnetite:
+            mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
+        (root / "images" / f"{stem}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
+        (root / "masks" / f"{stem}.png").write_bytes(png_bytes(mask))
+    return root
+
+
 def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray_session, tmp_path, caplog):
     """``split.stratify: classes`` on real files: twelve sections show pyrite, four of them magnetite, one is
     unreadable. The unreadable one is quarantined, not given a split; magnetite reaches train, val and test. With
     the shuffle some seed leaves it out of a scored split, and the data preparation says so, naming the class."""
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(12):
-        mask = np.zeros((32, 32), np.uint8)
-        mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
-        if i in (1, 4, 6, 10):
-            mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
-        (root / "images" / f"s{i:02d}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
-        (root / "masks" / f"s{i:02d}.png").write_bytes(png_bytes(mask))
+    root = write_pyrite_sections(tmp_path / "ds", [f"s{i:02d}" for i in range(12)], magnetite=(1, 4, 6, 10))
     (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (root / "masks" / "broken.png").write_bytes(png_bytes(np.zeros((32, 32), np.uint8)))
 
@@ -176,16 +181,7 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
 def test_a_class_only_validation_or_test_shows_is_warned_as_never_learnt(ray_session, tmp_path, caplog):
     """Lists put the one magnetite-bearing section in test: training never sees magnetite, and the preparation says
     so (data.split.classes_untrained), naming the class; the classes training does see are not named."""
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(5):
-        mask = np.zeros((32, 32), np.uint8)
-        mask[4:12, 4:12] = CLASS_NAMES.index("pyrite")
-        if i == 4:
-            mask[20:24, 20:24] = CLASS_NAMES.index("magnetite")
-        (root / "images" / f"s{i}.jpg").write_bytes(jpg_bytes(render_section(i, 32, 32)[0]))
-        (root / "masks" / f"s{i}.png").write_bytes(png_bytes(mask))
+    root = write_pyrite_sections(tmp_path / "ds", [f"s{i}" for i in range(5)], magnetite=(4,))
     for name, stems in (("train", "s0\ns1\ns2\n"), ("val", "s3\n"), ("test", "s4\n")):
         (tmp_path / f"{name}.txt").write_text(stems)
     lists = {name: str(tmp_path / f"{name}.txt") for name in ("train", "val", "test")}
