@@ -165,6 +165,13 @@ class SelectionRule(StrEnum):
     TPI_BUDGET = "tpi_budget"  # the best among candidates within a time-per-image budget
 
 
+class MemberCheckpoint(StrEnum):
+    """Which of a member's checkpoints an evaluation scores."""
+
+    BEST = "best"  # the epoch training kept by its checkpoint_metric on validation (the last without validation)
+    LAST = "last"  # the final epoch: validation chose nothing yet, so ranking and selection on it see fresh data
+
+
 class MemberStatus(StrEnum):
     """Outcome of one member's training (one trial: a member, or a member on one CV fold)."""
 

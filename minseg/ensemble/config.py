@@ -6,7 +6,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
-from minseg.enums import TTA, Blend, FusionMode, ScoreSplit, SelectionRule
+from minseg.enums import TTA, Blend, FusionMode, MemberCheckpoint, ScoreSplit, SelectionRule
 from minseg.io.storage import absolute_uri, join_uri
 
 
@@ -53,6 +53,9 @@ class EvaluationSettings(StrictModel):
     voters: list[str] | None = Field(
         None, min_length=1, description="members RUEL-k ensembles are built from (default: every evaluated member); the others "
                           "are scored and reported as single members, e.g. the paper's baselines b0/b1")
+    checkpoint: MemberCheckpoint = Field(
+        MemberCheckpoint.BEST, description="each member's best checkpoint (chosen on validation by the training's "
+        "checkpoint_metric) or its last epoch (validation then ranks and selects on images that chose nothing)")
     rank_key: str = Field("miou", description="e.g. miou, iou:gangue (the paper), f1:pyrite, mean_f1")
     rank_on: str = Field("val", pattern="^(val|test)$", description="split the ranking (and learned weights) come from")
     k_min: int = Field(3, ge=1)

@@ -31,7 +31,7 @@ from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
-from minseg.enums import FusionMode, MemberStatus, Precision, SplitStratify, Task
+from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, Precision, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef
@@ -192,8 +192,10 @@ def metrics_for(rows: ImageScores, index: int, class_names) -> dict:
 
 
 def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
-                     data: DataSettings | None = None) -> list[MemberRef]:
-    """Finished segmentation members of a training run (their best checkpoints), checked for one class map and,
+                     data: DataSettings | None = None,
+                     checkpoint: MemberCheckpoint = MemberCheckpoint.BEST) -> list[MemberRef]:
+    """Finished segmentation members of a training run at their ``checkpoint`` (``best``: the one training kept
+    on validation, its last epoch when it had none; ``last``: the final epoch), checked for one class map and,
     given the ``data`` they will be evaluated on, for the input channels they were trained on (``check_channels``).
 
     Raises:
@@ -213,16 +215,20 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
         raise InputError(f"members not finished in {run_uri}: {', '.join(missing)} (finished: {', '.join(done)})")
     members, classes = [], None
     for name in wanted:
-        checkpoint = done[name]["best_checkpoint"]
-        member = json.loads(storage.read_text(join_uri(checkpoint, "member.json")))
-        document = json.loads(storage.read_text(join_uri(checkpoint, "classes.json")))
+        row = done[name]
+        uri = row.get("last_checkpoint") if checkpoint is MemberCheckpoint.LAST else \
+            row.get("best_checkpoint") or row.get("last_checkpoint")
+        if not uri:
+            raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
+        member = json.loads(storage.read_text(join_uri(uri, "member.json")))
+        document = json.loads(storage.read_text(join_uri(uri, "classes.json")))
         if classes is not None and document != classes[1]:
             raise InputError(f"member {name!r} was trained on a different class map than {classes[0]!r}")
         classes = classes or (name, document)
         if data is not None:
             check_channels(name, member, data)
-        members.append(MemberRef(name, member["model"], checkpoint, member["model_options"],
-                                 _member_normalization(storage, checkpoint)))
+        members.append(MemberRef(name, member["model"], uri, member["model_options"],
+                                 _member_normalization(storage, uri)))
     if not members:
         raise InputError(f"{run_uri}: no finished members to evaluate")
     if any(get_entry(m.model).task is not Task.SEGMENTATION for m in members):
@@ -394,7 +400,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     settings = config.evaluation or EvaluationSettings()
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
-    members = discover_members(storage, run_uri, settings.members, config.data)
+    members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
@@ -447,6 +453,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "run": run_uri,
         "rank_key": settings.rank_key,
         "rank_split": ranking.split,
+        "member_checkpoint": str(settings.checkpoint),
         "selection_split": ranking.split,  # candidates' selection_metrics; their metrics are the test split's
         "ranking": ranking.order,
         "voters": ranking.pool,
