@@ -5,8 +5,8 @@ Runs the recipe's own commands in-process on the real sections (``../shared/data
 ensemble is chosen on the validation split; everything printed as "test" comes from the test split, which
 chose nothing. Prints the members table, the RUEL-k table and the selected candidate with its gain over the
 best member on test (the issue's yardstick) and over the member ranked first on validation (the one the
-selection knows), then the same evaluation with flip test-time augmentation (evaluation name ``tta-flips``,
-beside ``ensemble``; ``--tta none`` skips it). One CSV row per candidate and evaluation goes to
+selection knows), then the same evaluation with flip test-time augmentation (evaluation name ``tta-flips``
+beside ``ensemble``, ``<name>-tta-flips`` beside ``--set evaluation.name=<name>``; ``--tta none`` skips it). One CSV row per candidate and evaluation goes to
 bench/results/lumenstone_recipe.csv.
 
 ``--pixel-baseline`` scores a reference the members must beat: a quadratic discriminant (scikit-learn) on each
@@ -114,10 +114,11 @@ def recipe(args, config, label: str | None = None) -> dict:
     print(f"training: {len(results)} members, slowest {member_seconds} s; {call_seconds} s in this call"
           f"{' (finished members kept)' if args.reuse else ''}")
     first = None
+    base = config.evaluation.name  # "ensemble", or e.g. --set evaluation.name=last-epoch beside it
     for tta in map(TTA, args.tta):
+        name = base if tta is TTA.NONE else f"tta-{tta.value}" if base == "ensemble" else f"{base}-tta-{tta.value}"
         config.evaluation = config.evaluation.model_validate(
-            {**config.evaluation.model_dump(mode="json"), "tta": tta.value,
-             "name": "ensemble" if tta is TTA.NONE else f"tta-{tta.value}"})
+            {**config.evaluation.model_dump(mode="json"), "tta": tta.value, "name": name})
         evaluated = time.monotonic()
         evaluation = evaluate_ensemble(config)
         rows = report(evaluation, config.evaluation.name)
