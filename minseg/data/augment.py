@@ -5,6 +5,9 @@
 - shift_rotate: random shift up to ``shift`` x tile and rotation up to
   ``rotate_degrees``; uncovered image pixels take the mean (0 after normalisation),
   uncovered mask pixels become ignore (the microplastic paper's scheme).
+- photometric (``exposure`` / ``colour`` > 0, after the geometric views): each tile's raw intensities are
+  multiplied by one brightness gain and a gain per channel, as a photograph taken with another exposure
+  time or white balance would be; masks are unchanged.
 """
 
 from __future__ import annotations
@@ -55,15 +58,37 @@ def _shift_rotate(images, masks, settings: AugmentSettings, generator, ignore_in
     return warped.to(images.dtype), sampled.to(masks.dtype)
 
 
+def _photometric(images, settings: AugmentSettings, generator, mean: torch.Tensor, std: torch.Tensor):
+    """Gains on the raw intensities, applied to normalised ones: with x = (raw - mean) / std, raw * g becomes
+    g * x + (g - 1) * mean / std. Not clipped to the sensor's range: a brighter tile stays linear."""
+    n, channels = images.shape[:2]
+    exposure = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * settings.exposure
+    colour = 1 + (torch.rand(n, channels, 1, 1, generator=generator) * 2 - 1) * settings.colour
+    gain = (exposure * colour).to(device=images.device, dtype=torch.float32)
+    mean, std = (t.to(images.device, torch.float32).reshape(1, -1, 1, 1) for t in (mean, std))
+    return (gain * images.float() + (gain - 1) * mean / std).to(images.dtype)
+
+
 def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, settings: AugmentSettings,
-                  generator: torch.Generator, ignore_index: int = 255):
-    """Augment normalised images (N, C, H, W) and their masks (N, H, W) together."""
+                  generator: torch.Generator, ignore_index: int = 255, mean: torch.Tensor | None = None,
+                  std: torch.Tensor | None = None):
+    """Augment normalised images (N, C, H, W) and their masks (N, H, W) together.
+
+    Args:
+        mean, std: the per-channel statistics the images were normalised with (C values, raw intensity units);
+            needed by the photometric jitter, which scales raw intensities.
+
+    Raises:
+        ValueError: photometric jitter asked for without ``mean`` and ``std``.
+    """
     mode = Augmentation(settings.mode)
-    if mode is Augmentation.NONE:
-        return images, masks
     if mode in (Augmentation.DIHEDRAL, Augmentation.BOTH) and images.shape[-1] == images.shape[-2]:
         choice = torch.randint(0, 6, (images.shape[0],), generator=generator).to(images.device)
         images, masks = _dihedral(images, masks, choice)
     if mode in (Augmentation.SHIFT_ROTATE, Augmentation.BOTH):
         images, masks = _shift_rotate(images, masks, settings, generator, ignore_index)
+    if settings.exposure or settings.colour:
+        if mean is None or std is None:
+            raise ValueError("photometric augmentation (exposure / colour) needs the normalisation mean and std")
+        images = _photometric(images, settings, generator, mean, std)
     return images, masks

@@ -255,9 +255,17 @@ class TilingSettings(StrictModel):
 
 
 class AugmentSettings(StrictModel):
+    """Training-time augmentation (``data/augment.py``): geometric views by ``mode``, then photometric
+    jitter when ``exposure`` / ``colour`` are above 0 (reflected-light photographs of one collection differ in
+    exposure and white balance by as much as some minerals differ from each other)."""
+
     mode: Augmentation = Augmentation.DIHEDRAL
     shift: float = Field(0.2, ge=0, le=0.5, description="max shift as a fraction of the tile")
     rotate_degrees: float = Field(45.0, ge=0, le=180)
+    exposure: float = Field(0.0, ge=0, lt=1, description="max relative change of a tile's brightness: its raw "
+                            "intensities times one gain drawn from [1 - exposure, 1 + exposure]")
+    colour: float = Field(0.0, ge=0, lt=1, description="max relative change of each channel on top of exposure "
+                          "(white balance): a gain per channel drawn from [1 - colour, 1 + colour]")
 
 
 class OversamplingSettings(StrictModel):

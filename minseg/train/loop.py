@@ -219,9 +219,10 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
         if task is Task.SEGMENTATION:
             images, target = augment_batch(images, target, session.augmentation, session.generator,
-                                           session.inputs.ignore_index)
+                                           session.inputs.ignore_index, session.mean, session.std)
         else:
-            images, _ = augment_batch(images, None, session.augmentation, session.generator)
+            images, _ = augment_batch(images, None, session.augmentation, session.generator,
+                                      mean=session.mean, std=session.std)
         lr = learning_rate(member.schedule, base_lr, stage_step, total_steps, state["epochs_done"])
         for group in optimizer.param_groups:
             group["lr"] = lr

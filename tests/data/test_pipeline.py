@@ -175,6 +175,8 @@ def test_stratified_split_scans_first_and_every_split_shows_the_rare_mineral(ray
                 tmp=tmp_path / "work-folds")
     warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_missing"]
     assert sum(w["split"].startswith("fold ") and w["split"].endswith(" test") for w in warned) >= 2, warned
+    # each fold's validation part (fold_val: one image here) cannot show it everywhere either, and is named
+    assert any(w["split"].startswith("fold ") and w["split"].endswith(" val") for w in warned), warned
     assert all(w["classes"] == "magnetite" and "too few images" in w["hint"] for w in warned)
 
 

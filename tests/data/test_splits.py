@@ -229,3 +229,48 @@ def test_stratified_folds_stay_comparable_in_size():
         folds = kfold_assignments(ids, 2, seed, 0.25, stratify="classes", class_pixels=pixels)
         assert [len(f.test) for f in folds] == [2, 2], seed
         assert all(f.train and f.val for f in folds)
+
+
+def test_stratified_by_scene_keeps_twins_together_and_counts_a_scene_by_all_its_images():
+    """PPL and XPL of 20 scenes as two sources, ``group_by: scene`` with ``stratify: classes``: magnetite is
+    labelled in the PPL image of four scenes only, so a scene shows it only when its images are summed. Every
+    split (and every fold's test part) gets a magnetite scene, and twins never part, on every seed."""
+    rare = rare_mineral_sections(holders=(2, 9, 15, 17))
+    pixels = {}
+    for name, values in rare.items():
+        scene = name.split("/")[1]
+        pixels[f"ppl/{scene}"] = values
+        pixels[f"xpl/{scene}"] = values[:2] + [0]
+    items = [{"item_id": s, "source_id": s} for s in pixels]
+    settings = SplitSettings(group_by="scene", stratify="classes")
+    for seed in range(8):
+        assignment = assign_splits(items, settings, seed, class_pixels=pixels)
+        assert all(assignment[f"ppl/{i:02d}"] == assignment[f"xpl/{i:02d}"] for i in range(20)), seed
+        assert splits_showing(assignment, pixels, 2) == {"train", "val", "test"}, seed
+        folds = kfold_assignments(sorted(pixels), 4, seed, 0.25, group_by="scene", stratify="classes",
+                                  class_pixels=pixels)
+        for fold in folds:
+            assert any(pixels[s][2] for s in fold.test), (seed, fold.index)
+            for part in (fold.train, fold.val, fold.test):
+                assert all((f"ppl/{i:02d}" in part) == (f"xpl/{i:02d}" in part) for i in range(20))
+
+
+def test_layouts_naming_every_split_are_not_stratified_and_say_so(caplog):
+    """Every image's split named by its layout (VOC ImageSets, COCO folders) leaves nothing to stratify: the
+    layout's splits are kept, with a warning that says how to stratify them all; ``use_layout_lists: false``
+    stratifies every image and does not warn."""
+    import logging
+
+    pixels = rare_mineral_sections(holders=(2, 9, 15, 17))
+    named = {s: "train" if i < 14 else "val" if i < 17 else "test" for i, s in enumerate(sorted(pixels))}
+    items = [{"item_id": s, "source_id": s, "layout_split": named[s]} for s in pixels]
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        assert assign_splits(items, SplitSettings(stratify="classes"), 0, class_pixels=pixels) == named
+    warned = [r for r in caplog.records if r.getMessage() == "data.split.not_stratified"]
+    assert len(warned) == 1 and "use_layout_lists: false" in warned[0].fields["hint"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        assignment = assign_splits(items, SplitSettings(stratify="classes", use_layout_lists=False), 0,
+                                   class_pixels=pixels)
+    assert splits_showing(assignment, pixels, 2) == {"train", "val", "test"} and assignment != named
+    assert not [r for r in caplog.records if r.getMessage() == "data.split.not_stratified"]

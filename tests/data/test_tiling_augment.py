@@ -58,3 +58,38 @@ def test_shift_rotate_fills_mean_and_ignore():
     assert filled.abs().mean() < 0.2 * out_images[:, 0][~outside].abs().mean()
     inside = ~outside
     assert set(out_masks[inside].unique().tolist()) <= set(range(5))
+
+
+def test_photometric_jitter_scales_raw_intensities_by_bounded_gains():
+    """exposure / colour: each tile's raw intensities (x * std + mean) are multiplied by one brightness gain in
+    [1 - exposure, 1 + exposure] times a gain per channel in [1 - colour, 1 + colour]; masks and geometry are
+    untouched, draws are seeded and differ between tiles; without the statistics it is refused."""
+    import pytest
+
+    torch.manual_seed(0)
+    raw = torch.rand(16, 3, 8, 8) * 200 + 20
+    mean, std = torch.tensor([110.0, 100.0, 90.0]), torch.tensor([60.0, 55.0, 50.0])
+    images = (raw - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    masks = torch.randint(0, 4, (16, 8, 8))
+
+    def gains(settings, seed=2):
+        out, out_masks = augment_batch(images, masks, settings, torch.Generator().manual_seed(seed), mean=mean,
+                                       std=std)
+        assert torch.equal(out_masks, masks)
+        ratio = (out * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)) / raw
+        per_tile = ratio.mean(dim=(2, 3))  # (tiles, channels): one gain per tile and channel
+        assert torch.allclose(ratio, per_tile[..., None, None].expand_as(ratio), atol=1e-4)
+        return per_tile
+
+    exposure = gains(AugmentSettings(mode="none", exposure=0.25))
+    assert torch.allclose(exposure, exposure[:, :1].expand_as(exposure), atol=1e-4)  # same gain on every channel
+    assert exposure.min() >= 0.75 - 1e-4 and exposure.max() <= 1.25 + 1e-4 and exposure[:, 0].std() > 0.05
+    both = gains(AugmentSettings(mode="none", exposure=0.2, colour=0.1))
+    assert both.min() >= 0.8 * 0.9 - 1e-4 and both.max() <= 1.2 * 1.1 + 1e-4
+    assert (both.max(dim=1).values / both.min(dim=1).values).max() > 1.02  # channels drawn apart
+    assert torch.equal(both, gains(AugmentSettings(mode="none", exposure=0.2, colour=0.1)))
+    assert not torch.equal(both, gains(AugmentSettings(mode="none", exposure=0.2, colour=0.1), seed=3))
+    plain = augment_batch(images, masks, AugmentSettings(mode="none"), torch.Generator().manual_seed(2))
+    assert plain[0] is images  # off by default: nothing drawn, nothing changed
+    with pytest.raises(ValueError, match="needs the normalisation mean and std"):
+        augment_batch(images, masks, AugmentSettings(exposure=0.1), torch.Generator())

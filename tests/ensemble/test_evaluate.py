@@ -370,3 +370,43 @@ def test_select_says_which_split_chooses_and_warns_on_documents_without_validati
     assert "predates choosing on validation" in captured.err and "chosen on the test split" in captured.out
     best_on_test = sorted(evaluation.candidates, key=lambda c: (-c.metrics["miou"], c.tpi, c.key))[0]
     assert load_manifest(str(tmp_path / "old" / "manifest-old.json")).selection["candidate"] == best_on_test.key
+
+
+def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, evaluation, tmp_path):
+    """``evaluation.checkpoint``: ``best`` scores the checkpoint training kept on validation (the last without
+    one), ``last`` the final epoch (validation then ranks on images that chose nothing); the document says which;
+    a member that recorded no last checkpoint is an input error naming it."""
+    from minseg.enums import MemberCheckpoint
+    from minseg.ensemble.evaluate import discover_members
+    from minseg.errors import InputError
+
+    storage = Storage()
+    run = evaluation.document["run"]
+    table = json.loads(storage.read_text(f"{run}/members.json"))["members"]
+    done = [row for row in table if row["status"] == "done" and row.get("fold") is None]
+    assert evaluation.document["member_checkpoint"] == "best"
+    assert {n: m["checkpoint"] for n, m in evaluation.document["members"].items()} == \
+        {row["member"]: row["best_checkpoint"] for row in done}
+
+    # a table whose best and last checkpoints all differ (each member's "last" is the next member's), one member
+    # without a best: which column each choice reads
+    lasts = [row["last_checkpoint"] for row in done]
+    crossed = [{**row, "last_checkpoint": lasts[(i + 1) % len(done)],
+                "best_checkpoint": None if row["member"] == "vgg" else row["best_checkpoint"]}
+               for i, row in enumerate(done)]
+    (tmp_path / "members.json").write_text(json.dumps({"members": crossed}))
+    for which, expected in ((MemberCheckpoint.BEST, [r["best_checkpoint"] or r["last_checkpoint"] for r in crossed]),
+                            (MemberCheckpoint.LAST, [r["last_checkpoint"] for r in crossed])):
+        members = discover_members(storage, str(tmp_path), [r["member"] for r in crossed], trained_run.data, which)
+        assert [m.checkpoint for m in members] == expected
+    (tmp_path / "members.json").write_text(json.dumps({"members": [
+        {**row, "last_checkpoint": None} if row["member"] == "vgg" else row for row in done]}))
+    with pytest.raises(InputError, match="member 'vgg' of .* records no last checkpoint"):
+        discover_members(storage, str(tmp_path), None, trained_run.data, MemberCheckpoint.LAST)
+
+    config = evaluation_config(trained_run, "last-epoch", modes=["soft"], checkpoint="last")
+    config.evaluation.overlays = 0
+    last = evaluate_ensemble(config)
+    assert last.document["member_checkpoint"] == "last"
+    assert {n: m["checkpoint"] for n, m in last.document["members"].items()} == \
+        {row["member"]: row["last_checkpoint"] for row in done}

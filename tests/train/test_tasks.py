@@ -50,7 +50,8 @@ def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
         "ray": {"task_cpus": 0.25},
         "data": {"sources": [{"uri": str(root)}], "tiling": {"size": 48}, "cache": True,
                  "classes": {"classes": [{"name": "background", "codes": [0]}, {"name": "microplastic", "codes": [1]}]},
-                 "augmentation": {"mode": "shift_rotate"},
+                 # photometric jitter too: the training loop hands it the normalisation statistics
+                 "augmentation": {"mode": "shift_rotate", "exposure": 0.2, "colour": 0.05},
                  "split": {"train": 0.84, "val": 0.0, "test": 0.16, "folds": 2}},
         "training": {"members": [{
             "name": "halfunet", "model": "half_unet", "model_options": {"width": 0.125}, "loss": {"name": "weighted_bce"},
