@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
 from minseg.config.base import StrictModel
+from minseg.data.config import AugmentSettings
 from minseg.enums import ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName, Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -121,6 +122,9 @@ class MemberSettings(StrictModel):
     checkpoint_mode: str = Field("max", pattern="^(max|min)$")
     max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
     seed: int | None = None
+    augmentation: AugmentSettings | None = Field(
+        None, description="this member's training augmentation instead of data.augmentation: members that see "
+        "other views of the tiles (e.g. exposure jitter for some) make less alike errors")
 
     @field_validator("model_options")
     @classmethod

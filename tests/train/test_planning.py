@@ -54,6 +54,15 @@ def test_defaults_merge_and_member_errors():
                                       "members": [{"name": "a"}, {"name": "a"}]}}, MinsegConfig)
     with pytest.raises(ValueError, match="unknown member\\(s\\) zz"):
         config.training.select(["zz"])
+    # a member's own augmentation (default: none of its own, data.augmentation applies), validated like the data's
+    config = validate_config({"training": {
+        "defaults": {"model": "unet", "stages": [{"epochs": 1}]},
+        "members": [{"name": "a"}, {"name": "b", "augmentation": {"exposure": 0.2}}]}}, MinsegConfig)
+    a, b = config.training.members
+    assert a.augmentation is None and b.augmentation.exposure == 0.2 and b.augmentation.mode.value == "dihedral"
+    with pytest.raises(ConfigError, match=r"training.members\[0\].augmentation.exposure"):
+        validate_config({"training": {"members": [{"name": "a", "model": "unet", "stages": [{"epochs": 1}],
+                                                   "augmentation": {"exposure": 1.5}}]}}, MinsegConfig)
 
 
 def test_preflight_reports_bad_options_and_table_formats():

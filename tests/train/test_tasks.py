@@ -50,13 +50,14 @@ def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
         "ray": {"task_cpus": 0.25},
         "data": {"sources": [{"uri": str(root)}], "tiling": {"size": 48}, "cache": True,
                  "classes": {"classes": [{"name": "background", "codes": [0]}, {"name": "microplastic", "codes": [1]}]},
-                 # photometric jitter too: the training loop hands it the normalisation statistics
-                 "augmentation": {"mode": "shift_rotate", "exposure": 0.2, "colour": 0.05},
+                 "augmentation": {"mode": "shift_rotate"},
                  "split": {"train": 0.84, "val": 0.0, "test": 0.16, "folds": 2}},
         "training": {"members": [{
             "name": "halfunet", "model": "half_unet", "model_options": {"width": 0.125}, "loss": {"name": "weighted_bce"},
             "stages": [{"epochs": 2, "batch_size": 2}], "optimizer": {"lr": 0.003}, "scaling": {"cpus_per_worker": 0.25},
-            "checkpoint_metric": "recall_weighted_f1", "max_failures": 0}]},
+            "checkpoint_metric": "recall_weighted_f1", "max_failures": 0,
+            # its own augmentation, with photometric jitter: the loop hands it the normalisation statistics
+            "augmentation": {"mode": "shift_rotate", "exposure": 0.2, "colour": 0.05}}]},
     }, MinsegConfig)
     rows = train_ensemble(config)
     assert [(r.member, r.fold, r.status) for r in rows] == [("halfunet", 0, "done"), ("halfunet", 1, "done")]
