@@ -6,8 +6,8 @@ ensemble is chosen on the validation split; everything printed as "test" comes f
 chose nothing. Prints the members table, the RUEL-k table and the selected candidate with its gain over the
 best member on test (the issue's yardstick) and over the member ranked first on validation (the one the
 selection knows), then the same evaluation with flip test-time augmentation (evaluation name ``tta-flips``
-beside ``ensemble``, ``<name>-tta-flips`` beside ``--set evaluation.name=<name>``; ``--tta none`` skips it). One CSV row per candidate and evaluation goes to
-bench/results/lumenstone_recipe.csv.
+beside ``ensemble``, ``<name>-tta-flips`` beside ``--set evaluation.name=<name>``; ``--tta none`` skips it).
+One CSV row per candidate and evaluation goes to bench/results/lumenstone_recipe.csv.
 
 ``--pixel-baseline`` scores a reference the members must beat: a quadratic discriminant (scikit-learn) on each
 pixel's RGB alone, no spatial context, fitted on 3000 pixels per training image of the same split and scored
