@@ -52,6 +52,7 @@ from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
+from minseg.train.checkpoint import recorded_checkpoint
 
 log = get_logger("ensemble")
 
@@ -214,10 +215,9 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     if missing:
         raise InputError(f"members not finished in {run_uri}: {', '.join(missing)} (finished: {', '.join(done)})")
     members, classes = [], None
+    checkpoint = MemberCheckpoint(checkpoint)
     for name in wanted:
-        row = done[name]
-        uri = row.get("last_checkpoint") if checkpoint is MemberCheckpoint.LAST else \
-            row.get("best_checkpoint") or row.get("last_checkpoint")
+        uri = recorded_checkpoint(done[name], checkpoint)
         if not uri:
             raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
         member = json.loads(storage.read_text(join_uri(uri, "member.json")))

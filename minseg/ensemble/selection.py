@@ -215,6 +215,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str) -> Ens
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
         normalization=document["normalization"], channels=document.get("channels"),
         selection={**document["selection"], "key": document["rank_key"], "candidate": key,
-                   "split": document.get("selection_split", "test")},
+                   "split": document.get("selection_split", "test"),
+                   "member_checkpoint": document.get("member_checkpoint", "best")},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},
     )

@@ -184,6 +184,9 @@ def _check_members(settings: ProspectSettings) -> None:
         if entry.task is not Task.CLASSIFICATION:
             raise ProspectInputError(f"prospect.training.members[{index}].model: {member.model!r} is a "
                                      f"{entry.task} learner; prospectivity needs a classification learner (e.g. mfaf)")
+        if member.augmentation is not None:  # windows are standardised evidence, not photographs
+            raise ProspectInputError(f"prospect.training.members[{index}].augmentation: map windows are augmented "
+                                     "by prospect.augmentation (a mode), for every member")
         minimum = entry.input_spec.min_size
         if settings.windows.size < minimum:
             raise ProspectInputError(f"prospect.windows.size {settings.windows.size} is below the "

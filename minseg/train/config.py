@@ -123,8 +123,16 @@ class MemberSettings(StrictModel):
     max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
     seed: int | None = None
     augmentation: AugmentSettings | None = Field(
-        None, description="this member's training augmentation instead of data.augmentation: members that see "
-        "other views of the tiles (e.g. exposure jitter for some) make less alike errors")
+        None, description="this member's training augmentation: the keys it sets replace data.augmentation's, for "
+        "this member (members that see other views of the tiles may make less alike errors; not measured yet)")
+
+    def training_augmentation(self, data: AugmentSettings) -> AugmentSettings:
+        """The augmentation this member trains with: ``data`` (``data.augmentation``) with the keys this member's
+        own ``augmentation`` sets replacing it (``{exposure: 0.2}`` keeps the data's mode)."""
+        if self.augmentation is None:
+            return data
+        return data.model_copy(update={key: getattr(self.augmentation, key)
+                                       for key in self.augmentation.model_fields_set})
 
     @field_validator("model_options")
     @classmethod

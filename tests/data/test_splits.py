@@ -233,14 +233,16 @@ def test_stratified_folds_stay_comparable_in_size():
 
 def test_stratified_by_scene_keeps_twins_together_and_counts_a_scene_by_all_its_images():
     """PPL and XPL of 20 scenes as two sources, ``group_by: scene`` with ``stratify: classes``: magnetite is
-    labelled in the PPL image of four scenes only, so a scene shows it only when its images are summed. Every
-    split (and every fold's test part) gets a magnetite scene, and twins never part, on every seed."""
+    labelled in one image of four scenes only, the PPL one in two scenes and the XPL one in the others, so a
+    scene shows it only when its images are summed. Every split (and every fold's test part) gets a magnetite
+    scene, and twins never part, on every seed."""
     rare = rare_mineral_sections(holders=(2, 9, 15, 17))
     pixels = {}
     for name, values in rare.items():
         scene = name.split("/")[1]
-        pixels[f"ppl/{scene}"] = values
-        pixels[f"xpl/{scene}"] = values[:2] + [0]
+        labelled, other = ("ppl", "xpl") if scene in ("02", "15") else ("xpl", "ppl")
+        pixels[f"{labelled}/{scene}"] = values
+        pixels[f"{other}/{scene}"] = values[:2] + [0]
     items = [{"item_id": s, "source_id": s} for s in pixels]
     settings = SplitSettings(group_by="scene", stratify="classes")
     for seed in range(8):

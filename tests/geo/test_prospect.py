@@ -117,3 +117,9 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     path.write_text(yaml.safe_dump(config))
     assert main(["prospect", "-c", str(path)]) == 2
     assert "prospect.windows.size 12 is below the 16x16 that member 'mfaf-r18' (mfaf) needs" in capsys.readouterr().err
+    config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
+    config["prospect"]["training"]["members"][0]["augmentation"] = {"exposure": 0.2}  # photographs' jitter on maps
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    assert "prospect.training.members[0].augmentation: map windows are augmented by prospect.augmentation" in \
+        capsys.readouterr().err

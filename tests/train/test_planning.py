@@ -54,12 +54,16 @@ def test_defaults_merge_and_member_errors():
                                       "members": [{"name": "a"}, {"name": "a"}]}}, MinsegConfig)
     with pytest.raises(ValueError, match="unknown member\\(s\\) zz"):
         config.training.select(["zz"])
-    # a member's own augmentation (default: none of its own, data.augmentation applies), validated like the data's
-    config = validate_config({"training": {
-        "defaults": {"model": "unet", "stages": [{"epochs": 1}]},
-        "members": [{"name": "a"}, {"name": "b", "augmentation": {"exposure": 0.2}}]}}, MinsegConfig)
-    a, b = config.training.members
-    assert a.augmentation is None and b.augmentation.exposure == 0.2 and b.augmentation.mode.value == "dihedral"
+    # a member's own augmentation: the keys it sets replace the data's, for it alone; validated like the data's
+    config = validate_config({"data": {"sources": [{"uri": "x"}], "augmentation": {"mode": "shift_rotate"}},
+                              "training": {"defaults": {"model": "unet", "stages": [{"epochs": 1}]}, "members": [
+                                  {"name": "a"}, {"name": "b", "augmentation": {"exposure": 0.2}},
+                                  {"name": "c", "augmentation": {"mode": "none", "colour": 0.1}}]}}, MinsegConfig)
+    data = config.data.augmentation
+    a, b, c = (m.training_augmentation(data) for m in config.training.members)
+    assert a == data
+    assert (b.mode.value, b.exposure, b.colour, b.rotate_degrees) == ("shift_rotate", 0.2, 0.0, 45.0)
+    assert (c.mode.value, c.exposure, c.colour) == ("none", 0.0, 0.1)
     with pytest.raises(ConfigError, match=r"training.members\[0\].augmentation.exposure"):
         validate_config({"training": {"members": [{"name": "a", "model": "unet", "stages": [{"epochs": 1}],
                                                    "augmentation": {"exposure": 1.5}}]}}, MinsegConfig)
