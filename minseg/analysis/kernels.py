@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from minseg.enums import MemberCheckpoint
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
-from minseg.train.checkpoint import recorded_checkpoint
 
 log = get_logger("analysis")
 
@@ -106,7 +106,7 @@ def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
         raise KernelSourceError(f"{uri}: not a members table ({type(exc).__name__}: {exc})") from None
     members = []
     for row in rows:
-        checkpoint = recorded_checkpoint(row)
+        checkpoint = MemberCheckpoint.BEST.recorded_in(row)
         if row.get("status") != "done" or not checkpoint:
             continue
         name = row["member"] if row.get("fold") is None else f"{row['member']}@fold{row['fold'] + 1}"

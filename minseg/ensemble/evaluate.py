@@ -52,7 +52,6 @@ from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
-from minseg.train.checkpoint import recorded_checkpoint
 
 log = get_logger("ensemble")
 
@@ -217,7 +216,7 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     members, classes = [], None
     checkpoint = MemberCheckpoint(checkpoint)
     for name in wanted:
-        uri = recorded_checkpoint(done[name], checkpoint)
+        uri = checkpoint.recorded_in(done[name])
         if not uri:
             raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
         member = json.loads(storage.read_text(join_uri(uri, "member.json")))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from minseg.enums import MemberCheckpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 
 
@@ -34,14 +33,6 @@ def member_uri(run_uri: str, member: str) -> str:
 
 def checkpoints_uri(run_uri: str, member: str) -> str:
     return join_uri(member_uri(run_uri, member), "checkpoints")
-
-
-def recorded_checkpoint(row: dict, which: MemberCheckpoint = MemberCheckpoint.BEST) -> str | None:
-    """The checkpoint URI a run's ``members.json`` row records: ``best`` (the one validation kept; the last for
-    a member trained without validation) or ``last`` (the final epoch); None when the row has none."""
-    if MemberCheckpoint(which) is MemberCheckpoint.LAST:
-        return row.get("last_checkpoint")
-    return row.get("best_checkpoint") or row.get("last_checkpoint")
 
 
 def _save_tensor_dict(storage: Storage, uri: str, state: dict) -> None:
