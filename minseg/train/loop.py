@@ -148,7 +148,8 @@ def set_up(worker) -> Session:
         worker=worker, rank=rank, world=world, device=device, seed=seed,
         generator=torch.Generator().manual_seed(seed), model=model, loss_fn=loss_fn,
         mean=torch.empty(0), std=torch.empty(0),  # set by start_or_resume: they may follow pretrained weights
-        augmentation=member.training_augmentation(inputs.augmentation), train_shard=ray.train.get_dataset_shard("train"),
+        augmentation=member.training_augmentation(inputs.augmentation),
+        train_shard=ray.train.get_dataset_shard("train"),
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
         test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None, class_weights=class_weights,
