@@ -15,6 +15,26 @@ SHARED_DATA = Path(os.environ.get("MINSEG_SHARED_DATA", REPO_ROOT.parent / "shar
 # Progress bars off, so test output stays readable even from a terminal.
 os.environ.setdefault("MINSEG_NO_PROGRESS", "1")
 
+# Session fixtures that train: every test using one runs on the same pytest-xdist worker (the rest of the
+# suite is spread over the workers), so the training happens once per run, not once per worker.
+_SHARED_RUNS = ("trained_ensemble",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep tests that share an expensive fixture on one xdist worker (``--dist loadgroup``, pyproject.toml):
+    a session training run (``_SHARED_RUNS``) is one group, and a test module whose tests share a
+    module-scoped fixture (a demo run, a trained ensemble, a two-node cluster) is a group of its own."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        shared = [name for name in _SHARED_RUNS if name in info.name2fixturedefs]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        elif any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -77,8 +97,10 @@ def start_test_ray(attempts: int = 2):
     last = None
     for attempt in range(attempts):
         try:
+            # a fixed, small object store: the suite's data is small, and under pytest-xdist each worker
+            # starts its own Ray (Ray's default store is 30 % of the machine's memory, per instance)
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+                     configure_logging=False, object_store_memory=2 * 1024**3)
             return ray
         except Exception as exc:  # noqa: BLE001 (Ray raises several kinds here; we retry once whatever it is)
             last = exc

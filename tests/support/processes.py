@@ -1,23 +1,22 @@
 """Killing Ray worker processes by title, as a crash or the OOM killer would."""
 
-import os
-import signal
+import psutil
 
 
 def kill_processes_titled(prefix: str, limit: int | None = None) -> list[int]:
-    """SIGKILL processes whose title (Ray sets ``ray::<ActorClass>``) starts with prefix (at most ``limit``)."""
+    """SIGKILL processes whose title (Ray sets ``ray::<ActorClass>``) starts with prefix (at most ``limit``).
+
+    Only this test process's descendants: the Ray it started (its raylet forks the workers). Another
+    pytest-xdist worker's Ray, or any other Ray on the machine, is left alone."""
     killed = []
-    for entry in sorted(os.listdir("/proc")):
-        if not entry.isdigit():
-            continue
+    for process in sorted(psutil.Process().children(recursive=True), key=lambda p: p.pid):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                title = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
+            title = " ".join(process.cmdline()).strip()
+            if title.startswith(prefix):
+                process.kill()
+                killed.append(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if title.startswith(prefix):
-            os.kill(int(entry), signal.SIGKILL)
-            killed.append(int(entry))
-            if limit is not None and len(killed) >= limit:
-                break
+        if limit is not None and len(killed) >= limit:
+            break
     return killed
