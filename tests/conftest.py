@@ -88,6 +88,20 @@ def s3(s3_server, monkeypatch) -> S3Context:
 _RAY_START_ERROR: list[str] = []
 
 
+def _object_store() -> dict:
+    """A 2 GiB object store where /dev/shm has room for two of them: the suite's data is small, and under
+    pytest-xdist each worker starts its own Ray (Ray's default is 30 % of the machine's memory per instance).
+    A small /dev/shm (containers) keeps Ray's own choice, which falls back to disk there."""
+    import shutil
+
+    store = 2 * 1024**3
+    try:
+        room = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        room = 0
+    return {"object_store_memory": store} if room >= 2 * store else {}
+
+
 def start_test_ray(attempts: int = 2):
     """A local, isolated Ray for the session. A loaded machine can take longer than the 30 s Ray 2.60
     waits for the node to register (fixed in ray/_private/node.py, no setting): try once more before
@@ -97,10 +111,8 @@ def start_test_ray(attempts: int = 2):
     last = None
     for attempt in range(attempts):
         try:
-            # a fixed, small object store: the suite's data is small, and under pytest-xdist each worker
-            # starts its own Ray (Ray's default store is 30 % of the machine's memory, per instance)
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False, object_store_memory=2 * 1024**3)
+                     configure_logging=False, **_object_store())
             return ray
         except Exception as exc:  # noqa: BLE001 (Ray raises several kinds here; we retry once whatever it is)
             last = exc

@@ -40,10 +40,21 @@ class S3Server:
             self.process.kill()
 
 
-def start_s3_server() -> S3Server:
+def start_s3_server(attempts: int = 3) -> S3Server:
+    """moto_server on a free port. The port is free when chosen but can be taken before moto binds it (another
+    pytest-xdist worker's Ray starting): then moto exits, or another server answers, and a new port is tried."""
+    for attempt in range(attempts):
+        try:
+            return _start_s3_server(free_port())
+        except Exception:  # noqa: BLE001 (moto gone, or a stranger on the port: any failure means try another)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_s3_server(port: int) -> S3Server:
     import boto3
 
-    port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
     moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
     process = subprocess.Popen(
@@ -60,16 +71,20 @@ def start_s3_server() -> S3Server:
                 break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto_server did not start")
+                process.kill()
+                raise RuntimeError(f"moto_server did not start on port {port}")
             time.sleep(0.2)
-    # The first three calls run without auth: make a user allowed everything, and its key.
-    iam = boto3.client(
-        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap"
-    )
-    iam.create_user(UserName="minseg-tests")
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="minseg-tests", PolicyName="all", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="minseg-tests")["AccessKey"]
+    try:
+        # The first three calls run without auth: make a user allowed everything, and its key.
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                           aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="minseg-tests")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="minseg-tests", PolicyName="all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="minseg-tests")["AccessKey"]
+    except Exception:
+        process.kill()
+        raise
     return S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], process)
 
 
