@@ -43,13 +43,12 @@ class S3Server:
 def start_s3_server(attempts: int = 3) -> S3Server:
     """moto_server on a free port. The port is free when chosen but can be taken before moto binds it (another
     pytest-xdist worker's Ray starting): then moto exits, or another server answers, and a new port is tried."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return _start_s3_server(free_port())
         except Exception:  # noqa: BLE001 (moto gone, or a stranger on the port: any failure means try another)
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    return _start_s3_server(free_port())
 
 
 def _start_s3_server(port: int) -> S3Server:
