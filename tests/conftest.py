@@ -153,8 +153,8 @@ def synthetic_sections(ray_session, tmp_path_factory):
 def trained_ensemble(synthetic_sections, tmp_path_factory):
     """One training run shared by the training and the evaluation tests (training is the suite's slowest step):
     three tiny members that finish (a Res-UNet with an STN and CE + Dice, a VGG16 U-Net trained data-parallel on
-    two workers, a Half U-Net with focal loss) and two that fail (one at run time, one before starting); a frozen
-    stage then an open one (3 epochs); 4 / 2 / 2 images for train / val / test.
+    two workers, a Half U-Net with focal loss on a bootstrap sample of the images) and two that fail (one at run
+    time, one before starting); a frozen stage then an open one (3 epochs); 4 / 2 / 2 images for train / val / test.
 
     Returns (config, {member: MemberResult}, run folder)."""
     from minseg.train.ensemble import train_ensemble
@@ -164,7 +164,8 @@ def trained_ensemble(synthetic_sections, tmp_path_factory):
         {"name": "resunet", "model": "res_unet", "model_options": {**TINY, "stn": True}, "loss": {"name": "ce_dice"}},
         {"name": "vgg", "model": "vgg16_unet", "model_options": TINY,
          "scaling": {"workers": 2, "cpus_per_worker": 0.25}},
-        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25}, "loss": {"name": "ce_focal"}},
+        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25}, "loss": {"name": "ce_focal"},
+         "bagging": {"fraction": 1.0}},  # a bootstrap sample of the training images
         # fails at run time: 48-px tiles are not a multiple of 32 and padding is refused
         {"name": "strict-pad", "model": "res_unet", "model_options": {**TINY, "pad_mode": "strict"},
          "stages": [{"epochs": 1, "batch_size": 4}]},

@@ -54,7 +54,9 @@ from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
+from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.train.checkpoint import read_pointer
+from minseg.train.config import MemberSettings
 from minseg.train.ensemble import MemberResult, TrialInputs
 
 log = get_logger("geo.prospect")
@@ -98,11 +100,18 @@ class WindowSource:
     def trial_folds(self) -> list[int | None]:
         return [fold for fold in self.trials if fold is not None] + [FINAL]
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
+                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+        """(datasets, inputs) of one trial; ``sample``: window index (as text) -> times drawn (a bagged member)."""
         import ray
 
         train_x, train_y, channels = self.trials[fold]
-        rows = [{"image": x, "label": int(y)} for x, y in zip(train_x, train_y)]
+        times = np.ones(len(train_y), np.int64)
+        if sample is not None:
+            times[:] = 0
+            for index, n in sample.items():
+                times[int(index)] = n
+        rows = [{"image": x, "label": int(y)} for x, y, n in zip(train_x, train_y, times) for _ in range(n)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64)))
         inputs = TrialInputs(
             task=Task.CLASSIFICATION, num_classes=2, in_channels=channels, ignore_index=255,
@@ -110,13 +119,22 @@ class WindowSource:
             normalization={"mean": [0.0] * channels, "std": [1.0] * channels},  # windows come standardised
             augmentation=AugmentSettings(mode=self.augmentation),
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
-            shuffle_buffer=min(len(rows), 1024), class_counts=self.class_counts(fold),
+            shuffle_buffer=min(len(rows), 1024),
+            class_counts=np.bincount(np.asarray(train_y, np.int64), weights=times, minlength=2).astype(int).tolist(),
+            bagging_sample=sample,
         )
         return {"train": dataset}, inputs
 
     def class_counts(self, fold: int | None = None) -> list[int]:
         """Training windows per class (barren, deposit) in the trial."""
         return np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), minlength=2).tolist()
+
+    def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
+        """Training windows drawn for a bagged member on one trial: window index (as text) -> times drawn."""
+        labels = self.trials[fold][1]
+        counts = bagging_counts([{int(y)} for y in labels], member.bagging, bagging_seed(member, run_seed, fold),
+                                CLASS_NAMES, "training windows")
+        return {str(index): int(n) for index, n in enumerate(counts) if n}
 
 
 # ------------------------------------------------------------------ building the evidence

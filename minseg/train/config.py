@@ -86,6 +86,15 @@ class ScalingSettings(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0, description="fractional allowed (several members per GPU)")
 
 
+class BaggingSettings(StrictModel):
+    """Each member trained on its own sample of the training data (bagging: Breiman, "Bagging predictors",
+    Machine Learning 24, 1996), drawn by the member's seed; units are source images (windows for prospectivity)."""
+
+    fraction: float = Field(1.0, gt=0, le=1, description="units drawn, as a share of the training units")
+    replacement: bool = Field(True, description="true: a bootstrap sample (a unit drawn twice trains twice an "
+                                                "epoch); false: a subsample without repeats")
+
+
 class InitSettings(StrictModel):
     """Pretrained weights a member starts from (``minseg.models.pretrained``)."""
 
@@ -124,7 +133,11 @@ class MemberSettings(StrictModel):
     seed: int | None = None
     augmentation: AugmentSettings | None = Field(
         None, description="this member's training augmentation: the keys it sets replace data.augmentation's, for "
-        "this member (members that see other views of the tiles may make less alike errors; not measured yet)")
+        "this member (members that see other views of the tiles may make less alike errors; measured on LumenStone "
+        "Cu-Ni in docs/recipes/lumenstone-assemblages.md)")
+    bagging: BaggingSettings | None = Field(
+        None, description="train this member on its own random sample of the training images (or windows); "
+                          "default: all of them")
 
     def training_augmentation(self, data: AugmentSettings) -> AugmentSettings:
         """The augmentation this member trains with: ``data`` (``data.augmentation``) with the keys this member's

@@ -28,6 +28,7 @@ from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
+from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
 from minseg.train.config import MemberSettings, TrainingSettings
 
@@ -176,6 +177,7 @@ class TrialInputs:
     fold_signature: str | None = None  # k-fold trials: which sources train / choose / test (resume must match)
     class_counts: list[int] | None = None  # per class in the trial's training data: labelled pixels, or images /
     # windows for classification (what class weights computed from the data use)
+    bagging_sample: dict[str, int] | None = None  # a bagged member's sample: unit -> times drawn (member.json)
 
 
 class TrainingSource(Protocol):
@@ -189,11 +191,17 @@ class TrainingSource(Protocol):
     def trial_folds(self) -> list[int | None]:
         """Fold indices to train a trial on; None: one trial on all the data, outputs in the run itself."""
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
-        """(Ray Datasets by name: 'train' and optionally 'val', the trial's inputs)."""
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
+                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+        """(Ray Datasets by name: 'train' and optionally 'val', the trial's inputs); ``sample``: a bagged member's
+        training units and the times each is drawn (``bagging_sample``), None: all of them once."""
 
     def class_counts(self, fold: int | None = None) -> list[int] | None:
         """Per class in a trial fold's training data (pixels, images or windows); None if the source cannot say."""
+
+    def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
+        """A bagged member's sample of a trial's training units (``train.bagging``): unit id -> times drawn (only
+        units drawn at least once). Raises InputError when no sample shows every class."""
 
 
 class ImageSource:
@@ -207,13 +215,21 @@ class ImageSource:
     def trial_folds(self) -> list[int | None]:
         return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
-        """(datasets, inputs) of one trial."""
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
+                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+        """(datasets, inputs) of one trial; ``sample``: source id -> times drawn (a bagged member)."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
         training = self._training_items(fold)
         repeats = self.repeats_for(training, config.run.seed)
+        drawn = None if sample is None else set(sample)
+        if sample is not None:  # a unit drawn n times: each of its tiles n times as often an epoch
+            training = [i for i in training if i["source_id"] in drawn]
+            if repeats is not None or any(n > 1 for n in sample.values()):
+                repeats = {i["item_id"]: [n * sample[i["source_id"]] for n in
+                                          (repeats[i["item_id"]] if repeats is not None else [1] * i["tiles"])]
+                           for i in training}
         if fold is None:
-            train = split_dataset(prepared, data, "train", storage, cpus, repeats=repeats)
+            train = split_dataset(prepared, data, "train", storage, cpus, source_ids=drawn, repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus)
             test = None  # the run's test split belongs to ensemble evaluation
             val_tiles = prepared.tile_count("val")
@@ -222,7 +238,8 @@ class ImageSource:
             pool = prepared.splits["train"] + prepared.splits["val"]
             prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool,
                                                                          "test": pool}})
-            train = split_dataset(prepared, data, "train", storage, cpus, source_ids=set(part.train), repeats=repeats)
+            train = split_dataset(prepared, data, "train", storage, cpus,
+                                  source_ids=set(part.train) if drawn is None else drawn, repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus, source_ids=set(part.val))
             test = split_dataset(prepared, data, "test", storage, cpus, source_ids=set(part.test))
             val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.val)
@@ -240,9 +257,20 @@ class ImageSource:
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
                       if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
-            class_counts=_class_counts(training),
+            class_counts=_class_counts(training, None if sample is None else [sample[i["source_id"]] for i in training]),
+            bagging_sample=sample,
         )
         return datasets, inputs
+
+    def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
+        """Source images drawn for a bagged member on one trial (``train.bagging``): source id -> times drawn."""
+        shows: dict[str, set[int]] = {}
+        for item in self._training_items(fold):
+            shows.setdefault(item["source_id"], set()).update(np.flatnonzero(item["pixels"]).tolist())
+        sources = sorted(shows)
+        counts = bagging_counts([shows[s] for s in sources], member.bagging, bagging_seed(member, run_seed, fold),
+                                self.prepared.classmap.names, "training source images")
+        return {source: int(n) for source, n in zip(sources, counts) if n}
 
     def repeats_for(self, training: list[dict], seed: int, fold: int | None = None,
                     report: bool = False) -> dict[str, list[int]] | None:
@@ -278,9 +306,13 @@ class ImageSource:
         return _class_counts(self._training_items(fold))
 
 
-def _class_counts(items: list[dict]) -> list[int] | None:
-    """Labelled pixels (or images) per class over scanned items (``prepare_data``'s ``pixels``)."""
-    return np.sum([item["pixels"] for item in items], axis=0).astype(int).tolist() if items else None
+def _class_counts(items: list[dict], times: list[int] | None = None) -> list[int] | None:
+    """Labelled pixels (or images) per class over scanned items (``prepare_data``'s ``pixels``), each item counted
+    ``times`` over (a bagged member's draws; None: once)."""
+    if not items:
+        return None
+    times = times or [1] * len(items)
+    return np.sum([np.asarray(item["pixels"], np.int64) * n for item, n in zip(items, times)], axis=0).tolist()
 
 
 @dataclass
@@ -306,7 +338,7 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
     fold = trial_config.get("fold")
     storage = Storage(config.storage)
     run_uri = trial_config["run_uri"]
-    datasets, inputs = source.member_data(fold, config, storage)
+    datasets, inputs = source.member_data(fold, config, storage, trial_config.get("sample"))
     worker_config = {"worker": WorkerConfig(
         member=member, storage=storage, run_uri=run_uri, inputs=inputs,
         eval_batch_size=max(s.batch_size for s in member.stages) // member.scaling.workers, seed=config.run.seed,
@@ -494,6 +526,15 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
             pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
         problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
                              source.class_counts(pending[0]["fold"])) if pending else None)
+        if member.bagging is not None and not problem:  # drawn here: the driver logs it, a bad draw stops early
+            try:
+                for trial in pending:
+                    trial["sample"] = source.bagging_sample(member, trial["fold"], config.run.seed)
+                    log_event(log, "train.member.bagging", member=member.name,
+                              **({} if trial["fold"] is None else {"fold": trial["fold"] + 1}),
+                              drawn=sum(trial["sample"].values()), distinct=len(trial["sample"]))
+            except InputError as exc:
+                problem = str(exc)
         if problem:
             results.append(MemberResult(member.name, member.model, MemberStatus.FAILED, metric=member.checkpoint_metric,
                                         error=f"not started: {problem}"))
@@ -539,17 +580,22 @@ class _SharedTrialData:
     def trial_folds(self) -> list[int | None]:
         return self._source.trial_folds()
 
-    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage) -> tuple[dict, TrialInputs]:
-        return self._data
+    def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
+                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+        return self._data if sample is None else self._source.member_data(fold, config, storage, sample)
 
     def class_counts(self, fold: int | None = None) -> list[int] | None:
         return self._source.class_counts(fold)
 
+    def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
+        return self._source.bagging_sample(member, fold, run_seed)
+
 
 def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfig, storage: Storage):
     """``source`` with its data prepared once when several trials train on the one split; k-fold trials each
-    prepare their own fold (holding every fold's tiles at once could overflow the object store)."""
-    if len(trials) < 2 or any(t["fold"] is not None for t in trials):
+    prepare their own fold (holding every fold's tiles at once could overflow the object store), and a bagged
+    member its own sample."""
+    if sum(t.get("sample") is None for t in trials) < 2 or any(t["fold"] is not None for t in trials):
         return source
     return _SharedTrialData(source, source.member_data(None, config, storage))
 

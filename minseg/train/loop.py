@@ -162,7 +162,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     way those weights expect. Sets the session's normalisation either way."""
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
              "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization,
-             "fold_signature": session.inputs.fold_signature, "train_tiles": session.inputs.train_tiles}
+             "fold_signature": session.inputs.fold_signature, "train_tiles": session.inputs.train_tiles,
+             "bagging_sample": session.inputs.bagging_sample}
     optimizer_state = None
     worker, member = session.worker, session.member
     resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)
@@ -178,6 +179,11 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
                 f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
                 "learning-rate schedule and the epochs would no longer match. Start a new run.name")
+        if resumed.state.get("bagging_sample") != session.inputs.bagging_sample:
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another sample of the "
+                "training data (its bagging settings or seed changed): resuming would mix two samples. Start a new "
+                "run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1
@@ -412,6 +418,8 @@ def _member_document(member: MemberSettings, inputs, class_weights: list[float] 
     document = member.model_dump(mode="json")
     document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
     document["channels"] = inputs.channels
+    if inputs.bagging_sample is not None:  # which units this member trained on, and how often
+        document["bagging_sample"] = inputs.bagging_sample
     if isinstance(member.loss.class_weights, ClassWeighting):  # the weights the training data gave
         document["loss"]["class_weights_used"] = class_weights
     return document

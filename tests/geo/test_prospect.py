@@ -34,7 +34,8 @@ def prospect_config(root, **changes) -> MinsegConfig:
         "prediction": {"stride": 4, "tile": 40, "member_scores": True},
         "training": {"defaults": member, "members": [
             {"name": "mfaf-r18", "model_options": {"backbone": "resnet18", "width": 0.125, **TINY}},
-            {"name": "mfaf-shuffle", "model_options": {"backbone": "shufflenetv2", "width": 0.25, **TINY}}]},
+            {"name": "mfaf-shuffle", "model_options": {"backbone": "shufflenetv2", "width": 0.25, **TINY},
+             "bagging": {"fraction": 0.8}}]},  # a bootstrap sample of each trial's windows
     }
     prospect.update(changes)
     return MinsegConfig.model_validate({"run": {"name": "t", "output_uri": f"{root}/out"},
@@ -71,6 +72,16 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
         assert source.crs.to_epsg() == 3067 and tuple(source.transform)[:6] == (250, 0, 350000, 0, -250, 7480000)
     assert result.members and all(m.status is MemberStatus.DONE for m in result.members)
     assert len(result.members) == 2 * (2 + 1)  # 2 members x (2 folds + the final run)
+    from minseg.io.storage import Storage
+    from minseg.train.checkpoint import load_checkpoint
+
+    models = survey / "out" / "t" / "prospect" / "prospectivity" / "models"
+    for trial in (models / "fold1", models / "fold2", models):  # the bagged member: its own draw of the windows
+        full, bagged = (load_checkpoint(Storage(), str(trial), name) for name in ("mfaf-r18", "mfaf-shuffle"))
+        documents = [json.loads(open(f"{c.uri}/member.json").read()) for c in (full, bagged)]
+        sample = documents[1]["bagging_sample"]
+        assert bagged.state["train_tiles"] == sum(sample.values()) == round(0.8 * full.state["train_tiles"])
+        assert "bagging_sample" not in documents[0]
 
     # screening: the survey's halo elements are found (Au/As/Sb/Ag carry the orogenic-Au halos)
     screening = open(f"{out}/screening/screening.csv").read()

@@ -72,20 +72,27 @@ def two_node_cluster():
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), RAY_USAGE_STATS_ENABLED="0",
                PYTHONPATH="")
-    gcs, dashboard, client, *agents = _free_ports(7)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            "--include-dashboard=true", f"--ray-client-server-port={client}", f"--temp-dir={folder}/h",
-            f"--dashboard-agent-listen-port={agents[0]}", f"--dashboard-agent-grpc-port={agents[1]}", *common]
-    worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={folder}/w",
-              f"--dashboard-agent-listen-port={agents[2]}", f"--dashboard-agent-grpc-port={agents[3]}", *common]
     # `ray start --head` records its address for `ray.init("auto")` callers on this machine: put back what was there
     current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     recorded = current.read_bytes() if current.exists() else None
     try:
-        for command in (head, worker):
-            started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-            assert started.returncode == 0, started.stdout + started.stderr
+        for _ in range(3):  # a free port can be taken before Ray binds it (another test worker's Ray)
+            gcs, dashboard, client, *agents = _free_ports(7)
+            common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+            head = [RAY, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--ray-client-server-port={client}",
+                    f"--temp-dir={folder}/h", f"--dashboard-agent-listen-port={agents[0]}",
+                    f"--dashboard-agent-grpc-port={agents[1]}", *common]
+            worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={folder}/w",
+                      f"--dashboard-agent-listen-port={agents[2]}", f"--dashboard-agent-grpc-port={agents[3]}", *common]
+            for command in (head, worker):
+                started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+                if started.returncode != 0:
+                    break
+            if started.returncode == 0:
+                break
+            _stop_processes_under(folder)  # what did start, before trying other ports
+        assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard}", env, folder
     finally:
         _stop_processes_under(folder)

@@ -72,6 +72,10 @@ def test_best_and_last_checkpoints(ensemble_run):
             for part in ("model.pt", "state.json", "member.json", "classes.json", "metrics.json"):
                 assert os.path.exists(os.path.join(folder, part)), f"{folder}/{part}"
         member = json.loads(open(os.path.join(best["uri"], "member.json")).read())
+        if name == "halfunet":  # bagged: its sample of the 4 training images is recorded
+            assert sum(member["bagging_sample"].values()) == 4 and member["bagging"]["replacement"] is True
+        else:
+            assert "bagging_sample" not in member and member["bagging"] is None
         model = build_model(member["model"], num_classes=9, **member["model_options"])
         state = torch.load(os.path.join(best["uri"], "model.pt"), weights_only=True)
         model.load_state_dict(state)
@@ -125,7 +129,8 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     state = load_checkpoint_state(run, "halfunet")
     inputs = TrialInputs(task=Task.SEGMENTATION, num_classes=9, in_channels=3, ignore_index=255, classes={},
                          classes_names=[], normalization=state["normalization"], augmentation=AugmentSettings(),
-                         train_tiles=state["train_tiles"], has_val=True, shuffle_buffer=None)
+                         train_tiles=state["train_tiles"], has_val=True, shuffle_buffer=None,
+                         bagging_sample=state["bagging_sample"])
     session = Session(WorkerConfig(member, Storage(), str(run), inputs, 4, 0), 0, 1, torch.device("cpu"), 0,
                       torch.Generator(), build_model("half_unet", num_classes=9, width=0.25), None,
                       torch.zeros(3), torch.ones(3), AugmentSettings(), None, None, None, None, None)
@@ -141,6 +146,12 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     other = dataclasses.replace(inputs, fold_signature="train=a,b;val=c;test=d")
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match="trained on another split of the folds .* Start a new run.name"):
+        start_or_resume(session)
+    # the member is bagged: the same tile count from another sample (its bagging or seed changed) is refused too
+    assert sum(state["bagging_sample"].values()) == 4
+    other = dataclasses.replace(inputs, bagging_sample={**state["bagging_sample"], "another/image": 1})
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match="trained on another sample of the training data .* Start a new run.name"):
         start_or_resume(session)
 
 
