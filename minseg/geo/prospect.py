@@ -120,14 +120,16 @@ class WindowSource:
             augmentation=AugmentSettings(mode=self.augmentation),
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
             shuffle_buffer=min(len(rows), 1024),
-            class_counts=np.bincount(np.asarray(train_y, np.int64), weights=times, minlength=2).astype(int).tolist(),
+            class_counts=self.class_counts(fold, times),
             bagging_sample=sample,
         )
         return {"train": dataset}, inputs
 
-    def class_counts(self, fold: int | None = None) -> list[int]:
-        """Training windows per class (barren, deposit) in the trial."""
-        return np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), minlength=2).tolist()
+    def class_counts(self, fold: int | None = None, times: np.ndarray | None = None) -> list[int]:
+        """Training windows per class (barren, deposit) in the trial, each counted ``times`` over (a bagged
+        member's draws; None: once)."""
+        counts = np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), weights=times, minlength=2)
+        return counts.astype(int).tolist()
 
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         """Training windows drawn for a bagged member on one trial: window index (as text) -> times drawn."""
