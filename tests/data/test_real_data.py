@@ -88,7 +88,7 @@ def test_lumenstone_assemblage_recipes_split_the_collection(shared_data, tmp_pat
 def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray_session, shared_data, tmp_path):
     """The Cu-Ni photographs (23; magnetite in 12, pyrrhotite in 21): shuffled, split seed 3 puts the four test
     photographs among those without magnetite (the recipe's worst split, #20); stratified, seeds 0-3 give train,
-    validation and test every mineral."""
+    validation and test every mineral; the recipe's bagged members each draw a sample that shows every mineral."""
     from pathlib import Path
 
     from minseg.config.loading import load_config
@@ -112,3 +112,10 @@ def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray
             assert shown.all(), (seed, name, shown)
     shuffled = assign_splits(items, split.model_copy(update={"stratify": "none"}), 3)
     assert not any(pixels[s][magnetite] for s, part in shuffled.items() if part == "test")
+    # the recipe's members train on their own bootstrap samples of the training photographs, each with every mineral
+    from minseg.train.ensemble import ImageSource
+
+    samples = [ImageSource(prepared, data).bagging_sample(m, None, config.run.seed) for m in config.training.members]
+    assert all(m.bagging for m in config.training.members) and len({tuple(sorted(s.items())) for s in samples}) == 4
+    for sample in samples:
+        assert np.sum([pixels[s] for s in sample], axis=0).all(), sample
