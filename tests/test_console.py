@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from tests.train.conftest import CLASSES, TINY
+from tests.train.conftest import CLASSES
 
 RAY_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w[\w:()]* pid=\d+")  # a line Ray forwards from a worker or actor
 NOISE = ("Trial status", "Starting execution of Dataset", "Execution plan of Dataset", "RayDeprecationWarning",

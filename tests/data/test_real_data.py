@@ -1,7 +1,6 @@
 """Readers on the real datasets beside the project (../shared/data); skipped when absent."""
 
 import numpy as np
-import pytest
 
 from minseg.config.base import validate_config
 from minseg.data.config import DataSettings

@@ -234,7 +234,7 @@ def test_column_types_are_declared_not_guessed_from_the_start(tmp_path, ray_sess
     a second kind of late surprise in the same file: a y that is text, reported as a problem row."""
     rows = 180_000
     lines = ["id,x,y,Cu"] + [f"s{i},{380000 + i % 1000},{7500000 + i % 997},{1 + i % 50}" for i in range(rows)]
-    lines += [f"late,380000.5,7500000,3", f"text,380001,seven,4"]
+    lines += ["late,380000.5,7500000,3", "text,380001,seven,4"]
     path = tmp_path / "big.csv"
     path.write_text("\n".join(lines) + "\n")
     samples = read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"},

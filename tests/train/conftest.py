@@ -1,7 +1,5 @@
 from pathlib import Path
 
-import pytest
-
 from minseg.synth.minerals import CLASS_NAMES
 
 TINY = {"width": 0.125, "depth": "tiny"}

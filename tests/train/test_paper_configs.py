@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import pytest
-
 from minseg.config import MinsegConfig, load_config
 from minseg.train.ensemble import train_ensemble
 
