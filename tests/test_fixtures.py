@@ -40,12 +40,13 @@ def module_fixture():
     return object()
 
 
-def test_tests_sharing_a_module_fixture_run_on_one_xdist_worker(module_fixture, request):
+def test_tests_sharing_a_module_fixture_carry_their_xdist_group(module_fixture, request):
     """tests/conftest.py groups tests that share an expensive fixture for ``--dist loadgroup``; pytest-xdist carries a
-    group in the test's node id (``…@group``). pytest 9.2 made that silently ineffective (pytest-xdist issue 1386):
-    every shared training run then ran once per worker and the suite took twice as long, with nothing failing."""
+    group to its scheduler in the test's node id (``…@group``). pytest 9.2 made that silently ineffective
+    (pytest-xdist issue 1386): every shared training run then ran once per worker and the suite took twice as long,
+    with nothing failing. If a pytest-xdist release carries groups another way, this check is to be rewritten."""
     if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("runs under pytest-xdist --dist loadgroup (the default run), not with -n 0")
+        pytest.skip("runs under pytest-xdist --dist loadgroup (the default run), not e.g. with -n 0")
     assert request.node.nodeid.endswith("@tests.test_fixtures"), (
         f"pytest {pytest.__version__} + pytest-xdist lost the test's group ({request.node.nodeid}): tests sharing a "
         "fixture are spread over workers, each rebuilding it; pyproject.toml pins pytest below the breaking release")

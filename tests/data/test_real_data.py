@@ -56,7 +56,8 @@ def test_alteration_class_folders(ray_session, shared_data, tmp_path):
     assert prepared.classmap.names == ("Carbonatization", "Chloritization", "Epidotization", "Sericitization",
                                        "Silicification")
     total = sum(len(v) for v in prepared.splits.values())
-    assert total + len(prepared.quarantine) == sum(1 for p in (shared_data / "alteration-xpl").rglob("*") if p.is_file())
+    files = sum(1 for p in (shared_data / "alteration-xpl").rglob("*") if p.is_file())
+    assert total + len(prepared.quarantine) == files
     row = split_dataset(prepared, data, "val", Storage(), 0.25).take(1)[0]
     assert row["image"].shape == (64, 64, 3)
 
@@ -87,12 +88,15 @@ def test_lumenstone_assemblage_recipes_split_the_collection(shared_data, tmp_pat
 def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray_session, shared_data, tmp_path):
     """The Cu-Ni photographs (23; magnetite in 12, pyrrhotite in 21): shuffled, split seed 3 puts the four test
     photographs among those without magnetite (the recipe's worst split, #20); stratified, seeds 0-3 give train,
-    validation and test every mineral; the recipe's bagged members each draw a sample that shows every mineral."""
+    validation and test every mineral, and the recipe's four bagged members each draw their own sample of the
+    training photographs, with every mineral (the draws of split seeds 0 and 1 are the recipe page's)."""
     from pathlib import Path
 
     from minseg.config.loading import load_config
     from minseg.config.schema import MinsegConfig
+    from minseg.data.pipeline import PreparedData
     from minseg.data.splits import assign_splits
+    from minseg.train.ensemble import ImageSource
 
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "lumenstone_cu_ni.yaml", MinsegConfig)
     source = config.data.sources[0].model_copy(update={"uri": str(shared_data / "lumenstone")})
@@ -104,17 +108,21 @@ def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray
     items = [i for part in prepared.splits.values() for i in part]
     pixels = {i["source_id"]: i["pixels"] for i in items}
     magnetite = prepared.classmap.names.index("magnetite")
+    assert all(m.bagging for m in config.training.members)
+    distinct = {}
     for seed in (0, 1, 2, 3):
         assigned = assign_splits(items, split, seed, class_pixels=pixels)
         for name in ("train", "val", "test"):
             shown = np.sum([pixels[s] for s, part in assigned.items() if part == name], axis=0)
             assert shown.all(), (seed, name, shown)
+        parts = {name: [i for i in items if assigned[i["source_id"]] == name] for name in ("train", "val", "test")}
+        on_split = ImageSource(PreparedData(**{**prepared.__dict__, "splits": parts}), data)
+        samples = [on_split.bagging_sample(m, None, config.run.seed) for m in config.training.members]
+        assert len({tuple(sorted(s.items())) for s in samples}) == 4, (seed, samples)
+        for sample in samples:
+            assert set(sample) <= {i["source_id"] for i in parts["train"]}
+            assert np.sum([pixels[s] for s in sample], axis=0).all(), (seed, sample)
+        distinct[seed] = [len(s) for s in samples]
+    assert distinct[0] == [9, 9, 9, 8] and distinct[1] == [10, 10, 9, 8], distinct
     shuffled = assign_splits(items, split.model_copy(update={"stratify": "none"}), 3)
     assert not any(pixels[s][magnetite] for s, part in shuffled.items() if part == "test")
-    # the recipe's members train on their own bootstrap samples of the training photographs, each with every mineral
-    from minseg.train.ensemble import ImageSource
-
-    samples = [ImageSource(prepared, data).bagging_sample(m, None, config.run.seed) for m in config.training.members]
-    assert all(m.bagging for m in config.training.members) and len({tuple(sorted(s.items())) for s in samples}) == 4
-    for sample in samples:
-        assert np.sum([pixels[s] for s in sample], axis=0).all(), sample
