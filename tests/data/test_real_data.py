@@ -90,11 +90,11 @@ def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray
     photographs among those without magnetite (the recipe's worst split, #20); stratified, seeds 0-3 give train,
     validation and test every mineral, and the recipe's four bagged members each draw their own sample of the
     training photographs, with every mineral (the draws of split seeds 0 and 1 are the recipe page's)."""
+    import dataclasses
     from pathlib import Path
 
     from minseg.config.loading import load_config
     from minseg.config.schema import MinsegConfig
-    from minseg.data.pipeline import PreparedData
     from minseg.data.splits import assign_splits
     from minseg.train.ensemble import ImageSource
 
@@ -112,11 +112,11 @@ def test_stratified_splits_of_the_lumenstone_cu_ni_recipe_show_every_mineral(ray
     distinct = {}
     for seed in (0, 1, 2, 3):
         assigned = assign_splits(items, split, seed, class_pixels=pixels)
-        for name in ("train", "val", "test"):
-            shown = np.sum([pixels[s] for s, part in assigned.items() if part == name], axis=0)
-            assert shown.all(), (seed, name, shown)
         parts = {name: [i for i in items if assigned[i["source_id"]] == name] for name in ("train", "val", "test")}
-        on_split = ImageSource(PreparedData(**{**prepared.__dict__, "splits": parts}), data)
+        for name, part in parts.items():
+            shown = np.sum([i["pixels"] for i in part], axis=0)
+            assert shown.all(), (seed, name, shown)
+        on_split = ImageSource(dataclasses.replace(prepared, splits=parts), data)
         samples = [on_split.bagging_sample(m, None, config.run.seed) for m in config.training.members]
         assert len({tuple(sorted(s.items())) for s in samples}) == 4, (seed, samples)
         for sample in samples:
