@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -685,7 +685,7 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     writer.writerow(["file", "reason"])
     writer.writerows([[r.file, r.reason] for r in prepared.quarantine])
     storage.write_text(uris["quarantine.csv"], buffer.getvalue())
-    storage.write_text(uris["quarantine.json"], json.dumps([r.__dict__ for r in prepared.quarantine], indent=2))
+    storage.write_text(uris["quarantine.json"], json.dumps([asdict(r) for r in prepared.quarantine], indent=2))
     document = {"stats": prepared.stats, "normalization": prepared.normalization}
     storage.write_text(uris["dataset_stats.json"], json.dumps(document, indent=2))
     buffer = io.StringIO()

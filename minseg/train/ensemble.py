@@ -11,7 +11,7 @@ import json
 import os
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -236,8 +236,7 @@ class ImageSource:
         else:  # the fold's test part is never trained on nor used to choose a checkpoint: it is what is reported
             part = prepared.folds[fold]
             pool = prepared.splits["train"] + prepared.splits["val"]
-            prepared = PreparedData(**{**prepared.__dict__, "splits": {**prepared.splits, "train": pool, "val": pool,
-                                                                         "test": pool}})
+            prepared = replace(prepared, splits={**prepared.splits, "train": pool, "val": pool, "test": pool})
             train = split_dataset(prepared, data, "train", storage, cpus,
                                   source_ids=set(part.train) if drawn is None else drawn, repeats=repeats)
             val = split_dataset(prepared, data, "val", storage, cpus, source_ids=set(part.val))

@@ -104,6 +104,8 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     assert "set mask_encoding: colors" in reasons["rgbmask.jpg"]
     reports = write_data_reports(prepared, str(tmp_path / "reports"), Storage())
     assert "small.jpg" in open(reports["quarantine.csv"]).read()
+    listed = {r["file"].rsplit("/", 1)[1]: r["reason"] for r in json.loads(open(reports["quarantine.json"]).read())}
+    assert listed == reasons
 
 
 def test_everything_bad_fails_with_the_report(ray_session, tmp_path):
