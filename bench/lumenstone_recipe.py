@@ -88,6 +88,7 @@ def report(evaluation, label: str) -> list[dict]:
           f"{top.key} {top.metrics['miou']:.3f} ({100 * (chosen.metrics['miou'] - top.metrics['miou']):+.1f} pt)")
     print("per class (test IoU): " + ", ".join(f"{k} {v:.2f}" for k, v in zip(chosen.metrics["classes"],
                                                                               chosen.metrics["iou"])))
+    rules(evaluation, best, top)
     return [{"evaluation": label, "candidate": c.key, "members": "+".join(c.members),
              "mode": c.mode.value if c.mode else "", "val_miou": _miou(c.selection_metrics),
              "test_miou": _miou(c.metrics),
@@ -97,6 +98,24 @@ def report(evaluation, label: str) -> list[dict]:
              # learned candidates' validation scores: weights fitted without the image (since 2026-12-02)
              "learned_val_scores": "out-of-fold" if evaluation.document.get("learned_held_out_weights") else ""}
             for c in evaluation.candidates]
+
+
+def rules(evaluation, best, top) -> None:
+    """What each selection rule picks from the same scores (``minseg select --rule``; no prediction), and the
+    candidates within one standard error of the best on validation with their standard errors."""
+    from minseg.ensemble.selection import select, within_one_standard_error
+    from minseg.enums import SelectionRule
+
+    key, draws = evaluation.rank_key, evaluation.document["selection"].get("bootstrap_draws", 1000)
+    within = within_one_standard_error(evaluation.candidates, key, draws)
+    others = ", ".join(f"{c.key} (se {se:.4f})" for c, se in within[1:]) or "none"
+    print(f"within one standard error of {within[0][0].key} on {evaluation.document.get('selection_split')}: "
+          f"{others}")
+    for rule in (SelectionRule.BEST, SelectionRule.ONE_SE):
+        c = select(evaluation.candidates, key, rule, None, draws)
+        miou = c.metrics["miou"]
+        print(f"rule {rule}: {c.key}, test mIoU {miou:.3f} ({100 * (miou - best.metrics['miou']):+.1f} pt over the "
+              f"best member on test, {100 * (miou - top.metrics['miou']):+.1f} over the val-top member)")
 
 
 def recipe(args, config, label: str | None = None) -> dict:

@@ -120,16 +120,24 @@ def cmd_select(args) -> int:
     from minseg.errors import InputError
     from minseg.io.storage import Storage, join_uri
 
-    if args.candidate and (args.key or args.tpi_budget is not None):
-        raise InputError("--candidate takes that candidate; --key / --tpi-budget choose one: give one or the other")
+    if args.candidate and (args.key or args.tpi_budget is not None or args.rule):
+        raise InputError("--candidate takes that candidate; --key / --tpi-budget / --rule choose one: give one or "
+                         "the other")
+    if args.rule and args.tpi_budget is not None and args.rule != SelectionRule.TPI_BUDGET:
+        raise InputError(f"--tpi-budget is the tpi_budget rule; --rule {args.rule} does not take it")
     storage = Storage()
     document = json.loads(storage.read_text(join_uri(args.evaluation, "evaluation.json")))
     if args.candidate:
         key = args.candidate
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
-        rule = SelectionRule.TPI_BUDGET if args.tpi_budget is not None else SelectionRule.BEST
-        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget).key
+        recorded = document.get("selection") or {}
+        rule = (SelectionRule.TPI_BUDGET if args.tpi_budget is not None else args.rule
+                or SelectionRule(recorded.get("rule", SelectionRule.BEST)))
+        if rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
+            raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
+        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget,
+                     recorded.get("bootstrap_draws", 1000)).key
     # Build before any warning: a bad --key or a missing member is an error on its own.
     manifest = build_manifest(document, key, storage, args.name)
     if not args.candidate:
@@ -342,6 +350,8 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minseg.enums import SelectionRule  # light: no torch, no Ray
+
     parser = argparse.ArgumentParser(
         prog="minseg",
         description="Mineral image segmentation with deep ensembles and prospectivity mapping, as Ray batch jobs.",
@@ -383,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("evaluation", help="evaluation folder (holds evaluation.json)")
     select.add_argument("--key", help="metric to maximise (default: the evaluation's rank key)")
     select.add_argument("--tpi-budget", type=float, help="seconds per image the ensemble may take")
+    select.add_argument("--rule", type=SelectionRule, choices=list(SelectionRule),
+                        help="best, tpi_budget (with --tpi-budget) or one_se: the most members within one standard "
+                             "error of the best (default: the evaluation's rule)")
     select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
                         "choosing by --key / --tpi-budget)")
     select.add_argument("--name", default="selected", help="name recorded in the manifest")

@@ -163,6 +163,8 @@ class SelectionRule(StrEnum):
 
     BEST = "best"  # the best value of the ranking key
     TPI_BUDGET = "tpi_budget"  # the best among candidates within a time-per-image budget
+    # the most members among candidates within one bootstrap standard error of the best (selection.select)
+    ONE_SE = "one_se"
 
 
 class MemberCheckpoint(StrEnum):

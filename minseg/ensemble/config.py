@@ -36,8 +36,11 @@ class Tiling(StrictModel):
 
 
 class SelectionSettings(StrictModel):
-    rule: SelectionRule = Field(SelectionRule.BEST, description="best by key, or best under a TPI budget")
+    rule: SelectionRule = Field(SelectionRule.BEST, description="best by key, best under a TPI budget, or one_se: "
+                                "the most members among the candidates within one standard error of the best")
     tpi_budget_s: float | None = Field(None, gt=0, description="seconds per image (rule: tpi_budget)")
+    bootstrap_draws: int = Field(1000, ge=100, description="image resamples of the selection split that estimate "
+                                 "the standard errors (rule: one_se)")
 
     @model_validator(mode="after")
     def _budget(self) -> "SelectionSettings":

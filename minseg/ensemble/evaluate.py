@@ -325,7 +325,8 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
                      selection_split: str = "test") -> tuple[list[Candidate], list[dict]]:
     """Pass 2: every member and every candidate ensemble on the test split (what is reported, with time per
     image) and on ``selection_split`` (what ``select`` chooses by: validation, so that the test split never
-    chooses); returns the scored candidates (members first) and the preview images (test images)."""
+    chooses), with each image's confusion matrix on the split that chooses (``Candidate.selection_confusions``);
+    returns the scored candidates (members first) and the preview images (test images)."""
     names = list(prepared.classmap.names)
     spec.candidates, spec.sample_per_image = ensembles, 0
     test = prepared.splits["test"]
@@ -338,10 +339,13 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
     previews = [preview for preview in rows.preview if preview is not None]
     on_test = [item in test_ids for item in rows.item_id]
     scored = scored_candidates(rows.subset(on_test), members, ensembles, names)
-    if choosing:
-        chosen_on = scored_candidates(rows.subset([not t for t in on_test]), members, ensembles, names)
-        for candidate, on_selection in zip(scored, chosen_on):
-            candidate.selection_metrics = on_selection.metrics
+    on_selection = rows.subset([not t for t in on_test]) if choosing else rows.subset(on_test)
+    chosen_on = scored_candidates(on_selection, members, ensembles, names) if choosing else scored
+    order = np.argsort(on_selection.item_id, kind="stable")  # rows come back in any order; one_se resamples them
+    for index, (candidate, chosen) in enumerate(zip(scored, chosen_on)):
+        if choosing:
+            candidate.selection_metrics = chosen.metrics
+        candidate.selection_confusions = on_selection.confusion[order, index].astype(np.int64).tolist()
     return scored, previews
 
 
@@ -428,9 +432,10 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       f"0 for them on {split}: {what}; give the split images with every class ("
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
-    chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s)
-    log_event(log, "ensemble.selected", choice=chosen.key, key=settings.rank_key, on=ranking.split,
-              value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
+    chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s,
+                    settings.selection.bootstrap_draws)
+    log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
+              on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared)

@@ -3,8 +3,9 @@
 The Res-UNet ensemble paper's RUEL-k is the top k members of a ranking fused by
 plurality (PV) or weighted voting (WV, Eq. 5); minseg adds soft, weighted-soft and
 learned-weight fusion. A :class:`Candidate` is one answer: a single member, or the
-top-k fused in one mode. Candidates are selected by the ranking key, or under a
-time-per-image (TPI) budget; the choice becomes a manifest (``build_manifest``).
+top-k fused in one mode. Candidates are selected by the ranking key, under a
+time-per-image (TPI) budget, or by the one-standard-error rule (``select``); the choice
+becomes a manifest (``build_manifest``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class Candidate:
     candidates are chosen on (validation; empty when the data has none and the choice falls back to test; a
     learned candidate's come from each image's out-of-fold weights, :func:`cross_fit_learned_weights`, not from
     ``weights``, which are fitted on every validation image and used on test);
-    ``tpi``: seconds per test image (members + fusion).
+    ``tpi``: seconds per test image (members + fusion); ``selection_confusions``: per image of the selection split
+    (in item-id order, the same for every candidate of an evaluation), its (C, C) confusion matrix (rows: truth),
+    int pixel counts: what the ``one_se`` rule resamples.
     """
 
     key: str
@@ -46,6 +49,7 @@ class Candidate:
     metrics: dict = field(default_factory=dict)
     tpi: float = 0.0
     selection_metrics: dict = field(default_factory=dict)
+    selection_confusions: list = field(default_factory=list)
 
     @property
     def is_member(self) -> bool:
@@ -59,14 +63,14 @@ class Candidate:
     def to_document(self) -> dict[str, Any]:
         return {"key": self.key, "members": self.members, "mode": self.mode.value if self.mode else None,
                 "weights": self.weights, "tpi": self.tpi, "metrics": self.metrics,
-                "selection_metrics": self.selection_metrics}
+                "selection_metrics": self.selection_metrics, "selection_confusions": self.selection_confusions}
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "Candidate":
         mode = FusionMode(document["mode"]) if document.get("mode") else None
         return cls(document["key"], list(document["members"]), mode, document.get("weights") or [],
                    document.get("metrics") or {}, float(document.get("tpi", 0.0)),
-                   document.get("selection_metrics") or {})
+                   document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
 
 
 def _key_value(metrics: dict, key: str) -> float:
@@ -164,12 +168,24 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
     return held_out
 
 
-def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None) -> Candidate:
-    """The best candidate by ``key`` on the selection split (validation: ``Candidate.choosing_metrics``; the test
-    split only reports), ties: faster, then by name; within ``budget`` s/image for ``tpi_budget``.
+def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None,
+           draws: int = 1000) -> Candidate:
+    """The candidate ``rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``; the test
+    split only reports):
+
+    - ``best``: the best by ``key``; ties: faster, then by name.
+    - ``tpi_budget``: the same among the candidates within ``budget`` s/image.
+    - ``one_se``: among the candidates whose ``key`` is within one standard error of the best's
+      (:func:`standard_errors`, ``draws`` resamples), the one with the most members; ties: the better by ``key``,
+      faster, by name. The one-standard-error rule of Breiman et al. (1984, *Classification and Regression
+      Trees*, §3.4.3; Hastie, Tibshirani & Friedman 2009, §7.10) turned round: there it prefers the simplest
+      model within the noise, here the ensemble averaging the most members, whose variance is the lowest when the
+      members are of comparable strength (Krogh & Vedelsby 1995): on a few validation images a difference
+      smaller than its standard error does not say that fewer members are better.
 
     Raises:
-        InputError: no candidate fits the budget (names the fastest).
+        InputError: no candidate fits the budget (names the fastest); ``one_se`` on candidates without per-image
+            confusion matrices (an evaluation written before them: evaluate again).
     """
     rule = SelectionRule(rule)
     pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
@@ -177,7 +193,66 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
         fastest = min(candidates, key=lambda c: c.tpi)
         raise InputError(f"no candidate fits the TPI budget of {budget:g} s per image (fastest: {fastest.key}, "
                          f"{fastest.tpi:.3f} s)")
-    return sorted(pool, key=lambda c: (-_key_value(c.choosing_metrics, key), c.tpi, c.key))[0]
+    if rule is not SelectionRule.ONE_SE:
+        return _by_key(pool, key)[0]
+    within = within_one_standard_error(pool, key, draws)
+    return max(within, key=lambda pair: len(pair[0].members))[0]  # max keeps the first of equals: the best
+
+
+def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
+    """Best first by ``key`` on the selection split; ties: faster, then by name."""
+    return sorted(candidates, key=lambda c: (-_key_value(c.choosing_metrics, key), c.tpi, c.key))
+
+
+def within_one_standard_error(candidates: list[Candidate], key: str,
+                              draws: int = 1000) -> list[tuple[Candidate, float]]:
+    """The candidates whose ``key`` on the selection split is at most one standard error (:func:`standard_errors`,
+    of the difference from the best) below the best's, best first, each with that standard error (the best's: 0).
+
+    Raises:
+        InputError: as :func:`standard_errors`.
+    """
+    ordered = _by_key(candidates, key)
+    errors = standard_errors(ordered, key, draws)
+    best = _key_value(ordered[0].choosing_metrics, key)
+    return [(c, errors[c.key]) for c in ordered if best - _key_value(c.choosing_metrics, key) <= errors[c.key]]
+
+
+def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap over the selection split's images: each of ``draws`` resamples (with replacement, as many
+    images as the split has; ``seed`` fixed, so a choice is reproducible) sums every candidate's per-image
+    confusion matrices over the same images and scores ``key`` on them; a candidate's standard error is the
+    standard deviation over the resamples of the first candidate's score minus its own (Efron & Tibshirani 1993,
+    *An Introduction to the Bootstrap*, ch. 6). Paired, because the candidates are scored on the same images: the
+    hard images are hard for all of them, and that shared part is not a difference between them.
+
+    ``candidates``: the first is the one compared against (the best); all with ``selection_confusions`` of the
+    same images. Returns key -> standard error (0 for the first and for a single image).
+
+    Raises:
+        InputError: a candidate has no per-image confusion matrices, or not as many as the first.
+    """
+    stacks = []
+    for candidate in candidates:
+        if not candidate.selection_confusions:
+            raise InputError(f"{candidate.key} has no per-image confusion matrices on the selection split (an "
+                             "evaluation written before the one_se rule): run minseg evaluate again")
+        stacks.append(np.asarray(candidate.selection_confusions, dtype=np.int64))
+    images = stacks[0].shape[0]
+    if any(stack.shape != stacks[0].shape for stack in stacks):
+        raise InputError("candidates scored on different selection images: "
+                         + ", ".join(f"{c.key} {len(c.selection_confusions)}" for c in candidates))
+    names = candidates[0].choosing_metrics.get("classes")
+    rng = np.random.default_rng(seed)
+    scores = np.empty((draws, len(candidates)))
+    for d in range(draws):
+        counts = np.bincount(rng.integers(0, images, images), minlength=images)  # how often each image is drawn
+        for j, stack in enumerate(stacks):
+            matrix = np.tensordot(counts, stack, axes=1)
+            scores[d, j] = metric_value(metrics_from_confusion(matrix, names), key)
+    differences = scores[:, :1] - scores
+    spread = np.nanstd(differences, axis=0, ddof=1) if images > 1 else np.zeros(len(candidates))
+    return {c.key: float(np.nan_to_num(s)) for c, s in zip(candidates, spread)}
 
 
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:

@@ -149,6 +149,31 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
+def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_scores(evaluation, capsys):
+    """Every candidate carries each validation image's confusion matrix (they add up to its validation score's);
+    ``select --rule one_se`` chooses from them without predicting, as the library's rule does."""
+    from minseg.ensemble.selection import Candidate, select, within_one_standard_error
+    from minseg.enums import SelectionRule
+
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    splits = json.loads(Storage().read_text(f"{evaluation.document['run']}/data/splits.json"))
+    recorded = [Candidate.from_document(c) for c in evaluation.document["candidates"]]
+    for candidate in recorded:
+        assert len(candidate.selection_confusions) == len(splits["val"]) >= 2
+        assert np.sum(candidate.selection_confusions, axis=0).tolist() == candidate.selection_metrics["confusion"]
+    expected = select(recorded, "miou", SelectionRule.ONE_SE, None)
+    within = [c.key for c, _ in within_one_standard_error(recorded, "miou")]
+    assert within[0] == evaluation.selected.key and expected.key in within
+    assert len(expected.members) == max(len(c.members) for c in recorded if c.key in within)
+    assert main(["select", folder, "--rule", "one_se", "--name", "one-se"]) == 0
+    assert load_manifest(f"{folder}/manifest-one-se.json").selection["candidate"] == expected.key
+    capsys.readouterr()
+    assert main(["select", folder, "--rule", "one_se", "--tpi-budget", "1"]) == 2
+    assert "does not take it" in capsys.readouterr().err
+    assert main(["select", folder, "--rule", "tpi_budget"]) == 2
+    assert "needs --tpi-budget" in capsys.readouterr().err
+
+
 def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(trained_run, monkeypatch):
     """Each validation image scores the learned candidates with weights fitted on the other images (the
     document keeps them), not with the weights fitted on every validation image: those would flatter them.

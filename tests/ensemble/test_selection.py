@@ -111,3 +111,62 @@ def test_classes_trained_on_but_absent_from_a_split_are_named():
              "val": {"classes": {"background": {"pixels": 3}, "magnetite": {"pixels": 2}, "bornite": {"pixels": 0}}}}
     assert classes_missing(stats, "test") == ["magnetite"]  # bornite: never trained on, nothing to miss
     assert classes_missing(stats, "val") == []
+
+
+# ------------------------------------------------------------------ the one-standard-error rule
+
+DIFFICULTY = np.array([20, 400, 100, 250, 60])  # wrong pixels per class of the best member, per validation image
+
+
+def scored(key, members, wrong, test=0.5):
+    """A candidate on five validation images of two classes (1000 pixels each): ``wrong`` pixels of each class
+    mislabelled per image; its validation mIoU from the summed matrices, as an evaluation records it."""
+    from minseg.metrics import metrics_from_confusion
+
+    confusions = [[[1000 - int(w), int(w)], [int(w), 1000 - int(w)]] for w in wrong]
+    metrics = metrics_from_confusion(np.sum(confusions, axis=0), ["gangue", "pyrite"])
+    mode = None if len(members) == 1 else FusionMode.SOFT
+    return Candidate(key, members, mode, [], {"miou": test}, 1.0, metrics, confusions)
+
+
+def test_one_se_takes_more_members_when_validation_cannot_tell_them_apart():
+    """RUEL-3 trails the best member by a little on average but leads on some images and trails on others: the
+    gap is inside its standard error, so one_se takes the three members; best takes the member."""
+    from minseg.ensemble.selection import within_one_standard_error
+
+    pool = [scored("member:a", ["a"], DIFFICULTY), scored("member:b", ["b"], DIFFICULTY + 200),
+            scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + [150, -140, 150, -140, 0]),
+            scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + [60, -50, 60, -50, 0])]
+    assert select(pool, "miou", SelectionRule.BEST, None).key == "member:a"
+    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-SOFT"
+    within = dict((c.key, se) for c, se in within_one_standard_error(pool, "miou"))
+    assert list(within) == ["member:a", "RUEL-2-SOFT", "RUEL-3-SOFT"] and within["member:a"] == 0.0
+    assert 0 < within["RUEL-2-SOFT"] < within["RUEL-3-SOFT"]  # the bigger the swings, the wider the noise
+    # reproducible: the resamples are seeded
+    assert within_one_standard_error(pool, "miou") == within_one_standard_error(pool, "miou")
+
+
+def test_one_se_keeps_the_best_when_it_is_better_on_every_image():
+    """RUEL-3 is 30 pixels worse on every image: a real difference however much the images' difficulty varies.
+    Paired resamples see that (the shared difficulty cancels); comparing the two scores' own spreads would not."""
+    pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + 30)]
+    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "member:a"
+    # among several within the noise, the most members, and among those the better on validation
+    pool += [scored("RUEL-3-PV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 1]),
+             scored("RUEL-3-WV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 2])]
+    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-PV"
+
+
+def test_one_se_needs_per_image_scores_and_reads_them_back():
+    from minseg.errors import InputError
+
+    pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + 5)]
+    again = [Candidate.from_document(c.to_document()) for c in pool]
+    assert again[1].selection_confusions == pool[1].selection_confusions
+    assert select(again, "miou", SelectionRule.ONE_SE, None).key == select(pool, "miou", SelectionRule.ONE_SE,
+                                                                             None).key
+    old = Candidate.from_document({k: v for k, v in pool[1].to_document().items() if k != "selection_confusions"})
+    with pytest.raises(InputError, match="RUEL-2-SOFT has no per-image confusion matrices.*evaluate again"):
+        select([pool[0], old], "miou", SelectionRule.ONE_SE, None)
+    one_image = [scored("member:a", ["a"], DIFFICULTY[:1]), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY[:1] + 1)]
+    assert select(one_image, "miou", SelectionRule.ONE_SE, None).key == "member:a"  # one image: no noise estimate
