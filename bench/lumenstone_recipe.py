@@ -107,12 +107,13 @@ def rules(evaluation, best, top) -> None:
     from minseg.enums import SelectionRule
 
     key, draws = evaluation.rank_key, evaluation.document["selection"].get("bootstrap_draws", 1000)
-    within = within_one_standard_error(evaluation.candidates, key, draws)
+    groups = evaluation.document.get("selection_groups")
+    within = within_one_standard_error(evaluation.candidates, key, draws, groups)
     others = ", ".join(f"{c.key} (se {se:.4f})" for c, se in within[1:]) or "none"
     print(f"within one standard error of {within[0][0].key} on {evaluation.document.get('selection_split')}: "
           f"{others}")
     for rule in (SelectionRule.BEST, SelectionRule.ONE_SE):
-        c = select(evaluation.candidates, key, rule, None, draws)
+        c = select(evaluation.candidates, key, rule, None, draws, groups)
         miou = c.metrics["miou"]
         print(f"rule {rule}: {c.key}, test mIoU {miou:.3f} ({100 * (miou - best.metrics['miou']):+.1f} pt over the "
               f"best member on test, {100 * (miou - top.metrics['miou']):+.1f} over the val-top member)")

@@ -125,21 +125,29 @@ def cmd_select(args) -> int:
                          "the other")
     if args.rule and args.tpi_budget is not None and args.rule != SelectionRule.TPI_BUDGET:
         raise InputError(f"--tpi-budget is the tpi_budget rule; --rule {args.rule} does not take it")
+    if args.rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
+        raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
     storage = Storage()
     document = json.loads(storage.read_text(join_uri(args.evaluation, "evaluation.json")))
+    selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
     if args.candidate:
         key = args.candidate
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
+        # default: the evaluation's own rule (and budget), as recorded
         recorded = document.get("selection") or {}
-        rule = (SelectionRule.TPI_BUDGET if args.tpi_budget is not None else args.rule
-                or SelectionRule(recorded.get("rule", SelectionRule.BEST)))
-        if rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
-            raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
-        key = select(candidates, args.key or document["rank_key"], rule, args.tpi_budget,
-                     recorded.get("bootstrap_draws", 1000)).key
+        if args.tpi_budget is not None:
+            rule, budget = SelectionRule.TPI_BUDGET, args.tpi_budget
+        elif args.rule:
+            rule, budget = args.rule, None
+        else:
+            rule, budget = SelectionRule(recorded.get("rule", SelectionRule.BEST)), recorded.get("tpi_budget_s")
+        draws = recorded.get("bootstrap_draws", 1000)
+        rank_key = args.key or document["rank_key"]
+        key = select(candidates, rank_key, rule, budget, draws, document.get("selection_groups")).key
+        selection = {"rule": str(rule), "tpi_budget_s": budget, "bootstrap_draws": draws}
     # Build before any warning: a bad --key or a missing member is an error on its own.
-    manifest = build_manifest(document, key, storage, args.name)
+    manifest = build_manifest(document, key, storage, args.name, selection, rank_key)
     if not args.candidate:
         if "selection_split" not in document:
             print(f"warning: {args.evaluation} predates choosing on validation: its candidates have test scores "
@@ -397,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="best, tpi_budget (with --tpi-budget) or one_se: the most members within one standard "
                              "error of the best (default: the evaluation's rule)")
     select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
-                        "choosing by --key / --tpi-budget)")
+                        "choosing by --key / --tpi-budget / --rule)")
     select.add_argument("--name", default="selected", help="name recorded in the manifest")
     select.add_argument("--out", help="manifest path or URI (default: beside evaluation.json)")
     select.set_defaults(func=cmd_select)

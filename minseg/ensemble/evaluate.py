@@ -341,12 +341,22 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
     scored = scored_candidates(rows.subset(on_test), members, ensembles, names)
     on_selection = rows.subset([not t for t in on_test]) if choosing else rows.subset(on_test)
     chosen_on = scored_candidates(on_selection, members, ensembles, names) if choosing else scored
-    order = np.argsort(on_selection.item_id, kind="stable")  # rows come back in any order; one_se resamples them
+    # rows come back in any order; one_se resamples them with selection_groups, in item-id order
+    order = sorted(range(len(on_selection.item_id)), key=lambda i: on_selection.item_id[i])
     for index, (candidate, chosen) in enumerate(zip(scored, chosen_on)):
         if choosing:
             candidate.selection_metrics = chosen.metrics
         candidate.selection_confusions = on_selection.confusion[order, index].astype(np.int64).tolist()
     return scored, previews
+
+
+def selection_groups(prepared: PreparedData, split: str, data: DataSettings) -> list[str]:
+    """Per image of the split that chooses, in item-id order (that of ``Candidate.selection_confusions``), the
+    group its split was chosen by (its source image, or its scene: ``data.split.group_by``): what the one_se
+    rule's bootstrap draws whole."""
+    items = sorted(prepared.splits[split], key=lambda i: i["item_id"])
+    group_of = split_groups({i["source_id"] for i in items}, data.split.group_by)
+    return [group_of[i["source_id"]] for i in items]
 
 
 def _check_held_out(held_out: dict[str, dict[str, list]], choosing: set[str], test: set[str]) -> None:
@@ -432,13 +442,14 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       f"0 for them on {split}: {what}; give the split images with every class ("
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
+    groups = selection_groups(prepared, ranking.split, config.data)
     chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s,
-                    settings.selection.bootstrap_draws)
+                    settings.selection.bootstrap_draws, groups)
     log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
               on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
 
-    document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared)
+    document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups)
     out = settings.output_uri(config.run.uri)
     storage.write_text(join_uri(out, "evaluation.json"), json.dumps(document, indent=2, default=float))
     manifest_uri = join_uri(out, "manifest.json")
@@ -451,7 +462,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
 def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ranking, members: list[MemberRef],
                         candidates: list[Candidate], chosen: Candidate, spec: PassSpec,
-                        prepared: PreparedData) -> dict:
+                        prepared: PreparedData, groups: list[str]) -> dict:
     """``evaluation.json``: everything ``minseg select`` needs to choose again without predicting."""
     return {
         "run": run_uri,
@@ -459,6 +470,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "rank_split": ranking.split,
         "member_checkpoint": str(settings.checkpoint),
         "selection_split": ranking.split,  # candidates' selection_metrics; their metrics are the test split's
+        "selection_groups": groups,  # per image of selection_confusions: what one_se resamples whole
         "ranking": ranking.order,
         "voters": ranking.pool,
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},

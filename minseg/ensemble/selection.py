@@ -169,19 +169,20 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
 
 
 def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None,
-           draws: int = 1000) -> Candidate:
+           draws: int = 1000, groups: list[str] | None = None) -> Candidate:
     """The candidate ``rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``; the test
     split only reports):
 
     - ``best``: the best by ``key``; ties: faster, then by name.
     - ``tpi_budget``: the same among the candidates within ``budget`` s/image.
     - ``one_se``: among the candidates whose ``key`` is within one standard error of the best's
-      (:func:`standard_errors`, ``draws`` resamples), the one with the most members; ties: the better by ``key``,
-      faster, by name. The one-standard-error rule of Breiman et al. (1984, *Classification and Regression
-      Trees*, §3.4.3; Hastie, Tibshirani & Friedman 2009, §7.10) turned round: there it prefers the simplest
-      model within the noise, here the ensemble averaging the most members, whose variance is the lowest when the
-      members are of comparable strength (Krogh & Vedelsby 1995): on a few validation images a difference
-      smaller than its standard error does not say that fewer members are better.
+      (:func:`within_one_standard_error`: ``draws`` resamples of the selection images, or of their ``groups``),
+      the one with the most members; ties: the better by ``key``, faster, by name. The one-standard-error rule
+      of Breiman et al. (1984, *Classification and Regression Trees*, §3.4.3; Hastie, Tibshirani & Friedman
+      2009, §7.10) turned round: there it prefers the simplest model within the noise, here the ensemble
+      averaging the most members, whose variance is the lowest when the members are of comparable strength
+      (Krogh & Vedelsby 1995): on a few validation images a difference smaller than its standard error does not
+      say that fewer members are better.
 
     Raises:
         InputError: no candidate fits the budget (names the fastest); ``one_se`` on candidates without per-image
@@ -195,7 +196,7 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
                          f"{fastest.tpi:.3f} s)")
     if rule is not SelectionRule.ONE_SE:
         return _by_key(pool, key)[0]
-    within = within_one_standard_error(pool, key, draws)
+    within = within_one_standard_error(pool, key, draws, groups)
     return max(within, key=lambda pair: len(pair[0].members))[0]  # max keeps the first of equals: the best
 
 
@@ -204,21 +205,36 @@ def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-_key_value(c.choosing_metrics, key), c.tpi, c.key))
 
 
-def within_one_standard_error(candidates: list[Candidate], key: str,
-                              draws: int = 1000) -> list[tuple[Candidate, float]]:
+def within_one_standard_error(candidates: list[Candidate], key: str, draws: int = 1000,
+                              groups: list[str] | None = None) -> list[tuple[Candidate, float]]:
     """The candidates whose ``key`` on the selection split is at most one standard error (:func:`standard_errors`,
     of the difference from the best) below the best's, best first, each with that standard error (the best's: 0).
+
+    Of candidates with the same confusion matrix on every selection image, only the one with the fewest members
+    (then faster, then by name) is in: the others label the split as it does, at more cost (RUEL-2 in PV or WV, and
+    RUEL-3 in WV, are their top member: its vote wins every tie). The best of those kept is always in.
 
     Raises:
         InputError: as :func:`standard_errors`.
     """
     ordered = _by_key(candidates, key)
-    errors = standard_errors(ordered, key, draws)
+    errors = standard_errors(ordered, key, draws, groups=groups)
     best = _key_value(ordered[0].choosing_metrics, key)
-    return [(c, errors[c.key]) for c in ordered if best - _key_value(c.choosing_metrics, key) <= errors[c.key]]
+    kept, seen = set(), []
+    for candidate in sorted(ordered, key=lambda c: (len(c.members), c.tpi, c.key)):
+        confusions = np.asarray(candidate.selection_confusions)
+        if not any(np.array_equal(confusions, other) for other in seen):
+            kept.add(candidate.key)
+            seen.append(confusions)
+    within = []
+    for candidate in (c for c in ordered if c.key in kept):
+        if not within or best - _key_value(candidate.choosing_metrics, key) <= errors[candidate.key]:
+            within.append((candidate, errors[candidate.key]))
+    return within
 
 
-def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, seed: int = 0) -> dict[str, float]:
+def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, seed: int = 0,
+                    groups: list[str] | None = None) -> dict[str, float]:
     """Paired bootstrap over the selection split's images: each of ``draws`` resamples (with replacement, as many
     images as the split has; ``seed`` fixed, so a choice is reproducible) sums every candidate's per-image
     confusion matrices over the same images and scores ``key`` on them; a candidate's standard error is the
@@ -226,11 +242,17 @@ def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, se
     *An Introduction to the Bootstrap*, ch. 6). Paired, because the candidates are scored on the same images: the
     hard images are hard for all of them, and that shared part is not a difference between them.
 
+    ``groups``: per selection image (in the order of ``selection_confusions``), the group its split was chosen by
+    (``data.split.group_by``: the images of one scene, the tiles of one photograph); groups are drawn whole, as
+    their images are not independent. A resample where a score is undefined (a per-class key whose class it lacks)
+    does not count.
+
     ``candidates``: the first is the one compared against (the best); all with ``selection_confusions`` of the
-    same images. Returns key -> standard error (0 for the first and for a single image).
+    same images. Returns key -> standard error (0 for the first, and for all when there is one image or group).
 
     Raises:
-        InputError: a candidate has no per-image confusion matrices, or not as many as the first.
+        InputError: a candidate has no per-image confusion matrices, or not as many as the first; ``groups`` not
+            one per image.
     """
     stacks = []
     for candidate in candidates:
@@ -242,16 +264,20 @@ def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, se
     if any(stack.shape != stacks[0].shape for stack in stacks):
         raise InputError("candidates scored on different selection images: "
                          + ", ".join(f"{c.key} {len(c.selection_confusions)}" for c in candidates))
+    if groups is not None and len(groups) != images:
+        raise InputError(f"{len(groups)} selection groups for {images} selection images")
     names = candidates[0].choosing_metrics.get("classes")
+    index = np.unique(np.asarray(groups if groups is not None else range(images)), return_inverse=True)[1]
+    units = int(index.max()) + 1  # what is drawn: groups, or images
+    if units < 2:
+        return {c.key: 0.0 for c in candidates}
     rng = np.random.default_rng(seed)
     scores = np.empty((draws, len(candidates)))
     for d in range(draws):
-        counts = np.bincount(rng.integers(0, images, images), minlength=images)  # how often each image is drawn
+        counts = np.bincount(rng.integers(0, units, units), minlength=units)[index]  # times each image is drawn
         for j, stack in enumerate(stacks):
-            matrix = np.tensordot(counts, stack, axes=1)
-            scores[d, j] = metric_value(metrics_from_confusion(matrix, names), key)
-    differences = scores[:, :1] - scores
-    spread = np.nanstd(differences, axis=0, ddof=1) if images > 1 else np.zeros(len(candidates))
+            scores[d, j] = metric_value(metrics_from_confusion(np.tensordot(counts, stack, axes=1), names), key)
+    spread = np.nanstd(scores[:, :1] - scores, axis=0, ddof=1)
     return {c.key: float(np.nan_to_num(s)) for c, s in zip(candidates, spread)}
 
 
@@ -264,8 +290,10 @@ def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
     return {"mean": list(member["mean"]), "std": list(member["std"])}
 
 
-def build_manifest(document: dict, key: str, storage: Storage, name: str) -> EnsembleManifest:
-    """The manifest for one candidate of an evaluation document (``evaluation.json``).
+def build_manifest(document: dict, key: str, storage: Storage, name: str,
+                   selection: dict | None = None, rank_key: str | None = None) -> EnsembleManifest:
+    """The manifest for one candidate of an evaluation document (``evaluation.json``); ``selection`` and
+    ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document).
 
     Raises:
         InputError: the document has no candidate ``key`` (names the ones it has).
@@ -289,7 +317,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str) -> Ens
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
         normalization=document["normalization"], channels=document.get("channels"),
-        selection={**document["selection"], "key": document["rank_key"], "candidate": key,
+        selection={**(selection or document["selection"]), "key": rank_key or document["rank_key"], "candidate": key,
                    "split": document.get("selection_split", "test"),
                    "member_checkpoint": document.get("member_checkpoint", "best")},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},

@@ -149,7 +149,7 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
 
 
-def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_scores(evaluation, capsys):
+def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_scores(evaluation, tmp_path, capsys):
     """Every candidate carries each validation image's confusion matrix (they add up to its validation score's);
     ``select --rule one_se`` chooses from them without predicting, as the library's rule does."""
     from minseg.ensemble.selection import Candidate, select, within_one_standard_error
@@ -165,8 +165,21 @@ def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_score
     within = [c.key for c, _ in within_one_standard_error(recorded, "miou")]
     assert within[0] == evaluation.selected.key and expected.key in within
     assert len(expected.members) == max(len(c.members) for c in recorded if c.key in within)
+    groups = evaluation.document["selection_groups"]
+    assert len(groups) == len(splits["val"]) and expected.key == select(recorded, "miou", SelectionRule.ONE_SE,
+                                                                        None, groups=groups).key
     assert main(["select", folder, "--rule", "one_se", "--name", "one-se"]) == 0
-    assert load_manifest(f"{folder}/manifest-one-se.json").selection["candidate"] == expected.key
+    selection = load_manifest(f"{folder}/manifest-one-se.json").selection
+    assert selection["candidate"] == expected.key and selection["rule"] == "one_se"  # the rule that chose it
+    # without --rule: the evaluation's own rule, and its budget
+    document = json.loads(Storage().read_text(f"{folder}/evaluation.json"))
+    fastest = min(recorded, key=lambda c: c.tpi)
+    document["selection"] = {**document["selection"], "rule": "tpi_budget", "tpi_budget_s": fastest.tpi * 1.0001}
+    shutil.copytree(folder, tmp_path / "budget")
+    (tmp_path / "budget" / "evaluation.json").write_text(json.dumps(document))
+    assert main(["select", str(tmp_path / "budget"), "--name", "recorded"]) == 0
+    manifest = load_manifest(str(tmp_path / "budget" / "manifest-recorded.json"))
+    assert manifest.selection["candidate"] == fastest.key and manifest.selection["rule"] == "tpi_budget"
     capsys.readouterr()
     assert main(["select", folder, "--rule", "one_se", "--tpi-budget", "1"]) == 2
     assert "does not take it" in capsys.readouterr().err

@@ -170,3 +170,46 @@ def test_one_se_needs_per_image_scores_and_reads_them_back():
         select([pool[0], old], "miou", SelectionRule.ONE_SE, None)
     one_image = [scored("member:a", ["a"], DIFFICULTY[:1]), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY[:1] + 1)]
     assert select(one_image, "miou", SelectionRule.ONE_SE, None).key == "member:a"  # one image: no noise estimate
+
+
+def test_one_se_passes_over_a_hard_vote_that_is_its_top_member():
+    """RUEL-3-WV gives its top member's labels everywhere (3 votes against 2 + 1, ties to the top): same matrices,
+    a standard error of 0, so inside the noise, but it adds nothing at three times the cost. The best stays;
+    a real three-member fusion inside the noise is still taken."""
+    from minseg.ensemble.selection import within_one_standard_error
+
+    copy = scored("RUEL-3-WV", ["a", "b", "c"], DIFFICULTY)
+    pool = [scored("member:a", ["a"], DIFFICULTY), copy, scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + 40)]
+    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "member:a"
+    assert [c.key for c, _ in within_one_standard_error(pool, "miou")] == ["member:a"]
+    pool[2] = scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + [150, -140, 150, -140, 0])
+    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-SOFT"
+
+
+def test_images_of_one_group_are_drawn_together():
+    """Six validation images that are three scenes twice (PPL and XPL twins): drawn whole, the scenes give the
+    standard errors of the three scenes alone, exactly (each resample is theirs, doubled); drawn as six independent
+    images, the same numbers would look surer than they are."""
+    from minseg.ensemble.selection import standard_errors
+
+    wrong = {"member:a": DIFFICULTY[:3], "RUEL-2-SOFT": DIFFICULTY[:3] + [90, -80, 0]}
+    three = [scored(k, ["a"] if k.startswith("member") else ["a", "b"], w) for k, w in wrong.items()]
+    six = [scored(k, c.members, np.repeat(w, 2)) for (k, w), c in zip(wrong.items(), three)]
+    by_scene = standard_errors(six, "miou", groups=["s1", "s1", "s2", "s2", "s3", "s3"])
+    assert by_scene == pytest.approx(standard_errors(three, "miou"), rel=1e-12)
+    assert standard_errors(six, "miou")["RUEL-2-SOFT"] < by_scene["RUEL-2-SOFT"]
+    assert standard_errors(six, "miou", groups=["one"] * 6) == {"member:a": 0.0, "RUEL-2-SOFT": 0.0}
+    from minseg.errors import InputError
+
+    with pytest.raises(InputError, match="5 selection groups for 6 selection images"):
+        standard_errors(six, "miou", groups=["s"] * 5)
+
+
+def test_one_se_keeps_the_best_when_every_score_is_undefined():
+    """``--key iou:<class>`` for a class no validation image has and nothing predicts: every candidate scores NaN;
+    the best by the usual order is still the answer (not an empty pool)."""
+    pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + 5)]
+    for c in pool:
+        c.selection_metrics = {**c.selection_metrics, "classes": ["gangue", "pyrite"], "iou": [float("nan")] * 2}
+    assert select(pool, "iou:pyrite", SelectionRule.ONE_SE, None).key == select(pool, "iou:pyrite",
+                                                                              SelectionRule.BEST, None).key
