@@ -103,17 +103,19 @@ def report(evaluation, label: str) -> list[dict]:
 def rules(evaluation, best, top) -> None:
     """What each selection rule picks from the same scores (``minseg select --rule``; no prediction), and the
     candidates within one standard error of the best on validation with their standard errors."""
-    from minseg.ensemble.selection import select, within_one_standard_error
+    from minseg.ensemble.config import SelectionSettings
+    from minseg.ensemble.selection import most_members, select, within_one_standard_error
     from minseg.enums import SelectionRule
 
-    key, draws = evaluation.rank_key, evaluation.document["selection"].get("bootstrap_draws", 1000)
-    groups = evaluation.document.get("selection_groups")
-    within = within_one_standard_error(evaluation.candidates, key, draws, groups)
+    key, groups = evaluation.rank_key, evaluation.document.get("selection_groups")
+    settings = SelectionSettings.model_validate(evaluation.document["selection"])
+    within = within_one_standard_error(evaluation.candidates, key, settings.bootstrap_draws, groups)
     others = ", ".join(f"{c.key} (se {se:.4f})" for c, se in within[1:]) or "none"
     print(f"within one standard error of {within[0][0].key} on {evaluation.document.get('selection_split')}: "
           f"{others}")
-    for rule in (SelectionRule.BEST, SelectionRule.ONE_SE):
-        c = select(evaluation.candidates, key, rule, None, draws, groups)
+    best_rule = SelectionSettings(rule=SelectionRule.BEST)
+    for rule, c in ((SelectionRule.BEST, select(evaluation.candidates, key, best_rule)),
+                    (SelectionRule.ONE_SE, most_members(within))):  # the bootstrap above, not a second one
         miou = c.metrics["miou"]
         print(f"rule {rule}: {c.key}, test mIoU {miou:.3f} ({100 * (miou - best.metrics['miou']):+.1f} pt over the "
               f"best member on test, {100 * (miou - top.metrics['miou']):+.1f} over the val-top member)")

@@ -115,6 +115,7 @@ def data_from_folders(data, uris: list[str]):
 def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
     from minseg.ensemble.manifest import write_manifest
+    from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.selection import Candidate, build_manifest, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
@@ -134,18 +135,13 @@ def cmd_select(args) -> int:
         key = args.candidate
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
-        # default: the evaluation's own rule (and budget), as recorded
-        recorded = document.get("selection") or {}
+        selection = SelectionSettings.model_validate(document.get("selection") or {})  # default: the evaluation's
         if args.tpi_budget is not None:
-            rule, budget = SelectionRule.TPI_BUDGET, args.tpi_budget
+            selection = selection.model_copy(update={"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget})
         elif args.rule:
-            rule, budget = args.rule, None
-        else:
-            rule, budget = SelectionRule(recorded.get("rule", SelectionRule.BEST)), recorded.get("tpi_budget_s")
-        draws = recorded.get("bootstrap_draws", 1000)
+            selection = selection.model_copy(update={"rule": args.rule, "tpi_budget_s": None})
         rank_key = args.key or document["rank_key"]
-        key = select(candidates, rank_key, rule, budget, draws, document.get("selection_groups")).key
-        selection = {"rule": str(rule), "tpi_budget_s": budget, "bootstrap_draws": draws}
+        key = select(candidates, rank_key, selection, document.get("selection_groups")).key
     # Build before any warning: a bad --key or a missing member is an error on its own.
     manifest = build_manifest(document, key, storage, args.name, selection, rank_key)
     if not args.candidate:

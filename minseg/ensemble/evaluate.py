@@ -338,8 +338,9 @@ def score_candidates(members: list[MemberRef], prepared: PreparedData, spec: Pas
     rows = run_pass(test + choosing, spec, label)
     previews = [preview for preview in rows.preview if preview is not None]
     on_test = [item in test_ids for item in rows.item_id]
-    scored = scored_candidates(rows.subset(on_test), members, ensembles, names)
-    on_selection = rows.subset([not t for t in on_test]) if choosing else rows.subset(on_test)
+    test_rows = rows.subset(on_test)
+    scored = scored_candidates(test_rows, members, ensembles, names)
+    on_selection = rows.subset([not t for t in on_test]) if choosing else test_rows
     chosen_on = scored_candidates(on_selection, members, ensembles, names) if choosing else scored
     # rows come back in any order; one_se resamples them with selection_groups, in item-id order
     order = sorted(range(len(on_selection.item_id)), key=lambda i: on_selection.item_id[i])
@@ -443,8 +444,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
     groups = selection_groups(prepared, ranking.split, config.data)
-    chosen = select(candidates, settings.rank_key, settings.selection.rule, settings.selection.tpi_budget_s,
-                    settings.selection.bootstrap_draws, groups)
+    chosen = select(candidates, settings.rank_key, settings.selection, groups)
     log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
               on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))

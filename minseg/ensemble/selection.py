@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from minseg.enums import FusionMode, SelectionRule
-from minseg.ensemble.config import EvaluationSettings, Tiling
+from minseg.ensemble.config import EvaluationSettings, SelectionSettings, Tiling
 from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember, file_sha256
 from minseg.ensemble.voting import fuse, rank_weights
 from minseg.errors import InputError
@@ -168,16 +168,16 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
     return held_out
 
 
-def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: float | None,
-           draws: int = 1000, groups: list[str] | None = None) -> Candidate:
-    """The candidate ``rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``; the test
-    split only reports):
+def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
+           groups: list[str] | None = None) -> Candidate:
+    """The candidate ``selection.rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``;
+    the test split only reports):
 
     - ``best``: the best by ``key``; ties: faster, then by name.
-    - ``tpi_budget``: the same among the candidates within ``budget`` s/image.
+    - ``tpi_budget``: the same among the candidates within ``selection.tpi_budget_s`` s/image.
     - ``one_se``: among the candidates whose ``key`` is within one standard error of the best's
-      (:func:`within_one_standard_error`: ``draws`` resamples of the selection images, or of their ``groups``),
-      the one with the most members; ties: the better by ``key``, faster, by name. The one-standard-error rule
+      (:func:`within_one_standard_error`: ``selection.bootstrap_draws`` resamples of the selection images, or of
+      their ``groups``), the one with the most members (:func:`most_members`). The one-standard-error rule
       of Breiman et al. (1984, *Classification and Regression Trees*, §3.4.3; Hastie, Tibshirani & Friedman
       2009, §7.10) turned round: there it prefers the simplest model within the noise, here the ensemble
       averaging the most members, whose variance is the lowest when the members are of comparable strength
@@ -188,7 +188,7 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
         InputError: no candidate fits the budget (names the fastest); ``one_se`` on candidates without per-image
             confusion matrices (an evaluation written before them: evaluate again).
     """
-    rule = SelectionRule(rule)
+    rule, budget = selection.rule, selection.tpi_budget_s
     pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
     if not pool:
         fastest = min(candidates, key=lambda c: c.tpi)
@@ -196,8 +196,13 @@ def select(candidates: list[Candidate], key: str, rule: SelectionRule, budget: f
                          f"{fastest.tpi:.3f} s)")
     if rule is not SelectionRule.ONE_SE:
         return _by_key(pool, key)[0]
-    within = within_one_standard_error(pool, key, draws, groups)
-    return max(within, key=lambda pair: len(pair[0].members))[0]  # max keeps the first of equals: the best
+    return most_members(within_one_standard_error(pool, key, selection.bootstrap_draws, groups))
+
+
+def most_members(within: list[tuple[Candidate, float]]) -> Candidate:
+    """The ``one_se`` choice from :func:`within_one_standard_error`'s list: the most members; ties: the first
+    (the better by the key, faster, by name)."""
+    return max(within, key=lambda pair: len(pair[0].members))[0]  # max keeps the first of equals
 
 
 def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
@@ -291,7 +296,7 @@ def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
 
 
 def build_manifest(document: dict, key: str, storage: Storage, name: str,
-                   selection: dict | None = None, rank_key: str | None = None) -> EnsembleManifest:
+                   selection: SelectionSettings | None = None, rank_key: str | None = None) -> EnsembleManifest:
     """The manifest for one candidate of an evaluation document (``evaluation.json``); ``selection`` and
     ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document).
 
@@ -317,7 +322,8 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
         normalization=document["normalization"], channels=document.get("channels"),
-        selection={**(selection or document["selection"]), "key": rank_key or document["rank_key"], "candidate": key,
+        selection={**(selection.model_dump(mode="json") if selection else document["selection"]),
+                   "key": rank_key or document["rank_key"], "candidate": key,
                    "split": document.get("selection_split", "test"),
                    "member_checkpoint": document.get("member_checkpoint", "best")},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},

@@ -152,6 +152,7 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
 def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_scores(evaluation, tmp_path, capsys):
     """Every candidate carries each validation image's confusion matrix (they add up to its validation score's);
     ``select --rule one_se`` chooses from them without predicting, as the library's rule does."""
+    from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.selection import Candidate, select, within_one_standard_error
     from minseg.enums import SelectionRule
 
@@ -161,13 +162,14 @@ def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_score
     for candidate in recorded:
         assert len(candidate.selection_confusions) == len(splits["val"]) >= 2
         assert np.sum(candidate.selection_confusions, axis=0).tolist() == candidate.selection_metrics["confusion"]
-    expected = select(recorded, "miou", SelectionRule.ONE_SE, None)
+    one_se = SelectionSettings(rule=SelectionRule.ONE_SE)
+    expected = select(recorded, "miou", one_se)
     within = [c.key for c, _ in within_one_standard_error(recorded, "miou")]
     assert within[0] == evaluation.selected.key and expected.key in within
     assert len(expected.members) == max(len(c.members) for c in recorded if c.key in within)
     groups = evaluation.document["selection_groups"]
-    assert len(groups) == len(splits["val"]) and expected.key == select(recorded, "miou", SelectionRule.ONE_SE,
-                                                                        None, groups=groups).key
+    assert len(groups) == len(splits["val"]) and expected.key == select(recorded, "miou", one_se,
+                                                                        groups=groups).key
     assert main(["select", folder, "--rule", "one_se", "--name", "one-se"]) == 0
     selection = load_manifest(f"{folder}/manifest-one-se.json").selection
     assert selection["candidate"] == expected.key and selection["rule"] == "one_se"  # the rule that chose it

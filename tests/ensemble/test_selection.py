@@ -5,7 +5,10 @@ import pytest
 
 from minseg.demo import SlideScore, slide_comparison
 from minseg.ensemble.selection import Candidate, cross_fit_learned_weights, fit_learned_weights, select
+from minseg.ensemble.config import SelectionSettings
 from minseg.enums import FusionMode, SelectionRule
+
+BEST, ONE_SE = SelectionSettings(rule=SelectionRule.BEST), SelectionSettings(rule=SelectionRule.ONE_SE)
 
 
 def candidate(key, val, test, tpi=1.0, mode=FusionMode.SOFT):
@@ -14,19 +17,19 @@ def candidate(key, val, test, tpi=1.0, mode=FusionMode.SOFT):
 
 def test_validation_chooses_even_when_test_disagrees():
     pool = [candidate("member:a", 0.80, 0.90, mode=None), candidate("RUEL-2-SOFT", 0.85, 0.70)]
-    assert select(pool, "miou", SelectionRule.BEST, None).key == "RUEL-2-SOFT"
+    assert select(pool, "miou", BEST).key == "RUEL-2-SOFT"
     # ties on validation: the faster one
     tied = [candidate("RUEL-2-PV", 0.85, 0.60, tpi=2.0), candidate("RUEL-2-SOFT", 0.85, 0.70, tpi=1.5)]
-    assert select(tied, "miou", SelectionRule.BEST, None).key == "RUEL-2-SOFT"
+    assert select(tied, "miou", BEST).key == "RUEL-2-SOFT"
     # a budget filters before the validation comparison
-    assert select(pool + [candidate("RUEL-3-SOFT", 0.95, 0.5, tpi=9.0)], "miou", SelectionRule.TPI_BUDGET,
-                  2.0).key == "RUEL-2-SOFT"
+    assert select(pool + [candidate("RUEL-3-SOFT", 0.95, 0.5, tpi=9.0)], "miou",
+                  SelectionSettings(rule=SelectionRule.TPI_BUDGET, tpi_budget_s=2.0)).key == "RUEL-2-SOFT"
 
 
 def test_without_validation_scores_the_test_split_chooses():
     """Documents from before validation scores (or with no validation split) carry test metrics only."""
     pool = [candidate("member:a", None, 0.90, mode=None), candidate("RUEL-2-SOFT", None, 0.70)]
-    assert select(pool, "miou", SelectionRule.BEST, None).key == "member:a"
+    assert select(pool, "miou", BEST).key == "member:a"
     round_trip = Candidate.from_document(pool[1].to_document())
     assert round_trip.selection_metrics == {} and round_trip.choosing_metrics == {"miou": 0.70}
 
@@ -137,8 +140,8 @@ def test_one_se_takes_more_members_when_validation_cannot_tell_them_apart():
     pool = [scored("member:a", ["a"], DIFFICULTY), scored("member:b", ["b"], DIFFICULTY + 200),
             scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + [150, -140, 150, -140, 0]),
             scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + [60, -50, 60, -50, 0])]
-    assert select(pool, "miou", SelectionRule.BEST, None).key == "member:a"
-    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-SOFT"
+    assert select(pool, "miou", BEST).key == "member:a"
+    assert select(pool, "miou", ONE_SE).key == "RUEL-3-SOFT"
     within = dict((c.key, se) for c, se in within_one_standard_error(pool, "miou"))
     assert list(within) == ["member:a", "RUEL-2-SOFT", "RUEL-3-SOFT"] and within["member:a"] == 0.0
     assert 0 < within["RUEL-2-SOFT"] < within["RUEL-3-SOFT"]  # the bigger the swings, the wider the noise
@@ -150,11 +153,11 @@ def test_one_se_keeps_the_best_when_it_is_better_on_every_image():
     """RUEL-3 is 30 pixels worse on every image: a real difference however much the images' difficulty varies.
     Paired resamples see that (the shared difficulty cancels); comparing the two scores' own spreads would not."""
     pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + 30)]
-    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "member:a"
+    assert select(pool, "miou", ONE_SE).key == "member:a"
     # among several within the noise, the most members, and among those the better on validation
     pool += [scored("RUEL-3-PV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 1]),
              scored("RUEL-3-WV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 2])]
-    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-PV"
+    assert select(pool, "miou", ONE_SE).key == "RUEL-3-PV"
 
 
 def test_one_se_needs_per_image_scores_and_reads_them_back():
@@ -163,13 +166,12 @@ def test_one_se_needs_per_image_scores_and_reads_them_back():
     pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + 5)]
     again = [Candidate.from_document(c.to_document()) for c in pool]
     assert again[1].selection_confusions == pool[1].selection_confusions
-    assert select(again, "miou", SelectionRule.ONE_SE, None).key == select(pool, "miou", SelectionRule.ONE_SE,
-                                                                             None).key
+    assert select(again, "miou", ONE_SE).key == select(pool, "miou", ONE_SE).key
     old = Candidate.from_document({k: v for k, v in pool[1].to_document().items() if k != "selection_confusions"})
     with pytest.raises(InputError, match="RUEL-2-SOFT has no per-image confusion matrices.*evaluate again"):
-        select([pool[0], old], "miou", SelectionRule.ONE_SE, None)
+        select([pool[0], old], "miou", ONE_SE)
     one_image = [scored("member:a", ["a"], DIFFICULTY[:1]), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY[:1] + 1)]
-    assert select(one_image, "miou", SelectionRule.ONE_SE, None).key == "member:a"  # one image: no noise estimate
+    assert select(one_image, "miou", ONE_SE).key == "member:a"  # one image: no noise estimate
 
 
 def test_one_se_passes_over_a_hard_vote_that_is_its_top_member():
@@ -180,10 +182,10 @@ def test_one_se_passes_over_a_hard_vote_that_is_its_top_member():
 
     copy = scored("RUEL-3-WV", ["a", "b", "c"], DIFFICULTY)
     pool = [scored("member:a", ["a"], DIFFICULTY), copy, scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + 40)]
-    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "member:a"
+    assert select(pool, "miou", ONE_SE).key == "member:a"
     assert [c.key for c, _ in within_one_standard_error(pool, "miou")] == ["member:a"]
     pool[2] = scored("RUEL-3-SOFT", ["a", "b", "c"], DIFFICULTY + [150, -140, 150, -140, 0])
-    assert select(pool, "miou", SelectionRule.ONE_SE, None).key == "RUEL-3-SOFT"
+    assert select(pool, "miou", ONE_SE).key == "RUEL-3-SOFT"
 
 
 def test_images_of_one_group_are_drawn_together():
@@ -211,5 +213,4 @@ def test_one_se_keeps_the_best_when_every_score_is_undefined():
     pool = [scored("member:a", ["a"], DIFFICULTY), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY + 5)]
     for c in pool:
         c.selection_metrics = {**c.selection_metrics, "classes": ["gangue", "pyrite"], "iou": [float("nan")] * 2}
-    assert select(pool, "iou:pyrite", SelectionRule.ONE_SE, None).key == select(pool, "iou:pyrite",
-                                                                              SelectionRule.BEST, None).key
+    assert select(pool, "iou:pyrite", ONE_SE).key == select(pool, "iou:pyrite", BEST).key
