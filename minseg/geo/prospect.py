@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
-from minseg.geo.config import CellLayer, ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
+from minseg.geo.config import BalanceSettings, CellLayer, ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
@@ -47,7 +48,7 @@ from minseg.geo.screening import decide, format_table, grid_rows, sample_rows
 from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
                                 window_metrics)
 from minseg.geo.vectors import Points, read_lines, read_sites
-from minseg.geo.windows import EvidenceStack, balance, extract, footprint_mask, make_windows, spatial_folds
+from minseg.geo.windows import EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
@@ -82,36 +83,46 @@ class TrialData:
     test_labels: np.ndarray
     test_deposits: list[int]  # indices into the in-study deposit cells
     screening: list[dict]
+    real_windows: int  # train_x[:real_windows] are the windows before balancing (SMOTE and noise copies follow)
     balance: dict = field(default_factory=dict)
 
 
 class WindowSource:
-    """Training data for ``fit_members``: balanced evidence windows per trial."""
+    """Training data for ``fit_members``: balanced evidence windows per trial.
+
+    A bagged member (``training.members[].bagging``) draws from a trial's real windows, before balancing, and its
+    sample is balanced on its own (SMOTE fitted to the sample, noise copies of its positives): drawn from the balanced
+    windows, a deposit left out of the sample would still train through its noise copy and the SMOTE windows
+    interpolated from it.
+    """
 
     task = Task.CLASSIFICATION
     num_classes = 2
 
-    def __init__(self, trials: dict, augmentation: str):
+    def __init__(self, trials: dict, augmentation: str, balancing: BalanceSettings):
         # only what training needs travels to the trials (not the padded stacks kept for prediction)
-        self.trials = {fold: (data.train_x, data.train_y, len(data.channels)) for fold, data in trials.items()}
-        self.augmentation = augmentation
-        self.in_channels = max(channels for _, _, channels in self.trials.values())
+        self.trials = {fold: (data.train_x, data.train_y, len(data.channels), data.real_windows)
+                       for fold, data in trials.items()}
+        self.augmentation, self.balancing = augmentation, balancing
+        self.in_channels = max(channels for _, _, channels, _ in self.trials.values())
 
     def trial_folds(self) -> list[int | None]:
         return [fold for fold in self.trials if fold is not None] + [FINAL]
 
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
-                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+                    sample: dict[str, int] | None = None, shared: dict | None = None) -> tuple[dict, TrialInputs]:
         """(datasets, inputs) of one trial; ``sample``: window index (as text) -> times drawn (a bagged member)."""
         import ray
 
-        train_x, train_y, channels = self.trials[fold]
-        times = np.ones(len(train_y), np.int64)
-        if sample is not None:
-            times[:] = 0
+        train_x, train_y, channels, real = self.trials[fold]
+        if sample is not None:  # each drawn real window as often as drawn, then the sample balanced on its own
+            times = np.zeros(real, np.int64)
             for index, n in sample.items():
                 times[int(index)] = n
-        rows = [{"image": x, "label": int(y)} for x, y, n in zip(train_x, train_y, times) for _ in range(n)]
+            train_x, train_y = np.repeat(train_x[:real], times, axis=0), np.repeat(train_y[:real], times)
+            rng = np.random.default_rng(zlib.crc32(json.dumps(sample, sort_keys=True).encode()))  # resumes alike
+            train_x, train_y, _ = balance_windows(train_x, train_y, self.balancing, rng)
+        rows = [{"image": x, "label": int(y)} for x, y in zip(train_x, train_y)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64)))
         inputs = TrialInputs(
             task=Task.CLASSIFICATION, num_classes=2, in_channels=channels, ignore_index=255,
@@ -120,21 +131,24 @@ class WindowSource:
             augmentation=AugmentSettings(mode=self.augmentation),
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
             shuffle_buffer=min(len(rows), 1024),
-            class_counts=self.class_counts(fold, times),
+            class_counts=np.bincount(np.asarray(train_y, np.int64), minlength=2).tolist(),
             bagging_sample=sample,
         )
         return {"train": dataset}, inputs
 
-    def class_counts(self, fold: int | None = None, times: np.ndarray | None = None) -> list[int]:
-        """Training windows per class (barren, deposit) in the trial, each counted ``times`` over (a bagged
-        member's draws; None: once)."""
-        counts = np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), weights=times, minlength=2)
-        return counts.astype(int).tolist()
+    def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
+        """Nothing: windows have no validation split (the last epoch is used), and each trial is one fold."""
+        return {}
+
+    def class_counts(self, fold: int | None = None) -> list[int]:
+        """Training windows per class (barren, deposit) in the trial, after balancing."""
+        return np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), minlength=2).tolist()
 
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
-        """Training windows drawn for a bagged member on one trial: window index (as text) -> times drawn."""
-        labels = self.trials[fold][1]
-        counts = bagging_counts([{int(y)} for y in labels], member.bagging, bagging_seed(member, run_seed, fold),
+        """Real training windows (not SMOTE or noise copies) drawn for a bagged member on one trial: window index
+        (as text, into the trial's windows before balancing) -> times drawn."""
+        _, labels, _, real = self.trials[fold]
+        counts = bagging_counts([{int(y)} for y in labels[:real]], member.bagging, bagging_seed(member, run_seed, fold),
                                 CLASS_NAMES, "training windows")
         return {str(index): int(n) for index, n in enumerate(counts) if n}
 
@@ -449,14 +463,13 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
             raise ProspectInputError(
                 f"prospect.cv: fold {fold.index + 1} has no training deposit left once windows overlapping its test "
                 "windows are dropped; use fewer folds (prospect.cv.folds) or smaller windows")
-        train_x, train_y, report = balance(  # a no-op when both are off
-            train_x, train_y, settings.balance.positive_ratio if settings.balance.smote else 0.0,
-            settings.balance.noise_variance, settings.balance.noise_copies, rng)
+        real_windows = len(train_y)  # balance() appends: the first real_windows stay the real ones
+        train_x, train_y, report = balance_windows(train_x, train_y, settings.balance, rng)
         test_deposits = [] if fold is None else sorted(set(fold.test.deposit[fold.test.labels == 1].tolist()))
         trials[None if fold is None else fold.index] = TrialData(
             channels=channels, padded=padded, train_x=train_x, train_y=train_y, test_centres=test_centres,
             test_labels=np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits=test_deposits,
-            screening=screening, balance=report)
+            screening=screening, real_windows=real_windows, balance=report)
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "level", "kept",
@@ -477,7 +490,7 @@ def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_ur
     concurrency = trial_concurrency(settings.training, members, config.ray.task_cpus, trials_per_member=len(trials))
     if not resume:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
-    source = WindowSource(trials, str(settings.augmentation))
+    source = WindowSource(trials, str(settings.augmentation), settings.balance)
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
     return fit_members(training_config, members, source, models_uri, concurrency, resume)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minseg.geo.config import ProspectInputError
+from minseg.geo.config import BalanceSettings, ProspectInputError
 
 
 @dataclass
@@ -191,6 +191,13 @@ def extract(padded: np.ndarray, windows: Windows, size: int) -> np.ndarray:
     """(n, size, size, C) float32 windows."""
     return np.stack([window_at(padded, r, c, size) for r, c in zip(windows.rows, windows.cols)]) if len(windows) \
         else np.zeros((0, size, size, padded.shape[-1]), np.float32)
+
+
+def balance_windows(train_x: np.ndarray, train_y: np.ndarray, settings: BalanceSettings,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``balance`` under ``prospect.balance`` (SMOTE only when ``smote`` is on; a no-op when both are off)."""
+    return balance(train_x, train_y, settings.positive_ratio if settings.smote else 0.0, settings.noise_variance,
+                   settings.noise_copies, rng)
 
 
 def balance(train_x: np.ndarray, train_y: np.ndarray, positive_ratio: float, noise_variance: float,

@@ -192,9 +192,14 @@ class TrainingSource(Protocol):
         """Fold indices to train a trial on; None: one trial on all the data, outputs in the run itself."""
 
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
-                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
+                    sample: dict[str, int] | None = None, shared: dict | None = None) -> tuple[dict, TrialInputs]:
         """(Ray Datasets by name: 'train' and optionally 'val', the trial's inputs); ``sample``: a bagged member's
-        training units and the times each is drawn (``bagging_sample``), None: all of them once."""
+        training units and the times each is drawn (``bagging_sample``), None: all of them once; ``shared``: the
+        datasets ``shared_datasets`` prepared for every member of the run (used as they are)."""
+
+    def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
+        """Datasets every member's trial on the one split (no folds) uses alike, prepared once on the driver and
+        passed to ``member_data`` as ``shared`` (image data: the validation split); {} when there are none."""
 
     def class_counts(self, fold: int | None = None) -> list[int] | None:
         """Per class in a trial fold's training data (pixels, images or windows); None if the source cannot say."""
@@ -216,8 +221,9 @@ class ImageSource:
         return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
 
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
-                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
-        """(datasets, inputs) of one trial; ``sample``: source id -> times drawn (a bagged member)."""
+                    sample: dict[str, int] | None = None, shared: dict | None = None) -> tuple[dict, TrialInputs]:
+        """(datasets, inputs) of one trial; ``sample``: source id -> times drawn (a bagged member); ``shared``:
+        ``shared_datasets`` (the validation split decoded once for every member)."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
         training = self._training_items(fold)
         repeats = self.repeats_for(training, config.run.seed)
@@ -230,7 +236,7 @@ class ImageSource:
                            for i in training}
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus, source_ids=drawn, repeats=repeats)
-            val = split_dataset(prepared, data, "val", storage, cpus)
+            val = shared["val"] if shared and "val" in shared else split_dataset(prepared, data, "val", storage, cpus)
             test = None  # the run's test split belongs to ensemble evaluation
             val_tiles = prepared.tile_count("val")
         else:  # the fold's test part is never trained on nor used to choose a checkpoint: it is what is reported
@@ -260,6 +266,10 @@ class ImageSource:
             bagging_sample=sample,
         )
         return datasets, inputs
+
+    def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
+        """The validation split, decoded (and cached) once for the members that train on the one split."""
+        return {"val": split_dataset(self.prepared, self.data, "val", storage, config.ray.task_cpus)}
 
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         """Source images drawn for a bagged member on one trial (``train.bagging``): source id -> times drawn."""
@@ -570,18 +580,24 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
 
 class _SharedTrialData:
     """A training source whose one split (no folds) is prepared once on the driver and handed to every member's
-    trial: the tiles are decoded (and cached) once for the ensemble instead of once per member."""
+    trial: the validation tiles are decoded (and cached) once for the ensemble instead of once per member, and so are
+    the training tiles of the members that train on all of them (a bagged member's sample is its own)."""
 
-    def __init__(self, source: TrainingSource, data: tuple[dict, TrialInputs]):
+    def __init__(self, source: TrainingSource, shared: dict, data: tuple[dict, TrialInputs] | None):
         self.task, self.num_classes, self.in_channels = source.task, source.num_classes, source.in_channels
-        self._source, self._data = source, data
+        self._source, self._shared, self._data = source, shared, data
 
     def trial_folds(self) -> list[int | None]:
         return self._source.trial_folds()
 
     def member_data(self, fold: int | None, config: MinsegConfig, storage: Storage,
-                    sample: dict[str, int] | None = None) -> tuple[dict, TrialInputs]:
-        return self._data if sample is None else self._source.member_data(fold, config, storage, sample)
+                    sample: dict[str, int] | None = None, shared: dict | None = None) -> tuple[dict, TrialInputs]:
+        if sample is None and self._data is not None:
+            return self._data
+        return self._source.member_data(fold, config, storage, sample, self._shared)
+
+    def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
+        return self._shared
 
     def class_counts(self, fold: int | None = None) -> list[int] | None:
         return self._source.class_counts(fold)
@@ -591,12 +607,15 @@ class _SharedTrialData:
 
 
 def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfig, storage: Storage):
-    """``source`` with its data prepared once when several trials train on the one split; k-fold trials each
-    prepare their own fold (holding every fold's tiles at once could overflow the object store), and a bagged
-    member its own sample."""
-    if sum(t.get("sample") is None for t in trials) < 2 or any(t["fold"] is not None for t in trials):
+    """``source`` with what several trials on the one split use alike prepared once (``shared_datasets``, and all
+    the training data when two or more members train on it); k-fold trials each prepare their own fold (holding every
+    fold's tiles at once could overflow the object store)."""
+    if len(trials) < 2 or any(t["fold"] is not None for t in trials):
         return source
-    return _SharedTrialData(source, source.member_data(None, config, storage))
+    shared = source.shared_datasets(config, storage)
+    unsampled = sum(t.get("sample") is None for t in trials)
+    return _SharedTrialData(source, shared, source.member_data(None, config, storage, shared=shared)
+                            if unsampled >= 2 else None)
 
 
 def _recorded_table(storage: Storage, run_uri: str, configured: list[str] | None = None) -> list[MemberResult]:

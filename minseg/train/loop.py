@@ -173,17 +173,18 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another split of the "
                 "folds (the data, data.split.seed, folds or fold_val changed, or the run predates test folds); "
                 "resuming would report scores on images it trained on. Start a new run.name")
+        # a changed sample changes the tile count too: say what changed first
+        if resumed.state.get("bagging_sample") != session.inputs.bagging_sample:
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another sample of the "
+                "training data (its bagging settings or seed changed, or a minseg before 2026-12-04 drew it): resuming "
+                "would mix two samples. Start a new run.name")
         recorded = resumed.state.get("train_tiles")  # absent from checkpoints written before it was recorded
         if recorded is not None and recorded != session.inputs.train_tiles:
             raise InputError(
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
                 f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
                 "learning-rate schedule and the epochs would no longer match. Start a new run.name")
-        if resumed.state.get("bagging_sample") != session.inputs.bagging_sample:
-            raise InputError(
-                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another sample of the "
-                "training data (its bagging settings or seed changed): resuming would mix two samples. Start a new "
-                "run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1

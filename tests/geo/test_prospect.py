@@ -76,11 +76,16 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     from minseg.train.checkpoint import load_checkpoint
 
     models = survey / "out" / "t" / "prospect" / "prospectivity" / "models"
-    for trial in (models / "fold1", models / "fold2", models):  # the bagged member: its own draw of the windows
+    reports = [fold["balance"] for fold in summary["folds"]]
+    for trial, real in [(models / "fold1", reports[0]["positives"] + reports[0]["negatives"]),
+                        (models / "fold2", reports[1]["positives"] + reports[1]["negatives"]),
+                        (models, summary["windows"]["total"])]:  # the bagged member: its own draw of real windows
         full, bagged = (load_checkpoint(Storage(), str(trial), name) for name in ("mfaf-r18", "mfaf-shuffle"))
         documents = [json.loads(open(f"{c.uri}/member.json").read()) for c in (full, bagged)]
         sample = documents[1]["bagging_sample"]
-        assert bagged.state["train_tiles"] == sum(sample.values()) == round(0.8 * full.state["train_tiles"])
+        assert full.state["train_tiles"] > real  # balanced: SMOTE windows and noise copies after the real ones
+        assert sum(sample.values()) == round(0.8 * real) and max(int(i) for i in sample) < real
+        assert bagged.state["train_tiles"] > sum(sample.values())  # its own sample, balanced
         assert "bagging_sample" not in documents[0]
 
     # screening: the survey's halo elements are found (Au/As/Sb/Ag carry the orogenic-Au halos)

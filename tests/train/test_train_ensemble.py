@@ -153,6 +153,12 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match="trained on another sample of the training data .* Start a new run.name"):
         start_or_resume(session)
+    # a changed bagging.fraction changes both: the error names the sample, not the tiling
+    other = dataclasses.replace(inputs, bagging_sample={**state["bagging_sample"], "another/image": 1},
+                                train_tiles=inputs.train_tiles + 3)
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match="trained on another sample of the training data"):
+        start_or_resume(session)
 
 
 def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path):
