@@ -35,7 +35,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
-from minseg.geo.config import BalanceSettings, CellLayer, ProspectInputError, ProspectRunError, ProspectSettings, ScreeningSettings
+from minseg.geo.config import (BalanceSettings, CellLayer, ProspectInputError, ProspectRunError, ProspectSettings,
+                               ScreeningSettings)
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate

@@ -162,7 +162,8 @@ def test_bagged_prospectivity_members_draw_real_windows_and_balance_their_own_sa
     # the trial as prepare_trials leaves it: the 40 real windows, then what balancing added (here 20 stand-ins, 100+)
     balanced_x = np.concatenate([windows, 100 + windows[:20]])
     balanced_y = np.concatenate([labels, np.ones(20, labels.dtype)])
-    trial = type("Trial", (), {"train_x": balanced_x, "train_y": balanced_y, "channels": ["a", "b"], "real_windows": 40})
+    trial = type("Trial", (), {"train_x": balanced_x, "train_y": balanced_y, "channels": ["a", "b"],
+                               "real_windows": 40})
     source = WindowSource({None: trial}, "dihedral", BalanceSettings(smote=False, noise_variance=0.01, noise_copies=1))
     member = MemberSettings(name="m", model="mfaf", stages=[{"epochs": 1}], seed=5, bagging={"fraction": 0.5})
     sample = source.bagging_sample(member, None, 0)
