@@ -8,10 +8,10 @@ trial) from the member's seed; ``fraction`` < 1 draws fewer units, ``replacement
 The unit is what the split keeps together: a source image (all tiles of a photograph, its channels) for image
 members, a labelled window for prospectivity members; tiles of one photograph are too alike to count as separate
 draws. A draw that leaves out a class some unit shows is repaired, so every member sees every class: a unit that
-shows the missing class takes the place of one drawn slot, without losing a class the draw showed. Drawing again until a
-sample happens to show every class (what minseg did first) fails often when a rare class sits in one or two units,
-and conditions the sample on those units more than the repair does (a unit of a class no other unit shows is in every
-sample either way: there is no class-covering sample without it).
+shows the missing class takes the place of one drawn slot, without losing a class the draw showed. Drawing again
+until a sample happens to show every class fails often when a rare class sits in one or two units, and conditions
+the sample on those units more than the repair does (a unit of a class no other unit shows is in every sample either
+way: there is no class-covering sample without it).
 """
 
 from __future__ import annotations

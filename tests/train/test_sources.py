@@ -73,6 +73,27 @@ def test_bagging_draws_each_member_its_own_sample_of_source_images(synthetic_sec
         assert datasets["val"].count() == prepared.tile_count("val")  # validation is the split's, not sampled
 
 
+def test_a_bagged_k_fold_trial_draws_from_its_fold_s_training_part_only(synthetic_sections, tmp_path):
+    members = [{"name": "m", "model": "unet", "seed": 3, "bagging": {}}]
+    config = training_config(synthetic_sections, tmp_path, "kfold", members,
+                             data={"split": {"train": 0.8, "val": 0.0, "test": 0.2, "folds": 2}})
+    storage = Storage()
+    prepared = prepare_data(config.data, Task.SEGMENTATION, 0, storage, str(tmp_path / "work"), 0.25)
+    source = ImageSource(prepared, config.data)
+    member = config.training.members[0]
+    assert source.trial_folds() == [0, 1]
+    samples = [source.bagging_sample(member, fold, config.run.seed) for fold in (0, 1)]
+    for fold, sample in enumerate(samples):
+        part = prepared.folds[fold]
+        assert set(sample) <= set(part.train) and sum(sample.values()) == len(part.train)  # never val / test
+        datasets, inputs = source.member_data(fold, config, storage, sample)
+        tiles = {i["source_id"]: i["tiles"] for s in ("train", "val") for i in prepared.splits[s]}
+        assert inputs.train_tiles == sum(n * tiles[s] for s, n in sample.items()) == datasets["train"].count()
+        assert datasets["test"].count() == sum(tiles[s] for s in part.test)  # the fold's test part, whole
+        assert inputs.fold_signature == part.signature() and inputs.bagging_sample == sample
+    assert source.bagging_sample(member, 0, config.run.seed) == samples[0]  # a resumed fold draws the same
+
+
 def test_members_on_the_one_split_share_one_decoded_validation_split(synthetic_sections, tmp_path, ray_session):
     from minseg.train.ensemble import _shared_data
 
