@@ -132,7 +132,7 @@ class WindowSource:
             augmentation=AugmentSettings(mode=self.augmentation),
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
             shuffle_buffer=min(len(rows), 1024),
-            class_counts=np.bincount(np.asarray(train_y, np.int64), minlength=2).tolist(),
+            class_counts=_window_counts(train_y),
             bagging_sample=sample,
         )
         return {"train": dataset}, inputs
@@ -143,7 +143,7 @@ class WindowSource:
 
     def class_counts(self, fold: int | None = None) -> list[int]:
         """Training windows per class (barren, deposit) in the trial, after balancing."""
-        return np.bincount(np.asarray(self.trials[fold][1], dtype=np.int64), minlength=2).tolist()
+        return _window_counts(self.trials[fold][1])
 
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         """Real training windows (not SMOTE or noise copies) drawn for a bagged member on one trial: window index
@@ -152,6 +152,11 @@ class WindowSource:
         counts = bagging_counts([{int(y)} for y in labels[:real]], member.bagging, bagging_seed(member, run_seed, fold),
                                 CLASS_NAMES, "training windows")
         return {str(index): int(n) for index, n in enumerate(counts) if n}
+
+
+def _window_counts(labels: np.ndarray) -> list[int]:
+    """Windows per class (barren, deposit)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=2).tolist()
 
 
 # ------------------------------------------------------------------ building the evidence
