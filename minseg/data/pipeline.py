@@ -647,9 +647,12 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
         return None
     classmap = prepared.classmap
     items = [{**i, "repeats": repeats.get(i["item_id"], []) if repeats is not None else None} for i in items]
-    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200)).flat_map(
-        lambda item: tile_rows(item, classmap, data, storage, item["repeats"]), num_cpus=task_cpus
-    )
+    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+    # tiles in item order, not in the order Ray's tasks finish: with the seeded shuffle, a member's batches (and so
+    # its weights) are the same in every run of one config and seed
+    dataset.context.execution_options.preserve_order = True
+    dataset = dataset.flat_map(lambda item: tile_rows(item, classmap, data, storage, item["repeats"]),
+                               num_cpus=task_cpus)
     cache = _should_cache(data, prepared, sum(i["tiles"] for i in items))
     if repeats is None:
         return dataset.materialize() if cache else dataset

@@ -370,6 +370,7 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
             callbacks=[TuneReportCallback()],
         ),
         datasets=datasets,
+        dataset_config=_ordered_ingest(),
     )
     started = time.time()
     error = None
@@ -382,6 +383,17 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
     storage.write_text(join_uri(member_uri(run_uri, member.name), "result.json"), json.dumps(asdict(result), indent=2))
     if error:
         raise RuntimeError(f"member {member.name} failed: {error}")
+
+
+def _ordered_ingest():
+    """Ray Train's ingest options with block order kept: a one-worker member then reads its tiles in one order in
+    every run (its seeded shuffle does the rest), so one config and seed give the same weights. Several workers
+    (DDP) take blocks as they ask for them, which no option orders."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options)
 
 
 def _train_worker_entry(config: dict) -> None:

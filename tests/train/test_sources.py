@@ -1,5 +1,6 @@
 """What a trial trains on (``ImageSource.member_data``): the split's tiles, repeated under ``data.oversampling``."""
 
+import json
 import logging
 
 import pytest
@@ -202,3 +203,25 @@ def test_bagged_prospectivity_members_draw_real_windows_and_balance_their_own_sa
     assert [r["image"].tolist() for r in again["train"].take_all()] == [r["image"].tolist() for r in rows]
     full, unbagged = source.member_data(None, None, None, None)
     assert unbagged.train_tiles == 60 and unbagged.class_counts == [30, 30]  # unbagged: the balanced trial as is
+
+
+def test_a_member_whose_sample_cannot_show_every_class_is_not_started_and_the_table_says_why(synthetic_sections,
+                                                                                              tmp_path):
+    from minseg.enums import MemberStatus
+    from minseg.train.ensemble import fit_members
+
+    members = [{"name": "one-photo", "model": "unet", "bagging": {"fraction": 0.1, "replacement": False}}]
+    config = training_config(synthetic_sections, tmp_path, "thin", members)
+    storage = Storage()
+    prepared = prepare_data(config.data, Task.SEGMENTATION, 0, storage, str(tmp_path / "work"), 0.25)
+    training = prepared.splits["train"]
+    shown = [{c for c, n in enumerate(i["pixels"]) if n} for i in training]
+    assert round(0.1 * len(training)) == 1 and all(s != set().union(*shown) for s in shown)  # one photo: never all
+
+    (result,) = fit_members(config, config.training.members, ImageSource(prepared, config.data),
+                            str(tmp_path / "thin"), concurrency=1)
+    assert result.status is MemberStatus.FAILED
+    assert result.error.startswith(f"not started: bagging: the draw of 1 of the {len(training)} training source images")
+    assert "raise bagging.fraction" in result.error
+    (row,) = json.loads((tmp_path / "thin" / "members.json").read_text())["members"]
+    assert row["member"] == "one-photo" and row["status"] == "failed" and row["error"] == result.error

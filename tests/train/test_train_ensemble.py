@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minseg.enums import Task
+from minseg.io.storage import Storage
 from minseg.train.checkpoint import load_checkpoint, read_pointer
 from minseg.train.ensemble import ResourceError, train_ensemble
 from tests.train.conftest import BackgroundTraining, training_config
@@ -205,3 +206,22 @@ def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections
     assert second.status == "done" and second.epochs == 3 and second.restarts == 1
     history = load_checkpoint_state(tmp_path / "resub", "patient")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+
+
+def test_a_member_trained_twice_with_one_seed_ends_with_the_same_weights(synthetic_sections, tmp_path):
+    """One config and seed, two runs: bit-identical weights, whatever order Ray's tasks finished in (before
+    2026-12-04 cached tiles kept task-completion order, and a recipe's members differed from run to run)."""
+    member = [{"name": "m", "model": "unet", "model_options": {"width": 0.125}, "seed": 3,
+               "stages": [{"epochs": 1, "batch_size": 4}]}]
+    weights = []
+    for run in ("first", "second"):
+        config = training_config(synthetic_sections, tmp_path, run, member,
+                                 data={"oversampling": {"threshold": 0.6, "max_repeat": 3}})
+        (row,) = train_ensemble(config)
+        assert row.status == "done", row.error
+        weights.append(load_checkpoint(Storage(), str(tmp_path / run), "m").model)
+    different = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert weights[0].keys() == weights[1].keys() and not different, \
+        f"{len(different)} of {len(weights[0])} tensors differ, e.g. {different[:3]}"
