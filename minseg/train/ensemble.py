@@ -386,9 +386,9 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
 
 
 def _ordered_ingest():
-    """Ray Train's ingest options with block order kept: a one-worker member then reads its tiles in one order in
-    every run (its seeded shuffle does the rest), so one config and seed give the same weights. Several workers
-    (DDP) take blocks as they ask for them, which no option orders."""
+    """Ray Train's ingest options (the driver's DataContext's, as Train's default) with block order kept: a
+    member then reads its tiles in one order in every run, cached or tiled every epoch (Train's ingest replaces a
+    dataset's own execution options, so the order set in ``split_dataset`` does not reach it by itself)."""
     import ray.train
 
     options = ray.train.DataConfig.default_ingest_options()

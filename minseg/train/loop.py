@@ -212,17 +212,28 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     return state, optimizer_state
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of a worker whose seed is ``seed`` (uint32). Mixed (NumPy's SeedSequence), not added:
+    ``seed + epoch`` would give the member seeded 1 the draws of the member seeded 0 one epoch later."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: float, stage_step: int,
                 total_steps: int, per_worker_batch: int) -> dict:
     """Phase 3a: one pass over the training shard; returns loss / throughput metrics merged over workers."""
     member, task = session.member, session.inputs.task
     started = time.monotonic()
     ddp_model.train()
+    # every random draw of the epoch from the epoch's own seed: a member resumed from a checkpoint (a restarted worker,
+    # a resubmitted run) shuffles, augments and drops out as the run that never stopped
+    seed = epoch_seed(session.seed, state["epochs_done"])
+    session.generator.manual_seed(seed)
+    torch.manual_seed(seed)
     loss_sum, loss_count, waited, lr = 0.0, 0, 0.0, base_lr
     fetch_started = time.monotonic()
     for batch in session.train_shard.iter_torch_batches(
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
-            local_shuffle_seed=session.seed + state["epochs_done"]):
+            local_shuffle_seed=seed):
         waited += time.monotonic() - fetch_started
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
         if task is Task.SEGMENTATION:
