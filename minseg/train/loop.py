@@ -103,7 +103,6 @@ class Session:
     world: int
     device: torch.device
     seed: int
-    generator: torch.Generator
     model: torch.nn.Module
     loss_fn: torch.nn.Module
     mean: torch.Tensor
@@ -145,8 +144,7 @@ def set_up(worker) -> Session:
                          focal_alpha=member.loss.focal_alpha, beta=member.loss.beta).to(device)
     amp_dtype = autocast_dtype(member.precision, device)
     return Session(
-        worker=worker, rank=rank, world=world, device=device, seed=seed,
-        generator=torch.Generator().manual_seed(seed), model=model, loss_fn=loss_fn,
+        worker=worker, rank=rank, world=world, device=device, seed=seed, model=model, loss_fn=loss_fn,
         mean=torch.empty(0), std=torch.empty(0),  # set by start_or_resume: they may follow pretrained weights
         augmentation=member.training_augmentation(inputs.augmentation),
         train_shard=ray.train.get_dataset_shard("train"),
@@ -227,7 +225,7 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
     # every random draw of the epoch from the epoch's own seed: a member resumed from a checkpoint (a restarted worker,
     # a resubmitted run) shuffles, augments and drops out as the run that never stopped
     seed = epoch_seed(session.seed, state["epochs_done"])
-    session.generator.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loss_sum, loss_count, waited, lr = 0.0, 0, 0.0, base_lr
     fetch_started = time.monotonic()
@@ -237,10 +235,10 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
         waited += time.monotonic() - fetch_started
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
         if task is Task.SEGMENTATION:
-            images, target = augment_batch(images, target, session.augmentation, session.generator,
+            images, target = augment_batch(images, target, session.augmentation, generator,
                                            session.inputs.ignore_index, session.mean, session.std)
         else:
-            images, _ = augment_batch(images, None, session.augmentation, session.generator,
+            images, _ = augment_batch(images, None, session.augmentation, generator,
                                       mean=session.mean, std=session.std)
         lr = learning_rate(member.schedule, base_lr, stage_step, total_steps, state["epochs_done"])
         for group in optimizer.param_groups:

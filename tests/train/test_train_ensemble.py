@@ -133,7 +133,7 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
                          train_tiles=state["train_tiles"], has_val=True, shuffle_buffer=None,
                          bagging_sample=state["bagging_sample"])
     session = Session(WorkerConfig(member, Storage(), str(run), inputs, 4, 0), 0, 1, torch.device("cpu"), 0,
-                      torch.Generator(), build_model("half_unet", num_classes=9, width=0.25), None,
+                      build_model("half_unet", num_classes=9, width=0.25), None,
                       torch.zeros(3), torch.ones(3), AugmentSettings(), None, None, None, None, None)
     resumed, _ = start_or_resume(session)
     assert resumed["epochs_done"] == 3 and resumed["restarts"] == 1
@@ -211,9 +211,6 @@ def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections
     assert second.status == "done" and second.epochs == 3 and second.restarts == 1
     history = load_checkpoint_state(tmp_path / "resub", "patient")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-
-
-
 
 
 def test_a_member_streamed_twice_with_one_seed_ends_with_the_same_weights(synthetic_sections, tmp_path):
