@@ -629,6 +629,12 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)
+    models_uri = join_uri(out, "models")
+    if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
+        from minseg.train.ensemble import refuse_changed_members
+
+        refuse_changed_members(storage, models_uri, settings.training.members, [*range(settings.cv.folds), FINAL],
+                               config.run.seed, AugmentSettings(mode=settings.augmentation))
     if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
         storage.delete(join_uri(out, "summary.json"))
     init_ray(config.ray, job_paths([settings], [out]))
@@ -641,7 +647,6 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out, rng)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
-    models_uri = join_uri(out, "models")
     results = train_trials(config, trials, storage, models_uri, resume)
     maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, out)
     curves, metrics = rate_metrics(settings, maps, evidence)

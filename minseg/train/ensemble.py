@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
+from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
 from minseg.enums import MemberStatus, Task
@@ -500,7 +501,10 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         raise InputError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
                          "them, or choose another run.name")
     folds = config.data.split.folds
-    finished = _all_finished(storage, run_uri, members, folds) if resume else None
+    trial_folds = list(range(folds)) if folds else [None]
+    if resume:
+        refuse_changed_members(storage, run_uri, members, trial_folds, config.run.seed, config.data.augmentation)
+    finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
                   hint="every member has finished: nothing to train, the data is not prepared again")
@@ -658,12 +662,75 @@ def _trial_uri(run_uri: str, fold: int | None) -> str:
     return run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
 
 
+# what a member's settings say about how it runs, not what it learns: a resubmitted job may change them (the weights
+# a member started from are in its checkpoints: init.uri may move, e.g. to object storage)
+_RUN_SETTINGS = ("scaling", "max_failures", "precision", "validate_every")
+_MOVABLE = ("init.uri",)
+
+
+def changed_settings(recorded: dict, member: MemberSettings, run_seed: int, augmentation: AugmentSettings) -> list[str]:
+    """The member's settings that differ from ``recorded`` (the ``member.json`` of its checkpoint), as
+    ``"key: recorded -> now"`` with dotted keys (``stages[0].epochs: 32 -> 40``). The seed and augmentation compared
+    are the ones it trains with (its own or ``run_seed``; ``augmentation``, the data's, with its own keys over it).
+    How it runs (``scaling``, ``max_failures``, ``precision``, ``validate_every``) and where its initial weights lie
+    (``init.uri``) may change; keys the record lacks (settings newer than the minseg that wrote it; the seed and
+    augmentation used, recorded since 2026-12-04) are not compared."""
+    now = member.model_dump(mode="json", exclude=set(_RUN_SETTINGS))
+    now["seed"] = member.seed if member.seed is not None else run_seed
+    now["augmentation_used"] = member.training_augmentation(augmentation).model_dump(mode="json")
+    differences: list[str] = []
+
+    def compare(before: Any, after: Any, key: str) -> None:
+        if isinstance(before, dict) and isinstance(after, dict):
+            names = list(after)  # the record adds keys of its own (channels, bagging_sample, class_weights_used)
+            if key == "model_options":  # free-form: an option taken out counts (in_channels is the data's)
+                names += [name for name in before if name not in after and name != "in_channels"]
+            for name in names:
+                if name in before or key == "model_options":
+                    compare(before.get(name), after.get(name), f"{key}.{name}" if key else name)
+        elif isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+            for index, (b, a) in enumerate(zip(before, after)):
+                compare(b, a, f"{key}[{index}]")
+        elif before != after and key not in _MOVABLE and not (key == "seed" and before is None):
+            differences.append(f"{key}: {json.dumps(before)} -> {json.dumps(after)}")
+
+    compare(recorded, now, "")
+    return differences
+
+
+def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberSettings],
+                           trial_folds: list[int | None], run_seed: int, augmentation: AugmentSettings) -> None:
+    """Before a ``--resume``: raise ``InputError`` naming every member whose checkpoints (finished or not, on any
+    trial fold) were trained with other settings than the config gives it now (``changed_settings``), and the
+    folders to delete to train it again. Resuming would continue a member under another loss, schedule or seed, and
+    keep a finished one as if this config had trained it."""
+    problems = []
+    for member in members:
+        changed, folders = None, []
+        for fold in trial_folds:
+            trial_uri = _trial_uri(run_uri, fold)
+            pointer = read_pointer(storage, trial_uri, member.name)
+            if pointer is None:
+                continue
+            folders.append(member_uri(trial_uri, member.name))
+            if changed is None:  # every trial was trained from the one member config
+                changed = changed_settings(json.loads(storage.read_text(join_uri(pointer["uri"], "member.json"))),
+                                           member, run_seed, augmentation)
+        if changed:
+            problems.append(f"{member.name}: {'; '.join(changed)} (its checkpoints: {', '.join(folders)})")
+    if problems:
+        raise InputError(
+            f"{run_uri}: --resume would keep or continue members trained with other settings than the config gives "
+            f"them now (recorded -> config): {' | '.join(problems)}. Put those settings back, write the run elsewhere "
+            "(another run.name or output), or delete a member's checkpoint folders to train it again")
+
+
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],
-                  folds: int | None) -> list[MemberResult] | None:
+                  trial_folds: list[int | None]) -> list[MemberResult] | None:
     """Every trial's recorded result when all of them finished (a resumed run with nothing left to do), else None."""
     results = []
     for member in members:
-        for fold in range(folds) if folds else [None]:
+        for fold in trial_folds:
             done = _previous_result(storage, _trial_uri(run_uri, fold), member.name)
             if done is None or done.status is not MemberStatus.DONE:
                 return None

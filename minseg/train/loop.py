@@ -302,7 +302,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
             None if drop_optimizer else optimizer.state_dict(), state,
-            _member_document(member, inputs, session.class_weights), inputs.classes,
+            _member_document(member, inputs, session.class_weights, worker.seed), inputs.classes,
             {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
@@ -421,11 +421,16 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
 
 
-def _member_document(member: MemberSettings, inputs, class_weights: list[float] | None) -> dict:
-    """``member.json``: the member's resolved config, its model options completed with the number of input
-    channels it was built for (what evaluation and inference build it with), and the images of a scene they come
-    from when the data declares them (``channels``; evaluation checks its data against them)."""
+def _member_document(member: MemberSettings, inputs, class_weights: list[float] | None, run_seed: int) -> dict:
+    """``member.json``: the member's resolved config (its seed the run's when it names none; the augmentation it
+    trained with, the data's with its own keys over it, as ``augmentation_used``), its model options
+    completed with the number of input channels it was built for (what evaluation and inference build it with), and
+    the images of a scene they come from when the data declares them (``channels``; evaluation checks its data
+    against them)."""
     document = member.model_dump(mode="json")
+    # what it trained with: --resume compares them (train.ensemble.changed_settings)
+    document["seed"] = member.seed if member.seed is not None else run_seed
+    document["augmentation_used"] = member.training_augmentation(inputs.augmentation).model_dump(mode="json")
     document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
     document["channels"] = inputs.channels
     if inputs.bagging_sample is not None:  # which units this member trained on, and how often

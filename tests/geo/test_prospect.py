@@ -117,6 +117,20 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
                  "inputs/samples.json", "models/members.csv"):
         assert (survey / "out" / "t" / "prospect" / "prospectivity" / name).exists(), name
 
+    # --resume with a member's settings changed would keep members the config no longer describes: refused up front,
+    # the finished run left as it was
+    from minseg.errors import InputError
+
+    changed = prospect_config(survey)
+    changed.prospect.training.members[1].bagging.fraction = 0.5
+    written = open(f"{out}/summary.json").read()
+    at = "prospect/prospectivity/models"
+    with pytest.raises(InputError, match=rf"mfaf-shuffle: bagging\.fraction: 0\.8 -> 0\.5 \(its checkpoints: \S+"
+                                         rf"{at}/fold1/members/mfaf-shuffle, \S+{at}/fold2/members/mfaf-shuffle,"
+                                         rf" \S+{at}/members/mfaf-shuffle\)") as refused:
+        map_prospectivity(changed, resume=True)
+    assert "mfaf-r18" not in str(refused.value) and open(f"{out}/summary.json").read() == written
+
 
 def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
     import yaml

@@ -11,7 +11,7 @@ from minseg.enums import Task
 from minseg.io.storage import Storage
 from minseg.train.checkpoint import load_checkpoint, read_pointer
 from minseg.train.ensemble import ResourceError, train_ensemble
-from tests.train.conftest import BackgroundTraining, training_config
+from tests.train.conftest import TINY, BackgroundTraining, training_config
 
 MEMBERS = ["resunet", "vgg", "halfunet", "strict-pad", "typo"]  # the session's run (tests/conftest.py)
 FINISHED = ("resunet", "vgg", "halfunet")
@@ -110,6 +110,51 @@ def test_rerun_needs_resume_and_skips_finished(ensemble_run):
     assert [row["member"] for row in json.loads((run / "members.json").read_text())["members"]] == MEMBERS[:-1]
     train_ensemble(config, ["typo"], resume=True)  # refused before starting, as the first time
     assert json.loads((run / "members.json").read_text())["members"] == before
+
+
+def test_resuming_members_trained_with_other_settings_is_refused(ensemble_run, tmp_path, capsys):
+    """--resume keeps finished members and continues the others: one whose settings changed since its checkpoints
+    were written would be kept (or continued) as if the config had trained it. How a member runs may change."""
+    import yaml
+
+    from minseg.cli import main
+    from minseg.enums import LossName
+    from minseg.errors import InputError
+
+    config, results, run = ensemble_run
+    table = (run / "members.json").read_text()
+
+    def edited(name: str, **update):
+        copy = config.model_copy(deep=True)
+        copy.training.members = [m.model_copy(update=update) if m.name == name else m for m in copy.training.members]
+        return copy
+
+    halfunet = next(m for m in config.training.members if m.name == "halfunet")
+    longer = [halfunet.stages[0], halfunet.stages[1].model_copy(update={"epochs": 4})]
+    with pytest.raises(InputError, match=r"halfunet: stages\[1\]\.epochs: 2 -> 4 \(its checkpoints: "
+                                         r"\S+/members/halfunet\)\. Put those settings back, .*delete a member's"):
+        train_ensemble(edited("halfunet", stages=longer), ["halfunet"], resume=True)
+    with pytest.raises(InputError, match=r"halfunet: loss\.name: \"ce_focal\" -> \"ce\"; bagging: "
+                                         r"\{.*\} -> null \("):
+        train_ensemble(edited("halfunet", loss=halfunet.loss.model_copy(update={"name": LossName.CE}), bagging=None),
+                       ["halfunet"], resume=True)
+    with pytest.raises(InputError, match=r"resunet: model_options\.stn: true -> null \("):  # an option taken out
+        train_ensemble(edited("resunet", model_options={**TINY}), ["resunet"], resume=True)
+    # what a member trains with counts, wherever it is set: the data's augmentation under the member's own keys
+    jittered = config.model_copy(deep=True)
+    jittered.data.augmentation = jittered.data.augmentation.model_copy(update={"exposure": 0.2})
+    with pytest.raises(InputError, match=r"vgg: augmentation_used\.exposure: 0\.0 -> 0\.2 \("):
+        train_ensemble(jittered, ["vgg"], resume=True)
+    # the seed a member takes from run.seed is its own: every such member with checkpoints is named, from the CLI too
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    assert main(["train", "-c", str(path), "--resume", "--set", "run.seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(f"{name}: seed: 0 -> 5 (" in err for name in FINISHED), err
+    # more workers and restarts on a resubmitted job: the finished member is kept, nothing trained
+    moved = edited("halfunet", scaling=halfunet.scaling.model_copy(update={"workers": 2}), max_failures=3)
+    (again,) = train_ensemble(moved, ["halfunet"], resume=True)
+    assert again.finished_at == results["halfunet"].finished_at and (run / "members.json").read_text() == table
 
 
 def test_resuming_on_other_data_is_refused(ensemble_run):
