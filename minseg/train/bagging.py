@@ -29,7 +29,7 @@ from minseg.train.config import BaggingSettings, MemberSettings
 def bagging_seed(member: MemberSettings, run_seed: int, fold: int | None) -> list[int]:
     """The generator seed of one member's sample on one trial: its seed (or the run's), its name and the fold, so
     members with the same seed still draw apart and a resumed trial draws the same sample."""
-    seed = member.seed if member.seed is not None else run_seed
+    seed = member.training_seed(run_seed)
     return [seed & 0xFFFFFFFF, zlib.crc32(member.name.encode()), 0 if fold is None else fold + 1]
 
 

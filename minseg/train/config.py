@@ -139,6 +139,10 @@ class MemberSettings(StrictModel):
         None, description="train this member on its own random sample of the training images (or windows); "
                           "default: all of them")
 
+    def training_seed(self, run_seed: int) -> int:
+        """The seed this member trains with: its own, or the run's (``run.seed``) when it names none."""
+        return self.seed if self.seed is not None else run_seed
+
     def training_augmentation(self, data: AugmentSettings) -> AugmentSettings:
         """The augmentation this member trains with: ``data`` (``data.augmentation``) with the keys this member's
         own ``augmentation`` sets replacing it (``{exposure: 0.2}`` keeps the data's mode)."""

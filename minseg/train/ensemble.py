@@ -676,7 +676,7 @@ def changed_settings(recorded: dict, member: MemberSettings, run_seed: int, augm
     (``init.uri``) may change; keys the record lacks (settings newer than the minseg that wrote it; the seed and
     augmentation used, recorded since 2026-12-04) are not compared."""
     now = member.model_dump(mode="json", exclude=set(_RUN_SETTINGS))
-    now["seed"] = member.seed if member.seed is not None else run_seed
+    now["seed"] = member.training_seed(run_seed)
     now["augmentation_used"] = member.training_augmentation(augmentation).model_dump(mode="json")
     differences: list[str] = []
 

@@ -133,7 +133,7 @@ def set_up(worker) -> Session:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    seed = (member.seed if member.seed is not None else worker.seed) + 1000 * rank
+    seed = member.training_seed(worker.seed) + 1000 * rank
     torch.manual_seed(seed)
     model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
                         **member.model_options)
@@ -302,7 +302,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
             {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
             None if drop_optimizer else optimizer.state_dict(), state,
-            _member_document(member, inputs, session.class_weights, worker.seed), inputs.classes,
+            _member_document(session), inputs.classes,
             {**metrics, "normalization": state["normalization"]}, is_best,
         )
         log_event(log, "train.epoch", member=member.name, epoch=state["epochs_done"], of=member.total_epochs,
@@ -421,16 +421,17 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
 
 
-def _member_document(member: MemberSettings, inputs, class_weights: list[float] | None, run_seed: int) -> dict:
+def _member_document(session: Session) -> dict:
     """``member.json``: the member's resolved config (its seed the run's when it names none; the augmentation it
     trained with, the data's with its own keys over it, as ``augmentation_used``), its model options
     completed with the number of input channels it was built for (what evaluation and inference build it with), and
     the images of a scene they come from when the data declares them (``channels``; evaluation checks its data
     against them)."""
+    member, inputs, class_weights = session.member, session.inputs, session.class_weights
     document = member.model_dump(mode="json")
     # what it trained with: --resume compares them (train.ensemble.changed_settings)
-    document["seed"] = member.seed if member.seed is not None else run_seed
-    document["augmentation_used"] = member.training_augmentation(inputs.augmentation).model_dump(mode="json")
+    document["seed"] = member.training_seed(session.worker.seed)
+    document["augmentation_used"] = session.augmentation.model_dump(mode="json")
     document["model_options"] = {**document["model_options"], "in_channels": inputs.in_channels}
     document["channels"] = inputs.channels
     if inputs.bagging_sample is not None:  # which units this member trained on, and how often
