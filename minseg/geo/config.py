@@ -261,7 +261,8 @@ class PredictionSettings(StrictModel):
     batch_size: int = Field(64, ge=1)
     precision: Precision = Precision.AUTO
     member_scores: bool = Field(False, description="also score each member alone on every fold's held-out windows "
-                                                   "(cv/member_scores.csv): to compare members, e.g. an ablation")
+                                                   "(cv/member_scores.csv): to compare members, e.g. an ablation; read from "
+                                                   "the fold ensemble's own pass, no extra one")
 
 
 class TargetSettings(StrictModel):

@@ -27,13 +27,25 @@ ORE = 1  # class index of "ore" in the binary prospectivity classifiers
 @dataclass
 class WindowScores(Columns):
     """Per chunk of window centres: its key, and per window the members' mean P(ore) and its
-    standard deviation over members (the uncertainty), each a float32 (n,) array."""
+    standard deviation over members (the uncertainty), each a float32 (n,) array, and each
+    member's own P(ore), float32 (n, M) in the order the members were given."""
 
-    OBJECT_COLUMNS = ("mean", "std")
+    OBJECT_COLUMNS = ("mean", "std", "members")
 
     key: list
     mean: list
     std: list
+    members: list
+
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """One chunk's windows: ``mean`` and ``std`` over members, float32 (n,); ``members``: each
+    member's P(ore), float32 (n, M)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    members: np.ndarray
 
 
 class WindowEnsemble:
@@ -49,20 +61,24 @@ class WindowEnsemble:
         self.size, self.batch_size = size, settings.batch_size
 
     def __call__(self, batch: dict) -> dict:
-        out = WindowScores(list(batch["key"]), [], [])
+        out = WindowScores(list(batch["key"]), [], [], [])
         for centres in batch["centres"]:
             centres = np.asarray(json.loads(centres), np.int64).reshape(-1, 2)
             mean = np.empty(len(centres), np.float32)
             std = np.empty(len(centres), np.float32)
+            members = np.empty((len(centres), len(self.runtime.models)), np.float32)
             for start in range(0, len(centres), self.batch_size):
                 chunk = centres[start : start + self.batch_size]
                 windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
                 inputs = torch.from_numpy(windows).to(self.runtime.device).permute(0, 3, 1, 2).contiguous()
-                chunk_mean, chunk_std = self.runtime.predict(inputs).class_mean_std(ORE)
-                mean[start : start + len(chunk)] = chunk_mean.cpu().numpy()
-                std[start : start + len(chunk)] = chunk_std.cpu().numpy()
+                prediction = self.runtime.predict(inputs)
+                chunk_mean, chunk_std = prediction.class_mean_std(ORE)
+                rows = slice(start, start + len(chunk))
+                mean[rows], std[rows] = chunk_mean.cpu().numpy(), chunk_std.cpu().numpy()
+                members[rows] = prediction.probabilities[:, :, ORE].T.float().cpu().numpy()
             out.mean.append(mean)
             out.std.append(std)
+            out.members.append(members)
         return out.to_batch()
 
 
@@ -76,7 +92,7 @@ def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
 
 def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunks: dict,
                   settings: PredictionSettings, storage: Storage, task_options: dict | None = None) -> dict:
-    """{key: (mean, std)} for each chunk of (n, 2) window centres, through an actor pool."""
+    """{key: ChunkScores} for each chunk of (n, 2) window centres, through an actor pool."""
     import ray
 
     stack_ref = ray.put(padded)
@@ -97,8 +113,9 @@ def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunk
     results = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         scores = WindowScores.from_batch(batch)
-        for key, mean, std in zip(scores.key, scores.mean, scores.std):
-            results[key.item() if hasattr(key, "item") else key] = (np.asarray(mean), np.asarray(std))
+        for key, mean, std, members in zip(scores.key, scores.mean, scores.std, scores.members):
+            results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(mean), np.asarray(std),
+                                                                               np.asarray(members))
     return results
 
 
@@ -106,7 +123,8 @@ def predict_map(members: list[MemberRef], padded: np.ndarray, size: int, study: 
                 settings: PredictionSettings, storage: Storage, extra: dict | None = None,
                 task_options: dict | None = None):
     """(probability, uncertainty) rasters (float32, NaN outside the study area) and the scores of the
-    ``extra`` window chunks ({key: centres}), in one pass of the actor pool."""
+    ``extra`` window chunks ({key: centres} in, {key: ChunkScores} out, each member's too), in one pass of the
+    actor pool."""
     rows, cols = study.shape
     centre_rows, centre_cols = lattice(study, settings.stride)
     per_tile = max(1, settings.tile // settings.stride)
@@ -127,7 +145,7 @@ def predict_map(members: list[MemberRef], padded: np.ndarray, size: int, study: 
     std_lattice = np.full_like(mean_lattice, np.nan)
     for key, (grid_r, grid_c) in places.items():
         if len(grid_r):
-            mean_lattice[grid_r, grid_c], std_lattice[grid_r, grid_c] = results[key]
+            mean_lattice[grid_r, grid_c], std_lattice[grid_r, grid_c] = results[key].mean, results[key].std
     expand = np.ones((settings.stride, settings.stride), np.float32)
     probability = np.kron(mean_lattice, expand)[:rows, :cols]
     uncertainty = np.kron(std_lattice, expand)[:rows, :cols]

@@ -41,7 +41,7 @@ from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
 from minseg.ensemble.runtime import MemberRef
-from minseg.geo.predict import predict_map, score_windows
+from minseg.geo.predict import predict_map
 from minseg.geo.rasters import (distance_to_lines, encode_categorical, expand_rasters, raster_geometry,
                                 read_raster_on_grid)
 from minseg.geo.samples import read_samples
@@ -536,7 +536,7 @@ def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], 
             continue
         ranks = area_ranks(probability, study, unique_cells[trial.test_deposits])
         fold_ranks.append(ranks)
-        scores = extras["test"][0] if extras else np.zeros(0)
+        scores = extras["test"].mean if extras else np.zeros(0)
         test_scores.append(scores)
         test_labels.append(trial.test_labels)
         fold_rows.append({"fold": key + 1, "test_deposits": len(trial.test_deposits), "members": len(members),
@@ -547,9 +547,8 @@ def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], 
         write_geotiff(join_uri(out, "cv", label, "prospectivity.tif"), probability, geometry, nodata=float("nan"),
                       storage=storage)
         if settings.prediction.member_scores and len(trial.test_centres):
-            for member in members:  # the held-out windows only: cheap beside the map
-                alone = score_windows([member], trial.padded, size, {"test": trial.test_centres},
-                                      settings.prediction, storage, options)["test"][0]
+            for index, member in enumerate(members):  # each member's own P(ore), from the ensemble's pass
+                alone = extras["test"].members[:, index]
                 member_rows.append({"fold": key + 1, "member": member.name,
                                     **{k: v for k, v in window_metrics(alone, trial.test_labels).items()
                                        if k in ("accuracy", "auc", "recall", "f1")}})

@@ -371,7 +371,7 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
             callbacks=[TuneReportCallback()],
         ),
         datasets=datasets,
-        dataset_config=_ordered_ingest(),
+        dataset_config=_ordered_ingest(member.scaling.workers),
     )
     started = time.time()
     error = None
@@ -386,15 +386,18 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
         raise RuntimeError(f"member {member.name} failed: {error}")
 
 
-def _ordered_ingest():
+def _ordered_ingest(workers: int):
     """Ray Train's ingest options (the driver's DataContext's, as Train's default) with block order kept: a
     member then reads its tiles in one order in every run, cached or tiled every epoch (Train's ingest replaces a
-    dataset's own execution options, so the order set in ``split_dataset`` does not reach it by itself)."""
+    dataset's own execution options, so the order set in ``split_dataset`` does not reach it by itself).
+
+    A member on one worker reads its datasets whole: splitting them would start a coordinator actor per dataset
+    (train, validation, and test in k-fold trials) for every member, a process each for nothing to split."""
     import ray.train
 
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
-    return ray.train.DataConfig(execution_options=options)
+    return ray.train.DataConfig(datasets_to_split="all" if workers > 1 else [], execution_options=options)
 
 
 def _train_worker_entry(config: dict) -> None:
@@ -571,6 +574,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     if trials:
         if not verbose():  # Tune's newer console output prints an experiment box even when silent
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # each member's results are minseg's own files (result.json, curves, the members table): Tune's per-trial
+        # CSV / JSON / TensorBoard copies of them only add files (objects, on S3) and seconds to every run
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
