@@ -14,6 +14,11 @@ SHARED_DATA = Path(os.environ.get("MINSEG_SHARED_DATA", REPO_ROOT.parent / "shar
 
 # Progress bars off, so test output stays readable even from a terminal.
 os.environ.setdefault("MINSEG_NO_PROGRESS", "1")
+# Ray Train's controller checks its workers every 2 s and starts a spot-preemption watcher actor per run: the
+# suite's members train for seconds, dozens of times, on machines that are never preempted. Set before any Ray
+# starts, so Ray's own processes and the CLI's subprocesses inherit them.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 # Session fixtures that train: every test using one runs on the same pytest-xdist worker (the rest of the
 # suite is spread over the workers), so the training happens once per run, not once per worker.

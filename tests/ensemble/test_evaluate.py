@@ -25,8 +25,27 @@ def evaluation_config(config, name, **extra):
 
 
 @pytest.fixture(scope="module")
-def evaluation(trained_run):
-    return evaluate_ensemble(evaluation_config(trained_run, "main"))
+def main_evaluation(trained_run):
+    """The module's evaluation, and which items and learned weights each of its actor-pool passes was given
+    (the passes run for real; they are only watched)."""
+    from minseg.ensemble import evaluate as module
+
+    passes = []
+    real_pass = module.run_pass
+
+    def watched(items, spec, label="evaluate"):
+        passes.append(({i["item_id"] for i in items}, {k: dict(v) for k, v in spec.held_out_weights.items()}))
+        return real_pass(items, spec, label)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "run_pass", watched)
+        result = evaluate_ensemble(evaluation_config(trained_run, "main"))
+    return result, passes
+
+
+@pytest.fixture(scope="module")
+def evaluation(main_evaluation):
+    return main_evaluation[0]
 
 
 def test_every_fusion_mode_for_every_k(evaluation):
@@ -189,23 +208,14 @@ def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_score
     assert "needs --tpi-budget" in capsys.readouterr().err
 
 
-def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(trained_run, monkeypatch):
+def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(evaluation, main_evaluation):
     """Each validation image scores the learned candidates with weights fitted on the other images (the
     document keeps them), not with the weights fitted on every validation image: those would flatter them.
-    The candidate pass (real actors) is watched to see which weights it was given for which images."""
-    from minseg.ensemble import evaluate as module
-
-    passes = []
-    real_pass = module.run_pass
-
-    def watched(items, spec, label="evaluate"):
-        passes.append(({i["item_id"] for i in items}, {k: dict(v) for k, v in spec.held_out_weights.items()}))
-        return real_pass(items, spec, label)
-
-    monkeypatch.setattr(module, "run_pass", watched)
-    result = evaluate_ensemble(evaluation_config(trained_run, "held-out", modes=["learned", "soft"]))
-    splits = json.loads(Storage().read_text(f"{result.document['run']}/data/splits.json"))
-    held_out = result.document["learned_held_out_weights"]
+    The main evaluation's candidate pass (real actors) was watched to see which weights it was given for which
+    images."""
+    passes = main_evaluation[1]
+    splits = json.loads(Storage().read_text(f"{evaluation.document['run']}/data/splits.json"))
+    held_out = evaluation.document["learned_held_out_weights"]
     assert len(splits["val"]) >= 2 and set(held_out) == {"2", "3"}
     items, given = passes[-1]  # the candidate pass: validation + test images
     assert items == set(splits["val"]) | set(splits["test"])
@@ -241,29 +251,24 @@ def test_learned_weights_and_the_selection_never_see_the_test_split(trained_run,
     assert altered.selected.selection_metrics["miou"] == pytest.approx(evaluation.selected.selection_metrics["miou"])
 
 
-def test_fewer_overlays_than_test_images(trained_run):
-    """Images without a preview must not be mistaken for previews (Ray turns an all-None block into NaNs)."""
+def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_run):
+    """The paper's b0/b1: trained, scored and reported as members, never voters in RUEL-k. One overlay for two
+    test images: images without a preview must not be mistaken for previews (Ray turns an all-None block into
+    NaNs)."""
     from pathlib import Path
 
-    config = evaluation_config(trained_run, "one-overlay", modes=["wv"])
-    config.evaluation.overlays = 1
-    result = evaluate_ensemble(config)
-    assert len(result.document["test_items"]) > 1
-    assert len(list(Path(result.output_uri).glob("overlay_*.png"))) == 1
-
-
-def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_run):
-    """The paper's b0/b1: trained, scored and reported as members, never voters in RUEL-k."""
     from minseg.errors import InputError
 
     config = evaluation_config(trained_run, "voters", modes=["wv"], voters=["resunet", "halfunet"])
-    config.evaluation.overlays = 0
+    config.evaluation.overlays = 1
     result = evaluate_ensemble(config)
     keys = [c.key for c in result.candidates]
     assert {"member:resunet", "member:vgg", "member:halfunet"} <= set(keys)
     (ensemble,) = [c for c in result.candidates if c.key.startswith("RUEL")]
     assert ensemble.key == "RUEL-2-WV" and set(ensemble.members) == {"resunet", "halfunet"}
     assert result.document["voters"] == [n for n in result.ranking if n != "vgg"]
+    assert len(result.document["test_items"]) > 1
+    assert len(list(Path(result.output_uri).glob("overlay_*.png"))) == 1
     config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
     with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
         evaluate_ensemble(config)

@@ -259,21 +259,26 @@ def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections
 
 
 def test_a_member_streamed_twice_with_one_seed_ends_with_the_same_weights(synthetic_sections, tmp_path):
-    """One config and seed, two runs, tiles not cached (tiled again every epoch, as data too big for the object
-    store): bit-identical weights, whatever order Ray's tiling tasks finished in (Ray Train's ingest keeps the
-    blocks' order)."""
-    member = [{"name": "m", "model": "unet", "model_options": {"width": 0.125}, "seed": 3,
-               "stages": [{"epochs": 1, "batch_size": 4}]}]
-    for run in ("first", "second"):
-        config = training_config(synthetic_sections, tmp_path, run, member,
-                                 data={"oversampling": {"threshold": 0.6, "max_repeat": 3}, "cache": False})
-        (row,) = train_ensemble(config)
-        assert row.status == "done", row.error
-    assert_same_weights(tmp_path / "first", tmp_path / "second", "m")
+    """One config and seed, trained twice at once, tiles not cached (each trainer tiles again every epoch, as data
+    too big for the object store, in its own Ray Data execution): bit-identical weights, whatever order Ray's
+    tiling tasks finished in (Ray Train's ingest keeps the blocks' order)."""
+    member = {"model": "unet", "model_options": {"width": 0.125}, "seed": 3, "stages": [{"epochs": 1, "batch_size": 4}]}
+    members = [{"name": "m", **member}, {"name": "twin", **member}]
+    config = training_config(synthetic_sections, tmp_path, "twice", members,
+                             data={"oversampling": {"threshold": 0.6, "max_repeat": 3}, "cache": False})
+    rows = train_ensemble(config)
+    assert [r.status for r in rows] == ["done", "done"], [r.error for r in rows]
+    assert_same_weights(tmp_path / "twice", tmp_path / "twice", "m", "twin")
+    # the results are minseg's files; Tune keeps no CSV / JSON / TensorBoard copies of them
+    assert (tmp_path / "twice" / "ray").is_dir()
+    tune_logs = [p for p in (tmp_path / "twice" / "ray").rglob("*")
+                 if p.name in ("progress.csv", "result.json") or p.name.startswith("events.out.tfevents")]
+    assert not tune_logs, tune_logs
 
 
-def assert_same_weights(run, other, member: str) -> None:
-    first, second = (load_checkpoint(Storage(), str(r), member).model for r in (run, other))
+def assert_same_weights(run, other, member: str, other_member: str | None = None) -> None:
+    first, second = (load_checkpoint(Storage(), str(r), m).model
+                     for r, m in ((run, member), (other, other_member or member)))
     different = [k for k in first if not torch.equal(first[k], second[k])]
     assert first.keys() == second.keys() and not different, \
         f"{len(different)} of {len(first)} tensors differ, e.g. {different[:3]}"
