@@ -2,8 +2,9 @@
 
 The evidence stack (normalised, padded by half a window) goes into the object store once;
 every actor holds all members of the ensemble (loaded once) and scores chunks of window
-centres (one chunk per map tile), returning per window the members' mean P(ore) and their
-standard deviation (the uncertainty). Each map cell takes the value of the lattice window
+centres (one chunk per map tile), returning per window the members' mean P(ore), their
+standard deviation (the uncertainty) and each member's own P(ore) (for the per-member scores
+of held-out windows, without a pass per member). Each map cell takes the value of the lattice window
 it belongs to, so tiles never overlap and there is nothing to blend: the map does not
 depend on how it was cut into tasks, nor on the order results come back.
 """
@@ -66,7 +67,7 @@ class WindowEnsemble:
             centres = np.asarray(json.loads(centres), np.int64).reshape(-1, 2)
             mean = np.empty(len(centres), np.float32)
             std = np.empty(len(centres), np.float32)
-            members = np.empty((len(centres), len(self.runtime.models)), np.float32)
+            per_member = np.empty((len(centres), len(self.runtime.models)), np.float32)
             for start in range(0, len(centres), self.batch_size):
                 chunk = centres[start : start + self.batch_size]
                 windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
@@ -75,10 +76,10 @@ class WindowEnsemble:
                 chunk_mean, chunk_std = prediction.class_mean_std(ORE)
                 rows = slice(start, start + len(chunk))
                 mean[rows], std[rows] = chunk_mean.cpu().numpy(), chunk_std.cpu().numpy()
-                members[rows] = prediction.probabilities[:, :, ORE].T.float().cpu().numpy()
+                per_member[rows] = prediction.probabilities[:, :, ORE].T.float().cpu().numpy()
             out.mean.append(mean)
             out.std.append(std)
-            out.members.append(members)
+            out.members.append(per_member)
         return out.to_batch()
 
 
@@ -113,9 +114,9 @@ def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunk
     results = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         scores = WindowScores.from_batch(batch)
-        for key, mean, std, members in zip(scores.key, scores.mean, scores.std, scores.members):
+        for key, mean, std, per_member in zip(scores.key, scores.mean, scores.std, scores.members):
             results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(mean), np.asarray(std),
-                                                                               np.asarray(members))
+                                                                               np.asarray(per_member))
     return results
 
 
