@@ -173,11 +173,6 @@ class EnsemblePrediction:
         labels, _ = fuse(self.probabilities.transpose(1, 2), fusion.mode, fusion.learned_weights)
         return labels
 
-    def class_mean_std(self, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and (population) standard deviation over members of P(class), each (N, ...)."""
-        values = self.probabilities[:, :, class_index]
-        return values.mean(0), values.std(0, unbiased=False)
-
 
 @dataclass(frozen=True)
 class Fusion:

@@ -2,9 +2,9 @@
 
 The evidence stack (normalised, padded by half a window) goes into the object store once;
 every actor holds all members of the ensemble (loaded once) and scores chunks of window
-centres (one chunk per map tile), returning per window the members' mean P(ore), their
-standard deviation (the uncertainty) and each member's own P(ore) (for the per-member scores
-of held-out windows, without a pass per member). Each map cell takes the value of the lattice window
+centres (one chunk per map tile), returning per window each member's P(ore): their mean is the
+map, their standard deviation the uncertainty, and each column alone a member's score on held-out
+windows (no pass per member). Each map cell takes the value of the lattice window
 it belongs to, so tiles never overlap and there is nothing to blend: the map does not
 depend on how it was cut into tasks, nor on the order results come back.
 """
@@ -27,26 +27,30 @@ ORE = 1  # class index of "ore" in the binary prospectivity classifiers
 
 @dataclass
 class WindowScores(Columns):
-    """Per chunk of window centres: its key, and per window the members' mean P(ore) and its
-    standard deviation over members (the uncertainty), each a float32 (n,) array, and each
-    member's own P(ore), float32 (n, M) in the order the members were given."""
+    """Per chunk of window centres: its key, and per window each member's P(ore), a float32 (n, M)
+    array, members in the order they were given."""
 
-    OBJECT_COLUMNS = ("mean", "std", "members")
+    OBJECT_COLUMNS = ("members",)
 
     key: list
-    mean: list
-    std: list
     members: list
 
 
 @dataclass(frozen=True)
 class ChunkScores:
-    """One chunk's windows: ``mean`` and ``std`` over members, float32 (n,); ``members``: each
-    member's P(ore), float32 (n, M)."""
+    """One chunk's windows: ``members``, each member's P(ore), float32 (n, M)."""
 
-    mean: np.ndarray
-    std: np.ndarray
     members: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The ensemble's P(ore) per window: the members' mean, float32 (n,)."""
+        return self.members.mean(1)
+
+    @property
+    def std(self) -> np.ndarray:
+        """The uncertainty per window: the members' (population) standard deviation, float32 (n,)."""
+        return self.members.std(1)
 
 
 class WindowEnsemble:
@@ -62,23 +66,16 @@ class WindowEnsemble:
         self.size, self.batch_size = size, settings.batch_size
 
     def __call__(self, batch: dict) -> dict:
-        out = WindowScores(list(batch["key"]), [], [], [])
+        out = WindowScores(list(batch["key"]), [])
         for centres in batch["centres"]:
             centres = np.asarray(json.loads(centres), np.int64).reshape(-1, 2)
-            mean = np.empty(len(centres), np.float32)
-            std = np.empty(len(centres), np.float32)
             per_member = np.empty((len(centres), len(self.runtime.models)), np.float32)
             for start in range(0, len(centres), self.batch_size):
                 chunk = centres[start : start + self.batch_size]
                 windows = np.stack([window_at(self.padded, r, c, self.size) for r, c in chunk])
                 inputs = torch.from_numpy(windows).to(self.runtime.device).permute(0, 3, 1, 2).contiguous()
-                prediction = self.runtime.predict(inputs)
-                chunk_mean, chunk_std = prediction.class_mean_std(ORE)
-                rows = slice(start, start + len(chunk))
-                mean[rows], std[rows] = chunk_mean.cpu().numpy(), chunk_std.cpu().numpy()
-                per_member[rows] = prediction.probabilities[:, :, ORE].T.float().cpu().numpy()
-            out.mean.append(mean)
-            out.std.append(std)
+                probabilities = self.runtime.predict(inputs).probabilities[:, :, ORE]  # (M, n)
+                per_member[start : start + len(chunk)] = probabilities.T.float().cpu().numpy()
             out.members.append(per_member)
         return out.to_batch()
 
@@ -114,9 +111,8 @@ def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunk
     results = {}
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         scores = WindowScores.from_batch(batch)
-        for key, mean, std, per_member in zip(scores.key, scores.mean, scores.std, scores.members):
-            results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(mean), np.asarray(std),
-                                                                               np.asarray(per_member))
+        for key, per_member in zip(scores.key, scores.members):
+            results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(per_member))
     return results
 
 
@@ -146,7 +142,8 @@ def predict_map(members: list[MemberRef], padded: np.ndarray, size: int, study: 
     std_lattice = np.full_like(mean_lattice, np.nan)
     for key, (grid_r, grid_c) in places.items():
         if len(grid_r):
-            mean_lattice[grid_r, grid_c], std_lattice[grid_r, grid_c] = results[key].mean, results[key].std
+            scores = results[key]
+            mean_lattice[grid_r, grid_c], std_lattice[grid_r, grid_c] = scores.mean, scores.std
     expand = np.ones((settings.stride, settings.stride), np.float32)
     probability = np.kron(mean_lattice, expand)[:rows, :cols]
     uncertainty = np.kron(std_lattice, expand)[:rows, :cols]

@@ -208,12 +208,12 @@ def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_score
     assert "needs --tpi-budget" in capsys.readouterr().err
 
 
-def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(evaluation, main_evaluation):
+def test_learned_candidates_are_scored_on_validation_with_weights_fitted_without_the_image(main_evaluation):
     """Each validation image scores the learned candidates with weights fitted on the other images (the
     document keeps them), not with the weights fitted on every validation image: those would flatter them.
     The main evaluation's candidate pass (real actors) was watched to see which weights it was given for which
     images."""
-    passes = main_evaluation[1]
+    evaluation, passes = main_evaluation
     splits = json.loads(Storage().read_text(f"{evaluation.document['run']}/data/splits.json"))
     held_out = evaluation.document["learned_held_out_weights"]
     assert len(splits["val"]) >= 2 and set(held_out) == {"2", "3"}

@@ -121,18 +121,15 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     # member's P(ore) as it scores alone (here an actor object called in the test process)
     import ray
 
-    from minseg.ensemble.runtime import MemberRef
     from minseg.geo.predict import WindowEnsemble, score_windows
-    from minseg.train.checkpoint import read_pointer
+    from minseg.geo.prospect import trial_members
 
-    refs = [MemberRef(m.name, m.model, read_pointer(Storage(), str(models), m.name)["uri"],
-                      {**m.model_options, "in_channels": len(result.channels)})
-            for m in config.prospect.training.members]
+    refs = trial_members(config.prospect, result.members, Storage(), str(models), None, len(result.channels))
     padded = np.random.default_rng(0).normal(size=(40, 40, len(result.channels))).astype(np.float32)
     centres = np.array([[0, 0], [12, 5], [23, 20]])  # grid cells of a 24 x 24 grid, padded by 8
     both = score_windows(refs, padded, 16, {"some": centres}, config.prospect.prediction, Storage())["some"]
     alone = WindowEnsemble(refs[1:], [ray.put(padded)], 16, config.prospect.prediction, Storage())(
-        {"key": ["some"], "centres": [json.dumps(centres.tolist())]})["mean"][0]
+        {"key": ["some"], "centres": [json.dumps(centres.tolist())]})["members"][0][:, 0]
     assert both.members.shape == (3, 2) and not np.allclose(both.members[:, 0], both.members[:, 1], atol=1e-4)
     assert np.allclose(both.members[:, 1], alone, rtol=1e-5, atol=1e-6)  # other thread counts: not bit-identical
     assert np.allclose(both.mean, both.members.mean(1)) and np.allclose(both.std, both.members.std(1))
