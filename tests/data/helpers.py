@@ -34,6 +34,18 @@ def write_paired(root: Path, count: int = 4, size: int = 64, seed: int = 0) -> P
     return root
 
 
+def write_class_folders(root: Path) -> Path:
+    """Two classes of 32 x 32 JPEG sections, six each, in folders named by class (``bright``, ``dark`` at a third
+    of the brightness): the classification layout."""
+    for label, seed in (("bright", 0), ("dark", 50)):
+        folder = root / label
+        folder.mkdir(parents=True)
+        for i in range(6):
+            image, _ = render_section(seed + i, 32, 32)
+            (folder / f"{i}.jpg").write_bytes(jpg_bytes(image if label == "bright" else image // 3))
+    return root
+
+
 def write_voc(root: Path, count: int = 4, size: int = 64) -> Path:
     """VOC layout with palette masks, 255 borders and ImageSets lists."""
     (root / "JPEGImages").mkdir(parents=True)
