@@ -35,20 +35,6 @@ def test_lumenstone_paired_folders(ray_session, shared_data, tmp_path):
     assert len(rows) == prepared.tile_count("train") > 0
 
 
-def test_microplastic_coco(ray_session, shared_data, tmp_path):
-    data = validate_config({
-        "sources": [{"uri": str(shared_data / "microplastic-coco")}],
-        "classes": {"classes": [{"name": "background", "codes": [0]}, {"name": "microplastic", "codes": [1]}]},
-        "tiling": {"size": 256, "overlap": 100, "scale": 0.5},
-    }, DataSettings)
-    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
-    assert len(prepared.splits["test"]) == 7  # the export's own test folder
-    assert len(prepared.splits["train"]) + len(prepared.splits["val"]) == 31
-    assert not prepared.quarantine
-    share = prepared.stats["train"]["classes"]["microplastic"]["pixel_share"]
-    assert 0.01 < share < 0.3 and prepared.stats["train"]["classes"]["microplastic"]["particles"] > 50
-
-
 def test_alteration_class_folders(ray_session, shared_data, tmp_path):
     data = validate_config({"sources": [{"uri": str(shared_data / "alteration-xpl")}], "tiling": {"size": 64}},
                            DataSettings)
