@@ -26,7 +26,8 @@ def test_microplastic_recipe_on_the_coco_export(ray_session, shared_data, tmp_pa
     recipe = load_config(CONFIGS / "microplastic_paper.yaml", MinsegConfig)
     assert recipe.data.split.folds == 5 and recipe.data.split.fold_val == 0.1
     member = config.training.members[0]
-    assert member.optimizer.eps == 1e-7 and (member.schedule.step_steps, member.schedule.gamma) == (800, 0.96)
+    assert member.loss.name == "weighted_bce" and member.optimizer.eps == 1e-7
+    assert (member.schedule.step_steps, member.schedule.gamma) == (800, 0.96)
     (row,) = train_ensemble(config)
     assert row.status == "done" and row.metric == "recall_weighted_f1", row
     assert 0.0 <= row.best_value <= 1.0

@@ -1,5 +1,4 @@
-"""k-fold binary segmentation: each fold's test part never trains nor chooses, and is what is reported.
-(The classifier task is trained from the CLI by tests/test_console.py.)"""
+"""The same machinery trains a classifier and a k-fold binary segmentation task."""
 
 import json
 
@@ -9,7 +8,26 @@ import pytest
 from minseg.config import MinsegConfig, validate_config
 from minseg.synth.sections import render_section
 from minseg.train.ensemble import train_ensemble
-from tests.data.helpers import jpg_bytes, png_bytes
+from tests.data.helpers import jpg_bytes, png_bytes, write_class_folders
+
+
+def test_classifier_on_class_folders(ray_session, tmp_path):
+    config = validate_config({
+        "run": {"name": "cls", "output_uri": str(tmp_path / "runs")},
+        "ray": {"task_cpus": 0.25},
+        "data": {"sources": [{"uri": str(write_class_folders(tmp_path / "cls"))}], "tiling": {"size": 32},
+                 "cache": "auto", "augmentation": {"mode": "dihedral"},
+                 "split": {"train": 0.66, "val": 0.34, "test": 0.0}},
+        "training": {"members": [{
+            "name": "convnext", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"},
+            "stages": [{"epochs": 2, "batch_size": 4}], "optimizer": {"lr": 0.002},
+            "scaling": {"cpus_per_worker": 0.25}, "checkpoint_metric": "accuracy", "max_failures": 0}]},
+    }, MinsegConfig)
+    (row,) = train_ensemble(config)
+    assert row.status == "done", row.error
+    assert row.metric == "accuracy" and 0.0 <= row.best_value <= 1.0
+    metrics = json.loads(open(f"{row.best_checkpoint}/metrics.json").read())
+    assert metrics["classes"] == ["bright", "dark"] and "mean_precision" in metrics and "f1" in metrics
 
 
 def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
