@@ -40,8 +40,10 @@ def quiet_ray_loggers(loud: bool) -> None:
 
     for name in ("ray", "ray.data", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
-    # notices, not problems: the local instance's default token auth, Ray Data's "progress bars disabled"
-    for name in ("ray._private.authentication", "ray.data._internal.progress"):
+    # notices, not problems: the local instance's default token auth, Ray Data's "progress bars disabled", and Tune
+    # finding no per-trial progress.csv / result.json to tabulate (minseg turns those loggers off and reads its own
+    # result files: minseg.train.ensemble.fit_members)
+    for name in ("ray._private.authentication", "ray.data._internal.progress", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
 
 

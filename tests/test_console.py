@@ -42,4 +42,3 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert text.count("event=train.epoch member=halfunet") == 2  # one line per epoch, from the driver
     assert "halfunet" in done.stdout and "done" in done.stdout  # the members table
     assert len(console) < 40, "\n".join(console)
-

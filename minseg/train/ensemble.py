@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import math
 import time
@@ -436,20 +435,6 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
 # ------------------------------------------------------------ orchestration
 
 
-class _MissingTuneMetrics(logging.Filter):
-    """Drops Tune's "Failed to fetch metrics" warning: with its per-trial loggers off, the result grid finds no
-    progress.csv / result.json to read back into a table that minseg does not use (it reads its own files)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to fetch metrics")
-
-
-def _quiet_missing_tune_metrics() -> None:
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    if not any(isinstance(f, _MissingTuneMetrics) for f in logger.filters):
-        logger.addFilter(_MissingTuneMetrics())
-
-
 class _MemberProgress:
     """On the driver: members running / queued / done as Tune moves them along, one line per epoch
     of every member (from the metrics each reports), and a progress bar over all their epochs."""
@@ -592,8 +577,6 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         # each member's results are minseg's own files (result.json, curves, the members table): Tune's per-trial
         # CSV / JSON / TensorBoard copies of them only add files (objects, on S3) and seconds to every run
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":
-            _quiet_missing_tune_metrics()
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
