@@ -1,6 +1,8 @@
 """Members that start from pretrained weights, on real Ray Train: the frozen stage keeps the
 encoder (weights and BatchNorm statistics) exactly as loaded, under DDP and across a worker
-kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages."""
+kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages. The DDP
+member is bagged too (the recipes' members, data-parallel on a cluster): its two workers share
+its bootstrap sample, repeats included, in every epoch, before and after the kill."""
 
 import json
 import math
@@ -43,6 +45,7 @@ def pretrained_run(synthetic_sections, tmp_path_factory):
     members = [
         {"name": "frozen-ddp", "model": "res_unet", "model_options": TINY, "init": {"uri": str(weights)},
          "stages": TWO_STAGES, "scaling": {"workers": 2, "cpus_per_worker": 0.25}, "max_failures": 3,
+         "bagging": {"fraction": 1.0},  # a bootstrap sample of the 6 training images, split over the two workers
          # validated after the frozen stage (epoch 3) and at the end; "best" = the frozen stage's end
          "validate_every": 3, "checkpoint_metric": "stage", "checkpoint_mode": "min"},
         {"name": "one-schedule", "model": "res_unet", "model_options": TINY,
@@ -86,6 +89,22 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
     assert "resnet50-imagenet.pth [torchvision names]: encoder" in (run / "members.csv").read_text()
     assert last.state["history"][0]["init"] == row.init and "init" not in last.state["history"][1]
     assert last.optimizer is None  # the run is over: no optimizer state kept
+
+
+def test_bagged_ddp_member_trains_its_whole_sample_every_epoch(pretrained_run):
+    """Ray Train splits the member's training tiles over its workers after the sample's repeats are laid out: every
+    epoch, before and after the kill, the two workers together train each drawn tile as often as it was drawn."""
+    rows, run, _, killed = pretrained_run
+    assert rows["frozen-ddp"].status == "done", rows["frozen-ddp"].error
+    state = load_checkpoint(_storage(), str(run), "frozen-ddp").state
+    sample = state["bagging_sample"]
+    assert sum(sample.values()) == 6 and max(sample.values()) > 1  # drawn with replacement: a photograph twice
+    assert state["train_tiles"] == 4 * 6  # four 48-px tiles per 96-px section, repeats included
+    assert [h["train_tiles"] for h in state["history"]] == [state["train_tiles"]] * 4
+    member = json.loads((run / "members" / "frozen-ddp" / "checkpoints" / "last.json").read_text())
+    assert json.loads(open(f"{member['uri']}/member.json").read())["bagging_sample"] == sample
+    if killed:
+        assert state["restarts"] >= 1
 
 
 def test_one_schedule_spans_both_stages(pretrained_run):
