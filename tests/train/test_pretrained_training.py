@@ -2,7 +2,8 @@
 encoder (weights and BatchNorm statistics) exactly as loaded, under DDP and across a worker
 kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages. The DDP
 member is bagged too (the recipes' members, data-parallel on a cluster): its two workers share
-its bootstrap sample, repeats included, in every epoch, before and after the kill."""
+its bootstrap sample, repeats included, in every epoch, before and after the kill (which tiles
+a sample gives: tests/train/test_sources.py)."""
 
 import json
 import math
@@ -45,7 +46,7 @@ def pretrained_run(synthetic_sections, tmp_path_factory):
     members = [
         {"name": "frozen-ddp", "model": "res_unet", "model_options": TINY, "init": {"uri": str(weights)},
          "stages": TWO_STAGES, "scaling": {"workers": 2, "cpus_per_worker": 0.25}, "max_failures": 3,
-         "bagging": {"fraction": 1.0},  # a bootstrap sample of the 6 training images, split over the two workers
+         "bagging": {"fraction": 0.75},  # 4 draws from the 6 training sections: 16 tiles an epoch, not 24
          # validated after the frozen stage (epoch 3) and at the end; "best" = the frozen stage's end
          "validate_every": 3, "checkpoint_metric": "stage", "checkpoint_mode": "min"},
         {"name": "one-schedule", "model": "res_unet", "model_options": TINY,
@@ -93,13 +94,14 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
 
 def test_bagged_ddp_member_trains_its_whole_sample_every_epoch(pretrained_run):
     """Ray Train splits the member's training tiles over its workers after the sample's repeats are laid out: every
-    epoch, before and after the kill, the two workers together train each drawn tile as often as it was drawn."""
+    epoch, before and after the kill, the two workers together train 16 tiles, the sample's (all six sections: 24;
+    each worker reading the whole sample: 32; a repeated section once: 12 or fewer)."""
     rows, run, _, killed = pretrained_run
     assert rows["frozen-ddp"].status == "done", rows["frozen-ddp"].error
     state = load_checkpoint(_storage(), str(run), "frozen-ddp").state
     sample = state["bagging_sample"]
-    assert sum(sample.values()) == 6 and max(sample.values()) > 1  # drawn with replacement: a photograph twice
-    assert state["train_tiles"] == 4 * 6  # four 48-px tiles per 96-px section, repeats included
+    assert sum(sample.values()) == 4 and max(sample.values()) > 1  # drawn with replacement: a section twice
+    assert state["train_tiles"] == 4 * 4  # four 48-px tiles per 96-px section, repeats included
     assert [h["train_tiles"] for h in state["history"]] == [state["train_tiles"]] * 4
     member = json.loads((run / "members" / "frozen-ddp" / "checkpoints" / "last.json").read_text())
     assert json.loads(open(f"{member['uri']}/member.json").read())["bagging_sample"] == sample
