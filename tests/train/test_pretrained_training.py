@@ -2,11 +2,12 @@
 encoder (weights and BatchNorm statistics) exactly as loaded, under DDP and across a worker
 kill + resume; the unfrozen stage changes it; one cosine schedule spans both stages. The DDP
 member is bagged too (the recipes' members, data-parallel on a cluster): its two workers share
-its bootstrap sample, repeats included, in every epoch, before and after the kill (which tiles
-a sample gives: tests/train/test_sources.py)."""
+its bootstrap sample's tile count, repeats included, in every epoch (across the kill when one
+happened; which tiles a sample gives: tests/train/test_sources.py)."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,17 +95,17 @@ def test_frozen_stage_keeps_the_loaded_encoder_and_bn_statistics(pretrained_run)
 
 def test_bagged_ddp_member_trains_its_whole_sample_every_epoch(pretrained_run):
     """Ray Train splits the member's training tiles over its workers after the sample's repeats are laid out: every
-    epoch, before and after the kill, the two workers together train 16 tiles, the sample's (all six sections: 24;
-    each worker reading the whole sample: 32; a repeated section once: 12 or fewer)."""
+    epoch (across the kill when one happened) the two workers together train 16 tiles, the sample's count (all six
+    sections: 24; each worker reading the whole sample: 32; a repeated section once: 12 or fewer)."""
     rows, run, _, killed = pretrained_run
     assert rows["frozen-ddp"].status == "done", rows["frozen-ddp"].error
     state = load_checkpoint(_storage(), str(run), "frozen-ddp").state
     sample = state["bagging_sample"]
-    assert sum(sample.values()) == 4 and max(sample.values()) > 1  # drawn with replacement: a section twice
+    assert sum(sample.values()) == 4 and max(sample.values()) > 1  # this seed's draw has a section twice
     assert state["train_tiles"] == 4 * 4  # four 48-px tiles per 96-px section, repeats included
     assert [h["train_tiles"] for h in state["history"]] == [state["train_tiles"]] * 4
     member = json.loads((run / "members" / "frozen-ddp" / "checkpoints" / "last.json").read_text())
-    assert json.loads(open(f"{member['uri']}/member.json").read())["bagging_sample"] == sample
+    assert json.loads(Path(member["uri"], "member.json").read_text())["bagging_sample"] == sample
     if killed:
         assert state["restarts"] >= 1
 
