@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from tests.train.conftest import CLASSES
+from tests.train.conftest import training_config
 
 # every line on stderr is one of minseg's log lines; on stdout, the members table (header, rule, one row a member)
 MINSEG_LOG = re.compile(r"^\d\d:\d\d:\d\d [A-Z]+ +minseg[.\w]*: event=[\w.]+")
@@ -16,17 +16,12 @@ TABLE_LINE = re.compile(r"^(member +fold +model .*|-+|halfunet +half_unet +done 
 
 
 def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
-    config = {
-        "run": {"name": "console", "output_uri": str(tmp_path), "seed": 0},
-        "ray": {"task_cpus": 0.25, "num_cpus": 2},
-        "data": {"sources": [{"uri": str(synthetic_sections)}], "classes": CLASSES, "tiling": {"size": 48},
-                 "split": {"train": 0.75, "val": 0.25, "test": 0.0}, "cache": True},
-        "training": {"members": [{"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
-                                  "stages": [{"epochs": 2, "batch_size": 4}], "scaling": {"cpus_per_worker": 0.25},
-                                  "max_failures": 0}]},
-    }
+    config = training_config(synthetic_sections, tmp_path, "console", [
+        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
+         "stages": [{"epochs": 2, "batch_size": 4}]}])
+    config.ray.num_cpus = 2  # its own local instance, as a user's run on this machine
     path = tmp_path / "console.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "MINSEG_VERBOSE", "MINSEG_LOG_LEVEL", "MINSEG_LOG_FORMAT")}
     done = subprocess.run([sys.executable, "-m", "minseg", "train", "--config", str(path)], capture_output=True,

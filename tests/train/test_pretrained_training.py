@@ -99,13 +99,12 @@ def test_bagged_ddp_member_trains_its_whole_sample_every_epoch(pretrained_run):
     sections: 24; each worker reading the whole sample: 32; a repeated section once: 12 or fewer)."""
     rows, run, _, killed = pretrained_run
     assert rows["frozen-ddp"].status == "done", rows["frozen-ddp"].error
-    state = load_checkpoint(_storage(), str(run), "frozen-ddp").state
-    sample = state["bagging_sample"]
+    last = load_checkpoint(_storage(), str(run), "frozen-ddp")
+    state, sample = last.state, last.state["bagging_sample"]
     assert sum(sample.values()) == 4 and max(sample.values()) > 1  # this seed's draw has a section twice
     assert state["train_tiles"] == 4 * 4  # four 48-px tiles per 96-px section, repeats included
     assert [h["train_tiles"] for h in state["history"]] == [state["train_tiles"]] * 4
-    member = json.loads((run / "members" / "frozen-ddp" / "checkpoints" / "last.json").read_text())
-    assert json.loads(Path(member["uri"], "member.json").read_text())["bagging_sample"] == sample
+    assert json.loads(Path(last.uri, "member.json").read_text())["bagging_sample"] == sample
     if killed:
         assert state["restarts"] >= 1
 
