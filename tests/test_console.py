@@ -18,8 +18,8 @@ TABLE_LINE = re.compile(r"^(member +fold +model .*|-+|halfunet +half_unet +done 
 def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     config = training_config(synthetic_sections, tmp_path, "console", [
         {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
-         "stages": [{"epochs": 2, "batch_size": 4}]}])
-    config.ray.num_cpus = 2  # its own local instance, as a user's run on this machine
+         "stages": [{"epochs": 2, "batch_size": 4}]}],
+        ray={"num_cpus": 2})  # its own local instance, as a user's run on this machine
     path = tmp_path / "console.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
     env = {k: v for k, v in os.environ.items()

@@ -6,13 +6,14 @@ TINY = {"width": 0.125, "depth": "tiny"}
 CLASSES = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
 
 
-def training_config(data_uri, output, name, members, data: dict | None = None, **training):
+def training_config(data_uri, output, name, members, data: dict | None = None, ray: dict | None = None,
+                    **training):
     from minseg.config import MinsegConfig, validate_config
 
     return validate_config(
         {
             "run": {"name": name, "output_uri": str(output), "seed": 0},
-            "ray": {"task_cpus": 0.25},
+            "ray": {"task_cpus": 0.25, **(ray or {})},
             "data": {
                 "sources": [{"uri": str(data_uri)}],
                 "classes": CLASSES,
