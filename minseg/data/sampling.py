@@ -52,7 +52,7 @@ def class_repeat_factors(tile_classes: list[list[int]], num_classes: int, thresh
 
 
 def tile_repeats(tile_classes: dict[str, list[list[int]]], num_classes: int, settings: OversamplingSettings,
-                 seed: int) -> tuple[dict[str, list[int]], np.ndarray]:
+                 seed: int, times: dict[str, int] | None = None) -> tuple[dict[str, list[int]], np.ndarray]:
     """How many times each kept tile of each training item is emitted per epoch.
 
     Args:
@@ -61,12 +61,16 @@ def tile_repeats(tile_classes: dict[str, list[list[int]]], num_classes: int, set
         num_classes: classes in the class map.
         settings: the threshold and the cap on repeats.
         seed: the run's seed (the rounding of fractional repeats depends on it and on the item id only).
+        times: item id -> how many times the item is in the training data (a bagged member's draws): its tiles
+            count that often in the class shares ``f_c``; None: once each. The repeats returned are per copy.
 
     Returns:
         (item id -> repeats per tile (ints >= 1), the class repeat factors ``r_c``).
     """
-    factors = class_repeat_factors([c for tiles in tile_classes.values() for c in tiles], num_classes,
-                                   settings.threshold)
+    times = times or {}
+    factors = class_repeat_factors([classes for item_id, tiles in tile_classes.items()
+                                    for _ in range(times.get(item_id, 1)) for classes in tiles],
+                                   num_classes, settings.threshold)
     repeats: dict[str, list[int]] = {}
     for item_id, tiles in tile_classes.items():
         wanted = [min(float(settings.max_repeat), max((factors[c] for c in classes), default=1.0))

@@ -179,6 +179,8 @@ class TrialInputs:
     class_counts: list[int] | None = None  # per class in the trial's training data: labelled pixels, or images /
     # windows for classification (what class weights computed from the data use)
     bagging_sample: dict[str, int] | None = None  # a bagged member's sample: unit -> times drawn (member.json)
+    class_repeat_factors: dict[str, float] | None = None  # data.oversampling's r_c for this trial's training data,
+    # by class name (a bagged member's: its sample's); None without oversampling (member.json)
 
 
 class TrainingSource(Protocol):
@@ -227,14 +229,16 @@ class ImageSource:
         ``shared_datasets`` (the validation split decoded once for every member)."""
         prepared, data, cpus = self.prepared, self.data, config.ray.task_cpus
         training = self._training_items(fold)
-        repeats = self.repeats_for(training, config.run.seed)
-        drawn = None if sample is None else set(sample)
-        if sample is not None:  # a unit drawn n times: each of its tiles n times as often an epoch
+        drawn, times = None, None
+        if sample is not None:  # a bagged member: its units, counted as often as drawn (oversampling, class weights)
+            drawn = set(sample)
             training = [i for i in training if i["source_id"] in drawn]
-            if repeats is not None or any(n > 1 for n in sample.values()):
-                repeats = {i["item_id"]: [n * sample[i["source_id"]] for n in
-                                          (repeats[i["item_id"]] if repeats is not None else [1] * i["tiles"])]
-                           for i in training}
+            times = {i["item_id"]: sample[i["source_id"]] for i in training}
+        repeats, factors = self.repeats_for(training, config.run.seed, times=times)
+        if times is not None and (repeats is not None or any(n > 1 for n in times.values())):
+            repeats = {i["item_id"]: [n * times[i["item_id"]] for n in  # drawn n times: each tile n times an epoch
+                                      (repeats[i["item_id"]] if repeats is not None else [1] * i["tiles"])]
+                       for i in training}
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus, source_ids=drawn, repeats=repeats)
             val = shared["val"] if shared and "val" in shared else split_dataset(prepared, data, "val", storage, cpus)
@@ -263,8 +267,10 @@ class ImageSource:
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
                       if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
-            class_counts=_class_counts(training, None if sample is None else [sample[i["source_id"]] for i in training]),
+            class_counts=_class_counts(training, None if times is None else [times[i["item_id"]] for i in training]),
             bagging_sample=sample,
+            class_repeat_factors=None if factors is None else dict(zip(prepared.classmap.names,
+                                                                       np.round(factors, 4).tolist())),
         )
         return datasets, inputs
 
@@ -282,21 +288,23 @@ class ImageSource:
                                 self.prepared.classmap.names, "training source images")
         return {source: int(n) for source, n in zip(sources, counts) if n}
 
-    def repeats_for(self, training: list[dict], seed: int, fold: int | None = None,
-                    report: bool = False) -> dict[str, list[int]] | None:
-        """Copies of each training tile per epoch under ``data.oversampling`` (None: each tile once); ``report``
-        logs the class repeat factors and the tiles an epoch holds before and after."""
+    def repeats_for(self, training: list[dict], seed: int, fold: int | None = None, report: bool = False,
+                    times: dict[str, int] | None = None) -> tuple[dict[str, list[int]] | None, np.ndarray | None]:
+        """(copies of each training tile per epoch under ``data.oversampling``, the class repeat factors); (None,
+        None) without oversampling. ``times``: item id -> draws of a bagged member's sample (the factors count each
+        drawn item that often; ``tile_repeats``). ``report`` logs the factors and the tiles an epoch holds before
+        and after."""
         if self.data.oversampling is None:
-            return None
+            return None, None
         repeats, factors = tile_repeats(self.prepared.tile_classes_of(training), self.num_classes,
-                                        self.data.oversampling, seed)
+                                        self.data.oversampling, seed, times)
         if report:
             log_event(log, "data.oversampling", **({} if fold is None else {"fold": fold + 1}),
                       tiles=sum(i["tiles"] for i in training),
                       tiles_per_epoch=sum(sum(r) for r in repeats.values()),
                       class_repeat_factors={name: round(float(f), 2)
                                             for name, f in zip(self.prepared.classmap.names, factors)})
-        return repeats
+        return repeats, factors
 
     def report_oversampling(self, seed: int) -> None:
         """Log each trial fold's oversampling on the driver, where the user reads the run (trials log elsewhere)."""

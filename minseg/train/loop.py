@@ -181,7 +181,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
         if recorded is not None and recorded != session.inputs.train_tiles:
             raise InputError(
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
-                f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
+                f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed, or "
+                "a minseg before 2026-12-05 oversampled this bagged member by the whole split's factors): the "
                 "learning-rate schedule and the epochs would no longer match. Start a new run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
@@ -436,6 +437,8 @@ def _member_document(session: Session) -> dict:
     document["channels"] = inputs.channels
     if inputs.bagging_sample is not None:  # which units this member trained on, and how often
         document["bagging_sample"] = inputs.bagging_sample
+    if inputs.class_repeat_factors is not None:  # how its rare-class tiles were repeated (a bagged member: its own)
+        document["class_repeat_factors"] = inputs.class_repeat_factors
     if isinstance(member.loss.class_weights, ClassWeighting):  # the weights the training data gave
         document["loss"]["class_weights_used"] = class_weights
     return document

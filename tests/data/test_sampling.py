@@ -35,6 +35,18 @@ def test_a_tile_takes_its_rarest_class_factor_capped():
     assert capped["a"] == [2, 1, 2]  # sqrt(17 / 2) = 2.9 capped at 2
 
 
+def test_an_item_drawn_n_times_counts_n_times_in_the_class_shares():
+    # a bagged member's sample: "a" drawn 3 times, "b" once, "c" not at all (left out of the items)
+    items = {"a": [[0, 1], [0]], "b": [[0]] * 6}
+    repeats, factors = tile_repeats(items, 2, OversamplingSettings(threshold=0.5), seed=0, times={"a": 3})
+    # 3 * 2 + 6 = 12 tiles, class 1 in 3: f = 1/4, r = sqrt(0.5 / 0.25) = 1.41 (counted once: f = 1/8, r = 2)
+    assert factors.tolist() == pytest.approx([1.0, math.sqrt(2)])
+    assert factors.tolist() == pytest.approx(class_repeat_factors([[0, 1], [0]] * 3 + [[0]] * 6, 2, 0.5).tolist())
+    assert repeats["a"][0] in (1, 2) and repeats["a"][1] == 1 and repeats["b"] == [1] * 6  # per copy
+    once, factors_once = tile_repeats(items, 2, OversamplingSettings(threshold=0.5), seed=0)
+    assert factors_once.tolist() == pytest.approx([1.0, 2.0]) and once["a"] == [2, 1]
+
+
 def test_fractional_repeats_round_to_their_mean_and_depend_on_seed_and_item_only():
     # one rare class in 1 of 4 tiles, t = 0.5625: r = sqrt(0.5625 / 0.25) = 1.5 for the rare tiles
     items = {f"img{i}": [[0, 1]] + [[0]] * 3 for i in range(2000)}

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 
 from minseg.data.pipeline import prepare_data
@@ -33,6 +34,7 @@ def test_oversampling_sets_the_epoch_of_the_training_split_only(synthetic_sectio
     assert set(datasets["train"].columns()) == {"image", "mask"}  # the copy counts are spent
     assert datasets["val"].count() == prepared.tile_count("val")  # validation is never repeated
     assert inputs.class_counts == ImageSource(prepared, plain.data).class_counts()  # weights: true pixel counts
+    assert inputs.class_repeat_factors == dict(zip(prepared.classmap.names, np.round(factors, 4).tolist()))
 
     with caplog.at_level(logging.INFO, logger="minseg.train.ensemble"):  # the driver says what an epoch holds
         ImageSource(prepared, config.data).report_oversampling(config.run.seed)
@@ -62,16 +64,26 @@ def test_bagging_draws_each_member_its_own_sample_of_source_images(synthetic_sec
     assert len({tuple(sorted(s.items())) for s in samples.values()}) > 2  # members draw apart
     assert sorted(samples["half"].values()) == [1] * (len(training) // 2)  # a subsample: half, once each
 
-    repeats, _ = tile_repeats(prepared.tile_classes_of(training), prepared.classmap.num_classes,
-                              config.data.oversampling, config.run.seed)
-    for name in ("m0", "half"):  # the sample's tiles, each as often as drawn, on top of the oversampling
-        datasets, inputs = source.member_data(None, config, storage, samples[name])
-        expected = sum(n * sum(repeats[by_source[s]["item_id"]]) for s, n in samples[name].items())
+    _, split_factors = tile_repeats(prepared.tile_classes_of(training), prepared.classmap.num_classes,
+                                    config.data.oversampling, config.run.seed)
+    differs = 0
+    for name in ("m0", "half"):  # the sample's tiles, each as often as drawn, on top of the sample's oversampling
+        sample = samples[name]
+        drawn = [by_source[s] for s in sample]
+        repeats, factors = tile_repeats(prepared.tile_classes_of(drawn), prepared.classmap.num_classes,
+                                        config.data.oversampling, config.run.seed,
+                                        times={by_source[s]["item_id"]: n for s, n in sample.items()})
+        datasets, inputs = source.member_data(None, config, storage, sample)
+        expected = sum(n * sum(repeats[by_source[s]["item_id"]]) for s, n in sample.items())
         assert inputs.train_tiles == expected == datasets["train"].count()
+        # r_c from the member's own sample, as its class weights: recorded by class name (member.json)
+        assert inputs.class_repeat_factors == dict(zip(prepared.classmap.names, np.round(factors, 4).tolist()))
+        differs += not np.allclose(factors, split_factors)
         assert inputs.bagging_sample == samples[name]
         assert inputs.class_counts == [sum(n * by_source[s]["pixels"][c] for s, n in samples[name].items())
                                        for c in range(prepared.classmap.num_classes)]
         assert datasets["val"].count() == prepared.tile_count("val")  # validation is the split's, not sampled
+    assert differs  # the samples' class shares are not the split's: the test tells the two apart
 
 
 def test_a_bagged_k_fold_trial_draws_from_its_fold_s_training_part_only(synthetic_sections, tmp_path):

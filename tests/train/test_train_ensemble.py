@@ -77,6 +77,7 @@ def test_best_and_last_checkpoints(ensemble_run):
             assert sum(member["bagging_sample"].values()) == 4 and member["bagging"]["replacement"] is True
         else:
             assert "bagging_sample" not in member and member["bagging"] is None
+        assert "class_repeat_factors" not in member  # no data.oversampling
         model = build_model(member["model"], num_classes=9, **member["model_options"])
         state = torch.load(os.path.join(best["uri"], "model.pt"), weights_only=True)
         model.load_state_dict(state)
@@ -269,6 +270,9 @@ def test_a_member_streamed_twice_with_one_seed_ends_with_the_same_weights(synthe
     rows = train_ensemble(config)
     assert [r.status for r in rows] == ["done", "done"], [r.error for r in rows]
     assert_same_weights(tmp_path / "twice", tmp_path / "twice", "m", "twin")
+    # the class repeat factors it trained with are in its record (the rarest class of the sections repeated)
+    factors = json.loads(open(os.path.join(rows[0].best_checkpoint, "member.json")).read())["class_repeat_factors"]
+    assert len(factors) == 9 and all(f >= 1 for f in factors.values()) and max(factors.values()) > 1
     # the results are minseg's files; Tune keeps no CSV / JSON / TensorBoard copies of them
     assert (tmp_path / "twice" / "ray").is_dir()
     tune_logs = [p for p in (tmp_path / "twice" / "ray").rglob("*")
