@@ -92,7 +92,7 @@ class WindowSource:
     """Training data for ``fit_members``: balanced evidence windows per trial.
 
     A bagged member (``training.members[].bagging``) draws from a trial's real windows, before balancing, and its
-    sample is balanced on its own (SMOTE fitted to the sample, noise copies of its positives): drawn from the balanced
+    sample is balanced on its own (SMOTE fitted to its distinct windows, noise copies of its positives): drawn from the balanced
     windows, a deposit left out of the sample would still train through its noise copy and the SMOTE windows
     interpolated from it.
     """
@@ -116,13 +116,12 @@ class WindowSource:
         import ray
 
         train_x, train_y, channels, real = self.trials[fold]
-        if sample is not None:  # each drawn real window as often as drawn, then the sample balanced on its own
+        if sample is not None:  # each drawn real window as often as drawn, the sample balanced on its own
             times = np.zeros(real, np.int64)
             for index, n in sample.items():
                 times[int(index)] = n
-            train_x, train_y = np.repeat(train_x[:real], times, axis=0), np.repeat(train_y[:real], times)
             rng = np.random.default_rng(zlib.crc32(json.dumps(sample, sort_keys=True).encode()))  # resumes alike
-            train_x, train_y, _ = balance_windows(train_x, train_y, self.balancing, rng)
+            train_x, train_y, _ = balance_windows(train_x[:real], train_y[:real], self.balancing, rng, times)
         rows = [{"image": x, "label": int(y)} for x, y in zip(train_x, train_y)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64)))
         inputs = TrialInputs(

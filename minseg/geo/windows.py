@@ -194,34 +194,56 @@ def extract(padded: np.ndarray, windows: Windows, size: int) -> np.ndarray:
 
 
 def balance_windows(train_x: np.ndarray, train_y: np.ndarray, settings: BalanceSettings,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+                    rng: np.random.Generator, times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """``balance`` under ``prospect.balance`` (SMOTE only when ``smote`` is on; a no-op when both are off)."""
     return balance(train_x, train_y, settings.positive_ratio if settings.smote else 0.0, settings.noise_variance,
-                   settings.noise_copies, rng)
+                   settings.noise_copies, rng, times)
 
 
 def balance(train_x: np.ndarray, train_y: np.ndarray, positive_ratio: float, noise_variance: float,
-            noise_copies: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+            noise_copies: int, rng: np.random.Generator,
+            times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """SMOTE (imbalanced-learn) on the training windows, then Gaussian-noise copies of every positive.
 
     Only the arrays passed in are ever seen: callers pass the training fold. SMOTE interpolates
     between a positive window and one of its k nearest positive neighbours, so every synthetic
     window lies on a segment between two training positives.
+
+    Args:
+        train_x: windows, float32 (N, H, W, C); train_y: labels (N,), 1 = deposit.
+        positive_ratio: positives per negative wanted after SMOTE (0: no SMOTE).
+        noise_variance, noise_copies: Gaussian-noise copies of every positive (after SMOTE).
+        rng: draws SMOTE's seed and the noise.
+        times: (N,) ints >= 0, how many times each window is in the training data (a bagged member's bootstrap
+            draws; None: once each). Counts use them and the windows come out repeated, but SMOTE is fitted to the
+            distinct windows: a positive's neighbours are other positives, never its own copies (a window
+            interpolated towards its copy would be that copy again).
+
+    Returns:
+        (windows: the real ones (repeated by ``times``) first, then SMOTE's, then the noise copies; labels; report
+        with ``positives`` / ``negatives`` counted with ``times``, and the ``smote`` and ``noise`` windows added).
     """
-    positives, negatives = int(train_y.sum()), int((train_y == 0).sum())
+    if times is not None:
+        kept = times > 0
+        train_x, train_y, times = train_x[kept], train_y[kept], times[kept]
+    weights = np.ones(len(train_y), np.int64) if times is None else np.asarray(times, np.int64)
+    positives, negatives = int(weights[train_y == 1].sum()), int(weights[train_y == 0].sum())
+    distinct = int((train_y == 1).sum())
     report = {"positives": positives, "negatives": negatives, "smote": 0, "noise": 0}
     target = int(round(negatives * positive_ratio))
     x, y = train_x, train_y
-    if positives >= 2 and target > positives:
+    if times is not None:
+        x, y = np.repeat(train_x, weights, axis=0), np.repeat(train_y, weights)
+    if distinct >= 2 and target > positives:
         from imblearn.over_sampling import SMOTE
 
         flat = train_x.reshape(len(train_x), -1)
-        smote = SMOTE(sampling_strategy={1: target}, k_neighbors=min(5, positives - 1),
+        smote = SMOTE(sampling_strategy={1: distinct + target - positives}, k_neighbors=min(5, distinct - 1),
                       random_state=int(rng.integers(2**31)))
         resampled_x, resampled_y = smote.fit_resample(flat, train_y)
         synthetic = resampled_x[len(flat):].reshape((-1,) + train_x.shape[1:]).astype(np.float32)
-        x = np.concatenate([train_x, synthetic])
-        y = np.concatenate([train_y, resampled_y[len(flat):]])
+        x = np.concatenate([x, synthetic])
+        y = np.concatenate([y, resampled_y[len(flat):]])
         report["smote"] = len(synthetic)
     if noise_copies and noise_variance > 0:
         positive = x[y == 1]

@@ -97,3 +97,30 @@ def test_smote_and_noise_only_use_the_training_positives():
     assert report["noise"] == 30 and len(noisy_x) == 36 + 24 + 30
     originals = noisy_x[:60][noisy_y[:60] == 1]  # the 30 positives (6 real + 24 SMOTE), copied with noise
     assert abs(np.std(noisy_x[60:] - originals) - np.sqrt(0.01)) < 0.01
+
+
+def test_a_bootstrap_sample_is_balanced_with_smote_between_distinct_positives():
+    """A bagged member's windows drawn with replacement: counts use the draws, SMOTE never pairs a window with its
+    own copy (which would add that copy again, not a new window)."""
+    rng = np.random.default_rng(1)
+    pos = rng.normal(0, 1, (4, 4, 4, 2)).astype(np.float32)
+    neg = rng.normal(5, 1, (10, 4, 4, 2)).astype(np.float32)
+    x, y = np.concatenate([pos, neg]), np.array([1] * 4 + [0] * 10)
+    times = np.array([3, 3, 2, 0] + [4] * 10)  # positive 3 left out; 8 positive and 40 negative draws
+    balanced_x, balanced_y, report = balance(x, y, 1.0, 0.0, 0, np.random.default_rng(0), times)
+    assert report == {"positives": 8, "negatives": 40, "smote": 32, "noise": 0}
+    assert len(balanced_x) == 48 + 32 and (balanced_y == 1).sum() == 40
+    assert np.array_equal(balanced_x[:48], np.repeat(x, times, axis=0))  # the draws first, in order
+    flat, synthetic = pos[:3].reshape(3, -1), balanced_x[48:].reshape(32, -1)
+    nearest = np.abs(synthetic[:, None] - flat[None]).max(-1).min(1)
+    assert (nearest > 1e-3).all()  # none is a copy of a drawn positive
+    left_out = pos[3].reshape(-1)  # and none lies towards the positive the sample left out
+    for window in synthetic:
+        best = min(np.abs(flat[i] + np.clip((window - flat[i]) @ (flat[j] - flat[i]) /
+                                            ((flat[j] - flat[i]) @ (flat[j] - flat[i])), 0, 1)
+                          * (flat[j] - flat[i]) - window).max() for i in range(3) for j in range(3) if i != j)
+        assert best < 1e-4 and np.abs(window - left_out).max() > 1e-3
+    # one distinct positive drawn twice: nothing to interpolate between (as with one positive unbagged)
+    one = np.array([2, 0, 0, 0] + [4] * 10)
+    _, _, report = balance(x, y, 1.0, 0.0, 0, np.random.default_rng(0), one)
+    assert report["smote"] == 0 and report["positives"] == 2
