@@ -59,7 +59,7 @@ from minseg.runtime import init_ray, task_options
 from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.train.checkpoint import read_pointer
 from minseg.train.config import MemberSettings
-from minseg.train.ensemble import MemberResult, TrialInputs
+from minseg.train.ensemble import BAGGING_BUILD, MemberResult, TrialInputs
 
 log = get_logger("geo.prospect")
 
@@ -116,12 +116,13 @@ class WindowSource:
         import ray
 
         train_x, train_y, channels, real = self.trials[fold]
+        report = None
         if sample is not None:  # each drawn real window as often as drawn, the sample balanced on its own
             times = np.zeros(real, np.int64)
             for index, n in sample.items():
                 times[int(index)] = n
             rng = np.random.default_rng(zlib.crc32(json.dumps(sample, sort_keys=True).encode()))  # resumes alike
-            train_x, train_y, _ = balance_windows(train_x[:real], train_y[:real], self.balancing, rng, times)
+            train_x, train_y, report = balance_windows(train_x[:real], train_y[:real], self.balancing, rng, times)
         rows = [{"image": x, "label": int(y)} for x, y in zip(train_x, train_y)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 64)))
         inputs = TrialInputs(
@@ -132,7 +133,8 @@ class WindowSource:
             train_tiles=len(rows), has_val=False,  # no model selection on test windows: the last epoch is used
             shuffle_buffer=min(len(rows), 1024),
             class_counts=_window_counts(train_y),
-            bagging_sample=sample,
+            bagging_sample=sample, bagging_balance=report,
+            bagging_build=BAGGING_BUILD if sample is not None and self.balancing.smote else None,
         )
         return {"train": dataset}, inputs
 

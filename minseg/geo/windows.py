@@ -217,7 +217,8 @@ def balance(train_x: np.ndarray, train_y: np.ndarray, positive_ratio: float, noi
         times: (N,) ints >= 0, how many times each window is in the training data (a bagged member's bootstrap
             draws; None: once each). Counts use them and the windows come out repeated, but SMOTE is fitted to the
             distinct windows: a positive's neighbours are other positives, never its own copies (a window
-            interpolated towards its copy would be that copy again).
+            interpolated towards its copy would be that copy again), and each distinct positive seeds synthetic
+            windows alike, however often drawn. With fewer than two distinct positives no SMOTE window is made.
 
     Returns:
         (windows: the real ones (repeated by ``times``) first, then SMOTE's, then the noise copies; labels; report

@@ -181,6 +181,12 @@ class TrialInputs:
     bagging_sample: dict[str, int] | None = None  # a bagged member's sample: unit -> times drawn (member.json)
     class_repeat_factors: dict[str, float] | None = None  # data.oversampling's r_c for this trial's training data,
     # by class name (a bagged member's: its sample's); None without oversampling (member.json)
+    bagging_build: str | None = None  # BAGGING_BUILD where a bagged member's epoch depends on how minseg expands its
+    # sample (oversampling factors, SMOTE); a checkpoint built another way is not resumed
+    bagging_balance: dict | None = None  # a bagged prospectivity member's balancing report (member.json)
+
+
+BAGGING_BUILD = "2026-12-05"  # a bagged member's oversampling factors from its sample, SMOTE on its distinct windows
 
 
 class TrainingSource(Protocol):
@@ -271,6 +277,7 @@ class ImageSource:
             bagging_sample=sample,
             class_repeat_factors=None if factors is None else dict(zip(prepared.classmap.names,
                                                                        np.round(factors, 4).tolist())),
+            bagging_build=BAGGING_BUILD if times is not None and factors is not None else None,
         )
         return datasets, inputs
 

@@ -161,7 +161,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     state = {"stage": 0, "epoch_in_stage": 0, "epochs_done": 0, "step": 0, "best_value": None, "best_epoch": None,
              "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization,
              "fold_signature": session.inputs.fold_signature, "train_tiles": session.inputs.train_tiles,
-             "bagging_sample": session.inputs.bagging_sample}
+             "bagging_sample": session.inputs.bagging_sample, "bagging_build": session.inputs.bagging_build,
+             "class_repeat_factors": session.inputs.class_repeat_factors}
     optimizer_state = None
     worker, member = session.worker, session.member
     resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)
@@ -177,13 +178,26 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on another sample of the "
                 "training data (its bagging settings or seed changed, or a minseg before 2026-12-04 drew it): resuming "
                 "would mix two samples. Start a new run.name")
+        # the same sample expanded into an epoch another way (same tile count, other tiles or windows)
+        if resumed.state.get("bagging_build") != session.inputs.bagging_build:
+            built = resumed.state.get("bagging_build", "before 2026-12-05")  # recorded since 2026-12-05
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained on an epoch built from its "
+                f"sample another way (recorded: {built or 'none'}, now: {session.inputs.bagging_build or 'none'}; "
+                "before 2026-12-05 minseg took data.oversampling's factors from the whole split and let SMOTE pair "
+                "a window with its own bootstrap copy): resuming would mix the two. Start a new run.name")
         recorded = resumed.state.get("train_tiles")  # absent from checkpoints written before it was recorded
         if recorded is not None and recorded != session.inputs.train_tiles:
             raise InputError(
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
-                f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed, or "
-                "a minseg before 2026-12-05 oversampled this bagged member by the whole split's factors): the "
+                f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
                 "learning-rate schedule and the epochs would no longer match. Start a new run.name")
+        factors = resumed.state.get("class_repeat_factors")  # recorded since 2026-12-05
+        if "class_repeat_factors" in resumed.state and factors != session.inputs.class_repeat_factors:
+            raise InputError(
+                f"member {member.name}: its checkpoints in {worker.run_uri} were trained with the class repeat "
+                f"factors {factors}, this run gives {session.inputs.class_repeat_factors} (the data or "
+                "data.oversampling changed): resuming would mix two samplings. Start a new run.name")
         session.model.load_state_dict(resumed.model)
         state = {**state, **resumed.state}
         state["restarts"] = state.get("restarts", 0) + 1
@@ -439,6 +453,8 @@ def _member_document(session: Session) -> dict:
         document["bagging_sample"] = inputs.bagging_sample
     if inputs.class_repeat_factors is not None:  # how its rare-class tiles were repeated (a bagged member: its own)
         document["class_repeat_factors"] = inputs.class_repeat_factors
+    if inputs.bagging_balance is not None:  # a bagged prospectivity member's own SMOTE and noise windows
+        document["bagging_balance"] = inputs.bagging_balance
     if isinstance(member.loss.class_weights, ClassWeighting):  # the weights the training data gave
         document["loss"]["class_weights_used"] = class_weights
     return document

@@ -86,6 +86,8 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
         assert full.state["train_tiles"] > real  # balanced: SMOTE windows and noise copies after the real ones
         assert sum(sample.values()) == round(0.8 * real) and max(int(i) for i in sample) < real
         assert bagged.state["train_tiles"] > sum(sample.values())  # its own sample, balanced
+        balanced = documents[1]["bagging_balance"]  # its own balancing report
+        assert balanced["positives"] + balanced["negatives"] == sum(sample.values()) and balanced["smote"] > 0
         assert "bagging_sample" not in documents[0]
 
     # screening: the survey's halo elements are found (Au/As/Sb/Ag carry the orogenic-Au halos)

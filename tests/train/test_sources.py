@@ -238,3 +238,32 @@ def test_a_member_whose_sample_cannot_show_every_class_is_not_started_and_the_ta
     assert "raise bagging.fraction" in result.error
     (row,) = json.loads((tmp_path / "thin" / "members.json").read_text())["members"]
     assert row["member"] == "one-photo" and row["status"] == "failed" and row["error"] == result.error
+
+
+def test_a_bagged_prospectivity_trial_balances_its_own_draws(ray_session):
+    """Windows: a bagged member's real windows each as often as drawn, SMOTE between its distinct positives (no
+    synthetic window is a drawn positive again), the report and how the epoch was built recorded."""
+    from types import SimpleNamespace
+
+    from minseg.geo.config import BalanceSettings
+    from minseg.geo.prospect import WindowSource
+    from minseg.train.ensemble import BAGGING_BUILD
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (5, 4, 4, 2)), rng.normal(3, 1, (20, 4, 4, 2))]).astype(np.float32)
+    y = np.array([1] * 5 + [0] * 20)
+    trial = SimpleNamespace(train_x=x, train_y=y, channels=["Au", "As"], real_windows=25)
+    source = WindowSource({None: trial}, "none", BalanceSettings(noise_copies=0))
+    sample = {"0": 3, "1": 3, "2": 2, **{str(i): 2 for i in range(5, 25)}}  # positives 3 and 4 left out
+    datasets, inputs = source.member_data(None, None, None, sample)
+    rows = datasets["train"].take_all()
+    images = np.stack([r["image"] for r in rows]).reshape(len(rows), -1)
+    labels = np.array([r["label"] for r in rows])
+    assert inputs.bagging_balance == {"positives": 8, "negatives": 40, "smote": 32, "noise": 0}
+    assert len(rows) == inputs.train_tiles == 80 and labels.sum() == 40
+    assert inputs.bagging_build == BAGGING_BUILD and inputs.bagging_sample == sample
+    positives = images[labels == 1]
+    copies = np.abs(positives[:, None] - x[:5].reshape(5, -1)[None]).max(-1) < 1e-6  # (40, 5): equal to a real one
+    assert copies.sum(0).tolist() == [3, 3, 2, 0, 0]  # the draws only: no SMOTE window repeats a drawn positive
+    _, unbagged = source.member_data(None, None, None)
+    assert unbagged.bagging_balance is None and unbagged.bagging_build is None and unbagged.train_tiles == 25

@@ -206,6 +206,17 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match="trained on another sample of the training data"):
         start_or_resume(session)
+    # the same sample expanded into an epoch another way (a minseg that built it otherwise, same tile count)
+    other = dataclasses.replace(inputs, bagging_build="2099-01-01")
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match=r"built from its sample another way \(recorded: none, now: "
+                                         r"2099-01-01.* Start a new run.name"):
+        start_or_resume(session)
+    # the same tile count from other class repeat factors (recorded: none, trained without oversampling)
+    other = dataclasses.replace(inputs, class_repeat_factors={"background": 1.0, "pyrite": 2.5})
+    session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
+    with pytest.raises(InputError, match=r"class repeat factors None, this run gives \{'background'"):
+        start_or_resume(session)
 
 
 def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path):
