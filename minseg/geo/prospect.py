@@ -92,9 +92,9 @@ class WindowSource:
     """Training data for ``fit_members``: balanced evidence windows per trial.
 
     A bagged member (``training.members[].bagging``) draws from a trial's real windows, before balancing, and its
-    sample is balanced on its own (SMOTE fitted to its distinct windows, noise copies of its positives): drawn from the balanced
-    windows, a deposit left out of the sample would still train through its noise copy and the SMOTE windows
-    interpolated from it.
+    sample is balanced on its own (SMOTE fitted to its distinct windows, noise copies of its positives): drawn from
+    the balanced windows, a deposit left out of the sample would still train through its noise copy and the SMOTE
+    windows interpolated from it.
     """
 
     task = Task.CLASSIFICATION

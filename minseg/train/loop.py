@@ -192,8 +192,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained on {recorded} tiles an epoch, "
                 f"this run gives {session.inputs.train_tiles} (the data, tiling or data.oversampling changed): the "
                 "learning-rate schedule and the epochs would no longer match. Start a new run.name")
-        factors = resumed.state.get("class_repeat_factors")  # recorded since 2026-12-05
-        if "class_repeat_factors" in resumed.state and factors != session.inputs.class_repeat_factors:
+        factors = resumed.state.get("class_repeat_factors", session.inputs.class_repeat_factors)  # since 2026-12-05
+        if factors != session.inputs.class_repeat_factors:
             raise InputError(
                 f"member {member.name}: its checkpoints in {worker.run_uri} were trained with the class repeat "
                 f"factors {factors}, this run gives {session.inputs.class_repeat_factors} (the data or "
