@@ -13,6 +13,19 @@ def _footprints_overlap(a, b, size):
     return ar0 < br1 and br0 < ar1 and ac0 < bc1 and bc0 < ac1
 
 
+def _distance_to_segments(window, points):
+    """The largest-coordinate distance from ``window`` (flat) to the nearest segment between two distinct ``points``
+    (rows): 0 where SMOTE could have made it."""
+    best = np.inf
+    for i in range(len(points)):
+        for j in range(len(points)):
+            if i != j:
+                direction = points[j] - points[i]
+                lam = np.clip((window - points[i]) @ direction / (direction @ direction), 0, 1)
+                best = min(best, np.abs(points[i] + lam * direction - window).max())
+    return best
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_no_training_window_overlaps_a_test_window(seed):
     rng = np.random.default_rng(seed)
@@ -85,14 +98,8 @@ def test_smote_and_noise_only_use_the_training_positives():
     balanced_x, balanced_y, report = balance(x, y, positive_ratio=1.0, noise_variance=0.0, noise_copies=0, rng=rng)
     assert report["smote"] == 24 and (balanced_y == 1).sum() == 30
     flat = train_pos.reshape(6, -1)
-    for synthetic in balanced_x[36:].reshape(24, -1):
-        best = np.inf  # every synthetic window lies on a segment between two training positives
-        for i in range(6):
-            for j in range(6):
-                direction = flat[j] - flat[i]
-                lam = np.clip((synthetic - flat[i]) @ direction / max(direction @ direction, 1e-12), 0, 1)
-                best = min(best, np.abs(flat[i] + lam * direction - synthetic).max())
-        assert best < 1e-4
+    for synthetic in balanced_x[36:].reshape(24, -1):  # each on a segment between two training positives
+        assert _distance_to_segments(synthetic, flat) < 1e-4
     noisy_x, noisy_y, report = balance(x, y, 1.0, noise_variance=0.01, noise_copies=1, rng=rng)
     assert report["noise"] == 30 and len(noisy_x) == 36 + 24 + 30
     originals = noisy_x[:60][noisy_y[:60] == 1]  # the 30 positives (6 real + 24 SMOTE), copied with noise
@@ -116,10 +123,7 @@ def test_a_bootstrap_sample_is_balanced_with_smote_between_distinct_positives():
     assert (nearest > 1e-3).all()  # none is a copy of a drawn positive
     left_out = pos[3].reshape(-1)  # and none lies towards the positive the sample left out
     for window in synthetic:
-        best = min(np.abs(flat[i] + np.clip((window - flat[i]) @ (flat[j] - flat[i]) /
-                                            ((flat[j] - flat[i]) @ (flat[j] - flat[i])), 0, 1)
-                          * (flat[j] - flat[i]) - window).max() for i in range(3) for j in range(3) if i != j)
-        assert best < 1e-4 and np.abs(window - left_out).max() > 1e-3
+        assert _distance_to_segments(window, flat) < 1e-4 and np.abs(window - left_out).max() > 1e-3
     # one distinct positive drawn twice: nothing to interpolate between (as with one positive unbagged)
     one = np.array([2, 0, 0, 0] + [4] * 10)
     _, _, report = balance(x, y, 1.0, 0.0, 0, np.random.default_rng(0), one)
