@@ -23,6 +23,7 @@ Data flows one way:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zlib
@@ -86,6 +87,7 @@ class TrialData:
     screening: list[dict]
     real_windows: int  # train_x[:real_windows] are the windows before balancing (SMOTE and noise copies follow)
     balance: dict = field(default_factory=dict)
+    signature: str = ""  # what the trial trains on (``trial_signature``); checkpoints record it, --resume compares
 
 
 class WindowSource:
@@ -104,6 +106,7 @@ class WindowSource:
         # only what training needs travels to the trials (not the padded stacks kept for prediction)
         self.trials = {fold: (data.train_x, data.train_y, len(data.channels), data.real_windows)
                        for fold, data in trials.items()}
+        self.signatures = {fold: data.signature for fold, data in trials.items()}
         self.augmentation, self.balancing = augmentation, balancing
         self.in_channels = max(channels for _, _, channels, _ in self.trials.values())
 
@@ -135,8 +138,12 @@ class WindowSource:
             class_counts=_window_counts(train_y),
             bagging_sample=sample, bagging_balance=report,
             bagging_build=BAGGING_BUILD if sample is not None and self.balancing.smote else None,
+            data_signature=self.signatures[fold],
         )
         return {"train": dataset}, inputs
+
+    def data_signature(self, fold: int | None) -> str:
+        return self.signatures[fold]
 
     def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
         """Nothing: windows have no validation split (the last epoch is used), and each trial is one fold."""
@@ -153,6 +160,19 @@ class WindowSource:
         counts = bagging_counts([{int(y)} for y in labels[:real]], member.bagging, bagging_seed(member, run_seed, fold),
                                 CLASS_NAMES, "training windows")
         return {str(index): int(n) for index, n in enumerate(counts) if n}
+
+
+def trial_signature(channels: list[str], stats: dict[str, list[float]], windows, size: int) -> str:
+    """A digest of what a trial's members train on: the channels (screening may keep other elements), their
+    standardisation statistics (other samples or evidence values; 6 significant digits, so that a resume on another
+    machine's arithmetic still matches), and the training windows' centres, labels and size (other deposits, grid
+    or folds)."""
+    document = {"channels": channels, "size": size, "mean": [f"{v:.6g}" for v in stats["mean"]],
+                "std": [f"{v:.6g}" for v in stats["std"]]}
+    digest = hashlib.sha256(json.dumps(document).encode())
+    for column in (windows.rows, windows.cols, windows.labels):
+        digest.update(np.ascontiguousarray(column, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _window_counts(labels: np.ndarray) -> list[int]:
@@ -476,7 +496,8 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
         trials[None if fold is None else fold.index] = TrialData(
             channels=channels, padded=padded, train_x=train_x, train_y=train_y, test_centres=test_centres,
             test_labels=np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits=test_deposits,
-            screening=screening, real_windows=real_windows, balance=report)
+            screening=screening, real_windows=real_windows, balance=report,
+            signature=trial_signature(channels, stats, train, size))
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "level", "kept",
@@ -489,15 +510,17 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
 def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str,
                  resume: bool) -> list[MemberResult]:
     """Every member x every fold (and the final set) as concurrent trials of the training machinery."""
-    from minseg.train.ensemble import fit_members, trial_concurrency
+    from minseg.train.ensemble import fit_members, refuse_other_data, trial_concurrency
 
     settings = config.prospect
     members = settings.training.members
     # every member trains on each fold and on the final set
     concurrency = trial_concurrency(settings.training, members, config.ray.task_cpus, trials_per_member=len(trials))
-    if not resume:  # a fresh run never continues checkpoints trained on other data
-        storage.delete_prefix(models_uri.rstrip("/") + "/")
     source = WindowSource(trials, str(settings.augmentation), settings.balance)
+    if resume:  # nor does a resumed one: members recorded on other evidence or windows are refused
+        refuse_other_data(storage, models_uri, members, source)
+    else:  # a fresh run never continues checkpoints trained on other data
+        storage.delete_prefix(models_uri.rstrip("/") + "/")
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
     return fit_members(training_config, members, source, models_uri, concurrency, resume)
 

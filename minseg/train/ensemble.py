@@ -6,6 +6,7 @@ members table (CSV + JSON + printed).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -184,6 +185,8 @@ class TrialInputs:
     bagging_build: str | None = None  # BAGGING_BUILD where a bagged member's epoch depends on how minseg expands its
     # sample (oversampling factors, SMOTE); a checkpoint built another way is not resumed
     bagging_balance: dict | None = None  # a bagged prospectivity member's balancing report (member.json)
+    data_signature: str | None = None  # ``TrainingSource.data_signature``: what the trial trains, chooses and tests
+    # on; a checkpoint recorded on other data is neither continued nor kept by --resume
 
 
 BAGGING_BUILD = "2026-12-05"  # a bagged member's oversampling factors from its sample, SMOTE on its distinct windows
@@ -216,6 +219,10 @@ class TrainingSource(Protocol):
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         """A bagged member's sample of a trial's training units (``train.bagging``): unit id -> times drawn (only
         units drawn at least once). Raises InputError when no sample shows every class."""
+
+    def data_signature(self, fold: int | None) -> str:
+        """A short digest of what the trial trains, chooses checkpoints and tests on (recorded in each checkpoint's
+        state): ``--resume`` refuses to continue or keep a member whose checkpoints carry another one."""
 
 
 class ImageSource:
@@ -273,6 +280,7 @@ class ImageSource:
             channels=([group.model_dump(mode="json") for group in data.channel_groups]
                       if data.sources[0].channels else None),
             fold_signature=None if fold is None else prepared.folds[fold].signature(),
+            data_signature=self.data_signature(fold),
             class_counts=_class_counts(training, None if times is None else [times[i["item_id"]] for i in training]),
             bagging_sample=sample,
             class_repeat_factors=None if factors is None else dict(zip(prepared.classmap.names,
@@ -280,6 +288,14 @@ class ImageSource:
             bagging_build=BAGGING_BUILD if times is not None and factors is not None else None,
         )
         return datasets, inputs
+
+    def data_signature(self, fold: int | None) -> str:
+        """The images of each part (train / val / test: the split's, or the fold's) and their tile counts."""
+        prepared = self.prepared
+        if fold is not None:
+            return prepared.folds[fold].signature()
+        parts = [sorted((i["item_id"], i["tiles"]) for i in prepared.splits[name]) for name in ("train", "val", "test")]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
         """The validation split, decoded (and cached) once for the members that train on the one split."""
@@ -523,6 +539,10 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if resume:
         refuse_changed_members(storage, run_uri, members, trial_folds, config.run.seed, config.data.augmentation)
     finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
+    selection_uri, selection = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
+    if finished is not None and storage.exists(selection_uri) and \
+            json.loads(storage.read_text(selection_uri))["signature"] != selection:
+        finished = None  # the data settings changed: prepare the data, and refuse members trained on other parts
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
                   hint="every member has finished: nothing to train, the data is not prepared again")
@@ -533,12 +553,16 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     concurrency = trial_concurrency(config.training, members, config.ray.task_cpus, trials_per_member=folds or 1)
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
+    source = ImageSource(prepared, config.data)
+    if resume:  # before the data reports are rewritten: a refused run leaves the folder as it was
+        refuse_other_data(storage, run_uri, members, source)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
-    source = ImageSource(prepared, config.data)
     source.report_oversampling(config.run.seed)
-    return fit_members(config, members, source, run_uri, concurrency, resume,
-                       configured=[m.name for m in config.training.members])
+    results = fit_members(config, members, source, run_uri, concurrency, resume,
+                          configured=[m.name for m in config.training.members])
+    storage.write_text(selection_uri, json.dumps({"signature": selection}))  # what they trained on, for a resubmission
+    return results
 
 
 def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,
@@ -548,7 +572,8 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     ``source`` gives the task, classes and channels, ``trial_folds()`` (fold indices, None for a run
     on all the data, whose outputs go to ``run_uri`` itself) and ``member_data(fold, config, storage)``.
     ``configured``: every member the run's config names, when ``members`` is a subset of it: the table keeps
-    their earlier rows and drops rows of members no longer named (None: keep every earlier row).
+    their earlier rows and drops rows of members no longer named (None: keep every earlier row). With ``resume``,
+    finished trials are kept: callers first refuse checkpoints recorded on other data (``refuse_other_data``).
     """
     from ray import tune
 
@@ -638,6 +663,9 @@ class _SharedTrialData:
 
     def class_counts(self, fold: int | None = None) -> list[int] | None:
         return self._source.class_counts(fold)
+
+    def data_signature(self, fold: int | None) -> str:
+        return self._source.data_signature(fold)
 
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         return self._source.bagging_sample(member, fold, run_seed)
@@ -744,6 +772,37 @@ def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberS
             f"{run_uri}: --resume would keep or continue members trained with other settings than the config gives "
             f"them now (recorded -> config): {' | '.join(problems)}. Put those settings back, write the run elsewhere "
             "(another run.name or output), or delete a member's checkpoint folders to train it again")
+
+
+def _data_selection(data) -> str:
+    """A digest of the data settings that decide which images (and tiles) each part holds: a resubmitted run whose
+    members all finished is reused without preparing the data only while it is unchanged."""
+    document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource) -> None:
+    """Before a ``--resume`` trains: raise ``InputError`` naming every checkpoint folder (finished member or not)
+    recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
+    parts; for prospectivity, other channels, windows or standardisation). Kept, a finished member would be reported
+    as if it had trained on this data (and may have trained on what is now its test part); continued, one would mix
+    both. Checkpoints written before 2026-12-05 record no signature and are not checked."""
+    stale = []
+    for fold in source.trial_folds():
+        trial_uri, current = _trial_uri(run_uri, fold), None
+        for member in members:
+            pointer = read_pointer(storage, trial_uri, member.name)
+            if pointer is None:
+                continue
+            recorded = json.loads(storage.read_text(join_uri(pointer["uri"], "state.json"))).get("data_signature")
+            current = current or source.data_signature(fold)
+            if recorded is not None and recorded != current:
+                stale.append(member_uri(trial_uri, member.name))
+    if stale:
+        raise InputError(
+            f"{run_uri}: --resume would keep or continue members trained on other data than this run gives them (the "
+            f"inputs, the split or the evidence changed): {', '.join(stale)}. Write the run elsewhere (another "
+            "run.name or output), or delete those folders to train them again")
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

@@ -162,7 +162,8 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
              "history": [], "restarts": 0, "init": None, "normalization": session.inputs.normalization,
              "fold_signature": session.inputs.fold_signature, "train_tiles": session.inputs.train_tiles,
              "bagging_sample": session.inputs.bagging_sample, "bagging_build": session.inputs.bagging_build,
-             "class_repeat_factors": session.inputs.class_repeat_factors}
+             "class_repeat_factors": session.inputs.class_repeat_factors,
+             "data_signature": session.inputs.data_signature}
     optimizer_state = None
     worker, member = session.worker, session.member
     resumed = load_checkpoint(worker.storage, worker.run_uri, member.name)

@@ -150,6 +150,18 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
         map_prospectivity(changed, resume=True)
     assert "mfaf-r18" not in str(refused.value) and open(f"{out}/summary.json").read() == written
 
+    # --resume of the same job keeps every finished member (a mapping step that failed is simply run again)
+    again = map_prospectivity(config, resume=True)
+    assert [m.finished_at for m in again.members] == [m.finished_at for m in result.members]
+    assert again.document["channels"] == summary["channels"]
+    # the same members on other evidence (no fault-distance layer: other channels, other windows' values): the
+    # finished members would map inputs they never saw (with another channel count, they would not even load)
+    with pytest.raises(InputError, match=rf"trained on other data than this run gives them .*: \S+{at}/fold1/members/"
+                                         rf"mfaf-r18, \S+{at}/fold1/members/mfaf-shuffle, .*{at}/members/mfaf-shuffle\. "
+                                         "Write the run elsewhere"):
+        map_prospectivity(prospect_config(survey, lines=[]), resume=True)
+    assert not (survey / "out" / "t" / "prospect" / "prospectivity" / "summary.json").exists()
+
 
 def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
     import yaml

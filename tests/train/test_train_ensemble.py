@@ -158,6 +158,26 @@ def test_resuming_members_trained_with_other_settings_is_refused(ensemble_run, t
     assert again.finished_at == results["halfunet"].finished_at and (run / "members.json").read_text() == table
 
 
+def test_resuming_members_on_another_split_is_refused(ensemble_run):
+    """Every member has finished; --resume with other data settings (here the split's seed: other images in each
+    part) would keep them as if trained on this split, some of whose validation and test images they trained on.
+    The data is prepared (the finished run is not simply reused) and the members are refused, the run's data reports
+    left as they were."""
+    from minseg.errors import InputError
+
+    config, _, run = ensemble_run
+    splits = (run / "data" / "splits.json").read_text()
+    reseeded = config.model_copy(deep=True)
+    reseeded.data.split = reseeded.data.split.model_copy(update={"seed": 7})  # was run.seed, 0
+    with pytest.raises(InputError, match=r"trained on other data than this run gives them \(the inputs, the split "
+                                         r"or the evidence changed\): \S+/members/resunet, \S+/members/vgg, "
+                                         r"\S+/members/halfunet\. Write the run elsewhere"):
+        train_ensemble(reseeded, list(FINISHED), resume=True)
+    assert (run / "data" / "splits.json").read_text() == splits
+    (kept,) = train_ensemble(config, ["vgg"], resume=True)  # the same settings: reused, nothing prepared again
+    assert kept.status == "done"
+
+
 def test_resuming_on_other_data_is_refused(ensemble_run):
     """A checkpoint records the tiles an epoch held and the fold it trained on; resuming it on data that gives
     another count (the data, tiling or data.oversampling changed) would break the learning-rate schedule, on
