@@ -114,6 +114,7 @@ class Session:
     amp_dtype: torch.dtype | None
     scaler: object | None
     class_weights: list[float] | None = None  # the loss's, as configured or computed from the training data
+    batch_norm: bool = False  # the model has BatchNorm layers: a training batch of one is skipped (see train_epoch)
 
     @property
     def member(self) -> MemberSettings:
@@ -151,6 +152,7 @@ def set_up(worker) -> Session:
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
         test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None, class_weights=class_weights,
+        batch_norm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
     )
 
 
@@ -249,6 +251,12 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
             local_shuffle_seed=seed):
         waited += time.monotonic() - fetch_started
+        if session.batch_norm and len(next(iter(batch.values()))) == 1:
+            # the epoch's last batch held one tile: BatchNorm cannot take batch statistics from one value per
+            # channel (a 1x1 feature map fails outright). The tile is in the next epoch's shuffle; every worker of
+            # a data-parallel member gets as many rows, so all of them skip it (steps_per_epoch counts it out)
+            fetch_started = time.monotonic()
+            continue
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
         if task is Task.SEGMENTATION:
             images, target = augment_batch(images, target, session.augmentation, generator,
@@ -328,7 +336,16 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
 
 
 def steps_per_epoch(session: Session, batch_size: int) -> int:
-    return max(1, math.ceil(session.inputs.train_tiles / session.world / (batch_size // session.world)))
+    """Optimiser steps a worker takes an epoch: its share of the tiles (Ray Train splits them equally) in batches,
+    the last, partial one left out when it holds one tile and the model has BatchNorm layers (``train_epoch``).
+
+    Raises:
+        InputError: a BatchNorm model with one training tile a worker: no batch it can train on."""
+    tiles, batch = session.inputs.train_tiles // session.world, batch_size // session.world
+    if session.batch_norm and tiles == 1:
+        raise InputError(f"member {session.member.name}: one training tile (window) a worker, and its model has "
+                         "BatchNorm layers, which need two or more a batch: add training data or use fewer workers")
+    return max(1, tiles // batch + (tiles % batch > (1 if session.batch_norm else 0)))
 
 
 def train_worker(config: dict) -> None:
