@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,23 @@ def quiet_ray_loggers(loud: bool) -> None:
     # result files: minseg.train.ensemble.fit_members)
     for name in ("ray._private.authentication", "ray.data._internal.progress", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_data_errors_raised_not_logged():
+    """Inside: Ray Data does not log a failed task's traceback (twice, at ERROR) before the driver's iteration
+    raises it, unless ``verbose()``. For pipelines whose tasks raise input errors on purpose (the caller turns them
+    into one message naming the file and row); anything else still reaches the caller, and its traceback with it."""
+    import logging
+
+    ray_data = logging.getLogger("ray.data")
+    level = ray_data.level
+    if not verbose():
+        ray_data.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ray_data.setLevel(level)
 
 
 def ray_log_dir() -> str | None:

@@ -63,10 +63,23 @@ def input_crs(recorded: CRS | None, configured: str | None, source: str, key: st
     return recorded
 
 
-def to_working(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS) -> tuple[np.ndarray, np.ndarray]:
-    """Reproject coordinates into the working CRS (no-op when they are the same)."""
+def to_working(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS,
+               name: str = "coordinates") -> tuple[np.ndarray, np.ndarray]:
+    """Reproject coordinates into the working CRS (no-op when they are the same).
+
+    Raises:
+        ProspectInputError: finite coordinates that do not project (pyproj gives inf: e.g. metres read as degrees,
+            the file's or the configured CRS wrong); ``name`` (the file) is named with the first of them."""
     if same_crs(source, working):
         return np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     transformer = Transformer.from_crs(source, working, always_xy=True)
-    tx, ty = transformer.transform(np.asarray(x, np.float64), np.asarray(y, np.float64))
-    return np.asarray(tx), np.asarray(ty)
+    tx, ty = (np.asarray(v) for v in transformer.transform(x, y))
+    lost = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(tx) & np.isfinite(ty))
+    if lost.any():
+        first = int(np.flatnonzero(lost)[0])
+        raise ProspectInputError(
+            f"{name}: {int(lost.sum())} of {lost.size} points cannot be projected from {describe(source)} to "
+            f"{describe(working)} (the first: x={x[first]:g}, y={y[first]:g}); are they in {describe(source)}? Check "
+            "the CRS the file records or the config gives, and which columns hold x and y")
+    return tx, ty

@@ -36,8 +36,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
-from minseg.geo.config import (BalanceSettings, CellLayer, ProspectInputError, ProspectRunError, ProspectSettings,
-                               ScreeningSettings)
+from minseg.geo.config import (BalanceSettings, CellLayer, GridSettings, ProspectInputError, ProspectRunError,
+                               ProspectSettings, ScreeningSettings)
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
@@ -333,13 +333,70 @@ def _one_per_cell(points: Points, geometry: GridGeometry) -> Points:
     return kept
 
 
+STRAY_SPACING = 20  # a sample farther than this many median sample spacings from every other sample is a stray
+
+
+def _refuse_stray_samples(samples, grid: GridSettings) -> None:
+    """A grid taken from the samples' bounds: refuse samples far from every other one (a coordinate typed wrong, a
+    0 / 0 placeholder, one row in another CRS), which would stretch the grid over country where nothing was sampled
+    and interpolate evidence (and targets) there.
+
+    Raises:
+        ProspectInputError: a sample whose nearest other sample lies more than ``STRAY_SPACING`` times the median
+            nearest-sample distance away (surveys of several separate areas pass: each area's samples have near
+            neighbours)."""
+    from scipy.spatial import cKDTree
+
+    points = np.unique(np.column_stack([samples.x, samples.y]), axis=0)
+    if len(points) < 5:
+        return
+    nearest = cKDTree(points).query(points, k=2)[0][:, 1]
+    spacing = float(np.median(nearest))
+    far = nearest > STRAY_SPACING * spacing
+    if not far.any():
+        return
+    at = {(x, y): str(i) for i, x, y in zip(samples.ids, samples.x, samples.y)}
+    named = [f"{at[(x, y)]} ({x:.0f}, {y:.0f})" for x, y in points[far][:10]]
+    keep = points[~far]
+    raise ProspectInputError(
+        f"prospect.grid: no extent is given, so the grid would span the samples' bounds (plus buffer_m), but "
+        f"{int(far.sum())} sample(s) lie more than {STRAY_SPACING} median spacings ({spacing:.0f} m) from every other "
+        f"one: {', '.join(named)}. They would stretch the grid over ground nobody sampled. Fix their coordinates or "
+        f"set prospect.grid.extent (the other samples span E {keep[:, 0].min():.0f}-{keep[:, 0].max():.0f}, "
+        f"N {keep[:, 1].min():.0f}-{keep[:, 1].max():.0f})")
+
+
+def _samples_on_grid(samples, geometry: GridGeometry, storage: Storage, out: str) -> None:
+    """Samples off the grid still inform interpolation near its edges; they are counted (``samples.json``
+    ``outside_grid``) and listed (``inputs/samples_outside_grid.csv``).
+
+    Raises:
+        ProspectInputError: no sample on the grid (another CRS than declared, x and y swapped, another area)."""
+    _, _, inside = world_to_cell(geometry, samples.x, samples.y)
+    samples.report["outside_grid"] = int((~inside).sum())
+    if not inside.any():
+        x0, y0, x1, y1 = geometry.bounds
+        raise ProspectInputError(
+            f"prospect.samples: none of the {len(samples)} samples lies on the grid (EPSG:{geometry.epsg}, E "
+            f"{x0:.0f}-{x1:.0f}, N {y0:.0f}-{y1:.0f}): they span E {samples.x.min():.0f}-{samples.x.max():.0f}, "
+            f"N {samples.y.min():.0f}-{samples.y.max():.0f} once projected. Check the CRS the table records or "
+            "prospect.samples.crs gives, which columns hold x and y (swapped?), and prospect.grid")
+    if (~inside).any():
+        rows = [{"sample": str(i), "x": float(x), "y": float(y)}
+                for i, x, y, ok in zip(samples.ids, samples.x, samples.y, inside) if not ok]
+        log_event(log, "prospect.samples_outside_grid", count=len(rows), of=len(samples),
+                  ids=",".join(r["sample"] for r in rows[:20]))
+        storage.write_text(join_uri(out, "inputs", "samples_outside_grid.csv"), csv_text(rows, ["sample", "x", "y"]))
+
+
 def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str, cpus: float) -> Inputs:
     """Sample tables (Ray Data) when given, the target grid (extent, reference raster or the samples' bounds), the
     deposits and barren sites (points or raster cells), the evidence rasters (globs expanded)."""
     samples, bounds = None, None
     if settings.samples is not None:
         samples = read_samples(settings.samples, working, storage, cpus)
-        storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
+        if settings.grid.extent is None and settings.grid.reference is None:
+            _refuse_stray_samples(samples, settings.grid)
         if samples.problems:
             storage.write_text(join_uri(out, "inputs", "sample_problems.csv"),
                                csv_text(samples.problems, ["file", "row", "sample", "column", "value", "reason"]))
@@ -350,6 +407,9 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
     _check_names(settings, rasters)
     reference = raster_geometry(settings.grid.reference, storage, settings.grid.crs) if settings.grid.reference else None
     geometry = target_grid(settings.grid, bounds, reference)
+    if samples is not None:
+        _samples_on_grid(samples, geometry, storage, out)
+        storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
     deposits = read_sites(settings.deposits, working, storage, "prospect.deposits")
     if isinstance(settings.deposits, CellLayer):
         deposits = _one_per_cell(deposits, geometry)
@@ -639,6 +699,20 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
 # ------------------------------------------------------------------ the job
 
 
+def _clear_outputs(storage: Storage, out: str) -> None:
+    """A run (or a --resume) into a folder that holds an earlier run replaces that run's outputs: ``summary.json``
+    first (a run is complete exactly when it exists), then every other file but the models (kept for --resume;
+    ``train_trials`` deletes them otherwise). Files this run has no cause to write (``deposits_outside_grid.csv``,
+    an element no longer configured, a fold beyond ``cv.folds``) would otherwise look like its own."""
+    storage.delete(join_uri(out, "summary.json"))
+    root = out.rstrip("/") + "/"
+    stale = [info.uri for info in storage.list(root) if not info.uri[len(root):].startswith("models/")]
+    for uri in stale:
+        storage.delete(uri)
+    if stale:
+        log_event(log, "prospect.previous_outputs_removed", output=out, files=len(stale))
+
+
 def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:
     """The prospectivity job (module doc), phase by phase; ``summary.json`` is written last.
 
@@ -658,8 +732,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
 
         refuse_changed_members(storage, models_uri, settings.training.members, [*range(settings.cv.folds), FINAL],
                                config.run.seed, AugmentSettings(mode=settings.augmentation))
-    if storage.exists(join_uri(out, "summary.json")):  # a failed re-run must not leave the old run looking complete
-        storage.delete(join_uri(out, "summary.json"))
+    _clear_outputs(storage, out)
     init_ray(config.ray, job_paths([settings], [out]))
     cpus = config.ray.task_cpus
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
@@ -684,6 +757,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                                                         "transform": list(geometry.transform)},
         "samples": len(inputs.samples) if inputs.samples is not None else 0,
         "sample_problems": len(inputs.samples.problems) if inputs.samples is not None else 0,
+        "samples_outside_grid": inputs.samples.report["outside_grid"] if inputs.samples is not None else 0,
         "deposits": {"read": len(deposits), "source": deposits.report.get("file"),
                      "raster_cells": deposits.report.get("marked_cells"), "on_grid": int(inputs.inside.sum()),
                      "without_coordinates": deposits.report.get("without_coordinates", []),

@@ -189,8 +189,19 @@ def _validity(source, settings: EvidenceRaster) -> str:
 
 
 def encode_categorical(values: np.ndarray, settings: EvidenceRaster, study: np.ndarray | None = None):
-    """Channels (name, float32 array) of a categorical layer; NaN stays NaN in every channel."""
+    """Channels (name, float32 array) of a categorical layer; NaN stays NaN in every channel.
+
+    Raises:
+        ProspectInputError: a value that is not a whole number (a class code cast to an integer would merge 1.2 and
+            1.7 into class 1; a continuous layer declared categorical)."""
     valid = np.isfinite(values)
+    fractional = valid & (values != np.round(values))
+    if fractional.any():
+        shown = ", ".join(f"{v:g}" for v in np.unique(values[fractional])[:5])
+        raise ProspectInputError(
+            f"raster {settings.name!r} ({settings.uri}): declared kind: categorical, but {int(fractional.sum())} of "
+            f"its cells on the grid hold values that are not whole numbers ({shown}, ...): class codes must be "
+            "integers. Declare it continuous or recode its classes")
     codes = np.where(valid, values, -1).astype(np.int64)
     if settings.encoding is CategoricalEncoding.INDEX:
         top = max(1, int(codes.max()))

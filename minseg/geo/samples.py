@@ -35,7 +35,7 @@ from minseg.geo.config import ProspectInputError, SampleTable, first_line
 from minseg.geo.crs import input_crs, parse_crs, to_working
 from minseg.geo.points import point_coordinates
 from minseg.io.storage import Storage, StorageError, glob_uris, has_glob, is_s3
-from minseg.runtime import task_options
+from minseg.runtime import ray_data_errors_raised_not_logged, task_options
 
 # what a corrupt or foreign file raises while parsing (csv / parquet / gzip)
 _UNREADABLE = (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, zlib.error, EOFError, OSError)
@@ -333,7 +333,7 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
             n = table.num_rows
             x, bad_x = as_float(xs)
             y, bad_y = as_float(ys)
-            x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working)
+            x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working, unit.uri)
             problems = [[] for _ in range(n)]
             for row in np.flatnonzero(bad_x | bad_y):
                 problems[row].append({"column": sample_settings.x or "geometry", "value": "",
@@ -399,14 +399,15 @@ def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus
     dataset.context.execution_options.preserve_order = True  # rows keep file order: stable reports and ids
     parts: dict[str, list] = {}
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for key, value in batch.items():
-                parts.setdefault(key, []).append(value)
+        with ray_data_errors_raised_not_logged():
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for key, value in batch.items():
+                    parts.setdefault(key, []).append(value)
     except Exception as exc:  # a read task's input error arrives wrapped in Ray's task error: say it plainly
         cause = _input_error_in(exc)
         if cause is None:
             raise
-        raise ProspectInputError(str(cause)) from None
+        raise ProspectInputError(first_line(cause)) from None  # without the retry hint Ray Data appends
     if not parts:
         raise ProspectInputError(f"prospect.samples.uri: {settings.uri}: no rows")
     columns = {key: np.concatenate(value) for key, value in parts.items()}
@@ -435,8 +436,9 @@ def _input_error_in(exc: BaseException) -> ProspectInputError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ProspectInputError):
-            return current
+        if isinstance(current, ProspectInputError):  # Ray's task error as the cause's class: the cause itself
+            cause = getattr(current, "cause", None)
+            return cause if isinstance(cause, ProspectInputError) else current
         todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     return None
 

@@ -108,6 +108,8 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
         assert fold["train_windows"] > 0 and fold["balance"]["smote"] + fold["balance"]["noise"] > 0
 
     assert summary["deposits"]["outside_grid"], "a deposit east of the grid is reported"
+    outside = open(f"{out}/inputs/samples_outside_grid.csv").read().splitlines()  # so are the samples east of it
+    assert outside[0] == "sample,x,y" and len(outside) - 1 == summary["samples_outside_grid"] > 0
     assert open(f"{out}/inputs/deposits_outside_grid.csv").read().startswith("deposit,x,y")
     header = open(f"{out}/targets.csv").read().splitlines()[0]
     assert header.startswith("target_id,cells,area_km2,max_score,mean_score,centroid_x,centroid_y")
@@ -156,9 +158,9 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert again.document["channels"] == summary["channels"]
     # the same members on other evidence (no fault-distance layer: other channels, other windows' values): the
     # finished members would map inputs they never saw (with another channel count, they would not even load)
-    with pytest.raises(InputError, match=rf"trained on other data than this run gives them .*: \S+{at}/fold1/members/"
-                                         rf"mfaf-r18, \S+{at}/fold1/members/mfaf-shuffle, .*{at}/members/mfaf-shuffle\. "
-                                         "Write the run elsewhere"):
+    with pytest.raises(InputError, match=rf"trained on other data than this run gives them .*: \S+{at}/fold1/"
+                                         rf"members/mfaf-r18, \S+{at}/fold1/members/mfaf-shuffle, .*{at}/members/"
+                                         r"mfaf-shuffle\. Write the run elsewhere"):
         map_prospectivity(prospect_config(survey, lines=[]), resume=True)
     assert not (survey / "out" / "t" / "prospect" / "prospectivity" / "summary.json").exists()
 
@@ -184,3 +186,37 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     assert main(["prospect", "-c", str(path)]) == 2
     assert "prospect.training.members[0].augmentation: map windows are augmented by prospect.augmentation" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault", ["degrees", "swapped", "stray"])
+def test_samples_that_do_not_fit_the_grid_are_refused(survey, ray_session, capsys, tmp_path, fault):
+    """Coordinates read in the wrong CRS (metres declared as degrees: they do not even project), x and y swapped
+    (no sample on the grid: the interpolation would fill it from samples thousands of km away), or one sample typed
+    wrong while the grid spans the samples' bounds (the grid would stretch over ground nobody sampled)."""
+    import pandas as pd
+    import yaml
+
+    from minseg.cli import main
+
+    changes = {}
+    if fault == "stray":
+        table = pd.read_csv(f"{survey}/survey/samples.csv")
+        table.loc[5, "x"] = 0.0
+        table.to_csv(tmp_path / "samples.csv", index=False)
+        changes["grid"] = {"crs": "EPSG:3067", "cell_m": 250, "buffer_m": 1000}
+    config = prospect_config(survey, **changes).model_dump(mode="json", exclude_none=True)
+    samples = config["prospect"]["samples"]
+    if fault == "degrees":
+        samples["crs"] = "EPSG:4326"
+    elif fault == "swapped":
+        samples["x"], samples["y"] = "y", "x"
+    else:
+        samples["uri"] = str(tmp_path / "samples.csv")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert {"degrees": "samples.csv: 500 of 500 points cannot be projected from EPSG:4326 to EPSG:3067",
+            "swapped": "prospect.samples: none of the 500 samples lies on the grid (EPSG:3067, E 350000-377000",
+            "stray": "1 sample(s) lie more than 20 median spacings"}[fault] in err, err

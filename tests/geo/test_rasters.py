@@ -37,6 +37,14 @@ def test_categorical_layers_refuse_interpolation_and_encode_one_hot():
     np.testing.assert_array_equal(channels[0][1][0], [1, 1, 0])
     np.testing.assert_array_equal(channels[1][1][1, :2], [1, 0])
     assert np.isnan(channels[0][1][1, 2])
+    # class codes stored as floats: whole numbers are codes; 1.2 and 1.7 would both become class 1
+    layer = EvidenceRaster(uri="x", name="rock", kind="categorical")
+    channels, _ = encode_categorical(values.astype(np.float32), layer)
+    assert [n for n, _ in channels] == ["rock=1", "rock=2", "rock=3"]
+    fractional = np.array([[1.2, 1.7, 2.0], [np.nan, 2.0, 1.2]])
+    with pytest.raises(ProspectInputError, match=r"raster 'rock' \(x\): declared kind: categorical, but 3 of its "
+                                                 r"cells .* \(1\.2, 1\.7, \.\.\.\): class codes must be integers"):
+        encode_categorical(fractional, layer)
 
 
 def test_distance_to_a_line_is_exact_from_pixel_centres(ray_session):

@@ -27,7 +27,8 @@ def _window_session(ray_session, windows: int, batch_size: int) -> Session:
                          augmentation=AugmentSettings(), train_tiles=windows, has_val=False, shuffle_buffer=windows)
     model = build_model("mfaf", num_classes=2, in_channels=4, **member.model_options)
     return Session(WorkerConfig(member, Storage(), "unused", inputs, batch_size, 0), 0, 1, torch.device("cpu"), 0,
-                   model, build_loss("self_distillation", num_classes=2), torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1),
+                   model, build_loss("self_distillation", num_classes=2), torch.zeros(1, 4, 1, 1),
+                   torch.ones(1, 4, 1, 1),
                    AugmentSettings(), ray_session.data.from_items(rows), None, None, None, None,
                    batch_norm=True)
 
