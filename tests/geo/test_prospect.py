@@ -152,8 +152,13 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
         map_prospectivity(changed, resume=True)
     assert "mfaf-r18" not in str(refused.value) and open(f"{out}/summary.json").read() == written
 
-    # --resume of the same job keeps every finished member (a mapping step that failed is simply run again)
+    # --resume of the same job keeps every finished member (a mapping step that failed is simply run again); what an
+    # earlier run wrote and this one does not (here a third fold's map) is removed, not left looking current
+    stale = survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold3" / "prospectivity.tif"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier run's")
     again = map_prospectivity(config, resume=True)
+    assert not stale.exists() and (survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold2").is_dir()
     assert [m.finished_at for m in again.members] == [m.finished_at for m in result.members]
     assert again.document["channels"] == summary["channels"]
     # the same members on other evidence (no fault-distance layer: other channels, other windows' values): the
