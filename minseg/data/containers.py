@@ -6,15 +6,25 @@ Archive members are vetted while listing: absolute paths, ``..`` components,
 symlinks, hard links and devices are rejected, and so are decompression bombs (a
 member over the size limit, a suspicious compression ratio, or an archive that
 inflates past the total limit). Rejected members are reported, never extracted.
+Operating-system metadata is not data and is left out without a word: macOS's ``__MACOSX/``
+folder and ``._*`` AppleDouble files (resource forks beside every file a Mac zips or copies to
+a FAT/exFAT drive), ``.DS_Store`` and Windows' ``Thumbs.db`` / ``desktop.ini``.
+
+A member whose bytes turn out corrupt when read (a zip CRC mismatch, broken deflate data, a
+truncated tar member) raises :class:`MemberError`, a ``StorageError`` naming the member: the
+item it belongs to is quarantined and the job carries on.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -47,6 +57,21 @@ class Container:
     def describe(self, member: str) -> str:
         """Human-readable location of a member, for reports."""
         return f"{self.uri}!{member}" if is_archive(self.uri) else join_uri(self.uri, member)
+
+
+class MemberError(StorageError):
+    """An archive member (or listed file) whose bytes cannot be read as stored: corrupt, truncated, encrypted."""
+
+
+_METADATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+
+
+def is_os_metadata(name: str) -> bool:
+    """Whether a member is operating-system metadata rather than data (module doc): under ``__MACOSX/``, an
+    AppleDouble ``._name``, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``."""
+    parts = name.replace("\\", "/").split("/")
+    base = parts[-1]
+    return "__MACOSX" in parts[:-1] or base.startswith("._") or base.lower() in _METADATA_NAMES
 
 
 def is_archive(uri: str) -> bool:
@@ -104,6 +129,8 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
     limit = limits.max_member_mib * MIB
     for info in storage.list(prefix):
         relative = info.uri[len(prefix) :]
+        if is_os_metadata(relative):
+            continue
         if not loc.is_s3 and os.path.islink(info.uri):
             container.rejected.append(Rejected(info.uri, "symlink"))
         elif info.size > limit:
@@ -126,6 +153,8 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
             raise StorageError(f"{uri}: not a readable tar archive ({exc})") from None
         with archive:
             for member in archive:
+                if is_os_metadata(member.name):
+                    continue
                 reason = tar_member_problem(member, limits)
                 if reason:
                     container.rejected.append(Rejected(f"{uri}!{member.name}", reason))
@@ -149,13 +178,18 @@ def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_u
     rejected: list[Rejected] = []
     written = 0
     with storage.open_read(uri) as source, storage.open_write(staged) as sink:
+        # gzip's reader, not tarfile's: it checks the CRC and length at the end (tarfile's "r|gz" does not, so a
+        # corrupt but decodable stream would be staged as good)
+        unzipped = gzip.GzipFile(fileobj=source, mode="rb")
         try:
-            reader = tarfile.open(fileobj=source, mode="r|gz")
-        except tarfile.TarError as exc:
+            reader = tarfile.open(fileobj=unzipped, mode="r|")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise StorageError(f"{uri}: not a readable tar.gz archive ({exc})") from None
         with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
             try:
                 for member in reader:
+                    if is_os_metadata(member.name):
+                        continue
                     reason = tar_member_problem(member, limits)
                     if reason:
                         rejected.append(Rejected(f"{uri}!{member.name}", reason))
@@ -167,7 +201,8 @@ def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_u
                             f"({compressed / MIB:.1f} MiB compressed, max ratio {limits.max_compression_ratio:g})"
                         )
                     writer.addfile(member, reader.extractfile(member) if member.isfile() else None)
-            except (tarfile.TarError, EOFError, OSError) as exc:
+                unzipped.read()  # to the end of the stream, where gzip checks the CRC of everything staged
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
                 if isinstance(exc, StorageError):
                     raise
                 raise StorageError(f"{uri}: corrupt tar.gz archive ({exc})") from None
@@ -186,6 +221,8 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
             raise StorageError(f"{uri}: not a readable zip archive ({exc})") from None
         with archive:
             for info in archive.infolist():
+                if is_os_metadata(info.filename):
+                    continue
                 where = f"{uri}!{info.filename}"
                 mode = info.external_attr >> 16
                 reason = unsafe_member_reason(info.filename)
@@ -215,7 +252,11 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
 
 
 def read_ref(ref: dict, storage: Storage) -> bytes:
-    """The bytes of one listed member."""
+    """The bytes of one listed member.
+
+    Raises MemberError naming the member: a zip member failing its CRC, corrupt compressed data, an encrypted or
+    unsupported member, a truncated tar member, more bytes than declared; StorageError: the file is unreadable.
+    """
     kind = ref["kind"]
     if kind == "file":
         return storage.read_bytes(ref["uri"])
@@ -224,14 +265,23 @@ def read_ref(ref: dict, storage: Storage) -> bytes:
             stream.seek(ref["offset"])
             data = stream.read(ref["size"])
         if len(data) != ref["size"]:
-            raise StorageError(f"{ref['uri']}: archive member truncated ({len(data)} of {ref['size']} bytes)")
+            raise MemberError(f"{ref['uri']}: archive member truncated ({len(data)} of {ref['size']} bytes)")
         return data
     if kind == "zip":
-        with storage.open_read(ref["uri"]) as stream, zipfile.ZipFile(stream) as archive:
-            with archive.open(ref["member"]) as member:
-                data = member.read(ref["size"] + 1)  # never inflate more than declared
+        where = f"{ref['uri']}!{ref['member']}"
+        with storage.open_read(ref["uri"]) as stream:
+            try:
+                with zipfile.ZipFile(stream) as archive, archive.open(ref["member"]) as member:
+                    data = member.read(ref["size"] + 1)  # never inflate more than declared; CRC checked at the end
+            # Bad CRC-32 / a cut archive (BadZipFile), broken deflate / bzip2 / lzma data (zlib.error, OSError,
+            # EOFError, LZMAError), encrypted (RuntimeError) or unsupported compression (NotImplementedError)
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, RuntimeError, NotImplementedError,
+                    ValueError, OSError) as exc:
+                if isinstance(exc, StorageError):
+                    raise
+                raise MemberError(f"{where}: corrupt archive member ({type(exc).__name__}: {exc})") from None
         if len(data) != ref["size"]:
-            raise StorageError(f"{ref['uri']}!{ref['member']}: inflates to more than its declared size")
+            raise MemberError(f"{where}: inflates to more than its declared size")
         return data
     raise ValueError(f"unknown ref kind {kind!r}")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from minseg.errors import InputError
 from minseg.data.config import scene_in
-from minseg.data.containers import Container, Rejected, read_ref
+from minseg.data.containers import Container, MemberError, Rejected, read_ref
 from minseg.enums import DatasetLayout, MaskEncoding, Task
 from minseg.io.storage import Storage
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+JPEG_MASK = ("JPEG masks are not accepted: JPEG's lossy compression changes the class codes (or colours) along "
+             "every edge, so pixels would train on classes nobody drew; save masks as PNG or TIFF")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -111,6 +114,17 @@ def _key_below(name: str, base: str, key_of=None) -> str | None:
     return key if key_of is None else key_of(key)
 
 
+def _jpeg_masks(container: Container, base: str, key_of=None, skipped: set | None = None) -> dict[str, str]:
+    """JPEGs under a masks folder, by the key their image would have (they are never used as masks: ``JPEG_MASK``)."""
+    found = {}
+    for name in sorted(container.members):
+        if name.startswith(base) and name.lower().endswith(JPEG_SUFFIXES) and not _stem(name).startswith("."):
+            key = _key_below(name, base, key_of)
+            if key is not None and key not in (skipped or ()):
+                found.setdefault(key, name)
+    return found
+
+
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES) and not posixpath.basename(path).startswith(".")
 
@@ -174,11 +188,16 @@ class LayoutProbe:
     def first_json(self) -> Any:
         """The first JSON member, parsed (None without JSON members or storage).
 
-        Raises ValueError (``json.JSONDecodeError``) when it is not valid JSON.
+        Raises ValueError (``json.JSONDecodeError``) when it is not valid JSON, InputError when the member is
+        corrupt (a bad CRC, broken compressed data).
         """
         if not self.jsons or self.storage is None:
             return None
-        return json.loads(read_ref(self.container.members[self.jsons[0]], self.storage))
+        try:
+            data = read_ref(self.container.members[self.jsons[0]], self.storage)
+        except MemberError as exc:
+            raise InputError(f"{exc} (read to recognise the dataset layout)") from None
+        return json.loads(data)
 
 
 LayoutReader = Callable[[Container, str, "SourceSettings", Storage, "ClassMap | None"], LayoutItems]
@@ -318,8 +337,15 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
         if name.startswith(f"{root}ImageSets/Segmentation/") and name.endswith(".txt"):
             split = _SPLIT_ALIASES.get(_stem(name))
             if split:
-                for line in read_ref(container.members[name], storage).decode().split():
+                try:
+                    lines = read_ref(container.members[name], storage).decode().split()
+                except (MemberError, UnicodeDecodeError) as exc:
+                    rejected.append(Rejected(container.describe(name), f"split list not used: {exc}"))
+                    continue
+                for line in lines:
                     listed[line.strip()] = split
+    jpegs = _jpeg_masks(container, base, skipped=skipped)
+    rejected += [Rejected(container.describe(name), JPEG_MASK) for key, name in sorted(jpegs.items())]
     items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images
     for key in sorted(masks):
         if key not in images:
@@ -403,6 +429,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                                           and _key_below(m, base, key_of) not in skipped],
                               base, "mask", key_of, f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, folders)
+    jpegs = _jpeg_masks(container, base, key_of, skipped)
     items = []
     scenes = sorted(set().union(*images))
     for key in scenes:
@@ -413,8 +440,11 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
             lacking.append(named(key, masks_dir, source.mask_pattern))
         if lacking:
             first = next(found for found in present if found is not None)
-            rejected.append(Rejected(container.describe(first), f"scene {key!r} has no {', no '.join(lacking)}"
-                                     if declared else f"no mask {lacking[0]} for this image"))
+            reason = f"scene {key!r} has no {', no '.join(lacking)}" if declared else \
+                f"no mask {lacking[0]} for this image"
+            if key not in masks and key in jpegs:  # said here, where it is missed, not as a row of its own
+                reason += f": its mask {jpegs.pop(key).rpartition('/')[2]} is a JPEG. {JPEG_MASK}"
+            rejected.append(Rejected(container.describe(first), reason))
             continue
         extra = {}
         if declared:
@@ -426,6 +456,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
         _, folder, pattern = groups[0]
         rejected.append(Rejected(container.describe(masks[key]),
                                  f"mask without an image {named(key, folder, pattern)}"))
+    rejected += [Rejected(container.describe(name), JPEG_MASK) for _, name in sorted(jpegs.items())]
     return LayoutItems(items, rejected, left_out=left_out)
 
 
@@ -477,8 +508,9 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
     images_dir, masks_dir = source.images_dir, source.masks_dir
     roots = _instance_roots(container.members, images_dir, masks_dir)
     used = {name for root in roots.values() for group in root.values() for name in group}
-    rejected = [Rejected(container.describe(name), f"not an image in an <id>/{images_dir}/ folder nor a mask "
-                         f"({', '.join(MASK_SUFFIXES)}) in an <id>/{masks_dir}/ folder")
+    rejected = [Rejected(container.describe(name), JPEG_MASK if name.lower().endswith(JPEG_SUFFIXES)
+                         and masks_dir in name.split("/")[-3:-1] else f"not an image in an <id>/{images_dir}/ "
+                         f"folder nor a mask ({', '.join(MASK_SUFFIXES)}) in an <id>/{masks_dir}/ folder")
                 for name in sorted(container.members) if name not in used and _is_image(name)]
     items, left_out = [], []
     for root, found in sorted(roots.items()):
@@ -585,6 +617,9 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             rejected.append(Rejected(container.describe(json_name), f"not valid JSON ({exc})"))
             continue
+        except MemberError as exc:
+            rejected.append(Rejected(container.describe(json_name), str(exc)))
+            continue
         if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
             continue
         folder = posixpath.dirname(json_name)
@@ -651,6 +686,9 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
             document = json.loads(read_ref(container.members[json_name], storage))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             rejected.append(Rejected(where, f"not valid JSON ({exc})"))
+            continue
+        except MemberError as exc:
+            rejected.append(Rejected(where, str(exc)))
             continue
         folder = posixpath.dirname(json_name)
         listed = document.get("imagePath")

@@ -72,8 +72,8 @@ class SegmentSettings(StrictModel):
     preview_max_side: int = Field(2048, ge=64)
     preview_format: PreviewFormat = PreviewFormat.PNG
     preview_alpha: float = Field(0.55, ge=0, le=1, description="opacity of the class colours over the image")
-    pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel of the segmented level; "
-                                        "default: the slide's resolution tags, if any")
+    pixel_size_um: float | None = Field(None, gt=0, allow_inf_nan=False, description="µm per pixel of the segmented "
+                                        "level; default: the slide's resolution tags, if any")
     limits: SlideLimitSettings = SlideLimitSettings()
 
     @model_validator(mode="before")
@@ -109,7 +109,8 @@ class MeasureSettings(StrictModel):
                                   "size), one per label map in the same order: errors of every number against them")
     classes: list[str] | None = Field(None, description="class names by id, for label maps that do not carry them "
                                       "(labels.tif and OME-Zarr from segment do)")
-    pixel_size_um: float | None = Field(None, gt=0, description="µm per pixel (default: the label map's own)")
+    pixel_size_um: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                        description="µm per pixel (default: the label map's own)")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
     name: str = Field("labels", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     block: int = Field(4096, ge=16, description="block side in pixels: what one label map holds in memory at "

@@ -36,6 +36,8 @@ def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
 def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -> dict:
     """What must match for an interrupted slide's blocks (chunks and records) to be reused."""
     return {"ensemble_digest": ensemble_digest, "source": plan.uri, "level": plan.level,
+            # the very same source file: a file replaced in place is never resumed into
+            "source_shape": [plan.source_height, plan.source_width], "source_identity": list(plan.identity),
             "shape": [plan.height, plan.width], "block": settings.block, "chunk": settings.output_tile,
             "include_image": settings.include_image, "compression": str(settings.compression),
             "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
@@ -52,7 +54,8 @@ def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, 
                   ensemble_digest: str, attributes: dict) -> tuple[list[Block], int]:
     """The blocks still to do, and how many were found done by an interrupted run (then resumed).
 
-    A slide folder from another ensemble, level or block plan is removed first (no mixed outputs).
+    A slide folder from another ensemble, level, block plan or source (another file, or the file since replaced) is
+    removed first (no mixed outputs).
     """
     key = plan_key(plan, settings, ensemble_digest)
     blocks = slide_blocks(plan.height, plan.width, settings.block)
@@ -189,7 +192,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)
     arrays.mark("complete", summary=SUMMARY)
-    storage.write_text(join_uri(plan.output_uri, SUMMARY), json.dumps(summary, indent=2, default=float))
+    # JSON has no NaN / infinity: a non-finite number here is a bug, refused rather than written as invalid JSON
+    storage.write_text(join_uri(plan.output_uri, SUMMARY), json.dumps(summary, indent=2, default=float,
+                                                                      allow_nan=False))
     storage.delete_prefix(join_uri(plan.output_uri, RECORDS) + "/")  # the summary is the proof now
     log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
               wall_seconds=summary["wall_seconds"], output=plan.output_uri)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.io.slides import Slide, SlideError
+from minseg.io.slides import Slide, SlideError, usable_pixel_size
 from minseg.io.storage import ObjectNotFoundError, Storage
 
 
@@ -77,9 +77,8 @@ def open_label_map(uri: str, storage: Storage) -> LabelMap:
         classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else None
         names = [c.get("name") for c in classes] if classes and all(isinstance(c, dict) for c in classes) else None
         colours = [c.get("color") for c in classes] if names and all(c.get("color") for c in classes) else None
-        size = slide.info.pixel_size_um or metadata.get("pixel_size_um")
-        return LabelMap(uri, slide.info.height, slide.info.width, names, colours,
-                        float(size) if isinstance(size, (int, float)) and size > 0 else None,
+        size = slide.info.pixel_size_um or usable_pixel_size(metadata.get("pixel_size_um"))
+        return LabelMap(uri, slide.info.height, slide.info.width, names, colours, size,
                         lambda top, left, rows, cols: slide.read_region(top, left, rows, cols, rgb=False), slide.close)
     except BaseException:
         slide.close()
@@ -136,6 +135,6 @@ def _zarr_metadata(attributes: dict) -> tuple[list[str] | None, list | None, flo
     size = None
     multiscales = ome.get("multiscales") or [{}]
     if any(a.get("unit") == "micrometer" for a in multiscales[0].get("axes", [])):
-        size = float(multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
+        size = usable_pixel_size(multiscales[0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
     return names, colours, size
 

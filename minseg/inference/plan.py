@@ -7,6 +7,7 @@ tiling, unchanged), where its outputs go, and the limits its reader is held to.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,10 +22,13 @@ from minseg.ensemble.manifest import EnsembleManifest
 from minseg.ensemble.sliding import TileGrid
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
-from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideLimits
-from minseg.io.storage import Storage, join_uri
+from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError, SlideLimits
+from minseg.io.storage import Storage, StorageError, join_uri
+from minseg.logs import get_logger, log_event
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.slide import MeasureSpec
+
+log = get_logger("segment")
 
 @dataclass
 class SlidePlan:
@@ -52,6 +56,9 @@ class SlidePlan:
     measure: MeasureSpec | None = None  # how its blocks are measured (classes, mineralogy settings, pixel size)
     channels: tuple[ChannelSource, ...] = ()  # the scene's images as the ensemble reads them; (): ``uri`` as RGB
     in_channels: int = 3
+    # each source file's version (``Storage.version``): outputs of a file since replaced are
+    # never taken as done, nor resumed
+    identity: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:
@@ -76,17 +83,21 @@ class SlidePlan:
 
 
 def open_scene(uri: str, channels: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits,
-               cache: SlideCache | None = None) -> Slide | SceneSlide:
+               cache: SlideCache | None = None, identity: tuple[dict, ...] = ()) -> Slide | SceneSlide:
     """The slide at ``uri`` (RGB), or the scene its ``channels`` read (several aligned images, a grey or a
-    multi-band image). Raises SlideError."""
+    multi-band image); through ``cache`` by each file's ``identity`` (``Storage.version``; a file replaced since
+    is opened afresh). Raises SlideError."""
+    versions = {entry["uri"]: json.dumps(entry, sort_keys=True) for entry in identity}
     if not channels:
-        return cache.get(uri, storage, limits) if cache else Slide(uri, storage, limits=limits)
-    return SceneSlide(channels, storage, limits, cache)
+        return cache.get(uri, storage, limits, versions.get(uri)) if cache else Slide(uri, storage, limits=limits)
+    return SceneSlide(channels, storage, limits, cache, versions)
 
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
                output_uri: str, mineralogy: MineralogySettings | None = None,
                channels: tuple[ChannelSource, ...] = ()) -> SlidePlan:
+    """Open the slide (or scene) once and plan it (module doc). A pixel size the slide gives that is not a finite
+    positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
     with open_scene(uri, channels, storage, settings.limits.limits()) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
@@ -101,10 +112,17 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         level0_h = slide.info.levels[0][0]
     if settings.pixel_size_um:
         pixel_size = settings.pixel_size_um
-    elif base_size:
+    elif base_size is not None and math.isfinite(base_size) and base_size > 0:
         pixel_size = base_size * level0_h / source_h / scale
-    else:
+    else:  # readers give None for what they cannot trust; anything else unusable is absent too, never a size
+        if base_size is not None:
+            log_event(log, "segment.pixel_size_ignored", slide=uri, pixel_size_um=repr(base_size))
         pixel_size = None
+    try:
+        files = dict.fromkeys([uri, *(channel.uri for channel in channels)])
+        identity = tuple(storage.version(source) for source in files)
+    except StorageError as exc:
+        raise SlideError(str(exc) if str(exc).startswith(uri) else f"{uri}: {exc}") from None
     return SlidePlan(
         slide_id=slide_id, uri=uri, output_uri=join_uri(output_uri, slide_id), format=slide.info.format,
         level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
@@ -114,7 +132,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         num_classes=manifest.num_classes,
         measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
                             pixel_size),
-        limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels,
+        limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels, identity=identity,
     )
 
 

@@ -44,7 +44,7 @@ from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
 from minseg.ensemble.sliding import mean_fill
 from minseg.errors import InputError
-from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_json, block_to_json,
+from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
@@ -150,18 +150,57 @@ def read_slide_list(uri: str, storage: Storage) -> list[str]:
 
 
 def slide_ids(uris: list[str]) -> dict[str, str]:
-    """A folder name per slide: its file name without the extension; a hash suffix where names collide."""
-    stems = {}
-    for uri in uris:
-        name = uri.rstrip("/").rsplit("/", 1)[-1]
-        stem = name.rsplit(".", 1)[0] if "." in name else name
-        stems[uri] = re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "slide"
+    """A folder name per slide: its file name without the extension; :func:`hashed_id` where names collide (or a
+    name is one the run's own outputs use). Which folder a slide finally gets also depends on what earlier runs
+    left in the output (``plan_slides``: a folder holds one source's outputs, ever)."""
+    stems = {uri: _stem(uri) for uri in uris}
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem] = counts.get(stem, 0) + 1
     # a name the run's own outputs use (the batch report's folder) is taken like a collision
-    return {uri: stem if counts[stem] == 1 and stem != FOLDER else f"{stem}-{zlib.crc32(uri.encode()):08x}"
+    return {uri: stem if counts[stem] == 1 and stem != FOLDER else hashed_id(uri)
             for uri, stem in stems.items()}
+
+
+def _stem(uri: str) -> str:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "slide"
+
+
+def hashed_id(uri: str) -> str:
+    """The folder name of a slide whose file name another slide has too (scanners name every case's file
+    ``Slide1.svs``): the stem and a hash of the whole URI."""
+    return f"{_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+
+
+def folder_owner(storage: Storage, folder_uri: str) -> str | None:
+    """The source URI whose outputs (complete: ``summary.json``; or begun: ``.minseg/plan.json``) are in a slide
+    folder, or None when it holds none."""
+    summary = read_summary(storage, folder_uri)
+    if isinstance(summary, dict) and summary.get("uri"):
+        return str(summary["uri"])
+    try:
+        begun = json.loads(storage.read_text(join_uri(folder_uri, RECORDS, "plan.json")))
+    except (OSError, ValueError):
+        return None
+    return str(begun.get("source")) if isinstance(begun, dict) and begun.get("source") else None
+
+
+def source_change(previous: dict, plan: SlidePlan) -> str | None:
+    """Why a finished slide's outputs are not of the source ``plan`` reads (another file, another size, the file
+    replaced since), or None when they are."""
+    if previous.get("uri") != plan.uri:
+        return f"the outputs are of {previous.get('uri')}"
+    if previous.get("source_shape") != [plan.source_height, plan.source_width]:
+        shape = previous.get("source_shape") or ["?", "?"]
+        return (f"the slide is {plan.source_width}x{plan.source_height} now, the outputs are of a "
+                f"{shape[1]}x{shape[0]} slide")
+    if "source_identity" not in previous:
+        return "the outputs do not record which version of the file they are of (written by an older minseg)"
+    if previous["source_identity"] != list(plan.identity):
+        return "the file changed since (size or modification time)"
+    return None
 
 
 # -- the ensemble actors -------------------------------------------------------
@@ -316,21 +355,49 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
                 storage: Storage, output_uri: str, result: SegmentResult,
                 mineralogy: MineralogySettings) -> dict[str, SlidePlan]:
     """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
-    (same ensemble, same level, no ``force``) to ``result.skipped``. ``settings.plan_threads`` slides at
+    (same source file, unchanged; same ensemble, same level; no ``force``) to ``result.skipped``. A slide folder
+    holds one source's outputs: a slide whose folder holds another's (same file name, earlier run) gets the hashed
+    name (``hashed_id``), and fails when that is taken too. ``settings.plan_threads`` slides at
     a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
     uris = list(sources)
     ids = slide_ids(uris)
 
+    def folder_for(uri: str) -> str:
+        """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
+        hashed name. Raises SlideError when that is taken by another source too."""
+        slide_id, stem = ids[uri], _stem(uri)
+        if slide_id != stem and stem != FOLDER and folder_owner(storage, join_uri(output_uri, stem)) == uri:
+            return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
+        owner = folder_owner(storage, join_uri(output_uri, slide_id))
+        if owner is None or owner == uri:
+            return slide_id
+        fallback = hashed_id(uri)
+        other = folder_owner(storage, join_uri(output_uri, fallback)) if fallback != slide_id else owner
+        if fallback == slide_id or (other is not None and other != uri):
+            raise SlideError(f"{uri}: its output folder {join_uri(output_uri, fallback)} holds the outputs of "
+                             f"{other}; segment it into another output (--out)")
+        log_event(log, "segment.renamed", slide=uri, folder=fallback,
+                  reason=f"{slide_id}/ holds the outputs of {owner}")
+        return fallback
+
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
         try:
+            slide_id = folder_for(uri)
             plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri, mineralogy, sources[uri])
         except SlideError as exc:
-            return SlideOutcome(slide_id, uri, str(exc))
+            reason = str(exc)
+            if read_summary(storage, join_uri(output_uri, slide_id)) is not None:
+                reason += f" (the outputs an earlier run left in {slide_id}/ are no longer listed as complete)"
+            return SlideOutcome(slide_id, uri, reason)
         previous = read_summary(storage, plan.output_uri)
         if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
+            changed = source_change(previous, plan)
+            if changed:  # redone (prepare_slide clears the folder first): never a skip of another source's outputs
+                log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed)
+                return plan
             reason = "outputs exist for this ensemble (--force redoes)"
             if previous.get("measured_with") != plan.measure.key():
                 reason = ("outputs exist for this ensemble, measured with other mineralogy settings (--force redoes "
@@ -340,7 +407,12 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         return plan
 
     plans: dict[str, SlidePlan] = {}
+    taken: dict[str, str] = {}  # folder -> the source it holds in this run
     for outcome in thread_map(plan_one, uris, settings.plan_threads):  # in the order given
+        slide_id = outcome.slide_id if isinstance(outcome, SlidePlan) else outcome.slide
+        if taken.setdefault(slide_id, outcome.uri) != outcome.uri:  # two sources, one folder: never mixed
+            outcome = SlideOutcome(slide_id, outcome.uri, f"{outcome.uri}: its output folder {slide_id}/ is that of "
+                                   f"{taken[slide_id]} in this run; rename the file or segment it into another output")
         if isinstance(outcome, SlidePlan):
             plans[outcome.slide_id] = outcome
         elif outcome.summary is not None:
@@ -525,6 +597,7 @@ class BlockRun:
         summary = {
             "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
             "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
+            "source_identity": list(plan.identity),
             "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
             "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
             "formats": [str(f) for f in self.settings.formats],
@@ -583,21 +656,24 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
         [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
     this_run = {row["slide"] for row in rows}
+    failed_now = {f.slide for f in result.failed}
     earlier = _read_json(storage, join_uri(out, "run_summary.json"))
-    # a slide that failed now keeps its earlier row: a failure never replaces complete outputs
+    # a slide that failed now is a failure in every table (its earlier outputs are left where they are, but no
+    # longer counted as complete: the failure says why)
     kept = [row for row in (earlier or {}).get("slides", []) if isinstance(row, dict) and row.get("slide")
-            and row["slide"] not in this_run and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
+            and row["slide"] not in this_run and row["slide"] not in failed_now
+            and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
     merged = sorted(kept + rows, key=lambda row: row["slide"])
-    if merged:
+    if merged or earlier is not None:
         write_slide_tables(merged, storage, out)
     complete = {row["slide"] for row in merged}
-    failed_now = {f.slide for f in result.failed}
     old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
-    failures = old_failures + [f.to_document() for f in result.failed if f.slide not in complete]
+    failures = old_failures + [f.to_document() for f in result.failed]
     storage.write_text(join_uri(out, "failures.json"), json.dumps(failures, indent=2))
     document = {**result.to_document(), "slides": merged, "failed_slides": failures}
-    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float))
+    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float,
+                                                                     allow_nan=False))
     if result.done:  # the batch's mineralogy over every complete slide under the output, this run's and earlier
         documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
         write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),

@@ -172,6 +172,43 @@ def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
     return PixelFormat(photometric, bits, colormap)
 
 
+#: series of whole-slide formats that go with the slide rather than being another image of it (tifffile's names)
+ASSOCIATED_SERIES = frozenset({"thumbnail", "label", "macro", "map", "overview", "preview"})
+_REDUCED = 1  # NewSubfileType bit 0: a reduced-resolution version of another image in the file
+
+
+def tiff_main_series(tiff):
+    """The one image a TIFF holds, as a tifffile series (its pyramid levels included); what else the file may hold
+    is a whole-slide format's associated images (SVS / NDPI thumbnail, label, macro, map) and pages flagged as
+    reduced-resolution versions (NewSubfileType bit 0).
+
+    Raises DecodeError when it holds more: a stack of pages (PPL and XPL, channels, z, time) or several images,
+    which would otherwise be read as their first page without a word.
+    """
+    series = list(tiff.series)
+    if not series:
+        raise DecodeError("unreadable TIFF (no image in it)")
+    main = series[0]
+    pages = len(main.pages)
+    if pages > 1:
+        raise DecodeError(f"multi-page TIFF: {pages} pages of {main.pages[0].imagewidth}x{main.pages[0].imagelength}"
+                          f" (shape {'x'.join(map(str, main.shape))}, axes {main.axes}); minseg reads one image per "
+                          "file: save each page as its own file (e.g. the PPL and XPL images of a scene, declared as "
+                          "data.sources[].channels)")
+    others = [s for s in series[1:] if not _associated(s)]
+    if others:
+        shapes = ", ".join("x".join(map(str, s.shape)) for s in series)
+        raise DecodeError(f"multi-image TIFF: {len(series)} images (series of shape {shapes}), not one image and "
+                          "its pyramid levels; minseg reads one image per file: save each image as its own file")
+    return main
+
+
+def _associated(series) -> bool:
+    if str(series.name).lower() in ASSOCIATED_SERIES and series.kind not in ("generic", "shaped", "uniform"):
+        return True  # named by a whole-slide format's reader
+    return all(int(getattr(page, "subfiletype", 0) or 0) & _REDUCED for page in series.pages if page is not None)
+
+
 def tiff_orientation(page) -> int:
     """A TIFF page's Orientation tag (274); 1 (top-left) when absent."""
     tag = page.tags.get(274)
@@ -203,13 +240,13 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
 
 def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY,
                colours: bool = False) -> np.ndarray:
-    """The first page, as displayed (images: RGB uint8) or as stored and oriented (masks; ``colours``: a
-    palette mask looked up to RGB, for class maps keyed by colour)."""
+    """The TIFF's one image (``tiff_main_series``), as displayed (images: RGB uint8) or as stored and oriented
+    (masks; ``colours``: a palette mask looked up to RGB, for class maps keyed by colour)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            page = tiff.pages[0]
+            page = tiff_main_series(tiff).pages[0]
             height, width = page.imagelength, page.imagewidth
             if height * width > max_pixels:
                 raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
@@ -231,8 +268,9 @@ def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str 
 def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray:
     """RGB uint8 (H, W, 3) as displayed; greyscale is repeated, alpha dropped, 16-bit scaled down.
 
-    Raises DecodeError for unreadable files, what cannot be shown (naming the TIFF tag), and images
-    over ``max_pixels`` (checked from the header, before decoding; the message names ``limit_key``).
+    Raises DecodeError for unreadable files, what cannot be shown (naming the TIFF tag), a TIFF holding several
+    pages or images (``tiff_main_series``), and images over ``max_pixels`` (checked from the header, before
+    decoding; the message names ``limit_key``).
     """
     if name.lower().endswith(TIFF_SUFFIXES):
         return _read_tiff(data, max_pixels, limit_key=limit_key)
@@ -345,7 +383,11 @@ def display_rgb(image: np.ndarray, first: int = 3) -> np.ndarray:
 
 
 def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
-    """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB."""
+    """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB.
+
+    Raises DecodeError: unreadable, not single-channel (codes) / no colours (``rgb``), a TIFF holding several pages
+    or images (``tiff_main_series``), over ``max_pixels``.
+    """
     if name.lower().endswith(TIFF_SUFFIXES):
         array = _read_tiff(data, max_pixels, mask=True, colours=rgb)
         if rgb and array.ndim != 3:

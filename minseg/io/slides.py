@@ -17,6 +17,7 @@ that matches) and handles region checks, RGB conversion and errors for all of th
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -28,11 +29,15 @@ import numpy as np
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
 from minseg.io.images import (DecodeError, decode_samples, luminance, picture_shape, show_samples, stored_bands,
-                              tiff_orientation, tiff_pixel_format, to_rgb8)
+                              tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
+from minseg.logs import get_logger, log_event
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 MAX_CALIBRATED_PIXEL_UM = 50.0
+ANISOTROPY_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are not one pixel size
+
+log = get_logger("io.slides")
 
 
 class SlideError(InputError):
@@ -227,7 +232,12 @@ class TiffReader:
         try:
             self._stream = storage.open_read(uri)
             self._tiff = tifffile.TiffFile(self._stream)
-            series = self._tiff.series[0]
+            if not self._tiff.series:
+                raise SlideError(f"{uri}: unreadable slide (no image in the TIFF)")
+            try:  # one image and its levels; a stack of pages or several images is refused, never read in part
+                series = tiff_main_series(self._tiff)
+            except DecodeError as exc:
+                raise SlideError(f"{uri}: {exc}") from None
             self._levels = [level.keyframe for level in series.levels]
             self._pages = [level.pages[0] for level in series.levels]
             for page in self._levels:
@@ -251,7 +261,7 @@ class TiffReader:
                                              level)
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
-                                  base.chunks[:2], _pixel_size_um(self._tiff, self._pages[0]))
+                                  base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]))
         except BaseException:
             self.close()
             raise
@@ -426,42 +436,82 @@ class Slide:
         self.close()
 
 
-def _pixel_size_um(tiff, page) -> float | None:
+def usable_pixel_size(value) -> float | None:
+    """``value`` as a pixel size in µm when it is one (a finite number > 0), else None."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        return None
+    return size if math.isfinite(size) and size > 0 else None
+
+
+def _pixel_size_um(uri: str, tiff, page) -> float | None:
+    """µm per pixel of level 0: SVS ``MPP``, else the resolution tags; None when the file does not say or says
+    something no pixel size is (a non-finite or non-positive MPP, X and Y resolutions that differ: one number
+    would put areas off by their ratio), logged as ``slide.pixel_size_ignored`` naming the slide."""
     if tiff.is_svs:
         for part in (page.description or "").split("|"):
             name, _, value = part.partition("=")
             if name.strip() == "MPP":
-                try:
-                    return float(value)
-                except ValueError:
-                    return None
-    tags = page.tags
-    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+                size = usable_pixel_size(value)
+                if size is None:
+                    _ignored(uri, f"SVS MPP = {value.strip()!r} is not a pixel size")
+                return size
+    sizes = resolution_sizes_um(page)
+    if sizes is None:
         return None
-    numerator, denominator = tags["XResolution"].value
-    unit = int(tags["ResolutionUnit"].value)
-    if not numerator or not denominator or unit not in (2, 3):
-        return None
-    size = (25400.0 if unit == 2 else 10000.0) / (numerator / denominator)
+    size = sizes[0]
     # 72/96/300 dpi are writers' defaults, not calibrations: no microscope has 85-350 µm pixels
-    return size if size <= MAX_CALIBRATED_PIXEL_UM else None
+    if size > MAX_CALIBRATED_PIXEL_UM:
+        return None
+    if len(sizes) == 2 and abs(sizes[1] - size) > ANISOTROPY_TOLERANCE * max(sizes[1], size):
+        _ignored(uri, f"pixels are {size:.6g} µm wide but {sizes[1]:.6g} µm high (XResolution != YResolution); "
+                      "its areas and sizes are given in pixels, not µm (resample it to square pixels)")
+        return None
+    return size
+
+
+def resolution_sizes_um(page) -> tuple[float, ...] | None:
+    """(x,) or (x, y) µm per pixel of a TIFF page from its resolution tags (inch or cm units), or None (no
+    XResolution, another unit, a zero term)."""
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags or int(tags["ResolutionUnit"].value) not in (2, 3):
+        return None
+    per_unit = 25400.0 if int(tags["ResolutionUnit"].value) == 2 else 10000.0
+    sizes = []
+    for name in ("XResolution", "YResolution"):
+        if name in tags:
+            numerator, denominator = tags[name].value
+            if not numerator or not denominator:
+                return None
+            sizes.append(per_unit * denominator / numerator)
+    return tuple(sizes)
+
+
+def _ignored(uri: str, reason: str) -> None:
+    log_event(log, "slide.pixel_size_ignored", logging.WARNING, slide=uri, reason=reason)
 
 
 class SlideCache:
-    """Open slides kept per process (parsing an NDPI or SVS header is not free)."""
+    """Open slides kept per process (parsing an NDPI or SVS header is not free), by URI and version: a file replaced
+    under the same URI (``version``: e.g. its size and modification time) is opened afresh, never read through the
+    old file's parsed header and cached tiles."""
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
-        self._slides: OrderedDict[str, Slide] = OrderedDict()
+        self._slides: OrderedDict[tuple[str, Hashable], Slide] = OrderedDict()
 
     def reserve(self, count: int) -> None:
         """Keep at least ``count`` slides open: the images of one scene are read together (none may be closed
         while another of them opens), and the scene before it stays warm."""
         self.capacity = max(self.capacity, count)
 
-    def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None) -> Slide:
-        slide = self._slides.pop(uri, None) or Slide(uri, storage, limits=limits)
-        self._slides[uri] = slide
+    def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None, version: Hashable = None) -> Slide:
+        key = (uri, version)
+        for stale in [k for k in self._slides if k[0] == uri and k != key]:  # that file is gone: so is its slide
+            self._slides.pop(stale).close()
+        slide = self._slides.pop(key, None) or Slide(uri, storage, limits=limits)
+        self._slides[key] = slide
         while len(self._slides) > self.capacity:
             _, old = self._slides.popitem(last=False)
             old.close()
@@ -502,14 +552,14 @@ class SceneSlide:
     """
 
     def __init__(self, sources: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits | None = None,
-                 cache: "SlideCache | None" = None):
+                 cache: "SlideCache | None" = None, versions: dict[str, Hashable] | None = None):
         self.sources = sources
         self.slides: list[Slide] = []
         if cache is not None:
             cache.reserve(2 * len(sources))
         try:
             for source in sources:
-                self.slides.append(cache.get(source.uri, storage, limits) if cache
+                self.slides.append(cache.get(source.uri, storage, limits, (versions or {}).get(source.uri)) if cache
                                    else Slide(source.uri, storage, limits=limits))
             first = self.slides[0]
             for source, slide in zip(sources[1:], self.slides[1:]):

@@ -627,6 +627,23 @@ class Storage:
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
 
+    def version(self, uri: str) -> dict:
+        """What tells one version of an object from another without reading it: size and modification time (local
+        files, ns), or size, ETag and LastModified (S3). Raises ObjectNotFoundError, StorageError."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            head = self._call("head_object", loc, Bucket=loc.bucket, Key=loc.path)
+            modified = head.get("LastModified")
+            return {"uri": uri, "size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")),
+                    "modified": modified.isoformat() if modified is not None else None}
+        try:
+            stat = os.stat(loc.path)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
+        except OSError as exc:
+            raise StorageError(f"{loc.uri}: {exc.strerror or exc}") from None
+        return {"uri": uri, "size": stat.st_size, "modified_ns": stat.st_mtime_ns}
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects under a prefix, in key order. A local prefix is a folder (walked
         recursively) or a file-name prefix inside a folder. Temp files are skipped."""

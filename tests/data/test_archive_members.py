@@ -1,0 +1,131 @@
+"""Archive members as they really arrive: corrupt bytes (a bad CRC, broken deflate data) are quarantined naming the
+member, never a traceback; operating-system metadata (macOS ``__MACOSX/`` and ``._*``) is no data and no report."""
+
+import gzip
+import io
+import tarfile
+import zipfile
+
+import pytest
+
+from minseg.config.base import validate_config
+from minseg.data.config import DataSettings, LimitSettings
+from minseg.data.containers import MemberError, is_os_metadata, open_container, read_ref
+from minseg.data.pipeline import prepare_data
+from minseg.enums import Task
+from minseg.io.storage import Storage, StorageError
+from minseg.synth.minerals import CLASS_NAMES
+from minseg.synth.sections import render_section
+from tests.data.helpers import jpg_bytes, png_bytes
+
+CLASSES = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
+
+
+def dataset(count=3, size=32) -> dict[str, bytes]:
+    files = {}
+    for i in range(count):
+        image, mask = render_section(i, size, size)
+        files[f"images/s{i}.jpg"] = jpg_bytes(image)
+        files[f"masks/s{i}.png"] = png_bytes(mask)
+    return files
+
+
+def write_zip(path, files: dict, compression=zipfile.ZIP_STORED, corrupt: str | None = None):
+    """A zip of ``files``; ``corrupt``: that member's stored bytes get one byte flipped (its CRC no longer fits)."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    if corrupt is not None:
+        raw = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(corrupt)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        raw[start + info.compress_size // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_corrupt_zip_member_raises_a_member_error_naming_it(tmp_path, compression):
+    files = dataset()
+    path = write_zip(tmp_path / "ds.zip", files, compression, corrupt="images/s1.jpg")
+    storage = Storage()
+    container = open_container(str(path), LimitSettings(), storage)
+    with pytest.raises(MemberError, match=r"ds\.zip!images/s1\.jpg: corrupt archive member") as info:
+        read_ref(container.members["images/s1.jpg"], storage)
+    assert isinstance(info.value, StorageError) and isinstance(info.value, OSError)  # what bad-item handlers catch
+    assert read_ref(container.members["images/s0.jpg"], storage) == files["images/s0.jpg"]
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_scoring_and_training_quarantine_a_corrupt_member_and_carry_on(ray_session, tmp_path, compression):
+    """The data preparation ``score`` and ``train`` share: the image with a bad CRC and the item whose mask has
+    broken compressed data are quarantined with the reason; the others are used."""
+    files = dataset(4)
+    path = write_zip(tmp_path / "ds.zip", files, compression, corrupt="images/s1.jpg")
+    raw = bytearray(path.read_bytes())  # and a second member, the mask of s2
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("masks/s2.png")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    data = validate_config({"sources": [{"uri": str(path)}], "classes": CLASSES,
+                            "split": {"train": 1.0, "val": 0.0, "test": 0.0}, "tiling": {"size": 32}},
+                           DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), task_cpus=0.25)
+    assert sorted(item["item_id"].rsplit("/", 1)[1] for item in prepared.splits["train"]) == ["s0", "s3"]
+    reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
+    assert set(reasons) == {"s1.jpg", "s2.jpg"}
+    assert "ds.zip!images/s1.jpg: corrupt archive member" in reasons["s1.jpg"]
+    assert "ds.zip!masks/s2.png: corrupt archive member" in reasons["s2.jpg"]
+
+
+def test_a_corrupt_tar_gz_is_caught_by_its_crc(tmp_path):
+    """A stored (uncompressed) deflate block decodes whatever its bytes: only gzip's CRC tells. The archive is
+    refused (the source is quarantined), never staged as good."""
+    files = dataset(2)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    packed = bytearray(gzip.compress(plain.getvalue(), compresslevel=0))  # stored blocks
+    packed[len(packed) // 2] ^= 0xFF
+    (tmp_path / "ds.tar.gz").write_bytes(bytes(packed))
+    with pytest.raises(StorageError, match=r"ds\.tar\.gz: corrupt tar\.gz archive .*CRC"):
+        open_container(str(tmp_path / "ds.tar.gz"), LimitSettings(), Storage(), str(tmp_path / "staging"))
+
+
+MAC = {"__MACOSX/images/._s0.jpg": b"\x00\x05\x16\x07" + bytes(80), "__MACOSX/._images": bytes(10),
+       "images/._s0.jpg": b"\x00\x05\x16\x07" + bytes(80), ".DS_Store": bytes(50), "masks/.DS_Store": bytes(50)}
+
+
+def test_macos_metadata_is_not_data(tmp_path):
+    files = dataset(2)
+    write_zip(tmp_path / "ds.zip", {**files, **MAC})
+    with tarfile.open(tmp_path / "ds.tar.gz", "w:gz") as archive:
+        for name, data in {**files, **MAC}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    for name, data in {**files, **MAC}.items():
+        (tmp_path / "folder" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "folder" / name).write_bytes(data)
+    for uri in ("ds.zip", "ds.tar.gz", "folder"):
+        container = open_container(str(tmp_path / uri), LimitSettings(), Storage(), str(tmp_path / "staging"))
+        assert sorted(container.members) == sorted(files) and not container.rejected, uri
+    assert is_os_metadata("a/__MACOSX/b/c.png") and is_os_metadata("Thumbs.db") and not is_os_metadata("a/_b.png")
+
+
+def test_a_macos_zip_prepares_without_quarantine_rows(ray_session, tmp_path):
+    """What the tester saw: a Mac's zip (``dataset/`` with ``__MACOSX/dataset/...``) gave a quarantine row per
+    AppleDouble file, 'outside the layout's root'."""
+    files = {f"dataset/{name}": data for name, data in dataset(3).items()}
+    mac = {f"__MACOSX/dataset/{name.rsplit('/', 1)[0]}/._{name.rsplit('/', 1)[1]}": bytes(90) for name in dataset(3)}
+    write_zip(tmp_path / "mac.zip", {**files, **mac, "dataset/.DS_Store": bytes(20)})
+    data = validate_config({"sources": [{"uri": str(tmp_path / "mac.zip")}], "classes": CLASSES,
+                            "split": {"train": 1.0, "val": 0.0, "test": 0.0}, "tiling": {"size": 32}},
+                           DataSettings)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), task_cpus=0.25)
+    assert len(prepared.splits["train"]) == 3 and prepared.quarantine == []

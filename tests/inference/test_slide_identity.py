@@ -1,0 +1,98 @@
+"""A slide folder under an output holds one source's outputs, ever: slides of one file name (``Slide1.svs`` in every
+case folder) never share one, within a run or across runs; "already done" means the same file, unchanged (URI,
+size, modification time), with the same ensemble and level; a slide that has become unreadable is a failure in
+every table at once."""
+
+import json
+import os
+
+import numpy as np
+import tifffile
+
+from minseg.ensemble.manifest import load_manifest
+from minseg.inference.config import SegmentSettings
+from minseg.inference.blocks import record_uri
+from minseg.inference.finish import prepare_slide
+from minseg.inference.plan import plan_slide
+from minseg.io.storage import Storage
+from tests.inference.test_segment import run
+
+
+def write_slide(path, height, width, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    tifffile.imwrite(path, image, photometric="rgb")
+    return str(path)
+
+
+def tables(out):
+    rows = {}
+    for line in (out / "slides.csv").read_text().splitlines()[1:]:
+        slide, uri, status = line.split(",")[:3]
+        rows[slide] = (uri, status)
+    failures = [f["slide"] for f in json.loads((out / "failures.json").read_text())]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert [f["slide"] for f in summary["failed_slides"]] == failures
+    assert {s["slide"]: (s["uri"], s["status"]) for s in summary["slides"]} == rows
+    return rows, failures
+
+
+def test_same_named_and_replaced_slides_are_never_mixed_up(ray_session, manifests, tmp_path):
+    a = write_slide(tmp_path / "caseA" / "slide.tif", 20, 30, seed=1)
+    b = write_slide(tmp_path / "caseB" / "slide.tif", 48, 60, seed=2)
+    out = tmp_path / "out"
+    first = run(manifests["soft"], [a], out)
+    assert [s["slide"] for s in first.done] == ["slide"]
+
+    # caseB/slide.tif in a later run, beside caseA's: its own folder, segmented, not skipped as caseA's
+    second = run(manifests["soft"], [a, b], out)
+    assert [s.uri for s in second.skipped] == [a] and [s["uri"] for s in second.done] == [b]
+    (done_b,) = second.done
+    assert done_b["slide"].startswith("slide-") and done_b["source_shape"] == [48, 60]
+    assert json.loads((out / "slide" / "summary.json").read_text())["uri"] == a
+    rows, failures = tables(out)
+    assert rows == {"slide": (a, "skipped"), done_b["slide"]: (b, "done")} and failures == []
+    alone = run(manifests["soft"], [b], out)  # alone, it finds its own folder again
+    assert [(s.slide, s.uri) for s in alone.skipped] == [(done_b["slide"], b)] and not alone.done
+
+    # caseA's file replaced in place by another picture: redone, reported with its new size
+    write_slide(tmp_path / "caseA" / "slide.tif", 40, 50, seed=3)
+    replaced = run(manifests["soft"], [a], out)
+    assert [s["source_shape"] for s in replaced.done] == [[40, 50]] and not replaced.skipped
+    # ... by one of the same size (only the file's size / modification time tell)
+    write_slide(tmp_path / "caseA" / "slide.tif", 40, 50, seed=4)
+    stat = os.stat(a)
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    same_size = run(manifests["soft"], [a], out)
+    assert len(same_size.done) == 1 and not same_size.skipped
+    assert run(manifests["soft"], [a], out).skipped  # unchanged now: skipped
+
+    # caseA becomes unreadable: failed in the console's count, failures.json, run_summary.json and slides.csv alike
+    (tmp_path / "caseA" / "slide.tif").write_bytes(b"not a tiff any more")
+    broken = run(manifests["soft"], [a], out)
+    assert [f.slide for f in broken.failed] == ["slide"]
+    assert "no longer listed as complete" in broken.failed[0].reason
+    rows, failures = tables(out)
+    assert failures == ["slide"] and rows == {done_b["slide"]: (b, "skipped")}
+
+
+def test_a_partial_slide_of_another_version_of_the_file_is_not_resumed(manifests, tmp_path):
+    """Blocks recorded for the file before it was replaced are never mixed into the new one's outputs."""
+    manifest = load_manifest(manifests["soft"])
+    settings, storage = SegmentSettings(block=64, output_tile=64), Storage()
+    path = tmp_path / "slide.tif"
+    write_slide(path, 100, 120, seed=1)
+    plan = plan_slide(str(path), "slide", manifest, settings, storage, str(tmp_path / "out"))
+    classes = manifest.classes["classes"]
+    todo, resumed = prepare_slide(plan, settings, storage, classes, manifest.digest(), {})
+    (tmp_path / "out" / "slide" / ".minseg" / "blocks").mkdir(parents=True, exist_ok=True)
+    open(record_uri(plan.output_uri, todo[0]), "wb").close()  # one block recorded, then the run was stopped
+    again = plan_slide(str(path), "slide", manifest, settings, storage, str(tmp_path / "out"))
+    assert prepare_slide(again, settings, storage, classes, manifest.digest(), {})[1] == 1  # same file: resumed
+    write_slide(path, 100, 120, seed=2)  # replaced (same size)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    replaced = plan_slide(str(path), "slide", manifest, settings, storage, str(tmp_path / "out"))
+    todo, resumed = prepare_slide(replaced, settings, storage, classes, manifest.digest(), {})
+    assert resumed == 0 and len(todo) == 4  # 100x120 in 64-px blocks: every block redone
+    assert not list((tmp_path / "out" / "slide" / ".minseg" / "blocks").glob("*"))

@@ -1,0 +1,117 @@
+"""What a TIFF holds besides its one image, and the pixel size it claims: a stack of pages is refused (never read
+as its first page), pyramid levels and a whole-slide format's label / macro / thumbnail are not; a pixel size that
+is no size (NaN, negative, X != Y) is absent, logged naming the slide, and never reaches a JSON file."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+
+from minseg.io.images import DecodeError, decode_image, decode_mask
+from minseg.io.slides import Slide, SlideError
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+CODES = RNG.integers(0, 4, (64, 80), dtype=np.uint8)
+
+
+def pages(*arrays, **options) -> bytes:
+    """One TIFF page per array (``options`` per page: a list of dicts, or one dict for all)."""
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for index, array in enumerate(arrays):
+            extra = options.get("each", [{}] * len(arrays))[index]
+            writer.write(array, photometric="rgb" if array.ndim == 3 else "minisblack", metadata=None, **extra)
+    return buffer.getvalue()
+
+
+STACKS = {
+    "PPL + XPL, one shape": pages(RGB, RGB[::-1]),  # tifffile: one series of 2 pages
+    "two images of other shapes": pages(RGB[:32, :32], RGB),  # two series (a thumbnail first, not flagged)
+}
+
+
+def stack_written_whole() -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([CODES, CODES[::-1]]))  # a 'shaped' 2x64x80 series
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["PPL + XPL, one shape", "two images of other shapes", "whole"])
+def test_multi_page_tiffs_are_refused_for_images_masks_and_slides(tmp_path, kind):
+    data = stack_written_whole() if kind == "whole" else STACKS[kind]
+    with pytest.raises(DecodeError, match=r"multi-(page|image) TIFF: 2 (pages|images)"):
+        decode_image(data, "scene.tif", 10**8)
+    with pytest.raises(DecodeError, match=r"multi-(page|image) TIFF: 2 (pages|images)"):
+        decode_mask(data, "mask.tif", 10**8)
+    (tmp_path / "scene.tif").write_bytes(data)
+    with pytest.raises(SlideError, match=r"scene\.tif: multi-(page|image) TIFF: 2 (pages|images)"):
+        Slide(str(tmp_path / "scene.tif"))
+
+
+def test_reduced_resolution_pages_and_sub_ifd_pyramids_still_read(tmp_path):
+    reduced = pages(RGB, RGB[::2, ::2], each=[{}, {"subfiletype": 1}])
+    assert np.array_equal(decode_image(reduced, "a.tif", 10**8), RGB)
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        writer.write(CODES, metadata=None, subifds=1)
+        writer.write(CODES[::2, ::2], metadata=None, subfiletype=1)
+    assert np.array_equal(decode_mask(buffer.getvalue(), "m.tif", 10**8), CODES)
+    (tmp_path / "pyramid.tif").write_bytes(reduced)
+    with Slide(str(tmp_path / "pyramid.tif")) as slide:
+        assert slide.info.levels == ((64, 80), (32, 40))
+
+
+@pytest.mark.parametrize("name", ["yb10kx5k.zstd.tiff", "grey10kx5k.tif", "test3-DAPI-2-387.ndpi",
+                                  "CMU-1-Small-Region.svs"])
+def test_real_slides_with_label_macro_and_thumbnail_still_read(shared_data, name):
+    with Slide(str(shared_data / "slides" / name)) as slide:
+        assert slide.read_region(0, 0, 16, 16).shape == (16, 16, 3)
+
+
+def svs(path, mpp: str) -> str:
+    description = f"Aperio Image Library v12.0.5\r\n80x64 [0,0 80x64] (256x256) JPEG/RGB Q=70|AppMag = 20|MPP = {mpp}"
+    tifffile.imwrite(path, RGB, photometric="rgb", tile=(32, 32), description=description, metadata=None)
+    return str(path)
+
+
+@pytest.mark.parametrize("mpp", ["-0.5", "nan", "inf", "0", "abc"])
+def test_an_svs_mpp_that_is_no_pixel_size_is_absent_and_logged(tmp_path, caplog, mpp):
+    path = svs(tmp_path / "slide.svs", mpp)
+    with caplog.at_level(logging.WARNING, logger="minseg"), Slide(path) as slide:
+        assert slide.info.format == "svs" and slide.info.pixel_size_um is None
+    (record,) = [r for r in caplog.records if r.getMessage() == "slide.pixel_size_ignored"]
+    assert record.fields["slide"] == path and "MPP" in record.fields["reason"]
+    with Slide(svs(tmp_path / "good.svs", "0.25")) as slide:
+        assert slide.info.pixel_size_um == 0.25
+
+
+def test_different_x_and_y_resolutions_are_not_one_pixel_size(tmp_path, caplog):
+    path = tmp_path / "aniso.tif"  # 0.5 µm wide, 1 µm high
+    tifffile.imwrite(path, RGB, photometric="rgb", resolution=(20000, 10000), resolutionunit="CENTIMETER")
+    with caplog.at_level(logging.WARNING, logger="minseg"), Slide(str(path)) as slide:
+        assert slide.info.pixel_size_um is None
+    (record,) = [r for r in caplog.records if r.getMessage() == "slide.pixel_size_ignored"]
+    assert "0.5 µm wide but 1 µm high" in record.fields["reason"] and record.fields["slide"] == str(path)
+    tifffile.imwrite(path, RGB, photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    with Slide(str(path)) as slide:
+        assert slide.info.pixel_size_um == pytest.approx(0.5)
+
+
+def test_a_slide_whose_mpp_is_nan_is_planned_without_a_pixel_size(tmp_path):
+    """Where it went into summary.json as a bare NaN: the plan (and so every output) has no pixel size."""
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.inference.config import SegmentSettings
+    from minseg.inference.plan import plan_slide
+    from minseg.io.storage import Storage
+    from tests.inference.conftest import write_manifest
+
+    manifest = load_manifest(write_manifest(tmp_path))
+    plan = plan_slide(svs(tmp_path / "nan.svs", "nan"), "nan", manifest, SegmentSettings(), Storage(), str(tmp_path))
+    assert plan.pixel_size_um is None and plan.measure.pixel_size_um is None
+    plan = plan_slide(svs(tmp_path / "ok.svs", "0.5"), "ok", manifest, SegmentSettings(), Storage(), str(tmp_path))
+    assert plan.pixel_size_um == 0.5
+    with pytest.raises(ValueError, match="finite"):
+        SegmentSettings(pixel_size_um=float("inf"))
