@@ -23,10 +23,69 @@ def _load(args) -> "MinsegConfig":  # noqa: F821
 
 
 def _add_config_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--config", "-c", required=required, help="YAML config (path or s3:// URI)")
+    parser.add_argument("--config", "-c", required=required, type=_text, help="YAML config (path or s3:// URI)")
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set run.seed=3"
     )
+
+
+def _text(text: str) -> str:
+    """argparse type of a path, URI or name: not empty (an empty --out would quietly mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a path, URI or name")
+    return text
+
+
+def _class_names(text: str) -> list[str]:
+    """``--classes``: names by class id, each given and distinct (an empty entry would shift every later id)."""
+    from minseg.mineralogy.config import class_list_problem
+
+    names = [name.strip() for name in text.split(",")]
+    problem = class_list_problem(names)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return names
+
+
+def _member_names(text: str) -> list[str]:
+    """``--members``: comma-separated member names, each given once."""
+    names = [name.strip() for name in text.split(",")]
+    for position, name in enumerate(names, 1):
+        if not name:
+            raise argparse.ArgumentTypeError(f"entry {position} of {text!r} is empty")
+        if names.index(name) + 1 != position:
+            raise argparse.ArgumentTypeError(f"{name!r} is given twice in {text!r} (entries "
+                                             f"{names.index(name) + 1} and {position})")
+    return names
+
+
+def _section(model, current: dict, updates: dict, flags: dict[str, str], section: str, args):
+    """``model`` (a config section) from the config's values with the command line's ``updates`` (None: not
+    given) on top; a value that does not validate is a ConfigError naming its flag (``flags``: field -> flag)
+    or, for the config's own values, the config."""
+    from minseg.config import validate_section
+
+    given = {key: value for key, value in updates.items() if value is not None}
+    sources = {key: flags[key] for key in given if key in flags}
+    return validate_section(model, {**current, **given}, section, getattr(args, "config", None) or "command line",
+                            sources)
+
+
+def _check_output(uri: str | None, source: str) -> None:
+    """Refuse, before anything runs, a local output folder that is a file or lies under one (the job would
+    fail at its first write, after Ray started). s3:// prefixes cannot collide with a file that way."""
+    from minseg.errors import InputError
+    from minseg.io.storage import is_s3, parse_uri
+
+    if not uri or is_s3(uri):
+        return
+    path = Path(os.path.expanduser(parse_uri(uri).path)).absolute()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == path else f"lies under {folder}, a file"
+                raise InputError(f"{source}: {uri} {where}, not a folder: give a folder for the outputs")
+            return
 
 
 def cmd_demo(args) -> int:
@@ -37,6 +96,7 @@ def cmd_demo(args) -> int:
     config = _load(args)
     if args.out:
         config.run.output_uri = args.out
+    _check_output(config.run.uri, "--out" if args.out else "run.output_uri")
     run_demo(config, fresh=args.fresh)
     return 0
 
@@ -56,6 +116,7 @@ def cmd_synth(args) -> int:
         config.synth.slide = SlideSynth()
     if args.seed is not None:
         config.synth.seed = args.seed
+    _check_output(args.out, "--out")
     result = run_synth(config, args.out)
     print(json.dumps(result.outputs, indent=2))
     return 0
@@ -65,9 +126,10 @@ def cmd_train(args) -> int:
     from minseg.train.ensemble import train_ensemble
 
     config = _load(args)
-    members = [m.strip() for m in args.members.split(",") if m.strip()] if args.members else None
+    members = args.members or None
     from minseg.enums import MemberStatus
 
+    _check_output(config.run.uri, "run.output_uri")
     results = train_ensemble(config, members, resume=args.resume)
     failed = [r.member for r in results if r.status is not MemberStatus.DONE]
     if failed:
@@ -78,7 +140,9 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from minseg.ensemble.evaluate import evaluate_ensemble
 
-    result = evaluate_ensemble(_load(args))
+    config = _load(args)
+    _check_output(config.run.uri, "run.output_uri")
+    result = evaluate_ensemble(config)
     print(f"ensemble manifest: {result.manifest_uri}")
     return 0
 
@@ -90,10 +154,11 @@ def cmd_score(args) -> int:
 
     config = _load(args)
     updates = {"manifest": args.manifest, "split": args.split, "output_uri": args.out}
-    current = (config.score or ScoreSettings()).model_dump()
-    config.score = ScoreSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
+    config.score = _section(ScoreSettings, (config.score or ScoreSettings()).model_dump(), updates,
+                            {"manifest": "--manifest", "split": "--split", "output_uri": "--out"}, "score", args)
     if args.data:
         config.data = data_from_folders(config.data, args.data)
+    _check_output(config.score.output(config.run.uri), "--out" if args.out else "score.output_uri")
     result = score_ensemble(config)
     print(f"score -> {result.output} ({result.images} images scored, {result.quarantined} quarantined)")
     return 0
@@ -103,10 +168,11 @@ def data_from_folders(data, uris: list[str]):
     """``score --data``: the config's ``DataSettings`` (or None) with the folders given as its sources, each read
     like the config's first source (its layout, folders, name patterns, channels) but whole: that source's
     include / exclude picked a subset of another collection."""
+    from minseg.config import validate_section
     from minseg.data.config import DataSettings
 
     if data is None:
-        return DataSettings(sources=[{"uri": uri} for uri in uris])
+        return validate_section(DataSettings, {"sources": [{"uri": uri} for uri in uris]}, "data", "--data")
     first = data.sources[0]
     sources = [first.model_copy(update={"uri": uri, "name": None, "include": None, "exclude": []}) for uri in uris]
     return data.model_copy(update={"sources": sources})
@@ -156,6 +222,10 @@ def cmd_select(args) -> int:
                   "again)", file=sys.stderr)
         print(f"chosen on the {document.get('selection_split') or 'test'} split")
     target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
+    if not target.startswith("s3://") and os.path.isdir(os.path.expanduser(target)):
+        raise InputError(f"--out: {target} is a folder; give the manifest's file name")
+    _check_output(os.path.dirname(os.path.abspath(os.path.expanduser(target))) if not target.startswith("s3://")
+                  else None, "--out")
     write_manifest(manifest, target, storage)
     print(f"selected {key} -> {target}")
     return 0
@@ -171,6 +241,7 @@ def cmd_prospect(args) -> int:
         raise ProspectInputError("the prospect job needs a 'prospect' section in --config (see configs/prospect_*.yaml)")
     if args.out:
         config.prospect.output_uri = args.out
+    _check_output(config.prospect.output_uri or config.run.uri, "--out" if args.out else "prospect.output_uri")
     result = map_prospectivity(config, resume=args.resume)
     metrics = result.metrics
     prediction, success = metrics["prediction_rate"], metrics["success_rate"]
@@ -201,8 +272,13 @@ def cmd_segment(args) -> int:
                "manifest_uri": args.manifest, "output_uri": args.out,
                "level": args.level, "force": True if args.force else None, "actors": args.actors,
                "block": args.block, "formats": args.format}
-    current = (config.segment or SegmentSettings()).model_dump()
-    config.segment = SegmentSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
+    flags = {"slides": "SLIDES", "scenes": "--scene", "manifest_uri": "--manifest", "output_uri": "--out",
+             "level": "--level", "force": "--force", "actors": "--actors", "block": "--block", "formats": "--format"}
+    config.segment = _section(SegmentSettings, (config.segment or SegmentSettings()).model_dump(), updates, flags,
+                              "segment", args)
+    _check_output(config.segment.output_uri or config.run.uri, "--out" if args.out else "segment.output_uri")
+    _check_globs(config.segment.slides, "SLIDES" if given else "segment.slides", "slides", _storage(config),
+                 others=bool(config.segment.scenes or config.segment.slide_list))
     result = segment_slides(config)
     print(f"segmented {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)} "
           f"slides -> {result.output}")
@@ -222,6 +298,8 @@ def _scene(text: str) -> dict[str, str]:
         name, sep, uri = part.partition("=")
         if not sep or not name.strip() or not uri.strip():
             raise argparse.ArgumentTypeError(f"{part!r} is not NAME=URI (e.g. ppl=s01_ppl.tif,xpl=s01_xpl.tif)")
+        if name.strip() in scene:
+            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}: one image per channel")
         scene[name.strip()] = uri.strip()
     return scene
 
@@ -231,13 +309,19 @@ def cmd_measure(args) -> int:
     from minseg.inference.measure import measure_label_maps
 
     config = _load(args)
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     # maps given on the command line replace measure.labels, and their references (or none) the config's
     updates = {"labels": args.labels or None, "references": (args.reference or []) if args.labels else args.reference,
-               "classes": classes, "pixel_size_um": args.pixel_size_um, "output_uri": args.out}
-    current = (config.measure or MeasureSettings()).model_dump()
-    config.measure = MeasureSettings.model_validate({**current, **{k: v for k, v in updates.items() if v is not None}})
-    result = measure_label_maps(config)
+               "classes": args.classes, "pixel_size_um": args.pixel_size_um, "output_uri": args.out}
+    flags = {"labels": "LABELS", "references": "--reference", "classes": "--classes",
+             "pixel_size_um": "--pixel-size-um", "output_uri": "--out"}
+    config.measure = _section(MeasureSettings, (config.measure or MeasureSettings()).model_dump(), updates, flags,
+                              "measure", args)
+    settings = config.measure
+    _check_output(settings.output_uri or config.run.uri, "--out" if args.out else "measure.output_uri")
+    _check_globs(settings.labels, "LABELS" if args.labels else "measure.labels", "label maps", _storage(config))
+    result = measure_label_maps(config, {
+        "classes": "--classes" if args.classes else f"{args.config or 'config'}: measure.classes",
+        "pixel_size_um": "--pixel-size-um" if args.pixel_size_um is not None else "measure.pixel_size_um"})
     print(f"measured {len(result.done)}, failed {len(result.failed)} label maps -> {result.output}")
     for slide, lines in list(result.headlines.items())[:10]:  # a batch's are in mineralogy/mineralogy.md
         print(f"  {slide}:")
@@ -249,6 +333,28 @@ def cmd_measure(args) -> int:
         count = len(result.failed)
         print(f"minseg: {count} label map{'s' if count != 1 else ''} failed (see failures.json)", file=sys.stderr)
     return 1 if result.failed else 0
+
+
+def _storage(config):
+    from minseg.io.storage import Storage
+
+    return Storage(config.storage)
+
+
+def _check_globs(entries: list[str], source: str, what: str, storage=None, others: bool = False) -> None:
+    """A glob that matches nothing beside inputs that exist (other entries, or ``others``: e.g. scenes) is a
+    mistyped pattern, not a smaller batch: refused before anything runs, naming it (the run would otherwise carry
+    on with the rest and look complete). When nothing is given at all, the job's own "no slides given" says so."""
+    from minseg.errors import InputError
+    from minseg.io.slides import SLIDE_SUFFIXES
+    from minseg.io.storage import Storage, glob_uris, has_glob
+
+    storage = storage or Storage()
+    matched = {entry: not has_glob(entry) or bool(glob_uris(entry, storage, SLIDE_SUFFIXES)) for entry in entries}
+    empty = [entry for entry, found in matched.items() if not found]
+    if empty and (others or any(matched.values())):
+        raise InputError(f"{source}: {', '.join(map(repr, empty))} matched no {what} (files ending in "
+                         f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
 
 
 def cmd_config(args) -> int:
@@ -324,6 +430,7 @@ def cmd_analyze(args) -> int:
     from minseg.analysis.kernels import analyze_kernels
     from minseg.io.storage import Storage
 
+    _check_output(args.out, "--out")
     report = analyze_kernels(args.sources, args.out, Storage(), bins=args.bins, near_zero=args.near_zero,
                              relative=args.relative)
     members = list(dict.fromkeys(row["member"] for row in report.rows))
@@ -369,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on local Ray and local files")
     _add_config_options(demo)
-    demo.add_argument("--out", help="output folder or s3:// prefix (default: run.output_uri)")
+    demo.add_argument("--out", type=_text, help="output folder or s3:// prefix (default: run.output_uri)")
     demo.add_argument("--fresh", action="store_true", help="retrain the members even if a previous demo run "
                       "trained them from the same data and settings (by default they are reused)")
     demo.set_defaults(func=cmd_demo)
@@ -378,14 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "what", nargs="*", default=["all"], choices=["all", "sections", "slide", "survey"], help="what to make"
     )
-    synth.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    synth.add_argument("--out", required=True, type=_text, help="output folder or s3:// prefix")
     synth.add_argument("--seed", type=int, help="seed (default: synth.seed)")
     _add_config_options(synth)
     synth.set_defaults(func=cmd_synth)
 
     train = sub.add_parser("train", help="train every ensemble member of a config concurrently (Ray Train + Tune)")
     _add_config_options(train, required=True)
-    train.add_argument("--members", help="comma-separated member names (default: all)")
+    train.add_argument("--members", type=_member_names, help="comma-separated member names (default: all)")
     train.add_argument("--resume", action="store_true", help="continue a run: finished members are kept, others resume")
     train.set_defaults(func=cmd_train)
 
@@ -403,17 +510,19 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
                         "choosing by --key / --tpi-budget / --rule)")
     select.add_argument("--name", default="selected", help="name recorded in the manifest")
-    select.add_argument("--out", help="manifest path or URI (default: beside evaluation.json)")
+    select.add_argument("--out", type=_text, help="manifest path or URI (default: beside evaluation.json)")
     select.set_defaults(func=cmd_select)
 
     segment = sub.add_parser("segment", help="segment whole slides with a selected ensemble (Ray actor pool)")
-    segment.add_argument("slides", nargs="*", help="slide paths, s3:// URIs or globs (instead of segment.slides)")
+    segment.add_argument("slides", nargs="*", type=_text,
+                         help="slide paths, s3:// URIs or globs (instead of segment.slides)")
     _add_config_options(segment)
     segment.add_argument("--scene", action="append", type=_scene, metavar="NAME=URI,NAME=URI",
                          help="the images of one scene by channel name, e.g. ppl=a_ppl.tif,xpl=a_xpl.tif, for "
                               "ensembles trained on several images per scene (repeatable; instead of segment.scenes)")
-    segment.add_argument("--manifest", help="ensemble manifest (default: segment.manifest_uri)")
-    segment.add_argument("--out", help="output folder or s3:// prefix (default: segment.output_uri)")
+    segment.add_argument("--manifest", type=_text, help="ensemble manifest (default: segment.manifest_uri)")
+    segment.add_argument("--out", type=_text,
+                         help="output folder or s3:// prefix (default: segment.output_uri)")
     segment.add_argument("--level", type=int, help="pyramid level to segment (default 0: full resolution)")
     segment.add_argument("--actors", type=int, help="inference actors")
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
@@ -425,33 +534,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     measure = sub.add_parser("measure", help="mineralogy of existing label maps: modal, sizes, liberation, "
                              "association, per-object tables (one Ray task per map)")
-    measure.add_argument("labels", nargs="*", help="labels.tif / segmentation.ome.zarr from segment, or class-id "
+    measure.add_argument("labels", nargs="*", type=_text,
+                         help="labels.tif / segmentation.ome.zarr from segment, or class-id "
                          "TIFF/PNG masks: paths, s3:// URIs or globs (instead of measure.labels)")
     _add_config_options(measure)
-    measure.add_argument("--reference", action="append", metavar="MASK",
+    measure.add_argument("--reference", action="append", metavar="MASK", type=_text,
                          help="reference mask for the label map in the same position (repeat once per map): "
                               "the errors of every number against it")
-    measure.add_argument("--classes", help="class names by id, comma-separated, for maps that do not name them")
+    measure.add_argument("--classes", type=_class_names,
+                         help="class names by id, comma-separated, for maps that do not name them (a map that "
+                              "names its classes must agree)")
     measure.add_argument("--pixel-size-um", type=float, help="µm per pixel (default: the map's own, if any)")
-    measure.add_argument("--out", help="output folder or s3:// prefix (default: measure.output_uri)")
+    measure.add_argument("--out", type=_text,
+                         help="output folder or s3:// prefix (default: measure.output_uri)")
     measure.set_defaults(func=cmd_measure)
 
     score = sub.add_parser("score", help="score a selected ensemble (its manifest) on a new labelled set: same "
                            "tiling and fusion, the full report")
     _add_config_options(score)
-    score.add_argument("--manifest", help="ensemble manifest from evaluate / select (instead of score.manifest)")
-    score.add_argument("--data", action="append", metavar="URI",
+    score.add_argument("--manifest", type=_text,
+                       help="ensemble manifest from evaluate / select (instead of score.manifest)")
+    score.add_argument("--data", action="append", metavar="URI", type=_text,
                        help="labelled set: folder or archive, local or s3:// (repeatable; instead of data.sources, "
                             "read like the config's first source; classes and channels default to the manifest's)")
     score.add_argument("--split", choices=["all", "train", "val", "test"],
                        help="all (default): every labelled item; or that split of data.split")
-    score.add_argument("--out", help="output folder or s3:// prefix (default: <run>/score/<score.name>)")
+    score.add_argument("--out", type=_text,
+                       help="output folder or s3:// prefix (default: <run>/score/<score.name>)")
     score.set_defaults(func=cmd_score)
 
     prospect = sub.add_parser("prospect", help="map mineral prospectivity: samples + evidence -> MFAF ensemble -> "
                               "maps, curves and ranked targets")
     _add_config_options(prospect, required=True)
-    prospect.add_argument("--out", help="output folder or s3:// prefix (default: prospect.output_uri)")
+    prospect.add_argument("--out", type=_text,
+                          help="output folder or s3:// prefix (default: prospect.output_uri)")
     prospect.add_argument("--resume", action="store_true", help="keep member trials that already finished")
     prospect.set_defaults(func=cmd_prospect)
 
@@ -481,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's network comparison)")
     kernels.add_argument("sources", nargs="+", metavar="RUN_MANIFEST_OR_CHECKPOINT",
                          help="a training run, an ensemble manifest.json, or checkpoint directories (local or s3://)")
-    kernels.add_argument("--out", required=True, help="folder or s3:// prefix for kernels.csv and the figures")
+    kernels.add_argument("--out", required=True, type=_text,
+                         help="folder or s3:// prefix for kernels.csv and the figures")
     kernels.add_argument("--bins", type=int, default=60, help="histogram bins per layer (default 60)")
     kernels.add_argument("--near-zero", type=float, default=0.01, help="|w| below this counts as near zero (0.01)")
     kernels.add_argument("--relative", type=float, default=0.05,
@@ -512,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minseg: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ValidationError as exc:  # a value set from the command line that does not validate
-        print(f"minseg: error: {exc}", file=sys.stderr)
+        from minseg.config import section_error
+
+        print(f"minseg: error: {section_error(exc, '', 'command line')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("minseg: interrupted", file=sys.stderr)

@@ -8,7 +8,8 @@ the storage layer. Names from the last two are imported on first use, so importi
 ``minseg.config`` never loads the whole stack.
 """
 
-from minseg.config.base import ConfigError, StrictModel, parse_set_options, validate_config
+from minseg.config.base import (ConfigError, StrictModel, parse_set_options, section_error, validate_config,
+                                validate_section)
 
 _LAZY = {
     "MinsegConfig": "minseg.config.schema",
@@ -31,4 +32,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'minseg.config' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "StrictModel", "parse_set_options", "validate_config", *sorted(_LAZY)]
+__all__ = ["ConfigError", "StrictModel", "parse_set_options", "section_error", "validate_config", "validate_section",
+           *sorted(_LAZY)]

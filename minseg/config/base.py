@@ -28,9 +28,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: no unknown keys, no silent coercion of garbage."""
+    """Base of every config section: no unknown keys, no silent coercion of garbage, no infinite or NaN
+    numbers (``gt=0`` alone lets ``inf`` through)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
 
 
 def _multiple_of_16(value: int) -> int:
@@ -159,6 +160,38 @@ def validate_config(
         problems = [(key_path(e["loc"]), _describe(e)) for e in exc.errors()]
         # blame the --set or variable that set a key, not the file
         raise ConfigError(source, problems, [_origin(key, origins) or source for key, _ in problems]) from None
+
+
+def validate_section(model: type[M], data: Mapping[str, Any], section: str, source: str,
+                     sources: Mapping[str, str] | None = None) -> M:
+    """Validate one section (``section``: its key in the config, e.g. ``segment``) from values that came from
+    ``source`` (a config file) or, per field, from ``sources`` (field -> where it came from, e.g.
+    ``{"level": "--level"}``); errors are the :class:`ConfigError` a config file's are, blaming the flag.
+
+    Raises:
+        ConfigError: ``<source or flag>: <section.key>: <reason>`` per problem.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise section_error(exc, section, source, sources, model) from None
+
+
+def section_error(exc: ValidationError, section: str, source: str, sources: Mapping[str, str] | None = None,
+                  model: type[BaseModel] | None = None) -> ConfigError:
+    """A pydantic ``ValidationError`` of one section as a :class:`ConfigError` (``validate_section``). A model
+    validator's error has no key; when its message starts with a field of ``model`` (``"block: ..."``), it is
+    that field's."""
+    problems, wheres = [], []
+    for error in exc.errors():
+        loc, reason = tuple(error["loc"]), _describe(error)
+        if not loc and model is not None:
+            name, sep, rest = reason.removeprefix("Value error, ").partition(": ")
+            if sep and name in model.model_fields:
+                loc, reason = (name,), rest
+        problems.append((key_path(((section,) if section else ()) + loc), reason))
+        wheres.append((sources or {}).get(loc[0], source) if loc else source)
+    return ConfigError(source, problems, wheres)
 
 
 def _origin(key: str, origins: Mapping[str, str]) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -22,11 +23,11 @@ from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, open_label_map
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
-from minseg.io.slides import SLIDE_SUFFIXES, SlideError
+from minseg.io.slides import SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
-from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.config import MineralogySettings, class_list_problem
 from minseg.mineralogy.plots import write_plots
 from minseg.mineralogy.report import FOLDER, headline, headline_text, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, ObjectTables, SlideMineralogy, measure_block, staged_tables
@@ -194,17 +195,125 @@ def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, stor
         return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc)}}
 
 
-def measure_label_maps(config: MinsegConfig) -> MeasureResult:
-    """The measure job (module doc).
+def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | None]], storage: Storage,
+                     classes_source: str = "measure.classes", size_source: str = "measure.pixel_size_um") -> None:
+    """What ``measure`` would otherwise measure silently wrong, refused before Ray starts (InputError naming each
+    map and why): class names (``settings.classes``) that are empty or repeated, or that disagree with the names
+    a map carries; a segmentation OME-Zarr whose segment run has not completed (its ``minseg.status``), a
+    map's or reference's; a pixel size read from a map (when ``settings.pixel_size_um`` is not set) that is not
+    finite or not square. Maps that cannot be opened are left to the job, which lists them with the reader's
+    reason."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if settings.classes and (problem := class_list_problem(settings.classes)):
+        raise MeasureInputError(f"{classes_source}: {problem}")
+    maps = {uri for uri, _ in pairs}
+    files = list(dict.fromkeys(uri for pair in pairs for uri in pair
+                               if uri and uri.rstrip("/").lower().endswith((".zarr", ".tif", ".tiff"))))
+    with ThreadPoolExecutor(max_workers=16) as pool:  # headers only; I/O-bound on S3
+        problems = [problem for problem in pool.map(
+            lambda uri: _label_map_problem(uri, uri in maps, settings, storage, classes_source, size_source), files)
+            if problem]
+    if len(problems) == 1:
+        raise MeasureInputError(f"measure: {problems[0]}")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise MeasureInputError(f"measure: {len(problems)} label maps refused (nothing measured):\n  " + "\n  ".join(shown))
+
+
+def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str, size_source: str):
+    """``check_label_maps`` for one file: what is wrong with it, or None."""
+    try:
+        labels = open_label_map(uri, storage)
+    except (SlideError, InputError, OSError, ValueError):
+        return None  # the job fails this map with the reader's own reason
+    with labels:
+        zarr = uri.rstrip("/").lower().endswith(".zarr")
+        if zarr and (status := _zarr_status(uri, storage)) != "complete":
+            return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
+                    "an unfinished or failed segmentation; segment the slide again")
+        if zarr and (missing := _zarr_missing_chunks(uri, storage)):
+            return (f"{uri}: {missing[0]} of its {missing[1]} label chunks are missing (zarr would read them as "
+                    "class 0): a damaged or partly copied map; copy it again or segment the slide again")
+        if not is_map:
+            return None
+        if settings.classes and labels.names and list(settings.classes) != list(labels.names):
+            return (f"{uri} names its classes and {classes_source} disagrees: "
+                    f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is for "
+                    "maps that do not name their classes: leave it out)")
+        size = labels.pixel_size_um
+        if settings.pixel_size_um is not None or size is None:
+            return None
+        if not math.isfinite(size):
+            return f"{uri}: its pixel size is {size!r} µm, not a finite number; set {size_source}"
+        sizes = _zarr_pixel_sizes(uri, storage) if zarr else _tiff_pixel_sizes(uri, storage)
+        if sizes and not math.isclose(*sizes, rel_tol=1e-6):
+            return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
+                    "areas and sizes need square pixels; resample the map to square pixels, or set "
+                    f"{size_source} if its resolution is wrong")
+    return None
+
+
+def _first_difference(names: list[str], given: list[str], source: str) -> str:
+    for class_id, (own, other) in enumerate(zip(names, given)):
+        if own != other:
+            return f"class id {class_id} is {own!r} in the map, {other!r} in {source}"
+    return f"the map names {len(names)} classes ({', '.join(names)}), {source} {len(given)}"
+
+
+def _zarr_status(uri: str, storage) -> str | None:
+    """segment's ``minseg.status`` of an OME-Zarr; "complete" for a zarr segment did not write (no ``minseg``
+    attributes: nothing says it is unfinished)."""
+    from minseg.io.ngff import SegmentationArrays
+
+    attributes = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root.attrs.get("minseg")
+    return attributes.get("status") if isinstance(attributes, dict) else "complete"
+
+
+def _zarr_missing_chunks(uri: str, storage) -> tuple[int, int] | None:
+    """(missing, all) label chunks of level 0 when some are missing from a map written with every chunk stored."""
+    from minseg.io.ngff import SegmentationArrays
+
+    counts = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).missing_chunks()
+    return counts if counts and counts[0] else None
+
+
+def _zarr_pixel_sizes(uri: str, storage) -> tuple[float, float] | None:
+    """(x, y) scale of level 0 of ``labels/classes``, or None."""
+    from minseg.io.ngff import SegmentationArrays
+
+    root = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root
+    try:
+        scale = root["labels/classes"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0][
+            "scale"]
+        return float(scale[-1]), float(scale[-2])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _tiff_pixel_sizes(uri: str, storage) -> tuple[float, float] | None:
+    """(x, y) µm of a TIFF's first page from its resolution tags (``io.slides.resolution_sizes_um``), or None."""
+    import tifffile
+
+    with storage.open_read(uri) as stream, tifffile.TiffFile(stream) as tiff:
+        return None if tiff.is_svs else resolution_sizes_um(tiff.pages[0])
+
+
+def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = None) -> MeasureResult:
+    """The measure job (module doc). ``sources``: where ``classes`` and ``pixel_size_um`` came from, for messages
+    (the CLI's flags; default: the config keys).
 
     Raises:
-        MeasureInputError: nothing to measure.
+        MeasureInputError: nothing to measure; a map ``check_label_maps`` refuses.
     """
     import ray
 
     settings = config.measure or MeasureSettings()
     storage = Storage(config.storage)
     pairs = resolve_label_maps(settings, storage)
+    sources = sources or {}
+    check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
+                     sources.get("pixel_size_um", "measure.pixel_size_um"))
     output = absolute_uri(settings.output_uri) if settings.output_uri else \
         join_uri(config.run.uri, "measure", settings.name)
     started = time.monotonic()

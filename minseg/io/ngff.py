@@ -128,7 +128,8 @@ def create_segmentation(uri: str, storage: Storage, layout: PyramidLayout, class
                         compression: TiffCompression, attributes: dict) -> None:
     """Create the empty OME-Zarr (metadata and array definitions only: no chunk is written).
 
-    ``attributes`` go under the root's ``minseg`` key with ``status: incomplete``.
+    ``attributes`` go under the root's ``minseg`` key with ``status: incomplete`` and ``every_chunk: true``
+    (``SegmentationArrays`` stores all-background chunks too: ``missing_chunks``).
     """
     import zarr
 
@@ -143,7 +144,7 @@ def create_segmentation(uri: str, storage: Storage, layout: PyramidLayout, class
                                      for name, colour in zip(IMAGE_CHANNELS, ("FF0000", "00FF00", "0000FF"))],
                         "rdefs": {"model": "color"}}
         _create_levels(store, "", layout, 3, compression)
-    root.attrs.update({"ome": ome, "minseg": {**attributes, "status": "incomplete"}})
+    root.attrs.update({"ome": ome, "minseg": {**attributes, "status": "incomplete", "every_chunk": True}})
     labels = root.create_group("labels")
     labels.attrs.update({"ome": {"version": NGFF_VERSION, "labels": ["classes"]}})
     classes = labels.create_group("classes")
@@ -182,8 +183,19 @@ class SegmentationArrays:
         if key not in self._arrays:
             import zarr
 
-            self._arrays[key] = zarr.open_array(self.store, path=key, mode="r" if self.store.read_only else "r+")
+            array = zarr.open_array(self.store, path=key, mode="r" if self.store.read_only else "r+")
+            # every chunk written, all-background ones too: a chunk missing from a complete map is then damage,
+            # which a reader can tell (zarr reads a missing chunk as the fill value, 0, without a word)
+            self._arrays[key] = array if self.store.read_only else array.with_config({"write_empty_chunks": True})
         return self._arrays[key]
+
+    def missing_chunks(self, group: str = LABELS, level: int = 0) -> tuple[int, int] | None:
+        """(chunks missing, chunks) of a level written with every chunk stored (``every_chunk`` in the root's
+        ``minseg`` attributes: segment since 2026-12-05), or None when the writer did not store empty ones."""
+        if not self.root.attrs.get("minseg", {}).get("every_chunk"):
+            return None
+        array = self.array(group, level)
+        return array.nchunks - array.nchunks_initialized, array.nchunks
 
     def write(self, group: str, level: int, top: int, left: int, values: np.ndarray) -> None:
         """``values`` ((h, w) or (h, w, c): channels last, as images come) at (top, left) of a level."""

@@ -66,8 +66,12 @@ class MineralogySettings(StrictModel):
         return self
 
     def check_class_names(self, names: list[str], owner: str = "the ensemble") -> None:
-        """The class names this config sets (densities; background classes when set) must be among ``names``
-        (``owner``'s classes); raises ValueError naming the key and the known classes."""
+        """``names`` (``owner``'s classes, by id) must be distinct and not empty, and the class names this config
+        sets (densities; background classes when set) must be among them; raises ValueError naming the key and
+        the known classes."""
+        problem = class_list_problem(names)
+        if problem:
+            raise ValueError(f"the class names of {owner}: {problem}")
         keys = [("mineralogy.densities", list(self.densities))]
         if self.background_classes != list(DEFAULT_BACKGROUND):  # the default names the usual spellings
             keys.append(("mineralogy.background_classes", self.background_classes))
@@ -76,3 +80,17 @@ class MineralogySettings(StrictModel):
             if unknown:
                 raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a class of {owner} "
                                  f"({', '.join(names)})")
+
+
+def class_list_problem(names: list[str]) -> str | None:
+    """What is wrong with class names by id (id = position from 0), or None: an empty name would leave its id
+    unnamed, a repeated one would merge two classes' numbers."""
+    seen: dict[str, int] = {}
+    for class_id, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            return f"class id {class_id} (entry {class_id + 1} of {len(names)}) has an empty name"
+        if name.strip() in seen:
+            return (f"{name.strip()!r} names class ids {seen[name.strip()]} and {class_id} (entries "
+                    f"{seen[name.strip()] + 1} and {class_id + 1}); every class needs its own name")
+        seen[name.strip()] = class_id
+    return None

@@ -15,7 +15,7 @@ from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.modal import SULPHIDES
 from minseg.mineralogy.plots import write_plots
-from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, Tally, main_minerals, mineralogy_document
+from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, Tally, check_finite, main_minerals, mineralogy_document
 
 REPORT = "mineralogy.md"
 FOLDER = "mineralogy"
@@ -168,6 +168,7 @@ def write_batch_report(documents: dict[str, dict], storage: Storage, out_uri: st
     document, _, _ = batch_document(documents)
     if document is None:
         return None
+    check_finite(document)
     plots = write_plots(document, storage, out_uri, title)
     storage.write_text(join_uri(out_uri, DOCUMENT), json.dumps(document, indent=1, default=float))
     rows = {slide: headline(doc) for slide, doc in documents.items()}

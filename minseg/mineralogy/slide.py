@@ -11,6 +11,7 @@ every number.
 from __future__ import annotations
 
 import contextlib
+import math
 from functools import cached_property
 from dataclasses import dataclass, fields
 
@@ -40,6 +41,13 @@ class MeasureSpec:
     names: tuple[str, ...]
     settings: MineralogySettings
     pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a pixel size that is not a finite number above 0 (inf would make every size
+        inf and reach the JSON documents as ``Infinity``)."""
+        size = self.pixel_size_um
+        if size is not None and not (isinstance(size, (int, float)) and math.isfinite(size) and size > 0):
+            raise ValueError(f"pixel size {size!r} µm is not a finite number above 0")
 
     @cached_property
     def sample(self) -> np.ndarray:
@@ -355,7 +363,26 @@ class SlideMineralogy:
         document = mineralogy_document(tally, spec, exact)
         document["tables"] = {"rows": rows, "leaves_out": f"objects under mineralogy.min_grain_px ({minimum} px)"} \
             if rows else None
-        return document
+        return check_finite(document)
+
+
+def check_finite(document, where: str = "") -> dict:
+    """``document`` unchanged when every number in it is finite (JSON has no NaN or infinity: ``json.dumps``
+    would write ``NaN`` / ``Infinity``, which no JSON reader accepts).
+
+    Raises:
+        ValueError: naming the first key holding NaN or an infinity.
+    """
+    if isinstance(document, dict):
+        for key, value in document.items():
+            check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(document, (list, tuple)):
+        for index, value in enumerate(document):
+            check_finite(value, f"{where}[{index}]")
+    elif isinstance(document, (float, np.floating)) and not math.isfinite(document):
+        raise ValueError(f"mineralogy: {where or 'a value'} is {float(document)!r}, not a finite number (a bug: "
+                         "nothing is written)")
+    return document
 
 
 def _grain_sizes(area: np.ndarray, count: np.ndarray, minimum: int, size: float | None) -> dict:

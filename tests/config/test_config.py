@@ -32,6 +32,11 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         ("storage: {multipart_part_size_mib: 1}", "storage.multipart_part_size_mib", "greater than or equal to 5"),
         ("bogus_section: {}", "bogus_section", "unknown key"),
         ("synth: {sections: null, slide: null, survey: null}", "synth", "nothing to synthesise"),
+        # gt=0 alone lets infinity through: no config number may be infinite or NaN
+        ("segment: {pixel_size_um: .inf}", "segment.pixel_size_um", "finite number"),
+        ("measure: {pixel_size_um: .nan}", "measure.pixel_size_um", "finite number"),
+        ("mineralogy: {densities: {pyrite: .inf}}", "mineralogy.densities.pyrite", "finite number"),
+        ("mineralogy: {size_fractions: [20, .inf]}", "mineralogy.size_fractions[1]", "finite number"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
@@ -116,3 +121,20 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
     path.write_text("run: {name: x}\nsegment: {actorz: 1}\n")  # the file's own mistakes still name the file
     with pytest.raises(ConfigError, match=f"{path}: segment.actorz: unknown key"):
         load_config(path, MinsegConfig, overrides={"segment.actors": "2"})
+
+
+def test_a_section_from_flags_blames_each_flag():
+    """``validate_section`` (the command line's flags on top of a config's section): each problem names the flag
+    that set the value, or the config for its own; a model validator's message that starts with a field is that
+    field's."""
+    from minseg.config import validate_section
+    from minseg.inference.config import SegmentSettings
+
+    with pytest.raises(ConfigError) as info:
+        validate_section(SegmentSettings, {"level": -1, "actors": 0, "batch_size": 0}, "segment", "job.yaml",
+                         {"level": "--level", "actors": "--actors"})
+    message = str(info.value)
+    assert "--level: segment.level: Input should be greater than or equal to 0 (got -1)" in message
+    assert "--actors: segment.actors: " in message and "job.yaml: segment.batch_size: " in message
+    with pytest.raises(ConfigError, match=r"--block: segment.block: 100 is not a multiple of output_tile \(512\)"):
+        validate_section(SegmentSettings, {"block": 100}, "segment", "job.yaml", {"block": "--block"})

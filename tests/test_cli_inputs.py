@@ -1,0 +1,194 @@
+"""Command-line input that would make a job silently wrong or crash after Ray started is refused up front
+(exit 2, one message naming the flag or file and what is wrong): class lists with empty or repeated entries, class
+names that disagree with a map's own, unfinished OME-Zarr label maps, infinite or non-square pixel sizes, output
+folders that are files, globs that match nothing, flag values that do not validate."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minseg.cli import main
+from tests.inference.test_measure import NAMES, write_zarr
+from tests.mineralogy.test_components import blob_labels
+
+
+def set_scale(uri, x, y):
+    """Rewrite the level-0 scale of ``labels/classes`` (as another writer, or a damaged file, would have it)."""
+    import zarr
+
+    group = zarr.open_group(uri, mode="r+")["labels/classes"]
+    ome = dict(group.attrs["ome"])
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [y, x]
+    group.attrs["ome"] = ome
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "pydantic.dev" not in err
+    return err
+
+
+def test_classes_that_disagree_with_the_maps_own_are_refused(tmp_path, capsys):
+    zarr = str(tmp_path / "a" / "segmentation.ome.zarr")
+    write_zarr(zarr, blob_labels((64, 64), 4, seed=3))
+    out = tmp_path / "out"
+    assert main(["measure", zarr, "--classes", ",".join(reversed(NAMES)), "--out", str(out)]) == 2
+    err = error_of(capsys)
+    assert f"{zarr} names its classes and --classes disagrees: class id 0 is 'resin' in the map, 'gangue' in " \
+           "--classes" in err
+    assert main(["measure", zarr, "--classes", ",".join(NAMES[:3]), "--out", str(out)]) == 2
+    assert "the map names 4 classes (resin, pyrite, chalcopyrite, gangue), --classes 3" in error_of(capsys)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"measure: {{classes: [gangue, pyrite, chalcopyrite, resin], labels: ['{zarr}']}}\n")
+    assert main(["measure", "-c", str(config), "--out", str(out)]) == 2
+    assert f"{config}: measure.classes disagrees: class id 0" in error_of(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--classes", "background,pyrite,galena,,magnetite", "class id 3 (entry 4 of 5) has an empty name"),
+    ("--classes", "background,pyrite,galena,", "class id 3 (entry 4 of 4) has an empty name"),
+    ("--classes", "resin,pyrite,resin", "'resin' names class ids 0 and 2 (entries 1 and 3)"),
+    ("--out", "", "argument --out: empty"),
+    ("--reference", " ", "argument --reference: empty"),
+])
+def test_measure_comma_lists_and_paths_refuse_empty_or_repeated_entries(tmp_path, capsys, flag, value, message):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(SystemExit) as exit_:
+        main(["measure", str(tmp_path / "m.png"), "--out", str(tmp_path / "out"), flag, value])
+    assert exit_.value.code == 2 and message in error_of(capsys)
+
+
+def test_other_comma_lists_refuse_empty_or_repeated_entries(tmp_path, capsys):
+    for args, message in [(["train", "-c", "x.yaml", "--members", "a,,b"], "entry 2 of 'a,,b' is empty"),
+                          (["train", "-c", "x.yaml", "--members", "a,b,a"], "'a' is given twice"),
+                          (["segment", "--scene", "ppl=a.tif,ppl=b.tif"], "'ppl' is given twice"),
+                          (["segment", "--scene", "ppl=a.tif,,xpl=b.tif"], "'' is not NAME=URI"),
+                          (["score", "--data", ""], "argument --data: empty"),
+                          (["segment", "--manifest", ""], "argument --manifest: empty")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and message in error_of(capsys), args
+
+
+def test_class_names_in_a_config_refuse_empty_or_repeated_entries(tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    config = tmp_path / "c.yaml"
+    config.write_text("measure: {classes: [resin, '', pyrite]}\n")
+    assert main(["measure", str(tmp_path / "m.png"), "-c", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert f"{config}: measure.classes: class id 1 (entry 2 of 3) has an empty name" in error_of(capsys)
+
+
+def test_unfinished_or_non_square_label_maps_are_refused(tmp_path, capsys):
+    labels = blob_labels((64, 64), 4, seed=4)
+    unfinished, failed, anisotropic = (str(tmp_path / name / "segmentation.ome.zarr") for name in ("u", "f", "an"))
+    write_zarr(unfinished, labels, status=None)  # segment died before its last write
+    write_zarr(failed, labels, status="failed")
+    write_zarr(anisotropic, labels)
+    set_scale(anisotropic, 0.5, 1.0)
+    out = tmp_path / "out"
+    assert main(["measure", unfinished, failed, anisotropic, "--out", str(out)]) == 2
+    err = error_of(capsys)
+    assert "3 label maps refused (nothing measured)" in err
+    assert f"{unfinished}: its segment run has not completed (status 'incomplete'" in err
+    assert f"{failed}: its segment run has not completed (status 'failed'" in err
+    assert f"{anisotropic}: its pixels are not square (0.5 µm wide, 1 µm high)" in err
+    # a complete map whose label chunk was lost (a partial copy): zarr would read it as class 0, "no mineral found"
+    damaged = str(tmp_path / "d" / "segmentation.ome.zarr")
+    write_zarr(damaged, labels)
+    shutil.rmtree(f"{damaged}/labels/classes/0/c")
+    assert main(["measure", damaged, "--out", str(out)]) == 2
+    assert f"{damaged}: 1 of its 1 label chunks are missing" in error_of(capsys)
+    # an unfinished reference is refused too; a pixel size given replaces the map's (its squareness is not read)
+    finished = str(tmp_path / "ok" / "segmentation.ome.zarr")
+    write_zarr(finished, labels)
+    assert main(["measure", finished, "--reference", unfinished, "--out", str(out)]) == 2
+    assert f"measure: {unfinished}: its segment run has not completed" in error_of(capsys)
+    assert not out.exists()
+
+
+def test_a_tiff_with_non_square_pixels_is_refused(tmp_path, capsys):
+    """segment's labels.tif carries its pixel size in its metadata; resolution tags that disagree in X and Y
+    would have its areas measured with the X size alone."""
+    import tifffile
+
+    path = tmp_path / "labels.tif"
+    description = json.dumps({"classes": [{"id": i, "name": n} for i, n in enumerate(NAMES)], "pixel_size_um": 0.5})
+    tifffile.imwrite(path, blob_labels((64, 64), 4, seed=5), description=description,
+                     resolution=(20000.0, 10000.0), resolutionunit="CENTIMETER")
+    assert main(["measure", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert f"{path}: its pixels are not square (0.5 µm wide, 1 µm high)" in error_of(capsys)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["segment", "s.png", "--level", "-1", "--actors", "0"],
+     ["--level: segment.level: Input should be greater than or equal to 0 (got -1)",
+      "--actors: segment.actors: Input should be greater than or equal to 1 (got 0)"]),
+    (["segment", "s.png", "--block", "100"], ["--block: segment.block: 100 is not a multiple of output_tile (512)"]),
+    (["measure", "m.png", "--pixel-size-um", "0"], ["--pixel-size-um: measure.pixel_size_um: Input should be greater "
+                                                     "than 0"]),
+    (["measure", "m.png", "--pixel-size-um", "inf"], ["--pixel-size-um: measure.pixel_size_um: Input should be a "
+                                                       "finite number"]),
+    (["measure", "m.png", "--pixel-size-um", "nan"], ["--pixel-size-um: measure.pixel_size_um: Input should be a "
+                                                       "finite number"]),
+    (["measure", "m.png", "n.png", "--reference", "m.png"],
+     ["--reference: measure.references: 1 given for 2 label maps"]),
+])
+def test_flag_errors_name_the_flag_and_key(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = error_of(capsys)
+    for line in message:
+        assert line in err
+
+
+@pytest.mark.parametrize("args", [
+    ["segment", "s.png"], ["measure", "m.png", "--classes", "a,b"], ["score"], ["synth", "survey"],
+    ["demo"], ["analyze", "kernels", "x"]])
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    (tmp_path / "afile").write_text("hi\n")
+    for out in ("afile", "afile/sub"):  # demo writes under <out>/<run.name>: under a file either way
+        assert main([*args, "--out", out]) == 2, (args, out)
+        err = error_of(capsys)
+        assert "--out: " in err and "afile" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    # a run folder under a file, from the config rather than --out
+    config = tmp_path / "c.yaml"
+    config.write_text("run: {output_uri: afile}\n")
+    assert main(["evaluate", "-c", str(config)]) == 2
+    assert "run.output_uri: " in error_of(capsys)
+
+
+def test_a_glob_that_matches_nothing_is_refused(tmp_path, capsys, monkeypatch):
+    """Beside inputs that exist (alone, the job's own "no slides given" refuses it)."""
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    assert main(["segment", "m.png", "s*.tif", "--out", "o"]) == 2
+    assert "SLIDES: 's*.tif' matched no slides" in error_of(capsys)
+    (tmp_path / "c.yaml").write_text("segment: {slides: ['s*.tif'], scenes: [{ppl: m.png}]}\n")
+    assert main(["segment", "-c", "c.yaml", "--out", "o"]) == 2
+    assert "segment.slides: 's*.tif' matched no slides" in error_of(capsys)
+    assert main(["measure", "x*.png", "--classes", "a,b", "--out", "o"]) == 2
+    assert "no label maps given" in error_of(capsys)
+    assert main(["measure", "m.png", "x*.png", "--classes", "a,b", "--out", "o"]) == 2
+    assert "LABELS: 'x*.png' matched no label maps" in error_of(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_classes_that_agree_with_the_map_are_measured(ray_session, tmp_path, capsys):
+    """The refusals above leave the ordinary run alone: a finished zarr with --classes equal to its own names,
+    next to a PNG that needs them, measured; the JSON holds finite numbers only."""
+    labels = blob_labels((64, 64), 4, seed=6)
+    zarr = str(tmp_path / "a" / "segmentation.ome.zarr")
+    write_zarr(zarr, labels)
+    Image.fromarray(labels).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    assert main(["measure", zarr, str(tmp_path / "b.png"), "--classes", ",".join(NAMES), "--out", str(out)]) == 0
+    capsys.readouterr()
+    a = json.loads((out / "a" / "mineralogy.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    b = json.loads((out / "b" / "mineralogy.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert a["modal_mineralogy"] == b["modal_mineralogy"] and a["pixel_size_um"] == pytest.approx(0.8)
