@@ -452,6 +452,13 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     inside, d_rows, d_cols = inputs.inside, inputs.d_rows, inputs.d_cols
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
+    if in_study.sum() < settings.cv.folds:  # said here: the folds would only say "too few blocks hold deposits"
+        raise ProspectInputError(
+            f"prospect.deposits: {len(inside)} deposit(s) read, {int(inside.sum())} on the grid, "
+            f"{int(in_study.sum())} in the study area (cells with a value in every evidence layer); the "
+            f"{settings.cv.folds} spatial folds (prospect.cv.folds) need at least one each. Check the deposits' CRS "
+            "and where filter, the grid extent (deposits off it: inputs/deposits_outside_grid.csv) and the layers' "
+            "coverage")
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])

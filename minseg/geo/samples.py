@@ -24,6 +24,7 @@ merges duplicate sites and writes the problem rows to the report.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -245,6 +246,12 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
                 yield start, table, x, y
 
 
+def _text(column, row: int) -> str:
+    """A coordinate cell as the table wrote it (an Arrow column), for problem reports."""
+    value = column[int(row)].as_py()
+    return "" if value is None else str(value)
+
+
 def as_float(column) -> tuple[np.ndarray, np.ndarray]:
     """(numbers, bad) for a coordinate column: NaN + bad where not a finite number."""
     if isinstance(column, np.ndarray):
@@ -336,7 +343,8 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
             x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working, unit.uri)
             problems = [[] for _ in range(n)]
             for row in np.flatnonzero(bad_x | bad_y):
-                problems[row].append({"column": sample_settings.x or "geometry", "value": "",
+                shown = "" if isinstance(xs, np.ndarray) else f"{_text(xs, row)}, {_text(ys, row)}"  # as written
+                problems[row].append({"column": sample_settings.x or "geometry", "value": shown,
                                       "reason": "no usable coordinates (empty, non-point or not a number)"})
             out = {"uri": np.full(n, unit.uri, object), "row": np.arange(start, start + n, dtype=np.int64) + 1,
                    "x": x, "y": y, "coordinates_ok": ~(bad_x | bad_y)}
@@ -476,6 +484,9 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
                 raise ProspectInputError(
                     f"{element}: {int(unknown.sum())} censored value(s) carry no detection limit (e.g. {where}); "
                     f"give prospect.samples.detection_limits.{element}")
+        if (codes == BAD).sum() * 2 > n:  # a column mostly unreadable is read wrongly, not a few bad cells
+            raise ProspectInputError(_mostly_unusable(n, int((codes == BAD).sum()), [
+                p for p in problems if p.get("column") == settings.elements[element]], element))
         value = substitute_censored(raw, measured, censored, settings.censored)
         values[element] = value
         element_report[element] = {
@@ -488,6 +499,8 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
     ids, x, y = columns["id"][keep], columns["x"][keep], columns["y"][keep]
     values = {e: v[keep] for e, v in values.items()}
     dropped = int(n - keep.sum())
+    if dropped * 2 > n:
+        raise ProspectInputError(_mostly_unusable(n, dropped, problems))
     ids, x, y, values, duplicates = merge_sites(ids, x, y, values, settings, problems)
     for element, value in values.items():
         finite = value[np.isfinite(value)]
@@ -501,6 +514,21 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
               "problems": len(problems), "elements": element_report,
               "files": sorted(set(columns["uri"].tolist()))}
     return Samples(ids=ids, x=x, y=y, values=values, report=report, problems=problems)
+
+
+def _mostly_unusable(rows: int, dropped: int, problems: list[dict], element: str | None = None) -> str:
+    """The message for a table most of whose rows cannot be used: it is read wrongly (decimal commas, another
+    delimiter, columns shifted), not a few bad rows to leave out (those are listed and the rest used)."""
+    first = "; ".join(f"{p['file'].rsplit('/', 1)[-1]} row {p['row']} {p['column']} {p['value']!r}: {p['reason']}"
+                      for p in problems[:3])
+    commas = [part for p in problems for part in str(p["value"]).split(", ")
+              if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
+    hint = (f" Values such as {commas[0]!r} use a decimal comma: write the table with decimal points (or as "
+            "Parquet / GeoPackage)." if commas else "")
+    what = (f"prospect.samples.elements.{element}: {dropped} of {rows} cells are not numbers" if element else
+            f"prospect.samples: {dropped} of {rows} rows cannot be used (no usable coordinates or a value that is not "
+            "a number)")
+    return f"{what}, more than half: the table is probably read wrongly.{hint} First problems: {first}"
 
 
 def merge_sites(ids, x, y, values, settings: SampleTable, problems: list[dict]):

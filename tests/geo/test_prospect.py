@@ -225,3 +225,24 @@ def test_samples_that_do_not_fit_the_grid_are_refused(survey, ray_session, capsy
     assert {"degrees": "samples.csv: 500 of 500 points cannot be projected from EPSG:4326 to EPSG:3067",
             "swapped": "prospect.samples: none of the 500 samples lies on the grid (EPSG:3067, E 350000-377000",
             "stray": "1 sample(s) lie more than 20 median spacings"}[fault] in err, err
+
+
+def test_deposits_off_the_grid_are_named_as_such(survey, ray_session, capsys, tmp_path):
+    """Deposits in another place than the evidence (here moved 100 km east, as a wrong CRS or a swapped pair of
+    columns would): said in those words, not as "too few spatial blocks hold deposits; lower cv.folds"."""
+    import yaml
+
+    from minseg.cli import main
+
+    deposits = json.loads(open(f"{survey}/survey/deposits.geojson").read())
+    for feature in deposits["features"]:
+        feature["geometry"]["coordinates"][0] += 100_000
+    (tmp_path / "deposits.geojson").write_text(json.dumps(deposits))
+    config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
+    config["prospect"]["deposits"]["uri"] = str(tmp_path / "deposits.geojson")
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"prospect.deposits: {len(deposits['features'])} deposit(s) read, 0 on the grid, 0 in the study area" in err
