@@ -496,6 +496,8 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
             "assumed_detection_limit": assumed,
             "censored_as": str(settings.censored),
         }
+    if settings.id:
+        problems += _repeated_ids(columns, keep, settings)
     ids, x, y = columns["id"][keep], columns["x"][keep], columns["y"][keep]
     values = {e: v[keep] for e, v in values.items()}
     dropped = int(n - keep.sum())
@@ -514,6 +516,23 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
               "problems": len(problems), "elements": element_report,
               "files": sorted(set(columns["uri"].tolist()))}
     return Samples(ids=ids, x=x, y=y, values=values, report=report, problems=problems)
+
+
+def _repeated_ids(columns: dict[str, np.ndarray], keep: np.ndarray, settings: SampleTable) -> list[dict]:
+    """Problem rows for a sample id given again at another site (farther than ``duplicate_tolerance_m``): a
+    mistyped id or coordinate. Both stay samples (nothing says which is right); re-analyses at one site merge."""
+    rows = np.flatnonzero(keep & (columns["id"] != ""))
+    first: dict[str, int] = {}
+    found = []
+    for row in rows:
+        earlier = first.setdefault(columns["id"][row], row)
+        if earlier != row and np.hypot(columns["x"][row] - columns["x"][earlier],
+                                       columns["y"][row] - columns["y"][earlier]) > settings.duplicate_tolerance_m:
+            found.append({"file": columns["uri"][row], "row": int(columns["row"][row]), "sample": columns["id"][row],
+                          "column": settings.id, "value": columns["id"][row],
+                          "reason": f"sample id given again at another site (first: {columns['uri'][earlier]} row "
+                                    f"{int(columns['row'][earlier])}); both kept as samples"})
+    return found
 
 
 def _mostly_unusable(rows: int, dropped: int, problems: list[dict], element: str | None = None) -> str:

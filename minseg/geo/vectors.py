@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,6 +154,13 @@ def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list
     crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
     geometry = shapely.from_wkb(wkb)[_filter(table, settings.where, settings.uri, key)]
     parts = shapely.get_parts(geometry)
+    present = [part for part in parts if part is not None and not part.is_empty]
+    others = Counter(part.geom_type for part in present if shapely.get_type_id(part) not in (1, 2))
+    if others and sum(others.values()) < len(present):  # mixed: leaving the others out would drop faults unsaid
+        raise ProspectInputError(
+            f"{key}: {settings.uri}: {sum(others.values())} of {len(present)} geometries are not lines "
+            f"({', '.join(f'{n} {name}' for name, n in others.items())}); distances are measured to lines only: "
+            "convert them (e.g. polygons to their boundaries) or leave them out with a where filter")
     lines = []
     for part in parts:
         if part is None or part.is_empty or shapely.get_type_id(part) not in (1, 2):

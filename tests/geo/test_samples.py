@@ -100,6 +100,21 @@ def test_duplicate_sites(tmp_path, ray_session, policy, expected):
     assert samples.report["duplicates"]["sites"] == 1 and samples.report["duplicates"]["samples"] == 2
 
 
+def test_a_sample_id_given_at_two_sites_is_reported(tmp_path, ray_session):
+    """The same id 5 km apart: a mistyped id or coordinate, reported (both kept); at one site it is a re-analysis."""
+    uri = table(tmp_path, """
+        id,x,y,Cu
+        s1,0,0,2
+        s2,100,0,4
+        s1,5000,0,10
+        s2,100,0,5
+        """)
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
+    repeated = [p for p in samples.problems if p["column"] == "id"]
+    assert [(p["row"], p["value"]) for p in repeated] == [(3, "s1")] and "first: " in repeated[0]["reason"]
+    assert len(samples) == 3  # s1 twice (two sites), s2's two analyses one site
+
+
 def test_missing_crs_wrong_columns_and_crs_mismatch(tmp_path, ray_session):
     uri = table(tmp_path, "x,y,Cu\n0,0,1\n")
     with pytest.raises(ProspectInputError, match=r"records no CRS; give it in the config as prospect.samples.crs"):
@@ -377,3 +392,22 @@ def test_deposit_tables_parse_coordinates_and_report_the_unlocated(tmp_path):
     ragged.write_text("name,x,y\na,1,2\nb,1,2,3\n")
     with pytest.raises(ProspectInputError, match=r"prospect.deposits: .*ragged.csv: cannot be read as a csv table"):
         read_points(PointLayer(uri=str(ragged), x="x", y="y", crs="EPSG:3067"), WORKING, Storage())
+
+
+def test_a_lines_layer_with_other_geometries_is_refused_not_thinned(tmp_path):
+    """A fault file that also holds polygons (or points): distances are to lines only, and leaving the others out
+    would drop faults without a word."""
+    from minseg.geo.config import LineLayer
+    from minseg.geo.vectors import read_lines
+
+    line = {"type": "Feature", "properties": {}, "geometry": {"type": "LineString",
+                                                              "coordinates": [[25.0, 67.0], [25.1, 67.05]]}}
+    polygon = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+        [[25.2, 67.0], [25.3, 67.0], [25.3, 67.1], [25.2, 67.0]]]}}
+    path = tmp_path / "faults.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [line, polygon, line]}))
+    with pytest.raises(ProspectInputError, match=r"prospect.lines\[0\]: \S+faults.geojson: 1 of 3 geometries are "
+                                                 r"not lines \(1 Polygon\)"):
+        read_lines(LineLayer(uri=str(path)), WORKING, Storage(), "prospect.lines[0]")
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [line, line]}))
+    assert len(read_lines(LineLayer(uri=str(path)), WORKING, Storage(), "prospect.lines[0]")) == 2
