@@ -152,8 +152,14 @@ def set_up(worker) -> Session:
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
         test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None, class_weights=class_weights,
-        batch_norm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+        batch_norm=has_batch_norm(model),
     )
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` normalises with batch statistics (any BatchNorm layer): a training batch of one tile
+    then cannot train it (``train_epoch``)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def start_or_resume(session: Session) -> tuple[dict, dict | None]:
@@ -251,10 +257,11 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
             local_shuffle_seed=seed):
         waited += time.monotonic() - fetch_started
-        if session.batch_norm and len(next(iter(batch.values()))) == 1:
-            # the epoch's last batch held one tile: BatchNorm cannot take batch statistics from one value per
-            # channel (a 1x1 feature map fails outright). The tile is in the next epoch's shuffle; every worker of
-            # a data-parallel member gets as many rows, so all of them skip it (steps_per_epoch counts it out)
+        if session.batch_norm and per_worker_batch > 1 and len(next(iter(batch.values()))) == 1:
+            # the epoch's last, short batch held one tile: BatchNorm cannot take batch statistics from one value
+            # per channel (a 1x1 feature map fails outright). The tile is in the next epoch's shuffle; every worker
+            # of a data-parallel member gets as many rows, so all of them skip it (steps_per_epoch counts it out).
+            # Batches of one by configuration (per-worker batch 1) train as configured
             fetch_started = time.monotonic()
             continue
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
@@ -337,15 +344,17 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
 
 def steps_per_epoch(session: Session, batch_size: int) -> int:
     """Optimiser steps a worker takes an epoch: its share of the tiles (Ray Train splits them equally) in batches,
-    the last, partial one left out when it holds one tile and the model has BatchNorm layers (``train_epoch``).
+    the last, short one left out when it holds one tile and the model has BatchNorm layers (``train_epoch``).
 
     Raises:
-        InputError: a BatchNorm model with one training tile a worker: no batch it can train on."""
+        InputError: a BatchNorm model with one training tile a worker and batches of more: no batch it can train
+            on."""
     tiles, batch = session.inputs.train_tiles // session.world, batch_size // session.world
-    if session.batch_norm and tiles == 1:
+    skips_one = session.batch_norm and batch > 1
+    if skips_one and tiles == 1:
         raise InputError(f"member {session.member.name}: one training tile (window) a worker, and its model has "
                          "BatchNorm layers, which need two or more a batch: add training data or use fewer workers")
-    return max(1, tiles // batch + (tiles % batch > (1 if session.batch_norm else 0)))
+    return max(1, tiles // batch + (tiles % batch > (1 if skips_one else 0)))
 
 
 def train_worker(config: dict) -> None:

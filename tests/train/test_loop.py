@@ -12,7 +12,7 @@ from minseg.losses import build_loss
 from minseg.models import build_model
 from minseg.train.config import MemberSettings
 from minseg.train.ensemble import TrialInputs, WorkerConfig
-from minseg.train.loop import Session, steps_per_epoch, train_epoch
+from minseg.train.loop import Session, has_batch_norm, steps_per_epoch, train_epoch
 
 
 def _window_session(ray_session, windows: int, batch_size: int) -> Session:
@@ -30,7 +30,7 @@ def _window_session(ray_session, windows: int, batch_size: int) -> Session:
                    model, build_loss("self_distillation", num_classes=2), torch.zeros(1, 4, 1, 1),
                    torch.ones(1, 4, 1, 1),
                    AugmentSettings(), ray_session.data.from_items(rows), None, None, None, None,
-                   batch_norm=True)
+                   batch_norm=has_batch_norm(model))
 
 
 def test_a_last_batch_of_one_is_left_out_for_batch_norm(ray_session):
@@ -45,6 +45,9 @@ def test_a_last_batch_of_one_is_left_out_for_batch_norm(ray_session):
     assert metrics["train_tiles"] == 16 and state["step"] == 1 and np.isfinite(metrics["train_loss"])
     assert steps_per_epoch(session, 8) == 2  # 8 + 8, and the one left out
     assert steps_per_epoch(_window_session(ray_session, 18, 16), 16) == 2  # a last batch of two trains
+    # a batch of one by configuration trains as configured: nothing is skipped, one step a tile
+    assert steps_per_epoch(session, 1) == 17 and has_batch_norm(session.model)
+    assert not has_batch_norm(build_model("convnext_eca", num_classes=2, width=0.125, depth="tiny"))  # LayerNorm
     session.batch_norm = False  # what the loop did before: the batch of one stops the member
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         train_epoch(session, session.model, optimizer, {"epochs_done": 1, "step": 1}, 0.01, 1, 2, 16)
