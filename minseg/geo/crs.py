@@ -63,23 +63,36 @@ def input_crs(recorded: CRS | None, configured: str | None, source: str, key: st
     return recorded
 
 
-def to_working(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS,
-               name: str = "coordinates") -> tuple[np.ndarray, np.ndarray]:
-    """Reproject coordinates into the working CRS (no-op when they are the same).
+def to_working(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Reproject coordinates into the working CRS (no-op when they are the same). A point that does not project
+    (pyproj gives inf: a latitude beyond 90, metres read as degrees) comes back NaN, as a missing one does: callers
+    report it like a point without coordinates (``unprojectable`` tells which)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if same_crs(source, working):
+        return x, y
+    transformer = Transformer.from_crs(source, working, always_xy=True)
+    tx, ty = (np.asarray(v, np.float64) for v in transformer.transform(x, y))
+    lost = ~(np.isfinite(tx) & np.isfinite(ty))
+    return np.where(lost, np.nan, tx), np.where(lost, np.nan, ty)
+
+
+def unprojectable(x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+    """Points given (finite ``x``, ``y``) that ``to_working`` could not project (NaN ``tx`` / ``ty``)."""
+    return np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(tx) & np.isfinite(ty))
+
+
+def to_working_all(x: np.ndarray, y: np.ndarray, source: CRS, working: CRS,
+                   name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``to_working`` for geometry that must project whole (lines, raster cells).
 
     Raises:
-        ProspectInputError: finite coordinates that do not project (pyproj gives inf: e.g. metres read as degrees,
-            the file's or the configured CRS wrong); ``name`` (the file) is named with the first of them."""
-    if same_crs(source, working):
-        return np.asarray(x, np.float64), np.asarray(y, np.float64)
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    transformer = Transformer.from_crs(source, working, always_xy=True)
-    tx, ty = (np.asarray(v) for v in transformer.transform(x, y))
-    lost = np.isfinite(x) & np.isfinite(y) & ~(np.isfinite(tx) & np.isfinite(ty))
+        ProspectInputError: a point that does not project, ``name`` (the file) named with the first of them."""
+    tx, ty = to_working(x, y, source, working)
+    lost = unprojectable(np.asarray(x, np.float64), np.asarray(y, np.float64), tx, ty)
     if lost.any():
         first = int(np.flatnonzero(lost)[0])
         raise ProspectInputError(
             f"{name}: {int(lost.sum())} of {lost.size} points cannot be projected from {describe(source)} to "
             f"{describe(working)} (the first: x={x[first]:g}, y={y[first]:g}); are they in {describe(source)}? Check "
-            "the CRS the file records or the config gives, and which columns hold x and y")
+            "the CRS the file records or the config gives")
     return tx, ty

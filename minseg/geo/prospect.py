@@ -333,26 +333,24 @@ def _one_per_cell(points: Points, geometry: GridGeometry) -> Points:
     return kept
 
 
-STRAY_SPACING = 20  # a sample farther than this many median sample spacings from every other sample is a stray
-
-
 def _refuse_stray_samples(samples, grid: GridSettings) -> None:
     """A grid taken from the samples' bounds: refuse samples far from every other one (a coordinate typed wrong, a
     0 / 0 placeholder, one row in another CRS), which would stretch the grid over country where nothing was sampled
     and interpolate evidence (and targets) there.
 
     Raises:
-        ProspectInputError: a sample whose nearest other sample lies more than ``STRAY_SPACING`` times the median
-            nearest-sample distance away (surveys of several separate areas pass: each area's samples have near
-            neighbours)."""
+        ProspectInputError: a sample whose nearest other sample lies farther away than the survey is wide (the
+            diagonal of the box holding the middle 98 % of the samples' x and y). Surveys of several areas, or
+            dense grids beside sparse regional samples, pass: their samples have neighbours within that width."""
     from scipy.spatial import cKDTree
 
     points = np.unique(np.column_stack([samples.x, samples.y]), axis=0)
     if len(points) < 5:
         return
     nearest = cKDTree(points).query(points, k=2)[0][:, 1]
-    spacing = float(np.median(nearest))
-    far = nearest > STRAY_SPACING * spacing
+    low, high = np.percentile(points, [1, 99], axis=0)
+    width = float(np.hypot(*(high - low)))
+    far = nearest > width
     if not far.any():
         return
     at = {(x, y): str(i) for i, x, y in zip(samples.ids, samples.x, samples.y)}
@@ -360,9 +358,9 @@ def _refuse_stray_samples(samples, grid: GridSettings) -> None:
     keep = points[~far]
     raise ProspectInputError(
         f"prospect.grid: no extent is given, so the grid would span the samples' bounds (plus buffer_m), but "
-        f"{int(far.sum())} sample(s) lie more than {STRAY_SPACING} median spacings ({spacing:.0f} m) from every other "
-        f"one: {', '.join(named)}. They would stretch the grid over ground nobody sampled. Fix their coordinates or "
-        f"set prospect.grid.extent (the other samples span E {keep[:, 0].min():.0f}-{keep[:, 0].max():.0f}, "
+        f"{int(far.sum())} sample(s) lie farther from every other one than the survey is wide ({width:.0f} m): "
+        f"{', '.join(named)}. They would stretch the grid over ground nobody sampled. Fix their coordinates or set "
+        f"prospect.grid.extent (the other samples span E {keep[:, 0].min():.0f}-{keep[:, 0].max():.0f}, "
         f"N {keep[:, 1].min():.0f}-{keep[:, 1].max():.0f})")
 
 
@@ -706,18 +704,21 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
 # ------------------------------------------------------------------ the job
 
 
+# the folders a run writes whose files depend on its inputs (an element, a fold, an optional report a run may not
+# write again); the maps, curves, targets and metrics beside them are rewritten by every run
+_OUTPUT_FOLDERS = ("inputs", "evidence", "screening", "cv")
+
+
 def _clear_outputs(storage: Storage, out: str) -> None:
-    """A run (or a --resume) into a folder that holds an earlier run replaces that run's outputs: ``summary.json``
-    first (a run is complete exactly when it exists), then every other file but the models (kept for --resume;
-    ``train_trials`` deletes them otherwise). Files this run has no cause to write (``deposits_outside_grid.csv``,
-    an element no longer configured, a fold beyond ``cv.folds``) would otherwise look like its own."""
+    """A run (or a --resume) into a folder that holds an earlier run: ``summary.json`` first (a run is complete
+    exactly when it exists), then the earlier run's per-input folders (``_OUTPUT_FOLDERS``: a file this run has no
+    cause to write, such as ``deposits_outside_grid.csv``, an element or a fold no longer configured, would
+    otherwise look like its own). Only minseg's own names are removed, never anything else in the folder; models/
+    stays for --resume (``train_trials`` deletes it otherwise) and the maps are rewritten by the run."""
     storage.delete(join_uri(out, "summary.json"))
-    root = out.rstrip("/") + "/"
-    stale = [info.uri for info in storage.list(root) if not info.uri[len(root):].startswith("models/")]
-    for uri in stale:
-        storage.delete(uri)
-    if stale:
-        log_event(log, "prospect.previous_outputs_removed", output=out, files=len(stale))
+    removed = sum(storage.delete_prefix(join_uri(out, folder) + "/") for folder in _OUTPUT_FOLDERS)
+    if removed:
+        log_event(log, "prospect.previous_outputs_removed", output=out, files=removed)
 
 
 def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
 from minseg.geo.config import ProspectInputError, SampleTable, first_line
-from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.geo.crs import describe, input_crs, parse_crs, to_working, unprojectable
 from minseg.geo.points import point_coordinates
 from minseg.io.storage import Storage, StorageError, glob_uris, has_glob, is_s3
 from minseg.runtime import ray_data_errors_raised_not_logged, task_options
@@ -340,14 +340,18 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
             n = table.num_rows
             x, bad_x = as_float(xs)
             y, bad_y = as_float(ys)
-            x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), source, working, unit.uri)
+            tx, ty = to_working(x, y, source, working)
+            lost = unprojectable(x, y, tx, ty)
             problems = [[] for _ in range(n)]
-            for row in np.flatnonzero(bad_x | bad_y):
-                shown = "" if isinstance(xs, np.ndarray) else f"{_text(xs, row)}, {_text(ys, row)}"  # as written
-                problems[row].append({"column": sample_settings.x or "geometry", "value": shown,
-                                      "reason": "no usable coordinates (empty, non-point or not a number)"})
+            for row in np.flatnonzero(bad_x | bad_y | lost):
+                shown = (f"{x[row]:g}, {y[row]:g}" if isinstance(xs, np.ndarray) else
+                         f"{_text(xs, row)}, {_text(ys, row)}")  # as written
+                reason = (f"the coordinates do not project from {describe(source)} to {describe(working)}: are they "
+                          f"in {describe(source)}?" if lost[row] else
+                          "no usable coordinates (empty, non-point or not a number)")
+                problems[row].append({"column": sample_settings.x or "geometry", "value": shown, "reason": reason})
             out = {"uri": np.full(n, unit.uri, object), "row": np.arange(start, start + n, dtype=np.int64) + 1,
-                   "x": x, "y": y, "coordinates_ok": ~(bad_x | bad_y)}
+                   "x": tx, "y": ty, "coordinates_ok": ~(bad_x | bad_y | lost)}
             out["id"] = (np.asarray(table.column(sample_settings.id).to_pandas().astype("string").fillna(""), object)
                          if sample_settings.id else out["row"].astype(str).astype(object))
             for element, column_name in sample_settings.elements.items():

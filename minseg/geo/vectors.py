@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
-from minseg.geo.crs import input_crs, parse_crs, to_working
+from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
 from minseg.geo.samples import as_float, local_vector
 from minseg.io.storage import Storage
@@ -94,8 +94,14 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
         raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")
     ids = (table.column(settings.id).to_pandas().astype(str).to_numpy(object) if settings.id
            else np.array([str(i + 1) for i in range(table.num_rows)], object))
-    located = np.isfinite(x) & np.isfinite(y)
-    x, y = to_working(np.nan_to_num(x), np.nan_to_num(y), crs, working, settings.uri)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    tx, ty = to_working(x, y, crs, working)
+    lost = unprojectable(x, y, tx, ty)
+    if lost.any():  # reported with the unlocated (their coordinates do not exist in the declared CRS)
+        log_event(log, "prospect.points_not_projectable", file=settings.uri, count=int(lost.sum()), crs=describe(crs),
+                  ids=",".join(str(i) for i in np.asarray(ids, object)[lost][:20]))
+    located = np.isfinite(tx) & np.isfinite(ty)
+    x, y = tx, ty
     points = Points(ids, x, y).subset(keep & located)
     unlocated = [str(i) for i in ids[keep & ~located]]
     points.report = {"file": settings.uri, "features": int(table.num_rows), "kept": len(points),
@@ -127,7 +133,7 @@ def read_cells(settings: CellLayer, working, storage: Storage, key: str) -> Poin
         values = np.unique(band[marked])
     if not len(rows):
         raise ProspectInputError(f"{key}: {settings.raster} marks no cell (every cell is 0 or nodata)")
-    x, y = to_working(np.asarray(x, np.float64), np.asarray(y, np.float64), crs, working, settings.raster)
+    x, y = to_working_all(np.asarray(x, np.float64), np.asarray(y, np.float64), crs, working, settings.raster)
     ids = np.array([f"r{r}c{c}" for r, c in zip(rows, cols)], object)
     points = Points(ids, x, y)
     points.report = {"file": settings.raster, "marked_cells": len(points), "values": values[:10].tolist(),
@@ -166,7 +172,7 @@ def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list
         if part is None or part.is_empty or shapely.get_type_id(part) not in (1, 2):
             continue
         coords = np.asarray(part.coords)[:, :2]
-        x, y = to_working(coords[:, 0], coords[:, 1], crs, working, settings.uri)
+        x, y = to_working_all(coords[:, 0], coords[:, 1], crs, working, settings.uri)
         lines.append(np.column_stack([x, y]))
     if not lines:
         raise ProspectInputError(f"{key}: {settings.uri}: no line geometries (after filtering)")

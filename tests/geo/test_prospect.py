@@ -222,9 +222,12 @@ def test_samples_that_do_not_fit_the_grid_are_refused(survey, ray_session, capsy
     assert main(["prospect", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert {"degrees": "samples.csv: 500 of 500 points cannot be projected from EPSG:4326 to EPSG:3067",
+    assert {"degrees": "500 of 500 rows cannot be used (no usable coordinates or a value that is not a number), "
+                       "more than half: the table is probably read wrongly. First problems: samples.csv row 1 x '",
             "swapped": "prospect.samples: none of the 500 samples lies on the grid (EPSG:3067, E 350000-377000",
-            "stray": "1 sample(s) lie more than 20 median spacings"}[fault] in err, err
+            "stray": "1 sample(s) lie farther from every other one than the survey is wide"}[fault] in err, err
+    if fault == "degrees":
+        assert "the coordinates do not project from EPSG:4326 to EPSG:3067: are they in EPSG:4326?" in err
 
 
 def test_deposits_off_the_grid_are_named_as_such(survey, ray_session, capsys, tmp_path):

@@ -411,3 +411,19 @@ def test_a_lines_layer_with_other_geometries_is_refused_not_thinned(tmp_path):
         read_lines(LineLayer(uri=str(path)), WORKING, Storage(), "prospect.lines[0]")
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [line, line]}))
     assert len(read_lines(LineLayer(uri=str(path)), WORKING, Storage(), "prospect.lines[0]")) == 2
+
+
+def test_a_sample_whose_coordinates_do_not_project_is_a_problem_row(tmp_path, ray_session):
+    """One latitude typed beyond 90 among good rows: that sample is left out and reported, the others are used."""
+    uri = table(tmp_path, """
+        id,lon,lat,Cu
+        a,25.0,67.0,2
+        b,25.1,95.2,4
+        c,25.2,67.1,3
+        d,25.3,67.2,5
+        """)
+    samples = read(SampleTable(uri=uri, x="lon", y="lat", crs="EPSG:4326", id="id", elements={"Cu": "Cu"}))
+    assert sorted(samples.ids.tolist()) == ["a", "c", "d"] and np.isfinite(samples.x).all()
+    (problem,) = samples.problems
+    assert problem["sample"] == "b" and problem["value"] == "25.1, 95.2"
+    assert problem["reason"].startswith("the coordinates do not project from EPSG:4326 to EPSG:3067")
