@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, open_label_map
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
-from minseg.io.slides import SLIDE_SUFFIXES, SlideError, resolution_sizes_um
+from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
@@ -149,6 +148,9 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     """
     started = time.monotonic()
     storage.delete_prefix(output_uri.rstrip("/") + "/")  # no mix with an earlier run's files
+    for source in (uri, reference):
+        if source:
+            refuse_missing_chunks(source, storage)
     with open_label_map(uri, storage) as labels:
         names = _names(labels, settings)
         try:
@@ -222,35 +224,33 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
 
 
 def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str, size_source: str):
-    """``check_label_maps`` for one file: what is wrong with it, or None."""
+    """``check_label_maps`` for one file: what is wrong with it, or None (also when its header cannot be read:
+    the job then lists the map as a failure with the reader's own reason)."""
     try:
         labels = open_label_map(uri, storage)
     except (SlideError, InputError, OSError, ValueError):
-        return None  # the job fails this map with the reader's own reason
-    with labels:
-        zarr = uri.rstrip("/").lower().endswith(".zarr")
-        if zarr and (status := _zarr_status(uri, storage)) != "complete":
-            return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
-                    "an unfinished or failed segmentation; segment the slide again")
-        if zarr and (missing := _zarr_missing_chunks(uri, storage)):
-            return (f"{uri}: {missing[0]} of its {missing[1]} label chunks are missing (zarr would read them as "
-                    "class 0): a damaged or partly copied map; copy it again or segment the slide again")
-        if not is_map:
-            return None
-        if settings.classes and labels.names and list(settings.classes) != list(labels.names):
-            return (f"{uri} names its classes and {classes_source} disagrees: "
-                    f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is for "
-                    "maps that do not name their classes: leave it out)")
-        size = labels.pixel_size_um
-        if settings.pixel_size_um is not None or size is None:
-            return None
-        if not math.isfinite(size):
-            return f"{uri}: its pixel size is {size!r} µm, not a finite number; set {size_source}"
-        sizes = _zarr_pixel_sizes(uri, storage) if zarr else _tiff_pixel_sizes(uri, storage)
-        if sizes and not math.isclose(*sizes, rel_tol=1e-6):
-            return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
-                    "areas and sizes need square pixels; resample the map to square pixels, or set "
-                    f"{size_source} if its resolution is wrong")
+        return None
+    try:
+        with labels:
+            zarr = uri.rstrip("/").lower().endswith(".zarr")
+            if zarr and (status := _zarr_status(uri, storage)) != "complete":
+                return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
+                        "an unfinished or failed segmentation; segment the slide again")
+            if not is_map:
+                return None
+            if settings.classes and labels.names and list(settings.classes) != list(labels.names):
+                return (f"{uri} names its classes and {classes_source} disagrees: "
+                        f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is "
+                        "for maps that do not name their classes: leave it out)")
+            if settings.pixel_size_um is not None:  # given: the file's resolution is not used
+                return None
+            sizes = _zarr_pixel_sizes(uri, storage) if zarr else _tiff_pixel_sizes(uri, storage)
+            if sizes and len(sizes) == 2 and abs(sizes[0] - sizes[1]) > ANISOTROPY_TOLERANCE * max(sizes):
+                return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
+                        "areas and sizes need square pixels; resample the map to square pixels, or set "
+                        f"{size_source} if its resolution is wrong")
+    except (InputError, OSError, ValueError, KeyError):  # the reader's own reason comes from the job
+        return None
     return None
 
 
@@ -270,12 +270,19 @@ def _zarr_status(uri: str, storage) -> str | None:
     return attributes.get("status") if isinstance(attributes, dict) else "complete"
 
 
-def _zarr_missing_chunks(uri: str, storage) -> tuple[int, int] | None:
-    """(missing, all) label chunks of level 0 when some are missing from a map written with every chunk stored."""
+def refuse_missing_chunks(uri: str, storage: Storage) -> None:
+    """Raise MeasureInputError when a segmentation OME-Zarr written with every chunk stored lacks label chunks
+    (a partial copy, a deleted file): zarr would read them as class 0 without a word. Run in the map's own task:
+    it lists the map's chunks (one listing per thousand on S3)."""
     from minseg.io.ngff import SegmentationArrays
 
+    if not uri.rstrip("/").lower().endswith(".zarr"):
+        return
     counts = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).missing_chunks()
-    return counts if counts and counts[0] else None
+    if counts and counts[0]:
+        raise MeasureInputError(f"{uri}: {counts[0]} of its {counts[1]} label chunks are missing (zarr would read "
+                                "them as class 0): a damaged or partly copied map; copy it again or segment the "
+                                "slide again")
 
 
 def _zarr_pixel_sizes(uri: str, storage) -> tuple[float, float] | None:
