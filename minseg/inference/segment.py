@@ -196,9 +196,9 @@ def source_change(previous: dict, plan: SlidePlan) -> str | None:
         shape = previous.get("source_shape") or ["?", "?"]
         return (f"the slide is {plan.source_width}x{plan.source_height} now, the outputs are of a "
                 f"{shape[1]}x{shape[0]} slide")
-    if "source_identity" not in previous:
-        return "the outputs do not record which version of the file they are of (written by an older minseg)"
-    if previous["source_identity"] != list(plan.identity):
+    # outputs of a minseg before 2026-12-05 record no file version: the same URI and size are taken as the same
+    # file (redoing every slide of a survey after an upgrade would cost hours of GPU time for nothing)
+    if "source_identity" in previous and previous["source_identity"] != list(plan.identity):
         return "the file changed since (size or modification time)"
     return None
 
@@ -674,10 +674,14 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     document = {**result.to_document(), "slides": merged, "failed_slides": failures}
     storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float,
                                                                      allow_nan=False))
-    if result.done:  # the batch's mineralogy over every complete slide under the output, this run's and earlier
+    # the batch's mineralogy over every complete slide under the output, this run's and earlier: rewritten when a
+    # slide was done or one counted before failed now (it leaves the report as it leaves the tables)
+    dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now
+    if result.done or dropped:
         documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
-        write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
-                           os.path.basename(out.rstrip("/")))
+        if write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
+                              os.path.basename(out.rstrip("/"))) is None:
+            storage.delete_prefix(join_uri(out, FOLDER) + "/")  # no complete slide left: no batch report
 
 
 def _read_json(storage: Storage, uri: str):

@@ -561,7 +561,8 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     source.report_oversampling(config.run.seed)
     results = fit_members(config, members, source, run_uri, concurrency, resume,
                           configured=[m.name for m in config.training.members])
-    storage.write_text(selection_uri, json.dumps({"signature": selection}))  # what they trained on, for a resubmission
+    if {m.name for m in members} >= {m.name for m in config.training.members}:  # every member checked on this data
+        storage.write_text(selection_uri, json.dumps({"signature": selection}))  # for a resubmission's shortcut
     return results
 
 

@@ -74,6 +74,8 @@ def test_same_named_and_replaced_slides_are_never_mixed_up(ray_session, manifest
     assert "no longer listed as complete" in broken.failed[0].reason
     rows, failures = tables(out)
     assert failures == ["slide"] and rows == {done_b["slide"]: (b, "skipped")}
+    # and the batch mineralogy no longer counts it, though this run finished no slide
+    assert json.loads((out / "mineralogy" / "mineralogy.json").read_text())["slides"] == [done_b["slide"]]
 
 
 def test_a_partial_slide_of_another_version_of_the_file_is_not_resumed(manifests, tmp_path):
