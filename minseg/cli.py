@@ -72,21 +72,9 @@ def _section(model, current: dict, updates: dict, flags: dict[str, str], section
 
 
 def _check_output(uri: str | None, source: str) -> None:
-    """Refuse, before anything runs, a local output folder that is a file or lies under one (the job would
-    fail at its first write, after Ray started). s3:// prefixes cannot collide with a file that way."""
-    from minseg.errors import InputError
-    from minseg.io.storage import is_s3, parse_uri
+    from minseg.io.storage import refuse_file_as_folder
 
-    if not uri or is_s3(uri):
-        return
-    path = Path(os.path.expanduser(parse_uri(uri).path)).absolute()
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == path else f"lies under {folder}, a file"
-                raise InputError(f"{source}: {uri} {where}, not a folder: give a folder for the outputs")
-            return
-
+    refuse_file_as_folder(uri, source)
 
 def cmd_demo(args) -> int:
     from minseg.demo import run_demo
@@ -277,8 +265,6 @@ def cmd_segment(args) -> int:
     config.segment = _section(SegmentSettings, (config.segment or SegmentSettings()).model_dump(), updates, flags,
                               "segment", args)
     _check_output(config.segment.output_uri or config.run.uri, "--out" if args.out else "segment.output_uri")
-    _check_globs(config.segment.slides, "SLIDES" if given else "segment.slides", "slides", _storage(config),
-                 others=bool(config.segment.scenes or config.segment.slide_list))
     result = segment_slides(config)
     print(f"segmented {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)} "
           f"slides -> {result.output}")
@@ -318,7 +304,6 @@ def cmd_measure(args) -> int:
                               "measure", args)
     settings = config.measure
     _check_output(settings.output_uri or config.run.uri, "--out" if args.out else "measure.output_uri")
-    _check_globs(settings.labels, "LABELS" if args.labels else "measure.labels", "label maps", _storage(config))
     result = measure_label_maps(config, {
         "classes": "--classes" if args.classes else f"{args.config or 'config'}: measure.classes",
         "pixel_size_um": "--pixel-size-um" if args.pixel_size_um is not None else "measure.pixel_size_um"})
@@ -333,28 +318,6 @@ def cmd_measure(args) -> int:
         count = len(result.failed)
         print(f"minseg: {count} label map{'s' if count != 1 else ''} failed (see failures.json)", file=sys.stderr)
     return 1 if result.failed else 0
-
-
-def _storage(config):
-    from minseg.io.storage import Storage
-
-    return Storage(config.storage)
-
-
-def _check_globs(entries: list[str], source: str, what: str, storage=None, others: bool = False) -> None:
-    """A glob that matches nothing beside inputs that exist (other entries, or ``others``: e.g. scenes) is a
-    mistyped pattern, not a smaller batch: refused before anything runs, naming it (the run would otherwise carry
-    on with the rest and look complete). When nothing is given at all, the job's own "no slides given" says so."""
-    from minseg.errors import InputError
-    from minseg.io.slides import SLIDE_SUFFIXES
-    from minseg.io.storage import Storage, glob_uris, has_glob
-
-    storage = storage or Storage()
-    matched = {entry: not has_glob(entry) or bool(glob_uris(entry, storage, SLIDE_SUFFIXES)) for entry in entries}
-    empty = [entry for entry, found in matched.items() if not found]
-    if empty and (others or any(matched.values())):
-        raise InputError(f"{source}: {', '.join(map(repr, empty))} matched no {what} (files ending in "
-                         f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
 
 
 def cmd_config(args) -> int:

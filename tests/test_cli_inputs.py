@@ -157,18 +157,21 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, m
 
 
 def test_a_glob_that_matches_nothing_is_refused(tmp_path, capsys, monkeypatch):
-    """Beside inputs that exist (alone, the job's own "no slides given" refuses it)."""
+    """Alone or beside inputs that exist: a mistyped pattern, not a smaller batch (the rest would look complete)."""
+    from tests.inference.conftest import write_manifest
+
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
-    assert main(["segment", "m.png", "s*.tif", "--out", "o"]) == 2
-    assert "SLIDES: 's*.tif' matched no slides" in error_of(capsys)
+    manifest = write_manifest(tmp_path)
+    assert main(["segment", "m.png", "s*.tif", "--manifest", manifest, "--out", "o"]) == 2
+    assert "segment.slides: 's*.tif' matched no slides" in error_of(capsys)
     (tmp_path / "c.yaml").write_text("segment: {slides: ['s*.tif'], scenes: [{ppl: m.png}]}\n")
-    assert main(["segment", "-c", "c.yaml", "--out", "o"]) == 2
+    assert main(["segment", "-c", "c.yaml", "--manifest", manifest, "--out", "o"]) == 2
     assert "segment.slides: 's*.tif' matched no slides" in error_of(capsys)
     assert main(["measure", "x*.png", "--classes", "a,b", "--out", "o"]) == 2
-    assert "no label maps given" in error_of(capsys)
+    assert "measure.labels: 'x*.png' matched no label maps" in error_of(capsys)
     assert main(["measure", "m.png", "x*.png", "--classes", "a,b", "--out", "o"]) == 2
-    assert "LABELS: 'x*.png' matched no label maps" in error_of(capsys)
+    assert "measure.labels: 'x*.png' matched no label maps" in error_of(capsys)
     assert not (tmp_path / "o").exists()
 
 

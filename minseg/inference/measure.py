@@ -57,14 +57,15 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     """(label map, reference or None) in the order given, globs expanded.
 
     Raises:
-        MeasureInputError: nothing to measure.
+        MeasureInputError: nothing to measure, a glob that matches nothing.
     """
     uris: list[str] = []
     for entry in settings.labels:
         if has_glob(entry):
             matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
-            if not matches:
-                log_event(log, "measure.glob_empty", pattern=entry)
+            if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
+                raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
+                                        f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
             uris += matches
         else:
             uris.append(entry if is_s3(entry) else absolute_uri(entry))

@@ -110,7 +110,11 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
 
 
 def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
-    """Slide URIs in the order given: literal entries kept (checked when planned), globs expanded."""
+    """Slide URIs in the order given: literal entries kept (checked when planned), globs expanded.
+
+    Raises:
+        SegmentInputError: a glob that matches no slide (a mistyped pattern, not a smaller batch: the run would
+            carry on with the rest and look complete), or no slide at all."""
     entries = list(settings.slides)
     if settings.slide_list:
         entries += read_slide_list(settings.slide_list, storage)
@@ -121,7 +125,8 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
             continue
         matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
         if not matches:
-            log_event(log, "segment.glob_empty", pattern=entry)
+            raise SegmentInputError(f"segment.slides: {entry!r} matched no slides (files ending in "
+                                    f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
         uris += matches
     unique = list(dict.fromkeys(uris))
     if not unique:

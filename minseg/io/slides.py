@@ -232,8 +232,6 @@ class TiffReader:
         try:
             self._stream = storage.open_read(uri)
             self._tiff = tifffile.TiffFile(self._stream)
-            if not self._tiff.series:
-                raise SlideError(f"{uri}: unreadable slide (no image in the TIFF)")
             try:  # one image and its levels; a stack of pages or several images is refused, never read in part
                 series = tiff_main_series(self._tiff)
             except DecodeError as exc:

@@ -763,3 +763,27 @@ def process_umask() -> int:
 def default_file_mode() -> int:
     """0o666 less the process umask, what ``open()`` would have given."""
     return 0o666 & ~process_umask()
+
+
+def refuse_file_as_folder(uri: str | None, source: str) -> None:
+    """Before a job starts: a local output folder that is a file, or lies under one, would fail at the job's first
+    write, after Ray started and inputs were read. s3:// prefixes cannot collide with a file that way.
+
+    Raises:
+        InputError: naming ``source`` (the flag or config key) and the file."""
+    from minseg.errors import InputError
+
+    if not uri or is_s3(uri):
+        return
+    path = os.path.abspath(os.path.expanduser(parse_uri(uri).path))
+    folder = path
+    while True:
+        if os.path.exists(folder):
+            if not os.path.isdir(folder):
+                where = "is a file" if folder == path else f"lies under {folder}, a file"
+                raise InputError(f"{source}: {uri} {where}, not a folder: give a folder for the outputs")
+            return
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent

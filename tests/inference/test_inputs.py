@@ -26,8 +26,10 @@ def test_globs_lists_and_literal_entries(tmp_path):
 
 
 def test_no_slides_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no slides given"):
+    with pytest.raises(ValueError, match=r"segment.slides: '\S+\*.tif' matched no slides"):
         resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), Storage())
+    with pytest.raises(ValueError, match="no slides given"):
+        resolve_slides(SegmentSettings(), Storage())
     with pytest.raises(ValueError, match="slide_list: .*nope.txt: no such file"):
         resolve_slides(SegmentSettings(slide_list=str(tmp_path / "nope.txt")), Storage())
     (tmp_path / "bad.csv").write_text("path,x\na.tif,1\n")
@@ -100,7 +102,7 @@ def test_cli_reports_input_errors_with_exit_2(tmp_path, capsys):
     assert "no such ensemble manifest" in capsys.readouterr().err
     manifest = write_manifest(tmp_path)
     assert main(["segment", str(tmp_path / "*.tif"), "--manifest", manifest]) == 2
-    assert "no slides given" in capsys.readouterr().err
+    assert "matched no slides" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("block", [64, 100, 256])

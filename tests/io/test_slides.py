@@ -62,7 +62,7 @@ def test_bad_slides_fail_with_the_file_and_the_reason(tmp_path):
     with pytest.raises(SlideError, match="missing.tif"):
         Slide(str(tmp_path / "missing.tif"))
     (tmp_path / "garbage.tif").write_bytes(b"II*\x00" + b"\xff" * 100)
-    with pytest.raises(SlideError, match="garbage.tif: unreadable slide"):
+    with pytest.raises(SlideError, match="garbage.tif: unreadable"):
         Slide(str(tmp_path / "garbage.tif"))
     image = np.zeros((300, 300, 3), np.uint8)
     tifffile.imwrite(tmp_path / "cut.tif", image, tile=(128, 128), compression="zlib")
