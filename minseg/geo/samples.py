@@ -548,7 +548,8 @@ def _mostly_unusable(rows: int, dropped: int, problems: list[dict], element: str
               if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
     hint = (f" Values such as {commas[0]!r} use a decimal comma: write the table with decimal points (or as "
             "Parquet / GeoPackage)." if commas else "")
-    what = (f"prospect.samples.elements.{element}: {dropped} of {rows} cells are not numbers" if element else
+    what = (f"prospect.samples.elements.{element}: {dropped} of {rows} cells are not numbers (if they mean 'not "
+            "analysed', list those texts in prospect.samples.missing_markers)" if element else
             f"prospect.samples: {dropped} of {rows} rows cannot be used (no usable coordinates or a value that is not "
             "a number)")
     return f"{what}, more than half: the table is probably read wrongly.{hint} First problems: {first}"

@@ -287,8 +287,8 @@ def test_a_table_mostly_unusable_is_refused_not_read_on_what_is_left(tmp_path, r
         b,355700.1,7460100.0,"0,8",6
         c,355800,7460200,3,7
     """, "values.csv")
-    with pytest.raises(ProspectInputError, match=r"prospect.samples.elements.Cu: 2 of 3 cells are not numbers, more "
-                                                 r"than half: .* Values such as '1,2' use a decimal comma.* First "
+    with pytest.raises(ProspectInputError, match=r"prospect.samples.elements.Cu: 2 of 3 cells are not numbers \(if "
+                                                 r"they mean 'not analysed', .*missing_markers\), more than half: .* Values such as '1,2' use a decimal comma.* First "
                                                  r"problems: values.csv row 1 Cu '1,2'"):
         read(SampleTable(uri=path, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu", "Zn": "Zn"}))
 
