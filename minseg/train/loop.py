@@ -114,7 +114,6 @@ class Session:
     amp_dtype: torch.dtype | None
     scaler: object | None
     class_weights: list[float] | None = None  # the loss's, as configured or computed from the training data
-    batch_norm: bool = False  # the model has BatchNorm layers: a training batch of one is skipped (see train_epoch)
 
     @property
     def member(self) -> MemberSettings:
@@ -152,14 +151,7 @@ def set_up(worker) -> Session:
         val_shard=ray.train.get_dataset_shard("val") if inputs.has_val else None,
         test_shard=ray.train.get_dataset_shard("test") if inputs.has_test else None, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None, class_weights=class_weights,
-        batch_norm=has_batch_norm(model),
     )
-
-
-def has_batch_norm(model: torch.nn.Module) -> bool:
-    """Whether ``model`` normalises with batch statistics (any BatchNorm layer): a training batch of one tile
-    then cannot train it (``train_epoch``)."""
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def start_or_resume(session: Session) -> tuple[dict, dict | None]:
@@ -234,6 +226,9 @@ def start_or_resume(session: Session) -> tuple[dict, dict | None]:
     return state, optimizer_state
 
 
+_BATCH_NORM_OF_ONE = "Expected more than 1 value per channel when training"  # torch's BatchNorm, batch of one
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch of a worker whose seed is ``seed`` (uint32). Mixed (NumPy's SeedSequence), not added:
     ``seed + epoch`` would give the member seeded 1 the draws of the member seeded 0 one epoch later."""
@@ -251,19 +246,12 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
     seed = epoch_seed(session.seed, state["epochs_done"])
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    loss_sum, loss_count, waited, lr = 0.0, 0, 0.0, base_lr
+    loss_sum, loss_count, waited, lr, skipped = 0.0, 0, 0.0, base_lr, 0
     fetch_started = time.monotonic()
     for batch in session.train_shard.iter_torch_batches(
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
             local_shuffle_seed=seed):
         waited += time.monotonic() - fetch_started
-        if session.batch_norm and per_worker_batch > 1 and len(next(iter(batch.values()))) == 1:
-            # the epoch's last, short batch held one tile: BatchNorm cannot take batch statistics from one value
-            # per channel (a 1x1 feature map fails outright). The tile is in the next epoch's shuffle; every worker
-            # of a data-parallel member gets as many rows, so all of them skip it (steps_per_epoch counts it out).
-            # Batches of one by configuration (per-worker batch 1) train as configured
-            fetch_started = time.monotonic()
-            continue
         images, target = to_model_input(batch, session.mean, session.std, session.device, task)
         if task is Task.SEGMENTATION:
             images, target = augment_batch(images, target, session.augmentation, generator,
@@ -274,9 +262,19 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
         lr = learning_rate(member.schedule, base_lr, stage_step, total_steps, state["epochs_done"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(session.device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
-            output = ddp_model(images)
-            loss = session.loss_fn(output, target)
+        try:
+            with torch.autocast(session.device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
+                output = ddp_model(images)
+                loss = session.loss_fn(output, target)
+        except ValueError as exc:
+            if images.shape[0] != 1 or not str(exc).startswith(_BATCH_NORM_OF_ONE):
+                raise
+            # a batch of one tile (an epoch's last, short one) through a BatchNorm layer on a 1x1 map (MFAF's on
+            # 16-cell windows): no batch statistics from one value. The tile is in the next epoch's shuffle; every
+            # worker of a data-parallel member gets as many rows, so all of them skip it
+            skipped += 1
+            fetch_started = time.monotonic()
+            continue
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"member {member.name}: loss became {loss.item()} at epoch {state['epochs_done'] + 1}, "
@@ -301,6 +299,10 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
         stage_step += 1
         state["step"] += 1
         fetch_started = time.monotonic()
+    if skipped and not loss_count:
+        raise InputError(f"member {member.name}: no training batch holds more than one tile (window), and its model "
+                         "normalises a 1x1 map with BatchNorm, which needs two or more: add training data, a larger "
+                         "batch or fewer workers")
     train_time = time.monotonic() - started
     loss_sum, loss_count, waited_sum, time_sum = _all_reduce_sum([loss_sum, loss_count, waited, train_time],
                                                                  session.device)
@@ -343,18 +345,7 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
 
 
 def steps_per_epoch(session: Session, batch_size: int) -> int:
-    """Optimiser steps a worker takes an epoch: its share of the tiles (Ray Train splits them equally) in batches,
-    the last, short one left out when it holds one tile and the model has BatchNorm layers (``train_epoch``).
-
-    Raises:
-        InputError: a BatchNorm model with one training tile a worker and batches of more: no batch it can train
-            on."""
-    tiles, batch = session.inputs.train_tiles // session.world, batch_size // session.world
-    skips_one = session.batch_norm and batch > 1
-    if skips_one and tiles == 1:
-        raise InputError(f"member {session.member.name}: one training tile (window) a worker, and its model has "
-                         "BatchNorm layers, which need two or more a batch: add training data or use fewer workers")
-    return max(1, tiles // batch + (tiles % batch > (1 if skips_one else 0)))
+    return max(1, math.ceil(session.inputs.train_tiles / session.world / (batch_size // session.world)))
 
 
 def train_worker(config: dict) -> None:

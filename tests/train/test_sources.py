@@ -197,7 +197,7 @@ def test_bagged_prospectivity_members_draw_real_windows_and_balance_their_own_sa
     balanced_x = np.concatenate([windows, 100 + windows[:20]])
     balanced_y = np.concatenate([labels, np.ones(20, labels.dtype)])
     trial = type("Trial", (), {"train_x": balanced_x, "train_y": balanced_y, "channels": ["a", "b"],
-                               "real_windows": 40})
+                               "real_windows": 40, "signature": "s"})
     source = WindowSource({None: trial}, "dihedral", BalanceSettings(smote=False, noise_variance=0.01, noise_copies=1))
     member = MemberSettings(name="m", model="mfaf", stages=[{"epochs": 1}], seed=5, bagging={"fraction": 0.5})
     sample = source.bagging_sample(member, None, 0)
@@ -252,10 +252,11 @@ def test_a_bagged_prospectivity_trial_balances_its_own_draws(ray_session):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (5, 4, 4, 2)), rng.normal(3, 1, (20, 4, 4, 2))]).astype(np.float32)
     y = np.array([1] * 5 + [0] * 20)
-    trial = SimpleNamespace(train_x=x, train_y=y, channels=["Au", "As"], real_windows=25)
+    trial = SimpleNamespace(train_x=x, train_y=y, channels=["Au", "As"], real_windows=25, signature="s")
     source = WindowSource({None: trial}, "none", BalanceSettings(noise_copies=0))
     sample = {"0": 3, "1": 3, "2": 2, **{str(i): 2 for i in range(5, 25)}}  # positives 3 and 4 left out
     datasets, inputs = source.member_data(None, None, None, sample)
+    assert inputs.data_signature == "s"  # the trial's: a resume compares it
     rows = datasets["train"].take_all()
     images = np.stack([r["image"] for r in rows]).reshape(len(rows), -1)
     labels = np.array([r["label"] for r in rows])
