@@ -221,7 +221,8 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
         raise MeasureInputError(f"measure: {problems[0]}")
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise MeasureInputError(f"measure: {len(problems)} label maps refused (nothing measured):\n  " + "\n  ".join(shown))
+        raise MeasureInputError(f"measure: {len(problems)} label maps refused (nothing measured):\n  "
+                                + "\n  ".join(shown))
 
 
 def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str, size_source: str):

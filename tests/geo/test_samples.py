@@ -268,8 +268,9 @@ def test_a_table_that_cannot_be_parsed_is_one_input_error_naming_the_file(tmp_pa
 
 
 def test_a_table_mostly_unusable_is_refused_not_read_on_what_is_left(tmp_path, ray_session):
-    """Decimal commas (quoted, so the columns still split) in the coordinates, then in an element's values. Dropping those rows
-    and mapping from the few left would look like a result; more than half unusable is refused, the cause named."""
+    """Decimal commas (quoted, so the columns still split) in the coordinates, then in an element's values.
+    Dropping those rows and mapping from the few left would look like a result; more than half unusable is refused,
+    the cause named."""
     path = table(tmp_path, """
         id,x,y,Cu
         a,"355682,8","7460000,5",1.2
@@ -278,7 +279,8 @@ def test_a_table_mostly_unusable_is_refused_not_read_on_what_is_left(tmp_path, r
     """)
     with pytest.raises(ProspectInputError, match=r"prospect.samples: 2 of 3 rows cannot be used .* more than half: "
                                                  r"the table is probably read wrongly\. Values such as '355682,8' use "
-                                                 r"a decimal comma.* First problems: samples.csv row 1 x '355682,8, 7460000,5'"):
+                                                 r"a decimal comma.* First problems: samples.csv row 1 x "
+                                                 r"'355682,8, 7460000,5'"):
         read(SampleTable(uri=path, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
     # the coordinates written with points, the values with commas: the element would be all NaN, silently dropped
     path = table(tmp_path, """
@@ -288,7 +290,8 @@ def test_a_table_mostly_unusable_is_refused_not_read_on_what_is_left(tmp_path, r
         c,355800,7460200,3,7
     """, "values.csv")
     with pytest.raises(ProspectInputError, match=r"prospect.samples.elements.Cu: 2 of 3 cells are not numbers \(if "
-                                                 r"they mean 'not analysed', .*missing_markers\), more than half: .* Values such as '1,2' use a decimal comma.* First "
+                                                 r"they mean 'not analysed', .*missing_markers\), more than half: "
+                                                 r".* Values such as '1,2' use a decimal comma.* First "
                                                  r"problems: values.csv row 1 Cu '1,2'"):
         read(SampleTable(uri=path, x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu", "Zn": "Zn"}))
 
