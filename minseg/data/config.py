@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
+
+
+def _normalization(value: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Per-channel ``mean`` and ``std`` (uint8 units): both given; every std a finite number above 0 (inputs are
+    divided by it: 0 gives infinities, a negative one flips the channel)."""
+    missing = {"mean", "std"} - set(value)
+    if missing:
+        raise ValueError(f"needs {' and '.join(sorted(missing))} (per-channel lists)")
+    bad = [v for v in value["std"] if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"std must be finite numbers above 0 (inputs are divided by them); got {bad[0]!r}")
+    return value
+
+
+#: per-channel normalisation statistics, validated (``data.normalization``, manifests)
+Normalization = Annotated[dict[str, list[float]], AfterValidator(_normalization)]
 
 
 class ClassSpec(StrictModel):
@@ -297,7 +314,7 @@ class DataSettings(StrictModel):
     oversampling: OversamplingSettings | None = Field(
         None, description="repeat the training tiles of rare classes (default: every tile once an epoch)")
     limits: LimitSettings = LimitSettings()
-    normalization: dict[str, list[float]] | None = Field(
+    normalization: Normalization | None = Field(
         None, description="{'mean': [...], 'std': [...]} in 0..255 units; default: measured on the training split"
     )
     shuffle_buffer: int = Field(64, ge=0, description="tiles held for local shuffling in the training stream")

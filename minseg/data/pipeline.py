@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -68,6 +69,15 @@ class PreparedData:
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
+
+    def data_signature(self, fold: int | None = None) -> str:
+        """A short digest of what a trial trains, chooses and tests on: the fold's parts, or the images of each
+        split (train / val / test) and their tile counts. Checkpoints record it; resuming or evaluating members
+        recorded on other data is refused."""
+        if fold is not None:
+            return self.folds[fold].signature()
+        parts = [sorted((i["item_id"], i["tiles"]) for i in self.splits[name]) for name in ("train", "val", "test")]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def tile_classes_of(self, items: list[dict]) -> dict[str, list[list[int]]]:
         """``tile_classes`` of these items only (e.g. a trial's training items), by item id."""

@@ -421,6 +421,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                          f"evaluated: {', '.join(m.name for m in members)}")
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     prepared = prepare_evaluation_data(config, storage, run_uri)
+    _refuse_members_of_other_data(storage, members, prepared)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
                     prepared.normalization, settings)
 
@@ -490,6 +491,24 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
                      if spec.data.sources[0].channels else None),
         "test_items": [i["item_id"] for i in prepared.splits["test"]],
     }
+
+
+def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], prepared: PreparedData) -> None:
+    """Raise InputError naming members whose checkpoints record other data than the splits evaluated now (a member
+    trained alone, ``--members``, before the data or split changed: it may have trained on test images).
+    ``data/splits.json`` says only what the latest training saw. Checkpoints before 2026-12-05 record none."""
+    current, stale = prepared.data_signature(), []
+    for member in members:
+        try:
+            recorded = json.loads(storage.read_text(join_uri(member.checkpoint, "state.json"))).get("data_signature")
+        except (ObjectNotFoundError, ValueError):
+            continue
+        if recorded is not None and recorded != current:
+            stale.append(f"{member.name} ({member.checkpoint})")
+    if stale:
+        raise InputError(f"evaluation would rank and fuse members trained on other data than these splits (the "
+                         f"data or the split changed since they trained): {', '.join(stale)}. Train them again "
+                         "(delete their folders and train with --resume) or leave them out (evaluation.members)")
 
 
 def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from minseg.config.base import StrictModel, key_path
-from minseg.data.config import DEFAULT_CHANNELS, ImageChannels
+from minseg.data.config import DEFAULT_CHANNELS, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
@@ -37,7 +37,7 @@ class ManifestMember(StrictModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of model.pt")
     rank: int = Field(ge=0)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    normalization: dict[str, list[float]] | None = Field(
+    normalization: Normalization | None = Field(
         None, description="the member's own per-channel statistics when they differ from the ensemble's "
                           "(pretrained members: their weights' family)")
 
@@ -57,7 +57,7 @@ class EnsembleManifest(StrictModel):
     fusion: ManifestFusion
     classes: dict[str, Any]
     tiling: Tiling
-    normalization: dict[str, list[float]]
+    normalization: Normalization
     channels: list[ImageChannels] | None = Field(
         None, description="the images of a scene in input-channel order (data.sources[].channels the members were "
                           "trained on); absent: one RGB image")

@@ -75,13 +75,33 @@ def local_vector(uri: str, storage: Storage):
     return storage.local_copy(uri, sidecars=SHAPEFILE_PARTS)
 
 
-def _vector_info(path: str, layer: str | None, uri: str) -> dict:
+def _vector_info(path: str, layer: str | None, uri: str, key: str = "prospect.samples") -> dict:
     import pyogrio
 
+    one_layer(path, layer, uri, key)
     try:
         return pyogrio.read_info(path, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError and friends
         raise ProspectInputError(f"{uri}: cannot be read as a vector file ({exc})") from None
+
+
+def one_layer(path: str, layer: str | None, uri: str, key: str) -> None:
+    """Refuse a vector file of several layers when ``layer`` names none: GDAL reads the first (pyogrio only warns),
+    and the others (other deposits, other samples) would be left out without a word.
+
+    Raises:
+        ProspectInputError: naming the layers and ``key``.layer."""
+    import pyogrio
+
+    if layer is not None:
+        return
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception:  # unreadable: the read that follows says why
+        return
+    if len(layers) > 1:
+        raise ProspectInputError(f"{key}: {uri} holds {len(layers)} layers ({', '.join(layers[:10])}); name the one "
+                                 f"to read as {key}.layer")
 
 
 def _recorded_crs(text: str | None):

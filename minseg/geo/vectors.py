@@ -11,7 +11,7 @@ import numpy as np
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import as_float, local_vector
+from minseg.geo.samples import as_float, local_vector, one_layer
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -52,9 +52,12 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
 
     try:
         with local_vector(uri, storage) as path:
+            one_layer(path, layer, uri, key)
             meta, table = pyogrio.read_arrow(path, layer=layer)
     except FileNotFoundError:
         raise ProspectInputError(f"{key}: {uri}: no such file") from None
+    except ProspectInputError:
+        raise
     except Exception as exc:
         raise ProspectInputError(f"{key}: {uri}: cannot be read as a vector file ({exc})") from None
     geometry_name = meta.get("geometry_name") or "wkb_geometry"

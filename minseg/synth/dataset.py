@@ -61,10 +61,15 @@ def write_section_dataset(
     storage: Storage | None = None,
     task_cpus: float = 0.5,
 ) -> dict:
-    """Render ``settings.count`` pairs as Ray Data tasks and write the dataset's metadata."""
+    """Render ``settings.count`` pairs as Ray Data tasks and write the dataset's metadata; the ``images/`` and
+    ``masks/`` of an earlier dataset in ``output_uri`` are removed first."""
     import ray
 
     storage = storage or Storage()
+    # an earlier, larger dataset's pairs beyond this count would be trained on as if they were this one's
+    removed = sum(storage.delete_prefix(join_uri(output_uri, folder) + "/") for folder in ("images", "masks"))
+    if removed:
+        log_event(log, "synth.sections.previous_removed", output=output_uri, files=removed)
     rendered = ray.data.range(settings.count, override_num_blocks=min(settings.count, 64)).map(
         lambda row: render_item(int(row["id"]), output_uri, settings, seed, storage),
         num_cpus=task_cpus,

@@ -290,12 +290,7 @@ class ImageSource:
         return datasets, inputs
 
     def data_signature(self, fold: int | None) -> str:
-        """The images of each part (train / val / test: the split's, or the fold's) and their tile counts."""
-        prepared = self.prepared
-        if fold is not None:
-            return prepared.folds[fold].signature()
-        parts = [sorted((i["item_id"], i["tiles"]) for i in prepared.splits[name]) for name in ("train", "val", "test")]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return self.prepared.data_signature(fold)
 
     def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
         """The validation split, decoded (and cached) once for the members that train on the one split."""
@@ -782,12 +777,14 @@ def _data_selection(data) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource) -> None:
+def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
+                      action: str = "--resume would keep or continue") -> None:
     """Before a ``--resume`` trains: raise ``InputError`` naming every checkpoint folder (finished member or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
     parts; for prospectivity, other channels, windows or standardisation). Kept, a finished member would be reported
     as if it had trained on this data (and may have trained on what is now its test part); continued, one would mix
-    both. Checkpoints written before 2026-12-05 record no signature and are not checked."""
+    both; evaluated (``action``), it would be scored on images it may have trained on. Checkpoints written before
+    2026-12-05 record no signature and are not checked."""
     stale = []
     for fold in source.trial_folds():
         trial_uri, current = _trial_uri(run_uri, fold), None
@@ -801,9 +798,9 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
                 stale.append(member_uri(trial_uri, member.name))
     if stale:
         raise InputError(
-            f"{run_uri}: --resume would keep or continue members trained on other data than this run gives them (the "
-            f"inputs, the split or the evidence changed): {', '.join(stale)}. Write the run elsewhere (another "
-            "run.name or output), or delete those folders to train them again")
+            f"{run_uri}: {action} members trained on other data than this run gives them (the inputs, the split or "
+            f"the evidence changed): {', '.join(stale)}. Write the run elsewhere (another run.name or output), or "
+            "delete those folders to train them again")
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

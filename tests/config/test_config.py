@@ -37,6 +37,11 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         ("measure: {pixel_size_um: .nan}", "measure.pixel_size_um", "finite number"),
         ("mineralogy: {densities: {pyrite: .inf}}", "mineralogy.densities.pyrite", "finite number"),
         ("mineralogy: {size_fractions: [20, .inf]}", "mineralogy.size_fractions[1]", "finite number"),
+        # inputs are divided by the std: 0 gives infinities, a negative one flips the channel
+        ("data: {sources: [{uri: x}], normalization: {mean: [1, 2, 3], std: [0, 64, 64]}}", "data.normalization",
+         "std must be finite numbers above 0"),
+        ("data: {sources: [{uri: x}], normalization: {mean: [1, 2, 3], std: [64, -64, 64]}}", "data.normalization",
+         "got -64.0"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):

@@ -1,6 +1,7 @@
 """Evaluation through the Ray Data actor pool, selection, reports and the manifest."""
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -458,3 +459,26 @@ def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, eva
     assert load_manifest(last.manifest_uri, storage).selection["member_checkpoint"] == "last"
     assert {n: m["checkpoint"] for n, m in last.document["members"].items()} == \
         {row["member"]: row["last_checkpoint"] for row in done}
+
+
+def test_members_trained_on_other_data_are_refused(trained_run, tmp_path):
+    """A member trained alone (--members) before the data changed keeps checkpoints recorded on other splits:
+    data/splits.json says only what the latest training saw. What training records is what evaluation computes
+    (the session's members pass); a member recorded on other data is named."""
+    from minseg.data.pipeline import prepare_data
+    from minseg.enums import Task
+    from minseg.ensemble.evaluate import _refuse_members_of_other_data, discover_members
+    from minseg.errors import InputError
+
+    storage = Storage()
+    members = discover_members(storage, trained_run.run.uri, None, trained_run.data)
+    prepared = prepare_data(trained_run.data, Task.SEGMENTATION, trained_run.run.seed, storage,
+                            str(tmp_path / "data"), 0.25)
+    _refuse_members_of_other_data(storage, members, prepared)
+    moved = tmp_path / "vgg-checkpoint"
+    shutil.copytree(next(m.checkpoint for m in members if m.name == "vgg"), moved)
+    state = json.loads((moved / "state.json").read_text())
+    (moved / "state.json").write_text(json.dumps({**state, "data_signature": "trained-elsewhere"}))
+    others = [dataclasses.replace(m, checkpoint=str(moved)) if m.name == "vgg" else m for m in members]
+    with pytest.raises(InputError, match=r"members trained on other data than these splits .*: vgg \("):
+        _refuse_members_of_other_data(storage, others, prepared)

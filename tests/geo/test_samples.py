@@ -430,3 +430,25 @@ def test_a_sample_whose_coordinates_do_not_project_is_a_problem_row(tmp_path, ra
     (problem,) = samples.problems
     assert problem["sample"] == "b" and problem["value"] == "25.1, 95.2"
     assert problem["reason"].startswith("the coordinates do not project from EPSG:4326 to EPSG:3067")
+
+
+def test_a_vector_file_of_several_layers_needs_the_layer_named(tmp_path):
+    """GDAL reads a GeoPackage's first layer when none is named (pyogrio only warns): the Au deposits of a second
+    layer would be left out of training and scoring without a word."""
+    import pyogrio
+    import shapely
+
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    path = str(tmp_path / "deposits.gpkg")
+    for layer, x in (("cu_deposits", 380000.0), ("au_deposits", 390000.0)):
+        table = pa.table({"name": [layer[:2] + "1"],
+                          "geometry": shapely.to_wkb(shapely.points([x], [7500000.0]))})
+        pyogrio.write_arrow(table, path, layer=layer, geometry_name="geometry", geometry_type="Point",
+                            crs="EPSG:3067", append=layer == "au_deposits")
+    with pytest.raises(ProspectInputError, match=r"prospect.deposits: \S+deposits.gpkg holds 2 layers \(cu_deposits, "
+                                                 r"au_deposits\); name the one to read as prospect.deposits.layer"):
+        read_points(PointLayer(uri=path, id="name"), WORKING, Storage())
+    points = read_points(PointLayer(uri=path, id="name", layer="au_deposits"), WORKING, Storage())
+    assert points.ids.tolist() == ["au1"]

@@ -23,3 +23,7 @@ def test_section_dataset_on_ray(ray_session, tmp_path):
     stats = json.loads((tmp_path / "dataset.json").read_text())
     assert stats == summary and stats["images"] == 5
     assert abs(sum(c["pixel_share"] for c in stats["classes"].values()) - 1) < 1e-3
+    # written again with fewer sections: the earlier dataset's extra pairs are not left to be trained on
+    write_section_dataset(str(tmp_path), SectionsSynth(count=2, height=96, width=80), seed=2)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["section_00000.png", "section_00001.png"]
+    assert len(list((tmp_path / "masks").iterdir())) == 2
