@@ -152,21 +152,29 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
         except tarfile.TarError as exc:
             raise StorageError(f"{uri}: not a readable tar archive ({exc})") from None
         with archive:
-            for member in archive:
-                if is_os_metadata(member.name):
-                    continue
-                reason = tar_member_problem(member, limits)
-                if reason:
-                    container.rejected.append(Rejected(f"{uri}!{member.name}", reason))
-                    continue
-                if member.isfile():
-                    total += member.size
-                    if total > limits.max_archive_gib * 1024 * MIB:
-                        raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
-                                           f"({limits.max_archive_gib:g} GiB)")
-                    container.members[posixpath.normpath(member.name)] = {
-                        "kind": "range", "uri": uri, "offset": member.offset_data, "size": member.size,
-                    }
+            try:
+                for member in archive:
+                    if is_os_metadata(member.name):
+                        continue
+                    reason = tar_member_problem(member, limits)
+                    if reason:
+                        container.rejected.append(Rejected(f"{uri}!{member.name}", reason))
+                        continue
+                    if member.isfile():
+                        total += member.size
+                        if total > limits.max_archive_gib * 1024 * MIB:
+                            raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
+                                               f"({limits.max_archive_gib:g} GiB)")
+                        container.members[posixpath.normpath(member.name)] = {
+                            "kind": "range", "uri": uri, "offset": member.offset_data, "size": member.size,
+                        }
+            except (tarfile.TarError, EOFError) as exc:  # cut inside a member's data
+                raise StorageError(f"{uri}: corrupt or truncated tar archive ({exc})") from None
+            # tarfile ends its listing quietly at a header cut short: a complete archive has its end-of-archive
+            # zero blocks after the last member, a truncated one has not (its later members would be lost unsaid)
+            if storage.size(uri) - archive.offset < tarfile.BLOCKSIZE:
+                raise StorageError(f"{uri}: truncated tar archive (it ends without the end-of-archive blocks after "
+                                   f"{len(container.members)} members): copy it again")
     return container
 
 

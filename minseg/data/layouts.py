@@ -343,7 +343,11 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                     rejected.append(Rejected(container.describe(name), f"split list not used: {exc}"))
                     continue
                 for line in lines:
-                    listed[line.strip()] = split
+                    name_ = line.strip()
+                    if listed.get(name_, split) != split:  # in two lists: which split it is in is anyone's guess
+                        raise InputError(f"{container.describe(name)}: {name_!r} is also listed for the "
+                                          f"{listed[name_]} split; each image in one list")
+                    listed[name_] = split
     jpegs = _jpeg_masks(container, base, skipped=skipped)
     rejected += [Rejected(container.describe(name), JPEG_MASK) for key, name in sorted(jpegs.items())]
     items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images

@@ -129,3 +129,38 @@ def test_a_macos_zip_prepares_without_quarantine_rows(ray_session, tmp_path):
                            DataSettings)
     prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), task_cpus=0.25)
     assert len(prepared.splits["train"]) == 3 and prepared.quarantine == []
+
+
+@pytest.mark.parametrize("cut", ["in a member's data", "in a header"])
+def test_a_truncated_tar_is_refused_not_listed_in_part(tmp_path, cut):
+    """Python's tarfile raises when cut inside a member's data but ends its listing quietly at a header cut short:
+    the members after it would be lost without a word."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name in ("images/a.png", "images/b.png", "images/c.png"):
+            data = png_bytes(render_section(0, 32, 32)[0])
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    whole = buffer.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(whole)) as archive:
+        last = archive.getmembers()[-1]
+    end = last.offset_data + 100 if cut == "in a member's data" else last.offset + 200
+    (tmp_path / "cut.tar").write_bytes(whole[:end])
+    (tmp_path / "whole.tar").write_bytes(whole)
+    with pytest.raises(StorageError, match=r"cut.tar: (corrupt or truncated|truncated) tar archive"):
+        open_container(str(tmp_path / "cut.tar"), LimitSettings(), Storage())
+    assert len(open_container(str(tmp_path / "whole.tar"), LimitSettings(), Storage()).members) == 3
+
+
+def test_a_voc_image_in_two_split_lists_is_refused(tmp_path):
+    """Listed for train and for val: which split it lands in would depend on the order the lists are read."""
+    from minseg.data.config import SourceSettings
+    from minseg.data.layouts import read_voc
+    from tests.data.helpers import write_voc
+
+    root = write_voc(tmp_path / "voc", count=3)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000000\n2007_000002\n")
+    with pytest.raises(ValueError, match=r"val.txt: '2007_000000' is also listed for the train split"):
+        read_voc(open_container(str(root), LimitSettings(), Storage()), "", SourceSettings(uri=str(root)), Storage(),
+                 None)
