@@ -59,6 +59,10 @@ def open_band(uri: str, band: int, crs: str | None, storage: Storage, key: str):
             yield source, input_crs(recorded, crs, uri, f"{key}.crs")
 
 
+GDAL_SIDE_FILES = (".ovr", ".aux.xml", ".aux", ".msk", ".rrd", ".tfw", ".tifw", ".tiffw", ".wld", ".prj", ".hdr",
+                   ".xml")
+
+
 def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tuple[int, EvidenceRaster]]:
     """(config index, layer) of the configured layers, each glob ``uri`` replaced by one layer per matched file,
     named after it (errors about a layer name its config entry and its file).
@@ -76,7 +80,9 @@ def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tupl
         if not has_glob(raster.uri):
             layers.append((index, raster))
             continue
-        found = glob_uris(raster.uri, storage)
+        # GDAL's side files (overviews, aux metadata, masks, world files) beside a raster are no layers of their own:
+        # mag.tif.ovr, which GDAL also opens, would add a low-resolution copy of mag as another channel
+        found = [uri for uri in glob_uris(raster.uri, storage) if not uri.lower().endswith(GDAL_SIDE_FILES)]
         if not found:
             raise ProspectInputError(f"prospect.rasters[{index}].uri: {raster.uri!r} matched no files")
         for uri in found:

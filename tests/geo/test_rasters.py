@@ -203,3 +203,13 @@ def test_what_was_resampled_is_said_and_a_layer_covering_little_of_the_study_are
                             Storage(), study, 0.5)
     assert read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target, WORKING,
                                Storage(), study, 0.05)[1]["study_covered_fraction"] == 0.0625
+
+
+def test_a_raster_glob_leaves_gdal_side_files_out(tmp_path):
+    """mag.tif.ovr (overviews GDAL also opens), .aux.xml and world files beside the rasters are no layers."""
+    from minseg.geo.rasters import expand_rasters
+
+    for name in ("mag.tif", "mag.tif.ovr", "mag.tif.aux.xml", "grav.tif", "grav.tfw"):
+        (tmp_path / name).write_bytes(b"x")
+    layers = expand_rasters([EvidenceRaster(uri=f"{tmp_path}/*")], Storage())
+    assert sorted(layer.name for _, layer in layers) == ["grav", "mag"]
