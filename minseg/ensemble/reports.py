@@ -3,6 +3,7 @@ Res-UNet paper's Tables 4-7, written beside the manifest and printed."""
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import math
@@ -110,6 +111,7 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
     """Tables (CSV + Markdown, printed), ``reports.json`` and the figures under ``out``; the last line printed is
     ``footer`` (default: the selection and its manifest)."""
     tables = build_tables(document, prepared.stats.get(stats_split, {}), settings.baselines, stats_label)
+    _remove_earlier_reports(out, storage)
     printed = []
     for name, rows in tables.items():
         if not rows:
@@ -123,6 +125,21 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
     print("".join(printed))
     print(footer or f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
     return tables
+
+
+# the tables and figures a run may or may not write (an empty table, no best-member confusion, other overlays)
+_REPORT_FILES = ("table*_*.csv", "table*_*.md", "iou_per_class.png", "confusion_*.png", "overlay_*.png")
+
+
+def _remove_earlier_reports(out: str, storage: Storage) -> None:
+    """An earlier evaluation's or scoring's tables and figures in ``out``: removed before this run writes its own,
+    so none it has no cause to write (a comparison table without baselines, overlays of images no longer in the
+    split) looks like its own. Only these names, directly in ``out``."""
+    root = out.rstrip("/") + "/"
+    for info in list(storage.list(root)):
+        name = info.uri[len(root):]
+        if "/" not in name and any(fnmatch.fnmatchcase(name, pattern) for pattern in _REPORT_FILES):
+            storage.delete(info.uri)
 
 
 def _png(figure, storage: Storage, uri: str) -> None:

@@ -482,3 +482,17 @@ def test_members_trained_on_other_data_are_refused(trained_run, tmp_path):
     others = [dataclasses.replace(m, checkpoint=str(moved)) if m.name == "vgg" else m for m in members]
     with pytest.raises(InputError, match=r"members trained on other data than these splits .*: vgg \("):
         _refuse_members_of_other_data(storage, others, prepared)
+
+
+def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path):
+    """A comparison table from a run with baselines, overlays of images no longer in the split: gone before a new
+    evaluation writes its reports, so none looks like its own; other files stay."""
+    from minseg.ensemble.reports import _remove_earlier_reports
+
+    for name in ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
+                 "manifest.json", "evaluation.json", "notes.txt", "data/table1_stats.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("earlier")
+    _remove_earlier_reports(str(tmp_path), Storage())
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["data/table1_stats.csv", "evaluation.json", "manifest.json", "notes.txt"]
