@@ -635,35 +635,43 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         for annotation in document["annotations"]:
             by_image[annotation.get("image_id")].append(annotation)
         for entry in document["images"]:
-            image = member_path(folder, entry["file_name"])
-            where = container.describe(image)
-            if not source.selects(image):  # left out: listed or not, it is not reported
-                left_out.append(image)
-                continue
-            if image not in container.members:
-                rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but missing"))
-                continue
-            shapes, problem = [], None
-            for annotation in by_image.get(entry["id"], []):
-                segmentation = annotation.get("segmentation")
-                code = int(annotation["category_id"])
-                if isinstance(segmentation, list):
-                    shapes.append((code, [list(map(float, ring)) for ring in segmentation]))
-                elif isinstance(segmentation, dict) and "counts" in segmentation:
-                    shapes.append((code, {"rle": segmentation["counts"], "size": segmentation.get("size")}))
-                else:
-                    problem = f"annotation {annotation.get('id')} has no polygon or RLE segmentation"
-            if problem:
-                rejected.append(Rejected(where, problem))
-                continue
-            key = posixpath.splitext(posixpath.relpath(image, folder or "."))[0]  # subfolders kept
-            items.append(make_item(
-                container, prefix, image,
-                item_key=posixpath.join(posixpath.basename(folder), key) if folder else key,
-                source_key=key,
-                polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
-                layout_split=_folder_split(image),
-            ))
+            try:
+                image = member_path(folder, entry["file_name"])
+                where = container.describe(image)
+                if not source.selects(image):  # left out: listed or not, it is not reported
+                    left_out.append(image)
+                    continue
+                if image not in container.members:
+                    rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but missing"))
+                    continue
+                shapes, problem = [], None
+                for annotation in by_image.get(entry["id"], []):
+                    segmentation = annotation.get("segmentation")
+                    code = annotation["category_id"]
+                    if isinstance(code, bool) or not isinstance(code, int):  # 2.7 would become class 2
+                        raise ValueError(f"annotation {annotation.get('id')} has category_id {code!r}, not an "
+                                         "integer")
+                    if isinstance(segmentation, list):
+                        shapes.append((code, [list(map(float, ring)) for ring in segmentation]))
+                    elif isinstance(segmentation, dict) and "counts" in segmentation:
+                        shapes.append((code, {"rle": segmentation["counts"], "size": segmentation.get("size")}))
+                    else:
+                        problem = f"annotation {annotation.get('id')} has no polygon or RLE segmentation"
+                if problem:
+                    rejected.append(Rejected(where, problem))
+                    continue
+                key = posixpath.splitext(posixpath.relpath(image, folder or "."))[0]  # subfolders kept
+                items.append(make_item(
+                    container, prefix, image,
+                    item_key=posixpath.join(posixpath.basename(folder), key) if folder else key,
+                    source_key=key,
+                    polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
+                    layout_split=_folder_split(image),
+                ))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a malformed entry: that image only
+                shown = entry.get("file_name") if isinstance(entry, dict) else None
+                rejected.append(Rejected(container.describe(json_name), f"images[] entry {shown or entry!r:.80}: "
+                                         f"malformed COCO ({type(exc).__name__}: {exc})"))
     if not items and not rejected and not left_out:
         raise InputError(f"{container.uri}: no COCO annotation file with images and annotations")
     return LayoutItems(items, rejected, left_out=left_out)
@@ -694,41 +702,48 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
         except MemberError as exc:
             rejected.append(Rejected(where, str(exc)))
             continue
-        folder = posixpath.dirname(json_name)
-        listed = document.get("imagePath")
-        resolved = member_path(folder, listed) if listed else None
-        image = resolved if resolved in container.members else images.get(posixpath.splitext(json_name)[0])
-        if image is None:
-            shown = f"{listed!r}, resolved to {container.describe(resolved)}" if listed else "none given"
-            rejected.append(Rejected(where, f"its image is missing (imagePath {shown}; no image named like the "
-                                            "JSON beside it either)"))
+        if not isinstance(document, dict):
+            rejected.append(Rejected(where, f"not a Labelme document (a JSON object with shapes; this is a "
+                                            f"{type(document).__name__})"))
             continue
-        if not source.selects(image):  # left out: its annotation is not checked nor reported
-            left_out.append(image)
-            continue
-        shapes, problem = [], None
-        for shape in document.get("shapes", []):
-            label, kind, points = shape.get("label"), shape.get("shape_type", "polygon"), shape.get("points", [])
-            if label not in names:
-                problem = f"unknown label {label!r} (classes: {', '.join(names)})"
-                break
-            if classmap.codes[names.index(label)][0] == 0:  # 0 fills every pixel no shape covers
-                problem = (f"label {label!r} has code 0, which minseg gives every pixel no shape covers; list the "
-                           "background class first in data.classes (or give this class another code)")
-                break
-            if kind == "rectangle" and len(points) == 2:
-                (x0, y0), (x1, y1) = points
-                points = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
-            elif kind != "polygon":
-                problem = f"shape type {kind!r} is not supported (polygon, rectangle)"
-                break
-            shapes.append((classmap.codes[names.index(label)][0], [[c for point in points for c in point]]))
-        if problem:
-            rejected.append(Rejected(where, problem))
-            continue
-        size = [int(document["imageHeight"]), int(document["imageWidth"])] if "imageHeight" in document else None
-        key = posixpath.splitext(image)[0]  # the image's path in the source: subfolders kept
-        items.append(make_item(container, prefix, image, item_key=key, source_key=key, polygons=shapes, size=size))
+        try:
+            folder = posixpath.dirname(json_name)
+            listed = document.get("imagePath")
+            resolved = member_path(folder, listed) if listed else None
+            image = resolved if resolved in container.members else images.get(posixpath.splitext(json_name)[0])
+            if image is None:
+                shown = f"{listed!r}, resolved to {container.describe(resolved)}" if listed else "none given"
+                rejected.append(Rejected(where, f"its image is missing (imagePath {shown}; no image named like the "
+                                                "JSON beside it either)"))
+                continue
+            if not source.selects(image):  # left out: its annotation is not checked nor reported
+                left_out.append(image)
+                continue
+            shapes, problem = [], None
+            for shape in document.get("shapes", []):
+                label, kind, points = shape.get("label"), shape.get("shape_type", "polygon"), shape.get("points", [])
+                if label not in names:
+                    problem = f"unknown label {label!r} (classes: {', '.join(names)})"
+                    break
+                if classmap.codes[names.index(label)][0] == 0:  # 0 fills every pixel no shape covers
+                    problem = (f"label {label!r} has code 0, which minseg gives every pixel no shape covers; list the "
+                               "background class first in data.classes (or give this class another code)")
+                    break
+                if kind == "rectangle" and len(points) == 2:
+                    (x0, y0), (x1, y1) = points
+                    points = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+                elif kind != "polygon":
+                    problem = f"shape type {kind!r} is not supported (polygon, rectangle)"
+                    break
+                shapes.append((classmap.codes[names.index(label)][0], [[c for point in points for c in point]]))
+            if problem:
+                rejected.append(Rejected(where, problem))
+                continue
+            size = [int(document["imageHeight"]), int(document["imageWidth"])] if "imageHeight" in document else None
+            key = posixpath.splitext(image)[0]  # the image's path in the source: subfolders kept
+            items.append(make_item(container, prefix, image, item_key=key, source_key=key, polygons=shapes, size=size))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a malformed document: its image only
+            rejected.append(Rejected(where, f"malformed Labelme ({type(exc).__name__}: {exc})"))
     return LayoutItems(items, rejected, left_out=left_out)
 
 

@@ -164,3 +164,50 @@ def test_a_voc_image_in_two_split_lists_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"val.txt: '2007_000000' is also listed for the train split"):
         read_voc(open_container(str(root), LimitSettings(), Storage()), "", SourceSettings(uri=str(root)), Storage(),
                  None)
+
+
+def test_malformed_coco_and_labelme_entries_are_quarantined_not_crashes(tmp_path):
+    """An images[] entry without file_name or size, a category_id of 2.7 (it would become class 2), a Labelme file
+    that is a JSON list or has a 3-point rectangle: each item is quarantined with the reason, the others read."""
+    import json
+
+    from minseg.data.classmap import ClassMap
+    from minseg.data.config import SourceSettings
+    from minseg.data.layouts import read_coco, read_labelme
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    for name in ("a", "b", "c"):
+        (coco / f"{name}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    square = [[1, 1, 20, 1, 20, 20, 1, 20]]
+    (coco / "_annotations.coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32},
+                   {"id": 2, "file_name": "b.png", "height": 32, "width": 32},
+                   {"id": 3, "file_name": "c.png"},  # no height / width
+                   {"id": 4}],  # no file_name
+        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "segmentation": square},
+                        {"id": 11, "image_id": 2, "category_id": 2.7, "segmentation": square}],
+        "categories": [{"id": 1, "name": "pyrite"}, {"id": 2, "name": "galena"}]}))
+    found = read_coco(open_container(str(coco), LimitSettings(), Storage()), "", SourceSettings(uri=str(coco)),
+                      Storage(), None)
+    assert [item["item_id"].rsplit("/", 1)[-1] for item in found.items] == ["a"]
+    reasons = " | ".join(r.reason for r in found.rejected)
+    assert "category_id 2.7, not an integer" in reasons and "malformed COCO (KeyError: 'height')" in reasons
+    assert "malformed COCO (KeyError: 'file_name')" in reasons
+
+    labelme = tmp_path / "labelme"
+    labelme.mkdir()
+    for name in ("a", "b", "c"):
+        (labelme / f"{name}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    shape = {"label": "pyrite", "shape_type": "rectangle", "points": [[1, 1], [20, 20]]}
+    (labelme / "a.json").write_text(json.dumps({"imagePath": "a.png", "shapes": [shape]}))
+    (labelme / "b.json").write_text(json.dumps([shape]))
+    (labelme / "c.json").write_text(json.dumps({"imagePath": "c.png", "shapes": [
+        {**shape, "points": [[1, 1, 0], [20, 20, 0]]}]}))
+    classes = ClassMap.from_names(["background", "pyrite"])
+    found = read_labelme(open_container(str(labelme), LimitSettings(), Storage()), "",
+                         SourceSettings(uri=str(labelme)), Storage(), classes)
+    assert [item["item_id"].rsplit("/", 1)[-1] for item in found.items] == ["a"]
+    reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in found.rejected}
+    assert reasons["b.json"].startswith("not a Labelme document")
+    assert "malformed Labelme (ValueError" in reasons["c.json"]
