@@ -143,3 +143,12 @@ def test_a_section_from_flags_blames_each_flag():
     assert "--actors: segment.actors: " in message and "job.yaml: segment.batch_size: " in message
     with pytest.raises(ConfigError, match=r"--block: segment.block: 100 is not a multiple of output_tile \(512\)"):
         validate_section(SegmentSettings, {"block": 100}, "segment", "job.yaml", {"block": "--block"})
+
+
+def test_integers_read_as_written_not_as_yaml_1_1_octal_or_sexagesimal(tmp_path):
+    """PyYAML's YAML 1.1 reads 010 as 8 and 1:30 as 90: class codes [005, 010, 015] would become 5, 8, 13."""
+    path = write(tmp_path, "run: {seed: 010}\ndata: {sources: [{uri: x}], classes: {classes: [\n  {name: resin, "
+                           "codes: [000]}, {name: pyrite, codes: [005, 010]}, {name: galena, codes: [015]}]}}")
+    config = load_config(path, MinsegConfig, overrides={"run.output_uri": "1:30"})
+    assert config.run.seed == 10 and config.run.output_uri == "1:30"
+    assert [c.codes for c in config.data.classes.classes] == [[0], [5, 10], [15]]
