@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import fnmatch
 import glob
 import io
 import os
@@ -189,10 +188,14 @@ def has_glob(uri: str) -> bool:
 
 def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list[str]:
     """Files matching a glob (``**`` included) locally or under an s3:// prefix, sorted; only names
-    ending in ``suffixes`` (lower-case) when given."""
+    ending in ``suffixes`` (lower-case) when given. On S3 as on disk, ``*`` and ``?`` stay within one folder
+    (fsspec's translation: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too)."""
     if is_s3(pattern):
+        from fsspec.utils import glob_translate
+
         prefix = GLOB_CHARS.split(pattern, 1)[0]
-        found = [info.uri for info in storage.list(prefix) if fnmatch.fnmatchcase(info.uri, pattern)]
+        matches = re.compile(glob_translate(pattern)).fullmatch
+        found = [info.uri for info in storage.list(prefix) if matches(info.uri)]
     else:
         found = [absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
     return sorted(uri for uri in found if suffixes is None or uri.lower().endswith(suffixes))

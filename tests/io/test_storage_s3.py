@@ -169,3 +169,19 @@ def test_ray_data_reads_and_writes_through_same_settings(s3, ray_session):
     assert written and all(uri.endswith(".parquet") for uri in written)
     rows = ray.data.read_parquet(path, filesystem=filesystem).take_all()
     assert sorted(r["sq"] for r in rows) == [i * i for i in range(100)]
+
+
+def test_globs_keep_to_one_folder_as_on_disk(s3, tmp_path):
+    """``slides/*.svs`` on S3 is the folder's slides, not those of slides/old/ too; ``**`` goes down."""
+    from minseg.io.storage import glob_uris
+
+    storage = s3.storage()
+    for key in ("slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs", "slides/a.txt"):
+        storage.write_bytes(s3.uri(key), b"x")
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    for root in (s3.uri(""), str(tmp_path) + "/"):
+        found = [uri[len(root):] for uri in glob_uris(f"{root}slides/*.svs", storage)]
+        assert found == ["slides/a.svs"], root
+        deep = [uri[len(root):] for uri in glob_uris(f"{root}slides/**/*.svs", storage)]
+        assert deep == ["slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs"], root
