@@ -55,6 +55,12 @@ def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
     # one checkpoint directory alone gives the same rows for that member
     report = analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(tmp_path / "one"))
     assert [r["mean_abs"] for r in report.rows] == pytest.approx([float(r["mean_abs"]) for r in half_rows])
+    # again into the first folder with that member alone: the other member's figure does not stay behind
+    analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(out))
+    assert not (out / "unet_kernels.png").exists() and (out / "half_kernels.png").exists()
+    for flag, value in (("--near-zero", "nan"), ("--relative", "-1"), ("--bins", "0")):
+        assert main(["analyze", "kernels", manifest, "--out", str(out), flag, value]) == 2
+        assert "one of them is out of range" in capsys.readouterr().err
 
 
 def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):

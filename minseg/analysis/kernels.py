@@ -22,6 +22,7 @@ ensemble manifest (its members), or checkpoint directories (``model.pt`` + ``mem
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,10 +196,20 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
 
     Raises:
         KernelSourceError: a source holds no trained member.
+        InputError: ``bins`` below 1, ``near_zero`` not a finite number above 0, ``relative`` not in (0, 1].
         StorageError: a checkpoint cannot be read.
     """
+    if bins < 1 or not (math.isfinite(near_zero) and near_zero > 0) or not (0 < relative <= 1):
+        raise InputError(f"analyze kernels: --bins {bins} (1 or more), --near-zero {near_zero} (a finite number above "
+                         f"0) and --relative {relative} (in (0, 1]): one of them is out of range")
     storage = storage or Storage()
     members = discover(sources, storage)
+    # an earlier analysis's figures of members not analysed now would look like this one's
+    root = output_uri.rstrip("/") + "/"
+    for info in list(storage.list(root)):
+        name = info.uri[len(root):]
+        if "/" not in name and name.endswith("_kernels.png"):
+            storage.delete(info.uri)
     rows, figures, per_member = [], [], {}
     for member in members:
         model = load_member(member, storage)
