@@ -183,7 +183,7 @@ def cmd_select(args) -> int:
     if args.rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
         raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
     storage = Storage()
-    document = json.loads(storage.read_text(join_uri(args.evaluation, "evaluation.json")))
+    document = storage.read_json(join_uri(args.evaluation, "evaluation.json"))
     selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
     if args.candidate:
         key = args.candidate

@@ -188,3 +188,10 @@ def test_classes_that_agree_with_the_map_are_measured(ray_session, tmp_path, cap
     a = json.loads((out / "a" / "mineralogy.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     b = json.loads((out / "b" / "mineralogy.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert a["modal_mineralogy"] == b["modal_mineralogy"] and a["pixel_size_um"] == pytest.approx(0.8)
+
+
+def test_a_damaged_record_is_an_input_error_naming_it(tmp_path, capsys):
+    """A half-copied evaluation.json (or members.json, member.json, classes.json): one line naming the file."""
+    (tmp_path / "evaluation.json").write_text('{"candidates": [')
+    assert main(["select", str(tmp_path)]) == 2
+    assert f"{tmp_path}/evaluation.json: not valid JSON" in error_of(capsys)

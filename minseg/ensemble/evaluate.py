@@ -205,7 +205,7 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     from minseg.models import get_entry
 
     try:
-        table = json.loads(storage.read_text(join_uri(run_uri, "members.json")))["members"]
+        table = storage.read_json(join_uri(run_uri, "members.json"))["members"]
     except ObjectNotFoundError:
         raise InputError(f"{run_uri}: no members.json (is this a training run? run 'minseg train' first)") from None
     done = {row["member"]: row for row in table if row["status"] == MemberStatus.DONE and row.get("fold") is None}
@@ -219,8 +219,8 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
         uri = checkpoint.recorded_in(done[name])
         if not uri:
             raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
-        member = json.loads(storage.read_text(join_uri(uri, "member.json")))
-        document = json.loads(storage.read_text(join_uri(uri, "classes.json")))
+        member = storage.read_json(join_uri(uri, "member.json"))
+        document = storage.read_json(join_uri(uri, "classes.json"))
         if classes is not None and document != classes[1]:
             raise InputError(f"member {name!r} was trained on a different class map than {classes[0]!r}")
         classes = classes or (name, document)

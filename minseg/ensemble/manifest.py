@@ -133,7 +133,7 @@ def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "m
                 f"(sha256 {actual[:12]}... != {member.sha256[:12]}... in the manifest) at {weights_uri}"
             )
         try:
-            classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+            classes = storage.read_json(join_uri(member.checkpoint, "classes.json"))
         except ObjectNotFoundError:
             raise ManifestError(f"{where}: member {member.name!r}: classes.json missing in {member.checkpoint}") from None
         if _class_names(classes) != _class_names(manifest.classes) or \

@@ -14,6 +14,7 @@ import abc
 import contextlib
 import glob
 import io
+import json
 import os
 import re
 import shutil
@@ -514,6 +515,20 @@ class Storage:
 
     def read_text(self, uri: str, encoding: str = "utf-8") -> str:
         return self.read_bytes(uri).decode(encoding)
+
+    def read_json(self, uri: str):
+        """A JSON document (a run's record: members.json, member.json, evaluation.json, ...).
+
+        Raises:
+            ObjectNotFoundError, StorageError: as ``read_bytes``.
+            InputError: not valid UTF-8 JSON (a damaged or half-copied record), naming the file and where."""
+        from minseg.errors import InputError
+
+        try:
+            return json.loads(self.read_text(uri))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise InputError(f"{uri}: not valid JSON ({exc}); a damaged or half-copied file: restore or recreate "
+                             "it") from None
 
     def write_text(self, uri: str, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(uri, text.encode(encoding))
