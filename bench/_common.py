@@ -7,12 +7,13 @@ import os
 import sys
 
 
-def emit(row: dict, csv_path: str | None) -> None:
-    """Print the row as CSV and append it to ``csv_path``; a row with new columns rewrites the file with
+def emit(row: dict, csv_path: str | None, echo: bool = True) -> None:
+    """Print the row as CSV (``echo``) and append it to ``csv_path``; a row with new columns rewrites the file with
     the union of the columns (older rows leave the new ones empty)."""
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
-    writer.writeheader()
-    writer.writerow(row)
+    if echo:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
     if not csv_path:
         return
     rows, columns = [], list(row)

@@ -18,6 +18,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit  # noqa: E402
+
 CHILD = """
 import json, resource, sys, time
 from minseg.synth.config import SlideSynth
@@ -67,14 +70,8 @@ def main() -> None:
         print(f"# peak RSS ratio {rows[-1]['size']} / {rows[0]['size']}: "
               f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.2f} "
               f"for {rows[-1]['megapixels'] / rows[0]['megapixels']:.0f}x the pixels")
-    if args.csv:
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=list(rows[0]) + ["date"])
-            if new:
-                out.writeheader()
-            for row in rows:
-                out.writerow({**row, "date": time.strftime("%Y-%m-%d")})
+    for row in rows:  # the CSV's columns are compared, not assumed (emit rewrites it with their union)
+        emit({**row, "date": time.strftime("%Y-%m-%d")}, args.csv, echo=False)  # printed above
 
 
 if __name__ == "__main__":
