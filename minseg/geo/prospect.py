@@ -769,6 +769,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
         "deposits": {"read": len(deposits), "source": deposits.report.get("file"),
                      "raster_cells": deposits.report.get("marked_cells"), "on_grid": int(inputs.inside.sum()),
                      "without_coordinates": deposits.report.get("without_coordinates", []),
+                     "repeated_ids": deposits.report.get("repeated_ids", []),
                      "in_study_area": int(evidence.in_study.sum()),
                      "outside_grid": [o["deposit"] for o in inputs.outside], "outside_study_area": not_in_study},
         "barren": (None if inputs.barren is None else

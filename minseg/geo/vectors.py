@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -113,6 +114,12 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
     if unlocated:  # reported, never silently left out
         log_event(log, "prospect.points_without_coordinates", file=settings.uri, count=len(unlocated),
                   ids=",".join(unlocated[:20]))
+    # an id several sites share (a name used twice, a typed-over id): outputs listing sites by id would be ambiguous
+    names, counts = np.unique(np.asarray(points.ids, str), return_counts=True)
+    points.report["repeated_ids"] = names[counts > 1].tolist()
+    if points.report["repeated_ids"]:
+        log_event(log, "prospect.points_repeated_ids", logging.WARNING, file=settings.uri,
+                  ids=",".join(points.report["repeated_ids"][:20]))
     return points
 
 

@@ -390,7 +390,11 @@ def test_deposit_tables_parse_coordinates_and_report_the_unlocated(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     points = read_points(PointLayer(uri=str(path), x="x", y="y", crs="EPSG:3067", id="name"), WORKING, Storage())
     assert len(points) == 3001 and "late" in points.ids.tolist()
-    assert points.report["without_coordinates"] == ["lost"]
+    assert points.report["without_coordinates"] == ["lost"] and points.report["repeated_ids"] == []
+    # one name at two places (a reused name, a typed-over id): kept, and reported (outputs list sites by id)
+    path.write_text("name,x,y\nPuro,380000,7500000\nPuro,390000,7510000\nKuru,385000,7505000\n")
+    points = read_points(PointLayer(uri=str(path), x="x", y="y", crs="EPSG:3067", id="name"), WORKING, Storage())
+    assert len(points) == 3 and points.report["repeated_ids"] == ["Puro"]
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("name,x,y\na,1,2\nb,1,2,3\n")
     with pytest.raises(ProspectInputError, match=r"prospect.deposits: .*ragged.csv: cannot be read as a csv table"):
