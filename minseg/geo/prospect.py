@@ -522,7 +522,6 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
     """Windows and spatial folds; per fold (and the final run on every deposit), from its training side
     only: element screening, normalisation statistics, windows, SMOTE + noise. Returns (windows, folds, trials)."""
     size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
-    _check_members(settings)
     block = settings.cv.block_cells or 2 * size
     windows = make_windows(study, unique_cells, size, settings.windows.stride, block, settings.windows.buffer,
                            settings.windows.max_negatives, rng, evidence.barren_cells)
@@ -731,6 +730,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     settings = config.prospect
     if settings is None:
         raise ProspectInputError("the prospect job needs a 'prospect' config section")
+    _check_members(settings)  # before any input is read: the windows must fit every member
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)
