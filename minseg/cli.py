@@ -189,11 +189,13 @@ def cmd_select(args) -> int:
         key = args.candidate
     else:
         candidates = [Candidate.from_document(c) for c in document["candidates"]]
-        selection = SelectionSettings.model_validate(document.get("selection") or {})  # default: the evaluation's
-        if args.tpi_budget is not None:
-            selection = selection.model_copy(update={"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget})
-        elif args.rule:
-            selection = selection.model_copy(update={"rule": args.rule, "tpi_budget_s": None})
+        current = dict(document.get("selection") or {})  # default: the evaluation's
+        if args.rule and args.tpi_budget is None:  # another rule: the evaluation's budget does not go with it
+            current.pop("tpi_budget_s", None)
+        updates = ({"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget} if args.tpi_budget is not None
+                   else {"rule": args.rule} if args.rule else {})
+        selection = _section(SelectionSettings, current, updates, {"rule": "--rule", "tpi_budget_s": "--tpi-budget"},
+                             "evaluation.selection", args)  # validated: model_copy would take --tpi-budget inf
         rank_key = args.key or document["rank_key"]
         key = select(candidates, rank_key, selection, document.get("selection_groups")).key
     # Build before any warning: a bad --key or a missing member is an error on its own.

@@ -167,6 +167,8 @@ def test_select_under_a_tpi_budget(evaluation, capsys):
     capsys.readouterr()
     assert main(["select", folder, "--tpi-budget", "1e-9"]) == 2  # an input error: a message, no traceback
     assert "no candidate fits the TPI budget" in capsys.readouterr().err
+    assert main(["select", folder, "--tpi-budget", "inf"]) == 2  # validated as the config's: no Infinity recorded
+    assert "--tpi-budget: evaluation.selection.tpi_budget_s: Input should be a finite number" in capsys.readouterr().err
 
 
 def test_select_by_the_one_standard_error_rule_from_the_recorded_per_image_scores(evaluation, tmp_path, capsys):
