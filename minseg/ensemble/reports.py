@@ -128,13 +128,18 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
 
 
 # the tables and figures a run may or may not write (an empty table, no best-member confusion, other overlays)
-_REPORT_FILES = ("table*_*.csv", "table*_*.md", "iou_per_class.png", "confusion_*.png", "overlay_*.png")
+_TABLES = ("table4_members", "table5_ensembles", "table6_per_class", "table7_comparison")
+_REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "iou_per_class.png",
+                 "confusion_selected.png", "confusion_best_member.png", "overlay_*.png")
 
 
 def _remove_earlier_reports(out: str, storage: Storage) -> None:
     """An earlier evaluation's or scoring's tables and figures in ``out``: removed before this run writes its own,
     so none it has no cause to write (a comparison table without baselines, overlays of images no longer in the
-    split) looks like its own. Only these names, directly in ``out``."""
+    split) looks like its own. Only these names, directly in ``out``, and only where an earlier run's document
+    (``evaluation.json``, ``score.json``) says minseg wrote them."""
+    if not any(storage.exists(join_uri(out, name)) for name in ("evaluation.json", "score.json")):
+        return
     root = out.rstrip("/") + "/"
     for info in list(storage.list(root)):
         name = info.uri[len(root):]

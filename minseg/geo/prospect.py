@@ -708,16 +708,31 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
 _OUTPUT_FOLDERS = ("inputs", "evidence", "screening", "cv")
 
 
+_MARKER = ".minseg-prospect"  # written into every prospectivity output folder: its per-input folders are minseg's
+
+
 def _clear_outputs(storage: Storage, out: str) -> None:
     """A run (or a --resume) into a folder that holds an earlier run: ``summary.json`` first (a run is complete
     exactly when it exists), then the earlier run's per-input folders (``_OUTPUT_FOLDERS``: a file this run has no
     cause to write, such as ``deposits_outside_grid.csv``, an element or a fold no longer configured, would
-    otherwise look like its own). Only minseg's own names are removed, never anything else in the folder; models/
-    stays for --resume (``train_trials`` deletes it otherwise) and the maps are rewritten by the run."""
+    otherwise look like its own). Only in a folder minseg's prospectivity job wrote (its marker, or a summary):
+    nothing else in it is touched; models/ stays for --resume (``train_trials`` deletes it otherwise).
+
+    Raises:
+        ProspectInputError: the folder holds one of those folders but was not written by the job (someone's own
+            ``inputs/``): they are not deleted, nor written into."""
+    ours = storage.exists(join_uri(out, _MARKER)) or storage.exists(join_uri(out, "summary.json"))
+    if not ours:
+        taken = [f for f in _OUTPUT_FOLDERS if any(True for _ in storage.list(join_uri(out, f) + "/"))]
+        if taken:
+            raise ProspectInputError(f"prospect.output_uri: {out} holds {', '.join(f + '/' for f in taken)} that "
+                                     "minseg did not write; choose another output folder")
     storage.delete(join_uri(out, "summary.json"))
-    removed = sum(storage.delete_prefix(join_uri(out, folder) + "/") for folder in _OUTPUT_FOLDERS)
+    removed = sum(storage.delete_prefix(join_uri(out, folder) + "/") for folder in _OUTPUT_FOLDERS) if ours else 0
     if removed:
         log_event(log, "prospect.previous_outputs_removed", output=out, files=removed)
+    storage.write_text(join_uri(out, _MARKER), "written by minseg prospect: its inputs/, evidence/, screening/ and cv/ "
+                                               "are replaced by every run into this folder\n")
 
 
 def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:

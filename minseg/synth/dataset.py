@@ -14,6 +14,7 @@ import numpy as np
 
 from minseg.synth.config import SectionsSynth
 from minseg.enums import ImageFormat
+from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.synth.minerals import CLASS_NAMES, class_map_document
@@ -66,8 +67,13 @@ def write_section_dataset(
     import ray
 
     storage = storage or Storage()
-    # an earlier, larger dataset's pairs beyond this count would be trained on as if they were this one's
-    removed = sum(storage.delete_prefix(join_uri(output_uri, folder) + "/") for folder in ("images", "masks"))
+    # an earlier, larger dataset's pairs beyond this count would be trained on as if they were this one's; only a
+    # folder synth wrote (its dataset.json) is cleared, never someone's own images
+    held = [f for f in ("images", "masks") if any(True for _ in storage.list(join_uri(output_uri, f) + "/"))]
+    if held and not storage.exists(join_uri(output_uri, "dataset.json")):
+        raise InputError(f"synth: {output_uri} already holds {' and '.join(f + '/' for f in held)} that synth did not "
+                         "write (no dataset.json): choose another --out")
+    removed = sum(storage.delete_prefix(join_uri(output_uri, folder) + "/") for folder in held)
     if removed:
         log_event(log, "synth.sections.previous_removed", output=output_uri, files=removed)
     rendered = ray.data.range(settings.count, override_num_blocks=min(settings.count, 64)).map(

@@ -491,10 +491,15 @@ def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path)
     evaluation writes its reports, so none looks like its own; other files stay."""
     from minseg.ensemble.reports import _remove_earlier_reports
 
-    for name in ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
-                 "manifest.json", "evaluation.json", "notes.txt", "data/table1_stats.csv"):
+    names = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
+             "manifest.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv")
+    for name in names:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("earlier")
+    _remove_earlier_reports(str(tmp_path), Storage())  # no evaluation.json or score.json: not minseg's reports
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(names)
+    (tmp_path / "evaluation.json").write_text("{}")
     _remove_earlier_reports(str(tmp_path), Storage())
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert left == ["data/table1_stats.csv", "evaluation.json", "manifest.json", "notes.txt"]
+    assert left == ["confusion_mine.png", "data/table4_members.csv", "evaluation.json", "manifest.json", "notes.txt",
+                    "table_notes.csv"]

@@ -249,3 +249,16 @@ def test_deposits_off_the_grid_are_named_as_such(survey, ray_session, capsys, tm
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"prospect.deposits: {len(deposits['features'])} deposit(s) read, 0 on the grid, 0 in the study area" in err
+
+
+def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey, tmp_path):
+    """The re-run cleanup removes inputs/, evidence/, screening/ and cv/ of a folder the job wrote; another folder's
+    own inputs/ is neither deleted nor written into."""
+    from minseg.errors import InputError
+    from minseg.geo.prospect import map_prospectivity
+
+    (tmp_path / "project" / "inputs").mkdir(parents=True)
+    (tmp_path / "project" / "inputs" / "my_samples.csv").write_text("mine")
+    with pytest.raises(InputError, match=r"project holds inputs/ that minseg did not write; choose another output"):
+        map_prospectivity(prospect_config(survey, output_uri=str(tmp_path / "project")))
+    assert (tmp_path / "project" / "inputs" / "my_samples.csv").read_text() == "mine"

@@ -27,3 +27,15 @@ def test_section_dataset_on_ray(ray_session, tmp_path):
     write_section_dataset(str(tmp_path), SectionsSynth(count=2, height=96, width=80), seed=2)
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["section_00000.png", "section_00001.png"]
     assert len(list((tmp_path / "masks").iterdir())) == 2
+
+
+def test_a_folder_of_someone_elses_images_is_not_cleared(ray_session, tmp_path):
+    import pytest
+
+    from minseg.errors import InputError
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "photo.jpg").write_bytes(b"mine")
+    with pytest.raises(InputError, match=r"already holds images/ that synth did not write \(no dataset.json\)"):
+        write_section_dataset(str(tmp_path), SectionsSynth(count=2, height=96, width=80), seed=2)
+    assert (tmp_path / "images" / "photo.jpg").read_bytes() == b"mine"
