@@ -76,6 +76,7 @@ def _check_output(uri: str | None, source: str) -> None:
 
     refuse_file_as_folder(uri, source)
 
+
 def cmd_demo(args) -> int:
     from minseg.demo import run_demo
 

@@ -212,16 +212,22 @@ class ConfigLoader(yaml.SafeLoader):
     map pixels to codes 5, 8 and 13 without a word."""
 
 
-_INT = "tag:yaml.org,2002:int"
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != _INT]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+# decimal (digit groups with _ as before), 0o octal, 0x hex; no 1.1 leading-0 octal, 0b binary or base 60
+ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"),
                                    list("-+0123456789"))
+# PyYAML's floats without the base-60 form (1:30.5 is text, not 5430.5)
+ConfigLoader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 
 
 def _yaml_int(loader: ConfigLoader, node) -> int:
-    text = loader.construct_scalar(node)
+    text = loader.construct_scalar(node).replace("_", "")
     return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)
 
 

@@ -174,7 +174,8 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
             # zero blocks after the last member, a truncated one has not (its later members would be lost unsaid)
             if storage.size(uri) - archive.offset < tarfile.BLOCKSIZE:
                 raise StorageError(f"{uri}: truncated tar archive (it ends without the end-of-archive blocks after "
-                                   f"{len(container.members)} members): copy it again")
+                                   f"{len(container.members)} members): copy it again (or, if its writer left the "
+                                   "end blocks out, write it again with tar)")
     return container
 
 

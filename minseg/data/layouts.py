@@ -648,6 +648,8 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                 for annotation in by_image.get(entry["id"], []):
                     segmentation = annotation.get("segmentation")
                     code = annotation["category_id"]
+                    if isinstance(code, float) and code.is_integer():  # 1.0, as pandas-based exporters write
+                        code = int(code)
                     if isinstance(code, bool) or not isinstance(code, int):  # 2.7 would become class 2
                         raise ValueError(f"annotation {annotation.get('id')} has category_id {code!r}, not an "
                                          "integer")
@@ -732,6 +734,8 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
                 if kind == "rectangle" and len(points) == 2:
                     (x0, y0), (x1, y1) = points
                     points = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+                elif kind == "rectangle":
+                    problem = f"a rectangle needs 2 points, it has {len(points)}"
                 elif kind != "polygon":
                     problem = f"shape type {kind!r} is not supported (polygon, rectangle)"
                     break

@@ -500,8 +500,8 @@ def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], pr
     current, stale = prepared.data_signature(), []
     for member in members:
         try:
-            recorded = json.loads(storage.read_text(join_uri(member.checkpoint, "state.json"))).get("data_signature")
-        except (ObjectNotFoundError, ValueError):
+            recorded = storage.read_json(join_uri(member.checkpoint, "state.json")).get("data_signature")
+        except ObjectNotFoundError:  # a checkpoint without a state (a bare export): nothing recorded
             continue
         if recorded is not None and recorded != current:
             stale.append(f"{member.name} ({member.checkpoint})")

@@ -339,20 +339,24 @@ def _refuse_stray_samples(samples, grid: GridSettings) -> None:
     and interpolate evidence (and targets) there.
 
     Raises:
-        ProspectInputError: a sample whose nearest other sample lies farther away than the survey is wide (the
-            diagonal of the box holding the middle 98 % of the samples' x and y). Surveys of several areas, or
-            dense grids beside sparse regional samples, pass: their samples have neighbours within that width."""
+        ProspectInputError: a sample whose nearest other sample lies farther away than the survey is wide without
+            it (the diagonal of the box holding every other sample). Surveys of several areas, or dense grids beside
+            sparse regional samples, pass: their samples have neighbours within that width."""
     from scipy.spatial import cKDTree
 
     points = np.unique(np.column_stack([samples.x, samples.y]), axis=0)
     if len(points) < 5:
         return
     nearest = cKDTree(points).query(points, k=2)[0][:, 1]
-    low, high = np.percentile(points, [1, 99], axis=0)
-    width = float(np.hypot(*(high - low)))
-    far = nearest > width
+    # each sample against the box of all the others (leave-one-out: the stray itself must not widen it)
+    order = np.sort(points, axis=0)
+    low = np.where(points == order[0], order[1], order[0])
+    high = np.where(points == order[-1], order[-2], order[-1])
+    widths = np.hypot(*(high - low).T)
+    far = nearest > widths
     if not far.any():
         return
+    width = float(np.median(widths))
     at = {(x, y): str(i) for i, x, y in zip(samples.ids, samples.x, samples.y)}
     named = [f"{at[(x, y)]} ({x:.0f}, {y:.0f})" for x, y in points[far][:10]]
     keep = points[~far]

@@ -96,7 +96,8 @@ def one_layer(path: str, layer: str | None, uri: str, key: str) -> None:
     if layer is not None:
         return
     try:
-        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        # layers with geometry: a QGIS GeoPackage's layer_styles table (no geometry) is no second layer
+        layers = [str(name) for name, geometry in pyogrio.list_layers(path) if geometry]
     except Exception:  # unreadable: the read that follows says why
         return
     if len(layers) > 1:

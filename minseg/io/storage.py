@@ -195,8 +195,17 @@ def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None
         from fsspec.utils import glob_translate
 
         prefix = GLOB_CHARS.split(pattern, 1)[0]
-        matches = re.compile(glob_translate(pattern)).fullmatch
-        found = [info.uri for info in storage.list(prefix) if matches(info.uri)]
+        # as local glob: ``**`` inside a name is ``*`` (fsspec refuses it), and names starting with "." (macOS's
+        # ._ copies) match only a pattern part that starts with "." too
+        parts = [part.replace("**", "*") if part != "**" else part for part in pattern.split("/")]
+        matches = re.compile(glob_translate("/".join(parts))).fullmatch
+        dotted = {i for i, part in enumerate(parts) if part.startswith(".")}
+
+        def hidden(uri: str) -> bool:
+            names = uri.split("/")[3:]  # below s3://bucket/
+            return any(name.startswith(".") and i + 3 not in dotted for i, name in enumerate(names))
+
+        found = [info.uri for info in storage.list(prefix) if matches(info.uri) and not hidden(info.uri)]
     else:
         found = [absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
     return sorted(uri for uri in found if suffixes is None or uri.lower().endswith(suffixes))

@@ -777,14 +777,13 @@ def _data_selection(data) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
-                      action: str = "--resume would keep or continue") -> None:
+def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource) -> None:
     """Before a ``--resume`` trains: raise ``InputError`` naming every checkpoint folder (finished member or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
     parts; for prospectivity, other channels, windows or standardisation). Kept, a finished member would be reported
     as if it had trained on this data (and may have trained on what is now its test part); continued, one would mix
-    both; evaluated (``action``), it would be scored on images it may have trained on. Checkpoints written before
-    2026-12-05 record no signature and are not checked."""
+    both (evaluation checks the same record: ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record
+    no signature and are not checked."""
     stale = []
     for fold in source.trial_folds():
         trial_uri, current = _trial_uri(run_uri, fold), None
@@ -792,15 +791,15 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
             pointer = read_pointer(storage, trial_uri, member.name)
             if pointer is None:
                 continue
-            recorded = json.loads(storage.read_text(join_uri(pointer["uri"], "state.json"))).get("data_signature")
+            recorded = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
             current = current or source.data_signature(fold)
             if recorded is not None and recorded != current:
                 stale.append(member_uri(trial_uri, member.name))
     if stale:
         raise InputError(
-            f"{run_uri}: {action} members trained on other data than this run gives them (the inputs, the split or "
-            f"the evidence changed): {', '.join(stale)}. Write the run elsewhere (another run.name or output), or "
-            "delete those folders to train them again")
+            f"{run_uri}: --resume would keep or continue members trained on other data than this run gives them (the "
+            f"inputs, the split or the evidence changed): {', '.join(stale)}. Write the run elsewhere (another "
+            "run.name or output), or delete those folders to train them again")
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

@@ -345,7 +345,9 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
 
 
 def steps_per_epoch(session: Session, batch_size: int) -> int:
-    return max(1, math.ceil(session.inputs.train_tiles / session.world / (batch_size // session.world)))
+    """Optimiser steps a worker takes an epoch: its share of the tiles (Ray Train splits them equally, leaving the
+    remainder out) in batches of ``batch_size // world``."""
+    return max(1, math.ceil((session.inputs.train_tiles // session.world) / (batch_size // session.world)))
 
 
 def train_worker(config: dict) -> None:

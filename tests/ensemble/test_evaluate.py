@@ -477,6 +477,8 @@ def test_members_trained_on_other_data_are_refused(trained_run, tmp_path):
     prepared = prepare_data(trained_run.data, Task.SEGMENTATION, trained_run.run.seed, storage,
                             str(tmp_path / "data"), 0.25)
     _refuse_members_of_other_data(storage, members, prepared)
+    recorded = {json.loads(open(f"{m.checkpoint}/state.json").read())["data_signature"] for m in members}
+    assert recorded == {prepared.data_signature()}  # training records what evaluation computes
     moved = tmp_path / "vgg-checkpoint"
     shutil.copytree(next(m.checkpoint for m in members if m.name == "vgg"), moved)
     state = json.loads((moved / "state.json").read_text())

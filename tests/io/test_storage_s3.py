@@ -176,7 +176,7 @@ def test_globs_keep_to_one_folder_as_on_disk(s3, tmp_path):
     from minseg.io.storage import glob_uris
 
     storage = s3.storage()
-    for key in ("slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs", "slides/a.txt"):
+    for key in ("slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs", "slides/a.txt", "slides/._a.svs"):
         storage.write_bytes(s3.uri(key), b"x")
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_bytes(b"x")
@@ -185,3 +185,5 @@ def test_globs_keep_to_one_folder_as_on_disk(s3, tmp_path):
         assert found == ["slides/a.svs"], root
         deep = [uri[len(root):] for uri in glob_uris(f"{root}slides/**/*.svs", storage)]
         assert deep == ["slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs"], root
+        assert [uri[len(root):] for uri in glob_uris(f"{root}slides/**.svs", storage)] == ["slides/a.svs"], root
+        assert [uri[len(root):] for uri in glob_uris(f"{root}slides/._*.svs", storage)] == ["slides/._a.svs"], root

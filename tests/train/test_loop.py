@@ -28,9 +28,8 @@ def _window_session(ray_session, windows: int, batch_size: int) -> Session:
     model = build_model("mfaf", num_classes=2, in_channels=4, **member.model_options)
     return Session(WorkerConfig(member, Storage(), "unused", inputs, batch_size, 0), 0, 1, torch.device("cpu"), 0,
                    model, build_loss("self_distillation", num_classes=2), torch.zeros(1, 4, 1, 1),
-                   torch.ones(1, 4, 1, 1),
-                   AugmentSettings(), ray_session.data.from_items(rows), None, None, None, None,
-)
+                   torch.ones(1, 4, 1, 1), AugmentSettings(), ray_session.data.from_items(rows), None, None, None,
+                   None)
 
 
 def test_a_last_batch_of_one_is_left_out_where_batch_norm_cannot_take_it(ray_session):
