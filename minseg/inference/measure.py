@@ -228,6 +228,8 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
 def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str, size_source: str):
     """``check_label_maps`` for one file: what is wrong with it, or None (also when its header cannot be read:
     the job then lists the map as a failure with the reader's own reason)."""
+    from minseg.io.ngff import SegmentationArrays
+
     try:
         labels = open_label_map(uri, storage)
     except (SlideError, InputError, OSError, ValueError):
@@ -235,7 +237,8 @@ def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source
     try:
         with labels:
             zarr = uri.rstrip("/").lower().endswith(".zarr")
-            if zarr and (status := _zarr_status(uri, storage)) != "complete":
+            root = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root if zarr else None  # opened once
+            if zarr and (status := _zarr_status(root)) != "complete":
                 return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
                         "an unfinished or failed segmentation; segment the slide again")
             if not is_map:
@@ -246,7 +249,7 @@ def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source
                         "for maps that do not name their classes: leave it out)")
             if settings.pixel_size_um is not None:  # given: the file's resolution is not used
                 return None
-            sizes = _zarr_pixel_sizes(uri, storage) if zarr else _tiff_pixel_sizes(uri, storage)
+            sizes = _zarr_pixel_sizes(root) if zarr else _tiff_pixel_sizes(uri, storage)
             if sizes and len(sizes) == 2 and abs(sizes[0] - sizes[1]) > ANISOTROPY_TOLERANCE * max(sizes):
                 return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
                         "areas and sizes need square pixels; resample the map to square pixels, or set "
@@ -263,12 +266,10 @@ def _first_difference(names: list[str], given: list[str], source: str) -> str:
     return f"the map names {len(names)} classes ({', '.join(names)}), {source} {len(given)}"
 
 
-def _zarr_status(uri: str, storage) -> str | None:
-    """segment's ``minseg.status`` of an OME-Zarr; "complete" for a zarr segment did not write (no ``minseg``
-    attributes: nothing says it is unfinished)."""
-    from minseg.io.ngff import SegmentationArrays
-
-    attributes = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root.attrs.get("minseg")
+def _zarr_status(root) -> str | None:
+    """segment's ``minseg.status`` of an OME-Zarr (its root group); "complete" for a zarr segment did not write (no
+    ``minseg`` attributes: nothing says it is unfinished)."""
+    attributes = root.attrs.get("minseg")
     return attributes.get("status") if isinstance(attributes, dict) else "complete"
 
 
@@ -287,11 +288,8 @@ def refuse_missing_chunks(uri: str, storage: Storage) -> None:
                                 "slide again")
 
 
-def _zarr_pixel_sizes(uri: str, storage) -> tuple[float, float] | None:
-    """(x, y) scale of level 0 of ``labels/classes``, or None."""
-    from minseg.io.ngff import SegmentationArrays
-
-    root = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root
+def _zarr_pixel_sizes(root) -> tuple[float, float] | None:
+    """(x, y) scale of level 0 of ``labels/classes`` of an OME-Zarr (its root group), or None."""
     try:
         scale = root["labels/classes"].attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0][
             "scale"]
