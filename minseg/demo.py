@@ -95,7 +95,7 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     seconds = round(time.monotonic() - started, 1)
     document = {"run": config.run.name, "output": output_uri, "seconds": seconds, "outputs": outputs,
                 "config": config.model_dump(mode="json")}
-    storage.write_text(join_uri(output_uri, "synth_manifest.json"), json.dumps(document, indent=2))
+    storage.write_json(join_uri(output_uri, "synth_manifest.json"), document)
     log_event(log, "synth.done", output=output_uri, seconds=seconds)
     return SynthResult(output_uri, seconds, outputs, document)
 
@@ -131,7 +131,7 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
         why = "--fresh" if fresh else "its data or settings differ from this run's"
         print(f"Retraining: removing the previous demo run in {config.run.uri} ({why})")
         storage.delete_prefix(config.run.uri.rstrip("/") + "/")
-    storage.write_text(record, json.dumps(inputs, indent=1))
+    storage.write_json(record, inputs, indent=1)
     return train_ensemble(config, resume=resume)
 
 
@@ -242,7 +242,7 @@ def segment_synthetic_slide(config: MinsegConfig, synth: SynthResult, evaluation
     spec = MeasureSpec(tuple(document["classes"]), config.mineralogy, document["pixel_size_um"])
     document["reference"] = against_reference(document, (slide["height"], slide["width"]), slide["mask"], spec,
                                               storage, join_uri(folder, REFERENCE_DOCUMENT))
-    storage.write_text(join_uri(folder, DOCUMENT), json.dumps(document, indent=1, default=float))
+    storage.write_json(join_uri(folder, DOCUMENT), document, indent=1)
     score = SlideScore(segmented.output, segmented.done[0]["wall_seconds"], (slide["height"], slide["width"]),
                        truth["accuracy"], truth["miou"], headline_text(document),
                        evaluation.selected.key if evaluation is not None else "", dict(zip(truth["classes"], truth["iou"])))
@@ -277,5 +277,5 @@ def _segment_and_score(config: MinsegConfig, slide: dict, storage: Storage):
         raise RunError(f"the demo slide failed to segment: {[f.to_document() for f in segmented.failed]}")
     folder = join_uri(segmented.output, segmented.done[0]["slide"])
     truth = compare_label_maps(join_uri(folder, ZARR), slide["mask"], list(CLASS_NAMES), storage=storage)
-    storage.write_text(join_uri(folder, "truth_comparison.json"), json.dumps(truth, indent=2, default=float))
+    storage.write_json(join_uri(folder, "truth_comparison.json"), truth)
     return segmented, folder, truth

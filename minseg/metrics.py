@@ -167,17 +167,24 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
 
 
 def metric_value(metrics: dict, key: str) -> float:
-    """Look up a ranking key: ``miou``, ``mean_f1``, ``iou:gangue``, ``f1:<class>``, ..."""
+    """Look up a ranking key: ``miou``, ``mean_f1``, ``iou:gangue``, ``f1:<class>``, ...
+
+    Returns NaN where the value is undefined: NaN in memory, ``null`` in a JSON record read back (a class absent from
+    the split and never predicted has no IoU)."""
     name, _, cls = key.partition(":")
     if not cls:
         if name not in metrics or isinstance(metrics[name], list):
             raise InputError(f"unknown metric {key!r}")
-        return float(metrics[name])
+        return _number(metrics[name])
     if name not in ("iou", "precision", "recall", "f1"):
         raise InputError(f"unknown per-class metric {name!r} in {key!r} (use iou, precision, recall or f1)")
     if cls not in metrics["classes"]:
         raise InputError(f"unknown class {cls!r} in {key!r}; classes: {', '.join(metrics['classes'])}")
-    return float(metrics[name][metrics["classes"].index(cls)])
+    return _number(metrics[name][metrics["classes"].index(cls)])
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 # ------------------------------------------------------------------ prospectivity

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from minseg.cli import DEFAULT_DEMO_CONFIG, main
+from tests.support.documents import every_record_is_strict_json
 
 
 def tiny_demo_config(tmp_path: Path) -> Path:
@@ -33,6 +34,7 @@ def first_demo(ray_session, tmp_path_factory):
     pointers = {p: p.read_text() for p in run.glob("members/*/checkpoints/best.json")}
     assert len(pointers) == 2 and (run / "demo_inputs.json").exists()
     assert (run / "evaluation" / "ensemble" / "manifest.json").exists()
+    assert every_record_is_strict_json(out, skip=("ray",)) > 20  # data, training, evaluation, prospectivity
     return path, out, run, pointers
 
 

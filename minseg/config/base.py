@@ -100,17 +100,60 @@ def _find_credential_keys(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[st
     return found
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    parts = [p for p in dotted.split(".") if p]
+def _key_parts(dotted: str) -> list[str]:
+    """``training.members[0].loss`` (as errors name keys) or ``training.members.0.loss`` -> its parts."""
+    return [p for p in re.split(r"[.\[\]]+", dotted) if p]
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str:
+    """Set ``value`` at ``dotted`` in ``data``: sections by key (created when absent), list entries by index
+    (``training.members[0].stages`` as validation errors name them, or ``training.members.0.stages``) or, in a list
+    of named entries, by name (``training.members.unet-a.loss``). Returns the key as errors name it
+    (``training.members[0].loss``). Raises ConfigError naming the key that cannot be followed."""
+    parts = _key_parts(dotted)
     if not parts:
         raise ConfigError(source, [("", f"empty key in override {dotted!r}")])
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(source, [(dotted, f"cannot set a key inside {part!r}, which is not a section")])
-        node = child
-    node[parts[-1]] = value
+    node: Any = data
+    path: list[str | int] = []
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            step: str | int = _list_index(node, part, key_path(tuple(path)), source)
+        elif isinstance(node, dict):
+            step = part
+            if not last and part not in node and parts[depth + 1].isdigit():
+                raise ConfigError(source, [(key_path(tuple(path) + (part,)), "no list here to take an entry of (the "
+                                            "configuration does not set it): set the whole list, e.g. "
+                                            f"{key_path(tuple(path) + (part,))}='[...]'")])
+            if not last:
+                node.setdefault(part, {})
+        else:
+            raise ConfigError(source, [(dotted, f"cannot set a key inside {key_path(tuple(path))!r}, which is not "
+                                                "a section or a list")])
+        path.append(step)
+        if last:
+            node[step] = value
+        else:
+            node = node[step]
+    return key_path(tuple(path))
+
+
+def _list_index(entries: list, part: str, listed_at: str, source: str) -> int:
+    """Which entry of the list at ``listed_at`` ``part`` names: an index from 0, or the ``name`` of one entry."""
+    where = f"{listed_at}[{part}]"
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not 0 <= index < len(entries):
+            held = f"{len(entries)} (0 to {len(entries) - 1})" if entries else "none"
+            raise ConfigError(source, [(where, f"no entry {index}: the list holds {held}")])
+        return index
+    named = [i for i, entry in enumerate(entries) if isinstance(entry, dict) and entry.get("name") == part]
+    if len(named) == 1:
+        return named[0]
+    names = [str(entry["name"]) for entry in entries if isinstance(entry, dict) and "name" in entry]
+    listed = f"; entries named: {', '.join(names)}" if names else ""
+    problem = "names several entries" if named else "is not an index (0, 1, ...) or the name of an entry"
+    raise ConfigError(source, [(where, f"{part!r} {problem} of this list of {len(entries)}{listed}")])
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -145,15 +188,15 @@ def validate_config(
     origins: dict[str, str] = {}  # dotted key -> where its value came from, when not from the file
     for origin, values in (("environment", env_overrides(environ)), ("override", overrides or {})):
         for dotted, text in values.items():
-            origins[dotted] = (f"--set {dotted}" if origin == "override" else
-                               f"environment {ENV_PREFIX}{dotted.upper().replace('.', '__')}")
+            label = (f"--set {dotted}" if origin == "override" else
+                     f"environment {ENV_PREFIX}{dotted.upper().replace('.', '__')}")
             if _CREDENTIAL_KEY.search(dotted):
                 raise ConfigError(origin, [(dotted, "credentials are read from AWS_* variables, not overrides")])
             try:
                 value = load_yaml(text) if isinstance(text, str) else text
             except yaml.YAMLError as exc:
                 raise ConfigError(origin, [(dotted, f"value is not valid YAML: {exc}")]) from None
-            _set_path(merged, dotted, value, origin)
+            origins[_set_path(merged, dotted, value, label)] = label  # by the key errors name
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
@@ -195,15 +238,18 @@ def section_error(exc: ValidationError, section: str, source: str, sources: Mapp
 
 
 def _origin(key: str, origins: Mapping[str, str]) -> str | None:
-    """The --set or environment variable that set ``key`` (or a section above it), if any."""
+    """The --set or environment variable that set ``key``, a section above it or a key inside it, if any."""
     for dotted, origin in origins.items():
-        if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
+        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((key, dotted), (dotted, key))):
             return origin
     return None
 
 
-def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+def _deep_copy(data):
+    """Sections and lists copied (an override may set inside either), values shared."""
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    return [_deep_copy(v) for v in data] if isinstance(data, list) else data
 
 
 class ConfigLoader(yaml.SafeLoader):

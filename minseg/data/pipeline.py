@@ -698,9 +698,9 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     writer.writerow(["file", "reason"])
     writer.writerows([[r.file, r.reason] for r in prepared.quarantine])
     storage.write_text(uris["quarantine.csv"], buffer.getvalue())
-    storage.write_text(uris["quarantine.json"], json.dumps([asdict(r) for r in prepared.quarantine], indent=2))
+    storage.write_json(uris["quarantine.json"], [asdict(r) for r in prepared.quarantine])
     document = {"stats": prepared.stats, "normalization": prepared.normalization}
-    storage.write_text(uris["dataset_stats.json"], json.dumps(document, indent=2))
+    storage.write_json(uris["dataset_stats.json"], document)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["split", "class", "pixel_share", "pixels", "particles", "tiles"])
@@ -712,6 +712,6 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     if prepared.folds:
         splits["folds"] = [{"test": sorted(f.test), "val": sorted(f.val), "train": sorted(f.train)}
                            for f in prepared.folds]
-    storage.write_text(uris["splits.json"], json.dumps(splits, indent=2))
-    storage.write_text(uris["classes.json"], json.dumps(prepared.classmap.to_document(), indent=2))
+    storage.write_json(uris["splits.json"], splits)
+    storage.write_json(uris["classes.json"], prepared.classmap.to_document())
     return uris

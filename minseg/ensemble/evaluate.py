@@ -452,7 +452,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups)
     out = settings.output_uri(config.run.uri)
-    storage.write_text(join_uri(out, "evaluation.json"), json.dumps(document, indent=2, default=float))
+    storage.write_json(join_uri(out, "evaluation.json"), document)
     manifest_uri = join_uri(out, "manifest.json")
     write_manifest(build_manifest(document, chosen.key, storage, settings.name), manifest_uri, storage)
     write_reports(document, prepared, previews, out, storage, settings)

@@ -93,7 +93,7 @@ def file_sha256(storage: Storage, uri: str) -> str:
 
 
 def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> None:
-    storage.write_text(uri, json.dumps(manifest.model_dump(mode="json"), indent=2))
+    storage.write_json(uri, manifest.model_dump(mode="json"))
 
 
 def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True) -> EnsembleManifest:
@@ -169,9 +169,9 @@ def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes
         buffer = io.BytesIO()
         torch.save(module.state_dict(), buffer)
         storage.write_bytes(join_uri(checkpoint, "model.pt"), buffer.getvalue())
-        storage.write_text(join_uri(checkpoint, "classes.json"), json.dumps(classes))
-        storage.write_text(join_uri(checkpoint, "member.json"), json.dumps({"model": model_name,
-                                                                           "model_options": options}))
+        storage.write_json(join_uri(checkpoint, "classes.json"), classes, indent=None)
+        storage.write_json(join_uri(checkpoint, "member.json"), {"model": model_name, "model_options": options},
+                           indent=None)
         entries.append(ManifestMember(name=member, model=model_name, model_options=options, checkpoint=checkpoint,
                                       sha256=hashlib.sha256(buffer.getvalue()).hexdigest(), rank=rank))
     mode = FusionMode(mode)

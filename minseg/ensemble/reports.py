@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import io
-import json
 import math
 
 import numpy as np
@@ -21,6 +20,8 @@ COMPARISON_MODELS = ("deeplabv3", "pspnet")
 
 
 def _fmt(value) -> str:
+    if value is None:  # undefined, as read back from JSON
+        return "-"
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4f}"
     return str(value)
@@ -120,7 +121,7 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
         storage.write_text(join_uri(out, f"{name}.csv"), text_csv)
         storage.write_text(join_uri(out, f"{name}.md"), text_md)
         printed.append(f"\n{name.replace('_', ' ')}\n{text_md}")
-    storage.write_text(join_uri(out, "reports.json"), json.dumps(tables, indent=2, default=float))
+    storage.write_json(join_uri(out, "reports.json"), tables)
     _figures(document, tables, previews, out, storage)
     print("".join(printed))
     print(footer or f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")

@@ -16,7 +16,6 @@ its best member on the new set, as the evaluation report does on the training ru
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -162,7 +161,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     write_reports(document, prepared, [p for p in rows.preview if p is not None], out, storage, pass_settings,
                   stats_split="test", stats_label="scored", footer=footer)
     document["seconds"] = round(time.monotonic() - started, 1)
-    storage.write_text(join_uri(out, "score.json"), json.dumps(document, indent=2, default=float))
+    storage.write_json(join_uri(out, "score.json"), document)
     log_event(log, "score.done", output=out, selected=selected.key, images=len(items),
               miou=round(metric_value(selected.metrics, "miou"), 4))
     return ScoreResult(out, selected, best, len(items), len(prepared.quarantine), document)

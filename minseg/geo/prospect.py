@@ -411,7 +411,7 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
     geometry = target_grid(settings.grid, bounds, reference)
     if samples is not None:
         _samples_on_grid(samples, geometry, storage, out)
-        storage.write_text(join_uri(out, "inputs", "samples.json"), json.dumps(samples.report, indent=2))
+        storage.write_json(join_uri(out, "inputs", "samples.json"), samples.report)
     deposits = read_sites(settings.deposits, working, storage, "prospect.deposits")
     if isinstance(settings.deposits, CellLayer):
         deposits = _one_per_cell(deposits, geometry)
@@ -700,7 +700,7 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
     storage.write_bytes(join_uri(out, "rate_curves.png"), plot_curves(curves))
     storage.write_bytes(join_uri(out, "prospectivity.png"), plot_map(maps.probability, maps.uncertainty, study, geometry,
                                                                      on_grid, f"{settings.name}: prospectivity"))
-    storage.write_text(join_uri(out, "metrics.json"), json.dumps(metrics, indent=2, default=float))
+    storage.write_json(join_uri(out, "metrics.json"), metrics)
     return target_rows
 
 
@@ -803,7 +803,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
         "members": [{"member": r.member, "fold": r.fold, "status": str(r.status), "error": r.error} for r in results],
         "seconds": round(time.monotonic() - started, 1),
     }
-    storage.write_text(join_uri(out, "summary.json"), json.dumps(document, indent=2, default=float))
+    storage.write_json(join_uri(out, "summary.json"), document)
     log_event(log, "prospect.done", output=out, seconds=document["seconds"], targets=len(target_rows))
     return ProspectResult(settings.name, out, metrics, kept, trials[FINAL].channels, len(target_rows), results,
                           document)

@@ -73,7 +73,7 @@ def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, 
     create_segmentation(join_uri(plan.output_uri, ZARR), storage, layout_of(plan, settings),
                         [c["name"] for c in classes], colours, plan.pixel_size_um, settings.include_image,
                         settings.compression, attributes)
-    storage.write_text(plan_uri, json.dumps(key, indent=2))  # after the zarr exists: resumable from here on
+    storage.write_json(plan_uri, key)  # after the zarr exists: resumable from here on
     return blocks, 0
 
 def build_coarse_levels(arrays: SegmentationArrays, layout: PyramidLayout, first: int) -> None:
@@ -162,7 +162,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         title = plan.slide_id
         for name in write_plots(mineralogy, storage, plan.output_uri, title):
             files[name.rsplit(".", 1)[0]] = name
-    storage.write_text(join_uri(plan.output_uri, DOCUMENT), json.dumps(mineralogy, indent=1, default=float))
+    storage.write_json(join_uri(plan.output_uri, DOCUMENT), mineralogy, indent=1)
 
     counts = np.asarray(mineralogy["tally"]["class_pixels"], np.int64)
     total = max(1, int(counts.sum()))
@@ -192,9 +192,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)
     arrays.mark("complete", summary=SUMMARY)
-    # JSON has no NaN / infinity: a non-finite number here is a bug, refused rather than written as invalid JSON
-    storage.write_text(join_uri(plan.output_uri, SUMMARY), json.dumps(summary, indent=2, default=float,
-                                                                      allow_nan=False))
+    storage.write_json(join_uri(plan.output_uri, SUMMARY), summary)
     storage.delete_prefix(join_uri(plan.output_uri, RECORDS) + "/")  # the summary is the proof now
     log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
               wall_seconds=summary["wall_seconds"], output=plan.output_uri)

@@ -125,7 +125,7 @@ def against_reference(document: dict, shape: tuple[int, int], reference: str, sp
                              f"{document.get('source', '')} is {shape[0]}x{shape[1]}")
         truth = measure_map(mask, spec, block)
     truth["colours"], truth["source"] = document.get("colours"), reference
-    storage.write_text(reference_output, json.dumps(truth, indent=1, default=float))
+    storage.write_json(reference_output, truth, indent=1)
     return {"uri": reference, "document": reference_output.rsplit("/", 1)[-1],
             "errors": compare_mineralogy(document, truth)}
 
@@ -176,7 +176,7 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
         files.update({name.rsplit(".", 1)[0]: name for name in write_plots(document, storage, output_uri, map_id)})
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files
-    storage.write_text(join_uri(output_uri, DOCUMENT), json.dumps(document, indent=1, default=float))  # last: done
+    storage.write_json(join_uri(output_uri, DOCUMENT), document, indent=1)  # last: done
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=output_uri)
     row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
            "seconds": document["seconds"], **headline(document)}
@@ -356,7 +356,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     result.seconds = round(time.monotonic() - started, 2)
     result.done.sort(key=lambda row: row["slide"])
     # failures first: whatever happens next, what failed is on record; then the tables of this run only
-    storage.write_text(join_uri(output, "failures.json"), json.dumps(result.failed, indent=2))
+    storage.write_json(join_uri(output, "failures.json"), result.failed)
     storage.delete_prefix(join_uri(output, FOLDER) + "/")
     if result.done:
         write_slide_tables(result.done, storage, output)

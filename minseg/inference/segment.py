@@ -675,10 +675,9 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed]
-    storage.write_text(join_uri(out, "failures.json"), json.dumps(failures, indent=2))
+    storage.write_json(join_uri(out, "failures.json"), failures)
     document = {**result.to_document(), "slides": merged, "failed_slides": failures}
-    storage.write_text(join_uri(out, "run_summary.json"), json.dumps(document, indent=2, default=float,
-                                                                     allow_nan=False))
+    storage.write_json(join_uri(out, "run_summary.json"), document)
     # the batch's mineralogy over every complete slide under the output, this run's and earlier: rewritten when a
     # slide was done or one counted before failed now (it leaves the report as it leaves the tables)
     dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now

@@ -35,6 +35,31 @@ log = get_logger("io.storage")
 _TMP_MARK = ".minseg-tmp"
 
 
+def json_text(document, indent: int | None = 2) -> str:
+    """``document`` as standard JSON (RFC 8259), the form every run record and report is written in.
+
+    NaN and infinity, which JSON has no numbers for, become ``null``: an IoU of a class absent from a split and
+    nowhere predicted, an AUC of a fold without a deposit, are undefined, not numbers. (Python's ``json`` would
+    write a bare ``NaN``, which jq, JavaScript, Arrow and most JSON readers refuse.) NumPy scalars and arrays become
+    plain numbers and lists. Readers of metrics take ``null`` as undefined (``minseg.metrics.metric_value``).
+
+    Raises:
+        TypeError: a value with no JSON form (a bug: documents hold numbers, text, lists and mappings)."""
+    return json.dumps(_json_ready(document), indent=indent, allow_nan=False)
+
+
+def _json_ready(value):
+    if isinstance(value, float):  # np.float64 too
+        return value if value - value == 0 else None  # inf - inf and nan - nan are nan
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # float32, int64, bool_, arrays
+        return _json_ready(value.tolist())
+    return value
+
+
 def _pid_namespace() -> str:
     """This process's PID namespace (containers on one host share the hostname with --net=host, not PIDs)."""
     try:
@@ -538,6 +563,10 @@ class Storage:
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise InputError(f"{uri}: not valid JSON ({exc}); a damaged or half-copied file: restore or recreate "
                              "it") from None
+
+    def write_json(self, uri: str, document, indent: int | None = 2) -> None:
+        """``document`` written as standard JSON (``json_text``): a number JSON cannot hold is written null."""
+        self.write_text(uri, json_text(document, indent))
 
     def write_text(self, uri: str, text: str, encoding: str = "utf-8") -> None:
         self.write_bytes(uri, text.encode(encoding))

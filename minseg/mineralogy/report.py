@@ -170,7 +170,7 @@ def write_batch_report(documents: dict[str, dict], storage: Storage, out_uri: st
         return None
     check_finite(document)
     plots = write_plots(document, storage, out_uri, title)
-    storage.write_text(join_uri(out_uri, DOCUMENT), json.dumps(document, indent=1, default=float))
+    storage.write_json(join_uri(out_uri, DOCUMENT), document, indent=1)
     rows = {slide: headline(doc) for slide, doc in documents.items()}
     storage.write_text(join_uri(out_uri, REPORT), markdown(document, rows, title, plots))
     return document

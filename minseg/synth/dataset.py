@@ -8,7 +8,6 @@ Layout (the paired-folder layout of LumenStone): ``images/<stem>.<ext>``,
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 
@@ -97,7 +96,7 @@ def write_section_dataset(
             for c, name in enumerate(CLASS_NAMES)
         },
     }
-    storage.write_text(join_uri(output_uri, "classes.json"), json.dumps(class_map_document(), indent=2))
-    storage.write_text(join_uri(output_uri, "dataset.json"), json.dumps(summary, indent=2))
+    storage.write_json(join_uri(output_uri, "classes.json"), class_map_document())
+    storage.write_json(join_uri(output_uri, "dataset.json"), summary)
     log_event(log, "synth.sections.done", images=len(rows), output=output_uri)
     return summary

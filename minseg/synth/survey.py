@@ -295,7 +295,7 @@ def write_survey(output_uri: str, settings: SurveySynth, seed: int = 0, storage:
         for d in survey["deposits"]
     ]
     storage.write_text(join_uri(output_uri, "deposits.csv"), "\n".join(rows) + "\n")
-    storage.write_text(join_uri(output_uri, "survey.json"), json.dumps(survey["metadata"], indent=2))
+    storage.write_json(join_uri(output_uri, "survey.json"), survey["metadata"])
     summary = {
         "output": output_uri,
         "samples": settings.n_samples,

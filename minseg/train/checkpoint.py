@@ -66,11 +66,11 @@ def write_checkpoint(
         _save_tensor_dict(storage, join_uri(directory, "optimizer.pt"), optimizer_state)
     for name, document in (("state.json", state), ("member.json", member_config), ("classes.json", classes),
                            ("metrics.json", metrics)):
-        storage.write_text(join_uri(directory, name), json.dumps(document, indent=2, default=float))
+        storage.write_json(join_uri(directory, name), document)
     pointer = {"dir": epoch_tag, "uri": directory, "epoch": state.get("epochs_done"), "metrics": metrics}
     if is_best:
-        storage.write_text(join_uri(root, "best.json"), json.dumps(pointer, indent=2, default=float))
-    storage.write_text(join_uri(root, "last.json"), json.dumps(pointer, indent=2, default=float))
+        storage.write_json(join_uri(root, "best.json"), pointer)
+    storage.write_json(join_uri(root, "last.json"), pointer)
     _remove_unreferenced(storage, root)
     return directory
 
@@ -80,7 +80,7 @@ def write_state(storage: Storage, run_uri: str, member: str, state: dict) -> Non
     pointer = read_pointer(storage, run_uri, member, "last")
     if pointer is None:
         raise ObjectNotFoundError(f"member {member!r} has no checkpoint in {run_uri}")
-    storage.write_text(join_uri(pointer["uri"], "state.json"), json.dumps(state, indent=2, default=float))
+    storage.write_json(join_uri(pointer["uri"], "state.json"), state)
 
 
 def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:

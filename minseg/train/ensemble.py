@@ -407,7 +407,7 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
         error = _root_cause(exc)
     result = summarize_member(storage, run_uri, member, error, time.time() - started, fold)
     result.started_at, result.finished_at = started, time.time()
-    storage.write_text(join_uri(member_uri(run_uri, member.name), "result.json"), json.dumps(asdict(result), indent=2))
+    storage.write_json(join_uri(member_uri(run_uri, member.name), "result.json"), asdict(result))
     if error:
         raise RuntimeError(f"member {member.name} failed: {error}")
 
@@ -557,7 +557,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     results = fit_members(config, members, source, run_uri, concurrency, resume,
                           configured=[m.name for m in config.training.members])
     if {m.name for m in members} >= {m.name for m in config.training.members}:  # every member checked on this data
-        storage.write_text(selection_uri, json.dumps({"signature": selection}))  # for a resubmission's shortcut
+        storage.write_json(selection_uri, {"signature": selection}, indent=None)  # for a resubmission's shortcut
     return results
 
 
@@ -846,7 +846,7 @@ def write_members_table(results: list[MemberResult], run_uri: str, storage: Stor
     document = {"members": rows}
     if fold_summary:
         document["cross_validation"] = cross_validation_summary(results)
-    storage.write_text(join_uri(run_uri, "members.json"), json.dumps(document, indent=2))
+    storage.write_json(join_uri(run_uri, "members.json"), document)
     text = format_members_table(results)
     if fold_summary:
         text += "\n" + "\n".join(
@@ -896,7 +896,7 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
         return
     base = member_uri(run_uri, member)
     if checkpoint.state.get("init"):
-        storage.write_text(join_uri(base, "init_report.json"), json.dumps(checkpoint.state["init"], indent=2))
+        storage.write_json(join_uri(base, "init_report.json"), checkpoint.state["init"])
     history = checkpoint.state.get("history", [])
     if not history:
         return

@@ -1,4 +1,7 @@
+import copy
+
 import pytest
+import yaml
 
 from minseg.config import ConfigError, MinsegConfig, load_config, validate_config
 from minseg.enums import TiffCompression
@@ -152,3 +155,42 @@ def test_integers_read_as_written_not_as_yaml_1_1_octal_or_sexagesimal(tmp_path)
     config = load_config(path, MinsegConfig, overrides={"run.output_uri": "1:30"})
     assert config.run.seed == 10 and config.run.output_uri == "1:30"
     assert [c.codes for c in config.data.classes.classes] == [[0], [5, 10], [15]]
+
+
+def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
+    """``--set`` follows lists: by index as errors name keys (``members[1]``) or dotted (``members.1``), by the
+    entry's name in a list of named entries; a key it cannot follow is an error naming it, not a new section."""
+    from minseg.cli import main
+
+    data = {"run": {"name": "x"},
+            "training": {"defaults": {"model": "unet", "stages": [{"epochs": 4, "batch_size": 8}]},
+                         "members": [{"name": "unet-a", "seed": 1}, {"name": "unet-b", "seed": 2}]},
+            "evaluation": {"modes": ["pv", "soft"]}}
+    before = copy.deepcopy(data)
+    config = validate_config(data, MinsegConfig, overrides={
+        "training.members.unet-b.seed": "7", "training.members[0].loss.name": "ce_focal",
+        "training.defaults.stages.0.epochs": "2", "evaluation.modes[1]": "weighted_soft"})
+    assert [m.seed for m in config.training.members] == [1, 7]
+    assert [str(m.loss.name) for m in config.training.members] == ["ce_focal", "ce"]
+    assert [m.stages[0].epochs for m in config.training.members] == [2, 2]
+    assert [str(m) for m in config.evaluation.modes] == ["pv", "weighted_soft"]
+    assert data == before  # the file's lists are not changed in place
+
+    def refused(overrides):
+        with pytest.raises(ConfigError) as caught:
+            validate_config(data, MinsegConfig, overrides=overrides)
+        return str(caught.value)
+
+    assert "--set training.members[2].seed: training.members[2]: no entry 2: the list holds 2 (0 to 1)" in refused(
+        {"training.members[2].seed": "3"})
+    assert ("training.members[unet-c]: 'unet-c' is not an index (0, 1, ...) or the name of an entry of this list "
+            "of 2; entries named: unet-a, unet-b") in refused({"training.members.unet-c.seed": "3"})
+    assert "training.members[0].stages: no list here to take an entry of" in refused(
+        {"training.members[0].stages[0].epochs": "3"})
+    assert "cannot set a key inside 'run.name'" in refused({"run.name.x": "1"})
+    # a bad value set inside a list blames the --set, not the file
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["config", "validate", str(path), "--set", "training.members.unet-b.seed=x"]) == 2
+    assert "--set training.members.unet-b.seed: training.members[1].seed: Input should be a valid integer" in (
+        capsys.readouterr().err)

@@ -420,6 +420,35 @@ def test_select_says_which_split_chooses_and_warns_on_documents_without_validati
     assert load_manifest(str(tmp_path / "old" / "manifest-old.json")).selection["candidate"] == best_on_test.key
 
 
+def test_every_record_is_standard_json_and_undefined_scores_read_back_as_undefined(trained_ensemble, evaluation,
+                                                                                   capsys):
+    """A class a split lacks has no IoU (NaN in memory): training's and evaluation's records write it null, which
+    any JSON reader takes (Python's json would write a bare NaN), and ``select`` reads null back as undefined,
+    choosing as the evaluation did."""
+    import math
+
+    from minseg.ensemble.config import SelectionSettings
+    from minseg.ensemble.selection import Candidate, select
+    from tests.support.documents import every_record_is_strict_json, strict_json
+
+    # checkpoints, members' results, data reports, the evaluation; ray/ is Ray Tune's
+    assert every_record_is_strict_json(trained_ensemble[2], skip=("ray",)) > 30
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    document = strict_json(f"{folder}/evaluation.json")
+    undefined = [(c["key"], i) for c in evaluation.document["candidates"]
+                 for i, value in enumerate(c["selection_metrics"]["iou"]) if math.isnan(value)]
+    assert undefined, "the fixture's validation split should lack a class"
+    on_disk = {c["key"]: c for c in document["candidates"]}
+    assert all(on_disk[key]["selection_metrics"]["iou"][i] is None for key, i in undefined)
+    name = document["classes"]["classes"][undefined[0][1]]["name"]
+    in_memory = [Candidate.from_document(c) for c in evaluation.document["candidates"]]
+    expected = select(in_memory, f"iou:{name}", SelectionSettings())
+    capsys.readouterr()
+    assert main(["select", folder, "--key", f"iou:{name}", "--name", "by-undefined"]) == 0
+    assert load_manifest(f"{folder}/manifest-by-undefined.json").selection["candidate"] == expected.key
+    strict_json(f"{folder}/manifest-by-undefined.json")
+
+
 def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, evaluation, tmp_path):
     """``evaluation.checkpoint``: ``best`` scores the checkpoint training kept on validation (the last without
     one), ``last`` the final epoch (validation then ranks on images that chose nothing); the document says which;

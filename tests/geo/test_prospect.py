@@ -10,6 +10,7 @@ from minseg.enums import MemberStatus
 from minseg.synth.config import SurveySynth
 from minseg.io.geotiff import read_geotiff
 from minseg.synth.survey import write_survey
+from tests.support.documents import every_record_is_strict_json
 
 ELEMENTS = ["Au", "As", "Sb", "Cu", "Pb", "Zn", "Ag", "Ba", "Mn", "Hg"]
 TINY = {"dilation_rates": [1, 2, 4], "branch_channels": 8}
@@ -58,6 +59,7 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     summary = result.document
     out = output_uri(config)
     assert json.loads(open(f"{out}/summary.json").read())["targets"] == result.targets
+    assert every_record_is_strict_json(out, skip=("ray",)) > 20  # summary, metrics, members: no bare NaN
 
     probability, geometry, nodata = read_geotiff(f"{out}/prospectivity.tif")
     uncertainty, geometry_u, _ = read_geotiff(f"{out}/uncertainty.tif")

@@ -13,6 +13,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.inference.config import SegmentSettings
 from minseg.inference.segment import segment_slides
 from minseg.io.tiff import read_metadata
+from tests.support.documents import every_record_is_strict_json
 from tests.support.processes import kill_processes_titled
 
 
@@ -213,6 +214,7 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     table = pq.read_table(tmp_path / "slides.parquet")
     assert table.num_rows == 2 and {"particles", "particle_p80_px", "liberated_pct:pyrite"} <= set(table.column_names)
     document = json.loads((tmp_path / "run_summary.json").read_text())
+    assert every_record_is_strict_json(tmp_path) > 6  # summaries, failures, mineralogy, zarr metadata
     assert document["blocks"] == 6 + 6 + 1 + 1 and document["windows"] > 4 * 7 + 1  # bad slides tried too
     # the driver got a few numbers per block, not the scores the windows made
     assert document["driver_bytes"] < 0.01 * document["score_bytes"]
