@@ -28,6 +28,14 @@ def emit(row: dict, csv_path: str | None, echo: bool = True) -> None:
         out.writerows(rows + [row])
 
 
+def per_class_iou(metrics: dict) -> str:
+    """A CSV cell: ``{"class": IoU}`` to 3 digits as standard JSON (an undefined IoU is null, not NaN)."""
+    from minseg.io.storage import json_text
+
+    return json_text({c: (round(v, 3) if v is not None else None)
+                      for c, v in zip(metrics.get("classes", []), metrics.get("iou", []))}, indent=None)
+
+
 def repeated_tile_slide(path: str, size: int, tile: int = 512, distinct: int = 24, seed: int = 0) -> None:
     """A size x size pyramidal JPEG BigTIFF built from a few rendered section tiles, repeated in a
     scrambled order: realistic texture and grains, written in a minute even at 40000 x 40000."""

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import emit  # noqa: E402
+from bench._common import emit, per_class_iou  # noqa: E402
 
 VARIANTS = {
     "ce": {"name": "ce"},
@@ -71,8 +71,7 @@ def main() -> None:
             "status": row.status.value, "epochs": row.epochs,
             "best_val_miou": round(row.best_value, 4) if row.best_value is not None else "",
             "test_miou": round(test["miou"], 4) if test else "",
-            "test_iou_per_class": json.dumps({k: round(v, 3) for k, v in zip(test.get("classes", []),
-                                                                             test.get("iou", []))}) if test else "",
+            "test_iou_per_class": per_class_iou(test) if test else "",
             "member_wall_seconds": round(row.wall_seconds), "bench_seconds": round(time.monotonic() - started),
         }, args.csv)
 

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import emit  # noqa: E402
+from bench._common import emit, per_class_iou  # noqa: E402
 from minseg.config.base import parse_set_options  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "lumenstone"
@@ -56,10 +56,6 @@ def _miou(metrics: dict) -> float | None:
 
 def _shown(value: float | None) -> str:
     return f"{value:.3f}" if value is not None else "  –"
-
-
-def _per_class(metrics: dict) -> str:
-    return json.dumps({c: round(v, 3) for c, v in zip(metrics.get("classes", []), metrics.get("iou", []))})
 
 
 def report(evaluation, label: str) -> list[dict]:
@@ -94,7 +90,7 @@ def report(evaluation, label: str) -> list[dict]:
              "test_miou": _miou(c.metrics),
              "gain_over_best_member_on_test_pt": round(100 * (c.metrics["miou"] - best.metrics["miou"]), 2),
              "gain_over_val_top_member_pt": round(100 * (c.metrics["miou"] - top.metrics["miou"]), 2),
-             "selected": c.key == chosen.key, "test_iou_per_class": _per_class(c.metrics),
+             "selected": c.key == chosen.key, "test_iou_per_class": per_class_iou(c.metrics),
              # learned candidates' validation scores: weights fitted without the image (since 2026-12-02)
              "learned_val_scores": "out-of-fold" if evaluation.document.get("learned_held_out_weights") else ""}
             for c in evaluation.candidates]
@@ -192,7 +188,7 @@ def pixel_baseline(args, config) -> None:
     print(f"pixel-qda-rgb (RGB per pixel, no context), test mIoU {metrics['miou']:.3f}: "
           + ", ".join(f"{k} {v:.2f}" for k, v in zip(metrics["classes"], metrics["iou"])))
     emit({"date": time.strftime("%Y-%m-%d"), "config": _config_label(args), "evaluation": "pixel-baseline",
-          "candidate": "pixel-qda-rgb", "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)},
+          "candidate": "pixel-qda-rgb", "test_miou": _miou(metrics), "test_iou_per_class": per_class_iou(metrics)},
          args.csv)
 
 
@@ -229,7 +225,7 @@ def pooled(args) -> None:
               f"test images): mIoU {metrics['miou']:.3f}; " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                          zip(metrics["classes"], metrics["iou"])))
         emit({"date": time.strftime("%Y-%m-%d"), "config": "+".join(args.pool), "evaluation": "pooled",
-              "candidate": label, "test_miou": _miou(metrics), "test_iou_per_class": _per_class(metrics)}, args.csv)
+              "candidate": label, "test_miou": _miou(metrics), "test_iou_per_class": per_class_iou(metrics)}, args.csv)
 
 
 def split_seeds(args, config_of) -> None:

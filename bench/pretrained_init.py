@@ -22,7 +22,6 @@ Validation mIoU per validated epoch (the curves) and the test mIoU of each membe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import emit  # noqa: E402
+from bench._common import emit, per_class_iou  # noqa: E402
 
 TINY = {"width": 0.125, "depth": "tiny"}
 
@@ -114,8 +113,7 @@ def main() -> None:
             "val_miou_curve": " ".join(f"{e}:{v}" for e, v in curve),
             "best_val_miou": round(row.best_value, 4) if row.best_value is not None else "",
             "test_miou": round(test.get("miou", float("nan")), 4) if test else "",
-            "test_iou_per_class": json.dumps({k: round(v, 3) for k, v in zip(test.get("classes", []),
-                                                                             test.get("iou", []))}) if test else "",
+            "test_iou_per_class": per_class_iou(test) if test else "",
             "member_wall_seconds": round(row.wall_seconds),
         }, args.csv)
 
