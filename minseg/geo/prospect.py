@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ from minseg.geo.screening import decide, format_table, grid_rows, sample_rows
 from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
                                 window_metrics)
 from minseg.geo.vectors import Points, read_lines, read_sites
-from minseg.geo.windows import EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds
+from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds,
+                                thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
@@ -572,6 +574,8 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
                                                 "reason"]))
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
                   positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
+    for thin in thin_folds(windows, folds):
+        log_event(log, "prospect.cv_thin_fold", logging.WARNING, **thin)
     return windows, folds, trials
 
 
@@ -778,6 +782,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     geometry, deposits = inputs.geometry, inputs.deposits
     not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, evidence.in_study, inputs.inside) if ok and not ins]
     kept = [r["element"] for r in trials[FINAL].screening if r["kept"]]
+    thin = {row["fold"] for row in thin_folds(windows, folds)}
     document = {
         "name": settings.name, "output": out, "grid": {"rows": geometry.rows, "cols": geometry.cols,
                                                         "cell_m": geometry.pixel_width, "epsg": geometry.epsg,
@@ -796,8 +801,10 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                     "negative_cells": len(evidence.barren_cells)}),
         "study_cells": int(evidence.study.sum()),
         "windows": {"total": len(windows), "positives": int(windows.labels.sum())},
-        "folds": [{"fold": f.index + 1, "train_windows": len(f.train), "test_windows": len(f.test),
-                   "dropped_for_overlap": f.dropped_for_overlap, "balance": trials[f.index].balance} for f in folds],
+        "folds": [{"fold": f.index + 1, "train_windows": len(f.train),
+                   "train_deposit_windows": int(f.train.labels.sum()), "test_windows": len(f.test),
+                   "dropped_for_overlap": f.dropped_for_overlap,
+                   "balance": trials[f.index].balance, "thin": f.index + 1 in thin} for f in folds],
         "kept_elements": kept, "channels": trials[FINAL].channels, "layers": evidence.layer_reports,
         "metrics": metrics, "targets": len(target_rows),
         "members": [{"member": r.member, "fold": r.fold, "status": str(r.status), "error": r.error} for r in results],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minseg.geo.config import ProspectInputError
-from minseg.geo.windows import EvidenceStack, balance, footprint, make_windows, spatial_folds
+from minseg.geo.windows import EvidenceStack, balance, footprint, make_windows, spatial_folds, thin_folds
 
 
 def _footprints_overlap(a, b, size):
@@ -73,6 +73,22 @@ def test_too_few_deposit_blocks_for_the_folds():
     windows = make_windows(study, np.array([[5, 5]]), 8, 4, 16, 4, None, np.random.default_rng(0))
     with pytest.raises(ProspectInputError, match="fewer than folds=3"):
         spatial_folds(windows, 3, 8, study.shape, 16)
+
+
+def test_a_fold_left_a_handful_of_training_windows_is_called_thin():
+    """Deposits clustered along the top of the region: the second band is the empty rest of it, so the fold that
+    tests it trains on the first band's few windows; a spread of deposits gives no thin fold."""
+    study = np.ones((64, 64), bool)
+    clustered = np.array([[2, 4], [3, 20], [2, 40], [4, 58], [10, 10], [12, 50]])
+    windows = make_windows(study, clustered, 8, 4, 16, 4, None, np.random.default_rng(0))
+    folds = spatial_folds(windows, 2, 8, study.shape, 16)
+    (thin,) = thin_folds(windows, folds)
+    second = folds[1]
+    assert thin["fold"] == 2 and thin["train_windows"] == len(second.train) < len(windows) / 2 / 3
+    assert thin["even_split_windows"] == round(len(windows) / 2) and "prospect.cv.folds" in thin["advice"]
+    spread = np.array([[5, 5], [5, 50], [30, 30], [50, 10], [55, 55], [20, 45]])
+    windows = make_windows(study, spread, 8, 4, 16, 4, None, np.random.default_rng(0))
+    assert thin_folds(windows, spatial_folds(windows, 2, 8, study.shape, 16)) == []
 
 
 def test_statistics_come_from_training_cells_only():
