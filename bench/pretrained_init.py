@@ -104,7 +104,7 @@ def main() -> None:
     members = {c.key.split(":", 1)[1]: c for c in evaluation.candidates if c.key.startswith("member:")}
     for row in rows:
         state = load_checkpoint(storage, config.run.uri, row.member).state
-        curve = [(h["epoch"], round(h["miou"], 4)) for h in state["history"] if "miou" in h]
+        curve = [(h["epoch"], round(h["miou"], 4)) for h in state["history"] if h.get("miou") is not None]
         candidate = members.get(row.member)
         test = candidate.metrics if candidate else {}
         emit({

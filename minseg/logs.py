@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any, Iterable, Iterator, TypeVar
 
+from minseg.jsontext import json_text
+
 _SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _REDACTED = "***"
 
@@ -57,7 +59,7 @@ class _JsonFormatter(logging.Formatter):
             payload["message"] = record.getMessage()
         if record.exc_text:
             payload["exception"] = record.exc_text
-        return json.dumps(payload, default=str)
+        return json_text(payload, indent=None, default=str)  # no bare NaN in a log line either
 
 
 class _TextFormatter(logging.Formatter):

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minseg"
 
 # Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    ("foundation", ["minseg", "minseg.errors", "minseg.enums", "minseg.logs", "minseg.config.base", "minseg.device"]),
+    ("foundation", ["minseg", "minseg.errors", "minseg.enums", "minseg.jsontext", "minseg.logs", "minseg.config.base",
+                    "minseg.device"]),
     ("storage", ["minseg.io"]),
     ("data", ["minseg.data", "minseg.synth", "minseg.runtime", "minseg.preflight", "minseg.config.loading",
               "minseg.mineralogy"]),

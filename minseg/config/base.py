@@ -100,9 +100,11 @@ def _find_credential_keys(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[st
     return found
 
 
-def _key_parts(dotted: str) -> list[str]:
-    """``training.members[0].loss`` (as errors name keys) or ``training.members.0.loss`` -> its parts."""
-    return [p for p in re.split(r"[.\[\]]+", dotted) if p]
+def _key_parts(dotted: str) -> list[tuple[str, bool]]:
+    """``training.members[0].loss`` (as errors name keys) or ``training.members.0.loss`` -> its parts, each with
+    whether it was written in brackets (an index, whatever the entries are named)."""
+    return [(bracketed or plain, bool(bracketed)) for bracketed, plain in re.findall(r"\[([^\]]*)\]|([^.\[\]]+)", dotted)
+            if bracketed or plain]
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str:
@@ -115,13 +117,13 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str
         raise ConfigError(source, [("", f"empty key in override {dotted!r}")])
     node: Any = data
     path: list[str | int] = []
-    for depth, part in enumerate(parts):
+    for depth, (part, bracketed) in enumerate(parts):
         last = depth == len(parts) - 1
         if isinstance(node, list):
-            step: str | int = _list_index(node, part, key_path(tuple(path)), source)
+            step: str | int = _list_index(node, part, bracketed, key_path(tuple(path)), source)
         elif isinstance(node, dict):
             step = part
-            if not last and part not in node and parts[depth + 1].isdigit():
+            if not last and part not in node and (parts[depth + 1][1] or _INDEX.fullmatch(parts[depth + 1][0])):
                 raise ConfigError(source, [(key_path(tuple(path) + (part,)), "no list here to take an entry of (the "
                                             "configuration does not set it): set the whole list, e.g. "
                                             f"{key_path(tuple(path) + (part,))}='[...]'")])
@@ -138,20 +140,31 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str
     return key_path(tuple(path))
 
 
-def _list_index(entries: list, part: str, listed_at: str, source: str) -> int:
-    """Which entry of the list at ``listed_at`` ``part`` names: an index from 0, or the ``name`` of one entry."""
+_INDEX = re.compile(r"-?[0-9]+")
+
+
+def _list_index(entries: list, part: str, bracketed: bool, listed_at: str, source: str) -> int:
+    """Which entry of the list at ``listed_at`` ``part`` names: an index from 0, or the ``name`` of one entry.
+    In brackets a number is always an index and anything else a name (``members[unet.v2]``: a name holding dots);
+    dotted, a number that is also another entry's name is refused as ambiguous."""
     where = f"{listed_at}[{part}]"
-    if part.lstrip("-").isdigit():
+    names = [str(entry["name"]) for entry in entries if isinstance(entry, dict) and "name" in entry]
+    named = [i for i, entry in enumerate(entries) if isinstance(entry, dict) and "name" in entry
+             and str(entry["name"]) == part]
+    if _INDEX.fullmatch(part):
         index = int(part)
+        if named and named != [index] and not bracketed:
+            raise ConfigError(source, [(where, f"{part!r} is both an index and the name of entry {named[0]}: write "
+                                               f"{listed_at}[{index}] for the entry at index {index}")])
         if not 0 <= index < len(entries):
             held = f"{len(entries)} (0 to {len(entries) - 1})" if entries else "none"
             raise ConfigError(source, [(where, f"no entry {index}: the list holds {held}")])
         return index
-    named = [i for i, entry in enumerate(entries) if isinstance(entry, dict) and entry.get("name") == part]
     if len(named) == 1:
         return named[0]
-    names = [str(entry["name"]) for entry in entries if isinstance(entry, dict) and "name" in entry]
     listed = f"; entries named: {', '.join(names)}" if names else ""
+    if any(name.startswith(part + ".") for name in names):
+        listed += f" (a name holding dots goes in brackets: {listed_at}[<name>])"
     problem = "names several entries" if named else "is not an index (0, 1, ...) or the name of an entry"
     raise ConfigError(source, [(where, f"{part!r} {problem} of this list of {len(entries)}{listed}")])
 
@@ -238,11 +251,9 @@ def section_error(exc: ValidationError, section: str, source: str, sources: Mapp
 
 
 def _origin(key: str, origins: Mapping[str, str]) -> str | None:
-    """The --set or environment variable that set ``key``, a section above it or a key inside it, if any."""
-    for dotted, origin in origins.items():
-        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((key, dotted), (dotted, key))):
-            return origin
-    return None
+    """The --set or environment variable that set ``key`` or, the nearest, a section or list above it, if any."""
+    above = [dotted for dotted in origins if key == dotted or key.startswith((dotted + ".", dotted + "["))]
+    return origins[max(above, key=len)] if above else None
 
 
 def _deep_copy(data):

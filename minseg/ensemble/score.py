@@ -156,7 +156,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     footer = (f"{selected.key} on {len(items)} image(s) of {', '.join(document['data'])}: mIoU "
               f"{metric_value(selected.metrics, 'miou'):.4f} (best member {best.key}: "
               f"{metric_value(best.metrics, 'miou'):.4f}, {gain * 100:+.1f} points)")
-    if "miou" in document["at_selection"]:
+    if document["at_selection"].get("miou") is not None:  # null: undefined, as recorded in the manifest
         footer += f"; at selection, on its run's test split: {document['at_selection']['miou']:.4f}"
     write_reports(document, prepared, [p for p in rows.preview if p is not None], out, storage, pass_settings,
                   stats_split="test", stats_label="scored", footer=footer)

@@ -8,13 +8,13 @@ of the area (highest scores first), the share of deposits inside it; its AUC is
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
 from minseg.geo.config import TargetSettings
 from minseg.geo.grid import affine
 from minseg.io.geotiff import GridGeometry
+from minseg.io.storage import json_text
 from minseg.metrics import roc_auc
 
 
@@ -112,7 +112,7 @@ def targets_geojson(rows: list[dict], regions: np.ndarray, geometry: GridGeometr
                          else {"type": "MultiPolygon", "coordinates": parts})
         features.append({"type": "Feature", "properties": by_id[target_id], "geometry": geometry_json})
     crs = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{geometry.epsg}"}}
-    return json.dumps({"type": "FeatureCollection", "crs": crs, "features": features})
+    return json_text({"type": "FeatureCollection", "crs": crs, "features": features}, indent=None)
 
 
 def plot_map(score: np.ndarray, uncertainty: np.ndarray, study: np.ndarray, geometry: GridGeometry,

@@ -27,37 +27,13 @@ from typing import IO, Iterator
 from urllib.parse import unquote, urlparse
 
 from minseg.errors import MinsegError
+from minseg.jsontext import json_text
 from minseg.io.config import StorageSettings
 from minseg.logs import get_logger, log_event, redact
 
 log = get_logger("io.storage")
 
 _TMP_MARK = ".minseg-tmp"
-
-
-def json_text(document, indent: int | None = 2) -> str:
-    """``document`` as standard JSON (RFC 8259), the form every run record and report is written in.
-
-    NaN and infinity, which JSON has no numbers for, become ``null``: an IoU of a class absent from a split and
-    nowhere predicted, an AUC of a fold without a deposit, are undefined, not numbers. (Python's ``json`` would
-    write a bare ``NaN``, which jq, JavaScript, Arrow and most JSON readers refuse.) NumPy scalars and arrays become
-    plain numbers and lists. Readers of metrics take ``null`` as undefined (``minseg.metrics.metric_value``).
-
-    Raises:
-        TypeError: a value with no JSON form (a bug: documents hold numbers, text, lists and mappings)."""
-    return json.dumps(_json_ready(document), indent=indent, allow_nan=False)
-
-
-def _json_ready(value):
-    if isinstance(value, float):  # np.float64 too
-        return value if value - value == 0 else None  # inf - inf and nan - nan are nan
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # float32, int64, bool_, arrays
-        return _json_ready(value.tolist())
-    return value
 
 
 def _pid_namespace() -> str:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from minseg.synth.config import SurveySynth
 from minseg.io.geotiff import GridGeometry, epsg_code, write_geotiff
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import Storage, join_uri, json_text
 from minseg.logs import get_logger, log_event
 
 log = get_logger("synth.survey")
@@ -240,12 +240,13 @@ def _sample_tables(survey: dict) -> tuple[pa.Table, pa.Table]:
 
 
 def _geojson(features: list[dict], epsg: int) -> str:
-    return json.dumps(
+    return json_text(
         {
             "type": "FeatureCollection",
             "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
             "features": features,
-        }
+        },
+        indent=None,
     )
 
 

@@ -188,6 +188,18 @@ def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
     assert "training.members[0].stages: no list here to take an entry of" in refused(
         {"training.members[0].stages[0].epochs": "3"})
     assert "cannot set a key inside 'run.name'" in refused({"run.name.x": "1"})
+    # a member named by a number or with dots: brackets make an index an index and a name a name
+    data["training"]["members"] += [{"name": "0"}, {"name": "unet.v2"}]
+    assert "'0' is both an index and the name of entry 2: write training.members[0]" in refused(
+        {"training.members.0.seed": "3"})
+    config = validate_config(data, MinsegConfig, overrides={"training.members[0].seed": "5",
+                                                            "training.members[unet.v2].seed": "6"})
+    assert [m.seed for m in config.training.members] == [5, 2, None, 6]
+    assert "a name holding dots goes in brackets" in refused({"training.members.unet.v2.seed": "3"})
+    # the nearest override is blamed: the entry's own, not the whole list set beside it
+    assert "--set training.members[1].seed: training.members[1].seed: Input should be a valid integer" in refused(
+        {"training.members": yaml.safe_dump(data["training"]["members"]), "training.members[1].seed": "x"})
+    data["training"]["members"] = before["training"]["members"]
     # a bad value set inside a list blames the --set, not the file
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))

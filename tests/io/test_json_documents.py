@@ -33,3 +33,15 @@ def test_an_undefined_metric_reads_back_as_undefined(tmp_path):
     assert back["iou"] == [0.75, None] and back["accuracy"] is None
     assert math.isnan(metric_value(back, "iou:pyrite")) and math.isnan(metric_value(back, "accuracy"))
     assert metric_value(back, "iou:resin") == metric_value(metrics, "iou:resin") == 0.75
+
+
+def test_json_log_lines_hold_no_bare_nan():
+    import logging
+    from pathlib import Path
+
+    from minseg.logs import _JsonFormatter
+
+    record = logging.LogRecord("minseg.geo", logging.INFO, __file__, 1, "prospect.fold_scored", None, None)
+    record.fields = {"auc": float("nan"), "where": Path("/data/x.tif"), "count": np.int64(3)}
+    line = json.loads(_JsonFormatter().format(record), parse_constant=pytest.fail)
+    assert line["auc"] is None and line["where"] == "/data/x.tif" and line["count"] == 3
