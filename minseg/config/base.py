@@ -103,8 +103,8 @@ def _find_credential_keys(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[st
 def _key_parts(dotted: str) -> list[tuple[str, bool]]:
     """``training.members[0].loss`` (as errors name keys) or ``training.members.0.loss`` -> its parts, each with
     whether it was written in brackets (an index, whatever the entries are named)."""
-    return [(bracketed or plain, bool(bracketed)) for bracketed, plain in re.findall(r"\[([^\]]*)\]|([^.\[\]]+)", dotted)
-            if bracketed or plain]
+    found = re.findall(r"\[([^\]]*)\]|([^.\[\]]+)", dotted)
+    return [(bracketed or plain, bool(bracketed)) for bracketed, plain in found if bracketed or plain]
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str:
