@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
+from minseg.errors import InputError
 from minseg.io.storage import Storage, absolute_uri, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
@@ -120,8 +121,9 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
     inputs = {"synth": config.synth.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
               "training": config.training.model_dump(mode="json"), "seed": config.run.seed}
     record = join_uri(config.run.uri, DEMO_INPUTS)
-    previous = json.loads(storage.read_text(record)) if storage.exists(record) else None
-    trained_before = storage.exists(join_uri(config.run.uri, "members.json")) or previous is not None
+    refuse_foreign_run(config.run.uri, storage)
+    previous = storage.read_json(record) if storage.exists(record) else None
+    trained_before = previous is not None
     resume = False
     if trained_before and not fresh and previous == inputs:
         resume = True
@@ -135,12 +137,27 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
     return train_ensemble(config, resume=resume)
 
 
+def refuse_foreign_run(run_uri: str, storage: Storage) -> None:
+    """Raise InputError when ``run_uri`` holds a training run the demo did not write (``members.json`` without
+    ``demo_inputs.json``): the demo retrains over its own runs only (``--config`` of a recipe with the demo's
+    default output is that recipe's own run folder)."""
+    if storage.exists(join_uri(run_uri, "members.json")) and not storage.exists(join_uri(run_uri, DEMO_INPUTS)):
+        raise InputError(f"{run_uri} holds a training run the demo did not write (no {DEMO_INPUTS}); the demo would "
+                         "retrain over it. Give the demo another folder (--out) or run.name")
+
+
 def run_demo(config: MinsegConfig, fresh: bool = False) -> DemoResult:
     """Synthesise → train (or reuse a previous run's members, unless ``fresh``) → evaluate and select → segment
-    the slide and score it; prints where to look."""
+    the slide and score it; prints where to look.
+
+    Raises:
+        InputError: the run folder holds a training run the demo did not write (``refuse_foreign_run``), before
+            anything is written."""
     from minseg.enums import MemberStatus
 
     started = time.monotonic()
+    if config.training is not None and config.synth.sections is not None:
+        refuse_foreign_run(join_uri(absolute_uri(config.run.output_uri), config.run.name), Storage(config.storage))
     result = DemoResult(run_synth(config))
     out = result.synth.output
     if config.training is not None and config.synth.sections is not None:

@@ -51,6 +51,19 @@ def test_the_demo_runs_again_reusing_its_members(first_demo, capsys):
     assert all(m["status"] == "done" for m in members)
 
 
+def test_the_demo_refuses_to_retrain_over_a_run_it_did_not_write(tmp_path, capsys):
+    """``minseg demo --config <a recipe>`` writes where the recipe's own run lives: a run without the demo's
+    record is refused untouched, before anything is written, not removed as a 'previous demo run'."""
+    path, out = tiny_demo_config(tmp_path), tmp_path / "project"
+    run = out / "tiny-ensemble"
+    (run / "members" / "unet-a").mkdir(parents=True)
+    (run / "members.json").write_text('{"members": []}')
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["demo", "-c", str(path), "--out", str(out)]) == 2
+    assert "holds a training run the demo did not write (no demo_inputs.json)" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 @pytest.mark.slow  # a third tiny demo run (~60 s): retraining is training as on a first run
 def test_demo_fresh_retrains(first_demo, capsys):
     path, out, run, pointers = first_demo
