@@ -341,3 +341,10 @@ class EcaPlacement(StrEnum):
 
     STAGE = "stage"  # once per stage, after its blocks
     BLOCK = "block"  # after every ConvNeXt block
+
+
+# The metrics ``minseg.metrics.metrics_from_confusion`` reports, by the names ranking and checkpoint keys use: per
+# class (``iou:<class>``) and the scalars; higher is better for every one of them.
+PER_CLASS_METRICS = ("iou", "precision", "recall", "f1")
+SCORE_METRICS = ("miou", "mean_precision", "mean_recall", "mean_f1", "accuracy", "mPA", "mRecall", "F1_paper",
+                 "recall_weighted_f1", "recall_weighted_iou")

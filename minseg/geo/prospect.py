@@ -103,6 +103,7 @@ class WindowSource:
 
     task = Task.CLASSIFICATION
     num_classes = 2
+    class_names = list(CLASS_NAMES)
 
     def __init__(self, trials: dict, augmentation: str, balancing: BalanceSettings):
         # only what training needs travels to the trials (not the padded stacks kept for prediction)

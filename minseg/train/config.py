@@ -14,7 +14,9 @@ from pydantic import Field, field_validator, model_validator
 from minseg.errors import InputError
 from minseg.config.base import StrictModel
 from minseg.data.config import AugmentSettings
-from minseg.enums import ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName, Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout
+from minseg.enums import (
+    PER_CLASS_METRICS, SCORE_METRICS, ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName,
+    Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -128,7 +130,8 @@ class MemberSettings(StrictModel):
     grad_clip_norm: float | None = Field(None, gt=0)
     precision: Precision = Precision.AUTO
     checkpoint_metric: str = Field("miou", description="e.g. miou, mean_f1, iou:gangue, accuracy, val_loss")
-    checkpoint_mode: str = Field("max", pattern="^(max|min)$")
+    checkpoint_mode: str = Field(None, pattern="^(max|min)$",  # type: ignore[assignment]  # set before validation
+                                 description="max or min; default: min for a loss (val_loss), max for a score")
     max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
     seed: int | None = None
     augmentation: AugmentSettings | None = Field(
@@ -159,6 +162,24 @@ class MemberSettings(StrictModel):
                              "scene as data.sources[].channels (e.g. ppl + xpl: 6 channels; mode grey: 1); "
                              "prospectivity members read the evidence channels")
         return options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpoint_mode_follows_the_metric(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("checkpoint_mode") is None:
+            metric = str(values.get("checkpoint_metric", "miou"))
+            values = {**values, "checkpoint_mode": "min" if metric.endswith("loss") else "max"}
+        return values
+
+    @model_validator(mode="after")
+    def _checkpoint_mode_fits_the_metric(self) -> "MemberSettings":
+        metric, mode = self.checkpoint_metric, self.checkpoint_mode
+        score = metric in SCORE_METRICS or metric.partition(":")[0] in PER_CLASS_METRICS and ":" in metric
+        if (metric.endswith("loss") and mode == "max") or (score and mode == "min"):
+            better = "falls" if mode == "max" else "rises"
+            raise ValueError(f"checkpoint_mode {mode} would keep the worst epoch: {metric} {better} as the model "
+                             "improves (leave checkpoint_mode out: min for a loss, max for a score)")
+        return self
 
     @model_validator(mode="after")
     def _batches_split_evenly(self) -> "MemberSettings":

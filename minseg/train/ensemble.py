@@ -72,10 +72,16 @@ def member_task(member: MemberSettings) -> Task:
     return get_entry(member.model).task
 
 
+# what an epoch's metrics hold besides the validation scores (``loop.train_epoch``, ``loop.evaluate``)
+EPOCH_METRICS = ("val_loss", "train_loss", "lr", "epoch", "stage", "train_tiles", "tiles_per_s", "data_wait_fraction")
+
+
 def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,
-              weights_cache: dict | None = None, class_counts: list[int] | None = None) -> str | None:
+              weights_cache: dict | None = None, class_counts: list[int] | None = None,
+              class_names: list[str] | None = None) -> str | None:
     """Build the member's model and loss without data (meta device) and match its pretrained weights
-    to it (names and shapes only: a wrong file is refused before any worker starts); the error text, or None.
+    to it (names and shapes only: a wrong file is refused before any worker starts); check its
+    ``checkpoint_metric`` names a metric of these classes; the error text, or None.
 
     ``weights_cache``: state dicts already read, by URI (members often share one file). ``class_counts``: the
     training data's counts per class (``TrainingSource.class_counts``), for class weights computed from them.
@@ -84,8 +90,13 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 
     from minseg.errors import MinsegError
     from minseg.losses import build_loss
+    from minseg.metrics import metric_key_problem
     from minseg.models.pretrained import choose_normalization, plan_weights, read_state_dict
 
+    if class_names is not None:
+        problem = metric_key_problem(member.checkpoint_metric, class_names, EPOCH_METRICS)
+        if problem:
+            return f"checkpoint_metric: {problem}"
     try:
         with torch.device("meta"):
             model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
@@ -198,6 +209,7 @@ class TrainingSource(Protocol):
 
     task: Task
     num_classes: int
+    class_names: list[str]
     in_channels: int
 
     def trial_folds(self) -> list[int | None]:
@@ -231,6 +243,7 @@ class ImageSource:
     def __init__(self, prepared: PreparedData, data):
         self.prepared, self.data = prepared, data
         self.task, self.num_classes = prepared.task, prepared.classmap.num_classes
+        self.class_names = list(prepared.classmap.names)
         self.in_channels = data.in_channels if prepared.task is Task.SEGMENTATION else 3
 
     def trial_folds(self) -> list[int | None]:
@@ -589,7 +602,7 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
                 continue
             pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
         problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
-                             source.class_counts(pending[0]["fold"])) if pending else None)
+                             source.class_counts(pending[0]["fold"]), source.class_names) if pending else None)
         if member.bagging is not None and not problem:  # drawn here: the driver logs it, a bad draw stops early
             try:
                 for trial in pending:

@@ -69,6 +69,28 @@ def test_defaults_merge_and_member_errors():
                                                    "augmentation": {"exposure": 1.5}}]}}, MinsegConfig)
 
 
+def test_the_checkpoint_metric_is_a_known_metric_kept_the_right_way_up():
+    """``val_loss`` with the default ``max`` kept a member's worst epoch; a typo or an unknown class failed every
+    member after its first epoch, inside Ray. The mode now follows the metric, a contradiction is refused, and
+    the key is checked against the run's classes before any worker starts."""
+    stages = [{"epochs": 1}]
+    assert MemberSettings(name="a", model="unet", stages=stages).checkpoint_mode == "max"
+    assert MemberSettings(name="a", model="unet", stages=stages, checkpoint_metric="val_loss").checkpoint_mode == "min"
+    for metric, mode in (("val_loss", "max"), ("iou:pyrite", "min"), ("miou", "min")):
+        with pytest.raises(ValueError, match=f"checkpoint_mode {mode} would keep the worst epoch"):
+            MemberSettings(name="a", model="unet", stages=stages, checkpoint_metric=metric, checkpoint_mode=mode)
+    classes = ["resin", "pyrite", "gangue"]
+    for metric in ("iou:pyrite", "val_loss", "recall_weighted_f1", "stage"):
+        assert preflight(MemberSettings(name="a", model="unet", stages=stages, checkpoint_metric=metric), 3, 3,
+                         class_names=classes) is None
+    for metric, says in (("iou:chalcopyrite", "unknown class 'chalcopyrite' in 'iou:chalcopyrite'; classes: resin"),
+                         ("mean_iou", "unknown metric 'mean_iou'; one of miou,"),
+                         ("dice:pyrite", "unknown per-class metric 'dice'")):
+        problem = preflight(MemberSettings(name="a", model="unet", stages=stages, checkpoint_metric=metric), 3, 3,
+                            class_names=classes)
+        assert problem.startswith("checkpoint_metric: ") and says in problem
+
+
 def test_preflight_reports_bad_options_and_table_formats():
     assert preflight(member("ok"), 3, 3) is None
     bad = MemberSettings(name="x", model="res_unet", model_options={"activation": "tanh"}, stages=[{"epochs": 1}])
