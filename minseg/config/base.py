@@ -266,7 +266,24 @@ def _deep_copy(data):
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's integers: ``010`` is ten and ``1:30`` is text. YAML 1.1 (PyYAML's
     default) reads ``010`` as octal 8 and ``1:30`` as sexagesimal 90: a class code list ``[005, 010, 015]`` would
-    map pixels to codes 5, 8 and 13 without a word."""
+    map pixels to codes 5, 8 and 13 without a word. A key repeated in one mapping is refused (YAML requires unique
+    keys; PyYAML keeps the last: a second ``training:`` section replaced the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"the key {key!r} is given twice in one mapping (first on line {seen[key].line + 1}); "
+                        "keep one", key_node.start_mark)
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"

@@ -206,3 +206,19 @@ def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
     assert main(["config", "validate", str(path), "--set", "training.members.unet-b.seed=x"]) == 2
     assert "--set training.members.unet-b.seed: training.members[1].seed: Input should be a valid integer" in (
         capsys.readouterr().err)
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second ``training:`` section (or a member's second ``model:``)
+    replaced the first without a word. YAML requires unique keys; merge keys (``<<``) still merge."""
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {name: x}\ntraining:\n  members:\n    - name: a\n      model: unet\n      model: res_unet\n")
+    with pytest.raises(ConfigError, match=r"line 6, column 7: not valid YAML \(the key 'model' is given twice in one "
+                                          r"mapping \(first on line 5\); keep one\)"):
+        load_config(path, MinsegConfig)
+    path.write_text("run: {name: x}\nrun: {name: y}\n")
+    with pytest.raises(ConfigError, match="the key 'run' is given twice"):
+        load_config(path, MinsegConfig)
+    path.write_text("shared: &stage {epochs: 2}\nrun:\n  <<: {name: x}\n  seed: 3\n")
+    with pytest.raises(ConfigError, match="shared: unknown key"):  # merged fine; the anchor's own key is unknown
+        load_config(path, MinsegConfig)
