@@ -173,13 +173,6 @@ class MemberCheckpoint(StrEnum):
     BEST = "best"  # the epoch training kept by its checkpoint_metric on validation (the last without validation)
     LAST = "last"  # the final epoch: validation chose nothing yet, so ranking and selection on it see fresh data
 
-    def recorded_in(self, row: dict) -> str | None:
-        """The checkpoint URI a run's ``members.json`` row records for this choice (``best``: the last for a
-        member trained without validation); None when the row has none."""
-        if self is MemberCheckpoint.LAST:
-            return row.get("last_checkpoint")
-        return row.get("best_checkpoint") or row.get("last_checkpoint")
-
 
 class MemberStatus(StrEnum):
     """Outcome of one member's training (one trial: a member, or a member on one CV fold)."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from minseg.enums import MemberCheckpoint
 from minseg.errors import InputError
+from minseg.io.runs import recorded_checkpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
@@ -107,8 +108,10 @@ def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
         raise KernelSourceError(f"{uri}: not a members table ({type(exc).__name__}: {exc})") from None
     members = []
     for row in rows:
-        checkpoint = MemberCheckpoint.BEST.recorded_in(row)
-        if row.get("status") != "done" or not checkpoint:
+        if row.get("status") != "done":
+            continue
+        checkpoint = recorded_checkpoint(storage, run, row, MemberCheckpoint.BEST)  # under run: a copied run's own
+        if not checkpoint:
             continue
         name = row["member"] if row.get("fold") is None else f"{row['member']}@fold{row['fold'] + 1}"
         members.append(_from_checkpoint(checkpoint, storage, name))

@@ -47,6 +47,7 @@ from minseg.ensemble.selection import (
 )
 from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
+from minseg.io.runs import recorded_checkpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
@@ -216,7 +217,7 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     members, classes = [], None
     checkpoint = MemberCheckpoint(checkpoint)
     for name in wanted:
-        uri = checkpoint.recorded_in(done[name])
+        uri = recorded_checkpoint(storage, run_uri, done[name], checkpoint)  # under run_uri: a copied run's own
         if not uri:
             raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
         member = storage.read_json(join_uri(uri, "member.json"))

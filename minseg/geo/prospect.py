@@ -54,13 +54,13 @@ from minseg.geo.vectors import Points, read_lines, read_sites
 from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds,
                                 thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
+from minseg.io.runs import read_pointer
 from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
 from minseg.train.bagging import bagging_counts, bagging_seed
-from minseg.train.checkpoint import read_pointer
 from minseg.train.config import MemberSettings
 from minseg.train.ensemble import BAGGING_BUILD, MemberResult, TrialInputs
 

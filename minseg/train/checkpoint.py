@@ -19,20 +19,13 @@ Directories no pointer names are removed after each switch.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 
 import torch
 
+from minseg.errors import InputError
+from minseg.io.runs import checkpoints_uri, read_pointer
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
-
-
-def member_uri(run_uri: str, member: str) -> str:
-    return join_uri(run_uri, "members", member)
-
-
-def checkpoints_uri(run_uri: str, member: str) -> str:
-    return join_uri(member_uri(run_uri, member), "checkpoints")
 
 
 def _save_tensor_dict(storage: Storage, uri: str, state: dict) -> None:
@@ -42,7 +35,19 @@ def _save_tensor_dict(storage: Storage, uri: str, state: dict) -> None:
 
 
 def load_tensor_dict(storage: Storage, uri: str) -> dict:
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    """A checkpoint's tensors (``model.pt``, ``optimizer.pt``).
+
+    Raises:
+        ObjectNotFoundError, StorageError: as ``Storage.read_bytes``.
+        InputError: the file is damaged (empty, cut short: a full disk, a killed copy), naming it."""
+    data = storage.read_bytes(uri)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError...: say which file, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{uri}: not a readable checkpoint file ({type(exc).__name__}: {first}; {len(data)} bytes); a "
+                         "damaged or half-written file: restore it, or delete the member's folder and train it "
+                         "again") from None
 
 
 def write_checkpoint(
@@ -83,13 +88,6 @@ def write_state(storage: Storage, run_uri: str, member: str, state: dict) -> Non
     storage.write_json(join_uri(pointer["uri"], "state.json"), state)
 
 
-def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
-    try:
-        return json.loads(storage.read_text(join_uri(checkpoints_uri(run_uri, member), f"{which}.json")))
-    except ObjectNotFoundError:
-        return None
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint read back: weights, optimizer state (None at a stage's end), the loop's state
@@ -111,7 +109,7 @@ def load_checkpoint(storage: Storage, run_uri: str, member: str, which: str = "l
     return Checkpoint(
         model=load_tensor_dict(storage, join_uri(directory, "model.pt")),
         optimizer=load_tensor_dict(storage, optimizer_uri) if storage.exists(optimizer_uri) else None,
-        state=json.loads(storage.read_text(join_uri(directory, "state.json"))),
+        state=storage.read_json(join_uri(directory, "state.json")),
         uri=directory,
     )
 
@@ -120,7 +118,7 @@ def _remove_unreferenced(storage: Storage, root: str) -> None:
     keep = set()
     for which in ("last", "best"):
         try:
-            keep.add(json.loads(storage.read_text(join_uri(root, f"{which}.json")))["dir"])
+            keep.add(storage.read_json(join_uri(root, f"{which}.json"))["dir"])
         except ObjectNotFoundError:
             pass
     prefix = root.rstrip("/") + "/"

@@ -31,7 +31,8 @@ from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
 from minseg.train.bagging import bagging_counts, bagging_seed
-from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
+from minseg.io.runs import member_uri, read_pointer, trial_uri
+from minseg.train.checkpoint import load_checkpoint
 from minseg.train.config import MemberSettings, TrainingSettings
 
 log = get_logger("train.ensemble")
@@ -549,7 +550,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
     selection_uri, selection = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
     if finished is not None and storage.exists(selection_uri) and \
-            json.loads(storage.read_text(selection_uri))["signature"] != selection:
+            storage.read_json(selection_uri)["signature"] != selection:
         finished = None  # the data settings changed: prepare the data, and refuse members trained on other parts
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
@@ -595,12 +596,12 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     for member in members:
         pending = []
         for fold in folds:
-            trial_uri = _trial_uri(run_uri, fold)
-            done = _previous_result(storage, trial_uri, member.name) if resume else None
+            trial_run = trial_uri(run_uri, fold)
+            done = _previous_result(storage, trial_run, member.name) if resume else None
             if done is not None and done.status is MemberStatus.DONE:  # resubmitted: finished trials are kept
                 results.append(done)
                 continue
-            pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_uri})
+            pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_run})
         problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
                              source.class_counts(pending[0]["fold"]), source.class_names) if pending else None)
         if member.bagging is not None and not problem:  # drawn here: the driver logs it, a bad draw stops early
@@ -645,7 +646,7 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
     _update_members_table(storage, run_uri, previous, results, fold_summary=any(f is not None for f in folds))
     for result in results:
-        write_curves(storage, _trial_uri(run_uri, result.fold), result.member)
+        write_curves(storage, trial_uri(run_uri, result.fold), result.member)
     return results
 
 
@@ -700,7 +701,7 @@ def _recorded_table(storage: Storage, run_uri: str, configured: list[str] | None
         return []
     known = {f.name for f in fields(MemberResult)}
     rows = [MemberResult(**{k: v for k, v in row.items() if k in known})
-            for row in json.loads(storage.read_text(uri))["members"]]
+            for row in storage.read_json(uri)["members"]]
     return [r for r in rows if configured is None or r.member in configured]
 
 
@@ -713,11 +714,6 @@ def _update_members_table(storage: Storage, run_uri: str, previous: list[MemberR
     table = sorted([r for r in previous if r.member not in trained] + results,
                    key=lambda r: (order.index(r.member), r.fold if r.fold is not None else -1))
     write_members_table(table, run_uri, storage, fold_summary=fold_summary)
-
-
-def _trial_uri(run_uri: str, fold: int | None) -> str:
-    """Where a trial writes: the run itself, or its fold's folder (``fold1``, ...)."""
-    return run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
 
 
 # what a member's settings say about how it runs, not what it learns: a resubmitted job may change them (the weights
@@ -766,13 +762,13 @@ def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberS
     for member in members:
         changed, folders = None, []
         for fold in trial_folds:
-            trial_uri = _trial_uri(run_uri, fold)
-            pointer = read_pointer(storage, trial_uri, member.name)
+            trial = trial_uri(run_uri, fold)
+            pointer = read_pointer(storage, trial, member.name)
             if pointer is None:
                 continue
-            folders.append(member_uri(trial_uri, member.name))
+            folders.append(member_uri(trial, member.name))
             if changed is None:  # every trial was trained from the one member config
-                changed = changed_settings(json.loads(storage.read_text(join_uri(pointer["uri"], "member.json"))),
+                changed = changed_settings(storage.read_json(join_uri(pointer["uri"], "member.json")),
                                            member, run_seed, augmentation)
         if changed:
             problems.append(f"{member.name}: {'; '.join(changed)} (its checkpoints: {', '.join(folders)})")
@@ -799,15 +795,15 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     no signature and are not checked."""
     stale = []
     for fold in source.trial_folds():
-        trial_uri, current = _trial_uri(run_uri, fold), None
+        trial, current = trial_uri(run_uri, fold), None
         for member in members:
-            pointer = read_pointer(storage, trial_uri, member.name)
+            pointer = read_pointer(storage, trial, member.name)
             if pointer is None:
                 continue
             recorded = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
             current = current or source.data_signature(fold)
             if recorded is not None and recorded != current:
-                stale.append(member_uri(trial_uri, member.name))
+                stale.append(member_uri(trial, member.name))
     if stale:
         raise InputError(
             f"{run_uri}: --resume would keep or continue members trained on other data than this run gives them (the "
@@ -821,7 +817,7 @@ def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],
     results = []
     for member in members:
         for fold in trial_folds:
-            done = _previous_result(storage, _trial_uri(run_uri, fold), member.name)
+            done = _previous_result(storage, trial_uri(run_uri, fold), member.name)
             if done is None or done.status is not MemberStatus.DONE:
                 return None
             results.append(done)
@@ -832,7 +828,7 @@ def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResul
     uri = join_uri(member_uri(run_uri, member), "result.json")
     if not storage.exists(uri):
         return None
-    return MemberResult(**json.loads(storage.read_text(uri)))
+    return MemberResult(**storage.read_json(uri))
 
 
 def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:

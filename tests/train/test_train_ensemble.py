@@ -113,6 +113,41 @@ def test_rerun_needs_resume_and_skips_finished(ensemble_run):
     assert json.loads((run / "members.json").read_text())["members"] == before
 
 
+def test_a_copied_run_reads_its_own_checkpoints_and_damaged_records_are_named(ensemble_run, tmp_path):
+    """Records hold the absolute URIs of where a run was written: a copy (cluster storage to a laptop, another
+    name) evaluated, analysed or resumed the original's weights, or broke when it moved. Readers now find each
+    checkpoint under the run they are given. A damaged record is an error naming the file, not a traceback."""
+    import shutil
+
+    from minseg.analysis.kernels import _from_run
+    from minseg.ensemble.evaluate import discover_members
+    from minseg.errors import InputError
+
+    config, _, run = ensemble_run
+    copy = tmp_path / "ens"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ray"))
+    storage = Storage()
+    recorded = json.loads((copy / "members.json").read_text())["members"]
+    assert all(row["best_checkpoint"].startswith(str(run)) for row in recorded if row["status"] == "done")
+    for name in FINISHED:
+        assert read_pointer(storage, str(copy), name, "best")["uri"].startswith(f"{copy}/members/{name}/")
+    refs = discover_members(storage, str(copy), None)
+    assert sorted(r.name for r in refs) == sorted(FINISHED)
+    assert all(r.checkpoint.startswith(f"{copy}/members/{r.name}/checkpoints/epoch-") for r in refs)
+    assert all(m.checkpoint.startswith(f"{copy}/members/") for m in _from_run(str(copy), storage))
+
+    last = read_pointer(storage, str(copy), "halfunet")["uri"]
+    (tmp_path / "ens" / last[len(str(copy)) + 1:] / "model.pt").write_bytes(b"")  # a full disk, a killed copy
+    with pytest.raises(InputError, match=r"halfunet/checkpoints/epoch-\d+/model.pt: not a readable checkpoint file "
+                                         r"\(EOFError.*0 bytes\)"):
+        load_checkpoint(storage, str(copy), "halfunet")
+    moved = config.model_copy(deep=True)
+    moved.run.output_uri = str(tmp_path)
+    (copy / "members.json").write_text('{"members": [')  # cut short
+    with pytest.raises(InputError, match=r"ens/members.json: not valid JSON"):
+        train_ensemble(moved, ["halfunet"], resume=True)
+
+
 def test_resuming_members_trained_with_other_settings_is_refused(ensemble_run, tmp_path, capsys):
     """--resume keeps finished members and continues the others: one whose settings changed since its checkpoints
     were written would be kept (or continued) as if the config had trained it. How a member runs may change."""

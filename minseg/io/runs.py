@@ -1,0 +1,61 @@
+"""Where a training run keeps its members' checkpoints: the layout ``minseg.train.checkpoint`` writes and
+evaluation, analysis and prospectivity read.
+
+::
+
+    <run>/members/<member>/checkpoints/epoch-0003/    one checkpoint (weights, state, member and class records)
+    <run>/members/<member>/checkpoints/last.json      {"dir": "epoch-0003", ...}: the latest, switched atomically
+    <run>/members/<member>/checkpoints/best.json      the epoch the member's checkpoint_metric kept
+    <run>/fold<k>/members/...                          a k-fold trial's members (``data.split.folds``)
+
+Records hold absolute URIs of where a run was written (``last.json``'s ``uri``, ``members.json``'s checkpoints);
+readers find a checkpoint by its directory name under the run they are given, so a run folder that was copied or
+moved (cluster storage to a laptop, one name to another) reads its own weights, not those left at the old place.
+"""
+
+from __future__ import annotations
+
+from minseg.enums import MemberCheckpoint
+from minseg.errors import InputError
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+
+
+def trial_uri(run_uri: str, fold: int | None) -> str:
+    """Where a trial writes: the run itself, or its fold's folder (``fold1``, ...)."""
+    return run_uri if fold is None else join_uri(run_uri, f"fold{fold + 1}")
+
+
+def member_uri(run_uri: str, member: str) -> str:
+    return join_uri(run_uri, "members", member)
+
+
+def checkpoints_uri(run_uri: str, member: str) -> str:
+    return join_uri(member_uri(run_uri, member), "checkpoints")
+
+
+def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
+    """A member's ``last`` or ``best`` pointer, its ``uri`` the checkpoint directory under ``run_uri`` (wherever
+    the run was written); None when the member has none.
+
+    Raises:
+        InputError: the pointer is damaged (not JSON, or no ``dir``), naming the file."""
+    uri = join_uri(checkpoints_uri(run_uri, member), f"{which}.json")
+    try:
+        pointer = storage.read_json(uri)
+    except ObjectNotFoundError:
+        return None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("dir"), str) or "/" in pointer["dir"]:
+        raise InputError(f"{uri}: not a checkpoint pointer (no 'dir' naming a checkpoint folder); a damaged file: "
+                         "delete the member's folder and train it again")
+    return {**pointer, "uri": join_uri(checkpoints_uri(run_uri, member), pointer["dir"])}
+
+
+def recorded_checkpoint(storage: Storage, run_uri: str, row: dict, which: MemberCheckpoint) -> str | None:
+    """The checkpoint directory a ``members.json`` row stands for, found under ``run_uri``: ``best`` (the last for
+    a member trained without validation) or ``last``; None when the member has none."""
+    trial = trial_uri(run_uri, row.get("fold"))
+    if which is MemberCheckpoint.LAST:
+        pointer = read_pointer(storage, trial, row["member"], "last")
+    else:
+        pointer = read_pointer(storage, trial, row["member"], "best") or read_pointer(storage, trial, row["member"])
+    return pointer["uri"] if pointer else None
