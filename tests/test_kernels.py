@@ -81,11 +81,18 @@ def test_k_fold_and_prospect_runs(tmp_path):
 
     half = build_model("half_unet", num_classes=2, width=0.25)
     write_ensemble(str(tmp_path / "ens"), [("half", "half_unet", {"width": 0.25, "in_channels": 3}, half)], CLASSES)
+    import shutil
+
     checkpoint = str(tmp_path / "ens" / "members" / "half")
-    rows = [{"member": "half", "fold": 0, "status": "done", "best_checkpoint": checkpoint},
-            {"member": "half", "fold": 1, "status": "done", "best_checkpoint": None, "last_checkpoint": checkpoint},
+    # the run's layout (minseg.io.runs): fold 1 kept a best epoch, fold 2 trained without validation (last only)
+    for fold, pointers in ((1, ("best", "last")), (2, ("last",))):
+        folder = tmp_path / "run" / f"fold{fold}" / "members" / "half" / "checkpoints"
+        shutil.copytree(checkpoint, folder / "epoch-0002")
+        for which in pointers:
+            (folder / f"{which}.json").write_text(json.dumps({"dir": "epoch-0002", "uri": "/elsewhere/epoch-0002"}))
+    rows = [{"member": "half", "fold": 0, "status": "done", "best_checkpoint": "/elsewhere/epoch-0002"},
+            {"member": "half", "fold": 1, "status": "done", "best_checkpoint": None, "last_checkpoint": "/elsewhere"},
             {"member": "half", "fold": None, "status": "failed", "best_checkpoint": None}]
-    (tmp_path / "run").mkdir()
     (tmp_path / "run" / "members.json").write_text(json.dumps({"members": rows}))
     members = discover([str(tmp_path / "run"), checkpoint, checkpoint], Storage())
     assert [m.name for m in members] == ["half@fold1", "half@fold2", "half-1", "half-2"]
