@@ -563,8 +563,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     source = ImageSource(prepared, config.data)
-    if resume:  # before the data reports are rewritten: a refused run leaves the folder as it was
-        refuse_other_data(storage, run_uri, members, source)
+    # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
+    # as a --members subset trained now would share the run (and its data/splits.json) with the others
+    refuse_other_data(storage, run_uri, config.training.members, source, resume)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source.report_oversampling(config.run.seed)
@@ -786,13 +787,15 @@ def _data_selection(data) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource) -> None:
-    """Before a ``--resume`` trains: raise ``InputError`` naming every checkpoint folder (finished member or not)
+def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
+                      resume: bool = True) -> None:
+    """Before training: raise ``InputError`` naming every checkpoint folder of ``members`` (finished or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
-    parts; for prospectivity, other channels, windows or standardisation). Kept, a finished member would be reported
-    as if it had trained on this data (and may have trained on what is now its test part); continued, one would mix
-    both (evaluation checks the same record: ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record
-    no signature and are not checked."""
+    parts; for prospectivity, other channels, windows or standardisation). Kept by a ``--resume``, a finished member
+    would be reported as if it had trained on this data (and may have trained on what is now its test part);
+    continued, one would mix both; beside a ``--members`` subset trained now on other data, the run would hold
+    members of two splits, none of which evaluation could use (it checks the same record: ``ensemble.evaluate``).
+    Checkpoints written before 2026-12-05 record no signature and are not checked."""
     stale = []
     for fold in source.trial_folds():
         trial, current = trial_uri(run_uri, fold), None
@@ -805,10 +808,11 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
             if recorded is not None and recorded != current:
                 stale.append(member_uri(trial, member.name))
     if stale:
+        doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
+                 else "members trained now would sit beside members of this run trained on other data")
         raise InputError(
-            f"{run_uri}: --resume would keep or continue members trained on other data than this run gives them (the "
-            f"inputs, the split or the evidence changed): {', '.join(stale)}. Write the run elsewhere (another "
-            "run.name or output), or delete those folders to train them again")
+            f"{run_uri}: {doing} (the inputs, the split or the evidence changed): {', '.join(stale)}. Write the run "
+            "elsewhere (another run.name or output), or delete those folders to train them again")
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],
