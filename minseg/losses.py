@@ -30,7 +30,8 @@ def _as_weight(values, num_classes: int | None, name: str) -> torch.Tensor | Non
         return None
     tensor = torch.as_tensor(values, dtype=torch.float32)
     if tensor.ndim != 1 or (num_classes is not None and tensor.numel() != num_classes):
-        raise ValueError(f"{name} must list one value per class ({num_classes}), got {list(tensor.shape)}")
+        given = f"{tensor.numel()} value(s)" if tensor.ndim == 1 else f"an array of shape {list(tensor.shape)}"
+        raise ValueError(f"{name} must list one value per class ({num_classes}), got {given}")
     if (tensor < 0).any():
         raise ValueError(f"{name} must be non-negative")
     return tensor

@@ -102,8 +102,12 @@ def test_self_distillation():
 def test_bad_loss_options():
     with pytest.raises(ValueError, match="unknown loss 'dicey'; choose from ce, dice"):
         build_loss("dicey")
-    with pytest.raises(ValueError, match="one value per class \\(3\\)"):
+    with pytest.raises(ValueError, match="one value per class \\(3\\), got 2 value\\(s\\)"):
         build_loss("ce", num_classes=3, class_weights=[1.0, 2.0])
+    from minseg.train.config import LossSettings
+
+    with pytest.raises(ValueError, match=r"class weights \[0, 0.0, 0\] are all 0: the loss would be 0"):
+        LossSettings(class_weights=[0, 0.0, 0])
     with pytest.raises(ValueError, match="beta must be in"):
         build_loss("self_distillation", beta=1.5)
 

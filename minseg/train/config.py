@@ -77,6 +77,9 @@ class LossSettings(StrictModel):
             if not value or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in value):
                 raise ValueError("a list of class weights needs one non-negative number per class, got "
                                  f"{list(value)!r}")
+            if not any(w > 0 for w in value):  # every pixel weighs 0: the loss is 0 and nothing is learned
+                raise ValueError(f"class weights {list(value)!r} are all 0: the loss would be 0 and the member "
+                                 "would learn nothing; give at least one class a weight above 0")
             return [float(w) for w in value]
         raise ValueError(f"expected a list of one weight per class or {' or '.join(ClassWeighting.choices())}, got "
                          f"{value!r}")
