@@ -36,6 +36,17 @@ def _text(text: str) -> str:
     return text
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def _class_names(text: str) -> list[str]:
     """``--classes``: names by class id, each given and distinct (an empty entry would shift every later id)."""
     from minseg.mineralogy.config import class_list_problem
@@ -556,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the registered learners with parameter counts and defaults")
     models.add_argument("--task", choices=["segmentation", "classification"])
-    models.add_argument("--num-classes", type=int, default=9)
+    models.add_argument("--num-classes", type=_at_least_one, default=9)
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 

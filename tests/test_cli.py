@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from minseg.cli import main
 
 
@@ -55,3 +57,8 @@ def test_models_lists_every_learner_with_counts(capsys):
     res_unet = next(r for r in rows if r["name"] == "res_unet")
     assert abs(res_unet["params_m"] - 43.93) < 0.01
     assert res_unet["defaults"]["activation"] == "leaky_relu"
+    for bad in ("0", "-3", "two"):  # a usage error (exit 2), not a model-building traceback
+        with pytest.raises(SystemExit) as stopped:
+            main(["models", "--num-classes", bad])
+        assert stopped.value.code == 2
+    assert "--num-classes: 0 is not at least 1" in capsys.readouterr().err
