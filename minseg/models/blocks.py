@@ -19,7 +19,11 @@ def make_activation(kind: Activation | str) -> nn.Module:
 
 
 def scaled(channels: int, width: float, minimum: int = 4) -> int:
-    """Channel count under a width multiplier (kept even, never below ``minimum``)."""
+    """Channel count under a width multiplier (kept even, never below ``minimum``).
+
+    Raises ValueError for a width that is not above 0 (it would build the smallest model without a word)."""
+    if not width > 0:
+        raise ValueError(f"width must be a number above 0 (a share of the paper's channels, e.g. 0.25), got {width!r}")
     return max(minimum, int(round(channels * width / 2)) * 2) if width != 1.0 else channels
 
 

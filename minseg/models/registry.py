@@ -62,6 +62,33 @@ class ModelEntry:
         values.update(self.defaults)
         return values
 
+    def checked_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` as the builder's annotations read them (``width: float``, ``stn: bool``: ``"false"`` is
+        False, ``"x"`` no width); options without an annotation pass as given.
+
+        Raises:
+            InputError: a value of the wrong type, naming the model and the option."""
+        from typing import get_type_hints
+
+        from pydantic import TypeAdapter, ValidationError
+
+        target = self.builder.__init__ if isinstance(self.builder, type) else self.builder
+        try:
+            hints = get_type_hints(target)
+        except (NameError, TypeError):  # an annotation that does not resolve: nothing to check against
+            return dict(options)
+        checked = {}
+        for key, value in options.items():
+            if key not in hints:
+                checked[key] = value
+                continue
+            try:
+                checked[key] = TypeAdapter(hints[key]).validate_python(value)
+            except ValidationError as exc:
+                problem = exc.errors()[0]["msg"]
+                raise InputError(f"model {self.name!r} option {key}: {problem} (got {value!r})") from None
+        return checked
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -125,4 +152,5 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **options):
         raise InputError(
             f"model {name!r} does not take option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(accepted))}"
         )
-    return entry.builder(num_classes=num_classes, in_channels=in_channels, **{**entry.defaults, **options})
+    return entry.builder(num_classes=num_classes, in_channels=in_channels,
+                         **entry.checked_options({**entry.defaults, **options}))

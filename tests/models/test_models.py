@@ -238,6 +238,10 @@ def test_context_bins_let_far_pixels_change_a_label(name):
     assert build_model(name, num_classes=3, context_bins=[1, 2]).context_bins == (1, 2)  # a YAML list
     # off by default, with the state dict of the models trained before the option existed
     assert not any(key.startswith("context.") for key in build_model(name, num_classes=3).state_dict())
-    for bad in ([0], [2, 2], [1.5], ["1"], 6):
+    for bad in ([0], [2, 2]):
         with pytest.raises(ValueError, match="context_bins must be a list of distinct positive integers"):
             build_model(name, num_classes=3, context_bins=bad)
+    for bad in ([1.5], 6):  # not a list of integers at all: refused by the option's annotation, naming it
+        with pytest.raises(ValueError, match=rf"model '{name}' option context_bins: "):
+            build_model(name, num_classes=3, context_bins=bad)
+    assert build_model(name, num_classes=3, context_bins=["1"]).context_bins == (1,)  # text read as its type

@@ -39,6 +39,29 @@ def test_builds_from_its_spec_on_meta(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_option_values_are_checked_against_the_builder(name):
+    """``width: 0`` (or -1) built the smallest model as if all were well; ``width: x`` failed inside the builder
+    naming neither option nor model. Every entry takes a width: above 0, a number."""
+    spec = get_entry(name).input_spec
+    build = dict(num_classes=spec.num_classes or 3, in_channels=spec.channels)
+    for width in (0, -1):
+        with pytest.raises(ValueError, match=f"width must be a number above 0 .*got {float(width)}"), \
+                torch.device("meta"):
+            build_model(name, **build, width=width)
+    with pytest.raises(ValueError, match=rf"model '{name}' option width: Input should be a valid number.*\(got 'x'\)"):
+        build_model(name, **build, width="x")
+
+
+def test_option_text_is_read_as_its_type():
+    """YAML or --set text for a boolean: ``"false"`` is False (it switched the STN on, a non-empty string)."""
+    with torch.device("meta"):
+        assert build_model("res_unet", num_classes=3, stn="false").stn is None
+        assert build_model("res_unet", num_classes=3, stn="true").stn is not None
+    with pytest.raises(ValueError, match="model 'res_unet' option stn: Input should be a valid boolean"):
+        build_model("res_unet", num_classes=3, stn="maybe")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_runs_on_an_input_of_min_size(name):
     torch.manual_seed(0)
     model, spec = tiny_model(name)
