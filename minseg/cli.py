@@ -615,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minseg: error: {section_error(exc, '', 'command line')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("minseg: interrupted", file=sys.stderr)
+        again = " (what finished is kept: the same command with --resume continues)" if hasattr(args, "resume") else ""
+        print(f"minseg: interrupted{again}", file=sys.stderr)
         return 130
 
 

@@ -628,6 +628,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         # each member's results are minseg's own files (result.json, curves, the members table): Tune's per-trial
         # CSV / JSON / TensorBoard copies of them only add files (objects, on S3) and seconds to every run
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        # Ctrl-C stops the job at once (exit 130; checkpoints are atomic, --resume continues), rather than Tune
+        # ending every trial as failed and advising Tuner.restore, which minseg does not use
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
         storage_path, filesystem = _ray_storage(storage, run_uri)
