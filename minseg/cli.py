@@ -344,8 +344,15 @@ def cmd_config(args) -> int:
     config = _load(args)
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-    else:
-        print(f"{args.config}: valid")
+        return 0
+    if config.training is not None:  # what the models and losses say about their settings, before any data
+        from minseg.config import ConfigError
+        from minseg.train.ensemble import check_members_without_data
+
+        problems = check_members_without_data(config)
+        if problems:
+            raise ConfigError(args.config, [("", problem) for problem in problems])
+    print(f"{args.config}: valid")
     return 0
 
 

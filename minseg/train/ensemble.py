@@ -21,9 +21,9 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
-from minseg.enums import MemberStatus, Task
+from minseg.enums import ClassWeighting, MemberStatus, Task
 from minseg.errors import InputError
-from minseg.io.storage import Storage, join_uri, parse_uri
+from minseg.io.storage import Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
@@ -115,6 +115,43 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     except (ValueError, TypeError, MinsegError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def check_members_without_data(config: MinsegConfig, storage: Storage | None = None) -> list[str]:
+    """What ``preflight`` can say about every configured member before any data is read (``minseg config
+    validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
+    against ``data.classes`` (when the config lists them), pretrained weights files present. One line per problem,
+    naming the member; [] when there is none. Class weights computed from the data, and weights on object storage,
+    are checked when training."""
+    from minseg.data.classmap import ClassMap
+
+    if config.training is None:
+        return []
+    storage = storage or Storage(config.storage)
+    data = config.data
+    names = list(ClassMap.from_settings(data.classes).names) if data is not None and data.classes else None
+    problems = []
+    for member in config.training.members:
+        try:
+            entry = get_entry(member.model)
+        except InputError as exc:
+            problems.append(f"training.members[{member.name}]: {exc}")
+            continue
+        num_classes = len(names) if names is not None else entry.input_spec.num_classes or 2
+        in_channels = data.in_channels if data is not None and entry.task is Task.SEGMENTATION else 3
+        weights = member.loss.class_weights  # a list is checked against data.classes; computed ones need the data
+        unchecked = member.model_copy(update={
+            "init": None,  # the file is only looked for here: training reads and matches it
+            "loss": member.loss.model_copy(update={
+                "class_weights": weights if names is not None and not isinstance(weights, ClassWeighting) else None})})
+        problem = preflight(unchecked, num_classes, in_channels, class_names=names)
+        # a local file is looked for; object storage is left to the cluster, which holds the credentials
+        if problem is None and member.init is not None and not is_s3(member.init.uri) \
+                and not storage.exists(member.init.uri):
+            problem = f"init.uri {member.init.uri}: no such file"
+        if problem:
+            problems.append(f"training.members[{member.name}]: {problem}")
+    return problems
 
 
 def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, data_cpus: float,

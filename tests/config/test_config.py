@@ -108,10 +108,39 @@ def test_environment_and_cli_overrides(tmp_path):
 def test_bundled_configs_validate():
     from pathlib import Path
 
+    from minseg.cli import main
+
     configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert configs, "configs/ should hold example configs"
     for path in configs:
         load_config(path, MinsegConfig)
+        assert main(["config", "validate", str(path)]) == 0, path  # members build, metrics and weights fit
+
+
+def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
+    """``minseg config validate`` is the check before submitting a job: a member the model registry, the loss or
+    the class list would refuse once training starts is named now (the file's own schema passed)."""
+    from minseg.cli import main
+
+    members = [{"name": "ok"}, {"name": "typo", "model": "unett"}, {"name": "thin", "model_options": {"width": 0}},
+               {"name": "weights", "loss": {"class_weights": [1, 2]}},
+               {"name": "metric", "checkpoint_metric": "iou:chalcopyrite"},
+               {"name": "init", "init": {"uri": str(tmp_path / "missing.pt")}},
+               {"name": "computed", "loss": {"class_weights": "median_frequency"}}]  # needs the data: fine here
+    classes = [{"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}, {"name": "gangue", "codes": [2]}]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": classes}},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": 0.25},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]}, "members": members}}))
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    for says in ("training.members[typo]: unknown model 'unett'", "training.members[thin]: ValueError: width must be",
+                 "training.members[weights]: ValueError: class_weights must list one value per class (3), got 2",
+                 "training.members[metric]: checkpoint_metric: unknown class 'chalcopyrite'",
+                 f"training.members[init]: init.uri {tmp_path / 'missing.pt'}: no such file"):
+        assert says in err, says
+    assert "members[ok]" not in err and "members[computed]" not in err
 
 
 def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, capsys):
