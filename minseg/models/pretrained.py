@@ -338,11 +338,15 @@ def plan_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     report = best.report
     if report.encoder_share < min_encoder_share:
         missing = [m for m in report.missing if m.startswith("encoder.")]
+        # names that match with other shapes: another width or depth of the same architecture, most often
+        shapes = [f"{name} {list(mine)} here, {list(theirs)} in the file" for name, mine, theirs in report.shape_mismatch]
         raise InitWeightsError(
             f"{source}: only {report.encoder_loaded} of {report.encoder_tensors} encoder tensors of "
             f"{type(model).__name__} fit ({report.encoder_share:.0%} < min_encoder_share {min_encoder_share:.0%}); "
             f"is this the right file? Best layout tried: {report.layout}; e.g. missing "
             f"{', '.join(missing[:4]) or '-'}; not used from the file: {', '.join(report.unexpected[:4]) or '-'}"
+            + (f"; {len(shapes)} named alike with other shapes (another width or depth?), e.g. "
+               f"{'; '.join(shapes[:2])}" if shapes else "")
         )
     return best
 

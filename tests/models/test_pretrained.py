@@ -269,6 +269,12 @@ def test_wrong_file_is_refused_naming_it(tmp_path):
     vgg_bn = _save(tmp_path, layout_state("torchvision/vgg16_bn"), "vgg16_bn.pth")
     with pytest.raises(InitWeightsError, match="is this the right file"):
         load_pretrained(build_model("vgg16_unet", num_classes=3), vgg_bn)  # BN indices do not fit plain VGG16
+    # the same architecture at another width: every name fits, no shape does; the message says which
+    wider = tmp_path / "half_unet_w05.pt"
+    torch.save(build_model("half_unet", num_classes=3, width=0.5).state_dict(), wider)
+    with pytest.raises(InitWeightsError, match=r"20 named alike with other shapes \(another width or depth\?\), e\.g\. "
+                                               r"encoder\.stages\.0\.0\.weight \[16, 3, 3, 3\] here, \[32, 3, 3, 3\]"):
+        load_pretrained(build_model("half_unet", num_classes=3, width=0.25), str(wider))
     with pytest.raises(InitWeightsError, match="layout 'timm' has no rules for the shufflenetv2 backbone"):
         load_pretrained(build_model("mfaf", num_classes=2, backbone="shufflenetv2"), vgg_bn, layout=WeightLayout.TIMM)
     (tmp_path / "notes.pt").write_bytes(b"not a pickle at all")
