@@ -104,6 +104,10 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
         raise ManifestError(f"{uri}: no such ensemble manifest") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{uri}: not valid JSON ({exc})") from None
+    if isinstance(document, dict) and "version" not in document and {"candidates", "rank_key"} & document.keys():
+        beside = join_uri(uri.rsplit("/", 1)[0], "manifest.json") if "/" in uri else "manifest.json"
+        raise ManifestError(f"{uri}: an evaluation record (evaluation.json), not an ensemble manifest: give the "
+                            f"manifest beside it ({beside}), or choose another candidate with minseg select")
     if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
         found = document.get("version") if isinstance(document, dict) else None
         raise ManifestError(f"{uri}: manifest version {found!r} is not supported (expected {MANIFEST_VERSION})")

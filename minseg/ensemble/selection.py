@@ -286,6 +286,40 @@ def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, se
     return {c.key: float(np.nan_to_num(s)) for c, s in zip(candidates, spread)}
 
 
+EVALUATION_KEYS = ("run", "rank_key", "members", "rank_metrics", "candidates", "classes", "tiling", "tta",
+                   "normalization")  # what build_manifest and select read
+
+
+def read_evaluation(folder: str, storage: Storage) -> dict:
+    """The ``evaluation.json`` of an evaluation folder (what ``minseg select`` chooses from).
+
+    Raises:
+        InputError: ``folder`` is a file (a manifest, or the evaluation.json itself: give its folder), it holds no
+            evaluation.json, or the document lacks keys a choice needs (naming them).
+    """
+    import os
+
+    from minseg.io.storage import ObjectNotFoundError, parse_uri
+
+    location = parse_uri(folder)
+    if not location.is_s3 and os.path.isfile(location.path):
+        raise InputError(f"{folder} is a file; give the evaluation folder that holds evaluation.json "
+                         f"({os.path.dirname(os.path.abspath(location.path))})")
+    uri = join_uri(folder, "evaluation.json")
+    try:
+        document = storage.read_json(uri)
+    except ObjectNotFoundError:
+        raise InputError(f"{uri}: no such file; give the folder minseg evaluate wrote (it holds evaluation.json "
+                         "and manifest.json)") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{uri}: not an evaluation record (a JSON object expected)")
+    missing = [key for key in EVALUATION_KEYS if key not in document]
+    if missing:
+        raise InputError(f"{uri}: not a complete evaluation record, missing {', '.join(missing)} (written by another "
+                         "version, or edited): run minseg evaluate again")
+    return document
+
+
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
     """A member's statistics when they differ from the ensemble's, else None (the manifest stays lean)."""
     from minseg.models.pretrained import same_normalization
