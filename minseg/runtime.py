@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from minseg.config.base import StrictModel
+from minseg.errors import InputError
 from minseg.io.config import PositiveInt, StorageSettings
 from minseg.logs import _is_interactive, configure_logging, get_logger, log_event, verbose
 
@@ -139,3 +140,40 @@ def task_options(storage_settings: StorageSettings) -> dict:
         return {}
     env = {name: os.environ[name] for name in FORWARDED_ENVIRONMENT if os.environ.get(name)}
     return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+class ResourceError(InputError):
+    """A job asks for more than the cluster has: it could never be scheduled (Ray would wait forever)."""
+
+
+def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                     extra_cpus: float = 0.0, nodes: list[dict] | None = None) -> None:
+    """Refuse an actor pool the running cluster could never start, before Ray Data waits for it forever: one actor
+    (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs) must fit on one live node, and ``actors`` of them on the
+    cluster. ``section`` names the config keys (``evaluation``, ``score``, ``segment``, ``prospect.prediction``).
+    ``extra_cpus``: what the pool's feeding tasks need beside it (``segment.read_cpus``: block reads), or they
+    could never run and the actors would wait for input forever. ``nodes``: ``ray.nodes()`` (default: the running
+    cluster's).
+
+    Raises:
+        ResourceError: naming the keys, what one actor and the pool need and what the cluster has.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    cpus = sum(r.get("CPU", 0) for r in alive)
+    gpus = sum(r.get("GPU", 0) for r in alive)
+    fits = any(r.get("CPU", 0) + 1e-9 >= cpus_per_actor and r.get("GPU", 0) + 1e-9 >= gpus_per_actor for r in alive)
+    if fits and actors * cpus_per_actor + extra_cpus <= cpus + 1e-9 and actors * gpus_per_actor <= gpus + 1e-9:
+        return
+    biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    raise ResourceError(
+        f"{section}: {actors} actor(s) of {section}.cpus_per_actor {cpus_per_actor:g} CPUs and "
+        f"{section}.gpus_per_actor {gpus_per_actor:g} GPUs"
+        + (f", plus {extra_cpus:g} CPUs for the tasks that feed them ({section}.read_cpus)" if extra_cpus else "")
+        + f"; the cluster has {cpus:g} CPUs and {gpus:g} GPUs "
+        f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs), so "
+        f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor / "
+        "actors or add nodes.")

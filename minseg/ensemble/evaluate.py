@@ -51,7 +51,7 @@ from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray
+from minseg.runtime import check_actor_pool, init_ray
 
 log = get_logger("ensemble")
 
@@ -75,6 +75,7 @@ class PassSpec:
     preview_ids: tuple[str, ...] = ()
     # candidate key -> item id -> learned weights fitted without that image (validation images only)
     held_out_weights: dict[str, dict[str, list]] = field(default_factory=dict)
+    section: str = "evaluation"  # the config section whose actors / cpus_per_actor / gpus_per_actor these are
 
 
 @dataclass
@@ -159,10 +160,15 @@ class EnsembleEvaluator:
 
 def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> ImageScores:
     """One pass of the actor pool over ``items``: one row per image, in any order (a progress bar named
-    ``label`` on a terminal)."""
+    ``label`` on a terminal).
+
+    Raises:
+        ResourceError: the cluster could never hold one actor (``runtime.check_actor_pool``).
+    """
     import ray
 
     settings = spec.settings
+    check_actor_pool(spec.section, 1, settings.cpus_per_actor, settings.gpus_per_actor)  # min_size=1 below
     dataset = ray.data.from_items([{"item": json.dumps(item)} for item in items])
     results = dataset.map_batches(
         EnsembleEvaluator,

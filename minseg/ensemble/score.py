@@ -130,7 +130,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     items = prepared.splits["test"]
     previews = tuple(i["item_id"] for i in items[: settings.overlays])
     spec = PassSpec(members, prepared.classmap, data, storage, manifest.tiling, manifest.normalization,
-                    pass_settings, candidates=fused, preview_ids=previews)
+                    pass_settings, candidates=fused, preview_ids=previews, section="score")
     rows = run_pass(items, spec, "score ensemble")
 
     scored = scored_candidates(rows, members, fused, list(prepared.classmap.names))

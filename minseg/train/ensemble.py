@@ -29,16 +29,12 @@ from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray
+from minseg.runtime import ResourceError, init_ray
 from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.train.checkpoint import load_checkpoint, member_uri, read_pointer
 from minseg.train.config import MemberSettings, TrainingSettings
 
 log = get_logger("train.ensemble")
-
-
-class ResourceError(InputError):
-    """A member asks for more than the cluster has: it could never be scheduled."""
 
 
 @dataclass

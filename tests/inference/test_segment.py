@@ -475,3 +475,11 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
     table = pq.read_table(tmp_path / "slides.parquet").to_pylist()
     assert [row["wt_pct:pyrite"] for row in table] == [None, 100.0]
     assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
+
+
+def test_segment_refuses_before_preparing_any_slide(ray_session, manifests, test_slides, tmp_path):
+    from minseg.runtime import ResourceError
+
+    with pytest.raises(ResourceError, match="segment.cpus_per_actor 4 CPUs"):
+        run(manifests["wv"], [test_slides["section"]], tmp_path / "out", cpus_per_actor=4)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
