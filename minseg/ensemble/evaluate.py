@@ -41,6 +41,7 @@ from minseg.ensemble.selection import (
     build_manifest,
     candidate_ensembles,
     cross_fit_learned_weights,
+    ensemble_sizes,
     fit_learned_weights,
     rank_members,
     select,
@@ -317,7 +318,7 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
                    per_class=settings.learned_per_class, ignore_index=prepared.classmap.ignore_index)
         group_of = split_groups({i["source_id"] for i in prepared.splits[split]}, spec.data.split.group_by)
         groups = {i["item_id"]: group_of[i["source_id"]] for i in prepared.splits[split]}
-        for k in range(max(2, settings.k_min), min(settings.k_max or len(pool), len(pool)) + 1):
+        for k in ensemble_sizes(settings, len(pool)):
             learned[k] = fit_learned_weights(list(samples.values()), k, **fit)
             held_out[k] = cross_fit_learned_weights(samples, k, folds=settings.weight_fit_folds, groups=groups, **fit)
         if learned and not any(held_out.values()):
@@ -411,7 +412,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     select → publish (evaluation.json, manifest.json, reports).
 
     Raises:
-        InputError: no data section, no finished members, changed splits, an empty test split.
+        InputError: no data section, no finished members, changed splits, an empty test split, ``k_min`` /
+            ``k_max`` that build no ensemble from two or more voters (``selection.ensemble_sizes``).
     """
     from minseg.ensemble.reports import write_reports
 
@@ -425,6 +427,11 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
+    voters = len(settings.voters) if settings.voters else len(members)
+    if not ensemble_sizes(settings, voters, len(members)):  # refused above one voter: before any pass
+        log_event(log, "ensemble.nothing_to_fuse", logging.WARNING, voters=voters,
+                  hint="one voter builds no RUEL-k ensemble: the candidates are single members and the manifest is "
+                       "the best member's; evaluate two or more members to fuse")
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)

@@ -83,12 +83,38 @@ def rank_members(metrics: dict[str, dict], key: str) -> list[str]:
     return sorted(metrics, key=lambda name: (-_key_value(metrics[name], key), name))
 
 
+def ensemble_sizes(settings: EvaluationSettings, voters: int, members: int | None = None) -> range:
+    """The k of the RUEL-k candidates: ``max(2, k_min)`` to ``min(k_max, voters)``; checked before any pass.
+
+    ``voters``: the members ensembles are drawn from (``evaluation.voters``, default every evaluated member);
+    ``members``: how many are evaluated (for the message). One voter builds no ensemble (an empty range: the
+    caller warns); with two or more, an empty range is a mistake.
+
+    Raises:
+        InputError: ``k_min`` above the number of voters, or ``k_max`` below ``max(2, k_min)``: naming both
+            settings and how many members are evaluated.
+    """
+    k_max = min(settings.k_max or voters, voters)
+    sizes = range(max(2, settings.k_min), k_max + 1)
+    if not sizes and voters >= 2:
+        evaluated = f"{members} member(s) evaluated, {voters} of them voters" if members not in (None, voters) \
+            else f"{voters} member(s) evaluated"
+        raise InputError(
+            f"evaluation.k_min {settings.k_min} and evaluation.k_max {settings.k_max} build no RUEL-k ensemble from "
+            f"{evaluated} (k from max(2, k_min) to min(k_max, voters)): lower k_min to at most {voters}"
+            + (" and raise k_max to at least 2" if settings.k_max is not None and settings.k_max < 2 else "")
+            + " (or evaluate more members)")
+    return sizes
+
+
 def candidate_ensembles(ranked: list[str], settings: EvaluationSettings, learned: dict[int, list]) -> list[Candidate]:
-    """RUEL-k for every k in [max(2, k_min), k_max] in every configured mode (learned only where fitted)."""
-    n = len(ranked)
-    k_max = min(settings.k_max or n, n)
+    """RUEL-k for every k in [max(2, k_min), k_max] in every configured mode (learned only where fitted).
+
+    Raises:
+        InputError: as :func:`ensemble_sizes`.
+    """
     candidates = []
-    for k in range(max(2, settings.k_min), k_max + 1):
+    for k in ensemble_sizes(settings, len(ranked)):
         for mode in settings.modes:
             if mode is FusionMode.LEARNED:
                 if k not in learned:

@@ -275,6 +275,11 @@ def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_r
     config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
     with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
         evaluate_ensemble(config)
+    # k_min above the voters: refused before any pass (it used to build no ensemble and "select" a member)
+    config = evaluation_config(trained_run, "k-too-big", k_min=4)
+    with pytest.raises(InputError, match="evaluation.k_min 4 .* from 3 member\\(s\\) evaluated"):
+        evaluate_ensemble(config)
+    assert not Path(config.evaluation.output_uri(config.run.uri)).exists()
 
 
 # ------------------------------------------------------------------ minseg score: a manifest on another labelled set

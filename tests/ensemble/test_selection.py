@@ -214,3 +214,23 @@ def test_one_se_keeps_the_best_when_every_score_is_undefined():
     for c in pool:
         c.selection_metrics = {**c.selection_metrics, "classes": ["gangue", "pyrite"], "iou": [float("nan")] * 2}
     assert select(pool, "iou:pyrite", ONE_SE).key == select(pool, "iou:pyrite", BEST).key
+
+
+def test_k_min_and_k_max_that_build_no_ensemble_are_refused_naming_them():
+    """k_min above the voters (or k_max below k_min) used to build no RUEL-k without a word and "select" a member."""
+    from minseg.ensemble.config import EvaluationSettings
+    from minseg.ensemble.selection import candidate_ensembles, ensemble_sizes
+    from minseg.errors import InputError
+
+    with pytest.raises(InputError, match=r"evaluation.k_min 5 and evaluation.k_max None build no RUEL-k ensemble "
+                                         r"from 4 member\(s\) evaluated, 3 of them voters.*at most 3"):
+        ensemble_sizes(EvaluationSettings(k_min=5), 3, 4)
+    with pytest.raises(InputError, match="evaluation.k_min 3 .* from 2 member"):
+        candidate_ensembles(["a", "b"], EvaluationSettings(), {})
+    with pytest.raises(InputError, match="raise k_max to at least 2"):
+        ensemble_sizes(EvaluationSettings(k_min=1, k_max=1), 3)
+    with pytest.raises(ValueError, match=r"k_max \(2\) is below k_min \(3\)"):
+        EvaluationSettings(k_min=3, k_max=2)
+    assert list(ensemble_sizes(EvaluationSettings(k_min=2, k_max=9), 3)) == [2, 3]  # k_max beyond the voters: all
+    assert not ensemble_sizes(EvaluationSettings(), 1)  # one voter: nothing to fuse (evaluate warns), not an error
+    assert [c.key for c in candidate_ensembles(["a"], EvaluationSettings(modes=["soft"]), {})] == []
