@@ -209,7 +209,8 @@ def cmd_select(args) -> int:
         selection = _section(SelectionSettings, current, updates, {"rule": "--rule", "tpi_budget_s": "--tpi-budget"},
                              "evaluation.selection", args)  # validated: model_copy would take --tpi-budget inf
         rank_key = args.key or document["rank_key"]
-        key = select(candidates, rank_key, selection, document.get("selection_groups")).key
+        key = select(candidates, rank_key, selection, document.get("selection_groups"),
+                     document.get("selection_split") or "test").key
     # Build before any warning: a bad --key or a missing member is an error on its own.
     manifest = build_manifest(document, key, storage, args.name, selection, rank_key)
     if not args.candidate:

@@ -40,10 +40,12 @@ from minseg.ensemble.selection import (
     Candidate,
     build_manifest,
     candidate_ensembles,
+    choosing_support,
     cross_fit_learned_weights,
     ensemble_sizes,
     fit_learned_weights,
     rank_members,
+    refuse_key_of_absent_class,
     select,
 )
 from minseg.ensemble.voting import fuse
@@ -304,8 +306,13 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     wants_learned = FusionMode.LEARNED in settings.modes and split != "test"
     sample = max(1, settings.weight_fit_pixels // max(1, len(prepared.splits[split])))
     spec.sample_per_image = sample if wants_learned else 0
+    # a per-class key whose class the split lacks ranks nothing (the stats count its pixels): before the pass
+    pixels = prepared.stats.get(split, {}).get("classes", {})
+    refuse_key_of_absent_class(settings.rank_key, names, [pixels[n]["pixels"] for n in names]
+                               if all(n in pixels for n in names) else None, split)
     rows = run_pass(prepared.splits[split], spec, f"rank members ({split})")
     metrics = {m.name: metrics_for(rows, i, names) for i, m in enumerate(members)}
+    refuse_key_of_absent_class(settings.rank_key, names, choosing_support(next(iter(metrics.values()))), split)
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
     pool = [name for name in order if settings.voters is None or name in settings.voters]
@@ -458,7 +465,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
     groups = selection_groups(prepared, ranking.split, config.data)
-    chosen = select(candidates, settings.rank_key, settings.selection, groups)
+    chosen = select(candidates, settings.rank_key, settings.selection, groups, ranking.split)
     log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
               on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))

@@ -73,6 +73,36 @@ class Candidate:
                    document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
 
 
+def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] | None, split: str) -> None:
+    """A per-class key (``iou:pyrite``, ``recall:pyrite``, ...) chooses nothing on a split without a true pixel of
+    its class: a candidate that predicts none of it scores NaN (undefined), one with stray pixels IoU 0, which
+    then wins; recall is NaN for every candidate and the tie-break picks. ``support``: true pixels per class on
+    ``split`` (metrics' ``support``; None: not known, nothing checked).
+
+    Raises:
+        InputError: naming the key, the class, the split, and the keys that can choose instead.
+    """
+    name, _, cls = key.partition(":")
+    if not cls or support is None or cls not in classes:
+        return
+    if support[classes.index(cls)] > 0:
+        return
+    present = [c for c, n in zip(classes, support) if n > 0]
+    raise InputError(f"--key / evaluation.rank_key {key}: class {cls!r} has no true pixels on the {split} split, "
+                     f"which chooses, so {name}:{cls} cannot tell the candidates apart (undefined for those that "
+                     f"predict none of it, 0 for those with stray pixels); choose by another key: miou, mean_f1, or "
+                     f"a per-class key of a class the {split} split holds ({', '.join(present) or 'none'})")
+
+
+def choosing_support(metrics: dict) -> list[int] | None:
+    """True pixels per class behind ``metrics`` (its ``support``, else its confusion matrix's rows; None: neither)."""
+    if metrics.get("support") is not None:
+        return [int(n) for n in metrics["support"]]
+    if metrics.get("confusion") is not None:
+        return [int(sum(row)) for row in metrics["confusion"]]
+    return None
+
+
 def _key_value(metrics: dict, key: str) -> float:
     value = metric_value(metrics, key)
     return -np.inf if np.isnan(value) else value
@@ -195,7 +225,7 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
 
 
 def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
-           groups: list[str] | None = None) -> Candidate:
+           groups: list[str] | None = None, split: str = "selection") -> Candidate:
     """The candidate ``selection.rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``;
     the test split only reports):
 
@@ -210,10 +240,17 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
       (Krogh & Vedelsby 1995): on a few validation images a difference smaller than its standard error does not
       say that fewer members are better.
 
+    ``split``: the name of the split that chooses (for messages).
+
     Raises:
-        InputError: no candidate fits the budget (names the fastest); ``one_se`` on candidates without per-image
-            confusion matrices (an evaluation written before them: evaluate again).
+        InputError: a per-class ``key`` whose class has no true pixels on the choosing split
+            (:func:`refuse_key_of_absent_class`); no candidate fits the budget (names the fastest); ``one_se`` on
+            candidates without per-image confusion matrices (an evaluation written before them: evaluate again).
     """
+    if candidates:
+        metrics = candidates[0].choosing_metrics  # every candidate is scored against the same truth
+        metric_value(metrics, key)  # an unknown metric or class: its own error first
+        refuse_key_of_absent_class(key, metrics.get("classes") or [], choosing_support(metrics), split)
     rule, budget = selection.rule, selection.tpi_budget_s
     pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
     if not pool:

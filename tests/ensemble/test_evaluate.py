@@ -14,6 +14,7 @@ from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.evaluate import evaluate_ensemble
 from minseg.ensemble.manifest import ManifestError, load_manifest, write_manifest
 from minseg.ensemble.runtime import load_member_models
+from minseg.errors import InputError
 from minseg.io.storage import Storage
 from minseg.metrics import metric_value
 
@@ -447,11 +448,31 @@ def test_every_record_is_standard_json_and_undefined_scores_read_back_as_undefin
     assert all(on_disk[key]["selection_metrics"]["iou"][i] is None for key, i in undefined)
     name = document["classes"]["classes"][undefined[0][1]]["name"]
     in_memory = [Candidate.from_document(c) for c in evaluation.document["candidates"]]
-    expected = select(in_memory, f"iou:{name}", SelectionSettings())
+    expected = select(in_memory, document["rank_key"], SelectionSettings())
     capsys.readouterr()
-    assert main(["select", folder, "--key", f"iou:{name}", "--name", "by-undefined"]) == 0
+    assert main(["select", folder, "--name", "by-undefined"]) == 0
     assert load_manifest(f"{folder}/manifest-by-undefined.json").selection["candidate"] == expected.key
     strict_json(f"{folder}/manifest-by-undefined.json")
+    # choosing by the IoU of that class (undefined for candidates predicting none of it, 0 for stray pixels) is
+    # refused, in memory and from the record read back
+    message = f"class {name!r} has no true pixels on the val split"
+    for key in (f"iou:{name}", f"recall:{name}"):
+        with pytest.raises(InputError, match=message):
+            select(in_memory, key, SelectionSettings(), split="val")
+        assert main(["select", folder, "--key", key, "--name", "by-absent"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "choose by another key" in err and "Traceback" not in err
+
+
+def test_a_rank_key_of_a_class_the_ranking_split_lacks_is_refused_before_ranking(trained_run, evaluation,
+                                                                                 monkeypatch):
+    from minseg.ensemble import evaluate as module
+
+    metrics = evaluation.candidates[0].selection_metrics
+    name = next(c for c, n in zip(metrics["classes"], metrics["support"]) if n == 0)
+    monkeypatch.setattr(module, "run_pass", lambda *a, **k: pytest.fail("a pass ran"))
+    with pytest.raises(InputError, match=f"iou:{name}: class {name!r} has no true pixels on the val split"):
+        evaluate_ensemble(evaluation_config(trained_run, "absent-key", rank_key=f"iou:{name}"))
 
 
 def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, evaluation, tmp_path):
