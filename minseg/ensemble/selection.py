@@ -161,7 +161,8 @@ def candidate_ensembles(ranked: list[str], settings: EvaluationSettings, learned
 def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str, class_names, per_class: bool,
                         ignore_index: int) -> list:
     """Coordinate ascent on validation pixels: weights per member (or per member and class)
-    maximising the ranking key of the weighted soft vote. Never sees test data.
+    maximising the ranking key of the weighted soft vote. Never sees test data. The weights stay what a manifest
+    accepts (``manifest.check_manifest``): never all 0, per class neither.
 
     ``samples``: per image, ``probs`` (M, C, P) float16 in rank order and ``truth`` (P,) uint8.
     """
@@ -184,7 +185,7 @@ def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str,
             for value in grid:
                 trial = weights.clone()
                 trial[index] = value
-                if trial.sum() <= 0:
+                if (trial.sum(dim=0) <= 0).any():  # every class (or the vote) keeps a weight above 0
                     continue
                 result = score(trial)
                 if result > best + 1e-9:
