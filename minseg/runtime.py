@@ -177,3 +177,56 @@ def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_
         f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs), so "
         f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor / "
         "actors or add nodes.")
+
+
+@contextlib.contextmanager
+def actor_errors(what: str):
+    """Inside: iterating a Ray Data pipeline whose actors raise minseg errors (a member that cannot be loaded).
+    Ray wraps an error raised in an actor's constructor into ``ActorDiedError`` (keeping only its text, hundreds of
+    lines of traceback) and one raised in a task into ``RayTaskError``: either becomes the minseg error itself,
+    its message alone (the CLI's exit 2, no traceback), prefixed with ``what`` (e.g. "evaluation actors").
+    Anything else goes on as it is."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 (only a minseg error found inside is replaced)
+        found = minseg_error_in(exc)
+        if found is None:
+            raise
+        try:
+            error = type(found)(f"{what}: {found}")
+        except TypeError:  # a subclass with another signature: its message as an input error
+            error = InputError(f"{what}: {found}")
+        raise error from None
+
+
+def minseg_error_in(exc: BaseException):
+    """The ``MinsegError`` behind a Ray exception (its ``cause``, the exception chain, or the last
+    ``minseg....Error: message`` line of an actor's creation traceback), as an instance; None when there is none."""
+    import importlib
+    import re
+
+    from minseg.errors import MinsegError
+
+    seen, chain, item = set(), [], exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        chain.append(item)
+        item = getattr(item, "cause", None) if isinstance(getattr(item, "cause", None), BaseException) else \
+            (item.__cause__ or item.__context__)
+    for item in chain:
+        if isinstance(item, MinsegError) and type(item).__module__.startswith("minseg"):
+            return item
+        if isinstance(item, MinsegError):  # Ray's RayTaskError(MinsegError) subclass: its cause's class
+            cause = getattr(item, "cause", None)
+            if isinstance(cause, MinsegError):
+                return cause
+    for item in chain:
+        matches = re.findall(r"^(minseg(?:\.\w+)+)\.(\w+): (.+)$", str(item), re.MULTILINE)
+        for module, name, message in reversed(matches):
+            try:
+                cls = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+            if isinstance(cls, type) and issubclass(cls, MinsegError):
+                return cls(message.strip())
+    return None

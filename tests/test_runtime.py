@@ -41,3 +41,26 @@ def test_evaluation_and_score_passes_refuse_before_starting_actors(ray_session, 
     with pytest.raises(ResourceError, match=f"{section}.gpus_per_actor 1 GPUs"):
         run_pass([{"item_id": "a"}], spec)
 
+
+
+def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():
+    """Ray keeps only the text of an error raised in an actor's constructor (ActorDiedError: its traceback);
+    ``actor_errors`` finds the minseg error's last line and raises it alone; anything else goes on as it is."""
+    from minseg.ensemble.runtime import MemberLoadError
+    from minseg.runtime import actor_errors, minseg_error_in
+
+    text = ("The actor died because of an error raised in its creation task, ray::MapWorker(...)\nTraceback (most "
+            "recent call last):\n  File \"x.py\", line 1, in __init__\n    raise ...\nminseg.ensemble.runtime."
+            "MemberLoadError: member 'vgg' (vgg16_unet, /r/model.pt) cannot be loaded: not a readable weights file")
+    found = minseg_error_in(RuntimeError(text))
+    assert isinstance(found, MemberLoadError) and str(found).startswith("member 'vgg' (vgg16_unet, /r/model.pt)")
+    with pytest.raises(MemberLoadError) as error:
+        with actor_errors("evaluation actors"):
+            try:
+                raise ValueError("inner") from MemberLoadError("member 'a': bad")
+            except ValueError as exc:
+                raise RuntimeError("wrapped") from exc
+    assert str(error.value) == "evaluation actors: member 'a': bad"
+    with pytest.raises(KeyError):
+        with actor_errors("evaluation actors"):
+            raise KeyError("not ours")

@@ -34,7 +34,7 @@ from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, Precision, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
-from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef
+from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
 from minseg.ensemble.selection import (
     MEMBER_PREFIX,
     Candidate,
@@ -54,7 +54,7 @@ from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
-from minseg.runtime import check_actor_pool, init_ray
+from minseg.runtime import actor_errors, check_actor_pool, init_ray
 
 log = get_logger("ensemble")
 
@@ -167,11 +167,15 @@ def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> Imag
 
     Raises:
         ResourceError: the cluster could never hold one actor (``runtime.check_actor_pool``).
+        MemberLoadError: a member's ``model.pt`` is missing or empty (checked here, before any actor starts), or
+            an actor cannot load a member (damaged weights, model / options that do not fit them): one message
+            naming the member and the file, not Ray's traceback.
     """
     import ray
 
     settings = spec.settings
     check_actor_pool(spec.section, 1, settings.cpus_per_actor, settings.gpus_per_actor)  # min_size=1 below
+    check_member_files(spec.members, spec.storage)
     dataset = ray.data.from_items([{"item": json.dumps(item)} for item in items])
     results = dataset.map_batches(
         EnsembleEvaluator,
@@ -183,7 +187,7 @@ def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> Imag
     )
     # rows, not numpy batches: a block whose previews (or samples) are all None would come back as NaNs
     rows = []
-    with Progress(len(items), label, unit="images") as progress:
+    with Progress(len(items), label, unit="images") as progress, actor_errors(f"{spec.section} actors"):
         for row in results.iter_rows():
             rows.append(row)
             progress.advance()

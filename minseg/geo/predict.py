@@ -21,7 +21,7 @@ from minseg.ensemble.runtime import Columns, EnsembleRuntime, MemberRef
 from minseg.geo.config import PredictionSettings
 from minseg.geo.windows import window_at
 from minseg.io.storage import Storage
-from minseg.runtime import check_actor_pool
+from minseg.runtime import actor_errors, check_actor_pool
 
 ORE = 1  # class index of "ore" in the binary prospectivity classifiers
 
@@ -115,10 +115,11 @@ def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunk
         **(task_options or {}),
     )
     results = {}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        scores = WindowScores.from_batch(batch)
-        for key, per_member in zip(scores.key, scores.members):
-            results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(per_member))
+    with actor_errors("prospect prediction actors"):
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            scores = WindowScores.from_batch(batch)
+            for key, per_member in zip(scores.key, scores.members):
+                results[key.item() if hasattr(key, "item") else key] = ChunkScores(np.asarray(per_member))
     return results
 
 

@@ -58,7 +58,7 @@ from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
 from minseg.logs import Progress, get_logger, log_event
 from minseg.preflight import job_paths
-from minseg.runtime import check_actor_pool, init_ray, task_options
+from minseg.runtime import actor_errors, check_actor_pool, init_ray, task_options
 
 log = get_logger("segment")
 
@@ -561,7 +561,7 @@ class BlockRun:
         self.result.blocks = len(items)
         if items:
             done = block_dataset(items, self.plans, self.manifest, self.settings, self.storage, self.options)
-            with Progress(len(items), "segment", unit="blocks") as progress:
+            with Progress(len(items), "segment", unit="blocks") as progress, actor_errors("segment actors"):
                 for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                     self.result.driver_bytes += len(pickle.dumps(batch))  # what crossed over, object columns too
                     rows = BlockDone.from_batch(batch)

@@ -21,8 +21,8 @@ from minseg.metrics import metric_value
 
 def evaluation_config(config, name, **extra):
     config = copy.deepcopy(config)
-    config.evaluation = EvaluationSettings(name=name, k_min=2, actors=2, cpus_per_actor=0.25, overlays=2,
-                                           weight_fit_pixels=4000, **extra)
+    config.evaluation = EvaluationSettings(**{"name": name, "k_min": 2, "actors": 2, "cpus_per_actor": 0.25,
+                                              "overlays": 2, "weight_fit_pixels": 4000, **extra})
     return config
 
 
@@ -560,3 +560,27 @@ def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["confusion_mine.png", "data/table4_members.csv", "evaluation.json", "manifest.json", "notes.txt",
                     "table_notes.csv"]
+
+
+def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):
+    """``model.pt`` empty or deleted: refused on the driver before any actor starts; truncated: the actors cannot
+    load it, and the driver raises that one error (it used to end in hundreds of lines of ActorDiedError)."""
+    from pathlib import Path
+
+    from minseg.ensemble.runtime import MemberLoadError
+
+    weights = Path(evaluation.document["members"]["vgg"]["checkpoint"]) / "model.pt"
+    original = weights.read_bytes()
+    try:
+        for damage, message in ((b"", "model.pt: empty"), (original[: len(original) // 2],
+                                                           "not a readable weights file"), (None, "no such file")):
+            if damage is None:
+                weights.unlink()
+            else:
+                weights.write_bytes(damage)
+            with pytest.raises(MemberLoadError, match="member 'vgg'") as error:
+                evaluate_ensemble(evaluation_config(trained_run, "damaged"))
+            assert message in str(error.value) and str(weights) in str(error.value)
+            assert "Traceback" not in str(error.value) and "\n" not in str(error.value)
+    finally:
+        weights.write_bytes(original)
