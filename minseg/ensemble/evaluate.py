@@ -424,7 +424,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     Raises:
         InputError: no data section, no finished members, changed splits, an empty test split, ``k_min`` /
-            ``k_max`` that build no ensemble from two or more voters (``selection.ensemble_sizes``).
+            ``k_max`` that build no ensemble from two or more voters (``selection.ensemble_sizes``), a per-class
+            ``rank_key`` whose class the ranking split lacks, a member that cannot be loaded (``MemberLoadError``).
+        ResourceError: an actor pool the cluster could never hold (``evaluation.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import write_reports
 
@@ -444,6 +446,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                   hint="one voter builds no RUEL-k ensemble: the candidates are single members and the manifest is "
                        "the best member's; evaluate two or more members to fuse")
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
+    check_actor_pool("evaluation", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
+    check_member_files(members, storage)
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),

@@ -584,3 +584,15 @@ def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained
             assert "Traceback" not in str(error.value) and "\n" not in str(error.value)
     finally:
         weights.write_bytes(original)
+
+
+def test_an_actor_pool_the_cluster_cannot_hold_is_refused_before_the_data_is_prepared(trained_run, monkeypatch):
+    """``evaluation.gpus_per_actor: 1`` without GPUs, or more CPUs per actor than a node has, used to wait forever."""
+    from minseg.ensemble import evaluate as module
+    from minseg.runtime import ResourceError
+
+    monkeypatch.setattr(module, "prepare_evaluation_data", lambda *a, **k: pytest.fail("data prepared"))
+    for settings, key in (({"gpus_per_actor": 1}, "evaluation.gpus_per_actor 1 GPUs"),
+                          ({"cpus_per_actor": 4}, "evaluation.cpus_per_actor 4 CPUs")):
+        with pytest.raises(ResourceError, match=key):
+            evaluate_ensemble(evaluation_config(trained_run, "too-big", **settings))
