@@ -47,6 +47,17 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _file_name(text: str) -> str:
+    """argparse type of a name that becomes part of a file name (``select --name``): letters, digits, ``.``, ``_``
+    and ``-``, starting with a letter or digit (no folders: ``a/b`` or ``../x`` would write elsewhere)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; starting "
+                                         "with a letter or digit; no '/')")
+    return text
+
+
 def _class_names(text: str) -> list[str]:
     """``--classes``: names by class id, each given and distinct (an empty entry would shift every later id)."""
     from minseg.mineralogy.config import class_list_problem
@@ -182,7 +193,7 @@ def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
     from minseg.ensemble.manifest import write_manifest
     from minseg.ensemble.config import SelectionSettings
-    from minseg.ensemble.selection import Candidate, build_manifest, select
+    from minseg.ensemble.selection import Candidate, build_manifest, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
     from minseg.io.storage import Storage, join_uri
@@ -195,7 +206,7 @@ def cmd_select(args) -> int:
     if args.rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
         raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
     storage = Storage()
-    document = storage.read_json(join_uri(args.evaluation, "evaluation.json"))
+    document = read_evaluation(args.evaluation, storage)
     selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
     if args.candidate:
         key = args.candidate
@@ -209,7 +220,8 @@ def cmd_select(args) -> int:
         selection = _section(SelectionSettings, current, updates, {"rule": "--rule", "tpi_budget_s": "--tpi-budget"},
                              "evaluation.selection", args)  # validated: model_copy would take --tpi-budget inf
         rank_key = args.key or document["rank_key"]
-        key = select(candidates, rank_key, selection, document.get("selection_groups")).key
+        key = select(candidates, rank_key, selection, document.get("selection_groups"),
+                     document.get("selection_split") or "test").key
     # Build before any warning: a bad --key or a missing member is an error on its own.
     manifest = build_manifest(document, key, storage, args.name, selection, rank_key)
     if not args.candidate:
@@ -497,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "error of the best (default: the evaluation's rule)")
     select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
                         "choosing by --key / --tpi-budget / --rule)")
-    select.add_argument("--name", default="selected", help="name recorded in the manifest")
+    select.add_argument("--name", default="selected", type=_file_name,
+                        help="name recorded in the manifest (and its file name, manifest-NAME.json)")
     select.add_argument("--out", type=_text, help="manifest path or URI (default: beside evaluation.json)")
     select.set_defaults(func=cmd_select)
 

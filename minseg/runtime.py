@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from minseg.config.base import StrictModel
+from minseg.errors import InputError
 from minseg.io.config import PositiveInt, StorageSettings
 from minseg.logs import _is_interactive, configure_logging, get_logger, log_event, verbose
 
@@ -139,3 +140,93 @@ def task_options(storage_settings: StorageSettings) -> dict:
         return {}
     env = {name: os.environ[name] for name in FORWARDED_ENVIRONMENT if os.environ.get(name)}
     return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+class ResourceError(InputError):
+    """A job asks for more than the cluster has: it could never be scheduled (Ray would wait forever)."""
+
+
+def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                     extra_cpus: float = 0.0, nodes: list[dict] | None = None) -> None:
+    """Refuse an actor pool the running cluster could never start, before Ray Data waits for it forever: one actor
+    (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs) must fit on one live node, and ``actors`` of them on the
+    cluster. ``section`` names the config keys (``evaluation``, ``score``, ``segment``, ``prospect.prediction``).
+    ``extra_cpus``: what the pool's feeding tasks need beside it (``segment.read_cpus``: block reads), or they
+    could never run and the actors would wait for input forever. ``nodes``: ``ray.nodes()`` (default: the running
+    cluster's).
+
+    Raises:
+        ResourceError: naming the keys, what one actor and the pool need and what the cluster has.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    cpus = sum(r.get("CPU", 0) for r in alive)
+    gpus = sum(r.get("GPU", 0) for r in alive)
+    fits = any(r.get("CPU", 0) + 1e-9 >= cpus_per_actor and r.get("GPU", 0) + 1e-9 >= gpus_per_actor for r in alive)
+    if fits and actors * cpus_per_actor + extra_cpus <= cpus + 1e-9 and actors * gpus_per_actor <= gpus + 1e-9:
+        return
+    biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    raise ResourceError(
+        f"{section}: {actors} actor(s) of {section}.cpus_per_actor {cpus_per_actor:g} CPUs and "
+        f"{section}.gpus_per_actor {gpus_per_actor:g} GPUs"
+        + (f", plus {extra_cpus:g} CPUs for the tasks that feed them ({section}.read_cpus)" if extra_cpus else "")
+        + f"; the cluster has {cpus:g} CPUs and {gpus:g} GPUs "
+        f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs), so "
+        f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor / "
+        "actors or add nodes.")
+
+
+@contextlib.contextmanager
+def actor_errors(what: str):
+    """Inside: iterating a Ray Data pipeline whose actors raise minseg errors (a member that cannot be loaded).
+    Ray wraps an error raised in an actor's constructor into ``ActorDiedError`` (keeping only its text, hundreds of
+    lines of traceback) and one raised in a task into ``RayTaskError``: either becomes the minseg error itself,
+    its message alone (the CLI's exit 2, no traceback), prefixed with ``what`` (e.g. "evaluation actors").
+    Anything else goes on as it is."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 (only a minseg error found inside is replaced)
+        found = minseg_error_in(exc)
+        if found is None:
+            raise
+        try:
+            error = type(found)(f"{what}: {found}")
+        except TypeError:  # a subclass with another signature: its message as an input error
+            error = InputError(f"{what}: {found}")
+        raise error from None
+
+
+def minseg_error_in(exc: BaseException):
+    """The ``MinsegError`` behind a Ray exception (its ``cause``, the exception chain, or the last
+    ``minseg....Error: message`` line of an actor's creation traceback), as an instance; None when there is none."""
+    import importlib
+    import re
+
+    from minseg.errors import MinsegError
+
+    seen, chain, item = set(), [], exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        chain.append(item)
+        item = getattr(item, "cause", None) if isinstance(getattr(item, "cause", None), BaseException) else \
+            (item.__cause__ or item.__context__)
+    for item in chain:
+        if isinstance(item, MinsegError) and type(item).__module__.startswith("minseg"):
+            return item
+        if isinstance(item, MinsegError):  # Ray's RayTaskError(MinsegError) subclass: its cause's class
+            cause = getattr(item, "cause", None)
+            if isinstance(cause, MinsegError):
+                return cause
+    for item in chain:
+        matches = re.findall(r"^(minseg(?:\.\w+)+)\.(\w+): (.+)$", str(item), re.MULTILINE)
+        for module, name, message in reversed(matches):
+            try:
+                cls = getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+            if isinstance(cls, type) and issubclass(cls, MinsegError):
+                return cls(message.strip())
+    return None

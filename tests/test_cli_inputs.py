@@ -195,3 +195,35 @@ def test_a_damaged_record_is_an_input_error_naming_it(tmp_path, capsys):
     (tmp_path / "evaluation.json").write_text('{"candidates": [')
     assert main(["select", str(tmp_path)]) == 2
     assert f"{tmp_path}/evaluation.json: not valid JSON" in error_of(capsys)
+
+
+def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(tmp_path, capsys):
+    """``select`` on the manifest file (not its folder), on an evaluation.json without candidates or classes, or with
+    ``--name a/b`` / ``../x`` (which would write beside or over evaluation.json) exits 2 naming what is wrong;
+    ``score --manifest evaluation.json`` says it is an evaluation record and points to the manifest beside it."""
+    folder = tmp_path / "evaluation" / "ensemble"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"version": 1}))
+    record = {"run": "r", "rank_key": "miou", "members": {}, "rank_metrics": {}, "tiling": {}, "tta": "none",
+              "normalization": {}}
+    (folder / "evaluation.json").write_text(json.dumps(record))
+    assert main(["select", str(folder / "manifest.json")]) == 2
+    err = error_of(capsys)
+    assert f"{folder / 'manifest.json'} is a file; give the evaluation folder" in err and str(folder) in err
+    assert main(["select", str(folder)]) == 2
+    assert "evaluation.json: not a complete evaluation record, missing candidates, classes" in error_of(capsys)
+    assert main(["select", str(tmp_path)]) == 2
+    assert "evaluation.json: no such file" in error_of(capsys)
+    for name in ("a/b", "../../evaluation", ".hidden"):
+        with pytest.raises(SystemExit) as stop:
+            main(["select", str(folder), "--name", name])
+        assert stop.value.code == 2
+        assert "is not a plain name" in error_of(capsys)
+    assert sorted(p.name for p in folder.iterdir()) == ["evaluation.json", "manifest.json"]
+    config = tmp_path / "c.yaml"
+    config.write_text("run: {name: x, output_uri: " + str(tmp_path / "out") + "}\n")
+    assert main(["score", "--config", str(config), "--manifest", str(folder / "evaluation.json"),
+                 "--data", str(tmp_path)]) == 2
+    err = error_of(capsys)
+    assert "an evaluation record (evaluation.json), not an ensemble manifest" in err
+    assert str(folder / "manifest.json") in err

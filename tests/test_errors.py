@@ -12,6 +12,10 @@ import pytest
 from minseg.cli import main
 from minseg.errors import InputError, MinsegError, RunError
 
+# what an evaluation.json holds besides its candidates (minseg select refuses a record without them)
+RECORD = {"run": "r", "rank_key": "miou", "members": {}, "rank_metrics": {}, "classes": {}, "tiling": {},
+          "tta": "none", "normalization": {}}
+
 
 def write(path, text):
     path.write_text(text)
@@ -49,8 +53,8 @@ def test_input_errors_exit_2_with_one_message(case, tmp_path, capsys):
     elif case == "unknown_candidate":
         folder = tmp_path / "evaluation"
         folder.mkdir()
-        (folder / "evaluation.json").write_text(json.dumps({"candidates": [{"key": "RUEL-2-WV", "members": ["a", "b"],
-                                                                           "mode": "wv", "weights": [2, 1]}]}))
+        (folder / "evaluation.json").write_text(json.dumps({**RECORD, "candidates": [
+            {"key": "RUEL-2-WV", "members": ["a", "b"], "mode": "wv", "weights": [2, 1]}]}))
         args, expected = ["select", str(folder), "--candidate", "RUEL-9-PV"], "no candidate 'RUEL-9-PV'"
     elif case == "candidate_and_key":
         args, expected = ["select", str(tmp_path), "--candidate", "RUEL-2-WV", "--key", "miou"], "give one or the other"
@@ -58,7 +62,7 @@ def test_input_errors_exit_2_with_one_message(case, tmp_path, capsys):
         folder = tmp_path / "evaluation"
         folder.mkdir()
         metrics = {"classes": ["a", "b"], "iou": [0.5, 0.6], "miou": 0.55}
-        (folder / "evaluation.json").write_text(json.dumps({"rank_key": "miou", "candidates": [
+        (folder / "evaluation.json").write_text(json.dumps({**RECORD, "candidates": [
             {"key": "member:a", "members": ["a"], "mode": None, "weights": [1], "metrics": metrics, "tpi": 0.1}]}))
         args, expected = ["select", str(folder), "--key", "iou:quartz"], "unknown class 'quartz'"
     assert main(args) == 2

@@ -60,7 +60,9 @@ def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
     assert not (out / "unet_kernels.png").exists() and (out / "half_kernels.png").exists()
     for flag, value in (("--near-zero", "nan"), ("--relative", "-1"), ("--bins", "0")):
         assert main(["analyze", "kernels", manifest, "--out", str(out), flag, value]) == 2
-        assert "one of them is out of range" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and "out of range" in err  # the one that is wrong, and only it
+        assert all(other not in err for other in ("--near-zero", "--relative", "--bins") if other != flag)
 
 
 def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):

@@ -202,9 +202,12 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
         InputError: ``bins`` below 1, ``near_zero`` not a finite number above 0, ``relative`` not in (0, 1].
         StorageError: a checkpoint cannot be read.
     """
-    if bins < 1 or not (math.isfinite(near_zero) and near_zero > 0) or not (0 < relative <= 1):
-        raise InputError(f"analyze kernels: --bins {bins} (1 or more), --near-zero {near_zero} (a finite number above "
-                         f"0) and --relative {relative} (in (0, 1]): one of them is out of range")
+    wrong = [what for what, ok in ((f"--bins {bins} (1 or more)", bins >= 1),
+                                   (f"--near-zero {near_zero} (a finite number above 0)",
+                                    math.isfinite(near_zero) and near_zero > 0),
+                                   (f"--relative {relative} (in (0, 1])", 0 < relative <= 1)) if not ok]
+    if wrong:
+        raise InputError(f"analyze kernels: {'; '.join(wrong)}: out of range")
     storage = storage or Storage()
     members = discover(sources, storage)
     # an earlier analysis's figures of members not analysed now would look like this one's

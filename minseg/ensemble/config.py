@@ -87,6 +87,12 @@ class EvaluationSettings(StrictModel):
             raise ValueError(f"overlap ({self.overlap}) must be smaller than the tile ({self.tile})")
         return self
 
+    @model_validator(mode="after")
+    def _k_range(self) -> "EvaluationSettings":
+        if self.k_max is not None and self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) is below k_min ({self.k_min}): no RUEL-k ensemble to build")
+        return self
+
     def tiling(self, training: TilingSettings) -> Tiling:
         """The inference tiling: this section's tile / overlap / blend, defaulting to the training tile and a
         quarter-tile overlap; images rescaled as in training."""

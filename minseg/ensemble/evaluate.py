@@ -34,15 +34,18 @@ from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, Precision, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
-from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef
+from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
 from minseg.ensemble.selection import (
     MEMBER_PREFIX,
     Candidate,
     build_manifest,
     candidate_ensembles,
+    choosing_support,
     cross_fit_learned_weights,
+    ensemble_sizes,
     fit_learned_weights,
     rank_members,
+    refuse_key_of_absent_class,
     select,
 )
 from minseg.ensemble.voting import fuse
@@ -52,7 +55,7 @@ from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray
+from minseg.runtime import actor_errors, check_actor_pool, init_ray
 
 log = get_logger("ensemble")
 
@@ -76,6 +79,7 @@ class PassSpec:
     preview_ids: tuple[str, ...] = ()
     # candidate key -> item id -> learned weights fitted without that image (validation images only)
     held_out_weights: dict[str, dict[str, list]] = field(default_factory=dict)
+    section: str = "evaluation"  # the config section whose actors / cpus_per_actor / gpus_per_actor these are
 
 
 @dataclass
@@ -160,10 +164,19 @@ class EnsembleEvaluator:
 
 def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> ImageScores:
     """One pass of the actor pool over ``items``: one row per image, in any order (a progress bar named
-    ``label`` on a terminal)."""
+    ``label`` on a terminal).
+
+    Raises:
+        ResourceError: the cluster could never hold one actor (``runtime.check_actor_pool``).
+        MemberLoadError: a member's ``model.pt`` is missing or empty (checked here, before any actor starts), or
+            an actor cannot load a member (damaged weights, model / options that do not fit them): one message
+            naming the member and the file, not Ray's traceback.
+    """
     import ray
 
     settings = spec.settings
+    check_actor_pool(spec.section, 1, settings.cpus_per_actor, settings.gpus_per_actor)  # min_size=1 below
+    check_member_files(spec.members, spec.storage)
     dataset = ray.data.from_items([{"item": json.dumps(item)} for item in items])
     results = dataset.map_batches(
         EnsembleEvaluator,
@@ -175,7 +188,7 @@ def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> Imag
     )
     # rows, not numpy batches: a block whose previews (or samples) are all None would come back as NaNs
     rows = []
-    with Progress(len(items), label, unit="images") as progress:
+    with Progress(len(items), label, unit="images") as progress, actor_errors(f"{spec.section} actors"):
         for row in results.iter_rows():
             rows.append(row)
             progress.advance()
@@ -298,8 +311,13 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     wants_learned = FusionMode.LEARNED in settings.modes and split != "test"
     sample = max(1, settings.weight_fit_pixels // max(1, len(prepared.splits[split])))
     spec.sample_per_image = sample if wants_learned else 0
+    # a per-class key whose class the split lacks ranks nothing (the stats count its pixels): before the pass
+    pixels = prepared.stats.get(split, {}).get("classes", {})
+    refuse_key_of_absent_class(settings.rank_key, names, [pixels[n]["pixels"] for n in names]
+                               if all(n in pixels for n in names) else None, split)
     rows = run_pass(prepared.splits[split], spec, f"rank members ({split})")
     metrics = {m.name: metrics_for(rows, i, names) for i, m in enumerate(members)}
+    refuse_key_of_absent_class(settings.rank_key, names, choosing_support(next(iter(metrics.values()))), split)
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
     pool = [name for name in order if settings.voters is None or name in settings.voters]
@@ -312,7 +330,7 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
                    per_class=settings.learned_per_class, ignore_index=prepared.classmap.ignore_index)
         group_of = split_groups({i["source_id"] for i in prepared.splits[split]}, spec.data.split.group_by)
         groups = {i["item_id"]: group_of[i["source_id"]] for i in prepared.splits[split]}
-        for k in range(max(2, settings.k_min), min(settings.k_max or len(pool), len(pool)) + 1):
+        for k in ensemble_sizes(settings, len(pool)):
             learned[k] = fit_learned_weights(list(samples.values()), k, **fit)
             held_out[k] = cross_fit_learned_weights(samples, k, folds=settings.weight_fit_folds, groups=groups, **fit)
         if learned and not any(held_out.values()):
@@ -406,7 +424,10 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     select → publish (evaluation.json, manifest.json, reports).
 
     Raises:
-        InputError: no data section, no finished members, changed splits, an empty test split.
+        InputError: no data section, no finished members, changed splits, an empty test split, ``k_min`` /
+            ``k_max`` that build no ensemble from two or more voters (``selection.ensemble_sizes``), a per-class
+            ``rank_key`` whose class the ranking split lacks, a member that cannot be loaded (``MemberLoadError``).
+        ResourceError: an actor pool the cluster could never hold (``evaluation.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import write_reports
 
@@ -420,7 +441,14 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
+    voters = len(settings.voters) if settings.voters else len(members)
+    if not ensemble_sizes(settings, voters, len(members)):  # refused above one voter: before any pass
+        log_event(log, "ensemble.nothing_to_fuse", logging.WARNING, voters=voters,
+                  hint="one voter builds no RUEL-k ensemble: the candidates are single members and the manifest is "
+                       "the best member's; evaluate two or more members to fuse")
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
+    check_actor_pool("evaluation", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
+    check_member_files(members, storage)
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
@@ -446,7 +474,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
     groups = selection_groups(prepared, ranking.split, config.data)
-    chosen = select(candidates, settings.rank_key, settings.selection, groups)
+    chosen = select(candidates, settings.rank_key, settings.selection, groups, ranking.split)
     log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
               on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))

@@ -97,6 +97,14 @@ def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> No
 
 
 def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True) -> EnsembleManifest:
+    """A manifest, validated (:func:`check_manifest`) and, with ``verify``, its members' files checked
+    (:func:`verify_members`).
+
+    Raises:
+        ManifestError: no such file, not JSON, an evaluation record, another version, a key that does not
+            validate, weights or statistics that do not fit (:func:`check_manifest`), a member's checkpoint missing,
+            empty, changed or trained on other classes.
+    """
     storage = storage or Storage()
     try:
         document = json.loads(storage.read_text(uri))
@@ -104,6 +112,10 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
         raise ManifestError(f"{uri}: no such ensemble manifest") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{uri}: not valid JSON ({exc})") from None
+    if isinstance(document, dict) and "version" not in document and {"candidates", "rank_key"} & document.keys():
+        beside = join_uri(uri.rsplit("/", 1)[0], "manifest.json") if "/" in uri else "manifest.json"
+        raise ManifestError(f"{uri}: an evaluation record (evaluation.json), not an ensemble manifest: give the "
+                            f"manifest beside it ({beside}), or choose another candidate with minseg select")
     if not isinstance(document, dict) or document.get("version") != MANIFEST_VERSION:
         found = document.get("version") if isinstance(document, dict) else None
         raise ManifestError(f"{uri}: manifest version {found!r} is not supported (expected {MANIFEST_VERSION})")
@@ -112,12 +124,69 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
     except ValidationError as exc:
         problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ManifestError(f"{uri}: invalid manifest: {problems}") from None
-    weights = manifest.fusion.weights
-    if len(weights) != len(manifest.members):
-        raise ManifestError(f"{uri}: fusion.weights has {len(weights)} entries for {len(manifest.members)} members")
+    check_manifest(manifest, uri)
     if verify:
         verify_members(manifest, storage, uri)
     return manifest
+
+
+def check_manifest(manifest: EnsembleManifest, where: str = "manifest") -> None:
+    """What can be checked without loading a model: the fusion weights are the ones their mode uses, the
+    normalisation has one mean and std per input channel (the ensemble's and each member's own).
+
+    Fusion weights, per member in rank order: ``pv`` and ``soft`` use equal weights (all 1); ``wv`` and
+    ``weighted_soft`` the rank weights k, k-1, ..., 1 (``voting.rank_weights``; normalised, as
+    ``write_ensemble`` writes them, they are the same weights); only ``learned`` uses the weights as written:
+    finite, 0 or more, not all 0 (per member and class: a list of one weight per class for each member, and
+    every class with a weight above 0). Any other weights would be ignored: an edited manifest would score as
+    before.
+
+    Raises:
+        ManifestError: naming the key, what it holds and what it should.
+    """
+    import math
+
+    from minseg.ensemble.voting import normalised_rank_weights
+
+    fusion, k, classes = manifest.fusion, len(manifest.members), manifest.num_classes
+    weights, mode = fusion.weights, fusion.mode
+    if len(weights) != k:
+        raise ManifestError(f"{where}: fusion.weights has {len(weights)} entries for {k} members")
+    nested = any(isinstance(w, list) for w in weights)
+    if mode is not FusionMode.LEARNED:
+        uses = {FusionMode.PV: [1.0] * k, FusionMode.SOFT: [1.0] * k}.get(mode)
+        forms = [uses] if uses else [[float(k - i) for i in range(k)], normalised_rank_weights(k)]
+        if nested or not any(all(math.isclose(float(w), f, rel_tol=1e-6, abs_tol=1e-9) for w, f in zip(weights, form))
+                             for form in forms):
+            said = "all 1" if uses else f"the rank weights {', '.join(f'{w:g}' for w in forms[0])} (or them normalised)"
+            raise ManifestError(f"{where}: fusion.weights {weights} are not the weights mode {mode.value!r} uses "
+                                f"({said} for {k} members); other weights need fusion.mode 'learned'")
+    else:
+        rows = weights if nested else [[w] for w in weights]
+        if nested and any(len(row) != classes for row in rows):
+            lengths = sorted({len(row) for row in rows})
+            raise ManifestError(f"{where}: fusion.weights per member and class hold {lengths} weights per member for "
+                                f"{classes} classes")
+        values = [float(w) for row in rows for w in row]
+        if not all(math.isfinite(w) and w >= 0 for w in values):
+            raise ManifestError(f"{where}: fusion.weights (learned) must be finite and 0 or more; got "
+                                f"{next(w for w in values if not (math.isfinite(w) and w >= 0))!r}")
+        empty = [manifest.classes["classes"][c].get("name", str(c)) if nested else None
+                 for c in range(len(rows[0])) if not any(row[c] > 0 for row in rows)]
+        if empty:
+            raise ManifestError(f"{where}: fusion.weights (learned) are all 0" + (
+                f" for class(es) {', '.join(empty)}: every class needs a member weight above 0" if nested else
+                ": at least one member needs a weight above 0"))
+    channels = manifest.in_channels
+    statistics = [("normalization", manifest.normalization)] + [
+        (f"members[{i}] ({m.name!r}).normalization", m.normalization) for i, m in enumerate(manifest.members)
+        if m.normalization is not None]
+    for key, stats in statistics:
+        for part in ("mean", "std"):
+            if len(stats[part]) != channels:
+                raise ManifestError(f"{where}: {key}.{part} has {len(stats[part])} values for {channels} input "
+                                    "channel(s) (" + ("channels" if manifest.channels else "RGB: channels absent")
+                                    + ")")
 
 
 def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "manifest") -> None:

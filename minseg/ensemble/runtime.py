@@ -35,6 +35,7 @@ from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestM
 from minseg.ensemble.config import Tiling
 from minseg.ensemble.sliding import normalise, predict_image, tile_probabilities
 from minseg.ensemble.voting import fuse, fusion_scores
+from minseg.errors import InputError, MinsegError
 from minseg.io.storage import Storage, join_uri
 
 C = TypeVar("C", bound="Columns")
@@ -68,22 +69,58 @@ class MemberRef:
         return cls(member.name, member.model, member.checkpoint, dict(member.model_options), member.normalization)
 
 
+class MemberLoadError(InputError):
+    """A member that cannot be loaded (its weights file missing, empty or damaged, or its model and options not
+    matching the checkpoint's tensors); the message names the member and the file. Raised inside actors: the
+    driver gets it back through ``minseg.runtime.actor_errors``."""
+
+
+def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
+    """Cheap, on the driver before any actor starts: every member's ``model.pt`` exists and is not empty.
+
+    Raises:
+        MemberLoadError: naming the member and the file.
+    """
+    from minseg.io.storage import ObjectNotFoundError
+
+    for member in members:
+        try:
+            size = storage.size(member.weights_uri)
+        except ObjectNotFoundError:
+            raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: no such file (the checkpoint is "
+                                  "incomplete: train the member again)") from None
+        if size == 0:
+            raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: empty (0 bytes; a damaged or "
+                                  "interrupted copy: train the member again or restore the file)")
+
+
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,
                  device: torch.device | str = "cpu") -> list[torch.nn.Module]:
     """The members' models (rank order), weights loaded (tensors only), in eval mode on ``device``,
     BatchNorm folded into the convolutions before it (``models.base.fold_batch_norm``: inference only).
 
     Raises:
-        ValueError: a member's model name or options are unknown to the registry.
-        StorageError: a checkpoint cannot be read.
+        MemberLoadError: a member's model name or options are unknown to the registry, its weights cannot be read
+            (missing, empty, damaged), or they do not fit its model and options; one line naming the member, the
+            file and the cause.
     """
     from minseg.models import build_model, read_state_dict
     from minseg.models.base import fold_batch_norm
 
     models = []
     for member in members:
-        model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
-        model.load_state_dict(read_state_dict(member.weights_uri, storage))
+        try:
+            model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
+            model.load_state_dict(read_state_dict(member.weights_uri, storage))
+        except (MinsegError, ValueError, TypeError, RuntimeError, KeyError, OSError) as exc:
+            # RuntimeError: load_state_dict's list of missing / unexpected / mis-shaped tensors (many lines)
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            cause = " ".join(lines)
+            cause = cause if len(cause) <= 400 else cause[:400] + " ..."
+            hint = (" (model / model_options do not match the checkpoint's tensors, or the class count differs)"
+                    if isinstance(exc, RuntimeError) and "state_dict" in str(exc) else "")
+            raise MemberLoadError(f"member {member.name!r} ({member.model}, {member.weights_uri}) cannot be loaded: "
+                                  f"{type(exc).__name__}: {cause}{hint}") from None
         model = model.to(device).eval()
         fold_batch_norm(model)
         models.append(model)

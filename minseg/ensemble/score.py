@@ -34,7 +34,7 @@ from minseg.io.storage import Storage, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray
+from minseg.runtime import check_actor_pool, init_ray
 
 log = get_logger("ensemble.score")
 
@@ -103,7 +103,8 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
 
     Raises:
         InputError: no manifest or data, a manifest that does not load (missing or changed checkpoints), classes
-            that differ, no usable labelled item.
+            that differ, no usable labelled item; a member the actors cannot load (``MemberLoadError``).
+        ResourceError: an actor pool the cluster could never hold (``score.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import write_reports
 
@@ -116,6 +117,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     data = scoring_data(config.data, manifest, settings.manifest)
     out = settings.output(config.run.uri)
     init_ray(config.ray, job_paths([data, settings.manifest], [out]))
+    check_actor_pool("score", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
     split = None if settings.split is ScoreSplit.ALL else str(settings.split)
     prepared = prepare_scoring_data(data, split, config.run.seed, storage, join_uri(out, "data"),
                                     manifest.normalization, config.ray.task_cpus)
@@ -130,7 +132,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     items = prepared.splits["test"]
     previews = tuple(i["item_id"] for i in items[: settings.overlays])
     spec = PassSpec(members, prepared.classmap, data, storage, manifest.tiling, manifest.normalization,
-                    pass_settings, candidates=fused, preview_ids=previews)
+                    pass_settings, candidates=fused, preview_ids=previews, section="score")
     rows = run_pass(items, spec, "score ensemble")
 
     scored = scored_candidates(rows, members, fused, list(prepared.classmap.names))

@@ -73,6 +73,36 @@ class Candidate:
                    document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
 
 
+def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] | None, split: str) -> None:
+    """A per-class key (``iou:pyrite``, ``recall:pyrite``, ...) chooses nothing on a split without a true pixel of
+    its class: a candidate that predicts none of it scores NaN (undefined), one with stray pixels IoU 0, which
+    then wins; recall is NaN for every candidate and the tie-break picks. ``support``: true pixels per class on
+    ``split`` (metrics' ``support``; None: not known, nothing checked).
+
+    Raises:
+        InputError: naming the key, the class, the split, and the keys that can choose instead.
+    """
+    name, _, cls = key.partition(":")
+    if not cls or support is None or cls not in classes:
+        return
+    if support[classes.index(cls)] > 0:
+        return
+    present = [c for c, n in zip(classes, support) if n > 0]
+    raise InputError(f"--key / evaluation.rank_key {key}: class {cls!r} has no true pixels on the {split} split, "
+                     f"which chooses, so {name}:{cls} cannot tell the candidates apart (undefined for those that "
+                     f"predict none of it, 0 for those with stray pixels); choose by another key: miou, mean_f1, or "
+                     f"a per-class key of a class the {split} split holds ({', '.join(present) or 'none'})")
+
+
+def choosing_support(metrics: dict) -> list[int] | None:
+    """True pixels per class behind ``metrics`` (its ``support``, else its confusion matrix's rows; None: neither)."""
+    if metrics.get("support") is not None:
+        return [int(n) for n in metrics["support"]]
+    if metrics.get("confusion") is not None:
+        return [int(sum(row)) for row in metrics["confusion"]]
+    return None
+
+
 def _key_value(metrics: dict, key: str) -> float:
     value = metric_value(metrics, key)
     return -np.inf if np.isnan(value) else value
@@ -83,12 +113,38 @@ def rank_members(metrics: dict[str, dict], key: str) -> list[str]:
     return sorted(metrics, key=lambda name: (-_key_value(metrics[name], key), name))
 
 
+def ensemble_sizes(settings: EvaluationSettings, voters: int, members: int | None = None) -> range:
+    """The k of the RUEL-k candidates: ``max(2, k_min)`` to ``min(k_max, voters)``; checked before any pass.
+
+    ``voters``: the members ensembles are drawn from (``evaluation.voters``, default every evaluated member);
+    ``members``: how many are evaluated (for the message). One voter builds no ensemble (an empty range: the
+    caller warns); with two or more, an empty range is a mistake.
+
+    Raises:
+        InputError: ``k_min`` above the number of voters, or ``k_max`` below ``max(2, k_min)``: naming both
+            settings and how many members are evaluated.
+    """
+    k_max = min(settings.k_max or voters, voters)
+    sizes = range(max(2, settings.k_min), k_max + 1)
+    if not sizes and voters >= 2:
+        evaluated = f"{members} member(s) evaluated, {voters} of them voters" if members not in (None, voters) \
+            else f"{voters} member(s) evaluated"
+        raise InputError(
+            f"evaluation.k_min {settings.k_min} and evaluation.k_max {settings.k_max} build no RUEL-k ensemble from "
+            f"{evaluated} (k from max(2, k_min) to min(k_max, voters)): lower k_min to at most {voters}"
+            + (" and raise k_max to at least 2" if settings.k_max is not None and settings.k_max < 2 else "")
+            + " (or evaluate more members)")
+    return sizes
+
+
 def candidate_ensembles(ranked: list[str], settings: EvaluationSettings, learned: dict[int, list]) -> list[Candidate]:
-    """RUEL-k for every k in [max(2, k_min), k_max] in every configured mode (learned only where fitted)."""
-    n = len(ranked)
-    k_max = min(settings.k_max or n, n)
+    """RUEL-k for every k in [max(2, k_min), k_max] in every configured mode (learned only where fitted).
+
+    Raises:
+        InputError: as :func:`ensemble_sizes`.
+    """
     candidates = []
-    for k in range(max(2, settings.k_min), k_max + 1):
+    for k in ensemble_sizes(settings, len(ranked)):
         for mode in settings.modes:
             if mode is FusionMode.LEARNED:
                 if k not in learned:
@@ -105,7 +161,8 @@ def candidate_ensembles(ranked: list[str], settings: EvaluationSettings, learned
 def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str, class_names, per_class: bool,
                         ignore_index: int) -> list:
     """Coordinate ascent on validation pixels: weights per member (or per member and class)
-    maximising the ranking key of the weighted soft vote. Never sees test data.
+    maximising the ranking key of the weighted soft vote. Never sees test data. The weights stay what a manifest
+    accepts (``manifest.check_manifest``): never all 0, per class neither.
 
     ``samples``: per image, ``probs`` (M, C, P) float16 in rank order and ``truth`` (P,) uint8.
     """
@@ -128,7 +185,7 @@ def fit_learned_weights(samples: list[dict], k: int, num_classes: int, key: str,
             for value in grid:
                 trial = weights.clone()
                 trial[index] = value
-                if trial.sum() <= 0:
+                if (trial.sum(dim=0) <= 0).any():  # every class (or the vote) keeps a weight above 0
                     continue
                 result = score(trial)
                 if result > best + 1e-9:
@@ -169,7 +226,7 @@ def cross_fit_learned_weights(samples: dict[str, dict], k: int, num_classes: int
 
 
 def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
-           groups: list[str] | None = None) -> Candidate:
+           groups: list[str] | None = None, split: str = "selection") -> Candidate:
     """The candidate ``selection.rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``;
     the test split only reports):
 
@@ -184,10 +241,17 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
       (Krogh & Vedelsby 1995): on a few validation images a difference smaller than its standard error does not
       say that fewer members are better.
 
+    ``split``: the name of the split that chooses (for messages).
+
     Raises:
-        InputError: no candidate fits the budget (names the fastest); ``one_se`` on candidates without per-image
-            confusion matrices (an evaluation written before them: evaluate again).
+        InputError: a per-class ``key`` whose class has no true pixels on the choosing split
+            (:func:`refuse_key_of_absent_class`); no candidate fits the budget (names the fastest); ``one_se`` on
+            candidates without per-image confusion matrices (an evaluation written before them: evaluate again).
     """
+    if candidates:
+        metrics = candidates[0].choosing_metrics  # every candidate is scored against the same truth
+        metric_value(metrics, key)  # an unknown metric or class: its own error first
+        refuse_key_of_absent_class(key, metrics.get("classes") or [], choosing_support(metrics), split)
     rule, budget = selection.rule, selection.tpi_budget_s
     pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
     if not pool:
@@ -284,6 +348,40 @@ def standard_errors(candidates: list[Candidate], key: str, draws: int = 1000, se
             scores[d, j] = metric_value(metrics_from_confusion(np.tensordot(counts, stack, axes=1), names), key)
     spread = np.nanstd(scores[:, :1] - scores, axis=0, ddof=1)
     return {c.key: float(np.nan_to_num(s)) for c, s in zip(candidates, spread)}
+
+
+EVALUATION_KEYS = ("run", "rank_key", "members", "rank_metrics", "candidates", "classes", "tiling", "tta",
+                   "normalization")  # what build_manifest and select read
+
+
+def read_evaluation(folder: str, storage: Storage) -> dict:
+    """The ``evaluation.json`` of an evaluation folder (what ``minseg select`` chooses from).
+
+    Raises:
+        InputError: ``folder`` is a file (a manifest, or the evaluation.json itself: give its folder), it holds no
+            evaluation.json, or the document lacks keys a choice needs (naming them).
+    """
+    import os
+
+    from minseg.io.storage import ObjectNotFoundError, parse_uri
+
+    location = parse_uri(folder)
+    if not location.is_s3 and os.path.isfile(location.path):
+        raise InputError(f"{folder} is a file; give the evaluation folder that holds evaluation.json "
+                         f"({os.path.dirname(os.path.abspath(location.path))})")
+    uri = join_uri(folder, "evaluation.json")
+    try:
+        document = storage.read_json(uri)
+    except ObjectNotFoundError:
+        raise InputError(f"{uri}: no such file; give the folder minseg evaluate wrote (it holds evaluation.json "
+                         "and manifest.json)") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{uri}: not an evaluation record (a JSON object expected)")
+    missing = [key for key in EVALUATION_KEYS if key not in document]
+    if missing:
+        raise InputError(f"{uri}: not a complete evaluation record, missing {', '.join(missing)} (written by another "
+                         "version, or edited): run minseg evaluate again")
+    return document
 
 
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:

@@ -58,7 +58,7 @@ from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
 from minseg.logs import Progress, get_logger, log_event
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray, task_options
+from minseg.runtime import actor_errors, check_actor_pool, init_ray, task_options
 
 log = get_logger("segment")
 
@@ -476,6 +476,8 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     Raises:
         SegmentInputError: no slides, or a slide list that cannot be used.
         ManifestError: the manifest cannot be used (missing checkpoint, changed weights, ...).
+        ResourceError: the cluster could never hold the actor pool (``segment.actors`` x ``cpus_per_actor`` /
+            ``gpus_per_actor``, plus ``read_cpus`` for block reads).
     """
     settings = config.segment or SegmentSettings()
     storage = Storage(config.storage)
@@ -496,6 +498,9 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
               manifest=manifest_uri, output=output_uri)
     if plans:
         init_ray(config.ray, job_paths([settings, manifest_uri], [output_uri]))
+        # before any slide's outputs are prepared: a pool the cluster cannot hold would wait forever
+        check_actor_pool("segment", settings.actors, settings.cpus_per_actor, settings.gpus_per_actor,
+                         extra_cpus=settings.read_cpus)
         try:
             BlockRun(plans, manifest, manifest_uri, settings, storage, task_options(config.storage), result).run()
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
@@ -556,7 +561,7 @@ class BlockRun:
         self.result.blocks = len(items)
         if items:
             done = block_dataset(items, self.plans, self.manifest, self.settings, self.storage, self.options)
-            with Progress(len(items), "segment", unit="blocks") as progress:
+            with Progress(len(items), "segment", unit="blocks") as progress, actor_errors("segment actors"):
                 for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                     self.result.driver_bytes += len(pickle.dumps(batch))  # what crossed over, object columns too
                     rows = BlockDone.from_batch(batch)

@@ -29,17 +29,13 @@ from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray
+from minseg.runtime import ResourceError, init_ray
 from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.io.runs import member_uri, read_pointer, trial_uri
 from minseg.train.checkpoint import load_checkpoint
 from minseg.train.config import MemberSettings, TrainingSettings
 
 log = get_logger("train.ensemble")
-
-
-class ResourceError(InputError):
-    """A member asks for more than the cluster has: it could never be scheduled."""
 
 
 @dataclass

@@ -14,14 +14,15 @@ from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.evaluate import evaluate_ensemble
 from minseg.ensemble.manifest import ManifestError, load_manifest, write_manifest
 from minseg.ensemble.runtime import load_member_models
+from minseg.errors import InputError
 from minseg.io.storage import Storage
 from minseg.metrics import metric_value
 
 
 def evaluation_config(config, name, **extra):
     config = copy.deepcopy(config)
-    config.evaluation = EvaluationSettings(name=name, k_min=2, actors=2, cpus_per_actor=0.25, overlays=2,
-                                           weight_fit_pixels=4000, **extra)
+    config.evaluation = EvaluationSettings(**{"name": name, "k_min": 2, "actors": 2, "cpus_per_actor": 0.25,
+                                              "overlays": 2, "weight_fit_pixels": 4000, **extra})
     return config
 
 
@@ -275,6 +276,11 @@ def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_r
     config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
     with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
         evaluate_ensemble(config)
+    # k_min above the voters: refused before any pass (it used to build no ensemble and "select" a member)
+    config = evaluation_config(trained_run, "k-too-big", k_min=4)
+    with pytest.raises(InputError, match="evaluation.k_min 4 .* from 3 member\\(s\\) evaluated"):
+        evaluate_ensemble(config)
+    assert not Path(config.evaluation.output_uri(config.run.uri)).exists()
 
 
 # ------------------------------------------------------------------ minseg score: a manifest on another labelled set
@@ -442,11 +448,31 @@ def test_every_record_is_standard_json_and_undefined_scores_read_back_as_undefin
     assert all(on_disk[key]["selection_metrics"]["iou"][i] is None for key, i in undefined)
     name = document["classes"]["classes"][undefined[0][1]]["name"]
     in_memory = [Candidate.from_document(c) for c in evaluation.document["candidates"]]
-    expected = select(in_memory, f"iou:{name}", SelectionSettings())
+    expected = select(in_memory, document["rank_key"], SelectionSettings())
     capsys.readouterr()
-    assert main(["select", folder, "--key", f"iou:{name}", "--name", "by-undefined"]) == 0
+    assert main(["select", folder, "--name", "by-undefined"]) == 0
     assert load_manifest(f"{folder}/manifest-by-undefined.json").selection["candidate"] == expected.key
     strict_json(f"{folder}/manifest-by-undefined.json")
+    # choosing by the IoU of that class (undefined for candidates predicting none of it, 0 for stray pixels) is
+    # refused, in memory and from the record read back
+    message = f"class {name!r} has no true pixels on the val split"
+    for key in (f"iou:{name}", f"recall:{name}"):
+        with pytest.raises(InputError, match=message):
+            select(in_memory, key, SelectionSettings(), split="val")
+        assert main(["select", folder, "--key", key, "--name", "by-absent"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "choose by another key" in err and "Traceback" not in err
+
+
+def test_a_rank_key_of_a_class_the_ranking_split_lacks_is_refused_before_ranking(trained_run, evaluation,
+                                                                                 monkeypatch):
+    from minseg.ensemble import evaluate as module
+
+    metrics = evaluation.candidates[0].selection_metrics
+    name = next(c for c, n in zip(metrics["classes"], metrics["support"]) if n == 0)
+    monkeypatch.setattr(module, "run_pass", lambda *a, **k: pytest.fail("a pass ran"))
+    with pytest.raises(InputError, match=f"iou:{name}: class {name!r} has no true pixels on the val split"):
+        evaluate_ensemble(evaluation_config(trained_run, "absent-key", rank_key=f"iou:{name}"))
 
 
 def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, evaluation, tmp_path):
@@ -534,3 +560,39 @@ def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["confusion_mine.png", "data/table4_members.csv", "evaluation.json", "manifest.json", "notes.txt",
                     "table_notes.csv"]
+
+
+def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):
+    """``model.pt`` empty or deleted: refused on the driver before any actor starts; truncated: the actors cannot
+    load it, and the driver raises that one error (it used to end in hundreds of lines of ActorDiedError)."""
+    from pathlib import Path
+
+    from minseg.ensemble.runtime import MemberLoadError
+
+    weights = Path(evaluation.document["members"]["vgg"]["checkpoint"]) / "model.pt"
+    original = weights.read_bytes()
+    try:
+        for damage, message in ((b"", "model.pt: empty"), (original[: len(original) // 2],
+                                                           "not a readable weights file"), (None, "no such file")):
+            if damage is None:
+                weights.unlink()
+            else:
+                weights.write_bytes(damage)
+            with pytest.raises(MemberLoadError, match="member 'vgg'") as error:
+                evaluate_ensemble(evaluation_config(trained_run, "damaged"))
+            assert message in str(error.value) and str(weights) in str(error.value)
+            assert "Traceback" not in str(error.value) and "\n" not in str(error.value)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_an_actor_pool_the_cluster_cannot_hold_is_refused_before_the_data_is_prepared(trained_run, monkeypatch):
+    """``evaluation.gpus_per_actor: 1`` without GPUs, or more CPUs per actor than a node has, used to wait forever."""
+    from minseg.ensemble import evaluate as module
+    from minseg.runtime import ResourceError
+
+    monkeypatch.setattr(module, "prepare_evaluation_data", lambda *a, **k: pytest.fail("data prepared"))
+    for settings, key in (({"gpus_per_actor": 1}, "evaluation.gpus_per_actor 1 GPUs"),
+                          ({"cpus_per_actor": 4}, "evaluation.cpus_per_actor 4 CPUs")):
+        with pytest.raises(ResourceError, match=key):
+            evaluate_ensemble(evaluation_config(trained_run, "too-big", **settings))

@@ -36,3 +36,34 @@ def test_member_statistics_need_a_runtime_that_normalises():
         with_member_normalization([model], [member], None, None)
     with pytest.raises(ValueError, match="member 'pre' normalises 3 channels, the ensemble 1"):
         with_member_normalization([model], [member], [100.0], [50.0])
+
+
+def test_a_member_that_cannot_be_loaded_is_one_line_naming_member_and_file(tmp_path):
+    """Deleted, empty, truncated weights, or a model / model_options that do not fit them: a MemberLoadError
+    naming the member and the file (the driver checks the cheap cases before starting actors)."""
+    from minseg.ensemble.runtime import MemberLoadError, check_member_files, load_members
+    from minseg.io.storage import Storage
+
+    torch.manual_seed(0)
+    data = tmp_path / "m" / "model.pt"
+    data.parent.mkdir()
+    torch.save(build_model("unet", num_classes=3, width=0.125).state_dict(), data)
+    good = MemberRef("m", "unet", str(data.parent), {"width": 0.125})
+    storage = Storage()
+    check_member_files([good], storage)
+    assert len(load_members([good], 3, storage)) == 1
+    wide = MemberRef("m", "unet", str(data.parent), {"width": 0.25})
+    with pytest.raises(MemberLoadError, match=r"member 'm' \(unet, .*model.pt\) cannot be loaded: RuntimeError: .*"
+                                              r"model / model_options do not match") as error:
+        load_members([wide], 3, storage)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 700
+    original = data.read_bytes()
+    data.write_bytes(original[: len(original) // 2])
+    with pytest.raises(MemberLoadError, match="member 'm' .*model.pt.* not a readable weights file"):
+        load_members([good], 3, storage)
+    data.write_bytes(b"")
+    with pytest.raises(MemberLoadError, match="member 'm': .*model.pt: empty"):
+        check_member_files([good], storage)
+    data.unlink()
+    with pytest.raises(MemberLoadError, match="member 'm': .*model.pt: no such file"):
+        check_member_files([good], storage)

@@ -214,3 +214,47 @@ def test_one_se_keeps_the_best_when_every_score_is_undefined():
     for c in pool:
         c.selection_metrics = {**c.selection_metrics, "classes": ["gangue", "pyrite"], "iou": [float("nan")] * 2}
     assert select(pool, "iou:pyrite", ONE_SE).key == select(pool, "iou:pyrite", BEST).key
+
+
+def test_k_min_and_k_max_that_build_no_ensemble_are_refused_naming_them():
+    """k_min above the voters (or k_max below k_min) used to build no RUEL-k without a word and "select" a member."""
+    from minseg.ensemble.config import EvaluationSettings
+    from minseg.ensemble.selection import candidate_ensembles, ensemble_sizes
+    from minseg.errors import InputError
+
+    with pytest.raises(InputError, match=r"evaluation.k_min 5 and evaluation.k_max None build no RUEL-k ensemble "
+                                         r"from 4 member\(s\) evaluated, 3 of them voters.*at most 3"):
+        ensemble_sizes(EvaluationSettings(k_min=5), 3, 4)
+    with pytest.raises(InputError, match="evaluation.k_min 3 .* from 2 member"):
+        candidate_ensembles(["a", "b"], EvaluationSettings(), {})
+    with pytest.raises(InputError, match="raise k_max to at least 2"):
+        ensemble_sizes(EvaluationSettings(k_min=1, k_max=1), 3)
+    with pytest.raises(ValueError, match=r"k_max \(2\) is below k_min \(3\)"):
+        EvaluationSettings(k_min=3, k_max=2)
+    assert list(ensemble_sizes(EvaluationSettings(k_min=2, k_max=9), 3)) == [2, 3]  # k_max beyond the voters: all
+    assert not ensemble_sizes(EvaluationSettings(), 1)  # one voter: nothing to fuse (evaluate warns), not an error
+    assert [c.key for c in candidate_ensembles(["a"], EvaluationSettings(modes=["soft"]), {})] == []
+
+
+def test_a_per_class_key_of_a_class_the_choosing_split_lacks_is_refused():
+    """No true pyrite on validation: a candidate that predicts none scores NaN, one with stray pixels IoU 0, which
+    used to win (NaN ranked as -inf); recall is NaN for all and the tie-break picked. Refused, naming class and
+    split; a class the split holds chooses as before."""
+    from minseg.errors import InputError
+    from minseg.ensemble.selection import refuse_key_of_absent_class
+
+    def scored(key, iou_pyrite, recall_pyrite):
+        val = {"classes": ["background", "pyrite", "quartz"], "iou": [0.9, iou_pyrite, 0.5 + iou_pyrite],
+               "recall": [0.9, recall_pyrite, 0.6], "support": [100, 0, 40], "miou": 0.7}
+        return Candidate(key, [key], None, [], {"miou": 0.5}, 1.0, val)
+
+    pool = [scored("member:none", float("nan"), float("nan")), scored("member:stray", 0.0, float("nan"))]
+    for key in ("iou:pyrite", "recall:pyrite"):
+        with pytest.raises(InputError, match=r"class 'pyrite' has no true pixels on the val split.*another key.*"
+                                             r"\(background, quartz\)"):
+            select(pool, key, BEST, split="val")
+    assert select(pool, "iou:quartz", BEST, split="val").key == "member:stray"
+    refuse_key_of_absent_class("iou:pyrite", ["background", "pyrite"], None, "val")  # unknown support: no check
+    confusion = {"classes": ["a", "b"], "confusion": [[5, 1], [0, 0]], "iou": [0.8, 0.0], "miou": 0.4}
+    with pytest.raises(InputError, match="class 'b' has no true pixels on the test split"):
+        select([Candidate("member:a", ["a"], None, [], confusion)], "iou:b", BEST, split="test")

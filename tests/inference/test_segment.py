@@ -475,3 +475,30 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
     table = pq.read_table(tmp_path / "slides.parquet").to_pylist()
     assert [row["wt_pct:pyrite"] for row in table] == [None, 100.0]
     assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
+
+
+def test_segment_refuses_before_preparing_any_slide(ray_session, manifests, test_slides, tmp_path):
+    from minseg.runtime import ResourceError
+
+    with pytest.raises(ResourceError, match="segment.cpus_per_actor 4 CPUs"):
+        run(manifests["wv"], [test_slides["section"]], tmp_path / "out", cpus_per_actor=4)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
+
+
+def test_a_manifest_whose_model_options_do_not_fit_the_weights_is_one_error(ray_session, manifests, test_slides,
+                                                                            tmp_path):
+    """A hand-edited ``model_options`` passes validation and the hash check (the weights are unchanged) and fails
+    when the actors load the member: one MemberLoadError naming it and the file, not Ray's ActorDiedError."""
+    import json as json_module
+
+    from minseg.ensemble.runtime import MemberLoadError
+
+    document = json_module.loads(open(manifests["wv"]).read())
+    document["members"][1]["model_options"] = {"width": 0.25}
+    edited = tmp_path / "manifest.json"
+    edited.write_text(json_module.dumps(document))
+    with pytest.raises(MemberLoadError) as error:
+        run(str(edited), [test_slides["section"]], tmp_path / "out")
+    message = str(error.value)
+    assert "member 'unet' (unet, " in message and "model.pt) cannot be loaded" in message
+    assert "model / model_options do not match" in message and "Traceback" not in message

@@ -1,0 +1,81 @@
+"""A manifest is checked when it is loaded, for what can be checked without loading a model: fusion weights that
+their mode would ignore (an edited manifest would score as before) or that ``learned`` cannot use, statistics and
+per-class weights of the wrong length."""
+
+import json
+
+import pytest
+
+from minseg.ensemble.manifest import ManifestError, load_manifest
+from tests.inference.conftest import write_manifest
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    root = tmp_path_factory.mktemp("manifests")
+    return {mode: json.loads(open(write_manifest(root, mode)).read()) for mode in ("wv", "soft", "pv")}
+
+
+def loads(tmp_path, document):
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(document))
+    return load_manifest(str(path), verify=False)
+
+
+def edited(document, mode=None, weights=None, **keys):
+    document = json.loads(json.dumps(document))
+    if mode:
+        document["fusion"]["mode"] = mode
+    if weights is not None:
+        document["fusion"]["weights"] = weights
+    document.update(keys)
+    return document
+
+
+def test_weights_must_be_the_ones_the_mode_uses(manifests, tmp_path):
+    for mode in ("wv", "soft", "pv"):
+        loads(tmp_path, manifests[mode])  # as written
+    assert loads(tmp_path, edited(manifests["wv"], weights=[2, 1])).fusion.weights == [2, 1]  # integer rank weights
+    loads(tmp_path, edited(manifests["wv"], mode="weighted_soft"))
+    cases = [("wv", [1, 1], "mode 'wv' uses (the rank weights 2, 1"), ("soft", [3, 1], "mode 'soft' uses (all 1"),
+             ("pv", [0.5, 0.5], "mode 'pv' uses"),
+             ("weighted_soft", [1, 2], "mode 'weighted_soft' uses (the rank weights 2, 1"),
+             ("soft", [[1, 1, 1], [1, 1, 1]], "mode 'soft' uses (all 1")]
+    for mode, weights, message in cases:
+        with pytest.raises(ManifestError, match="are not the weights " + message.replace("(", r"\(")) as error:
+            loads(tmp_path, edited(manifests["soft"], mode=mode, weights=weights))
+        assert "other weights need fusion.mode 'learned'" in str(error.value)
+
+
+def test_learned_weights_are_finite_non_negative_and_not_all_zero(manifests, tmp_path):
+    loads(tmp_path, edited(manifests["soft"], mode="learned", weights=[0.0, 2.5]))
+    loads(tmp_path, edited(manifests["soft"], mode="learned", weights=[[1, 0, 2], [0, 1, 1]]))
+    cases = [([0, 0], "are all 0: at least one member"), ([1, -1], "finite and 0 or more; got -1.0"),
+             ([1, float("nan")], "finite number"), ([[1, 0, 1], [1, 0, 1]], "all 0 for class\\(es\\) pyrite"),
+             ([[1, 1], [1, 1]], r"hold \[2\] weights per member for 3 classes")]
+    for weights, message in cases:
+        with pytest.raises(ManifestError, match=message):
+            loads(tmp_path, edited(manifests["soft"], mode="learned", weights=weights))
+
+
+def test_statistics_need_one_value_per_input_channel(manifests, tmp_path):
+    with pytest.raises(ManifestError, match=r"normalization.mean has 2 values for 3 input channel"):
+        loads(tmp_path, edited(manifests["soft"], normalization={"mean": [1.0, 2.0], "std": [1.0, 1.0, 1.0]}))
+    document = edited(manifests["soft"])
+    document["members"][1]["normalization"] = {"mean": [1.0] * 4, "std": [1.0] * 4}
+    with pytest.raises(ManifestError, match=r"members\[1\] \('unet'\).normalization.mean has 4 values for 3"):
+        loads(tmp_path, document)
+
+
+def test_fitted_learned_weights_keep_every_class():
+    """Coordinate ascent may not zero a class's every weight (the manifest would be refused)."""
+    import numpy as np
+
+    from minseg.ensemble.selection import fit_learned_weights
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((2, 3, 500)).astype(np.float16)
+    truth = np.zeros(500, np.uint8)  # only class 0: suppressing classes 1 and 2 would maximise accuracy
+    weights = np.asarray(fit_learned_weights([{"probs": probs, "truth": truth}], 2, 3, "accuracy", ["a", "b", "c"],
+                                             True, 255))
+    assert (weights.sum(axis=0) > 0).all()

@@ -1,0 +1,66 @@
+"""Actor pools the cluster could never hold are refused before Ray Data waits for them forever (as training refuses
+members that could never start): evaluation's, score's, segmentation's and prospect prediction's."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from minseg.runtime import ResourceError, check_actor_pool
+
+TWO_CPUS = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+
+
+@pytest.mark.parametrize("actors, cpus, gpus, extra, message", [
+    (1, 0.5, 1.0, 0.0, "evaluation.gpus_per_actor 1 GPUs"),
+    (1, 4.0, 0.0, 0.0, "evaluation.cpus_per_actor 4 CPUs"),
+    (5, 0.5, 0.0, 0.0, "5 actor(s)"),
+    (3, 0.5, 0.0, 0.75, "plus 0.75 CPUs for the tasks that feed them (evaluation.read_cpus)"),
+])
+def test_a_pool_the_live_nodes_could_never_hold_is_refused(actors, cpus, gpus, extra, message):
+    with pytest.raises(ResourceError) as error:
+        check_actor_pool("evaluation", actors, cpus, gpus, extra_cpus=extra, nodes=TWO_CPUS)
+    assert message in str(error.value) and "the cluster has 2 CPUs and 0 GPUs" in str(error.value)
+    assert "could never start" in str(error.value)
+
+
+def test_a_pool_that_fits_passes_and_one_actor_must_fit_on_one_node():
+    check_actor_pool("segment", 2, 0.5, 0.0, extra_cpus=0.25, nodes=TWO_CPUS)
+    check_actor_pool("segment", 4, 0.5, 0.0, nodes=TWO_CPUS)
+    split = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 2.0}}]
+    check_actor_pool("score", 2, 2.0, 0.0, nodes=split)
+    with pytest.raises(ResourceError, match="the biggest 2 CPUs"):
+        check_actor_pool("score", 1, 3.0, 0.0, nodes=split)  # 4 CPUs in all, but no node holds 3
+
+
+@pytest.mark.parametrize("section", ["evaluation", "score"])
+def test_evaluation_and_score_passes_refuse_before_starting_actors(ray_session, section):
+    from minseg.ensemble.config import EvaluationSettings
+    from minseg.ensemble.evaluate import run_pass
+
+    spec = SimpleNamespace(settings=EvaluationSettings(gpus_per_actor=1), section=section)
+    with pytest.raises(ResourceError, match=f"{section}.gpus_per_actor 1 GPUs"):
+        run_pass([{"item_id": "a"}], spec)
+
+
+
+def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():
+    """Ray keeps only the text of an error raised in an actor's constructor (ActorDiedError: its traceback);
+    ``actor_errors`` finds the minseg error's last line and raises it alone; anything else goes on as it is."""
+    from minseg.ensemble.runtime import MemberLoadError
+    from minseg.runtime import actor_errors, minseg_error_in
+
+    text = ("The actor died because of an error raised in its creation task, ray::MapWorker(...)\nTraceback (most "
+            "recent call last):\n  File \"x.py\", line 1, in __init__\n    raise ...\nminseg.ensemble.runtime."
+            "MemberLoadError: member 'vgg' (vgg16_unet, /r/model.pt) cannot be loaded: not a readable weights file")
+    found = minseg_error_in(RuntimeError(text))
+    assert isinstance(found, MemberLoadError) and str(found).startswith("member 'vgg' (vgg16_unet, /r/model.pt)")
+    with pytest.raises(MemberLoadError) as error:
+        with actor_errors("evaluation actors"):
+            try:
+                raise ValueError("inner") from MemberLoadError("member 'a': bad")
+            except ValueError as exc:
+                raise RuntimeError("wrapped") from exc
+    assert str(error.value) == "evaluation actors: member 'a': bad"
+    with pytest.raises(KeyError):
+        with actor_errors("evaluation actors"):
+            raise KeyError("not ours")
