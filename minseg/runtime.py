@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,9 @@ class RaySettings(StrictModel):
         "120, or 1200 when the job installs packages per node); 0 skips the check")
     object_store_mib: int | None = Field(None, ge=80, description="object store size of a local instance (default: "
                                          "Ray's, 30 % of RAM); every process that reads results maps its pages")
+    check_resources: bool = Field(True, description="refuse actor pools (evaluation, score, segment, prospect "
+                                  "prediction) the running cluster could never hold; false on autoscaling clusters "
+                                  "that start empty (training has its own: training.check_resources)")
 
 
 def _worker_setup() -> None:
@@ -89,6 +93,8 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
     import ray
 
     settings = settings or RaySettings()
+    global _CHECK_RESOURCES
+    _CHECK_RESOURCES = settings.check_resources
     loud = verbose()
     quiet_ray_loggers(loud)
     started = not ray.is_initialized()
@@ -127,6 +133,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
 
 
 _JOINED: set[str] = set()  # GCS addresses of clusters this process joined and did not start (preflight applies)
+_CHECK_RESOURCES = True  # ray.check_resources of the job that last called init_ray
 _CHECKED: set = set()  # (cluster, ClusterPaths) already checked in this process
 
 
@@ -149,15 +156,18 @@ class ResourceError(InputError):
 def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,
                      extra_cpus: float = 0.0, nodes: list[dict] | None = None) -> None:
     """Refuse an actor pool the running cluster could never start, before Ray Data waits for it forever: one actor
-    (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs) must fit on one live node, and ``actors`` of them on the
-    cluster. ``section`` names the config keys (``evaluation``, ``score``, ``segment``, ``prospect.prediction``).
-    ``extra_cpus``: what the pool's feeding tasks need beside it (``segment.read_cpus``: block reads), or they
-    could never run and the actors would wait for input forever. ``nodes``: ``ray.nodes()`` (default: the running
-    cluster's).
+    (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs) must fit on one live node, with ``extra_cpus`` beside it on
+    the cluster (what the pool's feeding tasks need: ``segment.read_cpus``, or the actors would wait for input
+    forever). A pool of ``actors`` larger than the cluster holds at once runs on those that fit (Ray Data starts
+    what it can): a warning. ``section`` names the config keys (``evaluation``, ``score``, ``segment``,
+    ``prospect.prediction``). ``nodes``: ``ray.nodes()`` (default: the running cluster's). Nothing is checked with
+    ``ray.check_resources: false`` (autoscaling clusters that start empty, where nodes come when asked for).
 
     Raises:
-        ResourceError: naming the keys, what one actor and the pool need and what the cluster has.
+        ResourceError: naming the keys, what one actor needs and what the cluster has.
     """
+    if not _CHECK_RESOURCES:
+        return
     if nodes is None:
         import ray
 
@@ -166,17 +176,20 @@ def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_
     cpus = sum(r.get("CPU", 0) for r in alive)
     gpus = sum(r.get("GPU", 0) for r in alive)
     fits = any(r.get("CPU", 0) + 1e-9 >= cpus_per_actor and r.get("GPU", 0) + 1e-9 >= gpus_per_actor for r in alive)
-    if fits and actors * cpus_per_actor + extra_cpus <= cpus + 1e-9 and actors * gpus_per_actor <= gpus + 1e-9:
+    if fits and cpus_per_actor + extra_cpus <= cpus + 1e-9:
+        if actors * cpus_per_actor + extra_cpus > cpus + 1e-9 or actors * gpus_per_actor > gpus + 1e-9:
+            log_event(log, "runtime.pool_larger_than_cluster", logging.WARNING, section=section, actors=actors,
+                      cluster_cpus=cpus, cluster_gpus=gpus, hint=f"fewer {section}.actors run at once")
         return
     biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
     raise ResourceError(
-        f"{section}: {actors} actor(s) of {section}.cpus_per_actor {cpus_per_actor:g} CPUs and "
+        f"{section}: an actor of {section}.cpus_per_actor {cpus_per_actor:g} CPUs and "
         f"{section}.gpus_per_actor {gpus_per_actor:g} GPUs"
-        + (f", plus {extra_cpus:g} CPUs for the tasks that feed them ({section}.read_cpus)" if extra_cpus else "")
+        + (f", plus {extra_cpus:g} CPUs for the tasks that feed it ({section}.read_cpus)" if extra_cpus else "")
         + f"; the cluster has {cpus:g} CPUs and {gpus:g} GPUs "
         f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs), so "
-        f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor / "
-        "actors or add nodes.")
+        f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor or "
+        "add nodes (set ray.check_resources: false on autoscaling clusters that start empty).")
 
 
 @contextlib.contextmanager
@@ -228,5 +241,8 @@ def minseg_error_in(exc: BaseException):
             except (ImportError, AttributeError):
                 continue
             if isinstance(cls, type) and issubclass(cls, MinsegError):
-                return cls(message.strip())
+                try:
+                    return cls(message.strip())
+                except TypeError:  # a subclass with another signature (ConfigError): its message as an input error
+                    return InputError(message.strip())
     return None

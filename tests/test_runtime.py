@@ -1,8 +1,6 @@
 """Actor pools the cluster could never hold are refused before Ray Data waits for them forever (as training refuses
 members that could never start): evaluation's, score's, segmentation's and prospect prediction's."""
 
-from types import SimpleNamespace
-
 import pytest
 
 from minseg.runtime import ResourceError, check_actor_pool
@@ -13,8 +11,7 @@ TWO_CPUS = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resour
 @pytest.mark.parametrize("actors, cpus, gpus, extra, message", [
     (1, 0.5, 1.0, 0.0, "evaluation.gpus_per_actor 1 GPUs"),
     (1, 4.0, 0.0, 0.0, "evaluation.cpus_per_actor 4 CPUs"),
-    (5, 0.5, 0.0, 0.0, "5 actor(s)"),
-    (3, 0.5, 0.0, 0.75, "plus 0.75 CPUs for the tasks that feed them (evaluation.read_cpus)"),
+    (3, 0.5, 0.0, 1.75, "plus 1.75 CPUs for the tasks that feed it (evaluation.read_cpus)"),
 ])
 def test_a_pool_the_live_nodes_could_never_hold_is_refused(actors, cpus, gpus, extra, message):
     with pytest.raises(ResourceError) as error:
@@ -23,24 +20,31 @@ def test_a_pool_the_live_nodes_could_never_hold_is_refused(actors, cpus, gpus, e
     assert "could never start" in str(error.value)
 
 
-def test_a_pool_that_fits_passes_and_one_actor_must_fit_on_one_node():
+def test_a_pool_that_fits_passes_and_one_actor_must_fit_on_one_node(caplog):
     check_actor_pool("segment", 2, 0.5, 0.0, extra_cpus=0.25, nodes=TWO_CPUS)
     check_actor_pool("segment", 4, 0.5, 0.0, nodes=TWO_CPUS)
+    # more actors than the cluster holds at once: Ray Data runs those that fit; said, not refused
+    check_actor_pool("segment", 5, 0.5, 0.0, nodes=TWO_CPUS)
+    assert "runtime.pool_larger_than_cluster" in caplog.text
     split = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 2.0}}]
     check_actor_pool("score", 2, 2.0, 0.0, nodes=split)
     with pytest.raises(ResourceError, match="the biggest 2 CPUs"):
         check_actor_pool("score", 1, 3.0, 0.0, nodes=split)  # 4 CPUs in all, but no node holds 3
 
 
-@pytest.mark.parametrize("section", ["evaluation", "score"])
-def test_evaluation_and_score_passes_refuse_before_starting_actors(ray_session, section):
-    from minseg.ensemble.config import EvaluationSettings
-    from minseg.ensemble.evaluate import run_pass
+def test_autoscaling_clusters_that_start_empty_turn_the_check_off():
+    """No live node can hold a GPU actor until the autoscaler adds one: ``ray.check_resources: false``."""
+    from minseg import runtime
 
-    spec = SimpleNamespace(settings=EvaluationSettings(gpus_per_actor=1), section=section)
-    with pytest.raises(ResourceError, match=f"{section}.gpus_per_actor 1 GPUs"):
-        run_pass([{"item_id": "a"}], spec)
-
+    empty = [{"Alive": True, "Resources": {"CPU": 0.0}}]  # a head node that runs no work
+    with pytest.raises(ResourceError, match="set ray.check_resources: false on autoscaling clusters"):
+        check_actor_pool("segment", 4, 1.0, 1.0, nodes=empty)
+    runtime._CHECK_RESOURCES = False  # what init_ray sets from ray.check_resources
+    try:
+        check_actor_pool("segment", 4, 1.0, 1.0, nodes=empty)
+    finally:
+        runtime._CHECK_RESOURCES = True
+    assert runtime.RaySettings(check_resources=False).check_resources is False
 
 
 def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():

@@ -166,17 +166,16 @@ def run_pass(items: list[dict], spec: PassSpec, label: str = "evaluate") -> Imag
     """One pass of the actor pool over ``items``: one row per image, in any order (a progress bar named
     ``label`` on a terminal).
 
+    Callers check first, before preparing data, that the cluster can hold an actor (``runtime.check_actor_pool``)
+    and that every member's ``model.pt`` is there (``check_member_files``, or the manifest's verification).
+
     Raises:
-        ResourceError: the cluster could never hold one actor (``runtime.check_actor_pool``).
-        MemberLoadError: a member's ``model.pt`` is missing or empty (checked here, before any actor starts), or
-            an actor cannot load a member (damaged weights, model / options that do not fit them): one message
-            naming the member and the file, not Ray's traceback.
+        MemberLoadError: an actor cannot load a member (damaged weights, model / options that do not fit them):
+            one message naming the member and the file, not Ray's traceback.
     """
     import ray
 
     settings = spec.settings
-    check_actor_pool(spec.section, 1, settings.cpus_per_actor, settings.gpus_per_actor)  # min_size=1 below
-    check_member_files(spec.members, spec.storage)
     dataset = ray.data.from_items([{"item": json.dumps(item)} for item in items])
     results = dataset.map_batches(
         EnsembleEvaluator,
