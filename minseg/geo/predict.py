@@ -21,7 +21,7 @@ from minseg.ensemble.runtime import Columns, EnsembleRuntime, MemberRef
 from minseg.geo.config import PredictionSettings
 from minseg.geo.windows import window_at
 from minseg.io.storage import Storage
-from minseg.runtime import actor_errors, check_actor_pool
+from minseg.runtime import actor_errors
 
 ORE = 1  # class index of "ore" in the binary prospectivity classifiers
 
@@ -91,11 +91,8 @@ def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
 
 def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunks: dict,
                   settings: PredictionSettings, storage: Storage, task_options: dict | None = None) -> dict:
-    """{key: ChunkScores} for each chunk of (n, 2) window centres, through an actor pool.
-
-    Raises:
-        ResourceError: the cluster could never hold the pool (``runtime.check_actor_pool``).
-    """
+    """{key: ChunkScores} for each chunk of (n, 2) window centres, through an actor pool (the prospect job checked
+    the cluster can hold it before training: ``runtime.check_actor_pool``)."""
     import ray
 
     stack_ref = ray.put(padded)
@@ -103,7 +100,6 @@ def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunk
              for key, centres in chunks.items() if len(centres)]
     if not items:
         return {}
-    check_actor_pool("prospect.prediction", settings.actors, settings.cpus_per_actor, settings.gpus_per_actor)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 400))).map_batches(
         WindowEnsemble,
         batch_size=1,

@@ -59,7 +59,7 @@ from minseg.io.storage import Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
-from minseg.runtime import init_ray, task_options
+from minseg.runtime import check_actor_pool, init_ray, task_options
 from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.train.config import MemberSettings
 from minseg.train.ensemble import BAGGING_BUILD, MemberResult, TrialInputs
@@ -766,6 +766,8 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                                config.run.seed, AugmentSettings(mode=settings.augmentation))
     _clear_outputs(storage, out)
     init_ray(config.ray, job_paths([settings], [out]))
+    prediction = settings.prediction  # its actor pool runs after hours of training: checked now
+    check_actor_pool("prospect.prediction", prediction.actors, prediction.cpus_per_actor, prediction.gpus_per_actor)
     cpus = config.ray.task_cpus
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
     rng = np.random.default_rng(config.run.seed)

@@ -196,6 +196,13 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     assert main(["prospect", "-c", str(path)]) == 2
     assert "prospect.training.members[0].augmentation: map windows are augmented by prospect.augmentation" in \
         capsys.readouterr().err
+    # a prediction pool no node can hold: said before the members train for hours, not after
+    config = prospect_config(survey, prediction={"gpus_per_actor": 1}).model_dump(mode="json", exclude_none=True)
+    config["run"]["name"] = "gpu-pool"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["prospect", "-c", str(path)]) == 2
+    assert "prospect.prediction.gpus_per_actor 1 GPUs" in capsys.readouterr().err
+    assert not list((survey / "out" / "gpu-pool").rglob("members.json"))  # nothing trained
 
 
 @pytest.mark.parametrize("fault", ["degrees", "swapped", "stray"])
