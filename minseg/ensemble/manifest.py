@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 from pydantic import Field, ValidationError
@@ -21,6 +22,9 @@ from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.logs import get_logger, log_event
+
+log = get_logger("ensemble.manifest")
 
 MANIFEST_VERSION = 1
 
@@ -93,6 +97,9 @@ def file_sha256(storage: Storage, uri: str) -> str:
 
 
 def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> None:
+    """Write ``manifest`` at ``uri``, checked first (:func:`check_manifest`): ``select`` refuses what ``segment``
+    would. Raises ManifestError."""
+    check_manifest(manifest, uri)
     storage.write_json(uri, manifest.model_dump(mode="json"))
 
 
@@ -137,9 +144,9 @@ def check_manifest(manifest: EnsembleManifest, where: str = "manifest") -> None:
     Fusion weights, per member in rank order: ``pv`` and ``soft`` use equal weights (all 1); ``wv`` and
     ``weighted_soft`` the rank weights k, k-1, ..., 1 (``voting.rank_weights``; normalised, as
     ``write_ensemble`` writes them, they are the same weights); only ``learned`` uses the weights as written:
-    finite, 0 or more, not all 0 (per member and class: a list of one weight per class for each member, and
-    every class with a weight above 0). Any other weights would be ignored: an edited manifest would score as
-    before.
+    finite, 0 or more, not all 0 (per member and class: a list of one weight per class for each member; a class
+    whose every weight is 0 is never predicted: allowed, as fits before 2026-12-05 could end so, with a warning).
+    Any other weights would be ignored: an edited manifest would score as before.
 
     Raises:
         ManifestError: naming the key, what it holds and what it should.
@@ -171,12 +178,14 @@ def check_manifest(manifest: EnsembleManifest, where: str = "manifest") -> None:
         if not all(math.isfinite(w) and w >= 0 for w in values):
             raise ManifestError(f"{where}: fusion.weights (learned) must be finite and 0 or more; got "
                                 f"{next(w for w in values if not (math.isfinite(w) and w >= 0))!r}")
-        empty = [manifest.classes["classes"][c].get("name", str(c)) if nested else None
-                 for c in range(len(rows[0])) if not any(row[c] > 0 for row in rows)]
-        if empty:
-            raise ManifestError(f"{where}: fusion.weights (learned) are all 0" + (
-                f" for class(es) {', '.join(empty)}: every class needs a member weight above 0" if nested else
-                ": at least one member needs a weight above 0"))
+        if not any(w > 0 for w in values):
+            raise ManifestError(f"{where}: fusion.weights (learned) are all 0: at least one member needs a weight "
+                                "above 0")
+        never = [manifest.classes["classes"][c].get("name", str(c))
+                 for c in range(len(rows[0])) if nested and not any(row[c] > 0 for row in rows)]
+        if never:  # a fit may give a class up (it raised the key): the ensemble then never predicts it
+            log_event(log, "manifest.class_never_predicted", logging.WARNING, manifest=where, classes=",".join(never),
+                      hint="every member's learned weight for these classes is 0")
     channels = manifest.in_channels
     statistics = [("normalization", manifest.normalization)] + [
         (f"members[{i}] ({m.name!r}).normalization", m.normalization) for i, m in enumerate(manifest.members)

@@ -47,11 +47,15 @@ def test_weights_must_be_the_ones_the_mode_uses(manifests, tmp_path):
         assert "other weights need fusion.mode 'learned'" in str(error.value)
 
 
-def test_learned_weights_are_finite_non_negative_and_not_all_zero(manifests, tmp_path):
+def test_learned_weights_are_finite_non_negative_and_not_all_zero(manifests, tmp_path, caplog):
     loads(tmp_path, edited(manifests["soft"], mode="learned", weights=[0.0, 2.5]))
     loads(tmp_path, edited(manifests["soft"], mode="learned", weights=[[1, 0, 2], [0, 1, 1]]))
+    # a class every member weighs 0 is never predicted: a fit before 2026-12-05 could end so; loads, with a warning
+    loads(tmp_path, edited(manifests["soft"], mode="learned", weights=[[1, 0, 1], [1, 0, 1]]))
+    (record,) = [r for r in caplog.records if r.getMessage() == "manifest.class_never_predicted"]
+    assert record.fields["classes"] == "pyrite"
     cases = [([0, 0], "are all 0: at least one member"), ([1, -1], "finite and 0 or more; got -1.0"),
-             ([1, float("nan")], "finite number"), ([[1, 0, 1], [1, 0, 1]], "all 0 for class\\(es\\) pyrite"),
+             ([1, float("nan")], "finite number"), ([[0, 0, 0], [0, 0, 0]], "are all 0: at least one member"),
              ([[1, 1], [1, 1]], r"hold \[2\] weights per member for 3 classes")]
     for weights, message in cases:
         with pytest.raises(ManifestError, match=message):
