@@ -786,6 +786,11 @@ def changed_settings(recorded: dict, member: MemberSettings, run_seed: int, augm
             differences.append(f"{key}: {json.dumps(before)} -> {json.dumps(after)}")
 
     compare(recorded, now, "")
+    if recorded.get("checkpoint_mode") == "max" and str(recorded.get("checkpoint_metric", "")).endswith("loss"):
+        # checkpoint_mode defaulted to max for every metric before 2026-12-05: such a member's best.json names its
+        # worst epoch, and no setting can both match the record and be accepted now
+        differences = [d + " (before 2026-12-05 a loss kept its worst epoch as best: train the member again)"
+                       if d.startswith("checkpoint_mode:") else d for d in differences]
     return differences
 
 

@@ -91,6 +91,20 @@ def test_the_checkpoint_metric_is_a_known_metric_kept_the_right_way_up():
         assert problem.startswith("checkpoint_metric: ") and says in problem
 
 
+def test_resuming_a_loss_member_recorded_with_the_old_default_mode_says_why():
+    """Before 2026-12-05 checkpoint_mode defaulted to max for a loss too: the record says max, the member's best
+    checkpoint is its worst epoch, and the mode cannot be set back (refused now): --resume says to retrain."""
+    from minseg.data.config import AugmentSettings
+    from minseg.train.ensemble import changed_settings
+
+    member = MemberSettings(name="a", model="unet", stages=[{"epochs": 1}], checkpoint_metric="val_loss", seed=1)
+    recorded = {**member.model_dump(mode="json"), "checkpoint_mode": "max"}
+    (difference,) = changed_settings(recorded, member, 0, AugmentSettings())
+    assert difference == ('checkpoint_mode: "max" -> "min" (before 2026-12-05 a loss kept its worst epoch as best: '
+                          "train the member again)")
+    assert changed_settings({**recorded, "checkpoint_mode": "min"}, member, 0, AugmentSettings()) == []
+
+
 def test_preflight_reports_bad_options_and_table_formats():
     assert preflight(member("ok"), 3, 3) is None
     bad = MemberSettings(name="x", model="res_unet", model_options={"activation": "tanh"}, stages=[{"epochs": 1}])
