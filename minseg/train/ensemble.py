@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import math
 import time
@@ -116,8 +117,9 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 def check_members_without_data(config: MinsegConfig, storage: Storage | None = None) -> list[str]:
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
-    against ``data.classes`` (when the config lists them), pretrained weights files present. One line per problem,
-    naming the member; [] when there is none. Class weights computed from the data, and weights on object storage,
+    against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
+    warning (it may sit on the cluster's shared filesystem). One line per problem, naming the member; [] when there
+    is none. Class weights computed from the data, and weights on object storage,
     are checked when training."""
     from minseg.data.classmap import ClassMap
 
@@ -141,10 +143,12 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
             "loss": member.loss.model_copy(update={
                 "class_weights": weights if names is not None and not isinstance(weights, ClassWeighting) else None})})
         problem = preflight(unchecked, num_classes, in_channels, class_names=names)
-        # a local file is looked for; object storage is left to the cluster, which holds the credentials
+        # a local file is looked for, a warning only: the path may be the cluster's shared filesystem; object
+        # storage is left to the cluster, which holds the credentials
         if problem is None and member.init is not None and not is_s3(member.init.uri) \
                 and not storage.exists(member.init.uri):
-            problem = f"init.uri {member.init.uri}: no such file"
+            log_event(log, "config.init_not_here", logging.WARNING, member=member.name, uri=member.init.uri,
+                      hint="no such file on this machine; training refuses the member if the nodes lack it too")
         if problem:
             problems.append(f"training.members[{member.name}]: {problem}")
     return problems

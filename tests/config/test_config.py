@@ -138,9 +138,9 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
     for says in ("training.members[typo]: unknown model 'unett'", "training.members[thin]: ValueError: width must be",
                  "training.members[weights]: ValueError: class_weights must list one value per class (3), got 2",
                  "training.members[metric]: checkpoint_metric: unknown class 'chalcopyrite'",
-                 f"training.members[init]: init.uri {tmp_path / 'missing.pt'}: no such file"):
+                 "config.init_not_here"):  # a warning: the path may be the cluster's shared filesystem
         assert says in err, says
-    assert "members[ok]" not in err and "members[computed]" not in err
+    assert "members[ok]" not in err and "members[computed]" not in err and "members[init]" not in err
 
 
 def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, capsys):
