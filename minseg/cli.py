@@ -48,13 +48,10 @@ def _at_least_one(text: str) -> int:
 
 
 def _file_name(text: str) -> str:
-    """argparse type of a name that becomes part of a file name (``select --name``): letters, digits, ``.``, ``_``
-    and ``-``, starting with a letter or digit (no folders: ``a/b`` or ``../x`` would write elsewhere)."""
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name (letters, digits, '.', '_', '-'; starting "
-                                         "with a letter or digit; no '/')")
+    """argparse type of a name that becomes part of a file name (``select --name``): any text (``best by f1``)
+    but a folder (``a/b`` or ``../x`` would write elsewhere), a hidden name or control characters."""
+    if not text.strip() or "/" in text or "\\" in text or text.startswith(".") or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain name (no '/' or '\\', not starting with '.')")
     return text
 
 

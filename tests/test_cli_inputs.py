@@ -214,7 +214,7 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     assert "evaluation.json: not a complete evaluation record, missing candidates, classes" in error_of(capsys)
     assert main(["select", str(tmp_path)]) == 2
     assert "evaluation.json: no such file" in error_of(capsys)
-    for name in ("a/b", "../../evaluation", ".hidden"):
+    for name in ("a/b", "../../evaluation", ".hidden", "a\\b", " "):
         with pytest.raises(SystemExit) as stop:
             main(["select", str(folder), "--name", name])
         assert stop.value.code == 2
