@@ -105,3 +105,18 @@ def test_recall_weighting_of_a_classifier_counts_every_class():
     classifier = metrics_from_confusion(always_one, background=None)
     assert classifier["recall_weighted_f1"] == pytest.approx((0.0 + (100 / 150) * 1.0) / 2)
     assert metrics_from_confusion(always_one)["recall_weighted_f1"] == pytest.approx(100 / 150)  # segmentation
+
+
+def test_the_metric_names_keys_are_checked_against_are_the_ones_reported():
+    """``enums.SCORE_METRICS`` / ``PER_CLASS_METRICS`` (what checkpoint and ranking keys are checked against before a
+    job starts) are exactly the scalars and per-class lists ``metrics_from_confusion`` reports."""
+    import numpy as np
+
+    from minseg.enums import PER_CLASS_METRICS, SCORE_METRICS
+    from minseg.metrics import metrics_from_confusion
+
+    metrics = metrics_from_confusion(np.array([[5, 1, 0], [2, 7, 1], [0, 0, 3]]), ["resin", "pyrite", "gangue"])
+    scalars = {k for k, v in metrics.items() if not isinstance(v, list)}
+    assert scalars == set(SCORE_METRICS)
+    per_class = {k for k, v in metrics.items() if isinstance(v, list) and len(v) == 3 and k != "classes"}
+    assert set(PER_CLASS_METRICS) <= per_class

@@ -71,7 +71,8 @@ def member_task(member: MemberSettings) -> Task:
 
 
 # what an epoch's metrics hold besides the validation scores (``loop.train_epoch``, ``loop.evaluate``)
-EPOCH_METRICS = ("val_loss", "train_loss", "lr", "epoch", "stage", "train_tiles", "tiles_per_s", "data_wait_fraction")
+EPOCH_METRICS = ("val_loss", "train_loss", "lr", "epoch", "stage", "train_tiles", "tiles_per_s", "data_wait_fraction",
+                 "seconds")
 
 
 def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,

@@ -83,6 +83,12 @@ def test_best_and_last_checkpoints(ensemble_run):
         model.load_state_dict(state)
         metrics = json.loads(open(os.path.join(best["uri"], "metrics.json")).read())
         assert len(metrics["normalization"]["mean"]) == 3 and len(metrics["iou"]) == 9
+        # every key an epoch records is one a checkpoint_metric may name (train.ensemble.EPOCH_METRICS + scores)
+        from minseg.enums import SCORE_METRICS
+        from minseg.train.ensemble import EPOCH_METRICS
+
+        state = json.loads(open(os.path.join(last["uri"], "state.json")).read())
+        assert {k for row in state["history"] for k in row} - {"init"} <= set(EPOCH_METRICS) | set(SCORE_METRICS)
         # only the checkpoints the pointers name are kept
         kept = sorted(p.name for p in (run / "members" / name / "checkpoints").iterdir() if p.is_dir())
         assert kept == sorted({last["dir"], best["dir"]})
