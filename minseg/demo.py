@@ -142,8 +142,9 @@ def refuse_foreign_run(run_uri: str, storage: Storage) -> None:
     ``demo_inputs.json``): the demo retrains over its own runs only (``--config`` of a recipe with the demo's
     default output is that recipe's own run folder)."""
     if storage.exists(join_uri(run_uri, "members.json")) and not storage.exists(join_uri(run_uri, DEMO_INPUTS)):
-        raise InputError(f"{run_uri} holds a training run the demo did not write (no {DEMO_INPUTS}); the demo would "
-                         "retrain over it. Give the demo another folder (--out) or run.name")
+        raise InputError(f"{run_uri} holds a training run the demo did not write (no {DEMO_INPUTS}), or one of a "
+                         "demo older than that record; the demo would retrain over it. Give the demo another folder "
+                         "(--out) or run.name, or delete the folder if it is an old demo's")
 
 
 def run_demo(config: MinsegConfig, fresh: bool = False) -> DemoResult:

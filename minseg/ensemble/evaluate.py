@@ -231,7 +231,9 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     for name in wanted:
         uri = recorded_checkpoint(storage, run_uri, done[name], checkpoint)  # under run_uri: a copied run's own
         if not uri:
-            raise InputError(f"member {name!r} of {run_uri} records no {checkpoint.value} checkpoint")
+            raise InputError(f"member {name!r} of {run_uri}: no {checkpoint.value} checkpoint under "
+                             f"{join_uri(run_uri, 'members', name, 'checkpoints')} (no last.json / best.json there: "
+                             "a run copied without its checkpoints?)")
         member = storage.read_json(join_uri(uri, "member.json"))
         document = storage.read_json(join_uri(uri, "classes.json"))
         if classes is not None and document != classes[1]:

@@ -491,20 +491,24 @@ def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, eva
     assert {n: m["checkpoint"] for n, m in evaluation.document["members"].items()} == \
         {row["member"]: row["best_checkpoint"] for row in done}
 
-    # a table whose best and last checkpoints all differ (each member's "last" is the next member's), one member
-    # without a best: which column each choice reads
-    lasts = [row["last_checkpoint"] for row in done]
-    crossed = [{**row, "last_checkpoint": lasts[(i + 1) % len(done)],
-                "best_checkpoint": None if row["member"] == "vgg" else row["best_checkpoint"]}
-               for i, row in enumerate(done)]
-    (tmp_path / "members.json").write_text(json.dumps({"members": crossed}))
-    for which, expected in ((MemberCheckpoint.BEST, [r["best_checkpoint"] or r["last_checkpoint"] for r in crossed]),
-                            (MemberCheckpoint.LAST, [r["last_checkpoint"] for r in crossed])):
-        members = discover_members(storage, str(tmp_path), [r["member"] for r in crossed], trained_run.data, which)
+    # the run's checkpoints copied elsewhere (found there by their pointers), one member without a best (trained
+    # without validation): which pointer each choice reads
+    for row in done:
+        shutil.copytree(f"{run}/members/{row['member']}/checkpoints", tmp_path / "members" / row["member"] /
+                        "checkpoints")
+    (tmp_path / "members" / "vgg" / "checkpoints" / "best.json").unlink()
+    (tmp_path / "members.json").write_text(json.dumps({"members": done}))
+
+    def under_copy(uri):
+        return str(tmp_path / uri[len(run) + 1:])
+
+    for which, expected in ((MemberCheckpoint.BEST, [under_copy(r["last_checkpoint"] if r["member"] == "vgg" else
+                                                                r["best_checkpoint"]) for r in done]),
+                            (MemberCheckpoint.LAST, [under_copy(r["last_checkpoint"]) for r in done])):
+        members = discover_members(storage, str(tmp_path), [r["member"] for r in done], trained_run.data, which)
         assert [m.checkpoint for m in members] == expected
-    (tmp_path / "members.json").write_text(json.dumps({"members": [
-        {**row, "last_checkpoint": None} if row["member"] == "vgg" else row for row in done]}))
-    with pytest.raises(InputError, match="member 'vgg' of .* records no last checkpoint"):
+    (tmp_path / "members" / "vgg" / "checkpoints" / "last.json").unlink()
+    with pytest.raises(InputError, match="member 'vgg' of .*: no last checkpoint under .*vgg/checkpoints"):
         discover_members(storage, str(tmp_path), None, trained_run.data, MemberCheckpoint.LAST)
 
     # the session's members peak before their last epoch, so the two choices differ here
