@@ -83,15 +83,19 @@ def test_the_hierarchy():
 
 
 def test_validating_a_config_loads_neither_torch_nor_ray(tmp_path):
-    """The CLI's error handling and config validation stay light (no job module imported to catch its errors)."""
+    """The CLI's error handling and config validation stay light (no job module imported to catch its errors); a
+    config with training members loads torch to build them on the meta device, never Ray."""
     import subprocess
     import sys
 
-    config = write(tmp_path / "c.yaml", "run: {name: x}\n")
     code = ("import sys; from minseg.cli import main; code = main(['config', 'validate', %r]); "
-            "print(code, 'torch' in sys.modules, 'ray' in sys.modules)" % config)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
+            "print(code, 'torch' in sys.modules, 'ray' in sys.modules)")
+    plain = write(tmp_path / "c.yaml", "run: {name: x}\n")
+    trained = write(tmp_path / "t.yaml", "run: {name: x}\ntraining:\n  members:\n    - {name: a, model: unet, "
+                                         "model_options: {width: 0.25}, stages: [{epochs: 1}]}\n")
+    for config, expected in ((plain, ["0", "False", "False"]), (trained, ["0", "True", "False"])):
+        result = subprocess.run([sys.executable, "-c", code % config], capture_output=True, text=True, timeout=120)
+        assert result.stdout.split()[-3:] == expected, result.stderr
 
 
 def test_listing_a_path_that_does_not_exist_is_an_error(tmp_path, capsys):
