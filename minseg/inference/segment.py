@@ -561,7 +561,8 @@ class BlockRun:
         self.result.blocks = len(items)
         if items:
             done = block_dataset(items, self.plans, self.manifest, self.settings, self.storage, self.options)
-            with Progress(len(items), "segment", unit="blocks") as progress, actor_errors("segment (reading blocks or in the actors)"):
+            with Progress(len(items), "segment", unit="blocks") as progress, \
+                    actor_errors("segment (reading blocks or in the actors)"):
                 for batch in done.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                     self.result.driver_bytes += len(pickle.dumps(batch))  # what crossed over, object columns too
                     rows = BlockDone.from_batch(batch)

@@ -339,7 +339,8 @@ def plan_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, 
     if report.encoder_share < min_encoder_share:
         missing = [m for m in report.missing if m.startswith("encoder.")]
         # names that match with other shapes: another width or depth of the same architecture, most often
-        shapes = [f"{name} {list(mine)} here, {list(theirs)} in the file" for name, mine, theirs in report.shape_mismatch]
+        shapes = [f"{name} {list(mine)} here, {list(theirs)} in the file"
+                  for name, mine, theirs in report.shape_mismatch]
         raise InitWeightsError(
             f"{source}: only {report.encoder_loaded} of {report.encoder_tensors} encoder tensors of "
             f"{type(model).__name__} fit ({report.encoder_share:.0%} < min_encoder_share {min_encoder_share:.0%}); "

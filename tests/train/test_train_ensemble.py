@@ -218,8 +218,9 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     # a new member trained alone on the other split would have rewritten splits.json under the others
     extra = reseeded.training.members[2].model_copy(update={"name": "extra"})
     reseeded.training.members = [*reseeded.training.members, extra]
-    with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on other "
-                                         r"data \(the inputs, the split or the evidence changed\): \S+/members/resunet"):
+    with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on "
+                                         r"other data \(the inputs, the split or the evidence changed\): "
+                                         r"\S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
     (kept,) = train_ensemble(config, ["vgg"], resume=True)  # the same settings: reused, nothing prepared again
