@@ -22,7 +22,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
-from minseg.enums import ClassWeighting, MemberStatus, Task
+from minseg.enums import PER_CLASS_METRICS, ClassWeighting, MemberStatus, Task
 from minseg.errors import InputError
 from minseg.io.storage import Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
@@ -601,6 +601,8 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     source = ImageSource(prepared, config.data)
+    if not prepared.folds:  # k folds validate on each fold's own part
+        refuse_absent_class_metrics(members, prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
     refuse_other_data(storage, run_uri, config.training.members, source, resume)
@@ -831,6 +833,25 @@ def _data_selection(data) -> str:
     members all finished is reused without preparing the data only while it is unchanged."""
     document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def refuse_absent_class_metrics(members: list[MemberSettings], validation: dict | None) -> None:
+    """Raise ``InputError`` naming members whose ``checkpoint_metric`` is a per-class score (``iou:pyrite``) of a
+    class the validation split has no pixels (or images) of: undefined while the member predicts none of it, 0 once
+    it predicts a stray pixel, so "best" would be the epoch that hallucinates the class (selection refuses such a key
+    the same way: ``ensemble.selection``). ``validation``: the split's statistics (``PreparedData.stats["val"]``)."""
+    if not validation or not validation.get("images"):
+        return
+    absent = []
+    for member in members:
+        name, _, cls = member.checkpoint_metric.partition(":")
+        if cls and name in PER_CLASS_METRICS and validation["classes"].get(cls, {}).get("pixels", 1) == 0:
+            absent.append(f"{member.name} ({member.checkpoint_metric})")
+    if absent:
+        raise InputError(f"checkpoint_metric of {', '.join(absent)}: the class has no true pixels on the validation "
+                         f"split ({validation['images']} images), so the score is undefined or 0 and 'best' would be "
+                         "the epoch that predicts it where it is not; choose by miou / mean_f1 or a class the "
+                         "validation split has (data/dataset_stats.json)")
 
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,

@@ -154,6 +154,24 @@ def test_a_copied_run_reads_its_own_checkpoints_and_damaged_records_are_named(en
         train_ensemble(moved, ["halfunet"], resume=True)
 
 
+def test_a_checkpoint_metric_of_a_class_validation_lacks_is_refused(ensemble_run):
+    """``checkpoint_metric: iou:<class>`` where the validation split has none of it: undefined while the member
+    predicts none, 0 once it predicts a stray pixel; "best" would be the epoch that hallucinates it. Refused before
+    training, as choosing an ensemble by such a key is."""
+    from minseg.errors import InputError
+
+    config, _, run = ensemble_run
+    stats = json.loads((run / "data" / "dataset_stats.json").read_text())["stats"]["val"]
+    absent = next(name for name, c in stats["classes"].items() if c["pixels"] == 0)
+    picky = config.model_copy(deep=True)
+    picky.training.members = [*picky.training.members, picky.training.members[2].model_copy(
+        update={"name": "picky", "checkpoint_metric": f"iou:{absent}"})]
+    with pytest.raises(InputError, match=rf"checkpoint_metric of picky \(iou:{absent}\): the class has no true pixels "
+                                         r"on the validation split"):
+        train_ensemble(picky, ["picky"])
+    assert not (run / "members" / "picky").exists()
+
+
 def test_resuming_members_trained_with_other_settings_is_refused(ensemble_run, tmp_path, capsys):
     """--resume keeps finished members and continues the others: one whose settings changed since its checkpoints
     were written would be kept (or continued) as if the config had trained it. How a member runs may change."""
