@@ -194,10 +194,9 @@ def metric_value(metrics: dict, key: str) -> float:
         if name not in metrics or isinstance(metrics[name], list):
             raise InputError(f"unknown metric {key!r}")
         return _number(metrics[name])
-    if name not in PER_CLASS_METRICS:
-        raise InputError(f"unknown per-class metric {name!r} in {key!r} (use {', '.join(PER_CLASS_METRICS)})")
-    if cls not in metrics["classes"]:
-        raise InputError(f"unknown class {cls!r} in {key!r}; classes: {', '.join(metrics['classes'])}")
+    problem = metric_key_problem(key, metrics["classes"])
+    if problem:
+        raise InputError(problem)
     return _number(metrics[name][metrics["classes"].index(cls)])
 
 

@@ -575,8 +575,6 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
                                                 "reason"]))
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
                   positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
-    for thin in thin_folds(windows, folds):
-        log_event(log, "prospect.cv_thin_fold", logging.WARNING, **thin)
     return windows, folds, trials
 
 
@@ -775,6 +773,9 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     inputs = read_inputs(settings, working, storage, out, cpus)
     evidence = build_evidence(settings, inputs, working, storage, out, cpus)
     windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out, rng)
+    thin_rows = thin_folds(windows, folds)  # said now, recorded in the summary
+    for row in thin_rows:
+        log_event(log, "prospect.cv_thin_fold", logging.WARNING, **row)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
     results = train_trials(config, trials, storage, models_uri, resume)
@@ -785,7 +786,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     geometry, deposits = inputs.geometry, inputs.deposits
     not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, evidence.in_study, inputs.inside) if ok and not ins]
     kept = [r["element"] for r in trials[FINAL].screening if r["kept"]]
-    thin = {row["fold"] for row in thin_folds(windows, folds)}
+    thin = {row["fold"] for row in thin_rows}
     document = {
         "name": settings.name, "output": out, "grid": {"rows": geometry.rows, "cols": geometry.cols,
                                                         "cell_m": geometry.pixel_width, "epsg": geometry.epsg,
