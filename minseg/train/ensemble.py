@@ -58,6 +58,7 @@ class MemberResult:
     last_checkpoint: str | None = None
     init: str | None = None  # pretrained weights: what loaded (WeightLoadReport.short)
     error: str | None = None
+    warning: str | None = None  # a finished member that learned nothing (``learning_problem``)
 
     def __post_init__(self):
         self.status = MemberStatus(self.status)  # a results file read back holds the string
@@ -73,6 +74,8 @@ def member_task(member: MemberSettings) -> Task:
 # what an epoch's metrics hold besides the validation scores (``loop.train_epoch``, ``loop.evaluate``)
 EPOCH_METRICS = ("val_loss", "train_loss", "lr", "epoch", "stage", "train_tiles", "tiles_per_s", "data_wait_fraction",
                  "seconds")
+# recorded beside the losses, judged after training (``learning_problem``), never a checkpoint metric
+UNIFORM_LOSSES = ("train_loss_uniform", "val_loss_uniform")
 
 
 def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,
@@ -492,6 +495,32 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(seen).__name__}: {text[-1] if text else ''}"[:2000]
 
 
+def learning_problem(history: list[dict]) -> str | None:
+    """Why a member's history shows it learned nothing, or None.
+
+    A member learned nothing when its lowest validation loss (without validation: its lowest epoch training loss) is
+    no lower than the same loss of a model that gives every class the same probability (``val_loss_uniform`` /
+    ``train_loss_uniform``, recorded beside each loss). That catches a learning rate that blew the weights up, and
+    labels that say nothing about the images, without crying wolf on curves that merely rise again (overfitting):
+    the lowest point is compared. Epochs recorded before the uniform loss was (older checkpoints) are not judged.
+    """
+    for key, where in (("val_loss", "validation"), ("train_loss", "the training tiles")):
+        rows = [row for row in history if _finite(row.get(key)) and _finite(row.get(f"{key}_uniform"))]
+        if rows:
+            lowest = min(rows, key=lambda row: row[key])
+            if lowest[key] < lowest[f"{key}_uniform"]:
+                return None
+            return (f"it never did better on {where} than a model that gives every class the same probability "
+                    f"(lowest {key} {lowest[key]:.4g} at epoch {lowest['epoch']}, against {lowest[f'{key}_uniform']:.4g}): "
+                    "its predictions carry no information. Look for a learning rate too high for the model "
+                    "(optimizer.lr), labels that do not match their images, or too few epochs (history.csv, curves.png)")
+    return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, error: str | None,
                      wall_seconds: float, fold: int | None = None) -> MemberResult:
     last = read_pointer(storage, run_uri, member.name, "last")
@@ -500,13 +529,14 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
     state = checkpoint.state if checkpoint else {}
     init = WeightLoadReport.from_document(state["init"]).short() if state.get("init") else None
     test = state.get("test_metrics")
+    problem = learning_problem(state.get("history", [])) if not error else None
     return MemberResult(
         member=member.name, model=member.model, status=MemberStatus.FAILED if error else MemberStatus.DONE, fold=fold,
         metric=member.checkpoint_metric, best_value=state.get("best_value"), best_epoch=state.get("best_epoch"),
         test_value=metric_value(test, member.checkpoint_metric) if test else None,
         epochs=state.get("epochs_done", 0), restarts=state.get("restarts", 0), wall_seconds=round(wall_seconds, 1),
         best_checkpoint=best["uri"] if best else None, last_checkpoint=last["uri"] if last else None, init=init,
-        error=error,
+        error=error, warning=problem,
     )
 
 
@@ -691,6 +721,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     _update_members_table(storage, run_uri, previous, results, fold_summary=any(f is not None for f in folds))
     for result in results:
         write_curves(storage, trial_uri(run_uri, result.fold), result.member)
+        if result.warning:
+            log_event(log, "train.member.learned_nothing", level=logging.WARNING, member=result.member,
+                      **({} if result.fold is None else {"fold": result.fold + 1}), reason=result.warning)
     return results
 
 
@@ -917,7 +950,7 @@ def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
 
 TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "test_value", "best_epoch", "epochs",
                  "restarts",
-                 "wall_seconds", "init", "best_checkpoint", "error"]
+                 "wall_seconds", "init", "best_checkpoint", "error", "warning"]
 
 
 def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
@@ -966,6 +999,8 @@ def format_members_table(results: list[MemberResult]) -> str:
                      f"{best:>9}{test:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
         if r.init:
             lines.append(f"{'':<{name_w + 5}} initialised from {r.init}")
+        if r.warning:
+            lines.append(f"{'':<{name_w + 5}} warning: {r.warning}")
     return "\n".join(lines)
 
 
@@ -1000,6 +1035,9 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
                 right.plot([r["epoch"] for r in validated], [r[key] for r in validated], marker="o", label=key)
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    uniform = [row[key] for key in UNIFORM_LOSSES[::-1] for row in history if isinstance(row.get(key), (int, float))]
+    if uniform:  # the know-nothing reference: a curve above it has learned nothing (learning_problem)
+        left.axhline(uniform[0], color="grey", linestyle="--", linewidth=1, label="every class equally likely")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.set_title(f"{member}: loss")

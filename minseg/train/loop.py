@@ -91,6 +91,14 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def uniform_logits(output):
+    """Zero logits shaped as ``output`` (a tensor, or tuples / lists of them: a model's auxiliary outputs): the
+    prediction of a model that knows nothing, every class equally likely (softmax) or p = 0.5 (a sigmoid)."""
+    if isinstance(output, (tuple, list)):
+        return type(output)(uniform_logits(part) for part in output)
+    return torch.zeros_like(output, dtype=torch.float32)
+
+
 # ------------------------------------------------------------------- the loop
 
 
@@ -247,6 +255,7 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loss_sum, loss_count, waited, lr, skipped = 0.0, 0, 0.0, base_lr, 0
+    uniform_sum = 0.0  # the same loss for a model that gives every class the same probability (zero logits)
     fetch_started = time.monotonic()
     for batch in session.train_shard.iter_torch_batches(
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
@@ -295,6 +304,8 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
         else:
             optimizer.step()
         loss_sum += float(loss.detach()) * images.shape[0]
+        with torch.no_grad():
+            uniform_sum += float(session.loss_fn(uniform_logits(output), target)) * images.shape[0]
         loss_count += images.shape[0]
         stage_step += 1
         state["step"] += 1
@@ -304,10 +315,11 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
                          "normalises a 1x1 map with BatchNorm, which needs two or more: add training data, a larger "
                          "batch or fewer workers")
     train_time = time.monotonic() - started
-    loss_sum, loss_count, waited_sum, time_sum = _all_reduce_sum([loss_sum, loss_count, waited, train_time],
-                                                                 session.device)
+    loss_sum, uniform_sum, loss_count, waited_sum, time_sum = _all_reduce_sum(
+        [loss_sum, uniform_sum, loss_count, waited, train_time], session.device)
     world = session.world
-    return {"lr": lr, "train_loss": loss_sum / max(1, loss_count), "train_tiles": int(loss_count),
+    return {"lr": lr, "train_loss": loss_sum / max(1, loss_count),
+            "train_loss_uniform": uniform_sum / max(1, loss_count), "train_tiles": int(loss_count),
             "tiles_per_s": loss_count / max(1e-9, time_sum / world),
             "data_wait_fraction": waited_sum / max(1e-9, time_sum)}
 
@@ -440,19 +452,21 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     inputs, device, task = session.inputs, session.device, session.inputs.task
     matrix = ConfusionMatrix(inputs.num_classes, inputs.ignore_index if task is Task.SEGMENTATION else None,
                              device=device)
-    loss_sum, count = 0.0, 0
+    loss_sum, uniform_sum, count = 0.0, 0.0, 0
     for batch in (shard or session.val_shard).iter_torch_batches(batch_size=batch_size):
         images, target = to_model_input(batch, session.mean, session.std, device, task)
         with torch.autocast(device.type, dtype=session.amp_dtype, enabled=session.amp_dtype is not None):
             logits = model(images)
         logits = logits[0] if isinstance(logits, tuple) else logits
         loss_sum += float(session.loss_fn(logits.float(), target)) * images.shape[0]
+        uniform_sum += float(session.loss_fn(uniform_logits(logits.float()), target)) * images.shape[0]
         count += images.shape[0]
         matrix.update(logits, target)
-    loss_sum, count = _all_reduce_sum([loss_sum, count], device)
+    loss_sum, uniform_sum, count = _all_reduce_sum([loss_sum, uniform_sum, count], device)
     matrix.all_reduce()
     metrics = matrix.compute(inputs.classes_names, background=0 if task is Task.SEGMENTATION else None)
     metrics["val_loss"] = loss_sum / max(1, count)
+    metrics["val_loss_uniform"] = uniform_sum / max(1, count)
     return {k: (v if not isinstance(v, float) or not np.isnan(v) else float("nan")) for k, v in metrics.items()}
 
 

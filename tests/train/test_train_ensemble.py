@@ -33,6 +33,11 @@ def test_members_table(ensemble_run):
     assert csv_lines[0].startswith("member,fold,model,status") and len(csv_lines) == 6
     for name in FINISHED:
         assert results[name].epochs == 3 and results[name].best_epoch in (1, 2, 3)
+    # three tiny epochs teach the STN Res-UNet nothing (validation accuracy 0.005: it labels every pixel a rare
+    # class); the other two learn (learning_problem)
+    assert "never did better on validation" in results["resunet"].warning
+    assert results["vgg"].warning is None and results["halfunet"].warning is None
+    assert csv_lines[0].endswith(",error,warning")
 
 
 def test_members_ran_concurrently(ensemble_run):
@@ -48,6 +53,10 @@ def test_loss_decreases_and_curves_saved(ensemble_run):
         losses = [row["train_loss"] for row in history]
         assert min(losses[1:]) < losses[0], f"{name}: {losses}"
         assert all("val_loss" in row and "miou" in row for row in history)
+        # the loss of a model that gives every class the same probability, beside each loss (learning_problem)
+        assert all(row["val_loss_uniform"] > 0 and row["train_loss_uniform"] > 0 for row in history)
+        learned = min(row["val_loss"] for row in history) < history[0]["val_loss_uniform"]
+        assert learned == (results[name].warning is None)
         assert (run / "members" / name / "history.csv").exists()
         assert (run / "members" / name / "curves.png").stat().st_size > 1000
 
@@ -85,10 +94,11 @@ def test_best_and_last_checkpoints(ensemble_run):
         assert len(metrics["normalization"]["mean"]) == 3 and len(metrics["iou"]) == 9
         # every key an epoch records is one a checkpoint_metric may name (train.ensemble.EPOCH_METRICS + scores)
         from minseg.enums import SCORE_METRICS
-        from minseg.train.ensemble import EPOCH_METRICS
+        from minseg.train.ensemble import EPOCH_METRICS, UNIFORM_LOSSES
 
         state = json.loads(open(os.path.join(last["uri"], "state.json")).read())
-        assert {k for row in state["history"] for k in row} - {"init"} <= set(EPOCH_METRICS) | set(SCORE_METRICS)
+        recorded = {k for row in state["history"] for k in row} - {"init"} - set(UNIFORM_LOSSES)
+        assert recorded <= set(EPOCH_METRICS) | set(SCORE_METRICS)
         # only the checkpoints the pointers name are kept
         kept = sorted(p.name for p in (run / "members" / name / "checkpoints").iterdir() if p.is_dir())
         assert kept == sorted({last["dir"], best["dir"]})
@@ -304,6 +314,41 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match=r"class repeat factors None, this run gives \{'background'"):
         start_or_resume(session)
+
+
+def test_a_member_that_learned_nothing_finishes_with_a_warning(synthetic_sections, tmp_path, caplog):
+    """A learning rate that blows the weights up (finite losses, so no DivergedError) ended 'done' like any other
+    member. Its lowest validation loss is above that of a model giving every class the same probability: the members
+    table, members.csv and the log say so, naming the member and the numbers."""
+    import logging
+
+    member = {"name": "wild", "model": "half_unet", "model_options": {"width": 0.25},
+              "optimizer": {"lr": 1.0e6}, "stages": [{"epochs": 2, "batch_size": 4}]}
+    config = training_config(synthetic_sections, tmp_path, "wild", [member])
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        (row,) = train_ensemble(config)
+    assert row.status == "done", row.error
+    assert row.warning and "never did better on validation than a model that gives every class the same " \
+                           "probability" in row.warning and "optimizer.lr" in row.warning
+    table = json.loads((tmp_path / "wild" / "members.json").read_text())["members"]
+    assert table[0]["warning"] == row.warning
+    (logged,) = [r for r in caplog.records if r.getMessage() == "train.member.learned_nothing"]
+    assert logged.fields == {"member": "wild", "reason": row.warning}
+
+
+def test_learning_problem_judges_the_lowest_loss_against_the_uniform_one():
+    from minseg.train.ensemble import learning_problem
+
+    def rows(losses, uniform, key="val_loss"):
+        return [{"epoch": i + 1, key: loss, f"{key}_uniform": uniform} for i, loss in enumerate(losses)]
+
+    assert learning_problem(rows([1.9, 1.2, 1.6, 2.4], 2.0)) is None  # overfits later: it learned
+    problem = learning_problem(rows([2.5, float("nan"), 2.1], 2.0))
+    assert "lowest val_loss 2.1 at epoch 3, against 2" in problem
+    # no validation: the training losses are judged
+    assert "on the training tiles" in learning_problem(rows([3.0, 2.8], 1.5, "train_loss"))
+    assert learning_problem(rows([3.0, 1.0], 1.5, "train_loss")) is None
+    assert learning_problem([{"epoch": 1, "val_loss": 9.0, "train_loss": 9.0}]) is None  # recorded before: not judged
 
 
 def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path):
