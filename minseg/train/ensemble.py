@@ -508,12 +508,13 @@ def learning_problem(history: list[dict]) -> str | None:
         rows = [row for row in history if _finite(row.get(key)) and _finite(row.get(f"{key}_uniform"))]
         if rows:
             lowest = min(rows, key=lambda row: row[key])
-            if lowest[key] < lowest[f"{key}_uniform"]:
+            uniform = lowest[f"{key}_uniform"]
+            if lowest[key] < uniform:
                 return None
             return (f"it never did better on {where} than a model that gives every class the same probability "
-                    f"(lowest {key} {lowest[key]:.4g} at epoch {lowest['epoch']}, against {lowest[f'{key}_uniform']:.4g}): "
-                    "its predictions carry no information. Look for a learning rate too high for the model "
-                    "(optimizer.lr), labels that do not match their images, or too few epochs (history.csv, curves.png)")
+                    f"(lowest {key} {lowest[key]:.4g} at epoch {lowest['epoch']}, against {uniform:.4g}): its "
+                    "predictions carry no information. Look for a learning rate too high for the model (optimizer.lr), "
+                    "labels that do not match their images, or too few epochs (history.csv, curves.png)")
     return None
 
 
