@@ -213,7 +213,9 @@ def validate_config(
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        problems = [(key_path(e["loc"]), _describe(e)) for e in exc.errors()]
+        # a member's value that came from its list's defaults is reported once, at the defaults key that set it
+        problems = list(dict.fromkeys((key_path(_defaults_loc(merged, tuple(e["loc"]))), _describe(e))
+                                      for e in exc.errors()))
         # blame the --set or variable that set a key, not the file
         raise ConfigError(source, problems, [_origin(key, origins) or source for key, _ in problems]) from None
 
@@ -248,6 +250,58 @@ def section_error(exc: ValidationError, section: str, source: str, sources: Mapp
         problems.append((key_path(((section,) if section else ()) + loc), reason))
         wheres.append((sources or {}).get(loc[0], source) if loc else source)
     return ConfigError(source, problems, wheres)
+
+
+def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:
+    """``loc`` of a validation error, or, when it is inside ``members[i]`` of a section with ``defaults`` (merged
+    into every member before validation: ``training``, ``prospect.training``) and the member does not set the key
+    itself but the defaults do, the loc of that defaults key: the error then names what the user wrote, once for
+    all members, and the ``--set`` or variable that set it."""
+    node: Any = data
+    for n, part in enumerate(loc):
+        if (part == "members" and isinstance(node, Mapping) and isinstance(node.get("defaults"), Mapping)
+                and n + 1 < len(loc) and isinstance(loc[n + 1], int)):
+            member, rest = _child(node.get("members"), loc[n + 1]), loc[n + 2:]
+            if isinstance(member, Mapping) and rest and not _member_sets(member, rest) and _holds(node["defaults"], rest):
+                return loc[:n] + ("defaults",) + rest
+            return loc
+        node = _child(node, part)
+        if node is None:
+            return loc
+    return loc
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, Mapping):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
+
+
+def _member_sets(member: Mapping[str, Any], path: tuple) -> bool:
+    """Whether a member's own mapping decides the value at ``path``: it sets the key, or a list or ``model_options``
+    above it (those replace the defaults' whole, ``train.config._deep_merge``)."""
+    node: Any = member
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        if part == "model_options" or not isinstance(node[part], Mapping):
+            return True
+        node = node[part]
+    return True
+
+
+def _holds(node: Any, path: tuple) -> bool:
+    """Whether ``node`` sets the key at ``path`` (mappings and list indexes)."""
+    for part in path:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
 
 
 def _origin(key: str, origins: Mapping[str, str]) -> str | None:

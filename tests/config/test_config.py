@@ -160,6 +160,37 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
         load_config(path, MinsegConfig, overrides={"segment.actors": "2"})
 
 
+def test_a_bad_value_from_training_defaults_is_named_there_once():
+    """``training.defaults`` is merged into every member before validation: a bad value there was reported once per
+    member (``training.members[0].optimizer.lr``, ``[1]``, ...) and blamed on the file even when a --set gave it. It
+    is now the defaults key's error, once, blamed on what set it; a member's own value stays the member's."""
+    members = "training:\n  defaults: {model: unet, optimizer: {lr: -1}, stages: [{epochs: 1, batch_size: 2}]}\n" \
+              "  members: [{name: a}, {name: b}, {name: c, optimizer: {lr: -2}}]\n"
+    with pytest.raises(ConfigError) as info:
+        validate_config(yaml.safe_load(members), MinsegConfig, source="job.yaml")
+    message = str(info.value)
+    assert message.count("job.yaml: training.defaults.optimizer.lr: Input should be greater than 0 (got -1)") == 1
+    assert "job.yaml: training.members[2].optimizer.lr: Input should be greater than 0 (got -2)" in message
+    assert "members[0]" not in message and "members[1]" not in message
+    # a member's own list or model_options replace the defaults' whole: an error inside them is the member's
+    own = members.replace("{name: a}", "{name: a, stages: [{epochs: 0}], model_options: {width: 0}}")
+    with pytest.raises(ConfigError) as info:
+        validate_config(yaml.safe_load(own), MinsegConfig, source="job.yaml")
+    assert "training.members[0].stages[0].epochs" in str(info.value)
+    # set from the command line: the --set is blamed, lists of the defaults included
+    fine = yaml.safe_load(members.replace("lr: -1", "lr: 0.01").replace("lr: -2", "lr: 0.02"))
+    with pytest.raises(ConfigError) as info:
+        validate_config(fine, MinsegConfig, source="job.yaml", overrides={"training.defaults.stages.0.epochs": "0"})
+    assert str(info.value).count("--set training.defaults.stages.0.epochs: training.defaults.stages[0].epochs: ") == 1
+    # the prospectivity section's members have defaults too
+    prospect = {"prospect": {"training": {"defaults": {"model": "mfaf", "optimizer": {"lr": 0},
+                                                       "stages": [{"epochs": 1, "batch_size": 2}]},
+                                          "members": [{"name": "a"}, {"name": "b"}]}}}
+    with pytest.raises(ConfigError, match=r"<config>: prospect.training.defaults.optimizer.lr: ") as info:
+        validate_config(prospect, MinsegConfig)
+    assert "members[" not in str(info.value)
+
+
 def test_a_section_from_flags_blames_each_flag():
     """``validate_section`` (the command line's flags on top of a config's section): each problem names the flag
     that set the value, or the config for its own; a model validator's message that starts with a field is that
