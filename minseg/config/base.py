@@ -262,7 +262,8 @@ def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:
         if (part == "members" and isinstance(node, Mapping) and isinstance(node.get("defaults"), Mapping)
                 and n + 1 < len(loc) and isinstance(loc[n + 1], int)):
             member, rest = _child(node.get("members"), loc[n + 1]), loc[n + 2:]
-            if isinstance(member, Mapping) and rest and not _member_sets(member, rest) and _holds(node["defaults"], rest):
+            from_defaults = rest and not _member_sets(member, rest) and _holds(node["defaults"], rest)
+            if isinstance(member, Mapping) and from_defaults:
                 return loc[:n] + ("defaults",) + rest
             return loc
         node = _child(node, part)
