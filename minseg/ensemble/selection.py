@@ -73,11 +73,13 @@ class Candidate:
                    document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
 
 
-def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] | None, split: str) -> None:
+def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] | None, split: str,
+                               setting: str = "--key / evaluation.rank_key", choosing: str = "candidates") -> None:
     """A per-class key (``iou:pyrite``, ``recall:pyrite``, ...) chooses nothing on a split without a true pixel of
     its class: a candidate that predicts none of it scores NaN (undefined), one with stray pixels IoU 0, which
     then wins; recall is NaN for every candidate and the tie-break picks. ``support``: true pixels per class on
-    ``split`` (metrics' ``support``; None: not known, nothing checked).
+    ``split`` (metrics' ``support``; None: not known, nothing checked). ``setting`` names where the key was set and
+    ``choosing`` what it chooses between (training: a member's ``checkpoint_metric``, its epochs).
 
     Raises:
         InputError: naming the key, the class, the split, and the keys that can choose instead.
@@ -88,8 +90,8 @@ def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] 
     if support[classes.index(cls)] > 0:
         return
     present = [c for c, n in zip(classes, support) if n > 0]
-    raise InputError(f"--key / evaluation.rank_key {key}: class {cls!r} has no true pixels on the {split} split, "
-                     f"which chooses, so {name}:{cls} cannot tell the candidates apart (undefined for those that "
+    raise InputError(f"{setting} {key}: class {cls!r} has no true pixels on the {split} split, "
+                     f"which chooses, so {name}:{cls} cannot tell the {choosing} apart (undefined for those that "
                      f"predict none of it, 0 for those with stray pixels); choose by another key: miou, mean_f1, or "
                      f"a per-class key of a class the {split} split holds ({', '.join(present) or 'none'})")
 

@@ -22,7 +22,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
-from minseg.enums import PER_CLASS_METRICS, ClassWeighting, MemberStatus, Task
+from minseg.enums import ClassWeighting, MemberStatus, Task
 from minseg.errors import InputError
 from minseg.io.storage import Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
@@ -633,7 +633,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     prepared = prepare_data(config.data, task, config.run.seed, storage, join_uri(run_uri, "data"), config.ray.task_cpus)
     source = ImageSource(prepared, config.data)
     if not prepared.folds:  # k folds validate on each fold's own part
-        refuse_absent_class_metrics(members, prepared.stats.get("val"))
+        refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
     refuse_other_data(storage, run_uri, config.training.members, source, resume)
@@ -869,23 +869,28 @@ def _data_selection(data) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def refuse_absent_class_metrics(members: list[MemberSettings], validation: dict | None) -> None:
-    """Raise ``InputError`` naming members whose ``checkpoint_metric`` is a per-class score (``iou:pyrite``) of a
-    class the validation split has no pixels (or images) of: undefined while the member predicts none of it, 0 once
-    it predicts a stray pixel, so "best" would be the epoch that hallucinates the class (selection refuses such a key
-    the same way: ``ensemble.selection``). ``validation``: the split's statistics (``PreparedData.stats["val"]``)."""
-    if not validation or not validation.get("images"):
+def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list[str],
+                                validation: dict | None) -> None:
+    """Refuse members whose ``checkpoint_metric`` is a per-class score (``iou:pyrite``) of a class the validation
+    split has no pixels (or images) of: undefined while the member predicts none of it, 0 once it predicts a stray
+    pixel, so "best" would be the epoch that hallucinates the class; the check selection makes of its key
+    (``ensemble.selection.refuse_key_of_absent_class``). ``validation``: the split's statistics
+    (``PreparedData.stats["val"]``).
+
+    Raises:
+        InputError: naming the members, the key, the class and the classes the split holds.
+    """
+    from minseg.ensemble.selection import refuse_key_of_absent_class
+
+    counts = (validation or {}).get("classes", {})
+    if not (validation or {}).get("images") or not all(name in counts for name in class_names):
         return
-    absent = []
+    by_key: dict[str, list[str]] = {}
     for member in members:
-        name, _, cls = member.checkpoint_metric.partition(":")
-        if cls and name in PER_CLASS_METRICS and validation["classes"].get(cls, {}).get("pixels", 1) == 0:
-            absent.append(f"{member.name} ({member.checkpoint_metric})")
-    if absent:
-        raise InputError(f"checkpoint_metric of {', '.join(absent)}: the class has no true pixels on the validation "
-                         f"split ({validation['images']} images), so the score is undefined or 0 and 'best' would be "
-                         "the epoch that predicts it where it is not; choose by miou / mean_f1 or a class the "
-                         "validation split has (data/dataset_stats.json)")
+        by_key.setdefault(member.checkpoint_metric, []).append(member.name)
+    for key, names in by_key.items():
+        refuse_key_of_absent_class(key, class_names, [counts[name]["pixels"] for name in class_names], "validation",
+                                   setting=f"checkpoint_metric of {', '.join(names)}:", choosing="epochs")
 
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
