@@ -29,7 +29,6 @@ repeated and scaled by 3/k for k channels. A (d, 1, 1) tensor loads into a (d,) 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -39,8 +38,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from minseg.enums import InitNormalization, InitPart, WeightFormat, WeightLayout
+from minseg.enums import InitNormalization, InitPart, WeightLayout
 from minseg.errors import InputError
+from minseg.io.tensors import load_tensor_file
 
 #: ImageNet per-channel statistics in uint8 units (torchvision / timm / ConvNeXt training recipes).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -184,17 +184,7 @@ def read_state_dict(uri: str, storage=None) -> dict[str, torch.Tensor]:
     from minseg.io.storage import Storage
 
     storage = storage or Storage()
-    data = storage.read_bytes(uri)
-    try:
-        if WeightFormat.of(uri) is WeightFormat.SAFETENSORS:
-            from safetensors.torch import load as load_safetensors
-
-            payload = load_safetensors(data)
-        else:
-            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a foreign or corrupt file: say which, never a traceback
-        raise InitWeightsError(f"{uri}: not a readable weights file ({type(exc).__name__}: "
-                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+    payload = load_tensor_file(storage.read_bytes(uri), uri, "weights file", InitWeightsError)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]

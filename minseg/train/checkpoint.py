@@ -26,6 +26,7 @@ import torch
 from minseg.errors import InputError
 from minseg.io.runs import checkpoints_uri, read_pointer
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.tensors import load_tensor_file
 
 
 def _save_tensor_dict(storage: Storage, uri: str, state: dict) -> None:
@@ -40,14 +41,9 @@ def load_tensor_dict(storage: Storage, uri: str) -> dict:
     Raises:
         ObjectNotFoundError, StorageError: as ``Storage.read_bytes``.
         InputError: the file is damaged (empty, cut short: a full disk, a killed copy), naming it."""
-    data = storage.read_bytes(uri)
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError...: say which file, no traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(f"{uri}: not a readable checkpoint file ({type(exc).__name__}: {first}; {len(data)} bytes); a "
-                         "damaged or half-written file: restore it, or delete the member's folder and train it "
-                         "again") from None
+    return load_tensor_file(storage.read_bytes(uri), uri, "checkpoint file", InputError,
+                            "a damaged or half-written file: restore it, or delete the member's folder and train it "
+                            "again")
 
 
 def write_checkpoint(
