@@ -1,5 +1,5 @@
 """What a user sees: a training run's console holds minseg's lines, not Ray's, Ray Data's or Tune's;
-and it runs in its own Ray instance even while another one (this test session's) is up."""
+and it runs in its own Ray instance even while another one (this test session's) is up. Ctrl-C stops it cleanly."""
 
 import os
 import re
@@ -37,3 +37,44 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert text.count("event=train.epoch member=halfunet") == 2  # one line per epoch, from the driver
     assert "halfunet" in done.stdout and "done" in done.stdout  # the members table
     assert len(console) < 40, "\n".join(console)
+
+
+def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_sections, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the foreground process group) once a member has written a checkpoint: the job
+    stops within seconds, exit 130, one line saying --resume continues, no traceback; Tune does not mark the member
+    failed nor advise Tuner.restore; the checkpoint it wrote stays whole; its Ray instance is shut down."""
+    import json
+    import signal
+    import time
+
+    config = training_config(synthetic_sections, tmp_path, "stopped", [
+        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
+         "stages": [{"epochs": 30, "batch_size": 4}]}],
+        ray={"num_cpus": 2})  # its own local instance, as a user's run in a terminal
+    path = tmp_path / "stopped.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MINSEG_VERBOSE", "MINSEG_LOG_FORMAT")}
+    pointer = tmp_path / "stopped" / "members" / "halfunet" / "checkpoints" / "last.json"
+    job = subprocess.Popen([sys.executable, "-m", "minseg", "train", "--config", str(path)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not pointer.exists() and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pointer.exists(), "no checkpoint was written"
+        os.killpg(job.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = job.communicate(timeout=120)
+        stopped_in = time.monotonic() - interrupted
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130, err[-3000:]
+    assert "minseg: interrupted (what finished is kept: the same command with --resume continues)" in err
+    assert "Traceback" not in out + err and "Tuner.restore" not in out + err
+    assert stopped_in < 60, f"{stopped_in:.0f} s to stop"
+    last = json.loads(pointer.read_text())
+    assert (pointer.parent / last["dir"] / "model.pt").stat().st_size > 0
+    session = re.search(r"logs=(\S+)", err).group(1)  # where this job's Ray instance kept its logs
+    left = subprocess.run(["pgrep", "-f", session.split("/logs")[0].rstrip("/")], capture_output=True, text=True)
+    assert not left.stdout.strip(), f"Ray processes of the job still running: {left.stdout}"
