@@ -151,6 +151,10 @@ def _list_index(entries: list, part: str, bracketed: bool, listed_at: str, sourc
     names = [str(entry["name"]) for entry in entries if isinstance(entry, dict) and "name" in entry]
     named = [i for i, entry in enumerate(entries) if isinstance(entry, dict) and "name" in entry
              and str(entry["name"]) == part]
+    if not named and source.startswith("environment "):
+        # a variable's name is upper-cased and holds no '-': MINSEG__TRAINING__MEMBERS__UNET_B__SEED is unet-b's
+        named = [i for i, entry in enumerate(entries) if isinstance(entry, dict) and "name" in entry
+                 and _as_variable(str(entry["name"])) == _as_variable(part)]
     if _INDEX.fullmatch(part):
         index = int(part)
         if named and named != [index] and not bracketed:
@@ -167,6 +171,10 @@ def _list_index(entries: list, part: str, bracketed: bool, listed_at: str, sourc
         listed += f" (a name holding dots goes in brackets: {listed_at}[<name>])"
     problem = "names several entries" if named else "is not an index (0, 1, ...) or the name of an entry"
     raise ConfigError(source, [(where, f"{part!r} {problem} of this list of {len(entries)}{listed}")])
+
+
+def _as_variable(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -260,6 +260,17 @@ def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
     assert "--set training.members[1].seed: training.members[1].seed: Input should be a valid integer" in refused(
         {"training.members": yaml.safe_dump(data["training"]["members"]), "training.members[1].seed": "x"})
     data["training"]["members"] = before["training"]["members"]
+    # the environment upper-cases names and cannot hold '-': MINSEG__...__UNET_B__ is unet-b (when only one fits)
+    config = validate_config(data, MinsegConfig, environ={"MINSEG__TRAINING__MEMBERS__UNET_B__SEED": "9"})
+    assert [m.seed for m in config.training.members] == [1, 9]
+    twins = copy.deepcopy(data)
+    twins["training"]["members"].append({"name": "unet_b"})
+    config = validate_config(twins, MinsegConfig, environ={"MINSEG__TRAINING__MEMBERS__UNET_B__SEED": "9"})
+    assert [m.seed for m in config.training.members] == [1, 2, 9]  # the exact name first
+    twins["training"]["members"][2]["name"] = "UNET-B"
+    with pytest.raises(ConfigError, match=r"environment MINSEG__TRAINING__MEMBERS__UNET_B__SEED: "
+                                          r"training.members\[unet_b\]: 'unet_b' names several entries"):
+        validate_config(twins, MinsegConfig, environ={"MINSEG__TRAINING__MEMBERS__UNET_B__SEED": "9"})
     # a bad value set inside a list blames the --set, not the file
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
