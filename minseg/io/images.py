@@ -204,7 +204,10 @@ def tiff_main_series(tiff):
 
 
 def _associated(series) -> bool:
-    if str(series.name).lower() in ASSOCIATED_SERIES and series.kind not in ("generic", "shaped", "uniform"):
+    # tifffile names an SVS / NDPI file's 'label', 'macro'; an OME-TIFF carries its Image names, which Bio-Formats
+    # (bfconvert, raw2ometiff) writes as 'label image', 'macro image', 'thumbnail image'
+    name = str(series.name).strip().lower().removesuffix(" image")
+    if name in ASSOCIATED_SERIES and series.kind not in ("generic", "shaped", "uniform"):
         return True  # named by a whole-slide format's reader
     return all(int(getattr(page, "subfiletype", 0) or 0) & _REDUCED for page in series.pages if page is not None)
 

@@ -1,5 +1,5 @@
 """What a TIFF holds besides its one image, and the pixel size it claims: a stack of pages is refused (never read
-as its first page), pyramid levels and a whole-slide format's label / macro / thumbnail are not; a pixel size that
+as its first page), pyramid levels and a whole-slide format's label / macro / thumbnail (SVS, NDPI, OME-TIFF) are not; a pixel size that
 is no size (NaN, negative, X != Y) is absent, logged naming the slide, and never reaches a JSON file."""
 
 import io
@@ -62,6 +62,28 @@ def test_reduced_resolution_pages_and_sub_ifd_pyramids_still_read(tmp_path):
     (tmp_path / "pyramid.tif").write_bytes(reduced)
     with Slide(str(tmp_path / "pyramid.tif")) as slide:
         assert slide.info.levels == ((64, 80), (32, 40))
+
+
+def test_an_ome_tiff_with_bio_formats_label_and_macro_images_reads_its_slide(tmp_path):
+    """Bio-Formats (bfconvert, raw2ometiff) names an OME-TIFF's associated images 'macro image' and 'label image';
+    they were counted as more images and the slide refused. Another named image still is."""
+    path = tmp_path / "slide.ome.tif"
+
+    def write(extra_names):
+        with tifffile.TiffWriter(path, bigtiff=True, ome=True) as writer:
+            writer.write(RGB, photometric="rgb", tile=(32, 32), subifds=1, metadata={"Name": "slide"})
+            writer.write(RGB[::2, ::2], photometric="rgb", tile=(32, 32), subfiletype=1)
+            for index, name in enumerate(extra_names):
+                writer.write(RGB[: 16 + index, :24], photometric="rgb", metadata={"Name": name})
+
+    write(["macro image", "Label Image", "thumbnail"])
+    with Slide(str(path)) as slide:
+        assert slide.info.levels == ((64, 80), (32, 40))
+        assert np.array_equal(slide.read_region(0, 0, 64, 80), RGB)
+    assert np.array_equal(decode_image(path.read_bytes(), "slide.ome.tif", 10**8), RGB)
+    write(["macro image", "XPL"])
+    with pytest.raises(SlideError, match=r"multi-image TIFF: 3 images"):
+        Slide(str(path))
 
 
 @pytest.mark.parametrize("name", ["yb10kx5k.zstd.tiff", "grey10kx5k.tif", "test3-DAPI-2-387.ndpi",
