@@ -19,7 +19,9 @@ keeps only selected items of a reader that does not.
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,10 +33,13 @@ from minseg.data.config import scene_in
 from minseg.data.containers import Container, MemberError, Rejected, read_ref
 from minseg.enums import DatasetLayout, MaskEncoding, Task
 from minseg.io.storage import Storage
+from minseg.logs import get_logger, log_event
 
 if TYPE_CHECKING:
     from minseg.data.classmap import ClassMap
     from minseg.data.config import SourceSettings
+
+log = get_logger("data.layouts")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -560,6 +565,16 @@ def _folder_split(path: str) -> str | None:
     return None
 
 
+def ring_problem(ring: list[float]) -> str | None:
+    """What makes a flat ``[x0, y0, x1, y1, ...]`` polygon ring unpaintable, or None: fewer than three points (no
+    area: it would paint nothing and leave its object as background) or an odd count of numbers (a point lost)."""
+    if len(ring) % 2:
+        return f"a polygon of {len(ring)} numbers, not x, y pairs"
+    if len(ring) < 6:
+        return f"a polygon of {len(ring) // 2} point(s): it needs 3 or more to enclose any pixel"
+    return None
+
+
 def decode_coco_rle(counts, height: int, width: int):
     """COCO RLE (list of run lengths, or the compressed string form) -> uint8 mask."""
     import numpy as np
@@ -580,6 +595,9 @@ def decode_coco_rle(counts, height: int, width: int):
                 value += runs[-2]
             runs.append(value)
         counts = runs
+    if sum(counts) != height * width or any(run < 0 for run in counts):
+        raise ValueError(f"RLE runs add up to {sum(counts)} pixels, not the {height} x {width} = {height * width} of "
+                         "its image (or a run is negative): a damaged or foreign mask")
     flat = np.zeros(height * width, dtype=np.uint8)
     position, value = 0, 0
     for run in counts:
@@ -613,7 +631,7 @@ def _category_zero(document: dict) -> str | None:
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
 def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
               classmap: ClassMap | None) -> LayoutItems:
-    items, rejected, left_out = [], [], []
+    items, rejected, left_out, listed = [], [], [], set()
     annotation_files = [m for m in container.members if m.lower().endswith(".json")]
     for json_name in sorted(annotation_files):
         try:
@@ -634,9 +652,16 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         by_image = defaultdict(list)
         for annotation in document["annotations"]:
             by_image[annotation.get("image_id")].append(annotation)
+        ids = {entry.get("id") for entry in document["images"] if isinstance(entry, dict)}
+        orphans = [key for key in by_image if key not in ids]
+        if orphans:  # their objects would be in no mask
+            rejected.append(Rejected(container.describe(json_name), f"{sum(len(by_image[k]) for k in orphans)} "
+                                     f"annotation(s) refer to image ids no images[] entry has ({orphans[0]!r}"
+                                     f"{' and others' if len(orphans) > 1 else ''}): their objects are in no mask"))
         for entry in document["images"]:
             try:
                 image = member_path(folder, entry["file_name"])
+                listed.add(image)
                 where = container.describe(image)
                 if not source.selects(image):  # left out: listed or not, it is not reported
                     left_out.append(image)
@@ -653,10 +678,17 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                     if isinstance(code, bool) or not isinstance(code, int):  # 2.7 would become class 2
                         raise ValueError(f"annotation {annotation.get('id')} has category_id {code!r}, not an "
                                          "integer")
-                    if isinstance(segmentation, list):
-                        shapes.append((code, [list(map(float, ring)) for ring in segmentation]))
+                    if isinstance(segmentation, list) and segmentation:
+                        rings = [list(map(float, ring)) for ring in segmentation]
+                        bad = next((p for p in map(ring_problem, rings) if p), None)
+                        if bad:
+                            problem = f"annotation {annotation.get('id')}: {bad}"
+                        shapes.append((code, rings))
                     elif isinstance(segmentation, dict) and "counts" in segmentation:
                         shapes.append((code, {"rle": segmentation["counts"], "size": segmentation.get("size")}))
+                    elif isinstance(segmentation, list):  # [] with a bbox: a detection export, nothing to paint
+                        problem = (f"annotation {annotation.get('id')} has an empty segmentation (a bounding box "
+                                   "only?): its object would be painted as background")
                     else:
                         problem = f"annotation {annotation.get('id')} has no polygon or RLE segmentation"
                 if problem:
@@ -676,6 +708,9 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                          f"malformed COCO ({type(exc).__name__}: {exc})"))
     if not items and not rejected and not left_out:
         raise InputError(f"{container.uri}: no COCO annotation file with images and annotations")
+    for image in sorted(m for m in container.members if _is_image(m) and m not in listed and source.selects(m)):
+        rejected.append(Rejected(container.describe(image), "an image no COCO annotation file lists: what it "
+                                 "shows is not known (add it to the export, or leave it out with exclude)"))
     return LayoutItems(items, rejected, left_out=left_out)
 
 
@@ -739,7 +774,11 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
                 elif kind != "polygon":
                     problem = f"shape type {kind!r} is not supported (polygon, rectangle)"
                     break
-                shapes.append((classmap.codes[names.index(label)][0], [[c for point in points for c in point]]))
+                ring = [float(c) for point in points for c in point]
+                if kind == "polygon" and ring_problem(ring):
+                    problem = f"a {label!r} polygon: {ring_problem(ring)}"
+                    break
+                shapes.append((classmap.codes[names.index(label)][0], [ring]))
             if problem:
                 rejected.append(Rejected(where, problem))
                 continue
@@ -752,32 +791,82 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
 
 
 def _looks_class_folders(probe: LayoutProbe) -> bool:
-    images = probe.images
-    parents = {posixpath.dirname(m) for m in images}
-    return bool(images) and len(parents) >= 2 and all(posixpath.dirname(m) for m in images)
+    foldered = [m for m in probe.images if posixpath.dirname(m)]
+    parents = {posixpath.dirname(m) for m in foldered}
+    # a stray picture beside the class folders (a preview, a logo) does not hide the layout: it is quarantined
+    stray = len(probe.images) - len(foldered)
+    return len(parents) >= 2 and stray <= max(1, len(foldered) // 20)
 
 
 @register_layout(DatasetLayout.CLASS_FOLDERS, detect=_looks_class_folders, task=Task.CLASSIFICATION,
                  hint="one folder per class", priority=50)
 def read_class_folders(container: Container, prefix: str, source: SourceSettings, storage: Storage,
                        classmap: ClassMap | None) -> LayoutItems:
-    """Classes are the configured names when a class map is given, else the folder names (sorted)."""
+    """Classes are the configured names when a class map is given, else the folder names (sorted).
+
+    An image's class is its folder's name; with configured classes, the nearest enclosing folder named as one
+    (``Quartz/batch1/001.jpg`` is quartz: subfolders of a class folder are the class's). Images outside any folder,
+    and in folders no configured class names, are quarantined; a whole folder left out so is logged as a warning
+    with the configured name nearest to it (a misspelt class), and folders of one name under several parents
+    without configured classes (``siteA/quartz``, ``siteB/quartz``, or ``Quartz/batch1``, ``Pyrite/batch1``) too.
+    """
     # a class folder that include / exclude leave out entirely is no class (it would never be trained)
     images, left_out = _chosen(source, [m for m in container.members if _is_image(m)])
-    folder_of = {m: posixpath.basename(posixpath.dirname(m)) for m in images}
-    names = (classmap.names if classmap is not None else None) or tuple(sorted(set(folder_of.values())))
-    items, rejected = [], []
+    configured = classmap.names if classmap is not None else None
+    folder_of = {m: _class_folder(m, configured) for m in images if posixpath.dirname(m)}
+    names = configured or tuple(sorted(set(folder_of.values())))
+    if not configured:
+        _warn_repeated_class_folders(container, [m for m in images if m in folder_of])
+    items, rejected, unconfigured = [], [], defaultdict(int)
     for image in sorted(images):
+        if image not in folder_of:
+            rejected.append(Rejected(container.describe(image), "an image outside any class folder (a class-folder "
+                                     "source holds one folder of images per class)"))
+            continue
         folder = folder_of[image]
         if folder not in names:
             rejected.append(Rejected(container.describe(image), f"folder {folder!r} is not a configured class"))
+            unconfigured[folder] += 1
             continue
         key = posixpath.splitext(image)[0]  # the whole path: siteA/quartz/001 and siteB/quartz/001 stay apart
         items.append(make_item(container, prefix, image, item_key=key, source_key=key, label=names.index(folder)))
     for m in container.members:
         if not _is_image(m):
             rejected.append(Rejected(container.describe(m), "not an image"))
+    for folder, count in unconfigured.items():
+        near = difflib.get_close_matches(folder, names, n=1, cutoff=0.6)
+        log_event(log, "data.class_folder_not_configured", logging.WARNING, source=container.uri,
+                  folder=folder, images=count, hint=(f"did you mean {near[0]!r}? " if near else "")
+                  + "its images are quarantined: add the class to data.classes or rename the folder")
     return LayoutItems(items, rejected, names, left_out)
+
+
+def _class_folder(image: str, configured: tuple[str, ...] | None) -> str:
+    """The folder that names ``image``'s class: the nearest enclosing one a configured class names, else (or
+    without configured classes) its own folder."""
+    folders = posixpath.dirname(image).split("/")
+    if configured:
+        for folder in reversed(folders):
+            if folder in configured:
+                return folder
+    return folders[-1]
+
+
+def _warn_repeated_class_folders(container: Container, images: list[str]) -> None:
+    """One folder name under several parents: several sites' class folders, or a class folder's subfolders
+    (batches, samples) read as classes. Which one is meant cannot be told from the names: say so."""
+    parents: dict[str, set[str]] = defaultdict(set)
+    for image in images:
+        folder = posixpath.dirname(image)
+        parents[posixpath.basename(folder)].add(posixpath.dirname(folder))
+    repeated = {name: sorted(p) for name, p in parents.items() if len(p) > 1}
+    if repeated:
+        name, where = next(iter(sorted(repeated.items())))
+        log_event(log, "data.class_folders_repeated", logging.WARNING, source=container.uri,
+                  classes=",".join(sorted(repeated)), example=f"{name!r} in {', '.join(where[:3])}",
+                  hint="each image's class is the folder it sits in; if the classes are folders further up "
+                       "(subfolders hold batches or samples), list them in data.classes: an image then takes the "
+                       "nearest enclosing folder named as a class")
 
 
 def _check_registry() -> None:

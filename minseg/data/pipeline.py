@@ -459,6 +459,12 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         if good[split]:
             _warn_classes_missing(split, classes_missing(stats, split), data.split.stratify)
     _warn_classes_untrained("train", classes_untrained(stats), data.split.stratify)
+    absent = classes_absent(stats)
+    if absent:  # configured, never seen: a misspelt class folder or code, or a class map meant for other data
+        log_event(log, "data.classes_absent", logging.WARNING, classes=",".join(absent),
+                  hint="no usable image of any split shows them (no pixels, or no images in their folder): the "
+                       "members learn never to predict them. Check data.classes (names of class folders, mask "
+                       "codes, COCO categories) against the data and data/quarantine.csv")
     normalization = data.normalization or _measure_normalization(good["train"], by_id)
     folds = None
     if data.split.folds:
@@ -622,6 +628,13 @@ def classes_missing(stats: dict, split: str) -> list[str]:
     trained = stats.get("train", {}).get("classes", {})
     return [name for name, counts in stats.get(split, {}).get("classes", {}).items()
             if not counts["pixels"] and trained.get(name, {}).get("pixels")]
+
+
+def classes_absent(stats: dict) -> list[str]:
+    """Configured classes with no pixels (classification: no images) in any split (``PreparedData.stats``)."""
+    splits = [stats.get(split, {}).get("classes", {}) for split in SPLITS]
+    names = dict.fromkeys(name for classes in splits for name in classes)
+    return [name for name in names if not any(classes.get(name, {}).get("pixels") for classes in splits)]
 
 
 def classes_untrained(stats: dict) -> list[str]:

@@ -211,3 +211,54 @@ def test_malformed_coco_and_labelme_entries_are_quarantined_not_crashes(tmp_path
     reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in found.rejected}
     assert reasons["b.json"].startswith("not a Labelme document")
     assert "malformed Labelme (ValueError" in reasons["c.json"]
+
+
+def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_path):
+    """A polygon of two points (or an odd count of numbers), an empty segmentation (a bounding-box export), an
+    annotation of an image id no images[] entry has, an image the export does not list, RLE runs that do not add
+    up to the image: each painted nothing (the object became background) or was dropped without a word. Now each
+    is quarantined naming the annotation; the good image still reads."""
+    import json
+
+    from minseg.data.classmap import ClassMap
+    from minseg.data.config import SourceSettings
+    from minseg.data.layouts import decode_coco_rle, read_coco, read_labelme
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    for name in ("good", "line", "odd", "bbox", "unlisted"):
+        (coco / f"{name}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    square = [1, 1, 20, 1, 20, 20, 1, 20]
+    listed = [{"id": i, "file_name": f"{name}.png", "height": 32, "width": 32}
+              for i, name in enumerate(("good", "line", "odd", "bbox"))]
+    annotations = [{"id": 10, "image_id": 0, "category_id": 1, "segmentation": [square]},
+                   {"id": 11, "image_id": 1, "category_id": 1, "segmentation": [square, [1, 1, 9, 9]]},
+                   {"id": 12, "image_id": 2, "category_id": 1, "segmentation": [square[:-1]]},
+                   {"id": 13, "image_id": 3, "category_id": 1, "segmentation": [], "bbox": [1, 1, 19, 19]},
+                   {"id": 14, "image_id": 999, "category_id": 1, "segmentation": [square]}]
+    (coco / "_annotations.coco.json").write_text(json.dumps({
+        "images": listed, "annotations": annotations, "categories": [{"id": 1, "name": "pyrite"}]}))
+    found = read_coco(open_container(str(coco), LimitSettings(), Storage()), "", SourceSettings(uri=str(coco)),
+                      Storage(), None)
+    assert [item["item_id"].rsplit("/", 1)[-1] for item in found.items] == ["good"]
+    reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in found.rejected}
+    assert reasons["line.png"] == "annotation 11: a polygon of 2 point(s): it needs 3 or more to enclose any pixel"
+    assert reasons["odd.png"] == "annotation 12: a polygon of 7 numbers, not x, y pairs"
+    assert reasons["bbox.png"].startswith("annotation 13 has an empty segmentation (a bounding box only?)")
+    assert reasons["_annotations.coco.json"].startswith("1 annotation(s) refer to image ids no images[] entry has "
+                                                        "(999)")
+    assert reasons["unlisted.png"].startswith("an image no COCO annotation file lists")
+    with pytest.raises(ValueError, match=r"RLE runs add up to 50 pixels, not the 10 x 10 = 100"):
+        decode_coco_rle([0, 50], 10, 10)
+    assert decode_coco_rle([10, 80, 10], 10, 10).sum() == 80
+
+    labelme = tmp_path / "labelme"
+    labelme.mkdir()
+    (labelme / "a.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    (labelme / "a.json").write_text(json.dumps({"imagePath": "a.png", "shapes": [
+        {"label": "pyrite", "shape_type": "polygon", "points": [[1, 1], [20, 20]]}]}))
+    found = read_labelme(open_container(str(labelme), LimitSettings(), Storage()), "",
+                         SourceSettings(uri=str(labelme)), Storage(), ClassMap.from_names(["background", "pyrite"]))
+    assert not found.items
+    assert [r.reason for r in found.rejected] == ["a 'pyrite' polygon: a polygon of 2 point(s): it needs 3 or more "
+                                                  "to enclose any pixel"]

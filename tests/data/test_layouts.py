@@ -293,6 +293,53 @@ def test_ambiguous_items_are_quarantined_in_every_layout(tmp_path, ray_session):
     assert len(items) + len(ambiguous) == 5 and all("siteA/calcite/001" in r.file for r in ambiguous)
 
 
+def test_class_folders_with_subfolders_strays_and_misspelt_classes(tmp_path, ray_session, caplog):
+    """``Quartz/batch1/001.jpg`` took its class from ``batch1`` (classes batch1, batch2: both minerals in each);
+    an image beside the class folders became a class named '' (a config error) or hid the layout; a misspelt
+    class folder was quarantined at INFO level only."""
+    import logging
+
+    from minseg.data.pipeline import _list_items
+
+    root = tmp_path / "cls"
+    for cls in ("Quartz", "Calcite"):
+        for batch in ("batch1", "batch2"):
+            (root / cls / batch).mkdir(parents=True)
+            (root / cls / batch / "001.jpg").write_bytes(jpg_bytes(render_section(4, 16, 16)[0]))
+    (root / "Calcit" / "x").mkdir(parents=True)  # a misspelt class folder
+    (root / "Calcit" / "x" / "002.jpg").write_bytes(jpg_bytes(render_section(5, 16, 16)[0]))
+    (root / "preview.jpg").write_bytes(jpg_bytes(render_section(6, 16, 16)[0]))
+
+    def listed(classes=None, layout="auto"):
+        values = {"sources": [{"uri": str(root), "layout": layout}]}
+        if classes:
+            values["classes"] = {"classes": [{"name": n} for n in classes]}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="minseg"):
+            items, rejected, _ = _list_items(validate_config(values, DataSettings), Storage(),
+                                             str(tmp_path / "staging"), Task.CLASSIFICATION)
+        return {i["item_id"]: i["label"] for i in items}, {r.file.rsplit("/cls/", 1)[1]: r.reason for r in rejected}
+
+    items, rejected = listed(["Quartz", "Calcite"])  # configured: the nearest enclosing class folder
+    assert items == {"cls/Quartz/batch1/001": 0, "cls/Quartz/batch2/001": 0, "cls/Calcite/batch1/001": 1,
+                     "cls/Calcite/batch2/001": 1}
+    assert rejected == {"Calcit/x/002.jpg": "folder 'x' is not a configured class",
+                        "preview.jpg": "an image outside any class folder (a class-folder source holds one folder "
+                                       "of images per class)"}
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folder_not_configured"]
+    assert warned["folder"] == "x" and warned["images"] == 1
+    (root / "Calcit" / "x" / "002.jpg").rename(root / "Calcit" / "002.jpg")
+    (root / "Calcit" / "x").rmdir()
+    _, rejected = listed(["Quartz", "Calcite"], layout="class_folders")
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folder_not_configured"]
+    assert warned["folder"] == "Calcit" and warned["hint"].startswith("did you mean 'Calcite'?")
+    # not configured: each image's folder is its class, and one name under several parents is said
+    items, _ = listed()
+    assert sorted(set(items)) == sorted(items) and len(items) == 5
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folders_repeated"]
+    assert warned["classes"] == "batch1,batch2" and "list them in data.classes" in warned["hint"]
+
+
 def test_labelme_class_with_code_0_would_swallow_unlabelled_pixels(tmp_path):
     """Labelme's unlabelled pixels are code 0: a shape of the class holding code 0 is refused (second example
     of the COCO category-0 kind)."""

@@ -194,6 +194,10 @@ def test_a_class_only_validation_or_test_shows_is_warned_as_never_learnt(ray_ses
     assert prepared.stats["test"]["classes"]["magnetite"]["pixels"]
     warned = [r.fields for r in caplog.records if r.getMessage() == "data.split.classes_untrained"]
     assert len(warned) == 1 and warned[0]["classes"] == "magnetite" and warned[0]["split"] == "train", warned
+    # the configured classes no image shows at all (the sections paint pyrite and magnetite only) are named too
+    (absent,) = [r.fields for r in caplog.records if r.getMessage() == "data.classes_absent"]
+    assert absent["classes"] == "galena,sphalerite,chalcopyrite,bornite,pyrrhotite,gangue"
+    assert "Check data.classes" in absent["hint"]
 
 
 def test_explicit_split_lists(ray_session, tmp_path):
