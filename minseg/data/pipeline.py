@@ -399,9 +399,14 @@ def _unique_items(items: list[dict]) -> tuple[list[dict], list[Rejected]]:
             unique.append(group[0])
             continue
         for item in group:
-            others = ", ".join(o["where"] for o in group if o is not item)
-            rejected.append(Rejected(item["where"], f"item {item_id!r} is ambiguous: {others} gives the same "
-                                                    "item; keep one"))
+            twins = [o["where"] for o in group if o is not item]
+            if all(where == item["where"] for where in twins):  # one image, annotated twice
+                reason = (f"item {item_id!r} is listed {len(group)} times by the source's annotation files (two "
+                          "images[] entries of one file, or two files such as a backup copy beside the export); "
+                          "keep one")
+            else:
+                reason = f"item {item_id!r} is ambiguous: {', '.join(twins)} gives the same item; keep one"
+            rejected.append(Rejected(item["where"], reason))
     return unique, rejected
 
 

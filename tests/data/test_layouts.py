@@ -584,3 +584,19 @@ def test_globs_match_trailing_path_parts_and_left_out_files_are_not_reported(tmp
     scored = data_from_folders(data, ["/new/a", "/new/b"])
     assert [(s.uri, s.include, s.exclude, s.layout) for s in scored.sources] == [
         ("/new/a", None, [], DatasetLayout.PAIRED), ("/new/b", None, [], DatasetLayout.PAIRED)]
+
+
+def test_an_image_a_backup_annotation_file_lists_again_is_named_as_listed_twice(tmp_path, ray_session):
+    """A backup copy of the export beside it lists every image a second time: both copies are quarantined (never
+    one dropped), and the reason says the image is listed twice, not that the image 'gives the same item'."""
+    import shutil
+
+    from minseg.data.pipeline import _list_items
+
+    root, _ = write_coco(tmp_path / "coco")
+    shutil.copy(root / "train" / "_annotations.coco.json", root / "train" / "_annotations.coco.bak.json")
+    data = validate_config({"sources": [{"uri": str(root)}], "classes": {"classes": [
+        {"name": "background"}, {"name": "plastic"}, {"name": "fibre"}]}}, DataSettings)
+    items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    assert not items and len(rejected) == 4
+    assert all("is listed 2 times by the source's annotation files" in r.reason for r in rejected)
