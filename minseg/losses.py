@@ -237,6 +237,11 @@ def build_loss(
     except ValueError:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LossName.choices())}") from None
     common = dict(class_weights=class_weights, ignore_index=ignore_index, num_classes=num_classes)
+    if name is LossName.SELF_DISTILLATION:
+        return SelfDistillationLoss(beta, class_weights=class_weights, num_classes=num_classes)
+    if name is LossName.WEIGHTED_BCE and num_classes is not None and num_classes > 2:
+        raise ValueError(f"loss weighted_bce is the binary loss of one foreground class (the microplastic paper's), "
+                         f"and this run has {num_classes} classes: use ce, ce_dice or focal")
     if name is LossName.CE:
         return CrossEntropyLoss(**common)
     if name is LossName.DICE:
@@ -246,7 +251,18 @@ def build_loss(
     if name is LossName.CE_DICE:
         return CombinedLoss([(1.0, CrossEntropyLoss(**common)), (dice_weight, DiceLoss(**common))])
     if name is LossName.CE_FOCAL:
-        return CombinedLoss([(1.0, CrossEntropyLoss(**common)), (focal_weight, FocalLoss(focal_gamma, focal_alpha, **common))])
-    if name is LossName.WEIGHTED_BCE:
-        return WeightedBCELoss(ignore_index)
-    return SelfDistillationLoss(beta, class_weights=class_weights, num_classes=num_classes)
+        return CombinedLoss([(1.0, CrossEntropyLoss(**common)),
+                             (focal_weight, FocalLoss(focal_gamma, focal_alpha, **common))])
+    return WeightedBCELoss(ignore_index)
+
+
+class MainOutputLoss(nn.Module):
+    """A loss of one output (every loss but ``self_distillation``) applied to a model that also returns auxiliary
+    outputs (MFAF's ``(vote, [stage logits])``): the main output, the first, is scored."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output, target):
+        return self.loss(output[0] if isinstance(output, (tuple, list)) else output, target)

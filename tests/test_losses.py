@@ -177,3 +177,19 @@ def test_a_batch_with_every_pixel_ignored_gives_no_loss_and_no_gradient(name, we
         loss = build_loss(name, num_classes=2, class_weights=weights)(logits, target)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
+
+
+def test_a_one_output_loss_scores_the_main_output_of_a_model_with_auxiliary_ones():
+    """MFAF returns (vote, [stage logits]): trained with ce (not self_distillation) its worker died on
+    'tuple' object has no attribute 'float'. Losses of one output score the main output, the first."""
+    from minseg.losses import MainOutputLoss
+
+    torch.manual_seed(0)
+    vote, stage, target = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    for name in ("ce", "ce_dice", "focal"):
+        loss = build_loss(name, num_classes=3)
+        assert MainOutputLoss(loss)((vote, [stage]), target).item() == pytest.approx(loss(vote, target).item())
+        assert MainOutputLoss(loss)(vote, target).item() == pytest.approx(loss(vote, target).item())
+    with pytest.raises(ValueError, match="weighted_bce is the binary loss of one foreground class .* has 3 classes"):
+        build_loss("weighted_bce", num_classes=3)
+    build_loss("weighted_bce", num_classes=2)

@@ -13,6 +13,7 @@ import logging
 import os
 import math
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
@@ -80,10 +81,11 @@ UNIFORM_LOSSES = ("train_loss_uniform", "val_loss_uniform")
 
 def preflight(member: MemberSettings, num_classes: int, in_channels: int, storage: Storage | None = None,
               weights_cache: dict | None = None, class_counts: list[int] | None = None,
-              class_names: list[str] | None = None) -> str | None:
+              class_names: list[str] | None = None, tile_size: int | None = None) -> str | None:
     """Build the member's model and loss without data (meta device) and match its pretrained weights
     to it (names and shapes only: a wrong file is refused before any worker starts); check its
-    ``checkpoint_metric`` names a metric of these classes; the error text, or None.
+    ``checkpoint_metric`` names a metric of these classes and that its model takes tiles of ``tile_size`` pixels
+    (``data.tiling.size``; None: not checked); the error text, or None.
 
     ``weights_cache``: state dicts already read, by URI (members often share one file). ``class_counts``: the
     training data's counts per class (``TrainingSource.class_counts``), for class weights computed from them.
@@ -102,6 +104,9 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     try:
         with torch.device("meta"):
             model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **member.model_options)
+        if tile_size is not None and tile_size < model.min_size:
+            return (f"model {member.model} needs inputs of at least {model.min_size} x {model.min_size} pixels, and "
+                    f"data.tiling.size gives tiles of {tile_size}: raise data.tiling.size")
         build_loss(member.loss.name, num_classes=num_classes, class_weights=member.class_weights(class_counts),
                    focal_alpha=member.loss.focal_alpha, beta=member.loss.beta)
         if member.init is not None:
@@ -132,13 +137,14 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     storage = storage or Storage(config.storage)
     data = config.data
     names = list(ClassMap.from_settings(data.classes).names) if data is not None and data.classes else None
-    problems = []
+    problems, tasks = [], {}
     for member in config.training.members:
         try:
             entry = get_entry(member.model)
         except InputError as exc:
             problems.append(f"training.members[{member.name}]: {exc}")
             continue
+        tasks[member.name] = entry.task
         num_classes = len(names) if names is not None else entry.input_spec.num_classes or 2
         in_channels = data.in_channels if data is not None and entry.task is Task.SEGMENTATION else 3
         weights = member.loss.class_weights  # a list is checked against data.classes; computed ones need the data
@@ -146,7 +152,8 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
             "init": None,  # the file is only looked for here: training reads and matches it
             "loss": member.loss.model_copy(update={
                 "class_weights": weights if names is not None and not isinstance(weights, ClassWeighting) else None})})
-        problem = preflight(unchecked, num_classes, in_channels, class_names=names)
+        problem = preflight(unchecked, num_classes, in_channels, class_names=names,
+                            tile_size=data.tiling.size if data is not None else None)
         # a local file is looked for, a warning only: the path may be the cluster's shared filesystem; object
         # storage is left to the cluster, which holds the credentials
         if problem is None and member.init is not None and not is_s3(member.init.uri) \
@@ -155,7 +162,22 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
                       hint="no such file on this machine; training refuses the member if the nodes lack it too")
         if problem:
             problems.append(f"training.members[{member.name}]: {problem}")
+    mixed = mixed_tasks(tasks)
+    if mixed:
+        problems.append(f"training.members: {mixed}")
     return problems
+
+
+def mixed_tasks(tasks: dict[str, Task]) -> str | None:
+    """Why members of several tasks cannot train in one run (member -> its model's task), or None."""
+    if len(set(tasks.values())) < 2:
+        return None
+    by_task = defaultdict(list)
+    for name, task in tasks.items():
+        by_task[task.value].append(name)
+    listed = "; ".join(f"{task}: {', '.join(names)}" for task, names in by_task.items())
+    return (f"all members of one run must share a task (their data is prepared once for it), these do not: {listed}; "
+            "train them in runs of their own")
 
 
 def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, data_cpus: float,
@@ -603,10 +625,10 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     storage = Storage(config.storage)
     run_uri = config.run.uri
     members = config.training.select(member_names)
-    tasks = {member_task(m) for m in members}
-    if len(tasks) > 1:
-        raise InputError("all members of one training run must share a task (segmentation or classification)")
-    task = tasks.pop()
+    mixed = mixed_tasks({m.name: member_task(m) for m in members})
+    if mixed:
+        raise InputError(mixed)
+    task = member_task(members[0])
 
     existing = [m.name for m in members if read_pointer(storage, run_uri, m.name) is not None]
     if existing and not resume:
@@ -675,7 +697,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
                 continue
             pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_run})
         problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
-                             source.class_counts(pending[0]["fold"]), source.class_names) if pending else None)
+                             source.class_counts(pending[0]["fold"]), source.class_names,
+                             source.data.tiling.size if isinstance(source, ImageSource) else None)
+                   if pending else None)
         if member.bagging is not None and not problem:  # drawn here: the driver logs it, a bad draw stops early
             try:
                 for trial in pending:

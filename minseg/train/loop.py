@@ -19,9 +19,9 @@ from minseg.errors import InputError, RunError
 from minseg.data.augment import augment_batch
 from minseg.device import autocast_dtype
 from minseg.data.config import AugmentSettings
-from minseg.enums import ClassWeighting, OptimizerName, ScheduleName, ScheduleSpan, Task
+from minseg.enums import ClassWeighting, LossName, OptimizerName, ScheduleName, ScheduleSpan, Task
 from minseg.logs import configure_logging, get_logger, log_event
-from minseg.losses import build_loss
+from minseg.losses import MainOutputLoss, build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
 from minseg.models import build_model, load_pretrained
 from minseg.models.pretrained import WeightLoadReport, choose_normalization
@@ -150,6 +150,8 @@ def set_up(worker) -> Session:
                          ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,
                          focal_weight=member.loss.focal_weight, focal_gamma=member.loss.focal_gamma,
                          focal_alpha=member.loss.focal_alpha, beta=member.loss.beta).to(device)
+    if member.loss.name is not LossName.SELF_DISTILLATION:  # a model's auxiliary outputs are self-distillation's
+        loss_fn = MainOutputLoss(loss_fn)
     amp_dtype = autocast_dtype(member.precision, device)
     return Session(
         worker=worker, rank=rank, world=world, device=device, seed=seed, model=model, loss_fn=loss_fn,

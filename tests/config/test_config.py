@@ -126,11 +126,14 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
                {"name": "weights", "loss": {"class_weights": [1, 2]}},
                {"name": "metric", "checkpoint_metric": "iou:chalcopyrite"},
                {"name": "init", "init": {"uri": str(tmp_path / "missing.pt")}},
-               {"name": "computed", "loss": {"class_weights": "median_frequency"}}]  # needs the data: fine here
+               {"name": "computed", "loss": {"class_weights": "median_frequency"}},  # needs the data: fine here
+               {"name": "binary", "loss": {"name": "weighted_bce"}},  # the one-foreground-class loss, 3 classes
+               {"name": "small", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"}}]
     classes = [{"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}, {"name": "gangue", "codes": [2]}]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
-        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": classes}},
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": classes},
+                                       "tiling": {"size": 16}},
         "training": {"defaults": {"model": "unet", "model_options": {"width": 0.25},
                                   "stages": [{"epochs": 1, "batch_size": 4}]}, "members": members}}))
     assert main(["config", "validate", str(path)]) == 2
@@ -138,6 +141,12 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
     for says in ("training.members[typo]: unknown model 'unett'", "training.members[thin]: ValueError: width must be",
                  "training.members[weights]: ValueError: class_weights must list one value per class (3), got 2",
                  "training.members[metric]: checkpoint_metric: unknown class 'chalcopyrite'",
+                 "training.members[binary]: ValueError: loss weighted_bce is the binary loss of one foreground "
+                 "class (the microplastic paper's), and this run has 3 classes",
+                 "training.members[small]: model convnext_eca needs inputs of at least 32 x 32 pixels, and "
+                 "data.tiling.size gives tiles of 16: raise data.tiling.size",
+                 "training.members: all members of one run must share a task (their data is prepared once for it), "
+                 "these do not: segmentation: ok, thin, weights, metric, init, computed, binary; classification: small",
                  "config.init_not_here"):  # a warning: the path may be the cluster's shared filesystem
         assert says in err, says
     assert "members[ok]" not in err and "members[computed]" not in err and "members[init]" not in err
