@@ -222,6 +222,12 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     except ObjectNotFoundError:
         raise InputError(f"{run_uri}: no members.json (is this a training run? run 'minseg train' first)") from None
     done = {row["member"]: row for row in table if row["status"] == MemberStatus.DONE and row.get("fold") is None}
+    folds = {row.get("fold") for row in table} - {None}
+    if folds and not done:
+        raise InputError(f"{run_uri} is a {len(folds)}-fold cross-validation run: each member was trained once per "
+                         "fold and scored on that fold's test part by training (members.csv test column, members.json "
+                         "cross_validation: mean ± sd); there is no one model per member to rank and fuse. Evaluate "
+                         "ensembles on a run without data.split.folds")
     wanted = names or list(done)
     missing = [n for n in wanted if n not in done]
     if missing:
@@ -246,7 +252,8 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     if not members:
         raise InputError(f"{run_uri}: no finished members to evaluate")
     if any(get_entry(m.model).task is not Task.SEGMENTATION for m in members):
-        raise InputError("ensemble evaluation covers segmentation members; classifiers are evaluated by training")
+        raise InputError("ensemble evaluation covers segmentation members; training scores each classifier's best "
+                         "checkpoint on the test split (members.csv test column; data.split.test above 0)")
     return members
 
 

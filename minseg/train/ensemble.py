@@ -332,7 +332,10 @@ class ImageSource:
         if fold is None:
             train = split_dataset(prepared, data, "train", storage, cpus, source_ids=drawn, repeats=repeats)
             val = shared["val"] if shared and "val" in shared else split_dataset(prepared, data, "val", storage, cpus)
-            test = None  # the run's test split belongs to ensemble evaluation
+            # a segmentation run's test split belongs to ensemble evaluation; a classifier's best checkpoint is scored
+            # on it by training (ensemble evaluation covers segmentation members only), as a fold's test part is
+            test = (split_dataset(prepared, data, "test", storage, cpus)
+                    if prepared.task is Task.CLASSIFICATION and prepared.splits["test"] else None)
             val_tiles = prepared.tile_count("val")
         else:  # the fold's test part is never trained on nor used to choose a checkpoint: it is what is reported
             part = prepared.folds[fold]
@@ -344,7 +347,7 @@ class ImageSource:
             test = split_dataset(prepared, data, "test", storage, cpus, source_ids=set(part.test))
             val_tiles = sum(i["tiles"] for i in pool if i["source_id"] in part.val)
         datasets = {"train": train} if val is None else {"train": train, "val": val}
-        if fold is not None and test is not None:
+        if test is not None:
             datasets["test"] = test
         inputs = TrialInputs(
             task=prepared.task, num_classes=prepared.classmap.num_classes, in_channels=self.in_channels,

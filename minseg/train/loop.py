@@ -428,7 +428,8 @@ def train_worker(config: dict) -> None:
 
 
 def score_best_on_test(session: Session, state: dict) -> None:
-    """Phase 4 (k-fold trials): the checkpoint chosen on validation, scored once on the fold's test part;
+    """Phase 4 (k-fold trials; classifiers, on the test split): the checkpoint chosen on validation, scored once on
+    the fold's test part (the test split);
     the metrics go into the member's state (``test_metrics``), rewritten in its last checkpoint."""
     import torch.distributed as dist
 

@@ -17,7 +17,7 @@ def test_classifier_on_class_folders(ray_session, tmp_path):
         "ray": {"task_cpus": 0.25},
         "data": {"sources": [{"uri": str(write_class_folders(tmp_path / "cls"))}], "tiling": {"size": 32},
                  "cache": "auto", "augmentation": {"mode": "dihedral"},
-                 "split": {"train": 0.66, "val": 0.34, "test": 0.0}},
+                 "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "training": {"members": [{
             "name": "convnext", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"},
             "stages": [{"epochs": 2, "batch_size": 4}], "optimizer": {"lr": 0.002},
@@ -28,6 +28,20 @@ def test_classifier_on_class_folders(ray_session, tmp_path):
     assert row.metric == "accuracy" and 0.0 <= row.best_value <= 1.0
     metrics = json.loads(open(f"{row.best_checkpoint}/metrics.json").read())
     assert metrics["classes"] == ["bright", "dark"] and "mean_precision" in metrics and "f1" in metrics
+    # ensemble evaluation covers segmentation: training scores a classifier's best checkpoint on the test split
+    # (which chose nothing), as the members table's test column and the state's test_metrics
+    from minseg.io.storage import Storage
+    from minseg.train.checkpoint import load_checkpoint
+
+    tested = load_checkpoint(Storage(), str(tmp_path / "runs" / "cls"), "convnext").state["test_metrics"]
+    assert sum(tested["support"]) == 3 and row.test_value == tested["accuracy"]
+    table = json.loads((tmp_path / "runs" / "cls" / "members.json").read_text())["members"]
+    assert table[0]["test_value"] == row.test_value
+    from minseg.ensemble.evaluate import discover_members
+    from minseg.errors import InputError
+
+    with pytest.raises(InputError, match="training scores each classifier's best checkpoint on the test split"):
+        discover_members(Storage(), str(tmp_path / "runs" / "cls"), None)
 
 
 def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
@@ -73,3 +87,10 @@ def test_binary_kfold_with_weighted_bce(ray_session, tmp_path):
     assert not (folds[0]["test"] | folds[1]["test"]) & {s for s in splits["test"]}
     state = json.loads(open(f"{rows[0].last_checkpoint}/state.json").read())
     assert state["test_metrics"]["recall_weighted_f1"] == pytest.approx(rows[0].test_value)
+    # ensemble evaluation of a k-fold run says what it is and where its scores are (was "no finished members")
+    from minseg.ensemble.evaluate import discover_members
+    from minseg.errors import InputError
+    from minseg.io.storage import Storage
+
+    with pytest.raises(InputError, match=r"is a 2-fold cross-validation run: .* members.json cross_validation"):
+        discover_members(Storage(), str(tmp_path / "runs" / "cv"), None)
