@@ -62,3 +62,82 @@ def test_models_lists_every_learner_with_counts(capsys):
             main(["models", "--num-classes", bad])
         assert stopped.value.code == 2
     assert "--num-classes: 0 is not at least 1" in capsys.readouterr().err
+
+
+def _storage(capsys, *argv):
+    """(exit status, stdout, stderr) of ``minseg storage ARGV``."""
+    status = main(["storage", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
+    """ls and rm expand a glob (quoted: minseg, not the shell); cat and cp refuse one; rm of nothing is an error;
+    cp into a folder keeps the name; a folder is never copied or deleted whole; a file in the way is named."""
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    for name in ("dir/a.txt", "dir/b.txt", "dir/sub/c.txt", "file.txt", "br[1].txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "existing").mkdir()
+    t = str(tmp_path)
+
+    status, out, _ = _storage(capsys, "ls", f"{t}/dir/*.txt")
+    assert status == 0 and out.split()[1::2] == [f"{t}/dir/a.txt", f"{t}/dir/b.txt"]
+    assert _storage(capsys, "cat", f"{t}/br[1].txt")[1] == "br[1].txt"  # a name that exists is no glob
+    for action in ("cat", "cp"):
+        status, _, err = _storage(capsys, action, f"{t}/dir/*.txt", *([f"{t}/existing"] if action == "cp" else []))
+        assert status == 2 and f"dir/*.txt: storage {action} takes one file, not a glob" in err
+    status, _, err = _storage(capsys, "rm", f"{t}/nothere.txt")
+    assert status == 2 and "nothere.txt: no such file or folder" in err
+    status, _, err = _storage(capsys, "rm", f"{t}/dir/*.nope")
+    assert status == 2 and "dir/*.nope: no file matches this glob" in err
+
+    assert _storage(capsys, "cp", f"{t}/file.txt", f"{t}/newdir/")[0] == 0
+    assert (tmp_path / "newdir" / "file.txt").read_text() == "file.txt"
+    assert _storage(capsys, "cp", f"{t}/file.txt", f"{t}/existing")[0] == 0
+    assert (tmp_path / "existing" / "file.txt").read_text() == "file.txt"
+    for argv, message in ((["cp", f"{t}/dir", f"{t}/dest"], "dir: is a folder; storage cp copies one file"),
+                          (["cp", f"{t}/dir", f"{t}/file.txt"], "dir: is a folder; storage cp copies one file"),
+                          (["rm", f"{t}/dir"], f"dir: is a folder; storage rm deletes files: give a glob of those to "
+                                               f"delete, e.g. '{t}/dir/**'"),
+                          (["cp", f"{t}/file.txt", f"{t}/file.txt/x"], "file.txt/x: lies under"),
+                          (["cat", f"{t}/dir"], "dir: is a directory, not a file")):
+        status, _, err = _storage(capsys, *argv)
+        assert status == 2 and message in err, (argv, err)
+    assert not (tmp_path / "dest").exists() and (tmp_path / "file.txt").read_text() == "file.txt"
+
+    status, out, _ = _storage(capsys, "rm", f"{t}/dir/*.txt")
+    assert status == 0 and out.split() == ["deleted", f"{t}/dir/a.txt", "deleted", f"{t}/dir/b.txt"]
+    assert sorted(p.name for p in (tmp_path / "dir").rglob("*")) == ["c.txt", "sub"]
+    with pytest.raises(SystemExit) as stopped:  # an unquoted glob the shell expanded: rm would take only the first
+        main(["storage", "rm", f"{t}/file.txt", f"{t}/br[1].txt"])
+    assert stopped.value.code == 2 and "storage rm takes one path or glob" in capsys.readouterr().err
+    assert (tmp_path / "file.txt").exists()
+
+
+def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    storage = s3.storage()
+    for key in ("dir/a.txt", "dir/b.txt", "dir/sub/c.txt", "file.txt"):
+        storage.write_bytes(s3.uri(key), key.encode())
+
+    status, out, _ = _storage(capsys, "ls", s3.uri("dir/*.txt"))
+    assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt")]
+    status, _, err = _storage(capsys, "cat", s3.uri("dir/*.txt"))
+    assert status == 2 and "storage cat takes one file, not a glob" in err
+    status, _, err = _storage(capsys, "rm", s3.uri("nothere.txt"))
+    assert status == 2 and "nothere.txt: no such object" in err
+    status, _, err = _storage(capsys, "rm", s3.uri("dir/*.nope"))
+    assert status == 2 and "no file matches this glob" in err
+    for argv, message in ((["cp", s3.uri("dir"), s3.uri("dest")], "dir: is a folder; storage cp copies one file"),
+                          (["rm", s3.uri("dir")], "dir: is a folder; storage rm deletes files"),
+                          (["cat", s3.uri("dir")], "dir: is a folder; storage cat reads one file")):
+        status, _, err = _storage(capsys, *argv)
+        assert status == 2 and message in err, (argv, err)
+
+    assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("newdir/"))[0] == 0  # S3 to S3, into a folder
+    assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("dir"))[0] == 0  # an existing prefix is a folder
+    assert storage.read_bytes(s3.uri("newdir/file.txt")) == storage.read_bytes(s3.uri("dir/file.txt")) == b"file.txt"
+    status, out, _ = _storage(capsys, "rm", s3.uri("dir/*.txt"))
+    assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt"), s3.uri("dir/file.txt")]
+    assert [info.uri for info in storage.list(s3.uri("dir/"))] == [s3.uri("dir/sub/c.txt")]
