@@ -48,6 +48,27 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _one_of(*choices: str):
+    """argparse type of a '*' positional's entries: one of ``choices``."""
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return text
+
+    return check
+
+
+def _log_level(text: str) -> str:
+    """``--log-level``: a level name in any case."""
+    from minseg.errors import InputError
+    from minseg.logs import parse_log_level
+
+    try:
+        return parse_log_level(text, "--log-level")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--log-level: ")) from None
+
+
 def _file_name(text: str) -> str:
     """argparse type of a name that becomes part of a file name (``select --name``): any text (``best by f1``)
     but a folder (``a/b`` or ``../x`` would write elsewhere), a hidden name or control characters."""
@@ -115,7 +136,7 @@ def cmd_synth(args) -> int:
     from minseg.demo import run_synth
 
     config = _load(args)
-    wanted = set(args.what)
+    wanted = set(args.what or ["all"])
     if "all" not in wanted:
         synth = config.synth
         synth.sections = (synth.sections or SectionsSynth()) if "sections" in wanted else None
@@ -500,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mineral image segmentation with deep ensembles and prospectivity mapping, as Ray batch jobs.",
     )
     parser.add_argument("--version", action="version", version=f"minseg {__version__}")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("--log-level", default=None, type=_log_level,
+                        help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case (default: MINSEG_LOG_LEVEL)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show Ray's, Ray Data's and Tune's own output (by default it goes to Ray's log "
                              "folder, named in the ray.ready line); MINSEG_LOG_LEVEL=debug does the same")
@@ -514,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     synth = sub.add_parser("synth", help="write deterministic synthetic sections, slides and surveys")
-    synth.add_argument(
-        "what", nargs="*", default=["all"], choices=["all", "sections", "slide", "survey"], help="what to make"
-    )
+    # no choices=: Python 3.11 checks a '*' positional's list default (or []) against them and refuses it
+    synth.add_argument("what", nargs="*", type=_one_of("all", "sections", "slide", "survey"),
+                       metavar="{all,sections,slide,survey}", help="what to make (default: all)")
     synth.add_argument("--out", required=True, type=_text, help="output folder or s3:// prefix")
     synth.add_argument("--seed", type=int, help="seed (default: synth.seed)")
     _add_config_options(synth)
@@ -654,7 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:
         os.environ["MINSEG_VERBOSE"] = "1"  # read by init_ray, also in job processes this one starts
-    configure_logging(args.log_level)
+    try:
+        configure_logging(args.log_level)
+    except MinsegError as exc:  # MINSEG_LOG_LEVEL / MINSEG_LOG_FORMAT: a usage error
+        print(f"minseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     if args.command == "storage" and args.action == "cp" and not args.destination:
         parser.error("storage cp needs a destination")
     if args.command == "storage" and args.action != "cp" and args.destination:

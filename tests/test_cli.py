@@ -141,3 +141,54 @@ def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys
     status, out, _ = _storage(capsys, "rm", s3.uri("dir/*.txt"))
     assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt"), s3.uri("dir/file.txt")]
     assert [info.uri for info in storage.list(s3.uri("dir/"))] == [s3.uri("dir/sub/c.txt")]
+
+
+def test_synth_without_a_target_makes_everything(tmp_path, monkeypatch, capsys):
+    """``minseg synth --out X`` was refused by argparse (Python 3.11: "invalid choice: ['all']")."""
+    from types import SimpleNamespace
+
+    import minseg.demo
+
+    made = []
+
+    def fake_run_synth(config, out):
+        made.append({name for name in ("sections", "slide", "survey") if getattr(config.synth, name) is not None})
+        return SimpleNamespace(outputs={})
+
+    monkeypatch.setattr(minseg.demo, "run_synth", fake_run_synth)
+    for targets, expected in (([], {"sections", "slide", "survey"}), (["all"], {"sections", "slide", "survey"}),
+                              (["slide", "survey"], {"slide", "survey"})):
+        assert main(["synth", *targets, "--out", str(tmp_path)]) == 0
+        assert made.pop() == expected, targets
+    with pytest.raises(SystemExit) as stopped:
+        main(["synth", "slides", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'slides' (choose from all, sections, slide, survey)" in capsys.readouterr().err
+
+
+def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monkeypatch, capsys):
+    """``debug`` was ``ValueError: Unknown level: 'debug'`` with a traceback, from the flag and the variable."""
+    import logging
+
+    for level, expected in (("debug", logging.DEBUG), ("Warning", logging.WARNING), ("warn", logging.WARNING),
+                            ("INFO", logging.INFO)):
+        monkeypatch.setenv("MINSEG_LOG_LEVEL", level)
+        assert main(["storage", "ls", str(tmp_path)]) == 0
+        assert logging.getLogger("minseg").level == expected
+        monkeypatch.delenv("MINSEG_LOG_LEVEL")
+        assert main(["--log-level", level, "storage", "ls", str(tmp_path)]) == 0
+        assert logging.getLogger("minseg").level == expected
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--log-level", "loud", "storage", "ls", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert ("argument --log-level: 'loud' is not a log level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+            in capsys.readouterr().err)
+    for variable, value, message in (("MINSEG_LOG_LEVEL", "loud", "'loud' is not a log level; use one of DEBUG"),
+                                     ("MINSEG_LOG_FORMAT", "xml", "'xml' is not a log format; use text or json")):
+        monkeypatch.setenv(variable, value)
+        assert main(["storage", "ls", str(tmp_path)]) == 2
+        assert f"minseg: error: {variable}: {message}" in capsys.readouterr().err
+        monkeypatch.delenv(variable)
+    result = run_cli("--log-level", "DeBuG", "info")  # the command as users run it: no traceback
+    assert result.returncode == 0 and "Traceback" not in result.stderr
