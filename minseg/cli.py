@@ -433,7 +433,7 @@ def cmd_storage(args) -> int:
         sys.stdout.buffer.write(data)
     elif args.action == "cp":
         target = args.destination
-        if target.endswith("/") or storage.is_folder(target):  # into the folder, as cp does
+        if target.endswith("/") or not parse_uri(target).path or storage.is_folder(target):  # into it, as cp does
             target = join_uri(target, posixpath.basename(parse_uri(uri).path.rstrip("/")))
         storage.copy(uri, target)
         print(f"copied {uri} -> {target}")

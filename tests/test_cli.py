@@ -138,6 +138,9 @@ def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys
     assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("newdir/"))[0] == 0  # S3 to S3, into a folder
     assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("dir"))[0] == 0  # an existing prefix is a folder
     assert storage.read_bytes(s3.uri("newdir/file.txt")) == storage.read_bytes(s3.uri("dir/file.txt")) == b"file.txt"
+    storage.client.create_bucket(Bucket=f"{s3.bucket}-empty")  # the bucket itself is a folder, even empty
+    assert _storage(capsys, "cp", s3.uri("file.txt"), f"s3://{s3.bucket}-empty")[0] == 0
+    assert storage.read_bytes(f"s3://{s3.bucket}-empty/file.txt") == b"file.txt"
     status, out, _ = _storage(capsys, "rm", s3.uri("dir/*.txt"))
     assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt"), s3.uri("dir/file.txt")]
     assert [info.uri for info in storage.list(s3.uri("dir/"))] == [s3.uri("dir/sub/c.txt")]
