@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 from pathlib import Path
 
@@ -45,6 +46,27 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return value
+
+
+def _one_of(*choices: str):
+    """argparse type of a '*' positional's entries: one of ``choices``."""
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return text
+
+    return check
+
+
+def _log_level(text: str) -> str:
+    """``--log-level``: a level name in any case."""
+    from minseg.errors import InputError
+    from minseg.logs import parse_log_level
+
+    try:
+        return parse_log_level(text, "--log-level")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--log-level: ")) from None
 
 
 def _file_name(text: str) -> str:
@@ -114,7 +136,7 @@ def cmd_synth(args) -> int:
     from minseg.demo import run_synth
 
     config = _load(args)
-    wanted = set(args.what)
+    wanted = set(args.what or ["all"])
     if "all" not in wanted:
         synth = config.synth
         synth.sections = (synth.sections or SectionsSynth()) if "sections" in wanted else None
@@ -366,25 +388,59 @@ def cmd_config(args) -> int:
 
 
 def cmd_storage(args) -> int:
+    """ls, cat, cp, rm of one path or s3:// URI. ls and rm take a glob too (the files it matches, as segment and
+    measure take slides); cat and cp read one file and refuse a glob. A path that exists is never read as a glob.
+    cp into a folder (one that exists, or a destination ending in '/') keeps the file's name; a folder is listed,
+    never read, copied or deleted whole.
+
+    Raises:
+        ObjectNotFoundError: nothing at the path, or nothing matches the glob (naming it).
+        StorageError: a glob given to cat / cp, a folder given to cat / cp / rm, a destination under a file."""
     from minseg.config import MinsegConfig, load_config
-    from minseg.io.storage import Storage
+    from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, glob_objects, has_glob, is_s3, join_uri,
+                                    parse_uri)
 
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
     storage = Storage(settings)
+    uri = args.uri
+    glob_meant = has_glob(uri) and not storage.exists(uri)  # a name holding '[' or '*' is still a name
+    if glob_meant and args.action in ("cat", "cp"):
+        raise StorageError(f"{uri}: storage {args.action} takes one file, not a glob (no file has this name); "
+                           "storage ls lists what it matches")
+    if args.action in ("cp", "rm") and not glob_meant and storage.is_folder(uri):
+        what = ("storage cp copies one file: copy the folder's files one by one (storage ls lists them)"
+                if args.action == "cp" else
+                f"storage rm deletes files: give a glob of those to delete, e.g. {join_uri(uri, '**')!r}")
+        raise StorageError(f"{uri}: is a folder; {what}")
+    if glob_meant:  # ls, rm
+        listed = glob_objects(uri, storage)
+        if not listed:
+            raise ObjectNotFoundError(f"{uri}: no file matches this glob")
     if args.action == "ls":
-        from minseg.io.storage import ObjectNotFoundError, is_s3, parse_uri
-
-        listed = list(storage.list(args.uri))
-        if not listed and not is_s3(args.uri) and not os.path.exists(parse_uri(args.uri).path):
-            raise ObjectNotFoundError(f"{args.uri}: no such file or folder")  # an empty S3 prefix is just empty
+        if not glob_meant:
+            listed = list(storage.list(uri))
+            if not listed and not is_s3(uri) and not os.path.exists(parse_uri(uri).path):
+                raise ObjectNotFoundError(f"{uri}: no such file or folder")  # an empty S3 prefix is just empty
         for info in listed:
             print(f"{info.size:>12}  {info.uri}")
     elif args.action == "cat":
-        sys.stdout.buffer.write(storage.read_bytes(args.uri))
+        try:
+            data = storage.read_bytes(uri)
+        except ObjectNotFoundError:
+            if storage.is_folder(uri):  # an S3 prefix (a local folder is refused by read_bytes itself)
+                raise StorageError(f"{uri}: is a folder; storage cat reads one file (storage ls lists them)") from None
+            raise
+        sys.stdout.buffer.write(data)
     elif args.action == "cp":
-        storage.copy(args.uri, args.destination)
+        target = args.destination
+        if target.endswith("/") or not parse_uri(target).path or storage.is_folder(target):  # into it, as cp does
+            target = join_uri(target, posixpath.basename(parse_uri(uri).path.rstrip("/")))
+        storage.copy(uri, target)
+        print(f"copied {uri} -> {target}")
     elif args.action == "rm":
-        storage.delete(args.uri)
+        for target in [info.uri for info in listed] if glob_meant else [uri]:
+            storage.delete(target, missing_ok=False)
+            print(f"deleted {target}")
     return 0
 
 
@@ -465,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mineral image segmentation with deep ensembles and prospectivity mapping, as Ray batch jobs.",
     )
     parser.add_argument("--version", action="version", version=f"minseg {__version__}")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("--log-level", default=None, type=_log_level,
+                        help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case (default: MINSEG_LOG_LEVEL)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show Ray's, Ray Data's and Tune's own output (by default it goes to Ray's log "
                              "folder, named in the ray.ready line); MINSEG_LOG_LEVEL=debug does the same")
@@ -479,9 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     synth = sub.add_parser("synth", help="write deterministic synthetic sections, slides and surveys")
-    synth.add_argument(
-        "what", nargs="*", default=["all"], choices=["all", "sections", "slide", "survey"], help="what to make"
-    )
+    # no choices=: Python 3.11 checks a '*' positional's list default (or []) against them and refuses it
+    synth.add_argument("what", nargs="*", type=_one_of("all", "sections", "slide", "survey"),
+                       metavar="{all,sections,slide,survey}", help="what to make (default: all)")
     synth.add_argument("--out", required=True, type=_text, help="output folder or s3:// prefix")
     synth.add_argument("--seed", type=int, help="seed (default: synth.seed)")
     _add_config_options(synth)
@@ -577,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     storage = sub.add_parser("storage", help="list, read, copy or delete paths and s3:// URIs")
     storage.add_argument("action", choices=["ls", "cat", "cp", "rm"])
-    storage.add_argument("uri")
-    storage.add_argument("destination", nargs="?", help="for cp")
+    storage.add_argument("uri", help="path or s3:// URI; for ls and rm also a quoted glob ('dir/*.txt', 'dir/**')")
+    storage.add_argument("destination", nargs="?", help="for cp: the new file, or a folder to copy into (an existing "
+                         "one, or ending in '/')")
     storage.add_argument("--config", "-c", help="config whose storage section to use")
     storage.set_defaults(func=cmd_storage)
 
@@ -618,9 +676,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose:
         os.environ["MINSEG_VERBOSE"] = "1"  # read by init_ray, also in job processes this one starts
-    configure_logging(args.log_level)
-    if getattr(args, "action", None) == "cp" and not args.destination:
+    try:
+        configure_logging(args.log_level)
+    except MinsegError as exc:  # MINSEG_LOG_LEVEL / MINSEG_LOG_FORMAT: a usage error
+        print(f"minseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.command == "storage" and args.action == "cp" and not args.destination:
         parser.error("storage cp needs a destination")
+    if args.command == "storage" and args.action != "cp" and args.destination:
+        parser.error(f"storage {args.action} takes one path or glob; {args.destination!r} is one too many (quote a "
+                     "glob, e.g. 'dir/*.txt', for minseg to expand it)")
     try:
         return args.func(args)
     except MinsegError as exc:  # input errors exit 2, run errors 1: minseg/errors.py

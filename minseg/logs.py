@@ -82,12 +82,39 @@ def _format_value(value: Any) -> str:
     return json.dumps(text) if (" " in text or not text) else text
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(text: str, source: str) -> str:
+    """A log level name in any case (``debug``), as logging wants it (``DEBUG``); ``WARN`` is ``WARNING``.
+
+    Raises:
+        InputError: not a level, naming ``source`` (the flag or variable) and the levels there are."""
+    from minseg.errors import InputError
+
+    name = text.strip().upper()
+    name = "WARNING" if name == "WARN" else name
+    if name not in LOG_LEVELS:
+        raise InputError(f"{source}: {text!r} is not a log level; use one of {', '.join(LOG_LEVELS)} (any case)")
+    return name
+
+
 def configure_logging(level: str | int | None = None, fmt: str | None = None) -> None:
-    """Set up the ``minseg`` logger once per process (idempotent; Ray workers call it too)."""
-    level = level or os.environ.get("MINSEG_LOG_LEVEL", "INFO")
-    fmt = (fmt or os.environ.get("MINSEG_LOG_FORMAT", "text")).lower()
+    """Set up the ``minseg`` logger once per process (idempotent; Ray workers call it too).
+
+    ``level``: a name in any case or a number; default MINSEG_LOG_LEVEL, else INFO.
+
+    Raises:
+        InputError: ``level``, MINSEG_LOG_LEVEL or MINSEG_LOG_FORMAT is not one there is (naming it)."""
+    from minseg.errors import InputError
+
+    if isinstance(level, str):
+        level = parse_log_level(level, "log level")
+    elif level is None:
+        level = parse_log_level(os.environ.get("MINSEG_LOG_LEVEL") or "INFO", "MINSEG_LOG_LEVEL")
+    fmt = (fmt or os.environ.get("MINSEG_LOG_FORMAT") or "text").lower()
     if fmt not in ("text", "json"):
-        raise ValueError(f"MINSEG_LOG_FORMAT must be 'text' or 'json', got {fmt!r}")
+        raise InputError(f"MINSEG_LOG_FORMAT: {fmt!r} is not a log format; use text or json")
     logger = logging.getLogger("minseg")
     logger.setLevel(level)
     for handler in list(logger.handlers):

@@ -62,3 +62,136 @@ def test_models_lists_every_learner_with_counts(capsys):
             main(["models", "--num-classes", bad])
         assert stopped.value.code == 2
     assert "--num-classes: 0 is not at least 1" in capsys.readouterr().err
+
+
+def _storage(capsys, *argv):
+    """(exit status, stdout, stderr) of ``minseg storage ARGV``."""
+    status = main(["storage", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
+    """ls and rm expand a glob (quoted: minseg, not the shell); cat and cp refuse one; rm of nothing is an error;
+    cp into a folder keeps the name; a folder is never copied or deleted whole; a file in the way is named."""
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    for name in ("dir/a.txt", "dir/b.txt", "dir/sub/c.txt", "file.txt", "br[1].txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "existing").mkdir()
+    t = str(tmp_path)
+
+    status, out, _ = _storage(capsys, "ls", f"{t}/dir/*.txt")
+    assert status == 0 and out.split()[1::2] == [f"{t}/dir/a.txt", f"{t}/dir/b.txt"]
+    assert _storage(capsys, "cat", f"{t}/br[1].txt")[1] == "br[1].txt"  # a name that exists is no glob
+    for action in ("cat", "cp"):
+        status, _, err = _storage(capsys, action, f"{t}/dir/*.txt", *([f"{t}/existing"] if action == "cp" else []))
+        assert status == 2 and f"dir/*.txt: storage {action} takes one file, not a glob" in err
+    status, _, err = _storage(capsys, "rm", f"{t}/nothere.txt")
+    assert status == 2 and "nothere.txt: no such file or folder" in err
+    status, _, err = _storage(capsys, "rm", f"{t}/dir/*.nope")
+    assert status == 2 and "dir/*.nope: no file matches this glob" in err
+
+    assert _storage(capsys, "cp", f"{t}/file.txt", f"{t}/newdir/")[0] == 0
+    assert (tmp_path / "newdir" / "file.txt").read_text() == "file.txt"
+    assert _storage(capsys, "cp", f"{t}/file.txt", f"{t}/existing")[0] == 0
+    assert (tmp_path / "existing" / "file.txt").read_text() == "file.txt"
+    for argv, message in ((["cp", f"{t}/dir", f"{t}/dest"], "dir: is a folder; storage cp copies one file"),
+                          (["cp", f"{t}/dir", f"{t}/file.txt"], "dir: is a folder; storage cp copies one file"),
+                          (["rm", f"{t}/dir"], f"dir: is a folder; storage rm deletes files: give a glob of those to "
+                                               f"delete, e.g. '{t}/dir/**'"),
+                          (["cp", f"{t}/file.txt", f"{t}/file.txt/x"], "file.txt/x: lies under"),
+                          (["cat", f"{t}/dir"], "dir: is a directory, not a file")):
+        status, _, err = _storage(capsys, *argv)
+        assert status == 2 and message in err, (argv, err)
+    assert not (tmp_path / "dest").exists() and (tmp_path / "file.txt").read_text() == "file.txt"
+
+    status, out, _ = _storage(capsys, "rm", f"{t}/dir/*.txt")
+    assert status == 0 and out.split() == ["deleted", f"{t}/dir/a.txt", "deleted", f"{t}/dir/b.txt"]
+    assert sorted(p.name for p in (tmp_path / "dir").rglob("*")) == ["c.txt", "sub"]
+    with pytest.raises(SystemExit) as stopped:  # an unquoted glob the shell expanded: rm would take only the first
+        main(["storage", "rm", f"{t}/file.txt", f"{t}/br[1].txt"])
+    assert stopped.value.code == 2 and "storage rm takes one path or glob" in capsys.readouterr().err
+    assert (tmp_path / "file.txt").exists()
+
+
+def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    storage = s3.storage()
+    for key in ("dir/a.txt", "dir/b.txt", "dir/sub/c.txt", "file.txt"):
+        storage.write_bytes(s3.uri(key), key.encode())
+
+    status, out, _ = _storage(capsys, "ls", s3.uri("dir/*.txt"))
+    assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt")]
+    status, _, err = _storage(capsys, "cat", s3.uri("dir/*.txt"))
+    assert status == 2 and "storage cat takes one file, not a glob" in err
+    status, _, err = _storage(capsys, "rm", s3.uri("nothere.txt"))
+    assert status == 2 and "nothere.txt: no such object" in err
+    status, _, err = _storage(capsys, "rm", s3.uri("dir/*.nope"))
+    assert status == 2 and "no file matches this glob" in err
+    for argv, message in ((["cp", s3.uri("dir"), s3.uri("dest")], "dir: is a folder; storage cp copies one file"),
+                          (["rm", s3.uri("dir")], "dir: is a folder; storage rm deletes files"),
+                          (["cat", s3.uri("dir")], "dir: is a folder; storage cat reads one file")):
+        status, _, err = _storage(capsys, *argv)
+        assert status == 2 and message in err, (argv, err)
+
+    assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("newdir/"))[0] == 0  # S3 to S3, into a folder
+    assert _storage(capsys, "cp", s3.uri("file.txt"), s3.uri("dir"))[0] == 0  # an existing prefix is a folder
+    assert storage.read_bytes(s3.uri("newdir/file.txt")) == storage.read_bytes(s3.uri("dir/file.txt")) == b"file.txt"
+    storage.client.create_bucket(Bucket=f"{s3.bucket}-empty")  # the bucket itself is a folder, even empty
+    assert _storage(capsys, "cp", s3.uri("file.txt"), f"s3://{s3.bucket}-empty")[0] == 0
+    assert storage.read_bytes(f"s3://{s3.bucket}-empty/file.txt") == b"file.txt"
+    status, out, _ = _storage(capsys, "rm", s3.uri("dir/*.txt"))
+    assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt"), s3.uri("dir/file.txt")]
+    assert [info.uri for info in storage.list(s3.uri("dir/"))] == [s3.uri("dir/sub/c.txt")]
+
+
+def test_synth_without_a_target_makes_everything(tmp_path, monkeypatch, capsys):
+    """``minseg synth --out X`` was refused by argparse (Python 3.11: "invalid choice: ['all']")."""
+    from types import SimpleNamespace
+
+    import minseg.demo
+
+    made = []
+
+    def fake_run_synth(config, out):
+        made.append({name for name in ("sections", "slide", "survey") if getattr(config.synth, name) is not None})
+        return SimpleNamespace(outputs={})
+
+    monkeypatch.setattr(minseg.demo, "run_synth", fake_run_synth)
+    for targets, expected in (([], {"sections", "slide", "survey"}), (["all"], {"sections", "slide", "survey"}),
+                              (["slide", "survey"], {"slide", "survey"})):
+        assert main(["synth", *targets, "--out", str(tmp_path)]) == 0
+        assert made.pop() == expected, targets
+    with pytest.raises(SystemExit) as stopped:
+        main(["synth", "slides", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'slides' (choose from all, sections, slide, survey)" in capsys.readouterr().err
+
+
+def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monkeypatch, capsys):
+    """``debug`` was ``ValueError: Unknown level: 'debug'`` with a traceback, from the flag and the variable."""
+    import logging
+
+    for level, expected in (("debug", logging.DEBUG), ("Warning", logging.WARNING), ("warn", logging.WARNING),
+                            ("INFO", logging.INFO)):
+        monkeypatch.setenv("MINSEG_LOG_LEVEL", level)
+        assert main(["storage", "ls", str(tmp_path)]) == 0
+        assert logging.getLogger("minseg").level == expected
+        monkeypatch.delenv("MINSEG_LOG_LEVEL")
+        assert main(["--log-level", level, "storage", "ls", str(tmp_path)]) == 0
+        assert logging.getLogger("minseg").level == expected
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        main(["--log-level", "loud", "storage", "ls", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert ("argument --log-level: 'loud' is not a log level; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+            in capsys.readouterr().err)
+    for variable, value, message in (("MINSEG_LOG_LEVEL", "loud", "'loud' is not a log level; use one of DEBUG"),
+                                     ("MINSEG_LOG_FORMAT", "xml", "'xml' is not a log format; use text or json")):
+        monkeypatch.setenv(variable, value)
+        assert main(["storage", "ls", str(tmp_path)]) == 2
+        assert f"minseg: error: {variable}: {message}" in capsys.readouterr().err
+        monkeypatch.delenv(variable)
+    result = run_cli("--log-level", "DeBuG", "info")  # the command as users run it: no traceback
+    assert result.returncode == 0 and "Traceback" not in result.stderr

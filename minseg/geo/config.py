@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import CrsText, EpsgCrsText, StrictModel
 from minseg.enums import (
     Augmentation,
     BadValue,
@@ -51,7 +51,7 @@ class SampleTable(StrictModel):
     layer: str | None = Field(None, description="layer of a GeoPackage (default: the first)")
     x: str | None = Field(None, description="x column; default: the point geometry")
     y: str | None = Field(None, description="y column; default: the point geometry")
-    crs: str | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
+    crs: CrsText | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
     id: str | None = Field(None, description="sample id column, named in reports (default: the row number)")
     elements: dict[str, str] = Field(description="element name -> its value column")
     flags: dict[str, str] = Field(default_factory=dict, description="element -> its qualifier column, e.g. "
@@ -100,7 +100,7 @@ class PointLayer(StrictModel):
     layer: str | None = None
     x: str | None = None
     y: str | None = None
-    crs: str | None = Field(None, description="required when the file records none")
+    crs: CrsText | None = Field(None, description="required when the file records none")
     id: str | None = Field(None, description="id column named in reports and target tables")
     where: dict[str, str] = Field(default_factory=dict, description="column -> regular expression (case-"
                                   "insensitive) a deposit must match, e.g. Commodity: 'Cu|Au'")
@@ -119,7 +119,7 @@ class CellLayer(StrictModel):
 
     raster: str = Field(description="GeoTIFF (anything GDAL reads), local or s3://")
     band: int = Field(1, ge=1)
-    crs: str | None = Field(None, description="the raster's CRS when the file records none")
+    crs: CrsText | None = Field(None, description="the raster's CRS when the file records none")
     nodata: float | None = Field(None, description="overrides the file's nodata value")
 
 
@@ -145,8 +145,8 @@ class EvidenceRaster(StrictModel):
     screen: bool = Field(False, description="screen this layer like an element (AUC / Z_AUC against the training "
                          "deposits on the grid; kept only if it passes, counted in max_elements): for element "
                          "grids. Off: the layer is always used (geology, distances)")
-    crs: str | None = Field(None, description="the raster's CRS when the file records none or one that "
-                                              "cannot be identified (e.g. an ArcInfo grid without a datum)")
+    crs: CrsText | None = Field(None, description="the raster's CRS when the file records none or one that "
+                                "cannot be identified (e.g. an ArcInfo grid without a datum)")
     band: int = Field(1, ge=1)
     nodata: float | None = Field(None, description="overrides the file's nodata value")
     encoding: CategoricalEncoding = CategoricalEncoding.ONEHOT
@@ -171,7 +171,7 @@ class LineLayer(StrictModel):
     uri: str
     name: str = Field("fault_distance", pattern=NAME_PATTERN)
     layer: str | None = None
-    crs: str | None = None
+    crs: CrsText | None = None
     where: dict[str, str] = Field(default_factory=dict)
     max_distance_m: float | None = Field(None, gt=0, description="distances are clipped here (default: none)")
 
@@ -179,7 +179,7 @@ class LineLayer(StrictModel):
 class GridSettings(StrictModel):
     """The target grid: everything is aligned to it. Nodes are pixel centres."""
 
-    crs: str = Field(description="working CRS, e.g. EPSG:3067; inputs in other CRSs are reprojected")
+    crs: EpsgCrsText = Field(description="working CRS, e.g. EPSG:3067; inputs in other CRSs are reprojected")
     cell_m: float | None = Field(None, gt=0, description="pixel size; default: the reference raster's")
     extent: tuple[float, float, float, float] | None = Field(
         None, description="xmin, ymin, xmax, ymax; default: the reference raster's, else the samples' bounds")

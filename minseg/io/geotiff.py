@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import tifffile
 
+from minseg.errors import InputError
 from minseg.io.storage import Storage
 
 _PIXEL_SCALE, _TIEPOINT, _GEOKEYS, _GDAL_NODATA = 33550, 33922, 34735, 42113
@@ -48,16 +49,19 @@ class GridGeometry:
 
 
 def epsg_code(crs: str | int) -> int:
-    """'EPSG:3067' / 3067 / any CRS pyproj knows -> its EPSG code (clear error otherwise)."""
+    """'EPSG:3067' / 3067 / any CRS pyproj knows -> its EPSG code.
+
+    Raises:
+        InputError: a CRS PROJ does not know, or one without an EPSG code."""
     from pyproj import CRS
     from pyproj.exceptions import CRSError
 
     try:
         code = CRS.from_user_input(crs).to_epsg()
     except CRSError as exc:
-        raise ValueError(f"CRS {crs!r} is not understood: {exc}") from None
+        raise InputError(f"CRS {crs!r} is not understood: {exc}") from None
     if code is None:
-        raise ValueError(f"CRS {crs!r} has no EPSG code; GeoTIFFs written by minseg need one")
+        raise InputError(f"CRS {crs!r} has no EPSG code; GeoTIFFs written by minseg need one")
     return code
 
 

@@ -192,6 +192,11 @@ def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None
     """Files matching a glob (``**`` included) locally or under an s3:// prefix, sorted; only names
     ending in ``suffixes`` (lower-case) when given. On S3 as on disk, ``*`` and ``?`` stay within one folder
     (fsspec's translation: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too)."""
+    return [info.uri for info in glob_objects(pattern, storage, suffixes)]
+
+
+def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list["ObjectInfo"]:
+    """``glob_uris`` with each file's size (``storage ls`` of a glob)."""
     if is_s3(pattern):
         from fsspec.utils import glob_translate
 
@@ -206,10 +211,12 @@ def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None
             names = uri.split("/")[3:]  # below s3://bucket/
             return any(name.startswith(".") and i + 3 not in dotted for i, name in enumerate(names))
 
-        found = [info.uri for info in storage.list(prefix) if matches(info.uri) and not hidden(info.uri)]
+        found = [info for info in storage.list(prefix) if matches(info.uri) and not hidden(info.uri)]
     else:
-        found = [absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
-    return sorted(uri for uri in found if suffixes is None or uri.lower().endswith(suffixes))
+        found = [ObjectInfo(absolute_uri(p), os.path.getsize(p))
+                 for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+    return sorted((info for info in found if suffixes is None or info.uri.lower().endswith(suffixes)),
+                  key=lambda info: info.uri)
 
 
 @dataclass(frozen=True)
@@ -272,11 +279,26 @@ class _AtomicWriter(io.RawIOBase):
         """Discard what was written."""
 
 
+def _make_parent(path: str) -> None:
+    """Create the folder a local file ``path`` goes in.
+
+    Raises:
+        StorageError: ``path`` is a folder, or lies under a file (naming both), so no file can be written there."""
+    if os.path.isdir(path):
+        raise StorageError(f"{path}: is a folder, not a file: give the file's name (or a path in the folder)")
+    folder = os.path.dirname(path)
+    while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+        raise StorageError(f"{path}: lies under {folder}, a file, not a folder: give a path outside it")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+
 class _LocalAtomicWriter(_AtomicWriter):
     def __init__(self, path: str):
         super().__init__(path)
         directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
+        _make_parent(path)
         sweep_scratch(directory)
         fd, self._tmp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(path)}.", suffix=scratch_suffix()
@@ -548,7 +570,10 @@ class Storage:
         self.write_bytes(uri, text.encode(encoding))
 
     def open_read(self, uri: str) -> IO[bytes]:
-        """A seekable binary stream (S3: range requests, buffered)."""
+        """A seekable binary stream (S3: range requests, buffered).
+
+        Raises:
+            ObjectNotFoundError: nothing there; StorageError: a local folder, or S3 failed."""
         loc = parse_uri(uri)
         if loc.is_s3:
             size = self.size(uri)
@@ -557,9 +582,14 @@ class Storage:
             return open(loc.path, "rb")
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
+        except IsADirectoryError:
+            raise StorageError(f"{loc.uri}: is a directory, not a file") from None
 
     def open_write(self, uri: str) -> _AtomicWriter:
-        """An atomic binary writer; use it as a context manager so errors abort it."""
+        """An atomic binary writer; use it as a context manager so errors abort it.
+
+        Raises:
+            StorageError: a local ``uri`` that is a folder or lies under a file."""
         loc = parse_uri(uri)
         if loc.is_s3:
             return _S3AtomicWriter(self, loc)
@@ -571,11 +601,14 @@ class Storage:
 
         The file is published to ``uri`` (renamed locally, uploaded to S3) only if the
         block succeeds; otherwise it is removed.
+
+        Raises:
+            StorageError: a local ``uri`` that is a folder or lies under a file.
         """
         loc = parse_uri(uri)
         directory = os.path.dirname(loc.path) if not loc.is_s3 else None
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            _make_parent(loc.path)
         sweep_scratch(directory or tempfile.gettempdir())
         fd, tmp = tempfile.mkstemp(
             dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + scratch_suffix()
@@ -696,14 +729,40 @@ class Storage:
             return
         yield from _list_local(loc.path)
 
-    def delete(self, uri: str) -> None:
-        """Delete one object/file; deleting what does not exist is not an error."""
+    def is_folder(self, uri: str) -> bool:
+        """A local folder, or an s3:// prefix that holds objects (``uri/...``) and is no object itself."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            return os.path.isdir(loc.path)
+        key = loc.path.rstrip("/")
+        if key and not loc.path.endswith("/") and self.exists(uri):
+            return False
+        listed = self._call("list_objects_v2", loc, Bucket=loc.bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
+        return bool(listed.get("Contents"))
+
+    def delete(self, uri: str, missing_ok: bool = True) -> None:
+        """Delete one object/file; deleting what does not exist is not an error unless ``missing_ok`` is False.
+
+        Raises:
+            ObjectNotFoundError: nothing there and not ``missing_ok``.
+            StorageError: a local folder (``delete_prefix`` removes a folder's files), or S3 failed."""
         loc = parse_uri(uri)
         if loc.is_s3:
+            if not missing_ok and not self.exists(uri):
+                raise ObjectNotFoundError(f"{loc.uri}: no such object")
             self._call("delete_object", loc, Bucket=loc.bucket, Key=loc.path)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(loc.path)
+            return
+        try:
+            os.unlink(loc.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise ObjectNotFoundError(f"{loc.uri}: no such file or folder") from None
+        except IsADirectoryError:
+            raise StorageError(f"{loc.uri}: is a folder, not a file") from None
+        except PermissionError:
+            if os.path.isdir(loc.path):  # macOS: unlink of a folder is EPERM
+                raise StorageError(f"{loc.uri}: is a folder, not a file") from None
+            raise
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under a prefix (locally, also the folders left empty)."""
@@ -719,7 +778,11 @@ class Storage:
         return count
 
     def copy(self, source: str, destination: str) -> None:
-        """Copy between any two locations; S3 to S3 is server-side (multipart when large)."""
+        """Copy one file between any two locations; S3 to S3 is server-side (multipart when large).
+
+        Raises:
+            ObjectNotFoundError: no ``source``; StorageError: a local ``source`` or ``destination`` that is a folder,
+            a local ``destination`` under a file, or S3 failed."""
         src, dst = parse_uri(source), parse_uri(destination)
         if src.is_s3 and dst.is_s3:
             from boto3.s3.transfer import TransferConfig

@@ -31,6 +31,13 @@ _COMPRESSION = {
 }
 
 
+def max_pyramid_levels(height: int, width: int) -> int:
+    """The most levels a (height, width) pyramid can have: each level halves both sides (rounding up), so the last
+    one is 1 pixel on its short side. A level beyond would not be smaller on that side, and readers (tifffile,
+    hence minseg's slide reader) take such a page for another image, not a level."""
+    return 1 + math.ceil(math.log2(max(1, min(height, width))))
+
+
 @dataclass
 class PyramidSpec:
     """What to write: size, tile, pixel type, compression and how levels are reduced."""
@@ -40,7 +47,7 @@ class PyramidSpec:
     channels: int = 1  # 1 = greyscale / labels, 3 = RGB
     dtype: Any = np.uint8
     tile: int = 512
-    levels: int | None = None  # default: halve until the top level fits in one tile
+    levels: int | None = None  # default: halve until the top level fits in one tile (max_pyramid_levels at most)
     compression: TiffCompression = TiffCompression.ZSTD
     reduce: str = "mean"  # "mean" for images, "nearest" for label maps
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON in level 0's ImageDescription
@@ -54,8 +61,11 @@ class PyramidSpec:
             raise ValueError("JPEG is lossy: never use it for label maps")
         if self.tile % 16:
             raise ValueError(f"TIFF tiles must be a multiple of 16 pixels, got {self.tile}")
+        most = max_pyramid_levels(self.height, self.width)
         if self.levels is None:
-            self.levels = 1 + max(0, math.ceil(math.log2(max(self.height, self.width) / self.tile)))
+            self.levels = min(most, 1 + max(0, math.ceil(math.log2(max(self.height, self.width) / self.tile))))
+        elif not 1 <= self.levels <= most:
+            raise ValueError(f"a {self.height} x {self.width} pyramid has 1 to {most} levels, not {self.levels}")
 
     @property
     def tile_rows(self) -> int:

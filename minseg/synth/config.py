@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from minseg.config.base import StrictModel, TiffTileSize
+from minseg.config.base import EpsgCrsText, StrictModel, TiffTileSize
 from minseg.enums import ImageFormat, TiffCompression
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -25,8 +25,23 @@ class SlideSynth(StrictModel):
     width: PositiveInt = 8000
     tile: TiffTileSize = 512
     compression: TiffCompression = TiffCompression.JPEG
-    levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile")
+    levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile; at "
+                                       "most until the short side is 1 pixel")
     grain_scale: float = Field(1.0, gt=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_fit(cls, levels: int | None, info: ValidationInfo) -> int | None:
+        height, width = info.data.get("height"), info.data.get("width")
+        if levels is None or height is None or width is None:
+            return levels
+        from minseg.io.tiff import max_pyramid_levels
+
+        most = max_pyramid_levels(height, width)
+        if levels > most:
+            raise ValueError(f"a {height} x {width} slide has at most {most} pyramid levels (each halves both sides, "
+                             "down to 1 pixel on the short side)")
+        return levels
 
 
 class SurveySynth(StrictModel):
@@ -36,10 +51,10 @@ class SurveySynth(StrictModel):
     cell_m: float = Field(250.0, gt=0, description="pixel size of the lithology raster")
     origin_x: float = 350_000.0
     origin_y: float = 7_450_000.0
-    crs: str = "EPSG:3067"
+    crs: EpsgCrsText = "EPSG:3067"
     n_deposits: PositiveInt = 12
     n_faults: PositiveInt = 25
-    n_rock_units: PositiveInt = 6
+    n_rock_units: int = Field(6, ge=1, le=255, description="rock units of the lithology raster (uint8, 0 is nodata)")
     censored_share: float = Field(0.3, ge=0, le=1, description="share of an element's lowest values reported as <DL")
     missing_share: float = Field(0.01, ge=0, le=1)
 

@@ -106,7 +106,7 @@ def generate_survey(settings: SurveySynth, seed: int = 0) -> dict:
     seeds_xy = rng.uniform((xmin, ymin), (xmax, ymax), size=(3 * n_units, 2))
     seed_unit = np.concatenate([np.arange(1, n_units + 1), rng.integers(1, n_units + 1, 2 * n_units)])
     unit_names = [f"unit-{u}" for u in range(1, n_units + 1)]
-    favourable = {1, 2}  # host units of the deposits
+    favourable = {1, 2} & set(range(1, n_units + 1))  # host units of the deposits (unit 1 alone when only one)
 
     def unit_at(x, y):
         warp = 0.06 * settings.width_m * np.sin(y / settings.height_m * 7.0 + 1.3)

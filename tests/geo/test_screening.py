@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from minseg.geo.config import GridSettings, ProspectInputError, ScreeningSettings
 from minseg.geo.crs import input_crs, parse_crs, same_crs
@@ -69,8 +70,10 @@ def test_grid_from_sample_bounds_and_cells_of_points():
                                        np.array([2550.0, 2450.1, 1950.1, 2000.0]))
     assert rows.tolist()[:3] == [0, 0, 5] and cols.tolist()[:3] == [0, 0, 10]
     assert inside.tolist() == [True, True, True, False]
-    with pytest.raises(ProspectInputError, match="EPSG code"):
-        target_grid(GridSettings(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10), (0, 0, 1, 1))
+    with pytest.raises(ValidationError, match="EPSG code"):  # the config refuses it (tests/geo/test_config.py)
+        GridSettings(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10)
+    with pytest.raises(ProspectInputError, match="EPSG code"):  # and the job, given settings not validated
+        target_grid(GridSettings.model_construct(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10), (0, 0, 1, 1))
 
 
 def test_sample_level_screening_by_hand():

@@ -128,3 +128,35 @@ def test_a_killed_writers_scratch_is_removed_and_a_live_ones_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_folder_or_a_file_in_the_way_is_a_storage_error_naming_the_path(tmp_path):
+    """Was IsADirectoryError naming a temp file, FileExistsError or NotADirectoryError: tracebacks."""
+    storage = Storage()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(StorageError, match=r"folder: is a folder, not a file"):
+        storage.write_bytes(str(tmp_path / "folder"), b"x")
+    with pytest.raises(StorageError, match=r"folder: is a folder, not a file"):
+        with storage.staged_output(str(tmp_path / "folder")):
+            pass
+    for target in ("a.txt/x", "a.txt/deeper/x"):
+        with pytest.raises(StorageError, match=rf"{target}: lies under .*a.txt, a file, not a folder"):
+            storage.write_bytes(str(tmp_path / target), b"x")
+    with pytest.raises(StorageError, match=r"folder: is a directory, not a file"):
+        storage.open_read(str(tmp_path / "folder"))
+    with pytest.raises(StorageError, match=r"folder: is a folder, not a file"):
+        storage.copy(str(tmp_path / "a.txt"), str(tmp_path / "folder"))
+    with pytest.raises(StorageError, match=r"folder: is a folder, not a file"):
+        storage.delete(str(tmp_path / "folder"))
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "folder"]  # no scratch left behind
+    assert os.listdir(tmp_path / "folder") == []
+
+
+def test_delete_of_nothing_is_an_error_only_when_asked(tmp_path):
+    storage = Storage()
+    storage.delete(str(tmp_path / "gone.txt"))  # the library's default: already gone is fine
+    with pytest.raises(ObjectNotFoundError, match="gone.txt: no such file or folder"):
+        storage.delete(str(tmp_path / "gone.txt"), missing_ok=False)
+    assert not storage.is_folder(str(tmp_path / "gone.txt"))
+    assert storage.is_folder(str(tmp_path))

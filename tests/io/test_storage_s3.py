@@ -187,3 +187,16 @@ def test_globs_keep_to_one_folder_as_on_disk(s3, tmp_path):
         assert deep == ["slides/a.svs", "slides/old/b.svs", "slides/old/deeper/c.svs"], root
         assert [uri[len(root):] for uri in glob_uris(f"{root}slides/**.svs", storage)] == ["slides/a.svs"], root
         assert [uri[len(root):] for uri in glob_uris(f"{root}slides/._*.svs", storage)] == ["slides/._a.svs"], root
+
+
+def test_folders_and_missing_objects(s3):
+    """A prefix holding objects is a folder (unless it is an object too); deleting nothing is an error when asked."""
+    storage = s3.storage()
+    storage.write_bytes(s3.uri("dir/a.txt"), b"a")
+    assert storage.is_folder(s3.uri("dir")) and storage.is_folder(s3.uri("dir/")) and storage.is_folder(s3.uri(""))
+    assert not storage.is_folder(s3.uri("dir/a.txt")) and not storage.is_folder(s3.uri("di"))
+    storage.delete(s3.uri("dir/gone.txt"))
+    with pytest.raises(ObjectNotFoundError, match=r"dir/gone.txt: no such object"):
+        storage.delete(s3.uri("dir/gone.txt"), missing_ok=False)
+    storage.delete(s3.uri("dir/a.txt"), missing_ok=False)
+    assert not storage.exists(s3.uri("dir/a.txt"))

@@ -97,3 +97,27 @@ def test_slide_to_s3(s3):
             assert page.shape == (200, 300, 3)
             # tifffile reads a single tile through ranged GETs
             assert page.is_tiled
+
+
+def test_levels_stop_at_one_pixel_on_the_short_side(tmp_path):
+    """More levels than halving allows was written as 1 x 1 pages that readers take for a second image; a thin
+    slide's default (from its long side) had the same fault."""
+    from minseg.config import ConfigError, MinsegConfig, validate_config
+    from minseg.io.tiff import max_pyramid_levels
+
+    assert [max_pyramid_levels(*shape) for shape in ((100, 100), (100, 10), (1, 50), (64, 64), (65, 4000))] == \
+        [8, 5, 1, 7, 8]
+    with pytest.raises(ConfigError, match=r"synth\.slide\.levels: .*a 100 x 100 slide has at most 8 pyramid levels"):
+        validate_config({"synth": {"slide": {"height": 100, "width": 100, "tile": 16, "levels": 20}}}, MinsegConfig,
+                        source="test")
+    with pytest.raises(ValueError, match="a 100 x 100 pyramid has 1 to 8 levels, not 9"):
+        PyramidSpec(100, 100, tile=16, levels=9)
+    for name, settings in (("most", SlideSynth(height=100, width=100, tile=16, levels=8)),
+                           ("thin", SlideSynth(height=600, width=3, tile=16))):
+        write_synthetic_slide(str(tmp_path / f"{name}.tif"), str(tmp_path / f"{name}_mask.tif"), settings)
+        for path in (tmp_path / f"{name}.tif", tmp_path / f"{name}_mask.tif"):
+            with tifffile.TiffFile(path) as tif:
+                assert len(tif.series) == 1, path  # one image: every page a level of it
+                shapes = [level.shape[:2] for level in tif.series[0].levels]
+        assert shapes == ([(100, 100), (50, 50), (25, 25), (13, 13), (7, 7), (4, 4), (2, 2), (1, 1)] if name == "most"
+                          else [(600, 3), (300, 2), (150, 1)])

@@ -94,3 +94,28 @@ def test_geotiff_roundtrip_geographic_and_errors(tmp_path):
 
         tifffile.imwrite(tmp_path / "plain.tif", data)
         read_geotiff(str(tmp_path / "plain.tif"))
+
+
+def test_one_rock_unit_works_and_the_config_bounds_the_rest(tmp_path):
+    """One unit was an IndexError (units 1 and 2 host the deposits); the raster is uint8 with 0 as nodata."""
+    from pydantic import ValidationError
+
+    survey = generate_survey(SMALL.model_copy(update={"n_rock_units": 1}), seed=3)
+    assert set(np.unique(survey["lithology"])) == {1}
+    assert survey["metadata"]["favourable_units"] == ["unit-1"]
+    assert {d["unit"] for d in survey["deposits"]} == {"unit-1"}
+    for bad, message in ((0, "greater than or equal to 1"), (256, "less than or equal to 255")):
+        with pytest.raises(ValidationError, match=message):
+            SurveySynth(n_rock_units=bad)
+
+
+def test_a_crs_proj_does_not_know_or_without_an_epsg_code_is_a_config_error(tmp_path, capsys):
+    """Was a ValueError traceback (exit 1) from the GeoTIFF writer."""
+    from minseg.cli import main
+
+    for crs, message in (("EPSG:99999", "not a CRS that PROJ knows (crs not found: EPSG:99999)"),
+                         ("+proj=tmerc +lon_0=27 +ellps=GRS80", "a CRS without an EPSG code")):
+        assert main(["synth", "survey", "--out", str(tmp_path), "--set", f"synth.survey.crs={crs}"]) == 2
+        err = capsys.readouterr().err
+        assert f"synth.survey.crs: Value error, {message}" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

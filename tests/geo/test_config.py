@@ -1,0 +1,27 @@
+"""The prospect section's own checks, before any input is read."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from minseg.config import ConfigError, MinsegConfig, load_config
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prospect_synthetic.yaml"
+
+
+@pytest.mark.parametrize("key", ["prospect.samples.crs", "prospect.deposits.crs", "prospect.rasters[0].crs",
+                                 "prospect.lines[0].crs", "prospect.grid.crs"])
+def test_a_crs_proj_does_not_know_is_a_config_error_naming_the_key(key):
+    """Was a ProspectInputError once the job ran (after Ray started); now ``config validate`` says it too."""
+    named = re.escape(key).replace(r"deposits\.", r"deposits\.(points\.)?")  # the union's tag (as for any key)
+    with pytest.raises(ConfigError, match=named + r": .*not a CRS that PROJ knows \(crs not found"):
+        load_config(CONFIG, MinsegConfig, overrides={key: "EPSG:99999"})
+    assert load_config(CONFIG, MinsegConfig, overrides={key: "EPSG:3067"}).prospect is not None
+
+
+def test_the_working_crs_needs_an_epsg_code():
+    with pytest.raises(ConfigError, match=r"prospect.grid.crs: .*without an EPSG code"):
+        load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": "+proj=tmerc +lon_0=27 +ellps=GRS80"})
+    config = load_config(CONFIG, MinsegConfig, overrides={"prospect.samples.crs": "+proj=tmerc +lon_0=27 +ellps=GRS80"})
+    assert config.prospect.samples.crs.startswith("+proj=tmerc")  # inputs may come in any CRS PROJ knows
