@@ -340,4 +340,4 @@ class EcaPlacement(StrEnum):
 # class (``iou:<class>``) and the scalars; higher is better for every one of them.
 PER_CLASS_METRICS = ("iou", "precision", "recall", "f1")
 SCORE_METRICS = ("miou", "mean_precision", "mean_recall", "mean_f1", "accuracy", "mPA", "mRecall", "F1_paper",
-                 "recall_weighted_f1", "recall_weighted_iou")
+                 "recall_weighted_f1", "recall_weighted_iou", "uncertainty_coefficient")

@@ -164,7 +164,24 @@ def metrics_from_confusion(matrix: np.ndarray, class_names: Sequence[str] | None
         "recall_weighted_iou_per_class": [None if c == background else v for c, v in enumerate(rw_iou.tolist())],
         "recall_weighted_f1": _nanmean(rw_f1),
         "recall_weighted_iou": _nanmean(rw_iou),
+        "uncertainty_coefficient": uncertainty_coefficient(matrix),
     }
+
+
+def uncertainty_coefficient(matrix: np.ndarray) -> float:
+    """Theil's uncertainty coefficient U = I(truth; prediction) / H(truth) of a confusion matrix (rows: truth): the
+    share of the uncertainty about the true class that the predictions remove. 0 when they say nothing about it
+    (one class predicted everywhere, or predictions independent of the truth), 1 when they determine it; NaN when
+    the truth holds one class (H = 0) or nothing. Mutual information by ``sklearn.metrics.mutual_info_score`` on
+    the matrix as a contingency table, entropy by ``scipy.stats.entropy`` (both in nats)."""
+    from scipy.stats import entropy
+    from sklearn.metrics import mutual_info_score
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    truth = entropy(matrix.sum(axis=1)) if matrix.sum() > 0 else 0.0
+    if not truth > 0:
+        return float("nan")
+    return float(mutual_info_score(None, None, contingency=matrix) / truth)
 
 
 def metric_key_problem(key: str, class_names: Sequence[str], other_keys: Sequence[str] = ()) -> str | None:

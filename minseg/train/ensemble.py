@@ -523,24 +523,40 @@ def _root_cause(exc: BaseException) -> str:
 def learning_problem(history: list[dict]) -> str | None:
     """Why a member's history shows it learned nothing, or None.
 
-    A member learned nothing when its lowest validation loss (without validation: its lowest epoch training loss) is
-    no lower than the same loss of a model that gives every class the same probability (``val_loss_uniform`` /
-    ``train_loss_uniform``, recorded beside each loss). That catches a learning rate that blew the weights up, and
-    labels that say nothing about the images, without crying wolf on curves that merely rise again (overfitting):
-    the lowest point is compared. Epochs recorded before the uniform loss was (older checkpoints) are not judged.
+    With validation: its predictions never said anything about the true classes there, the best validation
+    ``uncertainty_coefficient`` (Theil's U, ``metrics.uncertainty_coefficient``: 0 for one class predicted
+    everywhere or predictions independent of the truth) below ``NO_INFORMATION``. That catches a learning rate
+    that blew the weights up and labels unrelated to their images, and not a member that learned some classes and
+    misses the rare ones (its loss can be above that of uniform predictions under heavy class weights; its U is
+    well above 0). Without validation: its lowest epoch training loss no lower than the same loss of a model that
+    gives every class the same probability (``train_loss_uniform``). Epochs recorded before these were (older
+    checkpoints) are not judged.
     """
-    for key, where in (("val_loss", "validation"), ("train_loss", "the training tiles")):
-        rows = [row for row in history if _finite(row.get(key)) and _finite(row.get(f"{key}_uniform"))]
-        if rows:
-            lowest = min(rows, key=lambda row: row[key])
-            uniform = lowest[f"{key}_uniform"]
-            if lowest[key] < uniform:
-                return None
-            return (f"it never did better on {where} than a model that gives every class the same probability "
-                    f"(lowest {key} {lowest[key]:.4g} at epoch {lowest['epoch']}, against {uniform:.4g}): its "
-                    "predictions carry no information. Look for a learning rate too high for the model (optimizer.lr), "
-                    "labels that do not match their images, or too few epochs (history.csv, curves.png)")
+    scored = [row for row in history if _finite(row.get("uncertainty_coefficient"))]
+    if scored:
+        best = max(scored, key=lambda row: row["uncertainty_coefficient"])
+        if best["uncertainty_coefficient"] >= NO_INFORMATION:
+            return None
+        return (f"its predictions on validation say (almost) nothing about the true classes: uncertainty coefficient "
+                f"at most {best['uncertainty_coefficient']:.3g} (epoch {best['epoch']}; 0 = one class everywhere or "
+                f"guessing, 1 = always right). Look for a learning rate too high for the model (optimizer.lr), labels "
+                "that do not match their images, or too few epochs (history.csv, curves.png)")
+    if any("val_loss" in row for row in history):
+        return None  # validated before the coefficient was recorded: not judged
+    rows = [row for row in history if _finite(row.get("train_loss")) and _finite(row.get("train_loss_uniform"))]
+    if rows:
+        lowest = min(rows, key=lambda row: row["train_loss"])
+        if lowest["train_loss"] < lowest["train_loss_uniform"]:
+            return None
+        return (f"its training loss never went below that of a model giving every class the same probability (lowest "
+                f"{lowest['train_loss']:.4g} at epoch {lowest['epoch']}, against {lowest['train_loss_uniform']:.4g}) "
+                "and it has no validation split to judge it on. Look for a learning rate too high for the model "
+                "(optimizer.lr), labels that do not match their images, or too few epochs (history.csv, curves.png)")
     return None
+
+
+# below it, a member's best validation predictions hold under 1 % of the information about the true classes
+NO_INFORMATION = 0.01
 
 
 def _finite(value) -> bool:
