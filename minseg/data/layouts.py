@@ -631,20 +631,29 @@ def _category_zero(document: dict) -> str | None:
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
 def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
               classmap: ClassMap | None) -> LayoutItems:
-    items, rejected, left_out, listed = [], [], [], set()
+    items, rejected, left_out, listed, unreadable, dropped = [], [], [], set(), [], []
+    missing: dict[str, str] = {}  # image file name -> how an annotation file listed it, where it was looked for
     annotation_files = [m for m in container.members if m.lower().endswith(".json")]
     for json_name in sorted(annotation_files):
         try:
             document = json.loads(read_ref(container.members[json_name], storage))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             rejected.append(Rejected(container.describe(json_name), f"not valid JSON ({exc})"))
+            unreadable.append(json_name)
             continue
         except MemberError as exc:
             rejected.append(Rejected(container.describe(json_name), str(exc)))
+            unreadable.append(json_name)
             continue
         if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
             continue
         folder = posixpath.dirname(json_name)
+        for entry in document["images"] if isinstance(document["images"], list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
+                listed.add(image := member_path(folder, entry["file_name"]))
+                if image not in container.members:
+                    missing[posixpath.basename(image)] = (f"listed in {json_name} as {entry['file_name']!r}, looked "
+                                                          f"for at {image}")
         clash = _category_zero(document)
         if clash is not None:  # 0 fills every pixel no annotation covers: the category would swallow them
             rejected.append(Rejected(container.describe(json_name), clash))
@@ -661,7 +670,6 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         for entry in document["images"]:
             try:
                 image = member_path(folder, entry["file_name"])
-                listed.add(image)
                 where = container.describe(image)
                 if not source.selects(image):  # left out: listed or not, it is not reported
                     left_out.append(image)
@@ -680,10 +688,13 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                          "integer")
                     if isinstance(segmentation, list) and segmentation:
                         rings = [list(map(float, ring)) for ring in segmentation]
-                        bad = next((p for p in map(ring_problem, rings) if p), None)
-                        if bad:
-                            problem = f"annotation {annotation.get('id')}: {bad}"
-                        shapes.append((code, rings))
+                        odd = next((ring_problem(r) for r in rings if len(r) % 2), None)
+                        usable = [r for r in rings if not ring_problem(r)]
+                        if odd or not usable:  # a point lost (damaged), or nothing of the object to paint
+                            problem = f"annotation {annotation.get('id')}: {odd or ring_problem(rings[0])}"
+                        elif len(usable) < len(rings):  # a sliver of no area beside the object's real parts
+                            dropped.append(annotation.get("id"))
+                        shapes.append((code, usable))
                     elif isinstance(segmentation, dict) and "counts" in segmentation:
                         shapes.append((code, {"rle": segmentation["counts"], "size": segmentation.get("size")}))
                     elif isinstance(segmentation, list):  # [] with a bbox: a detection export, nothing to paint
@@ -708,9 +719,19 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                          f"malformed COCO ({type(exc).__name__}: {exc})"))
     if not items and not rejected and not left_out:
         raise InputError(f"{container.uri}: no COCO annotation file with images and annotations")
+    if dropped:
+        log_event(log, "data.coco_slivers_dropped", logging.WARNING, source=container.uri, annotations=len(dropped),
+                  example=dropped[0], hint="polygon parts of fewer than 3 points (no area) left out; the rest of "
+                  "each object is painted")
     for image in sorted(m for m in container.members if _is_image(m) and m not in listed and source.selects(m)):
-        rejected.append(Rejected(container.describe(image), "an image no COCO annotation file lists: what it "
-                                 "shows is not known (add it to the export, or leave it out with exclude)"))
+        if posixpath.basename(image) in missing:  # e.g. images/ beside annotations/: paths are read from the JSON
+            reason = (f"{missing[posixpath.basename(image)]}: an annotation file's file_name is read relative to its "
+                      "own folder; keep the images beside it (as COCO exports do) or write the path from there")
+        else:
+            reason = ("an image no " + ("readable " if unreadable else "") + "COCO annotation file lists: what it "
+                      "shows is not known (add it to the export, or leave it out with exclude)"
+                      + (f"; not read: {', '.join(unreadable)}" if unreadable else ""))
+        rejected.append(Rejected(container.describe(image), reason))
     return LayoutItems(items, rejected, left_out=left_out)
 
 
@@ -817,7 +838,7 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
     names = configured or tuple(sorted(set(folder_of.values())))
     if not configured:
         _warn_repeated_class_folders(container, [m for m in images if m in folder_of])
-    items, rejected, unconfigured = [], [], defaultdict(int)
+    items, rejected, unconfigured = [], [], defaultdict(list)
     for image in sorted(images):
         if image not in folder_of:
             rejected.append(Rejected(container.describe(image), "an image outside any class folder (a class-folder "
@@ -826,17 +847,18 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
         folder = folder_of[image]
         if folder not in names:
             rejected.append(Rejected(container.describe(image), f"folder {folder!r} is not a configured class"))
-            unconfigured[folder] += 1
+            unconfigured[posixpath.dirname(image)].append(image)
             continue
         key = posixpath.splitext(image)[0]  # the whole path: siteA/quartz/001 and siteB/quartz/001 stay apart
-        items.append(make_item(container, prefix, image, item_key=key, source_key=key, label=names.index(folder)))
+        items.append(make_item(container, prefix, image, item_key=key, source_key=key, label=names.index(folder),
+                               layout_split=_folder_split(image)))  # an export's train / valid / test folders
     for m in container.members:
         if not _is_image(m):
             rejected.append(Rejected(container.describe(m), "not an image"))
-    for folder, count in unconfigured.items():
-        near = difflib.get_close_matches(folder, names, n=1, cutoff=0.6)
+    for folder, held in unconfigured.items():
+        near = _nearest_class(held[0], names)  # a misspelt class folder may hold subfolders: every level is tried
         log_event(log, "data.class_folder_not_configured", logging.WARNING, source=container.uri,
-                  folder=folder, images=count, hint=(f"did you mean {near[0]!r}? " if near else "")
+                  folder=folder, images=len(held), hint=(f"did you mean {near!r}? " if near else "")
                   + "its images are quarantined: add the class to data.classes or rename the folder")
     return LayoutItems(items, rejected, names, left_out)
 
@@ -852,21 +874,33 @@ def _class_folder(image: str, configured: tuple[str, ...] | None) -> str:
     return folders[-1]
 
 
+def _nearest_class(image: str, names: tuple[str, ...]) -> str | None:
+    """The configured class name nearest to any folder enclosing ``image`` (a misspelt class folder), if any."""
+    matches = [(difflib.SequenceMatcher(None, folder, name).ratio(), name)
+               for folder in posixpath.dirname(image).split("/") for name in names]
+    best = max(matches, default=(0.0, None))
+    return best[1] if best[0] >= 0.6 else None
+
+
 def _warn_repeated_class_folders(container: Container, images: list[str]) -> None:
     """One folder name under several parents: several sites' class folders, or a class folder's subfolders
     (batches, samples) read as classes. Which one is meant cannot be told from the names: say so."""
     parents: dict[str, set[str]] = defaultdict(set)
     for image in images:
         folder = posixpath.dirname(image)
-        parents[posixpath.basename(folder)].add(posixpath.dirname(folder))
+        # an export's split folders (train/quartz, valid/quartz) hold the same classes: not a repeat
+        parent = [part for part in posixpath.dirname(folder).split("/") if part.lower() not in _SPLIT_ALIASES]
+        parents[posixpath.basename(folder)].add("/".join(parent))
     repeated = {name: sorted(p) for name, p in parents.items() if len(p) > 1}
     if repeated:
         name, where = next(iter(sorted(repeated.items())))
         log_event(log, "data.class_folders_repeated", logging.WARNING, source=container.uri,
                   classes=",".join(sorted(repeated)), example=f"{name!r} in {', '.join(where[:3])}",
-                  hint="each image's class is the folder it sits in; if the classes are folders further up "
-                       "(subfolders hold batches or samples), list them in data.classes: an image then takes the "
-                       "nearest enclosing folder named as a class")
+                  hint="each image's class is the folder it sits in, so images of one such name are one class "
+                       "wherever they are (sites, surveys); if the classes are folders further up (these hold "
+                       "batches or samples), list them in data.classes: an image then takes the nearest enclosing "
+                       "folder named as a class. Listing the classes also confirms the first reading and silences "
+                       "this")
 
 
 def _check_registry() -> None:

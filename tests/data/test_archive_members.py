@@ -3,6 +3,7 @@ member, never a traceback; operating-system metadata (macOS ``__MACOSX/`` and ``
 
 import gzip
 import io
+import logging
 import tarfile
 import zipfile
 
@@ -213,7 +214,7 @@ def test_malformed_coco_and_labelme_entries_are_quarantined_not_crashes(tmp_path
     assert "malformed Labelme (ValueError" in reasons["c.json"]
 
 
-def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_path):
+def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_path, caplog):
     """A polygon of two points (or an odd count of numbers), an empty segmentation (a bounding-box export), an
     annotation of an image id no images[] entry has, an image the export does not list, RLE runs that do not add
     up to the image: each painted nothing (the object became background) or was dropped without a word. Now each
@@ -226,21 +227,27 @@ def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_p
 
     coco = tmp_path / "coco"
     coco.mkdir()
-    for name in ("good", "line", "odd", "bbox", "unlisted"):
+    for name in ("good", "line", "odd", "bbox", "sliver", "unlisted"):
         (coco / f"{name}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
     square = [1, 1, 20, 1, 20, 20, 1, 20]
     listed = [{"id": i, "file_name": f"{name}.png", "height": 32, "width": 32}
-              for i, name in enumerate(("good", "line", "odd", "bbox"))]
+              for i, name in enumerate(("good", "line", "odd", "bbox", "sliver"))]
     annotations = [{"id": 10, "image_id": 0, "category_id": 1, "segmentation": [square]},
-                   {"id": 11, "image_id": 1, "category_id": 1, "segmentation": [square, [1, 1, 9, 9]]},
+                   {"id": 11, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 9]]},
+                   {"id": 15, "image_id": 4, "category_id": 1, "segmentation": [square, [1, 1, 9, 9]]},
                    {"id": 12, "image_id": 2, "category_id": 1, "segmentation": [square[:-1]]},
                    {"id": 13, "image_id": 3, "category_id": 1, "segmentation": [], "bbox": [1, 1, 19, 19]},
                    {"id": 14, "image_id": 999, "category_id": 1, "segmentation": [square]}]
     (coco / "_annotations.coco.json").write_text(json.dumps({
         "images": listed, "annotations": annotations, "categories": [{"id": 1, "name": "pyrite"}]}))
-    found = read_coco(open_container(str(coco), LimitSettings(), Storage()), "", SourceSettings(uri=str(coco)),
-                      Storage(), None)
-    assert [item["item_id"].rsplit("/", 1)[-1] for item in found.items] == ["good"]
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        found = read_coco(open_container(str(coco), LimitSettings(), Storage()), "", SourceSettings(uri=str(coco)),
+                          Storage(), None)
+    # a sliver beside an object's real polygon is left out (said), the object painted; alone, its image quarantined
+    assert [item["item_id"].rsplit("/", 1)[-1] for item in found.items] == ["good", "sliver"]
+    assert found.items[1]["polygons"] == [(1, [square])]
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.coco_slivers_dropped"]
+    assert warned["annotations"] == 1 and warned["example"] == 15
     reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in found.rejected}
     assert reasons["line.png"] == "annotation 11: a polygon of 2 point(s): it needs 3 or more to enclose any pixel"
     assert reasons["odd.png"] == "annotation 12: a polygon of 7 numbers, not x, y pairs"
@@ -248,6 +255,19 @@ def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_p
     assert reasons["_annotations.coco.json"].startswith("1 annotation(s) refer to image ids no images[] entry has "
                                                         "(999)")
     assert reasons["unlisted.png"].startswith("an image no COCO annotation file lists")
+    # images beside annotations/ (CVAT, Detectron): file_name is read from the JSON's folder, and the image says so
+    other = tmp_path / "cvat"
+    (other / "annotations").mkdir(parents=True)
+    (other / "images").mkdir()
+    (other / "images" / "a.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    (other / "annotations" / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}], "annotations": [],
+        "categories": [{"id": 1, "name": "pyrite"}]}))
+    found = read_coco(open_container(str(other), LimitSettings(), Storage()), "", SourceSettings(uri=str(other)),
+                      Storage(), None)
+    reasons = {r.file.split("/cvat/")[1]: r.reason for r in found.rejected}
+    assert reasons["images/a.png"].startswith("listed in annotations/instances.json as 'a.png', looked for at "
+                                              "annotations/a.png: an annotation file's file_name is read relative")
     with pytest.raises(ValueError, match=r"RLE runs add up to 50 pixels, not the 10 x 10 = 100"):
         decode_coco_rle([0, 50], 10, 10)
     assert decode_coco_rle([10, 80, 10], 10, 10).sum() == 80

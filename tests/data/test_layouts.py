@@ -327,7 +327,8 @@ def test_class_folders_with_subfolders_strays_and_misspelt_classes(tmp_path, ray
                         "preview.jpg": "an image outside any class folder (a class-folder source holds one folder "
                                        "of images per class)"}
     (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folder_not_configured"]
-    assert warned["folder"] == "x" and warned["images"] == 1
+    assert warned["folder"] == "Calcit/x" and warned["images"] == 1
+    assert warned["hint"].startswith("did you mean 'Calcite'?")  # the misspelt folder is one level up
     (root / "Calcit" / "x" / "002.jpg").rename(root / "Calcit" / "002.jpg")
     (root / "Calcit" / "x").rmdir()
     _, rejected = listed(["Quartz", "Calcite"], layout="class_folders")
@@ -338,6 +339,19 @@ def test_class_folders_with_subfolders_strays_and_misspelt_classes(tmp_path, ray
     assert sorted(set(items)) == sorted(items) and len(items) == 5
     (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folders_repeated"]
     assert warned["classes"] == "batch1,batch2" and "list them in data.classes" in warned["hint"]
+    # an export's split folders hold the same classes: no warning, and their split is the item's
+    export = tmp_path / "export"
+    for split in ("train", "valid", "test"):
+        for cls in ("quartz", "calcite"):
+            (export / split / cls).mkdir(parents=True)
+            (export / split / cls / f"{split}.jpg").write_bytes(jpg_bytes(render_section(4, 16, 16)[0]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        items, _, _ = _list_items(validate_config({"sources": [{"uri": str(export)}]}, DataSettings), Storage(),
+                                  str(tmp_path / "staging2"), Task.CLASSIFICATION)
+    assert not [r for r in caplog.records if r.getMessage() == "data.class_folders_repeated"]
+    assert {i["item_id"].split("/", 1)[1]: i["layout_split"] for i in items if "quartz" in i["item_id"]} == {
+        "train/quartz/train": "train", "valid/quartz/valid": "val", "test/quartz/test": "test"}
 
 
 def test_labelme_class_with_code_0_would_swallow_unlabelled_pixels(tmp_path):
