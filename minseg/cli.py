@@ -403,7 +403,8 @@ def cmd_storage(args) -> int:
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
     storage = Storage(settings)
     uri = args.uri
-    glob_meant = has_glob(uri) and not storage.exists(uri)  # a name holding '[' or '*' is still a name
+    # a name holding '[' or '*' is still a name: a file, or a folder (an S3 prefix, which HEAD does not find)
+    glob_meant = has_glob(uri) and not storage.exists(uri) and not storage.is_folder(uri)
     if glob_meant and args.action in ("cat", "cp"):
         raise StorageError(f"{uri}: storage {args.action} takes one file, not a glob (no file has this name); "
                            "storage ls lists what it matches")
@@ -439,7 +440,7 @@ def cmd_storage(args) -> int:
         print(f"copied {uri} -> {target}")
     elif args.action == "rm":
         for target in [info.uri for info in listed] if glob_meant else [uri]:
-            storage.delete(target, missing_ok=False)
+            storage.delete(target, missing_ok=glob_meant)  # a file just listed needs no second look
             print(f"deleted {target}")
     return 0
 

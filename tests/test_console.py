@@ -76,5 +76,8 @@ def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_
     last = json.loads(pointer.read_text())
     assert (pointer.parent / last["dir"] / "model.pt").stat().st_size > 0
     session = re.search(r"logs=(\S+)", err).group(1)  # where this job's Ray instance kept its logs
-    left = subprocess.run(["pgrep", "-f", session.split("/logs")[0].rstrip("/")], capture_output=True, text=True)
-    assert not left.stdout.strip(), f"Ray processes of the job still running: {left.stdout}"
+    deadline = time.monotonic() + 20  # Ray's daemons end a moment after the driver
+    while (left := subprocess.run(["pgrep", "-f", session.split("/logs")[0].rstrip("/")], capture_output=True,
+                                  text=True).stdout.strip()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes of the job still running: {left}"

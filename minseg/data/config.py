@@ -221,7 +221,8 @@ class SplitSettings(StrictModel):
     lists: dict[str, str] | None = Field(
         None, description="split name -> file (path/URI) listing item stems, one per line (VOC ImageSets style)"
     )
-    use_layout_lists: bool = Field(True, description="use VOC ImageSets/Segmentation lists when present")
+    use_layout_lists: bool = Field(True, description="use the splits a layout names: VOC ImageSets lists, an "
+                                   "export's train / valid / test folders")
     group_by: SplitGroup = Field(SplitGroup.IMAGE, description="image: each source image is split alone; scene: "
                                  "images of one scene (one name below their sources: PPL and XPL given as two "
                                  "sources) share a split, in lists and folds too")
