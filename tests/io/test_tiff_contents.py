@@ -1,6 +1,7 @@
 """What a TIFF holds besides its one image, and the pixel size it claims: a stack of pages is refused (never read
-as its first page), pyramid levels and a whole-slide format's label / macro / thumbnail (SVS, NDPI, OME-TIFF) are not; a pixel size that
-is no size (NaN, negative, X != Y) is absent, logged naming the slide, and never reaches a JSON file."""
+as its first page), pyramid levels and a whole-slide format's label / macro / thumbnail (SVS, NDPI, OME-TIFF) are
+not; a pixel size that is no size (NaN, negative, X != Y) is absent, logged naming the slide, and never reaches a JSON
+file."""
 
 import io
 import logging
