@@ -38,6 +38,14 @@ def test_members_table(ensemble_run):
     for name in ("resunet", "vgg"):
         assert "its predictions on validation say (almost) nothing about the true classes" in results[name].warning
     assert results["halfunet"].warning is None
+    # it is in members.json / members.csv and under the member's row of the printed table (learned_nothing also
+    # logs it: train.member.learned_nothing)
+    assert [row["warning"] for row in table] == [results[m].warning for m in MEMBERS]
+    from minseg.train.ensemble import format_members_table
+
+    printed = format_members_table([results[m] for m in MEMBERS]).splitlines()
+    rows = [i for i, line in enumerate(printed) if line.startswith(("resunet ", "vgg "))]
+    assert all(printed[i + 1].strip().startswith("warning: its predictions on validation") for i in rows)
     assert csv_lines[0].endswith(",error,warning")
 
 
@@ -319,26 +327,6 @@ def test_resuming_on_other_data_is_refused(ensemble_run):
     session.worker = WorkerConfig(member, Storage(), str(run), other, 4, 0)
     with pytest.raises(InputError, match=r"class repeat factors None, this run gives \{'background'"):
         start_or_resume(session)
-
-
-def test_a_member_that_learned_nothing_finishes_with_a_warning(synthetic_sections, tmp_path, caplog):
-    """A learning rate that blows the weights up (finite losses, so no DivergedError) ended 'done' like any other
-    member. Its lowest validation loss is above that of a model giving every class the same probability: the members
-    table, members.csv and the log say so, naming the member and the numbers."""
-    import logging
-
-    member = {"name": "wild", "model": "half_unet", "model_options": {"width": 0.25},
-              "optimizer": {"lr": 1.0e6}, "stages": [{"epochs": 2, "batch_size": 4}]}
-    config = training_config(synthetic_sections, tmp_path, "wild", [member])
-    with caplog.at_level(logging.WARNING, logger="minseg"):
-        (row,) = train_ensemble(config)
-    assert row.status == "done", row.error
-    assert row.warning and "its predictions on validation say (almost) nothing about the true classes" in \
-        row.warning and "optimizer.lr" in row.warning
-    table = json.loads((tmp_path / "wild" / "members.json").read_text())["members"]
-    assert table[0]["warning"] == row.warning
-    (logged,) = [r for r in caplog.records if r.getMessage() == "train.member.learned_nothing"]
-    assert logged.fields == {"member": "wild", "reason": row.warning}
 
 
 def test_learning_problem_judges_what_the_predictions_say_about_the_truth():
