@@ -15,15 +15,23 @@ MINSEG_LOG = re.compile(r"^\d\d:\d\d:\d\d [A-Z]+ +minseg[.\w]*: event=[\w.]+")
 TABLE_LINE = re.compile(r"^(member +fold +model .*|-+|halfunet +half_unet +done .*|)$")
 
 
-def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
-    config = training_config(synthetic_sections, tmp_path, "console", [
+def own_run(synthetic_sections, tmp_path, name: str, epochs: int):
+    """A one-member training config written to ``<name>.yaml`` for ``minseg train`` in a process of its own, with
+    its own local Ray instance (as a user's run on this machine), and that process's environment (none of the
+    test session's Ray address or minseg logging settings). Returns (config path, environment)."""
+    config = training_config(synthetic_sections, tmp_path, name, [
         {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
-         "stages": [{"epochs": 2, "batch_size": 4}]}],
-        ray={"num_cpus": 2})  # its own local instance, as a user's run on this machine
-    path = tmp_path / "console.yaml"
+         "stages": [{"epochs": epochs, "batch_size": 4}]}],
+        ray={"num_cpus": 2})
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "MINSEG_VERBOSE", "MINSEG_LOG_LEVEL", "MINSEG_LOG_FORMAT")}
+    return path, env
+
+
+def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
+    path, env = own_run(synthetic_sections, tmp_path, "console", epochs=2)
     done = subprocess.run([sys.executable, "-m", "minseg", "train", "--config", str(path)], capture_output=True,
                           text=True, env=env, timeout=600)
     console = (done.stdout + done.stderr).splitlines()
@@ -47,13 +55,7 @@ def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_
     import signal
     import time
 
-    config = training_config(synthetic_sections, tmp_path, "stopped", [
-        {"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
-         "stages": [{"epochs": 30, "batch_size": 4}]}],
-        ray={"num_cpus": 2})  # its own local instance, as a user's run in a terminal
-    path = tmp_path / "stopped.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MINSEG_VERBOSE", "MINSEG_LOG_FORMAT")}
+    path, env = own_run(synthetic_sections, tmp_path, "stopped", epochs=30)
     pointer = tmp_path / "stopped" / "members" / "halfunet" / "checkpoints" / "last.json"
     job = subprocess.Popen([sys.executable, "-m", "minseg", "train", "--config", str(path)], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
