@@ -40,7 +40,6 @@ from minseg.ensemble.selection import (
     Candidate,
     build_manifest,
     candidate_ensembles,
-    choosing_support,
     cross_fit_learned_weights,
     ensemble_sizes,
     fit_learned_weights,
@@ -320,12 +319,12 @@ def rank_on_validation(members: list[MemberRef], prepared: PreparedData, spec: P
     sample = max(1, settings.weight_fit_pixels // max(1, len(prepared.splits[split])))
     spec.sample_per_image = sample if wants_learned else 0
     # a per-class key whose class the split lacks ranks nothing (the stats count its pixels): before the pass
+    # (select checks again from the scores, where stats are not at hand)
     pixels = prepared.stats.get(split, {}).get("classes", {})
     refuse_key_of_absent_class(settings.rank_key, names, [pixels[n]["pixels"] for n in names]
                                if all(n in pixels for n in names) else None, split)
     rows = run_pass(prepared.splits[split], spec, f"rank members ({split})")
     metrics = {m.name: metrics_for(rows, i, names) for i, m in enumerate(members)}
-    refuse_key_of_absent_class(settings.rank_key, names, choosing_support(next(iter(metrics.values()))), split)
     order = rank_members(metrics, settings.rank_key)
     log_event(log, "ensemble.ranked", split=split, key=settings.rank_key, order=",".join(order))
     pool = [name for name in order if settings.voters is None or name in settings.voters]

@@ -112,6 +112,7 @@ class WindowSource:
         self.signatures = {fold: data.signature for fold, data in trials.items()}
         self.augmentation, self.balancing = augmentation, balancing
         self.in_channels = max(channels for _, _, channels, _ in self.trials.values())
+        self.tile_size = None  # prospect.windows.size is checked against each member before any input is read
 
     def trial_folds(self) -> list[int | None]:
         return [fold for fold in self.trials if fold is not None] + [FINAL]

@@ -275,6 +275,7 @@ class TrainingSource(Protocol):
     num_classes: int
     class_names: list[str]
     in_channels: int
+    tile_size: int | None  # the side of a training input in pixels, checked against each model (None: not here)
 
     def trial_folds(self) -> list[int | None]:
         """Fold indices to train a trial on; None: one trial on all the data, outputs in the run itself."""
@@ -309,6 +310,7 @@ class ImageSource:
         self.task, self.num_classes = prepared.task, prepared.classmap.num_classes
         self.class_names = list(prepared.classmap.names)
         self.in_channels = data.in_channels if prepared.task is Task.SEGMENTATION else 3
+        self.tile_size = data.tiling.size
 
     def trial_folds(self) -> list[int | None]:
         return list(range(len(self.prepared.folds))) if self.prepared.folds else [None]
@@ -716,8 +718,7 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
                 continue
             pending.append({"member": member.model_dump(mode="json"), "fold": fold, "run_uri": trial_run})
         problem = (preflight(member, source.num_classes, source.in_channels, storage, weights_cache,
-                             source.class_counts(pending[0]["fold"]), source.class_names,
-                             source.data.tiling.size if isinstance(source, ImageSource) else None)
+                             source.class_counts(pending[0]["fold"]), source.class_names, source.tile_size)
                    if pending else None)
         if member.bagging is not None and not problem:  # drawn here: the driver logs it, a bad draw stops early
             try:
