@@ -309,12 +309,16 @@ def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:
     return loc
 
 
-def _child(node: Any, part: Any) -> Any:
+_ABSENT = object()
+
+
+def _child(node: Any, part: Any, absent: Any = None) -> Any:
+    """``node[part]`` of a mapping or a list (an index), ``absent`` when there is none."""
     if isinstance(node, Mapping):
-        return node.get(part)
+        return node.get(part, absent)
     if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
         return node[part]
-    return None
+    return absent
 
 
 def _member_sets(member: Mapping[str, Any], path: tuple) -> bool:
@@ -333,11 +337,8 @@ def _member_sets(member: Mapping[str, Any], path: tuple) -> bool:
 def _holds(node: Any, path: tuple) -> bool:
     """Whether ``node`` sets the key at ``path`` (mappings and list indexes)."""
     for part in path:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        else:
+        node = _child(node, part, _ABSENT)
+        if node is _ABSENT:
             return False
     return True
 

@@ -688,10 +688,11 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                          "integer")
                     if isinstance(segmentation, list) and segmentation:
                         rings = [list(map(float, ring)) for ring in segmentation]
-                        odd = next((ring_problem(r) for r in rings if len(r) % 2), None)
-                        usable = [r for r in rings if not ring_problem(r)]
+                        problems = [ring_problem(r) for r in rings]
+                        odd = next((p for r, p in zip(rings, problems) if len(r) % 2), None)
+                        usable = [r for r, p in zip(rings, problems) if not p]
                         if odd or not usable:  # a point lost (damaged), or nothing of the object to paint
-                            problem = f"annotation {annotation.get('id')}: {odd or ring_problem(rings[0])}"
+                            problem = f"annotation {annotation.get('id')}: {odd or problems[0]}"
                         elif len(usable) < len(rings):  # a sliver of no area beside the object's real parts
                             dropped.append(annotation.get("id"))
                         shapes.append((code, usable))
@@ -796,8 +797,8 @@ def read_labelme(container: Container, prefix: str, source: SourceSettings, stor
                     problem = f"shape type {kind!r} is not supported (polygon, rectangle)"
                     break
                 ring = [float(c) for point in points for c in point]
-                if kind == "polygon" and ring_problem(ring):
-                    problem = f"a {label!r} polygon: {ring_problem(ring)}"
+                if kind == "polygon" and (unpaintable := ring_problem(ring)):
+                    problem = f"a {label!r} polygon: {unpaintable}"
                     break
                 shapes.append((classmap.codes[names.index(label)][0], [ring]))
             if problem:

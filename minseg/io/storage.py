@@ -286,12 +286,13 @@ def _make_parent(path: str) -> None:
         StorageError: ``path`` is a folder, or lies under a file (naming both), so no file can be written there."""
     if os.path.isdir(path):
         raise StorageError(f"{path}: is a folder, not a file: give the file's name (or a path in the folder)")
-    folder = os.path.dirname(path)
-    while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    if folder and os.path.exists(folder) and not os.path.isdir(folder):
-        raise StorageError(f"{path}: lies under {folder}, a file, not a folder: give a path outside it")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder of the path should be: name it
+        folder = os.path.dirname(path)
+        while folder and not os.path.isfile(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        raise StorageError(f"{path}: lies under {folder}, a file, not a folder: give a path outside it") from None
 
 
 class _LocalAtomicWriter(_AtomicWriter):

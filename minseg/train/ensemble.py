@@ -1086,7 +1086,7 @@ def write_curves(storage: Storage, run_uri: str, member: str) -> None:
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     uniform = [row[key] for key in UNIFORM_LOSSES[::-1] for row in history if isinstance(row.get(key), (int, float))]
-    if uniform:  # the know-nothing reference: a curve above it has learned nothing (learning_problem)
+    if uniform:  # the loss of uniform predictions: where a member that knows nothing starts
         left.axhline(uniform[0], color="grey", linestyle="--", linewidth=1, label="every class equally likely")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
