@@ -44,35 +44,6 @@ TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 """A TIFF tile side: the format wants multiples of 16."""
 
 
-def _known_crs(text: str):
-    """``text`` as a pyproj CRS; ValueError (a config error naming the key) when PROJ does not know it."""
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        return CRS.from_user_input(text)
-    except CRSError as exc:
-        detail = str(exc).rsplit("proj_create: ", 1)[-1].rstrip(")")  # PROJ's reason, e.g. 'crs not found: ...'
-        raise ValueError(f"not a CRS that PROJ knows ({detail}); give e.g. EPSG:3067, a PROJ string or WKT") from None
-
-
-def _crs_text(text: str) -> str:
-    _known_crs(text)
-    return text
-
-
-def _epsg_crs_text(text: str) -> str:
-    if _known_crs(text).to_epsg(min_confidence=70) is None:
-        raise ValueError("a CRS without an EPSG code: the GeoTIFFs minseg writes need one, e.g. EPSG:3067")
-    return text
-
-
-CrsText = Annotated[str, AfterValidator(_crs_text)]
-"""A CRS as the config gives it (``EPSG:3067``, a PROJ string, WKT), checked against PROJ when validated."""
-EpsgCrsText = Annotated[str, AfterValidator(_epsg_crs_text)]
-"""A ``CrsText`` that has an EPSG code (the CRS of a GeoTIFF minseg writes)."""
-
-
 class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
 

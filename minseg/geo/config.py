@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from minseg.config.base import CrsText, EpsgCrsText, StrictModel
+from minseg.config.base import StrictModel
+from minseg.io.crs import CrsText, EpsgCrsText
 from minseg.enums import (
     Augmentation,
     BadValue,

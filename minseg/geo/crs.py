@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
 
+from minseg.errors import InputError
 from minseg.geo.config import ProspectInputError
+from minseg.io.crs import known_crs
 
 _UNSPECIFIED_DATUM = ("not specified", "unknown", "not_specified")
 
 
 def parse_crs(value, where: str) -> CRS:
+    """``value`` (a CRS a file or the config gives) as a ``pyproj.CRS``.
+
+    Raises:
+        ProspectInputError: PROJ does not know it, naming ``where`` (``io.crs.known_crs``'s reason)."""
     try:
-        return CRS.from_user_input(value)
-    except CRSError as exc:
-        raise ProspectInputError(f"{where}: CRS {str(value)[:80]!r} is not understood ({exc})") from None
+        return known_crs(value)
+    except InputError as exc:
+        raise ProspectInputError(f"{where}: CRS {str(value)[:80]!r}: {exc}") from None
 
 
 def identifiable(crs: CRS | None) -> bool:

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from minseg.errors import InputError
 from minseg.geo.config import GridSettings, ProspectInputError
-from minseg.geo.crs import parse_crs
+from minseg.io.crs import epsg_code
 from minseg.io.geotiff import GridGeometry
 
 
@@ -18,10 +19,10 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
     The extent is snapped outwards to whole cells; a reference raster's own grid is used
     as is when neither extent nor cell size is given.
     """
-    crs = parse_crs(settings.crs, "prospect.grid.crs")
-    epsg = crs.to_epsg(min_confidence=70)
-    if epsg is None:
-        raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r} has no EPSG code; GeoTIFF outputs need one")
+    try:
+        epsg = epsg_code(settings.crs)  # the config checked it (EpsgCrsText); settings built otherwise are not
+    except InputError as exc:
+        raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r}: {exc}") from None
     if reference is not None and settings.extent is None and settings.cell_m is None:
         return GridGeometry(reference.x0, reference.y0, reference.pixel_width, reference.pixel_height,
                             reference.rows, reference.cols, epsg)

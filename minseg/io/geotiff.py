@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import tifffile
 
-from minseg.errors import InputError
 from minseg.io.storage import Storage
 
 _PIXEL_SCALE, _TIEPOINT, _GEOKEYS, _GDAL_NODATA = 33550, 33922, 34735, 42113
@@ -46,23 +45,6 @@ class GridGeometry:
     def bounds(self) -> tuple[float, float, float, float]:
         """(xmin, ymin, xmax, ymax)."""
         return (self.x0, self.y0 - self.rows * self.pixel_height, self.x0 + self.cols * self.pixel_width, self.y0)
-
-
-def epsg_code(crs: str | int) -> int:
-    """'EPSG:3067' / 3067 / any CRS pyproj knows -> its EPSG code.
-
-    Raises:
-        InputError: a CRS PROJ does not know, or one without an EPSG code."""
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        code = CRS.from_user_input(crs).to_epsg()
-    except CRSError as exc:
-        raise InputError(f"CRS {crs!r} is not understood: {exc}") from None
-    if code is None:
-        raise InputError(f"CRS {crs!r} has no EPSG code; GeoTIFFs written by minseg need one")
-    return code
 
 
 def write_geotiff(

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from minseg.config.base import EpsgCrsText, StrictModel, TiffTileSize
+from minseg.config.base import StrictModel, TiffTileSize
+from minseg.io.crs import EpsgCrsText
 from minseg.enums import ImageFormat, TiffCompression
 
 PositiveInt = Annotated[int, Field(gt=0)]

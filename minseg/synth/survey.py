@@ -28,7 +28,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from minseg.synth.config import SurveySynth
-from minseg.io.geotiff import GridGeometry, epsg_code, write_geotiff
+from minseg.io.crs import epsg_code
+from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.storage import Storage, join_uri, json_text
 from minseg.logs import get_logger, log_event
 
