@@ -8,6 +8,7 @@ environment (``MINSEG__SECTION__KEY=value``, parsed as YAML) and from the comman
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Annotated, Any, Mapping, TypeVar
@@ -74,7 +75,7 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "required value is missing"
     got = error.get("input")
-    reason = error["msg"]
+    reason = error["msg"].removeprefix("Value error, ")  # pydantic's label for a validator's ValueError
     if got is not None and not isinstance(got, (dict, list)):
         reason += f" (got {got!r})"
     return reason
@@ -222,8 +223,7 @@ def validate_config(
         return model.model_validate(merged)
     except ValidationError as exc:
         # a member's value that came from its list's defaults is reported once, at the defaults key that set it
-        problems = list(dict.fromkeys((key_path(_defaults_loc(merged, tuple(e["loc"]))), _describe(e))
-                                      for e in exc.errors()))
+        problems = [(key_path(loc), reason) for loc, reason in _problems(exc, merged, model)]
         # blame the --set or variable that set a key, not the file
         raise ConfigError(source, problems, [_origin(key, origins) or source for key, _ in problems]) from None
 
@@ -240,24 +240,91 @@ def validate_section(model: type[M], data: Mapping[str, Any], section: str, sour
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise section_error(exc, section, source, sources, model) from None
+        raise section_error(exc, section, source, sources, model, data) from None
 
 
 def section_error(exc: ValidationError, section: str, source: str, sources: Mapping[str, str] | None = None,
-                  model: type[BaseModel] | None = None) -> ConfigError:
+                  model: type[BaseModel] | None = None, data: Any = None) -> ConfigError:
     """A pydantic ``ValidationError`` of one section as a :class:`ConfigError` (``validate_section``). A model
     validator's error has no key; when its message starts with a field of ``model`` (``"block: ..."``), it is
-    that field's."""
+    that field's. With the validated ``data`` and ``model``, keys are named as the user wrote them
+    (:func:`_problems`)."""
     problems, wheres = [], []
-    for error in exc.errors():
-        loc, reason = tuple(error["loc"]), _describe(error)
+    for loc, reason in (_problems(exc, data, model) if model is not None and data is not None
+                        else [(tuple(e["loc"]), _describe(e)) for e in exc.errors()]):
         if not loc and model is not None:
-            name, sep, rest = reason.removeprefix("Value error, ").partition(": ")
+            name, sep, rest = reason.partition(": ")
             if sep and name in model.model_fields:
                 loc, reason = (name,), rest
         problems.append((key_path(((section,) if section else ()) + loc), reason))
         wheres.append((sources or {}).get(loc[0], source) if loc else source)
     return ConfigError(source, problems, wheres)
+
+
+def _problems(exc: ValidationError, data: Any, model: type[BaseModel]) -> list[tuple[tuple, str]]:
+    """(loc, reason) per problem of ``exc``, raised validating ``data`` into ``model``, with keys as the user wrote
+    them: a member's value from its list's defaults at the defaults key (:func:`_defaults_loc`), and without the
+    labels pydantic adds for the branches of a union (``prospect.deposits.points.crs`` is ``prospect.deposits.crs``).
+    The branches' complaints about one value become one problem (``cache``: "a valid boolean; or 'auto'")."""
+    labels = _branch_labels(model)
+    reasons: dict[tuple, list[str]] = {}
+    for error in exc.errors():
+        loc = _input_loc(data, _defaults_loc(data, tuple(error["loc"])), labels)
+        reason = _describe(error)
+        if reason not in reasons.setdefault(loc, []):
+            reasons[loc].append(reason)
+    return [(loc, _either(said)) for loc, said in reasons.items()]
+
+
+def _either(reasons: list[str]) -> str:
+    """Several branches' reasons as one: "A (got 'x')", "B (got 'x')" -> "A; or B (got 'x')"."""
+    if len(reasons) == 1:
+        return reasons[0]
+    got = re.search(r" \(got [^\n]*\)$", reasons[-1])
+    tail = got.group(0) if got and all(reason.endswith(got.group(0)) for reason in reasons) else ""
+    return "; or ".join(reason.removesuffix(tail) for reason in reasons) + tail
+
+
+@functools.cache
+def _branch_labels(model: type[BaseModel]) -> frozenset[str]:
+    """What pydantic may put in an error's loc for a union branch of ``model``'s fields: the tags of tagged unions
+    and the names of model classes (a value's own scalar branches are recognised by :func:`_input_loc`)."""
+    found: set[str] = set()
+    pending: list[Any] = [model.__pydantic_core_schema__]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "tagged-union":
+                found.update(str(tag) for tag in node.get("choices", {}))
+            if node.get("type") == "model" and isinstance(node.get("cls"), type):
+                found.add(node["cls"].__name__)
+            pending.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            pending.extend(node)
+    return frozenset(found)
+
+
+def _input_loc(data: Any, loc: tuple, labels: frozenset[str]) -> tuple:
+    """``loc`` without union-branch labels: a part the input does not hold that is one of ``labels``, or any part
+    below a value that holds no keys (``cache.bool`` -> ``cache``). A part the input lacks otherwise (a missing
+    key) and what follows it are kept."""
+    kept: list[Any] = []
+    node = data
+    for n, part in enumerate(loc):
+        if (isinstance(node, Mapping) and part in labels
+                and (part not in node or (n + 1 < len(loc) and loc[n + 1] in node))):
+            continue  # a tag, also when a branch holds a key of its name (``raster``)
+        child = _child(node, part, _ABSENT)
+        if child is not _ABSENT:
+            kept.append(part)
+            node = child
+        elif not isinstance(node, (Mapping, list)):
+            continue  # a branch label under a value that holds no keys
+        elif isinstance(node, list) and not isinstance(part, int):
+            continue  # a branch label under a list value ('list[float]')
+        else:
+            return tuple(kept) + loc[n:]
+    return tuple(kept)
 
 
 def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:

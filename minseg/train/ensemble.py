@@ -127,8 +127,9 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
     against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
-    warning (it may sit on the cluster's shared filesystem). One line per problem, naming the member; [] when there
-    is none. Class weights computed from the data, and weights on object storage,
+    warning (it may sit on the cluster's shared filesystem). One line per problem, naming the members it is about
+    (``training.members (all 6)`` when every member shares it, as a value from ``training.defaults``); [] when
+    there is none. Class weights computed from the data, and weights on object storage,
     are checked when training."""
     from minseg.data.classmap import ClassMap
 
@@ -137,12 +138,13 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     storage = storage or Storage(config.storage)
     data = config.data
     names = list(ClassMap.from_settings(data.classes).names) if data is not None and data.classes else None
-    problems, tasks = [], {}
+    said: dict[str, list[str]] = {}  # problem -> the members it is about
+    tasks = {}
     for member in config.training.members:
         try:
             entry = get_entry(member.model)
         except InputError as exc:
-            problems.append(f"training.members[{member.name}]: {exc}")
+            said.setdefault(str(exc), []).append(member.name)
             continue
         tasks[member.name] = entry.task
         num_classes = len(names) if names is not None else entry.input_spec.num_classes or 2
@@ -161,7 +163,11 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
             log_event(log, "config.init_not_here", logging.WARNING, member=member.name, uri=member.init.uri,
                       hint="no such file on this machine; training refuses the member if the nodes lack it too")
         if problem:
-            problems.append(f"training.members[{member.name}]: {problem}")
+            said.setdefault(problem, []).append(member.name)
+    # a value several members share (mostly from training.defaults) is one problem, said once
+    everyone = len(config.training.members)
+    problems = [f"training.members (all {everyone}): {problem}" if len(names) == everyone > 1 else
+                f"training.members[{', '.join(names)}]: {problem}" for problem, names in said.items()]
     mixed = mixed_tasks(tasks)
     if mixed:
         problems.append(f"training.members: {mixed}")

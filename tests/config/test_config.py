@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -198,6 +199,52 @@ def test_a_bad_value_from_training_defaults_is_named_there_once():
     with pytest.raises(ConfigError, match=r"<config>: prospect.training.defaults.optimizer.lr: ") as info:
         validate_config(prospect, MinsegConfig)
     assert "members[" not in str(info.value)
+
+
+def test_keys_in_a_union_are_named_as_written_without_pydantic_branch_labels(tmp_path):
+    """Errors inside a union named the branch pydantic tried (``prospect.deposits.points.crs``, ``data.cache.bool``
+    and ``data.cache.literal['auto']`` as two problems), so a --set of the key as written was not blamed either."""
+    prospect = Path(__file__).resolve().parents[2] / "configs" / "prospect_synthetic.yaml"
+    for override, says in (
+            ("prospect.deposits.crs=bogus", "--set prospect.deposits.crs: prospect.deposits.crs: not a CRS that PROJ "
+                                            "knows"),
+            ("prospect.barren={uri: 3}", "--set prospect.barren: prospect.barren.uri: Input should be a valid string"),
+            ("prospect.deposits={id: x}", "prospect.deposits.uri: required value is missing"),
+            # the raster branch's tag is also its key: a problem beside it and one in it
+            ("prospect.deposits={raster: x.tif, band: 0}", "prospect.deposits.band: Input should be greater than or "
+                                                           "equal to 1 (got 0)"),
+            ("prospect.deposits={raster: 3}", "prospect.deposits.raster: Input should be a valid string (got 3)")):
+        with pytest.raises(ConfigError) as info:
+            load_config(prospect, MinsegConfig, overrides=dict([override.split("=", 1)]))
+        assert says in str(info.value), (override, str(info.value))
+        assert ".points." not in str(info.value) and ".raster." not in str(info.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {name: x}\ndata: {sources: [{uri: here}], cache: maybe}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, MinsegConfig)
+    message = str(info.value)
+    assert message.count("data.cache") == 1 and ".bool" not in message and "literal" not in message
+    assert "Input should be a valid boolean, unable to interpret input; or Input should be 'auto' (got 'maybe')" in (
+        message)
+
+
+def test_a_member_problem_every_member_shares_is_said_once(tmp_path, capsys):
+    """A model option from ``training.defaults`` that the model refuses was one line per member (six for the
+    LumenStone recipe); now one line for all, and one for the members that share a problem."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}]},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]},
+                     "members": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}))
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("width must be") == 1 and "training.members (all 3): ValueError: width must be" in err
+    assert main(["config", "validate", str(path), "--set", "training.defaults.model_options.width=0.25", "--set",
+                 "training.members.a.model=unett", "--set", "training.members.c.model=unett"]) == 2
+    assert "training.members[a, c]: unknown model 'unett'" in capsys.readouterr().err
 
 
 def test_a_section_from_flags_blames_each_flag():
