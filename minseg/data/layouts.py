@@ -839,6 +839,7 @@ def read_class_folders(container: Container, prefix: str, source: SourceSettings
     names = configured or tuple(sorted(set(folder_of.values())))
     if not configured:
         _warn_repeated_class_folders(container, [m for m in images if m in folder_of])
+        _warn_names_differing_in_case(container, names)
     items, rejected, unconfigured = [], [], defaultdict(list)
     for image in sorted(images):
         if image not in folder_of:
@@ -902,6 +903,20 @@ def _warn_repeated_class_folders(container: Container, images: list[str]) -> Non
                        "batches or samples), list them in data.classes: an image then takes the nearest enclosing "
                        "folder named as a class. Listing the classes also confirms the first reading and silences "
                        "this")
+
+
+def _warn_names_differing_in_case(container: Container, names: tuple[str, ...]) -> None:
+    """Class folders whose names differ only in case (``Quartz``, ``quartz``) are two classes: on a case-insensitive
+    file system (Windows, macOS) they were one folder, and merged by hand they rarely mean two minerals."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        by_name[name.casefold()].append(name)
+    alike = [spelt for spelt in by_name.values() if len(spelt) > 1]
+    if alike:
+        log_event(log, "data.class_folders_differ_in_case", logging.WARNING, source=container.uri,
+                  classes="; ".join(", ".join(spelt) for spelt in alike),
+                  hint="each is a class of its own; rename the folders alike if they are one class, or list the "
+                       "classes in data.classes to confirm they are several")
 
 
 def _check_registry() -> None:

@@ -352,6 +352,16 @@ def test_class_folders_with_subfolders_strays_and_misspelt_classes(tmp_path, ray
     assert not [r for r in caplog.records if r.getMessage() == "data.class_folders_repeated"]
     assert {i["item_id"].split("/", 1)[1]: i["layout_split"] for i in items if "quartz" in i["item_id"]} == {
         "train/quartz/train": "train", "valid/quartz/valid": "val", "test/quartz/test": "test"}
+    assert not [r for r in caplog.records if r.getMessage() == "data.class_folders_differ_in_case"]
+    # folders named alike but for case are two classes: said (one folder on Windows and macOS)
+    (export / "train" / "Quartz").mkdir()
+    (export / "train" / "Quartz" / "big.jpg").write_bytes(jpg_bytes(render_section(7, 16, 16)[0]))
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        items, _, names = _list_items(validate_config({"sources": [{"uri": str(export)}]}, DataSettings), Storage(),
+                                      str(tmp_path / "staging3"), Task.CLASSIFICATION)
+    assert list(names) == ["Quartz", "calcite", "quartz"]
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.class_folders_differ_in_case"]
+    assert warned["classes"] == "Quartz, quartz" and "data.classes" in warned["hint"]
 
 
 def test_labelme_class_with_code_0_would_swallow_unlabelled_pixels(tmp_path):
