@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case (default: MINSEG_LOG_LEVEL)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show Ray's, Ray Data's and Tune's own output (by default it goes to Ray's log "
-                             "folder, named in the ray.ready line); MINSEG_LOG_LEVEL=debug does the same")
+                             "folder, named in the ray.ready line); --log-level debug and MINSEG_LOG_LEVEL=debug "
+                             "do the same")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on local Ray and local files")
@@ -675,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose:
+    if args.verbose or args.log_level == "DEBUG":  # debug shows Ray's own output, as MINSEG_LOG_LEVEL=debug does
         os.environ["MINSEG_VERBOSE"] = "1"  # read by init_ray, also in job processes this one starts
     try:
         configure_logging(args.log_level)

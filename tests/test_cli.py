@@ -170,14 +170,19 @@ def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monk
     """``debug`` was ``ValueError: Unknown level: 'debug'`` with a traceback, from the flag and the variable."""
     import logging
 
+    from minseg.logs import verbose
+
     for level, expected in (("debug", logging.DEBUG), ("Warning", logging.WARNING), ("warn", logging.WARNING),
                             ("INFO", logging.INFO)):
         monkeypatch.setenv("MINSEG_LOG_LEVEL", level)
         assert main(["storage", "ls", str(tmp_path)]) == 0
         assert logging.getLogger("minseg").level == expected
         monkeypatch.delenv("MINSEG_LOG_LEVEL")
+        monkeypatch.setenv("MINSEG_VERBOSE", "0")
         assert main(["--log-level", level, "storage", "ls", str(tmp_path)]) == 0
         assert logging.getLogger("minseg").level == expected
+        # debug from the flag shows Ray's own output too, as the variable does (it did not)
+        assert verbose() is (expected == logging.DEBUG)
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
         main(["--log-level", "loud", "storage", "ls", str(tmp_path)])
