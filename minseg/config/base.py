@@ -68,7 +68,8 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return text
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
+    """One pydantic error (``ValidationError.errors()``) as a reason to print: no pydantic labels, the value given."""
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key (check spelling; see docs/configuration.md)"
@@ -251,7 +252,7 @@ def section_error(exc: ValidationError, section: str, source: str, sources: Mapp
     (:func:`_problems`)."""
     problems, wheres = [], []
     for loc, reason in (_problems(exc, data, model) if model is not None and data is not None
-                        else [(tuple(e["loc"]), _describe(e)) for e in exc.errors()]):
+                        else [(tuple(e["loc"]), describe_error(e)) for e in exc.errors()]):
         if not loc and model is not None:
             name, sep, rest = reason.partition(": ")
             if sep and name in model.model_fields:
@@ -270,7 +271,7 @@ def _problems(exc: ValidationError, data: Any, model: type[BaseModel]) -> list[t
     reasons: dict[tuple, list[str]] = {}
     for error in exc.errors():
         loc = _input_loc(data, _defaults_loc(data, tuple(error["loc"])), labels)
-        reason = _describe(error)
+        reason = describe_error(error)
         if reason not in reasons.setdefault(loc, []):
             reasons[loc].append(reason)
     return [(loc, _either(said)) for loc, said in reasons.items()]

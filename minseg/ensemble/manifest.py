@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from minseg.config.base import StrictModel, key_path
+from minseg.config.base import StrictModel, describe_error, key_path
 from minseg.data.config import DEFAULT_CHANNELS, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
@@ -129,7 +129,7 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
     try:
         manifest = EnsembleManifest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
         raise ManifestError(f"{uri}: invalid manifest: {problems}") from None
     check_manifest(manifest, uri)
     if verify:
