@@ -23,7 +23,7 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
-from minseg.enums import ClassWeighting, MemberStatus, Task
+from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError
 from minseg.io.storage import Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
@@ -85,7 +85,8 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     """Build the member's model and loss without data (meta device) and match its pretrained weights
     to it (names and shapes only: a wrong file is refused before any worker starts); check its
     ``checkpoint_metric`` names a metric of these classes and that its model takes tiles of ``tile_size`` pixels
-    (``data.tiling.size``; None: not checked); the error text, or None.
+    (``data.tiling.size``: its smallest input and, with ``pad_mode: strict``, its size multiple; None: not
+    checked); the error text, or None.
 
     ``weights_cache``: state dicts already read, by URI (members often share one file). ``class_counts``: the
     training data's counts per class (``TrainingSource.class_counts``), for class weights computed from them.
@@ -107,6 +108,10 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
         if tile_size is not None and tile_size < model.min_size:
             return (f"model {member.model} needs inputs of at least {model.min_size} x {model.min_size} pixels, and "
                     f"data.tiling.size gives tiles of {tile_size}: raise data.tiling.size")
+        if tile_size is not None and model.pad_mode is PadMode.STRICT and tile_size % model.size_multiple:
+            return (f"model {member.model} with pad_mode strict needs inputs whose sides are multiples of "
+                    f"{model.size_multiple} pixels, and data.tiling.size gives tiles of {tile_size}: make it a "
+                    f"multiple of {model.size_multiple}, or drop pad_mode strict to pad and crop")
         build_loss(member.loss.name, num_classes=num_classes, class_weights=member.class_weights(class_counts),
                    focal_alpha=member.loss.focal_alpha, beta=member.loss.beta)
         if member.init is not None:

@@ -129,7 +129,8 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
                {"name": "init", "init": {"uri": str(tmp_path / "missing.pt")}},
                {"name": "computed", "loss": {"class_weights": "median_frequency"}},  # needs the data: fine here
                {"name": "binary", "loss": {"name": "weighted_bce"}},  # the one-foreground-class loss, 3 classes
-               {"name": "small", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"}}]
+               {"name": "small", "model": "convnext_eca", "model_options": {"width": 0.125, "depth": "tiny"}},
+               {"name": "strict", "model": "res_unet", "model_options": {"pad_mode": "strict"}}]  # 16-px tiles
     classes = [{"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}, {"name": "gangue", "codes": [2]}]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
@@ -146,8 +147,11 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
                  "class (the microplastic paper's), and this run has 3 classes",
                  "training.members[small]: model convnext_eca needs inputs of at least 32 x 32 pixels, and "
                  "data.tiling.size gives tiles of 16: raise data.tiling.size",
+                 "training.members[strict]: model res_unet with pad_mode strict needs inputs whose sides are "
+                 "multiples of 32 pixels, and data.tiling.size gives tiles of 16",
                  "training.members: all members of one run must share a task (their data is prepared once for it), "
-                 "these do not: segmentation: ok, thin, weights, metric, init, computed, binary; classification: small",
+                 "these do not: segmentation: ok, thin, weights, metric, init, computed, binary, strict; "
+                 "classification: small",
                  "config.init_not_here"):  # a warning: the path may be the cluster's shared filesystem
         assert says in err, says
     assert "members[ok]" not in err and "members[computed]" not in err and "members[init]" not in err
