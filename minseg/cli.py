@@ -689,7 +689,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"storage {args.action} takes one path or glob; {args.destination!r} is one too many (quote a "
                      "glob, e.g. 'dir/*.txt', for minseg to expand it)")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's flush at exit
+        return code
     except MinsegError as exc:  # input errors exit 2, run errors 1: minseg/errors.py
         print(f"minseg: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -702,6 +704,17 @@ def main(argv: list[str] | None = None) -> int:
         again = " (what finished is kept: the same command with --resume continues)" if hasattr(args, "resume") else ""
         print(f"minseg: interrupted{again}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `minseg models | head`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # as a process SIGPIPE ended (128 + 13)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise BrokenPipeError again (Python's
+    documented way, library/signal.html#note-on-sigpipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

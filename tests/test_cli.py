@@ -11,6 +11,19 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "minseg", *args], capture_output=True, text=True, timeout=600)
 
 
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``minseg models | head`` printed a BrokenPipeError traceback. The reader here closes the pipe before
+    anything is written (as head does after its lines): exit 141, as a process SIGPIPE ended, and nothing on
+    stderr."""
+    for args in (["models"], ["models", "--json"], ["--help"]):
+        process = subprocess.Popen([sys.executable, "-m", "minseg", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        process.stdout.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=120) == (0 if args == ["--help"] else 141), (args, err)  # argparse: its own
+        assert "Traceback" not in err and "BrokenPipeError" not in err, (args, err)
+
+
 def test_help_lists_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0
