@@ -20,7 +20,7 @@ def test_output_into_a_closed_pipe_ends_quietly():
                                    stderr=subprocess.PIPE, text=True)
         process.stdout.close()
         err = process.stderr.read()
-        assert process.wait(timeout=120) == (0 if args == ["--help"] else 141), (args, err)  # argparse: its own
+        assert process.wait(timeout=120) == (0 if args == ["--help"] else 141), (args, err)  # --help: argparse exits 0
         assert "Traceback" not in err and "BrokenPipeError" not in err, (args, err)
 
 
