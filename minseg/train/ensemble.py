@@ -1011,7 +1011,7 @@ def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
 
 TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "test_value", "best_epoch", "epochs",
                  "restarts",
-                 "wall_seconds", "init", "best_checkpoint", "error", "warning"]
+                 "wall_seconds", "init", "best_checkpoint", "last_checkpoint", "error", "warning"]
 
 
 def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
@@ -1051,18 +1051,32 @@ def format_members_table(results: list[MemberResult]) -> str:
     header = (f"{'member':<{name_w}}{'fold':>5} {'model':<{model_w}}{'status':<8}{'metric':<{metric_w}}{'best':>9}"
               f"{'test':>9}{'epoch':>7}{'epochs':>7}{'min':>7}  checkpoint / error")
     lines = [header, "-" * len(header)]
+    unscored = False  # a member trained without validation (prospect windows, val: 0) keeps its last epoch
     for r in results:
         best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
-        tail = r.best_checkpoint or "" if r.status is MemberStatus.DONE else (r.error or "")
+        last_kept = r.status is MemberStatus.DONE and r.best_value is None and r.best_checkpoint is None
+        unscored |= last_kept
+        metric, epoch = ("last epoch", r.epochs) if last_kept else (r.metric, r.best_epoch or "-")
+        tail = (r.best_checkpoint or r.last_checkpoint or "") if r.status is MemberStatus.DONE else (r.error or "")
         test = f"{r.test_value:.4f}" if isinstance(r.test_value, (int, float)) and not math.isnan(r.test_value) else "-"
         lines.append(f"{r.member:<{name_w}}{'' if r.fold is None else r.fold + 1:>5} {r.model:<{model_w}}"
-                     f"{r.status.value:<8}{r.metric:<{metric_w}}"
-                     f"{best:>9}{test:>9}{r.best_epoch or '-':>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
+                     f"{r.status.value:<8}{metric:<{metric_w}}"
+                     f"{best:>9}{test:>9}{epoch:>7}{r.epochs:>7}{r.wall_seconds / 60:>7.1f}  {tail[:160]}")
         if r.init:
             lines.append(f"{'':<{name_w + 5}} initialised from {r.init}")
         if r.warning:
             lines.append(f"{'':<{name_w + 5}} warning: {r.warning}")
+    if any(r.status is MemberStatus.DONE and r.best_value is not None for r in results):
+        lines.append(_SCORES_NOTE)
+    if unscored:
+        lines.append("last epoch: no validation split to choose an epoch on; the last epoch's checkpoint is kept")
     return "\n".join(lines)
+
+
+# two validation scores of one checkpoint, and rankings that may differ, puzzle users: say which is which
+_SCORES_NOTE = ("best: the metric on validation at the epoch kept, as training scores it (segmentation: on its tiles); "
+                "minseg evaluate scores whole images\nand ranks members on those, so its numbers and order can "
+                "differ. test: the kept checkpoint on the test split (classification, k-fold runs), else -")
 
 
 def write_curves(storage: Storage, run_uri: str, member: str) -> None:

@@ -118,9 +118,18 @@ def test_preflight_reports_bad_options_and_table_formats():
                                               metric="recall_weighted_f1", best_value=0.5, epochs=2),
                                  MemberResult("a", "half_unet", "failed", metric="miou", error="boom")])
     header, _, *rows = text.splitlines()
+    rows, note = rows[:2], rows[2]
     column = header.index("status")
     assert [row[column:column + 6] for row in rows] == ["done  ", "failed"]
     assert header.index("best") + len("best") == rows[0].index("0.5000") + len("0.5000")  # right-aligned under it
+    # the note says training's score is not evaluate's (the demo's two orders of its members puzzled a newcomer)
+    assert note.startswith("best: the metric on validation at the epoch kept, as training scores it")
+    # trained without validation (prospect windows): the last epoch, its checkpoint, said so (was: miou, dashes,
+    # no checkpoint)
+    text = format_members_table([MemberResult("m", "mfaf", "done", metric="miou", epochs=8, last_checkpoint="/l8")])
+    header, _, row, note = text.splitlines()
+    assert row.split()[3:] == ["last", "epoch", "-", "-", "8", "8", "0.0", "/l8"]
+    assert note.startswith("last epoch: no validation split to choose an epoch on")
 
 
 def test_ruel_paper_config_is_table_2():
