@@ -148,8 +148,26 @@ def cmd_synth(args) -> int:
         config.synth.seed = args.seed
     _check_output(args.out, "--out")
     result = run_synth(config, args.out)
-    print(json.dumps(result.outputs, indent=2))
+    print(_synth_summary(result))
     return 0
+
+
+def _synth_summary(result) -> str:
+    """What ``minseg synth`` made, a line per product (``synth_manifest.json`` holds it all)."""
+    lines = [f"synthesised in {result.seconds:.1f} s -> {result.output} (all of it: synth_manifest.json)"]
+    sections, slide, survey = (result.outputs.get(k) for k in ("sections", "slide", "survey"))
+    if sections:
+        shares = {name: c["pixel_share"] for name, c in sections["classes"].items()}
+        rarest = min(shares, key=shares.get)
+        lines.append(f"  sections: {sections['images']} images of {sections['size'][1]}x{sections['size'][0]} px with "
+                     f"masks, {len(shares)} classes (rarest: {rarest}, {shares[rarest]:.1%} of pixels)")
+    if slide:
+        lines.append(f"  slide: {slide['image']} ({slide['width']}x{slide['height']} px, {slide['levels']} levels, "
+                     f"{slide['compression']}) and its mask {slide['mask']}")
+    if survey:
+        lines.append(f"  survey: {survey['samples']} samples, {survey['deposits']} deposits, {survey['faults']} "
+                     f"faults, lithology on a {survey['grid']} grid ({survey['crs']}) in {survey['output']}")
+    return "\n".join(lines)
 
 
 def cmd_train(args) -> int:

@@ -54,7 +54,9 @@ def test_synth_survey_and_storage_commands(tmp_path, capsys):
     assert not (out / "sections").exists()
     manifest = json.loads((out / "synth_manifest.json").read_text())
     assert manifest["config"]["synth"]["survey"]["n_samples"] == 50
-    capsys.readouterr()
+    printed = capsys.readouterr().out.splitlines()  # a line per product, not the manifest's JSON
+    assert printed[0].startswith("synthesised in ") and printed[0].endswith("(all of it: synth_manifest.json)")
+    assert printed[1].startswith("  survey: 50 samples, ") and "(EPSG:3067)" in printed[1] and len(printed) == 2
     assert main(["storage", "ls", str(out / "survey")]) == 0
     assert "lithology.tif" in capsys.readouterr().out
     assert main(["storage", "cat", str(out / "missing.txt")]) == 2

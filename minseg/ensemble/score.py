@@ -156,7 +156,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     }
     gain = metric_value(selected.metrics, "miou") - metric_value(best.metrics, "miou")
     footer = (f"{selected.key} on {len(items)} image(s) of {', '.join(document['data'])}: mIoU "
-              f"{metric_value(selected.metrics, 'miou'):.4f} (best member {best.key}: "
+              f"{metric_value(selected.metrics, 'miou'):.4f} (best member {best.key.removeprefix(MEMBER_PREFIX)}: "
               f"{metric_value(best.metrics, 'miou'):.4f}, {gain * 100:+.1f} points)")
     if document["at_selection"].get("miou") is not None:  # null: undefined, as recorded in the manifest
         footer += f"; at selection, on its run's test split: {document['at_selection']['miou']:.4f}"
