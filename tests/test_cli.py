@@ -175,7 +175,8 @@ def test_synth_without_a_target_makes_everything(tmp_path, capsys):
         assert build_parser().parse_args(["synth", *targets, "--out", str(tmp_path)]).what == targets
     out = tmp_path / "made"
     assert main(["synth", "slide", "--out", str(out), "--set", "synth.slide={height: 64, width: 80, tile: 16}"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"slide"}
+    assert set(json.loads((out / "synth_manifest.json").read_text())["outputs"]) == {"slide"}
+    assert [line.split(":")[0].strip() for line in capsys.readouterr().out.splitlines()[1:]] == ["slide"]
     with pytest.raises(SystemExit) as stopped:
         main(["synth", "slides", "--out", str(tmp_path)])
     assert stopped.value.code == 2

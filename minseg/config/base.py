@@ -52,7 +52,8 @@ class ConfigError(InputError):
         self.source = source
         self.problems = problems
         wheres = sources or [source] * len(problems)  # per problem, where the value came from
-        lines = [f"{where}: {key}: {reason}" if key else f"{where}: {reason}"
+        # a --set that names the key itself is not followed by the key again
+        lines = [f"{where}: {key}: {reason}" if key and where != f"--set {key}" else f"{where}: {reason}"
                  for where, (key, reason) in zip(wheres, problems)]
         super().__init__("invalid configuration\n  " + "\n  ".join(lines))
 

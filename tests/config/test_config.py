@@ -164,8 +164,8 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
     path.write_text("run: {name: x}\nsegment: {actors: 1}\n")
     assert main(["config", "validate", str(path), "--set", "segment.actorz=3", "--set", "segment.batch_size=-1"]) == 2
     err = capsys.readouterr().err
-    assert "--set segment.actorz: segment.actorz: unknown key" in err
-    assert "--set segment.batch_size: segment.batch_size: Input should be greater than or equal to 1" in err
+    assert "--set segment.actorz: unknown key" in err
+    assert "--set segment.batch_size: Input should be greater than or equal to 1" in err
     assert f"{path}:" not in err
     with pytest.raises(ConfigError, match="environment MINSEG__SEGMENT__ACTORS: segment.actors"):
         load_config(path, MinsegConfig, environ={"MINSEG__SEGMENT__ACTORS": "0"})
@@ -210,8 +210,7 @@ def test_keys_in_a_union_are_named_as_written_without_pydantic_branch_labels(tmp
     and ``data.cache.literal['auto']`` as two problems), so a --set of the key as written was not blamed either."""
     prospect = Path(__file__).resolve().parents[2] / "configs" / "prospect_synthetic.yaml"
     for override, says in (
-            ("prospect.deposits.crs=bogus", "--set prospect.deposits.crs: prospect.deposits.crs: not a CRS that PROJ "
-                                            "knows"),
+            ("prospect.deposits.crs=bogus", "--set prospect.deposits.crs: not a CRS that PROJ knows"),
             ("prospect.barren={uri: 3}", "--set prospect.barren: prospect.barren.uri: Input should be a valid string"),
             ("prospect.deposits={id: x}", "prospect.deposits.uri: required value is missing"),
             # the raster branch's tag is also its key: a problem beside it and one in it
@@ -317,7 +316,7 @@ def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
     assert [m.seed for m in config.training.members] == [5, 2, None, 6]
     assert "a name holding dots goes in brackets" in refused({"training.members.unet.v2.seed": "3"})
     # the nearest override is blamed: the entry's own, not the whole list set beside it
-    assert "--set training.members[1].seed: training.members[1].seed: Input should be a valid integer" in refused(
+    assert "--set training.members[1].seed: Input should be a valid integer" in refused(
         {"training.members": yaml.safe_dump(data["training"]["members"]), "training.members[1].seed": "x"})
     data["training"]["members"] = before["training"]["members"]
     # the environment upper-cases names and cannot hold '-': MINSEG__...__UNET_B__ is unet-b (when only one fits)
