@@ -47,6 +47,26 @@ def test_classes_that_disagree_with_the_maps_own_are_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_reference_that_numbers_its_classes_otherwise_is_refused(tmp_path, capsys):
+    """A reference is compared with its map id by id: one naming pyrite and chalcopyrite the other way round gave
+    errors of 0 against the same pixels (found by a break-it pass)."""
+    labels = blob_labels((64, 64), 4, seed=3)
+    same, swapped = str(tmp_path / "a" / "segmentation.ome.zarr"), str(tmp_path / "b" / "segmentation.ome.zarr")
+    write_zarr(same, labels)
+    write_zarr(swapped, labels, names=["resin", "chalcopyrite", "pyrite", "gangue"])
+    out = tmp_path / "out"
+    assert main(["measure", same, "--reference", swapped, "--out", str(out)]) == 2
+    assert (f"{swapped} (the reference of {same}) names its classes otherwise: class id 1 is 'chalcopyrite' in the "
+            "reference, 'pyrite' in the map") in error_of(capsys)
+    assert not out.exists()
+    # with --classes for a map that names none (a PNG), the reference is held to them
+    Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "m.png")
+    assert main(["measure", str(tmp_path / "m.png"), "--classes", "resin,pyrite,chalcopyrite,gangue", "--reference",
+                 swapped, "--out", str(out)]) == 2
+    assert "class id 1 is 'chalcopyrite' in the reference, 'pyrite' in the map" in error_of(capsys)
+    assert main(["measure", same, "--reference", same, "--out", str(out)]) == 0
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--classes", "background,pyrite,galena,,magnetite", "class id 3 (entry 4 of 5) has an empty name"),
     ("--classes", "background,pyrite,galena,", "class id 3 (entry 4 of 4) has an empty name"),

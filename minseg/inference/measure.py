@@ -214,9 +214,16 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
     files = list(dict.fromkeys(uri for pair in pairs for uri in pair
                                if uri and uri.rstrip("/").lower().endswith((".zarr", ".tif", ".tiff"))))
     with ThreadPoolExecutor(max_workers=16) as pool:  # headers only; I/O-bound on S3
-        problems = [problem for problem in pool.map(
-            lambda uri: _label_map_problem(uri, uri in maps, settings, storage, classes_source, size_source), files)
-            if problem]
+        read = dict(zip(files, pool.map(
+            lambda uri: _label_map_problem(uri, uri in maps, settings, storage, classes_source, size_source), files)))
+    problems = [problem for problem, _ in read.values() if problem]
+    for uri, reference in pairs:  # a reference is compared id by id: its names must be the map's
+        map_names = list(settings.classes or read.get(uri, (None, None))[1] or [])
+        reference_names = read.get(reference, (None, None))[1] if reference else None
+        if map_names and reference_names and list(reference_names) != map_names:
+            problems.append(f"{reference} (the reference of {uri}) names its classes otherwise: "
+                            f"{_first_difference(list(reference_names), map_names, 'the map', 'the reference')} (ids are compared "
+                            "as they are: the reference must number its classes as the map does)")
     if len(problems) == 1:
         raise MeasureInputError(f"measure: {problems[0]}")
     if problems:
@@ -225,45 +232,54 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
                                 + "\n  ".join(shown))
 
 
-def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str, size_source: str):
-    """``check_label_maps`` for one file: what is wrong with it, or None (also when its header cannot be read:
-    the job then lists the map as a failure with the reader's own reason)."""
-    from minseg.io.ngff import SegmentationArrays
-
+def _label_map_problem(uri: str, is_map: bool, settings, storage, classes_source: str,
+                       size_source: str) -> tuple[str | None, tuple[str, ...] | None]:
+    """``check_label_maps`` for one file: (what is wrong with it or None, the class names it carries or None).
+    None for both when its header cannot be read: the job then lists the map as a failure with the reader's own
+    reason."""
     try:
         labels = open_label_map(uri, storage)
     except (SlideError, InputError, OSError, ValueError):
-        return None
+        return None, None
+    with labels:
+        names = tuple(labels.names) if labels.names else None
+        return _opened_map_problem(uri, labels, is_map, settings, storage, classes_source, size_source), names
+
+
+def _opened_map_problem(uri: str, labels, is_map: bool, settings, storage, classes_source: str,
+                        size_source: str) -> str | None:
+    """What is wrong with an opened label map or reference (``_label_map_problem``), or None."""
+    from minseg.io.ngff import SegmentationArrays
+
     try:
-        with labels:
-            zarr = uri.rstrip("/").lower().endswith(".zarr")
-            root = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root if zarr else None  # opened once
-            if zarr and (status := _zarr_status(root)) != "complete":
-                return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
-                        "an unfinished or failed segmentation; segment the slide again")
-            if not is_map:
-                return None
-            if settings.classes and labels.names and list(settings.classes) != list(labels.names):
-                return (f"{uri} names its classes and {classes_source} disagrees: "
-                        f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is "
-                        "for maps that do not name their classes: leave it out)")
-            if settings.pixel_size_um is not None:  # given: the file's resolution is not used
-                return None
-            sizes = _zarr_pixel_sizes(root) if zarr else _tiff_pixel_sizes(uri, storage)
-            if sizes and len(sizes) == 2 and abs(sizes[0] - sizes[1]) > ANISOTROPY_TOLERANCE * max(sizes):
-                return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
-                        "areas and sizes need square pixels; resample the map to square pixels, or set "
-                        f"{size_source} if its resolution is wrong")
+        zarr = uri.rstrip("/").lower().endswith(".zarr")
+        root = SegmentationArrays(uri.rstrip("/"), storage, read_only=True).root if zarr else None  # opened once
+        if zarr and (status := _zarr_status(root)) != "complete":
+            return (f"{uri}: its segment run has not completed (status {status!r} in zarr.json, not 'complete'): "
+                    "an unfinished or failed segmentation; segment the slide again")
+        if not is_map:
+            return None
+        if settings.classes and labels.names and list(settings.classes) != list(labels.names):
+            return (f"{uri} names its classes and {classes_source} disagrees: "
+                    f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is "
+                    "for maps that do not name their classes: leave it out)")
+        if settings.pixel_size_um is not None:  # given: the file's resolution is not used
+            return None
+        sizes = _zarr_pixel_sizes(root) if zarr else _tiff_pixel_sizes(uri, storage)
+        if sizes and len(sizes) == 2 and abs(sizes[0] - sizes[1]) > ANISOTROPY_TOLERANCE * max(sizes):
+            return (f"{uri}: its pixels are not square ({sizes[0]:.6g} µm wide, {sizes[1]:.6g} µm high): "
+                    "areas and sizes need square pixels; resample the map to square pixels, or set "
+                    f"{size_source} if its resolution is wrong")
     except (InputError, OSError, ValueError, KeyError):  # the reader's own reason comes from the job
         return None
     return None
 
 
-def _first_difference(names: list[str], given: list[str], source: str) -> str:
-    for class_id, (own, other) in enumerate(zip(names, given)):
-        if own != other:
-            return f"class id {class_id} is {own!r} in the map, {other!r} in {source}"
-    return f"the map names {len(names)} classes ({', '.join(names)}), {source} {len(given)}"
+def _first_difference(names: list[str], given: list[str], source: str, own: str = "the map") -> str:
+    for class_id, (mine, other) in enumerate(zip(names, given)):
+        if mine != other:
+            return f"class id {class_id} is {mine!r} in {own}, {other!r} in {source}"
+    return f"{own} names {len(names)} classes ({', '.join(names)}), {source} {len(given)}"
 
 
 def _zarr_status(root) -> str | None:

@@ -31,15 +31,15 @@ def write_labels_tif(path, labels, pixel_size_um=0.8):
     write_pyramids([(str(path), spec)], lambda r, c: (labels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64],))
 
 
-def write_zarr(uri, labels, pixel_size_um=0.8, status="complete"):
+def write_zarr(uri, labels, pixel_size_um=0.8, status="complete", names=NAMES):
     """A segmentation OME-Zarr as segment leaves it: every block written, then marked ``status`` (None: segment
-    died before its last write)."""
+    died before its last write); ``names``: its classes in id order."""
     from minseg.enums import TiffCompression
     from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
     from minseg.io.storage import Storage
 
     colours = np.array([[0, 0, 0], [255, 215, 0], [200, 120, 30], [128, 128, 128]], np.uint8)
-    create_segmentation(uri, Storage(), PyramidLayout(*labels.shape, 64), NAMES, colours, pixel_size_um, False,
+    create_segmentation(uri, Storage(), PyramidLayout(*labels.shape, 64), names, colours, pixel_size_um, False,
                         TiffCompression.ZSTD, {"generator": "minseg segment"})
     arrays = SegmentationArrays(uri, Storage())
     arrays.write(SegmentationArrays.LABELS, 0, 0, 0, labels)
