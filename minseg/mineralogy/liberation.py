@@ -64,19 +64,24 @@ def accumulate_by_size(compositions: np.ndarray, sample: np.ndarray, fraction: n
 def liberation_table(table: np.ndarray, names: list[str], sample: np.ndarray,
                      edges: tuple[int, ...] = DEFAULT_EDGES) -> dict:
     """Per mineral: its area % in each liberation class and the cumulative yield (% of its area with a share
-    of at least each lower edge, and at 100 %)."""
+    of at least each lower edge, and at 100 %). A mineral with no area in particles (absent, or only in noise)
+    has no liberation: every percentage is None (0 % would read as "all locked" and pull averages down)."""
     labels = liberation_classes(edges)
     result = {}
     for m, name in enumerate(names):
         if not sample[m]:
             continue
         total = int(table[m].sum())
-        percent = 100.0 * table[m] / total if total else np.zeros(len(labels))
+        percent = 100.0 * table[m] / max(total, 1)
         cumulative = np.cumsum(percent[::-1])[::-1]  # at least this class
+
+        def share(value: float) -> float | None:
+            return round(float(value), 4) if total else None
+
         result[name] = {
             "pixels": total,
-            "classes_pct": {label: round(float(p), 4) for label, p in zip(labels, percent)},
-            "yield_pct": {f">={low}": round(float(c), 4) for low, c in zip(list(edges) + [100], cumulative)},
-            "liberated_pct": round(float(percent[-1]), 4),
+            "classes_pct": {label: share(p) for label, p in zip(labels, percent)},
+            "yield_pct": {f">={low}": share(c) for low, c in zip(list(edges) + [100], cumulative)},
+            "liberated_pct": share(percent[-1]),
         }
     return result

@@ -58,6 +58,9 @@ def headline_text(document: dict, top: int = 4) -> list[str]:
     if document.get("particles"):
         sizes.insert(0, f"particles {_f(document['particles']['size']['mass']['p80'], 1)}")
     lines.append(f"P80 by mass ({unit}): " + ", ".join(sizes))
+    if document.get("densities_missing"):  # why every weight % above is '–'
+        lines.append(f"no weight % (nor particle sizes by mass): no density for "
+                     f"{', '.join(document['densities_missing'])}; set mineralogy.densities (g/cm³)")
     by_weight = sorted(minerals, key=lambda n: -(modal[n]["weight_percent"] or modal[n]["sample_area_percent"]))
     sulphides = [n for n in by_weight if n in SULPHIDES]
     main = (sulphides or by_weight)[0]  # the most abundant by weight, as a mill sees it

@@ -52,7 +52,14 @@ class MeasureSpec:
     @cached_property
     def sample(self) -> np.ndarray:
         """(C,) bool: the classes that are sample (not background)."""
-        return np.asarray([name not in self.settings.background_classes for name in self.names], bool)
+        return np.asarray([name not in self.background for name in self.names], bool)
+
+    @cached_property
+    def background(self) -> frozenset[str]:
+        """The class names that are background: ``background_classes`` as written in any case (a mask's
+        ``Background`` or ``Resin`` class is not a mineral)."""
+        wanted = {name.casefold() for name in self.settings.background_classes}
+        return frozenset(name for name in self.names if name.casefold() in wanted)
 
     @property
     def has_particles(self) -> bool:
@@ -69,7 +76,13 @@ class MeasureSpec:
 
     @cached_property
     def densities(self) -> dict[str, float]:
-        return {**DEFAULT_DENSITIES, **self.settings.densities}
+        """g/cm³ by name: the built-in table with ``mineralogy.densities`` over it; a class spelt in another case
+        than an entry (``Pyrite``) takes that entry's density (an entry spelt as the class wins)."""
+        merged = {**DEFAULT_DENSITIES, **self.settings.densities}
+        folded = {name.casefold(): density for name, density in merged.items()}
+        folded.update({name.casefold(): density for name, density in self.settings.densities.items()})
+        return {**merged, **{name: folded[name.casefold()] for name in self.names
+                             if name not in merged and name.casefold() in folded}}
 
     @property
     def unit(self) -> str:
@@ -430,7 +443,7 @@ def mineralogy_document(tally: Tally, spec: MeasureSpec, exact: dict | None = No
     distributions; without it (a batch) they are read off the binned curves (``binned: true``)."""
     names, sample, settings = list(spec.names), spec.sample, spec.settings
     unit = spec.unit
-    background = set(settings.background_classes)
+    background = set(spec.background)
     modal, missing = modal_mineralogy(tally.class_pixels, names, background, spec.densities)
     density = _density_vector(spec, tally.class_pixels)
     particle_area = tally.particle_bin_pixels.sum(axis=1)

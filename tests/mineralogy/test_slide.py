@@ -149,3 +149,41 @@ def test_a_slide_of_resin_only_has_no_particles_and_empty_tables(tmp_path):
     document = measured(labels, 16, spec, tmp_path)
     assert document["particles"]["count"] == 1 and document["liberation"]["pyrite"]["liberated_pct"] == 100.0
     assert write_plots(document, Storage(), str(tmp_path), "one grain")[0] == "size_distribution.png"
+
+
+def test_background_and_densities_match_class_names_in_any_case():
+    """A mask's ``Background`` class was a mineral (75 % of the "sample", no particles, every weight % null) and
+    ``Pyrite`` had no density: class names are matched to background_classes and the density table ignoring case
+    (a break-it pass found it); an entry spelt as the class wins."""
+    from minseg.mineralogy.report import headline_text
+
+    labels = blob_labels((40, 40), 4, seed=1)
+    lower = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0))
+    upper = measured(labels, 16, MeasureSpec(("Resin", "Pyrite", "CHALCOPYRITE", "Gangue"), MineralogySettings(), 1.0))
+    assert upper["background_classes"] == ["Resin"] and upper["densities_missing"] == []
+    assert [entry.get("weight_percent") for entry in upper["modal_mineralogy"].values()] == [
+        entry.get("weight_percent") for entry in lower["modal_mineralogy"].values()]
+    assert upper["particles"]["count"] == lower["particles"]["count"] > 0
+    own = MeasureSpec(("Resin", "Pyrite"), MineralogySettings(densities={"Pyrite": 4.8}), 1.0)
+    assert own.densities["Pyrite"] == 4.8 and own.background == {"Resin"}
+    # a mineral without a density is said on the console, not only in the JSON
+    odd = measured(labels, 16, MeasureSpec(("resin", "pyrite", "unobtainium", "gangue"), MineralogySettings(), 1.0))
+    assert "no weight % (nor particle sizes by mass): no density for unobtainium; set mineralogy.densities" in (
+        "\n".join(headline_text(odd)))
+
+
+def test_a_mineral_absent_from_particles_has_no_liberation(tmp_path):
+    """Liberation of a mineral with no area in particles was 0.0 % ("all locked"), in slides.csv and batch means
+    too: it is None, as every class and yield percentage of it."""
+    from minseg.mineralogy.report import headline, headline_text
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[5:15, 5:15] = 1  # pyrite only: chalcopyrite and gangue are absent
+    document = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0))
+    absent = document["liberation"]["chalcopyrite"]
+    assert absent["pixels"] == 0 and absent["liberated_pct"] is None
+    assert set(absent["yield_pct"].values()) == {None} and set(absent["classes_pct"].values()) == {None}
+    assert document["liberation"]["pyrite"]["liberated_pct"] == 100.0
+    assert headline(document)["liberated_pct:gangue"] is None
+    assert write_plots(document, Storage(), str(tmp_path), "pyrite only")  # the absent ones are not drawn
+    assert "liberation of pyrite: 100.0 %" in "\n".join(headline_text(document))
