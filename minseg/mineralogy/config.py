@@ -75,8 +75,9 @@ class MineralogySettings(StrictModel):
         keys = [("mineralogy.densities", list(self.densities))]
         if self.background_classes != list(DEFAULT_BACKGROUND):  # the default names the usual spellings
             keys.append(("mineralogy.background_classes", self.background_classes))
+        folded = {name.casefold() for name in names}  # matched in any case, as the measurement does
         for key, given in keys:
-            unknown = [name for name in given if name not in names]
+            unknown = [name for name in given if name.casefold() not in folded]
             if unknown:
                 raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a class of {owner} "
                                  f"({', '.join(names)})")

@@ -62,7 +62,7 @@ def headline_text(document: dict, top: int = 4) -> list[str]:
         lines.append(f"no weight % (nor particle sizes by mass): no density for "
                      f"{', '.join(document['densities_missing'])}; set mineralogy.densities (g/cm³)")
     by_weight = sorted(minerals, key=lambda n: -(modal[n]["weight_percent"] or modal[n]["sample_area_percent"]))
-    sulphides = [n for n in by_weight if n in SULPHIDES]
+    sulphides = [n for n in by_weight if n.casefold() in SULPHIDES]
     main = (sulphides or by_weight)[0]  # the most abundant by weight, as a mill sees it
     if document.get("liberation"):
         lines.append(f"liberation of {main}: {_f(document['liberation'][main]['liberated_pct'], 1)} % of its area "
