@@ -112,10 +112,14 @@ def _section(model, current: dict, updates: dict, flags: dict[str, str], section
                             sources)
 
 
-def _check_output(uri: str | None, source: str) -> None:
-    from minseg.io.storage import refuse_file_as_folder
+def _check_output(uri: str | None, source: str, command: str | None = None, config=None) -> None:
+    """The output folder: not a file, and (``command`` given) not another command's outputs, read with
+    ``config.storage`` (InputError naming ``source``)."""
+    from minseg.io.storage import Storage, refuse_file_as_folder, refuse_other_command_outputs
 
     refuse_file_as_folder(uri, source)
+    if command is not None:
+        refuse_other_command_outputs(uri, command, source, Storage(config.storage))
 
 
 def cmd_demo(args) -> int:
@@ -206,7 +210,7 @@ def cmd_score(args) -> int:
                             {"manifest": "--manifest", "split": "--split", "output_uri": "--out"}, "score", args)
     if args.data:
         config.data = data_from_folders(config.data, args.data)
-    _check_output(config.score.output(config.run.uri), "--out" if args.out else "score.output_uri")
+    _check_output(config.score.output(config.run.uri), "--out" if args.out else "score.output_uri", "score", config)
     result = score_ensemble(config)
     print(f"score -> {result.output} ({result.images} images scored, {result.quarantined} quarantined)")
     return 0
@@ -331,7 +335,8 @@ def cmd_segment(args) -> int:
              "level": "--level", "force": "--force", "actors": "--actors", "block": "--block", "formats": "--format"}
     config.segment = _section(SegmentSettings, (config.segment or SegmentSettings()).model_dump(), updates, flags,
                               "segment", args)
-    _check_output(config.segment.output_uri or config.run.uri, "--out" if args.out else "segment.output_uri")
+    _check_output(config.segment.output(config.run.uri), "--out" if args.out else "segment.output_uri", "segment",
+                  config)
     result = segment_slides(config)
     print(f"segmented {len(result.done)}, skipped {len(result.skipped)}, failed {len(result.failed)} "
           f"slides -> {result.output}")
@@ -370,7 +375,7 @@ def cmd_measure(args) -> int:
     config.measure = _section(MeasureSettings, (config.measure or MeasureSettings()).model_dump(), updates, flags,
                               "measure", args)
     settings = config.measure
-    _check_output(settings.output_uri or config.run.uri, "--out" if args.out else "measure.output_uri")
+    _check_output(settings.output(config.run.uri), "--out" if args.out else "measure.output_uri", "measure", config)
     result = measure_label_maps(config, {
         "classes": "--classes" if args.classes else f"{args.config or 'config'}: measure.classes",
         "pixel_size_um": "--pixel-size-um" if args.pixel_size_um is not None else "measure.pixel_size_um"})

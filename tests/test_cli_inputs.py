@@ -67,6 +67,41 @@ def test_a_reference_that_numbers_its_classes_otherwise_is_refused(tmp_path, cap
     assert main(["measure", same, "--reference", same, "--out", str(out)]) == 0
 
 
+def test_an_output_folder_of_another_command_is_refused(tmp_path, capsys):
+    """``score --out`` into an evaluation folder rewrote its tables and figures (evaluation.json kept: the folder
+    contradicted itself); ``measure --out`` into a segment run replaced its slides.csv and failures.json. A folder
+    holding another command's outputs is refused before anything runs; the command's own earlier outputs are not."""
+    Image.fromarray(blob_labels((32, 32), 4, seed=1).astype(np.uint8)).save(tmp_path / "m.png")
+    segmented = tmp_path / "segment"
+    segmented.mkdir()
+    (segmented / "run_summary.json").write_text("{}")
+    (segmented / "slides.csv").write_text("slide\n")
+    assert main(["measure", str(tmp_path / "m.png"), "--classes", ",".join(NAMES), "--out", str(segmented)]) == 2
+    assert (f"--out: {segmented} holds the outputs of minseg segment (run_summary.json); minseg measure would write "
+            "over them there: give another folder") in error_of(capsys)
+    assert (segmented / "slides.csv").read_text() == "slide\n"
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    (evaluation / "evaluation.json").write_text("{}")
+    assert main(["score", "--manifest", str(tmp_path / "manifest.json"), "--data", str(tmp_path),
+                 "--out", str(evaluation)]) == 2
+    assert "holds the outputs of minseg evaluate (evaluation.json); minseg score would write" in error_of(capsys)
+    assert main(["segment", str(tmp_path / "m.png"), "--manifest", str(tmp_path / "manifest.json"),
+                 "--out", str(evaluation)]) == 2
+    assert "holds the outputs of minseg evaluate (evaluation.json); minseg segment would write" in error_of(capsys)
+    from minseg.io.storage import Storage, refuse_other_command_outputs
+
+    refuse_other_command_outputs(str(segmented), "segment", "--out", Storage())  # its own: a rerun
+
+
+def test_a_pixel_size_no_microscope_has_is_refused(tmp_path, capsys):
+    """1e200 µm overflowed in the worker (``RayTaskError(OverflowError)``, not naming the flag)."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    assert main(["measure", str(tmp_path / "m.png"), "--classes", "resin,pyrite", "--pixel-size-um", "1e200",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "--pixel-size-um: measure.pixel_size_um: Input should be less than 1000000" in error_of(capsys)
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--classes", "background,pyrite,galena,,magnetite", "class id 3 (entry 4 of 5) has an empty name"),
     ("--classes", "background,pyrite,galena,", "class id 3 (entry 4 of 4) has an empty name"),

@@ -11,7 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
-from minseg.io.storage import has_glob
+from minseg.io.storage import absolute_uri, has_glob, join_uri
+from minseg.mineralogy.config import MAX_PIXEL_SIZE_UM
 
 
 class SlideLimitSettings(StrictModel):
@@ -37,6 +38,10 @@ class SegmentSettings(StrictModel):
                                          "image URI, e.g. {ppl: s3://lab/s01_ppl.tif, xpl: s3://lab/s01_xpl.tif}")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")
     name: str = Field("slides", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    def output(self, run_uri: str) -> str:
+        """The folder the slides' outputs go to: ``output_uri``, else ``<run>/segment/<name>``."""
+        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "segment", self.name)
     level: int = Field(0, ge=0, description="pyramid level to segment (0 = full resolution)")
     force: bool = Field(False, description="redo slides whose outputs exist for the same ensemble")
 
@@ -72,7 +77,8 @@ class SegmentSettings(StrictModel):
     preview_max_side: int = Field(2048, ge=64)
     preview_format: PreviewFormat = PreviewFormat.PNG
     preview_alpha: float = Field(0.55, ge=0, le=1, description="opacity of the class colours over the image")
-    pixel_size_um: float | None = Field(None, gt=0, allow_inf_nan=False, description="µm per pixel of the segmented "
+    pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
+                                        description="µm per pixel of the segmented "
                                         "level; default: the slide's resolution tags, if any")
     limits: SlideLimitSettings = SlideLimitSettings()
 
@@ -109,10 +115,14 @@ class MeasureSettings(StrictModel):
                                   "size), one per label map in the same order: errors of every number against them")
     classes: list[str] | None = Field(None, description="class names by id, for label maps that do not carry them "
                                       "(labels.tif and OME-Zarr from segment do)")
-    pixel_size_um: float | None = Field(None, gt=0, allow_inf_nan=False,
+    pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
                                         description="µm per pixel (default: the label map's own)")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
     name: str = Field("labels", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    def output(self, run_uri: str) -> str:
+        """The folder the label maps' outputs go to: ``output_uri``, else ``<run>/measure/<name>``."""
+        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "measure", self.name)
     block: int = Field(4096, ge=16, description="block side in pixels: what one label map holds in memory at "
                        "once besides its objects crossing blocks")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs per label-map task (one task per map)")

@@ -337,8 +337,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     sources = sources or {}
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
                      sources.get("pixel_size_um", "measure.pixel_size_um"))
-    output = absolute_uri(settings.output_uri) if settings.output_uri else \
-        join_uri(config.run.uri, "measure", settings.name)
+    output = settings.output(config.run.uri)
     started = time.monotonic()
     result = MeasureResult(output)
     ids = map_ids([uri for uri, _ in pairs])

@@ -487,8 +487,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         config.mineralogy.check_class_names([c["name"] for c in manifest.classes["classes"]])
     except ValueError as exc:
         raise SegmentInputError(str(exc)) from None
-    output_uri = absolute_uri(settings.output_uri) if settings.output_uri else \
-        join_uri(config.run.uri, "segment", settings.name)
+    output_uri = settings.output(config.run.uri)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
     plans = plan_slides(resolve_scenes(settings, manifest, storage), manifest, settings, storage, output_uri, result,

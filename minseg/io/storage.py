@@ -883,3 +883,25 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
         if parent == folder:
             return
         folder = parent
+
+
+# the file each command writes at the top of its output folder: another command's outputs given there would overwrite
+# its reports (score's tables over evaluate's) or mix into its run tables (measure's slides.csv over segment's)
+COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "score": "score.json",
+                   "segment": "run_summary.json"}
+
+
+def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
+    """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`); its own
+    earlier outputs are fine (a rerun, a resume).
+
+    Raises:
+        InputError: naming ``source`` (the flag or config key), the folder and the command whose outputs it holds."""
+    from minseg.errors import InputError
+
+    if not uri:
+        return
+    for other, marker in COMMAND_MARKERS.items():
+        if other != command and storage.exists(join_uri(uri, marker)):
+            raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({marker}); minseg {command} "
+                             "would write over them there: give another folder")

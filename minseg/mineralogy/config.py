@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from minseg.config.base import StrictModel
 
 DEFAULT_BACKGROUND = ("background", "resin", "epoxy", "pore", "pores")
+MAX_PIXEL_SIZE_UM = 1e6
+"""A pixel size at or above this (1 m per pixel) is no microscope's or scanner's: a wrong unit or resolution tag."""
 
 
 class MineralogySettings(StrictModel):

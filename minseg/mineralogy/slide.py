@@ -21,7 +21,7 @@ from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.association import association_table
 from minseg.mineralogy.components import (AREA, BOTTOM, LEFT, PERIMETER, RIGHT, SUM_X, SUM_Y, TOP, BlockGrains,
                                           BlockParticles, SizeFractions, label_grains, label_particles)
-from minseg.mineralogy.config import MineralogySettings
+from minseg.mineralogy.config import MAX_PIXEL_SIZE_UM, MineralogySettings
 from minseg.mineralogy.grains import grain_statistics
 from minseg.mineralogy.liberation import liberation_classes, liberation_table
 from minseg.mineralogy.merge import GrainMerger, ParticleMerger, touching_edge
@@ -43,11 +43,12 @@ class MeasureSpec:
     pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
-        """Raises ValueError for a pixel size that is not a finite number above 0 (inf would make every size
-        inf and reach the JSON documents as ``Infinity``)."""
+        """Raises ValueError for a pixel size that is not a number above 0 and below ``MAX_PIXEL_SIZE_UM`` (inf
+        would make every size inf and reach the JSON documents as ``Infinity``; 1e200 overflowed areas)."""
         size = self.pixel_size_um
-        if size is not None and not (isinstance(size, (int, float)) and math.isfinite(size) and size > 0):
-            raise ValueError(f"pixel size {size!r} µm is not a finite number above 0")
+        if size is not None and not (isinstance(size, (int, float)) and math.isfinite(size)
+                                     and 0 < size < MAX_PIXEL_SIZE_UM):
+            raise ValueError(f"pixel size {size!r} µm is not a number above 0 and below {MAX_PIXEL_SIZE_UM:g} (1 m)")
 
     @cached_property
     def sample(self) -> np.ndarray:
