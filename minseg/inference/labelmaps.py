@@ -72,6 +72,11 @@ def open_label_map(uri: str, storage: Storage) -> LabelMap:
     if uri.rstrip("/").endswith(".zarr"):
         return _open_zarr(uri.rstrip("/"), storage)
     slide = Slide(uri, storage)
+    if slide.info.lossy:
+        slide.close()
+        raise SlideError(f"{uri}: a label map stored with lossy compression ({slide.info.format}, JPEG-like): it "
+                         "changes class ids along every edge, so areas, sizes and liberation would be of classes "
+                         "nobody drew; save label maps and masks as PNG or a TIFF with lossless compression")
     try:
         metadata = _tiff_metadata(uri, storage) if uri.lower().endswith((".tif", ".tiff")) else {}
         classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else None

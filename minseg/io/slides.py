@@ -34,6 +34,8 @@ from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
+# TIFF compressions that change pixel values: JPEG, JPEG 2000 (Aperio 33003 / 33005, 34712), WebP, JPEG XL
+LOSSY_COMPRESSIONS = _JPEG_COMPRESSIONS | {33003, 33005, 34712, 50001, 50002}
 MAX_CALIBRATED_PIXEL_UM = 50.0
 ANISOTROPY_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are not one pixel size
 
@@ -51,6 +53,7 @@ class SlideInfo:
     levels: tuple[tuple[int, int], ...]  # (height, width) of every pyramid level, level 0 first
     tile: tuple[int, int] | None  # stored tile or strip shape at level 0
     pixel_size_um: float | None = None  # of level 0, from SVS MPP or the resolution tags
+    lossy: bool = False  # level 0 stored with lossy compression (JPEG, JPEG 2000, WebP): no exact class ids
 
     @property
     def height(self) -> int:
@@ -259,7 +262,8 @@ class TiffReader:
                                              level)
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
-                                  base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]))
+                                  base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]),
+                                  lossy=int(base.compression) in LOSSY_COMPRESSIONS)
         except BaseException:
             self.close()
             raise
@@ -337,7 +341,8 @@ class RasterReader:
         self._pixels: np.ndarray | None = None
         self._palette: np.ndarray | None = None
         self._lock = threading.Lock()
-        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None)
+        suffix = name.rsplit(".", 1)[-1]
+        self.info = SlideInfo(uri, suffix, (shape,), None, lossy=suffix in ("jpg", "jpeg"))
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
         """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""

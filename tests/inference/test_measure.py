@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import tifffile
 from PIL import Image
 from scipy import ndimage
 
@@ -62,13 +63,18 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "nine.png")
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    # lossy compression changes ids along every edge (a break-it pass: 13.5 % of a JPEG's pixels, measured silently)
+    Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "lossy.jpg", quality=90)
+    tifffile.imwrite(tmp_path / "lossy.tif", labels.astype(np.uint8), compression="jpeg", tile=(64, 64))
     # a complete map whose label chunk was lost (a partial copy): zarr would read it as class 0, "no mineral found"
     write_zarr(str(tmp_path / "damaged" / "segmentation.ome.zarr"), labels)
     shutil.rmtree(tmp_path / "damaged" / "segmentation.ome.zarr" / "labels" / "classes" / "0" / "c" / "0")
     maps = [tmp_path / "a" / "labels.tif", tmp_path / "b" / "segmentation.ome.zarr", tmp_path / "rgb.png",
-            tmp_path / "nine.png", tmp_path / "missing.png", tmp_path / "damaged" / "segmentation.ome.zarr"]
+            tmp_path / "nine.png", tmp_path / "missing.png", tmp_path / "damaged" / "segmentation.ome.zarr",
+            tmp_path / "lossy.jpg", tmp_path / "lossy.tif"]
     references = [tmp_path / "a" / "labels.tif", tmp_path / "a" / "labels.tif", tmp_path / "rgb.png",
-                  tmp_path / "nine.png", tmp_path / "missing.png", tmp_path / "a" / "labels.tif"]
+                  tmp_path / "nine.png", tmp_path / "missing.png", tmp_path / "a" / "labels.tif",
+                  tmp_path / "a" / "labels.tif", tmp_path / "a" / "labels.tif"]
     out = tmp_path / "out"
     args = ["measure", *map(str, maps), "--out", str(out), "--set", "measure.block=64",
             "--classes", ",".join(NAMES)]
@@ -76,13 +82,15 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
         args += ["--reference", str(reference)]
     assert main(args) == 1
     captured = capsys.readouterr()
-    assert "measured 2, failed 4" in captured.out and "modal mineralogy" in captured.out
+    assert "measured 2, failed 6" in captured.out and "modal mineralogy" in captured.out
     failures = {f["slide"]: f["reason"] for f in json.loads((out / "failures.json").read_text())}
     assert "rgb.png: not a label map of class ids (one channel)" in failures["rgb"]
     assert "nine.png: class id 9" in failures["nine"] and "only 4 classes are named" in failures["nine"]
     assert "missing.png" in failures["missing"]
     assert "label chunks are missing (zarr would read them as class 0)" in failures["damaged"]
-    assert len(failures) == 4 and not (out / "rgb").exists() and not (out / "nine").exists()
+    lossy = [reason for slide, reason in failures.items() if slide.startswith("lossy")]  # one stem: ids differ
+    assert len(lossy) == 2 and all("a label map stored with lossy compression" in reason for reason in lossy)
+    assert len(failures) == 6 and not (out / "rgb").exists() and not (out / "nine").exists()
 
     a, b = measured(out / "a"), measured(out / "b")
     same = ("modal_mineralogy", "association", "particles", "liberation", "liberation_by_size", "grains", "tally")
