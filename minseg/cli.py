@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     select = sub.add_parser("select", help="pick another ensemble from a finished evaluation (no recomputation)")
     select.add_argument("evaluation", help="evaluation folder (holds evaluation.json)")
-    select.add_argument("--key", help="metric to maximise (default: the evaluation's rank key)")
+    select.add_argument("--key", type=_text, help="metric to maximise (default: the evaluation's rank key)")
     select.add_argument("--tpi-budget", type=float, help="seconds per image the ensemble may take")
     select.add_argument("--rule", type=SelectionRule, choices=list(SelectionRule),
                         help="best, tpi_budget (with --tpi-budget) or one_se: the most members within one standard "

@@ -209,7 +209,7 @@ def metric_value(metrics: dict, key: str) -> float:
     name, _, cls = key.partition(":")
     if not cls:
         if name not in metrics or isinstance(metrics[name], list):
-            raise InputError(f"unknown metric {key!r}")
+            raise InputError(metric_key_problem(key, metrics.get("classes") or []) or f"unknown metric {key!r}")
         return _number(metrics[name])
     problem = metric_key_problem(key, metrics["classes"])
     if problem:

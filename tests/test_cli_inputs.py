@@ -282,3 +282,9 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     err = error_of(capsys)
     assert "an evaluation record (evaluation.json), not an ensemble manifest" in err
     assert str(folder / "manifest.json") in err
+    # another JSON file (a data set's classes.json) was "manifest version None is not supported"
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"name": "resin", "codes": [0]}]}))
+    assert main(["score", "--config", str(config), "--manifest", str(tmp_path / "classes.json"),
+                 "--data", str(tmp_path)]) == 2
+    assert "classes.json: not an ensemble manifest (no version or members): give the manifest.json" in (
+        error_of(capsys))

@@ -29,6 +29,8 @@ def test_worked_example():
     assert metric_value(m, "miou") == m["miou"]
     with pytest.raises(ValueError, match="unknown class 'gangue'"):
         metric_value(m, "iou:gangue")
+    with pytest.raises(ValueError, match=r"unknown metric 'bogus'; one of miou, .*, or <iou\|precision"):
+        metric_value(m, "bogus")  # select --key bogus named no alternative
 
 
 def test_absent_class_is_left_out_of_means():

@@ -123,6 +123,9 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
     container = Container(uri)
     base = uri.rstrip("/")
     loc = parse_uri(base)
+    if not loc.is_s3 and os.path.isfile(loc.path):
+        raise StorageError(f"{uri}: a file, not a dataset: give the folder (or .zip / .tar / .tar.gz archive) that "
+                           "holds the images and their masks")
     if not loc.is_s3 and not os.path.isdir(loc.path):
         raise StorageError(f"{uri}: no such folder")
     prefix = (loc.uri if loc.is_s3 else loc.path).rstrip("/") + "/"

@@ -42,8 +42,9 @@ class LabelMap:
         """
         region = np.asarray(self._read(top, left, rows, cols))
         if region.ndim != 2:
-            raise InputError(f"{self.uri}: not a label map of class ids (one channel): pixels have shape "
-                             f"{region.shape[2:]} (an RGB colour mask must be converted to class ids first)")
+            raise InputError(f"{self.uri}: not a label map of class ids (one channel): it holds colour or alpha "
+                             "channels (convert a colour mask to class ids first; save a grey mask without its alpha "
+                             "channel)")
         if region.dtype != np.uint8:
             if not (np.issubdtype(region.dtype, np.integer) or region.dtype == np.bool_):
                 raise InputError(f"{self.uri}: class ids must be integers, the map holds {region.dtype} values")

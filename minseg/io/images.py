@@ -52,7 +52,7 @@ def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KE
     except DecodeError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt files
-        raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+        raise _unreadable(exc, len(data)) from None
     from PIL import ImageOps
 
     # as displayed: cameras store portrait shots landscape with an EXIF Orientation, and
@@ -83,8 +83,19 @@ def picture_shape(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"unreadable image ({type(exc).__name__}: {exc})") from None
+        raise _unreadable(exc, stream.seek(0, io.SEEK_END)) from None
     return height, width
+
+
+def _unreadable(exc: Exception, size: int) -> DecodeError:
+    """Why PIL could not read a picture of ``size`` bytes, in words (its own text names a BytesIO object)."""
+    from PIL import UnidentifiedImageError
+
+    if size == 0:
+        return DecodeError("an empty file (0 bytes): an interrupted copy or export?")
+    if isinstance(exc, UnidentifiedImageError):
+        return DecodeError(f"not a picture PIL can read ({size} bytes of an unknown or damaged format)")
+    return DecodeError(f"unreadable image ({type(exc).__name__}: {exc})")
 
 
 # TIFF PhotometricInterpretation values (TIFF 6.0, section 3 and 21-23)

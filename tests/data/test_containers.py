@@ -102,6 +102,9 @@ def test_corrupt_archives_and_missing_folder(tmp_path):
         open_container(str(tmp_path / "junk.tar"), LimitSettings(), Storage())
     with pytest.raises(StorageError, match="nowhere: no such folder"):
         open_container(str(tmp_path / "nowhere"), LimitSettings(), Storage())
+    (tmp_path / "one.png").write_bytes(b"")  # an image given as the dataset: it exists, it is no folder
+    with pytest.raises(StorageError, match="one.png: a file, not a dataset: give the folder"):
+        open_container(str(tmp_path / "one.png"), LimitSettings(), Storage())
 
 
 def test_s3_prefix_and_archive(s3, tmp_path):

@@ -98,7 +98,7 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
     assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
     assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
-    assert reasons["corrupt.jpg"].startswith("unreadable image")
+    assert reasons["corrupt.jpg"].startswith("not a picture PIL can read (")
     assert reasons["lonely.jpg"].startswith("no mask masks/lonely.*")
     assert reasons["orphan.png"].startswith("mask without an image")
     assert "set mask_encoding: colors" in reasons["rgbmask.jpg"]
@@ -115,7 +115,7 @@ def test_everything_bad_fails_with_the_report(ray_session, tmp_path):
     for name in ("a", "b"):
         (root / "images" / f"{name}.jpg").write_bytes(b"garbage")
         (root / "masks" / f"{name}.png").write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"no usable training items(.|\n)*a.jpg: unreadable image"):
+    with pytest.raises(DataError, match=r"no usable training items(.|\n)*a.jpg: not a picture PIL can read \(7 bytes"):
         prepare(settings(root), tmp=tmp_path / "work")
 
 

@@ -226,6 +226,13 @@ def test_a_picture_slide_is_opened_from_its_header_and_decoded_on_first_read(tmp
         assert slide.info.levels == ((3000, 3000),)
         with pytest.raises(SlideError, match=r"cut.png: unreadable image"):
             slide.read_region(0, 0, 10, 10)
+    # PIL's own words named an io object ("cannot identify image file <_io.BufferedReader ...>")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(SlideError, match=r"empty.png: an empty file \(0 bytes\)"):
+        Slide(str(tmp_path / "empty.png"))
+    (tmp_path / "text.png").write_bytes(b"not a picture at all")
+    with pytest.raises(SlideError, match=r"text.png: not a picture PIL can read \(20 bytes of an unknown"):
+        Slide(str(tmp_path / "text.png"))
 
 
 def test_a_scene_of_five_images_reads_through_a_four_slide_cache(tmp_path):
