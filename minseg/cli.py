@@ -289,14 +289,14 @@ def cmd_select(args) -> int:
 def cmd_prospect(args) -> int:
     from minseg.enums import MemberStatus
     from minseg.geo.config import ProspectInputError
-    from minseg.geo.prospect import map_prospectivity
+    from minseg.geo.prospect import map_prospectivity, output_uri
 
     config = _load(args)
     if config.prospect is None:
         raise ProspectInputError("the prospect job needs a 'prospect' section in --config (see configs/prospect_*.yaml)")
     if args.out:
         config.prospect.output_uri = args.out
-    _check_output(config.prospect.output_uri or config.run.uri, "--out" if args.out else "prospect.output_uri")
+    _check_output(output_uri(config), "--out" if args.out else "prospect.output_uri", "prospect", config)
     result = map_prospectivity(config, resume=args.resume)
     metrics = result.metrics
     prediction, success = metrics["prediction_rate"], metrics["success_rate"]
@@ -727,9 +727,23 @@ def main(argv: list[str] | None = None) -> int:
         again = " (what finished is kept: the same command with --resume continues)" if hasattr(args, "resume") else ""
         print(f"minseg: interrupted{again}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `minseg models | head`: the reader has what it wanted
-        _silence_stdout()
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe or socket broke: an error like any other
+            raise
+        _silence_stdout()  # `minseg models | head`: the reader has what it wanted
         return 141  # as a process SIGPIPE ended (128 + 13)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error condition on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout has no descriptor
+        return False
 
 
 def _silence_stdout() -> None:

@@ -24,6 +24,18 @@ def test_output_into_a_closed_pipe_ends_quietly():
         assert "Traceback" not in err and "BrokenPipeError" not in err, (args, err)
 
 
+def test_a_broken_pipe_that_is_not_stdout_stays_an_error(monkeypatch):
+    """Only a closed stdout ends quietly: a socket or another process's pipe breaking inside a command is raised."""
+    import minseg.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError("a worker's socket")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    with pytest.raises(BrokenPipeError, match="a worker's socket"):
+        main(["info"])
+
+
 def test_help_lists_subcommands():
     result = run_cli("--help")
     assert result.returncode == 0

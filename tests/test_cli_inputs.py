@@ -89,6 +89,12 @@ def test_an_output_folder_of_another_command_is_refused(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "m.png"), "--manifest", str(tmp_path / "manifest.json"),
                  "--out", str(evaluation)]) == 2
     assert "holds the outputs of minseg evaluate (evaluation.json); minseg segment would write" in error_of(capsys)
+    measured = tmp_path / "measured"  # and the other way round: segment over a measure run
+    measured.mkdir()
+    (measured / "measure_summary.json").write_text("{}")
+    assert main(["segment", str(tmp_path / "m.png"), "--manifest", str(tmp_path / "manifest.json"),
+                 "--out", str(measured)]) == 2
+    assert "holds the outputs of minseg measure (measure_summary.json); minseg segment would" in error_of(capsys)
     from minseg.io.storage import Storage, refuse_other_command_outputs
 
     refuse_other_command_outputs(str(segmented), "segment", "--out", Storage())  # its own: a rerun

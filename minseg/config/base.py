@@ -271,7 +271,7 @@ def _problems(exc: ValidationError, data: Any, model: type[BaseModel]) -> list[t
     labels = _branch_labels(model)
     reasons: dict[tuple, list[str]] = {}
     for error in exc.errors():
-        loc = _input_loc(data, _defaults_loc(data, tuple(error["loc"])), labels)
+        loc = _input_loc(data, _defaults_loc(data, tuple(error["loc"])), labels, error["type"] == "missing")
         reason = describe_error(error)
         if reason not in reasons.setdefault(loc, []):
             reasons[loc].append(reason)
@@ -306,10 +306,11 @@ def _branch_labels(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _input_loc(data: Any, loc: tuple, labels: frozenset[str]) -> tuple:
+def _input_loc(data: Any, loc: tuple, labels: frozenset[str], missing: bool = False) -> tuple:
     """``loc`` without union-branch labels: a part the input does not hold that is one of ``labels``, or any part
-    below a value that holds no keys (``cache.bool`` -> ``cache``). A part the input lacks otherwise (a missing
-    key) and what follows it are kept."""
+    below a value that holds no keys (``cache.bool`` -> ``cache``), or, unless the error is a ``missing`` key, any
+    part a mapping given in a value's place lacks (``cache: {x: 1}``: ``cache.bool`` -> ``cache``). A missing key
+    and what follows it are kept."""
     kept: list[Any] = []
     node = data
     for n, part in enumerate(loc):
@@ -324,6 +325,8 @@ def _input_loc(data: Any, loc: tuple, labels: frozenset[str]) -> tuple:
             continue  # a branch label under a value that holds no keys
         elif isinstance(node, list) and not isinstance(part, int):
             continue  # a branch label under a list value ('list[float]')
+        elif isinstance(node, Mapping) and not missing and n == len(loc) - 1:
+            continue  # a scalar branch's label under a mapping given where a value belongs
         else:
             return tuple(kept) + loc[n:]
     return tuple(kept)

@@ -75,7 +75,7 @@ def open_label_map(uri: str, storage: Storage) -> LabelMap:
     slide = Slide(uri, storage)
     if slide.info.lossy:
         slide.close()
-        raise SlideError(f"{uri}: a label map stored with lossy compression ({slide.info.format}, JPEG-like): it "
+        raise SlideError(f"{uri}: a label map stored with lossy compression ({slide.info.format}, JPEG): it "
                          "changes class ids along every edge, so areas, sizes and liberation would be of classes "
                          "nobody drew; save label maps and masks as PNG or a TIFF with lossless compression")
     try:

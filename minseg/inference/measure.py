@@ -36,6 +36,7 @@ from minseg.runtime import init_ray, task_options
 log = get_logger("measure")
 
 REFERENCE_DOCUMENT = "reference_mineralogy.json"
+SUMMARY = "measure_summary.json"  # the run's record, written last
 
 
 class MeasureInputError(InputError):
@@ -220,7 +221,8 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
     for uri, reference in pairs:  # a reference is compared id by id: its names must be the map's
         map_names = list(settings.classes or read.get(uri, (None, None))[1] or [])
         reference_names = read.get(reference, (None, None))[1] if reference else None
-        if map_names and reference_names and list(reference_names) != map_names:
+        if map_names and reference_names and [n.casefold() for n in reference_names] != [
+                n.casefold() for n in map_names]:  # case aside, as the mineralogy matches names
             problems.append(f"{reference} (the reference of {uri}) names its classes otherwise: "
                             f"{_first_difference(list(reference_names), map_names, 'the map', 'the reference')} (ids are compared "
                             "as they are: the reference must number its classes as the map does)")
@@ -382,6 +384,10 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
         for name in ("slides.csv", "slides.parquet"):
             if storage.exists(join_uri(output, name)):
                 storage.delete(join_uri(output, name))
+    # last: the run's record, which also marks the folder as measure's (segment and score refuse to write here)
+    storage.write_json(join_uri(output, SUMMARY), {
+        "command": "measure", "output": output, "seconds": result.seconds, "done": [row["slide"] for row in result.done],
+        "failed": [failure["slide"] for failure in result.failed]})
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

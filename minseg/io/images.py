@@ -41,6 +41,13 @@ def _check_size(image, max_pixels: int, limit_key: str) -> None:
                           f"{max_pixels:,} ({limit_key})")
 
 
+# TIFF compressions that change pixel values: JPEG (old- and new-style, Adobe's, DNG's lossy JPEG). JPEG 2000, WebP
+# and JPEG XL can be lossless, which the header does not say: not refused
+JPEG_COMPRESSIONS = frozenset({6, 7, 33007, 34892})
+LOSSY_MASK = ("a JPEG-compressed TIFF mask: JPEG's lossy compression changes the class codes along every edge; "
+              "save masks with lossless compression (deflate, LZW, zstd) or as PNG")
+
+
 def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY):
     from PIL import Image
 
@@ -253,14 +260,17 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY,
-               colours: bool = False) -> np.ndarray:
+               colours: bool = False, exact: bool = False) -> np.ndarray:
     """The TIFF's one image (``tiff_main_series``), as displayed (images: RGB uint8) or as stored and oriented
-    (masks; ``colours``: a palette mask looked up to RGB, for class maps keyed by colour)."""
+    (masks; ``colours``: a palette mask looked up to RGB, for class maps keyed by colour). ``exact``: refuse
+    lossy (JPEG) compression, which changes a mask's codes."""
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff_main_series(tiff).pages[0]
+            if exact and int(page.compression) in JPEG_COMPRESSIONS:
+                raise DecodeError(LOSSY_MASK)
             height, width = page.imagelength, page.imagewidth
             if height * width > max_pixels:
                 raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
@@ -403,7 +413,7 @@ def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> n
     or images (``tiff_main_series``), over ``max_pixels``.
     """
     if name.lower().endswith(TIFF_SUFFIXES):
-        array = _read_tiff(data, max_pixels, mask=True, colours=rgb)
+        array = _read_tiff(data, max_pixels, mask=True, colours=rgb, exact=True)
         if rgb and array.ndim != 3:
             raise DecodeError(f"mask has no colours (shape {array.shape}) but mask_encoding is colors")
     else:

@@ -28,14 +28,11 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
-from minseg.io.images import (DecodeError, decode_samples, luminance, picture_shape, show_samples, stored_bands,
-                              tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
+from minseg.io.images import (JPEG_COMPRESSIONS, DecodeError, decode_samples, luminance, picture_shape, show_samples,
+                              stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
-_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
-# TIFF compressions that change pixel values: JPEG, JPEG 2000 (Aperio 33003 / 33005, 34712), WebP, JPEG XL
-LOSSY_COMPRESSIONS = _JPEG_COMPRESSIONS | {33003, 33005, 34712, 50001, 50002}
 MAX_CALIBRATED_PIXEL_UM = 50.0
 ANISOTROPY_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are not one pixel size
 
@@ -53,7 +50,7 @@ class SlideInfo:
     levels: tuple[tuple[int, int], ...]  # (height, width) of every pyramid level, level 0 first
     tile: tuple[int, int] | None  # stored tile or strip shape at level 0
     pixel_size_um: float | None = None  # of level 0, from SVS MPP or the resolution tags
-    lossy: bool = False  # level 0 stored with lossy compression (JPEG, JPEG 2000, WebP): no exact class ids
+    lossy: bool = False  # level 0 stored with lossy (JPEG) compression: no exact class ids
 
     @property
     def height(self) -> int:
@@ -263,7 +260,7 @@ class TiffReader:
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
                                   base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]),
-                                  lossy=int(base.compression) in LOSSY_COMPRESSIONS)
+                                  lossy=int(base.compression) in JPEG_COMPRESSIONS)
         except BaseException:
             self.close()
             raise
@@ -305,7 +302,7 @@ class TiffReader:
                 raise SlideError(f"{self.uri}: truncated file (segment {index} of level {level} "
                                  f"wants {count} bytes at offset {offset}, got {len(data)})")
         arguments = {"_fullsize": keyframe.is_tiled}
-        if keyframe.compression in _JPEG_COMPRESSIONS:
+        if keyframe.compression in JPEG_COMPRESSIONS:
             arguments.update(jpegtables=page.jpegtables, jpegheader=keyframe.jpegheader)
         decoded, _, shape = keyframe.decode(data, index, **arguments)
         if decoded is None:

@@ -888,7 +888,7 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
 # the file each command writes at the top of its output folder: another command's outputs given there would overwrite
 # its reports (score's tables over evaluate's) or mix into its run tables (measure's slides.csv over segment's)
 COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "score": "score.json",
-                   "segment": "run_summary.json"}
+                   "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
 
 
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:

@@ -33,6 +33,10 @@ GRAINS_TABLE, PARTICLES_TABLE, DOCUMENT = "grains.parquet", "particles.parquet",
 _ROW_GROUP = 65_536  # table rows buffered per parquet row group (blocks with few objects would make tiny groups)
 
 
+def _folded(table: dict[str, float]) -> dict[str, float]:
+    return {name.casefold(): value for name, value in table.items()}
+
+
 @dataclass(frozen=True)
 class MeasureSpec:
     """What a slide is measured with: its class names, the ``mineralogy`` settings, its pixel size (µm per
@@ -77,13 +81,18 @@ class MeasureSpec:
 
     @cached_property
     def densities(self) -> dict[str, float]:
-        """g/cm³ by name: the built-in table with ``mineralogy.densities`` over it; a class spelt in another case
-        than an entry (``Pyrite``) takes that entry's density (an entry spelt as the class wins)."""
-        merged = {**DEFAULT_DENSITIES, **self.settings.densities}
-        folded = {name.casefold(): density for name, density in merged.items()}
-        folded.update({name.casefold(): density for name, density in self.settings.densities.items()})
-        return {**merged, **{name: folded[name.casefold()] for name in self.names
-                             if name not in merged and name.casefold() in folded}}
+        """g/cm³ by name: the built-in table with ``mineralogy.densities`` over it. A class takes, in this order,
+        the user's entry spelt as it is, the user's entry in any case (``Pyrite: 5.2`` for a class ``pyrite``), the
+        built-in entry spelt as it is, the built-in entry in any case."""
+        user = self.settings.densities
+        merged = {**DEFAULT_DENSITIES, **user}
+        for name in self.names:
+            for table in (user, DEFAULT_DENSITIES):
+                found = table.get(name, _folded(table).get(name.casefold()))
+                if found is not None:
+                    merged[name] = found
+                    break
+        return merged
 
     @property
     def unit(self) -> str:

@@ -171,8 +171,8 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
             said.setdefault(problem, []).append(member.name)
     # a value several members share (mostly from training.defaults) is one problem, said once
     everyone = len(config.training.members)
-    problems = [f"training.members (all {everyone}): {problem}" if len(names) == everyone > 1 else
-                f"training.members[{', '.join(names)}]: {problem}" for problem, names in said.items()]
+    problems = [f"training.members (all {everyone}): {problem}" if len(members) == everyone > 1 else
+                f"training.members[{', '.join(members)}]: {problem}" for problem, members in said.items()]
     mixed = mixed_tasks(tasks)
     if mixed:
         problems.append(f"training.members: {mixed}")
@@ -1069,7 +1069,8 @@ def format_members_table(results: list[MemberResult]) -> str:
     if any(r.status is MemberStatus.DONE and r.best_value is not None for r in results):
         lines.append(_SCORES_NOTE)
     if unscored:
-        lines.append("last epoch: no validation split to choose an epoch on; the last epoch's checkpoint is kept")
+        lines.append("last epoch: no validation score to choose an epoch by (no validation split, or the metric "
+                     "undefined every time); the last epoch's checkpoint is kept")
     return "\n".join(lines)
 
 

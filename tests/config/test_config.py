@@ -229,6 +229,9 @@ def test_keys_in_a_union_are_named_as_written_without_pydantic_branch_labels(tmp
     assert message.count("data.cache") == 1 and ".bool" not in message and "literal" not in message
     assert "Input should be a valid boolean, unable to interpret input; or Input should be 'auto' (got 'maybe')" in (
         message)
+    path.write_text("run: {name: x}\ndata: {sources: [{uri: here}], cache: {x: 1}}\n")  # a mapping for a value
+    with pytest.raises(ConfigError, match=r"data.cache: Input should be a valid boolean; or Input should be 'auto'$"):
+        load_config(path, MinsegConfig)
 
 
 def test_a_member_problem_every_member_shares_is_said_once(tmp_path, capsys):

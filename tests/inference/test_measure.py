@@ -106,6 +106,8 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
                                                                                "mineralogy.md").read_text()
     rows = (out / "slides.csv").read_text().splitlines()
     assert len(rows) == 3 and "modal_mae_pp" in rows[0]
+    summary = json.loads((out / "measure_summary.json").read_text())  # written last; marks the folder as measure's
+    assert summary["done"] == ["a", "b"] and len(summary["failed"]) == 6 and summary["command"] == "measure"
     assert pq.read_table(out / "slides.parquet").num_rows == 2
 
     # a reference of another size fails that map; a map listed twice with two references, or an output that

@@ -177,3 +177,17 @@ def test_a_short_colormap_is_refused_naming_it():
 
     with pytest.raises(DecodeError, match=r"ColorMap has 16 entries for 8-bit indices \(256 needed\)"):
         tiff_pixel_format(Page())
+
+
+def test_a_jpeg_compressed_tiff_mask_is_refused():
+    """JPEG masks were refused by name (.jpg), a TIFF mask with JPEG compression trained on changed codes (the
+    label-map kind of fault a break-it pass found in measure); a deflate TIFF mask reads as stored."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 8:50] = 3
+    lossy, exact = io.BytesIO(), io.BytesIO()
+    tifffile.imwrite(lossy, mask, compression="jpeg")
+    tifffile.imwrite(exact, mask, compression="zlib")
+    with pytest.raises(DecodeError, match="a JPEG-compressed TIFF mask: JPEG's lossy compression changes the class"):
+        decode_mask(lossy.getvalue(), "m.tif", 10**8)
+    assert np.array_equal(decode_mask(exact.getvalue(), "m.tif", 10**8), mask)
+    assert decode_image(lossy.getvalue(), "photo.tif", 10**8).shape == (64, 64, 3)  # an image may be JPEG

@@ -166,6 +166,9 @@ def test_background_and_densities_match_class_names_in_any_case():
     assert upper["particles"]["count"] == lower["particles"]["count"] > 0
     own = MeasureSpec(("Resin", "Pyrite"), MineralogySettings(densities={"Pyrite": 4.8}), 1.0)
     assert own.densities["Pyrite"] == 4.8 and own.background == {"Resin"}
+    # the user's density in another case than the class still beats the built-in one (5.01 for pyrite)
+    assert MeasureSpec(("resin", "pyrite"), MineralogySettings(densities={"Pyrite": 5.2}), 1.0).densities[
+        "pyrite"] == 5.2
     MineralogySettings(densities={"pyrite": 4.8}).check_class_names(["Resin", "Pyrite"])  # not "unknown class"
     main = [line for line in headline_text(upper) if line.startswith("liberation of ")]
     assert main and main[0].split()[2].rstrip(":") in ("Pyrite", "CHALCOPYRITE")  # the main sulphide, not the gangue

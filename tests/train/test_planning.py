@@ -129,7 +129,7 @@ def test_preflight_reports_bad_options_and_table_formats():
     text = format_members_table([MemberResult("m", "mfaf", "done", metric="miou", epochs=8, last_checkpoint="/l8")])
     header, _, row, note = text.splitlines()
     assert row.split()[3:] == ["last", "epoch", "-", "-", "8", "8", "0.0", "/l8"]
-    assert note.startswith("last epoch: no validation split to choose an epoch on")
+    assert note.startswith("last epoch: no validation score to choose an epoch by (no validation split")
 
 
 def test_ruel_paper_config_is_table_2():
