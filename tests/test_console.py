@@ -8,9 +8,11 @@ import sys
 
 import yaml
 
+from minseg.train.ensemble import SCORES_NOTE
 from tests.train.conftest import training_config
 
-# every line on stderr is one of minseg's log lines; on stdout, the members table (header, rule, one row a member)
+# every line on stderr is one of minseg's log lines; on stdout, the members table (header, rule, one row a member,
+# its note)
 MINSEG_LOG = re.compile(r"^\d\d:\d\d:\d\d [A-Z]+ +minseg[.\w]*: event=[\w.]+")
 TABLE_LINE = re.compile(r"^(member +fold +model .*|-+|halfunet +half_unet +done .*|)$")
 
@@ -38,7 +40,8 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert done.returncode == 0, "\n".join(console[-40:])
     # what is not minseg's (Ray's worker lines, Tune's trial tables and warnings, Ray Data's plans, tracebacks)
     others = ([line for line in done.stderr.splitlines() if not MINSEG_LOG.match(line)]
-              + [line for line in done.stdout.splitlines() if not TABLE_LINE.match(line)])
+              + [line for line in done.stdout.splitlines()
+                 if not TABLE_LINE.match(line) and line not in SCORES_NOTE.splitlines()])
     assert not others, "lines not minseg's on the console:\n" + "\n".join(others[:10])
     text = "\n".join(console)
     assert "event=ray.ready" in text and "logs=" in text  # where Ray's own output went

@@ -1067,7 +1067,7 @@ def format_members_table(results: list[MemberResult]) -> str:
         if r.warning:
             lines.append(f"{'':<{name_w + 5}} warning: {r.warning}")
     if any(r.status is MemberStatus.DONE and r.best_value is not None for r in results):
-        lines.append(_SCORES_NOTE)
+        lines.append(SCORES_NOTE)
     if unscored:
         lines.append("last epoch: no validation score to choose an epoch by (no validation split, or the metric "
                      "undefined every time); the last epoch's checkpoint is kept")
@@ -1075,7 +1075,7 @@ def format_members_table(results: list[MemberResult]) -> str:
 
 
 # two validation scores of one checkpoint, and rankings that may differ, puzzle users: say which is which
-_SCORES_NOTE = ("best: the metric on validation at the epoch kept, as training scores it (segmentation: on its tiles); "
+SCORES_NOTE = ("best: the metric on validation at the epoch kept, as training scores it (segmentation: on its tiles); "
                 "minseg evaluate scores whole images\nand ranks members on those, so its numbers and order can "
                 "differ. test: the kept checkpoint on the test split (classification, k-fold runs), else -")
 
