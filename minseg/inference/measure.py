@@ -224,8 +224,8 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
         if map_names and reference_names and [n.casefold() for n in reference_names] != [
                 n.casefold() for n in map_names]:  # case aside, as the mineralogy matches names
             problems.append(f"{reference} (the reference of {uri}) names its classes otherwise: "
-                            f"{_first_difference(list(reference_names), map_names, 'the map', 'the reference')} (ids are compared "
-                            "as they are: the reference must number its classes as the map does)")
+                            f"{_first_difference(list(reference_names), map_names, 'the map', 'the reference')} "
+                            "(ids are compared as they are: the reference must number its classes as the map does)")
     if len(problems) == 1:
         raise MeasureInputError(f"measure: {problems[0]}")
     if problems:
@@ -386,8 +386,8 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
                 storage.delete(join_uri(output, name))
     # last: the run's record, which also marks the folder as measure's (segment and score refuse to write here)
     storage.write_json(join_uri(output, SUMMARY), {
-        "command": "measure", "output": output, "seconds": result.seconds, "done": [row["slide"] for row in result.done],
-        "failed": [failure["slide"] for failure in result.failed]})
+        "command": "measure", "output": output, "seconds": result.seconds,
+        "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]})
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result
