@@ -74,7 +74,7 @@ def test_demo_fresh_retrains(first_demo, capsys):
     assert not (run / "evaluation").exists() and all(p.exists() for p in pointers)  # old outputs gone, retrained
 
 
-@pytest.mark.slow  # the README's demo exactly as shipped (~8 min on 2 cores)
+@pytest.mark.slow  # the README's demo exactly as shipped (~4.5 min on 2 cores)
 def test_the_demo_segments_its_slide_well_and_its_ensemble_beats_its_best_member(ray_session, tmp_path, capsys):
     """What a new user sees first: the selected ensemble's slide against the true mask, every class the generator
     paints predicted, and the ensemble (selected on validation) at least as good as its best member alone."""
