@@ -85,13 +85,13 @@ class MeasureSpec:
         the user's entry spelt as it is, the user's entry in any case (``Pyrite: 5.2`` for a class ``pyrite``), the
         built-in entry spelt as it is, the built-in entry in any case."""
         user = self.settings.densities
+        lookups = [(user, str), (_folded(user), str.casefold), (DEFAULT_DENSITIES, str),
+                   (_folded(DEFAULT_DENSITIES), str.casefold)]  # each table, and how a class name is looked up in it
         merged = {**DEFAULT_DENSITIES, **user}
         for name in self.names:
-            for table in (user, DEFAULT_DENSITIES):
-                found = table.get(name, _folded(table).get(name.casefold()))
-                if found is not None:
-                    merged[name] = found
-                    break
+            found = next((table[key(name)] for table, key in lookups if key(name) in table), None)
+            if found is not None:
+                merged[name] = found
         return merged
 
     @property
