@@ -72,16 +72,17 @@ def liberation_table(table: np.ndarray, names: list[str], sample: np.ndarray,
         if not sample[m]:
             continue
         total = int(table[m].sum())
-        percent = 100.0 * table[m] / max(total, 1)
+        percent = 100.0 * table[m] / total if total else np.full(len(labels), np.nan)
         cumulative = np.cumsum(percent[::-1])[::-1]  # at least this class
-
-        def share(value: float) -> float | None:
-            return round(float(value), 4) if total else None
-
         result[name] = {
             "pixels": total,
-            "classes_pct": {label: share(p) for label, p in zip(labels, percent)},
-            "yield_pct": {f">={low}": share(c) for low, c in zip(list(edges) + [100], cumulative)},
-            "liberated_pct": share(percent[-1]),
+            "classes_pct": {label: _percent(p) for label, p in zip(labels, percent)},
+            "yield_pct": {f">={low}": _percent(c) for low, c in zip(list(edges) + [100], cumulative)},
+            "liberated_pct": _percent(percent[-1]),
         }
     return result
+
+
+def _percent(value: float) -> float | None:
+    """A percentage as the documents hold it: 4 decimals, None where there is none (NaN)."""
+    return None if np.isnan(value) else round(float(value), 4)
