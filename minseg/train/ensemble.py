@@ -1051,12 +1051,9 @@ def format_members_table(results: list[MemberResult]) -> str:
     header = (f"{'member':<{name_w}}{'fold':>5} {'model':<{model_w}}{'status':<8}{'metric':<{metric_w}}{'best':>9}"
               f"{'test':>9}{'epoch':>7}{'epochs':>7}{'min':>7}  checkpoint / error")
     lines = [header, "-" * len(header)]
-    unscored = False  # a member trained without validation (prospect windows, val: 0) keeps its last epoch
     for r in results:
         best = f"{r.best_value:.4f}" if isinstance(r.best_value, (int, float)) and not math.isnan(r.best_value) else "-"
-        last_kept = r.status is MemberStatus.DONE and r.best_value is None and r.best_checkpoint is None
-        unscored |= last_kept
-        metric, epoch = ("last epoch", r.epochs) if last_kept else (r.metric, r.best_epoch or "-")
+        metric, epoch = ("last epoch", r.epochs) if _kept_last_epoch(r) else (r.metric, r.best_epoch or "-")
         tail = (r.best_checkpoint or r.last_checkpoint or "") if r.status is MemberStatus.DONE else (r.error or "")
         test = f"{r.test_value:.4f}" if isinstance(r.test_value, (int, float)) and not math.isnan(r.test_value) else "-"
         lines.append(f"{r.member:<{name_w}}{'' if r.fold is None else r.fold + 1:>5} {r.model:<{model_w}}"
@@ -1068,16 +1065,21 @@ def format_members_table(results: list[MemberResult]) -> str:
             lines.append(f"{'':<{name_w + 5}} warning: {r.warning}")
     if any(r.status is MemberStatus.DONE and r.best_value is not None for r in results):
         lines.append(SCORES_NOTE)
-    if unscored:
+    if any(_kept_last_epoch(r) for r in results):
         lines.append("last epoch: no validation score to choose an epoch by (no validation split, or the metric "
                      "undefined every time); the last epoch's checkpoint is kept")
     return "\n".join(lines)
 
 
+def _kept_last_epoch(r: MemberResult) -> bool:
+    """A member trained without a validation score (prospect windows, val: 0) keeps its last epoch."""
+    return r.status is MemberStatus.DONE and r.best_value is None and r.best_checkpoint is None
+
+
 # two validation scores of one checkpoint, and rankings that may differ, puzzle users: say which is which
 SCORES_NOTE = ("best: the metric on validation at the epoch kept, as training scores it (segmentation: on its tiles); "
-                "minseg evaluate scores whole images\nand ranks members on those, so its numbers and order can "
-                "differ. test: the kept checkpoint on the test split (classification, k-fold runs), else -")
+               "minseg evaluate scores whole images\nand ranks members on those, so its numbers and order can "
+               "differ. test: the kept checkpoint on the test split (classification, k-fold runs), else -")
 
 
 def write_curves(storage: Storage, run_uri: str, member: str) -> None:
