@@ -32,6 +32,7 @@ from minseg.errors import InputError
 from minseg.data.config import scene_in
 from minseg.data.containers import Container, MemberError, Rejected, read_ref
 from minseg.enums import DatasetLayout, MaskEncoding, Task
+from minseg.io.images import JPEG_SUFFIXES
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -43,7 +44,6 @@ log = get_logger("data.layouts")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 JPEG_MASK = ("JPEG masks are not accepted: JPEG's lossy compression changes the class codes (or colours) along "
              "every edge, so pixels would train on classes nobody drew; save masks as PNG or TIFF")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}

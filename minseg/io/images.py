@@ -41,6 +41,7 @@ def _check_size(image, max_pixels: int, limit_key: str) -> None:
                           f"{max_pixels:,} ({limit_key})")
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # pictures stored with lossy compression: no mask's or label map's codes survive
 # TIFF compressions that change pixel values: JPEG (old- and new-style, Adobe's, DNG's lossy JPEG). JPEG 2000, WebP
 # and JPEG XL can be lossless, which the header does not say: not refused
 JPEG_COMPRESSIONS = frozenset({6, 7, 33007, 34892})

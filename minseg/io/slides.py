@@ -28,8 +28,9 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
-from minseg.io.images import (JPEG_COMPRESSIONS, DecodeError, decode_samples, luminance, picture_shape, show_samples,
-                              stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
+from minseg.io.images import (JPEG_COMPRESSIONS, JPEG_SUFFIXES, DecodeError, decode_samples, luminance, picture_shape,
+                              show_samples, stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format,
+                              to_rgb8)
 from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
@@ -338,8 +339,7 @@ class RasterReader:
         self._pixels: np.ndarray | None = None
         self._palette: np.ndarray | None = None
         self._lock = threading.Lock()
-        suffix = name.rsplit(".", 1)[-1]
-        self.info = SlideInfo(uri, suffix, (shape,), None, lossy=suffix in ("jpg", "jpeg"))
+        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None, lossy=name.endswith(JPEG_SUFFIXES))
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
         """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""
