@@ -22,7 +22,7 @@ def test_class_names_by_id_are_given_and_distinct():
 
 @pytest.mark.parametrize("size", [math.inf, -math.inf, math.nan, 0.0, -1.0, 1e200])
 def test_a_pixel_size_is_a_finite_number_above_zero(size):
-    with pytest.raises(ValueError, match="is not a number above 0 and below 1e\+06"):
+    with pytest.raises(ValueError, match=r"is not a number above 0 and below 1e\+06"):
         MeasureSpec(("resin", "pyrite"), MineralogySettings(), size)
 
 
