@@ -7,7 +7,7 @@ from pydantic import ConfigDict, Field, model_validator
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
 from minseg.enums import TTA, Blend, FusionMode, MemberCheckpoint, ScoreSplit, SelectionRule
-from minseg.io.storage import absolute_uri, join_uri
+from minseg.io.storage import absolute_uri, join_uri, output_folder
 
 
 class Tiling(StrictModel):
@@ -126,4 +126,4 @@ class ScoreSettings(StrictModel):
     overlays: int = Field(3, ge=0, description="images drawn as image / truth / best member / ensemble")
 
     def output(self, run_uri: str) -> str:
-        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "score", self.name)
+        return output_folder(self.output_uri, run_uri, "score", self.name)

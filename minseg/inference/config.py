@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
-from minseg.io.storage import absolute_uri, has_glob, join_uri
+from minseg.io.storage import has_glob, output_folder
 from minseg.mineralogy.config import MAX_PIXEL_SIZE_UM
 
 
@@ -41,7 +41,7 @@ class SegmentSettings(StrictModel):
 
     def output(self, run_uri: str) -> str:
         """The folder the slides' outputs go to: ``output_uri``, else ``<run>/segment/<name>``."""
-        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "segment", self.name)
+        return output_folder(self.output_uri, run_uri, "segment", self.name)
     level: int = Field(0, ge=0, description="pyramid level to segment (0 = full resolution)")
     force: bool = Field(False, description="redo slides whose outputs exist for the same ensemble")
 
@@ -122,7 +122,7 @@ class MeasureSettings(StrictModel):
 
     def output(self, run_uri: str) -> str:
         """The folder the label maps' outputs go to: ``output_uri``, else ``<run>/measure/<name>``."""
-        return absolute_uri(self.output_uri) if self.output_uri else join_uri(run_uri, "measure", self.name)
+        return output_folder(self.output_uri, run_uri, "measure", self.name)
     block: int = Field(4096, ge=16, description="block side in pixels: what one label map holds in memory at "
                        "once besides its objects crossing blocks")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs per label-map task (one task per map)")

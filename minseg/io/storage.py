@@ -177,6 +177,12 @@ def absolute_uri(uri: str | os.PathLike[str]) -> str:
     return parse_uri(uri).uri
 
 
+def output_folder(output_uri: str | None, run_uri: str, *default: str) -> str:
+    """A command's output folder: ``output_uri`` when given (absolute), else ``default``'s parts under the run
+    (``output_folder(None, run, "segment", "slides")`` is ``<run>/segment/slides``)."""
+    return absolute_uri(output_uri) if output_uri else join_uri(run_uri, *default)
+
+
 def is_s3(uri: str | os.PathLike[str]) -> bool:
     return os.fspath(uri).startswith("s3://")
 
