@@ -30,7 +30,7 @@ from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import MemberRef
 from minseg.ensemble.selection import MEMBER_PREFIX, Candidate, rank_members
 from minseg.errors import InputError
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs
 from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
 from minseg.preflight import job_paths
@@ -116,6 +116,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
     data = scoring_data(config.data, manifest, settings.manifest)
     out = settings.output(config.run.uri)
+    refuse_other_command_outputs(out, "score", "score.output_uri", storage)  # Python callers too
     init_ray(config.ray, job_paths([data, settings.manifest], [out]))
     check_actor_pool("score", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
     split = None if settings.split is ScoreSplit.ALL else str(settings.split)

@@ -55,7 +55,7 @@ from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footpri
                                 thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.runs import read_pointer
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
@@ -757,6 +757,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)
+    refuse_other_command_outputs(out, "prospect", "prospect.output_uri", storage)  # before anything is cleared
     models_uri = join_uri(out, "models")
     if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
         from minseg.train.ensemble import refuse_changed_members

@@ -23,7 +23,7 @@ from minseg.inference.labelmaps import LabelMap, open_label_map
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
+from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, refuse_other_command_outputs
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
 from minseg.mineralogy.config import MineralogySettings, class_list_problem
@@ -340,6 +340,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
                      sources.get("pixel_size_um", "measure.pixel_size_um"))
     output = settings.output(config.run.uri)
+    refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
     started = time.monotonic()
     result = MeasureResult(output)
     ids = map_ids([uri for uri, _ in pairs])

@@ -52,7 +52,8 @@ from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
-from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri
+from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
+                               refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
@@ -488,6 +489,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     except ValueError as exc:
         raise SegmentInputError(str(exc)) from None
     output_uri = settings.output(config.run.uri)
+    refuse_other_command_outputs(output_uri, "segment", "segment.output_uri", storage)  # Python callers too
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
     plans = plan_slides(resolve_scenes(settings, manifest, storage), manifest, settings, storage, output_uri, result,

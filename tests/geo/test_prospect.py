@@ -274,3 +274,9 @@ def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey,
     with pytest.raises(InputError, match=r"project holds inputs/ that minseg did not write; choose another output"):
         map_prospectivity(prospect_config(survey, output_uri=str(tmp_path / "project")))
     assert (tmp_path / "project" / "inputs" / "my_samples.csv").read_text() == "mine"
+    # a folder of another command (a training run's members.json) is refused as such, before the job marks it its own
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "members.json").write_text("{}")
+    with pytest.raises(InputError, match=r"^prospect.output_uri: .*run holds the outputs of minseg train"):
+        map_prospectivity(prospect_config(survey, output_uri=str(tmp_path / "run")))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["members.json"]

@@ -209,3 +209,23 @@ def test_the_demo_slide_reports_its_mineralogy_against_its_true_mask(ray_session
         assert entry["sample_area_pct"]["error"] == pytest.approx(expected, abs=1e-3)
     assert any(line.startswith("modal mineralogy") for line in score.mineralogy)
     assert any(line.startswith("against the reference mask") for line in score.mineralogy)
+
+
+def test_the_library_refuses_another_commands_output_folder(tmp_path):
+    """The CLI's output check (naming --out) is not the only guard: a Python caller of ``measure_label_maps`` giving a
+    segment run's folder is refused before anything is written there, naming the config key."""
+    from minseg.config.schema import MinsegConfig
+    from minseg.errors import InputError
+    from minseg.inference.config import MeasureSettings
+    from minseg.inference.measure import measure_label_maps
+
+    Image.fromarray(blob_labels((32, 32), 4, seed=1).astype(np.uint8)).save(tmp_path / "m.png")
+    segmented = tmp_path / "segment"
+    segmented.mkdir()
+    (segmented / "run_summary.json").write_text("{}")
+    config = MinsegConfig()
+    config.measure = MeasureSettings(labels=[str(tmp_path / "m.png")], classes=list(NAMES),
+                                     output_uri=str(segmented))
+    with pytest.raises(InputError, match=r"^measure.output_uri: .*segment holds the outputs of minseg segment"):
+        measure_label_maps(config)
+    assert sorted(p.name for p in segmented.iterdir()) == ["run_summary.json"]

@@ -477,6 +477,16 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
     assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
 
 
+def test_the_library_refuses_another_commands_output_folder(manifests, test_slides, tmp_path):
+    """Not only the CLI (naming --out): ``segment_slides`` itself refuses a measure run's folder, writing nothing."""
+    from minseg.errors import InputError
+
+    (tmp_path / "measure_summary.json").write_text("{}")
+    with pytest.raises(InputError, match=r"^segment.output_uri: .* holds the outputs of minseg measure"):
+        run(manifests["soft"], [test_slides["section"]], tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["measure_summary.json"]
+
+
 def test_segment_refuses_before_preparing_any_slide(ray_session, manifests, test_slides, tmp_path):
     from minseg.runtime import ResourceError
 
