@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from minseg.errors import InputError
-from minseg.inference.labelmaps import open_label_map
+from minseg.inference.labelmaps import class_names_difference, open_label_map
 from minseg.io.storage import Storage
 from minseg.metrics import ConfusionMatrix, metrics_from_confusion
 
@@ -19,11 +19,16 @@ def compare_label_maps(labels_uri: str, reference_uri: str, class_names: list[st
     label TIFF) against a reference of the same size.
 
     Raises:
-        InputError: the two differ in size.
+        InputError: the two differ in size, or either names its classes (label TIFF / OME-Zarr metadata) otherwise
+            than ``class_names`` (ids are compared as they are).
     """
     storage = storage or Storage()
     matrix = ConfusionMatrix(len(class_names), ignore_index)
     with open_label_map(labels_uri, storage) as labels, open_label_map(reference_uri, storage) as reference:
+        for opened in (labels, reference):
+            if opened.names and (difference := class_names_difference(opened.names, class_names, opened.uri,
+                                                                      "the classes compared")):
+                raise InputError(f"{opened.uri} names its classes otherwise: {difference}")
         if (labels.height, labels.width) != (reference.height, reference.width):
             raise InputError(f"{labels_uri} is {labels.height}x{labels.width}, {reference_uri} is "
                              f"{reference.height}x{reference.width}")

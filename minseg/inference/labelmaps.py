@@ -64,6 +64,18 @@ class LabelMap:
         self.close()
 
 
+def class_names_difference(names: list[str], other: list[str], own: str, source: str) -> str | None:
+    """None when two label maps' class lists (``names`` of ``own``, ``other`` of ``source``) number the same classes
+    (case aside: the mineralogy matches names in any case); else the first id they name differently, or their
+    lengths. Label maps are compared id by id, so any difference makes every number wrong."""
+    if [n.casefold() for n in names] == [n.casefold() for n in other]:
+        return None
+    for class_id, (mine, theirs) in enumerate(zip(names, other)):
+        if mine.casefold() != theirs.casefold():
+            return f"class id {class_id} is {mine!r} in {own}, {theirs!r} in {source}"
+    return f"{own} names {len(names)} classes ({', '.join(names)}), {source} {len(other)}"
+
+
 def open_label_map(uri: str, storage: Storage) -> LabelMap:
     """Open a label map (``.zarr`` folder, or anything the slide readers open).
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
-from minseg.inference.labelmaps import LabelMap, open_label_map
+from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
@@ -221,10 +221,9 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
     for uri, reference in pairs:  # a reference is compared id by id: its names must be the map's
         map_names = list(settings.classes or read.get(uri, (None, None))[1] or [])
         reference_names = read.get(reference, (None, None))[1] if reference else None
-        if map_names and reference_names and [n.casefold() for n in reference_names] != [
-                n.casefold() for n in map_names]:  # case aside, as the mineralogy matches names
-            problems.append(f"{reference} (the reference of {uri}) names its classes otherwise: "
-                            f"{_first_difference(list(reference_names), map_names, 'the map', 'the reference')} "
+        if map_names and reference_names and (
+                difference := class_names_difference(list(reference_names), map_names, "the reference", "the map")):
+            problems.append(f"{reference} (the reference of {uri}) names its classes otherwise: {difference} "
                             "(ids are compared as they are: the reference must number its classes as the map does)")
     if len(problems) == 1:
         raise MeasureInputError(f"measure: {problems[0]}")
@@ -261,9 +260,9 @@ def _opened_map_problem(uri: str, labels, is_map: bool, settings, storage, class
                     "an unfinished or failed segmentation; segment the slide again")
         if not is_map:
             return None
-        if settings.classes and labels.names and list(settings.classes) != list(labels.names):
-            return (f"{uri} names its classes and {classes_source} disagrees: "
-                    f"{_first_difference(labels.names, settings.classes, classes_source)} ({classes_source} is "
+        if settings.classes and labels.names and (
+                difference := class_names_difference(labels.names, settings.classes, "the map", classes_source)):
+            return (f"{uri} names its classes and {classes_source} disagrees: {difference} ({classes_source} is "
                     "for maps that do not name their classes: leave it out)")
         if settings.pixel_size_um is not None:  # given: the file's resolution is not used
             return None
@@ -275,13 +274,6 @@ def _opened_map_problem(uri: str, labels, is_map: bool, settings, storage, class
     except (InputError, OSError, ValueError, KeyError):  # the reader's own reason comes from the job
         return None
     return None
-
-
-def _first_difference(names: list[str], given: list[str], source: str, own: str = "the map") -> str:
-    for class_id, (mine, other) in enumerate(zip(names, given)):
-        if mine != other:
-            return f"class id {class_id} is {mine!r} in {own}, {other!r} in {source}"
-    return f"{own} names {len(names)} classes ({', '.join(names)}), {source} {len(given)}"
 
 
 def _zarr_status(root) -> str | None:
