@@ -465,8 +465,9 @@ def _pixel_size_um(uri: str, tiff, page) -> float | None:
     if size > MAX_CALIBRATED_PIXEL_UM:
         return None
     if len(sizes) == 2 and abs(sizes[1] - size) > ANISOTROPY_TOLERANCE * max(sizes[1], size):
-        _ignored(uri, f"pixels are {size:.6g} µm wide but {sizes[1]:.6g} µm high (XResolution != YResolution); "
-                      "its areas and sizes are given in pixels, not µm (resample it to square pixels)")
+        # what follows is the caller's: segment reports sizes in pixels, measure refuses the map
+        _ignored(uri, f"pixels are {size:.6g} µm wide but {sizes[1]:.6g} µm high (XResolution != YResolution): "
+                      "no one pixel size (resample it to square pixels)")
         return None
     return size
 
