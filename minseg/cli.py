@@ -405,9 +405,38 @@ def cmd_config(args) -> int:
 
         problems = check_members_without_data(config)
         if problems:
-            raise ConfigError(args.config, [("", problem) for problem in problems])
+            raise ConfigError(args.config, [("", problem) for problem in problems],
+                              _member_problem_sources(args, problems))
     print(f"{args.config}: valid")
     return 0
+
+
+def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
+    """Where each of ``config validate``'s member problems came from: the file when the file alone has it, else
+    each --set option that brings its reason on its own (for some of the members it names), all of them when none
+    does alone; None (the file) without --set."""
+    from minseg.config import MinsegConfig, load_config, parse_set_options
+    from minseg.errors import InputError
+    from minseg.train.ensemble import check_members_without_data
+
+    def problems_with(options: list[str]) -> set[str] | None:
+        try:
+            config = load_config(args.config, MinsegConfig, overrides=parse_set_options(options))
+        except InputError:  # the file does not validate without the other options
+            return None
+        return set(check_members_without_data(config))
+
+    def reason(problem: str) -> str:  # "training.members[a, c]: unknown model 'unett'" -> "unknown model 'unett'"
+        return problem.partition(": ")[2]
+
+    alone = problems_with([]) if args.set else None
+    if alone is None:
+        return None
+    brought = {f"--set {option.partition('=')[0].strip()}": {reason(p) for p in problems_with([option]) or ()}
+               for option in args.set}
+    return [args.config if problem in alone else
+            ", ".join(where for where, found in brought.items() if reason(problem) in found) or ", ".join(brought)
+            for problem in problems]
 
 
 def cmd_storage(args) -> int:

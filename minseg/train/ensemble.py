@@ -123,7 +123,9 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
             unknown = {"mean": [0.0] * in_channels, "std": [1.0] * in_channels}  # the data's: measured later
             choose_normalization(init.normalization, plan.report.layout, init.uri, in_channels, unknown, storage,
                                  reads_image=model.encoder_reads_input)
-    except (ValueError, TypeError, MinsegError) as exc:
+    except (ValueError, MinsegError) as exc:  # a message for the user: the exception's name says nothing more
+        return str(exc)
+    except TypeError as exc:  # a value of the wrong type reached a constructor: its name helps to place it
         return f"{type(exc).__name__}: {exc}"
     return None
 

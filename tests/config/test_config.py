@@ -140,10 +140,10 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
                                   "stages": [{"epochs": 1, "batch_size": 4}]}, "members": members}}))
     assert main(["config", "validate", str(path)]) == 2
     err = capsys.readouterr().err
-    for says in ("training.members[typo]: unknown model 'unett'", "training.members[thin]: ValueError: width must be",
-                 "training.members[weights]: ValueError: class_weights must list one value per class (3), got 2",
+    for says in ("training.members[typo]: unknown model 'unett'", "training.members[thin]: width must be",
+                 "training.members[weights]: class_weights must list one value per class (3), got 2",
                  "training.members[metric]: checkpoint_metric: unknown class 'chalcopyrite'",
-                 "training.members[binary]: ValueError: loss weighted_bce is the binary loss of one foreground "
+                 "training.members[binary]: loss weighted_bce is the binary loss of one foreground "
                  "class (the microplastic paper's), and this run has 3 classes",
                  "training.members[small]: model convnext_eca needs inputs of at least 32 x 32 pixels, and "
                  "data.tiling.size gives tiles of 16: raise data.tiling.size",
@@ -247,10 +247,18 @@ def test_a_member_problem_every_member_shares_is_said_once(tmp_path, capsys):
                      "members": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}))
     assert main(["config", "validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("width must be") == 1 and "training.members (all 3): ValueError: width must be" in err
+    assert err.count("width must be") == 1 and f"{path}: training.members (all 3): width must be" in err
+    # a problem the file alone does not have is blamed on the --set options that bring it (not on the file)
     assert main(["config", "validate", str(path), "--set", "training.defaults.model_options.width=0.25", "--set",
                  "training.members.a.model=unett", "--set", "training.members.c.model=unett"]) == 2
-    assert "training.members[a, c]: unknown model 'unett'" in capsys.readouterr().err
+    assert ("  --set training.members.a.model, --set training.members.c.model: training.members[a, c]: unknown model "
+            "'unett'") in capsys.readouterr().err
+    assert main(["config", "validate", str(path), "--set", "run.seed=4", "--set",
+                 "training.defaults.model_options.width=-2"]) == 2
+    err = capsys.readouterr().err
+    assert "  --set training.defaults.model_options.width: training.members (all 3): width must be" in err
+    assert main(["config", "validate", str(path), "--set", "run.seed=4"]) == 2  # the file's own problem: the file
+    assert f"  {path}: training.members (all 3): width must be" in capsys.readouterr().err
 
 
 def test_a_section_from_flags_blames_each_flag():
