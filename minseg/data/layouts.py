@@ -23,6 +23,7 @@ import difflib
 import json
 import logging
 import posixpath
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -560,8 +561,9 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
 
 def _folder_split(path: str) -> str | None:
     for part in reversed(posixpath.dirname(path).split("/")):
-        if part.lower() in _SPLIT_ALIASES:
-            return _SPLIT_ALIASES[part.lower()]
+        name = re.sub(r"[-_]?(19|20)\d\d$", "", part.lower())  # COCO's train2017 / val2017: a release year
+        if name in _SPLIT_ALIASES:
+            return _SPLIT_ALIASES[name]
     return None
 
 
@@ -628,6 +630,30 @@ def _category_zero(document: dict) -> str | None:
             "annotation covers; renumber the categories from 1 (COCO's own convention)")
 
 
+def _coco_image(container: Container, json_name: str, file_name: str) -> tuple[str, str, list[str]]:
+    """(the member an ``images[]`` entry's ``file_name`` names, the folder its item key is taken relative to, the
+    paths tried). Exports keep the images beside the annotation file (``file_name`` relative to its folder). The
+    COCO dataset's own layout keeps annotation files in ``annotations/`` and each split's images in a folder beside
+    it (``annotations/instances_train2017.json`` -> ``train2017/``); other tools use ``images/<split>/`` or
+    ``images/`` there. For an annotation file in a folder named ``annotations``, those are tried in that order
+    after its own folder; the first that exists wins. None exists: the path beside the file (reported missing)."""
+    folder = posixpath.dirname(json_name)
+    beside = member_path(folder, file_name)
+    if beside in container.members or posixpath.basename(folder).lower() != "annotations":
+        return beside, folder, [beside]
+    parent = posixpath.dirname(folder)
+    stem = posixpath.splitext(posixpath.basename(json_name))[0]
+    split = stem.rsplit("_", 1)[-1]  # instances_train2017 -> train2017
+    tried = [beside]
+    for root in dict.fromkeys([split, stem, f"images/{split}", "images", ""]):
+        root = posixpath.join(parent, root).strip("/") if root else parent
+        path = member_path(root, file_name)
+        if path in container.members:
+            return path, root, tried
+        tried.append(path)
+    return beside, folder, tried
+
+
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
 def read_coco(container: Container, prefix: str, source: SourceSettings, storage: Storage,
               classmap: ClassMap | None) -> LayoutItems:
@@ -647,13 +673,13 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
             continue
         if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
             continue
-        folder = posixpath.dirname(json_name)
         for entry in document["images"] if isinstance(document["images"], list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
-                listed.add(image := member_path(folder, entry["file_name"]))
+                image, _, tried = _coco_image(container, json_name, entry["file_name"])
+                listed.add(image)
                 if image not in container.members:
                     missing[posixpath.basename(image)] = (f"listed in {json_name} as {entry['file_name']!r}, looked "
-                                                          f"for at {image}")
+                                                          f"for at {', '.join(tried)}")
         clash = _category_zero(document)
         if clash is not None:  # 0 fills every pixel no annotation covers: the category would swallow them
             rejected.append(Rejected(container.describe(json_name), clash))
@@ -669,13 +695,15 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                      f"{' and others' if len(orphans) > 1 else ''}): their objects are in no mask"))
         for entry in document["images"]:
             try:
-                image = member_path(folder, entry["file_name"])
+                image, root, tried = _coco_image(container, json_name, entry["file_name"])
                 where = container.describe(image)
                 if not source.selects(image):  # left out: listed or not, it is not reported
                     left_out.append(image)
                     continue
                 if image not in container.members:
-                    rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but missing"))
+                    looked = f" (looked for at {', '.join(tried)})" if len(tried) > 1 else ""
+                    rejected.append(Rejected(where, f"listed in {json_name} as {entry['file_name']!r} but "
+                                                    f"missing{looked}"))
                     continue
                 shapes, problem = [], None
                 for annotation in by_image.get(entry["id"], []):
@@ -706,10 +734,10 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                 if problem:
                     rejected.append(Rejected(where, problem))
                     continue
-                key = posixpath.splitext(posixpath.relpath(image, folder or "."))[0]  # subfolders kept
+                key = posixpath.splitext(posixpath.relpath(image, root or "."))[0]  # subfolders kept
                 items.append(make_item(
                     container, prefix, image,
-                    item_key=posixpath.join(posixpath.basename(folder), key) if folder else key,
+                    item_key=posixpath.join(posixpath.basename(root), key) if root else key,
                     source_key=key,
                     polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
                     layout_split=_folder_split(image),
@@ -727,7 +755,8 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
     for image in sorted(m for m in container.members if _is_image(m) and m not in listed and source.selects(m)):
         if posixpath.basename(image) in missing:  # e.g. images/ beside annotations/: paths are read from the JSON
             reason = (f"{missing[posixpath.basename(image)]}: an annotation file's file_name is read relative to its "
-                      "own folder; keep the images beside it (as COCO exports do) or write the path from there")
+                      "own folder (for a file in annotations/, also from the split's folder or images/ beside it); "
+                      "keep the images beside it (as COCO exports do) or write the path from there")
         else:
             reason = ("an image no " + ("readable " if unreadable else "") + "COCO annotation file lists: what it "
                       "shows is not known (add it to the export, or leave it out with exclude)"

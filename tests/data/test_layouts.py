@@ -248,6 +248,41 @@ def test_coco_and_labelme_keep_subfolders_in_item_ids(tmp_path):
     assert "unobtainium" in _read(labelme, DatasetLayout.LABELME).rejected[0].reason
 
 
+def test_coco_in_the_coco_datasets_own_layout(tmp_path):
+    """annotations/instances_train2017.json names its images by file name only; they sit in train2017/ beside
+    annotations/ (the COCO dataset's layout), or in images/ there. Both are found, their folder gives the item's
+    id and the split (train2017: train, a release year aside); an image in neither is missing, said with where it
+    was looked for."""
+    import json
+
+    (tmp_path / "annotations").mkdir()
+    for split in ("train2017", "val2017"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / f"{split[:-4]}1.jpg").write_bytes(jpg_bytes(render_section(1, 16, 16)[0]))
+        document = {"images": [{"id": 1, "file_name": f"{split[:-4]}1.jpg", "height": 16, "width": 16}],
+                    "annotations": [], "categories": [{"id": 1, "name": "pyrite"}]}
+        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+    listed = _read(tmp_path, DatasetLayout.COCO)
+    assert not listed.rejected
+    assert sorted((i["item_id"], i["layout_split"]) for i in listed.items) == [
+        ("src/train2017/train1", "train"), ("src/val2017/val1", "val")]
+
+    other = tmp_path / "other"  # images/ beside annotations/; one image nowhere
+    (other / "annotations").mkdir(parents=True)
+    (other / "images").mkdir()
+    (other / "images" / "a.jpg").write_bytes(jpg_bytes(render_section(2, 16, 16)[0]))
+    document = {"images": [{"id": 1, "file_name": "a.jpg", "height": 16, "width": 16},
+                           {"id": 2, "file_name": "lost.jpg", "height": 16, "width": 16}],
+                "annotations": [], "categories": [{"id": 1, "name": "pyrite"}]}
+    (other / "annotations" / "export.json").write_text(json.dumps(document))
+    listed = _read(other, DatasetLayout.COCO)
+    assert [i["item_id"] for i in listed.items] == ["src/images/a"]
+    (lost,) = listed.rejected
+    assert lost.file.endswith("annotations/lost.jpg")
+    assert lost.reason == ("listed in annotations/export.json as 'lost.jpg' but missing (looked for at "
+                           "annotations/lost.jpg, export/lost.jpg, images/export/lost.jpg, images/lost.jpg, lost.jpg)")
+
+
 def test_labelme_saved_on_windows(tmp_path):
     """``..\\images\\a.png`` is a relative path with backslashes, not a missing file; a truly missing
     image is reported with the path it resolved to."""
