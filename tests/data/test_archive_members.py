@@ -255,19 +255,24 @@ def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_p
     assert reasons["_annotations.coco.json"].startswith("1 annotation(s) refer to image ids no images[] entry has "
                                                         "(999)")
     assert reasons["unlisted.png"].startswith("an image no COCO annotation file lists")
-    # images beside annotations/ (CVAT, Detectron): file_name is read from the JSON's folder, and the image says so
+    # images/ beside annotations/ (CVAT, Detectron) is read; images in a folder no rule names say where they were
+    # looked for (file_name is read from the JSON's folder, the split's folder or images/ beside annotations/)
     other = tmp_path / "cvat"
     (other / "annotations").mkdir(parents=True)
-    (other / "images").mkdir()
-    (other / "images" / "a.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
+    for folder in ("images", "pictures"):
+        (other / folder).mkdir()
+        (other / folder / f"{folder[0]}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
     (other / "annotations" / "instances.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}], "annotations": [],
+        "images": [{"id": 1, "file_name": "i.png", "height": 32, "width": 32},
+                   {"id": 2, "file_name": "p.png", "height": 32, "width": 32}], "annotations": [],
         "categories": [{"id": 1, "name": "pyrite"}]}))
     found = read_coco(open_container(str(other), LimitSettings(), Storage()), "", SourceSettings(uri=str(other)),
                       Storage(), None)
+    assert [item["item_id"] for item in found.items] == ["/images/i"]
     reasons = {r.file.split("/cvat/")[1]: r.reason for r in found.rejected}
-    assert reasons["images/a.png"].startswith("listed in annotations/instances.json as 'a.png', looked for at "
-                                              "annotations/a.png: an annotation file's file_name is read relative")
+    assert reasons["pictures/p.png"].startswith(
+        "listed in annotations/instances.json as 'p.png', looked for at annotations/p.png, instances/p.png, "
+        "images/instances/p.png, images/p.png, p.png: an annotation file's file_name is read relative")
     with pytest.raises(ValueError, match=r"RLE runs add up to 50 pixels, not the 10 x 10 = 100"):
         decode_coco_rle([0, 50], 10, 10)
     assert decode_coco_rle([10, 80, 10], 10, 10).sum() == 80
