@@ -424,7 +424,7 @@ def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
             config = load_config(args.config, MinsegConfig, overrides=parse_set_options(options))
         except InputError:  # the file does not validate without the other options
             return None
-        return set(check_members_without_data(config))
+        return set(check_members_without_data(config, warn=False))
 
     def reason(problem: str) -> str:  # "training.members[a, c]: unknown model 'unett'" -> "unknown model 'unett'"
         return problem.partition(": ")[2]

@@ -559,11 +559,16 @@ def read_instance_folders(container: Container, prefix: str, source: SourceSetti
     return LayoutItems(items, rejected, left_out=left_out)
 
 
+def _split_alias(name: str) -> str | None:
+    """The split a folder or file name stands for: train / val / test, or None. A release year after the word is
+    COCO's (train2017, val2017)."""
+    return _SPLIT_ALIASES.get(re.sub(r"[-_]?(19|20)\d\d$", "", name.lower()))
+
+
 def _folder_split(path: str) -> str | None:
     for part in reversed(posixpath.dirname(path).split("/")):
-        name = re.sub(r"[-_]?(19|20)\d\d$", "", part.lower())  # COCO's train2017 / val2017: a release year
-        if name in _SPLIT_ALIASES:
-            return _SPLIT_ALIASES[name]
+        if split := _split_alias(part):
+            return split
     return None
 
 
@@ -630,28 +635,52 @@ def _category_zero(document: dict) -> str | None:
             "annotation covers; renumber the categories from 1 (COCO's own convention)")
 
 
+def _in_annotations_folder(json_name: str) -> bool:
+    return posixpath.basename(posixpath.dirname(json_name)).lower() == "annotations"
+
+
+def _coco_split_word(json_name: str) -> str:
+    """The split word of an annotation file in ``annotations/``: ``instances_train2017.json`` -> ``train2017``."""
+    return posixpath.splitext(posixpath.basename(json_name))[0].rsplit("_", 1)[-1]
+
+
 def _coco_image(container: Container, json_name: str, file_name: str) -> tuple[str, str, list[str]]:
     """(the member an ``images[]`` entry's ``file_name`` names, the folder its item key is taken relative to, the
     paths tried). Exports keep the images beside the annotation file (``file_name`` relative to its folder). The
     COCO dataset's own layout keeps annotation files in ``annotations/`` and each split's images in a folder beside
-    it (``annotations/instances_train2017.json`` -> ``train2017/``); other tools use ``images/<split>/`` or
-    ``images/`` there. For an annotation file in a folder named ``annotations``, those are tried in that order
-    after its own folder; the first that exists wins. None exists: the path beside the file (reported missing)."""
+    it (``annotations/instances_train2017.json`` -> ``train2017/``); other tools use ``images/<split>/``,
+    ``images/`` or the folder holding ``annotations/`` itself. For an annotation file in a folder named
+    ``annotations``, those are tried in that order after its own folder; the first that exists wins. None exists:
+    the path beside the file (reported missing)."""
     folder = posixpath.dirname(json_name)
     beside = member_path(folder, file_name)
-    if beside in container.members or posixpath.basename(folder).lower() != "annotations":
+    if beside in container.members or not _in_annotations_folder(json_name):
         return beside, folder, [beside]
-    parent = posixpath.dirname(folder)
-    stem = posixpath.splitext(posixpath.basename(json_name))[0]
-    split = stem.rsplit("_", 1)[-1]  # instances_train2017 -> train2017
+    parent, split = posixpath.dirname(folder), _coco_split_word(json_name)
     tried = [beside]
-    for root in dict.fromkeys([split, stem, f"images/{split}", "images", ""]):
-        root = posixpath.join(parent, root).strip("/") if root else parent
+    for root in (posixpath.join(parent, split), posixpath.join(parent, "images", split),
+                 posixpath.join(parent, "images"), parent):
         path = member_path(root, file_name)
         if path in container.members:
             return path, root, tried
         tried.append(path)
-    return beside, folder, tried
+    return beside, folder, list(dict.fromkeys(tried))  # an absolute file_name is the same path from every root
+
+
+def _not_object_annotations(json_name: str, document: dict, names: set[str]) -> str | None:
+    """Why an annotation file listing images is not read for masks, or None. The COCO dataset's ``annotations/``
+    holds captions (no objects: no annotation has a ``category_id``) and ``person_keypoints_<split>.json``, whose
+    person masks repeat those of ``instances_<split>.json`` beside it (each image would be listed twice)."""
+    annotations = document["annotations"]
+    if isinstance(annotations, list) and annotations and not any(
+            isinstance(a, dict) and "category_id" in a for a in annotations):
+        return "no annotation has a category_id: not object annotations (image captions?)"
+    base = posixpath.basename(json_name)
+    if base.startswith("person_keypoints_"):
+        twin = posixpath.join(posixpath.dirname(json_name), "instances_" + base.removeprefix("person_keypoints_"))
+        if twin in names:
+            return f"its person masks repeat those of {twin}"
+    return None
 
 
 @register_layout(DatasetLayout.COCO, detect=_looks_coco, task=Task.SEGMENTATION, hint="COCO or Labelme JSON", priority=30)
@@ -672,6 +701,9 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
             unreadable.append(json_name)
             continue
         if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
+            continue
+        if skipped := _not_object_annotations(json_name, document, set(annotation_files)):
+            log_event(log, "data.coco_file_skipped", source=container.uri, file=json_name, reason=skipped)
             continue
         for entry in document["images"] if isinstance(document["images"], list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
@@ -740,7 +772,8 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                     item_key=posixpath.join(posixpath.basename(root), key) if root else key,
                     source_key=key,
                     polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
-                    layout_split=_folder_split(image),
+                    layout_split=_folder_split(image) or (_split_alias(_coco_split_word(json_name))
+                                                          if _in_annotations_folder(json_name) else None),
                 ))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a malformed entry: that image only
                 shown = entry.get("file_name") if isinstance(entry, dict) else None

@@ -26,7 +26,7 @@ def compare_label_maps(labels_uri: str, reference_uri: str, class_names: list[st
     matrix = ConfusionMatrix(len(class_names), ignore_index)
     with open_label_map(labels_uri, storage) as labels, open_label_map(reference_uri, storage) as reference:
         for opened in (labels, reference):
-            if opened.names and (difference := class_names_difference(opened.names, class_names, opened.uri,
+            if opened.names and (difference := class_names_difference(opened.names, class_names, "it",
                                                                       "the classes compared")):
                 raise InputError(f"{opened.uri} names its classes otherwise: {difference}")
         if (labels.height, labels.width) != (reference.height, reference.width):

@@ -93,7 +93,8 @@ def open_label_map(uri: str, storage: Storage) -> LabelMap:
     try:
         metadata = _tiff_metadata(uri, storage) if uri.lower().endswith((".tif", ".tiff")) else {}
         classes = metadata.get("classes") if isinstance(metadata.get("classes"), list) else None
-        names = [c.get("name") for c in classes] if classes and all(isinstance(c, dict) for c in classes) else None
+        named = classes and all(isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] for c in classes)
+        names = [c["name"] for c in classes] if named else None  # a list with gaps names nothing reliably
         colours = [c.get("color") for c in classes] if names and all(c.get("color") for c in classes) else None
         size = slide.info.pixel_size_um or usable_pixel_size(metadata.get("pixel_size_um"))
         return LabelMap(uri, slide.info.height, slide.info.width, names, colours, size,
@@ -148,7 +149,8 @@ def _zarr_metadata(attributes: dict) -> tuple[list[str] | None, list | None, flo
     ome = attributes.get("ome", {})
     label = ome.get("image-label", {})
     properties = sorted(label.get("properties", []), key=lambda p: p.get("label-value", 0))
-    names = [p["class"] for p in properties] if properties and all(p.get("class") for p in properties) else None
+    names = ([p["class"] for p in properties] if properties and all(isinstance(p.get("class"), str) and p["class"]
+                                                                     for p in properties) else None)
     colours = [c["rgba"][:3] for c in sorted(label.get("colors", []), key=lambda c: c.get("label-value", 0))] or None
     size = None
     multiscales = ome.get("multiscales") or [{}]

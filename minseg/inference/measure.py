@@ -327,12 +327,12 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
 
     settings = config.measure or MeasureSettings()
     storage = Storage(config.storage)
+    output = settings.output(config.run.uri)
+    refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
     pairs = resolve_label_maps(settings, storage)
     sources = sources or {}
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
                      sources.get("pixel_size_um", "measure.pixel_size_um"))
-    output = settings.output(config.run.uri)
-    refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
     started = time.monotonic()
     result = MeasureResult(output)
     ids = map_ids([uri for uri, _ in pairs])

@@ -130,14 +130,16 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     return None
 
 
-def check_members_without_data(config: MinsegConfig, storage: Storage | None = None) -> list[str]:
+def check_members_without_data(config: MinsegConfig, storage: Storage | None = None,
+                               warn: bool = True) -> list[str]:
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
     against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
     warning (it may sit on the cluster's shared filesystem). One line per problem, naming the members it is about
     (``training.members (all 6)`` when every member shares it, as a value from ``training.defaults``); [] when
     there is none. Class weights computed from the data, and weights on object storage,
-    are checked when training."""
+    are checked when training. ``warn``: log a missing local weights file (False: checked again for another
+    purpose, already said)."""
     from minseg.data.classmap import ClassMap
 
     if config.training is None:
@@ -165,7 +167,7 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
                             tile_size=data.tiling.size if data is not None else None)
         # a local file is looked for, a warning only: the path may be the cluster's shared filesystem; object
         # storage is left to the cluster, which holds the credentials
-        if problem is None and member.init is not None and not is_s3(member.init.uri) \
+        if warn and problem is None and member.init is not None and not is_s3(member.init.uri) \
                 and not storage.exists(member.init.uri):
             log_event(log, "config.init_not_here", logging.WARNING, member=member.name, uri=member.init.uri,
                       hint="no such file on this machine; training refuses the member if the nodes lack it too")

@@ -1,5 +1,6 @@
 """The layout registry: one entry per layout, detection order as before, new layouts plug in."""
 
+import logging
 import posixpath
 
 import numpy as np
@@ -248,24 +249,46 @@ def test_coco_and_labelme_keep_subfolders_in_item_ids(tmp_path):
     assert "unobtainium" in _read(labelme, DatasetLayout.LABELME).rejected[0].reason
 
 
-def test_coco_in_the_coco_datasets_own_layout(tmp_path):
+def test_coco_in_the_coco_datasets_own_layout(tmp_path, caplog):
     """annotations/instances_train2017.json names its images by file name only; they sit in train2017/ beside
     annotations/ (the COCO dataset's layout), or in images/ there. Both are found, their folder gives the item's
-    id and the split (train2017: train, a release year aside); an image in neither is missing, said with where it
-    was looked for."""
+    id and the split (train2017: train, a release year aside; from the file's name when the folder has none); an
+    image in neither is missing, said with where it was looked for. The dataset's captions (no objects) and
+    person keypoints (person masks again: every such image listed twice) beside the instances are not read."""
     import json
 
-    (tmp_path / "annotations").mkdir()
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
     for split in ("train2017", "val2017"):
-        (tmp_path / split).mkdir()
-        (tmp_path / split / f"{split[:-4]}1.jpg").write_bytes(jpg_bytes(render_section(1, 16, 16)[0]))
-        document = {"images": [{"id": 1, "file_name": f"{split[:-4]}1.jpg", "height": 16, "width": 16}],
-                    "annotations": [], "categories": [{"id": 1, "name": "pyrite"}]}
-        (tmp_path / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
-    listed = _read(tmp_path, DatasetLayout.COCO)
+        (tmp_path / "coco" / split).mkdir()
+        (tmp_path / "coco" / split / f"{split[:-4]}1.jpg").write_bytes(jpg_bytes(render_section(1, 16, 16)[0]))
+        images = [{"id": 1, "file_name": f"{split[:-4]}1.jpg", "height": 16, "width": 16}]
+        person = {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 1, 9, 9]]}
+        for kind, annotations in (("instances", [person]), ("person_keypoints", [{**person, "keypoints": []}]),
+                                  ("captions", [{"id": 6, "image_id": 1, "caption": "a grain of pyrite"}])):
+            document = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "pyrite"}]}
+            (tmp_path / "coco" / "annotations" / f"{kind}_{split}.json").write_text(json.dumps(document))
+    with caplog.at_level(logging.INFO, logger="minseg"):
+        listed = _read(tmp_path, DatasetLayout.COCO)
     assert not listed.rejected
     assert sorted((i["item_id"], i["layout_split"]) for i in listed.items) == [
         ("src/train2017/train1", "train"), ("src/val2017/val1", "val")]
+    skipped = sorted((r.fields["file"], r.fields["reason"]) for r in caplog.records
+                     if r.getMessage() == "data.coco_file_skipped")
+    assert skipped[0] == ("coco/annotations/captions_train2017.json",
+                          "no annotation has a category_id: not object annotations (image captions?)")
+    assert skipped[2] == ("coco/annotations/person_keypoints_train2017.json",
+                          "its person masks repeat those of coco/annotations/instances_train2017.json")
+    assert len(skipped) == 4
+
+    flat = tmp_path / "flat"  # every split's images in one images/ folder: the split from the file's name
+    (flat / "annotations").mkdir(parents=True)
+    (flat / "images").mkdir()
+    (flat / "images" / "v.jpg").write_bytes(jpg_bytes(render_section(3, 16, 16)[0]))
+    (flat / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "v.jpg", "height": 16, "width": 16}], "annotations": [],
+        "categories": [{"id": 1, "name": "pyrite"}]}))
+    assert [(i["item_id"], i["layout_split"]) for i in _read(flat, DatasetLayout.COCO).items] == [
+        ("src/images/v", "val")]
 
     other = tmp_path / "other"  # images/ beside annotations/; one image nowhere
     (other / "annotations").mkdir(parents=True)
