@@ -113,10 +113,10 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     if not settings.manifest:
         raise InputError("score needs the ensemble's manifest: score.manifest in the config, or --manifest URI")
     storage = Storage(config.storage)
-    manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
-    data = scoring_data(config.data, manifest, settings.manifest)
     out = settings.output(config.run.uri)
     refuse_other_command_outputs(out, "score", "score.output_uri", storage)  # Python callers too
+    manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
+    data = scoring_data(config.data, manifest, settings.manifest)
     init_ray(config.ray, job_paths([data, settings.manifest], [out]))
     check_actor_pool("score", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
     split = None if settings.split is ScoreSplit.ALL else str(settings.split)

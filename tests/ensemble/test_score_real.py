@@ -51,3 +51,21 @@ def test_score_real_lumenstone_sections(shared_data, ray_session, tmp_path, caps
     assert stats["images"] == 2 and stats["classes"]["pyrrhotite"]["pixels"] > 0
     table6 = json.loads((out / "reports.json").read_text())["table6_per_class"]
     assert [row["class"] for row in table6] == names
+
+
+def test_the_library_refuses_another_commands_output_folder(tmp_path):
+    """``score_ensemble`` (not only the CLI, naming --out) refuses an evaluation's folder before it reads anything:
+    score's tables would replace the evaluation's, its evaluation.json kept (a folder contradicting itself)."""
+    import pytest
+
+    from minseg.config.schema import MinsegConfig
+    from minseg.ensemble.config import ScoreSettings
+    from minseg.ensemble.score import score_ensemble
+    from minseg.errors import InputError
+
+    (tmp_path / "evaluation.json").write_text("{}")
+    config = MinsegConfig()
+    config.score = ScoreSettings(manifest=str(tmp_path / "no-manifest.json"), output_uri=str(tmp_path))
+    with pytest.raises(InputError, match=r"^score.output_uri: .* holds the outputs of minseg evaluate"):
+        score_ensemble(config)
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]
