@@ -102,6 +102,30 @@ class ClassMap:
         )
 
 
+def class_map_difference(recorded: dict, current: ClassMap) -> str | None:
+    """None when a class map recorded with a checkpoint (``classes.json``, :meth:`ClassMap.to_document`) reads masks
+    into the same class ids as ``current``; else the first difference: a class id named otherwise (case aside) or
+    given other mask codes (other colours, for colour masks), the class count, the ignore index or encoding. A member
+    evaluated or continued under another class map would be scored, or trained on, with its classes swapped."""
+    classes = recorded.get("classes") or []
+    if len(classes) != current.num_classes:
+        return (f"{len(classes)} classes ({', '.join(str(c.get('name')) for c in classes)}) when it trained, "
+                f"{current.num_classes} now ({', '.join(current.names)})")
+    colours = current.mask_encoding is MaskEncoding.COLORS
+    for index, (entry, name, codes, colour) in enumerate(zip(classes, current.names, current.codes, current.colors)):
+        then = entry.get("color") if colours else entry.get("codes")
+        now = list(colour) if colours else list(codes)
+        if str(entry.get("name", "")).casefold() != name.casefold() or (then is not None and list(then) != now):
+            what = "colour" if colours else "mask codes"
+            return (f"class id {index} was {entry.get('name')!r} ({what} {then}) when it trained, {name!r} ({what} "
+                    f"{now}) now")
+    for key in ("ignore_index", "mask_encoding"):
+        now = current.to_document()[key]
+        if key in recorded and recorded[key] != now:
+            return f"{key} was {recorded[key]!r} when it trained, {now!r} now"
+    return None
+
+
 def default_color(index: int) -> tuple[int, int, int]:
     palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from minseg.config.schema import MinsegConfig
-from minseg.data.classmap import ClassMap
+from minseg.data.classmap import ClassMap, class_map_difference
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
@@ -532,9 +532,19 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
 def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], prepared: PreparedData) -> None:
     """Raise InputError naming members whose checkpoints record other data than the splits evaluated now (a member
     trained alone, ``--members``, before the data or split changed: it may have trained on test images).
-    ``data/splits.json`` says only what the latest training saw. Checkpoints before 2026-12-05 record none."""
+    ``data/splits.json`` says only what the latest training saw. Checkpoints before 2026-12-05 record none. Also
+    refused: members whose recorded class map (``classes.json``) reads masks into other class ids than
+    ``data.classes`` now (reordered, renamed or recoded: each class would be scored against another's pixels)."""
     current, stale = prepared.data_signature(), []
     for member in members:
+        try:
+            recorded_classes = storage.read_json(join_uri(member.checkpoint, "classes.json"))
+        except ObjectNotFoundError:
+            recorded_classes = None
+        if recorded_classes and (difference := class_map_difference(recorded_classes, prepared.classmap)):
+            raise InputError(f"member {member.name} ({member.checkpoint}) trained with another class map than "
+                             f"data.classes gives now: {difference}; evaluation would score each class against "
+                             "another's pixels. Keep data.classes as it was when the members trained")
         try:
             recorded = storage.read_json(join_uri(member.checkpoint, "state.json")).get("data_signature")
         except ObjectNotFoundError:  # a checkpoint without a state (a bare export): nothing recorded

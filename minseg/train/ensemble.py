@@ -20,12 +20,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
+from minseg.data.classmap import ClassMap, class_map_difference
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError
-from minseg.io.storage import Storage, is_s3, join_uri, parse_uri
+from minseg.io.storage import ObjectNotFoundError, Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
@@ -694,7 +695,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
-    refuse_other_data(storage, run_uri, config.training.members, source, resume)
+    refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap)
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source.report_oversampling(config.run.seed)
@@ -953,31 +954,48 @@ def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list
 
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
-                      resume: bool = True) -> None:
+                      resume: bool = True, classmap: ClassMap | None = None) -> None:
     """Before training: raise ``InputError`` naming every checkpoint folder of ``members`` (finished or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
-    parts; for prospectivity, other channels, windows or standardisation). Kept by a ``--resume``, a finished member
-    would be reported as if it had trained on this data (and may have trained on what is now its test part);
-    continued, one would mix both; beside a ``--members`` subset trained now on other data, the run would hold
-    members of two splits, none of which evaluation could use (it checks the same record: ``ensemble.evaluate``).
-    Checkpoints written before 2026-12-05 record no signature and are not checked."""
-    stale = []
+    parts; for prospectivity, other channels, windows or standardisation), or (``classmap`` given) under another
+    class map (``data.classes`` reordered, renamed or recoded: the same ids would be other minerals). Kept by a
+    ``--resume``, a finished member would be reported as if it had trained on this data (and may have trained on
+    what is now its test part); continued, one would mix both; beside a ``--members`` subset trained now on other
+    data, the run would hold members of two splits, none of which evaluation could use (it checks the same record:
+    ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record no signature and are not checked."""
+    stale, recoded = [], []
     for fold in source.trial_folds():
         trial, current = trial_uri(run_uri, fold), None
         for member in members:
             pointer = read_pointer(storage, trial, member.name)
             if pointer is None:
                 continue
+            if classmap is not None and (difference := _classes_difference(storage, pointer["uri"], classmap)):
+                recoded.append((member_uri(trial, member.name), difference))
             recorded = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
             current = current or source.data_signature(fold)
             if recorded is not None and recorded != current:
                 stale.append(member_uri(trial, member.name))
+    if recoded:
+        folders, difference = ", ".join(uri for uri, _ in recoded), recoded[0][1]
+        raise InputError(f"{run_uri}: data.classes differs from the class map these members trained with "
+                         f"({difference}): {folders}. Keep data.classes as it was for this run, or train into "
+                         "another run.name")
     if stale:
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
         raise InputError(
             f"{run_uri}: {doing} (the inputs, the split or the evidence changed): {', '.join(stale)}. Write the run "
             "elsewhere (another run.name or output), or delete those folders to train them again")
+
+
+def _classes_difference(storage: Storage, checkpoint: str, classmap: ClassMap) -> str | None:
+    """How ``classmap`` differs from the one a checkpoint recorded (``classes.json``); None: alike, or none recorded."""
+    try:
+        recorded = storage.read_json(join_uri(checkpoint, "classes.json"))
+    except ObjectNotFoundError:  # a bare export: nothing recorded
+        return None
+    return class_map_difference(recorded, classmap)
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

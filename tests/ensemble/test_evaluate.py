@@ -545,6 +545,16 @@ def test_members_trained_on_other_data_are_refused(trained_run, tmp_path):
     others = [dataclasses.replace(m, checkpoint=str(moved)) if m.name == "vgg" else m for m in members]
     with pytest.raises(InputError, match=r"members trained on other data than these splits .*: vgg \("):
         _refuse_members_of_other_data(storage, others, prepared)
+    # a member whose class map reads masks otherwise (data.classes reordered since): every class would be scored
+    # against another's pixels
+    (moved / "state.json").write_text(json.dumps(state))
+    classes = json.loads((moved / "classes.json").read_text())
+    first, second = classes["classes"][1], classes["classes"][2]
+    classes["classes"][1], classes["classes"][2] = {**second, "id": 1}, {**first, "id": 2}
+    (moved / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(InputError, match=rf"member vgg \(\S+\) trained with another class map than data.classes "
+                                         rf"gives now: class id 1 was '{second['name']}' \(mask codes "):
+        _refuse_members_of_other_data(storage, others, prepared)
 
 
 def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path):

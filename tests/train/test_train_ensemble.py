@@ -265,6 +265,16 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
                                          r"\S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
+    # data.classes reordered (the same images, the same split): class id 1 would be another mineral for the kept
+    # members and a mix of both for a continued one
+    swapped = config.model_copy(deep=True)
+    specs = swapped.data.classes.classes
+    swapped.data.classes.classes = [specs[0], specs[2], specs[1], *specs[3:]]
+    with pytest.raises(InputError, match=rf"data.classes differs from the class map these members trained with "
+                                         rf"\(class id 1 was '{specs[1].name}' \(mask codes \[1\]\) when it trained, "
+                                         rf"'{specs[2].name}' \(mask codes \[2\]\) now\): \S+/members/resunet"):
+        train_ensemble(swapped, list(FINISHED), resume=True)
+    assert (run / "data" / "splits.json").read_text() == splits
     (kept,) = train_ensemble(config, ["vgg"], resume=True)  # the same settings: reused, nothing prepared again
     assert kept.status == "done"
 
