@@ -18,6 +18,7 @@ class ClassMap:
     ignore_index: int = 255
     ignore_codes: tuple[int, ...] = ()
     mask_encoding: MaskEncoding = MaskEncoding.CODES
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: ClassMapSettings) -> "ClassMap":
@@ -30,6 +31,7 @@ class ClassMap:
             ignore_index=settings.ignore_index,
             ignore_codes=tuple(settings.ignore_codes),
             mask_encoding=settings.mask_encoding,
+            ignore_colors=tuple(tuple(c) for c in settings.ignore_colors),
         )
 
     @classmethod
@@ -46,7 +48,8 @@ class ClassMap:
         return table
 
     def map_codes(self, codes: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """Class-id mask (uint8) and the sorted list of codes the map does not know."""
+        """Class-id mask (uint8) and the sorted list of codes the map does not know (colour masks: colours packed
+        as ``r << 16 | g << 8 | b``; :meth:`describe_unknown` says them)."""
         table = self.code_to_id()
         if self.mask_encoding is MaskEncoding.COLORS:
             return self._map_colors(codes)
@@ -75,8 +78,22 @@ class ClassMap:
             key = (r << 16) | (g << 8) | b
             out[packed == key] = index
             known.add(key)
+        known.update((r << 16) | (g << 8) | b for r, g, b in self.ignore_colors)  # left at the ignore index
         unknown = sorted(int(v) for v in np.unique(packed) if int(v) not in known)
         return out, unknown
+
+    def describe_unknown(self, unknown: list[int], limit: int = 10) -> str:
+        """Why a mask holding ``unknown`` (from :meth:`map_codes`) is refused, in the mask's own terms: codes, or
+        RGB colours for colour masks (a grey mask read for colours says so)."""
+        if self.mask_encoding is MaskEncoding.COLORS:
+            colours = [((u >> 16) & 255, (u >> 8) & 255, u & 255) for u in unknown]
+            shown = ", ".join(str(list(c)) for c in colours[:limit])
+            known = ", ".join(f"{n} {list(c)}" for n, c in zip(self.names, self.colors))
+            grey = " (a grey mask: its pixels have no colour)" if all(r == g == b for r, g, b in colours) else ""
+            extra = f"; ignored: {[list(c) for c in self.ignore_colors]}" if self.ignore_colors else ""
+            return f"mask colours {shown} are no class's colour{grey} (classes: {known}{extra})"
+        shown = ", ".join(str(u) for u in unknown[:limit])
+        return f"mask codes {shown} are not in the class map (known: {sorted(self.code_to_id())})"
 
     def to_document(self) -> dict:
         return {
@@ -87,6 +104,7 @@ class ClassMap:
             "ignore_index": self.ignore_index,
             "ignore_codes": list(self.ignore_codes),
             "mask_encoding": str(self.mask_encoding),
+            **({"ignore_colors": [list(c) for c in self.ignore_colors]} if self.ignore_colors else {}),
         }
 
     @classmethod
@@ -99,6 +117,7 @@ class ClassMap:
             ignore_index=document["ignore_index"],
             ignore_codes=tuple(document.get("ignore_codes", ())),
             mask_encoding=MaskEncoding(document.get("mask_encoding", "codes")),
+            ignore_colors=tuple(tuple(c) for c in document.get("ignore_colors", ())),
         )
 
 

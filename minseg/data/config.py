@@ -46,6 +46,9 @@ class ClassMapSettings(StrictModel):
     classes: list[ClassSpec] = Field(min_length=1)
     ignore_index: int = Field(255, ge=0, le=255)
     ignore_codes: list[int] = Field(default_factory=list, description="mask codes mapped to the ignore index")
+    ignore_colors: list[tuple[int, int, int]] = Field(
+        default_factory=list, description="mask colours mapped to the ignore index (mask_encoding: colors), e.g. the "
+        "white of unlabelled pixels")
     mask_encoding: MaskEncoding = MaskEncoding.CODES
 
     @model_validator(mode="after")
@@ -67,9 +70,30 @@ class ClassMapSettings(StrictModel):
         clash = sorted(set(seen) & set(self.ignore_codes))
         if clash:
             raise ValueError(f"codes {clash} are both class codes and ignore_codes")
-        if self.mask_encoding is MaskEncoding.COLORS and any(c.color is None for c in self.classes):
-            raise ValueError("mask_encoding 'colors' needs a color for every class")
+        if self.mask_encoding is MaskEncoding.COLORS:
+            self._consistent_colours()
+        elif self.ignore_colors:
+            raise ValueError("ignore_colors are read from colour masks (mask_encoding: colors); with class codes, "
+                             "use ignore_codes")
         return self
+
+    def _consistent_colours(self) -> None:
+        """Colour masks: every class has a colour of its own (a colour given twice would read one class's pixels
+        as the other's), none an ignore colour; ignore_codes would never match (the masks hold colours)."""
+        if any(c.color is None for c in self.classes):
+            raise ValueError("mask_encoding 'colors' needs a color for every class")
+        owner: dict[tuple[int, int, int], str] = {}
+        for spec in self.classes:
+            if tuple(spec.color) in owner:
+                raise ValueError(f"colour {list(spec.color)} is given to both {owner[tuple(spec.color)]!r} and "
+                                 f"{spec.name!r}: with mask_encoding colors each class needs its own colour")
+            owner[tuple(spec.color)] = spec.name
+        clash = [list(c) for c in self.ignore_colors if tuple(c) in owner]
+        if clash:
+            raise ValueError(f"colours {clash} are both class colours and ignore_colors")
+        if self.ignore_codes:
+            raise ValueError("ignore_codes are mask values, and colour masks hold colours: list the colours of "
+                             "unlabelled pixels as ignore_colors (e.g. [[255, 255, 255]])")
 
 
 def scene_in(name: str, pattern: str) -> str | None:

@@ -150,8 +150,7 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     if codes is not None:
         ids, unknown = classmap.map_codes(codes)
         if unknown:
-            shown = ", ".join(str(u) for u in unknown[:10])
-            raise DecodeError(f"mask codes {shown} are not in the class map (known: {sorted(classmap.code_to_id())})")
+            raise DecodeError(classmap.describe_unknown(unknown))
     full_ids = ids
     image, ids = resize_pair(image, ids, scale)
     return (image, ids, full_ids) if with_codes else (image, ids)

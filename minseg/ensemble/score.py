@@ -66,6 +66,7 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
                         for c in manifest.classes["classes"]],
             "ignore_index": manifest.classes["ignore_index"],
             "ignore_codes": manifest.classes.get("ignore_codes", []),
+            "ignore_colors": manifest.classes.get("ignore_colors", []),
             "mask_encoding": manifest.classes.get("mask_encoding", "codes")})
     else:
         given = [c.name for c in data.classes.classes]

@@ -407,11 +407,26 @@ def display_rgb(image: np.ndarray, first: int = 3) -> np.ndarray:
     return np.repeat(image[..., :1], 3, axis=2)
 
 
-def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
-    """Mask codes (H, W) as stored (palette PNGs give their indices), or (H, W, 3) for RGB.
+def _refuse_transparent(image) -> None:
+    """A colour mask with see-through pixels (an alpha channel, or a palette / grey PNG's transparency entry):
+    read as RGB they would take the colour under them (often black, the background's), labelling pixels nobody
+    painted. Raises DecodeError with their count."""
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    see_through = int((alpha < 255).sum())
+    if see_through:
+        raise DecodeError(f"mask has {see_through} transparent pixel(s) ({see_through / alpha.size:.1%}): as colours "
+                          "they would read as the colour under them and be trained as that class; make the mask "
+                          "opaque, painting unlabelled pixels a colour listed in data.classes.ignore_colors")
 
-    Raises DecodeError: unreadable, not single-channel (codes) / no colours (``rgb``), a TIFF holding several pages
-    or images (``tiff_main_series``), over ``max_pixels``.
+
+def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> np.ndarray:
+    """Mask codes (H, W) as stored (palette PNGs give their indices; a grey mask saved as RGB, every channel
+    alike, gives its one channel), or (H, W, 3) for RGB.
+
+    Raises DecodeError: unreadable, not single-channel (codes) / no colours (``rgb``), transparent pixels
+    (``rgb``), a TIFF holding several pages or images (``tiff_main_series``), over ``max_pixels``.
     """
     if name.lower().endswith(TIFF_SUFFIXES):
         array = _read_tiff(data, max_pixels, mask=True, colours=rgb, exact=True)
@@ -420,9 +435,15 @@ def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> n
     else:
         image = _open_pil(data, name, max_pixels)
         if rgb:
+            _refuse_transparent(image)
             image = image.convert("RGB")
         elif image.mode in ("RGB", "RGBA"):
-            raise DecodeError(f"mask is {image.mode} but class codes were expected (set mask_encoding: colors)")
+            array = np.asarray(image)
+            opaque = image.mode == "RGB" or bool((array[..., 3] == 255).all())
+            if not (opaque and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()):
+                raise DecodeError(f"mask is {image.mode} in colour but class codes were expected (set "
+                                  "mask_encoding: colors and a color per class for colour masks)")
+            image = image.getchannel(0)  # a grey mask saved as RGB: every channel holds the codes
         array = np.asarray(image)
     if not rgb and array.ndim != 2:
         raise DecodeError(f"mask must be single-channel, got shape {array.shape}")

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from minseg.config.base import validate_config
+from minseg.config.base import ConfigError, validate_config
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, SplitSettings
 from minseg.data.containers import open_container
@@ -90,11 +90,14 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     (root / "masks" / "corrupt.png").write_bytes(png_bytes(mask))
     (root / "images" / "lonely.jpg").write_bytes(jpg_bytes(image))             # no mask
     (root / "masks" / "orphan.png").write_bytes(png_bytes(mask))               # no image
-    (root / "images" / "rgbmask.jpg").write_bytes(jpg_bytes(image))            # RGB where codes expected
-    (root / "masks" / "rgbmask.png").write_bytes(png_bytes(np.stack([mask] * 3, -1)))
+    (root / "images" / "rgbmask.jpg").write_bytes(jpg_bytes(image))            # colours where codes expected
+    (root / "masks" / "rgbmask.png").write_bytes(png_bytes(np.stack([mask, mask // 2, mask], -1)))
+    (root / "images" / "greyrgb.jpg").write_bytes(jpg_bytes(image))            # a grey mask saved as RGB: codes
+    (root / "masks" / "greyrgb.png").write_bytes(png_bytes(np.stack([mask] * 3, -1)))
     data = settings(root, split={"train": 1.0, "val": 0.0, "test": 0.0})
     prepared = prepare(data, tmp=tmp_path / "work")
-    assert len(prepared.splits["train"]) == 4
+    assert len(prepared.splits["train"]) == 5 and "greyrgb" in {i["item_id"].rsplit("/", 1)[1]
+                                                                for i in prepared.splits["train"]}
     reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
     assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
     assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
@@ -263,6 +266,44 @@ def test_rgb_colour_masks(tmp_path):
     rgb[2, 2] = (0, 255, 0)
     ids, unknown = classmap.map_codes(rgb)
     assert ids[1, 1] == 1 and ids[0, 0] == 0 and ids[2, 2] == 255 and unknown == [0x00FF00]
+    assert classmap.describe_unknown(unknown) == ("mask colours [0, 255, 0] are no class's colour (classes: bg "
+                                                  "[0, 0, 0], ore [255, 0, 0])")
+    grey = classmap.describe_unknown([0x808080])
+    assert grey.startswith("mask colours [128, 128, 128] are no class's colour (a grey mask: its pixels have no")
+
+
+def test_colour_masks_that_would_be_read_wrong_are_refused():
+    """With mask_encoding colors: two classes of one colour (every pixel of the first was read as the second),
+    ignore_codes (never matching a colour: a white 'unlabelled' quarantined every mask, 'not in the class map
+    (known: [..., 16777215])'), see-through pixels (read as the colour under them: black, the background's)."""
+    from minseg.io.images import DecodeError, decode_mask
+
+    model = DataSettings.model_fields["classes"].annotation.__args__[0]
+
+    def classes(**extra):
+        return validate_config({"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "pyrite", "color": [9, 9, 9]},
+                                            {"name": "pyrrhotite", "color": [200, 0, 0]}],
+                                "mask_encoding": "colors", **extra}, model)
+
+    with pytest.raises(ConfigError, match=r"colour \[200, 0, 0\] is given to both 'pyrite' and 'pyrrhotite'"):
+        validate_config({"classes": [{"name": "pyrite", "color": [200, 0, 0]},
+                                     {"name": "pyrrhotite", "color": [200, 0, 0]}], "mask_encoding": "colors"}, model)
+    with pytest.raises(ConfigError, match=r"list the colours of unlabelled pixels as ignore_colors"):
+        classes(ignore_codes=[16777215])
+    with pytest.raises(ConfigError, match=r"colours \[\[9, 9, 9\]\] are both class colours and ignore_colors"):
+        classes(ignore_colors=[[9, 9, 9]])
+    classmap = ClassMap.from_settings(classes(ignore_colors=[[255, 255, 255]]))
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0], rgb[1, 2] = (255, 255, 255), (200, 0, 0)
+    ids, unknown = classmap.map_codes(rgb)
+    assert not unknown and ids[0, 0] == 255 and ids[1, 2] == 2 and ids[1, 1] == 0
+    assert ClassMap.from_document(classmap.to_document()) == classmap
+    rgba = np.dstack([rgb, np.full((2, 3), 255, np.uint8)])
+    rgba[0, 1, 3] = 0  # one unpainted pixel
+    with pytest.raises(DecodeError, match=r"mask has 1 transparent pixel\(s\) \(16.7%\)"):
+        decode_mask(png_bytes(rgba), "m.png", 10**6, rgb=True)
+    rgba[0, 1, 3] = 255  # opaque: its alpha says nothing
+    assert decode_mask(png_bytes(rgba), "m.png", 10**6, rgb=True).shape == (2, 3, 3)
 
 
 def test_auto_cache_only_when_tiles_fit_the_object_store(ray_session):
