@@ -82,6 +82,27 @@ class ClassMap:
         unknown = sorted(int(v) for v in np.unique(packed) if int(v) not in known)
         return out, unknown
 
+    def palette_problem(self, codes: np.ndarray, palette: np.ndarray) -> str | None:
+        """Why a palette (indexed colour) mask's indices are not this map's class codes, or None. Its indices are
+        read as codes (VOC's masks, minseg's label maps: index i is drawn in class i's colour); an editor's
+        indexed-colour export numbers its colours as it finds them, so an index is drawn in another class's colour.
+        ``codes``: the mask's indices; ``palette``: (N, 3) uint8 (:func:`minseg.io.images.mask_palette`)."""
+        if self.mask_encoding is MaskEncoding.COLORS:
+            return None
+        table = self.code_to_id()
+        owners = {tuple(colour): name for name, colour in zip(self.names, self.colors)}
+        for index in np.unique(codes).tolist():
+            if index >= len(palette) or table.get(index, self.ignore_index) == self.ignore_index:
+                continue
+            colour, name = tuple(int(c) for c in palette[index]), self.names[table[index]]
+            other = owners.get(colour)
+            if other is not None and other != name and tuple(self.colors[table[index]]) != colour:
+                return (f"palette mask whose colours are other classes': index {index} (read as {name!r}) is drawn "
+                        f"in {list(colour)}, the colour of {other!r}. Its indices are not class codes (an editor's "
+                        "indexed-colour export?): set mask_encoding: colors to read its colours, or save the mask "
+                        "with class codes")
+        return None
+
     def describe_unknown(self, unknown: list[int], limit: int = 10) -> str:
         """Why a mask holding ``unknown`` (from :meth:`map_codes`) is refused, in the mask's own terms: codes, or
         RGB colours for colour masks (a grey mask read for colours says so)."""

@@ -30,7 +30,7 @@ from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask
+from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask, mask_palette
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
@@ -135,9 +135,13 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     ids = None
     if item.get("mask") is not None:
         rgb = classmap.mask_encoding is MaskEncoding.COLORS
-        codes = decode_mask(read_ref(item["mask"], storage), item["mask_name"], limits.max_image_pixels, rgb=rgb)
+        data = read_ref(item["mask"], storage)
+        codes = decode_mask(data, item["mask_name"], limits.max_image_pixels, rgb=rgb)
         if codes.shape[:2] != (height, width):
             raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
+        palette = None if rgb else mask_palette(data, item["mask_name"])
+        if palette is not None and (problem := classmap.palette_problem(codes, palette)):
+            raise DecodeError(problem)
     elif item.get("instances") is not None:
         codes = _merged_instances(item, height, width, limits, storage, instance_areas)
     elif item.get("polygons") is not None:

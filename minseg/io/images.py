@@ -407,6 +407,21 @@ def display_rgb(image: np.ndarray, first: int = 3) -> np.ndarray:
     return np.repeat(image[..., :1], 3, axis=2)
 
 
+def mask_palette(data: bytes, name: str) -> np.ndarray | None:
+    """The colour table of a palette (indexed colour) PNG / GIF / BMP mask, (N, 3) uint8, from its header (nothing
+    decoded); None for any other mask. :func:`decode_mask` gives such a mask's indices, not its colours."""
+    from PIL import Image
+
+    if name.lower().endswith(TIFF_SUFFIXES):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            palette = image.getpalette("RGB") if image.mode == "P" else None
+    except Exception:  # noqa: BLE001 (decode_mask has said what is wrong with the file)
+        return None
+    return np.asarray(palette, np.uint8).reshape(-1, 3) if palette else None
+
+
 def _refuse_transparent(image) -> None:
     """A colour mask with see-through pixels (an alpha channel, or a palette / grey PNG's transparency entry):
     read as RGB they would take the colour under them (often black, the background's), labelling pixels nobody

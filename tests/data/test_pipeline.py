@@ -371,3 +371,35 @@ def test_a_class_default_code_may_not_be_another_class_code():
                                            {"name": "quartz", "codes": [1]}]})
     with pytest.raises(ConfigError, match=r"mask code 0 is given to both 'resin \(by default.*' and 'quartz'"):
         settings("x", classes={"classes": [{"name": "resin"}, {"name": "quartz", "codes": [0]}]})
+
+
+def test_a_palette_mask_whose_indices_are_not_class_codes_is_refused():
+    """An editor's indexed-colour export of a colour mask numbers its colours as it finds them: index 1 drawn in
+    sphalerite's colour was read as code 1 (every pixel another class, nothing said). Refused when an index is drawn
+    in another class's colour; VOC-style palettes (index i in its own class's colour, or in colours no class has)
+    are read by index as before."""
+    from PIL import Image
+
+    from minseg.io.images import decode_mask, mask_palette
+
+    classmap = ClassMap.from_settings(validate_config(
+        {"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "pyrite", "color": [255, 215, 0]},
+                     {"name": "sphalerite", "color": [128, 0, 128]}]},
+        DataSettings.model_fields["classes"].annotation.__args__[0]))
+
+    def palette_png(colours):
+        image = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
+        image.putpalette([c for colour in colours for c in colour])
+        out = __import__("io").BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+
+    adaptive = palette_png([(128, 0, 128), (0, 0, 0), (255, 215, 0)])  # sphalerite, background, pyrite
+    codes = decode_mask(adaptive, "m.png", 100)
+    problem = classmap.palette_problem(codes, mask_palette(adaptive, "m.png"))
+    assert problem.startswith("palette mask whose colours are other classes': index 0 (read as 'bg') is drawn in "
+                              "[128, 0, 128], the colour of 'sphalerite'")
+    for fine in ([(0, 0, 0), (255, 215, 0), (128, 0, 128)], [(0, 0, 0), (128, 0, 0), (0, 128, 0)]):  # own / VOC's
+        data = palette_png(fine)
+        assert classmap.palette_problem(decode_mask(data, "m.png", 100), mask_palette(data, "m.png")) is None
+    assert mask_palette(png_bytes(np.zeros((2, 2), np.uint8)), "m.png") is None  # a grey mask has no palette
