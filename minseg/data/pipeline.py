@@ -318,8 +318,10 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         prefix = prefix.split(".")[0]
         try:
             container = open_container(source.uri, data.limits, storage, join_uri(staging_uri, prefix))
-        except (StorageError, ValueError) as exc:
+        except (StorageError, ValueError) as exc:  # the other sources are used: said, not only in the report
             rejected.append(Rejected(source.uri, f"source unreadable: {exc}"))
+            log_event(log, "data.source_unreadable", logging.WARNING, source=f"data.sources[{index}]", uri=source.uri,
+                      reason=str(exc), hint="none of its images is used; the run goes on with the other sources")
             continue
         rejected.extend(container.rejected)
         layout = source.layout
@@ -466,6 +468,19 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     for split in ("val", "test"):
         if good[split]:
             _warn_classes_missing(split, classes_missing(stats, split), data.split.stratify)
+        elif getattr(data.split, split) > 0 and not (split == "val" and data.split.folds):
+            log_event(log, "data.split.empty", logging.WARNING, split=split, ratio=getattr(data.split, split),
+                      usable=sum(len(v) for v in good.values()), quarantined=len(quarantine),
+                      hint=("no usable image went to it (too few images for the ratios, the layout's own splits, or "
+                            "its images quarantined): " + ("members keep their last epoch" if split == "val" else
+                                                           "minseg evaluate needs test images")
+                            + "; add images, change data.split, or name them in data.split.lists"))
+    if quarantine:  # each reason is in the report; the share is said on the console
+        total = len(quarantine) + sum(len(v) for v in good.values())
+        first = quarantine[0]
+        log_event(log, "data.quarantined", logging.WARNING, files=len(quarantine),
+                  share=f"{len(quarantine) / max(total, 1):.0%}", example=f"{first.file}: {first.reason}",
+                  report="data/quarantine.csv")
     _warn_classes_untrained("train", classes_untrained(stats), data.split.stratify)
     absent = classes_absent(stats)
     if absent:  # configured, never seen: a misspelt class folder or code, or a class map meant for other data

@@ -257,6 +257,33 @@ def test_class_folders_for_classification(ray_session, tmp_path):
         prepare(data, Task.SEGMENTATION, tmp=tmp_path / "work2")
 
 
+def test_what_the_run_loses_is_said_on_the_console(ray_session, tmp_path, caplog):
+    """A source that cannot be read (a typo among several), quarantined files and a split left empty (too few usable
+    images for the ratios: evaluate refused only after training) were each only in data/quarantine.csv or an INFO
+    count. Each is a warning now."""
+    root = write_paired(tmp_path / "ds", count=4, size=48)
+    image, mask = render_section(9, 48, 48)
+    (root / "images" / "small.jpg").write_bytes(jpg_bytes(image[:40]))  # quarantined: size mismatch
+    (root / "masks" / "small.png").write_bytes(png_bytes(mask))
+    data = settings(root, split={"train": 0.5, "val": 0.5, "test": 0.0})
+    data.sources.append(data.sources[0].model_copy(update={"uri": str(tmp_path / "dz")}))  # no such folder
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepared = prepare(data, tmp=tmp_path / "work")
+    warned = {r.getMessage(): r.fields for r in caplog.records}
+    assert warned["data.source_unreadable"]["source"] == "data.sources[1]"
+    assert warned["data.source_unreadable"]["uri"] == str(tmp_path / "dz")
+    assert warned["data.quarantined"]["files"] == len(prepared.quarantine) == 2
+    assert "data.split.empty" not in warned  # test's ratio is 0: asked for
+    caplog.clear()
+    two = write_paired(tmp_path / "two", count=2, size=48)
+    single = settings(two, split={"train": 0.7, "val": 0.15, "test": 0.15})  # 2 usable images for 3 splits
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepared = prepare(single, tmp=tmp_path / "work2")
+    empty = {r.fields["split"]: r.fields for r in caplog.records if r.getMessage() == "data.split.empty"}
+    assert "test" in empty and not prepared.splits["test"] and "minseg evaluate needs test images" in \
+        empty["test"]["hint"]
+
+
 def test_rgb_colour_masks(tmp_path):
     classmap = ClassMap.from_settings(validate_config(
         {"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "ore", "color": [255, 0, 0]}],
