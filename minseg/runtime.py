@@ -51,6 +51,10 @@ def quiet_ray_loggers(loud: bool) -> None:
     # result files: minseg.train.ensemble.fit_members)
     for name in ("ray._private.authentication", "ray.data._internal.progress", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
+    # a member that fails is Tune's failed trial: its traceback and "Trials did not complete", at ERROR, say again
+    # what the members table and minseg's own line say (its error column holds the cause)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logging.getLogger(name).setLevel(logging.INFO if loud else logging.CRITICAL)
 
 
 @contextlib.contextmanager

@@ -287,7 +287,12 @@ def _resolve_classmap(data: DataSettings, task: Task, folder_names: tuple[str, .
         return ClassMap.from_settings(data.classes)
     if task is Task.CLASSIFICATION and folder_names:
         return ClassMap.from_names(list(folder_names))
-    raise InputError("data.classes is required for segmentation sources (names, mask codes, ignore index)")
+    raise InputError(CLASSES_REQUIRED)
+
+
+CLASSES_REQUIRED = ("data.classes is required for segmentation sources: each class's name and the mask codes it is "
+                    "drawn with, in id order, e.g. classes: {classes: [{name: resin, codes: [0]}, {name: pyrite, "
+                    "codes: [1]}]} (minseg synth writes its classes beside the sections, in classes.json)")
 
 
 def wrong_layout_message(source, index: int, entry, detected: bool, task: Task) -> str:

@@ -22,10 +22,10 @@ import numpy as np
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, class_map_difference
 from minseg.data.config import AugmentSettings
-from minseg.data.pipeline import PreparedData, prepare_data, split_dataset, write_data_reports
+from minseg.data.pipeline import CLASSES_REQUIRED, PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
-from minseg.errors import InputError
+from minseg.errors import InputError, MinsegError
 from minseg.io.storage import ObjectNotFoundError, Storage, is_s3, join_uri, parse_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
@@ -531,11 +531,20 @@ def _train_worker_entry(config: dict) -> None:
 
 
 def _root_cause(exc: BaseException) -> str:
+    """The members table's error: the innermost exception's last line. minseg's own errors (raised in a worker,
+    they arrive wrapped in Ray's: ``WorkerGroupError: minseg.train.loop.DivergedError: ...``) are their message
+    alone, written for the user; others keep their type, which helps to place them."""
+    import re
+
     seen = exc
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__
     text = str(seen).strip().splitlines()
-    return f"{type(seen).__name__}: {text[-1] if text else ''}"[:2000]
+    line = text[-1] if text else ""
+    own = re.match(r"^minseg(?:\.\w+)*\.\w+: (.+)$", line)  # a worker's minseg error, named by Ray
+    if own or isinstance(seen, MinsegError):
+        return (own.group(1) if own else line)[:2000]
+    return f"{type(seen).__name__}: {line}"[:2000]
 
 
 def learning_problem(history: list[dict]) -> str | None:
@@ -666,6 +675,8 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if mixed:
         raise InputError(mixed)
     task = member_task(members[0])
+    if task is Task.SEGMENTATION and config.data.classes is None:  # said before Ray starts, not after listing
+        raise InputError(CLASSES_REQUIRED)
 
     existing = [m.name for m in members if read_pointer(storage, run_uri, m.name) is not None]
     if existing and not resume:
