@@ -219,8 +219,19 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     try:
         table = storage.read_json(join_uri(run_uri, "members.json"))["members"]
     except ObjectNotFoundError:
+        if any(True for _ in storage.list(join_uri(run_uri, "members") + "/")):  # checkpoints, no table: stopped
+            raise InputError(f"{run_uri}: no members.json: its training was stopped before the members table was "
+                             "written (interrupted, or still running); 'minseg train --resume' with the same config "
+                             "finishes it") from None
         raise InputError(f"{run_uri}: no members.json (is this a training run? run 'minseg train' first)") from None
     done = {row["member"]: row for row in table if row["status"] == MemberStatus.DONE and row.get("fold") is None}
+    unfinished = {row["member"]: str(row["status"]) for row in table
+                  if row.get("fold") is None and row["member"] not in done}
+    if unfinished and names is None:  # an ensemble of the others: said, or it looks like the configured one
+        log_event(log, "ensemble.members_not_finished", logging.WARNING,
+                  members=", ".join(f"{m} ({s})" for m, s in unfinished.items()),
+                  hint="evaluated without them (their error: members.csv); train them again with 'minseg train "
+                       "--resume' to include them")
     folds = {row.get("fold") for row in table} - {None}
     if folds and not done:
         raise InputError(f"{run_uri} is a {len(folds)}-fold cross-validation run: each member was trained once per "

@@ -557,6 +557,27 @@ def test_members_trained_on_other_data_are_refused(trained_run, tmp_path):
         _refuse_members_of_other_data(storage, others, prepared)
 
 
+def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume(trained_run, tmp_path, caplog):
+    """Evaluating a run whose members partly failed built an ensemble of the others without a word (it looked like
+    the configured one); a run stopped before its members table said "is this a training run?"."""
+    import logging
+
+    from minseg.ensemble.evaluate import discover_members
+    from minseg.errors import InputError
+
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        members = discover_members(Storage(), trained_run.run.uri, None)
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "ensemble.members_not_finished"]
+    assert warned["members"] == "diverges (failed), typo (failed)" and len(members) == 3
+    stopped = tmp_path / "stopped"
+    (stopped / "members" / "a" / "checkpoints").mkdir(parents=True)
+    (stopped / "members" / "a" / "checkpoints" / "last.json").write_text("{}")
+    with pytest.raises(InputError, match=r"stopped before the members table was written .* 'minseg train --resume'"):
+        discover_members(Storage(), str(stopped), None)
+    with pytest.raises(InputError, match=r"is this a training run"):
+        discover_members(Storage(), str(tmp_path), None)
+
+
 def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path):
     """A comparison table from a run with baselines, overlays of images no longer in the split: gone before a new
     evaluation writes its reports, so none looks like its own; other files stay."""
