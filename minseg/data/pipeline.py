@@ -32,7 +32,7 @@ from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask, mask_palette
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
-from minseg.data.splits import SPLITS, assign_splits, twin_scenes
+from minseg.data.splits import SPLITS, assign_splits, list_entry_key, twin_scenes
 from minseg.data.tiling import extract_tile, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
@@ -427,6 +427,7 @@ def _read_lists(lists: dict[str, str], storage: Storage) -> dict[str, set[str]]:
             text = storage.read_text(uri)
         except StorageError as exc:
             raise InputError(f"data.split.lists.{split}: {exc}") from None
+        text = text.removeprefix("\ufeff")  # Notepad's byte-order mark: not part of the first name
         result[split] = {line.strip() for line in text.splitlines() if line.strip()}
     return result
 
@@ -440,9 +441,10 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     lists = _read_lists(data.split.lists, storage) if data.split.lists else None
     if lists:
         selecting = any(source.include is not None or source.exclude for source in data.sources)
-        known = {key for item in items for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
+        known = {list_entry_key(key) for item in items
+                 for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
         for split, names in lists.items():
-            for name in sorted(names - known):
+            for name in sorted(n for n in names if list_entry_key(n) not in known):
                 quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"
                                            + (" (or data.sources[].include / exclude leave out)" if selecting else "")))
     twins = twin_scenes(item["source_id"] for item in items)
@@ -453,6 +455,10 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
                        "data.split.group_by: scene if they show one scene (e.g. PPL and XPL)")
     if data.split.stratify is SplitStratify.NONE:
         assignment = assign_splits(items, data.split, split_seed, lists)
+        unlisted = sorted(item["item_id"] for item in items if item["source_id"] not in assignment)
+        if unlisted:  # the lists are the whole truth; a subset on purpose, or a list that lacks names: said
+            log_event(log, "data.split.unlisted", logging.WARNING, images=len(unlisted), example=unlisted[0],
+                      hint="no data.split.lists list names them: they are not used")
         items = [{**item, "split": assignment[item["source_id"]]} for item in items if item["source_id"] in assignment]
         if not items:
             raise DataError("no usable items in any source", quarantine)

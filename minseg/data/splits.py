@@ -218,6 +218,16 @@ def _group_pixels(members: dict[str, set[str]], class_pixels: dict[str, list[int
     return {group: np.sum([class_pixels[i] for i in ids], axis=0) for group, ids in members.items()}
 
 
+def list_entry_key(name: str) -> str:
+    """How a split list's entry is matched to an image's names (its id, source id, or the source id below its
+    source's name): an image file extension and case aside, as lists are typed or exported (``Section_01.PNG``
+    names ``section_01``)."""
+    stem, dot, suffix = name.strip().rpartition(".")
+    if dot and suffix.lower() in ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp"):
+        name = stem
+    return name.strip().casefold()
+
+
 def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
                   lists: dict[str, set[str]] | None = None,
                   class_pixels: dict[str, list[int]] | None = None) -> dict[str, str]:
@@ -251,10 +261,10 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
         for item in items:
             group = groups[item["source_id"]]
             for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]):
-                index.setdefault(key, set()).add(group)
+                index.setdefault(list_entry_key(key), set()).add(group)
         for split, names in sorted(lists.items()):
             for name in sorted(names):
-                matched = index.get(name, set())
+                matched = index.get(list_entry_key(name), set())
                 if len(matched) > 1:
                     candidates = sorted(i for group in matched for i in members[group])
                     raise InputError(f"data.split.lists.{split}: {name!r} matches images of {len(matched)} sources "

@@ -203,15 +203,20 @@ def test_a_class_only_validation_or_test_shows_is_warned_as_never_learnt(ray_ses
     assert "Check data.classes" in absent["hint"]
 
 
-def test_explicit_split_lists(ray_session, tmp_path):
+def test_explicit_split_lists(ray_session, tmp_path, caplog):
+    """Lists as people write them: Notepad's byte-order mark before the first name (it lost that image), names with
+    their extension or in other case (refused as names no source has)."""
     root = write_paired(tmp_path / "ds", count=5, size=32)
-    (tmp_path / "train.txt").write_text("s0\ns1\ns2\n")
+    (tmp_path / "train.txt").write_text("\ufeffs0\nS1.PNG\ns2.jpg\n", encoding="utf-8")
     (tmp_path / "val.txt").write_text("s3\ns33\n")
     data = settings(root, split={"lists": {"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt")}})
-    prepared = prepare(data, tmp=tmp_path / "work")
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepared = prepare(data, tmp=tmp_path / "work")
     assert sorted(i["item_id"] for i in prepared.splits["train"]) == ["ds/s0", "ds/s1", "ds/s2"]
     assert [i["item_id"] for i in prepared.splits["val"]] == ["ds/s3"]
-    assert prepared.splits["test"] == []  # s4 is listed nowhere: left out
+    assert prepared.splits["test"] == []  # s4 is listed nowhere: left out, and said
+    (unlisted,) = [r.fields for r in caplog.records if r.getMessage() == "data.split.unlisted"]
+    assert unlisted["images"] == 1 and unlisted["example"] == "ds/s4"
     assert [(r.file, r.reason) for r in prepared.quarantine] == [
         (str(tmp_path / "val.txt"), "val list names 's33', which no source has")]
 
