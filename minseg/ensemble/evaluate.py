@@ -50,7 +50,7 @@ from minseg.ensemble.selection import (
 from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
 from minseg.io.runs import recorded_checkpoint
-from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.storage import ObjectNotFoundError, Storage, join_uri, refuse_other_command_outputs
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
@@ -454,6 +454,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     settings = config.evaluation or EvaluationSettings()
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
+    refuse_other_command_outputs(settings.output_uri(config.run.uri), "evaluate", "evaluation.name", storage)
     members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:

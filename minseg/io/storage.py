@@ -897,6 +897,27 @@ COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "scor
                    "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
 
 
+def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: str) -> None:
+    """Before a job starts: the local output folder ``uri`` must not be, or lie inside, a local input folder
+    (``inputs``: (where it is configured, URI)): the job's folders would be written among the inputs, and read
+    as inputs by the next run (a data folder given as run.output_uri).
+
+    Raises:
+        InputError: naming ``source``, the folder and the input it lies in."""
+    from minseg.errors import InputError
+
+    if is_s3(uri):
+        return
+    out = os.path.realpath(os.path.expanduser(parse_uri(uri).path))
+    for where, input_uri in inputs:
+        if is_s3(input_uri) or has_glob(input_uri):
+            continue
+        folder = os.path.realpath(os.path.expanduser(parse_uri(input_uri).path))
+        if out == folder or out.startswith(folder.rstrip(os.sep) + os.sep):
+            raise InputError(f"{source}: {uri} lies in {where} ({input_uri}): the run's folders would be written "
+                             "among its files, and read as data by the next run; write the run elsewhere")
+
+
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
     """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`); its own
     earlier outputs are fine (a rerun, a resume).

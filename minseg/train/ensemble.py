@@ -26,7 +26,8 @@ from minseg.data.pipeline import CLASSES_REQUIRED, PreparedData, prepare_data, s
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError, MinsegError
-from minseg.io.storage import ObjectNotFoundError, Storage, is_s3, join_uri, parse_uri
+from minseg.io.storage import (ObjectNotFoundError, Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
+                               refuse_output_among_inputs)
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
@@ -677,6 +678,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     task = member_task(members[0])
     if task is Task.SEGMENTATION and config.data.classes is None:  # said before Ray starts, not after listing
         raise InputError(CLASSES_REQUIRED)
+    refuse_other_command_outputs(run_uri, "train", "run.output_uri", storage)
+    refuse_output_among_inputs(run_uri, [(f"data.sources[{i}]", s.uri) for i, s in enumerate(config.data.sources)],
+                               "run.output_uri")
 
     existing = [m.name for m in members if read_pointer(storage, run_uri, m.name) is not None]
     if existing and not resume:

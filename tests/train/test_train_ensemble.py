@@ -451,3 +451,24 @@ def assert_same_weights(run, other, member: str, other_member: str | None = None
     different = [k for k in first if not torch.equal(first[k], second[k])]
     assert first.keys() == second.keys() and not different, \
         f"{len(different)} of {len(first)} tensors differ, e.g. {different[:3]}"
+
+
+def test_a_run_folder_among_the_data_or_another_commands_outputs_is_refused(tmp_path):
+    """run.output_uri at the dataset folder wrote data/, members/ and ray/ among images/ and masks/ (read as data by
+    the next run); a folder of another command (a measure run) was trained into. Both refused before anything is
+    written; the data folder is untouched."""
+    from minseg.errors import InputError
+
+    data = tmp_path / "sections"
+    (data / "images").mkdir(parents=True)
+    members = [{"name": "a", "model": "half_unet", "model_options": {"width": 0.125}}]
+    inside = training_config(data, data, "run", members)  # <data>/run: inside the data source
+    with pytest.raises(InputError, match=r"^run.output_uri: \S+/sections/run lies in data.sources\[0\] \("):
+        train_ensemble(inside)
+    assert sorted(p.name for p in data.iterdir()) == ["images"]
+    measured = tmp_path / "out" / "m"
+    measured.mkdir(parents=True)
+    (measured / "measure_summary.json").write_text("{}")
+    with pytest.raises(InputError, match=r"^run.output_uri: \S+/m holds the outputs of minseg measure"):
+        train_ensemble(training_config(data, tmp_path / "out", "m", members))
+    assert sorted(p.name for p in measured.iterdir()) == ["measure_summary.json"]
