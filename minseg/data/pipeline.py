@@ -197,7 +197,8 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     row = {"item_id": item["item_id"], "error": None, "tiles": 0, "tile_classes": [], "height": 0, "width": 0,
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
-           "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0}
+           "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0,
+           "digest": None}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
@@ -225,6 +226,8 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             row["tiles"] = len(row["tile_classes"])
             pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
+        # the pixels, whatever the file's name or format: one picture under two names would leak across splits
+        row["digest"] = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
         row["channel_n"] = int(pixels.shape[0])
@@ -475,6 +478,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     if not good["train"]:
         raise DataError("no usable training items; every candidate was rejected", quarantine)
 
+    _warn_duplicates_across_splits(good, by_id)
     stats = _split_stats(items, by_id, classmap, good)
     for split in ("val", "test"):
         if good[split]:
@@ -523,6 +527,27 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
+
+
+def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:
+    """One picture (the same pixels) under two names in two splits: a member trains on a validation or test image,
+    and its scores there flatter it. Said once, with how many and an example pair."""
+    seen: dict[str, tuple[str, str]] = {}  # digest -> (split, item id) of its first image
+    pairs = []
+    for split in SPLITS:
+        for item in good[split]:
+            digest = by_id[item["item_id"]].get("digest")
+            if digest is None:
+                continue
+            first = seen.setdefault(digest, (split, item["item_id"]))
+            if first[0] != split:
+                pairs.append((first, (split, item["item_id"])))
+    if pairs:
+        (split_a, a), (split_b, b) = pairs[0]
+        log_event(log, "data.split.duplicate_images", logging.WARNING, pairs=len(pairs),
+                  example=f"{a} ({split_a}) = {b} ({split_b})",
+                  hint="the same pixels under two names are in two splits: a member trains on what it is scored "
+                       "on; remove the copies, or name each pair in one split with data.split.lists")
 
 
 def _warn_classes_missing(split: str, missing: list[str], stratify: SplitStratify) -> None:

@@ -217,6 +217,18 @@ def test_explicit_split_lists(ray_session, tmp_path, caplog):
     assert prepared.splits["test"] == []  # s4 is listed nowhere: left out, and said
     (unlisted,) = [r.fields for r in caplog.records if r.getMessage() == "data.split.unlisted"]
     assert unlisted["images"] == 1 and unlisted["example"] == "ds/s4"
+    assert not [r for r in caplog.records if r.getMessage() == "data.split.duplicate_images"]
+    # a copy of a training picture under another name, listed in validation: the same pixels in two splits
+    import shutil
+
+    shutil.copy(root / "images" / "s0.jpg", root / "images" / "copy_of_s0.png")
+    shutil.copy(root / "masks" / "s0.png", root / "masks" / "copy_of_s0.png")
+    (tmp_path / "val.txt").write_text("s3\ncopy_of_s0\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepare(data, tmp=tmp_path / "work2")
+    (duplicated,) = [r.fields for r in caplog.records if r.getMessage() == "data.split.duplicate_images"]
+    assert duplicated["pairs"] == 1 and duplicated["example"] == "ds/s0 (train) = ds/copy_of_s0 (val)"
     assert [(r.file, r.reason) for r in prepared.quarantine] == [
         (str(tmp_path / "val.txt"), "val list names 's33', which no source has")]
 
