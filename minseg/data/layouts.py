@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = get_logger("data.layouts")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 JPEG_MASK = ("JPEG masks are not accepted: JPEG's lossy compression changes the class codes (or colours) along "
              "every edge, so pixels would train on classes nobody drew; save masks as PNG or TIFF")

@@ -136,7 +136,10 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     if item.get("mask") is not None:
         rgb = classmap.mask_encoding is MaskEncoding.COLORS
         data = read_ref(item["mask"], storage)
-        codes = decode_mask(data, item["mask_name"], limits.max_image_pixels, rgb=rgb)
+        try:
+            codes = decode_mask(data, item["mask_name"], limits.max_image_pixels, rgb=rgb)
+        except DecodeError as exc:  # the item is named by its image: say that the mask is at fault
+            raise DecodeError(f"its mask {item['mask_name']}: {exc}") from None
         if codes.shape[:2] != (height, width):
             raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
         palette = None if rgb else mask_palette(data, item["mask_name"])

@@ -94,10 +94,14 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     (root / "masks" / "rgbmask.png").write_bytes(png_bytes(np.stack([mask, mask // 2, mask], -1)))
     (root / "images" / "greyrgb.jpg").write_bytes(jpg_bytes(image))            # a grey mask saved as RGB: codes
     (root / "masks" / "greyrgb.png").write_bytes(png_bytes(np.stack([mask] * 3, -1)))
+    from PIL import Image
+
+    Image.fromarray(image).save(root / "images" / "web.webp", lossless=True)  # a WebP photo: was "mask without
+    (root / "masks" / "web.png").write_bytes(png_bytes(mask))                  # an image"
     data = settings(root, split={"train": 1.0, "val": 0.0, "test": 0.0})
     prepared = prepare(data, tmp=tmp_path / "work")
-    assert len(prepared.splits["train"]) == 5 and "greyrgb" in {i["item_id"].rsplit("/", 1)[1]
-                                                                for i in prepared.splits["train"]}
+    assert len(prepared.splits["train"]) == 6 and {"greyrgb", "web"} <= {i["item_id"].rsplit("/", 1)[1]
+                                                                         for i in prepared.splits["train"]}
     reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
     assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
     assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
