@@ -227,7 +227,7 @@ def validate_config(
         # a member's value that came from its list's defaults is reported once, at the defaults key that set it
         problems = [(key_path(loc), reason) for loc, reason in _problems(exc, merged, model)]
         # blame the --set or variable that set a key, not the file
-        raise ConfigError(source, problems, [_origin(key, origins) or source for key, _ in problems]) from None
+        raise ConfigError(source, problems, [_origin(key, origins, source) for key, _ in problems]) from None
 
 
 def validate_section(model: type[M], data: Mapping[str, Any], section: str, source: str,
@@ -386,10 +386,15 @@ def _holds(node: Any, path: tuple) -> bool:
     return True
 
 
-def _origin(key: str, origins: Mapping[str, str]) -> str | None:
-    """The --set or environment variable that set ``key`` or, the nearest, a section or list above it, if any."""
+def _origin(key: str, origins: Mapping[str, str], source: str) -> str:
+    """Where the value at ``key`` came from: the --set or environment variable that set it or, the nearest, a
+    section or list above it; else, when such overrides set keys below it (a check over the whole section, such as
+    split ratios summing to 1), ``source`` with them; else ``source``."""
     above = [dotted for dotted in origins if key == dotted or key.startswith((dotted + ".", dotted + "["))]
-    return origins[max(above, key=len)] if above else None
+    if above:
+        return origins[max(above, key=len)]
+    below = [origins[dotted] for dotted in origins if key and dotted.startswith((key + ".", key + "["))]
+    return f"{source} with {', '.join(below)}" if below else source
 
 
 def _deep_copy(data):

@@ -172,6 +172,11 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
     path.write_text("run: {name: x}\nsegment: {actorz: 1}\n")  # the file's own mistakes still name the file
     with pytest.raises(ConfigError, match=f"{path}: segment.actorz: unknown key"):
         load_config(path, MinsegConfig, overrides={"segment.actors": "2"})
+    # a check over a whole section (split ratios summing to 1) with a --set inside it: the file and the --set
+    path.write_text("run: {name: x}\ndata: {sources: [{uri: d}], split: {train: 0.6, val: 0.2, test: 0.2}}\n")
+    with pytest.raises(ConfigError, match=rf"{path} with --set data.split.train: data.split: train \+ val \+ test "
+                                          "must sum to 1"):
+        load_config(path, MinsegConfig, overrides={"data.split.train": "0.9"})
 
 
 def test_a_bad_value_from_training_defaults_is_named_there_once():
