@@ -141,7 +141,11 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
         except DecodeError as exc:  # the item is named by its image: say that the mask is at fault
             raise DecodeError(f"its mask {item['mask_name']}: {exc}") from None
         if codes.shape[:2] != (height, width):
-            raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}")
+            swapped = codes.shape[:2] == (width, height)  # e.g. a phone photo's EXIF Orientation, applied on reading
+            raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}"
+                              + (" (its sides swapped: is the image rotated by an EXIF Orientation, which minseg "
+                                 "applies as viewers do? draw the mask on the image as shown, or save the image "
+                                 "without the rotation)" if swapped else ""))
         palette = None if rgb else mask_palette(data, item["mask_name"])
         if palette is not None and (problem := classmap.palette_problem(codes, palette)):
             raise DecodeError(problem)

@@ -82,6 +82,8 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     image, mask = render_section(9, 48, 48)
     (root / "images" / "small.jpg").write_bytes(jpg_bytes(image[:40]))          # size mismatch
     (root / "masks" / "small.png").write_bytes(png_bytes(mask))
+    (root / "images" / "turned.jpg").write_bytes(jpg_bytes(image[:40]))         # sides swapped (EXIF rotation?)
+    (root / "masks" / "turned.png").write_bytes(png_bytes(mask[:, :40]))
     (root / "images" / "codes.jpg").write_bytes(jpg_bytes(image))              # unknown mask code
     bad_codes = mask.copy()
     bad_codes[0, 0] = 42
@@ -104,6 +106,8 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
                                                                          for i in prepared.splits["train"]}
     reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
     assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
+    assert reasons["turned.jpg"].startswith("mask is 40x48 but the image is 48x40 (its sides swapped: is the image "
+                                            "rotated by an EXIF Orientation")
     assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
     assert reasons["corrupt.jpg"].startswith("not a picture PIL can read (")
     assert reasons["lonely.jpg"].startswith("no mask masks/lonely.*")
