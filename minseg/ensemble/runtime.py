@@ -76,11 +76,15 @@ class MemberLoadError(InputError):
 
 
 def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
-    """Cheap, on the driver before any actor starts: every member's ``model.pt`` exists and is not empty.
+    """Cheap, on the driver before any actor starts: every member's ``model.pt`` exists, is not empty and, saved
+    as PyTorch's zip archive (``torch.save``), is whole: its central directory, at the end, is read (a few KiB,
+    ranged reads on S3). A damaged file found only by the actors failed each of them with a traceback.
 
     Raises:
         MemberLoadError: naming the member and the file.
     """
+    import zipfile
+
     from minseg.io.storage import ObjectNotFoundError
 
     for member in members:
@@ -92,6 +96,15 @@ def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
         if size == 0:
             raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: empty (0 bytes; a damaged or "
                                   "interrupted copy: train the member again or restore the file)")
+        with storage.open_read(member.weights_uri) as stream:
+            if stream.read(4) == b"PK\x03\x04":  # torch.save's zip (other formats are checked by the actors)
+                try:
+                    stream.seek(0)
+                    zipfile.ZipFile(stream).close()
+                except zipfile.BadZipFile as exc:
+                    raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: damaged ({exc}; a "
+                                          f"truncated or interrupted copy of {size:,} bytes: train the member "
+                                          "again or restore the file)") from None
 
 
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,

@@ -61,6 +61,8 @@ def test_a_member_that_cannot_be_loaded_is_one_line_naming_member_and_file(tmp_p
     data.write_bytes(original[: len(original) // 2])
     with pytest.raises(MemberLoadError, match="member 'm' .*model.pt.* not a readable weights file"):
         load_members([good], 3, storage)
+    with pytest.raises(MemberLoadError, match=r"member 'm': .*model.pt: damaged \(.*a truncated or interrupted copy"):
+        check_member_files([good], storage)  # found on the driver: no actor starts to fail on it
     data.write_bytes(b"")
     with pytest.raises(MemberLoadError, match="member 'm': .*model.pt: empty"):
         check_member_files([good], storage)
