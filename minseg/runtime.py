@@ -121,6 +121,9 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
     quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = loud and _is_interactive(__import__("sys").stderr)
+    # items carry nested Python values (COCO / Labelme polygons, RLE dicts) that Arrow cannot type: pickled, as Ray
+    # does by default, but said to be meant (unset, Ray warns "Failed to convert column 'polygons'" on the console)
+    context.enable_fallback_to_arrow_object_ext_type = True
     if started:  # once per process: later phases reuse the instance
         resources = ray.cluster_resources()
         log_event(log, "ray.ready", cpus=resources.get("CPU", 0), gpus=resources.get("GPU", 0),
