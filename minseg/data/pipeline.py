@@ -205,7 +205,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0,
-           "digest": None}
+           "digest": None, "brightest": 0}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
@@ -235,6 +235,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
         # the pixels, whatever the file's name or format: one picture under two names would leak across splits
         row["digest"] = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
+        row["brightest"] = int(image.max()) if image.size else 0
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
         row["channel_n"] = int(pixels.shape[0])
@@ -486,6 +487,12 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         raise DataError("no usable training items; every candidate was rejected", quarantine)
 
     _warn_duplicates_across_splits(good, by_id)
+    dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
+    if dark:  # 16-bit samples are scaled by 65535: a 12-bit camera's 4096 levels become 17
+        log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
+                  hint=f"their brightest pixel is at most {DARK} of 255 after decoding: 10- or 12-bit camera frames "
+                       "stored in 16 bits (scaled by 65535, most grey levels lost)? Rescale them to their bit depth "
+                       "(8 bits, or 16 bits over the full range) before training")
     stats = _split_stats(items, by_id, classmap, good)
     for split in ("val", "test"):
         if good[split]:
@@ -534,6 +541,9 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
+
+
+DARK = 16  # brightest decoded value of an image "too dark": a 12-bit range in 16-bit samples decodes to 0..16
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:

@@ -290,6 +290,10 @@ def test_what_the_run_loses_is_said_on_the_console(ray_session, tmp_path, caplog
     image, mask = render_section(9, 48, 48)
     (root / "images" / "small.jpg").write_bytes(jpg_bytes(image[:40]))  # quarantined: size mismatch
     (root / "masks" / "small.png").write_bytes(png_bytes(mask))
+    from PIL import Image  # a 12-bit camera frame in 16-bit samples: 0..4095 of 65535 decodes to 0..16
+
+    Image.fromarray(image[..., 0].astype(np.uint16) * 16).save(root / "images" / "bse.png")
+    (root / "masks" / "bse.png").write_bytes(png_bytes(mask))
     data = settings(root, split={"train": 0.5, "val": 0.5, "test": 0.0})
     data.sources.append(data.sources[0].model_copy(update={"uri": str(tmp_path / "dz")}))  # no such folder
     with caplog.at_level(logging.WARNING, logger="minseg.data"):
@@ -299,6 +303,7 @@ def test_what_the_run_loses_is_said_on_the_console(ray_session, tmp_path, caplog
     assert warned["data.source_unreadable"]["uri"] == str(tmp_path / "dz")
     assert warned["data.quarantined"]["files"] == len(prepared.quarantine) == 2
     assert "data.split.empty" not in warned  # test's ratio is 0: asked for
+    assert warned["data.images_dark"]["images"] == 1 and warned["data.images_dark"]["example"] == "ds/bse"
     caplog.clear()
     two = write_paired(tmp_path / "two", count=2, size=48)
     single = settings(two, split={"train": 0.7, "val": 0.15, "test": 0.15})  # 2 usable images for 3 splits
