@@ -183,11 +183,13 @@ def cmd_train(args) -> int:
 
     _check_output(config.run.uri, "run.output_uri")
     results = train_ensemble(config, members, resume=args.resume)
-    failed = [r.member for r in results if r.status is not MemberStatus.DONE]
+    failed = list(dict.fromkeys(r.member for r in results if r.status is not MemberStatus.DONE))  # once per fold
+    members = list(dict.fromkeys(r.member for r in results))
     if failed:  # as segment's failed slides: the run ran, its table says which members to fix
+        folds = any(r.fold is not None for r in results)  # k folds are not evaluated as an ensemble
         others = ("; the other members' checkpoints are complete (minseg evaluate uses them)"
-                  if len(failed) < len(results) else "")
-        print(f"minseg: {len(failed)} of {len(results)} members failed: {', '.join(failed)} (why: the members table)"
+                  if len(failed) < len(members) and not folds else "")
+        print(f"minseg: {len(failed)} of {len(members)} members failed: {', '.join(failed)} (why: the members table)"
               f"{others}", file=sys.stderr)
     return 1 if failed else 0
 

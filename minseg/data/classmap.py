@@ -19,6 +19,8 @@ class ClassMap:
     ignore_codes: tuple[int, ...] = ()
     mask_encoding: MaskEncoding = MaskEncoding.CODES
     ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    # which classes' colours the config gives (the others are default_color's, for display): () = not known
+    colors_given: tuple[bool, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: ClassMapSettings) -> "ClassMap":
@@ -32,6 +34,7 @@ class ClassMap:
             ignore_codes=tuple(settings.ignore_codes),
             mask_encoding=settings.mask_encoding,
             ignore_colors=tuple(tuple(c) for c in settings.ignore_colors),
+            colors_given=tuple(s.color is not None for s in specs),
         )
 
     @classmethod
@@ -90,7 +93,9 @@ class ClassMap:
         if self.mask_encoding is MaskEncoding.COLORS:
             return None
         table = self.code_to_id()
-        owners = {tuple(colour): name for name, colour in zip(self.names, self.colors)}
+        # only colours the config gives: default_color's display colours say nothing (one is VOC's bus colour)
+        owners = {tuple(colour): name for name, colour, given in zip(self.names, self.colors, self.colors_given)
+                  if given}
         for index in np.unique(codes).tolist():
             if index >= len(palette) or table.get(index, self.ignore_index) == self.ignore_index:
                 continue
@@ -103,16 +108,19 @@ class ClassMap:
                         "with class codes")
         return None
 
-    def describe_unknown(self, unknown: list[int], limit: int = 10) -> str:
+    def describe_unknown(self, unknown: list[int], limit: int = 10, grey: bool = False) -> str:
         """Why a mask holding ``unknown`` (from :meth:`map_codes`) is refused, in the mask's own terms: codes, or
-        RGB colours for colour masks (a grey mask read for colours says so)."""
+        RGB colours for colour masks; ``grey``: the whole mask is grey (a class-code mask read for colours), said
+        so; white or black among the unknown colours points to ``ignore_colors`` (unlabelled pixels)."""
         if self.mask_encoding is MaskEncoding.COLORS:
             colours = [((u >> 16) & 255, (u >> 8) & 255, u & 255) for u in unknown]
             shown = ", ".join(str(list(c)) for c in colours[:limit])
             known = ", ".join(f"{n} {list(c)}" for n, c in zip(self.names, self.colors))
-            grey = " (a grey mask: its pixels have no colour)" if all(r == g == b for r, g, b in colours) else ""
+            note = (" (a grey mask: its pixels have no colour; class codes are read with mask_encoding: codes)"
+                    if grey else " (unlabelled pixels? list their colour in ignore_colors)"
+                    if {(0, 0, 0), (255, 255, 255)} & set(colours) else "")
             extra = f"; ignored: {[list(c) for c in self.ignore_colors]}" if self.ignore_colors else ""
-            return f"mask colours {shown} are no class's colour{grey} (classes: {known}{extra})"
+            return f"mask colours {shown} are no class's colour{note} (classes: {known}{extra})"
         shown = ", ".join(str(u) for u in unknown[:limit])
         return f"mask codes {shown} are not in the class map (known: {sorted(self.code_to_id())})"
 
@@ -151,19 +159,32 @@ def class_map_difference(recorded: dict, current: ClassMap) -> str | None:
     if len(classes) != current.num_classes:
         return (f"{len(classes)} classes ({', '.join(str(c.get('name')) for c in classes)}) when it trained, "
                 f"{current.num_classes} now ({', '.join(current.names)})")
+    for key, default in (("ignore_index", 255), ("mask_encoding", "codes")):  # from_document's defaults
+        now, then = current.to_document()[key], recorded.get(key, default)
+        if then != now:
+            return f"{key} was {then!r} when it trained, {now!r} now"
     colours = current.mask_encoding is MaskEncoding.COLORS
     for index, (entry, name, codes, colour) in enumerate(zip(classes, current.names, current.codes, current.colors)):
         then = entry.get("color") if colours else entry.get("codes")
         now = list(colour) if colours else list(codes)
-        if str(entry.get("name", "")).casefold() != name.casefold() or (then is not None and list(then) != now):
+        same = then is None or (list(then) == now if colours else sorted(then) == sorted(now))  # codes: a set
+        if str(entry.get("name", "")).casefold() != name.casefold() or not same:
             what = "colour" if colours else "mask codes"
             return (f"class id {index} was {entry.get('name')!r} ({what} {then}) when it trained, {name!r} ({what} "
                     f"{now}) now")
-    for key in ("ignore_index", "mask_encoding"):
-        now = current.to_document()[key]
-        if key in recorded and recorded[key] != now:
-            return f"{key} was {recorded[key]!r} when it trained, {now!r} now"
     return None
+
+
+def checkpoint_class_difference(storage, checkpoint: str, current: ClassMap) -> str | None:
+    """:func:`class_map_difference` against the class map a checkpoint folder recorded (``classes.json``); None
+    when alike, or when it records none (a bare export). ``storage``: a :class:`minseg.io.storage.Storage`."""
+    from minseg.io.storage import ObjectNotFoundError, join_uri
+
+    try:
+        recorded = storage.read_json(join_uri(checkpoint, "classes.json"))
+    except ObjectNotFoundError:
+        return None
+    return class_map_difference(recorded, current)
 
 
 def default_color(index: int) -> tuple[int, int, int]:

@@ -88,6 +88,8 @@ class ClassMapSettings(StrictModel):
                 raise ValueError(f"colour {list(spec.color)} is given to both {owner[tuple(spec.color)]!r} and "
                                  f"{spec.name!r}: with mask_encoding colors each class needs its own colour")
             owner[tuple(spec.color)] = spec.name
+        if any(not 0 <= v <= 255 for c in self.ignore_colors for v in c):
+            raise ValueError("ignore_colors: colour components must be 0..255")
         clash = [list(c) for c in self.ignore_colors if tuple(c) in owner]
         if clash:
             raise ValueError(f"colours {clash} are both class colours and ignore_colors")

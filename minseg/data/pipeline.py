@@ -161,7 +161,9 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
     if codes is not None:
         ids, unknown = classmap.map_codes(codes)
         if unknown:
-            raise DecodeError(classmap.describe_unknown(unknown))
+            grey = codes.ndim == 3 and bool((codes[..., 0] == codes[..., 1]).all()
+                                            and (codes[..., 1] == codes[..., 2]).all())
+            raise DecodeError(classmap.describe_unknown(unknown, grey=grey))
     full_ids = ids
     image, ids = resize_pair(image, ids, scale)
     return (image, ids, full_ids) if with_codes else (image, ids)
@@ -234,7 +236,8 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             pixels = image.reshape(-1, image.shape[-1]).astype(np.float64)
         row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
         # the pixels, whatever the file's name or format: one picture under two names would leak across splits
-        row["digest"] = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
+        if image.size and image.min() != image.max():  # blank frames are alike without being one picture
+            row["digest"] = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16).hexdigest()
         row["brightest"] = int(image.max()) if image.size else 0
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
@@ -337,7 +340,8 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         except (StorageError, ValueError) as exc:  # the other sources are used: said, not only in the report
             rejected.append(Rejected(source.uri, f"source unreadable: {exc}"))
             log_event(log, "data.source_unreadable", logging.WARNING, source=f"data.sources[{index}]", uri=source.uri,
-                      reason=str(exc), hint="none of its images is used; the run goes on with the other sources")
+                      reason=str(exc), hint="none of its images is used; the run goes on with the other sources, if "
+                                            "any")
             continue
         rejected.extend(container.rejected)
         layout = source.layout
@@ -452,10 +456,11 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     lists = _read_lists(data.split.lists, storage) if data.split.lists else None
     if lists:
         selecting = any(source.include is not None or source.exclude for source in data.sources)
-        known = {list_entry_key(key) for item in items
+        known = {key for item in items
                  for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
+        loose = {list_entry_key(key) for key in known}
         for split, names in lists.items():
-            for name in sorted(n for n in names if list_entry_key(n) not in known):
+            for name in sorted(n for n in names if n not in known and list_entry_key(n) not in loose):
                 quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"
                                            + (" (or data.sources[].include / exclude leave out)" if selecting else "")))
     twins = twin_scenes(item["source_id"] for item in items)
@@ -497,13 +502,16 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     for split in ("val", "test"):
         if good[split]:
             _warn_classes_missing(split, classes_missing(stats, split), data.split.stratify)
-        elif getattr(data.split, split) > 0 and not (split == "val" and data.split.folds):
+        elif data.split.lists is not None and (split in data.split.lists or split == "test"):
+            log_event(log, "data.split.empty", logging.WARNING, split=split, quarantined=len(quarantine),
+                      hint=(f"its list names no usable image ({data.split.lists[split]})" if split in data.split.lists
+                            else "data.split.lists gives no test list") + ": " + _EMPTY[split])
+        elif data.split.lists is None and getattr(data.split, split) > 0 and not (split == "val" and data.split.folds):
             log_event(log, "data.split.empty", logging.WARNING, split=split, ratio=getattr(data.split, split),
                       usable=sum(len(v) for v in good.values()), quarantined=len(quarantine),
-                      hint=("no usable image went to it (too few images for the ratios, the layout's own splits, or "
-                            "its images quarantined): " + ("members keep their last epoch" if split == "val" else
-                                                           "minseg evaluate needs test images")
-                            + "; add images, change data.split, or name them in data.split.lists"))
+                      hint="no usable image went to it (too few images for the ratios, the layout's own splits, or "
+                           f"its images quarantined): {_EMPTY[split]}; add images, change data.split, or name them in "
+                           "data.split.lists")
     if quarantine:  # each reason is in the report; the share is said on the console
         total = len(quarantine) + sum(len(v) for v in good.values())
         first = quarantine[0]
@@ -543,6 +551,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     return prepared
 
 
+_EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
 DARK = 16  # brightest decoded value of an image "too dark": a 12-bit range in 16-bit samples decodes to 0..16
 
 

@@ -220,8 +220,8 @@ def _group_pixels(members: dict[str, set[str]], class_pixels: dict[str, list[int
 
 def list_entry_key(name: str) -> str:
     """How a split list's entry is matched to an image's names (its id, source id, or the source id below its
-    source's name): an image file extension and case aside, as lists are typed or exported (``Section_01.PNG``
-    names ``section_01``)."""
+    source's name) when none is the entry as written: an image file extension and case aside, as lists are typed or
+    exported (``Section_01.PNG`` names ``section_01``)."""
     stem, dot, suffix = name.strip().rpartition(".")
     if dot and suffix.lower() in ("jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp"):
         name = stem
@@ -257,14 +257,16 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
         assigned[group] = split
 
     if lists:
-        index: dict[str, set[str]] = {}
+        exact: dict[str, set[str]] = {}
+        loose: dict[str, set[str]] = {}
         for item in items:
             group = groups[item["source_id"]]
             for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]):
-                index.setdefault(list_entry_key(key), set()).add(group)
+                exact.setdefault(key, set()).add(group)
+                loose.setdefault(list_entry_key(key), set()).add(group)
         for split, names in sorted(lists.items()):
             for name in sorted(names):
-                matched = index.get(list_entry_key(name), set())
+                matched = exact.get(name) or loose.get(list_entry_key(name), set())
                 if len(matched) > 1:
                     candidates = sorted(i for group in matched for i in members[group])
                     raise InputError(f"data.split.lists.{split}: {name!r} matches images of {len(matched)} sources "

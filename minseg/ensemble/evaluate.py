@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from minseg.config.schema import MinsegConfig
-from minseg.data.classmap import ClassMap, class_map_difference
+from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
@@ -219,7 +219,8 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     try:
         table = storage.read_json(join_uri(run_uri, "members.json"))["members"]
     except ObjectNotFoundError:
-        if any(True for _ in storage.list(join_uri(run_uri, "members") + "/")):  # checkpoints, no table: stopped
+        if any(any(True for _ in storage.list(join_uri(run_uri, *part, "members") + "/"))  # checkpoints, no table
+               for part in ((), ("fold1",))):
             raise InputError(f"{run_uri}: no members.json: its training was stopped before the members table was "
                              "written (interrupted, or still running); 'minseg train --resume' with the same config "
                              "finishes it") from None
@@ -547,16 +548,14 @@ def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], pr
     ``data/splits.json`` says only what the latest training saw. Checkpoints before 2026-12-05 record none. Also
     refused: members whose recorded class map (``classes.json``) reads masks into other class ids than
     ``data.classes`` now (reordered, renamed or recoded: each class would be scored against another's pixels)."""
+    recoded = [(member, difference) for member in members
+               if (difference := checkpoint_class_difference(storage, member.checkpoint, prepared.classmap))]
+    if recoded:
+        raise InputError(f"{', '.join(f'member {m.name} ({m.checkpoint})' for m, _ in recoded)} trained with another "
+                         f"class map than data.classes gives now: {recoded[0][1]}; evaluation would score each class "
+                         "against another's pixels. Keep data.classes as it was when the members trained")
     current, stale = prepared.data_signature(), []
     for member in members:
-        try:
-            recorded_classes = storage.read_json(join_uri(member.checkpoint, "classes.json"))
-        except ObjectNotFoundError:
-            recorded_classes = None
-        if recorded_classes and (difference := class_map_difference(recorded_classes, prepared.classmap)):
-            raise InputError(f"member {member.name} ({member.checkpoint}) trained with another class map than "
-                             f"data.classes gives now: {difference}; evaluation would score each class against "
-                             "another's pixels. Keep data.classes as it was when the members trained")
         try:
             recorded = storage.read_json(join_uri(member.checkpoint, "state.json")).get("data_signature")
         except ObjectNotFoundError:  # a checkpoint without a state (a bare export): nothing recorded

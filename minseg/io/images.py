@@ -456,7 +456,8 @@ def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> n
             array = np.asarray(image)
             opaque = image.mode == "RGB" or bool((array[..., 3] == 255).all())
             if not (opaque and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()):
-                raise DecodeError(f"mask is {image.mode} in colour but class codes were expected (set "
+                kind = "with transparent pixels" if not opaque else "in colour"
+                raise DecodeError(f"mask is {image.mode} {kind} but class codes were expected (set "
                                   "mask_encoding: colors and a color per class for colour masks)")
             image = image.getchannel(0)  # a grey mask saved as RGB: every channel holds the codes
         array = np.asarray(image)

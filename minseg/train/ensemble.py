@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
-from minseg.data.classmap import ClassMap, class_map_difference
+from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
 from minseg.data.pipeline import CLASSES_REQUIRED, PreparedData, prepare_data, split_dataset, write_data_reports
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError, MinsegError
-from minseg.io.storage import (ObjectNotFoundError, Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
+from minseg.io.storage import (Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
                                refuse_output_among_inputs)
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event, verbose
@@ -542,7 +542,7 @@ def _root_cause(exc: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     text = str(seen).strip().splitlines()
     line = text[-1] if text else ""
-    own = re.match(r"^minseg(?:\.\w+)*\.\w+: (.+)$", line)  # a worker's minseg error, named by Ray
+    own = re.match(r"^minseg(?:\.\w+)*\.[A-Z]\w*: (.+)$", line)  # a worker's minseg error, named by Ray
     if own or isinstance(seen, MinsegError):
         return (own.group(1) if own else line)[:2000]
     return f"{type(seen).__name__}: {line}"[:2000]
@@ -985,7 +985,7 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
             pointer = read_pointer(storage, trial, member.name)
             if pointer is None:
                 continue
-            if classmap is not None and (difference := _classes_difference(storage, pointer["uri"], classmap)):
+            if classmap is not None and (difference := checkpoint_class_difference(storage, pointer["uri"], classmap)):
                 recoded.append((member_uri(trial, member.name), difference))
             recorded = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
             current = current or source.data_signature(fold)
@@ -1002,15 +1002,6 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
         raise InputError(
             f"{run_uri}: {doing} (the inputs, the split or the evidence changed): {', '.join(stale)}. Write the run "
             "elsewhere (another run.name or output), or delete those folders to train them again")
-
-
-def _classes_difference(storage: Storage, checkpoint: str, classmap: ClassMap) -> str | None:
-    """How ``classmap`` differs from the one a checkpoint recorded (``classes.json``); None: alike, or none recorded."""
-    try:
-        recorded = storage.read_json(join_uri(checkpoint, "classes.json"))
-    except ObjectNotFoundError:  # a bare export: nothing recorded
-        return None
-    return class_map_difference(recorded, classmap)
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

@@ -325,8 +325,11 @@ def test_rgb_colour_masks(tmp_path):
     assert ids[1, 1] == 1 and ids[0, 0] == 0 and ids[2, 2] == 255 and unknown == [0x00FF00]
     assert classmap.describe_unknown(unknown) == ("mask colours [0, 255, 0] are no class's colour (classes: bg "
                                                   "[0, 0, 0], ore [255, 0, 0])")
-    grey = classmap.describe_unknown([0x808080])
+    grey = classmap.describe_unknown([0x808080], grey=True)
     assert grey.startswith("mask colours [128, 128, 128] are no class's colour (a grey mask: its pixels have no")
+    white = classmap.describe_unknown([0xFFFFFF])  # a colour mask's unlabelled white: not "a grey mask"
+    assert white.startswith("mask colours [255, 255, 255] are no class's colour (unlabelled pixels? list their "
+                            "colour in ignore_colors)")
 
 
 def test_colour_masks_that_would_be_read_wrong_are_refused():
@@ -354,7 +357,7 @@ def test_colour_masks_that_would_be_read_wrong_are_refused():
     rgb[0, 0], rgb[1, 2] = (255, 255, 255), (200, 0, 0)
     ids, unknown = classmap.map_codes(rgb)
     assert not unknown and ids[0, 0] == 255 and ids[1, 2] == 2 and ids[1, 1] == 0
-    assert ClassMap.from_document(classmap.to_document()) == classmap
+    assert ClassMap.from_document(classmap.to_document()).to_document() == classmap.to_document()
     rgba = np.dstack([rgb, np.full((2, 3), 255, np.uint8)])
     rgba[0, 1, 3] = 0  # one unpainted pixel
     with pytest.raises(DecodeError, match=r"mask has 1 transparent pixel\(s\) \(16.7%\)"):
@@ -460,3 +463,9 @@ def test_a_palette_mask_whose_indices_are_not_class_codes_is_refused():
         data = palette_png(fine)
         assert classmap.palette_problem(decode_mask(data, "m.png", 100), mask_palette(data, "m.png")) is None
     assert mask_palette(png_bytes(np.zeros((2, 2), np.uint8)), "m.png") is None  # a grey mask has no palette
+    # colours the config does not give (default display colours) say nothing: VOC's bus (index 6) is drawn in
+    # (0, 128, 128), the display colour of a twelfth class
+    voc = ClassMap.from_names([f"c{i}" for i in range(12)])
+    voc_palette = np.zeros((256, 3), np.uint8)
+    voc_palette[6] = (0, 128, 128)
+    assert voc.palette_problem(np.array([[0, 6]], np.uint8), voc_palette) is None

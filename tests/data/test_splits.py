@@ -80,6 +80,17 @@ def test_by_image_a_bare_name_of_several_sources_is_refused_and_full_ids_select_
     assert ratio == assign_splits(items, SplitSettings(group_by="image"), 3) and len(ratio) == 16
 
 
+def test_list_entries_match_as_written_first_then_extension_and_case_aside():
+    """``S1.PNG`` names ``s1``; an entry written exactly as one image's id picks that image even when another differs
+    from it only in case (case aside, the two would collide and be refused)."""
+    items = [{"item_id": f"ds/{name}", "source_id": f"ds/{name}"} for name in ("Section_01", "section_01", "s1")]
+    assigned = assign_splits(items, SplitSettings(), 0, {"train": {"ds/Section_01", "S1.PNG"},
+                                                         "val": {"ds/section_01"}})
+    assert assigned == {"ds/Section_01": "train", "ds/section_01": "val", "ds/s1": "train"}
+    with pytest.raises(InputError, match=r"'SECTION_01.jpg' matches images of 2 sources"):
+        assign_splits(items, SplitSettings(), 0, {"train": {"SECTION_01.jpg"}})
+
+
 def rare_mineral_sections(sections: int = 20, holders=(2, 9, 15)) -> dict[str, list[int]]:
     """source_id -> pixels of (background, chalcopyrite, magnetite): every section shows the first two, three show
     a few grains of magnetite, as in a magmatic Cu-Ni suite."""
