@@ -424,10 +424,13 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
     claimed[0], left_out = _chosen(source, claimed[0])
     images = []  # per channel entry: scene key -> member
     skipped: set[str] = set()
+    ambiguous: set[str] = set()  # scene keys of several same-named images (each quarantined as such)
     for index, ((group, folder, pattern), members) in enumerate(zip(groups, claimed)):
         what = f"{group.name} image" if declared else "image"
         base, key_of = f"{root}{folder}/", scene_key(pattern)
         members = [m for m in members if _key_below(m, base, key_of) not in skipped]
+        keys = [_key_below(m, base, key_of) for m in members]
+        ambiguous |= {key for key in keys if key is not None and keys.count(key) > 1}
         keyed, bad = _keyed(container, members, base, what, key_of)
         images.append(keyed)
         rejected += bad
@@ -464,8 +467,9 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                                mask=container.members[masks[key]], mask_name=masks[key], **extra))
     for key in sorted(set(masks) - set(scenes)):
         _, folder, pattern = groups[0]
-        rejected.append(Rejected(container.describe(masks[key]),
-                                 f"mask without an image {named(key, folder, pattern)}"))
+        rejected.append(Rejected(container.describe(masks[key]), (
+            f"the mask of {key!r}, whose images of one name are ambiguous (each quarantined): keep one image"
+            if key in ambiguous else f"mask without an image {named(key, folder, pattern)}")))
     rejected += [Rejected(container.describe(name), JPEG_MASK) for _, name in sorted(jpegs.items())]
     return LayoutItems(items, rejected, left_out=left_out)
 
