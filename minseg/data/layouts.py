@@ -709,9 +709,11 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         if skipped := _not_object_annotations(json_name, document, set(annotation_files)):
             log_event(log, "data.coco_file_skipped", source=container.uri, file=json_name, reason=skipped)
             continue
+        resolved = {}  # file_name -> _coco_image's answer, for this pass and the items' below
         for entry in document["images"] if isinstance(document["images"], list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
-                image, _, tried = _coco_image(container, json_name, entry["file_name"])
+                image, _, tried = resolved.setdefault(entry["file_name"],
+                                                      _coco_image(container, json_name, entry["file_name"]))
                 listed.add(image)
                 if image not in container.members:
                     missing[posixpath.basename(image)] = (f"listed in {json_name} as {entry['file_name']!r}, looked "
@@ -731,7 +733,8 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                      f"{' and others' if len(orphans) > 1 else ''}): their objects are in no mask"))
         for entry in document["images"]:
             try:
-                image, root, tried = _coco_image(container, json_name, entry["file_name"])
+                image, root, tried = (resolved.get(entry["file_name"]) if isinstance(entry["file_name"], str)
+                                      else None) or _coco_image(container, json_name, entry["file_name"])
                 where = container.describe(image)
                 if not source.selects(image):  # left out: listed or not, it is not reported
                     left_out.append(image)
