@@ -451,7 +451,7 @@ def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> n
         image = _open_pil(data, name, max_pixels)
         if rgb:
             _refuse_transparent(image)
-            image = image.convert("RGB")
+            array = np.asarray(image.convert("RGB"))
         elif image.mode in ("RGB", "RGBA"):
             array = np.asarray(image)
             opaque = image.mode == "RGB" or bool((array[..., 3] == 255).all())
@@ -459,8 +459,9 @@ def decode_mask(data: bytes, name: str, max_pixels: int, rgb: bool = False) -> n
                 kind = "with transparent pixels" if not opaque else "in colour"
                 raise DecodeError(f"mask is {image.mode} {kind} but class codes were expected (set "
                                   "mask_encoding: colors and a color per class for colour masks)")
-            image = image.getchannel(0)  # a grey mask saved as RGB: every channel holds the codes
-        array = np.asarray(image)
+            array = array[..., 0]  # a grey mask saved as RGB: every channel holds the codes
+        else:
+            array = np.asarray(image)
     if not rgb and array.ndim != 2:
         raise DecodeError(f"mask must be single-channel, got shape {array.shape}")
     return array
