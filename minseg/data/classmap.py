@@ -159,8 +159,9 @@ def class_map_difference(recorded: dict, current: ClassMap) -> str | None:
     if len(classes) != current.num_classes:
         return (f"{len(classes)} classes ({', '.join(str(c.get('name')) for c in classes)}) when it trained, "
                 f"{current.num_classes} now ({', '.join(current.names)})")
+    document = current.to_document()
     for key, default in (("ignore_index", 255), ("mask_encoding", "codes")):  # from_document's defaults
-        now, then = current.to_document()[key], recorded.get(key, default)
+        now, then = document[key], recorded.get(key, default)
         if then != now:
             return f"{key} was {then!r} when it trained, {now!r} now"
     colours = current.mask_encoding is MaskEncoding.COLORS
