@@ -32,7 +32,7 @@ from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask, mask_palette
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
-from minseg.data.splits import SPLITS, assign_splits, list_entry_key, twin_scenes
+from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
 from minseg.data.tiling import extract_tile, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
@@ -456,11 +456,8 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     lists = _read_lists(data.split.lists, storage) if data.split.lists else None
     if lists:
         selecting = any(source.include is not None or source.exclude for source in data.sources)
-        known = {key for item in items
-                 for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1])}
-        loose = {list_entry_key(key) for key in known}
         for split, names in lists.items():
-            for name in sorted(n for n in names if n not in known and list_entry_key(n) not in loose):
+            for name in unmatched_list_entries(items, names):
                 quarantine.append(Rejected(data.split.lists[split], f"{split} list names {name!r}, which no source has"
                                            + (" (or data.sources[].include / exclude leave out)" if selecting else "")))
     twins = twin_scenes(item["source_id"] for item in items)

@@ -228,6 +228,18 @@ def list_entry_key(name: str) -> str:
     return name.strip().casefold()
 
 
+def list_names_of(item: dict) -> tuple[str, str, str]:
+    """The names a split list may give an item by: its id, its source id, and the source id below its source."""
+    return item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]
+
+
+def unmatched_list_entries(items: list[dict], names: set[str]) -> list[str]:
+    """The entries of a split list that name no item, as written nor :func:`list_entry_key` aside (sorted)."""
+    known = {key for item in items for key in list_names_of(item)}
+    loose = {list_entry_key(key) for key in known}
+    return sorted(n for n in names if n not in known and list_entry_key(n) not in loose)
+
+
 def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
                   lists: dict[str, set[str]] | None = None,
                   class_pixels: dict[str, list[int]] | None = None) -> dict[str, str]:
@@ -261,7 +273,7 @@ def assign_splits(items: list[dict], settings: SplitSettings, seed: int,
         loose: dict[str, set[str]] = {}
         for item in items:
             group = groups[item["source_id"]]
-            for key in (item["item_id"], item["source_id"], item["source_id"].split("/", 1)[-1]):
+            for key in list_names_of(item):
                 exact.setdefault(key, set()).add(group)
                 loose.setdefault(list_entry_key(key), set()).add(group)
         for split, names in sorted(lists.items()):
