@@ -35,6 +35,13 @@ class RaySettings(StrictModel):
                                   "that start empty (training has its own: training.check_resources)")
 
 
+# Every task and actor of a job minseg starts or joins: logging set up as on the driver; Ray Data's progress bars
+# off in workers (a Train worker or trial actor running its own pipeline drew one bar per update, forwarded line
+# by line to the driver's console under --verbose; the driver's own bars follow the console: init_ray).
+WORKER_RUNTIME_ENV = {"worker_process_setup_hook": "minseg.runtime._worker_setup",
+                      "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+
+
 def _worker_setup() -> None:
     configure_logging()
 
@@ -108,7 +115,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=loud,
-            runtime_env={"worker_process_setup_hook": "minseg.runtime._worker_setup"},
+            runtime_env=WORKER_RUNTIME_ENV,
         )
         if address:
             ray.init(address=address, **kwargs)

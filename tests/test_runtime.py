@@ -1,6 +1,8 @@
 """Actor pools the cluster could never hold are refused before Ray Data waits for them forever (as training refuses
 members that could never start): evaluation's, score's, segmentation's and prospect prediction's."""
 
+import os
+
 import pytest
 
 from minseg.runtime import ResourceError, check_actor_pool
@@ -68,3 +70,32 @@ def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():
     with pytest.raises(KeyError):
         with actor_errors("evaluation actors"):
             raise KeyError("not ours")
+
+
+def test_workers_draw_no_progress_bars_even_when_ray_s_output_is_forwarded():
+    """Under --verbose the workers' output reaches the console: a pipeline run inside a worker (a Train worker,
+    a trial actor) drew one progress bar line per update there, hundreds per member. The driver's own pipelines
+    keep theirs (here off: not a terminal)."""
+    import subprocess
+    import sys
+
+    script = """
+import ray, ray.data
+from minseg.runtime import RaySettings, init_ray
+init_ray(RaySettings(num_cpus=2, object_store_mib=100))
+
+@ray.remote(num_cpus=0.25)
+def pipeline_in_a_worker():
+    rows = ray.data.range(40, override_num_blocks=4).map_batches(lambda b: b, batch_size=10, num_cpus=0.25).take_all()
+    return len(rows), ray.data.DataContext.get_current().enable_progress_bars
+
+print("result", ray.get(pipeline_in_a_worker.remote()), flush=True)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(MINSEG_LOG_LEVEL="debug", MINSEG_NO_PROGRESS="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert "result (40, False)" in said
+    assert "(pipeline_in_a_worker pid=" in said, "the worker's output is forwarded under --verbose"
+    assert "row/s" not in said and "Running Dataset" not in said, said[-3000:]
