@@ -35,11 +35,17 @@ class RaySettings(StrictModel):
                                   "that start empty (training has its own: training.check_resources)")
 
 
-# Every task and actor of a job minseg starts or joins: logging set up as on the driver; Ray Data's progress bars
-# off in workers (a Train worker or trial actor running its own pipeline drew one bar per update, forwarded line
-# by line to the driver's console under --verbose; the driver's own bars follow the console: init_ray).
-WORKER_RUNTIME_ENV = {"worker_process_setup_hook": "minseg.runtime._worker_setup",
-                      "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}}
+def worker_runtime_env() -> dict:
+    """The job-level runtime env of a job minseg starts or joins: every task and actor sets up logging as the
+    driver does, and the pipelines a worker builds itself (a trial actor's member data) draw no Ray Data progress
+    bars (under --verbose they were forwarded to the console line by line, hundreds per member; pipelines built on
+    the driver keep its choice: init_ray). A new dict each call: Ray adds to the one it is given. A value the user
+    or a submitted job's runtime env already set is left to them (Ray refuses a job whose runtime env and the
+    driver's both set one variable)."""
+    env = {"worker_process_setup_hook": "minseg.runtime._worker_setup"}
+    if "RAY_DATA_DISABLE_PROGRESS_BARS" not in os.environ:
+        env["env_vars"] = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    return env
 
 
 def _worker_setup() -> None:
@@ -115,7 +121,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=loud,
-            runtime_env=WORKER_RUNTIME_ENV,
+            runtime_env=worker_runtime_env(),
         )
         if address:
             ray.init(address=address, **kwargs)

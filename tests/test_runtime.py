@@ -1,5 +1,6 @@
 """Actor pools the cluster could never hold are refused before Ray Data waits for them forever (as training refuses
-members that could never start): evaluation's, score's, segmentation's and prospect prediction's."""
+members that could never start): evaluation's, score's, segmentation's and prospect prediction's; the runtime env
+of the jobs minseg starts or joins."""
 
 import os
 
@@ -72,17 +73,17 @@ def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():
             raise KeyError("not ours")
 
 
-def test_workers_draw_no_progress_bars_even_when_ray_s_output_is_forwarded():
-    """Under --verbose the workers' output reaches the console: a pipeline run inside a worker (a Train worker,
-    a trial actor) drew one progress bar line per update there, hundreds per member. The driver's own pipelines
-    keep theirs (here off: not a terminal)."""
+def test_pipelines_built_in_workers_draw_no_progress_bars(ray_session):
+    """Under --verbose the workers' output reaches the console: a pipeline a worker builds itself (a trial actor's
+    member data) drew one progress bar line per update there, hundreds per member. A driver joining the running
+    instance, as ``ray job submit`` drivers do; a value set in the environment is the user's."""
     import subprocess
     import sys
 
     script = """
 import ray, ray.data
 from minseg.runtime import RaySettings, init_ray
-init_ray(RaySettings(num_cpus=2, object_store_mib=100))
+init_ray(RaySettings(preflight_timeout_s=0))
 
 @ray.remote(num_cpus=0.25)
 def pipeline_in_a_worker():
@@ -92,10 +93,22 @@ def pipeline_in_a_worker():
 print("result", ray.get(pipeline_in_a_worker.remote()), flush=True)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(MINSEG_LOG_LEVEL="debug", MINSEG_NO_PROGRESS="1")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
-    said = done.stdout + done.stderr
-    assert done.returncode == 0, said[-3000:]
-    assert "result (40, False)" in said
-    assert "(pipeline_in_a_worker pid=" in said, "the worker's output is forwarded under --verbose"
-    assert "row/s" not in said and "Running Dataset" not in said, said[-3000:]
+    # the session's local instance made its token (~/.ray/auth_token); a driver joining it must ask for token auth
+    env.update(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token",
+               MINSEG_LOG_LEVEL="debug", MINSEG_NO_PROGRESS="1")
+    for setting, expected in ((None, "result (40, False)"), ("0", "result (40, True)")):
+        if setting is not None:
+            env["RAY_DATA_DISABLE_PROGRESS_BARS"] = setting
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0 and expected in done.stdout, (done.stdout + done.stderr)[-3000:]
+
+
+def test_each_job_gets_its_own_runtime_env(monkeypatch):
+    from minseg.runtime import worker_runtime_env
+
+    monkeypatch.delenv("RAY_DATA_DISABLE_PROGRESS_BARS", raising=False)
+    first = worker_runtime_env()
+    first["env_vars"]["ADDED_BY_RAY"] = "x"
+    assert worker_runtime_env()["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # a submitted job's runtime env set it
+    assert "env_vars" not in worker_runtime_env()
