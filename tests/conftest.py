@@ -25,11 +25,43 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 _SHARED_RUNS = ("trained_ensemble",)
 
 
+# Scheduling only, never selection: the suite's longest work, longest first (in-suite seconds on 2 cores from
+# --durations, 2026-12-06), so the xdist workers start it first and the many short tests fill the end (the
+# longest-processing-time rule; in collection order, tests/train/ came last and one worker ran its long tests alone
+# while the other had finished). An entry is a test-id prefix or an xdist group; what is not listed keeps its
+# collection order after these. A stale list only costs time.
+_LONGEST_FIRST = (
+    "trained_ensemble",  # the shared training run (~210 s) and the ~30 tests on it (~130 s)
+    "tests.geo.test_prospect",  # the synthetic survey's job and its resume (~260 s)
+    "tests.inference.test_multinode",  # a two-node cluster and a job on it (~150 s)
+    "tests.train.test_pretrained_training",  # a training run with a worker killed (~120 s)
+    "tests.geo.test_raster_evidence",  # a prospect job from the CLI (~110 s)
+    "tests.test_demo",  # the demo, then run again (~110 s)
+    "tests.ensemble.test_channels_pipeline",  # members on six-channel scenes (~105 s)
+    "tests/test_console.py",  # minseg train in a terminal, Ctrl-C included (~150 s)
+    "tests/inference/test_segment.py",  # its segmentation runs (~340 s)
+    "tests/train/test_train_ensemble.py",
+    "tests/train/test_tasks.py",
+    "tests/train/test_paper_configs.py",
+    "tests/data/test_real_data.py",
+)
+
+
+def _run_order(item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    group = (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else None
+    for rank, entry in enumerate(_LONGEST_FIRST):
+        if entry == group or item.nodeid.startswith(entry):
+            return rank
+    return len(_LONGEST_FIRST)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Keep tests that share an expensive fixture on one xdist worker (``--dist loadgroup``, pyproject.toml):
     a session training run (``_SHARED_RUNS``) is one group, and a test module whose tests share a
-    module-scoped fixture (a demo run, a trained ensemble, a two-node cluster) is a group of its own."""
+    module-scoped fixture (a demo run, a trained ensemble, a two-node cluster) is a group of its own. Then the
+    longest work first (``_LONGEST_FIRST``; pyproject.toml turns xdist's own reordering, by group size, off)."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None or item.get_closest_marker("xdist_group"):
@@ -39,6 +71,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(shared[0]))
         elif any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=_run_order)  # stable: collection order within a rank
 
 
 @pytest.fixture(scope="session")
