@@ -232,7 +232,8 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
     """The candidate ``selection.rule`` picks on the selection split (validation: ``Candidate.choosing_metrics``;
     the test split only reports):
 
-    - ``best``: the best by ``key``; ties: faster, then by name.
+    - ``best``: the best by ``key``; ties: :func:`tie_order` (fewer members, the fusion fitted least to
+      validation, then by name).
     - ``tpi_budget``: the same among the candidates within ``selection.tpi_budget_s`` s/image.
     - ``one_se``: among the candidates whose ``key`` is within one standard error of the best's
       (:func:`within_one_standard_error`: ``selection.bootstrap_draws`` resamples of the selection images, or of
@@ -267,13 +268,29 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
 
 def most_members(within: list[tuple[Candidate, float]]) -> Candidate:
     """The ``one_se`` choice from :func:`within_one_standard_error`'s list: the most members; ties: the first
-    (the better by the key, faster, by name)."""
+    (the better by the key, then :func:`tie_order`)."""
     return max(within, key=lambda pair: len(pair[0].members))[0]  # max keeps the first of equals
 
 
+# From no weights (a member alone, PV, SOFT) through weights from the validation ranks (WV, WEIGHTED_SOFT) to weights
+# fitted on validation pixels (LEARNED).
+_FITTED_LEAST_FIRST = (None, FusionMode.PV, FusionMode.SOFT, FusionMode.WV, FusionMode.WEIGHTED_SOFT,
+                       FusionMode.LEARNED)
+
+
+def tie_order(candidate: Candidate) -> tuple:
+    """How candidates of equal score on the selection split are ordered: fewer members (the cheaper to run), then
+    the fusion that took less from validation (``_FITTED_LEAST_FIRST``: of equal scores, the one fitted less to the
+    split that scored it), then by key. Fixed, so one evaluation always picks one candidate: equal candidates are
+    common (a learned fusion whose fitted weights stay equal is SOFT; RUEL-2 in PV or WV is its top member) and
+    time per image, the tie-break before, differed between them by milliseconds of noise from run to run."""
+    return len(candidate.members), _FITTED_LEAST_FIRST.index(candidate.mode), candidate.key
+
+
 def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
-    """Best first by ``key`` on the selection split; ties: faster, then by name."""
-    return sorted(candidates, key=lambda c: (-_key_value(c.choosing_metrics, key), c.tpi, c.key))
+    """Best first by ``key`` on the selection split; ties: :func:`tie_order`. Scores equal to 12 decimals are
+    equal: floating-point noise must not decide."""
+    return sorted(candidates, key=lambda c: (-round(_key_value(c.choosing_metrics, key), 12), *tie_order(c)))
 
 
 def within_one_standard_error(candidates: list[Candidate], key: str, draws: int = 1000,
@@ -281,8 +298,8 @@ def within_one_standard_error(candidates: list[Candidate], key: str, draws: int 
     """The candidates whose ``key`` on the selection split is at most one standard error (:func:`standard_errors`,
     of the difference from the best) below the best's, best first, each with that standard error (the best's: 0).
 
-    Of candidates with the same confusion matrix on every selection image, only the one with the fewest members
-    (then faster, then by name) is in: the others label the split as it does, at more cost (RUEL-2 in PV or WV, and
+    Of candidates with the same confusion matrix on every selection image, only the first by :func:`tie_order`
+    (the fewest members) is in: the others label the split as it does, at more cost (RUEL-2 in PV or WV, and
     RUEL-3 in WV, are their top member: its vote wins every tie). The best of those kept is always in.
 
     Raises:
@@ -292,7 +309,7 @@ def within_one_standard_error(candidates: list[Candidate], key: str, draws: int 
     errors = standard_errors(ordered, key, draws, groups=groups)
     best = _key_value(ordered[0].choosing_metrics, key)
     kept, seen = set(), []
-    for candidate in sorted(ordered, key=lambda c: (len(c.members), c.tpi, c.key)):
+    for candidate in sorted(ordered, key=tie_order):
         confusions = np.asarray(candidate.selection_confusions)
         if not any(np.array_equal(confusions, other) for other in seen):
             kept.add(candidate.key)

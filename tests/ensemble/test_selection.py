@@ -18,12 +18,34 @@ def candidate(key, val, test, tpi=1.0, mode=FusionMode.SOFT):
 def test_validation_chooses_even_when_test_disagrees():
     pool = [candidate("member:a", 0.80, 0.90, mode=None), candidate("RUEL-2-SOFT", 0.85, 0.70)]
     assert select(pool, "miou", BEST).key == "RUEL-2-SOFT"
-    # ties on validation: the faster one
-    tied = [candidate("RUEL-2-PV", 0.85, 0.60, tpi=2.0), candidate("RUEL-2-SOFT", 0.85, 0.70, tpi=1.5)]
-    assert select(tied, "miou", BEST).key == "RUEL-2-SOFT"
     # a budget filters before the validation comparison
     assert select(pool + [candidate("RUEL-3-SOFT", 0.95, 0.5, tpi=9.0)], "miou",
                   SelectionSettings(rule=SelectionRule.TPI_BUDGET, tpi_budget_s=2.0)).key == "RUEL-2-SOFT"
+
+
+def test_ties_on_validation_go_the_same_way_every_time_whatever_the_timing():
+    """Equal scores: fewer members, then the fusion fitted less to validation, then the name; never time per image,
+    which differs by milliseconds of noise between equal candidates (a learned fusion with equal weights is SOFT:
+    the demo's choice flipped between the two from one run to the next)."""
+    def tied(key, members, mode, tpi, noise=0.0):
+        return Candidate(key, members, mode, [], {"miou": 0.7}, tpi, {"miou": 0.85 + noise})
+
+    soft = tied("RUEL-2-SOFT", ["a", "b"], FusionMode.SOFT, 0.24)
+    learned = tied("RUEL-2-LEARNED", ["a", "b"], FusionMode.LEARNED, 0.23, noise=1e-15)  # float noise: equal
+    assert learned.selection_metrics["miou"] != soft.selection_metrics["miou"]
+    for tpi in (0.20, 0.26):
+        soft.tpi = tpi
+        assert select([learned, soft], "miou", BEST).key == "RUEL-2-SOFT"
+    weighted = tied("RUEL-2-WEIGHTED_SOFT", ["a", "b"], FusionMode.WEIGHTED_SOFT, 0.1)
+    assert select([learned, weighted], "miou", BEST).key == "RUEL-2-WEIGHTED_SOFT"
+    assert select([tied("RUEL-2-WV", ["a", "b"], FusionMode.WV, 0.2), weighted], "miou", BEST).key == "RUEL-2-WV"
+    member = tied("member:a", ["a"], None, 0.5)  # slower than the pair here, but one member
+    assert select([learned, soft, member], "miou", BEST).key == "member:a"
+    assert select([tied("RUEL-3-PV", ["a", "b", "c"], FusionMode.PV, 0.01), learned], "miou",
+                  BEST).key == "RUEL-2-LEARNED"
+    # a real difference still wins
+    better = Candidate("RUEL-3-LEARNED", ["a", "b", "c"], FusionMode.LEARNED, [], {}, 9.0, {"miou": 0.851})
+    assert select([member, soft, better], "miou", BEST).key == "RUEL-3-LEARNED"
 
 
 def test_without_validation_scores_the_test_split_chooses():
