@@ -104,11 +104,16 @@ print("result", ray.get(pipeline_in_a_worker.remote()), flush=True)
 
 
 def test_each_job_gets_its_own_runtime_env(monkeypatch):
+    """A new dict per job; a local instance runs no preemption watcher (the same variable as tests/conftest.py)."""
     from minseg.runtime import worker_runtime_env
 
     monkeypatch.delenv("RAY_DATA_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
     first = worker_runtime_env()
     first["env_vars"]["ADDED_BY_RAY"] = "x"
-    assert worker_runtime_env()["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # a submitted job's runtime env set it
-    assert "env_vars" not in worker_runtime_env()
+    assert worker_runtime_env()["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}  # a cluster: watched
+    assert worker_runtime_env(local=True)["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+                                                          "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # a submitted job's runtime env set them
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    assert "env_vars" not in worker_runtime_env(local=True)
