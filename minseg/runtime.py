@@ -40,8 +40,8 @@ def worker_runtime_env(local: bool = False) -> dict:
     driver does, and the pipelines a worker builds itself (a trial actor's member data) draw no Ray Data progress
     bars (under --verbose they were forwarded to the console line by line, hundreds per member; pipelines built on
     the driver keep its choice: init_ray). ``local`` (an instance minseg starts on this machine): no Ray Train
-    preemption watcher, one more process per member polling for node preemption a single machine never has
-    (``minseg demo`` 141 s -> 135 s on 2 cores, one run each). A new dict each call: Ray adds to the one it is
+    preemption watcher, one more process per member polling for node preemption a single machine never has (on
+    2 cores the demo's time stays within its run-to-run spread, 135-142 s: a process fewer, not a speed-up). A new dict each call: Ray adds to the one it is
     given. A value the user or a submitted job's runtime env already set is left to them (Ray refuses a job whose
     runtime env and the driver's both set one variable)."""
     wanted = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
