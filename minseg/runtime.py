@@ -40,18 +40,31 @@ def worker_runtime_env(local: bool = False) -> dict:
     driver does, and the pipelines a worker builds itself (a trial actor's member data) draw no Ray Data progress
     bars (under --verbose they were forwarded to the console line by line, hundreds per member; pipelines built on
     the driver keep its choice: init_ray). ``local`` (an instance minseg starts on this machine): no Ray Train
-    preemption watcher, one more process per member polling for node preemption a single machine never has (on
-    2 cores the demo's time stays within its run-to-run spread, 135-142 s: a process fewer, not a speed-up). A new dict each call: Ray adds to the one it is
-    given. A value the user or a submitted job's runtime env already set is left to them (Ray refuses a job whose
-    runtime env and the driver's both set one variable)."""
+    preemption watcher, one more process per member polling for a node preemption a single machine never has.
+
+    A value set in the driver's environment is the user's, and goes to the workers as it is (on a cluster minseg
+    joins, the workers do not inherit the driver's environment); one a submitted job's runtime env sets is left
+    to it (Ray refuses a job whose runtime env and the driver's both set one variable). A new dict each call:
+    Ray adds to the one it is given."""
     wanted = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     if local:
         wanted["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-    env_vars = {name: value for name, value in wanted.items() if name not in os.environ}
+    job_sets = _submitted_job_env_vars()
+    env_vars = {name: os.environ.get(name, value) for name, value in wanted.items() if name not in job_sets}
     env = {"worker_process_setup_hook": "minseg.runtime._worker_setup"}
     if env_vars:
         env["env_vars"] = env_vars
     return env
+
+
+def _submitted_job_env_vars() -> dict:
+    """The env vars of a ``ray job submit`` runtime env, which Ray's job supervisor hands the driver as JSON (in
+    the variable its ``ray._private.runtime_env.constants`` names RAY_JOB_CONFIG_JSON_ENV_VAR, as ray.init reads
+    it)."""
+    import json
+
+    document = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return (document.get("runtime_env") or {}).get("env_vars") or {}
 
 
 def _worker_setup() -> None:

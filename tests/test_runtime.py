@@ -96,7 +96,7 @@ print("result", ray.get(pipeline_in_a_worker.remote()), flush=True)
     # the session's local instance made its token (~/.ray/auth_token); a driver joining it must ask for token auth
     env.update(RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token",
                MINSEG_LOG_LEVEL="debug", MINSEG_NO_PROGRESS="1")
-    for setting, expected in ((None, "result (40, False)"), ("0", "result (40, True)")):
+    for setting, expected in ((None, "result (40, False)"), ("0", "result (40, True)"), ("1", "result (40, False)")):
         if setting is not None:
             env["RAY_DATA_DISABLE_PROGRESS_BARS"] = setting
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
@@ -105,6 +105,8 @@ print("result", ray.get(pipeline_in_a_worker.remote()), flush=True)
 
 def test_each_job_gets_its_own_runtime_env(monkeypatch):
     """A new dict per job; a local instance runs no preemption watcher (the same variable as tests/conftest.py)."""
+    import json
+
     from minseg.runtime import worker_runtime_env
 
     monkeypatch.delenv("RAY_DATA_DISABLE_PROGRESS_BARS", raising=False)
@@ -114,6 +116,9 @@ def test_each_job_gets_its_own_runtime_env(monkeypatch):
     assert worker_runtime_env()["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}  # a cluster: watched
     assert worker_runtime_env(local=True)["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "1",
                                                           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # a submitted job's runtime env set them
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    monkeypatch.setenv("RAY_DATA_DISABLE_PROGRESS_BARS", "0")  # the user's: carried to a joined cluster's workers
+    assert worker_runtime_env()["env_vars"] == {"RAY_DATA_DISABLE_PROGRESS_BARS": "0"}
+    # a submitted job's runtime env sets them (its driver sees them too): Ray refuses them set twice
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}}}))
     assert "env_vars" not in worker_runtime_env(local=True)

@@ -287,10 +287,20 @@ def tie_order(candidate: Candidate) -> tuple:
     return len(candidate.members), _FITTED_LEAST_FIRST.index(candidate.mode), candidate.key
 
 
+# Scores this close are one score: floating-point noise must not decide between candidates.
+_TIE = 1e-12
+
+
 def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
-    """Best first by ``key`` on the selection split; ties: :func:`tie_order`. Scores equal to 12 decimals are
-    equal: floating-point noise must not decide."""
-    return sorted(candidates, key=lambda c: (-round(_key_value(c.choosing_metrics, key), 12), *tie_order(c)))
+    """Best first by ``key`` on the selection split; ties (within ``_TIE`` of the best of their run, scores taken
+    from the highest down): :func:`tie_order`."""
+    values = {c.key: _key_value(c.choosing_metrics, key) for c in candidates}
+    level, head = {}, None
+    for name in sorted(values, key=values.__getitem__, reverse=True):
+        if head is None or head - values[name] > _TIE:
+            head = values[name]
+        level[name] = head
+    return sorted(candidates, key=lambda c: (-level[c.key], *tie_order(c)))
 
 
 def within_one_standard_error(candidates: list[Candidate], key: str, draws: int = 1000,
@@ -316,7 +326,7 @@ def within_one_standard_error(candidates: list[Candidate], key: str, draws: int 
             seen.append(confusions)
     within = []
     for candidate in (c for c in ordered if c.key in kept):
-        if not within or best - _key_value(candidate.choosing_metrics, key) <= errors[candidate.key]:
+        if not within or best - _key_value(candidate.choosing_metrics, key) <= errors[candidate.key] + _TIE:
             within.append((candidate, errors[candidate.key]))
     return within
 

@@ -43,9 +43,18 @@ def test_ties_on_validation_go_the_same_way_every_time_whatever_the_timing():
     assert select([learned, soft, member], "miou", BEST).key == "member:a"
     assert select([tied("RUEL-3-PV", ["a", "b", "c"], FusionMode.PV, 0.01), learned], "miou",
                   BEST).key == "RUEL-2-LEARNED"
+    pv = tied("RUEL-2-PV", ["a", "b"], FusionMode.PV, 0.3)
+    assert select([soft, pv], "miou", BEST).key == "RUEL-2-PV"  # no weights either, and first in the order
+    assert select([tied("member:b", ["b"], None, 0.1), member], "miou", BEST).key == "member:a"  # then the name
     # a real difference still wins
     better = Candidate("RUEL-3-LEARNED", ["a", "b", "c"], FusionMode.LEARNED, [], {}, 9.0, {"miou": 0.851})
     assert select([member, soft, better], "miou", BEST).key == "RUEL-3-LEARNED"
+
+
+def test_every_fusion_mode_has_its_place_in_the_tie_order():
+    from minseg.ensemble.selection import _FITTED_LEAST_FIRST
+
+    assert set(_FITTED_LEAST_FIRST) == {None, *FusionMode} and len(_FITTED_LEAST_FIRST) == len(FusionMode) + 1
 
 
 def test_without_validation_scores_the_test_split_chooses():
@@ -180,6 +189,23 @@ def test_one_se_keeps_the_best_when_it_is_better_on_every_image():
     pool += [scored("RUEL-3-PV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 1]),
              scored("RUEL-3-WV", ["a", "b", "c"], DIFFICULTY + [20, -20, 20, -20, 2])]
     assert select(pool, "miou", ONE_SE).key == "RUEL-3-PV"
+
+
+def test_one_se_ties_go_the_same_way_whatever_the_timing():
+    """Candidates that label every validation image alike (RUEL-2 in PV and in WV are their top member): one is
+    kept by the tie order, whichever ran faster; a score a float's noise below the best is the best's."""
+    from minseg.ensemble.selection import within_one_standard_error
+
+    for pv_tpi, wv_tpi in ((1.0, 2.0), (2.0, 1.0)):
+        pv, wv = scored("RUEL-2-PV", ["a", "b"], DIFFICULTY), scored("RUEL-2-WV", ["a", "b"], DIFFICULTY)
+        pv.mode, wv.mode, pv.tpi, wv.tpi = FusionMode.PV, FusionMode.WV, pv_tpi, wv_tpi
+        assert [c.key for c, _ in within_one_standard_error([wv, pv], "miou")] == ["RUEL-2-PV"]
+    # one image: every standard error is 0, so only a tie is within; noise in the last bits is a tie
+    one_image = [scored("member:a", ["a"], DIFFICULTY[:1]), scored("RUEL-2-SOFT", ["a", "b"], DIFFICULTY[:1] + 1)]
+    assert select(one_image, "miou", ONE_SE).key == "member:a"
+    one_image[1].selection_metrics = {**one_image[1].selection_metrics,
+                                      "miou": one_image[0].selection_metrics["miou"] - 1e-15}
+    assert select(one_image, "miou", ONE_SE).key == "RUEL-2-SOFT"
 
 
 def test_one_se_needs_per_image_scores_and_reads_them_back():
