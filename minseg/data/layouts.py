@@ -709,11 +709,19 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
         if skipped := _not_object_annotations(json_name, document, set(annotation_files)):
             log_event(log, "data.coco_file_skipped", source=container.uri, file=json_name, reason=skipped)
             continue
-        resolved = {}  # file_name -> _coco_image's answer, for this pass and the items' below
+        resolved: dict[str, tuple[str, str, list[str]]] = {}  # this listing pass's and the items' pass's
+
+        def locate(file_name) -> tuple[str, str, list[str]]:
+            """``_coco_image``'s answer, once per file name (a malformed one: its own error, every time)."""
+            if not isinstance(file_name, str):
+                return _coco_image(container, json_name, file_name)
+            if file_name not in resolved:
+                resolved[file_name] = _coco_image(container, json_name, file_name)
+            return resolved[file_name]
+
         for entry in document["images"] if isinstance(document["images"], list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
-                image, _, tried = resolved.setdefault(entry["file_name"],
-                                                      _coco_image(container, json_name, entry["file_name"]))
+                image, _, tried = locate(entry["file_name"])
                 listed.add(image)
                 if image not in container.members:
                     missing[posixpath.basename(image)] = (f"listed in {json_name} as {entry['file_name']!r}, looked "
@@ -733,8 +741,7 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                                      f"{' and others' if len(orphans) > 1 else ''}): their objects are in no mask"))
         for entry in document["images"]:
             try:
-                image, root, tried = (resolved.get(entry["file_name"]) if isinstance(entry["file_name"], str)
-                                      else None) or _coco_image(container, json_name, entry["file_name"])
+                image, root, tried = locate(entry["file_name"])
                 where = container.describe(image)
                 if not source.selects(image):  # left out: listed or not, it is not reported
                     left_out.append(image)
