@@ -78,11 +78,12 @@ def _outside_root(container: Container, root: str, folders: tuple[str, ...]) -> 
 
 
 def _keyed(container: Container, names, base: str, what: str, key_of=None,
-           unmatched: str = "") -> tuple[dict[str, str], list[Rejected]]:
+           unmatched: str = "") -> tuple[dict[str, str], list[Rejected], set[str]]:
     """Members under ``base`` keyed by their path below it without the extension (``siteA/001``), so
     files of one name in different subfolders stay apart; two files with one key (``001.jpg`` and
     ``001.png``) cannot be told apart and are both quarantined, never one silently dropped. ``key_of`` maps
-    that path to the key (a name pattern's scene); a path it gives None for is rejected with ``unmatched``."""
+    that path to the key (a name pattern's scene); a path it gives None for is rejected with ``unmatched``.
+    Returns (key -> member, rejected, the ambiguous keys)."""
     keyed: dict[str, list[str]] = defaultdict(list)
     rejected = []
     for name in names:
@@ -100,7 +101,14 @@ def _keyed(container: Container, names, base: str, what: str, key_of=None,
             others = ", ".join(posixpath.basename(o) for o in sorted(found) if o != name)
             rejected.append(Rejected(container.describe(name), f"{what} {key!r} is ambiguous: {others} has the "
                                                               "same name; keep one"))
-    return unique, rejected
+    return unique, rejected, set(keyed) - set(unique)
+
+
+def _unpaired_mask(container: Container, mask: str, key: str, ambiguous: set[str], image: str) -> Rejected:
+    """A mask no image pairs with: its image's name is ambiguous (those images are quarantined as such, and the
+    mask is not "without an image"), or there is none (``image``: where it was looked for)."""
+    return Rejected(container.describe(mask), f"the mask of {key!r}, whose images of one name are ambiguous (each "
+                    "quarantined): keep one image" if key in ambiguous else f"mask without an image {image}")
 
 
 def _chosen(source: SourceSettings, images: list[str]) -> tuple[list[str], list[str]]:
@@ -330,13 +338,13 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
     root = _find_root(list(container.members), "JPEGImages", "SegmentationClass")
     chosen, left_out = _chosen(source, [m for m in container.members
                                         if m.startswith(f"{root}JPEGImages/") and _is_image(m)])
-    images, rejected = _keyed(container, chosen, f"{root}JPEGImages/", "image")
+    images, rejected, ambiguous = _keyed(container, chosen, f"{root}JPEGImages/", "image")
     # a left-out image's mask (or its two same-named masks) is not reported
     skipped = {_key_below(m, f"{root}JPEGImages/") for m in left_out} - set(images)
     base = f"{root}SegmentationClass/"
-    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(base)
-                                          and m.lower().endswith(MASK_SUFFIXES) and _key_below(m, base) not in skipped],
-                              base, "mask")
+    masks, bad_masks, _ = _keyed(container, [m for m in container.members if m.startswith(base) and
+                                             m.lower().endswith(MASK_SUFFIXES) and _key_below(m, base) not in skipped],
+                                 base, "mask")
     rejected += bad_masks + _outside_root(container, root, ("JPEGImages", "SegmentationClass"))
     listed: dict[str, str] = {}
     for name in container.members:
@@ -359,7 +367,7 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
     items = []  # VOC's segmentation set is its masks: JPEGImages also holds detection-only images
     for key in sorted(masks):
         if key not in images:
-            rejected.append(Rejected(container.describe(masks[key]), f"mask without an image JPEGImages/{key}.jpg"))
+            rejected.append(_unpaired_mask(container, masks[key], key, ambiguous, f"JPEGImages/{key}.jpg"))
             continue
         items.append(make_item(container, prefix, images[key], item_key=key, source_key=key,
                                mask=container.members[masks[key]], mask_name=masks[key], layout_split=listed.get(key)))
@@ -429,18 +437,17 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
         what = f"{group.name} image" if declared else "image"
         base, key_of = f"{root}{folder}/", scene_key(pattern)
         members = [m for m in members if _key_below(m, base, key_of) not in skipped]
-        keys = [_key_below(m, base, key_of) for m in members]
-        ambiguous |= {key for key in keys if key is not None and keys.count(key) > 1}
-        keyed, bad = _keyed(container, members, base, what, key_of)
+        keyed, bad, same_named = _keyed(container, members, base, what, key_of)
         images.append(keyed)
         rejected += bad
+        ambiguous |= same_named
         if index == 0:  # a left-out scene's other images and mask are not reported
             skipped = {_key_below(m, base, key_of) for m in left_out} - set(keyed)
     base, key_of = f"{root}{masks_dir}/", scene_key(source.mask_pattern)
-    masks, bad_masks = _keyed(container, [m for m in container.members if m.startswith(base)
-                                          and m.lower().endswith(MASK_SUFFIXES)
-                                          and _key_below(m, base, key_of) not in skipped],
-                              base, "mask", key_of, f"the name does not match mask_pattern {source.mask_pattern!r}")
+    masks, bad_masks, _ = _keyed(container, [m for m in container.members if m.startswith(base)
+                                             and m.lower().endswith(MASK_SUFFIXES)
+                                             and _key_below(m, base, key_of) not in skipped],
+                                 base, "mask", key_of, f"the name does not match mask_pattern {source.mask_pattern!r}")
     rejected += bad_masks + _outside_root(container, root, folders)
     jpegs = _jpeg_masks(container, base, key_of, skipped)
     items = []
@@ -467,9 +474,7 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
                                mask=container.members[masks[key]], mask_name=masks[key], **extra))
     for key in sorted(set(masks) - set(scenes)):
         _, folder, pattern = groups[0]
-        rejected.append(Rejected(container.describe(masks[key]), (
-            f"the mask of {key!r}, whose images of one name are ambiguous (each quarantined): keep one image"
-            if key in ambiguous else f"mask without an image {named(key, folder, pattern)}")))
+        rejected.append(_unpaired_mask(container, masks[key], key, ambiguous, named(key, folder, pattern)))
     rejected += [Rejected(container.describe(name), JPEG_MASK) for _, name in sorted(jpegs.items())]
     return LayoutItems(items, rejected, left_out=left_out)
 

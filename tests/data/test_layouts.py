@@ -188,10 +188,10 @@ def test_mask_folders_pair_by_path_below_their_roots(tmp_path, layout):
         assert item["image_name"].split("/")[-2] == item["mask_name"].split("/")[-2]
     ambiguous = [r for r in listed.rejected if "is ambiguous" in r.reason]
     assert len(ambiguous) == 2 and all("siteA/002" in r.reason for r in ambiguous)
-    if layout is DatasetLayout.PAIRED:  # its mask is not "without an image": it has two
-        (mask,) = [r for r in listed.rejected if r.file.endswith(f"{masks_dir}/siteA/002.png")]
-        assert mask.reason == ("the mask of 'siteA/002', whose images of one name are ambiguous (each quarantined): "
-                               "keep one image")
+    # its mask is not "without an image": it has two (both layouts: _keyed says which keys are ambiguous)
+    (mask,) = [r for r in listed.rejected if r.file.endswith(f"{masks_dir}/siteA/002.png")]
+    assert mask.reason == ("the mask of 'siteA/002', whose images of one name are ambiguous (each quarantined): "
+                           "keep one image")
     images_in = 5  # 4 jpg + 1 png
     assert len(listed.items) + len([r for r in listed.rejected if images_dir in r.file]) == images_in
 
