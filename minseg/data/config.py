@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
+from minseg.io.images import BIT_DEPTH
 
 
 def _normalization(value: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -341,6 +342,12 @@ class DataSettings(StrictModel):
     oversampling: OversamplingSettings | None = Field(
         None, description="repeat the training tiles of rare classes (default: every tile once an epoch)")
     limits: LimitSettings = LimitSettings()
+    bit_depth: int = Field(
+        BIT_DEPTH, ge=8, le=16,
+        description="significant bits of images stored with 16 bits per sample: 12 for a 12-bit camera's frames "
+        "saved as 16-bit TIFF / PNG (0..4095 become 0..255, not 0..16); a sample above it is refused. 8-bit "
+        "images are read as they are; a TIFF's own BitsPerSample (e.g. 12) is used when it is lower",
+    )
     normalization: Normalization | None = Field(
         None, description="{'mean': [...], 'std': [...]} in 0..255 units; default: measured on the training split"
     )

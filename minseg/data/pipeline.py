@@ -30,7 +30,7 @@ from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
-from minseg.io.images import DecodeError, decode_channels, decode_image, decode_mask, mask_palette
+from minseg.io.images import BIT_DEPTH, DecodeError, decode_channels, decode_image, decode_mask, mask_palette
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
 from minseg.data.tiling import extract_tile, tile_grid
@@ -66,6 +66,7 @@ class PreparedData:
     # item id -> the class ids each kept tile shows, in tile-grid order (rare-class oversampling); kept beside the
     # items, which travel to every read task and evaluation actor
     tile_classes: dict[str, list[list[int]]] = field(default_factory=dict)
+    bit_depth: int = BIT_DEPTH  # data.bit_depth: what the images' pixels were decoded as
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
@@ -75,9 +76,14 @@ class PreparedData:
         split (train / val / test) and their tile counts. Checkpoints record it; resuming or evaluating members
         recorded on other data is refused."""
         if fold is not None:
-            return self.folds[fold].signature()
-        parts = [sorted((i["item_id"], i["tiles"]) for i in self.splits[name]) for name in ("train", "val", "test")]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+            signature = self.folds[fold].signature()
+        else:
+            parts = [sorted((i["item_id"], i["tiles"]) for i in self.splits[name]) for name in ("train", "val", "test")]
+            signature = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        if self.bit_depth == BIT_DEPTH:  # as recorded before bit depths existed
+            return signature
+        # other pixels from the same files: a member trained on one reading is not continued or kept on another
+        return hashlib.sha256(f"{signature}/bit_depth={self.bit_depth}".encode()).hexdigest()[:16]
 
     def tile_classes_of(self, items: list[dict]) -> dict[str, list[list[int]]]:
         """``tile_classes`` of these items only (e.g. a trial's training items), by item id."""
@@ -102,18 +108,20 @@ def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
     return codes
 
 
-def decode_scene(item: dict, limits: LimitSettings, storage: Storage) -> np.ndarray:
+def decode_scene(item: dict, limits: LimitSettings, storage: Storage, bit_depth: int = BIT_DEPTH) -> np.ndarray:
     """An item's input image, (H, W, C) uint8: its one picture as RGB, or its declared ``channels`` (the images of
-    one scene, each decoded by its mode) stacked in order. Raises DecodeError naming the image that does not fit
-    (unreadable, another size than the scene's first image, another number of bands)."""
+    one scene, each decoded by its mode) stacked in order; samples of more than 8 bits scaled from ``bit_depth``
+    bits (``data.bit_depth``). Raises DecodeError naming the image that does not fit (unreadable, another size
+    than the scene's first image, another number of bands, a sample above ``bit_depth`` bits)."""
     channels = item.get("channels")
     if not channels:
-        return decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels)
+        return decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels,
+                            bit_depth=bit_depth)
     stack = []
     for channel in channels:
         try:
             array = decode_channels(read_ref(channel["ref"], storage), channel["name"], limits.max_image_pixels,
-                                    channel["mode"], channel["bands"])
+                                    channel["mode"], channel["bands"], bit_depth=bit_depth)
         except DecodeError as exc:
             raise DecodeError(f"{channel['name']}: {exc}") from None
         if stack and array.shape[:2] != stack[0].shape[:2]:
@@ -124,13 +132,15 @@ def decode_scene(item: dict, limits: LimitSettings, storage: Storage) -> np.ndar
 
 
 def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage: Storage,
-                 scale: float = 1.0, with_codes: bool = False, instance_areas: list | None = None):
+                 scale: float = 1.0, with_codes: bool = False, instance_areas: list | None = None,
+                 bit_depth: int = BIT_DEPTH):
     """Decode, validate and rescale one item: (image uint8 (H, W, C), class-id mask uint8 (H, W) or None).
 
     ``instance_areas``: for instance-mask items, (class code, object area in px at full resolution) of each object
-    is appended to it. Raises DecodeError with the reason when the item cannot be used.
+    is appended to it; ``bit_depth``: as ``decode_scene``. Raises DecodeError with the reason when the item cannot
+    be used.
     """
-    image = decode_scene(item, limits, storage)
+    image = decode_scene(item, limits, storage, bit_depth)
     height, width = image.shape[:2]
     ids = None
     if item.get("mask") is not None:
@@ -210,7 +220,8 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "digest": None, "brightest": 0}
     try:
         if task is Task.CLASSIFICATION:
-            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
+            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels,
+                                 bit_depth=data.bit_depth)
             small, _ = resize_pair(image, None, data.tiling.size / max(image.shape[:2]))
             row["tiles"] = 1
             row["tile_classes"] = [[int(item["label"])]]
@@ -219,7 +230,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         else:
             areas: list[tuple[int, int]] = []
             image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True,
-                                                instance_areas=areas)
+                                                instance_areas=areas, bit_depth=data.bit_depth)
             row["pixels"] = np.bincount(full_ids.ravel(), minlength=256)[: classmap.num_classes].tolist()
             row["particles"] = _particles(full_ids, classmap.num_classes)
             for code, area in areas:  # true objects, to check particle counts and sizes against
@@ -259,14 +270,15 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
     """
     try:
         if item.get("label") is not None:
-            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels)
+            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels,
+                                 bit_depth=data.bit_depth)
             from PIL import Image
 
             size = data.tiling.size
             resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
             row = {"image": resized, "label": np.int64(item["label"])}
             return [row if repeats is None else {**row, "copies": np.int64(repeats[0] if repeats else 1)}]
-        image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale)
+        image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, bit_depth=data.bit_depth)
     except (DecodeError, StorageError, OSError) as exc:
         # scanned fine a moment ago: the file changed underneath us; keep going, say so
         log_event(log, "data.item.skipped", item=item["item_id"], reason=str(exc))
@@ -490,11 +502,12 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
     _warn_duplicates_across_splits(good, by_id)
     dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
-    if dark:  # 16-bit samples are scaled by 65535: a 12-bit camera's 4096 levels become 17
+    if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
         log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
+                  bit_depth=data.bit_depth,
                   hint=f"their brightest pixel is at most {DARK} of 255 after decoding: 10- or 12-bit camera frames "
-                       "stored in 16 bits (scaled by 65535, most grey levels lost)? Rescale them to their bit depth "
-                       "(8 bits, or 16 bits over the full range) before training")
+                       f"stored in 16-bit samples, read as {data.bit_depth}-bit (most grey levels lost)? Set "
+                       "data.bit_depth to the camera's bit depth (e.g. 12)")
     stats = _split_stats(items, by_id, classmap, good)
     for split in ("val", "test"):
         if good[split]:
@@ -542,7 +555,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
                                     np.flatnonzero((trained == 0) & (scored > 0))], data.split.stratify)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
-                                          for split in good.values() for i in split})
+                                          for split in good.values() for i in split}, bit_depth=data.bit_depth)
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
@@ -647,7 +660,7 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
             raise DataError(f"the {split} split of the data is empty: nothing to score", prepared.quarantine)
         return PreparedData(Task.SEGMENTATION, prepared.classmap, {"train": [], "val": [], "test": chosen},
                             prepared.quarantine, {"test": prepared.stats[split]}, normalization, data.tiling,
-                            data.limits)
+                            data.limits, bit_depth=data.bit_depth)
     items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), Task.SEGMENTATION)
     classmap = _resolve_classmap(data, Task.SEGMENTATION, folder_names)
     for item in items:
@@ -658,7 +671,7 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
         raise DataError("no usable labelled items in any source", quarantine)
     stats = _split_stats(items, by_id, classmap, good)
     prepared = PreparedData(Task.SEGMENTATION, classmap, good, quarantine, {"test": stats["test"]}, normalization,
-                            data.tiling, data.limits)
+                            data.tiling, data.limits, bit_depth=data.bit_depth)
     log_event(log, "data.prepared_for_scoring", items=len(good["test"]), quarantined=len(quarantine))
     return prepared
 

@@ -115,7 +115,8 @@ class EnsembleEvaluator:
         rows = ImageScores([], [], [], [], [], [])
         for text in batch["item"]:
             item = json.loads(text)
-            image, truth = load_example(item, classmap, spec.data.limits, spec.storage, spec.data.tiling.scale)
+            image, truth = load_example(item, classmap, spec.data.limits, spec.storage, spec.data.tiling.scale,
+                                        bit_depth=spec.data.bit_depth)
             prediction = self.runtime.predict_image(image, spec.tiling, spec.settings.batch_size)
             probs_t = prediction.probabilities[:, 0]  # (M, C, H, W)
             target = torch.from_numpy(truth.astype(np.int64))
@@ -538,6 +539,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "normalization": prepared.normalization,
         "channels": ([group.model_dump(mode="json") for group in spec.data.channel_groups]
                      if spec.data.sources[0].channels else None),
+        "bit_depth": spec.data.bit_depth,  # the manifest's: segment reads slides as these images were read
         "test_items": [i["item_id"] for i in prepared.splits["test"]],
     }
 

@@ -21,6 +21,7 @@ from minseg.data.config import DEFAULT_CHANNELS, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
+from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
 
@@ -65,6 +66,8 @@ class EnsembleManifest(StrictModel):
     channels: list[ImageChannels] | None = Field(
         None, description="the images of a scene in input-channel order (data.sources[].channels the members were "
                           "trained on); absent: one RGB image")
+    bit_depth: int = Field(BIT_DEPTH, ge=8, le=16, description="significant bits of the members' 16-bit input "
+                           "samples (data.bit_depth they were trained with); segment reads slides the same way")
     selection: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -82,8 +85,10 @@ class EnsembleManifest(StrictModel):
 
     def digest(self) -> str:
         """Identifies this ensemble (members' weights, fusion, tiling): outputs record it."""
-        # a manifest without declared channels (RGB) hashes as before they existed: finished slides stay finished
-        exclude = {"created", "metrics", "selection"} | ({"channels"} if self.channels is None else set())
+        # a manifest without declared channels (RGB) or bit depth hashes as before they existed: finished slides
+        # stay finished
+        exclude = {"created", "metrics", "selection"} | ({"channels"} if self.channels is None else set()) \
+            | ({"bit_depth"} if self.bit_depth == BIT_DEPTH else set())
         canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

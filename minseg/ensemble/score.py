@@ -52,7 +52,8 @@ class ScoreResult:
 
 
 def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: str) -> DataSettings:
-    """The data section to score with: its classes the manifest's (given or checked), its scale the manifest's.
+    """The data section to score with: its classes the manifest's (given or checked), its scale the manifest's,
+    its ``bit_depth`` the manifest's unless the data section sets one.
 
     Raises:
         InputError: no data section; classes named differently from the ensemble's.
@@ -86,7 +87,10 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
     if data.tiling.scale != manifest.tiling.scale:  # images are seen at the scale the members were selected at
         log_event(log, "score.scale_from_manifest", data_scale=data.tiling.scale, manifest_scale=manifest.tiling.scale)
     tiling = data.tiling.model_copy(update={"scale": manifest.tiling.scale})
-    return data.model_copy(update={"classes": classes, "tiling": tiling})
+    # 16-bit samples read as the ensemble's training images were (the same camera), unless data.bit_depth says
+    # what these images' camera records
+    bit_depth = data.bit_depth if "bit_depth" in data.model_fields_set else manifest.bit_depth
+    return data.model_copy(update={"classes": classes, "tiling": tiling, "bit_depth": bit_depth})
 
 
 def ensemble_candidate(manifest: EnsembleManifest) -> Candidate:

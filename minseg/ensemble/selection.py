@@ -22,6 +22,7 @@ from minseg.ensemble.config import EvaluationSettings, SelectionSettings, Tiling
 from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember, file_sha256
 from minseg.ensemble.voting import fuse, rank_weights
 from minseg.errors import InputError
+from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import Storage, join_uri
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 
@@ -449,6 +450,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
         classes=document["classes"], tiling=Tiling(**document["tiling"]),
         normalization=document["normalization"], channels=document.get("channels"),
+        bit_depth=document.get("bit_depth", BIT_DEPTH),
         selection={**(selection.model_dump(mode="json") if selection else document["selection"]),
                    "key": rank_key or document["rank_key"], "candidate": key,
                    "split": document.get("selection_split", "test"),

@@ -150,7 +150,7 @@ def block_from_json(text: str) -> Block:
 
 def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_tile: int) -> bytes:
     """The windows weighing on ``block`` and the block's pixels, packed (``BlockInput.payload``)."""
-    slide = open_scene(plan.uri, plan.channels, storage, plan.limits, SLIDES, plan.identity)
+    slide = open_scene(plan.uri, plan.channels, storage, plan.limits, SLIDES, plan.identity, plan.bit_depth)
     tiles = block_stitcher(plan, block, output_tile, lambda *_: None).region_tiles
     grid, tile = plan.grid, plan.tile
     windows = np.empty((len(tiles), tile, tile, plan.in_channels), np.uint8)

@@ -80,6 +80,9 @@ class SegmentSettings(StrictModel):
     pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
                                         description="µm per pixel of the segmented "
                                         "level; default: the slide's resolution tags, if any")
+    bit_depth: int | None = Field(None, ge=8, le=16, description="significant bits of slides stored with 16 bits "
+                                  "per sample (12: a 12-bit camera); default: the ensemble's (data.bit_depth of its "
+                                  "training images, the same camera). Set it for slides from another camera")
     limits: SlideLimitSettings = SlideLimitSettings()
 
     @model_validator(mode="before")

@@ -22,6 +22,7 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
     palette_colormap
 from minseg.inference.plan import SlidePlan
+from minseg.io.images import BIT_DEPTH
 from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.logs import get_logger, log_event
@@ -42,7 +43,9 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
             "include_image": settings.include_image, "compression": str(settings.compression),
             "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
             # what the block records were computed with
-            "preview_stride": plan.preview_stride, "mineralogy": plan.measure.key()}
+            "preview_stride": plan.preview_stride, "mineralogy": plan.measure.key(),
+            # the pixels read: absent at the default, as records written before bit depths existed
+            **({"bit_depth": plan.bit_depth} if plan.bit_depth != BIT_DEPTH else {})}
 
 
 #: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as

@@ -22,6 +22,7 @@ from minseg.ensemble.manifest import EnsembleManifest
 from minseg.ensemble.sliding import TileGrid
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
+from minseg.io.images import BIT_DEPTH
 from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError, SlideLimits
 from minseg.io.storage import Storage, StorageError, join_uri
 from minseg.logs import get_logger, log_event
@@ -59,6 +60,7 @@ class SlidePlan:
     # each source file's version (``Storage.version``): outputs of a file since replaced are
     # never taken as done, nor resumed
     identity: tuple[dict, ...] = ()
+    bit_depth: int = BIT_DEPTH  # significant bits of 16-bit samples (segment.bit_depth, else the manifest's)
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:
@@ -83,14 +85,16 @@ class SlidePlan:
 
 
 def open_scene(uri: str, channels: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits,
-               cache: SlideCache | None = None, identity: tuple[dict, ...] = ()) -> Slide | SceneSlide:
+               cache: SlideCache | None = None, identity: tuple[dict, ...] = (),
+               bit_depth: int = BIT_DEPTH) -> Slide | SceneSlide:
     """The slide at ``uri`` (RGB), or the scene its ``channels`` read (several aligned images, a grey or a
     multi-band image); through ``cache`` by each file's ``identity`` (``Storage.version``; a file replaced since
-    is opened afresh). Raises SlideError."""
+    is opened afresh); samples of more than 8 bits read as ``bit_depth``-bit (``Slide``). Raises SlideError."""
     versions = {entry["uri"]: json.dumps(entry, sort_keys=True) for entry in identity}
     if not channels:
-        return cache.get(uri, storage, limits, versions.get(uri)) if cache else Slide(uri, storage, limits=limits)
-    return SceneSlide(channels, storage, limits, cache, versions)
+        return cache.get(uri, storage, limits, versions.get(uri), bit_depth) if cache \
+            else Slide(uri, storage, limits=limits, bit_depth=bit_depth)
+    return SceneSlide(channels, storage, limits, cache, versions, bit_depth)
 
 
 def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: SegmentSettings, storage: Storage,
@@ -98,7 +102,8 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
                channels: tuple[ChannelSource, ...] = ()) -> SlidePlan:
     """Open the slide (or scene) once and plan it (module doc). A pixel size the slide gives that is not a finite
     positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
-    with open_scene(uri, channels, storage, settings.limits.limits()) as slide:
+    bit_depth = settings.bit_depth or manifest.bit_depth
+    with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -133,6 +138,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
                             pixel_size),
         limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels, identity=identity,
+        bit_depth=bit_depth,
     )
 
 

@@ -50,6 +50,7 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
+from minseg.io.images import BIT_DEPTH
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
@@ -206,6 +207,9 @@ def source_change(previous: dict, plan: SlidePlan) -> str | None:
     # file (redoing every slide of a survey after an upgrade would cost hours of GPU time for nothing)
     if "source_identity" in previous and previous["source_identity"] != list(plan.identity):
         return "the file changed since (size or modification time)"
+    if previous.get("bit_depth", BIT_DEPTH) != plan.bit_depth:
+        return (f"the outputs read its samples as {previous.get('bit_depth', BIT_DEPTH)}-bit, now "
+                f"{plan.bit_depth}-bit (segment.bit_depth or the ensemble's)")
     return None
 
 
@@ -609,7 +613,7 @@ class BlockRun:
         summary = {
             "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
             "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
-            "source_identity": list(plan.identity),
+            "source_identity": list(plan.identity), "bit_depth": plan.bit_depth,
             "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
             "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
             "formats": [str(f) for f in self.settings.formats],

@@ -6,7 +6,8 @@ Below ``data`` and ``io.slides``, which both decode pictures; errors are
 Pixels come out **as a viewer shows them**: the EXIF / TIFF Orientation is applied (a
 mask drawn on the picture as displayed lies on the same pixels), and TIFF samples are
 converted by their PhotometricInterpretation (MinIsWhite inverted, palettes looked up)
-and scaled by their BitsPerSample (12-bit data in 16-bit words is not 16× too dark).
+and scaled by their BitsPerSample (12-bit data in 16-bit words is not 16× too dark), or by a
+bit depth the user gives (``data.bit_depth``: a 12-bit camera's frames saved with 16 bits per sample).
 What cannot be shown faithfully (CMYK, CIE L*a*b*, float or signed samples, …) is refused
 naming the TIFF tag, never returned as if it were valid. docs/inputs.md lists the cases.
 """
@@ -126,7 +127,8 @@ class PixelFormat:
     colormap: np.ndarray | None = None
 
     def displayed(self, array: np.ndarray) -> np.ndarray:
-        """Stored samples (h, w) or (h, w, s), unsigned integers -> RGB uint8 (h, w, 3) as a viewer shows them."""
+        """Stored samples (h, w) or (h, w, s), unsigned integers -> RGB uint8 (h, w, 3) as a viewer shows them.
+        Raises DecodeError: a sample above ``bits`` (``scale_to_uint8``)."""
         if self.photometric == PALETTE:
             rgb = np.moveaxis(self.colormap[:, np.asarray(array, np.intp)], 0, -1)  # (h, w, 3) uint16
             return np.ascontiguousarray((rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8))
@@ -136,9 +138,28 @@ class PixelFormat:
         return to_rgb8(array)
 
 
+BIT_DEPTH = 16  # significant bits of 16-bit samples unless the user says otherwise (data.bit_depth)
+
+
+def significant_bits(stored: int, bit_depth: int = BIT_DEPTH) -> int:
+    """The bits that carry a sample's value: ``stored`` bits per sample (a TIFF's BitsPerSample, 16 for a 16-bit
+    PNG), or fewer when the user gives a camera's ``bit_depth`` (``data.bit_depth``: 12 for 0..4095 in 16-bit
+    words). Samples of 8 bits or fewer are as stored whatever ``bit_depth`` says."""
+    return stored if stored <= 8 else min(stored, bit_depth)
+
+
+def dtype_bits(array: np.ndarray, bit_depth: int = BIT_DEPTH) -> int:
+    """``significant_bits`` of samples stored in ``array``'s dtype (bool: 1, uint8: 8, uint16: 16)."""
+    return 1 if array.dtype == np.bool_ else significant_bits(array.dtype.itemsize * 8, bit_depth)
+
+
 def scale_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
     """Unsigned samples of ``bits`` significant bits -> uint8 over the full 0..255 range
-    (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place."""
+    (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place.
+
+    Raises DecodeError: signed or float samples; a sample above ``2**bits - 1`` (``bits`` below the
+    storage's: e.g. ``data.bit_depth`` 12 for frames with values up to 65535), never clipped silently.
+    """
     if array.dtype == np.uint8 and bits == 8:
         return array
     if array.dtype == np.bool_:
@@ -146,14 +167,19 @@ def scale_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
     if array.dtype.kind != "u":
         raise DecodeError(f"unsupported pixel type {array.dtype}")
     top = (1 << bits) - 1
-    return (np.minimum(array, top).astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
+    if bits < array.dtype.itemsize * 8 and array.size and (peak := int(array.max())) > top:
+        raise DecodeError(f"a sample of {peak} is above {top}, the largest {bits}-bit value: its samples are not "
+                          f"{bits}-bit (data.bit_depth {bits}; set the bit depth its camera records, 16 for samples "
+                          "over the whole 16-bit range)")
+    return (array.astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
 
 
-def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
+def tiff_pixel_format(page, mask: bool = False, bit_depth: int = BIT_DEPTH) -> PixelFormat:
     """Check a TIFF page's pixel encoding and say how to display it; DecodeError naming the tag otherwise.
 
     ``mask``: the page holds class codes, which must be read as stored (MinIsBlack or Palette
-    indices, or RGB colours), never converted.
+    indices, or RGB colours), never converted. ``bit_depth``: the significant bits of samples stored with
+    more than 8 (``significant_bits``); palette indices are always as stored.
     """
     if 262 in page.tags:
         photometric = int(page.photometric)
@@ -188,7 +214,7 @@ def tiff_pixel_format(page, mask: bool = False) -> PixelFormat:
         if colormap.shape[-1] < 1 << bits:
             raise DecodeError(f"ColorMap has {colormap.shape[-1]} entries for {bits}-bit indices "
                               f"({1 << bits} needed)")
-    return PixelFormat(photometric, bits, colormap)
+    return PixelFormat(photometric, bits if photometric == PALETTE else significant_bits(bits, bit_depth), colormap)
 
 
 #: series of whole-slide formats that go with the slide rather than being another image of it (tifffile's names)
@@ -261,10 +287,24 @@ def orient(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY,
-               colours: bool = False, exact: bool = False) -> np.ndarray:
+               colours: bool = False, exact: bool = False, bit_depth: int = BIT_DEPTH) -> np.ndarray:
     """The TIFF's one image (``tiff_main_series``), as displayed (images: RGB uint8) or as stored and oriented
     (masks; ``colours``: a palette mask looked up to RGB, for class maps keyed by colour). ``exact``: refuse
     lossy (JPEG) compression, which changes a mask's codes."""
+    array, pixel_format = _tiff_samples(data, max_pixels, mask, limit_key, exact, bit_depth)
+    if mask and not (colours and pixel_format.photometric == PALETTE):
+        return array
+    try:
+        return pixel_format.displayed(array)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
+
+
+def _tiff_samples(data: bytes, max_pixels: int, mask: bool = False, limit_key: str = LIMIT_KEY,
+                  exact: bool = False, bit_depth: int = BIT_DEPTH) -> tuple[np.ndarray, PixelFormat]:
+    """The TIFF's one image as stored and oriented, (h, w) or (h, w, samples), and how it is displayed."""
     import tifffile
 
     try:
@@ -276,60 +316,60 @@ def _read_tiff(data: bytes, max_pixels: int, mask: bool = False, limit_key: str 
             if height * width > max_pixels:
                 raise DecodeError(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
                                   f"{max_pixels:,} ({limit_key})")
-            pixel_format = tiff_pixel_format(page, mask)
+            pixel_format = tiff_pixel_format(page, mask, bit_depth)
             array = page.asarray()
             if int(page.planarconfig) == 2 and array.ndim == 3 and page.samplesperpixel > 1:
                 array = np.moveaxis(array, 0, -1)  # separate planes -> (h, w, samples)
-            array = orient(array, tiff_orientation(page))
-            if mask and not (colours and pixel_format.photometric == PALETTE):
-                return array
-            return pixel_format.displayed(array)
+            return orient(array, tiff_orientation(page)), pixel_format
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"unreadable TIFF ({type(exc).__name__}: {exc})") from None
 
 
-def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray:
-    """RGB uint8 (H, W, 3) as displayed; greyscale is repeated, alpha dropped, 16-bit scaled down.
+def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY,
+                 bit_depth: int = BIT_DEPTH) -> np.ndarray:
+    """RGB uint8 (H, W, 3) as displayed; greyscale is repeated, alpha dropped, 16-bit scaled down by their
+    significant bits (BitsPerSample, or ``bit_depth`` when fewer: ``significant_bits``).
 
     Raises DecodeError for unreadable files, what cannot be shown (naming the TIFF tag), a TIFF holding several
-    pages or images (``tiff_main_series``), and images over ``max_pixels`` (checked from the header, before
-    decoding; the message names ``limit_key``).
+    pages or images (``tiff_main_series``), images over ``max_pixels`` (checked from the header, before
+    decoding; the message names ``limit_key``), and samples above ``bit_depth`` bits (``scale_to_uint8``).
     """
     if name.lower().endswith(TIFF_SUFFIXES):
-        return _read_tiff(data, max_pixels, limit_key=limit_key)
+        return _read_tiff(data, max_pixels, limit_key=limit_key, bit_depth=bit_depth)
     image = _open_pil(data, name, max_pixels, limit_key)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image)
         if array.size and (array.min() < 0 or array.max() > 65535):
             raise DecodeError(f"32-bit integer pixels ({array.min()}..{array.max()}) are not an image minseg can show")
-        return to_rgb8(scale_to_uint8(array.astype(np.uint16), 16))  # older Pillow opens 16-bit PNGs as "I"
+        # older Pillow opens 16-bit PNGs as "I"
+        return to_rgb8(scale_to_uint8(array.astype(np.uint16), significant_bits(16, bit_depth)))
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # palette, bilevel, CMYK, LAB, RGBA ... as Pillow displays them
     return to_rgb8(np.asarray(image))
 
 
 def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: int | None = None,
-                    limit_key: str = LIMIT_KEY) -> np.ndarray:
+                    limit_key: str = LIMIT_KEY, bit_depth: int = BIT_DEPTH) -> np.ndarray:
     """(H, W, k) uint8 input channels of one image of a scene (``data.sources[].channels[].mode``):
 
     - ``rgb``: k = 3, as ``decode_image`` shows the file;
     - ``grey``: k = 1, the displayed picture's luminance (ITU-R 601-2, Pillow's ``L``): a grey file's own values;
     - ``bands``: k = ``bands``, every stored sample (a multi-band TIFF; PNG grey / RGB / RGBA as stored), 16-bit
-      scaled to 8 bits over the full range.
+      scaled to 8 bits over their significant bits (BitsPerSample, or ``bit_depth`` when fewer).
 
     Raises DecodeError as ``decode_image``, and when a file has another number of samples than ``bands``.
     """
     if mode == "rgb":
-        return decode_image(data, name, max_pixels, limit_key)
+        return decode_image(data, name, max_pixels, limit_key, bit_depth)
     if mode == "grey":
-        return luminance(decode_image(data, name, max_pixels, limit_key))
-    if name.lower().endswith(TIFF_SUFFIXES):
-        array = _read_tiff(data, max_pixels, mask=True, limit_key=limit_key)  # as stored, oriented
-    else:
-        array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
-    return stored_bands(array, bands)
+        return luminance(decode_image(data, name, max_pixels, limit_key, bit_depth))
+    if name.lower().endswith(TIFF_SUFFIXES):  # as stored, oriented
+        array, pixel_format = _tiff_samples(data, max_pixels, mask=True, limit_key=limit_key, bit_depth=bit_depth)
+        return stored_bands(array, bands, bits=None if pixel_format.photometric == PALETTE else pixel_format.bits)
+    array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
+    return stored_bands(array, bands, bits=dtype_bits(array, bit_depth))
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -339,11 +379,13 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
 
 
-def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = None) -> np.ndarray:
-    """(H, W, k) uint8 of stored samples, every one a channel, 16-bit scaled to 8 bits over the full range.
+def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = None,
+                 bits: int | None = None) -> np.ndarray:
+    """(H, W, k) uint8 of stored samples, every one a channel, scaled to 8 bits from their ``bits`` significant
+    bits (default: the dtype's, ``dtype_bits``).
 
     Raises DecodeError: another number of samples than ``bands`` (the message ends with ``expected``, by default
-    what ``channels[].bands`` says), or signed / float samples.
+    what ``channels[].bands`` says), signed / float samples, or a sample above ``bits`` (``scale_to_uint8``).
     """
     if array.ndim == 2:
         array = array[..., None]
@@ -352,8 +394,7 @@ def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = No
                           f"{expected or f', channels[].bands says {bands}'}")
     if array.dtype.kind not in "ub":
         raise DecodeError(f"{array.dtype} samples: minseg reads unsigned integer bands (8 or 16 bit)")
-    if array.dtype != np.uint8:
-        array = scale_to_uint8(array, 1 if array.dtype == np.bool_ else array.dtype.itemsize * 8)
+    array = scale_to_uint8(array, dtype_bits(array) if bits is None else bits)
     return np.ascontiguousarray(array)
 
 
@@ -377,15 +418,18 @@ def decode_samples(data: bytes, name: str, max_pixels: int,
     return decode_image(data, name, max_pixels, limit_key), None
 
 
-def show_samples(samples: np.ndarray, palette: np.ndarray | None) -> np.ndarray:
+def show_samples(samples: np.ndarray, palette: np.ndarray | None, bit_depth: int = BIT_DEPTH) -> np.ndarray:
     """RGB uint8 (H, W, 3) of ``decode_samples``' output, as ``decode_image`` shows the file."""
-    return np.ascontiguousarray(palette[samples]) if palette is not None else to_rgb8(samples)
+    if palette is not None:
+        return np.ascontiguousarray(palette[samples])
+    return to_rgb8(samples, dtype_bits(samples, bit_depth))
 
 
-def to_rgb8(array: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels."""
-    if array.dtype != np.uint8:  # unsigned samples over their full range (signed / float: refused there)
-        array = scale_to_uint8(array, 1 if array.dtype == np.bool_ else array.dtype.itemsize * 8)
+def to_rgb8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels of ``bits`` significant bits
+    (default: the dtype's). Raises DecodeError as ``scale_to_uint8``, or for another shape."""
+    if array.dtype != np.uint8:  # unsigned samples (signed / float: refused there)
+        array = scale_to_uint8(array, dtype_bits(array) if bits is None else bits)
     if array.ndim == 3 and array.shape[2] in (1, 2):  # grey, grey + alpha
         array = array[..., 0]
     if array.ndim == 2:

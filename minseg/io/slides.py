@@ -28,9 +28,9 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
-from minseg.io.images import (JPEG_COMPRESSIONS, JPEG_SUFFIXES, DecodeError, decode_samples, luminance, picture_shape,
-                              show_samples, stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format,
-                              to_rgb8)
+from minseg.io.images import (BIT_DEPTH, JPEG_COMPRESSIONS, JPEG_SUFFIXES, DecodeError, decode_samples, dtype_bits,
+                              luminance, picture_shape, show_samples, stored_bands, tiff_main_series, tiff_orientation,
+                              tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
@@ -130,11 +130,13 @@ class SlideLimits:
 
 @dataclass(frozen=True)
 class ReaderOptions:
-    """What :class:`Slide` hands every reader: limits and the slide's segment cache."""
+    """What :class:`Slide` hands every reader: limits, the slide's segment cache, and the significant bits of
+    samples stored with more than 8 (``images.significant_bits``; the ensemble's ``bit_depth``)."""
 
     max_raster_pixels: int  # formats decoded whole refuse larger images (DecodeError)
     cache: SegmentCache  # for formats decoded in pieces; key pieces by (level, index)
     limits: SlideLimits = SlideLimits()
+    bit_depth: int = BIT_DEPTH
 
 
 class SlideReader(Protocol):
@@ -144,7 +146,8 @@ class SlideReader(Protocol):
     that :class:`Slide` has already checked lies inside ``level`` (any integer dtype,
     (h, w) or (h, w, samples)); ``close`` releases files and may be called twice. A reader
     whose samples are not plain grey / RGB also has ``displayed(level, samples) -> RGB uint8``
-    (what a viewer shows: photometric interpretation, bit depth); without it ``to_rgb8`` is used.
+    (what a viewer shows: photometric interpretation, bit depth); without it ``to_rgb8`` is used. One that
+    knows its samples' significant bits better than their dtype (a 12-bit TIFF) has ``bits(level) -> int``.
     Opening and reading raise :class:`SlideError`, ``DecodeError`` or ``StorageError`` for
     bad input; anything else is reported as an unreadable slide / corrupt region.
     """
@@ -250,7 +253,7 @@ class TiffReader:
                     raise SlideError(f"{uri}: TIFF Orientation {orientation} (stored rotated or mirrored) is not "
                                      "supported for slides; re-save it top-left (Orientation 1)")
             try:  # how each level's samples are displayed, checked before any pixel is read
-                self._formats = [tiff_pixel_format(page) for page in self._levels]
+                self._formats = [tiff_pixel_format(page, bit_depth=options.bit_depth) for page in self._levels]
             except DecodeError as exc:
                 raise SlideError(f"{uri}: {exc}") from None
             base = self._levels[0]
@@ -286,6 +289,10 @@ class TiffReader:
     def displayed(self, level: int, region: np.ndarray) -> np.ndarray:
         """Stored samples of ``level`` -> RGB uint8 as a viewer shows them (photometric, bit depth)."""
         return self._formats[level].displayed(region)
+
+    def bits(self, level: int) -> int:
+        """The significant bits of ``level``'s samples (BitsPerSample, or the bit depth when fewer)."""
+        return self._formats[level].bits
 
     def _segment(self, level: int, page, keyframe, index: int) -> np.ndarray:
         key = (level, index)
@@ -332,6 +339,7 @@ class RasterReader:
         name = uri.lower().rsplit("/", 1)[-1]
         self._uri, self._storage, self._name = uri, storage, name
         self._max_pixels = options.max_raster_pixels
+        self._bit_depth = options.bit_depth
         self._limit_key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels \
             else "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
         with storage.open_read(uri) as stream:
@@ -354,7 +362,7 @@ class RasterReader:
         return self._pixels[y : y + height, x : x + width]
 
     def displayed(self, level: int, region: np.ndarray) -> np.ndarray:
-        return show_samples(region, self._palette)
+        return show_samples(region, self._palette, self._bit_depth)
 
     def close(self) -> None:
         self._pixels = None
@@ -374,18 +382,21 @@ class Slide:
 
     The reader is chosen by file suffix (see :func:`slide_reader_for`). Raises SlideError
     naming the slide and the reason when it is not a format minseg reads, is missing or
-    cannot be parsed.
+    cannot be parsed. ``bit_depth``: the significant bits of samples stored with more than 8
+    (12 for a 12-bit camera's frames in 16-bit TIFFs; ``images.significant_bits``); reading a
+    region with a sample above it raises SlideError.
     """
 
     def __init__(self, uri: str, storage: Storage | None = None, max_raster_pixels: int = 400_000_000,
-                 cache_bytes: int = 96 << 20, limits: SlideLimits | None = None):
+                 cache_bytes: int = 96 << 20, limits: SlideLimits | None = None, bit_depth: int = BIT_DEPTH):
         self.uri = uri
+        self.bit_depth = bit_depth  # significant bits of samples stored with more than 8 (the ensemble's)
         self.storage = storage or Storage()
         self._cache = SegmentCache(cache_bytes)
         limits = limits or SlideLimits()
         try:
             entry = slide_reader_for(uri)
-            options = ReaderOptions(min(max_raster_pixels, limits.max_pixels), self._cache, limits)
+            options = ReaderOptions(min(max_raster_pixels, limits.max_pixels), self._cache, limits, bit_depth)
             self._reader: SlideReader = entry.opener(uri, self.storage, options)
         except SlideError:
             raise
@@ -416,7 +427,7 @@ class Slide:
             if not rgb:
                 return np.ascontiguousarray(region)
             displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
-            return displayed(level, region) if displayed else to_rgb8(region)
+            return displayed(level, region) if displayed else to_rgb8(region, dtype_bits(region, self.bit_depth))
         except (DecodeError, StorageError) as exc:  # a PNG/JPEG is fetched and decoded on its first read
             raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:
@@ -424,6 +435,12 @@ class Slide:
         except Exception as exc:
             raise SlideError(f"{self.uri}: corrupt data in region y={y} x={x} {height}x{width} "
                              f"({type(exc).__name__}: {exc})") from None
+
+    def sample_bits(self, level: int, region: np.ndarray) -> int:
+        """The significant bits of ``region``, stored samples of ``level`` (``read_region(rgb=False)``): what
+        the reader knows (a 12-bit TIFF), else its dtype's, at most ``bit_depth`` (``images.significant_bits``)."""
+        bits = getattr(self._reader, "bits", None)
+        return bits(level) if bits else dtype_bits(region, self.bit_depth)
 
     def close(self) -> None:
         self._reader.close()
@@ -507,11 +524,12 @@ class SlideCache:
         while another of them opens), and the scene before it stays warm."""
         self.capacity = max(self.capacity, count)
 
-    def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None, version: Hashable = None) -> Slide:
-        key = (uri, version)
+    def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None, version: Hashable = None,
+            bit_depth: int = BIT_DEPTH) -> Slide:
+        key = (uri, version, bit_depth)  # read with another bit depth, the same file shows other pixels
         for stale in [k for k in self._slides if k[0] == uri and k != key]:  # that file is gone: so is its slide
             self._slides.pop(stale).close()
-        slide = self._slides.pop(key, None) or Slide(uri, storage, limits=limits)
+        slide = self._slides.pop(key, None) or Slide(uri, storage, limits=limits, bit_depth=bit_depth)
         self._slides[key] = slide
         while len(self._slides) > self.capacity:
             _, old = self._slides.popitem(last=False)
@@ -539,8 +557,9 @@ class ChannelSource:
         if self.mode == "grey":
             return luminance(slide.read_region(y, x, height, width, level))
         try:
-            return stored_bands(slide.read_region(y, x, height, width, level, rgb=False), self.bands,
-                                f"; the ensemble reads {self.bands} channels from it")
+            region = slide.read_region(y, x, height, width, level, rgb=False)
+            return stored_bands(region, self.bands, f"; the ensemble reads {self.bands} channels from it",
+                                slide.sample_bits(level, region))
         except DecodeError as exc:
             raise SlideError(f"{self.uri}: {exc}") from None
 
@@ -553,15 +572,16 @@ class SceneSlide:
     """
 
     def __init__(self, sources: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits | None = None,
-                 cache: "SlideCache | None" = None, versions: dict[str, Hashable] | None = None):
+                 cache: "SlideCache | None" = None, versions: dict[str, Hashable] | None = None,
+                 bit_depth: int = BIT_DEPTH):
         self.sources = sources
         self.slides: list[Slide] = []
         if cache is not None:
             cache.reserve(2 * len(sources))
         try:
             for source in sources:
-                self.slides.append(cache.get(source.uri, storage, limits, (versions or {}).get(source.uri)) if cache
-                                   else Slide(source.uri, storage, limits=limits))
+                self.slides.append(cache.get(source.uri, storage, limits, (versions or {}).get(source.uri), bit_depth)
+                                   if cache else Slide(source.uri, storage, limits=limits, bit_depth=bit_depth))
             first = self.slides[0]
             for source, slide in zip(sources[1:], self.slides[1:]):
                 if slide.info.levels[0] != first.info.levels[0]:

@@ -314,6 +314,40 @@ def test_what_the_run_loses_is_said_on_the_console(ray_session, tmp_path, caplog
         empty["test"]["hint"]
 
 
+def test_twelve_bit_frames_with_data_bit_depth(ray_session, tmp_path, caplog):
+    """12-bit camera frames in 16-bit PNGs: with data.bit_depth 12 they fill 0..255 (no images_dark warning), a
+    frame with a sample above 4095 is quarantined naming the value, and the data signature tells the readings
+    apart (a member trained on one is not resumed or evaluated on the other)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    root = tmp_path / "cam"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    greens = {}
+    for index in range(3):
+        image, mask = render_section(20 + index, 48, 48)
+        greens[f"f{index}.png"] = image[..., 1]
+        frame = (image[..., 1].astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 0..4095
+        if index == 2:
+            frame[3, 4] = 4096
+        Image.fromarray(frame).save(root / "images" / f"f{index}.png")
+        (root / "masks" / f"f{index}.png").write_bytes(png_bytes(mask))
+    data = settings(root, split={"train": 0.5, "val": 0.5, "test": 0.0}, bit_depth=12)
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):
+        prepared = prepare(data, tmp=tmp_path / "work")
+    assert "data.images_dark" not in {r.getMessage() for r in caplog.records}
+    (bad,) = prepared.quarantine
+    assert bad.file.endswith("f2.png") and "a sample of 4096 is above 4095" in bad.reason
+    item = prepared.splits["train"][0]
+    image, _ = load_example(item, prepared.classmap, data.limits, Storage(), bit_depth=12)
+    assert np.array_equal(image[..., 0], greens[item["image_name"].rsplit("/", 1)[-1]])  # the camera's 8-bit view
+    assert load_example(item, prepared.classmap, data.limits, Storage())[0].max() <= 16
+    assert prepared.bit_depth == 12
+    assert prepared.data_signature() != replace(prepared, bit_depth=16).data_signature()
+
+
 def test_rgb_colour_masks(tmp_path):
     classmap = ClassMap.from_settings(validate_config(
         {"classes": [{"name": "bg", "color": [0, 0, 0]}, {"name": "ore", "color": [255, 0, 0]}],

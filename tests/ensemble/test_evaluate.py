@@ -408,12 +408,16 @@ def test_select_says_which_split_chooses_and_warns_on_documents_without_validati
     assert "chosen on the val split" in captured.out and "warning" not in captured.err
     assert load_manifest(f"{folder}/manifest-again.json").selection["split"] == "val"
     old = json.loads(Storage().read_text(f"{folder}/evaluation.json"))
+    assert old["bit_depth"] == 16  # data.bit_depth, for the manifest (segment reads slides with it)
     in_sample = {k: v for k, v in old.items() if k != "learned_held_out_weights"}  # written before out-of-fold scores
+    in_sample["bit_depth"] = 12  # as if the members had trained on a 12-bit camera's frames
     shutil.copytree(folder, tmp_path / "in-sample")
     (tmp_path / "in-sample" / "evaluation.json").write_text(json.dumps(in_sample))
     assert main(["select", str(tmp_path / "in-sample"), "--name", "in-sample"]) == 0
     assert "predates scoring learned candidates out of fold" in capsys.readouterr().err
+    assert load_manifest(str(tmp_path / "in-sample" / "manifest-in-sample.json")).bit_depth == 12
     old.pop("selection_split")
+    old.pop("bit_depth")
     for candidate in old["candidates"]:
         candidate.pop("selection_metrics")
     shutil.copytree(folder, tmp_path / "old")
@@ -423,6 +427,7 @@ def test_select_says_which_split_chooses_and_warns_on_documents_without_validati
     assert "predates choosing on validation" in captured.err and "chosen on the test split" in captured.out
     best_on_test = sorted(evaluation.candidates, key=lambda c: (-c.metrics["miou"], c.tpi, c.key))[0]
     assert load_manifest(str(tmp_path / "old" / "manifest-old.json")).selection["candidate"] == best_on_test.key
+    assert load_manifest(str(tmp_path / "old" / "manifest-old.json")).bit_depth == 16
 
 
 def test_every_record_is_standard_json_and_undefined_scores_read_back_as_undefined(trained_ensemble, evaluation,

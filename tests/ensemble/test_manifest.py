@@ -83,3 +83,24 @@ def test_fitted_learned_weights_keep_every_class():
     weights = np.asarray(fit_learned_weights([{"probs": probs, "truth": truth}], 2, 3, "accuracy", ["a", "b", "c"],
                                              True, 255))
     assert (weights.sum(axis=0) > 0).all()
+
+
+def test_the_bit_depth_travels_with_the_ensemble(manifests, tmp_path):
+    """The training images' bit depth (data.bit_depth) is the manifest's: outputs of manifests written before it
+    existed keep their digest at the default, another bit depth is another ensemble's outputs, and score reads its
+    images with it unless its data section says theirs."""
+    from minseg.config.base import validate_config
+    from minseg.data.config import DataSettings
+    from minseg.ensemble.score import scoring_data
+
+    plain = loads(tmp_path, manifests["soft"])
+    sixteen = loads(tmp_path, edited(manifests["soft"], bit_depth=16))
+    twelve = loads(tmp_path, edited(manifests["soft"], bit_depth=12))
+    assert plain.bit_depth == 16 and twelve.bit_depth == 12
+    assert sixteen.digest() == plain.digest() != twelve.digest()
+    with pytest.raises(ManifestError, match="bit_depth"):
+        loads(tmp_path, edited(manifests["soft"], bit_depth=20))
+    data = validate_config({"sources": [{"uri": str(tmp_path)}]}, DataSettings)
+    assert scoring_data(data, twelve, "m.json").bit_depth == 12
+    own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
+    assert scoring_data(own, twelve, "m.json").bit_depth == 14

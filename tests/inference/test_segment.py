@@ -222,6 +222,36 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert list(document["blocks_per_node"].values()) == [document["blocks"]]  # one local node did them all
 
 
+def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session, manifests, tmp_path):
+    """An ensemble trained with data.bit_depth 12 (its manifest's bit_depth) reads a 12-bit camera's 16-bit TIFF as
+    the same picture in 8 bits: the same labels; a sample above 4095 fails that slide naming the value; and
+    segment.bit_depth overrides it (slides of another camera), redoing a slide read the other way."""
+    from PIL import Image
+
+    document = json.loads(Path(manifests["soft"]).read_text())
+    twelve = tmp_path / "manifest-12.json"
+    twelve.write_text(json.dumps({**document, "bit_depth": 12}))
+    rng = np.random.default_rng(5)
+    eight = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    eight[:, :35] //= 4  # dark and bright halves: a reading off by a scale would change the labels
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    frame = (eight.astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 0..4095, back to ``eight`` at 12 bits
+    tifffile.imwrite(tmp_path / "camera.tif", frame, photometric="rgb")
+    frame[20, 30, 1] = 4096
+    tifffile.imwrite(tmp_path / "bright.tif", frame, photometric="rgb")
+    slides = [str(tmp_path / name) for name in ("eight.png", "camera.tif", "bright.tif")]
+    out = tmp_path / "out"
+    summary = run(str(twelve), slides, out)
+    assert sorted(d["slide"] for d in summary.done) == ["camera", "eight"]
+    (failure,) = summary.failed
+    assert failure.slide == "bright" and "bright.tif: a sample of 4096 is above 4095" in failure.reason
+    assert np.array_equal(zarr_levels(out / "camera")[0], zarr_levels(out / "eight")[0])
+    assert json.loads((out / "camera" / "summary.json").read_text())["bit_depth"] == 12
+    again = run(str(twelve), slides[1:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
+    assert [d["slide"] for d in again.done] == ["camera"] and not again.skipped
+    assert json.loads((out / "camera" / "summary.json").read_text())["bit_depth"] == 16
+
+
 def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifests, test_slides, tmp_path):
     """The distributed pipeline computes what predict_image + fuse compute on the whole image."""
     import torch

@@ -1,0 +1,135 @@
+"""A camera's bit depth in 16-bit samples (``data.bit_depth``, the manifest's, ``segment.bit_depth``): every decoder
+scales 0..2**bits-1 to 0..255, refuses a sample above it naming the file, and leaves 8-bit pictures alone."""
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from minseg.io.images import DecodeError, decode_channels, decode_image, significant_bits, to_rgb8
+from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError
+from minseg.io.storage import Storage
+
+TWELVE = (np.arange(48 * 64, dtype=np.uint16) * 7 % 4096).reshape(48, 64)  # a 12-bit camera's frame, 0..4095
+SHOWN = np.round(TWELVE * (255 / 4095)).astype(np.uint8)  # what it shows over 0..255
+
+
+def tiff(array, **options) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+def png(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_significant_bits():
+    assert significant_bits(16, 12) == 12 and significant_bits(16) == 16
+    assert significant_bits(12, 16) == 12 and significant_bits(12, 10) == 10  # BitsPerSample 12, a 10-bit camera
+    assert significant_bits(8, 12) == 8 and significant_bits(1, 12) == 1  # 8-bit and fewer: as stored
+
+
+@pytest.mark.parametrize("name,data", [("frame.tif", tiff(TWELVE, photometric="minisblack")),
+                                       ("frame.png", png(TWELVE))])
+def test_twelve_bit_frames_in_16_bit_files_fill_the_range(name, data):
+    dark = decode_image(data, name, 10**8)  # as 16-bit: 4096 grey levels become 17
+    assert dark.max() <= 16
+    shown = decode_image(data, name, 10**8, bit_depth=12)
+    assert shown.shape == (48, 64, 3) and np.array_equal(shown[..., 0], SHOWN) and shown.max() == 255
+    np.testing.assert_array_equal(decode_channels(data, name, 10**8, "grey", bit_depth=12)[..., 0], SHOWN)
+
+
+def test_a_sample_above_the_bit_depth_is_refused_never_clipped():
+    frame = TWELVE.copy()
+    frame[5, 7] = 5000
+    for name, data in (("frame.tif", tiff(frame, photometric="minisblack")), ("frame.png", png(frame))):
+        with pytest.raises(DecodeError, match=r"a sample of 5000 is above 4095, the largest 12-bit value.*"
+                                              r"data\.bit_depth 12"):
+            decode_image(data, name, 10**8, bit_depth=12)
+        assert decode_image(data, name, 10**8).shape == (48, 64, 3)  # 16-bit: fine
+
+
+def test_8_bit_pictures_and_low_bitspersample_tiffs_are_as_before():
+    eight = (TWELVE // 16).astype(np.uint8)
+    for data, name in ((png(eight), "a.png"), (tiff(eight, photometric="minisblack"), "a.tif")):
+        assert np.array_equal(decode_image(data, name, 10**8, bit_depth=12)[..., 0], eight)
+    packed = tiff(TWELVE, photometric="minisblack", bitspersample=12)  # BitsPerSample 12: its own range
+    assert np.array_equal(decode_image(packed, "p.tif", 10**8)[..., 0], SHOWN)
+    assert np.array_equal(decode_image(packed, "p.tif", 10**8, bit_depth=16)[..., 0], SHOWN)
+
+
+def test_bands_use_the_bits_of_their_samples():
+    bands = np.dstack([TWELVE, 4095 - TWELVE])
+    expected = np.dstack([SHOWN, np.round((4095 - TWELVE) * (255 / 4095)).astype(np.uint8)])
+    stored = tiff(bands, photometric="minisblack", planarconfig="contig")
+    np.testing.assert_array_equal(decode_channels(stored, "b.tif", 10**8, "bands", 2, bit_depth=12), expected)
+    # BitsPerSample 12 read as bands: scaled by 4095 (it was scaled by 65535, as dark as 16-bit)
+    packed = tiff(bands, photometric="minisblack", planarconfig="contig", bitspersample=12)
+    np.testing.assert_array_equal(decode_channels(packed, "b.tif", 10**8, "bands", 2), expected)
+    with pytest.raises(DecodeError, match="above 1023, the largest 10-bit value"):
+        decode_channels(stored, "b.tif", 10**8, "bands", 2, bit_depth=10)
+
+
+def test_slides_read_with_the_bit_depth(tmp_path):
+    frame = np.tile(TWELVE, (3, 3))  # 144 x 192: several 32-px tiles
+    shown = np.tile(SHOWN, (3, 3))
+    tiled = tmp_path / "slide.tif"
+    tifffile.imwrite(tiled, frame, photometric="minisblack", tile=(32, 32))
+    (tmp_path / "slide.png").write_bytes(png(frame))
+    for path in (tiled, tmp_path / "slide.png"):
+        with Slide(str(path), bit_depth=12) as slide:
+            assert np.array_equal(slide.read_region(10, 20, 100, 150)[..., 1], shown[10:110, 20:170])
+        with Slide(str(path)) as slide:  # the default: 16 bits
+            assert slide.read_region(0, 0, 144, 192).max() <= 16
+    bands = tmp_path / "bands.tif"
+    tifffile.imwrite(bands, np.dstack([frame, frame]), photometric="minisblack", planarconfig="contig", tile=(32, 32))
+    with SceneSlide((ChannelSource(str(bands), "bands", 2), ChannelSource(str(tiled), "grey")), Storage(),
+                    bit_depth=12) as scene:
+        region = scene.read_region(0, 0, 144, 192)
+        assert region.shape == (144, 192, 3) and all(np.array_equal(region[..., c], shown) for c in range(3))
+    bright = frame.copy()
+    bright[100, 150] = 40000
+    tifffile.imwrite(tmp_path / "bright.tif", bright, photometric="minisblack", tile=(32, 32))
+    with Slide(str(tmp_path / "bright.tif"), bit_depth=12) as slide:
+        assert slide.read_region(0, 0, 64, 64).max() == 255  # tiles without it read fine
+        with pytest.raises(SlideError, match=r"bright\.tif: a sample of 40000 is above 4095"):
+            slide.read_region(96, 128, 32, 32)
+
+
+def test_the_slide_cache_keeps_readings_of_two_bit_depths_apart(tmp_path):
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, TWELVE, photometric="minisblack", tile=(32, 32))
+    cache = SlideCache()
+    assert cache.get(str(path), Storage(), bit_depth=12).read_region(0, 0, 48, 64).max() == 255
+    assert cache.get(str(path), Storage()).read_region(0, 0, 48, 64).max() <= 16
+
+
+def test_a_registered_reader_without_bits_is_read_by_its_dtype(tmp_path):
+    from minseg.io.slides import SlideInfo, register_slide_reader, unregister_slide_reader
+
+    class Reader:  # a format with 16-bit samples and no displayed(): to_rgb8 with the slide's bit depth
+        def __init__(self, uri, storage, options):
+            self.pixels = np.load(io.BytesIO(storage.read_bytes(uri)))
+            self.info = SlideInfo(uri, "npy", (self.pixels.shape[:2],), None)
+
+        def read_region(self, level, y, x, height, width):
+            return self.pixels[y : y + height, x : x + width]
+
+        def close(self):
+            pass
+
+    path = tmp_path / "frame.npybits"
+    with open(path, "wb") as file:
+        np.save(file, TWELVE)
+    register_slide_reader("npybits", suffixes=(".npybits",))(Reader)
+    try:
+        with Slide(str(path), bit_depth=12) as slide:
+            assert np.array_equal(slide.read_region(0, 0, 48, 64), to_rgb8(SHOWN))
+            assert slide.sample_bits(0, slide.read_region(0, 0, 4, 4, rgb=False)) == 12
+    finally:
+        unregister_slide_reader("npybits")
