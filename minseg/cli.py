@@ -335,9 +335,10 @@ def cmd_segment(args) -> int:
     updates = {"slides": args.slides if given else None, "scenes": (args.scene or []) if given else None,
                "manifest_uri": args.manifest, "output_uri": args.out,
                "level": args.level, "force": True if args.force else None, "actors": args.actors,
-               "block": args.block, "formats": args.format}
+               "block": args.block, "formats": args.format, "bit_depth": args.bit_depth}
     flags = {"slides": "SLIDES", "scenes": "--scene", "manifest_uri": "--manifest", "output_uri": "--out",
-             "level": "--level", "force": "--force", "actors": "--actors", "block": "--block", "formats": "--format"}
+             "level": "--level", "force": "--force", "actors": "--actors", "block": "--block", "formats": "--format",
+             "bit_depth": "--bit-depth"}
     config.segment = _section(SegmentSettings, (config.segment or SegmentSettings()).model_dump(), updates, flags,
                               "segment", args)
     _check_output(config.segment.output(config.run.uri), "--out" if args.out else "segment.output_uri", "segment",
@@ -641,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--actors", type=int, help="inference actors")
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
     segment.add_argument("--block", type=int, help="output block side in pixels (default 4096): one worker's unit")
+    segment.add_argument("--bit-depth", type=int, metavar="BITS",
+                         help="significant bits of slides stored with 16 bits per sample, e.g. 12 for a 12-bit "
+                              "camera (default: the ensemble's, data.bit_depth of its training images)")
     segment.add_argument("--format", action="append", choices=["zarr", "tiff"],
                          help="outputs: the OME-Zarr is always written; --format tiff adds labels.tif / "
                               "uncertainty.tif (repeatable)")

@@ -182,6 +182,8 @@ def test_a_tiff_with_non_square_pixels_is_refused(tmp_path, capsys):
      ["--level: segment.level: Input should be greater than or equal to 0 (got -1)",
       "--actors: segment.actors: Input should be greater than or equal to 1 (got 0)"]),
     (["segment", "s.png", "--block", "100"], ["--block: segment.block: 100 is not a multiple of output_tile (512)"]),
+    (["segment", "s.png", "--bit-depth", "20"],
+     ["--bit-depth: segment.bit_depth: Input should be less than or equal to 16 (got 20)"]),
     (["measure", "m.png", "--pixel-size-um", "0"], ["--pixel-size-um: measure.pixel_size_um: Input should be greater "
                                                      "than 0"]),
     (["measure", "m.png", "--pixel-size-um", "inf"], ["--pixel-size-um: measure.pixel_size_um: Input should be a "

@@ -133,3 +133,19 @@ def test_a_registered_reader_without_bits_is_read_by_its_dtype(tmp_path):
             assert slide.sample_bits(0, slide.read_region(0, 0, 4, 4, rgb=False)) == 12
     finally:
         unregister_slide_reader("npybits")
+
+
+def test_a_real_section_saved_by_a_12_bit_camera_reads_as_its_8_bit_photograph(shared_data, tmp_path):
+    """A LumenStone photograph as a 12-bit camera's 16-bit TIFF (each value v * 4095 // 255) and a region of a real
+    slide the same way: read with bit depth 12, the very pixels of the 8-bit originals."""
+    photograph = decode_image((shared_data / "lumenstone" / "images" / "03.jpg").read_bytes(), "03.jpg", 10**9)
+    frame = (photograph.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    data = tiff(frame, photometric="rgb", compression="zlib")
+    assert np.array_equal(decode_image(data, "03.tif", 10**9, bit_depth=12), photograph)
+    with Slide(str(shared_data / "slides" / "CMU-1-Small-Region.svs")) as slide:
+        region = slide.read_region(1000, 800, 300, 400)
+    path = tmp_path / "region.tif"
+    tifffile.imwrite(path, (region.astype(np.uint32) * 4095 // 255).astype(np.uint16), photometric="rgb",
+                     tile=(64, 64), compression="zlib")
+    with Slide(str(path), bit_depth=12) as slide:
+        assert np.array_equal(slide.read_region(0, 0, 300, 400), region)
