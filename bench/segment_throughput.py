@@ -75,7 +75,7 @@ def single_process(manifest_uri: str, slides: list[str], out: str, args) -> floa
                                  settings.output_tile))
         arrays = SegmentationArrays(join_uri(plan.output_uri, ZARR), storage)
         segment_block(segmenter.predict, plan, block, data["windows"], data["rows"], data["cols"], data["image"],
-                      arrays, storage, settings, segmenter.batch_size)
+                      arrays, storage, settings, segmenter.batch_size, int(data["brightest"]))
         finish_slide(plan, settings, storage, classes, {}, {})
         assert len(slide_blocks(plan.height, plan.width, settings.block)) == 1
     return time.perf_counter() - started

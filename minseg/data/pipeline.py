@@ -30,7 +30,7 @@ from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
-from minseg.io.images import BIT_DEPTH, DecodeError, decode_channels, decode_image, decode_mask, mask_palette
+from minseg.io.images import BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, mask_palette
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
 from minseg.data.tiling import extract_tile, tile_grid
@@ -562,7 +562,6 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
 
 _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
-DARK = 16  # brightest decoded value of an image "too dark": a 12-bit range in 16-bit samples decodes to 0..16
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:

@@ -94,6 +94,9 @@ def unpack(data: bytes) -> dict[str, np.ndarray]:
         return dict(loaded)
 
 
+UNKNOWN = -1  # a block record's brightest input value when it was written before they were kept
+
+
 @dataclass
 class BlockRecord:
     """What a finished block leaves for its slide's finishing step: its grains and particles (whole ones as
@@ -107,20 +110,23 @@ class BlockRecord:
     preview_labels: np.ndarray
     windows: int
     seconds: float
+    brightest: int = UNKNOWN  # the brightest input value of the block's pixels (0..255, every channel)
 
     def to_bytes(self) -> bytes:
         b = self.block
         return pack(block=np.asarray([b.row, b.col, b.top, b.bottom, b.left, b.right], np.int64),
                     uncertainty_sum=np.asarray(self.uncertainty_sum, np.int64), preview_image=self.preview_image,
                     preview_labels=self.preview_labels, windows=np.asarray(self.windows),
-                    seconds=np.asarray(self.seconds), **self.mineralogy.to_arrays())
+                    seconds=np.asarray(self.seconds), brightest=np.asarray(self.brightest, np.int16),
+                    **self.mineralogy.to_arrays())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "BlockRecord":
         arrays = unpack(data)
         return cls(Block(*(int(v) for v in arrays["block"])), BlockMineralogy.from_arrays(arrays),
                    int(arrays["uncertainty_sum"]), arrays["preview_image"],
-                   arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]))
+                   arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]),
+                   int(arrays["brightest"]) if "brightest" in arrays else UNKNOWN)  # records of an older run
 
 
 # -- stage 1: reads (CPU tasks) -------------------------------------------------
@@ -163,9 +169,11 @@ def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_ti
         if bottom > top and right > left:
             image[top - block.top : bottom - block.top, left - block.left : right - block.left] = \
                 windows[index, top - y : bottom - y, left - x : right - x]
-    # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image
+    # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image; its
+    # brightest value over every channel says whether the slide reads nearly black (a bit depth not set)
     return pack(windows=windows, rows=np.asarray([r for r, _ in tiles], np.int32),
-                cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image, plan.first_channels))
+                cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image, plan.first_channels),
+                brightest=np.asarray(image.max() if image.size else 0, np.int16))
 
 
 def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], output_tile: int) -> dict:
@@ -207,7 +215,8 @@ class BlockDone(Columns):
 
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  image: np.ndarray, arrays, storage: Storage, settings, batch_size: int) -> BlockRecord:
+                  image: np.ndarray, arrays, storage: Storage, settings, batch_size: int,
+                  brightest: int = UNKNOWN) -> BlockRecord:
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
@@ -215,6 +224,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         arrays: the slide's ``ngff.SegmentationArrays``.
         batch_size: windows per ``predict`` call: the predictor's own batch size (``BlockSegmenter.batch_size``,
             which GPU memory may set below ``settings.batch_size``), so no call pads a second batch.
+        brightest: the block's brightest input value (``read_block``'s), recorded for the slide's summary.
     """
     from minseg.io.tiff import halve
 
@@ -253,7 +263,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),
-        windows=len(windows), seconds=time.perf_counter() - started,
+        windows=len(windows), seconds=time.perf_counter() - started, brightest=int(brightest),
     )
     storage.write_bytes(record_uri(plan.output_uri, block), record.to_bytes())  # after the chunks: "block done"
     return record

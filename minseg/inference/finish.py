@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from minseg.enums import OutputFormat, PreviewFormat
-from minseg.inference.blocks import RECORDS, Block, BlockRecord, block_levels, record_uri, slide_blocks
+from minseg.inference.blocks import RECORDS, UNKNOWN, Block, BlockRecord, block_levels, record_uri, slide_blocks
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
     palette_colormap
@@ -147,6 +147,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
     windows = uncertainty_sum = 0
     block_seconds = 0.0
+    brightest: int | None = 0  # None: a block recorded by a run before they were kept
     with staged_tables(spec, plan.height, plan.width, storage, plan.output_uri) as tables:
         measured = SlideMineralogy(spec, plan.height, plan.width, tables)
         for block in blocks:  # one record in memory at a time
@@ -156,6 +157,8 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
             windows += record.windows
             uncertainty_sum += record.uncertainty_sum
             block_seconds += record.seconds
+            if brightest is not None:
+                brightest = None if record.brightest == UNKNOWN else max(brightest, record.brightest)
         mineralogy = measured.finish()
     mineralogy["colours"] = class_colours(classes).tolist()
     files = {"zarr": ZARR, "summary": SUMMARY, "mineralogy": DOCUMENT}
@@ -188,6 +191,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         # the headline of mineralogy.json (which also has liberation by size fraction and the raw tallies)
         **{key: mineralogy[key] for key in HEADLINE},
         "mean_uncertainty": round(uncertainty_sum / total / 255.0, 5),
+        "brightest": brightest,  # the input's brightest value, 0..255 (segment.slide_dark when at most DARK)
         "measured_with": spec.key(),  # a re-run with other mineralogy settings says these numbers are not its
         "files": files,
     }

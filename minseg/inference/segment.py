@@ -50,7 +50,7 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
-from minseg.io.images import BIT_DEPTH
+from minseg.io.images import BIT_DEPTH, DARK
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
@@ -279,7 +279,7 @@ class BlockSegmenter:
                     windows = len(data["windows"])
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
                                            data["image"], self._arrays(plan), self.storage, self.settings,
-                                           self.batch_size)
+                                           self.batch_size, int(data["brightest"]))
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
@@ -638,7 +638,9 @@ class BlockRun:
                 return
             slide_id = self.finishing.pop(ready[0])
             try:
-                self.result.done.append(ray.get(ready[0]))
+                summary = ray.get(ready[0])
+                self.result.done.append(summary)
+                warn_if_dark(summary)
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 self.fail(slide_id, f"finishing failed: {type(cause).__name__}: {cause}")
@@ -653,12 +655,25 @@ class BlockRun:
         log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=reason)
 
 
+def warn_if_dark(summary: dict) -> None:
+    """``segment.slide_dark`` when a segmented slide's brightest input value is at most ``DARK`` of 255: a 10- or
+    12-bit camera's 16-bit frames read as 16-bit (the ensemble sees a black picture and labels it anyway)."""
+    brightest = summary.get("brightest")
+    if brightest is not None and brightest <= DARK:
+        bits = summary.get("bit_depth", BIT_DEPTH)
+        log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=brightest,
+                  bit_depth=bits,
+                  hint=f"its brightest pixel is {brightest} of 255 as read ({bits}-bit samples): a 10- or 12-bit "
+                       "camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "
+                       "segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
+
+
 def _table_row(summary: dict, status: SlideStatus) -> dict:
     row = {"slide": summary["slide"], "uri": summary["uri"], "status": str(status),
            "height": summary["shape"][0], "width": summary["shape"][1], "tiles": summary["tiles"],
            "active_seconds": summary.get("active_seconds", summary.get("seconds")),
            "wall_seconds": summary.get("wall_seconds"), "ensemble_digest": summary["ensemble_digest"],
-           "mean_uncertainty": summary.get("mean_uncertainty")}
+           "mean_uncertainty": summary.get("mean_uncertainty"), "brightest": summary.get("brightest")}
     row.update(headline(summary))  # the summary repeats mineralogy.json's headline keys
     return row
 

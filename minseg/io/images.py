@@ -139,6 +139,9 @@ class PixelFormat:
 
 
 BIT_DEPTH = 16  # significant bits of 16-bit samples unless the user says otherwise (data.bit_depth)
+# the brightest decoded value (0..255) of an input "too dark": a 12-bit range in 16-bit samples read as 16-bit
+# decodes to 0..16 (training warns data.images_dark, segment segment.slide_dark)
+DARK = 16
 
 
 def significant_bits(stored: int, bit_depth: int = BIT_DEPTH) -> int:

@@ -222,10 +222,13 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert list(document["blocks_per_node"].values()) == [document["blocks"]]  # one local node did them all
 
 
-def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session, manifests, tmp_path):
+def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session, manifests, tmp_path, caplog):
     """An ensemble trained with data.bit_depth 12 (its manifest's bit_depth) reads a 12-bit camera's 16-bit TIFF as
     the same picture in 8 bits: the same labels; a sample above 4095 fails that slide naming the value; and
-    segment.bit_depth overrides it (slides of another camera), redoing a slide read the other way."""
+    segment.bit_depth overrides it (slides of another camera), redoing a slide read the other way; read as 16-bit,
+    the slide is nearly black, which is said (segment.slide_dark) and kept in its summary and slides.csv."""
+    import logging
+
     from PIL import Image
 
     document = json.loads(Path(manifests["soft"]).read_text())
@@ -246,10 +249,38 @@ def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session,
     (failure,) = summary.failed
     assert failure.slide == "bright" and "bright.tif: a sample of 4096 is above 4095" in failure.reason
     assert np.array_equal(zarr_levels(out / "camera")[0], zarr_levels(out / "eight")[0])
-    assert json.loads((out / "camera" / "summary.json").read_text())["bit_depth"] == 12
-    again = run(str(twelve), slides[1:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
+    first = json.loads((out / "camera" / "summary.json").read_text())
+    assert first["bit_depth"] == 12 and first["brightest"] == eight.max()
+    assert "segment.slide_dark" not in {r.getMessage() for r in caplog.records}
+    with caplog.at_level(logging.WARNING, logger="minseg.segment"):
+        again = run(str(twelve), slides[1:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
     assert [d["slide"] for d in again.done] == ["camera"] and not again.skipped
-    assert json.loads((out / "camera" / "summary.json").read_text())["bit_depth"] == 16
+    second = json.loads((out / "camera" / "summary.json").read_text())
+    assert second["bit_depth"] == 16 and second["brightest"] <= 16  # 0..4095 of 65535
+    (dark,) = [r.fields for r in caplog.records if r.getMessage() == "segment.slide_dark"]
+    assert dark["slide"] == "camera" and dark["brightest"] == second["brightest"] and "segment.bit_depth" in \
+        dark["hint"]
+    rows = {line.split(",")[0]: line for line in (out / "slides.csv").read_text().splitlines()}
+    assert "brightest" in rows["slide"] and rows["eight"] and rows["camera"]
+
+
+def test_block_records_of_an_older_run_leave_the_brightest_value_unknown():
+    """Records written before blocks kept their brightest value (an interrupted run resumed after an upgrade)
+    read as unknown: the slide's summary says null, and no darkness is claimed."""
+    from minseg.inference.blocks import UNKNOWN, Block, BlockRecord, pack, unpack
+    from minseg.inference.segment import warn_if_dark
+    from minseg.mineralogy.config import MineralogySettings
+    from minseg.mineralogy.slide import MeasureSpec, measure_block
+
+    labels = np.zeros((8, 8), np.uint8)
+    record = BlockRecord(Block(0, 0, 0, 8, 0, 8), measure_block(labels, 0, 0, MeasureSpec(("a", "b"),
+                         MineralogySettings(), None)), 0, np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8),
+                         1, 0.1, brightest=12)
+    assert BlockRecord.from_bytes(record.to_bytes()).brightest == 12
+    arrays = unpack(record.to_bytes())
+    del arrays["brightest"]
+    assert BlockRecord.from_bytes(pack(**arrays)).brightest == UNKNOWN
+    warn_if_dark({"slide": "s", "brightest": None})  # nothing to say, nothing raised
 
 
 def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifests, test_slides, tmp_path):
