@@ -26,6 +26,8 @@ def _normalization(value: dict[str, list[float]]) -> dict[str, list[float]]:
 
 #: per-channel normalisation statistics, validated (``data.normalization``, manifests)
 Normalization = Annotated[dict[str, list[float]], AfterValidator(_normalization)]
+#: significant bits of images stored with 16 bits per sample (``data.bit_depth``, manifests, ``segment.bit_depth``)
+BitDepth = Annotated[int, Field(ge=8, le=16)]
 
 
 class ClassSpec(StrictModel):
@@ -342,8 +344,8 @@ class DataSettings(StrictModel):
     oversampling: OversamplingSettings | None = Field(
         None, description="repeat the training tiles of rare classes (default: every tile once an epoch)")
     limits: LimitSettings = LimitSettings()
-    bit_depth: int = Field(
-        BIT_DEPTH, ge=8, le=16,
+    bit_depth: BitDepth = Field(
+        BIT_DEPTH,
         description="significant bits of images stored with 16 bits per sample: 12 for a 12-bit camera's frames "
         "saved as 16-bit TIFF / PNG (0..4095 become 0..255, not 0..16); a sample above it is refused. 8-bit "
         "images are read as they are; a TIFF's own BitsPerSample (e.g. 12) is used when it is lower",

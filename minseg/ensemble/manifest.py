@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from minseg.config.base import StrictModel, describe_error, key_path
-from minseg.data.config import DEFAULT_CHANNELS, ImageChannels, Normalization
+from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
@@ -66,7 +66,7 @@ class EnsembleManifest(StrictModel):
     channels: list[ImageChannels] | None = Field(
         None, description="the images of a scene in input-channel order (data.sources[].channels the members were "
                           "trained on); absent: one RGB image")
-    bit_depth: int = Field(BIT_DEPTH, ge=8, le=16, description="significant bits of the members' 16-bit input "
+    bit_depth: BitDepth = Field(BIT_DEPTH, description="significant bits of the members' 16-bit input "
                            "samples (data.bit_depth they were trained with); segment reads slides the same way")
     selection: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -236,10 +236,12 @@ def _class_names(document: dict) -> list[str]:
 
 def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes: dict, *, mode: str = "wv",
                    tile: int = 256, overlap: int = 64, scale: float = 1.0, mean=(128.0, 128.0, 128.0),
-                   std=(64.0, 64.0, 64.0), name: str = "imported", storage: Storage | None = None) -> str:
+                   std=(64.0, 64.0, 64.0), name: str = "imported", storage: Storage | None = None,
+                   bit_depth: int = BIT_DEPTH) -> str:
     """Checkpoints + a manifest for models trained elsewhere (or untrained, for benchmarks); returns its URI.
 
-    ``members``: (name, registered model name, model options, torch module) in rank order.
+    ``members``: (name, registered model name, model options, torch module) in rank order; ``bit_depth``: the
+    significant bits of the 16-bit images they were trained on (``data.bit_depth``).
     """
     import io
     from datetime import datetime, timezone
@@ -267,7 +269,7 @@ def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes
         name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=root,
         members=entries, fusion=ManifestFusion(mode=mode, weights=weights), classes=classes,
         tiling=Tiling(tile=tile, overlap=overlap, scale=scale),
-        normalization={"mean": list(mean), "std": list(std)},
+        normalization={"mean": list(mean), "std": list(std)}, bit_depth=bit_depth,
     )
     uri = join_uri(root, f"manifest-{mode.value}.json")
     write_manifest(manifest, uri, storage)

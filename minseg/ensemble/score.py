@@ -158,6 +158,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
         "tiling": manifest.tiling.model_dump(mode="json"), "tta": str(manifest.fusion.tta),
         "classes": manifest.classes, "normalization": manifest.normalization,
         "channels": [group.model_dump(mode="json") for group in manifest.channels] if manifest.channels else None,
+        "bit_depth": data.bit_depth,  # how these images' 16-bit samples were read (the manifest's unless set)
         "test_items": [i["item_id"] for i in items],
     }
     gain = metric_value(selected.metrics, "miou") - metric_value(best.metrics, "miou")

@@ -82,18 +82,51 @@ def picture_shape(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[
         with Image.open(stream) as image:
             _check_size(image, max_pixels, limit_key)
             width, height = image.size
-            # EXIF found while reading the header (JPEG APP1, PNG eXIf before the pixels): image.getexif()
-            # would decode a whole PNG to look for an eXIf chunk after them
-            exif = Image.Exif()
-            if image.info.get("exif"):
-                exif.load(image.info["exif"])
-            if exif.get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+            if _header_orientation(image) in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
     except DecodeError:
         raise
     except Exception as exc:
         raise _unreadable(exc, stream.seek(0, io.SEEK_END)) from None
     return height, width
+
+
+def _header_orientation(image) -> int:
+    """The EXIF Orientation found while reading an opened picture's header (JPEG APP1, PNG eXIf before the
+    pixels), 1 when none: image.getexif() would decode a whole PNG to look for an eXIf chunk after them."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    if image.info.get("exif"):
+        exif.load(image.info["exif"])
+    return int(exif.get(0x0112) or 1)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = (2, 4, 6)  # RGB, grey + alpha, RGBA (IHDR colour type)
+
+
+def _png16_colour(data: bytes, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray | None:
+    """A 16-bit colour PNG's samples, (H, W, s) uint16 as displayed (EXIF Orientation applied); None for any other
+    file. Pillow reads these as 8-bit, keeping each sample's high byte: a 12-bit camera's 0..4095 would be 0..15
+    whatever the bit depth. Raises DecodeError: unreadable, over ``max_pixels``."""
+    # IHDR is the first chunk: its bit depth at byte 24, its colour type at 25 (PNG spec, 11.2.2)
+    if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[24] != 16 or data[25] not in _PNG_COLOUR_TYPES:
+        return None
+    import imagecodecs
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_size(image, max_pixels, limit_key)
+            orientation = _header_orientation(image)
+        samples = imagecodecs.png_decode(data)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _unreadable(exc, len(data)) from None
+    return orient(samples, orientation)
 
 
 def _unreadable(exc: Exception, size: int) -> DecodeError:
@@ -126,6 +159,12 @@ class PixelFormat:
     bits: int
     colormap: np.ndarray | None = None
 
+    @property
+    def sample_bits(self) -> int | None:
+        """The significant bits of the stored samples read as bands (``stored_bands``): ``bits``, or None (the
+        dtype's) for a palette page, whose samples are indices read as they are."""
+        return None if self.photometric == PALETTE else self.bits
+
     def displayed(self, array: np.ndarray) -> np.ndarray:
         """Stored samples (h, w) or (h, w, s), unsigned integers -> RGB uint8 (h, w, 3) as a viewer shows them.
         Raises DecodeError: a sample above ``bits`` (``scale_to_uint8``)."""
@@ -147,8 +186,9 @@ DARK = 16
 def significant_bits(stored: int, bit_depth: int = BIT_DEPTH) -> int:
     """The bits that carry a sample's value: ``stored`` bits per sample (a TIFF's BitsPerSample, 16 for a 16-bit
     PNG), or fewer when the user gives a camera's ``bit_depth`` (``data.bit_depth``: 12 for 0..4095 in 16-bit
-    words). Samples of 8 bits or fewer are as stored whatever ``bit_depth`` says."""
-    return stored if stored <= 8 else min(stored, bit_depth)
+    words). Samples of 8 bits or fewer, or of more than 16 (32-bit scientific TIFFs), are as stored whatever
+    ``bit_depth`` says: it describes cameras' 16-bit frames."""
+    return min(stored, bit_depth) if 8 < stored <= 16 else stored
 
 
 def dtype_bits(array: np.ndarray, bit_depth: int = BIT_DEPTH) -> int:
@@ -156,13 +196,15 @@ def dtype_bits(array: np.ndarray, bit_depth: int = BIT_DEPTH) -> int:
     return 1 if array.dtype == np.bool_ else significant_bits(array.dtype.itemsize * 8, bit_depth)
 
 
-def scale_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned samples of ``bits`` significant bits -> uint8 over the full 0..255 range
-    (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place.
+def scale_to_uint8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Unsigned samples of ``bits`` significant bits (default: the dtype's, ``dtype_bits``) -> uint8 over the
+    full 0..255 range (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place.
 
     Raises DecodeError: signed or float samples; a sample above ``2**bits - 1`` (``bits`` below the
-    storage's: e.g. ``data.bit_depth`` 12 for frames with values up to 65535), never clipped silently.
+    storage's: e.g. a bit depth of 12 for frames with values up to 65535), never clipped silently.
     """
+    if bits is None:
+        bits = dtype_bits(array)
     if array.dtype == np.uint8 and bits == 8:
         return array
     if array.dtype == np.bool_:
@@ -172,8 +214,8 @@ def scale_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
     top = (1 << bits) - 1
     if bits < array.dtype.itemsize * 8 and array.size and (peak := int(array.max())) > top:
         raise DecodeError(f"a sample of {peak} is above {top}, the largest {bits}-bit value: its samples are not "
-                          f"{bits}-bit (data.bit_depth {bits}; set the bit depth its camera records, 16 for samples "
-                          "over the whole 16-bit range)")
+                          f"{bits}-bit (the bit depth: data.bit_depth, or for segment segment.bit_depth / the "
+                          "ensemble's); set the one its camera records, 16 for samples over the whole 16-bit range")
     return (array.astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
 
 
@@ -341,6 +383,8 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
     """
     if name.lower().endswith(TIFF_SUFFIXES):
         return _read_tiff(data, max_pixels, limit_key=limit_key, bit_depth=bit_depth)
+    if (samples := _png16_colour(data, max_pixels, limit_key)) is not None:
+        return to_rgb8(samples, significant_bits(16, bit_depth))
     image = _open_pil(data, name, max_pixels, limit_key)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image)
@@ -370,8 +414,10 @@ def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: i
         return luminance(decode_image(data, name, max_pixels, limit_key, bit_depth))
     if name.lower().endswith(TIFF_SUFFIXES):  # as stored, oriented
         array, pixel_format = _tiff_samples(data, max_pixels, mask=True, limit_key=limit_key, bit_depth=bit_depth)
-        return stored_bands(array, bands, bits=None if pixel_format.photometric == PALETTE else pixel_format.bits)
-    array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
+        return stored_bands(array, bands, bits=pixel_format.sample_bits)
+    array = _png16_colour(data, max_pixels, limit_key)
+    if array is None:
+        array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
     return stored_bands(array, bands, bits=dtype_bits(array, bit_depth))
 
 
@@ -397,19 +443,21 @@ def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = No
                           f"{expected or f', channels[].bands says {bands}'}")
     if array.dtype.kind not in "ub":
         raise DecodeError(f"{array.dtype} samples: minseg reads unsigned integer bands (8 or 16 bit)")
-    array = scale_to_uint8(array, dtype_bits(array) if bits is None else bits)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(scale_to_uint8(array, bits))
 
 
-def decode_samples(data: bytes, name: str, max_pixels: int,
-                   limit_key: str = LIMIT_KEY) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY,
+                   bit_depth: int = BIT_DEPTH) -> tuple[np.ndarray, np.ndarray | None]:
     """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W)
-    and RGB (H, W, 3) as stored, bilevel as bool, 16-bit grey as uint16, a palette image's indices (H, W)
-    with its (256, 3) uint8 palette; other modes (alpha, CMYK ...) as displayed, RGB. Returns (samples,
-    palette or None). Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
+    and RGB (H, W, 3) as stored, bilevel as bool, 16-bit grey as uint16, 16-bit colour as uint16 (H, W, s),
+    a palette image's indices (H, W) with its (256, 3) uint8 palette; other modes (alpha, CMYK ...) as
+    displayed, RGB (16-bit samples scaled from ``bit_depth`` bits). Returns (samples, palette or None).
+    Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
 
     Raises DecodeError as ``decode_image``.
     """
+    if (samples := _png16_colour(data, max_pixels, limit_key)) is not None:
+        return samples, None
     image = _open_pil(data, name, max_pixels, limit_key)
     if image.mode == "P":
         palette = np.zeros((256, 3), np.uint8)
@@ -418,7 +466,7 @@ def decode_samples(data: bytes, name: str, max_pixels: int,
         return np.asarray(image), palette
     if image.mode in ("1", "L", "RGB", "I;16", "I;16B", "I;16L"):  # "1": bilevel, as bool
         return np.asarray(image), None
-    return decode_image(data, name, max_pixels, limit_key), None
+    return decode_image(data, name, max_pixels, limit_key, bit_depth), None
 
 
 def show_samples(samples: np.ndarray, palette: np.ndarray | None, bit_depth: int = BIT_DEPTH) -> np.ndarray:
@@ -432,7 +480,7 @@ def to_rgb8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels of ``bits`` significant bits
     (default: the dtype's). Raises DecodeError as ``scale_to_uint8``, or for another shape."""
     if array.dtype != np.uint8:  # unsigned samples (signed / float: refused there)
-        array = scale_to_uint8(array, dtype_bits(array) if bits is None else bits)
+        array = scale_to_uint8(array, bits)
     if array.ndim == 3 and array.shape[2] in (1, 2):  # grey, grey + alpha
         array = array[..., 0]
     if array.ndim == 2:

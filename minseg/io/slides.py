@@ -146,8 +146,10 @@ class SlideReader(Protocol):
     that :class:`Slide` has already checked lies inside ``level`` (any integer dtype,
     (h, w) or (h, w, samples)); ``close`` releases files and may be called twice. A reader
     whose samples are not plain grey / RGB also has ``displayed(level, samples) -> RGB uint8``
-    (what a viewer shows: photometric interpretation, bit depth); without it ``to_rgb8`` is used. One that
-    knows its samples' significant bits better than their dtype (a 12-bit TIFF) has ``bits(level) -> int``.
+    (what a viewer shows: photometric interpretation, bit depth); without it ``to_rgb8`` is used. Samples of
+    9-16 bits are scaled from ``options.bit_depth`` bits when fewer (``images.significant_bits``): a reader's own
+    ``displayed`` must do so too. One that knows its samples' significant bits better than their dtype (a 12-bit
+    TIFF) has ``bits(level) -> int | None`` (None: the dtype's).
     Opening and reading raise :class:`SlideError`, ``DecodeError`` or ``StorageError`` for
     bad input; anything else is reported as an unreadable slide / corrupt region.
     """
@@ -290,9 +292,9 @@ class TiffReader:
         """Stored samples of ``level`` -> RGB uint8 as a viewer shows them (photometric, bit depth)."""
         return self._formats[level].displayed(region)
 
-    def bits(self, level: int) -> int:
-        """The significant bits of ``level``'s samples (BitsPerSample, or the bit depth when fewer)."""
-        return self._formats[level].bits
+    def bits(self, level: int) -> int | None:
+        """The significant bits of ``level``'s samples read as bands (``PixelFormat.sample_bits``)."""
+        return self._formats[level].sample_bits
 
     def _segment(self, level: int, page, keyframe, index: int) -> np.ndarray:
         key = (level, index)
@@ -354,7 +356,7 @@ class RasterReader:
         with self._lock:  # one decode, even when threads read regions at once
             if self._pixels is None:
                 pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
-                                                       self._max_pixels, self._limit_key)
+                                                       self._max_pixels, self._limit_key, self._bit_depth)
                 if pixels.shape[:2] != self.info.levels[0]:  # e.g. an EXIF Orientation after a PNG's pixels
                     raise DecodeError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels as displayed, not the "
                                       f"{self.info.width}x{self.info.height} its header gives; re-save it")
@@ -440,7 +442,8 @@ class Slide:
         """The significant bits of ``region``, stored samples of ``level`` (``read_region(rgb=False)``): what
         the reader knows (a 12-bit TIFF), else its dtype's, at most ``bit_depth`` (``images.significant_bits``)."""
         bits = getattr(self._reader, "bits", None)
-        return bits(level) if bits else dtype_bits(region, self.bit_depth)
+        known = bits(level) if bits else None
+        return known if known is not None else dtype_bits(region, self.bit_depth)
 
     def close(self) -> None:
         self._reader.close()
@@ -517,7 +520,7 @@ class SlideCache:
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
-        self._slides: OrderedDict[tuple[str, Hashable], Slide] = OrderedDict()
+        self._slides: OrderedDict[tuple[str, Hashable, int], Slide] = OrderedDict()
 
     def reserve(self, count: int) -> None:
         """Keep at least ``count`` slides open: the images of one scene are read together (none may be closed

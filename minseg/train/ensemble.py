@@ -26,6 +26,7 @@ from minseg.data.pipeline import CLASSES_REQUIRED, PreparedData, prepare_data, s
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError, MinsegError
+from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import (Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
                                refuse_output_among_inputs)
 from minseg.io.tables import csv_text
@@ -941,6 +942,8 @@ def _data_selection(data) -> str:
     """A digest of the data settings that decide which images (and tiles) each part holds: a resubmitted run whose
     members all finished is reused without preparing the data only while it is unchanged."""
     document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
+    if data.bit_depth != BIT_DEPTH:  # other pixels from the same files; at the default, digests as before
+        document["bit_depth"] = data.bit_depth
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 

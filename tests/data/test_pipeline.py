@@ -1,3 +1,4 @@
+import hashlib
 import json
 import logging
 
@@ -344,8 +345,14 @@ def test_twelve_bit_frames_with_data_bit_depth(ray_session, tmp_path, caplog):
     image, _ = load_example(item, prepared.classmap, data.limits, Storage(), bit_depth=12)
     assert np.array_equal(image[..., 0], greens[item["image_name"].rsplit("/", 1)[-1]])  # the camera's 8-bit view
     assert load_example(item, prepared.classmap, data.limits, Storage())[0].max() <= 16
+    tiles = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()  # what members train on
+    assert tiles and max(int(row["image"].max()) for row in tiles) > 100
     assert prepared.bit_depth == 12
-    assert prepared.data_signature() != replace(prepared, bit_depth=16).data_signature()
+    sixteen = replace(prepared, bit_depth=16)
+    assert prepared.data_signature() != sixteen.data_signature()
+    # at the default, the signature checkpoints recorded before bit depths existed
+    parts = [sorted((i["item_id"], i["tiles"]) for i in prepared.splits[s]) for s in ("train", "val", "test")]
+    assert sixteen.data_signature() == hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def test_rgb_colour_masks(tmp_path):

@@ -283,6 +283,20 @@ def test_block_records_of_an_older_run_leave_the_brightest_value_unknown():
     warn_if_dark({"slide": "s", "brightest": None})  # nothing to say, nothing raised
 
 
+def test_finished_outputs_of_before_bit_depths_stay_finished_at_the_default():
+    """A summary.json written before bit depths were recorded is of a slide read as 16-bit: still done at the
+    default, redone when the slide is read with another bit depth."""
+    from types import SimpleNamespace
+
+    from minseg.inference.segment import source_change
+
+    plan = SimpleNamespace(uri="a.tif", source_height=2, source_width=3, identity=(), bit_depth=16)
+    old = {"uri": "a.tif", "source_shape": [2, 3]}
+    assert source_change(old, plan) is None
+    assert source_change(old, SimpleNamespace(**{**vars(plan), "bit_depth": 12})) == \
+        "the outputs read its samples as 16-bit, now 12-bit (segment.bit_depth or the ensemble's)"
+
+
 def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifests, test_slides, tmp_path):
     """The distributed pipeline computes what predict_image + fuse compute on the whole image."""
     import torch

@@ -48,10 +48,51 @@ def test_a_sample_above_the_bit_depth_is_refused_never_clipped():
     frame = TWELVE.copy()
     frame[5, 7] = 5000
     for name, data in (("frame.tif", tiff(frame, photometric="minisblack")), ("frame.png", png(frame))):
-        with pytest.raises(DecodeError, match=r"a sample of 5000 is above 4095, the largest 12-bit value.*"
-                                              r"data\.bit_depth 12"):
+        with pytest.raises(DecodeError, match=r"a sample of 5000 is above 4095, the largest 12-bit value: its "
+                                              r"samples are not 12-bit \(the bit depth: data\.bit_depth"):
             decode_image(data, name, 10**8, bit_depth=12)
         assert decode_image(data, name, 10**8).shape == (48, 64, 3)  # 16-bit: fine
+
+
+def test_16_bit_colour_pngs_keep_their_16_bits():
+    """Pillow reads 16-bit RGB / RGBA / grey + alpha PNGs as 8-bit (each sample's high byte: 0..4095 -> 0..15,
+    whatever the bit depth): they are decoded with their 16 bits, in images, bands and slides."""
+    import imagecodecs
+
+    from minseg.io.images import decode_samples, show_samples
+
+    rgb = np.dstack([TWELVE, 4095 - TWELVE, TWELVE // 2])
+    expected = np.round(rgb * (255 / 4095)).astype(np.uint8)
+    for samples in (rgb, np.dstack([rgb, np.full_like(TWELVE, 4095)])):  # RGB, RGBA
+        data = imagecodecs.png_encode(samples)
+        assert np.array_equal(decode_image(data, "c.png", 10**8, bit_depth=12), expected)
+        assert np.array_equal(decode_channels(data, "c.png", 10**8, "bands", samples.shape[2], bit_depth=12)[..., :3],
+                              expected)
+        stored, palette = decode_samples(data, "c.png", 10**8, bit_depth=12)
+        assert stored.dtype == np.uint16 and np.array_equal(show_samples(stored, palette, 12), expected)
+        full = decode_image(data, "c.png", 10**8)  # 16 bits over 0..65535, as a TIFF's are
+        assert np.array_equal(full, np.round(rgb * (255 / 65535)).astype(np.uint8))
+    grey_alpha = imagecodecs.png_encode(np.dstack([TWELVE, np.full_like(TWELVE, 4095)]))
+    assert np.array_equal(decode_image(grey_alpha, "g.png", 10**8, bit_depth=12)[..., 0], SHOWN)
+    with pytest.raises(DecodeError, match="exceeds the limit of 100"):
+        decode_image(imagecodecs.png_encode(rgb), "c.png", 100)
+
+
+def test_32_bit_samples_are_not_held_to_the_16_bit_depth():
+    deep = (np.arange(48 * 64, dtype=np.uint32) * 1_000_003).reshape(48, 64)
+    shown = decode_image(tiff(deep, photometric="minisblack"), "d.tif", 10**8, bit_depth=12)
+    assert np.array_equal(shown[..., 0], (deep * (255 / (2**32 - 1)) + 0.5).astype(np.uint8))
+
+
+def test_palette_bands_read_alike_in_training_and_in_slides(tmp_path):
+    indices = (np.arange(48 * 64) % 16).reshape(48, 64).astype(np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)  # tifffile writes 256 entries whatever BitsPerSample
+    path = tmp_path / "palette.tif"
+    tifffile.imwrite(path, indices, photometric="palette", colormap=colormap, bitspersample=4)
+    trained = decode_channels(path.read_bytes(), "palette.tif", 10**8, "bands", 1, bit_depth=12)
+    assert np.array_equal(trained[..., 0], indices)  # indices as they are
+    with Slide(str(path), bit_depth=12) as slide:
+        assert np.array_equal(ChannelSource(str(path), "bands", 1).channels(slide, 0, 0, 48, 64, 0), trained)
 
 
 def test_8_bit_pictures_and_low_bitspersample_tiffs_are_as_before():

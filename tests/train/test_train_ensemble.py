@@ -472,3 +472,19 @@ def test_a_run_folder_among_the_data_or_another_commands_outputs_is_refused(tmp_
     with pytest.raises(InputError, match=r"^run.output_uri: \S+/m holds the outputs of minseg measure"):
         train_ensemble(training_config(data, tmp_path / "out", "m", members))
     assert sorted(p.name for p in measured.iterdir()) == ["measure_summary.json"]
+
+
+def test_a_resubmitted_run_is_not_reused_after_the_bit_depth_changed():
+    """``train --resume`` with every member finished reuses the run without preparing the data only while the data
+    settings that decide its pixels are unchanged: data.bit_depth is one of them (its digest at the default is the
+    one recorded before bit depths existed)."""
+    import hashlib
+
+    from minseg.config.base import validate_config
+    from minseg.data.config import DataSettings
+    from minseg.train.ensemble import _data_selection
+
+    data = validate_config({"sources": [{"uri": "/data/sections"}]}, DataSettings)
+    document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
+    assert _data_selection(data) == hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+    assert _data_selection(data.model_copy(update={"bit_depth": 12})) != _data_selection(data)
