@@ -664,8 +664,9 @@ def warn_if_dark(summary: dict) -> None:
         log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=brightest,
                   bit_depth=bits,
                   hint=f"its brightest pixel is {brightest} of 255 as read ({bits}-bit samples): a 10- or 12-bit "
-                       "camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "
-                       "segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
+                       "camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it "
+                       "again with segment.bit_depth (--bit-depth) set to the camera's (read another way, it is "
+                       "redone)")
 
 
 def _table_row(summary: dict, status: SlideStatus) -> dict:

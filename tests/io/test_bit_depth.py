@@ -151,23 +151,14 @@ def test_the_slide_cache_keeps_readings_of_two_bit_depths_apart(tmp_path):
 
 
 def test_a_registered_reader_without_bits_is_read_by_its_dtype(tmp_path):
-    from minseg.io.slides import SlideInfo, register_slide_reader, unregister_slide_reader
-
-    class Reader:  # a format with 16-bit samples and no displayed(): to_rgb8 with the slide's bit depth
-        def __init__(self, uri, storage, options):
-            self.pixels = np.load(io.BytesIO(storage.read_bytes(uri)))
-            self.info = SlideInfo(uri, "npy", (self.pixels.shape[:2],), None)
-
-        def read_region(self, level, y, x, height, width):
-            return self.pixels[y : y + height, x : x + width]
-
-        def close(self):
-            pass
+    """A format with 16-bit samples and neither displayed() nor bits(): to_rgb8 with the slide's bit depth."""
+    from minseg.io.slides import register_slide_reader, unregister_slide_reader
+    from tests.io.test_slides import _NpyReader
 
     path = tmp_path / "frame.npybits"
     with open(path, "wb") as file:
         np.save(file, TWELVE)
-    register_slide_reader("npybits", suffixes=(".npybits",))(Reader)
+    register_slide_reader("npybits", suffixes=(".npybits",))(_NpyReader)
     try:
         with Slide(str(path), bit_depth=12) as slide:
             assert np.array_equal(slide.read_region(0, 0, 48, 64), to_rgb8(SHOWN))
