@@ -14,13 +14,15 @@ from minseg import __version__
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
-def _load(args) -> "MinsegConfig":  # noqa: F821
+def _load(args, defaults: dict | None = None) -> "MinsegConfig":  # noqa: F821
+    """The config (``--config``, else the defaults) with ``--set`` on top; ``defaults``: values the command's
+    own flags supply where the config has none (``validate_config``)."""
     from minseg.config import MinsegConfig, load_config, parse_set_options, validate_config
 
     overrides = parse_set_options(getattr(args, "set", None))
     if getattr(args, "config", None):
-        return load_config(args.config, MinsegConfig, overrides=overrides)
-    return validate_config({}, MinsegConfig, source="defaults", overrides=overrides)
+        return load_config(args.config, MinsegConfig, overrides=overrides, defaults=defaults)
+    return validate_config({}, MinsegConfig, source="defaults", overrides=overrides, defaults=defaults)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -209,7 +211,8 @@ def cmd_score(args) -> int:
     from minseg.ensemble.config import ScoreSettings
     from minseg.ensemble.score import score_ensemble
 
-    config = _load(args)
+    # --data gives the sources: a config (or --set) may then set the rest of the data section (e.g. bit_depth)
+    config = _load(args, {"data": {"sources": [{"uri": uri} for uri in args.data]}} if args.data else None)
     updates = {"manifest": args.manifest, "split": args.split, "output_uri": args.out}
     config.score = _section(ScoreSettings, (config.score or ScoreSettings()).model_dump(), updates,
                             {"manifest": "--manifest", "split": "--split", "output_uri": "--out"}, "score", args)

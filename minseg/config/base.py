@@ -196,13 +196,17 @@ def validate_config(
     source: str = "<config>",
     overrides: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> M:
     """Validate a mapping into ``model``; overrides are ``dotted.key -> YAML text``.
 
-    Precedence, lowest first: the file, environment variables, explicit overrides.
+    Precedence, lowest first: ``defaults`` (values a command supplies, e.g. ``score --data``'s sources, used where
+    the file has none), the file, environment variables, explicit overrides.
     """
     if data is None:
         data = {}
+    if defaults:
+        data = _under(defaults, data)
     if not isinstance(data, Mapping):
         raise ConfigError(source, [("", f"top level must be a mapping of sections, got {type(data).__name__}")])
     problems = _find_credential_keys(data)
@@ -395,6 +399,15 @@ def _origin(key: str, origins: Mapping[str, str], source: str) -> str:
         return origins[max(above, key=len)]
     below = [origins[dotted] for dotted in origins if key and dotted.startswith((key + ".", key + "["))]
     return f"{source} with {', '.join(below)}" if below else source
+
+
+def _under(defaults, data):
+    """``data`` with ``defaults`` filling the keys it lacks, section by section (its own values win)."""
+    if data is None:
+        return _deep_copy(defaults)
+    if not (isinstance(defaults, Mapping) and isinstance(data, Mapping)):
+        return data
+    return {**_deep_copy(defaults), **{k: _under(defaults[k], v) if k in defaults else v for k, v in data.items()}}
 
 
 def _deep_copy(data):

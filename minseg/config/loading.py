@@ -22,8 +22,9 @@ def load_config(
     model: type[M],
     overrides: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping | None = None,
 ) -> M:
-    """Read a YAML config from a path or URI (``s3://`` too) and validate it."""
+    """Read a YAML config from a path or URI (``s3://`` too) and validate it (``validate_config``)."""
     source = str(source)
     try:
         text = Storage().read_bytes(source).decode("utf-8")
@@ -31,4 +32,4 @@ def load_config(
         raise ConfigError(source, [("", "config file not found")]) from None
     except UnicodeDecodeError:
         raise ConfigError(source, [("", "config file is not UTF-8 text")]) from None
-    return validate_config(parse_yaml(text, source), model, source, overrides, environ)
+    return validate_config(parse_yaml(text, source), model, source, overrides, environ, defaults)

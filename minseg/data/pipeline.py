@@ -501,13 +501,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
         raise DataError("no usable training items; every candidate was rejected", quarantine)
 
     _warn_duplicates_across_splits(good, by_id)
-    dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
-    if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
-        log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
-                  bit_depth=data.bit_depth,
-                  hint=f"their brightest pixel is at most {DARK} of 255 after decoding: 10- or 12-bit camera frames "
-                       f"stored in 16-bit samples, read as {data.bit_depth}-bit (most grey levels lost)? Set "
-                       "data.bit_depth to the camera's bit depth (e.g. 12)")
+    _warn_dark(good, by_id, data.bit_depth)
     stats = _split_stats(items, by_id, classmap, good)
     for split in ("val", "test"):
         if good[split]:
@@ -562,6 +556,17 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
 
 _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
+
+
+def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: int) -> None:
+    """``data.images_dark``: usable images whose brightest decoded value is at most ``DARK`` of 255."""
+    dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
+    if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
+        log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
+                  bit_depth=bit_depth,
+                  hint=f"their brightest pixel is at most {DARK} of 255 after decoding: 10- or 12-bit camera frames "
+                       f"stored in 16-bit samples, read as {bit_depth}-bit (most grey levels lost)? Set "
+                       "data.bit_depth to the camera's bit depth (e.g. 12)")
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:
@@ -668,6 +673,7 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
     good = _usable_by_split(items, by_id, quarantine)
     if not good["test"]:
         raise DataError("no usable labelled items in any source", quarantine)
+    _warn_dark(good, by_id, data.bit_depth)
     stats = _split_stats(items, by_id, classmap, good)
     prepared = PreparedData(Task.SEGMENTATION, classmap, good, quarantine, {"test": stats["test"]}, normalization,
                             data.tiling, data.limits, bit_depth=data.bit_depth)

@@ -104,6 +104,8 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
     positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
     bit_depth = settings.bit_depth or manifest.bit_depth
     with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
+        if slide.info.sample_bits <= 8:  # read alike at any bit depth: its outputs are not redone when it changes
+            bit_depth = BIT_DEPTH
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))

@@ -29,6 +29,22 @@ class DecodeError(InputError):
     """A file that cannot be used; the message says why."""
 
 
+class SampleAboveBitDepth(DecodeError):
+    """A sample above the largest value of the bit depth it is read with (``scale_to_uint8``): the file's samples
+    are not of that depth. ``y``, ``x``: where, in the array read (``at`` moves it to a slide's coordinates)."""
+
+    def __init__(self, peak: int, bits: int, y: int, x: int):
+        self.peak, self.bits, self.y, self.x = peak, bits, y, x
+        super().__init__(f"a sample of {peak} (at x={x}, y={y}) is above {(1 << bits) - 1}, the largest {bits}-bit "
+                         f"value: its samples are not {bits}-bit (the bit depth: data.bit_depth, or for segment "
+                         "segment.bit_depth / the ensemble's); set the one its camera records, 16 for samples over "
+                         "the whole 16-bit range")
+
+    def at(self, top: int, left: int) -> "SampleAboveBitDepth":
+        """The same refusal for an array read at (``top``, ``left``)."""
+        return SampleAboveBitDepth(self.peak, self.bits, self.y + top, self.x + left)
+
+
 LIMIT_KEY = "data.limits.max_image_pixels"
 
 
@@ -106,12 +122,17 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = (2, 4, 6)  # RGB, grey + alpha, RGBA (IHDR colour type)
 
 
+def png_bit_depth(header: bytes) -> int | None:
+    """A PNG's bits per sample (1, 2, 4, 8 or 16) from its first 26 bytes; None for any other file. IHDR is the
+    first chunk: its bit depth at byte 24, its colour type at 25 (PNG spec, 11.2.2)."""
+    return header[24] if len(header) >= 26 and header[:8] == _PNG_SIGNATURE else None
+
+
 def _png16_colour(data: bytes, max_pixels: int, limit_key: str = LIMIT_KEY) -> np.ndarray | None:
     """A 16-bit colour PNG's samples, (H, W, s) uint16 as displayed (EXIF Orientation applied); None for any other
     file. Pillow reads these as 8-bit, keeping each sample's high byte: a 12-bit camera's 0..4095 would be 0..15
     whatever the bit depth. Raises DecodeError: unreadable, over ``max_pixels``."""
-    # IHDR is the first chunk: its bit depth at byte 24, its colour type at 25 (PNG spec, 11.2.2)
-    if len(data) < 26 or data[:8] != _PNG_SIGNATURE or data[24] != 16 or data[25] not in _PNG_COLOUR_TYPES:
+    if png_bit_depth(data) != 16 or data[25] not in _PNG_COLOUR_TYPES:
         return None
     import imagecodecs
     from PIL import Image
@@ -171,7 +192,7 @@ class PixelFormat:
         if self.photometric == PALETTE:
             rgb = np.moveaxis(self.colormap[:, np.asarray(array, np.intp)], 0, -1)  # (h, w, 3) uint16
             return np.ascontiguousarray((rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8))
-        array = scale_to_uint8(array, self.bits)
+        array = scale_to_uint8(shown_samples(array), self.bits)
         if self.photometric == MINISWHITE:
             array = 255 - array  # 0 is white: what every viewer shows
         return to_rgb8(array)
@@ -200,8 +221,8 @@ def scale_to_uint8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Unsigned samples of ``bits`` significant bits (default: the dtype's, ``dtype_bits``) -> uint8 over the
     full 0..255 range (1-bit 0/1 -> 0/255, 12-bit 0..4095 -> 0..255); an alpha or extra sample keeps its place.
 
-    Raises DecodeError: signed or float samples; a sample above ``2**bits - 1`` (``bits`` below the
-    storage's: e.g. a bit depth of 12 for frames with values up to 65535), never clipped silently.
+    Raises DecodeError: signed or float samples; ``SampleAboveBitDepth``: a sample above ``2**bits - 1`` (``bits``
+    below the storage's: e.g. a bit depth of 12 for frames with values up to 65535), never clipped silently.
     """
     if bits is None:
         bits = dtype_bits(array)
@@ -213,9 +234,8 @@ def scale_to_uint8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
         raise DecodeError(f"unsupported pixel type {array.dtype}")
     top = (1 << bits) - 1
     if bits < array.dtype.itemsize * 8 and array.size and (peak := int(array.max())) > top:
-        raise DecodeError(f"a sample of {peak} is above {top}, the largest {bits}-bit value: its samples are not "
-                          f"{bits}-bit (the bit depth: data.bit_depth, or for segment segment.bit_depth / the "
-                          "ensemble's); set the one its camera records, 16 for samples over the whole 16-bit range")
+        y, x = np.unravel_index(int(np.argmax(array)), array.shape)[:2]
+        raise SampleAboveBitDepth(peak, bits, int(y), int(x))
     return (array.astype(np.float64) * (255.0 / top) + 0.5).astype(np.uint8)
 
 
@@ -476,17 +496,25 @@ def show_samples(samples: np.ndarray, palette: np.ndarray | None, bit_depth: int
     return to_rgb8(samples, dtype_bits(samples, bit_depth))
 
 
+def shown_samples(array: np.ndarray) -> np.ndarray:
+    """The samples a viewer shows: grey (H, W) of grey or grey + alpha, RGB (H, W, 3) of RGB or RGBA. Dropped
+    before scaling: a 16-bit alpha is 65535 (opaque) whatever bit depth the camera's samples have."""
+    if array.ndim == 3 and array.shape[2] in (1, 2):
+        return array[..., 0]
+    if array.ndim == 3 and array.shape[2] == 4:
+        return array[..., :3]
+    return array
+
+
 def to_rgb8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels of ``bits`` significant bits
-    (default: the dtype's). Raises DecodeError as ``scale_to_uint8``, or for another shape."""
+    (default: the dtype's); the alpha is not shown. Raises DecodeError as ``scale_to_uint8``, or for another
+    shape."""
+    array = shown_samples(array)
     if array.dtype != np.uint8:  # unsigned samples (signed / float: refused there)
         array = scale_to_uint8(array, bits)
-    if array.ndim == 3 and array.shape[2] in (1, 2):  # grey, grey + alpha
-        array = array[..., 0]
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
-    elif array.ndim == 3 and array.shape[2] == 4:
-        array = array[..., :3]
     elif array.ndim != 3 or array.shape[2] != 3:
         raise DecodeError(f"unsupported image shape {array.shape}")
     return np.ascontiguousarray(array)

@@ -28,9 +28,9 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
-from minseg.io.images import (BIT_DEPTH, JPEG_COMPRESSIONS, JPEG_SUFFIXES, DecodeError, decode_samples, dtype_bits,
-                              luminance, picture_shape, show_samples, stored_bands, tiff_main_series, tiff_orientation,
-                              tiff_pixel_format, to_rgb8)
+from minseg.io.images import (BIT_DEPTH, JPEG_COMPRESSIONS, JPEG_SUFFIXES, PALETTE, DecodeError, SampleAboveBitDepth,
+                              decode_samples, dtype_bits, luminance, picture_shape, png_bit_depth, show_samples,
+                              stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
@@ -52,6 +52,9 @@ class SlideInfo:
     tile: tuple[int, int] | None  # stored tile or strip shape at level 0
     pixel_size_um: float | None = None  # of level 0, from SVS MPP or the resolution tags
     lossy: bool = False  # level 0 stored with lossy (JPEG) compression: no exact class ids
+    # bits per stored sample (the most of any level): 8 or fewer read alike whatever the bit depth; a reader that
+    # does not say is taken as 16-bit
+    sample_bits: int = 16
 
     @property
     def height(self) -> int:
@@ -264,9 +267,12 @@ class TiffReader:
                 options.limits.check_segment(uri, (*page.chunks[:2], page.samplesperpixel), page.dtype.itemsize,
                                              level)
             kind = "ndpi" if self._tiff.is_ndpi else "svs" if self._tiff.is_svs else "tiff"
+            # a palette page is shown through its colour map: 8 bits as far as a bit depth goes
+            bits = max(8 if f.photometric == PALETTE else int(p.bitspersample) for f, p in zip(self._formats,
+                                                                                            self._levels))
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
                                   base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]),
-                                  lossy=int(base.compression) in JPEG_COMPRESSIONS)
+                                  lossy=int(base.compression) in JPEG_COMPRESSIONS, sample_bits=bits)
         except BaseException:
             self.close()
             raise
@@ -345,11 +351,14 @@ class RasterReader:
         self._limit_key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels \
             else "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
         with storage.open_read(uri) as stream:
+            header = stream.read(26)
+            stream.seek(0)
             shape = picture_shape(stream, self._max_pixels, self._limit_key)
         self._pixels: np.ndarray | None = None
         self._palette: np.ndarray | None = None
         self._lock = threading.Lock()
-        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None, lossy=name.endswith(JPEG_SUFFIXES))
+        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None, lossy=name.endswith(JPEG_SUFFIXES),
+                              sample_bits=png_bit_depth(header) or 8)
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
         """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""
@@ -430,6 +439,9 @@ class Slide:
                 return np.ascontiguousarray(region)
             displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
             return displayed(level, region) if displayed else to_rgb8(region, dtype_bits(region, self.bit_depth))
+        except SampleAboveBitDepth as exc:  # said where it is in the slide
+            raise SlideError(_naming(self.uri, exc.at(y, x)) + (f" (pyramid level {level})" if level else "")) \
+                from None
         except (DecodeError, StorageError) as exc:  # a PNG/JPEG is fetched and decoded on its first read
             raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:
@@ -563,6 +575,9 @@ class ChannelSource:
             region = slide.read_region(y, x, height, width, level, rgb=False)
             return stored_bands(region, self.bands, f"; the ensemble reads {self.bands} channels from it",
                                 slide.sample_bits(level, region))
+        except SampleAboveBitDepth as exc:
+            raise SlideError(f"{self.uri}: {exc.at(y, x)}" + (f" (pyramid level {level})" if level else "")) \
+                from None
         except DecodeError as exc:
             raise SlideError(f"{self.uri}: {exc}") from None
 
@@ -603,7 +618,7 @@ class SceneSlide:
             else:
                 break
         self.info = SlideInfo(first.info.uri, first.info.format, tuple(levels), first.info.tile,
-                              first.info.pixel_size_um)
+                              first.info.pixel_size_um, sample_bits=max(s.info.sample_bits for s in self.slides))
         self.channels = sum(source.count for source in sources)
 
     def level_shape(self, level: int) -> tuple[int, int]:

@@ -11,7 +11,8 @@ from minseg.data.config import DataSettings, LimitSettings, SplitSettings
 from minseg.data.containers import open_container
 from minseg.data.layouts import detect_layout
 from minseg.data.splits import assign_splits
-from minseg.data.pipeline import DataError, load_example, prepare_data, split_dataset, write_data_reports
+from minseg.data.pipeline import (DataError, load_example, prepare_data, prepare_scoring_data, split_dataset,
+                                  write_data_reports)
 from minseg.enums import DatasetLayout, Task
 from minseg.io.storage import Storage
 from minseg.synth.minerals import CLASS_NAMES
@@ -340,11 +341,16 @@ def test_twelve_bit_frames_with_data_bit_depth(ray_session, tmp_path, caplog):
         prepared = prepare(data, tmp=tmp_path / "work")
     assert "data.images_dark" not in {r.getMessage() for r in caplog.records}
     (bad,) = prepared.quarantine
-    assert bad.file.endswith("f2.png") and "a sample of 4096 is above 4095" in bad.reason
+    assert bad.file.endswith("f2.png") and "a sample of 4096 (at x=4, y=3) is above 4095" in bad.reason
     item = prepared.splits["train"][0]
     image, _ = load_example(item, prepared.classmap, data.limits, Storage(), bit_depth=12)
     assert np.array_equal(image[..., 0], greens[item["image_name"].rsplit("/", 1)[-1]])  # the camera's 8-bit view
     assert load_example(item, prepared.classmap, data.limits, Storage())[0].max() <= 16
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):  # scored as 16-bit: said to be dark
+        scoring = prepare_scoring_data(settings(root), None, 0, Storage(), str(tmp_path / "score"), {})
+    assert len(scoring.splits["test"]) == 3
+    (dark,) = [r.fields for r in caplog.records if r.getMessage() == "data.images_dark"]
+    assert dark["images"] == 3 and "data.bit_depth" in dark["hint"]
     tiles = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()  # what members train on
     assert tiles and max(int(row["image"].max()) for row in tiles) > 100
     assert prepared.bit_depth == 12

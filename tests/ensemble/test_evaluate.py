@@ -343,9 +343,9 @@ def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_p
     assert len(list(out.glob("overlay_*.png"))) == 3
     assert document["bit_depth"] == 16
 
-    # the same sections from a 12-bit colour camera (16-bit RGB PNGs holding 0..4095) and the ensemble as if trained
-    # with data.bit_depth 12: the images are read back to the same pixels, and score the same, confusion for
-    # confusion (the scoring pass reads them with the manifest's bit depth)
+    # the same sections from a 12-bit colour camera (16-bit RGB PNGs holding 0..4095), their bit depth given beside
+    # --data: the images are read back to the same pixels, and score the same, confusion for confusion (the scoring
+    # pass reads them with it)
     import imagecodecs
 
     camera = tmp_path / "camera"
@@ -353,10 +353,9 @@ def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_p
     for path in (camera / "images").glob("*.png"):
         rgb = np.asarray(Image.open(path).convert("RGB")).astype(np.uint32)
         path.write_bytes(imagecodecs.png_encode((rgb * 4095 // 255).astype(np.uint16)))
-    twelve = tmp_path / "manifest-12.json"
-    twelve.write_text(json.dumps({**json.loads(Storage().read_text(wv_manifest)), "bit_depth": 12}))
-    assert main(["score", "--manifest", str(twelve), "--data", str(camera), "--out", str(tmp_path / "score12"),
-                 "--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25"]) == 0
+    assert main(["score", "--manifest", wv_manifest, "--data", str(camera), "--out", str(tmp_path / "score12"),
+                 "--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25",
+                 "--set", "data.bit_depth=12"]) == 0
     again = json.loads((tmp_path / "score12" / "score.json").read_text())
     assert again["bit_depth"] == 12 and again["quarantined"] == 0
     assert {c["key"]: c["metrics"]["confusion"] for c in again["candidates"]} == \

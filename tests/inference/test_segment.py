@@ -247,14 +247,16 @@ def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session,
     summary = run(str(twelve), slides, out)
     assert sorted(d["slide"] for d in summary.done) == ["camera", "eight"]
     (failure,) = summary.failed
-    assert failure.slide == "bright" and "bright.tif: a sample of 4096 is above 4095" in failure.reason
+    assert failure.slide == "bright" and "bright.tif: a sample of 4096 (at x=30, y=20) is above 4095" in failure.reason
     assert np.array_equal(zarr_levels(out / "camera")[0], zarr_levels(out / "eight")[0])
     first = json.loads((out / "camera" / "summary.json").read_text())
     assert first["bit_depth"] == 12 and first["brightest"] == eight.max()
+    # an 8-bit slide reads alike at any bit depth: recorded at the default, not redone when it changes
+    assert json.loads((out / "eight" / "summary.json").read_text())["bit_depth"] == 16
     assert "segment.slide_dark" not in {r.getMessage() for r in caplog.records}
     with caplog.at_level(logging.WARNING, logger="minseg.segment"):
-        again = run(str(twelve), slides[1:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
-    assert [d["slide"] for d in again.done] == ["camera"] and not again.skipped
+        again = run(str(twelve), slides[:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
+    assert [d["slide"] for d in again.done] == ["camera"] and [s.slide for s in again.skipped] == ["eight"]
     second = json.loads((out / "camera" / "summary.json").read_text())
     assert second["bit_depth"] == 16 and second["brightest"] <= 16  # 0..4095 of 65535
     (dark,) = [r.fields for r in caplog.records if r.getMessage() == "segment.slide_dark"]
