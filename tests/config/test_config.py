@@ -368,3 +368,18 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     path.write_text("shared: &stage {epochs: 2}\nrun:\n  <<: {name: x}\n  seed: 3\n")
     with pytest.raises(ConfigError, match="shared: unknown key"):  # merged fine; the anchor's own key is unknown
         load_config(path, MinsegConfig)
+
+
+def test_a_commands_defaults_fill_what_the_file_lacks_and_nothing_else():
+    """``score --data``'s sources are defaults under the file: a data section with only ``bit_depth`` (or none)
+    validates, and a file's own sources or values win over them."""
+    defaults = {"data": {"sources": [{"uri": "/from/flag"}]}}
+    config = validate_config({"data": {"bit_depth": 12}}, MinsegConfig, defaults=defaults)
+    assert config.data.bit_depth == 12 and [s.uri for s in config.data.sources] == ["/from/flag"]
+    own = validate_config({"data": {"sources": [{"uri": "/from/file"}]}}, MinsegConfig, defaults=defaults)
+    assert [s.uri for s in own.data.sources] == ["/from/file"]
+    assert [s.uri for s in validate_config({}, MinsegConfig, defaults=defaults).data.sources] == ["/from/flag"]
+    overridden = validate_config({}, MinsegConfig, overrides={"data.bit_depth": "10"}, defaults=defaults)
+    assert overridden.data.bit_depth == 10 and "bit_depth" in overridden.data.model_fields_set
+    with pytest.raises(ConfigError, match="sources"):
+        validate_config({"data": {"bit_depth": 12}}, MinsegConfig)
