@@ -225,14 +225,10 @@ def cmd_score(args) -> int:
 
 
 def data_from_folders(data, uris: list[str]):
-    """``score --data``: the config's ``DataSettings`` (or None) with the folders given as its sources, each read
-    like the config's first source (its layout, folders, name patterns, channels) but whole: that source's
-    include / exclude picked a subset of another collection."""
-    from minseg.config import validate_section
-    from minseg.data.config import DataSettings
-
-    if data is None:
-        return validate_section(DataSettings, {"sources": [{"uri": uri} for uri in uris]}, "data", "--data")
+    """``score --data``: the config's ``DataSettings`` (its sources the folders themselves when it gave none:
+    ``cmd_score``'s defaults) with the folders given as its sources, each read like the config's first source (its
+    layout, folders, name patterns, channels) but whole: that source's include / exclude picked a subset of
+    another collection."""
     first = data.sources[0]
     sources = [first.model_copy(update={"uri": uri, "name": None, "include": None, "exclude": []}) for uri in uris]
     return data.model_copy(update={"sources": sources})

@@ -564,9 +564,10 @@ def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: i
     if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
         log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
                   bit_depth=bit_depth,
-                  hint=f"their brightest pixel is at most {DARK} of 255 after decoding: 10- or 12-bit camera frames "
-                       f"stored in 16-bit samples, read as {bit_depth}-bit (most grey levels lost)? Set "
-                       "data.bit_depth to the camera's bit depth (e.g. 12)")
+                  hint=f"their brightest pixel is at most {DARK} of 255 after decoding. 10- or 12-bit camera frames "
+                       f"stored in 16-bit samples and read as {bit_depth}-bit (most grey levels lost)? Set "
+                       "data.bit_depth to the camera's bit depth (e.g. 12). 8-bit pictures this dark: blank or "
+                       "underexposed?")
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:

@@ -45,7 +45,7 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
             # what the block records were computed with
             "preview_stride": plan.preview_stride, "mineralogy": plan.measure.key(),
             # the pixels read: absent at the default, as records written before bit depths existed
-            **({"bit_depth": plan.bit_depth} if plan.bit_depth != BIT_DEPTH else {})}
+            **({"bit_depth": plan.read_bit_depth} if plan.read_bit_depth != BIT_DEPTH else {})}
 
 
 #: the layout of ``.minseg/blocks/*.npz``; records of another layout are never mixed in (2: inner grains as

@@ -22,7 +22,7 @@ from minseg.ensemble.manifest import EnsembleManifest
 from minseg.ensemble.sliding import TileGrid
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
-from minseg.io.images import BIT_DEPTH
+from minseg.io.images import BIT_DEPTH, depth_applies
 from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError, SlideLimits
 from minseg.io.storage import Storage, StorageError, join_uri
 from minseg.logs import get_logger, log_event
@@ -61,6 +61,13 @@ class SlidePlan:
     # never taken as done, nor resumed
     identity: tuple[dict, ...] = ()
     bit_depth: int = BIT_DEPTH  # significant bits of 16-bit samples (segment.bit_depth, else the manifest's)
+    stored_bits: int = 16  # bits per stored sample of the slide (its scene's most): the bit depth may not apply
+
+    @property
+    def read_bit_depth(self) -> int:
+        """The bit depth its outputs are recorded as read with: ``bit_depth``, or the default for slides that read
+        alike at any (8-bit ones): changing it does not redo them."""
+        return self.bit_depth if depth_applies(self.stored_bits) else BIT_DEPTH
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:
@@ -104,8 +111,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
     positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
     bit_depth = settings.bit_depth or manifest.bit_depth
     with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
-        if slide.info.sample_bits <= 8:  # read alike at any bit depth: its outputs are not redone when it changes
-            bit_depth = BIT_DEPTH
+        stored_bits = slide.info.stored_bits
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -140,7 +146,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
                             pixel_size),
         limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels, identity=identity,
-        bit_depth=bit_depth,
+        bit_depth=bit_depth, stored_bits=stored_bits,
     )
 
 

@@ -50,7 +50,7 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SlidePlan, plan_slide
-from minseg.io.images import BIT_DEPTH, DARK
+from minseg.io.images import BIT_DEPTH, DARK, depth_applies
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
@@ -207,9 +207,9 @@ def source_change(previous: dict, plan: SlidePlan) -> str | None:
     # file (redoing every slide of a survey after an upgrade would cost hours of GPU time for nothing)
     if "source_identity" in previous and previous["source_identity"] != list(plan.identity):
         return "the file changed since (size or modification time)"
-    if previous.get("bit_depth", BIT_DEPTH) != plan.bit_depth:
+    if previous.get("bit_depth", BIT_DEPTH) != plan.read_bit_depth:
         return (f"the outputs read its samples as {previous.get('bit_depth', BIT_DEPTH)}-bit, now "
-                f"{plan.bit_depth}-bit (segment.bit_depth or the ensemble's)")
+                f"{plan.read_bit_depth}-bit (segment.bit_depth or the ensemble's)")
     return None
 
 
@@ -613,7 +613,7 @@ class BlockRun:
         summary = {
             "slide": plan.slide_id, "uri": plan.uri, "status": str(SlideStatus.DONE), "format": plan.format,
             "level": plan.level, "source_shape": [plan.source_height, plan.source_width],
-            "source_identity": list(plan.identity), "bit_depth": plan.bit_depth,
+            "source_identity": list(plan.identity), "bit_depth": plan.read_bit_depth, "stored_bits": plan.stored_bits,
             "shape": [plan.height, plan.width], "read_level": plan.read_level, "pixel_size_um": plan.pixel_size_um,
             "tiles": len(plan.grid), "tile": plan.tile, "overlap": plan.overlap, "uncertainty": str(plan.uncertainty),
             "formats": [str(f) for f in self.settings.formats],
@@ -657,16 +657,21 @@ class BlockRun:
 
 def warn_if_dark(summary: dict) -> None:
     """``segment.slide_dark`` when a segmented slide's brightest input value is at most ``DARK`` of 255: a 10- or
-    12-bit camera's 16-bit frames read as 16-bit (the ensemble sees a black picture and labels it anyway)."""
+    12-bit camera's 16-bit frames read as 16-bit (the ensemble sees a black picture and labels it anyway), or an
+    8-bit picture that dark (blank, underexposed), which no bit depth changes."""
     brightest = summary.get("brightest")
-    if brightest is not None and brightest <= DARK:
-        bits = summary.get("bit_depth", BIT_DEPTH)
-        log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=brightest,
-                  bit_depth=bits,
-                  hint=f"its brightest pixel is {brightest} of 255 as read ({bits}-bit samples): a 10- or 12-bit "
-                       "camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it "
-                       "again with segment.bit_depth (--bit-depth) set to the camera's (read another way, it is "
-                       "redone)")
+    if brightest is None or brightest > DARK:
+        return
+    bits = summary.get("bit_depth", BIT_DEPTH)
+    if depth_applies(summary.get("stored_bits", 16)):
+        hint = (f"its brightest pixel is {brightest} of 255 as read ({bits}-bit samples): a 10- or 12-bit camera's "
+                "frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "
+                "segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
+    else:
+        hint = (f"its brightest pixel is {brightest} of 255 in {summary['stored_bits']}-bit samples: a blank or "
+                "underexposed picture, or the wrong file? Its labels are of a nearly black picture")
+    log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=brightest,
+              bit_depth=bits, hint=hint)
 
 
 def _table_row(summary: dict, status: SlideStatus) -> dict:

@@ -31,18 +31,23 @@ class DecodeError(InputError):
 
 class SampleAboveBitDepth(DecodeError):
     """A sample above the largest value of the bit depth it is read with (``scale_to_uint8``): the file's samples
-    are not of that depth. ``y``, ``x``: where, in the array read (``at`` moves it to a slide's coordinates)."""
+    are not of that depth. ``y``, ``x``: where, in the array read (``at`` moves it to a slide's coordinates at its
+    pyramid ``level``)."""
 
-    def __init__(self, peak: int, bits: int, y: int, x: int):
-        self.peak, self.bits, self.y, self.x = peak, bits, y, x
-        super().__init__(f"a sample of {peak} (at x={x}, y={y}) is above {(1 << bits) - 1}, the largest {bits}-bit "
-                         f"value: its samples are not {bits}-bit (the bit depth: data.bit_depth, or for segment "
-                         "segment.bit_depth / the ensemble's); set the one its camera records, 16 for samples over "
-                         "the whole 16-bit range")
+    def __init__(self, peak: int, bits: int, y: int, x: int, level: int = 0):
+        self.peak, self.bits, self.y, self.x, self.level = peak, bits, y, x, level
+        where = f"x={x}, y={y}" + (f" of pyramid level {level}" if level else "")
+        super().__init__(f"a sample of {peak} (at {where}) is above {(1 << bits) - 1}, the largest {bits}-bit "
+                         f"value: its samples are not {bits}-bit (the bit depth: data.bit_depth; for segment "
+                         "segment.bit_depth or the ensemble's, for score the ensemble's unless data.bit_depth is "
+                         "set); set the one its camera records, 16 for samples over the whole 16-bit range")
 
-    def at(self, top: int, left: int) -> "SampleAboveBitDepth":
-        """The same refusal for an array read at (``top``, ``left``)."""
-        return SampleAboveBitDepth(self.peak, self.bits, self.y + top, self.x + left)
+    def __reduce__(self):  # raised in Ray tasks and actors: it crosses processes by pickle
+        return type(self), (self.peak, self.bits, self.y, self.x, self.level)
+
+    def at(self, top: int, left: int, level: int = 0) -> "SampleAboveBitDepth":
+        """The same refusal for an array read at (``top``, ``left``) of pyramid ``level``."""
+        return SampleAboveBitDepth(self.peak, self.bits, self.y + top, self.x + left, level)
 
 
 LIMIT_KEY = "data.limits.max_image_pixels"
@@ -85,9 +90,9 @@ def _open_pil(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KE
     return ImageOps.exif_transpose(image)
 
 
-def picture_shape(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[int, int]:
-    """(height, width) of a JPEG / PNG / BMP as displayed (EXIF Orientation applied), from its header only:
-    nothing is decoded, and only the first bytes of ``stream`` (a seekable binary file) are read.
+def picture_header(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[int, int, int]:
+    """(height, width, bits per sample) of a JPEG / PNG / BMP as displayed (EXIF Orientation applied), from its
+    header only: nothing is decoded, and only the first bytes of ``stream`` (a seekable binary file) are read.
 
     Raises DecodeError for an unreadable header or an image over ``max_pixels`` (naming ``limit_key``).
     """
@@ -95,16 +100,20 @@ def picture_shape(stream, max_pixels: int, limit_key: str = LIMIT_KEY) -> tuple[
 
     Image.MAX_IMAGE_PIXELS = None
     try:
+        head = stream.read(26)
+        stream.seek(0)
         with Image.open(stream) as image:
             _check_size(image, max_pixels, limit_key)
             width, height = image.size
             if _header_orientation(image) in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
+            # Pillow opens 16-bit colour PNGs as 8-bit RGB: the IHDR says; other 16-bit pictures open as I;16 / I
+            bits = png_bit_depth(head) or (16 if image.mode.startswith("I") else 1 if image.mode == "1" else 8)
     except DecodeError:
         raise
     except Exception as exc:
         raise _unreadable(exc, stream.seek(0, io.SEEK_END)) from None
-    return height, width
+    return height, width, bits
 
 
 def _header_orientation(image) -> int:
@@ -181,7 +190,7 @@ class PixelFormat:
     colormap: np.ndarray | None = None
 
     @property
-    def sample_bits(self) -> int | None:
+    def band_bits(self) -> int | None:
         """The significant bits of the stored samples read as bands (``stored_bands``): ``bits``, or None (the
         dtype's) for a palette page, whose samples are indices read as they are."""
         return None if self.photometric == PALETTE else self.bits
@@ -192,7 +201,9 @@ class PixelFormat:
         if self.photometric == PALETTE:
             rgb = np.moveaxis(self.colormap[:, np.asarray(array, np.intp)], 0, -1)  # (h, w, 3) uint16
             return np.ascontiguousarray((rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8))
-        array = scale_to_uint8(shown_samples(array), self.bits)
+        if array.ndim == 3:  # the colour samples, by the interpretation: extra samples (alpha...) are not shown
+            array = array[..., 0] if self.photometric in (MINISWHITE, MINISBLACK) else array[..., :3]
+        array = scale_to_uint8(array, self.bits)
         if self.photometric == MINISWHITE:
             array = 255 - array  # 0 is white: what every viewer shows
         return to_rgb8(array)
@@ -204,12 +215,17 @@ BIT_DEPTH = 16  # significant bits of 16-bit samples unless the user says otherw
 DARK = 16
 
 
+def depth_applies(stored: int) -> bool:
+    """Whether a bit depth changes how samples of ``stored`` bits read: 9 to 16 bits (cameras' 16-bit frames);
+    samples of 8 bits or fewer, or of 32 (scientific TIFFs), read alike whatever it says."""
+    return 8 < stored <= 16
+
+
 def significant_bits(stored: int, bit_depth: int = BIT_DEPTH) -> int:
     """The bits that carry a sample's value: ``stored`` bits per sample (a TIFF's BitsPerSample, 16 for a 16-bit
     PNG), or fewer when the user gives a camera's ``bit_depth`` (``data.bit_depth``: 12 for 0..4095 in 16-bit
-    words). Samples of 8 bits or fewer, or of more than 16 (32-bit scientific TIFFs), are as stored whatever
-    ``bit_depth`` says: it describes cameras' 16-bit frames."""
-    return min(stored, bit_depth) if 8 < stored <= 16 else stored
+    words); as stored where ``depth_applies`` says it does not apply."""
+    return min(stored, bit_depth) if depth_applies(stored) else stored
 
 
 def dtype_bits(array: np.ndarray, bit_depth: int = BIT_DEPTH) -> int:
@@ -434,7 +450,7 @@ def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: i
         return luminance(decode_image(data, name, max_pixels, limit_key, bit_depth))
     if name.lower().endswith(TIFF_SUFFIXES):  # as stored, oriented
         array, pixel_format = _tiff_samples(data, max_pixels, mask=True, limit_key=limit_key, bit_depth=bit_depth)
-        return stored_bands(array, bands, bits=pixel_format.sample_bits)
+        return stored_bands(array, bands, bits=pixel_format.band_bits)
     array = _png16_colour(data, max_pixels, limit_key)
     if array is None:
         array = np.asarray(_open_pil(data, name, max_pixels, limit_key))
@@ -468,10 +484,11 @@ def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = No
 
 def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY,
                    bit_depth: int = BIT_DEPTH) -> tuple[np.ndarray, np.ndarray | None]:
-    """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W)
-    and RGB (H, W, 3) as stored, bilevel as bool, 16-bit grey as uint16, 16-bit colour as uint16 (H, W, s),
-    a palette image's indices (H, W) with its (256, 3) uint8 palette; other modes (alpha, CMYK ...) as
-    displayed, RGB (16-bit samples scaled from ``bit_depth`` bits). Returns (samples, palette or None).
+    """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W),
+    grey + alpha (H, W, 2), RGB and RGBA (H, W, 3 | 4) as stored, bilevel as bool, 16-bit grey as uint16, 16-bit
+    colour as uint16 (H, W, s), a palette image's indices (H, W) with its (256, 3) uint8 palette; other modes
+    (CMYK ...) as displayed, RGB (16-bit samples scaled from ``bit_depth`` bits). Returns (samples, palette or
+    None).
     Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
 
     Raises DecodeError as ``decode_image``.
@@ -484,7 +501,8 @@ def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIM
         entries = np.asarray(image.getpalette() or [], np.uint8)[: 256 * 3]
         palette.reshape(-1)[: len(entries)] = entries
         return np.asarray(image), palette
-    if image.mode in ("1", "L", "RGB", "I;16", "I;16B", "I;16L"):  # "1": bilevel, as bool
+    # "1": bilevel, as bool; with alpha as stored too (read as bands, the alpha is a band, as in training)
+    if image.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
         return np.asarray(image), None
     return decode_image(data, name, max_pixels, limit_key, bit_depth), None
 
@@ -496,7 +514,7 @@ def show_samples(samples: np.ndarray, palette: np.ndarray | None, bit_depth: int
     return to_rgb8(samples, dtype_bits(samples, bit_depth))
 
 
-def shown_samples(array: np.ndarray) -> np.ndarray:
+def drop_alpha(array: np.ndarray) -> np.ndarray:
     """The samples a viewer shows: grey (H, W) of grey or grey + alpha, RGB (H, W, 3) of RGB or RGBA. Dropped
     before scaling: a 16-bit alpha is 65535 (opaque) whatever bit depth the camera's samples have."""
     if array.ndim == 3 and array.shape[2] in (1, 2):
@@ -510,7 +528,7 @@ def to_rgb8(array: np.ndarray, bits: int | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3) from grey, grey + alpha, RGBA or 16-bit pixels of ``bits`` significant bits
     (default: the dtype's); the alpha is not shown. Raises DecodeError as ``scale_to_uint8``, or for another
     shape."""
-    array = shown_samples(array)
+    array = drop_alpha(array)
     if array.dtype != np.uint8:  # unsigned samples (signed / float: refused there)
         array = scale_to_uint8(array, bits)
     if array.ndim == 2:

@@ -29,7 +29,7 @@ import numpy as np
 from minseg.errors import InputError
 from minseg.enums import ChannelMode
 from minseg.io.images import (BIT_DEPTH, JPEG_COMPRESSIONS, JPEG_SUFFIXES, PALETTE, DecodeError, SampleAboveBitDepth,
-                              decode_samples, dtype_bits, luminance, picture_shape, png_bit_depth, show_samples,
+                              decode_samples, dtype_bits, luminance, picture_header, show_samples,
                               stored_bands, tiff_main_series, tiff_orientation, tiff_pixel_format, to_rgb8)
 from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
@@ -52,9 +52,9 @@ class SlideInfo:
     tile: tuple[int, int] | None  # stored tile or strip shape at level 0
     pixel_size_um: float | None = None  # of level 0, from SVS MPP or the resolution tags
     lossy: bool = False  # level 0 stored with lossy (JPEG) compression: no exact class ids
-    # bits per stored sample (the most of any level): 8 or fewer read alike whatever the bit depth; a reader that
-    # does not say is taken as 16-bit
-    sample_bits: int = 16
+    # bits per stored sample (the most of any level; a palette page's 8): a bit depth changes how the slide reads
+    # only for 9-16 (``images.depth_applies``); a reader that does not say is taken as 16-bit
+    stored_bits: int = 16
 
     @property
     def height(self) -> int:
@@ -272,7 +272,7 @@ class TiffReader:
                                                                                             self._levels))
             self.info = SlideInfo(uri, kind, tuple((p.imagelength, p.imagewidth) for p in self._levels),
                                   base.chunks[:2], _pixel_size_um(uri, self._tiff, self._pages[0]),
-                                  lossy=int(base.compression) in JPEG_COMPRESSIONS, sample_bits=bits)
+                                  lossy=int(base.compression) in JPEG_COMPRESSIONS, stored_bits=bits)
         except BaseException:
             self.close()
             raise
@@ -299,8 +299,10 @@ class TiffReader:
         return self._formats[level].displayed(region)
 
     def bits(self, level: int) -> int | None:
-        """The significant bits of ``level``'s samples read as bands (``PixelFormat.sample_bits``)."""
-        return self._formats[level].sample_bits
+        """The significant bits of ``level``'s samples read as bands (``PixelFormat.band_bits``; a palette page's
+        indices as stored, as training reads them)."""
+        bits = self._formats[level].band_bits
+        return bits if bits is not None else self._levels[level].dtype.itemsize * 8
 
     def _segment(self, level: int, page, keyframe, index: int) -> np.ndarray:
         key = (level, index)
@@ -351,21 +353,22 @@ class RasterReader:
         self._limit_key = f"{options.limits.key}.max_pixels" if options.max_raster_pixels == options.limits.max_pixels \
             else "the 400 M-pixel cap on PNG/JPEG slides, which are decoded whole (re-save as a tiled TIFF)"
         with storage.open_read(uri) as stream:
-            header = stream.read(26)
-            stream.seek(0)
-            shape = picture_shape(stream, self._max_pixels, self._limit_key)
+            height, width, bits = picture_header(stream, self._max_pixels, self._limit_key)
         self._pixels: np.ndarray | None = None
         self._palette: np.ndarray | None = None
         self._lock = threading.Lock()
-        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], (shape,), None, lossy=name.endswith(JPEG_SUFFIXES),
-                              sample_bits=png_bit_depth(header) or 8)
+        self.info = SlideInfo(uri, name.rsplit(".", 1)[-1], ((height, width),), None,
+                              lossy=name.endswith(JPEG_SUFFIXES), stored_bits=bits)
 
     def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
         """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""
         with self._lock:  # one decode, even when threads read regions at once
             if self._pixels is None:
-                pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
-                                                       self._max_pixels, self._limit_key, self._bit_depth)
+                try:
+                    pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
+                                                           self._max_pixels, self._limit_key, self._bit_depth)
+                except SampleAboveBitDepth as exc:  # of the whole picture (a decoder that scales): not moved
+                    raise DecodeError(str(exc)) from None
                 if pixels.shape[:2] != self.info.levels[0]:  # e.g. an EXIF Orientation after a PNG's pixels
                     raise DecodeError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels as displayed, not the "
                                       f"{self.info.width}x{self.info.height} its header gives; re-save it")
@@ -440,8 +443,7 @@ class Slide:
             displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
             return displayed(level, region) if displayed else to_rgb8(region, dtype_bits(region, self.bit_depth))
         except SampleAboveBitDepth as exc:  # said where it is in the slide
-            raise SlideError(_naming(self.uri, exc.at(y, x)) + (f" (pyramid level {level})" if level else "")) \
-                from None
+            raise SlideError(_naming(self.uri, exc.at(y, x, level))) from None
         except (DecodeError, StorageError) as exc:  # a PNG/JPEG is fetched and decoded on its first read
             raise SlideError(_naming(self.uri, exc)) from None
         except SlideError:
@@ -450,7 +452,7 @@ class Slide:
             raise SlideError(f"{self.uri}: corrupt data in region y={y} x={x} {height}x{width} "
                              f"({type(exc).__name__}: {exc})") from None
 
-    def sample_bits(self, level: int, region: np.ndarray) -> int:
+    def band_bits(self, level: int, region: np.ndarray) -> int:
         """The significant bits of ``region``, stored samples of ``level`` (``read_region(rgb=False)``): what
         the reader knows (a 12-bit TIFF), else its dtype's, at most ``bit_depth`` (``images.significant_bits``)."""
         bits = getattr(self._reader, "bits", None)
@@ -574,10 +576,9 @@ class ChannelSource:
         try:
             region = slide.read_region(y, x, height, width, level, rgb=False)
             return stored_bands(region, self.bands, f"; the ensemble reads {self.bands} channels from it",
-                                slide.sample_bits(level, region))
+                                slide.band_bits(level, region))
         except SampleAboveBitDepth as exc:
-            raise SlideError(f"{self.uri}: {exc.at(y, x)}" + (f" (pyramid level {level})" if level else "")) \
-                from None
+            raise SlideError(_naming(self.uri, exc.at(y, x, level))) from None
         except DecodeError as exc:
             raise SlideError(f"{self.uri}: {exc}") from None
 
@@ -618,7 +619,7 @@ class SceneSlide:
             else:
                 break
         self.info = SlideInfo(first.info.uri, first.info.format, tuple(levels), first.info.tile,
-                              first.info.pixel_size_um, sample_bits=max(s.info.sample_bits for s in self.slides))
+                              first.info.pixel_size_um, stored_bits=max(s.info.stored_bits for s in self.slides))
         self.channels = sum(source.count for source in sources)
 
     def level_shape(self, level: int) -> tuple[int, int]:

@@ -250,9 +250,10 @@ def test_twelve_bit_slides_are_read_as_the_ensemble_read_its_images(ray_session,
     assert failure.slide == "bright" and "bright.tif: a sample of 4096 (at x=30, y=20) is above 4095" in failure.reason
     assert np.array_equal(zarr_levels(out / "camera")[0], zarr_levels(out / "eight")[0])
     first = json.loads((out / "camera" / "summary.json").read_text())
-    assert first["bit_depth"] == 12 and first["brightest"] == eight.max()
+    assert first["bit_depth"] == 12 and first["stored_bits"] == 16 and first["brightest"] == eight.max()
     # an 8-bit slide reads alike at any bit depth: recorded at the default, not redone when it changes
-    assert json.loads((out / "eight" / "summary.json").read_text())["bit_depth"] == 16
+    plain = json.loads((out / "eight" / "summary.json").read_text())
+    assert plain["bit_depth"] == 16 and plain["stored_bits"] == 8
     assert "segment.slide_dark" not in {r.getMessage() for r in caplog.records}
     with caplog.at_level(logging.WARNING, logger="minseg.segment"):
         again = run(str(twelve), slides[:2], out, bit_depth=16)  # read as 16-bit now: not the finished outputs
@@ -285,6 +286,19 @@ def test_block_records_of_an_older_run_leave_the_brightest_value_unknown():
     warn_if_dark({"slide": "s", "brightest": None})  # nothing to say, nothing raised
 
 
+def test_a_dark_8_bit_slide_is_not_sent_to_the_bit_depth(caplog):
+    import logging
+
+    from minseg.inference.segment import warn_if_dark
+
+    with caplog.at_level(logging.WARNING, logger="minseg.segment"):
+        warn_if_dark({"slide": "blank", "brightest": 3, "bit_depth": 16, "stored_bits": 8})
+        warn_if_dark({"slide": "camera", "brightest": 16, "bit_depth": 16, "stored_bits": 16})
+    hints = {r.fields["slide"]: r.fields["hint"] for r in caplog.records if r.getMessage() == "segment.slide_dark"}
+    assert "blank or underexposed" in hints["blank"] and "bit_depth" not in hints["blank"]
+    assert "segment.bit_depth (--bit-depth)" in hints["camera"]
+
+
 def test_finished_outputs_of_before_bit_depths_stay_finished_at_the_default():
     """A summary.json written before bit depths were recorded is of a slide read as 16-bit: still done at the
     default, redone when the slide is read with another bit depth."""
@@ -292,10 +306,10 @@ def test_finished_outputs_of_before_bit_depths_stay_finished_at_the_default():
 
     from minseg.inference.segment import source_change
 
-    plan = SimpleNamespace(uri="a.tif", source_height=2, source_width=3, identity=(), bit_depth=16)
+    plan = SimpleNamespace(uri="a.tif", source_height=2, source_width=3, identity=(), read_bit_depth=16)
     old = {"uri": "a.tif", "source_shape": [2, 3]}
     assert source_change(old, plan) is None
-    assert source_change(old, SimpleNamespace(**{**vars(plan), "bit_depth": 12})) == \
+    assert source_change(old, SimpleNamespace(**{**vars(plan), "read_bit_depth": 12})) == \
         "the outputs read its samples as 16-bit, now 12-bit (segment.bit_depth or the ensemble's)"
 
 

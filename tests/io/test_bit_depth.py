@@ -67,8 +67,11 @@ def test_16_bit_colour_pngs_keep_their_16_bits():
     for samples in (rgb, np.dstack([rgb, opaque])):  # RGB, RGBA
         data = imagecodecs.png_encode(samples)
         assert np.array_equal(decode_image(data, "c.png", 10**8, bit_depth=12), expected)
-        if samples.shape[2] == 3:  # as bands, an alpha is a band like any other, held to the bit depth
+        if samples.shape[2] == 3:
             assert np.array_equal(decode_channels(data, "c.png", 10**8, "bands", 3, bit_depth=12), expected)
+        else:  # as bands, an alpha is a band like any other, held to the bit depth
+            with pytest.raises(DecodeError, match="a sample of 65535"):
+                decode_channels(data, "c.png", 10**8, "bands", 4, bit_depth=12)
         stored, palette = decode_samples(data, "c.png", 10**8, bit_depth=12)
         assert stored.dtype == np.uint16 and np.array_equal(show_samples(stored, palette, 12), expected)
         full = decode_image(data, "c.png", 10**8)  # 16 bits over 0..65535, as a TIFF's are
@@ -165,7 +168,8 @@ def test_a_registered_reader_without_bits_is_read_by_its_dtype(tmp_path):
     try:
         with Slide(str(path), bit_depth=12) as slide:
             assert np.array_equal(slide.read_region(0, 0, 48, 64), to_rgb8(SHOWN))
-            assert slide.sample_bits(0, slide.read_region(0, 0, 4, 4, rgb=False)) == 12
+            assert slide.band_bits(0, slide.read_region(0, 0, 4, 4, rgb=False)) == 12
+            assert slide.info.stored_bits == 16  # a reader that does not say: taken as 16-bit
     finally:
         unregister_slide_reader("npybits")
 
@@ -184,3 +188,70 @@ def test_a_real_section_saved_by_a_12_bit_camera_reads_as_its_8_bit_photograph(s
                      tile=(64, 64), compression="zlib")
     with Slide(str(path), bit_depth=12) as slide:
         assert np.array_equal(slide.read_region(0, 0, 300, 400), region)
+
+
+def test_the_refusal_crosses_processes_and_says_where_in_a_slide(tmp_path):
+    """Raised in Ray tasks and actors, the refusal is pickled; in a slide it gives the position at the pyramid level
+    read, through the RGB and the bands paths alike."""
+    import pickle
+
+    from minseg.io.images import SampleAboveBitDepth
+
+    error = pickle.loads(pickle.dumps(SampleAboveBitDepth(5000, 12, 3, 4).at(10, 20, 1)))
+    assert isinstance(error, DecodeError) and (error.y, error.x, error.level) == (13, 24, 1)
+    assert str(error).startswith("a sample of 5000 (at x=24, y=13 of pyramid level 1) is above 4095")
+    frame = np.tile(TWELVE, (2, 2))
+    frame[70, 90] = 50000
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tiff:  # level 0 and a level 1 with the hot sample at (y 35, x 45)
+        tiff.write(frame, photometric="minisblack", tile=(32, 32), subifds=1)
+        tiff.write(frame[::2, ::2], photometric="minisblack", tile=(32, 32), subfiletype=1)
+    with Slide(str(path), bit_depth=12) as slide:
+        with pytest.raises(SlideError, match=r"pyramid\.tif: a sample of 50000 \(at x=45, y=35 of pyramid level 1\)"):
+            slide.read_region(32, 32, 16, 16, level=1)
+        with pytest.raises(SlideError, match=r"a sample of 50000 \(at x=90, y=70\) is above 4095"):
+            ChannelSource(str(path), "bands", 1).channels(slide, 64, 64, 32, 32, 0)
+
+
+def test_grey_with_extra_samples_is_shown_grey():
+    """A MinIsBlack TIFF with two extra samples (alpha and another) is its grey, by the interpretation, not an RGB
+    guessed from three samples."""
+    grey = np.dstack([TWELVE, np.full_like(TWELVE, 65535), np.zeros_like(TWELVE)])
+    data = tiff(grey, photometric="minisblack", planarconfig="contig", extrasamples=["unassalpha", "unspecified"])
+    assert np.array_equal(decode_image(data, "g.tif", 10**8, bit_depth=12), np.dstack([SHOWN] * 3))
+
+
+def test_stored_bits_say_whether_a_bit_depth_applies(tmp_path):
+    """What a slide stores decides whether a bit depth changes it: 16-bit PNGs (colour too, which Pillow opens as
+    8-bit) and a 16-bit TIFF saved under a .png name say 16; 8-bit pictures and palette TIFFs 8; a scene its most."""
+    import imagecodecs
+
+    from minseg.io.images import depth_applies
+
+    assert [depth_applies(bits) for bits in (1, 8, 10, 12, 16, 32)] == [False, False, True, True, True, False]
+    (tmp_path / "grey16.png").write_bytes(png(TWELVE))
+    (tmp_path / "rgb16.png").write_bytes(imagecodecs.png_encode(np.dstack([TWELVE] * 3)))
+    (tmp_path / "eight.png").write_bytes(png(SHOWN))
+    (tmp_path / "tiff16.png").write_bytes(tiff(TWELVE, photometric="minisblack"))
+    tifffile.imwrite(tmp_path / "palette.tif", SHOWN, photometric="palette", colormap=np.zeros((3, 256), np.uint16))
+    tifffile.imwrite(tmp_path / "deep.tif", TWELVE, photometric="minisblack", tile=(32, 32))
+    expected = {"grey16.png": 16, "rgb16.png": 16, "eight.png": 8, "tiff16.png": 16, "palette.tif": 8, "deep.tif": 16}
+    for name, bits in expected.items():
+        with Slide(str(tmp_path / name), bit_depth=12) as slide:
+            assert slide.info.stored_bits == bits, name
+            if bits == 16:  # read over 0..4095
+                assert slide.read_region(0, 0, 48, 64)[..., 0].max() == 255, name
+    sources = (ChannelSource(str(tmp_path / "eight.png"), "grey"), ChannelSource(str(tmp_path / "deep.tif"), "grey"))
+    with SceneSlide(sources, Storage(), bit_depth=12) as scene:
+        assert scene.info.stored_bits == 16
+
+
+def test_8_bit_rgba_bands_read_alike_in_training_and_slides(tmp_path):
+    rgba = np.dstack([SHOWN, 255 - SHOWN, SHOWN // 2, np.full_like(SHOWN, 200)])
+    (tmp_path / "rgba.png").write_bytes(png(rgba))
+    trained = decode_channels((tmp_path / "rgba.png").read_bytes(), "rgba.png", 10**8, "bands", 4)
+    assert np.array_equal(trained, rgba)
+    with Slide(str(tmp_path / "rgba.png")) as slide:
+        assert np.array_equal(ChannelSource(str(tmp_path / "rgba.png"), "bands", 4).channels(slide, 0, 0, 48, 64, 0),
+                              trained)
+        assert np.array_equal(slide.read_region(0, 0, 48, 64), rgba[..., :3])  # shown without its alpha
