@@ -488,8 +488,7 @@ def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIM
     grey + alpha (H, W, 2), RGB and RGBA (H, W, 3 | 4) as stored, bilevel as bool, 16-bit grey as uint16, 16-bit
     colour as uint16 (H, W, s), a palette image's indices (H, W) with its (256, 3) uint8 palette; other modes
     (CMYK ...) as displayed, RGB (16-bit samples scaled from ``bit_depth`` bits). Returns (samples, palette or
-    None).
-    Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
+    None). Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
 
     Raises DecodeError as ``decode_image``.
     """
