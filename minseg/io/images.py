@@ -422,15 +422,23 @@ def decode_image(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT
     if (samples := _png16_colour(data, max_pixels, limit_key)) is not None:
         return to_rgb8(samples, significant_bits(16, bit_depth))
     image = _open_pil(data, name, max_pixels, limit_key)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image)
-        if array.size and (array.min() < 0 or array.max() > 65535):
-            raise DecodeError(f"32-bit integer pixels ({array.min()}..{array.max()}) are not an image minseg can show")
-        # older Pillow opens 16-bit PNGs as "I"
-        return to_rgb8(scale_to_uint8(array.astype(np.uint16), significant_bits(16, bit_depth)))
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return to_rgb8(_sixteen_bit(image), significant_bits(16, bit_depth))
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")  # palette, bilevel, CMYK, LAB, RGBA ... as Pillow displays them
     return to_rgb8(np.asarray(image))
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # older Pillow opens 16-bit grey PNGs as "I"
+
+
+def _sixteen_bit(image) -> np.ndarray:
+    """A 16-bit grey picture's samples, (H, W) uint16. Raises DecodeError: 32-bit integers (mode "I") beyond
+    0..65535."""
+    array = np.asarray(image)
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise DecodeError(f"32-bit integer pixels ({array.min()}..{array.max()}) are not an image minseg can show")
+    return array.astype(np.uint16, copy=False)
 
 
 def decode_channels(data: bytes, name: str, max_pixels: int, mode: str, bands: int | None = None,
@@ -482,13 +490,13 @@ def stored_bands(array: np.ndarray, bands: int | None, expected: str | None = No
     return np.ascontiguousarray(scale_to_uint8(array, bits))
 
 
-def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIMIT_KEY,
-                   bit_depth: int = BIT_DEPTH) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_samples(data: bytes, name: str, max_pixels: int,
+                   limit_key: str = LIMIT_KEY) -> tuple[np.ndarray, np.ndarray | None]:
     """A PNG / JPEG's stored samples (what ``decode_image`` shows them as is ``show_samples``): grey (H, W),
     grey + alpha (H, W, 2), RGB and RGBA (H, W, 3 | 4) as stored, bilevel as bool, 16-bit grey as uint16, 16-bit
     colour as uint16 (H, W, s), a palette image's indices (H, W) with its (256, 3) uint8 palette; other modes
-    (CMYK ...) as displayed, RGB (16-bit samples scaled from ``bit_depth`` bits). Returns (samples, palette or
-    None). Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
+    (CMYK ...) as displayed, RGB uint8. Nothing is scaled: a bit depth applies when they are shown. Returns
+    (samples, palette or None). Class-id masks saved as grey, bilevel or palette PNGs keep their ids.
 
     Raises DecodeError as ``decode_image``.
     """
@@ -500,10 +508,12 @@ def decode_samples(data: bytes, name: str, max_pixels: int, limit_key: str = LIM
         entries = np.asarray(image.getpalette() or [], np.uint8)[: 256 * 3]
         palette.reshape(-1)[: len(entries)] = entries
         return np.asarray(image), palette
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _sixteen_bit(image), None
     # "1": bilevel, as bool; with alpha as stored too (read as bands, the alpha is a band, as in training)
-    if image.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L"):
+    if image.mode in ("1", "L", "LA", "RGB", "RGBA"):
         return np.asarray(image), None
-    return decode_image(data, name, max_pixels, limit_key, bit_depth), None
+    return decode_image(data, name, max_pixels, limit_key), None  # 8-bit modes Pillow converts (CMYK, LAB ...)
 
 
 def show_samples(samples: np.ndarray, palette: np.ndarray | None, bit_depth: int = BIT_DEPTH) -> np.ndarray:

@@ -364,11 +364,8 @@ class RasterReader:
         """The stored samples (a grey or palette PNG of class ids keeps its ids); ``displayed`` shows them."""
         with self._lock:  # one decode, even when threads read regions at once
             if self._pixels is None:
-                try:
-                    pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
-                                                           self._max_pixels, self._limit_key, self._bit_depth)
-                except SampleAboveBitDepth as exc:  # of the whole picture (a decoder that scales): not moved
-                    raise DecodeError(str(exc)) from None
+                pixels, self._palette = decode_samples(self._storage.read_bytes(self._uri), self._name,
+                                                       self._max_pixels, self._limit_key)
                 if pixels.shape[:2] != self.info.levels[0]:  # e.g. an EXIF Orientation after a PNG's pixels
                     raise DecodeError(f"decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels as displayed, not the "
                                       f"{self.info.width}x{self.info.height} its header gives; re-save it")

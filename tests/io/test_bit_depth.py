@@ -72,7 +72,7 @@ def test_16_bit_colour_pngs_keep_their_16_bits():
         else:  # as bands, an alpha is a band like any other, held to the bit depth
             with pytest.raises(DecodeError, match="a sample of 65535"):
                 decode_channels(data, "c.png", 10**8, "bands", 4, bit_depth=12)
-        stored, palette = decode_samples(data, "c.png", 10**8, bit_depth=12)
+        stored, palette = decode_samples(data, "c.png", 10**8)
         assert stored.dtype == np.uint16 and np.array_equal(show_samples(stored, palette, 12), expected)
         full = decode_image(data, "c.png", 10**8)  # 16 bits over 0..65535, as a TIFF's are
         assert np.array_equal(full, np.round(rgb * (255 / 65535)).astype(np.uint8))
