@@ -439,15 +439,30 @@ class Slide:
                 return np.ascontiguousarray(region)
             displayed = getattr(self._reader, "displayed", None)  # readers of RGB formats need none
             return displayed(level, region) if displayed else to_rgb8(region, dtype_bits(region, self.bit_depth))
-        except SampleAboveBitDepth as exc:  # said where it is in the slide
-            raise SlideError(_naming(self.uri, exc.at(y, x, level))) from None
         except (DecodeError, StorageError) as exc:  # a PNG/JPEG is fetched and decoded on its first read
-            raise SlideError(_naming(self.uri, exc)) from None
+            raise SlideError(self._refusal(exc, y, x, level)) from None
         except SlideError:
             raise
         except Exception as exc:
             raise SlideError(f"{self.uri}: corrupt data in region y={y} x={x} {height}x{width} "
                              f"({type(exc).__name__}: {exc})") from None
+
+    def read_bands(self, y: int, x: int, height: int, width: int, level: int, bands: int,
+                   expected: str | None = None) -> np.ndarray:
+        """(height, width, ``bands``) uint8 of the stored samples at ``level``, every one a channel, scaled from
+        their significant bits (``band_bits``), as training reads them (``images.decode_channels``). Raises
+        SlideError as ``read_region``, and for another number of samples (the message ends with ``expected``),
+        samples that are no unsigned integers, or a sample above the bit depth (with its place in the slide)."""
+        region = self.read_region(y, x, height, width, level, rgb=False)
+        try:
+            return stored_bands(region, bands, expected, self.band_bits(level, region))
+        except DecodeError as exc:
+            raise SlideError(self._refusal(exc, y, x, level)) from None
+
+    def _refusal(self, exc: Exception, y: int, x: int, level: int) -> str:
+        """A reader's or decoder's refusal of the region at (``y``, ``x``) of ``level``, led by the slide's URI; a
+        sample above the bit depth is placed in the slide."""
+        return _naming(self.uri, exc.at(y, x, level) if isinstance(exc, SampleAboveBitDepth) else exc)
 
     def band_bits(self, level: int, region: np.ndarray) -> int:
         """The significant bits of ``region``, stored samples of ``level`` (``read_region(rgb=False)``): what
@@ -570,14 +585,8 @@ class ChannelSource:
             return slide.read_region(y, x, height, width, level)
         if self.mode == "grey":
             return luminance(slide.read_region(y, x, height, width, level))
-        try:
-            region = slide.read_region(y, x, height, width, level, rgb=False)
-            return stored_bands(region, self.bands, f"; the ensemble reads {self.bands} channels from it",
-                                slide.band_bits(level, region))
-        except SampleAboveBitDepth as exc:
-            raise SlideError(_naming(self.uri, exc.at(y, x, level))) from None
-        except DecodeError as exc:
-            raise SlideError(f"{self.uri}: {exc}") from None
+        return slide.read_bands(y, x, height, width, level, self.bands,
+                                f"; the ensemble reads {self.bands} channels from it")
 
 
 class SceneSlide:
