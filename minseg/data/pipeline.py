@@ -220,8 +220,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "digest": None, "brightest": 0}
     try:
         if task is Task.CLASSIFICATION:
-            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels,
-                                 bit_depth=data.bit_depth)
+            image = decode_scene(item, data.limits, storage, data.bit_depth)
             small, _ = resize_pair(image, None, data.tiling.size / max(image.shape[:2]))
             row["tiles"] = 1
             row["tile_classes"] = [[int(item["label"])]]
@@ -270,8 +269,7 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
     """
     try:
         if item.get("label") is not None:
-            image = decode_image(read_ref(item["image"], storage), item["image_name"], data.limits.max_image_pixels,
-                                 bit_depth=data.bit_depth)
+            image = decode_scene(item, data.limits, storage, data.bit_depth)
             from PIL import Image
 
             size = data.tiling.size

@@ -207,9 +207,9 @@ def source_change(previous: dict, plan: SlidePlan) -> str | None:
     # file (redoing every slide of a survey after an upgrade would cost hours of GPU time for nothing)
     if "source_identity" in previous and previous["source_identity"] != list(plan.identity):
         return "the file changed since (size or modification time)"
-    if previous.get("bit_depth", BIT_DEPTH) != plan.read_bit_depth:
-        return (f"the outputs read its samples as {previous.get('bit_depth', BIT_DEPTH)}-bit, now "
-                f"{plan.read_bit_depth}-bit (segment.bit_depth or the ensemble's)")
+    if (read := previous.get("bit_depth", BIT_DEPTH)) != plan.read_bit_depth:
+        return (f"the outputs read its samples as {read}-bit, now {plan.read_bit_depth}-bit (segment.bit_depth or "
+                "the ensemble's)")
     return None
 
 
