@@ -1,31 +1,18 @@
 """A camera's bit depth in 16-bit samples (``data.bit_depth``, the manifest's, ``segment.bit_depth``): every decoder
 scales 0..2**bits-1 to 0..255, refuses a sample above it naming the file, and leaves 8-bit pictures alone."""
 
-import io
-
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
 from minseg.io.images import DecodeError, decode_channels, decode_image, significant_bits, to_rgb8
 from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError
 from minseg.io.storage import Storage
+from tests.data.helpers import png_bytes as png
+from tests.io.test_images import tiff_bytes as tiff
 
 TWELVE = (np.arange(48 * 64, dtype=np.uint16) * 7 % 4096).reshape(48, 64)  # a 12-bit camera's frame, 0..4095
 SHOWN = np.round(TWELVE * (255 / 4095)).astype(np.uint8)  # what it shows over 0..255
-
-
-def tiff(array, **options) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, **options)
-    return buffer.getvalue()
-
-
-def png(array) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_significant_bits():
