@@ -354,17 +354,33 @@ def cmd_segment(args) -> int:
     return 1 if result.failed else 0
 
 
+def _per_image(text: str, value: str, example: str) -> dict[str, str]:
+    """``ppl=a,xpl=b`` -> {"ppl": "a", "xpl": "b"}: one value per image of a scene, by channel name."""
+    given = {}
+    for part in text.split(","):
+        name, sep, item = part.partition("=")
+        if not sep or not name.strip() or not item.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not NAME={value} (e.g. {example})")
+        if name.strip() in given:
+            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}: one value per image")
+        given[name.strip()] = item.strip()
+    return given
+
+
 def _scene(text: str) -> dict[str, str]:
     """``ppl=a.tif,xpl=b.tif`` -> {"ppl": "a.tif", "xpl": "b.tif"} (--scene)."""
-    scene = {}
-    for part in text.split(","):
-        name, sep, uri = part.partition("=")
-        if not sep or not name.strip() or not uri.strip():
-            raise argparse.ArgumentTypeError(f"{part!r} is not NAME=URI (e.g. ppl=s01_ppl.tif,xpl=s01_xpl.tif)")
-        if name.strip() in scene:
-            raise argparse.ArgumentTypeError(f"{name.strip()!r} is given twice in {text!r}: one image per channel")
-        scene[name.strip()] = uri.strip()
-    return scene
+    return _per_image(text, "URI", "ppl=s01_ppl.tif,xpl=s01_xpl.tif")
+
+
+def _bit_depth(text: str) -> int | dict[str, int]:
+    """``12`` (every image), or ``bse=16,ppl=12`` (those images; the others as the ensemble's) (--bit-depth)."""
+    example = "12, or bse=16 for one image of a scene"
+    given = _per_image(text, "BITS", example) if "=" in text else {"": text}
+    try:
+        bits = {name: int(value) for name, value in given.items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bits (e.g. {example})") from None
+    return bits if "=" in text else bits[""]
 
 
 def cmd_measure(args) -> int:
@@ -641,9 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--actors", type=int, help="inference actors")
     segment.add_argument("--force", action="store_true", help="redo slides whose outputs already exist")
     segment.add_argument("--block", type=int, help="output block side in pixels (default 4096): one worker's unit")
-    segment.add_argument("--bit-depth", type=int, metavar="BITS",
+    segment.add_argument("--bit-depth", type=_bit_depth, metavar="BITS|NAME=BITS,...",
                          help="significant bits of slides stored with 16 bits per sample, e.g. 12 for a 12-bit "
-                              "camera (default: the ensemble's, data.bit_depth of its training images)")
+                              "camera; bse=16 for one image of a scene (default: the ensemble's, data.bit_depth or "
+                              "channels[].bit_depth of its training images)")
     segment.add_argument("--format", action="append", choices=["zarr", "tiff"],
                          help="outputs: the OME-Zarr is always written; --format tiff adds labels.tif / "
                               "uncertainty.tif (repeatable)")

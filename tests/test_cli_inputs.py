@@ -127,6 +127,10 @@ def test_other_comma_lists_refuse_empty_or_repeated_entries(tmp_path, capsys):
                           (["train", "-c", "x.yaml", "--members", "a,b,a"], "'a' is given twice"),
                           (["segment", "--scene", "ppl=a.tif,ppl=b.tif"], "'ppl' is given twice"),
                           (["segment", "--scene", "ppl=a.tif,,xpl=b.tif"], "'' is not NAME=URI"),
+                          (["segment", "--bit-depth", "ppl=12,ppl=14"], "'ppl' is given twice"),
+                          (["segment", "--bit-depth", "ppl=twelve"], "'ppl=twelve' is not a number of bits"),
+                          (["segment", "--bit-depth", "12bit"], "'12bit' is not a number of bits"),
+                          (["segment", "--bit-depth", "ppl=12,"], "'' is not NAME=BITS"),
                           (["score", "--data", ""], "argument --data: empty"),
                           (["segment", "--manifest", ""], "argument --manifest: empty")]:
         with pytest.raises(SystemExit) as exit_:
@@ -184,6 +188,8 @@ def test_a_tiff_with_non_square_pixels_is_refused(tmp_path, capsys):
     (["segment", "s.png", "--block", "100"], ["--block: segment.block: 100 is not a multiple of output_tile (512)"]),
     (["segment", "s.png", "--bit-depth", "20"],
      ["--bit-depth: segment.bit_depth: Input should be less than or equal to 16 (got 20)"]),
+    (["segment", "s.png", "--bit-depth", "ppl=12,bse=17"],
+     ["--bit-depth: segment.bit_depth.bse: Input should be less than or equal to 16 (got 17)"]),
     (["measure", "m.png", "--pixel-size-um", "0"], ["--pixel-size-um: measure.pixel_size_um: Input should be greater "
                                                      "than 0"]),
     (["measure", "m.png", "--pixel-size-um", "inf"], ["--pixel-size-um: measure.pixel_size_um: Input should be a "

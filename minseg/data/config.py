@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
@@ -28,6 +28,9 @@ def _normalization(value: dict[str, list[float]]) -> dict[str, list[float]]:
 Normalization = Annotated[dict[str, list[float]], AfterValidator(_normalization)]
 #: significant bits of images stored with 16 bits per sample (``data.bit_depth``, manifests, ``segment.bit_depth``)
 BitDepth = Annotated[int, Field(ge=8, le=16)]
+#: one bit depth for every image of a scene, or {image name: bits} for some (``segment.bit_depth``)
+SceneBitDepth = Annotated[Annotated[BitDepth, Tag("all")] | Annotated[dict[str, BitDepth], Tag("each")],
+                          Discriminator(lambda value: "each" if isinstance(value, dict) else "all")]
 
 
 class ClassSpec(StrictModel):
@@ -127,6 +130,17 @@ class ImageChannels(StrictModel):
     mode: ChannelMode = Field(ChannelMode.RGB, description="rgb: 3 channels; grey: 1 (luminance); bands: every "
                               "stored sample (a multi-band TIFF), 'bands' of them")
     bands: int | None = Field(None, ge=1, le=64, description="mode bands: how many samples each file has")
+    bit_depth: BitDepth | None = Field(
+        None, description="significant bits of this image's 16-bit samples when they differ from the other images' "
+        "(a 12-bit camera beside a 16-bit BSE detector); default: data.bit_depth")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # without its own bit depth an image dumps as before the key existed: manifests and run digests keep theirs
+        dumped = handler(self)
+        if isinstance(dumped, dict) and self.bit_depth is None:
+            dumped.pop("bit_depth", None)
+        return dumped
 
     @field_validator("image_pattern")
     @classmethod
@@ -142,6 +156,16 @@ class ImageChannels(StrictModel):
     @property
     def count(self) -> int:
         return self.mode.count(self.bands)
+
+    def entry(self, ref, name: str) -> dict:
+        """This image of one scene as an item records it (``ref``: where it is read; ``name``: its file name)."""
+        return {"ref": ref, "name": name, "mode": str(self.mode), "bands": self.bands,
+                **({"bit_depth": self.bit_depth} if self.bit_depth else {})}
+
+    def bits(self, default: int) -> int:
+        """The significant bits its 16-bit samples are read with: its own ``bit_depth``, else ``default``
+        (``data.bit_depth``, a manifest's)."""
+        return self.bit_depth or default
 
     def labels(self) -> list[str]:
         """One label per channel: ``ppl:R``, ``bse``, ``ms:1`` ..."""
@@ -385,6 +409,22 @@ class DataSettings(StrictModel):
     @property
     def in_channels(self) -> int:
         return sum(group.count for group in self.channel_groups)
+
+    def bit_depths_unlike_first(self) -> list[str]:
+        """``sources[i].channels.<name>: 12-bit (sources[0]: 16-bit)`` for each image a later source reads with other
+        bits than the first: manifests record the first source's (two cameras; slides of the other need
+        ``segment.bit_depth``)."""
+        first = {group.name: group.bits(self.bit_depth) for group in self.channel_groups}
+        return [f"sources[{index}].channels.{group.name}: {group.bits(self.bit_depth)}-bit (sources[0]: "
+                f"{first[group.name]}-bit)" for index, source in enumerate(self.sources[1:], start=1)
+                for group in source.channels or () if group.bits(self.bit_depth) != first.get(group.name)]
+
+    @property
+    def image_bit_depths(self) -> tuple[tuple[int, str, int], ...]:
+        """(source index, image name, bits) of every scene image read with other bits than ``bit_depth``
+        (``channels[].bit_depth``): part of the data signature, as ``bit_depth`` is."""
+        return tuple((index, group.name, group.bit_depth) for index, source in enumerate(self.sources)
+                     for group in source.channels or () if group.bits(self.bit_depth) != self.bit_depth)
 
     @property
     def channel_labels(self) -> list[str]:

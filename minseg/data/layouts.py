@@ -468,8 +468,8 @@ def read_paired(container: Container, prefix: str, source: SourceSettings, stora
             continue
         extra = {}
         if declared:
-            extra["channels"] = [{"ref": container.members[found], "name": found, "mode": str(group.mode),
-                                  "bands": group.bands} for (group, _, _), found in zip(groups, present)]
+            extra["channels"] = [group.entry(container.members[found], found)
+                                 for (group, _, _), found in zip(groups, present)]
         items.append(make_item(container, prefix, present[0], item_key=key, source_key=key,
                                mask=container.members[masks[key]], mask_name=masks[key], **extra))
     for key in sorted(set(masks) - set(scenes)):

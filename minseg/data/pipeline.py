@@ -67,6 +67,7 @@ class PreparedData:
     # items, which travel to every read task and evaluation actor
     tile_classes: dict[str, list[list[int]]] = field(default_factory=dict)
     bit_depth: int = BIT_DEPTH  # data.bit_depth: what the images' pixels were decoded as
+    image_bit_depths: tuple = ()  # data.image_bit_depths: scene images decoded with their own bit depth
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
@@ -80,10 +81,13 @@ class PreparedData:
         else:
             parts = [sorted((i["item_id"], i["tiles"]) for i in self.splits[name]) for name in ("train", "val", "test")]
             signature = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-        if self.bit_depth == BIT_DEPTH:  # as recorded before bit depths existed
+        if self.bit_depth == BIT_DEPTH and not self.image_bit_depths:  # as recorded before bit depths existed
             return signature
         # other pixels from the same files: a member trained on one reading is not continued or kept on another
-        return hashlib.sha256(f"{signature}/bit_depth={self.bit_depth}".encode()).hexdigest()[:16]
+        reading = f"{signature}/bit_depth={self.bit_depth}"
+        if self.image_bit_depths:
+            reading += f"/images={json.dumps([list(entry) for entry in self.image_bit_depths])}"
+        return hashlib.sha256(reading.encode()).hexdigest()[:16]
 
     def tile_classes_of(self, items: list[dict]) -> dict[str, list[list[int]]]:
         """``tile_classes`` of these items only (e.g. a trial's training items), by item id."""
@@ -111,8 +115,9 @@ def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
 def decode_scene(item: dict, limits: LimitSettings, storage: Storage, bit_depth: int = BIT_DEPTH) -> np.ndarray:
     """An item's input image, (H, W, C) uint8: its one picture as RGB, or its declared ``channels`` (the images of
     one scene, each decoded by its mode) stacked in order; samples of more than 8 bits scaled from ``bit_depth``
-    bits (``data.bit_depth``). Raises DecodeError naming the image that does not fit (unreadable, another size
-    than the scene's first image, another number of bands, a sample above ``bit_depth`` bits)."""
+    bits (``data.bit_depth``), or from an image's own (``channels[].bit_depth``). Raises DecodeError naming the
+    image that does not fit (unreadable, another size than the scene's first image, another number of bands, a
+    sample above its bit depth)."""
     channels = item.get("channels")
     if not channels:
         return decode_image(read_ref(item["image"], storage), item["image_name"], limits.max_image_pixels,
@@ -121,7 +126,8 @@ def decode_scene(item: dict, limits: LimitSettings, storage: Storage, bit_depth:
     for channel in channels:
         try:
             array = decode_channels(read_ref(channel["ref"], storage), channel["name"], limits.max_image_pixels,
-                                    channel["mode"], channel["bands"], bit_depth=bit_depth)
+                                    channel["mode"], channel["bands"],
+                                    bit_depth=channel.get("bit_depth") or bit_depth)
         except DecodeError as exc:
             raise DecodeError(f"{channel['name']}: {exc}") from None
         if stack and array.shape[:2] != stack[0].shape[:2]:
@@ -217,7 +223,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0,
-           "digest": None, "brightest": 0}
+           "digest": None, "brightest": 0, "dark_image": None}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_scene(item, data.limits, storage, data.bit_depth)
@@ -248,7 +254,9 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         # the pixels, whatever the file's name or format: one picture under two names would leak across splits
         if image.size and image.min() != image.max():  # blank frames are alike without being one picture
             row["digest"] = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16).hexdigest()
-        row["brightest"] = int(image.max()) if image.size else 0
+        # the darkest image of a scene counts: a 12-bit camera's frames beside a 16-bit detector's bright ones
+        row["brightest"], row["dark_image"] = _darkest_image(image, data.channel_groups if item.get("channels")
+                                                             else ())
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
         row["channel_n"] = int(pixels.shape[0])
@@ -378,8 +386,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
             listed_items = _selected(listed, source, index)
         if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
             for item in listed_items:
-                item.setdefault("channels", [{"ref": item["image"], "name": item["image_name"],
-                                              "mode": str(groups[0].mode), "bands": groups[0].bands}])
+                item.setdefault("channels", [groups[0].entry(item["image"], item["image_name"])])
         if listed.class_names is not None:
             folder_names = listed.class_names
         log_event(log, "data.source.listed", source=source.uri, layout=str(layout), items=len(listed_items),
@@ -547,7 +554,8 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
                                     np.flatnonzero((trained == 0) & (scored > 0))], data.split.stratify)
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
-                                          for split in good.values() for i in split}, bit_depth=data.bit_depth)
+                                          for split in good.values() for i in split}, bit_depth=data.bit_depth,
+                            image_bit_depths=data.image_bit_depths)
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
@@ -556,16 +564,32 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
 
 
+def _darkest_image(image: np.ndarray, groups) -> tuple[int, str | None]:
+    """(brightest value, 0..255, of the darkest image of the scene; its name when the scene has several images)
+    of a decoded item (H, W, C) whose channels are ``groups``' (none: one picture)."""
+    if not image.size:
+        return 0, None
+    if len(groups) < 2:
+        return int(image.max()), None
+    bounds = np.cumsum([0] + [group.count for group in groups])
+    maxima = [int(image[..., start:stop].max()) for start, stop in zip(bounds[:-1], bounds[1:])]
+    darkest = int(np.argmin(maxima))
+    return maxima[darkest], groups[darkest].name
+
+
 def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: int) -> None:
-    """``data.images_dark``: usable images whose brightest decoded value is at most ``DARK`` of 255."""
+    """``data.images_dark``: usable images (or images of a scene) whose brightest decoded value is at most
+    ``DARK`` of 255."""
     dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
     if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
-        log_event(log, "data.images_dark", logging.WARNING, images=len(dark), example=dark[0], brightest=DARK,
+        image = by_id[dark[0]].get("dark_image")
+        log_event(log, "data.images_dark", logging.WARNING, images=len(dark),
+                  example=f"{dark[0]} ({image})" if image else dark[0], brightest=DARK,
                   bit_depth=bit_depth,
                   hint=f"their brightest pixel is at most {DARK} of 255 after decoding. 10- or 12-bit camera frames "
                        f"stored in 16-bit samples and read as {bit_depth}-bit (most grey levels lost)? Set "
-                       "data.bit_depth to the camera's bit depth (e.g. 12). 8-bit pictures this dark: blank or "
-                       "underexposed?")
+                       "data.bit_depth to the camera's bit depth (e.g. 12), or data.sources[].channels[].bit_depth "
+                       "for one image of a scene. 8-bit pictures this dark: blank or underexposed?")
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:
@@ -663,7 +687,7 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
             raise DataError(f"the {split} split of the data is empty: nothing to score", prepared.quarantine)
         return PreparedData(Task.SEGMENTATION, prepared.classmap, {"train": [], "val": [], "test": chosen},
                             prepared.quarantine, {"test": prepared.stats[split]}, normalization, data.tiling,
-                            data.limits, bit_depth=data.bit_depth)
+                            data.limits, bit_depth=data.bit_depth, image_bit_depths=data.image_bit_depths)
     items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), Task.SEGMENTATION)
     classmap = _resolve_classmap(data, Task.SEGMENTATION, folder_names)
     for item in items:
@@ -675,7 +699,8 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
     _warn_dark(good, by_id, data.bit_depth)
     stats = _split_stats(items, by_id, classmap, good)
     prepared = PreparedData(Task.SEGMENTATION, classmap, good, quarantine, {"test": stats["test"]}, normalization,
-                            data.tiling, data.limits, bit_depth=data.bit_depth)
+                            data.tiling, data.limits, bit_depth=data.bit_depth,
+                            image_bit_depths=data.image_bit_depths)
     log_event(log, "data.prepared_for_scoring", items=len(good["test"]), quarantined=len(quarantine))
     return prepared
 

@@ -53,7 +53,8 @@ class ScoreResult:
 
 def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: str) -> DataSettings:
     """The data section to score with: its classes the manifest's (given or checked), its scale the manifest's,
-    its ``bit_depth`` the manifest's unless the data section sets one.
+    its ``bit_depth`` the manifest's unless the data section sets one; its scene images, when it declares none,
+    the manifest's (with their own bit depths, unless the data section sets one for them all).
 
     Raises:
         InputError: no data section; classes named differently from the ensemble's.
@@ -76,9 +77,12 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
                              "ensemble predicts its own classes; list the same names in the same order (their mask "
                              "codes may differ), or leave data.classes out to use the manifest's")
         classes = data.classes
+    own_depth = "bit_depth" in data.model_fields_set
     if manifest.channels and all(source.channels is None for source in data.sources):
-        # the images of a scene as the ensemble was trained on them (folders, name patterns), unless declared
-        sources = [source.model_copy(update={"channels": list(manifest.channels)}) for source in data.sources]
+        # the images of a scene as the ensemble was trained on them (folders, name patterns, each image's bit
+        # depth), unless declared; a data.bit_depth given here is these images' camera, for every image
+        channels = [group.model_copy(update={"bit_depth": None}) if own_depth else group for group in manifest.channels]
+        sources = [source.model_copy(update={"channels": channels}) for source in data.sources]
         data = data.model_copy(update={"sources": sources})
     if channel_signature(data.channel_groups) != channel_signature(manifest.channel_groups):
         raise InputError(f"the data gives {describe_channels(data.channel_groups)} per scene but the ensemble reads "
@@ -89,7 +93,7 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
     tiling = data.tiling.model_copy(update={"scale": manifest.tiling.scale})
     # 16-bit samples read as the ensemble's training images were (the same camera), unless data.bit_depth says
     # what these images' camera records
-    bit_depth = data.bit_depth if "bit_depth" in data.model_fields_set else manifest.bit_depth
+    bit_depth = data.bit_depth if own_depth else manifest.bit_depth
     return data.model_copy(update={"classes": classes, "tiling": tiling, "bit_depth": bit_depth})
 
 

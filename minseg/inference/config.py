@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
-from minseg.data.config import BitDepth
+from minseg.data.config import SceneBitDepth
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
 from minseg.io.storage import has_glob, output_folder
 from minseg.mineralogy.config import MAX_PIXEL_SIZE_UM
@@ -81,9 +81,11 @@ class SegmentSettings(StrictModel):
     pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
                                         description="µm per pixel of the segmented "
                                         "level; default: the slide's resolution tags, if any")
-    bit_depth: BitDepth | None = Field(None, description="significant bits of slides stored with 16 bits "
-                                  "per sample (12: a 12-bit camera); default: the ensemble's (data.bit_depth of its "
-                                  "training images, the same camera). Set it for slides from another camera")
+    bit_depth: SceneBitDepth | None = Field(
+        None, description="significant bits of slides stored with 16 bits per sample (12: a 12-bit camera), for "
+        "every image of a scene, or {name: bits} for some (the others as the ensemble's); default: the ensemble's "
+        "(data.bit_depth or channels[].bit_depth of its training images, the same camera). Set it for slides from "
+        "another camera")
     limits: SlideLimitSettings = SlideLimitSettings()
 
     @model_validator(mode="before")

@@ -20,6 +20,7 @@ from minseg.enums import FusionMode, Uncertainty
 from minseg.ensemble.config import Tiling
 from minseg.ensemble.manifest import EnsembleManifest
 from minseg.ensemble.sliding import TileGrid
+from minseg.errors import InputError
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
 from minseg.io.images import BIT_DEPTH, depth_applies
@@ -60,14 +61,19 @@ class SlidePlan:
     # each source file's version (``Storage.version``): outputs of a file since replaced are
     # never taken as done, nor resumed
     identity: tuple[dict, ...] = ()
-    bit_depth: int = BIT_DEPTH  # significant bits of 16-bit samples (segment.bit_depth, else the manifest's)
+    # significant bits of 16-bit samples (segment.bit_depth, else the manifest's); a scene's images carry their own
+    bit_depth: int = BIT_DEPTH
     stored_bits: int = 16  # bits per stored sample of the slide (its scene's most): the bit depth may not apply
+    image_bits: tuple[int, ...] = ()  # bits per stored sample of each of ``channels``
 
     @property
-    def read_bit_depth(self) -> int:
-        """The bit depth its outputs are recorded as read with: ``bit_depth``, or the default for slides that read
-        alike at any (8-bit ones): changing it does not redo them."""
-        return self.bit_depth if depth_applies(self.stored_bits) else BIT_DEPTH
+    def read_bit_depth(self) -> int | dict[str, int]:
+        """The bit depth its outputs are recorded as read with (``depth_record``): only images whose samples have
+        more than 8 bits count, as 8-bit ones read alike at any: changing it does not redo them."""
+        if not self.channels:
+            return depth_record({"": self.bit_depth} if depth_applies(self.stored_bits) else {})
+        return depth_record({source.name: source.bit_depth or self.bit_depth
+                             for source, bits in zip(self.channels, self.image_bits) if depth_applies(bits)})
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:
@@ -91,6 +97,46 @@ class SlidePlan:
         return self.tiling.grid(self.height, self.width)
 
 
+class SegmentInputError(InputError):
+    """No slides, or a slide list that cannot be used; the message names the key or file."""
+
+
+def depth_record(read: dict[str, int]) -> int | dict[str, int]:
+    """How a slide's samples were read, as its outputs record it (``summary.json``'s ``bit_depth``), from the bits
+    each image of more than 8 bits per sample was read with (by name): one number when they agree (the default,
+    16, when there is none), else ``{name: bits}``. Records of one bit depth per slide stay valid."""
+    depths = set(read.values())
+    if len(depths) <= 1:
+        return depths.pop() if depths else BIT_DEPTH
+    return dict(sorted(read.items()))
+
+
+def describe_depth(record: int | dict[str, int]) -> str:
+    """``12-bit`` or ``bse 16-bit, ppl 12-bit``: a ``depth_record`` for messages."""
+    if isinstance(record, dict):
+        return ", ".join(f"{name} {bits}-bit" for name, bits in record.items())
+    return f"{record}-bit"
+
+
+def scene_bit_depths(manifest: EnsembleManifest, override: int | dict[str, int] | None) -> dict[str, int]:
+    """The significant bits each image of the ensemble's scene (by channel name; ``image`` for one RGB image) is
+    read with: ``segment.bit_depth`` when it is one number; else the images it names at their value, the others
+    as the ensemble's training images were (``channels[].bit_depth``, else the manifest's ``bit_depth``).
+
+    Raises:
+        SegmentInputError: ``segment.bit_depth`` names an image the ensemble does not read.
+    """
+    groups = manifest.channel_groups
+    if isinstance(override, int):
+        return {group.name: override for group in groups}
+    given = override or {}
+    unknown = sorted(set(given) - {group.name for group in groups})
+    if unknown:
+        raise SegmentInputError(f"segment.bit_depth names {', '.join(unknown)} but the ensemble reads "
+                                f"{', '.join(g.name for g in groups)} per scene")
+    return {group.name: given.get(group.name, group.bits(manifest.bit_depth)) for group in groups}
+
+
 def open_scene(uri: str, channels: tuple[ChannelSource, ...], storage: Storage, limits: SlideLimits,
                cache: SlideCache | None = None, identity: tuple[dict, ...] = (),
                bit_depth: int = BIT_DEPTH) -> Slide | SceneSlide:
@@ -109,9 +155,14 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
                channels: tuple[ChannelSource, ...] = ()) -> SlidePlan:
     """Open the slide (or scene) once and plan it (module doc). A pixel size the slide gives that is not a finite
     positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
-    bit_depth = settings.bit_depth or manifest.bit_depth
+    # a slide without declared channels is the ensemble's one image; a scene's images carry their own bit depths
+    # (``resolve_scenes``), this one is for those that do not
+    override = settings.bit_depth
+    (bit_depth,) = scene_bit_depths(manifest, override).values() if not channels \
+        else (override if isinstance(override, int) else manifest.bit_depth,)
     with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
         stored_bits = slide.info.stored_bits
+        image_bits = slide.image_bits if channels else ()
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -146,7 +197,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         measure=MeasureSpec(tuple(c["name"] for c in manifest.classes["classes"]), mineralogy or MineralogySettings(),
                             pixel_size),
         limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels, identity=identity,
-        bit_depth=bit_depth, stored_bits=stored_bits,
+        bit_depth=bit_depth, stored_bits=stored_bits, image_bits=image_bits,
     )
 
 

@@ -43,13 +43,12 @@ from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
 from minseg.ensemble.sliding import mean_fill
-from minseg.errors import InputError
 from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
-from minseg.inference.plan import SlidePlan, plan_slide
+from minseg.inference.plan import SegmentInputError, SlidePlan, describe_depth, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
@@ -65,10 +64,6 @@ from minseg.runtime import actor_errors, check_actor_pool, init_ray, task_option
 log = get_logger("segment")
 
 
-class SegmentInputError(InputError):
-    """No slides, or a slide list that cannot be used; the message names the key or file."""
-
-
 # -- which slides -------------------------------------------------------------
 
 
@@ -80,20 +75,29 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
     A slide for an ensemble reading several images per scene is one multi-band image holding all their channels in
     order (a 6-sample TIFF for PPL + XPL); a scene names each image by its channel name.
 
+    Each image is read with its bit depth (``scene_bit_depths``); the one file of a multi-band slide has one.
+
     Raises:
-        SegmentInputError: nothing to segment; a scene naming other channels than the ensemble's.
+        SegmentInputError: nothing to segment; a scene naming other channels than the ensemble's; a
+            ``segment.bit_depth`` naming another image; a multi-band slide for images read with several bit depths.
     """
     groups = manifest.channel_groups
     names = [group.name for group in groups]
+    depths = scene_bit_depths(manifest, settings.bit_depth)
     sources: dict[str, tuple[ChannelSource, ...]] = {}
     if settings.slides or settings.slide_list or not settings.scenes:
         for uri in resolve_slides(settings, storage):
             if manifest.channels is None:
                 sources[uri] = ()
             elif len(groups) == 1:
-                sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands),)
+                sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands, names[0], depths[names[0]]),)
+            elif len(set(depths.values())) > 1:
+                raise SegmentInputError(
+                    f"segment.slides: {uri} is one multi-band file for images read as "
+                    f"{describe_depth(depths)}; its samples have one bit depth: give each image's file as a scene "
+                    "(segment.scenes, --scene), or one segment.bit_depth (--bit-depth) for them all")
             else:
-                sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels),)
+                sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels, names[0], depths[names[0]]),)
     for index, scene in enumerate(settings.scenes):
         if manifest.channels is None:
             raise SegmentInputError(f"segment.scenes[{index}]: this ensemble reads one RGB image per slide; give "
@@ -107,7 +111,8 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
         if uris[names[0]] in sources:  # outputs are named after the first image: one scene each
             raise SegmentInputError(f"segment.scenes[{index}]: {uris[names[0]]} is given twice (as a slide or the "
                                     f"{names[0]} image of another scene)")
-        sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands) for g in groups)
+        sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands, g.name, depths[g.name])
+                                        for g in groups)
     return sources
 
 
@@ -208,8 +213,8 @@ def source_change(previous: dict, plan: SlidePlan) -> str | None:
     if "source_identity" in previous and previous["source_identity"] != list(plan.identity):
         return "the file changed since (size or modification time)"
     if (read := previous.get("bit_depth", BIT_DEPTH)) != plan.read_bit_depth:
-        return (f"the outputs read its samples as {read}-bit, now {plan.read_bit_depth}-bit (segment.bit_depth or "
-                "the ensemble's)")
+        return (f"the outputs read its samples as {describe_depth(read)}, now {describe_depth(plan.read_bit_depth)} "
+                "(segment.bit_depth or the ensemble's)")
     return None
 
 
@@ -664,9 +669,9 @@ def warn_if_dark(summary: dict) -> None:
         return
     bits = summary.get("bit_depth", BIT_DEPTH)
     if depth_applies(summary.get("stored_bits", 16)):
-        hint = (f"its brightest pixel is {brightest} of 255 as read ({bits}-bit samples): a 10- or 12-bit camera's "
-                "frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "
-                "segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
+        hint = (f"its brightest pixel is {brightest} of 255 as read ({describe_depth(bits)} samples): a 10- or "
+                "12-bit camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it "
+                "again with segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
     else:
         hint = (f"its brightest pixel is {brightest} of 255 in {summary['stored_bits']}-bit samples: a blank or "
                 "underexposed picture, or the wrong file? Its labels are of a nearly black picture")

@@ -573,6 +573,8 @@ class ChannelSource:
     uri: str
     mode: str = "rgb"  # rgb: 3 channels as displayed; grey: 1 (luminance); bands: every stored sample
     bands: int | None = None
+    name: str = ""  # the image's channel name (``ppl``, ``bse``): how its bit depth is recorded
+    bit_depth: int | None = None  # significant bits of its 16-bit samples; None: the scene's (``SceneSlide``)
 
     @property
     def count(self) -> int:
@@ -593,6 +595,9 @@ class SceneSlide:
     """The aligned images of one scene (PPL and XPL photographs, or one multi-band TIFF) read as one slide whose
     regions are their channels stacked in order; the levels are those every image has at the same size.
 
+    ``bit_depth``: the significant bits of 16-bit samples of the images that do not give their own
+    (``ChannelSource.bit_depth``).
+
     Raises SlideError (on opening): the images differ in size at level 0.
     """
 
@@ -605,8 +610,9 @@ class SceneSlide:
             cache.reserve(2 * len(sources))
         try:
             for source in sources:
-                self.slides.append(cache.get(source.uri, storage, limits, (versions or {}).get(source.uri), bit_depth)
-                                   if cache else Slide(source.uri, storage, limits=limits, bit_depth=bit_depth))
+                bits = source.bit_depth or bit_depth
+                self.slides.append(cache.get(source.uri, storage, limits, (versions or {}).get(source.uri), bits)
+                                   if cache else Slide(source.uri, storage, limits=limits, bit_depth=bits))
             first = self.slides[0]
             for source, slide in zip(sources[1:], self.slides[1:]):
                 if slide.info.levels[0] != first.info.levels[0]:
@@ -627,6 +633,11 @@ class SceneSlide:
         self.info = SlideInfo(first.info.uri, first.info.format, tuple(levels), first.info.tile,
                               first.info.pixel_size_um, stored_bits=max(s.info.stored_bits for s in self.slides))
         self.channels = sum(source.count for source in sources)
+
+    @property
+    def image_bits(self) -> tuple[int, ...]:
+        """Bits per stored sample of each image, in order (``SlideInfo.stored_bits``)."""
+        return tuple(slide.info.stored_bits for slide in self.slides)
 
     def level_shape(self, level: int) -> tuple[int, int]:
         if not 0 <= level < len(self.info.levels):

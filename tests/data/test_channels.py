@@ -1,5 +1,7 @@
 """Several images of one scene as input channels (PPL + XPL), grey single-channel images, multi-band TIFFs."""
 
+import logging
+
 import numpy as np
 import pytest
 import tifffile
@@ -195,3 +197,75 @@ def test_images_of_a_scene_in_one_folder_go_to_the_pattern_that_fits_best(tmp_pa
     assert [i["item_id"] for i in grey.items] == ["side/s0", "side/s1", "side/s2"]  # the source's pattern
     channel = grey.items[0]["channels"][0]
     assert channel["name"] == "images/s0_xpl.png" and channel["mode"] == "grey"
+
+
+def test_each_image_of_a_scene_reads_with_its_own_bit_depth(ray_session, tmp_path, caplog):
+    """A 12-bit camera's PPL frames (16-bit TIFF holding 0..4095) beside a 16-bit BSE detector's images: with
+    channels[].bit_depth 12 on the PPL image both read as their 8-bit views; one data.bit_depth cannot read
+    them (16: the PPL image is nearly black; 12: every BSE image is refused); the data signature, the items and
+    the config's dump say which reading was used; read at 16, the dark image of each scene is warned about."""
+    from dataclasses import replace
+
+    from minseg.train.ensemble import _data_selection
+
+    root = tmp_path / "scene"
+    for sub in ("ppl", "bse", "masks"):
+        (root / sub).mkdir(parents=True)
+    views = {}
+    for index in range(4):
+        scene = f"s{index}"
+        image, mask = render_section(30 + index, 32, 32)
+        grey = crossed(image)[..., 1]
+        frame = (image.astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 0..4095 in 16-bit samples
+        tifffile.imwrite(root / "ppl" / f"{scene}_ppl.tif", frame, photometric="rgb")
+        tifffile.imwrite(root / "bse" / f"{scene}_bse.tif", grey.astype(np.uint16) * 257, photometric="minisblack")
+        tifffile.imwrite(root / "masks" / f"{scene}_mask.tiff", mask)
+        views[scene] = (image, grey)
+    channels = [{"name": "ppl", "images_dir": "ppl", "image_pattern": "{scene}_ppl", "bit_depth": 12},
+                {"name": "bse", "images_dir": "bse", "image_pattern": "{scene}_bse", "mode": "grey"}]
+    data = data_settings(root, channels=channels)
+    assert data.image_bit_depths == ((0, "ppl", 12),)
+    prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    assert not prepared.quarantine
+    for item in prepared.splits["train"] + prepared.splits["val"]:
+        assert [c.get("bit_depth") for c in item["channels"]] == [12, None]
+        image, _ = load_example(item, prepared.classmap, data.limits, Storage())
+        ppl, bse = views[item["item_id"].rsplit("/", 1)[-1]]
+        np.testing.assert_array_equal(image[..., :3], ppl)
+        np.testing.assert_array_equal(image[..., 3], bse)
+    # one bit depth for the whole scene: at 16 the camera's frames read nearly black, at 12 the detector's refused
+    plain = data_settings(root, channels=[{k: v for k, v in c.items() if k != "bit_depth"} for c in channels])
+    item = prepared.splits["train"][0]
+    dark = decode_scene({**item, "channels": [{k: v for k, v in c.items() if k != "bit_depth"}
+                                              for c in item["channels"]]}, data.limits, Storage())
+    assert dark[..., :3].max() <= 16 and dark[..., 3].max() > 200
+    with caplog.at_level(logging.WARNING, logger="minseg.data"):  # said, naming the dark image of the scene
+        prepare_data(plain, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work16"), 0.25)
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "data.images_dark"]
+    assert warned["images"] == 4 and warned["example"].endswith("(ppl)") and "channels[].bit_depth" in warned["hint"]
+    twelve = data_settings(root, channels=plain.sources[0].model_dump(mode="json")["channels"], bit_depth=12)
+    from minseg.data.pipeline import DataError
+
+    with pytest.raises(DataError) as caught:
+        prepare_data(twelve, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work12"), 0.25)
+    assert all("bse" in r.reason and "is above 4095" in r.reason for r in caught.value.quarantine)
+    # the reading is part of what members were trained on: signature and run digest differ, the dump says it
+    assert prepared.data_signature() != replace(prepared, image_bit_depths=()).data_signature()
+    assert _data_selection(data) != _data_selection(plain)
+    assert [c.get("bit_depth") for c in data.sources[0].model_dump(mode="json")["channels"]] == [12, None]
+    assert "bit_depth" not in plain.sources[0].model_dump(mode="json")["channels"][0]  # as before the key
+    # an image's own bit depth equal to data.bit_depth reads as the data's: no other signature
+    same = data_settings(root, channels=[{**channels[0], "bit_depth": 16}, channels[1]])
+    assert same.image_bit_depths == ()
+
+
+def test_sources_reading_an_image_with_other_bits_are_named(tmp_path):
+    """Two cameras: a later source reading an image with other bits than the first is named (the manifest records
+    the first source's; evaluate warns with these)."""
+    first = {"uri": str(tmp_path / "a"), "masks_dir": "masks", "channels": PPL_XPL}
+    second = {**first, "uri": str(tmp_path / "b"), "channels": [{**PPL_XPL[0], "bit_depth": 12}, PPL_XPL[1]]}
+    data = validate_config({"sources": [first, second], "classes": NINE}, DataSettings)
+    assert data.bit_depths_unlike_first() == ["sources[1].channels.ppl: 12-bit (sources[0]: 16-bit)"]
+    assert data.image_bit_depths == ((1, "ppl", 12),)
+    same = validate_config({"sources": [first, {**first, "uri": str(tmp_path / "b")}], "classes": NINE}, DataSettings)
+    assert same.bit_depths_unlike_first() == [] and same.image_bit_depths == ()

@@ -135,3 +135,52 @@ def test_segment_a_scene_of_two_files_and_a_six_band_tiff(thin_run, tmp_path, ca
     assert "has 3 sample(s) per pixel; the ensemble reads 6 channels from it" in capsys.readouterr().err
     assert main(["segment", "--scene", f"ppl={tmp_path / 's_ppl.tif'}", "--out", str(tmp_path / "x"), *common]) == 2
     assert "the ensemble reads ppl, xpl per scene; missing xpl" in capsys.readouterr().err
+
+
+def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tmp_path, capsys):
+    """An ensemble whose XPL images came from a 12-bit camera (its manifest's channels[].bit_depth) segments a scene
+    of a 16-bit PPL TIFF and a 12-bit camera's XPL frame as the same scene in 8 bits: identical labels, each image's
+    reading recorded; --bit-depth xpl=16 reads the XPL frame another way (redone); a one-file 6-band slide, whose
+    samples have one bit depth, is refused for these images until one bit depth is given; an image the ensemble
+    does not read is refused by name."""
+    import zarr
+
+    root, config, evaluation, manifest_uri = thin_run
+    document = json.loads(open(manifest_uri).read())
+    document["channels"][1]["bit_depth"] = 12
+    camera = tmp_path / "manifest-camera.json"
+    camera.write_text(json.dumps(document))
+    image, _ = render_section(6, 160, 160)
+    tifffile.imwrite(tmp_path / "s_ppl.tif", image, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "s_xpl.tif", crossed(image), tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "d_ppl.tif", image.astype(np.uint16) * 257, tile=(64, 64), photometric="rgb")
+    frame = (crossed(image).astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 0..4095 in 16-bit samples
+    tifffile.imwrite(tmp_path / "d_xpl.tif", frame, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "d_both.tif", np.dstack([image.astype(np.uint16) * 257, frame]), tile=(64, 64),
+                     photometric="minisblack", planarconfig="contig")
+    common = ["--set", "ray.task_cpus=0.25", "--set", "segment.cpus_per_actor=0.25", "--set", "segment.block=128",
+              "--set", "segment.output_tile=64", "--set", "segment.batch_size=4"]
+    eight = f"ppl={tmp_path / 's_ppl.tif'},xpl={tmp_path / 's_xpl.tif'}"
+    deep = f"ppl={tmp_path / 'd_ppl.tif'},xpl={tmp_path / 'd_xpl.tif'}"
+    assert main(["segment", "--scene", eight, "--manifest", manifest_uri, "--out", str(tmp_path / "8"), *common]) == 0
+    assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "d"), *common]) == 0
+
+    def labels(folder):
+        group = zarr.open_group(str(folder / "segmentation.ome.zarr"), mode="r")
+        return np.asarray(group["labels/classes"]["0"][...])
+
+    np.testing.assert_array_equal(labels(tmp_path / "8" / "s_ppl"), labels(tmp_path / "d" / "d_ppl"))
+    summary = json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())
+    assert summary["bit_depth"] == {"ppl": 16, "xpl": 12} and summary["stored_bits"] == 16
+    # XPL read as 16-bit: another reading of the same files, so the slide is redone, not skipped
+    capsys.readouterr()
+    assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "d"),
+                 "--bit-depth", "xpl=16", *common]) == 0
+    assert json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())["bit_depth"] == 16
+    assert "segmented 1, skipped 0" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "d_both.tif"), "--manifest", str(camera), "--out", str(tmp_path / "b"),
+                 *common]) == 2
+    assert "d_both.tif is one multi-band file for images read as ppl 16-bit, xpl 12-bit" in capsys.readouterr().err
+    assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "n"),
+                 "--bit-depth", "bse=12", *common]) == 2
+    assert "segment.bit_depth names bse but the ensemble reads ppl, xpl per scene" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 their mode would ignore (an edited manifest would score as before) or that ``learned`` cannot use, statistics and
 per-class weights of the wrong length."""
 
+import hashlib
 import json
 
 import pytest
@@ -104,3 +105,35 @@ def test_the_bit_depth_travels_with_the_ensemble(manifests, tmp_path):
     assert scoring_data(data, twelve, "m.json").bit_depth == 12
     own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
     assert scoring_data(own, twelve, "m.json").bit_depth == 14
+
+
+def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tmp_path):
+    """channels[].bit_depth (a 12-bit camera's PPL beside a 16-bit BSE detector) is recorded per image: manifests
+    whose images have none hash as they did before the key existed, one that has one is another ensemble, and
+    score reads a folder's scenes as the manifest says, unless its data section gives one bit depth for all."""
+    from minseg.config.base import validate_config
+    from minseg.data.config import DataSettings, ImageChannels
+    from minseg.ensemble.score import scoring_data
+
+    channels = [ImageChannels(name="ppl").model_dump(mode="json"),
+                ImageChannels(name="bse", mode="grey").model_dump(mode="json")]
+    assert all("bit_depth" not in c for c in channels)
+    normalization = {"mean": [120.0] * 4, "std": [60.0] * 4}
+    scene = loads(tmp_path, edited(manifests["soft"], channels=channels, normalization=normalization))
+    before = scene.model_dump(mode="json", exclude={"created", "metrics", "selection", "bit_depth"})
+    before["channels"] = [{"name": "ppl", "images_dir": None, "image_pattern": "{scene}", "mode": "rgb", "bands": None},
+                          {"name": "bse", "images_dir": None, "image_pattern": "{scene}", "mode": "grey", "bands": None}]
+    before = json.dumps(before, sort_keys=True)
+    assert scene.digest() == hashlib.sha256(before.encode()).hexdigest()[:16]  # the formula before the key
+    camera = loads(tmp_path, edited(manifests["soft"], channels=[{**channels[0], "bit_depth": 12}, channels[1]],
+                                    normalization=normalization))
+    assert [g.bits(camera.bit_depth) for g in camera.channel_groups] == [12, 16]
+    assert camera.digest() != scene.digest()
+    with pytest.raises(ManifestError, match="bit_depth"):
+        loads(tmp_path, edited(manifests["soft"], channels=[{**channels[0], "bit_depth": 7}, channels[1]],
+                               normalization=normalization))
+    data = validate_config({"sources": [{"uri": str(tmp_path)}]}, DataSettings)
+    read = scoring_data(data, camera, "m.json")
+    assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 16] and read.image_bit_depths
+    own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
+    assert [g.bits(14) for g in scoring_data(own, camera, "m.json").channel_groups] == [14, 14]

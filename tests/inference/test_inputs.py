@@ -167,3 +167,59 @@ def test_a_scene_is_read_at_the_manifests_scale_channel_by_channel(tmp_path):
     grey_box = np.asarray(Image.fromarray(bse).resize((130, 150), Image.Resampling.BOX))
     with open_scene(plan.uri, plan.channels, Storage(), plan.limits) as slide:
         np.testing.assert_array_equal(read_tile(slide, plan, 0, 0, fill)[..., 3], grey_box[:64, :64])
+
+
+def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
+    """A scene of an 8-bit PPL TIFF and a 12-bit BSE detector's 16-bit TIFF, for an ensemble whose BSE images were
+    read as 12-bit (channels[].bit_depth): the BSE channel reads as its 8-bit view; segment.bit_depth gives one
+    bit depth for all or some images by name; the outputs record only images of more than 8 bits (the 8-bit PPL
+    reads alike at any), as one number when they agree."""
+    import json
+
+    import tifffile
+
+    from minseg.data.config import ImageChannels
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.ensemble.sliding import mean_fill
+    from minseg.inference.plan import depth_record, describe_depth, open_scene, plan_slide
+    from minseg.inference.segment import SegmentInputError, resolve_scenes, source_change
+    from tests.inference.conftest import write_manifest
+
+    rng = np.random.default_rng(4)
+    ppl, bse = rng.integers(0, 255, (96, 80, 3), np.uint8), rng.integers(0, 255, (96, 80), np.uint8)
+    tifffile.imwrite(tmp_path / "ppl.tif", ppl, photometric="rgb")
+    tifffile.imwrite(tmp_path / "bse.tif", (bse.astype(np.uint32) * 4095 // 255).astype(np.uint16),
+                     photometric="minisblack")
+    document = json.loads(open(write_manifest(tmp_path / "m", mode="soft", tile=64, overlap=16)).read())
+    document["channels"] = [ImageChannels(name="ppl").model_dump(mode="json"),
+                            ImageChannels(name="bse", mode="grey", bit_depth=12).model_dump(mode="json")]
+    document["normalization"] = {"mean": [120.0] * 4, "std": [60.0] * 4}
+    (tmp_path / "scene.json").write_text(json.dumps(document))
+    manifest = load_manifest(str(tmp_path / "scene.json"), verify=False)
+    scene = {"ppl": str(tmp_path / "ppl.tif"), "bse": str(tmp_path / "bse.tif")}
+
+    def planned(bit_depth=None):
+        settings = SegmentSettings(scenes=[scene], bit_depth=bit_depth)
+        (uri, channels), = resolve_scenes(settings, manifest, Storage()).items()
+        return plan_slide(uri, "s", manifest, settings, Storage(), str(tmp_path / "o"), channels=channels)
+
+    plan = planned()
+    assert [(c.name, c.bit_depth) for c in plan.channels] == [("ppl", 16), ("bse", 12)]
+    assert plan.image_bits == (8, 16) and plan.read_bit_depth == 12
+    with open_scene(plan.uri, plan.channels, Storage(), plan.limits) as slide:
+        tile = read_tile(slide, plan, 0, 0, mean_fill(manifest.normalization["mean"]))
+    np.testing.assert_array_equal(tile[..., :3], ppl[:64, :64])
+    np.testing.assert_array_equal(tile[..., 3], bse[:64, :64])
+    assert [c.bit_depth for c in planned(14).channels] == [14, 14] and planned(14).read_bit_depth == 14
+    some = planned({"ppl": 10})
+    assert [c.bit_depth for c in some.channels] == [10, 12] and some.read_bit_depth == 12
+    with pytest.raises(SegmentInputError, match="segment.bit_depth names xpl but the ensemble reads ppl, bse"):
+        planned({"xpl": 12})
+    # records: one number when the images of more than 8 bits agree, else each by name
+    assert depth_record({}) == 16 and depth_record({"a": 12, "b": 12}) == 12
+    assert depth_record({"ppl": 12, "bse": 16}) == {"bse": 16, "ppl": 12}
+    assert describe_depth({"bse": 16, "ppl": 12}) == "bse 16-bit, ppl 12-bit" and describe_depth(12) == "12-bit"
+    finished = {"uri": plan.uri, "source_shape": [96, 80], "source_identity": list(plan.identity)}
+    assert source_change({**finished, "bit_depth": 12}, plan) is None
+    assert source_change({**finished, "bit_depth": {"bse": 12, "ppl": 16}}, plan) == \
+        "the outputs read its samples as bse 12-bit, ppl 16-bit, now 12-bit (segment.bit_depth or the ensemble's)"
