@@ -30,7 +30,8 @@ from minseg.data.containers import Rejected, open_container, read_ref
 from minseg.data.geometry import rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
-from minseg.io.images import BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, mask_palette
+from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, image_maxima,
+                              mask_palette)
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
 from minseg.data.tiling import extract_tile, tile_grid
@@ -567,14 +568,9 @@ _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs
 def _darkest_image(image: np.ndarray, groups) -> tuple[int, str | None]:
     """(brightest value, 0..255, of the darkest image of the scene; its name when the scene has several images)
     of a decoded item (H, W, C) whose channels are ``groups``' (none: one picture)."""
-    if not image.size:
-        return 0, None
-    if len(groups) < 2:
-        return int(image.max()), None
-    bounds = np.cumsum([0] + [group.count for group in groups])
-    maxima = [int(image[..., start:stop].max()) for start, stop in zip(bounds[:-1], bounds[1:])]
+    maxima = image_maxima(image, [group.count for group in groups])
     darkest = int(np.argmin(maxima))
-    return maxima[darkest], groups[darkest].name
+    return maxima[darkest], groups[darkest].name if len(groups) > 1 else None
 
 
 def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: int) -> None:

@@ -32,7 +32,7 @@ from minseg.ensemble.runtime import Columns
 from minseg.inference.outputs import preview_sample
 from minseg.inference.plan import SLIDES, open_scene, read_tile
 from minseg.inference.stitch import Stitcher
-from minseg.io.images import display_rgb
+from minseg.io.images import display_rgb, image_maxima
 from minseg.io.ngff import PyramidLayout
 from minseg.io.storage import Storage, join_uri
 from minseg.mineralogy.slide import BlockMineralogy, measure_block
@@ -94,7 +94,7 @@ def unpack(data: bytes) -> dict[str, np.ndarray]:
         return dict(loaded)
 
 
-UNKNOWN = -1  # a block record's brightest input value when it was written before they were kept
+UNKNOWN = ()  # a block record's brightest input values when it was written before they were kept
 
 
 @dataclass
@@ -110,7 +110,9 @@ class BlockRecord:
     preview_labels: np.ndarray
     windows: int
     seconds: float
-    brightest: int = UNKNOWN  # the brightest input value of the block's pixels (0..255, every channel)
+    # the brightest input value of the block's pixels (0..255) in each image of its scene (one for a plain slide;
+    # one over every channel in records of a run before images were told apart)
+    brightest: tuple[int, ...] = UNKNOWN
 
     def to_bytes(self) -> bytes:
         b = self.block
@@ -126,7 +128,8 @@ class BlockRecord:
         return cls(Block(*(int(v) for v in arrays["block"])), BlockMineralogy.from_arrays(arrays),
                    int(arrays["uncertainty_sum"]), arrays["preview_image"],
                    arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]),
-                   int(arrays["brightest"]) if "brightest" in arrays else UNKNOWN)  # records of an older run
+                   tuple(np.atleast_1d(arrays["brightest"]).tolist()) if "brightest" in arrays
+                   else UNKNOWN)  # records of an older run
 
 
 # -- stage 1: reads (CPU tasks) -------------------------------------------------
@@ -169,11 +172,12 @@ def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_ti
         if bottom > top and right > left:
             image[top - block.top : bottom - block.top, left - block.left : right - block.left] = \
                 windows[index, top - y : bottom - y, left - x : right - x]
-    # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image; its
-    # brightest value over every channel says whether the slide reads nearly black (a bit depth not set)
+    # the block's picture (stored beside the labels, previewed) is shown in RGB: a scene's first image; the
+    # brightest value of each image says whether the slide, or one image of its scene, reads nearly black (a bit
+    # depth not set)
     return pack(windows=windows, rows=np.asarray([r for r, _ in tiles], np.int32),
                 cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image, plan.first_channels),
-                brightest=np.asarray(image.max() if image.size else 0, np.int16))
+                brightest=np.asarray(image_maxima(image, [c.count for c in plan.channels]), np.int16))
 
 
 def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], output_tile: int) -> dict:
@@ -216,7 +220,7 @@ class BlockDone(Columns):
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   image: np.ndarray, arrays, storage: Storage, settings, batch_size: int,
-                  brightest: int = UNKNOWN) -> BlockRecord:
+                  brightest: tuple[int, ...] = UNKNOWN) -> BlockRecord:
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
@@ -224,7 +228,8 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         arrays: the slide's ``ngff.SegmentationArrays``.
         batch_size: windows per ``predict`` call: the predictor's own batch size (``BlockSegmenter.batch_size``,
             which GPU memory may set below ``settings.batch_size``), so no call pads a second batch.
-        brightest: the block's brightest input value (``read_block``'s), recorded for the slide's summary.
+        brightest: the block's brightest input value in each image (``read_block``'s), recorded for the slide's
+            summary.
     """
     from minseg.io.tiff import halve
 
@@ -263,7 +268,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),
-        windows=len(windows), seconds=time.perf_counter() - started, brightest=int(brightest),
+        windows=len(windows), seconds=time.perf_counter() - started, brightest=tuple(brightest),
     )
     storage.write_bytes(record_uri(plan.output_uri, block), record.to_bytes())  # after the chunks: "block done"
     return record

@@ -147,7 +147,11 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
     windows = uncertainty_sum = 0
     block_seconds = 0.0
-    brightest: int | None = 0  # None: a block recorded by a run before they were kept
+    # the brightest input value of each image (None: a block recorded by a run before they were kept); a record
+    # of a run before a scene's images were told apart holds one value over them all
+    images = max(1, len(plan.channels))
+    brightest: list[int] | None = [0] * images
+    overall: int | None = 0
     with staged_tables(spec, plan.height, plan.width, storage, plan.output_uri) as tables:
         measured = SlideMineralogy(spec, plan.height, plan.width, tables)
         for block in blocks:  # one record in memory at a time
@@ -157,8 +161,10 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
             windows += record.windows
             uncertainty_sum += record.uncertainty_sum
             block_seconds += record.seconds
+            if overall is not None:
+                overall = None if record.brightest == UNKNOWN else max(overall, *record.brightest)
             if brightest is not None:
-                brightest = None if record.brightest == UNKNOWN else max(brightest, record.brightest)
+                brightest = list(map(max, brightest, record.brightest)) if len(record.brightest) == images else None
         mineralogy = measured.finish()
     mineralogy["colours"] = class_colours(classes).tolist()
     files = {"zarr": ZARR, "summary": SUMMARY, "mineralogy": DOCUMENT}
@@ -191,10 +197,14 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         # the headline of mineralogy.json (which also has liberation by size fraction and the raw tallies)
         **{key: mineralogy[key] for key in HEADLINE},
         "mean_uncertainty": round(uncertainty_sum / total / 255.0, 5),
-        "brightest": brightest,  # the input's brightest value, 0..255 (segment.slide_dark when at most DARK)
+        "brightest": overall,  # the input's brightest value, 0..255 (segment.slide_dark when at most DARK)
         "measured_with": spec.key(),  # a re-run with other mineralogy settings says these numbers are not its
         "files": files,
     }
+    if images > 1:  # one image of a scene read nearly black is said too (``segment.warn_if_dark``)
+        summary["images"] = {source.name: {"brightest": None if brightest is None else brightest[index],
+                                           "stored_bits": bits}
+                             for index, (source, bits) in enumerate(zip(plan.channels, plan.image_bits))}
     summary["finish_seconds"] = round(time.monotonic() - started, 2)
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)

@@ -284,7 +284,7 @@ class BlockSegmenter:
                     windows = len(data["windows"])
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
                                            data["image"], self._arrays(plan), self.storage, self.settings,
-                                           self.batch_size, int(data["brightest"]))
+                                           self.batch_size, tuple(data["brightest"].tolist()))
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
@@ -661,21 +661,32 @@ class BlockRun:
 
 
 def warn_if_dark(summary: dict) -> None:
-    """``segment.slide_dark`` when a segmented slide's brightest input value is at most ``DARK`` of 255: a 10- or
-    12-bit camera's 16-bit frames read as 16-bit (the ensemble sees a black picture and labels it anyway), or an
-    8-bit picture that dark (blank, underexposed), which no bit depth changes."""
+    """``segment.slide_dark`` when a segmented slide's brightest input value, or that of one image of its scene, is
+    at most ``DARK`` of 255: a 10- or 12-bit camera's 16-bit frames read as 16-bit (the ensemble sees a black
+    picture and labels it anyway), or an 8-bit picture that dark (blank, underexposed), which no bit depth
+    changes."""
     brightest = summary.get("brightest")
-    if brightest is None or brightest > DARK:
+    if brightest is None:
         return
     bits = summary.get("bit_depth", BIT_DEPTH)
-    if depth_applies(summary.get("stored_bits", 16)):
-        hint = (f"its brightest pixel is {brightest} of 255 as read ({describe_depth(bits)} samples): a 10- or "
-                "12-bit camera's frames stored in 16 bits? Its labels are of a nearly black picture; segment it "
-                "again with segment.bit_depth (--bit-depth) set to the camera's (read another way, it is redone)")
+    if brightest <= DARK:
+        dark, stored, what, flag = brightest, summary.get("stored_bits", 16), "its brightest pixel", "--bit-depth"
     else:
-        hint = (f"its brightest pixel is {brightest} of 255 in {summary['stored_bits']}-bit samples: a blank or "
-                "underexposed picture, or the wrong file? Its labels are of a nearly black picture")
-    log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=brightest,
+        images = [(name, image) for name, image in (summary.get("images") or {}).items()
+                  if image.get("brightest") is not None and image["brightest"] <= DARK]
+        if not images:
+            return
+        name, image = images[0]
+        dark, stored = image["brightest"], image["stored_bits"]
+        what, flag = f"the brightest pixel of its {name} image", f"--bit-depth {name}=BITS"
+    if depth_applies(stored):
+        hint = (f"{what} is {dark} of 255 as read ({describe_depth(bits)} samples): a 10- or 12-bit camera's "
+                "frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "
+                f"segment.bit_depth ({flag}) set to the camera's (read another way, it is redone)")
+    else:
+        hint = (f"{what} is {dark} of 255 in {stored}-bit samples: a blank or underexposed picture, or the wrong "
+                "file? Its labels are of a nearly black picture")
+    log_event(log, "segment.slide_dark", logging.WARNING, slide=summary["slide"], brightest=dark,
               bit_depth=bits, hint=hint)
 
 

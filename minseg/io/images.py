@@ -215,6 +215,13 @@ BIT_DEPTH = 16  # significant bits of 16-bit samples unless the user says otherw
 DARK = 16
 
 
+def image_maxima(image: np.ndarray, counts: list[int] | tuple[int, ...] = ()) -> list[int]:
+    """The brightest value of each image of a scene in ``image`` (H, W, C), whose channels are the images'
+    ``counts`` in order (none: one picture); 0 for no pixels. Compared with ``DARK``."""
+    bounds = np.cumsum([0, *(counts or [image.shape[-1]])])
+    return [int(image[..., start:stop].max()) if image.size else 0 for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
 def depth_applies(stored: int) -> bool:
     """Whether a bit depth changes how samples of ``stored`` bits read: 9 to 16 bits (cameras' 16-bit frames);
     samples of 8 bits or fewer, or of 32 (scientific TIFFs), read alike whatever it says."""

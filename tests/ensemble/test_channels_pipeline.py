@@ -140,7 +140,8 @@ def test_segment_a_scene_of_two_files_and_a_six_band_tiff(thin_run, tmp_path, ca
 def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tmp_path, capsys):
     """An ensemble whose XPL images came from a 12-bit camera (its manifest's channels[].bit_depth) segments a scene
     of a 16-bit PPL TIFF and a 12-bit camera's XPL frame as the same scene in 8 bits: identical labels, each image's
-    reading recorded; --bit-depth xpl=16 reads the XPL frame another way (redone); a one-file 6-band slide, whose
+    reading recorded; --bit-depth xpl=16 reads the XPL frame another way (redone; that image is said to read
+    nearly black though the slide is bright); a one-file 6-band slide, whose
     samples have one bit depth, is refused for these images until one bit depth is given; an image the ensemble
     does not read is refused by name."""
     import zarr
@@ -173,11 +174,16 @@ def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tm
     summary = json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())
     assert summary["bit_depth"] == {"ppl": 16, "xpl": 12} and summary["stored_bits"] == 16
     # XPL read as 16-bit: another reading of the same files, so the slide is redone, not skipped
+    assert {name: image["stored_bits"] for name, image in summary["images"].items()} == {"ppl": 16, "xpl": 16}
+    assert summary["images"]["xpl"]["brightest"] > 200 and summary["brightest"] > 200
     capsys.readouterr()
     assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "d"),
                  "--bit-depth", "xpl=16", *common]) == 0
-    assert json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())["bit_depth"] == 16
-    assert "segmented 1, skipped 0" in capsys.readouterr().out
+    redone = json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())
+    assert redone["bit_depth"] == 16 and redone["images"]["xpl"]["brightest"] <= 16 < redone["brightest"]
+    said = capsys.readouterr()
+    assert "segmented 1, skipped 0" in said.out
+    assert "segment.slide_dark" in said.err and "the brightest pixel of its xpl image" in said.err
     assert main(["segment", str(tmp_path / "d_both.tif"), "--manifest", str(camera), "--out", str(tmp_path / "b"),
                  *common]) == 2
     assert "d_both.tif is one multi-band file for images read as ppl 16-bit, xpl 12-bit" in capsys.readouterr().err

@@ -121,8 +121,8 @@ def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tm
     normalization = {"mean": [120.0] * 4, "std": [60.0] * 4}
     scene = loads(tmp_path, edited(manifests["soft"], channels=channels, normalization=normalization))
     before = scene.model_dump(mode="json", exclude={"created", "metrics", "selection", "bit_depth"})
-    before["channels"] = [{"name": "ppl", "images_dir": None, "image_pattern": "{scene}", "mode": "rgb", "bands": None},
-                          {"name": "bse", "images_dir": None, "image_pattern": "{scene}", "mode": "grey", "bands": None}]
+    before["channels"] = [{"name": name, "images_dir": None, "image_pattern": "{scene}", "mode": mode, "bands": None}
+                          for name, mode in (("ppl", "rgb"), ("bse", "grey"))]
     before = json.dumps(before, sort_keys=True)
     assert scene.digest() == hashlib.sha256(before.encode()).hexdigest()[:16]  # the formula before the key
     camera = loads(tmp_path, edited(manifests["soft"], channels=[{**channels[0], "bit_depth": 12}, channels[1]],

@@ -278,9 +278,11 @@ def test_block_records_of_an_older_run_leave_the_brightest_value_unknown():
     labels = np.zeros((8, 8), np.uint8)
     record = BlockRecord(Block(0, 0, 0, 8, 0, 8), measure_block(labels, 0, 0, MeasureSpec(("a", "b"),
                          MineralogySettings(), None)), 0, np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8),
-                         1, 0.1, brightest=12)
-    assert BlockRecord.from_bytes(record.to_bytes()).brightest == 12
+                         1, 0.1, brightest=(12, 200))
+    assert BlockRecord.from_bytes(record.to_bytes()).brightest == (12, 200)  # each image of a scene
     arrays = unpack(record.to_bytes())
+    arrays["brightest"] = np.asarray(200, np.int16)  # a record before images were told apart: one value
+    assert BlockRecord.from_bytes(pack(**arrays)).brightest == (200,)
     del arrays["brightest"]
     assert BlockRecord.from_bytes(pack(**arrays)).brightest == UNKNOWN
     warn_if_dark({"slide": "s", "brightest": None})  # nothing to say, nothing raised
@@ -294,9 +296,16 @@ def test_a_dark_8_bit_slide_is_not_sent_to_the_bit_depth(caplog):
     with caplog.at_level(logging.WARNING, logger="minseg.segment"):
         warn_if_dark({"slide": "blank", "brightest": 3, "bit_depth": 16, "stored_bits": 8})
         warn_if_dark({"slide": "camera", "brightest": 16, "bit_depth": 16, "stored_bits": 16})
+        # a scene whose slide is bright but one of its images nearly black: that image is named
+        images = {"ppl": {"brightest": 250, "stored_bits": 8}, "bse": {"brightest": 9, "stored_bits": 16}}
+        warn_if_dark({"slide": "scene", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": images})
+        warn_if_dark({"slide": "lit", "brightest": 250, "bit_depth": 16, "stored_bits": 16,
+                      "images": {**images, "bse": {"brightest": 17, "stored_bits": 16}}})
     hints = {r.fields["slide"]: r.fields["hint"] for r in caplog.records if r.getMessage() == "segment.slide_dark"}
     assert "blank or underexposed" in hints["blank"] and "bit_depth" not in hints["blank"]
     assert "segment.bit_depth (--bit-depth)" in hints["camera"]
+    assert hints["scene"].startswith("the brightest pixel of its bse image is 9 of 255 as read (16-bit samples)")
+    assert "segment.bit_depth (--bit-depth bse=BITS)" in hints["scene"] and "lit" not in hints
 
 
 def test_finished_outputs_of_before_bit_depths_stay_finished_at_the_default():
