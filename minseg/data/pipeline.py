@@ -224,7 +224,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0,
-           "digest": None, "brightest": 0, "dark_image": None}
+           "digest": None, "brightest": 0, "dark_image": None, "dark_bits": data.bit_depth}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_scene(item, data.limits, storage, data.bit_depth)
@@ -256,8 +256,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         if image.size and image.min() != image.max():  # blank frames are alike without being one picture
             row["digest"] = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16).hexdigest()
         # the darkest image of a scene counts: a 12-bit camera's frames beside a 16-bit detector's bright ones
-        row["brightest"], row["dark_image"] = _darkest_image(image, data.channel_groups if item.get("channels")
-                                                             else ())
+        row["brightest"], row["dark_image"], row["dark_bits"] = _darkest_image(image, item, data)
         row["channel_sum"] = pixels.sum(0).tolist()
         row["channel_sq"] = (pixels**2).sum(0).tolist()
         row["channel_n"] = int(pixels.shape[0])
@@ -565,12 +564,15 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
 
 
-def _darkest_image(image: np.ndarray, groups) -> tuple[int, str | None]:
-    """(brightest value, 0..255, of the darkest image of the scene; its name when the scene has several images)
-    of a decoded item (H, W, C) whose channels are ``groups``' (none: one picture)."""
+def _darkest_image(image: np.ndarray, item: dict, data: DataSettings) -> tuple[int, str | None, int]:
+    """(brightest value, 0..255, of the darkest image of the scene; its name when the scene has several images;
+    the bit depth it was read with) of ``item`` decoded (H, W, C)."""
+    groups = data.channel_groups if item.get("channels") else ()
     maxima = image_maxima(image, [group.count for group in groups])
     darkest = int(np.argmin(maxima))
-    return maxima[darkest], groups[darkest].name if len(groups) > 1 else None
+    channel = item["channels"][darkest] if groups else {}
+    return (maxima[darkest], groups[darkest].name if len(groups) > 1 else None,
+            channel.get("bit_depth") or data.bit_depth)
 
 
 def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: int) -> None:
@@ -578,12 +580,12 @@ def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: i
     ``DARK`` of 255."""
     dark = sorted(i["item_id"] for split in good.values() for i in split if by_id[i["item_id"]]["brightest"] <= DARK)
     if dark:  # 16-bit samples are scaled by 2**bit_depth - 1: a 12-bit camera's 4096 levels become 17 at 16 bits
-        image = by_id[dark[0]].get("dark_image")
+        image, bits = by_id[dark[0]].get("dark_image"), by_id[dark[0]].get("dark_bits", bit_depth)
         log_event(log, "data.images_dark", logging.WARNING, images=len(dark),
                   example=f"{dark[0]} ({image})" if image else dark[0], brightest=DARK,
-                  bit_depth=bit_depth,
+                  bit_depth=bits,
                   hint=f"their brightest pixel is at most {DARK} of 255 after decoding. 10- or 12-bit camera frames "
-                       f"stored in 16-bit samples and read as {bit_depth}-bit (most grey levels lost)? Set "
+                       f"stored in 16-bit samples and read as {bits}-bit (most grey levels lost)? Set "
                        "data.bit_depth to the camera's bit depth (e.g. 12), or data.sources[].channels[].bit_depth "
                        "for one image of a scene. 8-bit pictures this dark: blank or underexposed?")
 

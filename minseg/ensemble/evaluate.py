@@ -453,6 +453,10 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     if config.data is None:
         raise InputError("evaluation needs the 'data' section the members were trained with")
+    if other := config.data.bit_depths_unlike_first():
+        log_event(log, "evaluate.bit_depths_differ", logging.WARNING, images=other,
+                  hint="the manifest records how sources[0] reads each image: slides of the other camera need "
+                       "segment.bit_depth (--bit-depth)")
     settings = config.evaluation or EvaluationSettings()
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
@@ -462,10 +466,6 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
                          f"evaluated: {', '.join(m.name for m in members)}")
-    if other := config.data.bit_depths_unlike_first():
-        log_event(log, "evaluate.bit_depths_differ", logging.WARNING, images=other,
-                  hint="the manifest records how sources[0] reads each image: slides of the other camera need "
-                       "segment.bit_depth (--bit-depth)")
     voters = len(settings.voters) if settings.voters else len(members)
     if not ensemble_sizes(settings, voters, len(members)):  # refused above one voter: before any pass
         log_event(log, "ensemble.nothing_to_fuse", logging.WARNING, voters=voters,

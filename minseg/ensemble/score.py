@@ -54,7 +54,8 @@ class ScoreResult:
 def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: str) -> DataSettings:
     """The data section to score with: its classes the manifest's (given or checked), its scale the manifest's,
     its ``bit_depth`` the manifest's unless the data section sets one; its scene images, when it declares none,
-    the manifest's (with their own bit depths, unless the data section sets one for them all).
+    the manifest's; each image read with the bits of the manifest's image of that name unless the data section
+    gives the image its own, or sets ``bit_depth`` for them all.
 
     Raises:
         InputError: no data section; classes named differently from the ensemble's.
@@ -82,8 +83,15 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
         # the images of a scene as the ensemble was trained on them (folders, name patterns, each image's bit
         # depth), unless declared; a data.bit_depth given here is these images' camera, for every image
         channels = [group.model_copy(update={"bit_depth": None}) if own_depth else group for group in manifest.channels]
-        sources = [source.model_copy(update={"channels": channels}) for source in data.sources]
-        data = data.model_copy(update={"sources": sources})
+        data = data.model_copy(update={"sources": [source.model_copy(update={"channels": channels})
+                                                   for source in data.sources]})
+    elif not own_depth and any(group.bit_depth for group in manifest.channel_groups):
+        # declared images without a bit depth of their own read as the ensemble's image of that name was
+        trained = {group.name: group.bit_depth for group in manifest.channel_groups}
+        data = data.model_copy(update={"sources": [source.model_copy(update={"channels": [
+            group if group.bit_depth or not trained.get(group.name) else
+            group.model_copy(update={"bit_depth": trained[group.name]}) for group in source.channels]})
+            if source.channels else source for source in data.sources]})
     if channel_signature(data.channel_groups) != channel_signature(manifest.channel_groups):
         raise InputError(f"the data gives {describe_channels(data.channel_groups)} per scene but the ensemble reads "
                          f"{describe_channels(manifest.channel_groups)} ({where}): declare the same "
@@ -161,7 +169,9 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
         "at_selection": {k: v for k, v in manifest.metrics.items() if k in ("miou", "mPA", "mean_f1", "iou")},
         "tiling": manifest.tiling.model_dump(mode="json"), "tta": str(manifest.fusion.tta),
         "classes": manifest.classes, "normalization": manifest.normalization,
-        "channels": [group.model_dump(mode="json") for group in manifest.channels] if manifest.channels else None,
+        # the scene's images as read here (each one's bit depth included), like evaluation.json's
+        "channels": [group.model_dump(mode="json") for group in data.channel_groups] if data.sources[0].channels
+        else None,
         "bit_depth": data.bit_depth,  # how these images' 16-bit samples were read (the manifest's unless set)
         "test_items": [i["item_id"] for i in items],
     }

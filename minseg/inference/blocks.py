@@ -177,7 +177,7 @@ def read_block(plan, block: Block, storage: Storage, fill: np.ndarray, output_ti
     # depth not set)
     return pack(windows=windows, rows=np.asarray([r for r, _ in tiles], np.int32),
                 cols=np.asarray([c for _, c in tiles], np.int32), image=display_rgb(image, plan.first_channels),
-                brightest=np.asarray(image_maxima(image, [c.count for c in plan.channels]), np.int16))
+                brightest=np.asarray(image_maxima(image, [count for _, count in plan.images]), np.int16))
 
 
 def read_blocks(batch: dict, plans: dict, storage: Storage, fill: list[int], output_tile: int) -> dict:

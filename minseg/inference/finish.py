@@ -124,6 +124,24 @@ def export_tiffs(arrays: SegmentationArrays, plan: SlidePlan, settings: SegmentS
             raise
         sink.close()
 
+class Brightest:
+    """A slide's brightest input values, 0..255, gathered from its block records (``BlockRecord.brightest``):
+    ``overall`` over every image, ``per_image`` for each image of its scene. Either is None once a record cannot
+    say it: one written before they were kept (``UNKNOWN``), or, for ``per_image``, one value over a scene's images
+    (a run before they were told apart)."""
+
+    def __init__(self, images: int):
+        self.images = images
+        self.overall: int | None = 0
+        self.per_image: list[int] | None = [0] * images
+
+    def add(self, values: tuple[int, ...]) -> None:
+        if self.overall is not None:
+            self.overall = None if values == UNKNOWN else max(self.overall, *values)
+        if self.per_image is not None:
+            self.per_image = list(map(max, self.per_image, values)) if len(values) == self.images else None
+
+
 def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, classes: list[dict],
                  summary: dict, metadata: dict) -> dict:
     """Merge the block records and publish the slide (module doc); returns its summary.
@@ -147,11 +165,8 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     preview = PreviewCanvas(plan.height, plan.width, settings.preview_max_side)
     windows = uncertainty_sum = 0
     block_seconds = 0.0
-    # the brightest input value of each image (None: a block recorded by a run before they were kept); a record
-    # of a run before a scene's images were told apart holds one value over them all
-    images = max(1, len(plan.channels))
-    brightest: list[int] | None = [0] * images
-    overall: int | None = 0
+    readings = plan.readings()
+    brightest = Brightest(len(readings))
     with staged_tables(spec, plan.height, plan.width, storage, plan.output_uri) as tables:
         measured = SlideMineralogy(spec, plan.height, plan.width, tables)
         for block in blocks:  # one record in memory at a time
@@ -161,10 +176,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
             windows += record.windows
             uncertainty_sum += record.uncertainty_sum
             block_seconds += record.seconds
-            if overall is not None:
-                overall = None if record.brightest == UNKNOWN else max(overall, *record.brightest)
-            if brightest is not None:
-                brightest = list(map(max, brightest, record.brightest)) if len(record.brightest) == images else None
+            brightest.add(record.brightest)
         mineralogy = measured.finish()
     mineralogy["colours"] = class_colours(classes).tolist()
     files = {"zarr": ZARR, "summary": SUMMARY, "mineralogy": DOCUMENT}
@@ -197,14 +209,14 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         # the headline of mineralogy.json (which also has liberation by size fraction and the raw tallies)
         **{key: mineralogy[key] for key in HEADLINE},
         "mean_uncertainty": round(uncertainty_sum / total / 255.0, 5),
-        "brightest": overall,  # the input's brightest value, 0..255 (segment.slide_dark when at most DARK)
+        "brightest": brightest.overall,  # the input's brightest value, 0..255 (segment.slide_dark when at most DARK)
         "measured_with": spec.key(),  # a re-run with other mineralogy settings says these numbers are not its
         "files": files,
     }
-    if images > 1:  # one image of a scene read nearly black is said too (``segment.warn_if_dark``)
-        summary["images"] = {source.name: {"brightest": None if brightest is None else brightest[index],
-                                           "stored_bits": bits}
-                             for index, (source, bits) in enumerate(zip(plan.channels, plan.image_bits))}
+    if len(readings) > 1:  # one image of a scene read nearly black is said too (``segment.warn_if_dark``)
+        summary["images"] = {name: {"brightest": None if brightest.per_image is None else brightest.per_image[index],
+                                    "stored_bits": stored, "bit_depth": bits}
+                             for index, (name, _, stored, bits) in enumerate(readings)}
     summary["finish_seconds"] = round(time.monotonic() - started, 2)
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)

@@ -61,23 +61,34 @@ class SlidePlan:
     # each source file's version (``Storage.version``): outputs of a file since replaced are
     # never taken as done, nor resumed
     identity: tuple[dict, ...] = ()
-    # significant bits of 16-bit samples (segment.bit_depth, else the manifest's); a scene's images carry their own
+    # significant bits of 16-bit samples of a file holding every channel (a plain slide, a one-file multi-band
+    # scene); a file per image carries its own (``ChannelSource.bit_depth``)
     bit_depth: int = BIT_DEPTH
     stored_bits: int = 16  # bits per stored sample of the slide (its scene's most): the bit depth may not apply
     image_bits: tuple[int, ...] = ()  # bits per stored sample of each of ``channels``
+    images: tuple[tuple[str, int], ...] = ()  # the ensemble's scene images (name, channels); (): one RGB image
+
+    def __post_init__(self) -> None:
+        if self.measure is not None and len(self.measure.names) != self.num_classes:
+            raise ValueError(f"the mineralogy has {len(self.measure.names)} classes, the slide {self.num_classes}")
+        if self.channels and len(self.image_bits) != len(self.channels):
+            raise ValueError(f"{len(self.image_bits)} stored bit counts for {len(self.channels)} scene files")
+
+    def readings(self) -> list[tuple[str, int, int, int]]:
+        """(name, channels, bits per stored sample, significant bits it is read with) of each image of the scene:
+        one for a plain slide (named ''); a one-file multi-band scene's images share the file's."""
+        if not self.images:
+            return [("", self.in_channels, self.stored_bits, self.bit_depth)]
+        if len(self.channels) == len(self.images):  # a file per image
+            return [(name, count, bits, source.bit_depth or self.bit_depth)
+                    for (name, count), source, bits in zip(self.images, self.channels, self.image_bits)]
+        return [(name, count, self.stored_bits, self.bit_depth) for name, count in self.images]
 
     @property
     def read_bit_depth(self) -> int | dict[str, int]:
         """The bit depth its outputs are recorded as read with (``depth_record``): only images whose samples have
         more than 8 bits count, as 8-bit ones read alike at any: changing it does not redo them."""
-        if not self.channels:
-            return depth_record({"": self.bit_depth} if depth_applies(self.stored_bits) else {})
-        return depth_record({source.name: source.bit_depth or self.bit_depth
-                             for source, bits in zip(self.channels, self.image_bits) if depth_applies(bits)})
-
-    def __post_init__(self) -> None:
-        if self.measure is not None and len(self.measure.names) != self.num_classes:
-            raise ValueError(f"the mineralogy has {len(self.measure.names)} classes, the slide {self.num_classes}")
+        return depth_record({name: bits for name, _, stored, bits in self.readings() if depth_applies(stored)})
 
     @property
     def tile(self) -> int:
@@ -85,7 +96,10 @@ class SlidePlan:
 
     @property
     def first_channels(self) -> int:
-        """Channels of the scene's first image (what previews and the stored image show)."""
+        """Channels of the scene's first image (what previews and the stored image show; also when one file holds
+        every image's channels)."""
+        if self.images:
+            return self.images[0][1]
         return self.channels[0].count if self.channels else 3
 
     @property
@@ -131,6 +145,9 @@ def scene_bit_depths(manifest: EnsembleManifest, override: int | dict[str, int] 
         return {group.name: override for group in groups}
     given = override or {}
     unknown = sorted(set(given) - {group.name for group in groups})
+    if unknown and manifest.channels is None:
+        raise SegmentInputError(f"segment.bit_depth names {', '.join(unknown)} but this ensemble reads one RGB image "
+                                "per slide: give one number (e.g. --bit-depth 12)")
     if unknown:
         raise SegmentInputError(f"segment.bit_depth names {', '.join(unknown)} but the ensemble reads "
                                 f"{', '.join(g.name for g in groups)} per scene")
@@ -142,7 +159,8 @@ def open_scene(uri: str, channels: tuple[ChannelSource, ...], storage: Storage, 
                bit_depth: int = BIT_DEPTH) -> Slide | SceneSlide:
     """The slide at ``uri`` (RGB), or the scene its ``channels`` read (several aligned images, a grey or a
     multi-band image); through ``cache`` by each file's ``identity`` (``Storage.version``; a file replaced since
-    is opened afresh); samples of more than 8 bits read as ``bit_depth``-bit (``Slide``). Raises SlideError."""
+    is opened afresh); samples of more than 8 bits read as ``bit_depth``-bit (``Slide``), or as a channel
+    source's own. Raises SlideError."""
     versions = {entry["uri"]: json.dumps(entry, sort_keys=True) for entry in identity}
     if not channels:
         return cache.get(uri, storage, limits, versions.get(uri), bit_depth) if cache \
@@ -154,15 +172,21 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
                output_uri: str, mineralogy: MineralogySettings | None = None,
                channels: tuple[ChannelSource, ...] = ()) -> SlidePlan:
     """Open the slide (or scene) once and plan it (module doc). A pixel size the slide gives that is not a finite
-    positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished."""
-    # a slide without declared channels is the ensemble's one image; a scene's images carry their own bit depths
-    # (``resolve_scenes``), this one is for those that do not
-    override = settings.bit_depth
-    (bit_depth,) = scene_bit_depths(manifest, override).values() if not channels \
-        else (override if isinstance(override, int) else manifest.bit_depth,)
+    positive number is taken as absent (logged). Raises SlideError: unreadable, no such level, the file vanished,
+    one multi-band file of more than 8 bits per sample for images read with different bit depths."""
+    # a file holding every channel (a plain slide, a one-file multi-band scene) is read with one bit depth: the
+    # images' when they agree; a file per image carries its own (``resolve_scenes``)
+    depths = scene_bit_depths(manifest, settings.bit_depth)
+    one_depth = len(set(depths.values())) == 1
+    bit_depth = next(iter(depths.values())) if one_depth else BIT_DEPTH
     with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
         stored_bits = slide.info.stored_bits
         image_bits = slide.image_bits if channels else ()
+        if not one_depth and any(source.bit_depth is None for source in channels) and depth_applies(stored_bits):
+            raise SlideError(f"{uri} is one multi-band file of {stored_bits}-bit samples for images the ensemble "
+                             f"reads as {describe_depth(depths)}; its samples have one bit depth: give each image's "
+                             "file as a scene (segment.scenes, --scene), or one segment.bit_depth (--bit-depth) for "
+                             "them all")
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -198,6 +222,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
                             pixel_size),
         limits=settings.limits.limits(), channels=channels, in_channels=manifest.in_channels, identity=identity,
         bit_depth=bit_depth, stored_bits=stored_bits, image_bits=image_bits,
+        images=tuple((group.name, group.count) for group in manifest.channel_groups) if manifest.channels else (),
     )
 
 

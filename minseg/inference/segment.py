@@ -75,11 +75,12 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
     A slide for an ensemble reading several images per scene is one multi-band image holding all their channels in
     order (a 6-sample TIFF for PPL + XPL); a scene names each image by its channel name.
 
-    Each image is read with its bit depth (``scene_bit_depths``); the one file of a multi-band slide has one.
+    Each image's file is read with its bit depth (``scene_bit_depths``); the one file of a multi-band slide has
+    one (``plan_slide``).
 
     Raises:
         SegmentInputError: nothing to segment; a scene naming other channels than the ensemble's; a
-            ``segment.bit_depth`` naming another image; a multi-band slide for images read with several bit depths.
+            ``segment.bit_depth`` naming another image.
     """
     groups = manifest.channel_groups
     names = [group.name for group in groups]
@@ -91,13 +92,8 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
                 sources[uri] = ()
             elif len(groups) == 1:
                 sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands, names[0], depths[names[0]]),)
-            elif len(set(depths.values())) > 1:
-                raise SegmentInputError(
-                    f"segment.slides: {uri} is one multi-band file for images read as "
-                    f"{describe_depth(depths)}; its samples have one bit depth: give each image's file as a scene "
-                    "(segment.scenes, --scene), or one segment.bit_depth (--bit-depth) for them all")
-            else:
-                sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels, names[0], depths[names[0]]),)
+            else:  # one file of every image's channels: one bit depth for its samples (``plan_slide``)
+                sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels),)
     for index, scene in enumerate(settings.scenes):
         if manifest.channels is None:
             raise SegmentInputError(f"segment.scenes[{index}]: this ensemble reads one RGB image per slide; give "
@@ -677,7 +673,7 @@ def warn_if_dark(summary: dict) -> None:
         if not images:
             return
         name, image = images[0]
-        dark, stored = image["brightest"], image["stored_bits"]
+        dark, stored, bits = image["brightest"], image["stored_bits"], image.get("bit_depth", bits)
         what, flag = f"the brightest pixel of its {name} image", f"--bit-depth {name}=BITS"
     if depth_applies(stored):
         hint = (f"{what} is {dark} of 255 as read ({describe_depth(bits)} samples): a 10- or 12-bit camera's "

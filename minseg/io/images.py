@@ -38,9 +38,11 @@ class SampleAboveBitDepth(DecodeError):
         self.peak, self.bits, self.y, self.x, self.level = peak, bits, y, x, level
         where = f"x={x}, y={y}" + (f" of pyramid level {level}" if level else "")
         super().__init__(f"a sample of {peak} (at {where}) is above {(1 << bits) - 1}, the largest {bits}-bit "
-                         f"value: its samples are not {bits}-bit (the bit depth: data.bit_depth; for segment "
-                         "segment.bit_depth or the ensemble's, for score the ensemble's unless data.bit_depth is "
-                         "set); set the one its camera records, 16 for samples over the whole 16-bit range")
+                         f"value: its samples are not {bits}-bit (the bit depth: data.bit_depth, or "
+                         "data.sources[].channels[].bit_depth for one image of a scene; for segment "
+                         "segment.bit_depth (--bit-depth, NAME=BITS for one image) or the ensemble's, for score the "
+                         "ensemble's unless data.bit_depth is set); set the one its camera records, 16 for samples "
+                         "over the whole 16-bit range")
 
     def __reduce__(self):  # raised in Ray tasks and actors: it crosses processes by pickle
         return type(self), (self.peak, self.bits, self.y, self.x, self.level)

@@ -556,7 +556,9 @@ class SlideCache:
     def get(self, uri: str, storage: Storage, limits: SlideLimits | None = None, version: Hashable = None,
             bit_depth: int = BIT_DEPTH) -> Slide:
         key = (uri, version, bit_depth)  # read with another bit depth, the same file shows other pixels
-        for stale in [k for k in self._slides if k[0] == uri and k != key]:  # that file is gone: so is its slide
+        # another version of that file is gone: so is its slide (the file read with another bit depth is not: one
+        # file may be two images of a scene, each read its way)
+        for stale in [k for k in self._slides if k[0] == uri and k[1] != version]:
             self._slides.pop(stale).close()
         slide = self._slides.pop(key, None) or Slide(uri, storage, limits=limits, bit_depth=bit_depth)
         self._slides[key] = slide

@@ -141,9 +141,9 @@ def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tm
     """An ensemble whose XPL images came from a 12-bit camera (its manifest's channels[].bit_depth) segments a scene
     of a 16-bit PPL TIFF and a 12-bit camera's XPL frame as the same scene in 8 bits: identical labels, each image's
     reading recorded; --bit-depth xpl=16 reads the XPL frame another way (redone; that image is said to read
-    nearly black though the slide is bright); a one-file 6-band slide, whose
-    samples have one bit depth, is refused for these images until one bit depth is given; an image the ensemble
-    does not read is refused by name."""
+    nearly black though the slide is bright); a one-file 6-band slide, whose samples have one bit depth, fails for
+    these images when its samples are 16-bit (8-bit ones read alike at any); an image the ensemble does not read
+    is refused by name."""
     import zarr
 
     root, config, evaluation, manifest_uri = thin_run
@@ -173,9 +173,10 @@ def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tm
     np.testing.assert_array_equal(labels(tmp_path / "8" / "s_ppl"), labels(tmp_path / "d" / "d_ppl"))
     summary = json.loads((tmp_path / "d" / "d_ppl" / "summary.json").read_text())
     assert summary["bit_depth"] == {"ppl": 16, "xpl": 12} and summary["stored_bits"] == 16
-    # XPL read as 16-bit: another reading of the same files, so the slide is redone, not skipped
-    assert {name: image["stored_bits"] for name, image in summary["images"].items()} == {"ppl": 16, "xpl": 16}
+    assert {name: (image["stored_bits"], image["bit_depth"]) for name, image in summary["images"].items()} == \
+        {"ppl": (16, 16), "xpl": (16, 12)}
     assert summary["images"]["xpl"]["brightest"] > 200 and summary["brightest"] > 200
+    # XPL read as 16-bit: another reading of the same files, so the slide is redone, not skipped
     capsys.readouterr()
     assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "d"),
                  "--bit-depth", "xpl=16", *common]) == 0
@@ -184,9 +185,39 @@ def test_segment_reads_each_image_of_a_scene_with_its_own_bit_depth(thin_run, tm
     said = capsys.readouterr()
     assert "segmented 1, skipped 0" in said.out
     assert "segment.slide_dark" in said.err and "the brightest pixel of its xpl image" in said.err
-    assert main(["segment", str(tmp_path / "d_both.tif"), "--manifest", str(camera), "--out", str(tmp_path / "b"),
-                 *common]) == 2
-    assert "d_both.tif is one multi-band file for images read as ppl 16-bit, xpl 12-bit" in capsys.readouterr().err
+    # one file of both images' channels has one bit depth: refused (that slide fails) when it matters, 16-bit
+    # samples; 8-bit ones read alike at any, and give the scene's labels
+    tifffile.imwrite(tmp_path / "s_both.tif", np.dstack([image, crossed(image)]), tile=(64, 64),
+                     photometric="minisblack", planarconfig="contig")
+    assert main(["segment", str(tmp_path / "d_both.tif"), str(tmp_path / "s_both.tif"), "--manifest", str(camera),
+                 "--out", str(tmp_path / "b"), *common]) == 1
+    assert "d_both.tif is one multi-band file of 16-bit samples for images the ensemble reads as ppl 16-bit, xpl " \
+        "12-bit" in capsys.readouterr().err
+    np.testing.assert_array_equal(labels(tmp_path / "8" / "s_ppl"), labels(tmp_path / "b" / "s_both"))
+    one_file = json.loads((tmp_path / "b" / "s_both" / "summary.json").read_text())
+    assert one_file["bit_depth"] == 16 and set(one_file["images"]) == {"ppl", "xpl"}
     assert main(["segment", "--scene", deep, "--manifest", str(camera), "--out", str(tmp_path / "n"),
                  "--bit-depth", "bse=12", *common]) == 2
     assert "segment.bit_depth names bse but the ensemble reads ppl, xpl per scene" in capsys.readouterr().err
+
+
+def test_evaluate_says_when_a_source_reads_an_image_with_other_bits(thin_run, tmp_path, caplog):
+    """Two cameras: the manifest records how the first source reads each image, which evaluate says (slides of the
+    other camera need segment.bit_depth)."""
+    import logging
+
+    from minseg.ensemble.evaluate import evaluate_ensemble
+    from minseg.errors import InputError
+
+    root, config, evaluation, manifest_uri = thin_run
+    first = config.data.sources[0]
+    other = first.model_copy(update={"uri": str(tmp_path / "other"), "channels": [
+        first.channels[0].model_copy(update={"bit_depth": 12}), first.channels[1]]})
+    changed = config.model_copy(deep=True)
+    changed.data = changed.data.model_copy(update={"sources": [first, other]})
+    changed.run = changed.run.model_copy(update={"output_uri": str(tmp_path / "nothing-trained")})
+    with caplog.at_level(logging.WARNING, logger="minseg.ensemble"), pytest.raises(InputError):
+        evaluate_ensemble(changed)
+    (warned,) = [r.fields for r in caplog.records if r.getMessage() == "evaluate.bit_depths_differ"]
+    assert warned["images"] == ["sources[1].channels.ppl: 12-bit (sources[0]: 16-bit)"]
+    assert "segment.bit_depth" in warned["hint"]

@@ -137,3 +137,9 @@ def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tm
     assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 16] and read.image_bit_depths
     own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
     assert [g.bits(14) for g in scoring_data(own, camera, "m.json").channel_groups] == [14, 14]
+    # images declared by the data section: each without its own reads as the ensemble's image of that name
+    declared = validate_config({"sources": [{"uri": str(tmp_path), "channels": [
+        {"name": "ppl", "images_dir": "p"}, {"name": "bse", "mode": "grey", "bit_depth": 14}]}]}, DataSettings)
+    read = scoring_data(declared, camera, "m.json")
+    assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 14]
+    assert read.channel_groups[0].images_dir == "p"

@@ -215,6 +215,23 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
     assert [c.bit_depth for c in some.channels] == [10, 12] and some.read_bit_depth == 12
     with pytest.raises(SegmentInputError, match="segment.bit_depth names xpl but the ensemble reads ppl, bse"):
         planned({"xpl": 12})
+    rgb = load_manifest(write_manifest(tmp_path / "r", mode="soft", tile=64, overlap=16), verify=False)
+    with pytest.raises(SegmentInputError, match="this ensemble reads one RGB image per slide: give one number"):
+        resolve_scenes(SegmentSettings(slides=[scene["ppl"]], bit_depth={"ppl": 12}), rgb, Storage())
+    # one file of both images' channels: one bit depth for its samples, which matters only above 8 bits
+    from minseg.io.slides import ChannelSource, SlideError
+
+    tifffile.imwrite(tmp_path / "both.tif", np.dstack([ppl, bse]), photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(tmp_path / "deep.tif", np.dstack([ppl, bse]).astype(np.uint16) * 257,
+                     photometric="minisblack", planarconfig="contig")
+    one = plan_slide(str(tmp_path / "both.tif"), "b", manifest, SegmentSettings(), Storage(), str(tmp_path / "o"),
+                     channels=(ChannelSource(str(tmp_path / "both.tif"), "bands", 4),))
+    assert one.readings() == [("ppl", 3, 8, 16), ("bse", 1, 8, 16)] and one.read_bit_depth == 16
+    assert one.first_channels == 3  # the preview shows the PPL image, not the file's first band
+    with pytest.raises(SlideError, match="deep.tif is one multi-band file of 16-bit samples for images the ensemble "
+                                         "reads as ppl 16-bit, bse 12-bit"):
+        plan_slide(str(tmp_path / "deep.tif"), "d", manifest, SegmentSettings(), Storage(), str(tmp_path / "o"),
+                   channels=(ChannelSource(str(tmp_path / "deep.tif"), "bands", 4),))
     # records: one number when the images of more than 8 bits agree, else each by name
     assert depth_record({}) == 16 and depth_record({"a": 12, "b": 12}) == 12
     assert depth_record({"ppl": 12, "bse": 16}) == {"bse": 16, "ppl": 12}

@@ -288,6 +288,27 @@ def test_block_records_of_an_older_run_leave_the_brightest_value_unknown():
     warn_if_dark({"slide": "s", "brightest": None})  # nothing to say, nothing raised
 
 
+def test_a_slides_brightest_values_gather_over_its_blocks_image_by_image():
+    """Each image of a scene is judged over every block (a PPL bright only in one block, a BSE only in another: both
+    bright); a record of a run before images were told apart leaves them unknown but not the slide's value; one
+    before values were kept leaves both unknown."""
+    from minseg.inference.blocks import UNKNOWN
+    from minseg.inference.finish import Brightest
+
+    scene = Brightest(2)
+    for values in ((200, 3), (5, 180)):
+        scene.add(values)
+    assert scene.overall == 200 and scene.per_image == [200, 180]
+    scene.add((240,))
+    assert scene.overall == 240 and scene.per_image is None
+    scene.add(UNKNOWN)
+    assert scene.overall is None
+    plain = Brightest(1)
+    plain.add((12,))
+    plain.add((9,))
+    assert plain.overall == 12 and plain.per_image == [12]
+
+
 def test_a_dark_8_bit_slide_is_not_sent_to_the_bit_depth(caplog):
     import logging
 

@@ -242,3 +242,19 @@ def test_8_bit_rgba_bands_read_alike_in_training_and_slides(tmp_path):
         assert np.array_equal(ChannelSource(str(tmp_path / "rgba.png"), "bands", 4).channels(slide, 0, 0, 48, 64, 0),
                               trained)
         assert np.array_equal(slide.read_region(0, 0, 48, 64), rgba[..., :3])  # shown without its alpha
+
+
+def test_one_file_read_as_two_images_of_a_scene_with_two_bit_depths_stays_open(tmp_path):
+    """The per-process cache keeps a file opened at two bit depths (two images of one scene naming one file): the
+    second does not close the first while the scene reads them; another version of the file does."""
+    frame = np.linspace(0, 4095, 32 * 48).reshape(32, 48).astype(np.uint16)  # a 12-bit camera's range
+    path = tmp_path / "bse.tif"
+    tifffile.imwrite(path, frame, photometric="minisblack")
+    cache = SlideCache()
+    sources = (ChannelSource(str(path), "grey", bit_depth=12), ChannelSource(str(path), "grey", bit_depth=16))
+    with SceneSlide(sources, Storage(), cache=cache) as scene:
+        region = scene.read_region(0, 0, 32, 48)
+    assert region[..., 0].max() == 255 and region[..., 1].max() <= 16
+    assert len(cache._slides) == 2
+    cache.get(str(path), Storage(), version="replaced")
+    assert len(cache._slides) == 1
