@@ -421,10 +421,11 @@ class DataSettings(StrictModel):
 
     @property
     def image_bit_depths(self) -> tuple[tuple[int, str, int], ...]:
-        """(source index, image name, bits) of every scene image read with other bits than ``bit_depth``
-        (``channels[].bit_depth``): part of the data signature, as ``bit_depth`` is."""
-        return tuple((index, group.name, group.bit_depth) for index, source in enumerate(self.sources)
-                     for group in source.channels or () if group.bits(self.bit_depth) != self.bit_depth)
+        """(source index, image name, bits) of every image each source reads (its ``channels``; ``image`` for a
+        source without), with the bits its 16-bit samples are read with (``channels[].bit_depth``, else
+        ``bit_depth``): the data signature's reading, whichever way the config spells it."""
+        return tuple((index, group.name, group.bits(self.bit_depth)) for index, source in enumerate(self.sources)
+                     for group in source.channel_groups)
 
     @property
     def channel_labels(self) -> list[str]:

@@ -68,7 +68,7 @@ class PreparedData:
     # items, which travel to every read task and evaluation actor
     tile_classes: dict[str, list[list[int]]] = field(default_factory=dict)
     bit_depth: int = BIT_DEPTH  # data.bit_depth: what the images' pixels were decoded as
-    image_bit_depths: tuple = ()  # data.image_bit_depths: scene images decoded with their own bit depth
+    image_bit_depths: tuple = ()  # data.image_bit_depths: the bits each image was decoded with
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
@@ -82,13 +82,14 @@ class PreparedData:
         else:
             parts = [sorted((i["item_id"], i["tiles"]) for i in self.splits[name]) for name in ("train", "val", "test")]
             signature = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-        if self.bit_depth == BIT_DEPTH and not self.image_bit_depths:  # as recorded before bit depths existed
+        depths = {bits for *_, bits in self.image_bit_depths} or {self.bit_depth}
+        if depths == {BIT_DEPTH}:  # as recorded before bit depths existed
             return signature
-        # other pixels from the same files: a member trained on one reading is not continued or kept on another
-        reading = f"{signature}/bit_depth={self.bit_depth}"
-        if self.image_bit_depths:
-            reading += f"/images={json.dumps([list(entry) for entry in self.image_bit_depths])}"
-        return hashlib.sha256(reading.encode()).hexdigest()[:16]
+        # other pixels from the same files: a member trained on one reading is not continued or kept on another;
+        # one bit depth for every image is recorded as data.bit_depth alone was, however the config gives it
+        reading = f"bit_depth={depths.pop()}" if len(depths) == 1 else \
+            f"images={json.dumps([list(entry) for entry in self.image_bit_depths])}"
+        return hashlib.sha256(f"{signature}/{reading}".encode()).hexdigest()[:16]
 
     def tile_classes_of(self, items: list[dict]) -> dict[str, list[list[int]]]:
         """``tile_classes`` of these items only (e.g. a trial's training items), by item id."""

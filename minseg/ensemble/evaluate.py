@@ -454,7 +454,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if config.data is None:
         raise InputError("evaluation needs the 'data' section the members were trained with")
     if other := config.data.bit_depths_unlike_first():
-        log_event(log, "evaluate.bit_depths_differ", logging.WARNING, images=other,
+        log_event(log, "evaluate.bit_depths_differ", logging.WARNING, images="; ".join(other),
                   hint="the manifest records how sources[0] reads each image: slides of the other camera need "
                        "segment.bit_depth (--bit-depth)")
     settings = config.evaluation or EvaluationSettings()
@@ -570,7 +570,8 @@ def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], pr
             stale.append(f"{member.name} ({member.checkpoint})")
     if stale:
         raise InputError(f"evaluation would rank and fuse members trained on other data than these splits (the "
-                         f"data or the split changed since they trained): {', '.join(stale)}. Train them again "
+                         f"data or the split changed since they trained, or the bit depth images are read with: "
+                         f"data.bit_depth, channels[].bit_depth): {', '.join(stale)}. Train them again "
                          "(delete their folders and train with --resume) or leave them out (evaluation.members)")
 
 

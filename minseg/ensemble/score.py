@@ -16,6 +16,7 @@ its best member on the new set, as the evaluation report does on the training ru
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import MemberRef
 from minseg.ensemble.selection import MEMBER_PREFIX, Candidate, rank_members
 from minseg.errors import InputError
+from minseg.io.images import depth_record, describe_depth
 from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs
 from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
@@ -102,7 +104,16 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
     # 16-bit samples read as the ensemble's training images were (the same camera), unless data.bit_depth says
     # what these images' camera records
     bit_depth = data.bit_depth if own_depth else manifest.bit_depth
-    return data.model_copy(update={"classes": classes, "tiling": tiling, "bit_depth": bit_depth})
+    data = data.model_copy(update={"classes": classes, "tiling": tiling, "bit_depth": bit_depth})
+    trained = depth_record({group.name: group.bits(manifest.bit_depth) for group in manifest.channel_groups})
+    if (read := depth_record({group.name: group.bits(bit_depth) for group in data.channel_groups})) != trained:
+        # another camera, or a data.bit_depth written out by `minseg config show` that nobody meant
+        log_event(log, "score.bit_depth_differs", logging.WARNING, read=describe_depth(read),
+                  ensemble=describe_depth(trained),
+                  hint=f"these images are read as {describe_depth(read)}, the ensemble's training images were read "
+                       f"as {describe_depth(trained)}: right for another camera; to read them as the ensemble's, "
+                       "leave data.bit_depth out (and channels[].bit_depth)")
+    return data
 
 
 def ensemble_candidate(manifest: EnsembleManifest) -> Candidate:

@@ -214,9 +214,10 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
         "files": files,
     }
     if len(readings) > 1:  # one image of a scene read nearly black is said too (``segment.warn_if_dark``)
-        summary["images"] = {name: {"brightest": None if brightest.per_image is None else brightest.per_image[index],
-                                    "stored_bits": stored, "bit_depth": bits}
-                             for index, (name, _, stored, bits) in enumerate(readings)}
+        summary["images"] = {
+            image.name: {"brightest": None if brightest.per_image is None else brightest.per_image[index],
+                         "stored_bits": image.stored_bits, "bit_depth": image.read_bits, "file": image.uri}
+            for index, image in enumerate(readings)}
     summary["finish_seconds"] = round(time.monotonic() - started, 2)
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)

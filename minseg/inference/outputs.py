@@ -86,6 +86,11 @@ class PreviewCanvas:
         return canvas
 
 
+#: the columns every row of ``slides.csv`` starts with (``segment._table_row``); the mineralogy's follow
+SLIDE_COLUMNS = ("slide", "uri", "status", "height", "width", "tiles", "active_seconds", "wall_seconds",
+                 "ensemble_digest", "mean_uncertainty", "brightest")
+
+
 def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None:
     """``slides.csv`` and ``slides.parquet`` under ``out_uri``: a row per slide, every row's columns (slides
     differ in their classes; pyarrow's ``from_pylist`` alone would keep only the first row's)."""
@@ -94,11 +99,13 @@ def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None
 
     from minseg.io.tables import csv_text
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    # no slide left (each failed now): the tables keep their first columns, empty, rather than no header at all
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or list(SLIDE_COLUMNS)
     complete = [{key: row.get(key) for key in columns} for row in rows]
-    storage.write_text(join_uri(out_uri, "slides.csv"), csv_text(complete))
+    storage.write_text(join_uri(out_uri, "slides.csv"), csv_text(complete, columns))
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(complete), buffer)
+    pq.write_table(pa.Table.from_pylist(complete) if complete else
+                   pa.table({key: pa.array([], pa.null()) for key in columns}), buffer)
     storage.write_bytes(join_uri(out_uri, "slides.parquet"), buffer.getvalue())
 
 

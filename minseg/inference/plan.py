@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from minseg.ensemble.sliding import TileGrid
 from minseg.errors import InputError
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import preview_stride
-from minseg.io.images import BIT_DEPTH, depth_applies
+from minseg.io.images import BIT_DEPTH, depth_applies, depth_record, describe_depth
 from minseg.io.slides import ChannelSource, SceneSlide, Slide, SlideCache, SlideError, SlideLimits
 from minseg.io.storage import Storage, StorageError, join_uri
 from minseg.logs import get_logger, log_event
@@ -31,6 +32,21 @@ from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.slide import MeasureSpec
 
 log = get_logger("segment")
+
+class ImageReading(NamedTuple):
+    """One image of a slide's scene as it is read (``SlidePlan.readings``)."""
+
+    name: str  # its channel name ('' for a plain slide's one image)
+    channels: int
+    uri: str  # the file it is read from (one file may hold every image's channels)
+    stored_bits: int  # bits per stored sample
+    bit_depth: int  # significant bits its samples of more than 8 bits are read with
+
+    @property
+    def read_bits(self) -> int:
+        """The bit depth it is recorded as read with: the default for 8-bit samples, which read alike at any."""
+        return self.bit_depth if depth_applies(self.stored_bits) else BIT_DEPTH
+
 
 @dataclass
 class SlidePlan:
@@ -74,21 +90,22 @@ class SlidePlan:
         if self.channels and len(self.image_bits) != len(self.channels):
             raise ValueError(f"{len(self.image_bits)} stored bit counts for {len(self.channels)} scene files")
 
-    def readings(self) -> list[tuple[str, int, int, int]]:
-        """(name, channels, bits per stored sample, significant bits it is read with) of each image of the scene:
-        one for a plain slide (named ''); a one-file multi-band scene's images share the file's."""
+    def readings(self) -> list[ImageReading]:
+        """How each image of the scene is read: one for a plain slide (named ''); a one-file multi-band scene's
+        images share the file's bits."""
         if not self.images:
-            return [("", self.in_channels, self.stored_bits, self.bit_depth)]
+            return [ImageReading("", self.in_channels, self.uri, self.stored_bits, self.bit_depth)]
         if len(self.channels) == len(self.images):  # a file per image
-            return [(name, count, bits, source.bit_depth or self.bit_depth)
+            return [ImageReading(name, count, source.uri, bits, source.bit_depth or self.bit_depth)
                     for (name, count), source, bits in zip(self.images, self.channels, self.image_bits)]
-        return [(name, count, self.stored_bits, self.bit_depth) for name, count in self.images]
+        return [ImageReading(name, count, self.uri, self.stored_bits, self.bit_depth) for name, count in self.images]
 
     @property
     def read_bit_depth(self) -> int | dict[str, int]:
         """The bit depth its outputs are recorded as read with (``depth_record``): only images whose samples have
         more than 8 bits count, as 8-bit ones read alike at any: changing it does not redo them."""
-        return depth_record({name: bits for name, _, stored, bits in self.readings() if depth_applies(stored)})
+        return depth_record({image.name: image.bit_depth for image in self.readings()
+                             if depth_applies(image.stored_bits)})
 
     @property
     def tile(self) -> int:
@@ -113,23 +130,6 @@ class SlidePlan:
 
 class SegmentInputError(InputError):
     """No slides, or a slide list that cannot be used; the message names the key or file."""
-
-
-def depth_record(read: dict[str, int]) -> int | dict[str, int]:
-    """How a slide's samples were read, as its outputs record it (``summary.json``'s ``bit_depth``), from the bits
-    each image of more than 8 bits per sample was read with (by name): one number when they agree (the default,
-    16, when there is none), else ``{name: bits}``. Records of one bit depth per slide stay valid."""
-    depths = set(read.values())
-    if len(depths) <= 1:
-        return depths.pop() if depths else BIT_DEPTH
-    return dict(sorted(read.items()))
-
-
-def describe_depth(record: int | dict[str, int]) -> str:
-    """``12-bit`` or ``bse 16-bit, ppl 12-bit``: a ``depth_record`` for messages."""
-    if isinstance(record, dict):
-        return ", ".join(f"{name} {bits}-bit" for name, bits in record.items())
-    return f"{record}-bit"
 
 
 def scene_bit_depths(manifest: EnsembleManifest, override: int | dict[str, int] | None) -> dict[str, int]:

@@ -48,8 +48,8 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
-from minseg.inference.plan import SegmentInputError, SlidePlan, describe_depth, plan_slide, scene_bit_depths
-from minseg.io.images import BIT_DEPTH, DARK, depth_applies
+from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
+from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
@@ -407,7 +407,9 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
             changed = source_change(previous, plan)
             if changed:  # redone (prepare_slide clears the folder first): never a skip of another source's outputs
-                log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed)
+                log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed,
+                          hint="its finished outputs are removed as it starts again (should it then fail, it has "
+                               "none); to keep them, write to another --out")
                 return plan
             reason = "outputs exist for this ensemble (--force redoes)"
             if previous.get("measured_with") != plan.measure.key():
@@ -668,13 +670,16 @@ def warn_if_dark(summary: dict) -> None:
     if brightest <= DARK:
         dark, stored, what, flag = brightest, summary.get("stored_bits", 16), "its brightest pixel", "--bit-depth"
     else:
-        images = [(name, image) for name, image in (summary.get("images") or {}).items()
+        scene = summary.get("images") or {}
+        images = [(name, image) for name, image in scene.items()
                   if image.get("brightest") is not None and image["brightest"] <= DARK]
         if not images:
             return
         name, image = images[0]
         dark, stored, bits = image["brightest"], image["stored_bits"], image.get("bit_depth", bits)
         what, flag = f"the brightest pixel of its {name} image", f"--bit-depth {name}=BITS"
+        if len({entry.get("file") for entry in scene.values()}) == 1:  # one file: one bit depth for its samples
+            flag = f"{flag}, giving each image's file as a scene with --scene"
     if depth_applies(stored):
         hint = (f"{what} is {dark} of 255 as read ({describe_depth(bits)} samples): a 10- or 12-bit camera's "
                 "frames stored in 16 bits? Its labels are of a nearly black picture; segment it again with "

@@ -230,6 +230,23 @@ def depth_applies(stored: int) -> bool:
     return 8 < stored <= 16
 
 
+def depth_record(read: dict[str, int]) -> int | dict[str, int]:
+    """How a slide's samples were read, as its outputs record it (``summary.json``'s ``bit_depth``), from the bits
+    each image of more than 8 bits per sample was read with (by name): one number when they agree (the default,
+    16, when there is none), else ``{name: bits}``. Records of one bit depth per slide stay valid."""
+    depths = set(read.values())
+    if len(depths) <= 1:
+        return depths.pop() if depths else BIT_DEPTH
+    return dict(sorted(read.items()))
+
+
+def describe_depth(record: int | dict[str, int]) -> str:
+    """``12-bit`` or ``bse 16-bit, ppl 12-bit``: a ``depth_record`` for messages."""
+    if isinstance(record, dict):
+        return ", ".join(f"{name} {bits}-bit" for name, bits in record.items())
+    return f"{record}-bit"
+
+
 def significant_bits(stored: int, bit_depth: int = BIT_DEPTH) -> int:
     """The bits that carry a sample's value: ``stored`` bits per sample (a TIFF's BitsPerSample, 16 for a 16-bit
     PNG), or fewer when the user gives a camera's ``bit_depth`` (``data.bit_depth``: 12 for 0..4095 in 16-bit

@@ -1003,7 +1003,8 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
         raise InputError(
-            f"{run_uri}: {doing} (the inputs, the split or the evidence changed): {', '.join(stale)}. Write the run "
+            f"{run_uri}: {doing} (the inputs, the split, the evidence or the bit depth images are read with "
+            f"changed): {', '.join(stale)}. Write the run "
             "elsewhere (another run.name or output), or delete those folders to train them again")
 
 

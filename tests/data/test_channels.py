@@ -224,7 +224,7 @@ def test_each_image_of_a_scene_reads_with_its_own_bit_depth(ray_session, tmp_pat
     channels = [{"name": "ppl", "images_dir": "ppl", "image_pattern": "{scene}_ppl", "bit_depth": 12},
                 {"name": "bse", "images_dir": "bse", "image_pattern": "{scene}_bse", "mode": "grey"}]
     data = data_settings(root, channels=channels)
-    assert data.image_bit_depths == ((0, "ppl", 12),)
+    assert data.image_bit_depths == ((0, "ppl", 12), (0, "bse", 16))
     prepared = prepare_data(data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
     assert not prepared.quarantine
     for item in prepared.splits["train"] + prepared.splits["val"]:
@@ -254,9 +254,14 @@ def test_each_image_of_a_scene_reads_with_its_own_bit_depth(ray_session, tmp_pat
     assert _data_selection(data) != _data_selection(plain)
     assert [c.get("bit_depth") for c in data.sources[0].model_dump(mode="json")["channels"]] == [12, None]
     assert "bit_depth" not in plain.sources[0].model_dump(mode="json")["channels"][0]  # as before the key
-    # an image's own bit depth equal to data.bit_depth reads as the data's: no other signature
+    # the signature follows what is read, not how the config spells it
     same = data_settings(root, channels=[{**channels[0], "bit_depth": 16}, channels[1]])
-    assert same.image_bit_depths == ()
+    assert same.image_bit_depths == plain.image_bit_depths == ((0, "ppl", 16), (0, "bse", 16))
+    spelled = data_settings(root, channels=[channels[0] | {"bit_depth": None}, {**channels[1], "bit_depth": 16}],
+                            bit_depth=12)
+    assert spelled.image_bit_depths == data.image_bit_depths
+    assert replace(prepared, bit_depth=12, image_bit_depths=spelled.image_bit_depths).data_signature() == \
+        prepared.data_signature()
 
 
 def test_sources_reading_an_image_with_other_bits_are_named(tmp_path):
@@ -266,6 +271,6 @@ def test_sources_reading_an_image_with_other_bits_are_named(tmp_path):
     second = {**first, "uri": str(tmp_path / "b"), "channels": [{**PPL_XPL[0], "bit_depth": 12}, PPL_XPL[1]]}
     data = validate_config({"sources": [first, second], "classes": NINE}, DataSettings)
     assert data.bit_depths_unlike_first() == ["sources[1].channels.ppl: 12-bit (sources[0]: 16-bit)"]
-    assert data.image_bit_depths == ((1, "ppl", 12),)
+    assert data.image_bit_depths == ((0, "ppl", 16), (0, "xpl", 16), (1, "ppl", 12), (1, "xpl", 16))
     same = validate_config({"sources": [first, {**first, "uri": str(tmp_path / "b")}], "classes": NINE}, DataSettings)
-    assert same.bit_depths_unlike_first() == [] and same.image_bit_depths == ()
+    assert same.bit_depths_unlike_first() == []

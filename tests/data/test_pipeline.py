@@ -354,11 +354,15 @@ def test_twelve_bit_frames_with_data_bit_depth(ray_session, tmp_path, caplog):
     tiles = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()  # what members train on
     assert tiles and max(int(row["image"].max()) for row in tiles) > 100
     assert prepared.bit_depth == 12
-    sixteen = replace(prepared, bit_depth=16)
+    assert prepared.image_bit_depths == ((0, "image", 12),)
+    sixteen = replace(prepared, bit_depth=16, image_bit_depths=((0, "image", 16),))
     assert prepared.data_signature() != sixteen.data_signature()
-    # at the default, the signature checkpoints recorded before bit depths existed
+    # at the default, the signature checkpoints recorded before bit depths existed; at 12, the one recorded
+    # since data.bit_depth exists
     parts = [sorted((i["item_id"], i["tiles"]) for i in prepared.splits[s]) for s in ("train", "val", "test")]
-    assert sixteen.data_signature() == hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    before = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    assert sixteen.data_signature() == before
+    assert prepared.data_signature() == hashlib.sha256(f"{before}/bit_depth=12".encode()).hexdigest()[:16]
 
 
 def test_rgb_colour_masks(tmp_path):

@@ -219,5 +219,5 @@ def test_evaluate_says_when_a_source_reads_an_image_with_other_bits(thin_run, tm
     with caplog.at_level(logging.WARNING, logger="minseg.ensemble"), pytest.raises(InputError):
         evaluate_ensemble(changed)
     (warned,) = [r.fields for r in caplog.records if r.getMessage() == "evaluate.bit_depths_differ"]
-    assert warned["images"] == ["sources[1].channels.ppl: 12-bit (sources[0]: 16-bit)"]
+    assert warned["images"] == "sources[1].channels.ppl: 12-bit (sources[0]: 16-bit)"
     assert "segment.bit_depth" in warned["hint"]

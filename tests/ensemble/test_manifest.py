@@ -134,7 +134,8 @@ def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tm
                                normalization=normalization))
     data = validate_config({"sources": [{"uri": str(tmp_path)}]}, DataSettings)
     read = scoring_data(data, camera, "m.json")
-    assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 16] and read.image_bit_depths
+    assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 16]
+    assert read.image_bit_depths == ((0, "ppl", 12), (0, "bse", 16))
     own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
     assert [g.bits(14) for g in scoring_data(own, camera, "m.json").channel_groups] == [14, 14]
     # images declared by the data section: each without its own reads as the ensemble's image of that name

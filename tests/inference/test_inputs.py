@@ -181,7 +181,8 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
     from minseg.data.config import ImageChannels
     from minseg.ensemble.manifest import load_manifest
     from minseg.ensemble.sliding import mean_fill
-    from minseg.inference.plan import depth_record, describe_depth, open_scene, plan_slide
+    from minseg.inference.plan import open_scene, plan_slide
+    from minseg.io.images import depth_record, describe_depth
     from minseg.inference.segment import SegmentInputError, resolve_scenes, source_change
     from tests.inference.conftest import write_manifest
 
@@ -226,7 +227,8 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
                      photometric="minisblack", planarconfig="contig")
     one = plan_slide(str(tmp_path / "both.tif"), "b", manifest, SegmentSettings(), Storage(), str(tmp_path / "o"),
                      channels=(ChannelSource(str(tmp_path / "both.tif"), "bands", 4),))
-    assert one.readings() == [("ppl", 3, 8, 16), ("bse", 1, 8, 16)] and one.read_bit_depth == 16
+    both = str(tmp_path / "both.tif")
+    assert one.readings() == [("ppl", 3, both, 8, 16), ("bse", 1, both, 8, 16)] and one.read_bit_depth == 16
     assert one.first_channels == 3  # the preview shows the PPL image, not the file's first band
     with pytest.raises(SlideError, match="deep.tif is one multi-band file of 16-bit samples for images the ensemble "
                                          "reads as ppl 16-bit, bse 12-bit"):

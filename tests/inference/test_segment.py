@@ -318,15 +318,20 @@ def test_a_dark_8_bit_slide_is_not_sent_to_the_bit_depth(caplog):
         warn_if_dark({"slide": "blank", "brightest": 3, "bit_depth": 16, "stored_bits": 8})
         warn_if_dark({"slide": "camera", "brightest": 16, "bit_depth": 16, "stored_bits": 16})
         # a scene whose slide is bright but one of its images nearly black: that image is named
-        images = {"ppl": {"brightest": 250, "stored_bits": 8}, "bse": {"brightest": 9, "stored_bits": 16}}
+        images = {"ppl": {"brightest": 250, "stored_bits": 8, "bit_depth": 16, "file": "p.tif"},
+                  "bse": {"brightest": 9, "stored_bits": 16, "bit_depth": 16, "file": "b.tif"}}
         warn_if_dark({"slide": "scene", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": images})
         warn_if_dark({"slide": "lit", "brightest": 250, "bit_depth": 16, "stored_bits": 16,
-                      "images": {**images, "bse": {"brightest": 17, "stored_bits": 16}}})
+                      "images": {**images, "bse": {**images["bse"], "brightest": 17}}})
+        # one file holding both images' channels has one bit depth: the hint sends it to --scene
+        one_file = {name: {**image, "file": "six.tif"} for name, image in images.items()}
+        warn_if_dark({"slide": "six", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": one_file})
     hints = {r.fields["slide"]: r.fields["hint"] for r in caplog.records if r.getMessage() == "segment.slide_dark"}
     assert "blank or underexposed" in hints["blank"] and "bit_depth" not in hints["blank"]
     assert "segment.bit_depth (--bit-depth)" in hints["camera"]
     assert hints["scene"].startswith("the brightest pixel of its bse image is 9 of 255 as read (16-bit samples)")
     assert "segment.bit_depth (--bit-depth bse=BITS)" in hints["scene"] and "lit" not in hints
+    assert "--scene" in hints["six"] and "--scene" not in hints["scene"]
 
 
 def test_finished_outputs_of_before_bit_depths_stay_finished_at_the_default():
@@ -632,3 +637,17 @@ def test_a_manifest_whose_model_options_do_not_fit_the_weights_is_one_error(ray_
     message = str(error.value)
     assert "member 'unet' (unet, " in message and "model.pt) cannot be loaded" in message
     assert "model / model_options do not match" in message and "Traceback" not in message
+
+
+def test_a_slide_table_left_with_no_slide_keeps_its_header(tmp_path):
+    """Every slide listed before failed now: slides.csv / .parquet say there is none, with their columns (not an
+    empty file that reads as no table)."""
+    import pyarrow.parquet as pq
+
+    from minseg.inference.outputs import SLIDE_COLUMNS, write_slide_tables
+    from minseg.io.storage import Storage
+
+    write_slide_tables([], Storage(), str(tmp_path))
+    assert (tmp_path / "slides.csv").read_text().splitlines() == [",".join(SLIDE_COLUMNS)]
+    table = pq.read_table(tmp_path / "slides.parquet")
+    assert table.num_rows == 0 and table.column_names == list(SLIDE_COLUMNS)
