@@ -57,6 +57,12 @@ def test_config_show_fills_defaults(tmp_path, capsys):
     assert main(["config", "show", str(good), "--set", "run.seed=4"]) == 0
     out = capsys.readouterr().out
     assert "seed: 4" in out and "max_attempts: 8" in out
+    # what it prints is a config: its unset sections (null) take --set keys
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(out)
+    assert "score: null" in out
+    assert main(["config", "show", str(shown), "--set", "score.cpus_per_actor=0.25"]) == 0
+    assert "cpus_per_actor: 0.25" in capsys.readouterr().out
 
 
 def test_synth_survey_and_storage_commands(tmp_path, capsys):

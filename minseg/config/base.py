@@ -130,8 +130,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str
                 raise ConfigError(source, [(key_path(tuple(path) + (part,)), "no list here to take an entry of (the "
                                             "configuration does not set it): set the whole list, e.g. "
                                             f"{key_path(tuple(path) + (part,))}='[...]'")])
-            if not last:
-                node.setdefault(part, {})
+            if not last and node.get(part) is None:  # absent, or null as `config show` writes unset sections
+                node[part] = {}
         else:
             raise ConfigError(source, [(dotted, f"cannot set a key inside {key_path(tuple(path))!r}, which is not "
                                                 "a section or a list")])
