@@ -126,7 +126,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str
             step: str | int = _list_index(node, part, bracketed, key_path(tuple(path)), source)
         elif isinstance(node, dict):
             step = part
-            if not last and part not in node and (parts[depth + 1][1] or _INDEX.fullmatch(parts[depth + 1][0])):
+            if not last and node.get(part) is None and (parts[depth + 1][1] or _INDEX.fullmatch(parts[depth + 1][0])):
                 raise ConfigError(source, [(key_path(tuple(path) + (part,)), "no list here to take an entry of (the "
                                             "configuration does not set it): set the whole list, e.g. "
                                             f"{key_path(tuple(path) + (part,))}='[...]'")])

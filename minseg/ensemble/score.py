@@ -110,9 +110,10 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
         # another camera, or a data.bit_depth written out by `minseg config show` that nobody meant
         log_event(log, "score.bit_depth_differs", logging.WARNING, read=describe_depth(read),
                   ensemble=describe_depth(trained),
-                  hint=f"these images are read as {describe_depth(read)}, the ensemble's training images were read "
-                       f"as {describe_depth(trained)}: right for another camera; to read them as the ensemble's, "
-                       "leave data.bit_depth out (and channels[].bit_depth)")
+                  hint=f"16-bit samples of these images are read as {describe_depth(read)}, the ensemble's training "
+                       f"images' were read as {describe_depth(trained)} (8-bit samples read alike at any): right for "
+                       "another camera; to read them as the ensemble's, leave data.bit_depth out (and "
+                       "channels[].bit_depth)")
     return data
 
 

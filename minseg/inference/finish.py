@@ -218,6 +218,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
             image.name: {"brightest": None if brightest.per_image is None else brightest.per_image[index],
                          "stored_bits": image.stored_bits, "bit_depth": image.read_bits, "file": image.uri}
             for index, image in enumerate(readings)}
+        summary["scene_files"] = len(plan.channels)  # 1: one multi-band file holds every image's channels
     summary["finish_seconds"] = round(time.monotonic() - started, 2)
     summary["wall_seconds"] = round(summary.get("wall_seconds", 0.0) + summary["finish_seconds"], 2)
     summary["active_seconds"] = round(summary.get("active_seconds", 0.0) + summary["finish_seconds"], 2)

@@ -89,16 +89,24 @@ class SlidePlan:
             raise ValueError(f"the mineralogy has {len(self.measure.names)} classes, the slide {self.num_classes}")
         if self.channels and len(self.image_bits) != len(self.channels):
             raise ValueError(f"{len(self.image_bits)} stored bit counts for {len(self.channels)} scene files")
+        if self.channels and not self.images:
+            raise ValueError("a plan reading declared channels names the ensemble's scene images")
+
+    @property
+    def one_file(self) -> bool:
+        """Whether one file holds every image's channels (a multi-band slide for a scene of several images)."""
+        return len(self.images) > 1 and len(self.channels) == 1
 
     def readings(self) -> list[ImageReading]:
         """How each image of the scene is read: one for a plain slide (named ''); a one-file multi-band scene's
         images share the file's bits."""
         if not self.images:
             return [ImageReading("", self.in_channels, self.uri, self.stored_bits, self.bit_depth)]
-        if len(self.channels) == len(self.images):  # a file per image
-            return [ImageReading(name, count, source.uri, bits, source.bit_depth or self.bit_depth)
-                    for (name, count), source, bits in zip(self.images, self.channels, self.image_bits)]
-        return [ImageReading(name, count, self.uri, self.stored_bits, self.bit_depth) for name, count in self.images]
+        if self.one_file:
+            return [ImageReading(name, count, self.uri, self.stored_bits, self.bit_depth)
+                    for name, count in self.images]
+        return [ImageReading(name, count, source.uri, bits, source.bit_depth or self.bit_depth)
+                for (name, count), source, bits in zip(self.images, self.channels, self.image_bits)]
 
     @property
     def read_bit_depth(self) -> int | dict[str, int]:
@@ -115,9 +123,7 @@ class SlidePlan:
     def first_channels(self) -> int:
         """Channels of the scene's first image (what previews and the stored image show; also when one file holds
         every image's channels)."""
-        if self.images:
-            return self.images[0][1]
-        return self.channels[0].count if self.channels else 3
+        return self.images[0][1] if self.images else 3
 
     @property
     def overlap(self) -> int:
@@ -182,11 +188,6 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
     with open_scene(uri, channels, storage, settings.limits.limits(), bit_depth=bit_depth) as slide:
         stored_bits = slide.info.stored_bits
         image_bits = slide.image_bits if channels else ()
-        if not one_depth and any(source.bit_depth is None for source in channels) and depth_applies(stored_bits):
-            raise SlideError(f"{uri} is one multi-band file of {stored_bits}-bit samples for images the ensemble "
-                             f"reads as {describe_depth(depths)}; its samples have one bit depth: give each image's "
-                             "file as a scene (segment.scenes, --scene), or one segment.bit_depth (--bit-depth) for "
-                             "them all")
         source_h, source_w = slide.level_shape(settings.level)
         scale = manifest.tiling.scale
         height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
@@ -211,7 +212,7 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         identity = tuple(storage.version(source) for source in files)
     except StorageError as exc:
         raise SlideError(str(exc) if str(exc).startswith(uri) else f"{uri}: {exc}") from None
-    return SlidePlan(
+    plan = SlidePlan(
         slide_id=slide_id, uri=uri, output_uri=join_uri(output_uri, slide_id), format=slide.info.format,
         level=settings.level, read_level=read_level, source_height=source_h, source_width=source_w,
         height=height, width=width, factor_y=read_h / height, factor_x=read_w / width,
@@ -224,6 +225,11 @@ def plan_slide(uri: str, slide_id: str, manifest: EnsembleManifest, settings: Se
         bit_depth=bit_depth, stored_bits=stored_bits, image_bits=image_bits,
         images=tuple((group.name, group.count) for group in manifest.channel_groups) if manifest.channels else (),
     )
+    if plan.one_file and not one_depth and depth_applies(stored_bits):
+        raise SlideError(f"{uri} is one multi-band file of {stored_bits}-bit samples for images the ensemble reads as "
+                         f"{describe_depth(depths)}; its samples have one bit depth: give each image's file as a "
+                         "scene (segment.scenes, --scene), or one segment.bit_depth (--bit-depth) for them all")
+    return plan
 
 
 def resolve_uncertainty(kind: Uncertainty, mode: FusionMode) -> Uncertainty:

@@ -47,7 +47,7 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import ZARR, read_summary, write_slide_tables
+from minseg.inference.outputs import SLIDE_COLUMNS, ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -91,7 +91,7 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
             if manifest.channels is None:
                 sources[uri] = ()
             elif len(groups) == 1:
-                sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands, names[0], depths[names[0]]),)
+                sources[uri] = (ChannelSource(uri, str(groups[0].mode), groups[0].bands, depths[names[0]]),)
             else:  # one file of every image's channels: one bit depth for its samples (``plan_slide``)
                 sources[uri] = (ChannelSource(uri, "bands", manifest.in_channels),)
     for index, scene in enumerate(settings.scenes):
@@ -107,7 +107,7 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
         if uris[names[0]] in sources:  # outputs are named after the first image: one scene each
             raise SegmentInputError(f"segment.scenes[{index}]: {uris[names[0]]} is given twice (as a slide or the "
                                     f"{names[0]} image of another scene)")
-        sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands, g.name, depths[g.name])
+        sources[uris[names[0]]] = tuple(ChannelSource(uris[g.name], str(g.mode), g.bands, depths[g.name])
                                         for g in groups)
     return sources
 
@@ -280,7 +280,7 @@ class BlockSegmenter:
                     windows = len(data["windows"])
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
                                            data["image"], self._arrays(plan), self.storage, self.settings,
-                                           self.batch_size, tuple(data["brightest"].tolist()))
+                                           self.batch_size, tuple(np.atleast_1d(data["brightest"]).tolist()))
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
@@ -678,7 +678,7 @@ def warn_if_dark(summary: dict) -> None:
         name, image = images[0]
         dark, stored, bits = image["brightest"], image["stored_bits"], image.get("bit_depth", bits)
         what, flag = f"the brightest pixel of its {name} image", f"--bit-depth {name}=BITS"
-        if len({entry.get("file") for entry in scene.values()}) == 1:  # one file: one bit depth for its samples
+        if summary.get("scene_files") == 1:  # one file: one bit depth for its samples
             flag = f"{flag}, giving each image's file as a scene with --scene"
     if depth_applies(stored):
         hint = (f"{what} is {dark} of 255 as read ({describe_depth(bits)} samples): a 10- or 12-bit camera's "
@@ -692,11 +692,10 @@ def warn_if_dark(summary: dict) -> None:
 
 
 def _table_row(summary: dict, status: SlideStatus) -> dict:
-    row = {"slide": summary["slide"], "uri": summary["uri"], "status": str(status),
-           "height": summary["shape"][0], "width": summary["shape"][1], "tiles": summary["tiles"],
-           "active_seconds": summary.get("active_seconds", summary.get("seconds")),
-           "wall_seconds": summary.get("wall_seconds"), "ensemble_digest": summary["ensemble_digest"],
-           "mean_uncertainty": summary.get("mean_uncertainty"), "brightest": summary.get("brightest")}
+    row = dict(zip(SLIDE_COLUMNS, (
+        summary["slide"], summary["uri"], str(status), summary["shape"][0], summary["shape"][1], summary["tiles"],
+        summary.get("active_seconds", summary.get("seconds")), summary.get("wall_seconds"),
+        summary["ensemble_digest"], summary.get("mean_uncertainty"), summary.get("brightest")), strict=True))
     row.update(headline(summary))  # the summary repeats mineralogy.json's headline keys
     return row
 

@@ -575,7 +575,6 @@ class ChannelSource:
     uri: str
     mode: str = "rgb"  # rgb: 3 channels as displayed; grey: 1 (luminance); bands: every stored sample
     bands: int | None = None
-    name: str = ""  # the image's channel name (``ppl``, ``bse``): how its bit depth is recorded
     bit_depth: int | None = None  # significant bits of its 16-bit samples; None: the scene's (``SceneSlide``)
 
     @property

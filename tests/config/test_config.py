@@ -323,6 +323,11 @@ def test_set_reaches_list_entries_by_index_or_name(tmp_path, capsys):
     assert "training.members[0].stages: no list here to take an entry of" in refused(
         {"training.members[0].stages[0].epochs": "3"})
     assert "cannot set a key inside 'run.name'" in refused({"run.name.x": "1"})
+    # a list written null (as `config show` writes unset keys) is no list either; a section written null is one
+    data["training"]["members"][0]["stages"] = None
+    assert "training.members[0].stages: no list here to take an entry of" in refused(
+        {"training.members[0].stages[0].epochs": "3"})
+    data["training"]["members"][0]["stages"] = [{"epochs": 4, "batch_size": 8}]
     # a member named by a number or with dots: brackets make an index an index and a name a name
     data["training"]["members"] += [{"name": "0"}, {"name": "unet.v2"}]
     assert "'0' is both an index and the name of entry 2: write training.members[0]" in refused(

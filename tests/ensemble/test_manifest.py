@@ -4,6 +4,7 @@ per-class weights of the wrong length."""
 
 import hashlib
 import json
+import logging
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_the_bit_depth_travels_with_the_ensemble(manifests, tmp_path):
     assert scoring_data(own, twelve, "m.json").bit_depth == 14
 
 
-def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tmp_path):
+def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tmp_path, caplog):
     """channels[].bit_depth (a 12-bit camera's PPL beside a 16-bit BSE detector) is recorded per image: manifests
     whose images have none hash as they did before the key existed, one that has one is another ensemble, and
     score reads a folder's scenes as the manifest says, unless its data section gives one bit depth for all."""
@@ -133,11 +134,17 @@ def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tm
         loads(tmp_path, edited(manifests["soft"], channels=[{**channels[0], "bit_depth": 7}, channels[1]],
                                normalization=normalization))
     data = validate_config({"sources": [{"uri": str(tmp_path)}]}, DataSettings)
-    read = scoring_data(data, camera, "m.json")
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        read = scoring_data(data, camera, "m.json")
+        scoring_data(data, loads(tmp_path, manifests["soft"]), "m.json")  # an RGB ensemble, a default section
+    assert "score.bit_depth_differs" not in {r.getMessage() for r in caplog.records}
     assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 16]
     assert read.image_bit_depths == ((0, "ppl", 12), (0, "bse", 16))
     own = validate_config({"sources": [{"uri": str(tmp_path)}], "bit_depth": 14}, DataSettings)
-    assert [g.bits(14) for g in scoring_data(own, camera, "m.json").channel_groups] == [14, 14]
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        assert [g.bits(14) for g in scoring_data(own, camera, "m.json").channel_groups] == [14, 14]
+    (said,) = [r.fields for r in caplog.records if r.getMessage() == "score.bit_depth_differs"]
+    assert said["read"] == "14-bit" and said["ensemble"] == "bse 16-bit, ppl 12-bit"
     # images declared by the data section: each without its own reads as the ensemble's image of that name
     declared = validate_config({"sources": [{"uri": str(tmp_path), "channels": [
         {"name": "ppl", "images_dir": "p"}, {"name": "bse", "mode": "grey", "bit_depth": 14}]}]}, DataSettings)

@@ -205,7 +205,7 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
         return plan_slide(uri, "s", manifest, settings, Storage(), str(tmp_path / "o"), channels=channels)
 
     plan = planned()
-    assert [(c.name, c.bit_depth) for c in plan.channels] == [("ppl", 16), ("bse", 12)]
+    assert [c.bit_depth for c in plan.channels] == [16, 12] and plan.images == (("ppl", 3), ("bse", 1))
     assert plan.image_bits == (8, 16) and plan.read_bit_depth == 12
     with open_scene(plan.uri, plan.channels, Storage(), plan.limits) as slide:
         tile = read_tile(slide, plan, 0, 0, mean_fill(manifest.normalization["mean"]))

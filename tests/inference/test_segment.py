@@ -320,12 +320,14 @@ def test_a_dark_8_bit_slide_is_not_sent_to_the_bit_depth(caplog):
         # a scene whose slide is bright but one of its images nearly black: that image is named
         images = {"ppl": {"brightest": 250, "stored_bits": 8, "bit_depth": 16, "file": "p.tif"},
                   "bse": {"brightest": 9, "stored_bits": 16, "bit_depth": 16, "file": "b.tif"}}
-        warn_if_dark({"slide": "scene", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": images})
+        warn_if_dark({"slide": "scene", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": images,
+                      "scene_files": 2})
         warn_if_dark({"slide": "lit", "brightest": 250, "bit_depth": 16, "stored_bits": 16,
-                      "images": {**images, "bse": {**images["bse"], "brightest": 17}}})
+                      "images": {**images, "bse": {**images["bse"], "brightest": 17}}, "scene_files": 2})
         # one file holding both images' channels has one bit depth: the hint sends it to --scene
         one_file = {name: {**image, "file": "six.tif"} for name, image in images.items()}
-        warn_if_dark({"slide": "six", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": one_file})
+        warn_if_dark({"slide": "six", "brightest": 250, "bit_depth": 16, "stored_bits": 16, "images": one_file,
+                      "scene_files": 1})
     hints = {r.fields["slide"]: r.fields["hint"] for r in caplog.records if r.getMessage() == "segment.slide_dark"}
     assert "blank or underexposed" in hints["blank"] and "bit_depth" not in hints["blank"]
     assert "segment.bit_depth (--bit-depth)" in hints["camera"]

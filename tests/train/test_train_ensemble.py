@@ -253,8 +253,9 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     splits = (run / "data" / "splits.json").read_text()
     reseeded = config.model_copy(deep=True)
     reseeded.data.split = reseeded.data.split.model_copy(update={"seed": 7})  # was run.seed, 0
-    with pytest.raises(InputError, match=r"trained on other data than this run gives them \(the inputs, the split "
-                                         r"or the evidence changed\): \S+/members/resunet, \S+/members/vgg, "
+    with pytest.raises(InputError, match=r"trained on other data than this run gives them \(the inputs, the split"
+                                         r", the evidence or the bit depth images are read with changed\): "
+                                         r"\S+/members/resunet, \S+/members/vgg, "
                                          r"\S+/members/halfunet\. Write the run elsewhere"):
         train_ensemble(reseeded, list(FINISHED), resume=True)
     assert (run / "data" / "splits.json").read_text() == splits
@@ -262,8 +263,8 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     extra = reseeded.training.members[2].model_copy(update={"name": "extra"})
     reseeded.training.members = [*reseeded.training.members, extra]
     with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on "
-                                         r"other data \(the inputs, the split or the evidence changed\): "
-                                         r"\S+/members/resunet"):
+                                         r"other data \(the inputs, the split, the evidence or the bit depth "
+                                         r"images are read with changed\): \S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
     # data.classes reordered (the same images, the same split): class id 1 would be another mineral for the kept
