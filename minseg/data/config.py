@@ -414,10 +414,9 @@ class DataSettings(StrictModel):
         """``sources[i].channels.<name>: 12-bit (sources[0]: 16-bit)`` for each image a later source reads with other
         bits than the first: manifests record the first source's (two cameras; slides of the other need
         ``segment.bit_depth``)."""
-        first = {group.name: group.bits(self.bit_depth) for group in self.channel_groups}
-        return [f"sources[{index}].channels.{group.name}: {group.bits(self.bit_depth)}-bit (sources[0]: "
-                f"{first[group.name]}-bit)" for index, source in enumerate(self.sources[1:], start=1)
-                for group in source.channels or () if group.bits(self.bit_depth) != first.get(group.name)]
+        first = {name: bits for index, name, bits in self.image_bit_depths if index == 0}
+        return [f"sources[{index}].channels.{name}: {bits}-bit (sources[0]: {first[name]}-bit)"
+                for index, name, bits in self.image_bit_depths if index and bits != first.get(name)]
 
     @property
     def image_bit_depths(self) -> tuple[tuple[int, str, int], ...]:

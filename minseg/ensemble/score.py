@@ -82,18 +82,18 @@ def scoring_data(data: DataSettings | None, manifest: EnsembleManifest, where: s
         classes = data.classes
     own_depth = "bit_depth" in data.model_fields_set
     if manifest.channels and all(source.channels is None for source in data.sources):
-        # the images of a scene as the ensemble was trained on them (folders, name patterns, each image's bit
-        # depth), unless declared; a data.bit_depth given here is these images' camera, for every image
-        channels = [group.model_copy(update={"bit_depth": None}) if own_depth else group for group in manifest.channels]
+        # the images of a scene as the ensemble was trained on them (folders, name patterns), unless declared;
+        # their bit depths follow from the one rule below
+        channels = [group.model_copy(update={"bit_depth": None}) for group in manifest.channels]
         data = data.model_copy(update={"sources": [source.model_copy(update={"channels": channels})
                                                    for source in data.sources]})
-    elif not own_depth and any(group.bit_depth for group in manifest.channel_groups):
-        # declared images without a bit depth of their own read as the ensemble's image of that name was
-        trained = {group.name: group.bit_depth for group in manifest.channel_groups}
+    trained = {group.name: group.bit_depth for group in manifest.channel_groups if group.bit_depth}
+    if trained and not own_depth:
+        # an image without a bit depth of its own reads as the ensemble's image of that name was; a data.bit_depth
+        # given here is these images' camera, for every image
         data = data.model_copy(update={"sources": [source.model_copy(update={"channels": [
-            group if group.bit_depth or not trained.get(group.name) else
-            group.model_copy(update={"bit_depth": trained[group.name]}) for group in source.channels]})
-            if source.channels else source for source in data.sources]})
+            group.model_copy(update={"bit_depth": group.bit_depth or trained.get(group.name)})
+            for group in source.channels]}) if source.channels else source for source in data.sources]})
     if channel_signature(data.channel_groups) != channel_signature(manifest.channel_groups):
         raise InputError(f"the data gives {describe_channels(data.channel_groups)} per scene but the ensemble reads "
                          f"{describe_channels(manifest.channel_groups)} ({where}): declare the same "

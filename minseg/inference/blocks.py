@@ -97,6 +97,12 @@ def unpack(data: bytes) -> dict[str, np.ndarray]:
 UNKNOWN = ()  # a block record's brightest input values when it was written before they were kept
 
 
+def brightest_values(array: np.ndarray) -> tuple[int, ...]:
+    """Packed brightest values (``read_block``'s, a record's) as a tuple: one per image, or one over every image in
+    records of a run before images were told apart (a 0-d array)."""
+    return tuple(np.atleast_1d(array).tolist())
+
+
 @dataclass
 class BlockRecord:
     """What a finished block leaves for its slide's finishing step: its grains and particles (whole ones as
@@ -128,7 +134,7 @@ class BlockRecord:
         return cls(Block(*(int(v) for v in arrays["block"])), BlockMineralogy.from_arrays(arrays),
                    int(arrays["uncertainty_sum"]), arrays["preview_image"],
                    arrays["preview_labels"], int(arrays["windows"]), float(arrays["seconds"]),
-                   tuple(np.atleast_1d(arrays["brightest"]).tolist()) if "brightest" in arrays
+                   brightest_values(arrays["brightest"]) if "brightest" in arrays
                    else UNKNOWN)  # records of an older run
 
 
@@ -220,7 +226,7 @@ class BlockDone(Columns):
 
 def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                   image: np.ndarray, arrays, storage: Storage, settings, batch_size: int,
-                  brightest: tuple[int, ...] = UNKNOWN) -> BlockRecord:
+                  brightest: np.ndarray | tuple[int, ...] = UNKNOWN) -> BlockRecord:
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
@@ -268,7 +274,7 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
         uncertainty_sum=int(uncertainty.sum(dtype=np.int64)),
         preview_image=preview_sample(image, block.top, block.left, plan.preview_stride),
         preview_labels=preview_sample(labels, block.top, block.left, plan.preview_stride),
-        windows=len(windows), seconds=time.perf_counter() - started, brightest=tuple(brightest),
+        windows=len(windows), seconds=time.perf_counter() - started, brightest=brightest_values(brightest),
     )
     storage.write_bytes(record_uri(plan.output_uri, block), record.to_bytes())  # after the chunks: "block done"
     return record

@@ -280,7 +280,7 @@ class BlockSegmenter:
                     windows = len(data["windows"])
                     record = segment_block(self.predict, plan, block, data["windows"], data["rows"], data["cols"],
                                            data["image"], self._arrays(plan), self.storage, self.settings,
-                                           self.batch_size, tuple(np.atleast_1d(data["brightest"]).tolist()))
+                                           self.batch_size, data["brightest"])
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
