@@ -192,6 +192,29 @@ class ResourceError(InputError):
     """A job asks for more than the cluster has: it could never be scheduled (Ray would wait forever)."""
 
 
+def live_nodes(nodes: list[dict] | None = None) -> list[dict]:
+    """The resources (``{"CPU": 16.0, "GPU": 1.0, ...}``) of each live node of ``nodes`` (``ray.nodes()``'s
+    records; default: the running cluster's)."""
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    return [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+
+
+def fits_one_node(alive: list[dict], cpus: float, gpus: float) -> bool:
+    """Whether one node of ``alive`` (``live_nodes``) holds ``cpus`` CPUs and ``gpus`` GPUs together: Ray places an
+    actor, or one Ray Train worker, on a single node, however many the cluster has in all."""
+    return any(r.get("CPU", 0) + 1e-9 >= cpus and r.get("GPU", 0) + 1e-9 >= gpus for r in alive)
+
+
+def describe_nodes(alive: list[dict]) -> str:
+    """``"4 CPUs and 2 GPUs (2 node(s), the biggest 2 CPUs and 1 GPUs)"``: what a refusal quotes of the cluster."""
+    biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    return (f"{sum(r.get('CPU', 0) for r in alive):g} CPUs and {sum(r.get('GPU', 0) for r in alive):g} GPUs "
+            f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs)")
+
+
 def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,
                      extra_cpus: float = 0.0, nodes: list[dict] | None = None) -> None:
     """Refuse an actor pool the running cluster could never start, before Ray Data waits for it forever: one actor
@@ -207,28 +230,21 @@ def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_
     """
     if not _CHECK_RESOURCES:
         return
-    if nodes is None:
-        import ray
-
-        nodes = ray.nodes()
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    alive = live_nodes(nodes)
     cpus = sum(r.get("CPU", 0) for r in alive)
     gpus = sum(r.get("GPU", 0) for r in alive)
-    fits = any(r.get("CPU", 0) + 1e-9 >= cpus_per_actor and r.get("GPU", 0) + 1e-9 >= gpus_per_actor for r in alive)
-    if fits and cpus_per_actor + extra_cpus <= cpus + 1e-9:
+    if fits_one_node(alive, cpus_per_actor, gpus_per_actor) and cpus_per_actor + extra_cpus <= cpus + 1e-9:
         if actors * cpus_per_actor + extra_cpus > cpus + 1e-9 or actors * gpus_per_actor > gpus + 1e-9:
             log_event(log, "runtime.pool_larger_than_cluster", logging.WARNING, section=section, actors=actors,
                       cluster_cpus=cpus, cluster_gpus=gpus, hint=f"fewer {section}.actors run at once")
         return
-    biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
     raise ResourceError(
         f"{section}: an actor of {section}.cpus_per_actor {cpus_per_actor:g} CPUs and "
         f"{section}.gpus_per_actor {gpus_per_actor:g} GPUs"
         + (f", plus {extra_cpus:g} CPUs for the tasks that feed it ({section}.read_cpus)" if extra_cpus else "")
-        + f"; the cluster has {cpus:g} CPUs and {gpus:g} GPUs "
-        f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs), so "
-        f"the pool could never start (Ray would wait forever). Lower {section}.cpus_per_actor / gpus_per_actor or "
-        "add nodes (set ray.check_resources: false on autoscaling clusters that start empty).")
+        + f"; the cluster has {describe_nodes(alive)}, so the pool could never start (Ray would wait forever). "
+        f"Lower {section}.cpus_per_actor / gpus_per_actor or add nodes (set ray.check_resources: false on autoscaling "
+        "clusters that start empty).")
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from minseg.logs import get_logger, log_event, verbose
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
-from minseg.runtime import ResourceError, init_ray
+from minseg.runtime import ResourceError, describe_nodes, fits_one_node, init_ray, live_nodes
 from minseg.train.bagging import bagging_counts, bagging_seed
 from minseg.io.runs import member_uri, read_pointer, trial_uri
 from minseg.train.checkpoint import load_checkpoint
@@ -199,11 +199,17 @@ def mixed_tasks(tasks: dict[str, Task]) -> str | None:
 
 
 def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, data_cpus: float,
-                     requested: int | None, trials_per_member: int = 1) -> int:
+                     requested: int | None, trials_per_member: int = 1, nodes: list[dict] | None = None) -> int:
     """How many trials can run at once (largest first); refuses members that could never start.
 
-    ``trials_per_member``: k for k-fold cross-validation (each fold is a trial of every member; prospectivity adds
-    the final run), so one member's folds run side by side when the cluster holds them.
+    ``cpus`` / ``gpus``: the cluster's; ``data_cpus``: what its data tasks keep; ``nodes``: each live node's
+    resources (``runtime.live_nodes``), where one worker of a member must fit (Ray Train places each worker on one
+    node: 2 GPUs a worker never start on nodes of 1 GPU each, however many there are). ``trials_per_member``: k for
+    k-fold cross-validation (each fold is a trial of every member; prospectivity adds the final run), so one
+    member's folds run side by side when the cluster holds them.
+
+    Raises:
+        ResourceError: a member whose workers the cluster could never hold, naming it and its scaling keys.
     """
     budget_cpu = cpus - data_cpus
     for m in members:
@@ -215,6 +221,14 @@ def plan_concurrency(members: list[MemberSettings], cpus: float, gpus: float, da
                 f"and {need_gpu:g} GPUs, plus {data_cpus:g} CPUs for its data tasks; the cluster has {cpus:g} CPUs and "
                 f"{gpus:g} GPUs, so it could never start. Lower training.members[].scaling or add nodes "
                 "(set training.check_resources: false on autoscaling clusters that start empty)."
+            )
+        if nodes is not None and not fits_one_node(nodes, m.scaling.cpus_per_worker, m.scaling.gpus_per_worker):
+            raise ResourceError(
+                f"member {m.name!r}: one worker of training.members[].scaling.cpus_per_worker "
+                f"{m.scaling.cpus_per_worker:g} CPUs and gpus_per_worker {m.scaling.gpus_per_worker:g} GPUs must fit "
+                f"on one node; the cluster has {describe_nodes(nodes)}, so it could never start (Ray would wait "
+                "forever). Use more workers of fewer CPUs / GPUs each, or bigger nodes (set "
+                "training.check_resources: false on autoscaling clusters that start empty)."
             )
     trials = [m for m in members for _ in range(trials_per_member)]
     cpu_needs = sorted((m.scaling.workers * m.scaling.cpus_per_worker for m in trials), reverse=True)
@@ -238,7 +252,7 @@ def trial_concurrency(training: TrainingSettings, members: list[MemberSettings],
         return training.max_concurrent or len(members) * trials_per_member
     resources = ray.cluster_resources()
     return plan_concurrency(members, resources.get("CPU", 0), resources.get("GPU", 0), data_cpus,
-                            training.max_concurrent, trials_per_member=trials_per_member)
+                            training.max_concurrent, trials_per_member=trials_per_member, nodes=live_nodes())
 
 
 # ------------------------------------------------------------- the trial

@@ -26,6 +26,23 @@ def test_plan_concurrency_fits_largest_members_first():
         plan_concurrency([member("g", 2, 0.0001, 1.0)], cpus=8, gpus=1, data_cpus=0.5, requested=None)
 
 
+def test_one_worker_of_a_member_must_fit_on_one_node():
+    """Ray Train places each worker on one node: a cluster's totals can hold a member whose workers no node can."""
+    gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    members = [member("two-gpus", 1, 1.0, 2.0)]  # 2 GPUs in all, but never on one node
+    assert plan_concurrency(members, cpus=16, gpus=2, data_cpus=0.5, requested=None) == 1  # the totals alone pass
+    with pytest.raises(ResourceError) as refused:
+        plan_concurrency(members, cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
+    assert str(refused.value).startswith("member 'two-gpus': one worker of training.members[].scaling.cpus_per_worker "
+                                         "1 CPUs and gpus_per_worker 2 GPUs must fit on one node; the cluster has 16 "
+                                         "CPUs and 2 GPUs (2 node(s), the biggest 8 CPUs and 1 GPUs)")
+    with pytest.raises(ResourceError, match=r"member 'wide': .*scaling\.cpus_per_worker 12 CPUs"):
+        plan_concurrency([member("wide", 1, 12.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
+    # the same GPUs as two workers of one each (data-parallel across the nodes): planned
+    assert plan_concurrency([member("ddp", 2, 1.0, 1.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None,
+                            nodes=gpu_nodes) == 1
+
+
 def test_cosine_schedule_with_warmup_and_step_schedule():
     cosine = ScheduleSettings(name="cosine", min_lr=1e-6, warmup_steps=10)
     assert learning_rate(cosine, 1e-4, 0, 110, 0) == pytest.approx(1e-5)
