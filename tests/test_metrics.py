@@ -83,6 +83,12 @@ def test_auc_and_z_auc_by_hand():
     s = math.sqrt((0.75 * 0.25 + 3 * (q1 - 0.5625) + 3 * (q2 - 0.5625)) / 16)
     assert auc_z_score(0.75, 4, 4) == pytest.approx((0.75 - 0.5) / s)
     assert auc_z_score(0.5, 10, 10) == 0.0
+    # Eq. 3's S vanishes at AUC 1 (or 0): the Mann-Whitney standard error under no association, not an infinite Z
+    # that one positive against one negative would pass any critical_z with
+    assert auc_z_score(1.0, 1, 1) == pytest.approx(0.5 / math.sqrt(3 / 12))
+    assert auc_z_score(1.0, 3, 5) == pytest.approx(0.5 / math.sqrt(9 / 180)) == pytest.approx(2.236, abs=1e-3)
+    assert auc_z_score(0.0, 3, 5) == pytest.approx(-2.236, abs=1e-3)
+    assert auc_z_score(1.0, 30, 300) > 8  # many samples perfectly apart: far above any critical_z
     with pytest.raises(ValueError, match="needs both classes"):
         roc_auc([0.1, 0.2], [1, 1])
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from minseg.config.base import StrictModel
-from minseg.io.crs import CrsText, EpsgCrsText
+from minseg.io.crs import CrsText, GridCrsText
 from minseg.enums import (
     Augmentation,
     BadValue,
@@ -180,12 +180,14 @@ class LineLayer(StrictModel):
 class GridSettings(StrictModel):
     """The target grid: everything is aligned to it. Nodes are pixel centres."""
 
-    crs: EpsgCrsText = Field(description="working CRS, e.g. EPSG:3067; inputs in other CRSs are reprojected")
+    crs: GridCrsText = Field(description="working CRS, e.g. EPSG:3067; inputs in other CRSs are reprojected")
     cell_m: float | None = Field(None, gt=0, description="pixel size; default: the reference raster's")
     extent: tuple[float, float, float, float] | None = Field(
         None, description="xmin, ymin, xmax, ymax; default: the reference raster's, else the samples' bounds")
     reference: str | None = Field(None, description="a raster whose grid (or extent) to use")
-    buffer_m: float = Field(0.0, ge=0, description="added around the samples' bounds when no extent is given")
+    buffer_m: float | None = Field(None, ge=0, description="added around the samples' bounds when no extent is "
+                                   "given; default half a cell (cells hold their top and left edges only: with 0 the "
+                                   "southernmost samples fall on the grid's bottom edge, outside it)")
     min_layer_coverage: float = Field(0.5, ge=0, le=1, description="an evidence raster covering less of the study "
                                       "area than this share (after resampling onto the grid) is refused")
 

@@ -8,19 +8,20 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.geo.config import GridSettings, ProspectInputError
-from minseg.io.crs import epsg_code
+from minseg.io.crs import grid_epsg_code
 from minseg.io.geotiff import GridGeometry
 
 
 def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float, float] | None,
                 reference: GridGeometry | None = None) -> GridGeometry:
-    """From an explicit extent, else the reference raster's, else the samples' bounds plus ``buffer_m``.
+    """From an explicit extent, else the reference raster's, else the samples' bounds plus ``buffer_m`` (default
+    half a cell, which keeps every sample inside: a cell holds its top and left edges, not its bottom and right).
 
     The extent is snapped outwards to whole cells; a reference raster's own grid is used
     as is when neither extent nor cell size is given.
     """
     try:
-        epsg = epsg_code(settings.crs)  # the config checked it (EpsgCrsText); settings built otherwise are not
+        epsg = grid_epsg_code(settings.crs)  # the config checked it (GridCrsText); settings built otherwise are not
     except InputError as exc:
         raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r}: {exc}") from None
     if reference is not None and settings.extent is None and settings.cell_m is None:
@@ -32,9 +33,9 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
     elif reference is not None:
         xmin, ymin, xmax, ymax = reference.bounds
     elif sample_bounds is not None:
+        buffer = cell / 2 if settings.buffer_m is None else settings.buffer_m
         xmin, ymin, xmax, ymax = sample_bounds
-        xmin, ymin, xmax, ymax = (xmin - settings.buffer_m, ymin - settings.buffer_m,
-                                  xmax + settings.buffer_m, ymax + settings.buffer_m)
+        xmin, ymin, xmax, ymax = xmin - buffer, ymin - buffer, xmax + buffer, ymax + buffer
     else:
         raise ProspectInputError("prospect.grid: no extent, reference raster or samples to take the extent from")
     cols = max(1, math.ceil((xmax - xmin) / cell - 1e-9))

@@ -32,7 +32,8 @@ def idw_nodes(points: np.ndarray, values: np.ndarray, nodes: np.ndarray, power: 
 
     k = min(neighbours, len(points))
     tree = cKDTree(points)
-    distances, index = tree.query(nodes, k=k, distance_upper_bound=radius if radius else np.inf)
+    # the bound is strict (distances < it): the next float up keeps a sample exactly at the radius
+    distances, index = tree.query(nodes, k=k, distance_upper_bound=np.nextafter(radius, np.inf) if radius else np.inf)
     if k == 1:
         distances, index = distances[:, None], index[:, None]
     found = np.isfinite(distances)  # beyond the radius: inf distance, index == len(points)

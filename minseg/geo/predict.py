@@ -1,11 +1,11 @@
-"""Regional prediction: an actor pool scores windows centred on a lattice over the whole grid.
+"""Regional prediction: an actor pool scores a window centred in each block of a lattice over the whole grid.
 
 The evidence stack (normalised, padded by half a window) goes into the object store once;
 every actor holds all members of the ensemble (loaded once) and scores chunks of window
 centres (one chunk per map tile), returning per window each member's P(ore): their mean is the
 map, their standard deviation the uncertainty, and each column alone a member's score on held-out
-windows (no pass per member). Each map cell takes the value of the lattice window
-it belongs to, so tiles never overlap and there is nothing to blend: the map does not
+windows (no pass per member). Each map cell takes the value of its block's window (centred on the block's
+middle, or on its study cell nearest to it where the middle lies outside the study area), so tiles never overlap and there is nothing to blend: the map does not
 depend on how it was cut into tasks, nor on the order results come back.
 """
 
@@ -81,12 +81,24 @@ class WindowEnsemble:
         return out.to_batch()
 
 
-def lattice(study: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window centres of the map: one per stride x stride block, at its centre (clipped to the grid)."""
+def block_centres(study: np.ndarray, stride: int) -> np.ndarray:
+    """(R, C, 2) int64: the window centre (row, col) of each ``stride`` x ``stride`` block of the grid (R = ceil(rows
+    / stride), C likewise): the block's middle cell (clipped to the grid) when it is in the ``study`` area, else the
+    block's study cell nearest to it (a block whose middle lies beyond an irregular study edge still scores the study
+    cells it holds), else (-1, -1): a block with no study cell is not scored."""
     rows, cols = study.shape
-    centre_rows = np.minimum(np.arange(0, rows, stride) + stride // 2, rows - 1)
-    centre_cols = np.minimum(np.arange(0, cols, stride) + stride // 2, cols - 1)
-    return centre_rows, centre_cols
+    middle_rows = np.minimum(np.arange(0, rows, stride) + stride // 2, rows - 1)
+    middle_cols = np.minimum(np.arange(0, cols, stride) + stride // 2, cols - 1)
+    centres = np.stack(np.meshgrid(middle_rows, middle_cols, indexing="ij"), axis=-1)
+    for i, j in zip(*np.nonzero(~study[np.ix_(middle_rows, middle_cols)])):
+        r0, c0 = i * stride, j * stride
+        inside_r, inside_c = np.nonzero(study[r0 : r0 + stride, c0 : c0 + stride])
+        if not len(inside_r):
+            centres[i, j] = -1
+            continue
+        nearest = np.argmin((inside_r + r0 - middle_rows[i]) ** 2 + (inside_c + c0 - middle_cols[j]) ** 2)
+        centres[i, j] = inside_r[nearest] + r0, inside_c[nearest] + c0
+    return centres
 
 
 def score_windows(members: list[MemberRef], padded: np.ndarray, size: int, chunks: dict,
@@ -126,22 +138,20 @@ def predict_map(members: list[MemberRef], padded: np.ndarray, size: int, study: 
     ``extra`` window chunks ({key: centres} in, {key: ChunkScores} out, each member's too), in one pass of the
     actor pool."""
     rows, cols = study.shape
-    centre_rows, centre_cols = lattice(study, settings.stride)
+    centres = block_centres(study, settings.stride)
     per_tile = max(1, settings.tile // settings.stride)
     chunks, places = {}, {}
-    for i0 in range(0, len(centre_rows), per_tile):
-        for j0 in range(0, len(centre_cols), per_tile):
-            grid_r, grid_c = np.meshgrid(np.arange(i0, min(i0 + per_tile, len(centre_rows))),
-                                         np.arange(j0, min(j0 + per_tile, len(centre_cols))), indexing="ij")
-            grid_r, grid_c = grid_r.ravel(), grid_c.ravel()
-            inside = study[centre_rows[grid_r], centre_cols[grid_c]]
+    for i0 in range(0, centres.shape[0], per_tile):
+        for j0 in range(0, centres.shape[1], per_tile):
+            tile = centres[i0 : i0 + per_tile, j0 : j0 + per_tile]
+            grid_r, grid_c = np.nonzero(tile[..., 0] >= 0)
             key = f"tile:{i0}:{j0}"
-            chunks[key] = np.column_stack([centre_rows[grid_r[inside]], centre_cols[grid_c[inside]]])
-            places[key] = (grid_r[inside], grid_c[inside])
-    for key, centres in (extra or {}).items():
-        chunks[f"extra:{key}"] = centres
+            chunks[key] = tile[grid_r, grid_c]
+            places[key] = (grid_r + i0, grid_c + j0)
+    for key, windows in (extra or {}).items():
+        chunks[f"extra:{key}"] = windows
     results = score_windows(members, padded, size, chunks, settings, storage, task_options)
-    mean_lattice = np.full((len(centre_rows), len(centre_cols)), np.nan, np.float32)
+    mean_lattice = np.full(centres.shape[:2], np.nan, np.float32)
     std_lattice = np.full_like(mean_lattice, np.nan)
     for key, (grid_r, grid_c) in places.items():
         if len(grid_r):

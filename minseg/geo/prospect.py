@@ -48,8 +48,8 @@ from minseg.geo.rasters import (distance_to_lines, encode_categorical, expand_ra
                                 read_raster_on_grid)
 from minseg.geo.samples import read_samples
 from minseg.geo.screening import decide, format_table, grid_rows, sample_rows
-from minseg.geo.targets import (area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve, targets_geojson,
-                                window_metrics)
+from minseg.geo.targets import (AreaRanks, area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve,
+                                targets_geojson, window_metrics)
 from minseg.geo.vectors import Points, read_lines, read_sites
 from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds,
                                 thin_folds)
@@ -300,7 +300,7 @@ class Evidence:
 class TrialMaps:
     """Phase 6: what the fold ensembles scored (held-out ranks, window scores) and the final maps."""
 
-    fold_ranks: list[np.ndarray]
+    fold_ranks: list[AreaRanks]
     test_scores: list[np.ndarray]
     test_labels: list[np.ndarray]
     fold_rows: list[dict]
@@ -509,9 +509,13 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
         is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
         values = {element: samples.values[element] for element in evidence.grids}
         training_xy = evidence.deposit_xy[is_training]
-        used = {tuple(p) for p in training_xy.tolist()}
-        # every other deposit, held out or outside the study area: samples near it are no negatives
-        others = np.array([p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in used],
+        cells = evidence.deposit_cells
+        tested = held_out[cells[:, 0], cells[:, 1]] if held_out is not None and len(cells) else np.zeros(len(cells), bool)
+        in_study = {tuple(p) for p in evidence.deposit_xy.tolist()}
+        # samples near a deposit the trial knows (on its training side, or outside the study area) are no
+        # negatives; those near its held-out deposits stay negatives: a blind screening cannot know where they are
+        others = np.array(evidence.deposit_xy[~is_training & ~tested].tolist()
+                          + [p for p in evidence.all_deposit_xy.tolist() if tuple(p) not in in_study],
                           np.float64).reshape(-1, 2)
         barren_xy = evidence.barren_xy
         if barren_xy is not None and held_out is not None:
@@ -656,16 +660,17 @@ def map_trials(config: MinsegConfig, trials: dict, results: list[MemberResult], 
 
 def rate_metrics(settings: ProspectSettings, maps: TrialMaps, evidence: Evidence) -> tuple[dict, dict]:
     """(curves, metrics): success rate of the final map on every deposit, prediction rate of the held-out folds."""
-    all_ranks = (area_ranks(maps.probability, evidence.study, evidence.deposit_cells) if len(evidence.deposit_cells)
-                 else np.zeros(0))
-    held_out = np.concatenate(maps.fold_ranks) if maps.fold_ranks else np.zeros(0)
+    # one rank per deposit cell in both curves (several deposits in one cell are one place on the map, and one
+    # positive window in the folds the prediction rate pools)
+    all_ranks = area_ranks(maps.probability, evidence.study, evidence.unique_cells)
+    held_out = AreaRanks.concat(maps.fold_ranks)
     success, prediction = "success rate (training: all deposits, final map)", "prediction rate (held-out folds)"
     curves = {success: rate_curve(all_ranks), prediction: rate_curve(held_out)}
     capture_percents = settings.targets.capture_percents
     metrics = {
-        "prediction_rate": {"auc": curves[prediction]["auc"], "deposits": int(held_out.size),
+        "prediction_rate": {"auc": curves[prediction]["auc"], "deposits": len(held_out),
                             **capture(held_out, capture_percents)},
-        "success_rate": {"auc": curves[success]["auc"], "deposits": int(all_ranks.size),
+        "success_rate": {"auc": curves[success]["auc"], "deposits": len(all_ranks),
                          **capture(all_ranks, capture_percents)},
         "windows": (window_metrics(np.concatenate(maps.test_scores), np.concatenate(maps.test_labels))
                     if maps.test_scores else None),

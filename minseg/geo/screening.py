@@ -21,7 +21,6 @@ first, at most ``max_elements``.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -57,12 +56,13 @@ def screen_elements(grids: dict[str, np.ndarray], deposit_cells: np.ndarray, set
 
 
 def sample_rows(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
-                held_out_xy: np.ndarray, radius: float, barren_xy: np.ndarray | None = None) -> list[dict]:
+                known_xy: np.ndarray, radius: float, barren_xy: np.ndarray | None = None) -> list[dict]:
     """Sample level (the paper), undecided rows. ``values[element]``: (n,) per sample, NaN where unusable;
-    ``sample_xy`` (n, 2), ``training_xy`` / ``held_out_xy`` / ``barren_xy`` (m, 2) site coordinates in the same
+    ``sample_xy`` (n, 2), ``training_xy`` / ``known_xy`` / ``barren_xy`` (m, 2) site coordinates in the same
     CRS (metres). Positives: samples within ``radius`` of a training deposit; negatives: the others, except those
-    near a held-out deposit (they would be negatives that are not) — or, with ``barren_xy``, only those near a
-    barren site."""
+    near a ``known_xy`` deposit, one the trial knows but does not train on (outside the study area, or on its training
+    side without a window of its own: samples near it would be negatives that are not; a fold's held-out deposits are not among them, a blind screening cannot know them) —
+    or, with ``barren_xy``, only those near a barren site."""
     from scipy.spatial import cKDTree
 
     sample_xy = np.asarray(sample_xy, np.float64).reshape(-1, 2)
@@ -75,14 +75,14 @@ def sample_rows(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_x
         return distance <= radius
 
     positive = near(training_xy)
-    usable = ~(near(held_out_xy) & ~positive) if barren_xy is None else positive | near(barren_xy)
+    usable = ~(near(known_xy) & ~positive) if barren_xy is None else positive | near(barren_xy)
     return score_rows({element: (v[usable], positive[usable]) for element, v in values.items()}, "samples")
 
 
 def screen_samples(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
-                   held_out_xy: np.ndarray, settings: ScreeningSettings, barren_xy: np.ndarray | None = None) -> list[dict]:
+                   known_xy: np.ndarray, settings: ScreeningSettings, barren_xy: np.ndarray | None = None) -> list[dict]:
     """Sample level, decided (``sample_rows`` then ``decide``)."""
-    return decide(sample_rows(values, sample_xy, training_xy, held_out_xy, settings.sample_radius_m, barren_xy),
+    return decide(sample_rows(values, sample_xy, training_xy, known_xy, settings.sample_radius_m, barren_xy),
                   settings)
 
 
@@ -99,7 +99,7 @@ def score_rows(values: dict[str, tuple[np.ndarray, np.ndarray]], level: str) -> 
         if positives and negatives:
             auc = roc_auc(value[valid], positive[valid])
             z = auc_z_score(auc, positives, negatives)
-            row.update(auc=round(auc, 4), z_auc=round(z, 3) if math.isfinite(z) else z)
+            row.update(auc=round(auc, 4), z_auc=round(z, 3))
         rows.append(row)
     return rows
 

@@ -1,13 +1,15 @@
 """Ranked target areas, success- and prediction-rate curves, window metrics and the plots.
 
-A deposit's *area rank* on a map is the share of the study area scoring at least as high
-as the deposit's cell (ties count against the map). The rate curve gives, for each share
-of the area (highest scores first), the share of deposits inside it; its AUC is
-``1 - mean(area rank)``.
+A deposit's *area rank* on a map is the share of the study area scoring at least as high as the deposit's cell:
+what a threshold at its score keeps. The rate curve gives, for each share of the area (highest scores first), the
+share of deposits inside it (cells tied with a deposit's all come in with it); its AUC is the area under the curve
+joined by straight lines across ties, ``1 - mean(mid rank)`` with the mid rank halfway between the share scoring
+higher and the share scoring at least as high (a constant map: 0.5, as the ROC's AUC with tied scores).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,27 +20,59 @@ from minseg.io.storage import json_text
 from minseg.metrics import roc_auc
 
 
-def area_ranks(score: np.ndarray, study: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """Area rank in [0, 1] of each (row, col) cell on ``score`` over the ``study`` cells."""
+@dataclass(frozen=True)
+class AreaRanks:
+    """Deposits' area ranks on one map, float64 (n,) in [0, 1]: ``at_least``, the share of the study area scoring
+    at least as high as each deposit's cell; ``above``, strictly higher. A deposit whose cell the map leaves
+    unscored (NaN) counts as found last (1, 1), never as captured at once."""
+
+    at_least: np.ndarray
+    above: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.at_least)
+
+    @property
+    def mid(self) -> np.ndarray:
+        """Halfway between: ties shared evenly (what the curve's AUC averages)."""
+        return (self.at_least + self.above) / 2.0
+
+    @staticmethod
+    def concat(parts: list["AreaRanks"]) -> "AreaRanks":
+        """The ranks of several maps pooled (the prediction rate over folds)."""
+        return AreaRanks(np.concatenate([np.zeros(0)] + [p.at_least for p in parts]),
+                         np.concatenate([np.zeros(0)] + [p.above for p in parts]))
+
+
+NO_RANKS = AreaRanks(np.zeros(0), np.zeros(0))
+
+
+def area_ranks(score: np.ndarray, study: np.ndarray, cells: np.ndarray) -> AreaRanks:
+    """Area ranks of each (row, col) of ``cells`` (n, 2) on ``score`` (H, W) over the ``study`` cells."""
     values = np.sort(score[study & np.isfinite(score)])
+    cells = np.asarray(cells, np.int64).reshape(-1, 2)
     if values.size == 0 or len(cells) == 0:
-        return np.zeros(0)
+        return NO_RANKS
     at_cells = score[cells[:, 0], cells[:, 1]]
-    at_least = values.size - np.searchsorted(values, at_cells, side="left")
-    return at_least / values.size
+    scored = np.isfinite(at_cells)
+    at_least = np.where(scored, values.size - np.searchsorted(values, at_cells, side="left"), values.size)
+    above = np.where(scored, values.size - np.searchsorted(values, at_cells, side="right"), values.size)
+    return AreaRanks(at_least / values.size, above / values.size)
 
 
-def rate_curve(ranks: np.ndarray, points: int = 101) -> dict:
-    """Cumulative % of deposits vs % of area, its AUC and the raw ranks."""
+def rate_curve(ranks: AreaRanks, points: int = 101) -> dict:
+    """Cumulative % of deposits vs % of area (a deposit counts from its ``at_least`` share on), the AUC
+    (``1 - mean(mid)``) and how many deposits."""
     area = np.linspace(0.0, 100.0, points)
-    captured = [float((ranks * 100.0 <= a + 1e-9).mean() * 100.0) if ranks.size else 0.0 for a in area]
+    captured = [float((ranks.at_least * 100.0 <= a + 1e-9).mean() * 100.0) if len(ranks) else 0.0 for a in area]
     return {"area_percent": area.tolist(), "deposits_percent": captured,
-            "auc": float(1.0 - ranks.mean()) if ranks.size else None, "deposits": int(ranks.size)}
+            "auc": float(1.0 - ranks.mid.mean()) if len(ranks) else None, "deposits": len(ranks)}
 
 
-def capture(ranks: np.ndarray, percents: list[float]) -> dict[str, float | None]:
-    return {f"top_{p:g}_percent": (float((ranks * 100.0 <= p + 1e-9).mean() * 100.0) if ranks.size else None)
-            for p in percents}
+def capture(ranks: AreaRanks, percents: list[float]) -> dict[str, float | None]:
+    """% of deposits inside the top ``p`` % of the area (a threshold: tied cells only if all fit), per ``p``."""
+    return {f"top_{p:g}_percent": (float((ranks.at_least * 100.0 <= p + 1e-9).mean() * 100.0) if len(ranks)
+                                   else None) for p in percents}
 
 
 def window_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:

@@ -185,7 +185,7 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
         errors = document["reference"]["errors"]
         row["modal_mae_pp"] = errors["modal"]["mae_pp"]
         row["liberation_mae_pp"] = (errors.get("liberation") or {}).get("mae_pp")
-        row["association_mae_pp"] = errors["association"]["mae_pp"]
+        row["association_misassigned_pp"] = errors["association"]["mean_misassigned_pp"]
     return row, document
 
 

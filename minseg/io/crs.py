@@ -38,17 +38,35 @@ def epsg_code(crs: str | int) -> int:
     return code
 
 
+def grid_epsg_code(crs: str | int) -> int:
+    """``epsg_code`` of a grid's CRS, which must be projected in metres: cell sizes, distances, radii and areas
+    (km²) are all read as metres.
+
+    Raises:
+        InputError: as ``epsg_code``; a geographic CRS (degrees) or a projected one in other units (US feet),
+            naming its units."""
+    code = epsg_code(crs)
+    found = known_crs(crs)
+    units = {axis.unit_name for axis in found.axis_info}
+    if not found.is_projected or len(found.axis_info) != 2 or units - {"metre", "meter"}:
+        kind = "geographic" if found.is_geographic else ("projected" if found.is_projected else "3-D")
+        raise InputError(f"a {kind} CRS (units: {', '.join(sorted(units)) or 'none'}): a grid needs a projected CRS in "
+                         "metres (cell sizes, distances and areas are metres), e.g. the UTM zone of the area "
+                         "(EPSG:326xx) or the national grid (EPSG:3067 in Finland)")
+    return code
+
+
 def _crs_text(text: str) -> str:
     known_crs(text)
     return text
 
 
-def _epsg_crs_text(text: str) -> str:
-    epsg_code(text)
+def _grid_crs_text(text: str) -> str:
+    grid_epsg_code(text)
     return text
 
 
 CrsText = Annotated[str, AfterValidator(_crs_text)]
 """A CRS as the config gives it, checked against PROJ when validated (an error names the key)."""
-EpsgCrsText = Annotated[str, AfterValidator(_epsg_crs_text)]
-"""A ``CrsText`` that has an EPSG code (the CRS of a GeoTIFF minseg writes)."""
+GridCrsText = Annotated[str, AfterValidator(_grid_crs_text)]
+"""A ``CrsText`` for a grid minseg builds: projected in metres, with an EPSG code (its GeoTIFFs record one)."""

@@ -59,21 +59,36 @@ def association_table(counts: np.ndarray, names: list[str], background: set[str]
                       pixel_size_um: float | None) -> dict:
     """The association matrix of a slide from its (C, C) boundary counts.
 
-    Returns a dict by class name (background classes included as partners, not as rows): ``boundary_px``
-    (pixel edges with other classes), ``boundary_um`` (µm; None without a pixel size), ``free_surface_pct``
-    (% of the boundary shared with background classes), and ``shared_pct``: for every other class, the %
-    of this class's boundary it shares with it (the row sums to 100 when the class has any boundary).
+    Args:
+        counts: (C, C) int pixel edges between classes (:func:`boundary_counts`, summed over blocks and seams).
+        names: C class names.
+        background: the names of the background classes (free surface).
+        pixel_size_um: µm per pixel, or None.
+
+    Returns:
+        A dict by class name (background classes included as partners, not as rows): ``boundary_px`` (int, pixel
+        edges with other classes), ``boundary_um`` (µm; None without a pixel size), ``free_surface_pct`` (% of the
+        boundary shared with background classes), and ``shared_pct``: for every other class, the % of this
+        class's boundary it shares with it (the row sums to 100). A class with no boundary (absent, or filling
+        the whole image) has no shares: ``free_surface_pct`` and every ``shared_pct`` are None, not 0 (as an
+        absent mineral's liberation), so that it reads as unknown and no mean over slides counts it as 0 %;
+        its ``boundary_px`` is 0 and ``boundary_um`` 0.0 (None without a pixel size).
     """
     rows = {}
     for a, name in enumerate(names):
         if name in background:
             continue
         total = int(counts[a].sum())
-        share = (100.0 * counts[a] / total) if total else np.zeros(len(names))
+        if total:
+            share = 100.0 * counts[a] / total
+            free = round(float(sum(share[b] for b, other in enumerate(names) if other in background)), 4)
+            shared = {other: round(float(share[b]), 4) for b, other in enumerate(names) if b != a}
+        else:
+            free, shared = None, {other: None for b, other in enumerate(names) if b != a}
         rows[name] = {
             "boundary_px": total,
             "boundary_um": round(total * pixel_size_um, 3) if pixel_size_um else None,
-            "free_surface_pct": round(float(sum(share[b] for b, other in enumerate(names) if other in background)), 4),
-            "shared_pct": {other: round(float(share[b]), 4) for b, other in enumerate(names) if b != a},
+            "free_surface_pct": free,
+            "shared_pct": shared,
         }
     return rows

@@ -31,8 +31,13 @@ def compare_mineralogy(predicted: dict, reference: dict) -> dict:
     - ``modal``: sample area % and weight %, predicted, reference and error (percentage points, signed),
       and ``mae_pp``: the mean absolute error of sample area % over the minerals;
     - ``liberation``: liberated % (the 100 % class), same layout, and ``mae_pp``;
-    - ``association``: ``mae_pp``, the mean absolute difference of the mineral's association row (its boundary
-      shares with each class, free surface included) and ``free_surface``;
+    - ``association``: ``misassigned_pp``, the percentage of the mineral's boundary given to another partner
+      than the reference gives it: half the L1 distance between its two association rows (its boundary
+      shares with each class, background classes included), the total variation distance of the two
+      partner distributions, 0-100 and independent of how many classes the map has (a mean over the classes
+      shrank as classes absent from both maps were added); None when the mineral has no boundary in one of
+      the maps. ``free_surface`` pairs the free surface %; ``mean_misassigned_pp`` is the mean over the minerals
+      with a ``misassigned_pp``;
     - ``sizes``: the mass-weighted P80 of the mineral's grains and of the particles, predicted, reference and
       ``error_pct`` (relative, %).
 
@@ -57,14 +62,15 @@ def compare_mineralogy(predicted: dict, reference: dict) -> dict:
     association = {}
     for name in minerals:
         row_p, row_r = predicted["association"][name], reference["association"][name]
-        if not row_p["boundary_px"] or not row_r["boundary_px"]:
-            association[name] = {"mae_pp": None, "free_surface": _pair(row_p["free_surface_pct"],
-                                                                         row_r["free_surface_pct"])}
-            continue
-        shares = [abs(row_p["shared_pct"][k] - row_r["shared_pct"][k]) for k in row_r["shared_pct"]]
-        association[name] = {"mae_pp": round(float(np.mean(shares)), 4),
+        misassigned = None
+        if row_p["boundary_px"] and row_r["boundary_px"]:
+            # both rows sum to 100: the shares one gives in excess are what the other gives elsewhere
+            misassigned = round(0.5 * sum(abs(row_p["shared_pct"][k] - row_r["shared_pct"][k])
+                                          for k in row_r["shared_pct"]), 4)
+        association[name] = {"misassigned_pp": misassigned,
                              "free_surface": _pair(row_p["free_surface_pct"], row_r["free_surface_pct"])}
-    result["association"] = {"minerals": association, "mae_pp": _mean_abs(association, "mae_pp")}
+    result["association"] = {"minerals": association,
+                             "mean_misassigned_pp": _mean_abs(association, "misassigned_pp")}
     sizes = {}
     for name in minerals:
         p80_p = predicted["grains"][name].get("size", {}).get("mass", {}).get("p80")

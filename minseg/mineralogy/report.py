@@ -22,11 +22,22 @@ FOLDER = "mineralogy"
 
 
 def headline(document: dict) -> dict:
-    """One slide's headline numbers as flat columns (the batch tables' rows): area % and weight % of the image
-    per class, particles and their mass P80, liberated % and grain mass P80 per mineral."""
+    """One slide's headline numbers as flat columns (``slides.csv`` / ``.parquet`` rows, the batch report's slide
+    table), each on its own basis:
+
+    - ``area_pct:<class>``: % of the whole image, background classes included (``area_percent``), every class;
+    - ``sample_area_pct:<class>``: % of the sample, background left out (``sample_area_percent``, the Delesse
+      modal figure), sample classes only;
+    - ``wt_pct:<class>``: weight % of the sample, sample classes with a weight % (none when a mineral present
+      has no density);
+    - ``grains:<class>`` and ``mean_grain_px:<class>``, ``particles`` and ``particle_p80_um`` (``_px`` without a
+      pixel size; mass-weighted), ``liberated_pct:<mineral>`` (None when the mineral is in no particle).
+    """
     row = {}
     for name, entry in document["modal_mineralogy"].items():
         row[f"area_pct:{name}"] = entry["area_percent"]
+        if entry.get("sample_area_percent") is not None:
+            row[f"sample_area_pct:{name}"] = entry["sample_area_percent"]
         if entry.get("weight_percent") is not None:
             row[f"wt_pct:{name}"] = entry["weight_percent"]
     for name, entry in document["grains"].items():
@@ -75,7 +86,8 @@ def headline_text(document: dict, top: int = 4) -> list[str]:
         liberation = (errors.get("liberation") or {}).get("minerals", {}).get(main)
         if liberation and liberation["reference"] is not None:
             text += f"; {main} liberated {_f(liberation['predicted'], 1)} % vs {_f(liberation['reference'], 1)} %"
-        text += f"; association rows off by {_f(errors['association']['mae_pp'])} pp"
+        text += (f"; association: {_f(errors['association']['mean_misassigned_pp'])} % of a mineral's boundary "
+                 "with the wrong partner on average")
         particles = errors["sizes"].get("particles")
         if particles and particles["p80"]["error_pct"] is not None:
             text += f"; particle P80 {particles['p80']['error_pct']:+.1f} %"
@@ -154,10 +166,11 @@ def markdown(document: dict, rows: dict[str, dict], title: str, plots: list[str]
         row = document["association"][name]
         lines.append(f"| {name} | " + " | ".join("–" if other == name else _f(row["shared_pct"][other], 1)
                                                  for other in minerals) + f" | {_f(row['free_surface_pct'], 1)} |")
-    columns = [f"area_pct:{n}" for n in minerals] + [c for c in (f"particle_p80_{document['unit']}",) if
-                                                     any(c in r for r in rows.values())] + \
+    # the sample's basis, as the batch tables above (the whole image's % moves with how much resin is mounted)
+    columns = [f"sample_area_pct:{n}" for n in minerals] + [c for c in (f"particle_p80_{document['unit']}",) if
+                                                            any(c in r for r in rows.values())] + \
         [f"liberated_pct:{n}" for n in minerals if any(f"liberated_pct:{n}" in r for r in rows.values())]
-    lines += ["", "## Slides (area % of the whole image, background included; particle P80 by mass)", "",
+    lines += ["", "## Slides (area % of the sample, background left out; particle P80 by mass)", "",
               "| slide | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for slide in sorted(rows):
         lines.append(f"| {slide} | " + " | ".join(_f(rows[slide].get(c), 2) for c in columns) + " |")

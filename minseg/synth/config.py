@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
-from minseg.io.crs import EpsgCrsText
+from minseg.io.crs import GridCrsText
 from minseg.enums import ImageFormat, TiffCompression
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -52,7 +52,7 @@ class SurveySynth(StrictModel):
     cell_m: float = Field(250.0, gt=0, description="pixel size of the lithology raster")
     origin_x: float = 350_000.0
     origin_y: float = 7_450_000.0
-    crs: EpsgCrsText = "EPSG:3067"
+    crs: GridCrsText = "EPSG:3067"
     n_deposits: PositiveInt = 12
     n_faults: PositiveInt = 25
     n_rock_units: int = Field(6, ge=1, le=255, description="rock units of the lithology raster (uint8, 0 is nodata)")

@@ -24,3 +24,16 @@ def test_the_working_crs_needs_an_epsg_code():
         load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": "+proj=tmerc +lon_0=27 +ellps=GRS80"})
     config = load_config(CONFIG, MinsegConfig, overrides={"prospect.samples.crs": "+proj=tmerc +lon_0=27 +ellps=GRS80"})
     assert config.prospect.samples.crs.startswith("+proj=tmerc")  # inputs may come in any CRS PROJ knows
+
+
+@pytest.mark.parametrize("crs, units", [("EPSG:4326", "a geographic CRS (units: degree)"),
+                                        ("EPSG:2249", "a projected CRS (units: US survey foot)")])
+def test_a_grid_crs_not_in_metres_is_refused(crs, units):
+    """Cell sizes, distances, radii and km² are read as metres: a grid in degrees or feet would be silently wrong
+    (a 0.01° cell: 1e-10 'km²'). Inputs in such CRSs are fine (they are reprojected)."""
+    for key in ("prospect.grid.crs", "synth.survey.crs"):
+        overrides = {key: crs} if key.startswith("prospect") else {key: crs, "synth.survey.n_samples": 10}
+        with pytest.raises(ConfigError, match=re.escape(f"{key}: {units}: a grid needs a projected CRS in metres")):
+            load_config(CONFIG, MinsegConfig, overrides=overrides)
+    assert load_config(CONFIG, MinsegConfig, overrides={"prospect.samples.crs": crs}).prospect.samples.crs == crs
+

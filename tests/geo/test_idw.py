@@ -34,6 +34,9 @@ def test_radius_leaves_far_nodes_empty():
     points = np.array([[0.0, 0.0]])
     result = idw_nodes(points, np.array([[2.0]]), np.array([[50.0, 0.0], [500.0, 0.0]]), 2, 5, radius=100)
     assert result[0, 0] == 2.0 and np.isnan(result[1, 0])
+    # "ignore samples farther than radius_m": one exactly at the radius counts (scipy's bound is strict)
+    at = idw_nodes(points, np.array([[2.0]]), np.array([[5.0, 0.0], [5.001, 0.0]]), 2, 5, radius=5.0)
+    assert at[0, 0] == 2.0 and np.isnan(at[1, 0])
 
 
 def test_grid_nodes_are_pixel_centres_and_samples_are_exact(ray_session):

@@ -142,6 +142,15 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert both.members.shape == (3, 2) and not np.allclose(both.members[:, 0], both.members[:, 1], atol=1e-4)
     assert np.allclose(both.members[:, 1], alone, rtol=1e-5, atol=1e-6)  # other thread counts: not bit-identical
     assert np.allclose(both.mean, both.members.mean(1)) and np.allclose(both.std, both.members.std(1))
+    # an irregular study edge (an IDW radius, nodata in a raster): blocks whose middle lies outside still score the
+    # study cells they hold (once left NaN, and a deposit there ranked as captured at 0 % of the area)
+    from minseg.geo.predict import predict_map
+
+    study = np.ones((24, 24), bool)
+    study[:3], study[10:, 21:] = False, False  # with stride 4, the middles of the first block row lie outside
+    probability, uncertainty, _ = predict_map(refs, padded, 16, study, config.prospect.prediction, Storage())
+    assert np.isfinite(probability[study]).all() and np.isnan(probability[~study]).all()
+    assert np.isfinite(uncertainty[study]).all()
 
     # --resume with a member's settings changed would keep members the config no longer describes: refused up front,
     # the finished run left as it was

@@ -192,6 +192,10 @@ def test_raster_only_job_from_the_cli(gridded, ray_session, capsys):
     assert set(summary["layers"]) >= {"Au_idw", "lithology"} and summary["kept_elements"]
     assert summary["metrics"]["prediction_rate"]["deposits"] > 0
     assert "Au_idw" in capsys.readouterr().out  # the screening table printed
+    from minseg.io.geotiff import read_geotiff
+
+    probability, _, _ = read_geotiff(f"{out}/prospectivity.tif")
+    assert np.isfinite(probability).sum() == summary["study_cells"]  # every study cell scored, no other
     for name in ("prospectivity.tif", "targets.csv", "rate_curves.png"):
         assert (root / "out" / "r" / "prospect" / "prospectivity" / name).exists(), name
 

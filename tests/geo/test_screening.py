@@ -80,10 +80,10 @@ def test_sample_level_screening_by_hand():
     """The paper's level: samples near a training deposit against the other samples, before interpolation."""
     xy = np.array([[0, 0], [100, 0], [5000, 0], [6000, 0], [9000, 0], [20000, 0], [20100, 0]], float)
     cu = np.array([9.0, 8.0, 1.0, 2.0, 3.0, 7.0, np.nan])
-    rows = screen_samples({"Cu": cu}, xy, training_xy=np.array([[50.0, 0.0]]), held_out_xy=np.array([[20050.0, 0]]),
+    rows = screen_samples({"Cu": cu}, xy, training_xy=np.array([[50.0, 0.0]]), known_xy=np.array([[20050.0, 0]]),
                           settings=ScreeningSettings(level="samples", sample_radius_m=500, critical_z=0.5))
     (row,) = rows
-    # positives: the two samples within 500 m of the training deposit; the two near the held-out one are
+    # positives: the two samples within 500 m of the training deposit; the two near the other known deposit are
     # neither (one of them has no value anyway); negatives: the three others
     assert row["positives"] == 2 and row["negatives"] == 3
     assert row["auc"] == 1.0 and row["z_auc"] == pytest.approx(auc_z_score(1.0, 2, 3), abs=1e-3)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from minseg.geo.config import TargetSettings
-from minseg.geo.targets import area_ranks, capture, find_targets, rate_curve, targets_geojson, window_metrics
+from minseg.geo.predict import block_centres
+from minseg.geo.targets import AreaRanks, area_ranks, capture, find_targets, rate_curve, targets_geojson, window_metrics
 from minseg.io.geotiff import GridGeometry
 
 
@@ -15,18 +16,60 @@ def test_area_ranks_and_rate_curve_by_hand():
     study = np.ones((10, 10), bool)
     cells = np.array([[9, 9], [9, 0], [0, 0]])  # scores 99, 90, 0
     ranks = area_ranks(score, study, cells)
-    np.testing.assert_allclose(ranks, [0.01, 0.10, 1.0])  # 1, 10 and 100 cells score at least as high
+    np.testing.assert_allclose(ranks.at_least, [0.01, 0.10, 1.0])  # 1, 10 and 100 cells score at least as high
+    np.testing.assert_allclose(ranks.above, [0.0, 0.09, 0.99])
     curve = rate_curve(ranks)
-    assert curve["auc"] == pytest.approx(1 - (0.01 + 0.10 + 1.0) / 3)
+    assert curve["auc"] == pytest.approx(1 - (0.005 + 0.095 + 0.995) / 3) and curve["deposits"] == 3
     assert curve["deposits_percent"][10] == pytest.approx(200 / 3)  # two of three in the top 10 %
     assert capture(ranks, [10, 20]) == {"top_10_percent": pytest.approx(200 / 3), "top_20_percent": pytest.approx(200 / 3)}
     study[9, 9] = False  # outside the study area cells do not count
-    assert area_ranks(score, study, np.array([[9, 8]]))[0] == pytest.approx(1 / 99)
+    assert area_ranks(score, study, np.array([[9, 8]])).at_least[0] == pytest.approx(1 / 99)
+    pooled = AreaRanks.concat([ranks, area_ranks(score, study, np.array([[9, 8]]))])
+    assert len(pooled) == 4 and len(AreaRanks.concat([])) == 0 and rate_curve(AreaRanks.concat([]))["auc"] is None
 
 
-def test_ties_count_against_the_map():
+def test_ties_come_in_together_and_share_the_auc():
+    """A threshold keeps every cell tied with a deposit's (the curve and the captures); the AUC joins the curve's
+    points by straight lines across ties, as the ROC's AUC does with tied scores: a constant map scores 0.5."""
     flat = np.ones((5, 5), np.float32)
-    assert area_ranks(flat, np.ones((5, 5), bool), np.array([[2, 2]]))[0] == 1.0
+    ranks = area_ranks(flat, np.ones((5, 5), bool), np.array([[2, 2], [0, 0]]))
+    assert ranks.at_least.tolist() == [1.0, 1.0] and ranks.above.tolist() == [0.0, 0.0]
+    assert rate_curve(ranks)["auc"] == 0.5 and capture(ranks, [10])["top_10_percent"] == 0.0
+    saturated = np.zeros((10, 10), np.float32)
+    saturated[:2] = 1.0  # 20 cells at the top score (a sigmoid saturating in float32)
+    ranks = area_ranks(saturated, np.ones((10, 10), bool), np.array([[0, 0], [5, 5]]))
+    assert ranks.at_least.tolist() == [0.2, 1.0] and ranks.above.tolist() == [0.0, 0.2]
+    assert rate_curve(ranks)["auc"] == pytest.approx(1 - (0.1 + 0.6) / 2)
+    assert capture(ranks, [10, 20]) == {"top_10_percent": 0.0, "top_20_percent": 50.0}
+
+
+def test_a_deposit_the_map_leaves_unscored_is_found_last_never_first():
+    """A NaN score at a deposit (a cell no window scored) once ranked 0: captured in the top 0 % of the area."""
+    score = np.arange(16, dtype=np.float32).reshape(4, 4)
+    score[0, :] = np.nan
+    ranks = area_ranks(score, np.ones((4, 4), bool), np.array([[0, 1], [3, 3]]))
+    assert ranks.at_least.tolist() == [1.0, 1 / 12] and ranks.above.tolist() == [1.0, 0.0]
+    assert capture(ranks, [10])["top_10_percent"] == 50.0
+
+
+def test_every_study_cell_is_scored_by_a_window_in_its_own_block():
+    """An irregular study edge: blocks whose middle lies outside still score their study cells (their window is
+    centred on the study cell nearest the middle); blocks with none are not scored."""
+    study = np.zeros((10, 9), bool)
+    study[3:, :] = True  # rows 0-2 outside: the first row of 4 x 4 blocks has its middle (row 2) outside
+    study[:, 8] = False
+    centres = block_centres(study, 4)
+    assert centres.shape == (3, 3, 2)
+    assert centres[0, 0].tolist() == [3, 2] and centres[0, 1].tolist() == [3, 6]  # nearest study cells
+    assert centres[1, 1].tolist() == [6, 6]  # a middle in the study area: as before
+    assert centres[0, 2].tolist() == [-1, -1] and centres[2, 2].tolist() == [-1, -1]  # column 8 only: none
+    for (i, j) in zip(*np.nonzero(centres[..., 0] >= 0)):
+        r, c = centres[i, j]
+        assert study[r, c] and r // 4 == i and c // 4 == j
+    covered = np.zeros_like(study)
+    for (i, j) in zip(*np.nonzero(centres[..., 0] >= 0)):
+        covered[i * 4 : i * 4 + 4, j * 4 : j * 4 + 4] = True
+    assert (covered | ~study).all()  # every study cell lies in a scored block
 
 
 def test_targets_are_ranked_regions_with_their_deposits():

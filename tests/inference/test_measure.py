@@ -106,6 +106,10 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
                                                                                "mineralogy.md").read_text()
     rows = (out / "slides.csv").read_text().splitlines()
     assert len(rows) == 3 and "modal_mae_pp" in rows[0]
+    header = rows[0].split(",")
+    assert {"association_misassigned_pp", "sample_area_pct:pyrite", "area_pct:pyrite"} <= set(header)
+    assert "association_mae_pp" not in header and "sample_area_pct:resin" not in header
+    assert a["reference"]["errors"]["association"]["mean_misassigned_pp"] == 0.0
     summary = json.loads((out / "measure_summary.json").read_text())  # written last; marks the folder as measure's
     assert summary["done"] == ["a", "b"] and len(summary["failed"]) == 6 and summary["command"] == "measure"
     assert pq.read_table(out / "slides.parquet").num_rows == 2
@@ -170,7 +174,7 @@ def test_real_lumenstone_masks(ray_session, tmp_path, capsys):
             pq.read_table(out / path.stem / "particles.parquet").num_rows
         assert document["tally"]["boundary"] == boundary_counts(labels, 12).tolist()
         errors = document["reference"]["errors"]
-        assert errors["modal"]["mae_pp"] == 0.0 and errors["association"]["mae_pp"] == 0.0
+        assert errors["modal"]["mae_pp"] == 0.0 and errors["association"]["mean_misassigned_pp"] == 0.0
 
 
 def test_the_demo_slide_reports_its_mineralogy_against_its_true_mask(ray_session, tmp_path):

@@ -63,3 +63,19 @@ def test_a_ring_around_a_core_and_a_free_grain_by_hand():
 def test_labels_beyond_the_classes_are_refused():
     with pytest.raises(ValueError, match="label 4 is not a class id"):
         boundary_counts(np.full((3, 3), 4, np.uint8), 4)
+
+
+def test_a_class_without_boundary_has_no_shares_not_zero():
+    """An absent class, or one filling the whole image, has no boundary: its free surface and shares were 0.0
+    (pulling means over slides towards 0 and reading as "locked, no contact"); they are None, as an absent
+    mineral's liberation is, while its boundary length stays a number (0)."""
+    names = ["resin", "pyrite", "chalcopyrite", "galena"]
+    labels = np.zeros((6, 6), np.uint8)
+    labels[1:4, 1:4] = 1  # galena and chalcopyrite absent
+    table = association_table(boundary_counts(labels, 4), names, {"resin"}, 2.0)
+    assert table["galena"] == {"boundary_px": 0, "boundary_um": 0.0, "free_surface_pct": None,
+                               "shared_pct": {"resin": None, "pyrite": None, "chalcopyrite": None}}
+    assert table["pyrite"]["free_surface_pct"] == 100.0 and table["pyrite"]["shared_pct"]["galena"] == 0.0
+    whole = association_table(boundary_counts(np.ones((5, 5), np.uint8), 4), names, {"resin"}, None)
+    assert whole["pyrite"]["boundary_px"] == 0 and whole["pyrite"]["boundary_um"] is None
+    assert whole["pyrite"]["free_surface_pct"] is None and set(whole["pyrite"]["shared_pct"].values()) == {None}

@@ -118,14 +118,47 @@ def test_statistics_from_the_histogram_equal_those_of_every_grain_listed(seed):
     stats = grain_statistics(areas, counts, min_grain_px=4, pixel_size_um=0.5)
     kept = np.sort(grains[grains >= 4])
     diameters = 2.0 * np.sqrt(kept * 0.25 / np.pi)
+
+    def sieve(values, percent):  # the smallest value whose rank reaches percent of the count
+        return values[-(-values.size * percent // 100) - 1]
+
     assert stats["count"] == kept.size and stats["noise_components"] == int((grains < 4).sum())
-    assert stats["median_area_px"] == pytest.approx(np.median(kept))
-    assert stats["p10_area_px"] == pytest.approx(np.percentile(kept, 10))
-    assert stats["p90_area_px"] == pytest.approx(np.percentile(kept, 90))
+    assert stats["median_area_px"] == sieve(kept, 50)
+    assert stats["p10_area_px"] == sieve(kept, 10)
+    assert stats["p90_area_px"] == sieve(kept, 90)
     assert stats["mean_area_px"] == pytest.approx(kept.mean())
     assert stats["mean_ecd_um"] == pytest.approx(diameters.mean())
-    assert stats["median_ecd_um"] == pytest.approx(np.median(diameters))
+    assert stats["median_ecd_um"] == pytest.approx(sieve(diameters, 50))
     assert stats["histogram_log2_px"] == np.bincount(np.log2(kept).astype(int)).tolist()
+
+
+def test_grain_quantiles_by_hand_follow_the_sieve_convention():
+    """Four grains of 4, 6, 9 and 20 px: 25, 50, 75 and 100 % of the count. The smallest area reaching 10 % is
+    4, 50 % is 6 (reached exactly), 90 % is 20; numpy's interpolating median (7.5), P10 (4.6) and P90 (16.7)
+    were a second rule beside D50's for the same grains."""
+    stats = grain_statistics(np.array([4, 6, 9, 20]), np.array([1, 1, 1, 1]), min_grain_px=4, pixel_size_um=2.0)
+    assert (stats["p10_area_px"], stats["median_area_px"], stats["p90_area_px"]) == (4.0, 6.0, 20.0)
+    assert stats["median_ecd_um"] == pytest.approx(2 * np.sqrt(6 / np.pi) * 2.0)  # 5.528 µm
+    # repeats count one by one: 3 grains of 4 px and 1 of 10 px -> 75 % at 4 px
+    stats = grain_statistics(np.array([4, 10]), np.array([3, 1]), min_grain_px=1, pixel_size_um=None)
+    assert (stats["p10_area_px"], stats["median_area_px"], stats["p90_area_px"]) == (4.0, 4.0, 10.0)
+
+
+def test_median_ecd_equals_the_number_weighted_d50_of_the_same_grains():
+    """Grains of 4 and 6 px at 2 µm per pixel: median_ecd_um was 5.021 (interpolated) while size.number.d50
+    was 4.514; one rule gives one median."""
+    from minseg.mineralogy.sizes import size_distribution
+
+    cases = [(np.array([4, 6]), np.array([1, 1]))]
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        grains = rng.integers(4, 400, rng.integers(1, 60))
+        cases.append(np.unique(grains, return_counts=True))
+    for areas, counts in cases:
+        stats = grain_statistics(areas, counts, min_grain_px=4, pixel_size_um=2.0)
+        d50 = size_distribution(areas, counts, 2.0)["number"]["d50"]
+        assert stats["median_ecd_um"] == pytest.approx(d50, abs=5e-4)
+    assert grain_statistics(*cases[0], 4, 2.0)["median_ecd_um"] == pytest.approx(4.514, abs=5e-4)
 
 
 def test_a_block_keeps_only_its_edge_components_one_by_one():

@@ -193,3 +193,73 @@ def test_a_mineral_absent_from_particles_has_no_liberation(tmp_path):
     assert headline(document)["liberated_pct:gangue"] is None
     assert write_plots(document, Storage(), str(tmp_path), "pyrite only")  # the absent ones are not drawn
     assert "liberation of pyrite: 100.0 %" in "\n".join(headline_text(document))
+
+
+def test_headline_gives_the_sample_area_percent_beside_the_image_one():
+    """``area_pct:`` is of the whole image (resin included) while ``wt_pct:`` is of the sample: the sample-basis
+    area % (the Delesse modal figure) was in no slides table. ``sample_area_pct:`` gives it, for sample classes."""
+    from minseg.mineralogy.report import headline
+
+    labels = np.zeros((40, 40), np.uint8)
+    labels[0:20, 0:20] = 3  # gangue 400 px
+    labels[5:15, 5:15] = 1  # pyrite 100 px inside it: 300 gangue; resin 1200 px
+    row = headline(measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0)))
+    assert row["area_pct:pyrite"] == 6.25 and row["sample_area_pct:pyrite"] == 25.0
+    assert row["area_pct:gangue"] == 18.75 and row["sample_area_pct:gangue"] == 75.0
+    assert row["sample_area_pct:chalcopyrite"] == 0.0 and "sample_area_pct:resin" not in row
+    assert row["area_pct:resin"] == 75.0  # kept as it was: scripts read it
+    assert row["wt_pct:pyrite"] == pytest.approx(100 * 100 * 5.01 / (100 * 5.01 + 300 * 2.65), abs=1e-4)
+    # the batch report's slide table is on the sample's basis too, as its batch tables
+    from minseg.mineralogy.report import markdown
+
+    document = measured(labels, 16, MeasureSpec(NAMES, MineralogySettings(), 1.0))
+    report = markdown(document | {"slides": ["s1"], "left_out": []}, {"s1": row}, "t", [])
+    table = report[report.index("## Slides (area % of the sample"):]
+    assert "| sample_area_pct:gangue | sample_area_pct:pyrite |" in table and "| s1 | 75.00 | 25.00 |" in table
+    assert "area_pct:resin" not in table
+
+
+def test_a_mineral_without_boundary_has_no_association_and_a_batch_fills_it(tmp_path):
+    """A slide wholly of pyrite: its row is None (not 0 % free surface); the report prints '–' and the figures
+    skip it. Summed with a slide where pyrite meets resin, the batch row has numbers."""
+    from minseg.mineralogy.report import batch_document, markdown
+
+    spec = MeasureSpec(NAMES, MineralogySettings(), 1.0)
+    whole = measured(np.ones((20, 20), np.uint8), 8, spec)
+    row = whole["association"]["pyrite"]
+    assert row["boundary_px"] == 0 and row["boundary_um"] == 0.0
+    assert row["free_surface_pct"] is None and set(row["shared_pct"].values()) == {None}
+    assert "| pyrite | – |" in markdown(whole | {"slides": ["whole"], "left_out": []}, {}, "t", [])
+    whole["colours"] = None
+    assert "association.png" not in write_plots(whole, Storage(), str(tmp_path), "pyrite only")
+    json.dumps(whole, allow_nan=False)
+    labels = np.zeros((20, 20), np.uint8)
+    labels[5:10, 5:10] = 1
+    batch, summed, _ = batch_document({"whole": whole, "grain": measured(labels, 8, spec)})
+    assert summed == ["grain", "whole"]
+    assert batch["association"]["pyrite"]["free_surface_pct"] == 100.0
+    assert batch["association"]["pyrite"]["shared_pct"] == {"resin": 100.0, "chalcopyrite": 0.0, "gangue": 0.0}
+    assert batch["association"]["gangue"]["free_surface_pct"] is None  # absent from both
+
+
+@pytest.mark.parametrize("connectivity", [8, 4])
+def test_corner_contacts_join_particles_under_8_connectivity_but_never_associate(connectivity):
+    """A 2x2 pyrite and a 2x2 chalcopyrite touching only at a corner: association counts 4-neighbour pixel edges,
+    so neither has a contact with the other (100 % free surface) whatever the connectivity. With 8 neighbours
+    (the default) they are one particle, pyrite 50 % of it and 0 % liberated, which the association contradicts;
+    with ``mineralogy.connectivity: 4`` they are two liberated particles and both agree (docs/mineralogy.md)."""
+    labels = np.zeros((6, 6), np.uint8)
+    labels[1:3, 1:3] = 1
+    labels[3:5, 3:5] = 2
+    document = measured(labels, 6, MeasureSpec(NAMES, MineralogySettings(connectivity=connectivity), 1.0))
+    for mineral in ("pyrite", "chalcopyrite"):
+        row = document["association"][mineral]
+        assert row["boundary_px"] == 8 and row["free_surface_pct"] == 100.0
+        assert row["shared_pct"]["chalcopyrite" if mineral == "pyrite" else "pyrite"] == 0.0
+    pyrite = document["liberation"]["pyrite"]
+    if connectivity == 8:
+        assert document["particles"]["count"] == 1
+        assert pyrite["liberated_pct"] == 0.0 and pyrite["classes_pct"]["50-60"] == 100.0
+    else:
+        assert document["particles"]["count"] == 2
+        assert pyrite["liberated_pct"] == 100.0 and pyrite["classes_pct"]["50-60"] == 0.0
