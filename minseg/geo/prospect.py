@@ -806,6 +806,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                      "without_coordinates": deposits.report.get("without_coordinates", []),
                      "repeated_ids": deposits.report.get("repeated_ids", []),
                      "in_study_area": int(evidence.in_study.sum()),
+                     "cells": len(evidence.unique_cells),  # what the rate curves count: several in one cell once
                      "outside_grid": [o["deposit"] for o in inputs.outside], "outside_study_area": not_in_study},
         "barren": (None if inputs.barren is None else
                    {"read": len(inputs.barren), "source": inputs.barren.report.get("file"),

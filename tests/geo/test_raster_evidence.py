@@ -191,6 +191,7 @@ def test_raster_only_job_from_the_cli(gridded, ray_session, capsys):
     assert summary["barren"]["negative_cells"] > 0 and summary["barren"]["source"].endswith("barren.tif")
     assert set(summary["layers"]) >= {"Au_idw", "lithology"} and summary["kept_elements"]
     assert summary["metrics"]["prediction_rate"]["deposits"] > 0
+    assert summary["metrics"]["success_rate"]["deposits"] == summary["deposits"]["cells"]  # one per deposit cell
     assert "Au_idw" in capsys.readouterr().out  # the screening table printed
     from minseg.io.geotiff import read_geotiff
 

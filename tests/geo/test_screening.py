@@ -70,6 +70,14 @@ def test_grid_from_sample_bounds_and_cells_of_points():
                                        np.array([2550.0, 2450.1, 1950.1, 2000.0]))
     assert rows.tolist()[:3] == [0, 0, 5] and cols.tolist()[:3] == [0, 0, 10]
     assert inside.tolist() == [True, True, True, False]
+    # without buffer_m: half a cell, so the samples on the bounds' bottom and right edges are on the grid (a cell
+    # holds its top and left edges only: with 0 they fell outside)
+    bounds = (1000.0, 2000.0, 1900.0, 2400.0)
+    for buffer, expected in ((None, [True] * 4), (0.0, [True, False, False, False])):
+        geometry = target_grid(GridSettings(crs="EPSG:3067", cell_m=100, buffer_m=buffer), bounds)
+        _, _, inside = world_to_cell(geometry, np.array([1000.0, 1900.0, 1000.0, 1900.0]),
+                                     np.array([2400.0, 2400.0, 2000.0, 2000.0]))
+        assert inside.tolist() == expected
     with pytest.raises(ValidationError, match="EPSG code"):  # the config refuses it (tests/geo/test_config.py)
         GridSettings(crs="+proj=tmerc +lon_0=27 +ellps=GRS80", cell_m=10)
     with pytest.raises(ProspectInputError, match="EPSG code"):  # and the job, given settings not validated
@@ -114,3 +122,33 @@ def test_sample_level_screening_on_the_gtk_till_survey(shared_data, ray_session)
         assert 0 < row["positives"] < 200 and row["negatives"] > 800
         if row["auc"] is not None:
             assert row["z_auc"] == pytest.approx(auc_z_score(row["auc"], row["positives"], row["negatives"]), abs=2e-3)
+
+
+def test_a_folds_sample_screening_is_blind_to_its_held_out_deposits():
+    """Samples near a deposit the fold knows but does not train on (outside the study area) are no negatives;
+    samples near its held-out deposits stay negatives (they were left out once: screening then favoured elements
+    anomalous at the deposits it is tested on)."""
+    from types import SimpleNamespace
+
+    from minseg.geo.prospect import Evidence, screen
+
+    study = np.ones((10, 10), bool)
+    cells = np.array([[1, 1], [8, 8]])  # training, held out
+    xy = np.array([[150.0, 850.0], [850.0, 150.0]])
+    outside = np.array([[5000.0, 5000.0]])
+    evidence = Evidence({"Cu": np.zeros((10, 10))}, [], {}, None, study, np.array([True, True, False]), cells,
+                        cells, xy, np.vstack([xy, outside]))
+    background = np.column_stack([np.linspace(300, 700, 10), np.full(10, 500.0)])
+    near = np.array([[160.0, 850.0], [140.0, 850.0], [860.0, 150.0], [840.0, 150.0], [5010.0, 5000.0],
+                     [4990.0, 5000.0]])
+    sample_xy = np.vstack([background, near])
+    cu = np.concatenate([np.arange(10.0), [50.0, 51.0, 52.0, 53.0, 54.0, 55.0]])
+    samples = SimpleNamespace(values={"Cu": cu}, x=sample_xy[:, 0], y=sample_xy[:, 1])
+    held_out = np.zeros((10, 10), bool)
+    held_out[6:, 6:] = True  # the fold's test footprint holds the second deposit
+    settings = ScreeningSettings(level="samples", sample_radius_m=100, critical_z=0.5)
+    (row,) = screen(settings, evidence, samples, cells[:1], None, held_out)
+    assert row["positives"] == 2 and row["negatives"] == 12  # the two near the held-out deposit among them
+    (final,) = screen(settings, evidence, samples, cells, None, np.zeros((10, 10), bool))
+    assert final["positives"] == 4 and final["negatives"] == 10  # the outside deposit's samples left out
+

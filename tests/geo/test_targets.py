@@ -100,3 +100,26 @@ def test_window_metrics_by_hand():
     assert metrics["accuracy"] == pytest.approx(3 / 5) and metrics["recall"] == pytest.approx(2 / 3)
     assert metrics["precision"] == pytest.approx(2 / 3) and metrics["f1"] == pytest.approx(2 / 3)
     assert metrics["auc"] == pytest.approx(5 / 6)
+
+
+def test_both_rate_curves_count_a_deposit_cell_once():
+    """Two deposits in one cell are one place on the map (and one positive window, what the prediction rate
+    pools): the success rate counted them twice."""
+    from pathlib import Path
+
+    from minseg.config import MinsegConfig, load_config
+    from minseg.geo.prospect import Evidence, TrialMaps, rate_metrics
+
+    settings = load_config(Path(__file__).resolve().parents[2] / "configs" / "prospect_synthetic.yaml",
+                           MinsegConfig).prospect
+    study = np.ones((10, 10), bool)
+    probability = np.arange(100, dtype=np.float32).reshape(10, 10) / 100
+    cells = np.array([[9, 9], [9, 9], [0, 0]])  # two deposits in the top cell, one in the bottom one
+    evidence = Evidence({}, [], {}, None, study, np.ones(3, bool), cells, np.unique(cells, axis=0),
+                        cells.astype(float), cells.astype(float))
+    maps = TrialMaps([area_ranks(probability, study, cells[:1])], [], [], [], [], probability, probability, 1)
+    curves, metrics = rate_metrics(settings, maps, evidence)
+    assert metrics["success_rate"]["deposits"] == 2 and metrics["success_rate"]["top_10_percent"] == 50.0
+    assert metrics["success_rate"]["auc"] == pytest.approx(1 - (0.005 + 0.995) / 2)
+    assert metrics["prediction_rate"]["deposits"] == 1 and len(curves) == 2
+
