@@ -244,18 +244,20 @@ def auc_z_score(auc: float, positives: int, negatives: int) -> float:
     S = sqrt((AUC (1 - AUC) + (Cp - 1)(Q1 - AUC^2) + (Cn - 1)(Q2 - AUC^2)) / (Cp Cn)),
     Z = (AUC - 0.5) / S.
 
-    Where S vanishes (AUC 0 or 1: every positive above, or below, every negative), Eq. 3 would give an infinite Z
-    whatever the counts (1 positive against 1 negative would pass any ``critical_z``); S is then the Mann-Whitney
-    standard error under no association, sqrt((Cp + Cn + 1) / (12 Cp Cn)), which grows as the counts shrink (3
-    positives against 5 negatives: Z 2.24, under the 2.58 of the 99 % level).
+    S is Eq. 3 with the AUC it is evaluated at kept half a positive-negative pair from 0 and 1, between 1 / (2 Cp
+    Cn) and 1 - 1 / (2 Cp Cn): at AUC 0 or 1 Eq. 3 gives S = 0, an infinite Z whatever the counts; kept half a
+    pair away, Z stays finite and still rises with the AUC (at 1 it is above its value at the next AUC the counts
+    allow). Any AUC the counts allow short of 0 and 1 is evaluated as Eq. 3 writes it. Eq. 3 is a plug-in
+    standard error, not the one under no association: with few positives it makes large Z of small evidence (1
+    positive above 999 negatives: Z 22 at AUC 0.999, where the exact test's p of 1/1000 is a z of 3.1).
     """
     if positives < 1 or negatives < 1:
         raise ValueError("Z_AUC needs at least one positive and one negative sample")
-    q1 = auc / (2 - auc)
-    q2 = 2 * auc * auc / (1 + auc)
-    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+    half_pair = 0.5 / (positives * negatives)
+    at = min(max(auc, half_pair), 1.0 - half_pair)
+    q1 = at / (2 - at)
+    q2 = 2 * at * at / (1 + at)
+    variance = (at * (1 - at) + (positives - 1) * (q1 - at * at) + (negatives - 1) * (q2 - at * at)) / (
         positives * negatives
     )
-    if variance <= 1e-15:
-        variance = (positives + negatives + 1) / (12.0 * positives * negatives)
     return (auc - 0.5) / math.sqrt(variance)

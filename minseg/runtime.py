@@ -209,10 +209,12 @@ def fits_one_node(alive: list[dict], cpus: float, gpus: float) -> bool:
 
 
 def describe_nodes(alive: list[dict]) -> str:
-    """``"4 CPUs and 2 GPUs (2 node(s), the biggest 2 CPUs and 1 GPUs)"``: what a refusal quotes of the cluster."""
-    biggest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    """``"20 CPUs and 1 GPUs (2 node(s), at most 16 CPUs and 1 GPUs on one)"``: what a refusal quotes of the
+    cluster (the most CPUs and the most GPUs any one node has, not necessarily the same node)."""
+    most_cpus = max((r.get("CPU", 0) for r in alive), default=0)
+    most_gpus = max((r.get("GPU", 0) for r in alive), default=0)
     return (f"{sum(r.get('CPU', 0) for r in alive):g} CPUs and {sum(r.get('GPU', 0) for r in alive):g} GPUs "
-            f"({len(alive)} node(s), the biggest {biggest.get('CPU', 0):g} CPUs and {biggest.get('GPU', 0):g} GPUs)")
+            f"({len(alive)} node(s), at most {most_cpus:g} CPUs and {most_gpus:g} GPUs on one)")
 
 
 def check_actor_pool(section: str, actors: int, cpus_per_actor: float, gpus_per_actor: float,

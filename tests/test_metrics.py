@@ -83,12 +83,14 @@ def test_auc_and_z_auc_by_hand():
     s = math.sqrt((0.75 * 0.25 + 3 * (q1 - 0.5625) + 3 * (q2 - 0.5625)) / 16)
     assert auc_z_score(0.75, 4, 4) == pytest.approx((0.75 - 0.5) / s)
     assert auc_z_score(0.5, 10, 10) == 0.0
-    # Eq. 3's S vanishes at AUC 1 (or 0): the Mann-Whitney standard error under no association, not an infinite Z
-    # that one positive against one negative would pass any critical_z with
-    assert auc_z_score(1.0, 1, 1) == pytest.approx(0.5 / math.sqrt(3 / 12))
-    assert auc_z_score(1.0, 3, 5) == pytest.approx(0.5 / math.sqrt(9 / 180)) == pytest.approx(2.236, abs=1e-3)
-    assert auc_z_score(0.0, 3, 5) == pytest.approx(-2.236, abs=1e-3)
-    assert auc_z_score(1.0, 30, 300) > 8  # many samples perfectly apart: far above any critical_z
+    # Eq. 3's S vanishes at AUC 1 (or 0), an infinite Z whatever the counts: S is taken half a pair from the bound,
+    # so Z is finite and still rises with the AUC over every AUC the counts allow
+    assert auc_z_score(1.0, 1, 1) == pytest.approx(1.0)  # one positive above one negative: evaluated at AUC 0.5
+    for positives, negatives in [(1, 1), (2, 3), (3, 5), (10, 100), (1, 1000)]:
+        pairs = positives * negatives
+        z = [auc_z_score(k / pairs, positives, negatives) for k in range(pairs + 1)]
+        assert all(map(math.isfinite, z)) and all(a < b for a, b in zip(z, z[1:])), (positives, negatives)
+    assert auc_z_score(14 / 15, 3, 5) == pytest.approx(3.849, abs=1e-3)  # short of 1: Eq. 3 as written
     with pytest.raises(ValueError, match="needs both classes"):
         roc_auc([0.1, 0.2], [1, 1])
 

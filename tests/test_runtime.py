@@ -31,7 +31,7 @@ def test_a_pool_that_fits_passes_and_one_actor_must_fit_on_one_node(caplog):
     assert "runtime.pool_larger_than_cluster" in caplog.text
     split = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 2.0}}]
     check_actor_pool("score", 2, 2.0, 0.0, nodes=split)
-    with pytest.raises(ResourceError, match="the biggest 2 CPUs"):
+    with pytest.raises(ResourceError, match="at most 2 CPUs and 0 GPUs on one"):
         check_actor_pool("score", 1, 3.0, 0.0, nodes=split)  # 4 CPUs in all, but no node holds 3
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.geo.config import GridSettings, ProspectInputError
-from minseg.io.crs import grid_epsg_code
+from minseg.io.crs import grid_epsg_code, grid_scale_problem
 from minseg.io.geotiff import GridGeometry
 
 
@@ -25,8 +25,8 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
     except InputError as exc:
         raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r}: {exc}") from None
     if reference is not None and settings.extent is None and settings.cell_m is None:
-        return GridGeometry(reference.x0, reference.y0, reference.pixel_width, reference.pixel_height,
-                            reference.rows, reference.cols, epsg)
+        return _ground_metres(settings, GridGeometry(reference.x0, reference.y0, reference.pixel_width,
+                                                     reference.pixel_height, reference.rows, reference.cols, epsg))
     cell = settings.cell_m or reference.pixel_width
     if settings.extent is not None:
         xmin, ymin, xmax, ymax = settings.extent
@@ -40,7 +40,15 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
         raise ProspectInputError("prospect.grid: no extent, reference raster or samples to take the extent from")
     cols = max(1, math.ceil((xmax - xmin) / cell - 1e-9))
     rows = max(1, math.ceil((ymax - ymin) / cell - 1e-9))
-    return GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg)
+    return _ground_metres(settings, GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg))
+
+
+def _ground_metres(settings: GridSettings, geometry: GridGeometry) -> GridGeometry:
+    """``geometry``, once its CRS's metres are ground metres at its centre (``grid_scale_problem``)."""
+    xmin, ymin, xmax, ymax = geometry.bounds
+    if problem := grid_scale_problem(settings.crs, (xmin + xmax) / 2, (ymin + ymax) / 2):
+        raise ProspectInputError(f"prospect.grid.crs: {settings.crs}: {problem}")
+    return geometry
 
 
 def world_to_cell(geometry: GridGeometry, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -86,6 +86,7 @@ def block_centres(study: np.ndarray, stride: int) -> np.ndarray:
     / stride), C likewise): the block's middle cell (clipped to the grid) when it is in the ``study`` area, else the
     block's study cell nearest to it (a block whose middle lies beyond an irregular study edge still scores the study
     cells it holds), else (-1, -1): a block with no study cell is not scored."""
+    study = np.asarray(study, bool)
     rows, cols = study.shape
     middle_rows = np.minimum(np.arange(0, rows, stride) + stride // 2, rows - 1)
     middle_cols = np.minimum(np.arange(0, cols, stride) + stride // 2, cols - 1)

@@ -458,14 +458,15 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     inside, d_rows, d_cols = inputs.inside, inputs.d_rows, inputs.d_cols
     in_study = inside.copy()
     in_study[inside] = study[d_rows[inside], d_cols[inside]]
-    if in_study.sum() < settings.cv.folds:  # said here: the folds would only say "too few blocks hold deposits"
+    deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
+    cells = len(np.unique(deposit_cells, axis=0))  # several deposits in one cell make one positive window
+    if cells < settings.cv.folds:  # said here: the folds would only say "too few blocks hold deposits"
         raise ProspectInputError(
             f"prospect.deposits: {len(inside)} deposit(s) read, {int(inside.sum())} on the grid, "
-            f"{int(in_study.sum())} in the study area (cells with a value in every evidence layer); the "
-            f"{settings.cv.folds} spatial folds (prospect.cv.folds) need at least one each. Check the deposits' CRS "
+            f"{int(in_study.sum())} in the study area (cells with a value in every evidence layer), in {cells} "
+            f"cell(s); the {settings.cv.folds} spatial folds (prospect.cv.folds) need a deposit cell each. Check the deposits' CRS "
             "and where filter, the grid extent (deposits off it: inputs/deposits_outside_grid.csv) and the layers' "
             "coverage")
-    deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
     barren_cells = barren_xy = site_cells = None
@@ -497,11 +498,14 @@ def _barren_cells(barren: Points, geometry: GridGeometry, study: np.ndarray,
 
 
 def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_cells: np.ndarray,
-           negative_cells: np.ndarray | None, held_out: np.ndarray | None = None) -> list[dict]:
+           negative_cells: np.ndarray | None, held_out: np.ndarray | None = None,
+           test_cells: np.ndarray | None = None) -> list[dict]:
     """Element (and screened-layer) screening of one trial, on its training deposits only: elements at
     ``screening.level``, raster layers marked ``screen`` on the grid; one decision over all of them.
     ``negative_cells``: the trial's barren cells (training side), the only negatives when given; ``held_out``:
-    (rows, cols) bool, the cells under the trial's test windows (barren sites there are no negatives)."""
+    (rows, cols) bool, the cells under the trial's test windows (barren sites there are no negatives);
+    ``test_cells``: (k, 2) the cells of the deposits the trial is tested on (samples near them stay negatives: it
+    cannot know them; a deposit merely near a test window, without one of its own, it knows)."""
     if settings.level is ScreeningLevel.GRID or samples is None:
         rows = grid_rows(evidence.grids, training_cells, negative_cells)
     else:
@@ -509,8 +513,8 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
         is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
         values = {element: samples.values[element] for element in evidence.grids}
         training_xy = evidence.deposit_xy[is_training]
-        cells = evidence.deposit_cells
-        tested = held_out[cells[:, 0], cells[:, 1]] if held_out is not None and len(cells) else np.zeros(len(cells), bool)
+        tests = {tuple(c) for c in np.asarray(test_cells if test_cells is not None else []).reshape(-1, 2).tolist()}
+        tested = np.array([tuple(c) in tests for c in evidence.deposit_cells.tolist()], bool)
         in_study = {tuple(p) for p in evidence.deposit_xy.tolist()}
         # samples near a deposit the trial knows (on its training side, or outside the study area) are no
         # negatives; those near its held-out deposits stay negatives: a blind screening cannot know where they are
@@ -544,12 +548,14 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
         test_centres = (np.zeros((0, 2), np.int64) if fold is None
                         else np.column_stack([fold.test.rows, fold.test.cols]))
         train_cells = np.unique(train.deposit[train.labels == 1])
+        test_deposits = [] if fold is None else sorted(set(fold.test.deposit[fold.test.labels == 1].tolist()))
         held_out = footprint_mask(study.shape, test_centres[:, 0], test_centres[:, 1], size)
         training_cells = study & ~held_out
         barren = evidence.barren_cells
         if barren is not None:  # the held-out side's barren cells are no training negatives for screening
             barren = barren[training_cells[barren[:, 0], barren[:, 1]]]
-        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells], barren, held_out)
+        screening = screen(settings.screening, evidence, samples, unique_cells[train_cells], barren, held_out,
+                           unique_cells[test_deposits])
         kept = [r["element"] for r in screening if r["kept"]]
         if not kept and screening:
             log_event(log, "prospect.no_element_kept", fold=None if fold is None else fold.index + 1)
@@ -568,7 +574,6 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
                 "windows are dropped; use fewer folds (prospect.cv.folds) or smaller windows")
         real_windows = len(train_y)  # balance() appends: the first real_windows stay the real ones
         train_x, train_y, report = balance_windows(train_x, train_y, settings.balance, rng)
-        test_deposits = [] if fold is None else sorted(set(fold.test.deposit[fold.test.labels == 1].tolist()))
         trials[None if fold is None else fold.index] = TrialData(
             channels=channels, padded=padded, train_x=train_x, train_y=train_y, test_centres=test_centres,
             test_labels=np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits=test_deposits,

@@ -51,8 +51,10 @@ def area_ranks(score: np.ndarray, study: np.ndarray, cells: np.ndarray) -> AreaR
     """Area ranks of each (row, col) of ``cells`` (n, 2) on ``score`` (H, W) over the ``study`` cells."""
     values = np.sort(score[study & np.isfinite(score)])
     cells = np.asarray(cells, np.int64).reshape(-1, 2)
-    if values.size == 0 or len(cells) == 0:
+    if len(cells) == 0:
         return NO_RANKS
+    if values.size == 0:  # a map scoring no study cell finds every deposit last
+        return AreaRanks(np.ones(len(cells)), np.ones(len(cells)))
     at_cells = score[cells[:, 0], cells[:, 1]]
     scored = np.isfinite(at_cells)
     at_least = np.where(scored, values.size - np.searchsorted(values, at_cells, side="left"), values.size)
@@ -198,7 +200,7 @@ def plot_curves(curves: dict[str, dict]) -> bytes:
         if curve["deposits"]:
             auc = f", AUC {curve['auc']:.3f}" if curve["auc"] is not None else ""
             axis.step(curve["area_percent"], curve["deposits_percent"], where="post",
-                      label=f"{name} ({curve['deposits']} deposits{auc})")
+                      label=f"{name} ({curve['deposits']} deposit cells{auc})")
     axis.set_xlabel("% of study area (highest prospectivity first)")
     axis.set_ylabel("% of deposits captured")
     axis.set_xlim(0, 100)

@@ -45,8 +45,12 @@ def grid_epsg_code(crs: str | int) -> int:
     Raises:
         InputError: as ``epsg_code``; a geographic CRS (degrees) or a projected one in other units (US feet),
             naming its units."""
-    code = epsg_code(crs)
     found = known_crs(crs)
+    if found.is_compound:
+        horizontal = found.sub_crs_list[0].to_epsg(min_confidence=70)
+        raise InputError("a compound CRS (a horizontal CRS with heights): give its horizontal part"
+                         + (f", EPSG:{horizontal}" if horizontal else ""))
+    code = epsg_code(crs)
     units = {axis.unit_name for axis in found.axis_info}
     if not found.is_projected or len(found.axis_info) != 2 or units - {"metre", "meter"}:
         kind = "geographic" if found.is_geographic else ("projected" if found.is_projected else "3-D")
@@ -70,3 +74,22 @@ CrsText = Annotated[str, AfterValidator(_crs_text)]
 """A CRS as the config gives it, checked against PROJ when validated (an error names the key)."""
 GridCrsText = Annotated[str, AfterValidator(_grid_crs_text)]
 """A ``CrsText`` for a grid minseg builds: projected in metres, with an EPSG code (its GeoTIFFs record one)."""
+
+
+def grid_scale_problem(crs: str | int, x: float, y: float, tolerance: float = 0.05) -> str | None:
+    """Why a grid's metres at (``x``, ``y``) (its centre, in ``crs``) are not ground metres, or None: the
+    projection's linear scale there (PROJ's meridional and parallel scale factors) off 1 by more than
+    ``tolerance`` (Web Mercator at 65° N: 2.36, cells 2.4 times longer and km² 5.6 times larger on the map than on
+    the ground; UTM within its zone: 0.9996-1.001)."""
+    from pyproj import Proj, Transformer
+
+    found = known_crs(crs)
+    lon, lat = Transformer.from_crs(found, found.geodetic_crs, always_xy=True).transform(x, y)
+    factors = Proj(found).get_factors(lon, lat)
+    scale = max(factors.meridional_scale, factors.parallel_scale, key=lambda f: abs(f - 1.0))
+    if abs(scale - 1.0) <= tolerance:
+        return None
+    return (f"its projection's scale at the grid's centre ({lat:.1f}°, {lon:.1f}°) is {scale:.2f}: "
+            f"{1 / scale:.2f} m of ground per metre of the map, so cell sizes, distances and km² would be off by "
+            f"that much (Mercator away from the equator); use the area's UTM zone (EPSG:326xx) or national grid")
+

@@ -38,13 +38,13 @@ def modal_mineralogy(class_pixels: np.ndarray, names: list[str], background: set
 
     Returns:
         (table, missing): table by class name with ``pixels``, ``area_percent`` (of the image),
-        ``sample_area_percent`` and ``weight_percent`` (of the sample; weight % is None for every class when
-        a mineral present has no density); ``missing``: minerals present without a density.
+        ``sample_area_percent`` and ``weight_percent`` (of the sample; None for every class when the image holds
+        no sample pixel, and weight % also when a mineral present has no density); ``missing``: minerals present without a density.
     """
     pixels = np.asarray(class_pixels, np.int64)
     image = max(1, int(pixels.sum()))
     sample = [i for i, n in enumerate(names) if n not in background]
-    sample_pixels = max(1, int(pixels[sample].sum())) if sample else 1
+    sample_pixels = int(pixels[sample].sum()) if sample else 0  # 0: no sample, so no share of it (None, not 0 %)
     missing = [names[i] for i in sample if pixels[i] and names[i] not in densities]
     mass = {i: pixels[i] * densities.get(names[i], 0.0) for i in sample}
     total_mass = sum(mass.values())
@@ -52,7 +52,7 @@ def modal_mineralogy(class_pixels: np.ndarray, names: list[str], background: set
     for i, name in enumerate(names):
         entry = {"pixels": int(pixels[i]), "area_percent": round(100.0 * pixels[i] / image, 4)}
         if i in mass:
-            entry["sample_area_percent"] = round(100.0 * pixels[i] / sample_pixels, 4)
+            entry["sample_area_percent"] = round(100.0 * pixels[i] / sample_pixels, 4) if sample_pixels else None
             entry["weight_percent"] = None if missing or not total_mass else round(100.0 * mass[i] / total_mass, 4)
         table[name] = entry
     return table, missing

@@ -36,4 +36,19 @@ def test_a_grid_crs_not_in_metres_is_refused(crs, units):
         with pytest.raises(ConfigError, match=re.escape(f"{key}: {units}: a grid needs a projected CRS in metres")):
             load_config(CONFIG, MinsegConfig, overrides=overrides)
     assert load_config(CONFIG, MinsegConfig, overrides={"prospect.samples.crs": crs}).prospect.samples.crs == crs
+    with pytest.raises(ConfigError, match=r"prospect.grid.crs: a compound CRS \(a horizontal CRS with heights\): "
+                                          r"give its horizontal part, EPSG:25832"):
+        load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": "EPSG:5972"})
+
+
+def test_a_grid_whose_metres_are_not_ground_metres_is_refused():
+    """Web Mercator is 'metres', but at 65° N a map metre is 0.42 m of ground: cells, distances and km² off."""
+    from minseg.geo.config import GridSettings, ProspectInputError
+    from minseg.geo.grid import target_grid
+
+    with pytest.raises(ProspectInputError, match=r"prospect.grid.crs: EPSG:3857: its projection's scale at the "
+                                                 r"grid's centre \(65\.0°, 25\.2°\) is 2\.36"):
+        target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(2790000, 9590000, 2810000, 9610000)), None)
+    near_equator = target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(0, 0, 20000, 20000)), None)
+    assert near_equator.rows == 80  # Mercator near the equator: its metres are ground metres
 

@@ -147,8 +147,11 @@ def test_a_folds_sample_screening_is_blind_to_its_held_out_deposits():
     held_out = np.zeros((10, 10), bool)
     held_out[6:, 6:] = True  # the fold's test footprint holds the second deposit
     settings = ScreeningSettings(level="samples", sample_radius_m=100, critical_z=0.5)
-    (row,) = screen(settings, evidence, samples, cells[:1], None, held_out)
+    (row,) = screen(settings, evidence, samples, cells[:1], None, held_out, cells[1:])
     assert row["positives"] == 2 and row["negatives"] == 12  # the two near the held-out deposit among them
+    # under a test window's footprint but not tested on (its own window dropped for the overlap): known, no negatives
+    (near_test,) = screen(settings, evidence, samples, cells[:1], None, held_out, np.zeros((0, 2), np.int64))
+    assert near_test["negatives"] == 10
     (final,) = screen(settings, evidence, samples, cells, None, np.zeros((10, 10), bool))
     assert final["positives"] == 4 and final["negatives"] == 10  # the outside deposit's samples left out
 

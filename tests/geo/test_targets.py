@@ -50,6 +50,8 @@ def test_a_deposit_the_map_leaves_unscored_is_found_last_never_first():
     ranks = area_ranks(score, np.ones((4, 4), bool), np.array([[0, 1], [3, 3]]))
     assert ranks.at_least.tolist() == [1.0, 1 / 12] and ranks.above.tolist() == [1.0, 0.0]
     assert capture(ranks, [10])["top_10_percent"] == 50.0
+    nothing = area_ranks(np.full((4, 4), np.nan, np.float32), np.ones((4, 4), bool), np.array([[0, 1], [3, 3]]))
+    assert nothing.at_least.tolist() == [1.0, 1.0] and rate_curve(nothing)["deposits"] == 2  # not dropped
 
 
 def test_every_study_cell_is_scored_by_a_window_in_its_own_block():

@@ -145,6 +145,11 @@ def test_a_slide_of_resin_only_has_no_particles_and_empty_tables(tmp_path):
     document = measured(labels, 16, spec, tmp_path)
     assert document["particles"]["count"] == 0 and document["particles"]["size"]["mass"]["p80"] is None
     assert pq.read_table(tmp_path / "particles.parquet").num_rows == 0
+    # no sample pixel: no share of the sample (None, not 0 %), in the document and the slides table's columns
+    assert {e.get("sample_area_percent") for e in document["modal_mineralogy"].values()} == {None}
+    from minseg.mineralogy.report import headline
+
+    assert not any(key.startswith("sample_area_pct:") for key in headline(document))
     labels[5:9, 5:9] = 1  # one particle inside one block: nothing crosses a seam
     document = measured(labels, 16, spec, tmp_path)
     assert document["particles"]["count"] == 1 and document["liberation"]["pyrite"]["liberated_pct"] == 100.0

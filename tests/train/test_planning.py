@@ -35,9 +35,12 @@ def test_one_worker_of_a_member_must_fit_on_one_node():
         plan_concurrency(members, cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
     assert str(refused.value).startswith("member 'two-gpus': one worker of training.members[].scaling.cpus_per_worker "
                                          "1 CPUs and gpus_per_worker 2 GPUs must fit on one node; the cluster has 16 "
-                                         "CPUs and 2 GPUs (2 node(s), the biggest 8 CPUs and 1 GPUs)")
+                                         "CPUs and 2 GPUs (2 node(s), at most 8 CPUs and 1 GPUs on one)")
     with pytest.raises(ResourceError, match=r"member 'wide': .*scaling\.cpus_per_worker 12 CPUs"):
         plan_concurrency([member("wide", 1, 12.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
+    mixed = [{"CPU": 16.0}, {"CPU": 4.0, "GPU": 1.0}]  # the most CPUs and the most GPUs are on different nodes
+    with pytest.raises(ResourceError, match=r"\(2 node\(s\), at most 16 CPUs and 1 GPUs on one\)"):
+        plan_concurrency([member("wide", 1, 20.0)], cpus=20, gpus=1, data_cpus=0, requested=None, nodes=mixed)
     # the same GPUs as two workers of one each (data-parallel across the nodes): planned
     assert plan_concurrency([member("ddp", 2, 1.0, 1.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None,
                             nodes=gpu_nodes) == 1
