@@ -73,7 +73,10 @@ class SegmentSettings(StrictModel):
     include_image: bool = Field(True, description="write the segmented RGB image into the OME-Zarr too, so "
                                 "viewers show labels over it (triples the zarr's size)")
     output_tile: TiffTileSize = Field(512, description="chunk size of the OME-Zarr and tile size of the TIFFs")
-    compression: TiffCompression = TiffCompression.ZSTD
+    compression: TiffCompression = Field(TiffCompression.ZSTD, description="the OME-Zarr's chunks")
+    tiff_compression: TiffCompression = Field(
+        TiffCompression.DEFLATE, description="labels.tif / uncertainty.tif (formats: tiff): deflate, which every TIFF "
+        "reader decodes; zstd is smaller but ImageJ's own opener, Pillow and geotiff.js refuse it")
     uncertainty: Uncertainty = Uncertainty.AUTO
     preview_max_side: int = Field(2048, ge=64)
     preview_format: PreviewFormat = PreviewFormat.PNG
@@ -105,8 +108,9 @@ class SegmentSettings(StrictModel):
 
     @model_validator(mode="after")
     def _lossless_labels(self) -> "SegmentSettings":
-        if self.compression is TiffCompression.JPEG:
-            raise ValueError("compression: jpeg is lossy and would corrupt class ids; use zstd, deflate or none")
+        for key in ("compression", "tiff_compression"):
+            if getattr(self, key) is TiffCompression.JPEG:
+                raise ValueError(f"{key}: jpeg is lossy and would corrupt class ids; use zstd, deflate or none")
         if self.block % self.output_tile:
             raise ValueError(f"block: {self.block} is not a multiple of output_tile ({self.output_tile})")
         return self

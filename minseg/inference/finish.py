@@ -106,11 +106,14 @@ def export_tiffs(arrays: SegmentationArrays, plan: SlidePlan, settings: SegmentS
     with storage.staged_output(join_uri(plan.output_uri, LABELS), ".tif") as labels_path, \
             storage.staged_output(join_uri(plan.output_uri, UNCERTAINTY), ".tif") as uncertainty_path:
         sink = PyramidSink([
-            (labels_path, PyramidSpec(plan.height, plan.width, 1, tile=tile, compression=settings.compression,
-                                      reduce="nearest", metadata=label_meta, colormap=palette_colormap(colours))),
-            (uncertainty_path, PyramidSpec(plan.height, plan.width, 1, tile=tile, compression=settings.compression,
-                                           reduce="mean", metadata={**metadata, "uncertainty": str(plan.uncertainty),
-                                                                    "scale": "0..255 = none..maximal"})),
+            (labels_path, PyramidSpec(plan.height, plan.width, 1, tile=tile, compression=settings.tiff_compression,
+                                      reduce="nearest", metadata=label_meta, colormap=palette_colormap(colours),
+                                      pixel_size_um=plan.pixel_size_um)),
+            (uncertainty_path, PyramidSpec(plan.height, plan.width, 1, tile=tile,
+                                           compression=settings.tiff_compression, reduce="mean",
+                                           metadata={**metadata, "uncertainty": str(plan.uncertainty),
+                                                     "values": "0..255 = none..maximal"},
+                                           pixel_size_um=plan.pixel_size_um)),
         ])
         try:
             for top in range(0, plan.height, tile):

@@ -53,6 +53,7 @@ class PyramidSpec:
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON in level 0's ImageDescription
     extratags: list[tuple] = field(default_factory=list)
     colormap: np.ndarray | None = None  # (3, 256) uint16: a palette image (class colours in any viewer)
+    pixel_size_um: float | None = None  # level 0's: X/YResolution in pixels per cm on every level (viewers' scale)
 
     def __post_init__(self):
         if self.reduce not in ("mean", "nearest"):
@@ -141,6 +142,12 @@ class PyramidWriter:
             options["compressionargs"] = {"level": 90}
         if spec.colormap is not None:
             options["colormap"] = spec.colormap
+
+        def resolution(level: int) -> dict:
+            if not spec.pixel_size_um:
+                return {}
+            per_cm = 1e4 / (spec.pixel_size_um * 2**level)  # pixels per centimetre, the TIFF unit closest to µm
+            return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
         folder = os.path.dirname(os.path.abspath(self.path))
         sweep_scratch(folder)  # a killed run's scratch levels can be GBs
         scratch_dir = tempfile.mkdtemp(prefix="minseg-pyramid-", suffix=scratch_suffix(), dir=folder)
@@ -155,6 +162,7 @@ class PyramidWriter:
                     metadata=None,
                     extratags=spec.extratags,
                     **options,
+                    **resolution(0),
                 )
                 for level in range(1, spec.levels):
                     height, width = spec.level_shape(level)
@@ -165,6 +173,7 @@ class PyramidWriter:
                         subfiletype=1,
                         metadata=None,
                         **options,
+                        **resolution(level),
                     )
                     os.unlink(scratch[level])
         finally:

@@ -46,8 +46,10 @@ def test_folder_names_are_unique():
 def test_config_refuses_lossy_labels_and_odd_connectivity():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="jpeg is lossy"):
-        SegmentSettings(compression="jpeg")
+    for key in ("compression", "tiff_compression"):
+        with pytest.raises(ValidationError, match=f"{key}: jpeg is lossy"):
+            SegmentSettings(**{key: "jpeg"})
+    assert SegmentSettings().tiff_compression == "deflate" and SegmentSettings().compression == "zstd"
     from minseg.mineralogy.config import MineralogySettings
 
     with pytest.raises(ValidationError, match="4 or 8"):

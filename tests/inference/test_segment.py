@@ -116,9 +116,13 @@ def test_slides_are_segmented_and_bad_ones_reported(ray_session, manifests, test
     assert meta["ensemble_digest"] == summary.ensemble_digest and meta["fusion"] == "soft"
     with tifffile.TiffFile(section / "labels.tif") as tiff:
         assert tiff.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE and tiff.pages[0].is_tiled
+        # deflate, which every TIFF reader decodes (the zarr keeps zstd: segment.tiff_compression)
+        assert tiff.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
     uncertainty = zarr_levels(section, "uncertainty")[0]
     assert uncertainty.shape == (200, 330) and uncertainty.max() > 0
     assert np.array_equal(decoded(section / "uncertainty.tif")[0], uncertainty)
+    facts = read_metadata(str(section / "uncertainty.tif"))  # the run facts whole (its value key once hid "scale")
+    assert facts["scale"] == meta["scale"] and facts["values"] == "0..255 = none..maximal"
 
     import zarr
 

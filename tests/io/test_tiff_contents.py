@@ -138,3 +138,30 @@ def test_a_slide_whose_mpp_is_nan_is_planned_without_a_pixel_size(tmp_path):
     assert plan.pixel_size_um == 0.5
     with pytest.raises(ValueError, match="finite"):
         SegmentSettings(pixel_size_um=float("inf"))
+
+
+def test_exported_pyramids_carry_their_pixel_size_in_the_resolution_tags(tmp_path):
+    """labels.tif / uncertainty.tif carried the pixel size only in their JSON description: Fiji and QuPath read the
+    X/YResolution tags, left at 1 pixel per no unit. Every level gets its own (twice the pixel size per level)."""
+    import tifffile
+
+    from minseg.enums import TiffCompression
+    from minseg.io.tiff import PyramidSpec, write_pyramids
+
+    labels = np.arange(256 * 200, dtype=np.uint32).reshape(256, 200).astype(np.uint8) % 7
+    path = tmp_path / "labels.tif"
+    spec = PyramidSpec(256, 200, tile=64, reduce="nearest", compression=TiffCompression.DEFLATE, pixel_size_um=0.5)
+    write_pyramids([(str(path), spec)], lambda r, c: (labels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64],))
+    with tifffile.TiffFile(path) as tiff:
+        pages = [tiff.pages[0]] + list(tiff.pages[0].pages)
+        assert [p.compression for p in pages] == [tifffile.COMPRESSION.ADOBE_DEFLATE] * len(pages) and len(pages) > 1
+        for level, page in enumerate(pages):
+            assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+            assert page.get_resolution() == pytest.approx((2e4 / 2**level, 2e4 / 2**level))
+    with Slide(str(path)) as slide:  # minseg's reader (measure) too
+        assert slide.info.pixel_size_um == pytest.approx(0.5)
+    unscaled = tmp_path / "unscaled.tif"
+    write_pyramids([(str(unscaled), PyramidSpec(256, 200, tile=64, reduce="nearest"))],
+                   lambda r, c: (labels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64],))
+    with tifffile.TiffFile(unscaled) as tiff:
+        assert tiff.pages[0].resolutionunit == tifffile.RESUNIT.NONE
