@@ -59,7 +59,7 @@ def balanced_class_weights(weighting: ClassWeighting | str, class_counts) -> lis
     if ClassWeighting(weighting) is ClassWeighting.INVERSE_SQRT_FREQUENCY:
         weights = np.sqrt(weights)
     weights[~present] = weights[present].max()
-    return [round(float(w), 4) for w in weights]
+    return [float(f"{w:.4g}") for w in weights]  # 4 significant digits: a dominant class's 5e-5 is not 0
 
 
 def _valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
@@ -146,7 +146,9 @@ class FocalLoss(nn.Module):
         weights, safe_target = _pixel_weights(target, self.ignore_index, self.weight)
         log_probs = F.log_softmax(logits.float(), dim=1)
         log_pt = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
-        loss = -((1 - log_pt.exp()) ** self.gamma) * log_pt
+        # (1 - p_t)^gamma has an infinite slope at p_t = 1 for 0 < gamma < 1, and float32 reaches p_t = 1 at a logit
+        # margin of ~17: clamped off 0, a confident pixel's gradient is ~0, not NaN
+        loss = -((1 - log_pt.exp()).clamp_min(1e-6) ** self.gamma) * log_pt
         if isinstance(self.alpha, torch.Tensor):
             loss = loss * self.alpha.to(logits.device)[safe_target]
         elif self.alpha is not None:
@@ -213,9 +215,12 @@ class SelfDistillationLoss(nn.Module):
         vote, stages = output
         loss = self.ce(vote, target)
         teacher = torch.softmax(vote.detach().float() / self.temperature, dim=1)
+        valid = _valid_mask(target, self.ce.ignore_index).float()  # (N, ...): ignored pixels teach nothing
         for stage in stages:
             student = F.log_softmax(stage.float() / self.temperature, dim=1)
-            distill = F.kl_div(student, teacher, reduction="batchmean") * self.temperature**2
+            # KL per sample (per pixel of a segmentation) averaged over the valid ones: "batchmean" for windows
+            kl = F.kl_div(student, teacher, reduction="none").sum(dim=1)
+            distill = (kl * valid).sum() / valid.sum().clamp_min(1.0) * self.temperature**2
             loss = loss + (1 - self.beta) * self.ce(stage, target) + self.beta * distill
         return loss
 
@@ -238,7 +243,8 @@ def build_loss(
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LossName.choices())}") from None
     common = dict(class_weights=class_weights, ignore_index=ignore_index, num_classes=num_classes)
     if name is LossName.SELF_DISTILLATION:
-        return SelfDistillationLoss(beta, class_weights=class_weights, num_classes=num_classes)
+        return SelfDistillationLoss(beta, class_weights=class_weights, num_classes=num_classes,
+                                    ignore_index=ignore_index)
     if name is LossName.WEIGHTED_BCE and num_classes is not None and num_classes > 2:
         raise ValueError(f"loss weighted_bce is the binary loss of one foreground class (the microplastic paper's), "
                          f"and this run has {num_classes} classes: use ce, ce_dice or focal")

@@ -99,6 +99,30 @@ def test_self_distillation():
     assert build_loss("self_distillation")(vote, target).item() == pytest.approx(F.cross_entropy(vote, target).item())
 
 
+def test_self_distillation_on_a_segmentation_skips_ignored_pixels():
+    """build_loss did not pass ignore_index on (CE's -100): a 255 in a mask was an IndexError (a device assert on a
+    GPU); the distillation term is a mean per valid pixel, not a sum per image."""
+    torch.manual_seed(0)
+    vote, stages = torch.randn(2, 3, 4, 4), [torch.randn(2, 3, 4, 4)]
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[:, :2] = 255
+    loss = build_loss("self_distillation", num_classes=3, beta=0.4)((vote, stages), target)
+    valid = target != 255
+    kl = F.kl_div(F.log_softmax(stages[0] / 3, 1), torch.softmax(vote / 3, 1), reduction="none").sum(1)
+    expected = (F.cross_entropy(vote, target, ignore_index=255) + 0.6 * F.cross_entropy(stages[0], target,
+                ignore_index=255) + 0.4 * kl[valid].mean() * 9)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_focal_loss_with_a_gamma_under_1_keeps_finite_gradients_on_confident_pixels():
+    """(1 - p_t)^gamma has an infinite slope at p_t = 1 for 0 < gamma < 1; float32 reaches p_t = 1 at a logit
+    margin of ~17, which a trained model reaches: the gradient was NaN and the member diverged."""
+    logits = torch.tensor([[[[20.0]], [[0.0]], [[0.0]]]], requires_grad=True)
+    loss = build_loss("focal", num_classes=3, focal_gamma=0.5)(logits, torch.zeros((1, 1, 1), dtype=torch.long))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_bad_loss_options():
     with pytest.raises(ValueError, match="unknown loss 'dicey'; choose from ce, dice"):
         build_loss("dicey")
@@ -121,6 +145,8 @@ def test_class_weights_from_class_frequencies_by_hand():
         [0.7071, 1.0, 1.7321, 1.7321], abs=1e-4)  # the absent class: the largest weight of a present one
     with pytest.raises(ValueError, match="no labelled examples"):
         balanced_class_weights("median_frequency", [0, 0])
+    # rounded to 4 significant digits, not 4 decimals: a dominant class's weight was 0.0 (out of the loss)
+    assert balanced_class_weights("median_frequency", [10**6, 10, 10]) == pytest.approx([1e-5, 1.0, 1.0])
     with pytest.raises(ValueError):
         balanced_class_weights("inverse_frequency", counts)
 
@@ -169,8 +195,8 @@ def test_cross_entropy_matches_torch_mean_reduction():
 def test_a_batch_with_every_pixel_ignored_gives_no_loss_and_no_gradient(name, weights):
     """A tile cut from an unlabelled margin: PyTorch's mean cross-entropy is 0/0 = NaN there, which failed the
     member as a diverged loss."""
-    if name == "self_distillation":  # classification targets (N,), ignored as -100
-        logits, target = torch.randn(4, 2, requires_grad=True), torch.full((4,), -100)
+    if name == "self_distillation":  # classification targets (N,)
+        logits, target = torch.randn(4, 2, requires_grad=True), torch.full((4,), 255)
         loss = build_loss(name, num_classes=2, class_weights=weights)(logits, target)
     else:
         logits, target = torch.randn(2, 2, 4, 4, requires_grad=True), torch.full((2, 4, 4), 255)

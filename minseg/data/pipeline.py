@@ -34,7 +34,7 @@ from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, dec
                               mask_palette)
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
-from minseg.data.tiling import extract_tile, tile_grid
+from minseg.data.tiling import extract_tile, mean_fill, tile_grid
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
 from minseg.logs import get_logger, log_event
@@ -269,8 +269,11 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
 
 
 def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Storage,
-              repeats: list[int] | None = None) -> list[dict]:
+              repeats: list[int] | None = None, fill=0) -> list[dict]:
     """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification).
+
+    ``fill``: what an image smaller than a tile is padded with (``tiling.mean_fill`` of the normalisation mean, as
+    inference pads; its mask is padded with ``ignore_index``).
 
     ``repeats``: copies of each kept tile per epoch, in tile-grid order (rare-class oversampling,
     ``data/sampling.py``): each row then carries its count as ``copies`` (int64) for ``expand_copies``, which runs
@@ -297,7 +300,7 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
         mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
         if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
             continue
-        row = {"image": extract_tile(image, y, x, tile, 0), "mask": mask}
+        row = {"image": extract_tile(image, y, x, tile, fill), "mask": mask}
         if repeats is not None:  # a tile the scan did not see (the file changed since): once
             row["copies"] = np.int64(repeats[kept] if kept < len(repeats) else 1)
         kept += 1
@@ -797,7 +800,8 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
     # tiles in item order, not in the order Ray's tasks finish: with the seeded shuffle, a member's batches (and so
     # its weights) are the same in every run of one config and seed
     dataset.context.execution_options.preserve_order = True
-    dataset = dataset.flat_map(lambda item: tile_rows(item, classmap, data, storage, item["repeats"]),
+    fill = mean_fill(prepared.normalization["mean"]) if prepared.normalization else 0
+    dataset = dataset.flat_map(lambda item: tile_rows(item, classmap, data, storage, item["repeats"], fill),
                                num_cpus=task_cpus)
     cache = _should_cache(data, prepared, sum(i["tiles"] for i in items))
     if repeats is None:

@@ -37,6 +37,12 @@ def extract_tile(array: np.ndarray, y: int, x: int, tile: int, fill) -> np.ndarr
     return pad_to(array[y : y + tile, x : x + tile], tile, tile, fill)
 
 
+def mean_fill(mean) -> np.ndarray:
+    """uint8 per channel of the normalisation mean: padding that becomes zero after normalising (training and
+    inference pad an image smaller than a tile alike)."""
+    return np.asarray(mean, dtype=np.float32).round().astype(np.uint8)
+
+
 def pad_to(array: np.ndarray, height: int, width: int, fill) -> np.ndarray:
     """``array`` at the top left of a (height, width) canvas of ``fill`` (itself, contiguous, when it fits)."""
     if array.shape[:2] == (height, width):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from minseg.data.tiling import pad_to, spread_starts
+from minseg.data.tiling import mean_fill, pad_to, spread_starts
 from minseg.enums import TTA, Blend
 
 
@@ -39,11 +39,6 @@ def blend_ramp(tile: int, mode: Blend | str = Blend.GAUSSIAN) -> np.ndarray:
         sigma = tile / 8
         ramp = np.exp(-((axis - centre) ** 2) / (2 * sigma**2))
     return ramp / ramp.max()
-
-
-def mean_fill(mean) -> np.ndarray:
-    """uint8 RGB of the normalisation mean: padding that becomes zero after normalising."""
-    return np.asarray(mean, dtype=np.float32).round().astype(np.uint8)
 
 
 @dataclass
@@ -117,7 +112,9 @@ class TileGrid:
 
 
 def _tta_views(mode: TTA, square: bool):
-    """(forward, inverse) pairs acting on (N, C, H, W) tensors."""
+    """(forward, inverse) pairs acting on (N, C, H, W) tensors: ``flips`` the identity and two flips; ``dihedral``
+    (square tiles) the 8 elements of the square's symmetry group (4 rotations, 4 reflections), so the average is
+    the same for a tile and any of its views."""
     identity = (lambda t: t, lambda t: t)
     if mode is TTA.NONE:
         return [identity]
@@ -126,6 +123,7 @@ def _tta_views(mode: TTA, square: bool):
         for k in (1, 2, 3):
             views.append((lambda t, k=k: torch.rot90(t, k, (-2, -1)), lambda t, k=k: torch.rot90(t, -k, (-2, -1))))
         views.append((lambda t: torch.rot90(t, 1, (-2, -1)).flip(-1), lambda t: torch.rot90(t.flip(-1), -1, (-2, -1))))
+        views.append((lambda t: t.transpose(-2, -1), lambda t: t.transpose(-2, -1)))  # the group's 8th element
     return views
 
 

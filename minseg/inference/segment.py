@@ -42,7 +42,7 @@ from minseg.enums import SlideStatus
 from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
-from minseg.ensemble.sliding import mean_fill
+from minseg.data.tiling import mean_fill
 from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings

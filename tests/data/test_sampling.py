@@ -106,3 +106,20 @@ def test_the_training_split_repeats_the_tiles_of_rare_classes(ray_session, tmp_p
     for row in rows:
         copies[key(row)] = copies.get(key(row), 0) + 1
     assert copies == expected  # the Ray stream yields the same copies
+
+
+def test_an_image_smaller_than_a_tile_is_padded_with_the_mean_as_inference_pads_it(ray_session, tmp_path):
+    """Training padded with black (after normalising, -mean/std) while inference pads with the mean (0 after
+    normalising): the members learnt edges that inference never shows them."""
+    from minseg.data.tiling import mean_fill
+
+    root = write_paired(tmp_path / "ds", count=3, size=24)
+    data = validate_config({"sources": [{"uri": str(root)}], "classes": NINE, "tiling": {"size": 32},
+                            "split": {"train": 1.0, "val": 0.0, "test": 0.0}}, DataSettings)
+    prepared = prepare(data, tmp=tmp_path / "work")
+    fill = mean_fill(prepared.normalization["mean"])
+    rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
+    assert len(rows) == 3 and fill.any()
+    for row in rows:
+        assert (row["image"][24:] == fill).all() and (row["image"][:, 24:] == fill).all()
+        assert (row["mask"][24:] == 255).all() and (row["mask"][:24, :24] != 255).all()

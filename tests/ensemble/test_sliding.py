@@ -49,3 +49,14 @@ def test_tta_of_an_equivariant_model_equals_no_tta():
     plain = tile_probabilities(model, batch)
     for mode in ("flips", "dihedral"):
         torch.testing.assert_close(tile_probabilities(model, batch, mode), plain)
+
+
+def test_dihedral_tta_averages_the_whole_group_so_a_rotated_tile_gives_the_rotated_result():
+    """The transpose was missing (7 views): the average over them is not the same for a tile and its views."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3, padding=1)).eval()
+    batch = torch.randn(2, 3, 12, 12)
+    out = tile_probabilities(model, batch, "dihedral")
+    for view in (lambda t: t.transpose(-2, -1), lambda t: torch.rot90(t, 1, (-2, -1)), lambda t: t.flip(-1)):
+        torch.testing.assert_close(tile_probabilities(model, view(batch), "dihedral"), view(out), atol=1e-5, rtol=0)

@@ -136,7 +136,7 @@ def test_a_scene_is_read_at_the_manifests_scale_channel_by_channel(tmp_path):
 
     from minseg.data.config import ImageChannels
     from minseg.ensemble.manifest import load_manifest
-    from minseg.ensemble.sliding import mean_fill
+    from minseg.data.tiling import mean_fill
     from minseg.inference.plan import open_scene, plan_slide, read_tile
     from minseg.io.slides import ChannelSource
     from tests.inference.conftest import write_manifest
@@ -182,7 +182,7 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
 
     from minseg.data.config import ImageChannels
     from minseg.ensemble.manifest import load_manifest
-    from minseg.ensemble.sliding import mean_fill
+    from minseg.data.tiling import mean_fill
     from minseg.inference.plan import open_scene, plan_slide
     from minseg.io.images import depth_record, describe_depth
     from minseg.inference.segment import SegmentInputError, resolve_scenes, source_change

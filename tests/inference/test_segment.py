@@ -47,7 +47,7 @@ def single_pass(manifest_uri, slide_path, batch_size=4):
     one whole-image Stitcher (what the driver computed before the block pipeline)."""
     from minseg.ensemble.manifest import load_manifest
     from minseg.ensemble.runtime import EnsembleRuntime, Fusion
-    from minseg.ensemble.sliding import mean_fill
+    from minseg.data.tiling import mean_fill
     from minseg.inference.plan import plan_slide, read_tile
     from minseg.inference.stitch import Stitcher
     from minseg.io.slides import Slide
