@@ -112,18 +112,35 @@ def _vote_weights(mode: FusionMode, members: int) -> torch.Tensor:
     return torch.ones(members, dtype=torch.int64) if mode is FusionMode.PV else rank_weights(members)
 
 
+#: the largest rank tie-break in blendable vote scores (``fusion_scores``)
+TIE_BREAK = 1e-4
+
+
 def fusion_scores(probabilities: torch.Tensor, mode: FusionMode | str,
                   learned_weights: torch.Tensor | None = None) -> torch.Tensor:
     """(C, ...) scores that can be blended across overlapping tiles; their argmax is the fused label.
 
-    Soft modes: the fused probabilities. Voting: vote shares with the rank tie-break
-    folded in below one vote's worth, so blending them keeps exact ties going to the
-    best-ranked member, as :func:`fuse` does.
+    Soft modes: the fused probabilities. Voting: each class's vote share (0..1) plus its rank priority (0..M, that
+    of the best-ranked member voting for it: ``vote_keys``) times ``TIE_BREAK`` / (M + 1), under ``TIE_BREAK`` (1e-4,
+    below a quarter vote): a tile alone gives exact ties to the best-ranked member, as :func:`fuse` does, while
+    blended tiles are decided by their blended vote shares (a tie-break worth up to a vote once overrode blended
+    majorities), and ``1 - max`` is the winner's vote share within 1e-4 (the disagreement map). Voting scores need
+    float32 to keep the tie-break (``blend_dtype``).
     """
     mode = FusionMode(mode)
     if mode not in (FusionMode.PV, FusionMode.WV):
         return fuse(probabilities, mode, learned_weights)[1]
     members, num_classes = probabilities.shape[:2]
     weights = _vote_weights(mode, members)
-    _, keys = vote_keys(probabilities.argmax(dim=1), weights, num_classes)
-    return keys.to(torch.float32) / float(weights.sum() * (members + 1))
+    scores, keys = vote_keys(probabilities.argmax(dim=1), weights, num_classes)
+    total = float(weights.sum())
+    priority = (keys - scores * (members + 1)).to(torch.float32)
+    return scores.to(torch.float32) / total + priority * (min(TIE_BREAK, 0.25 / total) / (members + 1))
+
+
+def blend_dtype(mode: FusionMode | str):
+    """The numpy dtype ``fusion_scores`` of ``mode`` may be kept in while tiles wait to be blended: float16 for
+    probabilities, float32 for vote scores (float16's step near 1, ~1e-3, would swallow the tie-break)."""
+    import numpy as np
+
+    return np.float32 if FusionMode(mode) in (FusionMode.PV, FusionMode.WV) else np.float16

@@ -230,7 +230,8 @@ def segment_block(predict, plan, block: Block, windows: np.ndarray, rows: np.nda
     """Predict, blend, write and record one block (module doc, step 2).
 
     Args:
-        predict: (n, tile, tile, channels) uint8 windows -> (n, C, tile, tile) float16 fused scores.
+        predict: (n, tile, tile, channels) uint8 windows -> (n, C, tile, tile) fused scores (float16, or float32
+            for votes: ``voting.blend_dtype``).
         arrays: the slide's ``ngff.SegmentationArrays``.
         batch_size: windows per ``predict`` call: the predictor's own batch size (``BlockSegmenter.batch_size``,
             which GPU memory may set below ``settings.batch_size``), so no call pads a second batch.

@@ -42,6 +42,7 @@ from minseg.enums import SlideStatus
 from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
+from minseg.ensemble.voting import blend_dtype
 from minseg.data.tiling import mean_fill
 from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
@@ -249,16 +250,18 @@ class BlockSegmenter:
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
-        """(n, tile, tile, channels) uint8 -> (n, C, tile, tile) float16 fused scores."""
+        """(n, tile, tile, channels) uint8 -> (n, C, tile, tile) fused scores (``voting.blend_dtype``: float16
+        probabilities, float32 vote scores)."""
         count, tile = len(windows), windows.shape[1]
-        scores = np.empty((count, self.manifest.num_classes, tile, tile), np.float16)
+        dtype = blend_dtype(self.fusion.mode)
+        scores = np.empty((count, self.manifest.num_classes, tile, tile), dtype)
         for start in range(0, count, self.batch_size):
             chunk = windows[start : start + self.batch_size]
             # always the same batch shape: a window's result must not depend on its batch-mates
             padded = np.zeros((self.batch_size,) + windows.shape[1:], np.uint8)
             padded[: len(chunk)] = chunk
             fused = self.runtime.predict_images(padded).fused_scores(self.fusion)  # (B, C, t, t)
-            scores[start : start + len(chunk)] = fused[: len(chunk)].half().cpu().numpy()
+            scores[start : start + len(chunk)] = fused[: len(chunk)].float().cpu().numpy().astype(dtype)
         return scores
 
     def _arrays(self, plan: SlidePlan) -> SegmentationArrays:

@@ -138,7 +138,7 @@ def test_a_tile_delivered_twice_counts_once():
 
 def test_voting_tie_break_survives_blending():
     """Two members disagree everywhere with equal weight: the better-ranked one (index 0) must win."""
-    from minseg.ensemble.voting import fuse, fusion_scores
+    from minseg.ensemble.voting import blend_dtype, fuse, fusion_scores
 
     probs = torch.zeros(2, 3, 32, 32)
     probs[0, 2] = 1.0  # rank 0 says class 2
@@ -152,8 +152,27 @@ def test_voting_tie_break_survives_blending():
                         lambda top, left, labels, u: out.__setitem__(np.s_[top : top + 48, left : left + 48], labels))
     for r in range(grid.rows):
         for c in range(grid.cols):
-            stitcher.add(r, c, scores.numpy().astype(np.float16))
+            stitcher.add(r, c, scores.numpy().astype(blend_dtype("pv")))
     assert (out == 2).all()
+
+
+def test_blended_votes_are_decided_by_their_shares_and_the_disagreement_is_the_winners_share():
+    """The tie-break was worth up to a vote: blended 0.497 / 0.503 vote shares went to the minority, and
+    1 - max(score) read 0.083 or 0.167 for a 2-1 split of 3 members (0.333), depending on who dissented."""
+    from minseg.ensemble.voting import fusion_scores
+
+    def votes(*labels):  # 3 members, 3 classes, one pixel: each member certain of its class
+        probs = torch.zeros(3, 3, 1, 1)
+        for m, label in enumerate(labels):
+            probs[m, label] = 1.0
+        return fusion_scores(probs, "pv").numpy()[:, 0, 0]
+
+    for split in [(0, 1, 1), (1, 0, 1), (1, 1, 0)]:  # the top-ranked member in the minority or the majority
+        scores = votes(*split)
+        assert scores.argmax() == 1 and 1 - scores.max() == pytest.approx(1 / 3, abs=1e-4)
+    assert votes(2, 1, 0).argmax() == 2  # a three-way tie: the best-ranked member's class
+    blended = 0.51 * votes(0, 1, 1) + 0.49 * votes(0, 0, 1)  # shares 0.497 (class 0) and 0.503 (class 1)
+    assert blended.argmax() == 1
 
 
 def test_overlap_must_be_smaller_than_the_tile():
