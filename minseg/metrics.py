@@ -9,8 +9,8 @@ Conventions:
 - The paper's **mPA** (Eq. 8) is per-class precision averaged over classes; its **F1**
   (Eq. 10) is the harmonic mean of macro precision and macro recall. Both are reported,
   next to the mean of per-class F1.
-- **Recall-weighted** F1 and IoU (microplastic paper, Eq. 34-35) weight each class by
-  its share of true pixels (TP + FN, the denominator of its recall).
+- **Recall-weighted** F1 and IoU (microplastic paper, Eq. 34-35) are F1 and IoU multiplied by
+  recall (docs/papers.md).
 - A class with no true and no predicted pixels has undefined IoU/precision/recall/F1
   (NaN) and is left out of the means.
 """

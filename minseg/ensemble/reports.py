@@ -41,6 +41,28 @@ def _key_class(key: str) -> str | None:
     return key.partition(":")[2] or None
 
 
+def ranked_members(document: dict) -> list[dict]:
+    """The member candidates in rank order (validation): the first is the one the ensembles were built from
+    first, never chosen on test."""
+    key = document["rank_key"]
+    members = [c for c in document["candidates"] if c["key"].startswith("member:")]
+    rank = {name: index for index, name in enumerate(document.get("ranking") or [])}
+    members.sort(key=lambda c: (rank.get(c["members"][0], len(rank)), -_value(c["metrics"], key), c["key"]))
+    return members
+
+
+def baseline_members(document: dict, baselines: list[str] | None) -> list[str]:
+    """Member names that are baselines: ``evaluation.baselines``, else members of a baseline model."""
+    return baselines or [n for n, m in document["members"].items() if m["model"] in BASELINE_MODELS]
+
+
+def best_member_of(document: dict, baselines: list[str] | None) -> dict:
+    """The best member: the first in rank order that is no baseline (every table and figure says this one)."""
+    members = ranked_members(document)
+    names = baseline_members(document, baselines)
+    return next((c for c in members if c["members"][0] not in names), members[0])
+
+
 def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
                  stats_label: str = "train") -> dict[str, list[dict]]:
     """The report's tables from an evaluation (or score) document; ``train_stats``: the class statistics shown
@@ -49,10 +71,7 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
     cls = _key_class(key)
     names = [c["name"] for c in document["classes"]["classes"]]
     candidates = {c["key"]: c for c in document["candidates"]}
-    members = [c for c in document["candidates"] if c["key"].startswith("member:")]
-    # in rank order (validation): "best member" is the one the ensembles were built from first, never chosen on test
-    rank = {name: index for index, name in enumerate(document.get("ranking") or [])}
-    members.sort(key=lambda c: (rank.get(c["members"][0], len(rank)), -_value(c["metrics"], key), c["key"]))
+    members = ranked_members(document)
 
     def class_columns(metrics):
         if cls is None:
@@ -77,10 +96,9 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
                "mIoU": c["metrics"]["miou"], **chosen_on(c), "TPI (s)": c["tpi"],
                "selected": c["key"] == document["selected"]}
               for c in document["candidates"] if not c["key"].startswith("member:")]
-    model_of = {n: document["members"][n]["model"] for n in document["members"]}
-    baseline_names = baselines or [n for n, m in model_of.items() if m in BASELINE_MODELS]
+    baseline_names = baseline_members(document, baselines)
     baseline = next((c for c in members if c["members"][0] in baseline_names), None)
-    best_member = next((c for c in members if c["members"][0] not in baseline_names), members[0])
+    best_member = best_member_of(document, baselines)
     selected = candidates[document["selected"]]
     columns = [("best baseline", baseline), ("best member", best_member)]
     if selected["key"] != best_member["key"]:  # a single selected member is the best member: one column
@@ -94,6 +112,7 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
         row[f"{stats_label} particles"] = train_stats.get("classes", {}).get(name, {}).get("particles", 0)
         row[f"{stats_label} pixel share"] = train_stats.get("classes", {}).get(name, {}).get("pixel_share", 0.0)
         table6.append(row)
+    model_of = {n: document["members"][n]["model"] for n in document["members"]}
     comparison = [c for c in members if model_of[c["members"][0]] in COMPARISON_MODELS]
     table7 = [{"model": label, "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"], "F1 (paper)": c["metrics"]["F1_paper"],
                **class_columns(c["metrics"]), "TPI (s)": c["tpi"]}
@@ -122,7 +141,7 @@ def write_reports(document: dict, prepared, previews: list[dict], out: str, stor
         storage.write_text(join_uri(out, f"{name}.md"), text_md)
         printed.append(f"\n{name.replace('_', ' ')}\n{text_md}")
     storage.write_json(join_uri(out, "reports.json"), tables)
-    _figures(document, tables, previews, out, storage)
+    _figures(document, tables, previews, out, storage, settings.baselines)
     print("".join(printed))
     print(footer or f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
     return tables
@@ -157,7 +176,8 @@ def _png(figure, storage: Storage, uri: str) -> None:
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def _figures(document: dict, tables: dict, previews: list[dict], out: str, storage: Storage) -> None:
+def _figures(document: dict, tables: dict, previews: list[dict], out: str, storage: Storage,
+             baselines: list[str] | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +194,9 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
     figure, axis = plt.subplots(figsize=(max(6, len(names) * 0.9), 3.8))
     width = 0.8 / max(1, len(series))
     for i, label in enumerate(series):
-        values = [0 if (v := row[label]) is None or (isinstance(v, float) and math.isnan(v)) else v for row in table6]
+        # an undefined IoU (the class neither in the test labels nor predicted) is no bar, not a bar of 0
+        values = [np.nan if (v := row[label]) is None or (isinstance(v, float) and math.isnan(v)) else v
+                  for row in table6]
         axis.bar(np.arange(len(names)) + i * width, values, width, label=label)
     axis.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names, rotation=30, ha="right")
     axis.set_ylabel("IoU (test)")
@@ -184,7 +206,7 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
     _png(figure, storage, join_uri(out, "iou_per_class.png"))
 
     # normalised confusion matrices: best member and the selected ensemble
-    best_member = "member:" + tables["table4_members"][0]["member"]
+    best_member = best_member_of(document, baselines)["key"]  # table 6's and 7's, never a baseline
     pairs = [("best_member", best_member), ("selected", document["selected"])]
     for label, key in pairs if document["selected"] != best_member else pairs[1:]:
         matrix = np.asarray(candidates[key]["metrics"]["confusion"], dtype=np.float64)
