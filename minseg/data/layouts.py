@@ -3,7 +3,8 @@
 An item is a plain dict (it travels through Ray Data): ``item_id``, ``source_id`` (what
 splits group by), ``where`` (for reports), ``image`` / ``image_name`` (ref + file name),
 and one of ``mask`` / ``mask_name``, ``polygons`` + ``size`` (COCO / Labelme, codes per
-polygon; unannotated pixels are code 0), or ``label`` (class folders). ``layout_split``
+polygon; unannotated pixels are code 0; ``polygon_rule`` says how they are filled: ``coco``, as
+pycocotools does, else Labelme's Pillow fill), or ``label`` (class folders). ``layout_split``
 carries a split the layout itself names (VOC ImageSets lists, COCO train/valid/test
 folders). :func:`make_item` builds one with every key present.
 
@@ -790,7 +791,7 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                     container, prefix, image,
                     item_key=posixpath.join(posixpath.basename(root), key) if root else key,
                     source_key=key,
-                    polygons=shapes, size=[int(entry["height"]), int(entry["width"])],
+                    polygons=shapes, size=[int(entry["height"]), int(entry["width"])], polygon_rule="coco",
                     layout_split=_folder_split(image) or (_split_alias(_coco_split_word(json_name))
                                                           if _in_annotations_folder(json_name) else None),
                 ))

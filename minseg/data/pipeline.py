@@ -27,7 +27,7 @@ import numpy as np
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, SourceSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
-from minseg.data.geometry import rasterize_polygons, resize_pair
+from minseg.data.geometry import rasterize_coco_polygons, rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, image_maxima,
@@ -101,7 +101,8 @@ class PreparedData:
 
 def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
     vector = [(code, rings) for code, rings in item["polygons"] if not isinstance(rings, dict)]
-    codes = rasterize_polygons(height, width, vector, background=0)
+    fill = rasterize_coco_polygons if item.get("polygon_rule") == "coco" else rasterize_polygons
+    codes = fill(height, width, vector, background=0)
     for code, rle in ((c, r) for c, r in item["polygons"] if isinstance(r, dict)):
         size = rle.get("size") or [height, width]
         if list(size) != [height, width]:

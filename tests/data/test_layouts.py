@@ -686,3 +686,22 @@ def test_an_image_a_backup_annotation_file_lists_again_is_named_as_listed_twice(
     items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
     assert not items and len(rejected) == 4
     assert all("is listed 2 times by the source's annotation files" in r.reason for r in rejected)
+
+
+def test_coco_polygons_are_filled_as_the_coco_api_fills_them_labelme_as_labelme_does():
+    """Pillow paints every pixel an outline touches: a COCO square from (1, 1) to (4, 4) was 16 px, not 9;
+    Labelme draws its own masks with Pillow, so its polygons keep that rule."""
+    from pycocotools import mask as coco_mask
+
+    from minseg.data.geometry import rasterize_coco_polygons, rasterize_polygons
+
+    square = [[1.0, 1.0, 4.0, 1.0, 4.0, 4.0, 1.0, 4.0]]
+    assert rasterize_coco_polygons(8, 8, [(3, square)]).tolist() == np.where(
+        coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(square, 8, 8))) == 1, 3, 0).tolist()
+    assert (rasterize_coco_polygons(8, 8, [(3, square)]) == 3).sum() == 9
+    assert (rasterize_polygons(8, 8, [(3, square)]) == 3).sum() == 16
+    # later objects over earlier ones, two rings of one object both painted
+    two = rasterize_coco_polygons(10, 10, [(1, [[0, 0, 6, 0, 6, 6, 0, 6]]), (2, [[2, 2, 4, 2, 4, 4, 2, 4],
+                                                                             [7, 7, 9, 7, 9, 9, 7, 9]])])
+    assert (two == 2).sum() == 8 and (two == 1).sum() == 32
+

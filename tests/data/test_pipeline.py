@@ -252,7 +252,11 @@ def test_coco_polygons_and_both_rle_forms(ray_session, tmp_path):
     items = {i["item_id"]: i for i in prepared.splits["train"]}
     _, first = load_example(items["coco/train/img0"], prepared.classmap, data.limits, Storage())
     x0, y0, x1, y1 = truth["polygon"]
-    assert (first[y0 + 1 : y1, x0 + 1 : x1] == 1).all() and first[5, 5] == 0
+    # filled as the COCO API fills it (pixel-edge coordinates, a pixel inside when its centre is): exactly the
+    # 20 x 10 pixels from (10, 10), not Pillow's 21 x 11 with the outline's pixels
+    polygon = np.zeros_like(first, bool)
+    polygon[y0:y1, x0:x1] = True
+    assert (first == 1).sum() == 200 and (first[polygon] == 1).all() and first[5, 5] == 0
     assert (first[truth["rle"] == 1] == 2).all()
     _, second = load_example(items["coco/train/img1"], prepared.classmap, data.limits, Storage())
     assert np.array_equal(second, truth["rle"].astype(np.uint8))
