@@ -34,7 +34,7 @@ from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, dec
                               mask_palette)
 from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, detect_layout, get_layout
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
-from minseg.data.tiling import extract_tile, mean_fill, tile_grid
+from minseg.data.tiling import extract_tile, mean_fill, owned_spans, score_once, tile_grid, tile_starts
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
 from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
 from minseg.logs import get_logger, log_event
@@ -270,11 +270,14 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
 
 
 def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Storage,
-              repeats: list[int] | None = None, fill=0) -> list[dict]:
+              repeats: list[int] | None = None, fill=0, scored: bool = False) -> list[dict]:
     """Training rows for one item: fixed-size tiles (segmentation) or one resized image (classification).
 
     ``fill``: what an image smaller than a tile is padded with (``tiling.mean_fill`` of the normalisation mean, as
-    inference pads; its mask is padded with ``ignore_index``).
+    inference pads; its mask is padded with ``ignore_index``). ``scored``: tiles of a validation or test split,
+    whose masks keep only the pixels each tile owns (``tiling.owned_spans``): overlapping tiles then count every
+    pixel of the image once in the metrics and the validation loss (the interior of a tile overlapped on four
+    sides was counted four times, its borders once).
 
     ``repeats``: copies of each kept tile per epoch, in tile-grid order (rare-class oversampling,
     ``data/sampling.py``): each row then carries its count as ``copies`` (int64) for ``expand_copies``, which runs
@@ -297,8 +300,13 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
     tile = data.tiling.size
     rows: list[dict] = []
     kept = 0
+    row_starts, col_starts = (tile_starts(length, tile, data.tiling.step) for length in ids.shape[:2])
+    row_spans, col_spans = owned_spans(row_starts, tile, ids.shape[0]), owned_spans(col_starts, tile, ids.shape[1])
     for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
         mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
+        if scored:
+            mask = score_once(mask, y, x, row_spans[row_starts.index(y)], col_spans[col_starts.index(x)],
+                              classmap.ignore_index)
         if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
             continue
         row = {"image": extract_tile(image, y, x, tile, fill), "mask": mask}
@@ -802,7 +810,8 @@ def split_dataset(prepared: PreparedData, data: DataSettings, split: str, storag
     # its weights) are the same in every run of one config and seed
     dataset.context.execution_options.preserve_order = True
     fill = mean_fill(prepared.normalization["mean"]) if prepared.normalization else 0
-    dataset = dataset.flat_map(lambda item: tile_rows(item, classmap, data, storage, item["repeats"], fill),
+    scored = split != "train"  # validation / test: each pixel once in the metrics
+    dataset = dataset.flat_map(lambda item: tile_rows(item, classmap, data, storage, item["repeats"], fill, scored),
                                num_cpus=task_cpus)
     cache = _should_cache(data, prepared, sum(i["tiles"] for i in items))
     if repeats is None:

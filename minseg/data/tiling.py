@@ -32,6 +32,24 @@ def tile_grid(height: int, width: int, tile: int, step: int) -> list[tuple[int, 
     return [(y, x) for y in tile_starts(height, tile, step) for x in tile_starts(width, tile, step)]
 
 
+def owned_spans(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
+    """Per tile along one axis (``starts``), the [lo, hi) image coordinates it owns: the pixels nearer its centre
+    than any other tile's (boundaries halfway between neighbouring centres), so overlapping tiles that are scored
+    count every pixel once, each where it lies furthest from a tile edge."""
+    bounds = [0] + [(a + b + tile) // 2 for a, b in zip(starts, starts[1:])] + [max(length, tile)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def score_once(mask: np.ndarray, y: int, x: int, rows: tuple[int, int], cols: tuple[int, int],
+               ignore_index: int) -> np.ndarray:
+    """A copy of the tile ``mask`` at (``y``, ``x``) with ``ignore_index`` outside the span it owns (``rows`` /
+    ``cols``: ``owned_spans`` entries): what validation and test score, so an overlap is not counted twice."""
+    out = np.full_like(mask, ignore_index)
+    r0, r1, c0, c1 = rows[0] - y, rows[1] - y, cols[0] - x, cols[1] - x
+    out[r0:r1, c0:c1] = mask[r0:r1, c0:c1]
+    return out
+
+
 def extract_tile(array: np.ndarray, y: int, x: int, tile: int, fill) -> np.ndarray:
     """The tile at (y, x), padded with ``fill`` where the image is smaller than a tile."""
     return pad_to(array[y : y + tile, x : x + tile], tile, tile, fill)

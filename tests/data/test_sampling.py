@@ -123,3 +123,20 @@ def test_an_image_smaller_than_a_tile_is_padded_with_the_mean_as_inference_pads_
     for row in rows:
         assert (row["image"][24:] == fill).all() and (row["image"][:, 24:] == fill).all()
         assert (row["mask"][24:] == 255).all() and (row["mask"][:24, :24] != 255).all()
+
+
+def test_validation_tiles_count_each_labelled_pixel_once(ray_session, tmp_path):
+    from minseg.data.pipeline import load_example
+
+    root = write_paired(tmp_path / "ds", count=4, size=80)
+    data = validate_config({"sources": [{"uri": str(root)}], "classes": NINE, "tiling": {"size": 32, "overlap": 12},
+                            "split": {"train": 0.5, "val": 0.5, "test": 0.0}}, DataSettings)
+    prepared = prepare(data, tmp=tmp_path / "work")
+    labelled = sum(int((load_example(i, prepared.classmap, data.limits, Storage())[1] != 255).sum())
+                   for i in prepared.splits["val"])
+    rows = split_dataset(prepared, data, "val", Storage(), 0.25).take_all()
+    assert len(rows) > len(prepared.splits["val"]) and sum(int((r["mask"] != 255).sum()) for r in rows) == labelled
+    train = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()  # training keeps whole tiles
+    assert sum(int((r["mask"] != 255).sum()) for r in train) > sum(
+        int((load_example(i, prepared.classmap, data.limits, Storage())[1] != 255).sum())
+        for i in prepared.splits["train"])

@@ -93,3 +93,27 @@ def test_photometric_jitter_scales_raw_intensities_by_bounded_gains():
     assert plain[0] is images  # off by default: nothing drawn, nothing changed
     with pytest.raises(ValueError, match="needs the normalisation mean and std"):
         augment_batch(images, masks, AugmentSettings(exposure=0.1), torch.Generator())
+
+
+def test_scored_tiles_count_every_pixel_once():
+    """Validation and test tiles overlap (tiling.step): their metrics counted a tile's interior up to four times
+    and the image's border once. Each tile now scores the pixels nearer its centre than any other's."""
+    from minseg.data.tiling import owned_spans, score_once
+
+    for length, tile, step in [(100, 32, 24), (64, 64, 48), (20, 32, 24), (1364, 256, 156), (97, 32, 32)]:
+        starts = tile_starts(length, tile, step)
+        spans = owned_spans(starts, tile, length)
+        assert spans[0][0] == 0 and spans[-1][1] == max(length, tile)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # a partition of the axis
+        assert all(s <= lo < hi <= s + tile for s, (lo, hi) in zip(starts, spans))  # inside its own tile
+    ids = np.random.default_rng(0).integers(0, 3, (100, 90)).astype(np.uint8)
+    rows, cols = tile_starts(100, 32, 24), tile_starts(90, 32, 24)
+    row_spans, col_spans = owned_spans(rows, 32, 100), owned_spans(cols, 32, 90)
+    counted = np.zeros((100, 90), int)
+    for i, y in enumerate(rows):
+        for j, x in enumerate(cols):
+            mask = score_once(extract_tile(ids, y, x, 32, 255), y, x, row_spans[i], col_spans[j], 255)
+            kept = mask != 255
+            counted[y : y + 32, x : x + 32] += kept
+            assert (mask[kept] == ids[y : y + 32, x : x + 32][kept]).all()
+    assert (counted == 1).all()
