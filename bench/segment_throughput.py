@@ -50,7 +50,7 @@ def ray_pipeline(manifest: str, slides: list[str], out: str, args) -> tuple[floa
 def single_process(manifest_uri: str, slides: list[str], out: str, args) -> float:
     """The pipeline's own pieces, in this process, each whole slide as one block (nothing recomputed)."""
     from minseg.ensemble.manifest import load_manifest
-    from minseg.ensemble.sliding import mean_fill
+    from minseg.data.tiling import mean_fill
     from minseg.inference.blocks import read_block, segment_block, slide_blocks, unpack
     from minseg.inference.config import SegmentSettings
     from minseg.inference.finish import finish_slide, prepare_slide

@@ -21,21 +21,18 @@ def rasterize_polygons(height: int, width: int, shapes: list[tuple[int, list[lis
     return np.array(canvas, dtype=np.int32)  # a writable copy: RLE masks are painted on top
 
 
-def rasterize_coco_polygons(height: int, width: int, shapes: list[tuple[int, list[list[float]]]],
-                            background: int = 0) -> np.ndarray:
-    """Fill COCO polygons (code, [ring, ...] with flat [x0, y0, ...] rings in pixel-edge coordinates) into an int32
-    mask, in order, as the COCO API does (pycocotools' ``frPyObjects`` / ``decode``): a pixel is inside when its
-    centre is. Pillow's fill, which Labelme uses, also paints every pixel the outline touches: a 3 x 3 px square
-    from (1, 1) to (4, 4) became 4 x 4, small particles grew most, and polygons disagreed with the RLE masks
-    beside them."""
+def coco_polygon_mask(height: int, width: int, rings: list[list[float]]) -> np.ndarray:
+    """(H, W) bool: one COCO object's polygons (flat [x0, y0, ...] rings in pixel-edge coordinates; rings of fewer
+    than 3 points skipped) filled as the COCO API fills them (pycocotools' ``frPyObjects`` / ``decode``): a pixel is
+    inside when its centre is. Pillow's fill, which Labelme uses (``rasterize_polygons``), also paints every pixel
+    the outline touches: a 3 x 3 px square from (1, 1) to (4, 4) became 4 x 4, small particles grew most, and
+    polygons disagreed with the RLE masks beside them."""
     from pycocotools import mask as coco_mask
 
-    codes = np.full((height, width), background, np.int32)
-    for code, rings in shapes:
-        rles = coco_mask.frPyObjects([[float(v) for v in ring] for ring in rings if len(ring) >= 6], height, width)
-        if rles:
-            codes[coco_mask.decode(coco_mask.merge(rles)).astype(bool)] = int(code)
-    return codes
+    usable = [[float(v) for v in ring] for ring in rings if len(ring) >= 6]
+    if not usable:
+        return np.zeros((height, width), bool)
+    return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(usable, height, width))).astype(bool)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], resample, box=None) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, SourceSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
-from minseg.data.geometry import rasterize_coco_polygons, rasterize_polygons, resize_pair
+from minseg.data.geometry import coco_polygon_mask, rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, image_maxima,
@@ -100,19 +100,25 @@ class PreparedData:
 
 
 def _polygon_codes(item: dict, height: int, width: int) -> np.ndarray:
-    vector = [(code, rings) for code, rings in item["polygons"] if not isinstance(rings, dict)]
-    fill = rasterize_coco_polygons if item.get("polygon_rule") == "coco" else rasterize_polygons
-    codes = fill(height, width, vector, background=0)
-    for code, rle in ((c, r) for c, r in item["polygons"] if isinstance(r, dict)):
-        size = rle.get("size") or [height, width]
-        if list(size) != [height, width]:
-            raise DecodeError(f"RLE size {size} does not match the image {height}x{width}")
-        try:
-            painted = decode_coco_rle(rle["rle"], height, width).astype(bool)
-        except (ValueError, IndexError) as exc:
-            raise DecodeError(f"invalid COCO RLE segmentation ({exc})") from None
-        codes[painted] = code
+    """(H, W) int32 class codes of an item's objects, painted in the order the annotation file lists them (a later
+    object over an earlier one, polygon or RLE alike); unannotated pixels 0."""
+    if item.get("polygon_rule") != "coco":  # Labelme: polygons only, filled as Labelme fills them
+        return rasterize_polygons(height, width, [(c, r) for c, r in item["polygons"] if not isinstance(r, dict)])
+    codes = np.zeros((height, width), np.int32)
+    for code, shape in item["polygons"]:
+        codes[_rle_mask(shape, height, width) if isinstance(shape, dict) else
+              coco_polygon_mask(height, width, shape)] = code
     return codes
+
+
+def _rle_mask(rle: dict, height: int, width: int) -> np.ndarray:
+    size = rle.get("size") or [height, width]
+    if list(size) != [height, width]:
+        raise DecodeError(f"RLE size {size} does not match the image {height}x{width}")
+    try:
+        return decode_coco_rle(rle["rle"], height, width).astype(bool)
+    except (ValueError, IndexError) as exc:
+        raise DecodeError(f"invalid COCO RLE segmentation ({exc})") from None
 
 
 def decode_scene(item: dict, limits: LimitSettings, storage: Storage, bit_depth: int = BIT_DEPTH) -> np.ndarray:

@@ -37,7 +37,8 @@ def owned_spans(starts: list[int], tile: int, length: int) -> list[tuple[int, in
     than any other tile's (boundaries halfway between neighbouring centres), so overlapping tiles that are scored
     count every pixel once, each where it lies furthest from a tile edge."""
     bounds = [0] + [(a + b + tile) // 2 for a, b in zip(starts, starts[1:])] + [max(length, tile)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    # tiles further apart than a tile (stride > size) own their own pixels only: a gap is scored by none
+    return [(max(lo, start), min(hi, start + tile)) for start, lo, hi in zip(starts, bounds[:-1], bounds[1:])]
 
 
 def score_once(mask: np.ndarray, y: int, x: int, rows: tuple[int, int], cols: tuple[int, int],

@@ -135,7 +135,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
             that differ, no usable labelled item; a member the actors cannot load (``MemberLoadError``).
         ResourceError: an actor pool the cluster could never hold (``score.cpus_per_actor`` / ``gpus_per_actor``).
     """
-    from minseg.ensemble.reports import write_reports
+    from minseg.ensemble.reports import best_member_of, write_reports
 
     started = time.monotonic()
     settings = config.score or ScoreSettings()
@@ -168,7 +168,6 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     scored = scored_candidates(rows, members, fused, list(prepared.classmap.names))
     selected = scored[-1] if fused else scored[0]
     order = rank_members({c.members[0]: c.metrics for c in scored if c.is_member}, "miou")
-    best = next(c for c in scored if c.key == f"{MEMBER_PREFIX}{order[0]}")
     document = {
         "manifest": settings.manifest, "ensemble": manifest.name, "digest": manifest.digest(),
         "run": manifest.source_run, "data": [s.uri for s in data.sources], "split": str(settings.split),
@@ -187,6 +186,9 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
         "bit_depth": data.bit_depth,  # how these images' 16-bit samples were read (the manifest's unless set)
         "test_items": [i["item_id"] for i in items],
     }
+    # the report's best member: the best scored here that is no baseline (reports.best_member_of)
+    best_key = best_member_of(document, pass_settings.baselines)["key"]
+    best = next(c for c in scored if c.key == best_key)
     gain = metric_value(selected.metrics, "miou") - metric_value(best.metrics, "miou")
     footer = (f"{selected.key} on {len(items)} image(s) of {', '.join(document['data'])}: mIoU "
               f"{metric_value(selected.metrics, 'miou'):.4f} (best member {best.key.removeprefix(MEMBER_PREFIX)}: "

@@ -34,6 +34,10 @@ log = get_logger("segment")
 def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
     return PyramidLayout(plan.height, plan.width, settings.output_tile)
 
+#: bumped when the fused tile scores change for the same ensemble and slide (``plan_key``)
+SCORES_VERSION = 2
+
+
 def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -> dict:
     """What must match for an interrupted slide's blocks (chunks and records) to be reused."""
     return {"ensemble_digest": ensemble_digest, "source": plan.uri, "level": plan.level,
@@ -42,6 +46,9 @@ def plan_key(plan: SlidePlan, settings: SegmentSettings, ensemble_digest: str) -
             "shape": [plan.height, plan.width], "block": settings.block, "chunk": settings.output_tile,
             "include_image": settings.include_image, "compression": str(settings.compression),
             "uncertainty": str(plan.uncertainty), "record_version": RECORD_VERSION,
+            # how tile scores are made: 2 since the vote tie-break under 1e-4 and the 8-view dihedral TTA (a slide
+            # interrupted before starts again rather than mixing blocks of both)
+            "scores": SCORES_VERSION,
             # what the block records were computed with
             "preview_stride": plan.preview_stride, "mineralogy": plan.measure.key(),
             # the pixels read: absent at the default, as records written before bit depths existed

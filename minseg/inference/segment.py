@@ -223,7 +223,7 @@ class BlockSegmenter:
     the block predicted, blended, written and recorded (``blocks.segment_block``); returns ``BlockDone``.
 
     On CPU, torch uses ``threads_per_actor`` threads (default: the actor's CPU share rounded up). On CUDA,
-    windows go through pinned host memory, scores come back as fp16, and with ``gpu_memory_gib`` the batch
+    windows go through pinned host memory, scores come back as fp16 (votes as float32), and with ``gpu_memory_gib`` the batch
     size is the largest whose measured peak memory fits (``EnsembleRuntime.batch_size_for``).
     """
 
@@ -252,8 +252,12 @@ class BlockSegmenter:
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(n, tile, tile, channels) uint8 -> (n, C, tile, tile) fused scores (``voting.blend_dtype``: float16
         probabilities, float32 vote scores)."""
+        import torch
+
         count, tile = len(windows), windows.shape[1]
         dtype = blend_dtype(self.fusion.mode)
+        # cast where the scores are (the device), so fp16 probabilities cross to the host at half the bytes
+        on_device = torch.float16 if dtype is np.float16 else torch.float32
         scores = np.empty((count, self.manifest.num_classes, tile, tile), dtype)
         for start in range(0, count, self.batch_size):
             chunk = windows[start : start + self.batch_size]
@@ -261,7 +265,7 @@ class BlockSegmenter:
             padded = np.zeros((self.batch_size,) + windows.shape[1:], np.uint8)
             padded[: len(chunk)] = chunk
             fused = self.runtime.predict_images(padded).fused_scores(self.fusion)  # (B, C, t, t)
-            scores[start : start + len(chunk)] = fused[: len(chunk)].float().cpu().numpy().astype(dtype)
+            scores[start : start + len(chunk)] = fused[: len(chunk)].to(on_device).cpu().numpy()
         return scores
 
     def _arrays(self, plan: SlidePlan) -> SegmentationArrays:

@@ -1,12 +1,12 @@
 """Stitching blended tile scores into label and uncertainty output tiles, in any arrival order.
 
 The plane is cut into cells at every tile start and end, so each cell is covered by
-a fixed set of tiles. A cell keeps its tiles' scores (fp16, as sent) only between its first
+a fixed set of tiles. A cell keeps its tiles' scores (as sent: fp16 probabilities, float32 votes) only between its first
 and last contribution; when all its tiles have arrived they are summed, finalised
 into uint8 labels and uncertainty, and freed (cells inside a single tile finish at
 once). Finished pixels go into output tiles (the output TIFF's tiles), which leave in
 row-major order as soon as they are complete. With input tiles arriving roughly row
-by row, live memory is about half an overlap of fp16 scores and one row of output
+by row, live memory is about half an overlap of scores and one row of output
 tiles (uint8) wide, never the slide.
 
 A cell's contributions are summed in tile order, not arrival order: the result is
@@ -129,7 +129,7 @@ class Stitcher:
                     self._finalise(i, k, [(row, col, part)])
                     continue
                 parts = self.cells.setdefault((i, k), [])
-                parts.append((row, col, part.copy()))  # a copy (as sent: fp16), so the whole tile can be freed
+                parts.append((row, col, part.copy()))  # a copy (as sent), so the whole tile can be freed
                 self.live_bytes += part.nbytes
                 if len(parts) == self.needed[i, k]:
                     self.cells.pop((i, k))

@@ -23,7 +23,7 @@ from minseg.enums import DatasetLayout, Task
 from minseg.io.storage import Storage
 from minseg.synth.minerals import CLASS_NAMES
 from minseg.synth.sections import render_section
-from tests.data.helpers import jpg_bytes, png_bytes, write_coco, write_labelme, write_paired, write_voc
+from tests.data.helpers import encode_rle, jpg_bytes, png_bytes, write_coco, write_labelme, write_paired, write_voc
 
 NINE = {"classes": [{"name": n, "codes": [i]} for i, n in enumerate(CLASS_NAMES)]}
 BUILT_IN = [DatasetLayout.VOC, DatasetLayout.INSTANCE_FOLDERS, DatasetLayout.PAIRED, DatasetLayout.COCO,
@@ -693,15 +693,23 @@ def test_coco_polygons_are_filled_as_the_coco_api_fills_them_labelme_as_labelme_
     Labelme draws its own masks with Pillow, so its polygons keep that rule."""
     from pycocotools import mask as coco_mask
 
-    from minseg.data.geometry import rasterize_coco_polygons, rasterize_polygons
+    from minseg.data.geometry import coco_polygon_mask, rasterize_polygons
+    from minseg.data.pipeline import _polygon_codes
 
     square = [[1.0, 1.0, 4.0, 1.0, 4.0, 4.0, 1.0, 4.0]]
-    assert rasterize_coco_polygons(8, 8, [(3, square)]).tolist() == np.where(
-        coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(square, 8, 8))) == 1, 3, 0).tolist()
-    assert (rasterize_coco_polygons(8, 8, [(3, square)]) == 3).sum() == 9
+    expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(square, 8, 8))).astype(bool)
+    assert np.array_equal(coco_polygon_mask(8, 8, square), expected) and expected.sum() == 9
     assert (rasterize_polygons(8, 8, [(3, square)]) == 3).sum() == 16
-    # later objects over earlier ones, two rings of one object both painted
-    two = rasterize_coco_polygons(10, 10, [(1, [[0, 0, 6, 0, 6, 6, 0, 6]]), (2, [[2, 2, 4, 2, 4, 4, 2, 4],
-                                                                             [7, 7, 9, 7, 9, 9, 7, 9]])])
-    assert (two == 2).sum() == 8 and (two == 1).sum() == 32
-
+    assert not coco_polygon_mask(8, 8, [[1.0, 1.0, 4.0, 1.0]]).any()  # no ring of 3 points: nothing, no error
+    # objects in the file's order, polygon or RLE alike (RLE was painted after every polygon); two rings of one
+    # object both painted
+    rle = np.zeros((10, 10), np.uint8)
+    rle[0:6, 0:6] = 1
+    item = {"polygon_rule": "coco", "polygons": [
+        (1, {"rle": encode_rle(rle)[0], "size": [10, 10]}),
+        (2, [[2, 2, 4, 2, 4, 4, 2, 4], [7, 7, 9, 7, 9, 9, 7, 9]])]}
+    codes = _polygon_codes(item, 10, 10)
+    assert (codes == 2).sum() == 8 and (codes == 1).sum() == 32
+    item["polygons"].reverse()  # the RLE object last: over the polygon inside it
+    codes = _polygon_codes(item, 10, 10)
+    assert (codes == 1).sum() == 36 and (codes == 2).sum() == 4

@@ -106,6 +106,8 @@ def test_scored_tiles_count_every_pixel_once():
         assert spans[0][0] == 0 and spans[-1][1] == max(length, tile)
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # a partition of the axis
         assert all(s <= lo < hi <= s + tile for s, (lo, hi) in zip(starts, spans))  # inside its own tile
+    # tiles further apart than a tile (stride > size): each owns itself whole, the gaps nobody
+    assert owned_spans(tile_starts(400, 100, 150), 100, 400) == [(0, 100), (150, 250), (300, 400)]
     ids = np.random.default_rng(0).integers(0, 3, (100, 90)).astype(np.uint8)
     rows, cols = tile_starts(100, 32, 24), tile_starts(90, 32, 24)
     row_spans, col_spans = owned_spans(rows, 32, 100), owned_spans(cols, 32, 90)

@@ -47,6 +47,7 @@ def single_pass(manifest_uri, slide_path, batch_size=4):
     one whole-image Stitcher (what the driver computed before the block pipeline)."""
     from minseg.ensemble.manifest import load_manifest
     from minseg.ensemble.runtime import EnsembleRuntime, Fusion
+    from minseg.ensemble.voting import blend_dtype
     from minseg.data.tiling import mean_fill
     from minseg.inference.plan import plan_slide, read_tile
     from minseg.inference.stitch import Stitcher
@@ -73,7 +74,8 @@ def single_pass(manifest_uri, slide_path, batch_size=4):
             batch = np.zeros((batch_size, plan.tile, plan.tile, 3), np.uint8)
             for i, (r, c) in enumerate(chunk):
                 batch[i] = read_tile(slide, plan, plan.grid.ys[r], plan.grid.xs[c], fill)
-            fused = runtime.predict_images(batch).fused_scores(fusion)[: len(chunk)].half().numpy()
+            fused = runtime.predict_images(batch).fused_scores(fusion)[: len(chunk)].float().numpy()
+            fused = fused.astype(blend_dtype(fusion.mode))  # as the actors keep them (votes: float32)
             for (r, c), scores in zip(chunk, fused):
                 stitcher.add(r, c, scores)
     assert stitcher.complete
