@@ -59,7 +59,9 @@ def balanced_class_weights(weighting: ClassWeighting | str, class_counts) -> lis
     if ClassWeighting(weighting) is ClassWeighting.INVERSE_SQRT_FREQUENCY:
         weights = np.sqrt(weights)
     weights[~present] = weights[present].max()
-    return [float(f"{w:.4g}") for w in weights]  # 4 significant digits: a dominant class's 5e-5 is not 0
+    # 4 decimals (as ever: the same weights, the same members) from 0.01 up; 4 significant digits below, where 4
+    # decimals rounded a dominant class's 5e-5 to 0 and took it out of the loss
+    return [round(float(w), 4) if w >= 0.01 else float(f"{w:.4g}") for w in weights]
 
 
 def _valid_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
