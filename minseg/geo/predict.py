@@ -5,8 +5,9 @@ every actor holds all members of the ensemble (loaded once) and scores chunks of
 centres (one chunk per map tile), returning per window each member's P(ore): their mean is the
 map, their standard deviation the uncertainty, and each column alone a member's score on held-out
 windows (no pass per member). Each map cell takes the value of its block's window (centred on the block's
-middle, or on its study cell nearest to it where the middle lies outside the study area), so tiles never overlap and there is nothing to blend: the map does not
-depend on how it was cut into tasks, nor on the order results come back.
+middle, or on its study cell nearest to it where the middle lies outside the study area), so tiles never
+overlap and there is nothing to blend: the map does not depend on how it was cut into tasks, nor on the
+order results come back.
 """
 
 from __future__ import annotations

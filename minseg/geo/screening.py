@@ -60,9 +60,10 @@ def sample_rows(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_x
     """Sample level (the paper), undecided rows. ``values[element]``: (n,) per sample, NaN where unusable;
     ``sample_xy`` (n, 2), ``training_xy`` / ``known_xy`` / ``barren_xy`` (m, 2) site coordinates in the same
     CRS (metres). Positives: samples within ``radius`` of a training deposit; negatives: the others, except those
-    near a ``known_xy`` deposit, one the trial knows but does not train on (outside the study area, or on its training
-    side without a window of its own: samples near it would be negatives that are not; a fold's held-out deposits are not among them, a blind screening cannot know them) —
-    or, with ``barren_xy``, only those near a barren site."""
+    near a ``known_xy`` deposit, one the trial knows but does not train on (outside the study area, or on its
+    training side without a window of its own: samples near it would be negatives that are not; a fold's held-out
+    deposits are not among them, a blind screening cannot know them) — or, with ``barren_xy``, only those near a
+    barren site."""
     from scipy.spatial import cKDTree
 
     sample_xy = np.asarray(sample_xy, np.float64).reshape(-1, 2)
@@ -80,7 +81,8 @@ def sample_rows(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_x
 
 
 def screen_samples(values: dict[str, np.ndarray], sample_xy: np.ndarray, training_xy: np.ndarray,
-                   known_xy: np.ndarray, settings: ScreeningSettings, barren_xy: np.ndarray | None = None) -> list[dict]:
+                   known_xy: np.ndarray, settings: ScreeningSettings,
+                   barren_xy: np.ndarray | None = None) -> list[dict]:
     """Sample level, decided (``sample_rows`` then ``decide``)."""
     return decide(sample_rows(values, sample_xy, training_xy, known_xy, settings.sample_radius_m, barren_xy),
                   settings)

@@ -39,7 +39,8 @@ def modal_mineralogy(class_pixels: np.ndarray, names: list[str], background: set
     Returns:
         (table, missing): table by class name with ``pixels``, ``area_percent`` (of the image),
         ``sample_area_percent`` and ``weight_percent`` (of the sample; None for every class when the image holds
-        no sample pixel, and weight % also when a mineral present has no density); ``missing``: minerals present without a density.
+        no sample pixel, and weight % also when a mineral present has no density); ``missing``: minerals present
+        without a density.
     """
     pixels = np.asarray(class_pixels, np.int64)
     image = max(1, int(pixels.sum()))
