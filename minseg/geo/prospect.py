@@ -465,8 +465,8 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
             f"prospect.deposits: {len(inside)} deposit(s) read, {int(inside.sum())} on the grid, "
             f"{int(in_study.sum())} in the study area (cells with a value in every evidence layer), in {cells} "
             f"cell(s); the {settings.cv.folds} spatial folds (prospect.cv.folds) need a deposit cell each. Check the "
-            "deposits' CRS and where filter, the grid extent (deposits off it: inputs/deposits_outside_grid.csv) and the layers' "
-            "coverage")
+            "deposits' CRS and where filter, the grid extent (deposits off it: inputs/deposits_outside_grid.csv) "
+            "and the layers' coverage")
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
     barren_cells = barren_xy = site_cells = None

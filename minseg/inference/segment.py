@@ -224,7 +224,8 @@ class BlockSegmenter:
 
     On CPU, torch uses ``threads_per_actor`` threads (default: the actor's CPU share rounded up). On CUDA,
     windows go through pinned host memory, scores come back as fp16 (votes as float32), and with
-    ``gpu_memory_gib`` the batch size is the largest whose measured peak memory fits (``EnsembleRuntime.batch_size_for``).
+    ``gpu_memory_gib`` the batch size is the largest whose measured peak memory fits
+    (``EnsembleRuntime.batch_size_for``).
     """
 
     def __init__(self, manifest: EnsembleManifest, storage: Storage, settings: SegmentSettings,
