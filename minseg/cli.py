@@ -313,8 +313,8 @@ def cmd_prospect(args) -> int:
               f"deposits; {captures}")
         thin = [str(fold["fold"]) for fold in result.document["folds"] if fold["thin"]]
         if thin:
-            print(f"  (fold {', '.join(thin)} trained on under a third of an even split's windows: the CV score says "
-                  "little; fewer prospect.cv.folds or other cv.block_cells)")
+            print(f"  (fold {', '.join(thin)} trained on under a third of an even split's windows or deposit windows: "
+                  "the CV score says little; fewer prospect.cv.folds or other cv.block_cells)")
     if success["auc"] is not None:
         print(f"  success rate (final map, all deposits): AUC {success['auc']:.3f}")
     print(f"  targets: {result.targets} (targets.csv, targets.geojson)")

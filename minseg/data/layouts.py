@@ -592,6 +592,13 @@ def ring_problem(ring: list[float]) -> str | None:
     return None
 
 
+def ring_meets_image(ring: list[float], width: int, height: int) -> bool:
+    """Whether a flat ``[x0, y0, ...]`` ring's bounding box overlaps the ``width`` x ``height`` image (pixel-edge
+    coordinates): one wholly outside paints nothing."""
+    xs, ys = ring[0::2], ring[1::2]
+    return min(xs) < width and max(xs) > 0 and min(ys) < height and max(ys) > 0
+
+
 def decode_coco_rle(counts, height: int, width: int):
     """COCO RLE (list of run lengths, or the compressed string form) -> uint8 mask."""
     import numpy as np
@@ -771,8 +778,13 @@ def read_coco(container: Container, prefix: str, source: SourceSettings, storage
                         problems = [ring_problem(r) for r in rings]
                         odd = next((p for r, p in zip(rings, problems) if len(r) % 2), None)
                         usable = [r for r, p in zip(rings, problems) if not p]
+                        width, height = int(entry["width"]), int(entry["height"])
                         if odd or not usable:  # a point lost (damaged), or nothing of the object to paint
                             problem = f"annotation {annotation.get('id')}: {odd or problems[0]}"
+                        elif not any(ring_meets_image(r, width, height) for r in usable):
+                            problem = (f"annotation {annotation.get('id')}: its polygon lies wholly outside the "
+                                       f"{width}x{height} image: it would paint nothing (coordinates of another "
+                                       "image, or of the image before a resize?)")
                         elif len(usable) < len(rings):  # a sliver of no area beside the object's real parts
                             dropped.append(annotation.get("id"))
                         shapes.append((code, usable))

@@ -506,15 +506,17 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
     (rows, cols) bool, the cells under the trial's test windows (barren sites there are no negatives);
     ``test_cells``: (k, 2) the cells of the deposits the trial is tested on (samples near them stay negatives: it
     cannot know them; a deposit merely near a test window, without one of its own, it knows)."""
+    training = {tuple(c) for c in np.asarray(training_cells).reshape(-1, 2).tolist()}
+    is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
+    tests = {tuple(c) for c in np.asarray(test_cells if test_cells is not None else []).reshape(-1, 2).tolist()}
+    tested = np.array([tuple(c) in tests for c in evidence.deposit_cells.tolist()], bool)
+    # in-study deposits the trial knows without training on them: no negatives at either level
+    known_cells = evidence.deposit_cells[~is_training & ~tested] if len(evidence.deposit_cells) else None
     if settings.level is ScreeningLevel.GRID or samples is None:
-        rows = grid_rows(evidence.grids, training_cells, negative_cells)
+        rows = grid_rows(evidence.grids, training_cells, negative_cells, known_cells=known_cells)
     else:
-        training = {tuple(c) for c in np.asarray(training_cells).tolist()}
-        is_training = np.array([tuple(c) in training for c in evidence.deposit_cells.tolist()], bool)
         values = {element: samples.values[element] for element in evidence.grids}
         training_xy = evidence.deposit_xy[is_training]
-        tests = {tuple(c) for c in np.asarray(test_cells if test_cells is not None else []).reshape(-1, 2).tolist()}
-        tested = np.array([tuple(c) in tests for c in evidence.deposit_cells.tolist()], bool)
         in_study = {tuple(p) for p in evidence.deposit_xy.tolist()}
         # samples near a deposit the trial knows (on its training side, or outside the study area) are no
         # negatives; those near its held-out deposits stay negatives: a blind screening cannot know where they are
@@ -530,7 +532,7 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
             barren_xy = barren_xy[~under_test]
         rows = sample_rows(values, np.column_stack([samples.x, samples.y]), training_xy, others,
                            settings.sample_radius_m, barren_xy)
-    rows += grid_rows(evidence.screened, training_cells, negative_cells, level="raster")
+    rows += grid_rows(evidence.screened, training_cells, negative_cells, level="raster", known_cells=known_cells)
     return decide(rows, settings)
 
 
@@ -824,7 +826,8 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                    "balance": trials[f.index].balance, "thin": f.index + 1 in thin} for f in folds],
         "kept_elements": kept, "channels": trials[FINAL].channels, "layers": evidence.layer_reports,
         "metrics": metrics, "targets": len(target_rows),
-        "members": [{"member": r.member, "fold": r.fold, "status": str(r.status), "error": r.error} for r in results],
+        "members": [{"member": r.member, "fold": None if r.fold is None else r.fold + 1,  # 1.., as cv/fold<k>
+                     "status": str(r.status), "error": r.error} for r in results],
         "seconds": round(time.monotonic() - started, 1),
     }
     storage.write_json(join_uri(out, "summary.json"), document)

@@ -29,14 +29,20 @@ from minseg.metrics import auc_z_score, roc_auc
 
 
 def grid_rows(grids: dict[str, np.ndarray], deposit_cells: np.ndarray, negative_cells: np.ndarray | None = None,
-              level: str = "grid") -> list[dict]:
+              level: str = "grid", known_cells: np.ndarray | None = None) -> list[dict]:
     """Grid level, undecided rows (see ``decide``). ``deposit_cells``: (n, 2) row, col of the training deposits;
-    ``negative_cells``: (m, 2) known barren cells, the only negatives when given (else every other cell)."""
+    ``negative_cells``: (m, 2) known barren cells, the only negatives when given (else every other cell but the
+    ``known_cells``: deposits the trial knows without training on them, no negatives, as at sample level; a fold's
+    held-out deposits are not among them and stay negatives, as a blind screening must treat them)."""
     if not grids:
         return []
     shape = next(iter(grids.values())).shape
     at_deposit = _cell_mask(shape, deposit_cells)
-    usable = None if negative_cells is None else (at_deposit | _cell_mask(shape, negative_cells)).ravel()
+    if negative_cells is not None:
+        usable = (at_deposit | _cell_mask(shape, negative_cells)).ravel()
+    else:
+        usable = None if known_cells is None or not len(known_cells) else \
+            (at_deposit | ~_cell_mask(shape, known_cells)).ravel()
     values = {element: (grid.ravel(), at_deposit.ravel()) if usable is None
               else (grid.ravel()[usable], at_deposit.ravel()[usable]) for element, grid in grids.items()}
     return score_rows(values, level)

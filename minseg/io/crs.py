@@ -39,8 +39,8 @@ def epsg_code(crs: str | int) -> int:
 
 
 def grid_epsg_code(crs: str | int) -> int:
-    """``epsg_code`` of a grid's CRS, which must be projected in metres: cell sizes, distances, radii and areas
-    (km²) are all read as metres.
+    """``epsg_code`` of a grid's CRS, which must be projected in metres (cell sizes, distances, radii and areas in
+    km² are all read as metres) and be exactly that EPSG CRS (the GeoTIFFs written are labelled with the code).
 
     Raises:
         InputError: as ``epsg_code``; a geographic CRS (degrees) or a projected one in other units (US feet),
@@ -57,6 +57,12 @@ def grid_epsg_code(crs: str | int) -> int:
         raise InputError(f"a {kind} CRS (units: {', '.join(sorted(units)) or 'none'}): a grid needs a projected CRS in "
                          "metres (cell sizes, distances and areas are metres), e.g. the UTM zone of the area "
                          "(EPSG:326xx) or the national grid (EPSG:3067 in Finland)")
+    from pyproj import CRS
+
+    if not CRS.from_epsg(code).equals(found, ignore_axis_order=True):
+        raise InputError(f"PROJ matches it to EPSG:{code} only approximately (another datum or other parameters): "
+                         f"the maps would be computed in it but labelled EPSG:{code}, off by up to hundreds of metres "
+                         "in a GIS; give the EPSG code of the CRS meant")
     return code
 
 
@@ -85,6 +91,9 @@ def grid_scale_problem(crs: str | int, x: float, y: float, tolerance: float = 0.
 
     found = known_crs(crs)
     lon, lat = Transformer.from_crs(found, found.geodetic_crs, always_xy=True).transform(x, y)
+    area = found.area_of_use
+    if area is not None and not (area.west <= lon <= area.east and area.south <= lat <= area.north):
+        return None  # outside the CRS's area: another CRS's coordinates, or x and y swapped (the samples' check says)
     factors = Proj(found).get_factors(lon, lat)
     scale = max(factors.meridional_scale, factors.parallel_scale, key=lambda f: abs(f - 1.0))
     if abs(scale - 1.0) <= tolerance:

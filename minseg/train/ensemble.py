@@ -1061,7 +1061,8 @@ TABLE_COLUMNS = ["member", "fold", "model", "status", "metric", "best_value", "t
 
 
 def write_members_table(results: list[MemberResult], run_uri: str, storage: Storage, fold_summary: bool = False) -> str:
-    rows = [asdict(r) for r in results]
+    # folds numbered from 1, as the console table, cv/fold<k> and models/fold<k> name them
+    rows = [{**asdict(r), "fold": None if r.fold is None else r.fold + 1} for r in results]
     storage.write_text(join_uri(run_uri, "members.csv"), csv_text(rows, TABLE_COLUMNS, ignore_extra=True))
     document = {"members": rows}
     if fold_summary:

@@ -227,17 +227,18 @@ def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_p
 
     coco = tmp_path / "coco"
     coco.mkdir()
-    for name in ("good", "line", "odd", "bbox", "sliver", "unlisted"):
+    for name in ("good", "line", "odd", "bbox", "sliver", "unlisted", "away"):
         (coco / f"{name}.png").write_bytes(png_bytes(render_section(0, 32, 32)[0]))
     square = [1, 1, 20, 1, 20, 20, 1, 20]
     listed = [{"id": i, "file_name": f"{name}.png", "height": 32, "width": 32}
-              for i, name in enumerate(("good", "line", "odd", "bbox", "sliver"))]
+              for i, name in enumerate(("good", "line", "odd", "bbox", "sliver", "away"))]
     annotations = [{"id": 10, "image_id": 0, "category_id": 1, "segmentation": [square]},
                    {"id": 11, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 9, 9]]},
                    {"id": 15, "image_id": 4, "category_id": 1, "segmentation": [square, [1, 1, 9, 9]]},
                    {"id": 12, "image_id": 2, "category_id": 1, "segmentation": [square[:-1]]},
                    {"id": 13, "image_id": 3, "category_id": 1, "segmentation": [], "bbox": [1, 1, 19, 19]},
-                   {"id": 14, "image_id": 999, "category_id": 1, "segmentation": [square]}]
+                   {"id": 14, "image_id": 999, "category_id": 1, "segmentation": [square]},
+                   {"id": 16, "image_id": 5, "category_id": 1, "segmentation": [[100, 100, 120, 100, 120, 120]]}]
     (coco / "_annotations.coco.json").write_text(json.dumps({
         "images": listed, "annotations": annotations, "categories": [{"id": 1, "name": "pyrite"}]}))
     with caplog.at_level(logging.WARNING, logger="minseg"):
@@ -251,6 +252,7 @@ def test_coco_and_labelme_objects_that_would_paint_nothing_are_quarantined(tmp_p
     reasons = {r.file.rsplit("/", 1)[-1]: r.reason for r in found.rejected}
     assert reasons["line.png"] == "annotation 11: a polygon of 2 point(s): it needs 3 or more to enclose any pixel"
     assert reasons["odd.png"] == "annotation 12: a polygon of 7 numbers, not x, y pairs"
+    assert reasons["away.png"].startswith("annotation 16: its polygon lies wholly outside the 32x32 image")
     assert reasons["bbox.png"].startswith("annotation 13 has an empty segmentation (a bounding box only?)")
     assert reasons["_annotations.coco.json"].startswith("1 annotation(s) refer to image ids no images[] entry has "
                                                         "(999)")

@@ -51,4 +51,19 @@ def test_a_grid_whose_metres_are_not_ground_metres_is_refused():
         target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(2790000, 9590000, 2810000, 9610000)), None)
     near_equator = target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(0, 0, 20000, 20000)), None)
     assert near_equator.rows == 80  # Mercator near the equator: its metres are ground metres
+    # x and y swapped lie outside the CRS's area: no scale verdict there (the samples' check says what is wrong)
+    swapped = target_grid(GridSettings(crs="EPSG:3067", cell_m=250, extent=(7450000, 350000, 7460000, 360000)), None)
+    assert swapped.cols == 40
+
+
+def test_a_proj_string_only_near_an_epsg_crs_is_refused_for_the_grid():
+    """The maps were computed in the PROJ string's CRS but labelled with the EPSG code PROJ guessed (KKJ for a
+    datum-less tmerc): ~189 m off in a GIS."""
+    kkj_like = "+proj=tmerc +lat_0=0 +lon_0=27 +k=1 +x_0=3500000 +y_0=0 +ellps=intl +units=m"
+    with pytest.raises(ConfigError, match=r"prospect.grid.crs: PROJ matches it to EPSG:2393 only approximately"):
+        load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": kkj_like})
+    from pyproj import CRS
+
+    esri = CRS.from_epsg(3067).to_wkt("WKT1_ESRI")  # the same CRS as another tool writes it: accepted
+    assert load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": esri}).prospect.grid.crs == esri
 

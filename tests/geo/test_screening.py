@@ -152,6 +152,11 @@ def test_a_folds_sample_screening_is_blind_to_its_held_out_deposits():
     # under a test window's footprint but not tested on (its own window dropped for the overlap): known, no negatives
     (near_test,) = screen(settings, evidence, samples, cells[:1], None, held_out, np.zeros((0, 2), np.int64))
     assert near_test["negatives"] == 10
+    # the grid level alike: a held-out deposit's cell is a negative, a known one's is not (it was a negative too)
+    grid = ScreeningSettings(level="grid", critical_z=0.5)
+    (tested,) = screen(grid, evidence, samples, cells[:1], None, held_out, cells[1:])
+    (known,) = screen(grid, evidence, samples, cells[:1], None, held_out, np.zeros((0, 2), np.int64))
+    assert (tested["positives"], tested["negatives"], known["negatives"]) == (1, 99, 98)
     (final,) = screen(settings, evidence, samples, cells, None, np.zeros((10, 10), bool))
     assert final["positives"] == 4 and final["negatives"] == 10  # the outside deposit's samples left out
 
