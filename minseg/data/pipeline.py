@@ -306,13 +306,14 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
     tile = data.tiling.size
     rows: list[dict] = []
     kept = 0
+    # tile_grid's order (rows, then columns), each start beside the span it owns when scored
     row_starts, col_starts = (tile_starts(length, tile, data.tiling.step) for length in ids.shape[:2])
-    row_spans, col_spans = owned_spans(row_starts, tile, ids.shape[0]), owned_spans(col_starts, tile, ids.shape[1])
-    for y, x in tile_grid(ids.shape[0], ids.shape[1], tile, data.tiling.step):
+    grid = [((y, rows), (x, cols)) for y, rows in zip(row_starts, owned_spans(row_starts, tile, ids.shape[0]))
+            for x, cols in zip(col_starts, owned_spans(col_starts, tile, ids.shape[1]))]
+    for (y, owned_rows), (x, owned_cols) in grid:
         mask = extract_tile(ids, y, x, tile, classmap.ignore_index)
         if scored:
-            mask = score_once(mask, y, x, row_spans[row_starts.index(y)], col_spans[col_starts.index(x)],
-                              classmap.ignore_index)
+            mask = score_once(mask, y, x, owned_rows, owned_cols, classmap.ignore_index)
         if data.tiling.drop_all_ignore and not (mask != classmap.ignore_index).any():
             continue
         row = {"image": extract_tile(image, y, x, tile, fill), "mask": mask}

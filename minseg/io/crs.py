@@ -50,7 +50,7 @@ def grid_epsg_code(crs: str | int) -> int:
         horizontal = found.sub_crs_list[0].to_epsg(min_confidence=70)
         raise InputError("a compound CRS (a horizontal CRS with heights): give its horizontal part"
                          + (f", EPSG:{horizontal}" if horizontal else ""))
-    code = epsg_code(crs)
+    code = epsg_code(found)  # the CRS parsed once
     units = {axis.unit_name for axis in found.axis_info}
     if not found.is_projected or len(found.axis_info) != 2 or units - {"metre", "meter"}:
         kind = "geographic" if found.is_geographic else ("projected" if found.is_projected else "3-D")
