@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from minseg.config.base import StrictModel, TiffTileSize
-from minseg.io.crs import GridCrsText
+from minseg.io.crs import GridCrsText, grid_scale_problem
 from minseg.enums import ImageFormat, TiffCompression
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -58,6 +58,15 @@ class SurveySynth(StrictModel):
     n_rock_units: int = Field(6, ge=1, le=255, description="rock units of the lithology raster (uint8, 0 is nodata)")
     censored_share: float = Field(0.3, ge=0, le=1, description="share of an element's lowest values reported as <DL")
     missing_share: float = Field(0.01, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ground_metres(self) -> "SurveySynth":
+        """The survey's metres must be ground metres at its centre, as ``prospect`` requires of its grid (a Web
+        Mercator survey far from the equator would be written, then refused by the job it exists for)."""
+        centre = (self.origin_x + self.width_m / 2, self.origin_y + self.height_m / 2)
+        if problem := grid_scale_problem(self.crs, *centre):
+            raise ValueError(f"crs {self.crs}: {problem}")
+        return self
 
 
 class SynthSettings(StrictModel):

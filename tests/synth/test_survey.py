@@ -119,3 +119,17 @@ def test_a_crs_proj_does_not_know_or_without_an_epsg_code_is_a_config_error(tmp_
         err = capsys.readouterr().err
         assert f"synth.survey.crs: {message}" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_survey_whose_map_metres_are_not_ground_metres_is_a_config_error(tmp_path, capsys):
+    """Web Mercator at the default origin (about 56° N) passed, and wrote a survey `minseg prospect` then refused:
+    its cells are 1.8 times longer on the map than on the ground. Near the equator the same CRS is fine."""
+    from minseg.cli import main
+
+    for crs in ("EPSG:3857", "EPSG:3395"):  # Web Mercator, World Mercator
+        assert main(["synth", "survey", "--out", str(tmp_path), "--set", f"synth.survey.crs={crs}"]) == 2
+        err = capsys.readouterr().err
+        assert f"synth.survey: crs {crs}: its projection's scale at the grid's centre" in err, err
+        assert "use the area's UTM zone" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    assert SurveySynth(crs="EPSG:3857", origin_x=0, origin_y=0).crs == "EPSG:3857"
