@@ -311,10 +311,12 @@ def cmd_prospect(args) -> int:
     if prediction["auc"] is not None:
         print(f"  spatial CV prediction rate: AUC {prediction['auc']:.3f} over {prediction['deposits']} held-out "
               f"deposits; {captures}")
-        thin = [str(fold["fold"]) for fold in result.document["folds"] if fold["thin"]]
-        if thin:
-            print(f"  (fold {', '.join(thin)} trained on under a third of an even split's windows or deposit windows: "
-                  "the CV score says little; fewer prospect.cv.folds or other cv.block_cells)")
+        thin = {side: [str(f["fold"]) for f in result.document["folds"] if side in f["thin_sides"]]
+                for side in ("training", "held-out")}
+        said = [f"fold {', '.join(folds)} {verb} under a third of an even split's windows or deposit windows"
+                for folds, verb in ((thin["training"], "trained on"), (thin["held-out"], "held out")) if folds]
+        if said:
+            print(f"  ({'; '.join(said)}: the CV score says little; fewer prospect.cv.folds or other cv.block_cells)")
     if success["auc"] is not None:
         print(f"  success rate (final map, all deposits): AUC {success['auc']:.3f}")
     print(f"  targets: {result.targets} (targets.csv, targets.geojson)")

@@ -800,7 +800,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     geometry, deposits = inputs.geometry, inputs.deposits
     not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, evidence.in_study, inputs.inside) if ok and not ins]
     kept = [r["element"] for r in trials[FINAL].screening if r["kept"]]
-    thin = {row["fold"] for row in thin_rows}
+    thin = {row["fold"]: row["sides"] for row in thin_rows}
     document = {
         "name": settings.name, "output": out, "grid": {"rows": geometry.rows, "cols": geometry.cols,
                                                         "cell_m": geometry.pixel_width, "epsg": geometry.epsg,
@@ -823,7 +823,8 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
         "folds": [{"fold": f.index + 1, "train_windows": len(f.train),
                    "train_deposit_windows": int(f.train.labels.sum()), "test_windows": len(f.test),
                    "dropped_for_overlap": f.dropped_for_overlap,
-                   "balance": trials[f.index].balance, "thin": f.index + 1 in thin} for f in folds],
+                   "balance": trials[f.index].balance, "thin": f.index + 1 in thin,
+                   "thin_sides": thin.get(f.index + 1, [])} for f in folds],
         "kept_elements": kept, "channels": trials[FINAL].channels, "layers": evidence.layer_reports,
         "metrics": metrics, "targets": len(target_rows),
         "members": [{"member": r.member, "fold": None if r.fold is None else r.fold + 1,  # 1.., as cv/fold<k>

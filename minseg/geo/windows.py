@@ -257,22 +257,30 @@ def balance(train_x: np.ndarray, train_y: np.ndarray, positive_ratio: float, noi
     return x.astype(np.float32, copy=False), y, report
 
 
-THIN_FOLD = 1 / 3  # of an even split's training side (real surveys: 0.54 on the GTK till, fold 1 of 4)
+THIN_FOLD = 1 / 3  # of an even split's side (real surveys: 0.54 on the GTK till, fold 1 of 4)
 
 
 def thin_folds(windows: Windows, folds: list[Fold]) -> list[dict]:
     """Folds whose training side keeps under a third of what an even split would (k-1 of k parts of the windows, or
-    of the deposits' windows): the spatial bands and the overlap rule can leave a fold a handful of windows (a
-    region whose deposits cluster at one end), and its held-out score then says little about the method. Returned
-    for a warning and the summary (``folds[].thin``), not refused: the final maps train on every window."""
+    of the deposits' windows), or whose held-out side does (1 of k parts): the spatial bands and the overlap rule can
+    leave a fold a handful of training windows (a region whose deposits cluster at one end), and a band small in area
+    holds few test windows, whose accuracy and AUC then rest on a few negatives. Either way the fold's held-out score
+    says little about the method. Returned for a warning and the summary (``folds[].thin``, ``folds[].thin_sides``),
+    not refused: the final maps train on every window."""
     k = len(folds)
-    even_windows, even_deposits = len(windows) * (k - 1) / k, int(windows.labels.sum()) * (k - 1) / k
+    total, positives = len(windows), int(windows.labels.sum())
     thin = []
     for fold in folds:
-        kept, deposits = len(fold.train), int(fold.train.labels.sum())
-        if kept < THIN_FOLD * even_windows or deposits < THIN_FOLD * even_deposits:
-            thin.append({"fold": fold.index + 1, "train_windows": kept, "train_deposit_windows": deposits,
-                         "even_split_windows": round(even_windows), "even_split_deposit_windows": round(even_deposits),
-                         "advice": "its CV score says little: fewer folds (prospect.cv.folds) or other blocks "
-                                   "(prospect.cv.block_cells)"})
+        row, sides = {"fold": fold.index + 1}, []
+        for side, key, part, share in (("training", "train", fold.train, (k - 1) / k),
+                                       ("held-out", "test", fold.test, 1 / k)):
+            kept, deposits = len(part), int(part.labels.sum())
+            row |= {f"{key}_windows": kept, f"{key}_deposit_windows": deposits,
+                    f"even_split_{key}_windows": round(total * share),
+                    f"even_split_{key}_deposit_windows": round(positives * share)}
+            if kept < THIN_FOLD * total * share or deposits < THIN_FOLD * positives * share:
+                sides.append(side)
+        if sides:
+            thin.append({**row, "sides": sides, "advice": "its CV score says little: fewer folds (prospect.cv.folds) "
+                                                           "or other blocks (prospect.cv.block_cells)"})
     return thin

@@ -61,7 +61,7 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert json.loads(open(f"{out}/summary.json").read())["targets"] == result.targets
     assert every_record_is_strict_json(out, skip=("ray",)) > 20  # summary, metrics, members: no bare NaN
     fold_keys = ["fold", "train_windows", "train_deposit_windows", "test_windows", "dropped_for_overlap", "balance",
-                 "thin"]
+                 "thin", "thin_sides"]
     assert [sorted(f) for f in summary["folds"]] == [sorted(fold_keys)] * 2
 
     probability, geometry, nodata = read_geotiff(f"{out}/prospectivity.tif")

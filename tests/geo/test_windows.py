@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minseg.geo.config import ProspectInputError
-from minseg.geo.windows import EvidenceStack, balance, footprint, make_windows, spatial_folds, thin_folds
+from minseg.geo.windows import EvidenceStack, Fold, balance, footprint, make_windows, spatial_folds, thin_folds
 
 
 def _footprints_overlap(a, b, size):
@@ -75,20 +75,32 @@ def test_too_few_deposit_blocks_for_the_folds():
         spatial_folds(windows, 3, 8, study.shape, 16)
 
 
-def test_a_fold_left_a_handful_of_training_windows_is_called_thin():
-    """Deposits clustered along the top of the region: the second band is the empty rest of it, so the fold that
-    tests it trains on the first band's few windows; a spread of deposits gives no thin fold."""
+def test_a_fold_left_a_handful_of_training_or_test_windows_is_called_thin():
+    """Deposits clustered along the top of the region: the first band, holding half of them, is a sliver of the region
+    (a handful of test windows: its accuracy and AUC rest on a few negatives), and the fold that tests the empty rest
+    trains on that sliver's few windows; a spread of deposits gives no thin fold."""
     study = np.ones((64, 64), bool)
     clustered = np.array([[2, 4], [3, 20], [2, 40], [4, 58], [10, 10], [12, 50]])
     windows = make_windows(study, clustered, 8, 4, 16, 4, None, np.random.default_rng(0))
     folds = spatial_folds(windows, 2, 8, study.shape, 16)
-    (thin,) = thin_folds(windows, folds)
-    second = folds[1]
-    assert thin["fold"] == 2 and thin["train_windows"] == len(second.train) < len(windows) / 2 / 3
-    assert thin["even_split_windows"] == round(len(windows) / 2) and "prospect.cv.folds" in thin["advice"]
+    first, second = thin_folds(windows, folds)
+    even = round(len(windows) / 2)
+    assert first["fold"] == 1 and first["sides"] == ["held-out"] and first["test_windows"] == len(folds[0].test)
+    assert first["test_windows"] < even / 3 and first["even_split_test_windows"] == even
+    assert second["fold"] == 2 and second["sides"] == ["training"] and second["train_windows"] == len(folds[1].train)
+    assert second["train_windows"] < even / 3 and second["even_split_train_windows"] == even
+    assert "prospect.cv.folds" in second["advice"]
     spread = np.array([[5, 5], [5, 50], [30, 30], [50, 10], [55, 55], [20, 45]])
     windows = make_windows(study, spread, 8, 4, 16, 4, None, np.random.default_rng(0))
     assert thin_folds(windows, spatial_folds(windows, 2, 8, study.shape, 16)) == []
+    # three folds: one whose held-out side alone is cut to a few windows (its training side untouched)
+    folds = spatial_folds(windows, 3, 8, study.shape, 16)
+    assert thin_folds(windows, folds) == []
+    few = folds[2].test.take(np.arange(len(folds[2].test)) < 6)
+    folds[2] = Fold(folds[2].index, folds[2].train, few, folds[2].dropped_for_overlap)
+    (thin,) = thin_folds(windows, folds)
+    assert thin["fold"] == 3 and thin["sides"] == ["held-out"] and thin["test_windows"] == 6
+    assert thin["even_split_test_windows"] == round(len(windows) / 3)
 
 
 def test_statistics_come_from_training_cells_only():
