@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, type=_log_level,
                         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL, any case (default: MINSEG_LOG_LEVEL)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show Ray's, Ray Data's and Tune's own output (by default it goes to Ray's log "
+                        help="also show Ray's, Ray Data's and Ray Train's own output (by default it goes to Ray's log "
                              "folder, named in the ray.ready line); --log-level debug and MINSEG_LOG_LEVEL=debug "
                              "do the same")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -621,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(synth)
     synth.set_defaults(func=cmd_synth)
 
-    train = sub.add_parser("train", help="train every ensemble member of a config concurrently (Ray Train + Tune)")
+    train = sub.add_parser("train", help="train every ensemble member of a config concurrently (Ray Train)")
     _add_config_options(train, required=True)
     train.add_argument("--members", type=_member_names, help="comma-separated member names (default: all)")
     train.add_argument("--resume", action="store_true", help="continue a run: finished members are kept, others resume")

@@ -163,14 +163,6 @@ class Progress:
             self._bar = tqdm(total=total, desc=description, unit=f" {unit}", file=self._stream, leave=True,
                              dynamic_ncols=True, mininterval=0.2)
 
-    def __getstate__(self) -> dict:
-        # Tune pickles its callbacks (which hold one of these); a stream or a bar does not pickle
-        return {**self.__dict__, "_stream": None, "_bar": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._stream = self._stream or sys.stderr
-
     def __enter__(self) -> "Progress":
         return self
 
@@ -198,8 +190,23 @@ class Progress:
         )
 
 
+class EpochBoard:
+    """A Ray actor (``ray.remote(EpochBoard)``) that training runs post their epochs' metrics to, under their
+    trial's index, and the driver drains for its console lines and progress bar."""
+
+    def __init__(self):
+        self._posted: list[tuple[int, dict]] = []
+
+    def post(self, trial: int, metrics: dict) -> None:
+        self._posted.append((trial, metrics))
+
+    def drain(self) -> list[tuple[int, dict]]:
+        posted, self._posted = self._posted, []
+        return posted
+
+
 def verbose() -> bool:
-    """Whether Ray's, Ray Data's and Tune's own output should reach the console (``--verbose`` /
+    """Whether Ray's, Ray Data's and Ray Train's own output should reach the console (``--verbose`` /
     MINSEG_LOG_LEVEL=debug); by default it stays in Ray's log folder."""
     return os.environ.get("MINSEG_VERBOSE", "") not in ("", "0") or \
         os.environ.get("MINSEG_LOG_LEVEL", "").upper() == "DEBUG"

@@ -72,21 +72,15 @@ def _worker_setup() -> None:
 
 
 def quiet_ray_loggers(loud: bool) -> None:
-    """Ray's, Ray Data's and Tune's Python loggers at WARNING on the console unless ``loud``
-    (their INFO lines: execution plans, dataset starts, trial tables)."""
+    """Ray's, Ray Data's and Ray Train's Python loggers at WARNING on the console unless ``loud``
+    (their INFO lines: execution plans, dataset starts)."""
     import logging
 
-    for name in ("ray", "ray.data", "ray.tune", "ray.train"):
+    for name in ("ray", "ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.WARNING)
-    # notices, not problems: the local instance's default token auth, Ray Data's "progress bars disabled", and Tune
-    # finding no per-trial progress.csv / result.json to tabulate (minseg turns those loggers off and reads its own
-    # result files: minseg.train.ensemble.fit_members)
-    for name in ("ray._private.authentication", "ray.data._internal.progress", "ray.tune.analysis.experiment_analysis"):
+    # notices, not problems: the local instance's default token auth and Ray Data's "progress bars disabled"
+    for name in ("ray._private.authentication", "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.INFO if loud else logging.ERROR)
-    # a member that fails is Tune's failed trial: its traceback and "Trials did not complete", at ERROR, say again
-    # what the members table and minseg's own line say (its error column holds the cause)
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
-        logging.getLogger(name).setLevel(logging.INFO if loud else logging.CRITICAL)
 
 
 @contextlib.contextmanager
@@ -122,7 +116,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
     Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused.
     On joining a cluster, ``minseg.preflight.preflight`` checks every live node first (packages, the
     job's local ``paths``), within ``ray.preflight_timeout_s``, once per process and set of paths.
-    By default Ray's own output (worker and actor stdout/stderr, Ray Data plans, Tune tables)
+    By default Ray's own output (worker and actor stdout/stderr, Ray Data plans)
     stays in Ray's log folder (logged as ``ray.ready logs=...``) and the console shows minseg's
     lines; ``--verbose`` / MINSEG_LOG_LEVEL=debug forwards it to the console as Ray does.
     """

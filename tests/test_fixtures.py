@@ -21,20 +21,6 @@ def test_ray_start_is_retried_once_then_fails_with_one_message(monkeypatch):
     assert len(calls) == 2 and all(c["address"] == "local" for c in calls)
 
 
-def test_progress_pickles_for_tune_callbacks(capsys):
-    """Tune pickles the training progress callback: a Progress holding a (captured) stream must survive it."""
-    import pickle
-
-    from minseg.logs import Progress
-
-    progress = Progress(3, "train", unit="epochs")
-    progress.advance()
-    copy = pickle.loads(pickle.dumps(progress))
-    copy.advance(2)
-    copy.close()
-    assert copy.done == 3
-
-
 @pytest.fixture(scope="module")
 def module_fixture():
     return object()

@@ -12,8 +12,8 @@ Data flows one way:
 4. per fold, from its training side only: screening (AUC / Z_AUC) of the elements and of
    the raster layers marked ``screen``, normalisation
    statistics, SMOTE + noise; plus one "final" set from all deposits;
-5. every member x every fold (and the final set) trained concurrently (Ray Train inside
-   Tune trials, the training job's machinery);
+5. every member x every fold (and the final set) trained concurrently (a Ray Train run per
+   trial, the training job's machinery);
 6. each fold's ensemble maps the whole region (actor pool) and scores its test windows:
    prediction-rate curve, captures, window metrics; the final ensemble makes the published
    prospectivity and uncertainty GeoTIFFs, the success-rate curve and the ranked targets.

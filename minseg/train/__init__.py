@@ -1,1 +1,1 @@
-"""Training: one member per Ray Train run (DDP), all members concurrently through Ray Tune."""
+"""Training: one member per Ray Train run (DDP), all members concurrently, each run from a Ray task."""

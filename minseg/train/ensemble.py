@@ -1,7 +1,6 @@
-"""Train every member of an ensemble concurrently: one Ray Train run (DDP) per member,
-scheduled as Ray Tune trials (the documented Train + Tune pattern), throttled to what
-the cluster can hold. One member failing never stops the others; the job ends with a
-members table (CSV + JSON + printed).
+"""Train every member of an ensemble concurrently: one Ray Train run (DDP) per member and fold,
+each launched from a Ray task, throttled to what the cluster can hold. One member failing never
+stops the others; the job ends with a members table (CSV + JSON + printed).
 """
 
 from __future__ import annotations
@@ -10,9 +9,9 @@ import hashlib
 import io
 import json
 import logging
-import os
 import math
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
@@ -30,7 +29,7 @@ from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import (Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
                                refuse_output_among_inputs)
 from minseg.io.tables import csv_text
-from minseg.logs import get_logger, log_event, verbose
+from minseg.logs import EpochBoard, get_logger, log_event
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
@@ -477,18 +476,18 @@ class WorkerConfig:
     seed: int
 
 
-def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig) -> None:
-    """A Tune trial: build and fit one member's TorchTrainer; record its outcome."""
+def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegConfig, board) -> MemberResult:
+    """One trial, as a Ray task: build and fit its member's TorchTrainer, record the outcome (``result.json``) and
+    return it. A member that fails is a result (``status`` failed, ``error`` why), not an exception; each epoch's
+    metrics reach the driver through ``board`` (a ``logs.EpochBoard`` actor)."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_config = trial_config["trial"]
-    member = MemberSettings.model_validate(trial_config["member"])
-    fold = trial_config.get("fold")
+    member = MemberSettings.model_validate(trial["member"])
+    fold = trial.get("fold")
     storage = Storage(config.storage)
-    run_uri = trial_config["run_uri"]
-    datasets, inputs = source.member_data(fold, config, storage, trial_config.get("sample"))
+    run_uri = trial["run_uri"]
+    datasets, inputs = source.member_data(fold, config, storage, trial.get("sample"))
     worker_config = {"worker": WorkerConfig(
         member=member, storage=storage, run_uri=run_uri, inputs=inputs,
         eval_batch_size=max(s.batch_size for s in member.stages) // member.scaling.workers, seed=config.run.seed,
@@ -508,22 +507,37 @@ def run_member(trial_config: dict, source: TrainingSource, config: MinsegConfig)
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=member.max_failures),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_epoch_reporter(board, index)],
         ),
         datasets=datasets,
         dataset_config=_ordered_ingest(member.scaling.workers),
     )
     started = time.time()
-    error = None
+    error, error_uri = None, join_uri(member_uri(run_uri, member.name), "error.txt")
     try:
         trainer.fit()
     except Exception as exc:  # reported in the members table; the other members go on
         error = _root_cause(exc)
+        storage.write_text(error_uri, "".join(traceback.format_exception(exc)))  # the whole story, for a bug report
+    else:
+        storage.delete(error_uri)  # an earlier failure's, once --resume has finished the member
     result = summarize_member(storage, run_uri, member, error, time.time() - started, fold)
     result.started_at, result.finished_at = started, time.time()
     storage.write_json(join_uri(member_uri(run_uri, member.name), "result.json"), asdict(result))
-    if error:
-        raise RuntimeError(f"member {member.name} failed: {error}")
+    return result
+
+
+def _epoch_reporter(board, trial: int):
+    """A Ray Train callback, run by the member's controller: each report's metrics (rank 0's, every rank reports
+    the same epoch) posted to ``board`` under the trial's index, before the run goes on."""
+    import ray
+    from ray.train import UserCallback
+
+    class EpochReporter(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            ray.get(board.post.remote(trial, metrics[0]))  # posted before the run ends: its last epoch is drained
+
+    return EpochReporter()
 
 
 def _ordered_ingest(workers: int):
@@ -629,55 +643,84 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
 
 
 class _MemberProgress:
-    """On the driver: members running / queued / done as Tune moves them along, one line per epoch
-    of every member (from the metrics each reports), and a progress bar over all their epochs."""
+    """On the driver: members running / queued / done as their trials start and end, one line per epoch of every
+    member (from the metrics each run's controller posts), and a progress bar over all their epochs."""
 
-    def __new__(cls, total: int, epochs: int):
-        from ray import tune
-
+    def __init__(self, trials: list[dict]):
         from minseg.logs import Progress
 
-        class Callback(tune.Callback):
-            def __init__(self):
-                self.total, self.running, self.finished = total, 0, 0
-                self.progress = Progress(epochs, "train", unit="epochs")
+        self.total, self.running, self.finished = len(trials), 0, 0
+        epochs = sum(sum(stage["epochs"] for stage in t["member"]["stages"]) for t in trials)
+        self.progress = Progress(epochs, "train", unit="epochs")
 
-            @staticmethod
-            def _name(trial) -> str:
-                config = trial.config["trial"]
-                fold = config.get("fold")
-                return config["member"]["name"] + ("" if fold is None else f" (fold {fold + 1})")
+    @staticmethod
+    def _name(trial: dict) -> str:
+        fold = trial.get("fold")
+        return trial["member"]["name"] + ("" if fold is None else f" (fold {fold + 1})")
 
-            def _log(self, event, trial):
-                queued = self.total - self.running - self.finished
-                log_event(log, event, member=self._name(trial), running=self.running, queued=queued,
-                          done=self.finished)
+    def _log(self, event: str, trial: dict) -> None:
+        queued = self.total - self.running - self.finished
+        log_event(log, event, member=self._name(trial), running=self.running, queued=queued, done=self.finished)
 
-            def on_trial_start(self, iteration, trials, trial, **info):
-                self.running += 1
-                self._log("train.member.started", trial)
+    def started(self, trial: dict) -> None:
+        self.running += 1
+        self._log("train.member.started", trial)
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                if "epoch" not in result:
-                    return
-                member = trial.config["trial"]["member"]
-                total_epochs = sum(stage["epochs"] for stage in member["stages"])
-                shown = {k: round(result[k], 4) for k in ("train_loss", "val_loss", "miou", "accuracy") if k in result}
-                log_event(log, "train.epoch", member=self._name(trial), epoch=result["epoch"], of=total_epochs, **shown)
-                self.progress.advance()
+    def epoch(self, trial: dict, metrics: dict) -> None:
+        if "epoch" not in metrics:
+            return
+        total_epochs = sum(stage["epochs"] for stage in trial["member"]["stages"])
+        shown = {k: round(metrics[k], 4) for k in ("train_loss", "val_loss", "miou", "accuracy") if k in metrics}
+        log_event(log, "train.epoch", member=self._name(trial), epoch=metrics["epoch"], of=total_epochs, **shown)
+        self.progress.advance()
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.running, self.finished = self.running - 1, self.finished + 1
-                self._log("train.member.done", trial)
+    def ended(self, trial: dict, failed: bool) -> None:
+        self.running, self.finished = self.running - 1, self.finished + 1
+        self._log("train.member.failed" if failed else "train.member.done", trial)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.running, self.finished = self.running - 1, self.finished + 1
-                self._log("train.member.failed", trial)
 
-            def on_experiment_end(self, trials, **info):
-                self.progress.close()
+def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig, concurrency: int,
+                storage: Storage) -> list[MemberResult]:
+    """Every trial as a Ray task (``run_member``: one TorchTrainer.fit), at most ``concurrency`` at once, in
+    ``trials``' order; their results in that order. A task that dies before recording its member's outcome (its
+    worker killed, the node lost) gives a failed result naming why; each epoch is logged as the runs post it.
 
-        return Callback()
+    Plain tasks, not Tune trials: a trial actor and a result queue actor per member cost more CPU than the
+    smallest members' training, and minseg keeps every result itself (``result.json``, the members table)."""
+    import ray
+
+    board = ray.remote(num_cpus=0)(EpochBoard).remote()  # in minseg.logs: its process imports little
+    fit = ray.remote(run_member).options(num_cpus=0.001, max_retries=0)  # a retried fit would start over
+    shared = ray.put(source)  # the one source every trial reads, sent to the store once
+    progress = _MemberProgress(trials)
+    results: list[MemberResult | None] = [None] * len(trials)
+    waiting, running = list(range(len(trials))), {}
+
+    def post_epochs():
+        for index, metrics in ray.get(board.drain.remote()):
+            progress.epoch(trials[index], metrics)
+
+    try:
+        while waiting or running:
+            while waiting and len(running) < concurrency:
+                index = waiting.pop(0)
+                running[fit.remote(trials[index], index, shared, config, board)] = index
+                progress.started(trials[index])
+            done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            post_epochs()
+            for ref in done:
+                index = running.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                except Exception as exc:  # the task itself died: what it recorded, if anything, else why
+                    results[index] = _collect(storage, trials[index], exc)
+                progress.ended(trials[index], failed=results[index].status is not MemberStatus.DONE)
+    except BaseException:
+        progress.progress.close(failed=True)
+        raise
+    progress.progress.close()
+    ray.kill(board)
+    return results
 
 
 def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, resume: bool = False) -> list[MemberResult]:
@@ -738,7 +781,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
 
 def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,
                 concurrency: int, resume: bool = False, configured: list[str] | None = None) -> list[MemberResult]:
-    """Every member x every trial fold of ``source`` as concurrent Tune trials; the members table.
+    """Every member x every trial fold of ``source`` as concurrent trials (``_run_trials``); the members table.
 
     ``source`` gives the task, classes and channels, ``trial_folds()`` (fold indices, None for a run
     on all the data, whose outputs go to ``run_uri`` itself) and ``member_data(fold, config, storage)``.
@@ -746,8 +789,6 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     their earlier rows and drops rows of members no longer named (None: keep every earlier row). With ``resume``,
     finished trials are kept: callers first refuse checkpoints recorded on other data (``refuse_other_data``).
     """
-    from ray import tune
-
     storage = Storage(config.storage)
     results: list[MemberResult] = []
     # the table so far, read before hours of training: a --members subset keeps the other configured members' rows
@@ -784,30 +825,9 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
     weights_cache.clear()
 
     if trials:
-        if not verbose():  # Tune's newer console output prints an experiment box even when silent
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # each member's results are minseg's own files (result.json, curves, the members table): Tune's per-trial
-        # CSV / JSON / TensorBoard copies of them only add files (objects, on S3) and seconds to every run
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        # Ctrl-C stops the job at once (exit 130; checkpoints are atomic, --resume continues), rather than Tune
-        # ending every trial as failed and advising Tuner.restore, which minseg does not use
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)
-        storage_path, filesystem = _ray_storage(storage, run_uri)
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_member, source=_shared_data(source, trials, config, storage),
-                                                     config=config), {"CPU": 0.001}),
-            param_space={"trial": tune.grid_search(trials)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-            run_config=tune.RunConfig(name=f"{config.run.name}-tune", storage_path=storage_path,
-                                      storage_filesystem=filesystem, verbose=1 if verbose() else 0,
-                                      callbacks=[_MemberProgress(len(trials), sum(
-                                          sum(s["epochs"] for s in t["member"]["stages"]) for t in trials))]),
-        )
-        grid = tuner.fit()
-        for trial_result in grid:
-            results.append(_collect(storage, trial_result.config["trial"], trial_result))
+        results += _run_trials(trials, _shared_data(source, trials, config, storage), config, concurrency, storage)
     results.sort(key=lambda r: ([m.name for m in members].index(r.member), r.fold if r.fold is not None else -1))
     _update_members_table(storage, run_uri, previous, results, fold_summary=any(f is not None for f in folds))
     for result in results:
@@ -1042,14 +1062,14 @@ def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResul
     return MemberResult(**storage.read_json(uri))
 
 
-def _collect(storage: Storage, trial: dict, trial_result) -> MemberResult:
+def _collect(storage: Storage, trial: dict, error: BaseException) -> MemberResult:
+    """The result of a trial whose task died (``error``): what it recorded, if it got that far, else a failed
+    row saying why, with whatever checkpoints it left."""
     member = MemberSettings.model_validate(trial["member"])
     recorded = _previous_result(storage, trial["run_uri"], member.name)
     if recorded is not None:
         return recorded
-    # the trial died before it could record anything (e.g. its driver was killed)
-    error = _root_cause(trial_result.error) if trial_result.error else "no result recorded"
-    return summarize_member(storage, trial["run_uri"], member, error, 0.0, trial.get("fold"))
+    return summarize_member(storage, trial["run_uri"], member, _root_cause(error), 0.0, trial.get("fold"))
 
 
 # -------------------------------------------------------------------- reports
