@@ -47,7 +47,7 @@ from minseg.geo.predict import predict_map
 from minseg.geo.rasters import (distance_to_lines, encode_categorical, expand_rasters, raster_geometry,
                                 read_raster_on_grid)
 from minseg.geo.samples import read_samples
-from minseg.geo.screening import decide, format_table, grid_rows, sample_rows
+from minseg.geo.screening import decide, format_table, grid_rows, sample_rows, weakly_kept
 from minseg.geo.targets import (AreaRanks, area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve,
                                 targets_geojson, window_metrics)
 from minseg.geo.vectors import Points, read_lines, read_sites
@@ -583,8 +583,13 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
             signature=trial_signature(channels, stats, train, size))
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
-                           csv_text(screening, ["element", "auc", "z_auc", "positives", "negatives", "level", "kept",
-                                                "reason"]))
+                           csv_text(screening, ["element", "auc", "z_auc", "rank_z", "positives", "negatives", "level",
+                                                "kept", "reason"]))
+        if weak := weakly_kept(screening):
+            log_event(log, "prospect.screening_weak", logging.WARNING, trial=key,
+                      kept_with_positives=",".join(f"{r['element']}:{r['positives']}" for r in weak),
+                      hint=f"Z_AUC passed {settings.screening.critical_z} where the rank test does not: Eq. 3 "
+                           "overstates Z with few positives (rank_z in screening.csv)")
         log_event(log, "prospect.trial_ready", trial=key, channels=len(channels), train_windows=len(train_x),
                   positives=int(train_y.sum()), test_windows=len(test_centres), test_deposits=len(test_deposits))
     return windows, folds, trials

@@ -45,6 +45,30 @@ def test_max_elements_keeps_the_strongest():
     assert rows["none"]["kept"] and rows["none"]["reason"] == "always kept (config)"
 
 
+def test_a_z_auc_resting_on_few_positives_is_kept_with_a_caveat():
+    """Eq. 3 with 2 positives above all 14 negatives gives Z_AUC 7.3; the exact rank test's p is 1 / C(16, 2), a z of
+    2.39, short of 2.58: the paper's rule keeps the element, its reason says how little evidence it had. With many
+    positives the two agree and nothing is said."""
+    from scipy.stats import norm
+
+    from minseg.geo.screening import weakly_kept
+
+    grid = np.arange(16, dtype=np.float32).reshape(4, 4)
+    (row,) = screen_elements({"Cu": grid}, np.array([[3, 3], [3, 2]]), ScreeningSettings())
+    assert row["z_auc"] == pytest.approx(auc_z_score(1.0, 2, 14), abs=1e-3) and row["z_auc"] > 7
+    assert row["rank_z"] == pytest.approx(norm.isf(1 / 120), abs=1e-3)
+    assert row["kept"] and row["reason"] == "Z_AUC >= 2.58; weak: the rank test gives z 2.39 with 2 positives"
+    assert weakly_kept([row]) == [row]
+    (low,) = screen_elements({"Cu": -grid}, np.array([[3, 3], [3, 2]]), ScreeningSettings(two_sided=True))
+    assert low["rank_z"] == pytest.approx(-norm.isf(1 / 120), abs=1e-3) and "weak: the rank test gives z -2.39" in \
+        low["reason"]
+    rng = np.random.default_rng(0)
+    base = rng.random((50, 50)).astype(np.float32)
+    (strong,) = screen_elements({"strong": base}, np.argwhere(base > 0.97), ScreeningSettings())
+    assert strong["positives"] > 50 and strong["rank_z"] > 2.58 and strong["reason"] == "Z_AUC >= 2.58"
+    assert weakly_kept([strong]) == []
+
+
 def test_crs_compared_by_meaning(shared_data):
     esri = parse_crs((shared_data / "geochem-gtk" / "IOCG.prj").read_text(), "IOCG.prj")
     assert same_crs(esri, parse_crs("EPSG:3067", "x")) and not same_crs(esri, parse_crs("EPSG:3857", "x"))
