@@ -46,6 +46,15 @@ def resize_image(image: np.ndarray, size: tuple[int, int], resample, box=None) -
     return np.asarray(Image.fromarray(image).resize(size, resample, box))
 
 
+def classification_input(image: np.ndarray, size: int) -> np.ndarray:
+    """What a classifier sees of an (H, W, C) uint8 image, any C: the whole image squashed to (size, size, C),
+    bilinear. Training, evaluation and the normalisation statistics all read this, so the statistics describe the
+    very pixels the model is fed."""
+    from PIL import Image
+
+    return resize_image(image, (size, size), Image.Resampling.BILINEAR)
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, scale: float):
     """Rescale an image (area/bilinear; (H, W, C) any C) and its mask (nearest)."""
     if scale == 1.0:

@@ -27,7 +27,7 @@ import numpy as np
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, SourceSettings, TilingSettings
 from minseg.data.containers import Rejected, open_container, read_ref
-from minseg.data.geometry import coco_polygon_mask, rasterize_polygons, resize_pair
+from minseg.data.geometry import classification_input, coco_polygon_mask, rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
 from minseg.io.images import (BIT_DEPTH, DARK, DecodeError, decode_channels, decode_image, decode_mask, image_maxima,
@@ -236,11 +236,11 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
     try:
         if task is Task.CLASSIFICATION:
             image = decode_scene(item, data.limits, storage, data.bit_depth)
-            small, _ = resize_pair(image, None, data.tiling.size / max(image.shape[:2]))
+            small = classification_input(image, data.tiling.size)  # the statistics of what training reads
             row["tiles"] = 1
             row["tile_classes"] = [[int(item["label"])]]
             row["pixels"][item["label"]] = 1
-            pixels = small.reshape(-1, 3).astype(np.float64)
+            pixels = small.reshape(-1, small.shape[-1]).astype(np.float64)
         else:
             areas: list[tuple[int, int]] = []
             image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True,
@@ -292,11 +292,7 @@ def tile_rows(item: dict, classmap: ClassMap, data: DataSettings, storage: Stora
     try:
         if item.get("label") is not None:
             image = decode_scene(item, data.limits, storage, data.bit_depth)
-            from PIL import Image
-
-            size = data.tiling.size
-            resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-            row = {"image": resized, "label": np.int64(item["label"])}
+            row = {"image": classification_input(image, data.tiling.size), "label": np.int64(item["label"])}
             return [row if repeats is None else {**row, "copies": np.int64(repeats[0] if repeats else 1)}]
         image, ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, bit_depth=data.bit_depth)
     except (DecodeError, StorageError, OSError) as exc:

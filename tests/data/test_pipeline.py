@@ -284,6 +284,11 @@ def test_class_folders_for_classification(ray_session, tmp_path):
     assert [r.reason for r in prepared.quarantine] == ["not an image"]
     rows = split_dataset(prepared, data, "train", Storage(), 0.25).take_all()
     assert rows[0]["image"].shape == (24, 24, 3) and {int(r["label"]) for r in rows} <= {0, 1}
+    # the normalisation statistics are those of the very pixels training reads (the 40 x 30 photographs squashed
+    # to 24 x 24; they were measured on an aspect-kept 24 x 18 box-filtered copy)
+    pixels = np.concatenate([r["image"].reshape(-1, 3) for r in rows]).astype(np.float64)
+    assert np.allclose(prepared.normalization["mean"], pixels.mean(0), atol=1e-3)
+    assert np.allclose(prepared.normalization["std"], pixels.std(0), atol=1e-3)
     with pytest.raises(ValueError, match="which trains classification models, not this segmentation model"):
         prepare(data, Task.SEGMENTATION, tmp=tmp_path / "work2")
 
