@@ -1,4 +1,4 @@
-"""What a user sees: a training run's console holds minseg's lines, not Ray's, Ray Data's or Tune's;
+"""What a user sees: a training run's console holds minseg's lines, not Ray's, Ray Data's or Ray Train's;
 and it runs in its own Ray instance even while another one (this test session's) is up. Ctrl-C stops it cleanly."""
 
 import os
@@ -24,7 +24,7 @@ def own_run(synthetic_sections, tmp_path, name: str, epochs: int, diverging: boo
     """A one-member training config written to ``<name>.yaml`` for ``minseg train`` in a process of its own, with
     its own local Ray instance (as a user's run on this machine), and that process's environment (none of the
     test session's Ray address or minseg logging settings); ``diverging``: with a second member whose loss turns
-    NaN at its first steps (a failed Tune trial). Returns (config path, environment)."""
+    NaN at its first steps (a failed member). Returns (config path, environment)."""
     members = [{"name": "halfunet", "model": "half_unet", "model_options": {"width": 0.25},
                 "stages": [{"epochs": epochs, "batch_size": 4}]}]
     if diverging:
@@ -38,8 +38,9 @@ def own_run(synthetic_sections, tmp_path, name: str, epochs: int, diverging: boo
 
 
 def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
-    """Tune's traceback of the failed trial and its "Trials did not complete" reached the console beside the members
-    table's row saying the same, and the run exited 0 with a member failed; now exit 1, as segment's failed slides."""
+    """A failed member's traceback (once Tune's, with its "Trials did not complete") reached the console beside the
+    members table's row saying the same, and the run exited 0 with a member failed; now exit 1, as segment's failed
+    slides, the traceback kept in the member's error.txt."""
     path, env = own_run(synthetic_sections, tmp_path, "console", epochs=2, diverging=True)
     done = subprocess.run([sys.executable, "-m", "minseg", "train", "--config", str(path)], capture_output=True,
                           text=True, env=env, timeout=600)
@@ -47,7 +48,7 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     failed = ("minseg: 1 of 2 members failed: diverges (why: the members table); the other members' checkpoints are "
               "complete (minseg evaluate uses them)")
     assert done.returncode == 1 and failed in done.stderr.splitlines(), "\n".join(console[-40:])
-    # what is not minseg's (Ray's worker lines, Tune's trial tables, warnings and tracebacks, Ray Data's plans)
+    # what is not minseg's (Ray's worker lines, warnings and tracebacks, Ray Data's plans; once Tune's trial tables)
     others = ([line for line in done.stderr.splitlines() if not MINSEG_LOG.match(line) and line != failed]
               + [line for line in done.stdout.splitlines() if not TABLE_LINE.match(line)
                  and line not in SCORES_NOTE.splitlines() and not RAYLET_NOTICE.match(line)])
@@ -58,12 +59,16 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert "halfunet" in done.stdout and "done" in done.stdout  # the members table
     assert "diverges" in done.stdout and "failed" in done.stdout
     assert len(console) < 45, "\n".join(console)
+    error = (tmp_path / "console" / "members" / "diverges" / "error.txt").read_text()
+    assert error.startswith("Traceback") and "loss became nan at epoch 1" in error
+    assert not (tmp_path / "console" / "members" / "halfunet" / "error.txt").exists()
 
 
 def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_sections, tmp_path):
     """Ctrl-C in a terminal (SIGINT to the foreground process group) once a member has written a checkpoint: the job
-    stops within seconds, exit 130, one line saying --resume continues, no traceback; Tune does not mark the member
-    failed nor advise Tuner.restore; the checkpoint it wrote stays whole; its Ray instance is shut down."""
+    stops within seconds, exit 130, one line saying --resume continues, no traceback; nothing marks the member
+    failed nor advises Tuner.restore (as Tune did); the checkpoint it wrote stays whole; its Ray instance is shut
+    down."""
     import json
     import signal
     import time

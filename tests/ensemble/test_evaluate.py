@@ -460,7 +460,7 @@ def test_every_record_is_standard_json_and_undefined_scores_read_back_as_undefin
     from minseg.ensemble.selection import Candidate, select
     from tests.support.documents import every_record_is_strict_json, strict_json
 
-    # checkpoints, members' results, data reports, the evaluation; ray/ is Ray Tune's
+    # checkpoints, members' results, data reports, the evaluation; ray/ is Ray Train's
     assert every_record_is_strict_json(trained_ensemble[2], skip=("ray",)) > 30
     folder = evaluation.manifest_uri.rsplit("/", 1)[0]
     document = strict_json(f"{folder}/evaluation.json")

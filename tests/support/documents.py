@@ -14,7 +14,7 @@ def strict_json(path):
 
 def every_record_is_strict_json(folder, skip: tuple[str, ...] = ()) -> int:
     """Parse every ``*.json`` under ``folder`` strictly (zarr metadata included), but for those in folders named
-    in ``skip`` (``ray``: Ray Tune's own state, pickled); the number parsed."""
+    in ``skip`` (``ray``: Ray Train's own state); the number parsed."""
     files = sorted(p for p in Path(folder).rglob("*.json") if not set(p.relative_to(folder).parts[:-1]) & set(skip))
     for path in files:
         strict_json(path)

@@ -1,4 +1,4 @@
-"""Real Ray Train + Tune runs on 2 CPU cores with tiny members."""
+"""Real Ray Train runs on 2 CPU cores with tiny members."""
 
 import json
 import os
@@ -419,8 +419,11 @@ def test_resubmitted_run_resumes_a_member_that_failed_partway(synthetic_sections
     training.kill_workers()
     (first,) = training.join(600)
     assert first.status == "failed" and 1 <= first.epochs < 3 and first.last_checkpoint
+    error = tmp_path / "resub" / "members" / "patient" / "error.txt"  # the failure's whole traceback
+    assert error.read_text().startswith("Traceback")
     (second,) = train_ensemble(config, resume=True)
     assert second.status == "done" and second.epochs == 3 and second.restarts == 1
+    assert not error.exists()  # finished: no earlier failure's traceback left looking current
     history = load_checkpoint_state(tmp_path / "resub", "patient")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
@@ -439,11 +442,11 @@ def test_a_member_streamed_twice_with_one_seed_ends_with_the_same_weights(synthe
     # the class repeat factors it trained with are in its record (the rarest class of the sections repeated)
     factors = json.loads(open(os.path.join(rows[0].best_checkpoint, "member.json")).read())["class_repeat_factors"]
     assert len(factors) == 9 and all(f >= 1 for f in factors.values()) and max(factors.values()) > 1
-    # the results are minseg's files; Tune keeps no CSV / JSON / TensorBoard copies of them
+    # the results are minseg's files; Ray's run state (ray/) keeps no CSV / JSON / TensorBoard copies of them
     assert (tmp_path / "twice" / "ray").is_dir()
-    tune_logs = [p for p in (tmp_path / "twice" / "ray").rglob("*")
+    copies = [p for p in (tmp_path / "twice" / "ray").rglob("*")
                  if p.name in ("progress.csv", "result.json") or p.name.startswith("events.out.tfevents")]
-    assert not tune_logs, tune_logs
+    assert not copies, copies
 
 
 def assert_same_weights(run, other, member: str, other_member: str | None = None) -> None:
