@@ -1,6 +1,6 @@
 """Training throughput: one member alone vs N members concurrently, on this machine.
 
-Runs the real training job (Ray Train + Tune) twice on synthetic sections: once with
+Runs the real training job (Ray Train) twice on synthetic sections: once with
 one member, once with N copies of it. Prints per-member and aggregate tiles/s, their
 ratios, and the share of step time spent waiting for data, measured in this one run:
 

@@ -37,7 +37,7 @@ class RaySettings(StrictModel):
 
 def worker_runtime_env(local: bool = False) -> dict:
     """The job-level runtime env of a job minseg starts or joins: every task and actor sets up logging as the
-    driver does, and the pipelines a worker builds itself (a trial actor's member data) draw no Ray Data progress
+    driver does, and the pipelines a worker builds itself (a trial task's member data) draw no Ray Data progress
     bars (under --verbose they were forwarded to the console line by line, hundreds per member; pipelines built on
     the driver keep its choice: init_ray). ``local`` (an instance minseg starts on this machine): no Ray Train
     preemption watcher, one more process per member polling for a node preemption a single machine never has.

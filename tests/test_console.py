@@ -56,6 +56,8 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     text = "\n".join(console)
     assert "event=ray.ready" in text and "logs=" in text  # where Ray's own output went
     assert text.count("event=train.epoch member=halfunet") == 2  # one line per epoch, from the driver
+    last_epoch = max(i for i, line in enumerate(console) if "event=train.epoch member=halfunet epoch=2" in line)
+    assert last_epoch < next(i for i, line in enumerate(console) if "event=train.member.done member=halfunet" in line)
     assert "halfunet" in done.stdout and "done" in done.stdout  # the members table
     assert "diverges" in done.stdout and "failed" in done.stdout
     assert len(console) < 45, "\n".join(console)
@@ -95,6 +97,8 @@ def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_
     assert stopped_in < 60, f"{stopped_in:.0f} s to stop"
     last = json.loads(pointer.read_text())
     assert (pointer.parent / last["dir"] / "model.pt").stat().st_size > 0
+    member = pointer.parent.parent
+    assert not (member / "result.json").exists() and not (member / "error.txt").exists()  # not recorded as failed
     session = re.search(r"logs=(\S+)", err).group(1)  # where this job's Ray instance kept its logs
     deadline = time.monotonic() + 20  # Ray's daemons end a moment after the driver
     while (left := subprocess.run(["pgrep", "-f", session.split("/logs")[0].rstrip("/")], capture_output=True,

@@ -74,7 +74,7 @@ def test_a_minseg_error_inside_a_ray_error_becomes_that_error_alone():
 
 
 def test_pipelines_built_in_workers_draw_no_progress_bars(ray_session):
-    """Under --verbose the workers' output reaches the console: a pipeline a worker builds itself (a trial actor's
+    """Under --verbose the workers' output reaches the console: a pipeline a worker builds itself (a trial task's
     member data) drew one progress bar line per update there, hundreds per member. A driver joining the running
     instance, as ``ray job submit`` drivers do; a value set in the environment is the user's."""
     import subprocess

@@ -584,7 +584,7 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "rank_z", "positives", "negatives", "level",
-                                                "kept", "reason"]))
+                                                "kept", "weak", "reason"]))
         if weak := weakly_kept(screening):
             log_event(log, "prospect.screening_weak", logging.WARNING, trial=key,
                       kept_with_positives=",".join(f"{r['element']}:{r['positives']}" for r in weak),

@@ -114,34 +114,50 @@ def score_rows(values: dict[str, tuple[np.ndarray, np.ndarray]], level: str) -> 
 
 
 def rank_test_z(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """The Mann-Whitney rank test of the same AUC (scipy: exact for small untied samples, else the normal
-    approximation with tie correction), as a signed normal z: the positives ranking above the negatives gives z > 0.
-    Unlike Eq. 3's plug-in standard error, its null distribution holds with few positives (1 above 999 of 1000
-    negatives: z 3.1, where Eq. 3 gives Z_AUC 22), so ``decide`` uses it to flag Z_AUC that rest on few positives."""
+    """The Mann-Whitney rank test of the same AUC (scipy), as a signed normal z: the one-sided p of the positives
+    ranking above the negatives, as the z it is the upper tail of (negative when they rank below); 0 when every
+    value is tied. Exact for untied values whose U lies within 10,000 pairs of its bound (the far tails, where the
+    normal approximation fails with few positives, and where the exact distribution is quick: its cost grows with
+    that distance), else the normal approximation with tie correction. Unlike Eq. 3's plug-in standard error, its
+    null distribution holds with few positives (1 above all 1000 negatives: z 3.1, where Eq. 3 gives Z_AUC 22), so
+    ``decide`` uses it to flag Z_AUC that rest on few positives."""
     from scipy.stats import mannwhitneyu, norm
 
-    greater = mannwhitneyu(positives, negatives, alternative="greater").pvalue
-    less = mannwhitneyu(positives, negatives, alternative="less").pvalue
-    # the smaller one-sided p, signed by its direction; clipped so a p of 0 (tiny, underflowed) stays finite
-    return float(norm.isf(max(greater, 1e-300)) if greater <= less else -norm.isf(max(less, 1e-300)))
+    pooled = np.concatenate([positives, negatives])
+    if pooled.min() == pooled.max():
+        return 0.0
+    pairs = len(positives) * len(negatives)
+    approximate = mannwhitneyu(positives, negatives, alternative="greater", method="asymptotic")
+    tail = min(approximate.statistic, pairs - approximate.statistic)
+    exact = tail <= 10_000 and len(np.unique(pooled)) == len(pooled)
+    above = (mannwhitneyu(positives, negatives, alternative="greater", method="exact").pvalue if exact
+             else approximate.pvalue)
+    if above <= 0.5:
+        return float(norm.isf(max(above, 1e-300)))  # a p of 0 (underflowed) stays a finite z
+    # ranking below: the lower tail's own p (an exact distribution's upper tail is 1 at its bottom, not a z)
+    below = mannwhitneyu(positives, negatives, alternative="less", method="exact" if exact else "asymptotic").pvalue
+    return -float(norm.isf(max(below, 1e-300)))
 
 
 def decide(rows: list[dict], settings: ScreeningSettings) -> list[dict]:
     """The keep decision over every candidate together (elements and screened layers compete for
-    ``max_elements``): significant by Z_AUC, strongest first; ``always`` kept."""
+    ``max_elements``): significant by Z_AUC, strongest first; ``always`` kept. A row kept where its rank test
+    (``rank_z``) falls short of ``critical_z`` is ``weak``, with a caveat in its reason."""
     significant = [r for r in rows if r["z_auc"] is not None and
                    (r["z_auc"] >= settings.critical_z or (settings.two_sided and r["z_auc"] <= -settings.critical_z))]
     significant.sort(key=lambda r: -abs(r["z_auc"]))
     chosen = {r["element"] for r in significant[: settings.max_elements or len(significant)]}
     score = "|Z_AUC|" if settings.two_sided else "Z_AUC"
     for row in rows:
+        row["weak"] = False  # kept on Eq. 3's Z where the rank test falls short (set below)
         if row["element"] in settings.always and row["negatives"] > 0:
             row.update(kept=True, reason="always kept (config)")
         elif row["z_auc"] is None:
             row.update(kept=False, reason="no values at all" if row["positives"] + row["negatives"] == 0
                        else "no values at deposits" if row["positives"] == 0 else "no values away from deposits")
         elif row["element"] in chosen:
-            row.update(kept=True, reason=f"{score} >= {settings.critical_z}" + _weak_evidence(row, settings))
+            caveat = _weak_evidence(row, settings)
+            row.update(kept=True, weak=bool(caveat), reason=f"{score} >= {settings.critical_z}{caveat}")
         elif row in significant:
             row.update(kept=False, reason=f"significant, but beyond max_elements={settings.max_elements}")
         else:
@@ -161,8 +177,9 @@ def _weak_evidence(row: dict, settings: ScreeningSettings) -> str:
 
 
 def weakly_kept(rows: list[dict]) -> list[dict]:
-    """Kept rows whose rank test fell short of ``critical_z`` (``_weak_evidence``'s caveat in their reason)."""
-    return [r for r in rows if r.get("kept") and "; weak: " in r["reason"]]
+    """Kept rows whose rank test fell short of ``critical_z`` (``weak``; ``_weak_evidence``'s caveat in their
+    reason)."""
+    return [r for r in rows if r.get("weak")]
 
 
 def format_table(rows: list[dict]) -> str:

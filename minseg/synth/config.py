@@ -73,7 +73,7 @@ class SynthSettings(StrictModel):
     seed: int = 0
     sections: SectionsSynth | None = SectionsSynth()
     slide: SlideSynth | None = None
-    survey: SurveySynth | None = SurveySynth()
+    survey: SurveySynth | None = Field(default_factory=SurveySynth)  # built when used: its CRS check runs PROJ
 
     @model_validator(mode="after")
     def _something_to_make(self) -> "SynthSettings":

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 import traceback
 from collections import defaultdict
@@ -29,7 +30,7 @@ from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import (Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
                                refuse_output_among_inputs)
 from minseg.io.tables import csv_text
-from minseg.logs import EpochBoard, get_logger, log_event
+from minseg.logs import EpochBoard, get_logger, log_event, redact
 from minseg.metrics import metric_value
 from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
@@ -513,18 +514,26 @@ def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegCo
         dataset_config=_ordered_ingest(member.scaling.workers),
     )
     started = time.time()
-    error, error_uri = None, join_uri(member_uri(run_uri, member.name), "error.txt")
+    error = None
     try:
         trainer.fit()
     except Exception as exc:  # reported in the members table; the other members go on
         error = _root_cause(exc)
-        storage.write_text(error_uri, "".join(traceback.format_exception(exc)))  # the whole story, for a bug report
-    else:
-        storage.delete(error_uri)  # an earlier failure's, once --resume has finished the member
+        _write_traceback(storage, run_uri, member.name, "".join(traceback.format_exception(exc)))
     result = summarize_member(storage, run_uri, member, error, time.time() - started, fold)
     result.started_at, result.finished_at = started, time.time()
     storage.write_json(join_uri(member_uri(run_uri, member.name), "result.json"), asdict(result))
     return result
+
+
+def _write_traceback(storage: Storage, run_uri: str, member: str, text: str) -> None:
+    """A failed member's whole traceback, credentials redacted, as ``members/<member>/error.txt`` (the members
+    table gives its last line); a store that refuses it costs a warning, not the member's result."""
+    uri = join_uri(member_uri(run_uri, member), "error.txt")
+    try:
+        storage.write_text(uri, redact(text))
+    except (MinsegError, OSError) as exc:
+        log_event(log, "train.member.traceback_not_written", logging.WARNING, member=member, uri=uri, reason=str(exc))
 
 
 def _epoch_reporter(board, trial: int):
@@ -535,7 +544,10 @@ def _epoch_reporter(board, trial: int):
 
     class EpochReporter(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            ray.get(board.post.remote(trial, metrics[0]))  # posted before the run ends: its last epoch is drained
+            try:  # posted before the run ends: its last epoch is drained before the member is reported done
+                ray.get(board.post.remote(trial, metrics[0]))
+            except ray.exceptions.RayError:  # a lost board costs the console its epoch lines, not the member
+                pass
 
     return EpochReporter()
 
@@ -564,8 +576,6 @@ def _root_cause(exc: BaseException) -> str:
     """The members table's error: the innermost exception's last line. minseg's own errors (raised in a worker,
     they arrive wrapped in Ray's: ``WorkerGroupError: minseg.train.loop.DivergedError: ...``) are their message
     alone, written for the user; others keep their type, which helps to place them."""
-    import re
-
     seen = exc
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__
@@ -658,9 +668,10 @@ class _MemberProgress:
         fold = trial.get("fold")
         return trial["member"]["name"] + ("" if fold is None else f" (fold {fold + 1})")
 
-    def _log(self, event: str, trial: dict) -> None:
+    def _log(self, event: str, trial: dict, **more) -> None:
         queued = self.total - self.running - self.finished
-        log_event(log, event, member=self._name(trial), running=self.running, queued=queued, done=self.finished)
+        log_event(log, event, member=self._name(trial), running=self.running, queued=queued, done=self.finished,
+                  **more)
 
     def started(self, trial: dict) -> None:
         self.running += 1
@@ -674,53 +685,69 @@ class _MemberProgress:
         log_event(log, "train.epoch", member=self._name(trial), epoch=metrics["epoch"], of=total_epochs, **shown)
         self.progress.advance()
 
-    def ended(self, trial: dict, failed: bool) -> None:
+    def ended(self, trial: dict, result: MemberResult) -> None:
         self.running, self.finished = self.running - 1, self.finished + 1
-        self._log("train.member.failed" if failed else "train.member.done", trial)
+        if result.status is MemberStatus.DONE:
+            self._log("train.member.done", trial)
+        else:
+            self._log("train.member.failed", trial, reason=result.error)
 
 
 def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig, concurrency: int,
                 storage: Storage) -> list[MemberResult]:
     """Every trial as a Ray task (``run_member``: one TorchTrainer.fit), at most ``concurrency`` at once, in
-    ``trials``' order; their results in that order. A task that dies before recording its member's outcome (its
-    worker killed, the node lost) gives a failed result naming why; each epoch is logged as the runs post it.
+    ``trials``' order; their results in that order. A task that fails before recording its member's outcome (its
+    data unreadable, its worker killed, its node lost) gives a failed result naming why, the task's traceback in the
+    member's ``error.txt``; each epoch is logged as the runs post it. On an error or Ctrl-C here, the trials still
+    running are cancelled before it propagates (their checkpoints are whole: ``--resume`` continues them).
 
     Plain tasks, not Tune trials: a trial actor and a result queue actor per member cost more CPU than the
     smallest members' training, and minseg keeps every result itself (``result.json``, the members table)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    board = ray.remote(num_cpus=0)(EpochBoard).remote()  # in minseg.logs: its process imports little
-    fit = ray.remote(run_member).options(num_cpus=0.001, max_retries=0)  # a retried fit would start over
+    # on the driver's node (a lost board would fail every run reporting to it); in minseg.logs: imports little
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ray.remote(num_cpus=0)(EpochBoard).options(scheduling_strategy=here).remote()
+    # no retries, as Tune's trials had none: a member's own failures are Ray Train's (max_failures restarts)
+    fit = ray.remote(run_member).options(num_cpus=0.001, max_retries=0)
     shared = ray.put(source)  # the one source every trial reads, sent to the store once
     progress = _MemberProgress(trials)
     results: list[MemberResult | None] = [None] * len(trials)
     waiting, running = list(range(len(trials))), {}
-
-    def post_epochs():
-        for index, metrics in ray.get(board.drain.remote()):
-            progress.epoch(trials[index], metrics)
-
     try:
         while waiting or running:
             while waiting and len(running) < concurrency:
                 index = waiting.pop(0)
+                _clear_outcome(storage, trials[index])  # a redone trial's earlier result is not its result
                 running[fit.remote(trials[index], index, shared, config, board)] = index
                 progress.started(trials[index])
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            post_epochs()
+            for index, metrics in ray.get(board.drain.remote()):
+                progress.epoch(trials[index], metrics)
             for ref in done:
                 index = running.pop(ref)
                 try:
                     results[index] = ray.get(ref)
-                except Exception as exc:  # the task itself died: what it recorded, if anything, else why
+                except Exception as exc:  # the task itself failed: what it recorded, if anything, else why
                     results[index] = _collect(storage, trials[index], exc)
-                progress.ended(trials[index], failed=results[index].status is not MemberStatus.DONE)
+                progress.ended(trials[index], results[index])
     except BaseException:
         progress.progress.close(failed=True)
+        for ref in running:  # Ctrl-C in a notebook, an error here: no run left training unseen
+            ray.cancel(ref, force=True)
         raise
+    finally:
+        ray.kill(board)
     progress.progress.close()
-    ray.kill(board)
     return results
+
+
+def _clear_outcome(storage: Storage, trial: dict) -> None:
+    """Remove a trial's recorded outcome (``result.json``, ``error.txt``) before it runs again."""
+    folder = member_uri(trial["run_uri"], trial["member"]["name"])
+    for name in ("result.json", "error.txt"):
+        storage.delete(join_uri(folder, name))
 
 
 def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, resume: bool = False) -> list[MemberResult]:
@@ -1063,13 +1090,18 @@ def _previous_result(storage: Storage, run_uri: str, member: str) -> MemberResul
 
 
 def _collect(storage: Storage, trial: dict, error: BaseException) -> MemberResult:
-    """The result of a trial whose task died (``error``): what it recorded, if it got that far, else a failed
-    row saying why, with whatever checkpoints it left."""
+    """The result of a trial whose task failed (``error``): what it recorded, if it got that far (its earlier
+    runs' records were cleared when it was submitted), else a failed row saying why, with whatever checkpoints it
+    left, the task's traceback (Ray's error text carries the remote one) in ``error.txt``."""
     member = MemberSettings.model_validate(trial["member"])
     recorded = _previous_result(storage, trial["run_uri"], member.name)
     if recorded is not None:
         return recorded
-    return summarize_member(storage, trial["run_uri"], member, _root_cause(error), 0.0, trial.get("fold"))
+    _write_traceback(storage, trial["run_uri"], member.name, re.sub(r"\x1b\[[0-9;]*m", "", str(error)))  # no colours
+    cause = getattr(error, "cause", None) or error  # a RayTaskError's own exception, as raised in the task
+    result = summarize_member(storage, trial["run_uri"], member, _root_cause(cause), 0.0, trial.get("fold"))
+    storage.write_json(join_uri(member_uri(trial["run_uri"], member.name), "result.json"), asdict(result))
+    return result
 
 
 # -------------------------------------------------------------------- reports

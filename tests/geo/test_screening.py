@@ -57,7 +57,7 @@ def test_a_z_auc_resting_on_few_positives_is_kept_with_a_caveat():
     (row,) = screen_elements({"Cu": grid}, np.array([[3, 3], [3, 2]]), ScreeningSettings())
     assert row["z_auc"] == pytest.approx(auc_z_score(1.0, 2, 14), abs=1e-3) and row["z_auc"] > 7
     assert row["rank_z"] == pytest.approx(norm.isf(1 / 120), abs=1e-3)
-    assert row["kept"] and row["reason"] == "Z_AUC >= 2.58; weak: the rank test gives z 2.39 with 2 positives"
+    assert row["kept"] and row["weak"] and row["reason"] == "Z_AUC >= 2.58; weak: the rank test gives z 2.39 with 2 positives"
     assert weakly_kept([row]) == [row]
     (low,) = screen_elements({"Cu": -grid}, np.array([[3, 3], [3, 2]]), ScreeningSettings(two_sided=True))
     assert low["rank_z"] == pytest.approx(-norm.isf(1 / 120), abs=1e-3) and "weak: the rank test gives z -2.39" in \
@@ -66,7 +66,17 @@ def test_a_z_auc_resting_on_few_positives_is_kept_with_a_caveat():
     base = rng.random((50, 50)).astype(np.float32)
     (strong,) = screen_elements({"strong": base}, np.argwhere(base > 0.97), ScreeningSettings())
     assert strong["positives"] > 50 and strong["rank_z"] > 2.58 and strong["reason"] == "Z_AUC >= 2.58"
-    assert weakly_kept([strong]) == []
+    assert weakly_kept([strong]) == [] and strong["weak"] is False
+    # every value tied (a constant layer): no evidence either way, not an infinite z
+    (flat,) = screen_elements({"flat": np.ones((4, 4), np.float32)}, np.array([[3, 3]]), ScreeningSettings())
+    assert flat["rank_z"] == 0.0 and not flat["kept"]
+    # many pairs: exact in the far tail (one positive on top of 20,000: p 1 / 20,001, where the normal
+    # approximation says z 1.7), the normal approximation in the middle (the exact distribution took minutes there)
+    from minseg.geo.screening import rank_test_z
+
+    spread = np.arange(60_001, dtype=np.float64)
+    assert rank_test_z(spread[20_000:20_001], spread[:20_000]) == pytest.approx(norm.isf(1 / 20_001), abs=1e-6)
+    assert abs(rank_test_z(spread[[5, 30_000, 59_000]], np.delete(spread, [5, 30_000, 59_000]))) < 1
 
 
 def test_crs_compared_by_meaning(shared_data):

@@ -240,6 +240,39 @@ def test_a_member_whose_sample_cannot_show_every_class_is_not_started_and_the_ta
     assert row["member"] == "one-photo" and row["status"] == "failed" and row["error"] == result.error
 
 
+class VanishingSource(ImageSource):
+    """A source whose data is gone by the time a trial reads it (a bucket emptied mid-run)."""
+
+    def member_data(self, *args, **kwargs):
+        raise FileNotFoundError("s3://survey-bucket/tiles/: the bucket is empty")
+
+
+def test_a_trial_that_fails_before_training_is_a_failed_row_with_its_traceback(synthetic_sections, tmp_path):
+    """The trial's task fails before Ray Train starts: a failed row naming why, the task's traceback in the
+    member's error.txt; an earlier run's result.json and error.txt of the member are not taken for this run's."""
+    from minseg.enums import MemberStatus
+    from minseg.train.ensemble import fit_members
+
+    members = [{"name": "m", "model": "half_unet", "model_options": {"width": 0.25},
+                "stages": [{"epochs": 1, "batch_size": 4}]}]
+    config = training_config(synthetic_sections, tmp_path, "gone", members)
+    prepared = prepare_data(config.data, Task.SEGMENTATION, 0, Storage(), str(tmp_path / "work"), 0.25)
+    folder = tmp_path / "gone" / "members" / "m"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"member": "m", "model": "half_unet", "status": "failed",
+                                                    "error": "an earlier run's", "started_at": 1.0}))
+    (folder / "error.txt").write_text("an earlier run's traceback")
+    (result,) = fit_members(config, config.training.members, VanishingSource(prepared, config.data),
+                            str(tmp_path / "gone"), concurrency=1)
+    assert result.status is MemberStatus.FAILED and result.error == \
+        "FileNotFoundError: s3://survey-bucket/tiles/: the bucket is empty", result.error
+    recorded = json.loads((folder / "result.json").read_text())
+    assert recorded["error"] == result.error and recorded["started_at"] != 1.0
+    traceback = (folder / "error.txt").read_text()
+    assert "in member_data" in traceback and traceback.rstrip().endswith("the bucket is empty")
+    assert "\x1b[" not in traceback  # Ray's terminal colours left out
+
+
 def test_a_bagged_prospectivity_trial_balances_its_own_draws(ray_session):
     """Windows: a bagged member's real windows each as often as drawn, SMOTE between its distinct positives (no
     synthetic window is a drawn positive again), the report and how the epoch was built recorded."""
