@@ -146,7 +146,8 @@ def test_raster_only_evidence_with_deposit_and_barren_rasters(gridded):
     for fold in folds:  # each fold screens on its own training side
         assert trials[fold.index].screening[0]["positives"] < rows["Au_idw"]["positives"]
     text = open(f"{root}/out/phases/screening/screening.csv").read().splitlines()
-    assert text[0] == "element,auc,z_auc,positives,negatives,level,kept,reason" and len(text) == 5
+    assert text[0] == "element,auc,z_auc,rank_z,positives,negatives,level,kept,weak,reason" and len(text) == 5
+    assert all(r["rank_z"] is not None and r["weak"] in (True, False) for r in rows.values())
 
 
 def test_barren_sites_are_the_sample_level_negatives_of_the_training_side(gridded, ray_session):
