@@ -38,7 +38,7 @@ class MinsegConfig(StrictModel):
     run: RunSettings = RunSettings()
     ray: RaySettings = RaySettings()
     storage: StorageSettings = StorageSettings()
-    synth: SynthSettings = SynthSettings()
+    synth: SynthSettings = Field(default_factory=SynthSettings)  # built when used: the survey CRS check runs PROJ
     data: DataSettings | None = None
     training: TrainingSettings | None = None
     evaluation: EvaluationSettings | None = None

@@ -522,7 +522,12 @@ def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegCo
         _write_traceback(storage, run_uri, member.name, "".join(traceback.format_exception(exc)))
     result = summarize_member(storage, run_uri, member, error, time.time() - started, fold)
     result.started_at, result.finished_at = started, time.time()
-    storage.write_json(join_uri(member_uri(run_uri, member.name), "result.json"), asdict(result))
+    return _record_result(storage, run_uri, result)
+
+
+def _record_result(storage: Storage, run_uri: str, result: MemberResult) -> MemberResult:
+    """``result`` as the trial's ``result.json`` (what ``_previous_result`` reads back); returned."""
+    storage.write_json(join_uri(member_uri(run_uri, result.member), "result.json"), asdict(result))
     return result
 
 
@@ -660,8 +665,11 @@ class _MemberProgress:
         from minseg.logs import Progress
 
         self.total, self.running, self.finished = len(trials), 0, 0
-        epochs = sum(sum(stage["epochs"] for stage in t["member"]["stages"]) for t in trials)
-        self.progress = Progress(epochs, "train", unit="epochs")
+        self.progress = Progress(sum(self._epochs(t) for t in trials), "train", unit="epochs")
+
+    @staticmethod
+    def _epochs(trial: dict) -> int:
+        return sum(stage["epochs"] for stage in trial["member"]["stages"])
 
     @staticmethod
     def _name(trial: dict) -> str:
@@ -680,9 +688,9 @@ class _MemberProgress:
     def epoch(self, trial: dict, metrics: dict) -> None:
         if "epoch" not in metrics:
             return
-        total_epochs = sum(stage["epochs"] for stage in trial["member"]["stages"])
         shown = {k: round(metrics[k], 4) for k in ("train_loss", "val_loss", "miou", "accuracy") if k in metrics}
-        log_event(log, "train.epoch", member=self._name(trial), epoch=metrics["epoch"], of=total_epochs, **shown)
+        log_event(log, "train.epoch", member=self._name(trial), epoch=metrics["epoch"], of=self._epochs(trial),
+                  **shown)
         self.progress.advance()
 
     def ended(self, trial: dict, result: MemberResult) -> None:
@@ -1099,9 +1107,8 @@ def _collect(storage: Storage, trial: dict, error: BaseException) -> MemberResul
         return recorded
     _write_traceback(storage, trial["run_uri"], member.name, re.sub(r"\x1b\[[0-9;]*m", "", str(error)))  # no colours
     cause = getattr(error, "cause", None) or error  # a RayTaskError's own exception, as raised in the task
-    result = summarize_member(storage, trial["run_uri"], member, _root_cause(cause), 0.0, trial.get("fold"))
-    storage.write_json(join_uri(member_uri(trial["run_uri"], member.name), "result.json"), asdict(result))
-    return result
+    failed = summarize_member(storage, trial["run_uri"], member, _root_cause(cause), 0.0, trial.get("fold"))
+    return _record_result(storage, trial["run_uri"], failed)
 
 
 # -------------------------------------------------------------------- reports
