@@ -58,6 +58,9 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert text.count("event=train.epoch member=halfunet") == 2  # one line per epoch, from the driver
     last_epoch = max(i for i, line in enumerate(console) if "event=train.epoch member=halfunet epoch=2" in line)
     assert last_epoch < next(i for i, line in enumerate(console) if "event=train.member.done member=halfunet" in line)
+    started = [i for i, line in enumerate(console) if "event=train.member.started member=halfunet" in line]
+    assert len(started) == 1 and started[0] < min(i for i, line in enumerate(console) if "train.epoch member=halfunet"
+                                                  in line)  # when its workers started, before its first epoch
     assert "halfunet" in done.stdout and "done" in done.stdout  # the members table
     assert "diverges" in done.stdout and "failed" in done.stdout
     assert len(console) < 45, "\n".join(console)

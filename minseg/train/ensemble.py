@@ -475,6 +475,8 @@ class WorkerConfig:
     inputs: TrialInputs
     eval_batch_size: int
     seed: int
+    board: Any = None  # the run's logs.EpochBoard actor: rank 0 posts when its worker group has started
+    trial: int = 0  # the trial's index on the board
 
 
 def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegConfig, board) -> MemberResult:
@@ -492,6 +494,7 @@ def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegCo
     worker_config = {"worker": WorkerConfig(
         member=member, storage=storage, run_uri=run_uri, inputs=inputs,
         eval_batch_size=max(s.batch_size for s in member.stages) // member.scaling.workers, seed=config.run.seed,
+        board=board, trial=index,
     )}
     resources = {"CPU": member.scaling.cpus_per_worker}
     if member.scaling.gpus_per_worker:
@@ -658,13 +661,17 @@ def summarize_member(storage: Storage, run_uri: str, member: MemberSettings, err
 
 
 class _MemberProgress:
-    """On the driver: members running / queued / done as their trials start and end, one line per epoch of every
-    member (from the metrics each run's controller posts), and a progress bar over all their epochs."""
+    """On the driver: members queued / running / done, one line per epoch of every member (from the metrics each
+    run posts to the board), and a progress bar over all their epochs. A trial is running from when its worker
+    group starts (it posts so, ``loop.announce_start``), not when it is submitted: on a cluster short of GPUs the
+    submitted rest wait, queued."""
 
     def __init__(self, trials: list[dict]):
         from minseg.logs import Progress
 
-        self.total, self.running, self.finished = len(trials), 0, 0
+        self.trials = trials
+        self.total, self.finished = len(trials), 0
+        self.started: set[int] = set()  # trials whose worker group started and that have not ended
         self.progress = Progress(sum(self._epochs(t) for t in trials), "train", unit="epochs")
 
     @staticmethod
@@ -676,16 +683,23 @@ class _MemberProgress:
         fold = trial.get("fold")
         return trial["member"]["name"] + ("" if fold is None else f" (fold {fold + 1})")
 
-    def _log(self, event: str, trial: dict, **more) -> None:
-        queued = self.total - self.running - self.finished
-        log_event(log, event, member=self._name(trial), running=self.running, queued=queued, done=self.finished,
-                  **more)
+    def _log(self, event: str, index: int, level: int = logging.INFO, **more) -> None:
+        running = len(self.started)
+        log_event(log, event, level, member=self._name(self.trials[index]), running=running,
+                  queued=self.total - running - self.finished, done=self.finished, **more)
 
-    def started(self, trial: dict) -> None:
-        self.running += 1
-        self._log("train.member.started", trial)
-
-    def epoch(self, trial: dict, metrics: dict) -> None:
+    def posted(self, index: int, metrics: dict) -> None:
+        """What a run posted to the board: its start (``loop.announce_start``) or an epoch's metrics."""
+        trial = self.trials[index]
+        if metrics.get("started"):
+            done = metrics.get("epochs_done", 0)
+            if index in self.started:  # Ray Train restarted its worker group (train.max_failures)
+                self._log("train.member.restarted", index, logging.WARNING, from_epoch=done)
+                return
+            self.started.add(index)
+            self._log("train.member.started", index, **({"from_epoch": done} if done else {}))
+            self.progress.advance(done)  # a resumed member's finished epochs
+            return
         if "epoch" not in metrics:
             return
         shown = {k: round(metrics[k], 4) for k in ("train_loss", "val_loss", "miou", "accuracy") if k in metrics}
@@ -693,12 +707,13 @@ class _MemberProgress:
                   **shown)
         self.progress.advance()
 
-    def ended(self, trial: dict, result: MemberResult) -> None:
-        self.running, self.finished = self.running - 1, self.finished + 1
+    def ended(self, index: int, result: MemberResult) -> None:
+        self.started.discard(index)  # a trial that failed before its workers started was never running
+        self.finished += 1
         if result.status is MemberStatus.DONE:
-            self._log("train.member.done", trial)
+            self._log("train.member.done", index)
         else:
-            self._log("train.member.failed", trial, reason=result.error)
+            self._log("train.member.failed", index, reason=result.error)
 
 
 def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig, concurrency: int,
@@ -729,17 +744,16 @@ def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig
                 index = waiting.pop(0)
                 _clear_outcome(storage, trials[index])  # a redone trial's earlier result is not its result
                 running[fit.remote(trials[index], index, shared, config, board)] = index
-                progress.started(trials[index])
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for index, metrics in ray.get(board.drain.remote()):
-                progress.epoch(trials[index], metrics)
+                progress.posted(index, metrics)
             for ref in done:
                 index = running.pop(ref)
                 try:
                     results[index] = ray.get(ref)
                 except Exception as exc:  # the task itself failed: what it recorded, if anything, else why
                     results[index] = _collect(storage, trials[index], exc)
-                progress.ended(trials[index], results[index])
+                progress.ended(index, results[index])
     except BaseException:
         progress.progress.close(failed=True)
         for ref in running:  # Ctrl-C in a notebook, an error here: no run left training unseen

@@ -369,6 +369,21 @@ def steps_per_epoch(session: Session, batch_size: int) -> int:
     return max(1, math.ceil((session.inputs.train_tiles // session.world) / (batch_size // session.world)))
 
 
+def announce_start(session: Session, state: dict) -> None:
+    """Rank 0 tells the driver's board that this member's worker group holds its resources and starts (or, after
+    a Ray Train restart, starts again) at ``state["epochs_done"]``: a trial waiting for GPUs is queued, not
+    running. Posted and awaited before the first epoch is reported, so the driver sees the start first."""
+    board = session.worker.board
+    if session.rank != 0 or board is None:
+        return
+    import ray
+
+    try:
+        ray.get(board.post.remote(session.worker.trial, {"started": True, "epochs_done": state["epochs_done"]}))
+    except ray.exceptions.RayError:  # a lost board costs the console a line, not the member
+        pass
+
+
 def train_worker(config: dict) -> None:
     """The loop of one member on one Ray Train worker: set up → start or resume → per stage (freeze or
     not; optimizer per stage, or one for the run) → per epoch: train, validate every N epochs, record.
@@ -380,6 +395,7 @@ def train_worker(config: dict) -> None:
     configure_logging()
     session = set_up(config["worker"])
     state, optimizer_state = start_or_resume(session)
+    announce_start(session, state)
     member, model = session.member, session.model
     whole_run = member.schedule.span is ScheduleSpan.RUN
     stage_steps = [steps_per_epoch(session, stage.batch_size) * stage.epochs for stage in member.stages]

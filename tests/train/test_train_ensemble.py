@@ -385,22 +385,64 @@ def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path
     assert time.monotonic() - started < 60
 
 
-def test_killed_worker_resumes_from_checkpoint_and_ends_as_a_run_never_stopped(synthetic_sections, tmp_path):
+def test_a_member_is_running_from_its_workers_start_not_its_submission(caplog):
+    """The driver's counts and progress bar follow what runs post to the board (loop.announce_start): a submitted
+    trial is queued until its worker group starts (on a cluster short of GPUs it waits), a resumed member's
+    finished epochs fill the bar, a Ray Train restart is a warning, and a trial that failed before starting was never
+    running."""
+    import logging
+
+    from minseg.enums import MemberStatus
+    from minseg.train.ensemble import MemberResult, _MemberProgress
+
+    trials = [{"member": {"name": name, "stages": [{"epochs": 3}, {"epochs": 2}]}, "fold": None}
+              for name in ("a", "b", "c")]
+    progress = _MemberProgress(trials)
+
+    with caplog.at_level(logging.INFO, logger="minseg.train.ensemble"):
+        progress.posted(1, {"started": True, "epochs_done": 2})  # b resumes at epoch 3 of 5
+        progress.posted(1, {"epoch": 3, "train_loss": 0.5})
+        progress.posted(0, {"started": True, "epochs_done": 0})
+        progress.posted(0, {"started": True, "epochs_done": 1})  # its worker group restarted after a checkpoint
+        progress.ended(2, MemberResult(member="c", model="unet", status=MemberStatus.FAILED, error="not started: x"))
+        progress.ended(1, MemberResult(member="b", model="unet", status=MemberStatus.DONE))
+    progress.progress.close()
+    assert [(r.getMessage(), r.fields) for r in caplog.records] == [
+        ("train.member.started", {"member": "b", "running": 1, "queued": 2, "done": 0, "from_epoch": 2}),
+        ("train.epoch", {"member": "b", "epoch": 3, "of": 5, "train_loss": 0.5}),
+        ("train.member.started", {"member": "a", "running": 2, "queued": 1, "done": 0}),
+        ("train.member.restarted", {"member": "a", "running": 2, "queued": 1, "done": 0, "from_epoch": 1}),
+        ("train.member.failed", {"member": "c", "running": 2, "queued": 0, "done": 1, "reason": "not started: x"}),
+        ("train.member.done", {"member": "b", "running": 1, "queued": 0, "done": 2}),
+    ]
+    assert caplog.records[3].levelno == logging.WARNING
+    assert progress.progress.done == 3  # b's two finished epochs and its third
+
+
+def test_killed_worker_resumes_from_checkpoint_and_ends_as_a_run_never_stopped(synthetic_sections, tmp_path, caplog):
     """SIGKILL the training worker after its first checkpoint: Ray restarts it, it resumes, and it ends with the
     weights of the same member trained in one go (its tiles cached in item order, every epoch's draws from the
-    epoch's seed)."""
+    epoch's seed); the driver says it restarted and from which epoch."""
+    import logging
+
     import ray
 
     member = {"name": "survivor", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 2,
               "stages": [{"epochs": 4, "batch_size": 4}]}
     (whole,) = train_ensemble(training_config(synthetic_sections, tmp_path, "whole", [member]))
     assert whole.status == "done", whole.error
-    training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "kill", [member]), "survivor")
-    training.wait_for_checkpoint()
-    killed = training.kill_workers()
-    (row,) = training.join(600)
+    with caplog.at_level(logging.INFO, logger="minseg.train.ensemble"):
+        training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "kill", [member]), "survivor")
+        training.wait_for_checkpoint()
+        killed = training.kill_workers()
+        (row,) = training.join(600)
     assert killed
     assert row.status == "done", row.error
+    said = [(r.getMessage(), r.fields.get("from_epoch")) for r in caplog.records
+            if r.getMessage().startswith("train.member.")]
+    assert said[0] == ("train.member.started", None) and said[-1][0] == "train.member.done"
+    assert [event for event, _ in said[1:-1]] == ["train.member.restarted"] * len(said[1:-1]) and said[1:-1]
+    assert all(epoch >= 1 for _, epoch in said[1:-1])  # from its checkpoint
     state = load_checkpoint_state(tmp_path / "kill", "survivor")
     assert state["restarts"] >= 1
     assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]  # resumed, not restarted from scratch
