@@ -26,6 +26,7 @@ def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dt
         return None
     if precision is Precision.FP16:
         return torch.float16
-    if precision is Precision.BF16 or torch.cuda.is_bf16_supported():
+    # emulation excluded: torch's default calls a V100 or T4 bf16-capable, where bf16 runs without tensor cores
+    if precision is Precision.BF16 or torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16

@@ -88,7 +88,25 @@ class LossSettings(StrictModel):
 class ScalingSettings(StrictModel):
     workers: int = Field(1, ge=1, description="data-parallel (DDP) workers for this member")
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0, description="fractional allowed (several members per GPU)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="at most 1; fractional allowed (several members per GPU)")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _at_most_one(cls, value: float) -> float:
+        if value > 1:  # the loop trains on ray.train.torch.get_device(): the first of a worker's GPUs
+            raise ValueError(f"{value:g}: a worker trains on one GPU, the others would sit idle; for more GPUs per "
+                             "member give workers: N (data-parallel) with gpus_per_worker: 1")
+        return value
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> "ScalingSettings":
+        # NCCL refuses two ranks of one process group on one GPU ("Duplicate GPU detected"), and Ray packs
+        # fractional shares of one placement group onto the same GPU
+        if self.workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g} with {self.workers} workers: the data-parallel "
+                             "workers of one member need a GPU each (Ray could place two on one GPU, which NCCL "
+                             "refuses); give gpus_per_worker: 1, or workers: 1 to share GPUs between members")
+        return self
 
 
 class BaggingSettings(StrictModel):

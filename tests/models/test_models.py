@@ -186,6 +186,16 @@ def test_mfaf_vote_and_aux_outputs(backbone):
         build_model("mfaf", num_classes=2, backbone="vgg")
 
 
+def test_mfaf_vote_stays_fp32_under_bf16_autocast():
+    """Prospectivity probabilities near 0.01 rank cells: in bf16 they move in steps of ~3 % (ties in the AUC, the
+    ranked targets); the vote is a log of fp32 probabilities whatever the stages ran in."""
+    model = build_model("mfaf", num_classes=2, in_channels=10, width=0.25, depth="tiny").eval()
+    x = torch.randn(3, 10, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.float32
+
+
 def test_registry_errors():
     with pytest.raises(ValueError, match="unknown model 'resunet'; registered models: .*res_unet"):
         build_model("resunet", num_classes=2)

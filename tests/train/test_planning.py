@@ -29,12 +29,12 @@ def test_plan_concurrency_fits_largest_members_first():
 def test_one_worker_of_a_member_must_fit_on_one_node():
     """Ray Train places each worker on one node: a cluster's totals can hold a member whose workers no node can."""
     gpu_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
-    members = [member("two-gpus", 1, 1.0, 2.0)]  # 2 GPUs in all, but never on one node
-    assert plan_concurrency(members, cpus=16, gpus=2, data_cpus=0.5, requested=None) == 1  # the totals alone pass
+    members = [member("wide", 1, 12.0, 1.0)]  # 24 CPUs in all, but never 12 on one node
+    assert plan_concurrency(members, cpus=24, gpus=2, data_cpus=0.5, requested=None) == 1  # the totals alone pass
     with pytest.raises(ResourceError) as refused:
         plan_concurrency(members, cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
-    assert str(refused.value).startswith("member 'two-gpus': one worker of training.members[].scaling.cpus_per_worker "
-                                         "1 CPUs and gpus_per_worker 2 GPUs must fit on one node; the cluster has 16 "
+    assert str(refused.value).startswith("member 'wide': one worker of training.members[].scaling.cpus_per_worker "
+                                         "12 CPUs and gpus_per_worker 1 GPUs must fit on one node; the cluster has 16 "
                                          "CPUs and 2 GPUs (2 node(s), at most 8 CPUs and 1 GPUs on one)")
     with pytest.raises(ResourceError, match=r"member 'wide': .*scaling\.cpus_per_worker 12 CPUs"):
         plan_concurrency([member("wide", 1, 12.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None, nodes=gpu_nodes)
@@ -44,6 +44,19 @@ def test_one_worker_of_a_member_must_fit_on_one_node():
     # the same GPUs as two workers of one each (data-parallel across the nodes): planned
     assert plan_concurrency([member("ddp", 2, 1.0, 1.0)], cpus=16, gpus=2, data_cpus=0.5, requested=None,
                             nodes=gpu_nodes) == 1
+
+
+def test_a_worker_trains_on_one_gpu_of_its_own():
+    """The loop trains on one device: a second GPU per worker would idle; and NCCL refuses two data-parallel ranks
+    on one GPU, where Ray may place fractional shares of one member's workers."""
+    with pytest.raises(ValueError, match="2: a worker trains on one GPU, .* workers: N \\(data-parallel\\) with "
+                                         "gpus_per_worker: 1"):
+        member("two-gpus", 1, 1.0, 2.0)
+    with pytest.raises(ValueError, match="gpus_per_worker 0.5 with 2 workers: the data-parallel workers of one member "
+                                         "need a GPU each"):
+        member("halves", 2, 1.0, 0.5)
+    assert member("quarter", 1, 1.0, 0.25).scaling.gpus_per_worker == 0.25  # members share GPUs, one worker each
+    assert member("ddp", 2, 1.0, 1.0).scaling.workers == 2
 
 
 def test_cosine_schedule_with_warmup_and_step_schedule():
