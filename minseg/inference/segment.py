@@ -245,6 +245,7 @@ class BlockSegmenter:
                                                           self.fusion, cap=settings.batch_size)
         self.arrays: dict[str, SegmentationArrays] = {}
         self.layouts: dict[str, int] = {}
+        self.context_lost = False  # a CUDA error other than out-of-memory: every later kernel would fail
         import ray
 
         # the Ray node this actor runs on (run_summary.json: blocks_per_node); none outside Ray (benchmarks)
@@ -277,6 +278,9 @@ class BlockSegmenter:
         return self.arrays[plan.slide_id]
 
     def __call__(self, batch: dict) -> dict:
+        if self.context_lost:  # Ray Data restarts the actor and gives this batch to it (max_restarts -1)
+            log.warning("a CUDA error left this actor's GPU context unusable: exiting to be restarted")
+            os._exit(1)
         inputs = BlockInput.from_batch(batch)
         out = BlockDone([], [], [], [], [], [], [])
         for slide_id, text, payload, error in zip(inputs.slide, inputs.block, inputs.payload, inputs.error):
@@ -292,7 +296,8 @@ class BlockSegmenter:
                     seconds = record.seconds
                 except Exception as exc:  # e.g. out of memory, a storage error: this slide fails, the job goes on
                     log.debug("block %s of %s failed", block.name, plan.slide_id, exc_info=True)
-                    error = f"block {block.name}: {type(exc).__name__}: {exc}"
+                    error, lost = block_error(block.name, exc, self.batch_size)
+                    self.context_lost = self.context_lost or lost
             out.slide.append(str(slide_id))
             out.block.append(str(text))
             out.windows.append(windows)
@@ -301,6 +306,24 @@ class BlockSegmenter:
             out.error.append(error)
             out.node.append(self.node)
         return out.to_batch()
+
+
+def block_error(block: str, exc: Exception, batch_size: int) -> tuple[str, bool]:
+    """A failed block's reason (its slide fails with it) and whether the actor's GPU context is lost.
+
+    Out of GPU memory frees the cached memory (the actor's next blocks start clean) and says which settings
+    lower the need; any other CUDA error (``torch.AcceleratorError``: an illegal access, an ECC error) leaves the
+    process's context unusable, so the actor exits before its next batch and Ray Data restarts it and retries
+    that batch (a slide does not fail for landing on a broken actor)."""
+    import torch
+
+    reason = f"block {block}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return (f"{reason} (out of GPU memory at segment.batch_size {batch_size}: lower it, set "
+                "segment.gpu_memory_gib to fit the batch to a budget, or give each actor a larger "
+                "segment.gpus_per_actor (fewer actors sharing a GPU); the same command redoes the slide)"), False
+    return reason, isinstance(exc, torch.AcceleratorError)
 
 
 # -- the job ------------------------------------------------------------------

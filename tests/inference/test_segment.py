@@ -659,3 +659,22 @@ def test_a_slide_table_left_with_no_slide_keeps_its_header(tmp_path):
     assert (tmp_path / "slides.csv").read_text().splitlines() == [",".join(SLIDE_COLUMNS)]
     table = pq.read_table(tmp_path / "slides.parquet")
     assert table.num_rows == 0 and table.column_names == list(SLIDE_COLUMNS)
+
+
+def test_a_block_that_fails_on_the_gpu_says_what_to_change_or_replaces_its_actor():
+    """No GPU here: the errors torch raises there, as the actor's ``except`` receives them. Out of memory names
+    the settings that lower the need (the actor goes on); any other CUDA error marks the actor's context lost (it
+    exits before its next batch, for Ray Data to restart it and retry that batch); other errors fail the slide."""
+    import torch
+
+    from minseg.inference.segment import block_error
+
+    reason, lost = block_error("r0c1", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 16)
+    assert reason.startswith("block r0c1: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (out of "
+                             "GPU memory at segment.batch_size 16: lower it, set segment.gpu_memory_gib")
+    assert not lost
+    reason, lost = block_error("r0c1", torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+                               16)
+    assert reason == "block r0c1: AcceleratorError: CUDA error: an illegal memory access was encountered" and lost
+    assert block_error("r0c1", OSError("No space left on device"), 16) == \
+        ("block r0c1: OSError: No space left on device", False)
