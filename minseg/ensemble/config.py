@@ -6,8 +6,13 @@ from pydantic import ConfigDict, Field, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
-from minseg.enums import TTA, Blend, FusionMode, MemberCheckpoint, ScoreSplit, SelectionRule
+from minseg.enums import TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule
 from minseg.io.storage import absolute_uri, join_uri, output_folder
+
+
+# on a GPU, the metrics that rank members and select the ensemble (and its time per image) come from the numerics
+# segment runs: segment.precision's default is auto too
+PRECISION = "autocast on GPUs (auto: bf16 where the GPU runs it natively, else fp16); CPUs run fp32"
 
 
 class Tiling(StrictModel):
@@ -74,6 +79,7 @@ class EvaluationSettings(StrictModel):
     actors: int = Field(1, ge=1, description="inference actors (each holds every member)")
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    precision: Precision = Field(Precision.AUTO, description=PRECISION)
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     overlays: int = Field(3, ge=0, description="test images drawn as image / truth / best member / ensemble")
     weight_fit_pixels: int = Field(200_000, ge=1000, description="validation pixels sampled to fit learned weights")
@@ -122,6 +128,7 @@ class ScoreSettings(StrictModel):
     actors: int = Field(1, ge=1, description="inference actors (each holds every member)")
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)
+    precision: Precision = Field(Precision.AUTO, description=PRECISION)
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     overlays: int = Field(3, ge=0, description="images drawn as image / truth / best member / ensemble")
 

@@ -31,7 +31,7 @@ from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
 from minseg.data.splits import split_groups
-from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, Precision, SplitStratify, Task
+from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import write_manifest
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
@@ -102,7 +102,7 @@ class EnsembleEvaluator:
     def __init__(self, spec: PassSpec):
         self.spec = spec
         self.runtime = EnsembleRuntime(spec.members, spec.classmap.num_classes, spec.storage,
-                                       gpus=spec.settings.gpus_per_actor, precision=Precision.FP32,
+                                       gpus=spec.settings.gpus_per_actor, precision=spec.settings.precision,
                                        mean=spec.normalization["mean"], std=spec.normalization["std"],
                                        tta=spec.settings.tta)
         self.fusions = [Fusion.candidate(c.mode, c.weights) for c in spec.candidates]

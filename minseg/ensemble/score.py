@@ -158,7 +158,8 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     fused = [] if selected.is_member else [selected]
     pass_settings = EvaluationSettings(tta=manifest.fusion.tta, actors=settings.actors,
                                        cpus_per_actor=settings.cpus_per_actor, gpus_per_actor=settings.gpus_per_actor,
-                                       batch_size=settings.batch_size, overlays=settings.overlays)
+                                       precision=settings.precision, batch_size=settings.batch_size,
+                                       overlays=settings.overlays)
     items = prepared.splits["test"]
     previews = tuple(i["item_id"] for i in items[: settings.overlays])
     spec = PassSpec(members, prepared.classmap, data, storage, manifest.tiling, manifest.normalization,

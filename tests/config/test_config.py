@@ -46,6 +46,10 @@ def test_valid_file_becomes_typed_objects(tmp_path):
          "std must be finite numbers above 0"),
         ("data: {sources: [{uri: x}], normalization: {mean: [1, 2, 3], std: [64, -64, 64]}}", "data.normalization",
          "got -64.0"),
+        ("evaluation: {precision: half}", "evaluation.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+        ("score: {precision: half}", "score.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+        ("training: {members: [{name: a, model: unet, scaling: {workers: 2, gpus_per_worker: 0.5}}]}",
+         "training.members[0].scaling", "need a GPU each"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
