@@ -143,3 +143,28 @@ def test_runtime_env_file_is_valid_and_lists_pyprojects_dependencies():
     assert listed.pop("torch") == f"torch=={torch_pin}"
     wanted.pop("torch")
     assert listed == wanted
+
+
+def test_gpu_pods_hold_the_segment_actors_the_scaling_guide_recommends():
+    """docs/scaling.md's GPU settings (actors per GPU x cpus_per_actor, plus a block read) fit each GPU pod: with 8
+    CPUs a pod held one of the two actors a GPU was meant to keep busy. Every worker pod gives Ray's object store a
+    memory-backed /dev/shm (else it falls back to /tmp on disk)."""
+    from minseg.inference.config import SegmentSettings
+
+    guide = (ROOT / "docs" / "scaling.md").read_text()
+    block = re.search(r"## Settings for a GPU cluster\s+```yaml\n(.*?)```", guide, re.S).group(1)
+    settings = SegmentSettings(**yaml.safe_load(block)["segment"])
+    actors_per_gpu = round(1 / settings.gpus_per_actor)
+    gpu_groups = 0
+    for path, document in _manifests():
+        spec = document["spec"].get("rayClusterSpec", document["spec"])
+        for group in spec["workerGroupSpecs"]:
+            (container,) = group["template"]["spec"]["containers"]
+            mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+            assert "/dev/shm" in mounts, f"{path}: worker group {group['groupName']} has no /dev/shm volume"
+            limits = container["resources"]["limits"]
+            if gpus := int(limits.get("nvidia.com/gpu", 0)):
+                gpu_groups += 1
+                needed = gpus * actors_per_gpu * settings.cpus_per_actor + settings.read_cpus
+                assert needed <= float(limits["cpu"]), f"{path}: {group['groupName']} pods hold {limits['cpu']} CPUs"
+    assert gpu_groups
