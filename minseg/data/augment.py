@@ -91,4 +91,6 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, settings: Au
         if mean is None or std is None:
             raise ValueError("photometric augmentation (exposure / colour) needs the normalisation mean and std")
         images = _photometric(images, settings, generator, mean, std)
+    if images.is_cuda:  # flips, rotations and grid_sample leave NCHW strides: the convolutions want NHWC there
+        images = images.contiguous(memory_format=torch.channels_last)
     return images, masks

@@ -272,6 +272,9 @@ class EnsembleRuntime:
         self.device = select_device(gpus)
         self.autocast = autocast_dtype(precision, self.device)
         self.mean, self.std, self.tta = mean, std, TTA(tta)
+        # on the device once: rebuilt from lists per batch, each is a blocking copy to a GPU
+        self._statistics = None if mean is None or std is None else tuple(
+            torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in (mean, std))
         self.models = with_member_normalization(load_members(self.members, num_classes, storage, self.device),
                                                 self.members, mean, std)
         if channels_last and self.device.type == "cuda":
@@ -310,9 +313,12 @@ class EnsembleRuntime:
 
     def normalise(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, K) -> normalised float32 (N, K, H, W) on the device, channels_last."""
-        if self.mean is None or self.std is None:
+        return normalise(images, *self._known_statistics(), self.device)
+
+    def _known_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._statistics is None:
             raise ValueError("this runtime has no normalisation statistics; pass normalised tensors to predict()")
-        return normalise(images, self.mean, self.std, self.device)
+        return self._statistics
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, members: Sequence[int] | None = None) -> EnsemblePrediction:
@@ -345,7 +351,8 @@ class EnsembleRuntime:
         """Every member on a whole (H, W, K) uint8 image, tiled and blended (``sliding.predict_image``):
         probabilities (M, 1, C, H, W) and each member's seconds for the whole image."""
         timings: list[float] = []
-        probs = predict_image(self.models, image, self.num_classes, tiling.tile, tiling.overlap, self.mean, self.std,
+        mean, std = self._known_statistics()
+        probs = predict_image(self.models, image, self.num_classes, tiling.tile, tiling.overlap, mean, std,
                               self.device, batch_size, tiling.blend, self.tta, timings, self.autocast)
         return EnsemblePrediction(torch.from_numpy(probs)[:, None], tuple(timings))
 

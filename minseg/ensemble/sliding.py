@@ -133,8 +133,11 @@ def tile_probabilities(model, batch: torch.Tensor, tta: TTA = TTA.NONE, autocast
     views = _tta_views(TTA(tta), batch.shape[-1] == batch.shape[-2])
     total = None
     for forward, inverse in views:
+        view = forward(batch)
+        if view.is_cuda:  # a rotated or flipped view has NCHW-like strides; the members run channels_last there
+            view = view.contiguous(memory_format=torch.channels_last)
         with torch.autocast(batch.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(forward(batch))
+            logits = model(view)
         logits = logits[0] if isinstance(logits, tuple) else logits
         probs = inverse(torch.softmax(logits.float(), dim=1))
         total = probs if total is None else total + probs

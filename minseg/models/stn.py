@@ -39,4 +39,7 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta = self.theta(x).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if x.is_cuda and x.is_contiguous(memory_format=torch.channels_last):  # grid_sample returns NCHW
+            warped = warped.contiguous(memory_format=torch.channels_last)
+        return warped
