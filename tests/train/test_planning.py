@@ -230,3 +230,26 @@ def test_ruel_paper_members_pack_onto_fewer_gpus():
     with pytest.raises(ResourceError, match="GPUs"):
         plan_concurrency(load_config(path, MinsegConfig, overrides={
             "training.defaults.scaling.workers": "2"}).training.members, cpus=64, gpus=1, data_cpus=2, requested=None)
+
+
+def test_losses_are_read_back_in_windows_and_a_diverged_one_names_its_step():
+    """On a GPU the loop reads losses back 16 steps at once (a read-back per step stalls the queue); the sum is the
+    per-step one, and a NaN or inf anywhere in a window names its own step, not the window's last."""
+    import torch
+
+    from minseg.train.loop import DivergedError, LossWindow
+
+    window = LossWindow("m", epoch=2, every=3)
+    for step, (loss, tiles) in enumerate([(0.5, 4), (0.25, 4), (1.0, 2), (2.0, 1)]):
+        window.add(torch.tensor(loss), tiles, step)
+    assert window.total == 0.5 * 4 + 0.25 * 4 + 1.0 * 2  # the fourth waits for its window
+    window.settle()
+    assert window.total == 5.0 + 2.0
+    window = LossWindow("m", epoch=2, every=3)
+    window.add(torch.tensor(0.5), 4, 10)
+    window.add(torch.tensor(float("inf")), 4, 11)
+    with pytest.raises(DivergedError, match="member m: loss became inf at epoch 2, step 11; lower the learning rate"):
+        window.add(torch.tensor(float("nan")), 4, 12)
+    every_step = LossWindow("m", epoch=1, every=1)  # CPU: refused before the step is taken
+    with pytest.raises(DivergedError, match="loss became nan at epoch 1, step 0"):
+        every_step.add(torch.tensor(float("nan"), dtype=torch.bfloat16), 4, 0)
