@@ -279,8 +279,11 @@ class EnsembleRuntime:
                                                 self.members, mean, std)
         if channels_last and self.device.type == "cuda":
             self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        # batch_size_for measures these: compiled ones probed at batch 1 and 2 would recompile with a dynamic batch
+        # dimension for the whole run, and count the compiler's workspace as the model's memory
+        self._eager = self.models
         if compile:
-            self.models = [torch.compile(m) for m in self.models]
+            self.models = [torch.compile(m, dynamic=False) for m in self.models]
         self.index = {m.name: i for i, m in enumerate(self.members)}
 
     @classmethod
@@ -293,23 +296,27 @@ class EnsembleRuntime:
 
     def batch_size_for(self, budget_bytes: int, tile: int, fusion: "Fusion", cap: int) -> int:
         """The largest batch of (tile, tile) windows, at most ``cap``, whose fused prediction fits
-        ``budget_bytes`` of GPU memory: peak memory is measured at batch 1 and 2 and extrapolated linearly
-        (activations grow with the batch, weights do not). On CPU: ``cap``.
+        ``budget_bytes`` of GPU memory: peak memory is measured at batch 1 and 2 on the members uncompiled and
+        extrapolated linearly (activations grow with the batch, weights do not), a tenth of the budget kept back
+        for the allocator's fragmentation. On CPU: ``cap``.
         """
         if self.device.type != "cuda":
             return cap
         channels = len(self.mean) if self.mean is not None else 3
-        peaks = []
-        for batch in (1, 2):
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            images = np.zeros((batch, tile, tile, channels), np.uint8)
-            self.predict_images(images).fused_scores(fusion)
-            torch.cuda.synchronize(self.device)
-            peaks.append(torch.cuda.max_memory_allocated(self.device))
+        peaks, compiled, self.models = [], self.models, self._eager
+        try:
+            for batch in (1, 2):
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                images = np.zeros((batch, tile, tile, channels), np.uint8)
+                self.predict_images(images).fused_scores(fusion)
+                torch.cuda.synchronize(self.device)
+                peaks.append(torch.cuda.max_memory_allocated(self.device))
+        finally:
+            self.models = compiled
         per_window = max(1, peaks[1] - peaks[0])
         fixed = peaks[0] - per_window
-        return int(max(1, min(cap, (budget_bytes - fixed) // per_window)))
+        return int(max(1, min(cap, (0.9 * budget_bytes - fixed) // per_window)))
 
     def normalise(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, K) -> normalised float32 (N, K, H, W) on the device, channels_last."""
