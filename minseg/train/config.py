@@ -89,6 +89,8 @@ class ScalingSettings(StrictModel):
     workers: int = Field(1, ge=1, description="data-parallel (DDP) workers for this member")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0, description="at most 1; fractional allowed (several members per GPU)")
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over every worker's batch (SyncBatchNorm; "
+                                                    "GPUs only): with many workers each normalises a few tiles")
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -106,6 +108,9 @@ class ScalingSettings(StrictModel):
             raise ValueError(f"gpus_per_worker {self.gpus_per_worker:g} with {self.workers} workers: the data-parallel "
                              "workers of one member need a GPU each (Ray could place two on one GPU, which NCCL "
                              "refuses); give gpus_per_worker: 1, or workers: 1 to share GPUs between members")
+        if self.sync_batchnorm and not self.gpus_per_worker:  # torch's SyncBatchNorm refuses CPU tensors
+            raise ValueError("sync_batchnorm needs GPU workers (gpus_per_worker: 1): torch synchronises BatchNorm "
+                             "statistics between GPUs only")
         return self
 
 

@@ -180,6 +180,8 @@ def set_up(worker) -> Session:
     torch.manual_seed(seed)
     model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
                         **member.model_options)
+    if member.scaling.sync_batchnorm and world > 1:  # same parameter and buffer names: checkpoints load either way
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     class_weights = member.class_weights(inputs.class_counts)
     loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes, class_weights=class_weights,
                          ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,

@@ -253,3 +253,28 @@ def test_losses_are_read_back_in_windows_and_a_diverged_one_names_its_step():
     every_step = LossWindow("m", epoch=1, every=1)  # CPU: refused before the step is taken
     with pytest.raises(DivergedError, match="loss became nan at epoch 1, step 0"):
         every_step.add(torch.tensor(float("nan"), dtype=torch.bfloat16), 4, 0)
+
+
+def test_sync_batchnorm_is_for_gpu_workers_and_keeps_checkpoints_loadable():
+    """SyncBatchNorm (torch: GPUs only) is refused for CPU workers; the converted model has the BatchNorm model's
+    parameter and buffer names, so its checkpoints load into the plain model evaluate and segment build, and the
+    frozen-encoder rule (BatchNorm statistics kept) still finds its layers."""
+    import torch
+
+    from minseg.models import build_model
+
+    def synced_member(gpus):
+        return MemberSettings(name="m", model="unet", stages=[{"epochs": 1, "batch_size": 4}],
+                              scaling={"workers": 2, "gpus_per_worker": gpus, "sync_batchnorm": True})
+
+    with pytest.raises(ValueError, match="sync_batchnorm needs GPU workers"):
+        synced_member(0)
+    assert synced_member(1).scaling.sync_batchnorm
+    plain = build_model("res_unet", num_classes=3, width=0.125)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model("res_unet", num_classes=3, width=0.125))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    plain.load_state_dict(synced.state_dict())  # strict: every name and shape
+    synced.freeze_encoder()
+    synced.train()
+    frozen = [m for m in synced.encoder.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert frozen and not any(m.training for m in frozen)
