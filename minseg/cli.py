@@ -236,12 +236,12 @@ def data_from_folders(data, uris: list[str]):
 
 def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
-    from minseg.ensemble.manifest import write_manifest
+    from minseg.ensemble.manifest import manifest_destination, write_manifest
     from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.selection import Candidate, build_manifest, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
-    from minseg.io.storage import Storage, join_uri
+    from minseg.io.storage import Storage
 
     if args.candidate and (args.key or args.tpi_budget is not None or args.rule):
         raise InputError("--candidate takes that candidate; --key / --tpi-budget / --rule choose one: give one or "
@@ -280,9 +280,7 @@ def cmd_select(args) -> int:
                   "scores come from the pixels their weights were fitted to and favour them (run minseg evaluate "
                   "again)", file=sys.stderr)
         print(f"chosen on the {document.get('selection_split') or 'test'} split")
-    target = args.out or join_uri(args.evaluation, f"manifest-{args.name}.json")
-    if not target.startswith("s3://") and os.path.isdir(os.path.expanduser(target)):
-        raise InputError(f"--out: {target} is a folder; give the manifest's file name")
+    target = manifest_destination(args.out, args.evaluation, args.name, storage)
     _check_output(os.path.dirname(os.path.abspath(os.path.expanduser(target))) if not target.startswith("s3://")
                   else None, "--out")
     write_manifest(manifest, target, storage)

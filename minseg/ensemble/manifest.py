@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 from pydantic import Field, ValidationError
@@ -22,7 +23,7 @@ from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.storage import ObjectNotFoundError, Storage, is_s3, join_uri
 from minseg.logs import get_logger, log_event
 
 log = get_logger("ensemble.manifest")
@@ -106,6 +107,37 @@ def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> No
     would. Raises ManifestError."""
     check_manifest(manifest, uri)
     storage.write_json(uri, manifest.model_dump(mode="json"))
+
+
+def manifest_destination(out: str | None, evaluation: str, name: str, storage: Storage) -> str:
+    """Where ``minseg select`` writes its manifest: ``out`` as a ``.json`` file, or ``manifest-NAME.json`` inside
+    ``out`` when it is a folder (one that exists, or any path written with a trailing ``/``); by default beside
+    ``evaluation.json`` in the ``evaluation`` folder.
+
+    Raises:
+        InputError: ``out`` names another kind of file, or an existing file that is not an ensemble manifest
+            (a training run's members.json, an evaluation.json): select replaces only manifests.
+    """
+    file_name = f"manifest-{name}.json"
+    if not out:
+        target = join_uri(evaluation, file_name)
+    elif out.endswith("/") or (not is_s3(out) and os.path.isdir(os.path.expanduser(out))):
+        target = join_uri(out.rstrip("/"), file_name)
+    elif not out.lower().endswith(".json"):
+        raise InputError(f"--out: {out} is not a .json file name: give the manifest's file (e.g. {file_name}) or a "
+                         "folder ending in /")
+    else:
+        target = out
+    if storage.exists(target):
+        try:
+            document = json.loads(storage.read_text(target))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            document = None
+        if not (isinstance(document, dict) and "version" in document and "members" in document
+                and "fusion" in document):
+            raise InputError(f"--out: {target} exists and is not an ensemble manifest (another command's output?): "
+                             "select replaces only manifests; choose another path")
+    return target
 
 
 def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True) -> EnsembleManifest:

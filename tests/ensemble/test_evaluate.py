@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,34 @@ def test_manifest_validation_errors(evaluation, tmp_path):
     (tmp_path / "w.json").write_text(json.dumps(document))
     with pytest.raises(ManifestError, match="fusion.weights has"):
         load_manifest(str(tmp_path / "w.json"), storage, verify=False)
+
+
+def test_select_writes_manifests_only_where_asked_and_never_over_another_command_s_file(evaluation, tmp_path,
+                                                                                          capsys):
+    """``--out`` a folder (existing, or any path ending in /) gets manifest-NAME.json inside (a trailing-slash path
+    once became a file of that name); an existing manifest is replaced; evaluation.json, a run's members.json or
+    any file not a manifest is refused (select once replaced members.json, and evaluate and train --resume then
+    failed with tracebacks), and so is a name that is not .json."""
+    folder = evaluation.manifest_uri.rsplit("/", 1)[0]
+    record = (Path(folder) / "evaluation.json").read_text()
+    assert main(["select", folder, "--name", "again", "--out", f"{tmp_path}/new/"]) == 0
+    assert load_manifest(f"{tmp_path}/new/manifest-again.json").name == "again"
+    assert main(["select", folder, "--name", "again", "--out", str(tmp_path / "new")]) == 0  # it exists now
+    assert main(["select", folder, "--out", str(tmp_path / "new" / "manifest-again.json")]) == 0  # a manifest
+    assert load_manifest(f"{tmp_path}/new/manifest-again.json").name == "selected"
+    capsys.readouterr()
+    for target, message in ((f"{folder}/evaluation.json", "exists and is not an ensemble manifest"),
+                            (str(evaluation_run_members(folder)), "exists and is not an ensemble manifest"),
+                            (str(tmp_path / "manifest.yaml"), "is not a .json file name")):
+        assert main(["select", folder, "--out", target]) == 2
+        assert message in capsys.readouterr().err
+    assert (Path(folder) / "evaluation.json").read_text() == record
+    assert json.loads(evaluation_run_members(folder).read_text())["members"]
+
+
+def evaluation_run_members(folder: str) -> Path:
+    """The training run's members table (evaluation/ensemble is two levels under the run)."""
+    return Path(folder).parent.parent / "members.json"
 
 
 def test_select_under_a_tpi_budget(evaluation, capsys):
