@@ -33,7 +33,7 @@ from minseg.data.pipeline import PreparedData, classes_missing, load_example, pr
 from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
-from minseg.ensemble.manifest import write_manifest
+from minseg.ensemble.manifest import file_sha256, write_manifest
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
 from minseg.ensemble.selection import (
     MEMBER_PREFIX,
@@ -529,8 +529,10 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "ranking": ranking.order,
         "voters": ranking.pool,
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},
+        # the weights scored: select refuses to put a member retrained since into a manifest under these scores
         "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
-                             "normalization": m.normalization} for m in members},
+                             "normalization": m.normalization, "sha256": file_sha256(spec.storage, m.weights_uri)}
+                    for m in members},
         "candidates": [c.to_document() for c in candidates],
         # learned candidates' selection_metrics: each image of the selection split scored with weights fitted
         # without it (k -> item id -> weights); absent k: scored with their own weights (one image)

@@ -429,7 +429,8 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
     ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document).
 
     Raises:
-        InputError: the document has no candidate ``key`` (names the ones it has).
+        InputError: the document has no candidate ``key`` (names the ones it has); a member's weights differ from
+            the ones the document scored (retrained since: its scores are not theirs).
     """
     candidates = {c["key"]: Candidate.from_document(c) for c in document["candidates"]}
     if key not in candidates:
@@ -438,9 +439,15 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
     members = []
     for rank, member in enumerate(candidate.members):
         info = document["members"][member]
+        weights = join_uri(info["checkpoint"], "model.pt")
+        sha256 = file_sha256(storage, weights)
+        if info.get("sha256", sha256) != sha256:  # recorded since 2026-12-06
+            raise InputError(f"member {member}: {weights} is not the file this evaluation scored (retrained or "
+                             f"replaced since: sha256 {sha256[:12]}…, scored {info['sha256'][:12]}…); its scores "
+                             "would go into the manifest with other weights: run minseg evaluate again")
         members.append(ManifestMember(
             name=member, model=info["model"], model_options=info["model_options"], checkpoint=info["checkpoint"],
-            sha256=file_sha256(storage, join_uri(info["checkpoint"], "model.pt")), rank=rank,
+            sha256=sha256, rank=rank,
             metrics={k: v for k, v in document["rank_metrics"][member].items() if not isinstance(v, list)},
             normalization=_own_normalization(info.get("normalization"), document["normalization"]),
         ))

@@ -181,6 +181,28 @@ def test_select_writes_manifests_only_where_asked_and_never_over_another_command
     assert json.loads(evaluation_run_members(folder).read_text())["members"]
 
 
+def test_select_refuses_a_member_retrained_since_the_evaluation(evaluation, tmp_path, capsys):
+    """evaluation.json records the sha256 of the weights it scored; a member retrained since (same checkpoint path,
+    other weights) went into a manifest under the old scores, and the manifest loaded. Here the record is edited
+    instead of the shared run's weights: select must compare, and name the member and what to do."""
+    from minseg.ensemble.manifest import file_sha256
+
+    folder = Path(evaluation.manifest_uri.rsplit("/", 1)[0])
+    document = json.loads((folder / "evaluation.json").read_text())
+    for info in document["members"].values():
+        assert info["sha256"] == file_sha256(Storage(), f"{info['checkpoint']}/model.pt")
+    chosen = load_manifest(evaluation.manifest_uri).members[0].name
+    document["members"][chosen]["sha256"] = "0" * 64
+    copy = tmp_path / "evaluation"
+    copy.mkdir()
+    (copy / "evaluation.json").write_text(json.dumps(document))
+    capsys.readouterr()
+    assert main(["select", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"member {chosen}: " in err and "is not the file this evaluation scored" in err
+    assert "run minseg evaluate again" in err and not list(copy.glob("manifest*"))
+
+
 def evaluation_run_members(folder: str) -> Path:
     """The training run's members table (evaluation/ensemble is two levels under the run)."""
     return Path(folder).parent.parent / "members.json"
