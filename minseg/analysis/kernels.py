@@ -31,7 +31,7 @@ from torch import nn
 
 from minseg.enums import MemberCheckpoint
 from minseg.errors import InputError
-from minseg.io.runs import recorded_checkpoint
+from minseg.io.runs import read_members_table, recorded_checkpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
@@ -101,11 +101,10 @@ def _from_checkpoint(directory: str, storage: Storage, name: str | None = None) 
 def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
     """Finished members of a run, k-fold trials (``member@foldK``) and prospect trials included; a member
     trained without validation has no best checkpoint: its last one is analysed."""
-    uri = join_uri(run, "members.json")
     try:
-        rows = json.loads(storage.read_text(uri))["members"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KernelSourceError(f"{uri}: not a members table ({type(exc).__name__}: {exc})") from None
+        rows = read_members_table(storage, run) or []
+    except InputError as exc:
+        raise KernelSourceError(str(exc)) from None
     members = []
     for row in rows:
         if row.get("status") != "done":

@@ -49,7 +49,7 @@ from minseg.ensemble.selection import (
 )
 from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
-from minseg.io.runs import recorded_checkpoint
+from minseg.io.runs import read_members_table, recorded_checkpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri, refuse_other_command_outputs
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
@@ -217,15 +217,14 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     """
     from minseg.models import get_entry
 
-    try:
-        table = storage.read_json(join_uri(run_uri, "members.json"))["members"]
-    except ObjectNotFoundError:
+    table = read_members_table(storage, run_uri)
+    if table is None:
         if any(any(True for _ in storage.list(join_uri(run_uri, *part, "members") + "/"))  # checkpoints, no table
                for part in ((), ("fold1",))):
             raise InputError(f"{run_uri}: no members.json: its training was stopped before the members table was "
                              "written (interrupted, or still running); 'minseg train --resume' with the same config "
-                             "finishes it") from None
-        raise InputError(f"{run_uri}: no members.json (is this a training run? run 'minseg train' first)") from None
+                             "finishes it")
+        raise InputError(f"{run_uri}: no members.json (is this a training run? run 'minseg train' first)")
     done = {row["member"]: row for row in table if row["status"] == MemberStatus.DONE and row.get("fold") is None}
     unfinished = {row["member"]: str(row["status"]) for row in table
                   if row.get("fold") is None and row["member"] not in done}

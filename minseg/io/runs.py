@@ -33,6 +33,26 @@ def checkpoints_uri(run_uri: str, member: str) -> str:
     return join_uri(member_uri(run_uri, member), "checkpoints")
 
 
+def read_members_table(storage: Storage, run_uri: str) -> list[dict] | None:
+    """The rows of a run's ``members.json`` (each a dict with ``member`` and ``status``), or None when the run has
+    none.
+
+    Raises:
+        InputError: the file is not JSON or not a members table (e.g. another command's record written over it),
+            naming it."""
+    uri = join_uri(run_uri, "members.json")
+    try:
+        document = storage.read_json(uri)
+    except ObjectNotFoundError:
+        return None
+    rows = document.get("members") if isinstance(document, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("member"), str)
+                                             and isinstance(r.get("status"), str) for r in rows):
+        raise InputError(f"{uri}: not a members table (a 'members' list of rows with member and status): a damaged "
+                         "or replaced file; 'minseg train --resume' with the run's config writes it again")
+    return rows
+
+
 def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:
     """A member's ``last`` or ``best`` pointer, its ``uri`` the checkpoint directory under ``run_uri`` (wherever
     the run was written); None when the member has none.

@@ -36,7 +36,7 @@ from minseg.models import WeightLoadReport, build_model, get_entry
 from minseg.preflight import job_paths
 from minseg.runtime import ResourceError, describe_nodes, fits_one_node, init_ray, live_nodes
 from minseg.train.bagging import bagging_counts, bagging_seed
-from minseg.io.runs import member_uri, read_pointer, trial_uri
+from minseg.io.runs import member_uri, read_members_table, read_pointer, trial_uri
 from minseg.train.checkpoint import load_checkpoint
 from minseg.train.config import MemberSettings, TrainingSettings
 
@@ -933,12 +933,15 @@ def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfi
 def _recorded_table(storage: Storage, run_uri: str, configured: list[str] | None = None) -> list[MemberResult]:
     """The rows of the run's members table so far (none for a new run); with ``configured``, only the rows of
     those members (a member taken out of the config leaves the table)."""
-    uri = join_uri(run_uri, "members.json")
-    if not storage.exists(uri):
-        return []
     known = {f.name for f in fields(MemberResult)}
-    rows = [MemberResult(**{k: v for k, v in row.items() if k in known})
-            for row in storage.read_json(uri)["members"]]
+    try:
+        table = read_members_table(storage, run_uri) or []
+    except InputError as exc:  # damaged or written over: every trial's own record (result.json) rebuilds it
+        table = [storage.read_json(o.uri) for o in storage.list(run_uri.rstrip("/") + "/")
+                 if o.uri.endswith("/result.json")]
+        log_event(log, "train.members_table_rebuilt", logging.WARNING, reason=str(exc), rows=len(table),
+                  hint="from each member's result.json")
+    rows = [MemberResult(**{k: v for k, v in row.items() if k in known}) for row in table]
     return [r for r in rows if configured is None or r.member in configured]
 
 

@@ -173,9 +173,19 @@ def test_a_copied_run_reads_its_own_checkpoints_and_damaged_records_are_named(en
         load_checkpoint(storage, str(copy), "halfunet")
     moved = config.model_copy(deep=True)
     moved.run.output_uri = str(tmp_path)
-    (copy / "members.json").write_text('{"members": [')  # cut short
-    with pytest.raises(InputError, match=r"ens/members.json: not valid JSON"):
-        train_ensemble(moved, ["halfunet"], resume=True)
+    # cut short, or written over by another command's record (a select --out once did): readers name the file,
+    # and train --resume, which their message points to, rebuilds the table from each trial's result.json
+    for damaged, problem in (('{"members": [', "not valid JSON"), ('{"a": 1}', "not a members table"),
+                             ("[]", "not a members table"), ('{"members": [{"x": 1}]}', "not a members table")):
+        (copy / "members.json").write_text(damaged)
+        with pytest.raises(InputError, match=rf"ens/members.json: {problem}"):
+            discover_members(storage, str(copy), None)
+        with pytest.raises(InputError, match=rf"ens/members.json: {problem}"):
+            _from_run(str(copy), storage)
+        (again,) = train_ensemble(moved, ["halfunet"], resume=True)  # finished: nothing trained
+        assert again.status == "done"
+        rebuilt = json.loads((copy / "members.json").read_text())["members"]
+        assert {row["member"] for row in rebuilt if row["status"] == "done"} == set(FINISHED)
 
 
 def test_a_checkpoint_metric_of_a_class_validation_lacks_is_refused(ensemble_run):
