@@ -498,6 +498,8 @@ def cmd_storage(args) -> int:
         for info in listed:
             print(f"{info.size:>12}  {info.uri}")
     elif args.action == "cat":
+        if is_s3(uri) and (uri.endswith("/") or not parse_uri(uri).path):  # a bucket or a prefix, never an object
+            raise StorageError(f"{uri}: is a folder; storage cat reads one file (storage ls lists them)")
         try:
             data = storage.read_bytes(uri)
         except ObjectNotFoundError:

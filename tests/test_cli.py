@@ -180,6 +180,14 @@ def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys
     status, out, _ = _storage(capsys, "rm", s3.uri("dir/*.txt"))
     assert status == 0 and out.split()[1::2] == [s3.uri("dir/a.txt"), s3.uri("dir/b.txt"), s3.uri("dir/file.txt")]
     assert [info.uri for info in storage.list(s3.uri("dir/"))] == [s3.uri("dir/sub/c.txt")]
+    for folder in (f"s3://{s3.bucket}/", f"s3://{s3.bucket}", s3.uri("dir/")):  # botocore's "Invalid length for Key"
+        status, _, err = _storage(capsys, "cat", folder)
+        assert status == 2 and "is a folder; storage cat reads one file" in err, (folder, err)
+    # botocore raises as a listing is paged, outside a single call: an unreachable endpoint was a traceback
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    status, _, err = _storage(capsys, "ls", s3.uri("dir/"))
+    assert status == 2 and "list_objects_v2 failed against endpoint http://127.0.0.1:1" in err
+    assert "Traceback" not in err
 
 
 def test_synth_without_a_target_makes_everything(tmp_path, capsys):

@@ -498,10 +498,17 @@ class Storage:
             return self._client
 
     def _call(self, operation: str, location: Location, **kwargs):
+        with self._translated(operation, location):
+            return getattr(self.client, operation)(**kwargs)
+
+    @contextlib.contextmanager
+    def _translated(self, operation: str, location: Location):
+        """botocore's errors inside as minseg's StorageError kinds, naming the URI and the endpoint (a paginated
+        listing or a managed copy raises them as it goes, outside ``_call``)."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
-            return getattr(self.client, operation)(**kwargs)
+            yield
         except ClientError as exc:
             raise self._translate(exc, operation, location) from None
         except NoCredentialsError:
@@ -513,6 +520,26 @@ class Storage:
             raise StorageError(
                 f"{location.uri}: {operation} failed against endpoint {self.endpoint_url or 'AWS'}: {exc}"
             ) from None
+
+    def _head(self, location: Location) -> dict:
+        """An object's HEAD. A HEAD answers 404 with no error body whether the key or its whole bucket is
+        missing; a miss asks the bucket, so the error says which (``exists`` keeps to one request).
+
+        Raises:
+            ObjectNotFoundError, BucketNotFoundError, StorageError."""
+        try:
+            return self._call("head_object", location, Bucket=location.bucket, Key=location.path)
+        except ObjectNotFoundError:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                self.client.head_bucket(Bucket=location.bucket)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    raise BucketNotFoundError(f"{location.uri}: bucket {location.bucket!r} does not exist") from None
+            except BotoCoreError:
+                pass  # the object's own 404 stands
+            raise
 
     def _translate(self, exc, operation: str, location: Location) -> StorageError:
         error = exc.response.get("Error", {})
@@ -693,7 +720,7 @@ class Storage:
     def size(self, uri: str) -> int:
         loc = parse_uri(uri)
         if loc.is_s3:
-            return int(self._call("head_object", loc, Bucket=loc.bucket, Key=loc.path)["ContentLength"])
+            return int(self._head(loc)["ContentLength"])
         try:
             return os.path.getsize(loc.path)
         except FileNotFoundError:
@@ -704,7 +731,7 @@ class Storage:
         files, ns), or size, ETag and LastModified (S3). Raises ObjectNotFoundError, StorageError."""
         loc = parse_uri(uri)
         if loc.is_s3:
-            head = self._call("head_object", loc, Bucket=loc.bucket, Key=loc.path)
+            head = self._head(loc)
             modified = head.get("LastModified")
             return {"uri": uri, "size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")),
                     "modified": modified.isoformat() if modified is not None else None}
@@ -723,16 +750,12 @@ class Storage:
         if loc.is_s3:
             paginator = self.client.get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=loc.bucket, Prefix=loc.path)
-            from botocore.exceptions import ClientError
-
-            try:
+            with self._translated("list_objects_v2", loc):
                 for page in pages:
                     for item in page.get("Contents", []):
                         if item["Key"].endswith("/"):
                             continue  # directory marker written by pyarrow / consoles
                         yield ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]))
-            except ClientError as exc:
-                raise self._translate(exc, "list_objects_v2", loc) from None
             return
         yield from _list_local(loc.path)
 
@@ -793,16 +816,13 @@ class Storage:
         src, dst = parse_uri(source), parse_uri(destination)
         if src.is_s3 and dst.is_s3:
             from boto3.s3.transfer import TransferConfig
-            from botocore.exceptions import ClientError
 
             config = TransferConfig(
                 multipart_threshold=self.settings.multipart_threshold,
                 multipart_chunksize=self.settings.part_size,
             )
-            try:
+            with self._translated("copy", src):
                 self.client.copy({"Bucket": src.bucket, "Key": src.path}, dst.bucket, dst.path, Config=config)
-            except ClientError as exc:
-                raise self._translate(exc, "copy", src) from None
             return
         with self.open_read(source) as reader, self.open_write(destination) as writer:
             shutil.copyfileobj(reader, writer, length=self.settings.part_size)

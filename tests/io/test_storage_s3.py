@@ -124,6 +124,14 @@ def test_missing_bucket(s3):
         s3.storage().read_bytes("s3://no-such-bucket-here/key.bin")
     with pytest.raises(BucketNotFoundError):
         list(s3.storage().list("s3://no-such-bucket-here/prefix/"))
+    # a HEAD's 404 has no body to say which is missing: the size and version an archive source is opened with
+    # said "no such object" for a mistyped bucket
+    for read in (s3.storage().size, s3.storage().version):
+        with pytest.raises(BucketNotFoundError, match="bucket 'no-such-bucket-here' does not exist"):
+            read("s3://no-such-bucket-here/data/sections.zip")
+        with pytest.raises(ObjectNotFoundError, match="no such object"):
+            read(s3.uri("data/not-there.zip"))
+    assert not s3.storage().exists("s3://no-such-bucket-here/key.bin")  # one request, no error
 
 
 def test_retries_throttling_with_backoff(s3):
