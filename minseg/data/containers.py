@@ -8,7 +8,15 @@ member over the size limit, a suspicious compression ratio, or an archive that
 inflates past the total limit). Rejected members are reported, never extracted.
 Operating-system metadata is not data and is left out without a word: macOS's ``__MACOSX/``
 folder and ``._*`` AppleDouble files (resource forks beside every file a Mac zips or copies to
-a FAT/exFAT drive), ``.DS_Store`` and Windows' ``Thumbs.db`` / ``desktop.ini``.
+a FAT/exFAT drive), ``.DS_Store`` and Windows' ``Thumbs.db`` / ``desktop.ini``. Other hidden files
+(a name starting with ``.``) are not used either: pictures among them are reported, the rest
+(``.gitkeep``) left out.
+
+Names are compared in Unicode NFC form (macOS writes decomposed NFD names: ``ñ`` as ``n`` + a
+combining tilde), so an image and its mask named alike pair whichever form each was written in. A
+name listed twice (a zip with a repeated entry, a tar with a file appended again, both forms of
+one name in a folder) is used only when both copies hold the same bytes; otherwise neither is,
+and the report says so (which one was meant is not known).
 
 A member whose bytes turn out corrupt when read (a zip CRC mismatch, broken deflate data, a
 truncated tar member) raises :class:`MemberError`, a ``StorageError`` naming the member: the
@@ -23,6 +31,7 @@ import os
 import posixpath
 import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +45,7 @@ log = get_logger("data.containers")
 
 MIB = 1024 * 1024
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,41 @@ class Container:
     uri: str
     members: dict[str, dict] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    ambiguous: set[str] = field(default_factory=set)  # names listed twice with different bytes: none used
 
     def describe(self, member: str) -> str:
         """Human-readable location of a member, for reports."""
         return f"{self.uri}!{member}" if is_archive(self.uri) else join_uri(self.uri, member)
+
+    def add(self, name: str, ref: dict, storage: Storage) -> None:
+        """List ``ref`` under ``name`` (normalised, NFC) unless it is hidden, or a second copy of a listed name
+        with other bytes (module doc); ``storage`` reads both copies of a name listed twice."""
+        key = unicodedata.normalize("NFC", posixpath.normpath(name.replace("\\", "/")))
+        base = posixpath.basename(key)
+        if base.startswith("."):
+            if base.lower().endswith(IMAGE_SUFFIXES):
+                self.rejected.append(Rejected(self.describe(name), "hidden file (its name starts with '.'): not "
+                                                                   "used; rename it to use it"))
+            return
+        if key in self.ambiguous:
+            return
+        earlier = self.members.get(key)
+        if earlier is None:
+            self.members[key] = ref
+        elif not _same_bytes(earlier, ref, storage):
+            del self.members[key]
+            self.ambiguous.add(key)
+            self.rejected.append(Rejected(self.describe(key), "listed twice with different contents (a repeated "
+                                                              "archive entry, or one name in two Unicode forms): "
+                                                              "neither copy is used; keep one"))
+
+
+def _same_bytes(one: dict, other: dict, storage: Storage) -> bool:
+    if one.get("size") is not None and other.get("size") is not None and one["size"] != other["size"]:
+        return False
+    if "crc" in one and "crc" in other:  # zip entries: their CRC-32s, no reading
+        return one["crc"] == other["crc"]
+    return read_ref(one, storage) == read_ref(other, storage)
 
 
 class MemberError(StorageError):
@@ -140,7 +181,7 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
             container.rejected.append(Rejected(info.uri, f"file of {info.size / MIB:.0f} MiB exceeds "
                                                                 f"data.limits.max_member_mib ({limits.max_member_mib:g})"))
         else:
-            container.members[relative] = {"kind": "file", "uri": info.uri}
+            container.add(relative, {"kind": "file", "uri": info.uri, "size": info.size}, storage)
     if not container.members and not container.rejected:
         raise StorageError(f"{uri}: folder is empty")
     return container
@@ -168,9 +209,8 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                         if total > limits.max_archive_gib * 1024 * MIB:
                             raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
                                                f"({limits.max_archive_gib:g} GiB)")
-                        container.members[posixpath.normpath(member.name)] = {
-                            "kind": "range", "uri": uri, "offset": member.offset_data, "size": member.size,
-                        }
+                        container.add(member.name, {"kind": "range", "uri": uri, "offset": member.offset_data,
+                                                    "size": member.size}, storage)
             except (tarfile.TarError, EOFError) as exc:  # cut inside a member's data
                 raise StorageError(f"{uri}: corrupt or truncated tar archive ({exc})") from None
             # tarfile ends its listing quietly at a header cut short: a complete archive has its end-of-archive
@@ -257,9 +297,8 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                     raise StorageError(f"{uri}: archive contents exceed data.limits.max_archive_gib "
                                            f"({limits.max_archive_gib:g} GiB)")
                 # PowerShell's Compress-Archive writes '\\' separators (checked safe above)
-                container.members[posixpath.normpath(info.filename.replace("\\", "/"))] = {
-                    "kind": "zip", "uri": uri, "member": info.filename, "size": info.file_size,
-                }
+                container.add(info.filename, {"kind": "zip", "uri": uri, "member": info.filename,
+                                              "size": info.file_size, "crc": info.CRC}, storage)
     return container
 
 

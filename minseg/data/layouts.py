@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from minseg.errors import InputError
 from minseg.data.config import scene_in
-from minseg.data.containers import Container, MemberError, Rejected, read_ref
+from minseg.data.containers import IMAGE_SUFFIXES, Container, MemberError, Rejected, read_ref
 from minseg.enums import DatasetLayout, MaskEncoding, Task
 from minseg.io.images import JPEG_SUFFIXES
 from minseg.io.storage import Storage
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = get_logger("data.layouts")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 JPEG_MASK = ("JPEG masks are not accepted: JPEG's lossy compression changes the class codes (or colours) along "
              "every edge, so pixels would train on classes nobody drew; save masks as PNG or TIFF")

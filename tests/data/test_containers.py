@@ -135,3 +135,57 @@ def test_zip_written_with_backslash_separators(tmp_path):
         archive.writestr("masks\\a.png", b"y")
     container = open_container(str(path), LimitSettings(), Storage(), str(tmp_path / "staging"))
     assert sorted(container.members) == ["images/a.png", "masks/a.png"]
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")  # what the test writes, on purpose
+def test_a_name_listed_twice_is_used_only_when_both_copies_agree(tmp_path):
+    """A zip with a repeated entry or a tar with a file appended again (``tar rf``) silently gave one copy (a mask
+    read as another section's); an NFC and an NFD spelling of one name in a folder are one name. Same bytes: used
+    once; other bytes: neither, each reported."""
+    storage, limits = Storage(), LimitSettings()
+    with zipfile.ZipFile(tmp_path / "dup.zip", "w") as archive:
+        for name, data in (("masks/a.png", b"first"), ("masks/a.png", b"other"), ("masks/b.png", b"same"),
+                           ("masks/b.png", b"same"), ("masks/a.png", b"third"), ("images/a.png", b"img")):
+            archive.writestr(name, data)
+    make_tar(tmp_path / "dup.tar", {"images/a.png": b"img", "masks/a.png": b"first"})
+    with tarfile.open(tmp_path / "dup.tar", "a") as archive:  # tar rf: appended, same name
+        for name, data in (("masks/a.png", b"other"), ("masks/b.png", b"same")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    for source, kept in (("dup.zip", ["images/a.png", "masks/b.png"]), ("dup.tar", ["images/a.png", "masks/b.png"])):
+        container = open_container(str(tmp_path / source), limits, storage)
+        assert sorted(container.members) == kept, source
+        (twice,) = container.rejected
+        assert twice.file == f"{tmp_path / source}!masks/a.png" and "listed twice with different contents" in \
+            twice.reason and "neither copy is used" in twice.reason
+    folder = tmp_path / "forms"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "Pe\u00f1asco.png").write_bytes(b"nfc")
+    (folder / "images" / "Pen\u0303asco.png").write_bytes(b"nfd")
+    container = open_container(str(folder), limits, storage)
+    assert not container.members and "Unicode forms" in container.rejected[0].reason
+
+
+def test_names_pair_in_either_unicode_form_and_hidden_pictures_are_reported(tmp_path):
+    """macOS writes names decomposed (NFD): an image typed on Linux (NFC) and its mask saved on a Mac were
+    quarantined as an image without a mask and a mask without an image. A hidden picture was skipped silently on
+    the images side and reported as a mask without an image on the other."""
+    from minseg.data.config import DataSettings
+    from minseg.data.pipeline import _list_items
+    from minseg.config import validate_config
+    from minseg.enums import Task
+
+    root = write_paired(tmp_path / "ds", count=2)
+    (root / "images" / "s0.jpg").rename(root / "images" / "calcopirita_Pe\u00f1asco.jpg")
+    (root / "masks" / "s0.png").rename(root / "masks" / "calcopirita_Pen\u0303asco.png")
+    (root / "images" / ".s1.jpg").write_bytes((root / "images" / "s1.jpg").read_bytes())
+    (root / "masks" / ".s1.png").write_bytes((root / "masks" / "s1.png").read_bytes())
+    (root / "masks" / ".gitkeep").write_text("")
+    data = validate_config({"sources": [{"uri": str(root)}], "classes": {"classes": [
+        {"name": "background", "codes": [0]}, *({"name": f"c{code}", "codes": [code]} for code in range(1, 9))]}},
+        DataSettings)
+    items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+    assert sorted(i["item_id"] for i in items) == ["ds/calcopirita_Pe\u00f1asco", "ds/s1"]
+    assert sorted((os.path.basename(r.file), r.reason.split(":")[0]) for r in rejected) == [
+        (".s1.jpg", "hidden file (its name starts with '.')"), (".s1.png", "hidden file (its name starts with '.')")]
