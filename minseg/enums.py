@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Sequence
 
 
 class StrEnum(str, Enum):
@@ -341,3 +342,20 @@ class EcaPlacement(StrEnum):
 PER_CLASS_METRICS = ("iou", "precision", "recall", "f1")
 SCORE_METRICS = ("miou", "mean_precision", "mean_recall", "mean_f1", "accuracy", "mPA", "mRecall", "F1_paper",
                  "recall_weighted_f1", "recall_weighted_iou", "uncertainty_coefficient")
+
+
+def metric_key_problem(key: str, class_names: Sequence[str], other_keys: Sequence[str] = ()) -> str | None:
+    """Why ``key`` names no metric ``metric_value`` can read from ``metrics_from_confusion`` over ``class_names``
+    (or one of ``other_keys``, e.g. a training epoch's ``val_loss``), or None: checked before a job starts, where a
+    typo would otherwise fail every member after its first epoch."""
+    name, _, cls = key.partition(":")
+    if cls:
+        if name not in PER_CLASS_METRICS:
+            return f"unknown per-class metric {name!r} in {key!r} (use {', '.join(PER_CLASS_METRICS)})"
+        if cls not in class_names:
+            return f"unknown class {cls!r} in {key!r}; classes: {', '.join(class_names)}"
+        return None
+    if key not in SCORE_METRICS and key not in other_keys:
+        return (f"unknown metric {key!r}; one of {', '.join((*SCORE_METRICS, *other_keys))}, or "
+                "<iou|precision|recall|f1>:<class>")
+    return None

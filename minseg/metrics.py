@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from minseg.enums import PER_CLASS_METRICS, SCORE_METRICS
+from minseg.enums import metric_key_problem  # noqa: F401 (re-exported: checks of keys before a job)
 from minseg.errors import InputError
 
 
@@ -182,23 +182,6 @@ def uncertainty_coefficient(matrix: np.ndarray) -> float:
     if not truth > 0:
         return float("nan")
     return float(mutual_info_score(None, None, contingency=matrix) / truth)
-
-
-def metric_key_problem(key: str, class_names: Sequence[str], other_keys: Sequence[str] = ()) -> str | None:
-    """Why ``key`` names no metric ``metric_value`` can read from ``metrics_from_confusion`` over ``class_names``
-    (or one of ``other_keys``, e.g. a training epoch's ``val_loss``), or None: checked before a job starts, where a
-    typo would otherwise fail every member after its first epoch."""
-    name, _, cls = key.partition(":")
-    if cls:
-        if name not in PER_CLASS_METRICS:
-            return f"unknown per-class metric {name!r} in {key!r} (use {', '.join(PER_CLASS_METRICS)})"
-        if cls not in class_names:
-            return f"unknown class {cls!r} in {key!r}; classes: {', '.join(class_names)}"
-        return None
-    if key not in SCORE_METRICS and key not in other_keys:
-        return (f"unknown metric {key!r}; one of {', '.join((*SCORE_METRICS, *other_keys))}, or "
-                "<iou|precision|recall|f1>:<class>")
-    return None
 
 
 def metric_value(metrics: dict, key: str) -> float:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
 from minseg.data.config import TilingSettings
-from minseg.enums import TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule
+from minseg.enums import (TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule,
+                          metric_key_problem)
 from minseg.io.storage import absolute_uri, join_uri, output_folder
 
 
@@ -65,6 +66,7 @@ class EvaluationSettings(StrictModel):
         MemberCheckpoint.BEST, description="each member's best checkpoint (chosen on validation by the training's "
         "checkpoint_metric) or its last epoch (validation then ranks and selects on images that chose nothing)")
     rank_key: str = Field("miou", description="e.g. miou, iou:gangue (the paper), f1:pyrite, mean_f1")
+
     rank_on: str = Field("val", pattern="^(val|test)$", description="split the ranking (and learned weights) come from")
     k_min: int = Field(3, ge=1)
     k_max: int | None = Field(None, ge=1)
@@ -86,6 +88,15 @@ class EvaluationSettings(StrictModel):
     weight_fit_folds: int = Field(5, ge=2, description="learned candidates are scored on validation image by image "
                                   "with weights fitted on the other images' folds (cross-fitting), not on their own")
     name: str = Field("ensemble", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("rank_key")
+    @classmethod
+    def _a_metric(cls, key: str) -> str:
+        # the class of a per-class key is checked against data.classes when the job starts (evaluate_ensemble)
+        problem = metric_key_problem(key, [key.partition(":")[2]])
+        if problem:
+            raise ValueError(problem)
+        return key
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "EvaluationSettings":

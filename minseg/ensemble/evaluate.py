@@ -52,7 +52,7 @@ from minseg.errors import InputError
 from minseg.io.runs import read_members_table, recorded_checkpoint
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri, refuse_other_command_outputs
 from minseg.logs import Progress, get_logger, log_event
-from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
+from minseg.metrics import ConfusionMatrix, metric_key_problem, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
 from minseg.runtime import actor_errors, check_actor_pool, init_ray
 
@@ -457,6 +457,10 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                   hint="the manifest records how sources[0] reads each image: slides of the other camera need "
                        "segment.bit_depth (--bit-depth)")
     settings = config.evaluation or EvaluationSettings()
+    if config.data.classes is not None:  # the key's class, before minutes of prediction (its form: at validation)
+        problem = metric_key_problem(settings.rank_key, [c.name for c in config.data.classes.classes])
+        if problem:
+            raise InputError(f"evaluation.rank_key: {problem}")
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
     refuse_other_command_outputs(settings.output_uri(config.run.uri), "evaluate", "evaluation.name", storage)

@@ -47,6 +47,9 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         ("data: {sources: [{uri: x}], normalization: {mean: [1, 2, 3], std: [64, -64, 64]}}", "data.normalization",
          "got -64.0"),
         ("evaluation: {precision: half}", "evaluation.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+        # a typo here was found after the whole ranking pass
+        ("evaluation: {rank_key: mio}", "evaluation.rank_key", "unknown metric 'mio'; one of miou, "),
+        ("evaluation: {rank_key: 'iuo:pyrite'}", "evaluation.rank_key", "unknown per-class metric 'iuo'"),
         ("score: {precision: half}", "score.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
         ("training: {members: [{name: a, model: unet, scaling: {workers: 2, gpus_per_worker: 0.5}}]}",
          "training.members[0].scaling", "need a GPU each"),

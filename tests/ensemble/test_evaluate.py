@@ -547,6 +547,8 @@ def test_a_rank_key_of_a_class_the_ranking_split_lacks_is_refused_before_ranking
     monkeypatch.setattr(module, "run_pass", lambda *a, **k: pytest.fail("a pass ran"))
     with pytest.raises(InputError, match=f"iou:{name}: class {name!r} has no true pixels on the val split"):
         evaluate_ensemble(evaluation_config(trained_run, "absent-key", rank_key=f"iou:{name}"))
+    with pytest.raises(InputError, match="evaluation.rank_key: unknown class 'pyrit' in 'iou:pyrit'; classes: "):
+        evaluate_ensemble(evaluation_config(trained_run, "typo-key", rank_key="iou:pyrit"))  # before Ray, too
 
 
 def test_members_are_evaluated_at_their_best_or_last_checkpoint(trained_run, evaluation, tmp_path):
