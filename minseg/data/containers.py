@@ -146,7 +146,7 @@ def open_container(uri: str, limits: LimitSettings, storage: Storage, staging_ur
     a .tar.gz (gzip allows no random access; a plain tar does)."""
     lower = uri.lower()
     if lower.endswith(".zip"):
-        return _list_zip(uri, limits, storage)
+        return _not_empty(_list_zip(uri, limits, storage))
     if lower.endswith((".tar.gz", ".tgz")):
         if staging_uri is None:
             raise ValueError(f"{uri}: a .tar.gz source needs a staging location")
@@ -154,9 +154,9 @@ def open_container(uri: str, limits: LimitSettings, storage: Storage, staging_ur
         container = _list_tar(plain, limits, storage)
         container.uri = uri
         container.rejected[:0] = rejected
-        return container
+        return _not_empty(container)
     if lower.endswith(".tar"):
-        return _list_tar(uri, limits, storage)
+        return _not_empty(_list_tar(uri, limits, storage))
     return _list_folder(uri, limits, storage)
 
 
@@ -219,6 +219,14 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                 raise StorageError(f"{uri}: truncated tar archive (it ends without the end-of-archive blocks after "
                                    f"{len(container.members)} members): copy it again (or, if its writer left the "
                                    "end blocks out, write it again with tar)")
+    return container
+
+
+def _not_empty(container: Container) -> Container:
+    """``container``, unless its archive holds nothing (not even a rejected member): said as such, not as a
+    dataset layout that cannot be recognised."""
+    if not container.members and not container.rejected and not container.ambiguous:
+        raise StorageError(f"{container.uri}: the archive is empty")
     return container
 
 

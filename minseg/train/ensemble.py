@@ -873,6 +873,10 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         trials += pending
     weights_cache.clear()
 
+    kept = sorted({r.member for r in results if r.status is MemberStatus.DONE})
+    if kept and trials:  # --resume: say what is not trained again, beside what is
+        log_event(log, "train.kept", members=",".join(kept),
+                  hint="finished earlier: kept as they are (a new run.name trains them afresh)")
     if trials:
         runnable = {t["member"]["name"] for t in trials}
         log_event(log, "train.start", run=run_uri, members=len(runnable), trials=len(trials), concurrent=concurrency)

@@ -100,6 +100,13 @@ def test_corrupt_archives_and_missing_folder(tmp_path):
         open_container(str(tmp_path / "junk.zip"), LimitSettings(), Storage())
     with pytest.raises(StorageError, match="junk.tar: not a readable tar archive"):
         open_container(str(tmp_path / "junk.tar"), LimitSettings(), Storage())
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
+        pass
+    make_tar(tmp_path / "empty.tar", {})
+    make_tar(tmp_path / "empty.tar.gz", {}, "w:gz")
+    for name in ("empty.zip", "empty.tar", "empty.tar.gz"):  # was "cannot recognise the dataset layout"
+        with pytest.raises(StorageError, match=f"{name}: the archive is empty"):
+            open_container(str(tmp_path / name), LimitSettings(), Storage(), staging_uri=str(tmp_path / "staging"))
     with pytest.raises(StorageError, match="nowhere: no such folder"):
         open_container(str(tmp_path / "nowhere"), LimitSettings(), Storage())
     (tmp_path / "one.png").write_bytes(b"")  # an image given as the dataset: it exists, it is no folder
