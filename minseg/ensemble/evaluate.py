@@ -586,7 +586,12 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
     except ObjectNotFoundError:
         return
     for split in ("train", "val", "test"):
-        now = [i["item_id"] for i in prepared.splits[split]]
-        if split in saved and sorted(saved[split]) != sorted(now):
+        now = {i["item_id"] for i in prepared.splits[split]}
+        if split in saved and set(saved[split]) != now:
+            added, gone = sorted(now - set(saved[split])), sorted(set(saved[split]) - now)
+            said = "; ".join(f"{label} {len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}"
+                             for label, ids in (("now in it, not at training", added),
+                                                ("at training, not now", gone)) if ids)
             raise InputError(f"the {split} split differs from the one the members were trained with "
-                             f"({join_uri(run_uri, 'data', 'splits.json')}); the data or the split settings changed")
+                             f"({join_uri(run_uri, 'data', 'splits.json')}: {said}); the data or the split settings "
+                             "changed: evaluate with the data they were trained on")

@@ -798,9 +798,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if resume:
         refuse_changed_members(storage, run_uri, members, trial_folds, config.run.seed, config.data.augmentation)
     finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
-    selection_uri, selection = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
-    if finished is not None and storage.exists(selection_uri) and \
-            storage.read_json(selection_uri)["signature"] != selection:
+    selection_uri, (selection, settings) = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
+    recorded = storage.read_json(selection_uri) if storage.exists(selection_uri) else None
+    if finished is not None and recorded is not None and recorded["signature"] != selection:
         finished = None  # the data settings changed: prepare the data, and refuse members trained on other parts
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
@@ -817,14 +817,16 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
-    refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap)
+    refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap,
+                      _settings_changes((recorded or {}).get("settings"), settings))
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source.report_oversampling(config.run.seed)
     results = fit_members(config, members, source, run_uri, concurrency, resume,
                           configured=[m.name for m in config.training.members])
     if {m.name for m in members} >= {m.name for m in config.training.members}:  # every member checked on this data
-        storage.write_json(selection_uri, {"signature": selection}, indent=None)  # for a resubmission's shortcut
+        # for a resubmission's shortcut, and to name what changed when its data differs
+        storage.write_json(selection_uri, {"signature": selection, "settings": settings}, indent=None)
     return results
 
 
@@ -1028,13 +1030,28 @@ def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberS
             "(another run.name or output), or delete a member's checkpoint folders to train it again")
 
 
-def _data_selection(data) -> str:
-    """A digest of the data settings that decide which images (and tiles) each part holds: a resubmitted run whose
-    members all finished is reused without preparing the data only while it is unchanged."""
+def _data_selection(data) -> tuple[str, dict]:
+    """A digest of the data settings that decide which images (and tiles) each part holds, and those settings: a
+    resubmitted run whose members all finished is reused without preparing the data only while it is unchanged."""
     document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
     if data.bit_depth != BIT_DEPTH:  # other pixels from the same files; at the default, digests as before
         document["bit_depth"] = data.bit_depth
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16], document
+
+
+def _settings_changes(recorded: dict | None, current: dict, prefix: str = "data") -> list[str]:
+    """``data.tiling.size: 32 -> 48``-style lines for every setting that differs between two ``_data_selection``
+    documents (a recorded one from before 2026-12-06 holds none: nothing to say)."""
+    if recorded is None:
+        return []
+    changes = []
+    for key in sorted(set(recorded) | set(current)):
+        before, now = recorded.get(key), current.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):
+            changes += _settings_changes(before, now, f"{prefix}.{key}")
+        elif before != now:
+            changes.append(f"{prefix}.{key}: {json.dumps(before)} -> {json.dumps(now)}")
+    return changes
 
 
 def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list[str],
@@ -1062,7 +1079,7 @@ def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list
 
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
-                      resume: bool = True, classmap: ClassMap | None = None) -> None:
+                      resume: bool = True, classmap: ClassMap | None = None, changes: list[str] = ()) -> None:
     """Before training: raise ``InputError`` naming every checkpoint folder of ``members`` (finished or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
     parts; for prospectivity, other channels, windows or standardisation), or (``classmap`` given) under another
@@ -1070,7 +1087,9 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     ``--resume``, a finished member would be reported as if it had trained on this data (and may have trained on
     what is now its test part); continued, one would mix both; beside a ``--members`` subset trained now on other
     data, the run would hold members of two splits, none of which evaluation could use (it checks the same record:
-    ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record no signature and are not checked."""
+    ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record no signature and are not checked.
+    ``changes``: the data settings that differ from the run's recorded ones (``_settings_changes``), named in the
+    message (other files in the same folders change no setting)."""
     stale, recoded = [], []
     for fold in source.trial_folds():
         trial, current = trial_uri(run_uri, fold), None
@@ -1092,10 +1111,10 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     if stale:
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
-        raise InputError(
-            f"{run_uri}: {doing} (the inputs, the split, the evidence or the bit depth images are read with "
-            f"changed): {', '.join(stale)}. Write the run "
-            "elsewhere (another run.name or output), or delete those folders to train them again")
+        what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
+                "the inputs, the split, the evidence or the bit depth images are read with changed")
+        raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
+                         "run.name or output), or delete those folders to train them again")
 
 
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],

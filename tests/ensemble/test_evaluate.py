@@ -707,3 +707,22 @@ def test_an_actor_pool_the_cluster_cannot_hold_is_refused_before_the_data_is_pre
                           ({"cpus_per_actor": 4}, "evaluation.cpus_per_actor 4 CPUs")):
         with pytest.raises(ResourceError, match=key):
             evaluate_ensemble(evaluation_config(trained_run, "too-big", **settings))
+
+
+def test_a_changed_split_names_the_images_that_moved(tmp_path):
+    """Images added to a source folder after training: evaluation refused with "the train split differs", and the
+    user had to find out which images themselves."""
+    from types import SimpleNamespace
+
+    from minseg.ensemble.evaluate import _check_same_splits
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "splits.json").write_text(json.dumps({"train": ["a", "b", "c"], "val": ["v"], "test": ["t"]}))
+    now = {"train": [{"item_id": i} for i in ("a", "c", "d", "e")], "val": [{"item_id": "v"}],
+           "test": [{"item_id": "t"}]}
+    with pytest.raises(InputError, match=r"the train split differs from the one the members were trained with "
+                                         r"\(.*splits.json: now in it, not at training 2: d, e; at training, not now "
+                                         r"1: b\); the data or the split settings changed"):
+        _check_same_splits(Storage(), str(tmp_path), SimpleNamespace(splits=now))
+    now["train"] = [{"item_id": i} for i in ("c", "b", "a")]  # the same images in another order: the same split
+    _check_same_splits(Storage(), str(tmp_path), SimpleNamespace(splits=now))

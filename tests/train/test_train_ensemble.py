@@ -263,8 +263,8 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     splits = (run / "data" / "splits.json").read_text()
     reseeded = config.model_copy(deep=True)
     reseeded.data.split = reseeded.data.split.model_copy(update={"seed": 7})  # was run.seed, 0
-    with pytest.raises(InputError, match=r"trained on other data than this run gives them \(the inputs, the split"
-                                         r", the evidence or the bit depth images are read with changed\): "
+    with pytest.raises(InputError, match=r"trained on other data than this run gives them \(changed since the run's "
+                                         r"data was prepared: data.split.seed: (null|0) -> 7\): "
                                          r"\S+/members/resunet, \S+/members/vgg, "
                                          r"\S+/members/halfunet\. Write the run elsewhere"):
         train_ensemble(reseeded, list(FINISHED), resume=True)
@@ -273,8 +273,8 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     extra = reseeded.training.members[2].model_copy(update={"name": "extra"})
     reseeded.training.members = [*reseeded.training.members, extra]
     with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on "
-                                         r"other data \(the inputs, the split, the evidence or the bit depth "
-                                         r"images are read with changed\): \S+/members/resunet"):
+                                         r"other data \(changed since the run's data was prepared: "
+                                         r"data.split.seed: (null|0) -> 7\): \S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
     # data.classes reordered (the same images, the same split): class id 1 would be another mineral for the kept
@@ -544,5 +544,6 @@ def test_a_resubmitted_run_is_not_reused_after_the_bit_depth_changed():
 
     data = validate_config({"sources": [{"uri": "/data/sections"}]}, DataSettings)
     document = data.model_dump(mode="json", include={"sources", "classes", "split", "tiling", "limits"})
-    assert _data_selection(data) == hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
-    assert _data_selection(data.model_copy(update={"bit_depth": 12})) != _data_selection(data)
+    assert _data_selection(data) == (hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16],
+                                     document)
+    assert _data_selection(data.model_copy(update={"bit_depth": 12}))[0] != _data_selection(data)[0]
