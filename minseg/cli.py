@@ -642,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "choosing by --key / --tpi-budget / --rule)")
     select.add_argument("--name", default="selected", type=_file_name,
                         help="name recorded in the manifest (and its file name, manifest-NAME.json)")
-    select.add_argument("--out", type=_text, help="manifest path or URI (default: beside evaluation.json)")
+    select.add_argument("--out", type=_text, help="manifest .json path or URI, or a folder (one that exists, or "
+                        "ending in /) for manifest-NAME.json; only a manifest is replaced (default: beside "
+                        "evaluation.json)")
     select.set_defaults(func=cmd_select)
 
     segment = sub.add_parser("segment", help="segment whole slides with a selected ensemble (Ray actor pool)")

@@ -78,6 +78,29 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_run_order)  # stable: collection order within a rank
 
 
+@pytest.fixture
+def minseg_events():
+    """The records minseg's loggers emit during a test, captured on the ``minseg`` logger itself at INFO: pytest's
+    caplog listens on the root logger, which misses them once an in-process ``main()`` (configure_logging) in the
+    same worker stopped them propagating."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger, handler = logging.getLogger("minseg"), Keep(logging.INFO)
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -151,8 +151,7 @@ def open_container(uri: str, limits: LimitSettings, storage: Storage, staging_ur
         if staging_uri is None:
             raise ValueError(f"{uri}: a .tar.gz source needs a staging location")
         plain, rejected = _stage_gzip_tar(uri, limits, storage, staging_uri)
-        container = _list_tar(plain, limits, storage)
-        container.uri = uri
+        container = _list_tar(plain, limits, storage, shown=uri)  # reports name the user's file, not the copy
         container.rejected[:0] = rejected
         return _not_empty(container)
     if lower.endswith(".tar"):
@@ -187,8 +186,10 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
     return container
 
 
-def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
-    container = Container(uri)
+def _list_tar(uri: str, limits: LimitSettings, storage: Storage, shown: str | None = None) -> Container:
+    """The members of the tar at ``uri`` (their refs read it); ``shown``: the archive reports name (a .tar.gz
+    staged as ``uri``)."""
+    container = Container(shown or uri)
     total = 0
     with storage.open_read(uri) as stream:
         try:
@@ -202,7 +203,7 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage) -> Container:
                         continue
                     reason = tar_member_problem(member, limits)
                     if reason:
-                        container.rejected.append(Rejected(f"{uri}!{member.name}", reason))
+                        container.rejected.append(Rejected(container.describe(member.name), reason))
                         continue
                     if member.isfile():
                         total += member.size

@@ -25,6 +25,7 @@ import json
 import logging
 import posixpath
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -296,9 +297,11 @@ def detect_layout(container: Container, images_dir: str = "images", masks_dir: s
 def member_path(folder: str, relative: str) -> str:
     """A path written in an annotation file, relative to that file's folder, as a container member name.
 
-    Annotation tools on Windows write ``..\\images\\a.jpg``: backslashes are separators here too.
+    Annotation tools on Windows write ``..\\images\\a.jpg``: backslashes are separators here too; the name is
+    compared in Unicode NFC form, as member names are (``Container.add``: a Mac writes names decomposed).
     """
-    return posixpath.normpath(posixpath.join(folder, str(relative).replace("\\", "/"))).lstrip("/")
+    relative = unicodedata.normalize("NFC", str(relative).replace("\\", "/"))
+    return posixpath.normpath(posixpath.join(folder, relative)).lstrip("/")
 
 
 def make_item(container: Container, name_prefix: str, image: str, **extra) -> dict:
@@ -357,7 +360,7 @@ def read_voc(container: Container, prefix: str, source: SourceSettings, storage:
                     rejected.append(Rejected(container.describe(name), f"split list not used: {exc}"))
                     continue
                 for line in lines:
-                    name_ = line.strip()
+                    name_ = unicodedata.normalize("NFC", line.strip())  # as the image names it is compared with
                     if listed.get(name_, split) != split:  # in two lists: which split it is in is anyone's guess
                         raise InputError(f"{container.describe(name)}: {name_!r} is also listed for the "
                                           f"{listed[name_]} split; each image in one list")

@@ -477,6 +477,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
     check_actor_pool("evaluation", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
     check_member_files(members, storage)
+    # the weights about to be scored, hashed before they are (a member retrained meanwhile is not recorded as
+    # scored): evaluation.json and the manifest record these; select compares a member's file with them
+    hashes = {m.name: file_sha256(storage, m.weights_uri) for m in members}
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
@@ -507,11 +510,12 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
               on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
               test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
 
-    document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups)
+    document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups,
+                                   hashes)
     out = settings.output_uri(config.run.uri)
     storage.write_json(join_uri(out, "evaluation.json"), document)
     manifest_uri = join_uri(out, "manifest.json")
-    write_manifest(build_manifest(document, chosen.key, storage, settings.name), manifest_uri, storage)
+    write_manifest(build_manifest(document, chosen.key, storage, settings.name, hashes=hashes), manifest_uri, storage)
     write_reports(document, prepared, previews, out, storage, settings)
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,
@@ -520,8 +524,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
 def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ranking, members: list[MemberRef],
                         candidates: list[Candidate], chosen: Candidate, spec: PassSpec,
-                        prepared: PreparedData, groups: list[str]) -> dict:
-    """``evaluation.json``: everything ``minseg select`` needs to choose again without predicting."""
+                        prepared: PreparedData, groups: list[str], hashes: dict[str, str]) -> dict:
+    """``evaluation.json``: everything ``minseg select`` needs to choose again without predicting; ``hashes``: the
+    sha256 of each member's weights as scored."""
     return {
         "run": run_uri,
         "rank_key": settings.rank_key,
@@ -534,8 +539,7 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "rank_metrics": {n: {k: v for k, v in m.items() if k != "confusion"} for n, m in ranking.metrics.items()},
         # the weights scored: select refuses to put a member retrained since into a manifest under these scores
         "members": {m.name: {"model": m.model, "checkpoint": m.checkpoint, "model_options": dict(m.model_options),
-                             "normalization": m.normalization, "sha256": file_sha256(spec.storage, m.weights_uri)}
-                    for m in members},
+                             "normalization": m.normalization, "sha256": hashes[m.name]} for m in members},
         "candidates": [c.to_document() for c in candidates],
         # learned candidates' selection_metrics: each image of the selection split scored with weights fitted
         # without it (k -> item id -> weights); absent k: scored with their own weights (one image)

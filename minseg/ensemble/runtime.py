@@ -358,8 +358,8 @@ class EnsembleRuntime:
         """Every member on a whole (H, W, K) uint8 image, tiled and blended (``sliding.predict_image``):
         probabilities (M, 1, C, H, W) and each member's seconds for the whole image."""
         timings: list[float] = []
-        mean, std = self._known_statistics()
-        probs = predict_image(self.models, image, self.num_classes, tiling.tile, tiling.overlap, mean, std,
+        self._known_statistics()  # the host lists below: predict_image also fills the image's margins with them
+        probs = predict_image(self.models, image, self.num_classes, tiling.tile, tiling.overlap, self.mean, self.std,
                               self.device, batch_size, tiling.blend, self.tta, timings, self.autocast)
         return EnsemblePrediction(torch.from_numpy(probs)[:, None], tuple(timings))
 

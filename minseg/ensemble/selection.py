@@ -424,9 +424,11 @@ def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
 
 
 def build_manifest(document: dict, key: str, storage: Storage, name: str,
-                   selection: SelectionSettings | None = None, rank_key: str | None = None) -> EnsembleManifest:
+                   selection: SelectionSettings | None = None, rank_key: str | None = None,
+                   hashes: dict[str, str] | None = None) -> EnsembleManifest:
     """The manifest for one candidate of an evaluation document (``evaluation.json``); ``selection`` and
-    ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document).
+    ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document);
+    ``hashes``: the members' weights' sha256 as just read (evaluate's own), else each file is read again.
 
     Raises:
         InputError: the document has no candidate ``key`` (names the ones it has); a member's weights differ from
@@ -440,7 +442,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
     for rank, member in enumerate(candidate.members):
         info = document["members"][member]
         weights = join_uri(info["checkpoint"], "model.pt")
-        sha256 = file_sha256(storage, weights)
+        sha256 = hashes[member] if hashes is not None else file_sha256(storage, weights)
         if info.get("sha256", sha256) != sha256:  # recorded since 2026-12-06
             raise InputError(f"member {member}: {weights} is not the file this evaluation scored (retrained or "
                              f"replaced since: sha256 {sha256[:12]}…, scored {info['sha256'][:12]}…); its scores "

@@ -286,6 +286,9 @@ class BlockSegmenter:
         for slide_id, text, payload, error in zip(inputs.slide, inputs.block, inputs.payload, inputs.error):
             plan, block = self.plans[str(slide_id)], block_from_json(str(text))
             windows, seconds, error = 0, 0.0, str(error)
+            if not error and self.context_lost:  # every kernel would fail: said as such, the slide redone next run
+                error = (f"block {block.name}: not run: a CUDA error on an earlier block of its batch left the "
+                         "actor's GPU context unusable; the same command redoes this slide")
             if not error:
                 try:
                     data = unpack(payload)
@@ -313,8 +316,9 @@ def block_error(block: str, exc: Exception, batch_size: int) -> tuple[str, bool]
 
     Out of GPU memory frees the cached memory (the actor's next blocks start clean) and says which settings
     lower the need; any other CUDA error (``torch.AcceleratorError``: an illegal access, an ECC error) leaves the
-    process's context unusable, so the actor exits before its next batch and Ray Data restarts it and retries
-    that batch (a slide does not fail for landing on a broken actor)."""
+    process's context unusable: the rest of its batch (``segment.blocks_per_task`` blocks) is not run, failing
+    those slides too (a rerun redoes them), and the actor exits before its next batch, which Ray Data gives to a
+    restarted actor. A GPU broken for good fails that actor's start, and the job stops with Ray's error."""
     import torch
 
     reason = f"block {block}: {type(exc).__name__}: {exc}"

@@ -35,7 +35,8 @@ def checkpoints_uri(run_uri: str, member: str) -> str:
 
 def read_members_table(storage: Storage, run_uri: str) -> list[dict] | None:
     """The rows of a run's ``members.json`` (each a dict with ``member`` and ``status``), or None when the run has
-    none.
+    none. ``fold`` is counted from 0 here, as ``MemberResult.fold`` and ``trial_uri`` count it (the file numbers
+    folds from 1, as the console table and the ``fold<k>`` folders do).
 
     Raises:
         InputError: the file is not JSON or not a members table (e.g. another command's record written over it),
@@ -50,7 +51,7 @@ def read_members_table(storage: Storage, run_uri: str) -> list[dict] | None:
                                              and isinstance(r.get("status"), str) for r in rows):
         raise InputError(f"{uri}: not a members table (a 'members' list of rows with member and status): a damaged "
                          "or replaced file; 'minseg train --resume' with the run's config writes it again")
-    return rows
+    return [{**row, "fold": row["fold"] - 1} if isinstance(row.get("fold"), int) else row for row in rows]
 
 
 def read_pointer(storage: Storage, run_uri: str, member: str, which: str = "last") -> dict | None:

@@ -875,7 +875,8 @@ def fit_members(config: MinsegConfig, members: list[MemberSettings], source: Tra
         trials += pending
     weights_cache.clear()
 
-    kept = sorted({r.member for r in results if r.status is MemberStatus.DONE})
+    training = {t["member"]["name"] for t in trials}  # a k-fold member with some folds done is still training
+    kept = sorted({r.member for r in results if r.status is MemberStatus.DONE} - training)
     if kept and trials:  # --resume: say what is not trained again, beside what is
         log_event(log, "train.kept", members=",".join(kept),
                   hint="finished earlier: kept as they are (a new run.name trains them afresh)")
@@ -943,12 +944,26 @@ def _recorded_table(storage: Storage, run_uri: str, configured: list[str] | None
     try:
         table = read_members_table(storage, run_uri) or []
     except InputError as exc:  # damaged or written over: every trial's own record (result.json) rebuilds it
-        table = [storage.read_json(o.uri) for o in storage.list(run_uri.rstrip("/") + "/")
-                 if o.uri.endswith("/result.json")]
+        table = _results_recorded(storage, run_uri)
         log_event(log, "train.members_table_rebuilt", logging.WARNING, reason=str(exc), rows=len(table),
                   hint="from each member's result.json")
     rows = [MemberResult(**{k: v for k, v in row.items() if k in known}) for row in table]
     return [r for r in rows if configured is None or r.member in configured]
+
+
+def _results_recorded(storage: Storage, run_uri: str) -> list[dict]:
+    """Every trial's ``result.json`` under the run (``members/<m>/``, ``fold<k>/members/<m>/``), as members-table
+    rows; one that cannot be read is left out (that member trains again if resumed). Lists the whole run: only
+    for a table that needs rebuilding."""
+    base = run_uri.rstrip("/") + "/"
+    rows = []
+    for info in storage.list(base):
+        if re.fullmatch(r"(fold\d+/)?members/[^/]+/result\.json", info.uri[len(base):]):
+            try:
+                rows.append(storage.read_json(info.uri))
+            except InputError:
+                continue
+    return rows
 
 
 def _update_members_table(storage: Storage, run_uri: str, previous: list[MemberResult], results: list[MemberResult],
@@ -1111,8 +1126,8 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     if stale:
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
-        what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
-                "the inputs, the split, the evidence or the bit depth images are read with changed")
+        what = (f"changed since the run's data was prepared: {'; '.join(changes)}; or files in the sources"
+                if changes else "the inputs, the split, the evidence or the bit depth images are read with changed")
         raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
                          "run.name or output), or delete those folders to train them again")
 

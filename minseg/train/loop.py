@@ -38,6 +38,11 @@ class DivergedError(RunError):
 # ------------------------------------------------------------------ helpers
 
 
+def loss_readback_every(device: torch.device) -> int:
+    """Training steps whose losses are read back at once (``LossWindow``): 16 on a GPU, every step on CPU."""
+    return 16 if device.type == "cuda" else 1
+
+
 class LossWindow:
     """Training losses read back to the host ``every`` steps at once, each checked for NaN / inf and summed
     weighted by its batch size. A read-back waits for the device: on a GPU, one per step keeps the host from
@@ -167,6 +172,16 @@ class Session:
         return self.worker.inputs
 
 
+def build_member_model(member: MemberSettings, inputs, world: int) -> torch.nn.Module:
+    """The member's model for ``inputs`` (classes, channels), its BatchNorm layers synchronised across the ``world``
+    workers when ``scaling.sync_batchnorm`` asks (same parameter and buffer names: checkpoints load either way)."""
+    model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
+                        **member.model_options)
+    if member.scaling.sync_batchnorm and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def set_up(worker) -> Session:
     """Phase 1: seeds, model, loss, normalisation, dataset shards, mixed precision."""
     import ray.train
@@ -178,10 +193,7 @@ def set_up(worker) -> Session:
     device = ray.train.torch.get_device()
     seed = member.training_seed(worker.seed) + 1000 * rank
     torch.manual_seed(seed)
-    model = build_model(member.model, num_classes=inputs.num_classes, in_channels=inputs.in_channels,
-                        **member.model_options)
-    if member.scaling.sync_batchnorm and world > 1:  # same parameter and buffer names: checkpoints load either way
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = build_member_model(member, inputs, world)
     class_weights = member.class_weights(inputs.class_counts)
     loss_fn = build_loss(member.loss.name, num_classes=inputs.num_classes, class_weights=class_weights,
                          ignore_index=inputs.ignore_index, dice_weight=member.loss.dice_weight,
@@ -293,12 +305,12 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
     seed = epoch_seed(session.seed, state["epochs_done"])
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    losses = LossWindow(member.name, state["epochs_done"] + 1, 16 if session.device.type == "cuda" else 1)
+    losses = LossWindow(member.name, state["epochs_done"] + 1, loss_readback_every(session.device))
     loss_count, waited, lr, skipped = 0, 0.0, base_lr, 0
     # the same loss for a model that gives every class the same probability (zero logits): it depends on the
     # targets only, so it is measured in the member's first epoch and kept (an extra loss a step costs ~5 %)
     uniform_known = state.get("train_loss_uniform")
-    uniform_sum = 0.0
+    uniform_sum = torch.zeros((), dtype=torch.float64, device=session.device)  # summed where computed: no sync
     fetch_started = time.monotonic()
     for batch in session.train_shard.iter_torch_batches(
             batch_size=per_worker_batch, local_shuffle_buffer_size=session.inputs.shuffle_buffer or None,
@@ -344,7 +356,7 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
             optimizer.step()
         if uniform_known is None:
             with torch.no_grad():
-                uniform_sum += float(session.loss_fn(uniform_logits(output), target)) * images.shape[0]
+                uniform_sum += session.loss_fn(uniform_logits(output), target).double() * images.shape[0]
         loss_count += images.shape[0]
         stage_step += 1
         state["step"] += 1
@@ -356,7 +368,7 @@ def train_epoch(session: Session, ddp_model, optimizer, state: dict, base_lr: fl
                          "batch or fewer workers")
     train_time = time.monotonic() - started
     loss_sum, uniform_sum, loss_count, waited_sum, time_sum = _all_reduce_sum(
-        [losses.total, uniform_sum, loss_count, waited, train_time], session.device)
+        [losses.total, float(uniform_sum), loss_count, waited, train_time], session.device)
     world = session.world
     state["train_loss_uniform"] = uniform_sum / max(1, loss_count) if uniform_known is None else uniform_known
     return {"lr": lr, "train_loss": loss_sum / max(1, loss_count),

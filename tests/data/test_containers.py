@@ -166,6 +166,9 @@ def test_a_name_listed_twice_is_used_only_when_both_copies_agree(tmp_path):
         (twice,) = container.rejected
         assert twice.file == f"{tmp_path / source}!masks/a.png" and "listed twice with different contents" in \
             twice.reason and "neither copy is used" in twice.reason
+    make_tar(tmp_path / "hidden.tar.gz", {"images/a.png": b"img", "images/.a.png": b"img"}, "w:gz")
+    container = open_container(str(tmp_path / "hidden.tar.gz"), limits, storage, staging_uri=str(tmp_path / "stage"))
+    assert [r.file for r in container.rejected] == [f"{tmp_path}/hidden.tar.gz!images/.a.png"]  # not the staged copy
     folder = tmp_path / "forms"
     (folder / "images").mkdir(parents=True)
     (folder / "images" / "Pe\u00f1asco.png").write_bytes(b"nfc")

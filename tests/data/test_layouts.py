@@ -327,6 +327,20 @@ def test_labelme_saved_on_windows(tmp_path):
     assert rejected.reason.split("resolved to ")[1].split(";")[0].endswith("images/b.png")
 
 
+def test_an_annotation_file_finds_its_image_whichever_unicode_form_either_was_written_in(tmp_path):
+    """Member names are compared in NFC (a Mac writes NFD); a Labelme file saved on a Mac names its image in NFD
+    too, and must still find it: the name it writes is normalised alike."""
+    import json
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "ann").mkdir()
+    nfd = "Pen\u0303asco.png"
+    (tmp_path / "images" / nfd).write_bytes(png_bytes(render_section(3, 16, 16)[0]))
+    (tmp_path / "ann" / "a.json").write_text(json.dumps({"imagePath": f"../images/{nfd}", "shapes": []}))
+    listed = _read(tmp_path, DatasetLayout.LABELME)
+    assert [i["image_name"] for i in listed.items] == ["images/Pe\u00f1asco.png"] and not listed.rejected
+
+
 def test_a_second_layout_root_is_reported_not_dropped(tmp_path):
     """siteA/images+masks beside siteB/images+masks: one root is read, the other's files are quarantined."""
     for site in ("siteA", "siteB"):

@@ -237,7 +237,7 @@ def test_losses_are_read_back_in_windows_and_a_diverged_one_names_its_step():
     per-step one, and a NaN or inf anywhere in a window names its own step, not the window's last."""
     import torch
 
-    from minseg.train.loop import DivergedError, LossWindow
+    from minseg.train.loop import DivergedError, LossWindow, loss_readback_every
 
     window = LossWindow("m", epoch=2, every=3)
     for step, (loss, tiles) in enumerate([(0.5, 4), (0.25, 4), (1.0, 2), (2.0, 1)]):
@@ -250,6 +250,7 @@ def test_losses_are_read_back_in_windows_and_a_diverged_one_names_its_step():
     window.add(torch.tensor(float("inf")), 4, 11)
     with pytest.raises(DivergedError, match="member m: loss became inf at epoch 2, step 11; lower the learning rate"):
         window.add(torch.tensor(float("nan")), 4, 12)
+    assert loss_readback_every(torch.device("cpu")) == 1 and loss_readback_every(torch.device("cuda")) == 16
     every_step = LossWindow("m", epoch=1, every=1)  # CPU: refused before the step is taken
     with pytest.raises(DivergedError, match="loss became nan at epoch 1, step 0"):
         every_step.add(torch.tensor(float("nan"), dtype=torch.bfloat16), 4, 0)
@@ -270,9 +271,17 @@ def test_sync_batchnorm_is_for_gpu_workers_and_keeps_checkpoints_loadable():
     with pytest.raises(ValueError, match="sync_batchnorm needs GPU workers"):
         synced_member(0)
     assert synced_member(1).scaling.sync_batchnorm
+    from types import SimpleNamespace
+
+    from minseg.train.loop import build_member_model
+
+    inputs = SimpleNamespace(num_classes=3, in_channels=3)
+    settings = synced_member(1).model_copy(update={"model": "res_unet", "model_options": {"width": 0.125}})
     plain = build_model("res_unet", num_classes=3, width=0.125)
-    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model("res_unet", num_classes=3, width=0.125))
+    synced = build_member_model(settings, inputs, world=2)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    alone = build_member_model(settings, inputs, world=1)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in alone.modules())
     plain.load_state_dict(synced.state_dict())  # strict: every name and shape
     synced.freeze_encoder()
     synced.train()

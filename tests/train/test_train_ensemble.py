@@ -188,6 +188,27 @@ def test_a_copied_run_reads_its_own_checkpoints_and_damaged_records_are_named(en
         assert {row["member"] for row in rebuilt if row["status"] == "done"} == set(FINISHED)
 
 
+def test_fold_numbers_survive_the_members_table_round_trip(tmp_path):
+    """members.json numbers folds from 1 (as the console table and the fold<k> folders); its readers count from 0.
+    They read the file's numbers as their own: a --members subset of a k-fold run shifted the kept rows a fold on
+    every run, and analyze kernels read fold 1's row as fold 2's folder."""
+    from minseg.enums import MemberStatus
+    from minseg.io.runs import read_members_table
+    from minseg.train.ensemble import MemberResult, _recorded_table, write_members_table
+
+    rows = [MemberResult("m", "unet", MemberStatus.DONE, fold=fold) for fold in (0, 1)] + \
+        [MemberResult("m", "unet", MemberStatus.FAILED)]
+    write_members_table(rows, str(tmp_path), Storage())
+    def written():
+        return [row["fold"] for row in json.loads((tmp_path / "members.json").read_text())["members"]]
+
+    assert written() == [1, 2, None]
+    assert [row["fold"] for row in read_members_table(Storage(), str(tmp_path))] == [0, 1, None]
+    for _ in range(2):  # what a subset run does with the rows it keeps
+        write_members_table(_recorded_table(Storage(), str(tmp_path)), str(tmp_path), Storage())
+        assert written() == [1, 2, None]
+
+
 def test_a_checkpoint_metric_of_a_class_validation_lacks_is_refused(ensemble_run):
     """``checkpoint_metric: iou:<class>`` where the validation split has none of it: undefined while the member
     predicts none, 0 once it predicts a stray pixel; "best" would be the epoch that hallucinates it. Refused before
@@ -264,7 +285,8 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     reseeded = config.model_copy(deep=True)
     reseeded.data.split = reseeded.data.split.model_copy(update={"seed": 7})  # was run.seed, 0
     with pytest.raises(InputError, match=r"trained on other data than this run gives them \(changed since the run's "
-                                         r"data was prepared: data.split.seed: (null|0) -> 7\): "
+                                         r"data was prepared: data.split.seed: (null|0) -> 7; or files in the "
+                                         r"sources\): "
                                          r"\S+/members/resunet, \S+/members/vgg, "
                                          r"\S+/members/halfunet\. Write the run elsewhere"):
         train_ensemble(reseeded, list(FINISHED), resume=True)
@@ -274,7 +296,8 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     reseeded.training.members = [*reseeded.training.members, extra]
     with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on "
                                          r"other data \(changed since the run's data was prepared: "
-                                         r"data.split.seed: (null|0) -> 7\): \S+/members/resunet"):
+                                         r"data.split.seed: (null|0) -> 7; or files in the sources\): "
+                                         r"\S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
     # data.classes reordered (the same images, the same split): class id 1 would be another mineral for the kept
@@ -395,7 +418,7 @@ def test_resources_that_can_never_fit_fail_up_front(synthetic_sections, tmp_path
     assert time.monotonic() - started < 60
 
 
-def test_a_member_is_running_from_its_workers_start_not_its_submission(caplog):
+def test_a_member_is_running_from_its_workers_start_not_its_submission(minseg_events):
     """The driver's counts and progress bar follow what runs post to the board (loop.announce_start): a submitted
     trial is queued until its worker group starts (on a cluster short of GPUs it waits), a resumed member's
     finished epochs fill the bar, a Ray Train restart is a warning, and a trial that failed before starting was never
@@ -409,15 +432,14 @@ def test_a_member_is_running_from_its_workers_start_not_its_submission(caplog):
               for name in ("a", "b", "c")]
     progress = _MemberProgress(trials)
 
-    with caplog.at_level(logging.INFO, logger="minseg.train.ensemble"):
-        progress.posted(1, {"started": True, "epochs_done": 2})  # b resumes at epoch 3 of 5
-        progress.posted(1, {"epoch": 3, "train_loss": 0.5})
-        progress.posted(0, {"started": True, "epochs_done": 0})
-        progress.posted(0, {"started": True, "epochs_done": 1})  # its worker group restarted after a checkpoint
-        progress.ended(2, MemberResult(member="c", model="unet", status=MemberStatus.FAILED, error="not started: x"))
-        progress.ended(1, MemberResult(member="b", model="unet", status=MemberStatus.DONE))
+    progress.posted(1, {"started": True, "epochs_done": 2})  # b resumes at epoch 3 of 5
+    progress.posted(1, {"epoch": 3, "train_loss": 0.5})
+    progress.posted(0, {"started": True, "epochs_done": 0})
+    progress.posted(0, {"started": True, "epochs_done": 1})  # its worker group restarted after a checkpoint
+    progress.ended(2, MemberResult(member="c", model="unet", status=MemberStatus.FAILED, error="not started: x"))
+    progress.ended(1, MemberResult(member="b", model="unet", status=MemberStatus.DONE))
     progress.progress.close()
-    assert [(r.getMessage(), r.fields) for r in caplog.records if r.name == "minseg.train.ensemble"] == [
+    assert [(r.getMessage(), r.fields) for r in minseg_events if r.name == "minseg.train.ensemble"] == [
         ("train.member.started", {"member": "b", "running": 1, "queued": 2, "done": 0, "from_epoch": 2}),
         ("train.epoch", {"member": "b", "epoch": 3, "of": 5, "train_loss": 0.5}),
         ("train.member.started", {"member": "a", "running": 2, "queued": 1, "done": 0}),
@@ -425,32 +447,30 @@ def test_a_member_is_running_from_its_workers_start_not_its_submission(caplog):
         ("train.member.failed", {"member": "c", "running": 2, "queued": 0, "done": 1, "reason": "not started: x"}),
         ("train.member.done", {"member": "b", "running": 1, "queued": 0, "done": 2}),
     ]
-    (restarted,) = [r for r in caplog.records if r.getMessage() == "train.member.restarted"]
+    (restarted,) = [r for r in minseg_events if r.getMessage() == "train.member.restarted"]
     assert restarted.levelno == logging.WARNING
     assert progress.progress.done == 3  # b's two finished epochs and its third
 
 
-def test_killed_worker_resumes_from_checkpoint_and_ends_as_a_run_never_stopped(synthetic_sections, tmp_path, caplog):
+def test_killed_worker_resumes_from_checkpoint_and_ends_as_a_run_never_stopped(synthetic_sections, tmp_path,
+                                                                               minseg_events):
     """SIGKILL the training worker after its first checkpoint: Ray restarts it, it resumes, and it ends with the
     weights of the same member trained in one go (its tiles cached in item order, every epoch's draws from the
     epoch's seed); the driver says it restarted and from which epoch."""
-    import logging
-
     import ray
 
     member = {"name": "survivor", "model": "half_unet", "model_options": {"width": 0.25}, "max_failures": 2,
               "stages": [{"epochs": 4, "batch_size": 4}]}
     (whole,) = train_ensemble(training_config(synthetic_sections, tmp_path, "whole", [member]))
     assert whole.status == "done", whole.error
-    caplog.clear()  # the run above's lines too, where an earlier test left the minseg loggers at INFO
-    with caplog.at_level(logging.INFO, logger="minseg.train.ensemble"):
-        training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "kill", [member]), "survivor")
-        training.wait_for_checkpoint()
-        killed = training.kill_workers()
-        (row,) = training.join(600)
+    minseg_events.clear()  # the run above's lines
+    training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "kill", [member]), "survivor")
+    training.wait_for_checkpoint()
+    killed = training.kill_workers()
+    (row,) = training.join(600)
     assert killed
     assert row.status == "done", row.error
-    said = [(r.getMessage(), r.fields.get("from_epoch")) for r in caplog.records
+    said = [(r.getMessage(), r.fields.get("from_epoch")) for r in minseg_events
             if r.name == "minseg.train.ensemble" and r.getMessage().startswith("train.member.")]
     assert said[0] == ("train.member.started", None) and said[-1][0] == "train.member.done"
     assert [event for event, _ in said[1:-1]] == ["train.member.restarted"] * len(said[1:-1]) and said[1:-1]
