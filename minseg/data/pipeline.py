@@ -167,13 +167,14 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
             raise DecodeError(f"its mask {item['mask_name']}: {exc}") from None
         if codes.shape[:2] != (height, width):
             swapped = codes.shape[:2] == (width, height)  # e.g. a phone photo's EXIF Orientation, applied on reading
-            raise DecodeError(f"mask is {codes.shape[1]}x{codes.shape[0]} but the image is {width}x{height}"
+            raise DecodeError(f"its mask {item['mask_name']} is {codes.shape[1]}x{codes.shape[0]} but the image is "
+                              f"{width}x{height}"
                               + (" (its sides swapped: is the image rotated by an EXIF Orientation, which minseg "
                                  "applies as viewers do? draw the mask on the image as shown, or save the image "
                                  "without the rotation)" if swapped else ""))
         palette = None if rgb else mask_palette(data, item["mask_name"])
         if palette is not None and (problem := classmap.palette_problem(codes, palette)):
-            raise DecodeError(problem)
+            raise DecodeError(f"its mask {item['mask_name']}: {problem}")
     elif item.get("instances") is not None:
         codes = _merged_instances(item, height, width, limits, storage, instance_areas)
     elif item.get("polygons") is not None:
@@ -188,7 +189,8 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
         if unknown:
             grey = codes.ndim == 3 and bool((codes[..., 0] == codes[..., 1]).all()
                                             and (codes[..., 1] == codes[..., 2]).all())
-            raise DecodeError(classmap.describe_unknown(unknown, grey=grey))
+            problem = classmap.describe_unknown(unknown, grey=grey)
+            raise DecodeError(f"its mask {item['mask_name']}: {problem}" if item.get("mask") is not None else problem)
     full_ids = ids
     image, ids = resize_pair(image, ids, scale)
     return (image, ids, full_ids) if with_codes else (image, ids)

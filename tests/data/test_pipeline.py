@@ -107,10 +107,11 @@ def test_bad_items_go_to_quarantine_and_the_rest_carry_on(ray_session, tmp_path)
     assert len(prepared.splits["train"]) == 6 and {"greyrgb", "web"} <= {i["item_id"].rsplit("/", 1)[1]
                                                                          for i in prepared.splits["train"]}
     reasons = {r.file.rsplit("/", 1)[1]: r.reason for r in prepared.quarantine}
-    assert reasons["small.jpg"] == "mask is 48x48 but the image is 48x40"
-    assert reasons["turned.jpg"].startswith("mask is 40x48 but the image is 48x40 (its sides swapped: is the image "
-                                            "rotated by an EXIF Orientation")
-    assert reasons["codes.jpg"].startswith("mask codes 42 are not in the class map")
+    # the row is the item's image; the reason names the mask at fault
+    assert reasons["small.jpg"] == "its mask masks/small.png is 48x48 but the image is 48x40"
+    assert reasons["turned.jpg"].startswith("its mask masks/turned.png is 40x48 but the image is 48x40 (its sides "
+                                            "swapped: is the image rotated by an EXIF Orientation")
+    assert reasons["codes.jpg"].startswith("its mask masks/codes.png: mask codes 42 are not in the class map")
     assert reasons["corrupt.jpg"].startswith("not a picture PIL can read (")
     assert reasons["lonely.jpg"].startswith("no mask masks/lonely.*")
     assert reasons["orphan.png"].startswith("mask without an image")
