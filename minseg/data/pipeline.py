@@ -610,7 +610,7 @@ def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: i
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:
     """One picture (the same pixels) under two names in two splits: a member trains on a validation or test image,
-    and its scores there flatter it. Said once, with how many and an example pair."""
+    and its scores there flatter it. Said once: how many images repeat one of an earlier split, the first ten."""
     seen: dict[str, tuple[str, str]] = {}  # digest -> (split, item id) of its first image
     pairs = []
     for split in SPLITS:
@@ -622,9 +622,9 @@ def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str,
             if first[0] != split:
                 pairs.append((first, (split, item["item_id"])))
     if pairs:
-        (split_a, a), (split_b, b) = pairs[0]
-        log_event(log, "data.split.duplicate_images", logging.WARNING, pairs=len(pairs),
-                  example=f"{a} ({split_a}) = {b} ({split_b})",
+        shown = "; ".join(f"{a} ({split_a}) = {b} ({split_b})" for (split_a, a), (split_b, b) in pairs[:10])
+        log_event(log, "data.split.duplicate_images", logging.WARNING, images=len(pairs),
+                  copies=shown + ("; ..." if len(pairs) > 10 else ""),
                   hint="the same pixels under two names are in two splits: a member trains on what it is scored "
                        "on; remove the copies, or name each pair in one split with data.split.lists")
 

@@ -239,7 +239,7 @@ def test_explicit_split_lists(ray_session, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="minseg.data"):
         prepare(data, tmp=tmp_path / "work2")
     (duplicated,) = [r.fields for r in caplog.records if r.getMessage() == "data.split.duplicate_images"]
-    assert duplicated["pairs"] == 1 and duplicated["example"] == "ds/s0 (train) = ds/copy_of_s0 (val)"
+    assert duplicated["images"] == 1 and duplicated["copies"] == "ds/s0 (train) = ds/copy_of_s0 (val)"
     assert [(r.file, r.reason) for r in prepared.quarantine] == [
         (str(tmp_path / "val.txt"), "val list names 's33', which no source has")]
 
