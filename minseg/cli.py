@@ -280,6 +280,10 @@ def cmd_select(args) -> int:
                   "scores come from the pixels their weights were fitted to and favour them (run minseg evaluate "
                   "again)", file=sys.stderr)
         print(f"chosen on the {document.get('selection_split') or 'test'} split")
+    if any("sha256" not in info for info in document["members"].values()):
+        print(f"warning: {args.evaluation} predates recording the weights it scored: a member retrained since "
+              "cannot be told apart, and its scores would go with other weights (run minseg evaluate again to "
+              "record them)", file=sys.stderr)
     target = manifest_destination(args.out, args.evaluation, args.name, storage)
     _check_output(os.path.dirname(os.path.abspath(os.path.expanduser(target))) if not target.startswith("s3://")
                   else None, "--out")

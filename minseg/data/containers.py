@@ -73,11 +73,10 @@ class Container:
         """List ``ref`` under ``name`` (normalised, NFC) unless it is hidden, or a second copy of a listed name
         with other bytes (module doc); ``storage`` reads both copies of a name listed twice."""
         key = unicodedata.normalize("NFC", posixpath.normpath(name.replace("\\", "/")))
-        base = posixpath.basename(key)
-        if base.startswith("."):
-            if base.lower().endswith(IMAGE_SUFFIXES):
-                self.rejected.append(Rejected(self.describe(name), "hidden file (its name starts with '.'): not "
-                                                                   "used; rename it to use it"))
+        if any(part.startswith(".") for part in key.split("/")):  # a hidden file, or one in a hidden folder
+            if key.lower().endswith(IMAGE_SUFFIXES):
+                self.rejected.append(Rejected(self.describe(name), "hidden file (its name or a folder's starts "
+                                                                   "with '.'): not used; rename it to use it"))
             return
         if key in self.ambiguous:
             return

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -606,6 +607,15 @@ def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: i
                        f"stored in 16-bit samples and read as {bits}-bit (most grey levels lost)? Set "
                        "data.bit_depth to the camera's bit depth (e.g. 12), or data.sources[].channels[].bit_depth "
                        "for one image of a scene. 8-bit pictures this dark: blank or underexposed?")
+
+
+def item_changes(before: Iterable[str], now: Iterable[str], added: str = "added", gone: str = "gone") -> str | None:
+    """``added 2: d, e; gone 1: b`` (at most five ids each) for item ids in ``now`` and not ``before`` and the other
+    way round, or None when they are the same set."""
+    before, now = set(before), set(now)
+    said = "; ".join(f"{label} {len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}"
+                     for label, ids in ((added, sorted(now - before)), (gone, sorted(before - now))) if ids)
+    return said or None
 
 
 def _warn_duplicates_across_splits(good: dict[str, list[dict]], by_id: dict[str, dict]) -> None:

@@ -29,7 +29,7 @@ import torch
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import DataSettings
-from minseg.data.pipeline import PreparedData, classes_missing, load_example, prepare_data
+from minseg.data.pipeline import PreparedData, classes_missing, item_changes, load_example, prepare_data
 from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
@@ -590,12 +590,9 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
     except ObjectNotFoundError:
         return
     for split in ("train", "val", "test"):
-        now = {i["item_id"] for i in prepared.splits[split]}
-        if split in saved and set(saved[split]) != now:
-            added, gone = sorted(now - set(saved[split])), sorted(set(saved[split]) - now)
-            said = "; ".join(f"{label} {len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}"
-                             for label, ids in (("now in it, not at training", added),
-                                                ("at training, not now", gone)) if ids)
+        now = [i["item_id"] for i in prepared.splits[split]]
+        if split in saved and (said := item_changes(saved[split], now, "now in it, not at training",
+                                                    "at training, not now")):
             raise InputError(f"the {split} split differs from the one the members were trained with "
                              f"({join_uri(run_uri, 'data', 'splits.json')}: {said}); the data or the split settings "
                              "changed: evaluate with the data they were trained on")

@@ -111,7 +111,8 @@ def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> No
 
 def manifest_destination(out: str | None, evaluation: str, name: str, storage: Storage) -> str:
     """Where ``minseg select`` writes its manifest: ``out`` as a ``.json`` file, or ``manifest-NAME.json`` inside
-    ``out`` when it is a folder (one that exists, or any path written with a trailing ``/``); by default beside
+    ``out`` when it is a folder (one that exists: an S3 prefix holding objects, a bucket; or any path written with a
+    trailing ``/``); by default beside
     ``evaluation.json`` in the ``evaluation`` folder.
 
     Raises:
@@ -121,7 +122,8 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
     file_name = f"manifest-{name}.json"
     if not out:
         target = join_uri(evaluation, file_name)
-    elif out.endswith("/") or (not is_s3(out) and os.path.isdir(os.path.expanduser(out))):
+    elif out.endswith("/") or (os.path.isdir(os.path.expanduser(out)) if not is_s3(out)
+                               else not out.lower().endswith(".json") and storage.is_folder(out)):
         target = join_uri(out.rstrip("/"), file_name)
     elif not out.lower().endswith(".json"):
         raise InputError(f"--out: {out} is not a .json file name: give the manifest's file (e.g. {file_name}) or a "

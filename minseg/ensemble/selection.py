@@ -23,7 +23,7 @@ from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestM
 from minseg.ensemble.voting import fuse, rank_weights
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import Storage, absolute_uri, join_uri
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 
 MEMBER_PREFIX = "member:"
@@ -411,7 +411,24 @@ def read_evaluation(folder: str, storage: Storage) -> dict:
     if missing:
         raise InputError(f"{uri}: not a complete evaluation record, missing {', '.join(missing)} (written by another "
                          "version, or edited): run minseg evaluate again")
-    return document
+    return _relocated(document, folder, storage)
+
+
+def _relocated(document: dict, folder: str, storage: Storage) -> dict:
+    """``document`` with its members' checkpoints under the run that holds ``folder`` (``<run>/evaluation/<name>``)
+    when that run was copied or moved since evaluation recorded where it was (as ``minseg.io.runs`` readers find
+    checkpoints): a copy's manifest names the copy's weights, not the original's, which may be gone or retrained."""
+    recorded, here = document["run"].rstrip("/"), absolute_uri(folder).rstrip("/")
+    parts = here.rsplit("/", 2)
+    if len(parts) < 3 or parts[1] != "evaluation":
+        return document  # written to its own evaluation.output_uri: its run is where it says
+    run = parts[0]
+    if run == recorded or not storage.exists(join_uri(run, "members.json")):
+        return document
+    members = {name: {**info, "checkpoint": run + info["checkpoint"][len(recorded):]}
+               if info["checkpoint"].startswith(recorded + "/") else info
+               for name, info in document["members"].items()}
+    return {**document, "run": run, "members": members}
 
 
 def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:

@@ -15,7 +15,7 @@ moved (cluster storage to a laptop, one name to another) reads its own weights, 
 
 from __future__ import annotations
 
-from minseg.enums import MemberCheckpoint
+from minseg.enums import MemberCheckpoint, MemberStatus
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
 
@@ -47,10 +47,12 @@ def read_members_table(storage: Storage, run_uri: str) -> list[dict] | None:
     except ObjectNotFoundError:
         return None
     rows = document.get("members") if isinstance(document, dict) else None
+    statuses = {str(status) for status in MemberStatus}
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("member"), str)
-                                             and isinstance(r.get("status"), str) for r in rows):
-        raise InputError(f"{uri}: not a members table (a 'members' list of rows with member and status): a damaged "
-                         "or replaced file; 'minseg train --resume' with the run's config writes it again")
+                                             and isinstance(r.get("model"), str) and r.get("status") in statuses
+                                             for r in rows):
+        raise InputError(f"{uri}: not a members table (a 'members' list of rows with member, model and status): a "
+                         "damaged or replaced file; 'minseg train --resume' with the run's config writes it again")
     return [{**row, "fold": row["fold"] - 1} if isinstance(row.get("fold"), int) else row for row in rows]
 
 

@@ -22,7 +22,9 @@ import numpy as np
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
-from minseg.data.pipeline import CLASSES_REQUIRED, PreparedData, prepare_data, split_dataset, write_data_reports
+from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, item_changes, prepare_data, split_dataset,
+                                  write_data_reports)
+from minseg.data.splits import SPLITS
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError, MinsegError
@@ -817,8 +819,12 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
+    saved_uri = join_uri(run_uri, "data", "splits.json")  # the images the run's members were prepared from
+    saved = storage.read_json(saved_uri) if storage.exists(saved_uri) else {}
+    moved = item_changes([i for split in SPLITS for i in saved.get(split, [])],
+                         [i["item_id"] for split in SPLITS for i in prepared.splits[split]], "images added", "gone")
     refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap,
-                      _settings_changes((recorded or {}).get("settings"), settings))
+                      _settings_changes((recorded or {}).get("settings"), settings) + ([moved] if moved else []))
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source.report_oversampling(config.run.seed)
@@ -1126,8 +1132,8 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     if stale:
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
-        what = (f"changed since the run's data was prepared: {'; '.join(changes)}; or files in the sources"
-                if changes else "the inputs, the split, the evidence or the bit depth images are read with changed")
+        what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
+                "the inputs, the split, the evidence or the bit depth images are read with changed")
         raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
                          "run.name or output), or delete those folders to train them again")
 

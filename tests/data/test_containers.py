@@ -192,10 +192,13 @@ def test_names_pair_in_either_unicode_form_and_hidden_pictures_are_reported(tmp_
     (root / "images" / ".s1.jpg").write_bytes((root / "images" / "s1.jpg").read_bytes())
     (root / "masks" / ".s1.png").write_bytes((root / "masks" / "s1.png").read_bytes())
     (root / "masks" / ".gitkeep").write_text("")
+    (root / "images" / ".cache").mkdir()  # a viewer's thumbnails: once "no mask masks/.cache/s1.*"
+    (root / "images" / ".cache" / "s1.png").write_bytes((root / "masks" / "s1.png").read_bytes())
     data = validate_config({"sources": [{"uri": str(root)}], "classes": {"classes": [
         {"name": "background", "codes": [0]}, *({"name": f"c{code}", "codes": [code]} for code in range(1, 9))]}},
         DataSettings)
     items, rejected, _ = _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
     assert sorted(i["item_id"] for i in items) == ["ds/calcopirita_Pe\u00f1asco", "ds/s1"]
-    assert sorted((os.path.basename(r.file), r.reason.split(":")[0]) for r in rejected) == [
-        (".s1.jpg", "hidden file (its name starts with '.')"), (".s1.png", "hidden file (its name starts with '.')")]
+    hidden = "hidden file (its name or a folder's starts with '.')"
+    assert sorted((r.file[len(str(root)) + 1:], r.reason.split(":")[0]) for r in rejected) == [
+        ("images/.cache/s1.png", hidden), ("images/.s1.jpg", hidden), ("masks/.s1.png", hidden)]

@@ -201,6 +201,23 @@ def test_select_refuses_a_member_retrained_since_the_evaluation(evaluation, tmp_
     err = capsys.readouterr().err
     assert f"member {chosen}: " in err and "is not the file this evaluation scored" in err
     assert "run minseg evaluate again" in err and not list(copy.glob("manifest*"))
+    for info in document["members"].values():  # an evaluation written before the hashes: said, not silent
+        del info["sha256"]
+    (copy / "evaluation.json").write_text(json.dumps(document))
+    assert main(["select", str(copy)]) == 0
+    assert "predates recording the weights it scored" in capsys.readouterr().err
+
+
+def test_select_from_a_copied_run_names_the_copy_s_weights(evaluation, tmp_path, capsys):
+    """evaluation.json records where the run was written; a run copied (or moved) with its evaluation wrote
+    manifests naming the original's checkpoints, gone or retrained since. They are found under the copy now."""
+    folder = Path(evaluation.manifest_uri.rsplit("/", 1)[0])
+    run = folder.parent.parent
+    copy = tmp_path / "copied-run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ray"))
+    assert main(["select", str(copy / "evaluation" / folder.name), "--name", "copy"]) == 0
+    manifest = load_manifest(str(copy / "evaluation" / folder.name / "manifest-copy.json"))
+    assert manifest.members and all(m.checkpoint.startswith(f"{copy}/members/") for m in manifest.members)
 
 
 def evaluation_run_members(folder: str) -> Path:

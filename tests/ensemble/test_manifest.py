@@ -151,3 +151,22 @@ def test_each_image_of_a_scene_keeps_its_bit_depth_in_the_manifest(manifests, tm
     read = scoring_data(declared, camera, "m.json")
     assert [g.bits(read.bit_depth) for g in read.channel_groups] == [12, 14]
     assert read.channel_groups[0].images_dir == "p"
+
+
+def test_select_writes_into_an_s3_prefix_that_holds_objects_as_into_a_folder(s3):
+    """On S3 a folder is a prefix holding objects (or a bucket): ``--out s3://bucket/runs`` is one, as storage cp
+    reads it; a new name not .json is refused; an object that is not a manifest is never replaced."""
+    from minseg.ensemble.manifest import manifest_destination
+    from minseg.errors import InputError
+
+    storage = s3.storage()
+    storage.write_bytes(s3.uri("runs/r1/members.json"), b'{"members": []}')
+    evaluation = s3.uri("runs/r1/evaluation/ensemble")
+    assert manifest_destination(s3.uri("runs"), evaluation, "fast", storage) == s3.uri("runs/manifest-fast.json")
+    assert manifest_destination(f"s3://{s3.bucket}", evaluation, "fast", storage) == s3.uri("manifest-fast.json")
+    assert manifest_destination(s3.uri("new/"), evaluation, "fast", storage) == s3.uri("new/manifest-fast.json")
+    assert manifest_destination(None, evaluation, "fast", storage) == f"{evaluation}/manifest-fast.json"
+    with pytest.raises(InputError, match="is not a .json file name"):
+        manifest_destination(s3.uri("nothing-here"), evaluation, "fast", storage)
+    with pytest.raises(InputError, match="exists and is not an ensemble manifest"):
+        manifest_destination(s3.uri("runs/r1/members.json"), evaluation, "fast", storage)

@@ -176,7 +176,10 @@ def test_a_copied_run_reads_its_own_checkpoints_and_damaged_records_are_named(en
     # cut short, or written over by another command's record (a select --out once did): readers name the file,
     # and train --resume, which their message points to, rebuilds the table from each trial's result.json
     for damaged, problem in (('{"members": [', "not valid JSON"), ('{"a": 1}', "not a members table"),
-                             ("[]", "not a members table"), ('{"members": [{"x": 1}]}', "not a members table")):
+                             ("[]", "not a members table"), ('{"members": [{"x": 1}]}', "not a members table"),
+                             ('{"members": [{"member": "halfunet", "status": "done"}]}', "not a members table"),
+                             ('{"members": [{"member": "halfunet", "model": "half_unet", "status": "weird"}]}',
+                              "not a members table")):
         (copy / "members.json").write_text(damaged)
         with pytest.raises(InputError, match=rf"ens/members.json: {problem}"):
             discover_members(storage, str(copy), None)
@@ -285,8 +288,7 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     reseeded = config.model_copy(deep=True)
     reseeded.data.split = reseeded.data.split.model_copy(update={"seed": 7})  # was run.seed, 0
     with pytest.raises(InputError, match=r"trained on other data than this run gives them \(changed since the run's "
-                                         r"data was prepared: data.split.seed: (null|0) -> 7; or files in the "
-                                         r"sources\): "
+                                         r"data was prepared: data.split.seed: (null|0) -> 7\): "
                                          r"\S+/members/resunet, \S+/members/vgg, "
                                          r"\S+/members/halfunet\. Write the run elsewhere"):
         train_ensemble(reseeded, list(FINISHED), resume=True)
@@ -296,8 +298,7 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
     reseeded.training.members = [*reseeded.training.members, extra]
     with pytest.raises(InputError, match=r"members trained now would sit beside members of this run trained on "
                                          r"other data \(changed since the run's data was prepared: "
-                                         r"data.split.seed: (null|0) -> 7; or files in the sources\): "
-                                         r"\S+/members/resunet"):
+                                         r"data.split.seed: (null|0) -> 7\): \S+/members/resunet"):
         train_ensemble(reseeded, ["extra"])
     assert (run / "data" / "splits.json").read_text() == splits and not (run / "members" / "extra").exists()
     # data.classes reordered (the same images, the same split): class id 1 would be another mineral for the kept
