@@ -92,10 +92,11 @@ def test_k_fold_and_prospect_runs(tmp_path):
         shutil.copytree(checkpoint, folder / "epoch-0002")
         for which in pointers:
             (folder / f"{which}.json").write_text(json.dumps({"dir": "epoch-0002", "uri": "/elsewhere/epoch-0002"}))
-    # folds numbered from 1 in the file, as write_members_table writes them (0-based rows named fold 1 fold2)
-    rows = [{"member": "half", "fold": 1, "status": "done", "best_checkpoint": "/elsewhere/epoch-0002"},
-            {"member": "half", "fold": 2, "status": "done", "best_checkpoint": None, "last_checkpoint": "/elsewhere"},
-            {"member": "half", "fold": None, "status": "failed", "best_checkpoint": None}]
+    # folds numbered from 1 in the file, as write_members_table writes them (trials 0 and 1: folders fold1, fold2)
+    half = {"member": "half", "model": "half_unet"}
+    rows = [{**half, "fold": 1, "status": "done", "best_checkpoint": "/elsewhere/epoch-0002"},
+            {**half, "fold": 2, "status": "done", "best_checkpoint": None, "last_checkpoint": "/elsewhere"},
+            {**half, "fold": None, "status": "failed", "best_checkpoint": None}]
     (tmp_path / "run" / "members.json").write_text(json.dumps({"members": rows}))
     members = discover([str(tmp_path / "run"), checkpoint, checkpoint], Storage())
     assert [m.name for m in members] == ["half@fold1", "half@fold2", "half-1", "half-2"]
