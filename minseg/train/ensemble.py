@@ -15,7 +15,7 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -819,12 +819,8 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
-    saved_uri = join_uri(run_uri, "data", "splits.json")  # the images the run's members were prepared from
-    saved = storage.read_json(saved_uri) if storage.exists(saved_uri) else {}
-    moved = item_changes([i for split in SPLITS for i in saved.get(split, [])],
-                         [i["item_id"] for split in SPLITS for i in prepared.splits[split]], "images added", "gone")
     refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap,
-                      _settings_changes((recorded or {}).get("settings"), settings) + ([moved] if moved else []))
+                      lambda: _data_changes(storage, run_uri, (recorded or {}).get("settings"), settings, prepared))
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     source.report_oversampling(config.run.seed)
@@ -1060,6 +1056,17 @@ def _data_selection(data) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16], document
 
 
+def _data_changes(storage: Storage, run_uri: str, recorded: dict | None, settings: dict,
+                  prepared: PreparedData) -> list[str]:
+    """What differs from the data the run's members were prepared from: its settings (``_settings_changes``) and
+    the images added to or gone from its ``data/splits.json``. Read only to explain a refusal."""
+    saved_uri = join_uri(run_uri, "data", "splits.json")
+    saved = storage.read_json(saved_uri) if storage.exists(saved_uri) else {}
+    moved = item_changes([i for split in SPLITS for i in saved.get(split, [])],
+                         [i["item_id"] for split in SPLITS for i in prepared.splits[split]], "images added", "gone")
+    return _settings_changes(recorded, settings) + ([moved] if moved else [])
+
+
 def _settings_changes(recorded: dict | None, current: dict, prefix: str = "data") -> list[str]:
     """``data.tiling.size: 32 -> 48``-style lines for every setting that differs between two ``_data_selection``
     documents (a recorded one from before 2026-12-06 holds none: nothing to say)."""
@@ -1100,7 +1107,8 @@ def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list
 
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
-                      resume: bool = True, classmap: ClassMap | None = None, changes: list[str] = ()) -> None:
+                      resume: bool = True, classmap: ClassMap | None = None,
+                      explain: Callable[[], list[str]] | None = None) -> None:
     """Before training: raise ``InputError`` naming every checkpoint folder of ``members`` (finished or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
     parts; for prospectivity, other channels, windows or standardisation), or (``classmap`` given) under another
@@ -1109,8 +1117,7 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     what is now its test part); continued, one would mix both; beside a ``--members`` subset trained now on other
     data, the run would hold members of two splits, none of which evaluation could use (it checks the same record:
     ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record no signature and are not checked.
-    ``changes``: the data settings that differ from the run's recorded ones (``_settings_changes``), named in the
-    message (other files in the same folders change no setting)."""
+    ``explain``: what changed (``_data_changes``), asked only when refusing and named in the message."""
     stale, recoded = [], []
     for fold in source.trial_folds():
         trial, current = trial_uri(run_uri, fold), None
@@ -1132,6 +1139,7 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     if stale:
         doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
                  else "members trained now would sit beside members of this run trained on other data")
+        changes = explain() if explain else []
         what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
                 "the inputs, the split, the evidence or the bit depth images are read with changed")
         raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
