@@ -2,7 +2,8 @@
 
 ``prepare_slide`` (driver) creates the empty OME-Zarr and ``.minseg/plan.json``, or, when an
 interrupted run of the same ensemble and block plan left them, resumes: blocks whose record
-exists are not redone. ``finish_slide`` (a Ray task) merges the block records (the slide's
+exists are not redone. A slide with finished outputs is redone in its redo folder
+(``SlidePlan.replaces``), which takes the finished folder's place only once complete. ``finish_slide`` (a Ray task) merges the block records (the slide's
 mineralogy: ``mineralogy.json``, the per-object tables and plots; uncertainty), builds the
 pyramid levels no single block could write, renders the preview, exports TIFFs when asked, marks
 the zarr complete and writes ``summary.json`` last; then the records are removed.
@@ -235,8 +236,10 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     arrays.mark("complete", summary=SUMMARY)
     storage.write_json(join_uri(plan.output_uri, SUMMARY), summary)
     storage.delete_prefix(join_uri(plan.output_uri, RECORDS) + "/")  # the summary is the proof now
+    if plan.replaces:  # a redo, finished: its outputs take the place of the earlier run's
+        storage.replace_folder(plan.output_uri, plan.replaces, SUMMARY)
     log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
-              wall_seconds=summary["wall_seconds"], output=plan.output_uri)
+              wall_seconds=summary["wall_seconds"], output=plan.replaces or plan.output_uri)
     return summary
 
 
@@ -245,8 +248,12 @@ HEADLINE = ("modal_mineralogy", "densities_missing", "association", "particles",
 
 
 def discard_slide(plan: SlidePlan, storage: Storage) -> None:
-    """A failed slide leaves nothing behind (no partial output looks complete, none looks resumable)."""
+    """A failed slide leaves nothing behind (no partial output looks complete, none looks resumable); a failed redo
+    leaves the earlier run's finished outputs (``plan.replaces``) as they were."""
     try:
-        storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
+        if plan.replaces:
+            storage.delete_redo(plan.output_uri)
+        else:
+            storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
     except OSError:
         log_event(log, "segment.discard_failed", logging.WARNING, slide=plan.slide_id, output=plan.output_uri)

@@ -6,7 +6,9 @@ Per map, under ``<output>/<id>/``: ``mineralogy.json`` (written last: the map is
 ``grains.parquet``, ``particles.parquet``, the figures; with a reference mask, ``reference_mineralogy.json``
 and the errors of every number against it (``mineralogy.json`` → ``reference``). Per run: ``slides.csv``
 (a headline row per map), ``failures.json`` (maps that could not be measured, with why: the others carry
-on), and the batch report under ``mineralogy/``.
+on), and the batch report under ``mineralogy/``. A map measured before is measured again in its redo folder
+(``minseg.io.storage.redo_folder``), which takes the earlier folder's place once finished: a failed re-measure
+leaves the earlier measurement as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from minseg.inference.labelmaps import LabelMap, class_names_difference, open_la
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, refuse_other_command_outputs
+from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
+                               refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
 from minseg.mineralogy.config import MineralogySettings, class_list_problem
@@ -149,6 +152,9 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
         InputError, SlideError: the map or its reference cannot be measured (the message says which and why).
     """
     started = time.monotonic()
+    final = output_uri
+    if storage.exists(join_uri(final, DOCUMENT)):  # measured before: redone beside it, in place once finished
+        output_uri = redo_folder(final)
     storage.delete_prefix(output_uri.rstrip("/") + "/")  # no mix with an earlier run's files
     for source in (uri, reference):
         if source:
@@ -178,7 +184,9 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files
     storage.write_json(join_uri(output_uri, DOCUMENT), document, indent=1)  # last: done
-    log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=output_uri)
+    if output_uri != final:
+        storage.replace_folder(output_uri, final, DOCUMENT)
+    log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)
     row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
            "seconds": document["seconds"], **headline(document)}
     if reference is not None:
@@ -195,8 +203,18 @@ def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, stor
         row, document = measure_one(uri, reference, output_uri, map_id, settings, mineralogy, storage)
         return {"row": row, "headline": headline_text(document)}
     except (InputError, SlideError, OSError, ValueError) as exc:
-        storage.delete_prefix(output_uri.rstrip("/") + "/")  # nothing partial looks measured
-        return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc)}}
+        kept = discard_measurement(output_uri, storage)
+        return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc) + kept}}
+
+
+def discard_measurement(output_uri: str, storage: Storage) -> str:
+    """What a failed map leaves: nothing partial looks measured, and a measurement an earlier run finished in
+    ``output_uri`` stays as it was (its redo folder goes). Returns what the failure adds to say so ('' or a note)."""
+    storage.delete_redo(redo_folder(output_uri))
+    if storage.exists(join_uri(output_uri, DOCUMENT)):
+        return f" (the measurement an earlier run finished in {output_uri.rstrip('/').rsplit('/', 1)[-1]}/ is kept)"
+    storage.delete_prefix(output_uri.rstrip("/") + "/")
+    return ""
 
 
 def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | None]], storage: Storage,
@@ -352,10 +370,10 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
         try:
             outcome = ray.get(ready)
         except ray.exceptions.RayError as exc:
-            storage.delete_prefix(join_uri(output, ids[uri]).rstrip("/") + "/")
+            kept = discard_measurement(join_uri(output, ids[uri]), storage)
             reason = str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1]
             outcome = {"failure": {"slide": ids[uri], "uri": uri, "reference": reference,
-                                   "reason": f"the task failed: {type(exc).__name__}: {reason}"}}
+                                   "reason": f"the task failed: {type(exc).__name__}: {reason}{kept}"}}
         if "row" in outcome:
             result.done.append(outcome["row"])
             result.headlines[outcome["row"]["slide"]] = outcome["headline"]

@@ -83,6 +83,9 @@ class SlidePlan:
     stored_bits: int = 16  # bits per stored sample of the slide (its scene's most): the bit depth may not apply
     image_bits: tuple[int, ...] = ()  # bits per stored sample of each of ``channels``
     images: tuple[tuple[str, int], ...] = ()  # the ensemble's scene images (name, channels); (): one RGB image
+    # the slide folder holding an earlier run's finished outputs, which this slide's redo replaces once finished;
+    # ``output_uri`` is then its redo folder (``minseg.io.storage.redo_folder``): a redo that fails loses nothing
+    replaces: str | None = None
 
     def __post_init__(self) -> None:
         if self.measure is not None and len(self.measure.names) != self.num_classes:

@@ -33,6 +33,7 @@ import re
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,8 +54,8 @@ from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scen
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
-from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri,
-                               refuse_other_command_outputs)
+from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3,
+                               join_uri, redo_folder, refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
@@ -166,8 +167,8 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem] = counts.get(stem, 0) + 1
-    # a name the run's own outputs use (the batch report's folder) is taken like a collision
-    return {uri: stem if counts[stem] == 1 and stem != FOLDER else hashed_id(uri)
+    # a name the run's own outputs use (the batch report's folder, the redo folder) is taken like a collision
+    return {uri: stem if counts[stem] == 1 and stem not in (FOLDER, REDO) else hashed_id(uri)
             for uri, stem in stems.items()}
 
 
@@ -412,7 +413,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
         hashed name. Raises SlideError when that is taken by another source too."""
         slide_id, stem = ids[uri], _stem(uri)
-        if slide_id != stem and stem != FOLDER and folder_owner(storage, join_uri(output_uri, stem)) == uri:
+        if slide_id != stem and stem not in (FOLDER, REDO) and folder_owner(storage, join_uri(output_uri, stem)) == uri:
             return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
         owner = folder_owner(storage, join_uri(output_uri, slide_id))
         if owner is None or owner == uri:
@@ -437,22 +438,25 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
                 reason += f" (the outputs an earlier run left in {slide_id}/ are no longer listed as complete)"
             return SlideOutcome(slide_id, uri, reason)
         previous = read_summary(storage, plan.output_uri)
-        if previous and not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
+        if previous is None:
+            return plan
+        # a redo works in the redo folder: the finished outputs stay until it is finished, and stay if it fails
+        redo = dataclasses.replace(plan, output_uri=redo_folder(plan.output_uri), replaces=plan.output_uri)
+        if not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
             changed = source_change(previous, plan)
-            if changed:  # redone (prepare_slide clears the folder first): never a skip of another source's outputs
+            if changed:  # redone: never a skip of another source's outputs
                 log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed,
-                          hint="its finished outputs are removed as it starts again (should it then fail, it has "
-                               "none); to keep them, write to another --out")
-                return plan
+                          hint="its finished outputs stay until the redo is finished (and if it fails)")
+                return redo
             reason = "outputs exist for this ensemble (--force redoes)"
             if previous.get("measured_with") != plan.measure.key():
                 reason = ("outputs exist for this ensemble, measured with other mineralogy settings (--force redoes "
                           "the slide; `minseg measure` on its labels re-measures it alone)")
                 log_event(log, "segment.skipped_other_mineralogy", logging.WARNING, slide=slide_id)
             return SlideOutcome(slide_id, uri, reason, previous)
-        return plan
+        return redo
 
     plans: dict[str, SlidePlan] = {}
     taken: dict[str, str] = {}  # folder -> the source it holds in this run
@@ -468,6 +472,11 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         else:
             result.failed.append(outcome)
             log_event(log, "segment.slide_failed", logging.WARNING, slide=outcome.slide, reason=outcome.reason)
+    # redo folders an interrupted run left for slides not redone now (a redo now resumes in its own)
+    root = join_uri(output_uri, REDO) + "/"
+    left = {info.uri.rsplit(f"/{REDO}/", 1)[1].split("/", 1)[0] for info in storage.list(root)}
+    for slide_id in sorted(left - {plan.slide_id for plan in plans.values() if plan.replaces}):
+        storage.delete_redo(join_uri(root, slide_id))
     return plans
 
 
@@ -688,6 +697,8 @@ class BlockRun:
         if slide_id in self.failed:
             return
         plan = self.plans[slide_id]
+        if plan.replaces:
+            reason += f" (the outputs an earlier run finished in {plan.slide_id}/ are kept as they were)"
         self.failed[slide_id] = reason
         self.result.failed.append(SlideOutcome(slide_id, plan.uri, reason))
         log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=reason)

@@ -183,6 +183,19 @@ def output_folder(output_uri: str | None, run_uri: str, *default: str) -> str:
     return absolute_uri(output_uri) if output_uri else join_uri(run_uri, *default)
 
 
+#: the hidden folder beside a batch job's item folders where an item with finished outputs is redone
+#: (``redo_folder``): the finished outputs stay until the redo is complete (``Storage.replace_folder``)
+REDO = ".minseg-redo"
+
+
+def redo_folder(folder: str) -> str:
+    """Where the outputs replacing a finished item folder ``<parent>/<name>`` are written: ``<parent>/.minseg-redo/
+    <name>``. Hidden, so listings and globs of the parent pass it by; on the same file system or bucket, so the
+    finished redo is a rename (locally) or server-side copies (S3)."""
+    parent, _, name = folder.rstrip("/").rpartition("/")
+    return join_uri(parent, REDO, name)
+
+
 def is_s3(uri: str | os.PathLike[str]) -> bool:
     return os.fspath(uri).startswith("s3://")
 
@@ -826,6 +839,48 @@ class Storage:
             return
         with self.open_read(source) as reader, self.open_write(destination) as writer:
             shutil.copyfileobj(reader, writer, length=self.settings.part_size)
+
+    def replace_folder(self, staged: str, final: str, marker: str) -> None:
+        """Put the complete folder ``staged`` in the place of ``final`` (an earlier run's outputs), removing both the
+        earlier files and ``staged``. ``marker`` is the file whose presence says a folder is complete
+        (``summary.json``): it leaves ``final`` first and enters it last, so no reader ever takes a mix of the two
+        runs for complete. Locally the folder is renamed whole; on S3 each object is copied server-side (8 at a
+        time), then ``staged`` is deleted. Interrupted, ``final`` reads as unfinished.
+
+        Raises:
+            StorageError: a read, copy, delete or rename failed (``staged`` is then still whole, unless the rename
+                had been done)."""
+        base = staged.rstrip("/") + "/"
+        self.delete(join_uri(final, marker))
+        self.delete_prefix(final.rstrip("/") + "/")
+        src, dst = parse_uri(staged), parse_uri(final)
+        if not src.is_s3 and not dst.is_s3:
+            try:
+                if os.path.isdir(dst.path):  # what delete_prefix leaves: scratch of a killed writer
+                    shutil.rmtree(dst.path)
+                _make_parent(dst.path)
+                os.replace(src.path, dst.path)
+            except OSError as exc:
+                raise StorageError(f"{dst.uri}: cannot replace it with {src.uri}: {exc.strerror or exc}") from None
+            self.delete_redo(staged)  # its parent, when it holds no other
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = [info.uri[len(base):] for info in self.list(base)]
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="minseg-replace") as pool:
+            list(pool.map(lambda name: self.copy(join_uri(staged, name), join_uri(final, name)),
+                          [name for name in names if name != marker]))
+        if marker in names:
+            self.copy(join_uri(staged, marker), join_uri(final, marker))
+        self.delete_prefix(base)
+
+    def delete_redo(self, staged: str) -> None:
+        """Delete a redo folder (``redo_folder``), and locally the redo folders' parent when it holds no other."""
+        self.delete_prefix(staged.rstrip("/") + "/")
+        loc = parse_uri(staged)
+        if not loc.is_s3:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(loc.path.rstrip("/")))
 
     def pyarrow_filesystem(self, uri: str):
         """``(filesystem, path)`` for pyarrow / Ray Data, built from these same settings.

@@ -127,6 +127,31 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
     assert "listed twice" in capsys.readouterr().err
 
 
+def test_a_map_measured_again_keeps_its_earlier_measurement_should_the_new_one_fail(ray_session, tmp_path, capsys):
+    """Measured once, then again against a reference of another size (a failure): the earlier folder stays byte for
+    byte and the failure says so; measured again successfully, the new measurement replaces it whole."""
+    labels = blob_labels((90, 110), 4, seed=3)
+    (tmp_path / "a").mkdir()
+    write_labels_tif(tmp_path / "a" / "labels.tif", labels)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    base = ["measure", str(tmp_path / "a" / "labels.tif"), "--out", str(out), "--classes", ",".join(NAMES)]
+    assert main(base) == 0
+    earlier = {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()}
+    assert Path("mineralogy.json") in earlier and "reference" not in measured(out / "a")
+
+    assert main(base + ["--reference", str(tmp_path / "small.png")]) == 1
+    (failure,) = json.loads((out / "failures.json").read_text())
+    assert "is 10x10" in failure["reason"] and "the measurement an earlier run finished in a/ is kept" in failure["reason"]
+    assert {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()} == earlier
+    assert not (out / ".minseg-redo").exists()
+
+    assert main(base + ["--reference", str(tmp_path / "a" / "labels.tif")]) == 0
+    assert measured(out / "a")["reference"]["errors"]["modal"]["mae_pp"] == 0.0
+    assert (out / "a" / "reference_mineralogy.json").exists() and not (out / ".minseg-redo").exists()
+    capsys.readouterr()
+
+
 def test_a_map_without_class_names_needs_them(ray_session, tmp_path, capsys):
     Image.fromarray(blob_labels((40, 40), 3, seed=1)).save(tmp_path / "mask.png")
     assert main(["measure", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")]) == 1

@@ -405,6 +405,43 @@ def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifest
     assert [f["slide"] for f in json.loads((tmp_path / "failures.json").read_text())] == ["nowhere"]
 
 
+def test_a_redo_keeps_the_finished_outputs_until_it_is_finished(ray_session, manifests, test_slides, tmp_path):
+    """A finished slide redone (its file replaced) whose redo fails keeps its finished outputs, byte for byte, and
+    says so; a redo that succeeds replaces them whole (a file the redo does not write goes); no redo folder is
+    left behind."""
+    import shutil
+
+    slide, out = tmp_path / "in" / "section.tif", tmp_path / "out"
+    slide.parent.mkdir()
+    shutil.copy(test_slides["section"], slide)
+    assert len(run(manifests["wv"], [str(slide)], out, formats=["zarr", "tiff"]).done) == 1
+    finished = {p.relative_to(out / "section"): p.read_bytes() for p in (out / "section").rglob("*") if p.is_file()}
+    assert Path("labels.tif") in finished
+
+    shutil.copy(test_slides["corrupt"], slide)  # the same name, now cut off after its header: planned, then fails
+    failed = run(manifests["wv"], [str(slide)], out, formats=["zarr", "tiff"])
+    assert failed.done == [] and [f.slide for f in failed.failed] == ["section"]
+    assert "the outputs an earlier run finished in section/ are kept as they were" in failed.failed[0].reason
+    assert {p.relative_to(out / "section"): p.read_bytes()
+            for p in (out / "section").rglob("*") if p.is_file()} == finished
+    assert not (out / ".minseg-redo").exists()
+    reasons = [f["reason"] for f in json.loads((out / "failures.json").read_text())]
+    assert len(reasons) == 1 and "are kept as they were" in reasons[0]
+
+    shutil.copy(test_slides["section"], slide)  # back, and another ensemble without TIFFs: redone, replaced whole
+    redone = run(manifests["soft"], [str(slide)], out)
+    assert len(redone.done) == 1 and not redone.failed and not (out / ".minseg-redo").exists()
+    summary = json.loads((out / "section" / "summary.json").read_text())
+    assert summary["fusion"] == "soft" and not (out / "section" / "labels.tif").exists()
+    assert np.array_equal(zarr_levels(out / "section")[0], single_pass(manifests["soft"], str(slide))[0])
+    assert json.loads((out / "failures.json").read_text()) == []
+    stale = out / ".minseg-redo" / "section" / ".minseg" / "plan.json"  # as an interrupted redo leaves it
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    assert [s.slide for s in run(manifests["soft"], [str(slide)], out).skipped] == ["section"]
+    assert not (out / ".minseg-redo").exists()
+
+
 def test_outputs_are_bit_identical_for_any_block_size_actor_count_and_a_killed_actor(
         ray_session, manifests, test_slides, tmp_path):
     """The block pipeline equals one whole-slide pass bit for bit: any block size, two actors, an actor
@@ -504,6 +541,12 @@ def test_slides_from_and_outputs_to_s3(ray_session, manifests, test_slides, s3):
     again = segment_slides(config)
     assert [s.slide for s in again.skipped] == ["section", "small"]
     assert s3.uri("out/run1/section/particles.parquet") in keys and s3.uri("out/run1/mineralogy/mineralogy.md") in keys
+    forced = config.model_copy(update={"segment": config.segment.model_copy(
+        update={"force": True, "slides": [s3.uri("in/b/small.png")]})})
+    before = json.loads(storage.read_text(s3.uri("out/run1/small/summary.json")))["created"]
+    assert [d["slide"] for d in segment_slides(forced).done] == ["small"]  # redone in its redo folder, then copied
+    assert sorted(info.uri for info in storage.list(s3.uri("out/run1/"))) == keys
+    assert json.loads(storage.read_text(s3.uri("out/run1/small/summary.json")))["created"] >= before
 
     # measure the exported labels.tif on S3 into S3: the same numbers as segment computed from its blocks
     from minseg.inference.config import MeasureSettings

@@ -160,3 +160,28 @@ def test_delete_of_nothing_is_an_error_only_when_asked(tmp_path):
         storage.delete(str(tmp_path / "gone.txt"), missing_ok=False)
     assert not storage.is_folder(str(tmp_path / "gone.txt"))
     assert storage.is_folder(str(tmp_path))
+
+
+def replaced_folder(storage: Storage, root: str) -> dict[str, str]:
+    """An earlier run's folder ``root/s1`` replaced by its redo folder: what ``root/s1`` holds after (name -> text).
+    Shared with the S3 test."""
+    from minseg.io.storage import redo_folder
+
+    final = join_uri(root, "s1")
+    staged = redo_folder(final)
+    assert staged == join_uri(root, ".minseg-redo", "s1")
+    for name, text in {"summary.json": "old", "old_only.txt": "old", "z/0": "old"}.items():
+        storage.write_text(join_uri(final, name), text)
+    for name, text in {"summary.json": "new", "z/0": "new", "z/1/c": "new"}.items():
+        storage.write_text(join_uri(staged, name), text)
+    storage.write_text(join_uri(root, "s2", "summary.json"), "another slide's")
+    storage.replace_folder(staged, final, "summary.json")
+    assert not list(storage.list(join_uri(root, ".minseg-redo") + "/"))
+    assert storage.read_text(join_uri(root, "s2", "summary.json")) == "another slide's"
+    return {info.uri[len(final) + 1:]: storage.read_text(info.uri) for info in storage.list(final + "/")}
+
+
+def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
+    """Nothing of the earlier run is left beside the redo's files (a file it no longer writes goes too)."""
+    assert replaced_folder(Storage(), str(tmp_path / "out")) == {"summary.json": "new", "z/0": "new", "z/1/c": "new"}
+    assert not (tmp_path / "out" / ".minseg-redo").exists()

@@ -16,6 +16,7 @@ from minseg.io.storage import (
     Storage,
     StorageError,
 )
+from tests.io.test_storage_local import replaced_folder
 from tests.support.s3server import FlakyProxy
 
 MIB = 1024 * 1024
@@ -208,3 +209,8 @@ def test_folders_and_missing_objects(s3):
         storage.delete(s3.uri("dir/gone.txt"), missing_ok=False)
     storage.delete(s3.uri("dir/a.txt"), missing_ok=False)
     assert not storage.exists(s3.uri("dir/a.txt"))
+
+
+def test_a_finished_redo_folder_takes_the_earlier_folders_place_on_s3(s3):
+    """As locally: server-side copies, the marker last, then the redo folder deleted."""
+    assert replaced_folder(s3.storage(), s3.uri("out")) == {"summary.json": "new", "z/0": "new", "z/1/c": "new"}
