@@ -2,11 +2,12 @@
 
 ``prepare_slide`` (driver) creates the empty OME-Zarr and ``.minseg/plan.json``, or, when an
 interrupted run of the same ensemble and block plan left them, resumes: blocks whose record
-exists are not redone. A slide with finished outputs is redone in its redo folder
-(``SlidePlan.replaces``), which takes the finished folder's place only once complete. ``finish_slide`` (a Ray task) merges the block records (the slide's
+exists are not redone. ``finish_slide`` (a Ray task) merges the block records (the slide's
 mineralogy: ``mineralogy.json``, the per-object tables and plots; uncertainty), builds the
 pyramid levels no single block could write, renders the preview, exports TIFFs when asked, marks
-the zarr complete and writes ``summary.json`` last; then the records are removed.
+the zarr complete and writes ``summary.json`` last; then the records are removed. A slide with
+finished outputs is redone in its redo folder (``SlidePlan.replaces``), which takes the finished
+folder's place only once complete.
 """
 
 from __future__ import annotations

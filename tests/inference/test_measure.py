@@ -142,7 +142,8 @@ def test_a_map_measured_again_keeps_its_earlier_measurement_should_the_new_one_f
 
     assert main(base + ["--reference", str(tmp_path / "small.png")]) == 1
     (failure,) = json.loads((out / "failures.json").read_text())
-    assert "is 10x10" in failure["reason"] and "the measurement an earlier run finished in a/ is kept" in failure["reason"]
+    assert "is 10x10" in failure["reason"]
+    assert "the measurement an earlier run finished in a/ is kept" in failure["reason"]
     assert {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()} == earlier
     assert not (out / ".minseg-redo").exists()
 
