@@ -515,7 +515,7 @@ def run_member(trial: dict, index: int, source: TrainingSource, config: MinsegCo
             failure_config=ray.train.FailureConfig(max_failures=member.max_failures),
             callbacks=[_epoch_reporter(board, index)],
         ),
-        datasets=datasets,
+        datasets=_member_datasets(datasets, inputs.train_tiles, member.scaling.workers),
         dataset_config=_ordered_ingest(member.scaling.workers),
     )
     started = time.time()
@@ -568,12 +568,27 @@ def _ordered_ingest(workers: int):
     dataset's own execution options, so the order set in ``split_dataset`` does not reach it by itself).
 
     A member on one worker reads its datasets whole: splitting them would start a coordinator actor per dataset
-    (train, validation, and test in k-fold trials) for every member, a process each for nothing to split."""
+    (train, validation, and test in k-fold trials) for every member, a process each for nothing to split. On
+    several, training tiles are split equally and validation / test tiles whole (``minseg.train.ingest``)."""
     import ray.train
 
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
-    return ray.train.DataConfig(datasets_to_split="all" if workers > 1 else [], execution_options=options)
+    if workers > 1:
+        from minseg.train.ingest import MemberIngest
+
+        return MemberIngest(options)
+    return ray.train.DataConfig(datasets_to_split=[], execution_options=options)
+
+
+def _member_datasets(datasets: dict, train_tiles: int, workers: int) -> dict:
+    """The datasets a member's workers read: on several workers, the training tiles made to split equally with none
+    left out (``minseg.train.ingest.equal_shares``)."""
+    if workers <= 1:
+        return datasets
+    from minseg.train.ingest import equal_shares
+
+    return {**datasets, "train": equal_shares(datasets["train"], train_tiles, workers)}
 
 
 def _train_worker_entry(config: dict) -> None:

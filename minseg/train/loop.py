@@ -410,9 +410,10 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
 
 
 def steps_per_epoch(session: Session, batch_size: int) -> int:
-    """Optimiser steps a worker takes an epoch: its share of the tiles (Ray Train splits them equally, leaving the
-    remainder out) in batches of ``batch_size // world``."""
-    return max(1, math.ceil((session.inputs.train_tiles // session.world) / (batch_size // session.world)))
+    """Optimiser steps a worker takes an epoch: its share of the tiles (split equally, the count made to divide by
+    repeating a few: ``minseg.train.ingest.equal_shares``) in batches of ``batch_size // world``."""
+    share = math.ceil(session.inputs.train_tiles / session.world)
+    return max(1, math.ceil(share / (batch_size // session.world)))
 
 
 def announce_start(session: Session, state: dict) -> None:
@@ -480,7 +481,7 @@ def train_worker(config: dict) -> None:
                 state["epochs_done"] % member.validate_every == 0 or state["epochs_done"] == member.total_epochs
             )
             if validate:
-                metrics.update(evaluate(ddp_model, session, session.worker.eval_batch_size))
+                metrics.update(evaluate(session.model, session, session.worker.eval_batch_size))
             metrics["seconds"] = time.monotonic() - started
             finished_stage = state["epoch_in_stage"] == stage.epochs
             if finished_stage:
@@ -517,7 +518,10 @@ def score_best_on_test(session: Session, state: dict) -> None:
 @torch.no_grad()
 def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     """Phase 3b: validation loss and confusion-matrix metrics, merged across workers (``shard``:
-    another split than validation, e.g. a fold's test part; the loss keeps the name ``val_loss``)."""
+    another split than validation, e.g. a fold's test part; the loss keeps the name ``val_loss``).
+
+    ``model`` is the plain module, never its DDP wrapper: workers hold unequal shares of these tiles
+    (``minseg.train.ingest``: none dropped), so nothing may wait on the others until the sums at the end."""
     model.eval()
     inputs, device, task = session.inputs, session.device, session.inputs.task
     matrix = ConfusionMatrix(inputs.num_classes, inputs.ignore_index if task is Task.SEGMENTATION else None,

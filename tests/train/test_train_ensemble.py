@@ -75,6 +75,21 @@ def test_loss_decreases_and_curves_saved(ensemble_run):
         assert (run / "members" / name / "curves.png").stat().st_size > 1000
 
 
+def test_a_data_parallel_member_scores_and_trains_on_every_tile(ensemble_run):
+    """The VGG U-Net on two workers is scored on the same validation pixels as the one-worker Res-UNet, and trains on
+    every tile each epoch (Ray Train's equal split used to leave the last odd one out, the same one every epoch)."""
+    _, results, run = ensemble_run
+
+    def support(name):
+        return sum(json.loads(open(os.path.join(results[name].best_checkpoint, "metrics.json")).read())["support"])
+
+    assert support("vgg") == support("resunet") > 0
+    tiles = {name: {row["train_tiles"] for row in load_checkpoint_state(run, name)["history"]}
+             for name in ("vgg", "resunet")}
+    (one,) = tiles["resunet"]
+    assert tiles["vgg"] == {one + one % 2}  # an odd count: its first tile twice, so that both workers take as many
+
+
 def load_checkpoint_state(run, member):
     from minseg.io.storage import Storage
 
