@@ -185,6 +185,10 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     mixed = mixed_tasks(tasks)
     if mixed:
         problems.append(f"training.members: {mixed}")
+    elif data is not None and data.classes is None and "synth" not in config.model_fields_set \
+            and Task.SEGMENTATION in tasks.values():
+        # as train refuses it; a classifier's classes may be its folders, the demo's (synth:) are the generator's
+        problems.append(CLASSES_REQUIRED)
     return problems
 
 

@@ -164,6 +164,22 @@ def test_validate_checks_what_the_models_say_before_any_data(tmp_path, capsys):
     assert "members[ok]" not in err and "members[computed]" not in err and "members[init]" not in err
 
 
+def test_validate_asks_for_the_class_list_train_would_ask_for(tmp_path, capsys):
+    """A segmentation run without data.classes: refused by train at once, so by validate too; a classifier's classes
+    may come from its folders."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    for model, code in (("unet", 2), ("convnext_eca", 0)):
+        path.write_text(yaml.safe_dump({
+            "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "tiling": {"size": 64}},
+            "training": {"defaults": {"stages": [{"epochs": 1, "batch_size": 4}]},
+                         "members": [{"name": "a", "model": model, "model_options": {"width": 0.125}}]}}))
+        assert main(["config", "validate", str(path)]) == code, model
+        err = capsys.readouterr().err
+        assert ("data.classes is required for segmentation sources" in err) == (code == 2), err
+
+
 def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, capsys):
     from minseg.cli import main
 
