@@ -224,6 +224,10 @@ def validate_config(
                 value = load_yaml(text) if isinstance(text, str) else text
             except yaml.YAMLError as exc:
                 raise ConfigError(origin, [(dotted, f"value is not valid YAML: {exc}")]) from None
+            if isinstance(value, (Mapping, list)) and "\n" not in text.strip() \
+                    and not text.lstrip().startswith(("{", "[")):
+                # on one line a mapping or list is written {..} / [..]: `iou:` or `- a` is the text typed
+                value = text.strip()
             origins[_set_path(merged, dotted, value, label)] = label  # by the key errors name
     try:
         return model.model_validate(merged)

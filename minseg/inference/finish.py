@@ -22,7 +22,7 @@ from minseg.enums import OutputFormat, PreviewFormat
 from minseg.inference.blocks import RECORDS, UNKNOWN, Block, BlockRecord, block_levels, record_uri, slide_blocks
 from minseg.inference.config import SegmentSettings
 from minseg.inference.outputs import LABELS, SUMMARY, UNCERTAINTY, ZARR, PreviewCanvas, class_colours, \
-    palette_colormap
+    palette_colormap, read_summary
 from minseg.inference.plan import SlidePlan
 from minseg.io.images import BIT_DEPTH
 from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
@@ -35,6 +35,10 @@ log = get_logger("segment")
 
 def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
     return PyramidLayout(plan.height, plan.width, settings.output_tile)
+
+#: what leaves a slide folder first and enters it last when a redo replaces it (``Storage.replace_folder``): the
+#: zarr's root metadata (its ``minseg.status``: complete) and ``summary.json``, the marker of a finished slide
+REPLACED_LAST = (f"{ZARR}/zarr.json", SUMMARY)
 
 #: bumped when the fused tile scores change for the same ensemble and slide (``plan_key``)
 SCORES_VERSION = 2
@@ -164,6 +168,9 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     Raises:
         ObjectNotFoundError: a block record is missing (the slide is not finished).
     """
+    done = finished_by_this_run(plan, storage, summary)
+    if done is not None:
+        return done
     started = time.monotonic()
     names = [c["name"] for c in classes]
     layout = layout_of(plan, settings)
@@ -238,7 +245,7 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
     storage.write_json(join_uri(plan.output_uri, SUMMARY), summary)
     storage.delete_prefix(join_uri(plan.output_uri, RECORDS) + "/")  # the summary is the proof now
     if plan.replaces:  # a redo, finished: its outputs take the place of the earlier run's
-        storage.replace_folder(plan.output_uri, plan.replaces, SUMMARY)
+        storage.replace_folder(plan.output_uri, plan.replaces, REPLACED_LAST)
     log_event(log, "segment.slide_done", slide=plan.slide_id, active_seconds=summary["active_seconds"],
               wall_seconds=summary["wall_seconds"], output=plan.replaces or plan.output_uri)
     return summary
@@ -248,12 +255,31 @@ def finish_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, c
 HEADLINE = ("modal_mineralogy", "densities_missing", "association", "particles", "liberation", "grains")
 
 
+def finished_by_this_run(plan: SlidePlan, storage: Storage, summary: dict) -> dict | None:
+    """The summary of a slide this very run finished already (a retried ``finish_slide``: its first try died after
+    the block records were gone), its redo moved into place now if that was cut short; None otherwise."""
+    def ours(document: dict | None) -> bool:
+        return document is not None and all(document.get(k) == summary.get(k)
+                                            for k in ("created", "ensemble_digest", "uri"))
+
+    done = read_summary(storage, plan.replaces or plan.output_uri)
+    if ours(done):
+        return done
+    if plan.replaces and ours(staged := read_summary(storage, plan.output_uri)):
+        storage.replace_folder(plan.output_uri, plan.replaces, REPLACED_LAST)
+        return staged
+    return None
+
+
 def discard_slide(plan: SlidePlan, storage: Storage) -> None:
     """A failed slide leaves nothing behind (no partial output looks complete, none looks resumable); a failed redo
-    leaves the earlier run's finished outputs (``plan.replaces``) as they were."""
+    leaves the earlier run's finished outputs (``plan.replaces``) as they were. A redo finished but not moved into
+    place (its replacement failed half-way, the earlier outputs partly gone) is kept: the next run into the output
+    moves it (``Storage.finish_replacements``)."""
     try:
         if plan.replaces:
-            storage.delete_redo(plan.output_uri)
+            if read_summary(storage, plan.replaces) is not None or read_summary(storage, plan.output_uri) is None:
+                storage.delete_redo(plan.output_uri)
         else:
             storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
     except OSError:

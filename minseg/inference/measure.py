@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from minseg.inference.labelmaps import LabelMap, class_names_difference, open_la
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
 from minseg.inference.segment import slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
+from minseg.io.storage import (REDO, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
@@ -90,8 +91,11 @@ def map_ids(uris: list[str]) -> dict[str, str]:
     named after its slide folder, any other map after its file."""
     named = {uri: uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").rsplit("/", 1)[-1] in (LABELS, ZARR)
              else uri for uri in uris}
-    ids = slide_ids(list(dict.fromkeys(named.values())))
-    return {uri: ids[named[uri]].removesuffix(".ome") for uri in uris}
+    # `a.ome.zarr` is named `a` before names are compared: beside `a.tif`, or named as the run's own folders
+    # (`mineralogy.ome.zarr`), it gets the hashed name, never a folder another map or the run writes
+    plain = {name: re.sub(r"\.ome(\.[^./]+)$", r"\1", name) for name in named.values()}
+    ids = slide_ids(list(dict.fromkeys(plain.values())))
+    return {uri: ids[plain[named[uri]]] for uri in uris}
 
 
 def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectTables | None = None) -> dict:
@@ -185,7 +189,7 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     document["files"] = files
     storage.write_json(join_uri(output_uri, DOCUMENT), document, indent=1)  # last: done
     if output_uri != final:
-        storage.replace_folder(output_uri, final, DOCUMENT)
+        storage.replace_folder(output_uri, final, (DOCUMENT,))
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)
     row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
            "seconds": document["seconds"], **headline(document)}
@@ -209,10 +213,16 @@ def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, stor
 
 def discard_measurement(output_uri: str, storage: Storage) -> str:
     """What a failed map leaves: nothing partial looks measured, and a measurement an earlier run finished in
-    ``output_uri`` stays as it was (its redo folder goes). Returns what the failure adds to say so ('' or a note)."""
-    storage.delete_redo(redo_folder(output_uri))
+    ``output_uri`` stays as it was (its redo folder goes); a new measurement finished but not moved into place (its
+    replacement failed half-way) is kept for the next run to move (``Storage.finish_replacements``). Returns what
+    the failure adds to say so ('' or a note)."""
+    staged, name = redo_folder(output_uri), output_uri.rstrip("/").rsplit("/", 1)[-1]
     if storage.exists(join_uri(output_uri, DOCUMENT)):
-        return f" (the measurement an earlier run finished in {output_uri.rstrip('/').rsplit('/', 1)[-1]}/ is kept)"
+        storage.delete_redo(staged)
+        return f" (the measurement an earlier run finished in {name}/ is kept)"
+    if storage.exists(join_uri(staged, DOCUMENT)):
+        return f" (measured, but not moved into {name}/: the next run into this output moves it)"
+    storage.delete_redo(staged)
     storage.delete_prefix(output_uri.rstrip("/") + "/")
     return ""
 
@@ -359,6 +369,9 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
         if any(u and u.startswith(folder) for u in (uri, reference)):
             raise MeasureInputError(f"measure: the output {folder} would hold {uri}; write to another folder "
                                     "(--out)")
+    # new measurements an earlier run finished but did not finish moving into place: moved now
+    for moved in storage.finish_replacements(output, DOCUMENT, (DOCUMENT,)):
+        log_event(log, "measure.redo_moved", map=moved, output=join_uri(output, moved))
     init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))
@@ -399,6 +412,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     storage.write_json(join_uri(output, SUMMARY), {
         "command": "measure", "output": output, "seconds": result.seconds,
         "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]})
+    storage.remove_empty_folder(join_uri(output, REDO))
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

@@ -48,8 +48,8 @@ from minseg.data.tiling import mean_fill
 from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
-from minseg.inference.finish import discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import SLIDE_COLUMNS, ZARR, read_summary, write_slide_tables
+from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
+from minseg.inference.outputs import SLIDE_COLUMNS, SUMMARY, ZARR, read_summary, write_slide_tables
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -408,6 +408,9 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
     a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
     uris = list(sources)
     ids = slide_ids(uris)
+    # redos an earlier run finished but did not finish moving into place (killed, a failed request): moved now
+    for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
+        log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
     def folder_for(uri: str) -> str:
         """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
@@ -472,10 +475,12 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         else:
             result.failed.append(outcome)
             log_event(log, "segment.slide_failed", logging.WARNING, slide=outcome.slide, reason=outcome.reason)
-    # redo folders an interrupted run left for slides not redone now (a redo now resumes in its own)
+    # redo folders an interrupted run left for slides of this run not redone now (skipped, failed, or with no
+    # finished outputs left to replace); a redo now resumes in its own, other slides' wait for their next run
     root = join_uri(output_uri, REDO) + "/"
     left = {info.uri.rsplit(f"/{REDO}/", 1)[1].split("/", 1)[0] for info in storage.list(root)}
-    for slide_id in sorted(left - {plan.slide_id for plan in plans.values() if plan.replaces}):
+    redone = {plan.slide_id for plan in plans.values() if plan.replaces}
+    for slide_id in sorted(left & set(taken) - redone):
         storage.delete_redo(join_uri(root, slide_id))
     return plans
 
@@ -561,6 +566,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
             raise
     result.seconds = time.monotonic() - started
     _write_run_summary(result, storage)
+    storage.remove_empty_folder(join_uri(output_uri, REDO))  # not before: finishing tasks may still make folders
     log_event(log, "segment.done", output=output_uri, done=len(result.done), skipped=len(result.skipped),
               failed=len(result.failed), recompute=result.recompute)
     return result
@@ -697,8 +703,11 @@ class BlockRun:
         if slide_id in self.failed:
             return
         plan = self.plans[slide_id]
-        if plan.replaces:
+        if plan.replaces and read_summary(self.storage, plan.replaces) is not None:
             reason += f" (the outputs an earlier run finished in {plan.slide_id}/ are kept as they were)"
+        elif plan.replaces and read_summary(self.storage, plan.output_uri) is not None:
+            reason += (f" (its redo finished but was not moved into {plan.slide_id}/: the next run into this output "
+                       "moves it)")
         self.failed[slide_id] = reason
         self.result.failed.append(SlideOutcome(slide_id, plan.uri, reason))
         log_event(log, "segment.slide_failed", logging.WARNING, slide=slide_id, reason=reason)

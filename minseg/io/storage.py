@@ -840,47 +840,83 @@ class Storage:
         with self.open_read(source) as reader, self.open_write(destination) as writer:
             shutil.copyfileobj(reader, writer, length=self.settings.part_size)
 
-    def replace_folder(self, staged: str, final: str, marker: str) -> None:
-        """Put the complete folder ``staged`` in the place of ``final`` (an earlier run's outputs), removing both the
-        earlier files and ``staged``. ``marker`` is the file whose presence says a folder is complete
-        (``summary.json``): it leaves ``final`` first and enters it last, so no reader ever takes a mix of the two
-        runs for complete. Locally the folder is renamed whole; on S3 each object is copied server-side (8 at a
-        time), then ``staged`` is deleted. Interrupted, ``final`` reads as unfinished.
+    def replace_folder(self, staged: str, final: str, last: tuple[str, ...]) -> None:
+        """Put the complete folder ``staged`` in the place of ``final`` (an earlier run's outputs): ``final`` ends up
+        holding exactly ``staged``'s files, and ``staged`` is gone. ``last``: names of files (relative) that leave
+        ``final`` first and enter it last, in order, the final one the marker that says a folder is complete
+        (``summary.json``); so no reader takes a mix of the two runs for complete.
+
+        Locally: the earlier folder is renamed aside (a scratch name), ``staged`` renamed into its place, the
+        earlier one deleted. On S3 (no renames): ``staged``'s objects copied over ``final``'s server-side (8 at a
+        time), the earlier run's other objects deleted, ``last`` copied, then ``staged`` deleted. Resumable: until
+        the very end ``staged`` is whole, so a replacement cut short (a killed process, a failed request) is
+        completed by calling this again (``finish_replacements``); meanwhile ``final`` reads as unfinished.
 
         Raises:
-            StorageError: a read, copy, delete or rename failed (``staged`` is then still whole, unless the rename
-                had been done)."""
-        base = staged.rstrip("/") + "/"
-        self.delete(join_uri(final, marker))
-        self.delete_prefix(final.rstrip("/") + "/")
+            StorageError: a listing, copy, delete or rename failed."""
+        base, folder = staged.rstrip("/") + "/", final.rstrip("/") + "/"
+        for name in reversed(last):
+            self.delete(join_uri(final, name))
         src, dst = parse_uri(staged), parse_uri(final)
         if not src.is_s3 and not dst.is_s3:
+            head, name = os.path.split(dst.path.rstrip("/"))
+            aside = os.path.join(head, f".{name}{scratch_suffix()}")  # a killed run's is swept (sweep_scratch)
             try:
-                if os.path.isdir(dst.path):  # what delete_prefix leaves: scratch of a killed writer
-                    shutil.rmtree(dst.path)
+                if os.path.isdir(dst.path):
+                    os.replace(dst.path, aside)
                 _make_parent(dst.path)
                 os.replace(src.path, dst.path)
             except OSError as exc:
                 raise StorageError(f"{dst.uri}: cannot replace it with {src.uri}: {exc.strerror or exc}") from None
-            self.delete_redo(staged)  # its parent, when it holds no other
+            shutil.rmtree(aside, ignore_errors=True)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         names = [info.uri[len(base):] for info in self.list(base)]
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="minseg-replace") as pool:
             list(pool.map(lambda name: self.copy(join_uri(staged, name), join_uri(final, name)),
-                          [name for name in names if name != marker]))
-        if marker in names:
-            self.copy(join_uri(staged, marker), join_uri(final, marker))
+                          [name for name in names if name not in last]))
+            keep = set(names)
+            list(pool.map(self.delete, [info.uri for info in self.list(folder)
+                                        if info.uri[len(folder):] not in keep]))
+        for name in last:
+            if name in keep:
+                self.copy(join_uri(staged, name), join_uri(final, name))
         self.delete_prefix(base)
 
+    def finish_replacements(self, output: str, marker: str, last: tuple[str, ...]) -> list[str]:
+        """Complete the replacements (``replace_folder``) a run left cut short under ``output``: each redo folder
+        (``<output>/.minseg-redo/<name>``) holding its ``marker`` is finished work; it replaces ``<output>/<name>``
+        (unless that holds the very same marker: then the replacement was done but for deleting the redo folder).
+        One listing of the redo folders. Returns the names whose outputs were moved into place."""
+        root = join_uri(output, REDO) + "/"
+        finished = sorted({info.uri[len(root):].split("/", 1)[0] for info in self.list(root)
+                           if info.uri[len(root):].count("/") == 1 and info.uri.endswith("/" + marker)})
+        moved = []
+        for name in finished:
+            staged, final = join_uri(output, REDO, name), join_uri(output, name)
+            try:
+                done = self.read_bytes(join_uri(final, marker)) == self.read_bytes(join_uri(staged, marker))
+            except ObjectNotFoundError:
+                done = False
+            if done:
+                self.delete_prefix(staged + "/")
+            else:
+                self.replace_folder(staged, final, last)
+                moved.append(name)
+        return moved
+
     def delete_redo(self, staged: str) -> None:
-        """Delete a redo folder (``redo_folder``), and locally the redo folders' parent when it holds no other."""
+        """Delete a redo folder (``redo_folder``)."""
         self.delete_prefix(staged.rstrip("/") + "/")
-        loc = parse_uri(staged)
+
+    def remove_empty_folder(self, uri: str) -> None:
+        """Locally, remove the folder ``uri`` if it is empty (S3 has no folders): at the end of a run, the redo
+        folders' parent (not during it: another task may be creating a folder in it)."""
+        loc = parse_uri(uri)
         if not loc.is_s3:
             with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(loc.path.rstrip("/")))
+                os.rmdir(loc.path)
 
     def pyarrow_filesystem(self, uri: str):
         """``(filesystem, path)`` for pyarrow / Ray Data, built from these same settings.

@@ -18,7 +18,9 @@ Directories no pointer names are removed after each switch.
 
 from __future__ import annotations
 
+import copy
 import io
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +76,48 @@ def write_checkpoint(
     storage.write_json(join_uri(root, "last.json"), pointer)
     _remove_unreferenced(storage, root)
     return directory
+
+
+def host_copy(value):
+    """``value`` (dicts, lists and tuples of tensors and plain values: a state dict, an optimizer's) copied into host
+    memory, out of reach of later in-place updates of the originals (on CPU ``.cpu()`` would return them as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(host_copy(item) for item in value)
+    return copy.deepcopy(value)
+
+
+class CheckpointWriter:
+    """Rank 0's checkpoint writes, in one background thread, so that its workers' next epoch does not wait on storage
+    (with DDP, every worker waits for rank 0 at the first gradient all-reduce).
+
+    ``submit`` copies the epoch's weights, optimizer state and documents into host memory at once (training goes on
+    changing them in place), then serialises and writes them (``write_checkpoint``) while the next epoch trains.
+    Writes keep their order: a new one waits for the last. A write that failed is raised by the next ``submit`` or by
+    ``wait``, which a member calls before it reads a checkpoint back and before it ends."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def submit(self, storage: Storage, run_uri: str, member: str, epoch_tag: str, model_state: dict,
+               optimizer_state: dict | None, state: dict, member_config: dict, classes: dict, metrics: dict,
+               is_best: bool) -> None:
+        """``write_checkpoint`` of host copies of these, in the background. Raises what the previous write raised."""
+        self.wait()
+        snapshot = host_copy((model_state, optimizer_state, state, member_config, classes, metrics))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minseg-checkpoint")
+        self._pending = self._pool.submit(write_checkpoint, storage, run_uri, member, epoch_tag, *snapshot, is_best)
+
+    def wait(self) -> None:
+        """Until the last write is done. Raises what it raised (a StorageError, ...)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def write_state(storage: Storage, run_uri: str, member: str, state: dict) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from minseg.losses import MainOutputLoss, build_loss
 from minseg.metrics import ConfusionMatrix, metric_value
 from minseg.models import build_model, load_pretrained
 from minseg.models.pretrained import WeightLoadReport, choose_normalization
-from minseg.train.checkpoint import load_checkpoint, write_checkpoint, write_state
+from minseg.train.checkpoint import CheckpointWriter, load_checkpoint, write_state
 from minseg.train.config import MemberSettings, OptimizerSettings, ScheduleSettings
 
 log = get_logger("train")
@@ -162,6 +162,7 @@ class Session:
     amp_dtype: torch.dtype | None
     scaler: object | None
     class_weights: list[float] | None = None  # the loss's, as configured or computed from the training data
+    checkpoints: CheckpointWriter = field(default_factory=CheckpointWriter)  # rank 0's, in the background
 
     @property
     def member(self) -> MemberSettings:
@@ -394,12 +395,11 @@ def record_epoch(session: Session, model_state_source, optimizer, state: dict, m
     if state.get("init") and not state["history"]:  # where the member started, in its history
         row["init"] = WeightLoadReport.from_document(state["init"]).short()
     state["history"].append(row)
-    if session.rank == 0:
+    if session.rank == 0:  # written while the next epoch trains (copied first: training changes them in place)
         inputs = session.inputs
-        write_checkpoint(
+        session.checkpoints.submit(
             worker.storage, worker.run_uri, member.name, f"epoch-{state['epochs_done']:04d}",
-            {k: v.detach().cpu() for k, v in model_state_source.state_dict().items()},
-            None if drop_optimizer else optimizer.state_dict(), state,
+            model_state_source.state_dict(), None if drop_optimizer else optimizer.state_dict(), state,
             _member_document(session), inputs.classes,
             {**metrics, "normalization": state["normalization"]}, is_best,
         )
@@ -491,6 +491,7 @@ def train_worker(config: dict) -> None:
             last_stage = stage_index == len(member.stages) - 1
             record_epoch(session, model, optimizer, state, metrics, validate,
                          finished_stage and (not whole_run or last_stage))
+    session.checkpoints.wait()  # the member is done when its last checkpoint is
     if session.test_shard is not None and state.get("test_metrics") is None:
         score_best_on_test(session, state)
 
@@ -515,6 +516,17 @@ def score_best_on_test(session: Session, state: dict) -> None:
                   **{k: round(metrics[k], 4) for k in ("miou", "accuracy", "val_loss") if k in metrics})
 
 
+def _buffers_of_rank_0(model: torch.nn.Module) -> None:
+    """Every worker's BatchNorm running statistics made rank 0's, the ones its checkpoint holds: each worker updated
+    its own at its last training step, and DDP, which broadcasts rank 0's at its next forward, is not what evaluates
+    (every worker calls this together, before their shares of the tiles make them part)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 @torch.no_grad()
 def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
     """Phase 3b: validation loss and confusion-matrix metrics, merged across workers (``shard``:
@@ -522,6 +534,7 @@ def evaluate(model, session: Session, batch_size: int, shard=None) -> dict:
 
     ``model`` is the plain module, never its DDP wrapper: workers hold unequal shares of these tiles
     (``minseg.train.ingest``: none dropped), so nothing may wait on the others until the sums at the end."""
+    _buffers_of_rank_0(model)
     model.eval()
     inputs, device, task = session.inputs, session.device, session.inputs.task
     matrix = ConfusionMatrix(inputs.num_classes, inputs.ignore_index if task is Task.SEGMENTATION else None,

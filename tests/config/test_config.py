@@ -111,6 +111,11 @@ def test_environment_and_cli_overrides(tmp_path):
         validate_config({}, MinsegConfig, source="environment", environ={"MINSEG__RUN__SEED": "abc"})
     with pytest.raises(ConfigError, match="credentials are read from AWS_"):
         validate_config({}, MinsegConfig, overrides={"storage.secret_key": "x"})
+    # `iou:` is the text typed, not a mapping: the reason names it (YAML alone read {iou: null}, "a valid string")
+    with pytest.raises(ConfigError, match=r"--set evaluation.rank_key: unknown metric 'iou:'.*<class>"):
+        validate_config({}, MinsegConfig, overrides={"evaluation.rank_key": "iou:"})
+    written = validate_config({}, MinsegConfig, overrides={"segment.formats": "[zarr, tiff]", "run": "{name: r2}"})
+    assert [str(f) for f in written.segment.formats] == ["zarr", "tiff"] and written.run.name == "r2"  # flow style
 
 
 def test_bundled_configs_validate():
@@ -178,6 +183,9 @@ def test_validate_asks_for_the_class_list_train_would_ask_for(tmp_path, capsys):
         assert main(["config", "validate", str(path)]) == code, model
         err = capsys.readouterr().err
         assert ("data.classes is required for segmentation sources" in err) == (code == 2), err
+    demo = yaml.safe_load(path.read_text().replace("convnext_eca", "unet"))  # the demo's: the generator's classes
+    path.write_text(yaml.safe_dump({**demo, "synth": {"seed": 0}}))
+    assert main(["config", "validate", str(path)]) == 0
 
 
 def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, capsys):

@@ -164,24 +164,47 @@ def test_delete_of_nothing_is_an_error_only_when_asked(tmp_path):
 
 def replaced_folder(storage: Storage, root: str) -> dict[str, str]:
     """An earlier run's folder ``root/s1`` replaced by its redo folder: what ``root/s1`` holds after (name -> text).
-    Shared with the S3 test."""
+    Then the three ways a replacement is found cut short, each completed by ``finish_replacements``. Shared with the
+    S3 test."""
     from minseg.io.storage import redo_folder
 
     final = join_uri(root, "s1")
     staged = redo_folder(final)
     assert staged == join_uri(root, ".minseg-redo", "s1")
-    for name, text in {"summary.json": "old", "old_only.txt": "old", "z/0": "old"}.items():
-        storage.write_text(join_uri(final, name), text)
-    for name, text in {"summary.json": "new", "z/0": "new", "z/1/c": "new"}.items():
-        storage.write_text(join_uri(staged, name), text)
-    storage.write_text(join_uri(root, "s2", "summary.json"), "another slide's")
-    storage.replace_folder(staged, final, "summary.json")
+
+    def contents(folder: str) -> dict[str, str]:
+        return {info.uri[len(folder) + 1:]: storage.read_text(info.uri) for info in storage.list(folder + "/")}
+
+    def write(folder: str, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            storage.write_text(join_uri(folder, name), text)
+
+    new = {"summary.json": "new", "z/zarr.json": "new", "z/0": "new", "z/1/c": "new"}
+    write(final, {"summary.json": "old", "z/zarr.json": "old", "old_only.txt": "old", "z/0": "old"})
+    write(staged, new)
+    write(join_uri(root, "s2"), {"summary.json": "another slide's"})
+    storage.replace_folder(staged, final, ("z/zarr.json", "summary.json"))
     assert not list(storage.list(join_uri(root, ".minseg-redo") + "/"))
-    assert storage.read_text(join_uri(root, "s2", "summary.json")) == "another slide's"
-    return {info.uri[len(final) + 1:]: storage.read_text(info.uri) for info in storage.list(final + "/")}
+    assert contents(join_uri(root, "s2")) == {"summary.json": "another slide's"}
+    replaced = contents(final)
+    # cut short: before it began (the earlier marker still there), half-way (no marker; on S3 a mix of files),
+    # and after the last copy (the very same marker in both): each completed by the next run
+    for name, earlier in {"s3": {"summary.json": "old", "old_only.txt": "old"},
+                          "s4": {"z/0": "new", "old_only.txt": "old"}, "s5": dict(new)}.items():
+        write(join_uri(root, name), earlier)
+        write(redo_folder(join_uri(root, name)), new)
+    assert storage.finish_replacements(root, "summary.json", ("z/zarr.json", "summary.json")) == ["s3", "s4"]
+    assert all(contents(join_uri(root, name)) == new for name in ("s3", "s4", "s5"))
+    assert not list(storage.list(join_uri(root, ".minseg-redo") + "/"))
+    assert storage.finish_replacements(root, "summary.json", ("summary.json",)) == []
+    return replaced
 
 
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     """Nothing of the earlier run is left beside the redo's files (a file it no longer writes goes too)."""
-    assert replaced_folder(Storage(), str(tmp_path / "out")) == {"summary.json": "new", "z/0": "new", "z/1/c": "new"}
+    storage = Storage()
+    assert replaced_folder(storage, str(tmp_path / "out")) == {
+        "summary.json": "new", "z/zarr.json": "new", "z/0": "new", "z/1/c": "new"}
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".minseg-tmp")]  # nothing set aside left
+    storage.remove_empty_folder(str(tmp_path / "out" / ".minseg-redo"))
     assert not (tmp_path / "out" / ".minseg-redo").exists()

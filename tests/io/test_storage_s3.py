@@ -212,5 +212,7 @@ def test_folders_and_missing_objects(s3):
 
 
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_on_s3(s3):
-    """As locally: server-side copies, the marker last, then the redo folder deleted."""
-    assert replaced_folder(s3.storage(), s3.uri("out")) == {"summary.json": "new", "z/0": "new", "z/1/c": "new"}
+    """As locally: server-side copies over the earlier objects, those the redo has not deleted, the marker last, then
+    the redo folder deleted; completed when cut short."""
+    assert replaced_folder(s3.storage(), s3.uri("out")) == {
+        "summary.json": "new", "z/zarr.json": "new", "z/0": "new", "z/1/c": "new"}
