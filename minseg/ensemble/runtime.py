@@ -202,7 +202,9 @@ class EnsemblePrediction:
 
     ``probabilities``: float32 (M, N, C, H, W) for segmentation members, (M, N, C) for
     classifiers; members in rank order (index 0 = best ranked). ``seconds``: wall time
-    of each member on this batch.
+    of each member on this batch; on a GPU, ``predict``'s are the time to queue each member's kernels (a
+    synchronisation per member would stall the segment pipeline), ``predict_image``'s the whole work (its
+    probabilities come back to the host member by member): the times reports and ``tpi_budget`` use.
     """
 
     probabilities: torch.Tensor

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
@@ -96,6 +97,37 @@ def map_ids(uris: list[str]) -> dict[str, str]:
     plain = {name: re.sub(r"\.ome(\.[^./]+)$", r"\1", name) for name in named.values()}
     ids = slide_ids(list(dict.fromkeys(plain.values())))
     return {uri: ids[plain[named[uri]]] for uri in uris}
+
+
+def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str, str]:
+    """One folder, one map (as segment's slide folders): a map whose folder holds another map's measurement from an
+    earlier run (its ``mineralogy.json`` names another source) gets its name plus a hash of its URI (changing
+    ``ids``, logged ``measure.renamed``), so it never replaces that one; returns the maps whose hashed folder is
+    taken too (URI -> why), which are failures. A map measured again (the same URI) keeps its folder."""
+    def owner(map_id: str) -> str | None:
+        try:
+            document = json.loads(storage.read_text(join_uri(output, map_id, DOCUMENT)))
+        except (OSError, ValueError):
+            return None
+        return str(document.get("source")) if isinstance(document, dict) and document.get("source") else None
+
+    taken = set(ids.values())
+    refused = {}
+    for uri, map_id in list(ids.items()):
+        first = owner(map_id)
+        if first is None or first == uri:
+            continue
+        fallback = f"{map_id}-{zlib.crc32(uri.encode()):08x}"
+        other = owner(fallback)
+        if fallback in taken or (other is not None and other != uri):
+            refused[uri] = (f"{uri}: its output folder {join_uri(output, map_id)} holds the measurement of {first}, "
+                            f"and {join_uri(output, fallback)} that of {other or 'another map of this run'}; measure "
+                            "it into another output (--out)")
+            continue
+        log_event(log, "measure.renamed", map=uri, folder=fallback, reason=f"{map_id}/ holds the measurement of {first}")
+        ids[uri] = fallback
+        taken.add(fallback)
+    return refused
 
 
 def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectTables | None = None) -> dict:
@@ -364,14 +396,18 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     started = time.monotonic()
     result = MeasureResult(output)
     ids = map_ids([uri for uri, _ in pairs])
+    # new measurements an earlier run finished but did not finish moving into place: moved now
+    for moved in storage.finish_replacements(output, DOCUMENT, (DOCUMENT,)):
+        log_event(log, "measure.redo_moved", map=moved, output=join_uri(output, moved))
+    for uri, reason in own_folders(ids, output, storage).items():
+        result.failed.append({"slide": ids[uri], "uri": uri, "reference": dict(pairs)[uri], "reason": reason})
+        log_event(log, "measure.map_failed", logging.WARNING, map=ids[uri], reason=reason)
+    pairs = [(uri, reference) for uri, reference in pairs if uri not in {f["uri"] for f in result.failed}]
     for uri, reference in pairs:  # each map's folder is emptied first: it must not hold what is measured
         folder = join_uri(output, ids[uri]).rstrip("/") + "/"
         if any(u and u.startswith(folder) for u in (uri, reference)):
             raise MeasureInputError(f"measure: the output {folder} would hold {uri}; write to another folder "
                                     "(--out)")
-    # new measurements an earlier run finished but did not finish moving into place: moved now
-    for moved in storage.finish_replacements(output, DOCUMENT, (DOCUMENT,)):
-        log_event(log, "measure.redo_moved", map=moved, output=join_uri(output, moved))
     init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))

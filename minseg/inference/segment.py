@@ -167,15 +167,16 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     counts: dict[str, int] = {}
     for stem in stems.values():
         counts[stem] = counts.get(stem, 0) + 1
-    # a name the run's own outputs use (the batch report's folder, the redo folder) is taken like a collision
-    return {uri: stem if counts[stem] == 1 and stem not in (FOLDER, REDO) else hashed_id(uri)
+    # a name the run's own outputs use (the batch report's folder) is taken like a collision
+    return {uri: stem if counts[stem] == 1 and stem != FOLDER else hashed_id(uri)
             for uri, stem in stems.items()}
 
 
 def _stem(uri: str) -> str:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name else name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem) or "slide"
+    # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "slide"
 
 
 def hashed_id(uri: str) -> str:
@@ -416,7 +417,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
         hashed name. Raises SlideError when that is taken by another source too."""
         slide_id, stem = ids[uri], _stem(uri)
-        if slide_id != stem and stem not in (FOLDER, REDO) and folder_owner(storage, join_uri(output_uri, stem)) == uri:
+        if slide_id != stem and stem != FOLDER and folder_owner(storage, join_uri(output_uri, stem)) == uri:
             return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
         owner = folder_owner(storage, join_uri(output_uri, slide_id))
         if owner is None or owner == uri:
@@ -477,11 +478,9 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
             log_event(log, "segment.slide_failed", logging.WARNING, slide=outcome.slide, reason=outcome.reason)
     # redo folders an interrupted run left for slides of this run not redone now (skipped, failed, or with no
     # finished outputs left to replace); a redo now resumes in its own, other slides' wait for their next run
-    root = join_uri(output_uri, REDO) + "/"
-    left = {info.uri.rsplit(f"/{REDO}/", 1)[1].split("/", 1)[0] for info in storage.list(root)}
     redone = {plan.slide_id for plan in plans.values() if plan.replaces}
-    for slide_id in sorted(left & set(taken) - redone):
-        storage.delete_redo(join_uri(root, slide_id))
+    for slide_id in sorted(set(storage.redo_folders(output_uri)) & set(taken) - redone):
+        storage.delete_redo(join_uri(output_uri, REDO, slide_id))
     return plans
 
 

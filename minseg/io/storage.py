@@ -889,9 +889,7 @@ class Storage:
         (``<output>/.minseg-redo/<name>``) holding its ``marker`` is finished work; it replaces ``<output>/<name>``
         (unless that holds the very same marker: then the replacement was done but for deleting the redo folder).
         One listing of the redo folders. Returns the names whose outputs were moved into place."""
-        root = join_uri(output, REDO) + "/"
-        finished = sorted({info.uri[len(root):].split("/", 1)[0] for info in self.list(root)
-                           if info.uri[len(root):].count("/") == 1 and info.uri.endswith("/" + marker)})
+        finished = sorted(name for name, files in self.redo_folders(output).items() if marker in files)
         moved = []
         for name in finished:
             staged, final = join_uri(output, REDO, name), join_uri(output, name)
@@ -905,6 +903,20 @@ class Storage:
                 self.replace_folder(staged, final, last)
                 moved.append(name)
         return moved
+
+    def redo_folders(self, output: str) -> dict[str, set[str]]:
+        """The redo folders under ``output`` (``<output>/.minseg-redo/<name>/``): name -> the files directly in it.
+        One listing, of that folder only (a local listing of a missing folder would take it as a name prefix and
+        list siblings named ``.minseg-redo...``)."""
+        root = join_uri(output, REDO)
+        if not self.is_folder(root):
+            return {}
+        found: dict[str, set[str]] = {}
+        for info in self.list(root + "/"):
+            name, _, rest = info.uri[len(root) + 1:].partition("/")
+            if name and rest:
+                found.setdefault(name, set()).add(rest)
+        return found
 
     def delete_redo(self, staged: str) -> None:
         """Delete a redo folder (``redo_folder``)."""

@@ -64,6 +64,9 @@ def test_a_slide_named_like_the_batch_report_folder_gets_another_name():
 
     ids = slide_ids(["/a/mineralogy.tif", "/a/other.tif"])
     assert ids["/a/other.tif"] == "other" and ids["/a/mineralogy.tif"].startswith("mineralogy-")
+    # a hidden name would be a hidden folder: passed by listings and globs, or taken for the run's redo folder
+    ids = slide_ids(["/a/.minseg-redo.tif", "/b/.minseg-redoX.tif", "/c/.x.tif", "/d/..tif"])
+    assert list(ids.values()) == ["minseg-redo", "minseg-redoX", "x", "slide"]
 
 
 class _Image:

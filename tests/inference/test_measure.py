@@ -150,6 +150,15 @@ def test_a_map_measured_again_keeps_its_earlier_measurement_should_the_new_one_f
     assert main(base + ["--reference", str(tmp_path / "a" / "labels.tif")]) == 0
     assert measured(out / "a")["reference"]["errors"]["modal"]["mae_pp"] == 0.0
     assert (out / "a" / "reference_mineralogy.json").exists() and not (out / ".minseg-redo").exists()
+    # another map of the same name later (another run's a/labels.tif): its own folder, never a/'s taken over
+    (tmp_path / "run2" / "a").mkdir(parents=True)
+    write_labels_tif(tmp_path / "run2" / "a" / "labels.tif", blob_labels((60, 70), 4, seed=5))
+    again = {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()}
+    assert main(["measure", str(tmp_path / "run2" / "a" / "labels.tif"), "--out", str(out), "--classes",
+                 ",".join(NAMES)]) == 0
+    assert {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()} == again
+    (other,) = [p for p in out.iterdir() if p.name.startswith("a-")]
+    assert measured(other)["source"] == str(tmp_path / "run2" / "a" / "labels.tif")
     capsys.readouterr()
 
 

@@ -208,3 +208,10 @@ def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".minseg-tmp")]  # nothing set aside left
     storage.remove_empty_folder(str(tmp_path / "out" / ".minseg-redo"))
     assert not (tmp_path / "out" / ".minseg-redo").exists()
+    # with no redo folder, a folder whose name merely starts like it is no redo (a local listing takes a missing
+    # folder's path as a name prefix)
+    storage.write_text(str(tmp_path / "out" / ".minseg-redoX" / "summary.json"), "someone's")
+    storage.write_text(str(tmp_path / "out" / ".minseg-redo-b" / "s" / "summary.json"), "someone's")
+    assert storage.redo_folders(str(tmp_path / "out")) == {}
+    assert storage.finish_replacements(str(tmp_path / "out"), "summary.json", ("summary.json",)) == []
+    assert (tmp_path / "out" / ".minseg-redoX" / "summary.json").read_text() == "someone's"
