@@ -758,8 +758,12 @@ class Storage:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects under a prefix, in key order. A local prefix is a folder (walked
-        recursively) or a file-name prefix inside a folder. Temp files are skipped."""
+        recursively) or a file-name prefix inside a folder; one ending in ``/`` is a folder only, as on S3
+        (``out/a/`` lists nothing when there is no folder ``a``, never ``out/ab/``'s files). Temp files are
+        skipped."""
         loc = parse_uri(prefix)
+        if not loc.is_s3 and os.fspath(prefix).endswith("/") and not os.path.isdir(loc.path):
+            return
         if loc.is_s3:
             paginator = self.client.get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=loc.bucket, Prefix=loc.path)

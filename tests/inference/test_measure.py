@@ -159,6 +159,11 @@ def test_a_map_measured_again_keeps_its_earlier_measurement_should_the_new_one_f
     assert {p.relative_to(out / "a"): p.read_bytes() for p in (out / "a").rglob("*") if p.is_file()} == again
     (other,) = [p for p in out.iterdir() if p.name.startswith("a-")]
     assert measured(other)["source"] == str(tmp_path / "run2" / "a" / "labels.tif")
+    # a map whose name begins another's (`a` and `ab`): measuring `a` afresh never empties `ab/`
+    shutil.move(out / "a", out / "ab")
+    kept = {p.relative_to(out / "ab"): p.read_bytes() for p in (out / "ab").rglob("*") if p.is_file()}
+    assert main(base) == 0 and (out / "a" / "mineralogy.json").exists()
+    assert {p.relative_to(out / "ab"): p.read_bytes() for p in (out / "ab").rglob("*") if p.is_file()} == kept
     capsys.readouterr()
 
 

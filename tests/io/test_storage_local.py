@@ -45,6 +45,12 @@ def test_roundtrip_and_listing(tmp_path):
     storage.delete(str(tmp_path / "b.bin"))  # idempotent
     assert not storage.exists(str(tmp_path / "b.bin"))
     assert storage.delete_prefix(str(tmp_path / "a")) == 2
+    # ending in '/', a folder only, as on S3: `out/S1/` of a slide never written is not `out/S10/` (its files were
+    # listed, and deleted by delete_prefix when a slide S1 failed before its folder existed)
+    storage.write_text(str(tmp_path / "out" / "S10" / "summary.json"), "S10's")
+    assert list(storage.list(str(tmp_path / "out" / "S1") + "/")) == []
+    assert storage.delete_prefix(str(tmp_path / "out" / "S1") + "/") == 0
+    assert storage.read_text(str(tmp_path / "out" / "S10" / "summary.json")) == "S10's"
 
 
 def test_missing_file_error_names_path(tmp_path):
