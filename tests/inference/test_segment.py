@@ -435,6 +435,7 @@ def test_a_redo_keeps_the_finished_outputs_until_it_is_finished(ray_session, man
     assert summary["fusion"] == "soft" and not (out / "section" / "labels.tif").exists()
     assert np.array_equal(zarr_levels(out / "section")[0], single_pass(manifests["soft"], str(slide))[0])
     assert json.loads((out / "failures.json").read_text()) == []
+    retried_finishing_returns_what_was_finished(manifests["soft"], str(slide), out)
     # as an interrupted redo leaves it: this slide's goes when it is skipped, another slide's waits for its run
     for name in ("section", "other"):
         stale = out / ".minseg-redo" / name / ".minseg" / "plan.json"
@@ -442,6 +443,33 @@ def test_a_redo_keeps_the_finished_outputs_until_it_is_finished(ray_session, man
         stale.write_text("{}")
     assert [s.slide for s in run(manifests["soft"], [str(slide)], out).skipped] == ["section"]
     assert [p.name for p in (out / ".minseg-redo").iterdir()] == ["other"]
+
+
+def retried_finishing_returns_what_was_finished(manifest_uri: str, slide: str, out: Path) -> None:
+    """A finishing task Ray retries after its first try finished the slide (the block records gone): it returns that
+    summary; a redo finished but not moved into place is moved."""
+    import dataclasses
+    import shutil
+
+    from minseg.ensemble.manifest import load_manifest
+    from minseg.inference.finish import finish_slide
+    from minseg.inference.plan import plan_slide
+    from minseg.io.storage import Storage, redo_folder
+
+    settings, storage = SegmentSettings(manifest_uri=manifest_uri, slides=[slide], output_uri=str(out)), Storage()
+    manifest = load_manifest(manifest_uri)
+    classes = manifest.classes["classes"]
+    plan = plan_slide(slide, "section", manifest, settings, storage, str(out))
+    done = json.loads((out / "section" / "summary.json").read_text())
+    facts = {key: done[key] for key in ("created", "ensemble_digest", "uri")}
+    assert finish_slide(plan, settings, storage, classes, facts, {}) == done
+    staged = Path(redo_folder(str(out / "section")))
+    shutil.copytree(out / "section", staged)
+    later = {**done, "created": "2099-01-01T00:00:00Z"}
+    (staged / "summary.json").write_text(json.dumps(later))
+    redo = dataclasses.replace(plan, output_uri=str(staged), replaces=str(out / "section"))
+    assert finish_slide(redo, settings, storage, classes, {**facts, "created": later["created"]}, {}) == later
+    assert json.loads((out / "section" / "summary.json").read_text()) == later and not staged.exists()
 
 
 def test_outputs_are_bit_identical_for_any_block_size_actor_count_and_a_killed_actor(
