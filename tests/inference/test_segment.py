@@ -576,6 +576,12 @@ def test_slides_from_and_outputs_to_s3(ray_session, manifests, test_slides, s3):
     storage.write_text(s3.uri("out/run1/small/earlier_only.txt"), "a file of the earlier run only")
     assert [d["slide"] for d in segment_slides(forced).done] == ["small"]  # redone in its redo folder, then copied
     assert sorted(info.uri for info in storage.list(s3.uri("out/run1/"))) == keys  # the earlier run's file gone
+    finished = {info.uri: storage.read_bytes(info.uri) for info in storage.list(s3.uri("out/run1/small/"))}
+    storage.upload_file(test_slides["cut"], s3.uri("in/b/small.png"))  # replaced by a cut copy: a redo that fails
+    failed = segment_slides(forced)
+    assert failed.done == [] and "are kept as they were" in failed.failed[0].reason
+    assert {info.uri: storage.read_bytes(info.uri) for info in storage.list(s3.uri("out/run1/small/"))} == finished
+    assert not list(storage.list(s3.uri("out/run1/.minseg-redo/")))
 
     # measure the exported labels.tif on S3 into S3: the same numbers as segment computed from its blocks
     from minseg.inference.config import MeasureSettings
