@@ -277,10 +277,9 @@ def discard_slide(plan: SlidePlan, storage: Storage) -> None:
     place (its replacement failed half-way, the earlier outputs partly gone) is kept: the next run into the output
     moves it (``Storage.finish_replacements``)."""
     try:
-        if plan.replaces:
-            if read_summary(storage, plan.replaces) is not None or read_summary(storage, plan.output_uri) is None:
-                storage.delete_redo(plan.output_uri)
-        else:
+        finished_not_moved = plan.replaces and read_summary(storage, plan.replaces) is None \
+            and read_summary(storage, plan.output_uri) is not None
+        if not finished_not_moved:
             storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
     except OSError:
         log_event(log, "segment.discard_failed", logging.WARNING, slide=plan.slide_id, output=plan.output_uri)

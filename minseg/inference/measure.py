@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import time
-import zlib
 from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
@@ -25,7 +24,7 @@ from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
-from minseg.inference.segment import slide_ids
+from minseg.inference.segment import hashed_id, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (REDO, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
@@ -117,7 +116,7 @@ def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str,
         first = owner(map_id)
         if first is None or first == uri:
             continue
-        fallback = f"{map_id}-{zlib.crc32(uri.encode()):08x}"
+        fallback = hashed_id(uri, map_id)
         other = owner(fallback)
         if fallback in taken or (other is not None and other != uri):
             refused[uri] = (f"{uri}: its output folder {join_uri(output, map_id)} holds the measurement of {first}, "
@@ -250,11 +249,11 @@ def discard_measurement(output_uri: str, storage: Storage) -> str:
     the failure adds to say so ('' or a note)."""
     staged, name = redo_folder(output_uri), output_uri.rstrip("/").rsplit("/", 1)[-1]
     if storage.exists(join_uri(output_uri, DOCUMENT)):
-        storage.delete_redo(staged)
+        storage.delete_prefix(staged + "/")
         return f" (the measurement an earlier run finished in {name}/ is kept)"
     if storage.exists(join_uri(staged, DOCUMENT)):
         return f" (measured, but not moved into {name}/: the next run into this output moves it)"
-    storage.delete_redo(staged)
+    storage.delete_prefix(staged + "/")
     storage.delete_prefix(output_uri.rstrip("/") + "/")
     return ""
 

@@ -33,8 +33,7 @@ import re
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -179,10 +178,10 @@ def _stem(uri: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "slide"
 
 
-def hashed_id(uri: str) -> str:
+def hashed_id(uri: str, name: str | None = None) -> str:
     """The folder name of a slide whose file name another slide has too (scanners name every case's file
-    ``Slide1.svs``): the stem and a hash of the whole URI."""
-    return f"{_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+    ``Slide1.svs``): the stem (or ``name``) and a hash of the whole URI."""
+    return f"{name or _stem(uri)}-{zlib.crc32(uri.encode()):08x}"
 
 
 def folder_owner(storage: Storage, folder_uri: str) -> str | None:
@@ -445,7 +444,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         if previous is None:
             return plan
         # a redo works in the redo folder: the finished outputs stay until it is finished, and stay if it fails
-        redo = dataclasses.replace(plan, output_uri=redo_folder(plan.output_uri), replaces=plan.output_uri)
+        redo = replace(plan, output_uri=redo_folder(plan.output_uri), replaces=plan.output_uri)
         if not settings.force and previous.get("ensemble_digest") == result.ensemble_digest \
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
@@ -480,7 +479,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
     # finished outputs left to replace); a redo now resumes in its own, other slides' wait for their next run
     redone = {plan.slide_id for plan in plans.values() if plan.replaces}
     for slide_id in sorted(set(storage.redo_folders(output_uri)) & set(taken) - redone):
-        storage.delete_redo(join_uri(output_uri, REDO, slide_id))
+        storage.delete_prefix(join_uri(output_uri, REDO, slide_id) + "/")
     return plans
 
 

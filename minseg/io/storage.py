@@ -909,22 +909,15 @@ class Storage:
         return moved
 
     def redo_folders(self, output: str) -> dict[str, set[str]]:
-        """The redo folders under ``output`` (``<output>/.minseg-redo/<name>/``): name -> the files directly in it.
-        One listing, of that folder only (a local listing of a missing folder would take it as a name prefix and
-        list siblings named ``.minseg-redo...``)."""
+        """The redo folders under ``output`` (``<output>/.minseg-redo/<name>/``): name -> the files in it (paths
+        relative to it). One listing, of that folder only (``list`` of a prefix ending in ``/``)."""
         root = join_uri(output, REDO)
-        if not self.is_folder(root):
-            return {}
         found: dict[str, set[str]] = {}
         for info in self.list(root + "/"):
             name, _, rest = info.uri[len(root) + 1:].partition("/")
             if name and rest:
                 found.setdefault(name, set()).add(rest)
         return found
-
-    def delete_redo(self, staged: str) -> None:
-        """Delete a redo folder (``redo_folder``)."""
-        self.delete_prefix(staged.rstrip("/") + "/")
 
     def remove_empty_folder(self, uri: str) -> None:
         """Locally, remove the folder ``uri`` if it is empty (S3 has no folders): at the end of a run, the redo
