@@ -28,7 +28,7 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,8 +54,8 @@ from minseg.geo.vectors import Points, read_lines, read_sites
 from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footprint_mask, make_windows, spatial_folds,
                                 thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
-from minseg.io.runs import read_pointer
-from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs
+from minseg.io.runs import read_pointer, relocate_records, relocated
+from minseg.io.storage import REDO, Storage, join_uri, refuse_other_command_outputs
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
@@ -596,8 +596,10 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
 
 
 def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str,
-                 resume: bool) -> list[MemberResult]:
-    """Every member x every fold (and the final set) as concurrent trials of the training machinery."""
+                 resume: str | None) -> list[MemberResult]:
+    """Every member x every fold (and the final set) as concurrent trials of the training machinery, into
+    ``models_uri``. ``resume``: where the members a ``--resume`` continues are (``resumed_models``; copied into
+    ``models_uri`` when elsewhere), None for a fresh run."""
     from minseg.train.ensemble import fit_members, refuse_other_data, trial_concurrency
 
     settings = config.prospect
@@ -606,11 +608,13 @@ def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_ur
     concurrency = trial_concurrency(settings.training, members, config.ray.task_cpus, trials_per_member=len(trials))
     source = WindowSource(trials, str(settings.augmentation), settings.balance)
     if resume:  # nor does a resumed one: members recorded on other evidence or windows are refused
-        refuse_other_data(storage, models_uri, members, source)
+        refuse_other_data(storage, resume, members, source)
+        if resume != models_uri:  # the finished run's, which stay as they are until this run is complete
+            storage.copy_files(resume, models_uri)
     else:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
-    return fit_members(training_config, members, source, models_uri, concurrency, resume)
+    return fit_members(training_config, members, source, models_uri, concurrency, resume is not None)
 
 
 def trial_members(settings: ProspectSettings, results: list[MemberResult], storage: Storage, run_uri: str,
@@ -731,33 +735,79 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
 # the folders a run writes whose files depend on its inputs (an element, a fold, an optional report a run may not
 # write again); the maps, curves, targets and metrics beside them are rewritten by every run
 _OUTPUT_FOLDERS = ("inputs", "evidence", "screening", "cv")
+_OWNED = (*_OUTPUT_FOLDERS, "models")  # what a run replaces whole; nothing else of the folder is touched
 
 
 _MARKER = ".minseg-prospect"  # written into every prospectivity output folder: its per-input folders are minseg's
 
 
-def _clear_outputs(storage: Storage, out: str) -> None:
-    """A run (or a --resume) into a folder that holds an earlier run: ``summary.json`` first (a run is complete
-    exactly when it exists), then the earlier run's per-input folders (``_OUTPUT_FOLDERS``: a file this run has no
-    cause to write, such as ``deposits_outside_grid.csv``, an element or a fold no longer configured, would
-    otherwise look like its own). Only in a folder minseg's prospectivity job wrote (its marker, or a summary):
-    nothing else in it is touched; models/ stays for --resume (``train_trials`` deletes it otherwise).
+def staging_folder(out: str) -> str:
+    """Where a run into ``out`` writes while ``out`` holds a finished run (``summary.json``): ``<out>/.minseg-redo/
+    prospect`` (hidden; on the same file system or bucket). The finished outputs stay as they are until the new run
+    is complete, then are replaced (``publish_run``): a run that fails or is stopped loses nothing."""
+    return join_uri(out, REDO, "prospect")
+
+
+def _finish_replacement(storage: Storage, out: str) -> None:
+    """A complete run whose replacement of the earlier outputs was cut short (killed while its files were moved
+    into ``out``; meanwhile ``out`` has no ``summary.json``): moved into place now."""
+    if storage.exists(join_uri(staging_folder(out), "summary.json")):
+        publish_run(storage, staging_folder(out), out)
+        log_event(log, "prospect.redo_moved", output=out)
+
+
+def publish_run(storage: Storage, work: str, out: str) -> None:
+    """The complete run in the staging folder ``work`` replaces the finished one in ``out``: its files are put in
+    place, ``summary.json`` last (it leaves first); the earlier run's files under ``inputs/``, ``evidence/``,
+    ``screening/``, ``cv/`` and ``models/`` that this run did not write are deleted; nothing else in ``out`` is
+    touched (``Storage.replace_files``). Resumable: ``work`` stays whole until the end."""
+    storage.replace_files(work, out, ("summary.json",), _OWNED)
+    storage.remove_empty_folder(join_uri(out, REDO))
+
+
+def working_folder(storage: Storage, out: str) -> str:
+    """Which folder a run into ``out`` writes: ``out`` itself, or its staging folder when ``out`` holds a finished
+    run (kept until this one is complete). Removes nothing; finishes a replacement an earlier run left cut short.
 
     Raises:
-        ProspectInputError: the folder holds one of those folders but was not written by the job (someone's own
-            ``inputs/``): they are not deleted, nor written into."""
-    ours = storage.exists(join_uri(out, _MARKER)) or storage.exists(join_uri(out, "summary.json"))
-    if not ours:
+        ProspectInputError: ``out`` holds ``inputs/``, ``evidence/``, ``screening/`` or ``cv/`` but was not written
+            by the job (someone's own ``inputs/``): they are neither deleted nor written into."""
+    if not (storage.exists(join_uri(out, _MARKER)) or storage.exists(join_uri(out, "summary.json"))):
         taken = [f for f in _OUTPUT_FOLDERS if any(True for _ in storage.list(join_uri(out, f) + "/"))]
         if taken:
             raise ProspectInputError(f"prospect.output_uri: {out} holds {', '.join(f + '/' for f in taken)} that "
                                      "minseg did not write; choose another output folder")
-    storage.delete(join_uri(out, "summary.json"))
-    removed = sum(storage.delete_prefix(join_uri(out, folder) + "/") for folder in _OUTPUT_FOLDERS) if ours else 0
+    _finish_replacement(storage, out)
+    return staging_folder(out) if storage.exists(join_uri(out, "summary.json")) else out
+
+
+def resumed_models(storage: Storage, out: str, work: str) -> str:
+    """The members a ``--resume`` continues: the staging folder's (a run that replaces a finished one, stopped),
+    else those of ``out``, copied into the staging folder by ``train_trials`` once they are found fit to resume."""
+    models = join_uri(work, "models")
+    if work != out and not any(True for _ in storage.list(models + "/")):
+        return join_uri(out, "models")
+    return models
+
+
+def _clear_outputs(storage: Storage, out: str, work: str, resume: bool) -> None:
+    """Make ``work`` (``working_folder``) ready for this run. In ``out`` itself (no finished run there): an
+    unfinished run's per-input folders (``_OUTPUT_FOLDERS``: a file this run has no cause to write, such as
+    ``deposits_outside_grid.csv``, an element or a fold no longer configured, would otherwise look like its own),
+    only in a folder minseg's prospectivity job wrote (its marker), and a stopped replacement's staging folder. In
+    the staging folder: everything but, for a ``--resume``, its ``models/``. The marker is written; ``models/``
+    stays for ``--resume`` (``train_trials`` deletes it otherwise)."""
+    ours = work != out or storage.exists(join_uri(out, _MARKER))
+    if work == out:
+        storage.delete_prefix(staging_folder(out) + "/")
+    elif not resume:
+        storage.delete_prefix(work + "/")
+    storage.delete(join_uri(work, "summary.json"))
+    removed = sum(storage.delete_prefix(join_uri(work, folder) + "/") for folder in _OUTPUT_FOLDERS) if ours else 0
     if removed:
-        log_event(log, "prospect.previous_outputs_removed", output=out, files=removed)
-    storage.write_text(join_uri(out, _MARKER), "written by minseg prospect: its inputs/, evidence/, screening/ and cv/ "
-                                               "are replaced by every run into this folder\n")
+        log_event(log, "prospect.unfinished_outputs_removed", output=work, files=removed)
+    storage.write_text(join_uri(out, _MARKER), "written by minseg prospect: its inputs/, evidence/, screening/, cv/ "
+                                               "and models/ are replaced by every run into this folder\n")
 
 
 def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:
@@ -775,13 +825,30 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     storage = Storage(config.storage)
     out = output_uri(config)
     refuse_other_command_outputs(out, "prospect", "prospect.output_uri", storage)  # before anything is cleared
-    models_uri = join_uri(out, "models")
+    work = working_folder(storage, out)  # a finished run there stays as it is until this one is complete
+    if work != out:
+        log_event(log, "prospect.staged", output=out, staging=work)
     if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
         from minseg.train.ensemble import refuse_changed_members
 
-        refuse_changed_members(storage, models_uri, settings.training.members, [*range(settings.cv.folds), FINAL],
-                               config.run.seed, AugmentSettings(mode=settings.augmentation))
-    _clear_outputs(storage, out)
+        refuse_changed_members(storage, resumed_models(storage, out, work), settings.training.members,
+                               [*range(settings.cv.folds), FINAL], config.run.seed,
+                               AugmentSettings(mode=settings.augmentation))
+    _clear_outputs(storage, out, work, resume)
+    try:
+        return _run_phases(config, storage, out, work, resume, started)
+    except BaseException:
+        if work != out:
+            log_event(log, "prospect.redo_failed", logging.WARNING, output=out, staging=work,
+                      kept="the finished run's outputs, as they were; --resume continues this run's members")
+        raise
+
+
+def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, resume: bool,
+                started: float) -> ProspectResult:
+    """``map_prospectivity``'s phases, written into ``work`` (``out`` or its staging folder, published at the end)."""
+    settings = config.prospect
+    models_uri = join_uri(work, "models")
     init_ray(config.ray, job_paths([settings], [out]))
     prediction = settings.prediction  # its actor pool runs after hours of training: checked now
     check_actor_pool("prospect.prediction", prediction.actors, prediction.cpus_per_actor, prediction.gpus_per_actor)
@@ -789,18 +856,18 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
     rng = np.random.default_rng(config.run.seed)
 
-    inputs = read_inputs(settings, working, storage, out, cpus)
-    evidence = build_evidence(settings, inputs, working, storage, out, cpus)
-    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out, rng)
+    inputs = read_inputs(settings, working, storage, work, cpus)
+    evidence = build_evidence(settings, inputs, working, storage, work, cpus)
+    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, work, rng)
     thin_rows = thin_folds(windows, folds)  # said now, recorded in the summary
     for row in thin_rows:
         log_event(log, "prospect.cv_thin_fold", logging.WARNING, **row)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
-    results = train_trials(config, trials, storage, models_uri, resume)
-    maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, out)
+    results = train_trials(config, trials, storage, models_uri, resumed_models(storage, out, work) if resume else None)
+    maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, work)
     curves, metrics = rate_metrics(settings, maps, evidence)
-    target_rows = publish_maps(settings, maps, trials, inputs, evidence, curves, metrics, storage, out)
+    target_rows = publish_maps(settings, maps, trials, inputs, evidence, curves, metrics, storage, work)
 
     geometry, deposits = inputs.geometry, inputs.deposits
     not_in_study = [str(i) for i, ins, ok in zip(deposits.ids, evidence.in_study, inputs.inside) if ok and not ins]
@@ -836,7 +903,12 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                      "status": str(r.status), "error": r.error} for r in results],
         "seconds": round(time.monotonic() - started, 1),
     }
-    storage.write_json(join_uri(out, "summary.json"), document)
+    if work != out:  # what it records names where it is published
+        relocate_records(storage, models_uri, work, out)
+        results = [MemberResult(**relocated(asdict(r), work, out)) for r in results]
+    storage.write_json(join_uri(work, "summary.json"), document)
+    if work != out:  # complete: it replaces the finished run
+        publish_run(storage, work, out)
     log_event(log, "prospect.done", output=out, seconds=document["seconds"], targets=len(target_rows))
     return ProspectResult(settings.name, out, metrics, kept, trials[FINAL].channels, len(target_rows), results,
                           document)

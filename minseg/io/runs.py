@@ -11,13 +11,22 @@ evaluation, analysis and prospectivity read.
 Records hold absolute URIs of where a run was written (``last.json``'s ``uri``, ``members.json``'s checkpoints);
 readers find a checkpoint by its directory name under the run they are given, so a run folder that was copied or
 moved (cluster storage to a laptop, one name to another) reads its own weights, not those left at the old place.
+A job that writes a run in one place to publish it in another (the prospectivity job's staging folder) makes the
+records name the published place (``relocate_records``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+
 from minseg.enums import MemberCheckpoint, MemberStatus
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.tables import csv_text
+
+#: the documents of a run that record checkpoint URIs: the members tables, each member's result, the pointers
+RECORDS = ("members.json", "members.csv", "result.json", "last.json", "best.json")
 
 
 def trial_uri(run_uri: str, fold: int | None) -> str:
@@ -82,3 +91,41 @@ def recorded_checkpoint(storage: Storage, run_uri: str, row: dict, which: Member
     else:
         pointer = read_pointer(storage, trial, row["member"], "best") or read_pointer(storage, trial, row["member"])
     return pointer["uri"] if pointer else None
+
+
+def relocated(value, old: str, new: str):
+    """``value`` (a URI, or dicts and lists holding URIs) with every string that lies under ``old`` moved under
+    ``new``; other values as they are."""
+    old, new = old.rstrip("/"), new.rstrip("/")
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    if isinstance(value, dict):
+        return {key: relocated(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relocated(item, old, new) for item in value]
+    return value
+
+
+def relocate_records(storage: Storage, run_uri: str, old: str, new: str) -> int:
+    """Rewrite the URIs the run at ``run_uri`` records (``RECORDS``, under any trial and member) that lie under
+    ``old`` to the same paths under ``new``: before the run is moved from ``old`` to ``new``. Other values are kept
+    as they are (CSV cells as text). Returns the number of documents rewritten.
+
+    Raises:
+        StorageError: a listing, read or write failed."""
+    rewritten = 0
+    for info in list(storage.list(run_uri.rstrip("/") + "/")):
+        name = info.uri.rsplit("/", 1)[-1]
+        if name not in RECORDS:
+            continue
+        if name.endswith(".csv"):
+            reader = csv.DictReader(io.StringIO(storage.read_text(info.uri)))
+            rows = list(reader)
+            after = [relocated(row, old, new) for row in rows]
+            if after != rows:
+                storage.write_text(info.uri, csv_text(after, list(reader.fieldnames or [])))
+                rewritten += 1
+        elif (document := storage.read_json(info.uri)) != (after := relocated(document, old, new)):
+            storage.write_json(info.uri, after)
+            rewritten += 1
+    return rewritten

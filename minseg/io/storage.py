@@ -817,12 +817,17 @@ class Storage:
         for info in list(self.list(prefix)):
             self.delete(info.uri)
             count += 1
-        loc = parse_uri(prefix)
+        self._remove_empty_folders(prefix)
+        return count
+
+    @staticmethod
+    def _remove_empty_folders(uri: str) -> None:
+        """Locally, the folders under ``uri`` (and itself) that hold no file."""
+        loc = parse_uri(uri)
         if not loc.is_s3 and os.path.isdir(loc.path):
             for folder, _, _ in sorted(os.walk(loc.path), key=lambda entry: -len(entry[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
-        return count
 
     def copy(self, source: str, destination: str) -> None:
         """Copy one file between any two locations; S3 to S3 is server-side (multipart when large).
@@ -858,35 +863,90 @@ class Storage:
 
         Raises:
             StorageError: a listing, copy, delete or rename failed."""
+        src, dst = parse_uri(staged), parse_uri(final)
+        if src.is_s3 or dst.is_s3:
+            self.replace_files(staged, final, last)
+            return
+        for name in reversed(last):
+            self.delete(join_uri(final, name))
+        head, name = os.path.split(dst.path.rstrip("/"))
+        aside = os.path.join(head, f".{name}{scratch_suffix()}")  # a killed run's is swept (sweep_scratch)
+        try:
+            if os.path.isdir(dst.path):
+                os.replace(dst.path, aside)
+            _make_parent(dst.path)
+            os.replace(src.path, dst.path)
+        except OSError as exc:
+            raise StorageError(f"{dst.uri}: cannot replace it with {src.uri}: {exc.strerror or exc}") from None
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def replace_files(self, staged: str, final: str, last: tuple[str, ...],
+                      owned: tuple[str, ...] | None = None) -> None:
+        """Put the files of the complete folder ``staged`` in their places under ``final``, replacing an earlier
+        run's, then delete ``staged``. Of ``final``'s other files, those under ``owned`` (top-level names: the
+        folders a run writes whole) are the earlier run's and deleted; the rest are kept (someone's own files in the
+        folder; with ``owned`` None, ``final`` holds only a run's outputs and ends up holding exactly ``staged``'s
+        files). ``last`` as in ``replace_folder``; ``staged`` may lie inside ``final``.
+
+        Every file is copied, not moved (locally a hard link, so no bytes are copied; on S3 server-side, 8 at a
+        time): ``staged`` stays whole until the very end, so a replacement cut short is completed by calling this
+        again, and meanwhile ``final`` reads as unfinished (``last`` absent).
+
+        Raises:
+            StorageError: a listing, copy or delete failed."""
+        from concurrent.futures import ThreadPoolExecutor
+
         base, folder = staged.rstrip("/") + "/", final.rstrip("/") + "/"
         for name in reversed(last):
             self.delete(join_uri(final, name))
-        src, dst = parse_uri(staged), parse_uri(final)
-        if not src.is_s3 and not dst.is_s3:
-            head, name = os.path.split(dst.path.rstrip("/"))
-            aside = os.path.join(head, f".{name}{scratch_suffix()}")  # a killed run's is swept (sweep_scratch)
-            try:
-                if os.path.isdir(dst.path):
-                    os.replace(dst.path, aside)
-                _make_parent(dst.path)
-                os.replace(src.path, dst.path)
-            except OSError as exc:
-                raise StorageError(f"{dst.uri}: cannot replace it with {src.uri}: {exc.strerror or exc}") from None
-            shutil.rmtree(aside, ignore_errors=True)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
         names = [info.uri[len(base):] for info in self.list(base)]
+        keep = set(names)
+
+        def earlier(uri: str) -> bool:
+            name = uri[len(folder):]
+            return (name not in keep and not uri.startswith(base)
+                    and (owned is None or name.partition("/")[0] in owned))
+
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="minseg-replace") as pool:
-            list(pool.map(lambda name: self.copy(join_uri(staged, name), join_uri(final, name)),
+            list(pool.map(lambda name: self._place(join_uri(staged, name), join_uri(final, name)),
                           [name for name in names if name not in last]))
-            keep = set(names)
-            list(pool.map(self.delete, [info.uri for info in self.list(folder)
-                                        if info.uri[len(folder):] not in keep]))
+            gone = [info.uri for info in self.list(folder) if earlier(info.uri)]
+            list(pool.map(self.delete, gone))
+        for name in owned or ():  # locally, the folders left empty (an earlier run's fold no longer configured)
+            self._remove_empty_folders(join_uri(final, name))
         for name in last:
             if name in keep:
-                self.copy(join_uri(staged, name), join_uri(final, name))
+                self._place(join_uri(staged, name), join_uri(final, name))
         self.delete_prefix(base)
+
+    def copy_files(self, source: str, destination: str) -> int:
+        """Copy every file under the folder ``source`` to the same relative path under ``destination`` (locally hard
+        links, as ``replace_files``; S3 server-side). Returns the number of files.
+
+        Raises:
+            StorageError: a listing or copy failed."""
+        base = source.rstrip("/") + "/"
+        names = [info.uri[len(base):] for info in self.list(base)]
+        for name in names:
+            self._place(join_uri(source, name), join_uri(destination, name))
+        return len(names)
+
+    def _place(self, source: str, destination: str) -> None:
+        """``copy``, but a local file is hard-linked into place (no bytes copied; the writers replace files by
+        renaming, never in place, so neither copy sees the other's later writes); where links fail (another file
+        system), copied."""
+        src, dst = parse_uri(source), parse_uri(destination)
+        if not src.is_s3 and not dst.is_s3:
+            _make_parent(dst.path)
+            link = os.path.join(os.path.dirname(dst.path), f".{os.path.basename(dst.path)}{scratch_suffix()}")
+            try:
+                os.link(src.path, link)
+                os.replace(link, dst.path)
+                return
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(link)
+        self.copy(source, destination)
 
     def finish_replacements(self, output: str, marker: str, last: tuple[str, ...]) -> list[str]:
         """Complete the replacements (``replace_folder``) a run left cut short under ``output``: each redo folder

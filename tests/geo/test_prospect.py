@@ -1,6 +1,8 @@
 """The prospectivity job end to end on the synthetic survey (tiny MFAF members, one epoch)."""
 
+import glob
 import json
+import os
 
 import numpy as np
 import pytest
@@ -167,21 +169,31 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert "mfaf-r18" not in str(refused.value) and open(f"{out}/summary.json").read() == written
 
     # --resume of the same job keeps every finished member (a mapping step that failed is simply run again); what an
-    # earlier run wrote and this one does not (here a third fold's map) is removed, not left looking current
+    # earlier run wrote and this one does not (here a third fold's map) is removed, not left looking current; the
+    # finished run stays until the new one is complete (written beside it, then put in place), someone's own file in
+    # the folder stays, and what the new run records names where it ends up, not where it was written
     stale = survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold3" / "prospectivity.tif"
     stale.parent.mkdir()
     stale.write_bytes(b"an earlier run's")
+    (survey / "out" / "t" / "prospect" / "prospectivity" / "notes.txt").write_text("mine")
     again = map_prospectivity(config, resume=True)
-    assert not stale.exists() and (survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold2").is_dir()
+    assert not stale.parent.exists() and (survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold2").is_dir()
     assert [m.finished_at for m in again.members] == [m.finished_at for m in result.members]
     assert again.document["channels"] == summary["channels"]
+    assert open(f"{out}/notes.txt").read() == "mine" and not os.path.exists(f"{out}/.minseg-redo")
+    recorded = {path: open(path).read() for path in glob.glob(f"{out}/**/*.json", recursive=True)
+                + glob.glob(f"{out}/**/*.csv", recursive=True)}
+    assert not [path for path, text in recorded.items() if ".minseg-redo" in text]
+    assert all(str(m.last_checkpoint).startswith(f"{out}/models/") for m in again.members)
     # the same members on other evidence (no fault-distance layer: other channels, other windows' values): the
     # finished members would map inputs they never saw (with another channel count, they would not even load)
     with pytest.raises(InputError, match=rf"trained on other data than this run gives them .*: \S+{at}/fold1/"
                                          rf"members/mfaf-r18, \S+{at}/fold1/members/mfaf-shuffle, .*{at}/members/"
                                          r"mfaf-shuffle\. Write the run elsewhere"):
         map_prospectivity(prospect_config(survey, lines=[]), resume=True)
-    assert not (survey / "out" / "t" / "prospect" / "prospectivity" / "summary.json").exists()
+    # refused after its inputs and evidence were written: into the staging folder; the finished run is as it was
+    assert {path: open(path).read() for path in recorded} == recorded
+    assert os.path.exists(f"{out}/.minseg-redo/prospect/evidence/Au.tif")
 
 
 def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
@@ -289,3 +301,26 @@ def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey,
     with pytest.raises(InputError, match=r"^prospect.output_uri: .*run holds the outputs of minseg train"):
         map_prospectivity(prospect_config(survey, output_uri=str(tmp_path / "run")))
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["members.json"]
+
+
+def test_a_replacement_cut_short_is_completed_by_the_next_run(tmp_path):
+    """A complete run staged beside a finished one, killed while its files were being put in place (the folder has
+    no summary.json, some files are new): the next run into the folder completes it before anything else."""
+    from minseg.geo.prospect import staging_folder, working_folder
+    from minseg.io.storage import Storage
+
+    out, storage = str(tmp_path / "out"), Storage()
+    for name, text in {".minseg-prospect": "marker", "prospectivity.tif": "old", "cv/fold3/prospectivity.tif": "old",
+                       "models/members.csv": "old", "notes.txt": "mine"}.items():
+        storage.write_text(f"{out}/{name}", text)
+    staged = {"summary.json": "new", "prospectivity.tif": "new", "cv/fold1/prospectivity.tif": "new",
+              "models/members.csv": "new"}
+    for name, text in staged.items():
+        storage.write_text(f"{staging_folder(out)}/{name}", text)
+    assert working_folder(storage, out) == staging_folder(out)  # completed: a finished run, kept by the next one
+    assert {info.uri[len(out) + 1:]: storage.read_text(info.uri) for info in storage.list(out + "/")} == {
+        ".minseg-prospect": "marker", "notes.txt": "mine", **staged}
+    # a staging folder without summary.json is a run that never finished: not put in place
+    storage.write_text(f"{staging_folder(out)}/prospectivity.tif", "unfinished")
+    assert working_folder(storage, out) == staging_folder(out)
+    assert storage.read_text(f"{out}/prospectivity.tif") == "new"

@@ -206,6 +206,43 @@ def replaced_folder(storage: Storage, root: str) -> dict[str, str]:
     return replaced
 
 
+def replaced_files(storage: Storage, root: str) -> dict[str, str]:
+    """A folder holding an earlier run and someone's own files (``root``), its run replaced by the complete one
+    staged inside it (``replace_files`` with ``owned``): what ``root`` holds after (name -> text). First cut short
+    half-way (the marker gone, one file already new, an earlier-only file already deleted), then completed. Shared
+    with the S3 test."""
+    staged = join_uri(root, ".minseg-redo", "prospect")
+    for name, text in {"summary.json": "old", "map.tif": "old", "notes.txt": "mine", "inputs/a.csv": "old",
+                       "inputs/old_only.csv": "old", "cv/fold3/map.tif": "old", "models/m.pt": "old",
+                       "elsewhere/b.txt": "mine"}.items():
+        storage.write_text(join_uri(root, name), text)
+    for name in ("summary.json", "map.tif", "inputs/a.csv", "cv/fold1/map.tif", "models/m.pt"):
+        storage.write_text(join_uri(staged, name), "new")
+    storage.delete(join_uri(root, "summary.json"))  # cut short: the marker left first, ...
+    storage.write_text(join_uri(root, "map.tif"), "new")  # ... one file was in place, ...
+    storage.delete(join_uri(root, "cv/fold3/map.tif"))  # ... and an earlier-only file deleted
+    storage.replace_files(staged, root, ("summary.json",), ("inputs", "cv", "models"))
+    return {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+
+
+REPLACED_FILES = {"summary.json": "new", "map.tif": "new", "notes.txt": "mine", "inputs/a.csv": "new",
+                  "cv/fold1/map.tif": "new", "models/m.pt": "new", "elsewhere/b.txt": "mine"}
+
+
+def test_a_staged_run_replaces_only_the_earlier_runs_files(tmp_path):
+    """Someone's own files in the folder are kept; an owned folder's files the new run did not write go (a fold no
+    longer configured), with the folders left empty; the staging folder goes last."""
+    storage = Storage()
+    assert replaced_files(storage, str(tmp_path / "out")) == REPLACED_FILES
+    assert not (tmp_path / "out" / "cv" / "fold3").exists()
+    assert not (tmp_path / "out" / ".minseg-redo" / "prospect").exists()
+    # copy_files (a --resume that replaces a finished run starts from its members): hard links locally, and a write
+    # to either copy (always a new file renamed into place) leaves the other as it was
+    assert storage.copy_files(str(tmp_path / "out" / "cv"), str(tmp_path / "copy")) == 1
+    storage.write_text(str(tmp_path / "copy" / "fold1" / "map.tif"), "changed")
+    assert (tmp_path / "out" / "cv" / "fold1" / "map.tif").read_text() == "new"
+
+
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     """Nothing of the earlier run is left beside the redo's files (a file it no longer writes goes too)."""
     storage = Storage()

@@ -16,7 +16,7 @@ from minseg.io.storage import (
     Storage,
     StorageError,
 )
-from tests.io.test_storage_local import replaced_folder
+from tests.io.test_storage_local import REPLACED_FILES, replaced_files, replaced_folder
 from tests.support.s3server import FlakyProxy
 
 MIB = 1024 * 1024
@@ -216,3 +216,7 @@ def test_a_finished_redo_folder_takes_the_earlier_folders_place_on_s3(s3):
     the redo folder deleted; completed when cut short."""
     assert replaced_folder(s3.storage(), s3.uri("out")) == {
         "summary.json": "new", "z/zarr.json": "new", "z/0": "new", "z/1/c": "new"}
+
+
+def test_a_staged_run_replaces_only_the_earlier_runs_files_on_s3(s3):
+    assert replaced_files(s3.storage(), s3.uri("out")) == REPLACED_FILES
