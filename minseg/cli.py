@@ -420,12 +420,26 @@ def cmd_measure(args) -> int:
 def cmd_config(args) -> int:
     import yaml
 
-    config = _load(args)
+    from minseg.config import ConfigError
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        if args.action != "validate" or exc.values is None:
+            raise
+        from minseg.train.ensemble import check_members_of_invalid_config
+
+        said = {f"{key}: {reason}" for key, reason in exc.problems}
+        # said at once, not once the schema's are mended
+        more = [problem for problem in check_members_of_invalid_config(exc.values) if problem not in said]
+        if not more:
+            raise
+        raise ConfigError(exc.source, [*exc.problems, *(("", problem) for problem in more)],
+                          [*exc.sources, *[args.config] * len(more)]) from None
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
     if config.training is not None:  # what the models and losses say about their settings, before any data
-        from minseg.config import ConfigError
         from minseg.train.ensemble import check_members_without_data
 
         problems = check_members_without_data(config)

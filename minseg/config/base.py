@@ -48,10 +48,13 @@ TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]], sources: list[str] | None = None):
+    def __init__(self, source: str, problems: list[tuple[str, str]], sources: list[str] | None = None,
+                 values: Mapping[str, Any] | None = None):
         self.source = source
         self.problems = problems
         wheres = sources or [source] * len(problems)  # per problem, where the value came from
+        self.sources = wheres
+        self.values = values  # the values that did not validate (overrides applied), for checks beyond the schema
         # a --set that names the key itself is not followed by the key again
         lines = [f"{where}: {key}: {reason}" if key and where != f"--set {key}" else f"{where}: {reason}"
                  for where, (key, reason) in zip(wheres, problems)]
@@ -235,7 +238,8 @@ def validate_config(
         # a member's value that came from its list's defaults is reported once, at the defaults key that set it
         problems = [(key_path(loc), reason) for loc, reason in _problems(exc, merged, model)]
         # blame the --set or variable that set a key, not the file
-        raise ConfigError(source, problems, [_origin(key, origins, source) for key, _ in problems]) from None
+        raise ConfigError(source, problems, [_origin(key, origins, source) for key, _ in problems],
+                          values=merged) from None
 
 
 def validate_section(model: type[M], data: Mapping[str, Any], section: str, source: str,

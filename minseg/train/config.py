@@ -251,6 +251,26 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def merge_member_defaults(values: Any) -> Any:
+    """A training section's values with ``defaults`` merged into every member (a member's own values win); other
+    values as they are (the schema says what is wrong with them)."""
+    if isinstance(values, dict) and isinstance(values.get("members"), list):
+        defaults = values.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            return values
+        values = dict(values)
+        values["members"] = [
+            _deep_merge(defaults, member) if isinstance(member, dict) else member for member in values["members"]
+        ]
+    return values
+
+
+def repeated_member_names(names: list[str]) -> str | None:
+    """Why these member names cannot name one run's members (a name given twice), or None."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return f"member names must be unique, repeated: {', '.join(repeated)}" if repeated else None
+
+
 class TrainingSettings(StrictModel):
     defaults: dict[str, Any] = Field(default_factory=dict, description="merged into every member")
     members: list[MemberSettings] = Field(min_length=1)
@@ -261,23 +281,13 @@ class TrainingSettings(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _apply_defaults(cls, values: Any) -> Any:
-        if isinstance(values, dict) and isinstance(values.get("members"), list):
-            defaults = values.get("defaults") or {}
-            if not isinstance(defaults, dict):
-                return values
-            values = dict(values)
-            values["members"] = [
-                _deep_merge(defaults, member) if isinstance(member, dict) else member for member in values["members"]
-            ]
-        return values
+        return merge_member_defaults(values)
 
     @field_validator("members")
     @classmethod
     def _unique_names(cls, members: list[MemberSettings]) -> list[MemberSettings]:
-        names = [m.name for m in members]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"member names must be unique, repeated: {', '.join(repeated)}")
+        if problem := repeated_member_names([m.name for m in members]):
+            raise ValueError(problem)
         return members
 
     def select(self, names: list[str] | None) -> list[MemberSettings]:

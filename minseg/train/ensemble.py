@@ -15,7 +15,7 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -136,7 +136,7 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 
 
 def check_members_without_data(config: MinsegConfig, storage: Storage | None = None,
-                               warn: bool = True) -> list[str]:
+                               warn: bool = True, configured: int | None = None) -> list[str]:
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
     against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
@@ -144,7 +144,8 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     (``training.members (all 6)`` when every member shares it, as a value from ``training.defaults``); [] when
     there is none. Class weights computed from the data, and weights on object storage,
     are checked when training. ``warn``: log a missing local weights file (False: checked again for another
-    purpose, already said)."""
+    purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
+    them (``check_members_of_invalid_config``): a problem is then never said of "all" members."""
     from minseg.data.classmap import ClassMap
 
     if config.training is None:
@@ -179,7 +180,7 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
         if problem:
             said.setdefault(problem, []).append(member.name)
     # a value several members share (mostly from training.defaults) is one problem, said once
-    everyone = len(config.training.members)
+    everyone = len(config.training.members) if configured in (None, len(config.training.members)) else -1
     problems = [f"training.members (all {everyone}): {problem}" if len(members) == everyone > 1 else
                 f"training.members[{', '.join(members)}]: {problem}" for problem, members in said.items()]
     mixed = mixed_tasks(tasks)
@@ -190,6 +191,47 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
         # as train refuses it; a classifier's classes may be its folders, the demo's (synth:) are the generator's
         problems.append(CLASSES_REQUIRED)
     return problems
+
+
+def check_members_of_invalid_config(values: Mapping[str, Any]) -> list[str]:
+    """``check_members_without_data`` for a config that did not validate (``ConfigError.values``: the file with its
+    overrides), so that ``config validate`` says every problem at once: each member that validates on its own (with
+    ``training.defaults`` merged in) is checked, against the data section when that validates too. A repeated
+    member name or a bad key elsewhere no longer hides an unknown model or an option the model refuses. [] when
+    there is no member to check (the schema's problems say the rest)."""
+    from pydantic import ValidationError
+
+    from minseg.config.schema import StorageSettings, SynthSettings
+    from minseg.data.config import DataSettings
+    from minseg.train.config import merge_member_defaults, repeated_member_names
+
+    training = values.get("training")
+    if not isinstance(training, Mapping) or not isinstance(training.get("members"), list):
+        return []
+    # the schema says this only when every member validates
+    repeated = repeated_member_names([m["name"] for m in training["members"]
+                                      if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
+    problems = [f"training.members: {repeated}"] if repeated else []
+    members = []
+    for member in merge_member_defaults(training)["members"]:
+        try:
+            members.append(MemberSettings.model_validate(member))
+        except ValidationError:
+            continue  # the schema's problems name it
+
+    def section(model, key: str):
+        try:
+            return model.model_validate(values[key]) if values.get(key) is not None else None
+        except ValidationError:
+            return None
+
+    if not members:
+        return problems
+    given = {key: value for key, value in (("data", section(DataSettings, "data")),
+                                           ("storage", section(StorageSettings, "storage")),
+                                           ("synth", section(SynthSettings, "synth"))) if value is not None}
+    config = MinsegConfig.model_construct(training=TrainingSettings.model_construct(members=members), **given)
+    return problems + check_members_without_data(config, configured=len(training["members"]))
 
 
 def mixed_tasks(tasks: dict[str, Task]) -> str | None:

@@ -270,6 +270,33 @@ def test_keys_in_a_union_are_named_as_written_without_pydantic_branch_labels(tmp
         load_config(path, MinsegConfig)
 
 
+def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path, capsys):
+    """A repeated member name, a misspelt data key or a member's own schema problem stopped validation before the
+    models were looked at: an unknown model (or an option it refuses) was said only once those were mended."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "tilling": {"size": 64}},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]},
+                     "members": [{"name": "a", "model": "unett"}, {"name": "a"}, {"name": "b"},
+                                 {"name": "c", "optimizer": {"lr": -1}}]}}))
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    for says in ("data.tilling: unknown key", "training.members: member names must be unique, repeated: a",
+                 "training.members[3].optimizer.lr: Input should be greater than 0",
+                 "training.members[a]: unknown model 'unett'",
+                 "training.members[a, b]: width must be"):  # not "all": member c was not checked
+        assert f"{path}: {says}" in err, (says, err)
+    assert "Traceback" not in err and "(all" not in err
+    # a file whose only problems are the schema's says those alone, as before
+    path.write_text(yaml.safe_dump({"run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "x": 1}}))
+    assert main(["config", "validate", str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == [f"  {path}: data.x: unknown key (check spelling; "
+                                                                "see docs/configuration.md)"]
+
+
 def test_a_member_problem_every_member_shares_is_said_once(tmp_path, capsys):
     """A model option from ``training.defaults`` that the model refuses was one line per member (six for the
     LumenStone recipe); now one line for all, and one for the members that share a problem."""
