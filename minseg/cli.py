@@ -435,7 +435,7 @@ def cmd_config(args) -> int:
         if not more:
             raise
         raise ConfigError(exc.source, [*exc.problems, *(("", problem) for problem in more)],
-                          [*exc.sources, *[args.config] * len(more)]) from None
+                          [*exc.sources, *(_member_problem_sources(args, more) or [args.config] * len(more))]) from None
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
@@ -454,14 +454,16 @@ def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
     """Where each of ``config validate``'s member problems came from: the file when the file alone has it, else
     each --set option that brings its reason on its own (for some of the members it names), all of them when none
     does alone; None (the file) without --set."""
-    from minseg.config import MinsegConfig, load_config, parse_set_options
+    from minseg.config import ConfigError, MinsegConfig, load_config, parse_set_options
     from minseg.errors import InputError
-    from minseg.train.ensemble import check_members_without_data
+    from minseg.train.ensemble import check_members_of_invalid_config, check_members_without_data
 
     def problems_with(options: list[str]) -> set[str] | None:
         try:
             config = load_config(args.config, MinsegConfig, overrides=parse_set_options(options))
-        except InputError:  # the file does not validate without the other options
+        except ConfigError as exc:  # the members that validate on their own (the schema refuses something else)
+            return set(check_members_of_invalid_config(exc.values, warn=False)) if exc.values is not None else None
+        except InputError:
             return None
         return set(check_members_without_data(config, warn=False))
 

@@ -55,7 +55,7 @@ from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footpri
                                 thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.runs import read_pointer, relocate_records, relocated
-from minseg.io.storage import REDO, Storage, join_uri, refuse_other_command_outputs
+from minseg.io.storage import REDO, Storage, absolute_uri, join_uri, refuse_other_command_outputs
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
@@ -72,7 +72,8 @@ FINAL = None  # the trial key of the ensemble trained on every deposit
 
 def output_uri(config: MinsegConfig) -> str:
     settings = config.prospect
-    return settings.output_uri or join_uri(config.run.uri, "prospect", settings.name)
+    return absolute_uri(settings.output_uri) if settings.output_uri else join_uri(config.run.uri, "prospect",
+                                                                                   settings.name)
 
 
 @dataclass
@@ -610,7 +611,7 @@ def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_ur
     if resume:  # nor does a resumed one: members recorded on other evidence or windows are refused
         refuse_other_data(storage, resume, members, source)
         if resume != models_uri:  # the finished run's, which stay as they are until this run is complete
-            storage.copy_files(resume, models_uri)
+            storage.copy_files(resume, models_uri, skip=("ray",))  # Ray Train's own folder: made per run
     else:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
@@ -751,9 +752,15 @@ def staging_folder(out: str) -> str:
 def _finish_replacement(storage: Storage, out: str) -> None:
     """A complete run whose replacement of the earlier outputs was cut short (killed while its files were moved
     into ``out``; meanwhile ``out`` has no ``summary.json``): moved into place now."""
-    if storage.exists(join_uri(staging_folder(out), "summary.json")):
-        publish_run(storage, staging_folder(out), out)
-        log_event(log, "prospect.redo_moved", output=out)
+    staged = staging_folder(out)
+    if not storage.exists(join_uri(staged, "summary.json")):
+        return
+    if storage.replacement_done(staged, out, "summary.json"):  # all in place: only the staging folder was left
+        storage.delete_staged(staged, ("summary.json",))
+        storage.remove_empty_folder(join_uri(out, REDO))
+        return
+    publish_run(storage, staged, out)
+    log_event(log, "prospect.redo_moved", output=out)
 
 
 def publish_run(storage: Storage, work: str, out: str) -> None:
@@ -838,7 +845,15 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     try:
         return _run_phases(config, storage, out, work, resume, started)
     except BaseException:
-        if work != out:
+        try:
+            complete = work != out and storage.exists(join_uri(work, "summary.json"))
+        except Exception:  # the storage failing: said by the error itself
+            complete = False
+        if complete:  # failed while put in place
+            log_event(log, "prospect.redo_cut_short", logging.WARNING, output=out, staging=work,
+                      hint="this run is complete but not all in place: the next run into the folder puts it there "
+                           "first")
+        elif work != out:
             log_event(log, "prospect.redo_failed", logging.WARNING, output=out, staging=work,
                       kept="the finished run's outputs, as they were; --resume continues this run's members")
         raise

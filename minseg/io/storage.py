@@ -889,13 +889,13 @@ class Storage:
         files). ``last`` as in ``replace_folder``; ``staged`` may lie inside ``final``.
 
         Every file is copied, not moved (locally a hard link, so no bytes are copied; on S3 server-side, 8 at a
-        time): ``staged`` stays whole until the very end, so a replacement cut short is completed by calling this
-        again, and meanwhile ``final`` reads as unfinished (``last`` absent).
+        time): ``staged`` stays whole until every file is in place, so a replacement cut short is completed by
+        calling this again, and meanwhile ``final`` reads as unfinished (``last`` absent). ``staged`` is then
+        deleted, its ``last`` files after the rest (``delete_staged``).
 
         Raises:
             StorageError: a listing, copy or delete failed."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        staged, final = absolute_uri(staged), absolute_uri(final)  # listings name files by absolute URIs
         base, folder = staged.rstrip("/") + "/", final.rstrip("/") + "/"
         for name in reversed(last):
             self.delete(join_uri(final, name))
@@ -907,36 +907,68 @@ class Storage:
             return (name not in keep and not uri.startswith(base)
                     and (owned is None or name.partition("/")[0] in owned))
 
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="minseg-replace") as pool:
-            list(pool.map(lambda name: self._place(join_uri(staged, name), join_uri(final, name)),
-                          [name for name in names if name not in last]))
-            gone = [info.uri for info in self.list(folder) if earlier(info.uri)]
-            list(pool.map(self.delete, gone))
+        self._place_all(staged, final, [name for name in names if name not in last])
+        self._in_parallel(self.delete, [info.uri for info in self.list(folder) if earlier(info.uri)])
         for name in owned or ():  # locally, the folders left empty (an earlier run's fold no longer configured)
             self._remove_empty_folders(join_uri(final, name))
         for name in last:
             if name in keep:
                 self._place(join_uri(staged, name), join_uri(final, name))
-        self.delete_prefix(base)
+        self.delete_staged(staged, last)
 
-    def copy_files(self, source: str, destination: str) -> int:
+    def delete_staged(self, staged: str, last: tuple[str, ...]) -> None:
+        """Delete the folder ``staged`` of a replacement that is done, its ``last`` files after the rest: while
+        they are there, the final folder holds the same ones (``replacement_done``), and a partly deleted ``staged``
+        is never taken for a complete run, nor for an unfinished one to resume."""
+        base = absolute_uri(staged).rstrip("/") + "/"
+        self._in_parallel(self.delete, [info.uri for info in self.list(base) if info.uri[len(base):] not in last])
+        for name in last:
+            self.delete(join_uri(staged, name))
+        self._remove_empty_folders(staged)
+
+    def replacement_done(self, staged: str, final: str, marker: str) -> bool:
+        """Whether ``final`` holds the very ``marker`` file of ``staged`` (a replacement that was complete but for
+        deleting ``staged``)."""
+        try:
+            return self.read_bytes(join_uri(final, marker)) == self.read_bytes(join_uri(staged, marker))
+        except ObjectNotFoundError:
+            return False
+
+    def copy_files(self, source: str, destination: str, skip: tuple[str, ...] = ()) -> int:
         """Copy every file under the folder ``source`` to the same relative path under ``destination`` (locally hard
-        links, as ``replace_files``; S3 server-side). Returns the number of files.
+        links, as ``replace_files``; S3 server-side, 8 at a time), but those under the top-level names ``skip``.
+        Returns the number of files.
 
         Raises:
             StorageError: a listing or copy failed."""
-        base = source.rstrip("/") + "/"
-        names = [info.uri[len(base):] for info in self.list(base)]
-        for name in names:
-            self._place(join_uri(source, name), join_uri(destination, name))
+        base = absolute_uri(source).rstrip("/") + "/"
+        names = [name for name in (info.uri[len(base):] for info in self.list(base))
+                 if name.partition("/")[0] not in skip]
+        self._place_all(source, destination, names)
         return len(names)
 
+    def _place_all(self, source: str, destination: str, names: list[str]) -> None:
+        """``_place`` of each relative name from ``source`` to ``destination``, 8 at a time."""
+        self._in_parallel(lambda name: self._place(join_uri(source, name), join_uri(destination, name)), names)
+
+    @staticmethod
+    def _in_parallel(call, items: list) -> None:
+        """``call`` of every item on 8 threads (requests to S3 wait on the network); raises the first failure."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if items:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="minseg-files") as pool:
+                list(pool.map(call, items))
+
     def _place(self, source: str, destination: str) -> None:
-        """``copy``, but a local file is hard-linked into place (no bytes copied; the writers replace files by
+        """``copy``, but a local file is hard-linked into place (no bytes copied; minseg's writers replace files by
         renaming, never in place, so neither copy sees the other's later writes); where links fail (another file
-        system), copied."""
+        system), copied. A destination that is the source's very file already (a link made before) is left."""
         src, dst = parse_uri(source), parse_uri(destination)
         if not src.is_s3 and not dst.is_s3:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(src.path, dst.path):  # a rename onto the same file would do nothing
+                    return
             _make_parent(dst.path)
             link = os.path.join(os.path.dirname(dst.path), f".{os.path.basename(dst.path)}{scratch_suffix()}")
             try:
@@ -957,12 +989,8 @@ class Storage:
         moved = []
         for name in finished:
             staged, final = join_uri(output, REDO, name), join_uri(output, name)
-            try:
-                done = self.read_bytes(join_uri(final, marker)) == self.read_bytes(join_uri(staged, marker))
-            except ObjectNotFoundError:
-                done = False
-            if done:
-                self.delete_prefix(staged + "/")
+            if self.replacement_done(staged, final, marker):
+                self.delete_staged(staged, last)
             else:
                 self.replace_folder(staged, final, last)
                 moved.append(name)

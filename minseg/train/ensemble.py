@@ -182,7 +182,8 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     # a value several members share (mostly from training.defaults) is one problem, said once
     everyone = len(config.training.members) if configured in (None, len(config.training.members)) else -1
     problems = [f"training.members (all {everyone}): {problem}" if len(members) == everyone > 1 else
-                f"training.members[{', '.join(members)}]: {problem}" for problem, members in said.items()]
+                f"training.members[{', '.join(dict.fromkeys(members))}]: {problem}"  # a name given twice: once
+                for problem, members in said.items()]
     mixed = mixed_tasks(tasks)
     if mixed:
         problems.append(f"training.members: {mixed}")
@@ -193,7 +194,7 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     return problems
 
 
-def check_members_of_invalid_config(values: Mapping[str, Any]) -> list[str]:
+def check_members_of_invalid_config(values: Mapping[str, Any], warn: bool = True) -> list[str]:
     """``check_members_without_data`` for a config that did not validate (``ConfigError.values``: the file with its
     overrides), so that ``config validate`` says every problem at once: each member that validates on its own (with
     ``training.defaults`` merged in) is checked, against the data section when that validates too. A repeated
@@ -231,7 +232,7 @@ def check_members_of_invalid_config(values: Mapping[str, Any]) -> list[str]:
                                            ("storage", section(StorageSettings, "storage")),
                                            ("synth", section(SynthSettings, "synth"))) if value is not None}
     config = MinsegConfig.model_construct(training=TrainingSettings.model_construct(members=members), **given)
-    return problems + check_members_without_data(config, configured=len(training["members"]))
+    return problems + check_members_without_data(config, warn=warn, configured=len(training["members"]))
 
 
 def mixed_tasks(tasks: dict[str, Task]) -> str | None:

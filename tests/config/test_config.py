@@ -290,6 +290,10 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
                  "training.members[a, b]: width must be"):  # not "all": member c was not checked
         assert f"{path}: {says}" in err, (says, err)
     assert "Traceback" not in err and "(all" not in err
+    # the member problems are blamed as when the schema passes: a --set that brings one is named, not the file
+    assert main(["config", "validate", str(path), "--set", "training.members.b.model=unett"]) == 2
+    err = capsys.readouterr().err
+    assert "  --set training.members.b.model: training.members[a, b]: unknown model 'unett'" in err, err
     # a file whose only problems are the schema's says those alone, as before
     path.write_text(yaml.safe_dump({"run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "x": 1}}))
     assert main(["config", "validate", str(path)]) == 2

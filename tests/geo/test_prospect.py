@@ -181,6 +181,7 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert [m.finished_at for m in again.members] == [m.finished_at for m in result.members]
     assert again.document["channels"] == summary["channels"]
     assert open(f"{out}/notes.txt").read() == "mine" and not os.path.exists(f"{out}/.minseg-redo")
+    assert not [name for _, _, names in os.walk(out) for name in names if "minseg-tmp" in name]  # no scratch links
     recorded = {path: open(path).read() for path in glob.glob(f"{out}/**/*.json", recursive=True)
                 + glob.glob(f"{out}/**/*.csv", recursive=True)}
     assert not [path for path, text in recorded.items() if ".minseg-redo" in text]
@@ -324,3 +325,10 @@ def test_a_replacement_cut_short_is_completed_by_the_next_run(tmp_path):
     storage.write_text(f"{staging_folder(out)}/prospectivity.tif", "unfinished")
     assert working_folder(storage, out) == staging_folder(out)
     assert storage.read_text(f"{out}/prospectivity.tif") == "new"
+    # one killed while its staging folder was deleted (summary.json, which goes last, still there; the rest partly
+    # gone) was put in place already: the staging folder goes, the published run stays whole (once, it was
+    # "put in place" again: every file of cv/ and models/ that the remains lacked was deleted)
+    storage.write_text(f"{staging_folder(out)}/summary.json", "new")
+    assert working_folder(storage, out) == staging_folder(out)
+    assert {info.uri[len(out) + 1:]: storage.read_text(info.uri) for info in storage.list(out + "/")} == {
+        ".minseg-prospect": "marker", "notes.txt": "mine", **staged}

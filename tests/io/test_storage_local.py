@@ -243,6 +243,39 @@ def test_a_staged_run_replaces_only_the_earlier_runs_files(tmp_path):
     assert (tmp_path / "out" / "cv" / "fold1" / "map.tif").read_text() == "new"
 
 
+def test_a_staged_run_linked_from_the_final_folder_and_named_relatively_is_put_in_place(tmp_path, monkeypatch):
+    """Files the staged run holds as links of the final folder's own (a --resume copies the finished members in):
+    a rename onto the same file does nothing, and left its scratch link behind, unlisted, for ever. Relative
+    paths: listings name files by absolute paths, so a relative folder's names were cut at the wrong place."""
+    monkeypatch.chdir(tmp_path)
+    storage = Storage()
+    for name in ("summary.json", "models/m.pt", "models/fold1/m.pt", "models/ray/x/.marker"):
+        storage.write_text(f"out/{name}", "finished")
+    assert storage.copy_files("out/models", "out/.minseg-redo/prospect/models", skip=("ray",)) == 2
+    storage.write_text("out/.minseg-redo/prospect/models/fold1/m.pt", "retrained")
+    storage.write_text("out/.minseg-redo/prospect/summary.json", "new")
+    storage.replace_files("out/.minseg-redo/prospect", "out/", ("summary.json",), ("models",))
+    assert {str(p.relative_to(tmp_path / "out")): p.read_text() for p in (tmp_path / "out").rglob("*")
+            if p.is_file()} == {"summary.json": "new", "models/m.pt": "finished", "models/fold1/m.pt": "retrained"}
+
+
+def test_a_staging_folder_deleted_half_way_is_not_taken_for_a_run(tmp_path):
+    """The staging folder of a replacement that is done goes with its marker last: until the marker goes the final
+    folder holds the same one (``replacement_done``), and what is left after is no complete run."""
+    storage, out = Storage(), str(tmp_path / "out")
+    for name in ("summary.json", "a.csv", "inputs/b.csv"):
+        storage.write_text(f"{out}/.minseg-redo/p/{name}", name)
+    storage.replace_files(f"{out}/.minseg-redo/p", out, ("summary.json",), ("inputs",))
+    for name in ("summary.json", "a.csv", "inputs/b.csv"):  # as it was, now halfway through the deletion
+        storage.write_text(f"{out}/.minseg-redo/p/{name}", name)
+    storage.delete(f"{out}/.minseg-redo/p/inputs/b.csv")
+    assert storage.replacement_done(f"{out}/.minseg-redo/p", out, "summary.json")
+    storage.delete_staged(f"{out}/.minseg-redo/p", ("summary.json",))
+    assert not (tmp_path / "out" / ".minseg-redo" / "p").exists()
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()) == [
+        "a.csv", "inputs/b.csv", "summary.json"]
+
+
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     """Nothing of the earlier run is left beside the redo's files (a file it no longer writes goes too)."""
     storage = Storage()
