@@ -596,12 +596,13 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
     return windows, folds, trials
 
 
-def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str,
-                 resume: str | None) -> list[MemberResult]:
+def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_uri: str, resume: str | None,
+                 published: str | None = None) -> list[MemberResult]:
     """Every member x every fold (and the final set) as concurrent trials of the training machinery, into
     ``models_uri``. ``resume``: where the members a ``--resume`` continues are (``resumed_models``; copied into
-    ``models_uri`` when elsewhere), None for a fresh run."""
-    from minseg.train.ensemble import fit_members, refuse_other_data, trial_concurrency
+    ``models_uri`` when elsewhere), None for a fresh run. ``published``: the models of the finished run this one
+    replaces (a staged run): a resumed rerun takes its finished trials that it lacks and that fit."""
+    from minseg.train.ensemble import fit_members, refuse_other_data, take_finished_members, trial_concurrency
 
     settings = config.prospect
     members = settings.training.members
@@ -612,6 +613,11 @@ def train_trials(config: MinsegConfig, trials: dict, storage: Storage, models_ur
         refuse_other_data(storage, resume, members, source)
         if resume != models_uri:  # the finished run's, which stay as they are until this run is complete
             storage.copy_files(resume, models_uri, skip=("ray",))  # Ray Train's own folder: made per run
+        elif published is not None:  # a rerun stopped beside a finished run: that run's trials it lacks, if they fit
+            taken = take_finished_members(storage, published, models_uri, members, source, config.run.seed,
+                                          AugmentSettings(mode=settings.augmentation))
+            if taken:
+                log_event(log, "prospect.finished_members_taken", trials=",".join(taken), source=published)
     else:  # a fresh run never continues checkpoints trained on other data
         storage.delete_prefix(models_uri.rstrip("/") + "/")
     training_config = config.model_copy(update={"run": config.run.model_copy(update={"name": f"{config.run.name}-prospect"})})
@@ -835,28 +841,36 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     work = working_folder(storage, out)  # a finished run there stays as it is until this one is complete
     if work != out:
         log_event(log, "prospect.staged", output=out, staging=work)
-    if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
-        from minseg.train.ensemble import refuse_changed_members
-
-        refuse_changed_members(storage, resumed_models(storage, out, work), settings.training.members,
-                               [*range(settings.cv.folds), FINAL], config.run.seed,
-                               AugmentSettings(mode=settings.augmentation))
-    _clear_outputs(storage, out, work, resume)
     try:
+        if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
+            from minseg.train.ensemble import refuse_changed_members
+
+            refuse_changed_members(storage, resumed_models(storage, out, work), settings.training.members,
+                                   [*range(settings.cv.folds), FINAL], config.run.seed,
+                                   AugmentSettings(mode=settings.augmentation))
+        _clear_outputs(storage, out, work, resume)
         return _run_phases(config, storage, out, work, resume, started)
     except BaseException:
-        try:
-            complete = work != out and storage.exists(join_uri(work, "summary.json"))
-        except Exception:  # the storage failing: said by the error itself
-            complete = False
-        if complete:  # failed while put in place
-            log_event(log, "prospect.redo_cut_short", logging.WARNING, output=out, staging=work,
-                      hint="this run is complete but not all in place: the next run into the folder puts it there "
-                           "first")
-        elif work != out:
-            log_event(log, "prospect.redo_failed", logging.WARNING, output=out, staging=work,
-                      kept="the finished run's outputs, as they were; --resume continues this run's members")
+        if work != out:
+            _say_rerun_failed(storage, out, work)
         raise
+
+
+def _say_rerun_failed(storage: Storage, out: str, work: str) -> None:
+    """The warning of a run staged beside a finished one (``work``) that failed: what ``out`` holds now."""
+    try:
+        complete = storage.exists(join_uri(work, "summary.json"))
+        trained = any(True for _ in storage.list(join_uri(work, "models") + "/"))
+    except Exception:  # the storage failing: said by the error itself
+        complete, trained = False, False
+    if complete:  # failed while put in place
+        log_event(log, "prospect.redo_cut_short", logging.WARNING, output=out, staging=work,
+                  hint="this run is complete but not all in place: the next run into the folder puts it there first")
+    else:
+        log_event(log, "prospect.redo_failed", logging.WARNING, output=out, staging=work,
+                  kept="the finished run's outputs, as they were" + ("; --resume continues this run's members, "
+                                                                      "and takes the finished run's that fit"
+                                                                      if trained else ""))
 
 
 def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, resume: bool,
@@ -879,7 +893,8 @@ def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, res
         log_event(log, "prospect.cv_thin_fold", logging.WARNING, **row)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
-    results = train_trials(config, trials, storage, models_uri, resumed_models(storage, out, work) if resume else None)
+    results = train_trials(config, trials, storage, models_uri, resumed_models(storage, out, work) if resume else None,
+                           join_uri(out, "models") if work != out else None)
     maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, work)
     curves, metrics = rate_metrics(settings, maps, evidence)
     target_rows = publish_maps(settings, maps, trials, inputs, evidence, curves, metrics, storage, work)

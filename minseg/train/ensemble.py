@@ -1208,6 +1208,32 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
                          "run.name or output), or delete those folders to train them again")
 
 
+def take_finished_members(storage: Storage, source_uri: str, run_uri: str, members: list[MemberSettings],
+                          source: TrainingSource, run_seed: int, augmentation: AugmentSettings) -> list[str]:
+    """Copy into ``run_uri`` the finished member trials of the run at ``source_uri`` that ``run_uri`` has no
+    checkpoint of, where they fit this run: trained with the settings the config gives the member now
+    (``changed_settings``) on the data ``source`` gives the trial (``data_signature``). Those that do not fit are
+    left (trained again), not refused: ``run_uri``'s own checkpoints are what a ``--resume`` continues (the
+    prospectivity job resuming a rerun stopped beside its finished run). Returns ``member`` / ``fold<k>/member``
+    of each trial copied (locally hard links; S3 server-side)."""
+    taken = []
+    for fold in source.trial_folds():
+        trial, published = trial_uri(run_uri, fold), trial_uri(source_uri, fold)
+        for member in members:
+            done = _previous_result(storage, published, member.name)
+            pointer = read_pointer(storage, published, member.name)
+            if (done is None or done.status is not MemberStatus.DONE or pointer is None
+                    or read_pointer(storage, trial, member.name) is not None):
+                continue
+            recorded = storage.read_json(join_uri(pointer["uri"], "member.json"))
+            signature = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
+            if changed_settings(recorded, member, run_seed, augmentation) or signature != source.data_signature(fold):
+                continue
+            storage.copy_files(member_uri(published, member.name), member_uri(trial, member.name))
+            taken.append(member.name if fold is None else f"fold{fold + 1}/{member.name}")
+    return taken
+
+
 def _all_finished(storage: Storage, run_uri: str, members: list[MemberSettings],
                   trial_folds: list[int | None]) -> list[MemberResult] | None:
     """Every trial's recorded result when all of them finished (a resumed run with nothing left to do), else None."""

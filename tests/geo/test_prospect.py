@@ -180,6 +180,13 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert not stale.parent.exists() and (survey / "out" / "t" / "prospect" / "prospectivity" / "cv" / "fold2").is_dir()
     assert [m.finished_at for m in again.members] == [m.finished_at for m in result.members]
     assert again.document["channels"] == summary["channels"]
+    # a rerun stopped beside the finished run (here one trial of one member checkpointed in its staging folder),
+    # resumed: it continues its own trials and takes those of the finished run that fit (not trained again)
+    from minseg.geo.prospect import staging_folder
+
+    Storage().copy_files(f"{out}/models/fold1/members/mfaf-r18", f"{staging_folder(out)}/models/fold1/members/mfaf-r18")
+    third = map_prospectivity(config, resume=True)
+    assert [m.finished_at for m in third.members] == [m.finished_at for m in result.members]
     assert open(f"{out}/notes.txt").read() == "mine" and not os.path.exists(f"{out}/.minseg-redo")
     assert not [name for _, _, names in os.walk(out) for name in names if "minseg-tmp" in name]  # no scratch links
     recorded = {path: open(path).read() for path in glob.glob(f"{out}/**/*.json", recursive=True)
