@@ -446,6 +446,11 @@ def cmd_config(args) -> int:
         if problems:
             raise ConfigError(args.config, [("", problem) for problem in problems],
                               _member_problem_sources(args, problems))
+    if config.prospect is not None:  # what `minseg prospect` refuses before reading any input
+        from minseg.geo.prospect import member_problems
+
+        if problems := member_problems(config.prospect):
+            raise ConfigError(args.config, [("", problem) for problem in problems])
     print(f"{args.config}: valid")
     return 0
 

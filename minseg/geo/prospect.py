@@ -238,25 +238,58 @@ def _check_names(settings: ProspectSettings, rasters: list) -> None:
                                  "one (a raster's name, or its file for a glob)")
 
 
-def _check_members(settings: ProspectSettings) -> None:
-    """Classification learners that take the windows, or an error naming the member, before any work."""
+def member_problems(settings: ProspectSettings) -> list[str]:
+    """What refuses the configured members before any input is read (``minseg prospect`` stops on them;
+    ``minseg config validate`` says them): a classification learner each, no augmentation of its own (windows are
+    augmented by ``prospect.augmentation``), a checkpoint metric of the classes no-ore / ore, windows no smaller
+    than its smallest input, then what training's
+    preflight says of its model options, loss and checkpoint metric (``check_members_without_data``: built on the
+    meta device; a pretrained weights file is matched when training starts, once the channels are known). One line
+    per problem, naming the key; [] when there is none."""
+    from minseg.metrics import metric_key_problem
     from minseg.models import get_entry
+    from minseg.train.ensemble import EPOCH_METRICS, check_members_without_data
 
+    problems, learners = [], []
     for index, member in enumerate(settings.training.members):
+        key = f"prospect.training.members[{index}]"
         try:
             entry = get_entry(member.model)
         except ValueError as exc:
-            raise ProspectInputError(f"prospect.training.members[{index}].model: {exc}") from None
+            problems.append(f"{key}.model: {exc}")
+            continue
         if entry.task is not Task.CLASSIFICATION:
-            raise ProspectInputError(f"prospect.training.members[{index}].model: {member.model!r} is a "
-                                     f"{entry.task} learner; prospectivity needs a classification learner (e.g. mfaf)")
-        if member.augmentation is not None:  # windows are standardised evidence, not photographs
-            raise ProspectInputError(f"prospect.training.members[{index}].augmentation: map windows are augmented "
-                                     "by prospect.augmentation (a mode), for every member")
+            problems.append(f"{key}.model: {member.model!r} is a {entry.task} learner; prospectivity needs a "
+                            "classification learner (e.g. mfaf)")
+        else:
+            learners.append(member.model_copy(update={"init": None}))
+        if member.augmentation is not None:
+            problems.append(f"{key}.augmentation: map windows are augmented by prospect.augmentation (a mode), for "
+                            "every member")
+        if problem := metric_key_problem(member.checkpoint_metric, CLASS_NAMES, EPOCH_METRICS):
+            problems.append(f"{key}.checkpoint_metric: {problem}")
         minimum = entry.input_spec.min_size
         if settings.windows.size < minimum:
-            raise ProspectInputError(f"prospect.windows.size {settings.windows.size} is below the "
-                                     f"{minimum}x{minimum} that member {member.name!r} ({member.model}) needs")
+            problems.append(f"prospect.windows.size {settings.windows.size} is below the {minimum}x{minimum} that "
+                            f"member {member.name!r} ({member.model}) needs")
+    if not learners:
+        return problems
+    # training's own check of a run's members, of the classification learners: its messages, under this key
+    members = settings.training.model_copy(update={"members": learners})
+    return problems + [f"prospect.{problem}" for problem in check_members_without_data(
+        MinsegConfig.model_construct(training=members), warn=False,
+        configured=len(settings.training.members))]
+
+
+def _check_members(settings: ProspectSettings) -> None:
+    """``member_problems``, raised.
+
+    Raises:
+        ProspectInputError: every problem, one per line."""
+    problems = member_problems(settings)
+    if problems:
+        raise ProspectInputError("\n  ".join(problems) if len(problems) == 1 else
+                                 "the configured members cannot map these windows:\n  " + "\n  ".join(problems))
 
 
 # ------------------------------------------------------------------ the phases
@@ -833,7 +866,7 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     settings = config.prospect
     if settings is None:
         raise ProspectInputError("the prospect job needs a 'prospect' config section")
-    _check_members(settings)  # before any input is read: the windows must fit every member
+    _check_members(settings)  # before any input is read: the windows must fit every member, its options the model
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)

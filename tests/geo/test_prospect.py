@@ -225,6 +225,20 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     assert main(["prospect", "-c", str(path)]) == 2
     assert "prospect.training.members[0].augmentation: map windows are augmented by prospect.augmentation" in \
         capsys.readouterr().err
+    # a model option the model refuses, a checkpoint metric of no class: before any input is read (the samples file
+    # does not exist), every problem at once, and `config validate` says the same (they were found after the
+    # evidence was built: a member "not started", the job failing with no member trained)
+    config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
+    config["prospect"]["samples"]["uri"] = str(tmp_path / "no-such.csv")
+    config["prospect"]["training"]["members"][0]["model_options"]["width"] = -1
+    config["prospect"]["training"]["members"][1]["checkpoint_metric"] = "iou:gold"
+    path.write_text(yaml.safe_dump(config))
+    for command in (["prospect", "-c", str(path)], ["config", "validate", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "prospect.training.members[mfaf-r18]: width must be a number above 0" in err, err
+        assert "prospect.training.members[1].checkpoint_metric: unknown class 'gold'" in err
+        assert "no-such.csv" not in err and "Traceback" not in err
     # a prediction pool no node can hold: said before the members train for hours, not after
     config = prospect_config(survey, prediction={"gpus_per_actor": 1}).model_dump(mode="json", exclude_none=True)
     config["run"]["name"] = "gpu-pool"
