@@ -439,18 +439,25 @@ def cmd_config(args) -> int:
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    if config.training is not None:  # what the models and losses say about their settings, before any data
+    # what the jobs refuse before any work beyond the schema: the models and losses of training's members (as
+    # `train` checks them), the prospect members (as `prospect`), the evaluation's rank key (as `evaluate`)
+    problems: list[str] = []
+    if config.training is not None:
         from minseg.train.ensemble import check_members_without_data
 
         problems = check_members_without_data(config)
-        if problems:
-            raise ConfigError(args.config, [("", problem) for problem in problems],
-                              _member_problem_sources(args, problems))
-    if config.prospect is not None:  # what `minseg prospect` refuses before reading any input
+    sources = (_member_problem_sources(args, problems) or [args.config] * len(problems)) if problems else []
+    if config.prospect is not None:
         from minseg.geo.prospect import member_problems
 
-        if problems := member_problems(config.prospect):
-            raise ConfigError(args.config, [("", problem) for problem in problems])
+        problems += member_problems(config.prospect)
+    if config.evaluation is not None:
+        from minseg.ensemble.evaluate import rank_key_problem
+
+        problems += [problem] if (problem := rank_key_problem(config)) else []
+    if problems:
+        raise ConfigError(args.config, [("", problem) for problem in problems],
+                          sources + [args.config] * (len(problems) - len(sources)))
     print(f"{args.config}: valid")
     return 0
 

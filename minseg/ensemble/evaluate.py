@@ -438,6 +438,16 @@ class EvaluationResult:
     document: dict
 
 
+def rank_key_problem(config: MinsegConfig) -> str | None:
+    """Why ``evaluation.rank_key`` names no class of ``data.classes`` (its form is checked when the config is read),
+    as ``evaluate`` refuses it before any work and ``config validate`` says it; None when it does, or when the
+    config lists no classes."""
+    if config.evaluation is None or config.data is None or config.data.classes is None:
+        return None
+    problem = metric_key_problem(config.evaluation.rank_key, [c.name for c in config.data.classes.classes])
+    return f"evaluation.rank_key: {problem}" if problem else None
+
+
 def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     """The evaluation job (module doc): discover → prepare data → rank → build candidates → score on test →
     select → publish (evaluation.json, manifest.json, reports).
@@ -457,10 +467,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                   hint="the manifest records how sources[0] reads each image: slides of the other camera need "
                        "segment.bit_depth (--bit-depth)")
     settings = config.evaluation or EvaluationSettings()
-    if config.data.classes is not None:  # the key's class, before minutes of prediction (its form: at validation)
-        problem = metric_key_problem(settings.rank_key, [c.name for c in config.data.classes.classes])
-        if problem:
-            raise InputError(f"evaluation.rank_key: {problem}")
+    if problem := rank_key_problem(config):  # before minutes of prediction
+        raise InputError(problem)
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
     refuse_other_command_outputs(settings.output_uri(config.run.uri), "evaluate", "evaluation.name", storage)

@@ -290,6 +290,25 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
                  "training.members[a, b]: width must be"):  # not "all": member c was not checked
         assert f"{path}: {says}" in err, (says, err)
     assert "Traceback" not in err and "(all" not in err
+    # with the schema's problems mended, what each job refuses before any work is said together: training's
+    # members, the evaluation's rank key of no class (it was said only by `evaluate`, after loading its members)
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": [
+            {"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}]}},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]}, "members": [{"name": "a"}]},
+        "evaluation": {"rank_key": "iou:pyrit"}}))
+    assert main(["config", "validate", str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == [
+        f"  {path}: training.members[a]: width must be a number above 0 (a share of the paper's channels, e.g. "
+        "0.25), got -1.0", f"  {path}: evaluation.rank_key: unknown class 'pyrit' in 'iou:pyrit'; classes: "
+        "background, pyrite"]
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "tilling": {"size": 64}},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]},
+                     "members": [{"name": "a", "model": "unett"}, {"name": "a"}, {"name": "b"},
+                                 {"name": "c", "optimizer": {"lr": -1}}]}}))
     # the member problems are blamed as when the schema passes: a --set that brings one is named, not the file
     assert main(["config", "validate", str(path), "--set", "training.members.b.model=unett"]) == 2
     err = capsys.readouterr().err
