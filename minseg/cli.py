@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import posixpath
+import re
 import sys
 from pathlib import Path
 
@@ -439,14 +440,24 @@ def cmd_config(args) -> int:
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    # what the jobs refuse before any work beyond the schema: the models and losses of training's members (as
-    # `train` checks them), the prospect members (as `prospect`), the evaluation's rank key (as `evaluate`)
+    problems = _job_problems(config)
+    if problems:
+        # "evaluation.rank_key: why" as a key and its reason: not repeated after a --set of that key
+        keyed = [(key, why) if re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", key) else ("", problem)
+                 for problem in problems for key, _, why in [problem.partition(": ")]]
+        raise ConfigError(args.config, keyed, _member_problem_sources(args, problems))
+    print(f"{args.config}: valid")
+    return 0
+
+
+def _job_problems(config, warn: bool = True) -> list[str]:
+    """What the jobs refuse before any work, beyond the schema: the models and losses of training's members (as
+    ``train`` checks them), the prospect members (as ``prospect``), the evaluation's rank key (as ``evaluate``)."""
     problems: list[str] = []
     if config.training is not None:
         from minseg.train.ensemble import check_members_without_data
 
-        problems = check_members_without_data(config)
-    sources = (_member_problem_sources(args, problems) or [args.config] * len(problems)) if problems else []
+        problems += check_members_without_data(config, warn=warn)
     if config.prospect is not None:
         from minseg.geo.prospect import member_problems
 
@@ -455,20 +466,16 @@ def cmd_config(args) -> int:
         from minseg.ensemble.evaluate import rank_key_problem
 
         problems += [problem] if (problem := rank_key_problem(config)) else []
-    if problems:
-        raise ConfigError(args.config, [("", problem) for problem in problems],
-                          sources + [args.config] * (len(problems) - len(sources)))
-    print(f"{args.config}: valid")
-    return 0
+    return problems
 
 
 def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
-    """Where each of ``config validate``'s member problems came from: the file when the file alone has it, else
-    each --set option that brings its reason on its own (for some of the members it names), all of them when none
-    does alone; None (the file) without --set."""
+    """Where each of ``config validate``'s problems beyond the schema (``_job_problems``) came from: the file when
+    the file alone has it, else each --set option that brings its reason on its own (for some of the members it
+    names), all of them when none does alone; None (the file) without --set."""
     from minseg.config import ConfigError, MinsegConfig, load_config, parse_set_options
     from minseg.errors import InputError
-    from minseg.train.ensemble import check_members_of_invalid_config, check_members_without_data
+    from minseg.train.ensemble import check_members_of_invalid_config
 
     def problems_with(options: list[str]) -> set[str] | None:
         try:
@@ -477,10 +484,10 @@ def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
             return set(check_members_of_invalid_config(exc.values, warn=False)) if exc.values is not None else None
         except InputError:
             return None
-        return set(check_members_without_data(config, warn=False))
+        return set(_job_problems(config, warn=False))
 
     def reason(problem: str) -> str:  # "training.members[a, c]: unknown model 'unett'" -> "unknown model 'unett'"
-        return problem.partition(": ")[2]
+        return problem.partition(": ")[2] if problem.startswith(("training.", "prospect.training.")) else problem
 
     alone = problems_with([]) if args.set else None
     if alone is None:

@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from minseg.config.schema import MinsegConfig
+from minseg.config.schema import MinsegConfig, RunSettings
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
+from minseg.errors import InputError
 from minseg.geo.config import (BalanceSettings, CellLayer, GridSettings, ProspectInputError, ProspectRunError,
                                ProspectSettings, ScreeningSettings)
 from minseg.geo.crs import parse_crs
@@ -167,13 +168,19 @@ class WindowSource:
         return {str(index): int(n) for index, n in enumerate(counts) if n}
 
 
-def trial_signature(channels: list[str], stats: dict[str, list[float]], windows, size: int) -> str:
+def trial_signature(channels: list[str], stats: dict[str, list[float]], windows, size: int,
+                    balance: BalanceSettings, seed: int) -> str:
     """A digest of what a trial's members train on: the channels (screening may keep other elements), their
     standardisation statistics (other samples or evidence values; 6 significant digits, so that a resume on another
-    machine's arithmetic still matches), and the training windows' centres, labels and size (other deposits, grid
-    or folds)."""
+    machine's arithmetic still matches), the training windows' centres, labels and size (other deposits, grid or
+    folds), and how they were balanced (``prospect.balance``, and the seed its SMOTE and noise draw from: other
+    windows added to the real ones; at their defaults, left out, so digests stay those recorded before them)."""
     document = {"channels": channels, "size": size, "mean": [f"{v:.6g}" for v in stats["mean"]],
                 "std": [f"{v:.6g}" for v in stats["std"]]}
+    if balance != BalanceSettings():
+        document["balance"] = balance.model_dump(mode="json")
+    if seed != RunSettings().seed:
+        document["seed"] = seed
     digest = hashlib.sha256(json.dumps(document).encode())
     for column in (windows.rows, windows.cols, windows.labels):
         digest.update(np.ascontiguousarray(column, dtype=np.int64).tobytes())
@@ -241,16 +248,15 @@ def _check_names(settings: ProspectSettings, rasters: list) -> None:
 def member_problems(settings: ProspectSettings) -> list[str]:
     """What refuses the configured members before any input is read (``minseg prospect`` stops on them;
     ``minseg config validate`` says them): a classification learner each, no augmentation of its own (windows are
-    augmented by ``prospect.augmentation``), a checkpoint metric of the classes no-ore / ore, windows no smaller
-    than its smallest input, then what training's
-    preflight says of its model options, loss and checkpoint metric (``check_members_without_data``: built on the
-    meta device; a pretrained weights file is matched when training starts, once the channels are known). One line
-    per problem, naming the key; [] when there is none."""
-    from minseg.metrics import metric_key_problem
+    augmented by ``prospect.augmentation``), windows no smaller than its smallest input, then what training's
+    preflight says of its model options, loss (class weights of the two classes) and checkpoint metric (classes
+    no-ore / ore): ``check_members_without_data``, built on the meta device; a pretrained weights file is matched
+    when training starts, once the channels are known. One line per problem, naming the key (a problem members
+    share, once); [] when there is none."""
     from minseg.models import get_entry
-    from minseg.train.ensemble import EPOCH_METRICS, check_members_without_data
+    from minseg.train.ensemble import check_members_without_data
 
-    problems, learners = [], []
+    problems, learners, too_small = [], [], {}
     for index, member in enumerate(settings.training.members):
         key = f"prospect.training.members[{index}]"
         try:
@@ -261,24 +267,23 @@ def member_problems(settings: ProspectSettings) -> list[str]:
         if entry.task is not Task.CLASSIFICATION:
             problems.append(f"{key}.model: {member.model!r} is a {entry.task} learner; prospectivity needs a "
                             "classification learner (e.g. mfaf)")
-        else:
-            learners.append(member.model_copy(update={"init": None}))
+            continue
+        learners.append(member)
         if member.augmentation is not None:
             problems.append(f"{key}.augmentation: map windows are augmented by prospect.augmentation (a mode), for "
                             "every member")
-        if problem := metric_key_problem(member.checkpoint_metric, CLASS_NAMES, EPOCH_METRICS):
-            problems.append(f"{key}.checkpoint_metric: {problem}")
-        minimum = entry.input_spec.min_size
-        if settings.windows.size < minimum:
-            problems.append(f"prospect.windows.size {settings.windows.size} is below the {minimum}x{minimum} that "
-                            f"member {member.name!r} ({member.model}) needs")
+        if settings.windows.size < entry.input_spec.min_size:
+            too_small.setdefault(entry.input_spec.min_size, []).append(f"{member.name!r} ({member.model})")
+    for minimum, names in sorted(too_small.items()):
+        problems.append(f"prospect.windows.size {settings.windows.size} is below the {minimum}x{minimum} that "
+                        + (f"member {names[0]} needs" if len(names) == 1 else f"members {', '.join(names)} need"))
     if not learners:
         return problems
     # training's own check of a run's members, of the classification learners: its messages, under this key
     members = settings.training.model_copy(update={"members": learners})
     return problems + [f"prospect.{problem}" for problem in check_members_without_data(
-        MinsegConfig.model_construct(training=members), warn=False,
-        configured=len(settings.training.members))]
+        MinsegConfig.model_construct(training=members), warn=False, configured=len(settings.training.members),
+        class_names=CLASS_NAMES)]
 
 
 def _check_members(settings: ProspectSettings) -> None:
@@ -570,9 +575,11 @@ def screen(settings: ScreeningSettings, evidence: Evidence, samples, training_ce
     return decide(rows, settings)
 
 
-def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, storage: Storage, out: str, rng):
+def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, storage: Storage, out: str, seed: int):
     """Windows and spatial folds; per fold (and the final run on every deposit), from its training side
-    only: element screening, normalisation statistics, windows, SMOTE + noise. Returns (windows, folds, trials)."""
+    only: element screening, normalisation statistics, windows, SMOTE + noise (drawn from ``seed``: ``run.seed``).
+    Returns (windows, folds, trials)."""
+    rng = np.random.default_rng(seed)
     size, study, unique_cells = settings.windows.size, evidence.study, evidence.unique_cells
     block = settings.cv.block_cells or 2 * size
     windows = make_windows(study, unique_cells, size, settings.windows.stride, block, settings.windows.buffer,
@@ -614,7 +621,7 @@ def prepare_trials(settings: ProspectSettings, evidence: Evidence, samples, stor
             channels=channels, padded=padded, train_x=train_x, train_y=train_y, test_centres=test_centres,
             test_labels=np.zeros(0, np.int64) if fold is None else fold.test.labels, test_deposits=test_deposits,
             screening=screening, real_windows=real_windows, balance=report,
-            signature=trial_signature(channels, stats, train, size))
+            signature=trial_signature(channels, stats, train, size, settings.balance, seed))
         key = "final" if fold is None else f"fold{fold.index + 1}"
         storage.write_text(join_uri(out, "screening" if fold is None else f"cv/{key}/screening", "screening.csv"),
                            csv_text(screening, ["element", "auc", "z_auc", "rank_z", "positives", "negatives", "level",
@@ -883,17 +890,18 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
                                    AugmentSettings(mode=settings.augmentation))
         _clear_outputs(storage, out, work, resume)
         return _run_phases(config, storage, out, work, resume, started)
-    except BaseException:
+    except BaseException as exc:
         if work != out:
-            _say_rerun_failed(storage, out, work)
+            _say_rerun_failed(storage, out, work, refused=isinstance(exc, InputError))
         raise
 
 
-def _say_rerun_failed(storage: Storage, out: str, work: str) -> None:
-    """The warning of a run staged beside a finished one (``work``) that failed: what ``out`` holds now."""
+def _say_rerun_failed(storage: Storage, out: str, work: str, refused: bool) -> None:
+    """The warning of a run staged beside a finished one (``work``) that failed: what ``out`` holds now.
+    ``refused``: stopped by bad input or a refused ``--resume`` (no hint to resume)."""
     try:
         complete = storage.exists(join_uri(work, "summary.json"))
-        trained = any(True for _ in storage.list(join_uri(work, "models") + "/"))
+        trained = not refused and any(True for _ in storage.list(join_uri(work, "models") + "/"))
     except Exception:  # the storage failing: said by the error itself
         complete, trained = False, False
     if complete:  # failed while put in place
@@ -916,11 +924,10 @@ def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, res
     check_actor_pool("prospect.prediction", prediction.actors, prediction.cpus_per_actor, prediction.gpus_per_actor)
     cpus = config.ray.task_cpus
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
-    rng = np.random.default_rng(config.run.seed)
 
     inputs = read_inputs(settings, working, storage, work, cpus)
     evidence = build_evidence(settings, inputs, working, storage, work, cpus)
-    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, work, rng)
+    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, work, config.run.seed)
     thin_rows = thin_folds(windows, folds)  # said now, recorded in the summary
     for row in thin_rows:
         log_event(log, "prospect.cv_thin_fold", logging.WARNING, **row)

@@ -135,8 +135,8 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
     return None
 
 
-def check_members_without_data(config: MinsegConfig, storage: Storage | None = None,
-                               warn: bool = True, configured: int | None = None) -> list[str]:
+def check_members_without_data(config: MinsegConfig, storage: Storage | None = None, warn: bool = True,
+                               configured: int | None = None, class_names: list[str] | None = None) -> list[str]:
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
     against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
@@ -145,14 +145,16 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     there is none. Class weights computed from the data, and weights on object storage,
     are checked when training. ``warn``: log a missing local weights file (False: checked again for another
     purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
-    them (``check_members_of_invalid_config``): a problem is then never said of "all" members."""
+    them (``check_members_of_invalid_config``): a problem is then never said of "all" members. ``class_names``:
+    the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore / ore)."""
     from minseg.data.classmap import ClassMap
 
     if config.training is None:
         return []
     storage = storage or Storage(config.storage)
     data = config.data
-    names = list(ClassMap.from_settings(data.classes).names) if data is not None and data.classes else None
+    names = (class_names if class_names is not None else
+             list(ClassMap.from_settings(data.classes).names) if data is not None and data.classes else None)
     said: dict[str, list[str]] = {}  # problem -> the members it is about
     tasks = {}
     for member in config.training.members:
@@ -1220,15 +1222,20 @@ def take_finished_members(storage: Storage, source_uri: str, run_uri: str, membe
     for fold in source.trial_folds():
         trial, published = trial_uri(run_uri, fold), trial_uri(source_uri, fold)
         for member in members:
-            done = _previous_result(storage, published, member.name)
-            pointer = read_pointer(storage, published, member.name)
-            if (done is None or done.status is not MemberStatus.DONE or pointer is None
-                    or read_pointer(storage, trial, member.name) is not None):
+            try:
+                if read_pointer(storage, trial, member.name) is not None:
+                    continue  # this run's own: continued or kept
+                done = _previous_result(storage, published, member.name)
+                pointer = read_pointer(storage, published, member.name)
+                if done is None or done.status is not MemberStatus.DONE or pointer is None:
+                    continue
+                recorded = storage.read_json(join_uri(pointer["uri"], "member.json"))
+                signature = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
+            except (InputError, TypeError, ValueError):  # a damaged record: not taken, trained again
                 continue
-            recorded = storage.read_json(join_uri(pointer["uri"], "member.json"))
-            signature = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
             if changed_settings(recorded, member, run_seed, augmentation) or signature != source.data_signature(fold):
                 continue
+            storage.delete_prefix(member_uri(trial, member.name) + "/")  # a failed try's error.txt, say
             storage.copy_files(member_uri(published, member.name), member_uri(trial, member.name))
             taken.append(member.name if fold is None else f"fold{fold + 1}/{member.name}")
     return taken

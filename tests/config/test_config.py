@@ -276,12 +276,13 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
     from minseg.cli import main
 
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({
+    refused_twice = yaml.safe_dump({
         "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "tilling": {"size": 64}},
         "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
                                   "stages": [{"epochs": 1, "batch_size": 4}]},
                      "members": [{"name": "a", "model": "unett"}, {"name": "a"}, {"name": "b"},
-                                 {"name": "c", "optimizer": {"lr": -1}}]}}))
+                                 {"name": "c", "optimizer": {"lr": -1}}]}})
+    path.write_text(refused_twice)
     assert main(["config", "validate", str(path)]) == 2
     err = capsys.readouterr().err
     for says in ("data.tilling: unknown key", "training.members: member names must be unique, repeated: a",
@@ -298,17 +299,17 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
         "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
                                   "stages": [{"epochs": 1, "batch_size": 4}]}, "members": [{"name": "a"}]},
         "evaluation": {"rank_key": "iou:pyrit"}}))
+    width = "training.members[a]: width must be a number above 0 (a share of the paper's channels, e.g. 0.25), got -1.0"
     assert main(["config", "validate", str(path)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[1:] == [
-        f"  {path}: training.members[a]: width must be a number above 0 (a share of the paper's channels, e.g. "
-        "0.25), got -1.0", f"  {path}: evaluation.rank_key: unknown class 'pyrit' in 'iou:pyrit'; classes: "
+        f"  {path}: {width}", f"  {path}: evaluation.rank_key: unknown class 'pyrit' in 'iou:pyrit'; classes: "
         "background, pyrite"]
-    path.write_text(yaml.safe_dump({
-        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "tilling": {"size": 64}},
-        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
-                                  "stages": [{"epochs": 1, "batch_size": 4}]},
-                     "members": [{"name": "a", "model": "unett"}, {"name": "a"}, {"name": "b"},
-                                 {"name": "c", "optimizer": {"lr": -1}}]}}))
+    # each blamed on where it came from: the rank key on the --set that gives it
+    assert main(["config", "validate", str(path), "--set", "evaluation.rank_key=iou:pyrt"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == [
+        f"  {path}: {width}", "  --set evaluation.rank_key: unknown class 'pyrt' in 'iou:pyrt'; "
+        "classes: background, pyrite"]
+    path.write_text(refused_twice)
     # the member problems are blamed as when the schema passes: a --set that brings one is named, not the file
     assert main(["config", "validate", str(path), "--set", "training.members.b.model=unett"]) == 2
     err = capsys.readouterr().err

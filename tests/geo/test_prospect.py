@@ -218,7 +218,8 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     config = prospect_config(survey, windows={"size": 12}).model_dump(mode="json", exclude_none=True)
     path.write_text(yaml.safe_dump(config))
     assert main(["prospect", "-c", str(path)]) == 2
-    assert "prospect.windows.size 12 is below the 16x16 that member 'mfaf-r18' (mfaf) needs" in capsys.readouterr().err
+    assert ("prospect.windows.size 12 is below the 16x16 that members 'mfaf-r18' (mfaf), 'mfaf-shuffle' (mfaf) need"
+            in capsys.readouterr().err)
     config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
     config["prospect"]["training"]["members"][0]["augmentation"] = {"exposure": 0.2}  # photographs' jitter on maps
     path.write_text(yaml.safe_dump(config))
@@ -237,7 +238,7 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "prospect.training.members[mfaf-r18]: width must be a number above 0" in err, err
-        assert "prospect.training.members[1].checkpoint_metric: unknown class 'gold'" in err
+        assert "prospect.training.members[mfaf-shuffle]: checkpoint_metric: unknown class 'gold'" in err
         assert "no-such.csv" not in err and "Traceback" not in err
     # a prediction pool no node can hold: said before the members train for hours, not after
     config = prospect_config(survey, prediction={"gpus_per_actor": 1}).model_dump(mode="json", exclude_none=True)
@@ -353,3 +354,75 @@ def test_a_replacement_cut_short_is_completed_by_the_next_run(tmp_path):
     assert working_folder(storage, out) == staging_folder(out)
     assert {info.uri[len(out) + 1:]: storage.read_text(info.uri) for info in storage.list(out + "/")} == {
         ".minseg-prospect": "marker", "notes.txt": "mine", **staged}
+
+
+def test_a_trials_signature_says_how_its_windows_were_balanced():
+    """SMOTE and noise copies are added to a trial's real windows after its windows are chosen: other balance
+    settings, or another seed to draw them from, are other training data (a resume must not keep members trained on
+    them); at their defaults the digest is the one recorded before they were part of it."""
+    from types import SimpleNamespace
+
+    from minseg.geo.config import BalanceSettings
+    from minseg.geo.prospect import trial_signature
+
+    windows = SimpleNamespace(rows=np.array([3, 9]), cols=np.array([4, 8]), labels=np.array([1, 0]))
+    stats = {"mean": [0.5, 1.0], "std": [1.0, 2.0]}
+
+    def signature(balance=BalanceSettings(), seed=0):
+        return trial_signature(["Au", "As"], stats, windows, 16, balance, seed)
+
+    assert signature() == "6fcd6587ff4600a5"  # as 542d975 computed it: its runs' checkpoints still resume
+    assert len({signature(), signature(BalanceSettings(noise_copies=3)), signature(BalanceSettings(smote=False)),
+                signature(seed=1)}) == 4
+    assert signature(BalanceSettings(noise_copies=3)) == signature(BalanceSettings(noise_copies=3))
+
+
+def test_a_resumed_rerun_takes_only_the_finished_trials_that_fit(tmp_path):
+    """``take_finished_members``: of the finished run's trials, only one that finished, whose member settings and
+    training data are this run's, and that this run has no checkpoint of; a damaged record is passed over (trained
+    again), and a failed try's leftovers in this run's folder go with the copy."""
+    from dataclasses import asdict
+
+    from minseg.data.config import AugmentSettings
+    from minseg.enums import MemberStatus
+    from minseg.geo.config import BalanceSettings
+    from minseg.geo.prospect import TrialData, WindowSource
+    from minseg.io.runs import member_uri, trial_uri
+    from minseg.io.storage import Storage, join_uri
+    from minseg.train.checkpoint import write_checkpoint
+    from minseg.train.config import MemberSettings
+    from minseg.train.ensemble import MemberResult, take_finished_members
+
+    storage, published, run = Storage(), str(tmp_path / "published"), str(tmp_path / "run")
+    members = [MemberSettings.model_validate({"name": name, "model": "mfaf", "stages": [{"epochs": 1}]})
+               for name in ("m1", "m2")]
+    empty = np.zeros((0,), np.int64)
+    trials = {fold: TrialData(["Au"], np.zeros((4, 4, 1)), np.zeros((2, 4, 4, 1)), np.array([0, 1]), empty, empty,
+                              [], [], 2, signature=f"s{fold}") for fold in (0, 1, None)}
+    source = WindowSource(trials, "none", BalanceSettings())
+
+    def finished(root, fold, member, status=MemberStatus.DONE, signature=None, lr=None):
+        settings = member.model_dump(mode="json")
+        if lr is not None:
+            settings["optimizer"]["lr"] = lr
+        trial = trial_uri(root, fold)
+        write_checkpoint(storage, trial, member.name, "epoch-0001", {}, None,
+                         {"epochs_done": 1, "data_signature": signature or f"s{fold}"}, settings, {}, {}, False)
+        storage.write_json(join_uri(member_uri(trial, member.name), "result.json"),
+                           asdict(MemberResult(member.name, "mfaf", status, fold=fold)))
+
+    m1, m2 = members
+    finished(published, 0, m1)  # fits: taken, over a failed try's leftovers here
+    storage.write_text(join_uri(member_uri(trial_uri(run, 0), "m1"), "error.txt"), "a failed try")
+    finished(published, 0, m2, status=MemberStatus.FAILED)  # did not finish
+    finished(published, 1, m1, lr=0.5)  # other settings
+    finished(published, 1, m2)  # fits: taken
+    finished(published, None, m1, signature="other")  # other windows
+    finished(published, None, m2)  # this run has its own
+    finished(run, None, m2, signature="sNone")
+    storage.write_text(join_uri(member_uri(published, "m2"), "result.json"), "{not json")  # and a damaged record
+    assert take_finished_members(storage, published, run, members, source, 0, AugmentSettings()) == [
+        "fold1/m1", "fold2/m2"]
+    assert not storage.exists(join_uri(member_uri(trial_uri(run, 0), "m1"), "error.txt"))
+    assert storage.read_json(join_uri(member_uri(trial_uri(run, 1), "m2"), "result.json"))["status"] == "done"
+    assert not storage.exists(member_uri(trial_uri(run, 1), "m1") + "/result.json")

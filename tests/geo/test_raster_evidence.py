@@ -107,8 +107,7 @@ def _phases(config):
     settings, storage, out = config.prospect, Storage(), f"{config.run.output_uri}/phases"
     inputs = read_inputs(settings, WORKING, storage, out, 0.25)
     evidence = build_evidence(settings, inputs, WORKING, storage, out, 0.25)
-    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out,
-                                            np.random.default_rng(0))
+    windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, out, 0)
     return inputs, evidence, windows, folds, trials
 
 
