@@ -428,63 +428,51 @@ def cmd_config(args) -> int:
     except ConfigError as exc:
         if args.action != "validate" or exc.values is None:
             raise
-        from minseg.train.ensemble import check_members_of_invalid_config
+        from minseg.config.checks import invalid_config_problems
 
         said = {f"{key}: {reason}" for key, reason in exc.problems}
         # said at once, not once the schema's are mended
-        more = [problem for problem in check_members_of_invalid_config(exc.values) if problem not in said]
+        more = [problem for problem in invalid_config_problems(exc.values) if problem not in said]
         if not more:
             raise
-        raise ConfigError(exc.source, [*exc.problems, *(("", problem) for problem in more)],
+        raise ConfigError(exc.source, [*exc.problems, *_keyed(more)],
                           [*exc.sources, *(_member_problem_sources(args, more) or [args.config] * len(more))]) from None
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    problems = _job_problems(config)
+    from minseg.config.checks import job_problems
+
+    problems = job_problems(config)
     if problems:
-        # "evaluation.rank_key: why" as a key and its reason: not repeated after a --set of that key
-        keyed = [(key, why) if re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", key) else ("", problem)
-                 for problem in problems for key, _, why in [problem.partition(": ")]]
-        raise ConfigError(args.config, keyed, _member_problem_sources(args, problems))
+        raise ConfigError(args.config, _keyed(problems), _member_problem_sources(args, problems))
     print(f"{args.config}: valid")
     return 0
 
 
-def _job_problems(config, warn: bool = True) -> list[str]:
-    """What the jobs refuse before any work, beyond the schema: the models and losses of training's members (as
-    ``train`` checks them), the prospect members (as ``prospect``), the evaluation's rank key (as ``evaluate``)."""
-    problems: list[str] = []
-    if config.training is not None:
-        from minseg.train.ensemble import check_members_without_data
-
-        problems += check_members_without_data(config, warn=warn)
-    if config.prospect is not None:
-        from minseg.geo.prospect import member_problems
-
-        problems += member_problems(config.prospect)
-    if config.evaluation is not None:
-        from minseg.ensemble.evaluate import rank_key_problem
-
-        problems += [problem] if (problem := rank_key_problem(config)) else []
-    return problems
+def _keyed(problems: list[str]) -> list[tuple[str, str]]:
+    """``config.checks`` problems as (key, reason): ``evaluation.rank_key: why`` is a key and its reason (not said
+    again after a ``--set`` of that key); a line naming members by name (``training.members[a, b]: why``) or none
+    (``prospect.windows.size 12 is below ...``) stays whole."""
+    return [(key, why) if re.fullmatch(r"[a-z_]+(\.[a-z_]+|\[\d+\])+", key) else ("", problem)
+            for problem in problems for key, _, why in [problem.partition(": ")]]
 
 
 def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
-    """Where each of ``config validate``'s problems beyond the schema (``_job_problems``) came from: the file when
+    """Where each of ``config validate``'s problems beyond the schema (``config.checks``) came from: the file when
     the file alone has it, else each --set option that brings its reason on its own (for some of the members it
     names), all of them when none does alone; None (the file) without --set."""
     from minseg.config import ConfigError, MinsegConfig, load_config, parse_set_options
+    from minseg.config.checks import invalid_config_problems, job_problems
     from minseg.errors import InputError
-    from minseg.train.ensemble import check_members_of_invalid_config
 
     def problems_with(options: list[str]) -> set[str] | None:
         try:
             config = load_config(args.config, MinsegConfig, overrides=parse_set_options(options))
         except ConfigError as exc:  # the members that validate on their own (the schema refuses something else)
-            return set(check_members_of_invalid_config(exc.values, warn=False)) if exc.values is not None else None
+            return set(invalid_config_problems(exc.values, warn=False)) if exc.values is not None else None
         except InputError:
             return None
-        return set(_job_problems(config, warn=False))
+        return set(job_problems(config, warn=False))
 
     def reason(problem: str) -> str:  # "training.members[a, c]: unknown model 'unett'" -> "unknown model 'unett'"
         return problem.partition(": ")[2] if problem.startswith(("training.", "prospect.training.")) else problem

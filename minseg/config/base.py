@@ -227,6 +227,10 @@ def validate_config(
                 value = load_yaml(text) if isinstance(text, str) else text
             except yaml.YAMLError as exc:
                 raise ConfigError(origin, [(dotted, f"value is not valid YAML: {exc}")]) from None
+            except RecursionError:
+                raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")]) from None
+            if nests_too_deep(value):
+                raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")])
             if isinstance(value, (Mapping, list)) and "\n" not in text.strip() \
                     and not text.lstrip().startswith(("{", "[")):
                 # on one line a mapping or list is written {..} / [..]: `iou:` or `- a` is the text typed
@@ -475,14 +479,43 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+#: how deep a config's mappings and lists may nest (minseg's own go 6 deep): deeper, or an alias inside its own
+#: anchor (``a: &x [*x]``, endless), is no config, and would exhaust the recursion of every reader of it
+MAX_NESTING = 64
+
+
+def nests_too_deep(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` (parsed YAML) nests mappings and lists deeper than ``MAX_NESTING``, or endlessly."""
+    if depth > MAX_NESTING:
+        return True
+    if isinstance(value, Mapping):
+        return any(nests_too_deep(item, depth + 1) for item in value.values())
+    if isinstance(value, list):
+        return any(nests_too_deep(item, depth + 1) for item in value)
+    return False
+
+
+_TOO_DEEP = (f"nests deeper than {MAX_NESTING} levels, or an alias refers to its own anchor (a: &x [*x]): not a "
+             "config")
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    """A config file's text as YAML values.
+
+    Raises:
+        ConfigError: not valid YAML (naming line and column), or nesting too deep or endlessly."""
     try:
-        return load_yaml(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [("", f"{where}not valid YAML ({problem})")]) from None
+    except RecursionError:
+        raise ConfigError(source, [("", _TOO_DEEP)]) from None
+    if nests_too_deep(value):
+        raise ConfigError(source, [("", _TOO_DEEP)])
+    return value
 
 
 def parse_set_options(pairs: list[str] | None) -> dict[str, str]:

@@ -245,14 +245,15 @@ def _check_names(settings: ProspectSettings, rasters: list) -> None:
                                  "one (a raster's name, or its file for a glob)")
 
 
-def member_problems(settings: ProspectSettings) -> list[str]:
+def member_problems(settings: ProspectSettings, configured: int | None = None) -> list[str]:
     """What refuses the configured members before any input is read (``minseg prospect`` stops on them;
     ``minseg config validate`` says them): a classification learner each, no augmentation of its own (windows are
     augmented by ``prospect.augmentation``), windows no smaller than its smallest input, then what training's
     preflight says of its model options, loss (class weights of the two classes) and checkpoint metric (classes
     no-ore / ore): ``check_members_without_data``, built on the meta device; a pretrained weights file is matched
     when training starts, once the channels are known. One line per problem, naming the key (a problem members
-    share, once); [] when there is none."""
+    share, once); [] when there is none. ``configured``: how many members the config lists, when ``settings``
+    holds only those that validated (``config.checks.invalid_config_problems``)."""
     from minseg.models import get_entry
     from minseg.train.ensemble import check_members_without_data
 
@@ -282,7 +283,8 @@ def member_problems(settings: ProspectSettings) -> list[str]:
     # training's own check of a run's members, of the classification learners: its messages, under this key
     members = settings.training.model_copy(update={"members": learners})
     return problems + [f"prospect.{problem}" for problem in check_members_without_data(
-        MinsegConfig.model_construct(training=members), warn=False, configured=len(settings.training.members),
+        MinsegConfig.model_construct(training=members), warn=False,
+        configured=configured or len(settings.training.members),
         class_names=CLASS_NAMES)]
 
 

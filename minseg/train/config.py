@@ -7,6 +7,7 @@ member lists only what makes it different; errors name ``training.members[i].key
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -187,6 +188,11 @@ class MemberSettings(StrictModel):
             raise ValueError("in_channels is set by the data, not per member: for images, declare the images of a "
                              "scene as data.sources[].channels (e.g. ppl + xpl: 6 channels; mode grey: 1); "
                              "prospectivity members read the evidence channels")
+        # every other number of a config is refused infinite or NaN by its type; these reach the model as given
+        for name, value in options.items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"{name}: {value!r} is not a finite number")
         return options
 
     @model_validator(mode="before")

@@ -15,7 +15,7 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -130,8 +130,10 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
                                  reads_image=model.encoder_reads_input)
     except (ValueError, MinsegError) as exc:  # a message for the user: the exception's name says nothing more
         return str(exc)
-    except TypeError as exc:  # a value of the wrong type reached a constructor: its name helps to place it
-        return f"{type(exc).__name__}: {exc}"
+    except (TypeError, OverflowError, RuntimeError) as exc:  # a value of the wrong type or size reached a layer:
+        # its name helps to place it; torch's own text, its first line (C++ frames follow)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        return f"{type(exc).__name__}: {first}"
     return None
 
 
@@ -145,7 +147,7 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     there is none. Class weights computed from the data, and weights on object storage,
     are checked when training. ``warn``: log a missing local weights file (False: checked again for another
     purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
-    them (``check_members_of_invalid_config``): a problem is then never said of "all" members. ``class_names``:
+    them (``config.checks.invalid_config_problems``): a problem is then never said of "all" members. ``class_names``:
     the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore / ore)."""
     from minseg.data.classmap import ClassMap
 
@@ -194,47 +196,6 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
         # as train refuses it; a classifier's classes may be its folders, the demo's (synth:) are the generator's
         problems.append(CLASSES_REQUIRED)
     return problems
-
-
-def check_members_of_invalid_config(values: Mapping[str, Any], warn: bool = True) -> list[str]:
-    """``check_members_without_data`` for a config that did not validate (``ConfigError.values``: the file with its
-    overrides), so that ``config validate`` says every problem at once: each member that validates on its own (with
-    ``training.defaults`` merged in) is checked, against the data section when that validates too. A repeated
-    member name or a bad key elsewhere no longer hides an unknown model or an option the model refuses. [] when
-    there is no member to check (the schema's problems say the rest)."""
-    from pydantic import ValidationError
-
-    from minseg.config.schema import StorageSettings, SynthSettings
-    from minseg.data.config import DataSettings
-    from minseg.train.config import merge_member_defaults, repeated_member_names
-
-    training = values.get("training")
-    if not isinstance(training, Mapping) or not isinstance(training.get("members"), list):
-        return []
-    # the schema says this only when every member validates
-    repeated = repeated_member_names([m["name"] for m in training["members"]
-                                      if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
-    problems = [f"training.members: {repeated}"] if repeated else []
-    members = []
-    for member in merge_member_defaults(training)["members"]:
-        try:
-            members.append(MemberSettings.model_validate(member))
-        except ValidationError:
-            continue  # the schema's problems name it
-
-    def section(model, key: str):
-        try:
-            return model.model_validate(values[key]) if values.get(key) is not None else None
-        except ValidationError:
-            return None
-
-    if not members:
-        return problems
-    given = {key: value for key, value in (("data", section(DataSettings, "data")),
-                                           ("storage", section(StorageSettings, "storage")),
-                                           ("synth", section(SynthSettings, "synth"))) if value is not None}
-    config = MinsegConfig.model_construct(training=TrainingSettings.model_construct(members=members), **given)
-    return problems + check_members_without_data(config, warn=warn, configured=len(training["members"]))
 
 
 def mixed_tasks(tasks: dict[str, Task]) -> str | None:

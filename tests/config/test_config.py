@@ -470,3 +470,34 @@ def test_a_commands_defaults_fill_what_the_file_lacks_and_nothing_else():
     assert overridden.data.bit_depth == 10 and "bit_depth" in overridden.data.model_fields_set
     with pytest.raises(ConfigError, match="sources"):
         validate_config({"data": {"bit_depth": 12}}, MinsegConfig)
+
+
+def test_config_validate_past_the_schema_in_every_section_and_never_a_traceback(tmp_path, capsys):
+    """With a misspelt key elsewhere, prospect's members and the evaluation's rank key are still checked (as
+    training's); YAML that refers to itself or nests endlessly, and a model option that is no finite number, are
+    refused naming the file and key (they ended in a RecursionError or an OverflowError traceback)."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    config = yaml.safe_load(open("configs/prospect_synthetic.yaml"))
+    config["run"]["nmae"] = 1
+    config["prospect"]["grid"]["cel_m"] = 3
+    config["prospect"]["training"]["members"][0]["model"] = "mfaff"
+    config["data"] = {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": [{"name": "ore", "codes": [1]}]}}
+    config["evaluation"] = {"rank_key": "iou:gold"}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    for says in ("run.nmae: unknown key", "prospect.grid.cel_m: unknown key",
+                 "prospect.training.members[0].model: unknown model 'mfaff'",
+                 "evaluation.rank_key: unknown class 'gold' in 'iou:gold'; classes: ore"):
+        assert f"  {path}: {says}" in err, (says, err)
+    for text, says in (("a: &a [*a]\n", "an alias refers to its own anchor"),
+                       ("run: " + "[" * 900 + "]" * 900 + "\n", "nests deeper than 64 levels"),
+                       ("training: {members: [{name: a, model: unet, stages: [{epochs: 1}], "
+                        "model_options: {width: .inf}}]}\n", "training.members[0].model_options: width: inf is not "
+                                                             "a finite number")):
+        path.write_text(text)
+        assert main(["config", "validate", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err

@@ -1,0 +1,96 @@
+"""What each job refuses before any work, beyond the schema (``minseg config validate`` says all of it at once).
+
+``job_problems(config)``: training's members (models, options, losses, class weights and checkpoint metrics,
+built on the meta device as ``train`` checks them), the prospect section's members (as ``prospect`` checks them
+before reading any input), the evaluation's rank key against ``data.classes`` (as ``evaluate``).
+``invalid_config_problems(values)``: the same for a config the schema refused (``ConfigError.values``), of every
+section that validates on its own and every member that does: a misspelt key or one member's bad value no longer
+hides the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import TypeAdapter, ValidationError
+
+from minseg.config.schema import MinsegConfig
+
+
+def job_problems(config: MinsegConfig, warn: bool = True, configured: Mapping[str, int] | None = None) -> list[str]:
+    """One line per problem, naming the key; [] when there is none. ``warn``: log a local pretrained weights file
+    not found here. ``configured``: how many members the config lists per section (``training``, ``prospect``)
+    when ``config`` holds only those that validated (no problem is then said of "all" of them)."""
+    configured = configured or {}
+    problems: list[str] = []
+    if config.training is not None:
+        from minseg.train.ensemble import check_members_without_data
+
+        problems += check_members_without_data(config, warn=warn, configured=configured.get("training"))
+    if config.prospect is not None:
+        from minseg.geo.prospect import member_problems
+
+        problems += member_problems(config.prospect, configured=configured.get("prospect"))
+    if config.evaluation is not None:
+        from minseg.ensemble.evaluate import rank_key_problem
+
+        problems += [problem] if (problem := rank_key_problem(config)) else []
+    return problems
+
+
+def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> list[str]:
+    """``job_problems`` of the parts of a config that validate on their own: each top-level section; of a training
+    section that does not, each member (``training.defaults`` merged in); of a prospect section that does not, its
+    members and windows. Plus a repeated member name, which the schema says only once every member validates."""
+    from minseg.geo.config import ProspectSettings, WindowSettings
+
+    sections: dict[str, Any] = {}
+    configured: dict[str, int] = {}
+    problems: list[str] = []
+    for name, field in MinsegConfig.model_fields.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        try:
+            sections[name] = TypeAdapter(field.annotation).validate_python(value)
+            continue
+        except ValidationError:
+            pass
+        if name == "training" and isinstance(value, Mapping):
+            training, said, configured[name] = _members_alone(value, "training")
+            problems += said
+            if training is not None:
+                sections[name] = training
+        elif name == "prospect" and isinstance(value, Mapping) and isinstance(value.get("training"), Mapping):
+            training, said, configured[name] = _members_alone(value["training"], "prospect.training")
+            problems += said
+            if training is not None:
+                windows = _alone(WindowSettings, value.get("windows") or {}) or WindowSettings()
+                sections[name] = ProspectSettings.model_construct(training=training, windows=windows)
+    if not sections:
+        return problems
+    return problems + job_problems(MinsegConfig.model_construct(**sections), warn=warn, configured=configured)
+
+
+def _alone(model, value):
+    try:
+        return model.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _members_alone(training: Mapping[str, Any], key: str):
+    """(a training section of the members that validate on their own, or None; the repeated-name problem; how many
+    members the section lists)."""
+    from minseg.train.config import (MemberSettings, TrainingSettings, merge_member_defaults,
+                                     repeated_member_names)
+
+    listed = training.get("members")
+    if not isinstance(listed, list):
+        return None, [], 0
+    repeated = repeated_member_names([m["name"] for m in listed
+                                      if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
+    members = [m for m in (_alone(MemberSettings, member) for member in merge_member_defaults(dict(training))["members"])
+               if m is not None]
+    section = TrainingSettings.model_construct(members=members) if members else None
+    return section, [f"{key}.members: {repeated}"] if repeated else [], len(listed)
