@@ -428,7 +428,7 @@ def cmd_config(args) -> int:
     except ConfigError as exc:
         if args.action != "validate" or exc.values is None:
             raise
-        from minseg.config.checks import invalid_config_problems
+        from minseg.job_checks import invalid_config_problems
 
         said = {f"{key}: {reason}" for key, reason in exc.problems}
         # said at once, not once the schema's are mended
@@ -440,7 +440,7 @@ def cmd_config(args) -> int:
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    from minseg.config.checks import job_problems
+    from minseg.job_checks import job_problems
 
     problems = job_problems(config)
     if problems:
@@ -450,7 +450,7 @@ def cmd_config(args) -> int:
 
 
 def _keyed(problems: list[str]) -> list[tuple[str, str]]:
-    """``config.checks`` problems as (key, reason): ``evaluation.rank_key: why`` is a key and its reason (not said
+    """``job_checks`` problems as (key, reason): ``evaluation.rank_key: why`` is a key and its reason (not said
     again after a ``--set`` of that key); a line naming members by name (``training.members[a, b]: why``) or none
     (``prospect.windows.size 12 is below ...``) stays whole."""
     return [(key, why) if re.fullmatch(r"[a-z_]+(\.[a-z_]+|\[\d+\])+", key) else ("", problem)
@@ -458,11 +458,11 @@ def _keyed(problems: list[str]) -> list[tuple[str, str]]:
 
 
 def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
-    """Where each of ``config validate``'s problems beyond the schema (``config.checks``) came from: the file when
+    """Where each of ``config validate``'s problems beyond the schema (``job_checks``) came from: the file when
     the file alone has it, else each --set option that brings its reason on its own (for some of the members it
     names), all of them when none does alone; None (the file) without --set."""
     from minseg.config import ConfigError, MinsegConfig, load_config, parse_set_options
-    from minseg.config.checks import invalid_config_problems, job_problems
+    from minseg.job_checks import invalid_config_problems, job_problems
     from minseg.errors import InputError
 
     def problems_with(options: list[str]) -> set[str] | None:

@@ -26,7 +26,7 @@ LAYERS = [
     # every job's settings and the root that assembles them: jobs receive the typed root
     ("settings", ["minseg.config", "minseg.train.config", "minseg.inference.config", "minseg.geo.config"]),
     ("jobs", ["minseg.train", "minseg.ensemble", "minseg.inference", "minseg.geo", "minseg.analysis"]),
-    ("entrypoints", ["minseg.__main__", "minseg.demo", "minseg.cli"]),
+    ("entrypoints", ["minseg.__main__", "minseg.demo", "minseg.cli", "minseg.job_checks"]),
 ]
 # Within the jobs layer: which job packages may use which (prospectivity trains with the training job's
 # machinery; nothing else crosses).

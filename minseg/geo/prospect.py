@@ -253,7 +253,7 @@ def member_problems(settings: ProspectSettings, configured: int | None = None) -
     no-ore / ore): ``check_members_without_data``, built on the meta device; a pretrained weights file is matched
     when training starts, once the channels are known. One line per problem, naming the key (a problem members
     share, once); [] when there is none. ``configured``: how many members the config lists, when ``settings``
-    holds only those that validated (``config.checks.invalid_config_problems``)."""
+    holds only those that validated (``job_checks.invalid_config_problems``)."""
     from minseg.models import get_entry
     from minseg.train.ensemble import check_members_without_data
 

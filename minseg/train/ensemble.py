@@ -147,7 +147,7 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
     there is none. Class weights computed from the data, and weights on object storage,
     are checked when training. ``warn``: log a missing local weights file (False: checked again for another
     purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
-    them (``config.checks.invalid_config_problems``): a problem is then never said of "all" members. ``class_names``:
+    them (``job_checks.invalid_config_problems``): a problem is then never said of "all" members. ``class_names``:
     the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore / ore)."""
     from minseg.data.classmap import ClassMap
 
