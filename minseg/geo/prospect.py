@@ -803,12 +803,9 @@ def _finish_replacement(storage: Storage, out: str) -> None:
     staged = staging_folder(out)
     if not storage.exists(join_uri(staged, "summary.json")):
         return
-    if storage.replacement_done(staged, out, "summary.json"):  # all in place: only the staging folder was left
-        storage.delete_staged(staged, ("summary.json",))
-        storage.remove_empty_folder(join_uri(out, REDO))
-        return
-    publish_run(storage, staged, out)
-    log_event(log, "prospect.redo_moved", output=out)
+    if storage.finish_replacement(staged, out, "summary.json", ("summary.json",), _OWNED):
+        log_event(log, "prospect.redo_moved", output=out)
+    storage.remove_empty_folder(join_uri(out, REDO))
 
 
 def publish_run(storage: Storage, work: str, out: str) -> None:
@@ -884,14 +881,15 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     if work != out:
         log_event(log, "prospect.staged", output=out, staging=work)
     try:
-        if resume:  # before anything is read or removed: members trained otherwise would be kept or continued
+        resume_from = resumed_models(storage, out, work) if resume else None  # _clear_outputs keeps it
+        if resume_from:  # before anything is read or removed: members trained otherwise would be kept or continued
             from minseg.train.ensemble import refuse_changed_members
 
-            refuse_changed_members(storage, resumed_models(storage, out, work), settings.training.members,
+            refuse_changed_members(storage, resume_from, settings.training.members,
                                    [*range(settings.cv.folds), FINAL], config.run.seed,
                                    AugmentSettings(mode=settings.augmentation))
         _clear_outputs(storage, out, work, resume)
-        return _run_phases(config, storage, out, work, resume, started)
+        return _run_phases(config, storage, out, work, resume_from, started)
     except BaseException as exc:
         if work != out:
             _say_rerun_failed(storage, out, work, refused=isinstance(exc, InputError))
@@ -916,9 +914,10 @@ def _say_rerun_failed(storage: Storage, out: str, work: str, refused: bool) -> N
                                                                       if trained else ""))
 
 
-def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, resume: bool,
+def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, resume_from: str | None,
                 started: float) -> ProspectResult:
-    """``map_prospectivity``'s phases, written into ``work`` (``out`` or its staging folder, published at the end)."""
+    """``map_prospectivity``'s phases, written into ``work`` (``out`` or its staging folder, published at the end);
+    ``resume_from``: the models a ``--resume`` continues (``resumed_models``), None for a fresh run."""
     settings = config.prospect
     models_uri = join_uri(work, "models")
     init_ray(config.ray, job_paths([settings], [out]))
@@ -935,7 +934,7 @@ def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, res
         log_event(log, "prospect.cv_thin_fold", logging.WARNING, **row)
     print("Element screening (all deposits in the study area):")
     print(format_table(trials[FINAL].screening))
-    results = train_trials(config, trials, storage, models_uri, resumed_models(storage, out, work) if resume else None,
+    results = train_trials(config, trials, storage, models_uri, resume_from,
                            join_uri(out, "models") if work != out else None)
     maps = map_trials(config, trials, results, evidence, inputs.geometry, storage, models_uri, work)
     curves, metrics = rate_metrics(settings, maps, evidence)

@@ -914,17 +914,34 @@ class Storage:
         for name in last:
             if name in keep:
                 self._place(join_uri(staged, name), join_uri(final, name))
-        self.delete_staged(staged, last)
+        self.delete_staged(staged, last, names)
 
-    def delete_staged(self, staged: str, last: tuple[str, ...]) -> None:
+    def delete_staged(self, staged: str, last: tuple[str, ...], names: list[str] | None = None) -> None:
         """Delete the folder ``staged`` of a replacement that is done, its ``last`` files after the rest: while
         they are there, the final folder holds the same ones (``replacement_done``), and a partly deleted ``staged``
-        is never taken for a complete run, nor for an unfinished one to resume."""
-        base = absolute_uri(staged).rstrip("/") + "/"
-        self._in_parallel(self.delete, [info.uri for info in self.list(base) if info.uri[len(base):] not in last])
+        is never taken for a complete run, nor for an unfinished one to resume. ``names``: its files (relative),
+        when the caller has just listed them."""
+        if names is None:
+            base = absolute_uri(staged).rstrip("/") + "/"
+            names = [info.uri[len(base):] for info in self.list(base)]
+        self._in_parallel(self.delete, [join_uri(staged, name) for name in names if name not in last])
         for name in last:
             self.delete(join_uri(staged, name))
         self._remove_empty_folders(staged)
+
+    def finish_replacement(self, staged: str, final: str, marker: str, last: tuple[str, ...],
+                           owned: tuple[str, ...] | None = None) -> bool:
+        """Complete a replacement cut short, ``staged`` holding its ``marker`` (finished work): ``replace_folder``
+        (``owned`` None) or ``replace_files`` again, unless it was done but for deleting ``staged``
+        (``replacement_done``: then only that). Returns whether files were put in place."""
+        if self.replacement_done(staged, final, marker):
+            self.delete_staged(staged, last)
+            return False
+        if owned is None:
+            self.replace_folder(staged, final, last)
+        else:
+            self.replace_files(staged, final, last, owned)
+        return True
 
     def replacement_done(self, staged: str, final: str, marker: str) -> bool:
         """Whether ``final`` holds the very ``marker`` file of ``staged`` (a replacement that was complete but for
@@ -988,11 +1005,7 @@ class Storage:
         finished = sorted(name for name, files in self.redo_folders(output).items() if marker in files)
         moved = []
         for name in finished:
-            staged, final = join_uri(output, REDO, name), join_uri(output, name)
-            if self.replacement_done(staged, final, marker):
-                self.delete_staged(staged, last)
-            else:
-                self.replace_folder(staged, final, last)
+            if self.finish_replacement(join_uri(output, REDO, name), join_uri(output, name), marker, last):
                 moved.append(name)
         return moved
 
