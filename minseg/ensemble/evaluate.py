@@ -458,7 +458,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
             ``rank_key`` whose class the ranking split lacks, a member that cannot be loaded (``MemberLoadError``).
         ResourceError: an actor pool the cluster could never hold (``evaluation.cpus_per_actor`` / ``gpus_per_actor``).
     """
-    from minseg.ensemble.reports import write_reports
+    from minseg.ensemble.reports import (EVALUATION_DOCUMENTS, finish_publication, print_reports,
+                                         publish_outputs, staged_outputs, write_reports)
 
     if config.data is None:
         raise InputError("evaluation needs the 'data' section the members were trained with")
@@ -471,7 +472,11 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         raise InputError(problem)
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
-    refuse_other_command_outputs(settings.output_uri(config.run.uri), "evaluate", "evaluation.name", storage)
+    out = settings.output_uri(config.run.uri)
+    refuse_other_command_outputs(out, "evaluate", "evaluation.name", storage)
+    if finish_publication(storage, out, "evaluate", EVALUATION_DOCUMENTS):
+        log_event(log, "evaluate.earlier_outputs_put_in_place", output=out,
+                  hint="the last evaluation into this folder was complete but cut short while put in place")
     members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:
@@ -482,7 +487,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         log_event(log, "ensemble.nothing_to_fuse", logging.WARNING, voters=voters,
                   hint="one voter builds no RUEL-k ensemble: the candidates are single members and the manifest is "
                        "the best member's; evaluate two or more members to fuse")
-    init_ray(config.ray, job_paths([config.data, run_uri], [settings.output_uri(config.run.uri)]))
+    init_ray(config.ray, job_paths([config.data, run_uri], [out]))
     check_actor_pool("evaluation", 1, settings.cpus_per_actor, settings.gpus_per_actor)  # before preparing data
     check_member_files(members, storage)
     # the weights about to be scored, hashed before they are (a member retrained meanwhile is not recorded as
@@ -520,11 +525,15 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups,
                                    hashes)
-    out = settings.output_uri(config.run.uri)
-    storage.write_json(join_uri(out, "evaluation.json"), document)
+    staged = staged_outputs(out, "evaluate")  # an earlier evaluation in out stays whole until this one is complete
+    storage.delete_prefix(staged + "/")
+    manifest = build_manifest(document, chosen.key, storage, settings.name, hashes=hashes)
+    tables = write_reports(document, prepared, previews, staged, storage, settings)
+    storage.write_json(join_uri(staged, "evaluation.json"), document)
+    write_manifest(manifest, join_uri(staged, "manifest.json"), storage)
+    publish_outputs(storage, staged, out, EVALUATION_DOCUMENTS)
     manifest_uri = join_uri(out, "manifest.json")
-    write_manifest(build_manifest(document, chosen.key, storage, settings.name, hashes=hashes), manifest_uri, storage)
-    write_reports(document, prepared, previews, out, storage, settings)
+    print_reports(tables, f"selected {chosen.key} -> {manifest_uri}")
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,
                             document)

@@ -11,7 +11,7 @@ import numpy as np
 
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import REDO, Storage, absolute_uri, join_uri
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -126,45 +126,83 @@ def _value(metrics: dict, key: str) -> float:
     return float("-inf") if math.isnan(value) else value
 
 
-def write_reports(document: dict, prepared, previews: list[dict], out: str, storage: Storage, settings,
-                  stats_split: str = "train", stats_label: str = "train", footer: str | None = None) -> dict:
-    """Tables (CSV + Markdown, printed), ``reports.json`` and the figures under ``out``; the last line printed is
-    ``footer`` (default: the selection and its manifest)."""
+def write_reports(document: dict, prepared, previews: list[dict], folder: str, storage: Storage, settings,
+                  stats_split: str = "train", stats_label: str = "train") -> dict:
+    """Tables (CSV + Markdown), ``reports.json`` and the figures under ``folder`` (a staging folder:
+    ``staged_outputs``). Returns the tables (``print_reports`` says them once they are in place)."""
     tables = build_tables(document, prepared.stats.get(stats_split, {}), settings.baselines, stats_label)
-    _remove_earlier_reports(out, storage)
-    printed = []
     for name, rows in tables.items():
-        if not rows:
-            continue
-        text_csv, text_md = _table(rows)
-        storage.write_text(join_uri(out, f"{name}.csv"), text_csv)
-        storage.write_text(join_uri(out, f"{name}.md"), text_md)
-        printed.append(f"\n{name.replace('_', ' ')}\n{text_md}")
-    storage.write_json(join_uri(out, "reports.json"), tables)
-    _figures(document, tables, previews, out, storage, settings.baselines)
-    print("".join(printed))
-    print(footer or f"selected {document['selected']} -> {join_uri(out, 'manifest.json')}")
+        if rows:
+            text_csv, text_md = _table(rows)
+            storage.write_text(join_uri(folder, f"{name}.csv"), text_csv)
+            storage.write_text(join_uri(folder, f"{name}.md"), text_md)
+    storage.write_json(join_uri(folder, "reports.json"), tables)
+    _figures(document, tables, previews, folder, storage, settings.baselines)
     return tables
+
+
+def print_reports(tables: dict, footer: str) -> None:
+    """The tables as Markdown on standard output, then ``footer`` (the selection and its manifest)."""
+    print("".join(f"\n{name.replace('_', ' ')}\n{_table(rows)[1]}" for name, rows in tables.items() if rows))
+    print(footer)
 
 
 # the tables and figures a run may or may not write (an empty table, no best-member confusion, other overlays)
 _TABLES = ("table4_members", "table5_ensembles", "table6_per_class", "table7_comparison")
 _REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "iou_per_class.png",
                  "confusion_selected.png", "confusion_best_member.png", "overlay_*.png")
+# what says a folder holds a finished evaluation or scoring (storage.COMMAND_MARKERS)
+_DOCUMENTS = ("evaluation.json", "score.json")
+# each command's documents in the order they are put in place, the last its marker (publish_outputs): select reads
+# evaluation.json, segment and score the manifest
+EVALUATION_DOCUMENTS = ("evaluation.json", "manifest.json")
+SCORE_DOCUMENTS = ("score.json",)
 
 
-def _remove_earlier_reports(out: str, storage: Storage) -> None:
-    """An earlier evaluation's or scoring's tables and figures in ``out``: removed before this run writes its own,
-    so none it has no cause to write (a comparison table without baselines, overlays of images no longer in the
-    split) looks like its own. Only these names, directly in ``out``, and only where an earlier run's document
-    (``evaluation.json``, ``score.json``) says minseg wrote them."""
-    if not any(storage.exists(join_uri(out, name)) for name in ("evaluation.json", "score.json")):
-        return
-    root = out.rstrip("/") + "/"
-    for info in list(storage.list(root)):
-        name = info.uri[len(root):]
-        if "/" not in name and any(fnmatch.fnmatchcase(name, pattern) for pattern in _REPORT_FILES):
-            storage.delete(info.uri)
+def staged_outputs(out: str, command: str) -> str:
+    """Where ``command`` (evaluate, score) writes its documents, tables and figures before they replace an earlier
+    run's in ``out`` (``publish_outputs``): ``<out>/.minseg-redo/<command>``, hidden, on the same file system or
+    bucket. A run that fails before then leaves ``out`` as it was."""
+    return join_uri(out, REDO, command)
+
+
+def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ...]) -> None:
+    """Put the complete outputs in ``staged`` in place in ``out`` (``Storage.replace_files``): ``last`` (the
+    documents that say the folder is complete, the final one written last into ``staged``) leave ``out`` first
+    and come back last, so a reader never takes one run's manifest with another's evaluation or tables. An
+    earlier run's tables and figures this one does not write (a comparison table without baselines now, overlays
+    of images no longer in the split) are deleted, only where a document says minseg wrote them; every other
+    file in ``out`` (``select``'s manifests, someone's notes) is kept.
+
+    Raises:
+        StorageError: a listing, copy or delete failed (``out`` then lacks ``last``: it reads as unfinished, and
+            ``finish_publication`` completes it)."""
+    mine = any(storage.exists(join_uri(out, name)) for name in _DOCUMENTS)
+    storage.replace_files(staged, out, last, _earlier_reports(storage, out) if mine else ())
+    storage.remove_empty_folder(join_uri(out, REDO))
+
+
+def finish_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:
+    """Before a run of ``command`` into ``out``: complete outputs whose publication was cut short (a killed
+    process, a failed request; ``out`` then lacks its documents) are put in place, so that ``out`` holds a finished
+    run whatever this one does; the remains of a run that failed before its outputs were complete are deleted.
+    Returns whether outputs were put in place."""
+    staged = staged_outputs(out, command)
+    if not storage.exists(join_uri(staged, last[-1])):
+        storage.delete_prefix(staged + "/")
+        storage.remove_empty_folder(join_uri(out, REDO))
+        return False
+    moved = storage.finish_replacement(staged, out, last[-1], last, _earlier_reports(storage, out))
+    storage.remove_empty_folder(join_uri(out, REDO))
+    return moved
+
+
+def _earlier_reports(storage: Storage, out: str) -> tuple[str, ...]:
+    """The files directly in ``out`` named as minseg's tables and figures (``_REPORT_FILES``)."""
+    root = absolute_uri(out).rstrip("/") + "/"
+    names = (info.uri[len(root):] for info in storage.list(root))
+    return tuple(name for name in names
+                 if "/" not in name and any(fnmatch.fnmatchcase(name, pattern) for pattern in _REPORT_FILES))
 
 
 def _png(figure, storage: Storage, uri: str) -> None:

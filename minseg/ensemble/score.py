@@ -135,7 +135,8 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
             that differ, no usable labelled item; a member the actors cannot load (``MemberLoadError``).
         ResourceError: an actor pool the cluster could never hold (``score.cpus_per_actor`` / ``gpus_per_actor``).
     """
-    from minseg.ensemble.reports import best_member_of, write_reports
+    from minseg.ensemble.reports import (SCORE_DOCUMENTS, best_member_of, finish_publication, print_reports,
+                                         publish_outputs, staged_outputs, write_reports)
 
     started = time.monotonic()
     settings = config.score or ScoreSettings()
@@ -144,6 +145,10 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     storage = Storage(config.storage)
     out = settings.output(config.run.uri)
     refuse_other_command_outputs(out, "score", "score.output_uri", storage)  # Python callers too
+    if finish_publication(storage, out, "score", SCORE_DOCUMENTS):
+        log_event(log, "score.earlier_outputs_put_in_place", output=out,
+                  hint="the last scoring into this folder was complete but cut short while put in place")
+    staged = staged_outputs(out, "score")  # an earlier scoring in out stays whole until this one is complete
     manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
     data = scoring_data(config.data, manifest, settings.manifest)
     init_ray(config.ray, job_paths([data, settings.manifest], [out]))
@@ -151,7 +156,8 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     split = None if settings.split is ScoreSplit.ALL else str(settings.split)
     prepared = prepare_scoring_data(data, split, config.run.seed, storage, join_uri(out, "data"),
                                     manifest.normalization, config.ray.task_cpus)
-    write_data_reports(prepared, join_uri(out, "data"), storage)
+    storage.delete_prefix(staged + "/")
+    write_data_reports(prepared, join_uri(staged, "data"), storage)
 
     members = [MemberRef.of(m) for m in manifest.members]
     selected = ensemble_candidate(manifest)
@@ -196,10 +202,12 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
               f"{metric_value(best.metrics, 'miou'):.4f}, {gain * 100:+.1f} points)")
     if document["at_selection"].get("miou") is not None:  # null: undefined, as recorded in the manifest
         footer += f"; at selection, on its run's test split: {document['at_selection']['miou']:.4f}"
-    write_reports(document, prepared, [p for p in rows.preview if p is not None], out, storage, pass_settings,
-                  stats_split="test", stats_label="scored", footer=footer)
+    tables = write_reports(document, prepared, [p for p in rows.preview if p is not None], staged, storage,
+                           pass_settings, stats_split="test", stats_label="scored")
     document["seconds"] = round(time.monotonic() - started, 1)
-    storage.write_json(join_uri(out, "score.json"), document)
+    storage.write_json(join_uri(staged, "score.json"), document)
+    publish_outputs(storage, staged, out, SCORE_DOCUMENTS)
+    print_reports(tables, footer)
     log_event(log, "score.done", output=out, selected=selected.key, images=len(items),
               miou=round(metric_value(selected.metrics, "miou"), 4))
     return ScoreResult(out, selected, best, len(items), len(prepared.quarantine), document)

@@ -883,10 +883,11 @@ class Storage:
     def replace_files(self, staged: str, final: str, last: tuple[str, ...],
                       owned: tuple[str, ...] | None = None) -> None:
         """Put the files of the complete folder ``staged`` in their places under ``final``, replacing an earlier
-        run's, then delete ``staged``. Of ``final``'s other files, those under ``owned`` (top-level names: the
-        folders a run writes whole) are the earlier run's and deleted; the rest are kept (someone's own files in the
-        folder; with ``owned`` None, ``final`` holds only a run's outputs and ends up holding exactly ``staged``'s
-        files). ``last`` as in ``replace_folder``; ``staged`` may lie inside ``final``.
+        run's, then delete ``staged``. Of ``final``'s other files, those ``owned`` names (relative: a file a run
+        writes, or a folder it writes whole, with everything under it) are the earlier run's and deleted; the rest
+        are kept (someone's own files in the folder; with ``owned`` None, ``final`` holds only a run's outputs and
+        ends up holding exactly ``staged``'s files). ``last`` as in ``replace_folder``; ``staged`` may lie inside
+        ``final``.
 
         Every file is copied, not moved (locally a hard link, so no bytes are copied; on S3 server-side, 8 at a
         time): ``staged`` stays whole until every file is in place, so a replacement cut short is completed by
@@ -905,7 +906,7 @@ class Storage:
         def earlier(uri: str) -> bool:
             name = uri[len(folder):]
             return (name not in keep and not uri.startswith(base)
-                    and (owned is None or name.partition("/")[0] in owned))
+                    and (owned is None or any(name == o or name.startswith(o + "/") for o in owned)))
 
         self._place_all(staged, final, [name for name in names if name not in last])
         self._in_parallel(self.delete, [info.uri for info in self.list(folder) if earlier(info.uri)])

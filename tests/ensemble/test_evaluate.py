@@ -671,23 +671,75 @@ def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume
         discover_members(Storage(), str(tmp_path), None)
 
 
-def test_an_earlier_runs_tables_and_figures_are_removed_before_reports(tmp_path):
-    """A comparison table from a run with baselines, overlays of images no longer in the split: gone before a new
-    evaluation writes its reports, so none looks like its own; other files stay."""
-    from minseg.ensemble.reports import _remove_earlier_reports
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
-    names = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
-             "manifest.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv")
+
+def _write(folder, names, text):
     for name in names:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text("earlier")
-    _remove_earlier_reports(str(tmp_path), Storage())  # no evaluation.json or score.json: not minseg's reports
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == sorted(names)
-    (tmp_path / "evaluation.json").write_text("{}")
-    _remove_earlier_reports(str(tmp_path), Storage())
-    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert left == ["confusion_mine.png", "data/table4_members.csv", "evaluation.json", "manifest.json", "notes.txt",
-                    "table_notes.csv"]
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def test_an_evaluation_replaces_the_earlier_one_whole_and_keeps_other_files(tmp_path):
+    """A rerun's outputs are written aside and put in place complete: an earlier run's comparison table (baselines
+    then) and overlays of images no longer in the split are deleted, select's manifests and someone's files kept;
+    where no document says minseg wrote them, files named like its reports are someone's and kept too."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs, staged_outputs
+
+    earlier = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
+               "table4_members.csv")
+    others = ("manifest-fast.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv",
+              "best-member/manifest.json")
+    new = ("evaluation.json", "manifest.json", "table4_members.csv", "overlay_new_item.png", "reports.json")
+    for documented in (False, True):
+        out = tmp_path / f"documented-{documented}"
+        _write(out, (*earlier, *others), "earlier")
+        if documented:
+            _write(out, EVALUATION_DOCUMENTS, "earlier")
+        staged = staged_outputs(str(out), "evaluate")
+        _write(Path(staged), new, "new")
+        publish_outputs(Storage(), staged, str(out), EVALUATION_DOCUMENTS)
+        kept = set(earlier) - set(new) if not documented else set()
+        assert _files(out) == sorted({*new, *others, *kept})
+        assert all((out / name).read_text() == "new" for name in new)
+
+
+def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(trained_run):
+    """End to end: an evaluation run again into its folder (now without overlays) leaves no overlay of the first,
+    keeps a select manifest and someone's notes, and no staging folder."""
+    storage = Storage()
+    first = evaluate_ensemble(evaluation_config(trained_run, "again", modes=["soft"], overlays=1))
+    out = Path(first.output_uri)
+    assert any(p.name.startswith("overlay_") for p in out.iterdir())
+    assert main(["select", str(out), "--candidate", "member:vgg", "--name", "vgg"]) == 0
+    (out / "notes.txt").write_text("mine")
+    again = evaluate_ensemble(evaluation_config(trained_run, "again", modes=["soft"], overlays=0))
+    assert again.output_uri == first.output_uri
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith("overlay_")] and ".minseg-redo" not in names
+    assert {"notes.txt", "manifest-vgg.json", "evaluation.json", "manifest.json", "reports.json"} <= set(names)
+    assert json.loads(storage.read_text(again.manifest_uri))["members"]  # the new manifest, in place
+
+
+def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_one_leaves_nothing(tmp_path):
+    """Killed while its files were put in place (the documents leave first, so the folder reads unfinished): the
+    next run puts the complete outputs in place before anything else. Failed before its outputs were complete
+    (no manifest staged): its remains are deleted and the earlier evaluation is as it was."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication, staged_outputs
+
+    out = tmp_path / "evaluation" / "ensemble"
+    _write(out, ("table4_members.csv", "overlay_a.png", "manifest-fast.json"), "earlier")
+    staged = Path(staged_outputs(str(out), "evaluate"))
+    _write(staged, ("table4_members.csv", *EVALUATION_DOCUMENTS), "new")
+    assert finish_publication(Storage(), str(out), "evaluate", EVALUATION_DOCUMENTS)
+    assert _files(out) == ["evaluation.json", "manifest-fast.json", "manifest.json", "table4_members.csv"]
+    assert (out / "manifest.json").read_text() == "new" and not (out / ".minseg-redo").exists()
+
+    before = {name: (out / name).read_text() for name in _files(out)}
+    _write(staged, ("table4_members.csv", "evaluation.json"), "failed")  # no manifest: never complete
+    assert not finish_publication(Storage(), str(out), "evaluate", EVALUATION_DOCUMENTS)
+    assert {name: (out / name).read_text() for name in _files(out)} == before
 
 
 def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):
