@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-from typing import Annotated, Any, Mapping, TypeVar
+import types
+from typing import Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from minseg.errors import InputError
 
@@ -33,6 +34,40 @@ class StrictModel(BaseModel):
     numbers (``gt=0`` alone lets ``inf`` through)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name and bool_for_number(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError("a number is needed, not true / false")
+        return value
+
+
+def bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a YAML ``true`` / ``false`` where ``annotation`` wants a number (pydantic reads them
+    as 1 and 0: ``epochs: true`` would train one epoch, ``width: yes`` a full-width model): at the top, in a list or
+    tuple, or as a mapping's value. A type that takes a bool there (``bool | int``, ``Any``) takes it."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return bool_for_number(get_args(annotation)[0], value)
+    if isinstance(value, bool):
+        choices = get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+        if any(c is bool or c is Any for c in choices):
+            return False
+        numbers = [c for c in choices
+                   if c in (int, float) or (get_origin(c) is Literal and any(type(a) in (int, float)
+                                                                            for a in get_args(c)))]
+        return bool(numbers) or any(bool_for_number(c, value) for c in choices if get_origin(c) is Annotated)
+    if origin in (Union, types.UnionType):
+        return any(bool_for_number(c, value) for c in get_args(annotation) if c is not type(None))
+    if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset):
+        args = [a for a in get_args(annotation) if a is not Ellipsis]
+        if origin is tuple and len(args) == len(value) and get_args(annotation)[-1] is not Ellipsis:
+            return any(bool_for_number(a, v) for a, v in zip(args, value))
+        return bool(args) and any(bool_for_number(args[0], v) for v in value)
+    if isinstance(value, Mapping) and origin is dict and len(get_args(annotation)) == 2:
+        return any(bool_for_number(get_args(annotation)[1], v) for v in value.values())
+    return False
 
 
 def _multiple_of_16(value: int) -> int:

@@ -12,6 +12,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from minseg.config.base import bool_for_number
 from minseg.errors import InputError
 from minseg.enums import Task
 
@@ -82,6 +83,9 @@ class ModelEntry:
             if key not in hints:
                 checked[key] = value
                 continue
+            if bool_for_number(hints[key], value):  # pydantic would read true as 1: a full-width model
+                raise InputError(f"model {self.name!r} option {key}: a number is needed, not true / false "
+                                 f"(got {value!r})")
             try:
                 checked[key] = TypeAdapter(hints[key]).validate_python(value)
             except ValidationError as exc:

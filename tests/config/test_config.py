@@ -53,6 +53,15 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         ("score: {precision: half}", "score.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
         ("training: {members: [{name: a, model: unet, scaling: {workers: 2, gpus_per_worker: 0.5}}]}",
          "training.members[0].scaling", "need a GPU each"),
+        # pydantic reads true as 1: a one-epoch run, a learning rate of 1, a density of 1 g/cm³
+        ("synth: {sections: {count: true}}", "synth.sections.count", "a number is needed, not true / false"),
+        ("segment: {pixel_size_um: false}", "segment.pixel_size_um", "a number is needed, not true / false"),
+        ("mineralogy: {densities: {pyrite: yes}}", "mineralogy.densities", "a number is needed, not true"),
+        ("mineralogy: {size_fractions: [20, true]}", "mineralogy.size_fractions", "a number is needed, not true"),
+        ("training: {members: [{name: a, model: unet, optimizer: {lr: true}}]}", "training.members[0].optimizer.lr",
+         "a number is needed, not true"),
+        ("training: {members: [{name: a, model: unet, loss: {name: focal, focal_alpha: [0.5, true]}}]}",
+         "training.members[0].loss.focal_alpha", "a number is needed, not true"),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
@@ -501,3 +510,22 @@ def test_config_validate_past_the_schema_in_every_section_and_never_a_traceback(
         assert main(["config", "validate", str(path)]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+
+
+def test_true_and_false_stay_what_they_are_where_a_flag_is_meant(tmp_path):
+    """Only a number refuses true / false: a flag, a ``bool | int`` union and ``Any`` take them; a model's number
+    option refuses them by its annotation."""
+    from typing import Any, Literal
+
+    from minseg.config.base import bool_for_number
+    from minseg.errors import InputError
+    from minseg.models.registry import get_entry
+
+    assert not any(bool_for_number(t, True) for t in (bool, bool | int, Any, str, Literal["a"], list[bool]))
+    assert all(bool_for_number(t, v) for t, v in ((float, True), (int | None, False), (list[int], [1, True]),
+                                                    (tuple[int, float], (1, False)), (dict[str, float], {"a": True}),
+                                                    (Literal[1, 2], True), (float | list[float], [True])))
+    config = load_config(write(tmp_path, "evaluation: {learned_per_class: true}"), MinsegConfig)
+    assert config.evaluation.learned_per_class is True  # a flag still reads true
+    with pytest.raises(InputError, match="model 'unet' option width: a number is needed, not true / false"):
+        get_entry("unet").checked_options({"width": True})
