@@ -75,8 +75,12 @@ def _log_level(text: str) -> str:
 def _file_name(text: str) -> str:
     """argparse type of a name that becomes part of a file name (``select --name``): any text (``best by f1``)
     but a folder (``a/b`` or ``../x`` would write elsewhere), a hidden name or control characters."""
+    from minseg.config.base import MAX_NAME_LENGTH
+
     if not text.strip() or "/" in text or "\\" in text or text.startswith(".") or not text.isprintable():
         raise argparse.ArgumentTypeError(f"{text!r} is not a plain name (no '/' or '\\', not starting with '.')")
+    if len(text.encode()) > MAX_NAME_LENGTH:  # bytes: a file name's limit is 255 of them
+        raise argparse.ArgumentTypeError(f"a name of at most {MAX_NAME_LENGTH} bytes, got {len(text.encode())}")
     return text
 
 

@@ -268,7 +268,7 @@ def test_a_damaged_record_is_an_input_error_naming_it(tmp_path, capsys):
 
 def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(tmp_path, capsys):
     """``select`` on the manifest file (not its folder), on an evaluation.json without candidates or classes, or with
-    ``--name a/b`` / ``../x`` (which would write beside or over evaluation.json) exits 2 naming what is wrong;
+    ``--name a/b`` / ``../x`` (which would write beside or over evaluation.json) or too long exits 2 naming what is wrong;
     ``score --manifest evaluation.json`` says it is an evaluation record and points to the manifest beside it."""
     folder = tmp_path / "evaluation" / "ensemble"
     folder.mkdir(parents=True)
@@ -288,6 +288,9 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
             main(["select", str(folder), "--name", name])
         assert stop.value.code == 2
         assert "is not a plain name" in error_of(capsys)
+    with pytest.raises(SystemExit) as stop:  # 60 two-byte letters: manifest-<name>.json near a file name's limit
+        main(["select", str(folder), "--name", "é" * 60])
+    assert stop.value.code == 2 and "a name of at most 100 bytes, got 120" in error_of(capsys)
     assert sorted(p.name for p in folder.iterdir()) == ["evaluation.json", "manifest.json"]
     config = tmp_path / "c.yaml"
     config.write_text("run: {name: x, output_uri: " + str(tmp_path / "out") + "}\n")

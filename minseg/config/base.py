@@ -79,6 +79,25 @@ def _multiple_of_16(value: int) -> int:
 TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 """A TIFF tile side: the format wants multiples of 16."""
 
+#: a Name's most characters: it becomes a file or folder name, inside others minseg makes longer (``manifest-<name>
+#: .json``, a hidden scratch copy), and file systems take 255 bytes
+MAX_NAME_LENGTH = 100
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _file_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError("a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (it "
+                         "names files and folders)")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"at most {MAX_NAME_LENGTH} characters, got {len(value)} (it names files and folders)")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_file_name)]
+"""A name that becomes a file or folder name (a run, a member, an evaluation, a channel, a map layer): ASCII
+letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most ``MAX_NAME_LENGTH`` characters."""
+
 
 class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
@@ -117,7 +136,8 @@ def describe_error(error: dict[str, Any]) -> str:
     got = error.get("input")
     reason = error["msg"].removeprefix("Value error, ")  # pydantic's label for a validator's ValueError
     if got is not None and not isinstance(got, (dict, list)):
-        reason += f" (got {got!r})"
+        shown = repr(got)  # a value pasted by mistake (a whole path, a file's text) is not printed whole
+        reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"
     return reason
 
 

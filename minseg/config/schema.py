@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from minseg.config.base import StrictModel
+from minseg.config.base import Name, StrictModel
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings, ScoreSettings
 from minseg.geo.config import ProspectSettings
@@ -22,7 +22,7 @@ from minseg.train.config import TrainingSettings
 
 
 class RunSettings(StrictModel):
-    name: str = Field("minseg-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = "minseg-run"
     output_uri: str = Field("outputs", description="local folder or s3://bucket/prefix for this run's outputs")
     seed: int = 0
 

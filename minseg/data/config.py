@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import Name, StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
 from minseg.io.images import BIT_DEPTH
 
@@ -124,7 +124,7 @@ def _one_scene_field(value: str) -> str:
 class ImageChannels(StrictModel):
     """One image of a scene (e.g. the PPL photograph) and the input channels it gives, in order."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="e.g. ppl, xpl, xpl45, bse")
+    name: Name = Field(description="e.g. ppl, xpl, xpl45, bse")
     images_dir: str | None = Field(None, description="folder of these images (default: the source's images_dir)")
     image_pattern: str = Field("{scene}", description="how its file names hold the scene, e.g. '{scene}_ppl'")
     mode: ChannelMode = Field(ChannelMode.RGB, description="rgb: 3 channels; grey: 1 (luminance); bands: every "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import Name, StrictModel
 from minseg.data.config import TilingSettings
 from minseg.enums import (TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule,
                           metric_key_problem)
@@ -87,7 +87,7 @@ class EvaluationSettings(StrictModel):
     weight_fit_pixels: int = Field(200_000, ge=1000, description="validation pixels sampled to fit learned weights")
     weight_fit_folds: int = Field(5, ge=2, description="learned candidates are scored on validation image by image "
                                   "with weights fitted on the other images' folds (cross-fitting), not on their own")
-    name: str = Field("ensemble", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = "ensemble"
 
     @field_validator("rank_key")
     @classmethod
@@ -134,7 +134,7 @@ class ScoreSettings(StrictModel):
     manifest: str | None = Field(None, description="ensemble manifest (path or s3://), from evaluate or select")
     split: ScoreSplit = Field(ScoreSplit.ALL, description="all: every labelled item of the data (an external test "
                               "set; data.split is not used); train / val / test: that split of data.split")
-    name: str = Field("score", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = "score"
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/score/<name>")
     actors: int = Field(1, ge=1, description="inference actors (each holds every member)")
     cpus_per_actor: float = Field(0.5, gt=0)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from minseg.config.base import StrictModel
+from minseg.config.base import Name, StrictModel
 from minseg.io.crs import CrsText, GridCrsText
 from minseg.enums import (
     Augmentation,
@@ -27,8 +27,6 @@ from minseg.enums import (
 from minseg.errors import InputError, RunError
 from minseg.io.storage import has_glob
 from minseg.train.config import TrainingSettings
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 def first_line(exc: BaseException) -> str:
@@ -140,7 +138,7 @@ class EvidenceRaster(StrictModel):
     files, one layer each, named after the file (e.g. 40 interpolated element grids)."""
 
     uri: str
-    name: str | None = Field(None, pattern=NAME_PATTERN, description="required unless uri is a glob (the layers "
+    name: Name | None = Field(None, description="required unless uri is a glob (the layers "
                              "are then named after their files)")
     kind: EvidenceKind = EvidenceKind.CONTINUOUS
     screen: bool = Field(False, description="screen this layer like an element (AUC / Z_AUC against the training "
@@ -170,7 +168,7 @@ class LineLayer(StrictModel):
     """Lines (faults, contacts) turned into a distance raster."""
 
     uri: str
-    name: str = Field("fault_distance", pattern=NAME_PATTERN)
+    name: Name = "fault_distance"
     layer: str | None = None
     crs: CrsText | None = None
     where: dict[str, str] = Field(default_factory=dict)
@@ -275,7 +273,7 @@ class TargetSettings(StrictModel):
 
 
 class ProspectSettings(StrictModel):
-    name: str = Field("prospectivity", pattern=NAME_PATTERN)
+    name: Name = "prospectivity"
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
     samples: SampleTable | None = Field(None, description="geochemical samples, interpolated by IDW; optional "
                                         "when rasters (e.g. element grids) carry the evidence")

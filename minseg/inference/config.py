@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from minseg.config.base import StrictModel, TiffTileSize
+from minseg.config.base import Name, StrictModel, TiffTileSize
 from minseg.data.config import SceneBitDepth
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
 from minseg.io.storage import has_glob, output_folder
@@ -38,7 +38,7 @@ class SegmentSettings(StrictModel):
                                          "per scene (data.sources[].channels): one entry per scene, channel name -> "
                                          "image URI, e.g. {ppl: s3://lab/s01_ppl.tif, xpl: s3://lab/s01_xpl.tif}")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")
-    name: str = Field("slides", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = "slides"
 
     def output(self, run_uri: str) -> str:
         """The folder the slides' outputs go to: ``output_uri``, else ``<run>/segment/<name>``."""
@@ -128,7 +128,7 @@ class MeasureSettings(StrictModel):
     pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
                                         description="µm per pixel (default: the label map's own)")
     output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
-    name: str = Field("labels", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: Name = "labels"
 
     def output(self, run_uri: str) -> str:
         """The folder the label maps' outputs go to: ``output_uri``, else ``<run>/measure/<name>``."""

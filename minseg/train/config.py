@@ -13,13 +13,11 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
-from minseg.config.base import StrictModel
+from minseg.config.base import Name, StrictModel
 from minseg.data.config import AugmentSettings
 from minseg.enums import (
     PER_CLASS_METRICS, SCORE_METRICS, ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName,
     Precision, ScheduleName, ScheduleSpan, WEIGHT_SUFFIXES, WeightFormat, WeightLayout)
-
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class StageSettings(StrictModel):
@@ -144,7 +142,7 @@ class InitSettings(StrictModel):
 
 
 class MemberSettings(StrictModel):
-    name: str = Field(pattern=_NAME)
+    name: Name
     model: str
     model_options: dict[str, Any] = Field(default_factory=dict)
     loss: LossSettings = LossSettings()

@@ -53,6 +53,13 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         ("score: {precision: half}", "score.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
         ("training: {members: [{name: a, model: unet, scaling: {workers: 2, gpus_per_worker: 0.5}}]}",
          "training.members[0].scaling", "need a GPU each"),
+        # names become file and folder names: one rule, one message, a length a file system takes with minseg's
+        # prefixes and suffixes
+        ("run: {name: " + "r" * 101 + "}", "run.name", "at most 100 characters, got 101"),
+        ("training: {members: [{name: 'unet a', model: unet}]}", "training.members[0].name",
+         "a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"),
+        ("evaluation: {name: .hidden}", "evaluation.name", "starting with a letter or digit"),
+        ("prospect: {name: " + "p" * 200 + "}", "prospect.name", "(got 'ppppp"),
         # pydantic reads true as 1: a one-epoch run, a learning rate of 1, a density of 1 g/cm³
         ("synth: {sections: {count: true}}", "synth.sections.count", "a number is needed, not true / false"),
         ("segment: {pixel_size_um: false}", "segment.pixel_size_um", "a number is needed, not true / false"),
