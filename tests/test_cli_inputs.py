@@ -268,7 +268,8 @@ def test_a_damaged_record_is_an_input_error_naming_it(tmp_path, capsys):
 
 def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(tmp_path, capsys):
     """``select`` on the manifest file (not its folder), on an evaluation.json without candidates or classes, or with
-    ``--name a/b`` / ``../x`` (which would write beside or over evaluation.json) or too long exits 2 naming what is wrong;
+    ``--name a/b`` / ``../x`` (which would write beside or over evaluation.json) or too long exits 2 naming what is
+    wrong;
     ``score --manifest evaluation.json`` says it is an evaluation record and points to the manifest beside it."""
     folder = tmp_path / "evaluation" / "ensemble"
     folder.mkdir(parents=True)
