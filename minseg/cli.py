@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import posixpath
-import re
 import sys
 from pathlib import Path
 
@@ -434,13 +433,14 @@ def cmd_config(args) -> int:
             raise
         from minseg.job_checks import invalid_config_problems
 
-        said = {f"{key}: {reason}" for key, reason in exc.problems}
+        said = set(exc.problems)
         # said at once, not once the schema's are mended
-        more = [problem for problem in invalid_config_problems(exc.values) if problem not in said]
+        more = [problem for problem in invalid_config_problems(exc.values)
+                if (problem.where, problem.reason) not in said]
         if not more:
             raise
-        raise ConfigError(exc.source, [*exc.problems, *_keyed(more)],
-                          [*exc.sources, *(_member_problem_sources(args, more) or [args.config] * len(more))]) from None
+        raise ConfigError(exc.source, [*exc.problems, *((p.where, p.reason) for p in more)],
+                          [*exc.sources, *_job_problem_sources(args, more)]) from None
     if args.action == "show":
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
@@ -448,47 +448,48 @@ def cmd_config(args) -> int:
 
     problems = job_problems(config)
     if problems:
-        raise ConfigError(args.config, _keyed(problems), _member_problem_sources(args, problems))
+        raise ConfigError(args.config, [(p.where, p.reason) for p in problems], _job_problem_sources(args, problems))
     print(f"{args.config}: valid")
     return 0
 
 
-def _keyed(problems: list[str]) -> list[tuple[str, str]]:
-    """``job_checks`` problems as (key, reason): ``evaluation.rank_key: why`` is a key and its reason (not said
-    again after a ``--set`` of that key); a line naming members by name (``training.members[a, b]: why``) or none
-    (``prospect.windows.size 12 is below ...``) stays whole."""
-    return [(key, why) if re.fullmatch(r"[a-z_]+(\.[a-z_]+|\[\d+\])+", key) else ("", problem)
-            for problem in problems for key, _, why in [problem.partition(": ")]]
-
-
-def _member_problem_sources(args, problems: list[str]) -> list[str] | None:
-    """Where each of ``config validate``'s problems beyond the schema (``job_checks``) came from: the file when
-    the file alone has it, else each --set option that brings its reason on its own (for some of the members it
-    names), all of them when none does alone; None (the file) without --set."""
+def _job_problem_sources(args, problems: list) -> list[str]:
+    """Where each of ``config validate``'s problems beyond the schema (``job_checks.JobProblem``) came from: the
+    file where the file alone has it for any member it names; each environment variable (``MINSEG__...``) and
+    ``--set`` option that brings it, on top of the file alone, for a member the file alone does not; all of them
+    when only together they do."""
     from minseg.config import ConfigError, MinsegConfig, load_config, parse_set_options
-    from minseg.job_checks import invalid_config_problems, job_problems
+    from minseg.config.base import ENV_PREFIX, env_overrides
     from minseg.errors import InputError
+    from minseg.job_checks import invalid_config_problems, job_problems
 
-    def problems_with(options: list[str]) -> set[str] | None:
+    environment = {f"{ENV_PREFIX}{key.upper().replace('.', '__')}": value for key, value in env_overrides().items()}
+    options = args.set or []
+    if not (environment or options):
+        return [args.config] * len(problems)
+
+    def facts_with(variables: dict[str, str], chosen: list[str]) -> set[tuple[str, str, str]]:
         try:
-            config = load_config(args.config, MinsegConfig, overrides=parse_set_options(options))
+            config = load_config(args.config, MinsegConfig, overrides=parse_set_options(chosen), environ=variables)
         except ConfigError as exc:  # the members that validate on their own (the schema refuses something else)
-            return set(invalid_config_problems(exc.values, warn=False)) if exc.values is not None else None
+            found = invalid_config_problems(exc.values, warn=False) if exc.values is not None else []
         except InputError:
-            return None
-        return set(job_problems(config, warn=False))
+            found = []
+        else:
+            found = job_problems(config, warn=False)
+        return {fact for problem in found for fact in problem.facts()}
 
-    def reason(problem: str) -> str:  # "training.members[a, c]: unknown model 'unett'" -> "unknown model 'unett'"
-        return problem.partition(": ")[2] if problem.startswith(("training.", "prospect.training.")) else problem
-
-    alone = problems_with([]) if args.set else None
-    if alone is None:
-        return None
-    brought = {f"--set {option.partition('=')[0].strip()}": {reason(p) for p in problems_with([option]) or ()}
-               for option in args.set}
-    return [args.config if problem in alone else
-            ", ".join(where for where, found in brought.items() if reason(problem) in found) or ", ".join(brought)
-            for problem in problems]
+    alone = facts_with({}, [])
+    brought = {**{f"environment {name}": facts_with({name: value}, []) - alone
+                  for name, value in environment.items()},
+               **{f"--set {option.partition('=')[0].strip()}": facts_with({}, [option]) - alone for option in options}}
+    sources = []
+    for problem in problems:
+        facts = problem.facts()
+        wheres = [args.config] if facts & alone else []
+        wheres += [where for where, found in brought.items() if facts & found]
+        sources.append(", ".join(wheres) or ", ".join(brought))
+    return sources
 
 
 def cmd_storage(args) -> int:

@@ -14,15 +14,17 @@ from typing import Any, Mapping
 
 from pydantic import TypeAdapter, ValidationError
 
+from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 
 
-def job_problems(config: MinsegConfig, warn: bool = True, configured: Mapping[str, int] | None = None) -> list[str]:
-    """One line per problem, naming the key; [] when there is none. ``warn``: log a local pretrained weights file
-    not found here. ``configured``: how many members the config lists per section (``training``, ``prospect``)
-    when ``config`` holds only those that validated (no problem is then said of "all" of them)."""
+def job_problems(config: MinsegConfig, warn: bool = True,
+                 configured: Mapping[str, int] | None = None) -> list[JobProblem]:
+    """Every problem, each naming its key (and members); [] when there is none. ``warn``: log a local pretrained
+    weights file not found here. ``configured``: how many members the config lists per section (``training``,
+    ``prospect``) when ``config`` holds only those that validated (no problem is then said of "all" of them)."""
     configured = configured or {}
-    problems: list[str] = []
+    problems: list[JobProblem] = []
     if config.training is not None:
         from minseg.train.ensemble import check_members_without_data
 
@@ -38,7 +40,7 @@ def job_problems(config: MinsegConfig, warn: bool = True, configured: Mapping[st
     return problems
 
 
-def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> list[str]:
+def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> list[JobProblem]:
     """``job_problems`` of the parts of a config that validate on their own: each top-level section; of a training
     section that does not, each member (``training.defaults`` merged in); of a prospect section that does not, its
     members and windows. Plus a repeated member name, which the schema says only once every member validates."""
@@ -46,7 +48,7 @@ def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> lis
 
     sections: dict[str, Any] = {}
     configured: dict[str, int] = {}
-    problems: list[str] = []
+    problems: list[JobProblem] = []
     for name, field in MinsegConfig.model_fields.items():
         value = values.get(name)
         if value is None:
@@ -93,4 +95,4 @@ def _members_alone(training: Mapping[str, Any], key: str):
     members = [m for m in (_alone(MemberSettings, member) for member in merge_member_defaults(dict(training))["members"])
                if m is not None]
     section = TrainingSettings.model_construct(members=members) if members else None
-    return section, [f"{key}.members: {repeated}"] if repeated else [], len(listed)
+    return section, [JobProblem(f"{key}.members", repeated)] if repeated else [], len(listed)

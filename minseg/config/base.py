@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import types
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
@@ -113,6 +114,35 @@ class ConfigError(InputError):
         lines = [f"{where}: {key}: {reason}" if key and where != f"--set {key}" else f"{where}: {reason}"
                  for where, (key, reason) in zip(wheres, problems)]
         super().__init__("invalid configuration\n  " + "\n  ".join(lines))
+
+
+@dataclass(frozen=True)
+class JobProblem:
+    """What a job refuses in a config the schema takes, before any data is read (``minseg.job_checks``; said by
+    ``minseg config validate`` at once). ``key``: the config key it is about (``evaluation.rank_key``; a members
+    list, ``training.members``; "" when ``reason`` names it); ``members``: the members of that list it is about, by
+    name; ``every``: how many they are when they are every configured member (a value from ``training.defaults``:
+    said once, as ``training.members (all 6)``)."""
+
+    key: str
+    reason: str
+    members: tuple[str, ...] = ()
+    every: int = 0
+
+    @property
+    def where(self) -> str:
+        """The key as said: ``training.members[a, b]``, ``training.members (all 6)``, ``evaluation.rank_key``."""
+        if self.every:
+            return f"{self.key} (all {self.every})"
+        return f"{self.key}[{', '.join(self.members)}]" if self.members else self.key
+
+    def facts(self) -> set[tuple[str, str, str]]:
+        """(key, reason, member) for each member it is about ("" for none): what one config's problems share with
+        another's when their members differ (``config validate`` blames each source for its own)."""
+        return {(self.key, self.reason, member) for member in self.members or ("",)}
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}" if self.key else self.reason
 
 
 def key_path(loc: tuple[Any, ...]) -> str:

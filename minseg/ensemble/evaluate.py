@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import DataSettings
@@ -438,14 +439,14 @@ class EvaluationResult:
     document: dict
 
 
-def rank_key_problem(config: MinsegConfig) -> str | None:
+def rank_key_problem(config: MinsegConfig) -> JobProblem | None:
     """Why ``evaluation.rank_key`` names no class of ``data.classes`` (its form is checked when the config is read),
     as ``evaluate`` refuses it before any work and ``config validate`` says it; None when it does, or when the
     config lists no classes."""
     if config.evaluation is None or config.data is None or config.data.classes is None:
         return None
     problem = metric_key_problem(config.evaluation.rank_key, [c.name for c in config.data.classes.classes])
-    return f"evaluation.rank_key: {problem}" if problem else None
+    return JobProblem("evaluation.rank_key", problem) if problem else None
 
 
 def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
@@ -469,7 +470,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                        "segment.bit_depth (--bit-depth)")
     settings = config.evaluation or EvaluationSettings()
     if problem := rank_key_problem(config):  # before minutes of prediction
-        raise InputError(problem)
+        raise InputError(str(problem))
     storage = Storage(config.storage)
     run_uri = settings.evaluated_run(config.run.uri)
     out = settings.output_uri(config.run.uri)

@@ -28,11 +28,12 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig, RunSettings
 from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
@@ -245,15 +246,15 @@ def _check_names(settings: ProspectSettings, rasters: list) -> None:
                                  "one (a raster's name, or its file for a glob)")
 
 
-def member_problems(settings: ProspectSettings, configured: int | None = None) -> list[str]:
+def member_problems(settings: ProspectSettings, configured: int | None = None) -> list[JobProblem]:
     """What refuses the configured members before any input is read (``minseg prospect`` stops on them;
     ``minseg config validate`` says them): a classification learner each, no augmentation of its own (windows are
     augmented by ``prospect.augmentation``), windows no smaller than its smallest input, then what training's
     preflight says of its model options, loss (class weights of the two classes) and checkpoint metric (classes
     no-ore / ore): ``check_members_without_data``, built on the meta device; a pretrained weights file is matched
-    when training starts, once the channels are known. One line per problem, naming the key (a problem members
-    share, once); [] when there is none. ``configured``: how many members the config lists, when ``settings``
-    holds only those that validated (``job_checks.invalid_config_problems``)."""
+    when training starts, once the channels are known. One problem per key and reason (a problem members share,
+    once); [] when there is none. ``configured``: how many members the config lists, when ``settings`` holds only
+    those that validated (``job_checks.invalid_config_problems``)."""
     from minseg.models import get_entry
     from minseg.train.ensemble import check_members_without_data
 
@@ -263,29 +264,31 @@ def member_problems(settings: ProspectSettings, configured: int | None = None) -
         try:
             entry = get_entry(member.model)
         except ValueError as exc:
-            problems.append(f"{key}.model: {exc}")
+            problems.append(JobProblem(f"{key}.model", str(exc)))
             continue
         if entry.task is not Task.CLASSIFICATION:
-            problems.append(f"{key}.model: {member.model!r} is a {entry.task} learner; prospectivity needs a "
-                            "classification learner (e.g. mfaf)")
+            problems.append(JobProblem(f"{key}.model", f"{member.model!r} is a {entry.task} learner; prospectivity "
+                                                       "needs a classification learner (e.g. mfaf)"))
             continue
         learners.append(member)
         if member.augmentation is not None:
-            problems.append(f"{key}.augmentation: map windows are augmented by prospect.augmentation (a mode), for "
-                            "every member")
+            problems.append(JobProblem(f"{key}.augmentation", "map windows are augmented by prospect.augmentation "
+                                                              "(a mode), for every member"))
         if settings.windows.size < entry.input_spec.min_size:
-            too_small.setdefault(entry.input_spec.min_size, []).append(f"{member.name!r} ({member.model})")
-    for minimum, names in sorted(too_small.items()):
-        problems.append(f"prospect.windows.size {settings.windows.size} is below the {minimum}x{minimum} that "
-                        + (f"member {names[0]} needs" if len(names) == 1 else f"members {', '.join(names)} need"))
+            too_small.setdefault(entry.input_spec.min_size, []).append(member)
+    for minimum, members in sorted(too_small.items()):
+        named = ", ".join(f"{m.name!r} ({m.model})" for m in members)
+        problems.append(JobProblem("prospect.windows.size", f"{settings.windows.size} is below the "
+                                   f"{minimum}x{minimum} that member{'s' if len(members) > 1 else ''} {named} "
+                                   f"need{'' if len(members) > 1 else 's'}"))
     if not learners:
         return problems
-    # training's own check of a run's members, of the classification learners: its messages, under this key
+    # training's own check of a run's members, of the classification learners: its problems, under this key
     members = settings.training.model_copy(update={"members": learners})
-    return problems + [f"prospect.{problem}" for problem in check_members_without_data(
-        MinsegConfig.model_construct(training=members), warn=False,
-        configured=configured or len(settings.training.members),
-        class_names=CLASS_NAMES)]
+    return problems + [replace(problem, key=f"prospect.{problem.key}" if problem.key else "")
+                       for problem in check_members_without_data(
+                           MinsegConfig.model_construct(training=members), warn=False,
+                           configured=configured or len(settings.training.members), class_names=CLASS_NAMES)]
 
 
 def _check_members(settings: ProspectSettings) -> None:
@@ -293,7 +296,7 @@ def _check_members(settings: ProspectSettings) -> None:
 
     Raises:
         ProspectInputError: every problem, one per line."""
-    problems = member_problems(settings)
+    problems = [str(problem) for problem in member_problems(settings)]
     if problems:
         raise ProspectInputError("\n  ".join(problems) if len(problems) == 1 else
                                  "the configured members cannot map these windows:\n  " + "\n  ".join(problems))

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
@@ -138,14 +139,14 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 
 
 def check_members_without_data(config: MinsegConfig, storage: Storage | None = None, warn: bool = True,
-                               configured: int | None = None, class_names: list[str] | None = None) -> list[str]:
+                               configured: int | None = None,
+                               class_names: list[str] | None = None) -> list[JobProblem]:
     """What ``preflight`` can say about every configured member before any data is read (``minseg config
     validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
     against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
-    warning (it may sit on the cluster's shared filesystem). One line per problem, naming the members it is about
-    (``training.members (all 6)`` when every member shares it, as a value from ``training.defaults``); [] when
-    there is none. Class weights computed from the data, and weights on object storage,
-    are checked when training. ``warn``: log a missing local weights file (False: checked again for another
+    warning (it may sit on the cluster's shared filesystem). One problem per reason, naming the members it is about
+    (every member when they all share it, as a value from ``training.defaults``); [] when there is none. Class
+    weights computed from the data, and weights on object storage, are checked when training. ``warn``: log a missing local weights file (False: checked again for another
     purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
     them (``job_checks.invalid_config_problems``): a problem is then never said of "all" members. ``class_names``:
     the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore / ore)."""
@@ -185,16 +186,16 @@ def check_members_without_data(config: MinsegConfig, storage: Storage | None = N
             said.setdefault(problem, []).append(member.name)
     # a value several members share (mostly from training.defaults) is one problem, said once
     everyone = len(config.training.members) if configured in (None, len(config.training.members)) else -1
-    problems = [f"training.members (all {everyone}): {problem}" if len(members) == everyone > 1 else
-                f"training.members[{', '.join(dict.fromkeys(members))}]: {problem}"  # a name given twice: once
+    problems = [JobProblem("training.members", problem, tuple(dict.fromkeys(members)),  # a name given twice: once
+                           everyone if len(members) == everyone > 1 else 0)
                 for problem, members in said.items()]
     mixed = mixed_tasks(tasks)
     if mixed:
-        problems.append(f"training.members: {mixed}")
+        problems.append(JobProblem("training.members", mixed))
     elif data is not None and data.classes is None and "synth" not in config.model_fields_set \
             and Task.SEGMENTATION in tasks.values():
         # as train refuses it; a classifier's classes may be its folders, the demo's (synth:) are the generator's
-        problems.append(CLASSES_REQUIRED)
+        problems.append(JobProblem("", CLASSES_REQUIRED))
     return problems
 
 

@@ -326,10 +326,11 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
         f"  {path}: {width}", "  --set evaluation.rank_key: unknown class 'pyrt' in 'iou:pyrt'; "
         "classes: background, pyrite"]
     path.write_text(refused_twice)
-    # the member problems are blamed as when the schema passes: a --set that brings one is named, not the file
+    # the member problems are blamed as when the schema passes, member by member: the file for member a, the
+    # --set for member b
     assert main(["config", "validate", str(path), "--set", "training.members.b.model=unett"]) == 2
     err = capsys.readouterr().err
-    assert "  --set training.members.b.model: training.members[a, b]: unknown model 'unett'" in err, err
+    assert f"  {path}, --set training.members.b.model: training.members[a, b]: unknown model 'unett'" in err, err
     # a file whose only problems are the schema's says those alone, as before
     path.write_text(yaml.safe_dump({"run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "x": 1}}))
     assert main(["config", "validate", str(path)]) == 2
@@ -536,3 +537,28 @@ def test_true_and_false_stay_what_they_are_where_a_flag_is_meant(tmp_path):
     assert config.evaluation.learned_per_class is True  # a flag still reads true
     with pytest.raises(InputError, match="model 'unet' option width: a number is needed, not true / false"):
         get_entry("unet").checked_options({"width": True})
+
+
+def test_job_problems_are_blamed_member_by_member_and_on_environment_variables(tmp_path, capsys, monkeypatch):
+    """Past the schema, ``config validate`` blames each source for the members it brings a problem to: a --set
+    that mends one member of a problem the file's defaults give every member is not blamed for the rest (it
+    was, the line's members differing from the file's), and an environment variable is named, not the file."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": {"classes": [
+            {"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}]}},
+        "training": {"defaults": {"model": "unet", "model_options": {"width": -1},
+                                  "stages": [{"epochs": 1, "batch_size": 4}]},
+                     "members": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}}))
+    width = "width must be a number above 0 (a share of the paper's channels, e.g. 0.25), got -1.0"
+    assert main(["config", "validate", str(path), "--set", "training.members.a.model_options.width=0.5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[1:] == [f"  {path}: training.members[b, c]: {width}"]
+    monkeypatch.setenv("MINSEG__EVALUATION__RANK_KEY", "iou:pyrt")
+    assert main(["config", "validate", str(path), "--set", "training.members.c.model=unett"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()[1:]
+    assert lines[0] == f"  {path}: training.members[a, b]: {width}"
+    assert lines[1].startswith("  --set training.members.c.model: training.members[c]: unknown model 'unett'")
+    assert lines[2:] == ["  environment MINSEG__EVALUATION__RANK_KEY: evaluation.rank_key: unknown class 'pyrt' in "
+                         "'iou:pyrt'; classes: background, pyrite"]

@@ -218,7 +218,7 @@ def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys,
     config = prospect_config(survey, windows={"size": 12}).model_dump(mode="json", exclude_none=True)
     path.write_text(yaml.safe_dump(config))
     assert main(["prospect", "-c", str(path)]) == 2
-    assert ("prospect.windows.size 12 is below the 16x16 that members 'mfaf-r18' (mfaf), 'mfaf-shuffle' (mfaf) need"
+    assert ("prospect.windows.size: 12 is below the 16x16 that members 'mfaf-r18' (mfaf), 'mfaf-shuffle' (mfaf) need"
             in capsys.readouterr().err)
     config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
     config["prospect"]["training"]["members"][0]["augmentation"] = {"exposure": 0.2}  # photographs' jitter on maps
