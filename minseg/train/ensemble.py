@@ -141,15 +141,16 @@ def preflight(member: MemberSettings, num_classes: int, in_channels: int, storag
 def check_members_without_data(config: MinsegConfig, storage: Storage | None = None, warn: bool = True,
                                configured: int | None = None,
                                class_names: list[str] | None = None) -> list[JobProblem]:
-    """What ``preflight`` can say about every configured member before any data is read (``minseg config
-    validate``): models and options built on the meta device, losses, checkpoint metrics and class-weight counts
-    against ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a
-    warning (it may sit on the cluster's shared filesystem). One problem per reason, naming the members it is about
-    (every member when they all share it, as a value from ``training.defaults``); [] when there is none. Class
-    weights computed from the data, and weights on object storage, are checked when training. ``warn``: log a missing local weights file (False: checked again for another
-    purpose, already said). ``configured``: how many members the config lists, when ``config`` holds only some of
-    them (``job_checks.invalid_config_problems``): a problem is then never said of "all" members. ``class_names``:
-    the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore / ore)."""
+    """What ``preflight`` can say about every configured member before any data is read (``minseg config validate``):
+    models and options built on the meta device, losses, checkpoint metrics and class-weight counts against
+    ``data.classes`` (when the config lists them); a local pretrained weights file not found here is a warning (it may
+    sit on the cluster's shared filesystem). One problem per reason, naming the members it is about (every member when
+    they all share it, as a value from ``training.defaults``); [] when there is none. Class weights computed from the
+    data, and weights on object storage, are checked when training. ``warn``: log a missing local weights file (False:
+    checked again for another purpose, already said). ``configured``: how many members the config lists, when
+    ``config`` holds only some of them (``job_checks.invalid_config_problems``): a problem is then never said of "all"
+    members. ``class_names``: the classes when the task fixes them, not ``data.classes`` (prospectivity's no-ore /
+    ore)."""
     from minseg.data.classmap import ClassMap
 
     if config.training is None:
