@@ -304,7 +304,9 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
     for says in ("data.tilling: unknown key", "training.members: member names must be unique, repeated: a",
                  "training.members[3].optimizer.lr: Input should be greater than 0",
                  "training.members[a]: unknown model 'unett'",
-                 "training.members[a, b]: width must be"):  # not "all": member c was not checked
+                 # member c is checked with its refused lr left out; not "all": the first a was not built
+                 "training.members[a, b, c]: width must be",
+                 "data.classes is required for segmentation sources"):  # the data section without its misspelt key
         assert f"{path}: {says}" in err, (says, err)
     assert "Traceback" not in err and "(all" not in err
     # with the schema's problems mended, what each job refuses before any work is said together: training's
@@ -562,3 +564,31 @@ def test_job_problems_are_blamed_member_by_member_and_on_environment_variables(t
     assert lines[1].startswith("  --set training.members.c.model: training.members[c]: unknown model 'unett'")
     assert lines[2:] == ["  environment MINSEG__EVALUATION__RANK_KEY: evaluation.rank_key: unknown class 'pyrt' in "
                          "'iou:pyrt'; classes: background, pyrite"]
+
+
+def test_a_refused_default_or_data_key_leaves_the_rest_checked(tmp_path, capsys):
+    """A bad ``training.defaults`` value refuses every member: their models were then never looked at; a misspelt
+    data key dropped the class list the members' class weights are checked against. Each refused value is left out
+    and the rest checked, but a refused class list is not taken for a missing one."""
+    from minseg.cli import main
+
+    path = tmp_path / "c.yaml"
+    classes = {"classes": [{"name": "background", "codes": [0]}, {"name": "pyrite", "codes": [1]}]}
+    config = {"run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": classes, "tilling": 1},
+              "training": {"defaults": {"model": "unet", "optimizer": {"lr": -1},
+                                        "stages": [{"epochs": 1, "batch_size": 4}]},
+                           "members": [{"name": "a", "model": "unett"},
+                                       {"name": "b", "loss": {"name": "ce", "class_weights": [1, 2, 3]}}]}}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()[1:]
+    assert lines[:2] == [f"  {path}: data.tilling: unknown key (check spelling; see docs/configuration.md)",
+                         f"  {path}: training.defaults.optimizer.lr: Input should be greater than 0 (got -1)"]
+    assert lines[2].startswith(f"  {path}: training.members[a]: unknown model 'unett'")
+    assert lines[3:] == [f"  {path}: training.members[b]: class_weights must list one value per class (2), got 3 "
+                         "value(s)"]
+    config["data"]["classes"] = {"classes": [{"name": "background", "codes": "zero"}]}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["config", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.classes.classes[0].codes" in err and "data.classes is required" not in err, err
