@@ -4,8 +4,8 @@
 built on the meta device as ``train`` checks them), the prospect section's members (as ``prospect`` checks them
 before reading any input), the evaluation's rank key against ``data.classes`` (as ``evaluate``).
 ``invalid_config_problems(values)``: the same for a config the schema refused (``ConfigError.values``), of every
-section that validates on its own and every member that does: a misspelt key or one member's bad value no longer
-hides the rest.
+section and member, each with the values the schema refuses left out: a misspelt key, a bad default or one member's
+bad value no longer hides the rest.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def job_problems(config: MinsegConfig, warn: bool = True,
 
 
 def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> list[JobProblem]:
-    """``job_problems`` of the parts of a config that validate on their own: each top-level section; of a training
-    section that does not, each member (``training.defaults`` merged in); of a prospect section that does not, its
+    """``job_problems`` of the parts of a config the schema refused: each top-level section that validates; the data
+    and evaluation sections with their refused values left out (``_mended``); of a training section that does not
+    validate, each member (``training.defaults`` merged in, refused values left out); of a prospect section, its
     members and windows. Plus a repeated member name, which the schema says only once every member validates."""
     from minseg.geo.config import ProspectSettings, WindowSettings
 
