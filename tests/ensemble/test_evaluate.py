@@ -16,7 +16,7 @@ from minseg.ensemble.evaluate import evaluate_ensemble
 from minseg.ensemble.manifest import ManifestError, load_manifest, write_manifest
 from minseg.ensemble.runtime import load_member_models
 from minseg.errors import InputError
-from minseg.io.storage import Storage
+from minseg.io.storage import Storage, join_uri
 from minseg.metrics import metric_value
 
 
@@ -671,38 +671,77 @@ def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume
         discover_members(Storage(), str(tmp_path), None)
 
 
-def _files(folder) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+EARLIER_REPORTS = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
+                   "table4_members.csv")
+OTHER_FILES = ("manifest-fast.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv",
+               "best-member/manifest.json")
+NEW_OUTPUTS = ("evaluation.json", "manifest.json", "table4_members.csv", "overlay_new_item.png", "reports.json")
 
 
-def _write(folder, names, text):
-    for name in names:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
+def published_evaluation(storage: Storage, root: str, documented: bool) -> dict[str, str]:
+    """An evaluation folder holding an earlier run's reports (with its documents when ``documented``) and
+    someone's files, a new run staged and put in place (``publish_outputs``): what ``root`` holds after (name ->
+    text). Shared with the S3 test."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs, staged_outputs
+
+    for name in (*EARLIER_REPORTS, *OTHER_FILES, *(EVALUATION_DOCUMENTS if documented else ())):
+        storage.write_text(join_uri(root, name), "earlier")
+    staged = staged_outputs(root, "evaluate")
+    for name in NEW_OUTPUTS:
+        storage.write_text(join_uri(staged, name), "new")
+    publish_outputs(storage, staged, root, EVALUATION_DOCUMENTS)
+    return {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+
+
+def published_after_a_cut(storage: Storage, root: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A run killed while its files were put in place (the documents left first, one report in place): what the
+    next run's ``finish_publication`` leaves in ``root``; then, a later run that failed before its outputs were
+    complete (no manifest staged): what ``root`` holds after the next ``finish_publication``."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication, staged_outputs
+
+    for name in ("table4_members.csv", "overlay_a.png", "manifest-fast.json"):
+        storage.write_text(join_uri(root, name), "earlier")
+    staged = staged_outputs(root, "evaluate")
+    for name in ("table4_members.csv", *EVALUATION_DOCUMENTS):
+        storage.write_text(join_uri(staged, name), "new")
+    storage.write_text(join_uri(root, "table4_members.csv"), "new")  # one file in place when it was killed
+    assert finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
+    completed = {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+    for name in ("table4_members.csv", "evaluation.json"):
+        storage.write_text(join_uri(staged, name), "failed")
+    assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
+    return completed, {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+
+
+PUBLISHED = {**{name: "earlier" for name in OTHER_FILES}, **{name: "new" for name in NEW_OUTPUTS}}
+COMPLETED = {"evaluation.json": "new", "manifest.json": "new", "table4_members.csv": "new",
+             "manifest-fast.json": "earlier"}
 
 
 def test_an_evaluation_replaces_the_earlier_one_whole_and_keeps_other_files(tmp_path):
     """A rerun's outputs are written aside and put in place complete: an earlier run's comparison table (baselines
     then) and overlays of images no longer in the split are deleted, select's manifests and someone's files kept;
     where no document says minseg wrote them, files named like its reports are someone's and kept too."""
-    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs, staged_outputs
+    assert published_evaluation(Storage(), str(tmp_path / "a"), documented=True) == PUBLISHED
+    assert not (tmp_path / "a" / ".minseg-redo").exists()
+    kept = {name: "earlier" for name in EARLIER_REPORTS if name not in NEW_OUTPUTS}
+    assert published_evaluation(Storage(), str(tmp_path / "b"), documented=False) == {**PUBLISHED, **kept}
 
-    earlier = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
-               "table4_members.csv")
-    others = ("manifest-fast.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv",
-              "best-member/manifest.json")
-    new = ("evaluation.json", "manifest.json", "table4_members.csv", "overlay_new_item.png", "reports.json")
-    for documented in (False, True):
-        out = tmp_path / f"documented-{documented}"
-        _write(out, (*earlier, *others), "earlier")
-        if documented:
-            _write(out, EVALUATION_DOCUMENTS, "earlier")
-        staged = staged_outputs(str(out), "evaluate")
-        _write(Path(staged), new, "new")
-        publish_outputs(Storage(), staged, str(out), EVALUATION_DOCUMENTS)
-        kept = set(earlier) - set(new) if not documented else set()
-        assert _files(out) == sorted({*new, *others, *kept})
-        assert all((out / name).read_text() == "new" for name in new)
+
+def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_one_leaves_nothing(tmp_path):
+    """Killed while its files were put in place (the documents leave first, so the folder reads unfinished): the
+    next run puts the complete outputs in place before anything else. Failed before its outputs were complete
+    (no manifest staged): its remains are deleted and the evaluation in place is as it was."""
+    completed, after_failure = published_after_a_cut(Storage(), str(tmp_path / "evaluation" / "ensemble"))
+    assert completed == COMPLETED and after_failure == COMPLETED
+    assert not (tmp_path / "evaluation" / "ensemble" / ".minseg-redo").exists()
+
+
+def test_an_evaluation_is_put_in_place_whole_on_s3(s3):
+    """evaluate / score's outputs staged and put in place on S3 as locally (server-side copies): the earlier run's
+    reports replaced, others' files kept, a publication cut short completed, a failed one's remains deleted."""
+    assert published_evaluation(s3.storage(), s3.uri("evaluation/ensemble"), documented=True) == PUBLISHED
+    assert published_after_a_cut(s3.storage(), s3.uri("evaluation/cut")) == (COMPLETED, COMPLETED)
 
 
 def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(trained_run):
@@ -720,26 +759,6 @@ def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(traine
     assert not [n for n in names if n.startswith("overlay_")] and ".minseg-redo" not in names
     assert {"notes.txt", "manifest-vgg.json", "evaluation.json", "manifest.json", "reports.json"} <= set(names)
     assert json.loads(storage.read_text(again.manifest_uri))["members"]  # the new manifest, in place
-
-
-def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_one_leaves_nothing(tmp_path):
-    """Killed while its files were put in place (the documents leave first, so the folder reads unfinished): the
-    next run puts the complete outputs in place before anything else. Failed before its outputs were complete
-    (no manifest staged): its remains are deleted and the earlier evaluation is as it was."""
-    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication, staged_outputs
-
-    out = tmp_path / "evaluation" / "ensemble"
-    _write(out, ("table4_members.csv", "overlay_a.png", "manifest-fast.json"), "earlier")
-    staged = Path(staged_outputs(str(out), "evaluate"))
-    _write(staged, ("table4_members.csv", *EVALUATION_DOCUMENTS), "new")
-    assert finish_publication(Storage(), str(out), "evaluate", EVALUATION_DOCUMENTS)
-    assert _files(out) == ["evaluation.json", "manifest-fast.json", "manifest.json", "table4_members.csv"]
-    assert (out / "manifest.json").read_text() == "new" and not (out / ".minseg-redo").exists()
-
-    before = {name: (out / name).read_text() for name in _files(out)}
-    _write(staged, ("table4_members.csv", "evaluation.json"), "failed")  # no manifest: never complete
-    assert not finish_publication(Storage(), str(out), "evaluate", EVALUATION_DOCUMENTS)
-    assert {name: (out / name).read_text() for name in _files(out)} == before
 
 
 def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):
