@@ -98,6 +98,14 @@ def test_an_output_folder_of_another_command_is_refused(tmp_path, capsys):
     from minseg.io.storage import Storage, refuse_other_command_outputs
 
     refuse_other_command_outputs(str(segmented), "segment", "--out", Storage())  # its own: a rerun
+    # an evaluation cut short while its outputs were put in place: its documents are still staged, not in place
+    # (score wrote its tables beside the evaluation's others there, the folder then refused to evaluate)
+    cut = tmp_path / "cut"
+    (cut / ".minseg-redo" / "evaluate").mkdir(parents=True)
+    (cut / ".minseg-redo" / "evaluate" / "evaluation.json").write_text("{}")
+    assert main(["score", "--manifest", str(tmp_path / "manifest.json"), "--data", str(tmp_path),
+                 "--out", str(cut)]) == 2
+    assert "holds the outputs of minseg evaluate (.minseg-redo/evaluate/evaluation.json)" in error_of(capsys)
 
 
 def test_a_pixel_size_no_microscope_has_is_refused(tmp_path, capsys):
@@ -284,6 +292,10 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     assert "evaluation.json: not a complete evaluation record, missing candidates, classes" in error_of(capsys)
     assert main(["select", str(tmp_path)]) == 2
     assert "evaluation.json: no such file" in error_of(capsys)
+    (tmp_path / ".minseg-redo" / "evaluate").mkdir(parents=True)  # staged, not yet in place
+    (tmp_path / ".minseg-redo" / "evaluate" / "evaluation.json").write_text(json.dumps(record))
+    assert main(["select", str(tmp_path)]) == 2
+    assert "evaluation.json: not in place yet: an evaluation's outputs were being put in place" in error_of(capsys)
     for name in ("a/b", "../../evaluation", ".hidden", "a\\b", " "):
         with pytest.raises(SystemExit) as stop:
             main(["select", str(folder), "--name", name])

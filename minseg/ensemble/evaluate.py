@@ -530,8 +530,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     storage.delete_prefix(staged + "/")
     manifest = build_manifest(document, chosen.key, storage, settings.name, hashes=hashes)
     tables = write_reports(document, prepared, previews, staged, storage, settings)
-    storage.write_json(join_uri(staged, "evaluation.json"), document)
     write_manifest(manifest, join_uri(staged, "manifest.json"), storage)
+    storage.write_json(join_uri(staged, "evaluation.json"), document)  # the marker: the staged outputs are complete
     publish_outputs(storage, staged, out, EVALUATION_DOCUMENTS)
     manifest_uri = join_uri(out, "manifest.json")
     print_reports(tables, f"selected {chosen.key} -> {manifest_uri}")

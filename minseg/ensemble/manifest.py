@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from minseg.config.base import StrictModel, describe_error, key_path
+from minseg.config.base import Name, StrictModel, describe_error, key_path
 from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
@@ -36,7 +36,7 @@ class ManifestError(InputError):
 
 
 class ManifestMember(StrictModel):
-    name: str
+    name: Name  # names files (analyze kernels' figures), as a training run's member names do
     model: str
     model_options: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str = Field(description="checkpoint directory (holds model.pt, member.json, classes.json)")

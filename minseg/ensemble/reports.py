@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import math
 
 import numpy as np
 
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
-from minseg.io.storage import REDO, Storage, absolute_uri, join_uri
+from minseg.errors import InputError
+from minseg.io.storage import REDO, ObjectNotFoundError, Storage, absolute_uri, join_uri
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -129,7 +131,8 @@ def _value(metrics: dict, key: str) -> float:
 def write_reports(document: dict, prepared, previews: list[dict], folder: str, storage: Storage, settings,
                   stats_split: str = "train", stats_label: str = "train") -> dict:
     """Tables (CSV + Markdown), ``reports.json`` and the figures under ``folder`` (a staging folder:
-    ``staged_outputs``). Returns the tables (``print_reports`` says them once they are in place)."""
+    ``staged_outputs``); their names are added to ``document`` (``report_files``: what the next run into the
+    folder replaces). Returns the tables (``print_reports`` says them once they are in place)."""
     tables = build_tables(document, prepared.stats.get(stats_split, {}), settings.baselines, stats_label)
     for name, rows in tables.items():
         if rows:
@@ -138,6 +141,9 @@ def write_reports(document: dict, prepared, previews: list[dict], folder: str, s
             storage.write_text(join_uri(folder, f"{name}.md"), text_md)
     storage.write_json(join_uri(folder, "reports.json"), tables)
     _figures(document, tables, previews, folder, storage, settings.baselines)
+    root = absolute_uri(folder).rstrip("/") + "/"
+    document["report_files"] = sorted(info.uri[len(root):] for info in storage.list(root)
+                                      if "/" not in info.uri[len(root):])
     return tables
 
 
@@ -153,9 +159,10 @@ _REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "i
                  "confusion_selected.png", "confusion_best_member.png", "overlay_*.png")
 # what says a folder holds a finished evaluation or scoring (storage.COMMAND_MARKERS)
 _DOCUMENTS = ("evaluation.json", "score.json")
-# each command's documents in the order they are put in place, the last its marker (publish_outputs): select reads
-# evaluation.json, segment and score the manifest
-EVALUATION_DOCUMENTS = ("evaluation.json", "manifest.json")
+# each command's documents in the order they are put in place, the last its marker, written last (publish_outputs):
+# evaluation.json, which only evaluate writes (select may replace the manifest: a marker compared with the staged
+# one must not change meanwhile)
+EVALUATION_DOCUMENTS = ("manifest.json", "evaluation.json")
 SCORE_DOCUMENTS = ("score.json",)
 
 
@@ -171,14 +178,13 @@ def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ..
     documents that say the folder is complete, the final one written last into ``staged``) leave ``out`` first
     and come back last, so a reader never takes one run's manifest with another's evaluation or tables. An
     earlier run's tables and figures this one does not write (a comparison table without baselines now, overlays
-    of images no longer in the split) are deleted, only where a document says minseg wrote them; every other
+    of images no longer in the split) are deleted, those its document lists (``_earlier_reports``); every other
     file in ``out`` (``select``'s manifests, someone's notes) is kept.
 
     Raises:
         StorageError: a listing, copy or delete failed (``out`` then lacks ``last``: it reads as unfinished, and
             ``finish_publication`` completes it)."""
-    mine = any(storage.exists(join_uri(out, name)) for name in _DOCUMENTS)
-    storage.replace_files(staged, out, last, _earlier_reports(storage, out) if mine else ())
+    storage.replace_files(staged, out, last, _earlier_reports(storage, out))
     storage.remove_empty_folder(join_uri(out, REDO))
 
 
@@ -188,17 +194,40 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     run whatever this one does; the remains of a run that failed before its outputs were complete are deleted.
     Returns whether outputs were put in place."""
     staged = staged_outputs(out, command)
-    if not storage.exists(join_uri(staged, last[-1])):
+    redo = join_uri(out, REDO)
+    if storage.exists(redo) and not storage.is_folder(redo):  # no staging folder could be made, after all the work
+        raise InputError(f"{redo} is a file; minseg {command} stages its outputs in a folder of "
+                         "that name: move the file away")
+    moved = False
+    if not storage.exists(join_uri(staged, last[-1])):  # a run that failed before its outputs were complete
         storage.delete_prefix(staged + "/")
-        storage.remove_empty_folder(join_uri(out, REDO))
-        return False
-    moved = storage.finish_replacement(staged, out, last[-1], last, _earlier_reports(storage, out))
+    elif not all(storage.exists(join_uri(staged, name)) for name in last[:-1]):
+        # its documents leave the staging folder last, the marker the very last: put in place, and half deleted
+        storage.delete_staged(staged, last)
+    else:
+        moved = storage.finish_replacement(staged, out, last[-1], last, _earlier_reports(storage, out, True))
     storage.remove_empty_folder(join_uri(out, REDO))
     return moved
 
 
-def _earlier_reports(storage: Storage, out: str) -> tuple[str, ...]:
-    """The files directly in ``out`` named as minseg's tables and figures (``_REPORT_FILES``)."""
+def _earlier_reports(storage: Storage, out: str, cut_short: bool = False) -> tuple[str, ...]:
+    """The tables and figures of the run in ``out``: those its document (``evaluation.json``, ``score.json``)
+    lists; where it lists none (written before the list was kept) or has left (a publication ``cut_short``),
+    the files directly in ``out`` named as minseg's (``_REPORT_FILES``) when a document was there."""
+    for document in _DOCUMENTS:
+        try:
+            text = storage.read_text(join_uri(out, document))
+        except ObjectNotFoundError:
+            continue
+        try:
+            listed = json.loads(text).get("report_files")
+        except (ValueError, AttributeError):  # damaged, not a mapping: minseg's names, as before the list
+            listed = None
+        if isinstance(listed, list):
+            return tuple(name for name in listed if isinstance(name, str) and "/" not in name)
+        cut_short = True
+    if not cut_short:
+        return ()
     root = absolute_uri(out).rstrip("/") + "/"
     names = (info.uri[len(root):] for info in storage.list(root))
     return tuple(name for name in names

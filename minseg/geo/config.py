@@ -52,7 +52,7 @@ class SampleTable(StrictModel):
     y: str | None = Field(None, description="y column; default: the point geometry")
     crs: CrsText | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
     id: str | None = Field(None, description="sample id column, named in reports (default: the row number)")
-    elements: dict[str, str] = Field(description="element name -> its value column")
+    elements: dict[Name, str] = Field(description="element name (names its evidence file) -> its value column")
     flags: dict[str, str] = Field(default_factory=dict, description="element -> its qualifier column, e.g. "
                                   "Cu: Cu_511P_T ('<' marks a value below the detection limit)")
     censored_flags: list[str] = Field(["<"], description="qualifier values meaning 'below detection limit'; "

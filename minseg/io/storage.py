@@ -988,6 +988,7 @@ class Storage:
                 if os.path.samefile(src.path, dst.path):  # a rename onto the same file would do nothing
                     return
             _make_parent(dst.path)
+            sweep_scratch(os.path.dirname(dst.path))  # a link left by a run killed here, as the writers do
             link = os.path.join(os.path.dirname(dst.path), f".{os.path.basename(dst.path)}{scratch_suffix()}")
             try:
                 os.link(src.path, link)
@@ -1151,6 +1152,10 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
     if not uri:
         return
     for other, marker in COMMAND_MARKERS.items():
-        if other != command and storage.exists(join_uri(uri, marker)):
-            raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({marker}); minseg {command} "
-                             "would write over them there: give another folder")
+        if other == command:
+            continue
+        # or its complete outputs staged there, their marker not yet in place (a publication cut short)
+        for found in (marker, f"{REDO}/{other}/{marker}"):
+            if storage.exists(join_uri(uri, found)):
+                raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
+                                 "would write over them there: give another folder")

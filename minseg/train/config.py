@@ -270,9 +270,14 @@ def merge_member_defaults(values: Any) -> Any:
 
 
 def repeated_member_names(names: list[str]) -> str | None:
-    """Why these member names cannot name one run's members (a name given twice), or None."""
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    return f"member names must be unique, repeated: {', '.join(repeated)}" if repeated else None
+    """Why these member names cannot name one run's members (a name given twice, or in two cases: each names a
+    folder, one folder where file names ignore case, as on macOS and Windows), or None."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(name.casefold(), []).append(name)
+    repeated = sorted(" / ".join(dict.fromkeys(group)) for group in spellings.values() if len(group) > 1)
+    return (f"member names must be unique (whatever their case), repeated: {', '.join(repeated)}" if repeated
+            else None)
 
 
 class TrainingSettings(StrictModel):

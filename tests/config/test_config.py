@@ -60,6 +60,9 @@ def test_valid_file_becomes_typed_objects(tmp_path):
          "a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"),
         ("evaluation: {name: .hidden}", "evaluation.name", "starting with a letter or digit"),
         ("prospect: {name: " + "p" * 200 + "}", "prospect.name", "(got 'ppppp"),
+        # an element names its evidence file: ../x wrote outside the run's folder
+        ("prospect: {samples: {uri: s.csv, x: x, y: y, crs: 'EPSG:32633', elements: {../x: Au}}}",
+         "prospect.samples.elements.../x", "a name of ASCII letters"),
         # pydantic reads true as 1: a one-epoch run, a learning rate of 1, a density of 1 g/cm³
         ("synth: {sections: {count: true}}", "synth.sections.count", "a number is needed, not true / false"),
         ("segment: {pixel_size_um: false}", "segment.pixel_size_um", "a number is needed, not true / false"),
@@ -301,7 +304,8 @@ def test_config_validate_says_member_problems_with_the_schemas_at_once(tmp_path,
     path.write_text(refused_twice)
     assert main(["config", "validate", str(path)]) == 2
     err = capsys.readouterr().err
-    for says in ("data.tilling: unknown key", "training.members: member names must be unique, repeated: a",
+    for says in ("data.tilling: unknown key",
+                 "training.members: member names must be unique (whatever their case), repeated: a",
                  "training.members[3].optimizer.lr: Input should be greater than 0",
                  "training.members[a]: unknown model 'unett'",
                  # member c is checked with its refused lr left out; not "all": the first a was not built

@@ -156,6 +156,12 @@ def test_manifest_validation_errors(evaluation, tmp_path):
     (tmp_path / "w.json").write_text(json.dumps(document))
     with pytest.raises(ManifestError, match="fusion.weights has"):
         load_manifest(str(tmp_path / "w.json"), storage, verify=False)
+    # a member's name names files (analyze kernels wrote ../../x_kernels.png beside the repository)
+    document["fusion"]["weights"] = None
+    document["members"][0]["name"] = "../../x"
+    (tmp_path / "n.json").write_text(json.dumps(document))
+    with pytest.raises(ManifestError, match=r"members\[0\]\.name: a name of ASCII letters, digits"):
+        load_manifest(str(tmp_path / "n.json"), storage, verify=False)
 
 
 def test_select_writes_manifests_only_where_asked_and_never_over_another_command_s_file(evaluation, tmp_path,
@@ -673,30 +679,40 @@ def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume
 
 EARLIER_REPORTS = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
                    "table4_members.csv")
+LOOKALIKE = "confusion_selected.png"  # named as minseg's figures are, not listed by the earlier run's document
 OTHER_FILES = ("manifest-fast.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv",
                "best-member/manifest.json")
 NEW_OUTPUTS = ("evaluation.json", "manifest.json", "table4_members.csv", "overlay_new_item.png", "reports.json")
+LISTED = json.dumps({"report_files": list(EARLIER_REPORTS)})
 
 
-def published_evaluation(storage: Storage, root: str, documented: bool) -> dict[str, str]:
-    """An evaluation folder holding an earlier run's reports (with its documents when ``documented``) and
-    someone's files, a new run staged and put in place (``publish_outputs``): what ``root`` holds after (name ->
-    text). Shared with the S3 test."""
+def _contents(storage: Storage, root: str) -> dict[str, str]:
+    return {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+
+
+def published_evaluation(storage: Storage, root: str, earlier: str | None) -> dict[str, str]:
+    """An evaluation folder holding an earlier run's reports, its documents (``earlier``: their text; None: none)
+    and someone's files, a new run staged and put in place (``publish_outputs``): what ``root`` holds after (name
+    -> text). Shared with the S3 test."""
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs, staged_outputs
 
-    for name in (*EARLIER_REPORTS, *OTHER_FILES, *(EVALUATION_DOCUMENTS if documented else ())):
+    for name in (*EARLIER_REPORTS, LOOKALIKE, *OTHER_FILES):
         storage.write_text(join_uri(root, name), "earlier")
+    for name in EVALUATION_DOCUMENTS if earlier is not None else ():
+        storage.write_text(join_uri(root, name), earlier)
     staged = staged_outputs(root, "evaluate")
     for name in NEW_OUTPUTS:
         storage.write_text(join_uri(staged, name), "new")
     publish_outputs(storage, staged, root, EVALUATION_DOCUMENTS)
-    return {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+    return _contents(storage, root)
 
 
-def published_after_a_cut(storage: Storage, root: str) -> tuple[dict[str, str], dict[str, str]]:
-    """A run killed while its files were put in place (the documents left first, one report in place): what the
-    next run's ``finish_publication`` leaves in ``root``; then, a later run that failed before its outputs were
-    complete (no manifest staged): what ``root`` holds after the next ``finish_publication``."""
+def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
+    """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files
+    were put in place (its documents left first, one report in place) is completed; (2) one killed while deleting
+    its staging folder (only the marker left there), the manifest replaced by ``select`` meanwhile: nothing is
+    put in place again; (3) a run that failed before its outputs were complete (no marker staged): its remains
+    are deleted."""
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication, staged_outputs
 
     for name in ("table4_members.csv", "overlay_a.png", "manifest-fast.json"):
@@ -706,42 +722,57 @@ def published_after_a_cut(storage: Storage, root: str) -> tuple[dict[str, str], 
         storage.write_text(join_uri(staged, name), "new")
     storage.write_text(join_uri(root, "table4_members.csv"), "new")  # one file in place when it was killed
     assert finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
-    completed = {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
-    for name in ("table4_members.csv", "evaluation.json"):
+    seen = [_contents(storage, root)]
+    storage.write_text(join_uri(staged, "evaluation.json"), "new")
+    storage.write_text(join_uri(root, "manifest.json"), "selected")
+    assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
+    seen.append(_contents(storage, root))
+    for name in ("table4_members.csv", "manifest.json"):
         storage.write_text(join_uri(staged, name), "failed")
     assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
-    return completed, {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
+    return [*seen, _contents(storage, root)]
 
 
 PUBLISHED = {**{name: "earlier" for name in OTHER_FILES}, **{name: "new" for name in NEW_OUTPUTS}}
 COMPLETED = {"evaluation.json": "new", "manifest.json": "new", "table4_members.csv": "new",
              "manifest-fast.json": "earlier"}
+AFTER_A_CUT = [COMPLETED, {**COMPLETED, "manifest.json": "selected"}, {**COMPLETED, "manifest.json": "selected"}]
 
 
 def test_an_evaluation_replaces_the_earlier_one_whole_and_keeps_other_files(tmp_path):
     """A rerun's outputs are written aside and put in place complete: an earlier run's comparison table (baselines
-    then) and overlays of images no longer in the split are deleted, select's manifests and someone's files kept;
-    where no document says minseg wrote them, files named like its reports are someone's and kept too."""
-    assert published_evaluation(Storage(), str(tmp_path / "a"), documented=True) == PUBLISHED
+    then) and overlays of images no longer in the split are deleted (those its document lists; all named as
+    minseg's where the document predates the list), select's manifests and someone's files kept; where no document
+    says minseg wrote them, files named like its reports are someone's and kept too."""
+    lookalike = {LOOKALIKE: "earlier"}
+    assert published_evaluation(Storage(), str(tmp_path / "a"), LISTED) == {**PUBLISHED, **lookalike}
     assert not (tmp_path / "a" / ".minseg-redo").exists()
+    assert published_evaluation(Storage(), str(tmp_path / "b"), "{}") == PUBLISHED
     kept = {name: "earlier" for name in EARLIER_REPORTS if name not in NEW_OUTPUTS}
-    assert published_evaluation(Storage(), str(tmp_path / "b"), documented=False) == {**PUBLISHED, **kept}
+    assert published_evaluation(Storage(), str(tmp_path / "c"), None) == {**PUBLISHED, **kept, **lookalike}
 
 
 def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_one_leaves_nothing(tmp_path):
     """Killed while its files were put in place (the documents leave first, so the folder reads unfinished): the
-    next run puts the complete outputs in place before anything else. Failed before its outputs were complete
-    (no manifest staged): its remains are deleted and the evaluation in place is as it was."""
-    completed, after_failure = published_after_a_cut(Storage(), str(tmp_path / "evaluation" / "ensemble"))
-    assert completed == COMPLETED and after_failure == COMPLETED
+    next run puts the complete outputs in place before anything else; killed while its staging folder was
+    deleted, with the manifest replaced meanwhile: put in place again, it deleted every report the staging
+    folder had lost. Failed before its outputs were complete (no marker staged): its remains are deleted and
+    the evaluation in place is as it was."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
+
+    assert published_after_a_cut(Storage(), str(tmp_path / "evaluation" / "ensemble")) == AFTER_A_CUT
     assert not (tmp_path / "evaluation" / "ensemble" / ".minseg-redo").exists()
+    (tmp_path / "evaluation" / "ensemble" / ".minseg-redo").write_text("mine")  # before the work, not after
+    with pytest.raises(InputError, match=r"ensemble/\.minseg-redo is a file; minseg evaluate stages its outputs in"):
+        finish_publication(Storage(), str(tmp_path / "evaluation" / "ensemble"), "evaluate", EVALUATION_DOCUMENTS)
 
 
 def test_an_evaluation_is_put_in_place_whole_on_s3(s3):
     """evaluate / score's outputs staged and put in place on S3 as locally (server-side copies): the earlier run's
     reports replaced, others' files kept, a publication cut short completed, a failed one's remains deleted."""
-    assert published_evaluation(s3.storage(), s3.uri("evaluation/ensemble"), documented=True) == PUBLISHED
-    assert published_after_a_cut(s3.storage(), s3.uri("evaluation/cut")) == (COMPLETED, COMPLETED)
+    assert published_evaluation(s3.storage(), s3.uri("evaluation/ensemble"), LISTED) == {**PUBLISHED,
+                                                                                         LOOKALIKE: "earlier"}
+    assert published_after_a_cut(s3.storage(), s3.uri("evaluation/cut")) == AFTER_A_CUT
 
 
 def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(trained_run):

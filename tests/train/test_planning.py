@@ -82,9 +82,14 @@ def test_defaults_merge_and_member_errors():
     with pytest.raises(ConfigError, match=r"training.members\[0\].loss.name: .*'ce', 'dice'"):
         validate_config({"training": {"members": [{"name": "a", "model": "unet", "stages": [{"epochs": 1}],
                                                    "loss": {"name": "dicey"}}]}}, MinsegConfig)
-    with pytest.raises(ConfigError, match="member names must be unique, repeated: a"):
+    with pytest.raises(ConfigError, match=r"member names must be unique \(whatever their case\), repeated: a$"):
         validate_config({"training": {"defaults": {"model": "unet", "stages": [{"epochs": 1}]},
                                       "members": [{"name": "a"}, {"name": "a"}]}}, MinsegConfig)
+    # one folder where file names ignore case (macOS, Windows): the second member would train over the first
+    with pytest.raises(ConfigError, match=r"repeated: UNet-B / unet-b$"):
+        validate_config({"training": {"defaults": {"model": "unet", "stages": [{"epochs": 1}]},
+                                      "members": [{"name": "UNet-B"}, {"name": "x"}, {"name": "unet-b"}]}},
+                        MinsegConfig)
     with pytest.raises(ValueError, match="unknown member\\(s\\) zz"):
         config.training.select(["zz"])
     # a member's own augmentation: the keys it sets replace the data's, for it alone; validated like the data's
