@@ -298,6 +298,21 @@ class _AtomicWriter(io.RawIOBase):
         """Discard what was written."""
 
 
+@contextlib.contextmanager
+def _local_failures(path: str, doing: str = "write") -> Iterator[None]:
+    """The file system refusing to ``doing`` the local ``path`` (a read-only or full disk, a folder without write
+    permission, a name too long) as a StorageError naming the path and the reason: it was a Python traceback."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except PermissionError as exc:
+        raise AccessDeniedError(f"{path}: cannot {doing} it: {exc.strerror or exc} (check the folder's "
+                                "permissions, or give another output folder)") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot {doing} it: {exc.strerror or exc}") from None
+
+
 def _make_parent(path: str) -> None:
     """Create the folder a local file ``path`` goes in.
 
@@ -312,6 +327,9 @@ def _make_parent(path: str) -> None:
         while folder and not os.path.isfile(folder) and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
         raise StorageError(f"{path}: lies under {folder}, a file, not a folder: give a path outside it") from None
+    except OSError:
+        with _local_failures(path):
+            raise
 
 
 class _LocalAtomicWriter(_AtomicWriter):
@@ -320,20 +338,23 @@ class _LocalAtomicWriter(_AtomicWriter):
         directory = os.path.dirname(path) or "."
         _make_parent(path)
         sweep_scratch(directory)
-        fd, self._tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=scratch_suffix()
-        )
-        os.chmod(self._tmp, default_file_mode())  # mkstemp makes 0600; published files follow the umask
+        with _local_failures(path):
+            fd, self._tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=scratch_suffix()
+            )
+            os.chmod(self._tmp, default_file_mode())  # mkstemp makes 0600; published files follow the umask
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data) -> int:
-        return self._file.write(data)
+        with _local_failures(self.uri):  # a disk filling up
+            return self._file.write(data)
 
     def _commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.uri)
+        with _local_failures(self.uri):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.uri)
 
     def _abort(self) -> None:
         self._file.close()
@@ -657,17 +678,19 @@ class Storage:
         if directory:
             _make_parent(loc.path)
         sweep_scratch(directory or tempfile.gettempdir())
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + scratch_suffix()
-        )
-        os.close(fd)
-        os.chmod(tmp, default_file_mode())
+        with _local_failures(loc.path if directory else tempfile.gettempdir()):
+            fd, tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + scratch_suffix()
+            )
+            os.close(fd)
+            os.chmod(tmp, default_file_mode())
         try:
             yield tmp
             if loc.is_s3:
                 self.upload_file(tmp, uri)
             else:
-                os.replace(tmp, loc.path)
+                with _local_failures(loc.path):
+                    os.replace(tmp, loc.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -809,7 +832,11 @@ class Storage:
         except PermissionError:
             if os.path.isdir(loc.path):  # macOS: unlink of a folder is EPERM
                 raise StorageError(f"{loc.uri}: is a folder, not a file") from None
-            raise
+            with _local_failures(loc.path, "delete"):
+                raise
+        except OSError:
+            with _local_failures(loc.path, "delete"):
+                raise
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under a prefix (locally, also the folders left empty)."""

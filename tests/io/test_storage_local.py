@@ -291,3 +291,33 @@ def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     assert storage.redo_folders(str(tmp_path / "out")) == {}
     assert storage.finish_replacements(str(tmp_path / "out"), "summary.json", ("summary.json",)) == []
     assert (tmp_path / "out" / ".minseg-redoX" / "summary.json").read_text() == "someone's"
+
+
+def test_the_file_system_refusing_a_write_is_a_storage_error_naming_the_path(tmp_path):
+    """A read-only folder, a full disk or a name the file system refuses was a Python traceback (exit 1) in
+    whichever command hit it; it is a StorageError naming the path and the reason (exit 2)."""
+    from minseg.io.storage import AccessDeniedError, StorageError
+
+    storage = Storage()
+    long_name = str(tmp_path / ("x" * 300 + ".json"))
+    for write in (lambda: storage.write_text(long_name, "x"),
+                  lambda: storage.staged_output(long_name).__enter__(),
+                  lambda: storage.write_text(str(tmp_path / ("d" * 300) / "a.json"), "x")):
+        with pytest.raises(StorageError, match=r"xxxx.*: cannot write it: File name too long|dddd.*: cannot write "
+                                               r"it: File name too long") as info:
+            write()
+        assert info.value.exit_code == 2
+    assert [p.name for p in tmp_path.iterdir()] == []  # no scratch left
+    if os.geteuid() == 0:  # root writes into read-only folders: the permission case needs another user
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "old.json").write_text("{}")
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(AccessDeniedError, match=r"locked/new.json: cannot write it: Permission denied"):
+            storage.write_text(str(locked / "new.json"), "x")
+        with pytest.raises(AccessDeniedError, match=r"locked/old.json: cannot delete it: Permission denied"):
+            storage.delete(str(locked / "old.json"))
+    finally:
+        locked.chmod(0o700)
