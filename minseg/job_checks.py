@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from pydantic import TypeAdapter, ValidationError
 
-from minseg.config.base import JobProblem
+from minseg.config.base import JobProblem, leave_out_refused
 from minseg.config.schema import MinsegConfig
 
 
@@ -42,9 +42,10 @@ def job_problems(config: MinsegConfig, warn: bool = True,
 
 def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> list[JobProblem]:
     """``job_problems`` of the parts of a config the schema refused: each top-level section that validates; the data
-    and evaluation sections with their refused values left out (``_mended``); of a training section that does not
-    validate, each member (``training.defaults`` merged in, refused values left out); of a prospect section, its
-    members and windows. Plus a repeated member name, which the schema says only once every member validates."""
+    and evaluation sections with their refused values left out (``config.base.leave_out_refused``); of a training
+    section that does not validate, each member (``training.defaults`` merged in, refused values left out); of a
+    prospect section, its members and windows. Plus a repeated member name, which the schema says only once every
+    member validates."""
     from minseg.geo.config import ProspectSettings, WindowSettings
 
     sections: dict[str, Any] = {}
@@ -60,7 +61,7 @@ def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> lis
         except ValidationError:
             pass
         if name in ("data", "evaluation") and isinstance(value, Mapping):
-            section, left_out = _mended(_model_of(field.annotation), value)
+            section, left_out = leave_out_refused(_model_of(field.annotation), value)
             # without its refused class list, a data section would bring "data.classes is required" to members
             if section is not None and not any(path[:1] == ("classes",) for path in left_out):
                 sections[name] = section
@@ -73,57 +74,11 @@ def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> lis
             training, said, configured[name] = _members_alone(value["training"], "prospect.training")
             problems += said
             if training is not None:
-                windows = _mended(WindowSettings, value.get("windows") or {})[0] or WindowSettings()
+                windows = leave_out_refused(WindowSettings, value.get("windows") or {})[0] or WindowSettings()
                 sections[name] = ProspectSettings.model_construct(training=training, windows=windows)
     if not sections:
         return problems
     return problems + job_problems(MinsegConfig.model_construct(**sections), warn=warn, configured=configured)
-
-
-def _mended(model, value: Mapping[str, Any], rounds: int = 8) -> tuple[Any, list[tuple]]:
-    """``value`` validated as ``model`` with each value the schema refuses left out (its default taken), so that
-    the rest of it can be checked past the schema (a bad ``training.defaults`` value refuses every member: their
-    models were then never looked at): (the model or None where a required value is refused, the key paths left
-    out). A value in a list leaves out the whole list (its other entries would shift)."""
-    data = _copied(value)
-    left_out: list[tuple] = []
-    for _ in range(rounds):
-        try:
-            return model.model_validate(data), left_out
-        except ValidationError as exc:
-            paths = {_whole_list(error["loc"]) for error in exc.errors()}
-            removed = [path for path in paths if path and _remove(data, path)]
-            if not removed:
-                return None, left_out
-            left_out += removed
-    return None, left_out
-
-
-def _copied(value):
-    if isinstance(value, Mapping):
-        return {key: _copied(item) for key, item in value.items()}
-    return [_copied(item) for item in value] if isinstance(value, list) else value
-
-
-def _whole_list(loc: tuple) -> tuple:
-    """The key path of an error's value, up to the list that holds it."""
-    for index, part in enumerate(loc):
-        if isinstance(part, int):
-            return tuple(loc[:index])
-    return tuple(loc)
-
-
-def _remove(data, path: tuple) -> bool:
-    """Delete the key at ``path`` (mapping keys) from ``data``; False where the path leads elsewhere (a union's
-    branch label, a model-wide check)."""
-    for part in path[:-1]:
-        if not isinstance(data, dict) or part not in data:
-            return False
-        data = data[part]
-    if isinstance(data, dict) and path[-1] in data:
-        del data[path[-1]]
-        return True
-    return False
 
 
 def _model_of(annotation):
@@ -145,8 +100,8 @@ def _members_alone(training: Mapping[str, Any], key: str):
         return None, [], 0
     repeated = repeated_member_names([m["name"] for m in listed
                                       if isinstance(m, Mapping) and isinstance(m.get("name"), str)])
-    members = [m for m in (_mended(MemberSettings, member)[0]
-                           for member in merge_member_defaults(dict(training))["members"] if isinstance(member, Mapping))
-               if m is not None]
+    merged = merge_member_defaults(dict(training))["members"]
+    members = [m for m in (leave_out_refused(MemberSettings, member)[0] for member in merged
+                           if isinstance(member, Mapping)) if m is not None]
     section = TrainingSettings.model_construct(members=members) if members else None
     return section, [JobProblem(f"{key}.members", repeated)] if repeated else [], len(listed)

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import types
+from collections import abc
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
@@ -61,12 +62,14 @@ def bool_for_number(annotation: Any, value: Any) -> bool:
         return bool(numbers) or any(bool_for_number(c, value) for c in choices if get_origin(c) is Annotated)
     if origin in (Union, types.UnionType):
         return any(bool_for_number(c, value) for c in get_args(annotation) if c is not type(None))
-    if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset):
+    collection = isinstance(origin, type) and not issubclass(origin, (str, bytes))
+    if isinstance(value, (list, tuple)) and collection and issubclass(origin, (abc.Sequence, abc.Set)):
         args = [a for a in get_args(annotation) if a is not Ellipsis]
         if origin is tuple and len(args) == len(value) and get_args(annotation)[-1] is not Ellipsis:
             return any(bool_for_number(a, v) for a, v in zip(args, value))
         return bool(args) and any(bool_for_number(args[0], v) for v in value)
-    if isinstance(value, Mapping) and origin is dict and len(get_args(annotation)) == 2:
+    if isinstance(value, Mapping) and collection and issubclass(origin, abc.Mapping) \
+            and len(get_args(annotation)) == 2:
         return any(bool_for_number(get_args(annotation)[1], v) for v in value.values())
     return False
 
@@ -431,6 +434,49 @@ def _input_loc(data: Any, loc: tuple, labels: frozenset[str], missing: bool = Fa
         else:
             return tuple(kept) + loc[n:]
     return tuple(kept)
+
+
+def leave_out_refused(model: type[M], value: Mapping[str, Any], rounds: int = 8) -> tuple[M | None, list[tuple]]:
+    """``value`` validated as ``model`` with each value the schema refuses left out (its default taken), so that
+    the rest of it can be checked past the schema (``minseg.job_checks``: a bad ``training.defaults`` value refuses
+    every member, whose models were then never looked at): (the model, or None where a required value is refused
+    or a check spans the whole model; the key paths left out). A refused value in a list leaves out the whole list
+    (its other entries would shift); union branch labels are not keys (``cache.bool`` is ``cache``)."""
+    data = _deep_copy(value)
+    labels = _branch_labels(model)
+    left_out: list[tuple] = []
+    for _ in range(rounds):
+        try:
+            return model.model_validate(data), left_out
+        except ValidationError as exc:
+            paths = {_up_to_list(_input_loc(data, tuple(error["loc"]), labels, error["type"] == "missing"))
+                     for error in exc.errors()}
+            removed = [path for path in paths if path and _remove_key(data, path)]
+            if not removed:
+                return None, left_out
+            left_out += removed
+    return None, left_out
+
+
+def _up_to_list(loc: tuple) -> tuple:
+    """The key path of an error's value, up to the list that holds it."""
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            return tuple(loc[:index])
+    return tuple(loc)
+
+
+def _remove_key(data: Any, path: tuple) -> bool:
+    """Delete the key at ``path`` (mapping keys) from ``data``; False where the path leads to nothing there (a
+    missing key, a check over the whole model)."""
+    for part in path[:-1]:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    if isinstance(data, dict) and path[-1] in data:
+        del data[path[-1]]
+        return True
+    return False
 
 
 def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:

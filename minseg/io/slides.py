@@ -483,7 +483,9 @@ class Slide:
 
 
 def usable_pixel_size(value) -> float | None:
-    """``value`` as a pixel size in µm when it is one (a finite number > 0), else None."""
+    """``value`` as a pixel size in µm when it is one (a finite number > 0, not a JSON true), else None."""
+    if isinstance(value, bool):  # float(True) is 1.0: a label map's "pixel_size_um": true is no size
+        return None
     try:
         size = float(value)
     except (TypeError, ValueError):

@@ -50,8 +50,8 @@ class MeasureSpec:
         """Raises ValueError for a pixel size that is not a number above 0 and below ``MAX_PIXEL_SIZE_UM`` (inf
         would make every size inf and reach the JSON documents as ``Infinity``; 1e200 overflowed areas)."""
         size = self.pixel_size_um
-        if size is not None and not (isinstance(size, (int, float)) and math.isfinite(size)
-                                     and 0 < size < MAX_PIXEL_SIZE_UM):
+        if size is not None and not (isinstance(size, (int, float)) and not isinstance(size, bool)
+                                     and math.isfinite(size) and 0 < size < MAX_PIXEL_SIZE_UM):
             raise ValueError(f"pixel size {size!r} µm is not a number above 0 and below {MAX_PIXEL_SIZE_UM:g} (1 m)")
 
     @cached_property

@@ -529,20 +529,23 @@ def test_config_validate_past_the_schema_in_every_section_and_never_a_traceback(
 def test_true_and_false_stay_what_they_are_where_a_flag_is_meant(tmp_path):
     """Only a number refuses true / false: a flag, a ``bool | int`` union and ``Any`` take them; a model's number
     option refuses them by its annotation."""
-    from typing import Any, Literal
+    from typing import Any, Literal, Mapping, Sequence
 
     from minseg.config.base import bool_for_number
     from minseg.errors import InputError
     from minseg.models.registry import get_entry
 
-    assert not any(bool_for_number(t, True) for t in (bool, bool | int, Any, str, Literal["a"], list[bool]))
+    assert not any(bool_for_number(t, v) for t, v in ((bool, True), (bool | int, True), (Any, True), (str, True),
+                                                        (Literal["a"], True), (list[bool], [True]), (str, "true")))
     assert all(bool_for_number(t, v) for t, v in ((float, True), (int | None, False), (list[int], [1, True]),
                                                     (tuple[int, float], (1, False)), (dict[str, float], {"a": True}),
-                                                    (Literal[1, 2], True), (float | list[float], [True])))
+                                                    (Literal[1, 2], True), (float | list[float], [True]),
+                                                    (Sequence[int], [1, True]), (Mapping[str, float], {"a": True})))
     config = load_config(write(tmp_path, "evaluation: {learned_per_class: true}"), MinsegConfig)
     assert config.evaluation.learned_per_class is True  # a flag still reads true
-    with pytest.raises(InputError, match="model 'unet' option width: a number is needed, not true / false"):
-        get_entry("unet").checked_options({"width": True})
+    for option, value in (("width", True), ("context_bins", [True, 2])):  # a Sequence[int] option too
+        with pytest.raises(InputError, match=f"model 'unet' option {option}: a number is needed, not true / false"):
+            get_entry("unet").checked_options({option: value})
 
 
 def test_job_problems_are_blamed_member_by_member_and_on_environment_variables(tmp_path, capsys, monkeypatch):
@@ -589,8 +592,16 @@ def test_a_refused_default_or_data_key_leaves_the_rest_checked(tmp_path, capsys)
     assert lines[:2] == [f"  {path}: data.tilling: unknown key (check spelling; see docs/configuration.md)",
                          f"  {path}: training.defaults.optimizer.lr: Input should be greater than 0 (got -1)"]
     assert lines[2].startswith(f"  {path}: training.members[a]: unknown model 'unett'")
-    assert lines[3:] == [f"  {path}: training.members[b]: class_weights must list one value per class (2), got 3 "
-                         "value(s)"]
+    lines_b = f"  {path}: training.members[b]: class_weights must list one value per class (2), got 3 value(s)"
+    assert lines[3:] == [lines_b]
+    # a union's value refused: its loc names a branch (cache.bool), not a key: the rest of data still checked
+    path.write_text(yaml.safe_dump({
+        "run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}], "classes": classes, "cache": "sometimes"},
+        "training": {"defaults": {"model": "unet", "stages": [{"epochs": 1, "batch_size": 4}]},
+                     "members": [config["training"]["members"][1]]}}))
+    assert main(["config", "validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()[1:]
+    assert lines[0].startswith(f"  {path}: data.cache: Input should be a valid boolean") and lines[1:] == [lines_b]
     config["data"]["classes"] = {"classes": [{"name": "background", "codes": "zero"}]}
     path.write_text(yaml.safe_dump(config))
     assert main(["config", "validate", str(path)]) == 2

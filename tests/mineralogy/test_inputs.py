@@ -20,10 +20,14 @@ def test_class_names_by_id_are_given_and_distinct():
         MineralogySettings().check_class_names(["resin", "resin"], owner="m.png")
 
 
-@pytest.mark.parametrize("size", [math.inf, -math.inf, math.nan, 0.0, -1.0, 1e200])
+@pytest.mark.parametrize("size", [math.inf, -math.inf, math.nan, 0.0, -1.0, 1e200, True])
 def test_a_pixel_size_is_a_finite_number_above_zero(size):
+    """(True: a label map's ``"pixel_size_um": true`` was read as 1 µm.)"""
+    from minseg.io.slides import usable_pixel_size
+
     with pytest.raises(ValueError, match=r"is not a number above 0 and below 1e\+06"):
         MeasureSpec(("resin", "pyrite"), MineralogySettings(), size)
+    assert usable_pixel_size(size) is None or size == 1e200  # a size the reader passes, MeasureSpec refuses
 
 
 def test_documents_hold_finite_numbers_only():
