@@ -242,6 +242,7 @@ def cmd_select(args) -> int:
     """Choose another candidate from a finished evaluation, without predicting again."""
     from minseg.ensemble.manifest import manifest_destination, write_manifest
     from minseg.ensemble.config import SelectionSettings
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, complete_publication
     from minseg.ensemble.selection import Candidate, build_manifest, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
@@ -255,6 +256,9 @@ def cmd_select(args) -> int:
     if args.rule is SelectionRule.TPI_BUDGET and args.tpi_budget is None:
         raise InputError("--rule tpi_budget needs --tpi-budget SECONDS")
     storage = Storage()
+    if complete_publication(storage, args.evaluation, "evaluate", EVALUATION_DOCUMENTS):
+        print(f"{args.evaluation}: the evaluation's outputs were not all in place (its run was cut short while "
+              "putting them there): put in place now", file=sys.stderr)
     document = read_evaluation(args.evaluation, storage)
     selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
     if args.candidate:

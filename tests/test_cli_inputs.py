@@ -292,10 +292,22 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     assert "evaluation.json: not a complete evaluation record, missing candidates, classes" in error_of(capsys)
     assert main(["select", str(tmp_path)]) == 2
     assert "evaluation.json: no such file" in error_of(capsys)
-    (tmp_path / ".minseg-redo" / "evaluate").mkdir(parents=True)  # staged, not yet in place
-    (tmp_path / ".minseg-redo" / "evaluate" / "evaluation.json").write_text(json.dumps(record))
+    # an evaluation cut short while put in place: its outputs complete in the staging folder, not in place (segment
+    # and score are told so); select puts them in place first, without predicting again
+    staged = tmp_path / ".minseg-redo" / "evaluate"
+    staged.mkdir(parents=True)
+    (staged / "manifest.json").write_text(json.dumps({"version": 1}))
+    (staged / "evaluation.json").write_text(json.dumps(record))
+    from minseg.ensemble.manifest import ManifestError, load_manifest
+    from minseg.io.storage import Storage
+
+    with pytest.raises(ManifestError, match=r"manifest.json: not in place yet: .* run minseg select .*, which puts"):
+        load_manifest(str(tmp_path / "manifest.json"), Storage())
     assert main(["select", str(tmp_path)]) == 2
-    assert "evaluation.json: not in place yet: an evaluation's outputs were being put in place" in error_of(capsys)
+    err = error_of(capsys)
+    assert "outputs were not all in place (its run was cut short while putting them there): put in place now" in err
+    assert "evaluation.json: not a complete evaluation record" in err  # what select then read: the staged record
+    assert (tmp_path / "manifest.json").exists() and not staged.exists()
     for name in ("a/b", "../../evaluation", ".hidden", "a\\b", " "):
         with pytest.raises(SystemExit) as stop:
             main(["select", str(folder), "--name", name])

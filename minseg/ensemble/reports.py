@@ -155,7 +155,7 @@ def print_reports(tables: dict, footer: str) -> None:
 
 # the tables and figures a run may or may not write (an empty table, no best-member confusion, other overlays)
 _TABLES = ("table4_members", "table5_ensembles", "table6_per_class", "table7_comparison")
-_REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "iou_per_class.png",
+_REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "reports.json", "iou_per_class.png",
                  "confusion_selected.png", "confusion_best_member.png", "overlay_*.png")
 # what says a folder holds a finished evaluation or scoring (storage.COMMAND_MARKERS)
 _DOCUMENTS = ("evaluation.json", "score.json")
@@ -210,28 +210,41 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     return moved
 
 
+def complete_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:
+    """For a command that reads ``out`` (``select``): outputs complete in the staging folder but not in place (a
+    publication cut short) are put in place now, without predicting again; a staging folder still being written
+    is left alone. Returns whether outputs were put in place."""
+    if storage.exists(join_uri(out, last[-1])) or not storage.exists(join_uri(staged_outputs(out, command),
+                                                                              last[-1])):
+        return False
+    return finish_publication(storage, out, command, last)
+
+
 def _earlier_reports(storage: Storage, out: str, cut_short: bool = False) -> tuple[str, ...]:
     """The tables and figures of the run in ``out``: those its document (``evaluation.json``, ``score.json``)
     lists; where it lists none (written before the list was kept) or has left (a publication ``cut_short``),
     the files directly in ``out`` named as minseg's (``_REPORT_FILES``) when a document was there."""
     for document in _DOCUMENTS:
         try:
-            text = storage.read_text(join_uri(out, document))
+            data = storage.read_bytes(join_uri(out, document))
         except ObjectNotFoundError:
             continue
         try:
-            listed = json.loads(text).get("report_files")
+            listed = json.loads(data).get("report_files")
         except (ValueError, AttributeError):  # damaged, not a mapping: minseg's names, as before the list
             listed = None
-        if isinstance(listed, list):
-            return tuple(name for name in listed if isinstance(name, str) and "/" not in name)
+        if isinstance(listed, list):  # only names of minseg's reports: a hand-edited list deletes nothing else
+            return tuple(name for name in listed if isinstance(name, str) and _report_name(name))
         cut_short = True
     if not cut_short:
         return ()
     root = absolute_uri(out).rstrip("/") + "/"
-    names = (info.uri[len(root):] for info in storage.list(root))
-    return tuple(name for name in names
-                 if "/" not in name and any(fnmatch.fnmatchcase(name, pattern) for pattern in _REPORT_FILES))
+    return tuple(name for name in (info.uri[len(root):] for info in storage.list(root)) if _report_name(name))
+
+
+def _report_name(name: str) -> bool:
+    """Whether ``name`` (relative to a folder) is one of minseg's tables or figures directly in it."""
+    return "/" not in name and any(fnmatch.fnmatchcase(name, pattern) for pattern in _REPORT_FILES)
 
 
 def _png(figure, storage: Storage, uri: str) -> None:

@@ -393,7 +393,7 @@ def read_evaluation(folder: str, storage: Storage) -> dict:
     """
     import os
 
-    from minseg.io.storage import REDO, ObjectNotFoundError, parse_uri
+    from minseg.io.storage import ObjectNotFoundError, parse_uri
 
     location = parse_uri(folder)
     if not location.is_s3 and os.path.isfile(location.path):
@@ -403,9 +403,6 @@ def read_evaluation(folder: str, storage: Storage) -> dict:
     try:
         document = storage.read_json(uri)
     except ObjectNotFoundError:
-        if storage.exists(join_uri(folder, REDO, "evaluate", "evaluation.json")):  # publish_outputs cut short
-            raise InputError(f"{uri}: not in place yet: an evaluation's outputs were being put in place (or that was "
-                             "cut short); the next minseg evaluate into this folder completes it first") from None
         raise InputError(f"{uri}: no such file; give the folder minseg evaluate wrote (it holds evaluation.json "
                          "and manifest.json)") from None
     if not isinstance(document, dict):

@@ -683,7 +683,8 @@ LOOKALIKE = "confusion_selected.png"  # named as minseg's figures are, not liste
 OTHER_FILES = ("manifest-fast.json", "notes.txt", "table_notes.csv", "confusion_mine.png", "data/table4_members.csv",
                "best-member/manifest.json")
 NEW_OUTPUTS = ("evaluation.json", "manifest.json", "table4_members.csv", "overlay_new_item.png", "reports.json")
-LISTED = json.dumps({"report_files": list(EARLIER_REPORTS)})
+# a hand-edited list naming other files (a folder, the parent): only names of minseg's reports are taken from it
+LISTED = json.dumps({"report_files": [*EARLIER_REPORTS, "notes.txt", "best-member", "..", "", "data"]})
 
 
 def _contents(storage: Storage, root: str) -> dict[str, str]:
