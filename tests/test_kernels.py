@@ -1,6 +1,7 @@
 """``minseg analyze kernels`` on members whose weights are set by hand."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -63,6 +64,14 @@ def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{flag} {value}" in err and "out of range" in err  # the one that is wrong, and only it
         assert all(other not in err for other in ("--near-zero", "--relative", "--bins") if other != flag)
+    # a name from a hand-edited member.json names a figure in the output folder, not a path (../../x wrote beside
+    # the repository)
+    described = tmp_path / "ens" / "members" / "half" / "member.json"
+    described.write_text(json.dumps({**json.loads(described.read_text()), "name": "../../escape"}))
+    analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(tmp_path / "deep" / "er" / "out"))
+    assert sorted(p.name for p in (tmp_path / "deep" / "er" / "out").glob("*.png")) == [
+        "_._.._escape_kernels.png", "kernels_overview.png"]
+    assert not list(tmp_path.glob("**/escape_kernels.png"))
 
 
 def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):

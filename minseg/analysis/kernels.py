@@ -32,7 +32,7 @@ from torch import nn
 from minseg.enums import MemberCheckpoint
 from minseg.errors import InputError
 from minseg.io.runs import read_members_table, recorded_checkpoint
-from minseg.io.storage import ObjectNotFoundError, Storage, join_uri
+from minseg.io.storage import ObjectNotFoundError, Storage, file_stem, join_uri
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 
@@ -223,7 +223,7 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
             log_event(log, "kernels.no_convolutions", member=member.name)
         per_member[member.name] = stats
         rows += [{"member": member.name, "model": member.model, **row} for row in stats]
-        figure = join_uri(output_uri, f"{member.name}_kernels.png")
+        figure = join_uri(output_uri, f"{file_stem(member.name)}_kernels.png")  # a name from a hand-edited file
         storage.write_bytes(figure, _histograms_png(model, member.name, bins))
         figures.append(figure)
     csv_uri = join_uri(output_uri, "kernels.csv")

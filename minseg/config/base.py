@@ -89,12 +89,19 @@ MAX_NAME_LENGTH = 100
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _file_name(value: str) -> str:
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a :data:`Name` (a file or folder name minseg makes), or None."""
     if not _NAME.fullmatch(value):
-        raise ValueError("a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (it "
-                         "names files and folders)")
+        return ("a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (it names files "
+                "and folders)")
     if len(value) > MAX_NAME_LENGTH:
-        raise ValueError(f"at most {MAX_NAME_LENGTH} characters, got {len(value)} (it names files and folders)")
+        return f"at most {MAX_NAME_LENGTH} characters, got {len(value)} (it names files and folders)"
+    return None
+
+
+def _file_name(value: str) -> str:
+    if problem := name_problem(value):
+        raise ValueError(problem)
     return value
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from minseg.config.base import Name, StrictModel, describe_error, key_path
+from minseg.config.base import Name, StrictModel, describe_error, key_path, name_problem
 from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
@@ -281,6 +281,9 @@ def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes
 
     ``members``: (name, registered model name, model options, torch module) in rank order; ``bit_depth``: the
     significant bits of the 16-bit images they were trained on (``data.bit_depth``).
+
+    Raises:
+        InputError: a member name that is no :data:`~minseg.config.base.Name` (before anything is written).
     """
     import io
     from datetime import datetime, timezone
@@ -290,6 +293,9 @@ def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes
     from minseg.ensemble.voting import normalised_rank_weights
 
     storage = storage or Storage()
+    for member, *_ in members:  # each names a folder under root: refused before anything is written
+        if problem := name_problem(member):
+            raise InputError(f"member name {member!r}: {problem}")
     entries = []
     for rank, (member, model_name, options, module) in enumerate(members):
         checkpoint = join_uri(root, "members", member)

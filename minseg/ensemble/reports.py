@@ -13,7 +13,7 @@ import numpy as np
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
 from minseg.errors import InputError
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, absolute_uri, join_uri
+from minseg.io.storage import REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -324,5 +324,4 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
             axis.set_title(title, fontsize=9)
             axis.axis("off")
         figure.legend(handles=legend, loc="lower center", ncol=min(len(legend), 10), fontsize=8)
-        safe = preview["item_id"].replace("/", "_")
-        _png(figure, storage, join_uri(out, f"overlay_{safe}.png"))
+        _png(figure, storage, join_uri(out, f"overlay_{file_stem(preview['item_id'])}.png"))

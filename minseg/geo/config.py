@@ -296,8 +296,8 @@ class ProspectSettings(StrictModel):
     @field_validator("rasters")
     @classmethod
     def _unique_names(cls, rasters):
-        names = [r.name for r in rasters if r.name is not None]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
+        names = [r.name.casefold() for r in rasters if r.name is not None]  # each names a file: whatever the case
+        duplicated = sorted({r.name for r in rasters if r.name is not None and names.count(r.name.casefold()) > 1})
         if duplicated:
             raise ValueError(f"evidence names must be unique: {', '.join(duplicated)}")
         return rasters

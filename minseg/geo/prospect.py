@@ -229,17 +229,24 @@ def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry,
 
 
 def _check_names(settings: ProspectSettings, rasters: list) -> None:
-    """Every evidence channel has its own name: sample elements, rasters (globs expanded) and line layers.
+    """Every evidence channel has its own name, whatever its case (each names a file, ``evidence/<name>.tif``: one
+    file where names ignore case, as on macOS and Windows): sample elements, rasters (globs expanded) and lines.
 
     Raises ProspectInputError naming each clash and where both come from."""
     sources: dict[str, list[str]] = {}
+    spellings: dict[str, list[str]] = {}
+
+    def add(name: str, where: str) -> None:
+        sources.setdefault(name.casefold(), []).append(where)
+        spellings.setdefault(name.casefold(), []).append(name)
+
     for element in (settings.samples.elements if settings.samples else {}):
-        sources.setdefault(element, []).append("prospect.samples.elements")
+        add(element, "prospect.samples.elements")
     for index, raster in rasters:
-        sources.setdefault(raster.name, []).append(f"prospect.rasters[{index}] ({raster.uri})")
+        add(raster.name, f"prospect.rasters[{index}] ({raster.uri})")
     for index, layer in enumerate(settings.lines):
-        sources.setdefault(layer.name, []).append(f"prospect.lines[{index}]")
-    clashes = {name: where for name, where in sources.items() if len(where) > 1}
+        add(layer.name, f"prospect.lines[{index}]")
+    clashes = {" / ".join(dict.fromkeys(spellings[key])): where for key, where in sources.items() if len(where) > 1}
     if clashes:
         text = "; ".join(f"{name}: {' and '.join(where)}" for name, where in sorted(clashes.items()))
         raise ProspectInputError(f"evidence names must be unique across samples, rasters and lines: {text}; rename "

@@ -777,8 +777,6 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed]
     storage.write_json(join_uri(out, "failures.json"), failures)
-    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
-    storage.write_json(join_uri(out, "run_summary.json"), document)
     # the batch's mineralogy over every complete slide under the output, this run's and earlier: rewritten when a
     # slide was done or one counted before failed now (it leaves the report as it leaves the tables)
     dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now
@@ -787,6 +785,10 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
         if write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
                               os.path.basename(out.rstrip("/"))) is None:
             storage.delete_prefix(join_uri(out, FOLDER) + "/")  # no complete slide left: no batch report
+    # last: the run's record says the tables and report above are this run's (a run stopped before it leaves the
+    # earlier record, whose slide list the tables no longer match)
+    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
+    storage.write_json(join_uri(out, "run_summary.json"), document)
 
 
 def _read_json(storage: Storage, uri: str):

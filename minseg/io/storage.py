@@ -44,6 +44,20 @@ def _pid_namespace() -> str:
         return "0"
 
 
+def file_stem(text: str, limit: int = 100) -> str:
+    """``text`` (an item id, a member name read from a document) as one part of a file name: ``/``, ``\\`` and
+    control characters become ``_``, as does a leading ``.`` (no hidden file, no ``..``); longer than ``limit``
+    characters (a file system takes 255 bytes), cut and ended with a digest of the whole, so names stay distinct."""
+    import hashlib
+
+    stem = "".join("_" if c in "/\\" or not c.isprintable() else c for c in text)
+    stem = "_" + stem[1:] if stem.startswith(".") or not stem else stem
+    if len(stem.encode()) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        stem = stem.encode()[: limit - 13].decode(errors="ignore") + "-" + digest
+    return stem
+
+
 def scratch_suffix() -> str:
     """The end of every scratch name minseg makes (temp files beside outputs, pyramid scratch folders,
     downloads, preflight markers): ``.<pid>-<pid namespace>@<host>.minseg-tmp``, so a later run can tell a
@@ -652,6 +666,9 @@ class Storage:
             raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
         except IsADirectoryError:
             raise StorageError(f"{loc.uri}: is a directory, not a file") from None
+        except OSError:  # no permission to read it, an I/O error
+            with _local_failures(loc.path, "read"):
+                raise
 
     def open_write(self, uri: str) -> _AtomicWriter:
         """An atomic binary writer; use it as a context manager so errors abort it.
@@ -685,7 +702,8 @@ class Storage:
             os.close(fd)
             os.chmod(tmp, default_file_mode())
         try:
-            yield tmp
+            with _local_failures(tmp if loc.is_s3 else loc.path):  # the library writing the file: a full disk
+                yield tmp
             if loc.is_s3:
                 self.upload_file(tmp, uri)
             else:
@@ -735,9 +753,10 @@ class Storage:
             yield target
 
     def _download(self, uri: str, path: str) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with self.open_read(uri) as source, open(path, "wb") as sink:
-            shutil.copyfileobj(source, sink, length=self.settings.part_size)
+        with self.open_read(uri) as source, _local_failures(path):  # a full scratch disk
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as sink:
+                shutil.copyfileobj(source, sink, length=self.settings.part_size)
 
     def upload_file(self, path: str, uri: str) -> None:
         with open(path, "rb") as source, self.open_write(uri) as sink:

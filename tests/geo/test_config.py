@@ -67,3 +67,21 @@ def test_a_proj_string_only_near_an_epsg_crs_is_refused_for_the_grid():
     esri = CRS.from_epsg(3067).to_wkt("WKT1_ESRI")  # the same CRS as another tool writes it: accepted
     assert load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.crs": esri}).prospect.grid.crs == esri
 
+
+
+def test_evidence_names_clash_whatever_their_case():
+    """Each evidence channel names a file (``evidence/<name>.tif``): ``Cu`` and ``cu`` are one file where names
+    ignore case (macOS, Windows), so two channels of those names are refused as two of one name are."""
+    from types import SimpleNamespace
+
+    from minseg.geo.config import ProspectInputError
+    from minseg.geo.prospect import _check_names
+
+    settings = SimpleNamespace(samples=SimpleNamespace(elements={"Cu": "Cu_ppm", "Au": "Au_ppb"}),
+                               lines=[SimpleNamespace(name="faults")])
+    rasters = [(0, SimpleNamespace(name="cu", uri="grids/cu.tif")), (1, SimpleNamespace(name="FAULTS", uri="f.tif"))]
+    with pytest.raises(ProspectInputError, match=r"Cu / cu: prospect.samples.elements and prospect.rasters\[0\] "
+                                                 r"\(grids/cu.tif\); FAULTS / faults: prospect.rasters\[1\] \(f.tif\) "
+                                                 r"and prospect.lines\[0\]; rename one"):
+        _check_names(settings, rasters)
+    _check_names(settings, rasters[:0])  # distinct names pass

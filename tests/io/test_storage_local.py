@@ -321,3 +321,14 @@ def test_the_file_system_refusing_a_write_is_a_storage_error_naming_the_path(tmp
             storage.delete(str(locked / "old.json"))
     finally:
         locked.chmod(0o700)
+
+
+def test_a_file_stem_is_one_safe_distinct_part_of_a_file_name():
+    """Item ids and member names read from documents name files: never a path, a hidden file or a name the file
+    system refuses (a 300-character item id failed the overlay at the end of an evaluation)."""
+    from minseg.io.storage import file_stem
+
+    assert [file_stem(t) for t in ("a/b", "..", ".x", "", "a\nb", "a\\b", "ok-name_1.2")] == [
+        "a_b", "_.", "_x", "_", "a_b", "a_b", "ok-name_1.2"]
+    long = [file_stem("x" * 300), file_stem("x" * 299 + "y"), file_stem("é" * 80)]
+    assert all(len(stem.encode()) <= 100 for stem in long) and len(set(long)) == 3
