@@ -467,8 +467,12 @@ def _job_problem_sources(args, problems: list) -> list[str]:
     from minseg.errors import InputError
     from minseg.job_checks import invalid_config_problems, job_problems
 
-    environment = {f"{ENV_PREFIX}{key.upper().replace('.', '__')}": value for key, value in env_overrides().items()}
-    options = args.set or []
+    def checked(key: str) -> bool:  # the sections the job checks read: other values cannot bring their problems
+        return key.partition(".")[0].partition("[")[0] in ("training", "prospect", "data", "evaluation")
+
+    environment = {f"{ENV_PREFIX}{key.upper().replace('.', '__')}": value for key, value in env_overrides().items()
+                   if checked(key)}
+    options = [option for option in args.set or [] if checked(option.partition("=")[0].strip())]
     if not (environment or options):
         return [args.config] * len(problems)
 

@@ -11,7 +11,8 @@ from pydantic import Field
 
 from minseg.config.base import StrictModel
 from minseg.errors import InputError
-from minseg.io.config import PositiveInt, StorageSettings
+from minseg.config.base import PositiveInt
+from minseg.io.config import StorageSettings
 from minseg.logs import _is_interactive, configure_logging, get_logger, log_event, verbose
 
 if TYPE_CHECKING:

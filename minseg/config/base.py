@@ -80,6 +80,9 @@ def _multiple_of_16(value: int) -> int:
     return value
 
 
+PositiveInt = Annotated[int, Field(gt=0)]
+"""A count or size of at least 1."""
+
 TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 """A TIFF tile side: the format wants multiples of 16."""
 

@@ -51,7 +51,8 @@ from minseg.ensemble.selection import (
 from minseg.ensemble.voting import fuse
 from minseg.errors import InputError
 from minseg.io.runs import read_members_table, recorded_checkpoint
-from minseg.io.storage import ObjectNotFoundError, Storage, join_uri, refuse_other_command_outputs
+from minseg.io.storage import (ObjectNotFoundError, Storage, join_uri, refuse_other_command_outputs,
+                               staging_folder)
 from minseg.logs import Progress, get_logger, log_event
 from minseg.metrics import ConfusionMatrix, metric_key_problem, metric_value, metrics_from_confusion
 from minseg.preflight import job_paths
@@ -460,7 +461,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         ResourceError: an actor pool the cluster could never hold (``evaluation.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import (EVALUATION_DOCUMENTS, finish_publication, print_reports,
-                                         publish_outputs, staged_outputs, write_reports)
+                                         publish_outputs, write_reports)
 
     if config.data is None:
         raise InputError("evaluation needs the 'data' section the members were trained with")
@@ -526,7 +527,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups,
                                    hashes)
-    staged = staged_outputs(out, "evaluate")  # an earlier evaluation in out stays whole until this one is complete
+    staged = staging_folder(out, "evaluate")  # an earlier evaluation in out stays whole until this one is complete
     storage.delete_prefix(staged + "/")
     manifest = build_manifest(document, chosen.key, storage, settings.name, hashes=hashes)
     tables = write_reports(document, prepared, previews, staged, storage, settings)

@@ -23,7 +23,7 @@ from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, is_s3, join_uri
+from minseg.io.storage import REDO, ObjectNotFoundError, Storage, is_s3, join_uri, staging_folder
 from minseg.logs import get_logger, log_event
 
 log = get_logger("ensemble.manifest")
@@ -156,7 +156,7 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
         document = json.loads(storage.read_text(uri))
     except ObjectNotFoundError:
         folder = uri.rsplit("/", 1)[0] if "/" in uri else "."
-        if storage.exists(join_uri(folder, REDO, "evaluate", "evaluation.json")):  # reports.publish_outputs
+        if storage.exists(join_uri(staging_folder(folder, "evaluate"), "evaluation.json")):  # publish_outputs
             raise ManifestError(f"{uri}: not in place yet: the evaluation's outputs are staged in {folder}/{REDO} "
                                 f"(its run was cut short while putting them in place, or is doing so): run minseg "
                                 f"select {folder}, which puts them in place first") from None

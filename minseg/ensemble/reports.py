@@ -13,7 +13,8 @@ import numpy as np
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
 from minseg.errors import InputError
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri
+from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri,
+                               staging_folder)
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -166,13 +167,6 @@ EVALUATION_DOCUMENTS = ("manifest.json", "evaluation.json")
 SCORE_DOCUMENTS = ("score.json",)
 
 
-def staged_outputs(out: str, command: str) -> str:
-    """Where ``command`` (evaluate, score) writes its documents, tables and figures before they replace an earlier
-    run's in ``out`` (``publish_outputs``): ``<out>/.minseg-redo/<command>``, hidden, on the same file system or
-    bucket. A run that fails before then leaves ``out`` as it was."""
-    return join_uri(out, REDO, command)
-
-
 def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ...]) -> None:
     """Put the complete outputs in ``staged`` in place in ``out`` (``Storage.replace_files``): ``last`` (the
     documents that say the folder is complete, the final one written last into ``staged``) leave ``out`` first
@@ -193,7 +187,7 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     process, a failed request; ``out`` then lacks its documents) are put in place, so that ``out`` holds a finished
     run whatever this one does; the remains of a run that failed before its outputs were complete are deleted.
     Returns whether outputs were put in place."""
-    staged = staged_outputs(out, command)
+    staged = staging_folder(out, command)
     redo = join_uri(out, REDO)
     if storage.exists(redo) and not storage.is_folder(redo):  # no staging folder could be made, after all the work
         raise InputError(f"{redo} is a file; minseg {command} stages its outputs in a folder of "
@@ -214,7 +208,7 @@ def complete_publication(storage: Storage, out: str, command: str, last: tuple[s
     """For a command that reads ``out`` (``select``): outputs complete in the staging folder but not in place (a
     publication cut short) are put in place now, without predicting again; a staging folder still being written
     is left alone. Returns whether outputs were put in place."""
-    if storage.exists(join_uri(out, last[-1])) or not storage.exists(join_uri(staged_outputs(out, command),
+    if storage.exists(join_uri(out, last[-1])) or not storage.exists(join_uri(staging_folder(out, command),
                                                                               last[-1])):
         return False
     return finish_publication(storage, out, command, last)

@@ -32,7 +32,7 @@ from minseg.ensemble.runtime import MemberRef
 from minseg.ensemble.selection import MEMBER_PREFIX, Candidate, rank_members
 from minseg.errors import InputError
 from minseg.io.images import depth_record, describe_depth
-from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs
+from minseg.io.storage import Storage, join_uri, refuse_other_command_outputs, staging_folder
 from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
 from minseg.preflight import job_paths
@@ -136,7 +136,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
         ResourceError: an actor pool the cluster could never hold (``score.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import (SCORE_DOCUMENTS, best_member_of, finish_publication, print_reports,
-                                         publish_outputs, staged_outputs, write_reports)
+                                         publish_outputs, write_reports)
 
     started = time.monotonic()
     settings = config.score or ScoreSettings()
@@ -148,7 +148,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
     if finish_publication(storage, out, "score", SCORE_DOCUMENTS):
         log_event(log, "score.earlier_outputs_put_in_place", output=out,
                   hint="the last scoring into this folder was complete but cut short while put in place")
-    staged = staged_outputs(out, "score")  # an earlier scoring in out stays whole until this one is complete
+    staged = staging_folder(out, "score")  # an earlier scoring in out stays whole until this one is complete
     manifest = load_manifest(settings.manifest, storage)  # checkpoints' hashes and class maps checked
     data = scoring_data(config.data, manifest, settings.manifest)
     init_ray(config.ray, job_paths([data, settings.manifest], [out]))

@@ -57,7 +57,8 @@ from minseg.geo.windows import (EvidenceStack, balance_windows, extract, footpri
                                 thin_folds)
 from minseg.io.geotiff import GridGeometry, write_geotiff
 from minseg.io.runs import read_pointer, relocate_records, relocated
-from minseg.io.storage import REDO, Storage, absolute_uri, join_uri, refuse_other_command_outputs
+from minseg.io.storage import (REDO, Storage, absolute_uri, join_uri, refuse_other_command_outputs,
+                               staging_folder)
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
@@ -800,17 +801,10 @@ _OWNED = (*_OUTPUT_FOLDERS, "models")  # what a run replaces whole; nothing else
 _MARKER = ".minseg-prospect"  # written into every prospectivity output folder: its per-input folders are minseg's
 
 
-def staging_folder(out: str) -> str:
-    """Where a run into ``out`` writes while ``out`` holds a finished run (``summary.json``): ``<out>/.minseg-redo/
-    prospect`` (hidden; on the same file system or bucket). The finished outputs stay as they are until the new run
-    is complete, then are replaced (``publish_run``): a run that fails or is stopped loses nothing."""
-    return join_uri(out, REDO, "prospect")
-
-
 def _finish_replacement(storage: Storage, out: str) -> None:
     """A complete run whose replacement of the earlier outputs was cut short (killed while its files were moved
     into ``out``; meanwhile ``out`` has no ``summary.json``): moved into place now."""
-    staged = staging_folder(out)
+    staged = staging_folder(out, "prospect")
     if not storage.exists(join_uri(staged, "summary.json")):
         return
     if storage.finish_replacement(staged, out, "summary.json", ("summary.json",), _OWNED):
@@ -840,7 +834,7 @@ def working_folder(storage: Storage, out: str) -> str:
             raise ProspectInputError(f"prospect.output_uri: {out} holds {', '.join(f + '/' for f in taken)} that "
                                      "minseg did not write; choose another output folder")
     _finish_replacement(storage, out)
-    return staging_folder(out) if storage.exists(join_uri(out, "summary.json")) else out
+    return staging_folder(out, "prospect") if storage.exists(join_uri(out, "summary.json")) else out
 
 
 def resumed_models(storage: Storage, out: str, work: str) -> str:
@@ -861,7 +855,7 @@ def _clear_outputs(storage: Storage, out: str, work: str, resume: bool) -> None:
     stays for ``--resume`` (``train_trials`` deletes it otherwise)."""
     ours = work != out or storage.exists(join_uri(out, _MARKER))
     if work == out:
-        storage.delete_prefix(staging_folder(out) + "/")
+        storage.delete_prefix(staging_folder(out, "prospect") + "/")
     elif not resume:
         storage.delete_prefix(work + "/")
     storage.delete(join_uri(work, "summary.json"))

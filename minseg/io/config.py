@@ -7,17 +7,16 @@ root), so reading and writing never depends on any job's settings.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Mapping
+from typing import Mapping
 
 from pydantic import Field, field_validator
 
-from minseg.config.base import ENV_PREFIX, StrictModel, validate_config
+from minseg.config.base import ENV_PREFIX, PositiveInt, StrictModel, validate_config
 from minseg.enums import AddressingStyle
 
 MIB = 1024 * 1024
 S3_MIN_PART_MIB = 5  # S3 rejects non-final multipart parts under 5 MiB
 
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class StorageSettings(StrictModel):

@@ -1164,6 +1164,15 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
 # its reports (score's tables over evaluate's) or mix into its run tables (measure's slides.csv over segment's)
 COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "score": "score.json",
                    "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
+#: the commands that write a rerun's outputs aside first (``staging_folder``), their marker put in place last
+STAGING_COMMANDS = ("evaluate", "score", "prospect")
+
+
+def staging_folder(output: str, command: str) -> str:
+    """Where ``command`` writes a rerun's outputs before they replace the finished ones in ``output``:
+    ``<output>/.minseg-redo/<command>`` (hidden; on the same file system or bucket, so they are linked or copied
+    server-side into place)."""
+    return join_uri(output, REDO, command)
 
 
 def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: str) -> None:
@@ -1188,8 +1197,9 @@ def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: 
 
 
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
-    """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`); its own
-    earlier outputs are fine (a rerun, a resume).
+    """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`, at its top or
+    in that command's staging folder: outputs not yet put in place); its own earlier outputs are fine (a rerun, a
+    resume).
 
     Raises:
         InputError: naming ``source`` (the flag or config key), the folder and the command whose outputs it holds."""
@@ -1201,7 +1211,8 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
         if other == command:
             continue
         # or its complete outputs staged there, their marker not yet in place (a publication cut short)
-        for found in (marker, f"{REDO}/{other}/{marker}"):
+        staged = [f"{REDO}/{other}/{marker}"] if other in STAGING_COMMANDS else []
+        for found in (marker, *staged):
             if storage.exists(join_uri(uri, found)):
                 raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
                                  "would write over them there: give another folder")

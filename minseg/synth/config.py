@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from minseg.config.base import StrictModel, TiffTileSize
+from minseg.config.base import PositiveInt, StrictModel, TiffTileSize
 from minseg.io.crs import GridCrsText, grid_scale_problem
 from minseg.enums import ImageFormat, TiffCompression
 
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class SectionsSynth(StrictModel):

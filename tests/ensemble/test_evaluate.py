@@ -695,13 +695,14 @@ def published_evaluation(storage: Storage, root: str, earlier: str | None) -> di
     """An evaluation folder holding an earlier run's reports, its documents (``earlier``: their text; None: none)
     and someone's files, a new run staged and put in place (``publish_outputs``): what ``root`` holds after (name
     -> text). Shared with the S3 test."""
-    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs, staged_outputs
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, publish_outputs
+    from minseg.io.storage import staging_folder
 
     for name in (*EARLIER_REPORTS, LOOKALIKE, *OTHER_FILES):
         storage.write_text(join_uri(root, name), "earlier")
     for name in EVALUATION_DOCUMENTS if earlier is not None else ():
         storage.write_text(join_uri(root, name), earlier)
-    staged = staged_outputs(root, "evaluate")
+    staged = staging_folder(root, "evaluate")
     for name in NEW_OUTPUTS:
         storage.write_text(join_uri(staged, name), "new")
     publish_outputs(storage, staged, root, EVALUATION_DOCUMENTS)
@@ -711,14 +712,15 @@ def published_evaluation(storage: Storage, root: str, earlier: str | None) -> di
 def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
     """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files
     were put in place (its documents left first, one report in place) is completed; (2) one killed while deleting
-    its staging folder (only the marker left there), the manifest replaced by ``select`` meanwhile: nothing is
-    put in place again; (3) a run that failed before its outputs were complete (no marker staged): its remains
+    its staging folder (only the marker left there), the manifest replaced by ``select`` and the marker in place
+    deleted meanwhile: nothing is put in place again; (3) a run that failed before its outputs were complete (no marker staged): its remains
     are deleted."""
-    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication, staged_outputs
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
+    from minseg.io.storage import staging_folder
 
     for name in ("table4_members.csv", "overlay_a.png", "manifest-fast.json"):
         storage.write_text(join_uri(root, name), "earlier")
-    staged = staged_outputs(root, "evaluate")
+    staged = staging_folder(root, "evaluate")
     for name in ("table4_members.csv", *EVALUATION_DOCUMENTS):
         storage.write_text(join_uri(staged, name), "new")
     storage.write_text(join_uri(root, "table4_members.csv"), "new")  # one file in place when it was killed
@@ -726,6 +728,7 @@ def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
     seen = [_contents(storage, root)]
     storage.write_text(join_uri(staged, "evaluation.json"), "new")
     storage.write_text(join_uri(root, "manifest.json"), "selected")
+    storage.delete(join_uri(root, "evaluation.json"))  # even with the marker gone: a half-deleted folder stays out
     assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
     seen.append(_contents(storage, root))
     for name in ("table4_members.csv", "manifest.json"):
@@ -737,7 +740,8 @@ def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
 PUBLISHED = {**{name: "earlier" for name in OTHER_FILES}, **{name: "new" for name in NEW_OUTPUTS}}
 COMPLETED = {"evaluation.json": "new", "manifest.json": "new", "table4_members.csv": "new",
              "manifest-fast.json": "earlier"}
-AFTER_A_CUT = [COMPLETED, {**COMPLETED, "manifest.json": "selected"}, {**COMPLETED, "manifest.json": "selected"}]
+_HALF = {name: text for name, text in {**COMPLETED, "manifest.json": "selected"}.items() if name != "evaluation.json"}
+AFTER_A_CUT = [COMPLETED, _HALF, _HALF]
 
 
 def test_an_evaluation_replaces_the_earlier_one_whole_and_keeps_other_files(tmp_path):

@@ -182,9 +182,10 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
     assert again.document["channels"] == summary["channels"]
     # a rerun stopped beside the finished run (here one trial of one member checkpointed in its staging folder),
     # resumed: it continues its own trials and takes those of the finished run that fit (not trained again)
-    from minseg.geo.prospect import staging_folder
+    from minseg.io.storage import staging_folder
 
-    Storage().copy_files(f"{out}/models/fold1/members/mfaf-r18", f"{staging_folder(out)}/models/fold1/members/mfaf-r18")
+    Storage().copy_files(f"{out}/models/fold1/members/mfaf-r18",
+                         f"{staging_folder(out, 'prospect')}/models/fold1/members/mfaf-r18")
     third = map_prospectivity(config, resume=True)
     assert [m.finished_at for m in third.members] == [m.finished_at for m in result.members]
     assert open(f"{out}/notes.txt").read() == "mine" and not os.path.exists(f"{out}/.minseg-redo")
@@ -329,7 +330,8 @@ def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey,
 def test_a_replacement_cut_short_is_completed_by_the_next_run(tmp_path):
     """A complete run staged beside a finished one, killed while its files were being put in place (the folder has
     no summary.json, some files are new): the next run into the folder completes it before anything else."""
-    from minseg.geo.prospect import staging_folder, working_folder
+    from minseg.geo.prospect import working_folder
+    from minseg.io.storage import staging_folder
     from minseg.io.storage import Storage
 
     out, storage = str(tmp_path / "out"), Storage()
@@ -339,19 +341,20 @@ def test_a_replacement_cut_short_is_completed_by_the_next_run(tmp_path):
     staged = {"summary.json": "new", "prospectivity.tif": "new", "cv/fold1/prospectivity.tif": "new",
               "models/members.csv": "new"}
     for name, text in staged.items():
-        storage.write_text(f"{staging_folder(out)}/{name}", text)
-    assert working_folder(storage, out) == staging_folder(out)  # completed: a finished run, kept by the next one
+        storage.write_text(f"{staging_folder(out, 'prospect')}/{name}", text)
+    # completed: a finished run, kept by the next one
+    assert working_folder(storage, out) == staging_folder(out, "prospect")
     assert {info.uri[len(out) + 1:]: storage.read_text(info.uri) for info in storage.list(out + "/")} == {
         ".minseg-prospect": "marker", "notes.txt": "mine", **staged}
     # a staging folder without summary.json is a run that never finished: not put in place
-    storage.write_text(f"{staging_folder(out)}/prospectivity.tif", "unfinished")
-    assert working_folder(storage, out) == staging_folder(out)
+    storage.write_text(f"{staging_folder(out, 'prospect')}/prospectivity.tif", "unfinished")
+    assert working_folder(storage, out) == staging_folder(out, "prospect")
     assert storage.read_text(f"{out}/prospectivity.tif") == "new"
     # one killed while its staging folder was deleted (summary.json, which goes last, still there; the rest partly
     # gone) was put in place already: the staging folder goes, the published run stays whole (once, it was
     # "put in place" again: every file of cv/ and models/ that the remains lacked was deleted)
-    storage.write_text(f"{staging_folder(out)}/summary.json", "new")
-    assert working_folder(storage, out) == staging_folder(out)
+    storage.write_text(f"{staging_folder(out, 'prospect')}/summary.json", "new")
+    assert working_folder(storage, out) == staging_folder(out, "prospect")
     assert {info.uri[len(out) + 1:]: storage.read_text(info.uri) for info in storage.list(out + "/")} == {
         ".minseg-prospect": "marker", "notes.txt": "mine", **staged}
 
