@@ -710,11 +710,11 @@ def published_evaluation(storage: Storage, root: str, earlier: str | None) -> di
 
 
 def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
-    """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files
-    were put in place (its documents left first, one report in place) is completed; (2) one killed while deleting
-    its staging folder (only the marker left there), the manifest replaced by ``select`` and the marker in place
-    deleted meanwhile: nothing is put in place again; (3) a run that failed before its outputs were complete (no marker staged): its remains
-    are deleted."""
+    """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files were put
+    in place (its documents left first, one report in place) is completed; (2) one killed while deleting its staging
+    folder (only the marker left there), the manifest replaced by ``select`` and the marker in place deleted
+    meanwhile: nothing is put in place again; (3) a run that failed before its outputs were complete (no marker
+    staged): its remains are deleted."""
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
     from minseg.io.storage import staging_folder
 
