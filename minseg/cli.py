@@ -830,6 +830,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _silence_stdout()  # `minseg models | head`: the reader has what it wanted
         return 141  # as a process SIGPIPE ended (128 + 13)
+    except Exception as exc:  # a minseg error raised in a Ray task or actor no command unwrapped: its message
+        from minseg.runtime import minseg_error_in
+
+        found = minseg_error_in(exc)
+        if found is None:
+            raise
+        print(f"minseg: error: {found}", file=sys.stderr)
+        return found.exit_code
 
 
 def _stdout_closed() -> bool:

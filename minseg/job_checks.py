@@ -53,7 +53,7 @@ def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> lis
     problems: list[JobProblem] = []
     for name, field in MinsegConfig.model_fields.items():
         value = values.get(name)
-        if value is None:
+        if value is None and name not in values:
             continue
         try:
             sections[name] = TypeAdapter(field.annotation).validate_python(value)
@@ -70,6 +70,9 @@ def invalid_config_problems(values: Mapping[str, Any], warn: bool = True) -> lis
             problems += said
             if training is not None:
                 sections[name] = training
+        elif name not in ("data", "evaluation", "training", "prospect"):
+            # given, if refused: its defaults stand in (a refused synth section still means the demo's classes)
+            sections[name] = _model_of(field.annotation).model_construct()
         elif name == "prospect" and isinstance(value, Mapping) and isinstance(value.get("training"), Mapping):
             training, said, configured[name] = _members_alone(value["training"], "prospect.training")
             problems += said

@@ -208,6 +208,17 @@ def test_synth_without_a_target_makes_everything(tmp_path, capsys):
     assert stopped.value.code == 2
     assert "invalid choice: 'slides' (choose from all, sections, slide, survey)" in capsys.readouterr().err
 
+
+def test_a_minseg_error_in_a_ray_task_is_its_message_and_exit_code(ray_session, tmp_path, capsys):
+    """A storage error inside a Ray task (here: sections written where a file stands in for their folder) reached
+    the CLI as ``RayTaskError(UserCodeException)``: a traceback, exit 1. Unwrapped at the CLI: the message, exit 2."""
+    (tmp_path / "made" / "sections").mkdir(parents=True)
+    (tmp_path / "made" / "sections" / "images").write_text("a file, not a folder")
+    assert main(["synth", "sections", "--out", str(tmp_path / "made"),
+                 "--set", "synth.sections={count: 2, height: 64, width: 64}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("minseg: error: ") and "sections/images/section_0000" in err and "lies under" in err, err
+
 def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monkeypatch, capsys):
     """``debug`` was ``ValueError: Unknown level: 'debug'`` with a traceback, from the flag and the variable."""
     import logging

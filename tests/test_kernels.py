@@ -69,9 +69,13 @@ def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
     described = tmp_path / "ens" / "members" / "half" / "member.json"
     described.write_text(json.dumps({**json.loads(described.read_text()), "name": "../../escape"}))
     analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(tmp_path / "deep" / "er" / "out"))
-    assert sorted(p.name for p in (tmp_path / "deep" / "er" / "out").glob("*.png")) == [
-        "_._.._escape_kernels.png", "kernels_overview.png"]
+    figures = sorted(p.name for p in (tmp_path / "deep" / "er" / "out").glob("*.png"))
+    assert len(figures) == 2 and figures[0].startswith("_._.._escape-") and figures[1] == "kernels_overview.png"
     assert not list(tmp_path.glob("**/escape_kernels.png"))
+    for name in (123, "\ud800x"):  # not text, or text no figure can show: the file named, exit 2
+        described.write_text(json.dumps({**json.loads(described.read_text()), "name": name}))
+        assert main(["analyze", "kernels", str(tmp_path / "ens" / "members" / "half"), "--out", str(out)]) == 2
+        assert "member.json: not a member description (ValueError: name" in capsys.readouterr().err
 
 
 def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):

@@ -90,8 +90,10 @@ def _from_checkpoint(directory: str, storage: Storage, name: str | None = None) 
     uri = join_uri(directory, "member.json")
     try:
         member = json.loads(storage.read_text(uri))
-        return TrainedMember(name or member.get("name") or directory.rstrip("/").split("/")[-1], member["model"],
-                             dict(member.get("model_options") or {}), directory)
+        name = name or member.get("name") or directory.rstrip("/").split("/")[-1]
+        if not (isinstance(name, str) and name.isprintable()):  # it titles a figure and names its file
+            raise ValueError(f"name {name!r} is not printable text")
+        return TrainedMember(name, member["model"], dict(member.get("model_options") or {}), directory)
     except ObjectNotFoundError:
         raise KernelSourceError(f"{directory}: a checkpoint needs member.json beside model.pt") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import logging
 import math
 
 import numpy as np
@@ -16,7 +17,10 @@ from minseg.errors import InputError
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri,
                                staging_folder)
 from minseg.io.tables import csv_text
+from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
+
+log = get_logger(__name__)
 
 BASELINE_MODELS = ("vgg16_unet",)
 COMPARISON_MODELS = ("deeplabv3", "pspnet")
@@ -196,8 +200,13 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     if not storage.exists(join_uri(staged, last[-1])):  # a run that failed before its outputs were complete
         storage.delete_prefix(staged + "/")
     elif not all(storage.exists(join_uri(staged, name)) for name in last[:-1]):
-        # its documents leave the staging folder last, the marker the very last: put in place, and half deleted
-        storage.delete_staged(staged, last)
+        # its documents leave the staging folder last, the marker the very last: put in place (the same marker
+        # there), then half deleted; else a folder someone changed by hand, left as it is for them
+        if storage.replacement_done(staged, out, last[-1]):
+            storage.delete_staged(staged, last)
+        else:
+            log_event(log, f"{command}.staged_outputs_incomplete", logging.WARNING, staging=staged,
+                      hint="a staging folder lacking some of its documents and not in place: left as it is")
     else:
         moved = storage.finish_replacement(staged, out, last[-1], last, _earlier_reports(storage, out, True))
     storage.remove_empty_folder(join_uri(out, REDO))

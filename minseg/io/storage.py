@@ -46,16 +46,23 @@ def _pid_namespace() -> str:
 
 def file_stem(text: str, limit: int = 100) -> str:
     """``text`` (an item id, a member name read from a document) as one part of a file name: ``/``, ``\\`` and
-    control characters become ``_``, as does a leading ``.`` (no hidden file, no ``..``); longer than ``limit``
-    characters (a file system takes 255 bytes), cut and ended with a digest of the whole, so names stay distinct."""
+    characters that are not printable become ``_``, as does a leading ``.`` (no hidden file, no ``..``), and the
+    name is then ended with a digest of ``text`` (``a/b`` and ``a_b`` stay two files); longer than ``limit`` bytes
+    (a file system takes 255), cut before the digest."""
     import hashlib
 
     stem = "".join("_" if c in "/\\" or not c.isprintable() else c for c in text)
     stem = "_" + stem[1:] if stem.startswith(".") or not stem else stem
-    if len(stem.encode()) > limit:
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        stem = stem.encode()[: limit - 13].decode(errors="ignore") + "-" + digest
-    return stem
+    if stem == text and len(stem.encode()) <= limit:
+        return stem
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return stem.encode()[: limit - 13].decode(errors="ignore") + "-" + digest
+
+
+def scratch_name(name: str) -> str:
+    """The start of a hidden scratch name beside the file ``name``: ``.<name>``, its name cut to 100 bytes (with
+    ``scratch_suffix`` it must still be a name the file system takes, 255 bytes, where ``name`` itself is)."""
+    return "." + name.encode()[:100].decode(errors="ignore")
 
 
 def scratch_suffix() -> str:
@@ -321,8 +328,9 @@ def _local_failures(path: str, doing: str = "write") -> Iterator[None]:
     except StorageError:
         raise
     except PermissionError as exc:
-        raise AccessDeniedError(f"{path}: cannot {doing} it: {exc.strerror or exc} (check the folder's "
-                                "permissions, or give another output folder)") from None
+        advice = ("check the file's permissions" if doing == "read" else
+                  "check the folder's permissions, or give another output folder")
+        raise AccessDeniedError(f"{path}: cannot {doing} it: {exc.strerror or exc} ({advice})") from None
     except OSError as exc:
         raise StorageError(f"{path}: cannot {doing} it: {exc.strerror or exc}") from None
 
@@ -354,7 +362,7 @@ class _LocalAtomicWriter(_AtomicWriter):
         sweep_scratch(directory)
         with _local_failures(path):
             fd, self._tmp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=scratch_suffix()
+                dir=directory, prefix=f"{scratch_name(os.path.basename(path))}.", suffix=scratch_suffix()
             )
             os.chmod(self._tmp, default_file_mode())  # mkstemp makes 0600; published files follow the umask
         self._file = os.fdopen(fd, "wb")
@@ -622,6 +630,9 @@ class Storage:
             raise ObjectNotFoundError(f"{loc.uri}: no such file") from None
         except IsADirectoryError:
             raise StorageError(f"{loc.uri}: is a directory, not a file") from None
+        except OSError:  # no permission to read it, an I/O error
+            with _local_failures(loc.path, "read"):
+                raise
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         with self.open_write(uri) as stream:
@@ -697,7 +708,7 @@ class Storage:
         sweep_scratch(directory or tempfile.gettempdir())
         with _local_failures(loc.path if directory else tempfile.gettempdir()):
             fd, tmp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(loc.path)}.", suffix=suffix + scratch_suffix()
+                dir=directory, prefix=f"{scratch_name(os.path.basename(loc.path))}.", suffix=suffix + scratch_suffix()
             )
             os.close(fd)
             os.chmod(tmp, default_file_mode())
@@ -916,7 +927,7 @@ class Storage:
         for name in reversed(last):
             self.delete(join_uri(final, name))
         head, name = os.path.split(dst.path.rstrip("/"))
-        aside = os.path.join(head, f".{name}{scratch_suffix()}")  # a killed run's is swept (sweep_scratch)
+        aside = os.path.join(head, f"{scratch_name(name)}{scratch_suffix()}")  # a killed run's is swept (sweep_scratch)
         try:
             if os.path.isdir(dst.path):
                 os.replace(dst.path, aside)
@@ -1035,7 +1046,8 @@ class Storage:
                     return
             _make_parent(dst.path)
             sweep_scratch(os.path.dirname(dst.path))  # a link left by a run killed here, as the writers do
-            link = os.path.join(os.path.dirname(dst.path), f".{os.path.basename(dst.path)}{scratch_suffix()}")
+            head, name = os.path.split(dst.path)
+            link = os.path.join(head, f"{scratch_name(name)}{scratch_suffix()}")
             try:
                 os.link(src.path, link)
                 os.replace(link, dst.path)

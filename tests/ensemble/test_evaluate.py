@@ -710,11 +710,12 @@ def published_evaluation(storage: Storage, root: str, earlier: str | None) -> di
 
 
 def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
-    """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files were put
-    in place (its documents left first, one report in place) is completed; (2) one killed while deleting its staging
-    folder (only the marker left there), the manifest replaced by ``select`` and the marker in place deleted
-    meanwhile: nothing is put in place again; (3) a run that failed before its outputs were complete (no marker
-    staged): its remains are deleted."""
+    """What ``root`` holds after the next run's ``finish_publication`` in turn: (1) a run killed while its files
+    were put in place (its documents left first, one report in place) is completed; (2) one killed while deleting
+    its staging folder (only the marker left there, the same in place), the manifest replaced by ``select``
+    meanwhile: nothing is put in place again, the staging folder goes; (3) a staging folder holding only the marker
+    while the one in place is gone (moved by hand): left as it is, nothing deleted; (4) a run that failed before its
+    outputs were complete (no marker staged): its remains are deleted."""
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
     from minseg.io.storage import staging_folder
 
@@ -728,9 +729,13 @@ def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
     seen = [_contents(storage, root)]
     storage.write_text(join_uri(staged, "evaluation.json"), "new")
     storage.write_text(join_uri(root, "manifest.json"), "selected")
-    storage.delete(join_uri(root, "evaluation.json"))  # even with the marker gone: a half-deleted folder stays out
     assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
     seen.append(_contents(storage, root))
+    storage.copy(join_uri(root, "evaluation.json"), join_uri(staged, "evaluation.json"))
+    storage.delete(join_uri(root, "evaluation.json"))
+    assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
+    seen.append(_contents(storage, root))
+    storage.delete(join_uri(staged, "evaluation.json"))
     for name in ("table4_members.csv", "manifest.json"):
         storage.write_text(join_uri(staged, name), "failed")
     assert not finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
@@ -740,8 +745,10 @@ def published_after_a_cut(storage: Storage, root: str) -> list[dict[str, str]]:
 PUBLISHED = {**{name: "earlier" for name in OTHER_FILES}, **{name: "new" for name in NEW_OUTPUTS}}
 COMPLETED = {"evaluation.json": "new", "manifest.json": "new", "table4_members.csv": "new",
              "manifest-fast.json": "earlier"}
-_HALF = {name: text for name, text in {**COMPLETED, "manifest.json": "selected"}.items() if name != "evaluation.json"}
-AFTER_A_CUT = [COMPLETED, _HALF, _HALF]
+_SELECTED = {**COMPLETED, "manifest.json": "selected"}
+_MOVED = {**{name: text for name, text in _SELECTED.items() if name != "evaluation.json"},
+          ".minseg-redo/evaluate/evaluation.json": "new"}
+AFTER_A_CUT = [COMPLETED, _SELECTED, _MOVED, {name: text for name, text in _MOVED.items() if "redo" not in name}]
 
 
 def test_an_evaluation_replaces_the_earlier_one_whole_and_keeps_other_files(tmp_path):
@@ -762,7 +769,7 @@ def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_on
     next run puts the complete outputs in place before anything else; killed while its staging folder was
     deleted, with the manifest replaced meanwhile: put in place again, it deleted every report the staging
     folder had lost. Failed before its outputs were complete (no marker staged): its remains are deleted and
-    the evaluation in place is as it was."""
+    the evaluation in place is as it was; a staging folder changed by hand is left to its owner."""
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
 
     assert published_after_a_cut(Storage(), str(tmp_path / "evaluation" / "ensemble")) == AFTER_A_CUT

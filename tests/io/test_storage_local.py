@@ -300,14 +300,22 @@ def test_the_file_system_refusing_a_write_is_a_storage_error_naming_the_path(tmp
 
     storage = Storage()
     long_name = str(tmp_path / ("x" * 300 + ".json"))
-    for write in (lambda: storage.write_text(long_name, "x"),
-                  lambda: storage.staged_output(long_name).__enter__(),
+    def staged():
+        with storage.staged_output(long_name) as path:  # the scratch file's own name is cut to fit
+            with open(path, "w") as stream:
+                stream.write("x")
+
+    for write in (lambda: storage.write_text(long_name, "x"), staged,
                   lambda: storage.write_text(str(tmp_path / ("d" * 300) / "a.json"), "x")):
         with pytest.raises(StorageError, match=r"xxxx.*: cannot write it: File name too long|dddd.*: cannot write "
                                                r"it: File name too long") as info:
             write()
         assert info.value.exit_code == 2
     assert [p.name for p in tmp_path.iterdir()] == []  # no scratch left
+    # a name the file system takes is written (the hidden scratch beside it, longer, went past 255 bytes)
+    storage.write_text(str(tmp_path / ("q" * 230 + ".txt")), "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["q" * 230 + ".txt"]
+    (tmp_path / ("q" * 230 + ".txt")).unlink()
     if os.geteuid() == 0:  # root writes into read-only folders, not into sysfs (Linux: no file is made there)
         with pytest.raises(AccessDeniedError, match=r"/sys/minseg-test.json: cannot write it: Permission denied"):
             storage.write_text("/sys/minseg-test.json", "x")
@@ -323,14 +331,23 @@ def test_the_file_system_refusing_a_write_is_a_storage_error_naming_the_path(tmp
             storage.delete(str(locked / "old.json"))
     finally:
         locked.chmod(0o700)
+    unreadable = tmp_path / "unreadable.json"
+    unreadable.write_text("{}")
+    unreadable.chmod(0)
+    with pytest.raises(AccessDeniedError, match=r"unreadable.json: cannot read it: Permission denied \(check the "
+                                                r"file's permissions\)"):
+        storage.read_bytes(str(unreadable))
 
 
 def test_a_file_stem_is_one_safe_distinct_part_of_a_file_name():
     """Item ids and member names read from documents name files: never a path, a hidden file or a name the file
-    system refuses (a 300-character item id failed the overlay at the end of an evaluation)."""
+    system refuses (a 300-character item id failed the overlay at the end of an evaluation), and two of them never
+    one file (``a/b`` and ``a_b`` wrote one overlay twice)."""
     from minseg.io.storage import file_stem
 
-    assert [file_stem(t) for t in ("a/b", "..", ".x", "", "a\nb", "a\\b", "ok-name_1.2")] == [
-        "a_b", "_.", "_x", "_", "a_b", "a_b", "ok-name_1.2"]
-    long = [file_stem("x" * 300), file_stem("x" * 299 + "y"), file_stem("é" * 80)]
-    assert all(len(stem.encode()) <= 100 for stem in long) and len(set(long)) == 3
+    names = ("a/b", "a_b", "..", ".x", "", "a\nb", "a\\b", "\ud800x", "x" * 300, "x" * 299 + "y", "é" * 80)
+    stems = [file_stem(name) for name in names]
+    assert len(set(stems)) == len(names) and file_stem("ok-name_1.2") == "ok-name_1.2" and stems[1] == "a_b"
+    assert all("/" not in s and "\\" not in s and not s.startswith(".") and s.isprintable() for s in stems)
+    assert all(len(s.encode()) <= 100 for s in stems)
+    assert stems[0].startswith("a_b-") and stems[2].startswith("_.-")
