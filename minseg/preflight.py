@@ -112,6 +112,27 @@ def _existing_prefix(path: str) -> str:
     return path
 
 
+def output_problems(paths: ClusterPaths) -> list[str]:
+    """Why the driver cannot write a local output of ``paths`` (a read-only folder or disk, no permission), one
+    line each: a scratch file is made and removed in the output folder, or in its nearest existing folder when it
+    is not there yet (nothing is created that a job refused later would leave behind)."""
+    problems = []
+    for output in paths.outputs:
+        folder = _local_path(output)
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            problems.append(f"output {output!r} cannot be written ({folder} is a file, not a folder)")
+            continue
+        probe = os.path.join(folder, f".minseg-writable-{uuid.uuid4().hex[:8]}{scratch_suffix()}")
+        try:
+            open(probe, "w").close()
+            os.unlink(probe)
+        except OSError as exc:
+            problems.append(f"output {output!r} cannot be written ({folder}: {exc.strerror or _one_line(exc)})")
+    return problems
+
+
 def path_problems(paths: ClusterPaths, package: str | None, workers_pending: bool) -> list[str]:
     """What can be said about the job's local paths before asking the nodes.
 

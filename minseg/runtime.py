@@ -114,7 +114,8 @@ def ray_log_dir() -> str | None:
 def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = None):
     """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local, isolated one.
 
-    Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused.
+    Safe to call twice; a Ray instance already started (tests, ``ray job submit``) is reused. The local outputs of
+    ``paths`` must be writable here (``preflight.output_problems``: InputError naming them, before any work).
     On joining a cluster, ``minseg.preflight.preflight`` checks every live node first (packages, the
     job's local ``paths``), within ``ray.preflight_timeout_s``, once per process and set of paths.
     By default Ray's own output (worker and actor stdout/stderr, Ray Data plans)
@@ -124,6 +125,12 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
     import ray
 
     settings = settings or RaySettings()
+    if paths is not None:  # before any work: a read-only output folder failed the job at its end
+        from minseg.preflight import output_problems
+        from minseg.errors import InputError
+
+        if problems := output_problems(paths):
+            raise InputError("; ".join(problems))
     global _CHECK_RESOURCES
     _CHECK_RESOURCES = settings.check_resources
     loud = verbose()

@@ -111,3 +111,26 @@ def test_the_probe_runs_where_minseg_cannot_be_imported():
     done = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == "['minseg'] [] {'json': '2.0.9'}"
+
+
+def test_an_output_the_driver_cannot_write_is_refused_before_any_work(tmp_path):
+    """A read-only output folder (or a file where it should be) failed evaluate, score and segment at their end,
+    after all the prediction. Probed where the output is, or its nearest existing folder: nothing is left there."""
+    from minseg.preflight import ClusterPaths, output_problems
+
+    (tmp_path / "a-file").write_text("x")
+    paths = ClusterPaths(outputs=(str(tmp_path / "new" / "deep"), str(tmp_path / "a-file" / "out")))
+    assert output_problems(paths) == [f"output '{tmp_path}/a-file/out' cannot be written ({tmp_path}/a-file is a "
+                                      "file, not a folder)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no folder made, no probe left
+    if os.geteuid() == 0:  # root writes into read-only folders, not into sysfs
+        assert output_problems(ClusterPaths(outputs=("/sys/minseg-out",))) == [
+            "output '/sys/minseg-out' cannot be written (/sys: Permission denied)"]
+        return
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert output_problems(ClusterPaths(outputs=(str(locked / "out"),))) == [
+            f"output '{locked}/out' cannot be written ({locked}: Permission denied)"]
+    finally:
+        locked.chmod(0o700)
