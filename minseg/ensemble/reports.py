@@ -14,8 +14,8 @@ import numpy as np
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
 from minseg.errors import InputError
-from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri,
-                               staging_folder)
+from minseg.io.storage import (COMMAND_MARKERS, REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem,
+                               join_uri, staging_folder)
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
@@ -162,17 +162,17 @@ def print_reports(tables: dict, footer: str) -> None:
 _TABLES = ("table4_members", "table5_ensembles", "table6_per_class", "table7_comparison")
 _REPORT_FILES = (*(f"{t}.{kind}" for t in _TABLES for kind in ("csv", "md")), "reports.json", "iou_per_class.png",
                  "confusion_selected.png", "confusion_best_member.png", "overlay_*.png")
-# what says a folder holds a finished evaluation or scoring (storage.COMMAND_MARKERS)
-_DOCUMENTS = ("evaluation.json", "score.json")
 # each command's documents in the order they are put in place, the last its marker, written last (publish_outputs):
 # evaluation.json, which only evaluate writes (select may replace the manifest: a marker compared with the staged
 # one must not change meanwhile)
-EVALUATION_DOCUMENTS = ("manifest.json", "evaluation.json")
-SCORE_DOCUMENTS = ("score.json",)
+EVALUATION_DOCUMENTS = ("manifest.json", COMMAND_MARKERS["evaluate"])
+SCORE_DOCUMENTS = (COMMAND_MARKERS["score"],)
+# what says a folder holds a finished evaluation or scoring
+_DOCUMENTS = (EVALUATION_DOCUMENTS[-1], SCORE_DOCUMENTS[-1])
 
 
 def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ...]) -> None:
-    """Put the complete outputs in ``staged`` in place in ``out`` (``Storage.replace_files``): ``last`` (the
+    """Put the complete outputs in ``staged`` in place in ``out`` (``Storage.publish_staged``): ``last`` (the
     documents that say the folder is complete, the final one written last into ``staged``) leave ``out`` first
     and come back last, so a reader never takes one run's manifest with another's evaluation or tables. An
     earlier run's tables and figures this one does not write (a comparison table without baselines now, overlays
@@ -182,8 +182,7 @@ def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ..
     Raises:
         StorageError: a listing, copy or delete failed (``out`` then lacks ``last``: it reads as unfinished, and
             ``finish_publication`` completes it)."""
-    storage.replace_files(staged, out, last, _earlier_reports(storage, out))
-    storage.remove_empty_folder(join_uri(out, REDO))
+    storage.publish_staged(staged, out, last, _earlier_reports(storage, out))
 
 
 def finish_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:

@@ -816,9 +816,8 @@ def publish_run(storage: Storage, work: str, out: str) -> None:
     """The complete run in the staging folder ``work`` replaces the finished one in ``out``: its files are put in
     place, ``summary.json`` last (it leaves first); the earlier run's files under ``inputs/``, ``evidence/``,
     ``screening/``, ``cv/`` and ``models/`` that this run did not write are deleted; nothing else in ``out`` is
-    touched (``Storage.replace_files``). Resumable: ``work`` stays whole until the end."""
-    storage.replace_files(work, out, ("summary.json",), _OWNED)
-    storage.remove_empty_folder(join_uri(out, REDO))
+    touched (``Storage.publish_staged``). Resumable: ``work`` stays whole until the end."""
+    storage.publish_staged(work, out, ("summary.json",), _OWNED)
 
 
 def working_folder(storage: Storage, out: str) -> str:

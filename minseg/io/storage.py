@@ -368,8 +368,11 @@ class _LocalAtomicWriter(_AtomicWriter):
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data) -> int:
-        with _local_failures(self.uri):  # a disk filling up
+        try:
             return self._file.write(data)
+        except OSError:  # a disk filling up (no context manager per write: torch.save writes in small pieces)
+            with _local_failures(self.uri):
+                raise
 
     def _commit(self) -> None:
         with _local_failures(self.uri):
@@ -974,6 +977,13 @@ class Storage:
                 self._place(join_uri(staged, name), join_uri(final, name))
         self.delete_staged(staged, last, names)
 
+    def publish_staged(self, staged: str, final: str, last: tuple[str, ...], owned: tuple[str, ...]) -> None:
+        """``replace_files`` of a command's staging folder (``staging_folder(final, command)``), then the redo
+        folders' parent ``<final>/.minseg-redo`` removed when that left it empty (a whole run's publication: no
+        other task of it is staging meanwhile)."""
+        self.replace_files(staged, final, last, owned)
+        self.remove_empty_folder(join_uri(final, REDO))
+
     def delete_staged(self, staged: str, last: tuple[str, ...], names: list[str] | None = None) -> None:
         """Delete the folder ``staged`` of a replacement that is done, its ``last`` files after the rest: while
         they are there, the final folder holds the same ones (``replacement_done``), and a partly deleted ``staged``
@@ -1176,8 +1186,9 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
 # its reports (score's tables over evaluate's) or mix into its run tables (measure's slides.csv over segment's)
 COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "score": "score.json",
                    "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
-#: the commands that write a rerun's outputs aside first (``staging_folder``), their marker put in place last
-STAGING_COMMANDS = ("evaluate", "score", "prospect")
+#: the commands whose marker is staged with their outputs (``staging_folder``) and put in place last (prospect's
+#: marker stays in the output folder: only its summary is staged)
+STAGED_MARKERS = ("evaluate", "score")
 
 
 def staging_folder(output: str, command: str) -> str:
@@ -1223,7 +1234,7 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
         if other == command:
             continue
         # or its complete outputs staged there, their marker not yet in place (a publication cut short)
-        staged = [f"{REDO}/{other}/{marker}"] if other in STAGING_COMMANDS else []
+        staged = [f"{REDO}/{other}/{marker}"] if other in STAGED_MARKERS else []
         for found in (marker, *staged):
             if storage.exists(join_uri(uri, found)):
                 raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
