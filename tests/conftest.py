@@ -154,17 +154,18 @@ _RAY_START_ERROR: list[str] = []
 
 
 def _object_store() -> dict:
-    """A 2 GiB object store where /dev/shm has room for two of them: the suite's data is small, and under
-    pytest-xdist each worker starts its own Ray (Ray's default is 30 % of the machine's memory per instance).
-    A small /dev/shm (containers) keeps Ray's own choice, which falls back to disk there."""
+    """A fixed-size object store for each Ray instance (pytest-xdist starts one per worker; the suite's data is
+    small): 2 GiB where /dev/shm has room for two of them, 1 GiB otherwise. Ray's own default, 30 % of the
+    machine's memory, falls back to a file in /tmp where /dev/shm is small (containers), which then takes that
+    much disk per worker as objects are written: CI's disk can be small."""
     import shutil
 
-    store = 2 * 1024**3
+    gib = 1024**3
     try:
         room = shutil.disk_usage("/dev/shm").free
     except OSError:
         room = 0
-    return {"object_store_memory": store} if room >= 2 * store else {}
+    return {"object_store_memory": 2 * gib if room >= 4 * gib else gib}
 
 
 def start_test_ray(attempts: int = 2):
