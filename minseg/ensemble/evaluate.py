@@ -533,7 +533,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     tables = write_reports(document, prepared, previews, staged, storage, settings)
     write_manifest(manifest, join_uri(staged, "manifest.json"), storage)
     storage.write_json(join_uri(staged, "evaluation.json"), document)  # the marker: the staged outputs are complete
-    publish_outputs(storage, staged, out, EVALUATION_DOCUMENTS)
+    publish_outputs(storage, out, "evaluate", EVALUATION_DOCUMENTS)
     manifest_uri = join_uri(out, "manifest.json")
     print_reports(tables, f"selected {chosen.key} -> {manifest_uri}")
     log_event(log, "ensemble.done", output=out, selected=chosen.key)

@@ -6,21 +6,16 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
-import logging
 import math
 
 import numpy as np
 
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
-from minseg.errors import InputError
-from minseg.io.storage import (COMMAND_MARKERS, REDO, ObjectNotFoundError, Storage, absolute_uri, file_stem,
+from minseg.io.storage import (COMMAND_MARKERS, ObjectNotFoundError, Storage, absolute_uri, file_stem,
                                join_uri, staging_folder)
 from minseg.io.tables import csv_text
-from minseg.logs import get_logger, log_event
 from minseg.metrics import metric_value
-
-log = get_logger(__name__)
 
 BASELINE_MODELS = ("vgg16_unet",)
 COMPARISON_MODELS = ("deeplabv3", "pspnet")
@@ -171,18 +166,19 @@ SCORE_DOCUMENTS = (COMMAND_MARKERS["score"],)
 _DOCUMENTS = (EVALUATION_DOCUMENTS[-1], SCORE_DOCUMENTS[-1])
 
 
-def publish_outputs(storage: Storage, staged: str, out: str, last: tuple[str, ...]) -> None:
-    """Put the complete outputs in ``staged`` in place in ``out`` (``Storage.publish_staged``): ``last`` (the
-    documents that say the folder is complete, the final one written last into ``staged``) leave ``out`` first
-    and come back last, so a reader never takes one run's manifest with another's evaluation or tables. An
-    earlier run's tables and figures this one does not write (a comparison table without baselines now, overlays
-    of images no longer in the split) are deleted, those its document lists (``_earlier_reports``); every other
-    file in ``out`` (``select``'s manifests, someone's notes) is kept.
+def publish_outputs(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> None:
+    """Put the complete outputs ``command`` staged (``staging_folder``) in place in ``out``
+    (``Storage.publish_staged``): ``last`` (the documents that say the folder is complete, the final one written
+    last into the staging folder) leave ``out`` first and come back last, so a reader never takes one run's
+    manifest with another's evaluation or tables. An earlier run's tables and figures this one does not write (a
+    comparison table without baselines now, overlays of images no longer in the split) are deleted, those its
+    document lists (``_earlier_reports``); every other file in ``out`` (``select``'s manifests, someone's notes)
+    is kept.
 
     Raises:
         StorageError: a listing, copy or delete failed (``out`` then lacks ``last``: it reads as unfinished, and
             ``finish_publication`` completes it)."""
-    storage.publish_staged(staged, out, last, _earlier_reports(storage, out))
+    storage.publish_staged(out, command, last, _earlier_reports(storage, out))
 
 
 def finish_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:
@@ -190,26 +186,7 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     process, a failed request; ``out`` then lacks its documents) are put in place, so that ``out`` holds a finished
     run whatever this one does; the remains of a run that failed before its outputs were complete are deleted.
     Returns whether outputs were put in place."""
-    staged = staging_folder(out, command)
-    redo = join_uri(out, REDO)
-    if storage.exists(redo) and not storage.is_folder(redo):  # no staging folder could be made, after all the work
-        raise InputError(f"{redo} is a file; minseg {command} stages its outputs in a folder of "
-                         "that name: move the file away")
-    moved = False
-    if not storage.exists(join_uri(staged, last[-1])):  # a run that failed before its outputs were complete
-        storage.delete_prefix(staged + "/")
-    elif not all(storage.exists(join_uri(staged, name)) for name in last[:-1]):
-        # its documents leave the staging folder last, the marker the very last: put in place (the same marker
-        # there), then half deleted; else a folder someone changed by hand, left as it is for them
-        if storage.replacement_done(staged, out, last[-1]):
-            storage.delete_staged(staged, last)
-        else:
-            log_event(log, f"{command}.staged_outputs_incomplete", logging.WARNING, staging=staged,
-                      hint="a staging folder lacking some of its documents and not in place: left as it is")
-    else:
-        moved = storage.finish_replacement(staged, out, last[-1], last, _earlier_reports(storage, out, True))
-    storage.remove_empty_folder(join_uri(out, REDO))
-    return moved
+    return storage.finish_staged(out, command, last, lambda: _earlier_reports(storage, out, True))
 
 
 def complete_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:

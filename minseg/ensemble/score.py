@@ -206,7 +206,7 @@ def score_ensemble(config: MinsegConfig) -> ScoreResult:
                            pass_settings, stats_split="test", stats_label="scored")
     document["seconds"] = round(time.monotonic() - started, 1)
     storage.write_json(join_uri(staged, "score.json"), document)
-    publish_outputs(storage, staged, out, SCORE_DOCUMENTS)
+    publish_outputs(storage, out, "score", SCORE_DOCUMENTS)
     print_reports(tables, footer)
     log_event(log, "score.done", output=out, selected=selected.key, images=len(items),
               miou=round(metric_value(selected.metrics, "miou"), 4))

@@ -812,12 +812,13 @@ def _finish_replacement(storage: Storage, out: str) -> None:
     storage.remove_empty_folder(join_uri(out, REDO))
 
 
-def publish_run(storage: Storage, work: str, out: str) -> None:
-    """The complete run in the staging folder ``work`` replaces the finished one in ``out``: its files are put in
-    place, ``summary.json`` last (it leaves first); the earlier run's files under ``inputs/``, ``evidence/``,
-    ``screening/``, ``cv/`` and ``models/`` that this run did not write are deleted; nothing else in ``out`` is
-    touched (``Storage.publish_staged``). Resumable: ``work`` stays whole until the end."""
-    storage.publish_staged(work, out, ("summary.json",), _OWNED)
+def publish_run(storage: Storage, out: str) -> None:
+    """The complete run in the staging folder (``staging_folder(out, "prospect")``) replaces the finished one in
+    ``out``: its files are put in place, ``summary.json`` last (it leaves first); the earlier run's files under
+    ``inputs/``, ``evidence/``, ``screening/``, ``cv/`` and ``models/`` that this run did not write are deleted;
+    nothing else in ``out`` is touched (``Storage.publish_staged``). Resumable: the staging folder stays whole
+    until the end."""
+    storage.publish_staged(out, "prospect", ("summary.json",), _OWNED)
 
 
 def working_folder(storage: Storage, out: str) -> str:
@@ -982,7 +983,7 @@ def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, res
         results = [MemberResult(**relocated(asdict(r), work, out)) for r in results]
     storage.write_json(join_uri(work, "summary.json"), document)
     if work != out:  # complete: it replaces the finished run
-        publish_run(storage, work, out)
+        publish_run(storage, out)
     log_event(log, "prospect.done", output=out, seconds=document["seconds"], targets=len(target_rows))
     return ProspectResult(settings.name, out, metrics, kept, trials[FINAL].channels, len(target_rows), results,
                           document)

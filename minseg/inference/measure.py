@@ -6,7 +6,8 @@ Per map, under ``<output>/<id>/``: ``mineralogy.json`` (written last: the map is
 ``grains.parquet``, ``particles.parquet``, the figures; with a reference mask, ``reference_mineralogy.json``
 and the errors of every number against it (``mineralogy.json`` → ``reference``). Per run: ``slides.csv``
 (a headline row per map), ``failures.json`` (maps that could not be measured, with why: the others carry
-on), and the batch report under ``mineralogy/``. A map measured before is measured again in its redo folder
+on), the batch report under ``mineralogy/`` and ``measure_summary.json``, put in place together
+(``outputs.publish_run_tables``). A map measured before is measured again in its redo folder
 (``minseg.io.storage.redo_folder``), which takes the earlier folder's place once finished: a failed re-measure
 leaves the earlier measurement as it was.
 """
@@ -23,7 +24,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
-from minseg.inference.outputs import LABELS, ZARR, write_slide_tables
+from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables, start_run_tables,
+                                      write_slide_tables)
 from minseg.inference.segment import hashed_id, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (REDO, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
@@ -40,7 +42,6 @@ from minseg.runtime import init_ray, task_options
 log = get_logger("measure")
 
 REFERENCE_DOCUMENT = "reference_mineralogy.json"
-SUMMARY = "measure_summary.json"  # the run's record, written last
 
 
 class MeasureInputError(InputError):
@@ -388,6 +389,8 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     storage = Storage(config.storage)
     output = settings.output(config.run.uri)
     refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
+    if finish_run_tables(storage, output, "measure"):  # an earlier run's, cut short while put in place
+        log_event(log, "measure.earlier_tables_put_in_place", output=output)
     pairs = resolve_label_maps(settings, storage)
     sources = sources or {}
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
@@ -431,22 +434,20 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
                       reason=outcome["failure"]["reason"])
     result.seconds = round(time.monotonic() - started, 2)
     result.done.sort(key=lambda row: row["slide"])
-    # failures first: whatever happens next, what failed is on record; then the tables of this run only
-    storage.write_json(join_uri(output, "failures.json"), result.failed)
-    storage.delete_prefix(join_uri(output, FOLDER) + "/")
+    # the tables of this run only, staged whole and put in place together, the summary last (it also marks the
+    # folder as measure's: segment and score refuse to write here); an earlier run's tables and report that this
+    # run does not write (no map measured) are deleted: they must not look like this one's
+    staged = start_run_tables(storage, output, "measure")
+    storage.write_json(join_uri(staged, "failures.json"), result.failed)
     if result.done:
-        write_slide_tables(result.done, storage, output)
+        write_slide_tables(result.done, storage, staged)
         documents = {row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
                      for row in result.done}
-        write_batch_report(documents, storage, join_uri(output, FOLDER), settings.name)
-    else:  # an earlier run's tables must not look like this one's
-        for name in ("slides.csv", "slides.parquet"):
-            if storage.exists(join_uri(output, name)):
-                storage.delete(join_uri(output, name))
-    # last: the run's record, which also marks the folder as measure's (segment and score refuse to write here)
-    storage.write_json(join_uri(output, SUMMARY), {
+        write_batch_report(documents, storage, join_uri(staged, FOLDER), settings.name)
+    publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,
-        "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]})
+        "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]},
+        list(RUN_FILES))
     storage.remove_empty_folder(join_uri(output, REDO))
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)

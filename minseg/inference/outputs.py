@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from minseg.data.classmap import default_color
-from minseg.io.storage import Storage, join_uri
+from minseg.io.storage import COMMAND_MARKERS, ObjectNotFoundError, Storage, join_uri, staging_folder
+from minseg.mineralogy.report import FOLDER
 
 ZARR, LABELS, UNCERTAINTY, SUMMARY = "segmentation.ome.zarr", "labels.tif", "uncertainty.tif", "summary.json"
 
@@ -107,6 +108,56 @@ def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None
     pq.write_table(pa.Table.from_pylist(complete) if complete else
                    pa.table({key: pa.array([], pa.null()) for key in columns}), buffer)
     storage.write_bytes(join_uri(out_uri, "slides.parquet"), buffer.getvalue())
+
+
+#: the batch tables and report segment and measure write at the top of their output folder, each run whole
+#: (``publish_run_tables``), beside their summary (``COMMAND_MARKERS``)
+RUN_FILES = ("slides.csv", "slides.parquet", "failures.json", FOLDER)
+
+
+def start_run_tables(storage: Storage, output: str, command: str) -> str:
+    """The empty staging folder (``staging_folder``) where ``command`` (segment, measure) writes its run tables and
+    batch report before ``publish_run_tables``; what a failed attempt left there is deleted."""
+    staged = staging_folder(output, command)
+    storage.delete_prefix(staged + "/")
+    return staged
+
+
+def publish_run_tables(storage: Storage, output: str, command: str, summary: dict, owned: list[str]) -> None:
+    """Write ``command``'s summary (``run_summary.json``, ``measure_summary.json``: the marker, with ``run_files``
+    = ``owned``) last into the staging folder, then put the run tables staged there in place in ``output``
+    together (``Storage.replace_files``): the summary leaves first and comes back last, so a reader (and the next
+    run, which merges with it) never takes one run's summary with another's tables. Of the earlier run's files,
+    those ``owned`` (names of :data:`RUN_FILES`) that this run did not write are deleted (a batch report with no
+    complete slide left); the slides' folders and anything else in ``output`` are untouched.
+
+    Raises:
+        StorageError: a write, copy or delete failed (``output`` then lacks its summary; the next run of
+            ``command`` completes the publication first, ``finish_run_tables``)."""
+    marker = COMMAND_MARKERS[command]
+    staged = staging_folder(output, command)
+    storage.write_json(join_uri(staged, marker), {**summary, "run_files": sorted(owned)})
+    storage.publish_staged(output, command, (marker,), tuple(owned))
+
+
+def finish_run_tables(storage: Storage, output: str, command: str) -> bool:
+    """Before a run of ``command`` into ``output``: run tables whose publication was cut short (complete in the
+    staging folder, their summary there) are put in place; the remains of a run stopped before its tables were
+    complete are deleted (``Storage.finish_staged``). Returns whether tables were put in place.
+
+    Raises:
+        InputError: ``<output>/.minseg-redo`` is a file."""
+    marker = COMMAND_MARKERS[command]
+
+    def owned() -> tuple[str, ...]:
+        try:
+            listed = json.loads(storage.read_text(join_uri(staging_folder(output, command), marker))).get("run_files")
+        except (ObjectNotFoundError, ValueError, AttributeError):  # damaged or not a mapping: delete nothing
+            return ()
+        # a hand-edited list deletes nothing but run tables
+        return tuple(name for name in listed if name in RUN_FILES) if isinstance(listed, list) else ()
+
+    return storage.finish_staged(output, command, (marker,), owned)
 
 
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:

@@ -17,7 +17,8 @@
    outputs; the others carry on. Output is bit-identical for any block size, actor
    count and completion order (tests/inference/test_segment.py).
 4. The run's tables (``slides.csv`` / ``.parquet``, ``failures.json``) and the batch's
-   mineralogy report (``mineralogy/``: the slides' tallies summed) are written last.
+   mineralogy report (``mineralogy/``: the slides' tallies summed) are written last, staged and put in
+   place together with ``run_summary.json`` (``outputs.publish_run_tables``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import SLIDE_COLUMNS, SUMMARY, ZARR, read_summary, write_slide_tables
+from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables, read_summary,
+                                      start_run_tables, write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -544,6 +546,8 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         raise SegmentInputError(str(exc)) from None
     output_uri = settings.output(config.run.uri)
     refuse_other_command_outputs(output_uri, "segment", "segment.output_uri", storage)  # Python callers too
+    if finish_run_tables(storage, output_uri, "segment"):  # an earlier run's, cut short while put in place
+        log_event(log, "segment.earlier_tables_put_in_place", output=output_uri)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
     plans = plan_slides(resolve_scenes(settings, manifest, storage), manifest, settings, storage, output_uri, result,
@@ -756,9 +760,12 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
 def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     """The batch tables of everything under the output, merged with what earlier runs wrote there:
     ``slides.csv`` / ``.parquet`` (a row per slide done or skipped: this run's rows replace that slide's
-    older row, other slides' rows stay), ``failures.json`` (slides with no complete outputs),
-    ``run_summary.json`` (this run, and the merged slide list). Each file is one whole write."""
+    older row, other slides' rows stay), ``failures.json`` (slides with no complete outputs), the batch report
+    (``mineralogy/``), ``run_summary.json`` (this run, and the merged slide list). Written whole into the staging
+    folder, then put in place together (``publish_run_tables``): a run stopped meanwhile never leaves one run's
+    summary beside another's tables."""
     out = result.output
+    staged = start_run_tables(storage, out, "segment")
     rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
         [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
     this_run = {row["slide"] for row in rows}
@@ -770,25 +777,26 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
             and row["slide"] not in this_run and row["slide"] not in failed_now
             and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
     merged = sorted(kept + rows, key=lambda row: row["slide"])
+    owned = ["failures.json"]
     if merged or earlier is not None:
-        write_slide_tables(merged, storage, out)
+        write_slide_tables(merged, storage, staged)
+        owned += ["slides.csv", "slides.parquet"]
     complete = {row["slide"] for row in merged}
     old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed]
-    storage.write_json(join_uri(out, "failures.json"), failures)
+    storage.write_json(join_uri(staged, "failures.json"), failures)
     # the batch's mineralogy over every complete slide under the output, this run's and earlier: rewritten when a
-    # slide was done or one counted before failed now (it leaves the report as it leaves the tables)
+    # slide was done or one counted before failed now (it leaves the report as it leaves the tables; with no
+    # complete slide left, the earlier report is deleted); else the earlier report stays
     dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now
     if result.done or dropped:
         documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
-        if write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(out, FOLDER),
-                              os.path.basename(out.rstrip("/"))) is None:
-            storage.delete_prefix(join_uri(out, FOLDER) + "/")  # no complete slide left: no batch report
-    # last: the run's record says the tables and report above are this run's (a run stopped before it leaves the
-    # earlier record, whose slide list the tables no longer match)
-    document = {**result.to_document(), "slides": merged, "failed_slides": failures}
-    storage.write_json(join_uri(out, "run_summary.json"), document)
+        write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(staged, FOLDER),
+                           os.path.basename(out.rstrip("/")))
+        owned.append(FOLDER)
+    publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged,
+                                                  "failed_slides": failures}, owned)
 
 
 def _read_json(storage: Storage, uri: str):

@@ -15,6 +15,7 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 from urllib.parse import unquote, urlparse
 
 from minseg.errors import MinsegError
@@ -977,12 +978,51 @@ class Storage:
                 self._place(join_uri(staged, name), join_uri(final, name))
         self.delete_staged(staged, last, names)
 
-    def publish_staged(self, staged: str, final: str, last: tuple[str, ...], owned: tuple[str, ...]) -> None:
-        """``replace_files`` of a command's staging folder (``staging_folder(final, command)``), then the redo
-        folders' parent ``<final>/.minseg-redo`` removed when that left it empty (a whole run's publication: no
-        other task of it is staging meanwhile)."""
-        self.replace_files(staged, final, last, owned)
+    def publish_staged(self, final: str, command: str, last: tuple[str, ...], owned: tuple[str, ...]) -> None:
+        """``replace_files`` of ``command``'s complete staging folder (``staging_folder(final, command)``), then the
+        redo folders' parent ``<final>/.minseg-redo`` removed when that left it empty (a whole run's publication:
+        no other task of it is staging meanwhile).
+
+        Raises:
+            StorageError: a listing, copy or delete failed; the message adds that ``final`` reads as unfinished and
+                that the next run of ``command`` into it puts the staged outputs in place first."""
+        staged = staging_folder(final, command)
+        try:
+            self.replace_files(staged, final, last, owned)
+        except StorageError as exc:
+            raise StorageError(f"{exc}; {final} is left without {last[-1]} (unfinished): its new outputs are complete "
+                               f"in {staged}, and the next minseg {command} into it puts them in place first") from exc
         self.remove_empty_folder(join_uri(final, REDO))
+
+    def finish_staged(self, output: str, command: str, last: tuple[str, ...],
+                      owned: Callable[[], tuple[str, ...]]) -> bool:
+        """Before a run of ``command`` into ``output``: complete outputs it staged (``staging_folder``) whose
+        publication (``publish_staged``) was cut short, a killed process or a failed request (``output`` then
+        lacks ``last``), are put in place, so that ``output`` holds a finished run whatever this one does; the
+        remains of a run that failed before its outputs were complete (no marker, ``last[-1]``, staged) are
+        deleted. ``owned()``: the earlier run's files to delete, as in ``replace_files`` (called only when needed).
+        Returns whether outputs were put in place.
+
+        Raises:
+            InputError: ``<output>/.minseg-redo`` is a file (``refuse_redo_file``).
+            StorageError: a listing, copy or delete failed."""
+        refuse_redo_file(output, command, self)
+        staged = staging_folder(output, command)
+        moved = False
+        if not self.exists(join_uri(staged, last[-1])):  # a run that failed before its outputs were complete
+            self.delete_prefix(staged + "/")
+        elif not all(self.exists(join_uri(staged, name)) for name in last[:-1]):
+            # its documents leave the staging folder last, the marker the very last: put in place (the same marker
+            # there), then half deleted; else a folder someone changed by hand, left as it is for them
+            if self.replacement_done(staged, output, last[-1]):
+                self.delete_staged(staged, last)
+            else:
+                log_event(log, f"{command}.staged_outputs_incomplete", logging.WARNING, staging=staged,
+                          hint="a staging folder lacking some of its documents and not in place: left as it is")
+        else:
+            moved = self.finish_replacement(staged, output, last[-1], last, owned())
+        self.remove_empty_folder(join_uri(output, REDO))
+        return moved
 
     def delete_staged(self, staged: str, last: tuple[str, ...], names: list[str] | None = None) -> None:
         """Delete the folder ``staged`` of a replacement that is done, its ``last`` files after the rest: while
@@ -1188,14 +1228,31 @@ COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "scor
                    "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
 #: the commands whose marker is staged with their outputs (``staging_folder``) and put in place last (prospect's
 #: marker stays in the output folder: only its summary is staged)
-STAGED_MARKERS = ("evaluate", "score")
+STAGED_MARKERS = ("evaluate", "score", "segment", "measure")
+#: the staging folder's name under ``.minseg-redo`` where it is not the command's: segment and measure redo each
+#: slide in ``.minseg-redo/<slide>`` (``redo_folder``), and no slide's folder is hidden
+_STAGING_NAMES = {"segment": ".segment-tables", "measure": ".measure-tables"}
 
 
 def staging_folder(output: str, command: str) -> str:
     """Where ``command`` writes a rerun's outputs before they replace the finished ones in ``output``:
     ``<output>/.minseg-redo/<command>`` (hidden; on the same file system or bucket, so they are linked or copied
-    server-side into place)."""
-    return join_uri(output, REDO, command)
+    server-side into place); segment and measure stage their run tables in ``.minseg-redo/.<command>-tables``."""
+    return join_uri(output, REDO, _STAGING_NAMES.get(command, command))
+
+
+def refuse_redo_file(output: str, command: str, storage: Storage) -> None:
+    """Before a job stages anything in ``output``: ``<output>/.minseg-redo`` must not be a file (no staging folder
+    could be made there, which a job would find out only after all its work).
+
+    Raises:
+        InputError: naming the file and the command."""
+    from minseg.errors import InputError
+
+    redo = join_uri(output, REDO)
+    if storage.exists(redo) and not storage.is_folder(redo):
+        raise InputError(f"{redo} is a file; minseg {command} stages its outputs in a folder of that name: move the "
+                         "file away")
 
 
 def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: str) -> None:
@@ -1234,8 +1291,9 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
         if other == command:
             continue
         # or its complete outputs staged there, their marker not yet in place (a publication cut short)
-        staged = [f"{REDO}/{other}/{marker}"] if other in STAGED_MARKERS else []
-        for found in (marker, *staged):
-            if storage.exists(join_uri(uri, found)):
+        staged = [join_uri(staging_folder(uri, other), marker)] if other in STAGED_MARKERS else []
+        for path in (join_uri(uri, marker), *staged):
+            found = path[len(uri.rstrip("/")) + 1:]
+            if storage.exists(path):
                 raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
                                  "would write over them there: give another folder")

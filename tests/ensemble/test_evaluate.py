@@ -705,7 +705,7 @@ def published_evaluation(storage: Storage, root: str, earlier: str | None) -> di
     staged = staging_folder(root, "evaluate")
     for name in NEW_OUTPUTS:
         storage.write_text(join_uri(staged, name), "new")
-    publish_outputs(storage, staged, root, EVALUATION_DOCUMENTS)
+    publish_outputs(storage, root, "evaluate", EVALUATION_DOCUMENTS)
     return _contents(storage, root)
 
 

@@ -112,6 +112,8 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
     assert a["reference"]["errors"]["association"]["mean_misassigned_pp"] == 0.0
     summary = json.loads((out / "measure_summary.json").read_text())  # written last; marks the folder as measure's
     assert summary["done"] == ["a", "b"] and len(summary["failed"]) == 6 and summary["command"] == "measure"
+    assert summary["run_files"] == ["failures.json", "mineralogy", "slides.csv", "slides.parquet"]
+    assert (out / "mineralogy" / "mineralogy.md").exists() and not (out / ".minseg-redo").exists()  # put in place
     assert pq.read_table(out / "slides.parquet").num_rows == 2
 
     # a reference of another size fails that map; a map listed twice with two references, or an output that

@@ -10,8 +10,10 @@ import pytest
 import tifffile
 
 from minseg.config.schema import MinsegConfig
+from minseg.errors import InputError
 from minseg.inference.config import SegmentSettings
 from minseg.inference.segment import segment_slides
+from minseg.io.storage import refuse_other_command_outputs
 from minseg.io.tiff import read_metadata
 from tests.support.documents import every_record_is_strict_json
 from tests.support.processes import kill_processes_titled
@@ -677,9 +679,8 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
 
     def summary(slide, weight):
         modal = {"pyrite": {"pixels": 5, "area_percent": 50.0, "weight_percent": weight}}
-        return {"slide": slide, "uri": f"{slide}.tif", "shape": [2, 5], "tiles": 1, "ensemble_digest": "d",
-                "active_seconds": 1.0, "wall_seconds": 1.0,
-                "modal_mineralogy": modal, "grains": {"pyrite": {"count": 1, "mean_area_px": 5.0}}}
+        grains = {"pyrite": {"count": 1, "mean_area_px": 5.0}}
+        return {**_slide_summary(slide), "modal_mineralogy": modal, "grains": grains}
 
     result = SegmentResult(str(tmp_path), "m.json", "d", 1.0, done=[summary("a", None), summary("b", 100.0)])
     _write_run_summary(result, Storage())
@@ -688,9 +689,58 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
     assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
 
 
+def _slide_summary(slide: str) -> dict:
+    return {"slide": slide, "uri": f"{slide}.tif", "shape": [2, 5], "tiles": 1, "ensemble_digest": "d",
+            "active_seconds": 1.0, "wall_seconds": 1.0,
+            "modal_mineralogy": {"pyrite": {"pixels": 5, "area_percent": 50.0}}, "grains": {}}
+
+
+def test_run_tables_are_put_in_place_whole(tmp_path):
+    """The run's tables and ``run_summary.json`` are staged, then put in place together, the summary last: a
+    publication cut short (a request failing after one table was in place) leaves a folder that reads as
+    unfinished, never the earlier summary beside newer tables, and the next run completes it before anything
+    else; a run stopped before its tables were complete leaves nothing behind (its remains are deleted)."""
+    from minseg.inference.outputs import finish_run_tables
+    from minseg.inference.segment import SegmentResult, _write_run_summary
+    from minseg.io.storage import Storage, StorageError, staging_folder
+
+    class FailsAfterOnePlaced(Storage):
+        placed = 0
+
+        def _place(self, source, destination):
+            if self.placed:
+                raise StorageError(f"{destination}: the request failed")
+            self.placed += 1
+            super()._place(source, destination)
+
+    out = str(tmp_path)
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("a")]), Storage())
+    assert json.loads((tmp_path / "run_summary.json").read_text())["run_files"] == [
+        "failures.json", "mineralogy", "slides.csv", "slides.parquet"]
+    with pytest.raises(StorageError, match=r"the request failed; .* is left without run_summary\.json "
+                                           r"\(unfinished\): its new outputs are complete in .*/\.minseg-redo/"
+                                           r"\.segment-tables, and the next minseg segment into it puts them in place"):
+        _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b")]), FailsAfterOnePlaced())
+    assert not (tmp_path / "run_summary.json").exists()  # unfinished, and `measure` still refuses the folder
+    with pytest.raises(InputError, match=r"holds the outputs of minseg segment \(.minseg-redo/.segment-tables/run_"):
+        refuse_other_command_outputs(out, "measure", "measure.output_uri", Storage())
+
+    assert finish_run_tables(Storage(), out, "segment")
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert [row["slide"] for row in summary["slides"]] == ["a", "b"]  # the earlier run's row merged, as planned
+    assert [line.split(",")[0] for line in (tmp_path / "slides.csv").read_text().splitlines()[1:]] == ["a", "b"]
+    assert not (tmp_path / ".minseg-redo").exists()
+
+    staged = staging_folder(out, "segment")  # a run stopped while writing its tables: no summary staged
+    Storage().write_text(f"{staged}/slides.csv", "slide\nhalf")
+    assert not finish_run_tables(Storage(), out, "segment")
+    assert not (tmp_path / ".minseg-redo").exists()
+    assert json.loads((tmp_path / "run_summary.json").read_text()) == summary
+    assert (tmp_path / "slides.csv").read_text().splitlines()[1].startswith("a,")
+
+
 def test_the_library_refuses_another_commands_output_folder(manifests, test_slides, tmp_path):
     """Not only the CLI (naming --out): ``segment_slides`` itself refuses a measure run's folder, writing nothing."""
-    from minseg.errors import InputError
 
     (tmp_path / "measure_summary.json").write_text("{}")
     with pytest.raises(InputError, match=r"^segment.output_uri: .* holds the outputs of minseg measure"):
