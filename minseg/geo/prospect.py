@@ -145,13 +145,16 @@ class WindowSource:
             shuffle_buffer=min(len(rows), 1024),
             class_counts=_window_counts(train_y),
             bagging_sample=sample, bagging_balance=report,
-            bagging_build=BAGGING_BUILD if sample is not None and self.balancing.smote else None,
+            bagging_build=self.bagging_build(sample is not None),
             data_signature=self.signatures[fold],
         )
         return {"train": dataset}, inputs
 
     def data_signature(self, fold: int | None) -> str:
         return self.signatures[fold]
+
+    def bagging_build(self, bagged: bool) -> str | None:
+        return BAGGING_BUILD if bagged and self.balancing.smote else None
 
     def shared_datasets(self, config: MinsegConfig, storage: Storage) -> dict:
         """Nothing: windows have no validation split (the last epoch is used), and each trial is one fold."""

@@ -347,6 +347,11 @@ class TrainingSource(Protocol):
         """A short digest of what the trial trains, chooses checkpoints and tests on (recorded in each checkpoint's
         state): ``--resume`` refuses to continue or keep a member whose checkpoints carry another one."""
 
+    def bagging_build(self, bagged: bool) -> str | None:
+        """:data:`BAGGING_BUILD` where a (``bagged``) member's epoch depends on how minseg expands its sample
+        (oversampling factors, SMOTE), else None: recorded in each checkpoint's state; a trial built another way is
+        neither continued by ``--resume`` nor taken from a finished run (``take_finished_members``)."""
+
 
 class ImageSource:
     """Training data from image datasets (``prepare_data``): the split, or k folds by source image."""
@@ -413,7 +418,7 @@ class ImageSource:
             bagging_sample=sample,
             class_repeat_factors=None if factors is None else dict(zip(prepared.classmap.names,
                                                                        np.round(factors, 4).tolist())),
-            bagging_build=BAGGING_BUILD if times is not None and factors is not None else None,
+            bagging_build=self.bagging_build(times is not None),
         )
         return datasets, inputs
 
@@ -433,6 +438,9 @@ class ImageSource:
         counts = bagging_counts([shows[s] for s in sources], member.bagging, bagging_seed(member, run_seed, fold),
                                 self.prepared.classmap.names, "training source images")
         return {source: int(n) for source, n in zip(sources, counts) if n}
+
+    def bagging_build(self, bagged: bool) -> str | None:
+        return BAGGING_BUILD if bagged and self.data.oversampling is not None else None
 
     def repeats_for(self, training: list[dict], seed: int, fold: int | None = None, report: bool = False,
                     times: dict[str, int] | None = None) -> tuple[dict[str, list[int]] | None, np.ndarray | None]:
@@ -953,6 +961,9 @@ class _SharedTrialData:
     def bagging_sample(self, member: MemberSettings, fold: int | None, run_seed: int) -> dict[str, int]:
         return self._source.bagging_sample(member, fold, run_seed)
 
+    def bagging_build(self, bagged: bool) -> str | None:
+        return self._source.bagging_build(bagged)
+
 
 def _shared_data(source: TrainingSource, trials: list[dict], config: MinsegConfig, storage: Storage):
     """``source`` with what several trials on the one split use alike prepared once (``shared_datasets``, and all
@@ -1177,7 +1188,8 @@ def take_finished_members(storage: Storage, source_uri: str, run_uri: str, membe
                           source: TrainingSource, run_seed: int, augmentation: AugmentSettings) -> list[str]:
     """Copy into ``run_uri`` the finished member trials of the run at ``source_uri`` that ``run_uri`` has no
     checkpoint of, where they fit this run: trained with the settings the config gives the member now
-    (``changed_settings``) on the data ``source`` gives the trial (``data_signature``). Those that do not fit are
+    (``changed_settings``) on the data ``source`` gives the trial (``data_signature``), a bagged member's sample
+    expanded into epochs as now (``bagging_build``). Those that do not fit are
     left (trained again), not refused: ``run_uri``'s own checkpoints are what a ``--resume`` continues (the
     prospectivity job resuming a rerun stopped beside its finished run). Returns ``member`` / ``fold<k>/member``
     of each trial copied (locally hard links; S3 server-side)."""
@@ -1193,10 +1205,12 @@ def take_finished_members(storage: Storage, source_uri: str, run_uri: str, membe
                 if done is None or done.status is not MemberStatus.DONE or pointer is None:
                     continue
                 recorded = storage.read_json(join_uri(pointer["uri"], "member.json"))
-                signature = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
-            except (InputError, TypeError, ValueError):  # a damaged record: not taken, trained again
+                state = storage.read_json(join_uri(pointer["uri"], "state.json"))
+                signature, build = state.get("data_signature"), state.get("bagging_build")
+            except (InputError, TypeError, ValueError, AttributeError):  # a damaged record: not taken, trained again
                 continue
-            if changed_settings(recorded, member, run_seed, augmentation) or signature != source.data_signature(fold):
+            if (changed_settings(recorded, member, run_seed, augmentation) or signature != source.data_signature(fold)
+                    or build != source.bagging_build(member.bagging is not None)):  # its sample expanded another way
                 continue
             storage.delete_prefix(member_uri(trial, member.name) + "/")  # a failed try's error.txt, say
             storage.copy_files(member_uri(published, member.name), member_uri(trial, member.name))

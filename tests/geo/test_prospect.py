@@ -382,8 +382,9 @@ def test_a_trials_signature_says_how_its_windows_were_balanced():
 
 def test_a_resumed_rerun_takes_only_the_finished_trials_that_fit(tmp_path):
     """``take_finished_members``: of the finished run's trials, only one that finished, whose member settings and
-    training data are this run's, and that this run has no checkpoint of; a damaged record is passed over (trained
-    again), and a failed try's leftovers in this run's folder go with the copy."""
+    training data are this run's (a bagged member's sample expanded into epochs as now), and that this run has no
+    checkpoint of; a damaged record is passed over (trained again), and a failed try's leftovers in this run's
+    folder go with the copy."""
     from dataclasses import asdict
 
     from minseg.data.config import AugmentSettings
@@ -394,27 +395,29 @@ def test_a_resumed_rerun_takes_only_the_finished_trials_that_fit(tmp_path):
     from minseg.io.storage import Storage, join_uri
     from minseg.train.checkpoint import write_checkpoint
     from minseg.train.config import MemberSettings
-    from minseg.train.ensemble import MemberResult, take_finished_members
+    from minseg.train.ensemble import BAGGING_BUILD, MemberResult, take_finished_members
 
     storage, published, run = Storage(), str(tmp_path / "published"), str(tmp_path / "run")
-    members = [MemberSettings.model_validate({"name": name, "model": "mfaf", "stages": [{"epochs": 1}]})
-               for name in ("m1", "m2")]
+    members = [MemberSettings.model_validate({"name": name, "model": "mfaf", "stages": [{"epochs": 1}], **bagging})
+               for name, bagging in (("m1", {}), ("m2", {}), ("bag", {"bagging": {"fraction": 0.8}}))]
     empty = np.zeros((0,), np.int64)
     trials = {fold: TrialData(["Au"], np.zeros((4, 4, 1)), np.zeros((2, 4, 4, 1)), np.array([0, 1]), empty, empty,
                               [], [], 2, signature=f"s{fold}") for fold in (0, 1, None)}
     source = WindowSource(trials, "none", BalanceSettings())
 
-    def finished(root, fold, member, status=MemberStatus.DONE, signature=None, lr=None):
+    def finished(root, fold, member, status=MemberStatus.DONE, signature=None, lr=None, build=None):
         settings = member.model_dump(mode="json")
         if lr is not None:
             settings["optimizer"]["lr"] = lr
         trial = trial_uri(root, fold)
-        write_checkpoint(storage, trial, member.name, "epoch-0001", {}, None,
-                         {"epochs_done": 1, "data_signature": signature or f"s{fold}"}, settings, {}, {}, False)
+        state = {"epochs_done": 1, "data_signature": signature or f"s{fold}", "bagging_build": build}
+        write_checkpoint(storage, trial, member.name, "epoch-0001", {}, None, state, settings, {}, {}, False)
         storage.write_json(join_uri(member_uri(trial, member.name), "result.json"),
                            asdict(MemberResult(member.name, "mfaf", status, fold=fold)))
 
-    m1, m2 = members
+    m1, m2, bag = members
+    finished(published, 0, bag)  # bagged, its sample balanced before SMOTE took distinct windows (no build recorded)
+    finished(published, 1, bag, build=BAGGING_BUILD)  # fits: taken
     finished(published, 0, m1)  # fits: taken, over a failed try's leftovers here
     storage.write_text(join_uri(member_uri(trial_uri(run, 0), "m1"), "error.txt"), "a failed try")
     finished(published, 0, m2, status=MemberStatus.FAILED)  # did not finish
@@ -425,7 +428,7 @@ def test_a_resumed_rerun_takes_only_the_finished_trials_that_fit(tmp_path):
     finished(run, None, m2, signature="sNone")
     storage.write_text(join_uri(member_uri(published, "m2"), "result.json"), "{not json")  # and a damaged record
     assert take_finished_members(storage, published, run, members, source, 0, AugmentSettings()) == [
-        "fold1/m1", "fold2/m2"]
+        "fold1/m1", "fold2/m2", "fold2/bag"]
     assert not storage.exists(join_uri(member_uri(trial_uri(run, 0), "m1"), "error.txt"))
     assert storage.read_json(join_uri(member_uri(trial_uri(run, 1), "m2"), "result.json"))["status"] == "done"
     assert not storage.exists(member_uri(trial_uri(run, 1), "m1") + "/result.json")
