@@ -113,6 +113,10 @@ def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None
 #: the batch tables and report segment and measure write at the top of their output folder, each run whole
 #: (``publish_run_tables``), beside their summary (``COMMAND_MARKERS``)
 RUN_FILES = ("slides.csv", "slides.parquet", "failures.json", FOLDER)
+#: names no slide or map folder takes (``segment.slide_ids``: the hashed name instead), compared in lower case:
+#: the run's own files at the top of the output, and every command's marker (a folder of that name would make the
+#: output read as that command's)
+RESERVED_NAMES = frozenset(name.lower() for name in (*RUN_FILES, *COMMAND_MARKERS.values()))
 
 
 def start_run_tables(storage: Storage, output: str, command: str) -> str:

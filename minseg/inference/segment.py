@@ -33,6 +33,7 @@ import pickle
 import re
 import time
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -49,8 +50,8 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables, read_summary,
-                                      start_run_tables, write_slide_tables)
+from minseg.inference.outputs import (RESERVED_NAMES, SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables,
+                                      publish_run_tables, read_summary, start_run_tables, write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -165,12 +166,16 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     name is one the run's own outputs use). Which folder a slide finally gets also depends on what earlier runs
     left in the output (``plan_slides``: a folder holds one source's outputs, ever)."""
     stems = {uri: _stem(uri) for uri in uris}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem] = counts.get(stem, 0) + 1
-    # a name the run's own outputs use (the batch report's folder) is taken like a collision
-    return {uri: stem if counts[stem] == 1 and stem != FOLDER else hashed_id(uri)
+    # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
+    # (its tables, the batch report's folder, a command's marker) is taken like a collision
+    counts = Counter(stem.lower() for stem in stems.values())
+    return {uri: stem if counts[stem.lower()] == 1 and not _reserved(stem) else hashed_id(uri)
             for uri, stem in stems.items()}
+
+
+def _reserved(stem: str) -> bool:
+    """Whether a slide folder of that name would be one of the run's own files (``RESERVED_NAMES``)."""
+    return stem.lower() in RESERVED_NAMES
 
 
 def _stem(uri: str) -> str:
@@ -418,7 +423,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
         hashed name. Raises SlideError when that is taken by another source too."""
         slide_id, stem = ids[uri], _stem(uri)
-        if slide_id != stem and stem != FOLDER and folder_owner(storage, join_uri(output_uri, stem)) == uri:
+        if slide_id != stem and not _reserved(stem) and folder_owner(storage, join_uri(output_uri, stem)) == uri:
             return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
         owner = folder_owner(storage, join_uri(output_uri, slide_id))
         if owner is None or owner == uri:
@@ -564,10 +569,10 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
             BlockRun(plans, manifest, manifest_uri, settings, storage, task_options(config.storage), result).run()
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
             result.seconds = time.monotonic() - started
-            _write_run_summary(result, storage)
+            _write_run_summary(result, storage, settings.plan_threads)
             raise
     result.seconds = time.monotonic() - started
-    _write_run_summary(result, storage)
+    _write_run_summary(result, storage, settings.plan_threads)
     storage.remove_empty_folder(join_uri(output_uri, REDO))  # not before: finishing tasks may still make folders
     log_event(log, "segment.done", output=output_uri, done=len(result.done), skipped=len(result.skipped),
               failed=len(result.failed), recompute=result.recompute)
@@ -757,13 +762,13 @@ def _table_row(summary: dict, status: SlideStatus) -> dict:
     return row
 
 
-def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
+def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 16) -> None:
     """The batch tables of everything under the output, merged with what earlier runs wrote there:
     ``slides.csv`` / ``.parquet`` (a row per slide done or skipped: this run's rows replace that slide's
-    older row, other slides' rows stay), ``failures.json`` (slides with no complete outputs), the batch report
-    (``mineralogy/``), ``run_summary.json`` (this run, and the merged slide list). Written whole into the staging
-    folder, then put in place together (``publish_run_tables``): a run stopped meanwhile never leaves one run's
-    summary beside another's tables."""
+    older row, other slides' rows stay, read again from their ``summary.json``: ``threads`` at a time),
+    ``failures.json`` (slides with no complete outputs), the batch report (``mineralogy/``), ``run_summary.json``
+    (this run, and the merged slide list). Written whole into the staging folder, then put in place together
+    (``publish_run_tables``): a run stopped meanwhile never leaves one run's summary beside another's tables."""
     out = result.output
     staged = start_run_tables(storage, out, "segment")
     rows = [_table_row(s, SlideStatus.DONE) for s in result.done] + \
@@ -773,9 +778,10 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     earlier = _read_json(storage, join_uri(out, "run_summary.json"))
     # a slide that failed now is a failure in every table (its earlier outputs are left where they are, but no
     # longer counted as complete: the failure says why)
-    kept = [row for row in (earlier or {}).get("slides", []) if isinstance(row, dict) and row.get("slide")
-            and row["slide"] not in this_run and row["slide"] not in failed_now
-            and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))]
+    before = {row["slide"]: row for row in (earlier or {}).get("slides", []) if isinstance(row, dict)
+              and isinstance(row.get("slide"), str) and row["slide"] not in this_run and row["slide"] not in failed_now
+              and row.get("status") in (str(SlideStatus.DONE), str(SlideStatus.SKIPPED))}
+    kept = _kept_rows(before, out, storage, threads)
     merged = sorted(kept + rows, key=lambda row: row["slide"])
     owned = ["failures.json"]
     if merged or earlier is not None:
@@ -787,16 +793,34 @@ def _write_run_summary(result: SegmentResult, storage: Storage) -> None:
     failures = old_failures + [f.to_document() for f in result.failed]
     storage.write_json(join_uri(staged, "failures.json"), failures)
     # the batch's mineralogy over every complete slide under the output, this run's and earlier: rewritten when a
-    # slide was done or one counted before failed now (it leaves the report as it leaves the tables; with no
-    # complete slide left, the earlier report is deleted); else the earlier report stays
+    # slide was done, one counted before failed now (it leaves the report as it leaves the tables; with no complete
+    # slide left, the earlier report is deleted), an earlier slide's outputs changed or went, or it is missing;
+    # else the earlier report stays
     dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now
-    if result.done or dropped:
-        documents = {row["slide"]: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)) for row in merged}
+    changed = [row for row in kept if row != before[row["slide"]]] or len(kept) < len(before)
+    if result.done or dropped or changed or (merged and not storage.exists(join_uri(out, FOLDER, DOCUMENT))):
+        read = thread_map(lambda row: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
+        documents = {row["slide"]: document for row, document in zip(merged, read)}
         write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(staged, FOLDER),
                            os.path.basename(out.rstrip("/")))
         owned.append(FOLDER)
     publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged,
                                                   "failed_slides": failures}, owned)
+
+
+def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int) -> list[dict]:
+    """The table rows of the slides an earlier run listed and this one did not touch, from each slide's own
+    ``summary.json`` (``threads`` reads at a time): a slide whose outputs were replaced since (a run stopped
+    before its tables were put in place) is not listed as it was; one whose outputs are gone or damaged is
+    dropped."""
+    def row_of(slide: str) -> dict | None:
+        summary = read_summary(storage, join_uri(out, slide))
+        try:
+            return _table_row(summary, SlideStatus(before[slide]["status"])) if summary else None
+        except (KeyError, TypeError, IndexError, ValueError):  # a summary edited by hand: not a complete slide
+            return None
+
+    return [row for row in thread_map(row_of, sorted(before), threads) if row is not None]
 
 
 def _read_json(storage: Storage, uri: str):

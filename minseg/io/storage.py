@@ -964,13 +964,13 @@ class Storage:
         names = [info.uri[len(base):] for info in self.list(base)]
         keep = set(names)
 
-        def earlier(uri: str) -> bool:
-            name = uri[len(folder):]
-            return (name not in keep and not uri.startswith(base)
-                    and (owned is None or any(name == o or name.startswith(o + "/") for o in owned)))
-
         self._place_all(staged, final, [name for name in names if name not in last])
-        self._in_parallel(self.delete, [info.uri for info in self.list(folder) if earlier(info.uri)])
+        # the earlier run's files: every file of final, or those under the owned names only (not a listing of
+        # a whole output folder, every slide's chunks, to find four tables)
+        found = ([info.uri for info in self.list(folder)] if owned is None else
+                 [uri for name in owned for uri in self._files_named(join_uri(final, name))])
+        self._in_parallel(self.delete, [uri for uri in found
+                                        if uri[len(folder):] not in keep and not uri.startswith(base)])
         for name in owned or ():  # locally, the folders left empty (an earlier run's fold no longer configured)
             self._remove_empty_folders(join_uri(final, name))
         for name in last:
@@ -978,21 +978,49 @@ class Storage:
                 self._place(join_uri(staged, name), join_uri(final, name))
         self.delete_staged(staged, last, names)
 
+    def _files_named(self, uri: str) -> list[str]:
+        """The file ``uri``, or the files under the folder ``uri`` (S3: the object, or the objects under
+        ``uri/``); [] when there is neither."""
+        under = [info.uri for info in self.list(uri.rstrip("/") + "/")]
+        if under:
+            return under
+        loc = parse_uri(uri)
+        return [uri] if (os.path.isfile(loc.path) if not loc.is_s3 else self.exists(uri)) else []
+
     def publish_staged(self, final: str, command: str, last: tuple[str, ...], owned: tuple[str, ...]) -> None:
         """``replace_files`` of ``command``'s complete staging folder (``staging_folder(final, command)``), then the
         redo folders' parent ``<final>/.minseg-redo`` removed when that left it empty (a whole run's publication:
         no other task of it is staging meanwhile).
 
         Raises:
-            StorageError: a listing, copy or delete failed; the message adds that ``final`` reads as unfinished and
-                that the next run of ``command`` into it puts the staged outputs in place first."""
+            StorageError: a listing, copy or delete failed before every output was in place; the message adds that
+                ``final`` reads as unfinished and that the next run of ``command`` into it puts the staged outputs in
+                place first. Failing to delete the staging folder afterwards is a warning
+                (``<command>.staging_not_removed``): the outputs are complete."""
         staged = staging_folder(final, command)
         try:
             self.replace_files(staged, final, last, owned)
         except StorageError as exc:
-            raise StorageError(f"{exc}; {final} is left without {last[-1]} (unfinished): its new outputs are complete "
-                               f"in {staged}, and the next minseg {command} into it puts them in place first") from exc
+            if not self._placed(staged, final, last[-1]):
+                raise StorageError(f"{exc}; {final} is left without {last[-1]} (unfinished): its new outputs are "
+                                   f"complete in {staged}, and the next minseg {command} into it puts them in place "
+                                   "first") from exc
+            # every output is in place: only removing the staging folder failed (the next run removes it)
+            log_event(log, f"{command}.staging_not_removed", logging.WARNING, output=final, staging=staged,
+                      reason=str(exc), hint=f"the outputs are complete; the next minseg {command} into the folder "
+                                            "removes it")
+            return
         self.remove_empty_folder(join_uri(final, REDO))
+
+    def _placed(self, staged: str, final: str, marker: str) -> bool:
+        """After a replacement failed: whether its ``marker`` was put in place (the failure came while deleting the
+        staging folder), as opposed to the earlier run's still there or none."""
+        try:
+            if self.exists(join_uri(staged, marker)):
+                return self.replacement_done(staged, final, marker)
+            return self.exists(join_uri(final, marker))  # deleted from staging last: everything was in place
+        except StorageError:
+            return False
 
     def finish_staged(self, output: str, command: str, last: tuple[str, ...],
                       owned: Callable[[], tuple[str, ...]]) -> bool:
@@ -1242,17 +1270,18 @@ def staging_folder(output: str, command: str) -> str:
 
 
 def refuse_redo_file(output: str, command: str, storage: Storage) -> None:
-    """Before a job stages anything in ``output``: ``<output>/.minseg-redo`` must not be a file (no staging folder
-    could be made there, which a job would find out only after all its work).
+    """Before a job stages anything in ``output``: neither ``<output>/.minseg-redo`` nor ``command``'s staging
+    folder in it may be a file (no staging folder could be made there, which a job would find out only after all
+    its work).
 
     Raises:
         InputError: naming the file and the command."""
     from minseg.errors import InputError
 
-    redo = join_uri(output, REDO)
-    if storage.exists(redo) and not storage.is_folder(redo):
-        raise InputError(f"{redo} is a file; minseg {command} stages its outputs in a folder of that name: move the "
-                         "file away")
+    for folder in (join_uri(output, REDO), staging_folder(output, command)):
+        if storage.exists(folder) and not storage.is_folder(folder):
+            raise InputError(f"{folder} is a file; minseg {command} stages its outputs in a folder of that name: "
+                             "move the file away")
 
 
 def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: str) -> None:
@@ -1278,8 +1307,8 @@ def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: 
 
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
     """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`, at its top or
-    in that command's staging folder: outputs not yet put in place); its own earlier outputs are fine (a rerun, a
-    resume).
+    in that command's staging folder: outputs not yet put in place), nor lie in a staging folder; its own earlier
+    outputs are fine (a rerun, a resume).
 
     Raises:
         InputError: naming ``source`` (the flag or config key), the folder and the command whose outputs it holds."""
@@ -1287,6 +1316,9 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
 
     if not uri:
         return
+    if REDO in parse_uri(uri).path.split("/"):
+        raise InputError(f"{source}: {uri} lies in a {REDO} folder, where minseg stages a run's outputs until they "
+                         "are put in place (then it is deleted): give another folder")
     for other, marker in COMMAND_MARKERS.items():
         if other == command:
             continue

@@ -59,11 +59,20 @@ def test_config_refuses_lossy_labels_and_odd_connectivity():
         SegmentSettings(densities={"pyrite": 5.0})
 
 
-def test_a_slide_named_like_the_batch_report_folder_gets_another_name():
+def test_a_slide_named_like_the_run_s_own_files_gets_another_name():
+    """A slide folder named as the batch report's folder, a run table or a command's marker would be written over
+    by the run, or stop its tables from being put in place, or make the output read as another command's; names
+    differing only in case are one folder on macOS and Windows."""
     from minseg.inference.segment import slide_ids
 
-    ids = slide_ids(["/a/mineralogy.tif", "/a/other.tif"])
-    assert ids["/a/other.tif"] == "other" and ids["/a/mineralogy.tif"].startswith("mineralogy-")
+    ids = slide_ids(["/a/mineralogy.tif", "/a/other.tif", "/a/slides.csv.tif", "/a/Run_Summary.json.svs",
+                     "/a/measure_summary.json.tif", "/a/evaluation.json.tif", "/a/Core-7.tif", "/b/core-7.ndpi"])
+    assert ids["/a/other.tif"] == "other"
+    for uri, stem in [("/a/mineralogy.tif", "mineralogy"), ("/a/slides.csv.tif", "slides.csv"),
+                      ("/a/Run_Summary.json.svs", "Run_Summary.json"), ("/a/evaluation.json.tif", "evaluation.json"),
+                      ("/a/measure_summary.json.tif", "measure_summary.json"), ("/a/Core-7.tif", "Core-7"),
+                      ("/b/core-7.ndpi", "core-7")]:
+        assert ids[uri].startswith(stem + "-") and len(ids[uri]) == len(stem) + 9, uri
     # a hidden name would be a hidden folder: passed by listings and globs, or taken for the run's redo folder
     ids = slide_ids(["/a/.minseg-redo.tif", "/b/.minseg-redoX.tif", "/c/.x.tif", "/d/..tif"])
     assert list(ids.values()) == ["minseg-redo", "minseg-redoX", "x", "slide"]

@@ -689,10 +689,15 @@ def test_slide_tables_keep_every_slides_columns(tmp_path):
     assert "wt_pct:pyrite" in (tmp_path / "slides.csv").read_text().splitlines()[0]
 
 
-def _slide_summary(slide: str) -> dict:
-    return {"slide": slide, "uri": f"{slide}.tif", "shape": [2, 5], "tiles": 1, "ensemble_digest": "d",
-            "active_seconds": 1.0, "wall_seconds": 1.0,
-            "modal_mineralogy": {"pyrite": {"pixels": 5, "area_percent": 50.0}}, "grains": {}}
+def _slide_summary(slide: str, out: Path | None = None, digest: str = "d") -> dict:
+    """A finished slide's summary; written to its folder under ``out`` as segment leaves it."""
+    summary = {"slide": slide, "uri": f"{slide}.tif", "shape": [2, 5], "tiles": 1, "ensemble_digest": digest,
+               "active_seconds": 1.0, "wall_seconds": 1.0,
+               "modal_mineralogy": {"pyrite": {"pixels": 5, "area_percent": 50.0}}, "grains": {}}
+    if out is not None:
+        (out / slide).mkdir(parents=True, exist_ok=True)
+        (out / slide / "summary.json").write_text(json.dumps(summary))
+    return summary
 
 
 def test_run_tables_are_put_in_place_whole(tmp_path):
@@ -714,13 +719,14 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
             super()._place(source, destination)
 
     out = str(tmp_path)
-    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("a")]), Storage())
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("a", tmp_path)]), Storage())
     assert json.loads((tmp_path / "run_summary.json").read_text())["run_files"] == [
         "failures.json", "mineralogy", "slides.csv", "slides.parquet"]
     with pytest.raises(StorageError, match=r"the request failed; .* is left without run_summary\.json "
                                            r"\(unfinished\): its new outputs are complete in .*/\.minseg-redo/"
                                            r"\.segment-tables, and the next minseg segment into it puts them in place"):
-        _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b")]), FailsAfterOnePlaced())
+        _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)]),
+                           FailsAfterOnePlaced())
     assert not (tmp_path / "run_summary.json").exists()  # unfinished, and `measure` still refuses the folder
     with pytest.raises(InputError, match=r"holds the outputs of minseg segment \(.minseg-redo/.segment-tables/run_"):
         refuse_other_command_outputs(out, "measure", "measure.output_uri", Storage())
@@ -737,6 +743,17 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
     assert not (tmp_path / ".minseg-redo").exists()
     assert json.loads((tmp_path / "run_summary.json").read_text()) == summary
     assert (tmp_path / "slides.csv").read_text().splitlines()[1].startswith("a,")
+
+    # a slide redone (another ensemble) by a run stopped before its tables were put in place, another run then
+    # touching only b: a's row is read again from its own summary, not carried over as it was; a slide whose
+    # outputs are gone leaves the tables
+    _slide_summary("a", tmp_path, digest="other")
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)]), Storage())
+    rows = {row["slide"]: row for row in json.loads((tmp_path / "run_summary.json").read_text())["slides"]}
+    assert rows["a"]["ensemble_digest"] == "other" and rows["a"]["status"] == "done"
+    (tmp_path / "a" / "summary.json").unlink()
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0), Storage())
+    assert [row["slide"] for row in json.loads((tmp_path / "run_summary.json").read_text())["slides"]] == ["b"]
 
 
 def test_the_library_refuses_another_commands_output_folder(manifests, test_slides, tmp_path):

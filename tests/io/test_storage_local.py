@@ -276,6 +276,70 @@ def test_a_staging_folder_deleted_half_way_is_not_taken_for_a_run(tmp_path):
         "a.csv", "inputs/b.csv", "summary.json"]
 
 
+def test_publishing_looks_only_at_the_names_a_run_owns_and_a_failed_cleanup_is_no_failure(tmp_path, caplog):
+    """``publish_staged`` lists the owned names of the output, not the whole folder (a segmentation output holds
+    every slide's chunks: on S3 thousands of listing pages to find four tables); once every output is in place, a
+    staging folder that cannot be deleted is a warning, not an error saying the folder is unfinished."""
+    import logging
+
+    from minseg.io.storage import staging_folder
+
+    class Watched(Storage):
+        listed: list[str] = []
+        refuse_staged_deletes = False
+
+        def list(self, prefix):
+            self.listed.append(str(prefix))
+            return super().list(prefix)
+
+        def delete(self, uri, missing_ok=True):
+            if self.refuse_staged_deletes and "/.minseg-redo/" in str(uri):
+                raise StorageError(f"{uri}: cannot delete it: Operation not permitted")
+            super().delete(uri, missing_ok)
+
+    storage, out = Watched(), str(tmp_path / "out")
+    for name in ("slides.csv", "mineralogy/mineralogy.json", "mineralogy/old.png", "run_summary.json",
+                 "s1/summary.json", "slides.csv-0a1b2c3d/summary.json", "notes.txt"):
+        storage.write_text(f"{out}/{name}", "earlier")
+    staged = staging_folder(out, "segment")
+    for name in ("slides.csv", "mineralogy/mineralogy.json", "run_summary.json"):
+        storage.write_text(f"{staged}/{name}", "new")
+    storage.listed.clear()
+    storage.publish_staged(out, "segment", ("run_summary.json",), ("slides.csv", "mineralogy", "failures.json"))
+    assert all(prefix.rstrip("/") != out for prefix in storage.listed), storage.listed
+    assert {str(p.relative_to(tmp_path / "out")): p.read_text() for p in (tmp_path / "out").rglob("*")
+            if p.is_file()} == {"slides.csv": "new", "mineralogy/mineralogy.json": "new", "run_summary.json": "new",
+                                "s1/summary.json": "earlier", "slides.csv-0a1b2c3d/summary.json": "earlier",
+                                "notes.txt": "earlier"}
+
+    for name in ("slides.csv", "run_summary.json"):
+        storage.write_text(f"{staged}/{name}", "newer")
+    storage.refuse_staged_deletes = True
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        storage.publish_staged(out, "segment", ("run_summary.json",), ("slides.csv",))
+    assert "segment.staging_not_removed" in caplog.text
+    assert (tmp_path / "out" / "run_summary.json").read_text() == "newer"
+    storage.refuse_staged_deletes = False
+    assert not storage.finish_staged(out, "segment", ("run_summary.json",), lambda: ("slides.csv",))
+    assert not (tmp_path / "out" / ".minseg-redo").exists()
+
+
+def test_an_output_in_a_staging_folder_or_a_staging_folder_that_is_a_file_is_refused(tmp_path):
+    from minseg.errors import InputError
+    from minseg.io.storage import refuse_other_command_outputs, refuse_redo_file
+
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"^segment.output_uri: .*/out/.minseg-redo/.segment-tables lies in a "
+                                         r"\.minseg-redo folder"):
+        refuse_other_command_outputs(str(out / ".minseg-redo" / ".segment-tables"), "segment", "segment.output_uri",
+                                     Storage())
+    (out / ".minseg-redo").mkdir(parents=True)
+    (out / ".minseg-redo" / ".measure-tables").write_text("someone's")
+    refuse_redo_file(str(out), "segment", Storage())  # not segment's
+    with pytest.raises(InputError, match=r"/out/.minseg-redo/.measure-tables is a file; minseg measure stages"):
+        refuse_redo_file(str(out), "measure", Storage())
+
+
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_whole(tmp_path):
     """Nothing of the earlier run is left beside the redo's files (a file it no longer writes goes too)."""
     storage = Storage()
