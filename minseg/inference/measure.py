@@ -28,7 +28,7 @@ from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables
                                       write_slide_tables)
 from minseg.inference.segment import hashed_id, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import (REDO, Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
+from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
@@ -447,8 +447,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,
         "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]},
-        list(RUN_FILES))
-    storage.remove_empty_folder(join_uri(output, REDO))
+        list(RUN_FILES))  # last: it removes the emptied redo folder too
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

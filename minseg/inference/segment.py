@@ -56,8 +56,8 @@ from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scen
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
-from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, absolute_uri, glob_uris, has_glob, is_s3,
-                               join_uri, redo_folder, refuse_other_command_outputs)
+from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, glob_uris, has_glob,
+                               is_s3, join_uri, redo_folder, refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline, write_batch_report
 from minseg.mineralogy.slide import DOCUMENT
@@ -569,11 +569,13 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
             BlockRun(plans, manifest, manifest_uri, settings, storage, task_options(config.storage), result).run()
         except Exception:  # the pipeline itself broke: say what finished and what did not, then fail
             result.seconds = time.monotonic() - started
-            _write_run_summary(result, storage, settings.plan_threads)
+            try:
+                _write_run_summary(result, storage, settings.plan_threads)
+            except Exception as exc:  # noqa: BLE001 (the pipeline's own error is the one to raise)
+                log_event(log, "segment.tables_not_written", logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
             raise
     result.seconds = time.monotonic() - started
-    _write_run_summary(result, storage, settings.plan_threads)
-    storage.remove_empty_folder(join_uri(output_uri, REDO))  # not before: finishing tasks may still make folders
+    _write_run_summary(result, storage, settings.plan_threads)  # last: it removes the emptied redo folder too
     log_event(log, "segment.done", output=output_uri, done=len(result.done), skipped=len(result.skipped),
               failed=len(result.failed), recompute=result.recompute)
     return result
@@ -811,16 +813,30 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
 def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int) -> list[dict]:
     """The table rows of the slides an earlier run listed and this one did not touch, from each slide's own
     ``summary.json`` (``threads`` reads at a time): a slide whose outputs were replaced since (a run stopped
-    before its tables were put in place) is not listed as it was; one whose outputs are gone or damaged is
-    dropped."""
+    before its tables were put in place) is not listed as it was; one whose summary is gone or damaged is dropped
+    (logged ``segment.rows_dropped``); one that cannot be read now (a failed request) keeps its earlier row."""
     def row_of(slide: str) -> dict | None:
-        summary = read_summary(storage, join_uri(out, slide))
         try:
-            return _table_row(summary, SlideStatus(before[slide]["status"])) if summary else None
+            summary = json.loads(storage.read_text(join_uri(out, slide, SUMMARY)))
+        except ObjectNotFoundError:
+            return None
+        except StorageError:  # not known to be gone: as the earlier run listed it
+            return before[slide]
+        except ValueError:  # not JSON: no complete slide
+            return None
+        if not isinstance(summary, dict) or summary.get("slide") != slide:  # not this folder's (moved by hand)
+            return None if not isinstance(summary, dict) else before[slide]
+        try:
+            return _table_row(summary, SlideStatus(before[slide]["status"]))
         except (KeyError, TypeError, IndexError, ValueError):  # a summary edited by hand: not a complete slide
             return None
 
-    return [row for row in thread_map(row_of, sorted(before), threads) if row is not None]
+    rows = dict(zip(sorted(before), thread_map(row_of, sorted(before), threads)))
+    dropped = sorted(slide for slide, row in rows.items() if row is None)
+    if dropped:
+        log_event(log, "segment.rows_dropped", logging.WARNING, slides=",".join(dropped),
+                  reason="no readable summary.json in their folders any more: no longer counted as complete")
+    return [row for row in rows.values() if row is not None]
 
 
 def _read_json(storage: Storage, uri: str):

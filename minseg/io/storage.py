@@ -967,8 +967,8 @@ class Storage:
         self._place_all(staged, final, [name for name in names if name not in last])
         # the earlier run's files: every file of final, or those under the owned names only (not a listing of
         # a whole output folder, every slide's chunks, to find four tables)
-        found = ([info.uri for info in self.list(folder)] if owned is None else
-                 [uri for name in owned for uri in self._files_named(join_uri(final, name))])
+        found = ([info.uri for info in self.list(folder)] if owned is None else  # a staged file replaced its own
+                 [uri for name in owned if name not in keep for uri in self._files_named(join_uri(final, name))])
         self._in_parallel(self.delete, [uri for uri in found
                                         if uri[len(folder):] not in keep and not uri.startswith(base)])
         for name in owned or ():  # locally, the folders left empty (an earlier run's fold no longer configured)
@@ -1001,7 +1001,12 @@ class Storage:
         try:
             self.replace_files(staged, final, last, owned)
         except StorageError as exc:
-            if not self._placed(staged, final, last[-1]):
+            placed = self._placed(staged, final, last[-1])
+            if placed is None:  # failed before anything changed: the earlier run's marker is still there
+                raise StorageError(f"{exc}; {final} still holds the earlier outputs whole: the new ones are complete "
+                                   f"in {staged}, and the next minseg {command} into it puts them in place "
+                                   "first") from exc
+            if not placed:
                 raise StorageError(f"{exc}; {final} is left without {last[-1]} (unfinished): its new outputs are "
                                    f"complete in {staged}, and the next minseg {command} into it puts them in place "
                                    "first") from exc
@@ -1012,13 +1017,16 @@ class Storage:
             return
         self.remove_empty_folder(join_uri(final, REDO))
 
-    def _placed(self, staged: str, final: str, marker: str) -> bool:
-        """After a replacement failed: whether its ``marker`` was put in place (the failure came while deleting the
-        staging folder), as opposed to the earlier run's still there or none."""
+    def _placed(self, staged: str, final: str, marker: str) -> bool | None:
+        """After a replacement failed: True when its ``marker`` was put in place (the failure came while deleting
+        the staging folder), None when the earlier run's marker is still there (it failed before any change),
+        False when there is none (files were being put in place)."""
         try:
-            if self.exists(join_uri(staged, marker)):
-                return self.replacement_done(staged, final, marker)
-            return self.exists(join_uri(final, marker))  # deleted from staging last: everything was in place
+            if not self.exists(join_uri(staged, marker)):
+                return self.exists(join_uri(final, marker))  # deleted from staging last: everything was in place
+            if self.replacement_done(staged, final, marker):
+                return True
+            return None if self.exists(join_uri(final, marker)) else False
         except StorageError:
             return False
 

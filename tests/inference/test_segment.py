@@ -751,6 +751,15 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
     _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)]), Storage())
     rows = {row["slide"]: row for row in json.loads((tmp_path / "run_summary.json").read_text())["slides"]}
     assert rows["a"]["ensemble_digest"] == "other" and rows["a"]["status"] == "done"
+    # a summary that cannot be read now (a failed request) is not taken for outputs gone: its row stays as it was
+    class SummaryRequestFails(Storage):
+        def read_text(self, uri, *args, **kwargs):
+            if str(uri).endswith("/a/summary.json"):
+                raise StorageError(f"{uri}: the request failed")
+            return super().read_text(uri, *args, **kwargs)
+
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0), SummaryRequestFails())
+    assert json.loads((tmp_path / "run_summary.json").read_text())["slides"][0] == rows["a"]
     (tmp_path / "a" / "summary.json").unlink()
     _write_run_summary(SegmentResult(out, "m.json", "d", 1.0), Storage())
     assert [row["slide"] for row in json.loads((tmp_path / "run_summary.json").read_text())["slides"]] == ["b"]

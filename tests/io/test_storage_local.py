@@ -214,19 +214,22 @@ def replaced_files(storage: Storage, root: str) -> dict[str, str]:
     staged = join_uri(root, ".minseg-redo", "prospect")
     for name, text in {"summary.json": "old", "map.tif": "old", "notes.txt": "mine", "inputs/a.csv": "old",
                        "inputs/old_only.csv": "old", "cv/fold3/map.tif": "old", "models/m.pt": "old",
-                       "elsewhere/b.txt": "mine"}.items():
+                       "elsewhere/b.txt": "mine", "table.csv": "old", "cv-0a1b/x.tif": "mine",
+                       "table.csv.bak": "mine"}.items():
         storage.write_text(join_uri(root, name), text)
     for name in ("summary.json", "map.tif", "inputs/a.csv", "cv/fold1/map.tif", "models/m.pt"):
         storage.write_text(join_uri(staged, name), "new")
     storage.delete(join_uri(root, "summary.json"))  # cut short: the marker left first, ...
     storage.write_text(join_uri(root, "map.tif"), "new")  # ... one file was in place, ...
     storage.delete(join_uri(root, "cv/fold3/map.tif"))  # ... and an earlier-only file deleted
-    storage.replace_files(staged, root, ("summary.json",), ("inputs", "cv", "models"))
+    # owned: folders, and a file the new run does not write (looked up as a file, not as a name prefix)
+    storage.replace_files(staged, root, ("summary.json",), ("inputs", "cv", "models", "table.csv"))
     return {info.uri[len(root) + 1:]: storage.read_text(info.uri) for info in storage.list(root + "/")}
 
 
 REPLACED_FILES = {"summary.json": "new", "map.tif": "new", "notes.txt": "mine", "inputs/a.csv": "new",
-                  "cv/fold1/map.tif": "new", "models/m.pt": "new", "elsewhere/b.txt": "mine"}
+                  "cv/fold1/map.tif": "new", "models/m.pt": "new", "elsewhere/b.txt": "mine", "cv-0a1b/x.tif": "mine",
+                  "table.csv.bak": "mine"}
 
 
 def test_a_staged_run_replaces_only_the_earlier_runs_files(tmp_path):
@@ -322,6 +325,16 @@ def test_publishing_looks_only_at_the_names_a_run_owns_and_a_failed_cleanup_is_n
     storage.refuse_staged_deletes = False
     assert not storage.finish_staged(out, "segment", ("run_summary.json",), lambda: ("slides.csv",))
     assert not (tmp_path / "out" / ".minseg-redo").exists()
+
+    class MarkerStays(Storage):  # the very first step, taking the earlier marker away, fails: nothing changed
+        def delete(self, uri, missing_ok=True):
+            raise StorageError(f"{uri}: cannot delete it: Operation not permitted")
+
+    storage.write_text(f"{staged}/run_summary.json", "newest")
+    with pytest.raises(StorageError, match=r"Operation not permitted; .*/out still holds the earlier outputs whole: "
+                                           r"the new ones are complete in .*/out/.minseg-redo/.segment-tables"):
+        MarkerStays().publish_staged(out, "segment", ("run_summary.json",), ())
+    assert (tmp_path / "out" / "run_summary.json").read_text() == "newer"
 
 
 def test_an_output_in_a_staging_folder_or_a_staging_folder_that_is_a_file_is_refused(tmp_path):
