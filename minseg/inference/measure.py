@@ -24,8 +24,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
-from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables, start_run_tables,
-                                      write_slide_tables)
+from minseg.inference.outputs import (LABELS, RESERVED_NAMES, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
+                                      start_run_tables, write_slide_tables)
 from minseg.inference.segment import hashed_id, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
@@ -103,7 +103,8 @@ def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str,
     """One folder, one map (as segment's slide folders): a map whose folder holds another map's measurement from an
     earlier run (its ``mineralogy.json`` names another source) gets its name plus a hash of its URI (changing
     ``ids``, logged ``measure.renamed``), so it never replaces that one; returns the maps whose hashed folder is
-    taken too (URI -> why), which are failures. A map measured again (the same URI) keeps its folder."""
+    taken too (URI -> why), which are failures. A map measured again (the same URI) keeps its folder, its plain
+    one too when its name is hashed now."""
     def owner(map_id: str) -> str | None:
         try:
             document = json.loads(storage.read_text(join_uri(output, map_id, DOCUMENT)))
@@ -111,6 +112,13 @@ def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str,
             return None
         return str(document.get("source")) if isinstance(document, dict) and document.get("source") else None
 
+    # a map whose name is hashed now (another map of this run has it, in any case) keeps the plain folder an
+    # earlier run gave this very map (as segment's slides do): not measured again into a new folder
+    for uri, map_id in list(ids.items()):
+        plain = re.fullmatch(r"(.+)-[0-9a-f]{8}", map_id)
+        if (plain and plain[1].lower() not in RESERVED_NAMES and plain[1] not in ids.values()
+                and owner(plain[1]) == uri):
+            ids[uri] = plain[1]
     taken = set(ids.values())
     refused = {}
     for uri, map_id in list(ids.items()):

@@ -275,3 +275,22 @@ def test_the_library_refuses_another_commands_output_folder(tmp_path):
     with pytest.raises(InputError, match=r"^measure.output_uri: .*segment holds the outputs of minseg segment"):
         measure_label_maps(config)
     assert sorted(p.name for p in segmented.iterdir()) == ["run_summary.json"]
+
+
+def test_a_map_named_like_another_in_case_only_keeps_the_folder_an_earlier_run_gave_it(tmp_path):
+    """Names differing only in case are hashed (one folder on macOS and Windows), but a map an earlier run measured
+    into its plain folder keeps it, as segment's slides do; a name the run's own files use never gets its plain
+    folder."""
+    from minseg.inference.measure import map_ids, own_folders
+    from minseg.io.storage import Storage
+
+    out = tmp_path / "out"
+    first, second, table = "/maps/Core7.tif", "/other/core7.tif", "/maps/slides.csv.tif"
+    for folder, source in (("Core7", first), ("slides.csv", table)):
+        (out / folder).mkdir(parents=True)
+        (out / folder / "mineralogy.json").write_text(json.dumps({"source": source}))
+    ids = map_ids([first, second, table])
+    assert all(ids[uri] != name for uri, name in ((first, "Core7"), (second, "core7"), (table, "slides.csv")))
+    assert own_folders(ids, str(out), Storage()) == {}
+    assert ids[first] == "Core7" and ids[second].startswith("core7-") and ids[table].startswith("slides.csv-")
+
