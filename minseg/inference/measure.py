@@ -25,7 +25,7 @@ from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.outputs import (LABELS, RESERVED_NAMES, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
-                                      start_run_tables, write_slide_tables)
+                                      stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.segment import hashed_id, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
@@ -34,7 +34,7 @@ from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
 from minseg.mineralogy.config import MineralogySettings, class_list_problem
 from minseg.mineralogy.plots import write_plots
-from minseg.mineralogy.report import FOLDER, headline, headline_text, write_batch_report
+from minseg.mineralogy.report import headline, headline_text
 from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, ObjectTables, SlideMineralogy, measure_block, staged_tables
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray, task_options
@@ -447,15 +447,16 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     # run does not write (no map measured) are deleted: they must not look like this one's
     staged = start_run_tables(storage, output, "measure")
     storage.write_json(join_uri(staged, "failures.json"), result.failed)
+    report_error = None
     if result.done:
         write_slide_tables(result.done, storage, staged)
-        documents = {row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
-                     for row in result.done}
-        write_batch_report(documents, storage, join_uri(staged, FOLDER), settings.name)
+        report_error = stage_batch_report(storage, staged, lambda: {
+            row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
+            for row in result.done}, settings.name, "measure")
     publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,
-        "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed]},
-        list(RUN_FILES))  # last: it removes the emptied redo folder too
+        "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed],
+        **({"report_error": report_error} if report_error else {})}, list(RUN_FILES))  # last: removes the redo folder
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

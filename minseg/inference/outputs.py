@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+from typing import Callable
 
 import numpy as np
 
 from minseg.data.classmap import default_color
 from minseg.io.storage import COMMAND_MARKERS, ObjectNotFoundError, Storage, join_uri, staging_folder
-from minseg.mineralogy.report import FOLDER
+from minseg.logs import get_logger, log_event
+from minseg.mineralogy.report import FOLDER, write_batch_report
+
+log = get_logger("inference.outputs")
 
 ZARR, LABELS, UNCERTAINTY, SUMMARY = "segmentation.ome.zarr", "labels.tif", "uncertainty.tif", "summary.json"
 
@@ -125,6 +130,23 @@ def start_run_tables(storage: Storage, output: str, command: str) -> str:
     staged = staging_folder(output, command)
     storage.delete_prefix(staged + "/")
     return staged
+
+
+def stage_batch_report(storage: Storage, staged: str, documents: Callable[[], dict[str, dict]], title: str,
+                       command: str) -> str | None:
+    """The batch report (``write_batch_report`` of ``documents()``, the slides' ``mineralogy.json`` by slide) written
+    into the staging folder ``staged``. Returns None, or why it could not be built (logged
+    ``<command>.report_failed``): the run's tables and failure list are then put in place without a report (the
+    earlier one deleted), the summary saying why (``report_error``), rather than the run failing and losing them."""
+    try:
+        write_batch_report(documents(), storage, join_uri(staged, FOLDER), title)
+    except Exception as exc:  # noqa: BLE001 (whatever broke the report, the tables and failures still count)
+        storage.delete_prefix(join_uri(staged, FOLDER) + "/")  # a report half written is none
+        reason = f"{type(exc).__name__}: {exc}"
+        log_event(log, f"{command}.report_failed", logging.WARNING, reason=reason,
+                  hint="the run's tables and failures are in place without a batch report")
+        return reason
+    return None
 
 
 def publish_run_tables(storage: Storage, output: str, command: str, summary: dict, owned: list[str]) -> None:

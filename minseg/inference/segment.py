@@ -51,7 +51,8 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import (RESERVED_NAMES, SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables,
-                                      publish_run_tables, read_summary, start_run_tables, write_slide_tables)
+                                      publish_run_tables, read_summary, stage_batch_report, start_run_tables,
+                                      write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -59,7 +60,7 @@ from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, glob_uris, has_glob,
                                is_s3, join_uri, redo_folder, refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
-from minseg.mineralogy.report import FOLDER, headline, write_batch_report
+from minseg.mineralogy.report import FOLDER, headline
 from minseg.mineralogy.slide import DOCUMENT
 from minseg.logs import Progress, get_logger, log_event
 from minseg.preflight import job_paths
@@ -801,13 +802,16 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
     dropped = {row.get("slide") for row in (earlier or {}).get("slides", []) if isinstance(row, dict)} & failed_now
     changed = [row for row in kept if row != before[row["slide"]]] or len(kept) < len(before)
     if result.done or dropped or changed or (merged and not storage.exists(join_uri(out, FOLDER, DOCUMENT))):
-        read = thread_map(lambda row: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
-        documents = {row["slide"]: document for row, document in zip(merged, read)}
-        write_batch_report({k: v for k, v in documents.items() if v}, storage, join_uri(staged, FOLDER),
-                           os.path.basename(out.rstrip("/")))
+        def documents() -> dict[str, dict]:
+            read = thread_map(lambda row: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
+            return {row["slide"]: document for row, document in zip(merged, read) if document}
+
+        report_error = stage_batch_report(storage, staged, documents, os.path.basename(out.rstrip("/")), "segment")
         owned.append(FOLDER)
-    publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged,
-                                                  "failed_slides": failures}, owned)
+    else:
+        report_error = None
+    publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged, "failed_slides": failures,
+                                                  **({"report_error": report_error} if report_error else {})}, owned)
 
 
 def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int) -> list[dict]:

@@ -706,7 +706,7 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
     unfinished, never the earlier summary beside newer tables, and the next run completes it before anything
     else; a run stopped before its tables were complete leaves nothing behind (its remains are deleted)."""
     from minseg.inference.outputs import finish_run_tables
-    from minseg.inference.segment import SegmentResult, _write_run_summary
+    from minseg.inference.segment import SegmentResult, SlideOutcome, _write_run_summary
     from minseg.io.storage import Storage, StorageError, staging_folder
 
     class FailsAfterOnePlaced(Storage):
@@ -751,6 +751,17 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
     _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)]), Storage())
     rows = {row["slide"]: row for row in json.loads((tmp_path / "run_summary.json").read_text())["slides"]}
     assert rows["a"]["ensemble_digest"] == "other" and rows["a"]["status"] == "done"
+    # a batch report that cannot be built (here a mineralogy.json of another layout) does not cost the run its
+    # tables and failure list: they are put in place without a report, the summary saying why
+    (tmp_path / "b" / "mineralogy.json").write_text(json.dumps({"modal_mineralogy": {}}))
+    failed = SlideOutcome("c", "c.tif", "unreadable")
+    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)], failed=[failed]),
+                       Storage())
+    summary = json.loads((tmp_path / "run_summary.json").read_text())
+    assert summary["report_error"].startswith("KeyError") and not (tmp_path / "mineralogy").exists()
+    assert [f["slide"] for f in json.loads((tmp_path / "failures.json").read_text())] == ["c"]
+    (tmp_path / "b" / "mineralogy.json").unlink()
+
     # a summary that cannot be read now (a failed request) is not taken for outputs gone: its row stays as it was
     class SummaryRequestFails(Storage):
         def read_text(self, uri, *args, **kwargs):
