@@ -119,11 +119,12 @@ def _section(model, current: dict, updates: dict, flags: dict[str, str], section
 
 
 def _check_output(uri: str | None, source: str, command: str | None = None, config=None) -> None:
-    """The output folder: not a file, and (``command`` given) not another command's outputs, read with
-    ``config.storage`` (InputError naming ``source``)."""
-    from minseg.io.storage import Storage, refuse_file_as_folder, refuse_other_command_outputs
+    """The output folder: not a file, not in a staging folder, and (``command`` given) not another command's outputs,
+    read with ``config.storage`` (InputError naming ``source``)."""
+    from minseg.io.storage import Storage, refuse_file_as_folder, refuse_other_command_outputs, refuse_staging_output
 
     refuse_file_as_folder(uri, source)
+    refuse_staging_output(uri, source)
     if command is not None:
         refuse_other_command_outputs(uri, command, source, Storage(config.storage))
 

@@ -330,3 +330,12 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
                  "--data", str(tmp_path)]) == 2
     assert "classes.json: not an ensemble manifest (no version or members): give the manifest.json" in (
         error_of(capsys))
+
+
+def test_no_command_writes_into_a_staging_folder(tmp_path, capsys):
+    """Every command, not only those that check for other commands' outputs: a folder in ``.minseg-redo`` is where
+    a run stages its outputs, deleted once they are put in place."""
+    out = tmp_path / "runs" / ".minseg-redo" / "x"
+    assert main(["synth", "sections", "--out", str(out)]) == 2
+    assert "lies in a .minseg-redo folder" in capsys.readouterr().err and not out.exists()
+

@@ -427,8 +427,12 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         if slide_id != stem and not _reserved(stem) and folder_owner(storage, join_uri(output_uri, stem)) == uri:
             return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
         owner = folder_owner(storage, join_uri(output_uri, slide_id))
-        if owner is None or owner == uri:
+        if owner == uri:
             return slide_id
+        if owner is None:  # a name free now, but an earlier run (a collision then) gave this slide the hashed one
+            hashed = hashed_id(uri)
+            return hashed if hashed != slide_id and folder_owner(storage, join_uri(output_uri, hashed)) == uri \
+                else slide_id
         fallback = hashed_id(uri)
         other = folder_owner(storage, join_uri(output_uri, fallback)) if fallback != slide_id else owner
         if fallback == slide_id or (other is not None and other != uri):
@@ -832,7 +836,7 @@ def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int
             return None if not isinstance(summary, dict) else before[slide]
         try:
             return _table_row(summary, SlideStatus(before[slide]["status"]))
-        except (KeyError, TypeError, IndexError, ValueError):  # a summary edited by hand: not a complete slide
+        except (KeyError, TypeError, IndexError, ValueError, AttributeError):  # edited by hand: not a complete slide
             return None
 
     rows = dict(zip(sorted(before), thread_map(row_of, sorted(before), threads)))

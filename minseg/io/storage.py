@@ -1277,6 +1277,23 @@ def staging_folder(output: str, command: str) -> str:
     return join_uri(output, REDO, _STAGING_NAMES.get(command, command))
 
 
+def refuse_staging_output(uri: str | None, source: str) -> None:
+    """Before a job starts: the output ``uri`` must not lie in a ``.minseg-redo`` folder (locally also through a
+    link), where minseg stages a run's outputs until they are put in place, then deletes them.
+
+    Raises:
+        InputError: naming ``source`` and the folder."""
+    from minseg.errors import InputError
+
+    if not uri:
+        return
+    loc = parse_uri(uri)
+    path = loc.path if loc.is_s3 else os.path.realpath(os.path.expanduser(loc.path))
+    if REDO in path.replace(os.sep, "/").split("/"):
+        raise InputError(f"{source}: {uri} lies in a {REDO} folder, where minseg stages a run's outputs until they "
+                         "are put in place (then it is deleted): give another folder")
+
+
 def refuse_redo_file(output: str, command: str, storage: Storage) -> None:
     """Before a job stages anything in ``output``: neither ``<output>/.minseg-redo`` nor ``command``'s staging
     folder in it may be a file (no staging folder could be made there, which a job would find out only after all
@@ -1324,9 +1341,7 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
 
     if not uri:
         return
-    if REDO in parse_uri(uri).path.split("/"):
-        raise InputError(f"{source}: {uri} lies in a {REDO} folder, where minseg stages a run's outputs until they "
-                         "are put in place (then it is deleted): give another folder")
+    refuse_staging_output(uri, source)
     for other, marker in COMMAND_MARKERS.items():
         if other == command:
             continue

@@ -78,6 +78,24 @@ def test_same_named_and_replaced_slides_are_never_mixed_up(ray_session, manifest
     assert json.loads((out / "mineralogy" / "mineralogy.json").read_text())["slides"] == [done_b["slide"]]
 
 
+def test_a_slide_given_the_hashed_folder_keeps_it_in_a_later_run_alone(ray_session, manifests, tmp_path):
+    """Names differing only in case collide (one folder on macOS and Windows): both get hashed folders; either
+    segmented later without the other finds its hashed folder again instead of a second, plain one (the tables
+    would list its source twice)."""
+    c = write_slide(tmp_path / "caseC" / "core.tif", 20, 30, seed=5)
+    d = write_slide(tmp_path / "caseD" / "Core.tif", 20, 30, seed=6)
+    out = tmp_path / "out"
+    both = run(manifests["soft"], [c, d], out)
+    folders = {s["uri"]: s["slide"] for s in both.done}
+    assert folders[c].startswith("core-") and folders[d].startswith("Core-")
+    alone = run(manifests["soft"], [d], out)
+    assert [(s.slide, s.uri) for s in alone.skipped] == [(folders[d], d)] and not alone.done
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == sorted(
+        [folders[c], folders[d], "mineralogy"])
+    rows, _ = tables(out)
+    assert sorted(uri for uri, _ in rows.values()) == sorted([c, d])
+
+
 def test_a_partial_slide_of_another_version_of_the_file_is_not_resumed(manifests, tmp_path):
     """Blocks recorded for the file before it was replaced are never mixed into the new one's outputs."""
     manifest = load_manifest(manifests["soft"])

@@ -347,6 +347,9 @@ def test_an_output_in_a_staging_folder_or_a_staging_folder_that_is_a_file_is_ref
         refuse_other_command_outputs(str(out / ".minseg-redo" / ".segment-tables"), "segment", "segment.output_uri",
                                      Storage())
     (out / ".minseg-redo").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(out / ".minseg-redo")  # through a link too
+    with pytest.raises(InputError, match=r"^--out: .*/link/x lies in a \.minseg-redo folder"):
+        refuse_other_command_outputs(str(tmp_path / "link" / "x"), "measure", "--out", Storage())
     (out / ".minseg-redo" / ".measure-tables").write_text("someone's")
     refuse_redo_file(str(out), "segment", Storage())  # not segment's
     with pytest.raises(InputError, match=r"/out/.minseg-redo/.measure-tables is a file; minseg measure stages"):
