@@ -360,6 +360,8 @@ def cmd_segment(args) -> int:
           f"slides -> {result.output}")
     for failure in result.failed:
         print(f"  failed: {failure.slide}: {failure.reason}", file=sys.stderr)
+    if result.report_error:
+        print(f"  no batch report: {result.report_error} (the tables are in place without it)", file=sys.stderr)
     if result.failed:
         count = len(result.failed)
         others = "; the other slides' outputs are complete" if result.done or result.skipped else ""
@@ -414,6 +416,8 @@ def cmd_measure(args) -> int:
         "classes": "--classes" if args.classes else f"{args.config or 'config'}: measure.classes",
         "pixel_size_um": "--pixel-size-um" if args.pixel_size_um is not None else "measure.pixel_size_um"})
     print(f"measured {len(result.done)}, failed {len(result.failed)} label maps -> {result.output}")
+    if result.report_error:
+        print(f"  no batch report: {result.report_error} (the tables are in place without it)", file=sys.stderr)
     for slide, lines in list(result.headlines.items())[:10]:  # a batch's are in mineralogy/mineralogy.md
         print(f"  {slide}:")
         for line in lines:

@@ -57,6 +57,7 @@ class MeasureResult:
     done: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     headlines: dict[str, list[str]] = field(default_factory=dict)  # console lines per map measured
+    report_error: str | None = None  # why the batch report could not be built (the tables are in place without it)
 
 
 def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tuple[str, str | None]]:
@@ -447,16 +448,16 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     # run does not write (no map measured) are deleted: they must not look like this one's
     staged = start_run_tables(storage, output, "measure")
     storage.write_json(join_uri(staged, "failures.json"), result.failed)
-    report_error = None
     if result.done:
         write_slide_tables(result.done, storage, staged)
-        report_error = stage_batch_report(storage, staged, lambda: {
+        result.report_error = stage_batch_report(storage, staged, lambda: {
             row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
             for row in result.done}, settings.name, "measure")
     publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,
         "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed],
-        **({"report_error": report_error} if report_error else {})}, list(RUN_FILES))  # last: removes the redo folder
+        **({"report_error": result.report_error} if result.report_error else {})},
+        list(RUN_FILES))  # last: it removes the emptied redo folder too
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)
     return result

@@ -376,6 +376,7 @@ class SegmentResult:
     # per run, whatever the batch's size; ~10 s on 2 busy cores (actors importing torch, Ray Data starting)
     startup_seconds: float | None = None
     blocks_per_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> blocks segmented there
+    report_error: str | None = None  # why the batch report could not be built (the tables are in place without it)
 
     @property
     def recompute(self) -> float | None:
@@ -395,6 +396,7 @@ class SegmentResult:
                       "wall_seconds": s["wall_seconds"], "tiles": s["tiles"]} for s in self.done],
             "skipped": [s.to_document() for s in self.skipped],
             "failed": [f.to_document() for f in self.failed],
+            **({"report_error": self.report_error} if self.report_error else {}),
         }
 
 
@@ -810,12 +812,11 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
             read = thread_map(lambda row: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
             return {row["slide"]: document for row, document in zip(merged, read) if document}
 
-        report_error = stage_batch_report(storage, staged, documents, os.path.basename(out.rstrip("/")), "segment")
+        result.report_error = stage_batch_report(storage, staged, documents, os.path.basename(out.rstrip("/")),
+                                                 "segment")
         owned.append(FOLDER)
-    else:
-        report_error = None
-    publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged, "failed_slides": failures,
-                                                  **({"report_error": report_error} if report_error else {})}, owned)
+    publish_run_tables(storage, out, "segment", {**result.to_document(), "slides": merged, "failed_slides": failures},
+                       owned)
 
 
 def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int) -> list[dict]:

@@ -755,10 +755,11 @@ def test_run_tables_are_put_in_place_whole(tmp_path):
     # tables and failure list: they are put in place without a report, the summary saying why
     (tmp_path / "b" / "mineralogy.json").write_text(json.dumps({"modal_mineralogy": {}}))
     failed = SlideOutcome("c", "c.tif", "unreadable")
-    _write_run_summary(SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)], failed=[failed]),
-                       Storage())
+    reported = SegmentResult(out, "m.json", "d", 1.0, done=[_slide_summary("b", tmp_path)], failed=[failed])
+    _write_run_summary(reported, Storage())
     summary = json.loads((tmp_path / "run_summary.json").read_text())
-    assert summary["report_error"].startswith("KeyError") and not (tmp_path / "mineralogy").exists()
+    assert summary["report_error"] == reported.report_error  # the console says it too
+    assert reported.report_error.startswith("KeyError") and not (tmp_path / "mineralogy").exists()
     assert [f["slide"] for f in json.loads((tmp_path / "failures.json").read_text())] == ["c"]
     (tmp_path / "b" / "mineralogy.json").unlink()
 
