@@ -24,9 +24,9 @@ from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
-from minseg.inference.outputs import (LABELS, RESERVED_NAMES, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
+from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
                                       stage_batch_report, start_run_tables, write_slide_tables)
-from minseg.inference.segment import hashed_id, slide_ids
+from minseg.inference.segment import FolderTaken, folder_stem, hashed_id, output_folder, slide_ids
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
@@ -88,24 +88,29 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     return pairs
 
 
-def map_ids(uris: list[str]) -> dict[str, str]:
-    """A folder name per label map: segment's ``<slide>/labels.tif`` or ``<slide>/segmentation.ome.zarr`` is
-    named after its slide folder, any other map after its file."""
+def _plain_names(uris: list[str]) -> dict[str, str]:
+    """The name each label map's folder derives from: segment's ``<slide>/labels.tif`` or
+    ``<slide>/segmentation.ome.zarr`` its slide folder, any other map its file; ``a.ome.zarr`` read as ``a.zarr``."""
     named = {uri: uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").rsplit("/", 1)[-1] in (LABELS, ZARR)
              else uri for uri in uris}
     # `a.ome.zarr` is named `a` before names are compared: beside `a.tif`, or named as the run's own folders
     # (`mineralogy.ome.zarr`), it gets the hashed name, never a folder another map or the run writes
-    plain = {name: re.sub(r"\.ome(\.[^./]+)$", r"\1", name) for name in named.values()}
+    return {uri: re.sub(r"\.ome(\.[^./]+)$", r"\1", name) for uri, name in named.items()}
+
+
+def map_ids(uris: list[str]) -> dict[str, str]:
+    """A folder name per label map (``slide_ids`` of the names in ``_plain_names``), before ``own_folders``."""
+    plain = _plain_names(uris)
     ids = slide_ids(list(dict.fromkeys(plain.values())))
-    return {uri: ids[plain[named[uri]]] for uri in uris}
+    return {uri: ids[plain[uri]] for uri in uris}
 
 
 def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str, str]:
-    """One folder, one map (as segment's slide folders): a map whose folder holds another map's measurement from an
-    earlier run (its ``mineralogy.json`` names another source) gets its name plus a hash of its URI (changing
-    ``ids``, logged ``measure.renamed``), so it never replaces that one; returns the maps whose hashed folder is
-    taken too (URI -> why), which are failures. A map measured again (the same URI) keeps its folder, its plain
-    one too when its name is hashed now."""
+    """One folder, one map, by segment's rule (``output_folder``): a map keeps the folder an earlier run gave it
+    (plain or hashed); a map whose folder holds another map's measurement (its ``mineralogy.json`` names another
+    source) gets its name plus a hash of its URI (changing ``ids``, logged ``measure.renamed``), so it never
+    replaces that one. Returns the maps given no folder (URI -> why), which are failures: that one is taken too,
+    or another map of this run has it."""
     def owner(map_id: str) -> str | None:
         try:
             document = json.loads(storage.read_text(join_uri(output, map_id, DOCUMENT)))
@@ -113,29 +118,23 @@ def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str,
             return None
         return str(document.get("source")) if isinstance(document, dict) and document.get("source") else None
 
-    # a map whose name is hashed now (another map of this run has it, in any case) keeps the plain folder an
-    # earlier run gave this very map (as segment's slides do): not measured again into a new folder
+    plain = _plain_names(list(ids))
+    refused, taken = {}, {}
     for uri, map_id in list(ids.items()):
-        plain = re.fullmatch(r"(.+)-[0-9a-f]{8}", map_id)
-        if (plain and plain[1].lower() not in RESERVED_NAMES and plain[1] not in ids.values()
-                and owner(plain[1]) == uri):
-            ids[uri] = plain[1]
-    taken = set(ids.values())
-    refused = {}
-    for uri, map_id in list(ids.items()):
-        first = owner(map_id)
-        if first is None or first == uri:
+        stem = folder_stem(plain[uri])
+        fallback = hashed_id(uri, stem)
+        try:
+            folder = output_folder(uri, map_id, (stem, hashed_id(plain[uri]), fallback), fallback, owner,
+                                   "measure.renamed")
+        except FolderTaken as exc:
+            refused[uri] = (f"{uri}: its output folder {join_uri(output, exc.folder)} holds the measurement of "
+                            f"{exc.owner}; measure it into another output (--out)")
             continue
-        fallback = hashed_id(uri, map_id)
-        other = owner(fallback)
-        if fallback in taken or (other is not None and other != uri):
-            refused[uri] = (f"{uri}: its output folder {join_uri(output, map_id)} holds the measurement of {first}, "
-                            f"and {join_uri(output, fallback)} that of {other or 'another map of this run'}; measure "
-                            "it into another output (--out)")
+        if taken.setdefault(folder, uri) != uri:  # two maps, one folder: never mixed
+            refused[uri] = (f"{uri}: its output folder {join_uri(output, folder)} is that of {taken[folder]} in this "
+                            "run; rename the file or measure it into another output (--out)")
             continue
-        log_event(log, "measure.renamed", map=uri, folder=fallback, reason=f"{map_id}/ holds the measurement of {first}")
-        ids[uri] = fallback
-        taken.add(fallback)
+        ids[uri] = folder
     return refused
 
 

@@ -36,6 +36,7 @@ import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -166,7 +167,7 @@ def slide_ids(uris: list[str]) -> dict[str, str]:
     """A folder name per slide: its file name without the extension; :func:`hashed_id` where names collide (or a
     name is one the run's own outputs use). Which folder a slide finally gets also depends on what earlier runs
     left in the output (``plan_slides``: a folder holds one source's outputs, ever)."""
-    stems = {uri: _stem(uri) for uri in uris}
+    stems = {uri: folder_stem(uri) for uri in uris}
     # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
     # (its tables, the batch report's folder, a command's marker) is taken like a collision
     counts = Counter(stem.lower() for stem in stems.values())
@@ -179,7 +180,9 @@ def _reserved(stem: str) -> bool:
     return stem.lower() in RESERVED_NAMES
 
 
-def _stem(uri: str) -> str:
+def folder_stem(uri: str) -> str:
+    """A slide's plain folder name: its file name without the extension, characters a folder name cannot safely
+    hold replaced by ``_``."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name else name
     # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
@@ -189,7 +192,55 @@ def _stem(uri: str) -> str:
 def hashed_id(uri: str, name: str | None = None) -> str:
     """The folder name of a slide whose file name another slide has too (scanners name every case's file
     ``Slide1.svs``): the stem (or ``name``) and a hash of the whole URI."""
-    return f"{name or _stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+    return f"{name or folder_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+
+
+class FolderTaken(SlideError):
+    """A source's output folder, and its fallback, hold another source's outputs (``folder``, ``owner``)."""
+
+    def __init__(self, folder: str, owner: str):
+        super().__init__(f"{folder}/ holds the outputs of {owner}")
+        self.folder, self.owner = folder, owner
+
+
+def output_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
+                  owner: Callable[[str], str | None], event: str) -> str:
+    """The output folder of one source (a slide, segment's; a label map, measure's): a folder holds one source's
+    outputs, ever, and a source keeps the folder a run gave it before.
+
+    Args:
+        source: the source's URI, as ``owner`` returns it for a folder holding its outputs.
+        name: this run's name for it (``slide_ids``: plain, or hashed where names collide in this run).
+        earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
+            (``RESERVED_NAMES``) is never one.
+        fallback: its name when ``name`` holds another source's outputs (an earlier run's).
+        owner: the source whose outputs a folder (by name) holds, or None when it holds none; called once a name.
+        event: the log event of a move to ``fallback`` (``segment.renamed``).
+
+    Returns:
+        The first of ``name``, ``earlier`` holding this source's outputs; else ``name`` when it holds none; else
+        ``fallback`` (logged ``event``) when it holds none.
+
+    Raises:
+        FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
+    """
+    owners: dict[str, str | None] = {}
+
+    def owner_of(folder: str) -> str | None:
+        if folder not in owners:
+            owners[folder] = owner(folder)
+        return owners[folder]
+
+    for candidate in dict.fromkeys((name, *earlier)):
+        if candidate and not _reserved(candidate) and owner_of(candidate) == source:
+            return candidate
+    if owner_of(name) is None:
+        return name
+    if fallback == name or owner_of(fallback) is not None:
+        taken = name if fallback == name else fallback
+        raise FolderTaken(taken, str(owner_of(taken)))
+    log_event(log, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
+    return fallback
 
 
 def folder_owner(storage: Storage, folder_uri: str) -> str | None:
@@ -423,26 +474,13 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
     def folder_for(uri: str) -> str:
-        """The slide's folder: its name unless another source's outputs are there (an earlier run's), then the
-        hashed name. Raises SlideError when that is taken by another source too."""
-        slide_id, stem = ids[uri], _stem(uri)
-        if slide_id != stem and not _reserved(stem) and folder_owner(storage, join_uri(output_uri, stem)) == uri:
-            return stem  # its name collides in this run, but an earlier run gave it that folder: it keeps it
-        owner = folder_owner(storage, join_uri(output_uri, slide_id))
-        if owner == uri:
-            return slide_id
-        if owner is None:  # a name free now, but an earlier run (a collision then) gave this slide the hashed one
-            hashed = hashed_id(uri)
-            return hashed if hashed != slide_id and folder_owner(storage, join_uri(output_uri, hashed)) == uri \
-                else slide_id
-        fallback = hashed_id(uri)
-        other = folder_owner(storage, join_uri(output_uri, fallback)) if fallback != slide_id else owner
-        if fallback == slide_id or (other is not None and other != uri):
-            raise SlideError(f"{uri}: its output folder {join_uri(output_uri, fallback)} holds the outputs of "
-                             f"{other}; segment it into another output (--out)")
-        log_event(log, "segment.renamed", slide=uri, folder=fallback,
-                  reason=f"{slide_id}/ holds the outputs of {owner}")
-        return fallback
+        stem = folder_stem(uri)
+        try:
+            return output_folder(uri, ids[uri], (stem, hashed_id(uri)), hashed_id(uri),
+                                 lambda name: folder_owner(storage, join_uri(output_uri, name)), "segment.renamed")
+        except FolderTaken as exc:
+            raise SlideError(f"{uri}: its output folder {join_uri(output_uri, exc.folder)} holds the outputs of "
+                             f"{exc.owner}; segment it into another output (--out)") from None
 
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]

@@ -1,6 +1,7 @@
 """``minseg measure``: label maps as segment writes them (labels.tif, OME-Zarr) and as users have them (class-id
 PNGs, the real LumenStone masks), measured as a Ray job; bad maps are failure entries, the others carry on."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -293,4 +294,47 @@ def test_a_map_named_like_another_in_case_only_keeps_the_folder_an_earlier_run_g
     assert all(ids[uri] != name for uri, name in ((first, "Core7"), (second, "core7"), (table, "slides.csv")))
     assert own_folders(ids, str(out), Storage()) == {}
     assert ids[first] == "Core7" and ids[second].startswith("core7-") and ids[table].startswith("slides.csv-")
+
+
+def test_a_map_given_a_hashed_folder_keeps_it_when_measured_later_alone(ray_session, tmp_path, capsys):
+    """Two segment runs' ``S1/labels.tif`` collide (both hashed); either measured later alone finds its hashed
+    folder again instead of a second, plain one (the tables would list its source twice): segment's rule. A map
+    moved aside (its plain folder held another map's measurement) keeps that folder too."""
+    from minseg.inference.measure import map_ids, own_folders
+    from minseg.io.storage import Storage
+
+    maps = []
+    for run, seed in (("run1", 1), ("run2", 2)):
+        (tmp_path / run / "S1").mkdir(parents=True)
+        write_labels_tif(tmp_path / run / "S1" / "labels.tif", blob_labels((40, 50), 4, seed=seed))
+        maps.append(str(tmp_path / run / "S1" / "labels.tif"))
+    out = tmp_path / "out"
+    base = ["--out", str(out), "--classes", ",".join(NAMES)]
+    assert main(["measure", *maps, *base]) == 0
+    def folders_now():  # map folders (not the batch report's `mineralogy/`) by the map they measured
+        return {measured(p)["source"]: p.name for p in out.iterdir() if p.name != "mineralogy" and p.is_dir()
+                and not p.name.startswith(".")}
+
+    folders = folders_now()
+    assert sorted(folders) == sorted(maps) and all(name.startswith("S1-") for name in folders.values())
+    assert main(["measure", maps[1], *base]) == 0
+    assert folders_now() == folders
+    rows = list(csv.DictReader((out / "slides.csv").open()))
+    assert [(row["slide"], row["uri"]) for row in rows] == [(folders[maps[1]], maps[1])]  # this run's maps
+    capsys.readouterr()
+
+    # moved aside: `x/` holds another map's measurement, so x.tif went to x-<hash>/; later it keeps that one
+    (out / "x").mkdir()
+    (out / "x" / "mineralogy.json").write_text(json.dumps({"source": "/elsewhere/x.tif"}))
+    ids = map_ids(["/maps/x.tif"])
+    assert own_folders(ids, str(out), Storage()) == {} and ids["/maps/x.tif"].startswith("x-")
+    (out / ids["/maps/x.tif"]).mkdir()
+    (out / ids["/maps/x.tif"] / "mineralogy.json").write_text(json.dumps({"source": "/maps/x.tif"}))
+    again = map_ids(["/maps/x.tif"])
+    assert own_folders(again, str(out), Storage()) == {} and again == ids
+    # both taken: refused, naming the folder and whose measurement it holds
+    (out / ids["/maps/x.tif"] / "mineralogy.json").write_text(json.dumps({"source": "/third/x.tif"}))
+    refused = own_folders(map_ids(["/maps/x.tif"]), str(out), Storage())
+    assert refused == {"/maps/x.tif": f"/maps/x.tif: its output folder {out / ids['/maps/x.tif']} holds the "
+                       "measurement of /third/x.tif; measure it into another output (--out)"}
 
