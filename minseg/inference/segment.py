@@ -878,8 +878,9 @@ def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int
         except (KeyError, TypeError, IndexError, ValueError, AttributeError):  # edited by hand: not a complete slide
             return None
 
-    rows = dict(zip(sorted(before), thread_map(row_of, sorted(before), threads)))
-    dropped = sorted(slide for slide, row in rows.items() if row is None)
+    names = sorted(before)
+    rows = dict(zip(names, thread_map(row_of, names, threads)))
+    dropped = [slide for slide, row in rows.items() if row is None]
     if dropped:
         log_event(log, "segment.rows_dropped", logging.WARNING, slides=",".join(dropped),
                   reason="no readable summary.json in their folders any more: no longer counted as complete")

@@ -1002,14 +1002,11 @@ class Storage:
             self.replace_files(staged, final, last, owned)
         except StorageError as exc:
             placed = self._placed(staged, final, last[-1])
-            if placed is None:  # failed before anything changed: the earlier run's marker is still there
-                raise StorageError(f"{exc}; {final} still holds the earlier outputs whole: the new ones are complete "
-                                   f"in {staged}, and the next minseg {command} into it puts them in place "
-                                   "first") from exc
-            if not placed:
-                raise StorageError(f"{exc}; {final} is left without {last[-1]} (unfinished): its new outputs are "
-                                   f"complete in {staged}, and the next minseg {command} into it puts them in place "
-                                   "first") from exc
+            if not placed:  # None: failed before anything changed, the earlier run's marker still there
+                state = ("still holds the earlier outputs whole: the new ones are" if placed is None
+                         else f"is left without {last[-1]} (unfinished): its new outputs are")
+                raise StorageError(f"{exc}; {final} {state} complete in {staged}, and the next minseg {command} into "
+                                   "it puts them in place first") from exc
             # every output is in place: only removing the staging folder failed (the next run removes it)
             log_event(log, f"{command}.staging_not_removed", logging.WARNING, output=final, staging=staged,
                       reason=str(exc), hint=f"the outputs are complete; the next minseg {command} into the folder "
