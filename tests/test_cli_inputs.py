@@ -226,6 +226,12 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, m
         assert main([*args, "--out", out]) == 2, (args, out)
         err = error_of(capsys)
         assert "--out: " in err and "afile" in err and "not a folder" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")  # a link to a folder moved away (an unmounted disk)
+    for out in ("dangling", "dangling/sub"):
+        assert main([*args, "--out", out]) == 2, (args, out)
+        err = error_of(capsys)
+        assert "--out: " in err and "dangling" in err and f"a link to {tmp_path / 'gone'}, which does not exist" in err
+        assert len(err.strip().splitlines()) == 1
     # a run folder under a file, from the config rather than --out
     config = tmp_path / "c.yaml"
     config.write_text("run: {output_uri: afile}\n")

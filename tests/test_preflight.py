@@ -123,6 +123,11 @@ def test_an_output_the_driver_cannot_write_is_refused_before_any_work(tmp_path):
     assert output_problems(paths) == [f"output '{tmp_path}/a-file/out' cannot be written ({tmp_path}/a-file is a "
                                       "file, not a folder)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no folder made, no probe left
+    (tmp_path / "gone-disk").symlink_to(tmp_path / "unmounted")  # its parent is writable, the link leads nowhere
+    assert output_problems(ClusterPaths(outputs=(str(tmp_path / "gone-disk" / "out"),))) == [
+        f"output '{tmp_path}/gone-disk/out' cannot be written ({tmp_path}/gone-disk is a link to {tmp_path}/unmounted, "
+        "which does not exist)"]
+    (tmp_path / "gone-disk").unlink()
     if os.geteuid() == 0:  # root writes into read-only folders, not into sysfs
         assert output_problems(ClusterPaths(outputs=("/sys/minseg-out",))) == [
             "output '/sys/minseg-out' cannot be written (/sys: Permission denied)"]

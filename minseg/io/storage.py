@@ -1231,18 +1231,38 @@ def default_file_mode() -> int:
     return 0o666 & ~process_umask()
 
 
+def dangling_link(path: str) -> str | None:
+    """The nearest of a local ``path`` (absolute) and its parents that is a symbolic link to nothing (a folder moved
+    away, a disk not mounted), or None: writing there fails although its parent folder is writable."""
+    folder = path
+    while not os.path.exists(folder):
+        if os.path.islink(folder):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    return None
+
+
 def refuse_file_as_folder(uri: str | None, source: str) -> None:
-    """Before a job starts: a local output folder that is a file, or lies under one, would fail at the job's first
-    write, after Ray started and inputs were read. s3:// prefixes cannot collide with a file that way.
+    """Before a job starts: a local output folder that is a file, or lies under one, or is (or lies under) a link to
+    nothing, would fail at the job's first write, after Ray started and inputs were read. s3:// prefixes cannot
+    collide with a file that way.
 
     Raises:
-        InputError: naming ``source`` (the flag or config key) and the file."""
+        InputError: naming ``source`` (the flag or config key) and the file, link or folder."""
     from minseg.errors import InputError
 
     if not uri or is_s3(uri):
         return
     path = os.path.abspath(os.path.expanduser(parse_uri(uri).path))
     folder = path
+    link = dangling_link(path)
+    if link:
+        where = "is" if link == path else f"lies under {link},"
+        raise InputError(f"{source}: {uri} {where} a link to {os.readlink(link)}, which does not exist: create "
+                         "the folder it points to, or give another folder for the outputs")
     while True:
         if os.path.exists(folder):
             if not os.path.isdir(folder):
