@@ -98,6 +98,12 @@ def test_an_output_folder_of_another_command_is_refused(tmp_path, capsys):
     from minseg.io.storage import Storage, refuse_other_command_outputs
 
     refuse_other_command_outputs(str(segmented), "segment", "--out", Storage())  # its own: a rerun
+    # a slide folder named like a marker (`members.json.tif` segmented before such names were hashed) is no marker
+    older = tmp_path / "older-segment"
+    (older / "members.json").mkdir(parents=True)
+    (older / "members.json" / "summary.json").write_text("{}")
+    (older / "run_summary.json").write_text("{}")
+    refuse_other_command_outputs(str(older), "segment", "--out", Storage())
     # an evaluation cut short while its outputs were put in place: its documents are still staged, not in place
     # (score wrote its tables beside the evaluation's others there, the folder then refused to evaluate)
     cut = tmp_path / "cut"

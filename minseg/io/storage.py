@@ -1366,6 +1366,8 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
         staged = [join_uri(staging_folder(uri, other), marker)] if other in STAGED_MARKERS else []
         for path in (join_uri(uri, marker), *staged):
             found = path[len(uri.rstrip("/")) + 1:]
-            if storage.exists(path):
+            # a marker is a file: a folder of its name is an item's (a slide `members.json.tif` segmented before
+            # such names were hashed), no other command's outputs
+            if storage.exists(path) and not storage.is_folder(path):
                 raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
                                  "would write over them there: give another folder")
