@@ -474,9 +474,9 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
     def folder_for(uri: str) -> str:
-        stem = folder_stem(uri)
+        hashed = hashed_id(uri)
         try:
-            return output_folder(uri, ids[uri], (stem, hashed_id(uri)), hashed_id(uri),
+            return output_folder(uri, ids[uri], (folder_stem(uri), hashed), hashed,
                                  lambda name: folder_owner(storage, join_uri(output_uri, name)), "segment.renamed")
         except FolderTaken as exc:
             raise SlideError(f"{uri}: its output folder {join_uri(output_uri, exc.folder)} holds the outputs of "
