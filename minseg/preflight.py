@@ -92,7 +92,7 @@ def _probe(modules: tuple[str, ...], paths: tuple[str, ...]) -> dict:
             "unseen": [path for path in paths if not os.path.exists(path)]}
 
 
-def _one_line(text: object, limit: int = 300) -> str:
+def one_line(text: object, limit: int = 300) -> str:
     """Exception texts (pip logs, numpy's import advice) as one short line."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -134,7 +134,7 @@ def output_problems(paths: ClusterPaths) -> list[str]:
             open(probe, "w").close()
             os.unlink(probe)
         except OSError as exc:
-            problems.append(f"output {output!r} cannot be written ({folder}: {exc.strerror or _one_line(exc)})")
+            problems.append(f"output {output!r} cannot be written ({folder}: {exc.strerror or one_line(exc)})")
     return problems
 
 
@@ -172,7 +172,7 @@ def answer_problems(answers: list[tuple[str, dict]], markers: list[str], driver_
     for where, answer in answers:
         found = []
         if answer["missing"]:
-            found.append("cannot import " + ", ".join(f"{name} ({_one_line(reason, 160)})"
+            found.append("cannot import " + ", ".join(f"{name} ({one_line(reason, 160)})"
                                                        for name, reason in answer["missing"].items()))
         elif driver_version is not None and answer["versions"].get("minseg") != driver_version:
             found.append(f"runs minseg {answer['versions'].get('minseg')}, the driver {driver_version}")
@@ -245,7 +245,7 @@ def preflight(paths: ClusterPaths, timeout_s: float | None = None, modules: tupl
                 open(marker, "w").close()
                 markers.append(marker)
             except OSError as exc:
-                problems.append(f"output {output!r} cannot be written on the driver ({_one_line(exc)})")
+                problems.append(f"output {output!r} cannot be written on the driver ({one_line(exc)})")
     if problems:
         _remove(markers)
         raise ClusterSetupError(_message(problems))
@@ -271,7 +271,7 @@ def preflight(paths: ClusterPaths, timeout_s: float | None = None, modules: tupl
                 answer = ray.get(ref)
             except Exception as exc:
                 if refs[ref]["NodeID"] in alive:
-                    problems.append(f"{_where(refs[ref])}: the check failed ({_one_line(exc)})")
+                    problems.append(f"{_where(refs[ref])}: the check failed ({one_line(exc)})")
                 continue
             answers.append((_where(refs[ref], answer["host"]), answer))
     finally:

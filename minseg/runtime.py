@@ -144,12 +144,25 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             log_to_driver=loud,
             runtime_env=worker_runtime_env(local=not address),
         )
-        if address:
-            ray.init(address=address, **kwargs)
-            _JOINED.add(ray.get_runtime_context().gcs_address)
-        else:  # "local": never join another Ray instance that happens to run on this machine
-            store = settings.object_store_mib * 2**20 if settings.object_store_mib else None
-            ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
+        store = settings.object_store_mib * 2**20 if settings.object_store_mib and not address else None
+        if store and store >= _physical_memory():
+            raise InputError(f"ray.object_store_mib: {settings.object_store_mib} MiB is more than this machine's "
+                             f"memory ({_physical_memory() // 2**20} MiB); leave it unset for Ray's default (30 % of "
+                             "it)")
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+                _JOINED.add(ray.get_runtime_context().gcs_address)
+            else:  # "local": never join another Ray instance that happens to run on this machine
+                ray.init(address="local", num_cpus=settings.num_cpus, object_store_memory=store, **kwargs)
+        except Exception as exc:  # noqa: BLE001 (Ray raises OSError, ConnectionError, ValueError, bare Exception)
+            from minseg.errors import RunError
+            from minseg.preflight import one_line
+
+            ray.shutdown()  # whatever it started before failing
+            where = (f"join the Ray cluster at {address} (is it up? `ray status` on its head node)" if address
+                     else "start a local instance (its temporary folder: RAY_TMPDIR, else the system's)")
+            raise RunError(f"Ray could not {where}: {type(exc).__name__}: {one_line(exc, 400)}") from exc
     import ray.data
 
     quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers
@@ -171,6 +184,11 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             preflight(paths, settings.preflight_timeout_s)
             _CHECKED.add((joined, paths))
     return ray
+
+
+def _physical_memory() -> int:
+    """This machine's memory in bytes (Linux, macOS)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 _JOINED: set[str] = set()  # GCS addresses of clusters this process joined and did not start (preflight applies)

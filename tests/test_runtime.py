@@ -122,3 +122,27 @@ def test_each_job_gets_its_own_runtime_env(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"env_vars": {
         "RAY_DATA_DISABLE_PROGRESS_BARS": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}}}))
     assert "env_vars" not in worker_runtime_env(local=True)
+
+
+def test_a_ray_that_cannot_start_is_one_line_naming_why(tmp_path):
+    """A Ray that could not start (here a temporary folder too deep for Ray's Unix sockets, as on clusters whose
+    TMPDIR is a long per-job path) was a Python traceback; an object store larger than the machine, one from Ray's
+    memory arithmetic. Now one line each, nothing written (the command's own process, no Ray running in it)."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("t" * (120 - len(str(tmp_path))))
+    deep.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    command = [sys.executable, "-m", "minseg", "synth", "sections", "--out", str(tmp_path / "out"),
+               "--set", "synth.sections.count=2"]
+    done = subprocess.run(command, env={**env, "RAY_TMPDIR": str(deep)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("minseg: error: Ray could not start a local instance (its temporary folder: "
+                                  "RAY_TMPDIR, else the system's): OSError: ") and "107 bytes" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run([*command, "--set", "ray.object_store_mib=100000000"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith(
+        "minseg: error: ray.object_store_mib: 100000000 MiB is more than this machine's memory"), done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
