@@ -160,7 +160,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             from minseg.preflight import one_line
 
             ray.shutdown()  # whatever it started before failing
-            where = (f"join the Ray cluster at {address} (is it up? `ray status` on its head node)" if address
+            where = (f"join the cluster at {address} (is it up? `ray status` on its head node)" if address
                      else "start a local instance (its temporary folder: RAY_TMPDIR, else the system's)")
             raise RunError(f"Ray could not {where}: {type(exc).__name__}: {one_line(exc, 400)}") from exc
     import ray.data
