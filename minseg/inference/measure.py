@@ -24,9 +24,11 @@ from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
-from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
-                                      stage_batch_report, start_run_tables, write_slide_tables)
-from minseg.inference.segment import FolderTaken, folder_stem, hashed_id, output_folder, slide_ids
+from minseg.inference.blocks import RECORDS
+from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, input_in_item_folders,
+                                      publish_run_tables, stage_batch_report, start_run_tables, write_slide_tables)
+from minseg.inference.segment import (UNRECORDED, FolderTaken, folder_ids, folder_stem, hashed_id, output_folder,
+                                      twin_aware)
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
@@ -42,6 +44,7 @@ from minseg.runtime import init_ray, task_options
 log = get_logger("measure")
 
 REFERENCE_DOCUMENT = "reference_mineralogy.json"
+BEGUN = f"{RECORDS}/measuring.json"  # a map's folder while it is measured: names its source (``own_folders``)
 
 
 class MeasureInputError(InputError):
@@ -88,51 +91,62 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     return pairs
 
 
-def _plain_names(uris: list[str]) -> dict[str, str]:
-    """The name each label map's folder derives from: segment's ``<slide>/labels.tif`` or
-    ``<slide>/segmentation.ome.zarr`` its slide folder, any other map its file; ``a.ome.zarr`` read as ``a.zarr``."""
-    named = {uri: uri.rstrip("/").rsplit("/", 1)[0] if uri.rstrip("/").rsplit("/", 1)[-1] in (LABELS, ZARR)
-             else uri for uri in uris}
-    # `a.ome.zarr` is named `a` before names are compared: beside `a.tif`, or named as the run's own folders
-    # (`mineralogy.ome.zarr`), it gets the hashed name, never a folder another map or the run writes
-    return {uri: re.sub(r"\.ome(\.[^./]+)$", r"\1", name) for uri, name in named.items()}
+def _map_names(uris: list[str]) -> dict[str, tuple[str, str]]:
+    """Per label map, ``(plain, stem)``: the path its folder is named after (segment's ``<slide>/labels.tif`` or
+    ``<slide>/segmentation.ome.zarr``: its slide folder; any other map: its file, ``a.ome.zarr`` read as
+    ``a.zarr``) and that folder name (a slide folder's name whole, ``Core.7``; a file's without its extension)."""
+    names = {}
+    for uri in uris:
+        parent, _, leaf = uri.rstrip("/").rpartition("/")
+        if leaf in (LABELS, ZARR):
+            names[uri] = (parent, folder_stem(parent + ".folder"))  # segment named the folder: nothing to strip
+        else:
+            # `a.ome.zarr` is named `a` before names are compared: beside `a.tif`, or named as the run's own folders
+            # (`mineralogy.ome.zarr`), it gets the hashed name, never a folder another map or the run writes
+            plain = re.sub(r"\.ome(\.[^./]+)$", r"\1", uri.rstrip("/"))
+            names[uri] = (plain, folder_stem(plain))
+    return names
 
 
 def map_ids(uris: list[str]) -> dict[str, str]:
-    """A folder name per label map (``slide_ids`` of the names in ``_plain_names``), before ``own_folders``."""
-    plain = _plain_names(uris)
-    ids = slide_ids(list(dict.fromkeys(plain.values())))
-    return {uri: ids[plain[uri]] for uri in uris}
+    """A folder name per label map (``folder_ids`` of the names in ``_map_names``), before ``own_folders``."""
+    return folder_ids({uri: stem for uri, (_, stem) in _map_names(uris).items()})
 
 
 def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str, str]:
     """One folder, one map, by segment's rule (``output_folder``): a map keeps the folder an earlier run gave it
     (plain or hashed); a map whose folder holds another map's measurement (its ``mineralogy.json`` names another
-    source) gets its name plus a hash of its URI (changing ``ids``, logged ``measure.renamed``), so it never
-    replaces that one. Returns the maps given no folder (URI -> why), which are failures: that one is taken too,
-    or another map of this run has it."""
+    source), or files no record names, gets its name plus a hash of its URI (changing ``ids``, logged
+    ``measure.renamed``), so it never replaces them. Returns the maps given no folder (URI -> why), which are
+    failures: that one is taken too, or another map of this run has it."""
     def owner(map_id: str) -> str | None:
-        try:
-            document = json.loads(storage.read_text(join_uri(output, map_id, DOCUMENT)))
-        except (OSError, ValueError):
+        folder = join_uri(output, map_id)
+        if not storage.holds_files(folder):
             return None
-        return str(document.get("source")) if isinstance(document, dict) and document.get("source") else None
+        for record in (DOCUMENT, BEGUN):  # measured; or begun by a run that stopped (its files are its own)
+            try:
+                document = json.loads(storage.read_text(join_uri(folder, record)))
+            except (OSError, ValueError):
+                continue
+            if isinstance(document, dict) and document.get("source"):
+                return str(document["source"])
+        return UNRECORDED
 
-    plain = _plain_names(list(ids))
+    owner_by_case = twin_aware(owner, storage.folder_names(output))
     refused, taken = {}, {}
-    for uri, map_id in list(ids.items()):
-        stem = folder_stem(plain[uri])
+    for uri, (plain, stem) in _map_names(list(ids)).items():
         fallback = hashed_id(uri, stem)
+        # earlier names too: the hash of its folder's path (runs before 2026-12-07), a slide folder's name cut at
+        # its last dot
+        earlier = (stem, fallback, hashed_id(plain, folder_stem(plain)), folder_stem(plain))
         try:
-            folder = output_folder(uri, map_id, (stem, hashed_id(plain[uri]), fallback), fallback, owner,
-                                   "measure.renamed")
+            folder = output_folder(uri, ids[uri], earlier, fallback, owner_by_case, "measure.renamed", log)
         except FolderTaken as exc:
-            refused[uri] = (f"{uri}: its output folder {join_uri(output, exc.folder)} holds the measurement of "
-                            f"{exc.owner}; measure it into another output (--out)")
+            refused[uri] = f"{uri}: {exc.where(output)}; measure it into another output (--out)"
             continue
         if taken.setdefault(folder, uri) != uri:  # two maps, one folder: never mixed
-            refused[uri] = (f"{uri}: its output folder {join_uri(output, folder)} is that of {taken[folder]} in this "
-                            "run; rename the file or measure it into another output (--out)")
+            refused[uri] = (f"{uri}: its output folder {join_uri(output, folder)}/ is that of {taken[folder]} in this "
+                            "run; measure it into another output (--out)")
             continue
         ids[uri] = folder
     return refused
@@ -200,6 +214,7 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     if storage.exists(join_uri(final, DOCUMENT)):  # measured before: redone beside it, in place once finished
         output_uri = redo_folder(final)
     storage.delete_prefix(output_uri.rstrip("/") + "/")  # no mix with an earlier run's files
+    storage.write_json(join_uri(output_uri, BEGUN), {"source": uri})  # the folder is this map's while it is measured
     for source in (uri, reference):
         if source:
             refuse_missing_chunks(source, storage)
@@ -228,6 +243,7 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files
     storage.write_json(join_uri(output_uri, DOCUMENT), document, indent=1)  # last: done
+    storage.delete_prefix(join_uri(output_uri, RECORDS) + "/")  # the document names the map now
     if output_uri != final:
         storage.replace_folder(output_uri, final, (DOCUMENT,))
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)
@@ -413,11 +429,11 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
         result.failed.append({"slide": ids[uri], "uri": uri, "reference": dict(pairs)[uri], "reason": reason})
         log_event(log, "measure.map_failed", logging.WARNING, map=ids[uri], reason=reason)
     pairs = [(uri, reference) for uri, reference in pairs if uri not in {f["uri"] for f in result.failed}]
-    for uri, reference in pairs:  # each map's folder is emptied first: it must not hold what is measured
-        folder = join_uri(output, ids[uri]).rstrip("/") + "/"
-        if any(u and u.startswith(folder) for u in (uri, reference)):
-            raise MeasureInputError(f"measure: the output {folder} would hold {uri}; write to another folder "
-                                    "(--out)")
+    # each map's folder is emptied first: it must not hold what this run measures (any map's, any reference)
+    inside = input_in_item_folders([u for pair in pairs for u in pair if u], output, [ids[uri] for uri, _ in pairs])
+    if inside:
+        raise MeasureInputError(f"measure: {inside[0]} lies in {inside[1]}/, the output folder of a map this run "
+                                "measures (emptied before it is written): write to another folder (--out)")
     init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))

@@ -52,8 +52,8 @@ from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, bloc
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
 from minseg.inference.outputs import (RESERVED_NAMES, SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables,
-                                      publish_run_tables, read_summary, stage_batch_report, start_run_tables,
-                                      write_slide_tables)
+                                      input_in_item_folders, publish_run_tables, read_summary, stage_batch_report,
+                                      start_run_tables, write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -164,14 +164,19 @@ def read_slide_list(uri: str, storage: Storage) -> list[str]:
 
 
 def slide_ids(uris: list[str]) -> dict[str, str]:
-    """A folder name per slide: its file name without the extension; :func:`hashed_id` where names collide (or a
-    name is one the run's own outputs use). Which folder a slide finally gets also depends on what earlier runs
-    left in the output (``plan_slides``: a folder holds one source's outputs, ever)."""
-    stems = {uri: folder_stem(uri) for uri in uris}
+    """A folder name per slide: its file name without the extension (``folder_ids``). Which folder a slide finally
+    gets also depends on what earlier runs left in the output (``plan_slides``: a folder holds one source's
+    outputs, ever)."""
+    return folder_ids({uri: folder_stem(uri) for uri in uris})
+
+
+def folder_ids(stems: dict[str, str]) -> dict[str, str]:
+    """A folder name per source (URI -> its plain name, ``stems``): the plain name, or :func:`hashed_id` where
+    plain names collide in the run (or a name is one the run's own outputs use)."""
     # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
     # (its tables, the batch report's folder, a command's marker) is taken like a collision
     counts = Counter(stem.lower() for stem in stems.values())
-    return {uri: stem if counts[stem.lower()] == 1 and not _reserved(stem) else hashed_id(uri)
+    return {uri: stem if counts[stem.lower()] == 1 and not _reserved(stem) else hashed_id(uri, stem)
             for uri, stem in stems.items()}
 
 
@@ -196,30 +201,42 @@ def hashed_id(uri: str, name: str | None = None) -> str:
 
 
 class FolderTaken(SlideError):
-    """A source's output folder, and its fallback, hold another source's outputs (``folder``, ``owner``)."""
+    """A source's output folder, and its fallback, hold other sources' outputs: ``taken`` is ``[(folder, owner)]``,
+    the folder first, then its fallback."""
 
-    def __init__(self, folder: str, owner: str):
-        super().__init__(f"{folder}/ holds the outputs of {owner}")
-        self.folder, self.owner = folder, owner
+    def __init__(self, taken: list[tuple[str, str]]):
+        self.taken = taken
+        super().__init__(self.where(None))
+
+    def where(self, output: str | None) -> str:
+        """``its output folder <output>/<folder>/ holds the outputs of <owner>[, and <fallback>/ those of ...]``."""
+        def path(folder: str) -> str:
+            return join_uri(output, folder) if output else folder
+
+        (folder, owner), *rest = self.taken
+        return (f"its output folder {path(folder)}/ holds the outputs of {owner}"
+                + "".join(f", and {path(other)}/ those of {whose}" for other, whose in rest))
 
 
 def output_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
-                  owner: Callable[[str], str | None], event: str) -> str:
+                  owner: Callable[[str], str | None], event: str, logger: logging.Logger) -> str:
     """The output folder of one source (a slide, segment's; a label map, measure's): a folder holds one source's
     outputs, ever, and a source keeps the folder a run gave it before.
 
     Args:
         source: the source's URI, as ``owner`` returns it for a folder holding its outputs.
-        name: this run's name for it (``slide_ids``: plain, or hashed where names collide in this run).
+        name: this run's name for it (``folder_ids``: plain, or hashed where names collide in this run).
         earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
             (``RESERVED_NAMES``) is never one.
         fallback: its name when ``name`` holds another source's outputs (an earlier run's).
-        owner: the source whose outputs a folder (by name) holds, or None when it holds none; called once a name.
-        event: the log event of a move to ``fallback`` (``segment.renamed``).
+        owner: the source whose outputs a folder (by name) holds; None when it holds no file; for files no
+            record names (another program's, a record damaged by hand), a text saying so: taken, never written
+            over. Called once a name.
+        event: the event ``logger`` logs on a move to ``fallback`` (``segment.renamed``).
 
     Returns:
         The first of ``name``, ``earlier`` holding this source's outputs; else ``name`` when it holds none; else
-        ``fallback`` (logged ``event``) when it holds none.
+        ``fallback`` when it holds none.
 
     Raises:
         FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
@@ -237,23 +254,36 @@ def output_folder(source: str, name: str, earlier: tuple[str, ...], fallback: st
     if owner_of(name) is None:
         return name
     if fallback == name or owner_of(fallback) is not None:
-        taken = name if fallback == name else fallback
-        raise FolderTaken(taken, str(owner_of(taken)))
-    log_event(log, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
+        raise FolderTaken([(folder, str(owner_of(folder))) for folder in dict.fromkeys((name, fallback))])
+    log_event(logger, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
     return fallback
+
+
+def twin_aware(owner: Callable[[str], str | None], present: list[str]) -> Callable[[str], str | None]:
+    """``owner`` (of a folder, by name) that reads a name absent from the output but differing only in case from a
+    folder ``present`` there as that folder: on macOS and Windows the two are one folder, and copied there from a
+    case-sensitive store (Linux, S3) they would merge."""
+    exact, by_case = set(present), {name.lower(): name for name in present}
+    return lambda name: owner(name if name in exact else by_case.get(name.lower(), name))
 
 
 def folder_owner(storage: Storage, folder_uri: str) -> str | None:
     """The source URI whose outputs (complete: ``summary.json``; or begun: ``.minseg/plan.json``) are in a slide
-    folder, or None when it holds none."""
+    folder; None when it holds no file; ``UNRECORDED`` when it holds files neither record names a source in (another
+    program's, a record damaged by hand, a failed read): never written over (``output_folder``)."""
+    if not storage.holds_files(folder_uri):
+        return None
     summary = read_summary(storage, folder_uri)
     if isinstance(summary, dict) and summary.get("uri"):
         return str(summary["uri"])
     try:
         begun = json.loads(storage.read_text(join_uri(folder_uri, RECORDS, "plan.json")))
     except (OSError, ValueError):
-        return None
-    return str(begun.get("source")) if isinstance(begun, dict) and begun.get("source") else None
+        return UNRECORDED
+    return str(begun.get("source")) if isinstance(begun, dict) and begun.get("source") else UNRECORDED
+
+
+UNRECORDED = "an unknown source (files no readable minseg record names: kept as they are)"
 
 
 def source_change(previous: dict, plan: SlidePlan) -> str | None:
@@ -473,14 +503,15 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
     for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
         log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
+    owner = twin_aware(lambda name: folder_owner(storage, join_uri(output_uri, name)),
+                       storage.folder_names(output_uri))
+
     def folder_for(uri: str) -> str:
         hashed = hashed_id(uri)
         try:
-            return output_folder(uri, ids[uri], (folder_stem(uri), hashed), hashed,
-                                 lambda name: folder_owner(storage, join_uri(output_uri, name)), "segment.renamed")
+            return output_folder(uri, ids[uri], (folder_stem(uri), hashed), hashed, owner, "segment.renamed", log)
         except FolderTaken as exc:
-            raise SlideError(f"{uri}: its output folder {join_uri(output_uri, exc.folder)} holds the outputs of "
-                             f"{exc.owner}; segment it into another output (--out)") from None
+            raise SlideError(f"{uri}: {exc.where(output_uri)}; segment it into another output (--out)") from None
 
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
@@ -600,8 +631,14 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         log_event(log, "segment.earlier_tables_put_in_place", output=output_uri)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
-    plans = plan_slides(resolve_scenes(settings, manifest, storage), manifest, settings, storage, output_uri, result,
-                        config.mineralogy)
+    sources = resolve_scenes(settings, manifest, storage)
+    plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy)
+    # a slide folder is emptied before it is written (a redo replaces it whole): it must not hold any slide's image
+    inside = input_in_item_folders([*sources, *(c.uri for channels in sources.values() for c in channels)],
+                                   output_uri, list(plans))
+    if inside:
+        raise SegmentInputError(f"segment: {inside[0]} lies in {inside[1]}/, the output folder of a slide this run "
+                                "segments (emptied before it is written): write to another folder (--out)")
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
               manifest=manifest_uri, output=output_uri)

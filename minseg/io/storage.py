@@ -844,6 +844,33 @@ class Storage:
         listed = self._call("list_objects_v2", loc, Bucket=loc.bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
         return bool(listed.get("Contents"))
 
+    def holds_files(self, uri: str) -> bool:
+        """Whether the folder ``uri`` holds any file (at any depth; scratch files aside): one listing of at most a
+        few keys on S3, a walk stopped at the first file locally (a slide folder holds thousands of chunks)."""
+        loc = parse_uri(uri)
+        if loc.is_s3:
+            key = loc.path.rstrip("/")
+            listed = self._call("list_objects_v2", loc, Bucket=loc.bucket, Prefix=f"{key}/" if key else "", MaxKeys=10)
+            return any(not item["Key"].endswith("/") for item in listed.get("Contents", []))
+        for folder, _, files in os.walk(loc.path):
+            if any(_TMP_MARK not in os.path.join(folder, name) for name in files):
+                return True
+        return False
+
+    def folder_names(self, uri: str) -> list[str]:
+        """The names of the folders (S3: common prefixes) directly in ``uri``, sorted; none when it is not there."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                return sorted(entry.name for entry in os.scandir(loc.path) if entry.is_dir())
+            return []
+        key = loc.path.rstrip("/")
+        prefix = f"{key}/" if key else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix, Delimiter="/")
+        with self._translated("list_objects_v2", loc):
+            return sorted(common["Prefix"][len(prefix):].rstrip("/") for page in pages
+                          for common in page.get("CommonPrefixes", []))
+
     def delete(self, uri: str, missing_ok: bool = True) -> None:
         """Delete one object/file; deleting what does not exist is not an error unless ``missing_ok`` is False.
 

@@ -117,14 +117,27 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
     assert (out / "mineralogy" / "mineralogy.md").exists() and not (out / ".minseg-redo").exists()  # put in place
     assert pq.read_table(out / "slides.parquet").num_rows == 2
 
-    # a reference of another size fails that map; a map listed twice with two references, or an output that
-    # holds the maps, are refused before any work
+    # a reference of another size fails that map; a map listed twice with two references, or a map or reference
+    # in the folder of a map the run measures, are refused before any work
     assert main(["measure", str(maps[0]), "--out", str(tmp_path / "o2"), "--reference", str(tmp_path / "small.png"),
                  "--classes", ",".join(NAMES)]) == 1
     assert "reference" in capsys.readouterr().err and "is 10x10" in json.loads(
         (tmp_path / "o2" / "failures.json").read_text())[0]["reason"]
-    assert main(["measure", str(maps[0]), "--out", str(tmp_path)]) == 2
-    assert "would hold" in capsys.readouterr().err
+    inner = out / "a" / "inner.png"  # in a/, which holds a's measurement and would be measured again
+    shutil.copy(tmp_path / "small.png", inner)
+    assert main(["measure", str(maps[0]), str(tmp_path / "small.png"), "--reference", str(maps[0]), "--reference",
+                 str(inner), "--out", str(out)]) == 2
+    assert f"measure: {inner} lies in {out / 'a'}/, the output folder of a map this run measures" in (
+        capsys.readouterr().err)
+    assert inner.exists() and (out / "a" / "mineralogy.json").exists()
+    inner.unlink()
+    # an output folder whose `a/` holds files no record names (here segment's labels.tif itself): never emptied,
+    # the map is measured into `a-<hash>/`
+    assert main(["measure", str(maps[0]), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "a" / "labels.tif").exists() and not (tmp_path / "a" / "mineralogy.json").exists()
+    (moved,) = [p for p in tmp_path.iterdir() if p.name.startswith("a-")]
+    assert measured(moved)["source"] == str(maps[0])
+    assert "a/ holds the outputs of an unknown source" in capsys.readouterr().err
     assert main(["measure", str(maps[0]), str(maps[0]), "--out", str(tmp_path / "o3"), "--reference", str(maps[0]),
                  "--reference", str(tmp_path / "small.png")]) == 2
     assert "listed twice" in capsys.readouterr().err
@@ -335,6 +348,51 @@ def test_a_map_given_a_hashed_folder_keeps_it_when_measured_later_alone(ray_sess
     # both taken: refused, naming the folder and whose measurement it holds
     (out / ids["/maps/x.tif"] / "mineralogy.json").write_text(json.dumps({"source": "/third/x.tif"}))
     refused = own_folders(map_ids(["/maps/x.tif"]), str(out), Storage())
-    assert refused == {"/maps/x.tif": f"/maps/x.tif: its output folder {out / ids['/maps/x.tif']} holds the "
-                       "measurement of /third/x.tif; measure it into another output (--out)"}
+    assert refused == {"/maps/x.tif": f"/maps/x.tif: its output folder {out / 'x'}/ holds the outputs of "
+                       f"/elsewhere/x.tif, and {out / ids['/maps/x.tif']}/ those of /third/x.tif; measure it into "
+                       "another output (--out)"}
 
+
+
+def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_path, capsys):
+    """Maps of one name in one run (``a.tif`` and ``a.ome.tif``; one slide's ``labels.tif`` and its
+    ``segmentation.ome.zarr``) are each measured into a hashed folder (one was refused); a folder differing only in
+    case, or holding files no record names, is never written over; a slide folder's name keeps its dots."""
+    from minseg.inference.measure import map_ids, own_folders
+    from minseg.io.storage import Storage
+
+    labels = blob_labels((40, 50), 4, seed=4)
+    (tmp_path / "t").mkdir()
+    write_labels_tif(tmp_path / "t" / "a.tif", labels)
+    write_labels_tif(tmp_path / "t" / "a.ome.tif", labels)
+    (tmp_path / "Core.7").mkdir()
+    write_labels_tif(tmp_path / "Core.7" / "labels.tif", labels)
+    write_zarr(str(tmp_path / "Core.7" / "segmentation.ome.zarr"), labels)
+    maps = [str(tmp_path / "t" / "a.tif"), str(tmp_path / "t" / "a.ome.tif"), str(tmp_path / "Core.7" / "labels.tif"),
+            str(tmp_path / "Core.7" / "segmentation.ome.zarr")]
+    out = tmp_path / "out"
+    assert main(["measure", *maps, "--out", str(out), "--classes", ",".join(NAMES)]) == 0
+    folders = sorted(row["slide"] for row in csv.DictReader((out / "slides.csv").open()))
+    assert len(folders) == 4 and [f.rsplit("-", 1)[0] for f in folders] == ["Core.7", "Core.7", "a", "a"]
+    capsys.readouterr()
+
+    # a later map `A.tif`, alone: `a/`-like folders exist only hashed here, so it takes its plain name; `b.tif`
+    # alone, beside a `B/` of another map, and `c.tif` beside a `c/` holding someone's notes: hashed, nothing touched
+    for folder, source in (("B", "/elsewhere/B.tif"),):
+        (out / folder).mkdir()
+        (out / folder / "mineralogy.json").write_text(json.dumps({"source": source}))
+    (out / "c").mkdir()
+    (out / "c" / "notes.txt").write_text("mine")
+    ids = map_ids(["/maps/A.tif", "/maps/b.tif", "/maps/c.tif"])
+    assert own_folders(ids, str(out), Storage()) == {}
+    assert ids["/maps/A.tif"] == "A" and ids["/maps/b.tif"].startswith("b-") and ids["/maps/c.tif"].startswith("c-")
+    # a map whose measurement was cut short (its begun record names it) keeps its folder; a damaged document
+    # without that record makes the folder another's
+    (out / "d" / ".minseg").mkdir(parents=True)
+    (out / "d" / ".minseg" / "measuring.json").write_text(json.dumps({"source": "/maps/d.tif"}))
+    (out / "d" / "grains.parquet").write_bytes(b"partial")
+    (out / "e").mkdir()
+    (out / "e" / "mineralogy.json").write_text('{"sour')
+    ids = map_ids(["/maps/d.tif", "/maps/e.tif"])
+    assert own_folders(ids, str(out), Storage()) == {}
+    assert ids["/maps/d.tif"] == "d" and ids["/maps/e.tif"].startswith("e-")

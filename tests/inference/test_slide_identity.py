@@ -116,3 +116,38 @@ def test_a_partial_slide_of_another_version_of_the_file_is_not_resumed(manifests
     todo, resumed = prepare_slide(replaced, settings, storage, classes, manifest.digest(), {})
     assert resumed == 0 and len(todo) == 4  # 100x120 in 64-px blocks: every block redone
     assert not list((tmp_path / "out" / "slide" / ".minseg" / "blocks").glob("*"))
+
+
+def test_a_folder_no_record_names_or_of_another_case_is_never_taken_over(ray_session, manifests, tmp_path):
+    """A slide folder whose ``summary.json`` is damaged, one holding another program's files, and one differing only
+    in case from the slide's name (one folder on macOS and Windows) are never written over: the slide gets the
+    hashed folder. A slide lying in the folder of a slide this run segments is refused before any work (that folder
+    is emptied first)."""
+    import pytest
+
+    from minseg.errors import InputError
+
+    a = write_slide(tmp_path / "A" / "S1.tif", 20, 30, seed=1)
+    b = write_slide(tmp_path / "B" / "S1.tif", 20, 30, seed=2)
+    c = write_slide(tmp_path / "C" / "s1.tif", 20, 30, seed=3)
+    t = write_slide(tmp_path / "T.tif", 20, 30, seed=4)
+    out = tmp_path / "out"
+    assert [s["slide"] for s in run(manifests["soft"], [a], out).done] == ["S1"]
+    (out / "S1" / "summary.json").write_text('{"ur')  # damaged by hand (or a copy cut short)
+    (out / "T").mkdir()
+    (out / "T" / "notes.txt").write_text("the geologist's own notes")
+    kept = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] in ("S1", "T")}
+    later = run(manifests["soft"], [b, t], out)
+    folders = {s["uri"]: s["slide"] for s in later.done}
+    assert folders[b].startswith("S1-") and folders[t].startswith("T-") and not later.failed
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] in ("S1", "T")} \
+        == kept
+    # s1.tif, alone: `s1/` would be `S1/` on macOS and Windows
+    (done,) = run(manifests["soft"], [c], out).done
+    assert done["slide"].startswith("s1-") and not (out / "s1").exists()
+
+    inside = write_slide(out / folders[b] / "copy.tif", 20, 30, seed=5)  # in B's folder, which --force redoes
+    with pytest.raises(InputError, match=rf"^segment: {inside} lies in {out / folders[b]}/, the output folder of a "
+                                         "slide this run segments"):
+        run(manifests["soft"], [b, inside], out, force=True)
+    assert (out / folders[b] / "copy.tif").exists() and (out / folders[b] / "summary.json").exists()

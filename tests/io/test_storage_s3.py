@@ -211,6 +211,23 @@ def test_folders_and_missing_objects(s3):
     assert not storage.exists(s3.uri("dir/a.txt"))
 
 
+def test_folders_holding_files_and_folder_names_alike_on_s3_and_locally(s3, tmp_path):
+    """``holds_files`` (any file at any depth: a slide folder taken or free) and ``folder_names`` (the folders
+    directly in one: common prefixes on S3) answer alike on both stores; a directory marker is no file."""
+    storage = s3.storage()
+    for root in (s3.uri("out"), str(tmp_path / "out")):
+        for key in ("S1/deep/chunk", "S2/summary.json", "top.csv", "S3/.x/y"):
+            storage.write_bytes(f"{root}/{key}", b"x")
+        assert storage.folder_names(root) == ["S1", "S2", "S3"] == storage.folder_names(root + "/"), root
+        assert storage.holds_files(f"{root}/S1") and storage.holds_files(f"{root}/S3/"), root
+        assert not storage.holds_files(f"{root}/S") and not storage.holds_files(f"{root}/none"), root
+        assert storage.folder_names(f"{root}/none") == [], root
+    storage.client.put_object(Bucket=s3.bucket, Key="out/empty/", Body=b"")  # a console's "create folder"
+    assert not storage.holds_files(s3.uri("out/empty"))
+    (tmp_path / "out" / "empty").mkdir()
+    assert not storage.holds_files(str(tmp_path / "out" / "empty"))
+
+
 def test_a_finished_redo_folder_takes_the_earlier_folders_place_on_s3(s3):
     """As locally: server-side copies over the earlier objects, those the redo has not deleted, the marker last, then
     the redo folder deleted; completed when cut short."""
