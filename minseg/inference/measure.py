@@ -44,6 +44,7 @@ from minseg.runtime import init_ray, task_options
 log = get_logger("measure")
 
 REFERENCE_DOCUMENT = "reference_mineralogy.json"
+MEASURE_COLUMNS = ("slide", "uri", "reference", "height", "width", "seconds")  # slides.csv's first columns
 BEGUN = f"{RECORDS}/measuring.json"  # a map's folder while it is measured: names its source (``own_folders``)
 
 
@@ -71,7 +72,14 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     """
     uris: list[str] = []
     for entry in settings.labels:
-        if has_glob(entry):
+        if has_glob(entry) and entry.rstrip("/").endswith(".zarr"):  # an OME-Zarr is a folder: found by its root
+            matches = [uri[: -len("/zarr.json")] for uri in glob_uris(join_uri(entry.rstrip("/"), "zarr.json"),
+                                                                       storage)]
+            if not matches:
+                raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json); "
+                                        "check the pattern or leave it out")
+            uris += matches
+        elif has_glob(entry):
             matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
@@ -247,8 +255,8 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     if output_uri != final:
         storage.replace_folder(output_uri, final, (DOCUMENT,))
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)
-    row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
-           "seconds": document["seconds"], **headline(document)}
+    row = dict(zip(MEASURE_COLUMNS, (map_id, uri, reference, shape[0], shape[1], document["seconds"])),
+               **headline(document))
     if reference is not None:
         errors = document["reference"]["errors"]
         row["modal_mae_pp"] = errors["modal"]["mae_pp"]
@@ -463,8 +471,8 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     # run does not write (no map measured) are deleted: they must not look like this one's
     staged = start_run_tables(storage, output, "measure")
     storage.write_json(join_uri(staged, "failures.json"), result.failed)
+    write_slide_tables(result.done, storage, staged, MEASURE_COLUMNS)  # empty when every map failed: this run's
     if result.done:
-        write_slide_tables(result.done, storage, staged)
         result.report_error = stage_batch_report(storage, staged, lambda: {
             row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
             for row in result.done}, settings.name, "measure")

@@ -97,16 +97,18 @@ SLIDE_COLUMNS = ("slide", "uri", "status", "height", "width", "tiles", "active_s
                  "ensemble_digest", "mean_uncertainty", "brightest")
 
 
-def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str) -> None:
+def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str,
+                       first_columns: tuple[str, ...] = SLIDE_COLUMNS) -> None:
     """``slides.csv`` and ``slides.parquet`` under ``out_uri``: a row per slide, every row's columns (slides
-    differ in their classes; pyarrow's ``from_pylist`` alone would keep only the first row's)."""
+    differ in their classes; pyarrow's ``from_pylist`` alone would keep only the first row's); with no row, the
+    command's ``first_columns`` alone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from minseg.io.tables import csv_text
 
     # no slide left (each failed now): the tables keep their first columns, empty, rather than no header at all
-    columns = list(dict.fromkeys(key for row in rows for key in row)) or list(SLIDE_COLUMNS)
+    columns = list(dict.fromkeys(key for row in rows for key in row)) or list(first_columns)
     complete = [{key: row.get(key) for key in columns} for row in rows]
     storage.write_text(join_uri(out_uri, "slides.csv"), csv_text(complete, columns))
     buffer = io.BytesIO()

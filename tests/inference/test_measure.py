@@ -396,3 +396,25 @@ def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_pat
     ids = map_ids(["/maps/d.tif", "/maps/e.tif"])
     assert own_folders(ids, str(out), Storage()) == {}
     assert ids["/maps/d.tif"] == "d" and ids["/maps/e.tif"].startswith("e-")
+
+
+def test_a_glob_of_ome_zarr_maps_and_a_run_where_every_map_fails(ray_session, tmp_path, capsys):
+    """``'seg/*/segmentation.ome.zarr'`` finds segment's OME-Zarr maps (folders: a glob of files found none); a later
+    run into the same output in which every map fails leaves this run's tables empty, with their columns, beside its
+    failures (they were deleted: a folder of measurements and no tables), the earlier measurements in place."""
+    labels = blob_labels((40, 50), 4, seed=6)
+    for slide in ("s1", "s2"):
+        write_zarr(str(tmp_path / "seg" / slide / "segmentation.ome.zarr"), labels)
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "seg" / "*" / "segmentation.ome.zarr"), "--out", str(out)]) == 0
+    assert sorted(row["slide"] for row in csv.DictReader((out / "slides.csv").open())) == ["s1", "s2"]
+    assert main(["measure", str(tmp_path / "seg" / "*" / "none.ome.zarr"), "--out", str(out)]) == 2
+    assert "matched no OME-Zarr (a folder holding zarr.json)" in capsys.readouterr().err
+
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "nine.png")
+    assert main(["measure", str(tmp_path / "nine.png"), "--classes", ",".join(NAMES), "--out", str(out)]) == 1
+    assert (out / "slides.csv").read_text().splitlines() == ["slide,uri,reference,height,width,seconds"]
+    assert pq.read_table(out / "slides.parquet").num_rows == 0
+    assert [f["slide"] for f in json.loads((out / "failures.json").read_text())] == ["nine"]
+    assert (out / "s1" / "mineralogy.json").exists() and (out / "s2" / "mineralogy.json").exists()
+    capsys.readouterr()
