@@ -36,6 +36,7 @@ log = get_logger("segment")
 def layout_of(plan: SlidePlan, settings: SegmentSettings) -> PyramidLayout:
     return PyramidLayout(plan.height, plan.width, settings.output_tile)
 
+BEGUN = f"{RECORDS}/plan.json"  # a slide folder's record until its summary is written: names its source
 #: what leaves a slide folder first and enters it last when a redo replaces it (``Storage.replace_folder``): the
 #: zarr's root metadata (its ``minseg.status``: complete) and ``summary.json``, the marker of a finished slide
 REPLACED_LAST = (f"{ZARR}/zarr.json", SUMMARY)
@@ -75,7 +76,7 @@ def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, 
     """
     key = plan_key(plan, settings, ensemble_digest)
     blocks = slide_blocks(plan.height, plan.width, settings.block)
-    plan_uri = join_uri(plan.output_uri, RECORDS, "plan.json")
+    plan_uri = join_uri(plan.output_uri, BEGUN)
     try:
         previous = json.loads(storage.read_text(plan_uri))
     except (ObjectNotFoundError, ValueError):
@@ -84,7 +85,10 @@ def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, 
         recorded = {info.uri for info in storage.list(join_uri(plan.output_uri, RECORDS, "blocks") + "/")}
         todo = [b for b in blocks if record_uri(plan.output_uri, b) not in recorded]
         return todo, len(blocks) - len(todo)
-    storage.delete_prefix(plan.output_uri.rstrip("/") + "/")
+    # the record names the source first, then the rest goes: a run stopped while emptying the folder (on S3 an
+    # earlier run's thousands of chunks) leaves it the slide's, never files no record names (``folder_owner``)
+    storage.write_json(plan_uri, {"source": plan.uri})
+    storage.delete_prefix(plan.output_uri.rstrip("/") + "/", keep=(BEGUN,))
     colours = class_colours(classes)
     create_segmentation(join_uri(plan.output_uri, ZARR), storage, layout_of(plan, settings),
                         [c["name"] for c in classes], colours, plan.pixel_size_um, settings.include_image,
@@ -280,6 +284,7 @@ def discard_slide(plan: SlidePlan, storage: Storage) -> None:
         finished_not_moved = plan.replaces and read_summary(storage, plan.replaces) is None \
             and read_summary(storage, plan.output_uri) is not None
         if not finished_not_moved:
-            storage.delete_prefix(plan.output_uri.rstrip("/") + "/")  # locally, the emptied folders go too
+            # locally, the emptied folders go too; the record last (a stop half-way leaves the folder the slide's)
+            storage.delete_prefix(plan.output_uri.rstrip("/") + "/", last=(BEGUN,))
     except OSError:
         log_event(log, "segment.discard_failed", logging.WARNING, slide=plan.slide_id, output=plan.output_uri)

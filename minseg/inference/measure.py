@@ -25,12 +25,13 @@ from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.blocks import RECORDS
-from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, input_in_item_folders,
-                                      publish_run_tables, stage_batch_report, start_run_tables, write_slide_tables)
-from minseg.inference.segment import (UNRECORDED, FolderTaken, folder_ids, folder_stem, hashed_id, output_folder,
-                                      twin_aware)
+from minseg.inference.folders import (FolderTaken, folder_ids, folder_owners, folder_stem, hashed_id,
+                                      input_in_item_folders, item_folder)
+from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
+                                      stage_batch_report, start_run_tables, write_slide_tables)
+from minseg.inference.segment import thread_map
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import (Storage, absolute_uri, glob_uris, has_glob, is_s3, join_uri, redo_folder,
+from minseg.io.storage import (Storage, absolute_uri, glob_folders, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
@@ -46,6 +47,8 @@ log = get_logger("measure")
 REFERENCE_DOCUMENT = "reference_mineralogy.json"
 MEASURE_COLUMNS = ("slide", "uri", "reference", "height", "width", "seconds")  # slides.csv's first columns
 BEGUN = f"{RECORDS}/measuring.json"  # a map's folder while it is measured: names its source (``own_folders``)
+#: a map folder's records, (file, key naming the source): a finished measurement's, then a begun one's
+MEASURE_RECORDS = ((DOCUMENT, "source"), (BEGUN, "source"))
 
 
 class MeasureInputError(InputError):
@@ -72,9 +75,8 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     """
     uris: list[str] = []
     for entry in settings.labels:
-        if has_glob(entry) and entry.rstrip("/").endswith(".zarr"):  # an OME-Zarr is a folder: found by its root
-            matches = [uri[: -len("/zarr.json")] for uri in glob_uris(join_uri(entry.rstrip("/"), "zarr.json"),
-                                                                       storage)]
+        if has_glob(entry) and entry.rstrip("/").lower().endswith(".zarr"):  # a folder: found with its root
+            matches = [uri for uri in glob_folders(entry, storage) if storage.exists(join_uri(uri, "zarr.json"))]
             if not matches:
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json); "
                                         "check the pattern or leave it out")
@@ -107,7 +109,7 @@ def _map_names(uris: list[str]) -> dict[str, tuple[str, str]]:
     for uri in uris:
         parent, _, leaf = uri.rstrip("/").rpartition("/")
         if leaf in (LABELS, ZARR):
-            names[uri] = (parent, folder_stem(parent + ".folder"))  # segment named the folder: nothing to strip
+            names[uri] = (parent, folder_stem(parent, strip_extension=False))  # segment named the folder (`Core.7`)
         else:
             # `a.ome.zarr` is named `a` before names are compared: beside `a.tif`, or named as the run's own folders
             # (`mineralogy.ome.zarr`), it gets the hashed name, never a folder another map or the run writes
@@ -121,42 +123,38 @@ def map_ids(uris: list[str]) -> dict[str, str]:
     return folder_ids({uri: stem for uri, (_, stem) in _map_names(uris).items()})
 
 
-def own_folders(ids: dict[str, str], output: str, storage: Storage) -> dict[str, str]:
-    """One folder, one map, by segment's rule (``output_folder``): a map keeps the folder an earlier run gave it
-    (plain or hashed); a map whose folder holds another map's measurement (its ``mineralogy.json`` names another
+def own_folders(ids: dict[str, str], output: str, storage: Storage, threads: int = 16) -> dict[str, str]:
+    """One folder, one map, by segment's rule (``folders.item_folder``): a map keeps the folder an earlier run gave
+    it (plain or hashed); a map whose folder holds another map's measurement (its ``mineralogy.json`` names another
     source), or files no record names, gets its name plus a hash of its URI (changing ``ids``, logged
     ``measure.renamed``), so it never replaces them. Returns the maps given no folder (URI -> why), which are
-    failures: that one is taken too, or another map of this run has it."""
-    def owner(map_id: str) -> str | None:
-        folder = join_uri(output, map_id)
-        if not storage.holds_files(folder):
-            return None
-        for record in (DOCUMENT, BEGUN):  # measured; or begun by a run that stopped (its files are its own)
-            try:
-                document = json.loads(storage.read_text(join_uri(folder, record)))
-            except (OSError, ValueError):
-                continue
-            if isinstance(document, dict) and document.get("source"):
-                return str(document["source"])
-        return UNRECORDED
+    failures: that one is taken too, or could not be read, or another map of this run has it. ``threads`` maps at
+    a time (on S3 a GET or two each for folders that exist)."""
+    owner = folder_owners(storage, output, MEASURE_RECORDS)
 
-    owner_by_case = twin_aware(owner, storage.folder_names(output))
-    refused, taken = {}, {}
-    for uri, (plain, stem) in _map_names(list(ids)).items():
+    def folder_of(item: tuple[str, tuple[str, str]]) -> tuple[str | None, str | None]:
+        uri, (plain, stem) = item
         fallback = hashed_id(uri, stem)
         # earlier names too: the hash of its folder's path (runs before 2026-12-07), a slide folder's name cut at
         # its last dot
         earlier = (stem, fallback, hashed_id(plain, folder_stem(plain)), folder_stem(plain))
         try:
-            folder = output_folder(uri, ids[uri], earlier, fallback, owner_by_case, "measure.renamed", log)
+            return item_folder(uri, ids[uri], earlier, fallback, owner, "measure.renamed", log), None
         except FolderTaken as exc:
-            refused[uri] = f"{uri}: {exc.where(output)}; measure it into another output (--out)"
-            continue
-        if taken.setdefault(folder, uri) != uri:  # two maps, one folder: never mixed
-            refused[uri] = (f"{uri}: its output folder {join_uri(output, folder)}/ is that of {taken[folder]} in this "
-                            "run; measure it into another output (--out)")
-            continue
-        ids[uri] = folder
+            return None, f"{uri}: {exc.where(output)}; measure it into another output (--out)"
+        except SlideError as exc:
+            return None, f"{uri}: {exc}"
+
+    refused, taken = {}, {}
+    items = list(_map_names(list(ids)).items())
+    for (uri, _), (folder, reason) in zip(items, thread_map(folder_of, items, threads)):
+        if folder is not None and taken.setdefault(folder, uri) != uri:  # two maps, one folder: never mixed
+            reason = (f"{uri}: its output folder {join_uri(output, folder)}/ is that of {taken[folder]} in this "
+                      "run; measure it into another output (--out)")
+        if reason:
+            refused[uri] = reason
+        else:
+            ids[uri] = folder
     return refused
 
 
@@ -221,8 +219,10 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     final = output_uri
     if storage.exists(join_uri(final, DOCUMENT)):  # measured before: redone beside it, in place once finished
         output_uri = redo_folder(final)
-    storage.delete_prefix(output_uri.rstrip("/") + "/")  # no mix with an earlier run's files
-    storage.write_json(join_uri(output_uri, BEGUN), {"source": uri})  # the folder is this map's while it is measured
+    # no mix with an earlier run's files; the record first: a run stopped while emptying the folder leaves it this
+    # map's, never files no record names (``own_folders``)
+    storage.write_json(join_uri(output_uri, BEGUN), {"source": uri})
+    storage.delete_prefix(output_uri.rstrip("/") + "/", keep=(BEGUN,))
     for source in (uri, reference):
         if source:
             refuse_missing_chunks(source, storage)
@@ -255,8 +255,8 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     if output_uri != final:
         storage.replace_folder(output_uri, final, (DOCUMENT,))
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)
-    row = dict(zip(MEASURE_COLUMNS, (map_id, uri, reference, shape[0], shape[1], document["seconds"])),
-               **headline(document))
+    row = {"slide": map_id, "uri": uri, "reference": reference, "height": shape[0], "width": shape[1],
+           "seconds": document["seconds"], **headline(document)}
     if reference is not None:
         errors = document["reference"]["errors"]
         row["modal_mae_pp"] = errors["modal"]["mae_pp"]
@@ -287,7 +287,7 @@ def discard_measurement(output_uri: str, storage: Storage) -> str:
     if storage.exists(join_uri(staged, DOCUMENT)):
         return f" (measured, but not moved into {name}/: the next run into this output moves it)"
     storage.delete_prefix(staged + "/")
-    storage.delete_prefix(output_uri.rstrip("/") + "/")
+    storage.delete_prefix(output_uri.rstrip("/") + "/", last=(BEGUN,))  # the record last: still the map's if cut
     return ""
 
 
@@ -438,10 +438,10 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
         log_event(log, "measure.map_failed", logging.WARNING, map=ids[uri], reason=reason)
     pairs = [(uri, reference) for uri, reference in pairs if uri not in {f["uri"] for f in result.failed}]
     # each map's folder is emptied first: it must not hold what this run measures (any map's, any reference)
-    inside = input_in_item_folders([u for pair in pairs for u in pair if u], output, [ids[uri] for uri, _ in pairs])
+    inside = input_in_item_folders([u for pair in pairs for u in pair if u], output, [ids[uri] for uri, _ in pairs],
+                                   "a map this run measures")
     if inside:
-        raise MeasureInputError(f"measure: {inside[0]} lies in {inside[1]}/, the output folder of a map this run "
-                                "measures (emptied before it is written): write to another folder (--out)")
+        raise MeasureInputError(f"measure: {inside}")
     init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))

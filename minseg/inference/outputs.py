@@ -126,18 +126,6 @@ RUN_FILES = ("slides.csv", "slides.parquet", "failures.json", FOLDER)
 RESERVED_NAMES = frozenset(name.lower() for name in (*RUN_FILES, *COMMAND_MARKERS.values()))
 
 
-def input_in_item_folders(inputs: list[str], output: str, folders: list[str]) -> tuple[str, str] | None:
-    """The first of ``inputs`` (slides, label maps, references; absolute URIs) lying in one of the item folders
-    ``folders`` (names) the run writes in ``output``, as ``(input, folder URI)``, or None: an item folder is
-    emptied before it is written, and a redo replaces it whole, which would delete the input before it is read."""
-    base = output.rstrip("/") + "/"
-    names = set(folders)
-    for uri in inputs:
-        if uri.startswith(base) and uri[len(base):].split("/", 1)[0] in names:
-            return uri, join_uri(output, uri[len(base):].split("/", 1)[0])
-    return None
-
-
 def start_run_tables(storage: Storage, output: str, command: str) -> str:
     """The empty staging folder (``staging_folder``) where ``command`` (segment, measure) writes its run tables and
     batch report before ``publish_run_tables``; what a failed attempt left there is deleted."""

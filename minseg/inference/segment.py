@@ -30,13 +30,9 @@ import logging
 import math
 import os
 import pickle
-import re
 import time
-import zlib
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 
@@ -47,13 +43,14 @@ from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
 from minseg.ensemble.voting import blend_dtype
 from minseg.data.tiling import mean_fill
-from minseg.inference.blocks import (RECORDS, Block, BlockDone, BlockInput, block_from_json, block_to_json,
+from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_json, block_to_json,
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
-from minseg.inference.finish import REPLACED_LAST, discard_slide, finish_slide, prepare_slide
-from minseg.inference.outputs import (RESERVED_NAMES, SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables,
-                                      input_in_item_folders, publish_run_tables, read_summary, stage_batch_report,
-                                      start_run_tables, write_slide_tables)
+from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_slide, prepare_slide
+from minseg.inference.folders import (FolderTaken, folder_ids, folder_owners, folder_stem, hashed_id,
+                                      input_in_item_folders, item_folder)
+from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables,
+                                      read_summary, stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -163,127 +160,15 @@ def read_slide_list(uri: str, storage: Storage) -> list[str]:
     return [e if is_s3(e) or os.path.isabs(e) or e.startswith("file://") else join_uri(base, e) for e in entries]
 
 
+#: a slide folder's records, (file, key naming the source): a finished slide's, then a begun one's
+SEGMENT_RECORDS = ((SUMMARY, "uri"), (BEGUN, "source"))
+
+
 def slide_ids(uris: list[str]) -> dict[str, str]:
     """A folder name per slide: its file name without the extension (``folder_ids``). Which folder a slide finally
     gets also depends on what earlier runs left in the output (``plan_slides``: a folder holds one source's
     outputs, ever)."""
     return folder_ids({uri: folder_stem(uri) for uri in uris})
-
-
-def folder_ids(stems: dict[str, str]) -> dict[str, str]:
-    """A folder name per source (URI -> its plain name, ``stems``): the plain name, or :func:`hashed_id` where
-    plain names collide in the run (or a name is one the run's own outputs use)."""
-    # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
-    # (its tables, the batch report's folder, a command's marker) is taken like a collision
-    counts = Counter(stem.lower() for stem in stems.values())
-    return {uri: stem if counts[stem.lower()] == 1 and not _reserved(stem) else hashed_id(uri, stem)
-            for uri, stem in stems.items()}
-
-
-def _reserved(stem: str) -> bool:
-    """Whether a slide folder of that name would be one of the run's own files (``RESERVED_NAMES``)."""
-    return stem.lower() in RESERVED_NAMES
-
-
-def folder_stem(uri: str) -> str:
-    """A slide's plain folder name: its file name without the extension, characters a folder name cannot safely
-    hold replaced by ``_``."""
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "slide"
-
-
-def hashed_id(uri: str, name: str | None = None) -> str:
-    """The folder name of a slide whose file name another slide has too (scanners name every case's file
-    ``Slide1.svs``): the stem (or ``name``) and a hash of the whole URI."""
-    return f"{name or folder_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
-
-
-class FolderTaken(SlideError):
-    """A source's output folder, and its fallback, hold other sources' outputs: ``taken`` is ``[(folder, owner)]``,
-    the folder first, then its fallback."""
-
-    def __init__(self, taken: list[tuple[str, str]]):
-        self.taken = taken
-        super().__init__(self.where(None))
-
-    def where(self, output: str | None) -> str:
-        """``its output folder <output>/<folder>/ holds the outputs of <owner>[, and <fallback>/ those of ...]``."""
-        def path(folder: str) -> str:
-            return join_uri(output, folder) if output else folder
-
-        (folder, owner), *rest = self.taken
-        return (f"its output folder {path(folder)}/ holds the outputs of {owner}"
-                + "".join(f", and {path(other)}/ those of {whose}" for other, whose in rest))
-
-
-def output_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
-                  owner: Callable[[str], str | None], event: str, logger: logging.Logger) -> str:
-    """The output folder of one source (a slide, segment's; a label map, measure's): a folder holds one source's
-    outputs, ever, and a source keeps the folder a run gave it before.
-
-    Args:
-        source: the source's URI, as ``owner`` returns it for a folder holding its outputs.
-        name: this run's name for it (``folder_ids``: plain, or hashed where names collide in this run).
-        earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
-            (``RESERVED_NAMES``) is never one.
-        fallback: its name when ``name`` holds another source's outputs (an earlier run's).
-        owner: the source whose outputs a folder (by name) holds; None when it holds no file; for files no
-            record names (another program's, a record damaged by hand), a text saying so: taken, never written
-            over. Called once a name.
-        event: the event ``logger`` logs on a move to ``fallback`` (``segment.renamed``).
-
-    Returns:
-        The first of ``name``, ``earlier`` holding this source's outputs; else ``name`` when it holds none; else
-        ``fallback`` when it holds none.
-
-    Raises:
-        FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
-    """
-    owners: dict[str, str | None] = {}
-
-    def owner_of(folder: str) -> str | None:
-        if folder not in owners:
-            owners[folder] = owner(folder)
-        return owners[folder]
-
-    for candidate in dict.fromkeys((name, *earlier)):
-        if candidate and not _reserved(candidate) and owner_of(candidate) == source:
-            return candidate
-    if owner_of(name) is None:
-        return name
-    if fallback == name or owner_of(fallback) is not None:
-        raise FolderTaken([(folder, str(owner_of(folder))) for folder in dict.fromkeys((name, fallback))])
-    log_event(logger, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
-    return fallback
-
-
-def twin_aware(owner: Callable[[str], str | None], present: list[str]) -> Callable[[str], str | None]:
-    """``owner`` (of a folder, by name) that reads a name absent from the output but differing only in case from a
-    folder ``present`` there as that folder: on macOS and Windows the two are one folder, and copied there from a
-    case-sensitive store (Linux, S3) they would merge."""
-    exact, by_case = set(present), {name.lower(): name for name in present}
-    return lambda name: owner(name if name in exact else by_case.get(name.lower(), name))
-
-
-def folder_owner(storage: Storage, folder_uri: str) -> str | None:
-    """The source URI whose outputs (complete: ``summary.json``; or begun: ``.minseg/plan.json``) are in a slide
-    folder; None when it holds no file; ``UNRECORDED`` when it holds files neither record names a source in (another
-    program's, a record damaged by hand, a failed read): never written over (``output_folder``)."""
-    if not storage.holds_files(folder_uri):
-        return None
-    summary = read_summary(storage, folder_uri)
-    if isinstance(summary, dict) and summary.get("uri"):
-        return str(summary["uri"])
-    try:
-        begun = json.loads(storage.read_text(join_uri(folder_uri, RECORDS, "plan.json")))
-    except (OSError, ValueError):
-        return UNRECORDED
-    return str(begun.get("source")) if isinstance(begun, dict) and begun.get("source") else UNRECORDED
-
-
-UNRECORDED = "an unknown source (files no readable minseg record names: kept as they are)"
 
 
 def source_change(previous: dict, plan: SlidePlan) -> str | None:
@@ -503,13 +388,12 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
     for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
         log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
-    owner = twin_aware(lambda name: folder_owner(storage, join_uri(output_uri, name)),
-                       storage.folder_names(output_uri))
+    owner = folder_owners(storage, output_uri, SEGMENT_RECORDS)
 
     def folder_for(uri: str) -> str:
         hashed = hashed_id(uri)
         try:
-            return output_folder(uri, ids[uri], (folder_stem(uri), hashed), hashed, owner, "segment.renamed", log)
+            return item_folder(uri, ids[uri], (folder_stem(uri), hashed), hashed, owner, "segment.renamed", log)
         except FolderTaken as exc:
             raise SlideError(f"{uri}: {exc.where(output_uri)}; segment it into another output (--out)") from None
 
@@ -635,10 +519,9 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy)
     # a slide folder is emptied before it is written (a redo replaces it whole): it must not hold any slide's image
     inside = input_in_item_folders([*sources, *(c.uri for channels in sources.values() for c in channels)],
-                                   output_uri, list(plans))
+                                   output_uri, list(plans), "a slide this run segments")
     if inside:
-        raise SegmentInputError(f"segment: {inside[0]} lies in {inside[1]}/, the output folder of a slide this run "
-                                "segments (emptied before it is written): write to another folder (--out)")
+        raise SegmentInputError(f"segment: {inside}")
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
               skipped=len(result.skipped), failed=len(result.failed), tiles=sum(len(p.grid) for p in plans.values()),
               manifest=manifest_uri, output=output_uri)

@@ -236,6 +236,42 @@ def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None
     return [info.uri for info in glob_objects(pattern, storage, suffixes)]
 
 
+def glob_folders(pattern: str, storage: "Storage") -> list[str]:
+    """Folders (S3: prefixes holding objects) matching a glob, sorted: an OME-Zarr is one. On S3 each wildcard part
+    is matched against one delimiter listing of the folders above it, never a listing of every chunk under them;
+    ``**`` (any depth) lists every key under its fixed prefix. A name starting with "." matches only a pattern
+    part that starts with "." too, as for ``glob_uris``."""
+    import fnmatch
+
+    if not is_s3(pattern):
+        return sorted(absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern.rstrip("/")), recursive=True)
+                      if os.path.isdir(p))
+    parts = pattern.rstrip("/").split("/")
+    first = next(i for i, part in enumerate(parts) if has_glob(part))
+    if "**" in parts[first:]:  # any depth: folders are what lies between the keys' slashes
+        from fsspec.utils import glob_translate
+
+        matches = re.compile(glob_translate(pattern.rstrip("/"))).fullmatch
+        found = {prefix for info in storage.list(GLOB_CHARS.split(pattern, 1)[0])
+                 for prefix in _parents(info.uri) if matches(prefix)}
+        return sorted(found)
+    current = ["/".join(parts[:first])]
+    for part in parts[first:]:
+        if not has_glob(part):
+            current = [join_uri(folder, part) for folder in current]
+            continue
+        current = [join_uri(folder, name) for folder in current for name in storage.folder_names(folder)
+                   if fnmatch.fnmatchcase(name, part) and (part.startswith(".") or not name.startswith("."))]
+    return sorted(folder for folder in current if storage.is_folder(folder))
+
+
+def _parents(uri: str) -> list[str]:
+    """The folders an S3 key lies in (``s3://b/a/c/k`` -> ``s3://b/a``, ``s3://b/a/c``)."""
+    head, _, path = uri.partition("://")
+    bucket, *names = path.split("/")
+    return [f"{head}://{bucket}/" + "/".join(names[:i]) for i in range(1, len(names))]
+
+
 def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list["ObjectInfo"]:
     """``glob_uris`` with each file's size (``storage ls`` of a glob)."""
     if is_s3(pattern):
@@ -850,9 +886,16 @@ class Storage:
         loc = parse_uri(uri)
         if loc.is_s3:
             key = loc.path.rstrip("/")
-            listed = self._call("list_objects_v2", loc, Bucket=loc.bucket, Prefix=f"{key}/" if key else "", MaxKeys=10)
+            # one request whatever MaxKeys: room for the directory markers consoles write before a file
+            listed = self._call("list_objects_v2", loc, Bucket=loc.bucket, Prefix=f"{key}/" if key else "",
+                                MaxKeys=1000)
             return any(not item["Key"].endswith("/") for item in listed.get("Contents", []))
-        for folder, _, files in os.walk(loc.path):
+
+        def unreadable(error: OSError):  # a folder that cannot be listed is not an empty one (a missing one is)
+            if not isinstance(error, (FileNotFoundError, NotADirectoryError)):
+                raise StorageError(f"{error.filename}: cannot list it: {error.strerror}")
+
+        for folder, _, files in os.walk(loc.path, onerror=unreadable):
             if any(_TMP_MARK not in os.path.join(folder, name) for name in files):
                 return True
         return False
@@ -899,14 +942,17 @@ class Storage:
             with _local_failures(loc.path, "delete"):
                 raise
 
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under a prefix (locally, also the folders left empty)."""
-        count = 0
-        for info in list(self.list(prefix)):
+    def delete_prefix(self, prefix: str, keep: tuple[str, ...] = (), last: tuple[str, ...] = ()) -> int:
+        """Delete every object under a prefix (locally, also the folders left empty), but those named in ``keep``
+        (relative to a folder ``prefix``), and those in ``last`` after the rest: an item folder's record, so that a
+        run stopped half-way leaves the folder still named as its source's (``segment.folder_owner``)."""
+        base = (prefix if is_s3(prefix) else absolute_uri(prefix)).rstrip("/") + "/"
+        infos = [info for info in self.list(prefix) if info.uri[len(base):] not in keep]
+        ordered = [i for i in infos if i.uri[len(base):] not in last] + [i for i in infos if i.uri[len(base):] in last]
+        for info in ordered:
             self.delete(info.uri)
-            count += 1
         self._remove_empty_folders(prefix)
-        return count
+        return len(ordered)
 
     @staticmethod
     def _remove_empty_folders(uri: str) -> None:

@@ -151,3 +151,34 @@ def test_a_folder_no_record_names_or_of_another_case_is_never_taken_over(ray_ses
                                          "slide this run segments"):
         run(manifests["soft"], [b, inside], out, force=True)
     assert (out / folders[b] / "copy.tif").exists() and (out / folders[b] / "summary.json").exists()
+
+
+def test_a_slide_stopped_while_its_folder_is_emptied_keeps_that_folder(manifests, tmp_path):
+    """Prepared again (another ensemble), a slide's folder is emptied: a run stopped after the first delete (Ctrl-C,
+    a killed driver; on S3 an earlier run's thousands of chunks) left files and no record, which a later run took
+    for another program's and moved the slide to a hashed folder for good. The record naming the slide is written
+    first and kept."""
+    import pytest
+
+    from minseg.inference.folders import folder_owners
+    from minseg.inference.segment import SEGMENT_RECORDS
+
+    manifest = load_manifest(manifests["soft"])
+    settings, out = SegmentSettings(block=64, output_tile=64), str(tmp_path / "out")
+    path = write_slide(tmp_path / "slide.tif", 100, 120, seed=1)
+    plan = plan_slide(path, "slide", manifest, settings, Storage(), out)
+    classes = manifest.classes["classes"]
+    prepare_slide(plan, settings, Storage(), classes, manifest.digest(), {})
+
+    class StoppedAfterOneDelete(Storage):
+        deleted = 0
+
+        def delete(self, uri, missing_ok=True):
+            if self.deleted:
+                raise KeyboardInterrupt
+            self.deleted += 1
+            super().delete(uri, missing_ok)
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_slide(plan, settings, StoppedAfterOneDelete(), classes, "another ensemble", {})
+    assert folder_owners(Storage(), out, SEGMENT_RECORDS)("slide") == path

@@ -15,6 +15,7 @@ from minseg.io.storage import (
     ObjectNotFoundError,
     Storage,
     StorageError,
+    glob_folders,
 )
 from tests.io.test_storage_local import REPLACED_FILES, replaced_files, replaced_folder
 from tests.support.s3server import FlakyProxy
@@ -222,6 +223,15 @@ def test_folders_holding_files_and_folder_names_alike_on_s3_and_locally(s3, tmp_
         assert storage.holds_files(f"{root}/S1") and storage.holds_files(f"{root}/S3/"), root
         assert not storage.holds_files(f"{root}/S") and not storage.holds_files(f"{root}/none"), root
         assert storage.folder_names(f"{root}/none") == [], root
+    for root in (s3.uri("seg"), str(tmp_path / "seg")):  # OME-Zarr maps by glob: folders, not files
+        for key in ("s1/segmentation.ome.zarr/zarr.json", "s1/segmentation.ome.zarr/labels/c/0/0",
+                    "s2/segmentation.ome.zarr/zarr.json", ".hidden/segmentation.ome.zarr/zarr.json", "s3/labels.tif"):
+            storage.write_bytes(f"{root}/{key}", b"x")
+        expected = [f"{root}/s1/segmentation.ome.zarr", f"{root}/s2/segmentation.ome.zarr"]
+        assert glob_folders(f"{root}/*/segmentation.ome.zarr", storage) == expected, root
+        assert glob_folders(f"{root}/s[12]/*.zarr/", storage) == expected, root
+        assert glob_folders(f"{root}/**/segmentation.ome.zarr", storage)[-2:] == expected, root
+        assert glob_folders(f"{root}/*/none.zarr", storage) == [], root
     storage.client.put_object(Bucket=s3.bucket, Key="out/empty/", Body=b"")  # a console's "create folder"
     assert not storage.holds_files(s3.uri("out/empty"))
     (tmp_path / "out" / "empty").mkdir()

@@ -1,0 +1,164 @@
+"""Item folders: one folder, one source, ever (``segment``'s slides and ``measure``'s label maps).
+
+An output holds a folder per item (``<out>/<slide>/``). Its name is the source's file name; names that collide in
+a run (also in case only: one folder on macOS and Windows) or that the run's own files use get a hash of the source's
+URI. A folder belongs to the source its record names (segment: ``summary.json`` / ``.minseg/plan.json``; measure:
+``mineralogy.json`` / ``.minseg/measuring.json``); a source keeps the folder a run gave it before, and a folder
+holding another source's outputs, or files no record names, is never written over (``item_folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zlib
+from collections import Counter
+from typing import Callable
+
+from minseg.inference.outputs import RESERVED_NAMES
+from minseg.io.slides import SlideError
+from minseg.io.storage import ObjectNotFoundError, Storage, StorageError, join_uri
+from minseg.logs import log_event
+
+#: the owner of a folder holding files no readable record names (another program's, a record damaged by hand)
+UNRECORDED = "an unknown source (files no readable minseg record names: kept as they are)"
+
+
+def folder_ids(stems: dict[str, str]) -> dict[str, str]:
+    """A folder name per source (URI -> its plain name, ``stems``): the plain name, or :func:`hashed_id` where
+    plain names collide in the run (or a name is one the run's own outputs use)."""
+    # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
+    # (its tables, the batch report's folder, a command's marker) is taken like a collision
+    counts = Counter(stem.lower() for stem in stems.values())
+    return {uri: stem if counts[stem.lower()] == 1 and not reserved(stem) else hashed_id(uri, stem)
+            for uri, stem in stems.items()}
+
+
+def reserved(stem: str) -> bool:
+    """Whether an item folder of that name would be one of the run's own files (``RESERVED_NAMES``)."""
+    return stem.lower() in RESERVED_NAMES
+
+
+def folder_stem(uri: str, strip_extension: bool = True) -> str:
+    """An item's plain folder name: its file name (without the extension, unless ``strip_extension`` is False: a
+    folder's name), characters a folder name cannot safely hold replaced by ``_``."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name and strip_extension else name
+    # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "slide"
+
+
+def hashed_id(uri: str, name: str | None = None) -> str:
+    """The folder name of an item whose name another has too (scanners name every case's file ``Slide1.svs``):
+    the stem (or ``name``) and a hash of the whole URI."""
+    return f"{name or folder_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+
+
+class FolderTaken(SlideError):
+    """A source's folder, and its fallback, hold other sources' outputs: ``taken`` is ``[(folder, owner)]``, the
+    folder first, then its fallback."""
+
+    def __init__(self, taken: list[tuple[str, str]]):
+        self.taken = taken
+        super().__init__(self.where(None))
+
+    def where(self, output: str | None) -> str:
+        """``its output folder <output>/<folder>/ holds the outputs of <owner>[, and <fallback>/ those of ...]``."""
+        def path(folder: str) -> str:
+            return join_uri(output, folder) if output else folder
+
+        (folder, owner), *rest = self.taken
+        return (f"its output folder {path(folder)}/ holds the outputs of {owner}"
+                + "".join(f", and {path(other)}/ those of {whose}" for other, whose in rest))
+
+
+def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
+                owner: Callable[[str], str | None], event: str, logger: logging.Logger) -> str:
+    """The output folder of one source (a slide, segment's; a label map, measure's): a folder holds one source's
+    outputs, ever, and a source keeps the folder a run gave it before.
+
+    Args:
+        source: the source's URI, as ``owner`` returns it for a folder holding its outputs.
+        name: this run's name for it (``folder_ids``: plain, or hashed where names collide in this run).
+        earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
+            (``RESERVED_NAMES``) is never one.
+        fallback: its name when ``name`` holds another source's outputs (an earlier run's).
+        owner: the source whose outputs a folder (by name) holds (``record_owner``); None when it holds no file;
+            ``UNRECORDED`` for files no record names: taken, never written over. Called once a name.
+        event: the event ``logger`` logs on a move to ``fallback`` (``segment.renamed``).
+
+    Returns:
+        The first of ``name``, ``earlier`` holding this source's outputs; else ``name`` when it holds none; else
+        ``fallback`` when it holds none.
+
+    Raises:
+        FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
+        SlideError: a record could not be read (``record_owner``).
+    """
+    owners: dict[str, str | None] = {}
+
+    def owner_of(folder: str) -> str | None:
+        if folder not in owners:
+            owners[folder] = owner(folder)
+        return owners[folder]
+
+    for candidate in dict.fromkeys((name, *earlier)):
+        if candidate and not reserved(candidate) and owner_of(candidate) == source:
+            return candidate
+    if owner_of(name) is None:
+        return name
+    if fallback == name or owner_of(fallback) is not None:
+        raise FolderTaken([(folder, str(owner_of(folder))) for folder in dict.fromkeys((name, fallback))])
+    log_event(logger, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
+    return fallback
+
+
+def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str], ...]) -> Callable[[str], str | None]:
+    """``owner`` for ``item_folder``: the source an item folder (by name) in ``output`` holds the outputs of, read
+    from the first of its ``records`` (file, key) naming one (a finished item's, then a begun one's); None when it
+    holds no file; ``UNRECORDED`` when it holds files no readable record names.
+
+    One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
+    a GET or two (a LIST where no record names a source). A name absent from the output but differing only in case
+    from a folder there reads as that folder: on macOS and Windows the two are one, and copied there from a
+    case-sensitive store (Linux, S3) they would merge.
+
+    Raises (from the returned callable):
+        SlideError: a record or listing could not be read (a failed request): neither free nor another's."""
+    present = storage.folder_names(output)
+    exact, by_case = set(present), {name.lower(): name for name in present}
+
+    def owner(name: str) -> str | None:
+        actual = name if name in exact else by_case.get(name.lower())
+        if actual is None:
+            return None
+        folder = join_uri(output, actual)
+        try:
+            for record, key in records:
+                try:
+                    document = json.loads(storage.read_text(join_uri(folder, record)))
+                except (ObjectNotFoundError, ValueError):  # none, or damaged
+                    continue
+                if isinstance(document, dict) and document.get(key):
+                    return str(document[key])
+            return UNRECORDED if storage.holds_files(folder) else None
+        except StorageError as exc:
+            raise SlideError(f"{folder}: could not be read to tell whose outputs it holds ({exc}); run again") from exc
+
+    return owner
+
+
+def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str) -> str | None:
+    """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references; absolute URIs) lies
+    in one of the item folders ``folders`` (names) the run writes in ``output`` (of ``item``: "a slide this run
+    segments"). An item folder is emptied before it is written, and a redo replaces it whole, which would delete
+    the input before it is read."""
+    base = output.rstrip("/") + "/"
+    names = set(folders)
+    for uri in inputs:
+        folder = uri[len(base):].split("/", 1)[0] if uri.startswith(base) else None
+        if folder in names:
+            return (f"{uri} lies in {join_uri(output, folder)}/, the output folder of {item} (emptied before it is "
+                    "written): write to another folder (--out)")
+    return None
