@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import zlib
 from collections import Counter
 from typing import Callable
 
-from minseg.inference.outputs import RESERVED_NAMES
+from minseg.inference.outputs import RESERVED_NAMES, RUN_FILES
 from minseg.io.slides import SlideError
-from minseg.io.storage import ObjectNotFoundError, Storage, StorageError, join_uri
+from minseg.io.storage import REDO, ObjectNotFoundError, Storage, StorageError, is_s3, join_uri, parse_uri
 from minseg.logs import log_event
 
 #: the owner of a folder holding files no readable record names (another program's, a record damaged by hand)
@@ -110,7 +111,9 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
         return name
     if fallback == name or owner_of(fallback) is not None:
         raise FolderTaken([(folder, str(owner_of(folder))) for folder in dict.fromkeys((name, fallback))])
-    log_event(logger, event, source=source, folder=fallback, reason=f"{name}/ holds the outputs of {owner_of(name)}")
+    log_event(logger, event, logging.WARNING, source=source, folder=fallback,
+              reason=f"{name}/ holds the outputs of {owner_of(name)}",
+              hint="the outputs go to the folder named; the other is left as it is")
     return fallback
 
 
@@ -150,15 +153,21 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
 
 
 def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str) -> str | None:
-    """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references; absolute URIs) lies
-    in one of the item folders ``folders`` (names) the run writes in ``output`` (of ``item``: "a slide this run
-    segments"). An item folder is emptied before it is written, and a redo replaces it whole, which would delete
-    the input before it is read."""
-    base = output.rstrip("/") + "/"
-    names = set(folders)
+    """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references) lies in one of the
+    item folders ``folders`` (names) the run writes in ``output`` (of ``item``: "a slide this run segments"), or in
+    what every run replaces there (its report folder, its staging folder). An item folder is emptied before it is
+    written and a redo replaces it whole, which would delete the input before it is read. Local paths are compared
+    resolved: a link to the output (or from it) is the same folder."""
+    def resolved(uri: str) -> str:
+        return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
+
+    base = resolved(output).rstrip("/") + "/"
+    names, replaced = set(folders), {*RUN_FILES, REDO}
     for uri in inputs:
-        folder = uri[len(base):].split("/", 1)[0] if uri.startswith(base) else None
-        if folder in names:
-            return (f"{uri} lies in {join_uri(output, folder)}/, the output folder of {item} (emptied before it is "
-                    "written): write to another folder (--out)")
+        path = resolved(uri)
+        folder = path[len(base):].split("/", 1)[0] if path.startswith(base) else None
+        if folder in names or folder in replaced:
+            what = f"the output folder of {item}" if folder in names else "which every run into it replaces"
+            return (f"{uri} lies in {join_uri(output, folder)}/, {what} (emptied before it is written): write to "
+                    "another folder (--out)")
     return None

@@ -442,7 +442,8 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
                                    "a map this run measures")
     if inside:
         raise MeasureInputError(f"measure: {inside}")
-    init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
+    if pairs:  # not for a run whose every map was refused before any work
+        init_ray(config.ray, job_paths([u for pair in pairs for u in pair if u], [output]))
     task = ray.remote(_measure_task).options(num_cpus=settings.cpus_per_task, max_retries=1,
                                              **task_options(config.storage))
     pending = {task.remote(uri, reference, join_uri(output, ids[uri]), ids[uri], settings, config.mineralogy,

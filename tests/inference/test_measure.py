@@ -130,7 +130,19 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
     assert f"measure: {inner} lies in {out / 'a'}/, the output folder of a map this run measures" in (
         capsys.readouterr().err)
     assert inner.exists() and (out / "a" / "mineralogy.json").exists()
+    (tmp_path / "link").symlink_to(out)  # the same folder through a link, either way round
+    for reference, target in ((tmp_path / "link" / "a" / "inner.png", out), (inner, tmp_path / "link")):
+        assert main(["measure", str(maps[0]), str(tmp_path / "small.png"), "--reference", str(maps[0]),
+                     "--reference", str(reference), "--out", str(target)]) == 2
+        assert "the output folder of a map this run measures" in capsys.readouterr().err
+    assert inner.exists()
     inner.unlink()
+    report = out / "mineralogy" / "ref.png"  # in the run's report folder, which every run replaces
+    shutil.copy(tmp_path / "small.png", report)
+    assert main(["measure", str(maps[0]), "--reference", str(report), "--out", str(out)]) == 2
+    assert f"{report} lies in {out / 'mineralogy'}/, which every run into it replaces" in capsys.readouterr().err
+    assert report.exists()
+    report.unlink()
     # an output folder whose `a/` holds files no record names (here segment's labels.tif itself): never emptied,
     # the map is measured into `a-<hash>/`
     assert main(["measure", str(maps[0]), "--out", str(tmp_path)]) == 0

@@ -151,6 +151,14 @@ def test_a_folder_no_record_names_or_of_another_case_is_never_taken_over(ray_ses
                                          "slide this run segments"):
         run(manifests["soft"], [b, inside], out, force=True)
     assert (out / folders[b] / "copy.tif").exists() and (out / folders[b] / "summary.json").exists()
+    (tmp_path / "link").symlink_to(out)  # the same folder through a link
+    with pytest.raises(InputError, match=r"the output folder of a slide this run segments"):
+        run(manifests["soft"], [b, str(tmp_path / "link" / folders[b] / "copy.tif")], out, force=True)
+    report = write_slide(out / "mineralogy" / "extra.tif", 20, 30, seed=6)  # the report folder every run replaces
+    with pytest.raises(InputError, match=rf"^segment: {report} lies in {out / 'mineralogy'}/, which every run into "
+                                         "it replaces"):
+        run(manifests["soft"], [report], out)
+    assert (out / folders[b] / "copy.tif").exists() and os.path.exists(report)
 
 
 def test_a_slide_stopped_while_its_folder_is_emptied_keeps_that_folder(manifests, tmp_path):
