@@ -125,7 +125,8 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
     One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
     a GET or two (a LIST where no record names a source). A name absent from the output but differing only in case
     from a folder there reads as that folder: on macOS and Windows the two are one, and copied there from a
-    case-sensitive store (Linux, S3) they would merge.
+    case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
+    nothing is taken too (writing there would fail).
 
     Raises (from the returned callable):
         SlideError: a record or listing could not be read (a failed request): neither free nor another's."""
@@ -135,8 +136,16 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
     def owner(name: str) -> str | None:
         actual = name if name in exact else by_case.get(name.lower())
         if actual is None:
+            path = parse_uri(join_uri(output, name)).path
+            if not is_s3(output) and os.path.islink(path) and not os.path.exists(path):  # not a folder to write in
+                return f"nothing: a link to {os.readlink(path)}, which does not exist (kept as it is)"
             return None
-        folder = join_uri(output, actual)
+        found = recorded(join_uri(output, actual))
+        if actual == name or found is None:
+            return found
+        return f"{found} (as {actual}/: one folder with it on macOS and Windows)"  # never the source's own name
+
+    def recorded(folder: str) -> str | None:
         try:
             for record, key in records:
                 try:

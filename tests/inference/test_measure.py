@@ -3,6 +3,7 @@ PNGs, the real LumenStone masks), measured as a Ray job; bad maps are failure en
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -366,7 +367,7 @@ def test_a_map_given_a_hashed_folder_keeps_it_when_measured_later_alone(ray_sess
 
 
 
-def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_path, capsys):
+def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_path, capsys, caplog):
     """Maps of one name in one run (``a.tif`` and ``a.ome.tif``; one slide's ``labels.tif`` and its
     ``segmentation.ome.zarr``) are each measured into a hashed folder (one was refused); a folder differing only in
     case, or holding files no record names, is never written over; a slide folder's name keeps its dots."""
@@ -395,9 +396,20 @@ def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_pat
         (out / folder / "mineralogy.json").write_text(json.dumps({"source": source}))
     (out / "c").mkdir()
     (out / "c" / "notes.txt").write_text("mine")
-    ids = map_ids(["/maps/A.tif", "/maps/b.tif", "/maps/c.tif"])
-    assert own_folders(ids, str(out), Storage()) == {}
+    (out / "g").symlink_to(tmp_path / "unmounted")  # a link to nothing: no folder to write in
+    ids = map_ids(["/maps/A.tif", "/maps/b.tif", "/maps/c.tif", "/maps/g.tif"])
+    logging.getLogger("minseg").addHandler(caplog.handler)  # the CLI's logging (main above) stops propagation
+    try:
+        assert own_folders(ids, str(out), Storage()) == {}
+    finally:
+        logging.getLogger("minseg").removeHandler(caplog.handler)
     assert ids["/maps/A.tif"] == "A" and ids["/maps/b.tif"].startswith("b-") and ids["/maps/c.tif"].startswith("c-")
+    assert ids["/maps/g.tif"].startswith("g-") and (out / "g").is_symlink()
+    reasons = {r.fields["source"]: r.fields["reason"] for r in caplog.records if r.getMessage() == "measure.renamed"}
+    assert reasons["/maps/b.tif"] == ("b/ holds the outputs of /elsewhere/B.tif (as B/: one folder with it on macOS "
+                                      "and Windows)")
+    assert reasons["/maps/g.tif"] == f"g/ holds the outputs of nothing: a link to {tmp_path / 'unmounted'}, which " \
+        "does not exist (kept as it is)"
     # a map whose measurement was cut short (its begun record names it) keeps its folder; a damaged document
     # without that record makes the folder another's
     (out / "d" / ".minseg").mkdir(parents=True)
