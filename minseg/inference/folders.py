@@ -9,7 +9,6 @@ holding another source's outputs, or files no record names, is never written ove
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -19,7 +18,8 @@ from typing import Callable
 
 from minseg.inference.outputs import RESERVED_NAMES, RUN_FILES
 from minseg.io.slides import SlideError
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, StorageError, is_s3, join_uri, parse_uri
+from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, dangling_link, is_s3, join_uri,
+                               parse_uri)
 from minseg.logs import log_event
 
 #: the owner of a folder holding files no readable record names (another program's, a record damaged by hand)
@@ -85,7 +85,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
         earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
             (``RESERVED_NAMES``) is never one.
         fallback: its name when ``name`` holds another source's outputs (an earlier run's).
-        owner: the source whose outputs a folder (by name) holds (``record_owner``); None when it holds no file;
+        owner: the source whose outputs a folder (by name) holds (``folder_owners``); None when it holds no file;
             ``UNRECORDED`` for files no record names: taken, never written over. Called once a name.
         event: the event ``logger`` logs on a move to ``fallback`` (``segment.renamed``).
 
@@ -95,7 +95,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
 
     Raises:
         FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
-        SlideError: a record could not be read (``record_owner``).
+        SlideError: a record could not be read (``folder_owners``).
     """
     owners: dict[str, str | None] = {}
 
@@ -137,7 +137,7 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
         actual = name if name in exact else by_case.get(name.lower())
         if actual is None:
             path = parse_uri(join_uri(output, name)).path
-            if not is_s3(output) and os.path.islink(path) and not os.path.exists(path):  # not a folder to write in
+            if not is_s3(output) and dangling_link(path) == path:  # not a folder to write in
                 return f"nothing: a link to {os.readlink(path)}, which does not exist (kept as it is)"
             return None
         found = recorded(join_uri(output, actual))
@@ -149,8 +149,8 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
         try:
             for record, key in records:
                 try:
-                    document = json.loads(storage.read_text(join_uri(folder, record)))
-                except (ObjectNotFoundError, ValueError):  # none, or damaged
+                    document = storage.read_json(join_uri(folder, record))
+                except (ObjectNotFoundError, ValueError):  # none, or damaged (InputError is a ValueError)
                     continue
                 if isinstance(document, dict) and document.get(key):
                     return str(document[key])

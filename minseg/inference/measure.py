@@ -251,7 +251,8 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     document["seconds"] = round(time.monotonic() - started, 2)
     document["files"] = files
     storage.write_json(join_uri(output_uri, DOCUMENT), document, indent=1)  # last: done
-    storage.delete_prefix(join_uri(output_uri, RECORDS) + "/")  # the document names the map now
+    storage.delete(join_uri(output_uri, BEGUN))  # the document names the map now (one request, no listing)
+    storage.remove_empty_folder(join_uri(output_uri, RECORDS))
     if output_uri != final:
         storage.replace_folder(output_uri, final, (DOCUMENT,))
     log_event(log, "measure.map_done", map=map_id, seconds=document["seconds"], output=final)

@@ -262,7 +262,9 @@ def glob_folders(pattern: str, storage: "Storage") -> list[str]:
             continue
         current = [join_uri(folder, name) for folder in current for name in storage.folder_names(folder)
                    if fnmatch.fnmatchcase(name, part) and (part.startswith(".") or not name.startswith("."))]
-    return sorted(folder for folder in current if storage.is_folder(folder))
+    if not has_glob(parts[-1]):  # a literal last part is not known to exist; a listed prefix is
+        current = [folder for folder in current if storage.is_folder(folder)]
+    return sorted(current)
 
 
 def _parents(uri: str) -> list[str]:
@@ -945,7 +947,7 @@ class Storage:
     def delete_prefix(self, prefix: str, keep: tuple[str, ...] = (), last: tuple[str, ...] = ()) -> int:
         """Delete every object under a prefix (locally, also the folders left empty), but those named in ``keep``
         (relative to a folder ``prefix``), and those in ``last`` after the rest: an item folder's record, so that a
-        run stopped half-way leaves the folder still named as its source's (``segment.folder_owner``)."""
+        run stopped half-way leaves the folder still named as its source's (``folders.folder_owners``)."""
         base = (prefix if is_s3(prefix) else absolute_uri(prefix)).rstrip("/") + "/"
         infos = [info for info in self.list(prefix) if info.uri[len(base):] not in keep]
         ordered = [i for i in infos if i.uri[len(base):] not in last] + [i for i in infos if i.uri[len(base):] in last]
