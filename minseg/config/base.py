@@ -169,6 +169,12 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return text
 
 
+_UNITS = {"um": "µm", "mm": "mm", "m": "m", "km": "km", "px": "pixels", "s": "s", "seconds": "s", "bytes": "bytes",
+          "mib": "MiB", "gib": "GiB"}
+_UNIT_SUFFIX = re.compile(rf"_({'|'.join(_UNITS)})$")  # a key's unit is its last part: pixel_size_um, cell_m
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error (``ValidationError.errors()``) as a reason to print: no pydantic labels, the value given."""
     kind = error["type"]
@@ -178,6 +184,9 @@ def describe_error(error: dict[str, Any]) -> str:
         return "required value is missing"
     got = error.get("input")
     reason = error["msg"].removeprefix("Value error, ")  # pydantic's label for a validator's ValueError
+    unit = _UNIT_SUFFIX.search(str(error["loc"][-1])) if error.get("loc") else None
+    if kind in _BOUND_ERRORS and unit:  # "less than 1000000" alone does not say 1 m was meant as µm
+        reason += f" {_UNITS[unit.group(1)]}"
     if got is not None and not isinstance(got, (dict, list)):
         shown = repr(got)  # a value pasted by mistake (a whole path, a file's text) is not printed whole
         reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"

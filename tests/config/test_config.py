@@ -39,6 +39,10 @@ def test_valid_file_becomes_typed_objects(tmp_path):
         # gt=0 alone lets infinity through: no config number may be infinite or NaN
         ("segment: {pixel_size_um: .inf}", "segment.pixel_size_um", "finite number"),
         ("measure: {pixel_size_um: .nan}", "measure.pixel_size_um", "finite number"),
+        # a bound alone does not say which unit the number is in (1e6 meant as 1 m): a key's unit is its suffix
+        ("measure: {pixel_size_um: 1.0e+6}", "measure.pixel_size_um", "less than 1000000 µm (got 1000000.0)"),
+        ("segment: {pixel_size_um: 0}", "segment.pixel_size_um", "greater than 0 µm (got 0)"),
+        ("ray: {object_store_mib: 10}", "ray.object_store_mib", "MiB (got 10)"),
         ("mineralogy: {densities: {pyrite: .inf}}", "mineralogy.densities.pyrite", "finite number"),
         ("mineralogy: {size_fractions: [20, .inf]}", "mineralogy.size_fractions[1]", "finite number"),
         # inputs are divided by the std: 0 gives infinities, a negative one flips the channel
