@@ -86,7 +86,7 @@ def prepare_slide(plan: SlidePlan, settings: SegmentSettings, storage: Storage, 
         todo = [b for b in blocks if record_uri(plan.output_uri, b) not in recorded]
         return todo, len(blocks) - len(todo)
     # the record names the source first, then the rest goes: a run stopped while emptying the folder (on S3 an
-    # earlier run's thousands of chunks) leaves it the slide's, never files no record names (``folders.folder_owners``)
+    # earlier run's thousands of chunks) leaves it the slide's, never files no record names (``folders.FolderOwners``)
     storage.write_json(plan_uri, {"source": plan.uri})
     storage.delete_prefix(plan.output_uri.rstrip("/") + "/", keep=(BEGUN,))
     colours = class_colours(classes)

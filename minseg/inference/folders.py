@@ -85,7 +85,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
         earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
             (``RESERVED_NAMES``) is never one.
         fallback: its name when ``name`` holds another source's outputs (an earlier run's).
-        owner: the source whose outputs a folder (by name) holds (``folder_owners``); None when it holds no file;
+        owner: the source whose outputs a folder (by name) holds (``FolderOwners``); None when it holds no file;
             ``UNRECORDED`` for files no record names: taken, never written over. Called once a name.
         event: the event ``logger`` logs on a move to ``fallback`` (``segment.renamed``).
 
@@ -95,7 +95,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
 
     Raises:
         FolderTaken: ``name`` and ``fallback`` both hold other sources' outputs.
-        SlideError: a record could not be read (``folder_owners``).
+        SlideError: a record could not be read (``FolderOwners``).
     """
     owners: dict[str, str | None] = {}
 
@@ -117,10 +117,11 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
     return fallback
 
 
-def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str], ...]) -> Callable[[str], str | None]:
+class FolderOwners:
     """``owner`` for ``item_folder``: the source an item folder (by name) in ``output`` holds the outputs of, read
     from the first of its ``records`` (file, key) naming one (a finished item's, then a begun one's); None when it
-    holds no file; ``UNRECORDED`` when it holds files no readable record names.
+    holds no file; ``UNRECORDED`` when it holds files no readable record names. The records read are kept
+    (``document``): the run reads each once.
 
     One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
     a GET or two (a LIST where no record names a source). A name absent from the output but differing only in case
@@ -128,37 +129,54 @@ def folder_owners(storage: Storage, output: str, records: tuple[tuple[str, str],
     case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
     nothing is taken too (writing there would fail).
 
-    Raises (from the returned callable):
+    Raises (from a call):
         SlideError: a record or listing could not be read (a failed request): neither free nor another's."""
-    present = storage.folder_names(output)
-    exact, by_case = set(present), {name.lower(): name for name in present}
 
-    def owner(name: str) -> str | None:
-        actual = name if name in exact else by_case.get(name.lower())
+    def __init__(self, storage: Storage, output: str, records: tuple[tuple[str, str], ...]):
+        self.storage, self.output, self.records = storage, output, records
+        present = storage.folder_names(output)
+        self._exact, self._by_case = set(present), {name.lower(): name for name in present}
+        self._read: dict[str, object] = {}  # record URI -> its document (None: missing or damaged)
+
+    def __call__(self, name: str) -> str | None:
+        actual = name if name in self._exact else self._by_case.get(name.lower())
         if actual is None:
-            path = parse_uri(join_uri(output, name)).path
-            if not is_s3(output) and dangling_link(path) == path:  # not a folder to write in
+            path = parse_uri(join_uri(self.output, name)).path
+            if not is_s3(self.output) and dangling_link(path) == path:  # not a folder to write in
                 return f"nothing: a link to {os.readlink(path)}, which does not exist (kept as it is)"
             return None
-        found = recorded(join_uri(output, actual))
+        found = self._recorded(join_uri(self.output, actual))
         if actual == name or found is None:
             return found
         return f"{found} (as {actual}/: one folder with it on macOS and Windows)"  # never the source's own name
 
-    def recorded(folder: str) -> str | None:
+    def document(self, uri: str):
+        """The JSON document at ``uri``, a record file in an item folder (``<output>/<name>/summary.json``): None
+        when it is missing or not JSON. As read when its folder's owner was looked up, else read now; none is read
+        in a folder the listing did not find.
+
+        Raises:
+            StorageError: it could not be read (a failed request)."""
+        if uri not in self._read:
+            folder = uri[len(self.output.rstrip("/")) + 1:].split("/", 1)[0] if uri.startswith(self.output) else None
+            self._read[uri] = None if folder is not None and folder not in self._exact else self._load(uri)
+        return self._read[uri]
+
+    def _load(self, uri: str):
         try:
-            for record, key in records:
-                try:
-                    document = storage.read_json(join_uri(folder, record))
-                except (ObjectNotFoundError, ValueError):  # none, or damaged (InputError is a ValueError)
-                    continue
+            return self.storage.read_json(uri)
+        except (ObjectNotFoundError, ValueError):  # none, or damaged (InputError is a ValueError)
+            return None
+
+    def _recorded(self, folder: str) -> str | None:
+        try:
+            for record, key in self.records:
+                document = self.document(join_uri(folder, record))
                 if isinstance(document, dict) and document.get(key):
                     return str(document[key])
-            return UNRECORDED if storage.holds_files(folder) else None
+            return UNRECORDED if self.storage.holds_files(folder) else None
         except StorageError as exc:
             raise SlideError(f"{folder}: could not be read to tell whose outputs it holds ({exc}); run again") from exc
-
-    return owner
 
 
 def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str) -> str | None:

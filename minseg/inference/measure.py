@@ -25,7 +25,7 @@ from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.blocks import RECORDS
-from minseg.inference.folders import (FolderTaken, folder_ids, folder_owners, folder_stem, hashed_id,
+from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
                                       input_in_item_folders, item_folder)
 from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
                                       stage_batch_report, start_run_tables, write_slide_tables)
@@ -130,7 +130,7 @@ def own_folders(ids: dict[str, str], output: str, storage: Storage, threads: int
     ``measure.renamed``), so it never replaces them. Returns the maps given no folder (URI -> why), which are
     failures: that one is taken too, or could not be read, or another map of this run has it. ``threads`` maps at
     a time (on S3 a GET or two each for folders that exist)."""
-    owner = folder_owners(storage, output, MEASURE_RECORDS)
+    owner = FolderOwners(storage, output, MEASURE_RECORDS)
 
     def folder_of(item: tuple[str, tuple[str, str]]) -> tuple[str | None, str | None]:
         uri, (plain, stem) = item

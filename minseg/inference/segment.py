@@ -47,7 +47,7 @@ from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_js
                                      read_blocks, segment_block, unpack)
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_slide, prepare_slide
-from minseg.inference.folders import (FolderTaken, folder_ids, folder_owners, folder_stem, hashed_id,
+from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
                                       input_in_item_folders, item_folder)
 from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables,
                                       read_summary, stage_batch_report, start_run_tables, write_slide_tables)
@@ -388,7 +388,7 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
     for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
         log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
 
-    owner = folder_owners(storage, output_uri, SEGMENT_RECORDS)
+    owner = FolderOwners(storage, output_uri, SEGMENT_RECORDS)
 
     def folder_for(uri: str) -> str:
         hashed = hashed_id(uri)
@@ -397,6 +397,13 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
         except FolderTaken as exc:
             raise SlideError(f"{uri}: {exc.where(output_uri)}; segment it into another output (--out)") from None
 
+    def summary_in(folder: str) -> dict | None:  # read once: the owner's lookup read it
+        try:
+            document = owner.document(join_uri(folder, SUMMARY))
+        except StorageError:  # unreadable now: not a finished slide
+            return None
+        return document if isinstance(document, dict) else None
+
     def plan_one(uri: str) -> SlidePlan | SlideOutcome:
         slide_id = ids[uri]
         try:
@@ -404,10 +411,10 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
             plan = plan_slide(uri, slide_id, manifest, settings, storage, output_uri, mineralogy, sources[uri])
         except SlideError as exc:
             reason = str(exc)
-            if read_summary(storage, join_uri(output_uri, slide_id)) is not None:
+            if summary_in(join_uri(output_uri, slide_id)) is not None:
                 reason += f" (the outputs an earlier run left in {slide_id}/ are no longer listed as complete)"
             return SlideOutcome(slide_id, uri, reason)
-        previous = read_summary(storage, plan.output_uri)
+        previous = summary_in(plan.output_uri)
         if previous is None:
             return plan
         # a redo works in the redo folder: the finished outputs stay until it is finished, and stay if it fails

@@ -947,7 +947,7 @@ class Storage:
     def delete_prefix(self, prefix: str, keep: tuple[str, ...] = (), last: tuple[str, ...] = ()) -> int:
         """Delete every object under a prefix (locally, also the folders left empty), but those named in ``keep``
         (relative to a folder ``prefix``), and those in ``last`` after the rest: an item folder's record, so that a
-        run stopped half-way leaves the folder still named as its source's (``folders.folder_owners``)."""
+        run stopped half-way leaves the folder still named as its source's (``folders.FolderOwners``)."""
         base = (prefix if is_s3(prefix) else absolute_uri(prefix)).rstrip("/") + "/"
         infos = [info for info in self.list(prefix) if info.uri[len(base):] not in keep]
         ordered = [i for i in infos if i.uri[len(base):] not in last] + [i for i in infos if i.uri[len(base):] in last]

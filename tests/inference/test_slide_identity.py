@@ -168,7 +168,7 @@ def test_a_slide_stopped_while_its_folder_is_emptied_keeps_that_folder(manifests
     first and kept."""
     import pytest
 
-    from minseg.inference.folders import folder_owners
+    from minseg.inference.folders import FolderOwners
     from minseg.inference.segment import SEGMENT_RECORDS
 
     manifest = load_manifest(manifests["soft"])
@@ -189,4 +189,31 @@ def test_a_slide_stopped_while_its_folder_is_emptied_keeps_that_folder(manifests
 
     with pytest.raises(KeyboardInterrupt):
         prepare_slide(plan, settings, StoppedAfterOneDelete(), classes, "another ensemble", {})
-    assert folder_owners(Storage(), out, SEGMENT_RECORDS)("slide") == path
+    assert FolderOwners(Storage(), out, SEGMENT_RECORDS)("slide") == path
+
+
+def test_each_record_is_read_once_and_absent_folders_cost_no_request(tmp_path):
+    """Planning a rerun over thousands of slides on S3: the owner lookup reads a finished slide's summary.json, and
+    the plan then asks for the same document (is it finished?): one GET, not two; a slide with no folder yet costs
+    none (the one listing says it is absent)."""
+    from minseg.inference.folders import FolderOwners
+    from minseg.inference.segment import SEGMENT_RECORDS
+
+    out = tmp_path / "out"
+    (out / "done").mkdir(parents=True)
+    (out / "done" / "summary.json").write_text(json.dumps({"uri": "s3://b/done.tif", "slide": "done"}))
+    (out / "damaged").mkdir()
+    (out / "damaged" / "summary.json").write_text("{not json")
+
+    class Counting(Storage):
+        reads: list = []
+
+        def read_json(self, uri):
+            self.reads.append(uri.removeprefix(str(out) + "/"))
+            return super().read_json(uri)
+
+    owners = FolderOwners(Counting(), str(out), SEGMENT_RECORDS)
+    assert owners("done") == "s3://b/done.tif" and owners("new") is None
+    assert owners.document(f"{out}/done/summary.json") == {"uri": "s3://b/done.tif", "slide": "done"}
+    assert owners.document(f"{out}/new/summary.json") is None and owners.document(f"{out}/damaged/summary.json") is None
+    assert Counting.reads == ["done/summary.json", "damaged/summary.json"]
