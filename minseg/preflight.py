@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from minseg.errors import InputError
-from minseg.io.storage import dangling_link, has_glob, is_s3, parse_uri, scratch_suffix
+from minseg.io.storage import dangling_link, has_glob, is_s3, nearest_existing, parse_uri, scratch_suffix
 from minseg.logs import get_logger, log_event
 
 log = get_logger("preflight")
@@ -124,8 +124,7 @@ def output_problems(paths: ClusterPaths) -> list[str]:
             problems.append(f"output {output!r} cannot be written ({link} is a link to {os.readlink(link)}, which "
                             "does not exist)")
             continue
-        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)
+        folder = nearest_existing(folder)
         if not os.path.isdir(folder):
             problems.append(f"output {output!r} cannot be written ({folder} is a file, not a folder)")
             continue

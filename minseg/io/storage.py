@@ -1320,6 +1320,14 @@ def dangling_link(path: str) -> str | None:
     return None
 
 
+def nearest_existing(path: str) -> str:
+    """A local ``path`` (absolute) if it exists, else its nearest parent that does: where a folder not made yet
+    would be made."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def refuse_file_as_folder(uri: str | None, source: str) -> None:
     """Before a job starts: a local output folder that is a file, or lies under one, or is (or lies under) a link to
     nothing, would fail at the job's first write, after Ray started and inputs were read. s3:// prefixes cannot
@@ -1332,22 +1340,15 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
     if not uri or is_s3(uri):
         return
     path = os.path.abspath(os.path.expanduser(parse_uri(uri).path))
-    folder = path
     link = dangling_link(path)
     if link:
         where = "is" if link == path else f"lies under {link},"
         raise InputError(f"{source}: {uri} {where} a link to {os.readlink(link)}, which does not exist: create "
                          "the folder it points to, or give another folder for the outputs")
-    while True:
-        if os.path.exists(folder):
-            if not os.path.isdir(folder):
-                where = "is a file" if folder == path else f"lies under {folder}, a file"
-                raise InputError(f"{source}: {uri} {where}, not a folder: give a folder for the outputs")
-            return
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return
-        folder = parent
+    folder = nearest_existing(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        where = "is a file" if folder == path else f"lies under {folder}, a file"
+        raise InputError(f"{source}: {uri} {where}, not a folder: give a folder for the outputs")
 
 
 # the file each command writes at the top of its output folder: another command's outputs given there would overwrite
