@@ -92,6 +92,21 @@ MAX_NAME_LENGTH = 100
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+#: names Windows keeps for devices, with any extension (``CON.tif``): no file or folder there is named so
+WINDOWS_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT")
+                                                                 for n in "123456789")])
+
+
+def not_portable(name: str) -> str | None:
+    """Why a file or folder ``name`` made on Linux or S3 could not be copied to Windows as it is, or None: a device
+    name (``WINDOWS_DEVICE_NAMES``, with or without an extension), or a trailing dot or space (Windows drops it)."""
+    if name.split(".", 1)[0].rstrip(" ").upper() in WINDOWS_DEVICE_NAMES:
+        return f"{name.split('.', 1)[0]} is a device name on Windows (no file or folder there can be named so)"
+    if name.endswith((".", " ")):
+        return "it ends with a dot or a space, which Windows drops from file and folder names"
+    return None
+
+
 def name_problem(value: str) -> str | None:
     """Why ``value`` cannot be a :data:`Name` (a file or folder name minseg makes), or None."""
     if not _NAME.fullmatch(value):
@@ -99,6 +114,8 @@ def name_problem(value: str) -> str | None:
                 "and folders)")
     if len(value) > MAX_NAME_LENGTH:
         return f"at most {MAX_NAME_LENGTH} characters, got {len(value)} (it names files and folders)"
+    if problem := not_portable(value):  # outputs are copied to a geologist's Windows laptop
+        return f"not a name for files and folders: {problem}"
     return None
 
 

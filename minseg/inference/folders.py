@@ -16,6 +16,7 @@ import zlib
 from collections import Counter
 from typing import Callable
 
+from minseg.config.base import not_portable
 from minseg.inference.outputs import RESERVED_NAMES, RUN_FILES
 from minseg.io.slides import SlideError
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, dangling_link, is_s3, join_uri,
@@ -28,11 +29,14 @@ UNRECORDED = "an unknown source (files no readable minseg record names: kept as 
 
 def folder_ids(stems: dict[str, str]) -> dict[str, str]:
     """A folder name per source (URI -> its plain name, ``stems``): the plain name, or :func:`hashed_id` where
-    plain names collide in the run (or a name is one the run's own outputs use)."""
+    plain names collide in the run, a name is one the run's own outputs use, or one Windows cannot take."""
     # names that differ only in case collide (one folder on macOS and Windows); a name the run's own files use
-    # (its tables, the batch report's folder, a command's marker) is taken like a collision
+    # (its tables, the batch report's folder, a command's marker) is taken like a collision, and so is one Windows
+    # cannot take (CON, aux.2, a trailing dot: outputs are copied to Windows laptops; a folder an earlier run gave
+    # such a name stays its source's, ``item_folder``)
     counts = Counter(stem.lower() for stem in stems.values())
-    return {uri: stem if counts[stem.lower()] == 1 and not reserved(stem) else hashed_id(uri, stem)
+    return {uri: stem if counts[stem.lower()] == 1 and not reserved(stem) and not not_portable(stem)
+            else hashed_id(uri, stem)
             for uri, stem in stems.items()}
 
 
