@@ -6,9 +6,11 @@ brought onto one target grid (``grid``) in one working CRS.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from minseg.config.base import Name, StrictModel
 from minseg.io.crs import CrsText, GridCrsText
@@ -43,11 +45,26 @@ class ProspectRunError(RunError):
     """The job ran but could not produce its maps (e.g. every member of an ensemble failed to train)."""
 
 
+def _regular_expressions(where: dict[str, str]) -> dict[str, str]:
+    for column, pattern in where.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{column}: {pattern!r} is not a regular expression ({exc})") from None
+    return where
+
+
+Where = Annotated[dict[str, str], AfterValidator(_regular_expressions)]
+"""column -> a regular expression (case-insensitive, matched anywhere in the text) a feature's value must match."""
+
+
 class SampleTable(StrictModel):
     """Geochemical samples: CSV / Parquet (x, y columns) or GeoPackage / shapefile / GeoJSON points."""
 
     uri: str = Field(description="file, glob or s3:// URI; several files are read as one table")
     layer: str | None = Field(None, description="layer of a GeoPackage (default: the first)")
+    delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator "
+                                  "(';' where the decimal mark is a comma); default ',' (a tab for .tsv)")
     x: str | None = Field(None, description="x column; default: the point geometry")
     y: str | None = Field(None, description="y column; default: the point geometry")
     crs: CrsText | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
@@ -101,8 +118,8 @@ class PointLayer(StrictModel):
     y: str | None = None
     crs: CrsText | None = Field(None, description="required when the file records none")
     id: str | None = Field(None, description="id column named in reports and target tables")
-    where: dict[str, str] = Field(default_factory=dict, description="column -> regular expression (case-"
-                                  "insensitive) a deposit must match, e.g. Commodity: 'Cu|Au'")
+    where: Where = Field(default_factory=dict, description="column -> regular expression (case-insensitive) a "
+                         "deposit must match, e.g. Commodity: 'Cu|Au'")
 
     @model_validator(mode="after")
     def _columns(self):
@@ -171,7 +188,8 @@ class LineLayer(StrictModel):
     name: Name = "fault_distance"
     layer: str | None = None
     crs: CrsText | None = None
-    where: dict[str, str] = Field(default_factory=dict)
+    where: Where = Field(default_factory=dict, description="column -> regular expression (case-insensitive) a "
+                         "line must match, e.g. Type: 'fault|shear'")
     max_distance_m: float | None = Field(None, gt=0, description="distances are clipped here (default: none)")
 
 
@@ -188,6 +206,9 @@ class GridSettings(StrictModel):
                                    "southernmost samples fall on the grid's bottom edge, outside it)")
     min_layer_coverage: float = Field(0.5, ge=0, le=1, description="an evidence raster covering less of the study "
                                       "area than this share (after resampling onto the grid) is refused")
+    max_cells: int = Field(50_000_000, ge=1, description="a larger grid is refused before anything is read: every "
+                           "evidence layer takes 4 bytes a cell in memory (50 M cells: 200 MB a layer), and a cell "
+                           "size typed in the wrong unit (1 for 1000) would exhaust the machine")
 
     @model_validator(mode="after")
     def _needs_cell(self):
@@ -197,7 +218,22 @@ class GridSettings(StrictModel):
             xmin, ymin, xmax, ymax = self.extent
             if not (xmax > xmin and ymax > ymin):
                 raise ValueError(f"extent must be xmin, ymin, xmax, ymax with max > min, got {self.extent}")
+            if self.cell_m is not None and (problem := self.size_problem(xmax - xmin, ymax - ymin, self.cell_m)):
+                raise ValueError(problem)
         return self
+
+    def size_problem(self, width_m: float, height_m: float, cell_m: float) -> str | None:
+        """Why a grid over ``width_m`` x ``height_m`` in cells of ``cell_m`` cannot be mapped, or None: under two
+        cells a side (a cell larger than the study area), or more than ``max_cells``."""
+        cols, rows = max(1, math.ceil(width_m / cell_m - 1e-9)), max(1, math.ceil(height_m / cell_m - 1e-9))
+        if min(rows, cols) < 2:
+            return (f"cell_m: {cell_m:g} m gives a grid of {rows} x {cols} cells over {width_m:.0f} x {height_m:.0f} m: "
+                    "a cell is larger than the study area")
+        if rows * cols > self.max_cells:
+            return (f"cell_m: {cell_m:g} m gives {rows} x {cols} = {rows * cols:,} cells over {width_m:.0f} x "
+                    f"{height_m:.0f} m, more than max_cells ({self.max_cells:,}; each evidence layer would take "
+                    f"{rows * cols * 4 / 2**30:.1f} GiB): give a larger cell_m or a smaller extent, or raise max_cells")
+        return None
 
 
 class IdwSettings(StrictModel):

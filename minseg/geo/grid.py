@@ -8,7 +8,7 @@ import numpy as np
 
 from minseg.errors import InputError
 from minseg.geo.config import GridSettings, ProspectInputError
-from minseg.io.crs import grid_epsg_code, grid_scale_problem
+from minseg.io.crs import far_outside_area, grid_epsg_code, grid_scale_problem
 from minseg.io.geotiff import GridGeometry
 
 
@@ -25,8 +25,12 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
     except InputError as exc:
         raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r}: {exc}") from None
     if reference is not None and settings.extent is None and settings.cell_m is None:
+        width, height = reference.cols * reference.pixel_width, reference.rows * reference.pixel_height
+        if problem := settings.size_problem(width, height, reference.pixel_width):
+            raise ProspectInputError(f"prospect.grid.reference: {settings.reference}: {problem}")
         return _ground_metres(settings, GridGeometry(reference.x0, reference.y0, reference.pixel_width,
-                                                     reference.pixel_height, reference.rows, reference.cols, epsg))
+                                                     reference.pixel_height, reference.rows, reference.cols, epsg),
+                              "the reference raster's extent")
     cell = settings.cell_m or reference.pixel_width
     if settings.extent is not None:
         xmin, ymin, xmax, ymax = settings.extent
@@ -38,14 +42,25 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
         xmin, ymin, xmax, ymax = xmin - buffer, ymin - buffer, xmax + buffer, ymax + buffer
     else:
         raise ProspectInputError("prospect.grid: no extent, reference raster or samples to take the extent from")
+    if problem := settings.size_problem(xmax - xmin, ymax - ymin, cell):  # samples' bounds or a reference raster's
+        raise ProspectInputError(f"prospect.grid: {problem}")
     cols = max(1, math.ceil((xmax - xmin) / cell - 1e-9))
     rows = max(1, math.ceil((ymax - ymin) / cell - 1e-9))
-    return _ground_metres(settings, GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg))
+    source = ("prospect.grid.extent" if settings.extent is not None else "the reference raster's extent"
+              if reference is not None else "the samples' bounds")
+    return _ground_metres(settings, GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg),
+                          source)
 
 
-def _ground_metres(settings: GridSettings, geometry: GridGeometry) -> GridGeometry:
-    """``geometry``, once its CRS's metres are ground metres at its centre (``grid_scale_problem``)."""
+def _ground_metres(settings: GridSettings, geometry: GridGeometry, source: str) -> GridGeometry:
+    """``geometry``, once it lies where its CRS is used (``far_outside_area``: else the layers' "does not overlap"
+    would blame a raster's CRS) and its CRS's metres are ground metres at its centre (``grid_scale_problem``).
+    ``source``: what the extent came from."""
     xmin, ymin, xmax, ymax = geometry.bounds
+    if where := far_outside_area(settings.crs, (xmin + xmax) / 2, (ymin + ymax) / 2):
+        hint = ("are prospect.samples.x and y swapped, or the samples in another CRS than prospect.samples.crs?"
+                if source == "the samples' bounds" else f"is it in {settings.crs} (prospect.grid.crs)?")
+        raise ProspectInputError(f"prospect.grid: {source} centres on {where}: {hint}")
     if problem := grid_scale_problem(settings.crs, (xmin + xmax) / 2, (ymin + ymax) / 2):
         raise ProspectInputError(f"prospect.grid.crs: {settings.crs}: {problem}")
     return geometry

@@ -48,7 +48,7 @@ from minseg.ensemble.runtime import MemberRef
 from minseg.geo.predict import predict_map
 from minseg.geo.rasters import (distance_to_lines, encode_categorical, expand_rasters, raster_geometry,
                                 read_raster_on_grid)
-from minseg.geo.samples import read_samples
+from minseg.geo.samples import comma_hint, read_samples
 from minseg.geo.screening import decide, format_table, grid_rows, sample_rows, weakly_kept
 from minseg.geo.targets import (AreaRanks, area_ranks, capture, find_targets, plot_curves, plot_map, rate_curve,
                                 targets_geojson, window_metrics)
@@ -200,6 +200,34 @@ def _window_counts(labels: np.ndarray) -> list[int]:
 # ------------------------------------------------------------------ building the evidence
 
 
+def _warn_thin_elements(samples, neighbours: int) -> None:
+    """Warnings for elements the table barely informs: no usable value (left out of screening and evidence: an
+    empty column, every cell a missing marker), fewer usable samples than the IDW's ``neighbours`` (a near-constant
+    surface), or values written below 0 read as 'not detected' (``nonpositive_censored``: a lost sign reads the same).
+    Each also in ``inputs/samples.json``."""
+    report = samples.report["elements"]
+    unusable = [element for element, counts in report.items() if not counts["usable"]]
+    if unusable:
+        log_event(log, "prospect.elements_unusable", logging.WARNING, elements=",".join(unusable),
+                  reason="no usable value in any sample (empty, missing markers, or censored without a limit)",
+                  hint="left out of screening and of the evidence layers; see inputs/samples.json")
+    sparse = {element: counts["usable"] for element, counts in report.items() if 0 < counts["usable"] < neighbours}
+    if sparse:
+        log_event(log, "prospect.elements_sparse", logging.WARNING,
+                  elements=",".join(f"{element}:{count}" for element, count in sparse.items()),
+                  reason=f"fewer usable samples than prospect.idw.neighbours ({neighbours})",
+                  hint="their interpolated layers are nearly constant, from these few samples alone")
+    negative = {element: counts["negative_censored"] for element, counts in report.items()
+                if counts.get("negative_censored")}
+    if negative:
+        log_event(log, "prospect.negative_values", logging.WARNING,
+                  elements=",".join(f"{element}:{count}" for element, count in negative.items()),
+                  reason="values below 0 read as 'not detected' with an unknown limit "
+                         "(prospect.samples.nonpositive_censored)",
+                  hint="if -X means '<X', set prospect.samples.negative_is_limit: true; if the sign is a typing "
+                       "error, correct the table")
+
+
 def _element_grids(samples, geometry: GridGeometry, settings: ProspectSettings, task_cpus: float) -> dict:
     if samples is None:  # raster evidence only
         return {}
@@ -226,10 +254,26 @@ def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry,
         reports[raster.name] = report
     for index, layer in enumerate(settings.lines):
         lines = read_lines(layer, working, storage, f"prospect.lines[{index}]")
+        _refuse_lines_off_grid(lines, geometry, layer, f"prospect.lines[{index}]")
         distance = distance_to_lines(lines, geometry, layer, settings.idw.block, task_cpus)
         channels.append((layer.name, distance))
         reports[layer.name] = {"file": layer.uri, "lines": len(lines), "max_distance_m": float(np.nanmax(distance))}
     return channels, categorical, reports
+
+
+def _refuse_lines_off_grid(lines: list[np.ndarray], geometry: GridGeometry, layer, key: str) -> None:
+    """A line layer none of whose lines crosses the grid is in another CRS or place than it says: its distances
+    (hundreds of km everywhere) would be evidence of nothing. Rasters are refused the same way
+    (``read_raster_on_grid``)."""
+    import shapely
+
+    xmin, ymin, xmax, ymax = geometry.bounds
+    if not shapely.intersects([shapely.LineString(line) for line in lines], shapely.box(xmin, ymin, xmax, ymax)).any():
+        found = np.concatenate(lines)
+        raise ProspectInputError(
+            f"{key}: {layer.uri}: none of its {len(lines)} lines crosses the target grid ({xmin:.0f}, {ymin:.0f}, "
+            f"{xmax:.0f}, {ymax:.0f}; the lines span {found[:, 0].min():.0f}, {found[:, 1].min():.0f}, "
+            f"{found[:, 0].max():.0f}, {found[:, 1].max():.0f} in the grid's CRS): check its CRS ({key}.crs)")
 
 
 def _check_names(settings: ProspectSettings, rasters: list) -> None:
@@ -461,8 +505,11 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
         if samples.problems:
             storage.write_text(join_uri(out, "inputs", "sample_problems.csv"),
                                csv_text(samples.problems, ["file", "row", "sample", "column", "value", "reason"]))
-        log_event(log, "prospect.samples", samples=len(samples), problems=len(samples.problems),
-                  dropped=samples.report["rows_dropped"])
+        log_event(log, "prospect.samples", logging.WARNING if samples.problems else logging.INFO, samples=len(samples),
+                  problems=len(samples.problems), dropped=samples.report["rows_dropped"],
+                  **({"hint": "each listed in inputs/sample_problems.csv" + comma_hint(samples.problems)}
+                     if samples.problems else {}))
+        _warn_thin_elements(samples, settings.idw.neighbours)
         bounds = (samples.x.min(), samples.y.min(), samples.x.max(), samples.y.max())
     rasters = expand_rasters(settings.rasters, storage)
     _check_names(settings, rasters)
@@ -516,12 +563,15 @@ def build_evidence(settings: ProspectSettings, inputs: Inputs, working, storage:
     deposit_cells = np.column_stack([d_rows[in_study], d_cols[in_study]])
     cells = len(np.unique(deposit_cells, axis=0))  # several deposits in one cell make one positive window
     if cells < settings.cv.folds:  # said here: the folds would only say "too few blocks hold deposits"
+        filtered = inputs.deposits.report.get("filtered_out")
         raise ProspectInputError(
-            f"prospect.deposits: {len(inside)} deposit(s) read, {int(inside.sum())} on the grid, "
-            f"{int(in_study.sum())} in the study area (cells with a value in every evidence layer), in {cells} "
-            f"cell(s); the {settings.cv.folds} spatial folds (prospect.cv.folds) need a deposit cell each. Check the "
-            "deposits' CRS and where filter, the grid extent (deposits off it: inputs/deposits_outside_grid.csv) "
-            "and the layers' coverage")
+            f"prospect.deposits: {len(inside)} deposit(s) read"
+            f"{f' ({filtered} more left out by prospect.deposits.where)' if filtered else ''}, {int(inside.sum())} "
+            f"on the grid, {int(in_study.sum())} in the study area (cells with a value in every evidence layer), in "
+            f"{cells} cell(s); the {settings.cv.folds} spatial folds (prospect.cv.folds) need a deposit cell each. "
+            "Check the deposits' CRS and where filter, the grid extent"
+            f"{' (deposits off it: inputs/deposits_outside_grid.csv)' if inputs.outside else ''} and the layers' "
+            "coverage")
     deposit_xy = np.column_stack([np.asarray(inputs.deposits.x)[in_study], np.asarray(inputs.deposits.y)[in_study]])
     every = np.column_stack([np.asarray(inputs.deposits.x, np.float64), np.asarray(inputs.deposits.y, np.float64)])
     barren_cells = barren_xy = site_cells = None

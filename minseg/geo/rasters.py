@@ -17,7 +17,7 @@ import numpy as np
 
 from minseg.enums import CategoricalEncoding, EvidenceKind, Resampling
 from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError
-from minseg.geo.crs import input_crs, parse_crs
+from minseg.geo.crs import describe, input_crs, parse_crs
 from minseg.geo.grid import affine, map_blocks
 from minseg.io.geotiff import GridGeometry
 from minseg.io.storage import ObjectNotFoundError, Storage
@@ -147,9 +147,13 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
                   "resampling": resampling.value, "validity_from": validity,
                   "missing_source_cells": missing, "missing_grid_cells": int((~np.isfinite(destination)).sum()),
                   "covered_fraction": round(float(np.isfinite(destination).mean()), 4)}
+        bounds = tuple(round(float(b), 6) for b in source.bounds)
+    if missing == band.size:  # said before "does not overlap": that would send the user to its CRS
+        raise ProspectInputError(f"{key}: {settings.uri} has no valid cell (every cell is nodata or masked: "
+                                 f"{report['validity_from']})")
     if not np.isfinite(destination).any():
         raise ProspectInputError(f"{key}: {settings.uri} does not overlap the target grid "
-                                 f"(bounds {geometry.bounds}); check its CRS")
+                                 f"(bounds {geometry.bounds}; the raster's: {bounds} in {describe(crs)}); check its CRS")
     # a categorical layer's missing cells are "no unit mapped" (every one-hot channel 0), not unknown: a map of
     # one unit (granite only) is partial on purpose, so only continuous layers must cover the study area
     if study is not None and study.any() and settings.kind is not EvidenceKind.CATEGORICAL:

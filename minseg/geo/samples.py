@@ -7,11 +7,13 @@ in one task's memory as text. Each cell becomes a raw number and a code:
 - ``OK``: a number; ``FLAGGED``: a number with a qualifier that is not a censoring flag
   (kept, counted); ``OVER``: ``>X`` (kept as X, counted);
 - ``CENSORED``: ``<X``, a censoring flag in the qualifier column, or (by default) a
-  value <= 0; the raw number is the detection limit, NaN when the cell carries none;
+  value <= 0; the raw number is the detection limit, NaN when the cell carries none
+  (``NEGATIVE``: a censored value that was written below 0, counted apart: a lost sign
+  reads the same, and the run warns);
 - ``MISSING``: empty or a missing marker; ``SENTINEL``: a number the lab writes for
   "not analysed" (``missing_values``, e.g. -9999): missing too, and each one reported;
-  ``BAD``: anything else (reported with file, row, sample id, column and the text; never
-  a silent zero).
+  ``BAD``: anything else, an infinite number in a numeric (Parquet, GeoPackage) column
+  included (reported with file, row, sample id, column and the text; never a silent zero).
 - With ``negative_is_limit``, ``-X`` is a lab's way of writing ``<X``: censored at limit X.
 
 Whatever the policy, a substituted censored value never exceeds its own detection limit.
@@ -24,6 +26,7 @@ merges duplicate sites and writes the problem rows to the report.
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -41,9 +44,10 @@ from minseg.runtime import ray_data_errors_raised_not_logged, task_options
 # what a corrupt or foreign file raises while parsing (csv / parquet / gzip)
 _UNREADABLE = (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, zlib.error, EOFError, OSError)
 
-OK, FLAGGED, OVER, CENSORED, MISSING, BAD, SENTINEL = 0, 1, 2, 3, 4, 5, 6
+OK, FLAGGED, OVER, CENSORED, MISSING, BAD, SENTINEL, NEGATIVE = 0, 1, 2, 3, 4, 5, 6, 7
 CODE_NAMES = {OK: "ok", FLAGGED: "flagged", OVER: "over_range", CENSORED: "censored", MISSING: "missing", BAD: "bad",
-              SENTINEL: "missing_sentinel"}
+              SENTINEL: "missing_sentinel", NEGATIVE: "negative_censored"}
+CENSORED_CODES = (CENSORED, NEGATIVE)
 
 TABLE_FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".csv.gz": "csv", ".parquet": "parquet",
                  ".pq": "parquet", ".gpkg": "vector", ".shp": "vector", ".geojson": "vector", ".json": "vector",
@@ -89,10 +93,17 @@ def one_layer(path: str, layer: str | None, uri: str, key: str) -> None:
     """Refuse a vector file of several layers when ``layer`` names none: GDAL reads the first (pyogrio only warns),
     and the others (other deposits, other samples) would be left out without a word.
 
+    A shapefile without its ``.dbf`` is refused too: GDAL reads its geometries alone, and every attribute (ids,
+    commodity filters) would read as missing.
+
     Raises:
-        ProspectInputError: naming the layers and ``key``.layer."""
+        ProspectInputError: naming the layers and ``key``.layer, or the missing ``.dbf``."""
     import pyogrio
 
+    stem, extension = os.path.splitext(path)
+    if extension.lower() == ".shp" and not any(os.path.exists(stem + dbf) for dbf in (".dbf", ".DBF")):
+        raise ProspectInputError(f"{key}: {uri}: no {os.path.basename(stem)}.dbf beside it (the shapefile's attribute "
+                                 "table): copy it with the .shp")
     if layer is not None:
         return
     try:
@@ -155,13 +166,17 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
                     raise
                 except _UNREADABLE as exc:
                     raise ProspectInputError(f"{uri}: not a readable Parquet file ({exc})") from None
-            columns, recorded, total = set(meta.schema.names), None, meta.num_rows
+            header, recorded, total = list(meta.schema.names), None, meta.num_rows
         else:
-            columns, recorded, total = set(_csv_header(uri, storage)), None, None
+            header, recorded, total = _csv_header(uri, settings, storage), None, None
+        if kind != "vector":
+            _refuse_ambiguous(uri, header, needed)
+            columns = set(header)
         missing = sorted(needed - columns)
         if missing:
+            hint = _separator_hint(header[0], settings) if kind == "csv" and len(header) == 1 else ""
             raise ProspectInputError(f"{uri}: no column(s) {', '.join(missing)} (prospect.samples); it has: "
-                                   f"{', '.join(sorted(columns)[:40])}")
+                                     f"{', '.join(sorted(columns)[:40])}{hint}")
         if kind != "vector" and settings.x is None:
             raise ProspectInputError(f"{uri}: a {kind} table has no geometry: give prospect.samples.x and y")
         crs = input_crs(recorded, settings.crs, uri, "prospect.samples.crs")
@@ -181,18 +196,44 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
     return units
 
 
-def _csv_header(uri: str, storage: Storage) -> list[str]:
+def _refuse_ambiguous(uri: str, header: list[str], needed: set[str]) -> None:
+    """A column the config names that the header gives twice (two 'Au' columns): which holds the values cannot be
+    told, and a reader would silently take one."""
+    repeated = sorted(name for name in needed if header.count(name) > 1)
+    if repeated:
+        where = "; ".join(f"{name!r} is columns {', '.join(str(i + 1) for i, c in enumerate(header) if c == name)}"
+                          for name in repeated)
+        raise ProspectInputError(f"{uri}: its header names a column prospect.samples uses more than once ({where}): "
+                                 "which one holds the values cannot be told; rename the others")
+
+
+def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:
     import pyarrow.csv as pacsv
 
     with storage.open_read(uri) as handle:
         try:
             reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16),
-                                    parse_options=pacsv.ParseOptions(delimiter=_delimiter(uri)))
+                                    parse_options=pacsv.ParseOptions(delimiter=_delimiter(uri, settings)))
         except StorageError:
             raise
         except _UNREADABLE as exc:
-            raise ProspectInputError(f"{uri}: cannot be read as a csv table ({first_line(exc)})") from None
-        return reader.schema.names
+            failed = f"{uri}: cannot be read as a csv table ({first_line(exc)})"
+        else:
+            return reader.schema.names
+    try:  # why: a header of another separator says so
+        with storage.open_read(uri) as handle:
+            header = _maybe_gzip(uri, handle).readline(1 << 16).decode("utf-8", "replace")
+    except _UNREADABLE:  # not even a first line (a broken gzip)
+        header = ""
+    raise ProspectInputError(failed + _separator_hint(header, settings))
+
+
+def _separator_hint(header: str, settings: SampleTable) -> str:
+    """For a CSV header that reads as one column (or does not parse): the separator it seems to use, if another."""
+    used = settings.delimiter or ","
+    separator = next((c for c in ";\t|," if c != used and c in header and used not in header), None)
+    return (f"; its header reads as one column: the file seems separated by {separator!r} (set "
+            f"prospect.samples.delimiter: {separator!r})" if separator else "")
 
 
 def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> None:
@@ -206,8 +247,8 @@ def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> Non
     point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
 
 
-def _delimiter(uri: str) -> str:
-    return "\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ","
+def _delimiter(uri: str, settings: SampleTable) -> str:
+    return settings.delimiter or ("\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ",")
 
 
 def _maybe_gzip(uri: str, handle):
@@ -232,7 +273,7 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
         # only the columns we use: a late surprise in an unused 'comment' column must not stop the file
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False,
                                        include_columns=list(dict.fromkeys(text_columns)))
-        delimiter = _delimiter(unit.uri)
+        delimiter = _delimiter(unit.uri, settings)
         with storage.open_read(unit.uri) as handle:
             reader = pacsv.open_csv(_maybe_gzip(unit.uri, handle), convert_options=convert,
                                     parse_options=pacsv.ParseOptions(delimiter=delimiter),
@@ -294,6 +335,7 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
     if pd.api.types.is_numeric_dtype(series.dtype):
         raw = series.to_numpy(np.float64, na_value=np.nan).copy()  # arrow-backed: read-only
         codes[np.isnan(raw)] = MISSING
+        codes[np.isinf(raw)] = BAD  # as the text 'inf' in a CSV: no concentration
     else:
         text = series.astype("string").str.strip()
         missing = text.isna() | text.str.lower().isin([m.lower() for m in settings.missing_markers])
@@ -327,11 +369,11 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
         measured &= ~negative
     nonpositive = measured & (raw <= 0)
     if settings.nonpositive_censored:
-        codes[nonpositive] = CENSORED
+        codes[nonpositive] = np.where(raw[nonpositive] < 0, NEGATIVE, CENSORED)  # a zero is the usual code
         raw[nonpositive] = np.nan  # a zero is not a limit
     else:
         codes[nonpositive] = BAD
-    censored = codes == CENSORED
+    censored = np.isin(codes, CENSORED_CODES)
     raw[censored & ~(raw > 0)] = np.nan  # '<0' or a flagged zero: limit unknown
     return raw, codes
 
@@ -384,14 +426,21 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
                     texts = column.to_pandas()
                     for row in np.flatnonzero(codes == BAD):
                         problems[row].append({"column": column_name, "value": str(texts.iloc[row])[:60],
-                                              "reason": "not a number, a <DL value or a missing marker"
-                                              if not (raw[row] <= 0) else "not a positive concentration"})
+                                              "reason": _bad_reason(raw[row])})
                     for row in np.flatnonzero(codes == SENTINEL):
                         problems[row].append({"column": column_name, "value": str(texts.iloc[row])[:60],
                                               "reason": "missing-value sentinel (prospect.samples.missing_values): "
                                                         "not analysed"})
             out["problems"] = np.array([json.dumps(p) if p else "" for p in problems], object)
             yield out
+
+
+def _bad_reason(raw: float) -> str:
+    if np.isinf(raw):
+        return "not a finite number"
+    if raw <= 0:
+        return "not a positive concentration"
+    return "not a number, a detection-limit value such as '<0.5', or a missing marker"
 
 
 def _scalar(value):
@@ -491,7 +540,7 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
         raw, codes = columns[f"raw:{element}"].copy(), columns[f"code:{element}"]
         if settings.bad_values is BadValue.DROP_ROW:
             keep &= codes != BAD
-        censored = codes == CENSORED
+        censored = np.isin(codes, CENSORED_CODES)
         measured = np.isin(codes, (OK, FLAGGED, OVER)) & (raw > 0)
         unknown = censored & ~(raw > 0)
         limit_source, assumed = "value", None
@@ -517,6 +566,7 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
         element_report[element] = {
             "column": settings.elements[element],
             **{CODE_NAMES[c]: int((codes == c).sum()) for c in CODE_NAMES},
+            "censored": int(censored.sum()),  # negative ones included
             "censored_limit_from": limit_source if censored.any() else None,
             "assumed_detection_limit": assumed,
             "censored_as": str(settings.censored),
@@ -560,15 +610,20 @@ def _repeated_ids(columns: dict[str, np.ndarray], keep: np.ndarray, settings: Sa
     return found
 
 
+def comma_hint(problems: list[dict]) -> str:
+    """A sentence for problem rows whose values use a decimal comma (``'1,5'``), or ""."""
+    commas = [part for p in problems for part in str(p["value"]).split(", ")
+              if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
+    return (f" Values such as {commas[0]!r} use a decimal comma: write the table with decimal points (or as "
+            "Parquet / GeoPackage)." if commas else "")
+
+
 def _mostly_unusable(rows: int, dropped: int, problems: list[dict], element: str | None = None) -> str:
     """The message for a table most of whose rows cannot be used: it is read wrongly (decimal commas, another
     delimiter, columns shifted), not a few bad rows to leave out (those are listed and the rest used)."""
     first = "; ".join(f"{p['file'].rsplit('/', 1)[-1]} row {p['row']} {p['column']} {p['value']!r}: {p['reason']}"
                       for p in problems[:3])
-    commas = [part for p in problems for part in str(p["value"]).split(", ")
-              if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
-    hint = (f" Values such as {commas[0]!r} use a decimal comma: write the table with decimal points (or as "
-            "Parquet / GeoPackage)." if commas else "")
+    hint = comma_hint(problems)
     what = (f"prospect.samples.elements.{element}: {dropped} of {rows} cells are not numbers (if they mean 'not "
             "analysed', list those texts in prospect.samples.missing_markers)" if element else
             f"prospect.samples: {dropped} of {rows} rows cannot be used (no usable coordinates or a value that is not "

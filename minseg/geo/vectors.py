@@ -48,6 +48,8 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
                 column_types={name: pa.string() for name in names}))
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})") from None
+        if not table.num_rows:
+            raise ProspectInputError(f"{key}: {uri}: holds no rows")
         return table, None, None
     import pyogrio
 
@@ -61,6 +63,8 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
         raise
     except Exception as exc:
         raise ProspectInputError(f"{key}: {uri}: cannot be read as a vector file ({exc})") from None
+    if not table.num_rows:  # before a column check says "no column 'type'" of an empty layer
+        raise ProspectInputError(f"{key}: {uri}: holds no features")
     geometry_name = meta.get("geometry_name") or "wkb_geometry"
     wkb = table.column(geometry_name).to_numpy(zero_copy_only=False) if geometry_name in table.column_names else None
     recorded = parse_crs(meta["crs"], uri) if meta.get("crs") else None
@@ -92,7 +96,10 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
 
         if wkb is None:
             raise ProspectInputError(f"{key}: {settings.uri} has no geometry; give {key}.x and {key}.y")
-        x, y = point_coordinates(shapely.from_wkb(wkb), settings.uri, key)
+        # only the features the filter keeps must be points: a Pb-Zn polygon left out by `where` refused them all
+        geometry = shapely.from_wkb(wkb)
+        geometry[~_filter(table, settings.where, settings.uri, key)] = None
+        x, y = point_coordinates(geometry, settings.uri, key)
     keep = _filter(table, settings.where, settings.uri, key)
     if settings.id and settings.id not in table.column_names:
         raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from pydantic import AfterValidator
 
 from minseg.errors import InputError
@@ -80,6 +81,26 @@ CrsText = Annotated[str, AfterValidator(_crs_text)]
 """A CRS as the config gives it, checked against PROJ when validated (an error names the key)."""
 GridCrsText = Annotated[str, AfterValidator(_grid_crs_text)]
 """A ``CrsText`` for a grid minseg builds: projected in metres, with an EPSG code (its GeoTIFFs record one)."""
+
+
+def far_outside_area(crs: str | int, x: float, y: float, margin_deg: float = 10.0) -> str | None:
+    """Where (``x``, ``y``) in ``crs`` lies when it is more than ``margin_deg`` outside the CRS's area of use, or
+    None: coordinates of another CRS, or x and y swapped (a national grid's northing as its easting). A UTM zone
+    used a few degrees beyond its band passes."""
+    from pyproj import Transformer
+
+    found = known_crs(crs)
+    area = found.area_of_use
+    if area is None:
+        return None
+    lon, lat = Transformer.from_crs(found, found.geodetic_crs, always_xy=True).transform(x, y)
+    inside = (area.west - margin_deg <= lon <= area.east + margin_deg
+              and area.south - margin_deg <= lat <= area.north + margin_deg)
+    if inside:
+        return None
+    at = "no place on Earth" if not (np.isfinite(lon) and np.isfinite(lat)) else f"{lat:.1f}°, {lon:.1f}°"
+    return (f"({x:.0f}, {y:.0f}) is {at} in {found.name}, far outside its area ({area.name.rstrip('.')}: {area.south:.1f}° to "
+            f"{area.north:.1f}° N, {area.west:.1f}° to {area.east:.1f}° E)")
 
 
 def grid_scale_problem(crs: str | int, x: float, y: float, tolerance: float = 0.05) -> str | None:

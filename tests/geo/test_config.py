@@ -51,9 +51,7 @@ def test_a_grid_whose_metres_are_not_ground_metres_is_refused():
         target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(2790000, 9590000, 2810000, 9610000)), None)
     near_equator = target_grid(GridSettings(crs="EPSG:3857", cell_m=250, extent=(0, 0, 20000, 20000)), None)
     assert near_equator.rows == 80  # Mercator near the equator: its metres are ground metres
-    # x and y swapped lie outside the CRS's area: no scale verdict there (the samples' check says what is wrong)
-    swapped = target_grid(GridSettings(crs="EPSG:3067", cell_m=250, extent=(7450000, 350000, 7460000, 360000)), None)
-    assert swapped.cols == 40
+    # x and y swapped lie outside the CRS's area: refused as such, not given a scale verdict (the next test)
 
 
 def test_a_proj_string_only_near_an_epsg_crs_is_refused_for_the_grid():
@@ -85,3 +83,58 @@ def test_evidence_names_clash_whatever_their_case():
                                                  r"and prospect.lines\[0\]; rename one"):
         _check_names(settings, rasters)
     _check_names(settings, rasters[:0])  # distinct names pass
+
+
+def test_where_filters_and_grid_sizes_are_checked_before_the_job():
+    """A `where` that is no regular expression was a traceback from the job (re.error, exit 1) that `config validate`
+    called valid; a cell size in the wrong unit (1 m over a 24 km survey: 576 M cells) filled the memory without a
+    word; a cell larger than the study area gave a 1 x 1 grid and a message about a raster's CRS."""
+    for key in ("prospect.deposits.where.type", "prospect.lines[0].where.type"):
+        with pytest.raises(ConfigError, match=re.escape(key.rsplit(".", 1)[0]) + r": type: 'orogenic-Au\(' is not a "
+                                              r"regular expression \(missing \), unterminated subpattern"):
+            load_config(CONFIG, MinsegConfig, overrides={key: "orogenic-Au("})
+    assert load_config(CONFIG, MinsegConfig, overrides={"prospect.deposits.where.type": "au|cu"}).prospect
+    with pytest.raises(ConfigError, match=r"prospect.grid: cell_m: 1 m gives 60000 x 60000 = 3,600,000,000 cells over "
+                                          r"60000 x 60000 m, more than max_cells \(50,000,000; each evidence layer "
+                                          r"would take 13.4 GiB\)"):
+        load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.cell_m": 1})
+    with pytest.raises(ConfigError, match=r"prospect.grid: cell_m: 70000 m gives a grid of 1 x 1 cells over 60000 x "
+                                          r"60000 m: a cell is larger than the study area"):
+        load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.cell_m": 70000})
+    raised = load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.cell_m": 10, "prospect.grid.max_cells": 4e7})
+    assert raised.prospect.grid.max_cells == 40_000_000
+
+
+def test_a_grid_from_the_samples_bounds_or_a_reference_is_sized_too():
+    """Without an extent the grid's size is known only once the samples (or the reference raster) are read: the same
+    bounds, before any layer is made."""
+    from minseg.geo.config import GridSettings, ProspectInputError
+    from minseg.geo.grid import target_grid
+    from minseg.io.geotiff import GridGeometry
+
+    with pytest.raises(ProspectInputError, match=r"prospect.grid: cell_m: 1 m gives 24001 x 24001 = 576,048,001 cells"):
+        target_grid(GridSettings(crs="EPSG:3067", cell_m=1), (350000, 7450000, 374000, 7474000))
+    reference = GridGeometry(350000, 7480000, 0.5, 0.5, 60000, 60000, 3067)
+    with pytest.raises(ProspectInputError, match=r"prospect.grid.reference: r.tif: cell_m: 0.5 m gives 60000 x 60000"):
+        target_grid(GridSettings(crs="EPSG:3067", reference="r.tif"), None, reference)
+    assert target_grid(GridSettings(crs="EPSG:3067", cell_m=250), (350000, 7450000, 374000, 7474000)).rows == 97
+
+
+def test_a_grid_far_from_where_its_crs_is_used_is_refused_naming_the_likely_cause():
+    """x and y swapped (TM35FIN northings as eastings) built a grid near the equator from the samples' bounds, and
+    the first raster was then said not to overlap it: "check its CRS", about a raster that was right."""
+    from minseg.geo.config import GridSettings, ProspectInputError
+    from minseg.geo.grid import target_grid
+
+    settings = GridSettings(crs="EPSG:3067", cell_m=250)
+    with pytest.raises(ProspectInputError, match=r"prospect.grid: the samples' bounds centres on \(7462000, 362000\) is "
+                                                 r"2.0°, 79.9° in ETRS89 / TM35FIN\(E,N\), far outside its area "
+                                                 r"\(Finland - onshore and offshore: 58.8° to 70.1° N, .*\): are "
+                                                 r"prospect.samples.x and y swapped"):
+        target_grid(settings, (7450000, 350000, 7474000, 374000))
+    with pytest.raises(ProspectInputError, match=r"prospect.grid: prospect.grid.extent centres on .*: is it in "
+                                                 r"EPSG:3067 \(prospect.grid.crs\)\?"):
+        target_grid(GridSettings(crs="EPSG:3067", cell_m=250, extent=(7450000, 350000, 7474000, 374000)), None)
+    assert target_grid(settings, (350000, 7450000, 374000, 7474000)).cols == 97
+    # a UTM zone used a few degrees beyond its band is common, and fine
+    assert target_grid(GridSettings(crs="EPSG:32635", cell_m=250), (880000, 7450000, 900000, 7470000)).cols == 81

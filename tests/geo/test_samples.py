@@ -11,7 +11,7 @@ import pytest
 from minseg.geo.config import SampleTable
 from minseg.geo.crs import parse_crs
 from minseg.geo.config import ProspectInputError
-from minseg.geo.samples import parse_cells, read_samples
+from minseg.geo.samples import BAD, CENSORED, MISSING, NEGATIVE, OK, parse_cells, read_samples
 from minseg.io.storage import Storage
 
 WORKING = parse_crs("EPSG:3067", "test")
@@ -147,9 +147,12 @@ def test_parquet_row_groups_and_reprojection(tmp_path, ray_session):
 
 def test_parse_cells_keeps_numeric_columns_numeric():
     settings = SampleTable(uri="x", x="x", y="y", elements={"Cu": "Cu"})
-    raw, codes = parse_cells(pa.array([1.5, None, -2.0]), None, settings)
-    assert raw[0] == 1.5 and np.isnan(raw[1]) and np.isnan(raw[2])
-    assert codes.tolist() == [0, 4, 3]  # ok, missing, censored (a negative is a 'not detected' code)
+    raw, codes = parse_cells(pa.array([1.5, None, -2.0, 0.0, np.inf, -np.inf]), None, settings)
+    assert raw[0] == 1.5 and np.isnan(raw[1:4]).all()
+    # ok, missing, censored (0 and a negative are 'not detected' codes; a negative counted apart: a lost sign reads
+    # the same), bad: an infinite number in a Parquet column is no concentration (the text 'inf' in a CSV was bad,
+    # the number read as missing and counted ok)
+    assert codes.tolist() == [OK, MISSING, NEGATIVE, CENSORED, BAD, BAD]
 
 
 def test_real_gtk_till_table(shared_data, ray_session):
@@ -173,7 +176,8 @@ def test_tables_on_s3_through_ray_workers(s3, ray_session):
     samples = read_samples(settings, WORKING, storage, task_cpus=0.25)
     assert samples.values["Cu"][:2].tolist() == [1.5, 0.5] and np.isnan(samples.values["Cu"][2])
     assert samples.problems == [{"file": s3.uri("survey/b.csv"), "row": 1, "sample": "1", "column": "Cu",
-                                 "value": "oops", "reason": "not a number, a <DL value or a missing marker"}]
+                                 "value": "oops",
+                                 "reason": "not a number, a detection-limit value such as '<0.5', or a missing marker"}]
 
 
 def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
@@ -456,3 +460,82 @@ def test_a_vector_file_of_several_layers_needs_the_layer_named(tmp_path):
         read_points(PointLayer(uri=path, id="name"), WORKING, Storage())
     points = read_points(PointLayer(uri=path, id="name", layer="au_deposits"), WORKING, Storage())
     assert points.ids.tolist() == ["au1"]
+
+
+def test_tables_that_were_read_without_a_word(tmp_path, ray_session):
+    """What a break-it pass found read silently: an infinite number in a Parquet column counted as a good cell (the
+    text 'inf' in a CSV was a problem row); a header naming a used column twice (the first taken); a ';'-separated
+    CSV refused without saying why; negative concentrations merged into the censored count."""
+    path = tmp_path / "inf.parquet"
+    pq.write_table(pa.table({"x": [0.0, 10, 20], "y": [0.0, 0, 0], "Au": [1.0, np.inf, 2.0]}), path)
+    samples = read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}))
+    assert samples.report["elements"]["Au"]["bad"] == 1 and samples.report["elements"]["Au"]["ok"] == 2
+    assert [(p["row"], p["column"], p["reason"]) for p in samples.problems] == [(2, "Au", "not a finite number")]
+
+    uri = table(tmp_path, "x,y,Au,B,Au\n0,0,1,2,3\n", "twice.csv")
+    with pytest.raises(ProspectInputError, match=r"twice.csv: its header names a column prospect.samples uses more "
+                                                 r"than once \('Au' is columns 3, 5\)"):
+        read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}))
+    path = tmp_path / "twice.parquet"  # Parquet allows it too
+    pq.write_table(pa.Table.from_arrays([pa.array([0.0]), pa.array([0.0]), pa.array([1.0]), pa.array([2.0])],
+                                        names=["x", "y", "Au", "Au"]), path)
+    with pytest.raises(ProspectInputError, match=r"'Au' is columns 3, 4"):
+        read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}))
+
+    hint = r"its header reads as one column: the file seems separated by ';' \(set prospect.samples.delimiter: ';'\)"
+    for text, reason in [("x;y;Au\n0;0;2\n", r"no column\(s\) Au, x, y \(prospect.samples\); it has: x;y;Au; "),
+                         ("x;y;Au\n0;0;1,5\n10;0;2\n", r"cannot be read as a csv table \(CSV parse error: .*\); ")]:
+        uri = table(tmp_path, text, "semicolons.csv")
+        with pytest.raises(ProspectInputError, match=reason + hint):
+            read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}))
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}, delimiter=";"))
+    assert samples.values["Au"][1] == 2 and samples.problems[0]["value"] == "1,5"  # a decimal comma: listed
+
+    uri = table(tmp_path, "x,y,Au\n0,0,1\n10,0,-150\n20,0,0\n30,0,<5\n", "negative.csv")
+    counts = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"})).report["elements"]["Au"]
+    assert (counts["censored"], counts["negative_censored"], counts["ok"]) == (3, 1, 1)
+
+
+def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_session, caplog):
+    """A fault file in the wrong place (300 km off) became a channel of near-constant 270-295 km distances; an empty
+    element column vanished from screening and evidence, and one with three values was interpolated, without a
+    word."""
+    import logging
+
+    from minseg.geo.config import LineLayer
+    from minseg.geo.grid import target_grid
+    from minseg.geo.config import GridSettings
+    from minseg.geo.prospect import _refuse_lines_off_grid, _warn_thin_elements
+    from minseg.geo.vectors import read_lines
+
+    grid = target_grid(GridSettings(crs="EPSG:3067", cell_m=250), (350000, 7450000, 374000, 7474000))
+    path = tmp_path / "faults.geojson"
+    EPSG_3067 = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3067"}}
+    for shift, refused in [(0, False), (300000, True)]:
+        path.write_text(json.dumps({"type": "FeatureCollection", "crs": EPSG_3067, "features": [{"type": "Feature",
+                                    "properties": {},
+                        "geometry": {"type": "LineString", "coordinates": [[349000 + shift, 7460000],
+                                                                           [352000 + shift, 7461000]]}}]}))
+        layer = LineLayer(uri=str(path))
+        lines = read_lines(layer, WORKING, Storage(), "prospect.lines[0]")
+        if refused:
+            with pytest.raises(ProspectInputError, match=r"prospect.lines\[0\]: \S+faults.geojson: none of its 1 "
+                               r"lines crosses the target grid \(349875, 7449875, 374125, .*; the lines span 649000, "
+                               r"7460000, 652000, 7461000 in the grid's CRS\): check its CRS \(prospect.lines\[0\].crs\)"):
+                _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")
+        else:
+            _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")  # crossing the west edge: on the grid
+
+    arsenic = {0: "0", 1: "-1", 2: "3"}
+    uri = table(tmp_path, "x,y,Au,Cu,As\n" + "".join(f"{i},0,,{i + 1},{arsenic.get(i, '')}\n" for i in range(20)))
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au", "Cu": "Cu", "As": "As"}))
+    logging.getLogger("minseg").addHandler(caplog.handler)
+    try:
+        _warn_thin_elements(samples, neighbours=12)
+    finally:
+        logging.getLogger("minseg").removeHandler(caplog.handler)
+    warned = {r.getMessage(): r.fields for r in caplog.records if r.levelno == logging.WARNING}
+    assert warned["prospect.elements_unusable"]["elements"] == "Au"
+    assert warned["prospect.elements_sparse"]["elements"] == "As:3"  # 0 and -1: censored, limit 3 assumed
+    assert warned["prospect.negative_values"]["elements"] == "As:1"
+    assert samples.report["elements"]["Cu"]["usable"] == 20 and len(warned) == 3
