@@ -213,3 +213,18 @@ def test_a_raster_glob_leaves_gdal_side_files_out(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     layers = expand_rasters([EvidenceRaster(uri=f"{tmp_path}/*")], Storage())
     assert sorted(layer.name for _, layer in layers) == ["grav", "mag"]
+
+
+def test_a_raster_with_no_valid_cell_is_said_so_not_blamed_on_its_crs(tmp_path):
+    """Every cell nodata was reported as "does not overlap the target grid; check its CRS"."""
+    grid = GridGeometry(1000.0, 5000.0, 100.0, 100.0, 20, 30, 3067)
+    write_geotiff(str(tmp_path / "empty.tif"), np.full((20, 30), -1, np.float32), grid, nodata=-1.0)
+    settings = EvidenceRaster(uri=str(tmp_path / "empty.tif"), name="lith", kind="categorical")
+    with pytest.raises(ProspectInputError, match=r"prospect.rasters\[0\]: \S+empty.tif has no valid cell \(every cell "
+                                                 r"is nodata or masked: nodata value\)"):
+        read_raster_on_grid(settings, 0, grid, WORKING, Storage())
+    write_geotiff(str(tmp_path / "far.tif"), np.ones((20, 30), np.float32), GridGeometry(901000.0, 5000.0, 100.0, 100.0,
+                                                                                       20, 30, 3067))
+    with pytest.raises(ProspectInputError, match=r"far.tif does not overlap the target grid \(bounds .*; the raster's: "
+                                                 r"\(901000.0, 3000.0, 904000.0, 5000.0\) in .*TM35FIN.*\); check its CRS"):
+        read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "far.tif"), name="far"), 0, grid, WORKING, Storage())

@@ -539,3 +539,34 @@ def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_s
     assert warned["prospect.elements_sparse"]["elements"] == "As:3"  # 0 and -1: censored, limit 3 assumed
     assert warned["prospect.negative_values"]["elements"] == "As:1"
     assert samples.report["elements"]["Cu"]["usable"] == 20 and len(warned) == 3
+
+
+def test_deposit_layers_empty_filtered_or_missing_their_attributes(tmp_path, shared_data):
+    """An empty layer and a shapefile without its .dbf were both "has no column 'type'"; a polygon the `where`
+    filter leaves out refused the whole layer ("expected points")."""
+    import shutil
+
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3067"}}
+    point = {"type": "Feature", "properties": {"type": "orogenic-Au"}, "geometry": {"type": "Point",
+                                                                                    "coordinates": [360000, 7460000]}}
+    polygon = {"type": "Feature", "properties": {"type": "Pb-Zn"}, "geometry": {"type": "Polygon", "coordinates": [
+        [[361000, 7461000], [362000, 7461000], [362000, 7462000], [361000, 7461000]]]}}
+    path = tmp_path / "deposits.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": [point, polygon]}))
+    kept = read_points(PointLayer(uri=str(path), where={"type": "orogenic"}), WORKING, Storage())
+    assert len(kept) == 1 and kept.report["filtered_out"] == 1
+    with pytest.raises(ProspectInputError, match=r"expected points, found 1 Polygon"):  # not filtered: refused
+        read_points(PointLayer(uri=str(path)), WORKING, Storage())
+    path.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": []}))
+    with pytest.raises(ProspectInputError, match=r"prospect.deposits: \S+deposits.geojson: holds no features"):
+        read_points(PointLayer(uri=str(path), where={"type": "orogenic"}), WORKING, Storage())
+    for suffix in (".shp", ".shx", ".prj"):
+        shutil.copy(shared_data / "geochem-gtk" / f"IOCG{suffix}", tmp_path / f"IOCG{suffix}")
+    with pytest.raises(ProspectInputError, match=r"prospect.deposits: \S+IOCG.shp: no IOCG.dbf beside it \(the "
+                                                 r"shapefile's attribute table\): copy it with the .shp"):
+        read_points(PointLayer(uri=str(tmp_path / "IOCG.shp")), WORKING, Storage())
+    shutil.copy(shared_data / "geochem-gtk" / "IOCG.dbf", tmp_path / "IOCG.dbf")
+    assert len(read_points(PointLayer(uri=str(tmp_path / "IOCG.shp")), WORKING, Storage())) == 24
