@@ -99,8 +99,8 @@ def far_outside_area(crs: str | int, x: float, y: float, margin_deg: float = 10.
     if inside:
         return None
     at = "no place on Earth" if not (np.isfinite(lon) and np.isfinite(lat)) else f"{lat:.1f}°, {lon:.1f}°"
-    return (f"({x:.0f}, {y:.0f}) is {at} in {found.name}, far outside its area ({area.name.rstrip('.')}: {area.south:.1f}° to "
-            f"{area.north:.1f}° N, {area.west:.1f}° to {area.east:.1f}° E)")
+    return (f"({x:.0f}, {y:.0f}) is {at} in {found.name}, far outside its area ({area.name.rstrip('.')}: "
+            f"{area.south:.1f}° to {area.north:.1f}° N, {area.west:.1f}° to {area.east:.1f}° E)")
 
 
 def grid_scale_problem(crs: str | int, x: float, y: float, tolerance: float = 0.05) -> str | None:

@@ -64,7 +64,8 @@ def test_valid_file_becomes_typed_objects(tmp_path):
          "a name of ASCII letters, digits, '.', '_' and '-', starting with a letter or digit"),
         ("evaluation: {name: .hidden}", "evaluation.name", "starting with a letter or digit"),
         # outputs are copied to Windows, where these names cannot be files or folders
-        ("training: {members: [{name: aux, model: unet}]}", "training.members[0].name", "aux is a device name on Windows"),
+        ("training: {members: [{name: aux, model: unet}]}", "training.members[0].name",
+         "aux is a device name on Windows"),
         ("run: {name: nul.v2}", "run.name", "nul is a device name on Windows"),
         ("run: {name: run.}", "run.name", "ends with a dot or a space"),
         ("prospect: {name: " + "p" * 200 + "}", "prospect.name", "(got 'ppppp"),

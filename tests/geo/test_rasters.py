@@ -226,5 +226,6 @@ def test_a_raster_with_no_valid_cell_is_said_so_not_blamed_on_its_crs(tmp_path):
     write_geotiff(str(tmp_path / "far.tif"), np.ones((20, 30), np.float32), GridGeometry(901000.0, 5000.0, 100.0, 100.0,
                                                                                        20, 30, 3067))
     with pytest.raises(ProspectInputError, match=r"far.tif does not overlap the target grid \(bounds .*; the raster's: "
-                                                 r"\(901000.0, 3000.0, 904000.0, 5000.0\) in .*TM35FIN.*\); check its CRS"):
+                                                 r"\(901000.0, 3000.0, 904000.0, 5000.0\) in .*TM35FIN.*\); check its "
+                                                 r"CRS"):
         read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "far.tif"), name="far"), 0, grid, WORKING, Storage())

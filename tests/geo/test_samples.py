@@ -521,7 +521,8 @@ def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_s
         if refused:
             with pytest.raises(ProspectInputError, match=r"prospect.lines\[0\]: \S+faults.geojson: none of its 1 "
                                r"lines crosses the target grid \(349875, 7449875, 374125, .*; the lines span 649000, "
-                               r"7460000, 652000, 7461000 in the grid's CRS\): check its CRS \(prospect.lines\[0\].crs\)"):
+                               r"7460000, 652000, 7461000 in the grid's CRS\): check its CRS "
+                               r"\(prospect.lines\[0\].crs\)"):
                 _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")
         else:
             _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")  # crossing the west edge: on the grid
