@@ -170,7 +170,7 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
         else:
             header, recorded, total = _csv_header(uri, settings, storage), None, None
         if kind != "vector":
-            _refuse_ambiguous(uri, header, needed)
+            refuse_ambiguous(uri, header, needed)
             columns = set(header)
         missing = sorted(needed - columns)
         if missing:
@@ -196,15 +196,18 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
     return units
 
 
-def _refuse_ambiguous(uri: str, header: list[str], needed: set[str]) -> None:
-    """A column the config names that the header gives twice (two 'Au' columns): which holds the values cannot be
-    told, and a reader would silently take one."""
+def refuse_ambiguous(uri: str, header: list[str], needed: set[str], key: str = "prospect.samples") -> None:
+    """A column the config names (under ``key``) that the header gives twice (two 'Au' columns): which holds the
+    values cannot be told, and a reader would silently take one.
+
+    Raises:
+        ProspectInputError: naming the columns and their positions."""
     repeated = sorted(name for name in needed if header.count(name) > 1)
     if repeated:
         where = "; ".join(f"{name!r} is columns {', '.join(str(i + 1) for i, c in enumerate(header) if c == name)}"
                           for name in repeated)
-        raise ProspectInputError(f"{uri}: its header names a column prospect.samples uses more than once ({where}): "
-                                 "which one holds the values cannot be told; rename the others")
+        raise ProspectInputError(f"{uri}: its header names a column {key} uses more than once ({where}): which one "
+                                 "holds the values cannot be told; rename the others")
 
 
 def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:

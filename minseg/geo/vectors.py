@@ -12,7 +12,7 @@ import numpy as np
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import as_float, local_vector, one_layer
+from minseg.geo.samples import as_float, local_vector, one_layer, refuse_ambiguous
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -33,8 +33,9 @@ class Points:
         return Points(self.ids[mask], self.x[mask], self.y[mask], dict(self.report))
 
 
-def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
-    """(pyarrow table, geometry WKB array or None, recorded CRS or None)."""
+def _read_table(uri: str, layer: str | None, storage: Storage, key: str, needed: set[str]):
+    """(pyarrow table, geometry WKB array or None, recorded CRS or None); a ``needed`` column the header gives twice
+    is refused (``samples.refuse_ambiguous``)."""
     if uri.lower().endswith((".csv", ".txt")):
         import io
 
@@ -50,6 +51,7 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str):
             raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})") from None
         if not table.num_rows:
             raise ProspectInputError(f"{key}: {uri}: holds no rows")
+        refuse_ambiguous(uri, names, needed - {None}, key)
         return table, None, None
     import pyogrio
 
@@ -84,7 +86,8 @@ def _filter(table, where: dict[str, str], uri: str, key: str) -> np.ndarray:
 
 
 def read_points(settings: PointLayer, working, storage: Storage, key: str = "prospect.deposits") -> Points:
-    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key)
+    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key,
+                                       {settings.x, settings.y, settings.id, *settings.where})
     crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
     if settings.x is not None:
         for column in (settings.x, settings.y):
@@ -171,7 +174,7 @@ def read_lines(settings: LineLayer, working, storage: Storage, key: str) -> list
     """Each line as an (n, 2) array of vertices in the working CRS (multi-lines split into parts)."""
     import shapely
 
-    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key)
+    table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key, set(settings.where))
     if wkb is None:
         raise ProspectInputError(f"{key}: {settings.uri} has no geometry")
     crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")

@@ -571,3 +571,14 @@ def test_deposit_layers_empty_filtered_or_missing_their_attributes(tmp_path, sha
         read_points(PointLayer(uri=str(tmp_path / "IOCG.shp")), WORKING, Storage())
     shutil.copy(shared_data / "geochem-gtk" / "IOCG.dbf", tmp_path / "IOCG.dbf")
     assert len(read_points(PointLayer(uri=str(tmp_path / "IOCG.shp")), WORKING, Storage())) == 24
+
+
+def test_a_deposit_table_naming_a_used_column_twice_is_refused(tmp_path):
+    """The sample tables' rule for deposit CSVs: pyarrow's column lookup failed with a traceback on two 'x'."""
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    uri = table(tmp_path, "id,x,y,x\nd1,360000,7460000,1\n", "deposits.csv")
+    with pytest.raises(ProspectInputError, match=r"deposits.csv: its header names a column prospect.deposits uses "
+                                                 r"more than once \('x' is columns 2, 4\)"):
+        read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id"), WORKING, Storage())
