@@ -837,8 +837,10 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
     selection_uri, (selection, settings) = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
     recorded = storage.read_json(selection_uri) if storage.exists(selection_uri) else None
-    if finished is not None and recorded is not None and recorded["signature"] != selection:
-        finished = None  # the data settings changed: prepare the data, and refuse members trained on other parts
+    if finished is not None and (recorded is None or recorded.get("signature") != selection):
+        # the data settings changed, or no run recorded them (members trained in parts by --members before the
+        # record was kept for those): prepare the data, and refuse members trained on other parts
+        finished = None
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
                   hint="every member has finished: nothing to train, the data is not prepared again")
@@ -858,13 +860,12 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
                       lambda: _data_changes(storage, run_uri, (recorded or {}).get("settings"), settings, prepared))
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
+    # every configured member's checkpoints were checked against this data just now (a --members subset's too):
+    # for a resubmission's shortcut, and to name what changed when its data differs
+    storage.write_json(selection_uri, {"signature": selection, "settings": settings}, indent=None)
     source.report_oversampling(config.run.seed)
-    results = fit_members(config, members, source, run_uri, concurrency, resume,
-                          configured=[m.name for m in config.training.members])
-    if {m.name for m in members} >= {m.name for m in config.training.members}:  # every member checked on this data
-        # for a resubmission's shortcut, and to name what changed when its data differs
-        storage.write_json(selection_uri, {"signature": selection, "settings": settings}, indent=None)
-    return results
+    return fit_members(config, members, source, run_uri, concurrency, resume,
+                       configured=[m.name for m in config.training.members])
 
 
 def fit_members(config: MinsegConfig, members: list[MemberSettings], source: TrainingSource, run_uri: str,

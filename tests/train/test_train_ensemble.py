@@ -327,6 +327,15 @@ def test_resuming_members_on_another_split_is_refused(ensemble_run):
                                          rf"'{specs[2].name}' \(mask codes \[2\]\) now\): \S+/members/resunet"):
         train_ensemble(swapped, list(FINISHED), resume=True)
     assert (run / "data" / "splits.json").read_text() == splits
+    # members trained in parts (--members) left no record of the data settings until 2026-12-07: --resume with another
+    # split then took every member as finished on it ("the data is not prepared again"); now the data is prepared
+    # and the members refused, and a subset run keeps the record too
+    (run / "data" / "selection.json").unlink()
+    reseeded.training.members = reseeded.training.members[:-1]
+    with pytest.raises(InputError, match=r"trained on other data than this run gives them"):
+        train_ensemble(reseeded, list(FINISHED), resume=True)
+    (kept,) = train_ensemble(config, ["vgg"], resume=True)  # the same settings: kept, the record written again
+    assert kept.status == "done" and (run / "data" / "selection.json").exists()
     (kept,) = train_ensemble(config, ["vgg"], resume=True)  # the same settings: reused, nothing prepared again
     assert kept.status == "done"
 
