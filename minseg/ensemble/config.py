@@ -68,8 +68,9 @@ class EvaluationSettings(StrictModel):
     rank_key: str = Field("miou", description="e.g. miou, iou:gangue (the paper), f1:pyrite, mean_f1")
 
     rank_on: str = Field("val", pattern="^(val|test)$", description="split the ranking (and learned weights) come from")
-    k_min: int = Field(3, ge=1)
-    k_max: int | None = Field(None, ge=1)
+    k_min: int = Field(3, ge=1, description="smallest RUEL-k built (a plurality vote of two can only tie; 2 for soft "
+                       "or learned fusion of two)")
+    k_max: int | None = Field(None, ge=1, description="largest RUEL-k built (default: every voter)")
     modes: list[FusionMode] = Field(default_factory=lambda: list(FusionMode))
     learned_per_class: bool = False
     tta: TTA = TTA.NONE
