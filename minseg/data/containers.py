@@ -64,6 +64,9 @@ class Container:
     members: dict[str, dict] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     ambiguous: set[str] = field(default_factory=set)  # names listed twice with different bytes: none used
+    # hidden images by member name (each also in ``rejected``): one a source's include / exclude leaves out is no
+    # quarantined file of that source
+    hidden_images: dict[str, Rejected] = field(default_factory=dict)
 
     def describe(self, member: str) -> str:
         """Human-readable location of a member, for reports."""
@@ -77,6 +80,7 @@ class Container:
             if key.lower().endswith(IMAGE_SUFFIXES):
                 self.rejected.append(Rejected(self.describe(name), "hidden file (its name or a folder's starts "
                                                                    "with '.'): not used; rename it to use it"))
+                self.hidden_images[key] = self.rejected[-1]
             return
         if key in self.ambiguous:
             return

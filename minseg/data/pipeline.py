@@ -380,7 +380,9 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
                       reason=str(exc), hint="none of its images is used; the run goes on with the other sources, if "
                                             "any")
             continue
-        rejected.extend(container.rejected)
+        chooses = source.include is not None or bool(source.exclude)
+        left_out = {id(r) for name, r in container.hidden_images.items() if chooses and not source.selects(name)}
+        rejected.extend(r for r in container.rejected if id(r) not in left_out)
         layout = source.layout
         groups = source.channel_groups
         if layout is DatasetLayout.AUTO and len(groups) > 1:  # several images per scene: the paired layout
@@ -437,7 +439,10 @@ def _selected(listed: LayoutItems, source: SourceSettings, index: int) -> list[d
             kept.append(item)
         else:
             left_out.append(item["image_name"])
-    if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES) for r in listed.rejected):
+    # an image the globs keep that was quarantined makes the general "no usable items" the right message (a mask
+    # left without its image, or an image they leave out, does not)
+    if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES) and source.selects(r.file)
+                                         for r in listed.rejected):
         given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
                                                                  ("exclude", source.exclude)) if value)
         shown = ", ".join(sorted(left_out)[:5])

@@ -605,6 +605,10 @@ def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
     if layout == "paired":
         write_paired(root, count=4)  # images/s0.jpg .. s3.jpg
         include, exclude, expected = ["s[0-2].jpg"], ["images/s1.*"], ["src/s0", "src/s2"]
+        # a hidden image the globs leave out is not quarantined either, and neither it nor a mask without its image
+        # turns "leave none" into the general "no usable items"
+        (root / "images" / ".hidden.jpg").write_bytes(jpg_bytes(render_section(4, 16, 16)[0]))
+        (root / "masks" / "extra.png").write_bytes(png_bytes(np.zeros((16, 16), np.uint8)))
     elif layout == "voc":
         write_voc(root, count=4)  # JPEGImages/2007_000000.jpg ..
         include, exclude, expected = ["2007_00000[12].jpg"], [], ["src/2007_000001", "src/2007_000002"]
@@ -632,7 +636,9 @@ def test_include_and_exclude_pick_a_subset_in_every_layout(tmp_path, layout):
     if layout == "class_folders":  # without a class list, a left-out folder is no class
         classes = None
         assert listed(include=include, exclude=exclude)[2] == ("quartz",)
-    assert len(rejected) == len(everything_rejected)  # left out is not quarantined
+    hidden = [r for r in everything_rejected if ".hidden" in r.file]
+    assert len(hidden) == (layout == "paired") and not [r for r in rejected if ".hidden" in r.file]
+    assert len(rejected) == len(everything_rejected) - len(hidden)  # left out is not quarantined
     with pytest.raises(InputError, match=r"data\.sources\[0\]: include .* leave none of its \d+ images"):
         listed(include=["no-such-*"])
 
