@@ -208,10 +208,13 @@ def metrics_for(rows: ImageScores, index: int, class_names) -> dict:
 
 def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
                      data: DataSettings | None = None,
-                     checkpoint: MemberCheckpoint = MemberCheckpoint.BEST) -> list[MemberRef]:
+                     checkpoint: MemberCheckpoint = MemberCheckpoint.BEST,
+                     configured: list[str] | None = None) -> list[MemberRef]:
     """Finished segmentation members of a training run at their ``checkpoint`` (``best``: the one training kept
     on validation, its last epoch when it had none; ``last``: the final epoch), checked for one class map and,
     given the ``data`` they will be evaluated on, for the input channels they were trained on (``check_channels``).
+    ``configured``: the members the config names; those the run never trained (``--members`` subsets) are warned
+    about when every finished member is evaluated.
 
     Raises:
         InputError: no members table, a member asked for that did not finish, members trained on different
@@ -235,6 +238,11 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
                   members=", ".join(f"{m} ({s})" for m, s in unfinished.items()),
                   hint="evaluated without them (their error: members.csv); train them again with 'minseg train "
                        "--resume' to include them")
+    untrained = [name for name in configured or () if name not in done and name not in unfinished]
+    if untrained and names is None:
+        log_event(log, "ensemble.members_not_trained", logging.WARNING, members=", ".join(untrained),
+                  hint="the config names them but the run has not trained them (trained in parts with --members?): "
+                       "evaluated without them; 'minseg train --members ...' trains them into this run")
     folds = {row.get("fold") for row in table} - {None}
     if folds and not done:
         raise InputError(f"{run_uri} is a {len(folds)}-fold cross-validation run: each member was trained once per "
@@ -479,7 +487,8 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if finish_publication(storage, out, "evaluate", EVALUATION_DOCUMENTS):
         log_event(log, "evaluate.earlier_outputs_put_in_place", output=out,
                   hint="the last evaluation into this folder was complete but cut short while put in place")
-    members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint)
+    members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint,
+                               [m.name for m in config.training.members] if config.training else None)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "

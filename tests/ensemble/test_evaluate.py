@@ -664,10 +664,13 @@ def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume
     from minseg.ensemble.evaluate import discover_members
     from minseg.errors import InputError
 
+    configured = [m.name for m in trained_run.training.members] + ["later"]  # one not trained yet (--members)
     with caplog.at_level(logging.WARNING, logger="minseg"):
-        members = discover_members(Storage(), trained_run.run.uri, None)
+        members = discover_members(Storage(), trained_run.run.uri, None, configured=configured)
     (warned,) = [r.fields for r in caplog.records if r.getMessage() == "ensemble.members_not_finished"]
     assert warned["members"] == "diverges (failed), typo (failed)" and len(members) == 3
+    (untrained,) = [r.fields for r in caplog.records if r.getMessage() == "ensemble.members_not_trained"]
+    assert untrained["members"] == "later"
     stopped = tmp_path / "stopped"
     (stopped / "members" / "a" / "checkpoints").mkdir(parents=True)
     (stopped / "members" / "a" / "checkpoints" / "last.json").write_text("{}")
