@@ -111,7 +111,7 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
     from minseg.synth.minerals import class_map_document
     from minseg.train.ensemble import train_ensemble
 
-    classes = ClassMapSettings(classes=[{"name": c["name"], "codes": [c["code"]], "color": c["color"]}
+    classes = ClassMapSettings(classes=[{"name": c["name"], "codes": c["codes"], "color": c["color"]}
                                         for c in class_map_document()["classes"]])
     data = config.data or DataSettings(sources=[SourceSettings(uri=join_uri(output_uri, "sections"))])
     config.data = data.model_copy(update={"sources": [SourceSettings(uri=join_uri(output_uri, "sections"))],

@@ -343,7 +343,8 @@ def _resolve_classmap(data: DataSettings, task: Task, folder_names: tuple[str, .
 
 CLASSES_REQUIRED = ("data.classes is required for segmentation sources: each class's name and the mask codes it is "
                     "drawn with, in id order, e.g. classes: {classes: [{name: resin, codes: [0]}, {name: pyrite, "
-                    "codes: [1]}]} (minseg synth writes its classes beside the sections, in classes.json)")
+                    "codes: [1]}]} (minseg synth writes its classes beside the sections, in classes.json: its "
+                    "'classes' list, ids left out, is this key's)")
 
 
 def wrong_layout_message(source, index: int, entry, detected: bool, task: Task) -> str:

@@ -61,10 +61,11 @@ GRAIN_PROBABILITIES /= GRAIN_PROBABILITIES.sum()
 
 
 def class_map_document() -> dict:
-    """The class map written beside synthetic data (names, colours, mask codes)."""
+    """The class map written beside synthetic data (names, colours, mask codes): its ``classes`` list is a
+    ``data.classes`` as a config gives it (``{name, codes, color}`` in id order; ``id`` for readers)."""
     return {
         "classes": [
-            {"id": m.class_id, "name": m.name, "code": m.class_id, "color": list(m.palette)} for m in MINERALS
+            {"id": m.class_id, "name": m.name, "codes": [m.class_id], "color": list(m.palette)} for m in MINERALS
         ],
         "ignore_index": 255,
         "source": "minseg synthetic polished sections (Res-UNet ensemble paper classes)",

@@ -258,7 +258,7 @@ def test_the_demo_slide_reports_its_mineralogy_against_its_true_mask(ray_session
     from tests.inference.conftest import write_manifest
 
     document = class_map_document()
-    classes = {"classes": [{"id": i, "name": c["name"], "codes": [c["code"]], "color": c["color"]}
+    classes = {"classes": [{"id": i, "name": c["name"], "codes": c["codes"], "color": c["color"]}
                            for i, c in enumerate(document["classes"])],
                "ignore_index": 255, "ignore_codes": [], "mask_encoding": "codes"}
     manifest = write_manifest(tmp_path / "manifest", "soft", members=[("halfunet", "half_unet", {"width": 0.125})],
