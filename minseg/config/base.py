@@ -204,11 +204,11 @@ def describe_error(error: dict[str, Any]) -> str:
     unit = _UNIT_SUFFIX.search(str(error["loc"][-1])) if error.get("loc") else None
     if kind in _BOUND_ERRORS and unit:  # "less than 1000000" alone does not say 1 m was meant as µm
         reason += f" {_UNITS[unit.group(1)]}"
-    if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
-        reason += ": YAML (and --set) read digits as a number; quote the text ('0815')"  # 0815 became 815
     if got is not None and not isinstance(got, (dict, list)):
         shown = repr(got)  # a value pasted by mistake (a whole path, a file's text) is not printed whole
         reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"
+    if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
+        reason += ": YAML (and --set) read digits as a number; quote the text ('0815')"  # 0815 became 815
     return reason
 
 
