@@ -348,7 +348,8 @@ def validate_config(
             label = (f"--set {dotted}" if origin == "override" else
                      f"environment {ENV_PREFIX}{dotted.upper().replace('.', '__')}")
             if _CREDENTIAL_KEY.search(dotted):
-                raise ConfigError(origin, [(dotted, "credentials are read from AWS_* variables, not overrides")])
+                raise ConfigError(label, [("", "credentials are read from AWS_* variables (or AWS_PROFILE), not "
+                                               "from config keys")])
             try:
                 value = load_yaml(text) if isinstance(text, str) else text
             except yaml.YAMLError as exc:

@@ -138,7 +138,7 @@ def test_environment_and_cli_overrides(tmp_path):
     assert config.run.seed == 3
     with pytest.raises(ConfigError, match="environment MINSEG__RUN__SEED: run.seed: .*valid integer"):
         validate_config({}, MinsegConfig, source="environment", environ={"MINSEG__RUN__SEED": "abc"})
-    with pytest.raises(ConfigError, match="credentials are read from AWS_"):
+    with pytest.raises(ConfigError, match="--set storage.secret_key: credentials are read from AWS_"):
         validate_config({}, MinsegConfig, overrides={"storage.secret_key": "x"})
     # `iou:` is the text typed, not a mapping: the reason names it (YAML alone read {iou: null}, "a valid string")
     with pytest.raises(ConfigError, match=r"--set evaluation.rank_key: unknown metric 'iou:'.*<class>"):
