@@ -576,7 +576,7 @@ def cmd_models(args) -> int:
         num_classes = spec.num_classes or args.num_classes
         with torch.device("meta"):  # counts parameters without allocating them
             model = build_model(entry.name, num_classes=num_classes, in_channels=spec.channels)
-        options = {k: str(v) for k, v in entry.options().items() if k != "pad_mode"}
+        options = {k: v for k, v in entry.options().items() if k != "pad_mode"}  # JSON keeps numbers and booleans
         rows.append({
             "name": entry.name,
             "task": str(entry.task),
@@ -588,7 +588,7 @@ def cmd_models(args) -> int:
             "description": entry.description,
         })
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=str))  # an enum or a path option as its text
         return 0
     print(f"{'name':<22}{'task':<16}{'params':>9}  description")
     for row in rows:

@@ -90,6 +90,8 @@ def test_models_lists_every_learner_with_counts(capsys):
     res_unet = next(r for r in rows if r["name"] == "res_unet")
     assert abs(res_unet["params_m"] - 43.93) < 0.01
     assert res_unet["defaults"]["activation"] == "leaky_relu"
+    convnext = next(r for r in rows if r["name"] == "convnext_eca")  # numbers and booleans as JSON's own (were text)
+    assert convnext["defaults"]["eca"] is True and convnext["defaults"]["drop_path_rate"] == 0.1
     for bad in ("0", "-3", "two"):  # a usage error (exit 2), not a model-building traceback
         with pytest.raises(SystemExit) as stopped:
             main(["models", "--num-classes", bad])
