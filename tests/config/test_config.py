@@ -68,7 +68,8 @@ def test_valid_file_becomes_typed_objects(tmp_path):
          "aux is a device name on Windows"),
         ("run: {name: nul.v2}", "run.name", "nul is a device name on Windows"),
         ("run: {name: run.}", "run.name", "ends with a dot or a space"),
-        ("run: {name: 0815}", "run.name", "Input should be a valid string (got 815): YAML (and --set) read digits as a number"),
+        ("run: {name: 0815}", "run.name",
+         "Input should be a valid string (got 815): YAML (and --set) read digits as a number"),
         ("prospect: {name: " + "p" * 200 + "}", "prospect.name", "(got 'ppppp"),
         # an element names its evidence file: ../x wrote outside the run's folder
         ("prospect: {samples: {uri: s.csv, x: x, y: y, crs: 'EPSG:32633', elements: {../x: Au}}}",
