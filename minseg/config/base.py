@@ -414,8 +414,14 @@ def _problems(exc: ValidationError, data: Any, model: type[BaseModel]) -> list[t
     labels = _branch_labels(model)
     reasons: dict[tuple, list[str]] = {}
     for error in exc.errors():
-        loc = _input_loc(data, _defaults_loc(data, tuple(error["loc"])), labels, error["type"] == "missing")
-        reason = describe_error(error)
+        reason, raw = describe_error(error), tuple(error["loc"])
+        # a member validator's error (at the member, no key) whose message starts with the key it is about: that
+        # key's, so a value every member took from the defaults is said once, there (not once per member)
+        named = re.match(r"(\w+)[: ]", reason) if error["type"] == "value_error" and raw and isinstance(raw[-1], int) \
+            else None
+        if named and _defaults_loc(data, raw + (named.group(1),)) != raw + (named.group(1),):
+            raw += (named.group(1),)
+        loc = _input_loc(data, _defaults_loc(data, raw), labels, error["type"] == "missing")
         if reason not in reasons.setdefault(loc, []):
             reasons[loc].append(reason)
     return [(loc, _either(said)) for loc, said in reasons.items()]

@@ -269,6 +269,15 @@ def test_a_bad_value_from_training_defaults_is_named_there_once():
     with pytest.raises(ConfigError, match=r"<config>: prospect.training.defaults.optimizer.lr: ") as info:
         validate_config(prospect, MinsegConfig)
     assert "members[" not in str(info.value)
+    # a member validator's error (at the member: checkpoint_mode against checkpoint_metric) about a key the defaults
+    # set: that key's, once, blamed on the --set that gave it; a member setting the key itself keeps its own
+    with pytest.raises(ConfigError) as info:
+        validate_config(fine, MinsegConfig, source="job.yaml",
+                        overrides={"training.defaults.checkpoint_mode": "min", "training.defaults.checkpoint_metric":
+                                   "miou", "training.members.2.checkpoint_mode": "min"})
+    message = str(info.value)
+    assert message.count("--set training.defaults.checkpoint_mode: checkpoint_mode min would keep the worst") == 1
+    assert "training.members[2]: checkpoint_mode min would keep" in message and "members[0]" not in message
 
 
 def test_keys_in_a_union_are_named_as_written_without_pydantic_branch_labels(tmp_path):
