@@ -413,13 +413,18 @@ def _problems(exc: ValidationError, data: Any, model: type[BaseModel]) -> list[t
     The branches' complaints about one value become one problem (``cache``: "a valid boolean; or 'auto'")."""
     labels = _branch_labels(model)
     reasons: dict[tuple, list[str]] = {}
-    for error in exc.errors():
+    errors = exc.errors()
+    # a member validator's error (at the member, no key) whose message starts with the key it is about, the same for
+    # every member of its list, all taking that key from the defaults: the defaults key's, said once (not once per
+    # member); a member with its own reason (its own checkpoint_metric) keeps its index
+    at_member = [(tuple(e["loc"])[:-1], describe_error(e)) for e in errors
+                 if e["type"] == "value_error" and e["loc"] and isinstance(e["loc"][-1], int)]
+    for error in errors:
         reason, raw = describe_error(error), tuple(error["loc"])
-        # a member validator's error (at the member, no key) whose message starts with the key it is about: that
-        # key's, so a value every member took from the defaults is said once, there (not once per member)
-        named = re.match(r"(\w+)[: ]", reason) if error["type"] == "value_error" and raw and isinstance(raw[-1], int) \
-            else None
-        if named and _defaults_loc(data, raw + (named.group(1),)) != raw + (named.group(1),):
+        named = re.match(r"(\w+)[: ]", reason) if (raw[:-1], reason) in at_member else None
+        members = _child_at(data, raw[:-1])
+        if named and isinstance(members, list) and at_member.count((raw[:-1], reason)) == len(members) \
+                and _defaults_loc(data, raw + (named.group(1),)) != raw + (named.group(1),):
             raw += (named.group(1),)
         loc = _input_loc(data, _defaults_loc(data, raw), labels, error["type"] == "missing")
         if reason not in reasons.setdefault(loc, []):
@@ -545,6 +550,13 @@ def _defaults_loc(data: Mapping[str, Any], loc: tuple) -> tuple:
 
 
 _ABSENT = object()
+
+
+def _child_at(node: Any, loc: tuple) -> Any:
+    """The value at ``loc`` (keys and indices) in ``node``, None when there is none."""
+    for part in loc:
+        node = _child(node, part)
+    return node
 
 
 def _child(node: Any, part: Any, absent: Any = None) -> Any:

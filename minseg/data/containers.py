@@ -72,6 +72,11 @@ class Container:
         """Human-readable location of a member, for reports."""
         return f"{self.uri}!{member}" if is_archive(self.uri) else join_uri(self.uri, member)
 
+    def member_of(self, described: str) -> str:
+        """The member path ``describe`` gave ``described`` (as given when it is not one of this container's)."""
+        prefix = f"{self.uri}!" if is_archive(self.uri) else self.uri.rstrip("/") + "/"
+        return described.removeprefix(prefix)
+
     def add(self, name: str, ref: dict, storage: Storage) -> None:
         """List ``ref`` under ``name`` (normalised, NFC) unless it is hidden, or a second copy of a listed name
         with other bytes (module doc); ``storage`` reads both copies of a name listed twice."""

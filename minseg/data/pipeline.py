@@ -27,7 +27,7 @@ import numpy as np
 
 from minseg.data.classmap import ClassMap
 from minseg.data.config import DataSettings, LimitSettings, SourceSettings, TilingSettings
-from minseg.data.containers import Rejected, open_container, read_ref
+from minseg.data.containers import Container, Rejected, open_container, read_ref
 from minseg.data.geometry import classification_input, coco_polygon_mask, rasterize_polygons, resize_pair
 from minseg.data.sampling import class_tile_counts
 from minseg.errors import InputError
@@ -381,8 +381,9 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
                       reason=str(exc), hint="none of its images is used; the run goes on with the other sources, if "
                                             "any")
             continue
-        chooses = source.include is not None or bool(source.exclude)
-        left_out = {id(r) for name, r in container.hidden_images.items() if chooses and not source.selects(name)}
+        # a hidden image the globs leave out is no file of this source (hidden masks stay reported: globs choose images)
+        left_out = {id(r) for name, r in container.hidden_images.items()
+                    if f"/{source.masks_dir}/" not in f"/{name}" and not source.selects(name)}
         rejected.extend(r for r in container.rejected if id(r) not in left_out)
         layout = source.layout
         groups = source.channel_groups
@@ -405,7 +406,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         listed = entry.read(container, prefix, source, storage, classmap)
         listed_items, listed_rejected = listed.items, listed.rejected
         if source.include is not None or source.exclude:
-            listed_items = _selected(listed, source, index)
+            listed_items = _selected(listed, source, index, container)
         if source.channels is not None and len(groups) == 1:  # single images read another way (e.g. grey)
             for item in listed_items:
                 item.setdefault("channels", [groups[0].entry(item["image"], item["image_name"])])
@@ -425,7 +426,7 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
     return items, rejected, folder_names
 
 
-def _selected(listed: LayoutItems, source: SourceSettings, index: int) -> list[dict]:
+def _selected(listed: LayoutItems, source: SourceSettings, index: int, container: Container) -> list[dict]:
     """The items a source's ``include`` / ``exclude`` globs keep. The layout readers choose before they pair or
     check anything (left-out images are neither items nor rejected); this checks the outcome, and keeps the
     selection for a registered reader that does not choose itself.
@@ -442,8 +443,8 @@ def _selected(listed: LayoutItems, source: SourceSettings, index: int) -> list[d
             left_out.append(item["image_name"])
     # an image the globs keep that was quarantined makes the general "no usable items" the right message (a mask
     # left without its image, or an image they leave out, does not)
-    if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES) and source.selects(r.file)
-                                         for r in listed.rejected):
+    if not kept and left_out and not any(r.file.lower().endswith(IMAGE_SUFFIXES)
+                                         and source.selects(container.member_of(r.file)) for r in listed.rejected):
         given = " and ".join(f"{key} {value}" for key, value in (("include", source.include),
                                                                  ("exclude", source.exclude)) if value)
         shown = ", ".join(sorted(left_out)[:5])

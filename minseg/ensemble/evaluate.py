@@ -238,17 +238,17 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
                   members=", ".join(f"{m} ({s})" for m, s in unfinished.items()),
                   hint="evaluated without them (their error: members.csv); train them again with 'minseg train "
                        "--resume' to include them")
-    untrained = [name for name in configured or () if name not in done and name not in unfinished]
-    if untrained and names is None:
-        log_event(log, "ensemble.members_not_trained", logging.WARNING, members=", ".join(untrained),
-                  hint="the config names them but the run has not trained them (trained in parts with --members?): "
-                       "evaluated without them; 'minseg train --members ...' trains them into this run")
     folds = {row.get("fold") for row in table} - {None}
     if folds and not done:
         raise InputError(f"{run_uri} is a {len(folds)}-fold cross-validation run: each member was trained once per "
                          "fold and scored on that fold's test part by training (members.csv test column, members.json "
                          "cross_validation: mean ± sd); there is no one model per member to rank and fuse. Evaluate "
                          "ensembles on a run without data.split.folds")
+    untrained = [name for name in configured or () if name not in done and name not in unfinished]
+    if untrained and names is None:
+        log_event(log, "ensemble.members_not_trained", logging.WARNING, members=", ".join(untrained),
+                  hint="the config names them but the run has not trained them (trained in parts with --members?): "
+                       "evaluated without them; 'minseg train --members ...' trains them into this run")
     wanted = names or list(done)
     missing = [n for n in wanted if n not in done]
     if missing:
@@ -487,8 +487,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     if finish_publication(storage, out, "evaluate", EVALUATION_DOCUMENTS):
         log_event(log, "evaluate.earlier_outputs_put_in_place", output=out,
                   hint="the last evaluation into this folder was complete but cut short while put in place")
+    own_run = config.training is not None and settings.run_uri is None  # not evaluation.run_uri's other run
     members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint,
-                               [m.name for m in config.training.members] if config.training else None)
+                               [m.name for m in config.training.members] if own_run else None)
     unknown = sorted(set(settings.voters or []) - {m.name for m in members})
     if unknown:
         raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "

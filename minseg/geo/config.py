@@ -207,8 +207,8 @@ class GridSettings(StrictModel):
     min_layer_coverage: float = Field(0.5, ge=0, le=1, description="an evidence raster covering less of the study "
                                       "area than this share (after resampling onto the grid) is refused")
     max_cells: int = Field(50_000_000, ge=1, description="a larger grid is refused before anything is read: every "
-                           "evidence layer takes 4 bytes a cell in memory (50 M cells: 200 MB a layer), and a cell "
-                           "size typed in the wrong unit (1 for 1000) would exhaust the machine")
+                           "evidence layer takes 4-8 bytes a cell in memory (50 M cells: 200-400 MB a layer), and a "
+                           "cell size typed in the wrong unit (1 for 1000) would exhaust the machine")
 
     @model_validator(mode="after")
     def _needs_cell(self):
@@ -222,17 +222,21 @@ class GridSettings(StrictModel):
                 raise ValueError(problem)
         return self
 
-    def size_problem(self, width_m: float, height_m: float, cell_m: float) -> str | None:
-        """Why a grid over ``width_m`` x ``height_m`` in cells of ``cell_m`` cannot be mapped, or None: under two
-        cells a side (a cell larger than the study area), or more than ``max_cells``."""
-        cols, rows = max(1, math.ceil(width_m / cell_m - 1e-9)), max(1, math.ceil(height_m / cell_m - 1e-9))
-        if min(rows, cols) < 2:
+    def size_problem(self, width_m: float, height_m: float, cell_m: float,
+                     cell_height_m: float | None = None) -> str | None:
+        """Why a grid over ``width_m`` x ``height_m`` in cells of ``cell_m`` (``cell_height_m`` tall, when not
+        square) cannot be mapped, or None: one cell (a cell larger than the study area both ways), or more than
+        ``max_cells``. A grid one cell wide (samples along a north-south traverse) is a map still."""
+        cols = max(1, math.ceil(width_m / cell_m - 1e-9))
+        rows = max(1, math.ceil(height_m / (cell_height_m or cell_m) - 1e-9))
+        if rows * cols == 1:
             return (f"cell_m: {cell_m:g} m gives a grid of {rows} x {cols} cells over {width_m:.0f} x {height_m:.0f} m: "
                     "a cell is larger than the study area")
         if rows * cols > self.max_cells:
             return (f"cell_m: {cell_m:g} m gives {rows} x {cols} = {rows * cols:,} cells over {width_m:.0f} x "
                     f"{height_m:.0f} m, more than max_cells ({self.max_cells:,}; each evidence layer would take "
-                    f"{rows * cols * 4 / 2**30:.1f} GiB): give a larger cell_m or a smaller extent, or raise max_cells")
+                    f"{rows * cols * 8 / 2**30:.1f} GiB while it is built): give a larger cell_m or a smaller extent, "
+                    "or raise max_cells")
         return None
 
 

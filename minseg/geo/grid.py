@@ -26,7 +26,7 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
         raise ProspectInputError(f"prospect.grid.crs: {settings.crs!r}: {exc}") from None
     if reference is not None and settings.extent is None and settings.cell_m is None:
         width, height = reference.cols * reference.pixel_width, reference.rows * reference.pixel_height
-        if problem := settings.size_problem(width, height, reference.pixel_width):
+        if problem := settings.size_problem(width, height, reference.pixel_width, reference.pixel_height):
             raise ProspectInputError(f"prospect.grid.reference: {settings.reference}: {problem}")
         return _ground_metres(settings, GridGeometry(reference.x0, reference.y0, reference.pixel_width,
                                                      reference.pixel_height, reference.rows, reference.cols, epsg),

@@ -209,7 +209,7 @@ def _warn_thin_elements(samples, neighbours: int) -> None:
     unusable = [element for element, counts in report.items() if not counts["usable"]]
     if unusable:
         log_event(log, "prospect.elements_unusable", logging.WARNING, elements=",".join(unusable),
-                  reason="no usable value in any sample (empty, missing markers, or censored without a limit)",
+                  reason="no usable value in any sample (every cell empty, a missing marker or bad)",
                   hint="left out of screening and of the evidence layers; see inputs/samples.json")
     sparse = {element: counts["usable"] for element, counts in report.items() if 0 < counts["usable"] < neighbours}
     if sparse:
@@ -262,18 +262,22 @@ def _layer_channels(settings: ProspectSettings, rasters, geometry: GridGeometry,
 
 
 def _refuse_lines_off_grid(lines: list[np.ndarray], geometry: GridGeometry, layer, key: str) -> None:
-    """A line layer none of whose lines crosses the grid is in another CRS or place than it says: its distances
-    (hundreds of km everywhere) would be evidence of nothing. Rasters are refused the same way
-    (``read_raster_on_grid``)."""
+    """A line layer whose nearest line lies farther from the grid than the grid is wide (its diagonal) is in another
+    CRS or place than it says: its distances (hundreds of km everywhere) would be evidence of nothing. A regional
+    fault just beside the study area passes. Rasters off the grid are refused too (``read_raster_on_grid``)."""
     import shapely
 
     xmin, ymin, xmax, ymax = geometry.bounds
-    if not shapely.intersects([shapely.LineString(line) for line in lines], shapely.box(xmin, ymin, xmax, ymax)).any():
+    diagonal = float(np.hypot(xmax - xmin, ymax - ymin))
+    nearest = float(shapely.distance([shapely.LineString(line) for line in lines],
+                                     shapely.box(xmin, ymin, xmax, ymax)).min())
+    if nearest > diagonal:
         found = np.concatenate(lines)
         raise ProspectInputError(
-            f"{key}: {layer.uri}: none of its {len(lines)} lines crosses the target grid ({xmin:.0f}, {ymin:.0f}, "
-            f"{xmax:.0f}, {ymax:.0f}; the lines span {found[:, 0].min():.0f}, {found[:, 1].min():.0f}, "
-            f"{found[:, 0].max():.0f}, {found[:, 1].max():.0f} in the grid's CRS): check its CRS ({key}.crs)")
+            f"{key}: {layer.uri}: its nearest line lies {nearest / 1000:.0f} km from the target grid, farther than the "
+            f"grid is wide ({diagonal / 1000:.0f} km; grid {xmin:.0f}, {ymin:.0f}, {xmax:.0f}, {ymax:.0f}; the lines "
+            f"span {found[:, 0].min():.0f}, {found[:, 1].min():.0f}, {found[:, 0].max():.0f}, {found[:, 1].max():.0f} "
+            f"in the grid's CRS): check its CRS ({key}.crs)")
 
 
 def _check_names(settings: ProspectSettings, rasters: list) -> None:

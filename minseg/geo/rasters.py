@@ -137,6 +137,7 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
         if alpha is not None:  # GDAL derives masks from alpha only for byte data: a float layer's alpha too
             band[source.read(alpha) == 0] = np.nan
         validity = _validity(source, settings)
+        band[~np.isfinite(band)] = np.nan  # an inf is no value either: bilinear resampling would spread it
         missing = int((~np.isfinite(band)).sum())
         destination = np.full((geometry.rows, geometry.cols), np.nan)
         reproject(band, destination, src_transform=source.transform, src_crs=crs.to_wkt(), src_nodata=np.nan,

@@ -569,7 +569,7 @@ def finish_samples(columns: dict[str, np.ndarray], settings: SampleTable) -> Sam
         element_report[element] = {
             "column": settings.elements[element],
             **{CODE_NAMES[c]: int((codes == c).sum()) for c in CODE_NAMES},
-            "censored": int(censored.sum()),  # negative ones included
+            "censored": int(censored.sum()),  # negative_censored included: the counts add up to more than the rows
             "censored_limit_from": limit_source if censored.any() else None,
             "assumed_detection_limit": assumed,
             "censored_as": str(settings.censored),

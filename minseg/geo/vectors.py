@@ -89,6 +89,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
     table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key,
                                        {settings.x, settings.y, settings.id, *settings.where})
     crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
+    keep = _filter(table, settings.where, settings.uri, key)
     if settings.x is not None:
         for column in (settings.x, settings.y):
             if column not in table.column_names:
@@ -101,9 +102,8 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
             raise ProspectInputError(f"{key}: {settings.uri} has no geometry; give {key}.x and {key}.y")
         # only the features the filter keeps must be points: a Pb-Zn polygon left out by `where` refused them all
         geometry = shapely.from_wkb(wkb)
-        geometry[~_filter(table, settings.where, settings.uri, key)] = None
+        geometry[~keep] = None
         x, y = point_coordinates(geometry, settings.uri, key)
-    keep = _filter(table, settings.where, settings.uri, key)
     if settings.id and settings.id not in table.column_names:
         raise ProspectInputError(f"{key}.id: {settings.uri} has no column {settings.id!r}")
     ids = (table.column(settings.id).to_pandas().astype(str).to_numpy(object) if settings.id

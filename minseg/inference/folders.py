@@ -56,8 +56,10 @@ def folder_stem(uri: str, strip_extension: bool = True) -> str:
 
 def hashed_id(uri: str, name: str | None = None) -> str:
     """The folder name of an item whose name another has too (scanners name every case's file ``Slide1.svs``):
-    the stem (or ``name``) and a hash of the whole URI."""
-    return f"{name or folder_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+    the stem (or ``name``) and a hash of the whole URI; ``_`` before a stem Windows would still read as a device
+    (``aux.2-1a2b3c4d`` is ``aux``: ``_aux.2-1a2b3c4d``)."""
+    hashed = f"{name or folder_stem(uri)}-{zlib.crc32(uri.encode()):08x}"
+    return f"_{hashed}" if not_portable(hashed) else hashed
 
 
 class FolderTaken(SlideError):

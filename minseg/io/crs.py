@@ -94,12 +94,16 @@ def far_outside_area(crs: str | int, x: float, y: float, margin_deg: float = 10.
     if area is None:
         return None
     lon, lat = Transformer.from_crs(found, found.geodetic_crs, always_xy=True).transform(x, y)
-    inside = (area.west - margin_deg <= lon <= area.east + margin_deg
-              and area.south - margin_deg <= lat <= area.north + margin_deg)
-    if inside:
+    # longitudes on the circle: an area may cross the antimeridian (Fiji: west 176.8, east -178.4), and UTM zone 1
+    # used just past it lies at 179°E
+    width = (area.east - area.west) % 360 if area.east - area.west < 360 else 360
+    past_west = (lon - area.west) % 360
+    off_lon = 0.0 if past_west <= width else min(past_west - width, 360 - past_west)
+    if np.isfinite(lon) and np.isfinite(lat) and off_lon <= margin_deg \
+            and area.south - margin_deg <= lat <= area.north + margin_deg:
         return None
     at = "no place on Earth" if not (np.isfinite(lon) and np.isfinite(lat)) else f"{lat:.1f}°, {lon:.1f}°"
-    return (f"({x:.0f}, {y:.0f}) is {at} in {found.name}, far outside its area ({area.name.rstrip('.')}: "
+    return (f"({x:.0f}, {y:.0f}) is {at} in {found.name}, far outside its area ({area.name.split('. ')[0].rstrip('.')}: "
             f"{area.south:.1f}° to {area.north:.1f}° N, {area.west:.1f}° to {area.east:.1f}° E)")
 
 

@@ -733,3 +733,14 @@ def test_coco_polygons_are_filled_as_the_coco_api_fills_them_labelme_as_labelme_
     item["polygons"].reverse()  # the RLE object last: over the polygon inside it
     codes = _polygon_codes(item, 10, 10)
     assert (codes == 1).sum() == 36 and (codes == 2).sum() == 4
+
+
+def test_a_reported_file_is_matched_by_its_path_inside_the_source():
+    """include / exclude match an image's path inside its source; a quarantined file is reported by its full
+    location (``Container.describe``), which inside an archive ('data.zip!images/x.jpg') no glob on the member path
+    matched: ``member_of`` gives the member back."""
+    from minseg.data.containers import Container
+
+    for uri in ("/data/src", "/data/src/", "s3://bucket/src", "s3://bucket/data.zip", "/data/x.tar.gz"):
+        container = Container(uri)
+        assert container.member_of(container.describe("images/a01.jpg")) == "images/a01.jpg", uri

@@ -96,7 +96,7 @@ def test_where_filters_and_grid_sizes_are_checked_before_the_job():
     assert load_config(CONFIG, MinsegConfig, overrides={"prospect.deposits.where.type": "au|cu"}).prospect
     with pytest.raises(ConfigError, match=r"prospect.grid: cell_m: 1 m gives 60000 x 60000 = 3,600,000,000 cells over "
                                           r"60000 x 60000 m, more than max_cells \(50,000,000; each evidence layer "
-                                          r"would take 13.4 GiB\)"):
+                                          r"would take 26.8 GiB while it is built\)"):
         load_config(CONFIG, MinsegConfig, overrides={"prospect.grid.cell_m": 1})
     with pytest.raises(ConfigError, match=r"prospect.grid: cell_m: 70000 m gives a grid of 1 x 1 cells over 60000 x "
                                           r"60000 m: a cell is larger than the study area"):
@@ -118,6 +118,11 @@ def test_a_grid_from_the_samples_bounds_or_a_reference_is_sized_too():
     with pytest.raises(ProspectInputError, match=r"prospect.grid.reference: r.tif: cell_m: 0.5 m gives 60000 x 60000"):
         target_grid(GridSettings(crs="EPSG:3067", reference="r.tif"), None, reference)
     assert target_grid(GridSettings(crs="EPSG:3067", cell_m=250), (350000, 7450000, 374000, 7474000)).rows == 97
+    # samples along a north-south traverse: one cell wide, a map still
+    assert target_grid(GridSettings(crs="EPSG:3067", cell_m=250), (360000, 7450000, 360000, 7474000)).cols == 1
+    # a reference raster of tall pixels: its own rows and columns
+    tall = GridGeometry(350000, 7480000, 100, 1000, 30, 300, 3067)
+    assert (target_grid(GridSettings(crs="EPSG:3067", reference="r.tif"), None, tall).rows, tall.cols) == (30, 300)
 
 
 def test_a_grid_far_from_where_its_crs_is_used_is_refused_naming_the_likely_cause():
@@ -136,5 +141,11 @@ def test_a_grid_far_from_where_its_crs_is_used_is_refused_naming_the_likely_caus
                                                  r"EPSG:3067 \(prospect.grid.crs\)\?"):
         target_grid(GridSettings(crs="EPSG:3067", cell_m=250, extent=(7450000, 350000, 7474000, 374000)), None)
     assert target_grid(settings, (350000, 7450000, 374000, 7474000)).cols == 97
-    # a UTM zone used a few degrees beyond its band is common, and fine
+    # a UTM zone used a few degrees beyond its band is common, and fine; so are areas across the antimeridian (Fiji's
+    # grid; UTM zone 1 just west of it)
     assert target_grid(GridSettings(crs="EPSG:32635", cell_m=250), (880000, 7450000, 900000, 7470000)).cols == 81
+    from pyproj import Transformer
+
+    for crs, lon, lat in [("EPSG:3460", 178.5, -18.0), ("EPSG:32601", 179.0, 60.0)]:
+        x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+        assert target_grid(GridSettings(crs=crs, cell_m=250), (x, y, x + 10000, y + 10000)).cols == 41, crs

@@ -511,7 +511,7 @@ def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_s
     grid = target_grid(GridSettings(crs="EPSG:3067", cell_m=250), (350000, 7450000, 374000, 7474000))
     path = tmp_path / "faults.geojson"
     EPSG_3067 = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3067"}}
-    for shift, refused in [(0, False), (300000, True)]:
+    for shift, refused in [(0, False), (30000, False), (300000, True)]:  # 30 km: a regional fault beside the grid
         path.write_text(json.dumps({"type": "FeatureCollection", "crs": EPSG_3067, "features": [{"type": "Feature",
                                     "properties": {},
                         "geometry": {"type": "LineString", "coordinates": [[349000 + shift, 7460000],
@@ -519,13 +519,14 @@ def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_s
         layer = LineLayer(uri=str(path))
         lines = read_lines(layer, WORKING, Storage(), "prospect.lines[0]")
         if refused:
-            with pytest.raises(ProspectInputError, match=r"prospect.lines\[0\]: \S+faults.geojson: none of its 1 "
-                               r"lines crosses the target grid \(349875, 7449875, 374125, .*; the lines span 649000, "
+            with pytest.raises(ProspectInputError, match=r"prospect.lines\[0\]: \S+faults.geojson: its nearest line "
+                               r"lies 275 km from the target grid, farther than the grid is wide \(34 km; grid 349875, "
+                               r"7449875, 374125, .*; the lines span 649000, "
                                r"7460000, 652000, 7461000 in the grid's CRS\): check its CRS "
                                r"\(prospect.lines\[0\].crs\)"):
                 _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")
         else:
-            _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")  # crossing the west edge: on the grid
+            _refuse_lines_off_grid(lines, grid, layer, "prospect.lines[0]")  # crossing the west edge, or near it
 
     arsenic = {0: "0", 1: "-1", 2: "3"}
     uri = table(tmp_path, "x,y,Au,Cu,As\n" + "".join(f"{i},0,,{i + 1},{arsenic.get(i, '')}\n" for i in range(20)))

@@ -83,13 +83,15 @@ def test_a_slide_named_as_windows_cannot_keep_it_gets_another_name():
     extension) or ending in a dot cannot exist; a folder an earlier run gave such a name stays its source's."""
     import logging
 
+    from minseg.config.base import not_portable
     from minseg.inference.folders import item_folder
     from minseg.inference.segment import slide_ids
 
     ids = slide_ids(["/a/CON.tif", "/a/aux.2.tif", "/a/Lpt3.ndpi", "/a/slide..tif", "/a/console.tif", "/a/COM10.tif"])
-    for uri, stem in [("/a/CON.tif", "CON"), ("/a/aux.2.tif", "aux.2"), ("/a/Lpt3.ndpi", "Lpt3"),
+    for uri, stem in [("/a/CON.tif", "CON"), ("/a/aux.2.tif", "_aux.2"), ("/a/Lpt3.ndpi", "Lpt3"),
                       ("/a/slide..tif", "slide.")]:
         assert ids[uri].startswith(stem + "-") and len(ids[uri]) == len(stem) + 9, uri
+        assert not_portable(ids[uri]) is None, uri  # 'aux.2-1a2b3c4d' is still 'aux' to Windows
     assert ids["/a/console.tif"] == "console" and ids["/a/COM10.tif"] == "COM10"
     kept = item_folder("/a/CON.tif", ids["/a/CON.tif"], ("CON", ids["/a/CON.tif"]), ids["/a/CON.tif"],
                        lambda folder: "/a/CON.tif" if folder == "CON" else None, "segment.renamed", logging.getLogger())
