@@ -114,6 +114,8 @@ class PointLayer(StrictModel):
 
     uri: str
     layer: str | None = None
+    delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator; default "
+                                  "',' (a tab for .tsv)")
     x: str | None = None
     y: str | None = None
     crs: CrsText | None = Field(None, description="required when the file records none")

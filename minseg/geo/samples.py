@@ -174,7 +174,7 @@ def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[Rea
             columns = set(header)
         missing = sorted(needed - columns)
         if missing:
-            hint = _separator_hint(header[0], settings) if kind == "csv" and len(header) == 1 else ""
+            hint = separator_hint(header[0], settings.delimiter) if kind == "csv" and len(header) == 1 else ""
             raise ProspectInputError(f"{uri}: no column(s) {', '.join(missing)} (prospect.samples); it has: "
                                      f"{', '.join(sorted(columns)[:40])}{hint}")
         if kind != "vector" and settings.x is None:
@@ -216,7 +216,7 @@ def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:
     with storage.open_read(uri) as handle:
         try:
             reader = pacsv.open_csv(_maybe_gzip(uri, handle), read_options=pacsv.ReadOptions(block_size=1 << 16),
-                                    parse_options=pacsv.ParseOptions(delimiter=_delimiter(uri, settings)))
+                                    parse_options=pacsv.ParseOptions(delimiter=csv_delimiter(uri, settings.delimiter)))
         except StorageError:
             raise
         except _UNREADABLE as exc:
@@ -228,15 +228,16 @@ def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:
             header = _maybe_gzip(uri, handle).readline(1 << 16).decode("utf-8", "replace")
     except _UNREADABLE:  # not even a first line (a broken gzip)
         header = ""
-    raise ProspectInputError(failed + _separator_hint(header, settings))
+    raise ProspectInputError(failed + separator_hint(header, settings.delimiter))
 
 
-def _separator_hint(header: str, settings: SampleTable) -> str:
-    """For a CSV header that reads as one column (or does not parse): the separator it seems to use, if another."""
-    used = settings.delimiter or ","
+def separator_hint(header: str, delimiter: str | None, key: str = "prospect.samples") -> str:
+    """For a CSV header that reads as one column (or does not parse) with ``delimiter`` (None: ','): the separator
+    it seems to use, if another, and the ``key``.delimiter that reads it."""
+    used = delimiter or ","
     separator = next((c for c in ";\t|," if c != used and c in header and used not in header), None)
     return (f"; its header reads as one column: the file seems separated by {separator!r} (set "
-            f"prospect.samples.delimiter: {separator!r})" if separator else "")
+            f"{key}.delimiter: {separator!r})" if separator else "")
 
 
 def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> None:
@@ -250,8 +251,9 @@ def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> Non
     point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
 
 
-def _delimiter(uri: str, settings: SampleTable) -> str:
-    return settings.delimiter or ("\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ",")
+def csv_delimiter(uri: str, delimiter: str | None) -> str:
+    """The field separator of a CSV: ``delimiter`` when given, else a tab for .tsv, else ','."""
+    return delimiter or ("\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ",")
 
 
 def _maybe_gzip(uri: str, handle):
@@ -276,7 +278,7 @@ def _read_batches(unit: ReadUnit, settings: SampleTable, storage: Storage):
         # only the columns we use: a late surprise in an unused 'comment' column must not stop the file
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, strings_can_be_null=False,
                                        include_columns=list(dict.fromkeys(text_columns)))
-        delimiter = _delimiter(unit.uri, settings)
+        delimiter = csv_delimiter(unit.uri, settings.delimiter)
         with storage.open_read(unit.uri) as handle:
             reader = pacsv.open_csv(_maybe_gzip(unit.uri, handle), convert_options=convert,
                                     parse_options=pacsv.ParseOptions(delimiter=delimiter),

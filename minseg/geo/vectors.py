@@ -12,7 +12,8 @@ import numpy as np
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import as_float, local_vector, one_layer, refuse_ambiguous
+from minseg.geo.samples import (as_float, csv_delimiter, local_vector, one_layer, refuse_ambiguous,
+                                separator_hint)
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -33,25 +34,34 @@ class Points:
         return Points(self.ids[mask], self.x[mask], self.y[mask], dict(self.report))
 
 
-def _read_table(uri: str, layer: str | None, storage: Storage, key: str, needed: set[str]):
+def _read_table(uri: str, layer: str | None, storage: Storage, key: str, needed: set[str],
+                delimiter: str | None = None):
     """(pyarrow table, geometry WKB array or None, recorded CRS or None); a ``needed`` column the header gives twice
-    is refused (``samples.refuse_ambiguous``)."""
-    if uri.lower().endswith((".csv", ".txt")):
+    is refused (``samples.refuse_ambiguous``), one missing from a CSV whose header reads as one column names the
+    separator it seems to use."""
+    if uri.lower().endswith((".csv", ".txt", ".tsv")):
         import io
 
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
         data = storage.read_bytes(uri)
+        parse = pacsv.ParseOptions(delimiter=csv_delimiter(uri, delimiter))
+        header = data[:1 << 16].split(b"\n", 1)[0].decode("utf-8", "replace")
         try:  # every column as text, parsed by us: no type guessed from the first rows
-            names = pacsv.open_csv(io.BytesIO(data)).schema.names
-            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+            names = pacsv.open_csv(io.BytesIO(data), parse_options=parse).schema.names
+            table = pacsv.read_csv(io.BytesIO(data), parse_options=parse, convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names}))
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})") from None
+            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})"
+                                     f"{separator_hint(header, delimiter, key)}") from None
         if not table.num_rows:
             raise ProspectInputError(f"{key}: {uri}: holds no rows")
         refuse_ambiguous(uri, names, needed - {None}, key)
+        missing = sorted(needed - {None} - set(names))
+        if missing and len(names) == 1:  # said here, with the separator: the callers name one column
+            raise ProspectInputError(f"{key}: {uri} has no column {missing[0]!r}"
+                                     f"{separator_hint(header, delimiter, key)}")
         return table, None, None
     import pyogrio
 
@@ -87,7 +97,7 @@ def _filter(table, where: dict[str, str], uri: str, key: str) -> np.ndarray:
 
 def read_points(settings: PointLayer, working, storage: Storage, key: str = "prospect.deposits") -> Points:
     table, wkb, recorded = _read_table(settings.uri, settings.layer, storage, key,
-                                       {settings.x, settings.y, settings.id, *settings.where})
+                                       {settings.x, settings.y, settings.id, *settings.where}, settings.delimiter)
     crs = input_crs(recorded, settings.crs, settings.uri, f"{key}.crs")
     keep = _filter(table, settings.where, settings.uri, key)
     if settings.x is not None:

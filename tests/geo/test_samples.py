@@ -583,3 +583,11 @@ def test_a_deposit_table_naming_a_used_column_twice_is_refused(tmp_path):
     with pytest.raises(ProspectInputError, match=r"deposits.csv: its header names a column prospect.deposits uses "
                                                  r"more than once \('x' is columns 2, 4\)"):
         read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id"), WORKING, Storage())
+    # a ';' deposits table: the sample tables' delimiter option and hint
+    uri = table(tmp_path, "id;x;y\nd1;360000;7460000\n", "semicolons.csv")
+    with pytest.raises(ProspectInputError, match=r"prospect.deposits: \S+semicolons.csv has no column 'id'; its header "
+                                                 r"reads as one column: the file seems separated by ';' \(set "
+                                                 r"prospect.deposits.delimiter: ';'\)"):
+        read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id"), WORKING, Storage())
+    read = read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", delimiter=";"), WORKING, Storage())
+    assert read.ids.tolist() == ["d1"] and read.x.tolist() == [360000]
