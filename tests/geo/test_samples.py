@@ -197,6 +197,10 @@ def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
         storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"), s3.uri(f"v/IOCG{extension}"))
     deposits = read_points(PointLayer(uri=s3.uri("v/IOCG.shp"), id="Name"), WORKING, storage)
     assert len(deposits) == 24 and "Hannukainen" in deposits.ids.tolist()
+    for extension in (".shp", ".shx", ".dbf", ".prj"):  # an old Windows tool's upper-case names: fetched alike
+        storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"),
+                            s3.uri(f"w/IOCG{extension.upper()}"))
+    assert len(read_points(PointLayer(uri=s3.uri("w/IOCG.SHP"), id="Name"), WORKING, storage)) == 24
 
 
 def test_negative_means_below_limit_and_missing_sentinels(tmp_path, ray_session):
