@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -65,6 +65,8 @@ class SampleTable(StrictModel):
     layer: str | None = Field(None, description="layer of a GeoPackage (default: the first)")
     delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator "
                                   "(';' where the decimal mark is a comma); default ',' (a tab for .tsv)")
+    decimal: Literal[".", ","] = Field(".", description="a CSV's decimal mark: ',' reads '1,5' as 1.5 (values and "
+                                       "coordinates; with delimiter ';' or a .tsv)")
     x: str | None = Field(None, description="x column; default: the point geometry")
     y: str | None = Field(None, description="y column; default: the point geometry")
     crs: CrsText | None = Field(None, description="CRS of x/y; required when the file records none (CSV, Parquet)")
@@ -96,6 +98,9 @@ class SampleTable(StrictModel):
     def _columns(self):
         if (self.x is None) != (self.y is None):
             raise ValueError("give both x and y columns, or neither (point geometry)")
+        if self.decimal == "," and (self.delimiter or ("\t" if self.uri.lower().endswith((".tsv", ".tsv.gz"))
+                                                       else ",")) == ",":
+            raise ValueError("decimal: ',' needs another field separator: set delimiter (';' as such files use)")
         if not self.elements:
             raise ValueError("elements: name at least one element column")
         unknown = sorted(set(self.flags) - set(self.elements))

@@ -321,14 +321,18 @@ def _text(column, row: int) -> str:
     return "" if value is None else str(value)
 
 
-def as_float(column) -> tuple[np.ndarray, np.ndarray]:
-    """(numbers, bad) for a coordinate column: NaN + bad where not a finite number."""
+def as_float(column, decimal: str = ".") -> tuple[np.ndarray, np.ndarray]:
+    """(numbers, bad) for a coordinate column: NaN + bad where not a finite number; text with the ``decimal`` mark
+    ``,`` read as such ('380000,5')."""
     if isinstance(column, np.ndarray):
         values = column.astype(np.float64)
         return values, ~np.isfinite(values)
     import pandas as pd
 
-    values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(np.float64)
+    series = pd.Series(column.to_pandas())
+    if decimal != "." and not pd.api.types.is_numeric_dtype(series.dtype):
+        series = series.astype("string").str.replace(decimal, ".", regex=False)
+    values = pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
     return values, ~np.isfinite(values)
 
 
@@ -349,6 +353,8 @@ def parse_cells(column, flags, settings: SampleTable) -> tuple[np.ndarray, np.nd
         prefix_series = text.str[:1]
         less, more = (prefix_series == "<").fillna(False), (prefix_series == ">").fillna(False)
         body = text.where(~(less | more), text.str[1:].str.strip())
+        if settings.decimal != ".":  # '<0,5' and '1,5' as the lab wrote them
+            body = body.str.replace(settings.decimal, ".", regex=False)
         raw = pd.to_numeric(body.where(~missing.fillna(True), None), errors="coerce").to_numpy(np.float64, na_value=np.nan).copy()
         missing = missing.fillna(True).to_numpy(bool)
         codes[missing] = MISSING
@@ -408,8 +414,8 @@ def clean_unit(batch: dict, settings: SampleTable, working_wkt: str, storage: St
         source = parse_crs(unit.crs_wkt, unit.uri)
         for start, table, xs, ys in _readable(unit, sample_settings, store):
             n = table.num_rows
-            x, bad_x = as_float(xs)
-            y, bad_y = as_float(ys)
+            x, bad_x = as_float(xs, sample_settings.decimal)
+            y, bad_y = as_float(ys, sample_settings.decimal)
             tx, ty = to_working(x, y, source, working)
             lost = unprojectable(x, y, tx, ty)
             problems = [[] for _ in range(n)]
@@ -621,8 +627,8 @@ def comma_hint(problems: list[dict]) -> str:
     """A sentence for problem rows whose values use a decimal comma (``'1,5'``), or ""."""
     commas = [part for p in problems for part in str(p["value"]).split(", ")
               if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
-    return (f" Values such as {commas[0]!r} use a decimal comma: write the table with decimal points (or as "
-            "Parquet / GeoPackage)." if commas else "")
+    return (f" Values such as {commas[0]!r} use a decimal comma: set prospect.samples.decimal: ',' (with delimiter "
+            "';'), or write the table with decimal points (or as Parquet / GeoPackage)." if commas else "")
 
 
 def _mostly_unusable(rows: int, dropped: int, problems: list[dict], element: str | None = None) -> str:

@@ -494,6 +494,13 @@ def test_tables_that_were_read_without_a_word(tmp_path, ray_session):
             read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}))
     samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}, delimiter=";"))
     assert samples.values["Au"][1] == 2 and samples.problems[0]["value"] == "1,5"  # a decimal comma: listed
+    # as a European lab writes it: ';' between fields, ',' the decimal mark, in values, limits and coordinates
+    uri = table(tmp_path, "x;y;Au\n0,5;0;1,5\n10;0;<0,5\n20;0;2\n", "european.csv")
+    samples = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}, delimiter=";",
+                               decimal=","))
+    assert samples.values["Au"].tolist() == [1.5, 0.25, 2.0] and samples.x[0] == 0.5 and not samples.problems
+    with pytest.raises(ValueError, match=r"decimal: ',' needs another field separator: set delimiter"):
+        SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"}, decimal=",")
 
     uri = table(tmp_path, "x,y,Au\n0,0,1\n10,0,-150\n20,0,0\n30,0,<5\n", "negative.csv")
     counts = read(SampleTable(uri=uri, x="x", y="y", crs="EPSG:3067", elements={"Au": "Au"})).report["elements"]["Au"]
