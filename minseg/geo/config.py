@@ -234,8 +234,7 @@ class GridSettings(StrictModel):
         """Why a grid over ``width_m`` x ``height_m`` in cells of ``cell_m`` (``cell_height_m`` tall, when not
         square) cannot be mapped, or None: one cell (a cell larger than the study area both ways), or more than
         ``max_cells``. A grid one cell wide (samples along a north-south traverse) is a map still."""
-        cols = max(1, math.ceil(width_m / cell_m - 1e-9))
-        rows = max(1, math.ceil(height_m / (cell_height_m or cell_m) - 1e-9))
+        rows, cols = grid_shape(width_m, height_m, cell_m, cell_height_m)
         if rows * cols == 1:
             return (f"cell_m: {cell_m:g} m gives a grid of {rows} x {cols} cells over {width_m:.0f} x {height_m:.0f} m: "
                     "a cell is larger than the study area")
@@ -245,6 +244,12 @@ class GridSettings(StrictModel):
                     f"{rows * cols * 8 / 2**30:.1f} GiB while it is built): give a larger cell_m or a smaller extent, "
                     "or raise max_cells")
         return None
+
+
+def grid_shape(width_m: float, height_m: float, cell_m: float, cell_height_m: float | None = None) -> tuple[int, int]:
+    """(rows, cols) of whole cells covering ``width_m`` x ``height_m`` (snapped outwards; at least one each)."""
+    return (max(1, math.ceil(height_m / (cell_height_m or cell_m) - 1e-9)),
+            max(1, math.ceil(width_m / cell_m - 1e-9)))
 
 
 class IdwSettings(StrictModel):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from minseg.errors import InputError
-from minseg.geo.config import GridSettings, ProspectInputError
+from minseg.geo.config import GridSettings, ProspectInputError, grid_shape
 from minseg.io.crs import far_outside_area, grid_epsg_code, grid_scale_problem
 from minseg.io.geotiff import GridGeometry
 
@@ -44,8 +43,7 @@ def target_grid(settings: GridSettings, sample_bounds: tuple[float, float, float
         raise ProspectInputError("prospect.grid: no extent, reference raster or samples to take the extent from")
     if problem := settings.size_problem(xmax - xmin, ymax - ymin, cell):  # samples' bounds or a reference raster's
         raise ProspectInputError(f"prospect.grid: {problem}")
-    cols = max(1, math.ceil((xmax - xmin) / cell - 1e-9))
-    rows = max(1, math.ceil((ymax - ymin) / cell - 1e-9))
+    rows, cols = grid_shape(xmax - xmin, ymax - ymin, cell)
     source = ("prospect.grid.extent" if settings.extent is not None else "the reference raster's extent"
               if reference is not None else "the samples' bounds")
     return _ground_metres(settings, GridGeometry(float(xmin), float(ymin + rows * cell), cell, cell, rows, cols, epsg),
