@@ -58,6 +58,12 @@ Where = Annotated[dict[str, str], AfterValidator(_regular_expressions)]
 """column -> a regular expression (case-insensitive, matched anywhere in the text) a feature's value must match."""
 
 
+def _decimal_needs_separator(uri: str, delimiter: str | None, decimal: str) -> None:
+    """Refuse a decimal comma in a file whose fields a comma separates: '1,5' would be two fields."""
+    if decimal == "," and (delimiter or ("\t" if uri.lower().endswith((".tsv", ".tsv.gz")) else ",")) == ",":
+        raise ValueError("decimal: ',' needs another field separator: set delimiter (';' as such files use)")
+
+
 class SampleTable(StrictModel):
     """Geochemical samples: CSV / Parquet (x, y columns) or GeoPackage / shapefile / GeoJSON points."""
 
@@ -98,9 +104,7 @@ class SampleTable(StrictModel):
     def _columns(self):
         if (self.x is None) != (self.y is None):
             raise ValueError("give both x and y columns, or neither (point geometry)")
-        if self.decimal == "," and (self.delimiter or ("\t" if self.uri.lower().endswith((".tsv", ".tsv.gz"))
-                                                       else ",")) == ",":
-            raise ValueError("decimal: ',' needs another field separator: set delimiter (';' as such files use)")
+        _decimal_needs_separator(self.uri, self.delimiter, self.decimal)
         if not self.elements:
             raise ValueError("elements: name at least one element column")
         unknown = sorted(set(self.flags) - set(self.elements))
@@ -121,6 +125,8 @@ class PointLayer(StrictModel):
     layer: str | None = None
     delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator; default "
                                   "',' (a tab for .tsv)")
+    decimal: Literal[".", ","] = Field(".", description="a CSV's decimal mark: ',' reads coordinates such as "
+                                       "'380000,5' (with delimiter ';' or a .tsv)")
     x: str | None = None
     y: str | None = None
     crs: CrsText | None = Field(None, description="required when the file records none")
@@ -132,6 +138,7 @@ class PointLayer(StrictModel):
     def _columns(self):
         if (self.x is None) != (self.y is None):
             raise ValueError("give both x and y columns, or neither (point geometry)")
+        _decimal_needs_separator(self.uri, self.delimiter, self.decimal)
         return self
 
 

@@ -623,11 +623,11 @@ def _repeated_ids(columns: dict[str, np.ndarray], keep: np.ndarray, settings: Sa
     return found
 
 
-def comma_hint(problems: list[dict]) -> str:
-    """A sentence for problem rows whose values use a decimal comma (``'1,5'``), or ""."""
+def comma_hint(problems: list[dict], key: str = "prospect.samples") -> str:
+    """A sentence for problem rows whose values use a decimal comma (``'1,5'``), or "": ``key``.decimal reads them."""
     commas = [part for p in problems for part in str(p["value"]).split(", ")
               if re.fullmatch(r"\s*[<>]?\s*-?\d+,\d+\s*", part)]
-    return (f" Values such as {commas[0]!r} use a decimal comma: set prospect.samples.decimal: ',' (with delimiter "
+    return (f" Values such as {commas[0]!r} use a decimal comma: set {key}.decimal: ',' (with delimiter "
             "';'), or write the table with decimal points (or as Parquet / GeoPackage)." if commas else "")
 
 

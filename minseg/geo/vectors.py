@@ -12,7 +12,7 @@ import numpy as np
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import (as_float, csv_delimiter, local_vector, one_layer, refuse_ambiguous,
+from minseg.geo.samples import (as_float, comma_hint, csv_delimiter, local_vector, one_layer, refuse_ambiguous,
                                 separator_hint)
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
@@ -104,7 +104,7 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
         for column in (settings.x, settings.y):
             if column not in table.column_names:
                 raise ProspectInputError(f"{key}: {settings.uri} has no column {column!r}")
-        x, y = as_float(table.column(settings.x))[0], as_float(table.column(settings.y))[0]
+        x, y = (as_float(table.column(column), settings.decimal)[0] for column in (settings.x, settings.y))
     else:
         import shapely
 
@@ -122,8 +122,8 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
     tx, ty = to_working(x, y, crs, working)
     lost = unprojectable(x, y, tx, ty)
     if lost.any():  # reported with the unlocated (their coordinates do not exist in the declared CRS)
-        log_event(log, "prospect.points_not_projectable", file=settings.uri, count=int(lost.sum()), crs=describe(crs),
-                  ids=",".join(str(i) for i in np.asarray(ids, object)[lost][:20]))
+        log_event(log, "prospect.points_not_projectable", logging.WARNING, file=settings.uri, count=int(lost.sum()),
+                  crs=describe(crs), ids=",".join(str(i) for i in np.asarray(ids, object)[lost][:20]))
     located = np.isfinite(tx) & np.isfinite(ty)
     x, y = tx, ty
     points = Points(ids, x, y).subset(keep & located)
@@ -132,8 +132,11 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
                      "filtered_out": int((~keep).sum()), "where": dict(settings.where),
                      "without_coordinates": unlocated}
     if unlocated:  # reported, never silently left out
-        log_event(log, "prospect.points_without_coordinates", file=settings.uri, count=len(unlocated),
-                  ids=",".join(unlocated[:20]))
+        texts = ([{"value": str(table.column(column)[int(row)])} for row in np.flatnonzero(keep & ~located)[:20]
+                  for column in (settings.x, settings.y)] if settings.x is not None else [])
+        hint = comma_hint(texts, key).strip()  # '380000,5': the file's decimal mark, not missing coordinates
+        log_event(log, "prospect.points_without_coordinates", logging.WARNING, file=settings.uri,
+                  count=len(unlocated), ids=",".join(unlocated[:20]), **({"hint": hint} if hint else {}))
     # an id several sites share (a name used twice, a typed-over id): outputs listing sites by id would be ambiguous
     names, counts = np.unique(np.asarray(points.ids, str), return_counts=True)
     points.report["repeated_ids"] = names[counts > 1].tolist()

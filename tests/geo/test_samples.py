@@ -1,6 +1,7 @@
 """Sample tables: censoring, missing and bad cells, duplicates, CRS, formats; the real GTK till table."""
 
 import json
+import logging
 import textwrap
 
 import numpy as np
@@ -511,7 +512,6 @@ def test_lines_off_the_grid_are_refused_and_thin_elements_warned(tmp_path, ray_s
     """A fault file in the wrong place (300 km off) became a channel of near-constant 270-295 km distances; an empty
     element column vanished from screening and evidence, and one with three values was interpolated, without a
     word."""
-    import logging
 
     from minseg.geo.config import LineLayer
     from minseg.geo.grid import target_grid
@@ -602,3 +602,27 @@ def test_a_deposit_table_naming_a_used_column_twice_is_refused(tmp_path):
         read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id"), WORKING, Storage())
     read = read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", delimiter=";"), WORKING, Storage())
     assert read.ids.tolist() == ["d1"] and read.x.tolist() == [360000]
+
+
+def test_a_deposit_table_with_decimal_commas(tmp_path, caplog):
+    """A European deposits CSV ('380000,5' in ';'-separated fields): read with decimal ',', and without it the
+    unlocated deposits' warning names the decimal comma as the likely cause (a second kind: deposits, not samples)."""
+    from minseg.geo.config import PointLayer
+    from minseg.geo.vectors import read_points
+
+    uri = table(tmp_path, "id;x;y\nd1;360000,5;7460000,25\nd2;360100;7460100\n", "deposits.csv")
+    read = read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", delimiter=";", decimal=","),
+                       WORKING, Storage())
+    assert read.ids.tolist() == ["d1", "d2"] and read.x.tolist() == [360000.5, 360100]
+    assert read.y.tolist() == [7460000.25, 7460100]
+    logging.getLogger("minseg").addHandler(caplog.handler)
+    try:
+        read = read_points(PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", id="id", delimiter=";"), WORKING,
+                           Storage())
+    finally:
+        logging.getLogger("minseg").removeHandler(caplog.handler)
+    assert read.ids.tolist() == ["d2"] and read.report["without_coordinates"] == ["d1"]
+    fields = next(r.fields for r in caplog.records if r.getMessage() == "prospect.points_without_coordinates")
+    assert fields["ids"] == "d1" and "set prospect.deposits.decimal: ','" in fields["hint"]
+    with pytest.raises(ValueError, match=r"decimal: ',' needs another field separator: set delimiter"):
+        PointLayer(uri=uri, x="x", y="y", crs="EPSG:3067", decimal=",")
