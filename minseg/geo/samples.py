@@ -75,10 +75,9 @@ def resolve_tables(uri: str, storage: Storage) -> list[str]:
 
 
 def local_vector(uri: str, storage: Storage):
-    """A local path GDAL can open: the file itself, or a download with a shapefile's sidecars (in the case of its
-    own extension: ``X.SHP`` beside ``X.DBF``, as old Windows tools write them)."""
-    upper = uri.rsplit(".", 1)[-1].isupper()
-    return storage.local_copy(uri, sidecars=tuple(p.upper() if upper else p for p in SHAPEFILE_PARTS))
+    """A local path GDAL can open: the file itself, or a download with a shapefile's sidecars (in any case:
+    ``X.SHP`` or ``X.shp`` beside ``X.DBF``, as old Windows tools write them)."""
+    return storage.local_copy(uri, sidecars=SHAPEFILE_PARTS)
 
 
 def _vector_info(path: str, layer: str | None, uri: str, key: str = "prospect.samples") -> dict:

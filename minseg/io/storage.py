@@ -771,8 +771,8 @@ class Storage:
                    companions: tuple[str, ...] = ()) -> Iterator[str]:
         """A local path holding the object's bytes (the file itself when already local).
 
-        ``sidecars``: extensions of companion objects fetched beside it when they exist (a
-        shapefile's .shx, .dbf, .prj: ``a.shp`` -> ``a.dbf``); ``companions``: suffixes appended
+        ``sidecars``: extensions of companion objects fetched beside it when they exist, in any case (a
+        shapefile's .shx, .dbf, .prj: ``a.shp`` -> ``a.dbf`` or ``a.DBF``); ``companions``: suffixes appended
         to the whole name (GDAL's ``a.tif.msk``, ``a.tif.aux.xml``). An s3:// URI naming a prefix
         rather than an object (an ESRI grid folder) is downloaded as a folder.
         """
@@ -788,10 +788,19 @@ class Storage:
             if self.exists(uri):
                 target = os.path.join(tmp, name) + suffix
                 self._download(uri, target)
-                stem = uri.rsplit(".", 1)[0]
-                for extension in sidecars:
-                    if f"{stem}{extension}" != uri and self.exists(f"{stem}{extension}"):
-                        self._download(f"{stem}{extension}", os.path.join(tmp, os.path.basename(stem) + extension))
+                stem, own = uri.rsplit(".", 1) if "." in os.path.basename(loc.path) else (uri, "")
+                # one listing of the stem's siblings, matched in any case (old Windows tools write X.shp beside
+                # X.DBF) and saved in the case of the object's own extension, the only other one GDAL tries
+                found, wanted = {}, {extension.lower() for extension in sidecars}
+                for info in (self.list(stem + ".") if sidecars else ()):
+                    extension = info.uri[len(stem):]
+                    if info.uri != uri and extension.lower() in wanted:
+                        exact = extension in sidecars  # X.dbf is preferred to X.DBF when both exist
+                        if exact or extension.lower() not in found:
+                            found[extension.lower()] = info.uri
+                for extension, source in found.items():
+                    name = os.path.basename(stem) + (extension.upper() if own.isupper() else extension)
+                    self._download(source, os.path.join(tmp, name))
                 for companion in companions:
                     if self.exists(uri + companion):
                         self._download(uri + companion, target + companion)

@@ -202,6 +202,11 @@ def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
         storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension}"),
                             s3.uri(f"w/IOCG{extension.upper()}"))
     assert len(read_points(PointLayer(uri=s3.uri("w/IOCG.SHP"), id="Name"), WORKING, storage)) == 24
+    for extension in (".shp", ".SHX", ".DBF", ".Prj"):  # mixed: a lower-case .shp with upper-case sidecars
+        storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension.lower()}"), s3.uri(f"m/IOCG{extension}"))
+    storage.upload_file(str(shared_data / "geochem-gtk" / "IOCG.dbf"), s3.uri("m/IOCG.dbf.bak"))  # no sidecar
+    mixed = read_points(PointLayer(uri=s3.uri("m/IOCG.shp"), id="Name"), WORKING, storage)
+    assert len(mixed) == 24 and "Hannukainen" in mixed.ids.tolist()
 
 
 def test_negative_means_below_limit_and_missing_sentinels(tmp_path, ray_session):
