@@ -182,7 +182,8 @@ DEFAULT_CHANNELS = (ImageChannels(name="image"),)
 class SourceSettings(StrictModel):
     uri: str = Field(description="folder, .tar / .tar.gz / .tgz / .zip archive; local or s3://")
     layout: DatasetLayout = DatasetLayout.AUTO
-    name: str | None = Field(None, description="prefix for item ids (default: the source's base name)")
+    name: Name | None = Field(None, description="prefix for item ids (default: the source's base name up to its "
+                              "first '.')")
     images_dir: str = "images"
     masks_dir: str = "masks"
     image_pattern: str = Field("{scene}", description="paired layout: how an image's name (below images_dir, "

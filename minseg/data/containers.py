@@ -12,6 +12,9 @@ a FAT/exFAT drive), ``.DS_Store`` and Windows' ``Thumbs.db`` / ``desktop.ini``. 
 (a name starting with ``.``) are not used either: pictures among them are reported, the rest
 (``.gitkeep``) left out.
 
+A name whose bytes are not UTF-8 (a tar or disk written in Latin-1) is reported with those bytes as ``\\xNN``
+and not used: it could not be named in the reports, the tables or an S3 key.
+
 Names are compared in Unicode NFC form (macOS writes decomposed NFD names: ``ñ`` as ``n`` + a
 combining tilde), so an image and its mask named alike pair whichever form each was written in. A
 name listed twice (a zip with a repeated entry, a tar with a file appended again, both forms of
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from minseg.data.config import LimitSettings
-from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
+from minseg.io.storage import Storage, StorageError, join_uri, parse_uri, shown_name, undecodable
 from minseg.logs import get_logger, log_event
 
 log = get_logger("data.containers")
@@ -54,6 +57,9 @@ class Rejected:
 
     file: str
     reason: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "file", shown_name(self.file))  # a report must be writable whatever its bytes
 
 
 @dataclass
@@ -80,6 +86,11 @@ class Container:
     def add(self, name: str, ref: dict, storage: Storage) -> None:
         """List ``ref`` under ``name`` (normalised, NFC) unless it is hidden, or a second copy of a listed name
         with other bytes (module doc); ``storage`` reads both copies of a name listed twice."""
+        if undecodable(name):
+            self.rejected.append(Rejected(self.describe(name), "its name is not valid UTF-8 (the bytes shown as \\x..; "
+                                                               "written in another encoding, e.g. Latin-1): not "
+                                                               "used; rename it"))
+            return
         key = unicodedata.normalize("NFC", posixpath.normpath(name.replace("\\", "/")))
         if any(part.startswith(".") for part in key.split("/")):  # a hidden file, or one in a hidden folder
             if key.lower().endswith(IMAGE_SUFFIXES):
@@ -288,6 +299,10 @@ def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:
             archive = zipfile.ZipFile(stream)
         except zipfile.BadZipFile as exc:
             raise StorageError(f"{uri}: not a readable zip archive ({exc})") from None
+        except UnicodeDecodeError as exc:  # Python reads no entry of a zip whose names lie about their encoding
+            raise StorageError(f"{uri}: a member's file name is marked as UTF-8 but is not ({exc.reason} at byte "
+                               f"{exc.start} of {exc.object[:60]!r}): the tool that wrote the archive mislabelled "
+                               "its names; rename the file and zip it again") from None
         with archive:
             for info in archive.infolist():
                 if is_os_metadata(info.filename):

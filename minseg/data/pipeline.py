@@ -371,10 +371,10 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
     items, rejected, folder_names = [], [], None
     classmap = ClassMap.from_settings(data.classes) if data.classes is not None else None
     for index, source in enumerate(data.sources):
-        prefix = source.name or os.path.basename(parse_uri(source.uri).path.rstrip("/")) or "source"
-        prefix = prefix.split(".")[0]
-        try:
-            container = open_container(source.uri, data.limits, storage, join_uri(staging_uri, prefix))
+        # a given name whole (`lab.2024`); a base name without its extensions (`lumen.tar.gz`: `lumen`)
+        prefix = source.name or (os.path.basename(parse_uri(source.uri).path.rstrip("/")) or "source").split(".")[0]
+        try:  # a staging folder per source: two `data.tar.gz` in two folders are staged apart
+            container = open_container(source.uri, data.limits, storage, join_uri(staging_uri, f"{index + 1}-{prefix}"))
         except (StorageError, ValueError) as exc:  # the other sources are used: said, not only in the report
             rejected.append(Rejected(source.uri, f"source unreadable: {exc}"))
             log_event(log, "data.source_unreadable", logging.WARNING, source=f"data.sources[{index}]", uri=source.uri,

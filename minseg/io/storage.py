@@ -45,6 +45,21 @@ def _pid_namespace() -> str:
         return "0"
 
 
+def undecodable(name: str) -> bool:
+    """Whether a file name holds bytes that are not UTF-8 (Python reads them as lone surrogates: a Latin-1 disk or
+    tar, a zip written by an old tool): such a name cannot go into a report, a Parquet table or an S3 key."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown_name(name: str) -> str:
+    """``name`` as it can be written in reports: its bytes that are not UTF-8 as ``\\xNN`` (``pe\\xf1a.png``)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if undecodable(name) else name
+
+
 def file_stem(text: str, limit: int = 100) -> str:
     """``text`` (an item id, a member name read from a document) as one part of a file name: ``/``, ``\\`` and
     characters that are not printable become ``_``, as does a leading ``.`` (no hidden file, no ``..``), and the

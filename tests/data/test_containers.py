@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -202,3 +203,83 @@ def test_names_pair_in_either_unicode_form_and_hidden_pictures_are_reported(tmp_
     hidden = "hidden file (its name or a folder's starts with '.')"
     assert sorted((r.file[len(str(root)) + 1:], r.reason.split(":")[0]) for r in rejected) == [
         ("images/.cache/s1.png", hidden), ("images/.s1.jpg", hidden), ("masks/.s1.png", hidden)]
+
+
+def _paired_items(tmp_path, sources: list[dict]):
+    from minseg.config import validate_config
+    from minseg.data.config import DataSettings
+    from minseg.data.pipeline import _list_items
+    from minseg.enums import Task
+
+    data = validate_config({"sources": sources, "classes": {"classes": [
+        {"name": "background", "codes": [0]}, *({"name": f"c{code}", "codes": [code]} for code in range(1, 9))]}},
+        DataSettings)
+    return _list_items(data, Storage(), str(tmp_path / "staging"), Task.SEGMENTATION)
+
+
+def test_archives_of_one_name_in_two_folders_are_staged_apart(tmp_path):
+    """Two `data.tar.gz` (two labs' folders) were staged to one file: the first source's items read the second's
+    bytes (its own pictures quarantined as damaged, or, of equal sizes, silently the other lab's). A given name
+    with a dot (`lab.2024`) was cut at it, which made two distinct names one."""
+    payloads = {}
+    for lab, seed in (("a", 0), ("b", 7)):  # of one size: the other lab's bytes read as pictures
+        root = write_paired(tmp_path / f"ds-{lab}", count=2, seed=seed)
+        files = {str(p.relative_to(root)).replace("/s", f"/{lab}"): p.read_bytes()
+                 for p in sorted(root.rglob("*")) if p.is_file()}
+        (tmp_path / lab).mkdir()
+        make_tar(tmp_path / lab / "data.tar.gz", files, "w:gz")
+        payloads.update(files)
+    storage = Storage()
+    for names, prefixes in (((None, None), ("data", "data")), (("lab.2024", "lab.2025"), ("lab.2024", "lab.2025"))):
+        sources = [{"uri": str(tmp_path / lab / "data.tar.gz"), **({"name": name} if name else {})}
+                   for lab, name in zip("ab", names)]
+        items, rejected, _ = _paired_items(tmp_path, sources)
+        assert not rejected and sorted(i["item_id"] for i in items) == [
+            f"{prefixes[0]}/a0", f"{prefixes[0]}/a1", f"{prefixes[1]}/b0", f"{prefixes[1]}/b1"]
+        for item in items:
+            name = item["item_id"].split("/")[1]
+            assert read_ref(item["image"], storage) == payloads[f"images/{name}.jpg"], item["item_id"]
+            assert read_ref(item["mask"], storage) == payloads[f"masks/{name}.png"], item["item_id"]
+    with pytest.raises(Exception, match=r"sources\[0\]\.name: a name of ASCII letters"):  # it names ids' folders
+        _paired_items(tmp_path, [{"uri": str(tmp_path / "a" / "data.tar.gz"), "name": "lab/2024"}])
+
+
+def test_names_that_are_not_utf8_are_reported_and_the_rest_used(tmp_path):
+    """A Latin-1 name (`peña` as the byte 0xF1) in a tar, a tar.gz or a folder: the run stopped with a Python
+    traceback (UnicodeEncodeError) after the whole scan; such a file is now reported with its bytes shown and the
+    others used. A zip whose names are marked UTF-8 but are not is refused with one line saying so."""
+    root = write_paired(tmp_path / "ds", count=2)
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    latin = {name.replace("s0", "pe\udcf1a"): data for name, data in files.items()}  # how Python reads 0xF1
+    for mode, name in (("w", "latin.tar"), ("w:gz", "latin.tar.gz")):
+        with tarfile.open(tmp_path / name, mode, format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+            for member, data in files.items():
+                info = tarfile.TarInfo(member.replace("s0", "pe\u00f1a"))
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    folder = tmp_path / "folder"
+    for member, data in latin.items():
+        path = os.fsencode(folder / member)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").write(data)
+    for uri in (tmp_path / "latin.tar", tmp_path / "latin.tar.gz", folder):
+        items, rejected, _ = _paired_items(tmp_path, [{"uri": str(uri)}])
+        assert [i["item_id"].split("/")[1] for i in items] == ["s1"], uri
+        shown = sorted(r.file.replace(str(uri), "") for r in rejected)
+        assert shown == ["!images/pe\\xf1a.jpg", "!masks/pe\\xf1a.png"] if uri != folder else \
+            ["/images/pe\\xf1a.jpg", "/masks/pe\\xf1a.png"], shown
+        assert all("its name is not valid UTF-8" in r.reason for r in rejected)
+        json.dumps([r.file for r in rejected]).encode("utf-8")  # writable in the quarantine report
+    mislabelled = tmp_path / "mislabelled.zip"
+    with zipfile.ZipFile(mislabelled, "w") as archive:
+        archive.writestr("images/s1.jpg", files["images/s1.jpg"])
+    blob = mislabelled.read_bytes()
+    cut = blob.replace(b"images/s1.jpg", b"images/\xf1\x31.jpg")  # same length; the UTF-8 flag set below
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        assert archive.infolist()[0].flag_bits & 0x800 == 0
+    cut = cut.replace(b"PK\x03\x04\x14\x00\x00\x00", b"PK\x03\x04\x14\x00\x00\x08").replace(
+        b"PK\x01\x02\x14\x03\x14\x00\x00\x00", b"PK\x01\x02\x14\x03\x14\x00\x00\x08")
+    mislabelled.write_bytes(cut)
+    with pytest.raises(StorageError, match=r"mislabelled.zip: a member's file name is marked as UTF-8 but is not "
+                                           r"\(invalid continuation byte"):
+        open_container(str(mislabelled), LimitSettings(), Storage())
