@@ -516,7 +516,7 @@ def cmd_storage(args) -> int:
         StorageError: a glob given to cat / cp, a folder given to cat / cp / rm, a destination under a file."""
     from minseg.config import MinsegConfig, load_config
     from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, glob_objects, has_glob, is_s3, join_uri,
-                                    parse_uri)
+                                   parse_uri, shown_name)
 
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
     storage = Storage(settings)
@@ -540,8 +540,8 @@ def cmd_storage(args) -> int:
             listed = list(storage.list(uri))
             if not listed and not is_s3(uri) and not os.path.exists(parse_uri(uri).path):
                 raise ObjectNotFoundError(f"{uri}: no such file or folder")  # an empty S3 prefix is just empty
-        for info in listed:
-            print(f"{info.size:>12}  {info.uri}")
+        for info in listed:  # a name that is not UTF-8 printed with its bytes as \xNN (stdout takes no other)
+            print(f"{info.size:>12}  {shown_name(info.uri)}")
     elif args.action == "cat":
         if is_s3(uri) and (uri.endswith("/") or not parse_uri(uri).path):  # a bucket or a prefix, never an object
             raise StorageError(f"{uri}: is a folder; storage cat reads one file (storage ls lists them)")
@@ -561,7 +561,7 @@ def cmd_storage(args) -> int:
     elif args.action == "rm":
         for target in [info.uri for info in listed] if glob_meant else [uri]:
             storage.delete(target, missing_ok=glob_meant)  # a file just listed needs no second look
-            print(f"deleted {target}")
+            print(f"deleted {shown_name(target)}")
     return 0
 
 

@@ -247,8 +247,24 @@ def has_glob(uri: str) -> bool:
 def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list[str]:
     """Files matching a glob (``**`` included) locally or under an s3:// prefix, sorted; only names
     ending in ``suffixes`` (lower-case) when given. On S3 as on disk, ``*`` and ``?`` stay within one folder
-    (fsspec's translation: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too)."""
-    return [info.uri for info in glob_objects(pattern, storage, suffixes)]
+    (fsspec's translation: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too).
+
+    Raises:
+        StorageError: a local match whose name is not UTF-8 (``refuse_undecodable``)."""
+    return refuse_undecodable([info.uri for info in glob_objects(pattern, storage, suffixes)], pattern)
+
+
+def refuse_undecodable(uris: list[str], pattern: str) -> list[str]:
+    """``uris``, unless a name among them is not UTF-8 (``undecodable``): it could not be named in an output's
+    tables or reports, nor copied to S3; refused, the bytes shown as ``\\xNN``, before any work.
+
+    Raises:
+        StorageError: naming those files and the pattern that matched them."""
+    bad = [shown_name(uri) for uri in uris if undecodable(uri)]
+    if bad:
+        raise StorageError(f"{pattern}: matches {len(bad)} file(s) whose name is not UTF-8 (written in another "
+                           f"encoding, e.g. Latin-1; its bytes shown as \\xNN): {', '.join(bad[:5])}; rename them")
+    return uris
 
 
 def glob_folders(pattern: str, storage: "Storage") -> list[str]:
@@ -259,8 +275,9 @@ def glob_folders(pattern: str, storage: "Storage") -> list[str]:
     import fnmatch
 
     if not is_s3(pattern):
-        return sorted(absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern.rstrip("/")), recursive=True)
-                      if os.path.isdir(p))
+        return refuse_undecodable(sorted(absolute_uri(p) for p in glob.glob(os.path.expanduser(pattern.rstrip("/")),
+                                                                            recursive=True) if os.path.isdir(p)),
+                                  pattern)
     parts = pattern.rstrip("/").split("/")
     first = next(i for i, part in enumerate(parts) if has_glob(part))
     if "**" in parts[first:]:  # any depth: folders are what lies between the keys' slashes

@@ -431,3 +431,30 @@ def test_a_file_stem_is_one_safe_distinct_part_of_a_file_name():
     assert all("/" not in s and "\\" not in s and not s.startswith(".") and s.isprintable() for s in stems)
     assert all(len(s.encode()) <= 100 for s in stems)
     assert stems[0].startswith("a_b-") and stems[2].startswith("_.-")
+
+
+def test_a_glob_matching_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, capsys):
+    """A Latin-1 file name (`peña.tif` as the byte 0xF1) matched by a slide, map, sample or raster glob: the name
+    cannot go into a Parquet table, a report or an S3 key (segment wrote its tables with a UnicodeEncodeError
+    traceback); refused before any work, its bytes shown. `storage ls` / `rm` print it the same way."""
+    from minseg.cli import main
+    from minseg.inference.config import SegmentSettings
+    from minseg.inference.segment import resolve_slides
+    from minseg.io.storage import glob_folders, glob_uris
+
+    (tmp_path / "ok.tif").write_bytes(b"y")
+    with open(os.fsencode(tmp_path) + b"/pe\xf1a.tif", "wb") as file:
+        file.write(b"x" * 10)
+    os.makedirs(os.fsencode(tmp_path) + b"/maps/pe\xf1a.ome.zarr")
+    storage = Storage()
+    assert glob_uris(str(tmp_path / "ok*.tif"), storage) == [str(tmp_path / "ok.tif")]
+    for resolve in (lambda: glob_uris(str(tmp_path / "*.tif"), storage),
+                    lambda: glob_folders(str(tmp_path / "maps" / "*.zarr"), storage),
+                    lambda: resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), storage)):
+        with pytest.raises(StorageError, match=r"matches 1 file\(s\) whose name is not UTF-8 .*: \S+/pe\\xf1a\."
+                                               r"(tif|ome\.zarr); rename them"):
+            resolve()
+    assert main(["storage", "ls", str(tmp_path / "*.tif")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(f"{tmp_path}/pe\\xf1a.tif")
+    assert main(["storage", "rm", str(tmp_path / "pe*.tif")]) == 0
+    assert capsys.readouterr().out == f"deleted {tmp_path}/pe\\xf1a.tif\n" and not glob_uris(str(tmp_path / "p*"), storage)
