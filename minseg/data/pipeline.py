@@ -70,6 +70,14 @@ class PreparedData:
     tile_classes: dict[str, list[list[int]]] = field(default_factory=dict)
     bit_depth: int = BIT_DEPTH  # data.bit_depth: what the images' pixels were decoded as
     image_bit_depths: tuple = ()  # data.image_bit_depths: the bits each image was decoded with
+    # item id -> a digest of its decoded pixels and labels (``scan_item``'s ``content``): an image replaced under its
+    # own name (an archive rewritten in place) gives the same ids and tile counts, not the same contents
+    contents: dict[str, str] = field(default_factory=dict)
+
+    def content_changes(self, recorded: dict[str, str]) -> list[str]:
+        """Item ids, sorted, that ``recorded`` (an earlier ``contents.json``) and this data both hold with other
+        pixels or labels."""
+        return sorted(i for i, digest in self.contents.items() if recorded.get(i, digest) != digest)
 
     def tile_count(self, split: str) -> int:
         return int(sum(item["tiles"] for item in self.splits.get(split, [])))
@@ -235,7 +243,7 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
            "pixels": [0] * classmap.num_classes, "particles": [0] * classmap.num_classes,
            "instances": [0] * classmap.num_classes, "instance_areas": [[] for _ in range(classmap.num_classes)],
            "channel_sum": [0.0] * data.in_channels, "channel_sq": [0.0] * data.in_channels, "channel_n": 0,
-           "digest": None, "brightest": 0, "dark_image": None, "dark_bits": data.bit_depth}
+           "digest": None, "content": None, "brightest": 0, "dark_image": None, "dark_bits": data.bit_depth}
     try:
         if task is Task.CLASSIFICATION:
             image = decode_scene(item, data.limits, storage, data.bit_depth)
@@ -266,6 +274,10 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         # the pixels, whatever the file's name or format: one picture under two names would leak across splits
         if image.size and image.min() != image.max():  # blank frames are alike without being one picture
             row["digest"] = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16).hexdigest()
+        content = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16)  # what a member learns from
+        content.update(np.ascontiguousarray(full_ids) if task is not Task.CLASSIFICATION else
+                       str(int(item["label"])).encode())
+        row["content"] = content.hexdigest()
         # the darkest image of a scene counts: a 12-bit camera's frames beside a 16-bit detector's bright ones
         row["brightest"], row["dark_image"], row["dark_bits"] = _darkest_image(image, item, data)
         row["channel_sum"] = pixels.sum(0).tolist()
@@ -581,7 +593,9 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
     prepared = PreparedData(task, classmap, good, quarantine, stats, normalization, data.tiling, data.limits, folds,
                             tile_classes={i["item_id"]: by_id[i["item_id"]]["tile_classes"]
                                           for split in good.values() for i in split}, bit_depth=data.bit_depth,
-                            image_bit_depths=data.image_bit_depths)
+                            image_bit_depths=data.image_bit_depths,
+                            contents={i["item_id"]: by_id[i["item_id"]]["content"] for split in good.values()
+                                      for i in split})
     log_event(log, "data.prepared", **{f"{s}_items": len(good[s]) for s in SPLITS},
               train_tiles=prepared.tile_count("train"), quarantined=len(quarantine))
     return prepared
@@ -720,7 +734,8 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
             raise DataError(f"the {split} split of the data is empty: nothing to score", prepared.quarantine)
         return PreparedData(Task.SEGMENTATION, prepared.classmap, {"train": [], "val": [], "test": chosen},
                             prepared.quarantine, {"test": prepared.stats[split]}, normalization, data.tiling,
-                            data.limits, bit_depth=data.bit_depth, image_bit_depths=data.image_bit_depths)
+                            data.limits, bit_depth=data.bit_depth, image_bit_depths=data.image_bit_depths,
+                            contents={i["item_id"]: prepared.contents[i["item_id"]] for i in chosen})
     items, quarantine, folder_names = _list_items(data, storage, join_uri(work_uri, "staging"), Task.SEGMENTATION)
     classmap = _resolve_classmap(data, Task.SEGMENTATION, folder_names)
     for item in items:
@@ -733,7 +748,8 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
     stats = _split_stats(items, by_id, classmap, good)
     prepared = PreparedData(Task.SEGMENTATION, classmap, good, quarantine, {"test": stats["test"]}, normalization,
                             data.tiling, data.limits, bit_depth=data.bit_depth,
-                            image_bit_depths=data.image_bit_depths)
+                            image_bit_depths=data.image_bit_depths,
+                            contents={i["item_id"]: by_id[i["item_id"]]["content"] for i in good["test"]})
     log_event(log, "data.prepared_for_scoring", items=len(good["test"]), quarantined=len(quarantine))
     return prepared
 
@@ -862,9 +878,11 @@ def _fits_object_store(data: DataSettings, prepared: PreparedData, tiles: int) -
 
 
 def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage) -> dict[str, str]:
-    """quarantine.csv / .json, dataset_stats.json / .csv, splits.json, classes.json under output_uri."""
+    """quarantine.csv / .json, dataset_stats.json / .csv, splits.json, classes.json and contents.json (item id ->
+    its pixels' and labels' digest, ``PreparedData.contents``) under output_uri."""
     uris = {name: join_uri(output_uri, name) for name in
-            ("quarantine.csv", "quarantine.json", "dataset_stats.json", "dataset_stats.csv", "splits.json", "classes.json")}
+            ("quarantine.csv", "quarantine.json", "dataset_stats.json", "dataset_stats.csv", "splits.json", "classes.json",
+             "contents.json")}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "reason"])
@@ -886,4 +904,5 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
                            for f in prepared.folds]
     storage.write_json(uris["splits.json"], splits)
     storage.write_json(uris["classes.json"], prepared.classmap.to_document())
+    storage.write_json(uris["contents.json"], prepared.contents, indent=None)
     return uris

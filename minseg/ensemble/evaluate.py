@@ -625,3 +625,8 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
             raise InputError(f"the {split} split differs from the one the members were trained with "
                              f"({join_uri(run_uri, 'data', 'splits.json')}: {said}); the data or the split settings "
                              "changed: evaluate with the data they were trained on")
+    contents = join_uri(run_uri, "data", "contents.json")  # runs prepared before 2026-12-07 have none
+    if storage.exists(contents) and (changed := prepared.content_changes(storage.read_json(contents))):
+        raise InputError(f"{len(changed)} image(s) have other pixels or masks under the same names than when the "
+                         f"members were trained ({contents}): {', '.join(changed[:5])}"
+                         f"{', ...' if len(changed) > 5 else ''}; evaluate with the data they were trained on")

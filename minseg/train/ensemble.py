@@ -23,6 +23,7 @@ from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
+from minseg.data.containers import is_archive
 from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, item_changes, prepare_data, split_dataset,
                                   write_data_reports)
 from minseg.data.splits import SPLITS
@@ -30,7 +31,7 @@ from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
 from minseg.errors import InputError, MinsegError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import (Storage, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
+from minseg.io.storage import (Storage, StorageError, is_s3, join_uri, parse_uri, refuse_other_command_outputs,
                                refuse_output_among_inputs)
 from minseg.io.tables import csv_text
 from minseg.logs import EpochBoard, get_logger, log_event, redact
@@ -837,9 +838,12 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     finished = _all_finished(storage, run_uri, members, trial_folds) if resume else None
     selection_uri, (selection, settings) = join_uri(run_uri, "data", "selection.json"), _data_selection(config.data)
     recorded = storage.read_json(selection_uri) if storage.exists(selection_uri) else None
-    if finished is not None and (recorded is None or recorded.get("signature") != selection):
-        # the data settings changed, or no run recorded them (members trained in parts by --members before the
-        # record was kept for those): prepare the data, and refuse members trained on other parts
+    versions = source_versions(config.data.sources, storage) if resume else None
+    if finished is not None and (recorded is None or recorded.get("signature") != selection
+                                 or recorded.get("versions") != versions):
+        # the data settings or a source's files changed (an archive rewritten in place), or no run recorded them
+        # (members trained in parts by --members before the record was kept for those): prepare the data, and
+        # refuse members trained on other parts or other pictures
         finished = None
     if finished is not None:  # e.g. a second `minseg demo`: minutes of decoding for nothing to train
         log_event(log, "train.reused", run=run_uri, members=",".join(m.name for m in members),
@@ -856,13 +860,17 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
         refuse_absent_class_metrics(members, list(prepared.classmap.names), prepared.stats.get("val"))
     # before the data reports are rewritten (a refused run leaves the folder as it was): every configured member,
     # as a --members subset trained now would share the run (and its data/splits.json) with the others
+    contents_uri = join_uri(run_uri, "data", "contents.json")
     refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap,
-                      lambda: _data_changes(storage, run_uri, (recorded or {}).get("settings"), settings, prepared))
+                      lambda: _data_changes(storage, run_uri, (recorded or {}).get("settings"), settings, prepared),
+                      prepared.content_changes(storage.read_json(contents_uri)) if storage.exists(contents_uri) else [])
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     # every configured member's checkpoints were checked against this data just now (a --members subset's too):
     # for a resubmission's shortcut, and to name what changed when its data differs
-    storage.write_json(selection_uri, {"signature": selection, "settings": settings}, indent=None)
+    storage.write_json(selection_uri, {"signature": selection, "settings": settings,
+                                       "versions": versions or source_versions(config.data.sources, storage)},
+                       indent=None)
     source.report_oversampling(config.run.seed)
     return fit_members(config, members, source, run_uri, concurrency, resume,
                        configured=[m.name for m in config.training.members])
@@ -1086,6 +1094,22 @@ def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberS
             "(another run.name or output), or delete a member's checkpoint folders to train it again")
 
 
+def source_versions(sources, storage: Storage) -> list[str]:
+    """Per data source, a digest that changes when its files do, read without opening them: an archive's size and
+    modification time (S3: its ETag), a folder's listing (names and sizes). A resubmission whose members all
+    finished is reused without preparing the data only while these agree (``contents.json`` then says whether the
+    pictures really changed). An unreadable source gives "" (preparing the data says why)."""
+    versions = []
+    for source in sources:
+        try:
+            facts = storage.version(source.uri) if is_archive(source.uri) else \
+                [(info.uri, info.size) for info in storage.list(source.uri.rstrip("/") + "/")]
+        except StorageError:
+            facts = ""
+        versions.append(hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16])
+    return versions
+
+
 def _data_selection(data) -> tuple[str, dict]:
     """A digest of the data settings that decide which images (and tiles) each part holds, and those settings: a
     resubmitted run whose members all finished is reused without preparing the data only while it is unchanged."""
@@ -1147,7 +1171,7 @@ def refuse_absent_class_metrics(members: list[MemberSettings], class_names: list
 
 def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettings], source: TrainingSource,
                       resume: bool = True, classmap: ClassMap | None = None,
-                      explain: Callable[[], list[str]] | None = None) -> None:
+                      explain: Callable[[], list[str]] | None = None, changed_images: list[str] = ()) -> None:
     """Before training: raise ``InputError`` naming every checkpoint folder of ``members`` (finished or not)
     recorded on other data than ``source`` gives its trial now (``TrainingSource.data_signature``: other images or
     parts; for prospectivity, other channels, windows or standardisation), or (``classmap`` given) under another
@@ -1156,14 +1180,17 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
     what is now its test part); continued, one would mix both; beside a ``--members`` subset trained now on other
     data, the run would hold members of two splits, none of which evaluation could use (it checks the same record:
     ``ensemble.evaluate``). Checkpoints written before 2026-12-05 record no signature and are not checked.
-    ``explain``: what changed (``_data_changes``), asked only when refusing and named in the message."""
-    stale, recoded = [], []
+    ``explain``: what changed (``_data_changes``), asked only when refusing and named in the message.
+    ``changed_images``: item ids whose pixels or labels differ from the run's record (``content_changes``): every
+    checkpoint folder of ``members`` is refused then (the ids and tile counts, all the signature holds, agree)."""
+    stale, recoded, trained = [], [], []
     for fold in source.trial_folds():
         trial, current = trial_uri(run_uri, fold), None
         for member in members:
             pointer = read_pointer(storage, trial, member.name)
             if pointer is None:
                 continue
+            trained.append(member_uri(trial, member.name))
             if classmap is not None and (difference := checkpoint_class_difference(storage, pointer["uri"], classmap)):
                 recoded.append((member_uri(trial, member.name), difference))
             recorded = storage.read_json(join_uri(pointer["uri"], "state.json")).get("data_signature")
@@ -1175,9 +1202,15 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
         raise InputError(f"{run_uri}: data.classes differs from the class map these members trained with "
                          f"({difference}): {folders}. Keep data.classes as it was for this run, or train into "
                          "another run.name")
+    doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
+             else "members trained now would sit beside members of this run trained on other data")
+    if changed_images and trained:
+        shown = ", ".join(changed_images[:5]) + (", ..." if len(changed_images) > 5 else "")
+        raise InputError(f"{run_uri}: {doing} ({len(changed_images)} image(s) have other pixels or masks under the "
+                         f"same names since the run's data was prepared: {shown}): {', '.join(trained)}. Put the "
+                         "files back, write the run elsewhere (another run.name or output), or delete those folders "
+                         "to train them again")
     if stale:
-        doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
-                 else "members trained now would sit beside members of this run trained on other data")
         changes = explain() if explain else []
         what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
                 "the inputs, the split, the evidence or the bit depth images are read with changed")

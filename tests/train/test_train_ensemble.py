@@ -1,5 +1,6 @@
 """Real Ray Train runs on 2 CPU cores with tiny members."""
 
+import io
 import json
 import os
 import time
@@ -593,3 +594,54 @@ def test_a_resubmitted_run_is_not_reused_after_the_bit_depth_changed():
     assert _data_selection(data) == (hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16],
                                      document)
     assert _data_selection(data.model_copy(update={"bit_depth": 12}))[0] != _data_selection(data)[0]
+
+
+def test_an_archive_rewritten_in_place_is_noticed_by_resume_and_evaluate(synthetic_sections, tmp_path):
+    """An archive rewritten under its own name (one image's pixels changed, the same names and sizes): --resume
+    kept the finished member and trained the others on the new pictures, and with every member finished reused the
+    run without a look ("the data is not prepared again"): the ids and tile counts, all the signature held, agree.
+    The run now records each image's content and each source's version; the file put back is accepted again."""
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from minseg.errors import InputError
+    from minseg.ensemble.evaluate import prepare_evaluation_data
+
+    def pack(flip: bool) -> None:
+        with zipfile.ZipFile(tmp_path / "sections.zip", "w") as archive:
+            for path in sorted(synthetic_sections.rglob("*")):
+                if path.is_file():
+                    data = path.read_bytes()
+                    if flip and path.name.startswith("section_00000") and path.parent.name == "images":
+                        buffer = io.BytesIO()
+                        Image.fromarray(np.asarray(Image.open(path))[:, ::-1]).save(buffer, format=Image.open(
+                            path).format)
+                        data = buffer.getvalue()
+                    archive.writestr(str(path.relative_to(synthetic_sections)), data)
+
+    pack(flip=False)
+    member = {"model": "half_unet", "model_options": {"width": 0.25}, "stages": [{"epochs": 1, "batch_size": 4}]}
+    both = training_config(tmp_path / "sections.zip", tmp_path, "zipped", [{"name": "a", **member},
+                                                                          {"name": "b", **member}])
+    alone = both.model_copy(deep=True)
+    alone.training.members = alone.training.members[:1]
+    (first,) = train_ensemble(both, ["a"])
+    assert first.status == "done"
+    run = tmp_path / "zipped"
+    assert len(json.loads((run / "data" / "contents.json").read_text())) == 8
+    pack(flip=True)
+    changed = r"1 image\(s\) have other pixels or masks under the same names since the run's data was prepared: " \
+              r"sections/section_00000\): \S+/members/a\. Put the files back"
+    with pytest.raises(InputError, match=changed):  # every member finished: prepared again, not reused
+        train_ensemble(alone, resume=True)
+    with pytest.raises(InputError, match=changed):  # one member to train beside the kept one
+        train_ensemble(both, ["b"], resume=True)
+    assert not (run / "members" / "b").exists()
+    with pytest.raises(InputError, match=r"1 image\(s\) have other pixels or masks under the same names than when "
+                                         r"the members were trained \(\S+contents.json\): sections/section_00000;"):
+        prepare_evaluation_data(alone, Storage(), str(run))
+    pack(flip=False)  # the same pictures, a new file (another date): prepared again and kept
+    (kept,) = train_ensemble(alone, resume=True)
+    assert kept.status == "done" and kept.finished_at == first.finished_at
