@@ -625,8 +625,14 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
             raise InputError(f"the {split} split differs from the one the members were trained with "
                              f"({join_uri(run_uri, 'data', 'splits.json')}: {said}); the data or the split settings "
                              "changed: evaluate with the data they were trained on")
-    contents = join_uri(run_uri, "data", "contents.json")  # runs prepared before 2026-12-07 have none
+    # pictures or masks replaced under their own names (runs prepared before 2026-12-07 record none): said, not
+    # refused, as each split keeps its images (a corrected test mask is scored as corrected; a training image
+    # edited since means the members learnt from its earlier version)
+    contents = join_uri(run_uri, "data", "contents.json")
     if storage.exists(contents) and (changed := prepared.content_changes(storage.read_json(contents))):
-        raise InputError(f"{len(changed)} image(s) have other pixels or masks under the same names than when the "
-                         f"members were trained ({contents}): {', '.join(changed[:5])}"
-                         f"{', ...' if len(changed) > 5 else ''}; evaluate with the data they were trained on")
+        where = {i["item_id"]: split for split in ("train", "val", "test") for i in prepared.splits[split]}
+        log_event(log, "ensemble.images_changed", logging.WARNING, images=len(changed), record=contents,
+                  **{split: ",".join(ids[:5]) + (",..." if len(ids) > 5 else "")
+                     for split in ("train", "val", "test") if (ids := [i for i in changed if where[i] == split])},
+                  hint="other pixels or masks under the same names than when the members were trained: the "
+                       "scores are on the pictures as they are now")
