@@ -775,7 +775,7 @@ def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig
     shared = ray.put(source)  # the one source every trial reads, sent to the store once
     progress = _MemberProgress(trials)
     results: list[MemberResult | None] = [None] * len(trials)
-    waiting, running = list(range(len(trials))), {}
+    waiting, running, lost = list(range(len(trials))), {}, []
     try:
         while waiting or running:
             while waiting and len(running) < concurrency:
@@ -783,7 +783,7 @@ def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig
                 _clear_outcome(storage, trials[index])  # a redone trial's earlier result is not its result
                 running[fit.remote(trials[index], index, shared, config, board)] = index
             done, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for index, metrics in ray.get(board.drain.remote()):
+            for index, metrics in _drained(board, lost):
                 progress.posted(index, metrics)
             for ref in done:
                 index = running.pop(ref)
@@ -801,6 +801,23 @@ def _run_trials(trials: list[dict], source: TrainingSource, config: MinsegConfig
         ray.kill(board)
     progress.progress.close()
     return results
+
+
+def _drained(board, lost: list) -> list:
+    """What the trials posted to ``board`` since the last call; [] once the board is lost (``lost`` then holds
+    why; its node's memory monitor killed it, say): the console loses its epoch lines, the members train on (a
+    lost board costs them their posts only, ``_epoch_reporter``)."""
+    import ray
+
+    if lost:
+        return []
+    try:
+        return ray.get(board.drain.remote())
+    except ray.exceptions.RayError as exc:
+        lost.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        log_event(log, "train.board_lost", logging.WARNING, reason=lost[0],
+                  hint="the console shows no more epoch lines; the members train on and their results are kept")
+        return []
 
 
 def _clear_outcome(storage: Storage, trial: dict) -> None:

@@ -652,3 +652,26 @@ def test_an_archive_rewritten_in_place_is_noticed_by_resume_and_evaluate(synthet
     pack(flip=False)  # the same pictures, a new file (another date): prepared again and kept
     (kept,) = train_ensemble(alone, resume=True)
     assert kept.status == "done" and kept.finished_at == first.finished_at
+
+
+def test_a_lost_progress_board_costs_the_console_its_epoch_lines_not_the_run(synthetic_sections, tmp_path, caplog):
+    """The actor the members post their epochs to, killed (a node's memory monitor did, under another job's load):
+    the driver's next look at it raised Ray's OutOfMemoryError as a traceback, exit 1, and cancelled the members.
+    Now said once, and the members finish."""
+    import logging
+
+    from tests.support.processes import kill_processes_titled
+
+    member = {"name": "steady", "model": "half_unet", "model_options": {"width": 0.25},
+              "stages": [{"epochs": 3, "batch_size": 4}]}
+    training = BackgroundTraining(training_config(synthetic_sections, tmp_path, "board", [member]), "steady")
+    logging.getLogger("minseg").addHandler(caplog.handler)  # whether or not an earlier main() stopped propagation
+    try:
+        training.wait_for_checkpoint()
+        assert kill_processes_titled("ray::EpochBoard")
+        (row,) = training.join(600)
+    finally:
+        logging.getLogger("minseg").removeHandler(caplog.handler)
+    assert row.status == "done" and row.epochs == 3
+    lost = [r.fields for r in {id(r): r for r in caplog.records}.values() if r.getMessage() == "train.board_lost"]
+    assert len(lost) == 1 and "members train on" in lost[0]["hint"]
