@@ -244,10 +244,11 @@ def cmd_select(args) -> int:
     from minseg.ensemble.manifest import manifest_destination, write_manifest
     from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, complete_publication
-    from minseg.ensemble.selection import Candidate, build_manifest, read_evaluation, select
+    from minseg.config import validate_section
+    from minseg.ensemble.selection import Candidate, build_manifest, evaluation_errors, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
-    from minseg.io.storage import Storage
+    from minseg.io.storage import Storage, join_uri
 
     if args.candidate and (args.key or args.tpi_budget is not None or args.rule):
         raise InputError("--candidate takes that candidate; --key / --tpi-budget / --rule choose one: give one or "
@@ -262,22 +263,26 @@ def cmd_select(args) -> int:
               "putting them there): put in place now", file=sys.stderr)
     document = read_evaluation(args.evaluation, storage)
     selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
-    if args.candidate:
-        key = args.candidate
-    else:
-        candidates = [Candidate.from_document(c) for c in document["candidates"]]
-        current = dict(document.get("selection") or {})  # default: the evaluation's
-        if args.rule and args.tpi_budget is None:  # another rule: the evaluation's budget does not go with it
-            current.pop("tpi_budget_s", None)
-        updates = ({"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget} if args.tpi_budget is not None
-                   else {"rule": args.rule} if args.rule else {})
-        selection = _section(SelectionSettings, current, updates, {"rule": "--rule", "tpi_budget_s": "--tpi-budget"},
-                             "evaluation.selection", args)  # validated: model_copy would take --tpi-budget inf
-        rank_key = args.key or document["rank_key"]
-        key = select(candidates, rank_key, selection, document.get("selection_groups"),
-                     document.get("selection_split") or "test").key
-    # Build before any warning: a bad --key or a missing member is an error on its own.
-    manifest = build_manifest(document, key, storage, args.name, selection, rank_key)
+    # an evaluation.json edited by hand or damaged: one line naming it, not a traceback from deep in the choice
+    with evaluation_errors(join_uri(args.evaluation, "evaluation.json")) as recorded:
+        if args.candidate:
+            key = args.candidate
+        else:
+            candidates = [Candidate.from_document(c) for c in document["candidates"]]
+            current = dict(document.get("selection") or {})  # default: the evaluation's
+            if args.rule and args.tpi_budget is None:  # another rule: the evaluation's budget does not go with it
+                current.pop("tpi_budget_s", None)
+            updates = ({"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget}
+                       if args.tpi_budget is not None else {"rule": args.rule} if args.rule else {})
+            given = {k: v for k, v in updates.items() if v is not None}  # validated: model_copy would take inf
+            selection = validate_section(SelectionSettings, {**current, **given}, "evaluation.selection", recorded,
+                                         {k: {"rule": "--rule", "tpi_budget_s": "--tpi-budget"}[k] for k in given})
+            rank_key = args.key or document["rank_key"]
+            key = select(candidates, rank_key, selection, document.get("selection_groups"),
+                         document.get("selection_split") or "test").key
+        # Build before any warning: a bad --key or a missing member is an error on its own.
+        manifest = build_manifest(document, key, storage, args.name, selection, rank_key,
+                                  chosen_by="--candidate" if args.candidate else None, source=recorded)
     if not args.candidate:
         if "selection_split" not in document:
             print(f"warning: {args.evaluation} predates choosing on validation: its candidates have test scores "

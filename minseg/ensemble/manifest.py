@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from minseg.config.base import Name, StrictModel, describe_error, key_path, name_problem
 from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
@@ -72,6 +72,28 @@ class EnsembleManifest(StrictModel):
     selection: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("classes")
+    @classmethod
+    def _class_map(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The class map's form (``ClassMap.to_document``): what segment, score and measure read names from."""
+        entries = value.get("classes")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f"'classes' must list the classes (objects with a name), got {entries!r}")
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+                raise ValueError(f"classes[{index}] must be an object with a name, got {entry!r}")
+        if not isinstance(value.get("ignore_index", 255), int) or isinstance(value.get("ignore_index"), bool):
+            raise ValueError(f"ignore_index must be an integer, got {value.get('ignore_index')!r}")
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _distinct_members(cls, value: list[ManifestMember]) -> list[ManifestMember]:
+        names = [member.name for member in value]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"names {', '.join(twice)} more than once: one member would vote twice")
+        return value
+
     @property
     def num_classes(self) -> int:
         return len(self.classes["classes"])
@@ -103,9 +125,17 @@ def file_sha256(storage: Storage, uri: str) -> str:
 
 
 def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> None:
-    """Write ``manifest`` at ``uri``, checked first (:func:`check_manifest`): ``select`` refuses what ``segment``
-    would. Raises ManifestError."""
-    check_manifest(manifest, uri)
+    """Write ``manifest`` at ``uri``, checked first as loading checks it (the schema, :func:`check_manifest`, each
+    member's class map): ``select`` refuses what ``segment`` would, rather than write it (an ``evaluation.json``
+    edited by hand). Raises ManifestError."""
+    where = f"{uri} (not written)"
+    try:
+        EnsembleManifest.model_validate(manifest.model_dump(mode="json"))
+    except ValidationError as exc:
+        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
+        raise ManifestError(f"{where}: invalid manifest: {problems}") from None
+    check_manifest(manifest, where)
+    check_member_classes(manifest, storage, where)
     storage.write_json(uri, manifest.model_dump(mode="json"))
 
 
@@ -257,6 +287,12 @@ def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "m
                 f"{where}: member {member.name!r}: weights changed since selection "
                 f"(sha256 {actual[:12]}... != {member.sha256[:12]}... in the manifest) at {weights_uri}"
             )
+    check_member_classes(manifest, storage, where)
+
+
+def check_member_classes(manifest: EnsembleManifest, storage: Storage, where: str = "manifest") -> None:
+    """Each member's ``classes.json`` names the manifest's classes (and ignore index). Raises ManifestError."""
+    for member in manifest.members:
         try:
             classes = storage.read_json(join_uri(member.checkpoint, "classes.json"))
         except ObjectNotFoundError:
@@ -269,8 +305,10 @@ def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "m
             )
 
 
-def _class_names(document: dict) -> list[str]:
-    return [c["name"] for c in document.get("classes", [])]
+def _class_names(document: dict) -> list:
+    """The class names of a class-map document; what is not one (a member's ``classes.json`` edited) as it is."""
+    entries = document.get("classes") if isinstance(document, dict) else None
+    return [c.get("name") if isinstance(c, dict) else c for c in entries] if isinstance(entries, list) else [entries]
 
 
 def write_ensemble(root: str, members: list[tuple[str, str, dict, Any]], classes: dict, *, mode: str = "wv",

@@ -10,6 +10,7 @@ becomes a manifest (``build_manifest``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pydantic import ValidationError
+
+from minseg.config.base import section_error
 from minseg.enums import FusionMode, SelectionRule
 from minseg.ensemble.config import EvaluationSettings, SelectionSettings, Tiling
 from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember, file_sha256
@@ -440,12 +444,38 @@ def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
     return {"mean": list(member["mean"]), "std": list(member["std"])}
 
 
+@contextmanager
+def evaluation_errors(uri: str):
+    """Yields ``uri`` (an ``evaluation.json``); an error interpreting the document it holds (edited by hand,
+    damaged: a candidate that is no object, a number in words, an unknown fusion mode) becomes one InputError
+    naming it and the key where it can be told, not a traceback from deep in the choice."""
+    from pydantic import ValidationError
+
+    from minseg.config.base import describe_error, key_path
+    from minseg.errors import MinsegError
+
+    try:
+        yield uri
+    except MinsegError:
+        raise
+    except ValidationError as exc:
+        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
+        raise InputError(f"{uri}: {problems} (the record was edited or damaged: run minseg evaluate again)") from None
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        what = f"no key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise InputError(f"{uri}: cannot be read as an evaluation record ({what}): it was edited or damaged; run "
+                         "minseg evaluate again") from None
+
+
 def build_manifest(document: dict, key: str, storage: Storage, name: str,
                    selection: SelectionSettings | None = None, rank_key: str | None = None,
-                   hashes: dict[str, str] | None = None) -> EnsembleManifest:
+                   hashes: dict[str, str] | None = None, chosen_by: str | None = None,
+                   source: str = "evaluation.json") -> EnsembleManifest:
     """The manifest for one candidate of an evaluation document (``evaluation.json``); ``selection`` and
     ``rank_key``: the rule and key that chose it (default: the evaluation's, as recorded in the document);
-    ``hashes``: the members' weights' sha256 as just read (evaluate's own), else each file is read again.
+    ``hashes``: the members' weights' sha256 as just read (evaluate's own), else each file is read again;
+    ``chosen_by``: what chose it when no rule did (``--candidate``), recorded instead of a rule; ``source``: the
+    document's file, named in errors.
 
     Raises:
         InputError: the document has no candidate ``key`` (names the ones it has); a member's weights differ from
@@ -471,14 +501,19 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
             normalization=_own_normalization(info.get("normalization"), document["normalization"]),
         ))
     mode = candidate.mode or FusionMode.SOFT  # a single member: its own probabilities
+    try:
+        tiling = Tiling.model_validate(document["tiling"])
+    except ValidationError as exc:
+        raise section_error(exc, "tiling", source) from None
     return EnsembleManifest(
         name=name, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source_run=document["run"],
         members=members, fusion=ManifestFusion(mode=mode, weights=candidate.weights, tta=document["tta"]),
-        classes=document["classes"], tiling=Tiling(**document["tiling"]),
+        classes=document["classes"], tiling=tiling,
         normalization=document["normalization"], channels=document.get("channels"),
         bit_depth=document.get("bit_depth", BIT_DEPTH),
-        selection={**(selection.model_dump(mode="json") if selection else document["selection"]),
-                   "key": rank_key or document["rank_key"], "candidate": key,
+        selection={**({"chosen_by": chosen_by} if chosen_by else
+                      selection.model_dump(mode="json") if selection else document["selection"]),
+                   **({} if chosen_by else {"key": rank_key or document["rank_key"]}), "candidate": key,
                    "split": document.get("selection_split", "test"),
                    "member_checkpoint": document.get("member_checkpoint", "best")},
         metrics={"tpi_s": candidate.tpi, **{k: v for k, v in candidate.metrics.items() if k != "confusion"}},

@@ -214,6 +214,57 @@ def test_select_refuses_a_member_retrained_since_the_evaluation(evaluation, tmp_
     assert "predates recording the weights it scored" in capsys.readouterr().err
 
 
+def test_select_refuses_an_evaluation_record_edited_by_hand_and_never_writes_a_manifest_it_cannot_load(
+        evaluation, tmp_path, capsys):
+    """An evaluation.json edited or damaged (a break-it pass): select ended in a traceback (exit 1) from deep in
+    the choice, or wrote a manifest that score then refused or crashed on (a class list cut short or no list).
+    Each is now one line naming the file (exit 2), and no manifest is written. A manifest naming one member twice
+    (it would vote twice) or with malformed classes is refused on loading. --candidate is recorded as what chose."""
+    import copy as copying
+
+    folder = Path(evaluation.manifest_uri.rsplit("/", 1)[0])
+    original = json.loads((folder / "evaluation.json").read_text())
+    edits = {
+        "candidates": lambda d: d.update(candidates="x"),
+        "tpi": lambda d: d["candidates"][0].update(tpi="fast"),
+        "members": lambda d: d.update(members=[1, 2]),
+        "tiling": lambda d: d.update(tiling="big"),
+        "tile": lambda d: d["tiling"].update(tile=-5),
+        "mode": lambda d: [c.update(mode="telepathy") for c in d["candidates"] if c.get("mode")],
+        "fewer classes": lambda d: d["classes"].update(classes=d["classes"]["classes"][:3]),
+        "classes text": lambda d: d["classes"].update(classes="x"),
+        "rule": lambda d: d["selection"].update(rule="random"),
+    }
+    said = {"tile": "tiling.tile: Input should be greater than or equal to",
+            "fewer classes": "was trained on classes", "classes text": "'classes' must list the classes",
+            "rule": "evaluation.selection.rule: "}
+    for name, edit in edits.items():
+        document = copying.deepcopy(original)
+        edit(document)
+        edited = tmp_path / name.replace(" ", "-")
+        edited.mkdir()
+        (edited / "evaluation.json").write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["select", str(edited)]) == 2, name
+        err = capsys.readouterr().err
+        named = f"{edited}/manifest-selected.json (not written)" if name == "fewer classes" else \
+            f"{edited}/evaluation.json"
+        assert "Traceback" not in err and named in err and said.get(name, "") in err, (name, err)
+        assert not list(edited.glob("manifest*")), name
+    assert main(["select", str(folder), "--candidate", "RUEL-2-SOFT", "--name", "hand"]) == 0
+    picked = load_manifest(str(folder / "manifest-hand.json")).selection
+    assert picked["chosen_by"] == "--candidate" and "rule" not in picked and "key" not in picked
+    manifest = json.loads(Path(evaluation.manifest_uri).read_text())
+    for name, edit in {"members": lambda m: m.update(members=[m["members"][0], *m["members"]]),
+                       "classes": lambda m: m["classes"].update(classes=[1, 2, 3])}.items():
+        broken = copying.deepcopy(manifest)
+        edit(broken)
+        (tmp_path / f"{name}.json").write_text(json.dumps(broken))
+        with pytest.raises(ManifestError, match={"members": r"members: names \S+ more than once",
+                                                 "classes": r"classes\[0\] must be an object with a name"}[name]):
+            load_manifest(str(tmp_path / f"{name}.json"))
+
+
 def test_select_from_a_copied_run_names_the_copy_s_weights(evaluation, tmp_path, capsys):
     """evaluation.json records where the run was written; a run copied (or moved) with its evaluation wrote
     manifests naming the original's checkpoints, gone or retrained since. They are found under the copy now."""
