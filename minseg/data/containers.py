@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from minseg.data.config import LimitSettings
-from minseg.io.storage import Storage, StorageError, join_uri, parse_uri, shown_name, undecodable
+from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, join_uri, parse_uri, shown_name,
+                               undecodable)
 from minseg.logs import get_logger, log_event
 
 log = get_logger("data.containers")
@@ -60,6 +61,8 @@ class Rejected:
 
     def __post_init__(self):
         object.__setattr__(self, "file", shown_name(self.file))  # a report must be writable whatever its bytes
+        # an error raised about the file names it first ("X.zip!a.png: corrupt archive member"): said once
+        object.__setattr__(self, "reason", shown_name(self.reason).removeprefix(f"{self.file}: "))
 
 
 @dataclass
@@ -182,14 +185,16 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
     container = Container(uri)
     base = uri.rstrip("/")
     loc = parse_uri(base)
-    if not loc.is_s3 and os.path.isfile(loc.path):
-        raise StorageError(f"{uri}: a file, not a dataset: give the folder (or .zip / .tar / .tar.gz archive) that "
-                           "holds the images and their masks")
+    if os.path.isfile(loc.path) if not loc.is_s3 else loc.path.strip("/") and storage.exists(base):  # an image
+        raise StorageError(f"{uri}: a file, not a dataset: give the folder (or .zip / .tar / .tar.gz / .tgz archive) "
+                           "that holds the images and their masks")
     if not loc.is_s3 and not os.path.isdir(loc.path):
-        raise StorageError(f"{uri}: no such folder")
+        raise ObjectNotFoundError(f"{uri}: no such file or folder")
     prefix = (loc.uri if loc.is_s3 else loc.path).rstrip("/") + "/"
     limit = limits.max_member_mib * MIB
+    listed = 0
     for info in storage.list(prefix):
+        listed += 1
         relative = info.uri[len(prefix) :]
         if is_os_metadata(relative):
             continue
@@ -201,6 +206,8 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
         else:
             container.add(relative, {"kind": "file", "uri": info.uri, "size": info.size}, storage)
     if not container.members and not container.rejected:
+        if loc.is_s3 and not listed:  # S3 has no folders: nothing under the prefix is a mistyped one
+            raise ObjectNotFoundError(f"{uri}: no such folder (no object under this prefix)")
         raise StorageError(f"{uri}: folder is empty")
     return container
 

@@ -37,7 +37,8 @@ from minseg.data.layouts import IMAGE_SUFFIXES, LayoutItems, decode_coco_rle, de
 from minseg.data.splits import SPLITS, assign_splits, twin_scenes, unmatched_list_entries
 from minseg.data.tiling import extract_tile, mean_fill, owned_spans, score_once, tile_grid, tile_starts
 from minseg.enums import DatasetLayout, MaskEncoding, SplitGroup, SplitStratify, Task
-from minseg.io.storage import Storage, StorageError, join_uri, parse_uri
+from minseg.io.storage import (AccessDeniedError, BucketNotFoundError, ObjectNotFoundError, Storage, StorageError,
+                               join_uri, parse_uri)
 from minseg.logs import get_logger, log_event
 
 log = get_logger("data")
@@ -387,7 +388,10 @@ def _list_items(data: DataSettings, storage: Storage, staging_uri: str, task: Ta
         prefix = source.name or (os.path.basename(parse_uri(source.uri).path.rstrip("/")) or "source").split(".")[0]
         try:  # a staging folder per source: two `data.tar.gz` in two folders are staged apart
             container = open_container(source.uri, data.limits, storage, join_uri(staging_uri, f"{index + 1}-{prefix}"))
-        except (StorageError, ValueError) as exc:  # the other sources are used: said, not only in the report
+        except (ObjectNotFoundError, BucketNotFoundError, AccessDeniedError) as exc:
+            # a mistyped path, bucket or key: the others alone would train a run that looks complete
+            raise InputError(f"data.sources[{index}].uri: {exc}") from None
+        except (StorageError, ValueError) as exc:  # damaged: the other sources are used, said, not only reported
             rejected.append(Rejected(source.uri, f"source unreadable: {exc}"))
             log_event(log, "data.source_unreadable", logging.WARNING, source=f"data.sources[{index}]", uri=source.uri,
                       reason=str(exc), hint="none of its images is used; the run goes on with the other sources, if "

@@ -490,10 +490,14 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     own_run = config.training is not None and settings.run_uri is None  # not evaluation.run_uri's other run
     members = discover_members(storage, run_uri, settings.members, config.data, settings.checkpoint,
                                [m.name for m in config.training.members] if own_run else None)
-    unknown = sorted(set(settings.voters or []) - {m.name for m in members})
-    if unknown:
-        raise InputError(f"evaluation.voters names member(s) not evaluated: {', '.join(unknown)}; "
-                         f"evaluated: {', '.join(m.name for m in members)}")
+    for key, names in (("voters", settings.voters), ("baselines", settings.baselines)):  # a typo: not ignored
+        if unknown := sorted(set(names or []) - {m.name for m in members}):
+            raise InputError(f"evaluation.{key} names member(s) not evaluated: {', '.join(unknown)}; "
+                             f"evaluated: {', '.join(m.name for m in members)}")
+    if not settings.modes:
+        log_event(log, "ensemble.no_fusion_modes", logging.WARNING,
+                  hint="evaluation.modes is empty: no RUEL-k ensemble is built, the candidates are single members "
+                       "and the manifest is the best member's")
     voters = len(settings.voters) if settings.voters else len(members)
     if not ensemble_sizes(settings, voters, len(members)):  # refused above one voter: before any pass
         log_event(log, "ensemble.nothing_to_fuse", logging.WARNING, voters=voters,

@@ -8,7 +8,7 @@ import pytest
 
 from minseg.data.config import LimitSettings
 from minseg.data.containers import open_container, read_ref, unsafe_member_reason
-from minseg.io.storage import Storage, StorageError
+from minseg.io.storage import ObjectNotFoundError, Storage, StorageError
 from tests.data.helpers import write_paired
 
 
@@ -108,7 +108,7 @@ def test_corrupt_archives_and_missing_folder(tmp_path):
     for name in ("empty.zip", "empty.tar", "empty.tar.gz"):  # was "cannot recognise the dataset layout"
         with pytest.raises(StorageError, match=f"{name}: the archive is empty"):
             open_container(str(tmp_path / name), LimitSettings(), Storage(), staging_uri=str(tmp_path / "staging"))
-    with pytest.raises(StorageError, match="nowhere: no such folder"):
+    with pytest.raises(ObjectNotFoundError, match="nowhere: no such file or folder"):
         open_container(str(tmp_path / "nowhere"), LimitSettings(), Storage())
     (tmp_path / "one.png").write_bytes(b"")  # an image given as the dataset: it exists, it is no folder
     with pytest.raises(StorageError, match="one.png: a file, not a dataset: give the folder"):
@@ -129,6 +129,11 @@ def test_s3_prefix_and_archive(s3, tmp_path):
         container = open_container(uri, LimitSettings(), storage, staging_uri=s3.uri("staging"))
         assert sorted(container.members) == sorted(files)
         assert read_ref(container.members["masks/s1.png"], storage) == files["masks/s1.png"]
+    # as on disk: a prefix with nothing under it is no folder (was "folder is empty"), an image is no dataset
+    with pytest.raises(ObjectNotFoundError, match=r"ds2: no such folder \(no object under this prefix\)"):
+        open_container(s3.uri("ds2"), LimitSettings(), storage)
+    with pytest.raises(StorageError, match=r"s0.jpg: a file, not a dataset: give the folder"):
+        open_container(s3.uri("ds/images/s0.jpg"), LimitSettings(), storage)
 
 
 def test_zip_written_with_backslash_separators(tmp_path):

@@ -14,6 +14,7 @@ from minseg.data.splits import assign_splits
 from minseg.data.pipeline import (DataError, load_example, prepare_data, prepare_scoring_data, split_dataset,
                                   write_data_reports)
 from minseg.enums import DatasetLayout, Task
+from minseg.errors import InputError
 from minseg.io.storage import Storage
 from minseg.synth.minerals import CLASS_NAMES
 from minseg.synth.sections import render_section
@@ -307,12 +308,18 @@ def test_what_the_run_loses_is_said_on_the_console(ray_session, tmp_path, caplog
     Image.fromarray(image[..., 0].astype(np.uint16) * 16).save(root / "images" / "bse.png")
     (root / "masks" / "bse.png").write_bytes(png_bytes(mask))
     data = settings(root, split={"train": 0.5, "val": 0.5, "test": 0.0})
-    data.sources.append(data.sources[0].model_copy(update={"uri": str(tmp_path / "dz")}))  # no such folder
+    # a source that is not there (a typo among several): refused, as the others alone would train a run that
+    # looks complete (it was a warning); a damaged one is a warning, its images reported
+    data.sources.append(data.sources[0].model_copy(update={"uri": str(tmp_path / "dz")}))
+    with pytest.raises(InputError, match=r"data.sources\[1\].uri: \S+/dz: no such file or folder"):
+        prepare(data, tmp=tmp_path / "work")
+    (tmp_path / "dz.zip").write_bytes(b"PK not a zip")
+    data.sources[1] = data.sources[1].model_copy(update={"uri": str(tmp_path / "dz.zip")})
     with caplog.at_level(logging.WARNING, logger="minseg.data"):
         prepared = prepare(data, tmp=tmp_path / "work")
     warned = {r.getMessage(): r.fields for r in caplog.records}
     assert warned["data.source_unreadable"]["source"] == "data.sources[1]"
-    assert warned["data.source_unreadable"]["uri"] == str(tmp_path / "dz")
+    assert warned["data.source_unreadable"]["uri"] == str(tmp_path / "dz.zip")
     assert warned["data.quarantined"]["files"] == len(prepared.quarantine) == 2
     assert "data.split.empty" not in warned  # test's ratio is 0: asked for
     assert warned["data.images_dark"]["images"] == 1 and warned["data.images_dark"]["example"] == "ds/bse"

@@ -400,6 +400,9 @@ def test_voters_limit_the_ensemble_pool_and_baselines_are_still_scored(trained_r
     config = evaluation_config(trained_run, "bad-voters", voters=["resunet", "b0"])
     with pytest.raises(InputError, match="evaluation.voters names member\\(s\\) not evaluated: b0"):
         evaluate_ensemble(config)
+    config = evaluation_config(trained_run, "bad-baselines", baselines=["vgg16"])  # was ignored without a word
+    with pytest.raises(InputError, match="evaluation.baselines names member\\(s\\) not evaluated: vgg16; "):
+        evaluate_ensemble(config)
     # k_min above the voters: refused before any pass (it used to build no ensemble and "select" a member)
     config = evaluation_config(trained_run, "k-too-big", k_min=4)
     with pytest.raises(InputError, match="evaluation.k_min 4 .* from 3 member\\(s\\) evaluated"):
