@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, StrictModel, Uri
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
 from minseg.io.images import BIT_DEPTH
 
@@ -180,7 +180,7 @@ DEFAULT_CHANNELS = (ImageChannels(name="image"),)
 
 
 class SourceSettings(StrictModel):
-    uri: str = Field(description="folder, .tar / .tar.gz / .tgz / .zip archive; local or s3://")
+    uri: Uri = Field(description="folder, .tar / .tar.gz / .tgz / .zip archive; local or s3://")
     layout: DatasetLayout = DatasetLayout.AUTO
     name: Name | None = Field(None, description="prefix for item ids (default: the source's base name up to its "
                               "first '.')")

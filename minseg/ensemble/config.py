@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, StrictModel, Uri
 from minseg.data.config import TilingSettings
 from minseg.enums import (TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule,
                           metric_key_problem)
@@ -56,7 +56,7 @@ class SelectionSettings(StrictModel):
 
 
 class EvaluationSettings(StrictModel):
-    run_uri: str | None = Field(None, description="training run to evaluate (default: run.output_uri/run.name)")
+    run_uri: Uri | None = Field(None, description="training run to evaluate (default: run.output_uri/run.name)")
     members: list[str] | None = Field(None, description="default: every member that finished")
     baselines: list[str] | None = Field(None, description="members reported as baselines (default: vgg16_unet ones)")
     voters: list[str] | None = Field(
@@ -136,7 +136,7 @@ class ScoreSettings(StrictModel):
     split: ScoreSplit = Field(ScoreSplit.ALL, description="all: every labelled item of the data (an external test "
                               "set; data.split is not used); train / val / test: that split of data.split")
     name: Name = "score"
-    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/score/<name>")
+    output_uri: Uri | None = Field(None, description="default: <run.output_uri>/<run.name>/score/<name>")
     actors: int = Field(1, ge=1, description="inference actors (each holds every member)")
     cpus_per_actor: float = Field(0.5, gt=0)
     gpus_per_actor: float = Field(0.0, ge=0)

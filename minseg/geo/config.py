@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, StrictModel, Uri
 from minseg.io.crs import CrsText, GridCrsText
 from minseg.enums import (
     Augmentation,
@@ -67,7 +67,7 @@ def _decimal_needs_separator(uri: str, delimiter: str | None, decimal: str) -> N
 class SampleTable(StrictModel):
     """Geochemical samples: CSV / Parquet (x, y columns) or GeoPackage / shapefile / GeoJSON points."""
 
-    uri: str = Field(description="file, glob or s3:// URI; several files are read as one table")
+    uri: Uri = Field(description="file, glob or s3:// URI; several files are read as one table")
     layer: str | None = Field(None, description="layer of a GeoPackage (default: the first)")
     delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator "
                                   "(';' where the decimal mark is a comma); default ',' (a tab for .tsv)")
@@ -121,7 +121,7 @@ class SampleTable(StrictModel):
 class PointLayer(StrictModel):
     """Known deposits / occurrences: points in a vector file, or a CSV with x/y columns."""
 
-    uri: str
+    uri: Uri
     layer: str | None = None
     delimiter: str | None = Field(None, min_length=1, max_length=1, description="a CSV's field separator; default "
                                   "',' (a tab for .tsv)")
@@ -168,7 +168,7 @@ class EvidenceRaster(StrictModel):
     """A gridded evidence layer (GeoTIFF, ESRI grid folder, anything GDAL reads); ``uri`` may be a glob of
     files, one layer each, named after the file (e.g. 40 interpolated element grids)."""
 
-    uri: str
+    uri: Uri
     name: Name | None = Field(None, description="required unless uri is a glob (the layers "
                              "are then named after their files)")
     kind: EvidenceKind = EvidenceKind.CONTINUOUS
@@ -198,7 +198,7 @@ class EvidenceRaster(StrictModel):
 class LineLayer(StrictModel):
     """Lines (faults, contacts) turned into a distance raster."""
 
-    uri: str
+    uri: Uri
     name: Name = "fault_distance"
     layer: str | None = None
     crs: CrsText | None = None
@@ -333,7 +333,7 @@ class TargetSettings(StrictModel):
 
 class ProspectSettings(StrictModel):
     name: Name = "prospectivity"
-    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
+    output_uri: Uri | None = Field(None, description="default: <run.output_uri>/<run.name>/prospect/<name>")
     samples: SampleTable | None = Field(None, description="geochemical samples, interpolated by IDW; optional "
                                         "when rasters (e.g. element grids) carry the evidence")
     deposits: Sites = Field(description="known deposits: points, or a raster of deposit cells")

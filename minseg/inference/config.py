@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel, TiffTileSize
+from minseg.config.base import Name, StrictModel, TiffTileSize, Uri
 from minseg.data.config import SceneBitDepth
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
 from minseg.io.storage import has_glob, output_folder
@@ -30,14 +30,14 @@ class SlideLimitSettings(StrictModel):
 
 
 class SegmentSettings(StrictModel):
-    manifest_uri: str | None = Field(
+    manifest_uri: Uri | None = Field(
         None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
-    slides: list[str] = Field(default_factory=list, description="slide URIs or globs (local or s3://)")
-    slide_list: str | None = Field(None, description="text file (one URI per line) or CSV with a 'uri' column")
+    slides: list[Uri] = Field(default_factory=list, description="slide URIs or globs (local or s3://)")
+    slide_list: Uri | None = Field(None, description="text file (one URI per line) or CSV with a 'uri' column")
     scenes: list[dict[str, str]] = Field(default_factory=list, description="for ensembles reading several images "
                                          "per scene (data.sources[].channels): one entry per scene, channel name -> "
                                          "image URI, e.g. {ppl: s3://lab/s01_ppl.tif, xpl: s3://lab/s01_xpl.tif}")
-    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")
+    output_uri: Uri | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")
     name: Name = "slides"
 
     def output(self, run_uri: str) -> str:
@@ -119,15 +119,15 @@ class SegmentSettings(StrictModel):
 class MeasureSettings(StrictModel):
     """The ``measure`` section: mineralogy of label maps that exist already (``minseg measure``)."""
 
-    labels: list[str] = Field(default_factory=list, description="label maps: labels.tif or segmentation.ome.zarr "
+    labels: list[Uri] = Field(default_factory=list, description="label maps: labels.tif or segmentation.ome.zarr "
                               "from segment, or any single-channel class-id TIFF/PNG (paths, s3:// URIs, globs)")
-    references: list[str] = Field(default_factory=list, description="reference masks (class ids, same classes and "
+    references: list[Uri] = Field(default_factory=list, description="reference masks (class ids, same classes and "
                                   "size), one per label map in the same order: errors of every number against them")
     classes: list[str] | None = Field(None, description="class names by id, for label maps that do not carry them "
                                       "(labels.tif and OME-Zarr from segment do)")
     pixel_size_um: float | None = Field(None, gt=0, lt=MAX_PIXEL_SIZE_UM, allow_inf_nan=False,
                                         description="µm per pixel (default: the label map's own)")
-    output_uri: str | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
+    output_uri: Uri | None = Field(None, description="default: <run.output_uri>/<run.name>/measure/<name>")
     name: Name = "labels"
 
     def output(self, run_uri: str) -> str:

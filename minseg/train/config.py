@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, StrictModel, Uri
 from minseg.data.config import AugmentSettings
 from minseg.enums import (
     PER_CLASS_METRICS, SCORE_METRICS, ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName,
@@ -125,7 +125,7 @@ class BaggingSettings(StrictModel):
 class InitSettings(StrictModel):
     """Pretrained weights a member starts from (``minseg.models.pretrained``)."""
 
-    uri: str = Field(min_length=1, description="path or s3:// URI of a .pt/.pth/.bin/.ckpt or .safetensors file")
+    uri: Uri = Field(min_length=1, description="path or s3:// URI of a .pt/.pth/.bin/.ckpt or .safetensors file")
     part: InitPart = Field(InitPart.ENCODER, description="encoder, or the whole model where names and shapes fit")
     layout: WeightLayout = Field(WeightLayout.AUTO, description="the file's tensor names (auto: the best fit)")
     prefix: str = Field("", description="stripped from the file's names first, e.g. 'backbone.'")

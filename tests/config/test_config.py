@@ -1,4 +1,6 @@
 import copy
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -642,3 +644,22 @@ def test_a_refused_synth_section_is_still_the_demos_classes(capsys, monkeypatch)
     assert main(["config", "validate", demo, "--set", "training.members.halfunet-a.seed=4"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()[1:]
     assert len(lines) == 1 and lines[0].startswith("  environment MINSEG__SYNTH: synth: "), lines
+
+
+def test_every_uri_key_refuses_what_no_job_can_open(tmp_path):
+    """`data.sources[0].uri: ''`, an ftp:// URI, `s3://` without a bucket: `config validate` called them valid and
+    the job refused them later, some without naming the key. Every URI key is checked when the config is read."""
+    base = {"run": {"name": "x"}, "data": {"sources": [{"uri": str(tmp_path)}]}}
+    cases = {("data", "sources", 0, "uri"): ("", "empty path or URI"),
+             ("run", "output_uri"): ("ftp://host/out", "unsupported scheme 'ftp'"),
+             ("segment", "slides"): (["s3://"], "has no bucket"),
+             ("evaluation", "run_uri"): ("s3://key:secret@bucket/run", "must not carry credentials")}
+    for path, (value, said) in cases.items():
+        document = json.loads(json.dumps(base))
+        target = document
+        for part in path[:-1]:
+            target = target.setdefault(part, {}) if isinstance(part, str) else target[part]
+        target[path[-1]] = value
+        with pytest.raises(ConfigError, match=re.escape(said)) as caught:
+            validate_config(document, MinsegConfig)
+        assert ".".join(str(p) for p in path[:2]) in str(caught.value).replace("[0]", ".0"), str(caught.value)
