@@ -885,8 +885,8 @@ def write_data_reports(prepared: PreparedData, output_uri: str, storage: Storage
     """quarantine.csv / .json, dataset_stats.json / .csv, splits.json, classes.json and contents.json (item id ->
     its pixels' and labels' digest, ``PreparedData.contents``) under output_uri."""
     uris = {name: join_uri(output_uri, name) for name in
-            ("quarantine.csv", "quarantine.json", "dataset_stats.json", "dataset_stats.csv", "splits.json", "classes.json",
-             "contents.json")}
+            ("quarantine.csv", "quarantine.json", "dataset_stats.json", "dataset_stats.csv", "splits.json",
+             "classes.json", "contents.json")}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "reason"])

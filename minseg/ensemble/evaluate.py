@@ -28,7 +28,7 @@ import torch
 
 from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
-from minseg.data.classmap import ClassMap, checkpoint_class_difference
+from minseg.data.classmap import ClassMap, checkpoint_class_difference, class_map_difference
 from minseg.data.config import DataSettings
 from minseg.data.pipeline import PreparedData, classes_missing, item_changes, load_example, prepare_data
 from minseg.data.splits import split_groups
@@ -254,6 +254,8 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
     if missing:
         raise InputError(f"members not finished in {run_uri}: {', '.join(missing)} (finished: {', '.join(done)})")
     members, classes = [], None
+    # the config's class map when there is one: the member that differs is named, with how (not the first one read)
+    reference = ClassMap.from_settings(data.classes) if data is not None and data.classes is not None else None
     checkpoint = MemberCheckpoint(checkpoint)
     for name in wanted:
         uri = recorded_checkpoint(storage, run_uri, done[name], checkpoint)  # under run_uri: a copied run's own
@@ -263,8 +265,14 @@ def discover_members(storage: Storage, run_uri: str, names: list[str] | None,
                              "a run copied without its checkpoints?)")
         member = storage.read_json(join_uri(uri, "member.json"))
         document = storage.read_json(join_uri(uri, "classes.json"))
-        if classes is not None and document != classes[1]:
-            raise InputError(f"member {name!r} was trained on a different class map than {classes[0]!r}")
+        if reference is not None and (difference := class_map_difference(document, reference)):
+            raise InputError(f"member {name!r} ({uri}) was trained with another class map than data.classes gives "
+                             f"now: {difference}; evaluation would score each class against another's pixels. Keep "
+                             "data.classes as it was when the members trained")
+        if reference is None and classes is not None and document != classes[1]:
+            difference = class_map_difference(document, ClassMap.from_document(classes[1]))
+            raise InputError(f"members {classes[0]!r} and {name!r} ({uri}) were trained on different class maps"
+                             + (f" ({name!r} against {classes[0]!r}: {difference})" if difference else ""))
         classes = classes or (name, document)
         if data is not None:
             check_channels(name, member, data)

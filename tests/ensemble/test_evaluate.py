@@ -732,6 +732,18 @@ def test_members_that_did_not_finish_are_said_and_a_stopped_run_points_to_resume
         discover_members(Storage(), str(stopped), None)
     with pytest.raises(InputError, match=r"is this a training run"):
         discover_members(Storage(), str(tmp_path), None)
+    # one member's class map renamed by hand: named with what differs (the message named the member read first)
+    copied = tmp_path / "copied"
+    shutil.copytree(trained_run.run.uri, copied, ignore=shutil.ignore_patterns("ray"))
+    last = json.loads((copied / "members" / "vgg" / "checkpoints" / "best.json").read_text())
+    folder = copied / "members" / "vgg" / "checkpoints" / last["uri"].rstrip("/").rsplit("/", 1)[-1]
+    classes = json.loads((folder / "classes.json").read_text())
+    renamed = classes["classes"][-1]["name"]
+    classes["classes"][-1]["name"] = "quartz"
+    (folder / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(InputError, match=rf"member 'vgg' \(\S+\) was trained with another class map than data.classes "
+                                         rf"gives now: class id 8 was 'quartz' .* '{renamed}'"):
+        discover_members(Storage(), str(copied), ["resunet", "vgg", "halfunet"], trained_run.data)
 
 
 EARLIER_REPORTS = ("table7_comparison.csv", "table7_comparison.md", "overlay_old_item.png", "confusion_best_member.png",
