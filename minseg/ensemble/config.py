@@ -26,7 +26,8 @@ class Tiling(StrictModel):
     tile: int = Field(ge=16)
     overlap: int = Field(ge=0)
     blend: Blend = Blend.GAUSSIAN
-    scale: float = Field(1.0, gt=0)
+    scale: float = Field(1.0, gt=0, le=4, description="images resampled by this first, as in training (data.tiling."
+                         "scale, at most 4)")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> "Tiling":

@@ -256,12 +256,15 @@ def test_select_refuses_an_evaluation_record_edited_by_hand_and_never_writes_a_m
     assert picked["chosen_by"] == "--candidate" and "rule" not in picked and "key" not in picked
     manifest = json.loads(Path(evaluation.manifest_uri).read_text())
     for name, edit in {"members": lambda m: m.update(members=[m["members"][0], *m["members"]]),
-                       "classes": lambda m: m["classes"].update(classes=[1, 2, 3])}.items():
+                       "classes": lambda m: m["classes"].update(classes=[1, 2, 3]),
+                       "scale": lambda m: m["tiling"].update(scale=1000)}.items():  # 8 for 0.125: memory gone
         broken = copying.deepcopy(manifest)
         edit(broken)
         (tmp_path / f"{name}.json").write_text(json.dumps(broken))
         with pytest.raises(ManifestError, match={"members": r"members: names \S+ more than once",
-                                                 "classes": r"classes\[0\] must be an object with a name"}[name]):
+                                                 "classes": r"classes\[0\] must be an object with a name",
+                                                 "scale": r"tiling.scale: Input should be less than or equal to 4"
+                                                 }[name]):
             load_manifest(str(tmp_path / f"{name}.json"))
 
 
