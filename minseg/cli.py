@@ -106,16 +106,17 @@ def _member_names(text: str) -> list[str]:
     return names
 
 
-def _section(model, current: dict, updates: dict, flags: dict[str, str], section: str, args):
+def _section(model, current: dict, updates: dict, flags: dict[str, str], section: str, args,
+             source: str | None = None):
     """``model`` (a config section) from the config's values with the command line's ``updates`` (None: not
     given) on top; a value that does not validate is a ConfigError naming its flag (``flags``: field -> flag)
-    or, for the config's own values, the config."""
+    or, for ``current``'s own values, ``source`` (default: the config)."""
     from minseg.config import validate_section
 
     given = {key: value for key, value in updates.items() if value is not None}
     sources = {key: flags[key] for key in given if key in flags}
-    return validate_section(model, {**current, **given}, section, getattr(args, "config", None) or "command line",
-                            sources)
+    return validate_section(model, {**current, **given}, section,
+                            source or getattr(args, "config", None) or "command line", sources)
 
 
 def _check_output(uri: str | None, source: str, command: str | None = None, config=None) -> None:
@@ -244,7 +245,6 @@ def cmd_select(args) -> int:
     from minseg.ensemble.manifest import manifest_destination, write_manifest
     from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, complete_publication
-    from minseg.config import validate_section
     from minseg.ensemble.selection import Candidate, build_manifest, evaluation_errors, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
@@ -262,7 +262,7 @@ def cmd_select(args) -> int:
         print(f"{args.evaluation}: the evaluation's outputs were not all in place (its run was cut short while "
               "putting them there): put in place now", file=sys.stderr)
     document = read_evaluation(args.evaluation, storage)
-    selection = rank_key = None  # --candidate: nothing chose it; the manifest keeps the evaluation's rule
+    selection = rank_key = None  # --candidate: nothing chose it; the manifest records that (chosen_by)
     # an evaluation.json edited by hand or damaged: one line naming it, not a traceback from deep in the choice
     with evaluation_errors(join_uri(args.evaluation, "evaluation.json")) as recorded:
         if args.candidate:
@@ -274,9 +274,8 @@ def cmd_select(args) -> int:
                 current.pop("tpi_budget_s", None)
             updates = ({"rule": SelectionRule.TPI_BUDGET, "tpi_budget_s": args.tpi_budget}
                        if args.tpi_budget is not None else {"rule": args.rule} if args.rule else {})
-            given = {k: v for k, v in updates.items() if v is not None}  # validated: model_copy would take inf
-            selection = validate_section(SelectionSettings, {**current, **given}, "evaluation.selection", recorded,
-                                         {k: {"rule": "--rule", "tpi_budget_s": "--tpi-budget"}[k] for k in given})
+            selection = _section(SelectionSettings, current, updates, {"rule": "--rule", "tpi_budget_s":
+                                 "--tpi-budget"}, "evaluation.selection", args, recorded)  # model_copy takes inf
             rank_key = args.key or document["rank_key"]
             key = select(candidates, rank_key, selection, document.get("selection_groups"),
                          document.get("selection_split") or "test").key

@@ -133,6 +133,8 @@ letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at mos
 def _location(value: str) -> str:
     from minseg.io.storage import StorageError, parse_uri  # here: io.storage's own config imports this module
 
+    if value and not value.strip():
+        raise ValueError("a blank path or URI")
     try:
         parse_uri(value)
     except StorageError as exc:
@@ -208,6 +210,9 @@ _UNIT_SUFFIX = re.compile(rf"_({'|'.join(_UNITS)})$")  # a key's unit is its las
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
+_USERINFO = re.compile(r"//[^/@\s'\"]+@")  # s3://KEY:SECRET@bucket: the credentials in a URI
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error (``ValidationError.errors()``) as a reason to print: no pydantic labels, the value given."""
     kind = error["type"]
@@ -221,11 +226,17 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind in _BOUND_ERRORS and unit:  # "less than 1000000" alone does not say 1 m was meant as µm
         reason += f" {_UNITS[unit.group(1)]}"
     if got is not None and not isinstance(got, (dict, list)):
-        shown = repr(got)  # a value pasted by mistake (a whole path, a file's text) is not printed whole
+        # a value pasted by mistake (a whole path, a file's text) is not printed whole; a URI's user:secret never
+        shown = _USERINFO.sub("//***@", repr(got))
         reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"
     if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
         reason += ": YAML (and --set) read digits as a number; quote the text ('0815')"  # 0815 became 815
     return reason
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Every error of a ``ValidationError`` as ``key: reason`` (:func:`describe_error`), joined by "; "."""
+    return "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
 
 
 def _find_credential_keys(data: Any, loc: tuple[Any, ...] = ()) -> list[tuple[str, str]]:

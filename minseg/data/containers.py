@@ -89,10 +89,11 @@ class Container:
     def add(self, name: str, ref: dict, storage: Storage) -> None:
         """List ``ref`` under ``name`` (normalised, NFC) unless it is hidden, or a second copy of a listed name
         with other bytes (module doc); ``storage`` reads both copies of a name listed twice."""
-        if undecodable(name):
-            self.rejected.append(Rejected(self.describe(name), "its name is not valid UTF-8 (the bytes shown as \\x..; "
-                                                               "written in another encoding, e.g. Latin-1): not "
-                                                               "used; rename it"))
+        if undecodable(name):  # reported when it may be data (as hidden files are); a stray notes file is not
+            if name.lower().endswith((*IMAGE_SUFFIXES, ".json", ".xml")):
+                self.rejected.append(Rejected(self.describe(name), "its name is not valid UTF-8 (the bytes shown as "
+                                                                   "\\x..; written in another encoding, e.g. "
+                                                                   "Latin-1): not used; rename it"))
             return
         key = unicodedata.normalize("NFC", posixpath.normpath(name.replace("\\", "/")))
         if any(part.startswith(".") for part in key.split("/")):  # a hidden file, or one in a hidden folder

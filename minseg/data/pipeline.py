@@ -159,7 +159,8 @@ def decode_scene(item: dict, limits: LimitSettings, storage: Storage, bit_depth:
 def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage: Storage,
                  scale: float = 1.0, with_codes: bool = False, instance_areas: list | None = None,
                  bit_depth: int = BIT_DEPTH):
-    """Decode, validate and rescale one item: (image uint8 (H, W, C), class-id mask uint8 (H, W) or None).
+    """Decode, validate and rescale one item: (image uint8 (H, W, C), class-id mask uint8 (H, W) or None); with
+    ``with_codes``, also the class ids and the image at full resolution (before ``scale``).
 
     ``instance_areas``: for instance-mask items, (class code, object area in px at full resolution) of each object
     is appended to it; ``bit_depth``: as ``decode_scene``. Raises DecodeError with the reason when the item cannot
@@ -201,9 +202,9 @@ def load_example(item: dict, classmap: ClassMap, limits: LimitSettings, storage:
                                             and (codes[..., 1] == codes[..., 2]).all())
             problem = classmap.describe_unknown(unknown, grey=grey)
             raise DecodeError(f"its mask {item['mask_name']}: {problem}" if item.get("mask") is not None else problem)
-    full_ids = ids
+    full_ids, full_image = ids, image
     image, ids = resize_pair(image, ids, scale)
-    return (image, ids, full_ids) if with_codes else (image, ids)
+    return (image, ids, full_ids, full_image) if with_codes else (image, ids)
 
 
 def _merged_instances(item: dict, height: int, width: int, limits: LimitSettings, storage: Storage,
@@ -255,8 +256,9 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
             pixels = small.reshape(-1, small.shape[-1]).astype(np.float64)
         else:
             areas: list[tuple[int, int]] = []
-            image, ids, full_ids = load_example(item, classmap, data.limits, storage, data.tiling.scale, with_codes=True,
-                                                instance_areas=areas, bit_depth=data.bit_depth)
+            image, ids, full_ids, full_image = load_example(item, classmap, data.limits, storage, data.tiling.scale,
+                                                            with_codes=True, instance_areas=areas,
+                                                            bit_depth=data.bit_depth)
             row["pixels"] = np.bincount(full_ids.ravel(), minlength=256)[: classmap.num_classes].tolist()
             row["particles"] = _particles(full_ids, classmap.num_classes)
             for code, area in areas:  # true objects, to check particle counts and sizes against
@@ -275,9 +277,14 @@ def scan_item(item: dict, classmap: ClassMap, data: DataSettings, task: Task, st
         # the pixels, whatever the file's name or format: one picture under two names would leak across splits
         if image.size and image.min() != image.max():  # blank frames are alike without being one picture
             row["digest"] = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16).hexdigest()
-        content = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16)  # what a member learns from
-        content.update(np.ascontiguousarray(full_ids) if task is not Task.CLASSIFICATION else
-                       str(int(item["label"])).encode())
+        # the pictures as decoded, before any resampling (another tiling.scale is a setting, said as such; another
+        # resampling library version is not a changed picture)
+        if task is Task.CLASSIFICATION:
+            content = hashlib.blake2b(np.ascontiguousarray(image), digest_size=16)
+            content.update(str(int(item["label"])).encode())
+        else:
+            content = hashlib.blake2b(np.ascontiguousarray(full_image), digest_size=16)
+            content.update(np.ascontiguousarray(full_ids) if full_ids is not None else b"")
         row["content"] = content.hexdigest()
         # the darkest image of a scene counts: a 12-bit camera's frames beside a 16-bit detector's bright ones
         row["brightest"], row["dark_image"], row["dark_bits"] = _darkest_image(image, item, data)
@@ -632,6 +639,24 @@ def _warn_dark(good: dict[str, list[dict]], by_id: dict[str, dict], bit_depth: i
                        f"stored in 16-bit samples and read as {bits}-bit (most grey levels lost)? Set "
                        "data.bit_depth to the camera's bit depth (e.g. 12), or data.sources[].channels[].bit_depth "
                        "for one image of a scene. 8-bit pictures this dark: blank or underexposed?")
+
+
+def recorded_contents(storage: Storage, uri: str) -> dict[str, str]:
+    """A run's ``contents.json`` (``write_data_reports``): {} when there is none (runs prepared before 2026-12-07)
+    or it cannot be read (warned: the pictures are then not compared)."""
+    import json
+
+    try:
+        document = storage.read_json(uri)
+    except ObjectNotFoundError:
+        return {}
+    except (StorageError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        document = f"not readable ({exc})"
+    if not isinstance(document, dict):
+        log_event(log, "data.contents_unreadable", logging.WARNING, record=uri, reason=str(document)[:200],
+                  hint="the pictures are not compared with the ones the members were trained on")
+        return {}
+    return document
 
 
 def item_changes(before: Iterable[str], now: Iterable[str], added: str = "added", gone: str = "gone") -> str | None:

@@ -133,7 +133,7 @@ class ScoreSettings(StrictModel):
     TTA, tiling, scale and normalisation unchanged; the data comes from the config's ``data`` section (its
     ``classes`` default to the manifest's)."""
 
-    manifest: str | None = Field(None, description="ensemble manifest (path or s3://), from evaluate or select")
+    manifest: Uri | None = Field(None, description="ensemble manifest (path or s3://), from evaluate or select")
     split: ScoreSplit = Field(ScoreSplit.ALL, description="all: every labelled item of the data (an external test "
                               "set; data.split is not used); train / val / test: that split of data.split")
     name: Name = "score"

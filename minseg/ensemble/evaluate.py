@@ -30,7 +30,8 @@ from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference, class_map_difference
 from minseg.data.config import DataSettings
-from minseg.data.pipeline import PreparedData, classes_missing, item_changes, load_example, prepare_data
+from minseg.data.pipeline import (PreparedData, classes_missing, item_changes, load_example, prepare_data,
+                                  recorded_contents)
 from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
@@ -641,7 +642,7 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
     # refused, as each split keeps its images (a corrected test mask is scored as corrected; a training image
     # edited since means the members learnt from its earlier version)
     contents = join_uri(run_uri, "data", "contents.json")
-    if storage.exists(contents) and (changed := prepared.content_changes(storage.read_json(contents))):
+    if changed := prepared.content_changes(recorded_contents(storage, contents)):
         where = {i["item_id"]: split for split in ("train", "val", "test") for i in prepared.splits[split]}
         log_event(log, "ensemble.images_changed", logging.WARNING, images=len(changed), record=contents,
                   **{split: ",".join(ids[:5]) + (",..." if len(ids) > 5 else "")

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from minseg.config.base import Name, StrictModel, describe_error, key_path, name_problem
+from minseg.config.base import Name, StrictModel, describe_errors, name_problem
 from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
@@ -132,8 +132,7 @@ def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> No
     try:
         EnsembleManifest.model_validate(manifest.model_dump(mode="json"))
     except ValidationError as exc:
-        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
-        raise ManifestError(f"{where}: invalid manifest: {problems}") from None
+        raise ManifestError(f"{where}: invalid manifest: {describe_errors(exc)}") from None
     check_manifest(manifest, where)
     check_member_classes(manifest, storage, where)
     storage.write_json(uri, manifest.model_dump(mode="json"))
@@ -206,8 +205,7 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
     try:
         manifest = EnsembleManifest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
-        raise ManifestError(f"{uri}: invalid manifest: {problems}") from None
+        raise ManifestError(f"{uri}: invalid manifest: {describe_errors(exc)}") from None
     check_manifest(manifest, uri)
     if verify:
         verify_members(manifest, storage, uri)

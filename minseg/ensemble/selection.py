@@ -20,15 +20,18 @@ import torch
 
 from pydantic import ValidationError
 
-from minseg.config.base import section_error
+from minseg.config.base import describe_errors, section_error
 from minseg.enums import FusionMode, SelectionRule
 from minseg.ensemble.config import EvaluationSettings, SelectionSettings, Tiling
 from minseg.ensemble.manifest import EnsembleManifest, ManifestFusion, ManifestMember, file_sha256
 from minseg.ensemble.voting import fuse, rank_weights
-from minseg.errors import InputError
+from minseg.errors import InputError, MinsegError
 from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import Storage, absolute_uri, join_uri
+from minseg.logs import get_logger
 from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
+
+log = get_logger("ensemble.selection")
 
 MEMBER_PREFIX = "member:"
 
@@ -449,19 +452,16 @@ def evaluation_errors(uri: str):
     """Yields ``uri`` (an ``evaluation.json``); an error interpreting the document it holds (edited by hand,
     damaged: a candidate that is no object, a number in words, an unknown fusion mode) becomes one InputError
     naming it and the key where it can be told, not a traceback from deep in the choice."""
-    from pydantic import ValidationError
-
-    from minseg.config.base import describe_error, key_path
-    from minseg.errors import MinsegError
-
     try:
         yield uri
     except MinsegError:
         raise
     except ValidationError as exc:
-        problems = "; ".join(f"{key_path(e['loc'])}: {describe_error(e)}" for e in exc.errors())
-        raise InputError(f"{uri}: {problems} (the record was edited or damaged: run minseg evaluate again)") from None
+        raise InputError(f"{uri}: {describe_errors(exc)} (the record was edited or damaged: run minseg evaluate "
+                         "again)") from None
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        # kept for --log-level debug: a fault of minseg's own would otherwise read as a damaged record
+        log.debug("evaluation record not understood", exc_info=True)
         what = f"no key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InputError(f"{uri}: cannot be read as an evaluation record ({what}): it was edited or damaged; run "
                          "minseg evaluate again") from None

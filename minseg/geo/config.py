@@ -147,7 +147,7 @@ class CellLayer(StrictModel):
     nodata marks one. Each marked cell becomes a site at its centre, on any grid and CRS; sites falling in one
     cell of the target grid count once."""
 
-    raster: str = Field(description="GeoTIFF (anything GDAL reads), local or s3://")
+    raster: Uri = Field(description="GeoTIFF (anything GDAL reads), local or s3://")
     band: int = Field(1, ge=1)
     crs: CrsText | None = Field(None, description="the raster's CRS when the file records none")
     nodata: float | None = Field(None, description="overrides the file's nodata value")
@@ -214,7 +214,7 @@ class GridSettings(StrictModel):
     cell_m: float | None = Field(None, gt=0, description="pixel size; default: the reference raster's")
     extent: tuple[float, float, float, float] | None = Field(
         None, description="xmin, ymin, xmax, ymax; default: the reference raster's, else the samples' bounds")
-    reference: str | None = Field(None, description="a raster whose grid (or extent) to use")
+    reference: Uri | None = Field(None, description="a raster whose grid (or extent) to use")
     buffer_m: float | None = Field(None, ge=0, description="added around the samples' bounds when no extent is "
                                    "given; default half a cell (cells hold their top and left edges only: with 0 the "
                                    "southernmost samples fall on the grid's bottom edge, outside it)")

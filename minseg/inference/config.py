@@ -34,7 +34,7 @@ class SegmentSettings(StrictModel):
         None, description="ensemble manifest (default: the demo/run evaluation's manifest.json)")
     slides: list[Uri] = Field(default_factory=list, description="slide URIs or globs (local or s3://)")
     slide_list: Uri | None = Field(None, description="text file (one URI per line) or CSV with a 'uri' column")
-    scenes: list[dict[str, str]] = Field(default_factory=list, description="for ensembles reading several images "
+    scenes: list[dict[str, Uri]] = Field(default_factory=list, description="for ensembles reading several images "
                                          "per scene (data.sources[].channels): one entry per scene, channel name -> "
                                          "image URI, e.g. {ppl: s3://lab/s01_ppl.tif, xpl: s3://lab/s01_xpl.tif}")
     output_uri: Uri | None = Field(None, description="default: <run.output_uri>/<run.name>/segment/<name>")

@@ -262,7 +262,7 @@ def refuse_undecodable(uris: list[str], pattern: str) -> list[str]:
         StorageError: naming those files and the pattern that matched them."""
     bad = [shown_name(uri) for uri in uris if undecodable(uri)]
     if bad:
-        raise StorageError(f"{pattern}: matches {len(bad)} file(s) whose name is not UTF-8 (written in another "
+        raise StorageError(f"{pattern}: matches {len(bad)} name(s) that are not UTF-8 (written in another "
                            f"encoding, e.g. Latin-1; its bytes shown as \\xNN): {', '.join(bad[:5])}; rename them")
     return uris
 
@@ -334,6 +334,9 @@ def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | N
 class ObjectInfo:
     uri: str
     size: int
+    # what tells this version of the object from another without reading it, as listed: a local file's
+    # modification time (ns), an S3 object's ETag; "" where the listing gives none
+    version: str = ""
 
 
 # ------------------------------------------------------------------ atomic writers
@@ -826,7 +829,7 @@ class Storage:
                 found, wanted = {}, {extension.lower() for extension in sidecars}
                 for info in (self.list(stem + ".") if sidecars else ()):
                     extension = info.uri[len(stem):]
-                    if info.uri != uri and extension.lower() in wanted:
+                    if extension.lower() in wanted and extension.lower() != f".{own.lower()}":  # never over itself
                         exact = extension in sidecars  # X.dbf is preferred to X.DBF when both exist
                         if exact or extension.lower() not in found:
                             found[extension.lower()] = info.uri
@@ -908,7 +911,8 @@ class Storage:
                     for item in page.get("Contents", []):
                         if item["Key"].endswith("/"):
                             continue  # directory marker written by pyarrow / consoles
-                        yield ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]))
+                        yield ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]),
+                                         str(item.get("ETag", "")))
             return
         yield from _list_local(loc.path)
 
@@ -1333,7 +1337,8 @@ def _list_local(path: str) -> Iterator[ObjectInfo]:
             found.extend(os.path.join(folder, name) for name in files)
     for full in sorted(found):
         if _TMP_MARK not in os.path.relpath(full, directory):  # scratch files, and the files of scratch folders
-            yield ObjectInfo(full, os.path.getsize(full))
+            stat = os.stat(full)
+            yield ObjectInfo(full, stat.st_size, str(stat.st_mtime_ns))
 
 
 def process_umask() -> int:

@@ -125,7 +125,7 @@ class BaggingSettings(StrictModel):
 class InitSettings(StrictModel):
     """Pretrained weights a member starts from (``minseg.models.pretrained``)."""
 
-    uri: Uri = Field(min_length=1, description="path or s3:// URI of a .pt/.pth/.bin/.ckpt or .safetensors file")
+    uri: Uri = Field(description="path or s3:// URI of a .pt/.pth/.bin/.ckpt or .safetensors file")
     part: InitPart = Field(InitPart.ENCODER, description="encoder, or the whole model where names and shapes fit")
     layout: WeightLayout = Field(WeightLayout.AUTO, description="the file's tensor names (auto: the best fit)")
     prefix: str = Field("", description="stripped from the file's names first, e.g. 'backbone.'")

@@ -24,8 +24,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
 from minseg.data.containers import is_archive
-from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, item_changes, prepare_data, split_dataset,
-                                  write_data_reports)
+from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, item_changes, prepare_data, recorded_contents,
+                                  split_dataset, write_data_reports)
 from minseg.data.splits import SPLITS
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
@@ -880,7 +880,7 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     contents_uri = join_uri(run_uri, "data", "contents.json")
     refuse_other_data(storage, run_uri, config.training.members, source, resume, prepared.classmap,
                       lambda: _data_changes(storage, run_uri, (recorded or {}).get("settings"), settings, prepared),
-                      prepared.content_changes(storage.read_json(contents_uri)) if storage.exists(contents_uri) else [])
+                      prepared.content_changes(recorded_contents(storage, contents_uri)))
     reports = write_data_reports(prepared, join_uri(run_uri, "data"), storage)
     log_event(log, "train.data.reports", **{k.replace(".", "_"): v for k, v in reports.items()})
     # every configured member's checkpoints were checked against this data just now (a --members subset's too):
@@ -1113,14 +1113,14 @@ def refuse_changed_members(storage: Storage, run_uri: str, members: list[MemberS
 
 def source_versions(sources, storage: Storage) -> list[str]:
     """Per data source, a digest that changes when its files do, read without opening them: an archive's size and
-    modification time (S3: its ETag), a folder's listing (names and sizes). A resubmission whose members all
+    modification time (S3: its ETag), a folder's listing (names, sizes, times or ETags). A resubmission whose members all
     finished is reused without preparing the data only while these agree (``contents.json`` then says whether the
     pictures really changed). An unreadable source gives "" (preparing the data says why)."""
     versions = []
     for source in sources:
         try:
             facts = storage.version(source.uri) if is_archive(source.uri) else \
-                [(info.uri, info.size) for info in storage.list(source.uri.rstrip("/") + "/")]
+                [(info.uri, info.size, info.version) for info in storage.list(source.uri.rstrip("/") + "/")]
         except StorageError:
             facts = ""
         versions.append(hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16])
@@ -1221,18 +1221,18 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
                          "another run.name")
     doing = ("--resume would keep or continue members trained on other data than this run gives them" if resume
              else "members trained now would sit beside members of this run trained on other data")
-    if changed_images and trained:
-        shown = ", ".join(changed_images[:5]) + (", ..." if len(changed_images) > 5 else "")
-        raise InputError(f"{run_uri}: {doing} ({len(changed_images)} image(s) have other pixels or masks under the "
-                         f"same names since the run's data was prepared: {shown}): {', '.join(trained)}. Put the "
-                         "files back, write the run elsewhere (another run.name or output), or delete those folders "
-                         "to train them again")
     if stale:
         changes = explain() if explain else []
         what = (f"changed since the run's data was prepared: {'; '.join(changes)}" if changes else
                 "the inputs, the split, the evidence or the bit depth images are read with changed")
         raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
                          "run.name or output), or delete those folders to train them again")
+    if changed_images and trained:  # after the settings: another bit depth changes every picture as decoded
+        shown = ", ".join(changed_images[:5]) + (", ..." if len(changed_images) > 5 else "")
+        raise InputError(f"{run_uri}: {doing} ({len(changed_images)} image(s) have other pixels or masks under the "
+                         f"same names since the run's data was prepared: {shown}): {', '.join(trained)}. Put the "
+                         "files back, write the run elsewhere (another run.name or output), or delete those folders "
+                         "to train them again")
 
 
 def take_finished_members(storage: Storage, source_uri: str, run_uri: str, members: list[MemberSettings],

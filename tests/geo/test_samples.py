@@ -205,6 +205,7 @@ def test_parquet_and_a_shapefile_on_s3(s3, ray_session, shared_data, tmp_path):
     for extension in (".shp", ".SHX", ".DBF", ".Prj"):  # mixed: a lower-case .shp with upper-case sidecars
         storage.upload_file(str(shared_data / "geochem-gtk" / f"IOCG{extension.lower()}"), s3.uri(f"m/IOCG{extension}"))
     storage.upload_file(str(shared_data / "geochem-gtk" / "IOCG.dbf"), s3.uri("m/IOCG.dbf.bak"))  # no sidecar
+    storage.write_bytes(s3.uri("m/IOCG.SHP"), b"another file's geometry")  # never written over the one read
     mixed = read_points(PointLayer(uri=s3.uri("m/IOCG.shp"), id="Name"), WORKING, storage)
     assert len(mixed) == 24 and "Hannukainen" in mixed.ids.tolist()
 

@@ -675,3 +675,24 @@ def test_a_lost_progress_board_costs_the_console_its_epoch_lines_not_the_run(syn
     assert row.status == "done" and row.epochs == 3
     lost = [r.fields for r in {id(r): r for r in caplog.records}.values() if r.getMessage() == "train.board_lost"]
     assert len(lost) == 1 and "members train on" in lost[0]["hint"]
+
+
+def test_a_source_s_version_changes_with_a_same_size_edit_of_one_of_its_files(tmp_path):
+    """The all-finished shortcut is taken only while each source looks as it did: a folder's listing gave names and
+    sizes only, so an image edited to the same size (an uncompressed TIFF) kept its version and the run was reused
+    without a look at its pictures. A file's time (S3: its ETag) is part of it now; a copy with the same contents
+    is looked at again (its pictures' digests then decide)."""
+    from minseg.data.config import SourceSettings
+    from minseg.train.ensemble import source_versions
+
+    folder = tmp_path / "sections"
+    (folder / "images").mkdir(parents=True)
+    image = folder / "images" / "a.tif"
+    image.write_bytes(b"\x00" * 64)
+    sources = [SourceSettings(uri=str(folder)), SourceSettings(uri=str(tmp_path / "missing.zip"))]
+    before = source_versions(sources, Storage())
+    assert before == source_versions(sources, Storage()) and before[1]  # unreadable: a digest of nothing
+    image.write_bytes(b"\x01" * 64)
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    after = source_versions(sources, Storage())
+    assert after[0] != before[0] and after[1] == before[1]
