@@ -130,24 +130,6 @@ Name = Annotated[str, AfterValidator(_file_name)]
 letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most ``MAX_NAME_LENGTH`` characters."""
 
 
-def _location(value: str) -> str:
-    from minseg.io.storage import StorageError, parse_uri  # here: io.storage's own config imports this module
-
-    if value and not value.strip():
-        raise ValueError("a blank path or URI")
-    try:
-        parse_uri(value)
-    except StorageError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-Uri = Annotated[str, AfterValidator(_location)]
-"""A local path, ``file://`` or ``s3://`` URI (``io.storage.parse_uri``): an empty one, another scheme
-(``ftp://``), an S3 URI without a bucket or with credentials in it are refused when the config is read, not when
-the job first touches them."""
-
-
 class ConfigError(InputError):
     """A config file (or override) that does not validate. ``problems`` holds (key, reason)."""
 

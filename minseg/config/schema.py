@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from minseg.config.base import Name, StrictModel, Uri
+from minseg.config.base import Name, StrictModel
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings, ScoreSettings
 from minseg.geo.config import ProspectSettings
 from minseg.inference.config import MeasureSettings, SegmentSettings
-from minseg.io.config import StorageSettings
+from minseg.io.config import StorageSettings, Uri
 from minseg.io.storage import absolute_uri, join_uri
 from minseg.mineralogy.config import MineralogySettings
 from minseg.runtime import RaySettings

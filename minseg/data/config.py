@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
-from minseg.config.base import Name, StrictModel, Uri
+from minseg.config.base import Name, StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
+from minseg.io.config import Uri
 from minseg.io.images import BIT_DEPTH
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel, Uri
+from minseg.config.base import Name, StrictModel
 from minseg.data.config import TilingSettings
 from minseg.enums import (TTA, Blend, FusionMode, MemberCheckpoint, Precision, ScoreSplit, SelectionRule,
                           metric_key_problem)
+from minseg.io.config import Uri
 from minseg.io.storage import absolute_uri, join_uri, output_folder
 
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel, Uri
+from minseg.config.base import Name, StrictModel
+from minseg.io.config import Uri
 from minseg.io.crs import CrsText, GridCrsText
 from minseg.enums import (
     Augmentation,

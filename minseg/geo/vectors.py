@@ -131,12 +131,14 @@ def read_points(settings: PointLayer, working, storage: Storage, key: str = "pro
     points.report = {"file": settings.uri, "features": int(table.num_rows), "kept": len(points),
                      "filtered_out": int((~keep).sum()), "where": dict(settings.where),
                      "without_coordinates": unlocated}
-    if unlocated:  # reported, never silently left out
-        texts = ([{"value": str(table.column(column)[int(row)])} for row in np.flatnonzero(keep & ~located)[:20]
+    unread = keep & ~located & ~lost  # the unprojectable are warned above: once each
+    if unread.any():  # reported (summary.json), never silently left out
+        texts = ([{"value": str(table.column(column)[int(row)])} for row in np.flatnonzero(unread)[:20]
                   for column in (settings.x, settings.y)] if settings.x is not None else [])
         hint = comma_hint(texts, key).strip()  # '380000,5': the file's decimal mark, not missing coordinates
         log_event(log, "prospect.points_without_coordinates", logging.WARNING, file=settings.uri,
-                  count=len(unlocated), ids=",".join(unlocated[:20]), **({"hint": hint} if hint else {}))
+                  count=int(unread.sum()), ids=",".join(str(i) for i in ids[unread][:20]),
+                  **({"hint": hint} if hint else {}))
     # an id several sites share (a name used twice, a typed-over id): outputs listing sites by id would be ambiguous
     names, counts = np.unique(np.asarray(points.ids, str), return_counts=True)
     points.report["repeated_ids"] = names[counts > 1].tolist()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from minseg.config.base import Name, StrictModel, TiffTileSize, Uri
+from minseg.config.base import Name, StrictModel, TiffTileSize
 from minseg.data.config import SceneBitDepth
 from minseg.enums import OutputFormat, Precision, PreviewFormat, TiffCompression, Uncertainty
+from minseg.io.config import Uri
 from minseg.io.storage import has_glob, output_folder
 from minseg.mineralogy.config import MAX_PIXEL_SIZE_UM
 

@@ -7,9 +7,9 @@ root), so reading and writing never depends on any job's settings.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Annotated, Mapping
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from minseg.config.base import ENV_PREFIX, PositiveInt, StrictModel, validate_config
 from minseg.enums import AddressingStyle
@@ -17,6 +17,23 @@ from minseg.enums import AddressingStyle
 MIB = 1024 * 1024
 S3_MIN_PART_MIB = 5  # S3 rejects non-final multipart parts under 5 MiB
 
+
+def _location(value: str) -> str:
+    from minseg.io.storage import StorageError, parse_uri  # here: io.storage imports this module
+
+    if value and not value.strip():
+        raise ValueError("a blank path or URI")
+    try:
+        parse_uri(value)
+    except StorageError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Uri = Annotated[str, AfterValidator(_location)]
+"""A local path, ``file://`` or ``s3://`` URI (``io.storage.parse_uri``): an empty one, another scheme
+(``ftp://``), an S3 URI without a bucket or with credentials in it are refused when the config is read, not when
+the job first touches them."""
 
 
 class StorageSettings(StrictModel):

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
-from minseg.config.base import Name, StrictModel, Uri
+from minseg.config.base import Name, StrictModel
+from minseg.io.config import Uri
 from minseg.data.config import AugmentSettings
 from minseg.enums import (
     PER_CLASS_METRICS, SCORE_METRICS, ClassWeighting, InitNormalization, InitPart, LossName, OptimizerName,
