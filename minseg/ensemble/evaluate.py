@@ -642,7 +642,7 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
     # refused, as each split keeps its images (a corrected test mask is scored as corrected; a training image
     # edited since means the members learnt from its earlier version)
     contents = join_uri(run_uri, "data", "contents.json")
-    if changed := prepared.content_changes(recorded_contents(storage, contents)):
+    if (recorded := recorded_contents(storage, contents)) and (changed := prepared.content_changes(recorded)):
         where = {i["item_id"]: split for split in ("train", "val", "test") for i in prepared.splits[split]}
         log_event(log, "ensemble.images_changed", logging.WARNING, images=len(changed), record=contents,
                   **{split: ",".join(ids[:5]) + (",..." if len(ids) > 5 else "")
