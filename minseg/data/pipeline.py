@@ -659,11 +659,16 @@ def recorded_contents(storage: Storage, uri: str) -> dict[str, str]:
     return document
 
 
+def first_ids(ids: list[str], separator: str = ", ", count: int = 5) -> str:
+    """The first ``count`` of ``ids`` joined by ``separator``, "..." after them when there are more (messages)."""
+    return separator.join(ids[:count]) + (f"{separator}..." if len(ids) > count else "")
+
+
 def item_changes(before: Iterable[str], now: Iterable[str], added: str = "added", gone: str = "gone") -> str | None:
     """``added 2: d, e; gone 1: b`` (at most five ids each) for item ids in ``now`` and not ``before`` and the other
     way round, or None when they are the same set."""
     before, now = set(before), set(now)
-    said = "; ".join(f"{label} {len(ids)}: {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}"
+    said = "; ".join(f"{label} {len(ids)}: {first_ids(ids)}"
                      for label, ids in ((added, sorted(now - before)), (gone, sorted(before - now))) if ids)
     return said or None
 

@@ -30,8 +30,8 @@ from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference, class_map_difference
 from minseg.data.config import DataSettings
-from minseg.data.pipeline import (PreparedData, classes_missing, item_changes, load_example, prepare_data,
-                                  recorded_contents)
+from minseg.data.pipeline import (PreparedData, classes_missing, first_ids, item_changes, load_example,
+                                  prepare_data, recorded_contents)
 from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
@@ -645,7 +645,7 @@ def _check_same_splits(storage: Storage, run_uri: str, prepared: PreparedData) -
     if (recorded := recorded_contents(storage, contents)) and (changed := prepared.content_changes(recorded)):
         where = {i["item_id"]: split for split in ("train", "val", "test") for i in prepared.splits[split]}
         log_event(log, "ensemble.images_changed", logging.WARNING, images=len(changed), record=contents,
-                  **{split: ",".join(ids[:5]) + (",..." if len(ids) > 5 else "")
+                  **{split: first_ids(ids, ",")
                      for split in ("train", "val", "test") if (ids := [i for i in changed if where[i] == split])},
                   hint="other pixels or masks under the same names than when the members were trained: the "
                        "scores are on the pictures as they are now")

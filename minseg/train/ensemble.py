@@ -24,8 +24,8 @@ from minseg.config.schema import MinsegConfig
 from minseg.data.classmap import ClassMap, checkpoint_class_difference
 from minseg.data.config import AugmentSettings
 from minseg.data.containers import is_archive
-from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, item_changes, prepare_data, recorded_contents,
-                                  split_dataset, write_data_reports)
+from minseg.data.pipeline import (CLASSES_REQUIRED, PreparedData, first_ids, item_changes, prepare_data,
+                                  recorded_contents, split_dataset, write_data_reports)
 from minseg.data.splits import SPLITS
 from minseg.data.sampling import tile_repeats
 from minseg.enums import ClassWeighting, MemberStatus, PadMode, Task
@@ -1228,9 +1228,9 @@ def refuse_other_data(storage: Storage, run_uri: str, members: list[MemberSettin
         raise InputError(f"{run_uri}: {doing} ({what}): {', '.join(stale)}. Write the run elsewhere (another "
                          "run.name or output), or delete those folders to train them again")
     if changed_images and trained:  # after the settings: another bit depth changes every picture as decoded
-        shown = ", ".join(changed_images[:5]) + (", ..." if len(changed_images) > 5 else "")
         raise InputError(f"{run_uri}: {doing} ({len(changed_images)} image(s) have other pixels or masks under the "
-                         f"same names since the run's data was prepared: {shown}): {', '.join(trained)}. Put the "
+                         f"same names since the run's data was prepared: {first_ids(changed_images)}): "
+                         f"{', '.join(trained)}. Put the "
                          "files back, write the run elsewhere (another run.name or output), or delete those folders "
                          "to train them again")
 
