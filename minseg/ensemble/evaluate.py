@@ -39,6 +39,7 @@ from minseg.ensemble.manifest import file_sha256, write_manifest
 from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
 from minseg.ensemble.selection import (
     MEMBER_PREFIX,
+    BudgetUnmetError,
     Candidate,
     build_manifest,
     candidate_ensembles,
@@ -475,6 +476,9 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         InputError: no data section, no finished members, changed splits, an empty test split, ``k_min`` /
             ``k_max`` that build no ensemble from two or more voters (``selection.ensemble_sizes``), a per-class
             ``rank_key`` whose class the ranking split lacks, a member that cannot be loaded (``MemberLoadError``).
+        BudgetUnmetError: no candidate fits ``selection.tpi_budget_s``, known only once every candidate is timed:
+            the evaluation (scores, reports, ``evaluation.json``) is published without a manifest, an earlier
+            evaluation's manifest deleted with it; ``minseg select`` chooses from it without predicting again.
         ResourceError: an actor pool the cluster could never hold (``evaluation.cpus_per_actor`` / ``gpus_per_actor``).
     """
     from minseg.ensemble.reports import (EVALUATION_DOCUMENTS, finish_publication, print_reports,
@@ -543,21 +547,32 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
                       + ("data.split.stratify: classes, or " if spec.data.split.stratify is SplitStratify.NONE
                          else "") + "data.split.lists)")
     groups = selection_groups(prepared, ranking.split, config.data)
-    chosen = select(candidates, settings.rank_key, settings.selection, groups, ranking.split)
-    log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule), key=settings.rank_key,
-              on=ranking.split, value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
-              test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
+    try:
+        chosen, unmet = select(candidates, settings.rank_key, settings.selection, groups, ranking.split), None
+    except BudgetUnmetError as exc:  # the scores are kept: minseg select chooses again from them
+        chosen, unmet = None, exc
+    else:
+        log_event(log, "ensemble.selected", choice=chosen.key, rule=str(settings.selection.rule),
+                  key=settings.rank_key, on=ranking.split,
+                  value=round(metric_value(chosen.choosing_metrics, settings.rank_key), 4),
+                  test=round(metric_value(chosen.metrics, settings.rank_key), 4), tpi=round(chosen.tpi, 4))
 
     document = evaluation_document(run_uri, settings, ranking, members, candidates, chosen, spec, prepared, groups,
-                                   hashes)
+                                   hashes, str(unmet) if unmet else None)
     staged = staging_folder(out, "evaluate")  # an earlier evaluation in out stays whole until this one is complete
     storage.delete_prefix(staged + "/")
-    manifest = build_manifest(document, chosen.key, storage, settings.name, hashes=hashes)
+    manifest = build_manifest(document, chosen.key, storage, settings.name, hashes=hashes) if chosen else None
     tables = write_reports(document, prepared, previews, staged, storage, settings)
-    write_manifest(manifest, join_uri(staged, "manifest.json"), storage)
+    if manifest is not None:  # none unselected: the earlier evaluation's manifest leaves with it (publish_outputs)
+        write_manifest(manifest, join_uri(staged, "manifest.json"), storage)
     storage.write_json(join_uri(staged, "evaluation.json"), document)  # the marker: the staged outputs are complete
     publish_outputs(storage, out, "evaluate", EVALUATION_DOCUMENTS)
     manifest_uri = join_uri(out, "manifest.json")
+    if unmet is not None:
+        print_reports(tables, f"no ensemble selected -> {out} (no manifest)")
+        raise BudgetUnmetError(f"{unmet}: the evaluation is written to {out} without a manifest; choose from its "
+                               f"scores without predicting again: minseg select {out} --tpi-budget SECONDS (or "
+                               "--rule best)")
     print_reports(tables, f"selected {chosen.key} -> {manifest_uri}")
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,
@@ -565,10 +580,12 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
 
 
 def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ranking, members: list[MemberRef],
-                        candidates: list[Candidate], chosen: Candidate, spec: PassSpec,
-                        prepared: PreparedData, groups: list[str], hashes: dict[str, str]) -> dict:
+                        candidates: list[Candidate], chosen: Candidate | None, spec: PassSpec,
+                        prepared: PreparedData, groups: list[str], hashes: dict[str, str],
+                        unselected: str | None = None) -> dict:
     """``evaluation.json``: everything ``minseg select`` needs to choose again without predicting; ``hashes``: the
-    sha256 of each member's weights as scored."""
+    sha256 of each member's weights as scored; ``chosen`` None: no candidate was selected, for the reason
+    ``unselected`` (recorded: no candidate fits the TPI budget)."""
     return {
         "run": run_uri,
         "rank_key": settings.rank_key,
@@ -586,7 +603,8 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         # learned candidates' selection_metrics: each image of the selection split scored with weights fitted
         # without it (k -> item id -> weights); absent k: scored with their own weights (one image)
         "learned_held_out_weights": {str(k): weights for k, weights in ranking.held_out.items() if weights},
-        "selected": chosen.key,
+        "selected": chosen.key if chosen else None,
+        **({"unselected": unselected} if unselected else {}),  # why none is (select chooses from the scores)
         "selection": settings.selection.model_dump(mode="json"),
         "tiling": spec.tiling.model_dump(mode="json"),
         "tta": str(settings.tta),

@@ -167,6 +167,16 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
     return target
 
 
+def _unselected(storage: Storage, uri: str) -> str | None:
+    """Why the evaluation record ``uri`` selected no candidate (its ``unselected``), or None (selected, no record,
+    not readable)."""
+    try:
+        document = json.loads(storage.read_text(uri))
+    except (ObjectNotFoundError, ValueError):
+        return None
+    return document.get("unselected") if isinstance(document, dict) else None
+
+
 def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True) -> EnsembleManifest:
     """A manifest, validated (:func:`check_manifest`) and, with ``verify``, its members' files checked
     (:func:`verify_members`).
@@ -185,6 +195,9 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
             raise ManifestError(f"{uri}: not in place yet: the evaluation's outputs are staged in {folder}/{REDO} "
                                 f"(its run was cut short while putting them in place, or is doing so): run minseg "
                                 f"select {folder}, which puts them in place first") from None
+        if unselected := _unselected(storage, join_uri(folder, "evaluation.json")):
+            raise ManifestError(f"{uri}: no such ensemble manifest: the evaluation in {folder} selected none "
+                                f"({unselected}); choose one with minseg select {folder}") from None
         raise ManifestError(f"{uri}: no such ensemble manifest") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{uri}: not valid JSON ({exc})") from None

@@ -101,9 +101,9 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
     baseline_names = baseline_members(document, baselines)
     baseline = next((c for c in members if c["members"][0] in baseline_names), None)
     best_member = best_member_of(document, baselines)
-    selected = candidates[document["selected"]]
+    selected = candidates.get(document["selected"])  # None: none selected (no candidate fits the TPI budget)
     columns = [("best baseline", baseline), ("best member", best_member)]
-    if selected["key"] != best_member["key"]:  # a single selected member is the best member: one column
+    if selected and selected["key"] != best_member["key"]:  # a single selected member is the best member: one column
         columns.append(("selected", selected))
     table6 = []
     for index, name in enumerate(names):
@@ -116,10 +116,11 @@ def build_tables(document: dict, train_stats: dict, baselines: list[str] | None,
         table6.append(row)
     model_of = {n: document["members"][n]["model"] for n in document["members"]}
     comparison = [c for c in members if model_of[c["members"][0]] in COMPARISON_MODELS]
+    compared = ([(model_of[c["members"][0]] + f" ({c['members'][0]})", c) for c in comparison]
+                + [("best member", best_member)] + ([("selected " + selected["key"], selected)] if selected else []))
     table7 = [{"model": label, "mIoU": c["metrics"]["miou"], "mPA": c["metrics"]["mPA"], "F1 (paper)": c["metrics"]["F1_paper"],
                **class_columns(c["metrics"]), "TPI (s)": c["tpi"]}
-              for label, c in [(model_of[c["members"][0]] + f" ({c['members'][0]})", c) for c in comparison]
-              + [("best member", best_member), ("selected " + selected["key"], selected)]] if comparison else []
+              for label, c in compared] if comparison else []
     return {"table4_members": table4, "table5_ensembles": table5, "table6_per_class": table6, "table7_comparison": table7}
 
 
@@ -266,8 +267,9 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
 
     # normalised confusion matrices: best member and the selected ensemble
     best_member = best_member_of(document, baselines)["key"]  # table 6's and 7's, never a baseline
-    pairs = [("best_member", best_member), ("selected", document["selected"])]
-    for label, key in pairs if document["selected"] != best_member else pairs[1:]:
+    selected = document["selected"]  # None: none selected (no candidate fits the TPI budget)
+    pairs = [("best_member", best_member)] + ([("selected", selected)] if selected else [])
+    for label, key in pairs if selected != best_member else pairs[1:]:
         matrix = np.asarray(candidates[key]["metrics"]["confusion"], dtype=np.float64)
         normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         figure, axis = plt.subplots(figsize=(len(names) * 0.6 + 2, len(names) * 0.6 + 1.5))
@@ -280,14 +282,13 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
             if v >= 0.01:
                 axis.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
         figure.colorbar(image, ax=axis, fraction=0.046)
-        role = "best member, selected" if document["selected"] == best_member else label.replace("_", " ")
+        role = "best member, selected" if selected == best_member else label.replace("_", " ")
         axis.set_title(f"{key} ({role}; rows normalised)")
         _png(figure, storage, join_uri(out, f"confusion_{label}.png"))
 
     # overlays: image / truth / best member / selected ensemble (one panel when the selection is that member)
     palette = np.array([c["color"] for c in classes] + [[255, 255, 255]] * (256 - len(classes)), dtype=np.uint8)
     legend = [Patch(color=np.array(c["color"]) / 255, label=c["name"]) for c in classes]
-    selected = document["selected"]
     groups = document.get("channels") or [{"mode": "rgb"}]  # a scene's images: overlays show the first
     first = ChannelMode(groups[0]["mode"]).count(groups[0].get("bands"))
     for preview in previews:
@@ -295,8 +296,9 @@ def _figures(document: dict, tables: dict, previews: list[dict], out: str, stora
         if selected == best_member:
             panels.append((f"{selected} (best member, selected)", palette[preview["labels"][selected]]))
         else:
-            panels += [(f"{best_member} (best member)", palette[preview["labels"][best_member]]),
-                       (f"{selected} (selected)", palette[preview["labels"][selected]])]
+            panels.append((f"{best_member} (best member)", palette[preview["labels"][best_member]]))
+            if selected:
+                panels.append((f"{selected} (selected)", palette[preview["labels"][selected]]))
         figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
         for axis, (title, picture) in zip(axes, panels):
             axis.imshow(picture)

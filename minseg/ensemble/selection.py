@@ -33,6 +33,11 @@ from minseg.metrics import ConfusionMatrix, metric_value, metrics_from_confusion
 
 log = get_logger("ensemble.selection")
 
+
+class BudgetUnmetError(InputError):
+    """No candidate runs within the ``tpi_budget`` rule's seconds per image (:func:`select`): a choice to make
+    again from the scores (``minseg select --tpi-budget``), not a fault of the evaluation, which is kept."""
+
 MEMBER_PREFIX = "member:"
 
 
@@ -256,8 +261,9 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
 
     Raises:
         InputError: a per-class ``key`` whose class has no true pixels on the choosing split
-            (:func:`refuse_key_of_absent_class`); no candidate fits the budget (names the fastest); ``one_se`` on
+            (:func:`refuse_key_of_absent_class`); ``one_se`` on
             candidates without per-image confusion matrices (an evaluation written before them: evaluate again).
+        BudgetUnmetError: no candidate fits the budget (names the fastest).
     """
     if candidates:
         metrics = candidates[0].choosing_metrics  # every candidate is scored against the same truth
@@ -267,7 +273,7 @@ def select(candidates: list[Candidate], key: str, selection: SelectionSettings,
     pool = [c for c in candidates if rule is not SelectionRule.TPI_BUDGET or c.tpi <= budget]
     if not pool:
         fastest = min(candidates, key=lambda c: c.tpi)
-        raise InputError(f"no candidate fits the TPI budget of {budget:g} s per image (fastest: {fastest.key}, "
+        raise BudgetUnmetError(f"no candidate fits the TPI budget of {budget:g} s per image (fastest: {fastest.key}, "
                          f"{fastest.tpi:.3f} s)")
     if rule is not SelectionRule.ONE_SE:
         return _by_key(pool, key)[0]

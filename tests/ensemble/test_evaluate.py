@@ -15,6 +15,7 @@ from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.evaluate import evaluate_ensemble
 from minseg.ensemble.manifest import ManifestError, load_manifest, write_manifest
 from minseg.ensemble.runtime import load_member_models
+from minseg.ensemble.selection import BudgetUnmetError
 from minseg.errors import InputError
 from minseg.io.storage import Storage, join_uri
 from minseg.metrics import metric_value
@@ -874,6 +875,23 @@ def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(traine
     assert not [n for n in names if n.startswith("overlay_")] and ".minseg-redo" not in names
     assert {"notes.txt", "manifest-vgg.json", "evaluation.json", "manifest.json", "reports.json"} <= set(names)
     assert json.loads(storage.read_text(again.manifest_uri))["members"]  # the new manifest, in place
+
+    # a TPI budget no candidate fits, known once every candidate is timed: the scores are published and kept, no
+    # manifest (the earlier one leaves with its evaluation), and select chooses from them without predicting
+    with pytest.raises(BudgetUnmetError, match="no candidate fits the TPI budget .* without a manifest") as raised:
+        evaluate_ensemble(evaluation_config(trained_run, "again", modes=["soft"], overlays=1,
+                                            selection={"rule": "tpi_budget", "tpi_budget_s": 1e-9}))
+    assert f"minseg select {out} --tpi-budget" in str(raised.value)
+    document = json.loads((out / "evaluation.json").read_text())
+    assert document["selected"] is None and document["unselected"].startswith("no candidate fits the TPI budget")
+    names = sorted(p.name for p in out.iterdir())
+    assert "manifest.json" not in names and ".minseg-redo" not in names
+    assert {"notes.txt", "manifest-vgg.json", "table4_members.csv", "table5_ensembles.csv"} <= set(names)
+    assert [n for n in names if n.startswith("overlay_")] and "confusion_selected.png" not in names
+    with pytest.raises(ManifestError, match="the evaluation in .* selected none .*no candidate fits"):
+        load_manifest(str(out / "manifest.json"))
+    assert main(["select", str(out), "--rule", "best", "--name", "best"]) == 0
+    assert load_manifest(str(out / "manifest-best.json")).selection["rule"] == "best"
 
 
 def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):
