@@ -36,7 +36,8 @@ from minseg.data.splits import split_groups
 from minseg.enums import FusionMode, MemberCheckpoint, MemberStatus, SplitStratify, Task
 from minseg.ensemble.config import EvaluationSettings, Tiling
 from minseg.ensemble.manifest import file_sha256, write_manifest
-from minseg.ensemble.runtime import Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files
+from minseg.ensemble.runtime import (Columns, EnsembleRuntime, Fusion, MemberRef, check_member_files,
+                                     check_members_fit)
 from minseg.ensemble.selection import (
     MEMBER_PREFIX,
     BudgetUnmetError,
@@ -524,6 +525,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     hashes = {m.name: file_sha256(storage, m.weights_uri) for m in members}
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)
+    check_members_fit(members, prepared.classmap.num_classes, storage)  # one line, not every actor's traceback
     spec = PassSpec(members, prepared.classmap, config.data, storage, settings.tiling(config.data.tiling),
                     prepared.normalization, settings)
 

@@ -283,6 +283,11 @@ def check_manifest(manifest: EnsembleManifest, where: str = "manifest") -> None:
 
 
 def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "manifest") -> None:
+    """Each member's weights are those selected (sha256), trained on the manifest's classes
+    (:func:`check_member_classes`) and fit its model and options (``runtime.check_members_fit``, on the meta
+    device: no weights read twice). Raises ManifestError naming ``where`` and the member."""
+    from minseg.ensemble.runtime import MemberLoadError, MemberRef, check_members_fit  # runtime builds on this
+
     for member in manifest.members:
         weights_uri = join_uri(member.checkpoint, "model.pt")
         try:
@@ -295,6 +300,10 @@ def verify_members(manifest: EnsembleManifest, storage: Storage, where: str = "m
                 f"(sha256 {actual[:12]}... != {member.sha256[:12]}... in the manifest) at {weights_uri}"
             )
     check_member_classes(manifest, storage, where)
+    try:
+        check_members_fit([MemberRef.of(m) for m in manifest.members], manifest.num_classes, storage)
+    except MemberLoadError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
 
 
 def check_member_classes(manifest: EnsembleManifest, storage: Storage, where: str = "manifest") -> None:

@@ -22,6 +22,7 @@ string keys.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar
@@ -71,8 +72,16 @@ class MemberRef:
 
 class MemberLoadError(InputError):
     """A member that cannot be loaded (its weights file missing, empty or damaged, or its model and options not
-    matching the checkpoint's tensors); the message names the member and the file. Raised inside actors: the
-    driver gets it back through ``minseg.runtime.actor_errors``."""
+    matching the checkpoint's tensors); the message names the member and the file. The driver finds these
+    before actors start (:func:`check_member_files`, :func:`check_members_fit`); raised inside an actor (a format
+    other than torch.save's), the driver gets it back through ``minseg.runtime.actor_errors``."""
+
+
+# what building a member's model and loading its weights raise when they do not fit (load_state_dict: RuntimeError;
+# torch.load of a damaged pickle: UnpicklingError, EOFError)
+_LOAD_FAILURES = (MinsegError, ValueError, TypeError, RuntimeError, KeyError, OSError, EOFError,
+                  pickle.UnpicklingError)
+_ZIP = b"PK\x03\x04"  # torch.save's archive
 
 
 def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
@@ -97,7 +106,7 @@ def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
             raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: empty (0 bytes; a damaged or "
                                   "interrupted copy: train the member again or restore the file)")
         with storage.open_read(member.weights_uri) as stream:
-            if stream.read(4) == b"PK\x03\x04":  # torch.save's zip (other formats are checked by the actors)
+            if stream.read(4) == _ZIP:  # torch.save's zip (other formats are checked by the actors)
                 try:
                     stream.seek(0)
                     zipfile.ZipFile(stream).close()
@@ -105,6 +114,45 @@ def check_member_files(members: Sequence[MemberRef], storage: Storage) -> None:
                     raise MemberLoadError(f"member {member.name!r}: {member.weights_uri}: damaged ({exc}; a "
                                           f"truncated or interrupted copy of {size:,} bytes: train the member "
                                           "again or restore the file)") from None
+
+
+def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: Storage) -> None:
+    """Cheap, on the driver before any actor starts: each member's model (its registry name and options, for
+    ``num_classes``) is built on PyTorch's meta device (no memory) and given its checkpoint's tensors as
+    ``torch.load(map_location="meta")`` reads them: names, shapes and dtypes from the archive's pickle, not the
+    weights' bytes (ranged reads on S3). A model, options or class count that do not fit the weights were found
+    only by the actors, each failing with Ray's tracebacks before the one-line error; now that line comes alone.
+    Files that are not ``torch.save``'s zip archive are left to the actors.
+
+    Raises:
+        MemberLoadError: as :func:`load_members`, naming the member, the file and the cause.
+    """
+    from minseg.models import build_model
+    from minseg.models.pretrained import state_dict_of
+
+    for member in members:
+        try:
+            with storage.open_read(member.weights_uri) as stream:
+                if stream.read(4) != _ZIP:
+                    continue
+                stream.seek(0)
+                payload = torch.load(stream, map_location="meta", weights_only=True)
+            with torch.device("meta"):
+                model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
+            model.load_state_dict(state_dict_of(payload, member.weights_uri), assign=True)
+        except _LOAD_FAILURES as exc:
+            raise _cannot_load(member, exc) from None
+
+
+def _cannot_load(member: MemberRef, exc: BaseException) -> MemberLoadError:
+    """One line naming the member, the file and the cause (load_state_dict lists missing / unexpected /
+    mis-shaped tensors over many lines: joined, cut at 400 characters)."""
+    cause = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    cause = cause if len(cause) <= 400 else cause[:400] + " ..."
+    hint = (" (model / model_options do not match the checkpoint's tensors, or the class count differs)"
+            if isinstance(exc, RuntimeError) and "state_dict" in str(exc) else "")
+    return MemberLoadError(f"member {member.name!r} ({member.model}, {member.weights_uri}) cannot be loaded: "
+                           f"{type(exc).__name__}: {cause}{hint}")
 
 
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,
@@ -125,15 +173,8 @@ def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storag
         try:
             model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
             model.load_state_dict(read_state_dict(member.weights_uri, storage))
-        except (MinsegError, ValueError, TypeError, RuntimeError, KeyError, OSError) as exc:
-            # RuntimeError: load_state_dict's list of missing / unexpected / mis-shaped tensors (many lines)
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            cause = " ".join(lines)
-            cause = cause if len(cause) <= 400 else cause[:400] + " ..."
-            hint = (" (model / model_options do not match the checkpoint's tensors, or the class count differs)"
-                    if isinstance(exc, RuntimeError) and "state_dict" in str(exc) else "")
-            raise MemberLoadError(f"member {member.name!r} ({member.model}, {member.weights_uri}) cannot be loaded: "
-                                  f"{type(exc).__name__}: {cause}{hint}") from None
+        except _LOAD_FAILURES as exc:
+            raise _cannot_load(member, exc) from None
         model = model.to(device).eval()
         fold_batch_norm(model)
         models.append(model)

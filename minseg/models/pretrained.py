@@ -33,7 +33,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -184,7 +184,14 @@ def read_state_dict(uri: str, storage=None) -> dict[str, torch.Tensor]:
     from minseg.io.storage import Storage
 
     storage = storage or Storage()
-    payload = load_tensor_file(storage.read_bytes(uri), uri, "weights file", InitWeightsError)
+    return state_dict_of(load_tensor_file(storage.read_bytes(uri), uri, "weights file", InitWeightsError), uri)
+
+
+def state_dict_of(payload: Any, uri: str) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded weights file's ``payload`` (:func:`read_state_dict`'s unwrapping).
+
+    Raises:
+        InitWeightsError: ``payload`` holds no state dict of tensors."""
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]

@@ -38,10 +38,36 @@ def test_member_statistics_need_a_runtime_that_normalises():
         with_member_normalization([model], [member], [100.0], [50.0])
 
 
+def test_members_that_do_not_fit_their_weights_are_found_on_s3_from_the_archive_s_pickle_alone(s3):
+    """``check_members_fit`` on S3 reads the archive's directory and pickle by ranged reads, not the weights."""
+    import io
+
+    from minseg.ensemble.runtime import MemberLoadError, check_members_fit
+
+    storage = s3.storage()
+    buffer = io.BytesIO()
+    torch.save(build_model("unet", num_classes=3, width=0.5).state_dict(), buffer)
+    storage.write_bytes(s3.uri("run/m/model.pt"), buffer.getvalue())
+    assert buffer.tell() > 4_000_000  # the weights dwarf what the check reads
+    read = []
+    real = storage.client.get_object
+
+    def counted(**kwargs):
+        response = real(**kwargs)
+        read.append(int(response["ContentLength"]))
+        return response
+
+    storage.client.get_object = counted
+    check_members_fit([MemberRef("m", "unet", s3.uri("run/m"), {"width": 0.5})], 3, storage)
+    assert read and sum(read) < buffer.tell() / 2
+    with pytest.raises(MemberLoadError, match=r"member 'm' \(unet, s3://.*model.pt\) cannot be loaded"):
+        check_members_fit([MemberRef("m", "unet", s3.uri("run/m"), {"width": 0.25})], 3, storage)
+
+
 def test_a_member_that_cannot_be_loaded_is_one_line_naming_member_and_file(tmp_path):
     """Deleted, empty, truncated weights, or a model / model_options that do not fit them: a MemberLoadError
     naming the member and the file (the driver checks the cheap cases before starting actors)."""
-    from minseg.ensemble.runtime import MemberLoadError, check_member_files, load_members
+    from minseg.ensemble.runtime import MemberLoadError, check_member_files, check_members_fit, load_members
     from minseg.io.storage import Storage
 
     torch.manual_seed(0)
@@ -57,6 +83,13 @@ def test_a_member_that_cannot_be_loaded_is_one_line_naming_member_and_file(tmp_p
                                               r"model / model_options do not match") as error:
         load_members([wide], 3, storage)
     assert "\n" not in str(error.value) and len(str(error.value)) < 700
+    # the same found on the driver, on the meta device, before any actor starts (and a class count that differs)
+    check_members_fit([good], 3, storage)
+    for member, classes in ((wide, 3), (good, 4), (MemberRef("m", "res_unet", str(data.parent), {}), 3)):
+        with pytest.raises(MemberLoadError, match=r"member 'm' \(\w+, .*model.pt\) cannot be loaded: RuntimeError"):
+            check_members_fit([member], classes, storage)
+    with pytest.raises(MemberLoadError, match="cannot be loaded: .*does not take option"):
+        check_members_fit([MemberRef("m", "unet", str(data.parent), {"widht": 0.125})], 3, storage)
     original = data.read_bytes()
     data.write_bytes(original[: len(original) // 2])
     with pytest.raises(MemberLoadError, match="member 'm' .*model.pt.* not a readable weights file"):

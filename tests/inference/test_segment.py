@@ -796,21 +796,23 @@ def test_segment_refuses_before_preparing_any_slide(ray_session, manifests, test
 
 def test_a_manifest_whose_model_options_do_not_fit_the_weights_is_one_error(ray_session, manifests, test_slides,
                                                                             tmp_path):
-    """A hand-edited ``model_options`` passes validation and the hash check (the weights are unchanged) and fails
-    when the actors load the member: one MemberLoadError naming it and the file, not Ray's ActorDiedError."""
+    """A hand-edited ``model_options`` passes validation and the hash check (the weights are unchanged) and would
+    fail when the actors load the member, each with Ray's tracebacks: found with the manifest, on the driver (the
+    meta device), one ManifestError naming it, the member and the file, before any slide is read."""
     import json as json_module
 
-    from minseg.ensemble.runtime import MemberLoadError
+    from minseg.ensemble.manifest import ManifestError
 
     document = json_module.loads(open(manifests["wv"]).read())
     document["members"][1]["model_options"] = {"width": 0.25}
     edited = tmp_path / "manifest.json"
     edited.write_text(json_module.dumps(document))
-    with pytest.raises(MemberLoadError) as error:
+    with pytest.raises(ManifestError) as error:
         run(str(edited), [test_slides["section"]], tmp_path / "out")
     message = str(error.value)
-    assert "member 'unet' (unet, " in message and "model.pt) cannot be loaded" in message
+    assert message.startswith(f"{edited}: member 'unet' (unet, ") and "model.pt) cannot be loaded" in message
     assert "model / model_options do not match" in message and "Traceback" not in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tif"))
 
 
 def test_a_slide_table_left_with_no_slide_keeps_its_header(tmp_path):
