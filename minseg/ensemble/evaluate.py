@@ -523,6 +523,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
     # the weights about to be scored, hashed before they are (a member retrained meanwhile is not recorded as
     # scored): evaluation.json and the manifest record these; select compares a member's file with them
     hashes = {m.name: file_sha256(storage, m.weights_uri) for m in members}
+    _warn_identical_members(members, hashes)
     prepared = prepare_evaluation_data(config, storage, run_uri)
     _refuse_members_of_other_data(storage, members, prepared)
     check_members_fit(members, prepared.classmap.num_classes, storage)  # one line, not every actor's traceback
@@ -617,6 +618,21 @@ def evaluation_document(run_uri: str, settings: EvaluationSettings, ranking: Ran
         "bit_depth": spec.data.bit_depth,  # the manifest's: segment reads slides as these images were read
         "test_items": [i["item_id"] for i in prepared.splits["test"]],
     }
+
+
+def _warn_identical_members(members: list[MemberRef], hashes: dict[str, str]) -> None:
+    """Members with the same weights file (same sha256) and model vote alike: an ensemble of them is one member
+    counted several times (a copied checkpoint, or members configured alike down to the seed). Warned, not refused:
+    the evaluation still ranks and scores them."""
+    alike: dict[tuple, list[str]] = {}
+    for member in members:
+        alike.setdefault((hashes[member.name], member.model, repr(sorted(dict(member.model_options).items()))),
+                         []).append(member.name)
+    for names in (names for names in alike.values() if len(names) > 1):
+        log_event(log, "ensemble.identical_members", logging.WARNING, members=",".join(names),
+                  hint="their weights are the same file: they predict alike, and an ensemble of them counts one "
+                       "member's vote several times; give each its own seed or recipe (training.members[].seed), "
+                       "or evaluate one of them (evaluation.members)")
 
 
 def _refuse_members_of_other_data(storage: Storage, members: list[MemberRef], prepared: PreparedData) -> None:

@@ -947,3 +947,23 @@ def test_a_changed_split_names_the_images_that_moved(tmp_path):
         _check_same_splits(Storage(), str(tmp_path), SimpleNamespace(splits=now))
     now["train"] = [{"item_id": i} for i in ("c", "b", "a")]  # the same images in another order: the same split
     _check_same_splits(Storage(), str(tmp_path), SimpleNamespace(splits=now))
+
+
+def test_members_with_the_same_weights_are_warned_about(caplog):
+    """Two members of one model whose weights are the same file (a copied checkpoint, members configured alike
+    down to the seed) vote alike: warned once, naming them; same weights under another model are not alike."""
+    import logging
+
+    from minseg.ensemble.evaluate import _warn_identical_members
+    from minseg.ensemble.runtime import MemberRef
+
+    members = [MemberRef("a", "unet", "/r/a", {"width": 0.25}), MemberRef("b", "unet", "/r/b", {"width": 0.25}),
+               MemberRef("c", "unet", "/r/c", {"width": 0.25}), MemberRef("d", "res_unet", "/r/d", {})]
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        _warn_identical_members(members, {"a": "1" * 64, "b": "1" * 64, "c": "2" * 64, "d": "1" * 64})
+    warned = {id(r): r.fields for r in caplog.records if r.getMessage() == "ensemble.identical_members"}
+    assert [fields["members"] for fields in warned.values()] == ["a,b"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        _warn_identical_members(members, {"a": "1" * 64, "b": "3" * 64, "c": "2" * 64, "d": "1" * 64})
+    assert not [r for r in caplog.records if r.getMessage() == "ensemble.identical_members"]
