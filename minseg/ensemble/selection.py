@@ -80,9 +80,16 @@ class Candidate:
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "Candidate":
+        """A candidate as ``to_document`` wrote it.
+
+        Raises:
+            ValueError: an unknown mode, a time per image that is no time (negative, infinite, not a number)."""
         mode = FusionMode(document["mode"]) if document.get("mode") else None
+        tpi = float(document.get("tpi", 0.0))
+        if not np.isfinite(tpi) or tpi < 0:  # a hand edit: it would pass any TPI budget, or none
+            raise ValueError(f"candidate {document['key']}: tpi {tpi!r} is not a time in seconds (finite, 0 or more)")
         return cls(document["key"], list(document["members"]), mode, document.get("weights") or [],
-                   document.get("metrics") or {}, float(document.get("tpi", 0.0)),
+                   document.get("metrics") or {}, tpi,
                    document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
 
 
@@ -309,6 +316,9 @@ def _by_key(candidates: list[Candidate], key: str) -> list[Candidate]:
     """Best first by ``key`` on the selection split; ties (within ``_TIE`` of the best of their run, scores taken
     from the highest down): :func:`tie_order`."""
     values = {c.key: _key_value(c.choosing_metrics, key) for c in candidates}
+    if infinite := next((name for name, value in values.items() if np.isinf(value) and value > 0), None):
+        # no metric is infinite (NaN, undefined, reads as -inf: last); one edited to "Infinity" would always win
+        raise ValueError(f"candidate {infinite}: {key} is infinite, which no score is")
     level, head = {}, None
     for name in sorted(values, key=values.__getitem__, reverse=True):
         if head is None or head - values[name] > _TIE:

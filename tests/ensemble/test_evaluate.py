@@ -235,10 +235,13 @@ def test_select_refuses_an_evaluation_record_edited_by_hand_and_never_writes_a_m
         "fewer classes": lambda d: d["classes"].update(classes=d["classes"]["classes"][:3]),
         "classes text": lambda d: d["classes"].update(classes="x"),
         "rule": lambda d: d["selection"].update(rule="random"),
+        "negative tpi": lambda d: d["candidates"][-1].update(tpi=-1.0),
+        "infinite score": lambda d: d["candidates"][-1]["selection_metrics"].update(miou=float("inf")),
     }
     said = {"tile": "tiling.tile: Input should be greater than or equal to",
             "fewer classes": "was trained on classes", "classes text": "'classes' must list the classes",
-            "rule": "evaluation.selection.rule: "}
+            "rule": "evaluation.selection.rule: ", "negative tpi": "tpi -1.0 is not a time in seconds",
+            "infinite score": "miou is infinite, which no score is"}
     for name, edit in edits.items():
         document = copying.deepcopy(original)
         edit(document)
