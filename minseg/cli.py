@@ -558,7 +558,8 @@ def cmd_storage(args) -> int:
         sys.stdout.buffer.write(data)
     elif args.action == "cp":
         target = args.destination
-        if target.endswith("/") or not parse_uri(target).path or storage.is_folder(target):  # into it, as cp does
+        # parsed first: 's3://' (no bucket) is refused, not joined with the file's name into a local 's3:/name'
+        if not parse_uri(target).path or target.endswith("/") or storage.is_folder(target):  # into it, as cp does
             target = join_uri(target, posixpath.basename(parse_uri(uri).path.rstrip("/")))
         storage.copy(uri, target)
         print(f"copied {uri} -> {target}")

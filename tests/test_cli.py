@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,10 +137,15 @@ def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
                           (["rm", f"{t}/dir"], f"dir: is a folder; storage rm deletes files: give a glob of those to "
                                                f"delete, e.g. '{t}/dir/**'"),
                           (["cp", f"{t}/file.txt", f"{t}/file.txt/x"], "file.txt/x: lies under"),
-                          (["cat", f"{t}/dir"], "dir: is a directory, not a file")):
+                          (["cat", f"{t}/dir"], "dir: is a directory, not a file"),
+                          # a bucket left out, a slash short: was written to a local folder 's3:' as "copied"
+                          (["cp", f"{t}/file.txt", "s3://"], "'s3://' has no bucket"),
+                          (["cp", f"{t}/file.txt", "s3:/bucket/x"], "'s3:/bucket/x': not an s3:// or file:// URI"),
+                          (["cp", f"{t}/file.txt", "s3:bucket"], "'s3:bucket': not an s3:// or file:// URI")):
         status, _, err = _storage(capsys, *argv)
         assert status == 2 and message in err, (argv, err)
     assert not (tmp_path / "dest").exists() and (tmp_path / "file.txt").read_text() == "file.txt"
+    assert not list(Path.cwd().glob("s3:*"))
 
     status, out, _ = _storage(capsys, "rm", f"{t}/dir/*.txt")
     assert status == 0 and out.split() == ["deleted", f"{t}/dir/a.txt", "deleted", f"{t}/dir/b.txt"]

@@ -134,6 +134,7 @@ def sweep_scratch(directory: str) -> int:
 
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_MISTYPED_URI = re.compile(r"^(s3|file):(?!//)", re.IGNORECASE)
 
 
 class StorageError(MinsegError, OSError):
@@ -196,6 +197,9 @@ def parse_uri(uri: str | os.PathLike[str]) -> Location:
     if scheme := _SCHEME.match(text):
         scheme = scheme.group(1)
         raise StorageError(f"{text!r}: unsupported scheme {scheme!r} (use a path, file:// or s3://)")
+    if _MISTYPED_URI.match(text):  # 's3:/b/k', 's3:b': a local folder named 's3:' is never what was meant
+        raise StorageError(f"{text!r}: not an s3:// or file:// URI (expected s3://bucket/key or file:///path); "
+                           "a local name beginning so would be ./" + text)
     return Location("file", os.path.abspath(os.path.expanduser(text)))
 
 

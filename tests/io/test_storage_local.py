@@ -18,6 +18,9 @@ def test_parse_uri_forms(tmp_path):
     [
         ("gs://bucket/key", "unsupported scheme 'gs'"),
         ("s3://", "has no bucket"),
+        ("s3:/bucket/key", "not an s3:// or file:// URI"),  # a local folder 's3:' is never meant
+        ("S3:bucket", "not an s3:// or file:// URI"),
+        ("file:/tmp/x", "not an s3:// or file:// URI"),
         ("s3://AKIA:secret@bucket/key", "must not carry credentials"),
         ("file://otherhost/x", "must be local"),
         ("", "empty"),
