@@ -50,6 +50,17 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type of a seed: ``config.base.Seed``'s range, 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed (0 to {2**32 - 1})")
+    return value
+
+
 def _one_of(*choices: str):
     """argparse type of a '*' positional's entries: one of ``choices``."""
     def check(text: str) -> str:
@@ -667,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("what", nargs="*", type=_one_of("all", "sections", "slide", "survey"),
                        metavar="{all,sections,slide,survey}", help="what to make (default: all)")
     synth.add_argument("--out", required=True, type=_text, help="output folder or s3:// prefix")
-    synth.add_argument("--seed", type=int, help="seed (default: synth.seed)")
+    synth.add_argument("--seed", type=_seed, help="seed, 0 to 2**32 - 1 (default: synth.seed)")
     _add_config_options(synth)
     synth.set_defaults(func=cmd_synth)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, Seed, StrictModel
 from minseg.data.config import DataSettings
 from minseg.ensemble.config import EvaluationSettings, ScoreSettings
 from minseg.geo.config import ProspectSettings
@@ -24,7 +24,7 @@ from minseg.train.config import TrainingSettings
 class RunSettings(StrictModel):
     name: Name = "minseg-run"
     output_uri: Uri = Field("outputs", description="local folder or s3://bucket/prefix for this run's outputs")
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def uri(self) -> str:

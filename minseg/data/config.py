@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_serializer, model_validator
 
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, Seed, StrictModel
 from minseg.enums import Augmentation, ChannelMode, DatasetLayout, MaskEncoding, SplitGroup, SplitStratify
 from minseg.io.config import Uri
 from minseg.io.images import BIT_DEPTH
@@ -272,7 +272,7 @@ class SplitSettings(StrictModel):
     train: float = Field(0.7, ge=0, le=1)
     val: float = Field(0.15, ge=0, le=1)
     test: float = Field(0.15, ge=0, le=1)
-    seed: int | None = Field(None, description="default: run.seed")
+    seed: Seed | None = Field(None, description="default: run.seed")
     lists: dict[str, str] | None = Field(
         None, description="split name -> file (path/URI) listing item stems, one per line (VOC ImageSets style)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from minseg.config.base import PositiveInt, StrictModel, TiffTileSize
+from minseg.config.base import PositiveInt, Seed, StrictModel, TiffTileSize
 from minseg.io.crs import GridCrsText, grid_scale_problem
 from minseg.enums import ImageFormat, TiffCompression
 
@@ -67,7 +67,7 @@ class SurveySynth(StrictModel):
 
 
 class SynthSettings(StrictModel):
-    seed: int = 0
+    seed: Seed = 0
     sections: SectionsSynth | None = SectionsSynth()
     slide: SlideSynth | None = None
     survey: SurveySynth | None = Field(default_factory=SurveySynth)  # built when used: its CRS check runs PROJ

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from minseg.errors import InputError
-from minseg.config.base import Name, StrictModel
+from minseg.config.base import Name, Seed, StrictModel
 from minseg.io.config import Uri
 from minseg.data.config import AugmentSettings
 from minseg.enums import (
@@ -159,7 +159,7 @@ class MemberSettings(StrictModel):
     checkpoint_mode: str = Field(None, pattern="^(max|min)$",  # type: ignore[assignment]  # set before validation
                                  description="max or min; default: min for a loss (val_loss), max for a score")
     max_failures: int = Field(1, ge=0, description="worker-failure restarts before the member fails")
-    seed: int | None = None
+    seed: Seed | None = None
     augmentation: AugmentSettings | None = Field(
         None, description="this member's training augmentation: the keys it sets replace data.augmentation's, for "
         "this member (members that see other views of the tiles may make less alike errors; measured on LumenStone "

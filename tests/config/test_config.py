@@ -666,3 +666,32 @@ def test_every_uri_key_refuses_what_no_job_can_open(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(said)) as caught:
             validate_config(document, MinsegConfig)
         assert f"{key}: " in str(caught.value) and "secret" not in str(caught.value), str(caught.value)
+
+
+def test_every_seed_is_0_to_2_to_the_32_minus_1(tmp_path, capsys):
+    """A negative or huge seed was "valid" and failed a minute into training ("expected non-negative integer" from
+    a worker, nothing naming the seed): each seed key is refused when read, as is ``synth --seed``."""
+    from minseg.cli import main
+
+    base = {"run": {"seed": 0}, "data": {"sources": [{"uri": str(tmp_path)}], "split": {"seed": 1}},
+            "synth": {"seed": 2}, "training": {"members": [{"name": "a", "model": "unet", "seed": 3, "stages": [{"epochs": 1}]}]}}
+    assert MinsegConfig.model_validate(base).training.members[0].seed == 3
+    edge = copy.deepcopy(base)
+    edge["run"]["seed"] = 2**32 - 1
+    assert MinsegConfig.model_validate(edge).run.seed == 2**32 - 1
+    for where, value in (("run.seed", -5), ("data.split.seed", -1), ("synth.seed", 2**32),
+                         ("training.members.0.seed", 10**26)):
+        document = copy.deepcopy(base)
+        keys = where.split(".")
+        target = document
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[keys[-1]] = value
+        path = write(tmp_path, yaml.safe_dump(document))
+        capsys.readouterr()
+        assert main(["config", "validate", str(path)]) == 2, where
+        err = capsys.readouterr().err
+        assert ("greater than or equal to 0" if value < 0 else "less than or equal to 4294967295") in err, (where, err)
+    with pytest.raises(SystemExit) as stopped:
+        main(["synth", "--seed", "-3", "--out", str(tmp_path / "s")])
+    assert stopped.value.code == 2 and "--seed: -3 is not a seed (0 to 4294967295)" in capsys.readouterr().err
