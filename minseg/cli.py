@@ -799,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a training run, an ensemble manifest.json, or checkpoint directories (local or s3://)")
     kernels.add_argument("--out", required=True, type=_text,
                          help="folder or s3:// prefix for kernels.csv and the figures")
-    kernels.add_argument("--bins", type=int, default=60, help="histogram bins per layer (default 60)")
+    kernels.add_argument("--bins", type=int, default=60, help="histogram bins per layer, 1 to 1000 (default 60)")
     kernels.add_argument("--near-zero", type=float, default=0.01, help="|w| below this counts as near zero (0.01)")
     kernels.add_argument("--relative", type=float, default=0.05,
                          help="|w| below this share of the layer's max |w| counts as relatively small (0.05)")

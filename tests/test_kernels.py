@@ -115,3 +115,62 @@ def test_k_fold_and_prospect_runs(tmp_path):
     assert [m.name for m in members] == ["half@fold1", "half@fold2", "half-1", "half-2"]
     report = analyze_kernels([str(tmp_path / "run")], str(tmp_path / "out"))  # in_channels in the options: fine
     assert {r["member"] for r in report.rows} == {"half@fold1", "half@fold2"}
+
+
+def test_a_second_analysis_replaces_the_first_whole_or_leaves_it_untouched(tmp_path, capsys, monkeypatch, caplog):
+    """A break-it pass: with a relative --out the first analysis's other figure stayed beside the second's; a member
+    failing midway left its new figure beside the old table; damaged class maps and --bins far too many were
+    tracebacks; a finished member without its checkpoint was skipped without a word; a measure folder was written
+    into and any *_kernels.png in it deleted."""
+    import logging
+
+    half = build_model("half_unet", num_classes=2, width=0.25)
+    unet = build_model("unet", num_classes=2, width=0.125)
+    manifest = write_ensemble(str(tmp_path / "ens"), [("half", "half_unet", {"width": 0.25}, half),
+                                                      ("unet", "unet", {"width": 0.125}, unet)], CLASSES)
+    members = tmp_path / "ens" / "members"
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "kernels", manifest, "--out", "k"]) == 0
+    (tmp_path / "k" / "mine_kernels.png").write_bytes(b"someone's")  # no analysis of ours drew it
+    assert main(["analyze", "kernels", str(members / "half"), "--out", "k"]) == 0  # relative, as typed
+    names = sorted(p.name for p in (tmp_path / "k").iterdir())
+    assert names == ["half_kernels.png", "kernels.csv", "kernels_overview.png", "mine_kernels.png"]
+
+    before = {p.name: p.read_bytes() for p in (tmp_path / "k").iterdir()}
+    (members / "unet" / "classes.json").write_text(json.dumps({"classes": 5}))
+    capsys.readouterr()
+    assert main(["analyze", "kernels", str(members / "half"), str(members / "unet"), "--out", "k"]) == 2
+    err = capsys.readouterr().err
+    assert "unet/classes.json: not a class map" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "k").iterdir()} == before  # untouched: nothing half-done
+    (members / "unet" / "classes.json").write_text(json.dumps(["a", "b"]))
+    assert main(["analyze", "kernels", str(members / "unet"), "--out", "k2"]) == 2
+    assert "not a class map" in capsys.readouterr().err
+    assert main(["analyze", "kernels", str(members / "half"), "--out", "k2", "--bins", "100000000"]) == 2
+    assert "--bins 100000000 (1 to 1000)" in capsys.readouterr().err
+
+    (tmp_path / "measured").mkdir()
+    (tmp_path / "measured" / "measure_summary.json").write_text("{}")
+    assert main(["analyze", "kernels", str(members / "half"), "--out", "measured"]) == 2
+    assert "holds the outputs of minseg measure" in capsys.readouterr().err
+
+    # a run whose members.json says done for a member whose checkpoint is gone: the others, and a warning
+    run = tmp_path / "run"
+    folder = run / "members" / "half" / "checkpoints"
+    import shutil
+
+    shutil.copytree(members / "half", folder / "epoch-0001")
+    (folder / "best.json").write_text(json.dumps({"dir": "epoch-0001"}))
+    rows = [{"member": "half", "model": "half_unet", "fold": None, "status": "done", "best_checkpoint": "x"},
+            {"member": "gone", "model": "unet", "fold": None, "status": "done", "best_checkpoint": None}]
+    (run / "members.json").write_text(json.dumps({"members": rows}))
+    minseg_logger = logging.getLogger("minseg")
+    minseg_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="minseg"):
+            report = analyze_kernels([str(run)], str(tmp_path / "k3"))
+    finally:
+        minseg_logger.removeHandler(caplog.handler)
+    assert {r["member"] for r in report.rows} == {"half"}
+    warned = {id(r): r.fields for r in caplog.records if r.getMessage() == "kernels.members_without_checkpoint"}
+    assert [fields["members"] for fields in warned.values()] == ["gone"]

@@ -22,6 +22,7 @@ ensemble manifest (its members), or checkpoint directories (``model.pt`` + ``mem
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 
@@ -32,7 +33,8 @@ from torch import nn
 from minseg.enums import MemberCheckpoint
 from minseg.errors import InputError
 from minseg.io.runs import read_members_table, recorded_checkpoint
-from minseg.io.storage import ObjectNotFoundError, Storage, file_stem, join_uri
+from minseg.io.storage import (ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri,
+                               refuse_other_command_outputs)
 from minseg.io.tables import csv_text
 from minseg.logs import get_logger, log_event
 
@@ -41,6 +43,9 @@ log = get_logger("analysis")
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 COLUMNS = ["member", "model", "depth", "layer", "kind", "shape", "parameters", "mean", "std", "mean_abs", "max_abs",
            "share_near_zero", "share_relative_small", "excess_kurtosis"]
+
+
+MAX_BINS = 1000  # a histogram panel is ~200 pixels wide; NumPy refuses far more bins than a layer's range holds
 
 
 class KernelSourceError(InputError):
@@ -107,15 +112,19 @@ def _from_run(run: str, storage: Storage) -> list[TrainedMember]:
         rows = read_members_table(storage, run) or []
     except InputError as exc:
         raise KernelSourceError(str(exc)) from None
-    members = []
+    members, without = [], []
     for row in rows:
         if row.get("status") != "done":
             continue
+        name = row["member"] if row.get("fold") is None else f"{row['member']}@fold{row['fold'] + 1}"
         checkpoint = recorded_checkpoint(storage, run, row, MemberCheckpoint.BEST)  # under run: a copied run's own
         if not checkpoint:
+            without.append(name)
             continue
-        name = row["member"] if row.get("fold") is None else f"{row['member']}@fold{row['fold'] + 1}"
         members.append(_from_checkpoint(checkpoint, storage, name))
+    if without:  # finished, yet no checkpoint recorded (deleted, a copy without them): not analysed, and said so
+        log_event(log, "kernels.members_without_checkpoint", logging.WARNING, run=run, members=",".join(without),
+                  hint="members.json marks them done but their checkpoints are gone: the others are analysed")
     if not members:
         raise KernelSourceError(f"{run}: no finished member to analyse (members.json)")
     return members
@@ -132,11 +141,18 @@ def load_member(member: TrainedMember, storage: Storage) -> nn.Module:
     """The member's model with its trained weights (CPU, eval mode)."""
     from minseg.models import build_model, read_state_dict
 
+    uri = join_uri(member.checkpoint, "classes.json")
     try:
-        classes = json.loads(storage.read_text(join_uri(member.checkpoint, "classes.json")))
+        classes = json.loads(storage.read_text(uri))
     except ObjectNotFoundError:
         raise KernelSourceError(f"{member.checkpoint}: no classes.json beside model.pt") from None
-    num_classes = len(classes["classes"])
+    except ValueError as exc:
+        raise KernelSourceError(f"{uri}: not JSON ({exc})") from None
+    entries = classes.get("classes") if isinstance(classes, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise KernelSourceError(f"{uri}: not a class map (an object whose 'classes' lists the classes), got "
+                                f"{str(classes)[:80]}")
+    num_classes = len(entries)
     weights = join_uri(member.checkpoint, "model.pt")
     state = read_state_dict(weights, storage)
     options = dict(member.model_options)
@@ -199,25 +215,25 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
     """Histograms and statistics of every member's convolution kernels (module docstring).
 
     Raises:
-        KernelSourceError: a source holds no trained member.
-        InputError: ``bins`` below 1, ``near_zero`` not a finite number above 0, ``relative`` not in (0, 1].
+        KernelSourceError: a source holds no trained member; a member's weights or class map cannot be read or
+            do not fit its model. Nothing in ``output_uri`` has changed then: every member is loaded and drawn first.
+        InputError: ``bins`` not 1 to ``MAX_BINS``, ``near_zero`` not a finite number above 0, ``relative`` not in
+            (0, 1]; ``output_uri`` holds another command's outputs.
         StorageError: a checkpoint cannot be read.
     """
-    wrong = [what for what, ok in ((f"--bins {bins} (1 or more)", bins >= 1),
+    wrong = [what for what, ok in ((f"--bins {bins} (1 to {MAX_BINS})", 1 <= bins <= MAX_BINS),
                                    (f"--near-zero {near_zero} (a finite number above 0)",
                                     math.isfinite(near_zero) and near_zero > 0),
                                    (f"--relative {relative} (in (0, 1])", 0 < relative <= 1)) if not ok]
     if wrong:
         raise InputError(f"analyze kernels: {'; '.join(wrong)}: out of range")
     storage = storage or Storage()
+    output_uri = absolute_uri(output_uri)  # listings name files by absolute URIs: a relative one matched none
+    refuse_other_command_outputs(output_uri, "analyze", "--out", storage)
     members = discover(sources, storage)
-    # an earlier analysis's figures of members not analysed now would look like this one's
-    root = output_uri.rstrip("/") + "/"
-    for info in list(storage.list(root)):
-        name = info.uri[len(root):]
-        if "/" not in name and name.endswith("_kernels.png"):
-            storage.delete(info.uri)
-    rows, figures, per_member = [], [], {}
+    # every member loaded and drawn before the folder is touched: a member that fails leaves the earlier analysis
+    # whole, not its figures beside this one's
+    rows, pictures, per_member = [], {}, {}
     for member in members:
         model = load_member(member, storage)
         stats = kernel_statistics(model, near_zero, relative)
@@ -226,15 +242,35 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
         per_member[member.name] = stats
         rows += [{"member": member.name, "model": member.model, **row} for row in stats]
         figure = join_uri(output_uri, f"{file_stem(member.name)}_kernels.png")  # a name from a hand-edited file
-        storage.write_bytes(figure, _histograms_png(model, member.name, bins))
-        figures.append(figure)
-    csv_uri = join_uri(output_uri, "kernels.csv")
-    storage.write_text(csv_uri, csv_text(rows, COLUMNS))
+        pictures[figure] = _histograms_png(model, member.name, bins)
     overview = join_uri(output_uri, "kernels_overview.png")
-    storage.write_bytes(overview, _overview_png(per_member, near_zero))
-    figures.append(overview)
+    pictures[overview] = _overview_png(per_member, near_zero)
+    csv_uri = join_uri(output_uri, "kernels.csv")
+    # the earlier analysis's figures of members not analysed now (those its kernels.csv names) would look like
+    # this one's; other files ending in _kernels.png are not minseg's to delete
+    for stale in sorted(set(_earlier_figures(csv_uri, storage)) - set(pictures)):
+        storage.delete(stale, missing_ok=True)
+    for uri, picture in pictures.items():
+        storage.write_bytes(uri, picture)
+    storage.write_text(csv_uri, csv_text(rows, COLUMNS))  # last: it lists what the figures show
+    figures = list(pictures)
     log_event(log, "kernels.done", members=len(members), layers=len(rows), output=output_uri)
     return KernelReport(rows, csv_uri, figures)
+
+
+def _earlier_figures(csv_uri: str, storage: Storage) -> list[str]:
+    """The member figures of the analysis whose ``kernels.csv`` is ``csv_uri`` (none: no such file, not a table
+    of ours)."""
+    import csv
+    import io
+
+    try:
+        reader = csv.DictReader(io.StringIO(storage.read_text(csv_uri)))
+        names = {row.get("member") for row in reader}
+    except (ObjectNotFoundError, ValueError, csv.Error):
+        return []
+    folder = csv_uri.rsplit("/", 1)[0]
+    return [join_uri(folder, f"{file_stem(name)}_kernels.png") for name in names if isinstance(name, str) and name]
 
 
 def _figure_bytes(figure) -> bytes:
