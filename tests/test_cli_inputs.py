@@ -212,6 +212,8 @@ def test_a_tiff_with_non_square_pixels_is_refused(tmp_path, capsys):
                                                        "finite number"]),
     (["measure", "m.png", "n.png", "--reference", "m.png"],
      ["--reference: measure.references: 1 given for 2 label maps"]),
+    (["measure", "maps/*.png", "--reference", "a.png", "--reference", "b.png"],  # the glob, not "2 for 1" maps
+     ["references pair with label maps one by one: list the label maps, no globs"]),
 ])
 def test_flag_errors_name_the_flag_and_key(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -140,9 +140,10 @@ class MeasureSettings(StrictModel):
 
     @model_validator(mode="after")
     def _paired_references(self) -> "MeasureSettings":
+        # a glob first: a count of entries, one of them a pattern, is not a count of maps
+        if self.references and any(has_glob(uri) for uri in self.labels):
+            raise ValueError("references pair with label maps one by one: list the label maps, no globs")
         if self.references and len(self.references) != len(self.labels):
             raise ValueError(f"references: {len(self.references)} given for {len(self.labels)} label maps; give "
                              "one per label map, in the same order (or none)")
-        if self.references and any(has_glob(uri) for uri in self.labels):
-            raise ValueError("references pair with label maps one by one: list the label maps, no globs")
         return self

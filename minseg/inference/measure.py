@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
@@ -178,6 +179,19 @@ def measure_map(labels: LabelMap, spec: MeasureSpec, block: int, tables: ObjectT
     return slide.finish()
 
 
+@contextmanager
+def _as_reference():
+    """A reference mask's error says it is the reference's: its file alone read as the map's own fault (a break-it
+    pass: "failed: good2: …/rgb.png: not a label map" of a map whose reference was rgb.png)."""
+    try:
+        yield
+    except (InputError, OSError, ValueError) as exc:
+        text = str(exc)
+        if text.startswith("reference "):
+            raise
+        raise InputError(f"reference {text}") from None
+
+
 def against_reference(document: dict, shape: tuple[int, int], reference: str, spec: MeasureSpec, storage: Storage,
                       reference_output: str, block: int = 4096) -> dict:
     """Measure the reference mask of a measured label map the same way, write its document to
@@ -187,7 +201,7 @@ def against_reference(document: dict, shape: tuple[int, int], reference: str, sp
     Raises:
         InputError, SlideError: the reference is not a label map of the same size and classes.
     """
-    with open_label_map(reference, storage) as mask:
+    with _as_reference(), open_label_map(reference, storage) as mask:
         if (mask.height, mask.width) != tuple(shape):
             raise InputError(f"reference {reference} is {mask.height}x{mask.width}, the label map "
                              f"{document.get('source', '')} is {shape[0]}x{shape[1]}")
@@ -223,9 +237,10 @@ def measure_one(uri: str, reference: str | None, output_uri: str, map_id: str, s
     # map's, never files no record names (``own_folders``)
     storage.write_json(join_uri(output_uri, BEGUN), {"source": uri})
     storage.delete_prefix(output_uri.rstrip("/") + "/", keep=(BEGUN,))
-    for source in (uri, reference):
-        if source:
-            refuse_missing_chunks(source, storage)
+    refuse_missing_chunks(uri, storage)
+    if reference:
+        with _as_reference():
+            refuse_missing_chunks(reference, storage)
     with open_label_map(uri, storage) as labels:
         names = _names(labels, settings)
         try:

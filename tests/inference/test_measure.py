@@ -124,6 +124,15 @@ def test_segment_outputs_and_bad_maps(ray_session, tmp_path, capsys):
                  "--classes", ",".join(NAMES)]) == 1
     assert "reference" in capsys.readouterr().err and "is 10x10" in json.loads(
         (tmp_path / "o2" / "failures.json").read_text())[0]["reason"]
+    # a reference that is not there, or no label map: said to be the reference's, not the map's
+    Image.fromarray(np.zeros((*labels.shape, 3), np.uint8)).save(tmp_path / "colour.png")
+    for reference, said in ((tmp_path / "gone.png", f"reference {tmp_path / 'gone.png'}: no such file"),
+                            (tmp_path / "colour.png", f"reference {tmp_path / 'colour.png'}: ")):
+        assert main(["measure", str(maps[0]), "--out", str(tmp_path / "o3"), "--reference", str(reference),
+                     "--classes", ",".join(NAMES)]) == 1
+        capsys.readouterr()
+        reason = json.loads((tmp_path / "o3" / "failures.json").read_text())[0]["reason"]
+        assert reason.startswith(said), reason
     inner = out / "a" / "inner.png"  # in a/, which holds a's measurement and would be measured again
     shutil.copy(tmp_path / "small.png", inner)
     assert main(["measure", str(maps[0]), str(tmp_path / "small.png"), "--reference", str(maps[0]), "--reference",
