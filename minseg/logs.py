@@ -78,8 +78,15 @@ class _TextFormatter(logging.Formatter):
 
 
 def _format_value(value: Any) -> str:
+    """A field's value as written: quoted (JSON) when it has spaces or is empty; µm, ECD's Greek letters and
+    other text as they are, not as \\u escapes; a value that is not UTF-8 (a file name's undecodable bytes,
+    held as surrogates) escaped, so no handler fails to encode it."""
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False) if (" " in text or not text) else text
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -35,6 +35,7 @@ from minseg.io.storage import Storage, StorageError
 from minseg.logs import get_logger, log_event
 
 MAX_CALIBRATED_PIXEL_UM = 50.0
+DPI_72_UM = 25400.0 / 72  # the coarsest resolution TIFF writers put by default
 ANISOTROPY_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are not one pixel size
 
 log = get_logger("io.slides")
@@ -507,10 +508,15 @@ def _pixel_size_um(uri: str, tiff, page) -> float | None:
                 return size
     sizes = resolution_sizes_um(page)
     if sizes is None:
+        if any(name in page.tags and 0 in page.tags[name].value for name in ("XResolution", "YResolution")):
+            _ignored(uri, "a resolution tag is 0 (XResolution / YResolution): no pixel size")
         return None
     size = sizes[0]
-    # 72/96/300 dpi are writers' defaults, not calibrations: no microscope has 85-350 µm pixels
+    # 72/96/300 dpi are writers' defaults, not calibrations: no microscope has 85-350 µm pixels; coarser than
+    # 72 dpi is no default either: said
     if size > MAX_CALIBRATED_PIXEL_UM:
+        if size > DPI_72_UM * (1 + ANISOTROPY_TOLERANCE):
+            _ignored(uri, f"the resolution tags make pixels {size:.6g} µm wide: no microscope's")
         return None
     if len(sizes) == 2 and abs(sizes[1] - size) > ANISOTROPY_TOLERANCE * max(sizes[1], size):
         # what follows is the caller's: segment reports sizes in pixels, measure refuses the map

@@ -165,3 +165,28 @@ def test_exported_pyramids_carry_their_pixel_size_in_the_resolution_tags(tmp_pat
                    lambda r, c: (labels[r * 64 : (r + 1) * 64, c * 64 : (c + 1) * 64],))
     with tifffile.TiffFile(unscaled) as tiff:
         assert tiff.pages[0].resolutionunit == tifffile.RESUNIT.NONE
+
+
+@pytest.mark.parametrize("resolution, unit, said", [
+    ((0, 20000), "CENTIMETER", "a resolution tag is 0"),
+    ((1e-8, 1e-8), "CENTIMETER", "1e+12 µm wide: no microscope's"),
+    ((1, 1), "INCH", "25400 µm wide: no microscope's"),
+])
+def test_resolution_tags_that_give_no_pixel_size_are_said(tmp_path, caplog, resolution, unit, said):
+    """A zero term or pixels coarser than a writer's 72 dpi default were dropped without a word (the docs said a
+    warning); a writer's default (72 or 300 dpi) stays silent: it is no calibration, and said of every such file."""
+    from minseg.logs import _format_value
+
+    path = tmp_path / "r.tif"
+    tifffile.imwrite(path, RGB, photometric="rgb", resolution=resolution, resolutionunit=unit)
+    with caplog.at_level(logging.WARNING, logger="minseg"), Slide(str(path)) as slide:
+        assert slide.info.pixel_size_um is None
+    (record,) = [r for r in caplog.records if r.getMessage() == "slide.pixel_size_ignored"]
+    assert said in record.fields["reason"]
+    assert "µm" not in said or "µm" in _format_value(record.fields["reason"])  # written as µm, not \u00b5
+    caplog.clear()
+    for dpi in (72, 300):
+        tifffile.imwrite(path, RGB, photometric="rgb", resolution=(dpi, dpi), resolutionunit="INCH")
+        with caplog.at_level(logging.WARNING, logger="minseg"), Slide(str(path)) as slide:
+            assert slide.info.pixel_size_um is None
+    assert not [r for r in caplog.records if r.getMessage() == "slide.pixel_size_ignored"]
