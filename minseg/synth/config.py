@@ -10,17 +10,24 @@ from minseg.enums import ImageFormat, TiffCompression
 
 
 
+# bounds a mistyped size meets before hours of rendering and a full disk: a whole-slide scan is at most ~200 000
+# pixels a side, a section photograph ~20 000, a lithology raster of 10^8 cells is a country at 100 m
+MAX_SLIDE_SIDE = 200_000
+MAX_SECTION_SIDE = 20_000
+MAX_SURVEY_CELLS = 100_000_000
+
+
 class SectionsSynth(StrictModel):
-    count: PositiveInt = 8
-    height: PositiveInt = 512
-    width: PositiveInt = 512
+    count: int = Field(8, ge=1, le=100_000)
+    height: int = Field(512, ge=1, le=MAX_SECTION_SIDE)
+    width: int = Field(512, ge=1, le=MAX_SECTION_SIDE)
     image_format: ImageFormat = ImageFormat.PNG
     grain_scale: float = Field(1.0, gt=0, description="multiplies every grain radius")
 
 
 class SlideSynth(StrictModel):
-    height: PositiveInt = 8000
-    width: PositiveInt = 8000
+    height: int = Field(8000, ge=1, le=MAX_SLIDE_SIDE)
+    width: int = Field(8000, ge=1, le=MAX_SLIDE_SIDE)
     tile: TiffTileSize = 512
     compression: TiffCompression = TiffCompression.JPEG
     levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile; at "
@@ -55,6 +62,15 @@ class SurveySynth(StrictModel):
     n_rock_units: int = Field(6, ge=1, le=255, description="rock units of the lithology raster (uint8, 0 is nodata)")
     censored_share: float = Field(0.3, ge=0, le=1, description="share of an element's lowest values reported as <DL")
     missing_share: float = Field(0.01, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _raster_size(self) -> "SurveySynth":
+        cells = (self.width_m / self.cell_m) * (self.height_m / self.cell_m)
+        if cells > MAX_SURVEY_CELLS:
+            raise ValueError(f"a {self.width_m:g} x {self.height_m:g} m survey at cell_m {self.cell_m:g} is a "
+                             f"lithology raster of {cells:.3g} cells, above {MAX_SURVEY_CELLS:.0e}: a larger cell_m "
+                             "or a smaller area")
+        return self
 
     @model_validator(mode="after")
     def _ground_metres(self) -> "SurveySynth":

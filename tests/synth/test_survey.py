@@ -133,3 +133,19 @@ def test_a_survey_whose_map_metres_are_not_ground_metres_is_a_config_error(tmp_p
         assert "use the area's UTM zone" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
     assert SurveySynth(crs="EPSG:3857", origin_x=0, origin_y=0).crs == "EPSG:3857"
+
+
+@pytest.mark.parametrize("section, values, said", [
+    ("slide", {"height": 10_000_000, "width": 10_000_000}, "synth.slide.height: Input should be less than or equal to "
+                                                           "200000"),
+    ("sections", {"width": 100_000}, "synth.sections.width: Input should be less than or equal to 20000"),
+    ("survey", {"width_m": 1e7, "height_m": 1e7, "cell_m": 10}, "lithology raster of 1e+12 cells, above 1e+08"),
+])
+def test_sizes_no_generator_should_start_on_are_refused_when_read(tmp_path, capsys, section, values, said):
+    """A 10^14-pixel slide ran for minutes into a full disk, leaving temporary files: refused when read."""
+    from minseg.cli import main
+
+    args = [arg for key, value in values.items() for arg in ("--set", f"synth.{section}.{key}={value}")]
+    assert main(["synth", section, "--out", str(tmp_path / "s"), *args]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
