@@ -18,16 +18,16 @@ MAX_SURVEY_CELLS = 100_000_000
 
 
 class SectionsSynth(StrictModel):
-    count: int = Field(8, ge=1, le=100_000)
-    height: int = Field(512, ge=1, le=MAX_SECTION_SIDE)
-    width: int = Field(512, ge=1, le=MAX_SECTION_SIDE)
+    count: int = Field(8, gt=0, le=100_000)
+    height: int = Field(512, gt=0, le=MAX_SECTION_SIDE)
+    width: int = Field(512, gt=0, le=MAX_SECTION_SIDE)
     image_format: ImageFormat = ImageFormat.PNG
     grain_scale: float = Field(1.0, gt=0, description="multiplies every grain radius")
 
 
 class SlideSynth(StrictModel):
-    height: int = Field(8000, ge=1, le=MAX_SLIDE_SIDE)
-    width: int = Field(8000, ge=1, le=MAX_SLIDE_SIDE)
+    height: int = Field(8000, gt=0, le=MAX_SLIDE_SIDE)
+    width: int = Field(8000, gt=0, le=MAX_SLIDE_SIDE)
     tile: TiffTileSize = 512
     compression: TiffCompression = TiffCompression.JPEG
     levels: PositiveInt | None = Field(None, description="pyramid levels; default until the top fits one tile; at "
