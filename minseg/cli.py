@@ -828,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "storage" and args.action == "cp" and not args.destination:
         parser.error("storage cp needs a destination")
     if args.command == "storage" and args.action != "cp" and args.destination:
+        if args.action == "cat":  # cat reads one file: a glob is refused too
+            parser.error(f"storage cat takes one path; {args.destination!r} is one too many")
         parser.error(f"storage {args.action} takes one path or glob; {args.destination!r} is one too many (quote a "
                      "glob, e.g. 'dir/*.txt', for minseg to expand it)")
     try:

@@ -153,6 +153,9 @@ def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:  # an unquoted glob the shell expanded: rm would take only the first
         main(["storage", "rm", f"{t}/file.txt", f"{t}/br[1].txt"])
     assert stopped.value.code == 2 and "storage rm takes one path or glob" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # cat reads one file: no glob to suggest
+        main(["storage", "cat", f"{t}/file.txt", f"{t}/br[1].txt"])
+    assert stopped.value.code == 2 and "storage cat takes one path; " in capsys.readouterr().err
     assert (tmp_path / "file.txt").exists()
 
 
