@@ -1494,6 +1494,12 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
             found = path[len(uri.rstrip("/")) + 1:]
             # a marker is a file: a folder of its name is an item's (a slide `members.json.tif` segmented before
             # such names were hashed), no other command's outputs
-            if storage.exists(path) and not storage.is_folder(path):
+            try:
+                there = storage.exists(path) and not storage.is_folder(path)
+            except StorageError as exc:  # no credentials, no endpoint: the folder's, not a marker file's to name
+                raise StorageError(f"{source}: {uri}: cannot be read ({str(exc).removeprefix(path + ': ')}); the "
+                                   f"output is checked for other commands' outputs before minseg {command} "
+                                   "starts") from None
+            if there:
                 raise InputError(f"{source}: {uri} holds the outputs of minseg {other} ({found}); minseg {command} "
                                  "would write over them there: give another folder")

@@ -462,3 +462,18 @@ def test_a_glob_matching_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, 
     assert main(["storage", "rm", str(tmp_path / "pe*.tif")]) == 0
     assert capsys.readouterr().out == f"deleted {tmp_path}/pe\\xf1a.tif\n"
     assert not glob_uris(str(tmp_path / "p*"), storage)
+
+
+def test_an_output_that_cannot_be_read_is_named_not_the_marker_looked_for(monkeypatch):
+    """S3 unreachable (no server, no credentials): the error began with ``…/members.json``, a file the user never
+    gave, as if it were the problem."""
+    from minseg.io.config import StorageSettings
+    from minseg.io.storage import refuse_other_command_outputs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    storage = Storage(StorageSettings(endpoint_url="http://127.0.0.1:9", max_attempts=1))
+    with pytest.raises(StorageError) as error:
+        refuse_other_command_outputs("s3://bucket/out", "measure", "--out", storage)
+    message = str(error.value)
+    assert message.startswith("--out: s3://bucket/out: cannot be read (") and "before minseg measure starts" in message
