@@ -674,7 +674,8 @@ def test_every_seed_is_0_to_2_to_the_32_minus_1(tmp_path, capsys):
     from minseg.cli import main
 
     base = {"run": {"seed": 0}, "data": {"sources": [{"uri": str(tmp_path)}], "split": {"seed": 1}},
-            "synth": {"seed": 2}, "training": {"members": [{"name": "a", "model": "unet", "seed": 3, "stages": [{"epochs": 1}]}]}}
+            "synth": {"seed": 2},
+            "training": {"members": [{"name": "a", "model": "unet", "seed": 3, "stages": [{"epochs": 1}]}]}}
     assert MinsegConfig.model_validate(base).training.members[0].seed == 3
     edge = copy.deepcopy(base)
     edge["run"]["seed"] = 2**32 - 1
