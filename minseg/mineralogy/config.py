@@ -87,19 +87,13 @@ class MineralogySettings(StrictModel):
 
 def class_list_problem(names: list[str]) -> str | None:
     """What is wrong with class names by id (id = position from 0), or None: an empty name would leave its id
-    unnamed, a repeated one (in any case: ``Pyrite`` and ``pyrite`` take one density) would merge two classes'
-    numbers."""
+    unnamed, a repeated one would merge two classes' numbers."""
     seen: dict[str, int] = {}
     for class_id, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
             return f"class id {class_id} (entry {class_id + 1} of {len(names)}) has an empty name"
-        key = name.strip().casefold()  # densities and background classes match names in any case
-        if key in seen:
-            first = seen[key]
-            same = (f"{name.strip()!r} names" if names[first].strip() == name.strip() else
-                    f"{names[first].strip()!r} and {name.strip()!r} (one name in any case, as mineralogy matches "
-                    "names) name")
-            return (f"{same} class ids {first} and {class_id} (entries {first + 1} and {class_id + 1}); every "
-                    "class needs its own name")
-        seen[key] = class_id
+        if name.strip() in seen:
+            return (f"{name.strip()!r} names class ids {seen[name.strip()]} and {class_id} (entries "
+                    f"{seen[name.strip()] + 1} and {class_id + 1}); every class needs its own name")
+        seen[name.strip()] = class_id
     return None

@@ -16,9 +16,6 @@ def test_class_names_by_id_are_given_and_distinct():
     assert class_list_problem(["resin", "pyrite", " "]) == "class id 2 (entry 3 of 3) has an empty name"
     assert "'pyrite' names class ids 1 and 3 (entries 2 and 4)" in class_list_problem(
         ["resin", "pyrite", "gangue", "pyrite"])
-    # one name in two cases: one density, one background class (matched in any case) for two classes
-    assert "'Pyrite' and 'pyrite' (one name in any case, as mineralogy matches names) name class ids 1 and 2" in (
-        class_list_problem(["background", "Pyrite", "pyrite", "x"]))
     with pytest.raises(ValueError, match="the class names of m.png: 'resin' names class ids 0 and 1"):
         MineralogySettings().check_class_names(["resin", "resin"], owner="m.png")
 
