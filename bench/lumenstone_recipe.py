@@ -207,7 +207,11 @@ def pooled(args) -> None:
         where = ROOT / config.run.output_uri / config.run.name / "evaluation" / "ensemble" / "evaluation.json"
         if not where.is_file():
             sys.exit(f"--pool: {path} has no evaluation at {where}; run its recipe first")
-        evaluations.append(json.loads(where.read_text()))
+        document = json.loads(where.read_text())
+        if document.get("selected") is None:  # no candidate fit its TPI budget: nothing selected to pool
+            sys.exit(f"--pool: {path}'s evaluation selected no candidate ({document.get('unselected')}); choose one "
+                     f"with minseg select {where.parent} --rule best --out {where.parent / 'manifest.json'}")
+        evaluations.append(document)
     names: list[str] = []
     for document in evaluations:
         names += [c["name"] for c in document["classes"]["classes"] if c["name"] not in names]

@@ -51,13 +51,15 @@ def _at_least_one(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    """argparse type of a seed: ``config.base.Seed``'s range, 0 to 2**32 - 1."""
+    """argparse type of a seed: ``config.base.Seed``'s range, 0 to ``SEED_MAX``."""
+    from minseg.config.base import SEED_MAX
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a seed (0 to {2**32 - 1})")
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed (0 to {SEED_MAX})")
     return value
 
 

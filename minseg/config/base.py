@@ -83,9 +83,10 @@ def _multiple_of_16(value: int) -> int:
 PositiveInt = Annotated[int, Field(gt=0)]
 """A count or size of at least 1."""
 
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-"""A random seed: 0 to 2**32 - 1, what every generator minseg seeds takes (NumPy's legacy seed and the uint32 words
-of its SeedSequence; ``torch.manual_seed`` takes more, a negative seed none of them)."""
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+"""A random seed: 0 to 2**32 - 1, what every generator minseg seeds takes (NumPy's ``SeedSequence`` and
+``RandomState`` take no negative seed, ``RandomState`` none above 2**32 - 1)."""
 
 TiffTileSize = Annotated[int, Field(ge=16), AfterValidator(_multiple_of_16)]
 """A TIFF tile side: the format wants multiples of 16."""

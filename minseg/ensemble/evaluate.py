@@ -575,7 +575,7 @@ def evaluate_ensemble(config: MinsegConfig) -> EvaluationResult:
         print_reports(tables, f"no ensemble selected -> {out} (no manifest)")
         raise BudgetUnmetError(f"{unmet}: the evaluation is written to {out} without a manifest; choose from its "
                                f"scores without predicting again: minseg select {out} --tpi-budget SECONDS (or "
-                               "--rule best)")
+                               f"--rule best) --out {manifest_uri}, the manifest segment and score read there")
     print_reports(tables, f"selected {chosen.key} -> {manifest_uri}")
     log_event(log, "ensemble.done", output=out, selected=chosen.key)
     return EvaluationResult(out, manifest_uri, chosen, candidates, ranking.order, ranking.split, settings.rank_key,

@@ -196,8 +196,11 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
                                 f"(its run was cut short while putting them in place, or is doing so): run minseg "
                                 f"select {folder}, which puts them in place first") from None
         if unselected := _unselected(storage, join_uri(folder, "evaluation.json")):
+            chosen = sorted(info.uri.rsplit("/", 1)[-1] for info in storage.list(join_uri(folder, "manifest-"))
+                            if info.uri.endswith(".json"))
+            beside = f", or give one select wrote beside it ({', '.join(chosen)})" if chosen else ""
             raise ManifestError(f"{uri}: no such ensemble manifest: the evaluation in {folder} selected none "
-                                f"({unselected}); choose one with minseg select {folder}") from None
+                                f"({unselected}); choose one with minseg select {folder} --out {uri}{beside}") from None
         raise ManifestError(f"{uri}: no such ensemble manifest") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{uri}: not valid JSON ({exc})") from None

@@ -12,8 +12,8 @@ import numpy as np
 
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
-from minseg.io.storage import (COMMAND_MARKERS, ObjectNotFoundError, Storage, absolute_uri, file_stem,
-                               join_uri, staging_folder)
+from minseg.io.storage import (COMMAND_MARKERS, ObjectNotFoundError, Storage, StorageError, absolute_uri,
+                               file_stem, join_uri, staging_folder)
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -187,7 +187,20 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
     process, a failed request; ``out`` then lacks its documents) are put in place, so that ``out`` holds a finished
     run whatever this one does; the remains of a run that failed before its outputs were complete are deleted.
     Returns whether outputs were put in place."""
-    return storage.finish_staged(out, command, last, lambda: _earlier_reports(storage, out, True))
+    return storage.finish_staged(out, command, last, lambda: _earlier_reports(storage, out, True),
+                                 _unstaged_documents(storage, out, command))
+
+
+def _unstaged_documents(storage: Storage, out: str, command: str) -> tuple[str, ...]:
+    """The documents a complete staged run of ``command`` into ``out`` has not written: the manifest of an
+    evaluation whose staged record selected no candidate (no candidate fits the TPI budget)."""
+    if command != "evaluate":
+        return ()
+    try:
+        document = json.loads(storage.read_bytes(join_uri(staging_folder(out, command), EVALUATION_DOCUMENTS[-1])))
+    except (StorageError, ValueError):  # none staged, or unreadable (finish_staged says why)
+        return ()
+    return ("manifest.json",) if isinstance(document, dict) and document.get("selected", "") is None else ()
 
 
 def complete_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:

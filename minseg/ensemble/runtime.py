@@ -120,14 +120,15 @@ def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: S
     """Cheap, on the driver before any actor starts: each member's model (its registry name and options, for
     ``num_classes``) is built on PyTorch's meta device (no memory) and given its checkpoint's tensors as
     ``torch.load(map_location="meta")`` reads them: names, shapes and dtypes from the archive's pickle, not the
-    weights' bytes (ranged reads on S3). A model, options or class count that do not fit the weights were found
+    weights' bytes (ranged reads on S3; PyTorch before 2.10 reads the bytes too, and the check holds all the
+    same). A model, options or class count that do not fit the weights were found
     only by the actors, each failing with Ray's tracebacks before the one-line error; now that line comes alone.
     Files that are not ``torch.save``'s zip archive are left to the actors.
 
     Raises:
         MemberLoadError: as :func:`load_members`, naming the member, the file and the cause.
     """
-    from minseg.models import build_model
+    from minseg.models import InitWeightsError, build_model
     from minseg.models.pretrained import state_dict_of
 
     for member in members:
@@ -136,7 +137,10 @@ def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: S
                 if stream.read(4) != _ZIP:
                     continue
                 stream.seek(0)
-                payload = torch.load(stream, map_location="meta", weights_only=True)
+                try:
+                    payload = torch.load(stream, map_location="meta", weights_only=True)
+                except Exception as exc:  # noqa: BLE001 (a damaged pickle raises anything; io.tensors does the same)
+                    raise InitWeightsError(f"not a readable weights file ({type(exc).__name__}: {exc})") from None
             with torch.device("meta"):
                 model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
             model.load_state_dict(state_dict_of(payload, member.weights_uri), assign=True)

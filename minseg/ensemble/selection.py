@@ -38,6 +38,7 @@ class BudgetUnmetError(InputError):
     """No candidate runs within the ``tpi_budget`` rule's seconds per image (:func:`select`): a choice to make
     again from the scores (``minseg select --tpi-budget``), not a fault of the evaluation, which is kept."""
 
+
 MEMBER_PREFIX = "member:"
 
 

@@ -508,14 +508,17 @@ def _pixel_size_um(uri: str, tiff, page) -> float | None:
                 return size
     sizes = resolution_sizes_um(page)
     if sizes is None:
-        if any(name in page.tags and 0 in page.tags[name].value for name in ("XResolution", "YResolution")):
+        unit = page.tags.get("ResolutionUnit")
+        if unit is not None and int(unit.value) in (2, 3) and any(  # inch, cm: 0 is meant as a size, and none
+                isinstance(value := page.tags[name].value if name in page.tags else None, tuple) and 0 in value
+                for name in ("XResolution", "YResolution")):
             _ignored(uri, "a resolution tag is 0 (XResolution / YResolution): no pixel size")
         return None
     size = sizes[0]
     # 72/96/300 dpi are writers' defaults, not calibrations: no microscope has 85-350 µm pixels; coarser than
     # 72 dpi is no default either: said
     if size > MAX_CALIBRATED_PIXEL_UM:
-        if size > DPI_72_UM * (1 + ANISOTROPY_TOLERANCE):
+        if size > DPI_72_UM * 1.03:  # 72 dpi stored as 28 px/cm is 357 µm: still the default
             _ignored(uri, f"the resolution tags make pixels {size:.6g} µm wide: no microscope's")
         return None
     if len(sizes) == 2 and abs(sizes[1] - size) > ANISOTROPY_TOLERANCE * max(sizes[1], size):

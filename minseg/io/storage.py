@@ -1152,13 +1152,14 @@ class Storage:
             return False
 
     def finish_staged(self, output: str, command: str, last: tuple[str, ...],
-                      owned: Callable[[], tuple[str, ...]]) -> bool:
+                      owned: Callable[[], tuple[str, ...]], optional: tuple[str, ...] = ()) -> bool:
         """Before a run of ``command`` into ``output``: complete outputs it staged (``staging_folder``) whose
         publication (``publish_staged``) was cut short, a killed process or a failed request (``output`` then
         lacks ``last``), are put in place, so that ``output`` holds a finished run whatever this one does; the
         remains of a run that failed before its outputs were complete (no marker, ``last[-1]``, staged) are
-        deleted. ``owned()``: the earlier run's files to delete, as in ``replace_files`` (called only when needed).
-        Returns whether outputs were put in place.
+        deleted. ``owned()``: the earlier run's files to delete, as in ``replace_files`` (called only when needed);
+        ``optional``: documents of ``last`` this run's complete outputs lack (an evaluation that selected no
+        candidate has no manifest). Returns whether outputs were put in place.
 
         Raises:
             InputError: ``<output>/.minseg-redo`` is a file (``refuse_redo_file``).
@@ -1168,7 +1169,7 @@ class Storage:
         moved = False
         if not self.exists(join_uri(staged, last[-1])):  # a run that failed before its outputs were complete
             self.delete_prefix(staged + "/")
-        elif not all(self.exists(join_uri(staged, name)) for name in last[:-1]):
+        elif not all(self.exists(join_uri(staged, name)) for name in last[:-1] if name not in optional):
             # its documents leave the staging folder last, the marker the very last: put in place (the same marker
             # there), then half deleted; else a folder someone changed by hand, left as it is for them
             if self.replacement_done(staged, output, last[-1]):
@@ -1479,7 +1480,8 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
     outputs are fine (a rerun, a resume).
 
     Raises:
-        InputError: naming ``source`` (the flag or config key), the folder and the command whose outputs it holds."""
+        InputError: naming ``source`` (the flag or config key), the folder and the command whose outputs it holds.
+        StorageError: the folder cannot be read (no credentials, no endpoint), naming ``source`` and the folder."""
     from minseg.errors import InputError
 
     if not uri:

@@ -855,6 +855,29 @@ def test_an_evaluation_cut_short_while_put_in_place_is_completed_and_a_failed_on
         finish_publication(Storage(), str(tmp_path / "evaluation" / "ensemble"), "evaluate", EVALUATION_DOCUMENTS)
 
 
+def test_an_evaluation_that_selected_none_cut_short_while_put_in_place_is_completed(tmp_path):
+    """An evaluation whose TPI budget no candidate fit stages no manifest: killed while put in place, the next run
+    (or select) completes it, the earlier manifest gone with its record; a selected evaluation's staging folder
+    that lost its manifest by hand is still left to its owner."""
+    from minseg.ensemble.reports import EVALUATION_DOCUMENTS, finish_publication
+    from minseg.io.storage import staging_folder
+
+    storage, root = Storage(), str(tmp_path / "ensemble")
+    staged = staging_folder(root, "evaluate")
+    storage.write_text(join_uri(root, "manifest.json"), "earlier")
+    storage.write_text(join_uri(staged, "table4_members.csv"), "new")
+    storage.write_json(join_uri(staged, "evaluation.json"), {"selected": None, "unselected": "no candidate fits"})
+    storage.delete(join_uri(root, "manifest.json"))  # the documents leave first: killed after that
+    assert finish_publication(storage, root, "evaluate", EVALUATION_DOCUMENTS)
+    assert sorted(_contents(storage, root)) == ["evaluation.json", "table4_members.csv"]
+    assert json.loads(storage.read_text(join_uri(root, "evaluation.json")))["selected"] is None
+
+    other = str(tmp_path / "selected")
+    storage.write_json(join_uri(staging_folder(other, "evaluate"), "evaluation.json"), {"selected": "RUEL-2-SOFT"})
+    assert not finish_publication(storage, other, "evaluate", EVALUATION_DOCUMENTS)
+    assert not storage.exists(join_uri(other, "evaluation.json"))  # left as it is: its manifest is missing
+
+
 def test_an_evaluation_is_put_in_place_whole_on_s3(s3):
     """evaluate / score's outputs staged and put in place on S3 as locally (server-side copies): the earlier run's
     reports replaced, others' files kept, a publication cut short completed, a failed one's remains deleted."""
@@ -895,6 +918,10 @@ def test_an_evaluation_run_again_replaces_its_outputs_and_keeps_the_users(traine
         load_manifest(str(out / "manifest.json"))
     assert main(["select", str(out), "--rule", "best", "--name", "best"]) == 0
     assert load_manifest(str(out / "manifest-best.json")).selection["rule"] == "best"
+    with pytest.raises(ManifestError, match=r"give one select wrote beside it \(manifest-best.json, manifest-vgg"):
+        load_manifest(str(out / "manifest.json"))  # segment's and score's default: the one select just wrote named
+    assert main(["select", str(out), "--tpi-budget", "1e9", "--out", str(out / "manifest.json")]) == 0  # the hint's
+    assert load_manifest(str(out / "manifest.json")).selection["rule"] == "tpi_budget"
 
 
 def test_a_damaged_member_checkpoint_is_one_error_naming_member_and_file(trained_run, evaluation):

@@ -8,6 +8,7 @@ import torch
 from minseg.ensemble.runtime import MemberRef, Renormalise, with_member_normalization
 from minseg.ensemble.sliding import normalise
 from minseg.models import build_model
+from minseg.models.registry import list_models
 from minseg.models.pretrained import family_normalization
 
 DATA = {"mean": [120.0, 100.0, 90.0], "std": [40.0, 35.0, 30.0]}
@@ -59,9 +60,20 @@ def test_members_that_do_not_fit_their_weights_are_found_on_s3_from_the_archive_
 
     storage.client.get_object = counted
     check_members_fit([MemberRef("m", "unet", s3.uri("run/m"), {"width": 0.5})], 3, storage)
-    assert read and sum(read) < buffer.tell() / 2
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 10):  # meta loads skip the bytes since
+        assert read and sum(read) < buffer.tell() / 2
     with pytest.raises(MemberLoadError, match=r"member 'm' \(unet, s3://.*model.pt\) cannot be loaded"):
         check_members_fit([MemberRef("m", "unet", s3.uri("run/m"), {"width": 0.25})], 3, storage)
+
+
+@pytest.mark.parametrize("entry", list_models(), ids=lambda entry: entry.name)
+def test_every_registered_model_builds_on_the_meta_device_and_takes_its_own_weights_there(entry):
+    """``check_members_fit`` builds each member on the meta device: a learner that computes on its tensors while
+    built (``.item()``) would refuse every manifest naming it."""
+    spec = entry.input_spec
+    with torch.device("meta"):
+        model = build_model(entry.name, num_classes=spec.num_classes or 3, in_channels=spec.channels)
+    model.load_state_dict({k: torch.empty_like(v) for k, v in model.state_dict().items()}, assign=True)
 
 
 def test_a_member_that_cannot_be_loaded_is_one_line_naming_member_and_file(tmp_path):
