@@ -64,6 +64,12 @@ class ClassMapSettings(StrictModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"class names must be unique, repeated: {', '.join(duplicates)}")
+        # mineralogy matches names in any case (densities, background classes): segment would refuse the manifest
+        folded: dict[str, str] = {}
+        for name in names:
+            if (first := folded.setdefault(name.casefold(), name)) != name:
+                raise ValueError(f"class names {first!r} and {name!r} differ only in case: mineralogy (densities, "
+                                 "background classes) matches names in any case; give each class its own name")
         if self.ignore_index < len(self.classes):
             raise ValueError(f"ignore_index {self.ignore_index} collides with class id (there are {len(self.classes)} classes)")
         seen: dict[int, str] = {}

@@ -32,3 +32,14 @@ def test_what_changes_the_class_ids_is_a_difference_and_nothing_else_is():
                                                         "trained, 'pyrite' (colour [250, 220, 0]) now")
     assert class_map_difference({"classes": recorded["classes"][:1]}, now).startswith(
         "1 classes (resin) when it trained, 2 now (resin, pyrite)")
+
+
+def test_class_names_that_differ_only_in_case_are_refused_when_read():
+    """``Pyrite`` and ``pyrite`` trained as two classes, then every manifest of them was refused by segment, whose
+    mineralogy matches names in any case (densities, background classes): refused with the class map."""
+    import pytest
+
+    spec = {"classes": [{"name": "resin"}, {"name": "Pyrite"}, {"name": "pyrite"}]}
+    with pytest.raises(ValueError, match="class names 'Pyrite' and 'pyrite' differ only in case"):
+        ClassMapSettings.model_validate(spec)
+    assert len(ClassMapSettings.model_validate({"classes": [{"name": "resin"}, {"name": "Pyrite"}]}).classes) == 2
