@@ -432,7 +432,9 @@ def cmd_measure(args) -> int:
     result = measure_label_maps(config, {
         "classes": "--classes" if args.classes else f"{args.config or 'config'}: measure.classes",
         "pixel_size_um": "--pixel-size-um" if args.pixel_size_um is not None else "measure.pixel_size_um"})
-    print(f"measured {len(result.done)}, failed {len(result.failed)} label maps -> {result.output}")
+    earlier = len(result.maps) - len(result.done)
+    print(f"measured {len(result.done)}, failed {len(result.failed)} label maps -> {result.output}"
+          + (f" (its tables list {len(result.maps)}: {earlier} measured there before)" if earlier else ""))
     if result.report_error:
         print(f"  no batch report: {result.report_error} (the tables are in place without it)", file=sys.stderr)
     for slide, lines in list(result.headlines.items())[:10]:  # a batch's are in mineralogy/mineralogy.md

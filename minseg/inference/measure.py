@@ -65,6 +65,7 @@ class MeasureResult:
     done: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     headlines: dict[str, list[str]] = field(default_factory=dict)  # console lines per map measured
+    maps: list[str] = field(default_factory=list)  # every map the tables list: this run's and earlier runs' kept
     report_error: str | None = None  # why the batch report could not be built (the tables are in place without it)
 
 
@@ -291,6 +292,58 @@ def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, stor
         return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc) + kept}}
 
 
+def earlier_rows(storage: Storage, output: str, touched: set[str], threads: int = 16) -> list[dict]:
+    """The rows of the earlier run's ``slides.parquet`` in ``output`` for the maps this run did not touch
+    (``touched``: measured or failed now), kept as written while each map's folder still holds the measurement
+    they describe (its ``mineralogy.json`` names the row's map as its source; ``threads`` reads at a time). A
+    folder whose measurement is gone or another's drops its row (``measure.rows_dropped``); one that cannot be read
+    now (a failed request) keeps it. No earlier table (or one that cannot be read: warned): none."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from minseg.io.storage import ObjectNotFoundError, StorageError
+
+    uri = join_uri(output, "slides.parquet")
+    try:
+        rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+    except ObjectNotFoundError:
+        return []
+    except Exception as exc:  # noqa: BLE001 (pyarrow raises many kinds for a damaged file: the earlier rows go)
+        log_event(log, "measure.earlier_table_unreadable", logging.WARNING, table=uri, reason=str(exc)[:200],
+                  hint="the tables list this run's maps only; measure the earlier ones again to list them")
+        return []
+    rows = [row for row in rows if isinstance(row.get("slide"), str) and row["slide"] not in touched]
+
+    def still_there(row: dict) -> bool:
+        try:
+            document = json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
+        except ObjectNotFoundError:
+            return False
+        except StorageError:  # not known to be gone: as the earlier run listed it
+            return True
+        except ValueError:
+            return False
+        return isinstance(document, dict) and document.get("source") == row.get("uri")
+
+    present = thread_map(still_there, rows, threads)
+    if dropped := [row["slide"] for row, kept in zip(rows, present) if not kept]:
+        log_event(log, "measure.rows_dropped", logging.WARNING, maps=",".join(dropped),
+                  reason="their folders no longer hold the measurement the earlier tables listed")
+    return [row for row, kept in zip(rows, present) if kept]
+
+
+def _read_json_list(storage: Storage, uri: str) -> list:
+    """A JSON list an earlier run wrote (``failures.json``), or [] (absent, unreadable, not a list)."""
+    from minseg.io.storage import ObjectNotFoundError
+
+    try:
+        value = json.loads(storage.read_text(uri))
+    except (ObjectNotFoundError, ValueError):
+        return []
+    return value if isinstance(value, list) else []
+
+
 def discard_measurement(output_uri: str, storage: Storage) -> str:
     """What a failed map leaves: nothing partial looks measured, and a measurement an earlier run finished in
     ``output_uri`` stays as it was (its redo folder goes); a new measurement finished but not moved into place (its
@@ -483,20 +536,28 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
                       reason=outcome["failure"]["reason"])
     result.seconds = round(time.monotonic() - started, 2)
     result.done.sort(key=lambda row: row["slide"])
-    # the tables of this run only, staged whole and put in place together, the summary last (it also marks the
-    # folder as measure's: segment and score refuse to write here); an earlier run's tables and report that this
-    # run does not write (no map measured) are deleted: they must not look like this one's
+    # the tables of every map measured under the output, as segment's list every complete slide: this run's rows,
+    # and an earlier run's of maps this run did not touch while their folders hold those measurements (a second
+    # batch, or a run whose every map failed, no longer leaves the first batch out of the tables and report);
+    # staged whole and put in place together, the summary last (it also marks the folder as measure's)
+    touched = {row["slide"] for row in result.done} | {failure["slide"] for failure in result.failed}
+    kept = earlier_rows(storage, output, touched)
+    result.maps = sorted([row["slide"] for row in kept] + [row["slide"] for row in result.done])
+    listed = set(result.maps)
     staged = start_run_tables(storage, output, "measure")
-    storage.write_json(join_uri(staged, "failures.json"), result.failed)
-    write_slide_tables(result.done, storage, staged, MEASURE_COLUMNS)  # empty when every map failed: this run's
-    if result.done:
+    earlier_failures = [failure for failure in _read_json_list(storage, join_uri(output, "failures.json"))
+                        if isinstance(failure, dict) and failure.get("slide") not in touched | listed]
+    storage.write_json(join_uri(staged, "failures.json"), earlier_failures + result.failed)
+    merged = sorted(kept + result.done, key=lambda row: row["slide"])
+    write_slide_tables(merged, storage, staged, MEASURE_COLUMNS)  # empty only when no map is measured there
+    if merged:
         result.report_error = stage_batch_report(storage, staged, lambda: {
             row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
-            for row in result.done}, settings.name, "measure")
+            for row in merged}, settings.name, "measure")
     publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,
         "done": [row["slide"] for row in result.done], "failed": [failure["slide"] for failure in result.failed],
-        **({"report_error": result.report_error} if result.report_error else {})},
+        "maps": result.maps, **({"report_error": result.report_error} if result.report_error else {})},
         list(RUN_FILES))  # last: it removes the emptied redo folder too
     log_event(log, "measure.done", output=output, done=len(result.done), failed=len(result.failed),
               seconds=result.seconds)

@@ -355,7 +355,8 @@ def test_a_map_given_a_hashed_folder_keeps_it_when_measured_later_alone(ray_sess
     assert main(["measure", maps[1], *base]) == 0
     assert folders_now() == folders
     rows = list(csv.DictReader((out / "slides.csv").open()))
-    assert [(row["slide"], row["uri"]) for row in rows] == [(folders[maps[1]], maps[1])]  # this run's maps
+    # each map once, in its own folder: the one measured again and the other, measured before and still there
+    assert sorted((row["slide"], row["uri"]) for row in rows) == sorted((folders[m], m) for m in maps)
     capsys.readouterr()
 
     # moved aside: `x/` holds another map's measurement, so x.tif went to x-<hash>/; later it keeps that one
@@ -433,8 +434,10 @@ def test_maps_of_one_name_twins_in_case_and_foreign_folders(ray_session, tmp_pat
 
 def test_a_glob_of_ome_zarr_maps_and_a_run_where_every_map_fails(ray_session, tmp_path, capsys):
     """``'seg/*/segmentation.ome.zarr'`` finds segment's OME-Zarr maps (folders: a glob of files found none); a later
-    run into the same output in which every map fails leaves this run's tables empty, with their columns, beside its
-    failures (they were deleted: a folder of measurements and no tables), the earlier measurements in place."""
+    run into the same output in which every map fails (a break-it pass: a mistyped path emptied the tables and
+    deleted the batch report) keeps listing the maps measured there before, with their report, beside its
+    failures; a map whose measurement is deleted since leaves the tables; with none left they are empty, with
+    their columns."""
     labels = blob_labels((40, 50), 4, seed=6)
     for slide in ("s1", "s2"):
         write_zarr(str(tmp_path / "seg" / slide / "segmentation.ome.zarr"), labels)
@@ -445,9 +448,21 @@ def test_a_glob_of_ome_zarr_maps_and_a_run_where_every_map_fails(ray_session, tm
     assert "matched no OME-Zarr (a folder holding zarr.json)" in capsys.readouterr().err
 
     Image.fromarray(np.full((20, 20), 9, np.uint8)).save(tmp_path / "nine.png")
+    first = (out / "slides.csv").read_text()
+    assert main(["measure", str(tmp_path / "nine.png"), "--classes", ",".join(NAMES), "--out", str(out)]) == 1
+    assert "(its tables list 2: 2 measured there before)" in capsys.readouterr().out
+    assert (out / "slides.csv").read_text() == first and pq.read_table(out / "slides.parquet").num_rows == 2
+    assert "| s1 |" in (out / "mineralogy" / "mineralogy.md").read_text()
+    assert [f["slide"] for f in json.loads((out / "failures.json").read_text())] == ["nine"]
+    summary = json.loads((out / "measure_summary.json").read_text())
+    assert summary["done"] == [] and summary["failed"] == ["nine"] and summary["maps"] == ["s1", "s2"]
+    assert (out / "s1" / "mineralogy.json").exists() and (out / "s2" / "mineralogy.json").exists()
+
+    shutil.rmtree(out / "s1")  # its measurement gone: no longer listed
+    assert main(["measure", str(tmp_path / "nine.png"), "--classes", ",".join(NAMES), "--out", str(out)]) == 1
+    assert [row["slide"] for row in csv.DictReader((out / "slides.csv").open())] == ["s2"]
+    shutil.rmtree(out / "s2")
     assert main(["measure", str(tmp_path / "nine.png"), "--classes", ",".join(NAMES), "--out", str(out)]) == 1
     assert (out / "slides.csv").read_text().splitlines() == ["slide,uri,reference,height,width,seconds"]
-    assert pq.read_table(out / "slides.parquet").num_rows == 0
-    assert [f["slide"] for f in json.loads((out / "failures.json").read_text())] == ["nine"]
-    assert (out / "s1" / "mineralogy.json").exists() and (out / "s2" / "mineralogy.json").exists()
+    assert pq.read_table(out / "slides.parquet").num_rows == 0 and not (out / "mineralogy").exists()
     capsys.readouterr()
