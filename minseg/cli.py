@@ -101,7 +101,7 @@ def _class_names(text: str) -> list[str]:
     from minseg.mineralogy.config import class_list_problem
 
     names = [name.strip() for name in text.split(",")]
-    problem = class_list_problem(names)
+    problem = class_list_problem(names, any_case=True)
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return names

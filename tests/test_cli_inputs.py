@@ -126,6 +126,7 @@ def test_a_pixel_size_no_microscope_has_is_refused(tmp_path, capsys):
     ("--classes", "background,pyrite,galena,,magnetite", "class id 3 (entry 4 of 5) has an empty name"),
     ("--classes", "background,pyrite,galena,", "class id 3 (entry 4 of 4) has an empty name"),
     ("--classes", "resin,pyrite,resin", "'resin' names class ids 0 and 2 (entries 1 and 3)"),
+    ("--classes", "resin,Pyrite,pyrite", "'Pyrite' and 'pyrite' (in any case) name class ids 1 and 2"),
     ("--out", "", "argument --out: empty"),
     ("--reference", " ", "argument --reference: empty"),
 ])

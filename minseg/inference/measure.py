@@ -370,7 +370,7 @@ def check_label_maps(settings: MeasureSettings, pairs: list[tuple[str, str | Non
     reason."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if settings.classes and (problem := class_list_problem(settings.classes)):
+    if settings.classes and (problem := class_list_problem(settings.classes, any_case=True)):
         raise MeasureInputError(f"{classes_source}: {problem}")
     maps = {uri for uri, _ in pairs}
     files = list(dict.fromkeys(uri for pair in pairs for uri in pair

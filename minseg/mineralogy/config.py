@@ -85,15 +85,21 @@ class MineralogySettings(StrictModel):
                                  f"({', '.join(names)})")
 
 
-def class_list_problem(names: list[str]) -> str | None:
+def class_list_problem(names: list[str], any_case: bool = False) -> str | None:
     """What is wrong with class names by id (id = position from 0), or None: an empty name would leave its id
-    unnamed, a repeated one would merge two classes' numbers."""
+    unnamed, a repeated one would merge two classes' numbers. ``any_case``: names that differ only in case repeat
+    too (a list given now, ``measure --classes``: mineralogy's densities and background classes match names in any
+    case; an ensemble's names, from training's class map, which refuses such names since 2026-12-07, are taken as
+    they are)."""
     seen: dict[str, int] = {}
     for class_id, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
             return f"class id {class_id} (entry {class_id + 1} of {len(names)}) has an empty name"
-        if name.strip() in seen:
-            return (f"{name.strip()!r} names class ids {seen[name.strip()]} and {class_id} (entries "
-                    f"{seen[name.strip()] + 1} and {class_id + 1}); every class needs its own name")
-        seen[name.strip()] = class_id
+        key = name.strip().casefold() if any_case else name.strip()
+        if key in seen:
+            first = names[seen[key]].strip()
+            named = f"{first!r} names" if first == name.strip() else f"{first!r} and {name.strip()!r} (in any case) name"
+            return (f"{named} class ids {seen[key]} and {class_id} (entries {seen[key] + 1} and {class_id + 1}); every "
+                    "class needs its own name")
+        seen[key] = class_id
     return None
