@@ -30,7 +30,7 @@ from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, fol
                                       input_in_item_folders, item_folder)
 from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
                                       stage_batch_report, start_run_tables, write_slide_tables)
-from minseg.inference.segment import thread_map
+from minseg.inference.segment import same_files_once, thread_map
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_folders, glob_uris, has_glob, is_s3, join_uri, redo_folder,
                                refuse_other_command_outputs)
@@ -95,6 +95,9 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
         raise MeasureInputError("measure: no label maps given (measure.labels or the command's arguments; "
                                 "globs matched nothing)")
     references = [r if is_s3(r) else absolute_uri(r) for r in settings.references] or [None] * len(uris)
+    if not settings.references:  # a map under two names (a link) once: its totals counted twice in the report
+        uris = same_files_once(list(dict.fromkeys(uris)), "measure")
+        references = [None] * len(uris)
     pairs = list(dict.fromkeys(zip(uris, references)))
     twice = sorted({uri for uri, _ in pairs if sum(u == uri for u, _ in pairs) > 1})
     if twice:

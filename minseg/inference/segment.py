@@ -56,7 +56,7 @@ from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, glob_uris, has_glob,
-                               is_s3, join_uri, redo_folder, refuse_other_command_outputs)
+                               is_s3, join_uri, parse_uri, redo_folder, refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline
 from minseg.mineralogy.slide import DOCUMENT
@@ -134,10 +134,33 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
             raise SegmentInputError(f"segment.slides: {entry!r} matched no slides (files ending in "
                                     f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
         uris += matches
-    unique = list(dict.fromkeys(uris))
+    unique = same_files_once(list(dict.fromkeys(uris)), "segment")
     if not unique:
         raise SegmentInputError("segment: no slides given (set segment.slides or segment.slide_list; globs matched nothing)")
     return unique
+
+
+def same_files_once(uris: list[str], command: str) -> list[str]:
+    """``uris`` with each local file once: a name that is a link to another given (``link.png`` -> ``s.png``) is
+    left out, warned (``<command>.same_file_twice``), where it was a second slide and counted twice in the batch
+    report's totals. S3 keys are names of their own."""
+    seen: dict[tuple[int, int], str] = {}
+    kept, twice = [], []
+    for uri in uris:
+        if not is_s3(uri):
+            try:
+                status = os.stat(parse_uri(uri).path)
+            except (OSError, ValueError):  # missing or unreadable: a failure of its own later
+                kept.append(uri)
+                continue
+            if (first := seen.setdefault((status.st_dev, status.st_ino), uri)) != uri:
+                twice.append(f"{uri} (= {first})")
+                continue
+        kept.append(uri)
+    if twice:
+        log_event(log, f"{command}.same_file_twice", logging.WARNING, files="; ".join(twice),
+                  hint="one file under two names (a link): taken once, under its first name")
+    return kept
 
 
 def read_slide_list(uri: str, storage: Storage) -> list[str]:

@@ -719,8 +719,23 @@ class Storage:
         with self.open_write(uri) as stream:
             stream.write(data)
 
-    def read_text(self, uri: str, encoding: str = "utf-8") -> str:
-        return self.read_bytes(uri).decode(encoding)
+    def read_text(self, uri: str, encoding: str = "utf-8-sig") -> str:
+        """A text file (manifests, lists, records), UTF-8 with or without the byte-order mark spreadsheets write
+        (Excel's "CSV UTF-8": it became part of the first name or key).
+
+        Raises:
+            ObjectNotFoundError, StorageError: as ``read_bytes``.
+            InputError: not text in ``encoding`` (a picture or weights given for a manifest, a Latin-1 list),
+                naming the file and the first byte that is not; an InputError is a ValueError, which callers reading
+                records take as damaged."""
+        from minseg.errors import InputError
+
+        data = self.read_bytes(uri)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{uri}: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}): a picture, "
+                             "weights or a file saved in another encoding where a text file belongs") from None
 
     def read_json(self, uri: str):
         """A JSON document (a run's record: members.json, member.json, evaluation.json, ...).
@@ -1474,6 +1489,32 @@ def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: 
                              "among its files, and read as data by the next run; write the run elsewhere")
 
 
+#: the record in each item folder of the commands that replace their items' folders whole (segment's slides,
+#: measure's maps: ``inference.outputs.SUMMARY``, ``mineralogy.slide.DOCUMENT``)
+_ITEM_RECORDS = {"segment": "summary.json", "measure": "mineralogy.json"}
+
+
+def _refuse_inside_item_folder(uri: str, command: str, source: str, storage: Storage) -> None:
+    """``uri`` must not lie inside an item folder of a segment or measure output (``out/<slide>/...``): a later
+    run there redoing that item (``--force``, a changed input) replaces its folder whole, this output with it (a
+    break-it pass lost a nested run so). One existence check per ancestor and command (a HEAD each on S3).
+
+    Raises:
+        InputError: naming ``source``, the output, the item folder and the command that owns it."""
+    from minseg.errors import InputError
+
+    path = absolute_uri(uri).rstrip("/")
+    root = "s3://" + parse_uri(path).bucket if is_s3(path) else ""
+    child, parent = path, path.rpartition("/")[0]
+    while parent and len(parent) > len(root):
+        for other, record in _ITEM_RECORDS.items():
+            if storage.exists(join_uri(parent, COMMAND_MARKERS[other])) and storage.exists(join_uri(child, record)):
+                raise InputError(f"{source}: {uri} lies inside {child}/, an item folder of the minseg {other} output "
+                                 f"{parent}: redoing that item replaces its folder whole, and minseg {command}'s "
+                                 "outputs with it; give a folder outside it")
+        child, parent = parent, parent.rpartition("/")[0]
+
+
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
     """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`, at its top or
     in that command's staging folder: outputs not yet put in place), nor lie in a staging folder; its own earlier
@@ -1487,6 +1528,7 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
     if not uri:
         return
     refuse_staging_output(uri, source)
+    _refuse_inside_item_folder(uri, command, source, storage)
     for other, marker in COMMAND_MARKERS.items():
         if other == command:
             continue

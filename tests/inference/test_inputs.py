@@ -276,3 +276,33 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
     assert source_change({**finished, "bit_depth": 12}, plan) is None
     assert source_change({**finished, "bit_depth": {"bse": 12, "ppl": 16}}, plan) == \
         "the outputs read its samples as bse 12-bit, ppl 16-bit, now 12-bit (segment.bit_depth or the ensemble's)"
+
+
+def test_one_file_under_two_names_and_lists_saved_by_spreadsheets(tmp_path, caplog):
+    """A break-it pass: a link beside its slide was segmented twice and counted twice in the batch totals; a CSV
+    list saved with a byte-order mark (Excel's "CSV UTF-8") read its header as a slide named '\\ufeffuri'; a list or
+    manifest that is no UTF-8 text was a UnicodeDecodeError traceback."""
+    import logging
+
+    from minseg.errors import InputError
+
+    (tmp_path / "s.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "s.png")
+    (tmp_path / "other.png").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="minseg"):
+        uris = resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.png")]), Storage())
+    assert uris == [str(tmp_path / "link.png"), str(tmp_path / "other.png")]  # the first name of s.png kept
+    (warned,) = {id(r): r.fields for r in caplog.records if r.getMessage() == "segment.same_file_twice"}.values()
+    assert warned["files"] == f"{tmp_path / 's.png'} (= {tmp_path / 'link.png'})"
+
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfuri\nother.png\n")
+    assert resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bom.csv")), Storage()) == [
+        str(tmp_path / "other.png")]
+    (tmp_path / "latin.txt").write_bytes(b"# caf\xe9\nother.png\n")
+    with pytest.raises(InputError, match=r"latin.txt: not UTF-8 text \(byte 5 is 0xe9\)"):
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "latin.txt")), Storage())
+    from minseg.ensemble.manifest import load_manifest
+
+    (tmp_path / "swapped.json").write_bytes(b"\x89PNG\r\n\x1a\n")  # a picture given for the manifest
+    with pytest.raises(InputError, match=r"swapped.json: not UTF-8 text \(byte 0 is 0x89\)"):
+        load_manifest(str(tmp_path / "swapped.json"))

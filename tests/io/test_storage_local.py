@@ -477,3 +477,25 @@ def test_an_output_that_cannot_be_read_is_named_not_the_marker_looked_for(monkey
         refuse_other_command_outputs("s3://bucket/out", "measure", "--out", storage)
     message = str(error.value)
     assert message.startswith("--out: s3://bucket/out: cannot be read (") and "before minseg measure starts" in message
+
+
+def test_an_output_inside_a_slide_folder_of_another_run_is_refused(tmp_path):
+    """A break-it pass: ``segment … --out out1/rgb`` (rgb: a slide of out1) ran, and a later ``segment rgb.png
+    --out out1 --force`` replaced out1/rgb/ whole, the nested run with it, without a word."""
+    from minseg.errors import InputError
+    from minseg.io.storage import refuse_other_command_outputs
+
+    storage = Storage()
+    (tmp_path / "out1" / "rgb").mkdir(parents=True)
+    (tmp_path / "out1" / "run_summary.json").write_text("{}")
+    (tmp_path / "out1" / "rgb" / "summary.json").write_text("{}")
+    (tmp_path / "maps" / "a").mkdir(parents=True)
+    (tmp_path / "maps" / "measure_summary.json").write_text("{}")
+    (tmp_path / "maps" / "a" / "mineralogy.json").write_text("{}")
+    for nested, owner in ((tmp_path / "out1" / "rgb", "segment"), (tmp_path / "out1" / "rgb" / "deeper", "segment"),
+                          (tmp_path / "maps" / "a" / "k", "measure")):
+        with pytest.raises(InputError, match=f"--out: .* lies inside .*, an item folder of the minseg {owner} output"):
+            refuse_other_command_outputs(str(nested), "segment", "--out", storage)
+    # beside the items, not in one: a measure of segment's maps into seg/measure is fine
+    refuse_other_command_outputs(str(tmp_path / "out1" / "measure"), "measure", "--out", storage)
+    refuse_other_command_outputs(str(tmp_path / "out1"), "segment", "--out", storage)  # the run itself, again
