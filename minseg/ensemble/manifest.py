@@ -23,7 +23,7 @@ from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, is_s3, join_uri, staging_folder
+from minseg.io.storage import REDO, ObjectNotFoundError, Storage, StorageError, is_s3, join_uri, staging_folder
 from minseg.logs import get_logger, log_event
 
 log = get_logger("ensemble.manifest")
@@ -167,12 +167,12 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
     return target
 
 
-def _unselected(storage: Storage, uri: str) -> str | None:
-    """Why the evaluation record ``uri`` selected no candidate (its ``unselected``), or None (selected, no record,
-    not readable)."""
+def unselected_reason(storage: Storage, uri: str) -> str | None:
+    """Why the evaluation record ``uri`` selected no candidate (its ``unselected``: no candidate fits the TPI
+    budget), or None (selected, no record, not readable: a staging folder in the way, a damaged file)."""
     try:
         document = json.loads(storage.read_text(uri))
-    except (ObjectNotFoundError, ValueError):
+    except (StorageError, ValueError):
         return None
     return document.get("unselected") if isinstance(document, dict) else None
 
@@ -195,7 +195,7 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
             raise ManifestError(f"{uri}: not in place yet: the evaluation's outputs are staged in {folder}/{REDO} "
                                 f"(its run was cut short while putting them in place, or is doing so): run minseg "
                                 f"select {folder}, which puts them in place first") from None
-        if unselected := _unselected(storage, join_uri(folder, "evaluation.json")):
+        if unselected := unselected_reason(storage, join_uri(folder, "evaluation.json")):
             chosen = sorted(info.uri.rsplit("/", 1)[-1] for info in storage.list(join_uri(folder, "manifest-"))
                             if info.uri.endswith(".json"))
             beside = f", or give one select wrote beside it ({', '.join(chosen)})" if chosen else ""

@@ -12,8 +12,8 @@ import numpy as np
 
 from minseg.enums import ChannelMode
 from minseg.io.images import display_rgb
-from minseg.io.storage import (COMMAND_MARKERS, ObjectNotFoundError, Storage, StorageError, absolute_uri,
-                               file_stem, join_uri, staging_folder)
+from minseg.io.storage import (COMMAND_MARKERS, ObjectNotFoundError, Storage, absolute_uri, file_stem, join_uri,
+                               staging_folder)
 from minseg.io.tables import csv_text
 from minseg.metrics import metric_value
 
@@ -194,13 +194,12 @@ def finish_publication(storage: Storage, out: str, command: str, last: tuple[str
 def _unstaged_documents(storage: Storage, out: str, command: str) -> tuple[str, ...]:
     """The documents a complete staged run of ``command`` into ``out`` has not written: the manifest of an
     evaluation whose staged record selected no candidate (no candidate fits the TPI budget)."""
+    from minseg.ensemble.manifest import unselected_reason
+
     if command != "evaluate":
         return ()
-    try:
-        document = json.loads(storage.read_bytes(join_uri(staging_folder(out, command), EVALUATION_DOCUMENTS[-1])))
-    except (StorageError, ValueError):  # none staged, or unreadable (finish_staged says why)
-        return ()
-    return ("manifest.json",) if isinstance(document, dict) and document.get("selected", "") is None else ()
+    staged = join_uri(staging_folder(out, command), EVALUATION_DOCUMENTS[-1])  # none, unreadable: finish_staged says
+    return ("manifest.json",) if unselected_reason(storage, staged) else ()
 
 
 def complete_publication(storage: Storage, out: str, command: str, last: tuple[str, ...]) -> bool:

@@ -29,7 +29,7 @@ from minseg.inference.blocks import RECORDS
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
                                       input_in_item_folders, item_folder)
 from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
-                                      stage_batch_report, start_run_tables, write_slide_tables)
+                                      read_earlier_json, stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.segment import same_files_once, thread_map
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
 from minseg.io.storage import (Storage, absolute_uri, glob_folders, glob_uris, has_glob, is_s3, join_uri, redo_folder,
@@ -295,12 +295,14 @@ def _measure_task(uri, reference, output_uri, map_id, settings, mineralogy, stor
         return {"failure": {"slide": map_id, "uri": uri, "reference": reference, "reason": str(exc) + kept}}
 
 
-def earlier_rows(storage: Storage, output: str, touched: set[str], threads: int = 16) -> list[dict]:
+def earlier_rows(storage: Storage, output: str, touched: set[str],
+                 threads: int = 16) -> list[tuple[dict, dict | None]]:
     """The rows of the earlier run's ``slides.parquet`` in ``output`` for the maps this run did not touch
     (``touched``: measured or failed now), kept as written while each map's folder still holds the measurement
-    they describe (its ``mineralogy.json`` names the row's map as its source; ``threads`` reads at a time). A
-    folder whose measurement is gone or another's drops its row (``measure.rows_dropped``); one that cannot be read
-    now (a failed request) keeps it. No earlier table (or one that cannot be read: warned): none."""
+    they describe (its ``mineralogy.json`` names the row's map as its source; ``threads`` reads at a time), each
+    with that document (the batch report's: not read twice), None where it cannot be read now. A folder whose
+    measurement is gone or another's drops its row (``measure.rows_dropped``); one that cannot be read now (a
+    failed request) keeps it. No earlier table (or one that cannot be read: warned): none."""
     import io
 
     import pyarrow.parquet as pq
@@ -318,33 +320,23 @@ def earlier_rows(storage: Storage, output: str, touched: set[str], threads: int 
         return []
     rows = [row for row in rows if isinstance(row.get("slide"), str) and row["slide"] not in touched]
 
-    def still_there(row: dict) -> bool:
+    def still_there(row: dict) -> tuple[bool, dict | None]:
         try:
             document = json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
         except ObjectNotFoundError:
-            return False
+            return False, None
         except StorageError:  # not known to be gone: as the earlier run listed it
-            return True
+            return True, None
         except ValueError:
-            return False
-        return isinstance(document, dict) and document.get("source") == row.get("uri")
+            return False, None
+        mine = isinstance(document, dict) and document.get("source") == row.get("uri")
+        return mine, document if mine else None
 
     present = thread_map(still_there, rows, threads)
-    if dropped := [row["slide"] for row, kept in zip(rows, present) if not kept]:
+    if dropped := [row["slide"] for row, (kept, _) in zip(rows, present) if not kept]:
         log_event(log, "measure.rows_dropped", logging.WARNING, maps=",".join(dropped),
                   reason="their folders no longer hold the measurement the earlier tables listed")
-    return [row for row, kept in zip(rows, present) if kept]
-
-
-def _read_json_list(storage: Storage, uri: str) -> list:
-    """A JSON list an earlier run wrote (``failures.json``), or [] (absent, unreadable, not a list)."""
-    from minseg.io.storage import ObjectNotFoundError
-
-    try:
-        value = json.loads(storage.read_text(uri))
-    except (ObjectNotFoundError, ValueError):
-        return []
-    return value if isinstance(value, list) else []
+    return [(row, document) for row, (kept, document) in zip(rows, present) if kept]
 
 
 def discard_measurement(output_uri: str, storage: Storage) -> str:
@@ -545,17 +537,18 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     # staged whole and put in place together, the summary last (it also marks the folder as measure's)
     touched = {row["slide"] for row in result.done} | {failure["slide"] for failure in result.failed}
     kept = earlier_rows(storage, output, touched)
-    result.maps = sorted([row["slide"] for row in kept] + [row["slide"] for row in result.done])
-    listed = set(result.maps)
+    read = {row["slide"]: document for row, document in kept if document is not None}
+    merged = sorted([row for row, _ in kept] + result.done, key=lambda row: row["slide"])
+    result.maps = [row["slide"] for row in merged]
     staged = start_run_tables(storage, output, "measure")
-    earlier_failures = [failure for failure in _read_json_list(storage, join_uri(output, "failures.json"))
-                        if isinstance(failure, dict) and failure.get("slide") not in touched | listed]
+    earlier_failures = [failure for failure in (read_earlier_json(storage, join_uri(output, "failures.json")) or [])
+                        if isinstance(failure, dict) and failure.get("slide") not in touched | set(result.maps)]
     storage.write_json(join_uri(staged, "failures.json"), earlier_failures + result.failed)
-    merged = sorted(kept + result.done, key=lambda row: row["slide"])
     write_slide_tables(merged, storage, staged, MEASURE_COLUMNS)  # empty only when no map is measured there
     if merged:
         result.report_error = stage_batch_report(storage, staged, lambda: {
-            row["slide"]: json.loads(storage.read_text(join_uri(output, row["slide"], DOCUMENT)))
+            row["slide"]: read.get(row["slide"]) or json.loads(storage.read_text(join_uri(output, row["slide"],
+                                                                                          DOCUMENT)))
             for row in merged}, settings.name, "measure")
     publish_run_tables(storage, output, "measure", {
         "command": "measure", "output": output, "seconds": result.seconds,

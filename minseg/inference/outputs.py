@@ -97,6 +97,15 @@ SLIDE_COLUMNS = ("slide", "uri", "status", "height", "width", "tiles", "active_s
                  "ensemble_digest", "mean_uncertainty", "brightest")
 
 
+def read_earlier_json(storage: Storage, uri: str):
+    """A JSON document an earlier run wrote (its summary, ``failures.json``, a slide's record), or None (absent or
+    unreadable: rebuilt from this run)."""
+    try:
+        return json.loads(storage.read_text(uri))
+    except (ObjectNotFoundError, ValueError):
+        return None
+
+
 def write_slide_tables(rows: list[dict], storage: Storage, out_uri: str,
                        first_columns: tuple[str, ...] = SLIDE_COLUMNS) -> None:
     """``slides.csv`` and ``slides.parquet`` under ``out_uri``: a row per slide, every row's columns (slides

@@ -50,7 +50,8 @@ from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
                                       input_in_item_folders, item_folder)
 from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables,
-                                      read_summary, stage_batch_report, start_run_tables, write_slide_tables)
+                                      read_earlier_json, read_summary, stage_batch_report, start_run_tables,
+                                      write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -772,7 +773,7 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
         [_table_row(s.summary, SlideStatus.SKIPPED) for s in result.skipped]
     this_run = {row["slide"] for row in rows}
     failed_now = {f.slide for f in result.failed}
-    earlier = _read_json(storage, join_uri(out, "run_summary.json"))
+    earlier = read_earlier_json(storage, join_uri(out, "run_summary.json"))
     # a slide that failed now is a failure in every table (its earlier outputs are left where they are, but no
     # longer counted as complete: the failure says why)
     before = {row["slide"]: row for row in (earlier or {}).get("slides", []) if isinstance(row, dict)
@@ -785,7 +786,7 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
         write_slide_tables(merged, storage, staged)
         owned += ["slides.csv", "slides.parquet"]
     complete = {row["slide"] for row in merged}
-    old_failures = [f for f in (_read_json(storage, join_uri(out, "failures.json")) or [])
+    old_failures = [f for f in (read_earlier_json(storage, join_uri(out, "failures.json")) or [])
                     if isinstance(f, dict) and f.get("slide") not in failed_now and f.get("slide") not in complete]
     failures = old_failures + [f.to_document() for f in result.failed]
     storage.write_json(join_uri(staged, "failures.json"), failures)
@@ -797,7 +798,7 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
     changed = [row for row in kept if row != before[row["slide"]]] or len(kept) < len(before)
     if result.done or dropped or changed or (merged and not storage.exists(join_uri(out, FOLDER, DOCUMENT))):
         def documents() -> dict[str, dict]:
-            read = thread_map(lambda row: _read_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
+            read = thread_map(lambda row: read_earlier_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
             return {row["slide"]: document for row, document in zip(merged, read) if document}
 
         result.report_error = stage_batch_report(storage, staged, documents, os.path.basename(out.rstrip("/")),
@@ -836,10 +837,3 @@ def _kept_rows(before: dict[str, dict], out: str, storage: Storage, threads: int
                   reason="no readable summary.json in their folders any more: no longer counted as complete")
     return [row for row in rows.values() if row is not None]
 
-
-def _read_json(storage: Storage, uri: str):
-    """A JSON document written by an earlier run, or None (absent or unreadable: rebuilt from this run)."""
-    try:
-        return json.loads(storage.read_text(uri))
-    except (ObjectNotFoundError, ValueError):
-        return None
