@@ -798,7 +798,8 @@ def _write_run_summary(result: SegmentResult, storage: Storage, threads: int = 1
     changed = [row for row in kept if row != before[row["slide"]]] or len(kept) < len(before)
     if result.done or dropped or changed or (merged and not storage.exists(join_uri(out, FOLDER, DOCUMENT))):
         def documents() -> dict[str, dict]:
-            read = thread_map(lambda row: read_earlier_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged, threads)
+            read = thread_map(lambda row: read_earlier_json(storage, join_uri(out, row["slide"], DOCUMENT)), merged,
+                              threads)
             return {row["slide"]: document for row, document in zip(merged, read) if document}
 
         result.report_error = stage_batch_report(storage, staged, documents, os.path.basename(out.rstrip("/")),
