@@ -82,8 +82,19 @@ class EnsembleManifest(StrictModel):
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
                 raise ValueError(f"classes[{index}] must be an object with a name, got {entry!r}")
+            # a class's id is its place in the list (the value label maps hold): an edited id would remap nothing
+            if "id" in entry and (entry["id"] != index or isinstance(entry["id"], bool)):
+                raise ValueError(f"classes[{index}] ({entry['name']!r}) has id {entry['id']!r}: a class's id is its "
+                                 f"place in the list ({index}); list the classes in id order")
+        names = [entry["name"] for entry in entries]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"class names {', '.join(map(repr, twice))} more than once: each class is named once")
         if not isinstance(value.get("ignore_index", 255), int) or isinstance(value.get("ignore_index"), bool):
             raise ValueError(f"ignore_index must be an integer, got {value.get('ignore_index')!r}")
+        if 0 <= value.get("ignore_index", 255) < len(entries):  # as data.classes refuses it (``ClassMapSettings``)
+            index = value["ignore_index"]
+            raise ValueError(f"ignore_index {index} is the id of class {entries[index]['name']!r}: "
+                             "its pixels would be left out of every score")
         return value
 
     @field_validator("members")

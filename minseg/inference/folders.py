@@ -125,9 +125,9 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
 
 class FolderOwners:
     """``owner`` for ``item_folder``: the source an item folder (by name) in ``output`` holds the outputs of, read
-    from the first of its ``records`` (file, key) naming one (a finished item's, then a begun one's); None when it
-    holds no file; ``UNRECORDED`` when it holds files no readable record names. The records read are kept
-    (``document``): the run reads each once.
+    from the first of its ``records`` (file, key: dotted into nested objects) naming one (a finished item's, then a
+    begun one's); None when it holds no file; ``UNRECORDED`` when it holds files no readable record names. The
+    records read are kept (``document``): the run reads each once.
 
     One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
     a GET or two (a LIST where no record names a source). A name absent from the output but differing only in case
@@ -177,9 +177,11 @@ class FolderOwners:
     def _recorded(self, folder: str) -> str | None:
         try:
             for record, key in self.records:
-                document = self.document(join_uri(folder, record))
-                if isinstance(document, dict) and document.get(key):
-                    return str(document[key])
+                value = self.document(join_uri(folder, record))
+                for part in key.split("."):
+                    value = value.get(part) if isinstance(value, dict) else None
+                if value:
+                    return str(value)
             return UNRECORDED if self.storage.holds_files(folder) else None
         except StorageError as exc:
             raise SlideError(f"{folder}: could not be read to tell whose outputs it holds ({exc}); run again") from exc

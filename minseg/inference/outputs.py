@@ -197,6 +197,26 @@ def finish_run_tables(storage: Storage, output: str, command: str) -> bool:
     return storage.finish_staged(output, command, (marker,), owned)
 
 
+def missing_outputs(storage: Storage, slide_uri: str, summary: dict) -> list[str]:
+    """The files a finished slide's ``summary.json`` lists (``files``) that are no longer in its folder, as paths
+    relative to it: removed by hand, a partial copy. For the OME-Zarr, its root and the level-0 metadata of its
+    label and uncertainty images (not every chunk: ``measure`` lists those). One existence check each (a HEAD on
+    S3), about ten per slide."""
+    from minseg.io.ngff import SegmentationArrays
+
+    files = summary.get("files")
+    names: list[str] = []
+    for key, name in (files.items() if isinstance(files, dict) else ()):
+        if key == "summary" or not isinstance(name, str):
+            continue
+        if name == ZARR:
+            names += [f"{ZARR}/zarr.json", *(f"{ZARR}/{group}/0/zarr.json"
+                                              for group in (SegmentationArrays.LABELS, SegmentationArrays.UNCERTAINTY))]
+        else:
+            names.append(name)
+    return [name for name in names if not storage.exists(join_uri(slide_uri, name))]
+
+
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:
     try:
         return json.loads(storage.read_text(join_uri(slide_uri, SUMMARY)))

@@ -49,9 +49,9 @@ from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_slide, prepare_slide
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
                                       input_in_item_folders, item_folder)
-from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, publish_run_tables,
-                                      read_earlier_json, read_summary, stage_batch_report, start_run_tables,
-                                      write_slide_tables)
+from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, missing_outputs,
+                                      publish_run_tables, read_earlier_json, read_summary, stage_batch_report,
+                                      start_run_tables, write_slide_tables)
 from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scene_bit_depths
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
@@ -184,8 +184,9 @@ def read_slide_list(uri: str, storage: Storage) -> list[str]:
     return [e if is_s3(e) or os.path.isabs(e) or e.startswith("file://") else join_uri(base, e) for e in entries]
 
 
-#: a slide folder's records, (file, key naming the source): a finished slide's, then a begun one's
-SEGMENT_RECORDS = ((SUMMARY, "uri"), (BEGUN, "source"))
+#: a slide folder's records, (file, key naming the source): a finished slide's, a begun one's, then the OME-Zarr's
+#: attributes (a summary deleted or damaged by hand leaves the slide its own folder, redone there)
+SEGMENT_RECORDS = ((SUMMARY, "uri"), (BEGUN, "source"), (f"{ZARR}/zarr.json", "attributes.minseg.source"))
 
 
 def slide_ids(uris: list[str]) -> dict[str, str]:
@@ -447,6 +448,9 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
             changed = source_change(previous, plan)
+            if not changed and (gone := missing_outputs(storage, plan.output_uri, previous)):
+                changed = f"outputs listed in its summary.json are gone: {', '.join(gone[:3])}" + (
+                    f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             if changed:  # redone: never a skip of another source's outputs
                 log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed,
                           hint="its finished outputs stay until the redo is finished (and if it fails)")

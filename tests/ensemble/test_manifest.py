@@ -170,3 +170,24 @@ def test_select_writes_into_an_s3_prefix_that_holds_objects_as_into_a_folder(s3)
         manifest_destination(s3.uri("nothing-here"), evaluation, "fast", storage)
     with pytest.raises(InputError, match="exists and is not an ensemble manifest"):
         manifest_destination(s3.uri("runs/r1/members.json"), evaluation, "fast", storage)
+
+
+def test_class_ids_are_their_places_and_names_are_distinct(manifests, tmp_path):
+    """A manifest edited to give two classes id 0 (or to swap two ids, expecting the labels remapped) loaded: the id
+    is the class's place in the list and nothing read it. Now refused, as a class named twice."""
+    for change, message in [({1: {"id": 0}}, r"classes\[1\] \('[a-z]+'\) has id 0: a class's id is its place in "
+                                             r"the list \(1\)"),
+                            ({0: {"id": True}}, r"classes\[0\] .* has id True"),
+                            ({2: {"name": "pyrite"}}, r"class names 'pyrite' more than once"),
+                            ({}, r"ignore_index 1 is the id of class 'pyrite'")]:
+        document = edited(manifests["soft"])
+        for index, keys in change.items():
+            document["classes"]["classes"][index].update(keys)
+        if not change:
+            document["classes"]["ignore_index"] = 1
+        with pytest.raises(ManifestError, match=message):
+            loads(tmp_path, document)
+    document = edited(manifests["soft"])
+    for entry in document["classes"]["classes"]:
+        entry.pop("id")  # ids are optional: the place says it
+    assert loads(tmp_path, document).num_classes == 3

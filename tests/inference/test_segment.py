@@ -391,6 +391,20 @@ def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifest
     assert again.done == [] and [s.slide for s in again.skipped] == ["small"]
     assert (tmp_path / "small" / "summary.json").stat().st_mtime_ns == stamp
     assert "skipped" in (tmp_path / "slides.csv").read_text()
+    # outputs its summary lists removed by hand: redone (it was skipped as complete, the labels gone)
+    import shutil
+
+    (tmp_path / "small" / "preview.png").unlink()
+    shutil.rmtree(tmp_path / "small" / "segmentation.ome.zarr" / "labels")
+    redone = run(manifests["wv"], [test_slides["small"]], tmp_path)
+    assert len(redone.done) == 1 and redone.skipped == []
+    assert (tmp_path / "small" / "preview.png").is_file()
+    assert (tmp_path / "small" / "segmentation.ome.zarr" / "labels" / "classes" / "0" / "zarr.json").is_file()
+    assert run(manifests["wv"], [test_slides["small"]], tmp_path).skipped  # complete again: skipped
+    # its summary damaged by hand: redone in its own folder (the zarr names its source), not moved to `small-<hash>/`
+    (tmp_path / "small" / "summary.json").write_text('{"ur')
+    assert [d["slide"] for d in run(manifests["wv"], [test_slides["small"]], tmp_path).done] == ["small"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("small")) == ["small"]
     other = run(manifests["soft"], [test_slides["small"]], tmp_path)  # another ensemble: redone
     assert len(other.done) == 1
     # another run into the same output: the batch tables describe every slide there, not just its own
