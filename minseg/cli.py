@@ -836,6 +836,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"storage cat takes one path; {args.destination!r} is one too many")
         parser.error(f"storage {args.action} takes one path or glob; {args.destination!r} is one too many (quote a "
                      "glob, e.g. 'dir/*.txt', for minseg to expand it)")
+    from minseg.runtime import stop_on_sigterm, terminated
+
+    stop_on_sigterm()
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's flush at exit
@@ -850,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         again = " (what finished is kept: the same command with --resume continues)" if hasattr(args, "resume") else ""
+        if terminated():
+            print(f"minseg: terminated (SIGTERM){again}", file=sys.stderr)
+            return 143
         print(f"minseg: interrupted{again}", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -35,3 +35,9 @@ class RunError(MinsegError, RuntimeError):
     """The job ran on valid input but could not produce its result."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the command (``ray job stop``, a scheduler's cancel, ``kill``), once the CLI asked for it
+    (``runtime.stop_on_sigterm``): it unwinds as Ctrl-C does (staged outputs abandoned, finished ones kept), and the
+    CLI exits 143 (128 + 15) with one line."""

@@ -111,6 +111,35 @@ def ray_log_dir() -> str | None:
         return None
 
 
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises ``errors.Terminated`` in the main thread (the CLI's commands and Ray jobs, which
+    ``ray job stop`` ends by SIGTERM): the command unwinds as on Ctrl-C and says so in one line, where Python's
+    default ended it without a word and Ray's (set by ``ray.init``: ``sys.exit(15)``) with its shutdown lines and
+    exit status 15. ``init_ray`` keeps this handler across ``ray.init``. No effect outside the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum, frame):
+    from minseg.errors import Terminated
+
+    global _TERMINATED
+    _TERMINATED = True
+    raise Terminated()
+
+
+def terminated() -> bool:
+    """Whether SIGTERM reached this process (``stop_on_sigterm``): Ray's ``ray.get`` turns the exception a signal
+    handler raises into a plain KeyboardInterrupt, so the CLI asks here what stopped the command."""
+    return _TERMINATED
+
+
+_TERMINATED = False
+
+
 def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = None):
     """Join the configured cluster (``ray.address`` / RAY_ADDRESS) or start a local, isolated one.
 
@@ -149,6 +178,9 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             raise InputError(f"ray.object_store_mib: {settings.object_store_mib} MiB is more than this machine's "
                              f"memory ({_physical_memory() // 2**20} MiB); leave it unset for Ray's default (30 % of "
                              "it)")
+        import signal
+
+        handler = signal.getsignal(signal.SIGTERM)
         try:
             if address:
                 ray.init(address=address, **kwargs)
@@ -163,6 +195,8 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             where = (f"join the cluster at {address} (is it up? `ray status` on its head node)" if address
                      else "start a local instance (its temporary folder: RAY_TMPDIR, else the system's)")
             raise RunError(f"Ray could not {where}: {type(exc).__name__}: {one_line(exc, 400)}") from exc
+        if handler is _raise_terminated:  # ray.init set its own (sys.exit): the command's stays
+            signal.signal(signal.SIGTERM, handler)
     import ray.data
 
     quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers

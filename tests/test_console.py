@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from minseg.train.ensemble import SCORES_NOTE
@@ -69,11 +70,13 @@ def test_training_console_is_minseg_s_own(synthetic_sections, tmp_path):
     assert not (tmp_path / "console" / "members" / "halfunet" / "error.txt").exists()
 
 
-def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_sections, tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_sections, tmp_path, stop):
     """Ctrl-C in a terminal (SIGINT to the foreground process group) once a member has written a checkpoint: the job
     stops within seconds, exit 130, one line saying --resume continues, no traceback; nothing marks the member
     failed nor advises Tuner.restore (as Tune did); the checkpoint it wrote stays whole; its Ray instance is shut
-    down."""
+    down. SIGTERM to the driver alone (``ray job stop``, ``kill``, a scheduler's cancel) does the same with exit 143;
+    it ended with Ray's handler (exit 15, Ray's shutdown lines, no line of minseg's)."""
     import json
     import signal
     import time
@@ -87,16 +90,22 @@ def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_
         while not pointer.exists() and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert pointer.exists(), "no checkpoint was written"
-        os.killpg(job.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(job.pid, signal.SIGINT)
+        else:
+            os.kill(job.pid, signal.SIGTERM)
         interrupted = time.monotonic()
         out, err = job.communicate(timeout=120)
         stopped_in = time.monotonic() - interrupted
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 130, err[-3000:]
-    assert "minseg: interrupted (what finished is kept: the same command with --resume continues)" in err
+    assert job.returncode == {"ctrl-c": 130, "sigterm": 143}[stop], err[-3000:]
+    said = {"ctrl-c": "interrupted", "sigterm": "terminated (SIGTERM)"}[stop]
+    assert f"minseg: {said} (what finished is kept: the same command with --resume continues)" in err
     assert "Traceback" not in out + err and "Tuner.restore" not in out + err
+    foreign = [line for line in err.splitlines() if line and not re.match(r"\d\d:\d\d:\d\d [A-Z]+ +minseg\.|minseg: ", line)]
+    assert not foreign, "\n".join(foreign)  # none of Ray's shutdown lines
     assert stopped_in < 60, f"{stopped_in:.0f} s to stop"
     last = json.loads(pointer.read_text())
     assert (pointer.parent / last["dir"] / "model.pt").stat().st_size > 0
