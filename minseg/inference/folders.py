@@ -187,19 +187,34 @@ class FolderOwners:
             raise SlideError(f"{folder}: could not be read to tell whose outputs it holds ({exc}); run again") from exc
 
 
+def _resolved(uri: str) -> str:
+    """A local path with its links resolved (a link to the output is the output); an s3:// URI as it is."""
+    return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
+
+
+def outside_output(matches: list[str], output: str, pattern: str, event: str, log) -> list[str]:
+    """A glob's ``matches`` less those under ``output``, the folder the run writes: its earlier outputs (previews,
+    plots, label maps) are never inputs of a pattern over a tree holding it (``'in/**/*.png'`` with ``--out
+    in/seg``). Said once (``event``) with how many and where; a literal path there is kept (and refused when it lies
+    in an item folder: ``input_in_item_folders``)."""
+    base = _resolved(output).rstrip("/") + "/"
+    kept = [uri for uri in matches if not _resolved(uri).startswith(base)]
+    if len(kept) < len(matches):
+        log_event(log, event, pattern=pattern, left_out=len(matches) - len(kept), output=output,
+                  reason="they lie in the output folder (--out): its own files are never inputs of a glob")
+    return kept
+
+
 def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str) -> str | None:
     """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references) lies in one of the
     item folders ``folders`` (names) the run writes in ``output`` (of ``item``: "a slide this run segments"), or in
     what every run replaces there (its report folder, its staging folder). An item folder is emptied before it is
     written and a redo replaces it whole, which would delete the input before it is read. Local paths are compared
     resolved: a link to the output (or from it) is the same folder."""
-    def resolved(uri: str) -> str:
-        return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
-
-    base = resolved(output).rstrip("/") + "/"
+    base = _resolved(output).rstrip("/") + "/"
     names, replaced = set(folders), {*RUN_FILES, REDO}
     for uri in inputs:
-        path = resolved(uri)
+        path = _resolved(uri)
         folder = path[len(base):].split("/", 1)[0] if path.startswith(base) else None
         if folder in names or folder in replaced:
             what = f"the output folder of {item}" if folder in names else "which every run into it replaces"

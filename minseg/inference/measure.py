@@ -27,7 +27,7 @@ from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.blocks import RECORDS
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
-                                      input_in_item_folders, item_folder)
+                                      input_in_item_folders, item_folder, outside_output)
 from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
                                       read_earlier_json, stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.segment import same_files_once, thread_map
@@ -69,8 +69,9 @@ class MeasureResult:
     report_error: str | None = None  # why the batch report could not be built (the tables are in place without it)
 
 
-def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tuple[str, str | None]]:
-    """(label map, reference or None) in the order given, globs expanded.
+def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str) -> list[tuple[str, str | None]]:
+    """(label map, reference or None) in the order given, globs expanded (less what lies in ``output``:
+    ``folders.outside_output``).
 
     Raises:
         MeasureInputError: nothing to measure, a glob that matches nothing.
@@ -78,16 +79,19 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
     uris: list[str] = []
     for entry in settings.labels:
         if has_glob(entry) and entry.rstrip("/").lower().endswith(".zarr"):  # a folder: found with its root
-            matches = [uri for uri in glob_folders(entry, storage) if storage.exists(join_uri(uri, "zarr.json"))]
+            found = [uri for uri in glob_folders(entry, storage) if storage.exists(join_uri(uri, "zarr.json"))]
+            matches = outside_output(found, output, entry, "measure.glob_output_left_out", log)
             if not matches:
-                raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json); "
-                                        "check the pattern or leave it out")
+                raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json)"
+                                        f"{_inside(found, output)}; check the pattern or leave it out")
             uris += matches
         elif has_glob(entry):
-            matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
+            found = glob_uris(entry, storage, SLIDE_SUFFIXES)
+            matches = outside_output(found, output, entry, "measure.glob_output_left_out", log)
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
-                                        f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
+                                        f"{', '.join(SLIDE_SUFFIXES)}){_inside(found, output)}; check the pattern "
+                                        "or leave it out")
             uris += matches
         else:
             uris.append(entry if is_s3(entry) else absolute_uri(entry))
@@ -104,6 +108,11 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage) -> list[tupl
         raise MeasureInputError(f"measure: {', '.join(twice)} listed twice with different references (one output "
                                 "folder per label map)")
     return pairs
+
+
+def _inside(found: list[str], output: str) -> str:
+    """What a glob's message adds when every match lay in the output folder."""
+    return f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
 
 
 def _map_names(uris: list[str]) -> dict[str, tuple[str, str]]:
@@ -487,7 +496,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
     if finish_run_tables(storage, output, "measure"):  # an earlier run's, cut short while put in place
         log_event(log, "measure.earlier_tables_put_in_place", output=output)
-    pairs = resolve_label_maps(settings, storage)
+    pairs = resolve_label_maps(settings, storage, output)
     sources = sources or {}
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
                      sources.get("pixel_size_um", "measure.pixel_size_um"))

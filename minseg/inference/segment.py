@@ -48,7 +48,7 @@ from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_js
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_slide, prepare_slide
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
-                                      input_in_item_folders, item_folder)
+                                      input_in_item_folders, item_folder, outside_output)
 from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, missing_outputs,
                                       publish_run_tables, read_earlier_json, read_summary, stage_batch_report,
                                       start_run_tables, write_slide_tables)
@@ -71,8 +71,8 @@ log = get_logger("segment")
 # -- which slides -------------------------------------------------------------
 
 
-def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
-                   storage: Storage) -> dict[str, tuple[ChannelSource, ...]]:
+def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest, storage: Storage,
+                   output: str) -> dict[str, tuple[ChannelSource, ...]]:
     """What to segment, in the order given: each slide URI (globs expanded) and each of ``segment.scenes``, with the
     images the ensemble reads from it (empty: the slide itself, RGB).
 
@@ -91,7 +91,7 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
     depths = scene_bit_depths(manifest, settings.bit_depth)
     sources: dict[str, tuple[ChannelSource, ...]] = {}
     if settings.slides or settings.slide_list or not settings.scenes:
-        for uri in resolve_slides(settings, storage):
+        for uri in resolve_slides(settings, storage, output):
             if manifest.channels is None:
                 sources[uri] = ()
             elif len(groups) == 1:
@@ -116,8 +116,9 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest,
     return sources
 
 
-def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
-    """Slide URIs in the order given: literal entries kept (checked when planned), globs expanded.
+def resolve_slides(settings: SegmentSettings, storage: Storage, output: str) -> list[str]:
+    """Slide URIs in the order given: literal entries kept (checked when planned), globs expanded (less what lies
+    in ``output``: ``folders.outside_output``).
 
     Raises:
         SegmentInputError: a glob that matches no slide (a mistyped pattern, not a smaller batch: the run would
@@ -130,9 +131,11 @@ def resolve_slides(settings: SegmentSettings, storage: Storage) -> list[str]:
         if not has_glob(entry):
             uris.append(entry if is_s3(entry) else absolute_uri(entry))
             continue
-        matches = glob_uris(entry, storage, SLIDE_SUFFIXES)
+        found = glob_uris(entry, storage, SLIDE_SUFFIXES)
+        matches = outside_output(found, output, entry, "segment.glob_output_left_out", log)
         if not matches:
-            raise SegmentInputError(f"segment.slides: {entry!r} matched no slides (files ending in "
+            inside = f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
+            raise SegmentInputError(f"segment.slides: {entry!r} matched no slides{inside} (files ending in "
                                     f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
         uris += matches
     unique = same_files_once(list(dict.fromkeys(uris)), "segment")
@@ -550,7 +553,7 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         log_event(log, "segment.earlier_tables_put_in_place", output=output_uri)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
-    sources = resolve_scenes(settings, manifest, storage)
+    sources = resolve_scenes(settings, manifest, storage, output_uri)
     plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy)
     # a slide folder is emptied before it is written (a redo replaces it whole): it must not hold any slide's image
     inside = input_in_item_folders([*sources, *(c.uri for channels in sources.values() for c in channels)],

@@ -1,5 +1,7 @@
 """Which slides a job segments: URIs, globs, list files, folder names, scale planning."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -18,23 +20,51 @@ def test_globs_lists_and_literal_entries(tmp_path):
     (tmp_path / "list.txt").write_text("# slides\nb/three.ndpi\n\n/elsewhere/four.tif\n")
     (tmp_path / "list.csv").write_text("uri,note\na/one.tif,first\ns3://bucket/five.svs,remote\n")
     settings = SegmentSettings(slides=[str(tmp_path / "**" / "*")], slide_list=str(tmp_path / "list.txt"))
-    uris = resolve_slides(settings, Storage())
+    uris = resolve_slides(settings, Storage(), str(tmp_path / "out"))
     assert uris == [str(tmp_path / "a/one.tif"), str(tmp_path / "a/two.svs"), str(tmp_path / "b/three.ndpi"),
                     "/elsewhere/four.tif"], "globs keep slide formats only; duplicates once; list paths relative"
     csv_settings = SegmentSettings(slide_list=str(tmp_path / "list.csv"))
-    assert resolve_slides(csv_settings, Storage()) == [str(tmp_path / "a/one.tif"), "s3://bucket/five.svs"]
+    assert resolve_slides(csv_settings, Storage(), str(tmp_path / "out")) == [str(tmp_path / "a/one.tif"),
+                                                                             "s3://bucket/five.svs"]
+
+
+def test_a_glob_over_the_output_folder_leaves_the_run_s_own_files_out(tmp_path, caplog):
+    """``'in/**/*.png' --out in/seg`` caught the previous run's previews and plots on the next run (segment refused
+    the run; measure took them for label maps): a glob's matches under the output (through a link too) are left out
+    and said; a literal path there is kept; a glob matching only files there names the output."""
+    from minseg.inference.measure import MeasureInputError, resolve_label_maps
+    from minseg.inference.config import MeasureSettings
+
+    for name in ("a.png", "b/c.png", "seg/a/preview.png", "seg/mineralogy/modal.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "seg")
+    pattern, out = str(tmp_path / "**" / "*.png"), str(tmp_path / "seg")
+    expected = [str(tmp_path / "a.png"), str(tmp_path / "b/c.png")]
+    with caplog.at_level(logging.INFO, logger="minseg"):
+        assert resolve_slides(SegmentSettings(slides=[pattern]), Storage(), out) == expected
+        assert [uri for uri, _ in resolve_label_maps(MeasureSettings(labels=[pattern]), Storage(), out)] == expected
+    said = [r.fields for r in caplog.records if r.getMessage().endswith(".glob_output_left_out")]
+    assert [f["left_out"] for f in said] == [4, 4] and said[0]["output"] == out  # two under seg/, two by the link
+    literal = str(tmp_path / "seg" / "a" / "preview.png")
+    assert resolve_slides(SegmentSettings(slides=[literal]), Storage(), out) == [literal]
+    only_there = str(tmp_path / "seg" / "**" / "*.png")
+    with pytest.raises(ValueError, match=rf"matched no slides outside the output folder {out} \(all 2 lie in it\)"):
+        resolve_slides(SegmentSettings(slides=[only_there]), Storage(), out)
+    with pytest.raises(MeasureInputError, match=r"matched no label maps .* \(all 2 lie in it\)"):
+        resolve_label_maps(MeasureSettings(labels=[only_there]), Storage(), out)
 
 
 def test_no_slides_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"segment.slides: '\S+\*.tif' matched no slides"):
-        resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), Storage())
+        resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), Storage(), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="no slides given"):
-        resolve_slides(SegmentSettings(), Storage())
+        resolve_slides(SegmentSettings(), Storage(), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="slide_list: .*nope.txt: no such file"):
-        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "nope.txt")), Storage())
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "nope.txt")), Storage(), str(tmp_path / "out"))
     (tmp_path / "bad.csv").write_text("path,x\na.tif,1\n")
     with pytest.raises(ValueError, match="'uri' column"):
-        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bad.csv")), Storage())
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bad.csv")), Storage(), str(tmp_path / "out"))
 
 
 def test_folder_names_are_unique():
@@ -235,7 +265,7 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
 
     def planned(bit_depth=None):
         settings = SegmentSettings(scenes=[scene], bit_depth=bit_depth)
-        (uri, channels), = resolve_scenes(settings, manifest, Storage()).items()
+        (uri, channels), = resolve_scenes(settings, manifest, Storage(), str(tmp_path / "out")).items()
         return plan_slide(uri, "s", manifest, settings, Storage(), str(tmp_path / "o"), channels=channels)
 
     plan = planned()
@@ -252,7 +282,8 @@ def test_each_image_of_a_scene_is_planned_with_its_own_bit_depth(tmp_path):
         planned({"xpl": 12})
     rgb = load_manifest(write_manifest(tmp_path / "r", mode="soft", tile=64, overlap=16), verify=False)
     with pytest.raises(SegmentInputError, match="this ensemble reads one RGB image per slide: give one number"):
-        resolve_scenes(SegmentSettings(slides=[scene["ppl"]], bit_depth={"ppl": 12}), rgb, Storage())
+        resolve_scenes(SegmentSettings(slides=[scene["ppl"]], bit_depth={"ppl": 12}), rgb, Storage(),
+                       str(tmp_path / "out"))
     # one file of both images' channels: one bit depth for its samples, which matters only above 8 bits
     from minseg.io.slides import ChannelSource, SlideError
 
@@ -290,17 +321,17 @@ def test_one_file_under_two_names_and_lists_saved_by_spreadsheets(tmp_path, capl
     (tmp_path / "link.png").symlink_to(tmp_path / "s.png")
     (tmp_path / "other.png").write_bytes(b"x")
     with caplog.at_level(logging.WARNING, logger="minseg"):
-        uris = resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.png")]), Storage())
+        uris = resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.png")]), Storage(), str(tmp_path / "out"))
     assert uris == [str(tmp_path / "link.png"), str(tmp_path / "other.png")]  # the first name of s.png kept
     (warned,) = {id(r): r.fields for r in caplog.records if r.getMessage() == "segment.same_file_twice"}.values()
     assert warned["files"] == f"{tmp_path / 's.png'} (= {tmp_path / 'link.png'})"
 
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfuri\nother.png\n")
-    assert resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bom.csv")), Storage()) == [
+    assert resolve_slides(SegmentSettings(slide_list=str(tmp_path / "bom.csv")), Storage(), str(tmp_path / "out")) == [
         str(tmp_path / "other.png")]
     (tmp_path / "latin.txt").write_bytes(b"# caf\xe9\nother.png\n")
     with pytest.raises(InputError, match=r"latin.txt: not UTF-8 text \(byte 5 is 0xe9\)"):
-        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "latin.txt")), Storage())
+        resolve_slides(SegmentSettings(slide_list=str(tmp_path / "latin.txt")), Storage(), str(tmp_path / "out"))
     from minseg.ensemble.manifest import load_manifest
 
     (tmp_path / "swapped.json").write_bytes(b"\x89PNG\r\n\x1a\n")  # a picture given for the manifest

@@ -453,7 +453,8 @@ def test_a_glob_matching_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, 
     assert glob_uris(str(tmp_path / "ok*.tif"), storage) == [str(tmp_path / "ok.tif")]
     for resolve in (lambda: glob_uris(str(tmp_path / "*.tif"), storage),
                     lambda: glob_folders(str(tmp_path / "maps" / "*.zarr"), storage),
-                    lambda: resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), storage)):
+                    lambda: resolve_slides(SegmentSettings(slides=[str(tmp_path / "*.tif")]), storage,
+                                           str(tmp_path / "out"))):
         with pytest.raises(StorageError, match=r"matches 1 name\(s\) that are not UTF-8 .*: \S+/pe\\xf1a\."
                                                r"(tif|ome\.zarr); rename them"):
             resolve()
