@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from typing import Callable
@@ -47,11 +48,19 @@ def reserved(stem: str) -> bool:
 
 def folder_stem(uri: str, strip_extension: bool = True) -> str:
     """An item's plain folder name: its file name (without the extension, unless ``strip_extension`` is False: a
-    folder's name), characters a folder name cannot safely hold replaced by ``_``."""
+    folder's name), in Unicode NFC (one form on Linux, macOS and S3), letters and digits of any script kept
+    (``Шлиф-12``, ``薄片7``), any other character but ``.``, ``_`` and ``-`` replaced by ``_`` (spaces, ``:``, marks
+    a folder name cannot safely hold). Runs before 2026-12-08 kept ASCII letters and digits only: ``ascii_form``."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name and strip_extension else name
     # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "slide"
+    return re.sub(r"[^\w.-]", "_", unicodedata.normalize("NFC", stem)).lstrip(".") or "slide"
+
+
+def ascii_form(name: str) -> str:
+    """The name runs before 2026-12-08 gave an item whose folder is now ``name`` (``folder_stem`` or its hashed
+    form): every character but ASCII letters, digits, ``.``, ``_`` and ``-`` as ``_`` (``Шлиф-12`` was ``____-12``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def hashed_id(uri: str, name: str | None = None) -> str:
@@ -89,7 +98,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
         source: the source's URI, as ``owner`` returns it for a folder holding its outputs.
         name: this run's name for it (``folder_ids``: plain, or hashed where names collide in this run).
         earlier: the other names a run may have given it (its plain name, its hashed names); a reserved plain name
-            (``RESERVED_NAMES``) is never one.
+            (``RESERVED_NAMES``) is never one. Each of these and ``name`` is also looked for in its ``ascii_form``.
         fallback: its name when ``name`` holds another source's outputs (an earlier run's).
         owner: the source whose outputs a folder (by name) holds (``FolderOwners``); None when it holds no file;
             ``UNRECORDED`` for files no record names: taken, never written over. Called once a name.
@@ -110,7 +119,8 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
             owners[folder] = owner(folder)
         return owners[folder]
 
-    for candidate in dict.fromkeys((name, *earlier)):
+    # each name also as a run before 2026-12-08 gave it (``ascii_form``): those folders stay their sources'
+    for candidate in dict.fromkeys(n for known in (name, *earlier) for n in (known, ascii_form(known))):
         if candidate and not reserved(candidate) and owner_of(candidate) == source:
             return candidate
     if owner_of(name) is None:

@@ -217,3 +217,28 @@ def test_each_record_is_read_once_and_absent_folders_cost_no_request(tmp_path):
     assert owners.document(f"{out}/done/summary.json") == {"uri": "s3://b/done.tif", "slide": "done"}
     assert owners.document(f"{out}/new/summary.json") is None and owners.document(f"{out}/damaged/summary.json") is None
     assert Counting.reads == ["done/summary.json", "damaged/summary.json"]
+
+
+def test_slides_named_in_any_script_keep_their_names_and_earlier_folders(ray_session, manifests, tmp_path):
+    """``Шлиф-12.tif`` was segmented into ``____-12/`` (only ASCII letters and digits were kept): two sections named
+    in Cyrillic or Chinese collided into hashed folders, and a geologist could not tell the folders apart. Names of
+    any script are kept now (NFC: a name typed on macOS is one folder); a slide an earlier run gave the ASCII name
+    keeps that folder (skipped there, not redone beside it)."""
+    import shutil
+    import unicodedata
+
+    from minseg.inference.segment import slide_ids
+
+    decomposed = unicodedata.normalize("NFD", "Hématite 3.tif")  # as macOS file names come
+    ids = slide_ids(["/s/Шлиф-12.tif", "/s/Срез-12.tif", "/s/薄片7.png", f"/s/{decomposed}", "/s/a:b\u200f.tif"])
+    assert list(ids.values()) == ["Шлиф-12", "Срез-12", "薄片7", "Hématite_3", "a_b_"]
+    assert ids[f"/s/{decomposed}"] == unicodedata.normalize("NFC", "Hématite_3")
+
+    slide = write_slide(tmp_path / "in" / "Шлиф-12.tif", 20, 30, seed=1)
+    out = tmp_path / "out"
+    assert [s["slide"] for s in run(manifests["soft"], [slide], out).done] == ["Шлиф-12"]
+    assert json.loads((out / "Шлиф-12" / "summary.json").read_text())["uri"] == slide
+    shutil.move(out / "Шлиф-12", out / "____-12")  # as a run before the change named it
+    again = run(manifests["soft"], [slide], out)
+    assert [s.slide for s in again.skipped] == ["____-12"] and not again.done
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["____-12", "mineralogy"]
