@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from minseg.data.config import LimitSettings
+from minseg.errors import RunError
 from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, join_uri, parse_uri, shown_name,
                                undecodable)
 from minseg.logs import get_logger, log_event
@@ -258,44 +259,92 @@ def _not_empty(container: Container) -> Container:
     return container
 
 
+class StagingError(RunError):
+    """An archive could not be staged (a full or read-only staging disk, a failed upload): the run's storage, not
+    the source, is at fault, so the run stops; skipping the source would train on the others alone, a run that
+    looks complete."""
+
+
+class _StagingSink:
+    """The staging copy's writer, failing with ``StagingError`` (which the archive's read errors are not)."""
+
+    def __init__(self, sink, source: str, staged: str):
+        self.sink, self.source, self.staged = sink, source, staged
+
+    def write(self, data) -> int:
+        try:
+            return self.sink.write(data)
+        except OSError as exc:
+            raise self.error(exc) from None
+
+    def error(self, exc: OSError) -> StagingError:
+        return StagingError(f"{self.source}: could not be staged (uncompressed) to {self.staged}: {exc}; free space "
+                            "there or give the run a folder with room for the archive uncompressed (run.uri)")
+
+
 def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str) -> tuple[str, list[Rejected]]:
-    """Stream-decompress once into an uncompressed tar of the safe members."""
+    """Stream-decompress once into an uncompressed tar of the safe members.
+
+    Raises:
+        StorageError: the archive is unreadable, damaged or a decompression bomb (the source's fault).
+        StagingError: the copy could not be written or published where it is staged (the run's)."""
     staged = join_uri(staging_uri, os.path.basename(parse_uri(uri).path).rsplit(".t", 1)[0] + ".tar")
     compressed = storage.size(uri)
     ceiling = min(limits.max_archive_gib * 1024 * MIB, compressed * limits.max_compression_ratio)
     rejected: list[Rejected] = []
     written = 0
-    with storage.open_read(uri) as source, storage.open_write(staged) as sink:
-        # gzip's reader, not tarfile's: it checks the CRC and length at the end (tarfile's "r|gz" does not, so a
-        # corrupt but decodable stream would be staged as good)
-        unzipped = gzip.GzipFile(fileobj=source, mode="rb")
+    with storage.open_read(uri) as source:
         try:
-            reader = tarfile.open(fileobj=unzipped, mode="r|")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            raise StorageError(f"{uri}: not a readable tar.gz archive ({exc})") from None
-        with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
-            try:
-                for member in reader:
-                    if is_os_metadata(member.name):
-                        continue
-                    reason = tar_member_problem(member, limits)
-                    if reason:
-                        rejected.append(Rejected(f"{uri}!{member.name}", reason))
-                        continue
-                    written += member.size
-                    if written > ceiling:
-                        raise StorageError(
-                            f"{uri}: decompression bomb: inflates past {ceiling / MIB:.0f} MiB "
-                            f"({compressed / MIB:.1f} MiB compressed, max ratio {limits.max_compression_ratio:g})"
-                        )
-                    writer.addfile(member, reader.extractfile(member) if member.isfile() else None)
-                unzipped.read()  # to the end of the stream, where gzip checks the CRC of everything staged
-            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-                if isinstance(exc, StorageError):
-                    raise
-                raise StorageError(f"{uri}: corrupt tar.gz archive ({exc})") from None
+            writing = storage.open_write(staged)
+        except OSError as exc:  # a staging folder that cannot be made
+            raise _StagingSink(None, uri, staged).error(exc) from None
+        read = False
+        try:
+            with writing as raw:
+                sink = _StagingSink(raw, uri, staged)
+                written = _copy_safe_members(uri, source, sink, limits, compressed, ceiling, rejected)
+                read = True
+        except OSError as exc:
+            if read:  # the archive was read whole: publishing the copy failed
+                raise _StagingSink(None, uri, staged).error(exc) from None
+            raise
     log_event(log, "data.archive.staged", source=uri, staged=staged, megabytes=round(written / MIB, 1))
     return staged, rejected
+
+
+def _copy_safe_members(uri: str, source, sink, limits: LimitSettings, compressed: int, ceiling: float,
+                       rejected: list[Rejected]) -> int:
+    """The safe members of the tar.gz ``source`` into the uncompressed tar ``sink``; the bytes written."""
+    written = 0
+    # gzip's reader, not tarfile's: it checks the CRC and length at the end (tarfile's "r|gz" does not, so a
+    # corrupt but decodable stream would be staged as good)
+    unzipped = gzip.GzipFile(fileobj=source, mode="rb")
+    try:
+        reader = tarfile.open(fileobj=unzipped, mode="r|")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise StorageError(f"{uri}: not a readable tar.gz archive ({exc})") from None
+    with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
+        try:
+            for member in reader:
+                if is_os_metadata(member.name):
+                    continue
+                reason = tar_member_problem(member, limits)
+                if reason:
+                    rejected.append(Rejected(f"{uri}!{member.name}", reason))
+                    continue
+                written += member.size
+                if written > ceiling:
+                    raise StorageError(
+                        f"{uri}: decompression bomb: inflates past {ceiling / MIB:.0f} MiB "
+                        f"({compressed / MIB:.1f} MiB compressed, max ratio {limits.max_compression_ratio:g})"
+                    )
+                writer.addfile(member, reader.extractfile(member) if member.isfile() else None)
+            unzipped.read()  # to the end of the stream, where gzip checks the CRC of everything staged
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{uri}: corrupt tar.gz archive ({exc})") from None
+    return written
 
 
 def _list_zip(uri: str, limits: LimitSettings, storage: Storage) -> Container:

@@ -288,3 +288,41 @@ def test_names_that_are_not_utf8_are_reported_and_the_rest_used(tmp_path):
     with pytest.raises(StorageError, match=r"mislabelled.zip: a member's file name is marked as UTF-8 but is not "
                                            r"\(invalid continuation byte"):
         open_container(str(mislabelled), LimitSettings(), Storage())
+
+
+def test_a_staging_copy_that_cannot_be_written_stops_the_run_naming_the_staging_folder(tmp_path):
+    """A tar.gz source staged to a full disk was reported as the source's fault ("corrupt tar.gz archive (No space
+    left on device)") and the run trained on the other sources alone. Writing the copy (a file size limit here,
+    as a full disk fails a write) and making its folder (under a file) are the run's failures: StagingError,
+    naming the staged path; the archive's own damage stays the source's."""
+    import subprocess
+    import sys
+
+    from minseg.data.containers import StagingError
+
+    rng = __import__("numpy").random.default_rng(0)
+    files = {f"images/s{i}.png": rng.bytes(200_000) for i in range(3)}  # incompressible: 600 kB staged
+    make_tar(tmp_path / "data.tar.gz", files, "w:gz")
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "from minseg.data.config import LimitSettings\n"
+        "from minseg.data.containers import open_container\n"
+        "from minseg.io.storage import Storage\n"
+        "try:\n"
+        f"    open_container({str(tmp_path / 'data.tar.gz')!r}, LimitSettings(), Storage(), {str(tmp_path / 'stage')!r})\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n")
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert said.stdout.startswith(f"StagingError {tmp_path / 'data.tar.gz'}: could not be staged (uncompressed) to "
+                                  f"{tmp_path / 'stage' / 'data.tar'}: "), said.stdout + said.stderr
+    assert "File too large" in said.stdout and not list((tmp_path / "stage").glob("data.tar")), said.stdout
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StagingError, match=r"could not be staged \(uncompressed\) to .*file/stage/data.tar: "):
+        open_container(str(tmp_path / "data.tar.gz"), LimitSettings(), Storage(), str(tmp_path / "file" / "stage"))
+    whole = (tmp_path / "data.tar.gz").read_bytes()
+    (tmp_path / "bad.tar.gz").write_bytes(whole[: len(whole) // 2])  # cut short: the source's damage
+    with pytest.raises(StorageError, match=r"bad.tar.gz: corrupt tar.gz archive"):
+        open_container(str(tmp_path / "bad.tar.gz"), LimitSettings(), Storage(), str(tmp_path / "stage"))
