@@ -104,7 +104,8 @@ def test_ctrl_c_stops_training_with_exit_130_and_says_how_to_continue(synthetic_
     said = {"ctrl-c": "interrupted", "sigterm": "terminated (SIGTERM)"}[stop]
     assert f"minseg: {said} (what finished is kept: the same command with --resume continues)" in err
     assert "Traceback" not in out + err and "Tuner.restore" not in out + err
-    foreign = [line for line in err.splitlines() if line and not re.match(r"\d\d:\d\d:\d\d [A-Z]+ +minseg\.|minseg: ", line)]
+    ours = re.compile(r"\d\d:\d\d:\d\d [A-Z]+ +minseg\.|minseg: ")
+    foreign = [line for line in err.splitlines() if line and not ours.match(line)]
     assert not foreign, "\n".join(foreign)  # none of Ray's shutdown lines
     assert stopped_in < 60, f"{stopped_in:.0f} s to stop"
     last = json.loads(pointer.read_text())

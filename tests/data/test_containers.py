@@ -311,7 +311,8 @@ def test_a_staging_copy_that_cannot_be_written_stops_the_run_naming_the_staging_
         "from minseg.data.containers import open_container\n"
         "from minseg.io.storage import Storage\n"
         "try:\n"
-        f"    open_container({str(tmp_path / 'data.tar.gz')!r}, LimitSettings(), Storage(), {str(tmp_path / 'stage')!r})\n"
+        f"    open_container({str(tmp_path / 'data.tar.gz')!r}, LimitSettings(), Storage(),\n"
+        f"                   {str(tmp_path / 'stage')!r})\n"
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n")
     said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
