@@ -151,7 +151,10 @@ def cmd_demo(args) -> int:
     config = _load(args)
     if args.out:
         config.run.output_uri = args.out
-    _check_output(config.run.uri, "--out" if args.out else "run.output_uri")
+    source = "--out" if args.out else "run.output_uri"
+    # the synthetic data at the top, the demo's training run in it (run.name)
+    _check_output(config.run.output_uri, source, "synth", config)
+    _check_output(config.run.uri, source, "train", config)
     run_demo(config, fresh=args.fresh)
     return 0
 
@@ -171,7 +174,7 @@ def cmd_synth(args) -> int:
         config.synth.slide = SlideSynth()
     if args.seed is not None:
         config.synth.seed = args.seed
-    _check_output(args.out, "--out")
+    _check_output(args.out or config.run.output_uri, "--out" if args.out else "run.output_uri", "synth", config)
     result = run_synth(config, args.out)
     print(_synth_summary(result))
     return 0
@@ -321,14 +324,17 @@ def cmd_select(args) -> int:
 def cmd_prospect(args) -> int:
     from minseg.enums import MemberStatus
     from minseg.geo.config import ProspectInputError
-    from minseg.geo.prospect import map_prospectivity, output_uri
+    from minseg.geo.prospect import map_prospectivity, output_uri, refuse_foreign_outputs
+    from minseg.io.storage import Storage
 
     config = _load(args)
     if config.prospect is None:
         raise ProspectInputError("the prospect job needs a 'prospect' section in --config (see configs/prospect_*.yaml)")
     if args.out:
         config.prospect.output_uri = args.out
-    _check_output(output_uri(config), "--out" if args.out else "prospect.output_uri", "prospect", config)
+    source = "--out" if args.out else "prospect.output_uri"
+    _check_output(output_uri(config), source, "prospect", config)
+    refuse_foreign_outputs(Storage(config.storage), output_uri(config), source)
     result = map_prospectivity(config, resume=args.resume)
     metrics = result.metrics
     prediction, success = metrics["prediction_rate"], metrics["success_rate"]

@@ -71,28 +71,52 @@ class DemoResult:
     slide: SlideScore | None = None
 
 
+#: the folders synth writes its products in, under its output
+PRODUCT_FOLDERS = {"sections": "sections", "slide": "slides", "survey": "survey"}
+
+
+def refuse_foreign_products(output_uri: str, synth, storage: Storage) -> None:
+    """Raise InputError when ``output_uri`` holds, in a folder a product of ``synth`` is written in (``sections/``,
+    ``slides/``, ``survey/``), files minseg did not write (no ``synth_manifest.json`` beside them): a geologist's own
+    ``survey/samples.csv`` would be overwritten. An earlier synth's or demo's outputs are rewritten (a rerun)."""
+    if storage.exists(join_uri(output_uri, "synth_manifest.json")):
+        return
+    taken = [f"{folder}/" for product, folder in PRODUCT_FOLDERS.items()
+             if getattr(synth, product) is not None and storage.holds_files(join_uri(output_uri, folder))]
+    if taken:
+        raise InputError(f"{output_uri} holds {', '.join(taken)} that minseg did not write (no synth_manifest.json "
+                         "there); the synthetic data would be written over them: give another folder (--out)")
+
+
 def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResult:
-    """Write every synthetic product the config asks for under ``output_uri``."""
+    """Write every synthetic product the config asks for under ``output_uri``.
+
+    Raises:
+        InputError: the folder holds files of its own where products go (``refuse_foreign_products``), before
+            anything is written."""
     storage = Storage(config.storage)
     output_uri = absolute_uri(output_uri or config.run.output_uri)
     synth = config.synth
+    refuse_foreign_products(output_uri, synth, storage)
     started = time.monotonic()
     outputs: dict[str, object] = {}
     if synth.sections is not None:
         init_ray(config.ray, job_paths([], [output_uri]))
         outputs["sections"] = write_section_dataset(
-            join_uri(output_uri, "sections"), synth.sections, synth.seed, storage, config.ray.task_cpus
+            join_uri(output_uri, PRODUCT_FOLDERS["sections"]), synth.sections, synth.seed, storage,
+            config.ray.task_cpus
         )
     if synth.slide is not None:
         outputs["slide"] = write_synthetic_slide(
-            join_uri(output_uri, "slides", "synthetic_slide.tif"),
-            join_uri(output_uri, "slides", "synthetic_slide_mask.tif"),
+            join_uri(output_uri, PRODUCT_FOLDERS["slide"], "synthetic_slide.tif"),
+            join_uri(output_uri, PRODUCT_FOLDERS["slide"], "synthetic_slide_mask.tif"),
             synth.slide,
             synth.seed,
             storage,
         )
     if synth.survey is not None:
-        outputs["survey"] = write_survey(join_uri(output_uri, "survey"), synth.survey, synth.seed, storage)
+        outputs["survey"] = write_survey(join_uri(output_uri, PRODUCT_FOLDERS["survey"]), synth.survey, synth.seed,
+                                         storage)
     seconds = round(time.monotonic() - started, 1)
     document = {"run": config.run.name, "output": output_uri, "seconds": seconds, "outputs": outputs,
                 "config": config.model_dump(mode="json")}

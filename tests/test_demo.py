@@ -64,6 +64,26 @@ def test_the_demo_refuses_to_retrain_over_a_run_it_did_not_write(tmp_path, capsy
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
+def test_the_demo_and_synth_refuse_folders_of_other_commands_and_a_geologist_s_own(tmp_path, capsys):
+    """``demo --out`` a finished prospect output wrote the demo's folders beside the maps, and ``demo`` / ``synth``
+    into a folder holding someone's ``survey/samples.csv`` would write over it: both refused, untouched."""
+    path = tiny_demo_config(tmp_path)
+    prospect, own = tmp_path / "prospect", tmp_path / "own"
+    prospect.mkdir()
+    (prospect / ".minseg-prospect").write_text("{}")
+    (prospect / "summary.json").write_text("{}")
+    (own / "survey").mkdir(parents=True)
+    (own / "survey" / "samples.csv").write_text("sample_id,x,y\n")
+    for argv, message in [(["demo", "-c", str(path), "--out", str(prospect)], "holds the outputs of minseg prospect"),
+                          (["synth", "--out", str(prospect)], "holds the outputs of minseg prospect"),
+                          (["demo", "-c", str(path), "--out", str(own)], "holds survey/ that minseg did not write"),
+                          (["synth", "survey", "--out", str(own)], "holds survey/ that minseg did not write")]:
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, argv
+
+
 @pytest.mark.slow  # a third tiny demo run (~60 s): retraining is training as on a first run
 def test_demo_fresh_retrains(first_demo, capsys):
     path, out, run, pointers = first_demo

@@ -878,6 +878,17 @@ def publish_run(storage: Storage, out: str) -> None:
     storage.publish_staged(out, "prospect", ("summary.json",), _OWNED)
 
 
+def refuse_foreign_outputs(storage: Storage, out: str, source: str = "prospect.output_uri") -> None:
+    """Raise ProspectInputError, naming ``source`` (the flag or key that gave ``out``), when ``out`` holds
+    ``inputs/``, ``evidence/``, ``screening/`` or ``cv/`` but was not written by the job (someone's own
+    ``inputs/``): they are neither deleted nor written into."""
+    if not (storage.exists(join_uri(out, _MARKER)) or storage.exists(join_uri(out, "summary.json"))):
+        taken = [f for f in _OUTPUT_FOLDERS if storage.holds_files(join_uri(out, f))]
+        if taken:
+            raise ProspectInputError(f"{source}: {out} holds {', '.join(f + '/' for f in taken)} that minseg did not "
+                                     "write; choose another output folder")
+
+
 def working_folder(storage: Storage, out: str) -> str:
     """Which folder a run into ``out`` writes: ``out`` itself, or its staging folder when ``out`` holds a finished
     run (kept until this one is complete). Removes nothing; finishes a replacement an earlier run left cut short.
@@ -885,11 +896,7 @@ def working_folder(storage: Storage, out: str) -> str:
     Raises:
         ProspectInputError: ``out`` holds ``inputs/``, ``evidence/``, ``screening/`` or ``cv/`` but was not written
             by the job (someone's own ``inputs/``): they are neither deleted nor written into."""
-    if not (storage.exists(join_uri(out, _MARKER)) or storage.exists(join_uri(out, "summary.json"))):
-        taken = [f for f in _OUTPUT_FOLDERS if any(True for _ in storage.list(join_uri(out, f) + "/"))]
-        if taken:
-            raise ProspectInputError(f"prospect.output_uri: {out} holds {', '.join(f + '/' for f in taken)} that "
-                                     "minseg did not write; choose another output folder")
+    refuse_foreign_outputs(storage, out)
     _finish_replacement(storage, out)
     return staging_folder(out, "prospect") if storage.exists(join_uri(out, "summary.json")) else out
 

@@ -1420,7 +1420,8 @@ def refuse_file_as_folder(uri: str | None, source: str) -> None:
 # the file each command writes at the top of its output folder: another command's outputs given there would overwrite
 # its reports (score's tables over evaluate's) or mix into its run tables (measure's slides.csv over segment's)
 COMMAND_MARKERS = {"train": "members.json", "evaluate": "evaluation.json", "score": "score.json",
-                   "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect"}
+                   "segment": "run_summary.json", "measure": "measure_summary.json", "prospect": ".minseg-prospect",
+                   "synth": "synth_manifest.json"}  # synth's and the demo's (which synthesises first)
 #: the commands whose marker is staged with their outputs (``staging_folder``) and put in place last (prospect's
 #: marker stays in the output folder: only its summary is staged)
 STAGED_MARKERS = ("evaluate", "score", "segment", "measure")

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
 from minseg.config.schema import MinsegConfig
 from minseg.enums import MemberStatus
@@ -206,7 +207,6 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
 
 
 def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
-    import yaml
 
     from minseg.cli import main
 
@@ -256,7 +256,6 @@ def test_samples_that_do_not_fit_the_grid_are_refused(survey, ray_session, capsy
     (no sample on the grid: the interpolation would fill it from samples thousands of km away), or one sample typed
     wrong while the grid spans the samples' bounds (the grid would stretch over ground nobody sampled)."""
     import pandas as pd
-    import yaml
 
     from minseg.cli import main
 
@@ -290,7 +289,6 @@ def test_samples_that_do_not_fit_the_grid_are_refused(survey, ray_session, capsy
 def test_deposits_off_the_grid_are_named_as_such(survey, ray_session, capsys, tmp_path):
     """Deposits in another place than the evidence (here moved 100 km east, as a wrong CRS or a swapped pair of
     columns would): said in those words, not as "too few spatial blocks hold deposits; lower cv.folds"."""
-    import yaml
 
     from minseg.cli import main
 
@@ -308,7 +306,7 @@ def test_deposits_off_the_grid_are_named_as_such(survey, ray_session, capsys, tm
     assert f"prospect.deposits: {len(deposits['features'])} deposit(s) read, 0 on the grid, 0 in the study area" in err
 
 
-def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey, tmp_path):
+def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey, tmp_path, capsys):
     """The re-run cleanup removes inputs/, evidence/, screening/ and cv/ of a folder the job wrote; another folder's
     own inputs/ is neither deleted nor written into."""
     from minseg.errors import InputError
@@ -319,6 +317,14 @@ def test_an_output_folder_with_someone_elses_inputs_is_refused_untouched(survey,
     with pytest.raises(InputError, match=r"project holds inputs/ that minseg did not write; choose another output"):
         map_prospectivity(prospect_config(survey, output_uri=str(tmp_path / "project")))
     assert (tmp_path / "project" / "inputs" / "my_samples.csv").read_text() == "mine"
+    # given as --out, the message names --out (it named prospect.output_uri)
+    from minseg.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(prospect_config(survey).model_dump(mode="json", exclude_none=True)))
+    assert main(["prospect", "-c", str(path), "--out", str(tmp_path / "project")]) == 2
+    assert f"minseg: error: --out: {tmp_path / 'project'} holds inputs/ that minseg did not write" in \
+        capsys.readouterr().err
     # a folder of another command (a training run's members.json) is refused as such, before the job marks it its own
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "members.json").write_text("{}")
