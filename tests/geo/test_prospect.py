@@ -207,7 +207,6 @@ def test_end_to_end_on_the_synthetic_survey(survey, ray_session):
 
 
 def test_bad_inputs_stop_the_cli_with_the_key_named(survey, ray_session, capsys, tmp_path):
-
     from minseg.cli import main
 
     config = prospect_config(survey).model_dump(mode="json", exclude_none=True)
