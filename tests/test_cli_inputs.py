@@ -343,8 +343,12 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"name": "resin", "codes": [0]}]}))
     assert main(["score", "--config", str(config), "--manifest", str(tmp_path / "classes.json"),
                  "--data", str(tmp_path)]) == 2
-    assert "classes.json: not an ensemble manifest (no version or members): give the manifest.json" in (
-        error_of(capsys))
+    assert "classes.json: not an ensemble manifest (no version): give the manifest.json" in error_of(capsys)
+    # nor a document that lists members (a prospect run's summary.json: it was "manifest version None")
+    (tmp_path / "summary.json").write_text(json.dumps({"members": [], "targets": 3}))
+    assert main(["score", "--config", str(config), "--manifest", str(tmp_path / "summary.json"),
+                 "--data", str(tmp_path)]) == 2
+    assert "summary.json: not an ensemble manifest (no version): give the manifest.json" in error_of(capsys)
 
 
 def test_no_command_writes_into_a_staging_folder(tmp_path, capsys):

@@ -219,9 +219,9 @@ def load_manifest(uri: str, storage: Storage | None = None, verify: bool = True)
         beside = join_uri(uri.rsplit("/", 1)[0], "manifest.json") if "/" in uri else "manifest.json"
         raise ManifestError(f"{uri}: an evaluation record (evaluation.json), not an ensemble manifest: give the "
                             f"manifest beside it ({beside}), or choose another candidate with minseg select")
-    if not isinstance(document, dict) or not {"version", "members"} & set(document):
-        raise ManifestError(f"{uri}: not an ensemble manifest (no version or members): give the manifest.json "
-                            "that minseg evaluate or minseg select wrote")
+    if not isinstance(document, dict) or "version" not in document:  # a prospect summary has members too
+        raise ManifestError(f"{uri}: not an ensemble manifest (no version): give the manifest.json that minseg "
+                            "evaluate or minseg select wrote")
     if document.get("version") != MANIFEST_VERSION:
         found = document.get("version")
         raise ManifestError(f"{uri}: manifest version {found!r} is not supported (expected {MANIFEST_VERSION})")
