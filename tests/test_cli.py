@@ -64,6 +64,12 @@ def test_config_show_fills_defaults(tmp_path, capsys):
     assert "score: null" in out
     assert main(["config", "show", str(shown), "--set", "score.cpus_per_actor=0.25"]) == 0
     assert "cpus_per_actor: 0.25" in capsys.readouterr().out
+    # a bare comma (the docs' decimal: ','), typed unquoted, printed PyYAML's five-line parser dump
+    assert main(["config", "show", str(good), "--set", "prospect.samples.decimal=,"]) == 2
+    err = capsys.readouterr().err
+    assert "prospect.samples.decimal: value ',' is not valid YAML (expected the node content, but found ',');" in err
+    assert "quote a text that starts with punctuation: prospect.samples.decimal=\"','\"" in err
+    assert len(err.strip().splitlines()) == 2, err  # "invalid configuration" and the problem
 
 
 def test_synth_survey_and_storage_commands(tmp_path, capsys):

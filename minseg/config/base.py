@@ -366,8 +366,10 @@ def validate_config(
                                                "from config keys")])
             try:
                 value = load_yaml(text) if isinstance(text, str) else text
-            except yaml.YAMLError as exc:
-                raise ConfigError(origin, [(dotted, f"value is not valid YAML: {exc}")]) from None
+            except yaml.YAMLError as exc:  # `decimal=,`: punctuation YAML reads as syntax
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(origin, [(dotted, f"value {text!r} is not valid YAML ({problem}); quote a text "
+                                                    f"that starts with punctuation: {dotted}=\"'{text}'\"")]) from None
             except RecursionError:
                 raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")]) from None
             if nests_too_deep(value):
