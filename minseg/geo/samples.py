@@ -222,6 +222,8 @@ def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:
             raise
         except _UNREADABLE as exc:
             failed = f"{uri}: cannot be read as a csv table ({first_line(exc)})"
+            if where := csv_problem_row(uri, csv_delimiter(uri, settings.delimiter), storage):
+                failed = f"{uri}: cannot be read as a csv table: {where}"
         else:
             return reader.schema.names
     try:  # why: a header of another separator says so
@@ -250,6 +252,43 @@ def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> Non
         meta, table = pyogrio.read_arrow(path, layer=settings.layer, columns=[])
     wkb = table.column(meta["geometry_name"] or "wkb_geometry").to_numpy(zero_copy_only=False)
     point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
+
+
+def csv_problem_row(uri: str, delimiter: str, storage: Storage) -> str | None:
+    """Where a CSV that Arrow could not parse goes wrong, read again with Python's ``csv`` (only after a failure):
+    ``row N (line L): …`` for the first record whose field count differs from the header's, bytes that are not
+    UTF-8 or a quote never closed; None when it finds nothing. Arrow names no row (its "Row #2" counts within a
+    64 KiB block). Rows count from 1 after the header, as ``sample_problems.csv`` does."""
+    import csv
+    import io
+
+    row = line = 0
+    physical = 0
+
+    def decoded(stream):  # line by line: a byte that is not UTF-8 is named at its line
+        nonlocal physical
+        for physical, raw in enumerate(stream, start=1):
+            yield raw.decode("utf-8-sig" if physical == 1 else "utf-8")
+
+    try:
+        with storage.open_read(uri) as handle:
+            stream = _maybe_gzip(uri, handle if isinstance(handle, io.BufferedIOBase) else io.BufferedReader(handle))
+            reader = csv.reader(decoded(stream), delimiter=delimiter, strict=True)
+            header = next(reader, None)
+            for row, record in enumerate(reader, start=1):
+                line = reader.line_num
+                if record and len(record) != len(header):
+                    shown = delimiter.join(record)
+                    return (f"row {row} (line {line}) has {len(record)} fields, the header {len(header)}: "
+                            f"{shown[:80]}{'…' if len(shown) > 80 else ''}")
+    except UnicodeDecodeError as exc:
+        return (f"line {physical}: bytes that are not UTF-8 (0x{exc.object[exc.start]:02x}); save the file as "
+                "UTF-8 (\"CSV UTF-8\" in a spreadsheet)")
+    except csv.Error as exc:
+        return f"row {row + 1} (line {line + 1}): {exc}"
+    except (OSError, EOFError, zlib.error):  # the file itself: Arrow's message says it
+        return None
+    return None
 
 
 def csv_delimiter(uri: str, delimiter: str | None) -> str:
@@ -400,6 +439,10 @@ def _readable(unit: ReadUnit, settings: SampleTable, storage: Storage):
     except StorageError:
         raise
     except _UNREADABLE as exc:
+        where = csv_problem_row(unit.uri, csv_delimiter(unit.uri, settings.delimiter), storage) \
+            if unit.format == "csv" else None
+        if where:
+            raise ProspectInputError(f"{unit.uri}: cannot be read as a csv table: {where}") from None
         raise ProspectInputError(f"{unit.uri}: cannot be read as a {unit.format} table after row {rows} "
                                  f"({first_line(exc)})") from None
 

@@ -12,8 +12,8 @@ import numpy as np
 from minseg.geo.config import CellLayer, LineLayer, PointLayer, ProspectInputError, first_line
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, to_working_all, unprojectable
 from minseg.geo.points import point_coordinates
-from minseg.geo.samples import (as_float, comma_hint, csv_delimiter, local_vector, one_layer, refuse_ambiguous,
-                                separator_hint)
+from minseg.geo.samples import (as_float, comma_hint, csv_delimiter, csv_problem_row, local_vector, one_layer,
+                                refuse_ambiguous, separator_hint)
 from minseg.io.storage import Storage
 from minseg.logs import get_logger, log_event
 
@@ -53,7 +53,9 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str, needed:
             table = pacsv.read_csv(io.BytesIO(data), parse_options=parse, convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names}))
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table ({first_line(exc)})"
+            where = csv_problem_row(uri, csv_delimiter(uri, delimiter), storage)
+            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table"
+                                     f"{f': {where}' if where else f' ({first_line(exc)})'}"
                                      f"{separator_hint(header, delimiter, key)}") from None
         if not table.num_rows:
             raise ProspectInputError(f"{key}: {uri}: holds no rows")
