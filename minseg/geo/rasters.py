@@ -12,6 +12,7 @@ STRtree), computed in grid blocks as Ray tasks.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 
@@ -166,6 +167,11 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
                 f"prospect.grid.min_layer_coverage ({min_coverage:.0%}); check its extent and CRS (source cell "
                 f"{report['source_cell']}, {report['source_shape'][0]}x{report['source_shape'][1]} cells), or lower "
                 "the share to use it")
+        if covered < NARROWS:  # allowed, but the map (and the deposits scored) shrink to what it covers: said
+            log_event(log, "prospect.layer_narrows_study", logging.WARNING, layer=settings.name, file=settings.uri,
+                      study_covered=round(covered, 4),
+                      hint=f"the study area keeps only the {covered:.0%} of its cells this layer covers (deposits "
+                           "outside it leave the training and the rates); check its extent, or leave it out")
     log_event(log, "prospect.layer_resampled", layer=settings.name, file=settings.uri,
               source=f"{report['source_shape'][0]}x{report['source_shape'][1]}",
               source_cell="x".join(f"{c:g}" for c in report["source_cell"]),
@@ -173,6 +179,10 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
               method=report["resampling"], grid_covered=report["covered_fraction"],
               study_covered=report.get("study_covered_fraction"))
     return destination, report
+
+
+#: a layer covering less of the study area than this (yet at least ``min_layer_coverage``) is warned about
+NARROWS = 0.99
 
 
 def _alpha_band(source, band: int) -> int | None:

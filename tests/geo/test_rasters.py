@@ -201,8 +201,14 @@ def test_what_was_resampled_is_said_and_a_layer_covering_little_of_the_study_are
                                                  r"the study area, less than prospect.grid.min_layer_coverage \(50%\)"):
         read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target, WORKING,
                             Storage(), study, 0.5)
-    assert read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target, WORKING,
-                               Storage(), study, 0.05)[1]["study_covered_fraction"] == 0.0625
+    assert not [r for r in caplog.records if r.getMessage() == "prospect.layer_narrows_study"]  # all covered: silent
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="minseg.geo.rasters"):  # allowed, yet it shrinks the map: a warning
+        assert read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "corner.tif"), name="granite"), 1, target,
+                                   WORKING, Storage(), study, 0.05)[1]["study_covered_fraction"] == 0.0625
+    (warned,) = [r for r in caplog.records if r.getMessage() == "prospect.layer_narrows_study"]
+    assert warned.levelno == logging.WARNING and warned.fields["layer"] == "granite"
+    assert warned.fields["study_covered"] == 0.0625 and "keeps only the 6% of its cells" in warned.fields["hint"]
 
 
 def test_a_raster_glob_leaves_gdal_side_files_out(tmp_path):
