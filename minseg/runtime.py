@@ -131,6 +131,22 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _shut_down_at_exit() -> None:
+    """Shut the Ray instance this process started or joined down as the interpreter exits, as Ray's own exit hook
+    does, but a Ctrl-C (or SIGTERM) while it does (a slow shutdown under load, after the command's last line) ends
+    the process with one line, not Ray's hook's traceback ("Exception ignored in atexit callback")."""
+    import sys
+
+    import ray
+
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        print(f"minseg: {'terminated (SIGTERM)' if _TERMINATED else 'interrupted'} while Ray shut down",
+              file=sys.stderr, flush=True)
+        os._exit(143 if _TERMINATED else 130)  # Ray's hook would wait for the same shutdown again
+
+
 def terminated() -> bool:
     """Whether SIGTERM reached this process (``stop_on_sigterm``): Ray's ``ray.get`` turns the exception a signal
     handler raises into a plain KeyboardInterrupt, so the CLI asks here what stopped the command."""
@@ -197,6 +213,10 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             raise RunError(f"Ray could not {where}: {type(exc).__name__}: {one_line(exc, 400)}") from exc
         if handler is _raise_terminated:  # ray.init set its own (sys.exit): the command's stays
             signal.signal(signal.SIGTERM, handler)
+        import atexit
+
+        atexit.unregister(_shut_down_at_exit)  # once, however many instances the process starts
+        atexit.register(_shut_down_at_exit)  # runs before Ray's own (registered earlier, by ray.init)
     import ray.data
 
     quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers

@@ -146,3 +146,31 @@ def test_a_ray_that_cannot_start_is_one_line_naming_why(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith(
         "minseg: error: ray.object_store_mib: 100000000 MiB is more than this machine's memory"), done.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_ray_shuts_down_at_exit_is_one_line(tmp_path):
+    """After a command's error line, Ray's exit hook shuts the instance down (seconds under load); a Ctrl-C then
+    printed ~20 lines of "Exception ignored in atexit callback" traceback. Now one line and exit 130. The Ctrl-C
+    is an alarm set by the last exit hook to run before minseg's (hooks run last registered first)."""
+    import subprocess
+    import sys
+
+    script = """
+import atexit, signal, sys
+from minseg.runtime import RaySettings, init_ray
+init_ray(RaySettings(num_cpus=1))
+
+def ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, ctrl_c)
+atexit.register(lambda: signal.setitimer(signal.ITIMER_REAL, 0.2))  # lands in the shutdown (about 1 s)
+print("minseg: error: the command's own error", file=sys.stderr)
+sys.exit(2)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == "minseg: interrupted while Ray shut down", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-3000:]
