@@ -570,12 +570,7 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
                       hint="no usable image went to it (too few images for the ratios, the layout's own splits, or "
                            f"its images quarantined): {_EMPTY[split]}; add images, change data.split, or name them in "
                            "data.split.lists")
-    if quarantine:  # each reason is in the report; the share is said on the console
-        total = len(quarantine) + sum(len(v) for v in good.values())
-        first = quarantine[0]
-        log_event(log, "data.quarantined", logging.WARNING, files=len(quarantine),
-                  share=f"{len(quarantine) / max(total, 1):.0%}", example=f"{first.file}: {first.reason}",
-                  report="data/quarantine.csv")
+    _warn_quarantined(quarantine, sum(len(v) for v in good.values()))
     _warn_classes_untrained("train", classes_untrained(stats), data.split.stratify)
     absent = classes_absent(stats)
     if absent:  # configured, never seen: a misspelt class folder or code, or a class map meant for other data
@@ -613,6 +608,16 @@ def prepare_data(data: DataSettings, task: Task, seed: int, storage: Storage, wo
 
 
 _EMPTY = {"val": "members keep their last epoch", "test": "minseg evaluate needs test images"}
+
+
+def _warn_quarantined(quarantine: list, used: int) -> None:
+    """Files left out are said on the console (how many, their share, one example); each reason is in the report
+    (``data/quarantine.csv``): training and scoring on fewer images than given is never silent."""
+    if quarantine:
+        first = quarantine[0]
+        log_event(log, "data.quarantined", logging.WARNING, files=len(quarantine),
+                  share=f"{len(quarantine) / max(len(quarantine) + used, 1):.0%}",
+                  example=f"{first.file}: {first.reason}", report="data/quarantine.csv")
 
 
 def _darkest_image(image: np.ndarray, item: dict, data: DataSettings) -> tuple[int, str | None, int]:
@@ -784,6 +789,7 @@ def prepare_scoring_data(data: DataSettings, split: str | None, seed: int, stora
                             data.tiling, data.limits, bit_depth=data.bit_depth,
                             image_bit_depths=data.image_bit_depths,
                             contents={i["item_id"]: by_id[i["item_id"]]["content"] for i in good["test"]})
+    _warn_quarantined(quarantine, len(good["test"]))
     log_event(log, "data.prepared_for_scoring", items=len(good["test"]), quarantined=len(quarantine))
     return prepared
 

@@ -848,6 +848,9 @@ def train_ensemble(config: MinsegConfig, member_names: list[str] | None = None, 
     if existing and not resume:
         raise InputError(f"run {run_uri} already has checkpoints for {', '.join(existing)}; pass --resume to continue "
                          "them, or choose another run.name")
+    if resume and not existing and not storage.holds_files(run_uri):  # a mistyped run.name or --out, likely
+        log_event(log, "train.nothing_to_resume", logging.WARNING, run=run_uri,
+                  hint="no earlier run there: training starts from the beginning")
     folds = config.data.split.folds
     trial_folds = list(range(folds)) if folds else [None]
     if resume:

@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -448,7 +449,7 @@ def test_score_on_the_runs_own_test_split_repeats_the_evaluation(trained_run, ev
     assert result.document["at_selection"]["miou"] == pytest.approx(before["RUEL-3-WV"].metrics["miou"])
 
 
-def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_path, capsys):
+def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_path, capsys, minseg_events):
     """An external labelled set (never split, classes from the manifest): every item scored but a broken one,
     which is quarantined; the full report beside score.json."""
     from minseg.synth.config import SectionsSynth
@@ -464,6 +465,8 @@ def test_score_a_new_labelled_folder_from_the_cli(evaluation, wv_manifest, tmp_p
                  "--set", "ray.task_cpus=0.25", "--set", "score.cpus_per_actor=0.25"]) == 0
     printed = capsys.readouterr().out
     assert "3 images scored, 1 quarantined" in printed and "RUEL-3-WV on 3 image(s)" in printed
+    (warned,) = [r for r in minseg_events if r.getMessage() == "data.quarantined"]  # it was an INFO count only
+    assert warned.levelno == logging.WARNING and warned.fields["files"] == 1 and warned.fields["share"] == "25%"
     document = json.loads((out / "score.json").read_text())
     assert document["images"] == 3 and document["quarantined"] == 1 and document["split"] == "all"
     assert document["selected"] == "RUEL-3-WV" and document["data"] == [str(new)]

@@ -579,6 +579,19 @@ def test_a_run_folder_among_the_data_or_another_commands_outputs_is_refused(tmp_
     assert sorted(p.name for p in measured.iterdir()) == ["measure_summary.json"]
 
 
+def test_resume_into_a_folder_with_no_earlier_run_says_so(tmp_path, minseg_events):
+    """``--resume`` with a mistyped run.name or --out trained from the start without a word (the user expects the
+    earlier run continued). Said as a warning; the run goes on (here it stops at its missing data source)."""
+    from minseg.errors import InputError
+
+    members = [{"name": "a", "model": "half_unet", "model_options": {"width": 0.125}}]
+    config = training_config(tmp_path / "nowhere", tmp_path / "out", "typo", members)
+    with pytest.raises(InputError, match=r"data.sources\[0\].uri: .*nowhere"):
+        train_ensemble(config, resume=True)
+    (warned,) = [r for r in minseg_events if r.getMessage() == "train.nothing_to_resume"]
+    assert warned.fields["run"] == str(tmp_path / "out" / "typo") and "from the beginning" in warned.fields["hint"]
+
+
 def test_a_resubmitted_run_is_not_reused_after_the_bit_depth_changed():
     """``train --resume`` with every member finished reuses the run without preparing the data only while the data
     settings that decide its pixels are unchanged: data.bit_depth is one of them (its digest at the default is the
