@@ -231,10 +231,12 @@ def test_a_minseg_error_in_a_ray_task_is_its_message_and_exit_code(ray_session, 
     the CLI as ``RayTaskError(UserCodeException)``: a traceback, exit 1. Unwrapped at the CLI: the message, exit 2."""
     (tmp_path / "made" / "sections").mkdir(parents=True)
     (tmp_path / "made" / "sections" / "images").write_text("a file, not a folder")
+    (tmp_path / "made" / "synth_manifest.json").write_text("{}")  # an earlier synth's folder: not refused up front
     assert main(["synth", "sections", "--out", str(tmp_path / "made"),
                  "--set", "synth.sections={count: 2, height: 64, width: 64}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("minseg: error: ") and "sections/images/section_0000" in err and "lies under" in err, err
+
 
 def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monkeypatch, capsys):
     """``debug`` was ``ValueError: Unknown level: 'debug'`` with a traceback, from the flag and the variable."""
