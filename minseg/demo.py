@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
-from minseg.io.storage import Storage, absolute_uri, join_uri
+from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, join_uri
 from minseg.logs import get_logger, log_event
 from minseg.preflight import job_paths
 from minseg.runtime import init_ray
@@ -75,17 +75,31 @@ class DemoResult:
 PRODUCT_FOLDERS = {"sections": "sections", "slide": "slides", "survey": "survey"}
 
 
+SYNTH_MANIFEST = "synth_manifest.json"
+
+
 def refuse_foreign_products(output_uri: str, synth, storage: Storage) -> None:
     """Raise InputError when ``output_uri`` holds, in a folder a product of ``synth`` is written in (``sections/``,
-    ``slides/``, ``survey/``), files minseg did not write (no ``synth_manifest.json`` beside them): a geologist's own
-    ``survey/samples.csv`` would be overwritten. An earlier synth's or demo's outputs are rewritten (a rerun)."""
-    if storage.exists(join_uri(output_uri, "synth_manifest.json")):
+    ``slides/``, ``survey/``), files minseg did not write: a geologist's own ``survey/samples.csv`` would be
+    overwritten. A folder is synth's when ``synth_manifest.json`` lists its product, written (``outputs``) or
+    begun (``products``: written first, so a run cut short is rerun, not refused); a damaged manifest is
+    taken as synth's (its name is minseg's)."""
+    manifest = join_uri(output_uri, SYNTH_MANIFEST)
+    try:
+        document = storage.read_json(manifest)
+    except ObjectNotFoundError:
+        document = {}
+    except ValueError:  # damaged (not JSON): minseg's file, a run cut short while writing it
         return
+    document = document if isinstance(document, dict) else {}
+    ours = set(document.get("outputs") or {}) | set(document.get("products") or [])
     taken = [f"{folder}/" for product, folder in PRODUCT_FOLDERS.items()
-             if getattr(synth, product) is not None and storage.holds_files(join_uri(output_uri, folder))]
+             if getattr(synth, product) is not None and product not in ours
+             and storage.holds_files(join_uri(output_uri, folder))]
     if taken:
         raise InputError(f"{output_uri} holds {', '.join(taken)} that minseg did not write (no synth_manifest.json "
-                         "there); the synthetic data would be written over them: give another folder (--out)")
+                         "there lists them); the synthetic data would be written over them: give another folder "
+                         "(--out)")
 
 
 def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResult:
@@ -98,6 +112,17 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     output_uri = absolute_uri(output_uri or config.run.output_uri)
     synth = config.synth
     refuse_foreign_products(output_uri, synth, storage)
+    products = [product for product in PRODUCT_FOLDERS if getattr(synth, product) is not None]
+    try:
+        earlier = storage.read_json(join_uri(output_uri, SYNTH_MANIFEST))
+    except (ObjectNotFoundError, ValueError):
+        earlier = {}
+    # first, naming what this run writes (and what an earlier one wrote there): a run cut short leaves its folders
+    # recognised as synth's, so the next run rewrites them
+    known = set(earlier.get("outputs") or {}) | set(earlier.get("products") or []) if isinstance(earlier, dict) \
+        else set()
+    storage.write_json(join_uri(output_uri, SYNTH_MANIFEST),
+                       {"status": "incomplete", "products": sorted(known | set(products)), "outputs": {}})
     started = time.monotonic()
     outputs: dict[str, object] = {}
     if synth.sections is not None:
@@ -119,8 +144,8 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
                                          storage)
     seconds = round(time.monotonic() - started, 1)
     document = {"run": config.run.name, "output": output_uri, "seconds": seconds, "outputs": outputs,
-                "config": config.model_dump(mode="json")}
-    storage.write_json(join_uri(output_uri, "synth_manifest.json"), document)
+                "products": sorted(known | set(products)), "config": config.model_dump(mode="json")}
+    storage.write_json(join_uri(output_uri, SYNTH_MANIFEST), document)
     log_event(log, "synth.done", output=output_uri, seconds=seconds)
     return SynthResult(output_uri, seconds, outputs, document)
 

@@ -142,3 +142,10 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(tmp_path):
     assert "Traceback" not in out + err
     ours = re.compile(r"\d\d:\d\d:\d\d [A-Z]+ +minseg\.|minseg: ")
     assert not [line for line in err.splitlines() if line and not ours.match(line)], err[-3000:]  # none of Ray's
+    # the run cut short is rerun, not refused as someone else's folder (its records are written first)
+    again = subprocess.run([sys.executable, "-m", "minseg", "synth", "sections", "--out", str(tmp_path / "s"),
+                            "--set", "synth.sections={count: 2, height: 64, width: 64}", "--set", "ray.num_cpus=2"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "s" / "sections" / "images").iterdir()) == [
+        "section_00000.png", "section_00001.png"]

@@ -82,6 +82,15 @@ def test_the_demo_and_synth_refuse_folders_of_other_commands_and_a_geologist_s_o
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before, argv
+    # an earlier synth's manifest vouches for the products it names, not for a survey/ someone put beside them
+    slide = tmp_path / "slide"
+    assert main(["synth", "slide", "--out", str(slide), "--set", "synth.slide={height: 64, width: 80, tile: 16}"]) == 0
+    (slide / "survey").mkdir()
+    (slide / "survey" / "samples.csv").write_text("mine")
+    assert main(["synth", "survey", "--out", str(slide)]) == 2
+    assert "holds survey/ that minseg did not write" in capsys.readouterr().err
+    assert main(["synth", "slide", "--out", str(slide), "--set", "synth.slide={height: 64, width: 80, tile: 16}"]) == 0
+    assert (slide / "survey" / "samples.csv").read_text() == "mine"
 
 
 @pytest.mark.slow  # a third tiny demo run (~60 s): retraining is training as on a first run

@@ -72,6 +72,8 @@ def write_section_dataset(
     if held and not storage.exists(join_uri(output_uri, "dataset.json")):
         raise InputError(f"synth: {output_uri} already holds {' and '.join(f + '/' for f in held)} that synth did not "
                          "write (no dataset.json): choose another --out")
+    # the record first: a run cut short leaves its folders recognised as synth's (rewritten by the next run)
+    storage.write_json(join_uri(output_uri, "dataset.json"), {"status": "incomplete"})
     removed = sum(storage.delete_prefix(join_uri(output_uri, folder) + "/") for folder in held)
     if removed:
         log_event(log, "synth.sections.previous_removed", output=output_uri, files=removed)
