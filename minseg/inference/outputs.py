@@ -197,24 +197,28 @@ def finish_run_tables(storage: Storage, output: str, command: str) -> bool:
     return storage.finish_staged(output, command, (marker,), owned)
 
 
-def missing_outputs(storage: Storage, slide_uri: str, summary: dict) -> list[str]:
-    """The files a finished slide's ``summary.json`` lists (``files``) that are no longer in its folder, as paths
-    relative to it: removed by hand, a partial copy. For the OME-Zarr, its root and the level-0 metadata of its
-    label and uncertainty images (not every chunk: ``measure`` lists those). One existence check each (a HEAD on
-    S3), about ten per slide."""
+def missing_outputs(storage: Storage, slide_uri: str, summary: dict, tiff: bool) -> list[str]:
+    """The outputs a finished slide's ``summary.json`` lists (``files``) and a run with these settings writes that
+    are no longer in its folder, as paths relative to it (removed by hand, a partial copy): the preview, the
+    mineralogy document, the TIFF exports when ``tiff`` (the run asks for them), and the OME-Zarr's root and
+    level-0 label and uncertainty metadata (not every chunk: ``measure`` lists those). Plots and tables a user
+    deleted do not make a slide redone. One listing of the folder and three existence checks (four requests on
+    S3).
+
+    Raises:
+        StorageError: the folder could not be listed or checked."""
     from minseg.io.ngff import SegmentationArrays
 
     files = summary.get("files")
-    names: list[str] = []
-    for key, name in (files.items() if isinstance(files, dict) else ()):
-        if key == "summary" or not isinstance(name, str):
-            continue
-        if name == ZARR:
-            names += [f"{ZARR}/zarr.json", *(f"{ZARR}/{group}/0/zarr.json"
-                                              for group in (SegmentationArrays.LABELS, SegmentationArrays.UNCERTAINTY))]
-        else:
-            names.append(name)
-    return [name for name in names if not storage.exists(join_uri(slide_uri, name))]
+    files = files if isinstance(files, dict) else {}
+    wanted = ("preview", "mineralogy", *(("labels", "uncertainty") if tiff else ()))
+    present = storage.file_names(slide_uri)
+    missing = [name for key, name in files.items() if key in wanted and isinstance(name, str) and name not in present]
+    if files.get("zarr") == ZARR:
+        missing += [name for name in (f"{ZARR}/zarr.json", *(f"{ZARR}/{group}/0/zarr.json" for group in
+                                                            (SegmentationArrays.LABELS, SegmentationArrays.UNCERTAINTY)))
+                    if not storage.exists(join_uri(slide_uri, name))]
+    return missing
 
 
 def read_summary(storage: Storage, slide_uri: str) -> dict | None:

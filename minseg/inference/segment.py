@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from minseg.config.schema import MinsegConfig
-from minseg.enums import SlideStatus
+from minseg.enums import OutputFormat, SlideStatus
 from minseg.ensemble.config import EvaluationSettings
 from minseg.ensemble.manifest import EnsembleManifest, load_manifest
 from minseg.ensemble.runtime import EnsembleRuntime, Fusion
@@ -451,9 +451,15 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
                 and previous.get("level") == plan.level \
                 and set(map(str, settings.formats)) <= set(previous.get("formats", [])):
             changed = source_change(previous, plan)
-            if not changed and (gone := missing_outputs(storage, plan.output_uri, previous)):
-                changed = f"outputs listed in its summary.json are gone: {', '.join(gone[:3])}" + (
-                    f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+            if not changed:
+                try:
+                    gone = missing_outputs(storage, plan.output_uri, previous, OutputFormat.TIFF in settings.formats)
+                except StorageError as exc:  # this slide's, not the batch's: the others go on
+                    return SlideOutcome(slide_id, uri, f"its finished outputs in {slide_id}/ could not be checked "
+                                                       f"({exc}); run again")
+                if gone:
+                    changed = f"outputs listed in its summary.json are gone: {', '.join(gone[:3])}" + (
+                        f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             if changed:  # redone: never a skip of another source's outputs
                 log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri, reason=changed,
                           hint="its finished outputs stay until the redo is finished (and if it fails)")

@@ -966,6 +966,21 @@ class Storage:
                 return True
         return False
 
+    def file_names(self, uri: str) -> set[str]:
+        """The names of the files (S3: objects) directly in ``uri``, not in its subfolders; none when it is not
+        there. One delimiter listing on S3 (a slide folder's thousands of chunks lie in subfolders)."""
+        loc = parse_uri(uri)
+        if not loc.is_s3:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                return {entry.name for entry in os.scandir(loc.path) if entry.is_file()}
+            return set()
+        key = loc.path.rstrip("/")
+        prefix = f"{key}/" if key else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix, Delimiter="/")
+        with self._translated("list_objects_v2", loc):
+            return {item["Key"][len(prefix):] for page in pages for item in page.get("Contents", [])
+                    if not item["Key"].endswith("/")}
+
     def folder_names(self, uri: str) -> list[str]:
         """The names of the folders (S3: common prefixes) directly in ``uri``, sorted; none when it is not there."""
         loc = parse_uri(uri)

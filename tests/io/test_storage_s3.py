@@ -247,3 +247,27 @@ def test_a_finished_redo_folder_takes_the_earlier_folders_place_on_s3(s3):
 
 def test_a_staged_run_replaces_only_the_earlier_runs_files_on_s3(s3):
     assert replaced_files(s3.storage(), s3.uri("out")) == REPLACED_FILES
+
+
+def test_an_ome_zarr_and_listings_under_a_name_in_another_script(s3):
+    """Slide folders keep Cyrillic, Chinese and accented names (``folder_stem``): the OME-Zarr is written and read
+    through obstore under such a prefix, and the folder listings segment plans with name it as written."""
+    import numpy as np
+
+    from minseg.enums import TiffCompression
+    from minseg.io.ngff import PyramidLayout, SegmentationArrays, create_segmentation
+
+    storage = s3.storage()
+    for name in ("Шлиф-12", "薄片7", "Hématite_3"):
+        folder = s3.uri(f"out/{name}")
+        uri = f"{folder}/segmentation.ome.zarr"
+        labels = np.arange(64 * 80, dtype=np.uint8).reshape(64, 80) % 3
+        create_segmentation(uri, storage, PyramidLayout(64, 80, 32), ["a", "b", "c"],
+                            np.zeros((3, 3), np.uint8), None, False, TiffCompression.ZSTD, {"source": name})
+        arrays = SegmentationArrays(uri, storage)
+        arrays.write(SegmentationArrays.LABELS, 0, 0, 0, labels)
+        storage.write_json(f"{folder}/summary.json", {"uri": name})
+        again = SegmentationArrays(uri, storage, read_only=True)
+        assert np.array_equal(again.read(SegmentationArrays.LABELS, 0, 0, 64, 0, 80), labels)
+        assert storage.exists(f"{uri}/labels/classes/0/zarr.json") and storage.file_names(folder) == {"summary.json"}
+    assert storage.folder_names(s3.uri("out")) == sorted(["Шлиф-12", "薄片7", "Hématite_3"])
