@@ -202,16 +202,33 @@ def _resolved(uri: str) -> str:
     return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
 
 
-def outside_output(matches: list[str], output: str, pattern: str, event: str, log) -> list[str]:
-    """A glob's ``matches`` less those under ``output``, the folder the run writes: its earlier outputs (previews,
-    plots, label maps) are never inputs of a pattern over a tree holding it (``'in/**/*.png'`` with ``--out
-    in/seg``). Said once (``event``) with how many and where; a literal path there is kept (and refused when it lies
-    in an item folder: ``input_in_item_folders``)."""
+def outside_output(matches: list[str], output: str, pattern: str, event: str, log, storage: Storage,
+                   records: tuple[tuple[str, str], ...], marker: str) -> list[str]:
+    """A glob's ``matches`` less the run's own outputs under ``output`` (previews, plots, label maps an earlier
+    run wrote there are never inputs of a pattern over a tree holding it: ``'in/**/*.png'`` with ``--out in/seg``):
+    those in an item folder one of ``records`` names a source for (``FolderOwners``), in the batch report folder
+    and tables when ``output`` holds the command's ``marker``, or in ``.minseg-redo``. An output that is a parent
+    of the inputs keeps them (``--out proj`` over ``proj/slides/*.tif``); a literal path is never passed here.
+    Said once (``event``) with how many and where. One listing of ``output`` and a record read per item folder
+    holding matches (none when no match lies under it)."""
     base = _resolved(output).rstrip("/") + "/"
-    kept = [uri for uri in matches if not _resolved(uri).startswith(base)]
+    under = {uri: _resolved(uri)[len(base):].split("/", 1) for uri in matches if _resolved(uri).startswith(base)}
+    if not under:
+        return matches
+    owner = FolderOwners(storage, output, records)
+    marked = storage.exists(join_uri(output, marker))
+    ours: dict[str, bool] = {}
+
+    def run_s(folder: str) -> bool:
+        if folder not in ours:
+            ours[folder] = folder == REDO or (marked and folder in RUN_FILES) or \
+                owner(folder) not in (None, UNRECORDED)
+        return ours[folder]
+
+    kept = [uri for uri in matches if uri not in under or len(under[uri]) < 2 or not run_s(under[uri][0])]
     if len(kept) < len(matches):
         log_event(log, event, pattern=pattern, left_out=len(matches) - len(kept), output=output,
-                  reason="they lie in the output folder (--out): its own files are never inputs of a glob")
+                  reason="they are outputs of an earlier run into the output folder (--out), never inputs of a glob")
     return kept
 
 

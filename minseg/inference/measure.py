@@ -32,8 +32,8 @@ from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables
                                       read_earlier_json, stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.segment import same_files_once, thread_map
 from minseg.io.slides import ANISOTROPY_TOLERANCE, SLIDE_SUFFIXES, SlideError, resolution_sizes_um
-from minseg.io.storage import (Storage, absolute_uri, glob_folders, glob_uris, has_glob, is_s3, join_uri, redo_folder,
-                               refuse_other_command_outputs)
+from minseg.io.storage import (COMMAND_MARKERS, Storage, absolute_uri, glob_folders, glob_uris, has_glob, is_s3,
+                               join_uri, redo_folder, refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
 from minseg.mineralogy.config import MineralogySettings, class_list_problem
@@ -79,15 +79,18 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str)
     uris: list[str] = []
     for entry in settings.labels:
         if has_glob(entry) and entry.rstrip("/").lower().endswith(".zarr"):  # a folder: found with its root
-            found = [uri for uri in glob_folders(entry, storage) if storage.exists(join_uri(uri, "zarr.json"))]
-            matches = outside_output(found, output, entry, "measure.glob_output_left_out", log)
+            found = glob_folders(entry, storage)
+            matches = [uri for uri in outside_output(found, output, entry, "measure.glob_output_left_out", log, storage,
+                                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"])
+                       if storage.exists(join_uri(uri, "zarr.json"))]  # a HEAD each: after the filter
             if not matches:
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json)"
                                         f"{_inside(found, output)}; check the pattern or leave it out")
             uris += matches
         elif has_glob(entry):
             found = glob_uris(entry, storage, SLIDE_SUFFIXES)
-            matches = outside_output(found, output, entry, "measure.glob_output_left_out", log)
+            matches = outside_output(found, output, entry, "measure.glob_output_left_out", log, storage,
+                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"])
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
                                         f"{', '.join(SLIDE_SUFFIXES)}){_inside(found, output)}; check the pattern "

@@ -56,8 +56,9 @@ from minseg.inference.plan import SegmentInputError, SlidePlan, plan_slide, scen
 from minseg.io.images import BIT_DEPTH, DARK, depth_applies, describe_depth
 from minseg.io.ngff import SegmentationArrays
 from minseg.io.slides import SLIDE_SUFFIXES, ChannelSource, SlideError
-from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, glob_uris, has_glob,
-                               is_s3, join_uri, parse_uri, redo_folder, refuse_other_command_outputs)
+from minseg.io.storage import (COMMAND_MARKERS, REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri,
+                               glob_uris, has_glob, is_s3, join_uri, parse_uri, redo_folder,
+                               refuse_other_command_outputs)
 from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.report import FOLDER, headline
 from minseg.mineralogy.slide import DOCUMENT
@@ -132,7 +133,8 @@ def resolve_slides(settings: SegmentSettings, storage: Storage, output: str) -> 
             uris.append(entry if is_s3(entry) else absolute_uri(entry))
             continue
         found = glob_uris(entry, storage, SLIDE_SUFFIXES)
-        matches = outside_output(found, output, entry, "segment.glob_output_left_out", log)
+        matches = outside_output(found, output, entry, "segment.glob_output_left_out", log, storage, SEGMENT_RECORDS,
+                                 COMMAND_MARKERS["segment"])
         if not matches:
             inside = f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
             raise SegmentInputError(f"segment.slides: {entry!r} matched no slides{inside} (files ending in "

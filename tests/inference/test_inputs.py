@@ -30,17 +30,26 @@ def test_globs_lists_and_literal_entries(tmp_path):
 
 def test_a_glob_over_the_output_folder_leaves_the_run_s_own_files_out(tmp_path, caplog):
     """``'in/**/*.png' --out in/seg`` caught the previous run's previews and plots on the next run (segment refused
-    the run; measure took them for label maps): a glob's matches under the output (through a link too) are left out
-    and said; a literal path there is kept; a glob matching only files there names the output."""
+    the run; measure took them for label maps): a glob's matches in the run's own folders under the output (a slide
+    folder its record names, the report folder of a marked output; through a link too) are left out and said. The
+    user's own folders there, and inputs under an output that is their parent, are kept; a literal path is kept;
+    a glob matching only the run's files names the output."""
+    import json
+
     from minseg.inference.measure import MeasureInputError, resolve_label_maps
     from minseg.inference.config import MeasureSettings
 
-    for name in ("a.png", "b/c.png", "seg/a/preview.png", "seg/mineralogy/modal.png"):
+    for name in ("a.png", "b/c.png", "seg/a/preview.png", "seg/mineralogy/modal.png", "seg/mine/own.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "seg" / "a" / "summary.json").write_text(json.dumps({"uri": "/slides/a.tif"}))
+    (tmp_path / "seg" / "a" / "mineralogy.json").write_text(json.dumps({"source": "/maps/a.tif"}))
+    (tmp_path / "seg" / "run_summary.json").write_text("{}")
+    (tmp_path / "seg" / "measure_summary.json").write_text("{}")
     (tmp_path / "link").symlink_to(tmp_path / "seg")
     pattern, out = str(tmp_path / "**" / "*.png"), str(tmp_path / "seg")
-    expected = [str(tmp_path / "a.png"), str(tmp_path / "b/c.png")]
+    # the user's own folder once (the link's name first: one file under two names is taken once)
+    expected = [str(tmp_path / "a.png"), str(tmp_path / "b/c.png"), str(tmp_path / "link/mine/own.png")]
     with caplog.at_level(logging.INFO, logger="minseg"):
         assert resolve_slides(SegmentSettings(slides=[pattern]), Storage(), out) == expected
         assert [uri for uri, _ in resolve_label_maps(MeasureSettings(labels=[pattern]), Storage(), out)] == expected
@@ -48,10 +57,13 @@ def test_a_glob_over_the_output_folder_leaves_the_run_s_own_files_out(tmp_path, 
     assert [f["left_out"] for f in said] == [4, 4] and said[0]["output"] == out  # two under seg/, two by the link
     literal = str(tmp_path / "seg" / "a" / "preview.png")
     assert resolve_slides(SegmentSettings(slides=[literal]), Storage(), out) == [literal]
-    only_there = str(tmp_path / "seg" / "**" / "*.png")
-    with pytest.raises(ValueError, match=rf"matched no slides outside the output folder {out} \(all 2 lie in it\)"):
+    # the output a parent of the inputs (`--out proj` over `proj/slides/*.png`): they are inputs still
+    slides = str(tmp_path / "b" / "*.png")
+    assert resolve_slides(SegmentSettings(slides=[slides]), Storage(), str(tmp_path)) == [str(tmp_path / "b/c.png")]
+    only_there = str(tmp_path / "seg" / "a" / "*.png")
+    with pytest.raises(ValueError, match=rf"matched no slides outside the output folder {out} \(all 1 lie in it\)"):
         resolve_slides(SegmentSettings(slides=[only_there]), Storage(), out)
-    with pytest.raises(MeasureInputError, match=r"matched no label maps .* \(all 2 lie in it\)"):
+    with pytest.raises(MeasureInputError, match=r"matched no label maps .* \(all 1 lie in it\)"):
         resolve_label_maps(MeasureSettings(labels=[only_there]), Storage(), out)
 
 
