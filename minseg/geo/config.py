@@ -38,6 +38,35 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: what a prospect run writes in its output folder, beside its marker (``.minseg-prospect``): folders it replaces
+#: whole, and the files at its top a glob over rasters or tables could match
+PROSPECT_FOLDERS = ("inputs", "evidence", "screening", "cv")
+PROSPECT_FILES = ("prospectivity.tif", "uncertainty.tif", "targets.csv", "rate_curves.csv")
+
+
+def outside_prospect_output(matches: list[str], output: str | None, storage, pattern: str, key: str) -> list[str]:
+    """A glob's ``matches`` less a prospect run's own outputs in ``output`` (when it holds the marker): its maps,
+    evidence rasters and tables are never layers or samples of the next run of a pattern over a tree holding
+    them (``data/**/*.tif`` with the output ``data/prospect`` took the last run's map as evidence). Said once
+    (``prospect.glob_output_left_out``, naming ``key``)."""
+    from minseg.io.storage import COMMAND_MARKERS, REDO, absolute_uri, join_uri
+    from minseg.logs import get_logger, log_event
+
+    if not output:
+        return matches
+    base = absolute_uri(output).rstrip("/") + "/"
+    under = [uri for uri in matches if absolute_uri(uri).startswith(base)]
+    if not under or not storage.exists(join_uri(output, COMMAND_MARKERS["prospect"])):
+        return matches
+    ours = {*PROSPECT_FOLDERS, "models", REDO}
+    dropped = {uri for uri in under if (rest := absolute_uri(uri)[len(base):]).split("/", 1)[0] in ours
+               or rest in PROSPECT_FILES}
+    if dropped:
+        log_event(get_logger("geo"), "prospect.glob_output_left_out", key=key, pattern=pattern, left_out=len(dropped),
+                  output=output, reason="an earlier prospect run's outputs there are never its inputs")
+    return [uri for uri in matches if uri not in dropped]
+
+
 class ProspectInputError(InputError):
     """An input that cannot be used at all (missing file or column, unusable CRS): the job stops before work."""
 

@@ -39,8 +39,8 @@ from minseg.data.classmap import ClassMap
 from minseg.data.config import AugmentSettings
 from minseg.enums import EvidenceKind, MemberStatus, ScreeningLevel, Task
 from minseg.errors import InputError
-from minseg.geo.config import (BalanceSettings, CellLayer, GridSettings, ProspectInputError, ProspectRunError,
-                               ProspectSettings, ScreeningSettings)
+from minseg.geo.config import (PROSPECT_FOLDERS, BalanceSettings, CellLayer, GridSettings, ProspectInputError,
+                               ProspectRunError, ProspectSettings, ScreeningSettings)
 from minseg.geo.crs import parse_crs
 from minseg.geo.grid import target_grid, world_to_cell
 from minseg.geo.idw import interpolate
@@ -498,12 +498,13 @@ def _samples_on_grid(samples, geometry: GridGeometry, storage: Storage, out: str
         storage.write_text(join_uri(out, "inputs", "samples_outside_grid.csv"), csv_text(rows, ["sample", "x", "y"]))
 
 
-def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str, cpus: float) -> Inputs:
+def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str, cpus: float,
+                output: str | None = None) -> Inputs:
     """Sample tables (Ray Data) when given, the target grid (extent, reference raster or the samples' bounds), the
     deposits and barren sites (points or raster cells), the evidence rasters (globs expanded)."""
     samples, bounds = None, None
     if settings.samples is not None:
-        samples = read_samples(settings.samples, working, storage, cpus)
+        samples = read_samples(settings.samples, working, storage, cpus, output=output)
         if settings.grid.extent is None and settings.grid.reference is None:
             _refuse_stray_samples(samples, settings.grid)
         if samples.problems:
@@ -515,7 +516,7 @@ def read_inputs(settings: ProspectSettings, working, storage: Storage, out: str,
                      if samples.problems else {}))
         _warn_thin_elements(samples, settings.idw.neighbours)
         bounds = (samples.x.min(), samples.y.min(), samples.x.max(), samples.y.max())
-    rasters = expand_rasters(settings.rasters, storage)
+    rasters = expand_rasters(settings.rasters, storage, output)
     _check_names(settings, rasters)
     reference = raster_geometry(settings.grid.reference, storage, settings.grid.crs) if settings.grid.reference else None
     geometry = target_grid(settings.grid, bounds, reference)
@@ -851,7 +852,7 @@ def publish_maps(settings: ProspectSettings, maps: TrialMaps, trials: dict, inpu
 
 # the folders a run writes whose files depend on its inputs (an element, a fold, an optional report a run may not
 # write again); the maps, curves, targets and metrics beside them are rewritten by every run
-_OUTPUT_FOLDERS = ("inputs", "evidence", "screening", "cv")
+_OUTPUT_FOLDERS = PROSPECT_FOLDERS
 _OWNED = (*_OUTPUT_FOLDERS, "models")  # what a run replaces whole; nothing else of the folder is touched
 
 
@@ -994,7 +995,7 @@ def _run_phases(config: MinsegConfig, storage: Storage, out: str, work: str, res
     cpus = config.ray.task_cpus
     working = parse_crs(settings.grid.crs, "prospect.grid.crs")
 
-    inputs = read_inputs(settings, working, storage, work, cpus)
+    inputs = read_inputs(settings, working, storage, work, cpus, output=out)  # out: an earlier run's outputs
     evidence = build_evidence(settings, inputs, working, storage, work, cpus)
     windows, folds, trials = prepare_trials(settings, evidence, inputs.samples, storage, work, config.run.seed)
     thin_rows = thin_folds(windows, folds)  # said now, recorded in the summary

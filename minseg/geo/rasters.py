@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from minseg.enums import CategoricalEncoding, EvidenceKind, Resampling
-from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError
+from minseg.geo.config import EvidenceRaster, LineLayer, ProspectInputError, outside_prospect_output
 from minseg.geo.crs import describe, input_crs, parse_crs
 from minseg.geo.grid import affine, map_blocks
 from minseg.io.geotiff import GridGeometry
@@ -64,9 +64,11 @@ GDAL_SIDE_FILES = (".ovr", ".aux.xml", ".aux", ".msk", ".rrd", ".tfw", ".tifw", 
                    ".xml")
 
 
-def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tuple[int, EvidenceRaster]]:
+def expand_rasters(rasters: list[EvidenceRaster], storage: Storage,
+                   output: str | None = None) -> list[tuple[int, EvidenceRaster]]:
     """(config index, layer) of the configured layers, each glob ``uri`` replaced by one layer per matched file,
-    named after it (errors about a layer name its config entry and its file).
+    named after it (errors about a layer name its config entry and its file); a glob's matches among an earlier
+    run's outputs in ``output`` are left out.
 
     Raises:
         ProspectInputError: a glob matching nothing, or two layers with one name.
@@ -84,6 +86,8 @@ def expand_rasters(rasters: list[EvidenceRaster], storage: Storage) -> list[tupl
         # GDAL's side files (overviews, aux metadata, masks, world files) beside a raster are no layers of their own:
         # mag.tif.ovr, which GDAL also opens, would add a low-resolution copy of mag as another channel
         found = [uri for uri in glob_uris(raster.uri, storage) if not uri.lower().endswith(GDAL_SIDE_FILES)]
+        # an earlier run's map and evidence rasters in the output are no layers (``outside_prospect_output``)
+        found = outside_prospect_output(found, output, storage, raster.uri, f"prospect.rasters[{index}].uri")
         if not found:
             raise ProspectInputError(f"prospect.rasters[{index}].uri: {raster.uri!r} matched no files")
         for uri in found:

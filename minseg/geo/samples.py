@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from minseg.enums import BadValue, CensoredValue, DuplicateSites, UnknownLimit
-from minseg.geo.config import ProspectInputError, SampleTable, first_line
+from minseg.geo.config import ProspectInputError, SampleTable, first_line, outside_prospect_output
 from minseg.geo.crs import describe, input_crs, parse_crs, to_working, unprojectable
 from minseg.geo.points import point_coordinates
 from minseg.io.storage import Storage, StorageError, glob_uris, has_glob, is_s3
@@ -63,9 +63,15 @@ def table_format(uri: str) -> str:
     raise ProspectInputError(f"{uri}: unknown table format (expected one of {', '.join(sorted(TABLE_FORMATS))})")
 
 
-def resolve_tables(uri: str, storage: Storage) -> list[str]:
+def resolve_tables(uri: str, storage: Storage, output: str | None = None) -> list[str]:
+    """The table files ``uri`` names: a glob expanded (less an earlier run's outputs in ``output``:
+    ``config.outside_prospect_output``), a file checked to exist.
+
+    Raises:
+        ProspectInputError: a glob matching no table, a file that is not there."""
     if has_glob(uri):
-        found = glob_uris(uri, storage, tuple(TABLE_FORMATS))
+        found = outside_prospect_output(glob_uris(uri, storage, tuple(TABLE_FORMATS)), output, storage, uri,
+                                        "prospect.samples.uri")
         if not found:
             raise ProspectInputError(f"prospect.samples.uri: {uri!r} matched no table files")
         return found
@@ -139,12 +145,13 @@ class ReadUnit:
     row_group: int | None = None
 
 
-def plan_units(settings: SampleTable, storage: Storage, working_crs) -> list[ReadUnit]:
-    """Check every file's columns and CRS up front and cut the files into read units."""
+def plan_units(settings: SampleTable, storage: Storage, working_crs, output: str | None = None) -> list[ReadUnit]:
+    """Check every file's columns and CRS up front and cut the files into read units (``output``: the prospect
+    output, whose earlier outputs a glob leaves out)."""
     import pyarrow.parquet as pq
 
     units: list[ReadUnit] = []
-    for uri in resolve_tables(settings.uri, storage):
+    for uri in resolve_tables(settings.uri, storage, output):
         kind = table_format(uri)
         needed = set(settings.elements.values()) | set(settings.flags.values())
         needed |= {c for c in (settings.x, settings.y, settings.id) if c}
@@ -522,11 +529,13 @@ class Samples:
         return len(self.x)
 
 
-def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus: float = 0.5) -> Samples:
-    """Read, parse and clean every sample table with Ray Data (see the module docstring)."""
+def read_samples(settings: SampleTable, working_crs, storage: Storage, task_cpus: float = 0.5,
+                 output: str | None = None) -> Samples:
+    """Read, parse and clean every sample table with Ray Data (see the module docstring); ``output``: the prospect
+    output, whose earlier outputs a glob leaves out."""
     import ray
 
-    units = plan_units(settings, storage, working_crs)
+    units = plan_units(settings, storage, working_crs, output)
     items = [{k: getattr(u, k) for k in ReadUnit.__dataclass_fields__} for u in units]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200))).map_batches(
         clean_unit, batch_size=1, num_cpus=task_cpus,

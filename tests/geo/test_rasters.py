@@ -235,3 +235,32 @@ def test_a_raster_with_no_valid_cell_is_said_so_not_blamed_on_its_crs(tmp_path):
                                                  r"\(901000.0, 3000.0, 904000.0, 5000.0\) in .*TM35FIN.*\); check its "
                                                  r"CRS"):
         read_raster_on_grid(EvidenceRaster(uri=str(tmp_path / "far.tif"), name="far"), 0, grid, WORKING, Storage())
+
+
+def test_a_raster_glob_over_the_output_leaves_an_earlier_run_s_maps_out(tmp_path, caplog):
+    """``data/**/*.tif`` with the output ``data/prospect``: the rerun took the last run's prospectivity,
+    uncertainty and evidence rasters as layers. Left out (said), once the folder is a prospect output; a raster
+    of the user's at its top is kept; so are sample tables, the same way."""
+    import logging
+
+    from minseg.geo.rasters import expand_rasters
+    from minseg.geo.samples import resolve_tables
+
+    out = tmp_path / "prospect"
+    for name in ("mag.tif", "prospect/prospectivity.tif", "prospect/uncertainty.tif", "prospect/evidence/Au.tif",
+                 "prospect/cv/fold1/prospectivity.tif", "prospect/grav.tif", "till.csv", "prospect/targets.csv",
+                 "prospect/inputs/sample_problems.csv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    pattern = EvidenceRaster(uri=f"{tmp_path}/**/*.tif")
+    with pytest.raises(ProspectInputError, match="several layers named prospectivity"):  # not yet an output: all
+        expand_rasters([pattern], Storage(), str(out))
+    (out / ".minseg-prospect").write_text("{}")
+    with caplog.at_level(logging.INFO, logger="minseg"):
+        layers = expand_rasters([pattern], Storage(), str(out))
+        tables = resolve_tables(f"{tmp_path}/**/*.csv", Storage(), str(out))
+    assert sorted(layer.name for _, layer in layers) == ["grav", "mag"]
+    assert tables == [str(tmp_path / "till.csv")]
+    said = [r.fields for r in caplog.records if r.getMessage() == "prospect.glob_output_left_out"]
+    assert [(f["key"], f["left_out"]) for f in said] == [("prospect.rasters[0].uri", 4),
+                                                         ("prospect.samples.uri", 2)]
