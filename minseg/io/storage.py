@@ -1505,15 +1505,18 @@ def refuse_output_among_inputs(uri: str, inputs: list[tuple[str, str]], source: 
                              "among its files, and read as data by the next run; write the run elsewhere")
 
 
-#: the record in each item folder of the commands that replace their items' folders whole (segment's slides,
-#: measure's maps: ``inference.outputs.SUMMARY``, ``mineralogy.slide.DOCUMENT``)
-_ITEM_RECORDS = {"segment": "summary.json", "measure": "mineralogy.json"}
+#: the records naming an item folder's source, of the commands that replace their items' folders whole (segment's
+#: slides, measure's maps): the files of ``inference.segment.SEGMENT_RECORDS`` and ``inference.measure.
+#: MEASURE_RECORDS`` (the storage layer imports no inference module; a test keeps them equal)
+ITEM_RECORDS = {"segment": ("summary.json", ".minseg/plan.json", "segmentation.ome.zarr/zarr.json"),
+                "measure": ("mineralogy.json", ".minseg/measuring.json")}
 
 
 def _refuse_inside_item_folder(uri: str, command: str, source: str, storage: Storage) -> None:
     """``uri`` must not lie inside an item folder of a segment or measure output (``out/<slide>/...``): a later
     run there redoing that item (``--force``, a changed input) replaces its folder whole, this output with it (a
-    break-it pass lost a nested run so). One existence check per ancestor and command (a HEAD each on S3).
+    break-it pass lost a nested run so). One existence check per ancestor and command (a HEAD each on S3), and
+    one per record where the command's marker is there (a slide folder whose summary is gone is one still).
 
     Raises:
         InputError: naming ``source``, the output, the item folder and the command that owns it."""
@@ -1523,8 +1526,9 @@ def _refuse_inside_item_folder(uri: str, command: str, source: str, storage: Sto
     root = "s3://" + parse_uri(path).bucket if is_s3(path) else ""
     child, parent = path, path.rpartition("/")[0]
     while parent and len(parent) > len(root):
-        for other, record in _ITEM_RECORDS.items():
-            if storage.exists(join_uri(parent, COMMAND_MARKERS[other])) and storage.exists(join_uri(child, record)):
+        for other, records in ITEM_RECORDS.items():
+            if storage.exists(join_uri(parent, COMMAND_MARKERS[other])) and \
+                    any(storage.exists(join_uri(child, record)) for record in records):
                 raise InputError(f"{source}: {uri} lies inside {child}/, an item folder of the minseg {other} output "
                                  f"{parent}: redoing that item replaces its folder whole, and minseg {command}'s "
                                  "outputs with it; give a folder outside it")

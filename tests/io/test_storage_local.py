@@ -497,6 +497,26 @@ def test_an_output_inside_a_slide_folder_of_another_run_is_refused(tmp_path):
                           (tmp_path / "maps" / "a" / "k", "measure")):
         with pytest.raises(InputError, match=f"--out: .* lies inside .*, an item folder of the minseg {owner} output"):
             refuse_other_command_outputs(str(nested), "segment", "--out", storage)
+    # a slide folder whose summary was deleted, or one still being segmented: its zarr's or plan's record names it
+    (tmp_path / "out1" / "rgb" / "summary.json").unlink()
+    (tmp_path / "out1" / "rgb" / "segmentation.ome.zarr").mkdir()
+    (tmp_path / "out1" / "rgb" / "segmentation.ome.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "out1" / "cut" / ".minseg").mkdir(parents=True)
+    (tmp_path / "out1" / "cut" / ".minseg" / "plan.json").write_text("{}")
+    for nested in (tmp_path / "out1" / "rgb" / "x", tmp_path / "out1" / "cut" / "x"):
+        with pytest.raises(InputError, match="an item folder of the minseg segment output"):
+            refuse_other_command_outputs(str(nested), "measure", "--out", storage)
     # beside the items, not in one: a measure of segment's maps into seg/measure is fine
     refuse_other_command_outputs(str(tmp_path / "out1" / "measure"), "measure", "--out", storage)
     refuse_other_command_outputs(str(tmp_path / "out1"), "segment", "--out", storage)  # the run itself, again
+
+
+def test_the_item_records_the_storage_layer_knows_are_those_of_segment_and_measure():
+    """``io.storage`` may not import the inference package: its copy of the records naming an item folder's source
+    must stay those segment and measure read."""
+    from minseg.inference.measure import MEASURE_RECORDS
+    from minseg.inference.segment import SEGMENT_RECORDS
+    from minseg.io.storage import ITEM_RECORDS
+
+    assert ITEM_RECORDS == {"segment": tuple(f for f, _ in SEGMENT_RECORDS),
+                            "measure": tuple(f for f, _ in MEASURE_RECORDS)}
