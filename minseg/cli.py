@@ -821,8 +821,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
     from minseg.errors import MinsegError
     from minseg.logs import configure_logging
 
@@ -844,7 +842,16 @@ def main(argv: list[str] | None = None) -> int:
                      "glob, e.g. 'dir/*.txt', for minseg to expand it)")
     from minseg.runtime import stop_on_sigterm, terminated
 
-    stop_on_sigterm()
+    with stop_on_sigterm():
+        return _run(args, terminated)
+
+
+def _run(args, terminated) -> int:
+    """``args.func`` with its errors as the CLI says them (``main``)."""
+    from pydantic import ValidationError
+
+    from minseg.errors import MinsegError
+
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's flush at exit

@@ -112,6 +112,8 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     output_uri = absolute_uri(output_uri or config.run.output_uri)
     synth = config.synth
     refuse_foreign_products(output_uri, synth, storage)
+    if synth.sections is not None:  # before anything is written: a Ray that cannot start leaves no folder behind
+        init_ray(config.ray, job_paths([], [output_uri]))
     products = [product for product in PRODUCT_FOLDERS if getattr(synth, product) is not None]
     try:
         earlier = storage.read_json(join_uri(output_uri, SYNTH_MANIFEST))
@@ -126,7 +128,6 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     started = time.monotonic()
     outputs: dict[str, object] = {}
     if synth.sections is not None:
-        init_ray(config.ray, job_paths([], [output_uri]))
         outputs["sections"] = write_section_dataset(
             join_uri(output_uri, PRODUCT_FOLDERS["sections"]), synth.sections, synth.seed, storage,
             config.ray.task_cpus

@@ -111,16 +111,26 @@ def ray_log_dir() -> str | None:
         return None
 
 
-def stop_on_sigterm() -> None:
-    """From now on SIGTERM raises ``errors.Terminated`` in the main thread (the CLI's commands and Ray jobs, which
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within: SIGTERM raises ``errors.Terminated`` in the main thread (the CLI's commands and Ray jobs, which
     ``ray job stop`` ends by SIGTERM): the command unwinds as on Ctrl-C and says so in one line, where Python's
     default ended it without a word and Ray's (set by ``ray.init``: ``sys.exit(15)``) with its shutdown lines and
-    exit status 15. ``init_ray`` keeps this handler across ``ray.init``. No effect outside the main thread."""
+    exit status 15. ``init_ray`` keeps this handler across ``ray.init``; the handler before is put back at the end
+    (a caller's own, in a process that runs commands in-process). No effect outside the main thread."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    global _TERMINATED
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _TERMINATED = False
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 def _raise_terminated(signum, frame):
@@ -144,6 +154,7 @@ def _shut_down_at_exit() -> None:
     except KeyboardInterrupt:
         print(f"minseg: {'terminated (SIGTERM)' if _TERMINATED else 'interrupted'} while Ray shut down",
               file=sys.stderr, flush=True)
+        sys.stdout.flush()
         os._exit(143 if _TERMINATED else 130)  # Ray's hook would wait for the same shutdown again
 
 
@@ -195,6 +206,7 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
                              f"memory ({_physical_memory() // 2**20} MiB); leave it unset for Ray's default (30 % of "
                              "it)")
         import signal
+        import threading
 
         handler = signal.getsignal(signal.SIGTERM)
         try:
@@ -211,12 +223,13 @@ def init_ray(settings: RaySettings | None = None, paths: ClusterPaths | None = N
             where = (f"join the cluster at {address} (is it up? `ray status` on its head node)" if address
                      else "start a local instance (its temporary folder: RAY_TMPDIR, else the system's)")
             raise RunError(f"Ray could not {where}: {type(exc).__name__}: {one_line(exc, 400)}") from exc
-        if handler is _raise_terminated:  # ray.init set its own (sys.exit): the command's stays
-            signal.signal(signal.SIGTERM, handler)
+        finally:  # ray.init set its own (sys.exit), even when it failed: the command's stays
+            if handler is _raise_terminated and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
         import atexit
 
         atexit.unregister(_shut_down_at_exit)  # once, however many instances the process starts
-        atexit.register(_shut_down_at_exit)  # runs before Ray's own (registered earlier, by ray.init)
+        atexit.register(_shut_down_at_exit)  # runs before Ray's own (registered earlier, when ray was imported)
     import ray.data
 
     quiet_ray_loggers(loud)  # again: importing ray.data sets up its own loggers

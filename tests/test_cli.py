@@ -231,7 +231,7 @@ def test_a_minseg_error_in_a_ray_task_is_its_message_and_exit_code(ray_session, 
     the CLI as ``RayTaskError(UserCodeException)``: a traceback, exit 1. Unwrapped at the CLI: the message, exit 2."""
     (tmp_path / "made" / "sections").mkdir(parents=True)
     (tmp_path / "made" / "sections" / "images").write_text("a file, not a folder")
-    (tmp_path / "made" / "synth_manifest.json").write_text("{}")  # an earlier synth's folder: not refused up front
+    (tmp_path / "made" / "synth_manifest.json").write_text('{"products": ["sections"]}')  # an earlier synth's
     assert main(["synth", "sections", "--out", str(tmp_path / "made"),
                  "--set", "synth.sections={count: 2, height: 64, width: 64}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -269,3 +269,19 @@ def test_log_levels_in_any_case_and_unknown_ones_are_usage_errors(tmp_path, monk
         monkeypatch.delenv(variable)
     result = run_cli("--log-level", "DeBuG", "info")  # the command as users run it: no traceback
     assert result.returncode == 0 and "Traceback" not in result.stderr
+
+
+def test_main_puts_the_sigterm_handler_back(tmp_path):
+    """``main`` makes SIGTERM end the command as Ctrl-C does, for its run only: a process running commands
+    in-process (a notebook, a test) keeps its own handler afterwards."""
+    import signal
+
+    def own(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, own)
+    try:
+        assert main(["storage", "ls", str(tmp_path)]) == 0
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, before)
