@@ -230,7 +230,7 @@ def _csv_header(uri: str, settings: SampleTable, storage: Storage) -> list[str]:
         except _UNREADABLE as exc:
             failed = f"{uri}: cannot be read as a csv table ({first_line(exc)})"
             if where := csv_problem_row(uri, csv_delimiter(uri, settings.delimiter), storage):
-                failed = f"{uri}: cannot be read as a csv table: {where}"
+                failed = f"{uri}: cannot be read as a csv table: {where} ({first_line(exc)})"
         else:
             return reader.schema.names
     try:  # why: a header of another separator says so
@@ -261,15 +261,15 @@ def _check_single_part(uri: str, settings: SampleTable, storage: Storage) -> Non
     point_coordinates(shapely.from_wkb(wkb), uri, "prospect.samples")
 
 
-def csv_problem_row(uri: str, delimiter: str, storage: Storage) -> str | None:
-    """Where a CSV that Arrow could not parse goes wrong, read again with Python's ``csv`` (only after a failure):
-    ``row N (line L): …`` for the first record whose field count differs from the header's, bytes that are not
-    UTF-8 or a quote never closed; None when it finds nothing. Arrow names no row (its "Row #2" counts within a
-    64 KiB block). Rows count from 1 after the header, as ``sample_problems.csv`` does."""
+def csv_problem_row(uri: str, delimiter: str, storage: Storage, data: bytes | None = None) -> str | None:
+    """Where a CSV that Arrow could not parse goes wrong, read again with Python's ``csv`` (only after a failure;
+    ``data``: the file's bytes when already read): ``row N (line L): …`` for the first record whose field count
+    differs from the header's (a quote never closed makes one record of the rest of the file), or the line with
+    bytes that are not UTF-8; None when it finds nothing. Arrow names no row (its "Row #2" counts within a 64 KiB
+    block). Rows count from 1 after the header, blank lines skipped, as Arrow and ``sample_problems.csv`` do."""
     import csv
     import io
 
-    row = line = 0
     physical = 0
 
     def decoded(stream):  # line by line: a byte that is not UTF-8 is named at its line
@@ -277,25 +277,34 @@ def csv_problem_row(uri: str, delimiter: str, storage: Storage) -> str | None:
         for physical, raw in enumerate(stream, start=1):
             yield raw.decode("utf-8-sig" if physical == 1 else "utf-8")
 
+    def first_problem(stream) -> str | None:
+        reader = csv.reader(decoded(stream), delimiter=delimiter)
+        header, row, ended = None, 0, 0
+        for record in reader:
+            began, ended = ended + 1, reader.line_num
+            if not any(field.strip() for field in record):  # a blank line: skipped, as Arrow does
+                continue
+            if header is None:
+                header = record
+                continue
+            row += 1
+            if len(record) != len(header):
+                shown = delimiter.join(record).replace("\r", "").replace("\n", "⏎")
+                return (f"row {row} (line {began}) has {len(record)} fields, the header {len(header)}: "
+                        f"{shown[:80]}{'…' if len(shown) > 80 else ''}")
+        return None
+
     try:
+        if data is not None:
+            return first_problem(io.BytesIO(data))
         with storage.open_read(uri) as handle:
-            stream = _maybe_gzip(uri, handle if isinstance(handle, io.BufferedIOBase) else io.BufferedReader(handle))
-            reader = csv.reader(decoded(stream), delimiter=delimiter, strict=True)
-            header = next(reader, None)
-            for row, record in enumerate(reader, start=1):
-                line = reader.line_num
-                if record and len(record) != len(header):
-                    shown = delimiter.join(record)
-                    return (f"row {row} (line {line}) has {len(record)} fields, the header {len(header)}: "
-                            f"{shown[:80]}{'…' if len(shown) > 80 else ''}")
+            buffered = handle if isinstance(handle, io.BufferedIOBase) else io.BufferedReader(handle)
+            return first_problem(_maybe_gzip(uri, buffered))
     except UnicodeDecodeError as exc:
         return (f"line {physical}: bytes that are not UTF-8 (0x{exc.object[exc.start]:02x}); save the file as "
                 "UTF-8 (\"CSV UTF-8\" in a spreadsheet)")
-    except csv.Error as exc:
-        return f"row {row + 1} (line {line + 1}): {exc}"
-    except (OSError, EOFError, zlib.error):  # the file itself: Arrow's message says it
+    except (csv.Error, OSError, EOFError, zlib.error):  # the file itself: Arrow's message says it
         return None
-    return None
 
 
 def csv_delimiter(uri: str, delimiter: str | None) -> str:
@@ -449,7 +458,8 @@ def _readable(unit: ReadUnit, settings: SampleTable, storage: Storage):
         where = csv_problem_row(unit.uri, csv_delimiter(unit.uri, settings.delimiter), storage) \
             if unit.format == "csv" else None
         if where:
-            raise ProspectInputError(f"{unit.uri}: cannot be read as a csv table: {where}") from None
+            raise ProspectInputError(f"{unit.uri}: cannot be read as a csv table: {where} ({first_line(exc)})") \
+                from None
         raise ProspectInputError(f"{unit.uri}: cannot be read as a {unit.format} table after row {rows} "
                                  f"({first_line(exc)})") from None
 

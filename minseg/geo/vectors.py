@@ -53,10 +53,9 @@ def _read_table(uri: str, layer: str | None, storage: Storage, key: str, needed:
             table = pacsv.read_csv(io.BytesIO(data), parse_options=parse, convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names}))
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            where = csv_problem_row(uri, csv_delimiter(uri, delimiter), storage)
-            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table"
-                                     f"{f': {where}' if where else f' ({first_line(exc)})'}"
-                                     f"{separator_hint(header, delimiter, key)}") from None
+            where = csv_problem_row(uri, csv_delimiter(uri, delimiter), storage, data)
+            raise ProspectInputError(f"{key}: {uri}: cannot be read as a csv table{f': {where}' if where else ''} "
+                                     f"({first_line(exc)}){separator_hint(header, delimiter, key)}") from None
         if not table.num_rows:
             raise ProspectInputError(f"{key}: {uri}: holds no rows")
         refuse_ambiguous(uri, names, needed - {None}, key)
