@@ -282,7 +282,7 @@ def test_a_table_that_cannot_be_parsed_is_one_input_error_naming_the_file(tmp_pa
     path = tmp_path / "ragged.csv"
     path.write_text("id,x,y,Cu\na,1,2,3\nb,1,2,3,4,5\n")
     with pytest.raises(ProspectInputError, match=r"ragged.csv: cannot be read as a csv table: row 2 \(line 3\) has 6 "
-                                                 r"fields, the header 4: b,1,2,3,4,5 \(CSV parse error: Expected 4"):
+                                                 r"fields, the header 4: b,1,2,3,4,5 \(CSV parse error: "):
         read(SampleTable(uri=str(path), x="x", y="y", crs="EPSG:3067", id="id", elements={"Cu": "Cu"}))
     rows = ["id,x,y,Cu"] + [f"s{i},{i},{i},1" for i in range(20_000)]  # past Arrow's first 64 KiB block
     rows[5000:5000] = ["", ""]  # blank lines: skipped, as Arrow does, not counted as rows
