@@ -70,6 +70,9 @@ def test_config_show_fills_defaults(tmp_path, capsys):
     assert "prospect.samples.decimal: value ',' is not valid YAML (expected the node content, but found ',');" in err
     assert "quote a text that starts with punctuation: prospect.samples.decimal=\"','\"" in err
     assert len(err.strip().splitlines()) == 2, err  # "invalid configuration" and the problem
+    assert main(["config", "show", str(good), "--set", "run.seed=[1, 2"]) == 2  # no text to quote: no such hint
+    err = capsys.readouterr().err
+    assert "run.seed: value '[1, 2' is not valid YAML (" in err and "quote" not in err
 
 
 def test_synth_survey_and_storage_commands(tmp_path, capsys):

@@ -366,10 +366,13 @@ def validate_config(
                                                "from config keys")])
             try:
                 value = load_yaml(text) if isinstance(text, str) else text
-            except yaml.YAMLError as exc:  # `decimal=,`: punctuation YAML reads as syntax
+            except yaml.YAMLError as exc:
                 problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                raise ConfigError(origin, [(dotted, f"value {text!r} is not valid YAML ({problem}); quote a text "
-                                                    f"that starts with punctuation: {dotted}=\"'{text}'\"")]) from None
+                hint = ""
+                if text.strip()[:1] in _YAML_INDICATORS:  # `decimal=,`: a text YAML reads as syntax
+                    quoted = yaml.safe_dump(text.strip(), default_style="'", width=1 << 20).strip()
+                    hint = f"; quote a text that starts with punctuation: {dotted}=\"{quoted}\""
+                raise ConfigError(origin, [(dotted, f"value {text!r} is not valid YAML ({problem}){hint}")]) from None
             except RecursionError:
                 raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")]) from None
             if nests_too_deep(value):
@@ -720,6 +723,11 @@ def parse_yaml(text: str, source: str) -> Any:
     if nests_too_deep(value):
         raise ConfigError(source, [("", _TOO_DEEP)])
     return value
+
+
+#: characters that start YAML syntax, not text (YAML indicators; not `[` and `{`, which start the lists and
+#: mappings a value may mean): a text typed starting with one is read as syntax and needs quotes
+_YAML_INDICATORS = set("-?:,]}#&*!|>'\"%@`")
 
 
 def parse_set_options(pairs: list[str] | None) -> dict[str, str]:
