@@ -278,8 +278,9 @@ class _StagingSink:
             raise self.error(exc) from None
 
     def error(self, exc: OSError) -> StagingError:
-        return StagingError(f"{self.source}: could not be staged (uncompressed) to {self.staged}: {exc}; free space "
-                            "there or give the run a folder with room for the archive uncompressed (run.uri)")
+        return StagingError(f"{self.source}: could not be staged (uncompressed) to {self.staged}: {exc}; the run's "
+                            "output folder needs room for the archive uncompressed, and write access (a full or "
+                            "read-only disk): free space there or give the run another output folder")
 
 
 def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str) -> tuple[str, list[Rejected]]:

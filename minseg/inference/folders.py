@@ -35,8 +35,8 @@ def folder_ids(stems: dict[str, str]) -> dict[str, str]:
     # (its tables, the batch report's folder, a command's marker) is taken like a collision, and so is one Windows
     # cannot take (CON, aux.2, a trailing dot: outputs are copied to Windows laptops; a folder an earlier run gave
     # such a name stays its source's, ``item_folder``)
-    counts = Counter(stem.lower() for stem in stems.values())
-    return {uri: stem if counts[stem.lower()] == 1 and not reserved(stem) and not not_portable(stem)
+    counts = Counter(stem.casefold() for stem in stems.values())  # casefold: ΟΔΟΣ and οδος are one folder too
+    return {uri: stem if counts[stem.casefold()] == 1 and not reserved(stem) and not not_portable(stem)
             else hashed_id(uri, stem)
             for uri, stem in stems.items()}
 
@@ -54,7 +54,11 @@ def folder_stem(uri: str, strip_extension: bool = True) -> str:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name and strip_extension else name
     # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
-    return re.sub(r"[^\w.-]", "_", unicodedata.normalize("NFC", stem)).lstrip(".") or "slide"
+    # letters (L), marks (M: the vowel signs of Devanagari, accents NFC could not compose) and digits (N) of any
+    # script; `\w` would drop the marks
+    kept = "".join(c if c in "._-" or unicodedata.category(c)[0] in "LMN" else "_"
+                   for c in unicodedata.normalize("NFC", stem))
+    return kept.lstrip(".") or "slide"
 
 
 def ascii_form(name: str) -> str:
@@ -151,11 +155,11 @@ class FolderOwners:
     def __init__(self, storage: Storage, output: str, records: tuple[tuple[str, str], ...]):
         self.storage, self.output, self.records = storage, output, records
         present = storage.folder_names(output)
-        self._exact, self._by_case = set(present), {name.lower(): name for name in present}
+        self._exact, self._by_case = set(present), {name.casefold(): name for name in present}
         self._read: dict[str, object] = {}  # record URI -> its document (None: missing or damaged)
 
     def __call__(self, name: str) -> str | None:
-        actual = name if name in self._exact else self._by_case.get(name.lower())
+        actual = name if name in self._exact else self._by_case.get(name.casefold())
         if actual is None:
             path = parse_uri(join_uri(self.output, name)).path
             if not is_s3(self.output) and dangling_link(path) == path:  # not a folder to write in
