@@ -48,9 +48,9 @@ def reserved(stem: str) -> bool:
 
 def folder_stem(uri: str, strip_extension: bool = True) -> str:
     """An item's plain folder name: its file name (without the extension, unless ``strip_extension`` is False: a
-    folder's name), in Unicode NFC (one form on Linux, macOS and S3), letters and digits of any script kept
-    (``Шлиф-12``, ``薄片7``), any other character but ``.``, ``_`` and ``-`` replaced by ``_`` (spaces, ``:``, marks
-    a folder name cannot safely hold). Runs before 2026-12-08 kept ASCII letters and digits only: ``ascii_form``."""
+    folder's name), in Unicode NFC (one form on Linux, macOS and S3), letters, digits and combining marks of any
+    script kept (``Шлиф-12``, ``薄片7``, ``कि12``), any other character but ``.``, ``_`` and ``-`` replaced by ``_``
+    (spaces, ``:``, format marks a folder name cannot safely hold). Runs before 2026-12-08 kept ASCII letters and digits only: ``ascii_form``."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name and strip_extension else name
     # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
