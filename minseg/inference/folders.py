@@ -67,6 +67,12 @@ def ascii_form(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def earlier_forms(name: str) -> tuple[str, ...]:
+    """``name`` and the names runs before 2026-12-08 gave its item (``ascii_form``): of its NFC form, and of its
+    decomposed form (they did not normalize: a macOS file name ``Hématite`` came as ``He`` + accent, ``He_matite``)."""
+    return (name, ascii_form(name), ascii_form(unicodedata.normalize("NFD", name)))
+
+
 def hashed_id(uri: str, name: str | None = None) -> str:
     """The folder name of an item whose name another has too (scanners name every case's file ``Slide1.svs``):
     the stem (or ``name``) and a hash of the whole URI; ``_`` before a stem Windows would still read as a device
@@ -124,7 +130,7 @@ def item_folder(source: str, name: str, earlier: tuple[str, ...], fallback: str,
         return owners[folder]
 
     # each name also as a run before 2026-12-08 gave it (``ascii_form``): those folders stay their sources'
-    for candidate in dict.fromkeys(n for known in (name, *earlier) for n in (known, ascii_form(known))):
+    for candidate in dict.fromkeys(n for known in (name, *earlier) for n in earlier_forms(known)):
         if candidate and not reserved(candidate) and owner_of(candidate) == source:
             return candidate
     if owner_of(name) is None:

@@ -245,3 +245,6 @@ def test_slides_named_in_any_script_keep_their_names_and_earlier_folders(ray_ses
     again = run(manifests["soft"], [slide], out)
     assert [s.slide for s in again.skipped] == ["____-12"] and not again.done
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["____-12", "mineralogy"]
+    from minseg.inference.folders import earlier_forms  # a decomposed (macOS) name came out with its accent as `_`
+
+    assert earlier_forms("Hématite_3") == ("Hématite_3", "H_matite_3", "He_matite_3")
