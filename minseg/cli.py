@@ -324,8 +324,7 @@ def cmd_select(args) -> int:
 def cmd_prospect(args) -> int:
     from minseg.enums import MemberStatus
     from minseg.geo.config import ProspectInputError
-    from minseg.geo.prospect import map_prospectivity, output_uri, refuse_foreign_outputs
-    from minseg.io.storage import Storage
+    from minseg.geo.prospect import map_prospectivity, output_uri
 
     config = _load(args)
     if config.prospect is None:
@@ -334,8 +333,7 @@ def cmd_prospect(args) -> int:
         config.prospect.output_uri = args.out
     source = "--out" if args.out else "prospect.output_uri"
     _check_output(output_uri(config), source, "prospect", config)
-    refuse_foreign_outputs(Storage(config.storage), output_uri(config), source)
-    result = map_prospectivity(config, resume=args.resume)
+    result = map_prospectivity(config, resume=args.resume, output_source=source)
     metrics = result.metrics
     prediction, success = metrics["prediction_rate"], metrics["success_rate"]
     captures = ", ".join(f"{k.replace('top_', 'top ').replace('_percent', ' %')}: {v:.1f} %"

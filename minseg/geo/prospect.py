@@ -890,14 +890,14 @@ def refuse_foreign_outputs(storage: Storage, out: str, source: str = "prospect.o
                                      "write; choose another output folder")
 
 
-def working_folder(storage: Storage, out: str) -> str:
+def working_folder(storage: Storage, out: str, source: str = "prospect.output_uri") -> str:
     """Which folder a run into ``out`` writes: ``out`` itself, or its staging folder when ``out`` holds a finished
     run (kept until this one is complete). Removes nothing; finishes a replacement an earlier run left cut short.
 
     Raises:
         ProspectInputError: ``out`` holds ``inputs/``, ``evidence/``, ``screening/`` or ``cv/`` but was not written
             by the job (someone's own ``inputs/``): they are neither deleted nor written into."""
-    refuse_foreign_outputs(storage, out)
+    refuse_foreign_outputs(storage, out, source)
     _finish_replacement(storage, out)
     return staging_folder(out, "prospect") if storage.exists(join_uri(out, "summary.json")) else out
 
@@ -931,8 +931,10 @@ def _clear_outputs(storage: Storage, out: str, work: str, resume: bool) -> None:
                                                "and models/ are replaced by every run into this folder\n")
 
 
-def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectResult:
-    """The prospectivity job (module doc), phase by phase; ``summary.json`` is written last.
+def map_prospectivity(config: MinsegConfig, resume: bool = False,
+                      output_source: str = "prospect.output_uri") -> ProspectResult:
+    """The prospectivity job (module doc), phase by phase; ``summary.json`` is written last. ``output_source``:
+    what gave the output folder (``--out`` from the CLI), named when that folder is refused.
 
     Raises:
         ProspectInputError: an input that cannot be used (exit 2).
@@ -945,8 +947,8 @@ def map_prospectivity(config: MinsegConfig, resume: bool = False) -> ProspectRes
     started = time.monotonic()
     storage = Storage(config.storage)
     out = output_uri(config)
-    refuse_other_command_outputs(out, "prospect", "prospect.output_uri", storage)  # before anything is cleared
-    work = working_folder(storage, out)  # a finished run there stays as it is until this one is complete
+    refuse_other_command_outputs(out, "prospect", output_source, storage)  # before anything is cleared
+    work = working_folder(storage, out, output_source)  # a finished run there stays as it is until this one is complete
     if work != out:
         log_event(log, "prospect.staged", output=out, staging=work)
     try:

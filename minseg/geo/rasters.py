@@ -175,7 +175,8 @@ def read_raster_on_grid(settings: EvidenceRaster, index: int, geometry: GridGeom
             log_event(log, "prospect.layer_narrows_study", logging.WARNING, layer=settings.name, file=settings.uri,
                       study_covered=round(covered, 4),
                       hint=f"the study area keeps only the {covered:.0%} of its cells this layer covers (deposits "
-                           "outside it leave the training and the rates); check its extent, or leave it out")
+                           "outside it leave the training and the rates); check its extent and its nodata cells, or "
+                           "leave it out")
     log_event(log, "prospect.layer_resampled", layer=settings.name, file=settings.uri,
               source=f"{report['source_shape'][0]}x{report['source_shape'][1]}",
               source_cell="x".join(f"{c:g}" for c in report["source_cell"]),
