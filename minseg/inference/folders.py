@@ -150,8 +150,8 @@ class FolderOwners:
     records read are kept (``document``): the run reads each once.
 
     One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
-    a GET per record read until one names a source (up to three; a LIST where none does). A name absent from the output but differing only in case
-    from a folder there reads as that folder: on macOS and Windows the two are one, and copied there from a
+    a GET per record read until one names a source (up to three; a LIST where none does). A name absent from the
+    output but differing only in case from a folder there reads as that folder: on macOS and Windows the two are one, and copied there from a
     case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
     nothing is taken too (writing there would fail).
 
