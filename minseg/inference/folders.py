@@ -50,7 +50,8 @@ def folder_stem(uri: str, strip_extension: bool = True) -> str:
     """An item's plain folder name: its file name (without the extension, unless ``strip_extension`` is False: a
     folder's name), in Unicode NFC (one form on Linux, macOS and S3), letters, digits and combining marks of any
     script kept (``Шлиф-12``, ``薄片7``, ``कि12``), any other character but ``.``, ``_`` and ``-`` replaced by ``_``
-    (spaces, ``:``, format marks a folder name cannot safely hold). Runs before 2026-12-08 kept ASCII letters and digits only: ``ascii_form``."""
+    (spaces, ``:``, format marks a folder name cannot safely hold). Runs before 2026-12-08 kept ASCII letters and
+    digits only: ``ascii_form``."""
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name and strip_extension else name
     # no hidden folder: listings and globs of the output would pass it by (and `.minseg-redo` is the run's own)
@@ -151,8 +152,8 @@ class FolderOwners:
 
     One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
     a GET per record read until one names a source (up to three; a LIST where none does). A name absent from the
-    output but differing only in case from a folder there reads as that folder: on macOS and Windows the two are one, and copied there from a
-    case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
+    output but differing only in case from a folder there reads as that folder: on macOS and Windows the two are
+    one, and copied there from a case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
     nothing is taken too (writing there would fail).
 
     Raises (from a call):
