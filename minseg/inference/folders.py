@@ -150,11 +150,11 @@ class FolderOwners:
     begun one's); None when it holds no file; ``UNRECORDED`` when it holds files no readable record names. The
     records read are kept (``document``): the run reads each once.
 
-    One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one
-    a GET per record read until one names a source (up to three; a LIST where none does). A name absent from the
+    One listing of ``output``'s folders first: a name absent from it (in any case) costs no request, a present one a
+    GET per record read until one names a source (up to three; a LIST where none does). A name absent from the
     output but differing only in case from a folder there reads as that folder: on macOS and Windows the two are
-    one, and copied there from a case-sensitive store (Linux, S3) they would merge (the owner then says so). A local name that is a link to
-    nothing is taken too (writing there would fail).
+    one, and copied there from a case-sensitive store (Linux, S3) they would merge (the owner then says so). A local
+    name that is a link to nothing is taken too (writing there would fail).
 
     Raises (from a call):
         SlideError: a record or listing could not be read (a failed request): neither free nor another's."""
