@@ -153,7 +153,7 @@ def cmd_demo(args) -> int:
         config.run.output_uri = args.out
     source = "--out" if args.out else "run.output_uri"
     # the synthetic data at the top, the demo's training run in it (run.name)
-    _check_output(config.run.output_uri, source, "synth", config)
+    _check_output(config.run.output_uri, source, "demo", config)
     _check_output(config.run.uri, source, "train", config)
     run_demo(config, fresh=args.fresh)
     return 0

@@ -73,6 +73,8 @@ def test_config_show_fills_defaults(tmp_path, capsys):
     assert main(["config", "show", str(good), "--set", "run.seed=[1, 2"]) == 2  # no text to quote: no such hint
     err = capsys.readouterr().err
     assert "run.seed: value '[1, 2' is not valid YAML (" in err and "quote" not in err
+    assert main(["config", "show", str(good), "--set", "run..seed=1"]) == 2  # was read as run.seed
+    assert "'run..seed' has an empty part between dots" in capsys.readouterr().err
 
 
 def test_synth_survey_and_storage_commands(tmp_path, capsys):

@@ -74,7 +74,8 @@ def test_the_demo_and_synth_refuse_folders_of_other_commands_and_a_geologist_s_o
     (prospect / "summary.json").write_text("{}")
     (own / "survey").mkdir(parents=True)
     (own / "survey" / "samples.csv").write_text("sample_id,x,y\n")
-    for argv, message in [(["demo", "-c", str(path), "--out", str(prospect)], "holds the outputs of minseg prospect"),
+    for argv, message in [(["demo", "-c", str(path), "--out", str(prospect)],
+                           "holds the outputs of minseg prospect (.minseg-prospect); minseg demo would write over"),
                           (["synth", "--out", str(prospect)], "holds the outputs of minseg prospect"),
                           (["demo", "-c", str(path), "--out", str(own)], "holds survey/ that minseg did not write"),
                           (["synth", "survey", "--out", str(own)], "holds survey/ that minseg did not write")]:

@@ -737,5 +737,8 @@ def parse_set_options(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--set", [("", f"expected KEY=VALUE, got {pair!r}")])
+        if any(not part.strip() for part in key.strip().split(".")):  # `segment..block`: read as segment.block
+            raise ConfigError("--set", [("", f"{key.strip()!r} has an empty part between dots: give KEY as "
+                                             "section.key (e.g. segment.block)")])
         result[key.strip()] = value
     return result

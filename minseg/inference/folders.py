@@ -238,24 +238,32 @@ def outside_output(matches: list[str], output: str, pattern: str, event: str, lo
 
     kept = [uri for uri in matches if uri not in under or len(under[uri]) < 2 or not run_s(under[uri][0])]
     if len(kept) < len(matches):
-        log_event(log, event, pattern=pattern, left_out=len(matches) - len(kept), output=output,
-                  reason="they are outputs of an earlier run into the output folder (--out), never inputs of a glob")
+        left_out = [uri for uri in matches if uri not in set(kept)]
+        log_event(log, event, pattern=pattern, left_out=len(left_out), output=output, example=left_out[0],
+                  reason="they lie in folders of an earlier run into the output (--out: a slide's, the report's), "
+                         "never inputs of a glob; a file of yours belongs outside them")
     return kept
 
 
-def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str) -> str | None:
+def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str,
+                          owner: Callable[[str], str | None] | None = None) -> str | None:
     """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references) lies in one of the
     item folders ``folders`` (names) the run writes in ``output`` (of ``item``: "a slide this run segments"), or in
-    what every run replaces there (its report folder, its staging folder). An item folder is emptied before it is
-    written and a redo replaces it whole, which would delete the input before it is read. Local paths are compared
-    resolved: a link to the output (or from it) is the same folder."""
+    what every run replaces there (its report folder, its staging folder), or (``owner``: ``FolderOwners``) in any
+    item folder of an earlier run there (an output of it: ``b/preview.png``, rewritten when ``b`` is redone). An
+    item folder is emptied before it is written and a redo replaces it whole, which would delete the input before
+    it is read. Local paths are compared resolved: a link to the output (or from it) is the same folder."""
     base = _resolved(output).rstrip("/") + "/"
     names, replaced = set(folders), {*RUN_FILES, REDO}
     for uri in inputs:
         path = _resolved(uri)
-        folder = path[len(base):].split("/", 1)[0] if path.startswith(base) else None
+        parts = path[len(base):].split("/", 1) if path.startswith(base) else None
+        folder = parts[0] if parts else None
         if folder in names or folder in replaced:
             what = f"the output folder of {item}" if folder in names else "which every run into it replaces"
             return (f"{uri} lies in {join_uri(output, folder)}/, {what} (emptied before it is written): write to "
                     "another folder (--out)")
+        if owner is not None and parts and len(parts) == 2 and (source := owner(folder)) not in (None, UNRECORDED):
+            return (f"{uri} lies in {join_uri(output, folder)}/, the output folder of {source} (replaced whole when "
+                    "that is redone): an earlier run's output is no input; give a file outside it")
     return None

@@ -515,7 +515,7 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     pairs = [(uri, reference) for uri, reference in pairs if uri not in {f["uri"] for f in result.failed}]
     # each map's folder is emptied first: it must not hold what this run measures (any map's, any reference)
     inside = input_in_item_folders([u for pair in pairs for u in pair if u], output, [ids[uri] for uri, _ in pairs],
-                                   "a map this run measures")
+                                   "a map this run measures", FolderOwners(storage, output, MEASURE_RECORDS))
     if inside:
         raise MeasureInputError(f"measure: {inside}")
     if pairs:  # not for a run whose every map was refused before any work

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -446,6 +447,11 @@ def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: Ensembl
             return SlideOutcome(slide_id, uri, reason)
         previous = summary_in(plan.output_uri)
         if previous is None:
+            with contextlib.suppress(StorageError, SlideError):  # records read for the owner: no new request
+                if owner(plan.slide_id) == uri and owner.document(join_uri(plan.output_uri, BEGUN)) is None:
+                    # finished once (its zarr names it, no run begun there): its summary deleted or damaged by hand
+                    log_event(log, "segment.redo", logging.WARNING, slide=slide_id, uri=uri,
+                              reason="its summary.json is missing or not readable (done again in its folder)")
             return plan
         # a redo works in the redo folder: the finished outputs stay until it is finished, and stay if it fails
         redo = replace(plan, output_uri=redo_folder(plan.output_uri), replaces=plan.output_uri)
@@ -565,7 +571,8 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
     plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy)
     # a slide folder is emptied before it is written (a redo replaces it whole): it must not hold any slide's image
     inside = input_in_item_folders([*sources, *(c.uri for channels in sources.values() for c in channels)],
-                                   output_uri, list(plans), "a slide this run segments")
+                                   output_uri, list(plans), "a slide this run segments",
+                                   FolderOwners(storage, output_uri, SEGMENT_RECORDS))
     if inside:
         raise SegmentInputError(f"segment: {inside}")
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),

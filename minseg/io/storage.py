@@ -1535,6 +1535,10 @@ def _refuse_inside_item_folder(uri: str, command: str, source: str, storage: Sto
         child, parent = parent, parent.rpartition("/")[0]
 
 
+#: commands that write another's outputs, under their own name (the demo synthesises first: synth's marker)
+_WRITES_AS = {"demo": "synth"}
+
+
 def refuse_other_command_outputs(uri: str | None, command: str, source: str, storage: Storage) -> None:
     """Before a job starts: ``uri`` must not hold another command's outputs (:data:`COMMAND_MARKERS`, at its top or
     in that command's staging folder: outputs not yet put in place), nor lie in a staging folder; its own earlier
@@ -1550,7 +1554,7 @@ def refuse_other_command_outputs(uri: str | None, command: str, source: str, sto
     refuse_staging_output(uri, source)
     _refuse_inside_item_folder(uri, command, source, storage)
     for other, marker in COMMAND_MARKERS.items():
-        if other == command:
+        if other == _WRITES_AS.get(command, command):  # its own earlier outputs: a rerun
             continue
         # or its complete outputs staged there, their marker not yet in place (a publication cut short)
         staged = [join_uri(staging_folder(uri, other), marker)] if other in STAGED_MARKERS else []

@@ -383,7 +383,8 @@ def test_labels_match_an_in_process_whole_image_prediction(ray_session, manifest
     assert not (mismatch & ~near_tie).any(), int((mismatch & ~near_tie).sum())
 
 
-def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifests, test_slides, tmp_path):
+def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifests, test_slides, tmp_path,
+                                                           minseg_events):
     first = run(manifests["wv"], [test_slides["small"]], tmp_path)
     assert len(first.done) == 1
     stamp = (tmp_path / "small" / "summary.json").stat().st_mtime_ns
@@ -409,6 +410,13 @@ def test_rerun_skips_finished_slides_and_force_redoes_them(ray_session, manifest
     (tmp_path / "small" / "summary.json").write_text('{"ur')
     assert [d["slide"] for d in run(manifests["wv"], [test_slides["small"]], tmp_path).done] == ["small"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("small")) == ["small"]
+    said = [r.fields["reason"] for r in minseg_events if r.getMessage() == "segment.redo"]
+    assert said[0].startswith("outputs listed in its summary.json are gone: preview.png")
+    assert said[-1].startswith("its summary.json is missing or not readable")
+    # an earlier run's output given as a slide (a preview, rewritten when its slide is redone): refused
+    with pytest.raises(InputError, match=r"preview.png lies in \S+/small/, the output folder of \S+small.png "
+                                         r"\(replaced whole when that is redone\)"):
+        run(manifests["wv"], [str(tmp_path / "small" / "preview.png")], tmp_path)
     other = run(manifests["soft"], [test_slides["small"]], tmp_path)  # another ensemble: redone
     assert len(other.done) == 1
     # another run into the same output: the batch tables describe every slide there, not just its own
