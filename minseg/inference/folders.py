@@ -214,19 +214,20 @@ def _resolved(uri: str) -> str:
 
 
 def outside_output(matches: list[str], output: str, pattern: str, event: str, log, storage: Storage,
-                   records: tuple[tuple[str, str], ...], marker: str) -> list[str]:
+                   records: tuple[tuple[str, str], ...], marker: str,
+                   owner: FolderOwners | None = None) -> list[str]:
     """A glob's ``matches`` less the run's own outputs under ``output`` (previews, plots, label maps an earlier
     run wrote there are never inputs of a pattern over a tree holding it: ``'in/**/*.png'`` with ``--out in/seg``):
     those in an item folder one of ``records`` names a source for (``FolderOwners``), in the batch report folder
     and tables when ``output`` holds the command's ``marker``, or in ``.minseg-redo``. An output that is a parent
     of the inputs keeps them (``--out proj`` over ``proj/slides/*.tif``); a literal path is never passed here.
-    Said once (``event``) with how many and where. One listing of ``output`` and a record read per item folder
-    holding matches (none when no match lies under it)."""
+    Said once (``event``) with how many and where. ``owner``: the run's ``FolderOwners`` of ``output`` (its
+    listing and records read once a run), else one made here when a match lies under the output."""
     base = _resolved(output).rstrip("/") + "/"
     under = {uri: _resolved(uri)[len(base):].split("/", 1) for uri in matches if _resolved(uri).startswith(base)}
     if not under:
         return matches
-    owner = FolderOwners(storage, output, records)
+    owner = owner or FolderOwners(storage, output, records)
     marked = storage.exists(join_uri(output, marker))
     ours: dict[str, bool] = {}
 
@@ -236,13 +237,13 @@ def outside_output(matches: list[str], output: str, pattern: str, event: str, lo
                 owner(folder) not in (None, UNRECORDED)
         return ours[folder]
 
-    kept = [uri for uri in matches if uri not in under or len(under[uri]) < 2 or not run_s(under[uri][0])]
-    if len(kept) < len(matches):
-        left_out = [uri for uri in matches if uri not in set(kept)]
+    left_out = [uri for uri, parts in under.items() if len(parts) == 2 and run_s(parts[0])]
+    if left_out:
         log_event(log, event, pattern=pattern, left_out=len(left_out), output=output, example=left_out[0],
                   reason="they lie in folders of an earlier run into the output (--out: a slide's, the report's), "
                          "never inputs of a glob; a file of yours belongs outside them")
-    return kept
+    dropped = set(left_out)
+    return [uri for uri in matches if uri not in dropped]
 
 
 def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str,

@@ -69,9 +69,10 @@ class MeasureResult:
     report_error: str | None = None  # why the batch report could not be built (the tables are in place without it)
 
 
-def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str) -> list[tuple[str, str | None]]:
+def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str,
+                       owner: FolderOwners | None = None) -> list[tuple[str, str | None]]:
     """(label map, reference or None) in the order given, globs expanded (less what lies in ``output``:
-    ``folders.outside_output``).
+    ``folders.outside_output``, with the run's ``owner`` of its folders when given).
 
     Raises:
         MeasureInputError: nothing to measure, a glob that matches nothing.
@@ -81,7 +82,7 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str)
         if has_glob(entry) and entry.rstrip("/").lower().endswith(".zarr"):  # a folder: found with its root
             found = glob_folders(entry, storage)
             matches = [uri for uri in outside_output(found, output, entry, "measure.glob_output_left_out", log, storage,
-                                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"])
+                                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"], owner)
                        if storage.exists(join_uri(uri, "zarr.json"))]  # a HEAD each: after the filter
             if not matches:
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json)"
@@ -90,7 +91,7 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str)
         elif has_glob(entry):
             found = glob_uris(entry, storage, SLIDE_SUFFIXES)
             matches = outside_output(found, output, entry, "measure.glob_output_left_out", log, storage,
-                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"])
+                                     MEASURE_RECORDS, COMMAND_MARKERS["measure"], owner)
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
                                         f"{', '.join(SLIDE_SUFFIXES)}){_inside(found, output)}; check the pattern "
@@ -140,14 +141,16 @@ def map_ids(uris: list[str]) -> dict[str, str]:
     return folder_ids({uri: stem for uri, (_, stem) in _map_names(uris).items()})
 
 
-def own_folders(ids: dict[str, str], output: str, storage: Storage, threads: int = 16) -> dict[str, str]:
+def own_folders(ids: dict[str, str], output: str, storage: Storage, threads: int = 16,
+                owner: FolderOwners | None = None) -> dict[str, str]:
     """One folder, one map, by segment's rule (``folders.item_folder``): a map keeps the folder an earlier run gave
     it (plain or hashed); a map whose folder holds another map's measurement (its ``mineralogy.json`` names another
     source), or files no record names, gets its name plus a hash of its URI (changing ``ids``, logged
     ``measure.renamed``), so it never replaces them. Returns the maps given no folder (URI -> why), which are
     failures: that one is taken too, or could not be read, or another map of this run has it. ``threads`` maps at
-    a time (on S3 a GET or two each for folders that exist)."""
-    owner = FolderOwners(storage, output, MEASURE_RECORDS)
+    a time (on S3 a GET or two each for folders that exist). ``owner``: the run's ``FolderOwners`` of ``output``
+    (else one made here)."""
+    owner = owner or FolderOwners(storage, output, MEASURE_RECORDS)
 
     def folder_of(item: tuple[str, tuple[str, str]]) -> tuple[str | None, str | None]:
         uri, (plain, stem) = item
@@ -499,23 +502,24 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     refuse_other_command_outputs(output, "measure", "measure.output_uri", storage)  # Python callers too
     if finish_run_tables(storage, output, "measure"):  # an earlier run's, cut short while put in place
         log_event(log, "measure.earlier_tables_put_in_place", output=output)
-    pairs = resolve_label_maps(settings, storage, output)
+    # new measurements an earlier run finished but did not finish moving into place: moved now
+    for moved in storage.finish_replacements(output, DOCUMENT, (DOCUMENT,)):
+        log_event(log, "measure.redo_moved", map=moved, output=join_uri(output, moved))
+    owner = FolderOwners(storage, output, MEASURE_RECORDS)  # the output's folders: listed and read once a run
+    pairs = resolve_label_maps(settings, storage, output, owner)
     sources = sources or {}
     check_label_maps(settings, pairs, storage, sources.get("classes", "measure.classes"),
                      sources.get("pixel_size_um", "measure.pixel_size_um"))
     started = time.monotonic()
     result = MeasureResult(output)
     ids = map_ids([uri for uri, _ in pairs])
-    # new measurements an earlier run finished but did not finish moving into place: moved now
-    for moved in storage.finish_replacements(output, DOCUMENT, (DOCUMENT,)):
-        log_event(log, "measure.redo_moved", map=moved, output=join_uri(output, moved))
-    for uri, reason in own_folders(ids, output, storage).items():
+    for uri, reason in own_folders(ids, output, storage, owner=owner).items():
         result.failed.append({"slide": ids[uri], "uri": uri, "reference": dict(pairs)[uri], "reason": reason})
         log_event(log, "measure.map_failed", logging.WARNING, map=ids[uri], reason=reason)
     pairs = [(uri, reference) for uri, reference in pairs if uri not in {f["uri"] for f in result.failed}]
     # each map's folder is emptied first: it must not hold what this run measures (any map's, any reference)
     inside = input_in_item_folders([u for pair in pairs for u in pair if u], output, [ids[uri] for uri, _ in pairs],
-                                   "a map this run measures", FolderOwners(storage, output, MEASURE_RECORDS))
+                                   "a map this run measures", owner)
     if inside:
         raise MeasureInputError(f"measure: {inside}")
     if pairs:  # not for a run whose every map was refused before any work
@@ -553,8 +557,9 @@ def measure_label_maps(config: MinsegConfig, sources: dict[str, str] | None = No
     merged = sorted([row for row, _ in kept] + result.done, key=lambda row: row["slide"])
     result.maps = [row["slide"] for row in merged]
     staged = start_run_tables(storage, output, "measure")
+    listed = touched | set(result.maps)
     earlier_failures = [failure for failure in (read_earlier_json(storage, join_uri(output, "failures.json")) or [])
-                        if isinstance(failure, dict) and failure.get("slide") not in touched | set(result.maps)]
+                        if isinstance(failure, dict) and failure.get("slide") not in listed]
     storage.write_json(join_uri(staged, "failures.json"), earlier_failures + result.failed)
     write_slide_tables(merged, storage, staged, MEASURE_COLUMNS)  # empty only when no map is measured there
     if merged:

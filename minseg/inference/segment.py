@@ -73,8 +73,8 @@ log = get_logger("segment")
 # -- which slides -------------------------------------------------------------
 
 
-def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest, storage: Storage,
-                   output: str) -> dict[str, tuple[ChannelSource, ...]]:
+def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest, storage: Storage, output: str,
+                   owner: FolderOwners | None = None) -> dict[str, tuple[ChannelSource, ...]]:
     """What to segment, in the order given: each slide URI (globs expanded) and each of ``segment.scenes``, with the
     images the ensemble reads from it (empty: the slide itself, RGB).
 
@@ -93,7 +93,7 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest, storag
     depths = scene_bit_depths(manifest, settings.bit_depth)
     sources: dict[str, tuple[ChannelSource, ...]] = {}
     if settings.slides or settings.slide_list or not settings.scenes:
-        for uri in resolve_slides(settings, storage, output):
+        for uri in resolve_slides(settings, storage, output, owner):
             if manifest.channels is None:
                 sources[uri] = ()
             elif len(groups) == 1:
@@ -118,9 +118,10 @@ def resolve_scenes(settings: SegmentSettings, manifest: EnsembleManifest, storag
     return sources
 
 
-def resolve_slides(settings: SegmentSettings, storage: Storage, output: str) -> list[str]:
+def resolve_slides(settings: SegmentSettings, storage: Storage, output: str,
+                   owner: FolderOwners | None = None) -> list[str]:
     """Slide URIs in the order given: literal entries kept (checked when planned), globs expanded (less what lies
-    in ``output``: ``folders.outside_output``).
+    in ``output``: ``folders.outside_output``, with the run's ``owner`` of its folders when given).
 
     Raises:
         SegmentInputError: a glob that matches no slide (a mistyped pattern, not a smaller batch: the run would
@@ -135,7 +136,7 @@ def resolve_slides(settings: SegmentSettings, storage: Storage, output: str) -> 
             continue
         found = glob_uris(entry, storage, SLIDE_SUFFIXES)
         matches = outside_output(found, output, entry, "segment.glob_output_left_out", log, storage, SEGMENT_RECORDS,
-                                 COMMAND_MARKERS["segment"])
+                                 COMMAND_MARKERS["segment"], owner)
         if not matches:
             inside = f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
             raise SegmentInputError(f"segment.slides: {entry!r} matched no slides{inside} (files ending in "
@@ -407,19 +408,15 @@ def manifest_uri_of(config: MinsegConfig) -> str:
 
 def plan_slides(sources: dict[str, tuple[ChannelSource, ...]], manifest: EnsembleManifest, settings: SegmentSettings,
                 storage: Storage, output_uri: str, result: SegmentResult,
-                mineralogy: MineralogySettings) -> dict[str, SlidePlan]:
+                mineralogy: MineralogySettings, owner: FolderOwners) -> dict[str, SlidePlan]:
     """Open every slide once to plan its grid; unreadable ones go to ``result.failed``, finished ones
     (same source file, unchanged; same ensemble, same level; no ``force``) to ``result.skipped``. A slide folder
     holds one source's outputs: a slide whose folder holds another's (same file name, earlier run) gets the hashed
     name (``hashed_id``), and fails when that is taken too. ``settings.plan_threads`` slides at
-    a time: on object storage each is a few ranged GETs of its header, and a survey has thousands."""
+    a time: on object storage each is a few ranged GETs of its header, and a survey has thousands. ``owner``: the
+    run's ``FolderOwners`` of the output (made once the replacements an earlier run left are finished)."""
     uris = list(sources)
     ids = slide_ids(uris)
-    # redos an earlier run finished but did not finish moving into place (killed, a failed request): moved now
-    for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
-        log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
-
-    owner = FolderOwners(storage, output_uri, SEGMENT_RECORDS)
 
     def folder_for(uri: str) -> str:
         hashed = hashed_id(uri)
@@ -567,12 +564,15 @@ def segment_slides(config: MinsegConfig) -> SegmentResult:
         log_event(log, "segment.earlier_tables_put_in_place", output=output_uri)
     started = time.monotonic()
     result = SegmentResult(output_uri, manifest_uri, manifest.digest(), 0.0)
-    sources = resolve_scenes(settings, manifest, storage, output_uri)
-    plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy)
+    # redos an earlier run finished but did not finish moving into place (killed, a failed request): moved now
+    for moved in storage.finish_replacements(output_uri, SUMMARY, REPLACED_LAST):
+        log_event(log, "segment.redo_moved", slide=moved, output=join_uri(output_uri, moved))
+    owner = FolderOwners(storage, output_uri, SEGMENT_RECORDS)  # the output's folders: listed and read once a run
+    sources = resolve_scenes(settings, manifest, storage, output_uri, owner)
+    plans = plan_slides(sources, manifest, settings, storage, output_uri, result, config.mineralogy, owner)
     # a slide folder is emptied before it is written (a redo replaces it whole): it must not hold any slide's image
     inside = input_in_item_folders([*sources, *(c.uri for channels in sources.values() for c in channels)],
-                                   output_uri, list(plans), "a slide this run segments",
-                                   FolderOwners(storage, output_uri, SEGMENT_RECORDS))
+                                   output_uri, list(plans), "a slide this run segments", owner)
     if inside:
         raise SegmentInputError(f"segment: {inside}")
     log_event(log, "segment.planned", slides=len(plans) + len(result.skipped) + len(result.failed), to_do=len(plans),
