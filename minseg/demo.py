@@ -78,19 +78,20 @@ PRODUCT_FOLDERS = {"sections": "sections", "slide": "slides", "survey": "survey"
 SYNTH_MANIFEST = "synth_manifest.json"
 
 
-def refuse_foreign_products(output_uri: str, synth, storage: Storage) -> None:
+def refuse_foreign_products(output_uri: str, synth, storage: Storage) -> set[str]:
     """Raise InputError when ``output_uri`` holds, in a folder a product of ``synth`` is written in (``sections/``,
     ``slides/``, ``survey/``), files minseg did not write: a geologist's own ``survey/samples.csv`` would be
     overwritten. A folder is synth's when ``synth_manifest.json`` lists its product, written (``outputs``) or
     begun (``products``: written first, so a run cut short is rerun, not refused); a damaged manifest is
-    taken as synth's (its name is minseg's)."""
+    taken as synth's (its name is minseg's). Returns the products the manifest there names (none when there is
+    none or it is damaged)."""
     manifest = join_uri(output_uri, SYNTH_MANIFEST)
     try:
         document = storage.read_json(manifest)
     except ObjectNotFoundError:
         document = {}
     except ValueError:  # damaged (not JSON): minseg's file, a run cut short while writing it
-        return
+        return set()
     document = document if isinstance(document, dict) else {}
     ours = set(document.get("outputs") or {}) | set(document.get("products") or [])
     taken = [f"{folder}/" for product, folder in PRODUCT_FOLDERS.items()
@@ -100,6 +101,7 @@ def refuse_foreign_products(output_uri: str, synth, storage: Storage) -> None:
         raise InputError(f"{output_uri} holds {', '.join(taken)} that minseg did not write (no synth_manifest.json "
                          "there lists them); the synthetic data would be written over them: give another folder "
                          "(--out)")
+    return ours
 
 
 def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResult:
@@ -111,18 +113,12 @@ def run_synth(config: MinsegConfig, output_uri: str | None = None) -> SynthResul
     storage = Storage(config.storage)
     output_uri = absolute_uri(output_uri or config.run.output_uri)
     synth = config.synth
-    refuse_foreign_products(output_uri, synth, storage)
+    known = refuse_foreign_products(output_uri, synth, storage)  # and what an earlier run there wrote
     if synth.sections is not None:  # before anything is written: a Ray that cannot start leaves no folder behind
         init_ray(config.ray, job_paths([], [output_uri]))
     products = [product for product in PRODUCT_FOLDERS if getattr(synth, product) is not None]
-    try:
-        earlier = storage.read_json(join_uri(output_uri, SYNTH_MANIFEST))
-    except (ObjectNotFoundError, ValueError):
-        earlier = {}
     # first, naming what this run writes (and what an earlier one wrote there): a run cut short leaves its folders
     # recognised as synth's, so the next run rewrites them
-    known = set(earlier.get("outputs") or {}) | set(earlier.get("products") or []) if isinstance(earlier, dict) \
-        else set()
     storage.write_json(join_uri(output_uri, SYNTH_MANIFEST),
                        {"status": "incomplete", "products": sorted(known | set(products)), "outputs": {}})
     started = time.monotonic()
