@@ -38,7 +38,7 @@ import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from minseg.data.config import LimitSettings
 from minseg.errors import RunError
@@ -214,6 +214,19 @@ def _list_folder(uri: str, limits: LimitSettings, storage: Storage) -> Container
     return container
 
 
+def safe_members(archive: tarfile.TarFile, limits: LimitSettings, rejected: list[Rejected],
+                 describe: Callable[[str], str]) -> Iterator[tarfile.TarInfo]:
+    """The members of ``archive`` (read in order, as a stream allows) that are not OS metadata and pass
+    ``tar_member_problem``; each unsafe one is added to ``rejected`` under ``describe(name)``."""
+    for member in archive:
+        if is_os_metadata(member.name):
+            continue
+        if reason := tar_member_problem(member, limits):
+            rejected.append(Rejected(describe(member.name), reason))
+            continue
+        yield member
+
+
 def _list_tar(uri: str, limits: LimitSettings, storage: Storage, shown: str | None = None) -> Container:
     """The members of the tar at ``uri`` (their refs read it); ``shown``: the archive reports name (a .tar.gz
     staged as ``uri``)."""
@@ -226,13 +239,7 @@ def _list_tar(uri: str, limits: LimitSettings, storage: Storage, shown: str | No
             raise StorageError(f"{uri}: not a readable tar archive ({exc})") from None
         with archive:
             try:
-                for member in archive:
-                    if is_os_metadata(member.name):
-                        continue
-                    reason = tar_member_problem(member, limits)
-                    if reason:
-                        container.rejected.append(Rejected(container.describe(member.name), reason))
-                        continue
+                for member in safe_members(archive, limits, container.rejected, container.describe):
                     if member.isfile():
                         total += member.size
                         if total > limits.max_archive_gib * 1024 * MIB:
@@ -265,6 +272,12 @@ class StagingError(RunError):
     looks complete."""
 
 
+def _staging_error(source: str, staged: str, exc: OSError) -> StagingError:
+    return StagingError(f"{source}: could not be staged (uncompressed) to {staged}: {exc}; the run's output folder "
+                        "needs room for the archive uncompressed, and write access (a full or read-only disk): free "
+                        "space there or give the run another output folder")
+
+
 class _StagingSink:
     """The staging copy's writer, failing with ``StagingError`` (which the archive's read errors are not)."""
 
@@ -275,12 +288,7 @@ class _StagingSink:
         try:
             return self.sink.write(data)
         except OSError as exc:
-            raise self.error(exc) from None
-
-    def error(self, exc: OSError) -> StagingError:
-        return StagingError(f"{self.source}: could not be staged (uncompressed) to {self.staged}: {exc}; the run's "
-                            "output folder needs room for the archive uncompressed, and write access (a full or "
-                            "read-only disk): free space there or give the run another output folder")
+            raise _staging_error(self.source, self.staged, exc) from None
 
 
 def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_uri: str) -> tuple[str, list[Rejected]]:
@@ -298,7 +306,7 @@ def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_u
         try:
             writing = storage.open_write(staged)
         except OSError as exc:  # a staging folder that cannot be made
-            raise _StagingSink(None, uri, staged).error(exc) from None
+            raise _staging_error(uri, staged, exc) from None
         read = False
         try:
             with writing as raw:
@@ -307,7 +315,7 @@ def _stage_gzip_tar(uri: str, limits: LimitSettings, storage: Storage, staging_u
                 read = True
         except OSError as exc:
             if read:  # the archive was read whole: publishing the copy failed
-                raise _StagingSink(None, uri, staged).error(exc) from None
+                raise _staging_error(uri, staged, exc) from None
             raise
     log_event(log, "data.archive.staged", source=uri, staged=staged, megabytes=round(written / MIB, 1))
     return staged, rejected
@@ -326,13 +334,7 @@ def _copy_safe_members(uri: str, source, sink, limits: LimitSettings, compressed
         raise StorageError(f"{uri}: not a readable tar.gz archive ({exc})") from None
     with reader, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as writer:
         try:
-            for member in reader:
-                if is_os_metadata(member.name):
-                    continue
-                reason = tar_member_problem(member, limits)
-                if reason:
-                    rejected.append(Rejected(f"{uri}!{member.name}", reason))
-                    continue
+            for member in safe_members(reader, limits, rejected, lambda name: f"{uri}!{name}"):
                 written += member.size
                 if written > ceiling:
                     raise StorageError(
