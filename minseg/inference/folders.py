@@ -246,6 +246,12 @@ def outside_output(matches: list[str], output: str, pattern: str, event: str, lo
     return [uri for uri in matches if uri not in dropped]
 
 
+def matched_in_output(found: list[str], output: str) -> str:
+    """What a glob's "matched none" message adds when every match lay among the run's outputs (``outside_output``
+    left them all out)."""
+    return f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
+
+
 def input_in_item_folders(inputs: list[str], output: str, folders: list[str], item: str,
                           owner: Callable[[str], str | None] | None = None) -> str | None:
     """Why the run must not start, or None: one of ``inputs`` (slides, label maps, references) lies in one of the

@@ -27,7 +27,8 @@ from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
 from minseg.inference.blocks import RECORDS
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
-                                      input_in_item_folders, item_folder, outside_output)
+                                      input_in_item_folders, item_folder, matched_in_output,
+                                      outside_output)
 from minseg.inference.outputs import (LABELS, RUN_FILES, ZARR, finish_run_tables, publish_run_tables,
                                       read_earlier_json, stage_batch_report, start_run_tables, write_slide_tables)
 from minseg.inference.segment import same_files_once, thread_map
@@ -86,7 +87,7 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str,
                        if storage.exists(join_uri(uri, "zarr.json"))]  # a HEAD each: after the filter
             if not matches:
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no OME-Zarr (a folder holding zarr.json)"
-                                        f"{_inside(found, output)}; check the pattern or leave it out")
+                                        f"{matched_in_output(found, output)}; check the pattern or leave it out")
             uris += matches
         elif has_glob(entry):
             found = glob_uris(entry, storage, SLIDE_SUFFIXES)
@@ -94,7 +95,7 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str,
                                      MEASURE_RECORDS, COMMAND_MARKERS["measure"], owner)
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
-                                        f"{', '.join(SLIDE_SUFFIXES)}){_inside(found, output)}; check the pattern "
+                                        f"{', '.join(SLIDE_SUFFIXES)}){matched_in_output(found, output)}; check the pattern "
                                         "or leave it out")
             uris += matches
         else:
@@ -112,11 +113,6 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str,
         raise MeasureInputError(f"measure: {', '.join(twice)} listed twice with different references (one output "
                                 "folder per label map)")
     return pairs
-
-
-def _inside(found: list[str], output: str) -> str:
-    """What a glob's message adds when every match lay in the output folder."""
-    return f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
 
 
 def _map_names(uris: list[str]) -> dict[str, tuple[str, str]]:

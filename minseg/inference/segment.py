@@ -49,7 +49,8 @@ from minseg.inference.blocks import (Block, BlockDone, BlockInput, block_from_js
 from minseg.inference.config import SegmentSettings
 from minseg.inference.finish import BEGUN, REPLACED_LAST, discard_slide, finish_slide, prepare_slide
 from minseg.inference.folders import (FolderOwners, FolderTaken, folder_ids, folder_stem, hashed_id,
-                                      input_in_item_folders, item_folder, outside_output)
+                                      input_in_item_folders, item_folder, matched_in_output,
+                                      outside_output)
 from minseg.inference.outputs import (SLIDE_COLUMNS, SUMMARY, ZARR, finish_run_tables, missing_outputs,
                                       publish_run_tables, read_earlier_json, read_summary, stage_batch_report,
                                       start_run_tables, write_slide_tables)
@@ -138,9 +139,8 @@ def resolve_slides(settings: SegmentSettings, storage: Storage, output: str,
         matches = outside_output(found, output, entry, "segment.glob_output_left_out", log, storage, SEGMENT_RECORDS,
                                  COMMAND_MARKERS["segment"], owner)
         if not matches:
-            inside = f" outside the output folder {output} (all {len(found)} lie in it)" if found else ""
-            raise SegmentInputError(f"segment.slides: {entry!r} matched no slides{inside} (files ending in "
-                                    f"{', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
+            raise SegmentInputError(f"segment.slides: {entry!r} matched no slides{matched_in_output(found, output)} "
+                                    f"(files ending in {', '.join(SLIDE_SUFFIXES)}); check the pattern or leave it out")
         uris += matches
     unique = same_files_once(list(dict.fromkeys(uris)), "segment")
     if not unique:
