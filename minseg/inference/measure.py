@@ -95,8 +95,8 @@ def resolve_label_maps(settings: MeasureSettings, storage: Storage, output: str,
                                      MEASURE_RECORDS, COMMAND_MARKERS["measure"], owner)
             if not matches:  # a mistyped pattern, not a smaller batch: the rest would look complete
                 raise MeasureInputError(f"measure.labels: {entry!r} matched no label maps (files ending in "
-                                        f"{', '.join(SLIDE_SUFFIXES)}){matched_in_output(found, output)}; check the pattern "
-                                        "or leave it out")
+                                        f"{', '.join(SLIDE_SUFFIXES)}){matched_in_output(found, output)}; check the "
+                                        "pattern or leave it out")
             uris += matches
         else:
             uris.append(entry if is_s3(entry) else absolute_uri(entry))
