@@ -204,7 +204,7 @@ def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error (``ValidationError.errors()``) as a reason to print: no pydantic labels, the value given."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check spelling; see docs/configuration.md)"
+        return _UNKNOWN_KEY
     if kind == "missing":
         return "required value is missing"
     got = error.get("input")
@@ -216,6 +216,8 @@ def describe_error(error: dict[str, Any]) -> str:
         # a value pasted by mistake (a whole path, a file's text) is not printed whole; a URI's user:secret never
         shown = _USERINFO.sub("//***@", repr(got))
         reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"
+    elif got is None and (kind.endswith("_type") or kind in ("enum", "literal_error")):
+        reason += " (got an empty value, which YAML reads as null: `key:` in a file, `--set key=`)"
     if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
         reason += ": YAML (and --set) read digits as a number; quote the text ('0815')"  # 0815 became 815
     return reason
@@ -357,6 +359,8 @@ def validate_config(
         raise ConfigError(source, problems)
     merged: dict[str, Any] = _deep_copy(data)
     origins: dict[str, str] = {}  # dotted key -> where its value came from, when not from the file
+    # values YAML cannot read: key as errors name it -> (where, why, the first part of the key the override made)
+    unreadable: dict[str, tuple[str, str, str]] = {}
     for origin, values in (("environment", env_overrides(environ)), ("override", overrides or {})):
         for dotted, text in values.items():
             label = (f"--set {dotted}" if origin == "override" else
@@ -364,32 +368,73 @@ def validate_config(
             if _CREDENTIAL_KEY.search(dotted):
                 raise ConfigError(label, [("", "credentials are read from AWS_* variables (or AWS_PROFILE), not "
                                                "from config keys")])
-            try:
-                value = load_yaml(text) if isinstance(text, str) else text
-            except yaml.YAMLError as exc:
-                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                hint = ""
-                if text.strip()[:1] in _YAML_INDICATORS:  # `decimal=,`: a text YAML reads as syntax
-                    quoted = yaml.safe_dump(text.strip(), default_style="'", width=1 << 20).strip()
-                    hint = f"; quote a text that starts with punctuation: {dotted}=\"{quoted}\""
-                raise ConfigError(origin, [(dotted, f"value {text!r} is not valid YAML ({problem}){hint}")]) from None
-            except RecursionError:
-                raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")]) from None
-            if nests_too_deep(value):
-                raise ConfigError(origin, [(dotted, f"value {_TOO_DEEP}")])
+            value, reason = _override_value(dotted, text)
+            if reason:
+                # set as typed, so that a misspelt key is said with it (every problem at once), not after a rerun
+                before = _deep_copy(merged)
+                key = _set_path(merged, dotted, text, label)
+                unreadable[key], origins[key] = (label, reason, _first_new(before, key)), label
+                continue
             if isinstance(value, (Mapping, list)) and "\n" not in text.strip() \
                     and not text.lstrip().startswith(("{", "[")):
                 # on one line a mapping or list is written {..} / [..]: `iou:` or `- a` is the text typed
                 value = text.strip()
             origins[_set_path(merged, dotted, value, label)] = label  # by the key errors name
     try:
-        return model.model_validate(merged)
+        validated = model.model_validate(merged)
     except ValidationError as exc:
         # a member's value that came from its list's defaults is reported once, at the defaults key that set it
         problems = [(key_path(loc), reason) for loc, reason in _problems(exc, merged, model)]
+        if unreadable:  # what the typed text of an unreadable value caused (its type, its section's checks, the
+            # keys missing from a section only it made) is not said; a misspelt key is
+            problems = [(key, reason) for key, reason in problems
+                        if reason == _UNKNOWN_KEY or not any(_related(key, new) for *_, new in unreadable.values())]
         # blame the --set or variable that set a key, not the file
-        raise ConfigError(source, problems, [_origin(key, origins, source) for key, _ in problems],
-                          values=merged) from None
+        wheres = [_origin(key, origins, source) for key, _ in problems]
+    else:
+        if not unreadable:
+            return validated
+        problems, wheres = [], []
+    problems += [(key, reason) for key, (_, reason, _) in unreadable.items()]
+    wheres += [where for where, *_ in unreadable.values()]
+    raise ConfigError(source, problems, wheres, values=merged) from None
+
+
+def _override_value(dotted: str, text: Any) -> tuple[Any, str]:
+    """An override's YAML text (``--set KEY=TEXT``, ``MINSEG_…``) read: (value, "") or (None, why it cannot be)."""
+    try:
+        value = load_yaml(text) if isinstance(text, str) else text
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        hint = ""
+        if text.strip()[:1] in _YAML_INDICATORS:  # `decimal=,`: a text YAML reads as syntax
+            quoted = yaml.safe_dump(text.strip(), default_style="'", width=1 << 20).strip()
+            hint = f"; quote a text that starts with punctuation: {dotted}=\"{quoted}\""
+        return None, f"value {text!r} is not valid YAML ({problem}){hint}"
+    except RecursionError:
+        return None, f"value {_TOO_DEEP}"
+    return (None, f"value {_TOO_DEEP}") if nests_too_deep(value) else (value, "")
+
+
+def _first_new(before: Mapping[str, Any], key: str) -> str:
+    """The first part of ``key`` (as errors name it: ``a.b[0].c``) that ``before`` lacks (or holds as null): the
+    section an override made, with everything a validation says is missing in it; ``key`` when all parts exist."""
+    node: Any = before
+    path = ""
+    for part, bracketed in _key_parts(key):
+        path = f"{path}[{part}]" if bracketed else f"{path}.{part}" if path else part
+        if isinstance(node, Mapping) and node.get(part) is not None:
+            node = node[part]
+        elif isinstance(node, list) and bracketed and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return path
+    return key
+
+
+def _related(key: str, other: str) -> bool:
+    """Whether one key is the other or lies under it (``segment``, ``segment.block``; list entries ``a[0]``)."""
+    return any(a == b or a.startswith((b + ".", b + "[")) for a, b in ((key, other), (other, key)))
 
 
 def validate_section(model: type[M], data: Mapping[str, Any], section: str, source: str,
@@ -727,6 +772,7 @@ def parse_yaml(text: str, source: str) -> Any:
 
 #: characters that start YAML syntax, not text (YAML indicators; not `[` and `{`, which start the lists and
 #: mappings a value may mean): a text typed starting with one is read as syntax and needs quotes
+_UNKNOWN_KEY = "unknown key (check spelling; see docs/configuration.md)"
 _YAML_INDICATORS = set("-?:,]}#&*!|>'\"%@`")
 
 

@@ -232,6 +232,24 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
     assert f"{path}:" not in err
     with pytest.raises(ConfigError, match="environment MINSEG__SEGMENT__ACTORS: segment.actors"):
         load_config(path, MinsegConfig, environ={"MINSEG__SEGMENT__ACTORS": "0"})
+    # every problem at once: a value YAML cannot read no longer hides a misspelt key (said by its --set, not
+    # "override:"), nor another --set's; what its typed text makes of its section is not said
+    assert main(["config", "validate", str(path), "--set", "segment.actorz=,", "--set", "segment.batch_size=[1",
+                 "--set", "segment.actors=x"]) == 2
+    lines = sorted(line.strip() for line in capsys.readouterr().err.strip().splitlines()[1:])
+    assert [line[:45] for line in lines] == ["--set segment.actors: Input should be a valid",
+                                             "--set segment.actorz: unknown key (check spel",
+                                             "--set segment.actorz: value ',' is not valid ",
+                                             "--set segment.batch_size: value '[1' is not v"]
+    with pytest.raises(ConfigError, match=r"environment MINSEG__SEGMENT__ACTORS: segment.actors: value '\{' is not"):
+        load_config(path, MinsegConfig, environ={"MINSEG__SEGMENT__ACTORS": "{"})
+    # an empty value (YAML's null) says so: "Input should be a valid integer" alone did not say what was given
+    with pytest.raises(ConfigError, match=r"--set segment.actors: Input should be a valid integer \(got an empty "
+                                          r"value, which YAML reads as null: `key:` in a file, `--set key=`\)"):
+        load_config(path, MinsegConfig, overrides={"segment.actors": ""})
+    path.write_text("run: {name: x}\nsegment: {actors: }\n")  # the file's own likewise
+    with pytest.raises(ConfigError, match=rf"{path}: segment.actors: Input should be a valid integer \(got an empty"):
+        load_config(path, MinsegConfig)
     path.write_text("run: {name: x}\nsegment: {actorz: 1}\n")  # the file's own mistakes still name the file
     with pytest.raises(ConfigError, match=f"{path}: segment.actorz: unknown key"):
         load_config(path, MinsegConfig, overrides={"segment.actors": "2"})
