@@ -98,7 +98,7 @@ def _file_name(text: str) -> str:
 
 def _class_names(text: str) -> list[str]:
     """``--classes``: names by class id, each given and distinct (an empty entry would shift every later id)."""
-    from minseg.mineralogy.config import class_list_problem
+    from minseg.data.config import class_list_problem
 
     names = [name.strip() for name in text.split(",")]
     problem = class_list_problem(names, any_case=True)

@@ -47,6 +47,28 @@ class ClassSpec(StrictModel):
         return value
 
 
+def class_list_problem(names: list[str], any_case: bool = False) -> str | None:
+    """What is wrong with class names by id (id = position from 0), or None: an empty name would leave its id
+    unnamed, a repeated one would merge two classes' numbers. ``any_case``: names that differ only in case repeat
+    too (a class map to train, a list given now such as ``measure --classes``: mineralogy's densities and
+    background classes match names in any case); an ensemble manifest's names, from a class map that refuses such
+    names since 2026-12-07, are taken as they are. Every class list is checked here: the training class map, the
+    manifest, ``--classes`` and mineralogy's."""
+    seen: dict[str, int] = {}
+    for class_id, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            return f"class id {class_id} (entry {class_id + 1} of {len(names)}) has an empty name"
+        key = name.strip().casefold() if any_case else name.strip()
+        if key in seen:
+            first = names[seen[key]].strip()
+            named = f"{first!r} names" if first == name.strip() else f"{first!r} and {name.strip()!r} (in any case) name"
+            why = "" if first == name.strip() else " (mineralogy's densities and background classes match names in any case)"
+            return (f"{named} class ids {seen[key]} and {class_id} (entries {seen[key] + 1} and {class_id + 1}); every "
+                    f"class needs its own name{why}")
+        seen[key] = class_id
+    return None
+
+
 class ClassMapSettings(StrictModel):
     """Names, colours and mask codes -> contiguous ids 0..n-1 in the listed order."""
 
@@ -60,16 +82,9 @@ class ClassMapSettings(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClassMapSettings":
-        names = [c.name for c in self.classes]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"class names must be unique, repeated: {', '.join(duplicates)}")
-        # mineralogy matches names in any case (densities, background classes): segment would refuse the manifest
-        folded: dict[str, str] = {}
-        for name in names:
-            if (first := folded.setdefault(name.casefold(), name)) != name:
-                raise ValueError(f"class names {first!r} and {name!r} differ only in case: mineralogy (densities, "
-                                 "background classes) matches names in any case; give each class its own name")
+        # in any case: mineralogy matches names so (densities, background classes): segment would refuse the manifest
+        if problem := class_list_problem([c.name for c in self.classes], any_case=True):
+            raise ValueError(problem)
         if self.ignore_index < len(self.classes):
             raise ValueError(f"ignore_index {self.ignore_index} collides with class id (there are {len(self.classes)} classes)")
         seen: dict[int, str] = {}

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from minseg.config.base import Name, StrictModel, describe_errors, name_problem
-from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization
+from minseg.data.config import DEFAULT_CHANNELS, BitDepth, ImageChannels, Normalization, class_list_problem
 from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
@@ -86,9 +86,8 @@ class EnsembleManifest(StrictModel):
             if "id" in entry and (entry["id"] != index or isinstance(entry["id"], bool)):
                 raise ValueError(f"classes[{index}] ({entry['name']!r}) has id {entry['id']!r}: a class's id is its "
                                  f"place in the list ({index}); list the classes in id order")
-        names = [entry["name"] for entry in entries]
-        if twice := sorted({name for name in names if names.count(name) > 1}):
-            raise ValueError(f"class names {', '.join(map(repr, twice))} more than once: each class is named once")
+        if problem := class_list_problem([entry["name"] for entry in entries]):
+            raise ValueError(problem)
         if not isinstance(value.get("ignore_index", 255), int) or isinstance(value.get("ignore_index"), bool):
             raise ValueError(f"ignore_index must be an integer, got {value.get('ignore_index')!r}")
         if 0 <= value.get("ignore_index", 255) < len(entries):  # as data.classes refuses it (``ClassMapSettings``)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from minseg.config.schema import MinsegConfig
+from minseg.data.config import class_list_problem
 from minseg.errors import InputError
 from minseg.inference.config import MeasureSettings
 from minseg.inference.labelmaps import LabelMap, class_names_difference, open_label_map
@@ -37,7 +38,7 @@ from minseg.io.storage import (COMMAND_MARKERS, Storage, absolute_uri, glob_fold
                                join_uri, redo_folder, refuse_other_command_outputs)
 from minseg.logs import get_logger, log_event
 from minseg.mineralogy.compare import compare_mineralogy
-from minseg.mineralogy.config import MineralogySettings, class_list_problem
+from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.plots import write_plots
 from minseg.mineralogy.report import headline, headline_text
 from minseg.mineralogy.slide import DOCUMENT, MeasureSpec, ObjectTables, SlideMineralogy, measure_block, staged_tables

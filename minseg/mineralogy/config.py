@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from minseg.config.base import StrictModel
+from minseg.data.config import class_list_problem
 
 DEFAULT_BACKGROUND = ("background", "resin", "epoxy", "pore", "pores")
 MAX_PIXEL_SIZE_UM = 1e6
@@ -83,23 +84,3 @@ class MineralogySettings(StrictModel):
             if unknown:
                 raise ValueError(f"{key} names {', '.join(map(repr, unknown))}, not a class of {owner} "
                                  f"({', '.join(names)})")
-
-
-def class_list_problem(names: list[str], any_case: bool = False) -> str | None:
-    """What is wrong with class names by id (id = position from 0), or None: an empty name would leave its id
-    unnamed, a repeated one would merge two classes' numbers. ``any_case``: names that differ only in case repeat
-    too (a list given now, ``measure --classes``: mineralogy's densities and background classes match names in any
-    case; an ensemble's names, from training's class map, which refuses such names since 2026-12-07, are taken as
-    they are)."""
-    seen: dict[str, int] = {}
-    for class_id, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            return f"class id {class_id} (entry {class_id + 1} of {len(names)}) has an empty name"
-        key = name.strip().casefold() if any_case else name.strip()
-        if key in seen:
-            first = names[seen[key]].strip()
-            named = f"{first!r} names" if first == name.strip() else f"{first!r} and {name.strip()!r} (in any case) name"
-            return (f"{named} class ids {seen[key]} and {class_id} (entries {seen[key] + 1} and {class_id + 1}); every "
-                    "class needs its own name")
-        seen[key] = class_id
-    return None

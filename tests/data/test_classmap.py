@@ -40,6 +40,13 @@ def test_class_names_that_differ_only_in_case_are_refused_when_read():
     import pytest
 
     spec = {"classes": [{"name": "resin"}, {"name": "Pyrite"}, {"name": "pyrite"}]}
-    with pytest.raises(ValueError, match="class names 'Pyrite' and 'pyrite' differ only in case"):
+    with pytest.raises(ValueError, match=r"'Pyrite' and 'pyrite' \(in any case\) name class ids 1 and 2 \(entries 2 and "
+                                         r"3\); every class needs its own name \(mineralogy's densities and background "
+                                         r"classes match names in any case\)"):
         ClassMapSettings.model_validate(spec)
     assert len(ClassMapSettings.model_validate({"classes": [{"name": "resin"}, {"name": "Pyrite"}]}).classes) == 2
+    # the same check as every class list's (a manifest's, --classes, mineralogy's): a repeat, an empty name
+    with pytest.raises(ValueError, match=r"'resin' names class ids 0 and 2 \(entries 1 and 3\)"):
+        ClassMapSettings.model_validate({"classes": [{"name": "resin"}, {"name": "pyrite"}, {"name": "resin"}]})
+    with pytest.raises(ValueError, match=r"class id 1 \(entry 2 of 2\) has an empty name"):
+        ClassMapSettings.model_validate({"classes": [{"name": "resin"}, {"name": " "}]})

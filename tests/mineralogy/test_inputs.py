@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from minseg.mineralogy.config import MineralogySettings, class_list_problem
+from minseg.data.config import class_list_problem
+from minseg.mineralogy.config import MineralogySettings
 from minseg.mineralogy.slide import MeasureSpec, SlideMineralogy, check_finite, measure_block
 
 
