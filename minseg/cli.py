@@ -779,13 +779,17 @@ def build_parser() -> argparse.ArgumentParser:
     prospect.set_defaults(func=cmd_prospect)
 
     config = sub.add_parser("config", help="validate a config file or show it with defaults filled in")
-    config.add_argument("action", choices=["validate", "show"])
+    config.add_argument("action", choices=["validate", "show"],
+                        help="validate: every problem at once, and what the job would refuse; show: the config with "
+                        "defaults filled in, as YAML")
     config.add_argument("config", help="YAML config (path or s3:// URI)")
-    config.add_argument("--set", action="append", metavar="KEY=VALUE")
+    config.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set run.seed=3")
     config.set_defaults(func=cmd_config)
 
     storage = sub.add_parser("storage", help="list, read, copy or delete paths and s3:// URIs")
-    storage.add_argument("action", choices=["ls", "cat", "cp", "rm"])
+    storage.add_argument("action", choices=["ls", "cat", "cp", "rm"],
+                         help="ls: list; cat: print a file; cp: copy a file; rm: delete a file, or the files a glob matches")
     storage.add_argument("uri", help="path or s3:// URI; for ls and rm also a quoted glob ('dir/*.txt', 'dir/**')")
     storage.add_argument("destination", nargs="?", help="for cp: the new file, or a folder to copy into (an existing "
                          "one, or ending in '/')")
@@ -793,9 +797,11 @@ def build_parser() -> argparse.ArgumentParser:
     storage.set_defaults(func=cmd_storage)
 
     models = sub.add_parser("models", help="list the registered learners with parameter counts and defaults")
-    models.add_argument("--task", choices=["segmentation", "classification"])
-    models.add_argument("--num-classes", type=_at_least_one, default=9)
-    models.add_argument("--json", action="store_true")
+    models.add_argument("--task", choices=["segmentation", "classification"], help="only the learners of this task")
+    models.add_argument("--num-classes", type=_at_least_one, default=9,
+                        help="classes the parameter counts are for, where the learner fixes none (default: 9)")
+    models.add_argument("--json", action="store_true",
+                        help="one JSON list: name, task, params_m, in_channels, num_classes, defaults, paper")
     models.set_defaults(func=cmd_models)
 
     analyze = sub.add_parser("analyze", help="analyses of trained members")
