@@ -701,13 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     select = sub.add_parser("select", help="pick another ensemble from a finished evaluation (no recomputation)")
-    select.add_argument("evaluation", help="evaluation folder (holds evaluation.json)")
+    select.add_argument("evaluation", type=_text, help="evaluation folder (holds evaluation.json)")
     select.add_argument("--key", type=_text, help="metric to maximise (default: the evaluation's rank key)")
     select.add_argument("--tpi-budget", type=float, help="seconds per image the ensemble may take")
     select.add_argument("--rule", type=SelectionRule, choices=list(SelectionRule),
                         help="best, tpi_budget (with --tpi-budget) or one_se: the most members within one standard "
                              "error of the best (default: the evaluation's rule)")
-    select.add_argument("--candidate", help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
+    select.add_argument("--candidate", type=_text, help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
                         "choosing by --key / --tpi-budget / --rule)")
     select.add_argument("--name", default="selected", type=_file_name,
                         help="name recorded in the manifest (and its file name, manifest-NAME.json)")

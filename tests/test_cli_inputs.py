@@ -147,7 +147,10 @@ def test_other_comma_lists_refuse_empty_or_repeated_entries(tmp_path, capsys):
                           (["segment", "--bit-depth", "12bit"], "'12bit' is not a number of bits"),
                           (["segment", "--bit-depth", "ppl=12,"], "'' is not NAME=BITS"),
                           (["score", "--data", ""], "argument --data: empty"),
-                          (["segment", "--manifest", ""], "argument --manifest: empty")]:
+                          (["segment", "--manifest", ""], "argument --manifest: empty"),
+                          # an unset variable in a script (`--candidate "$CAND"`) let the evaluation's rule choose
+                          (["select", "e", "--candidate", ""], "argument --candidate: empty"),
+                          (["select", " "], "argument evaluation: empty")]:
         with pytest.raises(SystemExit) as exit_:
             main(args)
         assert exit_.value.code == 2 and message in error_of(capsys), args

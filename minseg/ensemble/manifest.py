@@ -23,7 +23,8 @@ from minseg.enums import TTA, FusionMode
 from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
-from minseg.io.storage import REDO, ObjectNotFoundError, Storage, StorageError, is_s3, join_uri, staging_folder
+from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, is_s3, join_uri,
+                               staging_folder)
 from minseg.logs import get_logger, log_event
 
 log = get_logger("ensemble.manifest")
@@ -151,8 +152,10 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
     ``evaluation.json`` in the ``evaluation`` folder.
 
     Raises:
-        InputError: ``out`` names another kind of file, or an existing file that is not an ensemble manifest
-            (a training run's members.json, an evaluation.json): select replaces only manifests.
+        InputError: ``out`` names another kind of file, an existing file that is not an ensemble manifest
+            (a training run's members.json, an evaluation.json): select replaces only manifests; or a file in the
+            folder of another evaluation (one holding an evaluation.json): a manifest there would sit beside
+            another evaluation's record, and be read as its choice.
     """
     file_name = f"manifest-{name}.json"
     if not out:
@@ -165,6 +168,12 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
                          "folder ending in /")
     else:
         target = out
+    folder, own = absolute_uri(target).rsplit("/", 1)[0], absolute_uri(evaluation).rstrip("/")
+    same = folder == own or (not is_s3(folder) and os.path.realpath(folder) == os.path.realpath(own))  # a link
+    if not same and storage.exists(join_uri(folder, "evaluation.json")):
+        # its manifest.json is what segment and score read there, beside that evaluation's own record and tables
+        raise InputError(f"--out: {folder} is the folder of another evaluation (it holds its evaluation.json): its "
+                         "manifests are chosen from its own candidates; write this one elsewhere")
     if storage.exists(target):
         try:
             document = json.loads(storage.read_text(target))

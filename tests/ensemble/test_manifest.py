@@ -170,6 +170,35 @@ def test_select_writes_into_an_s3_prefix_that_holds_objects_as_into_a_folder(s3)
         manifest_destination(s3.uri("nothing-here"), evaluation, "fast", storage)
     with pytest.raises(InputError, match="exists and is not an ensemble manifest"):
         manifest_destination(s3.uri("runs/r1/members.json"), evaluation, "fast", storage)
+    # another evaluation's folder (a break-it pass replaced its manifest.json, which segment and score read there,
+    # with this evaluation's choice): refused, by file or by folder; this evaluation's own folder takes it
+    other = s3.uri("runs/r2/evaluation/ensemble")
+    storage.write_bytes(f"{other}/evaluation.json", b"{}")
+    for out in (f"{other}/manifest.json", f"{other}/"):
+        with pytest.raises(InputError, match=r"--out: \S+/r2/evaluation/ensemble is the folder of another evaluation"):
+            manifest_destination(out, evaluation, "fast", storage)
+    storage.write_bytes(f"{evaluation}/evaluation.json", b"{}")
+    assert manifest_destination(f"{evaluation}/manifest.json", evaluation + "/", "fast", storage) == \
+        f"{evaluation}/manifest.json"
+
+
+def test_select_never_writes_into_another_evaluation_folder_on_disk(tmp_path):
+    """The same on local folders; the evaluation's own folder reached through a link is its own."""
+    from minseg.ensemble.manifest import manifest_destination
+    from minseg.errors import InputError
+    from minseg.io.storage import Storage
+
+    mine, other = tmp_path / "run" / "evaluation" / "a", tmp_path / "run" / "evaluation" / "b"
+    for folder in (mine, other):
+        folder.mkdir(parents=True)
+        (folder / "evaluation.json").write_text("{}")
+    (tmp_path / "link").symlink_to(mine)
+    with pytest.raises(InputError, match="is the folder of another evaluation"):
+        manifest_destination(str(other / "manifest-x.json"), str(mine), "x", Storage())
+    assert manifest_destination(str(tmp_path / "link" / "m.json"), str(mine), "x", Storage()) == \
+        str(tmp_path / "link" / "m.json")
+    assert manifest_destination(str(tmp_path / "elsewhere.json"), str(mine), "x", Storage()) == \
+        str(tmp_path / "elsewhere.json")
 
 
 def test_class_ids_are_their_places_and_names_are_distinct(manifests, tmp_path):
