@@ -261,7 +261,7 @@ def cmd_select(args) -> int:
     from minseg.ensemble.manifest import manifest_destination, write_manifest
     from minseg.ensemble.config import SelectionSettings
     from minseg.ensemble.reports import EVALUATION_DOCUMENTS, complete_publication
-    from minseg.ensemble.selection import Candidate, build_manifest, evaluation_errors, read_evaluation, select
+    from minseg.ensemble.selection import build_manifest, evaluation_errors, read_candidates, read_evaluation, select
     from minseg.enums import SelectionRule
     from minseg.errors import InputError
     from minseg.io.storage import Storage, join_uri
@@ -284,7 +284,7 @@ def cmd_select(args) -> int:
         if args.candidate:
             key = args.candidate
         else:
-            candidates = [Candidate.from_document(c) for c in document["candidates"]]
+            candidates = read_candidates(document)
             current = dict(document.get("selection") or {})  # default: the evaluation's
             if args.rule and args.tpi_budget is None:  # another rule: the evaluation's budget does not go with it
                 current.pop("tpi_budget_s", None)

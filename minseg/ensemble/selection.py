@@ -85,13 +85,29 @@ class Candidate:
 
         Raises:
             ValueError: an unknown mode, a time per image that is no time (negative, infinite, not a number)."""
+        key = document["key"]
         mode = FusionMode(document["mode"]) if document.get("mode") else None
-        tpi = float(document.get("tpi", 0.0))
-        if not np.isfinite(tpi) or tpi < 0:  # a hand edit: it would pass any TPI budget, or none
-            raise ValueError(f"candidate {document['key']}: tpi {tpi!r} is not a time in seconds (finite, 0 or more)")
-        return cls(document["key"], list(document["members"]), mode, document.get("weights") or [],
-                   document.get("metrics") or {}, tpi,
-                   document.get("selection_metrics") or {}, document.get("selection_confusions") or [])
+        tpi = document.get("tpi", 0.0)
+        if isinstance(tpi, bool) or not isinstance(tpi, (int, float)) or not np.isfinite(tpi) or tpi < 0:
+            raise ValueError(f"candidate {key}: tpi {tpi!r} is not a time in seconds (finite, 0 or more)")  # a hand
+            # edit: it would pass any TPI budget, or none
+        members = document["members"]
+        if not isinstance(members, list) or not members or len(set(map(str, members))) != len(members):
+            raise ValueError(f"candidate {key}: members {members!r} are not distinct member names")
+        # its name says what it is (what --candidate takes, what the manifest records): an edit of one without the
+        # other would give a manifest named for one ensemble and fusing another
+        named = f"{MEMBER_PREFIX}{members[0]}" if mode is None else f"RUEL-{len(members)}-{mode.value.upper()}"
+        if key != named or (mode is None and len(members) != 1):
+            raise ValueError(f"candidate {key}: its mode {mode.value if mode else None!r} and {len(members)} "
+                             f"member(s) make it {named!r}")
+        confusions = document.get("selection_confusions") or []
+        counts = np.asarray(confusions, dtype=np.float64) if confusions else np.zeros((0, 1, 1))
+        if counts.ndim != 3 or counts.shape[1] != counts.shape[2] or not np.isfinite(counts).all() \
+                or (counts < 0).any() or (counts != np.round(counts)).any():
+            raise ValueError(f"candidate {key}: selection_confusions are not per-image square matrices of pixel "
+                             "counts (whole numbers, 0 or more)")
+        return cls(key, list(members), mode, document.get("weights") or [], document.get("metrics") or {},
+                   float(tpi), document.get("selection_metrics") or {}, confusions)
 
 
 def refuse_key_of_absent_class(key: str, classes: list[str], support: list[int] | None, split: str,
@@ -464,6 +480,26 @@ def _own_normalization(member: dict | None, ensemble: dict) -> dict | None:
     return {"mean": list(member["mean"]), "std": list(member["std"])}
 
 
+def read_candidates(document: dict) -> list[Candidate]:
+    """The candidates of an evaluation record (``evaluation.json``), each as :meth:`Candidate.from_document` reads
+    it: at least one, each named once, each member one the record lists.
+
+    Raises:
+        ValueError: naming the candidate and what is wrong (``evaluation_errors`` names the file)."""
+    candidates = [Candidate.from_document(c) for c in document["candidates"]]
+    if not candidates:
+        raise ValueError("candidates: the record lists none")
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate.key in seen:
+            raise ValueError(f"candidates: {candidate.key} is listed twice")
+        seen.add(candidate.key)
+        if unknown := [m for m in candidate.members if m not in document["members"]]:
+            raise ValueError(f"candidate {candidate.key}: members {', '.join(map(repr, unknown))} are not among the "
+                             f"record's members ({', '.join(document['members'])})")
+    return candidates
+
+
 @contextmanager
 def evaluation_errors(uri: str):
     """Yields ``uri`` (an ``evaluation.json``); an error interpreting the document it holds (edited by hand,
@@ -498,7 +534,7 @@ def build_manifest(document: dict, key: str, storage: Storage, name: str,
         InputError: the document has no candidate ``key`` (names the ones it has); a member's weights differ from
             the ones the document scored (retrained since: its scores are not theirs).
     """
-    candidates = {c["key"]: Candidate.from_document(c) for c in document["candidates"]}
+    candidates = {c.key: c for c in read_candidates(document)}
     if key not in candidates:
         raise InputError(f"no candidate {key!r}; candidates: {', '.join(candidates)}")
     candidate = candidates[key]

@@ -238,11 +238,24 @@ def test_select_refuses_an_evaluation_record_edited_by_hand_and_never_writes_a_m
         "rule": lambda d: d["selection"].update(rule="random"),
         "negative tpi": lambda d: d["candidates"][-1].update(tpi=-1.0),
         "infinite score": lambda d: d["candidates"][-1]["selection_metrics"].update(miou=float("inf")),
+        # a second break-it pass: each was taken, and changed the choice or the manifest
+        "negative count": lambda d: d["candidates"][0]["selection_confusions"][0][0].__setitem__(0, -5),
+        "fractional count": lambda d: d["candidates"][1]["selection_confusions"][0][1].__setitem__(1, 1.5),
+        "repeated name": lambda d: d["candidates"].append(copying.deepcopy(d["candidates"][-1])),
+        "name and mode": lambda d: [c.update(mode="pv") for c in d["candidates"] if c.get("mode") == "soft"],
+        "unknown member": lambda d: d["members"].pop(d["candidates"][0]["members"][0]),
+        "no candidates": lambda d: d.update(candidates=[]),
+        "tpi null": lambda d: d["candidates"][0].update(tpi=None),
     }
     said = {"tile": "tiling.tile: Input should be greater than or equal to",
             "fewer classes": "was trained on classes", "classes text": "'classes' must list the classes",
             "rule": "evaluation.selection.rule: ", "negative tpi": "tpi -1.0 is not a time in seconds",
-            "infinite score": "miou is infinite, which no score is"}
+            "infinite score": "miou is infinite, which no score is",
+            "negative count": "selection_confusions are not per-image square matrices of pixel counts (whole numbers",
+            "fractional count": "selection_confusions are not per-image square matrices",
+            "repeated name": "is listed twice", "name and mode": "its mode 'pv' and 2 member(s) make it 'RUEL-2-PV'",
+            "unknown member": "are not among the record's members", "no candidates": "the record lists none",
+            "tpi null": "tpi None is not a time in seconds"}
     for name, edit in edits.items():
         document = copying.deepcopy(original)
         edit(document)

@@ -12,7 +12,9 @@ BEST, ONE_SE = SelectionSettings(rule=SelectionRule.BEST), SelectionSettings(rul
 
 
 def candidate(key, val, test, tpi=1.0, mode=FusionMode.SOFT):
-    return Candidate(key, [key], mode, [], {"miou": test}, tpi, {"miou": val} if val is not None else {})
+    """``member:a``, or ``RUEL-k-…`` of k members ``m1`` … ``mk`` (as an evaluation names them)."""
+    members = [key.removeprefix("member:")] if mode is None else [f"m{i + 1}" for i in range(int(key.split("-")[1]))]
+    return Candidate(key, members, mode, [], {"miou": test}, tpi, {"miou": val} if val is not None else {})
 
 
 def test_validation_chooses_even_when_test_disagrees():
