@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import posixpath
+import shutil
 import sys
 from pathlib import Path
 
@@ -538,8 +539,9 @@ def cmd_storage(args) -> int:
         ObjectNotFoundError: nothing at the path, or nothing matches the glob (naming it).
         StorageError: a glob given to cat / cp, a folder given to cat / cp / rm, a destination under a file."""
     from minseg.config import MinsegConfig, load_config
-    from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, glob_objects, has_glob, is_s3, join_uri,
-                                   parse_uri, shown_name)
+    from minseg.errors import InputError
+    from minseg.io.storage import (GLOB_CHARS, ObjectNotFoundError, Storage, StorageError, glob_objects, has_glob,
+                                   is_s3, join_uri, parse_uri, shown_name)
 
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
     storage = Storage(settings)
@@ -553,11 +555,20 @@ def cmd_storage(args) -> int:
         what = ("storage cp copies one file: copy the folder's files one by one (storage ls lists them)"
                 if args.action == "cp" else
                 f"storage rm deletes files: give a glob of those to delete, e.g. {join_uri(uri, '**')!r}")
+        if not is_s3(uri) and os.path.islink(parse_uri(uri).path.rstrip("/")):
+            what += f" ({uri} is a link to {os.path.realpath(parse_uri(uri).path)}: the files are that folder's)"
         raise StorageError(f"{uri}: is a folder; {what}")
+    hidden = 0
     if glob_meant:  # ls, rm
         listed = glob_objects(uri, storage)
+        # as in a shell, '*' and '**' skip names starting with '.': said, since `rm 'out/**'` leaves them
+        hidden = len(glob_objects(uri, storage, include_hidden=True)) - len(listed)
+        base = GLOB_CHARS.split(uri, 1)[0].rsplit("/", 1)[0]  # the folder the glob starts in
+        note = (f"{hidden} hidden file(s) (a name starting with '.', or in such a folder) not matched: '*' and '**' "
+                "skip them, as in a shell; a pattern part starting with '.' matches them "
+                f"({join_uri(base, '**', '.*')!r}, {join_uri(base, '**', '.*', '**')!r})")
         if not listed:
-            raise ObjectNotFoundError(f"{uri}: no file matches this glob")
+            raise ObjectNotFoundError(f"{uri}: no file matches this glob" + (f"; {note}" if hidden else ""))
     if args.action == "ls":
         if not glob_meant:
             listed = list(storage.list(uri))
@@ -569,12 +580,18 @@ def cmd_storage(args) -> int:
         if is_s3(uri) and (uri.endswith("/") or not parse_uri(uri).path):  # a bucket or a prefix, never an object
             raise StorageError(f"{uri}: is a folder; storage cat reads one file (storage ls lists them)")
         try:
-            data = storage.read_bytes(uri)
+            stream = storage.open_read(uri)
         except ObjectNotFoundError:
-            if storage.is_folder(uri):  # an S3 prefix (a local folder is refused by read_bytes itself)
+            if storage.is_folder(uri):  # an S3 prefix (a local folder is refused by open_read itself)
                 raise StorageError(f"{uri}: is a folder; storage cat reads one file (storage ls lists them)") from None
             raise
-        sys.stdout.buffer.write(data)
+        with stream:  # streamed: a file of gigabytes (a slide) was read whole into memory
+            first = stream.read(1 << 16)
+            if b"\0" in first and sys.stdout.isatty():  # an image's bytes would garble the terminal
+                raise InputError(f"{uri}: a binary file, not printed to a terminal; redirect it (minseg storage cat "
+                                 "URI > FILE) or copy it (minseg storage cp URI FILE)")
+            sys.stdout.buffer.write(first)
+            shutil.copyfileobj(stream, sys.stdout.buffer, 8 << 20)
     elif args.action == "cp":
         target = args.destination
         # parsed first: 's3://' (no bucket) is refused, not joined with the file's name into a local 's3:/name'
@@ -586,6 +603,8 @@ def cmd_storage(args) -> int:
         for target in [info.uri for info in listed] if glob_meant else [uri]:
             storage.delete(target, missing_ok=glob_meant)  # a file just listed needs no second look
             print(f"deleted {shown_name(target)}")
+    if hidden:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

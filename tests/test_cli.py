@@ -119,6 +119,37 @@ def _storage(capsys, *argv):
     return status, out, err
 
 
+def test_storage_cat_streams_a_file_larger_than_the_memory_it_may_use(tmp_path):
+    """A break-it pass: ``storage cat`` read the whole file into memory (a MemoryError traceback on a slide); it
+    streams now, here 1.5 GiB (sparse: no disk used) under a 1 GiB address-space limit. Its bytes arrive whole; an
+    image's bytes are not printed to a terminal."""
+    import hashlib
+    import os
+    import pty
+
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as stream:
+        stream.truncate(3 << 29)
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+               "from minseg.cli import main; sys.exit(main(['storage', 'cat', sys.argv[1]]))")
+    done = subprocess.run([sys.executable, "-c", limited, str(big)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    several = tmp_path / "several.bin"  # more than one chunk, not sparse
+    several.write_bytes(os.urandom(20 << 20))
+    out = subprocess.run([sys.executable, "-m", "minseg", "storage", "cat", str(several)], capture_output=True,
+                         timeout=300).stdout
+    assert hashlib.sha256(out).digest() == hashlib.sha256(several.read_bytes()).digest()
+    leader, follower = pty.openpty()  # a terminal as standard output
+    try:
+        shown = subprocess.run([sys.executable, "-m", "minseg", "storage", "cat", str(several)], stdout=follower,
+                               stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert shown.returncode == 2 and b"a binary file, not printed to a terminal" in shown.stderr
+
+
 def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
     """ls and rm expand a glob (quoted: minseg, not the shell); cat and cp refuse one; rm of nothing is an error;
     cp into a folder keeps the name; a folder is never copied or deleted whole; a file in the way is named."""
@@ -168,6 +199,29 @@ def test_storage_globs_folders_and_missing_paths_locally(tmp_path, capsys):
         main(["storage", "cat", f"{t}/file.txt", f"{t}/br[1].txt"])
     assert stopped.value.code == 2 and "storage cat takes one path; " in capsys.readouterr().err
     assert (tmp_path / "file.txt").exists()
+
+
+def test_storage_globs_say_the_hidden_files_they_skip(tmp_path, s3, monkeypatch, capsys):
+    """``rm 'out/**'`` left `.minseg-redo/` and dot files in place with exit 0, while the docs said "every file":
+    '*' and '**' skip hidden names as a shell does, and now say how many they skipped and how to match them; a
+    link to a folder is said to be one before its glob is suggested."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.server.endpoint)
+    storage = s3.storage()
+    for root in (str(tmp_path / "out"), s3.uri("out")):
+        for name in ("a.txt", ".dot", "sub/.hid/x", "sub/b"):
+            storage.write_bytes(f"{root}/{name}", b"x")
+        status, out, err = _storage(capsys, "rm", f"{root}/**")
+        assert status == 0 and out.split()[1::2] == [f"{root}/a.txt", f"{root}/sub/b"], root
+        assert (f"note: 2 hidden file(s) (a name starting with '.', or in such a folder) not matched: '*' and '**' "
+                f"skip them, as in a shell; a pattern part starting with '.' matches them ('{root}/**/.*', "
+                f"'{root}/**/.*/**')") in err, err
+        assert _storage(capsys, "rm", f"{root}/**/.*")[1].split()[1::2] == [f"{root}/.dot"]
+        status, _, err = _storage(capsys, "rm", f"{root}/**")  # only hidden ones left: none matches, said why
+        assert status == 2 and "no file matches this glob; 1 hidden file(s)" in err
+        assert _storage(capsys, "rm", f"{root}/**/.*/**")[1].split()[1::2] == [f"{root}/sub/.hid/x"]
+    (tmp_path / "link").symlink_to(tmp_path / "out", target_is_directory=True)
+    status, _, err = _storage(capsys, "rm", tmp_path / "link")
+    assert status == 2 and f"({tmp_path / 'link'} is a link to {tmp_path / 'out'}: the files are that folder's)" in err
 
 
 def test_storage_globs_folders_and_missing_objects_on_s3(s3, monkeypatch, capsys):

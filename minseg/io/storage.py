@@ -251,7 +251,8 @@ def has_glob(uri: str) -> bool:
 def glob_uris(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list[str]:
     """Files matching a glob (``**`` included) locally or under an s3:// prefix, sorted; only names
     ending in ``suffixes`` (lower-case) when given. On S3 as on disk, ``*`` and ``?`` stay within one folder
-    (fsspec's translation: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too).
+    (wcmatch's path globs: ``fnmatch`` on the whole key let ``slides/*.svs`` take ``slides/old/x.svs`` too), and
+    names starting with "." match only a pattern part starting with "." (``glob_objects``).
 
     Raises:
         StorageError: a local match whose name is not UTF-8 (``refuse_undecodable``)."""
@@ -285,11 +286,10 @@ def glob_folders(pattern: str, storage: "Storage") -> list[str]:
     parts = pattern.rstrip("/").split("/")
     first = next(i for i, part in enumerate(parts) if has_glob(part))
     if "**" in parts[first:]:  # any depth: folders are what lies between the keys' slashes
-        from fsspec.utils import glob_translate
+        from wcmatch.glob import GLOBSTAR, globmatch
 
-        matches = re.compile(glob_translate(pattern.rstrip("/"))).fullmatch
         found = {prefix for info in storage.list(GLOB_CHARS.split(pattern, 1)[0])
-                 for prefix in _parents(info.uri) if matches(prefix)}
+                 for prefix in _parents(info.uri) if globmatch(prefix, pattern.rstrip("/"), flags=GLOBSTAR)}
         return sorted(found)
     current = ["/".join(parts[:first])]
     for part in parts[first:]:
@@ -310,26 +310,23 @@ def _parents(uri: str) -> list[str]:
     return [f"{head}://{bucket}/" + "/".join(names[:i]) for i in range(1, len(names))]
 
 
-def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None) -> list["ObjectInfo"]:
-    """``glob_uris`` with each file's size (``storage ls`` of a glob)."""
+def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None,
+                 include_hidden: bool = False) -> list["ObjectInfo"]:
+    """``glob_uris`` with each file's size (``storage ls`` of a glob). ``include_hidden``: names starting with "."
+    match ``*`` / ``**`` too (as ``glob.glob(include_hidden=True)``), not only a pattern part that starts with "."."""
     if is_s3(pattern):
-        from fsspec.utils import glob_translate
+        from wcmatch.glob import DOTGLOB, GLOBSTAR, globmatch
 
         prefix = GLOB_CHARS.split(pattern, 1)[0]
-        # as local glob: ``**`` inside a name is ``*`` (fsspec refuses it), and names starting with "." (macOS's
-        # ._ copies) match only a pattern part that starts with "." too
-        parts = [part.replace("**", "*") if part != "**" else part for part in pattern.split("/")]
-        matches = re.compile(glob_translate("/".join(parts))).fullmatch
-        dotted = {i for i, part in enumerate(parts) if part.startswith(".")}
-
-        def hidden(uri: str) -> bool:
-            names = uri.split("/")[3:]  # below s3://bucket/
-            return any(name.startswith(".") and i + 3 not in dotted for i, name in enumerate(names))
-
-        found = [info for info in storage.list(prefix) if matches(info.uri) and not hidden(info.uri)]
+        # the path semantics of local globs (glob.glob): ``**`` alone is any depth (none too), inside a name ``*``;
+        # names starting with "." (macOS's ._ copies, minseg's hidden folders) match only a pattern part starting
+        # with "." (``include_hidden``: any)
+        flags = GLOBSTAR | (DOTGLOB if include_hidden else 0)
+        found = [info for info in storage.list(prefix) if globmatch(info.uri, pattern, flags=flags)]
     else:
         found = [ObjectInfo(absolute_uri(p), os.path.getsize(p))
-                 for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+                 for p in glob.glob(os.path.expanduser(pattern), recursive=True, include_hidden=include_hidden)
+                 if os.path.isfile(p)]
     return sorted((info for info in found if suffixes is None or info.uri.lower().endswith(suffixes)),
                   key=lambda info: info.uri)
 

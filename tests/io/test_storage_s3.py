@@ -230,7 +230,9 @@ def test_folders_holding_files_and_folder_names_alike_on_s3_and_locally(s3, tmp_
         expected = [f"{root}/s1/segmentation.ome.zarr", f"{root}/s2/segmentation.ome.zarr"]
         assert glob_folders(f"{root}/*/segmentation.ome.zarr", storage) == expected, root
         assert glob_folders(f"{root}/s[12]/*.zarr/", storage) == expected, root
-        assert glob_folders(f"{root}/**/segmentation.ome.zarr", storage)[-2:] == expected, root
+        # `**` skips hidden folders on S3 as on disk (S3 took `.hidden/` in before wcmatch)
+        assert glob_folders(f"{root}/**/segmentation.ome.zarr", storage) == expected, root
+        assert glob_folders(f"{root}/.*/segmentation.ome.zarr", storage) == [f"{root}/.hidden/segmentation.ome.zarr"]
         assert glob_folders(f"{root}/*/none.zarr", storage) == [], root
     storage.client.put_object(Bucket=s3.bucket, Key="out/empty/", Body=b"")  # a console's "create folder"
     assert not storage.holds_files(s3.uri("out/empty"))
