@@ -56,9 +56,16 @@ def test_command_on_a_manifest_and_a_checkpoint(tmp_path, capsys):
     # one checkpoint directory alone gives the same rows for that member
     report = analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(tmp_path / "one"))
     assert [r["mean_abs"] for r in report.rows] == pytest.approx([float(r["mean_abs"]) for r in half_rows])
-    # again into the first folder with that member alone: the other member's figure does not stay behind
-    analyze_kernels([str(tmp_path / "ens" / "members" / "half")], str(out))
+    # again into the first folder with that member alone: the other member's figure does not stay behind; a
+    # checkpoint reached twice is analysed once (it was two members, half-1 and half-2)
+    half_dir = str(tmp_path / "ens" / "members" / "half")
+    assert [r["member"] for r in analyze_kernels([half_dir, half_dir + "/"], str(out)).rows] == \
+        [r["member"] for r in report.rows]
     assert not (out / "unet_kernels.png").exists() and (out / "half_kernels.png").exists()
+    # the output inside a member's checkpoint directory: its figures would lie among the weights
+    assert main(["analyze", "kernels", manifest, "--out", f"{half_dir}/figures"]) == 2
+    assert f"--out: {half_dir}/figures lies in the checkpoint directory of member 'half'" in capsys.readouterr().err
+    assert not (tmp_path / "ens" / "members" / "half" / "figures").exists()
     for flag, value in (("--near-zero", "nan"), ("--relative", "-1"), ("--bins", "0")):
         assert main(["analyze", "kernels", manifest, "--out", str(out), flag, value]) == 2
         err = capsys.readouterr().err
@@ -85,6 +92,13 @@ def test_sources_that_hold_no_member_exit_2(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{not json")
     assert main(["analyze", "kernels", str(tmp_path / "x.json"), "--out", str(tmp_path / "o")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+    # a mistyped path, and a checkpoint's weights file given for its folder: each said as it is
+    assert main(["analyze", "kernels", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.pt").write_bytes(b"x")
+    assert main(["analyze", "kernels", str(tmp_path / "ckpt" / "model.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert f"give the checkpoint directory that holds it ({tmp_path / 'ckpt'})" in capsys.readouterr().err
 
 
 def test_k_fold_and_prospect_runs(tmp_path):
@@ -111,7 +125,9 @@ def test_k_fold_and_prospect_runs(tmp_path):
             {**half, "fold": 2, "status": "done", "best_checkpoint": None, "last_checkpoint": "/elsewhere"},
             {**half, "fold": None, "status": "failed", "best_checkpoint": None}]
     (tmp_path / "run" / "members.json").write_text(json.dumps({"members": rows}))
-    members = discover([str(tmp_path / "run"), checkpoint, checkpoint], Storage())
+    # two checkpoints of one name are numbered; one checkpoint given twice is one member
+    shutil.copytree(checkpoint, tmp_path / "other" / "half")
+    members = discover([str(tmp_path / "run"), checkpoint, str(tmp_path / "other" / "half"), checkpoint], Storage())
     assert [m.name for m in members] == ["half@fold1", "half@fold2", "half-1", "half-2"]
     report = analyze_kernels([str(tmp_path / "run")], str(tmp_path / "out"))  # in_channels in the options: fine
     assert {r["member"] for r in report.rows} == {"half@fold1", "half@fold2"}

@@ -76,9 +76,22 @@ def discover(sources: list[str], storage: Storage) -> list[TrainedMember]:
             members += _from_run(source, storage)
         elif storage.exists(join_uri(source, "model.pt")):
             members.append(_from_checkpoint(source, storage))
+        elif source.rstrip("/").endswith("/model.pt") and storage.exists(source):
+            raise KernelSourceError(f"{source}: give the checkpoint directory that holds it "
+                                    f"({source.rstrip('/').rsplit('/', 1)[0]}), with its member.json")
+        elif not storage.exists(source) and not storage.is_folder(source):
+            raise KernelSourceError(f"{source}: no such file or folder")
         else:
             raise KernelSourceError(f"{source}: not a training run (members.json), an ensemble manifest (.json) or a "
                                     "checkpoint directory (model.pt + member.json)")
+    once: dict[str, TrainedMember] = {}
+    for m in members:  # a checkpoint reached twice (a run and one of its members, a source given twice): once
+        key = absolute_uri(m.checkpoint).rstrip("/")
+        if key in once:
+            log_event(log, "kernels.member_given_twice", member=m.name, checkpoint=m.checkpoint,
+                      hint=f"analysed once, as {once[key].name}")
+        once.setdefault(key, m)
+    members = list(once.values())
     names = [m.name for m in members]
     repeated = {n for n in names if names.count(n) > 1}
     seen: dict[str, int] = {}
@@ -139,7 +152,7 @@ def _from_manifest(uri: str, storage: Storage) -> list[TrainedMember]:
 
 def load_member(member: TrainedMember, storage: Storage) -> nn.Module:
     """The member's model with its trained weights (CPU, eval mode)."""
-    from minseg.models import build_model, read_state_dict
+    from minseg.models import build_model, load_mismatch, read_state_dict
 
     uri = join_uri(member.checkpoint, "classes.json")
     try:
@@ -161,8 +174,8 @@ def load_member(member: TrainedMember, storage: Storage) -> nn.Module:
         model = build_model(member.model, num_classes=num_classes, in_channels=in_channels, **options)
         model.load_state_dict(state)
     except (ValueError, TypeError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise KernelSourceError(f"{weights}: does not fit member {member.name!r} ({member.model}): {first}") from None
+        raise KernelSourceError(f"{weights}: does not fit member {member.name!r} ({member.model}): "
+                                f"{load_mismatch(exc)}") from None
     return model.eval()
 
 
@@ -231,6 +244,11 @@ def analyze_kernels(sources: list[str], output_uri: str, storage: Storage | None
     output_uri = absolute_uri(output_uri)  # listings name files by absolute URIs: a relative one matched none
     refuse_other_command_outputs(output_uri, "analyze", "--out", storage)
     members = discover(sources, storage)
+    for member in members:  # its figures would lie among the weights, and read as part of the checkpoint
+        folder = absolute_uri(member.checkpoint).rstrip("/")
+        if output_uri.rstrip("/") == folder or output_uri.startswith(folder + "/"):
+            raise InputError(f"--out: {output_uri} lies in the checkpoint directory of member {member.name!r} "
+                             f"({folder}); give a folder outside it")
     # every member loaded and drawn before the folder is touched: a member that fails leaves the earlier analysis
     # whole, not its figures beside this one's
     rows, pictures, per_member = [], {}, {}

@@ -128,6 +128,7 @@ def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: S
     Raises:
         MemberLoadError: as :func:`load_members`, naming the member, the file and the cause.
     """
+    from minseg.io.tensors import load_failure
     from minseg.models import InitWeightsError, build_model
     from minseg.models.pretrained import state_dict_of
 
@@ -140,7 +141,7 @@ def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: S
                 try:
                     payload = torch.load(stream, map_location="meta", weights_only=True)
                 except Exception as exc:  # noqa: BLE001 (a damaged pickle raises anything; io.tensors does the same)
-                    raise InitWeightsError(f"not a readable weights file ({type(exc).__name__}: {exc})") from None
+                    raise InitWeightsError(f"not a readable weights file ({load_failure(exc)})") from None
             with torch.device("meta"):
                 model = build_model(member.model, num_classes=num_classes, **dict(member.model_options))
             model.load_state_dict(state_dict_of(payload, member.weights_uri), assign=True)
@@ -149,14 +150,11 @@ def check_members_fit(members: Sequence[MemberRef], num_classes: int, storage: S
 
 
 def _cannot_load(member: MemberRef, exc: BaseException) -> MemberLoadError:
-    """One line naming the member, the file and the cause (load_state_dict lists missing / unexpected /
-    mis-shaped tensors over many lines: joined, cut at 400 characters)."""
-    cause = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    cause = cause if len(cause) <= 400 else cause[:400] + " ..."
-    hint = (" (model / model_options do not match the checkpoint's tensors, or the class count differs)"
-            if isinstance(exc, RuntimeError) and "state_dict" in str(exc) else "")
+    """One line naming the member, the file and the cause (``models.load_mismatch``)."""
+    from minseg.models import load_mismatch
+
     return MemberLoadError(f"member {member.name!r} ({member.model}, {member.weights_uri}) cannot be loaded: "
-                           f"{type(exc).__name__}: {cause}{hint}")
+                           f"{load_mismatch(exc)}")
 
 
 def load_members(members: Sequence[MemberRef], num_classes: int, storage: Storage,

@@ -31,6 +31,19 @@ def load_tensor_file(data: bytes, uri: str, kind: str, error: type[InputError] =
 
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc).strip()
-        reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}; {len(data)} bytes"
+        reason = f"{load_failure(exc)}; {len(data)} bytes"
         raise error(f"{uri}: not a readable {kind} ({reason}){'; ' + advice if advice else ''}") from None
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line: ``UnpicklingError: Unsupported operand 206``.
+    Torch's own first line for a file that is not tensors advises loading it again with ``weights_only=False``,
+    which runs whatever code the file holds: a damaged or foreign file is never worth that, so it is not passed on
+    (minseg reads tensors only)."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
+        detail = " ".join(detail.split("Check the documentation", 1)[0].split())
+        return (f"{type(exc).__name__}: not a file of tensors only{' (' + detail + ')' if detail else ''}; minseg "
+                "never loads one that could run code")
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -5,7 +5,8 @@
 """
 
 from minseg.models.base import MinsegModel
-from minseg.models.pretrained import InitWeightsError, WeightLoadReport, load_pretrained, read_state_dict
+from minseg.models.pretrained import (InitWeightsError, WeightLoadReport, load_mismatch, load_pretrained,
+                                     read_state_dict)
 from minseg.models.registry import InputSpec, ModelEntry, build_model, get_entry, list_models, register_model
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "build_model",
     "get_entry",
     "list_models",
+    "load_mismatch",
     "load_pretrained",
     "read_state_dict",
     "register_model",

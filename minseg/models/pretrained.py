@@ -169,6 +169,29 @@ def same_normalization(a: dict | None, b: dict | None) -> bool:
         [float(v) for v in a["std"]] == [float(v) for v in b["std"]]
 
 
+def load_mismatch(exc: BaseException) -> str:
+    """Why ``load_state_dict`` refused a checkpoint, in one line: torch lists every missing, unexpected and
+    mis-shaped tensor over many lines (an error message cut at its first line said only "Error(s) in loading
+    state_dict for HalfUNet:"); counted here, with the first of each and both shapes of a mis-shaped one."""
+    text = str(exc).strip()
+    if not (isinstance(exc, RuntimeError) and text.startswith("Error(s) in loading state_dict")):
+        joined = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        return f"{type(exc).__name__}: {joined if len(joined) <= 400 else joined[:400] + ' ...'}"
+    parts = []
+    for label, found in (("missing", re.search(r"Missing key\(s\) in state_dict: (.*)", text)),
+                         ("unexpected", re.search(r"Unexpected key\(s\) in state_dict: (.*)", text))):
+        keys = re.findall(r'"([^"]+)"', found.group(1)) if found else []
+        if keys:
+            parts.append(f"{len(keys)} tensor(s) {label} (first {keys[0]!r})")
+    shapes = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                        r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+    if shapes:
+        key, theirs, ours = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (first {key!r}: {theirs} in the checkpoint, {ours} in the model)")
+    return ("the checkpoint's tensors do not fit the model built from its settings (model / model_options or the "
+            f"class count differ): {'; '.join(parts) or text.splitlines()[0]}")
+
+
 def read_state_dict(uri: str, storage=None) -> dict[str, torch.Tensor]:
     """A state dict of tensors from a local path or s3:// URI.
 
