@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from minseg.config.base import JobProblem
 from minseg.config.schema import MinsegConfig
 from minseg.errors import InputError
 from minseg.io.storage import ObjectNotFoundError, Storage, absolute_uri, join_uri
@@ -153,15 +154,12 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
     A second demo run reuses what a previous one trained (its finished members; unfinished ones continue) when it
     was made from the same synthetic data and the same data and training settings; otherwise (or with ``fresh``)
     the previous run is removed and the members are trained afresh. Either way it says so."""
-    from minseg.data.config import ClassMapSettings, DataSettings, SourceSettings
-    from minseg.synth.minerals import class_map_document
+    from minseg.data.config import DataSettings, SourceSettings
     from minseg.train.ensemble import train_ensemble
 
-    classes = ClassMapSettings(classes=[{"name": c["name"], "codes": c["codes"], "color": c["color"]}
-                                        for c in class_map_document()["classes"]])
     data = config.data or DataSettings(sources=[SourceSettings(uri=join_uri(output_uri, "sections"))])
     config.data = data.model_copy(update={"sources": [SourceSettings(uri=join_uri(output_uri, "sections"))],
-                                          "classes": data.classes or classes})
+                                          "classes": demo_classes(config)})
     config.run.output_uri = output_uri
     storage = Storage(config.storage)
     inputs = {"synth": config.synth.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
@@ -181,6 +179,29 @@ def train_on_synthetic_sections(config: MinsegConfig, output_uri: str, fresh: bo
         storage.delete_prefix(config.run.uri.rstrip("/") + "/")
     storage.write_json(record, inputs, indent=1)
     return train_ensemble(config, resume=resume)
+
+
+def demo_classes(config: MinsegConfig):
+    """The class map (``ClassMapSettings``) the demo trains its members with: ``data.classes`` when the config
+    gives it, else the synthetic sections' minerals."""
+    from minseg.data.config import ClassMapSettings
+    from minseg.synth.minerals import class_map_document
+
+    if config.data is not None and config.data.classes is not None:
+        return config.data.classes
+    return ClassMapSettings(classes=[{"name": c["name"], "codes": c["codes"], "color": c["color"]}
+                                     for c in class_map_document()["classes"]])
+
+
+def demo_problems(config: MinsegConfig) -> list[JobProblem]:
+    """What the demo's later phases would refuse, said before it synthesises and trains for minutes: the
+    evaluation's rank key against the classes it trains with (``demo_classes``; ``config validate`` says it too)."""
+    from minseg.ensemble.evaluate import rank_key_problem
+
+    if config.training is None or config.synth.sections is None or config.evaluation is None:
+        return []
+    problem = rank_key_problem(config, [c.name for c in demo_classes(config).classes])
+    return [problem] if problem else []
 
 
 def refuse_foreign_run(run_uri: str, storage: Storage) -> None:
@@ -203,6 +224,8 @@ def run_demo(config: MinsegConfig, fresh: bool = False) -> DemoResult:
     from minseg.enums import MemberStatus
 
     started = time.monotonic()
+    if problems := demo_problems(config):
+        raise InputError("; ".join(f"{p.where}: {p.reason}" for p in problems))
     if config.training is not None and config.synth.sections is not None:
         refuse_foreign_run(join_uri(absolute_uri(config.run.output_uri), config.run.name), Storage(config.storage))
     result = DemoResult(run_synth(config))

@@ -2,7 +2,8 @@
 
 ``job_problems(config)``: training's members (models, options, losses, class weights and checkpoint metrics,
 built on the meta device as ``train`` checks them), the prospect section's members (as ``prospect`` checks them
-before reading any input), the evaluation's rank key against ``data.classes`` (as ``evaluate``).
+before reading any input), the evaluation's rank key against ``data.classes`` (as ``evaluate``), or against the
+synthetic minerals of a demo's config that lists none (as ``demo``).
 ``invalid_config_problems(values)``: the same for a config the schema refused (``ConfigError.values``), of every
 section and member, each with the values the schema refuses left out: a misspelt key, a bad default or one member's
 bad value no longer hides the rest.
@@ -33,10 +34,14 @@ def job_problems(config: MinsegConfig, warn: bool = True,
         from minseg.geo.prospect import member_problems
 
         problems += member_problems(config.prospect, configured=configured.get("prospect"))
-    if config.evaluation is not None:
+    if config.evaluation is not None and config.data is not None and config.data.classes is not None:
         from minseg.ensemble.evaluate import rank_key_problem
 
         problems += [problem] if (problem := rank_key_problem(config)) else []
+    elif config.evaluation is not None:  # no classes listed: a demo's config trains on the synthetic minerals
+        from minseg.demo import demo_problems
+
+        problems += demo_problems(config)
     return problems
 
 

@@ -64,6 +64,19 @@ def test_the_demo_refuses_to_retrain_over_a_run_it_did_not_write(tmp_path, capsy
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
+def test_a_rank_key_of_no_synthetic_mineral_is_refused_before_the_demo_trains(tmp_path, capsys):
+    """The demo's config lists no classes (it trains on the synthetic minerals): ``evaluation.rank_key:
+    iou:nothing`` passed ``config validate`` and stopped the demo only after synthesis and training (minutes on
+    the default config). Both say it now, before anything is written; a mineral the generator paints passes."""
+    path, out = tiny_demo_config(tmp_path), tmp_path / "project"
+    for command in (["config", "validate", str(path)], ["demo", "-c", str(path), "--out", str(out)]):
+        assert main([*command, "--set", "evaluation.rank_key=iou:nothing"]) == 2
+        assert "evaluation.rank_key: unknown class 'nothing' in 'iou:nothing'; classes: background, pyrite" in \
+            capsys.readouterr().err
+    assert not out.exists()
+    assert main(["config", "validate", str(path), "--set", "evaluation.rank_key=iou:pyrrhotite"]) == 0
+
+
 def test_the_demo_and_synth_refuse_folders_of_other_commands_and_a_geologist_s_own(tmp_path, capsys):
     """``demo --out`` a finished prospect output wrote the demo's folders beside the maps, and ``demo`` / ``synth``
     into a folder holding someone's ``survey/samples.csv`` would write over it: both refused, untouched."""

@@ -459,13 +459,15 @@ class EvaluationResult:
     document: dict
 
 
-def rank_key_problem(config: MinsegConfig) -> JobProblem | None:
+def rank_key_problem(config: MinsegConfig, names: list[str] | None = None) -> JobProblem | None:
     """Why ``evaluation.rank_key`` names no class of ``data.classes`` (its form is checked when the config is read),
     as ``evaluate`` refuses it before any work and ``config validate`` says it; None when it does, or when the
-    config lists no classes."""
-    if config.evaluation is None or config.data is None or config.data.classes is None:
+    config lists no classes. ``names``: the class names to check against instead (the demo's synthetic ones)."""
+    if names is None and config.data is not None and config.data.classes is not None:
+        names = [c.name for c in config.data.classes.classes]
+    if config.evaluation is None or names is None:
         return None
-    problem = metric_key_problem(config.evaluation.rank_key, [c.name for c in config.data.classes.classes])
+    problem = metric_key_problem(config.evaluation.rank_key, names)
     return JobProblem("evaluation.rank_key", problem) if problem else None
 
 
