@@ -279,6 +279,10 @@ def cmd_select(args) -> int:
         print(f"{args.evaluation}: the evaluation's outputs were not all in place (its run was cut short while "
               "putting them there): put in place now", file=sys.stderr)
     document = read_evaluation(args.evaluation, storage)
+    # where it goes, checked before the choice is said (a bad --out was refused after "chosen on the val split")
+    target = manifest_destination(args.out, args.evaluation, args.name, storage, "--out" if args.out else "--name")
+    _check_output(os.path.dirname(os.path.abspath(os.path.expanduser(target))) if not target.startswith("s3://")
+                  else None, "--out")
     selection = rank_key = None  # --candidate: nothing chose it; the manifest records that (chosen_by)
     # an evaluation.json edited by hand or damaged: one line naming it, not a traceback from deep in the choice
     with evaluation_errors(join_uri(args.evaluation, "evaluation.json")) as recorded:
@@ -314,9 +318,6 @@ def cmd_select(args) -> int:
         print(f"warning: {args.evaluation} predates recording the weights it scored: a member retrained since "
               "cannot be told apart, and its scores would go with other weights (run minseg evaluate again to "
               "record them)", file=sys.stderr)
-    target = manifest_destination(args.out, args.evaluation, args.name, storage)
-    _check_output(os.path.dirname(os.path.abspath(os.path.expanduser(target))) if not target.startswith("s3://")
-                  else None, "--out")
     write_manifest(manifest, target, storage)
     print(f"selected {key} -> {target}")
     return 0

@@ -310,6 +310,10 @@ def test_select_refuses_a_file_a_record_missing_keys_and_a_name_that_is_a_path(t
     assert "evaluation.json: not a complete evaluation record, missing candidates, classes" in error_of(capsys)
     assert main(["select", str(tmp_path)]) == 2
     assert "evaluation.json: no such file" in error_of(capsys)
+    (tmp_path / "members.json").write_text('{"members": []}')  # the training run given: its evaluations named
+    assert main(["select", str(tmp_path)]) == 2
+    assert (f"({tmp_path} is a training run: its evaluations are in {tmp_path}/evaluation/<name>; here: ensemble)"
+            in error_of(capsys))
     # an evaluation cut short while put in place: its outputs complete in the staging folder, not in place (segment
     # and score are told so); select puts them in place first, without predicting again
     staged = tmp_path / ".minseg-redo" / "evaluate"

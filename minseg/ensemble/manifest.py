@@ -145,11 +145,12 @@ def write_manifest(manifest: EnsembleManifest, uri: str, storage: Storage) -> No
     storage.write_json(uri, manifest.model_dump(mode="json"))
 
 
-def manifest_destination(out: str | None, evaluation: str, name: str, storage: Storage) -> str:
+def manifest_destination(out: str | None, evaluation: str, name: str, storage: Storage, flag: str = "--out") -> str:
     """Where ``minseg select`` writes its manifest: ``out`` as a ``.json`` file, or ``manifest-NAME.json`` inside
     ``out`` when it is a folder (one that exists: an S3 prefix holding objects, a bucket; or any path written with a
     trailing ``/``); by default beside
-    ``evaluation.json`` in the ``evaluation`` folder.
+    ``evaluation.json`` in the ``evaluation`` folder. ``flag``: what chose the file, named in errors (``--name``
+    when ``out`` is None).
 
     Raises:
         InputError: ``out`` names another kind of file, an existing file that is not an ensemble manifest
@@ -181,8 +182,8 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
             document = None
         if not (isinstance(document, dict) and "version" in document and "members" in document
                 and "fusion" in document):
-            raise InputError(f"--out: {target} exists and is not an ensemble manifest (another command's output?): "
-                             "select replaces only manifests; choose another path")
+            raise InputError(f"{flag}: {target} exists and is not an ensemble manifest (another command's output?): "
+                             f"select replaces only manifests; choose another {'name' if flag == '--name' else 'path'}")
     return target
 
 

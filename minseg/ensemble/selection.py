@@ -433,7 +433,7 @@ def read_evaluation(folder: str, storage: Storage) -> dict:
     """
     import os
 
-    from minseg.io.storage import ObjectNotFoundError, parse_uri
+    from minseg.io.storage import ObjectNotFoundError, glob_uris, parse_uri
 
     location = parse_uri(folder)
     if not location.is_s3 and os.path.isfile(location.path):
@@ -443,8 +443,15 @@ def read_evaluation(folder: str, storage: Storage) -> dict:
     try:
         document = storage.read_json(uri)
     except ObjectNotFoundError:
+        hint = ""
+        if storage.exists(join_uri(folder, "members.json")):  # a training run: its evaluations lie below it
+            found = sorted({uri.rsplit("/", 2)[-2] for uri in glob_uris(join_uri(folder, "evaluation", "*",
+                                                                                  "evaluation.json"), storage)})
+            hint = (f" ({folder} is a training run: its evaluations are in "
+                    f"{join_uri(folder, 'evaluation', '<name>')}"
+                    + (f"; here: {', '.join(found)}" if found else "; none yet: run minseg evaluate") + ")")
         raise InputError(f"{uri}: no such file; give the folder minseg evaluate wrote (it holds evaluation.json "
-                         "and manifest.json)") from None
+                         f"and manifest.json){hint}") from None
     if not isinstance(document, dict):
         raise InputError(f"{uri}: not an evaluation record (a JSON object expected)")
     missing = [key for key in EVALUATION_KEYS if key not in document]

@@ -47,9 +47,10 @@ class StorageSettings(StrictModel):
     addressing_style: AddressingStyle = AddressingStyle.AUTO
     multipart_threshold_mib: float = Field(16.0, ge=S3_MIN_PART_MIB)
     multipart_part_size_mib: float = Field(16.0, ge=S3_MIN_PART_MIB)
-    max_attempts: PositiveInt = Field(8, description="tries per request, with backoff on throttling / 5xx")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
+    # bounded: a request to an endpoint that accepts and never answers waits read_timeout_s per try, silently
+    max_attempts: PositiveInt = Field(8, le=50, description="tries per request, with backoff on throttling / 5xx")
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    read_timeout_s: float = Field(60.0, gt=0, le=3600)
     verify_tls: bool = True
     forward_credentials: bool = Field(
         False, description="hand the driver's AWS_* credentials to the job's Ray tasks (for nodes without their "

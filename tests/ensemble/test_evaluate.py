@@ -184,7 +184,13 @@ def test_select_writes_manifests_only_where_asked_and_never_over_another_command
                             (str(evaluation_run_members(folder)), "exists and is not an ensemble manifest"),
                             (str(tmp_path / "manifest.yaml"), "is not a .json file name")):
         assert main(["select", folder, "--out", target]) == 2
-        assert message in capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert message in err and "chosen on" not in out  # refused before the choice is said
+    (Path(folder) / "manifest-notes.json").write_text("{}")  # the file --name makes: named as --name's
+    assert main(["select", folder, "--name", "notes"]) == 2
+    assert (f"--name: {folder}/manifest-notes.json exists and is not an ensemble manifest (another command's "
+            "output?): select replaces only manifests; choose another name") in capsys.readouterr().err
+    (Path(folder) / "manifest-notes.json").unlink()
     assert (Path(folder) / "evaluation.json").read_text() == record
     assert json.loads(evaluation_run_members(folder).read_text())["members"]
 

@@ -520,3 +520,19 @@ def test_the_item_records_the_storage_layer_knows_are_those_of_segment_and_measu
 
     assert ITEM_RECORDS == {"segment": tuple(f for f, _ in SEGMENT_RECORDS),
                             "measure": tuple(f for f, _ in MEASURE_RECORDS)}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("max_attempts", 99999999999999, "less than or equal to 50"),
+    ("connect_timeout_s", 1e300, "less than or equal to 600"),
+    ("read_timeout_s", 86400.0, "less than or equal to 3600"),
+])
+def test_retries_and_timeouts_are_bounded(key, value, message):
+    """A break-it pass: an endpoint that accepts and never answers held a request read_timeout_s per try, silently,
+    max_attempts times (defaults: 8 minutes); any number was taken (99999999999999 tries, 1e300 s)."""
+    from pydantic import ValidationError
+
+    from minseg.io.config import StorageSettings
+
+    with pytest.raises(ValidationError, match=message):
+        StorageSettings.model_validate({key: value})
