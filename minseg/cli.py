@@ -483,7 +483,8 @@ def cmd_config(args) -> int:
     problems = job_problems(config)
     if problems:
         raise ConfigError(args.config, [(p.where, p.reason) for p in problems], _job_problem_sources(args, problems))
-    print(f"{args.config}: valid")
+    # an empty file, or one of comments or `null`: valid, but nothing of it is the user's
+    print(f"{args.config}: valid" + ("" if config.model_fields_set else " (it sets nothing: every value is a default)"))
     return 0
 
 

@@ -52,6 +52,18 @@ def test_config_errors_exit_2_with_file_and_key(tmp_path, capsys):
     assert f"{bad}: synth.slide.tile: " in err and "multiple of 16" in err
 
 
+def test_config_validate_says_when_a_file_sets_nothing(tmp_path, capsys):
+    """An empty file, or one of comments or `null`, was "valid" like any other: it is, but nothing in it is the
+    user's (a file saved empty, the wrong file)."""
+    for text in ("", "# only a comment\n", "null\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        assert main(["config", "validate", str(tmp_path / "c.yaml")]) == 0
+        assert capsys.readouterr().out.strip().endswith("valid (it sets nothing: every value is a default)"), text
+    (tmp_path / "c.yaml").write_text("run: {seed: 1}\n")
+    assert main(["config", "validate", str(tmp_path / "c.yaml")]) == 0
+    assert capsys.readouterr().out.strip().endswith(": valid")
+
+
 def test_config_show_fills_defaults(tmp_path, capsys):
     good = tmp_path / "good.yaml"
     good.write_text("run: {name: x}\n")
