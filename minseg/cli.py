@@ -542,7 +542,7 @@ def cmd_storage(args) -> int:
         StorageError: a glob given to cat / cp, a folder given to cat / cp / rm, a destination under a file."""
     from minseg.config import MinsegConfig, load_config
     from minseg.errors import InputError
-    from minseg.io.storage import (GLOB_CHARS, ObjectNotFoundError, Storage, StorageError, glob_objects, has_glob,
+    from minseg.io.storage import (ObjectNotFoundError, Storage, StorageError, glob_objects_and_hidden, has_glob,
                                    is_s3, join_uri, parse_uri, shown_name)
 
     settings = load_config(args.config, MinsegConfig).storage if args.config else None
@@ -562,13 +562,12 @@ def cmd_storage(args) -> int:
         raise StorageError(f"{uri}: is a folder; {what}")
     hidden = 0
     if glob_meant:  # ls, rm
-        listed = glob_objects(uri, storage)
         # as in a shell, '*' and '**' skip names starting with '.': said, since `rm 'out/**'` leaves them
-        hidden = len(glob_objects(uri, storage, include_hidden=True)) - len(listed)
-        base = GLOB_CHARS.split(uri, 1)[0].rsplit("/", 1)[0]  # the folder the glob starts in
-        note = (f"{hidden} hidden file(s) (a name starting with '.', or in such a folder) not matched: '*' and '**' "
-                "skip them, as in a shell; a pattern part starting with '.' matches them "
-                f"({join_uri(base, '**', '.*')!r}, {join_uri(base, '**', '.*', '**')!r})")
+        listed, skipped = glob_objects_and_hidden(uri, storage)
+        hidden = len(skipped)
+        note = (f"{hidden} hidden file(s) not matched (e.g. {shown_name(skipped[0].uri)}): '*' and '**' skip names "
+                "starting with '.', and what hidden folders hold, as in a shell; a pattern part starting with '.' "
+                "matches them") if skipped else ""
         if not listed:
             raise ObjectNotFoundError(f"{uri}: no file matches this glob" + (f"; {note}" if hidden else ""))
     if args.action == "ls":
@@ -728,8 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--rule", type=SelectionRule, choices=list(SelectionRule),
                         help="best, tpi_budget (with --tpi-budget) or one_se: the most members within one standard "
                              "error of the best (default: the evaluation's rule)")
-    select.add_argument("--candidate", type=_text, help="take this candidate, e.g. RUEL-5-WV or member:learner03 (instead of "
-                        "choosing by --key / --tpi-budget / --rule)")
+    select.add_argument("--candidate", type=_text, help="take this candidate, e.g. RUEL-5-WV or member:learner03 "
+                        "(instead of choosing by --key / --tpi-budget / --rule)")
     select.add_argument("--name", default="selected", type=_file_name,
                         help="name recorded in the manifest (and its file name, manifest-NAME.json)")
     select.add_argument("--out", type=_text, help="manifest .json path or URI, or a folder (one that exists, or "
@@ -810,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     storage = sub.add_parser("storage", help="list, read, copy or delete paths and s3:// URIs")
     storage.add_argument("action", choices=["ls", "cat", "cp", "rm"],
-                         help="ls: list; cat: print a file; cp: copy a file; rm: delete a file, or the files a glob matches")
+                         help="ls: list; cat: print a file; cp: copy a file; rm: delete a file, or the files a glob "
+                              "matches")
     storage.add_argument("uri", help="path or s3:// URI; for ls and rm also a quoted glob ('dir/*.txt', 'dir/**')")
     storage.add_argument("destination", nargs="?", help="for cp: the new file, or a folder to copy into (an existing "
                          "one, or ending in '/')")

@@ -3,7 +3,7 @@
 ``job_problems(config)``: training's members (models, options, losses, class weights and checkpoint metrics,
 built on the meta device as ``train`` checks them), the prospect section's members (as ``prospect`` checks them
 before reading any input), the evaluation's rank key against ``data.classes`` (as ``evaluate``), or against the
-synthetic minerals of a demo's config that lists none (as ``demo``).
+synthetic minerals of a demo's config (a ``synth`` section, no classes listed; as ``demo``).
 ``invalid_config_problems(values)``: the same for a config the schema refused (``ConfigError.values``), of every
 section and member, each with the values the schema refuses left out: a misspelt key, a bad default or one member's
 bad value no longer hides the rest.
@@ -38,7 +38,8 @@ def job_problems(config: MinsegConfig, warn: bool = True,
         from minseg.ensemble.evaluate import rank_key_problem
 
         problems += [problem] if (problem := rank_key_problem(config)) else []
-    elif config.evaluation is not None:  # no classes listed: a demo's config trains on the synthetic minerals
+    elif config.evaluation is not None and "synth" in config.model_fields_set:
+        # no classes listed, and a synth section: a demo's config, whose members train on the synthetic minerals
         from minseg.demo import demo_problems
 
         problems += demo_problems(config)

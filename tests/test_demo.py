@@ -75,6 +75,12 @@ def test_a_rank_key_of_no_synthetic_mineral_is_refused_before_the_demo_trains(tm
             capsys.readouterr().err
     assert not out.exists()
     assert main(["config", "validate", str(path), "--set", "evaluation.rank_key=iou:pyrrhotite"]) == 0
+    # a config without a synth section is no demo's: its classes are its data's, never the synthetic minerals
+    plain = yaml.safe_load(path.read_text())
+    plain.pop("synth", None)
+    path.write_text(yaml.safe_dump(plain))
+    main(["config", "validate", str(path), "--set", "evaluation.rank_key=iou:nothing"])
+    assert "classes: background, pyrite" not in capsys.readouterr().err
 
 
 def test_the_demo_and_synth_refuse_folders_of_other_commands_and_a_geologist_s_own(tmp_path, capsys):

@@ -76,9 +76,9 @@ def discover(sources: list[str], storage: Storage) -> list[TrainedMember]:
             members += _from_run(source, storage)
         elif storage.exists(join_uri(source, "model.pt")):
             members.append(_from_checkpoint(source, storage))
-        elif source.rstrip("/").endswith("/model.pt") and storage.exists(source):
+        elif source.rstrip("/").rsplit("/", 1)[-1] == "model.pt" and storage.exists(source):
             raise KernelSourceError(f"{source}: give the checkpoint directory that holds it "
-                                    f"({source.rstrip('/').rsplit('/', 1)[0]}), with its member.json")
+                                    f"({absolute_uri(source).rstrip('/').rsplit('/', 1)[0]}), with its member.json")
         elif not storage.exists(source) and not storage.is_folder(source):
             raise KernelSourceError(f"{source}: no such file or folder")
         else:

@@ -217,7 +217,7 @@ def describe_error(error: dict[str, Any]) -> str:
         shown = _USERINFO.sub("//***@", repr(got))
         reason += f" (got {shown[:60]}...{shown[-20:]})" if len(shown) > 100 else f" (got {shown})"
     elif got is None and (kind.endswith("_type") or kind in ("enum", "literal_error")):
-        reason += " (got an empty value, which YAML reads as null: `key:` in a file, `--set key=`)"
+        reason += " (got null: an empty value is null to YAML, `key:` in a file as `--set key=`)"
     if kind == "string_type" and isinstance(got, (int, float)) and not isinstance(got, bool):
         reason += ": YAML (and --set) read digits as a number; quote the text ('0815')"  # 0815 became 815
     return reason
@@ -361,6 +361,7 @@ def validate_config(
     origins: dict[str, str] = {}  # dotted key -> where its value came from, when not from the file
     # values YAML cannot read: key as errors name it -> (where, why, the first part of the key the override made)
     unreadable: dict[str, tuple[str, str, str]] = {}
+    typed: dict[str, str] = {}  # an unreadable value's key as given -> as errors name it
     for origin, values in (("environment", env_overrides(environ)), ("override", overrides or {})):
         for dotted, text in values.items():
             label = (f"--set {dotted}" if origin == "override" else
@@ -368,12 +369,20 @@ def validate_config(
             if _CREDENTIAL_KEY.search(dotted):
                 raise ConfigError(label, [("", "credentials are read from AWS_* variables (or AWS_PROFILE), not "
                                                "from config keys")])
+            # a key under an unreadable value is not set (there is no mapping to set it in: the value is said);
+            # one that sets an unreadable value's key again, or a section above it, wins over it (--set over
+            # the environment)
+            if any(dotted.startswith((bad + ".", bad + "[")) for bad in typed):
+                continue
+            for bad in [bad for bad in typed if _related(dotted, bad)]:
+                unreadable.pop(typed.pop(bad), None)
             value, reason = _override_value(dotted, text)
             if reason:
                 # set as typed, so that a misspelt key is said with it (every problem at once), not after a rerun
                 before = _deep_copy(merged)
                 key = _set_path(merged, dotted, text, label)
                 unreadable[key], origins[key] = (label, reason, _first_new(before, key)), label
+                typed[dotted] = key
                 continue
             if isinstance(value, (Mapping, list)) and "\n" not in text.strip() \
                     and not text.lstrip().startswith(("{", "[")):

@@ -62,7 +62,8 @@ def class_list_problem(names: list[str], any_case: bool = False) -> str | None:
         if key in seen:
             first = names[seen[key]].strip()
             named = f"{first!r} names" if first == name.strip() else f"{first!r} and {name.strip()!r} (in any case) name"
-            why = "" if first == name.strip() else " (mineralogy's densities and background classes match names in any case)"
+            why = ("" if first == name.strip()
+                   else " (mineralogy's densities and background classes match names in any case)")
             return (f"{named} class ids {seen[key]} and {class_id} (entries {seen[key] + 1} and {class_id + 1}); every "
                     f"class needs its own name{why}")
         seen[key] = class_id

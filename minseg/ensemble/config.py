@@ -92,6 +92,14 @@ class EvaluationSettings(StrictModel):
                                   "with weights fitted on the other images' folds (cross-fitting), not on their own")
     name: Name = "ensemble"
 
+    @field_validator("members", "baselines", "voters", "modes")
+    @classmethod
+    def _once_each(cls, value):
+        """A name or mode listed twice would build a candidate twice (two ``RUEL-2-PV``): refused when read."""
+        if value is not None and (twice := sorted({str(v) for v in value if value.count(v) > 1})):
+            raise ValueError(f"lists {', '.join(twice)} more than once")
+        return value
+
     @field_validator("rank_key")
     @classmethod
     def _a_metric(cls, key: str) -> str:

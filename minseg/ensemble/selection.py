@@ -84,7 +84,9 @@ class Candidate:
         """A candidate as ``to_document`` wrote it.
 
         Raises:
-            ValueError: an unknown mode, a time per image that is no time (negative, infinite, not a number)."""
+            ValueError: an unknown mode, a time per image that is no time (negative, infinite, not a number),
+                members that are not distinct names, a key that does not say its mode and member count
+                (``RUEL-k-MODE``, ``member:NAME``), confusion matrices that are not square whole pixel counts."""
         key = document["key"]
         mode = FusionMode(document["mode"]) if document.get("mode") else None
         tpi = document.get("tpi", 0.0)

@@ -286,11 +286,9 @@ def glob_folders(pattern: str, storage: "Storage") -> list[str]:
     parts = pattern.rstrip("/").split("/")
     first = next(i for i, part in enumerate(parts) if has_glob(part))
     if "**" in parts[first:]:  # any depth: folders are what lies between the keys' slashes
-        from wcmatch.glob import GLOBSTAR, globmatch
-
-        found = {prefix for info in storage.list(GLOB_CHARS.split(pattern, 1)[0])
-                 for prefix in _parents(info.uri) if globmatch(prefix, pattern.rstrip("/"), flags=GLOBSTAR)}
-        return sorted(found)
+        matches = _s3_glob(pattern.rstrip("/"))
+        folders = {prefix for info in storage.list(GLOB_CHARS.split(pattern, 1)[0]) for prefix in _parents(info.uri)}
+        return sorted(folder for folder in folders if matches(folder))
     current = ["/".join(parts[:first])]
     for part in parts[first:]:
         if not has_glob(part):
@@ -310,25 +308,40 @@ def _parents(uri: str) -> list[str]:
     return [f"{head}://{bucket}/" + "/".join(names[:i]) for i in range(1, len(names))]
 
 
+def _s3_glob(pattern: str, include_hidden: bool = False):
+    """A matcher of S3 URIs by ``pattern`` with the path semantics of local globs (``glob.glob``), compiled once
+    (a listing under an OME-Zarr is millions of keys): ``**`` alone is any depth (none too), inside a name ``*``;
+    names starting with "." (macOS's ._ copies, minseg's hidden folders) match only a pattern part starting with
+    "." (``include_hidden``: any); ``\\`` is a character of a name, as on disk, not an escape (wcmatch)."""
+    from wcmatch import glob as wc
+
+    flags = wc.GLOBSTAR | wc.FORCEUNIX | (wc.DOTGLOB if include_hidden else 0)
+    return wc.compile(pattern.replace("\\", "\\\\"), flags=flags).match
+
+
 def glob_objects(pattern: str, storage: "Storage", suffixes: tuple[str, ...] | None = None,
                  include_hidden: bool = False) -> list["ObjectInfo"]:
     """``glob_uris`` with each file's size (``storage ls`` of a glob). ``include_hidden``: names starting with "."
     match ``*`` / ``**`` too (as ``glob.glob(include_hidden=True)``), not only a pattern part that starts with "."."""
     if is_s3(pattern):
-        from wcmatch.glob import DOTGLOB, GLOBSTAR, globmatch
-
         prefix = GLOB_CHARS.split(pattern, 1)[0]
-        # the path semantics of local globs (glob.glob): ``**`` alone is any depth (none too), inside a name ``*``;
-        # names starting with "." (macOS's ._ copies, minseg's hidden folders) match only a pattern part starting
-        # with "." (``include_hidden``: any)
-        flags = GLOBSTAR | (DOTGLOB if include_hidden else 0)
-        found = [info for info in storage.list(prefix) if globmatch(info.uri, pattern, flags=flags)]
+        matches = _s3_glob(pattern, include_hidden)
+        found = [info for info in storage.list(prefix) if matches(info.uri)]
     else:
         found = [ObjectInfo(absolute_uri(p), os.path.getsize(p))
                  for p in glob.glob(os.path.expanduser(pattern), recursive=True, include_hidden=include_hidden)
                  if os.path.isfile(p)]
     return sorted((info for info in found if suffixes is None or info.uri.lower().endswith(suffixes)),
                   key=lambda info: info.uri)
+
+
+def glob_objects_and_hidden(pattern: str, storage: "Storage") -> tuple[list["ObjectInfo"], list["ObjectInfo"]]:
+    """``glob_objects`` (hidden names left out), and the files only a hidden name kept out (``storage ls`` / ``rm``
+    say so): one listing on S3."""
+    everything = glob_objects(pattern, storage, include_hidden=True)
+    visible = (_s3_glob(pattern) if is_s3(pattern)
+               else {info.uri for info in glob_objects(pattern, storage)}.__contains__)  # local listings are cheap
+    return [info for info in everything if visible(info.uri)], [info for info in everything if not visible(info.uri)]
 
 
 @dataclass(frozen=True)

@@ -243,12 +243,19 @@ def test_errors_from_set_or_the_environment_blame_them_not_the_file(tmp_path, ca
                                              "--set segment.batch_size: value '[1' is not v"]
     with pytest.raises(ConfigError, match=r"environment MINSEG__SEGMENT__ACTORS: segment.actors: value '\{' is not"):
         load_config(path, MinsegConfig, environ={"MINSEG__SEGMENT__ACTORS": "{"})
+    # a key under an unreadable value is not set (it failed as "cannot set a key inside 'segment'", hiding the
+    # YAML problem); a --set of the same key wins over an unreadable variable, as over any
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, MinsegConfig, overrides={"segment": "[", "segment.batch_size": "0"})
+    assert refused.value.problems == [("segment", "value '[' is not valid YAML (expected the node content, but found "
+                                                  "'<stream end>')")]
+    assert load_config(path, MinsegConfig, overrides={"run.seed": "3"}, environ={"MINSEG__RUN__SEED": "["}).run.seed == 3
     # an empty value (YAML's null) says so: "Input should be a valid integer" alone did not say what was given
-    with pytest.raises(ConfigError, match=r"--set segment.actors: Input should be a valid integer \(got an empty "
-                                          r"value, which YAML reads as null: `key:` in a file, `--set key=`\)"):
+    with pytest.raises(ConfigError, match=r"--set segment.actors: Input should be a valid integer \(got null: an empty "
+                                          r"value is null to YAML, `key:` in a file as `--set key=`\)"):
         load_config(path, MinsegConfig, overrides={"segment.actors": ""})
     path.write_text("run: {name: x}\nsegment: {actors: }\n")  # the file's own likewise
-    with pytest.raises(ConfigError, match=rf"{path}: segment.actors: Input should be a valid integer \(got an empty"):
+    with pytest.raises(ConfigError, match=rf"{path}: segment.actors: Input should be a valid integer \(got null"):
         load_config(path, MinsegConfig)
     path.write_text("run: {name: x}\nsegment: {actorz: 1}\n")  # the file's own mistakes still name the file
     with pytest.raises(ConfigError, match=f"{path}: segment.actorz: unknown key"):
@@ -714,3 +721,10 @@ def test_every_seed_is_0_to_2_to_the_32_minus_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["synth", "--seed", "-3", "--out", str(tmp_path / "s")])
     assert stopped.value.code == 2 and "--seed: -3 is not a seed (0 to 4294967295)" in capsys.readouterr().err
+
+
+def test_an_evaluation_lists_each_mode_and_member_once():
+    """``modes: [pv, pv, soft]`` built RUEL-k-PV twice; evaluate then failed after all its predictions."""
+    for key, value in (("modes", ["pv", "pv", "soft"]), ("members", ["a", "b", "a"]), ("voters", ["a", "a"])):
+        with pytest.raises(ConfigError, match=rf"evaluation.{key}: lists \w+ more than once"):
+            validate_config({"evaluation": {key: value}}, MinsegConfig)

@@ -207,7 +207,8 @@ def test_class_ids_are_their_places_and_names_are_distinct(manifests, tmp_path):
     for change, message in [({1: {"id": 0}}, r"classes\[1\] \('[a-z]+'\) has id 0: a class's id is its place in "
                                              r"the list \(1\)"),
                             ({0: {"id": True}}, r"classes\[0\] .* has id True"),
-                            ({2: {"name": "pyrite"}}, r"'pyrite' names class ids 1 and 2 \(entries 2 and 3\); every class"),
+                            ({2: {"name": "pyrite"}},
+                             r"'pyrite' names class ids 1 and 2 \(entries 2 and 3\); every class"),
                             ({}, r"ignore_index 1 is the id of class 'pyrite'")]:
         document = edited(manifests["soft"])
         for index, keys in change.items():
