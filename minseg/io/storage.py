@@ -551,14 +551,17 @@ class _S3AtomicWriter(_AtomicWriter):
 
 
 class _S3RangeReader(io.RawIOBase):
-    """Seekable reads of an S3 object by HTTP range requests (tifffile reads tiles this way)."""
+    """Seekable reads of an S3 object by HTTP range requests (tifffile reads tiles this way), each asking for the
+    version first seen (``If-Match`` its ETag): an object replaced while it is read fails the read (a
+    ``StorageError`` saying so) instead of giving bytes of two versions (a slide's tiles from two scans)."""
 
-    def __init__(self, storage: "Storage", location: Location, size: int):
+    def __init__(self, storage: "Storage", location: Location, size: int, etag: str | None = None):
         super().__init__()
         self._storage = storage
         self._loc = location
         self._size = size
         self._pos = 0
+        self._match = {"IfMatch": etag} if etag else {}
 
     def readable(self) -> bool:
         return True
@@ -578,9 +581,17 @@ class _S3RangeReader(io.RawIOBase):
         if self._pos >= self._size or len(buffer) == 0:
             return 0
         end = min(self._size, self._pos + len(buffer)) - 1
-        response = self._storage._call(
-            "get_object", self._loc, Bucket=self._loc.bucket, Key=self._loc.path, Range=f"bytes={self._pos}-{end}"
-        )
+        from botocore.exceptions import ClientError
+
+        with self._storage._translated("get_object", self._loc):
+            try:
+                response = self._storage.client.get_object(Bucket=self._loc.bucket, Key=self._loc.path,
+                                                           Range=f"bytes={self._pos}-{end}", **self._match)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 412:
+                    raise
+                raise StorageError(f"{self._loc.uri}: replaced while it was being read (its ETag changed after "
+                                   f"{self._pos} of {self._size} bytes); read it again once it is written") from None
         data = response["Body"].read()
         buffer[: len(data)] = data
         self._pos += len(data)
@@ -775,8 +786,9 @@ class Storage:
             ObjectNotFoundError: nothing there; StorageError: a local folder, or S3 failed."""
         loc = parse_uri(uri)
         if loc.is_s3:
-            size = self.size(uri)
-            return io.BufferedReader(_S3RangeReader(self, loc, size), buffer_size=1024 * 1024)
+            head = self._head(loc)
+            return io.BufferedReader(_S3RangeReader(self, loc, int(head["ContentLength"]), head.get("ETag")),
+                                     buffer_size=1024 * 1024)
         try:
             return open(loc.path, "rb")
         except FileNotFoundError:

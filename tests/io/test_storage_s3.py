@@ -41,6 +41,22 @@ def test_small_object_roundtrip(s3):
         storage.read_bytes(s3.uri("dir/a.bin"))
 
 
+def test_an_object_replaced_while_it_is_read_fails_the_read(s3):
+    """A stream reads by ranges (a slide's tiles, ``storage cat``): an object replaced between two ranges gave bytes
+    of two versions; each range asks for the version first seen, and a replacement fails the read, saying so."""
+    storage = s3.storage()
+    uri = s3.uri("slides/a.tif")
+    storage.write_bytes(uri, b"A" * (3 << 20))
+    with storage.open_read(uri) as stream:
+        assert stream.read(1 << 20) == b"A" * (1 << 20)  # one buffered range
+        storage.write_bytes(uri, b"B" * (3 << 20))
+        with pytest.raises(StorageError, match=r"slides/a.tif: replaced while it was being read \(its ETag changed "
+                                               r"after \d+ of 3145728 bytes\)"):
+            stream.read()
+    with storage.open_read(uri) as stream:  # read again: the new version, whole
+        assert stream.read() == b"B" * (3 << 20)
+
+
 def test_multipart_roundtrip_over_5_mib(s3, tmp_path):
     storage = s3.storage()
     payload = os.urandom(12 * MIB + 123)
