@@ -13,8 +13,9 @@ from minseg.cli import main
 from minseg.errors import InputError, MinsegError, RunError
 
 # what an evaluation.json holds besides its candidates (minseg select refuses a record without them)
-RECORD = {"run": "r", "rank_key": "miou", "members": {}, "rank_metrics": {}, "classes": {}, "tiling": {},
-          "tta": "none", "normalization": {}}
+# (members a and b evaluated: a candidate naming another is refused as an edited record)
+RECORD = {"run": "r", "rank_key": "miou", "members": {"a": {}, "b": {}}, "rank_metrics": {}, "classes": {},
+          "tiling": {}, "tta": "none", "normalization": {}}
 
 
 def write(path, text):
