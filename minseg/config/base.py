@@ -255,11 +255,13 @@ def _key_parts(dotted: str) -> list[tuple[str, bool]]:
     return [(bracketed or plain, bool(bracketed)) for bracketed, plain in found if bracketed or plain]
 
 
-def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str:
+def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str, made: list[str] | None = None) -> str:
     """Set ``value`` at ``dotted`` in ``data``: sections by key (created when absent), list entries by index
     (``training.members[0].stages`` as validation errors name them, or ``training.members.0.stages``) or, in a list
     of named entries, by name (``training.members.unet-a.loss``). Returns the key as errors name it
-    (``training.members[0].loss``). Raises ConfigError naming the key that cannot be followed."""
+    (``training.members[0].loss``); ``made`` gets the first part of it that ``data`` lacked (or held as null): the
+    section the override made, with everything a validation says is missing in it. Raises ConfigError naming the
+    key that cannot be followed."""
     parts = _key_parts(dotted)
     if not parts:
         raise ConfigError(source, [("", f"empty key in override {dotted!r}")])
@@ -271,6 +273,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> str
             step: str | int = _list_index(node, part, bracketed, key_path(tuple(path)), source)
         elif isinstance(node, dict):
             step = part
+            if made is not None and not made and node.get(part) is None:
+                made.append(key_path(tuple(path) + (part,)))
             if not last and node.get(part) is None and (parts[depth + 1][1] or _INDEX.fullmatch(parts[depth + 1][0])):
                 raise ConfigError(source, [(key_path(tuple(path) + (part,)), "no list here to take an entry of (the "
                                             "configuration does not set it): set the whole list, e.g. "
@@ -379,9 +383,9 @@ def validate_config(
             value, reason = _override_value(dotted, text)
             if reason:
                 # set as typed, so that a misspelt key is said with it (every problem at once), not after a rerun
-                before = _deep_copy(merged)
-                key = _set_path(merged, dotted, text, label)
-                unreadable[key], origins[key] = (label, reason, _first_new(before, key)), label
+                made: list[str] = []
+                key = _set_path(merged, dotted, text, label, made)
+                unreadable[key], origins[key] = (label, reason, made[0] if made else key), label
                 typed[dotted] = key
                 continue
             if isinstance(value, (Mapping, list)) and "\n" not in text.strip() \
@@ -423,22 +427,6 @@ def _override_value(dotted: str, text: Any) -> tuple[Any, str]:
     except RecursionError:
         return None, f"value {_TOO_DEEP}"
     return (None, f"value {_TOO_DEEP}") if nests_too_deep(value) else (value, "")
-
-
-def _first_new(before: Mapping[str, Any], key: str) -> str:
-    """The first part of ``key`` (as errors name it: ``a.b[0].c``) that ``before`` lacks (or holds as null): the
-    section an override made, with everything a validation says is missing in it; ``key`` when all parts exist."""
-    node: Any = before
-    path = ""
-    for part, bracketed in _key_parts(key):
-        path = f"{path}[{part}]" if bracketed else f"{path}.{part}" if path else part
-        if isinstance(node, Mapping) and node.get(part) is not None:
-            node = node[part]
-        elif isinstance(node, list) and bracketed and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return path
-    return key
 
 
 def _related(key: str, other: str) -> bool:
