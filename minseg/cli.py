@@ -560,16 +560,15 @@ def cmd_storage(args) -> int:
         if not is_s3(uri) and os.path.islink(parse_uri(uri).path.rstrip("/")):
             what += f" ({uri} is a link to {os.path.realpath(parse_uri(uri).path)}: the files are that folder's)"
         raise StorageError(f"{uri}: is a folder; {what}")
-    hidden = 0
+    note = ""
     if glob_meant:  # ls, rm
         # as in a shell, '*' and '**' skip names starting with '.': said, since `rm 'out/**'` leaves them
         listed, skipped = glob_objects_and_hidden(uri, storage)
-        hidden = len(skipped)
-        note = (f"{hidden} hidden file(s) not matched (e.g. {shown_name(skipped[0].uri)}): '*' and '**' skip names "
+        note = (f"{len(skipped)} hidden file(s) not matched (e.g. {shown_name(skipped[0].uri)}): '*' and '**' skip names "
                 "starting with '.', and what hidden folders hold, as in a shell; a pattern part starting with '.' "
                 "matches them") if skipped else ""
         if not listed:
-            raise ObjectNotFoundError(f"{uri}: no file matches this glob" + (f"; {note}" if hidden else ""))
+            raise ObjectNotFoundError(f"{uri}: no file matches this glob" + (f"; {note}" if note else ""))
     if args.action == "ls":
         if not glob_meant:
             listed = list(storage.list(uri))
@@ -604,7 +603,7 @@ def cmd_storage(args) -> int:
         for target in [info.uri for info in listed] if glob_meant else [uri]:
             storage.delete(target, missing_ok=glob_meant)  # a file just listed needs no second look
             print(f"deleted {shown_name(target)}")
-    if hidden:
+    if note:
         print(f"note: {note}", file=sys.stderr)
     return 0
 

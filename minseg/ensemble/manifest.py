@@ -24,7 +24,7 @@ from minseg.ensemble.config import Tiling
 from minseg.errors import InputError
 from minseg.io.images import BIT_DEPTH
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, absolute_uri, is_s3, join_uri,
-                               staging_folder)
+                               resolved_uri, staging_folder)
 from minseg.logs import get_logger, log_event
 
 log = get_logger("ensemble.manifest")
@@ -170,8 +170,7 @@ def manifest_destination(out: str | None, evaluation: str, name: str, storage: S
     else:
         target = out
     folder, own = absolute_uri(target).rsplit("/", 1)[0], absolute_uri(evaluation).rstrip("/")
-    same = folder == own or (not is_s3(folder) and os.path.realpath(folder) == os.path.realpath(own))  # a link
-    if not same and storage.exists(join_uri(folder, "evaluation.json")):
+    if resolved_uri(folder) != resolved_uri(own) and storage.exists(join_uri(folder, "evaluation.json")):
         # its manifest.json is what segment and score read there, beside that evaluation's own record and tables
         raise InputError(f"--out: {folder} is the folder of another evaluation (it holds its evaluation.json): its "
                          "manifests are chosen from its own candidates; write this one elsewhere")

@@ -21,7 +21,7 @@ from minseg.config.base import not_portable
 from minseg.inference.outputs import RESERVED_NAMES, RUN_FILES
 from minseg.io.slides import SlideError
 from minseg.io.storage import (REDO, ObjectNotFoundError, Storage, StorageError, dangling_link, is_s3, join_uri,
-                               parse_uri)
+                               parse_uri, resolved_uri)
 from minseg.logs import log_event
 
 #: the owner of a folder holding files no readable record names (another program's, a record damaged by hand)
@@ -208,11 +208,6 @@ class FolderOwners:
             raise SlideError(f"{folder}: could not be read to tell whose outputs it holds ({exc}); run again") from exc
 
 
-def _resolved(uri: str) -> str:
-    """A local path with its links resolved (a link to the output is the output); an s3:// URI as it is."""
-    return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
-
-
 def outside_output(matches: list[str], output: str, pattern: str, event: str, log, storage: Storage,
                    records: tuple[tuple[str, str], ...], marker: str,
                    owner: FolderOwners | None = None) -> list[str]:
@@ -223,8 +218,9 @@ def outside_output(matches: list[str], output: str, pattern: str, event: str, lo
     of the inputs keeps them (``--out proj`` over ``proj/slides/*.tif``); a literal path is never passed here.
     Said once (``event``) with how many and where. ``owner``: the run's ``FolderOwners`` of ``output`` (its
     listing and records read once a run), else one made here when a match lies under the output."""
-    base = _resolved(output).rstrip("/") + "/"
-    under = {uri: _resolved(uri)[len(base):].split("/", 1) for uri in matches if _resolved(uri).startswith(base)}
+    base = resolved_uri(output).rstrip("/") + "/"
+    resolved = {uri: resolved_uri(uri) for uri in matches}  # a realpath each (links followed): once
+    under = {uri: path[len(base):].split("/", 1) for uri, path in resolved.items() if path.startswith(base)}
     if not under:
         return matches
     owner = owner or FolderOwners(storage, output, records)
@@ -260,10 +256,10 @@ def input_in_item_folders(inputs: list[str], output: str, folders: list[str], it
     item folder of an earlier run there (an output of it: ``b/preview.png``, rewritten when ``b`` is redone). An
     item folder is emptied before it is written and a redo replaces it whole, which would delete the input before
     it is read. Local paths are compared resolved: a link to the output (or from it) is the same folder."""
-    base = _resolved(output).rstrip("/") + "/"
+    base = resolved_uri(output).rstrip("/") + "/"
     names, replaced = set(folders), {*RUN_FILES, REDO}
     for uri in inputs:
-        path = _resolved(uri)
+        path = resolved_uri(uri)
         parts = path[len(base):].split("/", 1) if path.startswith(base) else None
         folder = parts[0] if parts else None
         if folder in names or folder in replaced:

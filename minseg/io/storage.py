@@ -218,6 +218,11 @@ def absolute_uri(uri: str | os.PathLike[str]) -> str:
     return parse_uri(uri).uri
 
 
+def resolved_uri(uri: str) -> str:
+    """A local path with its links resolved (a link to a folder is that folder); an s3:// URI as it is."""
+    return uri if is_s3(uri) else os.path.realpath(parse_uri(uri).path)
+
+
 def output_folder(output_uri: str | None, run_uri: str, *default: str) -> str:
     """A command's output folder: ``output_uri`` when given (absolute), else ``default``'s parts under the run
     (``output_folder(None, run, "segment", "slides")`` is ``<run>/segment/slides``)."""
