@@ -564,9 +564,9 @@ def cmd_storage(args) -> int:
     if glob_meant:  # ls, rm
         # as in a shell, '*' and '**' skip names starting with '.': said, since `rm 'out/**'` leaves them
         listed, skipped = glob_objects_and_hidden(uri, storage)
-        note = (f"{len(skipped)} hidden file(s) not matched (e.g. {shown_name(skipped[0].uri)}): '*' and '**' skip names "
-                "starting with '.', and what hidden folders hold, as in a shell; a pattern part starting with '.' "
-                "matches them") if skipped else ""
+        note = (f"{len(skipped)} hidden file(s) not matched (e.g. {shown_name(skipped[0].uri)}): '*' and '**' skip "
+                "names starting with '.', and what hidden folders hold, as in a shell; a pattern part starting with "
+                "'.' matches them") if skipped else ""
         if not listed:
             raise ObjectNotFoundError(f"{uri}: no file matches this glob" + (f"; {note}" if note else ""))
     if args.action == "ls":
