@@ -130,7 +130,7 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(tmp_path):
         deadline = time.monotonic() + 120
         while not list((tmp_path / "s").rglob("section_*.png")) and job.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert job.poll() is None, "synth ended before it could be stopped"
+        assert job.poll() is None, f"synth ended before it could be stopped: {job.communicate()[1][-3000:]}"
         job.send_signal(signal.SIGTERM)
         out, err = job.communicate(timeout=120)
     finally:
